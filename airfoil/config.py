@@ -1,0 +1,330 @@
+"""Accelerator configuration: one frozen dataclass, loaded from YAML and validated.
+
+Everything the hardware, the compiler and the simulators need to agree on is here or is
+derived from here as a property. Every build output is named by :attr:`AccelConfig.name`
+and stamped with :attr:`AccelConfig.config_hash`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "MemoryConfig", "BufferConfig", "AccelConfig", "load_config", "PE_KINDS",
+    "WEIGHT_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
+    "builtin_config_path",
+]
+
+PE_KINDS = ("dsp", "bitserial", "lut")
+#: Weight formats a configuration may enable (later work adds more; the ISA's
+#: :class:`airfoil.isa.WeightFormat` is the authority on encodings).
+WEIGHT_FORMATS = ("int2", "int3", "int4", "int8")
+SPARSITY_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
+GROUP_SIZES = (32, 64, 128)
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "fpga" / "boards"
+#: Configurations shipped with the project, by name (``fpga/boards/<name>.yaml``).
+BUILTIN_CONFIGS = {p.stem: p for p in sorted(_CONFIG_DIR.glob("*.yaml"))}
+
+
+def builtin_config_path(name: str) -> Path:
+    """Return the YAML path of a built-in configuration name."""
+    try:
+        return BUILTIN_CONFIGS[name]
+    except KeyError:
+        raise ConfigError(f"unknown built-in config {name!r} (accepted: "
+                          f"{', '.join(sorted(BUILTIN_CONFIGS))}, or a path to a .yaml file)")
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Off-chip memory as the accelerator sees it: AXI4 ports, one per channel.
+
+    Parameters
+    ----------
+    channels : int
+        Memory channels (HBM pseudo-channels or DDR controllers), one AXI4 port each.
+    word_bits : int
+        Data width of one port in bits (a power of two, 64..1024).
+    read_latency : int
+        Cycles from a read address handshake to the first data beat, in the memory model
+        of every backend.
+    outstanding : int
+        Read bursts a port may have in flight.
+    max_burst : int
+        Longest AXI4 burst in beats (1..256).
+    channel_bytes : int
+        Capacity of one channel in bytes.
+    """
+
+    channels: int
+    word_bits: int
+    read_latency: int
+    outstanding: int
+    max_burst: int = 16
+    write_latency: int = 4
+    channel_bytes: int = 1 << 28
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.channels <= 64:
+            raise ConfigError(f"{where}memory.channels must be 1..64, not {self.channels}")
+        if not (_is_pow2(self.word_bits) and 64 <= self.word_bits <= 1024):
+            raise ConfigError(f"{where}memory.word_bits must be a power of two in 64..1024, "
+                              f"not {self.word_bits}")
+        if not 1 <= self.read_latency <= 1024:
+            raise ConfigError(f"{where}memory.read_latency must be 1..1024 cycles, "
+                              f"not {self.read_latency}")
+        if not 1 <= self.outstanding <= 64:
+            raise ConfigError(f"{where}memory.outstanding must be 1..64, not {self.outstanding}")
+        if not 1 <= self.max_burst <= 256:
+            raise ConfigError(f"{where}memory.max_burst must be 1..256 beats, "
+                              f"not {self.max_burst}")
+        if not 0 <= self.write_latency <= 1024:
+            raise ConfigError(f"{where}memory.write_latency must be 0..1024 cycles, "
+                              f"not {self.write_latency}")
+        if not (_is_pow2(self.channel_bytes) and self.channel_bytes >= 1 << 16):
+            raise ConfigError(f"{where}memory.channel_bytes must be a power of two >= 65536, "
+                              f"not {self.channel_bytes}")
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes in one data beat of a port."""
+        return self.word_bits // 8
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Sizes of the on-chip buffers in bytes (each a power of two)."""
+
+    act_bytes: int
+    weight_bytes: int
+    out_bytes: int
+    kv_bytes: int = 1 << 12
+    aux_bytes: int = 1 << 12
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not (_is_pow2(v) and 256 <= v <= 1 << 24):
+                raise ConfigError(f"{where}buffers.{f.name} must be a power of two in "
+                                  f"256..16777216 bytes, not {v}")
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """One accelerator instance: engine shape, PE kind, formats, buffers and memory.
+
+    Parameters
+    ----------
+    name : str
+        Short name; build outputs go to ``build/<name>/``.
+    chains : int
+        Dot-product chains in the engine; each computes one output row at a time.
+    lanes : int
+        Lanes per chain: weight x activation products per chain per cycle.
+    pe : str
+        Processing-element kind, one of :data:`PE_KINDS`.
+    weight_formats : tuple of str
+        Weight formats this instance supports (subset of :data:`WEIGHT_FORMATS`).
+    group_sizes : tuple of int
+        Quantization group sizes this instance supports (subset of :data:`GROUP_SIZES`,
+        each a multiple of ``lanes``).
+    sparsity : tuple of str
+        Sparsity patterns the chain supports (subset of :data:`SPARSITY_PATTERNS`).
+    lut_group : int
+        Activations per table for the ``lut`` PE (T-MAC's g).
+    buffers : BufferConfig
+    memory : MemoryConfig
+    clock_mhz : float
+        Clock target.
+    dsp_budget : int
+        DSP slices the device offers (a ceiling for resource checks).
+    instr_queue_depth : int
+        Depth of each per-unit instruction queue.
+    """
+
+    name: str
+    chains: int
+    lanes: int
+    buffers: BufferConfig
+    memory: MemoryConfig
+    pe: str = "dsp"
+    weight_formats: tuple = ("int4", "int8")
+    group_sizes: tuple = (32, 64, 128)
+    sparsity: tuple = ("dense",)
+    lut_group: int = 4
+    clock_mhz: float = 200.0
+    dsp_budget: int = 0
+    instr_queue_depth: int = 16
+    description: str = ""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`ConfigError` naming the first bad one."""
+        where = f"config {self.name!r}: " if isinstance(self.name, str) else "config: "
+        if not isinstance(self.name, str) or not self.name.replace("_", "").replace(
+                "-", "").isalnum():
+            raise ConfigError(f"{where}name must be letters, digits, '-' or '_', "
+                              f"not {self.name!r}")
+        if not 1 <= self.chains <= 1024:
+            raise ConfigError(f"{where}chains must be 1..1024, not {self.chains}")
+        if not (_is_pow2(self.lanes) and 2 <= self.lanes <= 128):
+            raise ConfigError(f"{where}lanes must be a power of two in 2..128, not {self.lanes}")
+        if self.pe not in PE_KINDS:
+            raise ConfigError(f"{where}pe must be one of {', '.join(PE_KINDS)}, not {self.pe!r}")
+        if not self.weight_formats:
+            raise ConfigError(f"{where}weight_formats must name at least one format")
+        for wf in self.weight_formats:
+            if wf not in WEIGHT_FORMATS:
+                raise ConfigError(f"{where}weight_formats: unknown format {wf!r} "
+                                  f"(accepted: {', '.join(WEIGHT_FORMATS)})")
+        if not self.group_sizes:
+            raise ConfigError(f"{where}group_sizes must name at least one group size")
+        for g in self.group_sizes:
+            if g not in GROUP_SIZES:
+                raise ConfigError(f"{where}group_sizes: {g} is not supported "
+                                  f"(accepted: {', '.join(map(str, GROUP_SIZES))})")
+            if g % self.lanes:
+                raise ConfigError(f"{where}group size {g} is not a multiple of lanes "
+                                  f"({self.lanes})")
+        for sp in self.sparsity:
+            if sp not in SPARSITY_PATTERNS:
+                raise ConfigError(f"{where}sparsity: unknown pattern {sp!r} "
+                                  f"(accepted: {', '.join(SPARSITY_PATTERNS)})")
+        if "dense" not in self.sparsity:
+            raise ConfigError(f"{where}sparsity must include 'dense'")
+        if self.lut_group not in (2, 3, 4, 5, 6):
+            raise ConfigError(f"{where}lut_group must be 2..6, not {self.lut_group}")
+        if not 1.0 <= self.clock_mhz <= 1000.0:
+            raise ConfigError(f"{where}clock_mhz must be 1..1000, not {self.clock_mhz}")
+        if self.dsp_budget < 0:
+            raise ConfigError(f"{where}dsp_budget must be >= 0, not {self.dsp_budget}")
+        if not (_is_pow2(self.instr_queue_depth) and 2 <= self.instr_queue_depth <= 1024):
+            raise ConfigError(f"{where}instr_queue_depth must be a power of two in 2..1024, "
+                              f"not {self.instr_queue_depth}")
+        self.memory.validate(where)
+        self.buffers.validate(where)
+        if self.buffers.act_bytes < max(self.group_sizes):
+            raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
+                              f"than the largest group size")
+
+    # -- derived -----------------------------------------------------------------------
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        """Peak multiply-accumulates per cycle: chains x lanes."""
+        return self.chains * self.lanes
+
+    @property
+    def word_bytes(self) -> int:
+        return self.memory.word_bytes
+
+    def to_dict(self) -> dict:
+        """Return the configuration as plain data (tuples as lists), YAML/JSON ready."""
+        def conv(v):
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+        return conv(self)
+
+    @property
+    def config_hash(self) -> str:
+        """16 hex digits naming everything a program depends on (the name excluded)."""
+        d = self.to_dict()
+        d.pop("name")
+        d.pop("description")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def config_hash_bytes(self) -> bytes:
+        return bytes.fromhex(self.config_hash)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "AccelConfig":
+        """Build and validate a configuration from plain data (as read from YAML)."""
+        return _build(cls, data, source, "")
+
+    @classmethod
+    def from_yaml(cls, path) -> "AccelConfig":
+        return load_config(path)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls, data, source: str, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, "
+                          f"not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown field '{prefix}{key}' (accepted: "
+                              f"{', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing field '{prefix}{name}'")
+            continue
+        value = data[name]
+        tp = hints[name]
+        full = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, source, full + ".")
+        elif tp is tuple:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{source}: field '{full}' must be a list, not "
+                                  f"{type(value).__name__} {value!r}")
+            kwargs[name] = tuple(value)
+        elif tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: field '{full}' must be a number, not "
+                                  f"{type(value).__name__} {value!r}")
+            kwargs[name] = float(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, tp):
+                raise ConfigError(f"{source}: field '{full}' must be {_type_name(tp)}, not "
+                                  f"{type(value).__name__} {value!r}")
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path_or_name) -> AccelConfig:
+    """Load a configuration from a YAML path or a built-in name (``test``, ``u280``)."""
+    p = Path(path_or_name)
+    if not p.suffix and str(path_or_name) in BUILTIN_CONFIGS:
+        p = builtin_config_path(str(path_or_name))
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path_or_name)!r} not found (give a .yaml path or "
+                          f"one of: {', '.join(sorted(BUILTIN_CONFIGS))})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p.name}: not valid YAML{at}") from None
+    return AccelConfig.from_dict(data, source=p.name)

@@ -1,0 +1,1 @@
+"""Airfoil compiler: lowers quantized models into programs and weight images."""

@@ -1,0 +1,1 @@
+"""Airfoil hardware in Amaranth: processing elements, chains, decode units, NoC, core."""

@@ -1,0 +1,1 @@
+"""Airfoil simulation: golden model, ISA simulator, cycle model and the RTL runner."""

@@ -1,0 +1,83 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from airfoil.config import AccelConfig, load_config
+from airfoil.errors import ConfigError
+
+
+def _write(tmp_path, data):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture
+def base():
+    return load_config("test").to_dict()
+
+
+def test_builtin_configs_load():
+    t = load_config("test")
+    u = load_config("u280")
+    assert t.peak_macs_per_cycle == t.chains * t.lanes
+    assert u.memory.channels == 32 and u.memory.word_bits == 256 and u.dsp_budget == 9024
+    assert t.config_hash != u.config_hash and len(t.config_hash) == 16
+
+
+def test_round_trip_and_hash_ignores_name(tmp_path, base):
+    base["name"] = "renamed"
+    c = load_config(_write(tmp_path, base))
+    assert c == dataclasses.replace(load_config("test"), name="renamed")
+    assert c.config_hash == load_config("test").config_hash
+    base["lanes"] = 16
+    assert load_config(_write(tmp_path, base)).config_hash != c.config_hash
+
+
+def test_frozen():
+    c = load_config("test")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lanes = 3
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(lane=4), "unknown field 'lane'"),
+    (lambda d: d["memory"].update(width=4), "unknown field 'memory.width'"),
+    (lambda d: d.update(lanes="8"), "field 'lanes' must be int, not str"),
+    (lambda d: d.update(lanes=True), "field 'lanes' must be int"),
+    (lambda d: d.update(lanes=6), "lanes must be a power of two"),
+    (lambda d: d.update(chains=0), "chains must be 1..1024, not 0"),
+    (lambda d: d.update(pe="gpu"), "pe must be one of dsp, bitserial, lut, not 'gpu'"),
+    (lambda d: d.update(weight_formats=["fp32"]), "unknown format 'fp32'"),
+    (lambda d: d.update(group_sizes=[48]), "48 is not supported"),
+    (lambda d: d.update(sparsity=["2:4"]), "sparsity must include 'dense'"),
+    (lambda d: d["memory"].update(word_bits=100), "memory.word_bits must be a power of two"),
+    (lambda d: d["buffers"].update(act_bytes=1000), "buffers.act_bytes must be a power of two"),
+    (lambda d: d.pop("memory"), "missing field 'memory'"),
+    (lambda d: d.update(group_sizes=32), "field 'group_sizes' must be a list"),
+])
+def test_bad_fields_name_the_field(tmp_path, base, mutate, message):
+    mutate(base)
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, base))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("lanes: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(p)
+
+
+def test_from_dict_validates_group_vs_lanes(base):
+    base["lanes"] = 64
+    with pytest.raises(ConfigError, match="not a multiple of lanes"):
+        AccelConfig.from_dict(base)
