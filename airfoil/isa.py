@@ -21,8 +21,14 @@ mask (a FIFO from that unit to this one), and after it completes it puts one tok
 the FIFO towards every unit named in its ``release`` mask. A ``SYS BARRIER`` waits until
 every queue is empty and idle; ``SYS HALT`` does the same and then ends the program.
 
+Each token FIFO holds at most :data:`TOKEN_DEPTH` tokens; a program must never have more
+outstanding between two units (the ISA simulator refuses such a program).
+
 Addresses: ``dram_addr`` is a byte offset from the data base address (a CSR); buffer
-addresses are byte offsets into the named on-chip buffer.
+addresses are byte offsets into the named on-chip buffer. ``LD``/``ST`` addresses,
+strides and sizes are multiples of the configuration's memory word
+(:attr:`AccelConfig.word_bytes`) and ``count`` is at least 1; anything else is
+:attr:`ErrorCode.MALFORMED`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from amaranth.lib import data, enum
 from .errors import ProgramError
 
 __all__ = [
-    "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "Opcode", "Unit", "SysOp", "Buffer",
+    "ISA_VERSION", "INSTR_BITS", "TOKEN_DEPTH", "INSTR_BYTES", "Opcode", "Unit", "SysOp", "Buffer",
     "WeightFormat", "Sparsity", "OutFormat", "SfuFunc", "ErrorCode", "HEADER_LAYOUT",
     "SYS_LAYOUT", "MEM_LAYOUT", "MATRIX_LAYOUT", "SFU_LAYOUT", "BODY_LAYOUT",
     "INSTR_LAYOUT", "encode", "decode", "body_name", "unit_of", "UNIT_OF_OPCODE",
@@ -44,6 +50,8 @@ ISA_VERSION = 1
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 HEADER_BITS = 16
+#: Capacity of each token FIFO between two units.
+TOKEN_DEPTH = 8
 
 
 class Opcode(enum.Enum, shape=4):
@@ -121,6 +129,7 @@ class ErrorCode(enum.Enum, shape=4):
     AXI_ERROR = 5          #: SLVERR/DECERR on the memory port
     PROGRAM_END = 6        #: fetch ran past the program length without HALT
     UNSUPPORTED = 7        #: valid encoding this hardware instance was not built for
+    DEADLOCK = 8           #: every busy queue waits for a token no unit can release
 
 
 HEADER_LAYOUT = data.StructLayout({
