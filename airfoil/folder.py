@@ -1,0 +1,227 @@
+"""The compiler's output folder, read the same way by every backend.
+
+A folder holds ``manifest.json`` (format ``airfoil-folder/1``), ``program.afp`` and
+``weights.bin`` (the data memory image, exactly as the hardware reads it from the data
+base address). :func:`load_folder` checks it and returns a :class:`Folder`; the golden
+model, the ISA simulator and the RTL runner all place their input and read their output
+through its helpers, so they agree on addresses and encodings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import AccelConfig, load_config
+from .errors import AirfoilError, ConfigError
+from .program import Program
+
+__all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES"]
+
+FOLDER_FORMAT = "airfoil-folder/1"
+MANIFEST = "manifest.json"
+#: Little-endian numpy dtype of an output element by its width in bits.
+OUT_DTYPES = {8: "<i1", 16: "<i2", 32: "<i4"}
+
+_MANIFEST_KEYS = ("format", "isa_version", "config", "config_hash", "program", "image",
+                  "image_bytes", "input", "output", "layers")
+
+
+class Folder:
+    """A loaded output folder.
+
+    Parameters
+    ----------
+    manifest : dict
+        The parsed ``manifest.json``.
+    image : bytearray
+        The contents of ``weights.bin``.
+    program : Program or None
+        The program; ``None`` reads ``program.afp`` from ``path`` on first use.
+    config : AccelConfig or None
+        The configuration the folder was checked against, if one was given.
+    path : Path or None
+        Where the folder lives (needed when ``program`` is ``None``).
+
+    Members
+    -------
+    manifest, image, config, path
+        As given.
+    program : Program
+        The instruction stream (read lazily, so a backend that never executes it, such
+        as the golden model, never touches ``program.afp``).
+    """
+
+    def __init__(self, manifest: dict, image: bytearray, program: Program | None = None, *,
+                 config: AccelConfig | None = None, path: Path | None = None):
+        self.manifest = manifest
+        self.image = image
+        self.config = config
+        self.path = Path(path) if path is not None else None
+        self._program = program
+
+    @property
+    def program(self) -> Program:
+        if self._program is None:
+            if self.path is None:
+                raise AirfoilError("folder has no program and no path to read it from")
+            prog_path = self.path / self.manifest["program"]
+            try:
+                raw = prog_path.read_bytes()
+            except OSError:
+                raise AirfoilError(f"{self.path}: program file {self.manifest['program']!r} "
+                                   f"is missing or unreadable") from None
+            expect = self.config.config_hash_bytes if self.config is not None else None
+            self._program = Program.from_bytes(raw, source=str(prog_path), expect_hash=expect)
+        return self._program
+
+    # -- shapes --------------------------------------------------------------------------
+
+    @property
+    def k(self) -> int:
+        """Input vector length."""
+        return int(self.manifest["input"]["shape"][0])
+
+    @property
+    def n(self) -> int:
+        """Output vector length."""
+        return int(self.manifest["output"]["shape"][0])
+
+    @property
+    def out_bits(self) -> int:
+        return int(self.manifest["output"]["bits"])
+
+    def resolve_config(self) -> AccelConfig:
+        """Return the configuration: the one given at load, else the built-in named in
+        the manifest (checked against its hash)."""
+        if self.config is not None:
+            return self.config
+        name = self.manifest["config"]
+        try:
+            cfg = load_config(name)
+        except ConfigError:
+            raise AirfoilError(f"folder was compiled for config {name!r}, which is not "
+                               f"built in; give the config it was compiled with") from None
+        if cfg.config_hash != self.manifest["config_hash"]:
+            raise AirfoilError(f"folder was compiled for config hash "
+                               f"{self.manifest['config_hash']}, but built-in {name!r} has "
+                               f"hash {cfg.config_hash}; give the config it was compiled with")
+        return cfg
+
+    # -- input and output ----------------------------------------------------------------
+
+    def read_input(self, image) -> torch.Tensor:
+        """Return the INT8 input vector stored in ``image`` (int64, shape ``(K,)``)."""
+        a = self.manifest["input"]["addr"]
+        raw = bytes(image[a:a + self.k])
+        if len(raw) != self.k:
+            raise AirfoilError("input region lies beyond the end of the image")
+        return torch.from_numpy(np.frombuffer(raw, dtype=np.int8).astype(np.int64))
+
+    def default_input(self) -> torch.Tensor:
+        """Return the input vector stored in the folder's image (int64, shape ``(K,)``)."""
+        return self.read_input(self.image)
+
+    def image_with_input(self, x_q=None) -> bytearray:
+        """Return a copy of the image with the INT8 vector ``x_q`` at the input address.
+
+        ``x_q`` is any integer sequence of length K in -128..127 (``None``: the stored
+        default input, i.e. a plain copy).
+        """
+        img = bytearray(self.image)
+        if x_q is None:
+            return img
+        x = torch.as_tensor(np.asarray(x_q))
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise AirfoilError(f"input vector must hold integers, not {x.dtype}")
+        x = x.to(torch.int64).reshape(-1)
+        if tuple(x.shape) != (self.k,):
+            raise AirfoilError(f"input vector has {x.numel()} values, the layer takes "
+                               f"K={self.k}")
+        if x.numel() and (int(x.min()) < -128 or int(x.max()) > 127):
+            raise AirfoilError(f"input vector values {int(x.min())}..{int(x.max())} are "
+                               f"outside INT8 -128..127")
+        a = self.manifest["input"]["addr"]
+        img[a:a + self.k] = x.numpy().astype(np.int8).tobytes()
+        return img
+
+    def read_output(self, image) -> torch.Tensor:
+        """Return the output vector stored in ``image`` (int64, shape ``(N,)``)."""
+        a = self.manifest["output"]["addr"]
+        dt = np.dtype(OUT_DTYPES[self.out_bits])
+        raw = bytes(image[a:a + self.n * dt.itemsize])
+        if len(raw) != self.n * dt.itemsize:
+            raise AirfoilError("output region lies beyond the end of the image")
+        return torch.from_numpy(np.frombuffer(raw, dtype=dt).astype(np.int64))
+
+
+def _fail(path, what) -> AirfoilError:
+    return AirfoilError(f"{path}: {what}")
+
+
+def _check_manifest(m, where) -> None:
+    if not isinstance(m, dict):
+        raise _fail(where, "manifest.json is not a JSON object")
+    if m.get("format") != FOLDER_FORMAT:
+        raise _fail(where, f"manifest format {m.get('format')!r} is not {FOLDER_FORMAT!r}")
+    for key in _MANIFEST_KEYS:
+        if key not in m:
+            raise _fail(where, f"manifest.json lacks key {key!r}")
+    try:
+        for side in ("input", "output"):
+            int(m[side]["addr"]), int(m[side]["shape"][0]), float(m[side]["scale"])
+        if int(m["output"]["bits"]) not in OUT_DTYPES:
+            raise _fail(where, f"output bits {m['output']['bits']!r} is not 8, 16 or 32")
+        if not isinstance(m["layers"], list) or not m["layers"]:
+            raise _fail(where, "manifest.json has no layers")
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise _fail(where, "manifest.json input/output entries are malformed") from None
+
+
+def load_folder(path, config: AccelConfig | None = None) -> Folder:
+    """Load and check an output folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder (``program.afp`` inside it may also be given).
+    config : AccelConfig, optional
+        If given, the manifest and the program must have been compiled for it.
+
+    Raises
+    ------
+    AirfoilError
+        A file is missing or corrupt, or the folder belongs to another configuration.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix in (".afp", ".json", ".bin"):
+        p = p.parent
+    if not p.is_dir():
+        raise AirfoilError(f"output folder {str(path)!r} not found")
+    try:
+        text = (p / MANIFEST).read_text()
+    except OSError:
+        raise _fail(p, f"{MANIFEST} is missing or unreadable (not a compiled folder?)") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
+        raise _fail(p, f"{MANIFEST} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    _check_manifest(manifest, p)
+    if config is not None and manifest["config_hash"] != config.config_hash:
+        raise _fail(p, f"compiled for config {manifest['config']!r} (hash "
+                       f"{manifest['config_hash']}), but the given config {config.name!r} "
+                       f"has hash {config.config_hash}; recompile for this config")
+    try:
+        image = bytearray((p / manifest["image"]).read_bytes())
+    except OSError:
+        raise _fail(p, f"image file {manifest['image']!r} is missing or unreadable") from None
+    if len(image) != manifest["image_bytes"]:
+        raise _fail(p, f"{manifest['image']} has {len(image)} bytes, the manifest says "
+                       f"{manifest['image_bytes']} (truncated or stale)")
+    folder = Folder(manifest, image, None, config=config, path=p)
+    if config is not None:
+        folder.program          # check the program header now: magic, version, CRC, hash
+    return folder

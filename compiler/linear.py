@@ -1,0 +1,410 @@
+"""Compile one quantized linear layer (GEMV) into an output folder.
+
+Steps: quantize the weights in groups (:func:`airfoil.formats.quantize_weights`),
+calibrate static activation and output scales, plan tiles and the memory image for the
+configuration, schedule the instruction stream with dependency tokens, and write
+``program.afp``, ``weights.bin``, ``manifest.json`` and ``program.s``.
+
+Schedule (VTA style)::
+
+    LD ACT x                                   the whole input vector, once
+    LD WGT tiles 0 .. S-1                      S = 2 (double buffering) or 4 WGT slots
+    for each tile t:
+        MV t            wait LOAD (+ STORE before reusing an OUT half), release LOAD
+                        (for the load of tile t+S) and STORE (at the end of an OUT half)
+        ST OUT half     wait MATRIX, release MATRIX       (when an OUT half is full)
+        LD WGT tile t+S wait MATRIX (MV t freed the slot), release MATRIX
+    SYS HALT
+
+Every tile is at most half the WGT buffer; when tiles fit a quarter, four slots let LOAD
+run three tiles ahead, hiding the memory latency of one tile behind the others. A tile
+larger than ``max_burst`` words is loaded as one LD per memory channel (word-aligned
+slices; only the last releases the MATRIX token, completions being in order).
+
+A tile is a block of output rows (a multiple of ``chains``) times a chunk of K (all of K
+when it fits half the WGT buffer, else several chunks accumulated with ``acc_init`` and
+``final``). Each OUT half collects the results of consecutive tiles whose first row is
+word-aligned in memory, so every ST is a whole number of memory words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from airfoil.config import AccelConfig
+from airfoil.errors import CompileError
+from airfoil.folder import FOLDER_FORMAT
+from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax,
+                             quantize_act, quantize_weights, requant_params, tile_layout,
+                             weight_format)
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit, encode
+from airfoil.program import Program
+
+from .asm import listing
+from .output import write_folder
+from .recipe import OUT_FORMATS
+
+__all__ = ["compile_linear", "plan_linear", "LinearPlan", "MIN_TILES", "CALIB_ROWS"]
+
+#: The planner makes tiles small enough for at least this many tiles (when N allows),
+#: so loading the first tile is a small part of the run.
+MIN_TILES = 8
+#: Rows of the random calibration sample drawn when no calibration data is given.
+CALIB_ROWS = 8
+#: Most weight tiles in flight: the WGT buffer is split into this many slots when the
+#: tiles are small enough (at least two: double buffering).
+MAX_WGT_SLOTS = 4
+
+_OUT_FMT = {8: OutFormat.INT8, 16: OutFormat.INT16, 32: OutFormat.INT32}
+
+
+def _up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+class LinearPlan:
+    """Tiling of an ``n x k`` layer on a configuration.
+
+    Members
+    -------
+    rows_per_tile : int
+        Output rows per tile (a multiple of ``chains``; the last tile may have fewer).
+    chunks : list of (int, int)
+        ``(col0, cols)`` chunks of K, one per tile of a row block (one chunk: K whole).
+    group_rows : int
+        Output rows per OUT half (a multiple of ``rows_per_tile`` and word-aligned).
+    slots : int
+        Weight tiles the WGT buffer holds at once (2 .. :data:`MAX_WGT_SLOTS`); the LOAD
+        unit runs ``slots - 1`` tiles ahead of MATRIX.
+    slot_bytes : int
+        Size of one WGT slot (a multiple of the memory word).
+    tiles : list of dict
+        In execution order: ``row0``, ``rows``, ``col0``, ``cols``, ``bias``, ``layout``.
+    """
+
+    def __init__(self, rows_per_tile, chunks, group_rows, tiles, slots, slot_bytes):
+        self.slots = slots
+        self.slot_bytes = slot_bytes
+        self.rows_per_tile = rows_per_tile
+        self.chunks = chunks
+        self.group_rows = group_rows
+        self.tiles = tiles
+
+
+def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out_bits: int,
+                bias: bool, max_tile_bytes: int | None = None) -> LinearPlan:
+    """Choose tile shapes for an ``n x k`` layer; raise :class:`CompileError` if none fit.
+
+    Parameters
+    ----------
+    n, k : int
+        Output rows and reduction length of the layer.
+    config : AccelConfig
+        Engine shape, buffer sizes and memory word of the target.
+    wformat : str or WeightFormat
+        Weight format of the tiles.
+    group : int
+        Weights per group scale.
+    out_bits : int
+        Result width (8, 16 or 32).
+    bias : bool
+        Whether the first K chunk of every row block carries an int32 bias section.
+    max_tile_bytes : int, optional
+        Upper bound on a tile's bytes below half the WGT buffer (used to force K-splits).
+    """
+    wf = weight_format(wformat)
+    wb = config.word_bytes
+    chains = config.chains
+    half_w = config.buffers.weight_bytes // 2
+    if max_tile_bytes is not None:
+        half_w = min(half_w, int(max_tile_bytes))
+
+    def nbytes(rows, cols):
+        return tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
+                           lanes=config.lanes, bias=bias, align=wb).nbytes
+
+    if _up(k, wb) > config.buffers.act_bytes:
+        raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
+                           f"bytes in config {config.name!r})")
+    # K chunk: whole K if a tile of `chains` rows fits half the WGT buffer.
+    if nbytes(chains, k) <= half_w:
+        kc = k
+    else:
+        kc = 0
+        for cand in range(group, k, group):
+            if nbytes(chains, cand) > half_w:
+                break
+            kc = cand
+        if kc == 0:
+            raise CompileError(f"a tile of {chains} rows x {group} weights "
+                               f"({nbytes(chains, group)} bytes) does not fit half the WGT "
+                               f"buffer ({half_w} bytes)")
+    chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
+    # Rows per tile: a multiple of chains; an OUT half holds a word-aligned whole number
+    # of tiles.
+    ob = out_bits // 8
+    half_rows = (config.buffers.out_bytes // 2) // ob
+    wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
+    limit = min(_up(n, chains), max(chains, _up(-(-n // MIN_TILES), chains)))
+    rows_per_tile = 0
+    for r in range(chains, limit + 1, chains):
+        if nbytes(r, kc) > half_w:
+            break
+        if math.lcm(r, wq) <= half_rows:
+            rows_per_tile = r
+    if rows_per_tile == 0:
+        raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
+                           f"({half_rows} outputs of {out_bits} bits) cannot hold "
+                           f"{math.lcm(chains, wq)} rows")
+    step = math.lcm(rows_per_tile, wq)
+    group_rows = (half_rows // step) * step
+    tiles = []
+    for row0 in range(0, n, rows_per_tile):
+        rows = min(rows_per_tile, n - row0)
+        for c0, cols in chunks:
+            has_bias = bias and c0 == 0
+            lay = tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
+                              lanes=config.lanes, bias=has_bias, align=wb)
+            tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
+                          "bias": has_bias, "layout": lay})
+    biggest = max(t["layout"].nbytes for t in tiles)
+    wgt = config.buffers.weight_bytes
+    slots = 2
+    while slots < MAX_WGT_SLOTS and (wgt // (2 * slots)) // wb * wb >= biggest:
+        slots *= 2
+    slot_bytes = (wgt // slots) // wb * wb
+    return LinearPlan(rows_per_tile, chunks, group_rows, tiles, slots, slot_bytes)
+
+
+def _check_args(weight, bias, config, wformat, group, out_format):
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or \
+            not weight.is_floating_point():
+        raise CompileError(f"weight must be a 2-D float tensor (N x K), not "
+                           f"{getattr(weight, 'shape', type(weight).__name__)}")
+    n, k = weight.shape
+    if n < 1 or k < 1:
+        raise CompileError(f"weight shape {n} x {k} is empty")
+    if not bool(torch.isfinite(weight).all()):
+        raise CompileError("weight holds infinite or NaN values")
+    wf = weight_format(wformat)
+    if wf.name.lower() not in config.weight_formats:
+        raise CompileError(f"weight format {wformat!r} is not supported by config "
+                           f"{config.name!r} (accepted: {', '.join(config.weight_formats)})")
+    if isinstance(group, bool) or not isinstance(group, int) or group not in config.group_sizes:
+        raise CompileError(f"group size {group!r} is not supported by config {config.name!r} "
+                           f"(accepted: {', '.join(map(str, config.group_sizes))})")
+    if out_format not in OUT_FORMATS:
+        raise CompileError(f"output format {out_format!r} is not accepted (accepted: "
+                           f"{', '.join(OUT_FORMATS)})")
+    if k % group:
+        raise CompileError(f"K={k} is not a multiple of the group size {group}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,):
+            raise CompileError(f"bias must be a tensor of shape ({n},), not "
+                               f"{tuple(getattr(bias, 'shape', ()))}")
+        if not bool(torch.isfinite(bias).all()):
+            raise CompileError("bias holds infinite or NaN values")
+    return wf
+
+
+def _calibrate(weight, bias, calib, seed, k, out_bits, k0):
+    if calib is None:
+        gen = torch.Generator().manual_seed(int(seed))
+        calib = torch.randn(CALIB_ROWS, k, generator=gen, dtype=torch.float64)
+    calib = torch.as_tensor(calib).detach().to(torch.float64)
+    if calib.dim() == 1:
+        calib = calib.reshape(1, -1)
+    if calib.dim() != 2 or calib.shape[1] != k or calib.shape[0] < 1:
+        raise CompileError(f"calibration data must be M x K={k}, not {tuple(calib.shape)}")
+    if not bool(torch.isfinite(calib).all()):
+        raise CompileError("calibration data holds infinite or NaN values")
+    x_scale = act_scale(calib)
+    y = calib @ weight.detach().to(torch.float64).T
+    if bias is not None:
+        y = y + bias.detach().to(torch.float64)
+    acc_unit = 2.0 ** k0 * x_scale
+    if out_bits == 32:
+        y_scale = acc_unit                  # results in accumulator units
+    else:
+        amax = float(y.abs().max())
+        y_scale = float(np.float32(amax / qmax(out_bits))) if amax > 0 else 1.0
+    req_m, req_s = requant_params(acc_unit / y_scale)
+    x_q = quantize_act(calib[0], x_scale)
+    return x_scale, y_scale, req_m, req_s, x_q
+
+
+def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
+    """Split a transfer into word-aligned slices, one per memory channel (up to all)."""
+    wb, mem = config.word_bytes, config.memory
+    count = max(1, min(mem.channels, -(-nbytes // (wb * mem.max_burst))))
+    size = _up(-(-nbytes // count), wb)
+    return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
+
+
+def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
+                   out_dir, *, wformat="int4", group=128, out_format="int8",
+                   calib: torch.Tensor | None = None, seed: int = 0,
+                   max_tile_bytes: int | None = None) -> dict:
+    """Quantize and compile one linear layer ``y = W x + b`` into ``out_dir``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        ``N x K`` float weights.
+    bias : torch.Tensor or None
+        ``N`` float bias.
+    config : AccelConfig
+        The accelerator to compile for.
+    out_dir : str or Path
+        Output folder; written atomically (all files or none).
+    wformat : str
+        Weight format (one of the config's ``weight_formats``).
+    group : int
+        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K).
+    out_format : str
+        ``int8``, ``int16`` or ``int32`` result.
+    calib : torch.Tensor, optional
+        ``M x K`` float activations for static calibration; default: ``CALIB_ROWS``
+        standard-normal rows drawn with ``seed``. Its first row, quantized, is the
+        folder's default input.
+    seed : int
+        Seed of the random calibration sample.
+    max_tile_bytes : int, optional
+        Cap on a weight tile's bytes (forces K-splits in tests).
+
+    Returns
+    -------
+    dict
+        The manifest written to ``manifest.json``.
+    """
+    wf = _check_args(weight, bias, config, wformat, group, out_format)
+    n, k = weight.shape
+    bits = FORMAT_BITS[wf]
+    out_bits = OUT_FORMATS[out_format]
+    ob = out_bits // 8
+    wb = config.word_bytes
+
+    q, s16 = quantize_weights(weight, bits, group)
+    _, kexp = fp16_fixed(s16)
+    k0 = int(kexp.min())
+    x_scale, y_scale, req_m, req_s, x_q = _calibrate(weight, bias, calib, seed, k, out_bits, k0)
+    bias_q = None
+    if bias is not None:
+        bias_q = torch.round(bias.detach().to(torch.float64) / (2.0 ** k0 * x_scale))
+        if float(bias_q.abs().max()) >= 2 ** 31:
+            raise CompileError("bias does not fit in int32 accumulator units; its magnitude "
+                               "is too large against the input and weight scales")
+        bias_q = bias_q.to(torch.int64)
+
+    plan = plan_linear(n, k, config, wformat=wf, group=group, out_bits=out_bits,
+                       bias=bias is not None, max_tile_bytes=max_tile_bytes)
+
+    # -- memory image: input, output, tiles ------------------------------------------
+    in_addr = 0
+    out_addr = _up(k, wb)
+    addr = out_addr + _up(n * ob, wb)
+    blobs = []
+    tiles = []
+    for t in plan.tiles:
+        r0, r1, c0, c1 = t["row0"], t["row0"] + t["rows"], t["col0"], t["col0"] + t["cols"]
+        blob = pack_tile(t["layout"], q[r0:r1, c0:c1], s16[r0:r1, c0 // group:c1 // group],
+                         bias_q[r0:r1] if t["bias"] else None)
+        assert len(blob) == t["layout"].nbytes and len(blob) % wb == 0
+        t["addr"] = addr
+        tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": len(blob),
+                      "col0": c0, "cols": t["cols"]})
+        blobs.append(blob)
+        addr += len(blob)
+    image = bytearray(addr)
+    image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
+    for t, blob in zip(plan.tiles, blobs):
+        image[t["addr"]:t["addr"] + len(blob)] = blob
+
+    words = _schedule(plan, config, wf=wf, group=group, k=k, n=n, k0=k0, req_m=req_m,
+                      req_s=req_s, out_bits=out_bits, in_addr=in_addr, out_addr=out_addr)
+    program = Program(words, config.config_hash_bytes)
+
+    manifest = {
+        "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
+        "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
+        "image_bytes": len(image),
+        "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
+        "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
+        "layers": [{"name": "linear", "n": n, "k": k, "wformat": wf.name.lower(),
+                    "group": group, "k0": k0, "req_m": req_m, "req_s": req_s,
+                    "out_bits": out_bits, "bias": bias is not None, "tiles": tiles}],
+    }
+    title = (f"linear {n} x {k} {wf.name.lower()} g{group} -> int{out_bits}, config "
+             f"{config.name} ({config.config_hash}), {len(words)} instructions")
+    write_folder(out_dir, {
+        "weights.bin": bytes(image),
+        "program.afp": program.to_bytes(),
+        "program.s": listing(words, title).encode(),
+        "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
+    })
+    return manifest
+
+
+def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,
+              out_bits, in_addr, out_addr) -> list[int]:
+    """Emit the instruction words of the tiled GEMV (see the module docstring)."""
+    wb = config.word_bytes
+    ob = out_bits // 8
+    slots, slot_w = plan.slots, plan.slot_bytes
+    half_o = config.buffers.out_bytes // 2
+    tiles = plan.tiles
+    T = len(tiles)
+    gr = plan.group_rows
+    n_groups = -(-n // gr)
+    group_of = [t["row0"] // gr for t in tiles]
+    first_of_group = {}
+    last_of_group = {}
+    for i, g in enumerate(group_of):
+        first_of_group.setdefault(g, i)
+        last_of_group[g] = i
+    words = []
+    M, L, S = Unit.MATRIX, Unit.LOAD, Unit.STORE
+
+    def load_tile(i):
+        t = tiles[i]
+        base = (i % slots) * slot_w
+        sl = _slices(t["layout"].nbytes, config)
+        for j, (off, nb) in enumerate(sl):
+            words.append(encode(
+                Opcode.LD, wait=[M] if i >= slots and j == 0 else [],
+                release=[M] if j == len(sl) - 1 else [],
+                buf=Buffer.WGT, channel=j % config.memory.channels, buf_addr=base + off,
+                dram_addr=t["addr"] + off, nbytes=nb, count=1, dram_stride=nb))
+
+    words.append(encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr,
+                        nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb)))
+    for i in range(min(slots, T)):
+        load_tile(i)
+    for i, t in enumerate(tiles):
+        g = group_of[i]
+        wait = [L] + ([S] if i == first_of_group[g] and g >= 2 else [])
+        release = ([L] if i + slots < T else []) + ([S] if i == last_of_group[g] else [])
+        last_chunk = t["col0"] + t["cols"] == k
+        words.append(encode(
+            Opcode.MV, wait=wait, release=release, wfmt=wf, sparsity=Sparsity.DENSE,
+            group=group, rows=t["rows"], k=t["cols"], m=1, wbuf_addr=(i % slots) * slot_w,
+            abuf_addr=t["col0"], obuf_addr=(g % 2) * half_o + (t["row0"] - g * gr) * ob,
+            k0=k0, req_m=req_m, req_s=req_s, out_fmt=_OUT_FMT[out_bits],
+            acc_init=int(t["col0"] == 0), final=int(last_chunk), bias=int(t["bias"])))
+        if i == last_of_group[g]:
+            rows = min(gr, n - g * gr)
+            nb = _up(rows * ob, wb)
+            words.append(encode(
+                Opcode.ST, wait=[M], release=[M] if g + 2 < n_groups else [],
+                buf=Buffer.OUT, channel=g % config.memory.channels, buf_addr=(g % 2) * half_o,
+                dram_addr=out_addr + g * gr * ob, nbytes=nb, count=1, dram_stride=nb))
+        if i + slots < T:
+            load_tile(i + slots)
+    words.append(encode(Opcode.SYS, op=SysOp.HALT))
+    return words

@@ -1,0 +1,58 @@
+"""Quantization recipes: a small YAML file mapped onto the compiler's keyword arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from airfoil.errors import CompileError
+
+__all__ = ["RECIPE_KEYS", "DEFAULT_RECIPE", "OUT_FORMATS", "load_recipe", "check_recipe"]
+
+_DIR = Path(__file__).resolve().parent / "recipes"
+#: The recipe shipped with the project (``compiler/recipes/linear_default.yaml``).
+DEFAULT_RECIPE = _DIR / "linear_default.yaml"
+#: Output formats a recipe may name, with their width in bits.
+OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
+#: Keys a linear-layer recipe may set, with their Python type.
+RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str}
+
+
+def check_recipe(data, source: str = "recipe") -> dict:
+    """Validate recipe data; return it as keyword arguments for ``compile_linear``."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CompileError(f"{source}: a recipe must be a mapping of "
+                           f"{', '.join(RECIPE_KEYS)}, not {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        if key not in RECIPE_KEYS:
+            raise CompileError(f"{source}: unknown key {key!r} (accepted: "
+                               f"{', '.join(RECIPE_KEYS)})")
+        tp = RECIPE_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, tp):
+            raise CompileError(f"{source}: key {key!r} must be {tp.__name__}, not "
+                               f"{type(value).__name__} {value!r}")
+        out[key] = value
+    if "out_format" in out and out["out_format"] not in OUT_FORMATS:
+        raise CompileError(f"{source}: out_format {out['out_format']!r} is not accepted "
+                           f"(accepted: {', '.join(OUT_FORMATS)})")
+    return out
+
+
+def load_recipe(path=None) -> dict:
+    """Read a recipe YAML (default: :data:`DEFAULT_RECIPE`) into keyword arguments."""
+    p = Path(path) if path is not None else DEFAULT_RECIPE
+    try:
+        text = p.read_text()
+    except OSError:
+        raise CompileError(f"recipe file {str(p)!r} not found or unreadable") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise CompileError(f"{p.name}: not valid YAML{at}") from None
+    return check_recipe(data, source=p.name)

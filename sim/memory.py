@@ -1,0 +1,75 @@
+"""Memory model of the ISA simulator: a flat byte image and per-channel timing.
+
+Addresses are byte offsets from the data base address, as in ``LD``/``ST``. The image is
+one flat space; an instruction's ``channel`` names the AXI port that carries the transfer,
+which sets only its timing (each channel streams one transfer at a time, at the rate the
+:class:`sim.cycle_model.CycleModel` gives).
+"""
+
+from __future__ import annotations
+
+from airfoil.config import AccelConfig
+
+from .cycle_model import Cost, CycleModel
+
+__all__ = ["Memory", "MemoryRangeError"]
+
+
+class MemoryRangeError(Exception):
+    """An access beyond the end of the memory image (the simulator maps it to AXI_ERROR)."""
+
+
+class Memory:
+    """A flat byte image with one timing state per channel.
+
+    Parameters
+    ----------
+    image : bytearray
+        The memory contents from the data base address; modified in place by writes.
+    config : AccelConfig
+        Gives the channel count and, through the cycle model, the transfer costs.
+    model : CycleModel, optional
+        Cost model to use (default: ``CycleModel(config)``).
+    """
+
+    def __init__(self, image: bytearray, config: AccelConfig, model: CycleModel | None = None):
+        if not isinstance(image, bytearray):
+            raise TypeError(f"image must be a bytearray, not {type(image).__name__}")
+        self.image = image
+        self.config = config
+        self.model = model or CycleModel(config)
+        #: Cycle at which each channel can start streaming its next transfer.
+        self.channel_free = [0] * config.memory.channels
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    def __len__(self):
+        return len(self.image)
+
+    def _check(self, addr: int, nbytes: int) -> None:
+        if addr < 0 or addr + nbytes > len(self.image):
+            raise MemoryRangeError(f"memory access {addr:#x}..{addr + nbytes:#x} is outside the "
+                                   f"image of {len(self.image)} bytes")
+
+    def read(self, addr: int, nbytes: int) -> bytes:
+        """Return ``nbytes`` bytes at ``addr``."""
+        self._check(addr, nbytes)
+        self.bytes_read += nbytes
+        return bytes(self.image[addr:addr + nbytes])
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at ``addr``."""
+        self._check(addr, len(data))
+        self.bytes_written += len(data)
+        self.image[addr:addr + len(data)] = data
+
+    def transfer(self, channel: int, start: int, nbytes: int, *, write: bool) -> tuple[int, Cost]:
+        """Schedule a transfer on ``channel`` no earlier than ``start``.
+
+        Return ``(begin, cost)``: the cycle the transfer begins (after the channel is free)
+        and its cost; the channel is then busy until ``begin + cost.busy``.
+        """
+        cost = self.model.store(nbytes) if write else self.model.load(nbytes)
+        begin = max(start, self.channel_free[channel])
+        self.channel_free[channel] = begin + cost.busy
+        return begin, cost

@@ -1,0 +1,305 @@
+"""ISA simulator against the golden model, its error paths and its cycle model."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from airfoil.config import load_config
+from airfoil.errors import ProgramError
+from airfoil.folder import Folder, load_folder
+from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Opcode, SysOp, Unit, WeightFormat,
+                         decode, encode)
+from airfoil.program import Program
+from compiler.linear import compile_linear
+from sim.cycle_model import CycleModel
+from sim.golden import run_golden
+from sim.isa_sim import IsaSim, run_isa
+
+CFG = load_config("test")
+
+
+def _layer(seed, n, k, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * (0.5 + torch.rand(n, 1, generator=g))
+    b = torch.randn(n, generator=g) if bias else None
+    return w, b
+
+
+def _compile(tmp_path, seed, n, k, name="f", **kw):
+    w, b = _layer(seed, n, k, kw.pop("bias", True))
+    compile_linear(w, b, CFG, tmp_path / name, seed=seed, **kw)
+    return load_folder(tmp_path / name, CFG)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("wformat", ["int4", "int8"])
+def test_isa_matches_golden(tmp_path, wformat, group, seed):
+    rng = random.Random(seed * 7 + group)
+    n = rng.choice([1, 3, 5, 7]) + 8 * rng.randrange(0, 12)      # odd, never a power of 2
+    k = group * rng.choice([1, 3, 5, 7])
+    if k == 128:
+        k = 384                                                    # 128 is a power of two
+    folder = _compile(tmp_path, seed, n, k, wformat=wformat, group=group,
+                      bias=bool(seed % 2))
+    gold = run_golden(folder)
+    out, stats = run_isa(folder, CFG)
+    assert out.shape == (n,)
+    assert torch.equal(out, gold), f"n={n} k={k}"
+    assert stats["macs"] == n * k
+    # a second, random input exercising the full INT8 range
+    x = torch.randint(-128, 128, (k,), generator=torch.Generator().manual_seed(seed))
+    out2, _ = run_isa(folder, CFG, x)
+    assert torch.equal(out2, run_golden(folder, x))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("out_format", ["int8", "int16", "int32"])
+def test_k_split_with_bias(tmp_path, out_format, seed):
+    folder = _compile(tmp_path, seed, 29, 480, group=32, out_format=out_format,
+                      max_tile_bytes=512)
+    tiles = folder.manifest["layers"][0]["tiles"]
+    assert len({t["col0"] for t in tiles}) > 1, "the layer must be split along K"
+    words = [decode(w) for w in folder.program.words]
+    mvs = [i for i in words if i.opcode == Opcode.MV]
+    assert any(not i.acc_init for i in mvs) and any(not i.final for i in mvs)
+    out, _ = run_isa(folder, CFG)
+    assert torch.equal(out, run_golden(folder))
+
+
+def test_out_halves_rotate_and_many_stores(tmp_path):
+    # 700 outputs of 16 bits need several OUT halves (512 bytes each): exercises the
+    # STORE -> MATRIX tokens and the word alignment of every ST.
+    folder = _compile(tmp_path, 3, 700, 96, group=32, out_format="int16")
+    out, stats = run_isa(folder, CFG)
+    assert stats["count_store"] >= 3
+    assert torch.equal(out, run_golden(folder))
+
+
+@pytest.mark.parametrize("wformat", ["int4", "int8"])
+def test_u280_slices_and_slots(tmp_path, wformat):
+    """On U280 tiles are sliced over the 32 channels and LOAD runs three tiles ahead."""
+    u280 = load_config("u280")
+    w, b = _layer(5, 300, 768)
+    compile_linear(w, b, u280, tmp_path / "u", wformat=wformat, group=64)
+    folder = load_folder(tmp_path / "u", u280)
+    ins = [decode(x) for x in folder.program.words]
+    assert len({i.channel for i in ins if i.opcode == Opcode.LD}) == u280.memory.channels
+    assert len({i.wbuf_addr for i in ins if i.opcode == Opcode.MV}) == 4
+    out, stats = run_isa(folder, u280)
+    assert torch.equal(out, run_golden(folder))
+    assert stats["cycles"] < stats["busy_load"]          # channels work in parallel
+
+
+# -- helpers to mutate programs -------------------------------------------------------------
+
+def _small(tmp_path):
+    return _compile(tmp_path, 1, 13, 64, group=32, wformat="int8")
+
+
+def _with_words(folder, words):
+    return Folder(folder.manifest, folder.image, Program(words, CFG.config_hash_bytes),
+                  config=CFG)
+
+
+def _patch(folder, pred, **changes):
+    """Return a folder whose first instruction matching ``pred`` has fields changed."""
+    words = list(folder.program.words)
+    for i, w in enumerate(words):
+        ins = decode(w)
+        if pred(ins):
+            fields = dict(ins.fields)
+            wait = changes.pop("wait", ins.wait)
+            release = changes.pop("release", ins.release)
+            fields.update(changes)
+            words[i] = encode(ins.opcode, wait=wait, release=release, **fields)
+            return _with_words(folder, words), i
+    raise AssertionError("no instruction matched")
+
+
+def _expect(folder, code, index=None, match=None):
+    with pytest.raises(ProgramError, match=match) as ei:
+        run_isa(folder, CFG)
+    assert ei.value.code == code, str(ei.value)
+    assert code.name in str(ei.value)
+    if index is not None:
+        assert ei.value.index == index
+        assert f"instruction {index} " in str(ei.value)
+    return ei.value
+
+
+def is_mv(i):
+    return i.opcode == Opcode.MV
+
+
+def is_ld_wgt(i):
+    return i.opcode == Opcode.LD and i.buf == Buffer.WGT
+
+
+def test_unpatched_small_program_runs(tmp_path):
+    f = _small(tmp_path)
+    out, _ = run_isa(_with_words(f, f.program.words), CFG)
+    assert torch.equal(out, run_golden(f))
+
+
+def test_deadlock_detected(tmp_path):
+    f = _small(tmp_path)
+    bad, i = _patch(f, is_ld_wgt, release=0)
+    e = _expect(bad, ErrorCode.DEADLOCK, match="waits for a token from LOAD")
+    assert e.index > i
+
+
+def test_token_fifo_overflow(tmp_path):
+    f = _small(tmp_path)
+    ld = dict(buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=0, nbytes=16, count=1,
+              dram_stride=16)
+    words = [encode(Opcode.LD, release=[Unit.STORE], **ld) for _ in range(TOKEN_DEPTH + 1)]
+    words.append(encode(Opcode.SYS, op=SysOp.HALT))
+    _expect(_with_words(f, words), ErrorCode.MALFORMED, index=TOKEN_DEPTH, match="token FIFO")
+    # exactly TOKEN_DEPTH outstanding tokens are legal
+    _, stats = run_isa(_with_words(f, words[1:]), CFG)
+    assert stats["count_load"] == TOKEN_DEPTH
+
+
+def test_illegal_opcode(tmp_path):
+    f = _small(tmp_path)
+    words = list(f.program.words)
+    words[2] = (words[2] & ~0xF) | 0xF
+    _expect(_with_words(f, words), ErrorCode.ILLEGAL_OPCODE, index=2, match="unknown opcode 15")
+
+
+def test_malformed_enum_field(tmp_path):
+    f = _small(tmp_path)
+    words = list(f.program.words)
+    i = next(j for j, w in enumerate(words) if decode(w).opcode == Opcode.MV)
+    words[i] |= 15 << 16                          # wfmt code 15 does not exist
+    _expect(_with_words(f, words), ErrorCode.MALFORMED, index=i)
+
+
+def test_mv_needs_one_vector(tmp_path):
+    bad, i = _patch(_small(tmp_path), is_mv, m=2)
+    _expect(bad, ErrorCode.MALFORMED, index=i, match="m=1")
+
+
+@pytest.mark.parametrize("field, value", [("buf_addr", 8), ("dram_addr", 4), ("nbytes", 20),
+                                          ("count", 0)])
+def test_misaligned_or_empty_transfer(tmp_path, field, value):
+    bad, i = _patch(_small(tmp_path), is_ld_wgt, **{field: value})
+    _expect(bad, ErrorCode.MALFORMED, index=i, match=field)
+
+
+def test_buffer_range(tmp_path):
+    bad, i = _patch(_small(tmp_path), is_ld_wgt, buf_addr=CFG.buffers.weight_bytes - 16)
+    _expect(bad, ErrorCode.BUFFER_RANGE, index=i, match="WGT")
+    bad, i = _patch(_small(tmp_path), is_mv, abuf_addr=CFG.buffers.act_bytes - 8)
+    _expect(bad, ErrorCode.BUFFER_RANGE, index=i, match="ACT")
+
+
+def test_memory_range(tmp_path):
+    f = _small(tmp_path)
+    bad, i = _patch(f, is_ld_wgt, dram_addr=len(f.image))
+    _expect(bad, ErrorCode.AXI_ERROR, index=i)
+
+
+def test_scale_shift_outside_window(tmp_path):
+    f = _small(tmp_path)
+    k0 = f.manifest["layers"][0]["k0"]
+    bad, i = _patch(f, is_mv, k0=10)             # above every FP16 exponent
+    _expect(bad, ErrorCode.SCALE_RANGE, index=i, match="k0")
+    bad, i = _patch(f, is_mv, k0=k0 - 16)
+    _expect(bad, ErrorCode.SCALE_RANGE, index=i)
+
+
+def test_unsupported_group_and_format(tmp_path):
+    f = _small(tmp_path)
+    bad, i = _patch(f, is_mv, group=64, k=64)
+    cfg = dataclasses.replace(CFG, group_sizes=(32, 128))
+    ff = Folder(dict(bad.manifest, config_hash=cfg.config_hash), bad.image,
+                Program(bad.program.words, cfg.config_hash_bytes), config=cfg)
+    with pytest.raises(ProgramError, match="UNSUPPORTED") as ei:
+        run_isa(ff, cfg)
+    assert ei.value.code == ErrorCode.UNSUPPORTED and ei.value.index == i
+    bad, i = _patch(f, is_mv, wfmt=WeightFormat.INT2)
+    _expect(bad, ErrorCode.UNSUPPORTED, index=i, match="int2")
+
+
+def test_program_end_without_halt(tmp_path):
+    f = _small(tmp_path)
+    words = list(f.program.words)
+    assert decode(words[-1]).op == SysOp.HALT
+    _expect(_with_words(f, words[:-1]), ErrorCode.PROGRAM_END, index=len(words) - 1)
+
+
+def test_sys_takes_no_tokens(tmp_path):
+    f = _small(tmp_path)
+    words = list(f.program.words)
+    words[-1] = encode(Opcode.SYS, wait=[Unit.LOAD], op=SysOp.HALT)
+    _expect(_with_words(f, words), ErrorCode.MALFORMED, index=len(words) - 1)
+
+
+def test_sfu_copy(tmp_path):
+    f = _small(tmp_path)
+    wb = CFG.word_bytes
+    words = [
+        encode(Opcode.LD, release=[Unit.SFU], buf=Buffer.ACT, channel=0, buf_addr=0,
+               dram_addr=0, nbytes=64, count=1, dram_stride=64),
+        encode(Opcode.SFU, wait=[Unit.LOAD], release=[Unit.STORE], src=Buffer.ACT,
+               dst=Buffer.OUT, src_addr=3, dst_addr=wb, n=40),
+        encode(Opcode.ST, wait=[Unit.SFU], buf=Buffer.OUT, channel=0, buf_addr=wb,
+               dram_addr=f.manifest["output"]["addr"], nbytes=48, count=1, dram_stride=48),
+        encode(Opcode.SYS, op=SysOp.HALT),
+    ]
+    image = bytearray(f.image)
+    stats = IsaSim(CFG, image).run(words)
+    a = f.manifest["output"]["addr"]
+    assert image[a:a + 40] == f.image[3:43]
+    assert image[a + 40:a + 48] == bytes(8)
+    assert stats["count_sfu"] == 1
+
+
+# -- cycle model -----------------------------------------------------------------------------
+
+def test_serial_chain_costs_add_up(tmp_path):
+    """A program whose every step waits for the previous one costs the sum of its parts."""
+    f = _small(tmp_path)
+    ins = [decode(w) for w in f.program.words]
+    lds = [i for i in ins if i.opcode == Opcode.LD]
+    mv = next(i for i in ins if i.opcode == Opcode.MV)
+    st = next(i for i in ins if i.opcode == Opcode.ST)
+    L, M, S = Unit.LOAD, Unit.MATRIX, Unit.STORE
+
+    def re(i, wait, release):
+        return encode(i.opcode, wait=wait, release=release, **i.fields)
+    words = [re(lds[0], [], []), re(lds[1], [], [M]), re(mv, [L], [S]), re(st, [M], []),
+             encode(Opcode.SYS, op=SysOp.HALT)]
+    _, stats = run_isa(_with_words(f, words), CFG)
+    cm = CycleModel(CFG)
+    a, b = cm.load(lds[0].nbytes), cm.load(lds[1].nbytes)
+    # dispatch: instruction i enters its queue at cycle i and may start one cycle later
+    ld_done = max(1 + a.latency, 1 + a.busy + b.latency)
+    mv_done = ld_done + cm.matrix(mv.rows, mv.k).latency
+    st_done = mv_done + cm.store(st.nbytes).latency
+    assert stats["cycles"] == st_done
+    assert stats["busy_matrix"] == cm.matrix(mv.rows, mv.k).busy
+
+
+def test_double_buffering_overlaps_load_and_matrix(tmp_path):
+    folder = _compile(tmp_path, 0, 200, 1536, group=128)
+    _, stats = run_isa(folder, CFG)
+    assert stats["cycles"] < stats["busy_load"] + stats["busy_matrix"]
+    assert stats["cycles"] >= max(stats["busy_load"], stats["busy_matrix"])
+
+
+def test_cycle_model_rates():
+    cm = CycleModel(CFG)
+    mem = CFG.memory
+    assert cm.words_per_cycle(mem.read_latency) == 1.0
+    slow = CycleModel(dataclasses.replace(CFG, memory=dataclasses.replace(
+        mem, outstanding=1, read_latency=48)))
+    assert slow.words_per_cycle(48) == pytest.approx(16 / 64)
+    c = slow.load(64 * CFG.word_bytes)
+    assert (c.busy, c.latency) == (256, 256 + 48)
+    m = cm.matrix(rows=9, k=100)
+    assert m.busy == 3 * 13 + cm.matrix(rows=1, k=1).busy - 1
