@@ -1,0 +1,75 @@
+"""Bench figures of the decoder-LLM compiler: accuracy of the quantized tiny model.
+
+On the held-out split of ``pydoc_data.topics`` (see ``scripts/train_tiny.py``), in
+windows of :data:`WINDOW` tokens each predicting the next byte at every position:
+
+* ``tiny_w4_next_token_agreement``: fraction of positions where the integer golden with
+  the default recipe (W4 g128, INT8 per-token activations, INT8 KV cache) and the float
+  model pick the same next token (greedy argmax);
+* ``tiny_w4_ppl_ratio``: the golden's held-out perplexity over the float model's;
+* ``tiny_float_ppl_over_unigram``: the float model's held-out perplexity over that of a
+  unigram (byte frequency, add-one smoothed) model of the training split.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from compiler.backends import execute, logits_float
+from compiler.importers.hf import import_hf
+from compiler.passes import llm_pipeline, quantized_model
+from compiler.tokenizer import corpus_split
+from sim.golden_llm import GoldenLLM
+
+#: The committed tiny checkpoint.
+TINY_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-llama"
+#: Tokens per evaluation window (each window starts a fresh KV cache).
+WINDOW = 128
+#: Held-out positions the bench evaluates.
+POSITIONS = 2048
+
+
+def tiny_accuracy(model_dir=TINY_MODEL, positions: int = POSITIONS, window: int = WINDOW,
+                  recipe=None, log=None) -> dict:
+    """Measure the three accuracy figures (and their evidence) on ``positions`` tokens."""
+    graph = import_hf(model_dir)
+    quant = llm_pipeline(recipe).run(graph)
+    golden = GoldenLLM(quantized_model(quant))
+    train, held = corpus_split()
+    data = torch.tensor(list(held), dtype=torch.int64)
+    counts = torch.bincount(torch.tensor(list(train), dtype=torch.int64), minlength=256)
+    uni_logp = torch.log((counts.double() + 1) / (counts.sum() + 256))
+    nll_f = nll_g = nll_u = 0.0
+    agree = n = 0
+    start = 0
+    while n < positions:
+        if start + window + 1 > len(data):
+            raise ValueError(f"held-out split too short for {positions} positions")
+        take = min(window, positions - n)
+        x = data[start:start + take]
+        y = data[start + 1:start + take + 1]
+        with torch.no_grad():
+            lf = execute(graph, x).to(torch.float64)
+        lg = logits_float(golden.prefill(x))
+        nll_f -= float(torch.log_softmax(lf, -1).gather(1, y[:, None]).sum())
+        nll_g -= float(torch.log_softmax(lg, -1).gather(1, y[:, None]).sum())
+        nll_u -= float(uni_logp[y].sum())
+        agree += int((lf.argmax(-1) == lg.argmax(-1)).sum())
+        n += take
+        start += window
+        if log is not None and (n // window) % 4 == 0:
+            log(f"llm accuracy: {n}/{positions} positions")
+    ppl_f, ppl_g, ppl_u = (math.exp(v / n) for v in (nll_f, nll_g, nll_u))
+    return {"tiny_w4_next_token_agreement": agree / n,
+            "tiny_w4_ppl_ratio": ppl_g / ppl_f,
+            "tiny_float_ppl_over_unigram": ppl_f / ppl_u,
+            "tiny_positions": n, "tiny_float_ppl": ppl_f, "tiny_w4_ppl": ppl_g,
+            "tiny_unigram_ppl": ppl_u}
+
+
+def figures(args, log) -> dict:
+    """``airfoil bench`` entry: the accuracy figures on :data:`POSITIONS` positions."""
+    return tiny_accuracy(log=log)

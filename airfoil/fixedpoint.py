@@ -1,0 +1,568 @@
+"""Fixed-point special functions of the special-function unit (SFU), specified once.
+
+The golden model (``sim/golden_llm.py``), the ISA simulator and the RTL SFU implement
+exactly this arithmetic: integers only at run time (``torch.int64`` tensors holding
+narrower values), small tables and constants computed at compile time, shifts,
+multiplies and a table-plus-Newton reciprocal and reciprocal square root.
+
+Number formats (``Qf`` means value = integer * 2**-f):
+
+* activations between operators: ``ACT`` = signed 32-bit, Q16 (:data:`ACT_FRAC`),
+  saturating (:func:`sat`);
+* INT8 tensors with a per-token scale ``sm * 2**-se`` (``sm`` a 16-bit normalised
+  mantissa, ``2**15 <= sm < 2**16``, ``se`` a signed exponent): the outputs of
+  :func:`quant_per_token`, the inputs of linear layers and the KV cache;
+* probabilities: unsigned Q15 (``0..2**15``, 16 bits plus the value 1.0);
+* table entries: unsigned Q15 (``exp2`` fraction, sigmoid), signed Q14 (RoPE).
+
+Rounding is always "round half up" on the integer: ``(x + 2**(s-1)) >> s``
+(:func:`shift_round`), with arithmetic (floor) right shifts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .formats import ACC_BITS, REQ_M_BITS, REQ_S_MAX, wrap
+
+__all__ = [
+    "ACT_FRAC", "ACT_BITS", "P_FRAC", "ROPE_FRAC", "W_FRAC", "GAMMA_FRAC",
+    "shift_round", "shift_round_sat", "sat", "to_fixed", "from_fixed", "bit_length", "recip",
+    "rsqrt",
+    "exp2_neg", "exp_neg", "sigmoid", "silu", "add", "mul", "quant_per_token",
+    "token_scale_value", "requantize_rows", "linear_out_params", "rmsnorm",
+    "rmsnorm_weight", "rope_table", "rope", "softmax", "attention_scores", "QLinear",
+    "linear", "embedding_table", "KVCacheInt", "attention",
+    "attention_weights", "attention_context", "scale_to_mantissa",
+]
+
+#: Fractional bits of the activations passed between operators (signed 32-bit).
+ACT_FRAC = 16
+ACT_BITS = 32
+#: Fractional bits of softmax probabilities (unsigned, 0..2**P_FRAC).
+P_FRAC = 15
+#: Fractional bits of the RoPE cos/sin table (signed 16-bit).
+ROPE_FRAC = 14
+#: Fractional bits of the value-scaled attention weights (signed 32-bit).
+W_FRAC = 20
+#: Fractional bits of the RMSNorm gain (signed 32-bit).
+GAMMA_FRAC = 16
+
+I64 = torch.int64
+
+
+# -- basic integer operations ---------------------------------------------------------
+
+def shift_round(x: torch.Tensor, s) -> torch.Tensor:
+    """Multiply ``x`` by ``2**-s`` rounding half up: ``(x + 2**(s-1)) >> s`` for ``s > 0``.
+
+    ``s`` is an int or an int64 tensor broadcast against ``x``; ``s <= 0`` shifts left
+    (exact). The caller guarantees the result fits in int64.
+    """
+    x = x.to(I64)
+    if not isinstance(s, torch.Tensor):
+        s = int(s)
+        if s <= 0:
+            return x << -s
+        return (x + (1 << (s - 1))) >> s
+    s = s.to(I64)
+    pos = torch.clamp(s, min=0, max=62)
+    right = (x + torch.where(pos > 0, torch.ones_like(pos) << torch.clamp(pos - 1, min=0),
+                             torch.zeros_like(pos))) >> pos
+    left = x << torch.clamp(-s, min=0, max=62)
+    return torch.where(s > 0, right, left)
+
+
+def shift_round_sat(x: torch.Tensor, s, bits: int = ACT_BITS) -> torch.Tensor:
+    """``sat(shift_round(x, s), bits)`` without int64 overflow for left shifts.
+
+    For ``s < 0`` the operand is first clamped to ``bits`` signed range (any larger
+    value saturates anyway) and the shift limited to ``bits - 1``.
+    """
+    x = x.to(I64)
+    lim = 1 << (bits - 1)
+    if isinstance(s, torch.Tensor):
+        s = s.to(I64)
+        x = torch.where(s < 0, torch.clamp(x, -lim, lim), x)
+        s = torch.clamp(s, min=-(bits - 1))
+    elif s < 0:
+        x, s = torch.clamp(x, -lim, lim), max(s, -(bits - 1))
+    return sat(shift_round(x, s), bits)
+
+
+def sat(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
+    """Saturate to ``bits``-bit signed two's complement."""
+    return torch.clamp(x, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def to_fixed(x: torch.Tensor, frac: int = ACT_FRAC, bits: int = ACT_BITS) -> torch.Tensor:
+    """Compile time only: float -> saturated ``bits``-bit Q``frac`` (round half even)."""
+    return sat(torch.round(x.detach().to(torch.float64) * 2.0 ** frac).to(I64), bits)
+
+
+def from_fixed(x: torch.Tensor, frac: int = ACT_FRAC) -> torch.Tensor:
+    """Test/reporting helper: Q``frac`` integers -> float64 values."""
+    return x.to(torch.float64) * 2.0 ** -frac
+
+
+def bit_length(x: torch.Tensor) -> torch.Tensor:
+    """Bit length of non-negative int64 values (0 for 0): a leading-zero counter."""
+    x = x.to(I64)
+    n = torch.zeros_like(x)
+    for sh in (32, 16, 8, 4, 2, 1):
+        big = (x >> sh) > 0
+        n = n + torch.where(big, sh, 0)
+        x = torch.where(big, x >> sh, x)
+    return n + (x > 0).to(I64)
+
+
+# -- reciprocal and reciprocal square root ---------------------------------------------
+
+#: 256-entry table: ``round(2**31 / n_mid)`` for the 8 bits under the leading one.
+_RECIP_T = torch.tensor([round(2 ** 31 / ((1 << 15) + (i << 7) + (1 << 6)))
+                         for i in range(256)], dtype=I64)
+#: 192-entry table: ``round(2**23 / sqrt(n_mid))`` for ``n`` in ``[2**14, 2**16)``.
+_RSQRT_T = torch.tensor([round(2 ** 23 / math.sqrt(((i + 64) << 8) + (1 << 7)))
+                         for i in range(192)], dtype=I64)
+
+
+def _normalize(a: torch.Tensor, width: int, even: bool = False):
+    """Shift positive ``a`` so its bit length is ``width`` (truncating); return (n, sh)."""
+    sh = bit_length(a) - width
+    if even:
+        sh = sh + (sh & 1)
+    n = torch.where(sh >= 0, a >> torch.clamp(sh, min=0), a << torch.clamp(-sh, min=0))
+    return n, sh
+
+
+def recip(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reciprocal of positive integers: ``(m, e)`` with ``1 / a ~= m * 2**-e``.
+
+    ``a`` is normalised (truncated) to ``n`` in ``[2**15, 2**16)``; a 256-entry table
+    indexed by the 8 bits below the leading one gives ``y0 ~= 2**31 / n`` (16 bits), one
+    Newton step ``y1 = (y0 * (2**32 - n * y0)) >> 31`` (products of 32 and 48 bits)
+    refines it, saturated to 16 bits (``2**15 <= m < 2**16``). Relative error
+    < 2**-14 (the normalisation truncates up to 16 bits of ``a``, < 2**-15).
+    """
+    a = torch.clamp(a.to(I64), min=1)
+    n, sh = _normalize(a, 16)
+    y0 = _RECIP_T[(n >> 7) - 256]
+    y1 = (y0 * ((1 << 32) - n * y0)) >> 31
+    m = torch.clamp(y1, 1 << 15, (1 << 16) - 1)
+    return m, sh + 31
+
+
+def rsqrt(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reciprocal square root of positive integers: ``(m, e)``, ``v**-0.5 ~= m * 2**-e``.
+
+    ``v`` is normalised (truncated) by an even shift ``2 t`` to ``n`` in
+    ``[2**14, 2**16)``; a 192-entry table gives ``y0 ~= 2**23 / sqrt(n)`` (16 bits); one
+    Newton step ``y1 = (y0 * (3 * 2**30 - ((n * y0 * y0) >> 16))) >> 31`` (48-bit
+    products), saturated to ``2**15 .. 2**16 - 1``; ``e = 23 + t``. Relative error
+    < 2**-14.
+    """
+    v = torch.clamp(v.to(I64), min=1)
+    n, sh = _normalize(v, 16, even=True)
+    y0 = _RSQRT_T[(n >> 8) - 64]
+    t = (n * y0 * y0) >> 16
+    y1 = (y0 * (3 * (1 << 30) - t)) >> 31
+    m = torch.clamp(y1, 1 << 15, (1 << 16) - 1)
+    return m, 23 + (sh >> 1)
+
+
+# -- exponential and sigmoid ---------------------------------------------------------
+
+#: 257-entry table: ``round(2**15 * 2**(-i / 256))``, i = 0..256.
+_EXP2_T = torch.tensor([round(2 ** 15 * 2 ** (-i / 256)) for i in range(257)], dtype=I64)
+#: log2(e) in Q15 (unsigned 17 bits).
+_LOG2E_Q15 = round(math.log2(math.e) * 2 ** 15)
+
+
+def _interp(table: torch.Tensor, idx: torch.Tensor, frac: torch.Tensor, fbits: int):
+    """Linear interpolation ``t[i] + ((t[i+1] - t[i]) * f) >> fbits`` (rounded)."""
+    a, b = table[idx], table[idx + 1]
+    return a + shift_round((b - a) * frac, fbits)
+
+
+def exp2_neg(d: torch.Tensor) -> torch.Tensor:
+    """``2**-d`` for non-negative Q16 ``d``, as unsigned Q15.
+
+    The integer part is a right shift (``>= 16`` gives 0); the 16 fractional bits index
+    the 257-entry table with their top 8 bits and interpolate linearly with the low 8.
+    Absolute error <= 2**-15 (table rounding plus interpolation error < 2**-17).
+    """
+    d = torch.clamp(d.to(I64), min=0)
+    ip, fp = d >> 16, d & 0xFFFF
+    y = _interp(_EXP2_T, fp >> 8, fp & 0xFF, 8)
+    return shift_round(y, torch.clamp(ip, max=31))
+
+
+def exp_neg(d: torch.Tensor) -> torch.Tensor:
+    """``exp(-d)`` for non-negative Q16 ``d`` (signed 32-bit, saturated), unsigned Q15.
+
+    ``d * log2(e)`` is formed as ``(d * LOG2E_Q15) >> 15`` (rounded; 49-bit product),
+    then :func:`exp2_neg`. Absolute error <= 2**-14.
+    """
+    return exp2_neg(shift_round(torch.clamp(d.to(I64), min=0) * _LOG2E_Q15, 15))
+
+
+#: Sigmoid on [-16, 16] in steps of 1/16: 513 entries, unsigned Q15.
+_SIG_T = torch.tensor([round(2 ** 15 / (1 + math.exp(-(i - 256) / 16))) for i in range(513)],
+                      dtype=I64)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of Q16 ``x`` as unsigned Q15: 513-entry table over ``[-16, 16]``.
+
+    ``x`` is clamped to ``[-16, 16)``; index ``(x + 16 * 2**16) >> 12``, linear
+    interpolation with the low 12 bits. Absolute error <= 2.5 * 2**-15 (interpolation
+    ``h**2 / 8 * max|s''|`` = 1.5 LSB for ``h = 1/16``, table and product rounding 1 LSB).
+    """
+    xc = torch.clamp(x.to(I64), -(16 << 16), (16 << 16) - 1) + (16 << 16)
+    return _interp(_SIG_T, xc >> 12, xc & 0xFFF, 12)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of Q16 ``x``: ``sat32((x * sigmoid(x)) >> 15)`` rounded, Q16."""
+    return sat(shift_round(x.to(I64) * sigmoid(x), 15))
+
+
+# -- element-wise ---------------------------------------------------------------------
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Residual addition of two ACT tensors, saturating to 32 bits."""
+    return sat(a.to(I64) + b.to(I64))
+
+
+def mul(a: torch.Tensor, b: torch.Tensor, frac: int = ACT_FRAC) -> torch.Tensor:
+    """Product of two Q``frac`` tensors: ``sat32((a * b) >> frac)`` rounded.
+
+    Operands are 32-bit, the product 64-bit; ``|a * b| < 2**62`` always holds.
+    """
+    return sat(shift_round(a.to(I64) * b.to(I64), frac))
+
+
+# -- per-token quantization and requantization ------------------------------------------
+
+#: ``round(2**22 / 127)``: the constant 1/127 (16 bits).
+_INV127 = round(2 ** 22 / 127)
+
+
+def scale_to_mantissa(p: torch.Tensor, e: torch.Tensor | int):
+    """Normalise positive ``p * 2**-e`` to ``(sm, se)``, ``2**15 <= sm < 2**16`` (rounded)."""
+    p = torch.clamp(p.to(I64), min=1)
+    sh = bit_length(p) - 16
+    sm = shift_round(p, sh)
+    over = sm >> 16
+    sm = sm >> over
+    return sm, (e - sh - over)
+
+
+def quant_per_token(v: torch.Tensor, frac: int = ACT_FRAC
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize Q``frac`` rows (last axis) to INT8 with a dynamic per-row scale.
+
+    ``amax = max|v|`` over the row (1 if the row is all zeros); ``(rm, re) =
+    recip(amax)``; ``x = sat8((v * 127 * rm) >> re)`` rounded (``|v * 127 * rm| <
+    2**55``). The scale, real value per unit of ``x``, is ``amax / 127 * 2**-frac`` held
+    as ``sm * 2**-se``: ``sm, se = scale_to_mantissa(amax * round(2**22/127), 22 +
+    frac)``. Return ``(x, sm, se)``; ``sm`` and ``se`` have the row shape.
+    """
+    v = v.to(I64)
+    amax = torch.clamp(v.abs().amax(dim=-1), min=1)
+    rm, re = recip(amax)
+    x = sat(shift_round(v * (127 * rm).unsqueeze(-1), re.unsqueeze(-1)), 8)
+    sm, se = scale_to_mantissa(amax * _INV127, 22 + frac)
+    return x, sm, se
+
+
+def token_scale_value(sm: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+    """Test/reporting helper: the float64 value of scales ``sm * 2**-se``."""
+    return sm.to(torch.float64) * torch.pow(2.0, -se.to(torch.float64))
+
+
+def linear_out_params(sm: torch.Tensor, se: torch.Tensor, k0: int,
+                      frac_out: int = ACT_FRAC) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token requantization ``(M, S)`` of a linear layer's accumulator.
+
+    The accumulator is in units of ``2**k0 * sm * 2**-se``; the output is Q``frac_out``:
+    ``M = sm`` (16 bits) and ``S = se - k0 - frac_out``, with ``S`` limited to
+    ``0..REQ_S_MAX`` as :func:`airfoil.formats.requant_params` does (``S > REQ_S_MAX``
+    rounds ``M`` down by the excess; ``S < 0`` saturates the multiplier: ``M = 2**16-1``,
+    ``S = 0``).
+    """
+    S = se - k0 - frac_out
+    M = sm.clone()
+    big = S > REQ_S_MAX
+    M = torch.where(big, shift_round(M, torch.clamp(S - REQ_S_MAX, max=62)), M)
+    M = torch.where(S < 0, torch.full_like(M, (1 << REQ_M_BITS) - 1), M)
+    S = torch.clamp(S, 0, REQ_S_MAX)
+    return M, S
+
+
+def requantize_rows(acc: torch.Tensor, M: torch.Tensor, S: torch.Tensor,
+                    out_bits: int) -> torch.Tensor:
+    """:func:`airfoil.formats.requantize` with a multiplier per row (last axis = columns).
+
+    ``clamp(floor((acc * M + 2**(S-1)) / 2**S))`` to ``out_bits`` signed, exact for any
+    :data:`~airfoil.formats.ACC_BITS`-bit ``acc`` and 16-bit ``M``: ``acc`` splits into
+    ``hi = acc >> 16`` and ``lo = acc & 0xFFFF`` so no product exceeds 57 bits.
+    """
+    acc = wrap(acc.to(I64), ACC_BITS)
+    M = M.to(I64).unsqueeze(-1)
+    S = S.to(I64).unsqueeze(-1)
+    # S < 16: |acc| >= 2**47 saturates whatever M, so clamp; the product is < 2**63.
+    a = torch.clamp(acc, -(1 << 47), 1 << 47)
+    s1 = torch.clamp(S, max=15)
+    t_small = shift_round(a * M, s1)
+    # S >= 16: acc = hi * 2**16 + lo; floor((hi*M + 2**(S-17) + (lo*M >> 16)) / 2**(S-16)).
+    hi, lo = acc >> 16, acc & 0xFFFF
+    lom = lo * M
+    t16 = hi * M + ((lom + (1 << 15)) >> 16)
+    s2 = torch.clamp(S - 16, min=1, max=62)
+    rnd = torch.ones_like(s2) << torch.clamp(S - 17, min=0, max=61)
+    t_big = (hi * M + rnd + (lom >> 16)) >> s2
+    t_big = torch.where(S >= ACC_BITS + REQ_M_BITS, torch.zeros_like(t_big), t_big)
+    t = torch.where(S < 16, t_small, torch.where(S == 16, t16, t_big))
+    t = torch.where(M == 0, torch.zeros_like(t), t)
+    return sat(t, out_bits)
+
+
+# -- RMSNorm ---------------------------------------------------------------------------
+
+def rmsnorm_weight(w: torch.Tensor) -> torch.Tensor:
+    """Compile time: the RMSNorm gain as signed 32-bit Q16."""
+    return to_fixed(w, GAMMA_FRAC)
+
+
+def _eps_const(eps: float) -> int:
+    return round(eps * 2.0 ** 60)
+
+
+def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ACT rows (last axis, ``n`` elements) with Q16 gain ``gamma``; ACT out.
+
+    1. Block normalisation: ``b = 15 - bitlen(max|x|)``; ``xs = x << b`` (``b >= 0``) or
+       rounded ``x >> -b``, so ``|xs| <= 2**15`` (17-bit signed).
+    2. ``ss = sum(xs**2)`` (exact, < ``n * 2**30``); ``ms = (ss * inv_n_m) >> inv_n_s``
+       rounded, ``inv_n_m * 2**-inv_n_s = 1/n`` with a 16-bit mantissa (compile time).
+       ``ms`` is in units of ``2**(-2b - 32)``.
+    3. ``v = ms + eps_u``: ``eps_u = round(eps * 2**60) >> (28 - 2b)`` (rounded, compile-
+       time constant shifted at run time).
+    4. ``(r, e) = rsqrt(v)``; ``t = (xs * r) >> (e - 16)`` rounded: the
+       normalised row in Q16 (``|t| < sqrt(n) * 2**16``).
+    5. ``y = sat32((t * gamma) >> 16)`` rounded.
+    """
+    x = x.to(I64)
+    n = x.shape[-1]
+    amax = torch.clamp(x.abs().amax(dim=-1, keepdim=True), min=1)
+    b = 15 - bit_length(amax)
+    xs = shift_round(x, -b)
+    ss = (xs * xs).sum(dim=-1, keepdim=True)
+    inv_m, inv_e = scale_to_mantissa(torch.tensor(1 << 40, dtype=I64) // n, 40)
+    ms = shift_round(ss * inv_m, inv_e)
+    v = ms + shift_round(torch.full_like(b, _eps_const(eps)), 28 - 2 * b)
+    r, e = rsqrt(v)
+    # rsqrt(v_real) = r * 2**-e * 2**(16 + b) and xs = x_real * 2**(16 + b)
+    t = shift_round(xs * r, e - ACT_FRAC)
+    return sat(shift_round(t * gamma.to(I64), GAMMA_FRAC))
+
+
+# -- RoPE ------------------------------------------------------------------------------
+
+def rope_table(head_dim: int, theta: float, positions: int) -> tuple[torch.Tensor,
+                                                                      torch.Tensor]:
+    """Compile time: cos/sin of every position and frequency, signed Q14 (16 bits).
+
+    Shape (positions, head_dim // 2); frequencies as HF (``theta**(-2i/head_dim)``).
+    """
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.arange(positions, dtype=torch.float64).unsqueeze(1) * inv.unsqueeze(0)
+    return to_fixed(torch.cos(ang), ROPE_FRAC, 16), to_fixed(torch.sin(ang), ROPE_FRAC, 16)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ACT ``x`` (..., T, head_dim), element ``i`` with ``i + head_dim/2``.
+
+    ``cos``/``sin``: Q14 rows for the T positions. ``y1 = sat32((x1 c - x2 s) >> 14)``,
+    ``y2 = sat32((x2 c + x1 s) >> 14)``, rounded (products < 2**48).
+    """
+    x = x.to(I64)
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    y1 = shift_round(x1 * cos - x2 * sin, ROPE_FRAC)
+    y2 = shift_round(x2 * cos + x1 * sin, ROPE_FRAC)
+    return sat(torch.cat([y1, y2], dim=-1))
+
+
+# -- attention -------------------------------------------------------------------------
+
+def attention_scores(q, q_sm, q_se, k, k_sm, k_se) -> torch.Tensor:
+    """Scores ``q . k`` of INT8 rows with per-row scales, as ACT (Q16).
+
+    ``q``: (..., Tq, d) INT8, scales (..., Tq); ``k``: (..., Tk, d), scales (..., Tk).
+    ``dot`` is exact (< 2**14 * d); per pair ``M = (q_sm * k_sm) >> 16`` rounded (at most
+    16 bits), ``S = q_se + k_se - 16 - 16``; ``s = sat32((dot * M) >> S)`` rounded (a left
+    shift for ``S <= 0``). The 1/sqrt(d) factor is folded into the query weights by the
+    compiler pass ``fold_attention_scale``.
+    """
+    dot = q.to(I64) @ k.to(I64).transpose(-1, -2)
+    M = shift_round(q_sm.to(I64).unsqueeze(-1) * k_sm.to(I64).unsqueeze(-2), 16)
+    S = q_se.to(I64).unsqueeze(-1) + k_se.to(I64).unsqueeze(-2) - 16 - ACT_FRAC
+    return shift_round_sat(dot * M, S)
+
+
+def softmax(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of ACT (Q16) rows as unsigned Q15 probabilities.
+
+    ``d = max - s`` (>= 0, saturated to 32 bits); ``e = exp_neg(d)`` (Q15, masked
+    entries 0); ``E = sum(e)`` (< 2**15 * n); ``(rm, re) = recip(E)``;
+    ``p = (e * rm) >> (re - 15)`` rounded (``e * rm < 2**31``). ``mask`` (bool, True =
+    excluded) must leave at least one entry per row.
+    """
+    s = s.to(I64)
+    if mask is not None:
+        s = torch.where(mask, torch.full_like(s, -(1 << 31)), s)
+    mx = s.amax(dim=-1, keepdim=True)
+    d = sat(mx - s)
+    e = exp_neg(d)
+    if mask is not None:
+        e = torch.where(mask, torch.zeros_like(e), e)
+    E = e.sum(dim=-1, keepdim=True)
+    rm, re = recip(E)
+    return shift_round(e * rm, re - P_FRAC)
+
+
+def attention_weights(p: torch.Tensor, v_sm: torch.Tensor, v_se: torch.Tensor):
+    """Fold the per-key value scales into the probabilities: signed Q20 weights.
+
+    ``p``: (..., Tq, Tk) Q15; ``v_sm, v_se``: (..., Tk). ``w = sat32((p * v_sm) >>
+    (v_se + 15 - 20))`` rounded (``p * v_sm < 2**32``).
+    """
+    prod = p.to(I64) * v_sm.to(I64).unsqueeze(-2)
+    return shift_round_sat(prod, v_se.to(I64).unsqueeze(-2) + P_FRAC - W_FRAC)
+
+
+def attention_context(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``o = sat32((w @ v) >> (20 - 16))`` rounded: Q20 weights times INT8 values, ACT.
+
+    Products are 40 bits, sums exact in int64.
+    """
+    return sat(shift_round(w.to(I64) @ v.to(I64), W_FRAC - ACT_FRAC))
+
+
+# -- linear layers with per-token activations ---------------------------------------------
+
+class QLinear:
+    """A quantized weight matrix as the datapath holds it.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        (rows, k) int64 in ``-qmax(bits)..qmax(bits)``.
+    scales : torch.Tensor
+        (rows, k / group) float16 group scales.
+    group, bits : int
+    """
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, group: int, bits: int):
+        self.q, self.scales, self.group, self.bits = q, scales, int(group), int(bits)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, k)."""
+        return tuple(self.q.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix ``q * scale`` (the fake-quantized weights)."""
+        s = self.scales.to(torch.float32).repeat_interleave(self.group, dim=1)
+        return self.q.to(torch.float32) * s
+
+
+def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
+           frac_out: int = ACT_FRAC) -> torch.Tensor:
+    """A linear layer on INT8 per-token activations, output ACT (Q``frac_out``).
+
+    ``x``: (T, k) INT8 with per-token scales ``sm * 2**-se`` (T,). The accumulator is
+    exactly :mod:`airfoil.formats`' (group psums, FP16 scales as ``(m, k)``, rescale by
+    ``k - k0``, 56-bit wrap) with ``k0`` the least exponent of the matrix; then
+    :func:`requantize_rows` with :func:`linear_out_params`. The result does not depend
+    on ``k0`` (a smaller ``k0`` scales ``acc`` and ``S`` alike) while ``S`` stays within
+    ``0..REQ_S_MAX`` and the accumulator does not wrap.
+    """
+    from .formats import accumulate, fp16_fixed, group_psum, rescale
+    m, k = fp16_fixed(w.scales)
+    k0 = int(k.min())
+    acc = accumulate(rescale(group_psum(w.q, x, w.group), m, k, k0))
+    M, S = linear_out_params(sm, se, k0, frac_out)
+    return requantize_rows(acc, M, S, ACT_BITS)
+
+
+def embedding_table(w: torch.Tensor) -> torch.Tensor:
+    """Compile time: an embedding table as ACT (signed 32-bit Q16) rows."""
+    return to_fixed(w, ACT_FRAC)
+
+
+# -- attention with an INT8 KV cache ------------------------------------------------------
+
+class KVCacheInt:
+    """One layer's INT8 key/value cache with a scale per (kv head, position).
+
+    Members
+    -------
+    k, v : torch.Tensor
+        (kv_heads, length, head_dim) INT8 values (int64 tensors).
+    k_sm, k_se, v_sm, v_se : torch.Tensor
+        (kv_heads, length) scale mantissas and exponents (:func:`quant_per_token`).
+    """
+
+    def __init__(self, kv_heads: int, head_dim: int):
+        e = torch.zeros((kv_heads, 0, head_dim), dtype=I64)
+        z = torch.zeros((kv_heads, 0), dtype=I64)
+        self.k, self.v = e, e.clone()
+        self.k_sm, self.k_se, self.v_sm, self.v_se = z, z.clone(), z.clone(), z.clone()
+
+    @property
+    def length(self) -> int:
+        """Positions held."""
+        return self.k.shape[1]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """Quantize ACT keys and values (kv_heads, T, head_dim) per row and append them."""
+        kq, ksm, kse = quant_per_token(k)
+        vq, vsm, vse = quant_per_token(v)
+        cat = lambda a, b: torch.cat([a, b], dim=1)
+        self.k, self.k_sm, self.k_se = cat(self.k, kq), cat(self.k_sm, ksm), cat(self.k_se, kse)
+        self.v, self.v_sm, self.v_se = cat(self.v, vq), cat(self.v_sm, vsm), cat(self.v_se, vse)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheInt,
+              heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Causal grouped-query attention of T new positions after ``cache.length`` cached ones.
+
+    ``q``: (T, heads * head_dim) ACT after RoPE (1/sqrt(head_dim) folded in); ``k``,
+    ``v``: (T, kv_heads * head_dim) ACT (``k`` after RoPE). Keys and values are
+    quantized into the cache (:meth:`KVCacheInt.append`); queries are quantized per
+    (position, head); query head ``h`` reads kv head ``h // (heads / kv_heads)``. Then
+    :func:`attention_scores`, :func:`softmax` under the causal mask,
+    :func:`attention_weights`, :func:`attention_context`. Returns (T, heads * head_dim)
+    ACT.
+    """
+    T = q.shape[0]
+    start = cache.length
+    cache.append(k.reshape(T, kv_heads, head_dim).transpose(0, 1),
+                 v.reshape(T, kv_heads, head_dim).transpose(0, 1))
+    g = heads // kv_heads
+    qh = q.reshape(T, kv_heads, g, head_dim).permute(1, 2, 0, 3)      # (kv, g, T, d)
+    qq, q_sm, q_se = quant_per_token(qh)
+    S = cache.length
+    sc = attention_scores(qq, q_sm, q_se, cache.k.unsqueeze(1), cache.k_sm.unsqueeze(1),
+                          cache.k_se.unsqueeze(1))                      # (kv, g, T, S)
+    qpos = torch.arange(start, start + T).unsqueeze(1)
+    mask = torch.arange(S).unsqueeze(0) > qpos
+    p = softmax(sc, mask)
+    w = attention_weights(p, cache.v_sm.unsqueeze(1), cache.v_se.unsqueeze(1))
+    o = attention_context(w, cache.v.unsqueeze(1))                     # (kv, g, T, d)
+    return o.permute(2, 0, 1, 3).reshape(T, heads * head_dim)

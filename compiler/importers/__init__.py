@@ -1,0 +1,1 @@
+"""Model importers: Hugging Face layout (:mod:`.hf`) and torch modules (:mod:`.torch_module`)."""

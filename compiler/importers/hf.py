@@ -1,0 +1,130 @@
+"""Import a Hugging Face LLaMA-family checkpoint (``config.json`` + ``*.safetensors``).
+
+Supported: ``LlamaForCausalLM`` (``model_type: llama``) with SiLU MLPs, no attention or
+MLP biases, default RoPE (no ``rope_scaling``), grouped-query attention and tied or
+untied embeddings. Anything else raises a one-line :class:`CompileError` naming the
+file and the field or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from airfoil.errors import CompileError
+
+from ..ir import Graph, build_llama_graph, llama_param_shapes
+from ..reference import LlamaShape
+
+__all__ = ["load_hf_config", "parse_hf_config", "load_hf_tensors", "import_hf"]
+
+_ARCHS = ("LlamaForCausalLM",)
+#: Tensors some checkpoints carry that the model does not need.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def load_hf_config(path) -> LlamaShape:
+    """Read and check ``config.json`` of a LLaMA-family model folder."""
+    p = Path(path) / "config.json"
+    try:
+        cfg = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise CompileError(f"{p}: not found (a model folder needs config.json)") from None
+    except (OSError, ValueError) as e:
+        raise CompileError(f"{p}: not valid JSON ({e})") from None
+    return parse_hf_config(cfg, p)
+
+
+def parse_hf_config(cfg, p="config.json") -> LlamaShape:
+    """Check an HF config dict of the LLaMA family; ``p`` names it in errors."""
+    if not isinstance(cfg, dict):
+        raise CompileError(f"{p}: must hold a JSON object")
+    archs = cfg.get("architectures") or []
+    if not archs and cfg.get("model_type") == "llama":
+        archs = list(_ARCHS)
+    if not archs or archs[0] not in _ARCHS:
+        raise CompileError(f"{p}: unsupported architecture {archs[0] if archs else None!r} "
+                           f"(accepted: {', '.join(_ARCHS)})")
+    if cfg.get("model_type", "llama") != "llama":
+        raise CompileError(f"{p}: unsupported model_type {cfg.get('model_type')!r} "
+                           f"(accepted: 'llama')")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise CompileError(f"{p}: unsupported hidden_act {act!r} (accepted: 'silu')")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise CompileError(f"{p}: unsupported {key}=true (accepted: false)")
+    rs = cfg.get("rope_scaling")
+    if rs not in (None, {}) and not (isinstance(rs, dict) and
+                                     rs.get("rope_type", rs.get("type")) == "default"):
+        raise CompileError(f"{p}: unsupported rope_scaling {rs!r} (accepted: null)")
+    rp = cfg.get("rope_parameters")
+    theta = cfg.get("rope_theta")
+    if isinstance(rp, dict):
+        if rp.get("rope_type", "default") != "default":
+            raise CompileError(f"{p}: unsupported rope_parameters.rope_type "
+                               f"{rp.get('rope_type')!r} (accepted: 'default')")
+        theta = rp.get("rope_theta", theta)
+    try:
+        heads = cfg["num_attention_heads"]
+        hidden = cfg["hidden_size"]
+        head_dim = cfg.get("head_dim") or hidden // heads
+        shape = LlamaShape(
+            vocab_size=cfg["vocab_size"], hidden_size=hidden,
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads,
+            num_key_value_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta if theta is not None else 10000.0),
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise CompileError(f"{p}: missing field {e.args[0]}") from None
+    except TypeError as e:
+        raise CompileError(f"{p}: bad field type ({e})") from None
+    except CompileError as e:
+        raise CompileError(f"{p}: {e}") from None
+    return shape
+
+
+def load_hf_tensors(path) -> dict[str, torch.Tensor]:
+    """Read every tensor of the ``*.safetensors`` files in a model folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise CompileError(f"{path}: no *.safetensors file")
+    out = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for name in h.keys():
+                    if name in out:
+                        raise CompileError(f"{f}: tensor {name} appears in two files")
+                    out[name] = h.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CompileError(f"{f}: corrupted or unreadable safetensors ({msg})") from None
+    return out
+
+
+def import_hf(path) -> Graph:
+    """Import a model folder in HF layout into a :class:`~compiler.ir.Graph`."""
+    shape = load_hf_config(path)
+    tensors = load_hf_tensors(path)
+    want = llama_param_shapes(shape)
+    for name, t in tensors.items():
+        if name not in want and not name.endswith(_IGNORED_SUFFIXES):
+            if name == "lm_head.weight" and shape.tie_word_embeddings:
+                continue
+            raise CompileError(f"{path}: unexpected tensor {name} (shape {list(t.shape)}) "
+                               f"for {shape.num_hidden_layers}-layer LlamaForCausalLM")
+        if name in want and not t.is_floating_point():
+            raise CompileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a "
+                               f"float type")
+    try:
+        return build_llama_graph(shape, tensors)
+    except CompileError as e:
+        raise CompileError(f"{path}: {e}") from None

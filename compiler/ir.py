@@ -1,0 +1,257 @@
+"""The compiler's graph IR for decoder LLMs.
+
+A :class:`Graph` is a topologically ordered list of :class:`Node` s over named values, the
+float parameters they read (HF names), the model's shape, and what passes attach
+(quantized weights). One contract for every pass (:class:`Pass`): ``apply(graph) ->
+graph``, never mutating its input; a :class:`Pipeline` is a list of named steps, and
+after any step ``compiler.backends.execute(graph, tokens, backend=...)`` runs the graph.
+
+Ops (value shapes are (T, features) for T positions of one sequence):
+
+=============  =========================  ===============================================
+op             inputs                     attrs
+=============  =========================  ===============================================
+embedding      tokens                     weight
+rmsnorm        x                          weight, eps
+act_quant      x                          format ("int8_per_token")
+linear         x                          weight (param name), layer (recipe name)
+rope           x                          heads, head_dim, theta
+attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int)
+softmax        x                          (last axis)
+silu           x
+mul            a, b
+add            a, b                       (the residual)
+=============  =========================  ===============================================
+
+``attention`` keeps a KV cache in the execution state: a prefill call appends T
+positions, a decode call one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from airfoil.errors import CompileError
+
+from .reference import LlamaShape
+
+__all__ = ["OPS", "Node", "Graph", "Pass", "Pipeline", "build_llama_graph",
+           "llama_param_shapes"]
+
+#: Op name -> number of inputs.
+OPS = {"embedding": 1, "rmsnorm": 1, "act_quant": 1, "linear": 1, "rope": 1,
+       "attention": 3, "softmax": 1, "silu": 1, "mul": 2, "add": 2}
+
+
+@dataclass
+class Node:
+    """One operation; its output value is named by ``name``."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """A decoder graph.
+
+    Members
+    -------
+    nodes : list[Node]
+        In execution order.
+    params : dict[str, torch.Tensor]
+        Float parameters by HF name.
+    shape : LlamaShape
+    output : str
+        The value holding the logits.
+    qweights : dict
+        Linear node name -> :class:`airfoil.fixedpoint.QLinear` (set by ``quantize``).
+    meta : dict
+        Facts passes record (``recipe``, ``attention_scale_folded``, ...).
+    """
+
+    nodes: list[Node]
+    params: dict[str, torch.Tensor]
+    shape: LlamaShape
+    output: str
+    qweights: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    INPUT = "tokens"
+
+    def copy(self) -> "Graph":
+        """A copy whose nodes, attrs and dicts are new (tensors are shared, read-only)."""
+        return Graph(nodes=[Node(n.name, n.op, tuple(n.inputs), dict(n.attrs))
+                            for n in self.nodes],
+                     params=dict(self.params), shape=self.shape, output=self.output,
+                     qweights=dict(self.qweights), meta=copy.deepcopy(self.meta))
+
+    def node(self, name: str) -> Node:
+        """The node named ``name``."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise CompileError(f"graph has no node {name!r}")
+
+    def by_op(self, op: str) -> list[Node]:
+        """The nodes of one op, in order."""
+        return [n for n in self.nodes if n.op == op]
+
+    def linear_layers(self) -> dict[str, Node]:
+        """Recipe layer name (``model.layers.0.self_attn.q_proj``, ``lm_head``) -> node."""
+        return {n.attrs["layer"]: n for n in self.by_op("linear")}
+
+    def validate(self) -> "Graph":
+        """Check ops, arity, def-before-use, parameter names and shapes; return self."""
+        seen = {self.INPUT}
+        for n in self.nodes:
+            if n.op not in OPS:
+                raise CompileError(f"node {n.name}: unsupported op {n.op!r} "
+                                   f"(accepted: {', '.join(OPS)})")
+            if len(n.inputs) != OPS[n.op]:
+                raise CompileError(f"node {n.name}: op {n.op} takes {OPS[n.op]} inputs, "
+                                   f"not {len(n.inputs)}")
+            for i in n.inputs:
+                if i not in seen:
+                    raise CompileError(f"node {n.name}: input {i!r} is not defined before")
+            w = n.attrs.get("weight")
+            if w is not None and w not in self.params:
+                raise CompileError(f"node {n.name}: missing parameter {w!r}")
+            if n.name in seen:
+                raise CompileError(f"node name {n.name!r} is defined twice")
+            seen.add(n.name)
+        if self.output not in seen:
+            raise CompileError(f"graph output {self.output!r} is not defined")
+        return self
+
+    def summary(self) -> str:
+        """One line per node (for listings and debugging)."""
+        return "\n".join(f"{n.name} = {n.op}({', '.join(n.inputs)})" for n in self.nodes)
+
+
+class Pass:
+    """A graph transformation: ``apply(graph) -> graph`` (returns a new graph)."""
+
+    name = "pass"
+
+    def apply(self, graph: Graph) -> Graph:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Pipeline:
+    """A list of named steps ``[(name, pass), ...]`` run in order.
+
+    Parameters
+    ----------
+    steps : list of (str, Pass)
+    """
+
+    def __init__(self, steps):
+        self.steps = []
+        for item in steps:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                    and hasattr(item[1], "apply")):
+                raise TypeError(f"pipeline step must be (name, pass), not {item!r}")
+            self.steps.append(item)
+
+    @property
+    def names(self) -> list[str]:
+        """The step names in order."""
+        return [n for n, _ in self.steps]
+
+    def run(self, graph: Graph, *, until: str | None = None, after_step=None) -> Graph:
+        """Apply the steps (up to and including ``until``); call ``after_step(name, g)``."""
+        if until is not None and until not in self.names:
+            raise CompileError(f"pipeline has no step {until!r} (steps: "
+                               f"{', '.join(self.names)})")
+        for name, p in self.steps:
+            graph = p.apply(graph)
+            if after_step is not None:
+                after_step(name, graph)
+            if name == until:
+                break
+        return graph
+
+
+def llama_param_shapes(s: LlamaShape) -> dict[str, tuple[int, ...]]:
+    """The HF tensor names and shapes of a ``LlamaForCausalLM`` checkpoint."""
+    d, hd, f = s.hidden_size, s.head_dim, s.intermediate_size
+    out = {"model.embed_tokens.weight": (s.vocab_size, d), "model.norm.weight": (d,)}
+    for i in range(s.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out.update({
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (s.num_attention_heads * hd, d),
+            p + "self_attn.k_proj.weight": (s.num_key_value_heads * hd, d),
+            p + "self_attn.v_proj.weight": (s.num_key_value_heads * hd, d),
+            p + "self_attn.o_proj.weight": (d, s.num_attention_heads * hd),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+        })
+    if not s.tie_word_embeddings:
+        out["lm_head.weight"] = (s.vocab_size, d)
+    return out
+
+
+def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Graph:
+    """Build the graph of a LLaMA-family decoder from HF-named float parameters.
+
+    Every tensor of :func:`llama_param_shapes` must be present with its shape (a
+    :class:`CompileError` names the first that is missing or misshapen).
+    """
+    want = llama_param_shapes(shape)
+    for name, shp in want.items():
+        if name not in params:
+            raise CompileError(f"missing tensor {name} (expected shape {list(shp)})")
+        if tuple(params[name].shape) != shp:
+            raise CompileError(f"tensor {name} has shape {list(params[name].shape)}, "
+                               f"expected {list(shp)}")
+    ps = {k: params[k].detach().to(torch.float32) for k in want}
+    nodes: list[Node] = []
+
+    def add(name, op, inputs, **attrs):
+        nodes.append(Node(name, op, tuple(inputs), attrs))
+        return name
+
+    s = shape
+    h = add("embed", "embedding", [Graph.INPUT], weight="model.embed_tokens.weight")
+    for i in range(s.num_hidden_layers):
+        p, L = f"model.layers.{i}.", f"l{i}."
+        x = add(L + "attn_norm", "rmsnorm", [h], weight=p + "input_layernorm.weight",
+                eps=s.rms_norm_eps)
+        proj = {}
+        for r in ("q", "k", "v"):
+            proj[r] = add(L + r + "_proj", "linear", [x], weight=p + f"self_attn.{r}_proj.weight",
+                          layer=p + f"self_attn.{r}_proj")
+        rq = add(L + "q_rope", "rope", [proj["q"]], heads=s.num_attention_heads,
+                 head_dim=s.head_dim, theta=s.rope_theta)
+        rk = add(L + "k_rope", "rope", [proj["k"]], heads=s.num_key_value_heads,
+                 head_dim=s.head_dim, theta=s.rope_theta)
+        a = add(L + "attn", "attention", [rq, rk, proj["v"]], heads=s.num_attention_heads,
+                kv_heads=s.num_key_value_heads, head_dim=s.head_dim,
+                scale=s.head_dim ** -0.5, layer=i)
+        o = add(L + "o_proj", "linear", [a], weight=p + "self_attn.o_proj.weight",
+                layer=p + "self_attn.o_proj")
+        h = add(L + "attn_res", "add", [h, o])
+        x = add(L + "mlp_norm", "rmsnorm", [h], weight=p + "post_attention_layernorm.weight",
+                eps=s.rms_norm_eps)
+        g = add(L + "gate_proj", "linear", [x], weight=p + "mlp.gate_proj.weight",
+                layer=p + "mlp.gate_proj")
+        u = add(L + "up_proj", "linear", [x], weight=p + "mlp.up_proj.weight",
+                layer=p + "mlp.up_proj")
+        sg = add(L + "silu", "silu", [g])
+        m = add(L + "mlp_mul", "mul", [sg, u])
+        d = add(L + "down_proj", "linear", [m], weight=p + "mlp.down_proj.weight",
+                layer=p + "mlp.down_proj")
+        h = add(L + "mlp_res", "add", [h, d])
+    x = add("final_norm", "rmsnorm", [h], weight="model.norm.weight", eps=s.rms_norm_eps)
+    head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+    add("lm_head", "linear", [x], weight=head, layer="lm_head")
+    return Graph(nodes=nodes, params=ps, shape=shape, output="lm_head").validate()

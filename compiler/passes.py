@@ -1,0 +1,176 @@
+"""Graph passes for decoder LLMs (each ``apply(graph) -> graph``, see :mod:`compiler.ir`).
+
+The default pipeline (:func:`llm_pipeline`):
+
+1. ``validate`` -- ops, arity, definitions, parameters;
+2. ``fold_attention_scale`` -- multiply the query projection by ``1/sqrt(head_dim)`` (RoPE
+   is linear, so the product commutes) and set the attention scale to 1: the integer
+   attention then needs no extra multiply;
+3. ``quantize`` -- quantize every linear layer's weights per the recipe with
+   :func:`airfoil.formats.quantize_weights`, and insert ``act_quant`` (INT8 per token)
+   in front of the linear layers, one per distinct input.
+
+After ``quantize`` the ``float`` backend runs the fake-quantized model (dequantized
+weights, per-token activation rounding) and the ``golden`` backend the integer one.
+"""
+
+from __future__ import annotations
+
+from airfoil.errors import CompileError
+from airfoil.fixedpoint import QLinear
+from airfoil.formats import quantize_weights
+
+from .ir import Graph, Node, Pass, Pipeline
+from .llm_recipe import LlmRecipe, load_llm_recipe
+
+__all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
+           "quantized_model"]
+
+
+class Validate(Pass):
+    """Check the graph (see :meth:`Graph.validate`); return a copy."""
+
+    name = "validate"
+
+    def apply(self, graph: Graph) -> Graph:
+        return graph.copy().validate()
+
+
+class FoldAttentionScale(Pass):
+    """Fold each attention's ``scale`` into the query projection weights."""
+
+    name = "fold_attention_scale"
+
+    def apply(self, graph: Graph) -> Graph:
+        if graph.qweights:
+            raise CompileError("fold_attention_scale must run before quantize")
+        g = graph.copy()
+        for att in g.by_op("attention"):
+            scale = float(att.attrs["scale"])
+            if scale == 1.0:
+                continue
+            rope = g.node(att.inputs[0])
+            lin = g.node(rope.inputs[0]) if rope.op == "rope" else rope
+            if lin.op != "linear":
+                raise CompileError(f"attention {att.name}: query is not a linear layer's "
+                                   f"output, cannot fold the scale")
+            w = lin.attrs["weight"]
+            new = w + ":scaled"
+            g.params[new] = g.params[w] * scale
+            lin.attrs["weight"] = new
+            att.attrs["scale"] = 1.0
+        g.meta["attention_scale_folded"] = True
+        return g.validate()
+
+
+class Quantize(Pass):
+    """Quantize linear weights per an :class:`LlmRecipe`; insert activation quantizers.
+
+    Parameters
+    ----------
+    recipe : LlmRecipe or path or None
+        None loads the default recipe.
+    """
+
+    name = "quantize"
+
+    def __init__(self, recipe=None):
+        self.recipe = recipe if isinstance(recipe, LlmRecipe) else load_llm_recipe(recipe)
+
+    def apply(self, graph: Graph) -> Graph:
+        g = graph.copy()
+        if g.qweights:
+            raise CompileError("graph is already quantized")
+        plan = self.recipe.resolve(g.linear_layers())
+        for layer, node in g.linear_layers().items():
+            lq = plan[layer]
+            w = g.params[node.attrs["weight"]]
+            k = w.shape[1]
+            if k % lq.group:
+                raise CompileError(f"{self.recipe.source}: group {lq.group} does not divide "
+                                   f"k={k} of layer {layer}")
+            q, s = quantize_weights(w, lq.bits, lq.group)
+            g.qweights[node.name] = QLinear(q, s, lq.group, lq.bits)
+        # One act_quant per distinct linear input, placed right after its producer.
+        quant_of: dict[str, str] = {}
+        nodes: list[Node] = []
+        inputs = {n.inputs[0] for n in g.by_op("linear")}
+        for n in g.nodes:
+            if n.op == "linear":
+                n.inputs = (quant_of[n.inputs[0]],)
+            nodes.append(n)
+            if n.name in inputs:
+                qn = Node(n.name + ".q", "act_quant", (n.name,), {"format": "int8_per_token"})
+                quant_of[n.name] = qn.name
+                nodes.append(qn)
+        g.nodes = nodes
+        g.meta["recipe"] = {layer: (lq.format, lq.group) for layer, lq in plan.items()}
+        g.meta["kv_cache"] = self.recipe.kv_cache
+        return g.validate()
+
+
+def llm_pipeline(recipe=None) -> Pipeline:
+    """The default pipeline: validate, fold_attention_scale, quantize(recipe)."""
+    return Pipeline([("validate", Validate()),
+                     ("fold_attention_scale", FoldAttentionScale()),
+                     ("quantize", Quantize(recipe))])
+
+
+def weight_bytes(graph: Graph) -> dict[str, int]:
+    """Bytes of quantized weights (packed values plus FP16 scales) per format name."""
+    out: dict[str, int] = {}
+    for ql in graph.qweights.values():
+        rows, k = ql.shape
+        n = (rows * k * ql.bits + 7) // 8 + ql.scales.numel() * 2
+        key = f"int{ql.bits}"
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def quantized_model(graph: Graph) -> dict:
+    """Export a quantized LLaMA graph as the plain data ``sim.golden_llm`` runs.
+
+    The result holds only ``airfoil`` types and tensors (the contents the output folder
+    will carry): ``shape`` (HF config fields), ``embed`` (ACT table), ``norm`` (Q16
+    gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
+    per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains), ``eps`` and QLinear ``q``,
+    ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``.
+    """
+    from dataclasses import asdict
+
+    from airfoil.fixedpoint import embedding_table, rmsnorm_weight
+    if not graph.qweights:
+        raise CompileError("export needs a quantized graph (run the quantize step)")
+    if not graph.meta.get("attention_scale_folded"):
+        raise CompileError("export needs fold_attention_scale to have run")
+    s = graph.shape
+    by_layer = {n.attrs["layer"]: graph.qweights[n.name] for n in graph.by_op("linear")}
+    norms = {n.attrs["weight"]: n.attrs["weight"] for n in graph.by_op("rmsnorm")}
+    embeds = graph.by_op("embedding")
+
+    def norm(name):
+        if name not in norms:
+            raise CompileError(f"export: graph has no RMSNorm with weight {name}")
+        return rmsnorm_weight(graph.params[name])
+
+    def lin(name):
+        if name not in by_layer:
+            raise CompileError(f"export: graph has no linear layer {name}")
+        return by_layer[name]
+
+    layers = []
+    for i in range(s.num_hidden_layers):
+        p = f"model.layers.{i}."
+        d = {"attn_norm": norm(p + "input_layernorm.weight"),
+             "mlp_norm": norm(p + "post_attention_layernorm.weight")}
+        for r in ("q", "k", "v", "o"):
+            d[r] = lin(p + f"self_attn.{r}_proj")
+        for r in ("gate", "up", "down"):
+            d[r] = lin(p + f"mlp.{r}_proj")
+        layers.append(d)
+    if len(embeds) != 1:
+        raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")
+    emb = embeds[0].attrs["weight"]
+    return {"shape": asdict(s), "embed": embedding_table(graph.params[emb]),
+            "norm": norm("model.norm.weight"), "lm_head": lin("lm_head"),
+            "layers": layers}

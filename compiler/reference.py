@@ -1,0 +1,232 @@
+"""Float reference of the LLaMA family in plain torch.
+
+This module is the meaning of a decoder model: the graph IR's ``float`` backend is
+checked against it, and the tests check it against the pinned ``transformers``
+``LlamaForCausalLM`` on random models, so a wrong RoPE convention or grouped-query head
+mapping cannot hide behind a golden built from the same code.
+
+Parameters carry the Hugging Face names (``model.layers.0.self_attn.q_proj.weight`` ...),
+so :meth:`LlamaReference.state_dict` is a checkpoint in HF layout and
+``scripts/train_tiny.py`` trains this very module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from airfoil.errors import CompileError
+
+__all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache"]
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The hyper-parameters of a LLaMA-family decoder (names as in HF ``config.json``).
+
+    Members
+    -------
+    vocab_size, hidden_size, intermediate_size, num_hidden_layers : int
+    num_attention_heads, num_key_value_heads, head_dim : int
+        ``num_attention_heads`` must be a multiple of ``num_key_value_heads``.
+    rms_norm_eps, rope_theta : float
+    max_position_embeddings : int
+    tie_word_embeddings : bool
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim",
+                  "max_position_embeddings"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise CompileError(f"config field {f} must be a positive integer, not {v!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CompileError(f"num_attention_heads={self.num_attention_heads} is not a "
+                               f"multiple of num_key_value_heads="
+                               f"{self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise CompileError(f"head_dim must be even for RoPE, not {self.head_dim}")
+
+    @property
+    def groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def to_hf(self) -> dict:
+        """Return the fields as an HF ``config.json`` dict for ``LlamaForCausalLM``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(architectures=["LlamaForCausalLM"], model_type="llama",
+                 hidden_act="silu", attention_bias=False, mlp_bias=False,
+                 rope_scaling=None, bos_token_id=None, eos_token_id=None)
+        return d
+
+
+def rope_tables(head_dim: int, theta: float, positions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float64 ``(cos, sin)`` of shape (len(positions), head_dim // 2).
+
+    HF convention: frequency ``i`` is ``theta ** (-2 i / head_dim)`` and pairs element
+    ``i`` with ``i + head_dim / 2`` (``rotate_half``).
+    """
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = positions.to(torch.float64).unsqueeze(1) * inv.unsqueeze(0)
+    return torch.cos(ang), torch.sin(ang)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (..., T, head_dim) with tables (T, head_dim // 2), HF ``rotate_half``."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+class KVCache:
+    """Per-layer float key/value cache: lists of (kv_heads, T, head_dim) tensors."""
+
+    def __init__(self, layers: int):
+        self.k: list[torch.Tensor | None] = [None] * layers
+        self.v: list[torch.Tensor | None] = [None] * layers
+
+    @property
+    def length(self) -> int:
+        """Number of positions held."""
+        return 0 if self.k[0] is None else self.k[0].shape[-2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Append (kv_heads, T, head_dim) keys and values; return the whole cache."""
+        if self.k[layer] is None:
+            self.k[layer], self.v[layer] = k, v
+        else:
+            self.k[layer] = torch.cat([self.k[layer], k], dim=-2)
+            self.v[layer] = torch.cat([self.v[layer], v], dim=-2)
+        return self.k[layer], self.v[layer]
+
+
+class _Attention(nn.Module):
+    def __init__(self, s: LlamaShape):
+        super().__init__()
+        d, hd = s.hidden_size, s.head_dim
+        self.q_proj = nn.Linear(d, s.num_attention_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, s.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, s.num_key_value_heads * hd, bias=False)
+        self.o_proj = nn.Linear(s.num_attention_heads * hd, d, bias=False)
+
+
+class _MLP(nn.Module):
+    def __init__(self, s: LlamaShape):
+        super().__init__()
+        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+
+
+class _Layer(nn.Module):
+    def __init__(self, s: LlamaShape):
+        super().__init__()
+        self.self_attn = _Attention(s)
+        self.mlp = _MLP(s)
+        self.input_layernorm = _RMSNorm(s.hidden_size)
+        self.post_attention_layernorm = _RMSNorm(s.hidden_size)
+
+
+class _Model(nn.Module):
+    def __init__(self, s: LlamaShape):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList(_Layer(s) for _ in range(s.num_hidden_layers))
+        self.norm = _RMSNorm(s.hidden_size)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF ``LlamaRMSNorm``: normalise in float32, then scale by ``w``."""
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+class LlamaReference(nn.Module):
+    """A LLaMA-family causal LM in plain torch with HF parameter names.
+
+    Parameters
+    ----------
+    shape : LlamaShape
+    """
+
+    def __init__(self, shape: LlamaShape):
+        super().__init__()
+        self.shape = shape
+        self.model = _Model(shape)
+        if not shape.tie_word_embeddings:
+            self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+
+    def head_weight(self) -> torch.Tensor:
+        """The LM head matrix (the embedding table when tied)."""
+        if self.shape.tie_word_embeddings:
+            return self.model.embed_tokens.weight
+        return self.lm_head.weight
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Return logits (B, T, vocab) for ``tokens`` (B, T) after the cached positions.
+
+        With ``cache`` the keys and values are appended to it (prefill, then decode one
+        token at a time); without it the tokens start at position 0.
+        """
+        s = self.shape
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if start + T > s.max_position_embeddings:
+            raise CompileError(f"sequence of {start + T} positions exceeds "
+                               f"max_position_embeddings={s.max_position_embeddings}")
+        cos, sin = rope_tables(s.head_dim, s.rope_theta, torch.arange(start, start + T))
+        h = self.model.embed_tokens(tokens)
+        H, KV, hd = s.num_attention_heads, s.num_key_value_heads, s.head_dim
+        for li, layer in enumerate(self.model.layers):
+            a = layer.self_attn
+            x = rms_norm(h, layer.input_layernorm.weight, s.rms_norm_eps)
+            q = a.q_proj(x).view(B, T, H, hd).transpose(1, 2)
+            k = a.k_proj(x).view(B, T, KV, hd).transpose(1, 2)
+            v = a.v_proj(x).view(B, T, KV, hd).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if cache is not None:
+                k, v = cache.append(li, k, v)
+            S = k.shape[-2]
+            k = k.repeat_interleave(s.groups, dim=1)
+            v = v.repeat_interleave(s.groups, dim=1)
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+            qpos = torch.arange(S - T, S).unsqueeze(1)
+            mask = torch.arange(S).unsqueeze(0) > qpos
+            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+            o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
+            h = h + a.o_proj(o)
+            x = rms_norm(h, layer.post_attention_layernorm.weight, s.rms_norm_eps)
+            m = layer.mlp
+            h = h + m.down_proj(nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
+        h = rms_norm(h, self.model.norm.weight, s.rms_norm_eps)
+        return h @ self.head_weight().t()
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters under their HF names (``lm_head.weight`` omitted when tied)."""
+        return {k: v.detach() for k, v in self.state_dict().items()}

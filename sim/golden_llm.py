@@ -1,0 +1,132 @@
+"""The integer golden of a whole quantized decoder LLM: prefill, decode, generate.
+
+Input is the plain quantized model (``compiler.passes.quantized_model`` builds it; later
+it is read from the output folder): only :mod:`airfoil` types and tensors. Every step is
+the arithmetic of :mod:`airfoil.formats` (linear layers) and :mod:`airfoil.fixedpoint`
+(everything else), which the ISA simulator and the RTL implement bit for bit.
+
+Per layer, on ACT values (signed 32-bit Q16)::
+
+    x = rmsnorm(h); xq = quant_per_token(x)
+    q, k, v = linear(xq); q, k = rope(q), rope(k)        # 1/sqrt(d) folded into W_q
+    a = attention(q, k, v, kv_cache)                      # INT8 KV cache per (pos, head)
+    h = add(h, linear_o(quant_per_token(a)))
+    x = rmsnorm(h); xq = quant_per_token(x)
+    h = add(h, linear_down(quant_per_token(mul(silu(linear_gate(xq)), linear_up(xq)))))
+    logits = linear_head(quant_per_token(rmsnorm(h)))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from airfoil import fixedpoint as fx
+from airfoil.errors import CompileError
+
+__all__ = ["GoldenLLM", "generate"]
+
+
+class GoldenLLM:
+    """One sequence's integer decoder with its KV cache.
+
+    Parameters
+    ----------
+    model : dict
+        The quantized model (see the module docstring).
+    """
+
+    def __init__(self, model: dict):
+        self.model = model
+        s = model["shape"]
+        self.heads, self.kv_heads = s["num_attention_heads"], s["num_key_value_heads"]
+        self.head_dim, self.eps = s["head_dim"], s["rms_norm_eps"]
+        self.vocab, self.max_pos = s["vocab_size"], s["max_position_embeddings"]
+        self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos)
+        self.reset()
+
+    def reset(self):
+        """Empty the KV cache."""
+        self.caches = [fx.KVCacheInt(self.kv_heads, self.head_dim)
+                       for _ in self.model["layers"]]
+
+    @property
+    def position(self) -> int:
+        """Positions held in the KV cache."""
+        return self.caches[0].length if self.caches else 0
+
+    def _rope(self, x, heads, start, T):
+        c, s = self.cos[start:start + T], self.sin[start:start + T]
+        y = fx.rope(x.view(T, heads, self.head_dim).transpose(0, 1), c, s)
+        return y.transpose(0, 1).reshape(T, heads * self.head_dim)
+
+    def forward(self, tokens) -> torch.Tensor:
+        """Run T tokens after the cached positions; return ACT logits (T, vocab)."""
+        tok = torch.as_tensor(tokens, dtype=torch.int64).reshape(-1)
+        T, start = tok.shape[0], self.position
+        if T == 0:
+            raise CompileError("no tokens to run")
+        if int(tok.min()) < 0 or int(tok.max()) >= self.vocab:
+            raise CompileError(f"token id outside the vocabulary 0..{self.vocab - 1}")
+        if start + T > self.max_pos:
+            raise CompileError(f"{start + T} positions exceed max_position_embeddings="
+                               f"{self.max_pos}")
+        m = self.model
+        h = m["embed"][tok]
+        for L, cache in zip(m["layers"], self.caches):
+            xq = fx.quant_per_token(fx.rmsnorm(h, L["attn_norm"], self.eps))
+            q = self._rope(fx.linear(L["q"], *xq), self.heads, start, T)
+            k = self._rope(fx.linear(L["k"], *xq), self.kv_heads, start, T)
+            v = fx.linear(L["v"], *xq)
+            a = fx.attention(q, k, v, cache, self.heads, self.kv_heads, self.head_dim)
+            h = fx.add(h, fx.linear(L["o"], *fx.quant_per_token(a)))
+            xq = fx.quant_per_token(fx.rmsnorm(h, L["mlp_norm"], self.eps))
+            g = fx.silu(fx.linear(L["gate"], *xq))
+            u = fx.linear(L["up"], *xq)
+            h = fx.add(h, fx.linear(L["down"], *fx.quant_per_token(fx.mul(g, u))))
+        x = fx.quant_per_token(fx.rmsnorm(h, m["norm"], self.eps))
+        return fx.linear(m["lm_head"], *x)
+
+    def prefill(self, tokens) -> torch.Tensor:
+        """Start a new sequence with ``tokens``; return its ACT logits (T, vocab)."""
+        self.reset()
+        return self.forward(tokens)
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Run one token after the cache; return its ACT logits (vocab,)."""
+        return self.forward([token])[0]
+
+
+def _argmax_first(logits: torch.Tensor) -> int:
+    """Greedy choice: the largest logit, the lowest token id among equals."""
+    return int(torch.nonzero(logits == logits.max())[0, 0])
+
+
+def generate(model: dict, prompt, max_new_tokens: int, decode_text=None
+             ) -> tuple[list[int], str]:
+    """Prefill ``prompt`` (token ids), then greedily decode ``max_new_tokens`` tokens.
+
+    Return ``(new_tokens, text)``; ``text`` is ``decode_text(new_tokens)`` when given,
+    else the tokens as UTF-8 bytes for a 256-token (byte) vocabulary.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise CompileError(f"max_new_tokens must be a non-negative integer, not "
+                           f"{max_new_tokens!r}")
+    g = GoldenLLM(model)
+    prompt = list(prompt)
+    if not prompt:
+        raise CompileError("the prompt is empty (at least one token is needed)")
+    out: list[int] = []
+    if max_new_tokens:
+        logits = g.prefill(prompt)[-1]
+        while True:
+            out.append(_argmax_first(logits))
+            if len(out) == max_new_tokens:
+                break
+            logits = g.decode(out[-1])
+    if decode_text is not None:
+        text = decode_text(out)
+    elif g.vocab == 256:
+        text = bytes(out).decode("utf-8", errors="replace")
+    else:
+        text = " ".join(str(t) for t in out)
+    return out, text
