@@ -1,5 +1,5 @@
 # Airfoil: everything installs into .venv from PyPI (see pyproject.toml for the pins).
-#   make demo     compile the built-in linear layer and run it on every backend
+#   make demo     the built-in linear layer on every backend, then the tiny LLM on torch + isa
 #   make test     the whole regression on both cores
 #   make bench    write build/bench.json
 #   make verilog  Verilog for CONFIG (default: the U280 board)

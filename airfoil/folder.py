@@ -19,9 +19,16 @@ from .config import AccelConfig, load_config
 from .errors import AirfoilError, ConfigError
 from .program import Program
 
-__all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES"]
+_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+__all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
+           "read_llm_model"]
 
 FOLDER_FORMAT = "airfoil-folder/1"
+#: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
+LLM_KIND = "llm"
+_LLM_KEYS = ("format", "kind", "isa_version", "config", "config_hash", "programs", "image",
+             "image_bytes", "model", "phases")
 MANIFEST = "manifest.json"
 #: Little-endian numpy dtype of an output element by its width in bits.
 OUT_DTYPES = {8: "<i1", 16: "<i2", 32: "<i4"}
@@ -62,6 +69,34 @@ class Folder:
         self.config = config
         self.path = Path(path) if path is not None else None
         self._program = program
+
+    @property
+    def kind(self) -> str:
+        """``"llm"`` for a whole decoder LLM, ``"linear"`` for a single layer."""
+        return self.manifest.get("kind", "linear")
+
+    def phase_program(self, phase: str) -> Program:
+        """The program of one phase of an LLM folder (``prefill`` or ``decode``)."""
+        progs = self.manifest.get("programs", {})
+        if phase not in progs:
+            raise AirfoilError(f"{self.path}: no {phase!r} program (has: "
+                               f"{', '.join(progs) or 'none'})")
+        cache = self.__dict__.setdefault("_phase_programs", {})
+        if phase not in cache:
+            cache[phase] = self._read_program(progs[phase])
+        return cache[phase]
+
+    def _read_program(self, name) -> Program:
+        if self.path is None:
+            raise AirfoilError("folder has no program and no path to read it from")
+        prog_path = self.path / name
+        try:
+            raw = prog_path.read_bytes()
+        except OSError:
+            raise AirfoilError(f"{self.path}: program file {name!r} is missing or "
+                               f"unreadable") from None
+        expect = self.config.config_hash_bytes if self.config is not None else None
+        return Program.from_bytes(raw, source=str(prog_path), expect_hash=expect)
 
     @property
     def program(self) -> Program:
@@ -167,6 +202,20 @@ def _check_manifest(m, where) -> None:
         raise _fail(where, "manifest.json is not a JSON object")
     if m.get("format") != FOLDER_FORMAT:
         raise _fail(where, f"manifest format {m.get('format')!r} is not {FOLDER_FORMAT!r}")
+    if m.get("kind") == LLM_KIND:
+        for key in _LLM_KEYS:
+            if key not in m:
+                raise _fail(where, f"manifest.json lacks key {key!r}")
+        try:
+            lay, lin = m["model"]["layout"], m["model"]["linears"]
+            int(m["model"]["max_positions"]), dict(m["model"]["shape"])
+            if not isinstance(lay, dict) or not isinstance(lin, dict) or not lin:
+                raise TypeError
+            for phase in ("prefill", "decode"):
+                str(m["programs"][phase])
+        except (KeyError, TypeError, ValueError):
+            raise _fail(where, "manifest.json model/programs entries are malformed") from None
+        return
     for key in _MANIFEST_KEYS:
         if key not in m:
             raise _fail(where, f"manifest.json lacks key {key!r}")
@@ -223,5 +272,60 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
                        f"{manifest['image_bytes']} (truncated or stale)")
     folder = Folder(manifest, image, None, config=config, path=p)
     if config is not None:
-        folder.program          # check the program header now: magic, version, CRC, hash
+        if folder.kind == LLM_KIND:
+            for phase in manifest["programs"]:
+                folder.phase_program(phase)     # check every header now
+        else:
+            folder.program      # check the program header now: magic, version, CRC, hash
     return folder
+
+
+def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
+    """Read the quantized model back from an LLM folder's image (every backend's input).
+
+    Returns the dict of :func:`compiler.passes.quantized_model` plus ``rope`` (cos, sin
+    tables of ``max_positions`` rows), with ``max_position_embeddings`` set to the
+    positions the folder holds.
+    """
+    from . import fixedpoint as fx
+    from .formats import FORMAT_BY_NAME, tile_layout, unpack_tile
+    mm = manifest["model"]
+    lay = mm["layout"]
+    shape = dict(mm["shape"])
+    shape["max_position_embeddings"] = mm["max_positions"]
+    d, vocab, hd = shape["hidden_size"], shape["vocab_size"], shape["head_dim"]
+
+    def i32(addr, count):
+        return torch.from_numpy(np.frombuffer(bytes(image[addr:addr + 4 * count]),
+                                              dtype="<i4").astype(np.int64))
+
+    def lin(name):
+        v = mm["linears"][name]
+        q = torch.zeros((v["n"], v["k"]), dtype=torch.int64)
+        sc = torch.zeros((v["n"], v["k"] // v["group"]), dtype=torch.float16)
+        wf = FORMAT_BY_NAME[f"int{v['bits']}"]
+        for t in v["tiles"]:
+            tl = tile_layout(rows=t["rows"], k=t["cols"], group=v["group"], wfmt=wf,
+                             chains=config.chains, lanes=config.lanes, bias=False,
+                             align=config.word_bytes)
+            tq, ts, _ = unpack_tile(tl, bytes(image[t["addr"]:t["addr"] + t["nbytes"]]))
+            r0, c0 = t["row0"], t["col0"]
+            q[r0:r0 + t["rows"], c0:c0 + t["cols"]] = tq
+            g0 = c0 // v["group"]
+            sc[r0:r0 + t["rows"], g0:g0 + t["cols"] // v["group"]] = ts
+        return fx.QLinear(q, sc, v["group"], v["bits"])
+
+    layers = []
+    for i in range(shape["num_hidden_layers"]):
+        L = {"attn_norm": i32(lay[f"l{i}.attn_norm"], d),
+             "mlp_norm": i32(lay[f"l{i}.mlp_norm"], d)}
+        for r in _LINEARS:
+            L[r] = lin(f"l{i}.{r}")
+        layers.append(L)
+    P = mm["max_positions"]
+    raw = np.frombuffer(bytes(image[lay["rope"]:lay["rope"] + lay["rope_row"] * P]),
+                        dtype=np.uint8).reshape(P, lay["rope_row"])[:, :2 * hd]
+    tab = torch.from_numpy(raw.copy().view("<i2").astype(np.int64))
+    return {"shape": shape, "embed": i32(lay["embed"], vocab * d).reshape(vocab, d),
+            "norm": i32(lay["norm"], d), "lm_head": lin("lm_head"), "layers": layers,
+            "rope": (tab[:, :hd // 2].contiguous(), tab[:, hd // 2:].contiguous())}

@@ -29,6 +29,36 @@ addresses are byte offsets into the named on-chip buffer. ``LD``/``ST`` addresse
 strides and sizes are multiples of the configuration's memory word
 (:attr:`AccelConfig.word_bytes`) and ``count`` is at least 1; anything else is
 :attr:`ErrorCode.MALFORMED`.
+
+Version 2 (whole decoder LLMs; additive, every version-1 encoding keeps its meaning)
+-----------------------------------------------------------------------------------
+Run-time registers: 32 registers of 32 bits; a ``*_reg`` field of 0 means "not used"
+(so register 0 is never read through them). ``SYS SETREG`` writes one; the new
+``SYS LDREG`` loads register ``reg`` with the little-endian 32-bit word at data address
+``value`` (the host-written parameter block), so one program serves every position and
+prompt length (FlightLLM's length-adaptive programs).
+
+* :class:`SysOp` ``LDREG = 4``.
+* ``MEM_LAYOUT`` (LD/ST) appends ``count_reg`` (5: ``count = regs[count_reg]``),
+  ``row_reg`` (5: ``dram_addr += regs[row_reg] * dram_stride``), ``gather`` (1: LD only,
+  row ``r`` is read from ``dram_addr + idx[r] * dram_stride`` with ``idx`` the int32
+  array at ``idx_addr`` in AUX; the embedding lookup by token id; it starts only after
+  the LOAD unit's earlier transfers completed, so it may read indices they loaded) and
+  ``idx_addr`` (24).
+* ``MATRIX_LAYOUT`` (MV/MM) appends ``tok_scale`` (1: per-vector requantization: vector
+  ``j`` uses ``(M, S) = linear_out_params(sm_j, se_j, k0)`` of
+  :mod:`airfoil.fixedpoint`, its scale pair (int32 ``sm``, int32 ``se``) read from AUX at
+  ``sbuf_addr + 8 j``; ``req_m``/``req_s`` are then ignored), ``sbuf_addr`` (24),
+  ``m_reg`` (5: ``m = regs[m_reg]``, MM only), ``astride`` and ``ostride`` (16 each: memory
+  words between consecutive activation / result vectors, so that row tiles and K chunks
+  of an ``m``-vector product address one ``m x K`` input and one ``m x N`` output).
+* ``SFU_LAYOUT`` appends ``aux`` (:class:`Buffer` of ``aux_addr``), ``rows`` (16: rows of
+  ``n`` elements), ``rows_reg`` (5: ``rows = regs[rows_reg]``), ``pos_reg`` (5: position of
+  the first row), ``len_reg`` (5: keys in the KV buffer), ``heads`` and ``kv_heads``
+  (10 each: segments per row, query and key/value heads of attention), and :class:`SfuFunc` gains
+  ``QUANT_TOKEN``, ``RMSNORM``, ``ROPE``, ``SILU``, ``MUL``, ``ADD``, ``ATT_QK``, ``SOFTMAX``
+  and ``ATT_PV``, each exactly the function of :mod:`airfoil.fixedpoint` it names (the
+  operand layouts are documented on :class:`SfuFunc`).
 """
 
 from __future__ import annotations
@@ -46,7 +76,7 @@ __all__ = [
 ]
 
 #: Version of the encoding; a program of another version is refused.
-ISA_VERSION = 1
+ISA_VERSION = 2
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 HEADER_BITS = 16
@@ -83,6 +113,7 @@ class SysOp(enum.Enum, shape=4):
     HALT = 1
     BARRIER = 2
     SETREG = 3  #: write ``value`` to run-time register ``reg`` (loop bounds, lengths)
+    LDREG = 4   #: v2: register ``reg`` <- 32-bit word at data address ``value``
 
 
 class Buffer(enum.Enum, shape=3):
@@ -115,8 +146,47 @@ class OutFormat(enum.Enum, shape=2):
 
 
 class SfuFunc(enum.Enum, shape=6):
-    """Special functions (the fixed-point definitions live in the compiler's spec)."""
+    """Special functions, each bit-exact to the function of :mod:`airfoil.fixedpoint` named.
+
+    Common to the version-2 functions: ``R = regs[rows_reg]`` if ``rows_reg`` else
+    ``rows``; ACT rows are little-endian int32 (Q16), ``R`` rows of ``n`` elements
+    contiguous at ``src_addr`` in ``src`` (results likewise at ``dst_addr`` in ``dst``); a
+    row holds ``heads`` segments (0 counts as 1). A *record* is ``n`` INT8 values, then at
+    byte ``ceil(n / 8) * 8`` its scale pair (int32 ``sm``, int32 ``se``).
+
+    * ``COPY``: ``n`` bytes from ``src`` to ``dst`` (version 1).
+    * ``QUANT_TOKEN``: :func:`quant_per_token` of each segment ``s = r * heads + h``; its
+      INT8 values at ``dst_addr + s * imm0`` (``imm0 = 0``: contiguous), its scale pair at
+      ``aux_addr + s * imm1`` in ``aux`` (``imm1 = 0``: 8). Records when ``aux = dst`` and
+      ``aux_addr = dst_addr + ceil(segment / 8) * 8``.
+    * ``RMSNORM``: :func:`rmsnorm` of each row with the int32 Q16 gain (``n``) at
+      ``aux_addr`` in ``aux``, ``eps = (imm1 * 2**32 + imm0) * 2**-60``.
+    * ``ROPE``: :func:`rope` of each segment (a head of ``n / heads``); row ``r`` uses the
+      table row at ``aux_addr + r * imm1`` in ``aux`` (``imm1 = 0``: ``n / heads * 2``
+      bytes): ``n / heads / 2`` int16 cos then as many int16 sin (the LD that fetched the
+      rows was offset by the position register).
+    * ``SILU``: :func:`silu`. ``MUL``/``ADD``: :func:`mul`/:func:`add` of the rows at
+      ``src_addr`` and the rows at ``aux_addr`` in ``aux``.
+    * ``ATT_QK``: :func:`attention_scores` of ``R x heads`` query records (``n`` =
+      head_dim, stride ``imm0``) at ``src_addr`` against ``L = regs[len_reg]`` positions x
+      ``kv_heads`` key records (stride ``imm1``) at ``aux_addr`` in ``aux``; query head
+      ``h`` reads kv head ``h // (heads / kv_heads)``. Writes int32 ``(R, heads, L)``.
+    * ``SOFTMAX``: :func:`softmax` of the ``R x heads`` rows of ``L`` scores; row
+      ``(t, h)`` masks the keys after position ``regs[pos_reg] + t`` (causal); Q15 out.
+    * ``ATT_PV``: :func:`attention_weights` then :func:`attention_context` of the
+      ``(R, heads, L)`` probabilities at ``src_addr`` and the value records (stride
+      ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``.
+    """
     COPY = 0
+    QUANT_TOKEN = 1
+    RMSNORM = 2
+    ROPE = 3
+    SILU = 4
+    MUL = 5
+    ADD = 6
+    ATT_QK = 7
+    SOFTMAX = 8
+    ATT_PV = 9
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -155,6 +225,11 @@ MEM_LAYOUT = data.StructLayout({
     "nbytes": 24,
     "count": 16,
     "dram_stride": 40,
+    # v2
+    "count_reg": 5,
+    "row_reg": 5,
+    "gather": 1,
+    "idx_addr": 24,
 })
 
 #: MM and MV: ``out[j, r] = requant(bias[r] + sum_g psum(r, g, j) * scale(r, g))`` for
@@ -177,6 +252,12 @@ MATRIX_LAYOUT = data.StructLayout({
     "acc_init": 1,        # 1: start from bias (or zero); 0: continue the accumulators
     "final": 1,           # 1: requantize and write the outputs
     "bias": 1,            # 1: the tile carries int32 bias (used when acc_init)
+    # v2
+    "tok_scale": 1,       # 1: per-vector (M, S) from the scale pairs at sbuf_addr in AUX
+    "sbuf_addr": 24,
+    "m_reg": 5,           # nonzero: m = regs[m_reg] (MM)
+    "astride": 16,        # memory words between activation vectors (0: k bytes)
+    "ostride": 16,        # memory words between result vectors (0: rows x out bytes)
 })
 
 SFU_LAYOUT = data.StructLayout({
@@ -189,6 +270,14 @@ SFU_LAYOUT = data.StructLayout({
     "n": 20,
     "imm0": 32,
     "imm1": 32,
+    # v2
+    "aux": Buffer,
+    "rows": 16,
+    "rows_reg": 5,
+    "pos_reg": 5,
+    "len_reg": 5,
+    "heads": 10,          # segments (heads) per row (0: 1)
+    "kv_heads": 10,       # ATT_QK/ATT_PV: key/value heads
 })
 
 BODY_BITS = INSTR_BITS - HEADER_BITS
@@ -257,8 +346,27 @@ def encode(opcode: Opcode, wait=(), release=(), **fields) -> int:
             if not lo <= value < hi:
                 raise ProgramError(f"{opcode.name}: field {key}={value} is outside "
                                    f"{lo}..{hi - 1}")
-    header = {"opcode": opcode, "wait": _mask(wait), "release": _mask(release)}
-    return INSTR_LAYOUT.const({"header": header, "body": {name: body}}).as_bits()
+    bits = opcode.value << _HDR["opcode"][0]
+    for key, value in (("wait", _mask(wait)), ("release", _mask(release))):
+        off, mask = _HDR[key]
+        if not 0 <= value <= mask:
+            raise ProgramError(f"{opcode.name}: {key} mask {value} is outside 0..{mask}")
+        bits |= value << off
+    for key, off, mask, en, sgn, width in _TABLES[name]:
+        if key not in body:
+            continue
+        value = body[key]
+        if en is not None:
+            try:
+                value = en(value).value
+            except ValueError:
+                raise ProgramError(f"{opcode.name}: field {key}={value!r} is not a "
+                                   f"{en.__name__} (accepted: "
+                                   f"{', '.join(m.name for m in en)})") from None
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        bits |= (int(value) & mask) << off
+    return bits
 
 
 class Instr:
@@ -299,8 +407,33 @@ def _view_fields(view, layout) -> dict:
     return out
 
 
+def _field_table(layout, base: int) -> list:
+    """Flatten a body layout into ``(name, offset, mask, enum or None, signed)`` entries,
+    computed from the layout itself (no offsets are written by hand)."""
+    out = []
+    for key, field in layout:
+        if key.startswith("_"):
+            continue
+        shape = field.shape
+        is_enum = isinstance(shape, enum.EnumMeta)
+        signed_ = (not is_enum) and Shape.cast(shape).signed
+        out.append((key, base + field.offset, (1 << field.width) - 1, shape if is_enum else None,
+                    signed_, field.width))
+    return out
+
+
+_BODY_OFFSET = {k: f for k, f in INSTR_LAYOUT}["body"].offset
+_HDR = {k: (f.offset, (1 << f.width) - 1) for k, f in HEADER_LAYOUT}
+_TABLES = {name: _field_table(BODY_LAYOUT.members[name], _BODY_OFFSET)
+           for name in set(_BODY_OF.values())}
+
+
 def decode(bits: int, index: int | None = None) -> Instr:
-    """Decode one instruction; raise :class:`ProgramError` for an illegal encoding."""
+    """Decode one instruction; raise :class:`ProgramError` for an illegal encoding.
+
+    Fields are sliced with offsets taken from the layouts (:func:`_field_table`); the
+    result equals a ``data.Const(INSTR_LAYOUT, bits)`` view, field by field.
+    """
     where = f"instruction {index}: " if index is not None else ""
     if not 0 <= bits < 1 << INSTR_BITS:
         raise ProgramError(f"{where}does not fit in {INSTR_BITS} bits")
@@ -310,13 +443,30 @@ def decode(bits: int, index: int | None = None) -> Instr:
     except ValueError:
         raise ProgramError(f"{where}unknown opcode {raw_op} (accepted: " +
                            ", ".join(f"{o.name}={o.value}" for o in Opcode) + ")") from None
+    name = _BODY_OF[opcode]
+    fields = {}
+    for key, off, mask, en, sgn, width in _TABLES[name]:
+        v = (bits >> off) & mask
+        if en is not None:
+            try:
+                v = en(v)
+            except ValueError:
+                raise ProgramError(f"{where}{opcode.name}: malformed field ({v!r} is not a "
+                                   f"valid {en.__name__})") from None
+        elif sgn and v >> (width - 1):
+            v -= 1 << width
+        fields[key] = v
+    wait = (bits >> _HDR["wait"][0]) & _HDR["wait"][1]
+    release = (bits >> _HDR["release"][0]) & _HDR["release"][1]
+    return Instr(bits, opcode, wait, release, fields)
+
+
+def _decode_const(bits: int) -> Instr:
+    """Reference decoder through ``data.Const`` views (slow; for tests of :func:`decode`)."""
+    opcode = Opcode(bits & 0xF)
     c = data.Const(INSTR_LAYOUT, bits)
     name = _BODY_OF[opcode]
-    layout = BODY_LAYOUT.members[name]
-    try:
-        fields = _view_fields(getattr(c.body, name), layout)
-    except ValueError as e:
-        raise ProgramError(f"{where}{opcode.name}: malformed field ({e})") from None
+    fields = _view_fields(getattr(c.body, name), BODY_LAYOUT.members[name])
     return Instr(bits, opcode, c.header.wait, c.header.release, fields)
 
 

@@ -15,6 +15,10 @@ Costs (in core clock cycles)
 * ``MV``/``MM``: ``m x ceil(rows / chains) x ceil(k / lanes)`` cycles of chain work plus
   :data:`MATRIX_LATENCY` cycles of pipeline (unpacker, chain, rescaler, requantizer).
 * ``SFU`` (``COPY``): one word per cycle plus :data:`SFU_LATENCY`.
+* ``SFU`` functions of ISA version 2 (:meth:`CycleModel.sfu_func`): one memory word of
+  int32 elements (``word_bytes / 4``) per cycle, plus the attention products (``ATT_QK``,
+  ``ATT_PV``) at the engine's ``chains x lanes`` MACs per cycle, plus
+  :data:`SFU_LATENCY`.
 * ``SYS`` and the dispatch of any instruction: :data:`DISPATCH_CYCLES` per instruction.
 
 A unit executes its queue in order; LOAD and STORE may start the next transfer on
@@ -104,6 +108,13 @@ class CycleModel:
     def sfu(self, nbytes: int) -> Cost:
         """Cost of one special-function instruction over ``nbytes`` bytes."""
         work = max(1, -(-nbytes // self._config.word_bytes))
+        return Cost(busy=work + SFU_LATENCY, latency=work + SFU_LATENCY)
+
+    def sfu_func(self, elements: int, macs: int = 0) -> Cost:
+        """Cost of a version-2 SFU function over ``elements`` values with ``macs`` products."""
+        c = self._config
+        work = max(1, -(-elements // max(1, c.word_bytes // 4)))
+        work += -(-macs // (c.chains * c.lanes))
         return Cost(busy=work + SFU_LATENCY, latency=work + SFU_LATENCY)
 
     def sys(self) -> Cost:

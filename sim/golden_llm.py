@@ -1,7 +1,9 @@
 """The integer golden of a whole quantized decoder LLM: prefill, decode, generate.
 
-Input is the plain quantized model (``compiler.passes.quantized_model`` builds it; later
-it is read from the output folder): only :mod:`airfoil` types and tensors. Every step is
+Input is the plain quantized model: only :mod:`airfoil` types and tensors, read from the
+compiled output folder by :func:`airfoil.folder.read_llm_model` (:func:`golden_from_folder`;
+``compiler.passes.quantized_model`` builds the same dict before compilation), so the golden
+never quantizes on its own. Every step is
 the arithmetic of :mod:`airfoil.formats` (linear layers) and :mod:`airfoil.fixedpoint`
 (everything else), which the ISA simulator and the RTL implement bit for bit.
 
@@ -23,7 +25,7 @@ import torch
 from airfoil import fixedpoint as fx
 from airfoil.errors import CompileError
 
-__all__ = ["GoldenLLM", "generate"]
+__all__ = ["GoldenLLM", "generate", "golden_from_folder", "generate_folder"]
 
 
 class GoldenLLM:
@@ -41,7 +43,10 @@ class GoldenLLM:
         self.heads, self.kv_heads = s["num_attention_heads"], s["num_key_value_heads"]
         self.head_dim, self.eps = s["head_dim"], s["rms_norm_eps"]
         self.vocab, self.max_pos = s["vocab_size"], s["max_position_embeddings"]
-        self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos)
+        if "rope" in model:         # the folder's table
+            self.cos, self.sin = model["rope"]
+        else:
+            self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos)
         self.reset()
 
     def reset(self):
@@ -130,3 +135,18 @@ def generate(model: dict, prompt, max_new_tokens: int, decode_text=None
     else:
         text = " ".join(str(t) for t in out)
     return out, text
+
+
+def golden_from_folder(folder) -> dict:
+    """The quantized model stored in an LLM output folder (for :class:`GoldenLLM`)."""
+    from airfoil.folder import read_llm_model
+    return read_llm_model(folder.manifest, folder.image, folder.resolve_config())
+
+
+def generate_folder(folder, prompt, max_new_tokens: int, decode_text=None):
+    """:func:`generate` on the model read from an LLM output folder."""
+    m = folder.manifest["model"]
+    if len(list(prompt)) + max(max_new_tokens - 1, 0) > m["max_positions"]:
+        raise CompileError(f"prompt plus new tokens exceed the {m['max_positions']} positions "
+                           f"the folder holds")
+    return generate(golden_from_folder(folder), prompt, max_new_tokens, decode_text)

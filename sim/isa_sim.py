@@ -13,6 +13,13 @@ become visible when it completes. Per-instruction costs come from
 :mod:`sim.cycle_model` only. The matrix arithmetic is :mod:`airfoil.formats`; nothing of
 the golden model is shared.
 
+ISA version 2: 32 run-time registers (``SYS SETREG``/``LDREG``) set run-time counts and
+offsets of LD/ST (``count_reg``, ``row_reg``, gathers by index), MM (``m_reg``, per-token
+requantization from scale pairs) and the SFU functions (``rows_reg``, ``pos_reg``,
+``len_reg``); every SFU function calls the one definition in :mod:`airfoil.fixedpoint`.
+:class:`IsaLLM` is the host of an LLM folder: it writes the parameter block and token ids,
+runs the prefill or decode program and reads the logits; the KV cache stays in the image.
+
 Faults raise :class:`airfoil.errors.ProgramError` whose message names the instruction
 index and the :class:`airfoil.isa.ErrorCode`; the exception carries ``code`` and
 ``index`` attributes.
@@ -30,13 +37,38 @@ from airfoil.errors import AirfoilError, CompileError, ProgramError
 from airfoil.folder import OUT_DTYPES, Folder, load_folder
 from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, group_psum,
                              requantize, rescale, tile_layout, unpack_tile)
-from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, Sparsity, SysOp, Unit,
-                         decode)
+from airfoil import fixedpoint as fx
+from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
+                         Unit, decode)
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
 from .memory import Memory, MemoryRangeError
 
-__all__ = ["run_isa", "IsaSim", "fault"]
+__all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa"]
+
+
+#: Unpacked weight tiles by (layout, raw bytes): a pure function of the bytes, so a tile
+#: the program loads again (every decode step) is decoded once.
+_TILE_CACHE: dict = {}
+_TILE_CACHE_MAX = 4096
+
+
+def _unpack_cached(lay, raw: bytes):
+    """``unpack_tile`` and ``fp16_fixed`` of a tile, memoized on its bytes."""
+    key = (lay.rows, lay.k, lay.group, lay.bits, lay.has_bias, lay.chains, lay.lanes,
+           lay.align, raw)
+    hit = _TILE_CACHE.get(key)
+    if hit is None:
+        q, scales, bias = unpack_tile(lay, raw)
+        mant, kexp = fp16_fixed(scales)
+        if len(_TILE_CACHE) >= _TILE_CACHE_MAX:
+            _TILE_CACHE.clear()
+        hit = _TILE_CACHE[key] = (q, mant, kexp, bias)
+    return hit
+
+
+def _up8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def fault(index: int, what: str, code: ErrorCode, message: str) -> ProgramError:
@@ -47,8 +79,11 @@ def fault(index: int, what: str, code: ErrorCode, message: str) -> ProgramError:
     return e
 
 
-def _units(mask: int) -> list[Unit]:
-    return [u for u in Unit if mask >> u.value & 1]
+_UNITS_OF_MASK = [tuple(u for u in Unit if mask >> u.value & 1) for mask in range(16)]
+
+
+def _units(mask: int) -> tuple[Unit, ...]:
+    return _UNITS_OF_MASK[mask]
 
 
 class _UnitState:
@@ -118,30 +153,70 @@ class IsaSim:
         if ins.channel >= self.config.memory.channels:
             raise fault(i, name, ErrorCode.MALFORMED, f"channel {ins.channel} does not exist "
                         f"(config has {self.config.memory.channels})")
-        if ins.count < 1 or ins.nbytes < 1:
+        count = self.regs[ins.count_reg] if ins.count_reg else ins.count
+        if count < 1 or ins.nbytes < 1:
             raise fault(i, name, ErrorCode.MALFORMED,
-                        f"count={ins.count} and nbytes={ins.nbytes} must be at least 1")
+                        f"count={count} and nbytes={ins.nbytes} must be at least 1")
+        if ins.gather and write:
+            raise fault(i, name, ErrorCode.MALFORMED, "gather applies to LD only")
         for key in ("buf_addr", "dram_addr", "nbytes", "dram_stride"):
             v = ins.fields[key]
             if v % wb:
                 raise fault(i, name, ErrorCode.MALFORMED, f"{key}={v} is not a multiple of the "
                             f"{wb}-byte memory word")
         buf = self.buffers[ins.buf]
-        end = ins.buf_addr + ins.count * ins.nbytes
+        end = ins.buf_addr + count * ins.nbytes
         if end > len(buf):
             raise fault(i, name, ErrorCode.BUFFER_RANGE, f"{ins.buf.name}[{ins.buf_addr:#x}:"
                         f"{end:#x}] is beyond the {len(buf)}-byte buffer")
+        base = ins.dram_addr + (self.regs[ins.row_reg] * ins.dram_stride if ins.row_reg else 0)
+        if ins.gather:
+            idx = self._read(i, name, Buffer.AUX, ins.idx_addr, count, "<i4")
+            rows = [base + int(v) * ins.dram_stride for v in idx.tolist()]
+        else:
+            rows = [base + r * ins.dram_stride for r in range(count)]
         try:
-            for r in range(ins.count):
+            for r, d0 in enumerate(rows):
                 b0 = ins.buf_addr + r * ins.nbytes
-                d0 = ins.dram_addr + r * ins.dram_stride
                 if write:
                     self.mem.write(d0, bytes(buf[b0:b0 + ins.nbytes]))
                 else:
                     buf[b0:b0 + ins.nbytes] = self.mem.read(d0, ins.nbytes)
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
-        return ins.count * ins.nbytes
+        return count * ins.nbytes
+
+    # -- buffer access helpers --------------------------------------------------------
+
+    def _span(self, i, what, buf, start, nbytes):
+        b = self.buffers[buf]
+        if start < 0 or start + nbytes > len(b):
+            raise fault(i, what, ErrorCode.BUFFER_RANGE, f"{buf.name}[{start:#x}:"
+                        f"{start + nbytes:#x}] is beyond the {len(b)}-byte buffer")
+        return b
+
+    def _read(self, i, what, buf, start, count, dt) -> torch.Tensor:
+        """Read ``count`` little-endian elements of numpy dtype ``dt`` as int64."""
+        dt = np.dtype(dt)
+        b = self._span(i, what, buf, start, count * dt.itemsize)
+        a = np.frombuffer(b, dtype=dt, count=count, offset=start)
+        return torch.from_numpy(a.astype(np.int64))
+
+    def _write(self, i, what, buf, start, values: torch.Tensor, dt) -> None:
+        raw = values.reshape(-1).numpy().astype(dt).tobytes()
+        b = self._span(i, what, buf, start, len(raw))
+        b[start:start + len(raw)] = raw
+
+    def _records(self, i, what, buf, start, count, n, stride):
+        """Read ``count`` INT8 records of ``n`` values with their scale pairs."""
+        b = self._span(i, what, buf, start, (count - 1) * stride + _up8(n) + 8)
+        raw = np.frombuffer(b, dtype=np.uint8, count=(count - 1) * stride + _up8(n) + 8,
+                            offset=start)
+        idx = np.arange(count)[:, None] * stride
+        vals = raw[idx + np.arange(n)[None, :]].view(np.int8).astype(np.int64)
+        sc = raw[idx + _up8(n) + np.arange(8)[None, :]].copy().view("<i4").astype(np.int64)
+        return (torch.from_numpy(vals), torch.from_numpy(sc[:, 0].copy()),
+                torch.from_numpy(sc[:, 1].copy()))
 
     def _matrix(self, i: int, ins: Instr) -> None:
         """Check and perform MV/MM (see :data:`airfoil.isa.MATRIX_LAYOUT`)."""
@@ -149,6 +224,12 @@ class IsaSim:
         name = ins.opcode.name
         f = ins.fields
         m, rows, k, group = f["m"], f["rows"], f["k"], f["group"]
+        if f["m_reg"]:
+            if ins.opcode == Opcode.MV:
+                raise fault(i, name, ErrorCode.MALFORMED, "MV takes no m_reg (m is 1)")
+            m = self.regs[f["m_reg"]]
+        wb = cfg.word_bytes
+        astride = f["astride"] * wb or k
         if ins.opcode == Opcode.MV and m != 1:
             raise fault(i, name, ErrorCode.MALFORMED, f"MV takes one vector (m=1), not m={m}")
         if m < 1 or rows < 1 or k < 1:
@@ -173,15 +254,17 @@ class IsaSim:
                           lanes=cfg.lanes, bias=bool(f["bias"]), align=cfg.word_bytes)
         wgt, act, out = (self.buffers[b] for b in (Buffer.WGT, Buffer.ACT, Buffer.OUT))
         w0, a0, o0 = f["wbuf_addr"], f["abuf_addr"], f["obuf_addr"]
-        for bname, start, size, buf in (("WGT", w0, lay.nbytes, wgt), ("ACT", a0, m * k, act),
-                                        ("OUT", o0, m * rows * ob if f["final"] else 0, out)):
+        ostride = f["ostride"] * wb or rows * ob
+        for bname, start, size, buf in (("WGT", w0, lay.nbytes, wgt),
+                                        ("ACT", a0, (m - 1) * astride + k, act),
+                                        ("OUT", o0, (m - 1) * ostride + rows * ob
+                                         if f["final"] else 0, out)):
             if start + size > len(buf):
                 raise fault(i, name, ErrorCode.BUFFER_RANGE, f"{bname}[{start:#x}:"
                             f"{start + size:#x}] is beyond the {len(buf)}-byte buffer")
-        q, scales, bias = unpack_tile(lay, bytes(wgt[w0:w0 + lay.nbytes]))
         k0 = f["k0"]
         try:
-            mant, kexp = fp16_fixed(scales)
+            q, mant, kexp, bias = _unpack_cached(lay, bytes(wgt[w0:w0 + lay.nbytes]))
         except CompileError as e:
             raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
         shift = kexp - k0
@@ -189,8 +272,9 @@ class IsaSim:
             raise fault(i, name, ErrorCode.SCALE_RANGE, f"group scale shifts "
                         f"{int(shift.min())}..{int(shift.max())} with k0={k0} are outside "
                         f"0..{SCALE_SHIFT_MAX}")
-        x = np.frombuffer(bytes(act[a0:a0 + m * k]), dtype=np.int8).astype(np.int64)
-        x = torch.from_numpy(x).reshape(m, k)
+        raw = np.frombuffer(act, dtype=np.int8, count=(m - 1) * astride + k, offset=a0)
+        x = np.lib.stride_tricks.as_strided(raw, shape=(m, k), strides=(astride, 1))
+        x = torch.from_numpy(x.astype(np.int64))
         scaled = rescale(group_psum(q, x, group), mant, kexp, k0)      # (m, rows, groups)
         if f["acc_init"]:
             acc = accumulate(scaled, bias=bias if f["bias"] else None)
@@ -198,9 +282,17 @@ class IsaSim:
             acc = accumulate(scaled, acc=self._acc_view(m, rows))
         self._acc_store(acc)
         if f["final"]:
-            res = requantize(acc, f["req_m"], f["req_s"], out_bits)
-            out[o0:o0 + m * rows * ob] = res.numpy().astype(OUT_DTYPES[out_bits]).tobytes()
+            if f["tok_scale"]:
+                sc = self._read(i, name, Buffer.AUX, f["sbuf_addr"], 2 * m, "<i4").reshape(m, 2)
+                M, S = fx.linear_out_params(sc[:, 0], sc[:, 1], k0)
+                res = fx.requantize_rows(acc, M, S, out_bits)
+            else:
+                res = requantize(acc, f["req_m"], f["req_s"], out_bits)
+            res = res.numpy().astype(OUT_DTYPES[out_bits])
+            for j in range(m):
+                out[o0 + j * ostride:o0 + j * ostride + rows * ob] = res[j].tobytes()
         self.macs += m * rows * k
+        return m
 
     def _acc_view(self, m: int, rows: int) -> torch.Tensor:
         if self.acc.shape[0] < m or self.acc.shape[1] < rows:
@@ -214,8 +306,11 @@ class IsaSim:
         m, rows = acc.shape
         self._acc_view(m, rows)[...] = acc
 
-    def _sfu(self, i: int, ins: Instr) -> int:
+    def _sfu(self, i: int, ins: Instr):
+        """Perform one SFU instruction; return ``(elements, macs)`` for the cost model."""
         f = ins.fields
+        if f["func"] != SfuFunc.COPY:
+            return self._sfu_func(i, ins)
         src, dst = self.buffers[f["src"]], self.buffers[f["dst"]]
         n = f["n"]
         if n < 1:
@@ -228,11 +323,105 @@ class IsaSim:
         # Only COPY exists so far (decoding refuses any other function code).
         data = bytes(src[f["src_addr"]:f["src_addr"] + n])
         dst[f["dst_addr"]:f["dst_addr"] + n] = data
-        return n
+        return n, 0
+
+    def _sfu_func(self, i: int, ins: Instr):
+        f = ins.fields
+        fn = f["func"]
+        what = f"SFU {fn.name}"
+        n = f["n"]
+        rows = self.regs[f["rows_reg"]] if f["rows_reg"] else f["rows"]
+        hs = f["heads"] or 1
+        rowwise = fn in (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU,
+                         SfuFunc.MUL, SfuFunc.ADD)
+        if n < 1 or rows < 1 or (rowwise and n % hs):
+            raise fault(i, what, ErrorCode.MALFORMED, f"n={n} and rows={rows} must be at least "
+                        f"1 and n a multiple of heads={hs}")
+        src, dst, aux = f["src"], f["dst"], f["aux"]
+        sa, da, xa = f["src_addr"], f["dst_addr"], f["aux_addr"]
+        I32 = "<i4"
+        if rowwise:
+            x = self._read(i, what, src, sa, rows * n, I32).reshape(rows, n)
+            if fn == SfuFunc.QUANT_TOKEN:
+                seg = n // hs
+                q, sm, se = fx.quant_per_token(x.reshape(rows * hs, seg))
+                dstride = f["imm0"] or seg
+                sstride = f["imm1"] or 8
+                for r in range(rows * hs):
+                    self._write(i, what, dst, da + r * dstride, q[r], "<i1")
+                    self._write(i, what, aux, xa + r * sstride,
+                                torch.stack([sm[r], se[r]]), I32)
+                return rows * n, 0
+            if fn == SfuFunc.RMSNORM:
+                g = self._read(i, what, aux, xa, n, I32)
+                eps = ((f["imm1"] << 32) | f["imm0"]) / 2.0 ** 60
+                y = fx.rmsnorm(x, g, eps)
+            elif fn == SfuFunc.ROPE:
+                hd = n // hs
+                stride = f["imm1"] or 2 * hd
+                tab = torch.stack([self._read(i, what, aux, xa + r * stride, hd, "<i2")
+                                   for r in range(rows)])
+                cos, sin = tab[:, :hd // 2], tab[:, hd // 2:]
+                y = fx.rope(x.reshape(rows, hs, hd).transpose(0, 1), cos, sin)
+                y = y.transpose(0, 1).reshape(rows, n)
+            elif fn == SfuFunc.SILU:
+                y = fx.silu(x)
+            else:
+                b = self._read(i, what, aux, xa, rows * n, I32).reshape(rows, n)
+                y = fx.mul(x, b) if fn == SfuFunc.MUL else fx.add(x, b)
+            self._write(i, what, dst, da, y, I32)
+            return rows * n, 0
+        H, KV, hd = hs, f["kv_heads"], n
+        L = self.regs[f["len_reg"]] if f["len_reg"] else 0
+        if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV) and (KV < 1 or H % KV or L < 1):
+            raise fault(i, what, ErrorCode.MALFORMED, f"heads={H}, kv_heads={KV} and keys={L} "
+                        f"must be positive, heads a multiple of kv_heads")
+        if fn == SfuFunc.SOFTMAX:
+            if L < 1:
+                raise fault(i, what, ErrorCode.MALFORMED, f"keys={L} must be at least 1")
+            s = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, H, L)
+            pos = self.regs[f["pos_reg"]] if f["pos_reg"] else 0
+            qpos = torch.arange(pos, pos + rows).reshape(rows, 1, 1)
+            mask = (torch.arange(L).reshape(1, 1, L) > qpos).expand(rows, H, L)
+            if bool(mask.all(dim=-1).any()):
+                raise fault(i, what, ErrorCode.MALFORMED, f"a query row at positions "
+                            f"{pos}..{pos + rows - 1} sees none of the {L} keys")
+            self._write(i, what, dst, da, fx.softmax(s, mask), I32)
+            return rows * H * L, 0
+        g = H // KV
+        kv_v, kv_sm, kv_se = self._records(i, what, aux, xa, L * KV, hd, f["imm1"])
+        kv_v = kv_v.reshape(L, KV, hd).permute(1, 0, 2).unsqueeze(1)        # (KV, 1, L, d)
+        kv_sm = kv_sm.reshape(L, KV).t().unsqueeze(1)
+        kv_se = kv_se.reshape(L, KV).t().unsqueeze(1)
+        if fn == SfuFunc.ATT_QK:
+            q, q_sm, q_se = self._records(i, what, src, sa, rows * H, hd, f["imm0"])
+            q = q.reshape(rows, KV, g, hd).permute(1, 2, 0, 3)                # (KV, g, T, d)
+            q_sm = q_sm.reshape(rows, KV, g).permute(1, 2, 0)
+            q_se = q_se.reshape(rows, KV, g).permute(1, 2, 0)
+            sc = fx.attention_scores(q, q_sm, q_se, kv_v, kv_sm, kv_se)      # (KV, g, T, L)
+            self._write(i, what, dst, da, sc.permute(2, 0, 1, 3), I32)
+            return rows * H * L, rows * H * L * hd
+        if fn == SfuFunc.ATT_PV:
+            p = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, KV, g, L)
+            p = p.permute(1, 2, 0, 3)
+            w = fx.attention_weights(p, kv_sm, kv_se)
+            o = fx.attention_context(w, kv_v)                                   # (KV, g, T, d)
+            self._write(i, what, dst, da, o.permute(2, 0, 1, 3), I32)
+            return rows * H * L, rows * H * L * hd
+        raise fault(i, what, ErrorCode.UNSUPPORTED, f"function {fn.name} is not built in")
+
+    @classmethod
+    def prepare(cls, words) -> list[Instr]:
+        """Decode a program and check its token fields."""
+        instrs = cls.decode_all(words)
+        for i, ins in enumerate(instrs):
+            cls._check_tokens(i, ins)
+        return instrs
 
     # -- scheduling -----------------------------------------------------------------------
 
-    def _check_tokens(self, i: int, ins: Instr) -> None:
+    @staticmethod
+    def _check_tokens(i: int, ins: Instr) -> None:
         own = ins.unit
         if own is None:
             if ins.wait or ins.release:
@@ -242,11 +431,14 @@ class IsaSim:
             raise fault(i, ins.opcode.name, ErrorCode.MALFORMED,
                         f"a {own.name} instruction cannot wait for or release its own unit")
 
-    def run(self, words) -> dict:
-        """Execute a program to its HALT; return the statistics."""
-        instrs = self.decode_all(words)
-        for i, ins in enumerate(instrs):
-            self._check_tokens(i, ins)
+    def run(self, words, instrs: list[Instr] | None = None) -> dict:
+        """Execute a program to its HALT; return the statistics.
+
+        ``instrs`` may give the program already decoded (and token-checked) by
+        :meth:`prepare`, so a program run many times is decoded once.
+        """
+        if instrs is None:
+            instrs = self.prepare(words)
         n = len(instrs)
         depth = self.config.instr_queue_depth
         units = {u: _UnitState() for u in Unit}
@@ -276,6 +468,8 @@ class IsaSim:
                 if ins.opcode in (Opcode.LD, Opcode.ST) and \
                         ins.channel < self.config.memory.channels:
                     t = max(t, self.mem.channel_free[ins.channel])
+                if ins.opcode == Opcode.LD and ins.gather:
+                    t = max(t, st.last_finish)      # its indices were loaded before it
                 if best is None or t < best[0]:
                     best = (t, u)
             if end_time is None and pc < n:
@@ -311,6 +505,12 @@ class IsaSim:
                         end_time = t
                     elif ins.op == SysOp.SETREG:
                         self.regs[ins.reg] = ins.value
+                    elif ins.op == SysOp.LDREG:
+                        try:
+                            raw = self.mem.read(ins.value, 4)
+                        except MemoryRangeError as e:
+                            raise fault(pc, "SYS LDREG", ErrorCode.AXI_ERROR, str(e)) from None
+                        self.regs[ins.reg] = int.from_bytes(raw, "little")
                     executed += 1
                 else:
                     units[ins.unit].queue.append((pc, ins, t))
@@ -331,10 +531,13 @@ class IsaSim:
                 finish = begin + cost.latency
             else:
                 if op == Opcode.SFU:
-                    cost = self.model.sfu(self._sfu(idx, ins))
+                    if ins.func == SfuFunc.COPY:
+                        cost = self.model.sfu(self._sfu(idx, ins)[0])
+                    else:
+                        cost = self.model.sfu_func(*self._sfu(idx, ins))
                 else:
-                    self._matrix(idx, ins)
-                    cost = self.model.matrix(ins.rows, ins.k, ins.m)
+                    m = self._matrix(idx, ins)
+                    cost = self.model.matrix(ins.rows, ins.k, m)
                 st.issue_free = t + cost.busy
                 finish = t + cost.latency
             finish = max(finish, st.last_finish)
@@ -413,3 +616,96 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
     sim = IsaSim(config, image)
     stats = sim.run(program.words)
     return folder.read_output(image), stats
+
+
+class IsaLLM:
+    """One sequence of an LLM folder on the ISA simulator: prefill, decode, generate.
+
+    The host side of the length-adaptive programs: before each run it writes the
+    parameter block (``pos``, ``T``, ``len``) and the token ids into the image, runs the
+    phase's program, and reads the ``T`` logit rows back. The KV cache lives in the image,
+    so it persists between runs.
+
+    Parameters
+    ----------
+    folder : Folder
+        A compiled folder of kind ``llm``.
+    config : AccelConfig
+        The configuration it was compiled for.
+    """
+
+    def __init__(self, folder: Folder, config: AccelConfig):
+        if folder.kind != "llm":
+            raise AirfoilError(f"{folder.path}: not an LLM folder (kind {folder.kind!r})")
+        if folder.manifest["config_hash"] != config.config_hash:
+            raise AirfoilError(f"folder compiled for config hash "
+                               f"{folder.manifest['config_hash']}, but config {config.name!r} "
+                               f"has hash {config.config_hash}")
+        self.folder, self.config = folder, config
+        self.image = bytearray(folder.image)
+        mm = folder.manifest["model"]
+        self.layout = mm["layout"]
+        self.vocab = mm["shape"]["vocab_size"]
+        self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
+        self.programs = {}
+        for phase in ("prefill", "decode"):
+            prog = folder.phase_program(phase)
+            if prog.config_hash != config.config_hash_bytes:
+                raise ProgramError(f"{phase} program compiled for config hash "
+                                   f"{prog.config_hash.hex()}, not {config.config_hash}")
+            self.programs[phase] = (prog.words, IsaSim.prepare(prog.words))
+        self.position = 0
+        self.runs: list[dict] = []
+
+    def _run(self, phase: str, tokens) -> torch.Tensor:
+        tok = [int(t) for t in tokens]
+        T, pos = len(tok), self.position
+        if any(not 0 <= t < self.vocab for t in tok):
+            raise AirfoilError(f"token id outside the vocabulary 0..{self.vocab - 1}")
+        if pos + T > self.max_pos:
+            raise AirfoilError(f"{pos + T} positions exceed the {self.max_pos} the folder holds")
+        lay = self.layout
+        self.image[lay["params"]:lay["params"] + 12] = np.array(
+            [pos, T, pos + T], dtype="<i4").tobytes()
+        self.image[lay["ids"]:lay["ids"] + 4 * T] = np.array(tok, dtype="<i4").tobytes()
+        words, instrs = self.programs[phase]
+        stats = IsaSim(self.config, self.image).run(words, instrs)
+        stats["phase"], stats["tokens"] = phase, T
+        self.runs.append(stats)
+        self.position = pos + T
+        row = lay["logits_row"] // 4
+        raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
+        return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.vocab]
+
+    def prefill(self, tokens) -> torch.Tensor:
+        """Start a sequence with ``tokens``; return their ACT logits (T, vocab).
+
+        Up to ``max_prompt`` tokens run as one prefill; the rest follow as decode steps
+        (the same arithmetic, so the logits are identical).
+        """
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise AirfoilError("the prompt is empty (at least one token is needed)")
+        self.position = 0
+        head = self._run("prefill", tokens[:self.max_prompt])
+        rest = [self._run("decode", [t]) for t in tokens[self.max_prompt:]]
+        return torch.cat([head] + rest)
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Run one token after the cached positions; return its ACT logits (vocab,)."""
+        return self._run("decode", [token])[0]
+
+
+def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int
+                 ) -> tuple[list[int], list[dict]]:
+    """Greedy generation on the ISA simulator; return the new tokens and per-run stats."""
+    llm = IsaLLM(folder, config)
+    out: list[int] = []
+    if max_new_tokens:
+        logits = llm.prefill(prompt)[-1]
+        while True:
+            out.append(int(torch.nonzero(logits == logits.max())[0, 0]))
+            if len(out) == max_new_tokens:
+                break
+            logits = llm.decode(out[-1])
+    return out, llm.runs

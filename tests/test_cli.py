@@ -11,7 +11,7 @@ import yaml
 
 from airfoil.cli import main
 from airfoil.config import builtin_config_path
-from airfoil.isa import Opcode
+from airfoil.isa import ISA_VERSION, Opcode
 from airfoil.program import HEADER_SIZE, Program, read_program
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +99,7 @@ def test_demo(tmp_path, capsys):
     out = _ok(capsys, ["demo", "--config", "test", "-o", str(tmp_path / "demo"), "--no-rtl"])
     assert "all backends agree bit for bit" in out
     assert "isa" in out and "torch" in out
+    assert "torch golden and isa simulator generate the same tokens" in out     # tiny LLM
 
 
 def test_rtl_backend_missing_is_one_line(folder, capsys, monkeypatch):
@@ -112,7 +113,7 @@ def test_rtl_backend_missing_is_one_line(folder, capsys, monkeypatch):
         return real(name, *args)
     monkeypatch.setattr(cmd_run.importlib, "import_module", missing)
     _fails(capsys, ["run", "--backend", "rtl", str(folder)], "rtl backend is not available")
-    out = _ok(capsys, ["demo", "-o", str(folder.parent / "demo")])
+    out = _ok(capsys, ["demo", "-o", str(folder.parent / "demo"), "--no-llm"])
     assert "rtl skipped" in out and "all backends agree bit for bit" in out
 
 
@@ -173,7 +174,7 @@ def _bad_opcode(raw):
 @pytest.mark.parametrize("damage, message", [
     (lambda r: r.__setitem__(slice(0, 4), b"ELF\x7f"), "bad magic"),
     (lambda r: r.__setitem__(HEADER_SIZE + 40, r[HEADER_SIZE + 40] ^ 0x10), "checksum"),
-    (lambda r: r.__setitem__(4, 2), "ISA version 2"),
+    (lambda r: r.__setitem__(4, ISA_VERSION + 1), f"ISA version {ISA_VERSION + 1}"),
     (_bad_opcode, "unknown opcode 15"),
 ])
 @pytest.mark.parametrize("command", ["run", "disasm"])

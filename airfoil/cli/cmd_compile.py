@@ -1,4 +1,14 @@
-"""``airfoil compile``: quantize and compile a linear layer into an output folder."""
+"""``airfoil compile``: quantize and compile a decoder LLM (HF-layout folder) or a linear
+layer into an output folder.
+
+``airfoil compile MODEL --recipe R.yaml --config C.yaml -o OUT/`` imports the model
+(``config.json`` + ``*.safetensors``), runs the LLM pipeline (validate, fold the attention
+scale, quantize per the recipe), lowers it into a prefill and a decode program
+(:mod:`compiler.lower_llm`) with a progress bar, and prints a summary: instructions and
+bytes per phase, weight bytes per format, and the decode cycles per token the cycle
+model predicts (the decode program run once on the ISA simulator at the end of a full
+prompt). Without MODEL it compiles one linear layer (``--layer``).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +18,27 @@ from ..config import load_config
 from ..errors import CompileError
 
 
+#: Default board config of each kind of compile.
+DEFAULT_CONFIG = {"llm": "sim_llm", "linear": "test"}
+
+
 def register(sub):
-    p = sub.add_parser("compile", help="compile a linear layer into program.afp, weights.bin "
-                                       "and manifest.json")
+    p = sub.add_parser("compile", help="compile a decoder LLM (HF folder) or a linear layer "
+                                       "into programs, weights.bin and manifest.json")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="HF-layout model folder (config.json + *.safetensors), e.g. "
+                        "models/tiny-llama; omit to compile a linear layer (--layer)")
+    p.add_argument("--max-prompt", type=int, default=None, metavar="T",
+                   help="MODEL: longest prompt of the prefill program (default: 32 or what "
+                        "fits)")
     p.add_argument("--layer", default="builtin", metavar="builtin|PATH.pt|PATH.npz",
                    help="the layer: the built-in random nn.Linear (default) or a file with "
                         "'weight' (N x K) and optional 'bias'")
-    p.add_argument("--config", default="test", help="board config name or YAML path "
-                                                    "(default: test)")
+    p.add_argument("--config", default=None, help="board config name or YAML path "
+                                                  "(default: sim_llm for MODEL, else test)")
     p.add_argument("--recipe", default=None, metavar="R.yaml",
-                   help="quantization recipe (default: compiler/recipes/linear_default.yaml)")
+                   help="quantization recipe (default: compiler/recipes/llm_default.yaml for "
+                        "MODEL, else compiler/recipes/linear_default.yaml)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     p.add_argument("--n", type=int, default=None, help="built-in layer: output rows N")
     p.add_argument("--k", type=int, default=None, help="built-in layer: inputs K")
@@ -35,7 +56,7 @@ def compile_from_args(args, log=None) -> dict:
     from compiler.linear import compile_linear
     from compiler.recipe import load_recipe
 
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG["linear"])
     kw = load_recipe(args.recipe)
     for key, value in (("wformat", args.wformat), ("group", args.group),
                        ("out_format", getattr(args, "out_format", None))):
@@ -54,7 +75,113 @@ def compile_from_args(args, log=None) -> dict:
     return manifest
 
 
+def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
+    """Import, quantize and lower the model the arguments name, with a progress bar.
+
+    Returns ``(manifest, summary)``; the summary holds the figures the table prints.
+    """
+    import shutil
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compiler.importers.hf import import_hf
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import llm_pipeline, quantized_model
+
+    from ..folder import load_folder
+
+    console = console or Console()
+    config = load_config(args.config or DEFAULT_CONFIG["llm"])
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
+                           f"folder with config.json and *.safetensors)")
+    pipe = llm_pipeline(args.recipe)
+    steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
+                                        "schedule prefill", "schedule decode",
+                                        "write the folder", "predict decode cycles"]
+    with Progress(TextColumn("[bold]{task.description:<24}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console, transient=not console.is_terminal) as bar:
+        task = bar.add_task("import", total=len(steps))
+
+        def tick(name):
+            i = steps.index(name)
+            bar.update(task, completed=i + 1,
+                       description=steps[i + 1] if i + 1 < len(steps) else "done")
+
+        graph = import_hf(model_dir)
+        tick("import")
+        q = pipe.run(graph, after_step=lambda name, g: tick(name))
+        manifest = compile_llm(quantized_model(q), config, args.output,
+                               max_prompt=args.max_prompt, source=str(model_dir),
+                               recipe=q.meta.get("recipe"), progress=tick)
+        tok = model_dir / "tokenizer.json"
+        if tok.is_file():
+            shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
+        folder = load_folder(args.output, config)
+        cycles = predict_decode_cycles(folder, config)
+        tick("predict decode cycles")
+    return manifest, {"decode_cycles": cycles, "config": config}
+
+
+def predict_decode_cycles(folder, config) -> dict:
+    """Cycles of one decode step at the position after a full prompt (cycle model)."""
+    from sim.isa_sim import IsaLLM
+    llm = IsaLLM(folder, config)
+    pos = min(folder.manifest["model"]["max_prompt"], folder.manifest["model"]["max_positions"]
+              - 1)
+    llm.position = pos              # the KV cache content does not change the timing
+    llm.decode(0)
+    st = llm.runs[-1]
+    return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
+            "bytes_read": st["bytes_read"]}
+
+
+def summary_table(manifest, summary):
+    """The rich table printed after an LLM compile."""
+    from rich.table import Table
+    config = summary["config"]
+    shape = manifest["model"]["shape"]
+    t = Table(title=f"{manifest['source']} -> config {manifest['config']} "
+                    f"({manifest['config_hash']}), ISA v{manifest['isa_version']}")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    t.add_column("note")
+    for phase, ph in manifest["phases"].items():
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(ph["opcodes"].items()))
+        what = (f"prompts of 1..{ph['max_tokens']} tokens" if phase == "prefill" else
+                 f"one token at any position < {manifest['model']['max_positions']}")
+        t.add_row(f"{phase} program", f"{ph['instructions']} instr / {ph['bytes']} B",
+                  f"{what}; {ops}")
+    for fmt, nb in sorted(manifest["weight_bytes"].items()):
+        t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales")
+    t.add_row("memory image", f"{manifest['image_bytes']} B",
+              f"{manifest['model']['max_positions']} KV positions")
+    dc = summary["decode_cycles"]
+    tps = config.clock_mhz * 1e6 / dc["cycles"]
+    t.add_row("decode cycles/token", str(dc["cycles"]),
+              f"cycle model at position {dc['position']}; {tps:.0f} tokens/s at "
+              f"{config.clock_mhz} MHz; {dc['bytes_read']} B read")
+    t.add_row("model", f"{shape['num_hidden_layers']} layers",
+              f"d={shape['hidden_size']}, heads={shape['num_attention_heads']}/"
+              f"{shape['num_key_value_heads']}, vocab={shape['vocab_size']}")
+    return t
+
+
 def run(args) -> int:
+    if args.model is not None:
+        from rich.console import Console
+        if args.layer != "builtin" or args.n is not None or args.k is not None:
+            raise CompileError("--layer, --n and --k apply to linear layers, not to MODEL "
+                               f"{args.model!r}")
+        console = Console()
+        manifest, summary = compile_llm_from_args(args, console)
+        console.print(summary_table(manifest, summary))
+        console.print(f"wrote {args.output}")
+        return 0
     m = compile_from_args(args)
     layer = m["layers"][0]
     print(f"compiled linear {layer['n']} x {layer['k']} {layer['wformat']} g{layer['group']} "

@@ -1,4 +1,9 @@
-"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL)."""
+"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL).
+
+The folder's manifest decides what runs: an LLM folder generates text greedily from
+``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
+the ``isa`` simulator; a linear-layer folder runs one input vector on any backend.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,12 @@ def register(sub):
                         "quantized with the manifest's input scale (default: the stored input)")
     p.add_argument("--seed", type=int, default=0, help="seed for the rtl backend's stalls")
     p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
+    p.add_argument("--tokens", default=None, metavar="ID,ID,...",
+                   help="LLM folder: the prompt as comma-separated token ids")
+    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+                   help="LLM folder: tokens to generate greedily (default: 16)")
     p.set_defaults(func=run)
 
 
@@ -79,12 +90,93 @@ def run_backend(backend, folder, config, x_q=None, seed=0):
     raise AirfoilError(f"unknown backend {backend!r} (accepted: {', '.join(BACKENDS)})")
 
 
+def prompt_tokens(args, folder) -> tuple[list[int], object]:
+    """The prompt of an LLM run as token ids, and the tokenizer (or None)."""
+    tok = None
+    if folder.path is not None and (folder.path / "tokenizer.json").is_file():
+        from compiler.tokenizer import load_tokenizer
+        tok = load_tokenizer(folder.path)
+    if (args.prompt is None) == (args.tokens is None):
+        raise AirfoilError("give exactly one of --prompt TEXT and --tokens ID,ID,... for an "
+                           "LLM folder")
+    if args.tokens is not None:
+        try:
+            ids = [int(t) for t in args.tokens.split(",") if t.strip()]
+        except ValueError:
+            raise AirfoilError(f"--tokens {args.tokens!r} is not a comma-separated list of "
+                               f"integers") from None
+    else:
+        if tok is None:
+            raise AirfoilError(f"{folder.path}: no tokenizer.json in the folder; give the "
+                               f"prompt as --tokens ID,ID,...")
+        ids = tok.encode(args.prompt)
+    if not ids:
+        raise AirfoilError("the prompt is empty (at least one token is needed)")
+    vocab = folder.manifest["model"]["shape"]["vocab_size"]
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise AirfoilError(f"prompt token {bad[0]} is outside the vocabulary 0..{vocab - 1}")
+    return ids, tok
+
+
+def generate_backend(backend, folder, config, prompt, max_new_tokens):
+    """Greedy generation on ``torch`` (golden) or ``isa``; return ``(tokens, runs)``."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise AirfoilError(f"--max-new-tokens must be a non-negative integer, not "
+                           f"{max_new_tokens!r}")
+    mm = folder.manifest["model"]
+    if len(prompt) + max(max_new_tokens - 1, 0) > mm["max_positions"]:
+        raise AirfoilError(f"prompt plus {max_new_tokens} new tokens exceed the "
+                           f"{mm['max_positions']} positions {folder.path} holds")
+    if backend == "torch":
+        from sim.golden_llm import generate_folder
+        return generate_folder(folder, prompt, max_new_tokens)[0], []
+    if backend == "isa":
+        from sim.isa_sim import generate_isa
+        return generate_isa(folder, config, prompt, max_new_tokens)
+    raise AirfoilError(f"backend {backend!r} does not run LLM folders yet (accepted: torch, "
+                       f"isa)")
+
+
+def _show_text(tok, ids) -> str:
+    if tok is not None:
+        return tok.decode(ids)
+    return " ".join(map(str, ids))
+
+
+def run_llm(args, folder, config) -> int:
+    prompt, tok = prompt_tokens(args, folder)
+    out, runs = generate_backend(args.backend, folder, config, prompt, args.max_new_tokens)
+    print(f"backend {args.backend}: {len(prompt)} prompt tokens, {len(out)} new tokens")
+    print(f"tokens: {' '.join(map(str, out))}")
+    print(f"text: {_show_text(tok, prompt)}{_show_text(tok, out)!s}")
+    dec = [r for r in runs if r["phase"] == "decode"]
+    if runs:
+        pre = runs[0]
+        line = f"cycles: prefill {pre['cycles']} ({pre['tokens']} tokens)"
+        if dec:
+            line += (f", decode {sum(r['cycles'] for r in dec) // len(dec)} per token "
+                     f"(mean of {len(dec)})")
+        print(line)
+    if args.save:
+        np.save(args.save, np.array(out, dtype=np.int64))
+    return 0
+
+
 def run(args) -> int:
     if args.config is not None:
         config = load_config(args.config)
     else:
         config = load_folder(args.folder).resolve_config()
     folder = load_folder(args.folder, config)
+    if folder.kind == "llm":
+        if args.input is not None:
+            raise AirfoilError("--input applies to linear-layer folders; an LLM folder takes "
+                               "--prompt or --tokens")
+        return run_llm(args, folder, config)
+    if args.prompt is not None or args.tokens is not None:
+        raise AirfoilError(f"{args.folder} holds a linear layer; --prompt and --tokens apply "
+                           f"to LLM folders")
     x_q = load_input(args.input, folder) if args.input else None
     out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed)
     m = folder.manifest

@@ -1,0 +1,641 @@
+"""Lower a quantized decoder LLM (LLaMA family) into ISA programs and a memory image.
+
+Input: the plain quantized model of :func:`compiler.passes.quantized_model`. Output: an
+output folder (``manifest.json`` of kind ``llm``, ``weights.bin``, ``prefill.afp``,
+``decode.afp`` and their listings). Every backend reads the quantized tensors from that
+folder (:func:`airfoil.folder.read_llm_model`), so no backend quantizes on its own.
+
+Length-adaptive programs
+------------------------
+The host writes a parameter block at address 0 of the image (int32 ``pos``, ``T``,
+``len = pos + T``) and ``T`` int32 token ids after it; each program starts with
+``SYS LDREG`` of registers :data:`REG_POS`, :data:`REG_T`, :data:`REG_LEN`, and every
+run-time length (matrix vectors ``m``, SFU rows, KV rows loaded and stored, attention
+keys, the causal mask, the RoPE table rows) comes from those registers. So one decode
+program serves every position and one prefill program every prompt length up to
+``max_prompt`` (the bucket the buffers are planned for).
+
+Per phase, per layer (buffers: ACT, OUT, WGT, KV, AUX; memory: the image)::
+
+    LD gain -> AUX; SFU RMSNORM H -> X; SFU QUANT_TOKEN X -> XQ (+ scale pairs in AUX)
+    LD weight tiles -> WGT slots; MV|MM q, k, v (per-token requant) -> OUT
+    LD RoPE rows (row = REG_POS, count = REG_T) -> AUX; SFU ROPE q, k
+    SFU QUANT_TOKEN q -> query records (ACT), k, v -> KV records (OUT)
+    ST k, v records -> KV cache in memory at row REG_POS (count REG_T)
+    LD the layer's K and V cache rows 0 .. REG_LEN-1 -> KV buffer
+    SFU ATT_QK, SOFTMAX (causal from REG_POS), ATT_PV -> context (ACT)
+    SFU QUANT_TOKEN; MV|MM o; SFU ADD into H
+    RMSNORM, QUANT_TOKEN, MV|MM gate and up, SFU SILU, MUL, QUANT_TOKEN, MV|MM down, ADD
+    final RMSNORM, QUANT_TOKEN, MV|MM lm_head; ST logits (REG_T rows) to memory
+
+The KV cache in memory is laid out ``[layer][K|V][position][kv_head]`` of records
+(``head_dim`` INT8 padded to 8 bytes, then the scale pair int32 ``sm``, ``se``, padded
+to the memory word), so the ``T`` new positions of all heads are one contiguous store.
+
+Scheduling: instructions are emitted in program order into the four unit queues; every
+instruction names the buffer and memory ranges it reads and writes, and a dependency on
+an earlier instruction of another unit (read after write, write after read or write)
+becomes a release bit on the producer and a wait bit on the consumer. Tokens between two
+units are released only when a consumer needs them, in program order, so the k-th wait
+takes exactly the k-th release. Weight tiles rotate through the WGT slots, so the LOAD
+unit fetches ahead of MATRIX by as many tiles as the slots allow; a tile larger than a
+burst is loaded as word-aligned slices on several memory channels (as
+:mod:`compiler.linear` does), and the other transfers take the channels round robin.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from airfoil import fixedpoint as fx
+from airfoil.config import AccelConfig
+from airfoil.errors import CompileError
+from airfoil.folder import FOLDER_FORMAT
+from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
+from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, SfuFunc, Sparsity, SysOp,
+                         Unit, encode, unit_of)
+from airfoil.program import Program
+
+from .asm import listing
+from .linear import _slices
+from .output import write_folder
+
+__all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
+           "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
+
+LLM_KIND = "llm"
+PHASES = ("prefill", "decode")
+#: Run-time registers loaded from the parameter block at address 0.
+REG_POS, REG_T, REG_LEN = 1, 2, 3
+#: Prompt tokens the prefill program is planned for by default.
+DEFAULT_MAX_PROMPT = 32
+_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def record_bytes(n: int, word: int) -> int:
+    """Bytes of one INT8 record of ``n`` values with its scale pair (word aligned)."""
+    return _up(_up(n, 8) + 8, word)
+
+
+# -- scheduling ---------------------------------------------------------------------------
+
+class _Scheduler:
+    """Emit instructions in program order with dependency tokens from access ranges."""
+
+    def __init__(self):
+        self.items = []                     # [opcode, fields, unit, wait, release]
+        self.acc = {u: [] for u in Unit}    # per unit: (index, reads, writes)
+        self.covered = {}                   # (producer unit, consumer unit) -> index
+
+    @staticmethod
+    def _hit(a, b) -> bool:
+        for sa, lo, hi in a:
+            for sb, lo2, hi2 in b:
+                if sa == sb and lo < hi2 and lo2 < hi:
+                    return True
+        return False
+
+    def add(self, opcode, reads=(), writes=(), **fields) -> int:
+        idx = len(self.items)
+        unit = unit_of(opcode)
+        item = [opcode, fields, unit, set(), set()]
+        if unit is not None:
+            for w in Unit:
+                if w == unit:
+                    continue
+                floor = self.covered.get((w, unit), -1)
+                for j, r2, w2 in reversed(self.acc[w]):
+                    if j <= floor:
+                        break
+                    if self._hit(w2, reads) or self._hit(w2, writes) or self._hit(r2, writes):
+                        self.items[j][4].add(unit)
+                        item[3].add(w)
+                        self.covered[(w, unit)] = j
+                        break
+            self.acc[unit].append((idx, tuple(reads), tuple(writes)))
+        self.items.append(item)
+        return idx
+
+    def words(self) -> list[int]:
+        return [encode(op, wait=sorted(wt, key=lambda u: u.value),
+                       release=sorted(rl, key=lambda u: u.value), **f)
+                for op, f, _, wt, rl in self.items]
+
+
+# -- tiling -------------------------------------------------------------------------------
+
+#: Weight-tile slots the WGT buffer is split into (LOAD runs up to ``slots - 1`` tiles
+#: ahead of MATRIX); fewer when a minimal tile does not fit a quarter of the buffer.
+WGT_SLOTS = (4, 2)
+
+
+def _tile_bytes(config, rows, k, bits, group):
+    return tile_layout(rows=rows, k=k, group=group, wfmt=FORMAT_BY_NAME[f"int{bits}"],
+                       chains=config.chains, lanes=config.lanes, bias=False,
+                       align=config.word_bytes).nbytes
+
+
+def _wgt_slots(config, qls) -> tuple[int, int]:
+    """``(slots, slot_bytes)``: the most slots in which every layer's minimal tile fits."""
+    wb = config.word_bytes
+    need = max(_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group) for ql in qls)
+    for slots in WGT_SLOTS:
+        slot = config.buffers.weight_bytes // slots // wb * wb
+        if need <= slot:
+            return slots, slot
+    raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} bytes) "
+                       f"does not fit half the WGT buffer ({config.buffers.weight_bytes} bytes "
+                       f"in config {config.name!r})")
+
+
+def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(row0, rows, col0, cols)`` of one layer, each at most ``slot`` bytes: K whole
+    when ``chains`` rows of it fit, else chunks of whole groups; then as many rows (a
+    multiple of ``chains``) as fit."""
+    n, k = ql.shape
+    C, g, bits = config.chains, ql.group, ql.bits
+    kc = k
+    while _tile_bytes(config, C, kc, bits, g) > slot:
+        kc = (kc // g - 1) * g if kc % g == 0 else kc // g * g
+    rows = C
+    while rows + C <= _up(n, C) and _tile_bytes(config, rows + C, kc, bits, g) <= slot:
+        rows += C
+    return [(r0, min(rows, n - r0), c0, min(kc, k - c0))
+            for r0 in range(0, n, rows) for c0 in range(0, k, kc)]
+
+
+# -- memory planning ----------------------------------------------------------------------
+
+class _Bump:
+    def __init__(self, name, size, align):
+        self.name, self.size, self.align, self.top = name, size, align, 0
+
+    def take(self, nbytes, what):
+        a = self.top
+        self.top = _up(a + max(int(nbytes), 1), self.align)
+        if self.top > self.size:
+            raise CompileError(f"{what} does not fit the {self.name} buffer ({self.top} of "
+                               f"{self.size} bytes needed)")
+        return a
+
+
+def _shape(model):
+    s = model["shape"]
+    d, heads, kv = s["hidden_size"], s["num_attention_heads"], s["num_key_value_heads"]
+    return d, heads, kv, s["head_dim"], s["intermediate_size"], s["vocab_size"]
+
+
+def _check_model(model, config):
+    d, heads, kv, hd, inter, vocab = _shape(model)
+    if heads % kv:
+        raise CompileError(f"num_attention_heads={heads} is not a multiple of "
+                           f"num_key_value_heads={kv}")
+    if hd % 8:
+        raise CompileError(f"head_dim={hd} is not a multiple of 8 (RoPE table rows must be "
+                           f"whole memory words)")
+    names = [("lm_head", model["lm_head"])] + [
+        (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"]) for r in _LINEARS]
+    for name, ql in names:
+        fmt = f"int{ql.bits}"
+        if fmt not in config.weight_formats:
+            raise CompileError(f"layer {name}: weight format {fmt} is not built into config "
+                               f"{config.name!r} (accepted: {', '.join(config.weight_formats)})")
+        if ql.group not in config.group_sizes:
+            raise CompileError(f"layer {name}: group size {ql.group} is not built into config "
+                               f"{config.name!r} (accepted: "
+                               f"{', '.join(map(str, config.group_sizes))})")
+        n, k = ql.shape
+        if k % config.word_bytes:
+            raise CompileError(f"layer {name}: k={k} is not a multiple of the "
+                               f"{config.word_bytes}-byte memory word")
+    return names
+
+
+def _plan_image(model, config, max_prompt, max_pos):
+    """Addresses of everything in the memory image; returns (layout dict, size)."""
+    d, heads, kv, hd, inter, vocab = _shape(model)
+    wb = config.word_bytes
+    rec = record_bytes(hd, wb)
+    lay, top = {}, 0
+
+    def put(name, nbytes):
+        nonlocal top
+        lay[name] = top
+        top = _up(top + nbytes, wb)
+
+    put("params", 16)
+    put("ids", 4 * max_prompt)
+    lay["logits_row"] = _up(4 * vocab, wb)
+    put("logits", lay["logits_row"] * max_prompt)
+    put("embed", 4 * vocab * d)
+    lay["rope_row"] = _up(2 * hd, wb)
+    put("rope", lay["rope_row"] * max_pos)
+    put("norm", 4 * d)
+    for i in range(len(model["layers"])):
+        put(f"l{i}.attn_norm", 4 * d)
+        put(f"l{i}.mlp_norm", 4 * d)
+    lay["kv_row"] = kv * rec
+    for i in range(len(model["layers"])):
+        put(f"l{i}.kcache", kv * rec * max_pos)
+        put(f"l{i}.vcache", kv * rec * max_pos)
+    lay["tiles"] = top
+    return lay, top
+
+
+# -- emission of one phase ----------------------------------------------------------------
+
+class _Phase:
+    """Emit the program of one phase (``prefill`` or ``decode``)."""
+
+    def __init__(self, model, config, lay, linears, phase, tmax, max_pos, slots, slot_bytes):
+        self.model, self.config, self.lay, self.lin = model, config, lay, linears
+        self.phase, self.tmax, self.max_pos = phase, tmax, max_pos
+        self.sched = _Scheduler()
+        self.slot_i = 0
+        self.slots, self.slot_bytes = slots, slot_bytes
+        self.chan = -1
+        self.wb = config.word_bytes
+        d, heads, kv, hd, inter, vocab = _shape(model)
+        self.d, self.heads, self.kv, self.hd, self.inter, self.vocab = \
+            d, heads, kv, hd, inter, vocab
+        self.rec = record_bytes(hd, self.wb)
+        self.lmax = tmax if phase == "prefill" else max_pos   # keys attention sees
+        T, b = tmax, config.buffers
+        act = _Bump("ACT", b.act_bytes, self.wb)
+        wide = max(d, inter, heads * hd)
+        self.H = act.take(T * d * 4, "residual stream")
+        self.X = act.take(T * wide * 4, "normalised / product activations")
+        self.XQ = act.take(T * wide, "INT8 activations")
+        self.QR = act.take(T * heads * self.rec, "query records")
+        self.C = act.take(T * heads * hd * 4, "attention context")
+        out = _Bump("OUT", b.out_bytes, self.wb)
+        self.Q = out.take(T * heads * hd * 4, "queries")
+        self.K = out.take(T * kv * hd * 4, "keys")
+        self.V = out.take(T * kv * hd * 4, "values")
+        self.KR = out.take(T * kv * self.rec, "key records")
+        self.VR = out.take(T * kv * self.rec, "value records")
+        self.S = out.take(T * heads * self.lmax * 4, "attention scores")
+        attn_top = out.top
+        out.top = 0
+        self.G = out.take(T * inter * 4, "gate outputs")
+        self.U = out.take(T * inter * 4, "up outputs")
+        out.top = max(out.top, attn_top)
+        self.O = out.take(T * d * 4, "projection outputs")
+        self.LOG = out.take(T * lay["logits_row"], "logits")
+        kvb = _Bump("KV", b.kv_bytes, self.wb)
+        self.KB = kvb.take(max_pos * kv * self.rec, f"K cache of {max_pos} positions")
+        self.VB = kvb.take(max_pos * kv * self.rec, f"V cache of {max_pos} positions")
+        aux = _Bump("AUX", b.aux_bytes, self.wb)
+        self.IDS = aux.take(4 * T, "token ids")
+        self.SC = aux.take(8 * T, "per-token scales")
+        self.GAIN = aux.take(4 * d, "RMSNorm gain")
+        self.ROPE = aux.take(lay["rope_row"] * T, "RoPE table rows")
+
+    # ranges
+    def r(self, buf, addr, nbytes):
+        return (buf.name, addr, addr + nbytes)
+
+    def mem(self, addr, nbytes):
+        return ("MEM", addr, addr + nbytes)
+
+    @property
+    def tregs(self):
+        return {"count_reg": REG_T} if self.phase == "prefill" else {}
+
+    def channel(self) -> int:
+        """The next memory channel, round robin (transfers overlap across channels)."""
+        self.chan = (self.chan + 1) % self.config.memory.channels
+        return self.chan
+
+    def ld(self, buf, buf_addr, dram, nbytes, count=1, stride=None, reads=None, **kw):
+        stride = nbytes if stride is None else stride
+        return self.sched.add(
+            Opcode.LD, reads=reads or [self.mem(dram, stride * max(count, 1))],
+            writes=[self.r(buf, buf_addr, nbytes * count)], buf=buf, channel=self.channel(),
+            buf_addr=buf_addr, dram_addr=dram, nbytes=nbytes, count=count,
+            dram_stride=stride, **kw)
+
+    def sfu(self, func, src, src_addr, dst, dst_addr, n, reads, writes, **kw):
+        rows = {"rows_reg": REG_T, "rows": self.tmax} if self.phase == "prefill" else \
+            {"rows": 1}
+        kw = {**rows, **kw}
+        return self.sched.add(Opcode.SFU, reads=reads, writes=writes, func=func, src=src,
+                              dst=dst, src_addr=src_addr, dst_addr=dst_addr, n=n, **kw)
+
+    def rows_act(self, buf, addr, n):
+        return self.r(buf, addr, self.tmax * n * 4)
+
+    # operators
+    def rmsnorm(self, gain_name):
+        d, T = self.d, self.tmax
+        self.ld(Buffer.AUX, self.GAIN, self.lay[gain_name], 4 * d)
+        eps = round(self.model["shape"]["rms_norm_eps"] * 2.0 ** 60)
+        self.sfu(SfuFunc.RMSNORM, Buffer.ACT, self.H, Buffer.ACT, self.X, d,
+                 reads=[self.rows_act(Buffer.ACT, self.H, d), self.r(Buffer.AUX, self.GAIN,
+                                                                       4 * d)],
+                 writes=[self.rows_act(Buffer.ACT, self.X, d)], aux=Buffer.AUX,
+                 aux_addr=self.GAIN, imm0=eps & 0xFFFFFFFF, imm1=eps >> 32)
+
+    def quant(self, src, src_addr, n):
+        """QUANT_TOKEN rows of ``n`` into XQ (k-contiguous) and scale pairs in AUX."""
+        T = self.tmax
+        self.sfu(SfuFunc.QUANT_TOKEN, src, src_addr, Buffer.ACT, self.XQ, n,
+                 reads=[self.rows_act(src, src_addr, n)],
+                 writes=[self.r(Buffer.ACT, self.XQ, T * n), self.r(Buffer.AUX, self.SC, 8 * T)],
+                 aux=Buffer.AUX, aux_addr=self.SC, imm0=n, imm1=8)
+
+    def records(self, src, src_addr, heads, dst, dst_addr):
+        """QUANT_TOKEN per head into records (INT8 + scale pair)."""
+        T, hd, rec = self.tmax, self.hd, self.rec
+        self.sfu(SfuFunc.QUANT_TOKEN, src, src_addr, dst, dst_addr, heads * hd,
+                 reads=[self.rows_act(src, src_addr, heads * hd)],
+                 writes=[self.r(dst, dst_addr, T * heads * rec)], aux=dst,
+                 aux_addr=dst_addr + _up(hd, 8), imm0=rec, imm1=rec, heads=heads)
+
+    def linear(self, name, ql, out_addr):
+        """Tiles of one linear layer: LD tile -> WGT slot; MV/MM with per-token requant."""
+        cfg, T = self.config, self.tmax
+        n, k = ql.shape
+        info = self.lin[name]
+        op = Opcode.MM if self.phase == "prefill" else Opcode.MV
+        mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
+        for t in info["tiles"]:
+            slot = (self.slot_i % self.slots) * self.slot_bytes
+            self.slot_i += 1
+            for off, nb in _slices(t["nbytes"], cfg):       # one LD per channel slice
+                self.ld(Buffer.WGT, slot + off, t["addr"] + off, nb)
+            last = t["col0"] + t["cols"] == k
+            reads = [self.r(Buffer.WGT, slot, t["nbytes"]),
+                     self.r(Buffer.ACT, self.XQ, T * k), self.r(Buffer.AUX, self.SC, 8 * T)]
+            writes = [self.r(Buffer.OUT, out_addr, T * _up(n * 4, self.wb))] if last else []
+            self.sched.add(
+                op, reads=reads, writes=writes, wfmt=FORMAT_BY_NAME[f"int{ql.bits}"],
+                sparsity=Sparsity.DENSE, group=ql.group, rows=t["rows"], k=t["cols"],
+                wbuf_addr=slot, abuf_addr=self.XQ + t["col0"],
+                obuf_addr=out_addr + t["row0"] * 4, k0=info["k0"], req_m=0, req_s=0,
+                out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
+                bias=0, tok_scale=1, sbuf_addr=self.SC, astride=k // self.wb,
+                ostride=_up(n * 4, self.wb) // self.wb, **mfields)
+
+    def emit(self):
+        s, lay, T = self.sched, self.lay, self.tmax
+        d, heads, kv, hd, inter, vocab = \
+            self.d, self.heads, self.kv, self.hd, self.inter, self.vocab
+        rec, m = self.rec, self.model
+        for reg, off in ((REG_POS, 0), (REG_T, 4), (REG_LEN, 8)):
+            s.add(Opcode.SYS, op=SysOp.LDREG, reg=reg, value=lay["params"] + off)
+        self.ld(Buffer.AUX, self.IDS, lay["ids"], _up(4 * T, self.wb))
+        self.ld(Buffer.ACT, self.H, lay["embed"], 4 * d, count=T, stride=4 * d,
+                reads=[self.mem(lay["embed"], 4 * d * vocab),
+                       self.r(Buffer.AUX, self.IDS, 4 * T)],
+                gather=1, idx_addr=self.IDS, **self.tregs)
+        kvrow = lay["kv_row"]
+        for i, L in enumerate(m["layers"]):
+            p = f"l{i}."
+            self.rmsnorm(p + "attn_norm")
+            self.quant(Buffer.ACT, self.X, d)
+            self.linear(p + "q", L["q"], self.Q)
+            self.linear(p + "k", L["k"], self.K)
+            self.linear(p + "v", L["v"], self.V)
+            self.ld(Buffer.AUX, self.ROPE, lay["rope"], lay["rope_row"], count=T,
+                    reads=[self.mem(lay["rope"], lay["rope_row"] * self.max_pos)],
+                    row_reg=REG_POS, **self.tregs)
+            for buf_addr, hh in ((self.Q, heads), (self.K, kv)):
+                self.sfu(SfuFunc.ROPE, Buffer.OUT, buf_addr, Buffer.OUT, buf_addr, hh * hd,
+                         reads=[self.rows_act(Buffer.OUT, buf_addr, hh * hd),
+                                self.r(Buffer.AUX, self.ROPE, lay["rope_row"] * T)],
+                         writes=[self.rows_act(Buffer.OUT, buf_addr, hh * hd)],
+                         aux=Buffer.AUX, aux_addr=self.ROPE, heads=hh, imm1=lay["rope_row"])
+            self.records(Buffer.OUT, self.Q, heads, Buffer.ACT, self.QR)
+            self.records(Buffer.OUT, self.K, kv, Buffer.OUT, self.KR)
+            self.records(Buffer.OUT, self.V, kv, Buffer.OUT, self.VR)
+            for src, cache, kb in ((self.KR, p + "kcache", self.KB),
+                                   (self.VR, p + "vcache", self.VB)):
+                base = lay[cache]
+                full = self.mem(base, kvrow * self.max_pos)
+                s.add(Opcode.ST, reads=[self.r(Buffer.OUT, src, T * kvrow)], writes=[full],
+                      buf=Buffer.OUT, channel=self.channel(), buf_addr=src, dram_addr=base,
+                      nbytes=kvrow,
+                      count=T, dram_stride=kvrow, row_reg=REG_POS, **self.tregs)
+            for cache, kb in ((p + "kcache", self.KB), (p + "vcache", self.VB)):
+                base = lay[cache]
+                self.ld(Buffer.KV, kb, base, kvrow, count=self.lmax,
+                        reads=[self.mem(base, kvrow * self.max_pos)], count_reg=REG_LEN)
+            att = {"heads": heads, "kv_heads": kv, "len_reg": REG_LEN}
+            S_rng = self.r(Buffer.OUT, self.S, T * heads * self.lmax * 4)
+            kv_rng = self.r(Buffer.KV, self.KB, self.lmax * kvrow)
+            self.sfu(SfuFunc.ATT_QK, Buffer.ACT, self.QR, Buffer.OUT, self.S, hd,
+                     reads=[self.r(Buffer.ACT, self.QR, T * heads * rec), kv_rng],
+                     writes=[S_rng], aux=Buffer.KV, aux_addr=self.KB, imm0=rec, imm1=rec,
+                     **att)
+            self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, self.S, Buffer.OUT, self.S, hd,
+                     reads=[S_rng], writes=[S_rng], pos_reg=REG_POS, **att)
+            self.sfu(SfuFunc.ATT_PV, Buffer.OUT, self.S, Buffer.ACT, self.C, hd,
+                     reads=[S_rng, self.r(Buffer.KV, self.VB, self.lmax * kvrow)],
+                     writes=[self.rows_act(Buffer.ACT, self.C, heads * hd)], aux=Buffer.KV,
+                     aux_addr=self.VB, imm1=rec, **att)
+            self.quant(Buffer.ACT, self.C, heads * hd)
+            self.linear(p + "o", L["o"], self.O)
+            self.residual()
+            self.rmsnorm(p + "mlp_norm")
+            self.quant(Buffer.ACT, self.X, d)
+            self.linear(p + "gate", L["gate"], self.G)
+            self.linear(p + "up", L["up"], self.U)
+            g_rng = self.rows_act(Buffer.OUT, self.G, inter)
+            self.sfu(SfuFunc.SILU, Buffer.OUT, self.G, Buffer.OUT, self.G, inter,
+                     reads=[g_rng], writes=[g_rng])
+            self.sfu(SfuFunc.MUL, Buffer.OUT, self.G, Buffer.ACT, self.X, inter,
+                     reads=[g_rng, self.rows_act(Buffer.OUT, self.U, inter)],
+                     writes=[self.rows_act(Buffer.ACT, self.X, inter)], aux=Buffer.OUT,
+                     aux_addr=self.U)
+            self.quant(Buffer.ACT, self.X, inter)
+            self.linear(p + "down", L["down"], self.O)
+            self.residual()
+        self.rmsnorm("norm")
+        self.quant(Buffer.ACT, self.X, d)
+        self.linear("lm_head", m["lm_head"], self.LOG)
+        row = lay["logits_row"]
+        s.add(Opcode.ST, reads=[self.r(Buffer.OUT, self.LOG, T * row)],
+              writes=[self.mem(lay["logits"], row * T)], buf=Buffer.OUT,
+              channel=self.channel(),
+              buf_addr=self.LOG, dram_addr=lay["logits"], nbytes=row, count=T,
+              dram_stride=row, **self.tregs)
+        s.add(Opcode.SYS, op=SysOp.HALT)
+        return s.words()
+
+    def residual(self):
+        d = self.d
+        h = self.rows_act(Buffer.ACT, self.H, d)
+        self.sfu(SfuFunc.ADD, Buffer.ACT, self.H, Buffer.ACT, self.H, d,
+                 reads=[h, self.rows_act(Buffer.OUT, self.O, d)], writes=[h],
+                 aux=Buffer.OUT, aux_addr=self.O)
+
+
+def _fit_error(model, config, phase, tmax, max_pos) -> CompileError | None:
+    """The buffer-planning error of a phase for ``tmax`` tokens and ``max_pos`` positions."""
+    d, heads, kv, hd, inter, vocab = _shape(model)
+    wb = config.word_bytes
+    rows = {"rope_row": _up(2 * hd, wb), "logits_row": _up(4 * vocab, wb)}
+    try:
+        _Phase(model, config, rows, {}, phase, tmax, max_pos, 1, 0)
+    except CompileError as e:
+        return e
+    return None
+
+
+def _largest(error_of, hi: int) -> int:
+    """The largest ``v`` in ``1..hi`` with ``error_of(v) is None`` (monotone), or 0."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if error_of(mid) is None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# -- top level ----------------------------------------------------------------------------
+
+def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | None = None,
+                source: str = "", recipe: dict | None = None, progress=None) -> dict:
+    """Lower a quantized model (``compiler.passes.quantized_model``) into ``out_dir``.
+
+    Parameters
+    ----------
+    model : dict
+        The quantized model.
+    config : AccelConfig
+        The accelerator to compile for.
+    out_dir : str or Path
+        Output folder (written atomically).
+    max_prompt : int, optional
+        Longest prompt the prefill program takes (default: :data:`DEFAULT_MAX_PROMPT` or
+        the most tokens whose activations fit the buffers). Longer prompts are run as a
+        prefill of ``max_prompt`` tokens followed by decode steps (bit-identical).
+    source : str
+        Where the model came from (for the manifest).
+    recipe : dict, optional
+        Layer name -> (format, group), recorded in the manifest.
+    progress : callable, optional
+        ``progress(step_name)`` after each step (for a progress bar).
+
+    Returns
+    -------
+    dict
+        The manifest.
+    """
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    tick = progress or (lambda name: None)
+    names = _check_model(model, config)
+    d, heads, kv, hd, inter, vocab = _shape(model)
+    wb = config.word_bytes
+    rec = record_bytes(hd, wb)
+    # Positions: the model's, capped by what the KV buffer and the decode scores hold.
+    b = config.buffers
+    model_pos = int(model["shape"]["max_position_embeddings"])
+    max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
+    if max_pos == 0:
+        raise _fit_error(model, config, "decode", 1, 1)
+    if max_prompt is None:
+        max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos),
+                              min(DEFAULT_MAX_PROMPT, max_pos))
+        if max_prompt == 0:
+            raise _fit_error(model, config, "prefill", 1, max_pos)
+    if isinstance(max_prompt, bool) or not isinstance(max_prompt, int) or \
+            not 1 <= max_prompt <= max_pos:
+        raise CompileError(f"max_prompt must be an integer in 1..{max_pos} (positions that fit "
+                           f"config {config.name!r}), not {max_prompt!r}")
+    err = _fit_error(model, config, "prefill", max_prompt, max_pos)
+    if err is not None:
+        raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
+    lay, top = _plan_image(model, config, max_prompt, max_pos)
+    # Tiles of every linear layer, placed after the fixed regions.
+    linears, blobs = {}, []
+    addr = top
+    flat = {"lm_head": model["lm_head"]}
+    for i, L in enumerate(model["layers"]):
+        for r in _LINEARS:
+            flat[f"l{i}.{r}"] = L[r]
+    slots, slot_bytes = _wgt_slots(config, flat.values())
+    for name, ql in flat.items():
+        n, k = ql.shape
+        _, kexp = fp16_fixed(ql.scales)
+        tiles = []
+        for r0, rows, c0, cols in _plan_tiles(config, ql, slot_bytes):
+            lay_t = tile_layout(rows=rows, k=cols, group=ql.group,
+                                wfmt=FORMAT_BY_NAME[f"int{ql.bits}"], chains=config.chains,
+                                lanes=config.lanes, bias=False, align=wb)
+            blob = pack_tile(lay_t, ql.q[r0:r0 + rows, c0:c0 + cols],
+                             ql.scales[r0:r0 + rows, c0 // ql.group:(c0 + cols) // ql.group],
+                             None)
+            tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
+                          "addr": addr, "nbytes": len(blob)})
+            blobs.append((addr, blob))
+            addr += len(blob)
+        linears[name] = {"n": n, "k": k, "bits": ql.bits, "group": ql.group,
+                         "k0": int(kexp.min()), "tiles": tiles}
+    tick("tile and pack weights")
+    image = bytearray(addr)
+    image[lay["embed"]:lay["embed"] + 4 * vocab * d] = \
+        model["embed"].numpy().astype("<i4").tobytes()
+    cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos)
+    rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
+    rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"), sin.numpy().astype("<i2")],
+                                      axis=1).view(np.uint8)
+    image[lay["rope"]:lay["rope"] + rope.size] = rope.tobytes()
+    gains = {"norm": model["norm"]}
+    for i, L in enumerate(model["layers"]):
+        gains[f"l{i}.attn_norm"], gains[f"l{i}.mlp_norm"] = L["attn_norm"], L["mlp_norm"]
+    for name, g in gains.items():
+        image[lay[name]:lay[name] + 4 * d] = g.numpy().astype("<i4").tobytes()
+    for a, blob in blobs:
+        image[a:a + len(blob)] = blob
+    tick("plan the memory image")
+    programs, files, phases = {}, {}, {}
+    for phase in PHASES:
+        tmax = max_prompt if phase == "prefill" else 1
+        words = _Phase(model, config, lay, linears, phase, tmax, max_pos, slots,
+                       slot_bytes).emit()
+        prog = Program(words, config.config_hash_bytes)
+        title = (f"{phase} of {source or 'model'}: {len(words)} instructions, config "
+                 f"{config.name} ({config.config_hash})")
+        files[f"{phase}.afp"] = prog.to_bytes()
+        files[f"{phase}.s"] = listing(words, title).encode()
+        programs[phase] = f"{phase}.afp"
+        counts = {}
+        for w in words:
+            op = Opcode(w & 0xF).name
+            counts[op] = counts.get(op, 0) + 1
+        phases[phase] = {"instructions": len(words), "bytes": len(prog.to_bytes()),
+                         "opcodes": counts, "max_tokens": tmax}
+        tick(f"schedule {phase}")
+    wbytes = {}
+    for name, v in linears.items():
+        key = f"int{v['bits']}"
+        wbytes[key] = wbytes.get(key, 0) + sum(t["nbytes"] for t in v["tiles"])
+    shape = dict(model["shape"])
+    manifest = {
+        "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
+        "config": config.name, "config_hash": config.config_hash, "programs": programs,
+        "program": programs["decode"], "image": "weights.bin", "image_bytes": len(image),
+        "source": str(source),
+        "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
+                  "record_bytes": rec, "layout": lay, "linears": linears,
+                  "wgt_slots": slots, "wgt_slot_bytes": slot_bytes,
+                  "recipe": {k: list(v) for k, v in (recipe or {}).items()}},
+        "registers": {"pos": REG_POS, "tokens": REG_T, "length": REG_LEN},
+        "phases": phases, "weight_bytes": wbytes,
+    }
+    files["weights.bin"] = bytes(image)
+    files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
+    write_folder(out_dir, files)
+    tick("write the folder")
+    return manifest
