@@ -77,8 +77,13 @@ def test_compile_and_run_random_model(tmp_path, capsys):
     assert _tokens_line(runs["torch"]) == _tokens_line(runs["isa"])
     assert len(_tokens_line(runs["isa"]).split()) == 1 + 9
     assert "decode" in runs["isa"] and "per token" in runs["isa"]
-    # disasm reads an LLM folder's decode program
+    # disasm reads an LLM folder's decode program, or every phase of the folder
     assert "LDREG" in _ok(capsys, ["disasm", str(Path(out_dir) / "decode.afp")]).upper()
+    listing = _ok(capsys, ["disasm", out_dir])
+    assert "prefill.afp" in listing and "decode.afp" in listing
+    only = _ok(capsys, ["disasm", out_dir, "--phase", "decode"])
+    assert "decode.afp" in only and "prefill.afp" not in only
+    _fails(capsys, ["disasm", out_dir, "--phase", "train"], "no 'train' program")
     # Bad run input on an LLM folder.
     _fails(capsys, ["run", out_dir, "--tokens", "1,99"], "token 99 is outside the vocabulary")
     _fails(capsys, ["run", out_dir, "--prompt", "hi"], "no tokenizer.json in the folder")

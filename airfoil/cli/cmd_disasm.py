@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..config import load_config
@@ -14,6 +15,8 @@ def register(sub):
     p.add_argument("program", metavar="OUT|program.afp", help="program file or output folder")
     p.add_argument("--config", default=None,
                    help="check that the program was compiled for this config")
+    p.add_argument("--phase", default=None,
+                   help="program of an LLM folder: prefill or decode (default: all)")
     p.set_defaults(func=run)
 
 
@@ -22,15 +25,32 @@ def run(args) -> int:
     from ..isa import ISA_VERSION, decode
 
     p = Path(args.program)
+    paths = [p]
     if p.is_dir():
-        p = p / "program.afp"
-    if not p.is_file():
-        raise AirfoilError(f"program {args.program!r} not found (give program.afp or the "
-                           f"output folder holding it)")
+        manifest = p / "manifest.json"
+        programs = {}
+        if manifest.is_file():
+            try:
+                programs = json.loads(manifest.read_text()).get("programs", {})
+            except (ValueError, AttributeError):
+                programs = {}
+        if programs:
+            if args.phase is not None and args.phase not in programs:
+                raise AirfoilError(f"{p}: no {args.phase!r} program (accepted: "
+                                   f"{', '.join(programs)})")
+            paths = [p / programs[ph] for ph in programs
+                     if args.phase is None or ph == args.phase]
+        else:
+            paths = [p / "program.afp"]
+    for path in paths:
+        if not path.is_file():
+            raise AirfoilError(f"program {str(path)!r} not found (give a .afp file or the "
+                               f"output folder holding it)")
     expect = load_config(args.config).config_hash_bytes if args.config else None
-    prog = read_program(p, expect_hash=expect)
-    lines = [format_instr(decode(w, i), i) for i, w in enumerate(prog.words)]
-    print(f"; {p}: ISA version {ISA_VERSION}, config hash {prog.config_hash.hex()}, "
-          f"{len(prog)} instructions")
-    print("\n".join(lines))
+    for path in paths:
+        prog = read_program(path, expect_hash=expect)
+        lines = [format_instr(decode(w, i), i) for i, w in enumerate(prog.words)]
+        print(f"; {path}: ISA version {ISA_VERSION}, config hash {prog.config_hash.hex()}, "
+              f"{len(prog)} instructions")
+        print("\n".join(lines))
     return 0
