@@ -1,0 +1,761 @@
+"""The packed weight-stream format: what the compiler writes and the unpacker reads.
+
+One module defines the byte image of packed weights for every format, the packer that
+writes it (compiler and golden model), the reference unpacker (tests), and the output
+beat of the hardware unpacker (``hdl/decode_unit/unpacker.py``), so the four agree.
+
+Words and bits
+--------------
+A *stream* is a sequence of memory words of ``word_bits`` bits (the port width). Word
+``i`` occupies bytes ``i * word_bits / 8 ..`` of the stream; bit ``j`` of a word is bit
+``j % 8`` of its byte ``j // 8`` (little endian, LSB first, as :func:`airfoil.formats.
+pack_int`). The stream is read as one continuous bit string: bit ``t`` is bit
+``t % word_bits`` of word ``t // word_bits``. Every field below is LSB first and fields
+follow each other with no gap, so values straddle word boundaries freely (INT3 does).
+
+Records
+-------
+The bit string is a sequence of *records*. A record is one *group column*: the same
+quantization group (``group`` consecutive weights along k) of ``rows`` consecutive
+output rows, where ``rows`` is :attr:`StreamGeometry.rows` (the chains one unpacker
+feeds). Its layout::
+
+    bits 0..3     tag        RecordTag: the weight format of the record (0 = PAD)
+    bits 4..5     group      0: 32, 1: 64, 2: 128 weights per row
+    bits 6..7     reserved   0
+    bits 8..11    sparsity   0: dense; N:M code of :data:`NM_PATTERNS` (1: 1:4, 2: 2:4,
+                             3: 2:8, 4: 4:16, 5: 8:16)
+    16 * rows     scales     FP16 bit patterns of the rows' group scales, row 0 first
+    lane-vectors             the weights (and N:M indices)
+
+The weights of a record are cut into *lane-vectors* of ``lanes`` weights of one row.
+Lane-vector ``i`` holds row ``i % rows``, k positions ``(i // rows) * lanes`` onwards
+(lane 0 first): the order in which ``rows`` chains consume them, one k-step after the
+other (the order of :class:`airfoil.formats.TileLayout`). A dense lane-vector is its
+``lanes`` weights of ``bits`` bits each.
+
+An N:M record keeps ``N`` entries in every window of ``M`` consecutive weights of a row
+(``group * N / M`` kept entries per row, a multiple of ``lanes``): the nonzeros, and where
+a window has fewer, zeros at its lowest unused positions; each entry has its value and
+its *index* ``0..M-1`` in the window, entries in increasing index order. Lane-vectors
+cut the kept entries as above (row ``i % rows``, kept entries ``(i // rows) * lanes``
+onwards); an N:M lane-vector is its ``lanes`` values (``bits`` each) followed by their
+``lanes`` indices (``log2(M)`` bits each, unsigned). A value of ``bits`` bits is:
+
+* ``INT2``, ``INT3``, ``INT4``, ``INT8``: two's complement (the full range is legal).
+* ``OVP4``: OliVe-style outlier-victim pairs over 4-bit codes. Lanes ``2p, 2p + 1`` form a
+  pair (``lanes`` is even). A normal code is an INT4 value in ``-7..7``; code ``0b1000``
+  (``-8``) is the *identifier*, never a value. A pair ``(c0, c1)`` decodes as:
+
+  - ``c1 == 0b1000``: ``(outlier(c0), 0)`` -- the right weight is the pruned victim;
+  - else ``c0 == 0b1000``: ``(0, outlier(c1))`` -- the left weight is the victim;
+  - else ``(int4(c0), int4(c1))``.
+
+  ``outlier(c)`` is an E2M1 "abfloat": sign ``c[3]``, magnitude
+  :data:`OVP_MAGNITUDES` ``[c & 7]`` = ``(2 + c[0]) << (c[2:1] + 2)`` for ``c & 7 != 0``,
+  and 0 for ``c & 7 == 0`` (so the ambiguous pair ``(0b1000, 0b1000)`` means ``(0, 0)``
+  both ways). Outliers are therefore +-12, 16, 24, 32, 48, 64, 96 and need the other
+  weight of their pair to be 0. A group's scale is chosen so that its normal weights lie
+  in -7..7. OVP4 records are dense.
+
+End of a stream, padding
+------------------------
+Tag 0 (``PAD``) means "skip to the next word boundary". A header never starts in the
+last ``HEADER_FIXED_BITS - 1`` (11) bits of a word: where a record would, the packer
+leaves those bits zero and the reader skips them as padding. Every stream the packer
+writes ends on a word boundary (the rest of its last word is zero, a PAD), so streams
+concatenate: a layer in INT4 followed by a layer in INT2 is just two streams back to
+back. An all-zero word is a whole-word PAD; memory channels are padded with such words
+to equal length. No format here has zero points (all are symmetric); an asymmetric
+format would add them to the header after the scales.
+
+Precision per layer and per group
+---------------------------------
+Each record carries its own tag, group size and sparsity, so the format may change from
+one group column to the next (and from layer to layer). :func:`pack_tensor` takes either
+one format for the tensor or a (row batch x group column) array of formats.
+
+Channels (interleave)
+---------------------
+A tensor with ``R`` rows is cut into row batches of ``rows`` rows (the last one padded
+with zero rows whose scale is 1.0); batch ``b`` goes to channel ``b % channels``, and
+each channel's stream holds its batches in order, each batch's group columns in k
+order. The image (``weights.bin``) interleaves the channel streams word by word: image
+word ``i`` is word ``i // channels`` of channel ``i % channels`` (shorter channel streams
+are padded with all-zero words first), i.e. the usual address interleave of a
+multi-channel memory at one word of granularity.
+
+Output beats
+------------
+The unpacker emits a record as a sequence of beats of :func:`beat_layout`; each carries
+``n`` lane-vectors of one record, :meth:`StreamGeometry.vectors_per_beat` (fewer in the
+last beat of a record) of the :attr:`StreamGeometry.beat_vectors` slots (unused slots
+are zero): ``w``, the weights as signed 8-bit
+integers, ``idx``, their N:M indices (0 when dense), ``nm``, the sparsity code, the
+record's scales exactly as ``m[row], k[row]`` (:func:`airfoil.formats.fp16_fixed`;
+``bad`` flags a negative, infinite or NaN FP16 pattern, which the packer never writes),
+``pos`` (index of the beat's first lane-vector in the record), ``first``/``last``
+(record boundaries) and the tag.
+
+A full beat holds between one and two words of stream bits (:attr:`StreamGeometry.ops`
+weights of dense INT2, INT3, INT4 or OVP4, half as many of INT8; N:M indices count as
+bits), so the beat rate never limits the word rate, except that a record shorter than a
+word still costs a beat: the unpacker keeps one word per cycle when every record holds
+at least a word of bits (:meth:`StreamGeometry.record_bits` ``>= word_bits``).
+
+A consumer with ``rows`` chains of ``lanes`` lanes takes one k-step (``rows``
+lane-vectors) per cycle; a full INT2 beat holds ``beat_vectors / rows`` steps, so to
+keep pace with dense INT2 at one word per cycle it needs ``beat_vectors`` chains per
+unpacker (twice what INT4 needs; e.g. two chains per row, each taking every other
+k-step, their group sums added), or it applies backpressure and the port runs at the
+chains' rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
+
+from .errors import CompileError
+from .formats import fp16_fixed, pack_int, unpack_int
+from .isa import WeightFormat
+
+__all__ = [
+    "RecordTag", "TAG_BITS", "TAG_BY_NAME", "GROUP_CODES", "HEADER_FIXED_BITS",
+    "NM_PATTERNS", "NM_BY_NAME", "nm_code", "nm_index_bits", "nm_compress", "nm_expand",
+    "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_K_SHAPE", "StreamGeometry", "Record",
+    "record_tag",
+    "ovp_encode", "ovp_decode", "ovp_values", "encode_weights", "decode_weights",
+    "pack_records", "parse_stream", "expected_beats", "beat_layout", "beat_value",
+    "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
+    "deinterleave",
+    "bits_per_weight",
+]
+
+
+class RecordTag(enum.Enum, shape=4):
+    """Format of a record in the packed weight stream (bits 0..3 of its header)."""
+    PAD = 0    #: skip to the next word boundary
+    INT2 = 1
+    INT3 = 2
+    INT4 = 3
+    INT8 = 4
+    OVP4 = 5   #: OliVe outlier-victim pairs over 4-bit codes
+
+
+#: Bits per weight of each record format.
+TAG_BITS = {RecordTag.INT2: 2, RecordTag.INT3: 3, RecordTag.INT4: 4, RecordTag.INT8: 8,
+            RecordTag.OVP4: 4}
+TAG_BY_NAME = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
+               "int8": RecordTag.INT8, "ovp": RecordTag.OVP4, "ovp4": RecordTag.OVP4}
+_TAG_OF_WFMT = {WeightFormat.INT2: RecordTag.INT2, WeightFormat.INT3: RecordTag.INT3,
+                WeightFormat.INT4: RecordTag.INT4, WeightFormat.INT8: RecordTag.INT8}
+#: Group size -> 2-bit code in the record header.
+GROUP_CODES = {32: 0, 64: 1, 128: 2}
+#: Header bits before the scales: tag, group code, reserved, sparsity code.
+HEADER_FIXED_BITS = 12
+#: N:M sparsity code in a record header -> (N, M); code 0 is dense. The numbering is
+#: that of the chain's sparsity modes (``airfoil.sparsity.SparsityMode``).
+NM_PATTERNS = {1: (1, 4), 2: (2, 4), 3: (2, 8), 4: (4, 16), 5: (8, 16)}
+NM_BY_NAME = {"dense": 0, "1:4": 1, "2:4": 2, "2:8": 3, "4:16": 4, "8:16": 5}
+#: OVP identifier code (marks the pruned victim of an outlier).
+OVP_ID = 0b1000
+#: OVP outlier magnitude by the low three bits of its code.
+OVP_MAGNITUDES = (0, 12, 16, 24, 32, 48, 64, 96)
+
+#: A group scale as exact fixed point ``m * 2**k`` (:func:`airfoil.formats.fp16_fixed`):
+#: ``m`` with its hidden bit, ``k`` in ``FP16_K_MIN..FP16_K_MAX``.
+SCALE_M_BITS = 11
+SCALE_K_SHAPE = signed(6)
+
+
+def record_tag(fmt) -> RecordTag:
+    """Return the :class:`RecordTag` for a name (``"int4"``, ``"ovp"``), a WeightFormat or a tag."""
+    if isinstance(fmt, RecordTag):
+        if fmt is RecordTag.PAD:
+            raise CompileError("PAD is not a weight format")
+        return fmt
+    if isinstance(fmt, WeightFormat):
+        return _TAG_OF_WFMT[fmt]
+    try:
+        return TAG_BY_NAME[str(fmt).lower()]
+    except KeyError:
+        raise CompileError(f"unknown packed weight format {fmt!r} (accepted: "
+                           f"{', '.join(TAG_BY_NAME)})") from None
+
+
+def nm_code(sparsity) -> int:
+    """Header code of a sparsity pattern name (``"dense"``, ``"2:4"``, ...) or code."""
+    if isinstance(sparsity, (int, np.integer)) and (sparsity == 0 or sparsity in NM_PATTERNS):
+        return int(sparsity)
+    try:
+        return NM_BY_NAME[str(sparsity)]
+    except KeyError:
+        raise CompileError(f"unknown sparsity pattern {sparsity!r} (accepted: "
+                           f"{', '.join(NM_BY_NAME)})") from None
+
+
+def nm_index_bits(code: int) -> int:
+    """Bits of one N:M index for a sparsity code (0 for dense)."""
+    return 0 if code == 0 else (NM_PATTERNS[code][1] - 1).bit_length()
+
+
+def nm_kept(group: int, code: int) -> int:
+    """Entries kept per row of a group (``group`` when dense)."""
+    if code == 0:
+        return group
+    n, mm = NM_PATTERNS[code]
+    return group * n // mm
+
+
+def nm_compress(q, code: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kept values and indices (last axis compressed) of N:M-sparse weights ``q``.
+
+    Raise :class:`CompileError` when a window holds more than ``N`` nonzeros.
+    """
+    q = np.asarray(q, dtype=np.int64)
+    if code == 0:
+        return q, np.zeros_like(q)
+    n, mm = NM_PATTERNS[code]
+    win = q.reshape(q.shape[:-1] + (q.shape[-1] // mm, mm))
+    nz = win != 0
+    if bool((nz.sum(axis=-1) > n).any()):
+        raise CompileError(f"weights are not {n}:{mm} sparse (a window of {mm} holds more "
+                           f"than {n} nonzeros)")
+    key = np.where(nz, 0, mm) + np.arange(mm)          # nonzeros first, then lowest zeros
+    idx = np.sort(np.argsort(key, axis=-1, kind="stable")[..., :n], axis=-1)
+    vals = np.take_along_axis(win, idx, axis=-1)
+    shape = q.shape[:-1] + (q.shape[-1] * n // mm,)
+    return vals.reshape(shape), idx.reshape(shape)
+
+
+def nm_expand(vals, idx, code: int) -> np.ndarray:
+    """Inverse of :func:`nm_compress`: dense weights from kept values and indices."""
+    vals = np.asarray(vals, dtype=np.int64)
+    if code == 0:
+        return vals
+    n, mm = NM_PATTERNS[code]
+    v = vals.reshape(vals.shape[:-1] + (vals.shape[-1] // n, n))
+    i = np.asarray(idx, dtype=np.int64).reshape(v.shape)
+    out = np.zeros(v.shape[:-1] + (mm,), dtype=np.int64)
+    np.put_along_axis(out, i, v, axis=-1)
+    return out.reshape(vals.shape[:-1] + (vals.shape[-1] * mm // n,))
+
+
+def _bits_for(n: int) -> int:
+    """Bits of an unsigned field holding 0..n."""
+    return max(1, int(n).bit_length())
+
+
+@dataclass(frozen=True)
+class StreamGeometry:
+    """Shape of one packed weight stream and of the unpacker that reads it.
+
+    Parameters
+    ----------
+    word_bits : int
+        Memory word (port) width: a power of two, 64..1024.
+    lanes : int
+        Weights per lane-vector (the chain's lanes): a power of two, 2..128.
+    rows : int
+        Rows per record: the chains one unpacker feeds (1..64).
+    """
+
+    word_bits: int
+    lanes: int
+    rows: int
+
+    def __post_init__(self):
+        w, l, r = self.word_bits, self.lanes, self.rows
+        if not (isinstance(w, int) and 64 <= w <= 1024 and w & (w - 1) == 0):
+            raise ValueError(f"word_bits must be a power of two in 64..1024, not {w!r}")
+        if not (isinstance(l, int) and 2 <= l <= 128 and l & (l - 1) == 0):
+            raise ValueError(f"lanes must be a power of two in 2..128, not {l!r}")
+        if not (isinstance(r, int) and 1 <= r <= 64):
+            raise ValueError(f"rows must be an integer in 1..64, not {r!r}")
+
+    @classmethod
+    def from_config(cls, cfg, rows: int | None = None) -> "StreamGeometry":
+        """Geometry of one memory channel of ``cfg``: ``rows`` defaults to chains per channel."""
+        if rows is None:
+            rows = max(1, cfg.chains // cfg.memory.channels)
+        return cls(word_bits=cfg.memory.word_bits, lanes=cfg.lanes, rows=rows)
+
+    @property
+    def header_bits(self) -> int:
+        """Bits of a record header: tag, group, sparsity and ``rows`` FP16 scales."""
+        return HEADER_FIXED_BITS + 16 * self.rows
+
+    @property
+    def beat_vectors(self) -> int:
+        """Lane-vector slots in a beat: the fewest whose dense INT2 weights fill a word,
+        ``ceil(word_bits / (2 * lanes))``."""
+        return -(-self.word_bits // (2 * self.lanes))
+
+    def vectors_per_beat(self, tag, nm: int = 0) -> int:
+        """Lane-vectors in a full beat of ``tag`` (N:M code ``nm``): :attr:`beat_vectors`
+        halved while the beat would hold more than two words of stream bits (so a full
+        beat holds one to two words, or one lane-vector when that is longer)."""
+        per_vec = self.lanes * (TAG_BITS[RecordTag(tag)] + nm_index_bits(nm))
+        v = self.beat_vectors
+        while v > 1 and v * per_vec > 2 * self.word_bits:
+            v //= 2
+        return v
+
+    @property
+    def ops(self) -> int:
+        """Signed 8-bit weights in one output beat."""
+        return self.beat_vectors * self.lanes
+
+    def record_vectors(self, group: int, nm: int = 0) -> int:
+        """Lane-vectors in a record of ``group``-weight groups (N:M code ``nm``)."""
+        return self.rows * nm_kept(group, nm) // self.lanes
+
+    @property
+    def max_record_vectors(self) -> int:
+        return self.record_vectors(max(GROUP_CODES))
+
+    def record_bits(self, tag, group: int, nm: int = 0) -> int:
+        """Bits of a whole record (header included)."""
+        bits = TAG_BITS[tag] if tag in TAG_BITS else TAG_BITS[RecordTag(tag)]
+        return self.header_bits + self.rows * nm_kept(group, nm) * (bits + nm_index_bits(nm))
+
+    def check_group(self, group: int, nm: int = 0) -> None:
+        if group not in GROUP_CODES:
+            raise CompileError(f"group size {group} cannot be packed (accepted: "
+                               f"{', '.join(map(str, GROUP_CODES))})")
+        if nm_kept(group, nm) % self.lanes:
+            what = "group size" if nm == 0 else f"kept entries per row ({NM_PATTERNS[nm]})"
+            raise CompileError(f"{what} {nm_kept(group, nm)} of group {group} is not a "
+                               f"multiple of lanes ({self.lanes})")
+
+
+def beat_layout(geom: StreamGeometry) -> data.StructLayout:
+    """Payload of one unpacker output beat for ``geom`` (see the module docstring)."""
+    return data.StructLayout({
+        "w": data.ArrayLayout(signed(8), geom.ops),
+        "n": unsigned(_bits_for(geom.beat_vectors)),
+        "pos": unsigned(_bits_for(geom.max_record_vectors - 1)),
+        "first": unsigned(1),
+        "last": unsigned(1),
+        "tag": RecordTag,
+        "nm": unsigned(3),
+        "idx": data.ArrayLayout(unsigned(4), geom.ops),
+        "m": data.ArrayLayout(unsigned(SCALE_M_BITS), geom.rows),
+        "k": data.ArrayLayout(SCALE_K_SHAPE, geom.rows),
+        "bad": unsigned(1),
+    })
+
+
+# -- element codes ------------------------------------------------------------------------
+
+def ovp_values() -> np.ndarray:
+    """Every weight value an OVP4 record can hold (normal values and outliers)."""
+    out = [v for v in range(-7, 8)] + [s * m for m in OVP_MAGNITUDES[1:] for s in (1, -1)]
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def _outlier_codes() -> dict:
+    codes = {}
+    for c in range(16):
+        mag = OVP_MAGNITUDES[c & 7]
+        if mag:
+            codes[-mag if c & 8 else mag] = c
+    return codes
+
+
+_OUTLIER_CODE = _outlier_codes()
+#: value + 128 -> outlier code (-1: not an outlier value), for values -128..127.
+_OUTLIER_LUT = np.full(256, -1, dtype=np.int64)
+for _v, _c in _OUTLIER_CODE.items():
+    _OUTLIER_LUT[_v + 128] = _c
+
+
+def ovp_encode(q) -> np.ndarray:
+    """Encode weights (a multiple of 2 along the last axis) as OVP4 codes in -8..7.
+
+    Raise :class:`CompileError` for a pair with two outliers, an outlier whose partner is
+    not 0, or a value that is neither a normal value (-7..7) nor an outlier.
+    """
+    v = np.asarray(q, dtype=np.int64)
+    if v.shape[-1] % 2:
+        raise CompileError(f"OVP4 needs an even number of weights per row, not {v.shape[-1]}")
+    a, b = v[..., 0::2], v[..., 1::2]
+    out_a, out_b = np.abs(a) > 7, np.abs(b) > 7
+    if bool((out_a & out_b).any()):
+        raise CompileError("OVP4 pair holds two outliers (accepted: at most one per pair)")
+    if bool((out_a & (b != 0)).any() or (out_b & (a != 0)).any()):
+        raise CompileError("OVP4 outlier's pair partner is not 0 (the victim must be pruned)")
+    lut = lambda x: np.where((x >= -128) & (x <= 127), _OUTLIER_LUT[np.clip(x, -128, 127)
+                                                                       + 128], -1)
+    bad = (out_a & (lut(a) < 0)) | (out_b & (lut(b) < 0))
+    if bool(bad.any()):
+        x = int(np.where(out_a, a, b)[bad].reshape(-1)[0])
+        raise CompileError(f"OVP4 outlier {x} is not representable (accepted: "
+                           f"+-{', '.join(map(str, OVP_MAGNITUDES[1:]))})")
+    code_of = lambda x: np.where(np.abs(x) > 7, lut(x), x & 15)
+    ca = np.where(out_b, OVP_ID, code_of(a))
+    cb = np.where(out_a, OVP_ID, code_of(b))
+    codes = np.empty_like(v)
+    codes[..., 0::2], codes[..., 1::2] = ca, cb
+    return np.where(codes >= 8, codes - 16, codes)
+
+
+def ovp_decode(codes) -> np.ndarray:
+    """Decode OVP4 codes (signed or unsigned 4-bit, pairs along the last axis) to values."""
+    c = np.asarray(codes, dtype=np.int64) & 15
+    mags = np.array(OVP_MAGNITUDES, dtype=np.int64)
+    outlier = lambda x: np.where(x & 8, -mags[x & 7], mags[x & 7])
+    int4 = lambda x: np.where(x >= 8, x - 16, x)
+    c0, c1 = c[..., 0::2], c[..., 1::2]
+    v0 = np.where(c1 == OVP_ID, outlier(c0), np.where(c0 == OVP_ID, 0, int4(c0)))
+    v1 = np.where(c1 == OVP_ID, 0, np.where(c0 == OVP_ID, outlier(c1), int4(c1)))
+    out = np.empty_like(c)
+    out[..., 0::2], out[..., 1::2] = v0, v1
+    return out
+
+
+def encode_weights(tag, q) -> np.ndarray:
+    """Return the signed codes (one per weight) that ``tag`` stores for weights ``q``."""
+    tag = RecordTag(tag)
+    v = np.asarray(q, dtype=np.int64)
+    if tag is RecordTag.OVP4:
+        return ovp_encode(v)
+    bits = TAG_BITS[tag]
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+        raise CompileError(f"weight outside the {tag.name} range {lo}..{hi}")
+    return v
+
+
+def decode_weights(tag, codes) -> np.ndarray:
+    """Inverse of :func:`encode_weights`."""
+    tag = RecordTag(tag)
+    return ovp_decode(codes) if tag is RecordTag.OVP4 else np.asarray(codes, dtype=np.int64)
+
+
+# -- records ------------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One group column: ``rows`` rows x ``group`` weights in one format, with scales.
+
+    Members
+    -------
+    tag : RecordTag
+    group : int
+    q : numpy.ndarray
+        int64 weights (dense, zeros included), shape (rows, group).
+    scale_bits : numpy.ndarray
+        uint16 FP16 bit patterns of the rows' scales, shape (rows,).
+    nm : int
+        Sparsity code (0: dense, else a key of :data:`NM_PATTERNS`).
+    """
+
+    tag: RecordTag
+    group: int
+    q: np.ndarray
+    scale_bits: np.ndarray
+    nm: int = 0
+
+    @classmethod
+    def make(cls, tag, q, scales, sparsity="dense") -> "Record":
+        """Build a record from weights (rows x group) and FP16 scales (a tensor or array)."""
+        s = torch.as_tensor(np.asarray(scales, dtype=np.float16)) if not isinstance(
+            scales, torch.Tensor) else scales.to(torch.float16)
+        fp16_fixed(s.reshape(-1))           # refuse negative, infinite, NaN scales
+        bits = s.reshape(-1).contiguous().view(torch.int16).numpy().astype(np.uint16)
+        q = np.asarray(q, dtype=np.int64)
+        return cls(record_tag(tag), q.shape[1], q, bits, nm_code(sparsity))
+
+    def lane_order(self, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The record's kept values and their N:M indices in lane-vector order (flat)."""
+        vals, idx = nm_compress(self.q, self.nm)
+        r, kept = vals.shape
+        order = lambda a: a.reshape(r, kept // lanes, lanes).transpose(1, 0, 2).reshape(-1)
+        return order(vals), order(idx)
+
+
+def _bits_le(raw: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:count]
+
+
+def _u_as_s(v: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned field values as the signed values pack_int stores in the same bits."""
+    v = np.asarray(v, dtype=np.int64)
+    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+
+
+def _field_bits(values, bits: int) -> np.ndarray:
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    return _bits_le(pack_int(v, bits), v.size * bits)
+
+
+def _record_bits(geom: StreamGeometry, recs: list) -> np.ndarray:
+    """Bits of records sharing tag, group and sparsity: an array (len(recs), record_bits)."""
+    tag, group, nm = recs[0].tag, recs[0].group, recs[0].nm
+    n, r, L, F = len(recs), geom.rows, geom.lanes, HEADER_FIXED_BITS
+    head = np.array([tag.value | GROUP_CODES[group] << 4 | nm << 8] * n, dtype=np.int64)
+    hbits = _field_bits(_u_as_s(head, F), F).reshape(n, F)
+    sc = np.stack([rc.scale_bits.astype(np.int64) for rc in recs])
+    sbits = _field_bits(_u_as_s(sc, 16), 16).reshape(n, 16 * r)
+    orders = [rc.lane_order(L) for rc in recs]
+    w = encode_weights(tag, np.stack([o[0] for o in orders]))
+    nvec = geom.record_vectors(group, nm)
+    wbits = _field_bits(w, TAG_BITS[tag]).reshape(n, nvec, -1)
+    ib = nm_index_bits(nm)
+    if ib:
+        idx = np.stack([o[1] for o in orders])
+        ibits = _field_bits(_u_as_s(idx, ib), ib).reshape(n, nvec, -1)
+        wbits = np.concatenate([wbits, ibits], axis=2)
+    return np.concatenate([hbits, sbits, wbits.reshape(n, -1)], axis=1).astype(np.uint8)
+
+
+def _check_record(geom: StreamGeometry, rc: Record) -> None:
+    if rc.tag not in TAG_BITS:
+        raise CompileError(f"record tag {rc.tag!r} is not a weight format")
+    if rc.nm != 0 and rc.nm not in NM_PATTERNS:
+        raise CompileError(f"record sparsity code {rc.nm!r} is unknown (accepted: 0 and "
+                           f"{', '.join(map(str, NM_PATTERNS))})")
+    if rc.nm and rc.tag is RecordTag.OVP4:
+        raise CompileError("OVP4 records are dense (N:M sparsity is for INT formats)")
+    geom.check_group(rc.group, rc.nm)
+    if rc.q.shape != (geom.rows, rc.group):
+        raise CompileError(f"record weights have shape {tuple(rc.q.shape)}, expected "
+                           f"({geom.rows}, {rc.group}) (rows x group)")
+    if rc.scale_bits.shape != (geom.rows,):
+        raise CompileError(f"record has {rc.scale_bits.size} scales, expected {geom.rows}")
+    if rc.tag is RecordTag.OVP4 and geom.lanes % 2:
+        raise CompileError("OVP4 needs an even lane count")
+
+
+def pack_records(geom: StreamGeometry, records) -> bytes:
+    """Pack records into one stream of whole words (ending in PAD) and return its bytes."""
+    records = list(records)
+    W = geom.word_bits
+    starts, pos = [], 0
+    for rc in records:
+        _check_record(geom, rc)
+        if pos % W > W - HEADER_FIXED_BITS:
+            pos += W - pos % W           # no header in the last 7 bits of a word
+        starts.append(pos)
+        pos += geom.record_bits(rc.tag, rc.group, rc.nm)
+    total = -(-pos // W) * W
+    out = np.zeros(total, dtype=np.uint8)
+    i = 0
+    while i < len(records):                 # runs of records sharing tag and group
+        j = i
+        key = (records[i].tag, records[i].group, records[i].nm)
+        while j < len(records) and (records[j].tag, records[j].group, records[j].nm) == key:
+            j += 1
+        bits = _record_bits(geom, records[i:j])
+        idx = np.asarray(starts[i:j], dtype=np.int64)[:, None] + np.arange(bits.shape[1])
+        out[idx] = bits
+        i = j
+    return np.packbits(out, bitorder="little").tobytes()
+
+
+def _uint(bits: np.ndarray) -> int:
+    return int(sum(int(b) << i for i, b in enumerate(bits)))
+
+
+def parse_stream(geom: StreamGeometry, raw: bytes) -> list:
+    """Reference reader: the records of a stream (inverse of :func:`pack_records`).
+
+    Raise :class:`CompileError` naming the bit position of a malformed header.
+    """
+    W = geom.word_bits
+    if len(raw) % (W // 8):
+        raise CompileError(f"stream of {len(raw)} bytes is not whole {W}-bit words")
+    bits = _bits_le(bytes(raw), len(raw) * 8)
+    codes = {c: g for g, c in GROUP_CODES.items()}
+    pos, records = 0, []
+    while pos < bits.size:
+        ph = pos % W
+        tagv = _uint(bits[pos:pos + 4]) if ph <= W - HEADER_FIXED_BITS else 0
+        if tagv == RecordTag.PAD.value:
+            pos += W - ph
+            continue
+        if tagv not in {t.value for t in TAG_BITS}:
+            raise CompileError(f"bad record tag {tagv} at stream bit {pos}")
+        gcode, rsvd = _uint(bits[pos + 4:pos + 6]), _uint(bits[pos + 6:pos + 8])
+        nm = _uint(bits[pos + 8:pos + 12])
+        if gcode not in codes or rsvd or (nm and nm not in NM_PATTERNS):
+            raise CompileError(f"bad group/reserved/sparsity code ({gcode}, {rsvd}, {nm}) "
+                               f"at stream bit {pos}")
+        tag, group = RecordTag(tagv), codes[gcode]
+        if nm and (tag is RecordTag.OVP4 or nm_kept(group, nm) % geom.lanes):
+            raise CompileError(f"sparsity code {nm} is not allowed for {tag.name} group "
+                               f"{group} at stream bit {pos}")
+        p = pos + HEADER_FIXED_BITS
+        sc = np.array([_uint(bits[p + 16 * i:p + 16 * i + 16]) for i in range(geom.rows)],
+                      dtype=np.uint16)
+        p += 16 * geom.rows
+        L, R = geom.lanes, geom.rows
+        b, ib = TAG_BITS[tag], nm_index_bits(nm)
+        nvec = geom.record_vectors(group, nm)
+        vbits = bits[p:p + nvec * L * (b + ib)].reshape(nvec, L * (b + ib))
+        unpack = lambda bb, w: unpack_int(np.packbits(bb.reshape(-1), bitorder="little")
+                                          .tobytes(), w, nvec * L)
+        vals = decode_weights(tag, unpack(vbits[:, :L * b], b)).reshape(nvec, L)
+        idx = (unpack(vbits[:, L * b:], ib) & ((1 << ib) - 1)).reshape(nvec, L) if ib else \
+            np.zeros_like(vals)
+        kept = nvec * L // R
+        unorder = lambda a: a.reshape(kept // L, R, L).transpose(1, 0, 2).reshape(R, kept)
+        q = nm_expand(unorder(vals), unorder(idx), nm)
+        records.append(Record(tag, group, q, sc, nm))
+        pos = p + nvec * L * (b + ib)
+    return records
+
+
+def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
+    """The exact beats the unpacker emits for a stream, as dicts of :func:`beat_layout`.
+
+    Every field is given; unused weight slots are 0.
+    """
+    beats = []
+    L = geom.lanes
+    for rc in parse_stream(geom, raw):
+        m, k = fp16_fixed(torch.from_numpy(rc.scale_bits.astype(np.int16)).view(
+            torch.float16))
+        scale = {"m": [int(a) for a in m], "k": [int(b) for b in k], "bad": 0}
+        flat, fidx = rc.lane_order(L)
+        total = geom.record_vectors(rc.group, rc.nm)
+        vpb = geom.vectors_per_beat(rc.tag, rc.nm)
+        pad = lambda a: [int(x) for x in a] + [0] * (geom.ops - len(a))
+        for pos in range(0, total, vpb):
+            n = min(vpb, total - pos)
+            beats.append({"w": pad(flat[pos * L:(pos + n) * L]), "n": n, "pos": pos,
+                          "first": int(pos == 0), "last": int(pos + n == total),
+                          "tag": rc.tag, "nm": rc.nm,
+                          "idx": pad(fidx[pos * L:(pos + n) * L]), **scale})
+    return beats
+
+
+def beat_value(geom: StreamGeometry, beat: dict) -> int:
+    """The payload bits of one beat as an integer (for bit-exact comparison)."""
+    return int(beat_layout(geom).const(beat).as_bits())
+
+
+# -- tensors ------------------------------------------------------------------------------
+
+def _tag_grid(tags, batches: int, groups: int) -> np.ndarray:
+    if isinstance(tags, (str, RecordTag, WeightFormat)):
+        return np.full((batches, groups), record_tag(tags).value, dtype=np.int64)
+    grid = np.asarray([[record_tag(t).value if not isinstance(t, (int, np.integer))
+                        else record_tag(RecordTag(int(t))).value for t in row]
+                       for row in np.asarray(tags, dtype=object).reshape(-1, groups)])
+    if grid.shape != (batches, groups):
+        raise CompileError(f"format grid has shape {grid.shape}, expected "
+                           f"({batches}, {groups}) (row batches x group columns)")
+    return grid
+
+
+def tensor_records(geom: StreamGeometry, q, scales, *, group: int, tags,
+                   sparsity="dense") -> list:
+    """Cut a tensor into records: a list over row batches of lists over group columns.
+
+    ``q``: (R, K) integer weights; ``scales``: (R, K / group) FP16; ``tags``: one format
+    for the tensor or one per (row batch, group column); ``sparsity``: the tensor's N:M
+    pattern (``"dense"``, ``"2:4"``, ...).
+    """
+    nm = nm_code(sparsity)
+    geom.check_group(group, nm)
+    q = np.asarray(q.numpy() if isinstance(q, torch.Tensor) else q, dtype=np.int64)
+    s = scales if isinstance(scales, torch.Tensor) else torch.as_tensor(
+        np.asarray(scales, dtype=np.float16))
+    if q.ndim != 2 or q.shape[1] % group:
+        raise CompileError(f"weights of shape {tuple(q.shape)} are not (rows, k) with k a "
+                           f"multiple of the group size {group}")
+    R, K = q.shape
+    G = K // group
+    if tuple(s.shape) != (R, G):
+        raise CompileError(f"scales have shape {tuple(s.shape)}, expected ({R}, {G})")
+    fp16_fixed(s.reshape(-1).to(torch.float16))
+    r = geom.rows
+    B = -(-R // r)
+    qp = np.zeros((B * r, K), dtype=np.int64)
+    qp[:R] = q
+    sb = np.full((B * r, G), 0x3C00, dtype=np.uint16)          # padding rows: scale 1.0
+    sb[:R] = s.to(torch.float16).contiguous().view(torch.int16).numpy().astype(np.uint16)
+    grid = _tag_grid(tags, B, G)
+    tag_of = {t.value: t for t in RecordTag}
+    out = []
+    for b in range(B):
+        rows = qp[b * r:(b + 1) * r]
+        out.append([Record(tag_of[int(grid[b, j])], group,
+                           rows[:, j * group:(j + 1) * group], sb[b * r:(b + 1) * r, j], nm)
+                    for j in range(G)])
+    return out
+
+
+def interleave(streams, word_bytes: int) -> bytes:
+    """Interleave channel streams word by word (zero-word padding to equal length)."""
+    streams = [bytes(s) for s in streams]
+    for c, s in enumerate(streams):
+        if len(s) % word_bytes:
+            raise CompileError(f"channel {c} stream is {len(s)} bytes, not whole "
+                               f"{word_bytes}-byte words")
+    n = max((len(s) for s in streams), default=0) // word_bytes
+    arr = np.zeros((n, len(streams), word_bytes), dtype=np.uint8)
+    for c, s in enumerate(streams):
+        a = np.frombuffer(s, dtype=np.uint8).reshape(-1, word_bytes)
+        arr[:a.shape[0], c] = a
+    return arr.tobytes()
+
+
+def deinterleave(image: bytes, channels: int, word_bytes: int) -> list:
+    """Inverse of :func:`interleave`: the channel streams (with their padding words)."""
+    if len(image) % (channels * word_bytes):
+        raise CompileError(f"image of {len(image)} bytes is not whole rounds of "
+                           f"{channels} x {word_bytes}-byte words")
+    arr = np.frombuffer(bytes(image), dtype=np.uint8).reshape(-1, channels, word_bytes)
+    return [arr[:, c].tobytes() for c in range(channels)]
+
+
+def pack_tensor(geom: StreamGeometry, q, scales, *, group: int, tags,
+                channels: int = 1, sparsity="dense") -> bytes:
+    """Pack one tensor into its memory image, interleaved over ``channels`` channels."""
+    if not (isinstance(channels, int) and channels >= 1):
+        raise CompileError(f"channels must be a positive integer, not {channels!r}")
+    batches = tensor_records(geom, q, scales, group=group, tags=tags, sparsity=sparsity)
+    streams = [pack_records(geom, [rc for b in range(c, len(batches), channels)
+                                   for rc in batches[b]]) for c in range(channels)]
+    return interleave(streams, geom.word_bits // 8)
+
+
+def unpack_tensor(geom: StreamGeometry, image: bytes, *, rows: int, k: int,
+                  channels: int = 1) -> tuple:
+    """Reference inverse of :func:`pack_tensor`: ``(q, scales, tags)``.
+
+    ``q`` int64 (rows, k), ``scales`` float16 (rows, k / group), ``tags`` an int array of
+    :class:`RecordTag` values per (row batch, group column).
+    """
+    per_channel = [parse_stream(geom, s)
+                   for s in deinterleave(image, channels, geom.word_bits // 8)]
+    r = geom.rows
+    B = -(-rows // r)
+    batches, qs, ss, ts = [], [], [], []
+    for b in range(B):
+        c, idx = b % channels, b // channels
+        recs = per_channel[c]
+        per_batch = len(recs) // max(1, -(-(B - c) // channels))
+        batches.append(recs[idx * per_batch:(idx + 1) * per_batch])
+    for recs in batches:
+        if sum(rc.group for rc in recs) != k:
+            raise CompileError(f"image does not hold k={k} weights per row")
+        qs.append(np.concatenate([rc.q for rc in recs], axis=1))
+        ss.append(np.stack([rc.scale_bits for rc in recs], axis=1))
+        ts.append([rc.tag.value for rc in recs])
+    q = torch.from_numpy(np.concatenate(qs)[:rows])
+    s = torch.from_numpy(np.concatenate(ss)[:rows].astype(np.int16)).view(torch.float16)
+    return q, s, np.array(ts, dtype=np.int64)
+
+
+def bits_per_weight(image: bytes, weights: int) -> float:
+    """Bits of the image per weight: ``len(image) * 8 / weights``."""
+    return len(image) * 8 / weights

@@ -1,0 +1,309 @@
+"""The unpacker: raw memory words of packed weights -> lane-aligned signed 8-bit operands.
+
+The stream format (records of INT2/INT3/INT4/INT8/OVP4 weights with FP16 scales, PAD,
+lane-vector order) and the output beat are defined in :mod:`airfoil.packing`; this is its
+hardware reader.
+
+Structure: a bit buffer (a gearbox) of :attr:`Unpacker.buffer_bits` bits holds the
+unread part of the stream, head at bit 0. Every cycle it may take one whole word (placed
+right after the bits it holds) and may remove one *action* from its head:
+
+* a *beat*: up to ``beat_vectors`` lane-vectors of the current record (at the
+  start of a record together with its header, whose scales are converted to fixed point
+  on the way), decoded to signed 8-bit weights and 4-bit N:M indices into the output
+  register;
+* a *skip*: a PAD tag, a header position in the last 11 bits of a word, or a malformed
+  header (which also sets ``error``) drops the rest of the current word.
+
+A full beat removes one to two words' worth of bits
+(:meth:`~airfoil.packing.StreamGeometry.vectors_per_beat`) and a header rides along with
+the first beat of its record, so the buffer drains at least as fast as one word per
+cycle fills it, for every format: the unpacker takes one word per cycle, sustained, as
+long as each record holds at least one word of bits
+(``header_bits + rows * kept * (bits + index bits) >= word_bits``, ``kept`` the
+weights kept per row, ``group`` when dense; smaller records are emitted at one
+record per cycle). ``words.ready`` depends only on the fill level, never on the output.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from airfoil.packing import (GROUP_CODES, HEADER_FIXED_BITS, NM_PATTERNS, OVP_ID,
+                             OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS, TAG_BITS,
+                             RecordTag, StreamGeometry, beat_layout, nm_index_bits, nm_kept)
+
+from .fp16 import fp16_fixed_hw
+
+__all__ = ["Unpacker"]
+
+
+class Unpacker(wiring.Component):
+    """Decode a packed weight stream at one memory word per cycle.
+
+    Parameters
+    ----------
+    geometry : StreamGeometry
+        Word width, lanes and rows per record (:class:`airfoil.packing.StreamGeometry`).
+
+    Members
+    -------
+    words : In(stream.Signature(unsigned(word_bits)))
+        Raw memory words of the stream, in order.
+    beats : Out(stream.Signature(beat_layout(geometry)))
+        Decoded beats (:func:`airfoil.packing.beat_layout`), exactly
+        :func:`airfoil.packing.expected_beats` of the words.
+    error : Out(1)
+        Sticky: a malformed header (reserved tag, group, reserved bits or sparsity code,
+        or an N:M pattern that does not fit the lanes or the format) was skipped, or a
+        scale was negative, infinite or NaN (that record's beats carry ``bad``).
+    """
+
+    def __init__(self, *, geometry: StreamGeometry):
+        if not isinstance(geometry, StreamGeometry):
+            raise TypeError(f"geometry must be a StreamGeometry, not {geometry!r}")
+        self._geom = geometry
+        super().__init__({
+            "words": In(stream.Signature(unsigned(geometry.word_bits))),
+            "beats": Out(stream.Signature(beat_layout(geometry))),
+            "error": Out(1),
+        })
+
+    @classmethod
+    def from_config(cls, cfg, rows: int | None = None) -> "Unpacker":
+        """The unpacker of one memory channel of an :class:`~airfoil.config.AccelConfig`."""
+        return cls(geometry=StreamGeometry.from_config(cfg, rows))
+
+    @property
+    def geometry(self) -> StreamGeometry:
+        return self._geom
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the handshake of the word that completes a beat to that beat being
+        valid on ``beats`` (when the output is free)."""
+        return 2
+
+    @property
+    def kinds(self) -> list:
+        """Lane-vector layouts ``(tag, index bits)`` the unpacker decodes (OVP4 is dense)."""
+        ibs = sorted({0} | {nm_index_bits(c) for c in NM_PATTERNS})
+        return [(t, ib) for t in TAG_BITS for ib in ibs if ib == 0 or t is not RecordTag.OVP4]
+
+    def _vpb(self, tag, ib) -> int:
+        nm = next(c for c in [0] + list(NM_PATTERNS) if nm_index_bits(c) == ib)
+        return self._geom.vectors_per_beat(tag, nm)
+
+    @property
+    def beat_bits_max(self) -> int:
+        """Most stream bits one full beat of weights holds (header excluded)."""
+        L = self._geom.lanes
+        return max(self._vpb(t, ib) * L * (TAG_BITS[t] + ib) for t, ib in self.kinds)
+
+    @property
+    def buffer_bits(self) -> int:
+        """Capacity of the bit buffer: a header and a full beat, plus two words of slack
+        (one in flight behind the fill-level check, one to keep taking words while a
+        beat waits for its last bits)."""
+        return self._geom.header_bits + self.beat_bits_max + 2 * self._geom.word_bits
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        W, L, R, H = g.word_bits, g.lanes, g.rows, g.header_bits
+        C = self.buffer_bits
+        BMAX = self.beat_bits_max
+        V = g.beat_vectors
+        NV = g.max_record_vectors
+        tags = list(TAG_BITS)
+        kinds = self.kinds
+
+        buf = Signal(C)
+        fill = Signal(range(C + 1))
+        phase = Signal(range(W))
+        in_rec = Signal()
+        rem = Signal(range(NV + 1))
+        pos = Signal(range(NV))
+        cur_tag = Signal(4)
+        cur_nm = Signal(3)
+        cur_m = Signal(data.ArrayLayout(unsigned(SCALE_M_BITS), R))
+        cur_k = Signal(data.ArrayLayout(SCALE_K_SHAPE, R))
+        cur_bad = Signal()
+
+        # -- header fields at the head of the buffer -----------------------------------
+        hdr_tag = buf[0:4]
+        hdr_gcode = buf[4:6]
+        hdr_rsvd = buf[6:8]
+        hdr_nm = buf[8:12]
+        hdr_m = Signal.like(cur_m)
+        hdr_k = Signal.like(cur_k)
+        hdr_bad = Signal()
+        bads = []
+        for i in range(R):
+            mm, kk, bb = fp16_fixed_hw(buf[HEADER_FIXED_BITS + 16 * i:][:16])
+            m.d.comb += [hdr_m[i].eq(mm), hdr_k[i].eq(kk)]
+            bads.append(bb)
+        m.d.comb += hdr_bad.eq(_any(bads))
+
+        tag_ok = Signal()
+        with m.Switch(hdr_tag):
+            with m.Case(*[t.value for t in tags]):
+                m.d.comb += tag_ok.eq(1)
+        shape_ok = Signal()                     # group code and N:M pattern fit the lanes
+        hdr_total = Signal(range(NV + 1))
+        with m.Switch(Cat(hdr_gcode, hdr_nm)):
+            for grp, code in GROUP_CODES.items():
+                for nm in [0] + list(NM_PATTERNS):
+                    if nm_kept(grp, nm) % L == 0:
+                        with m.Case(code | nm << 2):
+                            m.d.comb += [hdr_total.eq(g.record_vectors(grp, nm)),
+                                         shape_ok.eq(1)]
+
+        at_header = ~in_rec & (fill != 0)
+        late = phase > W - HEADER_FIXED_BITS
+        malformed = ~late & (hdr_tag != RecordTag.PAD.value) & (
+            ~tag_ok | ~shape_ok | (hdr_rsvd != 0) |
+            ((hdr_tag == RecordTag.OVP4.value) & (hdr_nm != 0)))
+        skip = Signal()
+        start = Signal()
+        m.d.comb += [
+            skip.eq(at_header & (late | (hdr_tag == RecordTag.PAD.value) | malformed)),
+            start.eq(at_header & ~skip),
+        ]
+
+        # -- the beat at the head --------------------------------------------------------
+        tag = Signal(4)
+        nm = Signal(3)
+        m.d.comb += [tag.eq(Mux(in_rec, cur_tag, hdr_tag)),
+                     nm.eq(Mux(in_rec, cur_nm, hdr_nm))]
+        ib = Signal(3)
+        with m.Switch(nm):
+            for code in NM_PATTERNS:
+                with m.Case(code):
+                    m.d.comb += ib.eq(nm_index_bits(code))
+        kind = Signal(range(len(kinds)))
+        for ki, (t, kib) in enumerate(kinds):
+            with m.If((tag == t.value) & (ib == kib)):
+                m.d.comb += kind.eq(ki)
+        avail = Mux(in_rec, rem, hdr_total)
+        vpb = Signal(range(V + 1))                   # lane-vectors in a full beat
+        with m.Switch(kind):
+            for ki, (t, kib) in enumerate(kinds):
+                with m.Case(ki):
+                    m.d.comb += vpb.eq(self._vpb(t, kib))
+        n = Signal(range(V + 1))
+        m.d.comb += n.eq(Mux(avail < vpb, avail, vpb))
+        beat_bits = Signal(range(BMAX + 1))         # n lane-vectors (constant multiples)
+        with m.Switch(kind):
+            for ki, (t, kib) in enumerate(kinds):
+                with m.Case(ki):
+                    m.d.comb += beat_bits.eq(n * (L * (TAG_BITS[t] + kib)))
+        need = Signal(range(H + BMAX + 1))
+        m.d.comb += need.eq(Mux(in_rec, 0, H) + beat_bits)
+
+        beats = self.beats
+        out_free = ~beats.valid | beats.ready
+        emit = Signal()
+        m.d.comb += emit.eq((in_rec | start) & (fill >= need) & out_free)
+
+        consume = Signal(range(C + 1))
+        with m.If(skip):
+            m.d.comb += consume.eq(W - phase)
+        with m.Elif(emit):
+            m.d.comb += consume.eq(need)
+
+        # -- decode the weights (and N:M indices) of the beat --------------------------
+        win = Signal(BMAX)
+        m.d.comb += win.eq(Mux(in_rec, buf[:BMAX], buf[H:H + BMAX]))
+        mags = Array(Const(x, 8) for x in OVP_MAGNITUDES)
+
+        def outlier(c):
+            mag = mags[c[0:3]]
+            return Mux(c[3], -mag, mag)
+
+        def value(j, t, kib):
+            b = TAG_BITS[t]
+            base = (j // L) * L * (b + kib)
+            if t is RecordTag.OVP4:
+                p0 = base + (j % L - j % 2) * 4
+                c0, c1 = win[p0:p0 + 4], win[p0 + 4:p0 + 8]
+                if j % 2 == 0:
+                    return Mux(c1 == OVP_ID, outlier(c0), Mux(c0 == OVP_ID, 0, c0.as_signed()))
+                return Mux(c1 == OVP_ID, 0, Mux(c0 == OVP_ID, outlier(c1), c1.as_signed()))
+            return win[base + (j % L) * b:][:b].as_signed()
+
+        def index(j, t, kib):
+            b = TAG_BITS[t]
+            base = (j // L) * L * (b + kib) + L * b
+            return win[base + (j % L) * kib:][:kib]
+
+        weights, indices = [], []
+        for j in range(g.ops):
+            w = Signal(8, name=f"w{j}")
+            x = Signal(4, name=f"x{j}")
+            with m.Switch(kind):
+                for ki, (t, kib) in enumerate(kinds):
+                    if j // L >= self._vpb(t, kib):
+                        continue
+                    with m.Case(ki):
+                        m.d.comb += w.eq(value(j, t, kib))
+                        if kib:
+                            m.d.comb += x.eq(index(j, t, kib))
+            live = n > j // L
+            weights.append(Mux(live, w, 0))
+            indices.append(Mux(live, x, 0))
+
+        # -- output register -------------------------------------------------------------
+        with m.If(emit):
+            p = beats.payload
+            m.d.sync += [beats.valid.eq(1), p.n.eq(n), p.first.eq(start),
+                         p.last.eq(avail <= vpb), p.tag.as_value().eq(tag), p.nm.eq(nm),
+                         p.pos.eq(Mux(in_rec, pos, 0)),
+                         p.m.eq(Mux(in_rec, cur_m, hdr_m)),
+                         p.k.eq(Mux(in_rec, cur_k, hdr_k)),
+                         p.bad.eq(Mux(in_rec, cur_bad, hdr_bad))]
+            m.d.sync += [p.w[j].eq(weights[j]) for j in range(g.ops)]
+            m.d.sync += [p.idx[j].eq(indices[j]) for j in range(g.ops)]
+        with m.Elif(beats.ready):
+            m.d.sync += beats.valid.eq(0)
+
+        # -- record state ------------------------------------------------------------------
+        with m.If(emit):
+            with m.If(start):
+                m.d.sync += [in_rec.eq(hdr_total != n), rem.eq(hdr_total - n), pos.eq(n),
+                             cur_tag.eq(hdr_tag), cur_nm.eq(hdr_nm), cur_m.eq(hdr_m),
+                             cur_k.eq(hdr_k), cur_bad.eq(hdr_bad)]
+                with m.If(hdr_bad):
+                    m.d.sync += self.error.eq(1)
+            with m.Else():
+                m.d.sync += [in_rec.eq(rem != n), rem.eq(rem - n), pos.eq(pos + n)]
+        with m.If(skip & malformed):
+            m.d.sync += self.error.eq(1)
+
+        # -- the bit buffer --------------------------------------------------------------
+        accept = Signal()
+        m.d.comb += [
+            self.words.ready.eq(fill <= C - W),
+            accept.eq(self.words.valid & self.words.ready),
+        ]
+        base = Signal(range(C + 1))
+        m.d.comb += base.eq(fill - consume)
+        incoming = Signal(C)
+        with m.If(accept):
+            m.d.comb += incoming.eq(self.words.payload << base)
+        m.d.sync += [
+            buf.eq((buf >> consume) | incoming),
+            fill.eq(base + Mux(accept, W, 0)),
+            phase.eq(phase + consume),
+        ]
+        return m
+
+
+def _any(values):
+    """OR of a list of 1-bit values (0 for an empty list)."""
+    out = Const(0, 1)
+    for v in values:
+        out = out | v
+    return out

@@ -1,0 +1,96 @@
+"""Random packed weight streams for the unpacker's tests and benchmarks.
+
+Every stream is made by :mod:`airfoil.packing` (the real packer), and the expected
+output by its reference reader, so a testbench only moves words and compares beats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from airfoil.packing import (NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS, Record, RecordTag,
+                             StreamGeometry, beat_value, expected_beats, nm_kept,
+                             pack_records)
+
+__all__ = ["random_weights", "random_nm", "random_scales", "random_records", "stream_words",
+           "make_case"]
+
+
+def random_weights(rng: np.random.Generator, tag: RecordTag, shape) -> np.ndarray:
+    """Random legal weights of ``tag``: the full range, and for OVP4 outlier pairs too."""
+    tag = RecordTag(tag)
+    if tag is RecordTag.OVP4:
+        q = rng.integers(-7, 8, shape)
+        pairs = q.reshape(-1, 2)
+        hit = rng.random(pairs.shape[0]) < 0.2
+        mags = rng.choice(np.array(OVP_MAGNITUDES[1:]), size=pairs.shape[0])
+        vals = np.where(rng.random(pairs.shape[0]) < 0.5, -mags, mags)
+        side = rng.integers(0, 2, pairs.shape[0])
+        pairs[hit] = 0
+        pairs[hit, side[hit]] = vals[hit]
+        return pairs.reshape(shape)
+    b = TAG_BITS[tag]
+    return rng.integers(-(1 << (b - 1)), 1 << (b - 1), shape)
+
+
+def random_nm(rng: np.random.Generator, q: np.ndarray, nm: int) -> np.ndarray:
+    """``q`` pruned to the N:M pattern of code ``nm``: each window of M keeps a random
+    0..N of its positions (N most of the time)."""
+    if nm == 0:
+        return q
+    n, mm = NM_PATTERNS[nm]
+    win = q.reshape(-1, mm).copy()
+    order = np.argsort(rng.random(win.shape), axis=1)
+    keep = np.where(rng.random(win.shape[0]) < 0.8, n, rng.integers(0, n + 1, win.shape[0]))
+    drop = np.arange(mm)[None, :] >= keep[:, None]
+    np.put_along_axis(win, order, np.where(drop, 0, np.take_along_axis(win, order, 1)), 1)
+    return win.reshape(q.shape)
+
+
+def random_scales(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random positive finite FP16 bit patterns, subnormals and extremes included."""
+    pats = rng.integers(0, 0x7C00, n)
+    special = np.array([0x0000, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x7BFF])
+    pick = rng.random(n) < 0.1
+    pats[pick] = rng.choice(special, size=int(pick.sum()))
+    return pats.astype(np.uint16)
+
+
+def random_records(geom: StreamGeometry, rng: np.random.Generator, count: int, *,
+                   tags=None, groups=None, sparsity=(0,)) -> list:
+    """``count`` random records, each of a format from ``tags``, a size from ``groups`` and
+    an N:M code from ``sparsity`` (drawn per record, so a list mixes formats, group sizes
+    and sparsity per group; a code that does not fit the record's format, group and lanes
+    falls back to dense)."""
+    tags = [RecordTag(t) for t in (tags or list(TAG_BITS))]
+    groups = [g for g in (groups or (32, 64, 128)) if g % geom.lanes == 0]
+    out = []
+    for _ in range(count):
+        tag = tags[int(rng.integers(len(tags)))]
+        grp = int(groups[int(rng.integers(len(groups)))])
+        nm = int(sparsity[int(rng.integers(len(sparsity)))])
+        if nm and (tag is RecordTag.OVP4 or nm_kept(grp, nm) % geom.lanes):
+            nm = 0
+        q = random_nm(rng, random_weights(rng, tag, (geom.rows, grp)), nm)
+        out.append(Record(tag, grp, q.astype(np.int64), random_scales(rng, geom.rows), nm))
+    return out
+
+
+def stream_words(geom: StreamGeometry, raw: bytes) -> list:
+    """The stream's words as integers (word 0 first)."""
+    wb = geom.word_bits // 8
+    return [int.from_bytes(raw[i:i + wb], "little") for i in range(0, len(raw), wb)]
+
+
+def make_case(geom: StreamGeometry, streams) -> tuple[list, list]:
+    """Words and expected beat payloads (ints) of streams sent back to back.
+
+    ``streams`` is a list of record lists; each is packed as its own stream (a layer),
+    so the format may change between layers as well as between groups.
+    """
+    words, beats = [], []
+    for recs in streams:
+        raw = pack_records(geom, recs)
+        words += stream_words(geom, raw)
+        beats += [beat_value(geom, b) for b in expected_beats(geom, raw)]
+    return words, beats

@@ -1,0 +1,287 @@
+"""The packed weight-stream format of airfoil.packing: bit layout, round trips, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from airfoil.errors import CompileError
+from airfoil.formats import quantize_weights
+from airfoil.packing import (GROUP_CODES, HEADER_FIXED_BITS, OVP_ID, TAG_BITS, Record,
+                             RecordTag, StreamGeometry, bits_per_weight, deinterleave,
+                             expected_beats, interleave, ovp_decode, ovp_encode, ovp_values,
+                             pack_records, pack_tensor, parse_stream, record_tag,
+                             tensor_records, unpack_tensor)
+from sim.tb_decode.stimulus import random_records, random_weights
+
+GEOMS = [StreamGeometry(word_bits=128, lanes=8, rows=4),
+         StreamGeometry(word_bits=256, lanes=32, rows=2),
+         StreamGeometry(word_bits=512, lanes=8, rows=3),
+         StreamGeometry(word_bits=64, lanes=2, rows=1)]
+
+
+def _same(a: Record, b: Record) -> bool:
+    return (a.tag == b.tag and a.group == b.group and np.array_equal(a.q, b.q)
+            and np.array_equal(a.scale_bits, b.scale_bits))
+
+
+def _independent_pack(geom: StreamGeometry, records) -> bytes:
+    """The format of the module docstring, written field by field with Python integers."""
+    acc, pos, W = 0, 0, geom.word_bits
+
+    def put(value, bits):
+        nonlocal acc, pos
+        acc |= (value & ((1 << bits) - 1)) << pos
+        pos += bits
+
+    for rc in records:
+        if pos % W > W - 12:
+            pos += W - pos % W
+        put(rc.tag.value, 4)
+        put({32: 0, 64: 1, 128: 2}[rc.group], 2)
+        put(0, 2)
+        put(rc.nm, 4)
+        for s in rc.scale_bits:
+            put(int(s), 16)
+        b = TAG_BITS[rc.tag]
+        codes = (ovp_encode(rc.q) if rc.tag is RecordTag.OVP4 else rc.q)
+        if rc.nm:                     # kept entries: nonzeros, then the lowest zeros
+            n, mm = {1: (1, 4), 2: (2, 4), 3: (2, 8), 4: (4, 16), 5: (8, 16)}[rc.nm]
+            kv, ki = [], []
+            for row in codes:
+                vr, ir = [], []
+                for w0 in range(0, rc.group, mm):
+                    win = list(row[w0:w0 + mm])
+                    pos_nz = [i for i in range(mm) if win[i] != 0]
+                    pos_z = [i for i in range(mm) if win[i] == 0]
+                    keep = sorted(pos_nz + pos_z[:n - len(pos_nz)])
+                    vr += [win[i] for i in keep]
+                    ir += keep
+                kv.append(vr)
+                ki.append(ir)
+            ib = (mm - 1).bit_length()
+        else:
+            kv, ki, ib = codes, None, 0
+        L = geom.lanes
+        for step in range(len(kv[0]) // L):
+            for row in range(geom.rows):
+                for lane in range(L):
+                    put(int(kv[row][step * L + lane]), b)
+                for lane in range(L):
+                    if ib:
+                        put(int(ki[row][step * L + lane]), ib)
+    nbytes = -(-pos // W) * W // 8
+    return acc.to_bytes(nbytes, "little")
+
+
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: f"w{g.word_bits}l{g.lanes}r{g.rows}")
+def test_packer_writes_the_documented_bits(geom):
+    """Every format (INT3 straddling words), mixed per group, against a field-by-field
+    writer; and the reference reader gives the records back."""
+    rng = np.random.default_rng(geom.word_bits + geom.rows)
+    recs = random_records(geom, rng, 40, sparsity=(0, 0, 1, 2, 3, 4, 5))
+    assert any(rc.nm for rc in recs)
+    raw = pack_records(geom, recs)
+    assert raw == _independent_pack(geom, recs)
+    back = parse_stream(geom, raw)
+    assert len(back) == len(recs) and all(_same(a, b) for a, b in zip(recs, back))
+
+
+def test_header_never_starts_in_the_last_bits_of_a_word():
+    """The padding rule the unpacker relies on, at every record start, for every geometry."""
+    for g in GEOMS:
+        rng = np.random.default_rng(g.word_bits)
+        recs = random_records(g, rng, 40, sparsity=(0, 2, 3))
+        raw = pack_records(g, recs)
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+        pos, padded = 0, 0
+        for rc in recs:
+            if pos % g.word_bits > g.word_bits - HEADER_FIXED_BITS:
+                assert not bits[pos:pos + g.word_bits - pos % g.word_bits].any()
+                pos += g.word_bits - pos % g.word_bits
+                padded += 1
+            assert int(bits[pos:pos + 4] @ (1 << np.arange(4))) == rc.tag.value
+            pos += g.record_bits(rc.tag, rc.group, rc.nm)
+        assert not bits[pos:].any() and len(raw) * 8 % g.word_bits == 0
+
+
+def test_streams_concatenate_as_layers():
+    g = GEOMS[0]
+    rng = np.random.default_rng(1)
+    a = random_records(g, rng, 5, tags=[RecordTag.INT3])
+    b = random_records(g, rng, 5, tags=[RecordTag.INT8])
+    back = parse_stream(g, pack_records(g, a) + pack_records(g, b))
+    assert all(_same(x, y) for x, y in zip(a + b, back)) and len(back) == 10
+
+
+def test_zero_words_are_padding():
+    g = GEOMS[0]
+    rng = np.random.default_rng(2)
+    recs = random_records(g, rng, 3)
+    raw = bytes(16) + pack_records(g, recs) + bytes(32)
+    assert all(_same(x, y) for x, y in zip(recs, parse_stream(g, raw)))
+
+
+# -- OVP ----------------------------------------------------------------------------------
+
+def test_ovp_every_legal_pair_round_trips():
+    vals = ovp_values()
+    normal = vals[np.abs(vals) <= 7]
+    outl = vals[np.abs(vals) > 7]
+    pairs = [(a, b) for a in normal for b in normal]
+    pairs += [(o, 0) for o in outl] + [(0, o) for o in outl]
+    q = np.array(pairs, dtype=np.int64).reshape(-1)
+    codes = ovp_encode(q)
+    assert codes.min() >= -8 and codes.max() <= 7
+    assert np.array_equal(ovp_decode(codes), q)
+    # outliers carry the identifier in the victim's slot
+    c = codes.reshape(-1, 2)
+    p = q.reshape(-1, 2)
+    assert np.all((c[np.abs(p[:, 0]) > 7, 1] & 15) == OVP_ID)
+    assert np.all((c[np.abs(p[:, 1]) > 7, 0] & 15) == OVP_ID)
+    assert sorted(set(outl.tolist())) == [-96, -64, -48, -32, -24, -16, -12,
+                                          12, 16, 24, 32, 48, 64, 96]
+
+
+def test_ovp_every_code_pair_decodes_to_a_legal_pair():
+    codes = np.array(list(itertools.product(range(-8, 8), repeat=2))).reshape(-1)
+    v = ovp_decode(codes).reshape(-1, 2)
+    legal = set(ovp_values().tolist())
+    assert all(int(x) in legal for x in v.reshape(-1))
+    assert np.all((np.abs(v[:, 0]) <= 7) | (v[:, 1] == 0))
+    assert np.all((np.abs(v[:, 1]) <= 7) | (v[:, 0] == 0))
+    assert np.array_equal(ovp_decode(ovp_encode(v.reshape(-1))), v.reshape(-1))
+
+
+@pytest.mark.parametrize("pair, msg", [((12, 16), "two outliers"),
+                                       ((12, 3), "partner is not 0"),
+                                       ((8, 0), "outlier 8 is not representable"),
+                                       ((0, -100), "outlier -100 is not representable")])
+def test_ovp_rejects_illegal_pairs(pair, msg):
+    with pytest.raises(CompileError, match=msg):
+        ovp_encode(np.array(pair))
+
+
+# -- tensors and channels -------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_tensor_round_trip_with_mixed_formats_and_channels(channels):
+    g = GEOMS[0]
+    rng = np.random.default_rng(channels)
+    R, K, group = 29, 256, 64                       # 8 row batches, the last padded
+    B, G = -(-R // g.rows), K // group
+    grid = rng.choice([t.value for t in TAG_BITS], size=(B, G))
+    q = np.zeros((R, K), dtype=np.int64)
+    for b in range(B):
+        for j in range(G):
+            tag = RecordTag(int(grid[b, j]))
+            blk = q[b * g.rows:(b + 1) * g.rows, j * group:(j + 1) * group]
+            blk[:] = random_weights(rng, tag, (g.rows, group))[:blk.shape[0]]
+    scales = torch.from_numpy(rng.uniform(1e-3, 3.0, (R, G))).to(torch.float16)
+    image = pack_tensor(g, q, scales, group=group, tags=grid, channels=channels)
+    q2, s2, t2 = unpack_tensor(g, image, rows=R, k=K, channels=channels)
+    assert torch.equal(q2, torch.from_numpy(q))
+    assert torch.equal(s2.view(torch.int16), scales.view(torch.int16))
+    assert np.array_equal(t2, grid)
+
+
+def test_interleave_is_word_by_word():
+    wb = 4
+    a = bytes(range(0, 12))               # 3 words
+    b = bytes(range(100, 108))            # 2 words
+    img = interleave([a, b], wb)
+    assert img == a[0:4] + b[0:4] + a[4:8] + b[4:8] + a[8:12] + bytes(4)
+    assert deinterleave(img, 2, wb) == [a, b + bytes(4)]
+
+
+def test_channel_gets_every_channels_th_row_batch():
+    g = GEOMS[1]
+    rng = np.random.default_rng(3)
+    q = rng.integers(-8, 8, (10, 128))
+    scales = torch.full((10, 1), 0.5, dtype=torch.float16)
+    image = pack_tensor(g, q, scales, group=128, tags="int4", channels=2)
+    streams = deinterleave(image, 2, g.word_bits // 8)
+    batches = tensor_records(g, q, scales, group=128, tags="int4")
+    for c in range(2):
+        got = parse_stream(g, streams[c])
+        want = [rc for b in range(c, len(batches), 2) for rc in batches[b]]
+        assert len(got) == len(want) and all(_same(x, y) for x, y in zip(got, want))
+
+
+def test_quantized_tensor_packs_and_bits_per_weight_counts_everything():
+    g = StreamGeometry(word_bits=256, lanes=32, rows=2)
+    torch.manual_seed(0)
+    w = torch.randn(64, 512)
+    q, s = quantize_weights(w, 4, 128)
+    image = pack_tensor(g, q, s, group=128, tags="int4", channels=4)
+    records = 32 * 4
+    per_channel_bits = (records // 4) * g.record_bits(RecordTag.INT4, 128)
+    words = -(-per_channel_bits // g.word_bits)
+    assert len(image) == 4 * words * g.word_bits // 8
+    assert bits_per_weight(image, q.numel()) == len(image) * 8 / q.numel()
+    q2, s2, _ = unpack_tensor(g, image, rows=64, k=512, channels=4)
+    assert torch.equal(q2, q) and torch.equal(s2.view(torch.int16), s.view(torch.int16))
+
+
+# -- errors -----------------------------------------------------------------------------
+
+def test_bad_input_is_refused_with_one_line_messages():
+    g = GEOMS[0]
+    ok = np.zeros((4, 32), dtype=np.int64)
+    with pytest.raises(CompileError, match="unknown packed weight format 'int5'"):
+        record_tag("int5")
+    with pytest.raises(CompileError, match="outside the INT3 range -4..3"):
+        pack_records(g, [Record(RecordTag.INT3, 32, ok + 4, np.zeros(4, np.uint16))])
+    with pytest.raises(CompileError, match="group size 48 cannot be packed"):
+        pack_records(g, [Record(RecordTag.INT4, 48, np.zeros((4, 48), np.int64),
+                                np.zeros(4, np.uint16))])
+    with pytest.raises(CompileError, match=r"shape \(3, 32\), expected \(4, 32\)"):
+        pack_records(g, [Record(RecordTag.INT4, 32, ok[:3], np.zeros(4, np.uint16))])
+    with pytest.raises(CompileError, match="negative"):
+        Record.make("int4", ok, np.array([1, -1, 1, 1], dtype=np.float16))
+    with pytest.raises(CompileError, match=r"format grid has shape \(1, 2\), expected"):
+        pack_tensor(g, np.zeros((8, 64)), torch.ones(8, 2, dtype=torch.float16), group=32,
+                    tags=[["int4", "int8"]])
+    with pytest.raises(CompileError, match="not 2:4 sparse"):
+        pack_records(g, [Record(RecordTag.INT4, 32, ok + 1, np.zeros(4, np.uint16), 2)])
+    with pytest.raises(CompileError, match="OVP4 records are dense"):
+        pack_records(g, [Record(RecordTag.OVP4, 32, ok, np.zeros(4, np.uint16), 2)])
+    g32 = GEOMS[1]                                  # 32 lanes, 2 rows
+    with pytest.raises(CompileError, match=r"kept entries per row \(\(1, 4\)\) 8 of group 32 "
+                                           r"is not a multiple of lanes \(32\)"):
+        pack_records(g32, [Record(RecordTag.INT4, 32, np.zeros((2, 32), np.int64),
+                                  np.zeros(2, np.uint16), 1)])
+    with pytest.raises(CompileError, match="bad record tag 7 at stream bit 0"):
+        parse_stream(g, bytes([7]) + bytes(15))
+    with pytest.raises(CompileError, match="not whole 128-bit words"):
+        parse_stream(g, bytes(10))
+
+
+def test_expected_beats_cover_each_record_in_order():
+    g = GEOMS[1]
+    rng = np.random.default_rng(9)
+    recs = random_records(g, rng, 16, sparsity=(0, 2, 5))
+    assert any(rc.nm for rc in recs)
+    beats = expected_beats(g, pack_records(g, recs))
+    i = 0
+    for rc in recs:
+        total = g.record_vectors(rc.group, rc.nm)
+        flat, fidx = rc.lane_order(g.lanes)
+        pos = 0
+        while pos < total:
+            b = beats[i]
+            assert b["pos"] == pos and b["first"] == (pos == 0) and b["tag"] is rc.tag
+            n = b["n"]
+            assert n == min(g.vectors_per_beat(rc.tag, rc.nm), total - pos)
+            assert b["w"][:n * g.lanes] == flat[pos * g.lanes:(pos + n) * g.lanes].tolist()
+            assert b["idx"][:n * g.lanes] == fidx[pos * g.lanes:(pos + n) * g.lanes].tolist()
+            assert not any(b["w"][n * g.lanes:]) and not any(b["idx"][n * g.lanes:])
+            assert b["nm"] == rc.nm
+            pos += n
+            assert b["last"] == (pos == total)
+            i += 1
+    assert i == len(beats)
+    assert set(GROUP_CODES) == {32, 64, 128}

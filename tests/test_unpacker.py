@@ -1,0 +1,327 @@
+"""The unpacker (hdl/decode_unit/unpacker.py) against airfoil.packing's reference reader.
+
+amaranth.sim cases run in the fast set; cocotb + Verilator regressions carry ``rtl``
+(and the long sweeps over the wider geometries ``slow``). Every case streams words made
+by the real packer, with idle cycles on the input and backpressure on the output unless
+it measures the rate, and compares every beat bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment, Module, Signal
+from amaranth.sim import Simulator
+
+from airfoil.config import load_config
+from airfoil.packing import (NM_PATTERNS, TAG_BITS, RecordTag, StreamGeometry, beat_layout,
+                             beat_value, expected_beats, nm_index_bits, pack_records)
+from hdl.build import write_verilog
+from hdl.decode_unit.fp16 import fp16_fixed_hw
+from hdl.decode_unit.unpacker import Unpacker
+from sim.tb_decode.amsim import run_amaranth
+from sim.tb_decode.engine import StreamEngine
+from sim.tb_decode.rtl import run_unpacker_rtl
+from sim.tb_decode.stimulus import make_case, random_records, stream_words
+
+GEOMS = {
+    "test": StreamGeometry.from_config(load_config("test")),     # 128-bit word, 8 lanes, 4 rows
+    "u280": StreamGeometry.from_config(load_config("u280")),     # 256-bit word, 32 lanes, 2 rows
+    "w512": StreamGeometry(word_bits=512, lanes=8, rows=4),
+    "w64": StreamGeometry(word_bits=64, lanes=2, rows=1),
+}
+FORMATS = ["int2", "int3", "int4", "int8", "ovp"]
+#: Sparsity codes drawn per record in mixes (dense twice as often).
+MIX_NM = (0, 0, 1, 2, 3, 4, 5)
+_TAG = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
+        "int8": RecordTag.INT8, "ovp": RecordTag.OVP4}
+
+
+def _streams(geom, mix, rng, count):
+    """Record lists (layers) for a format name, ``"nm"`` (INT formats, every N:M pattern)
+    or ``"mixed"`` (formats, group sizes and sparsity drawn per group, three layers)."""
+    if mix == "mixed":
+        return [random_records(geom, rng, count // 3 + 1, sparsity=MIX_NM) for _ in range(3)]
+    if mix == "nm":
+        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
+                               sparsity=(1, 2, 3, 4, 5))]
+    return [random_records(geom, rng, count, tags=[_TAG[mix]])]
+
+
+def _run(geom, words, beats, *, seed=0, idle=0.0, stall=0.0):
+    return run_amaranth(Unpacker(geometry=geom),
+                        StreamEngine(words, beats, seed=seed, idle=idle, stall=stall,
+                                     max_cycles=20 * len(words) + 1000))
+
+
+# -- parameters and structure ------------------------------------------------------------
+
+def test_geometry_and_parameters_are_validated():
+    with pytest.raises(ValueError, match="word_bits must be .* not 96"):
+        StreamGeometry(word_bits=96, lanes=8, rows=1)
+    with pytest.raises(ValueError, match="lanes must be .* not 6"):
+        StreamGeometry(word_bits=128, lanes=6, rows=1)
+    with pytest.raises(ValueError, match="rows must be .* not 0"):
+        StreamGeometry(word_bits=128, lanes=8, rows=0)
+    with pytest.raises(TypeError, match="geometry must be a StreamGeometry, not 128"):
+        Unpacker(geometry=128)
+
+
+@pytest.mark.parametrize("name", list(GEOMS))
+def test_full_beat_holds_one_to_two_words_in_every_format(name):
+    g = GEOMS[name]
+    assert g.ops == g.beat_vectors * g.lanes
+    assert g.ops * 2 >= g.word_bits                 # INT2: one word per beat at least
+    assert (g.beat_vectors - 1) * g.lanes * 2 < g.word_bits     # and no more slots
+    for tag, bits in TAG_BITS.items():
+        for nm in [0] + list(NM_PATTERNS):
+            v = g.vectors_per_beat(tag, nm)
+            beat = v * g.lanes * (bits + nm_index_bits(nm))
+            assert beat >= g.word_bits and (beat <= 2 * g.word_bits or v == 1), (tag, nm)
+    dut = Unpacker(geometry=g)
+    assert dut.beats.payload.shape() == beat_layout(g)
+    assert len(dut.words.payload) == g.word_bits
+    assert dut.buffer_bits >= g.header_bits + dut.beat_bits_max + g.word_bits
+    Fragment.get(dut, None)                         # elaborates
+
+
+# -- bit-exact with backpressure (amaranth.sim) ------------------------------------------
+
+_MIXES = FORMATS + ["nm", "mixed"]
+_FAST = {("test", mix) for mix in _MIXES} | {("u280", "mixed"), ("w64", "mixed"),
+                                             ("w64", "int3")}
+_CASES = [pytest.param(geom, mix, seed, marks=() if (geom, mix) in _FAST and seed == 0
+                       else pytest.mark.slow)
+          for geom in ("test", "u280", "w64") for mix in _MIXES for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("geom, mix, seed", _CASES)
+def test_bit_exact_with_idle_and_backpressure(geom, mix, seed):
+    g = GEOMS[geom]
+    rng = np.random.default_rng([seed, len(mix), g.word_bits])
+    words, beats = make_case(g, _streams(g, mix, rng, 12))
+    res = _run(g, words, beats, seed=seed, idle=0.3, stall=0.4)
+    assert res["errors"] == []
+    assert res["items_in"] == len(words) and res["items_out"] == len(beats)
+    assert res["error_flag"] == 0
+
+
+def _rate_records(g, rng, mix, count):
+    """Group-128 records of one format, of INT formats at 2:4 (``"nm"``) or mixed."""
+    if mix == "mixed":
+        return [random_records(g, rng, count, groups=[128], sparsity=MIX_NM)]
+    if mix == "nm":
+        return [random_records(g, rng, count, groups=[128], sparsity=(2,),
+                               tags=[_TAG[f] for f in FORMATS[:4]])]
+    return [random_records(g, rng, count, tags=[_TAG[mix]], groups=[128])]
+
+
+@pytest.mark.parametrize("mix", _MIXES)
+def test_full_rate_without_backpressure(mix):
+    """One word accepted in every cycle from the first to the last word (group 128)."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(7)
+    streams = _rate_records(g, rng, mix, 24)
+    words, beats = make_case(g, streams)
+    res = _run(g, words, beats)
+    assert res["errors"] == []
+    assert res["items_in"] == len(words) and len(words) > 60
+    assert res["accept_span"] == len(words)         # words per cycle == 1 exactly
+
+
+def test_latency_from_completing_word_to_first_beat():
+    g = GEOMS["test"]
+    rng = np.random.default_rng(3)
+    for tag in (RecordTag.INT3, RecordTag.INT8):    # a beat of 1.5 and of 2 words
+        recs = random_records(g, rng, 1, tags=[tag], groups=[128])
+        words, beats = make_case(g, [recs])
+        dut = Unpacker(geometry=g)
+        res = run_amaranth(dut, StreamEngine(words, beats))
+        assert res["errors"] == []
+        need = g.header_bits + g.vectors_per_beat(tag) * g.lanes * TAG_BITS[tag]
+        completing = -(-need // g.word_bits) - 1            # index of the word
+        assert res["first_accept"] == 0
+        assert res["first_out"] == completing + dut.latency, tag
+
+
+# -- error handling ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [0x7, 0x3 | 3 << 4, 0x3 | 1 << 6, 0x3 | 6 << 8,
+                                    0x5 | 2 << 8])
+def test_malformed_header_is_skipped_and_flagged(header):
+    """A reserved tag, group code, reserved bit or sparsity code, or OVP4 with N:M: its
+    word is dropped and error is set."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(5)
+    words, beats = make_case(g, [random_records(g, rng, 4)])
+    res = _run(g, [header] + words, beats, idle=0.2, stall=0.2)
+    assert res["errors"] == []
+    assert res["error_flag"] == 1
+
+
+def test_bad_scale_sets_bad_and_error():
+    g = GEOMS["test"]
+    rng = np.random.default_rng(6)
+    rec = random_records(g, rng, 1, tags=[RecordTag.INT4], groups=[32])[0]
+    good = pack_records(g, [rec])
+    want = expected_beats(g, good)
+    rec.scale_bits[1] = 0xFC00                      # -inf
+    raw = pack_records(g, [rec])
+    for b in want:
+        b["m"][1], b["k"][1], b["bad"] = 0x400, 6, 1       # what the magnitude bits give
+    res = _run(g, stream_words(g, raw), [beat_value(g, b) for b in want], stall=0.3)
+    assert res["errors"] == []
+    assert res["error_flag"] == 1
+
+
+def test_fp16_conversion_is_exact():
+    """Every subnormal, every exponent's extremes and a stride through the rest, both signs,
+    inf and NaN: m * 2**k equals the value; bad exactly for sign, inf and NaN (every
+    positive finite pattern goes through the RTL in test_rtl_every_fp16_scale)."""
+    width = 256
+    m = Module()
+    raw = [Signal(16, name=f"raw{i}") for i in range(width)]
+    outs = []
+    for i, r in enumerate(raw):
+        mm, kk, bb = fp16_fixed_hw(r)
+        sm, sk, sb = Signal(11, name=f"m{i}"), Signal(6, name=f"k{i}"), Signal(
+            name=f"b{i}")
+        m.d.comb += [sm.eq(mm), sk.eq(kk), sb.eq(bb)]
+        outs.append((sm, sk, sb))
+    low = np.arange(0x800)                                        # zero, subnormals, ...
+    edges = (np.arange(32)[:, None] << 10 | np.array([0, 1, 0x3FF])).reshape(-1)
+    stride = np.arange(0, 1 << 15, 37)
+    pos = np.unique(np.concatenate([low, edges, stride]))
+    pats = np.concatenate([pos, pos | 0x8000])
+    pats = np.concatenate([pats, np.zeros(-pats.size % width, dtype=pats.dtype)])
+    vals = pats.astype(np.uint16).view(np.float16).astype(np.float64)
+    got = {}
+
+    async def bench(ctx):
+        for base in range(0, pats.size, width):
+            for i in range(width):
+                ctx.set(raw[i], int(pats[base + i]))
+            await ctx.delay(1e-9)
+            for i, (sm, sk, sb) in enumerate(outs):
+                k = ctx.get(sk)
+                got[base + i] = (ctx.get(sm), k - 64 if k >= 32 else k, ctx.get(sb))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for i, p in enumerate(pats.tolist()):
+        mm, kk, bb = got[i]
+        sign, exp = p >> 15, (p >> 10) & 0x1F
+        assert bb == int(sign == 1 or exp == 0x1F), hex(p)
+        if not bb:
+            assert mm < 1 << 11 and mm * 2.0 ** kk == vals[i], hex(p)
+
+
+# -- RTL (cocotb + Verilator) ------------------------------------------------------------
+
+def _verilog(name, tmp_path_factory):
+    g = GEOMS[name]
+    out = tmp_path_factory.mktemp(f"unpacker_{name}")
+    return write_verilog(Unpacker(geometry=g), f"unpacker_w{g.word_bits}_l{g.lanes}_r{g.rows}",
+                         out, params={"word_bits": g.word_bits, "lanes": g.lanes,
+                                      "rows": g.rows})
+
+
+@pytest.fixture(scope="module")
+def rtl_test(tmp_path_factory):
+    return _verilog("test", tmp_path_factory)
+
+
+@pytest.mark.rtl(group="unpacker_test")
+@pytest.mark.parametrize("seed", [11, pytest.param(12, marks=pytest.mark.slow),
+                                  pytest.param(13, marks=pytest.mark.slow)])
+def test_rtl_mixed_formats_bit_exact_with_backpressure(rtl_test, seed):
+    """Formats and group sizes mixed per group over three layers, 0.3 idle, 0.4 stall."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(seed)
+    words, beats = make_case(g, _streams(g, "mixed", rng, 90))
+    res = run_unpacker_rtl(*rtl_test, words, beats, seed=seed, idle=0.3, stall=0.4)
+    assert res["errors"] == [] and res["items_out"] == len(beats)
+    assert res["error_flag"] == 0
+
+
+@pytest.mark.rtl(group="unpacker_test")
+def test_rtl_full_rate_every_format(rtl_test):
+    """Per format (group 128, 24 records), 2:4, then all mixed: one word per cycle exactly."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(21)
+    for mix in _MIXES:
+        words, beats = make_case(g, _rate_records(g, rng, mix, 24))
+        res = run_unpacker_rtl(*rtl_test, words, beats, seed=21)
+        assert res["errors"] == []
+        assert res["items_in"] == len(words) > 90
+        assert res["accept_span"] == len(words), (mix, res["accept_span"], len(words))
+
+
+@pytest.mark.rtl(group="unpacker_test")
+@pytest.mark.parametrize("every", [pytest.param(False),
+                                   pytest.param(True, marks=pytest.mark.slow)])
+def test_rtl_every_fp16_scale(rtl_test, every):
+    """FP16 scales through the RTL: every subnormal, each exponent's extremes and a stride
+    through the rest; with ``every``, all 31744 positive finite values."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(31)
+    if every:
+        pats = np.arange(0x7C00, dtype=np.uint16)
+    else:
+        edges = (np.arange(31)[:, None] << 10 | np.array([0, 1, 0x3FF])).reshape(-1)
+        pats = np.unique(np.concatenate([np.arange(0x400), edges,
+                                         np.arange(0, 0x7C00, 97)])).astype(np.uint16)
+    pats = np.concatenate([pats, np.full(-pats.size % g.rows, 0x3C00, dtype=np.uint16)])
+    recs = []
+    for i in range(0, pats.size, g.rows):
+        rec = random_records(g, rng, 1, tags=[RecordTag.INT2], groups=[32], sparsity=(2,))[0]
+        rec.scale_bits = pats[i:i + g.rows]
+        recs.append(rec)
+    words, beats = make_case(g, [recs])
+    res = run_unpacker_rtl(*rtl_test, words, beats, seed=31, stall=0.1)
+    assert res["errors"] == [] and res["items_out"] == len(beats)
+
+
+@pytest.mark.slow
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", ["u280", "w512", "w64"])
+def test_rtl_sweep_wide_geometries(name, tmp_path_factory):
+    """Bit-exact with backpressure over every format and a mix, then full rate per format."""
+    g = GEOMS[name]
+    v, j = _verilog(name, tmp_path_factory)
+    rng = np.random.default_rng(41)
+    for seed, mix in enumerate(_MIXES):
+        words, beats = make_case(g, _streams(g, mix, rng, 60))
+        res = run_unpacker_rtl(v, j, words, beats, seed=seed, idle=0.3, stall=0.4)
+        assert res["errors"] == [], (mix, res["errors"])
+        rate = _rate_records(g, rng, mix, 128)
+        rate_words, rate_beats = make_case(g, rate)
+        res = run_unpacker_rtl(v, j, rate_words, rate_beats, seed=seed)
+        assert res["errors"] == []
+        if min(g.record_bits(rc.tag, rc.group, rc.nm) for rc in rate[0]) >= g.word_bits:
+            assert res["accept_span"] == len(rate_words), (mix, res["accept_span"])
+
+
+# -- the bench path ------------------------------------------------------------------------
+
+@pytest.mark.rtl(group="unpacker_test")
+def test_bench_figures_are_work_over_cycles(rtl_test, tmp_path):
+    """The bench code at a small shape: words per cycle is the stream's words over the
+    cycles of that run, and bits per weight the packed image's bits over the weights."""
+    from airfoil.cli.bench_decode import image_bits_per_weight, unpacker_words_per_cycle
+    from airfoil.packing import pack_tensor, tensor_records
+    from sim.tb_decode.stimulus import stream_words
+
+    cfg = load_config("test")
+    g = StreamGeometry.from_config(cfg)
+    r = unpacker_words_per_cycle(cfg, "int3", rows=8, k=512, build_dir=tmp_path)
+    assert r["words_per_cycle"] == r["words"] / r["cycles"]
+    records = [rc for b in tensor_records(g, np.zeros((8, 512)), np.ones((8, 4), np.float16),
+                                          group=128, tags="int3") for rc in b]
+    assert r["words"] == len(stream_words(g, pack_records(g, records)))
+    assert r["cycles"] == r["words"]                  # full rate at this shape as well
+    bpw = image_bits_per_weight(cfg, "int3", rows=8, k=512)
+    image = pack_tensor(g, np.zeros((8, 512)), np.ones((8, 4), np.float16), group=128,
+                        tags="int3", channels=cfg.memory.channels)
+    assert bpw == len(image) * 8 / (8 * 512)
