@@ -1,0 +1,110 @@
+"""The ``rtl`` backend: elaborate the core for a config, run a folder on it in Verilator.
+
+:func:`emit_core` writes ``build/<config>/airfoil_core.{v,json,f,vlt}`` (reused while the
+config and the ``hdl`` sources are unchanged); :func:`run_rtl` runs a compiled folder on
+that Verilog through :func:`sim.rtl.run_core` and returns the output vector and the
+core's cycle counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from airfoil.config import AccelConfig
+from airfoil.errors import AirfoilError
+from airfoil.folder import OUT_DTYPES, load_folder
+from airfoil.isa import ErrorCode
+
+__all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS"]
+
+#: Name of the top-level Verilog module.
+TOP = "airfoil_core"
+#: The buffer RAM module (hdl/core/ram.py), written beside the core.
+RAM_MODULE = "airfoil_ram"
+_HDL = Path(__file__).resolve().parents[2] / "hdl"
+#: Verilator lint waivers, copied next to the emitted Verilog.
+WAIVERS = _HDL / "core" / "airfoil_core.vlt"
+
+
+def _source_digest(config: AccelConfig) -> str:
+    h = hashlib.sha256(config.config_hash.encode())
+    for p in sorted(_HDL.glob("core/*.py")) + sorted(_HDL.glob("*.py")) + [
+            _HDL / "dsp_chain" / "dense.py", _HDL / "decode_unit" / "rescaler.py",
+            _HDL / "decode_unit" / "fp16.py", WAIVERS]:
+        h.update(p.name.encode() + p.read_bytes())
+    for name in ("isa.py", "formats.py", "csr.py", "config.py", "program.py"):
+        h.update((_HDL.parent / "airfoil" / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def emit_core(config: AccelConfig, build_dir="build", *, force: bool = False) -> dict:
+    """Write the core's Verilog, metadata, file list and waivers for ``config``.
+
+    Returns a dict of paths: ``verilog``, ``ram``, ``meta``, ``filelist``, ``waivers``,
+    ``dir``, and ``sources`` (the Verilog files in file-list order).
+    Elaboration is skipped when the outputs exist for the same config and sources.
+    """
+    from hdl.build import write_verilog
+    from hdl.core.ram import RAM_VERILOG
+    from hdl.core.top import Core
+
+    out = Path(build_dir) / config.name
+    paths = {"dir": out, "verilog": out / f"{TOP}.v", "meta": out / f"{TOP}.json",
+             "filelist": out / f"{TOP}.f", "waivers": out / f"{TOP}.vlt",
+             "ram": out / f"{RAM_MODULE}.v"}
+    digest = _source_digest(config)
+    if not force and all(p.exists() for p in paths.values()):
+        try:
+            params = json.loads(paths["meta"].read_text()).get("params", {})
+        except ValueError:
+            params = {}
+        if params.get("source_digest") == digest:
+            paths["sources"] = [paths["verilog"], paths["ram"]]
+            return paths
+    core = Core(config)
+    params = {"config": config.name, "config_hash": config.config_hash,
+              "source_digest": digest, "chains": config.chains, "lanes": config.lanes,
+              "word_bits": config.memory.word_bits}
+    write_verilog(core, TOP, out, params=params)
+    shutil.copyfile(WAIVERS, paths["waivers"])
+    paths["ram"].write_text(RAM_VERILOG)
+    paths["sources"] = [paths["verilog"], paths["ram"]]
+    paths["filelist"].write_text("".join(f"{p.resolve()}\n" for p in paths["sources"]))
+    return paths
+
+
+def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: bool = True,
+            *, build_dir="build") -> tuple[torch.Tensor, dict]:
+    """Run a compiled folder on the RTL core; return ``(out, stats)``.
+
+    ``out`` is the int64 output vector; ``stats`` holds ``cycles`` (the core's cycle
+    counter), ``instructions``, ``read_beats``, ``seed`` and ``stalls``. Random stalls on
+    every AXI channel are drawn from ``seed`` when ``stalls`` is set.
+    """
+    from sim.rtl import DEFAULT_STALL, RtlCase, run_core
+
+    folder = load_folder(folder_path, config)
+    image = bytes(folder.image_with_input(x_q))
+    out_spec = folder.manifest["output"]
+    dt = np.dtype(OUT_DTYPES[folder.out_bits])
+    nbytes = folder.n * dt.itemsize
+    paths = emit_core(config, build_dir)
+    case = RtlCase(program=folder.program.to_bytes(), image=image, seed=int(seed),
+                   stall=DEFAULT_STALL if stalls else 0.0,
+                   read_back={"out": (int(out_spec["addr"]), nbytes)})
+    res = run_core(verilog=paths["sources"], meta=paths["meta"], config=config, cases=[case],
+                   build_root=Path(build_dir) / "sim")[0]
+    if res["error"]:
+        code = ErrorCode(res["err_code"])
+        raise AirfoilError(f"rtl: the core stopped with error {code.name} at instruction "
+                           f"{res['err_pc']} (seed {seed})")
+    out = torch.from_numpy(np.frombuffer(res["reads"]["out"], dtype=dt).astype(np.int64))
+    stats = {"cycles": res["cycles"], "instructions": res["retired"],
+             "read_beats": res["read_beats"], "seed": int(seed), "stalls": bool(stalls)}
+    return out, stats

@@ -1,0 +1,79 @@
+"""The control/status register map of the core, defined once.
+
+The hardware (``hdl.core.csr``) builds its AXI4-Lite register block from :data:`REGISTERS`
+and the host side (``sim.rtl`` and the cocotb testbenches) addresses registers by name
+through :func:`offset`. Registers are 32 bits wide at word-aligned byte offsets.
+
+Programming sequence: write ``PROG_BASE_LO/HI`` (byte address of the program file, the
+header included), ``PROG_COUNT`` (instructions after the header), ``DATA_BASE_LO/HI``
+(the address that LD/ST ``dram_addr`` are relative to), then write ``CTRL`` with
+``START`` set. Poll ``STATUS`` until ``DONE``; ``ERROR`` and ``ERR_CODE`` (an
+:class:`airfoil.isa.ErrorCode`) tell whether the program stopped on a fault, and
+``ERR_PC`` names the faulting instruction. ``CYCLES_LO/HI`` count the clock cycles from
+start to done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import AirfoilError
+
+__all__ = ["Register", "REGISTERS", "CSR_ADDR_BITS", "offset", "register",
+           "CTRL_START", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR",
+           "STATUS_ERR_CODE_SHIFT", "STATUS_ERR_CODE_BITS", "CORE_ID"]
+
+#: Byte-address width of the AXI4-Lite port.
+CSR_ADDR_BITS = 8
+
+#: ``CTRL`` bit: write 1 to start the program (ignored while busy).
+CTRL_START = 1 << 0
+#: ``STATUS`` bits.
+STATUS_BUSY = 1 << 0
+STATUS_DONE = 1 << 1
+STATUS_ERROR = 1 << 2
+STATUS_ERR_CODE_SHIFT = 8
+STATUS_ERR_CODE_BITS = 4
+#: Value of the read-only ``ID`` register: ``"AF"`` and the ISA version in the low byte.
+CORE_ID = 0x4146_0000
+
+
+@dataclass(frozen=True)
+class Register:
+    """One 32-bit register: name, byte offset, access (``"rw"``, ``"ro"``, ``"wo"``)."""
+
+    name: str
+    offset: int
+    access: str
+    doc: str
+
+
+REGISTERS = (
+    Register("CTRL", 0x00, "wo", "bit 0 START: start the program (self-clearing)"),
+    Register("STATUS", 0x04, "ro", "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bits 8..11 ERR_CODE"),
+    Register("PROG_BASE_LO", 0x08, "rw", "program file byte address, bits 0..31"),
+    Register("PROG_BASE_HI", 0x0C, "rw", "program file byte address, bits 32..63"),
+    Register("PROG_COUNT", 0x10, "rw", "instructions in the program"),
+    Register("DATA_BASE_LO", 0x14, "rw", "data base byte address, bits 0..31"),
+    Register("DATA_BASE_HI", 0x18, "rw", "data base byte address, bits 32..63"),
+    Register("CYCLES_LO", 0x1C, "ro", "cycles from start to done, bits 0..31"),
+    Register("CYCLES_HI", 0x20, "ro", "cycles from start to done, bits 32..63"),
+    Register("ERR_PC", 0x24, "ro", "index of the instruction that raised the error"),
+    Register("RETIRED", 0x28, "ro", "instructions dispatched in the last run"),
+    Register("ID", 0x2C, "ro", "core identification: 0x4146 << 16 | ISA version"),
+)
+
+_BY_NAME = {r.name: r for r in REGISTERS}
+
+
+def register(name: str) -> Register:
+    """Return the register called ``name``."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AirfoilError(f"unknown CSR {name!r} (accepted: {', '.join(_BY_NAME)})") from None
+
+
+def offset(name: str) -> int:
+    """Return the byte offset of the register called ``name``."""
+    return register(name).offset

@@ -1,0 +1,202 @@
+"""The group rescaler and the requantizer of the matrix unit (exact integer arithmetic).
+
+Both implement :mod:`airfoil.formats` bit for bit: the rescaler adds
+``psum * m << (k - k0)`` of every group onto a :data:`~airfoil.formats.ACC_BITS`-bit
+accumulator per chain (starting from the bias), the requantizer computes
+``clamp(floor((acc * M + 2**(S-1)) / 2**S))``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from airfoil.formats import ACC_BITS, REQ_M_BITS, SCALE_SHIFT_MAX
+from airfoil.isa import OutFormat
+
+from ..streams import init_layout, psum_bits, psum_layout, scale_layout
+
+__all__ = ["GroupRescaler", "Requantizer", "acc_layout", "requant_in_layout",
+           "requant_out_layout"]
+
+
+def acc_layout(chains: int) -> data.ArrayLayout:
+    """One batch's accumulators, one per chain."""
+    return data.ArrayLayout(signed(ACC_BITS), chains)
+
+
+class GroupRescaler(wiring.Component):
+    """Scale each group's partial sums and accumulate them per chain.
+
+    A group is consumed when its partial sums and its scales are both valid (and, for the
+    first group of a batch when ``use_init`` is set, the batch's starting accumulators on
+    ``init``: its bias, or what an earlier K-chunk left; else a batch starts from zero).
+    The group that
+    carries ``batch_last`` completes the batch: its accumulators leave on ``accs``. A
+    scale whose shift ``k - k0`` lies outside ``0..SCALE_SHIFT_MAX``, or that was not a
+    positive finite FP16 value, sets ``error`` (sticky).
+
+    Parameters
+    ----------
+    chains : int
+    group_max : int
+        Largest group size (width of the partial sums).
+
+    Members
+    -------
+    psums, scales, init : In(stream.Signature(...))
+    accs : Out(stream.Signature(acc_layout(chains)))
+    k0 : In(signed(7))
+    use_init : In(1)
+    error : Out(1)
+    """
+
+    def __init__(self, *, chains: int, group_max: int):
+        if not isinstance(chains, int) or chains < 1:
+            raise TypeError(f"Chain count must be a positive integer, not {chains!r}")
+        self._chains, self._group_max = chains, group_max
+        super().__init__({
+            "psums": In(stream.Signature(psum_layout(chains, group_max))),
+            "scales": In(stream.Signature(scale_layout(chains))),
+            "init": In(stream.Signature(init_layout(chains))),
+            "accs": Out(stream.Signature(acc_layout(chains))),
+            "k0": In(signed(7)), "use_init": In(1),
+            "error": Out(1),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from consuming a batch's last group to its accumulators being valid."""
+        return 2
+
+    def elaborate(self, platform):
+        m = Module()
+        C = self._chains
+        adv = Signal()
+        first = Signal(init=1)
+        m.d.comb += adv.eq(~self.accs.valid | self.accs.ready)
+        need_init = first & self.use_init
+        take = Signal()
+        m.d.comb += [
+            take.eq(adv & self.psums.valid & self.scales.valid &
+                    (~need_init | self.init.valid)),
+            self.psums.ready.eq(take), self.scales.ready.eq(take),
+            self.init.ready.eq(take & need_init),
+        ]
+        # Stage A: products and shifts.
+        va, firsta, lasta = Signal(), Signal(), Signal()
+        pw = psum_bits(self._group_max) + 12
+        prod = [Signal(signed(pw), name=f"prod{c}") for c in range(C)]
+        shift = [Signal(range(SCALE_SHIFT_MAX + 1), name=f"shift{c}") for c in range(C)]
+        inita = [Signal(signed(ACC_BITS), name=f"init{c}") for c in range(C)]
+        bad = Signal()
+        sc = self.scales.payload
+        for c in range(C):
+            sh = Signal(signed(8), name=f"sh{c}")
+            m.d.comb += sh.eq(sc.k[c] - self.k0)
+            with m.If(take & ((sh < 0) | (sh > SCALE_SHIFT_MAX))):
+                m.d.comb += bad.eq(1)
+        with m.If(take & sc.bad):
+            m.d.comb += bad.eq(1)
+        with m.If(bad):
+            m.d.sync += self.error.eq(1)
+        with m.If(adv):
+            m.d.sync += [va.eq(take), firsta.eq(first),
+                         lasta.eq(self.psums.payload.batch_last)]
+            for c in range(C):
+                m.d.sync += [
+                    prod[c].eq(self.psums.payload.psum[c] * sc.m[c]),
+                    shift[c].eq((sc.k[c] - self.k0)[:4]),
+                    inita[c].eq(Mux(self.use_init, self.init.payload.init[c], 0)),
+                ]
+        with m.If(take):
+            m.d.sync += first.eq(self.psums.payload.batch_last)
+        # Stage B: accumulate.
+        acc = [Signal(signed(ACC_BITS), name=f"acc{c}") for c in range(C)]
+        with m.If(adv):
+            m.d.sync += self.accs.valid.eq(va & lasta)
+            with m.If(va):
+                totals = []
+                for c in range(C):
+                    base = Mux(firsta, inita[c], acc[c])
+                    total = Signal(signed(ACC_BITS), name=f"total{c}")
+                    m.d.comb += total.eq(base + (prod[c] << shift[c]))
+                    m.d.sync += acc[c].eq(total)
+                    totals.append(total)
+                m.d.sync += self.accs.payload.eq(Cat(*totals))
+        return m
+
+
+def requant_in_layout(tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({"acc": signed(ACC_BITS), "tag": tag_bits})
+
+
+def requant_out_layout(tag_bits: int) -> data.StructLayout:
+    return data.StructLayout({"value": signed(32), "tag": tag_bits})
+
+
+class Requantizer(wiring.Component):
+    """Requantize one accumulator per cycle: ``clamp(floor((acc*M + 2**(S-1)) / 2**S))``.
+
+    A fixed pipeline of :attr:`latency` cycles without back-pressure; ``tag`` travels with
+    the value (the output address).
+
+    Parameters
+    ----------
+    tag_bits : int
+
+    Members
+    -------
+    inp : In(stream.Signature(requant_in_layout(tag_bits), always_ready=True))
+    out : Out(stream.Signature(requant_out_layout(tag_bits), always_ready=True))
+    mult : In(REQ_M_BITS)
+    shift : In(7)
+    out_fmt : In(OutFormat)
+    """
+
+    def __init__(self, *, tag_bits: int):
+        if not isinstance(tag_bits, int) or tag_bits < 1:
+            raise TypeError(f"Tag width must be a positive integer, not {tag_bits!r}")
+        self._tag_bits = tag_bits
+        super().__init__({
+            "inp": In(stream.Signature(requant_in_layout(tag_bits), always_ready=True)),
+            "out": Out(stream.Signature(requant_out_layout(tag_bits), always_ready=True)),
+            "mult": In(REQ_M_BITS), "shift": In(7), "out_fmt": In(OutFormat),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an input to its result."""
+        return 3
+
+    def elaborate(self, platform):
+        m = Module()
+        tb = self._tag_bits
+        pw = ACC_BITS + REQ_M_BITS + 1
+        v1, v2 = Signal(), Signal()
+        t1, t2 = Signal(tb), Signal(tb)
+        prod = Signal(signed(pw))
+        m.d.sync += [v1.eq(self.inp.valid), t1.eq(self.inp.payload.tag),
+                     prod.eq(self.inp.payload.acc * self.mult)]
+        # floor((t + 2**(S-1)) / 2**S) == ((t >> (S-1)) + 1) >> 1 for S >= 1.
+        rounded = Signal(signed(pw))
+        half = Signal(signed(pw))
+        sm1 = Signal(7)
+        m.d.comb += [sm1.eq(self.shift - 1), half.eq(prod >> sm1)]
+        m.d.sync += [v2.eq(v1), t2.eq(t1),
+                     rounded.eq(Mux(self.shift == 0, prod, (half + 1) >> 1))]
+        lo = Signal(signed(33))
+        hi = Signal(signed(33))
+        with m.Switch(self.out_fmt):
+            with m.Case(OutFormat.INT8):
+                m.d.comb += [lo.eq(-128), hi.eq(127)]
+            with m.Case(OutFormat.INT16):
+                m.d.comb += [lo.eq(-(1 << 15)), hi.eq((1 << 15) - 1)]
+            with m.Default():
+                m.d.comb += [lo.eq(-(1 << 31)), hi.eq((1 << 31) - 1)]
+        m.d.sync += [
+            self.out.valid.eq(v2), self.out.payload.tag.eq(t2),
+            self.out.payload.value.eq(Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded))),
+        ]
+        return m

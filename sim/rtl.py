@@ -1,0 +1,112 @@
+"""Run programs on the emitted core Verilog under Verilator and cocotb.
+
+:func:`run_core` takes the Verilog file list and the metadata JSON that ``hdl`` wrote (never
+``hdl``'s classes), places a program and a data image in a memory model, and runs one or
+more cases in a single simulator process (one build per design). Each case reports the
+core's status, its cycle counter and the memory regions asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airfoil.config import AccelConfig
+from airfoil.errors import AirfoilError
+from airfoil.program import HEADER_SIZE
+
+from .cocotb_runner import run_cocotb
+
+__all__ = ["RtlCase", "run_core", "PROG_BASE", "DEFAULT_STALL"]
+
+#: Byte address of the program file in the memory model.
+PROG_BASE = 0x1000
+#: Probability that the memory model withholds a ready or valid in a cycle.
+DEFAULT_STALL = 0.25
+_TB_DIR = Path(__file__).resolve().parent / "tb"
+
+
+@dataclass
+class RtlCase:
+    """One run: a program file, the data image and where things are.
+
+    ``extra`` maps data-relative byte addresses to bytes written after the image (the
+    input vector); ``read_back`` maps a name to ``(data-relative address, nbytes)``.
+    """
+
+    program: bytes
+    image: bytes
+    seed: int = 0
+    stall: float = DEFAULT_STALL
+    extra: dict = field(default_factory=dict)
+    read_back: dict = field(default_factory=dict)
+    max_cycles: int = 2_000_000
+    poll: int = 64
+
+
+def _align(v: int, a: int) -> int:
+    return -(-v // a) * a
+
+
+def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
+             work_dir=None, log_level: str = "WARNING") -> list[dict]:
+    """Run ``cases`` (a list of :class:`RtlCase`) on the core; return one dict per case.
+
+    ``verilog`` is the core's Verilog file or the list of its files (the file list);
+    ``log_level`` is the cocotb log level of the simulation.
+
+    Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
+    ``retired``, ``read_beats`` and ``reads`` (name -> bytes).
+    """
+    meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
+    names = {p["name"] for p in meta["ports"]}
+    for need in ("csr__awaddr", "instr__araddr", "data0__araddr", "data0__awaddr"):
+        if need not in names:
+            raise AirfoilError(f"{meta['name']}: the metadata has no port {need!r}; not a "
+                               f"core built by hdl.core")
+    tmp = Path(work_dir or tempfile.mkdtemp(prefix="airfoil-rtl-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, case in enumerate(cases):
+        if len(case.program) < HEADER_SIZE:
+            raise AirfoilError("program image shorter than its header")
+        count = int.from_bytes(case.program[8:12], "little")
+        data_base = _align(PROG_BASE + len(case.program), 1 << 16)
+        end = len(case.image)
+        for addr, raw in case.extra.items():
+            end = max(end, addr + len(raw))
+        for addr, n in case.read_back.values():
+            end = max(end, addr + n)
+        regions = []
+        for j, (addr, raw) in enumerate([(PROG_BASE, case.program), (data_base, case.image)]
+                                        + [(data_base + a, r) for a, r in case.extra.items()]):
+            f = tmp / f"case{i}_region{j}.bin"
+            f.write_bytes(raw)
+            regions.append({"addr": addr, "file": str(f)})
+        runs.append({
+            "seed": case.seed, "stall": case.stall, "prog_base": PROG_BASE,
+            "prog_count": count, "data_base": data_base,
+            "mem_bytes": _align(data_base + end, 1 << 12) + (1 << 12),
+            "regions": regions, "max_cycles": case.max_cycles, "poll": case.poll,
+            "read_back": {k: {"addr": data_base + a, "nbytes": n}
+                          for k, (a, n) in case.read_back.items()},
+        })
+    mc = config.memory
+    job = {"memory": {"word_bytes": mc.word_bytes, "read_latency": mc.read_latency,
+                      "outstanding": mc.outstanding, "write_latency": mc.write_latency},
+           "runs": runs}
+    job_file = tmp / "job.json"
+    job_file.write_text(json.dumps(job))
+    sources = [Path(v) for v in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
+    seed = cases[0].seed if cases else 0
+    data = run_cocotb(sources=sources, top=meta["top"], test_module="core_tb",
+                      test_dir=_TB_DIR, seed=seed,
+                      env={"AIRFOIL_JOB": job_file, "COCOTB_LOG_LEVEL": log_level,
+                           "GPI_LOG_LEVEL": log_level},
+                      build_root=build_root)
+    out = data.get("runs", [])
+    for r in out:
+        r["reads"] = {k: bytes.fromhex(v) for k, v in r["reads"].items()}
+    return out

@@ -1,0 +1,1 @@
+"""cocotb testbench modules (run by :func:`sim.cocotb_runner.run_cocotb`)."""
