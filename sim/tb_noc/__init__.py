@@ -1,0 +1,1 @@
+"""Testbench code for the network on chip (traffic engine shared by amaranth.sim and cocotb)."""
