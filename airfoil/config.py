@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .errors import ConfigError
+from .yamlfile import read_yaml
 
 __all__ = [
     "MemoryConfig", "BufferConfig", "AccelConfig", "load_config", "PE_KINDS",
@@ -321,10 +321,4 @@ def load_config(path_or_name) -> AccelConfig:
     if not p.is_file():
         raise ConfigError(f"config file {str(path_or_name)!r} not found (give a .yaml path or "
                           f"one of: {', '.join(sorted(BUILTIN_CONFIGS))})")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p.name}: not valid YAML{at}") from None
-    return AccelConfig.from_dict(data, source=p.name)
+    return AccelConfig.from_dict(read_yaml(p, "config", ConfigError), source=p.name)

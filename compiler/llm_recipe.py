@@ -19,9 +19,9 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from airfoil.errors import CompileError
+from airfoil.yamlfile import read_yaml
 
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe"]
@@ -134,14 +134,4 @@ def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
 def load_llm_recipe(path=None) -> LlmRecipe:
     """Read a recipe YAML file (default: :data:`LLM_DEFAULT_RECIPE`)."""
     p = Path(path) if path is not None else LLM_DEFAULT_RECIPE
-    try:
-        text = p.read_text()
-    except OSError:
-        raise CompileError(f"recipe file {str(p)!r} not found or unreadable") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise CompileError(f"{p.name}: not valid YAML{at}") from None
-    return parse_llm_recipe(data, source=p.name)
+    return parse_llm_recipe(read_yaml(p, "recipe", CompileError), source=p.name)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from airfoil.errors import CompileError
+from airfoil.yamlfile import read_yaml
 
 __all__ = ["RECIPE_KEYS", "DEFAULT_RECIPE", "OUT_FORMATS", "load_recipe", "check_recipe"]
 
@@ -45,14 +45,4 @@ def check_recipe(data, source: str = "recipe") -> dict:
 def load_recipe(path=None) -> dict:
     """Read a recipe YAML (default: :data:`DEFAULT_RECIPE`) into keyword arguments."""
     p = Path(path) if path is not None else DEFAULT_RECIPE
-    try:
-        text = p.read_text()
-    except OSError:
-        raise CompileError(f"recipe file {str(p)!r} not found or unreadable") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise CompileError(f"{p.name}: not valid YAML{at}") from None
-    return check_recipe(data, source=p.name)
+    return check_recipe(read_yaml(p, "recipe", CompileError), source=p.name)

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from airfoil.cli import main
+from clitools import cli_fails, cli_ok
 from airfoil.config import builtin_config_path
 from airfoil.isa import ISA_VERSION, Opcode
 from airfoil.program import HEADER_SIZE, Program, read_program
@@ -18,28 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--n", "37", "--k", "192", "--group", "32"]
 
 
-def _ok(capsys, argv):
-    rc = main(argv)
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    return cap.out
-
-
-def _fails(capsys, argv, message):
-    rc = main(argv)
-    cap = capsys.readouterr()
-    assert rc == 2, (rc, cap.out, cap.err)
-    lines = cap.err.strip().splitlines()
-    assert len(lines) == 1, cap.err
-    assert lines[0].startswith("airfoil: error: ")
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in cap.err
 
 
 @pytest.fixture
 def folder(tmp_path, capsys):
     out = tmp_path / "lin"
-    _ok(capsys, ["compile", "--config", "test", "-o", str(out)] + SMALL)
+    cli_ok(capsys, ["compile", "--config", "test", "-o", str(out)] + SMALL)
     return out
 
 
@@ -50,31 +35,31 @@ def _checksum(text):
 def test_compile_run_disasm(folder, capsys):
     assert sorted(p.name for p in folder.iterdir()) == \
         ["manifest.json", "program.afp", "program.s", "weights.bin"]
-    torch_out = _ok(capsys, ["run", "--backend", "torch", str(folder), "--config", "test"])
-    isa_out = _ok(capsys, ["run", "--backend", "isa", str(folder), "--config", "test"])
+    torch_out = cli_ok(capsys, ["run", "--backend", "torch", str(folder), "--config", "test"])
+    isa_out = cli_ok(capsys, ["run", "--backend", "isa", str(folder), "--config", "test"])
     assert "37 outputs int8" in torch_out and "cycles " in isa_out
     assert _checksum(torch_out) == _checksum(isa_out)
-    dis = _ok(capsys, ["disasm", str(folder)])
+    dis = cli_ok(capsys, ["disasm", str(folder)])
     n = len(read_program(folder / "program.afp"))
     body = [ln for ln in dis.splitlines() if not ln.startswith(";")]
     assert len(body) == n
     assert "MV" in dis and "wait=LOAD" in dis and body[-1].split()[1] == "SYS"
-    assert _ok(capsys, ["disasm", str(folder / "program.afp"), "--config", "test"]) == dis
+    assert cli_ok(capsys, ["disasm", str(folder / "program.afp"), "--config", "test"]) == dis
 
 
 def test_run_with_input_files(folder, tmp_path, capsys):
     x = np.arange(192, dtype=np.int64) % 255 - 127
     np.save(tmp_path / "x.npy", x)
-    a = _ok(capsys, ["run", "--backend", "isa", str(folder), "--input", str(tmp_path / "x.npy"),
+    a = cli_ok(capsys, ["run", "--backend", "isa", str(folder), "--input", str(tmp_path / "x.npy"),
                      "--save", str(tmp_path / "y.npy")])
-    b = _ok(capsys, ["run", "--backend", "torch", str(folder), "--input",
+    b = cli_ok(capsys, ["run", "--backend", "torch", str(folder), "--input",
                      str(tmp_path / "x.npy")])
     assert _checksum(a) == _checksum(b)
     assert np.load(tmp_path / "y.npy").shape == (37,)
     np.save(tmp_path / "xf.npy", np.linspace(-1, 1, 192))
-    _ok(capsys, ["run", "--backend", "isa", str(folder), "--input", str(tmp_path / "xf.npy")])
+    cli_ok(capsys, ["run", "--backend", "isa", str(folder), "--input", str(tmp_path / "xf.npy")])
     np.save(tmp_path / "short.npy", np.zeros(5, dtype=np.int8))
-    _fails(capsys, ["run", str(folder), "--input", str(tmp_path / "short.npy")], "K=192")
+    cli_fails(capsys, ["run", str(folder), "--input", str(tmp_path / "short.npy")], "K=192")
 
 
 def test_layer_files(tmp_path, capsys):
@@ -85,18 +70,18 @@ def test_layer_files(tmp_path, capsys):
     sums = []
     for f in ("l.npz", "l.pt"):
         out = tmp_path / f.replace(".", "_")
-        _ok(capsys, ["compile", "--layer", str(tmp_path / f), "--group", "32", "-o", str(out)])
-        sums.append(_checksum(_ok(capsys, ["run", str(out), "--backend", "isa"])))
+        cli_ok(capsys, ["compile", "--layer", str(tmp_path / f), "--group", "32", "-o", str(out)])
+        sums.append(_checksum(cli_ok(capsys, ["run", str(out), "--backend", "isa"])))
     assert sums[0] == sums[1]
     np.savez(tmp_path / "bad.npz", w=w.numpy())
-    _fails(capsys, ["compile", "--layer", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "x")],
+    cli_fails(capsys, ["compile", "--layer", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "x")],
            "exactly one 'weight'")
-    _fails(capsys, ["compile", "--layer", str(tmp_path / "l.txt"), "-o", str(tmp_path / "x")],
+    cli_fails(capsys, ["compile", "--layer", str(tmp_path / "l.txt"), "-o", str(tmp_path / "x")],
            "not found")
 
 
 def test_demo(tmp_path, capsys):
-    out = _ok(capsys, ["demo", "--config", "test", "-o", str(tmp_path / "demo"), "--no-rtl"])
+    out = cli_ok(capsys, ["demo", "--config", "test", "-o", str(tmp_path / "demo"), "--no-rtl"])
     assert "all backends agree bit for bit" in out
     assert "isa" in out and "torch" in out
     assert "torch golden and isa simulator generate the same tokens" in out     # tiny LLM
@@ -112,8 +97,8 @@ def test_rtl_backend_missing_is_one_line(folder, capsys, monkeypatch):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return real(name, *args)
     monkeypatch.setattr(cmd_run.importlib, "import_module", missing)
-    _fails(capsys, ["run", "--backend", "rtl", str(folder)], "rtl backend is not available")
-    out = _ok(capsys, ["demo", "-o", str(folder.parent / "demo"), "--no-llm"])
+    cli_fails(capsys, ["run", "--backend", "rtl", str(folder)], "rtl backend is not available")
+    out = cli_ok(capsys, ["demo", "-o", str(folder.parent / "demo"), "--no-llm"])
     assert "rtl skipped" in out and "all backends agree bit for bit" in out
 
 
@@ -135,12 +120,12 @@ def _config_file(tmp_path, mutate):
 ])
 def test_bad_config(tmp_path, capsys, mutate, message):
     cfg = _config_file(tmp_path, mutate)
-    _fails(capsys, ["compile", "--config", cfg, "-o", str(tmp_path / "o")] + SMALL, message)
+    cli_fails(capsys, ["compile", "--config", cfg, "-o", str(tmp_path / "o")] + SMALL, message)
     assert not (tmp_path / "o").exists()
 
 
 def test_k_not_multiple_of_group(tmp_path, capsys):
-    _fails(capsys, ["compile", "-o", str(tmp_path / "o"), "--n", "8", "--k", "100",
+    cli_fails(capsys, ["compile", "-o", str(tmp_path / "o"), "--n", "8", "--k", "100",
                     "--group", "32"], "K=100 is not a multiple of the group size 32")
     assert not (tmp_path / "o").exists()
     assert list(tmp_path.iterdir()) == []
@@ -149,10 +134,10 @@ def test_k_not_multiple_of_group(tmp_path, capsys):
 def test_bad_recipe(tmp_path, capsys):
     r = tmp_path / "r.yaml"
     r.write_text("wformat: int4\ngroupsize: 32\n")
-    _fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")] + SMALL,
+    cli_fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")] + SMALL,
            "unknown key 'groupsize'")
     r.write_text("group: big\n")
-    _fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")],
+    cli_fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")],
            "key 'group' must be int")
     assert not (tmp_path / "o").exists()
 
@@ -182,26 +167,26 @@ def test_bad_program(folder, capsys, damage, message, command):
     _damage(folder, damage)
     argv = ["run", "--backend", "isa", str(folder), "--config", "test"] if command == "run" \
         else ["disasm", str(folder)]
-    _fails(capsys, argv, message)
+    cli_fails(capsys, argv, message)
 
 
 def test_bad_opcode_survives_header_checks(folder, capsys):
     _damage(folder, _bad_opcode)
     prog = read_program(folder / "program.afp")          # header and CRC are fine
     assert prog.words[3] & 0xF == 0xF and 0xF not in {o.value for o in Opcode}
-    _fails(capsys, ["run", "--backend", "isa", str(folder)], "ILLEGAL_OPCODE")
+    cli_fails(capsys, ["run", "--backend", "isa", str(folder)], "ILLEGAL_OPCODE")
 
 
 def test_program_for_another_config(folder, capsys):
     for backend in ("isa", "torch"):
-        _fails(capsys, ["run", "--backend", backend, str(folder), "--config", "u280"],
+        cli_fails(capsys, ["run", "--backend", backend, str(folder), "--config", "u280"],
                "recompile for this config")
-    _fails(capsys, ["disasm", str(folder), "--config", "u280"], "compiled for config hash")
+    cli_fails(capsys, ["disasm", str(folder), "--config", "u280"], "compiled for config hash")
 
 
 def test_missing_folder(tmp_path, capsys):
-    _fails(capsys, ["run", str(tmp_path / "nope")], "not found")
-    _fails(capsys, ["disasm", str(tmp_path / "nope")], "not found")
+    cli_fails(capsys, ["run", str(tmp_path / "nope")], "not found")
+    cli_fails(capsys, ["disasm", str(tmp_path / "nope")], "not found")
 
 
 def test_subprocess_entry_point_no_traceback(tmp_path):

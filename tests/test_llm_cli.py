@@ -7,29 +7,13 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from airfoil.cli import main
+from clitools import cli_fails, cli_ok
 from compiler.reference import LlamaReference, LlamaShape
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-llama"
 
 
-def _ok(capsys, argv):
-    rc = main(argv)
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    return cap.out
-
-
-def _fails(capsys, argv, message):
-    rc = main(argv)
-    cap = capsys.readouterr()
-    assert rc == 2, (rc, cap.out, cap.err)
-    lines = cap.err.strip().splitlines()
-    assert len(lines) == 1, cap.err
-    assert lines[0].startswith("airfoil: error: ")
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in cap.err
 
 
 def _random_hf(path, heads=3, kv=1, hd=32, seed=0):
@@ -63,7 +47,7 @@ def test_compile_and_run_random_model(tmp_path, capsys):
     model = _random_hf(tmp_path / "m")
     recipe = _recipe(tmp_path / "r.yaml", [{"match": "*", "format": "int8", "group": 32}])
     out_dir = str(tmp_path / "out")
-    out = _ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", "sim_llm",
+    out = cli_ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", "sim_llm",
                        "-o", out_dir, "--max-prompt", "6"])
     for item in ("prefill program", "decode program", "weights int8", "decode cycles/token"):
         assert item in out
@@ -72,22 +56,22 @@ def test_compile_and_run_random_model(tmp_path, capsys):
     assert f"{man['phases']['decode']['instructions']} instr" in out
     runs = {}
     for b in ("torch", "isa"):
-        runs[b] = _ok(capsys, ["run", "--backend", b, out_dir, "--tokens", "3,1,4,1,5",
+        runs[b] = cli_ok(capsys, ["run", "--backend", b, out_dir, "--tokens", "3,1,4,1,5",
                                "--max-new-tokens", "9"])
     assert _tokens_line(runs["torch"]) == _tokens_line(runs["isa"])
     assert len(_tokens_line(runs["isa"]).split()) == 1 + 9
     assert "decode" in runs["isa"] and "per token" in runs["isa"]
     # disasm reads an LLM folder's decode program, or every phase of the folder
-    assert "LDREG" in _ok(capsys, ["disasm", str(Path(out_dir) / "decode.afp")]).upper()
-    listing = _ok(capsys, ["disasm", out_dir])
+    assert "LDREG" in cli_ok(capsys, ["disasm", str(Path(out_dir) / "decode.afp")]).upper()
+    listing = cli_ok(capsys, ["disasm", out_dir])
     assert "prefill.afp" in listing and "decode.afp" in listing
-    only = _ok(capsys, ["disasm", out_dir, "--phase", "decode"])
+    only = cli_ok(capsys, ["disasm", out_dir, "--phase", "decode"])
     assert "decode.afp" in only and "prefill.afp" not in only
-    _fails(capsys, ["disasm", out_dir, "--phase", "train"], "no 'train' program")
+    cli_fails(capsys, ["disasm", out_dir, "--phase", "train"], "no 'train' program")
     # Bad run input on an LLM folder.
-    _fails(capsys, ["run", out_dir, "--tokens", "1,99"], "token 99 is outside the vocabulary")
-    _fails(capsys, ["run", out_dir, "--prompt", "hi"], "no tokenizer.json in the folder")
-    _fails(capsys, ["run", out_dir, "--tokens", "1", "--max-new-tokens", "40"],
+    cli_fails(capsys, ["run", out_dir, "--tokens", "1,99"], "token 99 is outside the vocabulary")
+    cli_fails(capsys, ["run", out_dir, "--prompt", "hi"], "no tokenizer.json in the folder")
+    cli_fails(capsys, ["run", out_dir, "--tokens", "1", "--max-new-tokens", "40"],
            "exceed the 32 positions")
 
 
@@ -95,24 +79,24 @@ def test_compile_errors(tmp_path, capsys):
     model = _random_hf(tmp_path / "m")
     out = str(tmp_path / "out")
     # The default recipe's g128 does not divide k=96: the recipe file and the layer named.
-    _fails(capsys, ["compile", str(model), "-o", out], "group 128 does not divide k=96")
+    cli_fails(capsys, ["compile", str(model), "-o", out], "group 128 does not divide k=96")
     bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "format": "int8", "group": 32},
                                           {"match": "model.layers.3.*", "format": "int4"}])
-    _fails(capsys, ["compile", str(model), "--recipe", bad, "-o", out],
+    cli_fails(capsys, ["compile", str(model), "--recipe", bad, "-o", out],
            "match 'model.layers.3.*' names no layer")
     raw = (model / "model.safetensors").read_bytes()
     (model / "model.safetensors").write_bytes(raw[:len(raw) // 2])
-    _fails(capsys, ["compile", str(model), "-o", out], "model.safetensors: corrupted")
-    _fails(capsys, ["compile", str(tmp_path / "nope"), "-o", out], "model folder")
+    cli_fails(capsys, ["compile", str(model), "-o", out], "model.safetensors: corrupted")
+    cli_fails(capsys, ["compile", str(tmp_path / "nope"), "-o", out], "model folder")
     assert not Path(out).exists()
 
 
 def test_tiny_model_prompt_text(tmp_path, capsys):
     out_dir = str(tmp_path / "tiny")
-    _ok(capsys, ["compile", str(TINY), "-o", out_dir, "--max-prompt", "8"])
+    cli_ok(capsys, ["compile", str(TINY), "-o", out_dir, "--max-prompt", "8"])
     texts = {}
     for b in ("torch", "isa"):
-        out = _ok(capsys, ["run", "--backend", b, out_dir, "--prompt", "def ",
+        out = cli_ok(capsys, ["run", "--backend", b, out_dir, "--prompt", "def ",
                            "--max-new-tokens", "4"])
         texts[b] = [line for line in out.splitlines() if line.startswith(("tokens:", "text:"))]
     assert texts["torch"] == texts["isa"] and texts["isa"][1].startswith("text: def ")
