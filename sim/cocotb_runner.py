@@ -3,7 +3,8 @@
 One build folder per (sources, top, build arguments): the folder name carries a hash of
 all of them, builds are shared between tests and between pytest-xdist workers (a file
 lock serialises the first build), and ccache is used when it is on PATH. A testbench
-returns data to its caller through a JSON file whose path is in ``AIRFOIL_RESULT``.
+reads its case (stimulus, expected values) from the JSON file named by ``AIRFOIL_CASE``
+and returns data to its caller through the JSON file named by ``AIRFOIL_RESULT``.
 
 When a run fails, it is repeated once with the same seed on a build with FST tracing,
 and the waveform path is part of the error, so a failing case always leaves a waveform.
@@ -87,9 +88,11 @@ def build(sources, top: str, *, build_root=None, waves: bool = False,
 
 
 def run_cocotb(*, sources, top: str, test_module: str, test_dir, seed: int,
-               env: dict | None = None, testcase=None, build_root=None,
-               extra_args=(), keep_waves_on_failure: bool = True) -> dict:
+               env: dict | None = None, case: dict | None = None, testcase=None,
+               build_root=None, extra_args=(), keep_waves_on_failure: bool = True) -> dict:
     """Run cocotb test module ``test_module`` (found in ``test_dir``) on ``top``.
+
+    ``case``, if given, is written as JSON to the file named by ``$AIRFOIL_CASE``.
 
     Return the JSON object the testbench wrote to ``$AIRFOIL_RESULT`` (empty if none).
     Raise :class:`RtlFailure` naming the seed (and the kept FST waveform) on failure.
@@ -98,6 +101,11 @@ def run_cocotb(*, sources, top: str, test_module: str, test_dir, seed: int,
 
     bdir = build(sources, top, build_root=build_root, extra_args=extra_args)
     res_dir = Path(tempfile.mkdtemp(prefix=f"{top}-", dir=bdir.parent))
+    env = dict(env or {})
+    if case is not None:
+        case_path = res_dir / "case.json"
+        case_path.write_text(json.dumps(case))
+        env["AIRFOIL_CASE"] = str(case_path)
 
     def attempt(build_dir: Path, waves: bool) -> tuple[bool, dict]:
         runner = get_runner("verilator")
@@ -110,7 +118,7 @@ def run_cocotb(*, sources, top: str, test_module: str, test_dir, seed: int,
         for f in (result_json, xml):
             if f.exists():
                 f.unlink()
-        e = {"AIRFOIL_RESULT": str(result_json), **{k: str(v) for k, v in (env or {}).items()}}
+        e = {"AIRFOIL_RESULT": str(result_json), **{k: str(v) for k, v in env.items()}}
         try:
             runner.test(test_module=test_module, hdl_toplevel=top, build_dir=build_dir,
                         test_dir=Path(test_dir).resolve(), seed=seed, extra_env=e,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from sim.cocotb_runner import run_cocotb
@@ -25,10 +24,6 @@ def run_unpacker_rtl(verilog, meta_json, words: list, expected: list, *, seed: i
     meta = json.loads(Path(meta_json).read_text())
     case = {"words": [f"{w:x}" for w in words], "expected": [f"{b:x}" for b in expected],
             "idle": idle, "stall": stall, "seed": seed, "max_cycles": max_cycles}
-    with tempfile.TemporaryDirectory() as tmp:
-        cpath = Path(tmp) / "case.json"
-        cpath.write_text(json.dumps(case))
-        return run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_unpacker",
-                          test_dir=TB_DIR, seed=seed, build_root=build_root,
-                          env={"AIRFOIL_CASE": str(cpath),
-                               "AIRFOIL_META": str(Path(meta_json).resolve())})
+    return run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_unpacker",
+                      test_dir=TB_DIR, seed=seed, build_root=build_root, case=case,
+                      env={"AIRFOIL_META": str(Path(meta_json).resolve())})

@@ -8,7 +8,6 @@ integer of the ``o__payload`` port's width.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from sim.cocotb_runner import run_cocotb
@@ -32,10 +31,6 @@ def run_stream_case(verilog, meta_json, beats: list, expected: list, *, seed: in
     width = next(p["width"] for p in meta["ports"] if p["name"] == "o__payload")
     case = {"words": [pack(fields, b) for b in beats], "expected": list(expected),
             "out_width": width, "idle": idle, "stall": stall, "seed": seed}
-    with tempfile.TemporaryDirectory() as tmp:
-        cpath = Path(tmp) / "case.json"
-        cpath.write_text(json.dumps(case))
-        return run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_stream",
-                          test_dir=TB_DIR, seed=seed, build_root=build_root,
-                          env={"AIRFOIL_CASE": str(cpath),
-                               "AIRFOIL_META": str(Path(meta_json).resolve())})
+    return run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_stream",
+                      test_dir=TB_DIR, seed=seed, build_root=build_root, case=case,
+                      env={"AIRFOIL_META": str(Path(meta_json).resolve())})
