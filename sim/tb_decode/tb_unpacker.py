@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
 
+from sim.tb_common import drive_cycle_engine
 from sim.tb_decode.engine import StreamEngine
 
 _PORTS = ("words__valid", "words__ready", "words__payload", "beats__valid", "beats__ready",
@@ -34,23 +33,11 @@ async def unpack(dut):
                           [int(b, 16) for b in case["expected"]], seed=case["seed"],
                           idle=case["idle"], stall=case["stall"],
                           max_cycles=case["max_cycles"])
-    sig = {name: getattr(dut, name) for name in _PORTS}
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    for name in ("words__valid", "words__payload", "beats__ready"):
-        sig[name].value = 0
-    dut.rst.value = 1
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    while True:
-        await FallingEdge(dut.clk)
-        ins = engine.step(int(sig["words__ready"].value), int(sig["beats__valid"].value),
-                          int(sig["beats__payload"].value))
-        if ins is None:
-            break
-        sig["words__valid"].value, sig["words__payload"].value, sig["beats__ready"].value = ins
+    await drive_cycle_engine(
+        dut, engine.step, observe=("words__ready", "beats__valid", "beats__payload"),
+        drive=("words__valid", "words__payload", "beats__ready"))
     res = engine.result()
-    res["error_flag"] = int(sig["error"].value)
+    res["error_flag"] = int(dut.error.value)
     if res["errors"]:
         res["error"] = res["errors"][0]
     with open(os.environ["AIRFOIL_RESULT"], "w") as fh:

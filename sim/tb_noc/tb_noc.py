@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
 
+from sim.tb_common import drive_cycle_engine
 from sim.tb_noc.traffic import Schedule, TrafficEngine
 
 _PORTS = ("inj_valid", "inj_data", "inj_ready", "ej_valid", "ej_data", "ej_ready")
@@ -39,21 +38,8 @@ async def traffic(dut):
                            hotspot=p.get("hotspot", 0))
     sched = Schedule(engine, cycles=p.get("cycles"), warmup=p.get("warmup", 0),
                      diameter=design["diameter"], max_cycles=p.get("max_cycles", 200000))
-    sig = {name: getattr(dut, name) for name in _PORTS}
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    for name in ("inj_valid", "inj_data", "ej_ready"):
-        sig[name].value = 0
-    dut.rst.value = 1
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    while True:
-        await FallingEdge(dut.clk)
-        ins = sched.step(int(sig["inj_ready"].value), int(sig["ej_valid"].value),
-                         int(sig["ej_data"].value))
-        if ins is None:
-            break
-        sig["inj_valid"].value, sig["inj_data"].value, sig["ej_ready"].value = ins
+    await drive_cycle_engine(dut, sched.step, observe=("inj_ready", "ej_valid", "ej_data"),
+                             drive=("inj_valid", "inj_data", "ej_ready"))
     res = sched.result()
     if res["errors"]:
         res["error"] = res["errors"][0]
