@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import save_file
 
 from clitools import cli_fails, cli_ok
-from compiler.reference import LlamaReference, LlamaShape
+from llmtools import random_llama
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-llama"
@@ -18,15 +18,9 @@ TINY = REPO / "models" / "tiny-llama"
 
 def _random_hf(path, heads=3, kv=1, hd=32, seed=0):
     """A small random LLaMA checkpoint in HF layout (no tokenizer)."""
-    shape = LlamaShape(vocab_size=40, hidden_size=heads * hd, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=heads,
-                       num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
-                       max_position_embeddings=32, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    m = LlamaReference(shape).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + (p.dim() == 1))
+    m = random_llama(heads=heads, kv=kv, hd=hd, vocab=40, inter=64, layers=1, max_pos=32,
+                     seed=seed)
+    shape = m.shape
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.clone().contiguous() for k, v in m.hf_state_dict().items()},
               str(path / "model.safetensors"))

@@ -12,7 +12,8 @@ from compiler.importers.hf import import_hf
 from compiler.ir import Pipeline, build_llama_graph
 from compiler.llm_recipe import load_llm_recipe, parse_llm_recipe
 from compiler.passes import FoldAttentionScale, Quantize, llm_pipeline, quantized_model
-from compiler.reference import KVCache, LlamaReference, LlamaShape
+from llmtools import random_llama
+from compiler.reference import KVCache
 from sim.golden_llm import GoldenLLM, generate
 
 RECIPE16 = {"weights": [{"match": "*", "format": "int8", "group": 16},
@@ -20,16 +21,8 @@ RECIPE16 = {"weights": [{"match": "*", "format": "int8", "group": 16},
 
 
 def _model(heads=4, kv=2, hd=16, tie=False, seed=0, layers=2):
-    shape = LlamaShape(vocab_size=53, hidden_size=heads * hd, intermediate_size=96,
-                       num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
-                       max_position_embeddings=64, tie_word_embeddings=tie)
-    torch.manual_seed(seed)
-    m = LlamaReference(shape).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + (p.dim() == 1))
-    return m
+    return random_llama(heads=heads, kv=kv, hd=hd, vocab=53, inter=96, layers=layers,
+                        max_pos=64, tie=tie, seed=seed)
 
 
 def _tokens(n, seed=1, vocab=53):

@@ -18,7 +18,7 @@ from compiler.ir import build_llama_graph
 from compiler.llm_recipe import parse_llm_recipe
 from compiler.lower_llm import REG_LEN, REG_POS, REG_T, compile_llm
 from compiler.passes import llm_pipeline, quantized_model
-from compiler.reference import LlamaReference, LlamaShape
+from llmtools import random_llama
 from sim.golden_llm import GoldenLLM, generate, golden_from_folder
 from sim.isa_sim import IsaLLM, generate_isa
 
@@ -30,15 +30,9 @@ VOCAB = 53          # odd: the logit rows are padded to whole memory words
 
 
 def _quantized(heads, kv, hd, tie=False, seed=0, layers=2, inter=96):
-    shape = LlamaShape(vocab_size=VOCAB, hidden_size=heads * hd, intermediate_size=inter,
-                       num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
-                       max_position_embeddings=64, tie_word_embeddings=tie)
-    torch.manual_seed(seed)
-    m = LlamaReference(shape).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + (p.dim() == 1))
+    m = random_llama(heads=heads, kv=kv, hd=hd, vocab=VOCAB, inter=inter, layers=layers,
+                     max_pos=64, tie=tie, seed=seed)
+    shape = m.shape
     g = llm_pipeline(parse_llm_recipe(RECIPE)).run(build_llama_graph(shape, m.hf_state_dict()))
     return quantized_model(g)
 
