@@ -59,6 +59,22 @@ prompt length (FlightLLM's length-adaptive programs).
   ``QUANT_TOKEN``, ``RMSNORM``, ``ROPE``, ``SILU``, ``MUL``, ``ADD``, ``ATT_QK``, ``SOFTMAX``
   and ``ATT_PV``, each exactly the function of :mod:`airfoil.fixedpoint` it names (the
   operand layouts are documented on :class:`SfuFunc`).
+
+Version 3 (streamed weights through the decode unit; additive)
+--------------------------------------------------------------
+* :class:`Buffer` ``WSTREAM = 5`` (``LD`` only): the ``count`` rows of ``nbytes`` are not
+  written to a buffer but sent, in order, to the MATRIX unit's decode unit as a stream of
+  memory words of the packed weight-stream format of :mod:`airfoil.packing` (records that
+  carry their own format, group size, N:M sparsity and FP16 scales). ``buf_addr`` must be
+  0. The stream is a FIFO between the LOAD and MATRIX units: the load waits while it is
+  full, so a program must not make such a load wait (through tokens) for a matrix
+  instruction that consumes a later part of the stream.
+* :class:`WeightFormat` ``STREAM = 4`` (``MV``/``MM``): the weights come from that stream
+  instead of a WGT tile: the instruction consumes, for each batch of ``chains`` rows
+  (``rows`` padded up), the ``k / group`` records of its group columns in k order (PAD
+  records and padding between them are skipped). ``group`` must equal every record's
+  group; ``sparsity`` must be ``DENSE`` (the records name theirs); ``bias`` must be 0;
+  ``wbuf_addr`` is ignored. A record whose group differs is MALFORMED.
 """
 
 from __future__ import annotations
@@ -76,7 +92,7 @@ __all__ = [
 ]
 
 #: Version of the encoding; a program of another version is refused.
-ISA_VERSION = 2
+ISA_VERSION = 3
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 HEADER_BITS = 16
@@ -123,6 +139,7 @@ class Buffer(enum.Enum, shape=3):
     OUT = 2     #: requantized results
     KV = 3      #: key/value cache
     AUX = 4     #: tables, masks, metadata
+    WSTREAM = 5  #: v3, LD only: packed weight stream to the MATRIX unit's decode unit
 
 
 class WeightFormat(enum.Enum, shape=4):
@@ -131,6 +148,7 @@ class WeightFormat(enum.Enum, shape=4):
     INT8 = 1
     INT2 = 2
     INT3 = 3
+    STREAM = 4  #: v3: records of the packed weight stream (LD ``WSTREAM``), mixed formats
 
 
 class Sparsity(enum.Enum, shape=4):

@@ -1,0 +1,77 @@
+"""The contract between the SFU unit and its function kernels.
+
+The special-function unit (``SFU`` instructions) is a front end that takes an instruction
+from its queue, resolves its run-time registers, and starts the *kernel* of its
+:class:`~airfoil.isa.SfuFunc`; each kernel computes its function of
+:mod:`airfoil.fixedpoint` bit-exactly over the rows the instruction names.
+
+A kernel is a :class:`wiring.Component` with the members of :func:`kernel_signature`:
+
+* ``start`` (in, one cycle) with ``args`` (:data:`ARGS_LAYOUT`) stable from ``start``
+  until ``done``; ``args`` holds the instruction's fields with registers already
+  resolved (``rows`` = ``regs[rows_reg]`` or the field, ``heads`` = 1 for a field of 0,
+  ``pos`` = ``regs[pos_reg]`` or 0, ``length`` = ``regs[len_reg]`` or 0).
+* ``busy`` (out) from the cycle after ``start`` until ``done``; ``done`` (out) one cycle
+  when the kernel has issued its last write. ``err``/``err_code`` (out) are valid with
+  ``done`` (``MALFORMED`` for arguments the function cannot take, e.g. an odd RoPE
+  segment); buffer range is checked by the unit, not by kernels.
+* Two read ports ``src`` and ``aux`` (:func:`read_port_signature`): the kernel drives a
+  byte address (a multiple of 4) and ``en``; the 32-bit little-endian word at that
+  address is on ``data`` in the next cycle (latency 1, like a synchronous RAM). ``src``
+  reads the instruction's ``src`` buffer, ``aux`` its ``aux`` buffer.
+* One write port ``dst`` (:func:`write_port_signature`): byte address (multiple of 4),
+  32-bit data, 4 byte enables; into the instruction's ``dst`` buffer.
+
+The unit grants every port access in the cycle it is made (kernels never stall on a
+port), so a kernel's cycle count depends only on its arguments. Kernels hold their own
+tables (reciprocal, rsqrt, exp, sigmoid) as ROMs generated from :mod:`airfoil.fixedpoint`.
+"""
+
+from __future__ import annotations
+
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from airfoil import isa
+
+__all__ = ["ADDR_BITS", "ARGS_LAYOUT", "read_port_signature", "write_port_signature",
+           "kernel_signature"]
+
+#: Byte address width of kernel ports (every on-chip buffer is below 16 MiB).
+ADDR_BITS = 24
+
+#: Resolved arguments of one SFU instruction.
+ARGS_LAYOUT = data.StructLayout({
+    "func": isa.SfuFunc,
+    "n": 20,
+    "rows": 32,
+    "heads": 10,
+    "kv_heads": 10,
+    "pos": 32,
+    "length": 32,
+    "src_addr": ADDR_BITS,
+    "dst_addr": ADDR_BITS,
+    "aux_addr": ADDR_BITS,
+    "imm0": 32,
+    "imm1": 32,
+})
+
+
+def read_port_signature() -> wiring.Signature:
+    """Kernel-side read port: ``addr``/``en`` out, ``data`` in one cycle later."""
+    return wiring.Signature({"addr": Out(ADDR_BITS), "en": Out(1), "data": In(32)})
+
+
+def write_port_signature() -> wiring.Signature:
+    """Kernel-side write port: ``addr``, ``data`` and byte enables ``en`` out."""
+    return wiring.Signature({"addr": Out(ADDR_BITS), "data": Out(32), "en": Out(4)})
+
+
+def kernel_signature() -> dict:
+    """Members of every SFU kernel component (see the module docstring)."""
+    return {
+        "start": In(1), "args": In(ARGS_LAYOUT),
+        "busy": Out(1), "done": Out(1), "err": Out(1), "err_code": Out(isa.ErrorCode),
+        "src": Out(read_port_signature()), "aux": Out(read_port_signature()),
+        "dst": Out(write_port_signature()),
+    }
