@@ -13,8 +13,16 @@ from .axi_read import read_cmd_layout
 
 __all__ = ["ENTRY_LAYOUT", "Fetch"]
 
-#: An instruction on its way to a unit: the ISA layout and its index in the program.
-ENTRY_LAYOUT = data.StructLayout({"instr": isa.INSTR_LAYOUT, "index": 32})
+#: An instruction on its way to a unit: the ISA layout, its index in the program and
+#: ``rv``, the values of the run-time registers it names, read by the dispatcher when it
+#: queues the instruction (0 for a register field of 0; Fetch leaves them 0):
+#:
+#: * ``LD``/``ST``: ``rv[0] = regs[count_reg]``, ``rv[1] = regs[row_reg]``;
+#: * ``MV``/``MM``: ``rv[0] = regs[m_reg]``;
+#: * ``SFU``: ``rv[0] = regs[rows_reg]``, ``rv[1] = regs[pos_reg]``,
+#:   ``rv[2] = regs[len_reg]``.
+ENTRY_LAYOUT = data.StructLayout({"instr": isa.INSTR_LAYOUT, "index": 32,
+                                  "rv": data.ArrayLayout(32, 3)})
 
 
 class Fetch(wiring.Component):
