@@ -5,6 +5,7 @@
   word at a time (word granularity), read a whole step per cycle by the operand side and
   once more by the scale/bias reader.
 * OUT: one memory word per row with byte write enables (results of 1, 2 or 4 bytes).
+* KV, AUX: one memory word per row (key/value records; tables, gains, scale pairs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class BufferGeometry:
     wgt_bytes: int
     out_bytes: int
     wgt_bits: int
+    kv_bytes: int = 0
+    aux_bytes: int = 0
 
     @classmethod
     def of(cls, config: AccelConfig) -> "BufferGeometry":
@@ -55,7 +58,8 @@ class BufferGeometry:
                               f"({2 * step // 8} bytes), not {config.buffers.weight_bytes}")
         return cls(word_bits=wbits, act_bytes=config.buffers.act_bytes,
                    wgt_bytes=config.buffers.weight_bytes, out_bytes=config.buffers.out_bytes,
-                   wgt_bits=step)
+                   wgt_bits=step, kv_bytes=config.buffers.kv_bytes,
+                   aux_bytes=config.buffers.aux_bytes)
 
     @property
     def word_bytes(self) -> int:
@@ -72,6 +76,14 @@ class BufferGeometry:
     @property
     def out_depth(self) -> int:
         return self.out_bytes // self.word_bytes
+
+    @property
+    def kv_depth(self) -> int:
+        return self.kv_bytes // self.word_bytes
+
+    @property
+    def aux_depth(self) -> int:
+        return self.aux_bytes // self.word_bytes
 
     @property
     def wgt_depth(self) -> int:
