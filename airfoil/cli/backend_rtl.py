@@ -20,8 +20,9 @@ from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 from airfoil.folder import OUT_DTYPES, load_folder
 from airfoil.isa import ErrorCode
+from sim.llm_host import LLMHost
 
-__all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS"]
+__all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS", "RtlLLM", "generate_rtl"]
 
 #: Name of the top-level Verilog module.
 TOP = "airfoil_core"
@@ -34,10 +35,8 @@ WAIVERS = _HDL / "core" / "airfoil_core.vlt"
 
 def _source_digest(config: AccelConfig) -> str:
     h = hashlib.sha256(config.config_hash.encode())
-    for p in sorted(_HDL.glob("core/*.py")) + sorted(_HDL.glob("*.py")) + [
-            _HDL / "dsp_chain" / "dense.py", _HDL / "decode_unit" / "rescaler.py",
-            _HDL / "decode_unit" / "fp16.py", WAIVERS]:
-        h.update(p.name.encode() + p.read_bytes())
+    for p in sorted(_HDL.rglob("*.py")) + [WAIVERS]:
+        h.update(str(p.relative_to(_HDL)).encode() + p.read_bytes())
     for name in ("isa.py", "formats.py", "csr.py", "config.py", "program.py"):
         h.update((_HDL.parent / "airfoil" / name).read_bytes())
     return h.hexdigest()[:16]
@@ -108,3 +107,48 @@ def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: b
     stats = {"cycles": res["cycles"], "instructions": res["retired"],
              "read_beats": res["read_beats"], "seed": int(seed), "stalls": bool(stalls)}
     return out, stats
+
+
+class RtlLLM(LLMHost):
+    """An LLM folder's sequence on the RTL core: each program run is one Verilator run.
+
+    The image goes to the memory model before each run; the logits and the KV cache are
+    read back after it, so the cache persists between runs as on a board. ``stats`` of a
+    run hold the core's ``cycles`` and concurrency counters.
+    """
+
+    def __init__(self, folder, config: AccelConfig, *, seed: int = 0, stalls: bool = True,
+                 build_dir="build"):
+        super().__init__(folder, config)
+        self.seed, self.stalls = int(seed), bool(stalls)
+        self.paths = emit_core(config, build_dir)
+        self.build_root = Path(build_dir) / "sim"
+
+    def execute(self, phase: str, T: int) -> dict:
+        from sim.rtl import DEFAULT_STALL, RtlCase, run_core
+
+        lo, hi = self.logits_span(T)
+        klo, khi = self.kv_span()
+        case = RtlCase(program=self.programs[phase].to_bytes(), image=bytes(self.image),
+                       seed=self.seed + len(self.runs),
+                       stall=DEFAULT_STALL if self.stalls else 0.0,
+                       read_back={"logits": (lo, hi - lo), "kv": (klo, khi - klo)},
+                       max_cycles=50_000_000, poll=256)
+        res = run_core(verilog=self.paths["sources"], meta=self.paths["meta"],
+                       config=self.config, cases=[case], build_root=self.build_root)[0]
+        if not res["done"] or res["error"]:
+            what = (f"error {ErrorCode(res['err_code']).name} at instruction {res['err_pc']}"
+                    if res["error"] else "no finish within the cycle limit")
+            raise AirfoilError(f"rtl: {phase} stopped with {what} (seed {case.seed})")
+        self.image[lo:hi] = res["reads"]["logits"]
+        self.image[klo:khi] = res["reads"]["kv"]
+        stats = {k: v for k, v in res.items() if k not in ("reads",)}
+        stats["seed"] = case.seed
+        return stats
+
+
+def generate_rtl(folder, config: AccelConfig, prompt, max_new_tokens: int, *, seed: int = 0,
+                 stalls: bool = True, build_dir="build") -> tuple[list[int], list[dict]]:
+    """Greedy generation on the RTL core; return the new tokens and per-run stats."""
+    llm = RtlLLM(folder, config, seed=seed, stalls=stalls, build_dir=build_dir)
+    return llm.generate(prompt, max_new_tokens), llm.runs

@@ -119,8 +119,9 @@ def prompt_tokens(args, folder) -> tuple[list[int], object]:
     return ids, tok
 
 
-def generate_backend(backend, folder, config, prompt, max_new_tokens):
-    """Greedy generation on ``torch`` (golden) or ``isa``; return ``(tokens, runs)``."""
+def generate_backend(backend, folder, config, prompt, max_new_tokens, *, seed=0):
+    """Greedy generation on ``torch`` (golden), ``isa`` or ``rtl``; return
+    ``(tokens, runs)``."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise AirfoilError(f"--max-new-tokens must be a non-negative integer, not "
                            f"{max_new_tokens!r}")
@@ -134,8 +135,10 @@ def generate_backend(backend, folder, config, prompt, max_new_tokens):
     if backend == "isa":
         from sim.isa_sim import generate_isa
         return generate_isa(folder, config, prompt, max_new_tokens)
-    raise AirfoilError(f"backend {backend!r} does not run LLM folders yet (accepted: torch, "
-                       f"isa)")
+    if backend == "rtl":
+        from .backend_rtl import generate_rtl
+        return generate_rtl(folder, config, prompt, max_new_tokens, seed=seed)
+    raise AirfoilError(f"unknown backend {backend!r} (accepted: torch, isa, rtl)")
 
 
 def _show_text(tok, ids) -> str:
@@ -146,7 +149,8 @@ def _show_text(tok, ids) -> str:
 
 def run_llm(args, folder, config) -> int:
     prompt, tok = prompt_tokens(args, folder)
-    out, runs = generate_backend(args.backend, folder, config, prompt, args.max_new_tokens)
+    out, runs = generate_backend(args.backend, folder, config, prompt, args.max_new_tokens,
+                                 seed=args.seed)
     print(f"backend {args.backend}: {len(prompt)} prompt tokens, {len(out)} new tokens")
     print(f"tokens: {' '.join(map(str, out))}")
     print(f"text: {_show_text(tok, prompt)}{_show_text(tok, out)!s}")

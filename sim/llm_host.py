@@ -1,0 +1,135 @@
+"""The host side of an LLM folder's length-adaptive programs, for every executing backend.
+
+Before each run the host writes the parameter block (int32 ``pos``, ``T``,
+``len = pos + T``) and the ``T`` token ids into the memory image, runs the phase's
+program (``prefill`` for the prompt, ``decode`` for each new token), and reads the ``T``
+logit rows back; the KV cache lives in the image, so it persists between runs. Greedy
+generation takes the first index of the largest logit.
+
+:class:`LLMHost` does all of that; a backend subclass only says how a program runs on
+an image (:meth:`LLMHost.execute`): the ISA simulator in place, the RTL core through
+Verilator with the KV cache read back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from airfoil.config import AccelConfig
+from airfoil.errors import AirfoilError, ProgramError
+
+__all__ = ["LLMHost", "greedy"]
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """Index of the first largest value of a 1-D logit vector."""
+    return int(torch.nonzero(logits == logits.max())[0, 0])
+
+
+class LLMHost:
+    """One sequence of an LLM folder: prefill, decode, generate.
+
+    Parameters
+    ----------
+    folder : Folder
+        A compiled folder of kind ``llm``.
+    config : AccelConfig
+        The configuration it was compiled for.
+    """
+
+    def __init__(self, folder, config: AccelConfig):
+        if folder.kind != "llm":
+            raise AirfoilError(f"{folder.path}: not an LLM folder (kind {folder.kind!r})")
+        if folder.manifest["config_hash"] != config.config_hash:
+            raise AirfoilError(f"folder compiled for config hash "
+                               f"{folder.manifest['config_hash']}, but config {config.name!r} "
+                               f"has hash {config.config_hash}")
+        self.folder, self.config = folder, config
+        self.image = bytearray(folder.image)
+        mm = folder.manifest["model"]
+        self.layout = mm["layout"]
+        self.vocab = mm["shape"]["vocab_size"]
+        self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
+        self.programs = {}
+        for phase in ("prefill", "decode"):
+            prog = folder.phase_program(phase)
+            if prog.config_hash != config.config_hash_bytes:
+                raise ProgramError(f"{phase} program compiled for config hash "
+                                   f"{prog.config_hash.hex()}, not {config.config_hash}")
+            self.programs[phase] = prog
+        self.position = 0
+        self.runs: list[dict] = []
+
+    # -- what a backend provides ----------------------------------------------------------
+
+    def execute(self, phase: str, T: int) -> dict:
+        """Run ``phase``'s program on :attr:`image` (updated in place: logits, KV cache);
+        return the run's statistics (at least ``cycles``)."""
+        raise NotImplementedError
+
+    # -- the host ----------------------------------------------------------------------------
+
+    def kv_span(self) -> tuple[int, int]:
+        """Byte range of the image holding every layer's K and V cache."""
+        lay = self.layout
+        starts = [v for k, v in lay.items() if k.endswith(("kcache", "vcache"))]
+        if not starts:
+            raise AirfoilError("the folder's layout names no KV cache")
+        lo = min(starts)
+        ends = [v for k, v in lay.items() if isinstance(v, int) and v > max(starts)]
+        hi = min(ends) if ends else len(self.image)
+        return lo, hi
+
+    def logits_span(self, T: int) -> tuple[int, int]:
+        """Byte range of the ``T`` logit rows."""
+        return self.layout["logits"], self.layout["logits"] + T * self.layout["logits_row"]
+
+    def _run(self, phase: str, tokens) -> torch.Tensor:
+        tok = [int(t) for t in tokens]
+        T, pos = len(tok), self.position
+        if any(not 0 <= t < self.vocab for t in tok):
+            raise AirfoilError(f"token id outside the vocabulary 0..{self.vocab - 1}")
+        if pos + T > self.max_pos:
+            raise AirfoilError(f"{pos + T} positions exceed the {self.max_pos} the folder holds")
+        lay = self.layout
+        self.image[lay["params"]:lay["params"] + 12] = np.array(
+            [pos, T, pos + T], dtype="<i4").tobytes()
+        self.image[lay["ids"]:lay["ids"] + 4 * T] = np.array(tok, dtype="<i4").tobytes()
+        stats = self.execute(phase, T)
+        stats["phase"], stats["tokens"], stats["position"] = phase, T, pos
+        self.runs.append(stats)
+        self.position = pos + T
+        row = lay["logits_row"] // 4
+        raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
+        return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.vocab]
+
+    def prefill(self, tokens) -> torch.Tensor:
+        """Start a sequence with ``tokens``; return their ACT logits (T, vocab).
+
+        Up to ``max_prompt`` tokens run as one prefill; the rest follow as decode steps
+        (the same arithmetic, so the logits are identical).
+        """
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise AirfoilError("the prompt is empty (at least one token is needed)")
+        self.position = 0
+        head = self._run("prefill", tokens[:self.max_prompt])
+        rest = [self._run("decode", [t]) for t in tokens[self.max_prompt:]]
+        return torch.cat([head] + rest)
+
+    def decode(self, token: int) -> torch.Tensor:
+        """Run one token after the cached positions; return its ACT logits (vocab,)."""
+        return self._run("decode", [token])[0]
+
+    def generate(self, prompt, max_new_tokens: int) -> list[int]:
+        """Greedy generation: the ``max_new_tokens`` tokens after ``prompt``."""
+        out: list[int] = []
+        if max_new_tokens:
+            logits = self.prefill(prompt)[-1]
+            while True:
+                out.append(greedy(logits))
+                if len(out) == max_new_tokens:
+                    break
+                logits = self.decode(out[-1])
+        return out
