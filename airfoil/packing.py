@@ -133,7 +133,8 @@ __all__ = [
     "pack_records", "parse_stream", "expected_beats", "beat_layout", "beat_value",
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
     "deinterleave",
-    "bits_per_weight",
+    "bits_per_weight", "read_records", "STREAM_FORMATS", "DEFAULT_MIXED",
+    "core_stream_geometry", "quantize_stream",
 ]
 
 
@@ -571,10 +572,27 @@ def parse_stream(geom: StreamGeometry, raw: bytes) -> list:
     W = geom.word_bits
     if len(raw) % (W // 8):
         raise CompileError(f"stream of {len(raw)} bytes is not whole {W}-bit words")
+    records, pos = read_records(geom, raw)
+    if pos < len(raw) * 8:
+        raise CompileError(f"record at stream bit {pos} runs past the end of the stream")
+    return records
+
+
+def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
+                 count: int | None = None) -> tuple[list, int]:
+    """Read up to ``count`` records (all when ``None``) from stream bit ``start`` on.
+
+    PAD tags and the padding after them are skipped. Return ``(records, pos)``: the
+    records read and the bit after the last one (after the padding that follows it when
+    ``count`` is ``None``). Fewer than ``count`` records come back when the bits run out
+    (a record cut off by the end of ``raw`` is not returned, and ``pos`` is its start).
+    Raise :class:`CompileError` naming the bit position of a malformed header.
+    """
+    W = geom.word_bits
     bits = _bits_le(bytes(raw), len(raw) * 8)
     codes = {c: g for g, c in GROUP_CODES.items()}
-    pos, records = 0, []
-    while pos < bits.size:
+    pos, records = start, []
+    while pos < bits.size and (count is None or len(records) < count):
         ph = pos % W
         tagv = _uint(bits[pos:pos + 4]) if ph <= W - HEADER_FIXED_BITS else 0
         if tagv == RecordTag.PAD.value:
@@ -591,6 +609,8 @@ def parse_stream(geom: StreamGeometry, raw: bytes) -> list:
         if nm and (tag is RecordTag.OVP4 or nm_kept(group, nm) % geom.lanes):
             raise CompileError(f"sparsity code {nm} is not allowed for {tag.name} group "
                                f"{group} at stream bit {pos}")
+        if pos + geom.record_bits(tag, group, nm) > bits.size:
+            break                                   # cut off by the end of the data
         p = pos + HEADER_FIXED_BITS
         sc = np.array([_uint(bits[p + 16 * i:p + 16 * i + 16]) for i in range(geom.rows)],
                       dtype=np.uint16)
@@ -609,7 +629,7 @@ def parse_stream(geom: StreamGeometry, raw: bytes) -> list:
         q = nm_expand(unorder(vals), unorder(idx), nm)
         records.append(Record(tag, group, q, sc, nm))
         pos = p + nvec * L * (b + ib)
-    return records
+    return records, pos
 
 
 def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
@@ -759,3 +779,178 @@ def unpack_tensor(geom: StreamGeometry, image: bytes, *, rows: int, k: int,
 def bits_per_weight(image: bytes, weights: int) -> float:
     """Bits of the image per weight: ``len(image) * 8 / weights``."""
     return len(image) * 8 / weights
+
+
+# -- streamed weights of a core, quantization with a per-record format choice --------------
+
+#: Weight formats a streamed layer may name: one record format, or ``mixed`` (a choice per
+#: record among candidates, :func:`quantize_stream`).
+STREAM_FORMATS = ("int2", "int3", "int4", "int8", "ovp", "mixed")
+#: Candidate formats of ``mixed`` when none are given: two 4-bit formats, as BitMoD mixes
+#: variants of one width (least squared error always prefers the widest of mixed widths).
+DEFAULT_MIXED = ("int4", "ovp")
+
+
+def core_stream_geometry(cfg) -> StreamGeometry:
+    """Stream geometry of an RTL core: one decode unit feeds all ``chains`` chains.
+
+    Records hold ``cfg.chains`` rows, lane-vectors ``cfg.lanes`` weights, words the
+    memory port width. Raise :class:`CompileError` when the core has more chains than a
+    record can hold.
+    """
+    try:
+        return StreamGeometry(word_bits=cfg.memory.word_bits, lanes=cfg.lanes, rows=cfg.chains)
+    except ValueError as e:
+        raise CompileError(f"config {cfg.name!r} cannot stream weights: {e}") from None
+
+
+def _quantize_int(w: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round ``w`` (..., group) by scales ``s`` (...) to symmetric ``bits``-bit integers."""
+    qm = (1 << (bits - 1)) - 1
+    return torch.clamp(torch.round(w / s.unsqueeze(-1)), -qm, qm)
+
+
+def _quantize_ovp(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """OVP4 values of ``w`` (..., group) with scales ``s``: every weight takes the nearest
+    value of :func:`ovp_values`; where a pair then holds an outlier (magnitude > 7), the
+    weight of larger magnitude keeps its value and its partner (the victim) becomes 0."""
+    grid = torch.from_numpy(ovp_values().astype(np.float64))
+    a = (w / s.unsqueeze(-1)).contiguous()
+    i = torch.searchsorted(grid, a).clamp(1, len(grid) - 1)
+    lo, hi = grid[i - 1], grid[i]
+    v = torch.where((a - lo) <= (hi - a), lo, hi)
+    v0, v1 = v[..., 0::2], v[..., 1::2]
+    a0, a1 = a[..., 0::2].abs(), a[..., 1::2].abs()
+    outlier = (v0.abs() > 7) | (v1.abs() > 7)
+    left = a0 >= a1
+    out = v.clone()
+    out[..., 0::2] = torch.where(outlier & ~left, torch.zeros_like(v0), v0)
+    out[..., 1::2] = torch.where(outlier & left, torch.zeros_like(v1), v1)
+    return out
+
+
+#: Scale candidates of INT2..INT4 per group: the largest magnitude over ``qmax`` times these
+#: (above 1: the largest weights clip, the rest gain resolution).
+_INT_CLIP = (1.0, 1.25, 1.5, 2.0)
+#: Scale candidates of OVP4 per group: the largest magnitude over these values (7: no
+#: outliers; larger: the biggest weights become outliers).
+_OVP_SCALE_DIVISORS = (7.0, 12.0, 16.0, 24.0, 32.0)
+
+
+def _fp16(s: torch.Tensor) -> torch.Tensor:
+    s16 = s.to(torch.float16)
+    s16 = torch.where(s16 > 0, s16, torch.tensor(2.0 ** -24, dtype=torch.float16))
+    if bool(torch.isinf(s16).any()):
+        raise CompileError("weights too large: a group scale overflows FP16")
+    return s16
+
+
+def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
+    """Quantize groups ``w`` (..., group) to ``tag``; return ``(values, fp16 scales)``.
+
+    ``floor``: smallest scale (raises tiny scales so the layer's exponents stay in one
+    rescaler window). OVP4 tries each of :data:`_OVP_SCALE_DIVISORS` per group and keeps
+    the least squared error.
+    """
+    amax = w.abs().amax(dim=-1)
+    qm = float((1 << (TAG_BITS[tag] - 1)) - 1)
+    divisors = _OVP_SCALE_DIVISORS if tag is RecordTag.OVP4 else \
+        tuple(qm * c for c in _INT_CLIP) if TAG_BITS[tag] <= 4 else (qm,)
+    best = None
+    for d in divisors:
+        s = amax / d
+        if floor is not None:
+            s = torch.clamp(s, min=floor)
+        s16 = _fp16(s)
+        sf = s16.to(torch.float64)
+        q = _quantize_ovp(w, sf) if tag is RecordTag.OVP4 else \
+            _quantize_int(w, sf, TAG_BITS[tag])
+        err = ((w - q * sf.unsqueeze(-1)) ** 2).sum(dim=-1)
+        if best is None:
+            best = [q, s16, err]
+            continue
+        better = err < best[2]
+        best[0] = torch.where(better.unsqueeze(-1), q, best[0])
+        best[1] = torch.where(better, s16, best[1])
+        best[2] = torch.where(better, err, best[2])
+    return best[0].to(torch.int64), best[1], best[2]
+
+
+def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
+                    sparsity="dense") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Quantize float weights for a packed stream, choosing a format per record.
+
+    The weights are first pruned to ``sparsity`` (magnitude, :func:`airfoil.sparsity.
+    prune_nm`). Each record (``rows`` consecutive rows x one group column; the last row
+    batch padded with zero rows) takes, among ``formats``, the format of least squared
+    error over its weights (ties: the earlier format), as BitMoD's per-group choice. Each
+    row of a record has its own FP16 scale: of a few candidates (its largest magnitude
+    over the format's largest normal value, and for INT2..INT4 smaller ones that clip the
+    largest weights, for OVP4 ones that make them outliers) the one of least squared
+    error for that row; scales
+    are raised to at least ``2**-14`` of the layer's largest, so that every exponent lies
+    in one rescaler window (see :func:`airfoil.formats.quantize_weights`).
+
+    Parameters
+    ----------
+    w : torch.Tensor
+        (R, K) float weights, K a multiple of ``group``.
+    group : int
+        Weights per group (32, 64 or 128).
+    rows : int
+        Rows per record (:attr:`StreamGeometry.rows`).
+    formats : str or sequence
+        One format (``"int4"``) or candidates (``["int2", "int4", "int8"]``).
+    sparsity : str
+        ``"dense"`` or an N:M pattern of :data:`NM_BY_NAME`.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor, numpy.ndarray)
+        int64 values (R, K), float16 scales (R, K / group) and the :class:`RecordTag`
+        value of each record (row batches x group columns), for :func:`pack_tensor`.
+    """
+    from .sparsity import prune_nm
+
+    cands = [record_tag(f) for f in ([formats] if isinstance(formats, (str, RecordTag))
+                                     else list(formats))]
+    if not cands:
+        raise CompileError("quantize_stream needs at least one weight format")
+    nm = nm_code(sparsity)
+    if nm and RecordTag.OVP4 in cands:
+        raise CompileError(f"OVP4 records are dense; sparsity {sparsity!r} needs INT formats "
+                           f"(int2, int3, int4, int8)")
+    if group not in GROUP_CODES:
+        raise CompileError(f"group size {group} cannot be packed (accepted: "
+                           f"{', '.join(map(str, GROUP_CODES))})")
+    if not (isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] % group == 0):
+        raise CompileError(f"weights of shape {tuple(getattr(w, 'shape', ()))} are not "
+                           f"(rows, k) with k a multiple of the group size {group}")
+    R, K = w.shape
+    G, B = K // group, -(-R // rows)
+    wf = w.detach().to(torch.float64)
+    if nm:
+        n, mm = NM_PATTERNS[nm]
+        wf = prune_nm(wf, n, mm)
+    wp = torch.zeros((B * rows, K), dtype=torch.float64)
+    wp[:R] = wf
+    # (B, G, rows, group): one entry per record
+    recs = wp.reshape(B, rows, G, group).permute(0, 2, 1, 3)
+    first = [_quantize_tag(recs, t) for t in cands]
+    smax = max(float(f[1].to(torch.float64).max()) for f in first)
+    floor = smax * 2.0 ** -14 if smax > 0 else None
+    best = None
+    for i, t in enumerate(cands):
+        q, s16, err = _quantize_tag(recs, t, floor)
+        rec_err = err.sum(dim=-1)                               # (B, G)
+        if best is None:
+            best = [q, s16, rec_err, torch.full((B, G), t.value, dtype=torch.int64)]
+            continue
+        better = rec_err < best[2]
+        best[0] = torch.where(better[..., None, None], q, best[0])
+        best[1] = torch.where(better[..., None], s16, best[1])
+        best[2] = torch.where(better, rec_err, best[2])
+        best[3] = torch.where(better, torch.full_like(best[3], t.value), best[3])
+    q = best[0].permute(0, 2, 1, 3).reshape(B * rows, K)[:R].contiguous()
+    s16 = best[1].permute(0, 2, 1).reshape(B * rows, G)[:R].contiguous()
+    return q, s16, best[3].numpy()

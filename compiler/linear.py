@@ -25,6 +25,33 @@ A tile is a block of output rows (a multiple of ``chains``) times a chunk of K (
 when it fits half the WGT buffer, else several chunks accumulated with ``acc_init`` and
 ``final``). Each OUT half collects the results of consecutive tiles whose first row is
 word-aligned in memory, so every ST is a whole number of memory words.
+
+Streamed weights (ISA version 3, ``stream=True``; implied by ``wformat`` ``ovp`` or
+``mixed`` or by a sparsity other than ``dense``): the weights are pruned to N:M
+(:func:`airfoil.sparsity.prune_nm`), quantized per record with a format per layer or a
+per-record choice (:func:`airfoil.packing.quantize_stream`) and packed into one stream
+per tile (:func:`airfoil.packing.pack_tensor`, records of ``chains`` rows,
+:func:`airfoil.packing.core_stream_geometry`); ``weights.bin`` holds the streams, each
+contiguous. A tile is a block of output rows (a multiple of ``chains``) times all of K,
+with no WGT buffer to fit::
+
+    LD ACT x
+    [LD WGT bias tile t] LD WSTREAM tile t      t = 0 .. 3; the LD WSTREAM releases MATRIX
+    for each tile t:
+        [MV bias tile t]    acc_init=1, final=0, bias=1 (the wait moves here)
+        MV STREAM t     wait LOAD (+ STORE before reusing an OUT half), release LOAD
+                        (for the load of tile t+4) and STORE (at the end of an OUT half)
+        ST OUT half     wait MATRIX, release MATRIX       (when an OUT half is full)
+        [LD WGT bias tile t+4] LD WSTREAM t+4   wait MATRIX (MV t consumed an earlier part
+                                                of the stream), release MATRIX
+    SYS HALT
+
+LOAD runs up to three tiles ahead; a load only ever waits for a matrix instruction that
+consumes an earlier part of the stream, so a full stream FIFO cannot deadlock it.
+A STREAM instruction carries no bias, so a layer's bias rides in a *bias tile* per row
+block (the bracketed steps): a WGT tile of one group of zero weights (``int4``, or the
+config's first format) whose scales are the layer's smallest, holding the int32 bias; its
+MV starts the accumulators from the bias and the MV STREAM continues them (``acc_init=0``).
 """
 
 from __future__ import annotations
@@ -41,14 +68,20 @@ from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax,
                              quantize_act, quantize_weights, requant_params, tile_layout,
                              weight_format)
-from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit, encode
+from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
+                         WeightFormat, encode)
+from airfoil.packing import (DEFAULT_MIXED, HEADER_FIXED_BITS, NM_BY_NAME, STREAM_FORMATS,
+                             TAG_BITS, RecordTag, core_stream_geometry, nm_code, nm_index_bits,
+                             nm_kept, pack_tensor, quantize_stream, record_tag)
+from airfoil.sparsity import prune_nm
 from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
 from .recipe import OUT_FORMATS
 
-__all__ = ["compile_linear", "plan_linear", "LinearPlan", "MIN_TILES", "CALIB_ROWS"]
+__all__ = ["compile_linear", "plan_linear", "plan_stream", "LinearPlan", "MIN_TILES",
+           "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
 #: so loading the first tile is a small part of the run.
@@ -58,6 +91,11 @@ CALIB_ROWS = 8
 #: Most weight tiles in flight: the WGT buffer is split into this many slots when the
 #: tiles are small enough (at least two: double buffering).
 MAX_WGT_SLOTS = 4
+
+#: Tiles the LOAD unit streams ahead of MATRIX (streamed weights).
+STREAM_SLOTS = 4
+#: Largest stream one LD moves (its 24-bit ``nbytes`` field).
+MAX_STREAM_BYTES = (1 << 24) - 1
 
 _OUT_FMT = {8: OutFormat.INT8, 16: OutFormat.INT16, 32: OutFormat.INT32}
 
@@ -146,22 +184,8 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
     # Rows per tile: a multiple of chains; an OUT half holds a word-aligned whole number
     # of tiles.
-    ob = out_bits // 8
-    half_rows = (config.buffers.out_bytes // 2) // ob
-    wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
-    limit = min(_up(n, chains), max(chains, _up(-(-n // MIN_TILES), chains)))
-    rows_per_tile = 0
-    for r in range(chains, limit + 1, chains):
-        if nbytes(r, kc) > half_w:
-            break
-        if math.lcm(r, wq) <= half_rows:
-            rows_per_tile = r
-    if rows_per_tile == 0:
-        raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
-                           f"({half_rows} outputs of {out_bits} bits) cannot hold "
-                           f"{math.lcm(chains, wq)} rows")
-    step = math.lcm(rows_per_tile, wq)
-    group_rows = (half_rows // step) * step
+    rows_per_tile, group_rows = _rows_per_tile(n, config, out_bits,
+                                               lambda r: nbytes(r, kc) <= half_w)
     tiles = []
     for row0 in range(0, n, rows_per_tile):
         rows = min(rows_per_tile, n - row0)
@@ -178,6 +202,95 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         slots *= 2
     slot_bytes = (wgt // slots) // wb * wb
     return LinearPlan(rows_per_tile, chunks, group_rows, tiles, slots, slot_bytes)
+
+
+def _rows_per_tile(n: int, config: AccelConfig, out_bits: int, fits) -> tuple[int, int]:
+    """Rows per tile (a multiple of chains, ``fits(rows)`` true) and rows per OUT half."""
+    chains, wb = config.chains, config.word_bytes
+    ob = out_bits // 8
+    half_rows = (config.buffers.out_bytes // 2) // ob
+    wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
+    limit = min(_up(n, chains), max(chains, _up(-(-n // MIN_TILES), chains)))
+    rows_per_tile = 0
+    for r in range(chains, limit + 1, chains):
+        if not fits(r):
+            break
+        if math.lcm(r, wq) <= half_rows:
+            rows_per_tile = r
+    if rows_per_tile == 0:
+        raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
+                           f"({half_rows} outputs of {out_bits} bits) cannot hold "
+                           f"{math.lcm(chains, wq)} rows")
+    step = math.lcm(rows_per_tile, wq)
+    return rows_per_tile, (half_rows // step) * step
+
+
+def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
+                max_tile_bytes: int | None = None, tile_bytes=None,
+                bias_layout=None) -> LinearPlan:
+    """Tiles of an ``n x k`` layer of streamed weights: row blocks times all of K.
+
+    ``tile_bytes(rows)`` bounds a tile's stream bytes (default: none); a tile's stream
+    must fit one LD (:data:`MAX_STREAM_BYTES`) and ``max_tile_bytes`` when given.
+    ``bias_layout(rows)``: the :class:`airfoil.formats.TileLayout` of a bias tile (layers
+    with a bias), which must fit one of :data:`STREAM_SLOTS` WGT slots.
+    """
+    if _up(k, config.word_bytes) > config.buffers.act_bytes:
+        raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
+                           f"bytes in config {config.name!r})")
+    cap = min(MAX_STREAM_BYTES, int(max_tile_bytes) if max_tile_bytes else MAX_STREAM_BYTES)
+    size = tile_bytes or (lambda r: 0)
+    if size(config.chains) > cap:
+        raise CompileError(f"the stream of {config.chains} rows x {k} weights "
+                           f"({size(config.chains)} bytes) exceeds one load ({cap} bytes)")
+    slot = (config.buffers.weight_bytes // STREAM_SLOTS) // config.word_bytes * \
+        config.word_bytes
+    bsize = (lambda r: bias_layout(r).nbytes) if bias_layout else (lambda r: 0)
+    if bsize(config.chains) > slot:
+        raise CompileError(f"the bias tile of {config.chains} rows ({bsize(config.chains)} "
+                           f"bytes) does not fit a quarter of the WGT buffer ({slot} bytes)")
+    rows_per_tile, group_rows = _rows_per_tile(
+        n, config, out_bits, lambda r: size(r) <= cap and bsize(r) <= slot)
+    tiles = [{"row0": r0, "rows": min(rows_per_tile, n - r0), "col0": 0, "cols": k,
+              "bias": bias_layout is not None,
+              "layout": bias_layout(min(rows_per_tile, n - r0)) if bias_layout else None}
+             for r0 in range(0, n, rows_per_tile)]
+    return LinearPlan(rows_per_tile, [(0, k)], group_rows, tiles, STREAM_SLOTS, slot)
+
+
+def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
+    """Check the options of streamed weights; return ``(formats, nm code, label)``."""
+    name = str(wformat).lower()
+    if name not in STREAM_FORMATS and name != "ovp4":
+        raise CompileError(f"streamed weight format {wformat!r} is not accepted (accepted: "
+                           f"{', '.join(STREAM_FORMATS)})")
+    if not isinstance(sparsity, str) or sparsity not in NM_BY_NAME:
+        raise CompileError(f"sparsity {sparsity!r} is not accepted (accepted: "
+                           f"{', '.join(NM_BY_NAME)})")
+    nm = nm_code(sparsity)
+    if name == "mixed":
+        cands = DEFAULT_MIXED if mixed_formats is None else mixed_formats
+        if isinstance(cands, str):
+            cands = [c.strip() for c in cands.split(",") if c.strip()]
+        cands = list(cands)
+        if not cands:
+            raise CompileError("mixed formats: the candidate list is empty (accepted: "
+                               "int2, int3, int4, int8, ovp)")
+        for c in cands:
+            if str(c).lower() not in STREAM_FORMATS[:5] and str(c).lower() != "ovp4":
+                raise CompileError(f"mixed formats: {c!r} is not a record format (accepted: "
+                                   f"{', '.join(STREAM_FORMATS[:5])})")
+        formats = [record_tag(c) for c in cands]
+    else:
+        if mixed_formats is not None:
+            raise CompileError(f"mixed formats apply to wformat 'mixed', not {wformat!r}")
+        formats = [record_tag(name)]
+    if nm and RecordTag.OVP4 in formats:
+        raise CompileError(f"ovp weights are dense; sparsity {sparsity!r} needs int2, int3, "
+                           f"int4 or int8 (a mixed list without ovp)")
+    geom = core_stream_geometry(config)
+    geom.check_group(group, nm)
+    return formats, nm, name
 
 
 def _check_args(weight, bias, config, wformat, group, out_format):
@@ -239,6 +352,17 @@ def _calibrate(weight, bias, calib, seed, k, out_bits, k0):
     return x_scale, y_scale, req_m, req_s, x_q
 
 
+def _bias_units(bias, k0: int, x_scale: float):
+    """The bias in int32 accumulator units (``None`` without a bias)."""
+    if bias is None:
+        return None
+    bias_q = torch.round(bias.detach().to(torch.float64) / (2.0 ** k0 * x_scale))
+    if float(bias_q.abs().max()) >= 2 ** 31:
+        raise CompileError("bias does not fit in int32 accumulator units; its magnitude "
+                           "is too large against the input and weight scales")
+    return bias_q.to(torch.int64)
+
+
 def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
     """Split a transfer into word-aligned slices, one per memory channel (up to all)."""
     wb, mem = config.word_bytes, config.memory
@@ -250,7 +374,8 @@ def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
 def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
                    out_dir, *, wformat="int4", group=128, out_format="int8",
                    calib: torch.Tensor | None = None, seed: int = 0,
-                   max_tile_bytes: int | None = None) -> dict:
+                   max_tile_bytes: int | None = None, stream: bool | None = None,
+                   sparsity: str = "dense", mixed_formats=None) -> dict:
     """Quantize and compile one linear layer ``y = W x + b`` into ``out_dir``.
 
     Parameters
@@ -276,13 +401,36 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     seed : int
         Seed of the random calibration sample.
     max_tile_bytes : int, optional
-        Cap on a weight tile's bytes (forces K-splits in tests).
+        Cap on a weight tile's bytes (forces K-splits in tests; with streamed weights,
+        smaller row blocks).
+    stream : bool, optional
+        Stream the weights through the decode unit (``LD WSTREAM`` + ``MV STREAM``)
+        instead of WGT tiles. Default: only when ``wformat`` is ``ovp`` or ``mixed`` or
+        ``sparsity`` is not ``dense``.
+    sparsity : str
+        Streamed weights: ``dense`` or an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
+        ``8:16``): magnitude pruning before quantization.
+    mixed_formats : str or sequence of str, optional
+        Candidates of ``wformat="mixed"`` (default
+        :data:`airfoil.packing.DEFAULT_MIXED`), e.g. ``"int2,int4,int8"``: each record
+        (``chains`` rows x one group) takes the one of least squared error.
 
     Returns
     -------
     dict
         The manifest written to ``manifest.json``.
     """
+    if stream is None:
+        stream = (str(wformat).lower() in ("ovp", "ovp4", "mixed") or sparsity != "dense"
+                  or mixed_formats is not None)
+    if stream:
+        return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
+                               out_format=out_format, calib=calib, seed=seed,
+                               max_tile_bytes=max_tile_bytes, sparsity=sparsity,
+                               mixed_formats=mixed_formats)
+    if sparsity != "dense":
+        raise CompileError(f"sparsity {sparsity!r} needs streamed weights (stream=True); WGT "
+                           f"tiles are dense")
     wf = _check_args(weight, bias, config, wformat, group, out_format)
     n, k = weight.shape
     bits = FORMAT_BITS[wf]
@@ -294,13 +442,7 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
     x_scale, y_scale, req_m, req_s, x_q = _calibrate(weight, bias, calib, seed, k, out_bits, k0)
-    bias_q = None
-    if bias is not None:
-        bias_q = torch.round(bias.detach().to(torch.float64) / (2.0 ** k0 * x_scale))
-        if float(bias_q.abs().max()) >= 2 ** 31:
-            raise CompileError("bias does not fit in int32 accumulator units; its magnitude "
-                               "is too large against the input and weight scales")
-        bias_q = bias_q.to(torch.int64)
+    bias_q = _bias_units(bias, k0, x_scale)
 
     plan = plan_linear(n, k, config, wformat=wf, group=group, out_bits=out_bits,
                        bias=bias is not None, max_tile_bytes=max_tile_bytes)
@@ -351,8 +493,131 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     return manifest
 
 
+def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format, calib, seed,
+                    max_tile_bytes, sparsity, mixed_formats) -> dict:
+    """:func:`compile_linear` with streamed weights (see the module docstring)."""
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    formats, nm, label = _check_stream_args(config, wformat, sparsity, mixed_formats, group)
+    bias_wf = weight_format("int4" if "int4" in config.weight_formats else
+                            config.weight_formats[0])
+    _check_args(weight, bias, config, bias_wf, group, out_format)
+    n, k = weight.shape
+    out_bits = OUT_FORMATS[out_format]
+    ob = out_bits // 8
+    wb = config.word_bytes
+    chains = config.chains
+    geom = core_stream_geometry(config)
+
+    q, s16, tags = quantize_stream(weight, group=group, rows=chains, formats=formats,
+                                   sparsity=sparsity)
+    _, kexp = fp16_fixed(s16)
+    k0 = int(kexp.min())
+    smin = s16.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
+    pruned = weight if not nm else prune_nm(weight.detach().to(torch.float64),
+                                            *_nm_pair(sparsity))
+    x_scale, y_scale, req_m, req_s, x_q = _calibrate(pruned, bias, calib, seed, k, out_bits,
+                                                      k0)
+    bias_q = _bias_units(bias, k0, x_scale)
+
+    def stream_bytes(rows):         # bytes of the largest stream of ``rows`` rows
+        b = -(-rows // chains)
+        worst = max(geom.record_bits(t, group, nm) for t in formats)
+        return _up(-(-b * (k // group) * (worst + HEADER_FIXED_BITS) // 8) + wb, wb)
+
+    def bias_layout(rows):
+        return tile_layout(rows=rows, k=group, group=group, wfmt=bias_wf, chains=chains,
+                           lanes=config.lanes, bias=True, align=wb)
+
+    plan = plan_stream(n, k, config, out_bits=out_bits, max_tile_bytes=max_tile_bytes,
+                       tile_bytes=stream_bytes,
+                       bias_layout=bias_layout if bias is not None else None)
+    in_addr = 0
+    out_addr = _up(k, wb)
+    addr = out_addr + _up(n * ob, wb)
+    blobs, tiles = [], []
+    for t in plan.tiles:
+        r0, rows = t["row0"], t["rows"]
+        rp = _up(rows, chains)
+        tq = torch.zeros((rp, k), dtype=torch.int64)
+        tq[:rows] = q[r0:r0 + rows]
+        ts = smin.repeat(rp, k // group)        # padding rows: the exponent k0 (shift 0)
+        ts[:rows] = s16[r0:r0 + rows]
+        blob = pack_tensor(geom, tq, ts, group=group, sparsity=sparsity,
+                           tags=tags[r0 // chains:r0 // chains + rp // chains])
+        if len(blob) > MAX_STREAM_BYTES:
+            raise CompileError(f"stream of rows {r0}..{r0 + rows - 1} is {len(blob)} bytes, "
+                               f"more than one load ({MAX_STREAM_BYTES})")
+        t["addr"], t["nbytes"] = addr, len(blob)
+        entry = {"row0": r0, "rows": rows, "addr": addr, "nbytes": len(blob), "col0": 0,
+                 "cols": k}
+        blobs.append((addr, blob))
+        addr += len(blob)
+        if t["bias"]:
+            bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
+                              smin.repeat(rows, 1), bias_q[r0:r0 + rows])
+            t["bias_addr"] = entry["bias_addr"] = addr
+            entry["bias_nbytes"] = len(bblob)
+            blobs.append((addr, bblob))
+            addr += len(bblob)
+        tiles.append(entry)
+    image = bytearray(addr)
+    image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
+    for a, blob in blobs:
+        image[a:a + len(blob)] = blob
+
+    words = _schedule(plan, config, wf=WeightFormat.STREAM, group=group, k=k, n=n, k0=k0,
+                      req_m=req_m, req_s=req_s, out_bits=out_bits, in_addr=in_addr,
+                      out_addr=out_addr, stream=True)
+    program = Program(words, config.config_hash_bytes)
+    counts = {RecordTag(int(v)).name.lower(): int(c)
+              for v, c in zip(*np.unique(tags, return_counts=True))}
+    stream_bytes_total = sum(t["nbytes"] for t in tiles)
+    manifest = {
+        "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
+        "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
+        "image_bytes": len(image),
+        "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
+        "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
+        "layers": [{"name": "linear", "n": n, "k": k, "wformat": label, "stream": True,
+                    "sparsity": sparsity, "formats": counts,
+                    "candidates": [t.name.lower() for t in formats],
+                    "stream_bits": stream_bits(geom, tags, group, nm, k // group),
+                    "stream_bytes": stream_bytes_total, "group": group, "k0": k0,
+                    "req_m": req_m, "req_s": req_s, "out_bits": out_bits,
+                    "bias": bias is not None, "bias_wformat": bias_wf.name.lower(),
+                    "tiles": tiles}],
+    }
+    title = (f"linear {n} x {k} stream {label} {sparsity} g{group} -> int{out_bits}, config "
+             f"{config.name} ({config.config_hash}), {len(words)} instructions")
+    write_folder(out_dir, {
+        "weights.bin": bytes(image),
+        "program.afp": program.to_bytes(),
+        "program.s": listing(words, title).encode(),
+        "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
+    })
+    return manifest
+
+
+def _nm_pair(sparsity: str) -> tuple[int, int]:
+    n, m = sparsity.split(":")
+    return int(n), int(m)
+
+
+def stream_bits(geom, tags, group: int, nm: int, groups: int) -> dict:
+    """Bits of a layer's records by kind: weight ``values``, N:M ``indices`` and ``headers``
+    (tag, group, sparsity and the FP16 ``scales``); word padding is not counted."""
+    out = {"values": 0, "indices": 0, "headers": 0}
+    kept = geom.rows * nm_kept(group, nm)
+    for v in np.asarray(tags).reshape(-1):
+        out["values"] += kept * TAG_BITS[RecordTag(int(v))]
+        out["indices"] += kept * nm_index_bits(nm)
+        out["headers"] += geom.header_bits
+    return out
+
+
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,
-              out_bits, in_addr, out_addr) -> list[int]:
+              out_bits, in_addr, out_addr, stream: bool = False) -> list[int]:
     """Emit the instruction words of the tiled GEMV (see the module docstring)."""
     wb = config.word_bytes
     ob = out_bits // 8
@@ -373,6 +638,20 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
 
     def load_tile(i):
         t = tiles[i]
+        if stream:
+            wait = [M] if i >= slots else []
+            if t["bias"]:
+                nb = t["layout"].nbytes
+                words.append(encode(
+                    Opcode.LD, wait=wait, buf=Buffer.WGT, channel=i % config.memory.channels,
+                    buf_addr=(i % slots) * slot_w, dram_addr=t["bias_addr"], nbytes=nb,
+                    count=1, dram_stride=nb))
+                wait = []
+            words.append(encode(
+                Opcode.LD, wait=wait, release=[M], buf=Buffer.WSTREAM,
+                channel=i % config.memory.channels, buf_addr=0, dram_addr=t["addr"],
+                nbytes=t["nbytes"], count=1, dram_stride=t["nbytes"]))
+            return
         base = (i % slots) * slot_w
         sl = _slices(t["layout"].nbytes, config)
         for j, (off, nb) in enumerate(sl):
@@ -391,12 +670,22 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
         wait = [L] + ([S] if i == first_of_group[g] and g >= 2 else [])
         release = ([L] if i + slots < T else []) + ([S] if i == last_of_group[g] else [])
         last_chunk = t["col0"] + t["cols"] == k
+        obuf = (g % 2) * half_o + (t["row0"] - g * gr) * ob
+        if stream and t["bias"]:
+            words.append(encode(
+                Opcode.MV, wait=wait, wfmt=t["layout"].wfmt, sparsity=Sparsity.DENSE,
+                group=group, rows=t["rows"], k=group, m=1, wbuf_addr=(i % slots) * slot_w,
+                abuf_addr=0, obuf_addr=obuf, k0=k0, req_m=req_m, req_s=req_s,
+                out_fmt=_OUT_FMT[out_bits], acc_init=1, final=0, bias=1))
+            wait = []
         words.append(encode(
             Opcode.MV, wait=wait, release=release, wfmt=wf, sparsity=Sparsity.DENSE,
-            group=group, rows=t["rows"], k=t["cols"], m=1, wbuf_addr=(i % slots) * slot_w,
-            abuf_addr=t["col0"], obuf_addr=(g % 2) * half_o + (t["row0"] - g * gr) * ob,
+            group=group, rows=t["rows"], k=t["cols"], m=1,
+            wbuf_addr=0 if stream else (i % slots) * slot_w,
+            abuf_addr=t["col0"], obuf_addr=obuf,
             k0=k0, req_m=req_m, req_s=req_s, out_fmt=_OUT_FMT[out_bits],
-            acc_init=int(t["col0"] == 0), final=int(last_chunk), bias=int(t["bias"])))
+            acc_init=int(t["col0"] == 0 and not (stream and t["bias"])), final=int(last_chunk),
+            bias=int(t["bias"] and not stream)))
         if i == last_of_group[g]:
             rows = min(gr, n - g * gr)
             nb = _up(rows * ob, wb)

@@ -1,4 +1,10 @@
-"""Quantization recipes: a small YAML file mapped onto the compiler's keyword arguments."""
+"""Quantization recipes: a small YAML file mapped onto the compiler's keyword arguments.
+
+Keys: ``wformat`` (int2, int3, int4, int8; streamed also ovp and mixed), ``group``,
+``out_format``, and for streamed weights (ISA version 3) ``stream`` (true: LD WSTREAM +
+MV STREAM instead of WGT tiles), ``sparsity`` (dense, 1:4, 2:4, 2:8, 4:16, 8:16) and
+``mixed_formats`` (the candidates of ``wformat: mixed``, e.g. ``"int4,ovp"``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ DEFAULT_RECIPE = _DIR / "linear_default.yaml"
 #: Output formats a recipe may name, with their width in bits.
 OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
 #: Keys a linear-layer recipe may set, with their Python type.
-RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str}
+RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
+               "sparsity": str, "mixed_formats": str}
 
 
 def check_recipe(data, source: str = "recipe") -> dict:
@@ -32,7 +39,7 @@ def check_recipe(data, source: str = "recipe") -> dict:
             raise CompileError(f"{source}: unknown key {key!r} (accepted: "
                                f"{', '.join(RECIPE_KEYS)})")
         tp = RECIPE_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, tp):
+        if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
             raise CompileError(f"{source}: key {key!r} must be {tp.__name__}, not "
                                f"{type(value).__name__} {value!r}")
         out[key] = value

@@ -6,6 +6,12 @@ matrix, scales and bias, and applies the whole-row arithmetic of
 :func:`airfoil.formats.linear_reference` with torch integer ops. It shares nothing with
 the ISA simulator beyond :mod:`airfoil.formats` and the folder's input/output helpers, so
 a tiling or addressing bug in the compiler or the simulator cannot hide.
+
+A layer of streamed weights (manifest ``"stream": true``, ISA version 3) is rebuilt from
+the packed streams in ``weights.bin`` with the reference reader of :mod:`airfoil.packing`
+(:func:`~airfoil.packing.unpack_tensor`: records of any format, N:M expanded), one stream
+per tile of the manifest, and computed with the same :mod:`airfoil.formats` arithmetic;
+its bias comes from the tiles' bias tiles (WGT tiles whose weights are all zero).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from airfoil.errors import AirfoilError
 from airfoil.folder import Folder, load_folder
 from airfoil.formats import linear_reference, tile_layout, unpack_tile, weight_format
+from airfoil.packing import core_stream_geometry, unpack_tensor
 
 __all__ = ["run_golden", "layer_tensors"]
 
@@ -33,6 +40,8 @@ def layer_tensors(folder, index: int = 0) -> dict:
     folder = _as_folder(folder)
     cfg = folder.resolve_config()
     layer = folder.manifest["layers"][index]
+    if layer.get("stream"):
+        return _stream_tensors(folder, cfg, layer)
     n, k, group = layer["n"], layer["k"], layer["group"]
     wf = weight_format(layer["wformat"])
     q = torch.zeros((n, k), dtype=torch.int64)
@@ -56,6 +65,44 @@ def layer_tensors(folder, index: int = 0) -> dict:
             bias[r0:r0 + rows] = tb
     if not bool(covered.all()):
         raise AirfoilError("the manifest's tiles do not cover the whole weight matrix")
+    return {"q": q, "scales": scales, "bias": bias, "layer": layer}
+
+
+def _stream_tensors(folder: Folder, cfg, layer: dict) -> dict:
+    """:func:`layer_tensors` of a streamed layer: every tile's stream parsed back."""
+    n, k, group = layer["n"], layer["k"], layer["group"]
+    geom = core_stream_geometry(cfg)
+    q = torch.zeros((n, k), dtype=torch.int64)
+    scales = torch.zeros((n, k // group), dtype=torch.float16)
+    covered = torch.zeros(n, dtype=torch.bool)
+    bias = torch.zeros(n, dtype=torch.int64) if layer["bias"] else None
+    for t in layer["tiles"]:
+        r0, rows, a, nb = t["row0"], t["rows"], t["addr"], t["nbytes"]
+        if a + nb > len(folder.image):
+            raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1}: {nb} bytes at {a:#x} "
+                               f"run past the {len(folder.image)}-byte image")
+        tq, ts, _ = unpack_tensor(geom, bytes(folder.image[a:a + nb]), rows=rows, k=k)
+        if tq.shape[1] != k or int(ts.shape[1]) != k // group:
+            raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1} is not group {group}")
+        q[r0:r0 + rows] = tq
+        scales[r0:r0 + rows] = ts
+        covered[r0:r0 + rows] = True
+        if bias is not None:
+            lay = tile_layout(rows=rows, k=group, group=group, wfmt=weight_format(
+                layer["bias_wformat"]), chains=cfg.chains, lanes=cfg.lanes, bias=True,
+                align=cfg.word_bytes)
+            b0 = t["bias_addr"]
+            if lay.nbytes != t["bias_nbytes"] or b0 + lay.nbytes > len(folder.image):
+                raise AirfoilError(f"bias tile of rows {r0}..{r0 + rows - 1}: manifest says "
+                                   f"{t['bias_nbytes']} bytes at {b0:#x}, layout needs "
+                                   f"{lay.nbytes}")
+            bq, _, bb = unpack_tile(lay, bytes(folder.image[b0:b0 + lay.nbytes]))
+            if bool(bq.any()):
+                raise AirfoilError(f"bias tile of rows {r0}..{r0 + rows - 1} has nonzero "
+                                   f"weights")
+            bias[r0:r0 + rows] = bb
+    if not bool(covered.all()):
+        raise AirfoilError("the manifest's streams do not cover every output row")
     return {"q": q, "scales": scales, "bias": bias, "layer": layer}
 
 

@@ -20,6 +20,13 @@ requantization from scale pairs) and the SFU functions (``rows_reg``, ``pos_reg`
 :class:`IsaLLM` is the host of an LLM folder: it writes the parameter block and token ids,
 runs the prefill or decode program and reads the logits; the KV cache stays in the image.
 
+ISA version 3: ``LD`` into ``WSTREAM`` appends its words to the weight stream, a FIFO
+from the LOAD unit to the MATRIX unit's decode unit; ``MV``/``MM`` with ``wfmt = STREAM``
+consume their records from it (:func:`airfoil.packing.read_records`, the geometry of
+:func:`airfoil.packing.core_stream_geometry`) and compute exactly as from a WGT tile. The
+stream's data is unbounded here (the LOAD/MATRIX tokens order it); its cost is
+:func:`sim.cycle_model.stream_matrix_cost`.
+
 Faults raise :class:`airfoil.errors.ProgramError` whose message names the instruction
 index and the :class:`airfoil.isa.ErrorCode`; the exception carries ``code`` and
 ``index`` attributes.
@@ -39,9 +46,10 @@ from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, 
                              requantize, rescale, tile_layout, unpack_tile)
 from airfoil import fixedpoint as fx
 from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
-                         Unit, decode)
+                         Unit, WeightFormat, decode)
+from airfoil.packing import core_stream_geometry, nm_kept, read_records
 
-from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
+from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
 
 __all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa"]
@@ -122,6 +130,12 @@ class IsaSim:
         self.acc = torch.zeros((1, 1), dtype=torch.int64)
         self.regs = [0] * 32
         self.macs = 0
+        #: The weight stream (LD WSTREAM -> MV/MM STREAM): unread bytes from a word
+        #: boundary, and the bit within them where the next record may start.
+        self.stream = bytearray()
+        self.stream_bit = 0
+        self._stream_geom = None
+        self._stream_cost = None        # (words, k-steps) of the last STREAM instruction
 
     # -- decoding -------------------------------------------------------------------------
 
@@ -164,6 +178,8 @@ class IsaSim:
             if v % wb:
                 raise fault(i, name, ErrorCode.MALFORMED, f"{key}={v} is not a multiple of the "
                             f"{wb}-byte memory word")
+        if ins.buf == Buffer.WSTREAM:
+            return self._load_stream(i, ins, count, write)
         buf = self.buffers[ins.buf]
         end = ins.buf_addr + count * ins.nbytes
         if end > len(buf):
@@ -185,6 +201,84 @@ class IsaSim:
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
         return count * ins.nbytes
+
+    def _load_stream(self, i: int, ins: Instr, count: int, write: bool) -> int:
+        """LD into WSTREAM: append ``count`` rows of ``nbytes`` to the weight stream."""
+        name = ins.opcode.name
+        if write:
+            raise fault(i, name, ErrorCode.MALFORMED, "buf=WSTREAM is for LD only (ST reads "
+                        "ACT, WGT, OUT, KV or AUX)")
+        if ins.gather:
+            raise fault(i, name, ErrorCode.MALFORMED, "gather=1 cannot load into WSTREAM "
+                        "(accepted: gather=0)")
+        if ins.buf_addr:
+            raise fault(i, name, ErrorCode.MALFORMED, f"buf_addr={ins.buf_addr} with "
+                        f"buf=WSTREAM (accepted: 0)")
+        base = ins.dram_addr + (self.regs[ins.row_reg] * ins.dram_stride if ins.row_reg else 0)
+        try:
+            for r in range(count):
+                self.stream += self.mem.read(base + r * ins.dram_stride, ins.nbytes)
+        except MemoryRangeError as e:
+            raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
+        return count * ins.nbytes
+
+    def _stream_records(self, i: int, name: str, count: int) -> list:
+        """Take ``count`` records off the weight stream (PAD skipped)."""
+        if self._stream_geom is None:
+            try:
+                self._stream_geom = core_stream_geometry(self.config)
+            except CompileError as e:
+                raise fault(i, name, ErrorCode.UNSUPPORTED, str(e)) from None
+        geom = self._stream_geom
+        W = geom.word_bits
+        start = self.stream_bit
+        try:
+            recs, end = read_records(geom, bytes(self.stream), start, count)
+        except CompileError as e:
+            raise fault(i, name, ErrorCode.MALFORMED, f"weight stream: {e}") from None
+        if len(recs) < count:
+            raise fault(i, name, ErrorCode.MALFORMED, f"weight stream ran out: the "
+                        f"instruction needs {count} records, {len(recs)} were loaded "
+                        f"(LD WSTREAM before it, with a token)")
+        # Words first touched by this instruction (one it shares with the previous
+        # instruction was counted there).
+        words = -(-end // W) - -(-start // W)
+        drop = (end // W) * (W // 8)                   # whole words consumed
+        del self.stream[:drop]
+        self.stream_bit = end - drop * 8
+        self._stream_cost = [words, 0]
+        return recs
+
+    def _stream_weights(self, i: int, name: str, f: dict, rows: int, k: int):
+        """Weights of a STREAM matrix instruction: ``(q, mant, kexp)`` of its ``rows``."""
+        group = f["group"]
+        if f["sparsity"] != Sparsity.DENSE:
+            raise fault(i, name, ErrorCode.MALFORMED, f"sparsity={f['sparsity'].name} with "
+                        f"wfmt=STREAM (accepted: DENSE; the records name their own)")
+        if f["bias"]:
+            raise fault(i, name, ErrorCode.MALFORMED, "bias=1 with wfmt=STREAM (accepted: 0; "
+                        "streamed weights carry no bias)")
+        chains = self.config.chains
+        batches, cols = -(-rows // chains), k // group
+        recs = self._stream_records(i, name, batches * cols)
+        q = np.zeros((batches * chains, k), dtype=np.int64)
+        sbits = np.zeros((batches * chains, cols), dtype=np.uint16)
+        ksteps = 0
+        for n, rc in enumerate(recs):
+            if rc.group != group:
+                raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} has group "
+                            f"{rc.group}, the instruction's group field is {group}")
+            b, c = divmod(n, cols)
+            q[b * chains:(b + 1) * chains, c * group:(c + 1) * group] = rc.q
+            sbits[b * chains:(b + 1) * chains, c] = rc.scale_bits
+            ksteps += nm_kept(rc.group, rc.nm) // self.config.lanes
+        self._stream_cost[1] = ksteps
+        scales = torch.from_numpy(sbits[:rows].astype(np.int16)).view(torch.float16)
+        try:
+            mant, kexp = fp16_fixed(scales)
+        except CompileError as e:
+            raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
+        return torch.from_numpy(q[:rows]), mant, kexp
 
     # -- buffer access helpers --------------------------------------------------------
 
@@ -236,10 +330,11 @@ class IsaSim:
             raise fault(i, name, ErrorCode.MALFORMED,
                         f"m={m}, rows={rows} and k={k} must be at least 1")
         fmt = f["wfmt"].name.lower()
-        if fmt not in cfg.weight_formats:
+        stream = f["wfmt"] == WeightFormat.STREAM
+        if not stream and fmt not in cfg.weight_formats:
             raise fault(i, name, ErrorCode.UNSUPPORTED, f"weight format {fmt} is not built in "
                         f"(config has {', '.join(cfg.weight_formats)})")
-        if f["sparsity"] != Sparsity.DENSE:
+        if f["sparsity"] != Sparsity.DENSE and not stream:
             raise fault(i, name, ErrorCode.UNSUPPORTED,
                         f"sparsity {f['sparsity'].name} is not built in")
         if group not in cfg.group_sizes:
@@ -250,12 +345,15 @@ class IsaSim:
                         f"k={k} is not a multiple of the group size {group}")
         out_bits = OUT_BITS[f["out_fmt"]]
         ob = out_bits // 8
-        lay = tile_layout(rows=rows, k=k, group=group, wfmt=f["wfmt"], chains=cfg.chains,
-                          lanes=cfg.lanes, bias=bool(f["bias"]), align=cfg.word_bytes)
         wgt, act, out = (self.buffers[b] for b in (Buffer.WGT, Buffer.ACT, Buffer.OUT))
         w0, a0, o0 = f["wbuf_addr"], f["abuf_addr"], f["obuf_addr"]
+        if stream:
+            w0, lay = 0, None
+        else:
+            lay = tile_layout(rows=rows, k=k, group=group, wfmt=f["wfmt"], chains=cfg.chains,
+                              lanes=cfg.lanes, bias=bool(f["bias"]), align=cfg.word_bytes)
         ostride = f["ostride"] * wb or rows * ob
-        for bname, start, size, buf in (("WGT", w0, lay.nbytes, wgt),
+        for bname, start, size, buf in (("WGT", w0, lay.nbytes if lay else 0, wgt),
                                         ("ACT", a0, (m - 1) * astride + k, act),
                                         ("OUT", o0, (m - 1) * ostride + rows * ob
                                          if f["final"] else 0, out)):
@@ -263,10 +361,14 @@ class IsaSim:
                 raise fault(i, name, ErrorCode.BUFFER_RANGE, f"{bname}[{start:#x}:"
                             f"{start + size:#x}] is beyond the {len(buf)}-byte buffer")
         k0 = f["k0"]
-        try:
-            q, mant, kexp, bias = _unpack_cached(lay, bytes(wgt[w0:w0 + lay.nbytes]))
-        except CompileError as e:
-            raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
+        if stream:
+            q, mant, kexp = self._stream_weights(i, name, f, rows, k)
+            bias = None
+        else:
+            try:
+                q, mant, kexp, bias = _unpack_cached(lay, bytes(wgt[w0:w0 + lay.nbytes]))
+            except CompileError as e:
+                raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
         shift = kexp - k0
         if int(shift.min()) < 0 or int(shift.max()) > SCALE_SHIFT_MAX:
             raise fault(i, name, ErrorCode.SCALE_RANGE, f"group scale shifts "
@@ -309,6 +411,10 @@ class IsaSim:
     def _sfu(self, i: int, ins: Instr):
         """Perform one SFU instruction; return ``(elements, macs)`` for the cost model."""
         f = ins.fields
+        for key in ("src", "dst", "aux"):
+            if f[key] == Buffer.WSTREAM:
+                raise fault(i, "SFU", ErrorCode.MALFORMED, f"{key}=WSTREAM (the weight stream "
+                            f"is for LD only; accepted: ACT, WGT, OUT, KV, AUX)")
         if f["func"] != SfuFunc.COPY:
             return self._sfu_func(i, ins)
         src, dst = self.buffers[f["src"]], self.buffers[f["dst"]]
@@ -537,7 +643,10 @@ class IsaSim:
                         cost = self.model.sfu_func(*self._sfu(idx, ins))
                 else:
                     m = self._matrix(idx, ins)
-                    cost = self.model.matrix(ins.rows, ins.k, m)
+                    if ins.wfmt == WeightFormat.STREAM:
+                        cost = stream_matrix_cost(*self._stream_cost, m)
+                    else:
+                        cost = self.model.matrix(ins.rows, ins.k, m)
                 st.issue_free = t + cost.busy
                 finish = t + cost.latency
             finish = max(finish, st.last_finish)

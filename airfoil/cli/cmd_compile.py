@@ -8,6 +8,12 @@ scale, quantize per the recipe), lowers it into a prefill and a decode program
 bytes per phase, weight bytes per format, and the decode cycles per token the cycle
 model predicts (the decode program run once on the ISA simulator at the end of a full
 prompt). Without MODEL it compiles one linear layer (``--layer``).
+
+A linear layer's weights may be streamed through the decode unit (ISA version 3):
+``--stream`` with ``--wformat int2|int3|int4|int8|ovp|mixed`` (``--mixed-formats
+int4,ovp``: the candidates of the per-record choice) and ``--sparsity dense|1:4|2:4|2:8|
+4:16|8:16`` (magnitude pruning to N:M); ``ovp``, ``mixed`` and N:M imply ``--stream``.
+A bias rides in one small WGT "bias tile" per row block; ``--no-bias`` drops the layer's.
 """
 
 from __future__ import annotations
@@ -47,6 +53,16 @@ def register(sub):
     p.add_argument("--wformat", default=None, help="weight format (overrides the recipe)")
     p.add_argument("--group", type=int, default=None, help="group size (overrides the recipe)")
     p.add_argument("--out-format", default=None, help="int8|int16|int32 (overrides the recipe)")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="stream the weights through the decode unit (LD WSTREAM + MV STREAM) "
+                        "instead of WGT tiles; formats int2|int3|int4|int8|ovp|mixed")
+    p.add_argument("--sparsity", default=None, metavar="dense|1:4|2:4|2:8|4:16|8:16",
+                   help="N:M magnitude pruning of streamed weights (overrides the recipe)")
+    p.add_argument("--mixed-formats", default=None, metavar="F,F,...",
+                   help="--wformat mixed: candidate formats of the per-record least-squared-"
+                        "error choice (default: int4,ovp)")
+    p.add_argument("--no-bias", action="store_true",
+                   help="drop the layer's bias (a streamed layer then needs no WGT tiles)")
     p.set_defaults(func=run)
 
 
@@ -59,7 +75,10 @@ def compile_from_args(args, log=None) -> dict:
     config = load_config(args.config or DEFAULT_CONFIG["linear"])
     kw = load_recipe(args.recipe)
     for key, value in (("wformat", args.wformat), ("group", args.group),
-                       ("out_format", getattr(args, "out_format", None))):
+                       ("out_format", getattr(args, "out_format", None)),
+                       ("stream", getattr(args, "stream", None)),
+                       ("sparsity", getattr(args, "sparsity", None)),
+                       ("mixed_formats", getattr(args, "mixed_formats", None))):
         if value is not None:
             kw[key] = value
     if args.layer == "builtin":
@@ -71,6 +90,8 @@ def compile_from_args(args, log=None) -> dict:
             raise CompileError("--n and --k apply to the built-in layer only, not to "
                                f"{args.layer!r}")
         weight, bias = load_linear(args.layer)
+    if getattr(args, "no_bias", False):
+        bias = None
     manifest = compile_linear(weight, bias, config, args.output, seed=args.seed, **kw)
     return manifest
 
@@ -184,6 +205,14 @@ def run(args) -> int:
         return 0
     m = compile_from_args(args)
     layer = m["layers"][0]
+    if layer.get("stream"):
+        fmts = ", ".join(f"{f} {c}" for f, c in sorted(layer["formats"].items()))
+        print(f"compiled linear {layer['n']} x {layer['k']} streamed {layer['wformat']} "
+              f"{layer['sparsity']} g{layer['group']} -> int{layer['out_bits']} for config "
+              f"{m['config']} ({m['config_hash']}): {len(layer['tiles'])} streams, records "
+              f"{fmts}, {layer['stream_bytes']} stream bytes, {m['image_bytes']} image bytes "
+              f"-> {args.output}", file=sys.stdout)
+        return 0
     print(f"compiled linear {layer['n']} x {layer['k']} {layer['wformat']} g{layer['group']} "
           f"-> int{layer['out_bits']} for config {m['config']} ({m['config_hash']}): "
           f"{len(layer['tiles'])} tiles, {m['image_bytes']} image bytes -> {args.output}",
