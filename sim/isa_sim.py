@@ -51,6 +51,7 @@ from airfoil.packing import core_stream_geometry, nm_kept, read_records
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
+from .llm_host import LLMHost
 
 __all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa"]
 
@@ -727,13 +728,8 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
     return folder.read_output(image), stats
 
 
-class IsaLLM:
-    """One sequence of an LLM folder on the ISA simulator: prefill, decode, generate.
-
-    The host side of the length-adaptive programs: before each run it writes the
-    parameter block (``pos``, ``T``, ``len``) and the token ids into the image, runs the
-    phase's program, and reads the ``T`` logit rows back. The KV cache lives in the image,
-    so it persists between runs.
+class IsaLLM(LLMHost):
+    """One sequence of an LLM folder on the ISA simulator (see :class:`LLMHost`).
 
     Parameters
     ----------
@@ -743,78 +739,18 @@ class IsaLLM:
         The configuration it was compiled for.
     """
 
-    def __init__(self, folder: Folder, config: AccelConfig):
-        if folder.kind != "llm":
-            raise AirfoilError(f"{folder.path}: not an LLM folder (kind {folder.kind!r})")
-        if folder.manifest["config_hash"] != config.config_hash:
-            raise AirfoilError(f"folder compiled for config hash "
-                               f"{folder.manifest['config_hash']}, but config {config.name!r} "
-                               f"has hash {config.config_hash}")
-        self.folder, self.config = folder, config
-        self.image = bytearray(folder.image)
-        mm = folder.manifest["model"]
-        self.layout = mm["layout"]
-        self.vocab = mm["shape"]["vocab_size"]
-        self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
-        self.programs = {}
-        for phase in ("prefill", "decode"):
-            prog = folder.phase_program(phase)
-            if prog.config_hash != config.config_hash_bytes:
-                raise ProgramError(f"{phase} program compiled for config hash "
-                                   f"{prog.config_hash.hex()}, not {config.config_hash}")
-            self.programs[phase] = (prog.words, IsaSim.prepare(prog.words))
-        self.position = 0
-        self.runs: list[dict] = []
+    def __init__(self, folder, config: AccelConfig):
+        super().__init__(folder, config)
+        self._decoded = {phase: (prog.words, IsaSim.prepare(prog.words))
+                         for phase, prog in self.programs.items()}
 
-    def _run(self, phase: str, tokens) -> torch.Tensor:
-        tok = [int(t) for t in tokens]
-        T, pos = len(tok), self.position
-        if any(not 0 <= t < self.vocab for t in tok):
-            raise AirfoilError(f"token id outside the vocabulary 0..{self.vocab - 1}")
-        if pos + T > self.max_pos:
-            raise AirfoilError(f"{pos + T} positions exceed the {self.max_pos} the folder holds")
-        lay = self.layout
-        self.image[lay["params"]:lay["params"] + 12] = np.array(
-            [pos, T, pos + T], dtype="<i4").tobytes()
-        self.image[lay["ids"]:lay["ids"] + 4 * T] = np.array(tok, dtype="<i4").tobytes()
-        words, instrs = self.programs[phase]
-        stats = IsaSim(self.config, self.image).run(words, instrs)
-        stats["phase"], stats["tokens"] = phase, T
-        self.runs.append(stats)
-        self.position = pos + T
-        row = lay["logits_row"] // 4
-        raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
-        return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.vocab]
-
-    def prefill(self, tokens) -> torch.Tensor:
-        """Start a sequence with ``tokens``; return their ACT logits (T, vocab).
-
-        Up to ``max_prompt`` tokens run as one prefill; the rest follow as decode steps
-        (the same arithmetic, so the logits are identical).
-        """
-        tokens = [int(t) for t in tokens]
-        if not tokens:
-            raise AirfoilError("the prompt is empty (at least one token is needed)")
-        self.position = 0
-        head = self._run("prefill", tokens[:self.max_prompt])
-        rest = [self._run("decode", [t]) for t in tokens[self.max_prompt:]]
-        return torch.cat([head] + rest)
-
-    def decode(self, token: int) -> torch.Tensor:
-        """Run one token after the cached positions; return its ACT logits (vocab,)."""
-        return self._run("decode", [token])[0]
+    def execute(self, phase: str, T: int) -> dict:
+        words, instrs = self._decoded[phase]
+        return IsaSim(self.config, self.image).run(words, instrs)
 
 
 def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int
                  ) -> tuple[list[int], list[dict]]:
     """Greedy generation on the ISA simulator; return the new tokens and per-run stats."""
     llm = IsaLLM(folder, config)
-    out: list[int] = []
-    if max_new_tokens:
-        logits = llm.prefill(prompt)[-1]
-        while True:
-            out.append(int(torch.nonzero(logits == logits.max())[0, 0]))
-            if len(out) == max_new_tokens:
-                break
-            logits = llm.decode(out[-1])
-    return out, llm.runs
+    return llm.generate(prompt, max_new_tokens), llm.runs
