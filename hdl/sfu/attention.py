@@ -1,0 +1,734 @@
+"""Attention kernels of the SFU: ``ATT_QK``, ``SOFTMAX`` and ``ATT_PV``.
+
+Each kernel is a :class:`wiring.Component` with the members of
+:func:`hdl.sfu.kernel.kernel_signature` and computes its function of :mod:`airfoil.fixedpoint`
+bit-exactly, with the memory layout of :class:`airfoil.isa.SfuFunc` (the reference is the
+ISA simulator's ``_sfu_func``):
+
+* :class:`AttentionScores` (``ATT_QK``): one score per ``(row, head, key)``; both records
+  of a pair stream in at 4 bytes per cycle on ``src`` and ``aux`` (4 INT8 MACs per cycle),
+  then the pair's scales give the rescale; ``2 * ceil(n / 8) + 3`` cycles per score.
+* :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys, exp and
+  sum, normalise and write), one score per cycle through a 4-stage exp pipeline, with a
+  table-plus-Newton reciprocal between the second and third pass.
+* :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
+  and the value record's scale pair give the Q20 weight, then the record's values stream
+  in 4 per cycle into an on-chip accumulator of ``max_head_dim`` lanes; a final pass writes
+  the ``n`` outputs.
+
+Records may start at any byte address: each read port feeds a *funnel* that joins the
+previous and the current word, so one extra word per stream aligns them (an aligned record
+leaves that cycle's read disabled, so nothing past a record's end is read). Every table is a
+ROM built from :mod:`airfoil.fixedpoint`'s own tables. Each kernel's cycle count, start to
+``done``, is :func:`cycles` of its arguments (1 for refused arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
+
+from airfoil import fixedpoint as fx
+from airfoil.isa import ErrorCode, SfuFunc
+
+from .kernel import ADDR_BITS, kernel_signature
+
+__all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
+           "qk_cycles", "softmax_cycles", "pv_cycles"]
+
+#: Stages of the softmax exp pipeline (read, d, table, exp, write).
+_SOFTMAX_LATENCY = 4
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+
+
+# -- cycle formulas ---------------------------------------------------------------------
+
+def _arg(args, name: str) -> int:
+    value = args.get(name, 0) if isinstance(args, Mapping) else getattr(args, name)
+    return int(getattr(value, "value", value))
+
+
+def _up8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _qk_pv_refused(args) -> bool:
+    n, rows = _arg(args, "n"), _arg(args, "rows")
+    H, KV, L = _arg(args, "heads"), _arg(args, "kv_heads"), _arg(args, "length")
+    return n < 1 or rows < 1 or KV < 1 or KV > H or L < 1
+
+
+def qk_cycles(args) -> int:
+    """Cycles of :class:`AttentionScores` from ``start`` to ``done`` for ``args``.
+
+    ``args`` is a mapping (or an object with attributes) holding the
+    :data:`~hdl.sfu.kernel.ARGS_LAYOUT` fields ``n``, ``rows``, ``heads``, ``kv_heads``
+    and ``length``.
+    """
+    if _qk_pv_refused(args):
+        return 1
+    n = _arg(args, "n")
+    pairs = _arg(args, "rows") * _arg(args, "heads") * _arg(args, "length")
+    return pairs * (_up8(n) // 4 + 3) + 3
+
+
+def softmax_cycles(args) -> int:
+    """Cycles of :class:`Softmax` from ``start`` to ``done`` (fields ``n``, ``rows``,
+    ``heads``, ``pos``, ``length``)."""
+    n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
+    if n < 1 or rows < 1 or L < 1:
+        return 1
+    H, pos = _arg(args, "heads"), _arg(args, "pos")
+    total = _SOFTMAX_LATENCY + 1           # drain of the last row, then done
+    for t in range(rows):
+        visible = min(L, pos + t + 1)
+        total += H * (2 * visible + L + 6)
+    return total
+
+
+def pv_cycles(args, max_head_dim: int = 256) -> int:
+    """Cycles of :class:`AttentionContext` from ``start`` to ``done`` (fields ``n``,
+    ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``."""
+    if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
+        return 1
+    n, L = _arg(args, "n"), _arg(args, "length")
+    return _arg(args, "rows") * _arg(args, "heads") * (L * ((n + 3) // 4 + 4) + n) + 2
+
+
+def cycles(args, *, max_head_dim: int = 256) -> int:
+    """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`)."""
+    func = SfuFunc(_arg(args, "func"))
+    if func == SfuFunc.ATT_QK:
+        return qk_cycles(args)
+    if func == SfuFunc.SOFTMAX:
+        return softmax_cycles(args)
+    if func == SfuFunc.ATT_PV:
+        return pv_cycles(args, max_head_dim)
+    raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
+
+
+# -- shared datapath pieces -------------------------------------------------------------
+
+def _funnel(prev, data, offset):
+    """The 32-bit word at byte ``offset`` (0..3) of ``prev`` followed by ``data``."""
+    return (Cat(prev, data) >> Cat(Const(0, 3), offset))[:32]
+
+
+def _shift_round(m: Module, x, s, width: int, name: str):
+    """``fx.shift_round(x, s)`` for signed ``x`` and unsigned ``s``: a signed result."""
+    res = Signal(signed(width), name=name)
+    sm1 = Signal(len(s), name=f"{name}_sm1")
+    m.d.comb += sm1.eq(s - 1)
+    with m.If(s == 0):
+        m.d.comb += res.eq(x)
+    with m.Else():
+        m.d.comb += res.eq(((x >> sm1) + 1) >> 1)
+    return res
+
+
+def _sat32(m: Module, x, name: str):
+    """Saturate signed ``x`` to 32 bits."""
+    res = Signal(signed(32), name=name)
+    with m.If(x > _INT32_MAX):
+        m.d.comb += res.eq(_INT32_MAX)
+    with m.Elif(x < _INT32_MIN):
+        m.d.comb += res.eq(_INT32_MIN)
+    with m.Else():
+        m.d.comb += res.eq(x)
+    return res
+
+
+def _shift_round_sat(m: Module, x, s, name: str):
+    """``fx.shift_round_sat(x, s)`` (32-bit result) for signed ``x`` and signed ``s``.
+
+    A right shift is limited to 62 and a left shift to 31 with the operand first clamped
+    to ``[-2**31, 2**31]``, exactly as the torch reference does.
+    """
+    width = len(x) + 1
+    right_s = Signal(range(63), name=f"{name}_rs")
+    left_s = Signal(range(32), name=f"{name}_ls")
+    with m.If(s > 62):
+        m.d.comb += right_s.eq(62)
+    with m.Elif(s > 0):
+        m.d.comb += right_s.eq(s)
+    with m.If(s < -31):
+        m.d.comb += left_s.eq(31)
+    with m.Elif(s < 0):
+        m.d.comb += left_s.eq(-s)
+    right = _shift_round(m, x, right_s, width, f"{name}_right")
+    clamped = Signal(signed(33), name=f"{name}_clamped")
+    with m.If(x > (1 << 31)):
+        m.d.comb += clamped.eq(1 << 31)
+    with m.Elif(x < _INT32_MIN):
+        m.d.comb += clamped.eq(_INT32_MIN)
+    with m.Else():
+        m.d.comb += clamped.eq(x)
+    left = Signal(signed(64), name=f"{name}_left")
+    m.d.comb += left.eq(clamped << left_s)
+    pre = Signal(signed(max(width, 64)), name=f"{name}_pre")
+    m.d.comb += pre.eq(Mux(s > 0, right, left))
+    return _sat32(m, pre, name)
+
+
+def _rom(table) -> memory.Memory:
+    values = [int(v) for v in table.tolist()]
+    return memory.Memory(shape=unsigned(max(v.bit_length() for v in values)),
+                         depth=len(values), init=values)
+
+
+class _Kernel(wiring.Component):
+    """Common control of the attention kernels: ``busy``, ``done`` and the error result.
+
+    Subclasses implement ``_datapath(m, launch)``, which returns ``(refuse, code,
+    finish)``: ``refuse`` (combinational, sampled with ``start``) refuses the arguments
+    with error ``code``; ``launch`` is asserted by this class in the ``start`` cycle of an
+    accepted run (the datapath initialises its counters then); the datapath drives
+    ``finish`` in the cycle of its last write, so ``done`` follows one cycle later.
+    """
+
+    def __init__(self):
+        super().__init__(kernel_signature())
+
+    def _datapath(self, m: Module, launch):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        launch = Signal()
+        refuse, code, finish = self._datapath(m, launch)
+        m.d.sync += [self.done.eq(0), self.err.eq(0)]
+        m.d.sync += self.err_code.eq(ErrorCode.NONE)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += self.busy.eq(1)
+            with m.If(refuse):
+                m.d.sync += [self.done.eq(1), self.err.eq(1), self.err_code.eq(code)]
+            with m.Else():
+                m.d.comb += launch.eq(1)
+        with m.If(finish):
+            m.d.sync += self.done.eq(1)
+        with m.If(self.done):
+            m.d.sync += self.busy.eq(0)
+        return m
+
+    def _head_refusal(self, m: Module):
+        """MALFORMED check shared by ATT_QK and ATT_PV.
+
+        Refuses ``n``, ``rows``, ``kv_heads`` or ``length`` of 0 and ``kv_heads > heads``
+        as the ISA simulator does. ``heads`` not a multiple of ``kv_heads`` otherwise is
+        left to :class:`~hdl.sfu.unit.SfuUnit`'s divider (a kernel given such arguments
+        maps head ``h`` to kv head ``floor(h * kv_heads / heads)``).
+        """
+        a = self.args
+        bad = Signal(name="malformed")
+        m.d.comb += bad.eq((a.n == 0) | (a.rows == 0) | (a.kv_heads == 0) | (a.length == 0)
+                           | (a.kv_heads > a.heads))
+        return bad
+
+
+class _HeadWalk:
+    """Counters over ``(row, head, key)`` and the record addresses of a pair.
+
+    Query (or probability) rows advance in ``(row, head)`` order; head ``h`` reads the
+    key/value records of kv head ``kv = h // (heads / kv_heads) = floor(h * kv_heads /
+    heads)`` at ``aux_addr + (l * kv_heads + kv) * imm1``. The kv head follows from a
+    remainder ``h * kv_heads - kv * heads`` in ``[0, heads)`` kept by one add and compare
+    per head, so no divider is needed.
+    """
+
+    def __init__(self, m: Module, args, launch):
+        self.args = args
+        self.stride_l = Signal(ADDR_BITS)
+        self.row = Signal(32)
+        self.head = Signal(10)
+        self.kv = Signal(10)
+        self.rem = Signal(10)
+        self.key = Signal(32)
+        self.qrec = Signal(ADDR_BITS)
+        self.kbase = Signal(ADDR_BITS)
+        self.krec = Signal(ADDR_BITS)
+        a = args
+        with m.If(launch):
+            m.d.sync += [
+                self.stride_l.eq(a.kv_heads * a.imm1),
+                self.row.eq(0), self.head.eq(0), self.kv.eq(0), self.rem.eq(0),
+                self.key.eq(0), self.qrec.eq(a.src_addr), self.kbase.eq(a.aux_addr),
+                self.krec.eq(a.aux_addr),
+            ]
+
+    @property
+    def last_key(self):
+        return self.key == self.args.length - 1
+
+    @property
+    def last(self):
+        """The current pair is the last one."""
+        return (self.last_key & (self.head == self.args.heads - 1)
+                & (self.row == self.args.rows - 1))
+
+    def advance(self, m: Module):
+        """Go to the next key (and the next ``(row, head)`` after the last key)."""
+        a = self.args
+        with m.If(~self.last_key):
+            m.d.sync += [self.key.eq(self.key + 1), self.krec.eq(self.krec + self.stride_l)]
+        with m.Else():
+            m.d.sync += [self.key.eq(0), self.qrec.eq(self.qrec + a.imm0)]
+            step = self.rem + a.kv_heads
+            with m.If(self.head == a.heads - 1):
+                m.d.sync += [self.head.eq(0), self.kv.eq(0), self.rem.eq(0),
+                             self.row.eq(self.row + 1),
+                             self.kbase.eq(a.aux_addr), self.krec.eq(a.aux_addr)]
+            with m.Elif(step >= a.heads):
+                m.d.sync += [self.head.eq(self.head + 1), self.rem.eq(step - a.heads),
+                             self.kv.eq(self.kv + 1), self.kbase.eq(self.kbase + a.imm1),
+                             self.krec.eq(self.kbase + a.imm1)]
+            with m.Else():
+                m.d.sync += [self.head.eq(self.head + 1), self.rem.eq(step),
+                             self.krec.eq(self.kbase)]
+
+
+# -- ATT_QK -----------------------------------------------------------------------------
+
+class AttentionScores(_Kernel):
+    """``ATT_QK``: :func:`airfoil.fixedpoint.attention_scores` over GQA heads.
+
+    Writes the int32 scores ``(rows, heads, length)`` contiguously at ``dst_addr``. For
+    each score the query record (``src``) and the key record (``aux``) stream in whole,
+    ``2 * ceil(n / 8) + 2`` aligned words each plus one for the funnel: the values into
+    4 INT8 MACs per cycle, then ``sm`` and ``se``; two stages rescale and write. Scores
+    are issued back to back, so a run takes :func:`qk_cycles` cycles.
+    """
+
+    @staticmethod
+    def cycles(args) -> int:
+        """See :func:`qk_cycles`."""
+        return qk_cycles(args)
+
+    def _datapath(self, m: Module, launch):
+        a = self.args
+        walk = _HeadWalk(m, a, launch)
+        words = Signal(20)               # C = up8(n) / 4 + 2 chunks; C + 1 words per record
+        nchunks = Signal(19)             # ceil(n / 4) value chunks
+        with m.If(launch):
+            m.d.sync += [words.eq(((a.n + 7) >> 3) * 2 + 2), nchunks.eq((a.n + 3) >> 2)]
+
+        # Issue: word w of the current pair's two records.
+        run = Signal()
+        w = Signal(20)
+        out_addr = Signal(ADDR_BITS)
+        with m.If(launch):
+            m.d.sync += [run.eq(1), w.eq(0), out_addr.eq(a.dst_addr)]
+        qbase = Cat(Const(0, 2), walk.qrec[2:])
+        kbase = Cat(Const(0, 2), walk.krec[2:])
+        # An aligned record needs no funnel word past its end: leave it unread, so a record
+        # that ends at the end of its buffer is never read beyond.
+        tail = w == words
+        m.d.comb += [
+            self.src.en.eq(run & ~(tail & (walk.qrec[:2] == 0))),
+            self.aux.en.eq(run & ~(tail & (walk.krec[:2] == 0))),
+            self.src.addr.eq(qbase + (w << 2)), self.aux.addr.eq(kbase + (w << 2)),
+        ]
+        # Arrival tags (one cycle after issue).
+        v1, w1, last1 = Signal(), Signal(20), Signal()
+        qoff1, koff1 = Signal(2), Signal(2)
+        m.d.sync += [v1.eq(run), w1.eq(w), last1.eq(walk.last),
+                     qoff1.eq(walk.qrec[:2]), koff1.eq(walk.krec[:2])]
+        with m.If(run):
+            with m.If(w == words):
+                m.d.sync += w.eq(0)
+                walk.advance(m)
+                with m.If(walk.last):
+                    m.d.sync += run.eq(0)
+            with m.Else():
+                m.d.sync += w.eq(w + 1)
+
+        # Arrival: funnel both ports into aligned chunks.
+        qprev, kprev = Signal(32), Signal(32)
+        with m.If(v1):
+            m.d.sync += [qprev.eq(self.src.data), kprev.eq(self.aux.data)]
+        qchunk = _funnel(qprev, self.src.data, qoff1)
+        kchunk = _funnel(kprev, self.aux.data, koff1)
+        j = Signal(20)
+        m.d.comb += j.eq(w1 - 1)
+        prods = []
+        for b in range(4):
+            p = Signal(signed(16), name=f"prod{b}")
+            live = Cat(Const(b, 2), j) < a.n
+            m.d.comb += p.eq(Mux(live, qchunk[8 * b:8 * b + 8].as_signed()
+                                 * kchunk[8 * b:8 * b + 8].as_signed(), 0))
+            prods.append(p)
+        dot = Signal(signed(40))
+        qsm, ksm = Signal(signed(32)), Signal(signed(32))
+        # Stage A (registered at the arrival of se): dot, M, S of the pair.
+        va, lasta = Signal(), Signal()
+        dot_a = Signal(signed(40))
+        mant_a = Signal(signed(49))
+        shift_a = Signal(signed(34))
+        m.d.sync += va.eq(0)
+        with m.If(v1 & (w1 != 0)):
+            with m.If(j < nchunks):
+                m.d.sync += dot.eq(Mux(j == 0, 0, dot) + sum(prods))
+            with m.If(j == words - 2):
+                m.d.sync += [qsm.eq(qchunk.as_signed()), ksm.eq(kchunk.as_signed())]
+            with m.If(j == words - 1):
+                msum = Signal(signed(64))
+                m.d.comb += msum.eq(qsm * ksm)
+                mant = _shift_round(m, msum, Const(16, 5), 49, "qk_mant")
+                m.d.sync += [va.eq(1), lasta.eq(last1), dot_a.eq(dot), mant_a.eq(mant),
+                             shift_a.eq(qchunk.as_signed() + kchunk.as_signed()
+                                        - 16 - fx.ACT_FRAC)]
+        # Stage B: rescale, saturate, write.
+        prod_b = Signal(signed(89))
+        m.d.comb += prod_b.eq(dot_a * mant_a)
+        score = _shift_round_sat(m, prod_b, shift_a, "qk_score")
+        with m.If(va):
+            m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(score),
+                         self.dst.en.eq(0b1111)]
+            m.d.sync += out_addr.eq(out_addr + 4)
+        finish = Signal()
+        m.d.comb += finish.eq(va & lasta)
+        return self._head_refusal(m), ErrorCode.MALFORMED, finish
+
+
+# -- SOFTMAX ----------------------------------------------------------------------------
+
+_PASS_MAX, _PASS_EXP, _PASS_OUT = 0, 1, 2
+
+
+class Softmax(_Kernel):
+    """``SOFTMAX``: :func:`airfoil.fixedpoint.softmax` of ``rows x heads`` rows of
+    ``length`` int32 scores with the causal mask: row ``(t, h)`` sees keys
+    ``0 .. pos + t``.
+
+    Per row: a max pass and an exp-and-sum pass over the ``v = min(length, pos + t + 1)``
+    visible scores (one per cycle, back to back), 4 cycles to drain the exp pipeline, 2
+    cycles of reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an
+    output pass of ``length`` cycles that re-reads the visible scores, recomputes their
+    exponentials and writes the Q15 probabilities (0 for masked keys). Rows follow back
+    to back; a run takes :func:`softmax_cycles` cycles. With an unsigned ``pos`` every
+    row sees key 0; ``length = 0`` is refused as MALFORMED.
+    """
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a score's read to its probability's write in the output pass."""
+        return _SOFTMAX_LATENCY
+
+    @staticmethod
+    def cycles(args) -> int:
+        """See :func:`softmax_cycles`."""
+        return softmax_cycles(args)
+
+    def _datapath(self, m: Module, launch):
+        a = self.args
+        m.submodules.exp_rom = exp_rom = _rom(fx._EXP2_T)
+        m.submodules.recip_rom = recip_rom = _rom(fx._RECIP_T)
+        exp_lo = exp_rom.read_port()
+        exp_hi = exp_rom.read_port()
+        rcp = recip_rom.read_port()
+
+        t = Signal(32)              # query row
+        h = Signal(10)
+        key = Signal(32)
+        src_row = Signal(ADDR_BITS)
+        visible = Signal(33)
+        limit = Signal(34)
+        m.d.comb += limit.eq(a.pos + t + 1)
+        m.d.comb += visible.eq(Mux(limit < a.length, limit, a.length))
+        last_row = (t == a.rows - 1) & (h == a.heads - 1)
+
+        # Issue side.
+        rd = Signal()
+        tag_pass = Signal(2)
+        tag_first = Signal()
+        tag_mask = Signal()
+        tag_last = Signal()
+        wait = Signal(3)
+        energy = Signal(48)
+        norm = Signal(16)
+        nshift = Signal(6)
+        recip_m = Signal(16)
+        out_shift = Signal(6)
+        issue = Signal()
+        m.d.comb += [self.src.addr.eq(src_row + (key << 2)), self.src.en.eq(rd)]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(launch):
+                    m.d.sync += [t.eq(0), h.eq(0), key.eq(0), src_row.eq(a.src_addr)]
+                    m.next = "MAX"
+            with m.State("MAX"):
+                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_MAX),
+                             tag_first.eq(key == 0)]
+                with m.If(key == visible - 1):
+                    m.d.sync += key.eq(0)
+                    m.next = "EXP"
+                with m.Else():
+                    m.d.sync += key.eq(key + 1)
+            with m.State("EXP"):
+                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_EXP)]
+                with m.If(key == visible - 1):
+                    m.d.sync += [key.eq(0), wait.eq(0)]
+                    m.next = "WAIT"
+                with m.Else():
+                    m.d.sync += key.eq(key + 1)
+            with m.State("WAIT"):
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == 3):
+                    m.next = "RECIP0"
+            with m.State("RECIP0"):
+                # energy >= 2**15 (the row maximum contributes exp(0) = 2**15).
+                length = Signal(range(49))
+                for i in range(48):
+                    with m.If(energy[i]):
+                        m.d.comb += length.eq(i + 1)
+                sh = Signal(6)
+                m.d.comb += [sh.eq(length - 16), rcp.addr.eq((energy >> sh)[7:15])]
+                m.d.sync += [norm.eq(energy >> sh), nshift.eq(sh)]
+                m.next = "RECIP1"
+            with m.State("RECIP1"):
+                y0 = rcp.data
+                corr = Signal(signed(34))
+                m.d.comb += corr.eq((1 << 32) - norm * y0)
+                y1 = Signal(signed(52))
+                m.d.comb += y1.eq((y0 * corr) >> 31)
+                with m.If(y1 < (1 << 15)):
+                    m.d.sync += recip_m.eq(1 << 15)
+                with m.Elif(y1 > (1 << 16) - 1):
+                    m.d.sync += recip_m.eq((1 << 16) - 1)
+                with m.Else():
+                    m.d.sync += recip_m.eq(y1)
+                m.d.sync += [out_shift.eq(nshift + 31 - fx.P_FRAC), energy.eq(0)]
+                m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += [rd.eq(key < visible), issue.eq(1), tag_pass.eq(_PASS_OUT),
+                             tag_mask.eq(key >= visible)]
+                with m.If(key == a.length - 1):
+                    m.d.sync += [key.eq(0), src_row.eq(src_row + (a.length << 2))]
+                    with m.If(last_row):
+                        m.d.comb += tag_last.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        with m.If(h == a.heads - 1):
+                            m.d.sync += [h.eq(0), t.eq(t + 1)]
+                        with m.Else():
+                            m.d.sync += h.eq(h + 1)
+                        m.next = "MAX"
+                with m.Else():
+                    m.d.sync += key.eq(key + 1)
+
+        # Stage 1: the score arrives; update the max or form d = sat(max - s).
+        v1, pass1, first1, mask1, last1 = Signal(), Signal(2), Signal(), Signal(), Signal()
+        m.d.sync += [v1.eq(issue), pass1.eq(tag_pass), first1.eq(tag_first),
+                     mask1.eq(tag_mask), last1.eq(tag_last)]
+        score = self.src.data.as_signed()
+        row_max = Signal(signed(32))
+        v2, pass2, mask2, last2 = Signal(), Signal(2), Signal(), Signal()
+        diff = Signal(31)
+        m.d.sync += [v2.eq(v1 & (pass1 != _PASS_MAX)), pass2.eq(pass1), mask2.eq(mask1),
+                     last2.eq(last1)]
+        with m.If(v1 & (pass1 == _PASS_MAX)):
+            with m.If(first1 | (score > row_max)):
+                m.d.sync += row_max.eq(score)
+        full = Signal(signed(34))
+        m.d.comb += full.eq(row_max - score)
+        m.d.sync += diff.eq(Mux(full > _INT32_MAX, _INT32_MAX, full))
+
+        # Stage 2: d * log2(e), split into integer and fraction, address the exp2 table.
+        scaled = Signal(48)
+        m.d.comb += scaled.eq(diff * fx._LOG2E_Q15)
+        scaled_s = Signal(signed(49))
+        m.d.comb += scaled_s.eq(scaled)
+        t2 = _shift_round(m, scaled_s, Const(15, 4), 34, "sm_t2")
+        ip3, frac3 = Signal(18), Signal(8)
+        v3, pass3, mask3, last3 = Signal(), Signal(2), Signal(), Signal()
+        m.d.comb += [exp_lo.addr.eq(t2[8:16]), exp_hi.addr.eq(t2[8:16] + 1)]
+        m.d.sync += [ip3.eq(t2[16:34]), frac3.eq(t2[:8]), v3.eq(v2), pass3.eq(pass2),
+                     mask3.eq(mask2), last3.eq(last2)]
+
+        # Stage 3: interpolate and shift: e = exp_neg(d) (Q15).
+        delta = Signal(signed(18))
+        m.d.comb += delta.eq(exp_hi.data - exp_lo.data)
+        interp = Signal(signed(27))
+        m.d.comb += interp.eq(delta * frac3)
+        y = Signal(signed(19))
+        m.d.comb += y.eq(exp_lo.data + _shift_round(m, interp, Const(8, 4), 27, "sm_interp"))
+        ishift = Signal(5)
+        m.d.comb += ishift.eq(Mux(ip3 > 31, 31, ip3))
+        expo = _shift_round(m, y, ishift, 19, "sm_exp")
+        e4 = Signal(17)
+        v4, pass4, last4 = Signal(), Signal(2), Signal()
+        m.d.sync += [e4.eq(Mux(mask3, 0, expo)), v4.eq(v3), pass4.eq(pass3),
+                     last4.eq(last3)]
+
+        # Stage 4: accumulate the sum, or normalise and write.
+        with m.If(v4 & (pass4 == _PASS_EXP)):
+            m.d.sync += energy.eq(energy + e4)
+        prob_x = Signal(signed(34))
+        m.d.comb += prob_x.eq(e4 * recip_m)
+        prob = _shift_round(m, prob_x, out_shift, 34, "sm_prob")
+        out_addr = Signal(ADDR_BITS)
+        with m.If(launch):
+            m.d.sync += [out_addr.eq(a.dst_addr), energy.eq(0)]
+        with m.If(v4 & (pass4 == _PASS_OUT)):
+            m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(prob),
+                         self.dst.en.eq(0b1111)]
+            m.d.sync += out_addr.eq(out_addr + 4)
+        finish = Signal()
+        m.d.comb += finish.eq(v4 & last4)
+        refuse = Signal()
+        m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0))
+        return refuse, ErrorCode.MALFORMED, finish
+
+
+# -- ATT_PV -----------------------------------------------------------------------------
+
+class AttentionContext(_Kernel):
+    """``ATT_PV``: :func:`~airfoil.fixedpoint.attention_weights` then
+    :func:`~airfoil.fixedpoint.attention_context` over GQA heads.
+
+    For each ``(row, head)`` and key ``l``: read the probability (``src``) and the value
+    record's scale pair (3 ``aux`` words), form the Q20 weight, then stream the record's
+    ``ceil(n / 4) + 1`` value words into 4 multiply-accumulate lanes over an on-chip
+    accumulator (``max_head_dim / 4`` words of 4 x 64 bits, read-modify-write); after the
+    last key an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). A run takes
+    :func:`pv_cycles` cycles.
+
+    Parameters
+    ----------
+    max_head_dim : int
+        Largest head dimension ``n`` this instance accumulates (a multiple of 4); a larger
+        ``n`` is refused with :attr:`~airfoil.isa.ErrorCode.UNSUPPORTED`.
+    """
+
+    def __init__(self, *, max_head_dim: int = 256):
+        if (not isinstance(max_head_dim, int) or isinstance(max_head_dim, bool)
+                or max_head_dim < 4 or max_head_dim % 4):
+            self._MustUse__silence = True       # refused, so never elaborated
+            raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
+                            f"not {max_head_dim!r}")
+        self._max_head_dim = max_head_dim
+        super().__init__()
+
+    @property
+    def max_head_dim(self) -> int:
+        """Largest head dimension accepted."""
+        return self._max_head_dim
+
+    def cycles(self, args) -> int:
+        """See :func:`pv_cycles`."""
+        return pv_cycles(args, self._max_head_dim)
+
+    def _datapath(self, m: Module, launch):
+        a = self.args
+        walk = _HeadWalk(m, a, launch)
+        depth = self._max_head_dim // 4
+        m.submodules.acc = acc = memory.Memory(shape=unsigned(256), depth=depth, init=[])
+        acc_w = acc.write_port()
+        acc_r = acc.read_port(transparent_for=(acc_w,))
+
+        nchunks = Signal(19)
+        up8 = Signal(ADDR_BITS)
+        with m.If(launch):
+            m.d.sync += [nchunks.eq((a.n + 3) >> 2), up8.eq(((a.n + 7) >> 3) << 3)]
+        w = Signal(20)                   # 0..2: scale words; 3..nchunks+3: value words
+        i_out = Signal(20)
+        p_addr = Signal(ADDR_BITS)
+        out_addr = Signal(ADDR_BITS)
+        issue, out_issue, out_last = Signal(), Signal(), Signal()
+        rec = walk.krec
+        sbase = Cat(Const(0, 2), (rec + up8)[2:])
+        vbase = Cat(Const(0, 2), rec[2:])
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(launch):
+                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
+                    m.next = "KEYS"
+            with m.State("KEYS"):
+                # The third scale word is the funnel's; an aligned record needs none.
+                m.d.comb += [issue.eq(1), self.aux.en.eq((w != 2) | (rec[:2] != 0)),
+                             self.aux.addr.eq(Mux(w < 3, sbase + (w << 2),
+                                                  vbase + ((w - 3) << 2))),
+                             self.src.addr.eq(p_addr), self.src.en.eq(w == 0),
+                             acc_r.addr.eq(w - 4)]
+                with m.If(w == nchunks + 3):
+                    m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
+                    with m.If(walk.last_key):
+                        m.d.sync += i_out.eq(0)
+                        m.next = "OUT"
+                    with m.Else():
+                        walk.advance(m)
+                with m.Else():
+                    m.d.sync += w.eq(w + 1)
+            with m.State("OUT"):
+                m.d.comb += [out_issue.eq(1), acc_r.addr.eq(i_out >> 2)]
+                with m.If(i_out == a.n - 1):
+                    walk.advance(m)
+                    with m.If(walk.last):
+                        m.d.comb += out_last.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "KEYS"
+                with m.Else():
+                    m.d.sync += i_out.eq(i_out + 1)
+
+        # Arrival of the key stream.
+        v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(2)
+        m.d.sync += [v1.eq(issue), w1.eq(w), first1.eq(walk.key == 0), off1.eq(rec[:2])]
+        prev = Signal(32)
+        with m.If(v1):
+            m.d.sync += prev.eq(self.aux.data)
+        chunk = _funnel(prev, self.aux.data, off1)
+        prob = Signal(signed(32))
+        prod = Signal(signed(64))
+        weight = Signal(signed(32))
+        with m.If(v1 & (w1 == 0)):
+            m.d.sync += prob.eq(self.src.data.as_signed())
+        with m.If(v1 & (w1 == 1)):
+            m.d.sync += prod.eq(prob * chunk.as_signed())
+        wshift = Signal(signed(34))
+        m.d.comb += wshift.eq(chunk.as_signed() + fx.P_FRAC - fx.W_FRAC)
+        wnew = _shift_round_sat(m, prod, wshift, "pv_weight")
+        with m.If(v1 & (w1 == 2)):
+            m.d.sync += weight.eq(wnew)
+        lanes = []
+        for b in range(4):
+            old = Signal(signed(64), name=f"acc_old{b}")
+            new = Signal(signed(64), name=f"acc_new{b}")
+            m.d.comb += [old.eq(Mux(first1, 0, acc_r.data[64 * b:64 * b + 64].as_signed())),
+                         new.eq(old + weight * chunk[8 * b:8 * b + 8].as_signed())]
+            lanes.append(new)
+        with m.If(v1 & (w1 >= 4)):
+            m.d.comb += [acc_w.addr.eq(w1 - 4), acc_w.data.eq(Cat(*lanes)), acc_w.en.eq(1)]
+
+        # Output pass: one accumulator lane per cycle.
+        vo, lane_o, last_o = Signal(), Signal(2), Signal()
+        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:2]), last_o.eq(out_last)]
+        lane = Signal(signed(64))
+        m.d.comb += lane.eq(acc_r.data.word_select(lane_o, 64).as_signed())
+        rounded = _shift_round(m, lane, Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64, "pv_round")
+        result = _sat32(m, rounded, "pv_out")
+        with m.If(vo):
+            m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(result),
+                         self.dst.en.eq(0b1111)]
+            m.d.sync += out_addr.eq(out_addr + 4)
+        finish = Signal()
+        m.d.comb += finish.eq(vo & last_o)
+        refuse = Signal()
+        code = Signal(ErrorCode)
+        malformed = self._head_refusal(m)
+        m.d.comb += refuse.eq(malformed | (a.n > self._max_head_dim))
+        with m.If(malformed):
+            m.d.comb += code.eq(ErrorCode.MALFORMED)
+        with m.Else():
+            m.d.comb += code.eq(ErrorCode.UNSUPPORTED)
+        return refuse, code, finish
+
+
+#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
+KERNELS = {
+    SfuFunc.ATT_QK: AttentionScores,
+    SfuFunc.SOFTMAX: Softmax,
+    SfuFunc.ATT_PV: AttentionContext,
+}

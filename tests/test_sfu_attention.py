@@ -1,0 +1,427 @@
+"""The SFU attention kernels (hdl/sfu/attention.py) against the ISA simulator, bit for bit.
+
+Each case fills the ``src``, ``aux`` and ``dst`` buffers with random bytes, places INT8
+records (scale pairs included) or int32 scores at random, possibly unaligned, addresses,
+runs the ISA simulator's ``SFU`` function on copies of the buffers and the kernel in
+``amaranth.sim`` (Python memories answer the read ports with latency 1 and record every
+write), then compares the whole ``dst`` buffer byte for byte and the cycle count with the
+kernel module's formula.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from airfoil.config import load_config
+from airfoil.errors import ProgramError
+from airfoil.isa import Buffer, ErrorCode, SfuFunc
+from hdl.sfu import attention
+from hdl.sfu.attention import KERNELS, AttentionContext, AttentionScores, Softmax
+from hdl.sfu.kernel import ARGS_LAYOUT
+from sim.isa_sim import IsaSim
+
+BUF_BYTES = 8192
+SRC_REG, POS_REG, LEN_REG = 3, 4, 5
+
+
+def _up8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+# -- harness ----------------------------------------------------------------------------
+
+def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed: int,
+               max_cycles: int = 200_000) -> dict:
+    """Run one kernel invocation; return cycles, error flag/code and the write count.
+
+    The read ports answer with the little-endian word at the address of the previous
+    cycle; when ``en`` was low they hold their word or show random bits (either at random;
+    the kernel must ignore both). Writes go to ``dst`` under their byte enables.
+    """
+    rng = random.Random(seed)
+    out = {}
+
+    async def testbench(ctx):
+        ctx.set(dut.args, ARGS_LAYOUT.const(args))
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        pending = {"src": None, "aux": None}
+        held = {"src": 0, "aux": 0}
+        writes = 0
+        for cycle in range(1, max_cycles):
+            for name, mem in (("src", src), ("aux", aux)):
+                port = getattr(dut, name)
+                a = pending[name]
+                if a is not None:
+                    held[name] = int.from_bytes(mem[a:a + 4], "little")
+                elif rng.getrandbits(1):
+                    held[name] = rng.getrandbits(32)
+                ctx.set(port.data, held[name])
+            for name, mem in (("src", src), ("aux", aux)):
+                port = getattr(dut, name)
+                if ctx.get(port.en):
+                    a = ctx.get(port.addr)
+                    assert a % 4 == 0 and a + 4 <= len(mem), f"{name} read at {a:#x}"
+                    pending[name] = a
+                else:
+                    pending[name] = None
+            en = ctx.get(dut.dst.en)
+            if en:
+                a, d = ctx.get(dut.dst.addr), ctx.get(dut.dst.data)
+                assert a % 4 == 0 and a + 4 <= len(dst), f"dst write at {a:#x}"
+                for b in range(4):
+                    if en >> b & 1:
+                        dst[a + b] = d >> (8 * b) & 0xFF
+                writes += 1
+            assert ctx.get(dut.busy), f"busy low in cycle {cycle} before done"
+            if ctx.get(dut.done):
+                out.update(cycles=cycle, err=ctx.get(dut.err),
+                           code=ErrorCode(ctx.get(dut.err_code)), writes=writes)
+                await ctx.tick()
+                assert not ctx.get(dut.busy) and not ctx.get(dut.done)
+                return
+            await ctx.tick()
+        raise AssertionError(f"no done within {max_cycles} cycles")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return out
+
+
+def run_reference(args: dict, src: bytes, aux: bytes, dst: bytes | None):
+    """The ISA simulator's ``SFU`` function on copies of the buffers: (dst, error code).
+
+    ``dst = None`` writes into (a copy of) ``src``: the in-place form the compiler emits.
+    """
+    isa = IsaSim(load_config("test"), bytearray(64))
+    isa.buffers[Buffer.ACT] = bytearray(src)
+    isa.buffers[Buffer.KV] = bytearray(aux)
+    isa.buffers[Buffer.OUT] = bytearray(src if dst is None else dst)
+    out = Buffer.OUT if dst is not None else Buffer.ACT
+    isa.regs[SRC_REG] = args["rows"]
+    isa.regs[POS_REG] = args["pos"]
+    isa.regs[LEN_REG] = args["length"]
+    fields = dict(func=args["func"], n=args["n"], rows=0, rows_reg=SRC_REG,
+                  heads=args["heads"], kv_heads=args["kv_heads"], pos_reg=POS_REG,
+                  len_reg=LEN_REG, src=Buffer.ACT, aux=Buffer.KV, dst=out,
+                  src_addr=args["src_addr"], aux_addr=args["aux_addr"],
+                  dst_addr=args["dst_addr"], imm0=args["imm0"], imm1=args["imm1"])
+    try:
+        isa._sfu_func(0, SimpleNamespace(fields=fields))
+    except ProgramError as e:
+        return bytes(isa.buffers[out]), e.code
+    return bytes(isa.buffers[out]), ErrorCode.NONE
+
+
+def make_args(func, *, n, rows, heads, kv_heads=1, pos=0, length, src_addr=0, aux_addr=0,
+              dst_addr=0, imm0=0, imm1=0) -> dict:
+    return dict(func=func, n=n, rows=rows, heads=heads, kv_heads=kv_heads, pos=pos,
+                length=length, src_addr=src_addr, dst_addr=dst_addr, aux_addr=aux_addr,
+                imm0=imm0, imm1=imm1)
+
+
+def put_records(buf: bytearray, rng: np.random.Generator, start: int, count: int, n: int,
+                stride: int, se_range: tuple[int, int]) -> None:
+    """Random INT8 records with normalised ``sm`` and ``se`` drawn from ``se_range``."""
+    for i in range(count):
+        a = start + i * stride
+        buf[a:a + n] = rng.integers(-128, 128, n).astype(np.int8).tobytes()
+        sm = int(rng.integers(1 << 15, 1 << 16))
+        se = int(rng.integers(*se_range))
+        buf[a + _up8(n):a + _up8(n) + 8] = np.array([sm, se], "<i4").tobytes()
+
+
+def check(dut, args: dict, src: bytearray, aux: bytearray, seed: int, *,
+          in_place: bool = False) -> dict:
+    """Run kernel and reference on the same buffers; assert equal bytes and cycles.
+
+    ``in_place``: ``dst`` is the ``src`` buffer itself (the kernel's writes are visible
+    to its later reads), as the compiler emits ``SOFTMAX``.
+    """
+    if in_place:
+        want, code = run_reference(args, src, aux, None)
+        dst = src = bytearray(src)
+    else:
+        dst = bytearray(np.random.default_rng(seed + 1).integers(0, 256, BUF_BYTES,
+                                                                 np.uint8))
+        want, code = run_reference(args, src, aux, dst)
+        src = bytes(src)
+    got = run_kernel(dut, args, src, bytes(aux), dst, seed=seed)
+    assert got["code"] == code and got["err"] == (code != ErrorCode.NONE), (seed, got, code)
+    assert bytes(dst) == want, f"seed {seed}: dst differs from the ISA simulator"
+    assert got["cycles"] == dut.cycles(args), (seed, got["cycles"], dut.cycles(args))
+    got["dst"] = bytes(dst)
+    return got
+
+
+def random_buffers(seed: int):
+    rng = np.random.default_rng(seed)
+    src = bytearray(rng.integers(0, 256, BUF_BYTES, np.uint8))
+    aux = bytearray(rng.integers(0, 256, BUF_BYTES, np.uint8))
+    return rng, src, aux
+
+
+# -- ATT_QK -----------------------------------------------------------------------------
+
+QK_CASES = [
+    # rows, heads, kv_heads, length, n, query stride pad, key stride pad, addr offsets
+    pytest.param(1, 4, 2, 5, 8, 0, 0, (0, 0, 0), id="gqa-decode-L5"),
+    pytest.param(2, 2, 2, 1, 5, 3, 1, (1, 2, 4), id="mha-prefill-L1-unaligned"),
+    pytest.param(1, 4, 2, 17, 3, 1, 5, (3, 1, 8), id="gqa-decode-L17-unaligned"),
+    pytest.param(3, 2, 1, 5, 12, 0, 4, (2, 3, 0), id="mqa-prefill-L5"),
+]
+
+
+@pytest.mark.parametrize("seed", [11])
+@pytest.mark.parametrize("rows,heads,kv,length,n,qpad,kpad,offs", QK_CASES)
+def test_att_qk(rows, heads, kv, length, n, qpad, kpad, offs, seed):
+    rng, src, aux = random_buffers(seed)
+    qstride, kstride = _up8(n) + 8 + qpad, _up8(n) + 8 + kpad
+    args = make_args(SfuFunc.ATT_QK, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
+                     src_addr=64 + offs[0], aux_addr=32 + offs[1], dst_addr=offs[2] * 4,
+                     imm0=qstride, imm1=kstride)
+    put_records(src, rng, args["src_addr"], rows * heads, n, qstride, (8, 24))
+    put_records(aux, rng, args["aux_addr"], length * kv, n, kstride, (8, 24))
+    got = check(AttentionScores(), args, src, aux, seed)
+    assert got["writes"] == rows * heads * length
+
+
+@pytest.mark.parametrize("seed", [5])
+def test_att_qk_extreme_scales(seed):
+    """Scales whose shift is far left (saturating at +-2**31) or beyond 62 to the right."""
+    rng, src, aux = random_buffers(seed)
+    n, heads, kv, length = 8, 2, 1, 6
+    args = make_args(SfuFunc.ATT_QK, n=n, rows=1, heads=heads, kv_heads=kv, length=length,
+                     src_addr=0, aux_addr=0, dst_addr=0, imm0=16 + 4, imm1=16)
+    put_records(src, rng, 0, heads, n, 20, (-20, 5))
+    put_records(aux, rng, 0, length, n, 16, (-20, 120))
+    # All-extreme values: -128 everywhere in one key, +127 in another.
+    aux[0:n] = bytes([0x80] * n)
+    aux[16:16 + n] = bytes([0x7F] * n)
+    src[0:n] = bytes([0x7F] * n)                     # query 0 all +127
+    for buf, at, se in ((src, 0, -20), (aux, 0, -20), (aux, 16, -20), (aux, 32, 120)):
+        buf[at + _up8(n) + 4:at + _up8(n) + 8] = np.array([se], "<i4").tobytes()
+    got = check(AttentionScores(), args, src, aux, seed)
+    scores = np.frombuffer(got["dst"], "<i4", heads * length)
+    assert {(1 << 31) - 1, -(1 << 31), 0} <= set(scores.tolist()), "extremes not reached"
+
+
+# -- SOFTMAX ----------------------------------------------------------------------------
+
+SOFTMAX_CASES = [
+    # rows, heads, length, pos, score magnitude
+    pytest.param(1, 4, 5, 4, 1 << 18, id="decode-L5"),
+    pytest.param(3, 2, 5, 2, 1 << 20, id="prefill-causal"),
+    pytest.param(4, 1, 5, 0, 1 << 16, id="prefill-from-0"),
+    pytest.param(1, 2, 1, 0, 1 << 16, id="L1"),
+    pytest.param(2, 1, 17, 20, 1 << 31, id="L17-extreme"),
+]
+
+
+@pytest.mark.parametrize("seed", [3])
+@pytest.mark.parametrize("rows,heads,length,pos,mag", SOFTMAX_CASES)
+def test_softmax(rows, heads, length, pos, mag, seed):
+    rng, src, aux = random_buffers(seed)
+    args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
+                     src_addr=128, dst_addr=256)
+    count = rows * heads * length
+    scores = rng.integers(-mag, mag, count, dtype=np.int64).clip(-(1 << 31), (1 << 31) - 1)
+    if mag == 1 << 31:       # max - s of 2**31 and more saturates d (to a zero exp)
+        scores[0:4] = [(1 << 31) - 1, -(1 << 31), -1, -3]
+    src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
+    dut = Softmax()
+    assert dut.latency == 4
+    got = check(dut, args, src, aux, seed)
+    assert got["writes"] == count
+
+
+@pytest.mark.parametrize("seed", [4])
+def test_softmax_in_place(seed):
+    """Probabilities over their own scores (src = dst), as the compiler schedules it."""
+    rng, src, aux = random_buffers(seed)
+    rows, heads, length = 3, 2, 6
+    args = make_args(SfuFunc.SOFTMAX, n=8, rows=rows, heads=heads, length=length, pos=1,
+                     src_addr=64, dst_addr=64)
+    count = rows * heads * length
+    src[64:64 + 4 * count] = rng.integers(-1 << 18, 1 << 18, count).astype("<i4").tobytes()
+    check(Softmax(), args, src, aux, seed, in_place=True)
+
+
+# -- ATT_PV -----------------------------------------------------------------------------
+
+PV_CASES = [
+    # rows, heads, kv_heads, length, n, value stride pad, addr offsets, se range
+    pytest.param(1, 4, 2, 5, 8, 0, (0, 0, 0), (14, 24), id="gqa-decode-L5"),
+    pytest.param(2, 2, 2, 1, 6, 3, (0, 1, 8), (14, 24), id="mha-prefill-L1-unaligned"),
+    pytest.param(1, 2, 1, 17, 4, 1, (4, 3, 0), (14, 24), id="mqa-decode-L17"),
+    pytest.param(2, 2, 1, 5, 9, 4, (0, 2, 4), (-30, 60), id="extreme-scales"),
+]
+
+
+@pytest.mark.parametrize("seed", [7])
+@pytest.mark.parametrize("rows,heads,kv,length,n,vpad,offs,se_range", PV_CASES)
+def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, seed):
+    rng, src, aux = random_buffers(seed)
+    vstride = _up8(n) + 8 + vpad
+    args = make_args(SfuFunc.ATT_PV, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
+                     src_addr=offs[0] * 4, aux_addr=16 + offs[1], dst_addr=offs[2] * 4,
+                     imm1=vstride)
+    count = rows * heads * length
+    probs = rng.integers(0, (1 << 15) + 1, count)
+    probs[: min(count, 3)] = [1 << 15, 0, 1 << 15][: min(count, 3)]
+    src[args["src_addr"]:args["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
+    put_records(aux, rng, args["aux_addr"], length * kv, n, vstride, se_range)
+    got = check(AttentionContext(max_head_dim=16), args, src, aux, seed)
+    assert got["writes"] == rows * heads * n
+    out = np.frombuffer(got["dst"], "<i4", rows * heads * n, args["dst_addr"])
+    if se_range[0] < 0:
+        assert ((out == (1 << 31) - 1) | (out == -(1 << 31))).any(), "no saturated output"
+
+
+@pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
+def test_records_at_buffer_end(func):
+    """Aligned records ending at the last byte of their buffers: no read beyond it."""
+    rng, src, aux = random_buffers(9)
+    n, heads, kv, length = 8, 2, 1, 3
+    stride = _up8(n) + 8
+    q_at, k_at = BUF_BYTES - heads * stride, BUF_BYTES - length * kv * stride
+    args = make_args(func, n=n, rows=1, heads=heads, kv_heads=kv, length=length,
+                     src_addr=q_at if func == SfuFunc.ATT_QK else BUF_BYTES - 4 * heads * length,
+                     aux_addr=k_at, imm0=stride, imm1=stride)
+    if func == SfuFunc.ATT_QK:
+        put_records(src, rng, q_at, heads, n, stride, (8, 24))
+    else:
+        probs = rng.integers(0, (1 << 15) + 1, heads * length).astype("<i4")
+        src[BUF_BYTES - 4 * heads * length:] = probs.tobytes()
+    put_records(aux, rng, k_at, length * kv, n, stride, (8, 24))
+    check(KERNELS[func](), args, src, aux, 9)
+
+
+# -- refused arguments ------------------------------------------------------------------
+
+MALFORMED = [
+    pytest.param(SfuFunc.ATT_QK, dict(heads=1, kv_heads=2, length=4), id="qk-kv-above-heads"),
+    pytest.param(SfuFunc.ATT_QK, dict(heads=2, kv_heads=0, length=4), id="qk-no-kv-heads"),
+    pytest.param(SfuFunc.ATT_PV, dict(heads=2, kv_heads=1, length=0), id="pv-no-keys"),
+    pytest.param(SfuFunc.SOFTMAX, dict(heads=2, kv_heads=1, length=0), id="softmax-no-keys"),
+]
+
+
+@pytest.mark.parametrize("func,fields", MALFORMED)
+def test_malformed(func, fields):
+    """Refused like the ISA simulator: MALFORMED after one cycle, nothing written."""
+    _, src, aux = random_buffers(1)
+    args = make_args(func, n=8, rows=1, **fields)
+    got = check(KERNELS[func](), args, src, aux, 1)
+    assert got["code"] == ErrorCode.MALFORMED and got["cycles"] == 1 and got["writes"] == 0
+
+
+def test_pv_head_dim_beyond_instance():
+    _, src, aux = random_buffers(2)
+    args = make_args(SfuFunc.ATT_PV, n=20, rows=1, heads=1, kv_heads=1, length=2, imm1=32)
+    dst = bytearray(BUF_BYTES)
+    got = run_kernel(AttentionContext(max_head_dim=16), args, bytes(src), bytes(aux), dst,
+                     seed=2)
+    assert got == dict(cycles=1, err=1, code=ErrorCode.UNSUPPORTED, writes=0)
+    assert not any(dst)
+
+
+def test_parameters_and_formulas():
+    with pytest.raises(TypeError, match="multiple of 4, not 6"):
+        AttentionContext(max_head_dim=6)
+    assert set(KERNELS) == {SfuFunc.ATT_QK, SfuFunc.SOFTMAX, SfuFunc.ATT_PV}
+    args = make_args(SfuFunc.ATT_QK, n=64, rows=1, heads=8, kv_heads=2, length=64)
+    # One decode step of a 64-key, 8-head attention with head_dim 64 (formula only).
+    assert attention.cycles(args) == 8 * 64 * (64 // 4 + 3) + 3
+    with pytest.raises(ValueError, match="not COPY"):
+        attention.cycles(dict(args, func=SfuFunc.COPY))
+
+
+# -- the three kernels chained, as the compiler schedules one attention ------------------
+
+def _attention_chain(rows, heads, kv, length, n, pos, seed, run_step):
+    """QK -> SOFTMAX -> PV through buffers, each step by ``run_step(func, args, src,
+    aux)``, with scales of realistic magnitude (scores of a few units in Q16)."""
+    rng, qbuf, kbuf = random_buffers(seed)
+    vbuf = bytearray(rng.integers(0, 256, BUF_BYTES, np.uint8))
+    rec = _up8(n) + 8
+    extra = (n // 8).bit_length() - 1 if n >= 8 else 0    # dot products grow with n
+    put_records(qbuf, rng, 0, rows * heads, n, rec, (20 + extra, 24 + extra))
+    put_records(kbuf, rng, 0, length * kv, n, rec, (20, 24))
+    put_records(vbuf, rng, 0, length * kv, n, rec, (20, 24))
+    common = dict(rows=rows, heads=heads, kv_heads=kv, length=length, pos=pos)
+    scores = run_step(make_args(SfuFunc.ATT_QK, n=n, imm0=rec, imm1=rec, **common),
+                      qbuf, kbuf)
+    probs = run_step(make_args(SfuFunc.SOFTMAX, n=n, **common), scores, kbuf)
+    return scores, probs, run_step(make_args(SfuFunc.ATT_PV, n=n, imm1=rec, **common),
+                                   probs, vbuf)
+
+
+@pytest.mark.parametrize("rows,heads,kv,length,n,pos,seed", [
+    pytest.param(2, 4, 2, 5, 8, 3, 21, id="gqa-prefill"),
+    pytest.param(8, 4, 2, 17, 64, 9, 22, id="gqa-prefill-hd64", marks=pytest.mark.slow),
+])
+def test_attention_chain(rows, heads, kv, length, n, pos, seed):
+    """Scores, probabilities and context of one attention equal the ISA simulator's."""
+    kernels = {f: (AttentionContext(max_head_dim=64) if f == SfuFunc.ATT_PV else k())
+               for f, k in KERNELS.items()}
+    zero = bytearray(BUF_BYTES)
+
+    def hardware(args, src, aux):
+        dst = bytearray(zero)
+        got = run_kernel(kernels[args["func"]], args, bytes(src), bytes(aux), dst, seed=seed)
+        assert got["err"] == 0 and got["cycles"] == kernels[args["func"]].cycles(args)
+        return dst
+
+    def reference(args, src, aux):
+        out, code = run_reference(args, src, aux, zero)
+        assert code == ErrorCode.NONE
+        return out
+
+    want = _attention_chain(rows, heads, kv, length, n, pos, seed, reference)
+    got = _attention_chain(rows, heads, kv, length, n, pos, seed, hardware)
+    count = rows * heads * length
+    probs = np.frombuffer(want[1], "<i4", count).reshape(rows, heads, length)
+    spread = ((probs > 0) & (probs < 1 << 15)).mean()
+    assert spread > 0.5, f"degenerate softmax input: {spread:.2f} of probabilities in (0, 1)"
+    for name, w, g in zip(("scores", "probabilities", "context"), want, got):
+        assert bytes(g) == bytes(w), f"seed {seed}: {name} differ from the ISA simulator"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 112))
+def test_random_shapes(seed):
+    """Random shapes, strides, offsets and scales for each kernel (fuzz, slow)."""
+    r = random.Random(seed)
+    kv = r.choice([1, 2])
+    heads, rows, length, n = kv * r.choice([1, 2, 3]), r.randint(1, 3), r.randint(1, 9), \
+        r.randint(1, 20)
+    pos = r.randint(0, 12)
+    rng, src, aux = random_buffers(seed)
+    stride = _up8(n) + 8 + r.randint(0, 5)
+    base = dict(n=n, rows=rows, heads=heads, kv_heads=kv, length=length, pos=pos,
+                src_addr=r.randint(0, 40), aux_addr=r.randint(0, 40),
+                dst_addr=4 * r.randint(0, 10), imm0=stride, imm1=stride)
+    lo = r.randint(-40, 30)
+    put_records(src, rng, base["src_addr"], rows * heads, n, stride, (lo, lo + 40))
+    put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo, lo + 40))
+    check(AttentionScores(), dict(base, func=SfuFunc.ATT_QK), src, aux, seed)
+    rng, src, aux = random_buffers(seed + 1)
+    base["src_addr"] &= ~3
+    count = rows * heads * length
+    mag = 1 << r.randint(8, 31)
+    scores = rng.integers(-mag, mag, count, dtype=np.int64).clip(-(1 << 31), (1 << 31) - 1)
+    src[base["src_addr"]:base["src_addr"] + 4 * count] = scores.astype("<i4").tobytes()
+    check(Softmax(), dict(base, func=SfuFunc.SOFTMAX), src, aux, seed)
+    probs = rng.integers(0, (1 << 15) + 1, count)
+    src[base["src_addr"]:base["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
+    put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo + 20, lo + 50))
+    check(AttentionContext(max_head_dim=20), dict(base, func=SfuFunc.ATT_PV), src, aux, seed)
