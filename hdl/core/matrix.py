@@ -1,27 +1,31 @@
-"""The MATRIX unit: ``MV`` on the dense chain engine with the group rescaler.
+"""The MATRIX unit: ``MV``/``MM`` on the dense chain engine with the group rescaler.
 
-Data path of one ``MV`` (a weight tile of ``rows`` rows, see
+Data path of one vector of an ``MV``/``MM`` (a weight tile of ``rows`` rows, see
 :class:`airfoil.formats.TileLayout`)::
 
     WGT port 0 + ACT --operand stream--> DenseChains --psums--> GroupRescaler --accs-->
     WGT port 1 --scales, bias------------------------------------^          |
+    AUX --(M, S) per vector--------------------------------------------+    |
                                      OUT <-- Requantizer <-- serializer <---+
 
 The memory side reads one INT4 step (one WGT row) per cycle, or one INT8 step in two
 cycles, and the activations of the step; the chains take ``chains x lanes`` weights per
-cycle. The scale/bias reader runs ahead through small queues. The serializer
-requantizes the ``chains`` results of a batch one per cycle while the next batch runs.
+cycle. The scale/bias reader (one WGT row per cycle) runs ahead through small queues, as
+does the reader of the per-vector requantization parameters. The serializer requantizes
+the ``chains`` results of a batch one per cycle while the next batch runs. The ``m``
+vectors of an ``MM`` run one after the other through the same path.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.formats import ACC_BITS, FORMAT_BY_NAME
+from airfoil.fixedpoint import ACT_FRAC
+from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS, REQ_S_MAX
 
 from ..decode_unit.fp16 import fp16_fixed_hw
 from ..decode_unit.rescaler import GroupRescaler, Requantizer
@@ -31,35 +35,110 @@ from .buffers import BufferGeometry
 from .load import unit_ports
 from .ram import Ram
 
-__all__ = ["MatrixUnit"]
+__all__ = ["MatrixUnit", "acc_depth"]
+
+
+def acc_depth(geometry: BufferGeometry, chains: int, group_min: int) -> int:
+    """Batches of K-split accumulators a :class:`MatrixUnit` keeps (see its ``acc_depth``)."""
+    per_batch = chains * group_min * 4 // 8
+    return max(2, 1 << ceil_log2(geometry.wgt_bytes // per_batch))
 
 
 class MatrixUnit(wiring.Component):
-    """Execute ``MV`` instructions.
+    """Execute ``MV`` and ``MM`` instructions on weight tiles in the WGT buffer.
 
-    Errors: ``m != 1``, an undefined enum value, zero ``rows``/``k``/``group``, a group
-    that is not a multiple of ``lanes`` or does not divide ``k`` are MALFORMED; a weight
-    format or group size this instance was not built for, a K-split tile
-    (``acc_init = 0`` or ``final = 0``) of more than :attr:`acc_depth` batches, and tiles
-    or vectors not aligned as this data path
-    needs (``wbuf_addr`` to a WGT row, ``abuf_addr`` to ``lanes``, ``obuf_addr`` to the
-    output size, the bias section to ``chains * 4`` bytes) are UNSUPPORTED; a tile,
-    vector or result beyond its buffer is BUFFER_RANGE; a bad group scale is SCALE_RANGE.
+    ``m`` vectors (``MM``: ``rv[0]``, the dispatcher's ``regs[m_reg]``, when ``m_reg`` is
+    not 0, else the ``m`` field; ``MV``: ``m`` must be 1) run one after the other: vector
+    ``j`` reads its activations at ``abuf_addr + j * astride`` (``astride`` in memory
+    words; 0: ``k`` bytes), accumulates across K-chunks at accumulator row
+    ``j * batches + b`` and writes its results at ``obuf_addr + j * ostride`` (0:
+    ``rows`` results) in OUT, as :class:`sim.isa_sim.IsaSim` does. The weights (and
+    scales) of the tile are read again for every vector: there is no weight reuse across
+    vectors yet (re-reading the on-chip tile costs no cycle while the operands set the
+    pace, since the chains take one step per cycle either way; reuse pays only with
+    several vectors per step, i.e. more multipliers). ``tok_scale``: vector ``j`` is
+    requantized with ``(M, S) = linear_out_params(sm, se, k0)``
+    (:mod:`airfoil.fixedpoint`) of its scale pair at ``sbuf_addr + 8 j`` in AUX, read on
+    :attr:`aux_rd` (one read per vector, ahead of the results); else with
+    ``req_m``/``req_s``. Rounding is that of ``requantize_rows``.
+
+    Errors, in the ISA simulator's order: an undefined enum value, ``MV`` with
+    ``m_reg != 0`` or ``m != 1``, ``m``, ``rows`` or ``k`` of 0 are MALFORMED; a weight
+    format (``STREAM`` included) or group size this instance was not built for is
+    UNSUPPORTED; a ``k`` that is not a multiple of the group is MALFORMED; a tile, the
+    ``m`` activation vectors, the ``m`` result vectors (``final``) or the ``m`` scale
+    pairs (``final`` and ``tok_scale``) beyond their buffer are BUFFER_RANGE (all before
+    the run; the ISA simulator checks the scale pairs after the group scales). Then this
+    data path's own limits, UNSUPPORTED: a K-split instruction (``acc_init = 0`` or
+    ``final = 0``) of more than :attr:`acc_depth` batches over all vectors, and tiles or
+    vectors not aligned as it needs (``wbuf_addr`` to a WGT row, ``abuf_addr`` to
+    ``lanes``, ``obuf_addr`` to the output size, ``sbuf_addr`` to 8 bytes, the bias
+    section to ``chains * 4`` bytes). A bad group scale, and a scale pair whose ``sm`` is
+    outside ``0 .. 2**16 - 1`` (``linear_out_params`` assumes a 16-bit ``M``; the ISA
+    simulator does not check it), are SCALE_RANGE.
+
+    Cycle cost, from the cycle the queue entry is taken to the cycle its release is
+    offered (measured in ``tests/test_matrix_mm.py``; :meth:`cycles` computes it)::
+
+        cycles = 11 + final * (chains + 3) + m * batches * P
+        P      = max(steps * (2 if INT8 else 1), final * chains, groups + use_init)
+
+    with ``batches = ceil(rows / chains)``, ``steps = k / lanes`` (operand steps per
+    batch), ``groups = k / group`` and ``use_init = 1`` if the batch starts from a bias or
+    from an earlier K-chunk (``bias & acc_init | ~acc_init``). The 11 cycles are the
+    entry, the range check (2), the operand register (1), the chains (3), the rescaler
+    (2) and the release (2); a ``final`` instruction adds the requantization of its last
+    batch (``chains`` results, one per cycle) and the requantizer (3). The count is exact
+    when the operand side sets ``P`` (``steps * (1 + INT8) >= max(final * chains,
+    groups + use_init)``, always so for the test config); when the scale reader or the
+    serializer does, it is an upper bound by at most 2 cycles in the measured cases.
 
     Parameters
     ----------
     geometry : BufferGeometry
     chains, lanes : int
     weight_formats : tuple of str
+        Formats built (``int4`` and ``int8`` are; the others are ignored).
     group_sizes : tuple of int
+        Group sizes built (those that are multiples of ``lanes`` and below 512).
+    acc_memory : str
+        ``"ram"``: the K-split accumulators are an :class:`~hdl.core.ram.Ram` (a Verilog
+        instance, for the emitted core); ``"amaranth"``: an Amaranth memory, so that the
+        unit runs in ``amaranth.sim``.
+
+    Members
+    -------
+    q : In(stream.Signature(ENTRY_LAYOUT))
+    rel, err, err_code, err_pc, idle
+        As every unit (:func:`~hdl.core.load.unit_ports`).
+    wgt_rd, sb_rd : In(memory.ReadPort.Signature(...))
+        WGT rows: operands; scales and bias.
+    act_rd : In(memory.ReadPort.Signature(...))
+        ACT words: activations.
+    out_wr : In(memory.WritePort.Signature(..., granularity=8))
+        OUT words: results.
+    aux_rd : In(memory.ReadPort.Signature(...))
+        AUX words: per-vector scale pairs (``tok_scale``).
     """
 
     def __init__(self, *, geometry: BufferGeometry, chains: int, lanes: int,
-                 weight_formats, group_sizes):
+                 weight_formats, group_sizes, acc_memory: str = "ram"):
+        if not isinstance(geometry, BufferGeometry):
+            raise TypeError(f"geometry must be a BufferGeometry, not {geometry!r}")
+        for what, v in (("Chain count", chains), ("Lane count", lanes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise TypeError(f"{what} must be a positive integer, not {v!r}")
+        if acc_memory not in ("ram", "amaranth"):
+            raise ValueError(f"acc_memory must be 'ram' or 'amaranth', not {acc_memory!r}")
         self._geo = geo = geometry
         self._chains, self._lanes = chains, lanes
         self._formats = tuple(f for f in weight_formats if f in ("int4", "int8"))
-        self._groups = tuple(sorted(group_sizes))
+        # Groups this data path runs: whole operand steps, within the 9-bit field.
+        self._groups = tuple(sorted(g for g in group_sizes if g % lanes == 0 and g < 512))
+        if not self._groups:
+            raise ValueError(f"MatrixUnit needs a group size that is a multiple of lanes "
+                             f"({lanes}), not only {tuple(group_sizes)!r}")
+        self._acc_memory = acc_memory
         super().__init__({
             **unit_ports(),
             "wgt_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(geo.wgt_depth),
@@ -70,14 +149,26 @@ class MatrixUnit(wiring.Component):
                                                    shape=geo.word_bits)),
             "out_wr": In(memory.WritePort.Signature(addr_width=ceil_log2(geo.out_depth),
                                                     shape=geo.word_bits, granularity=8)),
+            "aux_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(geo.aux_depth),
+                                                   shape=geo.word_bits)),
         })
 
     @property
     def acc_depth(self) -> int:
         """Batches of accumulators kept between K-chunks (the most a WGT buffer tile holds:
         batches of ``chains`` rows of the smallest group in INT4)."""
-        per_batch = self._chains * min(self._groups) * 4 // 8
-        return max(2, 1 << ceil_log2(self._geo.wgt_bytes // per_batch))
+        return acc_depth(self._geo, self._chains, min(self._groups))
+
+    @staticmethod
+    def cycles(*, chains: int, lanes: int, rows: int, k: int, group: int, wfmt, m: int = 1,
+               final: bool = True, use_init: bool = False) -> int:
+        """Return the cycle cost of one ``MV``/``MM`` on ``chains x lanes`` (the class
+        docstring's formula)."""
+        C, L = chains, lanes
+        batches = -(-rows // C)
+        steps = (k // L) * (2 if isa.WeightFormat(wfmt) == isa.WeightFormat.INT8 else 1)
+        per_batch = max(steps, C if final else 0, k // group + int(use_init))
+        return 11 + (C + 3 if final else 0) + m * batches * per_batch
 
     def elaborate(self, platform):
         m = Module()
@@ -91,24 +182,34 @@ class MatrixUnit(wiring.Component):
 
         m.submodules.chains = chains = DenseChains(chains=C, lanes=L, group_max=gmax)
         m.submodules.rescaler = resc = GroupRescaler(chains=C, group_max=gmax)
-        m.submodules.requant = req = Requantizer(tag_bits=24)
+        m.submodules.requant = req = Requantizer(tag_bits=24, per_item=True)
         m.submodules.scale_q = scale_q = fifo.SyncFIFOBuffered(
             width=scale_layout(C).size, depth=4)
         m.submodules.bias_q = bias_q = fifo.SyncFIFOBuffered(
             width=init_layout(C).size, depth=4)
-        # Accumulators a K-chunk leaves for the next one (acc_init = 0 / final = 0).
+        # Requantization (M, S) of each vector, in vector order (REQ_M_BITS + 7 bits).
+        m.submodules.ms_q = ms_q = fifo.SyncFIFOBuffered(width=REQ_M_BITS + 7, depth=2)
+        # Accumulators a K-chunk leaves for the next one (acc_init = 0 / final = 0), at
+        # index ``j * batches + b`` for vector ``j`` and batch ``b``.
         acc_depth = self.acc_depth
-        m.submodules.accmem = accmem = Ram(width=C * ACC_BITS, depth=acc_depth)
-        acc_rd, acc_wr = accmem.rd0, accmem.wr
+        if self._acc_memory == "ram":
+            m.submodules.accmem = accmem = Ram(width=C * ACC_BITS, depth=acc_depth)
+            acc_rd, acc_wr = accmem.rd0, accmem.wr
+        else:
+            m.submodules.accmem = accmem = memory.Memory(shape=C * ACC_BITS, depth=acc_depth,
+                                                         init=[])
+            acc_rd, acc_wr = accmem.read_port(transparent_for=()), accmem.write_port()
 
         instr = Signal(isa.INSTR_LAYOUT)
         index = Signal(32)
+        rv0 = Signal(32)
         f = instr.body.matrix
 
         # -- decode and check -----------------------------------------------------------
         wfmt = f.wfmt.as_value()
         is8 = Signal()
         m.d.comb += is8.eq(wfmt == isa.WeightFormat.INT8.value)
+        is_mv = instr.header.opcode.as_value() == isa.Opcode.MV.value
         group = f.group
         lgg = Signal(range(16))
         group_known = Signal()
@@ -117,6 +218,9 @@ class MatrixUnit(wiring.Component):
                 m.d.comb += [lgg.eq(exact_log2(g)), group_known.eq(1)]
         k = f.k
         rows = f.rows
+        mcount = Signal(32)       # vectors
+        last_vec = Signal(32)     # mcount - 1
+        m.d.comb += [mcount.eq(Mux(f.m_reg != 0, rv0, f.m)), last_vec.eq(mcount - 1)]
         batches = Signal(17)
         padded = Signal(32)
         m.d.comb += [batches.eq((rows + (C - 1)) // C), padded.eq(batches * C)]
@@ -142,28 +246,44 @@ class MatrixUnit(wiring.Component):
                 m.d.comb += lg_ob.eq(1)
             with m.Case(isa.OutFormat.INT32.value):
                 m.d.comb += lg_ob.eq(2)
+        # Bytes between consecutive activation / result vectors.
+        astr = Signal(24)
+        ostr = Signal(24)
+        m.d.comb += [astr.eq(Mux(f.astride != 0, f.astride << lgw, k)),
+                     ostr.eq(Mux(f.ostride != 0, f.ostride << lgw, rows << lg_ob))]
+        # Extents over all vectors, registered in PREP (wide products).
+        act_end = Signal(64)
+        out_end = Signal(64)
+        aux_end = Signal(64)
+        vec_batches = Signal(64)
 
         fmt_ok = Signal()
         for name in self._formats:
             with m.If(wfmt == FORMAT_BY_NAME[name].value):
                 m.d.comb += fmt_ok.eq(1)
         code = Signal(isa.ErrorCode)
-        group_bad = (group == 0) | (group[:lgl] != 0)
-        k_bad = (k == 0) | (group_known & ((k & ((Const(1, 20) << lgg) - 1)) != 0))
+        k_bad = group_known & ((k & ((Const(1, 20) << lgg) - 1)) != 0)
         bias_addr = f.wbuf_addr + bias_off
-        with m.If((f.m != 1) | (f.sparsity.as_value() != isa.Sparsity.DENSE.value) |
+        ksplit = ~f.acc_init | ~f.final
+        # Checked in the ISA simulator's order; this data path's own limits come last.
+        with m.If((f.sparsity.as_value() != isa.Sparsity.DENSE.value) |
                   (f.out_fmt.as_value() > isa.OutFormat.INT32.value) |
-                  (wfmt > isa.WeightFormat.INT3.value) | (rows == 0) | group_bad | k_bad):
+                  (wfmt > isa.WeightFormat.STREAM.value) |
+                  (is_mv & ((f.m_reg != 0) | (f.m != 1))) |
+                  (mcount == 0) | (rows == 0) | (k == 0)):
             m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
-        with m.Elif(~fmt_ok | ~group_known |
-                    ((~f.acc_init | ~f.final) & (batches > acc_depth))):
+        with m.Elif(~fmt_ok | ~group_known):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
-        with m.Elif((f.wbuf_addr + nbytes > geo.wgt_bytes) |
-                    (f.abuf_addr + k > geo.act_bytes) |
-                    (f.final & (f.obuf_addr + (rows << lg_ob) > geo.out_bytes))):
+        with m.Elif(k_bad):
+            m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
+        with m.Elif((f.wbuf_addr + nbytes > geo.wgt_bytes) | (act_end > geo.act_bytes) |
+                    (f.final & (out_end > geo.out_bytes)) |
+                    (f.final & f.tok_scale & (aux_end > geo.aux_bytes))):
             m.d.comb += code.eq(isa.ErrorCode.BUFFER_RANGE)
-        with m.Elif((f.wbuf_addr[:lgr] != 0) | (f.abuf_addr[:lgl] != 0) |
+        with m.Elif((ksplit & (vec_batches > acc_depth)) |
+                    (f.wbuf_addr[:lgr] != 0) | (f.abuf_addr[:lgl] != 0) |
                     ((f.obuf_addr & ((Const(1, 3) << lg_ob) - 1)) != 0) |
+                    (f.final & f.tok_scale & (f.sbuf_addr[:3] != 0)) |
                     (f.bias & f.acc_init & (bias_addr[:exact_log2(C * 4)] != 0))):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
 
@@ -173,8 +293,9 @@ class MatrixUnit(wiring.Component):
         p_active = Signal()
         sb_active = Signal()
         w_done = Signal()
+        ms_bad = Signal()
         m.d.comb += self.err.eq(failed)
-        with m.If(resc.error & ~failed):
+        with m.If((resc.error | ms_bad) & ~failed):
             m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
                          self.err_pc.eq(index)]
         with m.FSM():
@@ -182,8 +303,17 @@ class MatrixUnit(wiring.Component):
                 m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]
                 with m.If(self.q.valid & ~failed):
                     m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index)]
-                    m.next = "CHECK"
+                                 index.eq(self.q.payload.index),
+                                 rv0.eq(self.q.payload.rv[0])]
+                    m.next = "PREP"
+            with m.State("PREP"):
+                m.d.sync += [
+                    act_end.eq(f.abuf_addr + last_vec * astr + k),
+                    out_end.eq(f.obuf_addr + last_vec * ostr + (rows << lg_ob)),
+                    aux_end.eq(f.sbuf_addr + (mcount << 3)),
+                    vec_batches.eq(mcount * batches),
+                ]
+                m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(code != isa.ErrorCode.NONE):
                     m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
@@ -200,14 +330,17 @@ class MatrixUnit(wiring.Component):
                     m.next = "IDLE"
 
         m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq((f.bias & f.acc_init) | ~f.acc_init),
-                     req.mult.eq(f.req_m), req.shift.eq(f.req_s), req.out_fmt.eq(f.out_fmt)]
+                     req.out_fmt.eq(f.out_fmt)]
 
         # -- operand side ----------------------------------------------------------------
+        # Vector by vector; per vector the tile's batches in order, per batch its steps.
         ops = chains.operands
         spg = Signal(range(max(self._groups) // L + 1))
         m.d.comb += spg.eq(group >> lgl)
         wptr = Signal(ceil_log2(geo.wgt_depth) + 1)
         aptr = Signal(25)
+        abase = Signal(25)
+        p_vec = Signal(32)
         sub = Signal()
         s_in_g = Signal(range(gmax // L + 1))
         g_in_b = Signal(20)
@@ -233,6 +366,7 @@ class MatrixUnit(wiring.Component):
                 m.d.sync += low.eq(self.wgt_rd.data)
         with m.If(start):
             m.d.sync += [p_active.eq(1), wptr.eq(f.wbuf_addr >> lgr), aptr.eq(f.abuf_addr),
+                         abase.eq(f.abuf_addr), p_vec.eq(0),
                          sub.eq(0), s_in_g.eq(0), g_in_b.eq(0), p_row.eq(0)]
         with m.Elif(issue):
             m.d.sync += wptr.eq(wptr + 1)
@@ -243,9 +377,15 @@ class MatrixUnit(wiring.Component):
                 with m.If(gl):
                     m.d.sync += [s_in_g.eq(0), g_in_b.eq(g_in_b + 1)]
                 with m.If(bl):
-                    m.d.sync += [g_in_b.eq(0), aptr.eq(f.abuf_addr), p_row.eq(p_row + C)]
+                    m.d.sync += [g_in_b.eq(0), aptr.eq(abase), p_row.eq(p_row + C)]
                     with m.If(p_row + C >= rows):
-                        m.d.sync += p_active.eq(0)
+                        # The vector's last batch: the next vector re-reads the tile.
+                        m.d.sync += [p_row.eq(0), wptr.eq(f.wbuf_addr >> lgr)]
+                        with m.If(p_vec == last_vec):
+                            m.d.sync += p_active.eq(0)
+                        with m.Else():
+                            m.d.sync += [p_vec.eq(p_vec + 1), abase.eq(abase + astr),
+                                         aptr.eq(abase + astr)]
         # Unpack one step: INT4 from one WGT row, INT8 from two (low half first).
         # Expressions sliced many times are materialized as signals (elaboration time).
         raw8 = Signal(2 * geo.wgt_bits)
@@ -266,48 +406,63 @@ class MatrixUnit(wiring.Component):
         m.d.comb += [ops.payload.group_last.eq(s1_gl), ops.payload.batch_last.eq(s1_bl)]
 
         # -- scale / init side ----------------------------------------------------------
-        # Per batch: its starting accumulators (the bias from the tile, or the accumulator
-        # memory when acc_init = 0), then its groups' scales.
+        # Per batch (of every vector): its starting accumulators (the bias from the tile,
+        # or the accumulator memory when acc_init = 0), then its groups' scales.
         sptr = Signal(25)
         bptr = Signal(25)
         sb_row = Signal(17)
+        sb_vec = Signal(32)
         sb_batch = Signal(range(acc_depth))
         sb_g = Signal(20)
         need_init = Signal()
         use_init = (f.bias & f.acc_init) | ~f.acc_init
-        phase = Signal()          # 0: issue a read, 1: its data is on the port
-        is_init = Signal()
-        m.d.comb += [self.sb_rd.addr.eq(Mux(need_init, bptr, sptr) >> lgr),
-                     self.sb_rd.en.eq(~phase), acc_rd.addr.eq(sb_batch), acc_rd.en.eq(~phase)]
+        lg_s = exact_log2(C * 2)
+        lg_b = exact_log2(C * 4)
+        # A read is issued (stage 0) every cycle in which stage 1 is free or hands its item
+        # to its queue; stage 1 holds the item whose word is on the ports (the ports keep
+        # it while no new read is issued).
+        s1 = Signal()
+        s1_init = Signal()
+        s1_ssel = Signal(max(lgr - lg_s, 1))
+        s1_bsel = Signal(max(lgr - lg_b, 1))
+        push = Signal()
+        sb_issue = Signal()
+        m.d.comb += [
+            push.eq(s1 & Mux(s1_init, bias_q.w_rdy, scale_q.w_rdy)),
+            bias_q.w_en.eq(push & s1_init), scale_q.w_en.eq(push & ~s1_init),
+            sb_issue.eq(sb_active & (~s1 | push)),
+            self.sb_rd.addr.eq(Mux(need_init, bptr, sptr) >> lgr),
+            self.sb_rd.en.eq(sb_issue), acc_rd.addr.eq(sb_batch), acc_rd.en.eq(sb_issue),
+        ]
+        with m.If(~s1 | push):
+            m.d.sync += [s1.eq(sb_issue), s1_init.eq(need_init),
+                         s1_ssel.eq(sptr[lg_s:lgr] if lgr > lg_s else 0),
+                         s1_bsel.eq(bptr[lg_b:lgr] if lgr > lg_b else 0)]
         with m.If(start):
             m.d.sync += [sb_active.eq(1), sptr.eq(f.wbuf_addr + scale_off),
                          bptr.eq(f.wbuf_addr + bias_off), sb_row.eq(0), sb_g.eq(0),
-                         sb_batch.eq(0), need_init.eq(use_init), phase.eq(0)]
-        with m.Elif(sb_active):
-            with m.If(~phase):
-                with m.If(Mux(need_init, bias_q.w_rdy, scale_q.w_rdy)):
-                    m.d.sync += [phase.eq(1), is_init.eq(need_init)]
+                         sb_vec.eq(0), sb_batch.eq(0), need_init.eq(use_init), s1.eq(0)]
+        with m.Elif(sb_issue):
+            with m.If(need_init):
+                m.d.sync += [need_init.eq(0), bptr.eq(bptr + C * 4)]
             with m.Else():
-                m.d.sync += phase.eq(0)
-                with m.If(is_init):
-                    m.d.comb += bias_q.w_en.eq(1)
-                    m.d.sync += [need_init.eq(0), bptr.eq(bptr + C * 4)]
-                with m.Else():
-                    m.d.comb += scale_q.w_en.eq(1)
-                    m.d.sync += [sptr.eq(sptr + C * 2), sb_g.eq(sb_g + 1)]
-                    with m.If(sb_g == groups - 1):
-                        m.d.sync += [sb_g.eq(0), sb_row.eq(sb_row + C), need_init.eq(use_init),
-                                     sb_batch.eq(sb_batch + 1)]
-                        with m.If(sb_row + C >= rows):
+                m.d.sync += [sptr.eq(sptr + C * 2), sb_g.eq(sb_g + 1)]
+                with m.If(sb_g == groups - 1):
+                    m.d.sync += [sb_g.eq(0), sb_row.eq(sb_row + C), need_init.eq(use_init),
+                                 sb_batch.eq(sb_batch + 1)]
+                    with m.If(sb_row + C >= rows):
+                        m.d.sync += [sb_row.eq(0), sptr.eq(f.wbuf_addr + scale_off),
+                                     bptr.eq(f.wbuf_addr + bias_off)]
+                        with m.If(sb_vec == last_vec):
                             m.d.sync += sb_active.eq(0)
+                        with m.Else():
+                            m.d.sync += sb_vec.eq(sb_vec + 1)
         sbd = self.sb_rd.data
-        lg_s = exact_log2(C * 2)
-        lg_b = exact_log2(C * 4)
         sraw = Signal(C * 16)
         braw = Signal(C * 32)
         m.d.comb += [
-            sraw.eq(sbd.word_select(sptr[lg_s:lgr], C * 16) if lgr > lg_s else sbd[:C * 16]),
-            braw.eq(sbd.word_select(bptr[lg_b:lgr], C * 32) if lgr > lg_b else sbd[:C * 32]),
+            sraw.eq(sbd.word_select(s1_ssel, C * 16) if lgr > lg_s else sbd[:C * 16]),
+            braw.eq(sbd.word_select(s1_bsel, C * 32) if lgr > lg_b else sbd[:C * 32]),
         ]
         sv = Signal(scale_layout(C))
         bad = Signal()
@@ -333,16 +488,92 @@ class MatrixUnit(wiring.Component):
             bias_q.r_en.eq(resc.init.ready),
         ]
 
+        # -- per-vector requantization parameters (final instructions only) --------------
+        # tok_scale: (M, S) = linear_out_params(sm_j, se_j, k0) from the scale pair at
+        # sbuf_addr + 8 j in AUX (one read per vector); else (req_m, req_s) per vector.
+        ms_active = Signal()
+        ms_vec = Signal(32)
+        ms_ptr = Signal(25)
+        ms_ph = Signal()
+        pair = Signal(64)
+        m.d.comb += [self.aux_rd.addr.eq(ms_ptr >> lgw),
+                     pair.eq(self.aux_rd.data.word_select(ms_ptr[3:lgw], 64)
+                             if lgw > 3 else self.aux_rd.data[:64])]
+        sm = pair[:32].as_signed()
+        se = pair[32:].as_signed()
+        s_full = Signal(signed(36))
+        e_big = Signal(range(18))
+        tok_m = Signal(REQ_M_BITS)
+        tok_s = Signal(7)
+        m.d.comb += s_full.eq(se - f.k0 - ACT_FRAC)
+        with m.If(s_full < 0):
+            m.d.comb += [tok_m.eq((1 << REQ_M_BITS) - 1), tok_s.eq(0)]
+        with m.Elif(s_full > REQ_S_MAX):
+            # M rounded down by the excess, half up; beyond 17 bits a 16-bit M is 0.
+            m.d.comb += [e_big.eq(Mux(s_full - REQ_S_MAX > 17, 17, s_full - REQ_S_MAX)),
+                         tok_m.eq((sm[:REQ_M_BITS] + (Const(1, 18) << (e_big - 1)[:5])) >> e_big),
+                         tok_s.eq(REQ_S_MAX)]
+        with m.Else():
+            m.d.comb += [tok_m.eq(sm[:REQ_M_BITS]), tok_s.eq(s_full)]
+        ms_push = Signal()
+        with m.If(start):
+            m.d.sync += [ms_active.eq(f.final), ms_vec.eq(0), ms_ptr.eq(f.sbuf_addr),
+                         ms_ph.eq(0)]
+        with m.Elif(ms_active):
+            with m.If(f.tok_scale):
+                with m.If(~ms_ph):
+                    m.d.comb += self.aux_rd.en.eq(ms_q.w_rdy)
+                    m.d.sync += ms_ph.eq(ms_q.w_rdy)
+                with m.Else():
+                    m.d.comb += [ms_push.eq(1), ms_q.w_data.eq(Cat(tok_m, tok_s)),
+                                 ms_bad.eq((sm < 0) | (sm >= (1 << REQ_M_BITS)))]
+                    m.d.sync += ms_ph.eq(0)
+            with m.Else():
+                m.d.comb += [ms_push.eq(ms_q.w_rdy), ms_q.w_data.eq(Cat(f.req_m, f.req_s))]
+        m.d.comb += ms_q.w_en.eq(ms_push)
+        with m.If(ms_push):
+            m.d.sync += [ms_vec.eq(ms_vec + 1), ms_ptr.eq(ms_ptr + 8)]
+            with m.If(ms_vec == last_vec):
+                m.d.sync += ms_active.eq(0)
+
         # -- serializer, requantizer, OUT writes ----------------------------------------------
         held = Signal.like(resc.accs.payload)
         w_busy = Signal()
         w_c = Signal(range(C))
         w_row = Signal(17)
-        m.d.comb += resc.accs.ready.eq(~w_busy)
-        with m.If(start):
-            m.d.sync += [w_row.eq(0), w_done.eq(0)]
-        w_batch = Signal(range(acc_depth))
+        w_vec = Signal(32)
+        obase = Signal(24)
         drain = Signal(range(req.latency + 2))
+        row = w_row + w_c
+        ms = ms_q.r_data
+        w_go = w_busy & ms_q.r_rdy      # a vector's (M, S) is known before its rows leave
+        m.d.comb += [
+            req.inp.valid.eq(w_go & (row < rows)),
+            req.inp.payload.acc.eq(held[w_c] if C > 1 else held[0]),
+            req.inp.payload.tag.eq(obase + (row << lg_ob)),
+            req.inp.payload.mult.eq(ms[:REQ_M_BITS]),
+            req.inp.payload.shift.eq(ms[REQ_M_BITS:]),
+        ]
+        # The last result of the instruction is written ``req.latency`` cycles later.
+        w_end = Signal()        # the held batch's last row leaves this cycle
+        m.d.comb += w_end.eq(w_go & (w_c == C - 1))
+        with m.If(w_go):
+            m.d.sync += w_c.eq(w_c + 1)
+            with m.If(w_c == C - 1):
+                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + C)]
+                with m.If(w_row + C >= rows):
+                    m.d.comb += ms_q.r_en.eq(1)
+                    m.d.sync += [w_row.eq(0), obase.eq(obase + ostr)]
+                    with m.If(w_vec == last_vec):
+                        m.d.sync += drain.eq(req.latency + 1)
+                    with m.Else():
+                        m.d.sync += w_vec.eq(w_vec + 1)
+        # The next batch is taken in the cycle the held one's last row leaves (after the
+        # block above, so that its ``w_busy``/``w_c`` win).
+        m.d.comb += resc.accs.ready.eq(~w_busy | w_end)
+        with m.If(start):
+            m.d.sync += [w_row.eq(0), w_vec.eq(0), obase.eq(f.obuf_addr), w_done.eq(0)]
+        w_batch = Signal(range(acc_depth))
         m.d.comb += [acc_wr.addr.eq(w_batch), acc_wr.data.eq(resc.accs.payload)]
         with m.If(start):
             m.d.sync += w_batch.eq(0)
@@ -354,20 +585,11 @@ class MatrixUnit(wiring.Component):
             with m.Else():
                 m.d.sync += w_row.eq(w_row + C)
                 with m.If(w_row + C >= rows):
-                    m.d.sync += drain.eq(1)
-        row = w_row + w_c
-        m.d.comb += [
-            req.inp.valid.eq(w_busy & (row < rows)),
-            req.inp.payload.acc.eq(held[w_c] if C > 1 else held[0]),
-            req.inp.payload.tag.eq(f.obuf_addr + (row << lg_ob)),
-        ]
-        # The last result of the instruction is written ``req.latency`` cycles later.
-        with m.If(w_busy):
-            m.d.sync += w_c.eq(w_c + 1)
-            with m.If(w_c == C - 1):
-                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + C)]
-                with m.If(w_row + C >= rows):
-                    m.d.sync += drain.eq(req.latency + 1)
+                    m.d.sync += w_row.eq(0)
+                    with m.If(w_vec == last_vec):
+                        m.d.sync += drain.eq(1)
+                    with m.Else():
+                        m.d.sync += w_vec.eq(w_vec + 1)
         with m.If(drain != 0):
             m.d.sync += drain.eq(drain - 1)
             with m.If(drain == 1):

@@ -128,7 +128,12 @@ class GroupRescaler(wiring.Component):
         return m
 
 
-def requant_in_layout(tag_bits: int) -> data.StructLayout:
+def requant_in_layout(tag_bits: int, per_item: bool = False) -> data.StructLayout:
+    """Input of the :class:`Requantizer`; ``per_item`` adds the item's own ``mult`` and
+    ``shift``."""
+    if per_item:
+        return data.StructLayout({"acc": signed(ACC_BITS), "tag": tag_bits,
+                                  "mult": REQ_M_BITS, "shift": 7})
     return data.StructLayout({"acc": signed(ACC_BITS), "tag": tag_bits})
 
 
@@ -145,25 +150,38 @@ class Requantizer(wiring.Component):
     Parameters
     ----------
     tag_bits : int
+    per_item : bool
+        ``False``: ``mult`` and ``shift`` are ports, held for a whole instruction;
+        ``True``: every input carries its own ``mult`` and ``shift`` (per-token
+        requantization), and the ports are still present but unused.
 
     Members
     -------
-    inp : In(stream.Signature(requant_in_layout(tag_bits), always_ready=True))
+    inp : In(stream.Signature(requant_in_layout(tag_bits, per_item), always_ready=True))
     out : Out(stream.Signature(requant_out_layout(tag_bits), always_ready=True))
     mult : In(REQ_M_BITS)
     shift : In(7)
     out_fmt : In(OutFormat)
     """
 
-    def __init__(self, *, tag_bits: int):
+    def __init__(self, *, tag_bits: int, per_item: bool = False):
         if not isinstance(tag_bits, int) or tag_bits < 1:
             raise TypeError(f"Tag width must be a positive integer, not {tag_bits!r}")
+        if not isinstance(per_item, bool):
+            raise TypeError(f"per_item must be a bool, not {per_item!r}")
         self._tag_bits = tag_bits
+        self._per_item = per_item
         super().__init__({
-            "inp": In(stream.Signature(requant_in_layout(tag_bits), always_ready=True)),
+            "inp": In(stream.Signature(requant_in_layout(tag_bits, per_item),
+                                       always_ready=True)),
             "out": Out(stream.Signature(requant_out_layout(tag_bits), always_ready=True)),
             "mult": In(REQ_M_BITS), "shift": In(7), "out_fmt": In(OutFormat),
         })
+
+    @property
+    def per_item(self) -> bool:
+        """Whether each input carries its own ``mult`` and ``shift``."""
+        return self._per_item
 
     @property
     def latency(self) -> int:
@@ -177,15 +195,21 @@ class Requantizer(wiring.Component):
         v1, v2 = Signal(), Signal()
         t1, t2 = Signal(tb), Signal(tb)
         prod = Signal(signed(pw))
+        if self._per_item:
+            mult = self.inp.payload.mult
+            shift = Signal(7)
+            m.d.sync += shift.eq(self.inp.payload.shift)
+        else:
+            mult, shift = self.mult, self.shift
         m.d.sync += [v1.eq(self.inp.valid), t1.eq(self.inp.payload.tag),
-                     prod.eq(self.inp.payload.acc * self.mult)]
+                     prod.eq(self.inp.payload.acc * mult)]
         # floor((t + 2**(S-1)) / 2**S) == ((t >> (S-1)) + 1) >> 1 for S >= 1.
         rounded = Signal(signed(pw))
         half = Signal(signed(pw))
         sm1 = Signal(7)
-        m.d.comb += [sm1.eq(self.shift - 1), half.eq(prod >> sm1)]
+        m.d.comb += [sm1.eq(shift - 1), half.eq(prod >> sm1)]
         m.d.sync += [v2.eq(v1), t2.eq(t1),
-                     rounded.eq(Mux(self.shift == 0, prod, (half + 1) >> 1))]
+                     rounded.eq(Mux(shift == 0, prod, (half + 1) >> 1))]
         lo = Signal(signed(33))
         hi = Signal(signed(33))
         with m.Switch(self.out_fmt):
