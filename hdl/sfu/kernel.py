@@ -20,7 +20,8 @@ A kernel is a :class:`wiring.Component` with the members of :func:`kernel_signat
   address is on ``data`` in the next cycle (latency 1, like a synchronous RAM). ``src``
   reads the instruction's ``src`` buffer, ``aux`` its ``aux`` buffer.
 * One write port ``dst`` (:func:`write_port_signature`): byte address (multiple of 4),
-  32-bit data, 4 byte enables; into the instruction's ``dst`` buffer.
+  32-bit data, 4 byte enables; into the instruction's ``dst`` buffer (its ``aux`` buffer
+  while the port's ``aux`` bit is 1).
 
 The unit grants every port access in the cycle it is made (kernels never stall on a
 port), so a kernel's cycle count depends only on its arguments. Kernels hold their own
@@ -63,8 +64,13 @@ def read_port_signature() -> wiring.Signature:
 
 
 def write_port_signature() -> wiring.Signature:
-    """Kernel-side write port: ``addr``, ``data`` and byte enables ``en`` out."""
-    return wiring.Signature({"addr": Out(ADDR_BITS), "data": Out(32), "en": Out(4)})
+    """Kernel-side write port: ``addr``, ``data`` and byte enables ``en`` out.
+
+    ``aux`` (added for ``QUANT_TOKEN``'s scale pairs) sends the write to the instruction's
+    ``aux`` buffer instead of its ``dst`` buffer; kernels that leave it 0 write ``dst``.
+    """
+    return wiring.Signature({"addr": Out(ADDR_BITS), "data": Out(32), "en": Out(4),
+                             "aux": Out(1)})
 
 
 def kernel_signature() -> dict:

@@ -1,0 +1,171 @@
+"""Element-wise SFU kernels: ``COPY``, ``SILU``, ``MUL`` and ``ADD``.
+
+One element per cycle: the read of element ``k`` is issued in one cycle and its result
+written in the next (``COPY``, ``ADD``) or, with the product's inputs registered, the one
+after (``MUL``, ``SILU``): :attr:`ElementwiseKernel.latency`. ``COPY`` moves one byte per
+element, the others one int32.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+
+from airfoil import fixedpoint as fx
+from airfoil.isa import SfuFunc
+
+from .arith import align4, clamp, rom, sat, sat_addr, shift_round
+from .kernel import kernel_signature
+
+__all__ = ["ElementwiseKernel", "cycles", "FUNCS", "KERNELS"]
+
+#: The functions an :class:`ElementwiseKernel` can be built for.
+FUNCS = (SfuFunc.COPY, SfuFunc.SILU, SfuFunc.MUL, SfuFunc.ADD)
+
+
+def _count(args) -> int:
+    return args["n"] if args["func"] == SfuFunc.COPY else args["rows"] * args["n"]
+
+
+def cycles(args) -> int:
+    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
+    n = _count(args)
+    return n + (2 if SfuFunc(args["func"]) in (SfuFunc.MUL, SfuFunc.SILU) else 1) if n else 1
+
+
+def silu_table() -> list[int]:
+    """ROM words ``T[i] | T[i + 1] << 16`` of the sigmoid table, i = 0..511."""
+    t = [int(v) for v in fx._SIG_T]
+    return [t[i] | t[i + 1] << 16 for i in range(len(t) - 1)]
+
+
+def sigmoid_expr(m: Module, x):
+    """Hardware :func:`airfoil.fixedpoint.sigmoid` of the signed 32-bit ``x`` (unsigned Q15,
+    as a signed 18-bit signal): table pair from a ROM, linear interpolation."""
+    sig_rom = rom(m, "sig_rom", silu_table())
+    xc = Signal(22)
+    m.d.comb += xc.eq(clamp(x, -(16 << 16), (16 << 16) - 1) + (16 << 16))
+    m.d.comb += sig_rom.addr.eq(xc[12:])
+    lo = Cat(sig_rom.data[:16], 0).as_signed()
+    hi = Cat(sig_rom.data[16:32], 0).as_signed()
+    sig = Signal(signed(18))
+    m.d.comb += sig.eq(lo + shift_round((hi - lo) * xc[:12], 12))
+    return sig
+
+
+class ElementwiseKernel(wiring.Component):
+    """Compute one element-wise function (see :data:`FUNCS`) over ``rows x n`` elements.
+
+    ``COPY`` moves ``n`` bytes (any alignment, overlapping like ``memmove``); ``SILU``,
+    ``MUL`` and ``ADD`` read int32 rows at ``src_addr`` (and ``aux_addr``) and write int32
+    rows at ``dst_addr``.
+    Takes :func:`cycles` cycles.
+
+    Parameters
+    ----------
+    func : SfuFunc
+        One of :data:`FUNCS`.
+    """
+
+    def __init__(self, *, func: SfuFunc):
+        if func not in FUNCS:
+            raise ValueError(f"Element-wise kernel function must be one of "
+                             f"{', '.join(f.name for f in FUNCS)}, not {func!r}")
+        self._func = func
+        super().__init__(kernel_signature())
+
+    @property
+    def func(self) -> SfuFunc:
+        """The function this kernel computes."""
+        return self._func
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an element's read to its write (2 where a product is registered)."""
+        return 2 if self._func in (SfuFunc.MUL, SfuFunc.SILU) else 1
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.args
+        func = self._func
+        copy = func == SfuFunc.COPY
+        lat = self.latency
+        total = Signal(52)
+        m.d.comb += total.eq(a.n if copy else a.rows * a.n)
+        k = Signal(52)          # element whose read is issued
+        drain = Signal(range(lat + 1))
+        # Element index and valid flag of the read, one cycle later, and at the write.
+        wk = [Signal(52, name=f"wk{i}") for i in range(lat + 1)]
+        pend = [Signal(name=f"pend{i}") for i in range(lat + 1)]
+        for i in range(lat):
+            m.d.sync += [wk[i + 1].eq(wk[i]), pend[i + 1].eq(pend[i])]
+
+        # COPY moves bytes from the end down when dst lies above src, so an overlapping
+        # copy reads every source byte before it is overwritten (memmove semantics).
+        back = Signal()
+        m.d.comb += [back.eq(copy and (a.dst_addr > a.src_addr)),
+                     wk[0].eq(Mux(back, total - 1 - k, k))]
+        if copy:
+            saddr = a.src_addr + wk[0]
+            daddr = a.dst_addr + wk[lat]
+            lane = Signal(2)
+            m.d.sync += lane.eq(saddr[:2])
+            byte = self.src.data.word_select(lane, 8)
+            m.d.comb += [
+                self.src.addr.eq(align4(sat_addr(saddr))),
+                self.dst.addr.eq(align4(sat_addr(daddr))),
+                self.dst.data.eq(Cat(byte, byte, byte, byte)),
+            ]
+            wen = 1 << daddr[:2]
+        else:
+            m.d.comb += [
+                self.src.addr.eq(sat_addr(a.src_addr + (k << 2))),
+                self.aux.addr.eq(sat_addr(a.aux_addr + (k << 2))),
+                self.dst.addr.eq(sat_addr(a.dst_addr + (wk[lat] << 2))),
+            ]
+            x = self.src.data.as_signed()
+            b = self.aux.data.as_signed()
+            if func == SfuFunc.ADD:
+                y = sat(x + b, 32)
+            elif func == SfuFunc.MUL:
+                prod = Signal(signed(64))
+                m.d.sync += prod.eq(x * b)
+                y = sat(shift_round(prod, fx.ACT_FRAC), 32)
+            else:
+                x_r = Signal(signed(32))
+                sig_r = Signal(signed(18))
+                m.d.sync += [x_r.eq(x), sig_r.eq(sigmoid_expr(m, x))]
+                y = sat(shift_round(x_r * sig_r, 15), 32)
+            m.d.comb += self.dst.data.eq(y)
+            wen = 0xF
+        with m.If(pend[lat]):
+            m.d.comb += self.dst.en.eq(wen)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [k.eq(0), drain.eq(lat - 1)]
+                    m.next = "RUN"
+                    with m.If(total == 0):
+                        m.d.sync += drain.eq(0)
+                        m.next = "DRAIN"
+            with m.State("RUN"):
+                uses_aux = func in (SfuFunc.MUL, SfuFunc.ADD)
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(uses_aux),
+                             pend[0].eq(1)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == total - 1):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        return m
+
+
+#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
+KERNELS = {f: partial(ElementwiseKernel, func=f) for f in FUNCS}

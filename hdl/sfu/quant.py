@@ -1,0 +1,209 @@
+"""``QUANT_TOKEN``: :func:`airfoil.fixedpoint.quant_per_token` of every row segment.
+
+Per segment two passes over its int32 elements: the first finds ``amax``, then one
+two cycles form the reciprocal (normalise and 256-entry table, then one Newton step) and
+the scale pair, and the second pass writes the INT8 values one byte per cycle; the scale pair
+(int32 ``sm``, int32 ``se``) follows in two writes to the ``aux`` buffer.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+
+from airfoil import fixedpoint as fx
+from airfoil.isa import ErrorCode, SfuFunc
+
+from .arith import (Divider, align4, bit_length, clamp, divider_latency, normalize, rom, sat,
+                    sat_addr, shift_round)
+from .kernel import kernel_signature
+
+__all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
+           "DIV_LATENCY", "KERNELS"]
+
+#: Cycles of the ``n / heads`` division at the start of an instruction.
+DIV_LATENCY = divider_latency(20)
+
+
+def cycles(args) -> int:
+    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
+    heads = args["heads"] or 1
+    seg, rem = divmod(args["n"], heads)
+    if rem or seg == 0 or args["rows"] == 0:
+        return DIV_LATENCY + 1
+    return DIV_LATENCY + args["rows"] * heads * (2 * seg + 7)
+
+
+def recip_table(m: Module, a, name: str = "recip"):
+    """First stage of :func:`airfoil.fixedpoint.recip` of unsigned ``a >= 1``.
+
+    Returns ``(n, sh, y0)``: ``a`` normalised to 16 bits, the signed shift and the table's
+    estimate (a combinational ROM read).
+    """
+    table = rom(m, f"{name}_rom", fx._RECIP_T.tolist())
+    sh = Signal(signed(8), name=f"{name}_sh")
+    m.d.comb += sh.eq(bit_length(m, a, f"{name}_bl") - 16)
+    nrm = Signal(16, name=f"{name}_n")
+    m.d.comb += [nrm.eq(normalize(a, sh, width=16, bits=6)), table.addr.eq(nrm[7:15])]
+    return nrm, sh, table.data
+
+
+def recip_newton(nrm, sh, y0):
+    """Second stage of :func:`airfoil.fixedpoint.recip`: one Newton step on the table's
+    ``y0``; returns ``(mantissa, exponent)`` (16-bit, unsigned 7-bit exponent)."""
+    y1 = (y0 * (Const(1 << 32, signed(36)) - nrm * y0)) >> 31
+    return clamp(y1, 1 << 15, (1 << 16) - 1)[:16], (sh + 31)[:7]
+
+
+def mantissa_expr(m: Module, p, e: int, name: str):
+    """Hardware :func:`airfoil.fixedpoint.scale_to_mantissa` of ``p >= 2**15``, ``e``.
+
+    Returns ``(sm, se)``: 16-bit mantissa, signed 32-bit exponent.
+    """
+    bl = bit_length(m, p, f"{name}_bl")
+    sh = Signal(7, name=f"{name}_sh")
+    m.d.comb += sh.eq(bl - 16)
+    sm0 = Signal(18, name=f"{name}_sm0")
+    m.d.comb += sm0.eq(shift_round(p, sh))
+    over = sm0[16]
+    return (sm0 >> over)[:16], (e - sh - over)
+
+
+class QuantTokenKernel(wiring.Component):
+    """Quantize each of the ``rows x heads`` segments of ``n / heads`` int32 to INT8.
+
+    Values of segment ``s`` go to ``dst_addr + s * imm0`` (``imm0 = 0``: the segment
+    length), its scale pair to ``aux_addr + s * imm1`` in ``aux`` (``imm1 = 0``: 8). ``n``
+    not a multiple of ``heads`` is MALFORMED. Takes :func:`cycles` cycles.
+    """
+
+    def __init__(self):
+        super().__init__(kernel_signature())
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.args
+        m.submodules.div = div = Divider(width=20, divisor_width=10)
+        heads = Mux(a.heads == 0, 1, a.heads)
+        m.d.comb += [div.dividend.eq(a.n), div.divisor.eq(heads)]
+
+        seg = Signal(20)
+        nseg = Signal(42)
+        s = Signal(42)
+        j = Signal(20)
+        wj = Signal(20)
+        vbase = Signal(48)
+        dbase = Signal(48)
+        abase = Signal(48)
+        dstride = Mux(a.imm0 == 0, seg, a.imm0)
+        sstride = Mux(a.imm1 == 0, 8, a.imm1)
+
+        # Pass 1: amax.
+        amax = Signal(32)
+        pend_a = Signal()
+        pend_q = Signal()
+        m.d.sync += [pend_a.eq(0), pend_q.eq(0)]
+        x = self.src.data.as_signed()
+        ax = Mux(x < 0, -x, x)[:32]
+        with m.If(pend_a):
+            m.d.sync += amax.eq(Mux(ax > amax, ax, amax))
+
+        # Scale: reciprocal (table in SCALE0, Newton step in SCALE1) and mantissa of amax.
+        amx = Signal(32)
+        m.d.comb += amx.eq(Mux(amax == 0, 1, amax))
+        nrm, sh, y0 = recip_table(m, amx)
+        nrm_r, sh_r, y0_r = Signal.like(nrm), Signal.like(sh), Signal.like(y0)
+        rm, re = recip_newton(nrm_r, sh_r, y0_r)
+        p2 = Signal(48)
+        m.d.comb += p2.eq(amx * fx._INV127)
+        sm, se = mantissa_expr(m, p2, 22 + fx.ACT_FRAC, "scale")
+        k127 = Signal(23)
+        re_r = Signal(7)
+        sm_r = Signal(16)
+        se_r = Signal(signed(32))
+
+        # Pass 2: INT8 values (the product is registered before rounding).
+        prod = Signal(signed(56))
+        wj2 = Signal.like(wj)
+        pend_q2 = Signal()
+        m.d.sync += [prod.eq(x * k127), wj2.eq(wj), pend_q2.eq(pend_q)]
+        q8 = sat(shift_round(prod, re_r), 8)
+        daddr = dbase + wj2
+        m.d.comb += self.src.addr.eq(sat_addr(vbase + (j << 2)))
+        with m.If(pend_q2):
+            m.d.comb += [self.dst.addr.eq(align4(sat_addr(daddr))),
+                         self.dst.data.eq(Cat(q8[:8], q8[:8], q8[:8], q8[:8])),
+                         self.dst.en.eq(1 << daddr[:2])]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.comb += div.start.eq(1)
+                    m.next = "DIV"
+            with m.State("DIV"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(div.done):
+                    m.d.sync += [seg.eq(div.quotient), nseg.eq(a.rows * heads), s.eq(0),
+                                 j.eq(0), amax.eq(0), vbase.eq(a.src_addr),
+                                 dbase.eq(a.dst_addr), abase.eq(a.aux_addr)]
+                    with m.If((div.remainder != 0) | (div.quotient == 0)):
+                        m.next = "ERR"
+                    with m.Elif(a.rows == 0):
+                        m.next = "END"
+                    with m.Else():
+                        m.next = "A"
+            with m.State("A"):
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1)]
+                m.d.sync += [pend_a.eq(1), j.eq(j + 1)]
+                with m.If(j == seg - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "A_DRAIN"
+            with m.State("A_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "SCALE0"
+            with m.State("SCALE0"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [nrm_r.eq(nrm), sh_r.eq(sh), y0_r.eq(y0), sm_r.eq(sm), se_r.eq(se)]
+                m.next = "SCALE1"
+            with m.State("SCALE1"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [k127.eq(rm * 127), re_r.eq(re)]
+                m.next = "Q"
+            with m.State("Q"):
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1)]
+                m.d.sync += [pend_q.eq(1), wj.eq(j), j.eq(j + 1)]
+                with m.If(j == seg - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "Q_DRAIN0"
+            with m.State("Q_DRAIN0"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "Q_DRAIN"
+            with m.State("Q_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "SM"
+            with m.State("SM"):
+                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1), self.dst.en.eq(0xF),
+                             self.dst.addr.eq(sat_addr(abase)), self.dst.data.eq(sm_r)]
+                m.next = "SE"
+            with m.State("SE"):
+                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1), self.dst.en.eq(0xF),
+                             self.dst.addr.eq(sat_addr(abase + 4)), self.dst.data.eq(se_r)]
+                m.d.sync += [s.eq(s + 1), amax.eq(0), vbase.eq(vbase + (seg << 2)),
+                             dbase.eq(dbase + dstride), abase.eq(abase + sstride)]
+                with m.If(s == nseg - 1):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "A"
+            with m.State("ERR"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.err.eq(1),
+                             self.err_code.eq(ErrorCode.MALFORMED)]
+                m.next = "IDLE"
+            with m.State("END"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+        return m
+
+
+#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
+KERNELS = {SfuFunc.QUANT_TOKEN: QuantTokenKernel}

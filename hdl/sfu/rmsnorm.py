@@ -1,0 +1,201 @@
+"""``RMSNORM``: :func:`airfoil.fixedpoint.rmsnorm` of every row.
+
+Once per instruction a divider forms ``2**40 // n`` and its 16-bit mantissa (``1 / n``).
+Per row three passes over its int32 elements: ``amax`` (block exponent ``b``), the sum
+of squares of the block-normalised ``xs``, then, after three cycles for the reciprocal
+square root (``ms + eps``; normalise and 192-entry table; one Newton step), the output
+with the gain.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+
+from airfoil import fixedpoint as fx
+from airfoil.isa import ErrorCode, SfuFunc
+
+from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
+                    shift_round, shift_round_signed)
+from .kernel import kernel_signature
+from .quant import mantissa_expr
+
+__all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
+
+#: Cycles of the ``2**40 // n`` division at the start of an instruction.
+DIV_LATENCY = divider_latency(41)
+
+
+def cycles(args) -> int:
+    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
+    n, rows = args["n"], args["rows"]
+    if n == 0 or rows == 0:
+        return DIV_LATENCY + 1
+    return DIV_LATENCY + rows * (3 * n + 7)
+
+
+def rsqrt_table(m: Module, v, name: str = "rsqrt"):
+    """First stage of :func:`airfoil.fixedpoint.rsqrt` of unsigned ``v >= 1``.
+
+    Returns ``(n, sh, y0)``: ``v`` normalised by an even shift to 16 bits, the signed
+    shift and the table's estimate (a combinational ROM read).
+    """
+    table = rom(m, f"{name}_rom", fx._RSQRT_T.tolist())
+    sh = Signal(signed(9), name=f"{name}_sh")
+    m.d.comb += sh.eq(bit_length(m, v, f"{name}_bl") - 16)
+    she = Signal(signed(9), name=f"{name}_she")
+    m.d.comb += she.eq(sh + sh[0])
+    nrm = Signal(16, name=f"{name}_n")
+    m.d.comb += [nrm.eq(normalize(v, she, width=16, bits=7)),
+                 table.addr.eq(nrm[8:16] - 64)]
+    return nrm, she, table.data
+
+
+def rsqrt_newton(nrm, she, y0):
+    """Second stage of :func:`airfoil.fixedpoint.rsqrt`: one Newton step on the table's
+    ``y0``; returns ``(mantissa, exponent)`` (16-bit unsigned, signed exponent)."""
+    t = (nrm * y0 * y0) >> 16
+    y1 = (y0 * (Const(3 << 30, signed(40)) - t)) >> 31
+    return clamp(y1, 1 << 15, (1 << 16) - 1)[:16], 23 + (she >> 1)
+
+
+class RmsNormKernel(wiring.Component):
+    """Normalise ``rows`` rows of ``n`` int32 with the int32 Q16 gain at ``aux_addr``.
+
+    ``eps`` is the 64-bit constant ``imm1 * 2**32 + imm0`` (``eps * 2**60``). Takes
+    :func:`cycles` cycles.
+    """
+
+    def __init__(self):
+        super().__init__(kernel_signature())
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.args
+        m.submodules.div = div = Divider(width=41, divisor_width=20)
+        m.d.comb += [div.dividend.eq(1 << 40), div.divisor.eq(a.n)]
+        inv_m_c, inv_e_c = mantissa_expr(m, div.quotient, 40, "inv")
+        inv_m = Signal(16)
+        inv_e = Signal(6)
+
+        r = Signal(32)
+        j = Signal(20)
+        wj = Signal(20)
+        base = Signal(48)
+        obase = Signal(48)
+        pend_a = Signal()
+        pend_s = Signal()
+        pend_y = Signal()
+        m.d.sync += [pend_a.eq(0), pend_s.eq(0), pend_y.eq(0)]
+
+        x = self.src.data.as_signed()
+        # Pass 1: amax; b = 15 - bitlen(max(amax, 1)).
+        amax = Signal(32)
+        ax = Mux(x < 0, -x, x)[:32]
+        with m.If(pend_a):
+            m.d.sync += amax.eq(Mux(ax > amax, ax, amax))
+        b = Signal(signed(7))
+        m.d.comb += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
+        xs = Signal(signed(18))
+        m.d.comb += xs.eq(shift_round_signed(x, -b, bits=5))
+        # Pass 2: sum of squares.
+        ss = Signal(56)
+        with m.If(pend_s):
+            m.d.sync += ss.eq(ss + xs * xs)
+        # Reciprocal square root of ms + eps.
+        ms = Signal(74)
+        m.d.comb += ms.eq(shift_round(ss * inv_m, inv_e))
+        eps = Signal(64)
+        m.d.comb += eps.eq(shift_round(Cat(a.imm0, a.imm1), (28 - 2 * b)[:6]))
+        v = Signal(75)
+        nrm, she, y0 = rsqrt_table(m, v)
+        nrm_r, she_r, y0_r = Signal.like(nrm), Signal.like(she), Signal.like(y0)
+        rs_m, rs_e = rsqrt_newton(nrm_r, she_r, y0_r)
+        rr = Signal(16)
+        ee = Signal(6)
+        # Pass 3: output.
+        # (the normalised value and the gain are registered before the second product)
+        t = Signal(signed(36))
+        g = Signal(signed(32))
+        wj2 = Signal.like(wj)
+        pend_y2 = Signal()
+        m.d.sync += [t.eq(shift_round(xs * rr, (ee - fx.ACT_FRAC)[:6])),
+                     g.eq(self.aux.data.as_signed()), wj2.eq(wj), pend_y2.eq(pend_y)]
+        y = sat(shift_round(t * g, fx.GAMMA_FRAC), 32)
+
+        m.d.comb += [self.src.addr.eq(sat_addr(base + (j << 2))),
+                     self.aux.addr.eq(sat_addr(a.aux_addr + (j << 2)))]
+        with m.If(pend_y2):
+            m.d.comb += [self.dst.addr.eq(sat_addr(obase + (wj2 << 2))), self.dst.data.eq(y),
+                         self.dst.en.eq(0xF)]
+
+        def row_pass(state, nxt, pend, aux=False):
+            with m.State(state):
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(aux)]
+                m.d.sync += [pend.eq(1), wj.eq(j), j.eq(j + 1)]
+                with m.If(j == a.n - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = nxt
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.comb += div.start.eq(1)
+                    m.next = "DIV"
+            with m.State("DIV"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(div.done):
+                    m.d.sync += [inv_m.eq(inv_m_c), inv_e.eq(inv_e_c), r.eq(0), j.eq(0),
+                                 amax.eq(0), ss.eq(0), base.eq(a.src_addr),
+                                 obase.eq(a.dst_addr)]
+                    with m.If(a.n == 0):
+                        m.next = "ERR"
+                    with m.Elif(a.rows == 0):
+                        m.next = "END"
+                    with m.Else():
+                        m.next = "A"
+            row_pass("A", "A_DRAIN", pend_a)
+            with m.State("A_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "S"
+            row_pass("S", "S_DRAIN", pend_s)
+            with m.State("S_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "V0"
+            with m.State("V0"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += v.eq(Mux(ms + eps == 0, 1, ms + eps))
+                m.next = "V1"
+            with m.State("V1"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [nrm_r.eq(nrm), she_r.eq(she), y0_r.eq(y0)]
+                m.next = "V2"
+            with m.State("V2"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [rr.eq(rs_m), ee.eq(rs_e)]
+                m.next = "Y"
+            row_pass("Y", "Y_DRAIN0", pend_y, aux=True)
+            with m.State("Y_DRAIN0"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "Y_DRAIN"
+            with m.State("Y_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [r.eq(r + 1), amax.eq(0), ss.eq(0), base.eq(base + (a.n << 2)),
+                             obase.eq(obase + (a.n << 2))]
+                with m.If(r == a.rows - 1):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "A"
+            with m.State("ERR"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.err.eq(1),
+                             self.err_code.eq(ErrorCode.MALFORMED)]
+                m.next = "IDLE"
+            with m.State("END"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+        return m
+
+
+#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
+KERNELS = {SfuFunc.RMSNORM: RmsNormKernel}

@@ -1,0 +1,334 @@
+"""The SFU unit: runs ``SFU`` instructions from its queue on the function kernels.
+
+The unit takes the head of the SFU queue, resolves the instruction's run-time registers
+into the kernel arguments (:data:`hdl.sfu.kernel.ARGS_LAYOUT`), checks them as the ISA
+simulator does, starts the kernel of the function and serves the kernel's 32-bit ports
+from the on-chip buffers' word ports (lane select on reads, byte-enable shift on writes),
+checking every access against the size of the buffer it names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from airfoil import isa
+from airfoil.isa import Buffer, ErrorCode, SfuFunc
+
+from ..core.load import unit_ports
+from . import elementwise, quant, rmsnorm, rope
+from .arith import Divider, divider_latency
+from .kernel import ADDR_BITS, ARGS_LAYOUT
+
+__all__ = ["SfuUnit", "default_kernels", "kernel_cycles", "unit_cycles", "ROWWISE",
+           "buffer_read_signature", "buffer_write_signature"]
+
+#: Functions on rows of ``n`` int32 split in ``heads`` segments (``n % heads == 0``).
+ROWWISE = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU, SfuFunc.MUL,
+           SfuFunc.ADD)
+_ATT_KV = (SfuFunc.ATT_QK, SfuFunc.ATT_PV)
+_USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, SfuFunc.ADD,
+             SfuFunc.ATT_QK, SfuFunc.ATT_PV)
+#: Width of the unit's ``n / heads`` (``heads / kv_heads``) check division.
+_CHECK_BITS = 20
+
+
+def _attention():
+    """The attention kernels' module, if it exists in this tree."""
+    if importlib.util.find_spec(f"{__package__}.attention") is None:
+        return None
+    return importlib.import_module(f"{__package__}.attention")
+
+
+def default_kernels() -> dict:
+    """Kernel factories of every function with a kernel in :mod:`hdl.sfu`."""
+    kernels = {}
+    for mod in (elementwise, quant, rmsnorm, rope, _attention()):
+        if mod is not None:
+            kernels.update(mod.KERNELS)
+    return kernels
+
+
+def kernel_cycles(args) -> int:
+    """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)."""
+    func = SfuFunc(args["func"])
+    for mod in (elementwise, quant, rmsnorm, rope):
+        if func in mod.KERNELS:
+            return mod.cycles(args)
+    att = _attention()
+    if att is not None and func in att.KERNELS:
+        return att.cycles(args)
+    raise ValueError(f"No SFU kernel computes {func!r}")
+
+
+def unit_cycles(args) -> int:
+    """Cycles the unit spends on a well-formed instruction, queue handshake to release.
+
+    Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
+    ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the
+    release handshake (1).
+    """
+    func = SfuFunc(args["func"])
+    div = divider_latency(_CHECK_BITS) if func in ROWWISE + _ATT_KV else 0
+    return 4 + div + kernel_cycles(args)
+
+
+def buffer_read_signature(word_bits: int) -> wiring.Signature:
+    """Unit-side read port of a buffer: ``buf``, word ``addr``, ``en``; ``data`` a cycle later."""
+    lg = exact_log2(word_bits // 8)
+    return wiring.Signature({"buf": Out(Buffer), "addr": Out(ADDR_BITS - lg), "en": Out(1),
+                             "data": In(word_bits)})
+
+
+def buffer_write_signature(word_bits: int) -> wiring.Signature:
+    """Unit-side write port of a buffer: ``buf``, word ``addr``, ``data``, byte enables."""
+    lg = exact_log2(word_bits // 8)
+    return wiring.Signature({"buf": Out(Buffer), "addr": Out(ADDR_BITS - lg),
+                             "data": Out(word_bits), "en": Out(word_bits // 8)})
+
+
+class SfuUnit(wiring.Component):
+    """Execute ``SFU`` instructions one at a time on the function kernels.
+
+    Errors (sticky, like the other units; ``err_pc`` is the instruction's index): an
+    undefined function or buffer, ``n < 1``, ``rows < 1``, ``n`` not a multiple of
+    ``heads`` (row-wise functions), ``kv_heads < 1``, ``heads`` not a multiple of
+    ``kv_heads`` or no keys (attention), an int32 operand address not a multiple of 4
+    (int16 tables: of 2) is MALFORMED, as is what a kernel refuses; a function without a
+    kernel in ``kernels`` is UNSUPPORTED; an access at or beyond the end of its buffer is
+    BUFFER_RANGE: the unit stops the kernel in that cycle, so no write out of range
+    happens (earlier writes of the instruction stay done, where the ISA simulator checks
+    the whole span first and writes nothing).
+
+    Kernels stream rows, so a destination must either equal its source (in place) or not
+    overlap it; ``COPY`` alone handles any overlap (like ``memmove``).
+
+    Parameters
+    ----------
+    word_bits : int
+        Width of a buffer word (a power of two, at least 32).
+    buffer_bytes : Mapping[Buffer, int]
+        Size of each buffer in bytes (a multiple of the word); a buffer not named has
+        size 0.
+    kernels : Mapping[SfuFunc, Callable] or None
+        Kernel factory of each function built in (default: :func:`default_kernels`).
+
+    Members
+    -------
+    q, rel, err, err_code, err_pc, idle
+        :func:`hdl.core.load.unit_ports`.
+    src_rd, aux_rd : :func:`buffer_read_signature`
+        Reads of the instruction's ``src`` and ``aux`` buffers (latency 1).
+    dst_wr : :func:`buffer_write_signature`
+        Writes into its ``dst`` buffer (``aux`` for QUANT_TOKEN's scale pairs).
+    """
+
+    def __init__(self, *, word_bits: int, buffer_bytes: Mapping,
+                 kernels: Mapping[SfuFunc, Callable] | None = None):
+        if not isinstance(word_bits, int) or word_bits < 32 or word_bits & (word_bits - 1):
+            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
+                            f"not {word_bits!r}")
+        wb = word_bits // 8
+        sizes = {}
+        for buf, size in dict(buffer_bytes).items():
+            if not isinstance(buf, Buffer):
+                raise TypeError(f"Buffer sizes are keyed by airfoil.isa.Buffer, not {buf!r}")
+            if not isinstance(size, int) or size < 0 or size % wb or size >= 1 << ADDR_BITS:
+                raise ValueError(f"Size of buffer {buf.name} must be a multiple of {wb} "
+                                 f"bytes below 2**{ADDR_BITS}, not {size!r}")
+            sizes[buf] = size
+        kernels = default_kernels() if kernels is None else dict(kernels)
+        for func, factory in kernels.items():
+            if not isinstance(func, SfuFunc) or not callable(factory):
+                raise TypeError(f"Kernels map SfuFunc to a kernel factory, not "
+                                f"{func!r}: {factory!r}")
+        self._word_bits = word_bits
+        self._sizes = sizes
+        self._factories = kernels
+        super().__init__({
+            **unit_ports(),
+            "src_rd": Out(buffer_read_signature(word_bits)),
+            "aux_rd": Out(buffer_read_signature(word_bits)),
+            "dst_wr": Out(buffer_write_signature(word_bits)),
+        })
+        #: The kernel instances, by function (read only after construction).
+        self.kernels = {func: factory() for func, factory in sorted(
+            kernels.items(), key=lambda kv: kv[0].value)}
+
+    @property
+    def word_bits(self) -> int:
+        """Width of a buffer word."""
+        return self._word_bits
+
+    @property
+    def buffer_bytes(self) -> dict:
+        """Size of each buffer in bytes."""
+        return dict(self._sizes)
+
+    def elaborate(self, platform):
+        m = Module()
+        lg = exact_log2(self._word_bits // 8)
+        lanes = self._word_bits // 32
+
+        instr = Signal(isa.INSTR_LAYOUT)
+        index = Signal(32)
+        rv = Signal(data.ArrayLayout(32, 3))
+        sfu = instr.body.sfu
+        func = sfu.func.as_value()
+        args = Signal(ARGS_LAYOUT)
+        m.d.comb += [
+            args.func.eq(sfu.func), args.n.eq(sfu.n),
+            args.rows.eq(Mux(sfu.rows_reg != 0, rv[0], sfu.rows)),
+            args.heads.eq(Mux(sfu.heads == 0, 1, sfu.heads)),
+            args.kv_heads.eq(sfu.kv_heads),
+            args.pos.eq(Mux(sfu.pos_reg != 0, rv[1], 0)),
+            args.length.eq(Mux(sfu.len_reg != 0, rv[2], 0)),
+            args.src_addr.eq(sfu.src_addr), args.dst_addr.eq(sfu.dst_addr),
+            args.aux_addr.eq(sfu.aux_addr), args.imm0.eq(sfu.imm0), args.imm1.eq(sfu.imm1),
+        ]
+
+        def is_any(funcs):
+            return Cat(*[func == f.value for f in funcs]).any()
+
+        # -- static checks ---------------------------------------------------------------
+        src_b, dst_b, aux_b = (sfu.src.as_value(), sfu.dst.as_value(), sfu.aux.as_value())
+        rowwise, att_kv = is_any(ROWWISE), is_any(_ATT_KV)
+        uses_aux = is_any(_USES_AUX)
+        bad_buf = ((src_b > Buffer.AUX.value) | (dst_b > Buffer.AUX.value) |
+                   (uses_aux & (aux_b > Buffer.AUX.value)) | (aux_b > Buffer.WSTREAM.value))
+
+        def a4(v):
+            return v[:2] != 0                       # not a multiple of 4
+
+        misaligned = Signal()
+        with m.Switch(func):
+            with m.Case(SfuFunc.SILU):
+                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr))
+            with m.Case(SfuFunc.MUL, SfuFunc.ADD, SfuFunc.RMSNORM):
+                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr) |
+                                          a4(sfu.aux_addr))
+            with m.Case(SfuFunc.QUANT_TOKEN):
+                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.aux_addr) | a4(sfu.imm1))
+            with m.Case(SfuFunc.ROPE):
+                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr) |
+                                          sfu.aux_addr[0] | sfu.imm1[0])
+        malformed = Signal()
+        m.d.comb += malformed.eq(
+            (func > max(f.value for f in SfuFunc)) | bad_buf | misaligned | (sfu.n == 0) |
+            ((func != SfuFunc.COPY.value) & (args.rows == 0)) |
+            (att_kv & (sfu.kv_heads == 0)) |
+            (is_any(_ATT_KV + (SfuFunc.SOFTMAX,)) & (args.length == 0)))
+        built = is_any(self._factories)
+
+        m.submodules.div = div = Divider(width=_CHECK_BITS, divisor_width=10)
+        m.d.comb += [div.dividend.eq(Mux(att_kv, args.heads, sfu.n)),
+                     div.divisor.eq(Mux(att_kv, sfu.kv_heads, args.heads))]
+
+        # -- kernels ---------------------------------------------------------------------
+        kreset = Signal()
+        k_src_addr, k_aux_addr, k_dst_addr = (Signal(ADDR_BITS, name=f"k_{p}_addr")
+                                               for p in ("src", "aux", "dst"))
+        k_src_en, k_aux_en, k_dst_aux, k_done, k_err = (Signal(name=f"k_{p}") for p in
+                                                        ("src_en", "aux_en", "dst_aux",
+                                                         "done", "err"))
+        k_dst_en = Signal(4)
+        k_dst_data = Signal(32)
+        k_code = Signal(ErrorCode)
+        src_lane = Signal(range(lanes))
+        aux_lane = Signal(range(lanes))
+        m.d.sync += [src_lane.eq(k_src_addr[2:lg]), aux_lane.eq(k_aux_addr[2:lg])]
+        start = Signal()
+        running = Signal()
+        for f, k in self.kernels.items():
+            m.submodules[f"k_{f.name.lower()}"] = ResetInserter(kreset)(k)
+            m.d.comb += [
+                k.args.eq(args),
+                k.start.eq(start & (func == f.value)),
+                k.src.data.eq(self.src_rd.data.word_select(src_lane, 32)),
+                k.aux.data.eq(self.aux_rd.data.word_select(aux_lane, 32)),
+            ]
+        with m.If(running):
+            with m.Switch(func):
+                for f, k in self.kernels.items():
+                    with m.Case(f):
+                        m.d.comb += [
+                            k_src_addr.eq(k.src.addr), k_src_en.eq(k.src.en),
+                            k_aux_addr.eq(k.aux.addr), k_aux_en.eq(k.aux.en),
+                            k_dst_addr.eq(k.dst.addr), k_dst_en.eq(k.dst.en),
+                            k_dst_data.eq(k.dst.data), k_dst_aux.eq(k.dst.aux),
+                            k_done.eq(k.done), k_err.eq(k.err), k_code.eq(k.err_code),
+                        ]
+
+        # -- buffer ports and range checks -------------------------------------------------
+        size = Array(Const(self._sizes.get(b, 0), ADDR_BITS + 1) for b in
+                     [next((x for x in Buffer if x.value == v), None) for v in range(8)])
+        wbuf = Mux(k_dst_aux, aux_b, dst_b)
+        viol = Signal()
+        m.d.comb += viol.eq((k_src_en & (k_src_addr >= size[src_b])) |
+                            (k_aux_en & (k_aux_addr >= size[aux_b])) |
+                            ((k_dst_en != 0) & (k_dst_addr >= size[wbuf])))
+        m.d.comb += [
+            self.src_rd.buf.eq(sfu.src), self.src_rd.addr.eq(k_src_addr[lg:]),
+            self.src_rd.en.eq(k_src_en & ~viol),
+            self.aux_rd.buf.eq(sfu.aux), self.aux_rd.addr.eq(k_aux_addr[lg:]),
+            self.aux_rd.en.eq(k_aux_en & ~viol),
+            self.dst_wr.buf.as_value().eq(wbuf), self.dst_wr.addr.eq(k_dst_addr[lg:]),
+            self.dst_wr.data.eq(Cat(*[k_dst_data] * lanes)),
+            self.dst_wr.en.eq(Mux(viol, 0, k_dst_en << (k_dst_addr[2:lg] * 4))),
+        ]
+
+        # -- control ---------------------------------------------------------------------
+        failed = Signal()
+        m.d.comb += self.err.eq(failed)
+
+        def fail(code):
+            m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
+            m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(1)]
+                with m.If(self.q.valid & ~failed):
+                    m.d.sync += [instr.eq(self.q.payload.instr), index.eq(self.q.payload.index),
+                                 rv.eq(self.q.payload.rv)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(malformed):
+                    fail(ErrorCode.MALFORMED)
+                with m.Elif(rowwise | att_kv):
+                    m.d.comb += div.start.eq(1)
+                    m.next = "DIVIDE"
+                with m.Elif(~built):
+                    fail(ErrorCode.UNSUPPORTED)
+                with m.Else():
+                    m.next = "START"
+            with m.State("DIVIDE"):
+                with m.If(div.done):
+                    with m.If(div.remainder != 0):
+                        fail(ErrorCode.MALFORMED)
+                    with m.Elif(~built):
+                        fail(ErrorCode.UNSUPPORTED)
+                    with m.Else():
+                        m.next = "START"
+            with m.State("START"):
+                m.d.comb += start.eq(1)
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(viol):
+                    m.d.comb += kreset.eq(1)
+                    fail(ErrorCode.BUFFER_RANGE)
+                with m.Elif(k_done & k_err):
+                    fail(k_code)
+                with m.Elif(k_done):
+                    m.next = "REL"
+            with m.State("REL"):
+                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
+                with m.If(self.rel.ready):
+                    m.next = "IDLE"
+        return m
