@@ -1,0 +1,658 @@
+"""The streamed MATRIX unit: ``MV`` on weights streamed through the decode unit (ISA v3).
+
+Data path of one ``MV`` with ``wfmt = STREAM`` (records of :mod:`airfoil.packing`, one
+record per batch of ``chains`` rows and group column, the format, N:M sparsity and FP16
+scales named by each record)::
+
+    words --> Unpacker --beats--> StepAdapter --steps--+--> SparseChain x chains --psums--+
+                                                       |                                 |
+    ACT --> group prefetch --group activations --------+   record scales --> FIFO ---> GroupRescaler
+                                                                                         |
+                                      OUT <-- Requantizer <-- serializer <-- accs -------+
+
+The :class:`StepAdapter` turns the unpacker's beats (a run of lane-vectors of one
+record, lane-vector ``i`` for row ``i % chains``) into *steps*: one lane-vector per chain,
+the chains' next ``lanes`` kept weights. All chains take the same step and the same
+activation window in lockstep; the window of step ``s`` of a record is the group's
+activations from ``s * lanes * M / N`` on (``M / N = 1`` when dense), sliced from the
+group's activations, which a prefetcher reads from ACT ahead of the weights (the
+instruction fixes the order of group columns). Each chain emits one exact group partial
+sum per record; the rescaler scales it with the record's exact scale (padding rows of the
+last batch get scale 0) into 56-bit accumulators; a batch's accumulators are requantized
+one per cycle and written to OUT.
+
+:class:`StreamGemvHarness` is a simulation top around the unit: an AXI4 read port
+(:class:`~hdl.core.axi_read.AxiReader`) feeding ``words``, ACT and OUT memories with test
+ports, and cycle counters.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from airfoil import isa
+from airfoil.packing import (NM_PATTERNS, SCALE_K_SHAPE, SCALE_M_BITS, StreamGeometry,
+                             beat_layout)
+from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
+
+from ..decode_unit.rescaler import GroupRescaler, Requantizer
+from ..decode_unit.unpacker import Unpacker
+from ..dsp_chain.sparse import SparseChain
+from ..streams import scale_layout
+from .axi import axi4_signature
+from .axi_read import AxiReader
+from .fetch import ENTRY_LAYOUT
+from .load import unit_ports
+
+__all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
+           "NM_NAMES"]
+
+#: Header sparsity code of :mod:`airfoil.packing` -> pattern name (``"2:4"``); the
+#: codes equal :class:`airfoil.sparsity.SparsityMode` values, the chain's run-time mode.
+NM_NAMES = {code: name for name, nm in SPARSE_BY_NAME.items()
+            for code, nm2 in NM_PATTERNS.items() if nm == nm2}
+
+
+def _pos_int(what, v, lo=1):
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise TypeError(f"{what} must be an integer >= {lo}, not {v!r}")
+    return v
+
+
+def step_layout(geometry: StreamGeometry) -> data.StructLayout:
+    """Payload of one step of :class:`StepAdapter`: one lane-vector per row (chain).
+
+    ``w``/``idx``: per row ``lanes`` signed 8-bit weights and their N:M indices; ``step``:
+    index of the step in its record; ``first``/``last``: record boundaries; ``tag``,
+    ``nm``, ``m``, ``k``, ``bad``: the record's format, sparsity code and scales as the
+    unpacker's beat carries them.
+    """
+    g = geometry
+    steps = max(1, g.max_record_vectors // g.rows)
+    return data.StructLayout({
+        "w": data.ArrayLayout(data.ArrayLayout(signed(8), g.lanes), g.rows),
+        "idx": data.ArrayLayout(data.ArrayLayout(unsigned(4), g.lanes), g.rows),
+        "step": unsigned(max(1, (steps - 1).bit_length())),
+        "first": unsigned(1),
+        "last": unsigned(1),
+        "tag": unsigned(4),
+        "nm": unsigned(3),
+        "m": data.ArrayLayout(unsigned(SCALE_M_BITS), g.rows),
+        "k": data.ArrayLayout(SCALE_K_SHAPE, g.rows),
+        "bad": unsigned(1),
+    })
+
+
+class StepAdapter(wiring.Component):
+    """Regroup unpacker beats into steps of one lane-vector per row.
+
+    Lane-vector ``i`` of a record belongs to row ``i % rows``; a record holds a multiple of
+    ``rows`` lane-vectors, so steps never straddle records. Each cycle the adapter moves
+    ``min(vectors left in the beat, rows - filled)`` lane-vectors into the step being
+    built; a beat of more than ``rows`` lane-vectors is spread over several cycles, a step
+    of more lane-vectors than a beat holds is gathered from several beats. A completed
+    step goes to a register on ``steps``; with ``rows >= beat_vectors`` a step or beat
+    moves every cycle.
+
+    Parameters
+    ----------
+    geometry : StreamGeometry
+
+    Members
+    -------
+    beats : In(stream.Signature(beat_layout(geometry)))
+    steps : Out(stream.Signature(step_layout(geometry)))
+    """
+
+    def __init__(self, *, geometry: StreamGeometry):
+        if not isinstance(geometry, StreamGeometry):
+            self._MustUse__silence = True
+            raise TypeError(f"geometry must be a StreamGeometry, not {geometry!r}")
+        self._geom = geometry
+        super().__init__({
+            "beats": In(stream.Signature(beat_layout(geometry))),
+            "steps": Out(stream.Signature(step_layout(geometry))),
+        })
+
+    @property
+    def geometry(self) -> StreamGeometry:
+        return self._geom
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the handshake of a step's last beat to the step being valid."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        R, L, V = g.rows, g.lanes, g.beat_vectors
+        b = self.beats.payload
+        o = self.steps.payload
+        fill = Signal(range(R + 1))
+        off = Signal(range(V + 1))
+        step = Signal.like(o.step)
+        slot_w = Signal(data.ArrayLayout(data.ArrayLayout(signed(8), L), R))
+        slot_x = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(4), L), R))
+
+        vec_w = Array(Cat(*[b.w[v * L + j] for j in range(L)]) for v in range(V))
+        vec_x = Array(Cat(*[b.idx[v * L + j] for j in range(L)]) for v in range(V))
+        left = Signal(range(V + 1))
+        room = Signal(range(R + 1))
+        take = Signal(range(V + 1))
+        m.d.comb += [left.eq(b.n - off), room.eq(R - fill),
+                     take.eq(Mux(left < room, left, room))]
+        out_free = ~self.steps.valid | self.steps.ready
+        go = Signal()
+        m.d.comb += go.eq(self.beats.valid & out_free & (b.n != 0))
+        beat_done = Signal()
+        complete = Signal()
+        m.d.comb += [beat_done.eq(off + take >= b.n),
+                     complete.eq((fill + take == R) | (beat_done & b.last))]
+        new_w, new_x = [], []
+        for s in range(R):
+            inside = (s >= fill) & (s < fill + take)
+            src = (off + s - fill)[:max(1, (V - 1).bit_length())] if V > 1 else 0
+            nw = Signal(8 * L, name=f"new_w{s}")
+            nx = Signal(4 * L, name=f"new_x{s}")
+            m.d.comb += [nw.eq(Mux(inside, vec_w[src], slot_w[s].as_value())),
+                         nx.eq(Mux(inside, vec_x[src], slot_x[s].as_value()))]
+            new_w.append(nw)
+            new_x.append(nx)
+        m.d.comb += self.beats.ready.eq(go & beat_done | self.beats.valid & (b.n == 0))
+        with m.If(go):
+            m.d.sync += [slot_w.eq(Cat(*new_w)), slot_x.eq(Cat(*new_x)),
+                         off.eq(Mux(beat_done, 0, off + take)),
+                         fill.eq(Mux(complete, 0, fill + take))]
+        with m.If(go & complete):
+            m.d.sync += [self.steps.valid.eq(1), o.w.eq(Cat(*new_w)), o.idx.eq(Cat(*new_x)),
+                         o.step.eq(step), o.first.eq(step == 0),
+                         o.last.eq(beat_done & b.last), o.tag.eq(b.tag.as_value()),
+                         o.nm.eq(b.nm), o.m.eq(b.m), o.k.eq(b.k), o.bad.eq(b.bad),
+                         step.eq(Mux(beat_done & b.last, 0, step + 1))]
+        with m.Elif(self.steps.ready):
+            m.d.sync += self.steps.valid.eq(0)
+        return m
+
+
+class StreamMatrix(wiring.Component):
+    """Execute ``MV`` with ``wfmt = STREAM`` on weights from the LD ``WSTREAM`` word stream.
+
+    The unit interface is :class:`~hdl.core.matrix.MatrixUnit`'s (:func:`hdl.core.load.
+    unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, the memory words of the stream.
+    Every record format the unpacker decodes (INT2, INT3, INT4, INT8, OVP4) and every N:M
+    pattern among ``patterns`` run on the same chains (signed 8-bit weights, one DSP per
+    lane).
+
+    Errors: an undefined enum value, ``m != 1``, ``sparsity != DENSE``, ``bias = 1``, zero
+    ``rows``/``k``/``group``, a group that does not divide ``k``, a malformed record
+    header (the unpacker's error) and a record whose group differs from the
+    instruction's (its lane-vector count does not match) are MALFORMED; ``MM``, a weight
+    format other than ``STREAM``, a group size not built, a record whose N:M pattern is not
+    built, ``tok_scale = 1``, a K-split (``acc_init = 0`` or ``final = 0``) and unaligned
+    ``abuf_addr`` (to a word) or ``obuf_addr`` (to the output size) are UNSUPPORTED;
+    activations or results beyond their buffer are BUFFER_RANGE; a record scale outside the
+    rescaler window (or not a positive finite FP16 value) is SCALE_RANGE.
+
+    Parameters
+    ----------
+    chains : int
+        Chains (rows per record of the stream).
+    lanes : int
+        Lanes per chain (weights per lane-vector).
+    word_bits : int
+        Memory word width (the stream's words and the ACT/OUT rows).
+    act_bytes, out_bytes : int
+        Sizes of the ACT and OUT buffers.
+    group_sizes : tuple of int
+        Group sizes built (subset of 32, 64, 128).
+    patterns : tuple of str
+        Sparsity patterns built (``"dense"`` and N:M names).
+    scale_depth : int
+        Records whose scales may wait for their partial sums (covers the chain latency).
+    """
+
+    def __init__(self, *, chains: int, lanes: int, word_bits: int, act_bytes: int,
+                 out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
+                 scale_depth: int = 16):
+        self._MustUse__silence = True       # until validated: a refused unit is not unused
+        _pos_int("Chain count", chains)
+        _pos_int("Lane count", lanes, 2)
+        self._geom = StreamGeometry(word_bits=word_bits, lanes=lanes, rows=chains)
+        if word_bits > 256:
+            raise ValueError(f"Word width must be at most 256 bits (a group of 32 INT8 "
+                             f"activations spans whole words), not {word_bits}")
+        for name, v in (("ACT", act_bytes), ("OUT", out_bytes)):
+            if not isinstance(v, int) or v < word_bits // 8 or v & (v - 1):
+                raise ValueError(f"{name} buffer size must be a power of two of at least one "
+                                 f"word, not {v!r}")
+        groups = tuple(sorted(set(group_sizes)))
+        if not groups or any(gs not in (32, 64, 128) or gs % lanes for gs in groups):
+            raise ValueError(f"Group sizes must be among 32, 64, 128 and multiples of lanes "
+                             f"({lanes}), not {group_sizes!r}")
+        patterns = tuple(p for p in patterns if p == "dense" or p in SPARSE_BY_NAME)
+        if "dense" not in patterns:
+            patterns = ("dense",) + patterns
+        self._chains, self._lanes, self._wbits = chains, lanes, word_bits
+        self._act_bytes, self._out_bytes = act_bytes, out_bytes
+        self._groups, self._patterns = groups, patterns
+        self._scale_depth = _pos_int("Scale queue depth", scale_depth, 2)
+        wb = word_bits // 8
+        super().__init__({
+            **unit_ports(),
+            "words": In(stream.Signature(unsigned(word_bits))),
+            "act_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(act_bytes // wb),
+                                                   shape=word_bits)),
+            "out_wr": In(memory.WritePort.Signature(addr_width=ceil_log2(out_bytes // wb),
+                                                    shape=word_bits, granularity=8)),
+        })
+        self._MustUse__silence = False
+
+    @classmethod
+    def from_config(cls, cfg, **kw) -> "StreamMatrix":
+        """The unit of an :class:`~airfoil.config.AccelConfig` (all chains on one stream)."""
+        return cls(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
+                   act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
+                   group_sizes=cfg.group_sizes, patterns=cfg.sparsity, **kw)
+
+    @staticmethod
+    def geometry_of(cfg) -> StreamGeometry:
+        """The stream geometry :meth:`from_config` builds for ``cfg`` (without a unit)."""
+        return StreamGeometry(word_bits=cfg.memory.word_bits, lanes=cfg.lanes,
+                              rows=cfg.chains)
+
+    @property
+    def geometry(self) -> StreamGeometry:
+        """The stream geometry: ``StreamGeometry(word_bits, lanes, rows=chains)``."""
+        return self._geom
+
+    @property
+    def patterns(self) -> tuple:
+        return self._patterns
+
+    @property
+    def group_sizes(self) -> tuple:
+        return self._groups
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        C, L, W = self._chains, self._lanes, self._wbits
+        wb = W // 8
+        lgw = exact_log2(wb)
+        lgl = exact_log2(L)
+        gmax = max(self._groups)
+        nm_built = [0] + [c for c, n in NM_NAMES.items() if n in self._patterns]
+
+        m.submodules.unpacker = unp = Unpacker(geometry=g)
+        m.submodules.adapter = adp = StepAdapter(geometry=g)
+        wiring.connect(m, producer=unp.beats, consumer=adp.beats)
+        wiring.connect(m, wiring.flipped(self.words), unp.words)
+        chains = []
+        for c in range(C):
+            ch = SparseChain(lanes=L, weight_bits=8, patterns=self._patterns, groups=1)
+            m.submodules[f"chain{c}"] = ch
+            chains.append(ch)
+        m.submodules.rescaler = resc = GroupRescaler(chains=C, group_max=gmax)
+        m.submodules.requant = req = Requantizer(tag_bits=24)
+        m.submodules.scale_q = scale_q = fifo.SyncFIFOBuffered(
+            width=scale_layout(C).size, depth=self._scale_depth)
+        m.submodules.act_q = act_q = fifo.SyncFIFOBuffered(width=gmax * 8, depth=4)
+
+        instr = Signal(isa.INSTR_LAYOUT)
+        index = Signal(32)
+        f = instr.body.matrix
+
+        # -- decode and check ---------------------------------------------------------------
+        group = f.group
+        lgg = Signal(range(16))
+        group_known = Signal()
+        for gs in self._groups:
+            with m.If(group == gs):
+                m.d.comb += [lgg.eq(exact_log2(gs)), group_known.eq(1)]
+        k, rows = f.k, f.rows
+        batches = Signal(17)
+        m.d.comb += batches.eq((rows + (C - 1)) // C)
+        groups = Signal(20)
+        m.d.comb += groups.eq(k >> lgg)
+        lg_ob = Signal(2)
+        with m.Switch(f.out_fmt.as_value()):
+            with m.Case(isa.OutFormat.INT16.value):
+                m.d.comb += lg_ob.eq(1)
+            with m.Case(isa.OutFormat.INT32.value):
+                m.d.comb += lg_ob.eq(2)
+        opcode = instr.header.opcode.as_value()
+        wfmt = f.wfmt.as_value()
+        code = Signal(isa.ErrorCode)
+        group_pow2 = (group & (group - 1)) == 0
+        k_bad = (k == 0) | ((k & (group - 1)) != 0)
+        with m.If((f.m != 1) | (f.sparsity.as_value() != isa.Sparsity.DENSE.value) |
+                  (f.out_fmt.as_value() > isa.OutFormat.INT32.value) |
+                  (wfmt > isa.WeightFormat.STREAM.value) | f.bias | (rows == 0) |
+                  (group == 0) | ~group_pow2 | k_bad):
+            m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
+        with m.Elif((opcode != isa.Opcode.MV.value) |
+                    (wfmt != isa.WeightFormat.STREAM.value) | ~group_known | f.tok_scale |
+                    ~f.acc_init | ~f.final):
+            m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
+        with m.Elif((f.abuf_addr + k > self._act_bytes) |
+                    (f.obuf_addr + (rows << lg_ob) > self._out_bytes)):
+            m.d.comb += code.eq(isa.ErrorCode.BUFFER_RANGE)
+        with m.Elif((f.abuf_addr[:lgw] != 0) |
+                    ((f.obuf_addr & ((Const(1, 3) << lg_ob) - 1)) != 0)):
+            m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
+
+        # -- control -----------------------------------------------------------------------
+        start = Signal()
+        active = Signal()
+        failed = Signal()
+        w_done = Signal()
+        fail_now = Signal()
+        fail_code = Signal(isa.ErrorCode)
+        m.d.comb += self.err.eq(failed)
+        with m.If(~failed):
+            with m.If(fail_now):
+                m.d.sync += [failed.eq(1), self.err_code.eq(fail_code),
+                             self.err_pc.eq(index)]
+            with m.Elif(resc.error):
+                m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
+                             self.err_pc.eq(index)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]
+                with m.If(self.q.valid & ~failed):
+                    m.d.sync += [instr.eq(self.q.payload.instr),
+                                 index.eq(self.q.payload.index)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(code != isa.ErrorCode.NONE):
+                    m.d.comb += [fail_now.eq(1), fail_code.eq(code)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(failed):
+                    m.next = "IDLE"
+                with m.Elif(w_done):
+                    m.next = "REL"
+            with m.State("REL"):
+                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
+                with m.If(self.rel.ready):
+                    m.next = "IDLE"
+
+        m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq(0), resc.init.valid.eq(0),
+                     req.mult.eq(f.req_m), req.shift.eq(f.req_s), req.out_fmt.eq(f.out_fmt)]
+
+        # -- activation prefetch: each (batch, group column) group's activations ----------
+        a_active = Signal()
+        a_word = Signal(range(gmax // wb + 1))
+        a_grp = Signal(20)
+        a_batch = Signal(17)
+        a_addr = Signal(range(self._act_bytes // wb + 1))
+        wpg = Signal(range(gmax // wb + 1))
+        m.d.comb += wpg.eq(group >> lgw)
+        a_issue = Signal()
+        r_valid, r_word, r_last = Signal(), Signal.like(a_word), Signal()
+        # The last word of a group is read only if the queue has room for the group once
+        # the group pushed in this cycle (if any) is counted.
+        room = act_q.w_level + (r_valid & r_last) < act_q.depth
+        m.d.comb += [a_issue.eq(a_active & ~failed & ((a_word != wpg - 1) | room)),
+                     self.act_rd.en.eq(a_issue), self.act_rd.addr.eq(a_addr)]
+        m.d.sync += [r_valid.eq(a_issue), r_word.eq(a_word), r_last.eq(a_word == wpg - 1)]
+        with m.If(start):
+            m.d.sync += [a_active.eq(1), a_word.eq(0), a_grp.eq(0), a_batch.eq(0),
+                         a_addr.eq(f.abuf_addr >> lgw)]
+        with m.Elif(a_issue):
+            m.d.sync += [a_word.eq(a_word + 1), a_addr.eq(a_addr + 1)]
+            with m.If(a_word == wpg - 1):
+                m.d.sync += [a_word.eq(0), a_grp.eq(a_grp + 1)]
+                with m.If(a_grp == groups - 1):
+                    m.d.sync += [a_grp.eq(0), a_batch.eq(a_batch + 1),
+                                 a_addr.eq(f.abuf_addr >> lgw)]
+                    with m.If(a_batch + 1 == batches):
+                        m.d.sync += a_active.eq(0)
+        gact = Signal(gmax * 8)
+        words_of = [Mux(r_word == i, self.act_rd.data, gact.word_select(i, W))
+                    for i in range(gmax // wb)]
+        with m.If(r_valid):
+            m.d.sync += gact.eq(Cat(*words_of))
+        m.d.comb += [act_q.w_data.eq(Cat(*words_of)), act_q.w_en.eq(r_valid & r_last)]
+
+        # -- issue steps to the chains -----------------------------------------------------
+        st = adp.steps.payload
+        i_recs = Signal(32)            # records issued in this instruction
+        total_recs = Signal(32)
+        m.d.comb += total_recs.eq(batches * groups)
+        lg_ratio = Signal(2)           # log2(M / N) of the step's record
+        exp_steps = Signal(range(gmax // L + 1))
+        nm_ok = Signal()
+        with m.Switch(st.nm):
+            for code_ in nm_built:
+                n_, mm_ = NM_PATTERNS.get(code_, (1, 1))
+                lr = exact_log2(mm_ // n_)
+                with m.Case(code_):
+                    m.d.comb += [lg_ratio.eq(lr), nm_ok.eq(1),
+                                 exp_steps.eq((group >> lgl) >> lr)]
+        shape_bad = (st.step >= exp_steps) | (st.last & (st.step != exp_steps - 1))
+        i_batch_row = Signal(17)
+        i_grp = Signal(20)
+        ready_all = Signal()
+        m.d.comb += ready_all.eq(Cat(*[ch.i.ready for ch in chains]).all())
+        want = Signal()
+        m.d.comb += want.eq(active & ~failed & adp.steps.valid & (i_recs != total_recs))
+        with m.If(want & unp.error):
+            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.MALFORMED)]
+        with m.Elif(want & ~nm_ok):
+            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.UNSUPPORTED)]
+        with m.Elif(want & shape_bad):
+            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.MALFORMED)]
+        issue = Signal()
+        m.d.comb += issue.eq(want & ~unp.error & nm_ok & ~shape_bad & act_q.r_rdy & ready_all &
+                             (~st.first | scale_q.w_rdy))
+        m.d.comb += [adp.steps.ready.eq(issue), act_q.r_en.eq(issue & st.last),
+                     scale_q.w_en.eq(issue & st.first)]
+        with m.If(start):
+            m.d.sync += [active.eq(1), i_recs.eq(0), i_batch_row.eq(0), i_grp.eq(0)]
+        with m.Elif(issue & st.last):
+            m.d.sync += [i_recs.eq(i_recs + 1), i_grp.eq(i_grp + 1)]
+            with m.If(i_grp == groups - 1):
+                m.d.sync += [i_grp.eq(0), i_batch_row.eq(i_batch_row + C)]
+            with m.If(i_recs + 1 == total_recs):
+                m.d.sync += active.eq(0)
+        with m.If(failed):
+            m.d.sync += [active.eq(0), a_active.eq(0)]
+        # Scales of the record (padding rows of the last batch: m = 0, k = k0).
+        sv = Signal(scale_layout(C))
+        k_pad = Signal(SCALE_K_SHAPE)
+        m.d.comb += k_pad.eq(Mux(f.k0 < -24, -24, Mux(f.k0 > 5, 5, f.k0)))
+        for c in range(C):
+            pad = i_batch_row + c >= rows
+            m.d.comb += [sv.m[c].eq(Mux(pad, 0, st.m[c])),
+                         sv.k[c].eq(Mux(pad, k_pad, st.k[c]))]
+        m.d.comb += [sv.bad.eq(st.bad), scale_q.w_data.eq(sv)]
+        # The activation window of the step: lanes * M / N activations from the group.
+        win_bits = chains[0].window * 8
+        padded = Signal(gmax * 8 + win_bits)
+        m.d.comb += padded.eq(act_q.r_data)
+        window = Signal(win_bits)
+        m.d.comb += window.eq(padded.bit_select((st.step << lg_ratio) * (L * 8), win_bits))
+        ib = chains[0].index_bits
+        for c, ch in enumerate(chains):
+            p = ch.i.payload
+            m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(st.nm), p.split.eq(0),
+                         p.group_end.eq(st.last), p.last.eq(st.last),
+                         p.w.eq(st.w[c]), p.act.eq(window),
+                         p.idx.eq(Cat(*[st.idx[c][j][:ib] for j in range(L)]))]
+
+        # -- psums -> rescaler ---------------------------------------------------------------
+        o_grp = Signal(20)
+        rp = resc.psums
+        m.d.comb += [rp.valid.eq(chains[0].o.valid),
+                     rp.payload.batch_last.eq(o_grp == groups - 1)]
+        for c, ch in enumerate(chains):
+            m.d.comb += [ch.o.ready.eq(rp.ready), rp.payload.psum[c].eq(ch.o.payload.psum[0])]
+        with m.If(start):
+            m.d.sync += o_grp.eq(0)
+        with m.Elif(rp.valid & rp.ready):
+            m.d.sync += o_grp.eq(Mux(o_grp == groups - 1, 0, o_grp + 1))
+        m.d.comb += [resc.scales.payload.eq(scale_q.r_data),
+                     resc.scales.valid.eq(scale_q.r_rdy), scale_q.r_en.eq(resc.scales.ready)]
+
+        # -- serializer, requantizer, OUT writes ---------------------------------------------
+        held = Signal.like(resc.accs.payload)
+        w_busy = Signal()
+        w_c = Signal(range(C))
+        w_row = Signal(17)
+        drain = Signal(range(req.latency + 2))
+        m.d.comb += resc.accs.ready.eq(~w_busy)
+        with m.If(start):
+            m.d.sync += [w_row.eq(0), w_done.eq(0)]
+        with m.If(resc.accs.valid & resc.accs.ready):
+            m.d.sync += [held.eq(resc.accs.payload), w_busy.eq(1), w_c.eq(0)]
+        row = w_row + w_c
+        m.d.comb += [
+            req.inp.valid.eq(w_busy & (row < rows)),
+            req.inp.payload.acc.eq(held[w_c] if C > 1 else held[0]),
+            req.inp.payload.tag.eq(f.obuf_addr + (row << lg_ob)),
+        ]
+        with m.If(w_busy):
+            m.d.sync += w_c.eq(w_c + 1)
+            with m.If(w_c == C - 1):
+                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + C)]
+                with m.If(w_row + C >= rows):
+                    m.d.sync += drain.eq(req.latency + 1)
+        with m.If(drain != 0):
+            m.d.sync += drain.eq(drain - 1)
+            with m.If(drain == 1):
+                m.d.sync += w_done.eq(1)
+        with m.If(w_done):
+            m.d.sync += w_done.eq(0)
+        o = req.out.payload
+        lane = o.tag[:lgw]
+        val = o.value.as_unsigned()
+        m.d.comb += [
+            self.out_wr.addr.eq(o.tag >> lgw),
+            self.out_wr.data.eq((val.replicate(max(wb // 4, 1)) if wb >= 4 else val)
+                                << (lane * 8)),
+        ]
+        with m.If(req.out.valid):
+            m.d.comb += self.out_wr.en.eq(((Const(1, 5) << (Const(1, 3) << lg_ob)) - 1)
+                                          << lane)
+        return m
+
+
+class StreamGemvHarness(wiring.Component):
+    """Simulation top: AXI4 reads of a packed weight stream into a :class:`StreamMatrix`.
+
+    A pulse on ``start`` sends one read command (``nwords`` words at byte ``addr``) to an
+    :class:`~hdl.core.axi_read.AxiReader` whose beats feed the unit's ``words``, and
+    starts the counters; the testbench puts the ``MV`` entry on ``q``. The counters run
+    until the unit releases its tokens (``busy`` falls): ``cycles`` (all cycles),
+    ``beats`` (words handed to the unit) and ``useful`` (of those, words that are not
+    all-zero padding). ACT is written and OUT read through the test ports.
+
+    Parameters
+    ----------
+    unit_kw : dict
+        Keyword arguments of :class:`StreamMatrix`.
+    max_burst, outstanding : int
+        Of the AXI reader.
+
+    Members
+    -------
+    axi : Out(axi4_signature(read_only=True))
+    start : In(1)
+    addr : In(64)
+    nwords : In(32)
+    q : In(stream.Signature(ENTRY_LAYOUT))
+    act_w : Out(memory.WritePort.Signature(...))
+        ACT write port (driven by the testbench, as a memory presents it).
+    out_r : Out(memory.ReadPort.Signature(...))
+        OUT read port.
+    busy, err : Out(1)
+    err_code : Out(isa.ErrorCode)
+    cycles, beats, useful : Out(32)
+    """
+
+    def __init__(self, *, unit_kw: dict, max_burst: int, outstanding: int):
+        self._unit = StreamMatrix(**unit_kw)
+        self._reader = AxiReader(data_width=unit_kw["word_bits"], max_burst=max_burst,
+                                 outstanding=outstanding)
+        W = unit_kw["word_bits"]
+        wb = W // 8
+        self._act_depth = unit_kw["act_bytes"] // wb
+        self._out_depth = unit_kw["out_bytes"] // wb
+        super().__init__({
+            "axi": Out(axi4_signature(data_width=W, read_only=True)),
+            "start": In(1), "addr": In(64), "nwords": In(32),
+            "q": In(stream.Signature(ENTRY_LAYOUT)),
+            "act_w": Out(memory.WritePort.Signature(addr_width=ceil_log2(self._act_depth),
+                                                   shape=W)),
+            "out_r": Out(memory.ReadPort.Signature(addr_width=ceil_log2(self._out_depth),
+                                                  shape=W)),
+            "busy": Out(1), "err": Out(1), "err_code": Out(isa.ErrorCode),
+            "cycles": Out(32), "beats": Out(32), "useful": Out(32),
+        })
+
+    @classmethod
+    def from_config(cls, cfg) -> "StreamGemvHarness":
+        """The harness of a configuration (its memory latency is the memory model's)."""
+        unit_kw = dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
+                       act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
+                       group_sizes=cfg.group_sizes, patterns=cfg.sparsity)
+        return cls(unit_kw=unit_kw, max_burst=cfg.memory.max_burst,
+                   outstanding=cfg.memory.outstanding)
+
+    @property
+    def unit(self) -> StreamMatrix:
+        return self._unit
+
+    def params(self) -> dict:
+        """Design parameters for the metadata JSON (:func:`hdl.build.write_verilog`): word
+        width, ACT/OUT depths, and the bit offsets of the ``q`` entry's fields."""
+        g = self._unit.geometry
+        fields = {name: fld.offset for name, fld in ENTRY_LAYOUT}
+        return {"word_bits": g.word_bits, "lanes": g.lanes, "chains": g.rows,
+                "act_depth": self._act_depth, "out_depth": self._out_depth,
+                "patterns": list(self._unit.patterns),
+                "group_sizes": list(self._unit.group_sizes),
+                "entry_instr": fields["instr"], "entry_index": fields["index"]}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = unit = self._unit
+        m.submodules.reader = rd = self._reader
+        W = self._reader.data_width
+        m.submodules.act = act = memory.Memory(shape=W, depth=self._act_depth, init=[])
+        m.submodules.out = out = memory.Memory(shape=W, depth=self._out_depth, init=[])
+        aw, orp = act.write_port(), out.read_port()
+        m.d.comb += [aw.addr.eq(self.act_w.addr), aw.data.eq(self.act_w.data),
+                     aw.en.eq(self.act_w.en), orp.addr.eq(self.out_r.addr),
+                     orp.en.eq(self.out_r.en), self.out_r.data.eq(orp.data)]
+        wiring.connect(m, unit.act_rd, act.read_port())
+        wiring.connect(m, unit.out_wr, out.write_port(granularity=8))
+        wiring.connect(m, wiring.flipped(self.q), unit.q)
+        for name in ("araddr", "arlen", "arsize", "arburst", "arvalid", "rready"):
+            m.d.comb += getattr(self.axi, name).eq(getattr(rd, name))
+        for name in ("arready", "rdata", "rresp", "rlast", "rvalid"):
+            m.d.comb += getattr(rd, name).eq(getattr(self.axi, name))
+        m.d.comb += [rd.cmd.valid.eq(self.start), rd.cmd.payload.addr.eq(self.addr),
+                     rd.cmd.payload.beats.eq(self.nwords), rd.cmd.payload.rows.eq(1),
+                     rd.cmd.payload.stride.eq(0), rd.abort.eq(0)]
+        wiring.connect(m, producer=rd.data, consumer=unit.words)
+        m.d.comb += [unit.rel.ready.eq(1), self.err.eq(unit.err),
+                     self.err_code.eq(unit.err_code)]
+        word = rd.data.valid & rd.data.ready
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), self.cycles.eq(0), self.beats.eq(0),
+                         self.useful.eq(0)]
+        with m.Elif(self.busy):
+            m.d.sync += [self.cycles.eq(self.cycles + 1), self.beats.eq(self.beats + word),
+                         self.useful.eq(self.useful + (word & rd.data.payload.any()))]
+            with m.If((unit.rel.valid & unit.rel.ready) | unit.err):
+                m.d.sync += self.busy.eq(0)
+        return m

@@ -1,0 +1,1 @@
+"""Streamed GEMV through the decode unit: stimulus, golden results and the cocotb bench."""

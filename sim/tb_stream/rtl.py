@@ -1,0 +1,87 @@
+"""Run streamed GEMV cases on the harness in RTL (Verilator + cocotb) and check them.
+
+The harness Verilog and its metadata JSON come from the caller (``hdl`` writes them);
+its ``params`` carry ``word_bits``, ``act_depth`` and the ``q`` entry's field offsets
+(``entry_instr``, ``entry_index``), so nothing here imports ``hdl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sim.cocotb_runner import RtlFailure, run_cocotb
+
+from .stimulus import encode_instr
+
+__all__ = ["run_stream_rtl", "check_results", "TB_DIR"]
+
+TB_DIR = Path(__file__).resolve().parent
+_ALIGN = 4096
+
+
+def _words(raw: bytes, wb: int) -> list:
+    return [raw[i:i + wb][::-1].hex() for i in range(0, len(raw), wb)]
+
+
+def run_stream_rtl(verilog, meta_json, cases, *, latency: int, outstanding: int,
+                   seed: int, stall: float = 0.0, idle: float = 0.0, build_root=None,
+                   max_cycles: int = 2_000_000) -> list:
+    """Run ``cases`` (:class:`sim.tb_stream.stimulus.StreamCase`) in order on one
+    simulation; return one result dict per case (counters, ``out`` results as ints).
+
+    A case whose ``image`` is empty issues no read: its ``MV`` consumes the records that
+    follow the previous case's in the stream already being read.
+
+    Raise :class:`~sim.cocotb_runner.RtlFailure` when a case times out or reports an
+    error.
+    """
+    meta = json.loads(Path(meta_json).read_text())
+    prm = meta["params"]
+    wb = prm["word_bits"] // 8
+    addr = 0
+    run_cases = []
+    for i, c in enumerate(cases):
+        instr = encode_instr(c["instr"])
+        entry = (instr << prm["entry_instr"]) | (i << prm["entry_index"])
+        act = bytes(np.asarray(c["act"], dtype=np.int8).tobytes())
+        act += bytes(-len(act) % wb)
+        ob = c["instr"]["obuf_addr"]
+        end = ob + c["rows"] * c["out_bytes"]
+        # A case without an image continues the stream the previous case's read started
+        # (two MVs consuming one LD WSTREAM): no new read is issued.
+        run_cases.append({
+            "name": c["name"], "image": bytes(c["image"]).hex(), "addr": addr,
+            "nwords": len(c["image"]) // wb, "act_words": _words(act, wb),
+            "act_base": c["instr"]["abuf_addr"] // wb, "entry": f"{entry:x}",
+            "out_first": ob // wb, "out_count": -(-end // wb) - ob // wb,
+        })
+        addr += -(-len(c["image"]) // _ALIGN) * _ALIGN
+    run = {"cases": run_cases, "mem_bytes": max(addr, _ALIGN), "word_bytes": wb,
+           "latency": latency, "outstanding": outstanding, "stall": stall, "idle": idle,
+           "seed": seed, "max_cycles": max_cycles}
+    data = run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_stream_gemv",
+                      test_dir=TB_DIR, seed=seed, build_root=build_root, case=run,
+                      env={"AIRFOIL_META": str(Path(meta_json).resolve())})
+    results = data["results"]
+    for c, rc, r in zip(cases, run_cases, results):
+        raw = b"".join(bytes.fromhex(w)[::-1] for w in r["out_words"])
+        ob = c["instr"]["obuf_addr"] - rc["out_first"] * wb
+        vals = np.frombuffer(raw[ob:ob + c["rows"] * c["out_bytes"]],
+                             dtype={1: np.int8, 2: np.int16, 4: np.int32}[c["out_bytes"]])
+        r["out"] = vals.astype(np.int64)
+    return results
+
+
+def check_results(cases, results) -> None:
+    """Raise :class:`RtlFailure` naming the first case and row whose result differs."""
+    if len(results) != len(cases):
+        raise RtlFailure(f"{len(results)} results for {len(cases)} cases")
+    for c, r in zip(cases, results):
+        diff = np.nonzero(r["out"] != c["expected"])[0]
+        if diff.size:
+            j = int(diff[0])
+            raise RtlFailure(f"case {c['name']}: row {j} is {int(r['out'][j])}, expected "
+                             f"{int(c['expected'][j])} ({diff.size} rows differ)")

@@ -1,0 +1,105 @@
+"""Cases for the streamed GEMV harness: packed images, activations and golden results.
+
+A case is one ``MV`` with ``wfmt = STREAM``: a weight tensor packed by
+:mod:`airfoil.packing` (records of any format and N:M pattern, chosen per record),
+INT8 activations and the instruction's fields. The golden result reads the image back
+with :func:`airfoil.packing.unpack_tensor` and applies
+:func:`airfoil.formats.linear_reference`, so the packer, the reader and the arithmetic
+are the shared definitions, not copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from airfoil import isa
+from airfoil.formats import (OUT_BITS, accumulate, fp16_fixed, group_psum, linear_reference,
+                             requant_params, rescale)
+from airfoil.packing import (NM_BY_NAME, Record, StreamGeometry, nm_kept, pack_records,
+                             record_tag, unpack_tensor)
+
+from ..tb_decode.stimulus import random_nm, random_weights
+
+__all__ = ["StreamCase", "make_case", "encode_instr", "random_fp16_scales", "K0"]
+
+#: Exponent window of the random scales: values in [2**-6, 2**2), so ``k`` in -16..-9
+#: and padding rows' 1.0 (k = -10) lie in the rescaler window of ``k0 = -16``.
+K0 = -16
+
+
+def random_fp16_scales(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random positive FP16 scales in [2**-6, 2**2) as uint16 bit patterns."""
+    vals = np.exp2(rng.uniform(-6.0, 2.0, n)).astype(np.float16)
+    return vals.view(np.uint16)
+
+
+class StreamCase(dict):
+    """One case (a dict, JSON-ready apart from ``image``/``act``/``expected``).
+
+    Keys: ``name``, ``image`` (bytes), ``act`` (int8 array of ``k``), ``instr`` (the MV
+    fields for :func:`airfoil.isa.encode`), ``expected`` (int64 results per row),
+    ``out_bytes`` (bytes per result), ``rows``, ``k``, ``weights`` (weight count),
+    ``image_words``.
+    """
+
+
+def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int, fmt,
+              sparsity="dense", seed: int = 0, out_fmt: str = "INT8",
+              abuf_addr: int = 0, obuf_addr: int = 0) -> StreamCase:
+    """Build a random case.
+
+    ``fmt`` is a format name (``"int4"``, ``"ovp"``) or a list of names drawn per record;
+    ``sparsity`` a pattern name or a list drawn per record (a pattern that does not fit a
+    record's format or the lanes falls back to dense).
+    """
+    rng = np.random.default_rng(seed)
+    fmts = [fmt] if isinstance(fmt, str) else list(fmt)
+    sps = [sparsity] if isinstance(sparsity, str) else list(sparsity)
+    R = geom.rows
+    batches = -(-rows // R)
+    cols = k // group
+    q = np.zeros((batches * R, k), dtype=np.int64)
+    sbits = np.full((batches * R, cols), 0x3C00, dtype=np.uint16)
+    records = []
+    for b in range(batches):
+        for c in range(cols):
+            tag = record_tag(fmts[int(rng.integers(len(fmts)))])
+            nm = NM_BY_NAME[sps[int(rng.integers(len(sps)))]]
+            if nm and (tag.name == "OVP4" or nm_kept(group, nm) % geom.lanes):
+                nm = 0
+            live = max(0, min(R, rows - b * R))
+            blk = np.zeros((R, group), dtype=np.int64)
+            blk[:live] = random_nm(rng, random_weights(rng, tag, (live, group)), nm)
+            sc = np.full(R, 0x3C00, dtype=np.uint16)
+            sc[:live] = random_fp16_scales(rng, live)
+            q[b * R:(b + 1) * R, c * group:(c + 1) * group] = blk
+            sbits[b * R:(b + 1) * R, c] = sc
+            records.append(Record(tag, group, blk, sc, nm))
+    image = pack_records(geom, records)
+    # The golden reads the image back with the reference reader.
+    q_ref, s_ref, _ = unpack_tensor(geom, image, rows=rows, k=k)
+    assert np.array_equal(q_ref.numpy(), q[:rows]), "packer round trip"
+    act = torch.from_numpy(rng.integers(-128, 128, k)).to(torch.int64)
+    m, kk = fp16_fixed(s_ref)
+    acc = accumulate(rescale(group_psum(q_ref, act, group), m, kk, K0))
+    ofmt = isa.OutFormat[out_fmt]
+    out_bits = OUT_BITS[ofmt]
+    peak = max(1, int(acc.abs().max()))
+    mult, shift = requant_params((1 << (out_bits - 1)) * 1.25 / peak)   # some saturate
+    expected = linear_reference(q_ref, s_ref, act, group, K0, mult, shift, out_bits)
+    instr = dict(wfmt="STREAM", group=group, rows=rows, k=k, m=1, abuf_addr=abuf_addr,
+                 obuf_addr=obuf_addr, k0=K0, req_m=mult, req_s=shift, out_fmt=out_fmt,
+                 acc_init=1, final=1)
+    return StreamCase(name=name, image=image, act=act.numpy().astype(np.int8),
+                      instr=instr, expected=expected.numpy().astype(np.int64),
+                      out_bytes=out_bits // 8, rows=rows, k=k, weights=rows * k,
+                      image_words=len(image) * 8 // geom.word_bits)
+
+
+def encode_instr(fields: dict, *, release: int = 0) -> int:
+    """The 256-bit MV encoding of a case's fields."""
+    f = dict(fields)
+    f["wfmt"] = isa.WeightFormat[f["wfmt"]]
+    f["out_fmt"] = isa.OutFormat[f["out_fmt"]]
+    return isa.encode(isa.Opcode.MV, release=release, **f)

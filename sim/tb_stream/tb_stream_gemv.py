@@ -1,0 +1,116 @@
+"""cocotb testbench: streamed GEMVs through the harness, weights read over AXI4.
+
+The run comes as JSON in ``$AIRFOIL_CASE`` (see :func:`sim.tb_stream.rtl.run_stream_rtl`):
+memory timing (latency, outstanding, stall probability), idle probability, seed, and a
+list of cases, each an image (hex) at a byte address, the ACT words, the ``q`` entry of
+the ``MV`` and the OUT words to read back. For each case the bench writes ACT, pulses
+``start`` with the image's address and word count, offers the entry (after random idle
+cycles), waits for ``busy`` to fall, and reads the counters and OUT. The results go to
+``$AIRFOIL_RESULT``; the caller compares them with the golden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, RisingEdge
+
+from sim.axi_mem import AxiMemory, ReadPortModel, serve
+
+_PORTS = ("start", "addr", "nwords", "q__valid", "q__ready", "q__payload", "act_w__addr",
+          "act_w__data", "act_w__en", "out_r__addr", "out_r__en", "out_r__data", "busy",
+          "err", "err_code", "cycles", "beats", "useful", "axi__arvalid", "axi__rdata")
+
+
+async def _idle(dut, rng, p):
+    while p and rng.random() < p:
+        await RisingEdge(dut.clk)
+
+
+async def _run_case(dut, case, rng, idle, max_cycles):
+    wbytes = case["word_bytes"]
+    for i, w in enumerate(case["act_words"]):
+        await RisingEdge(dut.clk)
+        dut.act_w__addr.value = case["act_base"] + i
+        dut.act_w__data.value = int(w, 16)
+        dut.act_w__en.value = (1 << len(dut.act_w__en)) - 1
+    await RisingEdge(dut.clk)
+    dut.act_w__en.value = 0
+    await _idle(dut, rng, idle)
+    dut.addr.value = case["addr"]
+    dut.nwords.value = case["nwords"]      # 0: the stream already being read goes on
+    dut.start.value = 1
+    await RisingEdge(dut.clk)
+    dut.start.value = 0
+    await _idle(dut, rng, idle)
+    dut.q__payload.value = int(case["entry"], 16)
+    dut.q__valid.value = 1
+    while True:
+        await FallingEdge(dut.clk)
+        if int(dut.q__ready.value):
+            break
+    await RisingEdge(dut.clk)
+    dut.q__valid.value = 0
+    waited = 0
+    while True:
+        await FallingEdge(dut.clk)
+        waited += 1
+        if not int(dut.busy.value) or waited > max_cycles:
+            break
+    res = {"name": case["name"], "cycles": int(dut.cycles.value),
+           "beats": int(dut.beats.value), "useful": int(dut.useful.value),
+           "err": int(dut.err.value), "err_code": int(dut.err_code.value),
+           "timeout": waited > max_cycles}
+    out = []
+    for a in range(case["out_first"], case["out_first"] + case["out_count"]):
+        await RisingEdge(dut.clk)
+        dut.out_r__addr.value = a
+        dut.out_r__en.value = 1
+        await RisingEdge(dut.clk)
+        dut.out_r__en.value = 0
+        await FallingEdge(dut.clk)
+        out.append(f"{int(dut.out_r__data.value):0{2 * wbytes}x}")
+    res["out_words"] = out
+    return res
+
+
+@cocotb.test()
+async def stream_gemv(dut):
+    """Run every case of the run in order on one simulation."""
+    run = json.loads(Path(os.environ["AIRFOIL_CASE"]).read_text())
+    meta = json.loads(Path(os.environ["AIRFOIL_META"]).read_text())
+    names = {p["name"] for p in meta["ports"]}
+    for name in _PORTS:
+        assert name in names, f"port {name} missing from {os.environ['AIRFOIL_META']}"
+    rng = random.Random(run["seed"])
+    mem = AxiMemory(run["mem_bytes"])
+    for case in run["cases"]:
+        if case["image"]:
+            mem.write(case["addr"], bytes.fromhex(case["image"]))
+    port = ReadPortModel(dut, "axi", mem, word_bytes=run["word_bytes"],
+                         latency=run["latency"], outstanding=run["outstanding"],
+                         rng=random.Random(run["seed"] + 1), stall=run["stall"])
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    for sig in (dut.start, dut.q__valid, dut.act_w__en, dut.out_r__en):
+        sig.value = 0
+    dut.rst.value = 1
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    cocotb.start_soon(serve(dut.clk, [port]))
+    results = []
+    for case in run["cases"]:
+        case["word_bytes"] = run["word_bytes"]
+        results.append(await _run_case(dut, case, rng, run["idle"], run["max_cycles"]))
+        if results[-1]["timeout"] or results[-1]["err"]:
+            break
+    with open(os.environ["AIRFOIL_RESULT"], "w") as fh:
+        json.dump({"results": results}, fh)
+    bad = [r for r in results if r["timeout"] or r["err"]]
+    assert not bad, f"case {bad[0]['name']}: timeout={bad[0]['timeout']} " \
+                    f"err_code={bad[0]['err_code']}"

@@ -1,0 +1,333 @@
+"""Streamed MV (hdl/core/stream_mv.py): decode unit -> sparse chains -> rescale -> OUT.
+
+Fast cases run the step adapter and the unit's error paths in ``amaranth.sim``; the RTL
+cases (``rtl``) run the streamed-GEMV harness under cocotb + Verilator, weights read over
+AXI4 from the memory model with random stalls and idle cycles, and compare every result
+bit for bit with the golden (:func:`airfoil.packing.unpack_tensor` of the image, then
+:func:`airfoil.formats.linear_reference`). One Verilator build per geometry serves all
+cases; the wider geometries are ``slow``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.hdl import Value
+from amaranth.sim import Simulator
+
+from airfoil import isa
+from airfoil.cli.bench_stream import harness_verilog, stream_figures, stream_runs
+from airfoil.config import load_config
+from airfoil.packing import StreamGeometry, expected_beats, pack_records
+from hdl.build import write_verilog
+from hdl.core.fetch import ENTRY_LAYOUT
+from hdl.core.stream_mv import StepAdapter, StreamGemvHarness, StreamMatrix
+from sim.tb_decode.stimulus import random_records, stream_words
+from sim.tb_stream.rtl import check_results, run_stream_rtl
+from sim.tb_stream.stimulus import StreamCase, make_case
+
+#: The small geometry of the fast RTL set: 64-bit words, 8 lanes, 2 chains (a beat holds
+#: up to 4 lane-vectors, so the adapter spreads beats over several steps).
+TINY = dict(chains=2, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
+            group_sizes=(32, 64, 128),
+            patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16"))
+TINY_MEM = dict(latency=12, outstanding=2, max_burst=4)
+NMS = ["dense", "1:4", "2:4", "2:8", "4:16", "8:16"]
+#: The smallest unit for the error paths in amaranth.sim (its elaboration dominates).
+ERR_UNIT = dict(chains=1, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
+                group_sizes=(32, 64), patterns=("dense", "2:4"))
+
+
+# -- the step adapter (amaranth.sim) -------------------------------------------------------
+
+def _expected_steps(geom, raw):
+    """(w, idx, step, first, last, nm, tag) of every step of a stream, from the reference
+    reader: step ``s`` of a record is its lane-vectors ``s * rows ..``, one per row."""
+    from airfoil.packing import parse_stream
+    out = []
+    R, L = geom.rows, geom.lanes
+    for rc in parse_stream(geom, raw):
+        w, x = rc.lane_order(L)
+        w = w.reshape(-1, R, L)
+        x = x.reshape(-1, R, L)
+        n = w.shape[0]
+        for s in range(n):
+            out.append((w[s].tolist(), x[s].tolist(), s, int(s == 0), int(s == n - 1),
+                        rc.nm, rc.tag.value))
+    return out
+
+
+def _run_adapter(geom, seed, *, stall=0.3, idle=0.3):
+    rng = np.random.default_rng(seed)
+    recs = random_records(geom, rng, 12, sparsity=(0, 0, 1, 2, 3, 4, 5))
+    raw = pack_records(geom, recs)
+    beats = expected_beats(geom, raw)
+    want = _expected_steps(geom, raw)
+    dut = StepAdapter(geometry=geom)
+    lay = dut.beats.payload.shape()
+    got = []
+    prng = np.random.default_rng(seed + 100)
+
+    async def bench(ctx):
+        i = 0
+        cycles = 0
+        while len(got) < len(want) and cycles < 50 * len(beats) + 200:
+            offer = i < len(beats) and prng.random() >= idle
+            ctx.set(dut.beats.valid, int(offer))
+            if offer:
+                ctx.set(dut.beats.payload, lay.const(beats[i]))
+            ready = int(prng.random() >= stall)
+            ctx.set(dut.steps.ready, ready)
+            took = offer and ctx.get(dut.beats.ready)
+            if ctx.get(dut.steps.valid) and ready:
+                p = ctx.get(dut.steps.payload)
+                got.append(([[int(v) for v in row] for row in p.w],
+                             [[int(v) for v in row] for row in p.idx], int(p.step),
+                             int(p.first), int(p.last), int(p.nm), int(p.tag)))
+            await ctx.tick()
+            i += int(bool(took))
+            cycles += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got, want, dut
+
+
+@pytest.mark.parametrize("geom", [StreamGeometry(word_bits=64, lanes=4, rows=2),
+                                  StreamGeometry(word_bits=128, lanes=8, rows=8),
+                                  StreamGeometry(word_bits=128, lanes=8, rows=3)],
+                         ids=["beat>rows", "beat=rows", "rows3"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_adapter_regroups_beats_into_steps(geom, seed):
+    got, want, _ = _run_adapter(geom, seed)
+    assert len(got) == len(want), f"seed {seed}: {len(got)} steps, expected {len(want)}"
+    for j, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"seed {seed}: step {j} differs: got {g[2:]}, expected {w[2:]}"
+
+
+def test_adapter_keeps_one_step_per_cycle_when_rows_cover_a_beat():
+    """rows == beat_vectors: no stall, no idle -> every cycle moves one step."""
+    geom = StreamGeometry(word_bits=128, lanes=8, rows=8)
+    got, want, dut = _run_adapter(geom, 3, stall=0.0, idle=0.0)
+    assert got == want
+    assert dut.latency == 1
+
+
+def test_parameters_are_validated():
+    with pytest.raises(TypeError, match="Chain count must be an integer >= 1, not 0"):
+        StreamMatrix(chains=0, lanes=8, word_bits=128, act_bytes=1024, out_bytes=256)
+    with pytest.raises(ValueError, match="at most 256 bits .* not 512"):
+        StreamMatrix(chains=2, lanes=8, word_bits=512, act_bytes=1024, out_bytes=256)
+    with pytest.raises(ValueError, match=r"Group sizes .* not \(16,\)"):
+        StreamMatrix(chains=2, lanes=8, word_bits=128, act_bytes=1024, out_bytes=256,
+                     group_sizes=(16,))
+    with pytest.raises(ValueError, match="OUT buffer size .* not 100"):
+        StreamMatrix(chains=2, lanes=8, word_bits=128, act_bytes=1024, out_bytes=100)
+    with pytest.raises(TypeError, match="geometry must be a StreamGeometry, not 3"):
+        StepAdapter(geometry=3)
+
+
+def test_u280_slice_config_is_sized_for_int2_at_one_word_per_cycle():
+    cfg = load_config("u280_slice")
+    geom = StreamMatrix.geometry_of(cfg)
+    assert (cfg.memory.word_bits, cfg.memory.read_latency, cfg.memory.outstanding) == \
+        (256, 64, 16)
+    assert geom.rows * geom.lanes * 2 >= cfg.memory.word_bits       # INT2 word per cycle
+    assert geom.rows >= geom.beat_vectors
+    assert 32 * cfg.chains * cfg.lanes <= 9024                       # 32 slices, 1 DSP/lane
+
+
+# -- the unit's errors (amaranth.sim) -------------------------------------------------------
+
+def _run_unit(unit_kw, instr_fields, words, *, opcode=isa.Opcode.MV, cycles=600):
+    dut = StreamMatrix(**unit_kw)
+    f = dict(instr_fields)
+    f["wfmt"] = isa.WeightFormat[f["wfmt"]] if isinstance(f["wfmt"], str) else f["wfmt"]
+    f["out_fmt"] = isa.OutFormat[f["out_fmt"]]
+    bits = isa.encode(opcode, **f)
+    offs = {name: fld.offset for name, fld in ENTRY_LAYOUT}
+    entry = bits << offs["instr"] | 7 << offs["index"]
+    out = {}
+
+    async def bench(ctx):
+        ctx.set(Value.cast(dut.q.payload), entry)
+        ctx.set(dut.q.valid, 1)
+        ctx.set(dut.rel.ready, 1)
+        i, q_valid = 0, 1
+        for _ in range(cycles):
+            w_valid = i < len(words)
+            ctx.set(dut.words.valid, int(w_valid))
+            if w_valid:
+                ctx.set(dut.words.payload, words[i])
+            q_ready, w_ready = ctx.get(dut.q.ready), ctx.get(dut.words.ready)
+            if ctx.get(dut.rel.valid):
+                out["released"] = True
+            await ctx.tick()
+            if q_valid and q_ready:
+                q_valid = 0
+                ctx.set(dut.q.valid, 0)
+            i += int(w_valid and w_ready)
+            if ctx.get(dut.err) or out.get("released"):
+                break
+        out.update(err=ctx.get(dut.err), code=ctx.get(dut.err_code), pc=ctx.get(dut.err_pc))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def _tiny_case(**kw):
+    geom = StreamGeometry(word_bits=64, lanes=8, rows=1)
+    c = make_case(geom, name="err", rows=1, k=64, group=32, fmt="int4", seed=5, **kw)
+    return c, stream_words(geom, c["image"])
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"group": 64}, isa.ErrorCode.MALFORMED),          # records are group 32
+    ({"bias": 1}, isa.ErrorCode.MALFORMED),
+    ({"m": 2}, isa.ErrorCode.MALFORMED),
+    ({"k": 48}, isa.ErrorCode.MALFORMED),              # not a multiple of the group
+    ({"acc_init": 0}, isa.ErrorCode.UNSUPPORTED),      # K-split not built
+    ({"wfmt": "INT4"}, isa.ErrorCode.UNSUPPORTED),
+    ({"abuf_addr": 1024 - 32}, isa.ErrorCode.BUFFER_RANGE),
+    ({"abuf_addr": 4}, isa.ErrorCode.UNSUPPORTED),     # not word aligned
+    ("MM", isa.ErrorCode.UNSUPPORTED),
+], ids=["group-mismatch", "bias", "m", "k", "k-split", "wgt-format", "act-range",
+        "act-align", "mm"])
+def test_errors_are_reported(change, code):
+    c, words = _tiny_case()
+    fields = dict(c["instr"])
+    opcode = isa.Opcode.MV
+    if change == "MM":
+        opcode = isa.Opcode.MM
+    else:
+        fields.update(change)
+    out = _run_unit(ERR_UNIT, fields, words, opcode=opcode)
+    assert out["err"] == 1 and out["code"] == code, out
+    assert out["pc"] == 7
+
+
+def test_pattern_not_built_is_unsupported():
+    geom = StreamGeometry(word_bits=64, lanes=8, rows=1)
+    c = make_case(geom, name="nm", rows=1, k=64, group=32, fmt="int4", sparsity="2:4",
+                  seed=6)
+    out = _run_unit({**ERR_UNIT, "patterns": ("dense",)}, c["instr"],
+                    stream_words(geom, c["image"]))
+    assert out["err"] == 1 and out["code"] == isa.ErrorCode.UNSUPPORTED, out
+
+
+def test_bad_scale_is_scale_range():
+    c, words = _tiny_case()
+    out = _run_unit(ERR_UNIT, {**c["instr"], "k0": 5}, words)      # k - k0 < 0
+    assert out["err"] == 1 and out["code"] == isa.ErrorCode.SCALE_RANGE, out
+
+
+def test_clean_case_releases_without_error():
+    c, words = _tiny_case()
+    out = _run_unit(ERR_UNIT, c["instr"], words)
+    assert out["err"] == 0 and out.get("released"), out
+
+
+# -- RTL ---------------------------------------------------------------------------------
+
+def _harness(tmp_root, name, unit_kw, mem):
+    h = StreamGemvHarness(unit_kw=unit_kw, max_burst=mem["max_burst"],
+                          outstanding=mem["outstanding"])
+    return write_verilog(h, name, tmp_root / name, params=h.params())
+
+
+@pytest.fixture(scope="module")
+def tiny_harness(tmp_path_factory):
+    return _harness(tmp_path_factory.mktemp("stream_rtl"), "stream_gemv_tiny", TINY, TINY_MEM)
+
+
+def _cases(geom, seed, *, big=False):
+    """Every format x pattern the issue lists, a mixed tensor and odd row counts."""
+    rows = 2 * geom.rows + 1                       # rows % chains != 0
+    k = 256 if big else 128
+    cases = []
+    for fmt in ("int4", "int8"):
+        for sp in NMS:
+            cases.append(make_case(geom, name=f"{fmt}-{sp}", rows=rows, k=k, group=128,
+                                   fmt=fmt, sparsity=sp, seed=seed * 100 + len(cases)))
+    for fmt in ("int2", "int3", "ovp"):
+        cases.append(make_case(geom, name=f"{fmt}-dense", rows=rows, k=k, group=64, fmt=fmt,
+                               seed=seed * 100 + len(cases)))
+    cases.append(make_case(geom, name="mixed", rows=3 * geom.rows - 1, k=2 * k, group=32,
+                           fmt=["int2", "int3", "int4", "int8", "ovp"], sparsity=NMS,
+                           seed=seed * 100 + len(cases), out_fmt="INT16", abuf_addr=64,
+                           obuf_addr=16))
+    cases.append(make_case(geom, name="int4-rows1", rows=1, k=k, group=64, fmt="int4",
+                           sparsity="2:4", seed=seed * 100 + len(cases), out_fmt="INT32"))
+    # Two MVs consuming one stream: the first read carries both tensors' records.
+    a = make_case(geom, name="stream-a", rows=rows, k=k, group=32, fmt=["int2", "int8"],
+                  sparsity=["dense", "2:4"], seed=seed * 100 + len(cases))
+    b = make_case(geom, name="stream-b", rows=geom.rows, k=k // 2, group=64,
+                  fmt=["int3", "ovp"], seed=seed * 100 + len(cases) + 1, out_fmt="INT16")
+    cases.append(StreamCase(a, image=a["image"] + b["image"],
+                                image_words=a["image_words"] + b["image_words"]))
+    cases.append(StreamCase(b, image=b"", image_words=0))
+    return cases
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rtl_every_format_and_pattern_bit_exact(tiny_harness, seed):
+    geom = StreamGeometry(word_bits=TINY["word_bits"], lanes=TINY["lanes"],
+                          rows=TINY["chains"])
+    cases = _cases(geom, seed)
+    v, j = tiny_harness
+    res = run_stream_rtl(v, j, cases, latency=TINY_MEM["latency"],
+                         outstanding=TINY_MEM["outstanding"], seed=seed, stall=0.25,
+                         idle=0.3)
+    check_results(cases, res)
+    for c, r in zip(cases, res):
+        if not c["name"].startswith("stream-"):
+            assert r["beats"] == c["image_words"], (c["name"], r)
+        assert r["useful"] <= r["beats"] <= r["cycles"]
+
+
+def _config(name):
+    """A board config with every N:M pattern built (the test board lists only dense)."""
+    return dataclasses.replace(load_config(name), sparsity=tuple(["dense"] + NMS[1:]))
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["test", "u280_slice"])
+def test_rtl_config_geometries_bit_exact(config):
+    cfg = _config(config)
+    v, j = harness_verilog(cfg, Path("build") / "stream" / cfg.name)
+    geom = StreamMatrix.geometry_of(cfg)
+    for seed in (1, 2):
+        cases = _cases(geom, seed, big=True)
+        res = run_stream_rtl(v, j, cases, latency=cfg.memory.read_latency,
+                             outstanding=cfg.memory.outstanding, seed=seed, stall=0.2,
+                             idle=0.2)
+        check_results(cases, res)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_bench_figures_are_work_over_rtl_cycles():
+    """The bench code at a small shape: each figure is the run's counts over its cycles."""
+    cfg = _config("test")
+    runs = stream_runs(cfg, rows=2 * cfg.chains, k=512, formats=("int2", "int4"))
+    figs = stream_figures(cfg, runs)
+    for f in ("int2", "int4"):
+        r = runs[f"{f}-dense"]
+        name = f"decode_weight_port_utilization_{f}"
+        assert figs[name] == r["useful"] / r["cycles"] and 0 < figs[name] <= 1
+        assert figs[f"{name}_cycles"] == r["cycles"]
+        assert figs[f"{name}_config_hash"] == cfg.config_hash
+        assert r["useful"] == r["beats"]            # one channel: no whole padding words
+    d, s = runs["int4-dense"], runs["int4-2:4"]
+    assert figs["sparse_2of4_streamed_cycle_ratio"] == s["cycles"] / d["cycles"]
+    assert figs["sparse_2of4_streamed_bytes_ratio"] == s["image_bytes"] / d["image_bytes"]
