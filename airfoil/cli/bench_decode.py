@@ -9,8 +9,8 @@
   / cycles from the first accepted word to the last. Raw evidence beside it: ``_cycles``,
   ``_shape``, ``_config_hash``.
 
-The end-to-end ``decode_weight_port_utilization_<fmt>`` needs the core's chains and the
-memory model consuming the beats; it is not measured here.
+The end-to-end ``decode_weight_port_utilization_<fmt>``, with the memory model's latency
+and the chains consuming the beats, is measured by :mod:`airfoil.cli.bench_stream`.
 """
 
 from __future__ import annotations

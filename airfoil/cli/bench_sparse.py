@@ -10,8 +10,8 @@ shape run on one chain build in dense, 2:4 and 1:4 mode:
   from Yosys ``synth_xilinx -family xcup`` (target >= 2.0).
 
 Cycles run from the first operand handshake to the last psum handshake, inclusive, so
-they include the pipeline fill. ``sparse_2of4_streamed_cycle_ratio`` needs the core's
-memory path and is not produced here.
+they include the pipeline fill. The memory-bound
+``sparse_2of4_streamed_cycle_ratio`` is measured by :mod:`airfoil.cli.bench_stream`.
 """
 
 from __future__ import annotations
