@@ -193,6 +193,9 @@ class AccelConfig:
             if wf not in WEIGHT_FORMATS:
                 raise ConfigError(f"{where}weight_formats: unknown format {wf!r} "
                                   f"(accepted: {', '.join(WEIGHT_FORMATS)})")
+        if self.pe == "lut" and "int8" in self.weight_formats:
+            raise ConfigError(f"{where}weight_formats: the lut PE computes INT1..INT4 weights "
+                              f"(table lookup on bit planes), so int8 cannot be built with it")
         if not self.group_sizes:
             raise ConfigError(f"{where}group_sizes must name at least one group size")
         for g in self.group_sizes:

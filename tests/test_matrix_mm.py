@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 
 from airfoil import isa
 from airfoil.config import load_config
-from airfoil.errors import ProgramError
+from airfoil.errors import ConfigError, ProgramError
 from airfoil.formats import fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import ErrorCode, OutFormat, WeightFormat
 from hdl.core.buffers import BufferGeometry
@@ -49,7 +49,7 @@ def wide_config(tmp_path_factory):
 def unit(cfg, acc_memory="amaranth"):
     return MatrixUnit(geometry=BufferGeometry.of(cfg), chains=cfg.chains, lanes=cfg.lanes,
                       weight_formats=cfg.weight_formats, group_sizes=cfg.group_sizes,
-                      acc_memory=acc_memory)
+                      acc_memory=acc_memory, pe=cfg.pe, lut_group=cfg.lut_group)
 
 
 class _Top(wiring.Component):
@@ -336,6 +336,55 @@ def test_wide_lanes_cycles(wide_config, wfmt, rows, k, group, bias, m, final):
     want = matrix_cycles(rows=rows, k=k, group=group, m=m, wfmt=wfmt, final=bool(final),
                          use_init=bias, cfg=wide_config)
     assert want - 2 <= got["cycles"][0] <= want, (got["cycles"], want)
+
+
+# -- PE kinds ------------------------------------------------------------------------------
+
+def _write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _pe_config(tmp_path, kind):
+    src = open("fpga/boards/test.yaml").read()
+    edits = [("name: test", f"name: test_{kind}"), ("pe: dsp", f"pe: {kind}")]
+    if kind == "lut":
+        edits.append(("weight_formats: [int4, int8]", "weight_formats: [int4]"))
+    for a, b in edits:
+        assert a in src, a
+        src = src.replace(a, b)
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(src)
+    return load_config(str(path))
+
+
+@pytest.mark.parametrize("kind", ["bitserial", "lut"])
+def test_pe_kinds_bit_exact(tmp_path, kind):
+    """The same MV and K-split MM on the bit-serial and LUT PE kinds: results equal the ISA
+    simulator's; each step costs the kind's cycles, so they run slower than dsp."""
+    cfg = _pe_config(tmp_path, kind)
+    c = Case(91, cfg)
+    rows, k, group = 13, 64, 32
+    k0 = c.tile(0, rows=rows, k=k, group=group, wfmt=WeightFormat.INT4, bias=True)
+    c.add(isa.Opcode.MV, **mfields(rows=rows, k=k, group=group, wfmt=WeightFormat.INT4, k0=k0,
+                                   bias=1, out_fmt=OutFormat.INT16))
+    got = c.check()
+    assert got["cycles"][0] > matrix_cycles(rows=rows, k=k, group=group, m=1,
+                                            wfmt=WeightFormat.INT4, use_init=True)
+
+
+def test_lut_kind_refuses_int8(tmp_path):
+    """INT8 is not a LUT format: the config cannot list it, the unit and the ISA simulator
+    refuse an INT8 tile as UNSUPPORTED."""
+    with pytest.raises(ConfigError, match="lut PE"):
+        load_config(str(_write(tmp_path, open("fpga/boards/test.yaml").read()
+                                .replace("pe: dsp", "pe: lut"))))
+    cfg = _pe_config(tmp_path, "lut")
+    c = Case(5, cfg)
+    k0 = c.tile(0, rows=4, k=64, group=32, wfmt=WeightFormat.INT8, bias=False)
+    c.add(isa.Opcode.MV, **mfields(rows=4, k=64, group=32, wfmt=WeightFormat.INT8, k0=k0))
+    c.check(expect_error=ErrorCode.UNSUPPORTED)
 
 
 # -- errors ----------------------------------------------------------------------------------

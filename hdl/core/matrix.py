@@ -3,12 +3,15 @@
 Data path of one vector of an ``MV``/``MM`` (a weight tile of ``rows`` rows, see
 :class:`airfoil.formats.TileLayout`)::
 
-    WGT port 0 + ACT --operand stream--> DenseChains --psums--> GroupRescaler --accs-->
+    WGT port 0 + ACT --operand stream--> PeArray (chains + group rescale) ---accs----->
     WGT port 1 --scales, bias------------------------------------^          |
     AUX --(M, S) per vector--------------------------------------------+    |
                                      OUT <-- Requantizer <-- serializer <---+
 
-The memory side reads one INT4 step (one WGT row) per cycle, or one INT8 step in two
+The compute back end is a :class:`~hdl.pe.array.PeArray` of the config's PE kind:
+``dsp`` (the dense chains and the group rescaler, one step per cycle), ``bitserial``
+(BitMoD lanes, 4 cycles per step) or ``lut`` (T-MAC tables, 4 cycles per step, INT4
+only); the operand stream waits for it. The memory side reads one INT4 step (one WGT row) per cycle, or one INT8 step in two
 cycles, and the activations of the step; the chains take ``chains x lanes`` weights per
 cycle. The scale/bias reader (one WGT row per cycle) runs ahead through small queues, as
 does the reader of the per-vector requantization parameters. The serializer requantizes
@@ -28,8 +31,8 @@ from airfoil.fixedpoint import ACT_FRAC
 from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS, REQ_S_MAX
 
 from ..decode_unit.fp16 import fp16_fixed_hw
-from ..decode_unit.rescaler import GroupRescaler, Requantizer
-from ..dsp_chain.dense import DenseChains
+from ..decode_unit.rescaler import Requantizer
+from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
 from .load import unit_ports
@@ -77,8 +80,10 @@ class MatrixUnit(wiring.Component):
     outside ``0 .. 2**16 - 1`` (``linear_out_params`` assumes a 16-bit ``M``; the ISA
     simulator does not check it), are SCALE_RANGE.
 
-    Cycle cost, from the cycle the queue entry is taken to the cycle its release is
-    offered (measured in ``tests/test_matrix_mm.py``; :meth:`cycles` computes it)::
+    Cycle cost with the ``dsp`` PE kind, from the cycle the queue entry is taken to the
+    cycle its release is offered (measured in ``tests/test_matrix_mm.py``; :meth:`cycles`
+    computes it; the serial kinds take ``PeArray.cycles_per_step`` cycles per step and a
+    group-rescale tail that depends on the last group's shift)::
 
         cycles = 11 + final * (chains + 3) + m * batches * P
         P      = max(steps * (2 if INT8 else 1), final * chains, groups + use_init)
@@ -105,6 +110,10 @@ class MatrixUnit(wiring.Component):
         ``"ram"``: the K-split accumulators are an :class:`~hdl.core.ram.Ram` (a Verilog
         instance, for the emitted core); ``"amaranth"``: an Amaranth memory, so that the
         unit runs in ``amaranth.sim``.
+    pe : str
+        PE kind of the compute back end (``dsp``, ``bitserial``, ``lut``).
+    lut_group : int
+        Activations per table of the ``lut`` kind.
 
     Members
     -------
@@ -122,7 +131,8 @@ class MatrixUnit(wiring.Component):
     """
 
     def __init__(self, *, geometry: BufferGeometry, chains: int, lanes: int,
-                 weight_formats, group_sizes, acc_memory: str = "ram"):
+                 weight_formats, group_sizes, acc_memory: str = "ram", pe: str = "dsp",
+                 lut_group: int = 4):
         if not isinstance(geometry, BufferGeometry):
             raise TypeError(f"geometry must be a BufferGeometry, not {geometry!r}")
         for what, v in (("Chain count", chains), ("Lane count", lanes)):
@@ -132,7 +142,9 @@ class MatrixUnit(wiring.Component):
             raise ValueError(f"acc_memory must be 'ram' or 'amaranth', not {acc_memory!r}")
         self._geo = geo = geometry
         self._chains, self._lanes = chains, lanes
-        self._formats = tuple(f for f in weight_formats if f in ("int4", "int8"))
+        self._pe, self._lut_group = pe, lut_group
+        self._formats = tuple(f for f in weight_formats
+                              if f in ("int4", "int8") and f in PeArray.formats_of(pe))
         # Groups this data path runs: whole operand steps, within the 9-bit field.
         self._groups = tuple(sorted(g for g in group_sizes if g % lanes == 0 and g < 512))
         if not self._groups:
@@ -180,8 +192,9 @@ class MatrixUnit(wiring.Component):
         lgl = exact_log2(L)
         gmax = max(self._groups)
 
-        m.submodules.chains = chains = DenseChains(chains=C, lanes=L, group_max=gmax)
-        m.submodules.rescaler = resc = GroupRescaler(chains=C, group_max=gmax)
+        m.submodules.pe = resc = PeArray(kind=self._pe, chains=C, lanes=L, group_max=gmax,
+                                         group_min=min(self._groups),
+                                         lut_group=self._lut_group)
         m.submodules.requant = req = Requantizer(tag_bits=24, per_item=True)
         m.submodules.scale_q = scale_q = fifo.SyncFIFOBuffered(
             width=scale_layout(C).size, depth=4)
@@ -334,7 +347,7 @@ class MatrixUnit(wiring.Component):
 
         # -- operand side ----------------------------------------------------------------
         # Vector by vector; per vector the tile's batches in order, per batch its steps.
-        ops = chains.operands
+        ops = resc.operands
         spg = Signal(range(max(self._groups) // L + 1))
         m.d.comb += spg.eq(group >> lgl)
         wptr = Signal(ceil_log2(geo.wgt_depth) + 1)
@@ -480,7 +493,6 @@ class MatrixUnit(wiring.Component):
         m.d.comb += init.init.eq(Cat(*inits))
         m.d.comb += [sv.bad.eq(bad), scale_q.w_data.eq(sv), bias_q.w_data.eq(init)]
 
-        wiring.connect(m, producer=chains.psums, consumer=resc.psums)
         m.d.comb += [
             resc.scales.payload.eq(scale_q.r_data), resc.scales.valid.eq(scale_q.r_rdy),
             scale_q.r_en.eq(resc.scales.ready),
