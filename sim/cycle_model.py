@@ -1,25 +1,49 @@
-"""First cycle cost model: what each instruction costs on a configuration.
+"""Cycle cost model: what each instruction costs on a configuration.
 
-Every per-instruction cost the ISA simulator charges is computed here and nowhere else,
-so that calibrating against RTL cycle counts later means changing this one module.
+Every per-instruction cost the ISA simulator charges is computed here and nowhere else.
+The constants are calibrated against the RTL core (``hdl/core``): each one names the
+mechanism of the RTL it stands for, so a change of the hardware maps to a change of one
+constant, and a new instruction class adds its own method built from the same parts.
 
-Costs (in core clock cycles)
-----------------------------
-* ``LD``/``ST``: a transfer of ``beats = bytes / word_bytes`` words on one memory channel.
-  The channel streams at ``rate = min(1, outstanding * max_burst / (latency + max_burst))``
-  words per cycle (a port keeps at most ``outstanding`` bursts of ``max_burst`` beats in
-  flight and delivers at most one word per cycle). The channel is busy for
-  ``ceil(beats / rate)`` cycles and the data is complete ``latency`` cycles after that
-  (``read_latency`` for LD, ``write_latency`` for ST), so back-to-back transfers on one
-  channel overlap their latency with the previous data, as outstanding requests allow.
-* ``MV``/``MM``: ``m x ceil(rows / chains) x ceil(k / lanes)`` cycles of chain work plus
-  :data:`MATRIX_LATENCY` cycles of pipeline (unpacker, chain, rescaler, requantizer).
+Costs (in core clock cycles; *start* is the cycle the unit takes the instruction from
+its queue, *finish* the first cycle a unit waiting for its token can take its own)
+------------------------------------------------------------------------------------
+* ``LD`` (:meth:`CycleModel.load`): ``beats = bytes / word_bytes``. The LOAD unit checks
+  the instruction and hands one read command to the AXI reader, which raises ARVALID a
+  cycle later (:data:`LD_ISSUE_CYCLES`); the first beat arrives ``read_latency`` cycles
+  after the address; beats then stream at ``rate`` words per cycle
+  (:meth:`CycleModel.words_per_cycle`: one word per cycle while ``outstanding`` bursts of
+  ``max_burst`` beats cover the latency); the receiver releases the tokens one cycle after
+  the last beat (:data:`RELEASE_CYCLES`) and the waiting unit sees the token counter a
+  cycle after that (:data:`TOKEN_HANDOFF`). The channel is busy for the beats plus the
+  receiver's hand-over to the next record (:data:`LD_RECORD_GAP`), so back-to-back LDs
+  stream their data one after the other and pay the latency once.
+* ``ST`` (:meth:`CycleModel.store`): the STORE unit prepares and checks the instruction
+  (:data:`ST_PREP_CYCLES`), then per burst of at most ``max_burst`` beats: the address
+  handshake (:data:`AW_CYCLES`), one beat every :data:`ST_BEAT_CYCLES` cycles (buffer read,
+  then the W handshake), ``write_latency`` and the B handshake (:data:`B_CYCLES`); one burst
+  at a time. It uses the write channels only, so it holds the (read) channel for one cycle.
+* ``MV``/``MM`` (:meth:`CycleModel.matrix`): a step feeds ``chains x lanes`` weights; an
+  INT4 step is one WGT buffer row and takes one cycle, a ``b``-bit step ``ceil(b / 4)``
+  cycles (:data:`STEP_BITS`). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
+  (but no less than the requantize serializer's ``chains + 1`` cycles when the results
+  are final, :data:`SERIALIZE_EXTRA`). Around that work: the CHECK state and the operand
+  read register (:data:`MV_START_CYCLES`), the chain and rescaler pipelines
+  (:data:`CHAIN_LATENCY`, :data:`RESCALER_LATENCY`, :data:`ACC_HANDSHAKE`), then for a
+  final tile the serializer of the last batch (``chains`` results, one per cycle) and the
+  requantizer (:data:`REQUANT_LATENCY` plus its drain flag), for a K-chunk that is not
+  final only the accumulator write (:data:`ACC_WRITE_CYCLES`); then the done flag and the
+  REL state (:data:`UNIT_RELEASE_CYCLES`) and :data:`TOKEN_HANDOFF`. The unit takes its
+  next instruction when the tokens go out, so busy equals latency.
 * ``SFU`` (``COPY``): one word per cycle plus :data:`SFU_LATENCY`.
 * ``SFU`` functions of ISA version 2 (:meth:`CycleModel.sfu_func`): one memory word of
   int32 elements (``word_bytes / 4``) per cycle, plus the attention products (``ATT_QK``,
   ``ATT_PV``) at the engine's ``chains x lanes`` MACs per cycle, plus
-  :data:`SFU_LATENCY`.
+  :data:`SFU_LATENCY` (not yet calibrated: no SFU in the committed RTL core).
 * ``SYS`` and the dispatch of any instruction: :data:`DISPATCH_CYCLES` per instruction.
+* The run as a whole (:meth:`CycleModel.program_overhead`): the start (CSR kick, the
+  first instruction fetched over the instruction port and passed through the fetch and
+  unit queues) and the end (HALT, AXI drain, the done flag) that no instruction pays.
 
 A unit executes its queue in order; LOAD and STORE may start the next transfer on
 another channel one cycle after the previous one started (their completions, and so the
@@ -32,18 +56,91 @@ import math
 from dataclasses import dataclass
 
 from airfoil.config import AccelConfig
+from airfoil.formats import FORMAT_BITS, weight_format
+from airfoil.isa import INSTR_BITS
 
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "SFU_LATENCY", "DISPATCH_CYCLES",
-           "ISSUE_CYCLES"]
+           "ISSUE_CYCLES", "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES",
+           "TOKEN_HANDOFF", "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES",
+           "STEP_BITS", "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
+           "ACC_HANDSHAKE", "REQUANT_LATENCY", "ACC_WRITE_CYCLES", "UNIT_RELEASE_CYCLES",
+           "SERIALIZE_EXTRA", "SCALE_READ_CYCLES", "FETCH_START_CYCLES", "QUEUE_CYCLES",
+           "END_CYCLES"]
 
-#: Pipeline latency of one matrix instruction (fill and drain of the chain datapath).
-MATRIX_LATENCY = 8
-#: Pipeline latency of one special-function instruction.
-SFU_LATENCY = 4
-#: Cycles the dispatcher spends on one instruction (and a SYS NOP/SETREG takes).
+# -- handshakes shared by the units (hdl/core/top.py) ----------------------------------------
+#: Cycles from a unit's release handshake to the waiting unit's queue handshake: the token
+#: counter is a register, and the queue head's ``valid`` reads it.
+TOKEN_HANDOFF = 1
+#: Cycles of the dispatcher per instruction (and of a SYS NOP/SETREG), and from dispatch to
+#: the earliest start in the unit.
 DISPATCH_CYCLES = 1
 #: Cycles between the starts of two transfers of the LOAD or STORE unit (address issue).
 ISSUE_CYCLES = 1
+
+# -- LOAD unit (hdl/core/load.py, hdl/core/axi_read.py) --------------------------------------
+#: Queue handshake to AR handshake: the check cycle, the command handshake with the AXI
+#: reader, its registered ARVALID.
+LD_ISSUE_CYCLES = 3
+#: The receiver's release cycle after the last beat of an LD (``releasing``).
+RELEASE_CYCLES = 1
+#: Beats lost between two LDs in the receiver: the release cycle and the pop of the next
+#: record before ``beats.ready`` rises again.
+LD_RECORD_GAP = 2
+
+# -- STORE unit (hdl/core/store.py) -----------------------------------------------------------
+#: PREP (row offset) and CHECK states before the first address.
+ST_PREP_CYCLES = 2
+#: The AW state: one cycle per burst for the address handshake.
+AW_CYCLES = 1
+#: Cycles per write beat: the OUT buffer read (``have`` low), then the W handshake.
+ST_BEAT_CYCLES = 2
+#: The B handshake after ``write_latency`` (the unit waits for every burst's response).
+B_CYCLES = 1
+
+# -- MATRIX unit (hdl/core/matrix.py) ---------------------------------------------------------
+#: Weight bits of one step that one WGT buffer row (one cycle) holds per weight: an INT4
+#: step is one row, an INT8 step two.
+STEP_BITS = 4
+#: The CHECK state, then the WGT/ACT read register in front of the chains.
+MV_START_CYCLES = 2
+#: ``DenseChains.latency``: a group's last step to its partial sums.
+CHAIN_LATENCY = 3
+#: ``GroupRescaler.latency`` (products and shifts, accumulate), counted from the psum
+#: handshake.
+RESCALER_LATENCY = 2
+#: The psum and accumulator handshakes between chains, rescaler and serializer.
+ACC_HANDSHAKE = 1
+#: ``Requantizer.latency`` plus the drain counter's last cycle before the done flag.
+REQUANT_LATENCY = 4
+#: A K-chunk that is not final writes its accumulators to the accumulator memory: the
+#: drain counter's one cycle.
+ACC_WRITE_CYCLES = 1
+#: The done flag (``w_done``) and the REL state's handshake.
+UNIT_RELEASE_CYCLES = 2
+#: Cycles per read of the scale/bias reader (address, then data on the port): one read per
+#: group scale row and one for a batch's starting accumulators.
+SCALE_READ_CYCLES = 2
+#: Cycles of the serializer per batch beyond its ``chains`` results (the handshake that
+#: takes the next batch's accumulators).
+SERIALIZE_EXTRA = 1
+#: Fill and drain of one matrix instruction on a final tile, without the serializer's
+#: ``chains`` cycles (kept as the name the streamed MV costs build on).
+MATRIX_LATENCY = (MV_START_CYCLES + CHAIN_LATENCY + RESCALER_LATENCY + ACC_HANDSHAKE +
+                  REQUANT_LATENCY + UNIT_RELEASE_CYCLES + TOKEN_HANDOFF)
+
+#: Pipeline latency of one special-function instruction (not yet calibrated).
+SFU_LATENCY = 4
+
+# -- the run as a whole (hdl/core/top.py, hdl/core/fetch.py) ---------------------------------
+#: From the CTRL write to the first read command of the fetch: the CSR kick and the engine's
+#: start register, the fetch's pending command, the command handshake, registered ARVALID
+#: and the AR handshake.
+FETCH_START_CYCLES = 5
+#: A SyncFIFOBuffered (fetch queue, unit queue) from write to a valid head.
+QUEUE_CYCLES = 2
+#: From the last unit's release to the cycle counter's stop: HALT sees all units idle,
+#: DRAIN, DONE and the busy flag.
+END_CYCLES = 3
 
 
 @dataclass(frozen=True)
@@ -86,24 +183,61 @@ class CycleModel:
         mem = self._config.memory
         return min(1.0, mem.outstanding * mem.max_burst / (latency + mem.max_burst))
 
-    def _transfer(self, nbytes: int, latency: int) -> Cost:
+    def _beat_cycles(self, nbytes: int, latency: int) -> int:
         beats = -(-nbytes // self._config.word_bytes)
-        busy = max(1, math.ceil(beats / self.words_per_cycle(latency)))
-        return Cost(busy=busy, latency=latency + busy)
+        return max(1, math.ceil(beats / self.words_per_cycle(latency)))
 
     def load(self, nbytes: int) -> Cost:
         """Cost of reading ``nbytes`` from memory on one channel (``LD``)."""
-        return self._transfer(nbytes, self._config.memory.read_latency)
+        lat = self._config.memory.read_latency
+        beats = self._beat_cycles(nbytes, lat)
+        return Cost(busy=beats + LD_RECORD_GAP,
+                    latency=LD_ISSUE_CYCLES + lat + beats + RELEASE_CYCLES + TOKEN_HANDOFF)
 
     def store(self, nbytes: int) -> Cost:
         """Cost of writing ``nbytes`` to memory on one channel (``ST``)."""
-        return self._transfer(nbytes, self._config.memory.write_latency)
+        mem = self._config.memory
+        beats = -(-nbytes // self._config.word_bytes)
+        bursts = -(-beats // mem.max_burst)
+        total = (ST_PREP_CYCLES + bursts * (AW_CYCLES + mem.write_latency + B_CYCLES) +
+                 beats * ST_BEAT_CYCLES + RELEASE_CYCLES + TOKEN_HANDOFF)
+        return Cost(busy=1, latency=total)
 
-    def matrix(self, rows: int, k: int, m: int = 1) -> Cost:
-        """Cost of one ``MV`` (``m == 1``) or ``MM`` over a ``rows x k`` weight tile."""
+    def step_cycles(self, wfmt=None) -> int:
+        """Cycles of one ``chains x lanes`` step of weight format ``wfmt`` (INT4 if None)."""
+        if wfmt is None:
+            return 1
+        bits = FORMAT_BITS[weight_format(wfmt)]
+        return max(1, -(-bits // STEP_BITS))
+
+    def matrix(self, rows: int, k: int, m: int = 1, *, wfmt=None, final: bool = True,
+               group: int | None = None, use_init: bool = False) -> Cost:
+        """Cost of one ``MV`` (``m == 1``) or ``MM`` over a ``rows x k`` weight tile.
+
+        ``wfmt`` (a :class:`airfoil.isa.WeightFormat` or its name; default INT4) sets the
+        cycles per step; ``final`` whether the tile's results are requantized (the last
+        K-chunk) or left in the accumulators; ``group`` (when given) and ``use_init``
+        (a batch starts from the bias or an earlier chunk) bound a batch from below by the
+        scale reader's ``SCALE_READ_CYCLES * (k / group + use_init)`` cycles.
+        """
         c = self._config
-        work = m * -(-rows // c.chains) * -(-k // c.lanes)
-        return Cost(busy=work + MATRIX_LATENCY, latency=work + MATRIX_LATENCY)
+        for name, v in (("rows", rows), ("k", k), ("m", m)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        batches = m * -(-rows // c.chains)
+        per_batch = -(-k // c.lanes) * self.step_cycles(wfmt)
+        if group is not None:
+            if not isinstance(group, int) or group < 1:
+                raise ValueError(f"group must be a positive integer or None, not {group!r}")
+            per_batch = max(per_batch, SCALE_READ_CYCLES * (-(-k // group) + int(use_init)))
+        if final:
+            per_batch_max = max(per_batch, c.chains + SERIALIZE_EXTRA)
+            work = (batches - 1) * per_batch_max + per_batch
+            tail = c.chains + MATRIX_LATENCY
+        else:
+            work = batches * per_batch
+            tail = (MATRIX_LATENCY - REQUANT_LATENCY + ACC_WRITE_CYCLES)
+        return Cost(busy=work + tail, latency=work + tail)
 
     def sfu(self, nbytes: int) -> Cost:
         """Cost of one special-function instruction over ``nbytes`` bytes."""
@@ -120,3 +254,50 @@ class CycleModel:
     def sys(self) -> Cost:
         """Cost of a ``SYS`` NOP or SETREG in the dispatcher."""
         return Cost(busy=DISPATCH_CYCLES, latency=DISPATCH_CYCLES)
+
+    def program_overhead(self) -> int:
+        """Cycles of a run that no instruction pays: start and end of the core.
+
+        The start: :data:`FETCH_START_CYCLES`, ``read_latency`` of the instruction port,
+        the beats of the first instruction (``INSTR_BITS / word_bits``), the fetch queue,
+        the dispatcher and the unit queue (:data:`QUEUE_CYCLES` each); the end:
+        :data:`END_CYCLES`. Add it to the time of the last instruction's completion.
+        """
+        mem = self._config.memory
+        beats = max(1, INSTR_BITS // mem.word_bits)
+        return (FETCH_START_CYCLES + mem.read_latency + beats + 2 * QUEUE_CYCLES +
+                END_CYCLES - DISPATCH_CYCLES)
+
+
+# -- ISA version 3: matrix instructions on streamed weights (decode unit) ------------------
+
+#: Cycles the decode unit adds in front of the chains on a streamed matrix instruction:
+#: header and scale fields, FP16 -> fixed point, beat assembly (before the first k-step).
+UNPACK_LATENCY = 4
+#: Fill latency of a streamed MV/MM: the unpacker plus the matrix pipeline.
+STREAM_LATENCY = UNPACK_LATENCY + MATRIX_LATENCY
+
+
+def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
+    """Cycles of work of an MV/MM on streamed weights (``wfmt = STREAM``).
+
+    The decode unit takes at most one memory word of the stream per cycle, and the chains
+    take one k-step (``lanes`` kept weights on each of the ``chains`` rows of a record)
+    per cycle per activation vector, so the slower of the two sets the pace:
+    ``max(words, m * ksteps)``. ``words`` counts the stream words the instruction is the
+    first to read from (PAD words before its records included), ``ksteps`` the sum over
+    its records of
+    ``kept / lanes`` (``group / lanes`` for a dense record; an N:M record keeps
+    ``group * N / M``, so 2:4 halves the chain work).
+    """
+    for name, v in (("words", words), ("ksteps", ksteps), ("m", m)):
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+    return max(words, m * ksteps)
+
+
+def stream_matrix_cost(words: int, ksteps: int, m: int = 1) -> Cost:
+    """Cost of an MV/MM on streamed weights: :func:`stream_matrix_work` plus
+    :data:`STREAM_LATENCY` (busy and latency alike, as :meth:`CycleModel.matrix`)."""
+    work = stream_matrix_work(words, ksteps, m)
+    return Cost(busy=work + STREAM_LATENCY, latency=work + STREAM_LATENCY)

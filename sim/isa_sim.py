@@ -647,7 +647,10 @@ class IsaSim:
                     if ins.wfmt == WeightFormat.STREAM:
                         cost = stream_matrix_cost(*self._stream_cost, m)
                     else:
-                        cost = self.model.matrix(ins.rows, ins.k, m)
+                        cost = self.model.matrix(
+                            ins.rows, ins.k, m, wfmt=ins.wfmt, final=bool(ins.final),
+                            group=ins.group,
+                            use_init=bool((ins.bias and ins.acc_init) or not ins.acc_init))
                 st.issue_free = t + cost.busy
                 finish = t + cost.latency
             finish = max(finish, st.last_finish)
@@ -659,7 +662,9 @@ class IsaSim:
                 fifos[(u, r)].append(finish)
                 token_log[(u, r)].append((finish, 1, idx))
         self._check_token_depth(token_log)
-        stats = {"cycles": int(end_time), "instructions": executed,
+        # The core's start (CSR kick, first fetch) and HALT drain, paid by no instruction.
+        stats = {"cycles": int(end_time) + self.model.program_overhead(),
+                 "instructions": executed,
                  "macs": self.macs, "bytes_read": self.mem.bytes_read,
                  "bytes_written": self.mem.bytes_written}
         for u in Unit:

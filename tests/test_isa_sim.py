@@ -279,10 +279,12 @@ def test_serial_chain_costs_add_up(tmp_path):
     a, b = cm.load(lds[0].nbytes), cm.load(lds[1].nbytes)
     # dispatch: instruction i enters its queue at cycle i and may start one cycle later
     ld_done = max(1 + a.latency, 1 + a.busy + b.latency)
-    mv_done = ld_done + cm.matrix(mv.rows, mv.k).latency
+    mvc = cm.matrix(mv.rows, mv.k, 1, wfmt=mv.wfmt, final=bool(mv.final), group=mv.group,
+                    use_init=bool(mv.bias and mv.acc_init or not mv.acc_init))
+    mv_done = ld_done + mvc.latency
     st_done = mv_done + cm.store(st.nbytes).latency
-    assert stats["cycles"] == st_done
-    assert stats["busy_matrix"] == cm.matrix(mv.rows, mv.k).busy
+    assert stats["cycles"] == st_done + cm.program_overhead()
+    assert stats["busy_matrix"] == mvc.busy
 
 
 def test_double_buffering_overlaps_load_and_matrix(tmp_path):
@@ -300,6 +302,8 @@ def test_cycle_model_rates():
         mem, outstanding=1, read_latency=48)))
     assert slow.words_per_cycle(48) == pytest.approx(16 / 64)
     c = slow.load(64 * CFG.word_bytes)
-    assert (c.busy, c.latency) == (256, 256 + 48)
+    from sim.cycle_model import LD_ISSUE_CYCLES, LD_RECORD_GAP, RELEASE_CYCLES, TOKEN_HANDOFF
+    assert (c.busy, c.latency) == (256 + LD_RECORD_GAP, LD_ISSUE_CYCLES + 48 + 256 +
+                                   RELEASE_CYCLES + TOKEN_HANDOFF)
     m = cm.matrix(rows=9, k=100)
     assert m.busy == 3 * 13 + cm.matrix(rows=1, k=1).busy - 1
