@@ -409,6 +409,14 @@ class IsaSim:
         m, rows = acc.shape
         self._acc_view(m, rows)[...] = acc
 
+    def _sfu_args(self, ins: Instr) -> dict:
+        """An SFU instruction's arguments with its registers read (as the unit sees them)."""
+        f = ins.fields
+        reg = lambda name: self.regs[f[name]] if f[name] else 0     # noqa: E731
+        return {"n": f["n"], "rows": reg("rows_reg") if f["rows_reg"] else f["rows"],
+                "heads": f["heads"] or 1, "kv_heads": f["kv_heads"], "pos": reg("pos_reg"),
+                "length": reg("len_reg")}
+
     def _sfu(self, i: int, ins: Instr):
         """Perform one SFU instruction; return ``(elements, macs)`` for the cost model."""
         f = ins.fields
@@ -638,10 +646,8 @@ class IsaSim:
                 finish = begin + cost.latency
             else:
                 if op == Opcode.SFU:
-                    if ins.func == SfuFunc.COPY:
-                        cost = self.model.sfu(self._sfu(idx, ins)[0])
-                    else:
-                        cost = self.model.sfu_func(*self._sfu(idx, ins))
+                    self._sfu(idx, ins)
+                    cost = self.model.sfu_call(ins.func, **self._sfu_args(ins))
                 else:
                     m = self._matrix(idx, ins)
                     if ins.wfmt == WeightFormat.STREAM:
