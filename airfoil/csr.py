@@ -10,7 +10,9 @@ header included), ``PROG_COUNT`` (instructions after the header), ``DATA_BASE_LO
 ``START`` set. Poll ``STATUS`` until ``DONE``; ``ERROR`` and ``ERR_CODE`` (an
 :class:`airfoil.isa.ErrorCode`) tell whether the program stopped on a fault, and
 ``ERR_PC`` names the faulting instruction. ``CYCLES_LO/HI`` count the clock cycles from
-start to done.
+start to done; ``BUSY_<UNIT>`` the cycles each unit was busy (not idle) and ``OVERLAP``
+the cycles in which two or more units were busy, so that ``OVERLAP / CYCLES`` is the
+fraction of the run in which the queues ran concurrently.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .errors import AirfoilError
 
 __all__ = ["Register", "REGISTERS", "CSR_ADDR_BITS", "offset", "register",
            "CTRL_START", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR",
-           "STATUS_ERR_CODE_SHIFT", "STATUS_ERR_CODE_BITS", "CORE_ID"]
+           "STATUS_ERR_CODE_SHIFT", "STATUS_ERR_CODE_BITS", "CORE_ID", "COUNTER_REGISTERS"]
 
 #: Byte-address width of the AXI4-Lite port.
 CSR_ADDR_BITS = 8
@@ -61,7 +63,18 @@ REGISTERS = (
     Register("ERR_PC", 0x24, "ro", "index of the instruction that raised the error"),
     Register("RETIRED", 0x28, "ro", "instructions dispatched in the last run"),
     Register("ID", 0x2C, "ro", "core identification: 0x4146 << 16 | ISA version"),
+    # Concurrency counters of the last run (cycles, wrapping at 2**32).
+    Register("BUSY_LOAD", 0x30, "ro", "cycles the LOAD unit was busy"),
+    Register("BUSY_MATRIX", 0x34, "ro", "cycles the MATRIX unit was busy"),
+    Register("BUSY_SFU", 0x38, "ro", "cycles the SFU was busy"),
+    Register("BUSY_STORE", 0x3C, "ro", "cycles the STORE unit was busy"),
+    Register("OVERLAP", 0x40, "ro", "cycles in which two or more units were busy"),
 )
+
+#: The concurrency counters, by the name the RTL runner reports them under.
+COUNTER_REGISTERS = {"busy_load": "BUSY_LOAD", "busy_matrix": "BUSY_MATRIX",
+                     "busy_sfu": "BUSY_SFU", "busy_store": "BUSY_STORE",
+                     "overlap": "OVERLAP"}
 
 _BY_NAME = {r.name: r for r in REGISTERS}
 

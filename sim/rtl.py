@@ -19,7 +19,7 @@ from airfoil.program import HEADER_SIZE
 
 from .cocotb_runner import run_cocotb
 
-__all__ = ["RtlCase", "run_core", "PROG_BASE", "DEFAULT_STALL"]
+__all__ = ["RtlCase", "run_core", "overlap_fraction", "PROG_BASE", "DEFAULT_STALL"]
 
 #: Byte address of the program file in the memory model.
 PROG_BASE = 0x1000
@@ -58,7 +58,10 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     ``log_level`` is the cocotb log level of the simulation.
 
     Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
-    ``retired``, ``read_beats`` and ``reads`` (name -> bytes).
+    ``retired``, ``read_beats``, ``reads`` (name -> bytes) and ``counters`` (the
+    concurrency counters read after the run: ``busy_load``, ``busy_matrix``, ``busy_sfu``,
+    ``busy_store`` and ``overlap``, in cycles; see :func:`overlap_fraction`), the
+    counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``).
     """
     meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
     names = {p["name"] for p in meta["ports"]}
@@ -109,4 +112,19 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     out = data.get("runs", [])
     for r in out:
         r["reads"] = {k: bytes.fromhex(v) for k, v in r["reads"].items()}
+        counters = r.get("counters", {})
+        for name, value in counters.items():
+            r["overlap_cycles" if name == "overlap" else name] = value
     return out
+
+
+def overlap_fraction(result: dict) -> float:
+    """Fraction of a run's cycles in which two or more units were busy.
+
+    ``result`` is one dict of :func:`run_core`; the figure ``rtl_unit_overlap_fraction``
+    is this value of a run, with ``result["cycles"]`` as its raw evidence.
+    """
+    cycles = result["cycles"]
+    if cycles <= 0:
+        raise AirfoilError(f"a run of {cycles} cycles has no overlap fraction")
+    return result["counters"]["overlap"] / cycles

@@ -116,8 +116,8 @@ def results(core, config, tmp_path_factory):
                    base.program.config_hash)
     cases.append(_case(base, 10, dead))
     keys.append("unsupported")
-    cases.append(_case(base, 11, _words_with(base, mv, isa.encode(
-        isa.Opcode.SFU, func=isa.SfuFunc.COPY, src=isa.Buffer.ACT, dst=isa.Buffer.ACT, n=4))))
+    cases.append(_case(base, 11, _words_with(
+        base, mv, _reencode(base.program.words[mv], wfmt=isa.WeightFormat.INT2))))
     keys.append("program_end")
     nop = isa.encode(isa.Opcode.SYS, op=isa.SysOp.NOP)
     cases.append(_case(base, 12, Program([nop, nop], base.program.config_hash)))
@@ -184,7 +184,7 @@ def test_missing_halt_is_program_end(results):
     assert isa.ErrorCode(r["err_code"]) == isa.ErrorCode.PROGRAM_END
 
 
-def test_sfu_unsupported(results):
+def test_unbuilt_weight_format_unsupported(results):
     r, _, _ = results["unsupported"]
     assert r["error"] and isa.ErrorCode(r["err_code"]) == isa.ErrorCode.UNSUPPORTED
 

@@ -14,7 +14,7 @@ __all__ = ["AxiReader", "read_cmd_layout"]
 
 def read_cmd_layout(addr_width: int = 64) -> data.StructLayout:
     """``rows`` rows of ``beats`` beats, row ``r`` at byte ``addr + r * stride``."""
-    return data.StructLayout({"addr": addr_width, "beats": 32, "rows": 16, "stride": 40})
+    return data.StructLayout({"addr": addr_width, "beats": 32, "rows": 32, "stride": 40})
 
 
 class AxiReader(wiring.Component):
@@ -81,7 +81,7 @@ class AxiReader(wiring.Component):
         addr = Signal(self._addr_width)
         row_addr = Signal(self._addr_width)
         row_left = Signal(32)
-        rows_left = Signal(16)
+        rows_left = Signal(32)
         beats = Signal(32)
         stride = Signal(40)
         inflight = Signal(range(self._outstanding + 1))

@@ -6,23 +6,52 @@
   once more by the scale/bias reader.
 * OUT: one memory word per row with byte write enables (results of 1, 2 or 4 bytes).
 * KV, AUX: one memory word per row (key/value records; tables, gains, scale pairs).
+
+ACT, OUT, KV and AUX take byte-granular writes (the SFU writes 32-bit words with byte
+enables). A buffer with more readers than a RAM has read ports is built by
+:class:`BufferRam` from copies that share the write port (as synthesis replicates a block
+RAM for extra read ports). Units that may name any buffer reach them through a *buffer
+read port* (:func:`buffer_read_signature`): the buffer, a word index and an enable, with
+the word on ``data`` one cycle later.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.utils import exact_log2
+from amaranth.hdl import Module
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
 
+from airfoil import isa
 from airfoil.config import AccelConfig
 from airfoil.errors import ConfigError
 
-__all__ = ["BufferGeometry"]
+from .ram import Ram
+
+__all__ = ["BufferGeometry", "BufferRam", "buffer_read_signature", "buffer_write_layout",
+           "WORD_ADDR_BITS"]
+
+#: Width of a word index into any on-chip buffer (buffers are below 16 MiB).
+WORD_ADDR_BITS = 24
+
+
+def buffer_read_signature(word_bits: int) -> wiring.Signature:
+    """Reader side of a buffer read port: ``buf``, word ``addr``, ``en``; ``data`` a cycle
+    after ``en`` (the word at ``addr`` of ``buf``; WGT words are slices of its rows)."""
+    return wiring.Signature({"buf": Out(isa.Buffer), "addr": Out(WORD_ADDR_BITS),
+                             "en": Out(1), "data": In(word_bits)})
+
+
+def buffer_write_layout(word_bits: int) -> data.StructLayout:
+    """Payload of a whole-word buffer write: ``buf``, word ``addr`` and ``data``."""
+    return data.StructLayout({"buf": isa.Buffer, "addr": WORD_ADDR_BITS, "data": word_bits})
 
 
 @dataclass(frozen=True)
 class BufferGeometry:
-    """Widths and depths of the ACT, WGT and OUT buffers of one configuration."""
+    """Widths and depths of the ACT, WGT, OUT, KV and AUX buffers of one configuration."""
 
     word_bits: int
     act_bytes: int
@@ -53,6 +82,11 @@ class BufferGeometry:
         if config.lanes * 8 > wbits:
             raise ConfigError(f"{where}lanes x 8 bits ({config.lanes * 8}) to fit in one "
                               f"memory word ({wbits} bits)")
+        for name in ("act_bytes", "out_bytes", "kv_bytes", "aux_bytes"):
+            v = getattr(config.buffers, name)
+            if v < 2 * wbits // 8 or v & (v - 1):
+                raise ConfigError(f"{where}buffers.{name} to be a power of two of at least "
+                                  f"two memory words ({2 * wbits // 8} bytes), not {v}")
         if config.buffers.weight_bytes * 8 < 2 * step:
             raise ConfigError(f"{where}buffers.weight_bytes of at least two INT4 steps "
                               f"({2 * step // 8} bytes), not {config.buffers.weight_bytes}")
@@ -100,3 +134,76 @@ class BufferGeometry:
     @property
     def lg_wgt_row_bytes(self) -> int:
         return exact_log2(self.wgt_row_bytes)
+
+    def nbytes(self, buf: isa.Buffer) -> int:
+        """Size in bytes of an on-chip buffer (0 for WSTREAM, which is not one)."""
+        return {isa.Buffer.ACT: self.act_bytes, isa.Buffer.WGT: self.wgt_bytes,
+                isa.Buffer.OUT: self.out_bytes, isa.Buffer.KV: self.kv_bytes,
+                isa.Buffer.AUX: self.aux_bytes}.get(isa.Buffer(buf), 0)
+
+
+class BufferRam(wiring.Component):
+    """A buffer RAM with ``read_ports`` synchronous read ports and one write port.
+
+    Built from ``ceil(read_ports / 2)`` :class:`~hdl.core.ram.Ram` copies that all take
+    every write, so every read port sees the same contents (read latency 1, read before
+    write).
+
+    Parameters
+    ----------
+    width : int
+        Row width in bits.
+    depth : int
+        Rows (a power of two).
+    granularity : int, optional
+        Bits per write enable (default: the whole row).
+    read_ports : int
+        Number of read ports (at least 1).
+
+    Members
+    -------
+    wr : Out(memory.WritePort.Signature(...))
+    rd0 ... rd<n-1> : Out(memory.ReadPort.Signature(...))
+    """
+
+    def __init__(self, *, width: int, depth: int, granularity: int | None = None,
+                 read_ports: int = 1):
+        if not isinstance(read_ports, int) or read_ports < 1:
+            raise ValueError(f"Buffer read ports must be a positive integer, not "
+                             f"{read_ports!r}")
+        self._args = dict(width=width, depth=depth, granularity=granularity)
+        self._nread = read_ports
+        if width < 1 or depth < 2 or depth & (depth - 1):
+            raise ValueError(f"Buffer RAM needs a positive width and a power-of-two depth "
+                             f">= 2, not width={width!r}, depth={depth!r}")
+        if granularity is not None and (granularity < 1 or width % granularity):
+            raise ValueError(f"Buffer RAM write granularity must divide the width {width}, "
+                             f"not {granularity!r}")
+        members = {"wr": Out(memory.WritePort.Signature(
+            addr_width=ceil_log2(depth), shape=width, granularity=granularity))}
+        for i in range(read_ports):
+            members[f"rd{i}"] = Out(memory.ReadPort.Signature(addr_width=ceil_log2(depth),
+                                                              shape=width))
+        super().__init__(members)
+
+    @property
+    def read_ports(self) -> int:
+        return self._nread
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a read address (with its enable) to its data."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        for c in range((self._nread + 1) // 2):
+            n = min(2, self._nread - 2 * c)
+            ram = Ram(**self._args, read_ports=n)
+            m.submodules[f"copy{c}"] = ram
+            m.d.comb += [ram.wr.addr.eq(self.wr.addr), ram.wr.data.eq(self.wr.data),
+                         ram.wr.en.eq(self.wr.en)]
+            for j in range(n):
+                wiring.connect(m, getattr(ram, f"rd{j}"),
+                               wiring.flipped(getattr(self, f"rd{2 * c + j}")))
+        return m

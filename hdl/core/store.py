@@ -1,30 +1,33 @@
-"""The STORE unit: ``ST`` instructions, OUT buffer -> memory over AXI4 writes."""
+"""The STORE unit: ``ST`` instructions, on-chip buffer -> memory over AXI4 writes."""
 
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2, exact_log2
+from amaranth.utils import exact_log2
 
 from airfoil import isa
 
 from .axi import BOUNDARY_BYTES, BURST_INCR
-from .buffers import BufferGeometry
-from .load import unit_ports
+from .buffers import BufferGeometry, buffer_read_signature
+from .load import mem_checks, unit_ports
 
 __all__ = ["StoreUnit"]
 
 
 class StoreUnit(wiring.Component):
-    """Execute ``ST``: ``count`` rows of ``nbytes`` from the OUT buffer to memory.
+    """Execute ``ST``: ``count`` rows of ``nbytes`` from an on-chip buffer to memory.
 
     One burst at a time (address, data beats, response); stores move results, which are
     small next to the weight stream. ``abort`` is honoured between bursts, so a burst that
     started always completes and the port is left idle.
 
-    Errors: a buffer other than OUT is UNSUPPORTED (an undefined one MALFORMED); sizes,
-    addresses and counts as for ``LD``; an error response is AXI_ERROR.
+    Any of ACT, WGT, OUT, KV and AUX is read through ``rd`` (a buffer read port, see
+    :func:`~hdl.core.buffers.buffer_read_signature`). ``count = rv[0]`` when ``count_reg``
+    is set, and the rows start at ``dram_addr + rv[1] * dram_stride`` when ``row_reg`` is
+    set (``rv`` of the queue entry). Errors: see :func:`~hdl.core.load.mem_checks` (a
+    gathering ``ST`` or one of WSTREAM is MALFORMED); an error response is AXI_ERROR.
 
     Parameters
     ----------
@@ -46,8 +49,7 @@ class StoreUnit(wiring.Component):
             "wdata": Out(wbits), "wstrb": Out(wbits // 8), "wlast": Out(1),
             "wvalid": Out(1), "wready": In(1),
             "bresp": In(2), "bvalid": In(1), "bready": Out(1),
-            "out_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(geo.out_depth),
-                                                   shape=wbits)),
+            "rd": Out(buffer_read_signature(wbits)),
         })
 
     def elaborate(self, platform):
@@ -58,28 +60,20 @@ class StoreUnit(wiring.Component):
 
         instr = Signal(isa.INSTR_LAYOUT)
         index = Signal(32)
+        rv = Signal(data.ArrayLayout(32, 3))
         mem = instr.body.mem
-        buf = mem.buf.as_value()
-        total = Signal(40)
-        m.d.comb += total.eq(mem.count * mem.nbytes)
-        misaligned = ((mem.buf_addr[:lgw] != 0) | (mem.dram_addr[:lgw] != 0) |
-                      (mem.nbytes[:lgw] != 0) | (mem.dram_stride[:lgw] != 0))
-        code = Signal(isa.ErrorCode)
-        with m.If(buf > isa.Buffer.AUX.value):
-            m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
-        with m.Elif(buf != isa.Buffer.OUT.value):
-            m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
-        with m.Elif(mem.channel >= self._channels):
-            m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
-        with m.Elif(misaligned | (mem.count == 0) | (mem.nbytes == 0)):
-            m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
-        with m.Elif(mem.buf_addr + total > geo.out_bytes):
-            m.d.comb += code.eq(isa.ErrorCode.BUFFER_RANGE)
+        count = Signal(32)
+        total = Signal(56)
+        m.d.comb += [count.eq(Mux(mem.count_reg != 0, rv[0], mem.count)),
+                     total.eq(count * mem.nbytes)]
+        code = mem_checks(m, geo=geo, channels=self._channels, mem=mem, count=count,
+                          total=total, load=False)
+        base = Signal(64)
 
         addr = Signal(64)
         row_addr = Signal(64)
         row_left = Signal(32)
-        rows_left = Signal(16)
+        rows_left = Signal(32)
         bptr = Signal(24)
         blen = Signal(range(self._max_burst + 1))
         left = Signal(range(self._max_burst + 1))
@@ -94,9 +88,10 @@ class StoreUnit(wiring.Component):
             blen.eq(Mux(to_boundary < lim, to_boundary, lim)),
             self.awsize.eq(lgw), self.awburst.eq(BURST_INCR),
             self.wstrb.eq((1 << wb) - 1),
-            self.out_rd.addr.eq(bptr >> lgw),
-            self.out_rd.en.eq(~have),
-            self.wdata.eq(self.out_rd.data),
+            self.rd.buf.eq(mem.buf),
+            self.rd.addr.eq(bptr >> lgw),
+            self.rd.en.eq(~have),
+            self.wdata.eq(self.rd.data),
             self.err.eq(failed),
         ]
 
@@ -105,16 +100,20 @@ class StoreUnit(wiring.Component):
                 m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(1)]
                 with m.If(self.q.valid & ~failed):
                     m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index)]
-                    m.next = "CHECK"
+                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv)]
+                    m.next = "PREP"
+            with m.State("PREP"):
+                row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
+                m.d.sync += base.eq(mem.dram_addr + row_off)
+                m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(code != isa.ErrorCode.NONE):
                     m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
                     m.next = "IDLE"
                 with m.Else():
-                    a = self.data_base + mem.dram_addr
+                    a = self.data_base + base
                     m.d.sync += [addr.eq(a), row_addr.eq(a), row_left.eq(mem.nbytes >> lgw),
-                                 rows_left.eq(mem.count), bptr.eq(mem.buf_addr)]
+                                 rows_left.eq(count), bptr.eq(mem.buf_addr)]
                     m.next = "AW"
             with m.State("AW"):
                 with m.If(self.abort):

@@ -3,21 +3,49 @@
 ::
 
     csr (AXI4-Lite) --> control/status --start--> Engine (reset at every start)
-    instr (AXI4 read) --> AxiReader --> Fetch --> dispatcher --> LOAD / MATRIX / STORE queues
-    data0 (AXI4) <-- AxiReader <-- LOAD unit --> ACT, WGT buffers --> MATRIX unit --> OUT
-                 <-- STORE unit <-- OUT buffer
+    instr (AXI4 read) --> AxiReader --> Fetch --> dispatcher --> LOAD / MATRIX / SFU / STORE
+                                                    (registers)      queues
+    data0 (AXI4) <-- AxiReader <-- LOAD unit --> ACT, WGT, OUT, KV, AUX --> MATRIX --> OUT
+                 <-- STORE unit <-- any buffer         ^---- SFU (when built) ----^
 
-The dispatcher runs ``SYS`` itself and sends every other instruction to its unit's queue;
-a queue's head starts once the tokens its ``wait`` mask names are in the token FIFOs
+The dispatcher runs ``SYS`` itself and sends every other instruction to its unit's queue,
+with the values of the run-time registers the instruction names (``rv`` of
+:data:`~hdl.core.fetch.ENTRY_LAYOUT`), so no unit reads a register. ``SYS SETREG`` writes
+a register; ``SYS LDREG`` waits until every queue is empty and every unit idle, then
+reads the 32-bit little-endian word at ``data_base + value`` through the data port's
+reader (one or two memory words) and writes it to the register; writes to register 0
+are dropped, so it reads 0. An instruction takes its register values when it is queued
+(the ISA simulator reads them when the instruction runs): a program that rewrites a
+register must not do so while a queued instruction that names it has yet to start (a
+``BARRIER`` in between makes both agree).
+
+A queue's head starts once the tokens its ``wait`` mask names are in the token FIFOs
 (counters of at most :data:`airfoil.isa.TOKEN_DEPTH`); a finished instruction puts its
 ``release`` tokens, waiting while a FIFO is full. On an error (or after ``HALT``) the
 engine stops issuing, lets the AXI ports drain and reports ``finished``.
+
+Buffer ports: every reader has a read port of its own (copies of a RAM, see
+:class:`~hdl.core.buffers.BufferRam`); units that may name any buffer (STORE, the SFU)
+reach it through a router. Each buffer has one write port; the SFU's writes take it
+first, then a MATRIX result held back by an SFU write, then the MATRIX unit's OUT writes,
+then the LOAD unit's (a stream, so it waits). While a result is held the MATRIX unit
+stands still: a clock enable over all its state (its accumulator memory is then an
+Amaranth memory, which the enable reaches), its handshakes and its buffer reads gated.
+
+The SFU reaches ACT, OUT, KV and AUX (byte-granular writes); its accesses to WGT are
+refused by the unit as BUFFER_RANGE (the ISA simulator allows them; no program uses them).
+
+Counters: per unit the cycles it is busy (not idle), and the cycles in which two or more
+units are busy, from start to finish.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Module,
-                          ResetSignal, Signal)
+import importlib.util
+import inspect
+
+from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer,
+                          EnableInserter, Module, Mux, ResetSignal, Signal)
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,19 +55,27 @@ from airfoil.config import AccelConfig
 
 from .axi import axi4_signature, axi4lite_signature
 from .axi_read import AxiReader
-from .buffers import BufferGeometry
+from .buffers import BufferGeometry, BufferRam
 from .fetch import ENTRY_LAYOUT, Fetch
 from .load import LoadUnit
 from .matrix import MatrixUnit
-from .ram import Ram
 from .store import StoreUnit
 
-__all__ = ["Engine", "Core", "DEADLOCK_CYCLES"]
+__all__ = ["Engine", "Core", "DEADLOCK_CYCLES", "COUNTERS", "sfu_available"]
 
 #: Cycles the deadlock condition must hold before the engine reports it.
 DEADLOCK_CYCLES = 16
 
-_UNITS = (isa.Unit.LOAD, isa.Unit.MATRIX, isa.Unit.STORE)
+#: Engine counter outputs, in CSR order (see :data:`airfoil.csr.REGISTERS`).
+COUNTERS = ("busy_load", "busy_matrix", "busy_sfu", "busy_store", "overlap")
+
+_BYTE_BUFFERS = (isa.Buffer.ACT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
+_BUFFERS = (isa.Buffer.ACT, isa.Buffer.WGT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
+
+
+def sfu_available() -> bool:
+    """Whether the special-function unit (``hdl/sfu/unit.py``) exists to be built in."""
+    return importlib.util.find_spec("hdl.sfu.unit") is not None
 
 
 class Engine(wiring.Component):
@@ -48,13 +84,24 @@ class Engine(wiring.Component):
     Parameters
     ----------
     config : AccelConfig
+    sfu : bool, optional
+        Build the SFU queue and unit (default: when ``hdl/sfu/unit.py`` exists); without
+        it an ``SFU`` instruction is UNSUPPORTED.
+
+    Members
+    -------
+    instr : Out(axi4_signature(read_only=True))
+    data0 : Out(axi4_signature())
+    busy_load, busy_matrix, busy_sfu, busy_store, overlap : Out(32)
+        The counters (cycles).
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, *, sfu: bool | None = None):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self._config = config
         self._geo = BufferGeometry.of(config)
+        self._sfu = sfu_available() if sfu is None else bool(sfu)
         wbits = config.memory.word_bits
         super().__init__({
             "start": In(1), "prog_base": In(64), "prog_count": In(32), "data_base": In(64),
@@ -62,18 +109,18 @@ class Engine(wiring.Component):
             "err_pc": Out(32), "retired": Out(32),
             "instr": Out(axi4_signature(data_width=wbits, read_only=True)),
             "data0": Out(axi4_signature(data_width=wbits)),
+            **{name: Out(32) for name in COUNTERS},
         })
+
+    @property
+    def has_sfu(self) -> bool:
+        return self._sfu
 
     def elaborate(self, platform):
         m = Module()
         cfg, geo = self._config, self._geo
         mc = cfg.memory
-
-        # -- buffers --------------------------------------------------------------------
-        m.submodules.act = act = Ram(width=geo.word_bits, depth=geo.act_depth)
-        m.submodules.wgt = wgt = Ram(width=geo.wgt_bits, depth=geo.wgt_depth,
-                                     granularity=geo.word_bits, read_ports=2)
-        m.submodules.out = out = Ram(width=geo.word_bits, depth=geo.out_depth, granularity=8)
+        wbits = geo.word_bits
 
         # -- fetch ----------------------------------------------------------------------
         m.submodules.ireader = ird = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
@@ -86,31 +133,147 @@ class Engine(wiring.Component):
         _connect_read(m, ird, self.instr)
 
         # -- units ----------------------------------------------------------------------
+        margs = {}
+        if self._sfu and "acc_memory" in inspect.signature(MatrixUnit).parameters:
+            # Its accumulator memory must stand still with it (see the stall below).
+            margs["acc_memory"] = "amaranth"
+        matrix = MatrixUnit(geometry=geo, chains=cfg.chains, lanes=cfg.lanes,
+                            weight_formats=cfg.weight_formats, group_sizes=cfg.group_sizes,
+                            **margs)
+        mports = matrix.signature.members
         m.submodules.dreader = drd = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
                                                outstanding=mc.outstanding)
-        m.submodules.load = load = LoadUnit(geometry=geo, channels=mc.channels)
-        m.submodules.matrix = matrix = MatrixUnit(
-            geometry=geo, chains=cfg.chains, lanes=cfg.lanes,
-            weight_formats=cfg.weight_formats, group_sizes=cfg.group_sizes)
+        m.submodules.load = load = LoadUnit(geometry=geo, channels=mc.channels,
+                                            wstream="wstream" in mports)
         m.submodules.store = store = StoreUnit(geometry=geo, channels=mc.channels,
                                                max_burst=mc.max_burst)
+        sfu = None
+        if self._sfu:
+            from ..sfu.unit import SfuUnit
+            sfu = SfuUnit(word_bits=wbits,
+                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS})
+            m.submodules.sfu = sfu
+        stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         m.d.comb += [load.data_base.eq(self.data_base), store.data_base.eq(self.data_base)]
-        wiring.connect(m, producer=load.cmd, consumer=drd.cmd)
-        wiring.connect(m, producer=drd.data, consumer=load.beats)
         _connect_read(m, drd, self.data0)
         for name in ("awaddr", "awlen", "awsize", "awburst", "awvalid", "wdata", "wstrb",
                      "wlast", "wvalid", "bready"):
             m.d.comb += getattr(self.data0, name).eq(getattr(store, name))
         for name in ("awready", "wready", "bresp", "bvalid"):
             m.d.comb += getattr(store, name).eq(getattr(self.data0, name))
-        wiring.connect(m, load.act_wr, act.wr)
-        wiring.connect(m, load.wgt_wr, wgt.wr)
-        wiring.connect(m, matrix.wgt_rd, wgt.rd0)
-        wiring.connect(m, matrix.sb_rd, wgt.rd1)
-        wiring.connect(m, matrix.act_rd, act.rd0)
-        wiring.connect(m, matrix.out_wr, out.wr)
-        wiring.connect(m, store.out_rd, out.rd0)
+        if "wstream" in mports:
+            # Gated by the MATRIX unit's stall like its other handshakes (below).
+            m.d.comb += [matrix.wstream.payload.eq(load.wstream.payload),
+                         matrix.wstream.valid.eq(load.wstream.valid & ~stall_matrix),
+                         load.wstream.ready.eq(matrix.wstream.ready & ~stall_matrix)]
+
+        # -- buffers: read ports ----------------------------------------------------------
+        # Readers of each buffer: "direct" ports connect to a RAM read port of their own;
+        # "routed" ones (a buffer read port naming any of ``buffers``) go through
+        # _route_read, with a RAM read port of their own in each buffer they may name.
+        routed = [("store", store.rd, _BUFFERS)]
+        if sfu is not None:
+            routed += [("sfu_src", sfu.src_rd, _BYTE_BUFFERS),
+                       ("sfu_aux", sfu.aux_rd, _BYTE_BUFFERS)]
+        direct = {b: [] for b in _BUFFERS}
+        direct[isa.Buffer.ACT].append(matrix.act_rd)
+        direct[isa.Buffer.WGT] += [matrix.wgt_rd, matrix.sb_rd]
+        direct[isa.Buffer.AUX].append(load.aux_rd)
+        if "aux_rd" in mports:
+            direct[isa.Buffer.AUX].append(matrix.aux_rd)
+        matrix_ports = [matrix.act_rd, matrix.wgt_rd, matrix.sb_rd] + (
+            [matrix.aux_rd] if "aux_rd" in mports else [])
+        rams = {}
+        for b in _BUFFERS:
+            nread = len(direct[b]) + sum(b in bufs for _, _, bufs in routed)
+            if b == isa.Buffer.WGT:
+                ram = BufferRam(width=geo.wgt_bits, depth=geo.wgt_depth,
+                                granularity=wbits, read_ports=nread)
+            else:
+                ram = BufferRam(width=wbits, depth=geo.nbytes(b) // geo.word_bytes,
+                                granularity=8, read_ports=nread)
+            m.submodules[b.name.lower()] = rams[b] = ram
+            for i, port in enumerate(direct[b]):
+                rp = getattr(ram, f"rd{i}")
+                if port in matrix_ports:
+                    # A stalled MATRIX unit must find the data it asked for before the
+                    # stall still on the port: no read while it stands still.
+                    m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en & ~stall_matrix),
+                                 port.data.eq(rp.data)]
+                else:
+                    wiring.connect(m, port, rp)
+        lg_wpr = (geo.wgt_words_per_row - 1).bit_length()
+        used = {b: len(direct[b]) for b in _BUFFERS}
+        for name, port, bufs in routed:
+            targets = {}
+            for b in bufs:
+                targets[b] = (getattr(rams[b], f"rd{used[b]}"),
+                              lg_wpr if b == isa.Buffer.WGT else 0)
+                used[b] += 1
+            _route_read(m, name, port, targets, wbits)
+
+        # -- buffers: write ports ---------------------------------------------------------
+        sfu_hit = {b: Const(0) for b in _BUFFERS}
+        if sfu is not None:
+            dw = sfu.dst_wr
+            for b in _BYTE_BUFFERS:
+                sfu_hit[b] = Signal(name=f"sfu_wr_{b.name.lower()}")
+                m.d.comb += sfu_hit[b].eq(dw.en.any() & (dw.buf == b))
+        # A MATRIX result that met an SFU write to OUT waits in ``held``.
+        mw = matrix.out_wr
+        m_we = Signal()
+        m.d.comb += m_we.eq(mw.en.any())
+        held_v = Signal()
+        held_addr = Signal.like(mw.addr, name="held_addr")
+        held_data = Signal.like(mw.data, name="held_data")
+        held_en = Signal.like(mw.en, name="held_en")
+        lw = load.wr
+        taken = Signal(name="load_wr_taken")
+        for b in _BUFFERS:
+            wr = rams[b].wr
+            load_hit = lw.valid & (lw.payload.buf == b)
+            if b == isa.Buffer.WGT:
+                m.d.comb += [wr.addr.eq(lw.payload.addr >> lg_wpr),
+                             wr.data.eq(lw.payload.data.replicate(geo.wgt_words_per_row))]
+                with m.If(load_hit):
+                    m.d.comb += [taken.eq(1),
+                                 wr.en.eq(1 << lw.payload.addr[:lg_wpr] if lg_wpr else 1)]
+                continue
+            # Writers in priority order: (condition, addr, data, en, taken by LOAD).
+            writers = []
+            if sfu is not None:
+                dw = sfu.dst_wr
+                writers.append((sfu_hit[b], dw.addr, dw.data, dw.en, False))
+            if b == isa.Buffer.OUT:
+                writers += [(held_v, held_addr, held_data, held_en, False),
+                            (m_we, mw.addr, mw.data, mw.en, False)]
+            writers.append((load_hit, lw.payload.addr, lw.payload.data,
+                            Const(-1, len(wr.en)), True))
+            for i, (cond, addr, wdata, en, is_load) in enumerate(writers):
+                with (m.If if i == 0 else m.Elif)(cond):
+                    m.d.comb += [wr.addr.eq(addr), wr.data.eq(wdata), wr.en.eq(en)]
+                    if is_load:
+                        m.d.comb += taken.eq(1)
+            if b == isa.Buffer.OUT:
+                with m.If(held_v & ~sfu_hit[b]):
+                    m.d.sync += held_v.eq(0)
+                with m.If(sfu_hit[b] & m_we & ~held_v):
+                    m.d.sync += [held_v.eq(1), held_addr.eq(mw.addr), held_data.eq(mw.data),
+                                 held_en.eq(mw.en)]
+        m.d.comb += [lw.ready.eq(taken), stall_matrix.eq(held_v)]
+        if sfu is not None:
+            # While a result is held, the MATRIX unit stands still (its handshakes are
+            # gated below), so the result it presents is taken when it moves again.
+            m.submodules.matrix = EnableInserter(~stall_matrix)(matrix)
+        else:
+            m.submodules.matrix = matrix
+
         units = {isa.Unit.LOAD: load, isa.Unit.MATRIX: matrix, isa.Unit.STORE: store}
+        if sfu is not None:
+            units[isa.Unit.SFU] = sfu
+        unit_list = tuple(u for u in isa.Unit if u in units)
+        stall = {u: Const(0) for u in unit_list}
+        stall[isa.Unit.MATRIX] = stall_matrix
 
         # -- queues and token FIFOs ------------------------------------------------------
         depth = isa.TOKEN_DEPTH
@@ -126,7 +289,8 @@ class Engine(wiring.Component):
         full = {}
         blocked = []
         working = []
-        for u in _UNITS:
+        qentry = Signal(ENTRY_LAYOUT)
+        for u in unit_list:
             q = fifo.SyncFIFOBuffered(width=ENTRY_LAYOUT.size, depth=cfg.instr_queue_depth)
             m.submodules[f"queue_{u.name.lower()}"] = queues[u] = q
             unit = units[u]
@@ -138,14 +302,15 @@ class Engine(wiring.Component):
             for s in isa.Unit:
                 with m.If(wait[s.value] & (cnt[s.value][u.value] == 0)):
                     m.d.comb += ok.eq(0)
-            m.d.comb += [unit.q.payload.eq(head), unit.q.valid.eq(q.r_rdy & ok & ~self.error),
+            m.d.comb += [unit.q.payload.eq(head),
+                         unit.q.valid.eq(q.r_rdy & ok & ~self.error & ~stall[u]),
                          q.r_en.eq(unit.q.ready & unit.q.valid)]
             with m.If(unit.q.valid & unit.q.ready):
                 for s in isa.Unit:
                     m.d.comb += dec[s.value][u.value].eq(wait[s.value])
             rel = unit.rel.payload
             room = Signal(name=f"rel_room_{u.name.lower()}")
-            m.d.comb += room.eq(1)
+            m.d.comb += room.eq(~stall[u])
             for d in isa.Unit:
                 with m.If(rel[d.value] & (cnt[u.value][d.value] == depth)):
                     m.d.comb += room.eq(0)
@@ -155,28 +320,69 @@ class Engine(wiring.Component):
                     m.d.comb += inc[u.value][d.value].eq(rel[d.value])
             push[u] = q.w_en
             full[u] = ~q.w_rdy
-            m.d.comb += q.w_data.eq(fetch.instr.payload)
+            m.d.comb += q.w_data.eq(qentry)
             rel_blocked = unit.rel.valid & ~room
             blocked.append((q.r_rdy & ~ok & unit.idle) | rel_blocked)
             working.append(~unit.idle & ~rel_blocked)
         all_idle = Signal()
         m.d.comb += all_idle.eq(1)
-        for u in _UNITS:
-            with m.If(queues[u].r_rdy | ~units[u].idle):
+        for u in unit_list:
+            # The level counts an entry still on its way to the queue's output.
+            with m.If((queues[u].level != 0) | ~units[u].idle):
                 m.d.comb += all_idle.eq(0)
+
+        # -- counters ---------------------------------------------------------------------
+        nbusy = Signal(range(len(unit_list) + 1))
+        m.d.comb += nbusy.eq(sum((~units[u].idle).as_unsigned() for u in unit_list))
+        for u in unit_list:
+            ctr = getattr(self, f"busy_{u.name.lower()}")
+            with m.If(~units[u].idle):
+                m.d.sync += ctr.eq(ctr + 1)
+        with m.If(nbusy >= 2):
+            m.d.sync += self.overlap.eq(self.overlap + 1)
 
         # -- dispatcher -----------------------------------------------------------------
         ins = fetch.instr.payload.instr
         opcode = ins.header.opcode.as_value()
         sysop = ins.body.sys.op.as_value()
+        regs = Array([Signal(32, name=f"reg{i}") for i in range(32)])
+        # The registers an instruction names (see ENTRY_LAYOUT), read as it is queued.
+        sel = [Signal(5, name=f"rv_sel{i}") for i in range(3)]
+        with m.Switch(opcode):
+            with m.Case(isa.Opcode.LD, isa.Opcode.ST):
+                m.d.comb += [sel[0].eq(ins.body.mem.count_reg), sel[1].eq(ins.body.mem.row_reg)]
+            with m.Case(isa.Opcode.MM, isa.Opcode.MV):
+                m.d.comb += sel[0].eq(ins.body.matrix.m_reg)
+            with m.Case(isa.Opcode.SFU):
+                m.d.comb += [sel[0].eq(ins.body.sfu.rows_reg), sel[1].eq(ins.body.sfu.pos_reg),
+                             sel[2].eq(ins.body.sfu.len_reg)]
+        m.d.comb += [qentry.instr.eq(ins), qentry.index.eq(fetch.instr.payload.index)]
+        for i in range(3):
+            m.d.comb += qentry.rv[i].eq(regs[sel[i]])
         d_code = Signal(isa.ErrorCode)
         d_err = Signal()
         stuck = Signal()
         abort = Signal()
         retired = self.retired
-        taken = fetch.instr.valid & fetch.instr.ready
-        with m.If(taken):
+        taken_i = fetch.instr.valid & fetch.instr.ready
+        with m.If(taken_i):
             m.d.sync += retired.eq(retired + 1)
+
+        # LDREG: the register, the word's byte address and the words read.
+        lr_reg = Signal(5)
+        lr_addr = Signal(32)
+        lr_lo = Signal(wbits)
+        lr_second = Signal()
+        lr_cmd = Signal()
+        lr_data = Signal()
+        lgw = geo.lg_word_bytes
+        lr_cross = lr_addr[:lgw] > geo.word_bytes - 4
+        tokens = ins.header.wait | ins.header.release
+        own = Signal(4)
+        m.d.comb += own.eq(0)
+        for op, u in isa.UNIT_OF_OPCODE.items():
+            with m.If(opcode == op.value):
+                m.d.comb += own.eq(1 << u.value)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -189,25 +395,41 @@ class Engine(wiring.Component):
                     with m.Switch(opcode):
                         with m.Case(isa.Opcode.SYS):
                             m.d.comb += fetch.instr.ready.eq(1)
-                            with m.Switch(sysop):
-                                with m.Case(isa.SysOp.NOP, isa.SysOp.SETREG):
-                                    pass
-                                with m.Case(isa.SysOp.BARRIER):
-                                    m.next = "BARRIER"
-                                with m.Case(isa.SysOp.HALT):
-                                    m.next = "HALT"
-                                with m.Default():
+                            with m.If(tokens != 0):
+                                m.d.comb += [d_err.eq(1), d_code.eq(isa.ErrorCode.MALFORMED)]
+                            with m.Else():
+                                with m.Switch(sysop):
+                                    with m.Case(isa.SysOp.NOP):
+                                        pass
+                                    with m.Case(isa.SysOp.SETREG):
+                                        with m.If(ins.body.sys.reg != 0):
+                                            m.d.sync += regs[ins.body.sys.reg].eq(
+                                                ins.body.sys.value)
+                                    with m.Case(isa.SysOp.LDREG):
+                                        m.d.sync += [lr_reg.eq(ins.body.sys.reg),
+                                                     lr_addr.eq(ins.body.sys.value)]
+                                        m.next = "LDREG_WAIT"
+                                    with m.Case(isa.SysOp.BARRIER):
+                                        m.next = "BARRIER"
+                                    with m.Case(isa.SysOp.HALT):
+                                        m.next = "HALT"
+                                    with m.Default():
+                                        m.d.comb += [d_err.eq(1),
+                                                     d_code.eq(isa.ErrorCode.MALFORMED)]
+                        for op in (isa.Opcode.LD, isa.Opcode.MM, isa.Opcode.MV, isa.Opcode.SFU,
+                                   isa.Opcode.ST):
+                            u = isa.unit_of(op)
+                            with m.Case(op):
+                                if u not in units:
+                                    m.d.comb += [d_err.eq(1),
+                                                 d_code.eq(isa.ErrorCode.UNSUPPORTED)]
+                                    continue
+                                with m.If((tokens & own) != 0):
                                     m.d.comb += [d_err.eq(1),
                                                  d_code.eq(isa.ErrorCode.MALFORMED)]
-                        for op, u in ((isa.Opcode.LD, isa.Unit.LOAD),
-                                      (isa.Opcode.MV, isa.Unit.MATRIX),
-                                      (isa.Opcode.ST, isa.Unit.STORE)):
-                            with m.Case(op):
-                                m.d.comb += [fetch.instr.ready.eq(~full[u]),
-                                             push[u].eq(~full[u])]
-                                m.d.comb += stuck.eq(full[u])
-                        with m.Case(isa.Opcode.MM, isa.Opcode.SFU):
-                            m.d.comb += [d_err.eq(1), d_code.eq(isa.ErrorCode.UNSUPPORTED)]
+                                with m.Else():
+                                    m.d.comb += [fetch.instr.ready.eq(~full[u]),
+                                                 push[u].eq(~full[u]), stuck.eq(full[u])]
                         with m.Default():
                             m.d.comb += [d_err.eq(1),
                                          d_code.eq(isa.ErrorCode.ILLEGAL_OPCODE)]
@@ -217,6 +439,27 @@ class Engine(wiring.Component):
                 m.d.comb += stuck.eq(1)
                 with m.If(all_idle):
                     m.next = "RUN"
+            with m.State("LDREG_WAIT"):
+                m.d.comb += stuck.eq(1)
+                with m.If(all_idle & drd.idle):
+                    m.next = "LDREG_CMD"
+            with m.State("LDREG_CMD"):
+                m.d.comb += lr_cmd.eq(1)
+                with m.If(drd.cmd.ready):
+                    m.d.sync += lr_second.eq(0)
+                    m.next = "LDREG_DATA"
+            with m.State("LDREG_DATA"):
+                m.d.comb += lr_data.eq(1)
+                with m.If(drd.data.valid):
+                    with m.If(lr_cross & ~lr_second):
+                        m.d.sync += [lr_lo.eq(drd.data.payload), lr_second.eq(1)]
+                    with m.Else():
+                        two = Mux(lr_second, Cat(lr_lo, drd.data.payload),
+                                  Cat(drd.data.payload, drd.data.payload))
+                        word = (two >> (lr_addr[:lgw] * 8))[:32]
+                        with m.If(lr_reg != 0):
+                            m.d.sync += regs[lr_reg].eq(word)
+                        m.next = "RUN"
             with m.State("HALT"):
                 m.d.comb += stuck.eq(1)
                 with m.If(all_idle):
@@ -227,7 +470,22 @@ class Engine(wiring.Component):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [abort.eq(1), self.finished.eq(1)]
-            # Errors leave any state but the last two for DRAIN (below).
+            # After an error the FSM stays where it is; ``drained`` (below) finishes.
+
+        # The data port's reader: LOAD commands, or the LDREG read while every unit idles.
+        lc = load.cmd
+        with m.If(lr_cmd):
+            m.d.comb += [drd.cmd.valid.eq(1),
+                         drd.cmd.payload.addr.eq(self.data_base +
+                                                 (lr_addr & ~Const(geo.word_bytes - 1, 32))),
+                         drd.cmd.payload.beats.eq(Mux(lr_cross, 2, 1)),
+                         drd.cmd.payload.rows.eq(1), drd.cmd.payload.stride.eq(0)]
+        with m.Else():
+            m.d.comb += [drd.cmd.valid.eq(lc.valid), drd.cmd.payload.eq(lc.payload),
+                         lc.ready.eq(drd.cmd.ready)]
+        m.d.comb += [load.beats.payload.eq(drd.data.payload),
+                     load.beats.valid.eq(drd.data.valid & ~lr_data),
+                     drd.data.ready.eq(Mux(lr_data, 1, load.beats.ready))]
 
         # -- deadlock and errors ------------------------------------------------------------
         dead = Signal(range(DEADLOCK_CYCLES + 1))
@@ -246,7 +504,7 @@ class Engine(wiring.Component):
             m.d.sync += dead.eq(0)
 
         sources = [(d_err, d_code, fetch.instr.payload.index)]
-        sources += [(units[u].err, units[u].err_code, units[u].err_pc) for u in _UNITS]
+        sources += [(units[u].err, units[u].err_code, units[u].err_pc) for u in unit_list]
         sources.append((drd.error, isa.ErrorCode.AXI_ERROR, self.retired))
         sources.append((ird.error, isa.ErrorCode.AXI_ERROR, self.retired))
         sources.append((dead == DEADLOCK_CYCLES, isa.ErrorCode.DEADLOCK, self.retired))
@@ -263,6 +521,28 @@ class Engine(wiring.Component):
         with m.If(drained):
             m.d.comb += self.finished.eq(1)
         return m
+
+
+def _route_read(m, name, port, targets, word_bits):
+    """Serve a buffer read port (``buf``, word ``addr``, ``en`` -> ``data``) from one RAM
+    read port per buffer; ``targets`` maps a buffer to ``(read port, lg words per row)``.
+    A buffer not in ``targets`` reads as 0 (its user checks ranges and refuses it)."""
+    sel = Signal(isa.Buffer, name=f"{name}_rd_buf")
+    lane_bits = max(lg for _, lg in targets.values())
+    lane = Signal(max(lane_bits, 1), name=f"{name}_rd_lane")
+    with m.If(port.en):
+        m.d.sync += sel.eq(port.buf)
+        if lane_bits:
+            m.d.sync += lane.eq(port.addr[:lane_bits])
+    for b, (rp, lg) in targets.items():
+        m.d.comb += [rp.addr.eq(port.addr >> lg), rp.en.eq(port.en & (port.buf == b))]
+    with m.Switch(sel):
+        for b, (rp, lg) in targets.items():
+            with m.Case(b):
+                if lg:
+                    m.d.comb += port.data.eq(rp.data.word_select(lane[:lg], word_bits))
+                else:
+                    m.d.comb += port.data.eq(rp.data)
 
 
 def _connect_read(m, reader, port):
@@ -282,6 +562,8 @@ class Core(wiring.Component):
     Parameters
     ----------
     config : AccelConfig
+    sfu : bool, optional
+        Build the SFU (see :class:`Engine`).
 
     Members
     -------
@@ -293,10 +575,11 @@ class Core(wiring.Component):
         Data port of memory channel 0.
     """
 
-    def __init__(self, config: AccelConfig):
+    def __init__(self, config: AccelConfig, *, sfu: bool | None = None):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self._config = config
+        self._sfu = sfu
         BufferGeometry.of(config)
         wbits = config.memory.word_bits
         super().__init__({
@@ -312,7 +595,7 @@ class Core(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         soft_rst = Signal()
-        engine = Engine(self._config)
+        engine = Engine(self._config, sfu=self._sfu)
         # The engine runs on the same clock in a domain whose reset also pulses at every
         # start (cheaper to elaborate than ResetInserter over the whole engine).
         m.domains.engine = ClockDomain("engine", local=True)
@@ -347,6 +630,8 @@ class Core(wiring.Component):
             "ERR_PC": engine.err_pc, "RETIRED": engine.retired,
             "ID": csrmap.CORE_ID | isa.ISA_VERSION,
         }
+        for name, reg in csrmap.COUNTER_REGISTERS.items():
+            ro[reg] = getattr(engine, name)
 
         # AXI4-Lite writes: take address and data together, answer OKAY.
         bus = self.csr

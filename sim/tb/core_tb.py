@@ -3,7 +3,8 @@
 The job file named by ``$AIRFOIL_JOB`` (written by :func:`sim.rtl.run_core`) lists runs;
 each run resets the design, fills a fresh memory (program, data image, extra regions),
 programs the CSRs over AXI4-Lite, starts the core, polls ``STATUS`` until ``DONE`` (or a
-cycle limit), and records the status, the cycle counter and the requested memory regions.
+cycle limit), and records the status, the cycle counter, the concurrency counters
+(:data:`airfoil.csr.COUNTER_REGISTERS`) and the requested memory regions.
 The results go to ``$AIRFOIL_RESULT`` as JSON; the caller compares them with the golden.
 """
 
@@ -73,6 +74,9 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
     result["cycles"] = lo | hi << 32
     result["err_pc"] = await csr.read(csrmap.offset("ERR_PC"))
     result["retired"] = await csr.read(csrmap.offset("RETIRED"))
+    result["counters"] = {}
+    for name, reg in csrmap.COUNTER_REGISTERS.items():
+        result["counters"][name] = await csr.read(csrmap.offset(reg))
     result["reads"] = {k: mem.read(r["addr"], r["nbytes"]).hex()
                        for k, r in run.get("read_back", {}).items()}
     result["read_beats"] = ports[1].beats
