@@ -260,6 +260,13 @@ def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
 
 def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
     """Check the options of streamed weights; return ``(formats, nm code, label)``."""
+    if not config.decode_unit:
+        raise CompileError(f"config {config.name!r} has no decode unit for streamed weights "
+                           f"(it is built when weight_formats lists int2/int3 or sparsity an "
+                           f"N:M pattern; e.g. config test_decode)")
+    if sparsity in NM_BY_NAME and sparsity != "dense" and sparsity not in config.sparsity:
+        raise CompileError(f"sparsity {sparsity!r} is not built in config {config.name!r} "
+                           f"(accepted: {', '.join(config.sparsity)})")
     name = str(wformat).lower()
     if name not in STREAM_FORMATS and name != "ovp4":
         raise CompileError(f"streamed weight format {wformat!r} is not accepted (accepted: "
@@ -639,16 +646,17 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
     def load_tile(i):
         t = tiles[i]
         if stream:
-            wait = [M] if i >= slots else []
+            # The stream is a FIFO to the decode unit: its loads neither wait for nor
+            # release tokens (the MV takes the words as they come); only a bias tile in a
+            # WGT slot does, as any WGT tile.
             if t["bias"]:
                 nb = t["layout"].nbytes
                 words.append(encode(
-                    Opcode.LD, wait=wait, buf=Buffer.WGT, channel=i % config.memory.channels,
-                    buf_addr=(i % slots) * slot_w, dram_addr=t["bias_addr"], nbytes=nb,
-                    count=1, dram_stride=nb))
-                wait = []
+                    Opcode.LD, wait=[M] if i >= slots else [], release=[M], buf=Buffer.WGT,
+                    channel=i % config.memory.channels, buf_addr=(i % slots) * slot_w,
+                    dram_addr=t["bias_addr"], nbytes=nb, count=1, dram_stride=nb))
             words.append(encode(
-                Opcode.LD, wait=wait, release=[M], buf=Buffer.WSTREAM,
+                Opcode.LD, buf=Buffer.WSTREAM,
                 channel=i % config.memory.channels, buf_addr=0, dram_addr=t["addr"],
                 nbytes=t["nbytes"], count=1, dram_stride=t["nbytes"]))
             return
@@ -662,13 +670,18 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                 dram_addr=t["addr"] + off, nbytes=nb, count=1, dram_stride=nb))
 
     words.append(encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr,
-                        nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb)))
+                        nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb),
+                        release=[M] if stream and not tiles[0]["bias"] else []))
     for i in range(min(slots, T)):
         load_tile(i)
     for i, t in enumerate(tiles):
         g = group_of[i]
-        wait = [L] + ([S] if i == first_of_group[g] and g >= 2 else [])
-        release = ([L] if i + slots < T else []) + ([S] if i == last_of_group[g] else [])
+        # A streamed tile waits for LOAD only for the activations (first tile) or its bias
+        # tile; a WGT tile for its load.
+        wl = [L] if not stream or t["bias"] or i == 0 else []
+        wait = wl + ([S] if i == first_of_group[g] and g >= 2 else [])
+        frees = i + slots < T and (not stream or tiles[i + slots]["bias"])
+        release = ([L] if frees else []) + ([S] if i == last_of_group[g] else [])
         last_chunk = t["col0"] + t["cols"] == k
         obuf = (g % 2) * half_o + (t["row0"] - g * gr) * ob
         if stream and t["bias"]:

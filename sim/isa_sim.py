@@ -47,11 +47,14 @@ from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, 
 from airfoil import fixedpoint as fx
 from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
                          Unit, WeightFormat, decode)
-from airfoil.packing import core_stream_geometry, nm_kept, read_records
+from airfoil.packing import NM_BY_NAME, core_stream_geometry, nm_kept, read_records
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
 from .llm_host import LLMHost
+
+#: N:M sparsity code of a stream record -> pattern name of the config.
+NM_NAMES = {code: name for name, code in NM_BY_NAME.items()}
 
 __all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa"]
 
@@ -137,6 +140,7 @@ class IsaSim:
         self.stream_bit = 0
         self._stream_geom = None
         self._stream_cost = None        # (words, k-steps) of the last STREAM instruction
+        self.stream_time = 0            # when the last LD WSTREAM's first word arrived
 
     # -- decoding -------------------------------------------------------------------------
 
@@ -212,6 +216,9 @@ class IsaSim:
         if ins.gather:
             raise fault(i, name, ErrorCode.MALFORMED, "gather=1 cannot load into WSTREAM "
                         "(accepted: gather=0)")
+        if not self.config.decode_unit:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"config {self.config.name!r} has no "
+                        f"decode unit (it lists no int2/int3 format or N:M pattern)")
         if ins.buf_addr:
             raise fault(i, name, ErrorCode.MALFORMED, f"buf_addr={ins.buf_addr} with "
                         f"buf=WSTREAM (accepted: 0)")
@@ -222,6 +229,24 @@ class IsaSim:
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
         return count * ins.nbytes
+
+    def _stream_holds(self, ins: Instr) -> bool:
+        """Whether the weight stream holds every record a STREAM instruction needs (or is
+        malformed, which its execution reports)."""
+        if not self.config.decode_unit:
+            return True
+        if self._stream_geom is None:
+            try:
+                self._stream_geom = core_stream_geometry(self.config)
+            except CompileError:
+                return True
+        cols = ins.k // ins.group if ins.group and ins.k % ins.group == 0 else 0
+        need = -(-ins.rows // self.config.chains) * cols
+        try:
+            recs, _ = read_records(self._stream_geom, bytes(self.stream), self.stream_bit, need)
+        except CompileError:
+            return True
+        return len(recs) >= need
 
     def _stream_records(self, i: int, name: str, count: int) -> list:
         """Take ``count`` records off the weight stream (PAD skipped)."""
@@ -259,6 +284,9 @@ class IsaSim:
         if f["bias"]:
             raise fault(i, name, ErrorCode.MALFORMED, "bias=1 with wfmt=STREAM (accepted: 0; "
                         "streamed weights carry no bias)")
+        if not self.config.decode_unit:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"wfmt=STREAM: config "
+                        f"{self.config.name!r} has no decode unit")
         chains = self.config.chains
         batches, cols = -(-rows // chains), k // group
         recs = self._stream_records(i, name, batches * cols)
@@ -269,6 +297,10 @@ class IsaSim:
             if rc.group != group:
                 raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} has group "
                             f"{rc.group}, the instruction's group field is {group}")
+            if rc.nm and NM_NAMES[rc.nm] not in self.config.sparsity:
+                raise fault(i, name, ErrorCode.UNSUPPORTED, f"stream record {n} is "
+                            f"{NM_NAMES[rc.nm]} sparse, not built in (config has "
+                            f"{', '.join(self.config.sparsity)})")
             b, c = divmod(n, cols)
             q[b * chains:(b + 1) * chains, c * group:(c + 1) * group] = rc.q
             sbits[b * chains:(b + 1) * chains, c] = rc.scale_bits
@@ -585,6 +617,12 @@ class IsaSim:
                     t = max(t, self.mem.channel_free[ins.channel])
                 if ins.opcode == Opcode.LD and ins.gather:
                     t = max(t, st.last_finish)      # its indices were loaded before it
+                if ins.opcode in (Opcode.MV, Opcode.MM) and \
+                        ins.wfmt == WeightFormat.STREAM:
+                    # The weight stream is a FIFO: wait until LOAD has put its records in.
+                    if not self._stream_holds(ins):
+                        continue
+                    t = max(t, self.stream_time)
                 if best is None or t < best[0]:
                     best = (t, u)
             if end_time is None and pc < n:
@@ -610,6 +648,10 @@ class IsaSim:
                 if pc >= n and not any(units[u].queue for u in Unit):
                     raise fault(n, "end", ErrorCode.PROGRAM_END,
                                 f"the program ran past its {n} instructions without SYS HALT")
+                head = units[Unit.MATRIX].queue
+                if head and head[0][1].wfmt == WeightFormat.STREAM:
+                    # Starved of stream data no load will bring: report what is missing.
+                    self._matrix(head[0][0], head[0][1])
                 self._deadlock(units, fifos)
             t, u = best
             if u is None:
@@ -644,6 +686,8 @@ class IsaSim:
                 begin, cost = self.mem.transfer(ins.channel, t, nbytes, write=op == Opcode.ST)
                 st.issue_free = begin + ISSUE_CYCLES
                 finish = begin + cost.latency
+                if op == Opcode.LD and ins.buf == Buffer.WSTREAM:
+                    self.stream_time = begin + self.config.memory.read_latency
             else:
                 if op == Opcode.SFU:
                     self._sfu(idx, ins)

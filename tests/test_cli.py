@@ -84,7 +84,7 @@ def test_demo(tmp_path, capsys):
     out = cli_ok(capsys, ["demo", "--config", "test", "-o", str(tmp_path / "demo"), "--no-rtl"])
     assert "all backends agree bit for bit" in out
     assert "isa" in out and "torch" in out
-    assert "torch golden and isa simulator generate the same tokens" in out     # tiny LLM
+    assert "LLM: torch, isa generate the same tokens" in out     # tiny LLM
 
 
 def test_rtl_backend_missing_is_one_line(folder, capsys, monkeypatch):

@@ -27,7 +27,7 @@ from sim.cycle_model import STREAM_LATENCY, stream_matrix_work
 from sim.golden import layer_tensors, run_golden
 from sim.isa_sim import IsaSim, run_isa
 
-CFG = load_config("test")
+CFG = load_config("test_decode")
 FORMATS = ["int2", "int3", "int4", "int8", "ovp"]
 PATTERNS = ["dense", "2:4", "1:4", "2:8", "4:16", "8:16"]
 #: (format, sparsity) pairs of the default run; the rest of the grid is marked slow.
@@ -210,13 +210,15 @@ def test_default_tile_path_unchanged(tmp_path):
     ({"wformat": "int4", "stream": False, "sparsity": "2:4"}, "needs streamed weights"),
     ({"wformat": "int4", "stream": True, "group": 48}, "group size 48"),
     ({"wformat": "int4", "stream": True, "bias": "bad"}, "bias must be a tensor of shape (8,)"),
-    ({"wformat": "int4", "sparsity": "2:4", "group": 32, "config": "u280"},
+    ({"wformat": "int4", "sparsity": "2:4", "group": 32, "config": "u280_slice"},
      "kept entries per row ((2, 4)) 16 of group 32 is not a multiple of lanes (32)"),
+    ({"wformat": "int4", "stream": True, "config": "test"}, "has no decode unit"),
+    ({"wformat": "int4", "sparsity": "2:4", "config": "sim_llm"}, "has no decode unit"),
 ])
 def test_bad_options_one_line_errors(tmp_path, kwargs, message):
     kw = dict(kwargs)
     bias = torch.randn(9) if kw.pop("bias", False) else None
-    cfg = load_config(kw.pop("config", "test"))
+    cfg = load_config(kw.pop("config", "test_decode"))
     with pytest.raises(CompileError) as e:
         compile_linear(_weights(0, 8, 128), bias, cfg, tmp_path / "x", **kw)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -224,26 +226,29 @@ def test_bad_options_one_line_errors(tmp_path, kwargs, message):
 
 def test_cli_stream_options(tmp_path, capsys):
     out = tmp_path / "s"
-    text = cli_ok(capsys, ["compile", "--config", "test", "-o", str(out), "--n", "21",
+    text = cli_ok(capsys, ["compile", "--config", "test_decode", "-o", str(out), "--n", "21",
                            "--k", "128", "--group", "32", "--stream", "--sparsity", "2:4",
                            "--no-bias"])
     assert "streamed int4 2:4 g32" in text
     sums = [cli_ok(capsys, ["run", "--backend", b, str(out)]).split("checksum ")[1].split()[0]
             for b in ("torch", "isa")]
     assert sums[0] == sums[1]
-    cli_ok(capsys, ["compile", "-o", str(tmp_path / "m"), "--n", "9", "--k", "64", "--group",
-                    "32", "--wformat", "mixed", "--mixed-formats", "int2,int4", "--no-bias"])
+    cli_ok(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "m"), "--n", "9",
+                    "--k", "64", "--group", "32", "--wformat", "mixed", "--mixed-formats",
+                    "int2,int4", "--no-bias"])
     # The built-in layer has a bias: it rides in bias tiles.
-    text = cli_ok(capsys, ["compile", "-o", str(tmp_path / "b"), "--n", "10", "--k", "64",
-                           "--group", "32", "--wformat", "int2", "--stream"])
+    text = cli_ok(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "b"),
+                           "--n", "10", "--k", "64", "--group", "32", "--wformat", "int2",
+                           "--stream"])
     assert "streamed int2 dense g32" in text
     sums = [cli_ok(capsys, ["run", "--backend", b, str(tmp_path / "b")]).split("checksum ")[1]
             for b in ("torch", "isa")]
     assert sums[0].split()[0] == sums[1].split()[0]
-    cli_fails(capsys, ["compile", "-o", str(tmp_path / "e"), "--sparsity", "2:3", "--no-bias"],
-              "sparsity '2:3' is not accepted")
-    cli_fails(capsys, ["compile", "-o", str(tmp_path / "e"), "--wformat", "ovp", "--no-bias",
-                       "--sparsity", "1:4"], "ovp weights are dense")
+    cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
+                       "--sparsity", "2:3", "--no-bias"], "sparsity '2:3' is not accepted")
+    cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
+                       "--wformat", "ovp", "--no-bias", "--sparsity", "1:4"],
+              "ovp weights are dense")
 
 
 def test_recipe_stream_keys():

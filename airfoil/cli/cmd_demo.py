@@ -1,8 +1,9 @@
 """``airfoil demo``: show every backend agreeing bit for bit.
 
-Two parts: the built-in linear layer on the torch, isa (and rtl) backends, then the
+Two parts: the built-in linear layer on the torch, isa and rtl backends, then the
 committed tiny LLM (``models/tiny-llama``) compiled and generating text greedily on the
-torch golden and the isa simulator (``--no-linear`` / ``--no-llm`` skip a part).
+torch golden, the isa simulator and the RTL core in Verilator (``--no-linear`` /
+``--no-llm`` skip a part, ``--no-rtl`` the Verilator runs).
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def run_llm(args) -> int:
                          else "left")
     ref = None
     ok = True
-    for b in ("torch", "isa"):
+    backends = ("torch", "isa") if args.no_rtl else ("torch", "isa", "rtl")
+    for b in backends:
         t0 = time.monotonic()
-        out, runs = generate_backend(b, folder, config, prompt, args.max_new_tokens)
+        out, runs = generate_backend(b, folder, config, prompt, args.max_new_tokens,
+                                     seed=args.seed)
         dt = time.monotonic() - t0
         dec = [r["cycles"] for r in runs if r["phase"] == "decode"]
         ref = out if ref is None else ref
@@ -93,7 +96,7 @@ def run_llm(args) -> int:
     if not ok:
         console.print("[bold red]LLM backends disagree[/]")
         return 1
-    console.print("LLM: torch golden and isa simulator generate the same tokens")
+    console.print(f"LLM: {', '.join(backends)} generate the same tokens")
     return 0
 
 

@@ -59,6 +59,8 @@ from .buffers import BufferGeometry, BufferRam
 from .fetch import ENTRY_LAYOUT, Fetch
 from .load import LoadUnit
 from .matrix import MatrixUnit
+from .matrix_front import MatrixFront
+from .stream_mv import StreamMatrix
 from .store import StoreUnit
 
 __all__ = ["Engine", "Core", "DEADLOCK_CYCLES", "COUNTERS", "sfu_available"]
@@ -139,7 +141,11 @@ class Engine(wiring.Component):
             margs["acc_memory"] = "amaranth"
         matrix = MatrixUnit(geometry=geo, chains=cfg.chains, lanes=cfg.lanes,
                             weight_formats=cfg.weight_formats, group_sizes=cfg.group_sizes,
-                            **margs)
+                            pe=cfg.pe, lut_group=cfg.lut_group, **margs)
+        if cfg.decode_unit:
+            # Streamed weights (LD WSTREAM, MV STREAM) through the unpacker and the sparse
+            # chains, beside the WGT-tile engine.
+            matrix = MatrixFront(tiles=matrix, streamed=StreamMatrix.from_config(cfg))
         mports = matrix.signature.members
         m.submodules.dreader = drd = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
                                                outstanding=mc.outstanding)

@@ -1,0 +1,99 @@
+"""Bench figures of the whole tiny model on the RTL core (Verilator), config ``sim_llm``.
+
+The tiny model is compiled with a 64-token prefill program; a 64-token prompt from the
+held-out text runs as one prefill, then one decode step at context 64, once on the RTL
+core (no memory stalls: the cycle counts are the core's exact nominal figures) and once
+on the ISA simulator. The logits of both must be equal bit for bit (else the bench
+fails: a cycle count of a wrong computation is no figure).
+
+* ``tiny_rtl_prefill_cycles``: core cycles of the 64-token prefill;
+* ``tiny_rtl_cycles_per_token``: core cycles of the decode step at context 64;
+* ``rtl_unit_overlap_fraction``: cycles with two or more units busy / cycles, over the
+  decode step (the core's concurrency counters);
+* ``isa_cycle_model_error``: ``|ISA cycles - RTL cycles| / RTL cycles`` of that decode
+  step (target <= 0.10).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..config import load_config
+from ..errors import AirfoilError
+from ..folder import load_folder
+
+#: Tokens of the prefill and context of the decode step.
+CONTEXT = 64
+CONFIG = "sim_llm"
+
+
+def _compile(out_dir: Path):
+    from rich.console import Console
+
+    from .bench_llm import TINY_MODEL
+    from .cmd_compile import compile_llm_from_args
+
+    cargs = SimpleNamespace(model=str(TINY_MODEL), config=CONFIG, recipe=None,
+                            output=str(out_dir), max_prompt=CONTEXT)
+    compile_llm_from_args(cargs, Console(quiet=True))
+
+
+def measure(out_dir="build/bench_llm_rtl", log=None) -> dict:
+    """Compile, run prefill + one decode step on RTL and ISA; return the figures."""
+    from compiler.tokenizer import corpus_split
+    from sim.isa_sim import IsaLLM
+
+    from .backend_rtl import RtlLLM
+
+    out_dir = Path(out_dir)
+    config = load_config(CONFIG)
+    _compile(out_dir)
+    folder = load_folder(out_dir, config)
+    _, held = corpus_split()
+    prompt = list(held[:CONTEXT])
+    nxt = int(held[CONTEXT])
+    isa = IsaLLM(folder, config)
+    rtl = RtlLLM(folder, config, stalls=False)
+    got = {}
+    for name, llm in (("isa", isa), ("rtl", rtl)):
+        if log:
+            log(f"llm rtl: {name} prefill of {CONTEXT} tokens")
+        pre = llm.prefill(prompt)
+        if log:
+            log(f"llm rtl: {name} decode step at context {CONTEXT}")
+        dec = llm.decode(nxt)
+        got[name] = (pre, dec)
+    for a, b in zip(got["isa"], got["rtl"]):
+        if not torch.equal(a, b):
+            raise AirfoilError("llm rtl bench: RTL logits differ from the ISA simulator's")
+    r_pre, r_dec = rtl.runs[0], rtl.runs[1]
+    i_dec = isa.runs[1]
+    busy2 = r_dec.get("overlap_cycles")
+    fig = {
+        "tiny_rtl_prefill_cycles": r_pre["cycles"],
+        "tiny_rtl_prefill_cycles_shape": f"{CONTEXT} tokens",
+        "tiny_rtl_cycles_per_token": r_dec["cycles"],
+        "tiny_rtl_cycles_per_token_shape": f"decode at context {CONTEXT}",
+        "isa_cycle_model_error": abs(i_dec["cycles"] - r_dec["cycles"]) / r_dec["cycles"],
+        "isa_cycle_model_error_isa_cycles": i_dec["cycles"],
+        "isa_cycle_model_error_rtl_cycles": r_dec["cycles"],
+        "isa_cycle_model_error_shape": f"tiny decode step at context {CONTEXT}",
+        "tiny_rtl_config_hash": config.config_hash,
+        "tiny_rtl_prefill_isa_cycles": isa.runs[0]["cycles"],
+    }
+    if busy2 is not None:
+        fig["rtl_unit_overlap_fraction"] = busy2 / r_dec["cycles"]
+        fig["rtl_unit_overlap_fraction_cycles"] = r_dec["cycles"]
+        fig["rtl_unit_overlap_fraction_overlap_cycles"] = busy2
+        for k, v in r_dec.items():
+            if k.startswith("busy_"):
+                fig[f"rtl_unit_overlap_fraction_{k}"] = v
+    return fig
+
+
+def figures(args, log) -> dict:
+    """``airfoil bench`` entry (area ``llm_rtl``)."""
+    return measure(log=log)

@@ -1,0 +1,97 @@
+"""The MATRIX queue of a core with a decode unit: WGT tiles and streamed weights.
+
+::
+
+    queue --wfmt != STREAM--> MatrixUnit   (WGT tiles, MV/MM)   --+-- act_rd, out_wr
+          --wfmt == STREAM--> StreamMatrix (LD WSTREAM words)  --+    (one at a time)
+                              ^-- wstream (from the LOAD unit)
+
+Both engines share the ACT read port and the OUT write port. The front hands an
+instruction to one engine only while the other is idle with no release pending, so the
+MATRIX queue keeps program order: results, releases and errors come out in the order the
+instructions were queued.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In
+
+from airfoil import isa
+
+from .matrix import MatrixUnit
+from .stream_mv import StreamMatrix
+
+__all__ = ["MatrixFront"]
+
+
+class MatrixFront(wiring.Component):
+    """MATRIX unit with both engines; the members of :class:`MatrixUnit` plus ``wstream``.
+
+    Parameters
+    ----------
+    tiles : MatrixUnit
+    streamed : StreamMatrix
+        Built for the same memory word and ACT/OUT buffers.
+    """
+
+    def __init__(self, *, tiles: MatrixUnit, streamed: StreamMatrix):
+        if not isinstance(tiles, MatrixUnit) or not isinstance(streamed, StreamMatrix):
+            raise TypeError(f"MatrixFront takes a MatrixUnit and a StreamMatrix, not "
+                            f"{tiles!r} and {streamed!r}")
+        for name in ("act_rd", "out_wr"):
+            a, b = tiles.signature.members[name], streamed.signature.members[name]
+            if a != b:
+                raise ValueError(f"MatrixFront: the engines' {name} ports differ ({a} and {b})")
+        self._tiles, self._streamed = tiles, streamed
+        members = dict(tiles.signature.members)
+        members["wstream"] = In(stream.Signature(unsigned(streamed.geometry.word_bits)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.tiles = t = self._tiles
+        m.submodules.streamed = s = self._streamed
+        engines = (t, s)
+
+        is_stream = Signal()
+        m.d.comb += is_stream.eq(self.q.payload.instr.body.matrix.wfmt.as_value() ==
+                                 isa.WeightFormat.STREAM.value)
+        free = [Signal(name="tiles_free"), Signal(name="stream_free")]
+        for e, f in zip(engines, free):
+            m.d.comb += f.eq(e.idle & ~e.rel.valid)
+        # Queue head to the engine it names, once the other one is done.
+        for i, e in enumerate(engines):
+            want = is_stream if i else ~is_stream
+            m.d.comb += [e.q.payload.eq(self.q.payload),
+                         e.q.valid.eq(self.q.valid & want & free[1 - i])]
+        m.d.comb += self.q.ready.eq(Mux(is_stream, s.q.ready & free[0], t.q.ready & free[1]))
+
+        # The engine that owns the shared ports: the one that took the last instruction.
+        sel = Signal()
+        sel_now = Signal()
+        took = self.q.valid & self.q.ready
+        with m.If(took):
+            m.d.sync += sel.eq(is_stream)
+        m.d.comb += sel_now.eq(Mux(took, is_stream, sel))
+        m.d.comb += [self.act_rd.addr.eq(Mux(sel_now, s.act_rd.addr, t.act_rd.addr)),
+                     self.act_rd.en.eq(Mux(sel_now, s.act_rd.en, t.act_rd.en)),
+                     t.act_rd.data.eq(self.act_rd.data), s.act_rd.data.eq(self.act_rd.data)]
+        for name in ("addr", "data", "en"):
+            m.d.comb += getattr(self.out_wr, name).eq(
+                Mux(sel_now, getattr(s.out_wr, name), getattr(t.out_wr, name)))
+        for name in ("wgt_rd", "sb_rd", "aux_rd"):
+            if name in t.signature.members:
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(t, name))
+        wiring.connect(m, wiring.flipped(self.wstream), s.words)
+
+        # Releases (one engine at a time), errors, idle.
+        m.d.comb += [self.rel.valid.eq(t.rel.valid | s.rel.valid),
+                     self.rel.payload.eq(Mux(s.rel.valid, s.rel.payload, t.rel.payload)),
+                     t.rel.ready.eq(self.rel.ready), s.rel.ready.eq(self.rel.ready),
+                     self.err.eq(t.err | s.err),
+                     self.err_code.eq(Mux(t.err, t.err_code, s.err_code)),
+                     self.err_pc.eq(Mux(t.err, t.err_pc, s.err_pc)),
+                     self.idle.eq(t.idle & s.idle)]
+        return m
