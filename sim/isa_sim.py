@@ -784,15 +784,7 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
 
 
 class IsaLLM(LLMHost):
-    """One sequence of an LLM folder on the ISA simulator (see :class:`LLMHost`).
-
-    Parameters
-    ----------
-    folder : Folder
-        A compiled folder of kind ``llm``.
-    config : AccelConfig
-        The configuration it was compiled for.
-    """
+    """One sequence of an LLM folder on the ISA simulator (parameters: :class:`LLMHost`)."""
 
     def __init__(self, folder, config: AccelConfig):
         super().__init__(folder, config)
