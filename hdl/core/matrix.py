@@ -38,7 +38,22 @@ from .buffers import BufferGeometry
 from .load import unit_ports
 from .ram import Ram
 
-__all__ = ["MatrixUnit", "acc_depth"]
+__all__ = ["MatrixUnit", "acc_depth", "write_results"]
+
+
+def write_results(m: Module, results, out_wr, *, lgw: int, wb: int, lg_ob) -> None:
+    """Write each result leaving a :class:`Requantizer` (``results``, always taken) into
+    the OUT port: its ``tag`` is the byte address, ``lg_ob`` the log2 of the result size
+    (1, 2 or 4 bytes), ``wb`` the word bytes and ``lgw`` their log2."""
+    o = results.payload
+    lane = o.tag[:lgw]
+    val = o.value.as_unsigned()
+    m.d.comb += [
+        out_wr.addr.eq(o.tag >> lgw),
+        out_wr.data.eq((val.replicate(max(wb // 4, 1)) if wb >= 4 else val) << (lane * 8)),
+    ]
+    with m.If(results.valid):
+        m.d.comb += out_wr.en.eq(((Const(1, 5) << (Const(1, 3) << lg_ob)) - 1) << lane)
 
 
 def acc_depth(geometry: BufferGeometry, chains: int, group_min: int) -> int:
@@ -608,15 +623,5 @@ class MatrixUnit(wiring.Component):
                 m.d.sync += w_done.eq(1)
         with m.If(w_done):
             m.d.sync += w_done.eq(0)
-        o = req.out.payload
-        lane = o.tag[:lgw]
-        val = o.value.as_unsigned()
-        m.d.comb += [
-            self.out_wr.addr.eq(o.tag >> lgw),
-            self.out_wr.data.eq((val.replicate(max(wb // 4, 1)) if wb >= 4 else val)
-                                << (lane * 8)),
-        ]
-        with m.If(req.out.valid):
-            m.d.comb += self.out_wr.en.eq(((Const(1, 5) << (Const(1, 3) << lg_ob)) - 1)
-                                          << lane)
+        write_results(m, req.out, self.out_wr, lgw=lgw, wb=wb, lg_ob=lg_ob)
         return m

@@ -46,6 +46,7 @@ from .axi import axi4_signature
 from .axi_read import AxiReader
 from .fetch import ENTRY_LAYOUT
 from .load import unit_ports
+from .matrix import write_results
 
 __all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
            "NM_NAMES"]
@@ -531,17 +532,7 @@ class StreamMatrix(wiring.Component):
                 m.d.sync += w_done.eq(1)
         with m.If(w_done):
             m.d.sync += w_done.eq(0)
-        o = req.out.payload
-        lane = o.tag[:lgw]
-        val = o.value.as_unsigned()
-        m.d.comb += [
-            self.out_wr.addr.eq(o.tag >> lgw),
-            self.out_wr.data.eq((val.replicate(max(wb // 4, 1)) if wb >= 4 else val)
-                                << (lane * 8)),
-        ]
-        with m.If(req.out.valid):
-            m.d.comb += self.out_wr.en.eq(((Const(1, 5) << (Const(1, 3) << lg_ob)) - 1)
-                                          << lane)
+        write_results(m, req.out, self.out_wr, lgw=lgw, wb=wb, lg_ob=lg_ob)
         return m
 
 

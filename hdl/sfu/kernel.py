@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from airfoil import isa
 
 __all__ = ["ADDR_BITS", "ARGS_LAYOUT", "read_port_signature", "write_port_signature",
-           "kernel_signature"]
+           "kernel_signature", "finish_states"]
 
 #: Byte address width of kernel ports (every on-chip buffer is below 16 MiB).
 ADDR_BITS = 24
@@ -81,3 +81,15 @@ def kernel_signature() -> dict:
         "src": Out(read_port_signature()), "aux": Out(read_port_signature()),
         "dst": Out(write_port_signature()),
     }
+
+
+def finish_states(m, kernel) -> None:
+    """Add a kernel FSM's last states (inside its ``with m.FSM()``): ``ERR`` reports
+    MALFORMED with ``done``, ``END`` reports ``done``; both return to ``IDLE``."""
+    with m.State("ERR"):
+        m.d.comb += [kernel.busy.eq(1), kernel.done.eq(1), kernel.err.eq(1),
+                     kernel.err_code.eq(isa.ErrorCode.MALFORMED)]
+        m.next = "IDLE"
+    with m.State("END"):
+        m.d.comb += [kernel.busy.eq(1), kernel.done.eq(1)]
+        m.next = "IDLE"

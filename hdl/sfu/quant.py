@@ -12,11 +12,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import ErrorCode, SfuFunc
+from airfoil.isa import SfuFunc
 
 from .arith import (Divider, align4, bit_length, clamp, divider_latency, normalize, rom, sat,
                     sat_addr, shift_round)
-from .kernel import kernel_signature
+from .kernel import finish_states, kernel_signature
 
 __all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
            "DIV_LATENCY", "KERNELS"]
@@ -195,13 +195,7 @@ class QuantTokenKernel(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "A"
-            with m.State("ERR"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.err.eq(1),
-                             self.err_code.eq(ErrorCode.MALFORMED)]
-                m.next = "IDLE"
-            with m.State("END"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
-                m.next = "IDLE"
+            finish_states(m, self)
         return m
 
 

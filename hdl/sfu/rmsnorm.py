@@ -13,11 +13,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import ErrorCode, SfuFunc
+from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
                     shift_round, shift_round_signed)
-from .kernel import kernel_signature
+from .kernel import finish_states, kernel_signature
 from .quant import mantissa_expr
 
 __all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
@@ -187,13 +187,7 @@ class RmsNormKernel(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "A"
-            with m.State("ERR"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.err.eq(1),
-                             self.err_code.eq(ErrorCode.MALFORMED)]
-                m.next = "IDLE"
-            with m.State("END"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
-                m.next = "IDLE"
+            finish_states(m, self)
         return m
 
 

@@ -11,10 +11,10 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import ErrorCode, SfuFunc
+from airfoil.isa import SfuFunc
 
 from .arith import Divider, align4, divider_latency, sat, sat_addr, shift_round
-from .kernel import kernel_signature
+from .kernel import finish_states, kernel_signature
 
 __all__ = ["RopeKernel", "cycles", "DIV_LATENCY", "KERNELS"]
 
@@ -123,13 +123,7 @@ class RopeKernel(wiring.Component):
             with m.State("D1"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
-            with m.State("ERR"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.err.eq(1),
-                             self.err_code.eq(ErrorCode.MALFORMED)]
-                m.next = "IDLE"
-            with m.State("END"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
-                m.next = "IDLE"
+            finish_states(m, self)
         return m
 
 
