@@ -7,8 +7,10 @@ output cycle, and a list of jobs, each with its operand beats and expected psum 
 The jobs run back to back on one simulation (the chain needs no reset between dot
 products). The testbench keeps each beat valid until it is taken, checks every psum beat
 in order, and writes to ``$AIRFOIL_RESULT`` per job: psum beats received, mismatches,
-the first mismatch, and the cycles from the job's first operand handshake to its last
-psum handshake (inclusive).
+the first mismatch, the cycles from the job's first operand handshake to its last
+psum handshake (inclusive: ``cycles``, pipeline fill included) and from its first to its
+last operand handshake (inclusive: ``in_cycles``, the cycles in which the chain accepted
+the job's work, so the rate of back-to-back jobs).
 """
 
 import json
@@ -70,7 +72,7 @@ async def _run_one(one, ofields, pfields, rng, p_idle, p_stall, clk, i_port, o_p
     expected = [(list(p), last) for p, last in one["expected"]]
     sent, received, mismatches, first_error = 0, 0, 0, None
     pending = False
-    cycle, first_in, last_out = 0, None, None
+    cycle, first_in, last_in, last_out = 0, None, None, None
     limit = 50 * (len(beats) + len(expected)) + 1000
     while received < len(expected) and cycle < limit:
         await RisingEdge(clk)
@@ -85,6 +87,7 @@ async def _run_one(one, ofields, pfields, rng, p_idle, p_stall, clk, i_port, o_p
         if pending and int(i_ready.value):
             if first_in is None:
                 first_in = cycle
+            last_in = cycle
             sent += 1
             pending = False
         if ready and int(o_valid.value):
@@ -107,4 +110,5 @@ async def _run_one(one, ofields, pfields, rng, p_idle, p_stall, clk, i_port, o_p
     return {"name": one.get("name", ""), "received": received, "mismatches": mismatches,
             "sent": sent, "beats": len(beats),
             "cycles": (last_out - first_in + 1) if last_out and first_in else None,
+            "in_cycles": (last_in - first_in + 1) if last_in and first_in else None,
             "error": first_error}
