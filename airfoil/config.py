@@ -251,9 +251,9 @@ class AccelConfig:
     def decode_unit(self) -> bool:
         """Whether the core has the decode unit (streamed weights, ``LD WSTREAM`` and
         ``MV STREAM``): built when the config lists a format or a pattern only it reads
-        (``int2``, ``int3``, an N:M pattern)."""
+        (``int2``, ``int3``, an N:M pattern, ``block``: block-skip records)."""
         return (any(f in ("int2", "int3") for f in self.weight_formats) or
-                any(p not in ("dense", "block") for p in self.sparsity))
+                any(p != "dense" for p in self.sparsity))
 
     @property
     def config_hash(self) -> str:

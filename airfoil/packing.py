@@ -24,8 +24,9 @@ feeds). Its layout::
     bits 4..5     group      0: 32, 1: 64, 2: 128 weights per row
     bits 6..7     reserved   0
     bits 8..11    sparsity   0: dense; N:M code of :data:`NM_PATTERNS` (1: 1:4, 2: 2:4,
-                             3: 2:8, 4: 4:16, 5: 8:16)
+                             3: 2:8, 4: 4:16, 5: 8:16); 6: block skip (:data:`BLOCK_CODE`)
     16 * rows     scales     FP16 bit patterns of the rows' group scales, row 0 first
+    group / lanes step mask  block skip only: bit ``s`` set = k-step ``s`` is present
     lane-vectors             the weights (and N:M indices)
 
 The weights of a record are cut into *lane-vectors* of ``lanes`` weights of one row.
@@ -40,7 +41,20 @@ a window has fewer, zeros at its lowest unused positions; each entry has its val
 its *index* ``0..M-1`` in the window, entries in increasing index order. Lane-vectors
 cut the kept entries as above (row ``i % rows``, kept entries ``(i // rows) * lanes``
 onwards); an N:M lane-vector is its ``lanes`` values (``bits`` each) followed by their
-``lanes`` indices (``log2(M)`` bits each, unsigned). A value of ``bits`` bits is:
+``lanes`` indices (``log2(M)`` bits each, unsigned).
+
+A *block-skip* record (sparsity code 6, any INT format, not OVP4) is dense-valued but
+leaves out whole *k-steps*: k-step ``s`` is the ``lanes`` weights ``s * lanes ..`` of
+every one of the record's ``rows`` rows (a block of ``rows x lanes`` weights, what the
+chains consume in one cycle). The *step mask* of ``group / lanes`` bits after the scales
+(LSB first like every field, so it may straddle words) names the present k-steps; only
+their lane-vectors follow, in the usual order over present steps (lane-vector ``i`` holds
+row ``i % rows`` of the ``(i // rows)``-th present step), and the skipped steps' weights
+are zero. The packer marks a step present when any of its weights is nonzero and keeps
+step 0 of an all-zero record, so the mask is never 0 and every record still yields its
+group partial sums; a record holds ``popcount(mask) * rows`` lane-vectors.
+
+A value of ``bits`` bits is:
 
 * ``INT2``, ``INT3``, ``INT4``, ``INT8``: two's complement (the full range is legal).
 * ``OVP4``: OliVe-style outlier-victim pairs over 4-bit codes. Lanes ``2p, 2p + 1`` form a
@@ -95,13 +109,19 @@ integers, ``idx``, their N:M indices (0 when dense), ``nm``, the sparsity code, 
 record's scales exactly as ``m[row], k[row]`` (:func:`airfoil.formats.fp16_fixed`;
 ``bad`` flags a negative, infinite or NaN FP16 pattern, which the packer never writes),
 ``pos`` (index of the beat's first lane-vector in the record), ``first``/``last``
-(record boundaries) and the tag.
+(record boundaries), the tag, ``group`` (the header's group code) and ``mask``, the
+record's present k-steps (:meth:`Record.step_mask`: the step mask of a block-skip record,
+all of its ``record_vectors / rows`` steps otherwise), from which a consumer knows the
+k-step (activation window) of each step it assembles: the lowest set bit not yet taken.
 
 A full beat holds between one and two words of stream bits (:attr:`StreamGeometry.ops`
 weights of dense INT2, INT3, INT4 or OVP4, half as many of INT8; N:M indices count as
-bits), so the beat rate never limits the word rate, except that a record shorter than a
-word still costs a beat: the unpacker keeps one word per cycle when every record holds
-at least a word of bits (:meth:`StreamGeometry.record_bits` ``>= word_bits``).
+bits), so the beat rate never limits the word rate, except that a record's last beat may
+be short (a record shorter than a word, or a block-skip record whose lane-vectors are
+not whole beats) and still costs a cycle: the unpacker keeps one word per cycle when
+every record holds at least a word of bits per beat (:meth:`StreamGeometry.record_bits`
+``>= word_bits *`` :meth:`StreamGeometry.record_beats`; for dense and N:M records with a
+power-of-two ``rows`` that is ``record_bits >= word_bits``).
 
 A consumer with ``rows`` chains of ``lanes`` lanes takes one k-step (``rows``
 lane-vectors) per cycle; a full INT2 beat holds ``beat_vectors / rows`` steps, so to
@@ -126,9 +146,10 @@ from .isa import WeightFormat
 
 __all__ = [
     "RecordTag", "TAG_BITS", "TAG_BY_NAME", "GROUP_CODES", "HEADER_FIXED_BITS",
-    "NM_PATTERNS", "NM_BY_NAME", "nm_code", "nm_index_bits", "nm_compress", "nm_expand",
+    "NM_PATTERNS", "NM_BY_NAME", "BLOCK_CODE", "nm_code", "nm_index_bits", "nm_compress",
+    "nm_expand",
     "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_K_SHAPE", "StreamGeometry", "Record",
-    "record_tag",
+    "record_tag", "step_mask",
     "ovp_encode", "ovp_decode", "ovp_values", "encode_weights", "decode_weights",
     "pack_records", "parse_stream", "expected_beats", "beat_layout", "beat_value",
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
@@ -162,7 +183,11 @@ HEADER_FIXED_BITS = 12
 #: N:M sparsity code in a record header -> (N, M); code 0 is dense. The numbering is
 #: that of the chain's sparsity modes (``airfoil.sparsity.SparsityMode``).
 NM_PATTERNS = {1: (1, 4), 2: (2, 4), 3: (2, 8), 4: (4, 16), 5: (8, 16)}
-NM_BY_NAME = {"dense": 0, "1:4": 1, "2:4": 2, "2:8": 3, "4:16": 4, "8:16": 5}
+#: Sparsity code of a block-skip record (a step mask follows the scales): the value of
+#: ``airfoil.sparsity.SparsityMode.BLOCK``, the chain mode that runs it.
+BLOCK_CODE = 6
+NM_BY_NAME = {"dense": 0, "1:4": 1, "2:4": 2, "2:8": 3, "4:16": 4, "8:16": 5,
+              "block": BLOCK_CODE}
 #: OVP identifier code (marks the pruned victim of an outlier).
 OVP_ID = 0b1000
 #: OVP outlier magnitude by the low three bits of its code.
@@ -191,7 +216,8 @@ def record_tag(fmt) -> RecordTag:
 
 def nm_code(sparsity) -> int:
     """Header code of a sparsity pattern name (``"dense"``, ``"2:4"``, ...) or code."""
-    if isinstance(sparsity, (int, np.integer)) and (sparsity == 0 or sparsity in NM_PATTERNS):
+    if isinstance(sparsity, (int, np.integer)) and (
+            sparsity == 0 or sparsity in NM_PATTERNS or sparsity == BLOCK_CODE):
         return int(sparsity)
     try:
         return NM_BY_NAME[str(sparsity)]
@@ -201,13 +227,14 @@ def nm_code(sparsity) -> int:
 
 
 def nm_index_bits(code: int) -> int:
-    """Bits of one N:M index for a sparsity code (0 for dense)."""
-    return 0 if code == 0 else (NM_PATTERNS[code][1] - 1).bit_length()
+    """Bits of one N:M index for a sparsity code (0 for dense and block skip)."""
+    return (NM_PATTERNS[code][1] - 1).bit_length() if code in NM_PATTERNS else 0
 
 
 def nm_kept(group: int, code: int) -> int:
-    """Entries kept per row of a group (``group`` when dense)."""
-    if code == 0:
+    """Entries kept per row of a group (``group`` when dense; for block skip the most a
+    record may hold, all of them)."""
+    if code not in NM_PATTERNS:
         return group
     n, mm = NM_PATTERNS[code]
     return group * n // mm
@@ -219,7 +246,7 @@ def nm_compress(q, code: int) -> tuple[np.ndarray, np.ndarray]:
     Raise :class:`CompileError` when a window holds more than ``N`` nonzeros.
     """
     q = np.asarray(q, dtype=np.int64)
-    if code == 0:
+    if code not in NM_PATTERNS:
         return q, np.zeros_like(q)
     n, mm = NM_PATTERNS[code]
     win = q.reshape(q.shape[:-1] + (q.shape[-1] // mm, mm))
@@ -237,7 +264,7 @@ def nm_compress(q, code: int) -> tuple[np.ndarray, np.ndarray]:
 def nm_expand(vals, idx, code: int) -> np.ndarray:
     """Inverse of :func:`nm_compress`: dense weights from kept values and indices."""
     vals = np.asarray(vals, dtype=np.int64)
-    if code == 0:
+    if code not in NM_PATTERNS:
         return vals
     n, mm = NM_PATTERNS[code]
     v = vals.reshape(vals.shape[:-1] + (vals.shape[-1] // n, n))
@@ -312,18 +339,37 @@ class StreamGeometry:
         """Signed 8-bit weights in one output beat."""
         return self.beat_vectors * self.lanes
 
-    def record_vectors(self, group: int, nm: int = 0) -> int:
-        """Lane-vectors in a record of ``group``-weight groups (N:M code ``nm``)."""
+    def record_vectors(self, group: int, nm: int = 0, mask: int | None = None) -> int:
+        """Lane-vectors in a record of ``group``-weight groups (N:M code ``nm``); for block
+        skip, ``popcount(mask) * rows`` (all steps when ``mask`` is ``None``)."""
+        if nm == BLOCK_CODE and mask is not None:
+            return self.rows * int(mask).bit_count()
         return self.rows * nm_kept(group, nm) // self.lanes
 
     @property
     def max_record_vectors(self) -> int:
         return self.record_vectors(max(GROUP_CODES))
 
-    def record_bits(self, tag, group: int, nm: int = 0) -> int:
-        """Bits of a whole record (header included)."""
+    def record_beats(self, tag, group: int, nm: int = 0, mask: int | None = None) -> int:
+        """Output beats of a record: its lane-vectors over :meth:`vectors_per_beat`."""
+        return -(-self.record_vectors(group, nm, mask) // self.vectors_per_beat(tag, nm))
+
+    @property
+    def max_record_steps(self) -> int:
+        """k-steps of the longest record (bits of a beat's ``mask``)."""
+        return max(1, max(GROUP_CODES) // self.lanes)
+
+    def mask_bits(self, group: int, nm: int = 0) -> int:
+        """Bits of a record's step mask: ``group / lanes`` for block skip, else 0."""
+        return group // self.lanes if nm == BLOCK_CODE else 0
+
+    def record_bits(self, tag, group: int, nm: int = 0, mask: int | None = None) -> int:
+        """Bits of a whole record (header and step mask included); a block-skip record
+        without ``mask`` counts all its steps (the most it may take)."""
         bits = TAG_BITS[tag] if tag in TAG_BITS else TAG_BITS[RecordTag(tag)]
-        return self.header_bits + self.rows * nm_kept(group, nm) * (bits + nm_index_bits(nm))
+        return (self.header_bits + self.mask_bits(group, nm) +
+                self.record_vectors(group, nm, mask) * self.lanes *
+                (bits + nm_index_bits(nm)))
 
     def check_group(self, group: int, nm: int = 0) -> None:
         if group not in GROUP_CODES:
@@ -349,6 +395,8 @@ def beat_layout(geom: StreamGeometry) -> data.StructLayout:
         "m": data.ArrayLayout(unsigned(SCALE_M_BITS), geom.rows),
         "k": data.ArrayLayout(SCALE_K_SHAPE, geom.rows),
         "bad": unsigned(1),
+        "mask": unsigned(geom.max_record_steps),
+        "group": unsigned(2),
     })
 
 
@@ -454,7 +502,10 @@ class Record:
     scale_bits : numpy.ndarray
         uint16 FP16 bit patterns of the rows' scales, shape (rows,).
     nm : int
-        Sparsity code (0: dense, else a key of :data:`NM_PATTERNS`).
+        Sparsity code (0: dense, a key of :data:`NM_PATTERNS`, or :data:`BLOCK_CODE`).
+    mask : int or None
+        Block skip: the step mask (bit ``s``: k-step ``s`` present); ``None`` lets the
+        packer derive it from the weights (:func:`step_mask`).
     """
 
     tag: RecordTag
@@ -462,23 +513,46 @@ class Record:
     q: np.ndarray
     scale_bits: np.ndarray
     nm: int = 0
+    mask: int | None = None
 
     @classmethod
-    def make(cls, tag, q, scales, sparsity="dense") -> "Record":
+    def make(cls, tag, q, scales, sparsity="dense", mask: int | None = None) -> "Record":
         """Build a record from weights (rows x group) and FP16 scales (a tensor or array)."""
         s = torch.as_tensor(np.asarray(scales, dtype=np.float16)) if not isinstance(
             scales, torch.Tensor) else scales.to(torch.float16)
         fp16_fixed(s.reshape(-1))           # refuse negative, infinite, NaN scales
         bits = s.reshape(-1).contiguous().view(torch.int16).numpy().astype(np.uint16)
         q = np.asarray(q, dtype=np.int64)
-        return cls(record_tag(tag), q.shape[1], q, bits, nm_code(sparsity))
+        return cls(record_tag(tag), q.shape[1], q, bits, nm_code(sparsity), mask)
+
+    def step_mask(self, lanes: int) -> int:
+        """The record's present k-steps: its mask (or :func:`step_mask` of its weights)
+        for block skip, all ``kept / lanes`` steps otherwise."""
+        if self.nm == BLOCK_CODE:
+            return step_mask(self.q, lanes) if self.mask is None else int(self.mask)
+        return (1 << (nm_kept(self.group, self.nm) // lanes)) - 1
 
     def lane_order(self, lanes: int) -> tuple[np.ndarray, np.ndarray]:
-        """The record's kept values and their N:M indices in lane-vector order (flat)."""
+        """The record's kept values and their N:M indices in lane-vector order (flat); a
+        block-skip record gives its present steps only."""
         vals, idx = nm_compress(self.q, self.nm)
         r, kept = vals.shape
-        order = lambda a: a.reshape(r, kept // lanes, lanes).transpose(1, 0, 2).reshape(-1)
-        return order(vals), order(idx)
+        steps = lambda a: a.reshape(r, kept // lanes, lanes).transpose(1, 0, 2)
+        vals, idx = steps(vals), steps(idx)
+        if self.nm == BLOCK_CODE:
+            mask = self.step_mask(lanes)
+            keep = [s for s in range(kept // lanes) if mask >> s & 1]
+            vals, idx = vals[keep], idx[keep]
+        return vals.reshape(-1), idx.reshape(-1)
+
+
+def step_mask(q, lanes: int) -> int:
+    """Step mask of block-skip weights ``q`` (rows x group): bit ``s`` set when k-step
+    ``s`` (weights ``s * lanes ..`` of every row) holds a nonzero; step 0 when none does."""
+    q = np.asarray(q, dtype=np.int64)
+    nz = (q.reshape(q.shape[0], -1, lanes) != 0).any(axis=(0, 2))
+    mask = sum(1 << s for s in np.flatnonzero(nz).tolist())
+    return mask or 1
 
 
 def _bits_le(raw: bytes, count: int) -> np.ndarray:
@@ -496,17 +570,23 @@ def _field_bits(values, bits: int) -> np.ndarray:
     return _bits_le(pack_int(v, bits), v.size * bits)
 
 
-def _record_bits(geom: StreamGeometry, recs: list) -> np.ndarray:
-    """Bits of records sharing tag, group and sparsity: an array (len(recs), record_bits)."""
+def _record_bits(geom: StreamGeometry, recs: list, mask: int | None = None) -> np.ndarray:
+    """Bits of records sharing tag, group, sparsity (and step mask, for block skip): an
+    array (len(recs), record_bits)."""
     tag, group, nm = recs[0].tag, recs[0].group, recs[0].nm
     n, r, L, F = len(recs), geom.rows, geom.lanes, HEADER_FIXED_BITS
     head = np.array([tag.value | GROUP_CODES[group] << 4 | nm << 8] * n, dtype=np.int64)
     hbits = _field_bits(_u_as_s(head, F), F).reshape(n, F)
     sc = np.stack([rc.scale_bits.astype(np.int64) for rc in recs])
     sbits = _field_bits(_u_as_s(sc, 16), 16).reshape(n, 16 * r)
+    S = geom.mask_bits(group, nm)
+    if S:
+        mbits = np.array([(mask >> i) & 1 for i in range(S)] * n,
+                         dtype=np.uint8).reshape(n, S)
+        sbits = np.concatenate([sbits, mbits], axis=1)
     orders = [rc.lane_order(L) for rc in recs]
     w = encode_weights(tag, np.stack([o[0] for o in orders]))
-    nvec = geom.record_vectors(group, nm)
+    nvec = geom.record_vectors(group, nm, mask)
     wbits = _field_bits(w, TAG_BITS[tag]).reshape(n, nvec, -1)
     ib = nm_index_bits(nm)
     if ib:
@@ -519,15 +599,30 @@ def _record_bits(geom: StreamGeometry, recs: list) -> np.ndarray:
 def _check_record(geom: StreamGeometry, rc: Record) -> None:
     if rc.tag not in TAG_BITS:
         raise CompileError(f"record tag {rc.tag!r} is not a weight format")
-    if rc.nm != 0 and rc.nm not in NM_PATTERNS:
-        raise CompileError(f"record sparsity code {rc.nm!r} is unknown (accepted: 0 and "
-                           f"{', '.join(map(str, NM_PATTERNS))})")
+    if rc.nm != 0 and rc.nm not in NM_PATTERNS and rc.nm != BLOCK_CODE:
+        raise CompileError(f"record sparsity code {rc.nm!r} is unknown (accepted: 0, "
+                           f"{', '.join(map(str, NM_PATTERNS))} and {BLOCK_CODE} (block))")
     if rc.nm and rc.tag is RecordTag.OVP4:
-        raise CompileError("OVP4 records are dense (N:M sparsity is for INT formats)")
+        raise CompileError("OVP4 records are dense (N:M and block sparsity are for INT "
+                           "formats)")
     geom.check_group(rc.group, rc.nm)
     if rc.q.shape != (geom.rows, rc.group):
         raise CompileError(f"record weights have shape {tuple(rc.q.shape)}, expected "
                            f"({geom.rows}, {rc.group}) (rows x group)")
+    if rc.nm == BLOCK_CODE and rc.mask is not None:
+        steps = rc.group // geom.lanes
+        mask = rc.mask
+        if not (isinstance(mask, (int, np.integer)) and 0 < mask < 1 << steps):
+            raise CompileError(f"block step mask {mask!r} is not a nonzero {steps}-bit "
+                               f"mask (accepted: 1..{(1 << steps) - 1})")
+        absent = [s for s in range(steps) if not mask >> s & 1]
+        if absent and np.asarray(rc.q)[:, [s * geom.lanes + j for s in absent
+                                          for j in range(geom.lanes)]].any():
+            raise CompileError(f"block record has nonzero weights in a k-step its mask "
+                               f"{mask:#x} skips (accepted: zeros in skipped steps)")
+    if rc.mask is not None and rc.nm != BLOCK_CODE:
+        raise CompileError(f"a step mask is for block records (sparsity {BLOCK_CODE}), not "
+                           f"sparsity code {rc.nm}")
     if rc.scale_bits.shape != (geom.rows,):
         raise CompileError(f"record has {rc.scale_bits.size} scales, expected {geom.rows}")
     if rc.tag is RecordTag.OVP4 and geom.lanes % 2:
@@ -538,22 +633,23 @@ def pack_records(geom: StreamGeometry, records) -> bytes:
     """Pack records into one stream of whole words (ending in PAD) and return its bytes."""
     records = list(records)
     W = geom.word_bits
-    starts, pos = [], 0
+    starts, keys, pos = [], [], 0
     for rc in records:
         _check_record(geom, rc)
         if pos % W > W - HEADER_FIXED_BITS:
-            pos += W - pos % W           # no header in the last 7 bits of a word
+            pos += W - pos % W           # no header in the last 11 bits of a word
         starts.append(pos)
-        pos += geom.record_bits(rc.tag, rc.group, rc.nm)
+        mask = rc.step_mask(geom.lanes) if rc.nm == BLOCK_CODE else None
+        keys.append((rc.tag, rc.group, rc.nm, mask))
+        pos += geom.record_bits(rc.tag, rc.group, rc.nm, mask)
     total = -(-pos // W) * W
     out = np.zeros(total, dtype=np.uint8)
     i = 0
-    while i < len(records):                 # runs of records sharing tag and group
+    while i < len(records):                 # runs of records sharing tag, group and mask
         j = i
-        key = (records[i].tag, records[i].group, records[i].nm)
-        while j < len(records) and (records[j].tag, records[j].group, records[j].nm) == key:
+        while j < len(records) and keys[j] == keys[i]:
             j += 1
-        bits = _record_bits(geom, records[i:j])
+        bits = _record_bits(geom, records[i:j], keys[i][3])
         idx = np.asarray(starts[i:j], dtype=np.int64)[:, None] + np.arange(bits.shape[1])
         out[idx] = bits
         i = j
@@ -602,22 +698,29 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
             raise CompileError(f"bad record tag {tagv} at stream bit {pos}")
         gcode, rsvd = _uint(bits[pos + 4:pos + 6]), _uint(bits[pos + 6:pos + 8])
         nm = _uint(bits[pos + 8:pos + 12])
-        if gcode not in codes or rsvd or (nm and nm not in NM_PATTERNS):
+        if gcode not in codes or rsvd or (nm and nm not in (*NM_PATTERNS, BLOCK_CODE)):
             raise CompileError(f"bad group/reserved/sparsity code ({gcode}, {rsvd}, {nm}) "
                                f"at stream bit {pos}")
         tag, group = RecordTag(tagv), codes[gcode]
         if nm and (tag is RecordTag.OVP4 or nm_kept(group, nm) % geom.lanes):
             raise CompileError(f"sparsity code {nm} is not allowed for {tag.name} group "
                                f"{group} at stream bit {pos}")
-        if pos + geom.record_bits(tag, group, nm) > bits.size:
+        S = geom.mask_bits(group, nm)
+        if pos + geom.header_bits + S > bits.size:
+            break                                   # cut off by the end of the data
+        mask = _uint(bits[pos + geom.header_bits:pos + geom.header_bits + S]) if S else None
+        if S and mask == 0:
+            raise CompileError(f"block record with an empty step mask at stream bit {pos} "
+                               f"(accepted: at least one k-step)")
+        if pos + geom.record_bits(tag, group, nm, mask) > bits.size:
             break                                   # cut off by the end of the data
         p = pos + HEADER_FIXED_BITS
         sc = np.array([_uint(bits[p + 16 * i:p + 16 * i + 16]) for i in range(geom.rows)],
                       dtype=np.uint16)
-        p += 16 * geom.rows
+        p += 16 * geom.rows + S
         L, R = geom.lanes, geom.rows
         b, ib = TAG_BITS[tag], nm_index_bits(nm)
-        nvec = geom.record_vectors(group, nm)
+        nvec = geom.record_vectors(group, nm, mask)
         vbits = bits[p:p + nvec * L * (b + ib)].reshape(nvec, L * (b + ib))
         unpack = lambda bb, w: unpack_int(np.packbits(bb.reshape(-1), bitorder="little")
                                           .tobytes(), w, nvec * L)
@@ -627,7 +730,11 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
         kept = nvec * L // R
         unorder = lambda a: a.reshape(kept // L, R, L).transpose(1, 0, 2).reshape(R, kept)
         q = nm_expand(unorder(vals), unorder(idx), nm)
-        records.append(Record(tag, group, q, sc, nm))
+        if S:                                       # present steps back in place
+            full = np.zeros((R, group // L, L), dtype=np.int64)
+            full[:, [s for s in range(S) if mask >> s & 1]] = q.reshape(R, -1, L)
+            q = full.reshape(R, group)
+        records.append(Record(tag, group, q, sc, nm, mask))
         pos = p + nvec * L * (b + ib)
     return records, pos
 
@@ -644,7 +751,8 @@ def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
             torch.float16))
         scale = {"m": [int(a) for a in m], "k": [int(b) for b in k], "bad": 0}
         flat, fidx = rc.lane_order(L)
-        total = geom.record_vectors(rc.group, rc.nm)
+        mask = rc.step_mask(L)
+        total = geom.record_vectors(rc.group, rc.nm, mask)
         vpb = geom.vectors_per_beat(rc.tag, rc.nm)
         pad = lambda a: [int(x) for x in a] + [0] * (geom.ops - len(a))
         for pos in range(0, total, vpb):
@@ -652,7 +760,8 @@ def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
             beats.append({"w": pad(flat[pos * L:(pos + n) * L]), "n": n, "pos": pos,
                           "first": int(pos == 0), "last": int(pos + n == total),
                           "tag": rc.tag, "nm": rc.nm,
-                          "idx": pad(fidx[pos * L:(pos + n) * L]), **scale})
+                          "idx": pad(fidx[pos * L:(pos + n) * L]), "mask": mask,
+                          "group": GROUP_CODES[rc.group], **scale})
     return beats
 
 
@@ -877,11 +986,15 @@ def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
 
 
 def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
-                    sparsity="dense") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+                    sparsity="dense", lanes: int | None = None,
+                    block_density: float = 1.0) -> tuple[torch.Tensor, torch.Tensor,
+                                                         np.ndarray]:
     """Quantize float weights for a packed stream, choosing a format per record.
 
     The weights are first pruned to ``sparsity`` (magnitude, :func:`airfoil.sparsity.
-    prune_nm`). Each record (``rows`` consecutive rows x one group column; the last row
+    prune_nm`; for ``"block"``, the k-steps of least L2 norm of each record down to
+    ``block_density``, :func:`airfoil.sparsity.prune_blocks`). Each record (``rows``
+    consecutive rows x one group column; the last row
     batch padded with zero rows) takes, among ``formats``, the format of least squared
     error over its weights (ties: the earlier format), as BitMoD's per-group choice. Each
     row of a record has its own FP16 scale: of a few candidates (its largest magnitude
@@ -902,7 +1015,12 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     formats : str or sequence
         One format (``"int4"``) or candidates (``["int2", "int4", "int8"]``).
     sparsity : str
-        ``"dense"`` or an N:M pattern of :data:`NM_BY_NAME`.
+        ``"dense"``, an N:M pattern or ``"block"`` (:data:`NM_BY_NAME`).
+    lanes : int, optional
+        Weights per lane-vector (:attr:`StreamGeometry.lanes`); needed for ``"block"``.
+    block_density : float
+        ``"block"``: fraction of each record's k-steps kept (``0 < d <= 1``; 1 prunes
+        nothing).
 
     Returns
     -------
@@ -910,7 +1028,7 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
         int64 values (R, K), float16 scales (R, K / group) and the :class:`RecordTag`
         value of each record (row batches x group columns), for :func:`pack_tensor`.
     """
-    from .sparsity import prune_nm
+    from .sparsity import prune_blocks, prune_nm
 
     cands = [record_tag(f) for f in ([formats] if isinstance(formats, (str, RecordTag))
                                      else list(formats))]
@@ -929,9 +1047,18 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     R, K = w.shape
     G, B = K // group, -(-R // rows)
     wf = w.detach().to(torch.float64)
-    if nm:
+    if nm in NM_PATTERNS:
         n, mm = NM_PATTERNS[nm]
         wf = prune_nm(wf, n, mm)
+    if nm == BLOCK_CODE:
+        if lanes is None:
+            raise CompileError("block sparsity needs the lanes of a k-step (lanes=...)")
+        if group % lanes:
+            raise CompileError(f"group size {group} is not a multiple of lanes ({lanes})")
+        wf = prune_blocks(wf, rows=rows, lanes=lanes, group=group, density=block_density)
+    elif block_density != 1.0:
+        raise CompileError(f"block density {block_density!r} applies to sparsity 'block', "
+                           f"not {sparsity!r}")
     wp = torch.zeros((B * rows, K), dtype=torch.float64)
     wp[:R] = wf
     # (B, G, rows, group): one entry per record

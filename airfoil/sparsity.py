@@ -14,11 +14,16 @@ indices as unsigned ``log2(m)``-bit fields.
 
 Block skip marks blocks of ``block`` consecutive weights of a row that are all zero; such
 blocks are neither read nor computed. :func:`block_schedule` names the blocks a row reads.
+In the packed weight stream (:mod:`airfoil.packing`) a block is one *k-step* of a record:
+``lanes`` consecutive weights of each of the record's ``rows`` rows; :func:`prune_blocks`
+zeros the k-steps of least L2 norm of every record down to a density.
 
 All tensors are ``torch`` int64 (weights) unless a name says bytes.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -29,7 +34,8 @@ from .formats import pack_int, unpack_int
 
 __all__ = [
     "SparsityMode", "NM_PATTERNS", "mode_of", "nm_of", "index_bits", "is_nm", "check_nm",
-    "prune_nm", "nm_compress", "nm_expand", "pack_nm", "unpack_nm", "nm_nbytes",
+    "prune_nm", "prune_blocks", "nm_compress", "nm_expand", "pack_nm", "unpack_nm",
+    "nm_nbytes",
     "sparse_group_psum", "block_mask", "block_schedule", "block_group_psum",
 ]
 
@@ -124,6 +130,45 @@ def prune_nm(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     keep = torch.zeros_like(mag, dtype=torch.bool)
     keep.scatter_(2, order[:, :, :n], True)
     return torch.where(keep, win, torch.zeros_like(win)).reshape(w.shape)
+
+
+def prune_blocks(w: torch.Tensor, *, rows: int, lanes: int, group: int,
+                 density: float = 1.0) -> torch.Tensor:
+    """Zero the k-steps of least L2 norm of every record, keeping ``ceil(density * steps)``.
+
+    A record is ``rows`` consecutive rows (from row 0; a last partial batch counts its
+    rows only) times one group of ``group`` weights; its k-step ``s`` is the ``lanes``
+    weights ``s * lanes ..`` of each of its rows (``steps = group / lanes``). Of equal
+    norms the lower step stays. ``density = 1`` keeps every step (only exact-zero steps
+    are then skipped by the packer). Works on float or integer weights, same dtype back.
+    """
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or \
+            not 0 < density <= 1:
+        raise CompileError(f"block density {density!r} is not accepted (accepted: a number "
+                           f"with 0 < density <= 1)")
+    for what, v in (("rows", rows), ("lanes", lanes), ("group", group)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise CompileError(f"block pruning {what} must be a positive integer, not "
+                               f"{v!r}")
+    if w.dim() != 2 or w.shape[1] % group or group % lanes:
+        raise CompileError(f"weights {tuple(w.shape)} do not split into groups of {group} "
+                           f"and k-steps of {lanes}")
+    R, K = w.shape
+    steps = group // lanes
+    keep_n = math.ceil(density * steps - 1e-9)
+    if keep_n >= steps:
+        return w.clone()
+    B = -(-R // rows)
+    wp = torch.zeros((B * rows, K), dtype=w.dtype)
+    wp[:R] = w
+    # (B, G, steps, rows, lanes): one entry per record and k-step
+    blk = wp.reshape(B, rows, K // group, steps, lanes).permute(0, 2, 3, 1, 4)
+    norm = (blk.to(torch.float64) ** 2).sum(dim=(3, 4))
+    order = torch.sort(norm, dim=2, descending=True, stable=True).indices
+    keep = torch.zeros_like(norm, dtype=torch.bool)
+    keep.scatter_(2, order[:, :, :keep_n], True)
+    out = torch.where(keep[..., None, None], blk, torch.zeros_like(blk))
+    return out.permute(0, 3, 1, 2, 4).reshape(B * rows, K)[:R].contiguous()
 
 
 def nm_compress(q: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,9 +28,11 @@ word-aligned in memory, so every ST is a whole number of memory words.
 
 Streamed weights (ISA version 3, ``stream=True``; implied by ``wformat`` ``ovp`` or
 ``mixed`` or by a sparsity other than ``dense``): the weights are pruned to N:M
-(:func:`airfoil.sparsity.prune_nm`), quantized per record with a format per layer or a
-per-record choice (:func:`airfoil.packing.quantize_stream`) and packed into one stream
-per tile (:func:`airfoil.packing.pack_tensor`, records of ``chains`` rows,
+(:func:`airfoil.sparsity.prune_nm`) or, for block skip, to a density of k-steps per
+record (:func:`airfoil.sparsity.prune_blocks`; the packer skips the all-zero k-steps),
+quantized per record with a format per layer or a per-record choice
+(:func:`airfoil.packing.quantize_stream`) and packed into one stream per tile
+(:func:`airfoil.packing.pack_tensor`, records of ``chains`` rows,
 :func:`airfoil.packing.core_stream_geometry`); ``weights.bin`` holds the streams, each
 contiguous. A tile is a block of output rows (a multiple of ``chains``) times all of K,
 with no WGT buffer to fit::
@@ -70,10 +72,11 @@ from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax
                              weight_format)
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
                          WeightFormat, encode)
-from airfoil.packing import (DEFAULT_MIXED, HEADER_FIXED_BITS, NM_BY_NAME, STREAM_FORMATS,
+from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, NM_BY_NAME,
+                             STREAM_FORMATS,
                              TAG_BITS, RecordTag, core_stream_geometry, nm_code, nm_index_bits,
                              nm_kept, pack_tensor, quantize_stream, record_tag)
-from airfoil.sparsity import prune_nm
+from airfoil.sparsity import prune_blocks, prune_nm
 from airfoil.program import Program
 
 from .asm import listing
@@ -263,7 +266,7 @@ def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
     if not config.decode_unit:
         raise CompileError(f"config {config.name!r} has no decode unit for streamed weights "
                            f"(it is built when weight_formats lists int2/int3 or sparsity an "
-                           f"N:M pattern; e.g. config test_decode)")
+                           f"N:M pattern or block; e.g. config test_decode)")
     if sparsity in NM_BY_NAME and sparsity != "dense" and sparsity not in config.sparsity:
         raise CompileError(f"sparsity {sparsity!r} is not built in config {config.name!r} "
                            f"(accepted: {', '.join(config.sparsity)})")
@@ -382,7 +385,8 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
                    out_dir, *, wformat="int4", group=128, out_format="int8",
                    calib: torch.Tensor | None = None, seed: int = 0,
                    max_tile_bytes: int | None = None, stream: bool | None = None,
-                   sparsity: str = "dense", mixed_formats=None) -> dict:
+                   sparsity: str = "dense", mixed_formats=None,
+                   block_density: float = 1.0) -> dict:
     """Quantize and compile one linear layer ``y = W x + b`` into ``out_dir``.
 
     Parameters
@@ -415,8 +419,13 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         instead of WGT tiles. Default: only when ``wformat`` is ``ovp`` or ``mixed`` or
         ``sparsity`` is not ``dense``.
     sparsity : str
-        Streamed weights: ``dense`` or an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
-        ``8:16``): magnitude pruning before quantization.
+        Streamed weights: ``dense``, an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
+        ``8:16``): magnitude pruning before quantization, or ``block``: block-skip records
+        (k-steps of ``chains`` rows x ``lanes`` weights that are all zero are neither
+        streamed nor computed).
+    block_density : float
+        ``sparsity="block"``: fraction of each record's k-steps kept, those of largest L2
+        norm (``0 < d <= 1``; the default 1 skips only the k-steps already zero).
     mixed_formats : str or sequence of str, optional
         Candidates of ``wformat="mixed"`` (default
         :data:`airfoil.packing.DEFAULT_MIXED`), e.g. ``"int2,int4,int8"``: each record
@@ -434,7 +443,10 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
                                out_format=out_format, calib=calib, seed=seed,
                                max_tile_bytes=max_tile_bytes, sparsity=sparsity,
-                               mixed_formats=mixed_formats)
+                               mixed_formats=mixed_formats, block_density=block_density)
+    if block_density != 1.0:
+        raise CompileError(f"block density {block_density!r} applies to sparsity 'block' "
+                           f"(streamed weights), not {sparsity!r}")
     if sparsity != "dense":
         raise CompileError(f"sparsity {sparsity!r} needs streamed weights (stream=True); WGT "
                            f"tiles are dense")
@@ -501,11 +513,14 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
 
 
 def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format, calib, seed,
-                    max_tile_bytes, sparsity, mixed_formats) -> dict:
+                    max_tile_bytes, sparsity, mixed_formats, block_density=1.0) -> dict:
     """:func:`compile_linear` with streamed weights (see the module docstring)."""
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
     formats, nm, label = _check_stream_args(config, wformat, sparsity, mixed_formats, group)
+    if nm != BLOCK_CODE and block_density != 1.0:
+        raise CompileError(f"block density {block_density!r} applies to sparsity 'block', "
+                           f"not {sparsity!r}")
     bias_wf = weight_format("int4" if "int4" in config.weight_formats else
                             config.weight_formats[0])
     _check_args(weight, bias, config, bias_wf, group, out_format)
@@ -517,12 +532,17 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     geom = core_stream_geometry(config)
 
     q, s16, tags = quantize_stream(weight, group=group, rows=chains, formats=formats,
-                                   sparsity=sparsity)
+                                   sparsity=sparsity, lanes=config.lanes,
+                                   block_density=block_density)
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
     smin = s16.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
-    pruned = weight if not nm else prune_nm(weight.detach().to(torch.float64),
-                                            *_nm_pair(sparsity))
+    if nm == BLOCK_CODE:
+        pruned = prune_blocks(weight.detach().to(torch.float64), rows=chains,
+                              lanes=config.lanes, group=group, density=block_density)
+    else:
+        pruned = weight if not nm else prune_nm(weight.detach().to(torch.float64),
+                                                *_nm_pair(sparsity))
     x_scale, y_scale, req_m, req_s, x_q = _calibrate(pruned, bias, calib, seed, k, out_bits,
                                                       k0)
     bias_q = _bias_units(bias, k0, x_scale)
@@ -589,7 +609,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         "layers": [{"name": "linear", "n": n, "k": k, "wformat": label, "stream": True,
                     "sparsity": sparsity, "formats": counts,
                     "candidates": [t.name.lower() for t in formats],
-                    "stream_bits": stream_bits(geom, tags, group, nm, k // group),
+                    "stream_bits": stream_bits(geom, tags, group, nm, k // group, q),
                     "stream_bytes": stream_bytes_total, "group": group, "k0": k0,
                     "req_m": req_m, "req_s": req_s, "out_bits": out_bits,
                     "bias": bias is not None, "bias_wformat": bias_wf.name.lower(),
@@ -611,15 +631,25 @@ def _nm_pair(sparsity: str) -> tuple[int, int]:
     return int(n), int(m)
 
 
-def stream_bits(geom, tags, group: int, nm: int, groups: int) -> dict:
+def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
     """Bits of a layer's records by kind: weight ``values``, N:M ``indices`` and ``headers``
-    (tag, group, sparsity and the FP16 ``scales``); word padding is not counted."""
+    (tag, group, sparsity, the FP16 ``scales`` and block-skip step masks); word padding is
+    not counted. Block skip needs the quantized weights ``q`` (rows x k) for the present
+    k-steps of each record."""
     out = {"values": 0, "indices": 0, "headers": 0}
-    kept = geom.rows * nm_kept(group, nm)
-    for v in np.asarray(tags).reshape(-1):
-        out["values"] += kept * TAG_BITS[RecordTag(int(v))]
-        out["indices"] += kept * nm_index_bits(nm)
-        out["headers"] += geom.header_bits
+    tags = np.asarray(tags).reshape(-1, groups)
+    kept = np.full(tags.shape, geom.rows * nm_kept(group, nm), dtype=np.int64)
+    if nm == BLOCK_CODE:
+        qn = np.asarray(q, dtype=np.int64)
+        qp = np.zeros((tags.shape[0] * geom.rows, qn.shape[1]), dtype=np.int64)
+        qp[:qn.shape[0]] = qn
+        present = (qp.reshape(tags.shape[0], geom.rows, groups, group // geom.lanes,
+                              geom.lanes) != 0).any(axis=(1, 4)).sum(axis=2)
+        kept = np.maximum(present, 1) * geom.rows * geom.lanes
+    for v, kp in zip(tags.reshape(-1), kept.reshape(-1)):
+        out["values"] += int(kp) * TAG_BITS[RecordTag(int(v))]
+        out["indices"] += int(kp) * nm_index_bits(nm)
+        out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
     return out
 
 

@@ -331,7 +331,8 @@ def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
     first to read from (PAD words before its records included), ``ksteps`` the sum over
     its records of
     ``kept / lanes`` (``group / lanes`` for a dense record; an N:M record keeps
-    ``group * N / M``, so 2:4 halves the chain work).
+    ``group * N / M``, so 2:4 halves the chain work; a block-skip record counts its
+    present k-steps only, the set bits of its step mask).
     """
     for name, v in (("words", words), ("ksteps", ksteps), ("m", m)):
         if not isinstance(v, int) or v < 0:

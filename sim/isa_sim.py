@@ -47,7 +47,7 @@ from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, 
 from airfoil import fixedpoint as fx
 from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
                          Unit, WeightFormat, decode)
-from airfoil.packing import NM_BY_NAME, core_stream_geometry, nm_kept, read_records
+from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
@@ -304,7 +304,7 @@ class IsaSim:
             b, c = divmod(n, cols)
             q[b * chains:(b + 1) * chains, c * group:(c + 1) * group] = rc.q
             sbits[b * chains:(b + 1) * chains, c] = rc.scale_bits
-            ksteps += nm_kept(rc.group, rc.nm) // self.config.lanes
+            ksteps += rc.step_mask(self.config.lanes).bit_count()
         self._stream_cost[1] = ksteps
         scales = torch.from_numpy(sbits[:rows].astype(np.int16)).view(torch.float16)
         try:

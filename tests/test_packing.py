@@ -10,8 +10,8 @@ import torch
 
 from airfoil.errors import CompileError
 from airfoil.formats import quantize_weights
-from airfoil.packing import (GROUP_CODES, HEADER_FIXED_BITS, OVP_ID, TAG_BITS, Record,
-                             RecordTag, StreamGeometry, bits_per_weight, deinterleave,
+from airfoil.packing import (BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS, OVP_ID, TAG_BITS,
+                             Record, RecordTag, StreamGeometry, bits_per_weight, deinterleave,
                              expected_beats, interleave, ovp_decode, ovp_encode, ovp_values,
                              pack_records, pack_tensor, parse_stream, record_tag,
                              tensor_records, unpack_tensor)
@@ -25,7 +25,7 @@ GEOMS = [StreamGeometry(word_bits=128, lanes=8, rows=4),
 
 def _same(a: Record, b: Record) -> bool:
     return (a.tag == b.tag and a.group == b.group and np.array_equal(a.q, b.q)
-            and np.array_equal(a.scale_bits, b.scale_bits))
+            and np.array_equal(a.scale_bits, b.scale_bits) and a.nm == b.nm)
 
 
 def _independent_pack(geom: StreamGeometry, records) -> bytes:
@@ -48,7 +48,17 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
             put(int(s), 16)
         b = TAG_BITS[rc.tag]
         codes = (ovp_encode(rc.q) if rc.tag is RecordTag.OVP4 else rc.q)
-        if rc.nm:                     # kept entries: nonzeros, then the lowest zeros
+        L = geom.lanes
+        steps = list(range(rc.group // L))
+        if rc.nm == BLOCK_CODE:       # step mask: steps with a nonzero (step 0 if none)
+            if rc.mask is not None:
+                steps = [s for s in steps if rc.mask >> s & 1]
+            else:
+                steps = [s for s in steps if np.any(rc.q[:, s * L:(s + 1) * L])] or [0]
+            for s in range(rc.group // L):
+                put(int(s in steps), 1)
+            kv, ki, ib = codes, None, 0
+        elif rc.nm:                   # kept entries: nonzeros, then the lowest zeros
             n, mm = {1: (1, 4), 2: (2, 4), 3: (2, 8), 4: (4, 16), 5: (8, 16)}[rc.nm]
             kv, ki = [], []
             for row in codes:
@@ -65,8 +75,9 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
             ib = (mm - 1).bit_length()
         else:
             kv, ki, ib = codes, None, 0
-        L = geom.lanes
-        for step in range(len(kv[0]) // L):
+        if rc.nm and rc.nm != BLOCK_CODE:
+            steps = list(range(len(kv[0]) // L))
+        for step in steps:
             for row in range(geom.rows):
                 for lane in range(L):
                     put(int(kv[row][step * L + lane]), b)
@@ -82,8 +93,8 @@ def test_packer_writes_the_documented_bits(geom):
     """Every format (INT3 straddling words), mixed per group, against a field-by-field
     writer; and the reference reader gives the records back."""
     rng = np.random.default_rng(geom.word_bits + geom.rows)
-    recs = random_records(geom, rng, 40, sparsity=(0, 0, 1, 2, 3, 4, 5))
-    assert any(rc.nm for rc in recs)
+    recs = random_records(geom, rng, 40, sparsity=(0, 0, 1, 2, 3, 4, 5, BLOCK_CODE))
+    assert any(rc.nm for rc in recs) and any(rc.nm == BLOCK_CODE for rc in recs)
     raw = pack_records(geom, recs)
     assert raw == _independent_pack(geom, recs)
     back = parse_stream(geom, raw)
@@ -94,7 +105,7 @@ def test_header_never_starts_in_the_last_bits_of_a_word():
     """The padding rule the unpacker relies on, at every record start, for every geometry."""
     for g in GEOMS:
         rng = np.random.default_rng(g.word_bits)
-        recs = random_records(g, rng, 40, sparsity=(0, 2, 3))
+        recs = random_records(g, rng, 40, sparsity=(0, 2, 3, BLOCK_CODE))
         raw = pack_records(g, recs)
         bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
         pos, padded = 0, 0
@@ -104,7 +115,7 @@ def test_header_never_starts_in_the_last_bits_of_a_word():
                 pos += g.word_bits - pos % g.word_bits
                 padded += 1
             assert int(bits[pos:pos + 4] @ (1 << np.arange(4))) == rc.tag.value
-            pos += g.record_bits(rc.tag, rc.group, rc.nm)
+            pos += g.record_bits(rc.tag, rc.group, rc.nm, rc.step_mask(g.lanes))
         assert not bits[pos:].any() and len(raw) * 8 % g.word_bits == 0
 
 
@@ -263,12 +274,13 @@ def test_bad_input_is_refused_with_one_line_messages():
 def test_expected_beats_cover_each_record_in_order():
     g = GEOMS[1]
     rng = np.random.default_rng(9)
-    recs = random_records(g, rng, 16, sparsity=(0, 2, 5))
-    assert any(rc.nm for rc in recs)
+    recs = random_records(g, rng, 16, sparsity=(0, 2, 5, BLOCK_CODE))
+    assert any(rc.nm for rc in recs) and any(rc.nm == BLOCK_CODE for rc in recs)
     beats = expected_beats(g, pack_records(g, recs))
     i = 0
     for rc in recs:
-        total = g.record_vectors(rc.group, rc.nm)
+        mask = rc.step_mask(g.lanes)
+        total = g.record_vectors(rc.group, rc.nm, mask)
         flat, fidx = rc.lane_order(g.lanes)
         pos = 0
         while pos < total:
@@ -279,9 +291,112 @@ def test_expected_beats_cover_each_record_in_order():
             assert b["w"][:n * g.lanes] == flat[pos * g.lanes:(pos + n) * g.lanes].tolist()
             assert b["idx"][:n * g.lanes] == fidx[pos * g.lanes:(pos + n) * g.lanes].tolist()
             assert not any(b["w"][n * g.lanes:]) and not any(b["idx"][n * g.lanes:])
-            assert b["nm"] == rc.nm
+            assert b["nm"] == rc.nm and b["mask"] == mask
             pos += n
             assert b["last"] == (pos == total)
             i += 1
     assert i == len(beats)
     assert set(GROUP_CODES) == {32, 64, 128}
+
+
+# -- block skip --------------------------------------------------------------------------
+
+def _drop_steps(q, lanes, keep):
+    """``q`` (rows x k) with the k-steps of each group column not in ``keep`` zeroed."""
+    q = q.copy()
+    for s in range(q.shape[1] // lanes):
+        if s not in keep:
+            q[:, s * lanes:(s + 1) * lanes] = 0
+    return q
+
+
+@pytest.mark.parametrize("fmt", ["int2", "int3", "int4", "int8"])
+def test_block_tensor_round_trip(fmt):
+    """pack -> parse -> unpack_tensor: odd masks, an all-zero record (step 0 kept), a short
+    last row batch, and fewer bits than dense."""
+    g = GEOMS[0]                                    # 128-bit words, 8 lanes, 4 rows
+    rng = np.random.default_rng(len(fmt) * 7 + TAG_BITS[record_tag(fmt)])
+    R, K, group = 11, 384, 128                      # 3 row batches x 3 group columns
+    q = random_weights(rng, record_tag(fmt), (R, K))
+    for b in range(0, R, g.rows):
+        for j in range(K // group):
+            keep = set(np.flatnonzero(rng.random(group // g.lanes) < 0.4).tolist())
+            cols = slice(j * group, (j + 1) * group)
+            q[b:b + g.rows, cols] = _drop_steps(q[b:b + g.rows, cols], g.lanes, keep)
+    q[4:8, 128:256] = 0                             # an all-zero record
+    scales = torch.from_numpy(rng.uniform(1e-3, 3.0, (R, K // group))).to(torch.float16)
+    image = pack_tensor(g, q, scales, group=group, tags=fmt, sparsity="block")
+    q2, s2, _ = unpack_tensor(g, image, rows=R, k=K)
+    assert torch.equal(q2, torch.from_numpy(q))
+    assert torch.equal(s2.view(torch.int16), scales.view(torch.int16))
+    recs = parse_stream(g, image)
+    assert all(rc.nm == BLOCK_CODE for rc in recs)
+    assert recs[4].mask == 1 and not recs[4].q.any()           # batch 1, column 1
+    for rc in recs:
+        nz = (rc.q.reshape(g.rows, -1, g.lanes) != 0).any(axis=(0, 2))
+        assert rc.mask == (sum(1 << s for s in np.flatnonzero(nz).tolist()) or 1)
+    dense = pack_tensor(g, q, scales, group=group, tags=fmt)
+    assert len(image) < len(dense)
+
+
+def test_block_explicit_mask_and_mask_straddling_a_word():
+    """A given mask keeps its present all-zero steps; on 64-bit words with 2 lanes a group
+    of 128 has a 64-bit mask, which crosses a word boundary."""
+    g = GEOMS[3]                                    # 64-bit words, 2 lanes, 1 row
+    rng = np.random.default_rng(11)
+    mask = 0b1010_0000_1000_0000_0000_0000_0000_0000_0100_0000_0000_0000_0000_0001_0110_1001
+    q = _drop_steps(random_weights(rng, RecordTag.INT4, (1, 128)), 2,
+                    {s for s in range(64) if mask >> s & 1})
+    q[0, 2:4] = 0                                   # step 1: present, yet zero
+    a = Record.make("int4", q, np.array([0.5], np.float16), "block", mask=mask)
+    b = Record(RecordTag.INT8, 128, np.zeros((1, 128), np.int64), np.array([0x3C00],
+                                                                            np.uint16),
+               BLOCK_CODE)
+    raw = pack_records(g, [b, a, a])
+    back = parse_stream(g, raw)
+    assert [rc.mask for rc in back] == [1, mask, mask]
+    assert all(_same(x, y) for x, y in zip([b, a, a], back))
+    assert raw == _independent_pack(g, [b, a, a])
+    starts, pos = [], 0
+    for rc in back:
+        pos += -pos % g.word_bits if pos % g.word_bits > g.word_bits - HEADER_FIXED_BITS \
+            else 0
+        starts.append(pos)
+        pos += g.record_bits(rc.tag, rc.group, rc.nm, rc.mask)
+    m0 = [p + g.header_bits for p in starts]
+    assert any(p // 64 != (p + 63) // 64 for p in m0)          # a mask straddles words
+    assert g.record_bits(RecordTag.INT4, 128, BLOCK_CODE, mask) == \
+        12 + 16 + 64 + bin(mask).count("1") * 2 * 4
+    beats = expected_beats(g, raw)
+    assert {bt["mask"] for bt in beats} == {1, mask}
+
+
+def test_block_bad_input_is_refused_with_one_line_messages():
+    g = GEOMS[0]
+    z = np.zeros(4, np.uint16)
+    q = np.zeros((4, 32), np.int64)
+    q[:, 8] = 1                                     # step 1 nonzero
+    for mask, msg in ((0, "not a nonzero 4-bit mask"), (16, "not a nonzero 4-bit mask"),
+                      (0b1101, "nonzero weights in a k-step its mask 0xd skips")):
+        with pytest.raises(CompileError, match=msg) as e:
+            pack_records(g, [Record(RecordTag.INT4, 32, q, z, BLOCK_CODE, mask)])
+        assert "\n" not in str(e.value)
+    with pytest.raises(CompileError, match="OVP4 records are dense"):
+        pack_records(g, [Record(RecordTag.OVP4, 32, q, z, BLOCK_CODE)])
+    with pytest.raises(CompileError, match="a step mask is for block records"):
+        pack_records(g, [Record(RecordTag.INT4, 32, q, z, 0, 3)])
+    header = RecordTag.INT4.value | BLOCK_CODE << 8          # group 32, scales 0, mask 0
+    with pytest.raises(CompileError, match="empty step mask at stream bit 0"):
+        parse_stream(g, header.to_bytes(16, "little"))
+    with pytest.raises(CompileError, match="sparsity code 6 is not allowed for OVP4"):
+        parse_stream(g, (RecordTag.OVP4.value | BLOCK_CODE << 8 | 1 << 76)
+                     .to_bytes(16, "little") + bytes(16))
+    from airfoil.packing import quantize_stream
+    w = torch.randn(4, 64)
+    with pytest.raises(CompileError, match="block sparsity needs the lanes"):
+        quantize_stream(w, group=32, rows=4, formats="int4", sparsity="block")
+    with pytest.raises(CompileError, match="block density 0 is not accepted"):
+        quantize_stream(w, group=32, rows=4, formats="int4", sparsity="block", lanes=8,
+                        block_density=0)
+    with pytest.raises(CompileError, match="applies to sparsity 'block', not 'dense'"):
+        quantize_stream(w, group=32, rows=4, formats="int4", block_density=0.5)

@@ -76,6 +76,38 @@ def test_block_skip_reference():
     assert torch.equal(block_group_psum(q, mask, x, 4, 8), group_psum(q, x, 8))
 
 
+def test_prune_blocks_keeps_the_steps_of_largest_norm():
+    """Per record (rows x group, the last batch short), ceil(density * steps) k-steps of
+    largest L2 norm stay, ties to the lower step; density 1 is the identity."""
+    from airfoil.sparsity import prune_blocks
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(7, 64, generator=g)                  # rows 3: batches 0..2; 2 groups
+    w[6, 40:48] = 0.0                                    # last batch: one row only
+    w[6, 48:56] = 5.0
+    out = prune_blocks(w, rows=3, lanes=8, group=32, density=0.6)    # 4 steps: keep 3
+    for r0 in range(0, 7, 3):
+        for c in range(2):
+            blk = w[r0:r0 + 3, c * 32:(c + 1) * 32].reshape(-1, 4, 8)
+            got = out[r0:r0 + 3, c * 32:(c + 1) * 32].reshape(-1, 4, 8)
+            norm = (blk ** 2).sum(dim=(0, 2))
+            keep = set(torch.sort(norm, descending=True, stable=True).indices[:3].tolist())
+            for s in range(4):
+                want = blk[:, s] if s in keep else torch.zeros_like(blk[:, s])
+                assert torch.equal(got[:, s], want), (r0, c, s)
+    assert not out[6, 32:64].reshape(4, 8)[1].any() and out[6, 48:56].eq(5.0).all()
+    ties = torch.ones(2, 32)
+    assert prune_blocks(ties, rows=2, lanes=8, group=32, density=0.5)[:, :16].eq(1).all()
+    assert not prune_blocks(ties, rows=2, lanes=8, group=32, density=0.5)[:, 16:].any()
+    assert torch.equal(prune_blocks(w, rows=3, lanes=8, group=32), w)
+    for bad, msg in ((0.0, "block density 0.0 is not accepted"),
+                     (1.01, "block density 1.01 is not accepted")):
+        with pytest.raises(CompileError, match=msg):
+            prune_blocks(w, rows=3, lanes=8, group=32, density=bad)
+    with pytest.raises(CompileError, match="do not split into groups of 32 and k-steps"):
+        prune_blocks(w[:, :40], rows=3, lanes=8, group=32, density=0.5)
+
+
 def _chain(bits, groups=4, lanes=8, patterns=ALL):
     return SparseChain(lanes=lanes, weight_bits=bits, patterns=patterns, groups=groups)
 

@@ -1,10 +1,12 @@
 """Streamed weights (ISA v3): compile, golden and ISA simulator agree bit-exactly.
 
 Covers every record format x N:M pattern (a subset by default, the rest ``slow``),
-per-record mixed formats, odd shapes, several seeds, the cycle cost of a streamed MV,
+block skip (pruned to a density of k-steps per record), per-record mixed formats, odd
+shapes, several seeds, the cycle cost of a streamed MV,
 the compiler's one-line errors and the simulator's refusal of malformed STREAM programs.
 """
 
+import math
 import random
 
 import numpy as np
@@ -400,3 +402,105 @@ def test_golden_refuses_a_damaged_stream(tmp_path):
         run_golden(out)
     with pytest.raises(ProgramError, match="MALFORMED: weight stream: bad record tag 15"):
         run_isa(out, CFG)
+
+
+# -- block skip ----------------------------------------------------------------------------
+
+def _present_steps(q, group):
+    """Present k-steps (a nonzero in any of the record's rows, at least one) per record."""
+    R, L = CFG.chains, CFG.lanes
+    qp = torch.zeros((-(-q.shape[0] // R) * R, q.shape[1]), dtype=torch.int64)
+    qp[:q.shape[0]] = q
+    nz = (qp.reshape(-1, R, q.shape[1] // group, group // L, L) != 0).any(dim=4).any(dim=1)
+    return nz.sum(dim=2).clamp(min=1)
+
+
+@pytest.mark.parametrize("wformat,density,seed", [
+    ("int4", 0.5, 0), ("int2", 0.25, 1), ("int3", 1.0, 2), ("int8", 0.75, 3),
+    ("int4", 1.0, 4)])
+def test_block_skip_layers(tmp_path, wformat, density, seed):
+    """Block-skip layers of odd shapes: golden == ISA; the image holds the quantizer's
+    tensors with at most ceil(density * steps) k-steps per record; the stream is the
+    present steps only, and each MV's cost counts them."""
+    group = (32, 64, 128)[seed % 3]
+    n, k = _shape(seed + 10, group)
+    m, folder, stats = _check_backends(tmp_path, seed, n, k, wformat=wformat, group=group,
+                                       sparsity="block", block_density=density)
+    layer = m["layers"][0]
+    w = _weights(seed, n, k)
+    q, s16, _ = quantize_stream(w, group=group, rows=CFG.chains, formats=[wformat],
+                                sparsity="block", lanes=CFG.lanes, block_density=density)
+    t = layer_tensors(folder)
+    assert torch.equal(t["q"], q)
+    assert torch.equal(t["scales"].view(torch.int16), s16.view(torch.int16))
+    steps = group // CFG.lanes
+    present = _present_steps(q, group)
+    assert int(present.max()) <= math.ceil(density * steps)
+    assert int(present.min()) >= 1
+    bits = layer["stream_bits"]
+    assert bits["values"] == int(present.sum()) * CFG.chains * CFG.lanes * int(wformat[3:])
+    assert bits["headers"] == present.numel() * (16 * CFG.chains + 12 + steps)
+    assert bits["indices"] == 0
+    work = sum(stream_matrix_work(tl["nbytes"] // CFG.word_bytes, int(_present_steps(
+        q[tl["row0"]:tl["row0"] + tl["rows"]], group).sum())) for tl in layer["tiles"])
+    assert stats["busy_matrix"] == work + len(layer["tiles"]) * STREAM_LATENCY
+
+
+def test_block_skip_moves_fewer_bytes_and_cycles(tmp_path):
+    n, k = 2 * CFG.chains + 3, 512
+    res = {}
+    for sp, kw in (("dense", {}), ("block", {"block_density": 0.5})):
+        m, _, stats = _check_backends(tmp_path / sp, 5, n, k, wformat="int4", group=128,
+                                      sparsity=sp, **kw)
+        res[sp] = (m["layers"][0]["stream_bytes"], stats["cycles"])
+    assert res["block"][0] < 0.6 * res["dense"][0], res
+    assert res["block"][1] < res["dense"][1], res
+
+
+def test_block_density_one_skips_only_zero_steps():
+    """Density 1 prunes nothing: the steps that quantize to zero are the skipped ones."""
+    w = _weights(6, 8, 256)
+    w[:4, 16:48] = 0                       # record 0: steps 2..5 of group 0 are zero
+    q, _, _ = quantize_stream(w, group=128, rows=4, formats="int4", sparsity="block",
+                              lanes=8)
+    q0, _, _ = quantize_stream(w, group=128, rows=4, formats="int4")
+    assert torch.equal(q, q0)
+    assert int(_present_steps(q, 128)[0, 0]) == 16 - 4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"sparsity": "block", "block_density": 0.0}, "block density 0.0 is not accepted"),
+    ({"sparsity": "block", "block_density": 1.5}, "block density 1.5 is not accepted"),
+    ({"sparsity": "2:4", "block_density": 0.5}, "applies to sparsity 'block', not '2:4'"),
+    ({"stream": False, "block_density": 0.5}, "applies to sparsity 'block'"),
+    ({"wformat": "ovp", "sparsity": "block"}, "ovp weights are dense"),
+    ({"sparsity": "block", "config": "no_block"}, "sparsity 'block' is not built in config"),
+    ({"sparsity": "block", "config": "test"}, "has no decode unit"),
+])
+def test_block_bad_options_one_line_errors(tmp_path, kwargs, message):
+    import dataclasses
+
+    kw = {"wformat": "int4", **kwargs}
+    name = kw.pop("config", "test_decode")
+    cfg = dataclasses.replace(CFG, sparsity=("dense", "2:4")) if name == "no_block" else \
+        load_config(name)
+    with pytest.raises(CompileError) as e:
+        compile_linear(_weights(0, 8, 128), None, cfg, tmp_path / "x", **kw)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_block_options(tmp_path, capsys):
+    out = tmp_path / "blk"
+    text = cli_ok(capsys, ["compile", "--config", "test_decode", "-o", str(out), "--n", "13",
+                           "--k", "256", "--group", "64", "--sparsity", "block",
+                           "--block-density", "0.5", "--no-bias"])
+    assert "streamed int4 block g64" in text
+    sums = [cli_ok(capsys, ["run", "--backend", b, str(out)]).split("checksum ")[1].split()[0]
+            for b in ("torch", "isa")]
+    assert sums[0] == sums[1]
+    cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
+                       "--sparsity", "block", "--block-density", "2", "--no-bias"],
+              "block density 2.0 is not accepted")
+    cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
+                       "--sparsity", "2:4", "--block-density", "0.5", "--no-bias"],
+              "applies to sparsity 'block'")

@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from airfoil import isa
 from airfoil.cli.bench_stream import harness_verilog, stream_figures, stream_runs
 from airfoil.config import load_config
-from airfoil.packing import StreamGeometry, expected_beats, pack_records
+from airfoil.packing import BLOCK_CODE, StreamGeometry, expected_beats, pack_records
 from hdl.build import write_verilog
 from hdl.core.fetch import ENTRY_LAYOUT
 from hdl.core.stream_mv import StepAdapter, StreamGemvHarness, StreamMatrix
@@ -33,9 +33,9 @@ from sim.tb_stream.stimulus import StreamCase, make_case
 #: up to 4 lane-vectors, so the adapter spreads beats over several steps).
 TINY = dict(chains=2, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
             group_sizes=(32, 64, 128),
-            patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16"))
+            patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"))
 TINY_MEM = dict(latency=12, outstanding=2, max_burst=4)
-NMS = ["dense", "1:4", "2:4", "2:8", "4:16", "8:16"]
+NMS = ["dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"]
 #: The smallest unit for the error paths in amaranth.sim (its elaboration dominates).
 ERR_UNIT = dict(chains=1, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
                 group_sizes=(32, 64), patterns=("dense", "2:4"))
@@ -45,7 +45,8 @@ ERR_UNIT = dict(chains=1, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
 
 def _expected_steps(geom, raw):
     """(w, idx, step, first, last, nm, tag) of every step of a stream, from the reference
-    reader: step ``s`` of a record is its lane-vectors ``s * rows ..``, one per row."""
+    reader: step ``s`` of a record is its lane-vectors ``s * rows ..``, one per row, and
+    its k-step index the ``s``-th set bit of the record's step mask."""
     from airfoil.packing import parse_stream
     out = []
     R, L = geom.rows, geom.lanes
@@ -54,15 +55,18 @@ def _expected_steps(geom, raw):
         w = w.reshape(-1, R, L)
         x = x.reshape(-1, R, L)
         n = w.shape[0]
+        mask = rc.step_mask(L)
+        ksteps = [i for i in range(mask.bit_length()) if mask >> i & 1]
+        assert len(ksteps) == n
         for s in range(n):
-            out.append((w[s].tolist(), x[s].tolist(), s, int(s == 0), int(s == n - 1),
-                        rc.nm, rc.tag.value))
+            out.append((w[s].tolist(), x[s].tolist(), ksteps[s], int(s == 0),
+                        int(s == n - 1), rc.nm, rc.tag.value))
     return out
 
 
 def _run_adapter(geom, seed, *, stall=0.3, idle=0.3):
     rng = np.random.default_rng(seed)
-    recs = random_records(geom, rng, 12, sparsity=(0, 0, 1, 2, 3, 4, 5))
+    recs = random_records(geom, rng, 12, sparsity=(0, 0, 1, 2, 3, 4, 5, BLOCK_CODE))
     raw = pack_records(geom, recs)
     beats = expected_beats(geom, raw)
     want = _expected_steps(geom, raw)
@@ -214,6 +218,21 @@ def test_errors_are_reported(change, code):
     assert out["pc"] == 7
 
 
+def test_block_record_of_another_group_is_malformed():
+    """Block records of group 32 under an MV of group 64: the step indices fit either group,
+    the group code the beats carry does not."""
+    geom = StreamGeometry(word_bits=64, lanes=8, rows=1)
+    c = make_case(geom, name="blk", rows=1, k=64, group=32, fmt="int4", sparsity="block",
+                  block_keep=0.25, seed=8)
+    kw = {**ERR_UNIT, "patterns": ("dense", "block")}
+    out = _run_unit(kw, c["instr"], stream_words(geom, c["image"]))
+    assert out["err"] == 0 and out.get("released"), out
+    out = _run_unit(kw, {**c["instr"], "group": 64}, stream_words(geom, c["image"]))
+    assert out["err"] == 1 and out["code"] == isa.ErrorCode.MALFORMED, out
+    out = _run_unit(ERR_UNIT, c["instr"], stream_words(geom, c["image"]))   # not built
+    assert out["err"] == 1 and out["code"] == isa.ErrorCode.UNSUPPORTED, out
+
+
 def test_pattern_not_built_is_unsupported():
     geom = StreamGeometry(word_bits=64, lanes=8, rows=1)
     c = make_case(geom, name="nm", rows=1, k=64, group=32, fmt="int4", sparsity="2:4",
@@ -295,7 +314,8 @@ def test_rtl_every_format_and_pattern_bit_exact(tiny_harness, seed):
 
 
 def _config(name):
-    """A board config with every N:M pattern built (the test board lists only dense)."""
+    """A board config with every N:M pattern and block skip built (the test board lists
+    only dense)."""
     return dataclasses.replace(load_config(name), sparsity=tuple(["dense"] + NMS[1:]))
 
 
@@ -331,3 +351,34 @@ def test_bench_figures_are_work_over_rtl_cycles():
     d, s = runs["int4-dense"], runs["int4-2:4"]
     assert figs["sparse_2of4_streamed_cycle_ratio"] == s["cycles"] / d["cycles"]
     assert figs["sparse_2of4_streamed_bytes_ratio"] == s["image_bytes"] / d["image_bytes"]
+    b = runs["int4-block"]
+    assert figs["block_skip_streamed_cycle_ratio"] == b["cycles"] / d["cycles"] < 1
+    assert figs["block_skip_streamed_cycle_ratio_cycles"] == b["cycles"]
+    assert figs["block_skip_streamed_bytes_ratio"] == b["image_bytes"] / d["image_bytes"]
+
+
+def _block_pair(geom, seed, *, rows, k):
+    """A dense INT4 case and a block-skip INT4 case keeping half the k-steps of every
+    record, of the same shape."""
+    dense = make_case(geom, name="int4-dense", rows=rows, k=k, group=128, fmt="int4",
+                      seed=seed)
+    block = make_case(geom, name="int4-block50", rows=rows, k=k, group=128, fmt="int4",
+                      sparsity="block", block_keep=0.5, seed=seed + 1)
+    return dense, block
+
+
+@pytest.mark.rtl
+def test_rtl_block_skip_bit_exact_and_fewer_cycles_than_dense(tiny_harness):
+    """Half the k-steps of each record skipped: bit-exact under random stalls, and fewer
+    stream words and cycles than the dense layer of the same (odd) shape."""
+    geom = StreamGeometry(word_bits=TINY["word_bits"], lanes=TINY["lanes"],
+                          rows=TINY["chains"])
+    dense, block = _block_pair(geom, 40, rows=2 * geom.rows + 1, k=384)
+    v, j = tiny_harness
+    for stall, idle in ((0.0, 0.0), (0.25, 0.3)):
+        res = run_stream_rtl(v, j, [dense, block], latency=TINY_MEM["latency"],
+                             outstanding=TINY_MEM["outstanding"], seed=3, stall=stall,
+                             idle=idle)
+        check_results([dense, block], res)
+        assert block["image_words"] < dense["image_words"]
+        assert res[1]["cycles"] < res[0]["cycles"], (stall, res)

@@ -14,8 +14,8 @@ from amaranth.hdl import Fragment, Module, Signal
 from amaranth.sim import Simulator
 
 from airfoil.config import load_config
-from airfoil.packing import (NM_PATTERNS, TAG_BITS, RecordTag, StreamGeometry, beat_layout,
-                             beat_value, expected_beats, nm_index_bits, pack_records)
+from airfoil.packing import (BLOCK_CODE, NM_PATTERNS, TAG_BITS, RecordTag, StreamGeometry,
+                             beat_layout, beat_value, expected_beats, nm_index_bits, pack_records)
 from hdl.build import write_verilog
 from hdl.decode_unit.fp16 import fp16_fixed_hw
 from hdl.decode_unit.unpacker import Unpacker
@@ -31,15 +31,19 @@ GEOMS = {
     "w64": StreamGeometry(word_bits=64, lanes=2, rows=1),
 }
 FORMATS = ["int2", "int3", "int4", "int8", "ovp"]
-#: Sparsity codes drawn per record in mixes (dense twice as often).
-MIX_NM = (0, 0, 1, 2, 3, 4, 5)
+#: Sparsity codes drawn per record in mixes (dense twice as often, block skip included).
+MIX_NM = (0, 0, 1, 2, 3, 4, 5, BLOCK_CODE)
 _TAG = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
         "int8": RecordTag.INT8, "ovp": RecordTag.OVP4}
 
 
 def _streams(geom, mix, rng, count):
-    """Record lists (layers) for a format name, ``"nm"`` (INT formats, every N:M pattern)
-    or ``"mixed"`` (formats, group sizes and sparsity drawn per group, three layers)."""
+    """Record lists (layers) for a format name, ``"nm"`` (INT formats, every N:M pattern),
+    ``"block"`` (INT formats, block skip with random step masks) or ``"mixed"`` (formats,
+    group sizes and sparsity drawn per group, three layers)."""
+    if mix == "block":
+        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
+                               sparsity=(BLOCK_CODE,))]
     if mix == "mixed":
         return [random_records(geom, rng, count // 3 + 1, sparsity=MIX_NM) for _ in range(3)]
     if mix == "nm":
@@ -87,9 +91,9 @@ def test_full_beat_holds_one_to_two_words_in_every_format(name):
 
 # -- bit-exact with backpressure (amaranth.sim) ------------------------------------------
 
-_MIXES = FORMATS + ["nm", "mixed"]
+_MIXES = FORMATS + ["nm", "block", "mixed"]
 _FAST = {("test", mix) for mix in _MIXES} | {("u280", "mixed"), ("w64", "mixed"),
-                                             ("w64", "int3")}
+                                             ("w64", "int3"), ("w64", "block")}
 _CASES = [pytest.param(geom, mix, seed, marks=() if (geom, mix) in _FAST and seed == 0
                        else pytest.mark.slow)
           for geom in ("test", "u280", "w64") for mix in _MIXES for seed in (0, 1)]
@@ -107,7 +111,11 @@ def test_bit_exact_with_idle_and_backpressure(geom, mix, seed):
 
 
 def _rate_records(g, rng, mix, count):
-    """Group-128 records of one format, of INT formats at 2:4 (``"nm"``) or mixed."""
+    """Group-128 records of one format, of INT formats at 2:4 (``"nm"``), block-skip
+    (``"block"``) or mixed."""
+    if mix == "block":
+        return [random_records(g, rng, count, groups=[128], sparsity=(BLOCK_CODE,),
+                               tags=[_TAG[f] for f in FORMATS[:4]])]
     if mix == "mixed":
         return [random_records(g, rng, count, groups=[128], sparsity=MIX_NM)]
     if mix == "nm":
@@ -146,10 +154,12 @@ def test_latency_from_completing_word_to_first_beat():
 
 # -- error handling ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [0x7, 0x3 | 3 << 4, 0x3 | 1 << 6, 0x3 | 6 << 8,
-                                    0x5 | 2 << 8])
+@pytest.mark.parametrize("header", [0x7, 0x3 | 3 << 4, 0x3 | 1 << 6, 0x3 | 7 << 8,
+                                    0x5 | 2 << 8, 0x5 | BLOCK_CODE << 8,
+                                    0x3 | BLOCK_CODE << 8])
 def test_malformed_header_is_skipped_and_flagged(header):
-    """A reserved tag, group code, reserved bit or sparsity code, or OVP4 with N:M: its
+    """A reserved tag, group code, reserved bit or sparsity code, OVP4 with N:M or block
+    skip, or a block record with an empty step mask (the zero bits after the header): its
     word is dropped and error is set."""
     g = GEOMS["test"]
     rng = np.random.default_rng(5)
@@ -299,7 +309,10 @@ def test_rtl_sweep_wide_geometries(name, tmp_path_factory):
         rate_words, rate_beats = make_case(g, rate)
         res = run_unpacker_rtl(v, j, rate_words, rate_beats, seed=seed)
         assert res["errors"] == []
-        if min(g.record_bits(rc.tag, rc.group, rc.nm) for rc in rate[0]) >= g.word_bits:
+        masks = [rc.step_mask(g.lanes) for rc in rate[0]]
+        if all(g.record_bits(rc.tag, rc.group, rc.nm, mk) >=
+               g.word_bits * g.record_beats(rc.tag, rc.group, rc.nm, mk)
+               for rc, mk in zip(rate[0], masks)):
             assert res["accept_span"] == len(rate_words), (mix, res["accept_span"])
 
 

@@ -14,6 +14,9 @@ run's results are checked bit-exactly against the golden before a figure is repo
 * ``sparse_2of4_streamed_cycle_ratio``: cycles of the INT4 2:4 GEMV / cycles of the dense
   INT4 GEMV of the same shape; beside it ``sparse_2of4_streamed_bytes_ratio``, the byte
   size of the 2:4 image (values, N:M indices, scales, headers) / that of the dense image.
+* ``block_skip_streamed_cycle_ratio``: cycles of an INT4 block-skip GEMV keeping half the
+  k-steps of every record (:data:`BLOCK_KEEP`) / cycles of the dense INT4 GEMV of the
+  same shape; beside it ``block_skip_streamed_bytes_ratio`` (step masks included).
 
 Each RTL figure has its raw evidence: ``<name>_cycles``, ``<name>_shape``,
 ``<name>_config_hash``.
@@ -25,9 +28,12 @@ from pathlib import Path
 
 from ..config import load_config
 
-__all__ = ["FORMATS", "figures", "harness_verilog", "stream_runs", "stream_figures"]
+__all__ = ["FORMATS", "BLOCK_KEEP", "figures", "harness_verilog", "stream_runs",
+           "stream_figures"]
 
 FORMATS = ("int2", "int3", "int4", "int8")
+#: Fraction of each record's k-steps the block-skip run keeps.
+BLOCK_KEEP = 0.5
 
 
 def harness_verilog(cfg, out_dir) -> tuple[Path, Path]:
@@ -41,17 +47,20 @@ def harness_verilog(cfg, out_dir) -> tuple[Path, Path]:
 
 def stream_runs(cfg, *, rows: int, k: int, group: int = 128, build_dir="build",
                 seed: int = 0, formats=FORMATS) -> dict:
-    """Run dense GEMVs of each format and an INT4 2:4 one in RTL; check them; return
-    ``{case name: {"cycles", "useful", "beats", "image_bytes", "shape"}}``."""
+    """Run dense GEMVs of each format, an INT4 2:4 one and an INT4 block-skip one (half the
+    k-steps of every record) in RTL; check them; return ``{case name: {"cycles",
+    "useful", "beats", "image_bytes", "shape"}}``."""
     from sim.tb_stream.rtl import check_results, run_stream_rtl
     from sim.tb_stream.stimulus import make_case
 
     from hdl.core.stream_mv import StreamMatrix
 
     geom = StreamMatrix.geometry_of(cfg)
-    specs = [(f, "dense") for f in formats] + [("int4", "2:4")]
+    specs = [(f, "dense") for f in formats] + [("int4", "2:4"), ("int4", "block")]
     cases = [make_case(geom, name=f"{f}-{sp}", rows=rows, k=k, group=group, fmt=f,
-                       sparsity=sp, seed=seed + i) for i, (f, sp) in enumerate(specs)]
+                       sparsity=sp, seed=seed + i,
+                       block_keep=BLOCK_KEEP if sp == "block" else None)
+             for i, (f, sp) in enumerate(specs)]
     v, j = harness_verilog(cfg, Path(build_dir) / "stream" / cfg.name)
     res = run_stream_rtl(v, j, cases, latency=cfg.memory.read_latency,
                          outstanding=cfg.memory.outstanding, seed=seed)
@@ -87,6 +96,12 @@ def stream_figures(cfg, runs: dict) -> dict:
     out.update({f"{name}_cycles": s["cycles"], f"{name}_dense_cycles": d["cycles"],
                 f"{name}_shape": s["shape"], f"{name}_config_hash": h})
     out["sparse_2of4_streamed_bytes_ratio"] = s["image_bytes"] / d["image_bytes"]
+    b = runs["int4-block"]
+    name = "block_skip_streamed_cycle_ratio"
+    out[name] = b["cycles"] / d["cycles"]
+    out.update({f"{name}_cycles": b["cycles"], f"{name}_dense_cycles": d["cycles"],
+                f"{name}_shape": b["shape"], f"{name}_config_hash": h})
+    out["block_skip_streamed_bytes_ratio"] = b["image_bytes"] / d["image_bytes"]
     return out
 
 

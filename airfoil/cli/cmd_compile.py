@@ -12,7 +12,10 @@ prompt). Without MODEL it compiles one linear layer (``--layer``).
 A linear layer's weights may be streamed through the decode unit (ISA version 3):
 ``--stream`` with ``--wformat int2|int3|int4|int8|ovp|mixed`` (``--mixed-formats
 int4,ovp``: the candidates of the per-record choice) and ``--sparsity dense|1:4|2:4|2:8|
-4:16|8:16`` (magnitude pruning to N:M); ``ovp``, ``mixed`` and N:M imply ``--stream``.
+4:16|8:16|block`` (magnitude pruning to N:M, or block-skip records whose all-zero k-steps
+are neither streamed nor computed; ``--block-density D`` first keeps the fraction ``D``
+of each record's k-steps of largest L2 norm); ``ovp``, ``mixed``, N:M and block imply
+``--stream``.
 A bias rides in one small WGT "bias tile" per row block; ``--no-bias`` drops the layer's.
 """
 
@@ -56,8 +59,13 @@ def register(sub):
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream the weights through the decode unit (LD WSTREAM + MV STREAM) "
                         "instead of WGT tiles; formats int2|int3|int4|int8|ovp|mixed")
-    p.add_argument("--sparsity", default=None, metavar="dense|1:4|2:4|2:8|4:16|8:16",
-                   help="N:M magnitude pruning of streamed weights (overrides the recipe)")
+    p.add_argument("--sparsity", default=None, metavar="dense|1:4|2:4|2:8|4:16|8:16|block",
+                   help="N:M magnitude pruning of streamed weights, or block-skip records "
+                        "(overrides the recipe)")
+    p.add_argument("--block-density", type=float, default=None, metavar="D",
+                   help="--sparsity block: keep the fraction 0 < D <= 1 of each record's "
+                        "k-steps, those of largest L2 norm (default 1: skip only all-zero "
+                        "k-steps)")
     p.add_argument("--mixed-formats", default=None, metavar="F,F,...",
                    help="--wformat mixed: candidate formats of the per-record least-squared-"
                         "error choice (default: int4,ovp)")
@@ -78,7 +86,8 @@ def compile_from_args(args, log=None) -> dict:
                        ("out_format", getattr(args, "out_format", None)),
                        ("stream", getattr(args, "stream", None)),
                        ("sparsity", getattr(args, "sparsity", None)),
-                       ("mixed_formats", getattr(args, "mixed_formats", None))):
+                       ("mixed_formats", getattr(args, "mixed_formats", None)),
+                       ("block_density", getattr(args, "block_density", None))):
         if value is not None:
             kw[key] = value
     if args.layer == "builtin":

@@ -12,14 +12,17 @@ scales named by each record)::
 
 The :class:`StepAdapter` turns the unpacker's beats (a run of lane-vectors of one
 record, lane-vector ``i`` for row ``i % chains``) into *steps*: one lane-vector per chain,
-the chains' next ``lanes`` kept weights. All chains take the same step and the same
-activation window in lockstep; the window of step ``s`` of a record is the group's
-activations from ``s * lanes * M / N`` on (``M / N = 1`` when dense), sliced from the
-group's activations, which a prefetcher reads from ACT ahead of the weights (the
-instruction fixes the order of group columns). Each chain emits one exact group partial
-sum per record; the rescaler scales it with the record's exact scale (padding rows of the
-last batch get scale 0) into 56-bit accumulators; a batch's accumulators are requantized
-one per cycle and written to OUT.
+the chains' next ``lanes`` kept weights, each with its k-step index ``s`` (the lowest
+step of the record's step mask not yet taken: ``0, 1, 2, ..`` for dense and N:M records,
+the present steps only for block skip, whose skipped steps cost neither stream bits nor
+chain cycles). All chains take the same step and the same activation window in
+lockstep; the window of step ``s`` of a record is the group's activations from
+``s * lanes * M / N`` on (``M / N = 1`` when dense or block skip, which the chains run in
+BLOCK mode), sliced from the group's activations, which a prefetcher reads from ACT
+ahead of the weights (the instruction fixes the order of group columns). Each chain emits
+one exact group partial sum per record; the rescaler scales it with the record's exact
+scale (padding rows of the last batch get scale 0) into 56-bit accumulators; a batch's
+accumulators are requantized one per cycle and written to OUT.
 
 :class:`StreamGemvHarness` is a simulation top around the unit: an AXI4 read port
 (:class:`~hdl.core.axi_read.AxiReader`) feeding ``words``, ACT and OUT memories with test
@@ -34,8 +37,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.packing import (NM_PATTERNS, SCALE_K_SHAPE, SCALE_M_BITS, StreamGeometry,
-                             beat_layout)
+from airfoil.packing import (BLOCK_CODE, GROUP_CODES, NM_PATTERNS, SCALE_K_SHAPE,
+                             SCALE_M_BITS, StreamGeometry, beat_layout)
 from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
 
 from ..decode_unit.rescaler import GroupRescaler, Requantizer
@@ -53,8 +56,8 @@ __all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
 
 #: Header sparsity code of :mod:`airfoil.packing` -> pattern name (``"2:4"``); the
 #: codes equal :class:`airfoil.sparsity.SparsityMode` values, the chain's run-time mode.
-NM_NAMES = {code: name for name, nm in SPARSE_BY_NAME.items()
-            for code, nm2 in NM_PATTERNS.items() if nm == nm2}
+NM_NAMES = {**{code: name for name, nm in SPARSE_BY_NAME.items()
+               for code, nm2 in NM_PATTERNS.items() if nm == nm2}, BLOCK_CODE: "block"}
 
 
 def _pos_int(what, v, lo=1):
@@ -67,9 +70,10 @@ def step_layout(geometry: StreamGeometry) -> data.StructLayout:
     """Payload of one step of :class:`StepAdapter`: one lane-vector per row (chain).
 
     ``w``/``idx``: per row ``lanes`` signed 8-bit weights and their N:M indices; ``step``:
-    index of the step in its record; ``first``/``last``: record boundaries; ``tag``,
-    ``nm``, ``m``, ``k``, ``bad``: the record's format, sparsity code and scales as the
-    unpacker's beat carries them.
+    the step's k-step index in its record (its bit in the record's step mask);
+    ``first``/``last``: record boundaries; ``tag``,
+    ``nm``, ``m``, ``k``, ``bad``, ``group``: the record's format, sparsity code, scales
+    and group code as the unpacker's beat carries them.
     """
     g = geometry
     steps = max(1, g.max_record_vectors // g.rows)
@@ -84,6 +88,7 @@ def step_layout(geometry: StreamGeometry) -> data.StructLayout:
         "m": data.ArrayLayout(unsigned(SCALE_M_BITS), g.rows),
         "k": data.ArrayLayout(SCALE_K_SHAPE, g.rows),
         "bad": unsigned(1),
+        "group": unsigned(2),
     })
 
 
@@ -95,8 +100,10 @@ class StepAdapter(wiring.Component):
     ``min(vectors left in the beat, rows - filled)`` lane-vectors into the step being
     built; a beat of more than ``rows`` lane-vectors is spread over several cycles, a step
     of more lane-vectors than a beat holds is gathered from several beats. A completed
-    step goes to a register on ``steps``; with ``rows >= beat_vectors`` a step or beat
-    moves every cycle.
+    step goes to a register on ``steps`` with its k-step index: the lowest set bit of the
+    record's step mask (the beat's ``mask``, taken at the record's first beat) not yet
+    used by an earlier step. With ``rows >= beat_vectors`` a step or beat moves every
+    cycle.
 
     Parameters
     ----------
@@ -135,7 +142,8 @@ class StepAdapter(wiring.Component):
         o = self.steps.payload
         fill = Signal(range(R + 1))
         off = Signal(range(V + 1))
-        step = Signal.like(o.step)
+        count = Signal(range(g.max_record_steps + 1))       # steps done in the record
+        rem_mask = Signal(g.max_record_steps)                # present steps not yet taken
         slot_w = Signal(data.ArrayLayout(data.ArrayLayout(signed(8), L), R))
         slot_x = Signal(data.ArrayLayout(data.ArrayLayout(unsigned(4), L), R))
 
@@ -163,17 +171,26 @@ class StepAdapter(wiring.Component):
                          nx.eq(Mux(inside, vec_x[src], slot_x[s].as_value()))]
             new_w.append(nw)
             new_x.append(nx)
+        # The record's remaining step mask: the beat's at the record's first cycle.
+        msk = Signal.like(rem_mask)
+        m.d.comb += msk.eq(Mux(b.first & (off == 0), b.mask, rem_mask))
+        low = Signal.like(o.step)                            # lowest set bit of msk
+        for i in reversed(range(g.max_record_steps)):
+            with m.If(msk[i]):
+                m.d.comb += low.eq(i)
         m.d.comb += self.beats.ready.eq(go & beat_done | self.beats.valid & (b.n == 0))
         with m.If(go):
             m.d.sync += [slot_w.eq(Cat(*new_w)), slot_x.eq(Cat(*new_x)),
                          off.eq(Mux(beat_done, 0, off + take)),
-                         fill.eq(Mux(complete, 0, fill + take))]
+                         fill.eq(Mux(complete, 0, fill + take)),
+                         rem_mask.eq(Mux(complete, msk & (msk - 1), msk))]
         with m.If(go & complete):
             m.d.sync += [self.steps.valid.eq(1), o.w.eq(Cat(*new_w)), o.idx.eq(Cat(*new_x)),
-                         o.step.eq(step), o.first.eq(step == 0),
+                         o.step.eq(low), o.first.eq(count == 0),
                          o.last.eq(beat_done & b.last), o.tag.eq(b.tag.as_value()),
                          o.nm.eq(b.nm), o.m.eq(b.m), o.k.eq(b.k), o.bad.eq(b.bad),
-                         step.eq(Mux(beat_done & b.last, 0, step + 1))]
+                         o.group.eq(b.group),
+                         count.eq(Mux(beat_done & b.last, 0, count + 1))]
         with m.Elif(self.steps.ready):
             m.d.sync += self.steps.valid.eq(0)
         return m
@@ -185,14 +202,14 @@ class StreamMatrix(wiring.Component):
     The unit interface is :class:`~hdl.core.matrix.MatrixUnit`'s (:func:`hdl.core.load.
     unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, the memory words of the stream.
     Every record format the unpacker decodes (INT2, INT3, INT4, INT8, OVP4) and every N:M
-    pattern among ``patterns`` run on the same chains (signed 8-bit weights, one DSP per
-    lane).
+    pattern (and block skip) among ``patterns`` run on the same chains (signed 8-bit
+    weights, one DSP per lane).
 
     Errors: an undefined enum value, ``m != 1``, ``sparsity != DENSE``, ``bias = 1``, zero
     ``rows``/``k``/``group``, a group that does not divide ``k``, a malformed record
     header (the unpacker's error) and a record whose group differs from the
-    instruction's (its lane-vector count does not match) are MALFORMED; ``MM``, a weight
-    format other than ``STREAM``, a group size not built, a record whose N:M pattern is not
+    instruction's (the group code its beats carry) are MALFORMED; ``MM``, a weight
+    format other than ``STREAM``, a group size not built, a record whose sparsity is not
     built, ``tok_scale = 1``, a K-split (``acc_init = 0`` or ``final = 0``) and unaligned
     ``abuf_addr`` (to a word) or ``obuf_addr`` (to the output size) are UNSUPPORTED;
     activations or results beyond their buffer are BUFFER_RANGE; a record scale outside the
@@ -211,7 +228,7 @@ class StreamMatrix(wiring.Component):
     group_sizes : tuple of int
         Group sizes built (subset of 32, 64, 128).
     patterns : tuple of str
-        Sparsity patterns built (``"dense"`` and N:M names).
+        Sparsity patterns built (``"dense"``, N:M names and ``"block"``).
     scale_depth : int
         Records whose scales may wait for their partial sums (covers the chain latency).
     """
@@ -234,7 +251,8 @@ class StreamMatrix(wiring.Component):
         if not groups or any(gs not in (32, 64, 128) or gs % lanes for gs in groups):
             raise ValueError(f"Group sizes must be among 32, 64, 128 and multiples of lanes "
                              f"({lanes}), not {group_sizes!r}")
-        patterns = tuple(p for p in patterns if p == "dense" or p in SPARSE_BY_NAME)
+        patterns = tuple(p for p in patterns
+                         if p in ("dense", "block") or p in SPARSE_BY_NAME)
         if "dense" not in patterns:
             patterns = ("dense",) + patterns
         self._chains, self._lanes, self._wbits = chains, lanes, word_bits
@@ -311,9 +329,11 @@ class StreamMatrix(wiring.Component):
         group = f.group
         lgg = Signal(range(16))
         group_known = Signal()
+        gcode = Signal(2)                   # the instruction's group as a header code
         for gs in self._groups:
             with m.If(group == gs):
-                m.d.comb += [lgg.eq(exact_log2(gs)), group_known.eq(1)]
+                m.d.comb += [lgg.eq(exact_log2(gs)), group_known.eq(1),
+                             gcode.eq(GROUP_CODES[gs])]
         k, rows = f.k, f.rows
         batches = Signal(17)
         m.d.comb += batches.eq((rows + (C - 1)) // C)
@@ -438,7 +458,10 @@ class StreamMatrix(wiring.Component):
                 with m.Case(code_):
                     m.d.comb += [lg_ratio.eq(lr), nm_ok.eq(1),
                                  exp_steps.eq((group >> lgl) >> lr)]
-        shape_bad = (st.step >= exp_steps) | (st.last & (st.step != exp_steps - 1))
+        # A record of another group than the instruction's, or a step count that does not
+        # fit it (a block-skip record may end before its last k-step).
+        shape_bad = (st.group != gcode) | (st.step >= exp_steps) | (
+            st.last & (st.nm != BLOCK_CODE) & (st.step != exp_steps - 1))
         i_batch_row = Signal(17)
         i_grp = Signal(20)
         ready_all = Signal()

@@ -1,8 +1,8 @@
 """The unpacker: raw memory words of packed weights -> lane-aligned signed 8-bit operands.
 
 The stream format (records of INT2/INT3/INT4/INT8/OVP4 weights with FP16 scales, PAD,
-lane-vector order) and the output beat are defined in :mod:`airfoil.packing`; this is its
-hardware reader.
+lane-vector order, N:M indices and block-skip step masks) and the output beat are defined
+in :mod:`airfoil.packing`; this is its hardware reader.
 
 Structure: a bit buffer (a gearbox) of :attr:`Unpacker.buffer_bits` bits holds the
 unread part of the stream, head at bit 0. Every cycle it may take one whole word (placed
@@ -11,7 +11,9 @@ right after the bits it holds) and may remove one *action* from its head:
 * a *beat*: up to ``beat_vectors`` lane-vectors of the current record (at the
   start of a record together with its header, whose scales are converted to fixed point
   on the way), decoded to signed 8-bit weights and 4-bit N:M indices into the output
-  register;
+  register. A block-skip header also carries the step mask (``group / lanes`` bits after
+  the scales): the record then holds ``popcount(mask) * rows`` lane-vectors, and every
+  beat carries the mask (other records carry all their steps as the mask);
 * a *skip*: a PAD tag, a header position in the last 11 bits of a word, or a malformed
   header (which also sets ``error``) drops the rest of the current word.
 
@@ -19,10 +21,12 @@ A full beat removes one to two words' worth of bits
 (:meth:`~airfoil.packing.StreamGeometry.vectors_per_beat`) and a header rides along with
 the first beat of its record, so the buffer drains at least as fast as one word per
 cycle fills it, for every format: the unpacker takes one word per cycle, sustained, as
-long as each record holds at least one word of bits
-(``header_bits + rows * kept * (bits + index bits) >= word_bits``, ``kept`` the
-weights kept per row, ``group`` when dense; smaller records are emitted at one
-record per cycle). ``words.ready`` depends only on the fill level, never on the output.
+long as each record holds at least one word of bits per beat it takes
+(``header_bits + mask bits + rows * kept * (bits + index bits) >= word_bits * beats``,
+``kept`` the weights kept per row, ``group`` when dense, ``lanes`` times the present
+steps for block skip, :meth:`~airfoil.packing.StreamGeometry.record_beats`; a short
+last beat, as of a record shorter than a word, still costs a cycle). ``words.ready``
+depends only on the fill level, never on the output.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from airfoil.packing import (GROUP_CODES, HEADER_FIXED_BITS, NM_PATTERNS, OVP_ID,
-                             OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS, TAG_BITS,
+from airfoil.packing import (BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS, NM_PATTERNS,
+                             OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS, TAG_BITS,
                              RecordTag, StreamGeometry, beat_layout, nm_index_bits, nm_kept)
 
 from .fp16 import fp16_fixed_hw
@@ -57,7 +61,8 @@ class Unpacker(wiring.Component):
         :func:`airfoil.packing.expected_beats` of the words.
     error : Out(1)
         Sticky: a malformed header (reserved tag, group, reserved bits or sparsity code,
-        or an N:M pattern that does not fit the lanes or the format) was skipped, or a
+        an N:M pattern or block skip that does not fit the lanes or the format, an empty
+        step mask) was skipped, or a
         scale was negative, infinite or NaN (that record's beats carry ``bad``).
     """
 
@@ -103,11 +108,19 @@ class Unpacker(wiring.Component):
         return max(self._vpb(t, ib) * L * (TAG_BITS[t] + ib) for t, ib in self.kinds)
 
     @property
+    def mask_bits_max(self) -> int:
+        """Bits of the longest step mask (block skip at the largest group)."""
+        g = self._geom
+        return max([0] + [g.mask_bits(grp, BLOCK_CODE) for grp in GROUP_CODES
+                          if grp % g.lanes == 0])
+
+    @property
     def buffer_bits(self) -> int:
-        """Capacity of the bit buffer: a header and a full beat, plus two words of slack
-        (one in flight behind the fill-level check, one to keep taking words while a
-        beat waits for its last bits)."""
-        return self._geom.header_bits + self.beat_bits_max + 2 * self._geom.word_bits
+        """Capacity of the bit buffer: a header (step mask included) and a full beat, plus
+        two words of slack (one in flight behind the fill-level check, one to keep taking
+        words while a beat waits for its last bits)."""
+        return (self._geom.header_bits + self.mask_bits_max + self.beat_bits_max +
+                2 * self._geom.word_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -117,8 +130,13 @@ class Unpacker(wiring.Component):
         BMAX = self.beat_bits_max
         V = g.beat_vectors
         NV = g.max_record_vectors
+        SM = g.max_record_steps
+        MB = self.mask_bits_max
         tags = list(TAG_BITS)
         kinds = self.kinds
+        # step-mask widths of the block-skip groups that fit the lanes (0: no mask)
+        block_groups = [grp for grp in GROUP_CODES if grp % L == 0]
+        mask_widths = sorted({0} | {g.mask_bits(grp, BLOCK_CODE) for grp in block_groups})
 
         buf = Signal(C)
         fill = Signal(range(C + 1))
@@ -131,6 +149,8 @@ class Unpacker(wiring.Component):
         cur_m = Signal(data.ArrayLayout(unsigned(SCALE_M_BITS), R))
         cur_k = Signal(data.ArrayLayout(SCALE_K_SHAPE, R))
         cur_bad = Signal()
+        cur_mask = Signal(SM)
+        cur_gcode = Signal(2)
 
         # -- header fields at the head of the buffer -----------------------------------
         hdr_tag = buf[0:4]
@@ -153,18 +173,31 @@ class Unpacker(wiring.Component):
                 m.d.comb += tag_ok.eq(1)
         shape_ok = Signal()                     # group code and N:M pattern fit the lanes
         hdr_total = Signal(range(NV + 1))
+        hdr_mask = Signal(SM)                   # present steps (all, unless block skip)
+        hdr_mbits = Signal(range(MB + 1))       # bits of the step mask after the scales
+        mask_empty = Signal()                   # a block-skip mask of no step (malformed)
         with m.Switch(Cat(hdr_gcode, hdr_nm)):
             for grp, code in GROUP_CODES.items():
                 for nm in [0] + list(NM_PATTERNS):
                     if nm_kept(grp, nm) % L == 0:
+                        steps = g.record_vectors(grp, nm) // R
                         with m.Case(code | nm << 2):
                             m.d.comb += [hdr_total.eq(g.record_vectors(grp, nm)),
-                                         shape_ok.eq(1)]
+                                         hdr_mask.eq((1 << steps) - 1), shape_ok.eq(1)]
+                if grp in block_groups:
+                    S = g.mask_bits(grp, BLOCK_CODE)
+                    mbits = buf[H:H + S]
+                    with m.Case(code | BLOCK_CODE << 2):
+                        m.d.comb += [hdr_mask.eq(mbits), hdr_mbits.eq(S),
+                                     hdr_total.eq(_popcount(mbits) * R),
+                                     mask_empty.eq(~mbits.any()), shape_ok.eq(1)]
 
         at_header = ~in_rec & (fill != 0)
         late = phase > W - HEADER_FIXED_BITS
+        # The fixed header bits lie in one word (present once fill != 0); the step mask may
+        # lie in the next, so an empty mask is judged once its bits are in.
         malformed = ~late & (hdr_tag != RecordTag.PAD.value) & (
-            ~tag_ok | ~shape_ok | (hdr_rsvd != 0) |
+            ~tag_ok | ~shape_ok | (hdr_rsvd != 0) | (mask_empty & (fill >= H + hdr_mbits)) |
             ((hdr_tag == RecordTag.OVP4.value) & (hdr_nm != 0)))
         skip = Signal()
         start = Signal()
@@ -200,8 +233,8 @@ class Unpacker(wiring.Component):
             for ki, (t, kib) in enumerate(kinds):
                 with m.Case(ki):
                     m.d.comb += beat_bits.eq(n * (L * (TAG_BITS[t] + kib)))
-        need = Signal(range(H + BMAX + 1))
-        m.d.comb += need.eq(Mux(in_rec, 0, H) + beat_bits)
+        need = Signal(range(H + MB + BMAX + 1))
+        m.d.comb += need.eq(Mux(in_rec, 0, H + hdr_mbits) + beat_bits)
 
         beats = self.beats
         out_free = ~beats.valid | beats.ready
@@ -216,7 +249,13 @@ class Unpacker(wiring.Component):
 
         # -- decode the weights (and N:M indices) of the beat --------------------------
         win = Signal(BMAX)
-        m.d.comb += win.eq(Mux(in_rec, buf[:BMAX], buf[H:H + BMAX]))
+        with m.If(in_rec):
+            m.d.comb += win.eq(buf[:BMAX])
+        with m.Else():
+            with m.Switch(hdr_mbits):
+                for S in mask_widths:
+                    with m.Case(S):
+                        m.d.comb += win.eq(buf[H + S:H + S + BMAX])
         mags = Array(Const(x, 8) for x in OVP_MAGNITUDES)
 
         def outlier(c):
@@ -263,7 +302,9 @@ class Unpacker(wiring.Component):
                          p.pos.eq(Mux(in_rec, pos, 0)),
                          p.m.eq(Mux(in_rec, cur_m, hdr_m)),
                          p.k.eq(Mux(in_rec, cur_k, hdr_k)),
-                         p.bad.eq(Mux(in_rec, cur_bad, hdr_bad))]
+                         p.bad.eq(Mux(in_rec, cur_bad, hdr_bad)),
+                         p.mask.eq(Mux(in_rec, cur_mask, hdr_mask)),
+                         p.group.eq(Mux(in_rec, cur_gcode, hdr_gcode))]
             m.d.sync += [p.w[j].eq(weights[j]) for j in range(g.ops)]
             m.d.sync += [p.idx[j].eq(indices[j]) for j in range(g.ops)]
         with m.Elif(beats.ready):
@@ -274,7 +315,8 @@ class Unpacker(wiring.Component):
             with m.If(start):
                 m.d.sync += [in_rec.eq(hdr_total != n), rem.eq(hdr_total - n), pos.eq(n),
                              cur_tag.eq(hdr_tag), cur_nm.eq(hdr_nm), cur_m.eq(hdr_m),
-                             cur_k.eq(hdr_k), cur_bad.eq(hdr_bad)]
+                             cur_k.eq(hdr_k), cur_bad.eq(hdr_bad), cur_mask.eq(hdr_mask),
+                             cur_gcode.eq(hdr_gcode)]
                 with m.If(hdr_bad):
                     m.d.sync += self.error.eq(1)
             with m.Else():
@@ -299,6 +341,15 @@ class Unpacker(wiring.Component):
             phase.eq(phase + consume),
         ]
         return m
+
+
+def _popcount(value):
+    """Number of set bits of a value (an adder tree over its bits)."""
+    bits = [value[i] for i in range(len(value))]
+    while len(bits) > 1:
+        bits = [bits[i] + bits[i + 1] if i + 1 < len(bits) else bits[i]
+                for i in range(0, len(bits), 2)]
+    return bits[0]
 
 
 def _any(values):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from airfoil.packing import (NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS, Record, RecordTag,
-                             StreamGeometry, beat_value, expected_beats, nm_kept,
+from airfoil.packing import (BLOCK_CODE, NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS, Record,
+                             RecordTag, StreamGeometry, beat_value, expected_beats, nm_kept,
                              pack_records)
 
-__all__ = ["random_weights", "random_nm", "random_scales", "random_records", "stream_words",
+__all__ = ["random_weights", "random_nm", "random_blocks", "random_scales", "random_records",
+           "stream_words",
            "make_case"]
 
 
@@ -47,6 +48,17 @@ def random_nm(rng: np.random.Generator, q: np.ndarray, nm: int) -> np.ndarray:
     return win.reshape(q.shape)
 
 
+def random_blocks(rng: np.random.Generator, q: np.ndarray, lanes: int) -> np.ndarray:
+    """``q`` (rows x group) with random k-steps (``lanes`` columns of every row) zeroed:
+    each step is kept with a probability drawn per record, all of them dropped now and
+    then (the packer then keeps step 0)."""
+    steps = q.reshape(q.shape[0], -1, lanes).copy()
+    p = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0])
+    drop = rng.random(steps.shape[1]) >= p
+    steps[:, drop] = 0
+    return steps.reshape(q.shape)
+
+
 def random_scales(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` random positive finite FP16 bit patterns, subnormals and extremes included."""
     pats = rng.integers(0, 0x7C00, n)
@@ -59,9 +71,9 @@ def random_scales(rng: np.random.Generator, n: int) -> np.ndarray:
 def random_records(geom: StreamGeometry, rng: np.random.Generator, count: int, *,
                    tags=None, groups=None, sparsity=(0,)) -> list:
     """``count`` random records, each of a format from ``tags``, a size from ``groups`` and
-    an N:M code from ``sparsity`` (drawn per record, so a list mixes formats, group sizes
-    and sparsity per group; a code that does not fit the record's format, group and lanes
-    falls back to dense)."""
+    an N:M or block-skip code from ``sparsity`` (drawn per record, so a list mixes formats,
+    group sizes and sparsity per group; a code that does not fit the record's format,
+    group and lanes falls back to dense)."""
     tags = [RecordTag(t) for t in (tags or list(TAG_BITS))]
     groups = [g for g in (groups or (32, 64, 128)) if g % geom.lanes == 0]
     out = []
@@ -71,7 +83,8 @@ def random_records(geom: StreamGeometry, rng: np.random.Generator, count: int, *
         nm = int(sparsity[int(rng.integers(len(sparsity)))])
         if nm and (tag is RecordTag.OVP4 or nm_kept(grp, nm) % geom.lanes):
             nm = 0
-        q = random_nm(rng, random_weights(rng, tag, (geom.rows, grp)), nm)
+        q = random_weights(rng, tag, (geom.rows, grp))
+        q = random_blocks(rng, q, geom.lanes) if nm == BLOCK_CODE else random_nm(rng, q, nm)
         out.append(Record(tag, grp, q.astype(np.int64), random_scales(rng, geom.rows), nm))
     return out
 

@@ -1,7 +1,8 @@
 """Cases for the streamed GEMV harness: packed images, activations and golden results.
 
 A case is one ``MV`` with ``wfmt = STREAM``: a weight tensor packed by
-:mod:`airfoil.packing` (records of any format and N:M pattern, chosen per record),
+:mod:`airfoil.packing` (records of any format, N:M pattern or block skip, chosen per
+record),
 INT8 activations and the instruction's fields. The golden result reads the image back
 with :func:`airfoil.packing.unpack_tensor` and applies
 :func:`airfoil.formats.linear_reference`, so the packer, the reader and the arithmetic
@@ -16,10 +17,10 @@ import torch
 from airfoil import isa
 from airfoil.formats import (OUT_BITS, accumulate, fp16_fixed, group_psum, linear_reference,
                              requant_params, rescale)
-from airfoil.packing import (NM_BY_NAME, Record, StreamGeometry, nm_kept, pack_records,
-                             record_tag, unpack_tensor)
+from airfoil.packing import (BLOCK_CODE, NM_BY_NAME, Record, StreamGeometry, nm_kept,
+                             pack_records, record_tag, unpack_tensor)
 
-from ..tb_decode.stimulus import random_nm, random_weights
+from ..tb_decode.stimulus import random_blocks, random_nm, random_weights
 
 __all__ = ["StreamCase", "make_case", "encode_instr", "random_fp16_scales", "K0"]
 
@@ -46,12 +47,15 @@ class StreamCase(dict):
 
 def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int, fmt,
               sparsity="dense", seed: int = 0, out_fmt: str = "INT8",
-              abuf_addr: int = 0, obuf_addr: int = 0) -> StreamCase:
+              abuf_addr: int = 0, obuf_addr: int = 0,
+              block_keep: float | None = None) -> StreamCase:
     """Build a random case.
 
     ``fmt`` is a format name (``"int4"``, ``"ovp"``) or a list of names drawn per record;
     ``sparsity`` a pattern name or a list drawn per record (a pattern that does not fit a
-    record's format or the lanes falls back to dense).
+    record's format or the lanes falls back to dense). Block-skip records drop random
+    k-steps (:func:`~sim.tb_decode.stimulus.random_blocks`), or with ``block_keep`` keep
+    exactly ``round(block_keep * steps)`` of them (at least one).
     """
     rng = np.random.default_rng(seed)
     fmts = [fmt] if isinstance(fmt, str) else list(fmt)
@@ -70,7 +74,16 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
                 nm = 0
             live = max(0, min(R, rows - b * R))
             blk = np.zeros((R, group), dtype=np.int64)
-            blk[:live] = random_nm(rng, random_weights(rng, tag, (live, group)), nm)
+            blk[:live] = random_weights(rng, tag, (live, group))
+            if nm == BLOCK_CODE and block_keep is not None:
+                steps = group // geom.lanes
+                drop = rng.permutation(steps)[max(1, round(block_keep * steps)):]
+                for st in drop:
+                    blk[:, st * geom.lanes:(st + 1) * geom.lanes] = 0
+            elif nm == BLOCK_CODE:
+                blk = random_blocks(rng, blk, geom.lanes)
+            else:
+                blk = random_nm(rng, blk, nm)
             sc = np.full(R, 0x3C00, dtype=np.uint16)
             sc[:live] = random_fp16_scales(rng, live)
             q[b * R:(b + 1) * R, c * group:(c + 1) * group] = blk
