@@ -94,3 +94,27 @@ def test_streamed_layer_with_bias_is_unsupported_in_rtl(tmp_path):
     assert torch.equal(run_isa(folder, CFG)[0], run_golden(folder))
     with pytest.raises(AirfoilError, match="UNSUPPORTED"):
         run_rtl(folder.path, CFG, seed=0, stalls=False)
+
+
+def test_stream_loads_falling_short_stop_the_core(tmp_path):
+    """A program whose LD WSTREAM brings fewer words than its MV STREAM needs: the RTL
+    stops with MALFORMED at that MV (no hang), as the ISA simulator reports it."""
+    from airfoil.errors import AirfoilError, ProgramError
+    from airfoil.isa import Buffer, ErrorCode, Opcode, decode, encode
+    from airfoil.program import write_program
+
+    folder = _layer(tmp_path, 8, 16, 256, wformat="int4", stream=True, group=128)
+    words = list(folder.program.words)
+    ins = [decode(w, i) for i, w in enumerate(words)]
+    ld = max(i for i, d in enumerate(ins) if d.opcode == Opcode.LD and d.buf == Buffer.WSTREAM)
+    short = dict(ins[ld].fields, nbytes=ins[ld].nbytes // 2)
+    words[ld] = encode(Opcode.LD, ins[ld].wait, ins[ld].release, **short)
+    folder.program.words = words
+    write_program(folder.path / "program.afp", folder.program)
+    with pytest.raises(ProgramError) as e:
+        run_isa(load_folder(folder.path, CFG), CFG)
+    mv = e.value.index
+    assert e.value.code == ErrorCode.MALFORMED and "ran out" in str(e.value), e.value
+    assert ins[mv].opcode == Opcode.MV and mv > ld
+    with pytest.raises(AirfoilError, match=f"MALFORMED at instruction {mv} "):
+        run_rtl(folder.path, CFG, seed=2, stalls=True)

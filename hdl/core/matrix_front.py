@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from airfoil import isa
 
@@ -27,7 +27,8 @@ __all__ = ["MatrixFront"]
 
 
 class MatrixFront(wiring.Component):
-    """MATRIX unit with both engines; the members of :class:`MatrixUnit` plus ``wstream``.
+    """MATRIX unit with both engines; the members of :class:`MatrixUnit` plus ``wstream``
+    and the streamed engine's ``starved``/``starved_pc``.
 
     Parameters
     ----------
@@ -47,6 +48,8 @@ class MatrixFront(wiring.Component):
         self._tiles, self._streamed = tiles, streamed
         members = dict(tiles.signature.members)
         members["wstream"] = In(stream.Signature(unsigned(streamed.geometry.word_bits)))
+        members["starved"] = Out(1)
+        members["starved_pc"] = Out(32)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -93,5 +96,6 @@ class MatrixFront(wiring.Component):
                      self.err.eq(t.err | s.err),
                      self.err_code.eq(Mux(t.err, t.err_code, s.err_code)),
                      self.err_pc.eq(Mux(t.err, t.err_pc, s.err_pc)),
-                     self.idle.eq(t.idle & s.idle)]
+                     self.idle.eq(t.idle & s.idle),
+                     self.starved.eq(s.starved), self.starved_pc.eq(s.starved_pc)]
         return m

@@ -203,7 +203,9 @@ class StreamMatrix(wiring.Component):
     unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, the memory words of the stream.
     Every record format the unpacker decodes (INT2, INT3, INT4, INT8, OVP4) and every N:M
     pattern (and block skip) among ``patterns`` run on the same chains (signed 8-bit
-    weights, one DSP per lane).
+    weights, one DSP per lane). ``starved`` is high while an instruction still owes records
+    and neither a step nor a stream word is available; ``starved_pc`` is its index (the
+    core turns a starvation that nothing else can end into a MALFORMED error there).
 
     Errors: an undefined enum value, ``m != 1``, ``sparsity != DENSE``, ``bias = 1``, zero
     ``rows``/``k``/``group``, a group that does not divide ``k``, a malformed record
@@ -263,6 +265,7 @@ class StreamMatrix(wiring.Component):
         super().__init__({
             **unit_ports(),
             "words": In(stream.Signature(unsigned(word_bits))),
+            "starved": Out(1), "starved_pc": Out(32),
             "act_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(act_bytes // wb),
                                                    shape=word_bits)),
             "out_wr": In(memory.WritePort.Signature(addr_width=ceil_log2(out_bytes // wb),
@@ -468,6 +471,12 @@ class StreamMatrix(wiring.Component):
         m.d.comb += ready_all.eq(Cat(*[ch.i.ready for ch in chains]).all())
         want = Signal()
         m.d.comb += want.eq(active & ~failed & adp.steps.valid & (i_recs != total_recs))
+        # Waiting for stream words that only a later LD WSTREAM can bring: records are
+        # still owed, no step is ready and no word is offered. The core counts this as a
+        # blocked unit, so a program whose loads fall short stops with an error.
+        m.d.comb += [self.starved.eq(active & ~failed & (i_recs != total_recs) &
+                                     ~adp.steps.valid & ~self.words.valid),
+                     self.starved_pc.eq(index)]
         with m.If(want & unp.error):
             m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.MALFORMED)]
         with m.Elif(want & ~nm_ok):

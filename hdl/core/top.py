@@ -21,8 +21,12 @@ register must not do so while a queued instruction that names it has yet to star
 
 A queue's head starts once the tokens its ``wait`` mask names are in the token FIFOs
 (counters of at most :data:`airfoil.isa.TOKEN_DEPTH`); a finished instruction puts its
-``release`` tokens, waiting while a FIFO is full. On an error (or after ``HALT``) the
-engine stops issuing, lets the AXI ports drain and reports ``finished``.
+``release`` tokens, waiting while a FIFO is full. When the dispatcher cannot go on and
+for :data:`DEADLOCK_CYCLES` cycles no unit works while one waits for a token that cannot
+come (or the streamed MATRIX engine waits for stream words that no queued ``LD WSTREAM``
+brings), the core stops with DEADLOCK (MALFORMED at that ``MV`` for the starved stream).
+On an error (or after ``HALT``) the engine stops issuing, lets the AXI ports drain and
+reports ``finished``.
 
 Buffer ports: every reader has a read port of its own (copies of a RAM, see
 :class:`~hdl.core.buffers.BufferRam`); units that may name any buffer (STORE, the SFU)
@@ -295,6 +299,7 @@ class Engine(wiring.Component):
         full = {}
         blocked = []
         working = []
+        starved = Signal()
         qentry = Signal(ENTRY_LAYOUT)
         for u in unit_list:
             q = fifo.SyncFIFOBuffered(width=ENTRY_LAYOUT.size, depth=cfg.instr_queue_depth)
@@ -328,6 +333,10 @@ class Engine(wiring.Component):
             full[u] = ~q.w_rdy
             m.d.comb += q.w_data.eq(qentry)
             rel_blocked = unit.rel.valid & ~room
+            if u == isa.Unit.MATRIX and "starved" in unit.signature.members:
+                # A streamed MV waiting for words it is owed is blocked, not working.
+                m.d.comb += starved.eq(unit.starved & ~stall[u])
+                rel_blocked = rel_blocked | starved
             blocked.append((q.r_rdy & ~ok & unit.idle) | rel_blocked)
             working.append(~unit.idle & ~rel_blocked)
         all_idle = Signal()
@@ -513,7 +522,14 @@ class Engine(wiring.Component):
         sources += [(units[u].err, units[u].err_code, units[u].err_pc) for u in unit_list]
         sources.append((drd.error, isa.ErrorCode.AXI_ERROR, self.retired))
         sources.append((ird.error, isa.ErrorCode.AXI_ERROR, self.retired))
-        sources.append((dead == DEADLOCK_CYCLES, isa.ErrorCode.DEADLOCK, self.retired))
+        # A deadlock with the streamed engine starved is a program whose stream loads fall
+        # short of its STREAM instructions: MALFORMED at that instruction, as the ISA
+        # simulator reports it ("weight stream ran out").
+        starved_pc = units[isa.Unit.MATRIX].starved_pc if "starved" in \
+            units[isa.Unit.MATRIX].signature.members else self.retired
+        sources.append((dead == DEADLOCK_CYCLES,
+                        Mux(starved, isa.ErrorCode.MALFORMED, isa.ErrorCode.DEADLOCK),
+                        Mux(starved, starved_pc, self.retired)))
         with m.If(~self.error):
             for flag, code, pc in reversed(sources):
                 with m.If(flag):
