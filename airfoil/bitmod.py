@@ -222,12 +222,14 @@ def _fp16_scale(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s16 > 0, s16, tiny)
 
 
-def quantize_group(w: torch.Tensor, fmt) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_group(w: torch.Tensor, fmt, floor: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize each row of ``w`` (groups x n, float) to ``fmt`` with one FP16 scale.
 
     The scale maps the group's extremes onto the format's extremes without clipping
-    (``max(wmax / vmax, wmin / vmin)``, FP16-rounded); each weight takes the nearest
-    value. Return ``(values, scales)``: int64 values of ``fmt`` and float16 scales.
+    (``max(wmax / vmax, wmin / vmin)``, raised to at least ``floor`` when given, then
+    FP16-rounded); each weight takes the nearest value. Return ``(values, scales)``:
+    int64 values of ``fmt`` and float16 scales.
     """
     fmt = bitmod_format(fmt)
     vals = sorted(set(values(fmt)))
@@ -239,7 +241,10 @@ def quantize_group(w: torch.Tensor, fmt) -> tuple[torch.Tensor, torch.Tensor]:
     vmax, vmin = float(grid.max()), float(grid.min())
     hi = wf.amax(dim=1).clamp(min=0) / vmax
     lo = wf.amin(dim=1).clamp(max=0) / vmin
-    s16 = _fp16_scale(torch.maximum(hi, lo))
+    s = torch.maximum(hi, lo)
+    if floor is not None:
+        s = torch.clamp(s, min=float(floor))
+    s16 = _fp16_scale(s)
     if bool(torch.isinf(s16).any()):
         raise CompileError("weights too large: a group scale overflows FP16")
     idx = _nearest((wf / s16.to(torch.float64).unsqueeze(1)).contiguous(), grid)

@@ -20,14 +20,23 @@ from .yamlfile import read_yaml
 
 __all__ = [
     "MemoryConfig", "BufferConfig", "AccelConfig", "load_config", "PE_KINDS",
-    "WEIGHT_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
+    "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
     "builtin_config_path",
 ]
 
 PE_KINDS = ("dsp", "bitserial", "lut")
 #: Weight formats a configuration may enable (later work adds more; the ISA's
 #: :class:`airfoil.isa.WeightFormat` is the authority on encodings).
-WEIGHT_FORMATS = ("int2", "int3", "int4", "int8")
+WEIGHT_FORMATS = ("int2", "int3", "int4", "int6", "int8",
+                  "fp4_er_p", "fp4_er_n", "fp4_ea_p", "fp4_ea_n",
+                  "fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n")
+#: Formats only the decode unit reads (streamed weights): listing one builds it. The
+#: BitMoD formats (``int6`` and the FP4/FP3 variants of :mod:`airfoil.bitmod`) are
+#: decoded only when listed; INT2/INT3/INT4/INT8 and OVP4 records always are.
+STREAM_ONLY_FORMATS = ("int2", "int3", "int6", "fp4_er_p", "fp4_er_n", "fp4_ea_p",
+                       "fp4_ea_n", "fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n")
+#: Record formats of streamed weights every decode unit reads.
+_BASE_STREAM_FORMATS = ("int2", "int3", "int4", "int8", "ovp")
 SPARSITY_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
 GROUP_SIZES = (32, 64, 128)
 
@@ -251,9 +260,20 @@ class AccelConfig:
     def decode_unit(self) -> bool:
         """Whether the core has the decode unit (streamed weights, ``LD WSTREAM`` and
         ``MV STREAM``): built when the config lists a format or a pattern only it reads
-        (``int2``, ``int3``, an N:M pattern, ``block``: block-skip records)."""
-        return (any(f in ("int2", "int3") for f in self.weight_formats) or
+        (one of :data:`STREAM_ONLY_FORMATS`, an N:M pattern, ``block``: block-skip records)."""
+        return (any(f in STREAM_ONLY_FORMATS for f in self.weight_formats) or
                 any(p != "dense" for p in self.sparsity))
+
+    @property
+    def stream_formats(self) -> tuple:
+        """Record formats the decode unit reads (names of :data:`airfoil.packing.
+        TAG_BY_NAME`): INT2, INT3, INT4, INT8 and OVP4, and the BitMoD formats listed in
+        :attr:`weight_formats`; empty without a decode unit."""
+        if not self.decode_unit:
+            return ()
+        return _BASE_STREAM_FORMATS + tuple(
+            f for f in WEIGHT_FORMATS if f in self.weight_formats
+            and f not in _BASE_STREAM_FORMATS)
 
     @property
     def config_hash(self) -> str:

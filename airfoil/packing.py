@@ -20,7 +20,8 @@ quantization group (``group`` consecutive weights along k) of ``rows`` consecuti
 output rows, where ``rows`` is :attr:`StreamGeometry.rows` (the chains one unpacker
 feeds). Its layout::
 
-    bits 0..3     tag        RecordTag: the weight format of the record (0 = PAD)
+    bits 0..3     tag        RecordTag: the weight format of the record (0 = PAD,
+                             15 reserved)
     bits 4..5     group      0: 32, 1: 64, 2: 128 weights per row
     bits 6..7     reserved   0
     bits 8..11    sparsity   0: dense; N:M code of :data:`NM_PATTERNS` (1: 1:4, 2: 2:4,
@@ -43,7 +44,7 @@ cut the kept entries as above (row ``i % rows``, kept entries ``(i // rows) * la
 onwards); an N:M lane-vector is its ``lanes`` values (``bits`` each) followed by their
 ``lanes`` indices (``log2(M)`` bits each, unsigned).
 
-A *block-skip* record (sparsity code 6, any INT format, not OVP4) is dense-valued but
+A *block-skip* record (sparsity code 6, any format but OVP4) is dense-valued but
 leaves out whole *k-steps*: k-step ``s`` is the ``lanes`` weights ``s * lanes ..`` of
 every one of the record's ``rows`` rows (a block of ``rows x lanes`` weights, what the
 chains consume in one cycle). The *step mask* of ``group / lanes`` bits after the scales
@@ -56,7 +57,17 @@ group partial sums; a record holds ``popcount(mask) * rows`` lane-vectors.
 
 A value of ``bits`` bits is:
 
-* ``INT2``, ``INT3``, ``INT4``, ``INT8``: two's complement (the full range is legal).
+* ``INT2``, ``INT3``, ``INT4``, ``INT6``, ``INT8``: two's complement (the full range is
+  legal).
+* BitMoD FP formats (:mod:`airfoil.bitmod`): ``FP4_ER_P``, ``FP4_ER_N``, ``FP4_EA_P``,
+  ``FP4_EA_N`` (4-bit codes ``s mmm``: magnitudes ``0, 1, 2, 3, 4, 6, 8, 12``, sign
+  ``s``; the "-0" code ``1000`` holds the variant's extra value +10, -10, +16, -16) and
+  ``FP3_ER_P``, ``FP3_ER_N``, ``FP3_EA_P``, ``FP3_EA_N`` (3-bit codes ``s mm``:
+  magnitudes ``0, 1, 2, 4``; code ``100`` holds +3, -3, +6, -6). Values are integers in
+  units where E2M1 values are doubled; the code -> value map is :func:`airfoil.bitmod.
+  values`, the one definition the packer, the reference reader and the unpacker's
+  tables are built from. FP records may be N:M sparse (their values are just weights
+  with indices).
 * ``OVP4``: OliVe-style outlier-victim pairs over 4-bit codes. Lanes ``2p, 2p + 1`` form a
   pair (``lanes`` is even). A normal code is an INT4 value in ``-7..7``; code ``0b1000``
   (``-8``) is the *identifier*, never a value. A pair ``(c0, c1)`` decodes as:
@@ -115,13 +126,14 @@ all of its ``record_vectors / rows`` steps otherwise), from which a consumer kno
 k-step (activation window) of each step it assembles: the lowest set bit not yet taken.
 
 A full beat holds between one and two words of stream bits (:attr:`StreamGeometry.ops`
-weights of dense INT2, INT3, INT4 or OVP4, half as many of INT8; N:M indices count as
-bits), so the beat rate never limits the word rate, except that a record's last beat may
-be short (a record shorter than a word, or a block-skip record whose lane-vectors are
-not whole beats) and still costs a cycle: the unpacker keeps one word per cycle when
-every record holds at least a word of bits per beat (:meth:`StreamGeometry.record_bits`
-``>= word_bits *`` :meth:`StreamGeometry.record_beats`; for dense and N:M records with a
-power-of-two ``rows`` that is ``record_bits >= word_bits``).
+weights of dense INT2, INT3, INT4, OVP4, FP4 or FP3, half as many of INT6 or INT8; N:M
+indices count as bits), so the beat rate never limits the word rate, except that a
+record's last beat may be short (a record shorter than a word, or a block-skip record
+whose lane-vectors are not whole beats) and still costs a cycle: the unpacker keeps one
+word per cycle when every record holds at least a word of bits per beat
+(:meth:`StreamGeometry.record_bits` ``>= word_bits *`` :meth:`StreamGeometry.record_beats`;
+for dense and N:M records with a power-of-two ``rows`` that is ``record_bits >=
+word_bits``).
 
 A consumer with ``rows`` chains of ``lanes`` lanes takes one k-step (``rows``
 lane-vectors) per cycle; a full INT2 beat holds ``beat_vectors / rows`` steps, so to
@@ -140,6 +152,7 @@ import torch
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
+from . import bitmod
 from .errors import CompileError
 from .formats import fp16_fixed, pack_int, unpack_int
 from .isa import WeightFormat
@@ -150,11 +163,13 @@ __all__ = [
     "nm_expand",
     "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_K_SHAPE", "StreamGeometry", "Record",
     "record_tag", "step_mask",
-    "ovp_encode", "ovp_decode", "ovp_values", "encode_weights", "decode_weights",
+    "ovp_encode", "ovp_decode", "ovp_values", "bitmod_values", "encode_weights",
+    "decode_weights",
     "pack_records", "parse_stream", "expected_beats", "beat_layout", "beat_value",
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
     "deinterleave",
-    "bits_per_weight", "read_records", "STREAM_FORMATS", "DEFAULT_MIXED",
+    "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
+    "STREAM_FORMATS", "DEFAULT_MIXED",
     "core_stream_geometry", "quantize_stream",
 ]
 
@@ -167,13 +182,29 @@ class RecordTag(enum.Enum, shape=4):
     INT4 = 3
     INT8 = 4
     OVP4 = 5   #: OliVe outlier-victim pairs over 4-bit codes
+    INT6 = 6
+    FP4_ER_P = 7   #: BitMoD FP4 + extra value +10
+    FP4_ER_N = 8   #: BitMoD FP4 + extra value -10
+    FP4_EA_P = 9   #: BitMoD FP4 + extra value +16
+    FP4_EA_N = 10  #: BitMoD FP4 + extra value -16
+    FP3_ER_P = 11  #: BitMoD FP3 + extra value +3
+    FP3_ER_N = 12  #: BitMoD FP3 + extra value -3
+    FP3_EA_P = 13  #: BitMoD FP3 + extra value +6
+    FP3_EA_N = 14  #: BitMoD FP3 + extra value -6
 
 
+#: Record formats whose codes are BitMoD codes (:mod:`airfoil.bitmod`), by the BitMoD
+#: format of the same name: their code -> value maps are :func:`airfoil.bitmod.values`.
+BITMOD_TAGS = {t: bitmod.bitmod_format(t.name.lower())
+               for t in (RecordTag.INT6, RecordTag.FP4_ER_P, RecordTag.FP4_ER_N,
+                         RecordTag.FP4_EA_P, RecordTag.FP4_EA_N, RecordTag.FP3_ER_P,
+                         RecordTag.FP3_ER_N, RecordTag.FP3_EA_P, RecordTag.FP3_EA_N)}
 #: Bits per weight of each record format.
 TAG_BITS = {RecordTag.INT2: 2, RecordTag.INT3: 3, RecordTag.INT4: 4, RecordTag.INT8: 8,
-            RecordTag.OVP4: 4}
+            RecordTag.OVP4: 4, **{t: bitmod.code_bits(f) for t, f in BITMOD_TAGS.items()}}
 TAG_BY_NAME = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
-               "int8": RecordTag.INT8, "ovp": RecordTag.OVP4, "ovp4": RecordTag.OVP4}
+               "int8": RecordTag.INT8, "ovp": RecordTag.OVP4, "ovp4": RecordTag.OVP4,
+               **{bitmod.FORMAT_NAMES[f]: t for t, f in BITMOD_TAGS.items()}}
 _TAG_OF_WFMT = {WeightFormat.INT2: RecordTag.INT2, WeightFormat.INT3: RecordTag.INT3,
                 WeightFormat.INT4: RecordTag.INT4, WeightFormat.INT8: RecordTag.INT8}
 #: Group size -> 2-bit code in the record header.
@@ -468,12 +499,35 @@ def ovp_decode(codes) -> np.ndarray:
     return out
 
 
+def bitmod_values(tag) -> np.ndarray:
+    """Values of a BitMoD record format indexed by its unsigned code
+    (:func:`airfoil.bitmod.values`)."""
+    return np.array(bitmod.values(BITMOD_TAGS[RecordTag(tag)]), dtype=np.int64)
+
+
+def _bitmod_encode(tag: RecordTag, v: np.ndarray) -> np.ndarray:
+    vals = bitmod_values(tag)
+    b = TAG_BITS[tag]
+    lut = np.full(256, -1, dtype=np.int64)                 # value + 128 -> unsigned code
+    for c in reversed(range(len(vals))):                    # a value's lowest code wins
+        lut[vals[c] + 128] = c
+    inside = (v >= -128) & (v <= 127)
+    codes = np.where(inside, lut[np.clip(v, -128, 127) + 128], -1)
+    if bool((codes < 0).any()):
+        x = int(v[codes < 0].reshape(-1)[0])
+        raise CompileError(f"weight {x} is not a {tag.name} value (accepted: "
+                           f"{', '.join(map(str, sorted(set(vals.tolist()))))})")
+    return np.where(codes >= 1 << (b - 1), codes - (1 << b), codes)
+
+
 def encode_weights(tag, q) -> np.ndarray:
     """Return the signed codes (one per weight) that ``tag`` stores for weights ``q``."""
     tag = RecordTag(tag)
     v = np.asarray(q, dtype=np.int64)
     if tag is RecordTag.OVP4:
         return ovp_encode(v)
+    if tag in BITMOD_TAGS:
+        return _bitmod_encode(tag, v)
     bits = TAG_BITS[tag]
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if v.size and (int(v.min()) < lo or int(v.max()) > hi):
@@ -484,7 +538,12 @@ def encode_weights(tag, q) -> np.ndarray:
 def decode_weights(tag, codes) -> np.ndarray:
     """Inverse of :func:`encode_weights`."""
     tag = RecordTag(tag)
-    return ovp_decode(codes) if tag is RecordTag.OVP4 else np.asarray(codes, dtype=np.int64)
+    if tag is RecordTag.OVP4:
+        return ovp_decode(codes)
+    if tag in BITMOD_TAGS:
+        mask = (1 << TAG_BITS[tag]) - 1
+        return bitmod_values(tag)[np.asarray(codes, dtype=np.int64) & mask]
+    return np.asarray(codes, dtype=np.int64)
 
 
 # -- records ------------------------------------------------------------------------------
@@ -603,7 +662,8 @@ def _check_record(geom: StreamGeometry, rc: Record) -> None:
         raise CompileError(f"record sparsity code {rc.nm!r} is unknown (accepted: 0, "
                            f"{', '.join(map(str, NM_PATTERNS))} and {BLOCK_CODE} (block))")
     if rc.nm and rc.tag is RecordTag.OVP4:
-        raise CompileError("OVP4 records are dense (N:M and block sparsity are for INT "
+        raise CompileError("OVP4 records are dense (N:M and block sparsity are for the INT "
+                           "and FP "
                            "formats)")
     geom.check_group(rc.group, rc.nm)
     if rc.q.shape != (geom.rows, rc.group):
@@ -892,9 +952,18 @@ def bits_per_weight(image: bytes, weights: int) -> float:
 
 # -- streamed weights of a core, quantization with a per-record format choice --------------
 
-#: Weight formats a streamed layer may name: one record format, or ``mixed`` (a choice per
-#: record among candidates, :func:`quantize_stream`).
-STREAM_FORMATS = ("int2", "int3", "int4", "int8", "ovp", "mixed")
+#: Record formats by name (``ovp4`` is also accepted for ``ovp``).
+RECORD_FORMATS = ("int2", "int3", "int4", "int6", "int8", "ovp",
+                  *(bitmod.FORMAT_NAMES[f] for f in bitmod.FP4_FORMATS + bitmod.FP3_FORMATS))
+#: Named candidate lists of a per-record choice: BitMoD's 4-bit mixture (its four FP4
+#: variants) and its 3-bit one (the four FP3 variants).
+MIXED_PRESETS = {
+    "bitmod4": tuple(bitmod.FORMAT_NAMES[f] for f in bitmod.FP4_FORMATS),
+    "bitmod3": tuple(bitmod.FORMAT_NAMES[f] for f in bitmod.FP3_FORMATS),
+}
+#: Weight formats a streamed layer may name: one record format, ``mixed`` (a choice per
+#: record among candidates, :func:`quantize_stream`) or a preset of :data:`MIXED_PRESETS`.
+STREAM_FORMATS = RECORD_FORMATS + ("mixed",) + tuple(MIXED_PRESETS)
 #: Candidate formats of ``mixed`` when none are given: two 4-bit formats, as BitMoD mixes
 #: variants of one width (least squared error always prefers the widest of mixed widths).
 DEFAULT_MIXED = ("int4", "ovp")
@@ -959,8 +1028,15 @@ def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
 
     ``floor``: smallest scale (raises tiny scales so the layer's exponents stay in one
     rescaler window). OVP4 tries each of :data:`_OVP_SCALE_DIVISORS` per group and keeps
-    the least squared error.
+    the least squared error. The BitMoD FP formats take BitMoD's own scale and rounding
+    (:func:`airfoil.bitmod.quantize_group`: the group's extremes onto the format's, no
+    clipping, nearest value).
     """
+    if tag in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[tag]):
+        flat = w.reshape(-1, w.shape[-1])
+        q, s16 = bitmod.quantize_group(flat, BITMOD_TAGS[tag], floor)
+        err = ((flat - bitmod.dequantize(q, s16)) ** 2).sum(dim=-1)
+        return q.reshape(w.shape), s16.reshape(w.shape[:-1]), err.reshape(w.shape[:-1])
     amax = w.abs().amax(dim=-1)
     qm = float((1 << (TAG_BITS[tag] - 1)) - 1)
     divisors = _OVP_SCALE_DIVISORS if tag is RecordTag.OVP4 else \
@@ -1000,7 +1076,8 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     row of a record has its own FP16 scale: of a few candidates (its largest magnitude
     over the format's largest normal value, and for INT2..INT4 smaller ones that clip the
     largest weights, for OVP4 ones that make them outliers) the one of least squared
-    error for that row; scales
+    error for that row; a BitMoD FP format takes BitMoD's scale (the row's extremes onto
+    the format's, :func:`airfoil.bitmod.quantize_group`); scales
     are raised to at least ``2**-14`` of the layer's largest, so that every exponent lies
     in one rescaler window (see :func:`airfoil.formats.quantize_weights`).
 
@@ -1013,7 +1090,8 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     rows : int
         Rows per record (:attr:`StreamGeometry.rows`).
     formats : str or sequence
-        One format (``"int4"``) or candidates (``["int2", "int4", "int8"]``).
+        One format (``"int4"``), candidates (``["int2", "int4", "int8"]``) or a preset
+        name of :data:`MIXED_PRESETS` (``"bitmod4"``).
     sparsity : str
         ``"dense"``, an N:M pattern or ``"block"`` (:data:`NM_BY_NAME`).
     lanes : int, optional
@@ -1030,14 +1108,16 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     """
     from .sparsity import prune_blocks, prune_nm
 
+    if isinstance(formats, str) and formats.lower() in MIXED_PRESETS:
+        formats = MIXED_PRESETS[formats.lower()]
     cands = [record_tag(f) for f in ([formats] if isinstance(formats, (str, RecordTag))
                                      else list(formats))]
     if not cands:
         raise CompileError("quantize_stream needs at least one weight format")
     nm = nm_code(sparsity)
     if nm and RecordTag.OVP4 in cands:
-        raise CompileError(f"OVP4 records are dense; sparsity {sparsity!r} needs INT formats "
-                           f"(int2, int3, int4, int8)")
+        raise CompileError(f"OVP4 records are dense; sparsity {sparsity!r} needs the other "
+                           f"formats ({', '.join(f for f in RECORD_FORMATS if f != 'ovp')})")
     if group not in GROUP_CODES:
         raise CompileError(f"group size {group} cannot be packed (accepted: "
                            f"{', '.join(map(str, GROUP_CODES))})")

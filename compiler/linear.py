@@ -26,8 +26,9 @@ when it fits half the WGT buffer, else several chunks accumulated with ``acc_ini
 ``final``). Each OUT half collects the results of consecutive tiles whose first row is
 word-aligned in memory, so every ST is a whole number of memory words.
 
-Streamed weights (ISA version 3, ``stream=True``; implied by ``wformat`` ``ovp`` or
-``mixed`` or by a sparsity other than ``dense``): the weights are pruned to N:M
+Streamed weights (ISA version 3, ``stream=True``; implied by a stream-only ``wformat``
+-- ``ovp``, ``int6``, a BitMoD FP format, ``mixed``, ``bitmod4``, ``bitmod3`` -- or by a
+sparsity other than ``dense``): the weights are pruned to N:M
 (:func:`airfoil.sparsity.prune_nm`) or, for block skip, to a density of k-steps per
 record (:func:`airfoil.sparsity.prune_blocks`; the packer skips the all-zero k-steps),
 quantized per record with a format per layer or a per-record choice
@@ -72,10 +73,10 @@ from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax
                              weight_format)
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
                          WeightFormat, encode)
-from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, NM_BY_NAME,
-                             STREAM_FORMATS,
-                             TAG_BITS, RecordTag, core_stream_geometry, nm_code, nm_index_bits,
-                             nm_kept, pack_tensor, quantize_stream, record_tag)
+from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
+                             NM_BY_NAME, RECORD_FORMATS, STREAM_FORMATS, TAG_BITS, RecordTag,
+                             core_stream_geometry, nm_code, nm_index_bits, nm_kept,
+                             pack_tensor, quantize_stream, record_tag)
 from airfoil.sparsity import prune_blocks, prune_nm
 from airfoil.program import Program
 
@@ -265,8 +266,9 @@ def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
     """Check the options of streamed weights; return ``(formats, nm code, label)``."""
     if not config.decode_unit:
         raise CompileError(f"config {config.name!r} has no decode unit for streamed weights "
-                           f"(it is built when weight_formats lists int2/int3 or sparsity an "
-                           f"N:M pattern or block; e.g. config test_decode)")
+                           f"(it is built when weight_formats lists int2, int3, int6 or a "
+                           f"BitMoD FP format or sparsity an N:M pattern or block; e.g. "
+                           f"config test_decode)")
     if sparsity in NM_BY_NAME and sparsity != "dense" and sparsity not in config.sparsity:
         raise CompileError(f"sparsity {sparsity!r} is not built in config {config.name!r} "
                            f"(accepted: {', '.join(config.sparsity)})")
@@ -278,26 +280,32 @@ def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
         raise CompileError(f"sparsity {sparsity!r} is not accepted (accepted: "
                            f"{', '.join(NM_BY_NAME)})")
     nm = nm_code(sparsity)
+    built = config.stream_formats
     if name == "mixed":
         cands = DEFAULT_MIXED if mixed_formats is None else mixed_formats
         if isinstance(cands, str):
             cands = [c.strip() for c in cands.split(",") if c.strip()]
         cands = list(cands)
         if not cands:
-            raise CompileError("mixed formats: the candidate list is empty (accepted: "
-                               "int2, int3, int4, int8, ovp)")
+            raise CompileError(f"mixed formats: the candidate list is empty (accepted: "
+                               f"{', '.join(built)})")
         for c in cands:
-            if str(c).lower() not in STREAM_FORMATS[:5] and str(c).lower() != "ovp4":
+            if str(c).lower() not in RECORD_FORMATS and str(c).lower() != "ovp4":
                 raise CompileError(f"mixed formats: {c!r} is not a record format (accepted: "
-                                   f"{', '.join(STREAM_FORMATS[:5])})")
-        formats = [record_tag(c) for c in cands]
+                                   f"{', '.join(RECORD_FORMATS)})")
+        names = [str(c).lower() for c in cands]
     else:
         if mixed_formats is not None:
             raise CompileError(f"mixed formats apply to wformat 'mixed', not {wformat!r}")
-        formats = [record_tag(name)]
+        names = list(MIXED_PRESETS.get(name, [name]))
+    for c in names:
+        if ("ovp" if c == "ovp4" else c) not in built:
+            raise CompileError(f"streamed weight format {c!r} is not built in config "
+                               f"{config.name!r} (accepted: {', '.join(built)})")
+    formats = [record_tag(c) for c in names]
     if nm and RecordTag.OVP4 in formats:
-        raise CompileError(f"ovp weights are dense; sparsity {sparsity!r} needs int2, int3, "
-                           f"int4 or int8 (a mixed list without ovp)")
+        raise CompileError(f"ovp weights are dense; sparsity {sparsity!r} needs the other "
+                           f"formats (a list without ovp)")
     geom = core_stream_geometry(config)
     geom.check_group(group, nm)
     return formats, nm, name
@@ -381,6 +389,11 @@ def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
     return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
 
 
+#: Weight formats only streamed weights have (they imply ``stream=True``).
+_STREAM_IMPLIED = ("ovp4",) + tuple(f for f in STREAM_FORMATS
+                                    if f not in ("int2", "int3", "int4", "int8"))
+
+
 def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
                    out_dir, *, wformat="int4", group=128, out_format="int8",
                    calib: torch.Tensor | None = None, seed: int = 0,
@@ -416,7 +429,8 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         smaller row blocks).
     stream : bool, optional
         Stream the weights through the decode unit (``LD WSTREAM`` + ``MV STREAM``)
-        instead of WGT tiles. Default: only when ``wformat`` is ``ovp`` or ``mixed`` or
+        instead of WGT tiles. Default: only when ``wformat`` is a stream-only format
+        (``ovp``, ``int6``, a BitMoD FP format, ``mixed``, ``bitmod4``, ``bitmod3``) or
         ``sparsity`` is not ``dense``.
     sparsity : str
         Streamed weights: ``dense``, an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
@@ -428,8 +442,11 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         norm (``0 < d <= 1``; the default 1 skips only the k-steps already zero).
     mixed_formats : str or sequence of str, optional
         Candidates of ``wformat="mixed"`` (default
-        :data:`airfoil.packing.DEFAULT_MIXED`), e.g. ``"int2,int4,int8"``: each record
-        (``chains`` rows x one group) takes the one of least squared error.
+        :data:`airfoil.packing.DEFAULT_MIXED`), e.g. ``"int2,int4,int8"`` or
+        ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x one group) takes the one
+        of least squared error. ``wformat`` ``bitmod4`` / ``bitmod3`` are the presets of
+        :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4 / FP3 variants). Streamed
+        formats other than INT2/3/4/8 and OVP must be in the config's ``weight_formats``.
 
     Returns
     -------
@@ -437,7 +454,7 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         The manifest written to ``manifest.json``.
     """
     if stream is None:
-        stream = (str(wformat).lower() in ("ovp", "ovp4", "mixed") or sparsity != "dense"
+        stream = (str(wformat).lower() in _STREAM_IMPLIED or sparsity != "dense"
                   or mixed_formats is not None)
     if stream:
         return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
@@ -521,8 +538,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     if nm != BLOCK_CODE and block_density != 1.0:
         raise CompileError(f"block density {block_density!r} applies to sparsity 'block', "
                            f"not {sparsity!r}")
-    bias_wf = weight_format("int4" if "int4" in config.weight_formats else
-                            config.weight_formats[0])
+    tile_formats = [f for f in ("int4",) + tuple(config.weight_formats)
+                    if f in config.weight_formats and f in ("int2", "int3", "int4", "int8")]
+    bias_wf = weight_format(tile_formats[0] if tile_formats else "int4")
     _check_args(weight, bias, config, bias_wf, group, out_format)
     n, k = weight.shape
     out_bits = OUT_FORMATS[out_format]
@@ -534,6 +552,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     q, s16, tags = quantize_stream(weight, group=group, rows=chains, formats=formats,
                                    sparsity=sparsity, lanes=config.lanes,
                                    block_density=block_density)
+    # Mean squared error of the stored weights against the float ones (pruning included).
+    deq = q.to(torch.float64) * s16.to(torch.float64).repeat_interleave(group, dim=1)
+    weight_mse = float(((deq - weight.detach().to(torch.float64)) ** 2).mean())
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
     smin = s16.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
@@ -609,6 +630,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         "layers": [{"name": "linear", "n": n, "k": k, "wformat": label, "stream": True,
                     "sparsity": sparsity, "formats": counts,
                     "candidates": [t.name.lower() for t in formats],
+                    "weight_mse": weight_mse,
                     "stream_bits": stream_bits(geom, tags, group, nm, k // group, q),
                     "stream_bytes": stream_bytes_total, "group": group, "k0": k0,
                     "req_m": req_m, "req_s": req_s, "out_bits": out_bits,

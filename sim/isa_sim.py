@@ -47,7 +47,7 @@ from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, 
 from airfoil import fixedpoint as fx
 from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
                          Unit, WeightFormat, decode)
-from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records
+from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
@@ -293,10 +293,17 @@ class IsaSim:
         q = np.zeros((batches * chains, k), dtype=np.int64)
         sbits = np.zeros((batches * chains, cols), dtype=np.uint16)
         ksteps = 0
+        built = {record_tag(f) for f in self.config.stream_formats}
         for n, rc in enumerate(recs):
             if rc.group != group:
                 raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} has group "
                             f"{rc.group}, the instruction's group field is {group}")
+            if rc.tag not in built:
+                # The unpacker is built for the config's formats only: it refuses the
+                # header as malformed.
+                raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} is "
+                            f"{rc.tag.name}, a format config {self.config.name!r} does not "
+                            f"decode (accepted: {', '.join(self.config.stream_formats)})")
             if rc.nm and NM_NAMES[rc.nm] not in self.config.sparsity:
                 raise fault(i, name, ErrorCode.UNSUPPORTED, f"stream record {n} is "
                             f"{NM_NAMES[rc.nm]} sparse, not built in (config has "

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from airfoil import bitmod
 from airfoil.errors import CompileError
 from airfoil.formats import quantize_weights
-from airfoil.packing import (BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS, OVP_ID, TAG_BITS,
-                             Record, RecordTag, StreamGeometry, bits_per_weight, deinterleave,
-                             expected_beats, interleave, ovp_decode, ovp_encode, ovp_values,
-                             pack_records, pack_tensor, parse_stream, record_tag,
-                             tensor_records, unpack_tensor)
+from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS, OVP_ID,
+                             TAG_BITS, Record, RecordTag, StreamGeometry, bits_per_weight,
+                             bitmod_values, decode_weights, deinterleave, encode_weights,
+                             expected_beats, interleave, nm_index_bits, ovp_decode,
+                             ovp_encode, ovp_values, pack_records, pack_tensor, parse_stream,
+                             quantize_stream, record_tag, tensor_records, unpack_tensor)
 from sim.tb_decode.stimulus import random_records, random_weights
 
 GEOMS = [StreamGeometry(word_bits=128, lanes=8, rows=4),
@@ -47,7 +49,9 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
         for s in rc.scale_bits:
             put(int(s), 16)
         b = TAG_BITS[rc.tag]
-        codes = (ovp_encode(rc.q) if rc.tag is RecordTag.OVP4 else rc.q)
+        codes = (ovp_encode(rc.q) if rc.tag is RecordTag.OVP4 else
+                 np.vectorize(lambda v: bitmod.encode(rc.tag.name.lower(), v))(rc.q)
+                 if rc.tag in BITMOD_TAGS else rc.q)
         L = geom.lanes
         steps = list(range(rc.group // L))
         if rc.nm == BLOCK_CODE:       # step mask: steps with a nonzero (step 0 if none)
@@ -265,8 +269,8 @@ def test_bad_input_is_refused_with_one_line_messages():
                                            r"is not a multiple of lanes \(32\)"):
         pack_records(g32, [Record(RecordTag.INT4, 32, np.zeros((2, 32), np.int64),
                                   np.zeros(2, np.uint16), 1)])
-    with pytest.raises(CompileError, match="bad record tag 7 at stream bit 0"):
-        parse_stream(g, bytes([7]) + bytes(15))
+    with pytest.raises(CompileError, match="bad record tag 15 at stream bit 0"):
+        parse_stream(g, bytes([15]) + bytes(15))
     with pytest.raises(CompileError, match="not whole 128-bit words"):
         parse_stream(g, bytes(10))
 
@@ -400,3 +404,119 @@ def test_block_bad_input_is_refused_with_one_line_messages():
                         block_density=0)
     with pytest.raises(CompileError, match="applies to sparsity 'block', not 'dense'"):
         quantize_stream(w, group=32, rows=4, formats="int4", block_density=0.5)
+# -- BitMoD formats (INT6, FP4 and FP3 variants) ------------------------------------------
+
+@pytest.mark.parametrize("tag", list(BITMOD_TAGS), ids=lambda t: t.name.lower())
+@pytest.mark.parametrize("sparsity", ["dense", "2:4"])
+def test_bitmod_records_round_trip_every_code(tag, sparsity):
+    """Every code of the format (the extra value included) packs, parses and unpacks back;
+    the stored codes decode to the values :func:`airfoil.bitmod.decode` gives."""
+    g = GEOMS[0]
+    fmt = BITMOD_TAGS[tag]
+    b = bitmod.code_bits(fmt)
+    assert TAG_BITS[tag] == b and record_tag(tag.name.lower()) is tag
+    vals = [bitmod.decode(fmt, c) for c in range(1 << b)]
+    assert bitmod_values(tag).tolist() == vals
+    R, K, group = 7, 128, 64                                   # 2 row batches, one padded
+    reps = -(-R * K // len(vals))
+    rng = np.random.default_rng(tag.value)
+    q = rng.permutation(np.tile(vals, reps))[:R * K].reshape(R, K)
+    kept = np.arange(K)
+    if sparsity == "2:4":                       # keep 2 of 4: positions 0 and 1 of a window
+        q.reshape(R, K // 4, 4)[:, :, 2:] = 0
+        kept = kept[kept % 4 < 2]
+    q[0, kept[:len(vals)]] = vals                              # every value, once in order
+    scales = torch.from_numpy(rng.uniform(1e-3, 3.0, (R, K // group))).to(torch.float16)
+    image = pack_tensor(g, q, scales, group=group, tags=tag, sparsity=sparsity)
+    q2, s2, t2 = unpack_tensor(g, image, rows=R, k=K)
+    assert torch.equal(q2, torch.from_numpy(q))
+    assert torch.equal(s2.view(torch.int16), scales.view(torch.int16))
+    assert (t2 == tag.value).all()
+    # The codes as stored decode through bitmod.decode (sign-agnostic) ...
+    codes = encode_weights(tag, np.array(vals))
+    assert [bitmod.decode(fmt, int(c) & ((1 << b) - 1)) for c in codes] == vals
+    assert decode_weights(tag, codes).tolist() == vals
+    # ... and a value outside the format is refused in one line.
+    bad = {3: 8, 4: 5, 6: 40}[b]
+    with pytest.raises(CompileError, match=f"weight {bad} is not a {tag.name} value"):
+        encode_weights(tag, np.array([0, bad]))
+
+
+def test_bitmod_beats_hold_the_decoded_values():
+    """Expected unpacker beats of BitMoD records carry the decoded int8 values; INT6 and
+    FP3 beats keep one to two words of stream bits."""
+    g = GEOMS[0]
+    rng = np.random.default_rng(3)
+    recs = random_records(g, rng, 45, tags=list(BITMOD_TAGS), sparsity=(0, 2, 3))
+    assert {rc.tag for rc in recs} == set(BITMOD_TAGS) and any(rc.nm for rc in recs)
+    beats = expected_beats(g, pack_records(g, recs))
+    i = 0
+    for rc in recs:
+        flat, _ = rc.lane_order(g.lanes)
+        got = []
+        while True:
+            got += beats[i]["w"][:beats[i]["n"] * g.lanes]
+            i += 1
+            if beats[i - 1]["last"]:
+                break
+        assert got == flat.tolist()
+    for t in BITMOD_TAGS:
+        for nm in (0, 2, 3, 4):
+            v = g.vectors_per_beat(t, nm)
+            bits = v * g.lanes * (TAG_BITS[t] + nm_index_bits(nm))
+            assert bits <= 2 * g.word_bits and (bits > g.word_bits or v == g.beat_vectors)
+
+
+def _crafted(pattern, rows=4, reps=2):
+    return torch.tensor([pattern * reps] * rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pattern,want", [
+    # exactly the FP4 grid plus +16: only fp4_ea_p is exact (scale 1/8, no error)
+    ([16, 12, 8, 6, 4, 3, 2, 1, 0, -1, -2, -3, -4, -6, -8, -12], RecordTag.FP4_EA_P),
+    ([-16, 12, 8, 6, 4, 3, 2, 1, 0, -1, -2, -3, -4, -6, -8, -12], RecordTag.FP4_EA_N),
+    ([10, 12, 8, 6, 4, 3, 2, 1, 0, -1, -2, -3, -4, -6, -8, -12], RecordTag.FP4_ER_P),
+    ([-10, 12, 8, 6, 4, 3, 2, 1, 0, -1, -2, -3, -4, -6, -8, -12], RecordTag.FP4_ER_N),
+])
+def test_quantize_stream_picks_the_least_error_bitmod_variant(pattern, want):
+    w = _crafted(pattern) / 8
+    q, s, tags = quantize_stream(w, group=32, rows=4, formats="bitmod4")
+    assert (tags == want.value).all()
+    assert torch.equal(q.double() * s.double().repeat_interleave(32, dim=1), w)
+    # The choice is the least squared error among the candidates, each quantized alone.
+    errs = {}
+    for f in ("fp4_er_p", "fp4_er_n", "fp4_ea_p", "fp4_ea_n"):
+        qf, sf, tf = quantize_stream(w, group=32, rows=4, formats=[f])
+        assert (tf == record_tag(f).value).all()
+        errs[f] = float(((qf.double() * sf.double().repeat_interleave(32, dim=1) - w) ** 2)
+                        .sum())
+    assert min(errs, key=errs.get) == want.name.lower() and errs[want.name.lower()] == 0
+
+
+def test_quantize_stream_fp3_and_int6():
+    # FP3: a group whose largest magnitude is a lone +6 picks fp3_ea_p, -3 picks fp3_er_n
+    w = torch.cat([_crafted([6, 4, 2, 1, 0, -1, -2, -4], reps=4),
+                   _crafted([-3, 4, 2, 1, 0, -1, -2, -4], reps=4)], dim=1) / 4
+    q, s, tags = quantize_stream(w, group=32, rows=4, formats="bitmod3")
+    assert tags.tolist() == [[RecordTag.FP3_EA_P.value, RecordTag.FP3_ER_N.value]]
+    assert torch.equal(q.double() * s.double().repeat_interleave(32, dim=1), w)
+    # The FP scale is bitmod.quantize_group's (extremes onto the format's, FP16).
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 64, generator=g, dtype=torch.float64)
+    for f in ("fp4_ea_n", "fp3_er_p"):
+        q, s, _ = quantize_stream(w, group=32, rows=4, formats=f)
+        bq, bs = bitmod.quantize_group(w.reshape(10, 32), f)
+        assert torch.equal(q, bq.reshape(5, 64)) and torch.equal(s, bs.reshape(5, 2))
+    # INT6 sits between INT4 and INT8 in error; FP records may be N:M sparse.
+    errs = {}
+    for f in ("int4", "int6", "int8"):
+        q, s, _ = quantize_stream(w, group=32, rows=4, formats=f)
+        errs[f] = float(((q.double() * s.double().repeat_interleave(32, dim=1) - w) ** 2)
+                        .sum())
+        assert int(q.abs().max()) <= (1 << (int(f[3:]) - 1)) - 1
+    assert errs["int8"] < errs["int6"] < errs["int4"]
+    q, _, tags = quantize_stream(w, group=32, rows=4, formats="bitmod4", sparsity="2:4")
+    assert set(tags.reshape(-1).tolist()) <= {t.value for t in BITMOD_TAGS}
+    assert ((q.reshape(5, 16, 4) != 0).sum(dim=-1) <= 2).all()
+    with pytest.raises(CompileError, match="OVP4 records are dense"):
+        quantize_stream(w, group=32, rows=4, formats=["fp4_er_p", "ovp"], sparsity="2:4")

@@ -6,6 +6,7 @@ shapes, several seeds, the cycle cost of a streamed MV,
 the compiler's one-line errors and the simulator's refusal of malformed STREAM programs.
 """
 
+import dataclasses
 import math
 import random
 
@@ -19,8 +20,9 @@ from airfoil.folder import load_folder
 from airfoil.formats import fp16_fixed, linear_reference
 from airfoil.isa import (_TABLES, Buffer, ErrorCode, Opcode, OutFormat, SfuFunc, Sparsity,
                          SysOp, Unit, WeightFormat, encode)
-from airfoil.packing import (NM_PATTERNS, RecordTag, core_stream_geometry, nm_code, nm_kept,
-                             pack_tensor, quantize_stream, read_records)
+from airfoil.packing import (BITMOD_TAGS, MIXED_PRESETS, NM_PATTERNS, RecordTag,
+                             core_stream_geometry, nm_code, nm_kept, pack_tensor,
+                             quantize_stream, read_records)
 from airfoil.sparsity import is_nm
 from clitools import cli_fails, cli_ok
 from compiler.linear import compile_linear
@@ -28,6 +30,7 @@ from compiler.recipe import check_recipe
 from sim.cycle_model import STREAM_LATENCY, stream_matrix_work
 from sim.golden import layer_tensors, run_golden
 from sim.isa_sim import IsaSim, run_isa
+from sim.tb_decode.stimulus import bitmod_layer
 
 CFG = load_config("test_decode")
 FORMATS = ["int2", "int3", "int4", "int8", "ovp"]
@@ -261,6 +264,105 @@ def test_recipe_stream_keys():
         check_recipe({"stream": "yes"})
     with pytest.raises(CompileError, match="key 'group' must be int"):
         check_recipe({"group": True})
+
+
+# -- BitMoD formats ------------------------------------------------------------------------
+
+#: Every BitMoD record format, FP3 first: a record on an FP3 grid is also exact in an FP4
+#: variant now and then, and ties go to the earlier candidate.
+BITMOD_ALL = [t.name.lower() for t in BITMOD_TAGS if t.name.startswith("FP3")] + \
+    [t.name.lower() for t in BITMOD_TAGS if t.name.startswith("FP4")] + ["int6"]
+
+
+@pytest.mark.parametrize("preset,sparsity,seed", [("bitmod4", "dense", 0),
+                                                  ("bitmod3", "2:4", 1),
+                                                  ("bitmod4", "2:8", 2)])
+def test_bitmod_presets_compile_and_agree(tmp_path, preset, sparsity, seed):
+    """bitmod4/bitmod3: torch golden == ISA, the stored records are the quantizer's choice
+    among the preset's variants, and more than one variant is used."""
+    group = (32, 64, 128)[seed % 3]
+    n, k = _shape(seed + 5, group)
+    m, folder, _ = _check_backends(tmp_path, seed, n, k, wformat=preset, group=group,
+                                   sparsity=sparsity, bias=seed == 0)
+    layer = m["layers"][0]
+    assert layer["candidates"] == list(MIXED_PRESETS[preset]) and layer["wformat"] == preset
+    w = _weights(seed, n, k)
+    q, s16, tags = quantize_stream(w, group=group, rows=CFG.chains, formats=preset,
+                                   sparsity=sparsity)
+    names, counts = np.unique(tags, return_counts=True)
+    assert layer["formats"] == {RecordTag(int(t)).name.lower(): int(c)
+                                for t, c in zip(names, counts)}
+    assert len(layer["formats"]) > 1
+    t = layer_tensors(folder)
+    assert torch.equal(t["q"], q) and torch.equal(t["scales"].view(torch.int16),
+                                                  s16.view(torch.int16))
+    assert layer["weight_mse"] > 0
+
+
+@pytest.mark.parametrize("sparsity,seed", [("dense", 3), ("2:4", 4)])
+def test_every_bitmod_format_in_one_layer(tmp_path, sparsity, seed):
+    """A layer whose records sit on the grids of INT6 and every FP4/FP3 variant: the
+    per-record choice finds each, and torch golden == ISA (odd sizes)."""
+    n, k, group = 4 * CFG.chains + 3, 9 * 32, 32
+    w, names = bitmod_layer(np.random.default_rng(seed), n, k, group=group, rows=CFG.chains,
+                            formats=BITMOD_ALL, sparsity=sparsity)
+    out = tmp_path / "f"
+    m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
+                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
+    layer = m["layers"][0]
+    want = dict(zip(*np.unique(names.astype(str), return_counts=True)))
+    assert layer["formats"] == {f: int(c) for f, c in want.items()}
+    assert set(layer["formats"]) == set(BITMOD_ALL)
+    folder = load_folder(out, CFG)
+    gold = run_golden(folder)
+    assert torch.equal(run_isa(folder, CFG)[0], gold)
+    x = torch.randint(-128, 128, (k,), generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run_isa(folder, CFG, x)[0], run_golden(folder, x))
+
+
+def test_bitmod4_error_below_int4_on_gaussian_weights():
+    """The per-record FP4 mixture fits Gaussian weights better than INT4 (same bits)."""
+    w = _weights(0, 64, 512)
+    err = {}
+    for f in ("int4", "bitmod4"):
+        q, s, _ = quantize_stream(w, group=128, rows=CFG.chains, formats=f)
+        deq = q.double() * s.double().repeat_interleave(128, dim=1)
+        err[f] = float(((deq - w.double()) ** 2).mean())
+    assert err["bitmod4"] < err["int4"], err
+
+
+def test_bitmod_format_not_in_config_is_refused(tmp_path):
+    cfg = dataclasses.replace(CFG, name="no_fp", weight_formats=("int2", "int4", "int8"))
+    assert cfg.decode_unit
+    for kw, bad in ((dict(wformat="fp4_er_p"), "fp4_er_p"), (dict(wformat="bitmod3"), "fp3_er_p"),
+                    (dict(wformat="int6", stream=True), "int6"),
+                    (dict(wformat="mixed", mixed_formats="int4,fp4_ea_n"), "fp4_ea_n")):
+        with pytest.raises(CompileError) as e:
+            compile_linear(_weights(0, 8, 128), None, cfg, tmp_path / "x", group=32, **kw)
+        msg = str(e.value)
+        assert f"streamed weight format {bad!r} is not built in config 'no_fp'" in msg, msg
+        assert "(accepted: int2, int3, int4, int8, ovp)" in msg and "\n" not in msg
+    with pytest.raises(CompileError, match="ovp weights are dense"):
+        compile_linear(_weights(0, 8, 128), None, CFG, tmp_path / "x", group=32,
+                       wformat="mixed", mixed_formats="fp4_er_p,ovp", sparsity="2:4")
+
+
+def test_cli_bitmod_formats(tmp_path, capsys):
+    """The documented commands: --mixed-formats with FP names and the bitmod4 preset,
+    run on torch and isa with equal checksums."""
+    for name, extra in (("m", ["--wformat", "mixed", "--mixed-formats",
+                               "fp4_er_p,fp4_er_n,fp4_ea_p,fp4_ea_n"]),
+                        ("p", ["--wformat", "bitmod4"]),
+                        ("s", ["--wformat", "bitmod3", "--sparsity", "2:4", "--no-bias"])):
+        out = tmp_path / name
+        text = cli_ok(capsys, ["compile", "--config", "test_decode", "--stream", "-o",
+                               str(out), "--n", "13", "--k", "96", "--group", "32"] + extra)
+        assert "streamed" in text and "weight MSE" in text
+        sums = [cli_ok(capsys, ["run", "--backend", b, str(out)]).split("checksum ")[1]
+                .split()[0] for b in ("torch", "isa")]
+        assert sums[0] == sums[1], name
+    cli_fails(capsys, ["compile", "--config", "test", "-o", str(tmp_path / "e"), "--wformat",
+                       "bitmod4", "--no-bias"], "has no decode unit")
 
 
 # -- malformed STREAM programs -------------------------------------------------------------

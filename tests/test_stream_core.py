@@ -10,6 +10,7 @@ with a bias starts its accumulators in a WGT-tile MV, which the streamed engine 
 continue: the core answers UNSUPPORTED, tested below.)
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from airfoil.folder import load_folder
 from compiler.linear import compile_linear
 from sim.golden import run_golden
 from sim.isa_sim import run_isa
+from sim.tb_decode.stimulus import bitmod_layer
 
 pytestmark = pytest.mark.rtl
 
@@ -55,6 +57,29 @@ def test_streamed_layer_bit_exact_in_rtl(tmp_path, seed, n, k, kw):
     got, stats = run_rtl(folder.path, CFG, seed=seed, stalls=True)
     assert torch.equal(got, want), (got, want)
     assert stats["cycles"] > 0
+
+
+#: INT6 and every FP4/FP3 variant (FP3 first: ties of the per-record choice go to it).
+BITMOD_ALL = ["fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n", "fp4_er_p", "fp4_er_n",
+              "fp4_ea_p", "fp4_ea_n", "int6"]
+
+
+@pytest.mark.parametrize("sparsity,seed", [("dense", 6), ("2:4", 8)])
+def test_bitmod_formats_per_record_bit_exact_in_rtl(tmp_path, sparsity, seed):
+    """Records on the grids of INT6 and every FP4/FP3 variant in one layer (odd rows): the
+    compiler stores each in its format, and RTL == ISA == golden under stalls."""
+    n, k, group = 3 * CFG.chains + 1, 9 * 32, 32
+    w, names = bitmod_layer(np.random.default_rng(seed), n, k, group=group, rows=CFG.chains,
+                            formats=BITMOD_ALL, sparsity=sparsity)
+    out = tmp_path / "b"
+    m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
+                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
+    assert set(m["layers"][0]["formats"]) == set(names.reshape(-1)) == set(BITMOD_ALL)
+    folder = load_folder(out, CFG)
+    want = run_golden(folder)
+    assert torch.equal(run_isa(folder, CFG)[0], want)
+    got, _ = run_rtl(folder.path, CFG, seed=seed, stalls=True)
+    assert torch.equal(got, want), (got, want)
 
 
 def test_sparser_stream_takes_fewer_cycles(tmp_path):

@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from airfoil import isa
 from airfoil.cli.bench_stream import harness_verilog, stream_figures, stream_runs
 from airfoil.config import load_config
-from airfoil.packing import BLOCK_CODE, StreamGeometry, expected_beats, pack_records
+from airfoil.packing import BITMOD_TAGS, BLOCK_CODE, StreamGeometry, expected_beats, pack_records
 from hdl.build import write_verilog
 from hdl.core.fetch import ENTRY_LAYOUT
 from hdl.core.stream_mv import StepAdapter, StreamGemvHarness, StreamMatrix
@@ -36,6 +36,8 @@ TINY = dict(chains=2, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
             patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"))
 TINY_MEM = dict(latency=12, outstanding=2, max_burst=4)
 NMS = ["dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"]
+#: INT6 and the FP4/FP3 variants, drawn per record in the ``bitmod`` case.
+BITMOD_NAMES = [t.name.lower() for t in BITMOD_TAGS]
 #: The smallest unit for the error paths in amaranth.sim (its elaboration dominates).
 ERR_UNIT = dict(chains=1, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
                 group_sizes=(32, 64), patterns=("dense", "2:4"))
@@ -268,7 +270,8 @@ def tiny_harness(tmp_path_factory):
 
 
 def _cases(geom, seed, *, big=False):
-    """Every format x pattern the issue lists, a mixed tensor and odd row counts."""
+    """Every format x pattern, a mixed tensor, a tensor of BitMoD formats (INT6 and the
+    FP4/FP3 variants, with N:M patterns) drawn per record, and odd row counts."""
     rows = 2 * geom.rows + 1                       # rows % chains != 0
     k = 256 if big else 128
     cases = []
@@ -283,6 +286,9 @@ def _cases(geom, seed, *, big=False):
                            fmt=["int2", "int3", "int4", "int8", "ovp"], sparsity=NMS,
                            seed=seed * 100 + len(cases), out_fmt="INT16", abuf_addr=64,
                            obuf_addr=16))
+    cases.append(make_case(geom, name="bitmod", rows=3 * geom.rows + 1, k=k, group=32,
+                           fmt=BITMOD_NAMES, sparsity=NMS, seed=seed * 100 + len(cases),
+                           out_fmt="INT16"))
     cases.append(make_case(geom, name="int4-rows1", rows=1, k=k, group=64, fmt="int4",
                            sparsity="2:4", seed=seed * 100 + len(cases), out_fmt="INT32"))
     # Two MVs consuming one stream: the first read carries both tensors' records.

@@ -8,14 +8,17 @@ it measures the rate, and compares every beat bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment, Module, Signal
 from amaranth.sim import Simulator
 
 from airfoil.config import load_config
-from airfoil.packing import (BLOCK_CODE, NM_PATTERNS, TAG_BITS, RecordTag, StreamGeometry,
-                             beat_layout, beat_value, expected_beats, nm_index_bits, pack_records)
+from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, NM_PATTERNS, TAG_BITS, RecordTag,
+                             StreamGeometry, beat_layout, beat_value, expected_beats,
+                             nm_index_bits, pack_records)
 from hdl.build import write_verilog
 from hdl.decode_unit.fp16 import fp16_fixed_hw
 from hdl.decode_unit.unpacker import Unpacker
@@ -39,13 +42,18 @@ _TAG = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
 
 def _streams(geom, mix, rng, count):
     """Record lists (layers) for a format name, ``"nm"`` (INT formats, every N:M pattern),
-    ``"block"`` (INT formats, block skip with random step masks) or ``"mixed"`` (formats,
-    group sizes and sparsity drawn per group, three layers)."""
+    ``"block"`` (INT formats, block skip with random step masks), ``"bitmod"`` (INT6 and
+    the FP4/FP3 variants, dense, N:M and block skip, drawn per group) or ``"mixed"``
+    (formats, group sizes and sparsity drawn per group, three layers)."""
     if mix == "block":
         return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
                                sparsity=(BLOCK_CODE,))]
     if mix == "mixed":
         return [random_records(geom, rng, count // 3 + 1, sparsity=MIX_NM) for _ in range(3)]
+    if mix == "bitmod":                         # every format at least once
+        return [[rc for t in BITMOD_TAGS for rc in random_records(geom, rng, 1, tags=[t],
+                                                                  sparsity=MIX_NM)] +
+                random_records(geom, rng, count, tags=list(BITMOD_TAGS), sparsity=MIX_NM)]
     if mix == "nm":
         return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
                                sparsity=(1, 2, 3, 4, 5))]
@@ -91,9 +99,10 @@ def test_full_beat_holds_one_to_two_words_in_every_format(name):
 
 # -- bit-exact with backpressure (amaranth.sim) ------------------------------------------
 
-_MIXES = FORMATS + ["nm", "block", "mixed"]
+_MIXES = FORMATS + ["nm", "block", "bitmod", "mixed"]
 _FAST = {("test", mix) for mix in _MIXES} | {("u280", "mixed"), ("w64", "mixed"),
-                                             ("w64", "int3"), ("w64", "block")}
+                                             ("w64", "int3"), ("w64", "block"),
+                                             ("w64", "bitmod")}
 _CASES = [pytest.param(geom, mix, seed, marks=() if (geom, mix) in _FAST and seed == 0
                        else pytest.mark.slow)
           for geom in ("test", "u280", "w64") for mix in _MIXES for seed in (0, 1)]
@@ -112,12 +121,15 @@ def test_bit_exact_with_idle_and_backpressure(geom, mix, seed):
 
 def _rate_records(g, rng, mix, count):
     """Group-128 records of one format, of INT formats at 2:4 (``"nm"``), block-skip
-    (``"block"``) or mixed."""
+    (``"block"``), of the BitMoD formats (``"bitmod"``) or mixed."""
     if mix == "block":
         return [random_records(g, rng, count, groups=[128], sparsity=(BLOCK_CODE,),
                                tags=[_TAG[f] for f in FORMATS[:4]])]
     if mix == "mixed":
         return [random_records(g, rng, count, groups=[128], sparsity=MIX_NM)]
+    if mix == "bitmod":
+        return [random_records(g, rng, count, groups=[128], sparsity=MIX_NM,
+                               tags=list(BITMOD_TAGS))]
     if mix == "nm":
         return [random_records(g, rng, count, groups=[128], sparsity=(2,),
                                tags=[_TAG[f] for f in FORMATS[:4]])]
@@ -154,19 +166,40 @@ def test_latency_from_completing_word_to_first_beat():
 
 # -- error handling ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [0x7, 0x3 | 3 << 4, 0x3 | 1 << 6, 0x3 | 7 << 8,
-                                    0x5 | 2 << 8, 0x5 | BLOCK_CODE << 8,
-                                    0x3 | BLOCK_CODE << 8])
-def test_malformed_header_is_skipped_and_flagged(header):
+@pytest.mark.parametrize("header, tags", [
+    (0xF, None), (0x3 | 3 << 4, None), (0x3 | 1 << 6, None), (0x3 | 7 << 8, None),
+    (0x5 | 2 << 8, None), (0x5 | BLOCK_CODE << 8, None), (0x3 | BLOCK_CODE << 8, None),
+    (0x7, ["int4", "int6", "fp4_er_n"]), (0x6 | 2 << 8, ["int4"])])
+def test_malformed_header_is_skipped_and_flagged(header, tags):
     """A reserved tag, group code, reserved bit or sparsity code, OVP4 with N:M or block
-    skip, or a block record with an empty step mask (the zero bits after the header): its
-    word is dropped and error is set."""
+    skip, a block record with an empty step mask (the zero bits after the header), or a
+    format the unpacker was not built to decode: its word is dropped and error is set."""
     g = GEOMS["test"]
     rng = np.random.default_rng(5)
-    words, beats = make_case(g, [random_records(g, rng, 4)])
-    res = _run(g, [header] + words, beats, idle=0.2, stall=0.2)
+    recs = random_records(g, rng, 4, tags=tags)
+    words, beats = make_case(g, [recs])
+    dut = Unpacker(geometry=g, tags=tags)
+    res = run_amaranth(dut, StreamEngine([header] + words, beats, seed=0, idle=0.2,
+                                         stall=0.2, max_cycles=20 * len(words) + 1000))
     assert res["errors"] == []
     assert res["error_flag"] == 1
+
+
+def test_decoded_formats_follow_the_config():
+    """The BitMoD formats are decoded when the config lists them; INT2/3/4/8 and OVP4
+    always; fewer formats, fewer lane-vector kinds."""
+    full = Unpacker.from_config(load_config("test_decode"))
+    assert set(full.tags) == set(TAG_BITS)
+    cfg = load_config("test_decode")
+    some = dataclasses.replace(cfg, weight_formats=("int2", "int4", "fp3_ea_n"))
+    dut = Unpacker.from_config(some)
+    assert dut.tags == (RecordTag.INT2, RecordTag.INT3, RecordTag.INT4, RecordTag.INT8,
+                        RecordTag.OVP4, RecordTag.FP3_EA_N)
+    assert len(dut.kinds) < len(full.kinds)
+    Fragment.get(full, None)
+    Fragment.get(dut, None)
+    with pytest.raises(ValueError, match="at least one record format"):
+        Unpacker(geometry=GEOMS["test"], tags=[])
 
 
 def test_bad_scale_sets_bad_and_error():
@@ -251,6 +284,20 @@ def test_rtl_mixed_formats_bit_exact_with_backpressure(rtl_test, seed):
     rng = np.random.default_rng(seed)
     words, beats = make_case(g, _streams(g, "mixed", rng, 90))
     res = run_unpacker_rtl(*rtl_test, words, beats, seed=seed, idle=0.3, stall=0.4)
+    assert res["errors"] == [] and res["items_out"] == len(beats)
+    assert res["error_flag"] == 0
+
+
+@pytest.mark.rtl(group="unpacker_test")
+def test_rtl_bitmod_formats_bit_exact_with_backpressure(rtl_test):
+    """INT6 and every FP4/FP3 variant (every code, the extra value included), dense and
+    N:M, group sizes drawn per record; 0.3 idle, 0.4 stall."""
+    g = GEOMS["test"]
+    rng = np.random.default_rng(17)
+    streams = _streams(g, "bitmod", rng, 60)
+    assert {rc.tag for rc in streams[0]} == set(BITMOD_TAGS)
+    words, beats = make_case(g, streams)
+    res = run_unpacker_rtl(*rtl_test, words, beats, seed=17, idle=0.3, stall=0.4)
     assert res["errors"] == [] and res["items_out"] == len(beats)
     assert res["error_flag"] == 0
 

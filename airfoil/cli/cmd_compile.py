@@ -10,12 +10,14 @@ model predicts (the decode program run once on the ISA simulator at the end of a
 prompt). Without MODEL it compiles one linear layer (``--layer``).
 
 A linear layer's weights may be streamed through the decode unit (ISA version 3):
-``--stream`` with ``--wformat int2|int3|int4|int8|ovp|mixed`` (``--mixed-formats
-int4,ovp``: the candidates of the per-record choice) and ``--sparsity dense|1:4|2:4|2:8|
-4:16|8:16|block`` (magnitude pruning to N:M, or block-skip records whose all-zero k-steps
-are neither streamed nor computed; ``--block-density D`` first keeps the fraction ``D``
-of each record's k-steps of largest L2 norm); ``ovp``, ``mixed``, N:M and block imply
-``--stream``.
+``--stream`` with ``--wformat int2|int3|int4|int6|int8|ovp|fp4_er_p|...|mixed|bitmod4|
+bitmod3`` (``--mixed-formats int4,ovp`` or ``fp4_er_p,fp4_ea_n``: the candidates of the
+per-record choice; ``bitmod4``/``bitmod3``: BitMoD's four FP4/FP3 variants) and
+``--sparsity dense|1:4|2:4|2:8|4:16|8:16|block`` (magnitude pruning to N:M, or block-skip
+records whose all-zero k-steps are neither streamed nor computed; ``--block-density D``
+first keeps the fraction ``D`` of each record's k-steps of largest L2 norm); formats other
+than int2/int3/int4/int8, N:M and block imply ``--stream``. INT6 and the BitMoD FP formats
+need the config to list them (``weight_formats``, e.g. config test_decode).
 A bias rides in one small WGT "bias tile" per row block; ``--no-bias`` drops the layer's.
 """
 
@@ -58,7 +60,9 @@ def register(sub):
     p.add_argument("--out-format", default=None, help="int8|int16|int32 (overrides the recipe)")
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream the weights through the decode unit (LD WSTREAM + MV STREAM) "
-                        "instead of WGT tiles; formats int2|int3|int4|int8|ovp|mixed")
+                        "instead of WGT tiles; formats int2|int3|int4|int6|int8|ovp|fp4_er_p|"
+                        "fp4_er_n|fp4_ea_p|fp4_ea_n|fp3_er_p|fp3_er_n|fp3_ea_p|fp3_ea_n|"
+                        "mixed|bitmod4|bitmod3")
     p.add_argument("--sparsity", default=None, metavar="dense|1:4|2:4|2:8|4:16|8:16|block",
                    help="N:M magnitude pruning of streamed weights, or block-skip records "
                         "(overrides the recipe)")
@@ -219,8 +223,8 @@ def run(args) -> int:
         print(f"compiled linear {layer['n']} x {layer['k']} streamed {layer['wformat']} "
               f"{layer['sparsity']} g{layer['group']} -> int{layer['out_bits']} for config "
               f"{m['config']} ({m['config_hash']}): {len(layer['tiles'])} streams, records "
-              f"{fmts}, {layer['stream_bytes']} stream bytes, {m['image_bytes']} image bytes "
-              f"-> {args.output}", file=sys.stdout)
+              f"{fmts}, weight MSE {layer['weight_mse']:.3e}, {layer['stream_bytes']} stream "
+              f"bytes, {m['image_bytes']} image bytes -> {args.output}", file=sys.stdout)
         return 0
     print(f"compiled linear {layer['n']} x {layer['k']} {layer['wformat']} g{layer['group']} "
           f"-> int{layer['out_bits']} for config {m['config']} ({m['config_hash']}): "

@@ -201,7 +201,8 @@ class StreamMatrix(wiring.Component):
 
     The unit interface is :class:`~hdl.core.matrix.MatrixUnit`'s (:func:`hdl.core.load.
     unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, the memory words of the stream.
-    Every record format the unpacker decodes (INT2, INT3, INT4, INT8, OVP4) and every N:M
+    Every record format the unpacker decodes (INT2, INT3, INT4, INT6, INT8, OVP4, the BitMoD
+    FP4/FP3 variants) and every N:M
     pattern (and block skip) among ``patterns`` run on the same chains (signed 8-bit
     weights, one DSP per lane). ``starved`` is high while an instruction still owes records
     and neither a step nor a stream word is available; ``starved_pc`` is its index (the
@@ -231,13 +232,16 @@ class StreamMatrix(wiring.Component):
         Group sizes built (subset of 32, 64, 128).
     patterns : tuple of str
         Sparsity patterns built (``"dense"``, N:M names and ``"block"``).
+    formats : sequence of str, optional
+        Record formats the unpacker decodes (default: all; see :class:`~hdl.decode_unit.
+        unpacker.Unpacker`); a record of another format is MALFORMED.
     scale_depth : int
         Records whose scales may wait for their partial sums (covers the chain latency).
     """
 
     def __init__(self, *, chains: int, lanes: int, word_bits: int, act_bytes: int,
                  out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
-                 scale_depth: int = 16):
+                 formats=None, scale_depth: int = 16):
         self._MustUse__silence = True       # until validated: a refused unit is not unused
         _pos_int("Chain count", chains)
         _pos_int("Lane count", lanes, 2)
@@ -260,6 +264,7 @@ class StreamMatrix(wiring.Component):
         self._chains, self._lanes, self._wbits = chains, lanes, word_bits
         self._act_bytes, self._out_bytes = act_bytes, out_bytes
         self._groups, self._patterns = groups, patterns
+        self._formats = None if formats is None else tuple(formats)
         self._scale_depth = _pos_int("Scale queue depth", scale_depth, 2)
         wb = word_bits // 8
         super().__init__({
@@ -278,7 +283,8 @@ class StreamMatrix(wiring.Component):
         """The unit of an :class:`~airfoil.config.AccelConfig` (all chains on one stream)."""
         return cls(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
                    act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
-                   group_sizes=cfg.group_sizes, patterns=cfg.sparsity, **kw)
+                   group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
+                   formats=cfg.stream_formats, **kw)
 
     @staticmethod
     def geometry_of(cfg) -> StreamGeometry:
@@ -309,7 +315,7 @@ class StreamMatrix(wiring.Component):
         gmax = max(self._groups)
         nm_built = [0] + [c for c, n in NM_NAMES.items() if n in self._patterns]
 
-        m.submodules.unpacker = unp = Unpacker(geometry=g)
+        m.submodules.unpacker = unp = Unpacker(geometry=g, tags=self._formats)
         m.submodules.adapter = adp = StepAdapter(geometry=g)
         wiring.connect(m, producer=unp.beats, consumer=adp.beats)
         wiring.connect(m, wiring.flipped(self.words), unp.words)
@@ -626,7 +632,8 @@ class StreamGemvHarness(wiring.Component):
         """The harness of a configuration (its memory latency is the memory model's)."""
         unit_kw = dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
                        act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
-                       group_sizes=cfg.group_sizes, patterns=cfg.sparsity)
+                       group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
+                       formats=cfg.stream_formats)
         return cls(unit_kw=unit_kw, max_burst=cfg.memory.max_burst,
                    outstanding=cfg.memory.outstanding)
 

@@ -1,8 +1,8 @@
 """The unpacker: raw memory words of packed weights -> lane-aligned signed 8-bit operands.
 
-The stream format (records of INT2/INT3/INT4/INT8/OVP4 weights with FP16 scales, PAD,
-lane-vector order, N:M indices and block-skip step masks) and the output beat are defined
-in :mod:`airfoil.packing`; this is its hardware reader.
+The stream format (records of INT2/INT3/INT4/INT6/INT8/OVP4 and BitMoD FP4/FP3 weights
+with FP16 scales, PAD, lane-vector order, N:M indices and block-skip step masks) and the
+output beat are defined in :mod:`airfoil.packing`; this is its hardware reader.
 
 Structure: a bit buffer (a gearbox) of :attr:`Unpacker.buffer_bits` bits holds the
 unread part of the stream, head at bit 0. Every cycle it may take one whole word (placed
@@ -13,7 +13,11 @@ right after the bits it holds) and may remove one *action* from its head:
   on the way), decoded to signed 8-bit weights and 4-bit N:M indices into the output
   register. A block-skip header also carries the step mask (``group / lanes`` bits after
   the scales): the record then holds ``popcount(mask) * rows`` lane-vectors, and every
-  beat carries the mask (other records carry all their steps as the mask);
+  beat carries the mask (other records carry all their steps as the mask). The codes of a
+  lane-vector are cut out of the buffer once per code width (and index width); INT codes
+  are their own values, OVP4 pairs go through the outlier-victim decode and BitMoD FP
+  codes through a constant table per code width built from :func:`airfoil.bitmod.values`
+  (the entries all variants share, and the extra value's code chosen by the tag);
 * a *skip*: a PAD tag, a header position in the last 11 bits of a word, or a malformed
   header (which also sets ``error``) drops the rest of the current word.
 
@@ -31,13 +35,15 @@ depends only on the fill level, never on the output.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from airfoil.packing import (BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS, NM_PATTERNS,
-                             OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS, TAG_BITS,
-                             RecordTag, StreamGeometry, beat_layout, nm_index_bits, nm_kept)
+from airfoil import bitmod
+from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS,
+                             NM_PATTERNS, OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS,
+                             TAG_BITS, RecordTag, StreamGeometry, beat_layout, bitmod_values,
+                             nm_index_bits, nm_kept, record_tag)
 
 from .fp16 import fp16_fixed_hw
 
@@ -51,6 +57,10 @@ class Unpacker(wiring.Component):
     ----------
     geometry : StreamGeometry
         Word width, lanes and rows per record (:class:`airfoil.packing.StreamGeometry`).
+    tags : sequence, optional
+        Record formats to decode (:class:`~airfoil.packing.RecordTag` members or names);
+        default: all of :data:`~airfoil.packing.TAG_BITS`. A record of another format is
+        malformed (skipped, ``error``).
 
     Members
     -------
@@ -60,16 +70,22 @@ class Unpacker(wiring.Component):
         Decoded beats (:func:`airfoil.packing.beat_layout`), exactly
         :func:`airfoil.packing.expected_beats` of the words.
     error : Out(1)
-        Sticky: a malformed header (reserved tag, group, reserved bits or sparsity code,
-        an N:M pattern or block skip that does not fit the lanes or the format, an empty
-        step mask) was skipped, or a
-        scale was negative, infinite or NaN (that record's beats carry ``bad``).
+        Sticky: a malformed header (reserved tag or a format not among ``tags``, group,
+        reserved bits or sparsity code, an N:M pattern or block skip that does not fit the
+        lanes or the format, an empty step mask) was skipped, or a scale was negative,
+        infinite or NaN (that record's beats carry ``bad``).
     """
 
-    def __init__(self, *, geometry: StreamGeometry):
+    def __init__(self, *, geometry: StreamGeometry, tags=None):
         if not isinstance(geometry, StreamGeometry):
+            self._MustUse__silence = True
             raise TypeError(f"geometry must be a StreamGeometry, not {geometry!r}")
         self._geom = geometry
+        chosen = set(TAG_BITS) if tags is None else {record_tag(t) for t in tags}
+        if not chosen:
+            self._MustUse__silence = True
+            raise ValueError("tags must name at least one record format")
+        self._tags = tuple(t for t in TAG_BITS if t in chosen)
         super().__init__({
             "words": In(stream.Signature(unsigned(geometry.word_bits))),
             "beats": Out(stream.Signature(beat_layout(geometry))),
@@ -78,8 +94,14 @@ class Unpacker(wiring.Component):
 
     @classmethod
     def from_config(cls, cfg, rows: int | None = None) -> "Unpacker":
-        """The unpacker of one memory channel of an :class:`~airfoil.config.AccelConfig`."""
-        return cls(geometry=StreamGeometry.from_config(cfg, rows))
+        """The unpacker of one memory channel of an :class:`~airfoil.config.AccelConfig`:
+        the formats of :attr:`~airfoil.config.AccelConfig.stream_formats`."""
+        return cls(geometry=StreamGeometry.from_config(cfg, rows), tags=cfg.stream_formats)
+
+    @property
+    def tags(self) -> tuple:
+        """The record formats decoded."""
+        return self._tags
 
     @property
     def geometry(self) -> StreamGeometry:
@@ -95,7 +117,8 @@ class Unpacker(wiring.Component):
     def kinds(self) -> list:
         """Lane-vector layouts ``(tag, index bits)`` the unpacker decodes (OVP4 is dense)."""
         ibs = sorted({0} | {nm_index_bits(c) for c in NM_PATTERNS})
-        return [(t, ib) for t in TAG_BITS for ib in ibs if ib == 0 or t is not RecordTag.OVP4]
+        return [(t, ib) for t in self._tags for ib in ibs
+                if ib == 0 or t is not RecordTag.OVP4]
 
     def _vpb(self, tag, ib) -> int:
         nm = next(c for c in [0] + list(NM_PATTERNS) if nm_index_bits(c) == ib)
@@ -132,7 +155,7 @@ class Unpacker(wiring.Component):
         NV = g.max_record_vectors
         SM = g.max_record_steps
         MB = self.mask_bits_max
-        tags = list(TAG_BITS)
+        tags = list(self._tags)
         kinds = self.kinds
         # step-mask widths of the block-skip groups that fit the lanes (0: no mask)
         block_groups = [grp for grp in GROUP_CODES if grp % L == 0]
@@ -262,6 +285,15 @@ class Unpacker(wiring.Component):
             mag = mags[c[0:3]]
             return Mux(c[3], -mag, mag)
 
+        # Constant value tables of the BitMoD FP formats (code -> value), by code width:
+        # the codes on which every variant of a width agrees share one table entry, the
+        # others (the extra value's code) are chosen by the tag.
+        fp_tables = {t: [int(v) for v in bitmod_values(t)] for t in tags
+                     if t in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[t])}
+        fp_widths = {}
+        for t in fp_tables:
+            fp_widths.setdefault(TAG_BITS[t], []).append(t)
+
         def value(j, t, kib):
             b = TAG_BITS[t]
             base = (j // L) * L * (b + kib)
@@ -271,7 +303,14 @@ class Unpacker(wiring.Component):
                 if j % 2 == 0:
                     return Mux(c1 == OVP_ID, outlier(c0), Mux(c0 == OVP_ID, 0, c0.as_signed()))
                 return Mux(c1 == OVP_ID, 0, Mux(c0 == OVP_ID, outlier(c1), c1.as_signed()))
-            return win[base + (j % L) * b:][:b].as_signed()
+            return win[base + (j % L) * b:][:b]
+
+        # Kinds whose lane-vectors share one code layout (width, index width) share the
+        # code extraction; OVP4 is its own layout.
+        layouts = {}
+        for ki, (t, kib) in enumerate(kinds):
+            key = ("ovp", kib) if t is RecordTag.OVP4 else (TAG_BITS[t], kib)
+            layouts.setdefault(key, (t, []))[1].append(ki)
 
         def index(j, t, kib):
             b = TAG_BITS[t]
@@ -281,15 +320,35 @@ class Unpacker(wiring.Component):
         weights, indices = [], []
         for j in range(g.ops):
             w = Signal(8, name=f"w{j}")
+            code = Signal(8, name=f"c{j}")      # the weight's code (FP widths), zero-extended
             x = Signal(4, name=f"x{j}")
             with m.Switch(kind):
-                for ki, (t, kib) in enumerate(kinds):
+                for (lay, kib), (t, kis) in layouts.items():
                     if j // L >= self._vpb(t, kib):
                         continue
-                    with m.Case(ki):
-                        m.d.comb += w.eq(value(j, t, kib))
+                    with m.Case(*kis):
+                        v = value(j, t, kib)
+                        m.d.comb += w.eq(v if lay == "ovp" else v.as_signed())
+                        if lay in fp_widths:
+                            m.d.comb += code.eq(v)
                         if kib:
                             m.d.comb += x.eq(index(j, t, kib))
+            # An FP record's codes go through its table (overriding two's complement).
+            with m.Switch(tag):
+                for b, fts in fp_widths.items():
+                    with m.Case(*[t.value for t in fts]):
+                        with m.Switch(code[:b]):
+                            for c in range(1 << b):
+                                vals = {fp_tables[t][c] for t in fts}
+                                with m.Case(c):
+                                    if len(vals) == 1:
+                                        m.d.comb += w.eq(Const(vals.pop(), signed(8)))
+                                        continue
+                                    with m.Switch(tag):
+                                        for t in fts:
+                                            with m.Case(t.value):
+                                                m.d.comb += w.eq(
+                                                    Const(fp_tables[t][c], signed(8)))
             live = n > j // L
             weights.append(Mux(live, w, 0))
             indices.append(Mux(live, x, 0))

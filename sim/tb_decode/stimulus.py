@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from airfoil.packing import (BLOCK_CODE, NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS, Record,
-                             RecordTag, StreamGeometry, beat_value, expected_beats, nm_kept,
-                             pack_records)
+from airfoil import bitmod
+from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS,
+                             Record, RecordTag, StreamGeometry, beat_value, bitmod_values,
+                             expected_beats, nm_kept, pack_records, record_tag)
 
 __all__ = ["random_weights", "random_nm", "random_blocks", "random_scales", "random_records",
-           "stream_words",
-           "make_case"]
+           "stream_words", "make_case", "bitmod_layer"]
 
 
 def random_weights(rng: np.random.Generator, tag: RecordTag, shape) -> np.ndarray:
-    """Random legal weights of ``tag``: the full range, and for OVP4 outlier pairs too."""
+    """Random legal weights of ``tag``: the full range, for OVP4 outlier pairs too, for
+    a BitMoD format any of its values (the extra value included)."""
     tag = RecordTag(tag)
+    if tag in BITMOD_TAGS:
+        return rng.choice(bitmod_values(tag), size=shape)
     if tag is RecordTag.OVP4:
         q = rng.integers(-7, 8, shape)
         pairs = q.reshape(-1, 2)
@@ -70,11 +73,11 @@ def random_scales(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def random_records(geom: StreamGeometry, rng: np.random.Generator, count: int, *,
                    tags=None, groups=None, sparsity=(0,)) -> list:
-    """``count`` random records, each of a format from ``tags``, a size from ``groups`` and
-    an N:M or block-skip code from ``sparsity`` (drawn per record, so a list mixes formats,
-    group sizes and sparsity per group; a code that does not fit the record's format,
-    group and lanes falls back to dense)."""
-    tags = [RecordTag(t) for t in (tags or list(TAG_BITS))]
+    """``count`` random records, each of a format from ``tags`` (tags or names), a size
+    from ``groups`` and an N:M or block-skip code from ``sparsity`` (drawn per record, so a
+    list mixes formats, group sizes and sparsity per group; a code that does not fit the
+    record's format, group and lanes falls back to dense)."""
+    tags = [record_tag(t) for t in (tags or list(TAG_BITS))]
     groups = [g for g in (groups or (32, 64, 128)) if g % geom.lanes == 0]
     out = []
     for _ in range(count):
@@ -107,3 +110,37 @@ def make_case(geom: StreamGeometry, streams) -> tuple[list, list]:
         words += stream_words(geom, raw)
         beats += [beat_value(geom, b) for b in expected_beats(geom, raw)]
     return words, beats
+
+
+def bitmod_layer(rng: np.random.Generator, n: int, k: int, *, group: int, rows: int,
+                 formats, sparsity: str = "dense") -> tuple:
+    """Float weights ``(n, k)`` whose records (``rows`` rows x one group) each sit on the
+    grid of a format drawn from ``formats`` (names), so that a per-record least-error
+    choice among ``formats`` finds it.
+
+    A record of a BitMoD FP format holds that format's values (every row has the format's
+    largest value, so the BitMoD scale is exact, and its extra value; the rest drawn from
+    all values) times a power-of-two scale per row; any other format's record is
+    Gaussian. With ``sparsity="2:4"`` every window of 4 keeps its first 2 weights. Return
+    ``(weights, names)``: float64 weights and the drawn format per record (row batches x
+    group columns).
+    """
+    B, G = -(-n // rows), k // group
+    w = np.zeros((B * rows, k))
+    names = np.empty((B, G), dtype=object)
+    keep = np.arange(group) % 4 < 2 if sparsity == "2:4" else np.ones(group, dtype=bool)
+    for b in range(B):
+        for j in range(G):
+            name = formats[int(rng.integers(len(formats)))]
+            names[b, j] = name
+            tag = record_tag(name)
+            if tag in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[tag]):
+                vals = bitmod_values(tag)
+                blk = rng.choice(vals, size=(rows, group)).astype(np.float64)
+                blk[:, 0] = vals.max()
+                blk[:, 1] = vals[1 << (TAG_BITS[tag] - 1)]           # the extra value
+            else:
+                blk = rng.standard_normal((rows, group))
+            blk *= np.exp2(rng.integers(-6, -2, (rows, 1)))
+            w[b * rows:(b + 1) * rows, j * group:(j + 1) * group] = np.where(keep, blk, 0.0)
+    return w[:n], names
