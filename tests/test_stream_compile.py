@@ -606,3 +606,22 @@ def test_cli_block_options(tmp_path, capsys):
     cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
                        "--sparsity", "2:4", "--block-density", "0.5", "--no-bias"],
               "applies to sparsity 'block'")
+
+
+def test_isa_refuses_a_record_format_the_config_does_not_decode():
+    """An FP4 record on a config whose decode unit is built without the BitMoD formats:
+    MALFORMED at the MV, as the unpacker refuses the header."""
+    w = _weights(3, CFG.chains, 64)
+    q, s, tags = quantize_stream(w, group=32, rows=CFG.chains, formats="fp4_ea_p")
+    blob = pack_tensor(GEOM, q, s, group=32, tags=tags)
+    narrow = dataclasses.replace(CFG, weight_formats=("int2", "int4", "int8"))
+    image = bytearray(STREAM_ADDR + len(blob) + 256)
+    image[STREAM_ADDR:STREAM_ADDR + len(blob)] = blob
+    prog = [encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=0, nbytes=64,
+                   count=1, dram_stride=64), _ld_stream(len(blob)),
+            encode(Opcode.MV, wait=[Unit.LOAD], **_mv()), encode(Opcode.SYS, op=SysOp.HALT)]
+    with pytest.raises(ProgramError) as e:
+        IsaSim(narrow, image).run(prog)
+    assert e.value.code == ErrorCode.MALFORMED and e.value.index == 2, e.value
+    assert "FP4_EA_P" in str(e.value) and "int8" in str(e.value)
+    IsaSim(CFG, image).run(prog)                       # the full config decodes it

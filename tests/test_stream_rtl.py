@@ -320,9 +320,12 @@ def test_rtl_every_format_and_pattern_bit_exact(tiny_harness, seed):
 
 
 def _config(name):
-    """A board config with every N:M pattern and block skip built (the test board lists
-    only dense)."""
-    return dataclasses.replace(load_config(name), sparsity=tuple(["dense"] + NMS[1:]))
+    """A board config with every N:M pattern, block skip and the BitMoD formats built (the
+    test board lists only dense and INT4/INT8)."""
+    cfg = load_config(name)
+    return dataclasses.replace(cfg, sparsity=tuple(["dense"] + NMS[1:]),
+                               weight_formats=tuple(dict.fromkeys(cfg.weight_formats +
+                                                                  tuple(BITMOD_NAMES))))
 
 
 @pytest.mark.rtl
