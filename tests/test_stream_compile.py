@@ -219,11 +219,26 @@ def test_default_tile_path_unchanged(tmp_path):
      "kept entries per row ((2, 4)) 16 of group 32 is not a multiple of lanes (32)"),
     ({"wformat": "int4", "stream": True, "config": "test"}, "has no decode unit"),
     ({"wformat": "int4", "sparsity": "2:4", "config": "sim_llm"}, "has no decode unit"),
+    # block skip
+    ({"wformat": "int4", "sparsity": "block", "block_density": 0.0},
+     "block density 0.0 is not accepted"),
+    ({"wformat": "int4", "sparsity": "block", "block_density": 1.5},
+     "block density 1.5 is not accepted"),
+    ({"wformat": "int4", "sparsity": "2:4", "block_density": 0.5},
+     "applies to sparsity 'block', not '2:4'"),
+    ({"wformat": "int4", "stream": False, "block_density": 0.5},
+     "applies to sparsity 'block'"),
+    ({"wformat": "ovp", "sparsity": "block"}, "ovp weights are dense"),
+    ({"wformat": "int4", "sparsity": "block", "config": "no_block"},
+     "sparsity 'block' is not built in config"),
+    ({"wformat": "int4", "sparsity": "block", "config": "test"}, "has no decode unit"),
 ])
 def test_bad_options_one_line_errors(tmp_path, kwargs, message):
     kw = dict(kwargs)
     bias = torch.randn(9) if kw.pop("bias", False) else None
-    cfg = load_config(kw.pop("config", "test_decode"))
+    name = kw.pop("config", "test_decode")
+    cfg = dataclasses.replace(CFG, sparsity=("dense", "2:4")) if name == "no_block" else \
+        load_config(name)
     with pytest.raises(CompileError) as e:
         compile_linear(_weights(0, 8, 128), bias, cfg, tmp_path / "x", **kw)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -568,27 +583,6 @@ def test_block_density_one_skips_only_zero_steps():
     q0, _, _ = quantize_stream(w, group=128, rows=4, formats="int4")
     assert torch.equal(q, q0)
     assert int(_present_steps(q, 128)[0, 0]) == 16 - 4
-
-
-@pytest.mark.parametrize("kwargs,message", [
-    ({"sparsity": "block", "block_density": 0.0}, "block density 0.0 is not accepted"),
-    ({"sparsity": "block", "block_density": 1.5}, "block density 1.5 is not accepted"),
-    ({"sparsity": "2:4", "block_density": 0.5}, "applies to sparsity 'block', not '2:4'"),
-    ({"stream": False, "block_density": 0.5}, "applies to sparsity 'block'"),
-    ({"wformat": "ovp", "sparsity": "block"}, "ovp weights are dense"),
-    ({"sparsity": "block", "config": "no_block"}, "sparsity 'block' is not built in config"),
-    ({"sparsity": "block", "config": "test"}, "has no decode unit"),
-])
-def test_block_bad_options_one_line_errors(tmp_path, kwargs, message):
-    import dataclasses
-
-    kw = {"wformat": "int4", **kwargs}
-    name = kw.pop("config", "test_decode")
-    cfg = dataclasses.replace(CFG, sparsity=("dense", "2:4")) if name == "no_block" else \
-        load_config(name)
-    with pytest.raises(CompileError) as e:
-        compile_linear(_weights(0, 8, 128), None, cfg, tmp_path / "x", **kw)
-    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_cli_block_options(tmp_path, capsys):
