@@ -3,8 +3,9 @@
 Keys: ``wformat`` (int2, int3, int4, int8; streamed also ovp, int6, the BitMoD FP
 formats, mixed, bitmod4 and bitmod3), ``group``,
 ``out_format``, and for streamed weights (ISA version 3) ``stream`` (true: LD WSTREAM +
-MV STREAM instead of WGT tiles), ``sparsity`` (dense, 1:4, 2:4, 2:8, 4:16, 8:16) and
-``mixed_formats`` (the candidates of ``wformat: mixed``, e.g. ``"int4,ovp"``).
+MV STREAM instead of WGT tiles), ``sparsity`` (dense, 1:4, 2:4, 2:8, 4:16, 8:16, block),
+``block_density`` (with ``sparsity: block``, the fraction of each record's k-steps kept)
+and ``mixed_formats`` (the candidates of ``wformat: mixed``, e.g. ``"int4,ovp"``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DEFAULT_RECIPE = _DIR / "linear_default.yaml"
 OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
 #: Keys a linear-layer recipe may set, with their Python type.
 RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
-               "sparsity": str, "mixed_formats": str}
+               "sparsity": str, "mixed_formats": str, "block_density": float}
 
 
 def check_recipe(data, source: str = "recipe") -> dict:
@@ -40,6 +41,8 @@ def check_recipe(data, source: str = "recipe") -> dict:
             raise CompileError(f"{source}: unknown key {key!r} (accepted: "
                                f"{', '.join(RECIPE_KEYS)})")
         tp = RECIPE_KEYS[key]
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)                     # YAML's 1 for 1.0
         if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
             raise CompileError(f"{source}: key {key!r} must be {tp.__name__}, not "
                                f"{type(value).__name__} {value!r}")

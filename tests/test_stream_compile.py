@@ -279,6 +279,11 @@ def test_recipe_stream_keys():
         check_recipe({"stream": "yes"})
     with pytest.raises(CompileError, match="key 'group' must be int"):
         check_recipe({"group": True})
+    kw = check_recipe({"sparsity": "block", "block_density": 0.25})
+    assert kw == {"sparsity": "block", "block_density": 0.25}
+    assert check_recipe({"block_density": 1})["block_density"] == 1.0
+    with pytest.raises(CompileError, match="key 'block_density' must be float"):
+        check_recipe({"block_density": "half"})
 
 
 # -- BitMoD formats ------------------------------------------------------------------------
