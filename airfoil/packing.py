@@ -663,8 +663,7 @@ def _check_record(geom: StreamGeometry, rc: Record) -> None:
                            f"{', '.join(map(str, NM_PATTERNS))} and {BLOCK_CODE} (block))")
     if rc.nm and rc.tag is RecordTag.OVP4:
         raise CompileError("OVP4 records are dense (N:M and block sparsity are for the INT "
-                           "and FP "
-                           "formats)")
+                           "and FP formats)")
     geom.check_group(rc.group, rc.nm)
     if rc.q.shape != (geom.rows, rc.group):
         raise CompileError(f"record weights have shape {tuple(rc.q.shape)}, expected "

@@ -75,8 +75,8 @@ from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp
                          WeightFormat, encode)
 from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
                              NM_BY_NAME, RECORD_FORMATS, STREAM_FORMATS, TAG_BITS, RecordTag,
-                             core_stream_geometry, nm_code, nm_index_bits, nm_kept,
-                             pack_tensor, quantize_stream, record_tag)
+                             core_stream_geometry, nm_code, nm_index_bits,
+                             pack_tensor, quantize_stream, record_tag, step_mask)
 from airfoil.sparsity import prune_blocks, prune_nm
 from airfoil.program import Program
 
@@ -535,9 +535,6 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
     formats, nm, label = _check_stream_args(config, wformat, sparsity, mixed_formats, group)
-    if nm != BLOCK_CODE and block_density != 1.0:
-        raise CompileError(f"block density {block_density!r} applies to sparsity 'block', "
-                           f"not {sparsity!r}")
     tile_formats = [f for f in ("int4",) + tuple(config.weight_formats)
                     if f in config.weight_formats and f in ("int2", "int3", "int4", "int8")]
     bias_wf = weight_format(tile_formats[0] if tile_formats else "int4")
@@ -660,18 +657,21 @@ def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
     k-steps of each record."""
     out = {"values": 0, "indices": 0, "headers": 0}
     tags = np.asarray(tags).reshape(-1, groups)
-    kept = np.full(tags.shape, geom.rows * nm_kept(group, nm), dtype=np.int64)
-    if nm == BLOCK_CODE:
+    if nm == BLOCK_CODE:                     # present k-steps of each record
+        R = geom.rows
         qn = np.asarray(q, dtype=np.int64)
-        qp = np.zeros((tags.shape[0] * geom.rows, qn.shape[1]), dtype=np.int64)
+        qp = np.zeros((tags.shape[0] * R, qn.shape[1]), dtype=np.int64)
         qp[:qn.shape[0]] = qn
-        present = (qp.reshape(tags.shape[0], geom.rows, groups, group // geom.lanes,
-                              geom.lanes) != 0).any(axis=(1, 4)).sum(axis=2)
-        kept = np.maximum(present, 1) * geom.rows * geom.lanes
-    for v, kp in zip(tags.reshape(-1), kept.reshape(-1)):
-        out["values"] += int(kp) * TAG_BITS[RecordTag(int(v))]
-        out["indices"] += int(kp) * nm_index_bits(nm)
-        out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
+        masks = [[step_mask(qp[b * R:(b + 1) * R, c * group:(c + 1) * group], geom.lanes)
+                  for c in range(groups)] for b in range(tags.shape[0])]
+    else:
+        masks = [[None] * groups] * tags.shape[0]
+    for b, row in enumerate(tags):
+        for v, mask in zip(row, masks[b]):
+            kept = geom.record_vectors(group, nm, mask) * geom.lanes
+            out["values"] += kept * TAG_BITS[RecordTag(int(v))]
+            out["indices"] += kept * nm_index_bits(nm)
+            out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
     return out
 
 

@@ -278,13 +278,18 @@ class StreamMatrix(wiring.Component):
         })
         self._MustUse__silence = False
 
+    @staticmethod
+    def config_kw(cfg) -> dict:
+        """Parameters of the unit of an :class:`~airfoil.config.AccelConfig`."""
+        return dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
+                    act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
+                    group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
+                    formats=cfg.stream_formats)
+
     @classmethod
     def from_config(cls, cfg, **kw) -> "StreamMatrix":
         """The unit of an :class:`~airfoil.config.AccelConfig` (all chains on one stream)."""
-        return cls(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
-                   act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
-                   group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
-                   formats=cfg.stream_formats, **kw)
+        return cls(**cls.config_kw(cfg), **kw)
 
     @staticmethod
     def geometry_of(cfg) -> StreamGeometry:
@@ -630,11 +635,7 @@ class StreamGemvHarness(wiring.Component):
     @classmethod
     def from_config(cls, cfg) -> "StreamGemvHarness":
         """The harness of a configuration (its memory latency is the memory model's)."""
-        unit_kw = dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
-                       act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
-                       group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
-                       formats=cfg.stream_formats)
-        return cls(unit_kw=unit_kw, max_burst=cfg.memory.max_burst,
+        return cls(unit_kw=StreamMatrix.config_kw(cfg), max_burst=cfg.memory.max_burst,
                    outstanding=cfg.memory.outstanding)
 
     @property

@@ -299,7 +299,11 @@ class Engine(wiring.Component):
         full = {}
         blocked = []
         working = []
+        # The streamed MATRIX engine (when built) reports a starved stream and its MV.
+        mx = units[isa.Unit.MATRIX]
+        streamed = "starved" in mx.signature.members
         starved = Signal()
+        starved_pc = mx.starved_pc if streamed else self.retired
         qentry = Signal(ENTRY_LAYOUT)
         for u in unit_list:
             q = fifo.SyncFIFOBuffered(width=ENTRY_LAYOUT.size, depth=cfg.instr_queue_depth)
@@ -333,7 +337,7 @@ class Engine(wiring.Component):
             full[u] = ~q.w_rdy
             m.d.comb += q.w_data.eq(qentry)
             rel_blocked = unit.rel.valid & ~room
-            if u == isa.Unit.MATRIX and "starved" in unit.signature.members:
+            if u == isa.Unit.MATRIX and streamed:
                 # A streamed MV waiting for words it is owed is blocked, not working.
                 m.d.comb += starved.eq(unit.starved & ~stall[u])
                 rel_blocked = rel_blocked | starved
@@ -525,8 +529,6 @@ class Engine(wiring.Component):
         # A deadlock with the streamed engine starved is a program whose stream loads fall
         # short of its STREAM instructions: MALFORMED at that instruction, as the ISA
         # simulator reports it ("weight stream ran out").
-        starved_pc = units[isa.Unit.MATRIX].starved_pc if "starved" in \
-            units[isa.Unit.MATRIX].signature.members else self.retired
         sources.append((dead == DEADLOCK_CYCLES,
                         Mux(starved, isa.ErrorCode.MALFORMED, isa.ErrorCode.DEADLOCK),
                         Mux(starved, starved_pc, self.retired)))
