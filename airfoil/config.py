@@ -77,6 +77,18 @@ class MemoryConfig:
         Longest AXI4 burst in beats (1..256).
     channel_bytes : int
         Capacity of one channel in bytes.
+    channel_gbps : float
+        Bandwidth of one channel in GB/s (10^9 bytes per second) as the memory delivers it;
+        0 means the port's own rate (``word_bytes`` per kernel clock). Every bandwidth
+        figure divides by :meth:`AccelConfig.channel_bytes_per_cycle`, which derives from it.
+    channel_latency : tuple of int
+        Read latency of each channel, overriding ``read_latency`` (empty: every channel has
+        ``read_latency``); the memory model of every backend honours it per channel.
+
+    Addressing: every channel has a base address of its own (``DATA_BASE`` registers of
+    :mod:`airfoil.csr`, one pair per channel); an ``LD``/``ST`` on channel ``c`` reaches
+    byte ``base[c] + dram_addr``. A compiled folder says where each channel's memory starts
+    in its image (``channel_offsets`` of the manifest, :mod:`airfoil.folder`).
     """
 
     channels: int
@@ -86,6 +98,8 @@ class MemoryConfig:
     max_burst: int = 16
     write_latency: int = 4
     channel_bytes: int = 1 << 28
+    channel_gbps: float = 0.0
+    channel_latency: tuple = ()
 
     def validate(self, where: str) -> None:
         if not 1 <= self.channels <= 64:
@@ -107,6 +121,20 @@ class MemoryConfig:
         if not (_is_pow2(self.channel_bytes) and self.channel_bytes >= 1 << 16):
             raise ConfigError(f"{where}memory.channel_bytes must be a power of two >= 65536, "
                               f"not {self.channel_bytes}")
+        if not 0.0 <= self.channel_gbps <= 1000.0:
+            raise ConfigError(f"{where}memory.channel_gbps must be 0..1000 GB/s (0: the port's "
+                              f"rate), not {self.channel_gbps}")
+        if self.channel_latency and len(self.channel_latency) != self.channels:
+            raise ConfigError(f"{where}memory.channel_latency must list one latency per channel "
+                              f"({self.channels}), not {len(self.channel_latency)}")
+        for lat in self.channel_latency:
+            if isinstance(lat, bool) or not isinstance(lat, int) or not 1 <= lat <= 1024:
+                raise ConfigError(f"{where}memory.channel_latency entries must be 1..1024 "
+                                  f"cycles, not {lat!r}")
+
+    def latency_of(self, channel: int) -> int:
+        """Read latency of ``channel`` in cycles."""
+        return self.channel_latency[channel] if self.channel_latency else self.read_latency
 
     @property
     def word_bytes(self) -> int:
@@ -234,6 +262,13 @@ class AccelConfig:
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
+        if self.decode_unit and self.chains % self.memory.channels:
+            raise ConfigError(f"{where}chains ({self.chains}) must divide into one equal slice "
+                              f"per memory channel ({self.memory.channels}) for the decode unit")
+        if self.decode_unit and min(self.group_sizes) < self.memory.word_bytes:
+            raise ConfigError(f"{where}group_sizes: a streamed group spans whole memory words, "
+                              f"so each must be >= {self.memory.word_bytes} (the word's bytes), "
+                              f"not {min(self.group_sizes)}")
 
     # -- derived -----------------------------------------------------------------------
 
@@ -245,6 +280,26 @@ class AccelConfig:
     @property
     def word_bytes(self) -> int:
         return self.memory.word_bytes
+
+    @property
+    def slices(self) -> int:
+        """Slices of the streamed engine: one per memory channel, each with its own port,
+        decode unit and ``slice_chains`` chains (1 without a decode unit)."""
+        return self.memory.channels if self.decode_unit else 1
+
+    @property
+    def slice_chains(self) -> int:
+        """Chains each slice feeds: the rows of one streamed record."""
+        return self.chains // self.slices
+
+    @property
+    def channel_bytes_per_cycle(self) -> float:
+        """Bytes one channel delivers per kernel cycle: ``channel_gbps`` at ``clock_mhz``,
+        at most the port's word (the port's word when ``channel_gbps`` is 0)."""
+        wb = self.memory.word_bytes
+        if not self.memory.channel_gbps:
+            return float(wb)
+        return min(float(wb), self.memory.channel_gbps * 1e3 / self.clock_mhz)
 
     def to_dict(self) -> dict:
         """Return the configuration as plain data (tuples as lists), YAML/JSON ready."""

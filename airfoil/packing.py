@@ -969,14 +969,18 @@ DEFAULT_MIXED = ("int4", "ovp")
 
 
 def core_stream_geometry(cfg) -> StreamGeometry:
-    """Stream geometry of an RTL core: one decode unit feeds all ``chains`` chains.
+    """Stream geometry of an RTL core: one decode unit per memory channel (a *slice*) feeds
+    that slice's :attr:`~airfoil.config.AccelConfig.slice_chains` chains.
 
-    Records hold ``cfg.chains`` rows, lane-vectors ``cfg.lanes`` weights, words the
-    memory port width. Raise :class:`CompileError` when the core has more chains than a
-    record can hold.
+    Records hold ``cfg.slice_chains`` rows, lane-vectors ``cfg.lanes`` weights, words the
+    memory port width. A tensor's row batches go to the channels round robin (batch ``b``
+    to channel ``b % channels``), so a whole ``chains``-row batch of the core is one record
+    per slice. Raise :class:`CompileError` when a slice has more chains than a record can
+    hold.
     """
     try:
-        return StreamGeometry(word_bits=cfg.memory.word_bits, lanes=cfg.lanes, rows=cfg.chains)
+        return StreamGeometry(word_bits=cfg.memory.word_bits, lanes=cfg.lanes,
+                              rows=cfg.slice_chains)
     except ValueError as e:
         raise CompileError(f"config {cfg.name!r} cannot stream weights: {e}") from None
 

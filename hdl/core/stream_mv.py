@@ -295,7 +295,7 @@ class StreamMatrix(wiring.Component):
     def geometry_of(cfg) -> StreamGeometry:
         """The stream geometry :meth:`from_config` builds for ``cfg`` (without a unit)."""
         return StreamGeometry(word_bits=cfg.memory.word_bits, lanes=cfg.lanes,
-                              rows=cfg.chains)
+                              rows=cfg.slice_chains)
 
     @property
     def geometry(self) -> StreamGeometry:
