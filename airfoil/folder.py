@@ -1,8 +1,16 @@
 """The compiler's output folder, read the same way by every backend.
 
 A folder holds ``manifest.json`` (format ``airfoil-folder/1``), ``program.afp`` and
-``weights.bin`` (the data memory image, exactly as the hardware reads it from the data
-base address). :func:`load_folder` checks it and returns a :class:`Folder`; the golden
+``weights.bin`` (the data memory image, exactly as the hardware reads it). Each memory
+channel reads and writes its own memory from a base address of its own (the
+``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
+byte offset per channel, all 0 when absent: every channel sees the whole image) says where
+each channel's memory starts in the image, so an ``LD``/``ST`` on channel ``c`` at
+``dram_addr`` reaches image byte ``channel_offsets[c] + dram_addr``. Channel 0's memory
+starts at byte 0: the input and output addresses of a layer, and ``SYS LDREG`` (which
+reads through channel 0), are image addresses.
+
+:func:`load_folder` checks a folder and returns a :class:`Folder`; the golden
 model, the ISA simulator and the RTL runner all place their input and read their output
 through its helpers, so they agree on addresses and encodings.
 """
@@ -22,7 +30,7 @@ from .program import Program
 _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 __all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
-           "read_llm_model"]
+           "read_llm_model", "channel_offsets"]
 
 FOLDER_FORMAT = "airfoil-folder/1"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
@@ -69,6 +77,12 @@ class Folder:
         self.config = config
         self.path = Path(path) if path is not None else None
         self._program = program
+
+    @property
+    def channel_offsets(self) -> list:
+        """Where each memory channel's memory starts in the image (see the module
+        docstring); all 0 when the manifest names none."""
+        return channel_offsets(self.manifest, self.resolve_config().memory.channels)
 
     @property
     def kind(self) -> str:
@@ -191,6 +205,20 @@ class Folder:
         if len(raw) != self.n * dt.itemsize:
             raise AirfoilError("output region lies beyond the end of the image")
         return torch.from_numpy(np.frombuffer(raw, dtype=dt).astype(np.int64))
+
+
+def channel_offsets(manifest: dict, channels: int) -> list:
+    """The manifest's ``channel_offsets``: one non-negative int per channel (all 0 when
+    absent); :class:`AirfoilError` when it does not name one per channel."""
+    offs = manifest.get("channel_offsets")
+    if offs is None:
+        return [0] * channels
+    if not isinstance(offs, list) or len(offs) != channels or not all(
+            isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs) or \
+            offs[0] != 0:
+        raise AirfoilError(f"manifest channel_offsets {offs!r} must list {channels} "
+                           f"non-negative byte offsets, one per memory channel, the first 0")
+    return list(offs)
 
 
 def _fail(path, what) -> AirfoilError:

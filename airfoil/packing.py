@@ -105,10 +105,13 @@ Channels (interleave)
 A tensor with ``R`` rows is cut into row batches of ``rows`` rows (the last one padded
 with zero rows whose scale is 1.0); batch ``b`` goes to channel ``b % channels``, and
 each channel's stream holds its batches in order, each batch's group columns in k
-order. The image (``weights.bin``) interleaves the channel streams word by word: image
-word ``i`` is word ``i // channels`` of channel ``i % channels`` (shorter channel streams
-are padded with all-zero words first), i.e. the usual address interleave of a
-multi-channel memory at one word of granularity.
+order (:func:`pack_channels`). In a core, channel ``c``'s stream feeds the decode unit of
+slice ``c``, and a compiled folder places it in channel ``c``'s memory; so a ``rows``-row
+batch is a slice's share of one ``chains``-row batch of the whole core. :func:`pack_tensor`
+interleaves the channel streams word by word into one image: image word ``i`` is word
+``i // channels`` of channel ``i % channels`` (shorter channel streams are padded with
+all-zero words first), i.e. the usual address interleave of a multi-channel memory at
+one word of granularity.
 
 Output beats
 ------------
@@ -170,7 +173,7 @@ __all__ = [
     "deinterleave",
     "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
     "STREAM_FORMATS", "DEFAULT_MIXED",
-    "core_stream_geometry", "quantize_stream",
+    "core_stream_geometry", "quantize_stream", "pack_channels", "unpack_channels",
 ]
 
 
@@ -905,26 +908,26 @@ def deinterleave(image: bytes, channels: int, word_bytes: int) -> list:
     return [arr[:, c].tobytes() for c in range(channels)]
 
 
-def pack_tensor(geom: StreamGeometry, q, scales, *, group: int, tags,
-                channels: int = 1, sparsity="dense") -> bytes:
-    """Pack one tensor into its memory image, interleaved over ``channels`` channels."""
+def pack_channels(geom: StreamGeometry, q, scales, *, group: int, tags, channels: int = 1,
+                  sparsity="dense") -> list:
+    """Pack one tensor into one stream per memory channel (row batch ``b`` to channel
+    ``b % channels``, see the module docstring); each stream ends on a word boundary."""
     if not (isinstance(channels, int) and channels >= 1):
         raise CompileError(f"channels must be a positive integer, not {channels!r}")
     batches = tensor_records(geom, q, scales, group=group, tags=tags, sparsity=sparsity)
-    streams = [pack_records(geom, [rc for b in range(c, len(batches), channels)
-                                   for rc in batches[b]]) for c in range(channels)]
-    return interleave(streams, geom.word_bits // 8)
+    return [pack_records(geom, [rc for b in range(c, len(batches), channels)
+                                for rc in batches[b]]) for c in range(channels)]
 
 
-def unpack_tensor(geom: StreamGeometry, image: bytes, *, rows: int, k: int,
-                  channels: int = 1) -> tuple:
-    """Reference inverse of :func:`pack_tensor`: ``(q, scales, tags)``.
+def unpack_channels(geom: StreamGeometry, streams, *, rows: int, k: int) -> tuple:
+    """Reference inverse of :func:`pack_channels`: ``(q, scales, tags)`` from the channel
+    streams (trailing PAD words allowed).
 
     ``q`` int64 (rows, k), ``scales`` float16 (rows, k / group), ``tags`` an int array of
     :class:`RecordTag` values per (row batch, group column).
     """
-    per_channel = [parse_stream(geom, s)
-                   for s in deinterleave(image, channels, geom.word_bits // 8)]
+    channels = len(streams)
+    per_channel = [parse_stream(geom, bytes(s)) for s in streams]
     r = geom.rows
     B = -(-rows // r)
     batches, qs, ss, ts = [], [], [], []
@@ -942,6 +945,21 @@ def unpack_tensor(geom: StreamGeometry, image: bytes, *, rows: int, k: int,
     q = torch.from_numpy(np.concatenate(qs)[:rows])
     s = torch.from_numpy(np.concatenate(ss)[:rows].astype(np.int16)).view(torch.float16)
     return q, s, np.array(ts, dtype=np.int64)
+
+
+def pack_tensor(geom: StreamGeometry, q, scales, *, group: int, tags,
+                channels: int = 1, sparsity="dense") -> bytes:
+    """Pack one tensor into one image, its channel streams interleaved word by word."""
+    return interleave(pack_channels(geom, q, scales, group=group, tags=tags,
+                                    channels=channels, sparsity=sparsity),
+                      geom.word_bits // 8)
+
+
+def unpack_tensor(geom: StreamGeometry, image: bytes, *, rows: int, k: int,
+                  channels: int = 1) -> tuple:
+    """Reference inverse of :func:`pack_tensor` (see :func:`unpack_channels`)."""
+    return unpack_channels(geom, deinterleave(image, channels, geom.word_bits // 8),
+                           rows=rows, k=k)
 
 
 def bits_per_weight(image: bytes, weights: int) -> float:

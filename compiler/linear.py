@@ -32,21 +32,25 @@ sparsity other than ``dense``): the weights are pruned to N:M
 (:func:`airfoil.sparsity.prune_nm`) or, for block skip, to a density of k-steps per
 record (:func:`airfoil.sparsity.prune_blocks`; the packer skips the all-zero k-steps),
 quantized per record with a format per layer or a per-record choice
-(:func:`airfoil.packing.quantize_stream`) and packed into one stream per tile
-(:func:`airfoil.packing.pack_tensor`, records of ``chains`` rows,
-:func:`airfoil.packing.core_stream_geometry`); ``weights.bin`` holds the streams, each
-contiguous. A tile is a block of output rows (a multiple of ``chains``) times all of K,
-with no WGT buffer to fit::
+(:func:`airfoil.packing.quantize_stream`) and packed into one stream per tile and memory
+channel (:func:`airfoil.packing.pack_channels`, records of one slice's chains,
+:func:`airfoil.packing.core_stream_geometry`): the core has one decode-unit slice per
+channel, and row batch ``b`` of a tile goes to slice ``b % channels``. Each channel's
+memory is a region of ``weights.bin`` (the manifest's ``channel_offsets``, each region
+checked against ``channel_bytes``): channel ``c``'s holds slice ``c``'s stream of every
+tile, each contiguous; channel 0's also the input, the output and the bias tiles, which
+its loads and stores move. A tile is a block of output rows (a multiple of ``chains``)
+times all of K, with no WGT buffer to fit::
 
     LD ACT x
-    [LD WGT bias tile t] LD WSTREAM tile t      t = 0 .. 3; the LD WSTREAM releases MATRIX
+    [LD WGT bias tile t] LD WSTREAM tile t      t = 0 .. 3; one LD WSTREAM per channel
     for each tile t:
         [MV bias tile t]    acc_init=1, final=0, bias=1 (the wait moves here)
         MV STREAM t     wait LOAD (+ STORE before reusing an OUT half), release LOAD
                         (for the load of tile t+4) and STORE (at the end of an OUT half)
         ST OUT half     wait MATRIX, release MATRIX       (when an OUT half is full)
-        [LD WGT bias tile t+4] LD WSTREAM t+4   wait MATRIX (MV t consumed an earlier part
-                                                of the stream), release MATRIX
+        [LD WGT bias tile t+4] LD WSTREAM t+4   (the bias tile: wait MATRIX, MV t freed
+                                                its slot; release MATRIX)
     SYS HALT
 
 LOAD runs up to three tiles ahead; a load only ever waits for a matrix instruction that
@@ -76,7 +80,7 @@ from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp
 from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
                              NM_BY_NAME, RECORD_FORMATS, STREAM_FORMATS, TAG_BITS, RecordTag,
                              core_stream_geometry, nm_code, nm_index_bits,
-                             pack_tensor, quantize_stream, record_tag, step_mask)
+                             pack_channels, quantize_stream, record_tag, step_mask)
 from airfoil.sparsity import prune_blocks, prune_nm
 from airfoil.program import Program
 
@@ -100,6 +104,8 @@ MAX_WGT_SLOTS = 4
 STREAM_SLOTS = 4
 #: Largest stream one LD moves (its 24-bit ``nbytes`` field).
 MAX_STREAM_BYTES = (1 << 24) - 1
+#: Alignment of each channel's memory in a folder's image (a page).
+CHANNEL_ALIGN = 4096
 
 _OUT_FMT = {8: OutFormat.INT8, 16: OutFormat.INT16, 32: OutFormat.INT32}
 
@@ -499,6 +505,8 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
                       "col0": c0, "cols": t["cols"]})
         blobs.append(blob)
         addr += len(blob)
+    channel_layout([addr], config)          # one image every channel sees whole
+    offsets = [0] * config.memory.channels
     image = bytearray(addr)
     image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
     for t, blob in zip(plan.tiles, blobs):
@@ -511,7 +519,7 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     manifest = {
         "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
         "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
-        "image_bytes": len(image),
+        "image_bytes": len(image), "channel_offsets": offsets,
         "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
         "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
         "layers": [{"name": "linear", "n": n, "k": k, "wformat": wf.name.lower(),
@@ -543,10 +551,11 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     out_bits = OUT_FORMATS[out_format]
     ob = out_bits // 8
     wb = config.word_bytes
-    chains = config.chains
+    chains, S = config.chains, config.slices
     geom = core_stream_geometry(config)
+    rr = geom.rows                  # rows of a record: the chains of one slice
 
-    q, s16, tags = quantize_stream(weight, group=group, rows=chains, formats=formats,
+    q, s16, tags = quantize_stream(weight, group=group, rows=rr, formats=formats,
                                    sparsity=sparsity, lanes=config.lanes,
                                    block_density=block_density)
     # Mean squared error of the stored weights against the float ones (pruning included).
@@ -556,7 +565,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     k0 = int(kexp.min())
     smin = s16.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
     if nm == BLOCK_CODE:
-        pruned = prune_blocks(weight.detach().to(torch.float64), rows=chains,
+        pruned = prune_blocks(weight.detach().to(torch.float64), rows=rr,
                               lanes=config.lanes, group=group, density=block_density)
     else:
         pruned = weight if not nm else prune_nm(weight.detach().to(torch.float64),
@@ -565,8 +574,8 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
                                                       k0)
     bias_q = _bias_units(bias, k0, x_scale)
 
-    def stream_bytes(rows):         # bytes of the largest stream of ``rows`` rows
-        b = -(-rows // chains)
+    def stream_bytes(rows):         # bytes of the largest channel stream of ``rows`` rows
+        b = -(-rows // chains)      # batches of each slice
         worst = max(geom.record_bits(t, group, nm) for t in formats)
         return _up(-(-b * (k // group) * (worst + HEADER_FIXED_BITS) // 8) + wb, wb)
 
@@ -577,10 +586,12 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     plan = plan_stream(n, k, config, out_bits=out_bits, max_tile_bytes=max_tile_bytes,
                        tile_bytes=stream_bytes,
                        bias_layout=bias_layout if bias is not None else None)
+    # Channel c's memory holds slice c's stream of every tile; channel 0's also the input,
+    # the output and the bias tiles.
     in_addr = 0
     out_addr = _up(k, wb)
-    addr = out_addr + _up(n * ob, wb)
-    blobs, tiles = [], []
+    addr = [out_addr + _up(n * ob, wb)] + [0] * (S - 1)    # next free byte per channel
+    blobs, tiles = [], []                                   # (channel, addr, bytes)
     for t in plan.tiles:
         r0, rows = t["row0"], t["rows"]
         rp = _up(rows, chains)
@@ -588,28 +599,31 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         tq[:rows] = q[r0:r0 + rows]
         ts = smin.repeat(rp, k // group)        # padding rows: the exponent k0 (shift 0)
         ts[:rows] = s16[r0:r0 + rows]
-        blob = pack_tensor(geom, tq, ts, group=group, sparsity=sparsity,
-                           tags=tags[r0 // chains:r0 // chains + rp // chains])
-        if len(blob) > MAX_STREAM_BYTES:
-            raise CompileError(f"stream of rows {r0}..{r0 + rows - 1} is {len(blob)} bytes, "
-                               f"more than one load ({MAX_STREAM_BYTES})")
-        t["addr"], t["nbytes"] = addr, len(blob)
-        entry = {"row0": r0, "rows": rows, "addr": addr, "nbytes": len(blob), "col0": 0,
-                 "cols": k}
-        blobs.append((addr, blob))
-        addr += len(blob)
+        streams = pack_channels(geom, tq, ts, group=group, sparsity=sparsity, channels=S,
+                                tags=tags[r0 // rr:(r0 + rp) // rr])
+        entry = {"row0": r0, "rows": rows, "col0": 0, "cols": k, "streams": []}
+        for c, blob in enumerate(streams):
+            if len(blob) > MAX_STREAM_BYTES:
+                raise CompileError(f"stream of rows {r0}..{r0 + rows - 1} on channel {c} is "
+                                   f"{len(blob)} bytes, more than one load "
+                                   f"({MAX_STREAM_BYTES})")
+            entry["streams"].append({"channel": c, "addr": addr[c], "nbytes": len(blob)})
+            blobs.append((c, addr[c], blob))
+            addr[c] += len(blob)
+        t["streams"] = entry["streams"]
         if t["bias"]:
             bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
                               smin.repeat(rows, 1), bias_q[r0:r0 + rows])
-            t["bias_addr"] = entry["bias_addr"] = addr
+            t["bias_addr"] = entry["bias_addr"] = addr[0]
             entry["bias_nbytes"] = len(bblob)
-            blobs.append((addr, bblob))
-            addr += len(bblob)
+            blobs.append((0, addr[0], bblob))
+            addr[0] += len(bblob)
         tiles.append(entry)
-    image = bytearray(addr)
+    offsets = channel_layout(addr, config)
+    image = bytearray(offsets[-1] + addr[-1])
     image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
-    for a, blob in blobs:
-        image[a:a + len(blob)] = blob
+    for c, a, blob in blobs:
+        image[offsets[c] + a:offsets[c] + a + len(blob)] = blob
 
     words = _schedule(plan, config, wf=WeightFormat.STREAM, group=group, k=k, n=n, k0=k0,
                       req_m=req_m, req_s=req_s, out_bits=out_bits, in_addr=in_addr,
@@ -617,11 +631,11 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     program = Program(words, config.config_hash_bytes)
     counts = {RecordTag(int(v)).name.lower(): int(c)
               for v, c in zip(*np.unique(tags, return_counts=True))}
-    stream_bytes_total = sum(t["nbytes"] for t in tiles)
+    stream_bytes_total = sum(st["nbytes"] for t in tiles for st in t["streams"])
     manifest = {
         "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
         "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
-        "image_bytes": len(image),
+        "image_bytes": len(image), "channel_offsets": offsets,
         "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
         "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
         "layers": [{"name": "linear", "n": n, "k": k, "wformat": label, "stream": True,
@@ -643,6 +657,22 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
     })
     return manifest
+
+
+def channel_layout(used, config: AccelConfig) -> list:
+    """Offsets of the channels' memories in one image, from the bytes each one uses
+    (``used[c]``): one after the other, each from a multiple of :data:`CHANNEL_ALIGN`;
+    :class:`CompileError` when a channel's memory exceeds the config's ``channel_bytes``."""
+    cap = config.memory.channel_bytes
+    for c, nb in enumerate(used):
+        if nb > cap:
+            raise CompileError(f"channel {c}'s memory would hold {nb} bytes, more than one "
+                               f"channel's capacity in config {config.name!r} "
+                               f"(memory.channel_bytes = {cap})")
+    offsets = [0]
+    for nb in used[:-1]:
+        offsets.append(offsets[-1] + _up(max(nb, 1), CHANNEL_ALIGN))
+    return offsets
 
 
 def _nm_pair(sparsity: str) -> tuple[int, int]:
@@ -705,12 +735,13 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                 nb = t["layout"].nbytes
                 words.append(encode(
                     Opcode.LD, wait=[M] if i >= slots else [], release=[M], buf=Buffer.WGT,
-                    channel=i % config.memory.channels, buf_addr=(i % slots) * slot_w,
+                    channel=0, buf_addr=(i % slots) * slot_w,
                     dram_addr=t["bias_addr"], nbytes=nb, count=1, dram_stride=nb))
-            words.append(encode(
-                Opcode.LD, buf=Buffer.WSTREAM,
-                channel=i % config.memory.channels, buf_addr=0, dram_addr=t["addr"],
-                nbytes=t["nbytes"], count=1, dram_stride=t["nbytes"]))
+            for st in t["streams"]:         # each slice's share from its channel
+                words.append(encode(
+                    Opcode.LD, buf=Buffer.WSTREAM, channel=st["channel"], buf_addr=0,
+                    dram_addr=st["addr"], nbytes=st["nbytes"], count=1,
+                    dram_stride=st["nbytes"]))
             return
         base = (i % slots) * slot_w
         sl = _slices(t["layout"].nbytes, config)
@@ -756,7 +787,8 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
             nb = _up(rows * ob, wb)
             words.append(encode(
                 Opcode.ST, wait=[M], release=[M] if g + 2 < n_groups else [],
-                buf=Buffer.OUT, channel=g % config.memory.channels, buf_addr=(g % 2) * half_o,
+                buf=Buffer.OUT, channel=0 if stream else g % config.memory.channels,
+                buf_addr=(g % 2) * half_o,
                 dram_addr=out_addr + g * gr * ob, nbytes=nb, count=1, dram_stride=nb))
         if i + slots < T:
             load_tile(i + slots)

@@ -201,9 +201,9 @@ class CycleModel:
         beats = -(-nbytes // self._config.word_bytes)
         return max(1, math.ceil(beats / self.words_per_cycle(latency)))
 
-    def load(self, nbytes: int) -> Cost:
-        """Cost of reading ``nbytes`` from memory on one channel (``LD``)."""
-        lat = self._config.memory.read_latency
+    def load(self, nbytes: int, channel: int = 0) -> Cost:
+        """Cost of reading ``nbytes`` from memory on ``channel`` (``LD``)."""
+        lat = self._config.memory.latency_of(channel)
         beats = self._beat_cycles(nbytes, lat)
         return Cost(busy=beats + LD_RECORD_GAP,
                     latency=LD_ISSUE_CYCLES + lat + beats + RELEASE_CYCLES + TOKEN_HANDOFF)
@@ -340,8 +340,14 @@ def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
     return max(words, m * ksteps)
 
 
-def stream_matrix_cost(words: int, ksteps: int, m: int = 1) -> Cost:
-    """Cost of an MV/MM on streamed weights: :func:`stream_matrix_work` plus
-    :data:`STREAM_LATENCY` (busy and latency alike, as :meth:`CycleModel.matrix`)."""
-    work = stream_matrix_work(words, ksteps, m)
+def stream_matrix_cost(slices, m: int = 1) -> Cost:
+    """Cost of an MV/MM on streamed weights: the slowest slice's
+    :func:`stream_matrix_work` plus :data:`STREAM_LATENCY` (busy and latency alike, as
+    :meth:`CycleModel.matrix`).
+
+    ``slices`` lists ``(words, ksteps)`` of every slice of the engine: each slice reads
+    its own channel's stream into its own chains, all at the same time, so the
+    instruction lasts as long as its slowest slice.
+    """
+    work = max(stream_matrix_work(w, s, m) for w, s in slices)
     return Cost(busy=work + STREAM_LATENCY, latency=work + STREAM_LATENCY)

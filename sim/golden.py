@@ -9,8 +9,8 @@ a tiling or addressing bug in the compiler or the simulator cannot hide.
 
 A layer of streamed weights (manifest ``"stream": true``, ISA version 3) is rebuilt from
 the packed streams in ``weights.bin`` with the reference reader of :mod:`airfoil.packing`
-(:func:`~airfoil.packing.unpack_tensor`: records of any format, N:M expanded), one stream
-per tile of the manifest, and computed with the same :mod:`airfoil.formats` arithmetic;
+(:func:`~airfoil.packing.unpack_channels`: records of any format, N:M expanded), one stream
+per memory channel and tile of the manifest, and computed with the same :mod:`airfoil.formats` arithmetic;
 its bias comes from the tiles' bias tiles (WGT tiles whose weights are all zero).
 """
 
@@ -21,7 +21,7 @@ import torch
 from airfoil.errors import AirfoilError
 from airfoil.folder import Folder, load_folder
 from airfoil.formats import linear_reference, tile_layout, unpack_tile, weight_format
-from airfoil.packing import core_stream_geometry, unpack_tensor
+from airfoil.packing import core_stream_geometry, unpack_channels
 
 __all__ = ["run_golden", "layer_tensors"]
 
@@ -76,12 +76,21 @@ def _stream_tensors(folder: Folder, cfg, layer: dict) -> dict:
     scales = torch.zeros((n, k // group), dtype=torch.float16)
     covered = torch.zeros(n, dtype=torch.bool)
     bias = torch.zeros(n, dtype=torch.int64) if layer["bias"] else None
+    offsets = folder.channel_offsets
     for t in layer["tiles"]:
-        r0, rows, a, nb = t["row0"], t["rows"], t["addr"], t["nbytes"]
-        if a + nb > len(folder.image):
-            raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1}: {nb} bytes at {a:#x} "
-                               f"run past the {len(folder.image)}-byte image")
-        tq, ts, _ = unpack_tensor(geom, bytes(folder.image[a:a + nb]), rows=rows, k=k)
+        r0, rows = t["row0"], t["rows"]
+        streams = []
+        for st in t["streams"]:
+            a, nb = offsets[st["channel"]] + st["addr"], st["nbytes"]
+            if a + nb > len(folder.image):
+                raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1} on channel "
+                                   f"{st['channel']}: {nb} bytes at {a:#x} run past the "
+                                   f"{len(folder.image)}-byte image")
+            streams.append(bytes(folder.image[a:a + nb]))
+        if len(streams) != cfg.slices:
+            raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1} has {len(streams)} "
+                               f"channel streams, config {cfg.name!r} has {cfg.slices} slices")
+        tq, ts, _ = unpack_channels(geom, streams, rows=rows, k=k)
         if tq.shape[1] != k or int(ts.shape[1]) != k // group:
             raise AirfoilError(f"stream of rows {r0}..{r0 + rows - 1} is not group {group}")
         q[r0:r0 + rows] = tq
@@ -91,7 +100,7 @@ def _stream_tensors(folder: Folder, cfg, layer: dict) -> dict:
             lay = tile_layout(rows=rows, k=group, group=group, wfmt=weight_format(
                 layer["bias_wformat"]), chains=cfg.chains, lanes=cfg.lanes, bias=True,
                 align=cfg.word_bytes)
-            b0 = t["bias_addr"]
+            b0 = offsets[0] + t["bias_addr"]
             if lay.nbytes != t["bias_nbytes"] or b0 + lay.nbytes > len(folder.image):
                 raise AirfoilError(f"bias tile of rows {r0}..{r0 + rows - 1}: manifest says "
                                    f"{t['bias_nbytes']} bytes at {b0:#x}, layout needs "

@@ -118,15 +118,18 @@ class IsaSim:
     config : AccelConfig
         The accelerator instance (buffer sizes, engine shape, memory timing).
     image : bytearray
-        Memory image from the data base address; modified in place by ``ST``.
+        Memory image; modified in place by ``ST``.
+    channel_offsets : list of int, optional
+        Where each channel's memory starts in the image (default: all 0, see
+        :mod:`airfoil.folder`).
     """
 
-    def __init__(self, config: AccelConfig, image: bytearray):
+    def __init__(self, config: AccelConfig, image: bytearray, channel_offsets=None):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self.config = config
         self.model = CycleModel(config)
-        self.mem = Memory(image, config, self.model)
+        self.mem = Memory(image, config, self.model, channel_offsets)
         b = config.buffers
         self.buffers = {Buffer.ACT: bytearray(b.act_bytes), Buffer.WGT: bytearray(b.weight_bytes),
                         Buffer.OUT: bytearray(b.out_bytes), Buffer.KV: bytearray(b.kv_bytes),
@@ -134,12 +137,15 @@ class IsaSim:
         self.acc = torch.zeros((1, 1), dtype=torch.int64)
         self.regs = [0] * 32
         self.macs = 0
-        #: The weight stream (LD WSTREAM -> MV/MM STREAM): unread bytes from a word
-        #: boundary, and the bit within them where the next record may start.
-        self.stream = bytearray()
-        self.stream_bit = 0
+        #: The weight streams, one per slice (LD WSTREAM on channel c -> slice c): unread
+        #: bytes from a word boundary, and the bit within them where the next record may
+        #: start.
+        S = config.slices
+        self.streams = [bytearray() for _ in range(S)]
+        self.stream_bits = [0] * S
         self._stream_geom = None
-        self._stream_cost = None        # (words, k-steps) of the last STREAM instruction
+        #: Per slice (words, k-steps) of the last STREAM instruction.
+        self._stream_cost = None
         self.stream_time = 0            # when the last LD WSTREAM's first word arrived
 
     # -- decoding -------------------------------------------------------------------------
@@ -200,15 +206,16 @@ class IsaSim:
             for r, d0 in enumerate(rows):
                 b0 = ins.buf_addr + r * ins.nbytes
                 if write:
-                    self.mem.write(d0, bytes(buf[b0:b0 + ins.nbytes]))
+                    self.mem.write(d0, bytes(buf[b0:b0 + ins.nbytes]), ins.channel)
                 else:
-                    buf[b0:b0 + ins.nbytes] = self.mem.read(d0, ins.nbytes)
+                    buf[b0:b0 + ins.nbytes] = self.mem.read(d0, ins.nbytes, ins.channel)
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
         return count * ins.nbytes
 
     def _load_stream(self, i: int, ins: Instr, count: int, write: bool) -> int:
-        """LD into WSTREAM: append ``count`` rows of ``nbytes`` to the weight stream."""
+        """LD into WSTREAM: append ``count`` rows of ``nbytes`` to the weight stream of the
+        channel's slice."""
         name = ins.opcode.name
         if write:
             raise fault(i, name, ErrorCode.MALFORMED, "buf=WSTREAM is for LD only (ST reads "
@@ -225,7 +232,8 @@ class IsaSim:
         base = ins.dram_addr + (self.regs[ins.row_reg] * ins.dram_stride if ins.row_reg else 0)
         try:
             for r in range(count):
-                self.stream += self.mem.read(base + r * ins.dram_stride, ins.nbytes)
+                self.streams[ins.channel] += self.mem.read(base + r * ins.dram_stride,
+                                                           ins.nbytes, ins.channel)
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
         return count * ins.nbytes
@@ -242,14 +250,18 @@ class IsaSim:
                 return True
         cols = ins.k // ins.group if ins.group and ins.k % ins.group == 0 else 0
         need = -(-ins.rows // self.config.chains) * cols
-        try:
-            recs, _ = read_records(self._stream_geom, bytes(self.stream), self.stream_bit, need)
-        except CompileError:
-            return True
-        return len(recs) >= need
+        for stream, bit in zip(self.streams, self.stream_bits):
+            try:
+                recs, _ = read_records(self._stream_geom, bytes(stream), bit, need)
+            except CompileError:
+                return True
+            if len(recs) < need:
+                return False
+        return True
 
     def _stream_records(self, i: int, name: str, count: int) -> list:
-        """Take ``count`` records off the weight stream (PAD skipped)."""
+        """Take ``count`` records off every slice's weight stream (PAD skipped); return
+        one list per slice."""
         if self._stream_geom is None:
             try:
                 self._stream_geom = core_stream_geometry(self.config)
@@ -257,23 +269,28 @@ class IsaSim:
                 raise fault(i, name, ErrorCode.UNSUPPORTED, str(e)) from None
         geom = self._stream_geom
         W = geom.word_bits
-        start = self.stream_bit
-        try:
-            recs, end = read_records(geom, bytes(self.stream), start, count)
-        except CompileError as e:
-            raise fault(i, name, ErrorCode.MALFORMED, f"weight stream: {e}") from None
-        if len(recs) < count:
-            raise fault(i, name, ErrorCode.MALFORMED, f"weight stream ran out: the "
-                        f"instruction needs {count} records, {len(recs)} were loaded "
-                        f"(LD WSTREAM before it, with a token)")
-        # Words first touched by this instruction (one it shares with the previous
-        # instruction was counted there).
-        words = -(-end // W) - -(-start // W)
-        drop = (end // W) * (W // 8)                   # whole words consumed
-        del self.stream[:drop]
-        self.stream_bit = end - drop * 8
-        self._stream_cost = [words, 0]
-        return recs
+        out, self._stream_cost = [], []
+        for c, stream in enumerate(self.streams):
+            start = self.stream_bits[c]
+            where = f"weight stream of channel {c}" if len(self.streams) > 1 else \
+                "weight stream"
+            try:
+                recs, end = read_records(geom, bytes(stream), start, count)
+            except CompileError as e:
+                raise fault(i, name, ErrorCode.MALFORMED, f"{where}: {e}") from None
+            if len(recs) < count:
+                raise fault(i, name, ErrorCode.MALFORMED, f"{where} ran out: the "
+                            f"instruction needs {count} records, {len(recs)} were loaded "
+                            f"(LD WSTREAM before it, with a token)")
+            # Words first touched by this instruction (one it shares with the previous
+            # instruction was counted there).
+            words = -(-end // W) - -(-start // W)
+            drop = (end // W) * (W // 8)                   # whole words consumed
+            del stream[:drop]
+            self.stream_bits[c] = end - drop * 8
+            self._stream_cost.append([words, 0])
+            out.append(recs)
+        return out
 
     def _stream_weights(self, i: int, name: str, f: dict, rows: int, k: int):
         """Weights of a STREAM matrix instruction: ``(q, mant, kexp)`` of its ``rows``."""
@@ -289,11 +306,25 @@ class IsaSim:
                         f"{self.config.name!r} has no decode unit")
         chains = self.config.chains
         batches, cols = -(-rows // chains), k // group
-        recs = self._stream_records(i, name, batches * cols)
+        per_slice = self._stream_records(i, name, batches * cols)
         q = np.zeros((batches * chains, k), dtype=np.int64)
         sbits = np.zeros((batches * chains, cols), dtype=np.uint16)
-        ksteps = 0
+        for sl, recs in enumerate(per_slice):
+            ksteps = self._stream_slice(i, name, recs, sl, group, cols, q, sbits)
+            self._stream_cost[sl][1] = ksteps
+        scales = torch.from_numpy(sbits[:rows].astype(np.int16)).view(torch.float16)
+        try:
+            mant, kexp = fp16_fixed(scales)
+        except CompileError as e:
+            raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
+        return torch.from_numpy(q[:rows]), mant, kexp
+
+    def _stream_slice(self, i, name, recs, sl, group, cols, q, sbits) -> int:
+        """Place slice ``sl``'s records into ``q``/``sbits`` (its rows of every batch:
+        ``j * chains + sl * slice_chains ..``); return the k-steps its chains take."""
+        chains, cs = self.config.chains, self.config.slice_chains
         built = {record_tag(f) for f in self.config.stream_formats}
+        ksteps = 0
         for n, rc in enumerate(recs):
             if rc.group != group:
                 raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} has group "
@@ -309,16 +340,11 @@ class IsaSim:
                             f"{NM_NAMES[rc.nm]} sparse, not built in (config has "
                             f"{', '.join(self.config.sparsity)})")
             b, c = divmod(n, cols)
-            q[b * chains:(b + 1) * chains, c * group:(c + 1) * group] = rc.q
-            sbits[b * chains:(b + 1) * chains, c] = rc.scale_bits
+            r0 = b * chains + sl * cs
+            q[r0:r0 + cs, c * group:(c + 1) * group] = rc.q
+            sbits[r0:r0 + cs, c] = rc.scale_bits
             ksteps += rc.step_mask(self.config.lanes).bit_count()
-        self._stream_cost[1] = ksteps
-        scales = torch.from_numpy(sbits[:rows].astype(np.int16)).view(torch.float16)
-        try:
-            mant, kexp = fp16_fixed(scales)
-        except CompileError as e:
-            raise fault(i, name, ErrorCode.SCALE_RANGE, str(e)) from None
-        return torch.from_numpy(q[:rows]), mant, kexp
+        return ksteps
 
     # -- buffer access helpers --------------------------------------------------------
 
@@ -671,7 +697,7 @@ class IsaSim:
                         self.regs[ins.reg] = ins.value
                     elif ins.op == SysOp.LDREG:
                         try:
-                            raw = self.mem.read(ins.value, 4)
+                            raw = self.mem.read(ins.value, 4, 0)
                         except MemoryRangeError as e:
                             raise fault(pc, "SYS LDREG", ErrorCode.AXI_ERROR, str(e)) from None
                         self.regs[ins.reg] = int.from_bytes(raw, "little")
@@ -694,7 +720,8 @@ class IsaSim:
                 st.issue_free = begin + ISSUE_CYCLES
                 finish = begin + cost.latency
                 if op == Opcode.LD and ins.buf == Buffer.WSTREAM:
-                    self.stream_time = begin + self.config.memory.read_latency
+                    self.stream_time = max(self.stream_time, begin +
+                                           self.config.memory.latency_of(ins.channel))
             else:
                 if op == Opcode.SFU:
                     self._sfu(idx, ins)
@@ -702,7 +729,7 @@ class IsaSim:
                 else:
                     m = self._matrix(idx, ins)
                     if ins.wfmt == WeightFormat.STREAM:
-                        cost = stream_matrix_cost(*self._stream_cost, m)
+                        cost = stream_matrix_cost(self._stream_cost, m)
                     else:
                         cost = self.model.matrix(
                             ins.rows, ins.k, m, wfmt=ins.wfmt, final=bool(ins.final),
@@ -785,7 +812,7 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
         raise ProgramError(f"program compiled for config hash {program.config_hash.hex()}, "
                            f"but config {config.name!r} has hash {config.config_hash}")
     image = folder.image_with_input(x_q)
-    sim = IsaSim(config, image)
+    sim = IsaSim(config, image, folder.channel_offsets)
     stats = sim.run(program.words)
     return folder.read_output(image), stats
 
@@ -800,7 +827,7 @@ class IsaLLM(LLMHost):
 
     def execute(self, phase: str, T: int) -> dict:
         words, instrs = self._decoded[phase]
-        return IsaSim(self.config, self.image).run(words, instrs)
+        return IsaSim(self.config, self.image, self.folder.channel_offsets).run(words, instrs)
 
 
 def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int

@@ -1,9 +1,10 @@
 """Memory model of the ISA simulator: a flat byte image and per-channel timing.
 
-Addresses are byte offsets from the data base address, as in ``LD``/``ST``. The image is
-one flat space; an instruction's ``channel`` names the AXI port that carries the transfer,
-which sets only its timing (each channel streams one transfer at a time, at the rate the
-:class:`sim.cycle_model.CycleModel` gives).
+Addresses are byte offsets from a channel's base address, as in ``LD``/``ST``: channel
+``c`` reaches image byte ``offsets[c] + addr`` (the folder's ``channel_offsets``, see
+:mod:`airfoil.folder`). An instruction's ``channel`` names the AXI port that carries the
+transfer and so its timing too: each channel streams one transfer at a time, at the rate
+the :class:`sim.cycle_model.CycleModel` gives for that channel's read latency.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ class Memory:
         Gives the channel count and, through the cycle model, the transfer costs.
     model : CycleModel, optional
         Cost model to use (default: ``CycleModel(config)``).
+    offsets : list of int, optional
+        Where each channel's memory starts in the image (default: all 0).
     """
 
-    def __init__(self, image: bytearray, config: AccelConfig, model: CycleModel | None = None):
+    def __init__(self, image: bytearray, config: AccelConfig, model: CycleModel | None = None,
+                 offsets=None):
         if not isinstance(image, bytearray):
             raise TypeError(f"image must be a bytearray, not {type(image).__name__}")
         self.image = image
+        self.offsets = list(offsets) if offsets is not None else [0] * config.memory.channels
+        if len(self.offsets) != config.memory.channels:
+            raise ValueError(f"offsets must name {config.memory.channels} channels, not "
+                             f"{self.offsets!r}")
         self.config = config
         self.model = model or CycleModel(config)
         #: Cycle at which each channel can start streaming its next transfer.
@@ -51,14 +59,16 @@ class Memory:
             raise MemoryRangeError(f"memory access {addr:#x}..{addr + nbytes:#x} is outside the "
                                    f"image of {len(self.image)} bytes")
 
-    def read(self, addr: int, nbytes: int) -> bytes:
-        """Return ``nbytes`` bytes at ``addr``."""
+    def read(self, addr: int, nbytes: int, channel: int = 0) -> bytes:
+        """Return ``nbytes`` bytes at ``addr`` of ``channel``."""
+        addr += self.offsets[channel]
         self._check(addr, nbytes)
         self.bytes_read += nbytes
         return bytes(self.image[addr:addr + nbytes])
 
-    def write(self, addr: int, data: bytes) -> None:
-        """Write ``data`` at ``addr``."""
+    def write(self, addr: int, data: bytes, channel: int = 0) -> None:
+        """Write ``data`` at ``addr`` of ``channel``."""
+        addr += self.offsets[channel]
         self._check(addr, len(data))
         self.bytes_written += len(data)
         self.image[addr:addr + len(data)] = data
@@ -69,7 +79,7 @@ class Memory:
         Return ``(begin, cost)``: the cycle the transfer begins (after the channel is free)
         and its cost; the channel is then busy until ``begin + cost.busy``.
         """
-        cost = self.model.store(nbytes) if write else self.model.load(nbytes)
+        cost = self.model.store(nbytes) if write else self.model.load(nbytes, channel)
         begin = max(start, self.channel_free[channel])
         self.channel_free[channel] = begin + cost.busy
         return begin, cost

@@ -22,7 +22,7 @@ CFG = load_config("test")
 U280 = load_config("u280")
 
 MANIFEST_KEYS = {"format", "isa_version", "config", "config_hash", "program", "image",
-                 "image_bytes", "input", "output", "layers"}
+                 "image_bytes", "channel_offsets", "input", "output", "layers"}
 LAYER_KEYS = {"name", "n", "k", "wformat", "group", "k0", "req_m", "req_s", "out_bits",
               "bias", "tiles"}
 

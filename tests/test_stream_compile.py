@@ -172,9 +172,9 @@ def test_streamed_mv_cycles_follow_the_cost_model(tmp_path):
                                       wformat="int4", group=group, sparsity=sp,
                                       max_tile_bytes=1 << 20)
         tiles = m["layers"][0]["tiles"]
-        words = sum(t["nbytes"] for t in tiles) // CFG.word_bytes
+        words = sum(t["streams"][0]["nbytes"] for t in tiles) // CFG.word_bytes
         ksteps = -(-n // CFG.chains) * (k // group) * nm_kept(group, nm_code(sp)) // CFG.lanes
-        work = sum(stream_matrix_work(t["nbytes"] // CFG.word_bytes,
+        work = sum(stream_matrix_work(t["streams"][0]["nbytes"] // CFG.word_bytes,
                                       -(-t["rows"] // CFG.chains) * (k // group)
                                       * nm_kept(group, nm_code(sp)) // CFG.lanes)
                    for t in tiles)
@@ -449,8 +449,8 @@ def test_hand_program_runs_and_splits_the_stream():
     assert torch.equal(torch.from_numpy(out2),
                        linear_reference(q, s, x, 32, k0, 1 << 15, 20, 32))
     # Only the padding of the last word is left in the stream FIFO.
-    assert st["count_matrix"] == 2 and len(sim.stream) == WB
-    assert read_records(GEOM, bytes(sim.stream), sim.stream_bit)[0] == []
+    assert st["count_matrix"] == 2 and len(sim.streams[0]) == WB
+    assert read_records(GEOM, bytes(sim.streams[0]), sim.stream_bits[0])[0] == []
 
 
 def _refused(blob, words, index, *needles):
@@ -518,7 +518,7 @@ def test_golden_refuses_a_damaged_stream(tmp_path):
                        stream=True)
     t0 = m["layers"][0]["tiles"][0]
     raw = bytearray((out / "weights.bin").read_bytes())
-    raw[t0["addr"]] = 0x0F                                  # record tag 15
+    raw[t0["streams"][0]["addr"]] = 0x0F                                  # record tag 15
     (out / "weights.bin").write_bytes(bytes(raw))
     with pytest.raises(CompileError, match="bad record tag 15 at stream bit 0"):
         run_golden(out)
@@ -563,7 +563,7 @@ def test_block_skip_layers(tmp_path, wformat, density, seed):
     assert bits["values"] == int(present.sum()) * CFG.chains * CFG.lanes * int(wformat[3:])
     assert bits["headers"] == present.numel() * (16 * CFG.chains + 12 + steps)
     assert bits["indices"] == 0
-    work = sum(stream_matrix_work(tl["nbytes"] // CFG.word_bytes, int(_present_steps(
+    work = sum(stream_matrix_work(tl["streams"][0]["nbytes"] // CFG.word_bytes, int(_present_steps(
         q[tl["row0"]:tl["row0"] + tl["rows"]], group).sum())) for tl in layer["tiles"])
     assert stats["busy_matrix"] == work + len(layer["tiles"]) * STREAM_LATENCY
 
