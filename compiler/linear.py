@@ -558,6 +558,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     q, s16, tags = quantize_stream(weight, group=group, rows=rr, formats=formats,
                                    sparsity=sparsity, lanes=config.lanes,
                                    block_density=block_density)
+    # Records of the padding rows up to a whole batch of the core: the first format.
+    pad = _up(n, chains) // rr - tags.shape[0]
+    tags = np.concatenate([tags, np.full((pad, tags.shape[1]), tags[0, 0])]) if pad else tags
     # Mean squared error of the stored weights against the float ones (pruning included).
     deq = q.to(torch.float64) * s16.to(torch.float64).repeat_interleave(group, dim=1)
     weight_mse = float(((deq - weight.detach().to(torch.float64)) ** 2).mean())
