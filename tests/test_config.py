@@ -22,8 +22,35 @@ def test_builtin_configs_load():
     t = load_config("test")
     u = load_config("u280")
     assert t.peak_macs_per_cycle == t.chains * t.lanes
-    assert u.memory.channels == 32 and u.memory.word_bits == 256 and u.dsp_budget == 9024
+    assert u.memory.channels == 32 and u.memory.word_bits == 512 and u.dsp_budget == 9024
+    # One slice per HBM pseudo-channel, fed at the channel's bandwidth.
+    assert (u.slices, u.slice_chains, u.decode_unit) == (32, 4, True)
+    assert u.channel_bytes_per_cycle == pytest.approx(14.375e9 / 225e6)
     assert t.config_hash != u.config_hash and len(t.config_hash) == 16
+
+
+def test_memory_parallel_fields(base, tmp_path):
+    """Per-channel latency and bandwidth, slices of the decode unit, refused values."""
+    base["memory"]["channels"] = 2
+    base["memory"]["channel_latency"] = [10, 30]
+    base["memory"]["channel_gbps"] = 1.6
+    c = load_config(_write(tmp_path, base))
+    assert [c.memory.latency_of(i) for i in range(2)] == [10, 30]
+    assert c.channel_bytes_per_cycle == pytest.approx(1.6e9 / (c.clock_mhz * 1e6))
+    for key, value, msg in (
+            ("channel_latency", [10], "one latency per channel"),
+            ("channel_latency", [10, 0], "entries must be 1..1024"),
+            ("channel_gbps", -1, "channel_gbps must be 0..1000")):
+        bad = dict(base, memory=dict(base["memory"], **{key: value}))
+        with pytest.raises(ConfigError, match=msg):
+            load_config(_write(tmp_path, bad))
+    mc = load_config("test_mc")
+    assert (mc.slices, mc.slice_chains) == (3, 4)
+    with pytest.raises(ConfigError, match="one equal slice per memory channel"):
+        dataclasses.replace(mc, memory=dataclasses.replace(mc.memory, channels=5,
+                                                           channel_latency=()))
+    with pytest.raises(ConfigError, match="a streamed group spans whole memory words"):
+        dataclasses.replace(mc, memory=dataclasses.replace(mc.memory, word_bits=512))
 
 
 def test_round_trip_and_hash_ignores_name(tmp_path, base):

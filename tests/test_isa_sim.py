@@ -82,7 +82,7 @@ def test_out_halves_rotate_and_many_stores(tmp_path):
 def test_u280_slices_and_slots(tmp_path, wformat):
     """On U280 tiles are sliced over the 32 channels and LOAD runs three tiles ahead."""
     u280 = load_config("u280")
-    w, b = _layer(5, 300, 768)
+    w, b = _layer(5, 1100, 768)
     compile_linear(w, b, u280, tmp_path / "u", wformat=wformat, group=64)
     folder = load_folder(tmp_path / "u", u280)
     ins = [decode(x) for x in folder.program.words]
