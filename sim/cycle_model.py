@@ -193,9 +193,13 @@ class CycleModel:
         return self._config
 
     def words_per_cycle(self, latency: int) -> float:
-        """Sustained words per cycle of one channel whose requests see ``latency``."""
+        """Sustained words per cycle of one channel whose requests see ``latency``: at most
+        one, at most the channel's bandwidth (:attr:`~airfoil.config.AccelConfig.
+        channel_bytes_per_cycle`), and no more than ``outstanding`` bursts of ``max_burst``
+        beats cover in the latency."""
         mem = self._config.memory
-        return min(1.0, mem.outstanding * mem.max_burst / (latency + mem.max_burst))
+        return min(1.0, self._config.channel_bytes_per_cycle / mem.word_bytes,
+                   mem.outstanding * mem.max_burst / (latency + mem.max_burst))
 
     def _beat_cycles(self, nbytes: int, latency: int) -> int:
         beats = -(-nbytes // self._config.word_bytes)
@@ -340,14 +344,17 @@ def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
     return max(words, m * ksteps)
 
 
-def stream_matrix_cost(slices, m: int = 1) -> Cost:
+def stream_matrix_cost(slices, m: int = 1, rate: float = 1.0) -> Cost:
     """Cost of an MV/MM on streamed weights: the slowest slice's
     :func:`stream_matrix_work` plus :data:`STREAM_LATENCY` (busy and latency alike, as
     :meth:`CycleModel.matrix`).
 
     ``slices`` lists ``(words, ksteps)`` of every slice of the engine: each slice reads
     its own channel's stream into its own chains, all at the same time, so the
-    instruction lasts as long as its slowest slice.
+    instruction lasts as long as its slowest slice. ``rate`` is the words per cycle a
+    channel delivers (below 1 when its bandwidth is below the port's,
+    :meth:`CycleModel.words_per_cycle`): a slice's words then take ``words / rate``
+    cycles.
     """
-    work = max(stream_matrix_work(w, s, m) for w, s in slices)
+    work = max(stream_matrix_work(math.ceil(w / rate), s, m) for w, s in slices)
     return Cost(busy=work + STREAM_LATENCY, latency=work + STREAM_LATENCY)

@@ -147,6 +147,8 @@ class IsaSim:
         #: Per slice (words, k-steps) of the last STREAM instruction.
         self._stream_cost = None
         self.stream_time = 0            # when the last LD WSTREAM's first word arrived
+        #: Words per cycle a channel streams: its bandwidth (the stream FIFO hides latency).
+        self._stream_rate = min(1.0, config.channel_bytes_per_cycle / config.word_bytes)
 
     # -- decoding -------------------------------------------------------------------------
 
@@ -729,7 +731,7 @@ class IsaSim:
                 else:
                     m = self._matrix(idx, ins)
                     if ins.wfmt == WeightFormat.STREAM:
-                        cost = stream_matrix_cost(self._stream_cost, m)
+                        cost = stream_matrix_cost(self._stream_cost, m, self._stream_rate)
                     else:
                         cost = self.model.matrix(
                             ins.rows, ins.k, m, wfmt=ins.wfmt, final=bool(ins.final),
