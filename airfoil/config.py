@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .yamlfile import read_yaml
 
 __all__ = [
-    "MemoryConfig", "BufferConfig", "AccelConfig", "load_config", "PE_KINDS",
+    "MemoryConfig", "BufferConfig", "DeviceConfig", "AccelConfig", "load_config", "PE_KINDS",
     "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
     "builtin_config_path",
 ]
@@ -161,6 +161,53 @@ class BufferConfig:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """Capacity of the FPGA part a configuration is built for (the whole part).
+
+    The resource estimate (``airfoil estimate``, :mod:`airfoil.cli.cmd_estimate`) compares
+    the synthesized core with these counts and says whether it fits.
+
+    Parameters
+    ----------
+    part : str
+        Part number (``xcu280-fsvh2892-2L-e``).
+    dsp : int
+        DSP slices (DSP48E2 / DSP48E1).
+    lut : int
+        6-input LUTs (CLB LUTs, those usable as distributed RAM included).
+    ff : int
+        Flip-flops.
+    bram : int
+        Block RAMs in 36 Kb blocks (a RAMB18 counts half a block).
+    uram : int
+        UltraRAM blocks (URAM288), 0 for a part without them.
+    """
+
+    part: str
+    dsp: int
+    lut: int
+    ff: int
+    bram: int
+    uram: int = 0
+
+    def validate(self, where: str) -> None:
+        if not (isinstance(self.part, str) and self.part and
+                self.part.replace("-", "").replace("_", "").isalnum()):
+            raise ConfigError(f"{where}device.part must be a part number (letters, digits, "
+                              f"'-' or '_'), not {self.part!r}")
+        for name, lo in (("dsp", 0), ("lut", 1), ("ff", 1), ("bram", 0), ("uram", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 100_000_000:
+                raise ConfigError(f"{where}device.{name} must be an integer in "
+                                  f"{lo}..100000000, not {v!r}")
+
+    @property
+    def resources(self) -> dict:
+        """Capacity by resource: ``{"dsp", "lut", "ff", "bram", "uram"}``."""
+        return {k: getattr(self, k) for k in ("dsp", "lut", "ff", "bram", "uram")}
+
+
+@dataclass(frozen=True)
 class AccelConfig:
     """One accelerator instance: engine shape, PE kind, formats, buffers and memory.
 
@@ -188,9 +235,14 @@ class AccelConfig:
     clock_mhz : float
         Clock target.
     dsp_budget : int
-        DSP slices the device offers (a ceiling for resource checks).
+        DSP ceiling of a configuration without a ``device`` (a slice's share of a card,
+        a test engine's limit; 0: none). With a device the ceiling is ``device.dsp``
+        (:attr:`dsp_ceiling`), and ``dsp_budget`` must be 0 or equal to it.
     instr_queue_depth : int
         Depth of each per-unit instruction queue.
+    device : DeviceConfig or None
+        The FPGA part's capacity, for the resource estimate's ``fits`` verdict; None for
+        a configuration that is a slice of a card or a test engine.
     """
 
     name: str
@@ -207,6 +259,7 @@ class AccelConfig:
     dsp_budget: int = 0
     instr_queue_depth: int = 16
     description: str = ""
+    device: DeviceConfig | None = None
 
     def __post_init__(self):
         self.validate()
@@ -254,6 +307,15 @@ class AccelConfig:
             raise ConfigError(f"{where}clock_mhz must be 1..1000, not {self.clock_mhz}")
         if self.dsp_budget < 0:
             raise ConfigError(f"{where}dsp_budget must be >= 0, not {self.dsp_budget}")
+        if self.device is not None:
+            if not isinstance(self.device, DeviceConfig):
+                raise ConfigError(f"{where}device must be a DeviceConfig or None, "
+                                  f"not {self.device!r}")
+            self.device.validate(where)
+            if self.dsp_budget and self.dsp_budget != self.device.dsp:
+                raise ConfigError(f"{where}dsp_budget ({self.dsp_budget}) contradicts "
+                                  f"device.dsp ({self.device.dsp}): with a device, leave "
+                                  f"dsp_budget out")
         if not (_is_pow2(self.instr_queue_depth) and 2 <= self.instr_queue_depth <= 1024):
             raise ConfigError(f"{where}instr_queue_depth must be a power of two in 2..1024, "
                               f"not {self.instr_queue_depth}")
@@ -280,6 +342,12 @@ class AccelConfig:
     @property
     def word_bytes(self) -> int:
         return self.memory.word_bytes
+
+    @property
+    def dsp_ceiling(self) -> int:
+        """DSP slices the configuration may use: ``device.dsp`` with a device, else
+        ``dsp_budget`` (0: no ceiling)."""
+        return self.device.dsp if self.device is not None else self.dsp_budget
 
     @property
     def slices(self) -> int:
@@ -332,10 +400,12 @@ class AccelConfig:
 
     @property
     def config_hash(self) -> str:
-        """16 hex digits naming everything a program depends on (the name excluded)."""
+        """16 hex digits naming everything a program depends on (the name, description
+        and device capacity excluded)."""
         d = self.to_dict()
         d.pop("name")
         d.pop("description")
+        d.pop("device", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -376,6 +446,12 @@ def _build(cls, data, source: str, prefix: str):
         value = data[name]
         tp = hints[name]
         full = f"{prefix}{name}"
+        args = typing.get_args(tp)
+        if type(None) in args and len(args) == 2:      # an optional field (X | None)
+            if value is None:
+                kwargs[name] = None
+                continue
+            tp = next(a for a in args if a is not type(None))
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, source, full + ".")
         elif tp is tuple:

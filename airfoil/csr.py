@@ -5,14 +5,18 @@ and the host side (``sim.rtl`` and the cocotb testbenches) addresses registers b
 through :func:`offset`. Registers are 32 bits wide at word-aligned byte offsets.
 
 Programming sequence: write ``PROG_BASE_LO/HI`` (byte address of the program file, the
-header included), ``PROG_COUNT`` (instructions after the header), ``DATA_BASE_LO/HI``
-(the address that LD/ST ``dram_addr`` are relative to), then write ``CTRL`` with
-``START`` set. Poll ``STATUS`` until ``DONE``; ``ERROR`` and ``ERR_CODE`` (an
+header included), ``PROG_COUNT`` (instructions after the header), the data bases (the
+address that LD/ST ``dram_addr`` on a memory channel are relative to: ``DATA_BASE_LO/HI``
+for channel 0, ``DATA_BASE<c>_LO/HI`` for channel ``c`` >= 1, see
+:func:`data_base_registers`), then write ``CTRL`` with ``START`` set. Poll ``STATUS`` until ``DONE``; ``ERROR`` and ``ERR_CODE`` (an
 :class:`airfoil.isa.ErrorCode`) tell whether the program stopped on a fault, and
 ``ERR_PC`` names the faulting instruction. ``CYCLES_LO/HI`` count the clock cycles from
 start to done; ``BUSY_<UNIT>`` the cycles each unit was busy (not idle) and ``OVERLAP``
 the cycles in which two or more units were busy, so that ``OVERLAP / CYCLES`` is the
 fraction of the run in which the queues ran concurrently.
+
+The map lists the base pairs of :data:`MAX_CHANNELS` channels; a core builds those of its
+configuration's channels only (the others read as 0 and ignore writes).
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ from .errors import AirfoilError
 
 __all__ = ["Register", "REGISTERS", "CSR_ADDR_BITS", "offset", "register",
            "CTRL_START", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR",
-           "STATUS_ERR_CODE_SHIFT", "STATUS_ERR_CODE_BITS", "CORE_ID", "COUNTER_REGISTERS"]
+           "STATUS_ERR_CODE_SHIFT", "STATUS_ERR_CODE_BITS", "CORE_ID", "COUNTER_REGISTERS",
+           "MAX_CHANNELS", "data_base_registers", "channel_of"]
 
 #: Byte-address width of the AXI4-Lite port.
-CSR_ADDR_BITS = 8
+CSR_ADDR_BITS = 10
+#: Memory channels the register map has data base pairs for.
+MAX_CHANNELS = 64
+#: Byte offset of ``DATA_BASE1_LO``; channel ``c`` >= 1 has its pair at
+#: ``_CHANNEL_BASE + 8 * (c - 1)``.
+_CHANNEL_BASE = 0x100
 
 #: ``CTRL`` bit: write 1 to start the program (ignored while busy).
 CTRL_START = 1 << 0
@@ -69,6 +79,11 @@ REGISTERS = (
     Register("BUSY_SFU", 0x38, "ro", "cycles the SFU was busy"),
     Register("BUSY_STORE", 0x3C, "ro", "cycles the STORE unit was busy"),
     Register("OVERLAP", 0x40, "ro", "cycles in which two or more units were busy"),
+    # Data bases of channels 1..63 (channel 0: DATA_BASE_LO/HI above).
+    *(Register(f"DATA_BASE{c}_{half}", _CHANNEL_BASE + 8 * (c - 1) + 4 * i, "rw",
+               f"data base byte address of memory channel {c}, bits "
+               f"{32 * i}..{32 * i + 31}")
+      for c in range(1, MAX_CHANNELS) for i, half in enumerate(("LO", "HI"))),
 )
 
 #: The concurrency counters, by the name the RTL runner reports them under.
@@ -77,6 +92,30 @@ COUNTER_REGISTERS = {"busy_load": "BUSY_LOAD", "busy_matrix": "BUSY_MATRIX",
                      "overlap": "OVERLAP"}
 
 _BY_NAME = {r.name: r for r in REGISTERS}
+
+
+def data_base_registers(channel: int) -> tuple[str, str]:
+    """Names of the ``(low, high)`` data base registers of memory ``channel``.
+
+    Channel 0 has ``DATA_BASE_LO/HI`` (0x14, 0x18); channel ``c`` >= 1 has
+    ``DATA_BASE<c>_LO/HI`` at ``0x100 + 8 * (c - 1)`` and 4 bytes on.
+    """
+    if isinstance(channel, bool) or not isinstance(channel, int) or \
+            not 0 <= channel < MAX_CHANNELS:
+        raise AirfoilError(f"memory channel must be 0..{MAX_CHANNELS - 1}, not {channel!r}")
+    if channel == 0:
+        return "DATA_BASE_LO", "DATA_BASE_HI"
+    return f"DATA_BASE{channel}_LO", f"DATA_BASE{channel}_HI"
+
+
+def channel_of(name: str) -> int | None:
+    """The memory channel whose data base register is ``name`` (``None``: not one)."""
+    if name in ("DATA_BASE_LO", "DATA_BASE_HI"):
+        return 0
+    if name.startswith("DATA_BASE") and name[-3:] in ("_LO", "_HI") and \
+            name[9:-3].isdigit():
+        return int(name[9:-3])
+    return None
 
 
 def register(name: str) -> Register:

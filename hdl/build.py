@@ -3,7 +3,9 @@
 :func:`write_verilog` writes ``<out>/<name>.v`` and ``<out>/<name>.json``; the JSON holds
 the component's signature metadata (Amaranth's ``ComponentMetadata``), the flattened
 port list with directions and widths, and any design parameters the caller passes. The
-RTL runner in ``sim`` reads that JSON, never this package's classes.
+RTL runner in ``sim`` reads that JSON, never this package's classes. For a core, the JSON
+also lists its AXI4 data ports (``data_ports``: ``data0``, ``data1``, ..., one per memory
+channel, in channel order), the names a Vitis connectivity file maps to ``HBM[i]``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Value
 from amaranth.lib import wiring
 
-__all__ = ["port_list", "write_verilog"]
+__all__ = ["port_list", "data_ports", "write_verilog"]
 
 
 def port_list(component: wiring.Component) -> list[dict]:
@@ -30,6 +32,15 @@ def port_list(component: wiring.Component) -> list[dict]:
             "path": [str(p) for p in path],
         })
     return ports
+
+
+def data_ports(component: wiring.Component) -> list[str]:
+    """Return the names of a component's data ports ``data<i>`` in channel order."""
+    found = {}
+    for name in component.signature.members:
+        if name.startswith("data") and name[4:].isdigit():
+            found[int(name[4:])] = name
+    return [found[i] for i in sorted(found)]
 
 
 def write_verilog(component: wiring.Component, name: str, out_dir, *,
@@ -47,6 +58,7 @@ def write_verilog(component: wiring.Component, name: str, out_dir, *,
         "clock": "clk",
         "reset": "rst",
         "ports": port_list(component),
+        "data_ports": data_ports(component),
         "signature": component.metadata.as_json(),
         "params": params or {},
     }

@@ -1,13 +1,16 @@
 """A cycle-level AXI4 memory model for cocotb testbenches.
 
-One :class:`AxiMemory` (a byte array) serves any number of AXI4 ports of the design.
-Every port honours the configuration's memory timing: a read burst's first beat comes
-``read_latency`` cycles after its address handshake, at most ``outstanding`` read bursts
-are accepted and not yet answered, and a write's response comes ``write_latency`` cycles
-after its last data beat. With ``stall`` > 0 every channel's ready/valid that the model
-drives is withheld at random (seeded, so a run is reproducible), like cocotbext-axi's
-pause generators. Responses keep AXI's rules: a valid once raised stays until its
-handshake.
+One :class:`AxiMemory` (a byte array) serves any number of AXI4 ports of the design (the
+core's instruction port and one data port per memory channel, each its own
+:class:`ReadPortModel` and :class:`WritePortModel`). Every port honours the
+configuration's memory timing: a read burst's first beat comes ``latency`` cycles (the
+read latency of the port's channel) after its address handshake, at most
+``outstanding`` read bursts are accepted and not yet answered, and a write's response
+comes ``write_latency`` cycles after its last data beat. With ``stall`` > 0 every
+channel's ready/valid that the model drives is withheld at random (seeded, so a run is
+reproducible), like cocotbext-axi's pause generators; each port draws them from the
+generator it is given (the core's testbench gives every memory channel one of its own).
+Responses keep AXI's rules: a valid once raised stays until its handshake.
 
 The model samples at the falling clock edge (all signals settled), decides the
 handshakes the design will see at the next rising edge, and drives its outputs after that

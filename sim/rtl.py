@@ -4,6 +4,13 @@
 ``hdl``'s classes), places a program and a data image in a memory model, and runs one or
 more cases in a single simulator process (one build per design). Each case reports the
 core's status, its cycle counter and the memory regions asked for.
+
+Memory channels: the core has one data port per channel of its config; the memory model
+holds one flat image and serves every port from it, each with its channel's read latency
+(:meth:`airfoil.config.MemoryConfig.latency_of`) and random stalls of its own. Channel
+``c``'s data base is the image's address plus ``channel_offsets[c]`` of the case (where
+that channel's memory starts in the image, as a folder's manifest says; by default every
+channel sees the whole image).
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ _TB_DIR = Path(__file__).resolve().parent / "tb"
 class RtlCase:
     """One run: a program file, the data image and where things are.
 
-    ``extra`` maps data-relative byte addresses to bytes written after the image (the
-    input vector); ``read_back`` maps a name to ``(data-relative address, nbytes)``.
+    ``extra`` maps image-relative byte addresses to bytes written after the image (the
+    input vector); ``read_back`` maps a name to ``(image-relative address, nbytes)``;
+    ``channel_offsets`` gives, per memory channel, where its memory starts in the image
+    (``None``: every channel at offset 0).
     """
 
     program: bytes
@@ -44,6 +53,7 @@ class RtlCase:
     read_back: dict = field(default_factory=dict)
     max_cycles: int = 2_000_000
     poll: int = 64
+    channel_offsets: list | None = None
 
 
 def _align(v: int, a: int) -> int:
@@ -58,17 +68,24 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     ``log_level`` is the cocotb log level of the simulation.
 
     Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
-    ``retired``, ``read_beats``, ``reads`` (name -> bytes) and ``counters`` (the
+    ``retired``, ``read_beats`` (data ports, all channels), ``read_beats_per_channel``,
+    ``data_bases`` (the data base registers read back), ``reads`` (name -> bytes) and ``counters`` (the
     concurrency counters read after the run: ``busy_load``, ``busy_matrix``, ``busy_sfu``,
     ``busy_store`` and ``overlap``, in cycles; see :func:`overlap_fraction`), the
     counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``).
     """
     meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
     names = {p["name"] for p in meta["ports"]}
+    mc = config.memory
+    nch = mc.channels
     for need in ("csr__awaddr", "instr__araddr", "data0__araddr", "data0__awaddr"):
         if need not in names:
             raise AirfoilError(f"{meta['name']}: the metadata has no port {need!r}; not a "
                                f"core built by hdl.core")
+    for c in range(nch):
+        if f"data{c}__araddr" not in names:
+            raise AirfoilError(f"{meta['name']}: the metadata has no data port 'data{c}' "
+                               f"for memory channel {c} of config {config.name!r}")
     tmp = Path(work_dir or tempfile.mkdtemp(prefix="airfoil-rtl-"))
     tmp.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -77,6 +94,11 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
             raise AirfoilError("program image shorter than its header")
         count = int.from_bytes(case.program[8:12], "little")
         data_base = _align(PROG_BASE + len(case.program), 1 << 16)
+        offsets = list(case.channel_offsets) if case.channel_offsets is not None \
+            else [0] * nch
+        if len(offsets) != nch or any(not isinstance(o, int) or o < 0 for o in offsets):
+            raise AirfoilError(f"channel_offsets must list {nch} byte offsets >= 0 (one per "
+                               f"memory channel), not {case.channel_offsets!r}")
         end = len(case.image)
         for addr, raw in case.extra.items():
             end = max(end, addr + len(raw))
@@ -91,13 +113,14 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
         runs.append({
             "seed": case.seed, "stall": case.stall, "prog_base": PROG_BASE,
             "prog_count": count, "data_base": data_base,
+            "data_bases": [data_base + o for o in offsets],
             "mem_bytes": _align(data_base + end, 1 << 12) + (1 << 12),
             "regions": regions, "max_cycles": case.max_cycles, "poll": case.poll,
             "read_back": {k: {"addr": data_base + a, "nbytes": n}
                           for k, (a, n) in case.read_back.items()},
         })
-    mc = config.memory
     job = {"memory": {"word_bytes": mc.word_bytes, "read_latency": mc.read_latency,
+                      "channel_latency": [mc.latency_of(c) for c in range(nch)],
                       "outstanding": mc.outstanding, "write_latency": mc.write_latency},
            "runs": runs}
     job_file = tmp / "job.json"

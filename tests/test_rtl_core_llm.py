@@ -372,23 +372,23 @@ def test_load_unit_weight_stream(config, seed):
     got, seen = [], {}
 
     async def producer(ctx):
-        ctx.set(dut.data_base, 0x10000)
+        ctx.set(dut.data_base[0], 0x10000)
         ctx.set(dut.q.payload.instr.as_value(), bits)
         ctx.set(dut.q.payload.index, 7)
         ctx.set(dut.q.valid, 1)
         await ctx.tick().until(dut.q.ready)
         ctx.set(dut.q.valid, 0)
-        ctx.set(dut.cmd.ready, 1)
-        (cmd,) = await ctx.tick().sample(dut.cmd.payload).until(dut.cmd.valid)
-        ctx.set(dut.cmd.ready, 0)
+        ctx.set(dut.cmd[0].ready, 1)
+        (cmd,) = await ctx.tick().sample(dut.cmd[0].payload).until(dut.cmd[0].valid)
+        ctx.set(dut.cmd[0].ready, 0)
         seen["cmd"] = (cmd.addr, cmd.beats, cmd.rows, cmd.stride)
         for w in words:
             while rng.random() < 0.3:
                 await ctx.tick()
-            ctx.set(dut.beats.payload, w)
-            ctx.set(dut.beats.valid, 1)
-            await ctx.tick().until(dut.beats.ready)
-            ctx.set(dut.beats.valid, 0)
+            ctx.set(dut.beats[0].payload, w)
+            ctx.set(dut.beats[0].valid, 1)
+            await ctx.tick().until(dut.beats[0].ready)
+            ctx.set(dut.beats[0].valid, 0)
         ctx.set(dut.rel.ready, 1)
         (rel,) = await ctx.tick().sample(dut.rel.payload).until(dut.rel.valid)
         seen["rel"] = rel
@@ -397,9 +397,9 @@ def test_load_unit_weight_stream(config, seed):
     async def consumer(ctx):
         while True:
             ready = rng.random() < 0.5
-            ctx.set(dut.wstream.ready, ready)
+            ctx.set(dut.wstream[0].ready, ready)
             _, _, valid, payload, wr = await ctx.tick().sample(
-                dut.wstream.valid, dut.wstream.payload, dut.wr.valid)
+                dut.wstream[0].valid, dut.wstream[0].payload, dut.wr[0].valid)
             assert not wr, "a WSTREAM beat went to a buffer"
             if valid and ready:
                 got.append(payload)

@@ -167,10 +167,10 @@ def _run_unit(unit_kw, instr_fields, words, *, opcode=isa.Opcode.MV, cycles=600)
         i, q_valid = 0, 1
         for _ in range(cycles):
             w_valid = i < len(words)
-            ctx.set(dut.words.valid, int(w_valid))
+            ctx.set(dut.words[0].valid, int(w_valid))
             if w_valid:
-                ctx.set(dut.words.payload, words[i])
-            q_ready, w_ready = ctx.get(dut.q.ready), ctx.get(dut.words.ready)
+                ctx.set(dut.words[0].payload, words[i])
+            q_ready, w_ready = ctx.get(dut.q.ready), ctx.get(dut.words[0].ready)
             if ctx.get(dut.rel.valid):
                 out["released"] = True
             await ctx.tick()
@@ -297,8 +297,9 @@ def _cases(geom, seed, *, big=False):
     b = make_case(geom, name="stream-b", rows=geom.rows, k=k // 2, group=64,
                   fmt=["int3", "ovp"], seed=seed * 100 + len(cases) + 1, out_fmt="INT16")
     cases.append(StreamCase(a, image=a["image"] + b["image"],
-                                image_words=a["image_words"] + b["image_words"]))
-    cases.append(StreamCase(b, image=b"", image_words=0))
+                            streams=[x + y for x, y in zip(a["streams"], b["streams"])],
+                            image_words=a["image_words"] + b["image_words"]))
+    cases.append(StreamCase(b, image=b"", streams=[b""] * len(b["streams"]), image_words=0))
     return cases
 
 

@@ -4,6 +4,11 @@
 config and the ``hdl`` sources are unchanged); :func:`run_rtl` runs a compiled folder on
 that Verilog through :func:`sim.rtl.run_core` and returns the output vector and the
 core's cycle counter.
+
+The core has one AXI4 data port per memory channel (``data0`` .. ``data{C-1}``, listed in
+the metadata's ``data_ports``); the host sets channel ``c``'s data base to the image's
+address plus ``channel_offsets[c]`` of the folder's manifest (where that channel's memory
+starts in ``weights.bin``; without it every channel sees the whole image).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from airfoil.folder import OUT_DTYPES, load_folder
 from airfoil.isa import ErrorCode
 from sim.llm_host import LLMHost
 
-__all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS", "RtlLLM", "generate_rtl"]
+__all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS", "RtlLLM", "generate_rtl",
+           "channel_offsets"]
 
 #: Name of the top-level Verilog module.
 TOP = "airfoil_core"
@@ -69,13 +75,31 @@ def emit_core(config: AccelConfig, build_dir="build", *, force: bool = False) ->
     core = Core(config)
     params = {"config": config.name, "config_hash": config.config_hash,
               "source_digest": digest, "chains": config.chains, "lanes": config.lanes,
-              "word_bits": config.memory.word_bits}
+              "word_bits": config.memory.word_bits, "channels": config.memory.channels}
     write_verilog(core, TOP, out, params=params)
     shutil.copyfile(WAIVERS, paths["waivers"])
     paths["ram"].write_text(RAM_VERILOG)
     paths["sources"] = [paths["verilog"], paths["ram"]]
     paths["filelist"].write_text("".join(f"{p.resolve()}\n" for p in paths["sources"]))
     return paths
+
+
+def channel_offsets(manifest: dict, config: AccelConfig) -> list[int]:
+    """Where each memory channel's memory starts in a folder's image (byte offsets, one per
+    channel of ``config``): the manifest's ``channel_offsets``, or 0 for every channel."""
+    from airfoil import folder as folder_mod
+    check = getattr(folder_mod, "channel_offsets", None)
+    if check is not None:
+        return [int(o) for o in check(manifest, config.memory.channels)]
+    nch = config.memory.channels
+    offs = manifest.get("channel_offsets")
+    if offs is None:
+        return [0] * nch
+    if not isinstance(offs, (list, tuple)) or len(offs) != nch or any(
+            isinstance(o, bool) or not isinstance(o, int) or o < 0 for o in offs):
+        raise AirfoilError(f"manifest: channel_offsets must list {nch} byte offsets >= 0 "
+                           f"(one per memory channel of config {config.name!r}), not {offs!r}")
+    return [int(o) for o in offs]
 
 
 def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: bool = True,
@@ -96,7 +120,8 @@ def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: b
     paths = emit_core(config, build_dir)
     case = RtlCase(program=folder.program.to_bytes(), image=image, seed=int(seed),
                    stall=DEFAULT_STALL if stalls else 0.0,
-                   read_back={"out": (int(out_spec["addr"]), nbytes)})
+                   read_back={"out": (int(out_spec["addr"]), nbytes)},
+                   channel_offsets=channel_offsets(folder.manifest, config))
     res = run_core(verilog=paths["sources"], meta=paths["meta"], config=config, cases=[case],
                    build_root=Path(build_dir) / "sim")[0]
     if res["error"]:
@@ -105,7 +130,9 @@ def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: b
                            f"{res['err_pc']} (seed {seed})")
     out = torch.from_numpy(np.frombuffer(res["reads"]["out"], dtype=dt).astype(np.int64))
     stats = {"cycles": res["cycles"], "instructions": res["retired"],
-             "read_beats": res["read_beats"], "seed": int(seed), "stalls": bool(stalls)}
+             "read_beats": res["read_beats"],
+             "read_beats_per_channel": res.get("read_beats_per_channel"),
+             "seed": int(seed), "stalls": bool(stalls)}
     return out, stats
 
 
@@ -133,7 +160,8 @@ class RtlLLM(LLMHost):
                        seed=self.seed + len(self.runs),
                        stall=DEFAULT_STALL if self.stalls else 0.0,
                        read_back={"logits": (lo, hi - lo), "kv": (klo, khi - klo)},
-                       max_cycles=50_000_000, poll=256)
+                       max_cycles=50_000_000, poll=256,
+                       channel_offsets=channel_offsets(self.folder.manifest, self.config))
         res = run_core(verilog=self.paths["sources"], meta=self.paths["meta"],
                        config=self.config, cases=[case], build_root=self.build_root)[0]
         if not res["done"] or res["error"]:

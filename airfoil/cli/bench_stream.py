@@ -58,11 +58,12 @@ def stream_runs(cfg, *, rows: int, k: int, group: int = 128, build_dir="build",
     geom = StreamMatrix.geometry_of(cfg)
     specs = [(f, "dense") for f in formats] + [("int4", "2:4"), ("int4", "block")]
     cases = [make_case(geom, name=f"{f}-{sp}", rows=rows, k=k, group=group, fmt=f,
-                       sparsity=sp, seed=seed + i,
+                       sparsity=sp, seed=seed + i, slices=cfg.slices,
                        block_keep=BLOCK_KEEP if sp == "block" else None)
              for i, (f, sp) in enumerate(specs)]
     v, j = harness_verilog(cfg, Path(build_dir) / "stream" / cfg.name)
-    res = run_stream_rtl(v, j, cases, latency=cfg.memory.read_latency,
+    res = run_stream_rtl(v, j, cases,
+                         latency=[cfg.memory.latency_of(c) for c in range(cfg.slices)],
                          outstanding=cfg.memory.outstanding, seed=seed)
     check_results(cases, res)
     out = {}

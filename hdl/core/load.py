@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -78,66 +78,84 @@ def mem_checks(m, *, geo: BufferGeometry, channels: int, mem, count, total, load
 class LoadUnit(wiring.Component):
     """Execute ``LD``: ``count`` rows of ``nbytes`` from memory into a buffer or the stream.
 
-    The unit is split in two so that the reads of consecutive ``LD`` overlap: the issuer
-    checks an instruction and hands read commands to the :class:`AxiReader` and one
-    record to the receiver; the receiver writes the returning beats into the buffer (or
-    sends them on ``wstream``) and releases the instruction's tokens once its last beat
-    is written.
+    The unit is split so that the reads of consecutive ``LD`` overlap, on one memory
+    channel and across channels: the issuer checks an instruction and hands its read
+    commands to the :class:`~hdl.core.axi_read.AxiReader` of its channel (``cmd[c]``,
+    addresses from ``data_base[c]``), one record to that channel's receiver and one entry
+    to the release order; each channel's receiver writes the beats returning on
+    ``beats[c]`` into the buffer (``wr[c]``) or sends them on ``wstream[c]``, so loads on
+    different channels stream at the same time; the releaser puts the instructions' tokens
+    in program order once each one's last beat is written (a later ``LD`` on a fast
+    channel waits for an earlier one on a slow channel). ``LD`` on different channels may
+    write their buffers in either order.
 
     Run-time registers come resolved in the queue entry (``rv``, see
     :data:`~hdl.core.fetch.ENTRY_LAYOUT`): ``count = rv[0]`` when ``count_reg`` is set and
     the rows start at ``dram_addr + rv[1] * dram_stride`` when ``row_reg`` is set. A
-    gather (``gather = 1``) waits until every earlier transfer of the unit is written,
-    then reads row ``r``'s int32 index from AUX at ``idx_addr + 4 r`` and issues that row
-    alone from ``dram_addr + idx[r] * dram_stride``.
+    gather (``gather = 1``) waits until every earlier transfer of the unit is written and
+    released, then reads row ``r``'s int32 index from AUX at ``idx_addr + 4 r`` and issues
+    that row alone from ``dram_addr + idx[r] * dram_stride``.
 
-    Buffer writes leave on ``wr`` (a stream, so the buffers may hold a write back while a
-    unit with priority writes); beats of an ``LD`` into WSTREAM leave in order on
-    ``wstream``. Errors: see :func:`mem_checks`. Every channel's image is one address
-    space from the data base, so this instance serves all channels through its channel-0
-    port.
+    Buffer writes leave on ``wr[c]`` (streams, so the buffers may hold a write back while
+    a unit with priority or another channel writes); beats of an ``LD`` into WSTREAM on
+    channel ``c`` leave in order on ``wstream[c]``. Errors: see :func:`mem_checks`.
 
     Parameters
     ----------
     geometry : BufferGeometry
     channels : int
-        Memory channels of the configuration.
+        Memory channels of the configuration (``C``): one command, beat, write and stream
+        port each.
     wstream : bool
         Whether ``wstream`` has a consumer; without one an ``LD`` into WSTREAM is
         UNSUPPORTED.
+    records : int
+        Issued ``LD`` a channel's receiver may hold (its record FIFO's depth); the release
+        order holds ``records * channels``.
 
     Members
     -------
-    cmd : Out(stream.Signature(read_cmd_layout()))
-        Read commands to the data port's reader.
-    beats : In(stream.Signature(word_bits))
-        Their data, in order.
-    wr : Out(stream.Signature(buffer_write_layout(word_bits)))
-        Whole-word buffer writes (word index ``addr`` of ``buf``).
-    wstream : Out(stream.Signature(word_bits))
-        The weight stream (one memory word per transfer).
+    data_base : In(64).array(C)
+        Byte address of each channel's memory.
+    cmd : Out(stream.Signature(read_cmd_layout())).array(C)
+        Read commands to each channel's reader.
+    beats : In(stream.Signature(word_bits)).array(C)
+        Their data, in order per channel.
+    wr : Out(stream.Signature(buffer_write_layout(word_bits))).array(C)
+        Whole-word buffer writes (word index ``addr`` of ``buf``) of each channel.
+    wstream : Out(stream.Signature(word_bits)).array(C)
+        The weight stream of each channel (one memory word per transfer).
     aux_rd : In(memory.ReadPort.Signature(...))
         AUX read port for gather indices.
     """
 
-    def __init__(self, *, geometry: BufferGeometry, channels: int, wstream: bool = False):
+    def __init__(self, *, geometry: BufferGeometry, channels: int, wstream: bool = False,
+                 records: int = 4):
         if not isinstance(geometry, BufferGeometry):
             raise TypeError(f"geometry must be a BufferGeometry, not {geometry!r}")
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"Channel count must be a positive integer, not {channels!r}")
+        if not isinstance(records, int) or records < 1:
+            raise ValueError(f"Record depth must be a positive integer, not {records!r}")
         self._geo = geo = geometry
         self._channels = channels
         self._stream = bool(wstream)
+        self._records = records
+        wbits = geo.word_bits
         super().__init__({
             **unit_ports(),
-            "data_base": In(64),
-            "cmd": Out(stream.Signature(read_cmd_layout())),
-            "beats": In(stream.Signature(geo.word_bits)),
-            "wr": Out(stream.Signature(buffer_write_layout(geo.word_bits))),
-            "wstream": Out(stream.Signature(geo.word_bits)),
+            "data_base": In(64).array(channels),
+            "cmd": Out(stream.Signature(read_cmd_layout())).array(channels),
+            "beats": In(stream.Signature(wbits)).array(channels),
+            "wr": Out(stream.Signature(buffer_write_layout(wbits))).array(channels),
+            "wstream": Out(stream.Signature(wbits)).array(channels),
             "aux_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(geo.aux_depth), shape=geo.word_bits)),
         })
+
+    @property
+    def channels(self) -> int:
+        return self._channels
 
     @property
     def has_wstream(self) -> bool:
@@ -148,13 +166,20 @@ class LoadUnit(wiring.Component):
         m = Module()
         geo = self._geo
         lgw = geo.lg_word_bytes
+        C = self._channels
 
         # -- issuer -------------------------------------------------------------------
         instr = Signal(isa.INSTR_LAYOUT)
         index = Signal(32)
         rv = Signal(data.ArrayLayout(32, 3))
         mem = instr.body.mem
-        m.submodules.inflight = inflight = _RecordFifo(depth=4)
+        records = []
+        for c in range(C):
+            f = _RecordFifo(depth=self._records)
+            m.submodules[f"records{c}"] = f
+            records.append(f)
+        order_depth = self._records * C
+        m.submodules.order = order = _OrderFifo(depth=order_depth, channels=C)
         failed = Signal()
         m.d.comb += self.err.eq(failed)
 
@@ -163,17 +188,27 @@ class LoadUnit(wiring.Component):
         m.d.comb += [count.eq(Mux(mem.count_reg != 0, rv[0], mem.count)),
                      total.eq(count * mem.nbytes)]
         base = Signal(64)                   # dram_addr with the row register's offset
-        code = mem_checks(m, geo=geo, channels=self._channels, mem=mem, count=count,
+        code = mem_checks(m, geo=geo, channels=C, mem=mem, count=count,
                           total=total, load=True, stream_ok=self._stream)
 
-        rec = inflight.w_data
-        m.d.comb += [
-            rec.buf.eq(mem.buf),
-            rec.addr.eq(mem.buf_addr),
-            rec.beats.eq(total >> lgw),
-            rec.release.eq(instr.header.release),
-            rec.index.eq(index),
-        ]
+        # The instruction's channel (checked in range before it is used).
+        chan = Signal(range(max(C, 2)))
+        m.d.comb += chan.eq(mem.channel)
+        chan_base = Array(self.data_base)[chan]
+        cmd_ready = Array(self.cmd[c].ready for c in range(C))[chan]
+        rec_rdy = Array(records[c].w_rdy for c in range(C))[chan]
+        cmd_valid = Signal()
+        rec_push = Signal()
+        cmd_payload = Signal(read_cmd_layout())
+        for c in range(C):
+            m.d.comb += [self.cmd[c].valid.eq(cmd_valid & (chan == c)),
+                         self.cmd[c].payload.eq(cmd_payload),
+                         records[c].w_en.eq(rec_push & (chan == c)),
+                         records[c].w_data.buf.eq(mem.buf),
+                         records[c].w_data.addr.eq(mem.buf_addr),
+                         records[c].w_data.beats.eq(total >> lgw)]
+        m.d.comb += [order.w_en.eq(rec_push), order.w_data.chan.eq(chan),
+                     order.w_data.release.eq(instr.header.release)]
         # Gather state: the row, its index word address and its memory address.
         g_row = Signal(32)
         g_ia = Signal(24)
@@ -185,7 +220,6 @@ class LoadUnit(wiring.Component):
             m.d.comb += idx.eq(self.aux_rd.data.word_select(g_ia[2:lgw], 32))
         else:
             m.d.comb += idx.eq(self.aux_rd.data[:32])
-        recv_idle = Signal()
 
         with m.FSM(name="issuer") as fsm:
             with m.State("IDLE"):
@@ -205,87 +239,101 @@ class LoadUnit(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif(mem.gather):
                     m.next = "G_WAIT"
-                with m.Elif(self.cmd.ready & inflight.w_rdy):
+                with m.Elif(cmd_ready & rec_rdy & order.w_rdy):
                     m.d.comb += [
-                        self.cmd.valid.eq(1), inflight.w_en.eq(1),
-                        self.cmd.payload.addr.eq(self.data_base + base),
-                        self.cmd.payload.beats.eq(mem.nbytes >> lgw),
-                        self.cmd.payload.rows.eq(count),
-                        self.cmd.payload.stride.eq(mem.dram_stride),
+                        cmd_valid.eq(1), rec_push.eq(1),
+                        cmd_payload.addr.eq(chan_base + base),
+                        cmd_payload.beats.eq(mem.nbytes >> lgw),
+                        cmd_payload.rows.eq(count),
+                        cmd_payload.stride.eq(mem.dram_stride),
                     ]
                     m.next = "IDLE"
             with m.State("G_WAIT"):
-                # Earlier transfers complete, so the indices they loaded are in AUX.
-                with m.If(recv_idle & (inflight.level == 0)):
-                    m.d.comb += inflight.w_en.eq(1)
+                # Earlier transfers written and released, so the indices they loaded are
+                # in AUX (the queues are empty, so there is room for the record).
+                with m.If(order.level == 0):
+                    m.d.comb += rec_push.eq(1)
                     m.d.sync += [g_row.eq(0), g_ia.eq(mem.idx_addr)]
                     m.next = "G_IDX"
             with m.State("G_IDX"):
                 m.d.comb += self.aux_rd.en.eq(1)
                 m.next = "G_CALC"
             with m.State("G_CALC"):
-                m.d.sync += g_addr.eq(self.data_base + base +
+                m.d.sync += g_addr.eq(chan_base + base +
                                       idx.as_signed() * mem.dram_stride.as_signed())
                 m.next = "G_CMD"
             with m.State("G_CMD"):
                 m.d.comb += [
-                    self.cmd.valid.eq(1),
-                    self.cmd.payload.addr.eq(g_addr),
-                    self.cmd.payload.beats.eq(mem.nbytes >> lgw),
-                    self.cmd.payload.rows.eq(1),
-                    self.cmd.payload.stride.eq(0),
+                    cmd_valid.eq(1),
+                    cmd_payload.addr.eq(g_addr),
+                    cmd_payload.beats.eq(mem.nbytes >> lgw),
+                    cmd_payload.rows.eq(1),
+                    cmd_payload.stride.eq(0),
                 ]
-                with m.If(self.cmd.ready):
+                with m.If(cmd_ready):
                     m.d.sync += [g_row.eq(g_row + 1), g_ia.eq(g_ia + 4)]
                     with m.If(g_row == count - 1):
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "G_IDX"
 
-        # -- receiver -----------------------------------------------------------------
-        addr = Signal(24)
-        left = Signal(56)
-        buf = Signal(isa.Buffer)
-        release = Signal(4)
-        busy = Signal()
-        releasing = Signal()
-        out = inflight.r_data
-        m.d.comb += [inflight.r_en.eq(~busy & ~releasing),
-                     recv_idle.eq(~busy & ~releasing)]
-        with m.If(inflight.r_rdy & ~busy & ~releasing):
-            m.d.sync += [busy.eq(1), addr.eq(out.addr), left.eq(out.beats), buf.eq(out.buf),
-                         release.eq(out.release)]
-        to_stream = buf == isa.Buffer.WSTREAM
-        m.d.comb += [
-            self.wr.payload.buf.eq(buf),
-            self.wr.payload.addr.eq(addr >> lgw),
-            self.wr.payload.data.eq(self.beats.payload),
-            self.wr.valid.eq(busy & ~to_stream & self.beats.valid),
-            self.wstream.payload.eq(self.beats.payload),
-            self.wstream.valid.eq(busy & to_stream & self.beats.valid),
-            self.beats.ready.eq(busy & Mux(to_stream, self.wstream.ready, self.wr.ready)),
-        ]
-        with m.If(self.beats.valid & self.beats.ready):
-            m.d.sync += [addr.eq(addr + geo.word_bytes), left.eq(left - 1)]
-            with m.If(left == 1):
-                m.d.sync += [busy.eq(0), releasing.eq(1)]
-        m.d.comb += [self.rel.valid.eq(releasing), self.rel.payload.eq(release)]
-        with m.If(self.rel.valid & self.rel.ready):
-            m.d.sync += releasing.eq(0)
+        # -- receivers, one per channel -------------------------------------------------
+        done = [Signal(range(order_depth + 1), name=f"done{c}") for c in range(C)]
+        done_inc = [Signal(name=f"done_inc{c}") for c in range(C)]
+        done_dec = [Signal(name=f"done_dec{c}") for c in range(C)]
+        busy_any = []
+        for c in range(C):
+            rec, beats = records[c], self.beats[c]
+            wr, ws = self.wr[c], self.wstream[c]
+            addr = Signal(24, name=f"rx{c}_addr")
+            left = Signal(56, name=f"rx{c}_left")
+            buf = Signal(isa.Buffer, name=f"rx{c}_buf")
+            busy = Signal(name=f"rx{c}_busy")
+            busy_any.append(busy)
+            to_stream = buf == isa.Buffer.WSTREAM
+            fire = beats.valid & beats.ready
+            last = fire & (left == 1)
+            m.d.comb += [
+                wr.payload.buf.eq(buf),
+                wr.payload.addr.eq(addr >> lgw),
+                wr.payload.data.eq(beats.payload),
+                wr.valid.eq(busy & ~to_stream & beats.valid),
+                ws.payload.eq(beats.payload),
+                ws.valid.eq(busy & to_stream & beats.valid),
+                beats.ready.eq(busy & Mux(to_stream, ws.ready, wr.ready)),
+                done_inc[c].eq(last),
+                # The next record is taken with the last beat of the current one.
+                rec.r_en.eq(~busy | last),
+            ]
+            with m.If(fire):
+                m.d.sync += [addr.eq(addr + geo.word_bytes), left.eq(left - 1)]
+                with m.If(left == 1):
+                    m.d.sync += busy.eq(0)
+            with m.If(rec.r_rdy & (~busy | last)):
+                m.d.sync += [busy.eq(1), addr.eq(rec.r_data.addr),
+                             left.eq(rec.r_data.beats), buf.eq(rec.r_data.buf)]
+            m.d.sync += done[c].eq(done[c] + done_inc[c] - done_dec[c])
 
-        m.d.comb += self.idle.eq(fsm.ongoing("IDLE") & (inflight.level == 0) & ~busy &
-                                 ~releasing)
+        # -- releaser: tokens in program order ---------------------------------------------
+        head = order.r_data
+        head_done = Array(d != 0 for d in done)[head.chan]
+        m.d.comb += [self.rel.valid.eq(order.r_rdy & head_done),
+                     self.rel.payload.eq(head.release),
+                     order.r_en.eq(self.rel.valid & self.rel.ready)]
+        for c in range(C):
+            m.d.comb += done_dec[c].eq(order.r_en & (head.chan == c))
+
+        idle = fsm.ongoing("IDLE") & (order.level == 0)
+        for busy in busy_any:
+            idle = idle & ~busy
+        m.d.comb += self.idle.eq(idle)
         return m
 
 
 class _RecordFifo(wiring.Component):
-    """A small FIFO of issued-but-not-received LD records.
+    """A small FIFO of one channel's issued-but-not-received LD records."""
 
-    ``level`` counts a record from the cycle after its write, before ``r_rdy`` shows it.
-    """
-
-    LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56, "release": 4,
-                                "index": 32})
+    LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56})
 
     def __init__(self, *, depth):
         self._depth = depth
@@ -298,6 +346,30 @@ class _RecordFifo(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.f = f = fifo.SyncFIFOBuffered(width=self.LAYOUT.size, depth=self._depth)
+        m.d.comb += [f.w_data.eq(self.w_data), f.w_en.eq(self.w_en), self.w_rdy.eq(f.w_rdy),
+                     self.r_data.eq(f.r_data), f.r_en.eq(self.r_en), self.r_rdy.eq(f.r_rdy),
+                     self.level.eq(f.level)]
+        return m
+
+
+class _OrderFifo(wiring.Component):
+    """The issued LD not yet released, in program order: channel and release mask.
+
+    ``level`` counts an entry from the cycle after its write, before ``r_rdy`` shows it.
+    """
+
+    def __init__(self, *, depth, channels):
+        self._depth = depth
+        self.layout = data.StructLayout({"chan": range(max(channels, 2)), "release": 4})
+        super().__init__({
+            "w_data": In(self.layout), "w_en": In(1), "w_rdy": Out(1),
+            "r_data": Out(self.layout), "r_en": In(1), "r_rdy": Out(1),
+            "level": Out(range(depth + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.f = f = fifo.SyncFIFOBuffered(width=self.layout.size, depth=self._depth)
         m.d.comb += [f.w_data.eq(self.w_data), f.w_en.eq(self.w_en), self.w_rdy.eq(f.w_rdy),
                      self.r_data.eq(f.r_data), f.r_en.eq(self.r_en), self.r_rdy.eq(f.r_rdy),
                      self.level.eq(f.level)]

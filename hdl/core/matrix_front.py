@@ -4,12 +4,14 @@
 
     queue --wfmt != STREAM--> MatrixUnit   (WGT tiles, MV/MM)   --+-- act_rd, out_wr
           --wfmt == STREAM--> StreamMatrix (LD WSTREAM words)  --+    (one at a time)
-                              ^-- wstream (from the LOAD unit)
+                              ^-- wstream[c] (from the LOAD unit, memory channel c)
 
 Both engines share the ACT read port and the OUT write port. The front hands an
 instruction to one engine only while the other is idle with no release pending, so the
 MATRIX queue keeps program order: results, releases and errors come out in the order the
-instructions were queued.
+instructions were queued. ``wstream`` is an array of one word stream per slice of the
+streamed engine (:attr:`StreamMatrix.slices`, one per memory channel): ``wstream[c]``
+feeds slice ``c`` (``words[c]``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ __all__ = ["MatrixFront"]
 
 class MatrixFront(wiring.Component):
     """MATRIX unit with both engines; the members of :class:`MatrixUnit` plus ``wstream``
-    and the streamed engine's ``starved``/``starved_pc``.
+    (``In(stream.Signature(word_bits)).array(slices)``) and the streamed engine's
+    ``starved``/``starved_pc``.
 
     Parameters
     ----------
@@ -47,7 +50,8 @@ class MatrixFront(wiring.Component):
                 raise ValueError(f"MatrixFront: the engines' {name} ports differ ({a} and {b})")
         self._tiles, self._streamed = tiles, streamed
         members = dict(tiles.signature.members)
-        members["wstream"] = In(stream.Signature(unsigned(streamed.geometry.word_bits)))
+        members["wstream"] = In(stream.Signature(unsigned(streamed.geometry.word_bits))
+                                ).array(streamed.slices)
         members["starved"] = Out(1)
         members["starved_pc"] = Out(32)
         super().__init__(members)
@@ -87,7 +91,8 @@ class MatrixFront(wiring.Component):
         for name in ("wgt_rd", "sb_rd", "aux_rd"):
             if name in t.signature.members:
                 wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(t, name))
-        wiring.connect(m, wiring.flipped(self.wstream), s.words)
+        for c in range(self._streamed.slices):
+            wiring.connect(m, wiring.flipped(self.wstream[c]), s.words[c])
 
         # Releases (one engine at a time), errors, idle.
         m.d.comb += [self.rel.valid.eq(t.rel.valid | s.rel.valid),

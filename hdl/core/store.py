@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -29,6 +29,11 @@ class StoreUnit(wiring.Component):
     set (``rv`` of the queue entry). Errors: see :func:`~hdl.core.load.mem_checks` (a
     gathering ``ST`` or one of WSTREAM is MALFORMED); an error response is AXI_ERROR.
 
+    An ``ST`` on channel ``c`` writes bytes from ``data_base[c]`` through the write
+    channels of that channel's port: the unit drives one set of AW/W/B signals and names
+    the port in ``port`` (held from the instruction's first address to its last response;
+    the core routes the handshakes of that port only).
+
     Parameters
     ----------
     geometry : BufferGeometry
@@ -43,7 +48,8 @@ class StoreUnit(wiring.Component):
         wbits = geo.word_bits
         super().__init__({
             **unit_ports(),
-            "data_base": In(64), "abort": In(1),
+            "data_base": In(64).array(channels), "abort": In(1),
+            "port": Out(range(max(channels, 2))),
             "awaddr": Out(64), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
             "awvalid": Out(1), "awready": In(1),
             "wdata": Out(wbits), "wstrb": Out(wbits // 8), "wlast": Out(1),
@@ -100,7 +106,8 @@ class StoreUnit(wiring.Component):
                 m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(1)]
                 with m.If(self.q.valid & ~failed):
                     m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv)]
+                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv),
+                                 self.port.eq(self.q.payload.instr.body.mem.channel)]
                     m.next = "PREP"
             with m.State("PREP"):
                 row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
@@ -111,7 +118,7 @@ class StoreUnit(wiring.Component):
                     m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
                     m.next = "IDLE"
                 with m.Else():
-                    a = self.data_base + base
+                    a = Array(self.data_base)[self.port] + base
                     m.d.sync += [addr.eq(a), row_addr.eq(a), row_left.eq(mem.nbytes >> lgw),
                                  rows_left.eq(count), bptr.eq(mem.buf_addr)]
                     m.next = "AW"

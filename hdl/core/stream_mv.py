@@ -1,32 +1,36 @@
 """The streamed MATRIX unit: ``MV`` on weights streamed through the decode unit (ISA v3).
 
 Data path of one ``MV`` with ``wfmt = STREAM`` (records of :mod:`airfoil.packing`, one
-record per batch of ``chains`` rows and group column, the format, N:M sparsity and FP16
-scales named by each record)::
+record per batch of ``Cs`` rows and group column, the format, N:M sparsity and FP16
+scales named by each record), in each of the unit's ``slices`` slices (one per memory
+channel, ``Cs = chains / slices`` chains each)::
 
-    words --> Unpacker --beats--> StepAdapter --steps--+--> SparseChain x chains --psums--+
-                                                       |                                 |
-    ACT --> group prefetch --group activations --------+   record scales --> FIFO ---> GroupRescaler
-                                                                                         |
-                                      OUT <-- Requantizer <-- serializer <-- accs -------+
+    words[c] --> Unpacker --beats--> StepAdapter --steps--+--> SparseChain x Cs --psums--+
+                                                          |                              |
+    ACT --> group prefetch --group activations (every slice)                             |
+                                  record scales --> FIFO --> GroupRescaler <-------------+
+                                                                  |
+              OUT <-- Requantizer <-- serializer <-- accs of every slice, in row order
 
 The :class:`StepAdapter` turns the unpacker's beats (a run of lane-vectors of one
-record, lane-vector ``i`` for row ``i % chains``) into *steps*: one lane-vector per chain,
+record, lane-vector ``i`` for row ``i % Cs``) into *steps*: one lane-vector per chain,
 the chains' next ``lanes`` kept weights, each with its k-step index ``s`` (the lowest
 step of the record's step mask not yet taken: ``0, 1, 2, ..`` for dense and N:M records,
 the present steps only for block skip, whose skipped steps cost neither stream bits nor
-chain cycles). All chains take the same step and the same activation window in
+chain cycles). A slice's chains take the same step and the same activation window in
 lockstep; the window of step ``s`` of a record is the group's activations from
 ``s * lanes * M / N`` on (``M / N = 1`` when dense or block skip, which the chains run in
 BLOCK mode), sliced from the group's activations, which a prefetcher reads from ACT
-ahead of the weights (the instruction fixes the order of group columns). Each chain emits
-one exact group partial sum per record; the rescaler scales it with the record's exact
-scale (padding rows of the last batch get scale 0) into 56-bit accumulators; a batch's
-accumulators are requantized one per cycle and written to OUT.
+ahead of the weights (the instruction fixes the order of group columns) and pushes to
+every slice's activation queue. Slices advance independently, each on its own stream.
+Each chain emits one exact group partial sum per record; the rescaler scales it with
+the record's exact scale (padding rows get scale 0) into 56-bit accumulators; the
+batches' accumulators of the slices are requantized one per cycle in row order and
+written to OUT.
 
-:class:`StreamGemvHarness` is a simulation top around the unit: an AXI4 read port
-(:class:`~hdl.core.axi_read.AxiReader`) feeding ``words``, ACT and OUT memories with test
-ports, and cycle counters.
+:class:`StreamGemvHarness` is a simulation top around the unit: one AXI4 read port
+(:class:`~hdl.core.axi_read.AxiReader`) per slice feeding ``words``, ACT and OUT memories
+with test ports, and cycle counters.
 """
 
 from __future__ import annotations
@@ -197,20 +201,41 @@ class StepAdapter(wiring.Component):
 
 
 class StreamMatrix(wiring.Component):
-    """Execute ``MV`` with ``wfmt = STREAM`` on weights from the LD ``WSTREAM`` word stream.
+    """Execute ``MV`` with ``wfmt = STREAM`` on weights from the LD ``WSTREAM`` word streams.
 
     The unit interface is :class:`~hdl.core.matrix.MatrixUnit`'s (:func:`hdl.core.load.
-    unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, the memory words of the stream.
+    unit_ports`, ``act_rd``, ``out_wr``) plus ``words``, one stream of memory words per
+    *slice*. The unit has ``slices`` slices of ``chains / slices`` chains each, one per
+    memory channel: ``words[c]`` is the weight stream of slice ``c`` (LD ``WSTREAM`` on
+    memory channel ``c``), which feeds that slice's own unpacker, step adapter, chains,
+    scale queue and rescaler; the slices run at the same time, each at up to one word
+    per cycle, and advance independently (a block-skip record takes as many steps as it
+    has present k-steps). Shared by the slices: the instruction decode and checks, the
+    activation prefetch (each group's activations are read once from ACT and pushed to
+    every slice's activation queue, when every queue has room) and the result path
+    (serializer, requantizer, OUT writes), which takes the slices' accumulator vectors
+    in row order.
+
+    Rows of an ``MV`` of ``rows = R``: ``B = ceil(R / chains)`` super-batches; in
+    super-batch ``j`` slice ``c`` computes rows ``j * chains + c * Cs + i`` (``i < Cs``,
+    ``Cs = chains / slices``), the ``j``-th batch of its stream (a batch is ``k / group``
+    records of ``Cs`` rows, group columns in k order). Rows ``>= R`` are padding: their
+    records are read and computed (the packer gives them zero weights and a valid scale),
+    their results are not written. This is the packing rule "row batch ``b`` of ``Cs`` rows
+    goes to channel ``b % slices``" (:mod:`airfoil.packing`) for ``R`` padded to a
+    multiple of ``chains``.
+
     Every record format the unpacker decodes (INT2, INT3, INT4, INT6, INT8, OVP4, the BitMoD
     FP4/FP3 variants) and every N:M
     pattern (and block skip) among ``patterns`` run on the same chains (signed 8-bit
     weights, one DSP per lane). ``starved`` is high while an instruction still owes records
-    and neither a step nor a stream word is available; ``starved_pc`` is its index (the
-    core turns a starvation that nothing else can end into a MALFORMED error there).
+    and some slice that owes records has neither a step nor a stream word available;
+    ``starved_pc`` is its index (the core turns a starvation that nothing else can end into
+    a MALFORMED error there).
 
     Errors: an undefined enum value, ``m != 1``, ``sparsity != DENSE``, ``bias = 1``, zero
     ``rows``/``k``/``group``, a group that does not divide ``k``, a malformed record
-    header (the unpacker's error) and a record whose group differs from the
+    header (any slice's unpacker error) and a record whose group differs from the
     instruction's (the group code its beats carry) are MALFORMED; ``MM``, a weight
     format other than ``STREAM``, a group size not built, a record whose sparsity is not
     built, ``tok_scale = 1``, a K-split (``acc_init = 0`` or ``final = 0``) and unaligned
@@ -221,11 +246,13 @@ class StreamMatrix(wiring.Component):
     Parameters
     ----------
     chains : int
-        Chains (rows per record of the stream).
+        Chains of the unit (all slices).
     lanes : int
         Lanes per chain (weights per lane-vector).
     word_bits : int
-        Memory word width (the stream's words and the ACT/OUT rows).
+        Memory word width (the stream's words and the ACT/OUT rows): at most 256, or 512
+        when every group size is at least the word's bytes (the activation prefetch reads
+        whole words of a group).
     act_bytes, out_bytes : int
         Sizes of the ACT and OUT buffers.
     group_sizes : tuple of int
@@ -237,31 +264,47 @@ class StreamMatrix(wiring.Component):
         unpacker.Unpacker`); a record of another format is MALFORMED.
     scale_depth : int
         Records whose scales may wait for their partial sums (covers the chain latency).
+    slices : int
+        Slices (weight streams); must divide ``chains``. The stream geometry's ``rows``
+        is ``chains / slices``.
+
+    Members
+    -------
+    words : In(stream.Signature(unsigned(word_bits))).array(slices)
+    starved : Out(1)
+    starved_pc : Out(32)
     """
 
     def __init__(self, *, chains: int, lanes: int, word_bits: int, act_bytes: int,
                  out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
-                 formats=None, scale_depth: int = 16):
+                 formats=None, scale_depth: int = 16, slices: int = 1):
         self._MustUse__silence = True       # until validated: a refused unit is not unused
         _pos_int("Chain count", chains)
         _pos_int("Lane count", lanes, 2)
-        self._geom = StreamGeometry(word_bits=word_bits, lanes=lanes, rows=chains)
-        if word_bits > 256:
-            raise ValueError(f"Word width must be at most 256 bits (a group of 32 INT8 "
-                             f"activations spans whole words), not {word_bits}")
-        for name, v in (("ACT", act_bytes), ("OUT", out_bytes)):
-            if not isinstance(v, int) or v < word_bits // 8 or v & (v - 1):
-                raise ValueError(f"{name} buffer size must be a power of two of at least one "
-                                 f"word, not {v!r}")
+        _pos_int("Slice count", slices)
+        if chains % slices:
+            raise ValueError(f"Chain count ({chains}) must be a multiple of the slice count "
+                             f"({slices})")
         groups = tuple(sorted(set(group_sizes)))
         if not groups or any(gs not in (32, 64, 128) or gs % lanes for gs in groups):
             raise ValueError(f"Group sizes must be among 32, 64, 128 and multiples of lanes "
                              f"({lanes}), not {group_sizes!r}")
+        if isinstance(word_bits, int) and word_bits > 256 and not (
+                word_bits == 512 and min(groups) >= word_bits // 8):
+            raise ValueError(f"Word width must be at most 256 bits (or 512 with every group "
+                             f"size at least 64: a group's activations span whole words), "
+                             f"not {word_bits}")
+        self._geom = StreamGeometry(word_bits=word_bits, lanes=lanes, rows=chains // slices)
+        for name, v in (("ACT", act_bytes), ("OUT", out_bytes)):
+            if not isinstance(v, int) or v < word_bits // 8 or v & (v - 1):
+                raise ValueError(f"{name} buffer size must be a power of two of at least one "
+                                 f"word, not {v!r}")
         patterns = tuple(p for p in patterns
                          if p in ("dense", "block") or p in SPARSE_BY_NAME)
         if "dense" not in patterns:
             patterns = ("dense",) + patterns
         self._chains, self._lanes, self._wbits = chains, lanes, word_bits
+        self._slices = slices
         self._act_bytes, self._out_bytes = act_bytes, out_bytes
         self._groups, self._patterns = groups, patterns
         self._formats = None if formats is None else tuple(formats)
@@ -269,7 +312,7 @@ class StreamMatrix(wiring.Component):
         wb = word_bits // 8
         super().__init__({
             **unit_ports(),
-            "words": In(stream.Signature(unsigned(word_bits))),
+            "words": In(stream.Signature(unsigned(word_bits))).array(slices),
             "starved": Out(1), "starved_pc": Out(32),
             "act_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(act_bytes // wb),
                                                    shape=word_bits)),
@@ -280,15 +323,16 @@ class StreamMatrix(wiring.Component):
 
     @staticmethod
     def config_kw(cfg) -> dict:
-        """Parameters of the unit of an :class:`~airfoil.config.AccelConfig`."""
+        """Parameters of the unit of an :class:`~airfoil.config.AccelConfig`: one slice per
+        memory channel (:attr:`~airfoil.config.AccelConfig.slices`)."""
         return dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
                     act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
                     group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
-                    formats=cfg.stream_formats)
+                    formats=cfg.stream_formats, slices=cfg.slices)
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "StreamMatrix":
-        """The unit of an :class:`~airfoil.config.AccelConfig` (all chains on one stream)."""
+        """The unit of an :class:`~airfoil.config.AccelConfig` (one slice per channel)."""
         return cls(**cls.config_kw(cfg), **kw)
 
     @staticmethod
@@ -299,8 +343,18 @@ class StreamMatrix(wiring.Component):
 
     @property
     def geometry(self) -> StreamGeometry:
-        """The stream geometry: ``StreamGeometry(word_bits, lanes, rows=chains)``."""
+        """The stream geometry of each slice: ``StreamGeometry(word_bits, lanes,
+        rows=chains / slices)``."""
         return self._geom
+
+    @property
+    def slices(self) -> int:
+        return self._slices
+
+    @property
+    def chains(self) -> int:
+        """Chains of all slices."""
+        return self._chains
 
     @property
     def patterns(self) -> tuple:
@@ -313,27 +367,39 @@ class StreamMatrix(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self._geom
-        C, L, W = self._chains, self._lanes, self._wbits
+        C, L, W, S = self._chains, self._lanes, self._wbits, self._slices
+        Cs = g.rows
         wb = W // 8
         lgw = exact_log2(wb)
         lgl = exact_log2(L)
         gmax = max(self._groups)
         nm_built = [0] + [c for c, n in NM_NAMES.items() if n in self._patterns]
 
-        m.submodules.unpacker = unp = Unpacker(geometry=g, tags=self._formats)
-        m.submodules.adapter = adp = StepAdapter(geometry=g)
-        wiring.connect(m, producer=unp.beats, consumer=adp.beats)
-        wiring.connect(m, wiring.flipped(self.words), unp.words)
-        chains = []
-        for c in range(C):
-            ch = SparseChain(lanes=L, weight_bits=8, patterns=self._patterns, groups=1)
-            m.submodules[f"chain{c}"] = ch
-            chains.append(ch)
-        m.submodules.rescaler = resc = GroupRescaler(chains=C, group_max=gmax)
+        def sub(name, s):
+            return name if S == 1 else f"{name}{s}"
+
+        # Per slice: unpacker, step adapter, chains, rescaler, scale and activation queues.
+        slc = []
+        for s in range(S):
+            sl = {}
+            m.submodules[sub("unpacker", s)] = sl["unp"] = Unpacker(geometry=g,
+                                                                    tags=self._formats)
+            m.submodules[sub("adapter", s)] = sl["adp"] = StepAdapter(geometry=g)
+            wiring.connect(m, producer=sl["unp"].beats, consumer=sl["adp"].beats)
+            wiring.connect(m, wiring.flipped(self.words[s]), sl["unp"].words)
+            sl["chains"] = []
+            for c in range(Cs):
+                ch = SparseChain(lanes=L, weight_bits=8, patterns=self._patterns, groups=1)
+                m.submodules[f"chain{c}" if S == 1 else f"chain{s}_{c}"] = ch
+                sl["chains"].append(ch)
+            m.submodules[sub("rescaler", s)] = sl["resc"] = GroupRescaler(chains=Cs,
+                                                                          group_max=gmax)
+            m.submodules[sub("scale_q", s)] = sl["scale_q"] = fifo.SyncFIFOBuffered(
+                width=scale_layout(Cs).size, depth=self._scale_depth)
+            m.submodules[sub("act_q", s)] = sl["act_q"] = fifo.SyncFIFOBuffered(
+                width=gmax * 8, depth=4)
+            slc.append(sl)
         m.submodules.requant = req = Requantizer(tag_bits=24)
-        m.submodules.scale_q = scale_q = fifo.SyncFIFOBuffered(
-            width=scale_layout(C).size, depth=self._scale_depth)
-        m.submodules.act_q = act_q = fifo.SyncFIFOBuffered(width=gmax * 8, depth=4)
 
         instr = Signal(isa.INSTR_LAYOUT)
         index = Signal(32)
@@ -349,7 +415,7 @@ class StreamMatrix(wiring.Component):
                 m.d.comb += [lgg.eq(exact_log2(gs)), group_known.eq(1),
                              gcode.eq(GROUP_CODES[gs])]
         k, rows = f.k, f.rows
-        batches = Signal(17)
+        batches = Signal(17)                # super-batches: every slice computes as many
         m.d.comb += batches.eq((rows + (C - 1)) // C)
         groups = Signal(20)
         m.d.comb += groups.eq(k >> lgg)
@@ -382,17 +448,18 @@ class StreamMatrix(wiring.Component):
 
         # -- control -----------------------------------------------------------------------
         start = Signal()
-        active = Signal()
         failed = Signal()
         w_done = Signal()
         fail_now = Signal()
         fail_code = Signal(isa.ErrorCode)
-        m.d.comb += self.err.eq(failed)
+        resc_error = Signal()
+        m.d.comb += [self.err.eq(failed),
+                     resc_error.eq(Cat(*[sl["resc"].error for sl in slc]).any())]
         with m.If(~failed):
             with m.If(fail_now):
                 m.d.sync += [failed.eq(1), self.err_code.eq(fail_code),
                              self.err_pc.eq(index)]
-            with m.Elif(resc.error):
+            with m.Elif(resc_error):
                 m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
                              self.err_pc.eq(index)]
         with m.FSM():
@@ -419,10 +486,13 @@ class StreamMatrix(wiring.Component):
                 with m.If(self.rel.ready):
                     m.next = "IDLE"
 
-        m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq(0), resc.init.valid.eq(0),
-                     req.mult.eq(f.req_m), req.shift.eq(f.req_s), req.out_fmt.eq(f.out_fmt)]
+        m.d.comb += [req.mult.eq(f.req_m), req.shift.eq(f.req_s), req.out_fmt.eq(f.out_fmt)]
+        for sl in slc:
+            resc = sl["resc"]
+            m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq(0), resc.init.valid.eq(0)]
 
-        # -- activation prefetch: each (batch, group column) group's activations ----------
+        # -- activation prefetch: each (super-batch, group column) group's activations,
+        #    read once and pushed to every slice's queue ------------------------------------
         a_active = Signal()
         a_word = Signal(range(gmax // wb + 1))
         a_grp = Signal(20)
@@ -432,9 +502,10 @@ class StreamMatrix(wiring.Component):
         m.d.comb += wpg.eq(group >> lgw)
         a_issue = Signal()
         r_valid, r_word, r_last = Signal(), Signal.like(a_word), Signal()
-        # The last word of a group is read only if the queue has room for the group once
+        # The last word of a group is read only if every queue has room for the group once
         # the group pushed in this cycle (if any) is counted.
-        room = act_q.w_level + (r_valid & r_last) < act_q.depth
+        room = Cat(*[sl["act_q"].w_level + (r_valid & r_last) < sl["act_q"].depth
+                     for sl in slc]).all()
         m.d.comb += [a_issue.eq(a_active & ~failed & ((a_word != wpg - 1) | room)),
                      self.act_rd.en.eq(a_issue), self.act_rd.addr.eq(a_addr)]
         m.d.sync += [r_valid.eq(a_issue), r_word.eq(a_word), r_last.eq(a_word == wpg - 1)]
@@ -455,119 +526,161 @@ class StreamMatrix(wiring.Component):
                     for i in range(gmax // wb)]
         with m.If(r_valid):
             m.d.sync += gact.eq(Cat(*words_of))
-        m.d.comb += [act_q.w_data.eq(Cat(*words_of)), act_q.w_en.eq(r_valid & r_last)]
+        for sl in slc:
+            m.d.comb += [sl["act_q"].w_data.eq(Cat(*words_of)),
+                         sl["act_q"].w_en.eq(r_valid & r_last)]
 
-        # -- issue steps to the chains -----------------------------------------------------
-        st = adp.steps.payload
-        i_recs = Signal(32)            # records issued in this instruction
-        total_recs = Signal(32)
+        # -- per slice: issue steps to the chains ------------------------------------------
+        total_recs = Signal(32)            # records of each slice in this instruction
         m.d.comb += total_recs.eq(batches * groups)
-        lg_ratio = Signal(2)           # log2(M / N) of the step's record
-        exp_steps = Signal(range(gmax // L + 1))
-        nm_ok = Signal()
-        with m.Switch(st.nm):
-            for code_ in nm_built:
-                n_, mm_ = NM_PATTERNS.get(code_, (1, 1))
-                lr = exact_log2(mm_ // n_)
-                with m.Case(code_):
-                    m.d.comb += [lg_ratio.eq(lr), nm_ok.eq(1),
-                                 exp_steps.eq((group >> lgl) >> lr)]
-        # A record of another group than the instruction's, or a step count that does not
-        # fit it (a block-skip record may end before its last k-step).
-        shape_bad = (st.group != gcode) | (st.step >= exp_steps) | (
-            st.last & (st.nm != BLOCK_CODE) & (st.step != exp_steps - 1))
-        i_batch_row = Signal(17)
-        i_grp = Signal(20)
-        ready_all = Signal()
-        m.d.comb += ready_all.eq(Cat(*[ch.i.ready for ch in chains]).all())
-        want = Signal()
-        m.d.comb += want.eq(active & ~failed & adp.steps.valid & (i_recs != total_recs))
-        # Waiting for stream words that only a later LD WSTREAM can bring: records are
-        # still owed, no step is ready and no word is offered. The core counts this as a
-        # blocked unit, so a program whose loads fall short stops with an error.
-        m.d.comb += [self.starved.eq(active & ~failed & (i_recs != total_recs) &
-                                     ~adp.steps.valid & ~self.words.valid),
-                     self.starved_pc.eq(index)]
-        with m.If(want & unp.error):
-            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.MALFORMED)]
-        with m.Elif(want & ~nm_ok):
-            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.UNSUPPORTED)]
-        with m.Elif(want & shape_bad):
-            m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.MALFORMED)]
-        issue = Signal()
-        m.d.comb += issue.eq(want & ~unp.error & nm_ok & ~shape_bad & act_q.r_rdy & ready_all &
-                             (~st.first | scale_q.w_rdy))
-        m.d.comb += [adp.steps.ready.eq(issue), act_q.r_en.eq(issue & st.last),
-                     scale_q.w_en.eq(issue & st.first)]
-        with m.If(start):
-            m.d.sync += [active.eq(1), i_recs.eq(0), i_batch_row.eq(0), i_grp.eq(0)]
-        with m.Elif(issue & st.last):
-            m.d.sync += [i_recs.eq(i_recs + 1), i_grp.eq(i_grp + 1)]
-            with m.If(i_grp == groups - 1):
-                m.d.sync += [i_grp.eq(0), i_batch_row.eq(i_batch_row + C)]
-            with m.If(i_recs + 1 == total_recs):
-                m.d.sync += active.eq(0)
-        with m.If(failed):
-            m.d.sync += [active.eq(0), a_active.eq(0)]
-        # Scales of the record (padding rows of the last batch: m = 0, k = k0).
-        sv = Signal(scale_layout(C))
         k_pad = Signal(SCALE_K_SHAPE)
         m.d.comb += k_pad.eq(Mux(f.k0 < -24, -24, Mux(f.k0 > 5, 5, f.k0)))
-        for c in range(C):
-            pad = i_batch_row + c >= rows
-            m.d.comb += [sv.m[c].eq(Mux(pad, 0, st.m[c])),
-                         sv.k[c].eq(Mux(pad, k_pad, st.k[c]))]
-        m.d.comb += [sv.bad.eq(st.bad), scale_q.w_data.eq(sv)]
-        # The activation window of the step: lanes * M / N activations from the group.
-        win_bits = chains[0].window * 8
-        padded = Signal(gmax * 8 + win_bits)
-        m.d.comb += padded.eq(act_q.r_data)
-        window = Signal(win_bits)
-        m.d.comb += window.eq(padded.bit_select((st.step << lg_ratio) * (L * 8), win_bits))
-        ib = chains[0].index_bits
-        for c, ch in enumerate(chains):
-            p = ch.i.payload
-            m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(st.nm), p.split.eq(0),
-                         p.group_end.eq(st.last), p.last.eq(st.last),
-                         p.w.eq(st.w[c]), p.act.eq(window),
-                         p.idx.eq(Cat(*[st.idx[c][j][:ib] for j in range(L)]))]
+        errs = []                          # (condition, code) per slice, in priority order
+        starving = []
+        for s, sl in enumerate(slc):
+            unp, adp, chains = sl["unp"], sl["adp"], sl["chains"]
+            act_q, scale_q, resc = sl["act_q"], sl["scale_q"], sl["resc"]
+            st = adp.steps.payload
+            active = Signal(name=sub("active", s))
+            i_recs = Signal(32, name=sub("i_recs", s))         # records issued
+            lg_ratio = Signal(2, name=sub("lg_ratio", s))      # log2(M / N) of the record
+            exp_steps = Signal(range(gmax // L + 1), name=sub("exp_steps", s))
+            nm_ok = Signal(name=sub("nm_ok", s))
+            with m.Switch(st.nm):
+                for code_ in nm_built:
+                    n_, mm_ = NM_PATTERNS.get(code_, (1, 1))
+                    lr = exact_log2(mm_ // n_)
+                    with m.Case(code_):
+                        m.d.comb += [lg_ratio.eq(lr), nm_ok.eq(1),
+                                     exp_steps.eq((group >> lgl) >> lr)]
+            # A record of another group than the instruction's, or a step count that does
+            # not fit it (a block-skip record may end before its last k-step).
+            shape_bad = (st.group != gcode) | (st.step >= exp_steps) | (
+                st.last & (st.nm != BLOCK_CODE) & (st.step != exp_steps - 1))
+            i_batch_row = Signal(17, name=sub("i_batch_row", s))   # first row of the batch
+            i_grp = Signal(20, name=sub("i_grp", s))
+            ready_all = Signal(name=sub("ready_all", s))
+            m.d.comb += ready_all.eq(Cat(*[ch.i.ready for ch in chains]).all())
+            want = Signal(name=sub("want", s))
+            m.d.comb += want.eq(active & ~failed & adp.steps.valid & (i_recs != total_recs))
+            # Waiting for stream words that only a later LD WSTREAM can bring: records are
+            # still owed, no step is ready and no word is offered. The core counts this as
+            # a blocked unit, so a program whose loads fall short stops with an error.
+            starving.append(active & (i_recs != total_recs) & ~adp.steps.valid &
+                            ~self.words[s].valid)
+            errs += [(want & unp.error, isa.ErrorCode.MALFORMED),
+                     (want & ~nm_ok, isa.ErrorCode.UNSUPPORTED),
+                     (want & shape_bad, isa.ErrorCode.MALFORMED)]
+            issue = Signal(name=sub("issue", s))
+            m.d.comb += issue.eq(want & ~unp.error & nm_ok & ~shape_bad & act_q.r_rdy &
+                                 ready_all & (~st.first | scale_q.w_rdy))
+            m.d.comb += [adp.steps.ready.eq(issue), act_q.r_en.eq(issue & st.last),
+                         scale_q.w_en.eq(issue & st.first)]
+            with m.If(start):
+                m.d.sync += [active.eq(1), i_recs.eq(0), i_batch_row.eq(s * Cs),
+                             i_grp.eq(0)]
+            with m.Elif(issue & st.last):
+                m.d.sync += [i_recs.eq(i_recs + 1), i_grp.eq(i_grp + 1)]
+                with m.If(i_grp == groups - 1):
+                    m.d.sync += [i_grp.eq(0), i_batch_row.eq(i_batch_row + C)]
+                with m.If(i_recs + 1 == total_recs):
+                    m.d.sync += active.eq(0)
+            with m.If(failed):
+                m.d.sync += active.eq(0)
+            # Scales of the record (padding rows: m = 0, k = k0).
+            sv = Signal(scale_layout(Cs), name=sub("sv", s))
+            for c in range(Cs):
+                pad = i_batch_row + c >= rows
+                m.d.comb += [sv.m[c].eq(Mux(pad, 0, st.m[c])),
+                             sv.k[c].eq(Mux(pad, k_pad, st.k[c]))]
+            m.d.comb += [sv.bad.eq(st.bad), scale_q.w_data.eq(sv)]
+            # The activation window of the step: lanes * M / N activations from the group.
+            win_bits = chains[0].window * 8
+            padded = Signal(gmax * 8 + win_bits, name=sub("padded", s))
+            m.d.comb += padded.eq(act_q.r_data)
+            window = Signal(win_bits, name=sub("window", s))
+            m.d.comb += window.eq(padded.bit_select((st.step << lg_ratio) * (L * 8),
+                                                    win_bits))
+            ib = chains[0].index_bits
+            for c, ch in enumerate(chains):
+                p = ch.i.payload
+                m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(st.nm),
+                             p.split.eq(0), p.group_end.eq(st.last), p.last.eq(st.last),
+                             p.w.eq(st.w[c]), p.act.eq(window),
+                             p.idx.eq(Cat(*[st.idx[c][j][:ib] for j in range(L)]))]
 
-        # -- psums -> rescaler ---------------------------------------------------------------
-        o_grp = Signal(20)
-        rp = resc.psums
-        m.d.comb += [rp.valid.eq(chains[0].o.valid),
-                     rp.payload.batch_last.eq(o_grp == groups - 1)]
-        for c, ch in enumerate(chains):
-            m.d.comb += [ch.o.ready.eq(rp.ready), rp.payload.psum[c].eq(ch.o.payload.psum[0])]
-        with m.If(start):
-            m.d.sync += o_grp.eq(0)
-        with m.Elif(rp.valid & rp.ready):
-            m.d.sync += o_grp.eq(Mux(o_grp == groups - 1, 0, o_grp + 1))
-        m.d.comb += [resc.scales.payload.eq(scale_q.r_data),
-                     resc.scales.valid.eq(scale_q.r_rdy), scale_q.r_en.eq(resc.scales.ready)]
+            # psums -> rescaler
+            o_grp = Signal(20, name=sub("o_grp", s))
+            rp = resc.psums
+            m.d.comb += [rp.valid.eq(chains[0].o.valid),
+                         rp.payload.batch_last.eq(o_grp == groups - 1)]
+            for c, ch in enumerate(chains):
+                m.d.comb += [ch.o.ready.eq(rp.ready),
+                             rp.payload.psum[c].eq(ch.o.payload.psum[0])]
+            with m.If(start):
+                m.d.sync += o_grp.eq(0)
+            with m.Elif(rp.valid & rp.ready):
+                m.d.sync += o_grp.eq(Mux(o_grp == groups - 1, 0, o_grp + 1))
+            m.d.comb += [resc.scales.payload.eq(scale_q.r_data),
+                         resc.scales.valid.eq(scale_q.r_rdy),
+                         scale_q.r_en.eq(resc.scales.ready)]
+            # With several slices, a batch's accumulators wait for the serializer in a
+            # short queue, so a slice goes on with its next batch meanwhile.
+            if S == 1:
+                sl["accs"] = resc.accs
+            else:
+                acc_w = resc.accs.payload.shape().size
+                m.submodules[f"acc_q{s}"] = acc_q = fifo.SyncFIFOBuffered(width=acc_w,
+                                                                         depth=2)
+                m.d.comb += [acc_q.w_data.eq(resc.accs.payload),
+                             acc_q.w_en.eq(resc.accs.valid),
+                             resc.accs.ready.eq(acc_q.w_rdy)]
+                sl["accs"] = acc_q
+        # The first error of the lowest slice wins.
+        for cond, ecode in reversed(errs):
+            with m.If(cond):
+                m.d.comb += [fail_now.eq(1), fail_code.eq(ecode)]
+        m.d.comb += [self.starved.eq(~failed & Cat(*starving).any()),
+                     self.starved_pc.eq(index)]
+        with m.If(failed):
+            m.d.sync += a_active.eq(0)
 
-        # -- serializer, requantizer, OUT writes ---------------------------------------------
-        held = Signal.like(resc.accs.payload)
+        # -- serializer, requantizer, OUT writes: slices' batches in row order -------------
+        acc_shape = slc[0]["resc"].accs.payload.shape()
+        held = Signal(acc_shape)
         w_busy = Signal()
-        w_c = Signal(range(C))
-        w_row = Signal(17)
+        w_c = Signal(range(Cs))
+        w_row = Signal(17)                  # first row of the vector being written
+        w_sl = Signal(range(S))             # the slice whose vector comes next
         drain = Signal(range(req.latency + 2))
-        m.d.comb += resc.accs.ready.eq(~w_busy)
+        if S == 1:
+            accs = slc[0]["accs"]
+            m.d.comb += accs.ready.eq(~w_busy)
+            take = accs.valid & accs.ready
+            take_data = accs.payload
+        else:
+            sel_rdy = Array(sl["accs"].r_rdy for sl in slc)[w_sl]
+            take = Signal()
+            m.d.comb += take.eq(~w_busy & sel_rdy)
+            for s, sl in enumerate(slc):
+                m.d.comb += sl["accs"].r_en.eq(take & (w_sl == s))
+            take_data = Array(sl["accs"].r_data for sl in slc)[w_sl]
         with m.If(start):
-            m.d.sync += [w_row.eq(0), w_done.eq(0)]
-        with m.If(resc.accs.valid & resc.accs.ready):
-            m.d.sync += [held.eq(resc.accs.payload), w_busy.eq(1), w_c.eq(0)]
+            m.d.sync += [w_row.eq(0), w_done.eq(0), w_sl.eq(0)]
+        with m.If(take):
+            m.d.sync += [held.eq(take_data), w_busy.eq(1), w_c.eq(0)]
         row = w_row + w_c
         m.d.comb += [
             req.inp.valid.eq(w_busy & (row < rows)),
-            req.inp.payload.acc.eq(held[w_c] if C > 1 else held[0]),
+            req.inp.payload.acc.eq(held[w_c] if Cs > 1 else held[0]),
             req.inp.payload.tag.eq(f.obuf_addr + (row << lg_ob)),
         ]
         with m.If(w_busy):
             m.d.sync += w_c.eq(w_c + 1)
-            with m.If(w_c == C - 1):
-                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + C)]
-                with m.If(w_row + C >= rows):
+            with m.If(w_c == Cs - 1):
+                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + Cs),
+                             w_sl.eq(Mux(w_sl == S - 1, 0, w_sl + 1))]
+                with m.If((w_sl == S - 1) & (w_row + Cs >= rows)):
                     m.d.sync += drain.eq(req.latency + 1)
         with m.If(drain != 0):
             m.d.sync += drain.eq(drain - 1)
@@ -580,28 +693,31 @@ class StreamMatrix(wiring.Component):
 
 
 class StreamGemvHarness(wiring.Component):
-    """Simulation top: AXI4 reads of a packed weight stream into a :class:`StreamMatrix`.
+    """Simulation top: AXI4 reads of packed weight streams into a :class:`StreamMatrix`.
 
-    A pulse on ``start`` sends one read command (``nwords`` words at byte ``addr``) to an
-    :class:`~hdl.core.axi_read.AxiReader` whose beats feed the unit's ``words``, and
-    starts the counters; the testbench puts the ``MV`` entry on ``q``. The counters run
-    until the unit releases its tokens (``busy`` falls): ``cycles`` (all cycles),
-    ``beats`` (words handed to the unit) and ``useful`` (of those, words that are not
-    all-zero padding). ACT is written and OUT read through the test ports.
+    One AXI4 read port and :class:`~hdl.core.axi_read.AxiReader` per slice: ``axi[c]``
+    feeds the unit's ``words[c]``. A pulse on ``start`` sends to each reader ``c`` one read
+    command (``nwords[c]`` words at byte ``addr[c]``; none when ``nwords[c]`` is 0: the
+    stream already being read goes on) and starts the counters; the testbench puts the
+    ``MV`` entry on ``q``. The counters run until the unit releases its tokens (``busy``
+    falls): ``cycles`` (all cycles), ``beats`` (words handed to the unit, summed over the
+    slices) and ``useful`` (of those, words that are not all-zero padding). ACT is written
+    and OUT read through the test ports.
 
     Parameters
     ----------
     unit_kw : dict
-        Keyword arguments of :class:`StreamMatrix`.
+        Keyword arguments of :class:`StreamMatrix` (``slices`` among them, default 1).
     max_burst, outstanding : int
-        Of the AXI reader.
+        Of each AXI reader.
 
     Members
     -------
-    axi : Out(axi4_signature(read_only=True))
+    axi : Out(axi4_signature(read_only=True)).array(slices)
+        Verilog ports ``axi__<c>__<signal>``.
     start : In(1)
-    addr : In(64)
-    nwords : In(32)
+    addr : In(64).array(slices)
+    nwords : In(32).array(slices)
     q : In(stream.Signature(ENTRY_LAYOUT))
     act_w : Out(memory.WritePort.Signature(...))
         ACT write port (driven by the testbench, as a memory presents it).
@@ -614,15 +730,16 @@ class StreamGemvHarness(wiring.Component):
 
     def __init__(self, *, unit_kw: dict, max_burst: int, outstanding: int):
         self._unit = StreamMatrix(**unit_kw)
-        self._reader = AxiReader(data_width=unit_kw["word_bits"], max_burst=max_burst,
-                                 outstanding=outstanding)
+        S = self._unit.slices
+        self._readers = [AxiReader(data_width=unit_kw["word_bits"], max_burst=max_burst,
+                                   outstanding=outstanding) for _ in range(S)]
         W = unit_kw["word_bits"]
         wb = W // 8
         self._act_depth = unit_kw["act_bytes"] // wb
         self._out_depth = unit_kw["out_bytes"] // wb
         super().__init__({
-            "axi": Out(axi4_signature(data_width=W, read_only=True)),
-            "start": In(1), "addr": In(64), "nwords": In(32),
+            "axi": Out(axi4_signature(data_width=W, read_only=True)).array(S),
+            "start": In(1), "addr": In(64).array(S), "nwords": In(32).array(S),
             "q": In(stream.Signature(ENTRY_LAYOUT)),
             "act_w": Out(memory.WritePort.Signature(addr_width=ceil_log2(self._act_depth),
                                                    shape=W)),
@@ -634,7 +751,7 @@ class StreamGemvHarness(wiring.Component):
 
     @classmethod
     def from_config(cls, cfg) -> "StreamGemvHarness":
-        """The harness of a configuration (its memory latency is the memory model's)."""
+        """The harness of a configuration: one port per slice (memory channel)."""
         return cls(unit_kw=StreamMatrix.config_kw(cfg), max_burst=cfg.memory.max_burst,
                    outstanding=cfg.memory.outstanding)
 
@@ -644,10 +761,11 @@ class StreamGemvHarness(wiring.Component):
 
     def params(self) -> dict:
         """Design parameters for the metadata JSON (:func:`hdl.build.write_verilog`): word
-        width, ACT/OUT depths, and the bit offsets of the ``q`` entry's fields."""
+        width, slices, ACT/OUT depths, and the bit offsets of the ``q`` entry's fields."""
         g = self._unit.geometry
         fields = {name: fld.offset for name, fld in ENTRY_LAYOUT}
-        return {"word_bits": g.word_bits, "lanes": g.lanes, "chains": g.rows,
+        return {"word_bits": g.word_bits, "lanes": g.lanes, "chains": self._unit.chains,
+                "slices": self._unit.slices, "slice_chains": g.rows,
                 "act_depth": self._act_depth, "out_depth": self._out_depth,
                 "patterns": list(self._unit.patterns),
                 "group_sizes": list(self._unit.group_sizes),
@@ -656,8 +774,7 @@ class StreamGemvHarness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit = unit = self._unit
-        m.submodules.reader = rd = self._reader
-        W = self._reader.data_width
+        W = unit.geometry.word_bits
         m.submodules.act = act = memory.Memory(shape=W, depth=self._act_depth, init=[])
         m.submodules.out = out = memory.Memory(shape=W, depth=self._out_depth, init=[])
         aw, orp = act.write_port(), out.read_port()
@@ -667,23 +784,35 @@ class StreamGemvHarness(wiring.Component):
         wiring.connect(m, unit.act_rd, act.read_port())
         wiring.connect(m, unit.out_wr, out.write_port(granularity=8))
         wiring.connect(m, wiring.flipped(self.q), unit.q)
-        for name in ("araddr", "arlen", "arsize", "arburst", "arvalid", "rready"):
-            m.d.comb += getattr(self.axi, name).eq(getattr(rd, name))
-        for name in ("arready", "rdata", "rresp", "rlast", "rvalid"):
-            m.d.comb += getattr(rd, name).eq(getattr(self.axi, name))
-        m.d.comb += [rd.cmd.valid.eq(self.start), rd.cmd.payload.addr.eq(self.addr),
-                     rd.cmd.payload.beats.eq(self.nwords), rd.cmd.payload.rows.eq(1),
-                     rd.cmd.payload.stride.eq(0), rd.abort.eq(0)]
-        wiring.connect(m, producer=rd.data, consumer=unit.words)
+        words, useful = [], []
+        for c, rd in enumerate(self._readers):
+            m.submodules[f"reader{c}" if len(self._readers) > 1 else "reader"] = rd
+            axi = self.axi[c]
+            for name in ("araddr", "arlen", "arsize", "arburst", "arvalid", "rready"):
+                m.d.comb += getattr(axi, name).eq(getattr(rd, name))
+            for name in ("arready", "rdata", "rresp", "rlast", "rvalid"):
+                m.d.comb += getattr(rd, name).eq(getattr(axi, name))
+            m.d.comb += [rd.cmd.valid.eq(self.start & (self.nwords[c] != 0)),
+                         rd.cmd.payload.addr.eq(self.addr[c]),
+                         rd.cmd.payload.beats.eq(self.nwords[c]), rd.cmd.payload.rows.eq(1),
+                         rd.cmd.payload.stride.eq(0), rd.abort.eq(0)]
+            wiring.connect(m, producer=rd.data, consumer=unit.words[c])
+            word = rd.data.valid & rd.data.ready
+            words.append(word)
+            useful.append(word & rd.data.payload.any())
         m.d.comb += [unit.rel.ready.eq(1), self.err.eq(unit.err),
                      self.err_code.eq(unit.err_code)]
-        word = rd.data.valid & rd.data.ready
+
+        def count(bits):
+            return sum(bits[1:], bits[0])
+
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), self.cycles.eq(0), self.beats.eq(0),
                          self.useful.eq(0)]
         with m.Elif(self.busy):
-            m.d.sync += [self.cycles.eq(self.cycles + 1), self.beats.eq(self.beats + word),
-                         self.useful.eq(self.useful + (word & rd.data.payload.any()))]
+            m.d.sync += [self.cycles.eq(self.cycles + 1),
+                         self.beats.eq(self.beats + count(words)),
+                         self.useful.eq(self.useful + count(useful))]
             with m.If((unit.rel.valid & unit.rel.ready) | unit.err):
                 m.d.sync += self.busy.eq(0)
         return m

@@ -5,14 +5,22 @@
     csr (AXI4-Lite) --> control/status --start--> Engine (reset at every start)
     instr (AXI4 read) --> AxiReader --> Fetch --> dispatcher --> LOAD / MATRIX / SFU / STORE
                                                     (registers)      queues
-    data0 (AXI4) <-- AxiReader <-- LOAD unit --> ACT, WGT, OUT, KV, AUX --> MATRIX --> OUT
-                 <-- STORE unit <-- any buffer         ^---- SFU (when built) ----^
+    data<c> (AXI4) <-- AxiReader <-- LOAD unit --> ACT, WGT, OUT, KV, AUX --> MATRIX --> OUT
+    (one per       <-- STORE unit <-- any buffer         ^---- SFU (when built) ----^
+    memory channel)                  LOAD unit --> wstream[c] --> MATRIX (streamed engine)
+
+Memory channels: the core has one AXI4 data port ``data<c>`` per channel of its config
+(``data0`` .. ``data{C-1}``), each with a reader of its own, and a data base per channel
+(``data_base[c]``, the ``DATA_BASE`` registers of :mod:`airfoil.csr`). An ``LD``/``ST`` on
+channel ``c`` reaches byte ``data_base[c] + dram_addr`` through ``data<c>``; the loads of
+different channels stream at the same time (see :class:`~hdl.core.load.LoadUnit`), the
+STORE unit runs one ``ST`` at a time on the port of its channel.
 
 The dispatcher runs ``SYS`` itself and sends every other instruction to its unit's queue,
 with the values of the run-time registers the instruction names (``rv`` of
 :data:`~hdl.core.fetch.ENTRY_LAYOUT`), so no unit reads a register. ``SYS SETREG`` writes
 a register; ``SYS LDREG`` waits until every queue is empty and every unit idle, then
-reads the 32-bit little-endian word at ``data_base + value`` through the data port's
+reads the 32-bit little-endian word at ``data_base[0] + value`` through ``data0``'s
 reader (one or two memory words) and writes it to the register; writes to register 0
 are dropped, so it reads 0. An instruction takes its register values when it is queued
 (the ISA simulator reads them when the instruction runs): a program that rewrites a
@@ -32,7 +40,8 @@ Buffer ports: every reader has a read port of its own (copies of a RAM, see
 :class:`~hdl.core.buffers.BufferRam`); units that may name any buffer (STORE, the SFU)
 reach it through a router. Each buffer has one write port; the SFU's writes take it
 first, then a MATRIX result held back by an SFU write, then the MATRIX unit's OUT writes,
-then the LOAD unit's (a stream, so it waits). While a result is held the MATRIX unit
+then the LOAD unit's (a stream per channel, so it waits; the channels that write the same
+buffer take turns, round robin). While a result is held the MATRIX unit
 stands still: a clock enable over all its state (its accumulator memory is then an
 Amaranth memory, which the enable reaches), its handshakes and its buffer reads gated.
 
@@ -97,7 +106,10 @@ class Engine(wiring.Component):
     Members
     -------
     instr : Out(axi4_signature(read_only=True))
-    data0 : Out(axi4_signature())
+    data0, data1, ... : Out(axi4_signature())
+        One data port per memory channel.
+    data_base : In(64).array(channels)
+        Each channel's data base.
     busy_load, busy_matrix, busy_sfu, busy_store, overlap : Out(32)
         The counters (cycles).
     """
@@ -109,12 +121,14 @@ class Engine(wiring.Component):
         self._geo = BufferGeometry.of(config)
         self._sfu = sfu_available() if sfu is None else bool(sfu)
         wbits = config.memory.word_bits
+        nch = config.memory.channels
         super().__init__({
-            "start": In(1), "prog_base": In(64), "prog_count": In(32), "data_base": In(64),
+            "start": In(1), "prog_base": In(64), "prog_count": In(32),
+            "data_base": In(64).array(nch),
             "finished": Out(1), "error": Out(1), "err_code": Out(isa.ErrorCode),
             "err_pc": Out(32), "retired": Out(32),
             "instr": Out(axi4_signature(data_width=wbits, read_only=True)),
-            "data0": Out(axi4_signature(data_width=wbits)),
+            **{f"data{c}": Out(axi4_signature(data_width=wbits)) for c in range(nch)},
             **{name: Out(32) for name in COUNTERS},
         })
 
@@ -151,9 +165,16 @@ class Engine(wiring.Component):
             # chains, beside the WGT-tile engine.
             matrix = MatrixFront(tiles=matrix, streamed=StreamMatrix.from_config(cfg))
         mports = matrix.signature.members
-        m.submodules.dreader = drd = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
-                                               outstanding=mc.outstanding)
-        m.submodules.load = load = LoadUnit(geometry=geo, channels=mc.channels,
+        nch = mc.channels
+        ports = [getattr(self, f"data{c}") for c in range(nch)]
+        readers = []
+        for c in range(nch):
+            rd = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
+                           outstanding=mc.outstanding)
+            m.submodules[f"dreader{c}"] = rd
+            readers.append(rd)
+        drd = readers[0]            # channel 0's reader also serves LDREG
+        m.submodules.load = load = LoadUnit(geometry=geo, channels=nch,
                                             wstream="wstream" in mports)
         m.submodules.store = store = StoreUnit(geometry=geo, channels=mc.channels,
                                                max_burst=mc.max_burst)
@@ -164,18 +185,32 @@ class Engine(wiring.Component):
                           buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS})
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
-        m.d.comb += [load.data_base.eq(self.data_base), store.data_base.eq(self.data_base)]
-        _connect_read(m, drd, self.data0)
-        for name in ("awaddr", "awlen", "awsize", "awburst", "awvalid", "wdata", "wstrb",
-                     "wlast", "wvalid", "bready"):
-            m.d.comb += getattr(self.data0, name).eq(getattr(store, name))
-        for name in ("awready", "wready", "bresp", "bvalid"):
-            m.d.comb += getattr(store, name).eq(getattr(self.data0, name))
+        for c in range(nch):
+            m.d.comb += [load.data_base[c].eq(self.data_base[c]),
+                         store.data_base[c].eq(self.data_base[c])]
+            _connect_read(m, readers[c], ports[c])
+            # The STORE unit's write channels reach the port of its ST's channel only.
+            on = store.port == c
+            for name in ("awaddr", "awlen", "awsize", "awburst", "wdata", "wstrb", "wlast"):
+                m.d.comb += getattr(ports[c], name).eq(getattr(store, name))
+            for name in ("awvalid", "wvalid", "bready"):
+                m.d.comb += getattr(ports[c], name).eq(getattr(store, name) & on)
+            with m.If(on):
+                for name in ("awready", "wready", "bresp", "bvalid"):
+                    m.d.comb += getattr(store, name).eq(getattr(ports[c], name))
         if "wstream" in mports:
-            # Gated by the MATRIX unit's stall like its other handshakes (below).
-            m.d.comb += [matrix.wstream.payload.eq(load.wstream.payload),
-                         matrix.wstream.valid.eq(load.wstream.valid & ~stall_matrix),
-                         load.wstream.ready.eq(matrix.wstream.ready & ~stall_matrix)]
+            # One stream per channel (slice) of the streamed engine, gated by the MATRIX
+            # unit's stall like its other handshakes (below).
+            mws = matrix.wstream
+            mws = list(mws) if isinstance(mws, (list, tuple)) else [mws]
+            if len(mws) != nch:
+                raise ValueError(f"the streamed engine takes {len(mws)} weight streams, but "
+                                 f"the core has {nch} memory channels (one stream each)")
+            for c in range(nch):
+                lws = load.wstream[c]
+                m.d.comb += [mws[c].payload.eq(lws.payload),
+                             mws[c].valid.eq(lws.valid & ~stall_matrix),
+                             lws.ready.eq(mws[c].ready & ~stall_matrix)]
 
         # -- buffers: read ports ----------------------------------------------------------
         # Readers of each buffer: "direct" ports connect to a RAM read port of their own;
@@ -237,17 +272,25 @@ class Engine(wiring.Component):
         held_addr = Signal.like(mw.addr, name="held_addr")
         held_data = Signal.like(mw.data, name="held_data")
         held_en = Signal.like(mw.en, name="held_en")
-        lw = load.wr
-        taken = Signal(name="load_wr_taken")
+        # The LOAD unit's writes: per buffer, the channels that write it take turns.
+        lws = [load.wr[c] for c in range(nch)]
+        taken = [Signal(name=f"load_wr_taken{c}") for c in range(nch)]
         for b in _BUFFERS:
             wr = rams[b].wr
-            load_hit = lw.valid & (lw.payload.buf == b)
+            bname = b.name.lower()
+            load_hit, lsel, llast = _round_robin(
+                m, [lw.valid & (lw.payload.buf == b) for lw in lws], f"load_wr_{bname}")
+            l_addr = Array(lw.payload.addr for lw in lws)[lsel]
+            l_data = Array(lw.payload.data for lw in lws)[lsel]
+            load_won = Signal(name=f"load_wr_{bname}_won")
+            m.d.comb += load_won.eq(0)
             if b == isa.Buffer.WGT:
-                m.d.comb += [wr.addr.eq(lw.payload.addr >> lg_wpr),
-                             wr.data.eq(lw.payload.data.replicate(geo.wgt_words_per_row))]
+                m.d.comb += [wr.addr.eq(l_addr >> lg_wpr),
+                             wr.data.eq(l_data.replicate(geo.wgt_words_per_row))]
                 with m.If(load_hit):
-                    m.d.comb += [taken.eq(1),
-                                 wr.en.eq(1 << lw.payload.addr[:lg_wpr] if lg_wpr else 1)]
+                    m.d.comb += [load_won.eq(1),
+                                 wr.en.eq(1 << l_addr[:lg_wpr] if lg_wpr else 1)]
+                _grant(m, load_won, lsel, llast, taken)
                 continue
             # Writers in priority order: (condition, addr, data, en, taken by LOAD).
             writers = []
@@ -257,20 +300,22 @@ class Engine(wiring.Component):
             if b == isa.Buffer.OUT:
                 writers += [(held_v, held_addr, held_data, held_en, False),
                             (m_we, mw.addr, mw.data, mw.en, False)]
-            writers.append((load_hit, lw.payload.addr, lw.payload.data,
-                            Const(-1, len(wr.en)), True))
+            writers.append((load_hit, l_addr, l_data, Const(-1, len(wr.en)), True))
             for i, (cond, addr, wdata, en, is_load) in enumerate(writers):
                 with (m.If if i == 0 else m.Elif)(cond):
                     m.d.comb += [wr.addr.eq(addr), wr.data.eq(wdata), wr.en.eq(en)]
                     if is_load:
-                        m.d.comb += taken.eq(1)
+                        m.d.comb += load_won.eq(1)
+            _grant(m, load_won, lsel, llast, taken)
             if b == isa.Buffer.OUT:
                 with m.If(held_v & ~sfu_hit[b]):
                     m.d.sync += held_v.eq(0)
                 with m.If(sfu_hit[b] & m_we & ~held_v):
                     m.d.sync += [held_v.eq(1), held_addr.eq(mw.addr), held_data.eq(mw.data),
                                  held_en.eq(mw.en)]
-        m.d.comb += [lw.ready.eq(taken), stall_matrix.eq(held_v)]
+        for c in range(nch):
+            m.d.comb += lws[c].ready.eq(taken[c])
+        m.d.comb += stall_matrix.eq(held_v)
         if sfu is not None:
             # While a result is held, the MATRIX unit stands still (its handshakes are
             # gated below), so the result it presents is taken when it moves again.
@@ -403,6 +448,12 @@ class Engine(wiring.Component):
             with m.If(opcode == op.value):
                 m.d.comb += own.eq(1 << u.value)
 
+        readers_idle = Signal()
+        m.d.comb += readers_idle.eq(1)
+        for rd in readers:
+            with m.If(~rd.idle):
+                m.d.comb += readers_idle.eq(0)
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -485,26 +536,30 @@ class Engine(wiring.Component):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += abort.eq(1)
-                with m.If(ird.idle & drd.idle & store.idle):
+                with m.If(ird.idle & readers_idle & store.idle):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [abort.eq(1), self.finished.eq(1)]
             # After an error the FSM stays where it is; ``drained`` (below) finishes.
 
-        # The data port's reader: LOAD commands, or the LDREG read while every unit idles.
-        lc = load.cmd
+        # Channel 0's reader: LOAD commands, or the LDREG read while every unit idles; the
+        # other channels' readers serve the LOAD unit alone.
+        lc = load.cmd[0]
         with m.If(lr_cmd):
             m.d.comb += [drd.cmd.valid.eq(1),
-                         drd.cmd.payload.addr.eq(self.data_base +
+                         drd.cmd.payload.addr.eq(self.data_base[0] +
                                                  (lr_addr & ~Const(geo.word_bytes - 1, 32))),
                          drd.cmd.payload.beats.eq(Mux(lr_cross, 2, 1)),
                          drd.cmd.payload.rows.eq(1), drd.cmd.payload.stride.eq(0)]
         with m.Else():
             m.d.comb += [drd.cmd.valid.eq(lc.valid), drd.cmd.payload.eq(lc.payload),
                          lc.ready.eq(drd.cmd.ready)]
-        m.d.comb += [load.beats.payload.eq(drd.data.payload),
-                     load.beats.valid.eq(drd.data.valid & ~lr_data),
-                     drd.data.ready.eq(Mux(lr_data, 1, load.beats.ready))]
+        m.d.comb += [load.beats[0].payload.eq(drd.data.payload),
+                     load.beats[0].valid.eq(drd.data.valid & ~lr_data),
+                     drd.data.ready.eq(Mux(lr_data, 1, load.beats[0].ready))]
+        for c in range(1, nch):
+            wiring.connect(m, producer=load.cmd[c], consumer=readers[c].cmd)
+            wiring.connect(m, producer=readers[c].data, consumer=load.beats[c])
 
         # -- deadlock and errors ------------------------------------------------------------
         dead = Signal(range(DEADLOCK_CYCLES + 1))
@@ -524,7 +579,8 @@ class Engine(wiring.Component):
 
         sources = [(d_err, d_code, fetch.instr.payload.index)]
         sources += [(units[u].err, units[u].err_code, units[u].err_pc) for u in unit_list]
-        sources.append((drd.error, isa.ErrorCode.AXI_ERROR, self.retired))
+        for rd in readers:
+            sources.append((rd.error, isa.ErrorCode.AXI_ERROR, self.retired))
         sources.append((ird.error, isa.ErrorCode.AXI_ERROR, self.retired))
         # A deadlock with the streamed engine starved is a program whose stream loads fall
         # short of its STREAM instructions: MALFORMED at that instruction, as the ISA
@@ -536,11 +592,12 @@ class Engine(wiring.Component):
             for flag, code, pc in reversed(sources):
                 with m.If(flag):
                     m.d.sync += [self.error.eq(1), self.err_code.eq(code), self.err_pc.eq(pc)]
-        m.d.comb += [ird.abort.eq(abort | self.error), drd.abort.eq(abort | self.error),
-                     store.abort.eq(abort | self.error)]
+        m.d.comb += [ird.abort.eq(abort | self.error), store.abort.eq(abort | self.error)]
+        for rd in readers:
+            m.d.comb += rd.abort.eq(abort | self.error)
         # After an error: wait for the AXI ports to drain, then report finished.
         drained = Signal()
-        with m.If(self.error & ird.idle & drd.idle & store.idle):
+        with m.If(self.error & ird.idle & readers_idle & store.idle):
             m.d.sync += drained.eq(1)
         with m.If(drained):
             m.d.comb += self.finished.eq(1)
@@ -569,6 +626,37 @@ def _route_read(m, name, port, targets, word_bits):
                     m.d.comb += port.data.eq(rp.data)
 
 
+def _round_robin(m, reqs, name):
+    """Pick one of the requests ``reqs`` (1-bit values): the first after the last one
+    granted (see :func:`_grant`), wrapping around. Return ``(any, index, last)``."""
+    n = len(reqs)
+    sel = Signal(range(max(n, 2)), name=f"{name}_sel")
+    if n == 1:
+        return reqs[0], sel, None
+    last = Signal(range(n), name=f"{name}_last")
+    req = Signal(n, name=f"{name}_req")
+    m.d.comb += req.eq(Cat(*reqs))
+    # Later assignments win: the lowest request, then the lowest one above ``last``.
+    for c in reversed(range(n)):
+        with m.If(req[c]):
+            m.d.comb += sel.eq(c)
+    for c in reversed(range(1, n)):
+        with m.If(req[c] & (last < c)):
+            m.d.comb += sel.eq(c)
+    return req.any(), sel, last
+
+
+def _grant(m, won, sel, last, taken):
+    """The request ``sel`` of :func:`_round_robin` is served when ``won``: set its
+    ``taken`` flag and make it the last one granted."""
+    for c, t in enumerate(taken):
+        with m.If(won & (sel == c)):
+            m.d.comb += t.eq(1)
+    if last is not None:
+        with m.If(won):
+            m.d.sync += last.eq(sel)
+
+
 def _connect_read(m, reader, port):
     for name in ("araddr", "arlen", "arsize", "arburst", "arvalid", "rready"):
         m.d.comb += getattr(port, name).eq(getattr(reader, name))
@@ -595,8 +683,12 @@ class Core(wiring.Component):
         Register port (subordinate).
     instr : Out(axi4_signature(read_only=True))
         Instruction fetch port.
-    data0 : Out(axi4_signature())
-        Data port of memory channel 0.
+    data0, data1, ... : Out(axi4_signature())
+        Data port of each memory channel (``config.memory.channels`` of them).
+
+    The data base of channel ``c`` is the register pair of
+    :func:`airfoil.csr.data_base_registers` (only those of the config's channels are
+    built; the others read as 0).
     """
 
     def __init__(self, config: AccelConfig, *, sfu: bool | None = None):
@@ -609,7 +701,8 @@ class Core(wiring.Component):
         super().__init__({
             "csr": In(axi4lite_signature(addr_width=csrmap.CSR_ADDR_BITS)),
             "instr": Out(axi4_signature(data_width=wbits, read_only=True)),
-            "data0": Out(axi4_signature(data_width=wbits)),
+            **{f"data{c}": Out(axi4_signature(data_width=wbits))
+               for c in range(config.memory.channels)},
         })
 
     @property
@@ -627,19 +720,25 @@ class Core(wiring.Component):
                      ResetSignal("engine").eq(ResetSignal() | soft_rst)]
         m.submodules.engine = DomainRenamer("engine")(engine)
         wiring.connect(m, wiring.flipped(self.instr), engine.instr)
-        wiring.connect(m, wiring.flipped(self.data0), engine.data0)
+        nch = self._config.memory.channels
+        for c in range(nch):
+            wiring.connect(m, wiring.flipped(getattr(self, f"data{c}")),
+                           getattr(engine, f"data{c}"))
 
-        regs = {name: Signal(32, name=name.lower()) for name in
-                ("PROG_BASE_LO", "PROG_BASE_HI", "PROG_COUNT", "DATA_BASE_LO",
-                 "DATA_BASE_HI")}
+        names = ["PROG_BASE_LO", "PROG_BASE_HI", "PROG_COUNT"]
+        for c in range(nch):
+            names += csrmap.data_base_registers(c)
+        regs = {name: Signal(32, name=name.lower()) for name in names}
         busy, done = Signal(), Signal()
         cycles = Signal(64)
         kick = Signal()
         m.d.comb += [
             engine.prog_base.eq(Cat(regs["PROG_BASE_LO"], regs["PROG_BASE_HI"])),
-            engine.data_base.eq(Cat(regs["DATA_BASE_LO"], regs["DATA_BASE_HI"])),
             engine.prog_count.eq(regs["PROG_COUNT"]),
         ]
+        for c in range(nch):
+            lo, hi = csrmap.data_base_registers(c)
+            m.d.comb += engine.data_base[c].eq(Cat(regs[lo], regs[hi]))
         m.d.sync += [kick.eq(soft_rst), engine.start.eq(kick)]
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
@@ -665,6 +764,8 @@ class Core(wiring.Component):
             m.d.sync += bus.bvalid.eq(1)
             addr = bus.awaddr
             for reg in csrmap.REGISTERS:
+                if reg.name != "CTRL" and reg.name not in regs:
+                    continue            # read-only, or a channel the core does not have
                 with m.If(addr == reg.offset):
                     if reg.name == "CTRL":
                         with m.If(bus.wdata[0] & ~busy):

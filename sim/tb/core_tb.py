@@ -2,7 +2,9 @@
 
 The job file named by ``$AIRFOIL_JOB`` (written by :func:`sim.rtl.run_core`) lists runs;
 each run resets the design, fills a fresh memory (program, data image, extra regions),
-programs the CSRs over AXI4-Lite, starts the core, polls ``STATUS`` until ``DONE`` (or a
+serves the instruction port and one data port per memory channel (``data<c>``, read
+latency of its channel, random stalls of its own drawn from the run's seed) from that one
+memory, programs the CSRs over AXI4-Lite (each channel's data base), starts the core, polls ``STATUS`` until ``DONE`` (or a
 cycle limit), and records the status, the cycle counter, the concurrency counters
 (:data:`airfoil.csr.COUNTER_REGISTERS`) and the requested memory regions.
 The results go to ``$AIRFOIL_RESULT`` as JSON; the caller compares them with the golden.
@@ -31,27 +33,42 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
         mem.write(region["addr"], Path(region["file"]).read_bytes())
     rng = random.Random(run["seed"])
     stall = run["stall"]
-    ports = [
-        ReadPortModel(dut, "instr", mem, word_bytes=wb, latency=mem_cfg["read_latency"],
-                      outstanding=mem_cfg["outstanding"], rng=rng, stall=stall),
-        ReadPortModel(dut, "data0", mem, word_bytes=wb, latency=mem_cfg["read_latency"],
-                      outstanding=mem_cfg["outstanding"], rng=rng, stall=stall),
-    ]
-    writer = WritePortModel(dut, "data0", mem, word_bytes=wb,
-                            latency=mem_cfg["write_latency"], rng=rng, stall=stall)
-    ports.append(writer)
+    latencies = mem_cfg.get("channel_latency") or [mem_cfg["read_latency"]]
+    ports = [ReadPortModel(dut, "instr", mem, word_bytes=wb, latency=mem_cfg["read_latency"],
+                           outstanding=mem_cfg["outstanding"], rng=rng, stall=stall)]
+    readers, writers = [], []
+    for c, lat in enumerate(latencies):
+        # Channel 0 shares the instruction port's generator (as before channels), every
+        # other channel stalls from a generator of its own.
+        crng = rng if c == 0 else random.Random(run["seed"] * 1_000_003 + c)
+        readers.append(ReadPortModel(dut, f"data{c}", mem, word_bytes=wb, latency=lat,
+                                     outstanding=mem_cfg["outstanding"], rng=crng,
+                                     stall=stall))
+        writers.append(WritePortModel(dut, f"data{c}", mem, word_bytes=wb,
+                                      latency=mem_cfg["write_latency"], rng=crng,
+                                      stall=stall))
+    for r, w in zip(readers, writers):
+        ports += [r, w]
     csr = AxiLiteMaster(dut, "csr", dut.clk)
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
     server = cocotb.start_soon(serve(dut.clk, ports))
-    for name, value in (("PROG_BASE_LO", run["prog_base"] & 0xFFFFFFFF),
-                        ("PROG_BASE_HI", run["prog_base"] >> 32),
-                        ("PROG_COUNT", run["prog_count"]),
-                        ("DATA_BASE_LO", run["data_base"] & 0xFFFFFFFF),
-                        ("DATA_BASE_HI", run["data_base"] >> 32)):
+    regs = [("PROG_BASE_LO", run["prog_base"] & 0xFFFFFFFF),
+            ("PROG_BASE_HI", run["prog_base"] >> 32),
+            ("PROG_COUNT", run["prog_count"])]
+    bases = run.get("data_bases") or [run["data_base"]] * len(latencies)
+    for c, base in enumerate(bases):
+        lo, hi = csrmap.data_base_registers(c)
+        regs += [(lo, base & 0xFFFFFFFF), (hi, base >> 32)]
+    for name, value in regs:
         await csr.write(csrmap.offset(name), value)
     core_id = await csr.read(csrmap.offset("ID"))
+    bases_read = []
+    for c in range(len(bases)):
+        lo, hi = csrmap.data_base_registers(c)
+        bases_read.append(await csr.read(csrmap.offset(lo)) |
+                          await csr.read(csrmap.offset(hi)) << 32)
     await csr.write(csrmap.offset("CTRL"), csrmap.CTRL_START)
     status = 0
     waited = 0
@@ -63,7 +80,7 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
         if status & csrmap.STATUS_DONE:
             break
     result = {
-        "seed": run["seed"], "status": status, "id": core_id,
+        "seed": run["seed"], "status": status, "id": core_id, "data_bases": bases_read,
         "done": bool(status & csrmap.STATUS_DONE),
         "error": bool(status & csrmap.STATUS_ERROR),
         "err_code": (status >> csrmap.STATUS_ERR_CODE_SHIFT) &
@@ -79,8 +96,9 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
         result["counters"][name] = await csr.read(csrmap.offset(reg))
     result["reads"] = {k: mem.read(r["addr"], r["nbytes"]).hex()
                        for k, r in run.get("read_back", {}).items()}
-    result["read_beats"] = ports[1].beats
-    result["protocol_errors"] = writer.protocol_errors
+    result["read_beats_per_channel"] = [r.beats for r in readers]
+    result["read_beats"] = sum(r.beats for r in readers)
+    result["protocol_errors"] = [e for w in writers for e in w.protocol_errors]
     await ClockCycles(dut.clk, 8)
     server.cancel()
     return result

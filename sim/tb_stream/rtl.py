@@ -1,8 +1,9 @@
 """Run streamed GEMV cases on the harness in RTL (Verilator + cocotb) and check them.
 
 The harness Verilog and its metadata JSON come from the caller (``hdl`` writes them);
-its ``params`` carry ``word_bits``, ``act_depth`` and the ``q`` entry's field offsets
-(``entry_instr``, ``entry_index``), so nothing here imports ``hdl``.
+its ``params`` carry ``word_bits``, ``slices`` (one AXI4 read port ``axi__<c>`` per slice),
+``act_depth`` and the ``q`` entry's field offsets (``entry_instr``, ``entry_index``), so
+nothing here imports ``hdl``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ def _words(raw: bytes, wb: int) -> list:
     return [raw[i:i + wb][::-1].hex() for i in range(0, len(raw), wb)]
 
 
-def run_stream_rtl(verilog, meta_json, cases, *, latency: int, outstanding: int,
+def run_stream_rtl(verilog, meta_json, cases, *, latency, outstanding: int,
                    seed: int, stall: float = 0.0, idle: float = 0.0, build_root=None,
                    max_cycles: int = 2_000_000) -> list:
     """Run ``cases`` (:class:`sim.tb_stream.stimulus.StreamCase`) in order on one
     simulation; return one result dict per case (counters, ``out`` results as ints).
 
-    A case whose ``image`` is empty issues no read: its ``MV`` consumes the records that
+    Each slice ``c`` of the harness reads the case's ``streams[c]`` (``[image]`` for a
+    case without ``streams``) on its own port; ``latency`` is one read latency for every
+    port or a sequence of one per slice (each port also stalls at random on its own).
+    A slice whose stream is empty issues no read: its ``MV`` consumes the records that
     follow the previous case's in the stream already being read.
 
     Raise :class:`~sim.cocotb_runner.RtlFailure` when a case times out or reports an
@@ -41,27 +45,37 @@ def run_stream_rtl(verilog, meta_json, cases, *, latency: int, outstanding: int,
     meta = json.loads(Path(meta_json).read_text())
     prm = meta["params"]
     wb = prm["word_bits"] // 8
+    slices = prm.get("slices", 1)
+    lat = [latency] * slices if isinstance(latency, int) else [int(x) for x in latency]
+    if len(lat) != slices:
+        raise ValueError(f"{len(lat)} latencies for {slices} slices")
     addr = 0
     run_cases = []
     for i, c in enumerate(cases):
+        streams = [bytes(x) for x in c.get("streams", [c["image"]])]
+        if len(streams) != slices:
+            raise ValueError(f"case {c['name']}: {len(streams)} streams for {slices} "
+                             f"slices")
         instr = encode_instr(c["instr"])
         entry = (instr << prm["entry_instr"]) | (i << prm["entry_index"])
         act = bytes(np.asarray(c["act"], dtype=np.int8).tobytes())
         act += bytes(-len(act) % wb)
         ob = c["instr"]["obuf_addr"]
         end = ob + c["rows"] * c["out_bytes"]
-        # A case without an image continues the stream the previous case's read started
+        # A slice without a stream continues the stream the previous case's read started
         # (two MVs consuming one LD WSTREAM): no new read is issued.
+        reads = []
+        for st in streams:
+            reads.append({"image": st.hex(), "addr": addr, "nwords": len(st) // wb})
+            addr += -(-len(st) // _ALIGN) * _ALIGN
         run_cases.append({
-            "name": c["name"], "image": bytes(c["image"]).hex(), "addr": addr,
-            "nwords": len(c["image"]) // wb, "act_words": _words(act, wb),
+            "name": c["name"], "reads": reads, "act_words": _words(act, wb),
             "act_base": c["instr"]["abuf_addr"] // wb, "entry": f"{entry:x}",
             "out_first": ob // wb, "out_count": -(-end // wb) - ob // wb,
         })
-        addr += -(-len(c["image"]) // _ALIGN) * _ALIGN
     run = {"cases": run_cases, "mem_bytes": max(addr, _ALIGN), "word_bytes": wb,
-           "latency": latency, "outstanding": outstanding, "stall": stall, "idle": idle,
-           "seed": seed, "max_cycles": max_cycles}
+           "slices": slices, "latency": lat, "outstanding": outstanding, "stall": stall,
+           "idle": idle, "seed": seed, "max_cycles": max_cycles}
     data = run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_stream_gemv",
                       test_dir=TB_DIR, seed=seed, build_root=build_root, case=run,
                       env={"AIRFOIL_META": str(Path(meta_json).resolve())})

@@ -2,9 +2,12 @@
 
 A case is one ``MV`` with ``wfmt = STREAM``: a weight tensor packed by
 :mod:`airfoil.packing` (records of any format, N:M pattern or block skip, chosen per
-record),
-INT8 activations and the instruction's fields. The golden result reads the image back
-with :func:`airfoil.packing.unpack_tensor` and applies
+record), INT8 activations and the instruction's fields. For a unit of ``slices`` slices
+the tensor is padded to whole super-batches of ``slices * rows`` rows (zero weights,
+scale 1.0, as the compiler pads a tile to a multiple of the chains) and its row batches
+are cut into one stream per slice by the packing rule (batch ``b`` to slice
+``b % slices``). The golden result reads the streams back with
+:func:`airfoil.packing.unpack_channels` and applies
 :func:`airfoil.formats.linear_reference`, so the packer, the reader and the arithmetic
 are the shared definitions, not copies.
 """
@@ -17,8 +20,8 @@ import torch
 from airfoil import isa
 from airfoil.formats import (OUT_BITS, accumulate, fp16_fixed, group_psum, linear_reference,
                              requant_params, rescale)
-from airfoil.packing import (BLOCK_CODE, NM_BY_NAME, Record, StreamGeometry, nm_kept,
-                             pack_records, record_tag, unpack_tensor)
+from airfoil.packing import (BLOCK_CODE, NM_BY_NAME, Record, StreamGeometry, interleave,
+                             nm_kept, pack_records, record_tag, unpack_channels)
 
 from ..tb_decode.stimulus import random_blocks, random_nm, random_weights
 
@@ -38,30 +41,33 @@ def random_fp16_scales(rng: np.random.Generator, n: int) -> np.ndarray:
 class StreamCase(dict):
     """One case (a dict, JSON-ready apart from ``image``/``act``/``expected``).
 
-    Keys: ``name``, ``image`` (bytes), ``act`` (int8 array of ``k``), ``instr`` (the MV
-    fields for :func:`airfoil.isa.encode`), ``expected`` (int64 results per row),
-    ``out_bytes`` (bytes per result), ``rows``, ``k``, ``weights`` (weight count),
-    ``image_words``.
+    Keys: ``name``, ``streams`` (bytes of each slice's stream), ``image`` (the streams
+    interleaved word by word, as a compiled image holds them; the stream itself for one
+    slice), ``act`` (int8 array of ``k``), ``instr`` (the MV fields for
+    :func:`airfoil.isa.encode`), ``expected`` (int64 results per row), ``out_bytes`` (bytes
+    per result), ``rows``, ``k``, ``weights`` (weight count), ``image_words`` (words of all
+    streams), ``slices``.
     """
 
 
 def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int, fmt,
               sparsity="dense", seed: int = 0, out_fmt: str = "INT8",
               abuf_addr: int = 0, obuf_addr: int = 0,
-              block_keep: float | None = None) -> StreamCase:
+              block_keep: float | None = None, slices: int = 1) -> StreamCase:
     """Build a random case.
 
     ``fmt`` is a format name (``"int4"``, ``"ovp"``) or a list of names drawn per record;
     ``sparsity`` a pattern name or a list drawn per record (a pattern that does not fit a
     record's format or the lanes falls back to dense). Block-skip records drop random
     k-steps (:func:`~sim.tb_decode.stimulus.random_blocks`), or with ``block_keep`` keep
-    exactly ``round(block_keep * steps)`` of them (at least one).
+    exactly ``round(block_keep * steps)`` of them (at least one). ``geom.rows`` is a
+    slice's chains; ``slices`` the unit's slices (one stream each).
     """
     rng = np.random.default_rng(seed)
     fmts = [fmt] if isinstance(fmt, str) else list(fmt)
     sps = [sparsity] if isinstance(sparsity, str) else list(sparsity)
     R = geom.rows
-    batches = -(-rows // R)
+    batches = -(-rows // (R * slices)) * slices
     cols = k // group
     q = np.zeros((batches * R, k), dtype=np.int64)
     sbits = np.full((batches * R, cols), 0x3C00, dtype=np.uint16)
@@ -89,9 +95,14 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
             q[b * R:(b + 1) * R, c * group:(c + 1) * group] = blk
             sbits[b * R:(b + 1) * R, c] = sc
             records.append(Record(tag, group, blk, sc, nm))
-    image = pack_records(geom, records)
-    # The golden reads the image back with the reference reader.
-    q_ref, s_ref, _ = unpack_tensor(geom, image, rows=rows, k=k)
+    # Row batch b (its cols records) goes to slice b % slices.
+    streams = [pack_records(geom, [rc for b in range(c, batches, slices)
+                                   for rc in records[b * cols:(b + 1) * cols]])
+               for c in range(slices)]
+    image = interleave(streams, geom.word_bits // 8)
+    # The golden reads the streams back with the reference reader.
+    q_ref, s_ref, _ = unpack_channels(geom, streams, rows=batches * R, k=k)
+    q_ref, s_ref = q_ref[:rows], s_ref[:rows]
     assert np.array_equal(q_ref.numpy(), q[:rows]), "packer round trip"
     act = torch.from_numpy(rng.integers(-128, 128, k)).to(torch.int64)
     m, kk = fp16_fixed(s_ref)
@@ -104,10 +115,11 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
     instr = dict(wfmt="STREAM", group=group, rows=rows, k=k, m=1, abuf_addr=abuf_addr,
                  obuf_addr=obuf_addr, k0=K0, req_m=mult, req_s=shift, out_fmt=out_fmt,
                  acc_init=1, final=1)
-    return StreamCase(name=name, image=image, act=act.numpy().astype(np.int8),
-                      instr=instr, expected=expected.numpy().astype(np.int64),
-                      out_bytes=out_bits // 8, rows=rows, k=k, weights=rows * k,
-                      image_words=len(image) * 8 // geom.word_bits)
+    return StreamCase(name=name, streams=streams, image=image,
+                      act=act.numpy().astype(np.int8), instr=instr,
+                      expected=expected.numpy().astype(np.int64), out_bytes=out_bits // 8,
+                      rows=rows, k=k, weights=rows * k, slices=slices,
+                      image_words=sum(len(s) for s in streams) * 8 // geom.word_bits)
 
 
 def encode_instr(fields: dict, *, release: int = 0) -> int:

@@ -1,10 +1,12 @@
 """cocotb testbench: streamed GEMVs through the harness, weights read over AXI4.
 
 The run comes as JSON in ``$AIRFOIL_CASE`` (see :func:`sim.tb_stream.rtl.run_stream_rtl`):
-memory timing (latency, outstanding, stall probability), idle probability, seed, and a
-list of cases, each an image (hex) at a byte address, the ACT words, the ``q`` entry of
-the ``MV`` and the OUT words to read back. For each case the bench writes ACT, pulses
-``start`` with the image's address and word count, offers the entry (after random idle
+memory timing (one latency per slice, outstanding, stall probability), idle probability,
+seed, and a list of cases, each with one read per slice (an image in hex at a byte
+address), the ACT words, the ``q`` entry of the ``MV`` and the OUT words to read back.
+Slice ``c``'s port ``axi__<c>`` is served by its own memory port model (its own latency
+and random stalls) over one shared memory. For each case the bench writes ACT, pulses
+``start`` with each slice's address and word count, offers the entry (after random idle
 cycles), waits for ``busy`` to fall, and reads the counters and OUT. The results go to
 ``$AIRFOIL_RESULT``; the caller compares them with the golden.
 """
@@ -22,9 +24,11 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from sim.axi_mem import AxiMemory, ReadPortModel, serve
 
-_PORTS = ("start", "addr", "nwords", "q__valid", "q__ready", "q__payload", "act_w__addr",
+_PORTS = ("start", "q__valid", "q__ready", "q__payload", "act_w__addr",
           "act_w__data", "act_w__en", "out_r__addr", "out_r__en", "out_r__data", "busy",
-          "err", "err_code", "cycles", "beats", "useful", "axi__arvalid", "axi__rdata")
+          "err", "err_code", "cycles", "beats", "useful")
+#: Ports of each slice ``c``.
+_SLICE_PORTS = ("addr__{c}", "nwords__{c}", "axi__{c}__arvalid", "axi__{c}__rdata")
 
 
 async def _idle(dut, rng, p):
@@ -42,8 +46,9 @@ async def _run_case(dut, case, rng, idle, max_cycles):
     await RisingEdge(dut.clk)
     dut.act_w__en.value = 0
     await _idle(dut, rng, idle)
-    dut.addr.value = case["addr"]
-    dut.nwords.value = case["nwords"]      # 0: the stream already being read goes on
+    for c, rd in enumerate(case["reads"]):
+        getattr(dut, f"addr__{c}").value = rd["addr"]
+        getattr(dut, f"nwords__{c}").value = rd["nwords"]   # 0: the stream read goes on
     dut.start.value = 1
     await RisingEdge(dut.clk)
     dut.start.value = 0
@@ -85,16 +90,20 @@ async def stream_gemv(dut):
     run = json.loads(Path(os.environ["AIRFOIL_CASE"]).read_text())
     meta = json.loads(Path(os.environ["AIRFOIL_META"]).read_text())
     names = {p["name"] for p in meta["ports"]}
-    for name in _PORTS:
+    slices = run["slices"]
+    wanted = list(_PORTS) + [p.format(c=c) for c in range(slices) for p in _SLICE_PORTS]
+    for name in wanted:
         assert name in names, f"port {name} missing from {os.environ['AIRFOIL_META']}"
     rng = random.Random(run["seed"])
     mem = AxiMemory(run["mem_bytes"])
     for case in run["cases"]:
-        if case["image"]:
-            mem.write(case["addr"], bytes.fromhex(case["image"]))
-    port = ReadPortModel(dut, "axi", mem, word_bytes=run["word_bytes"],
-                         latency=run["latency"], outstanding=run["outstanding"],
-                         rng=random.Random(run["seed"] + 1), stall=run["stall"])
+        for rd in case["reads"]:
+            if rd["image"]:
+                mem.write(rd["addr"], bytes.fromhex(rd["image"]))
+    ports = [ReadPortModel(dut, f"axi__{c}", mem, word_bytes=run["word_bytes"],
+                           latency=run["latency"][c], outstanding=run["outstanding"],
+                           rng=random.Random(run["seed"] + 1 + 1000 * c), stall=run["stall"])
+             for c in range(slices)]
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     for sig in (dut.start, dut.q__valid, dut.act_w__en, dut.out_r__en):
         sig.value = 0
@@ -102,7 +111,7 @@ async def stream_gemv(dut):
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    cocotb.start_soon(serve(dut.clk, [port]))
+    cocotb.start_soon(serve(dut.clk, ports))
     results = []
     for case in run["cases"]:
         case["word_bytes"] = run["word_bytes"]
