@@ -175,11 +175,11 @@ class LoadUnit(wiring.Component):
         mem = instr.body.mem
         records = []
         for c in range(C):
-            f = _RecordFifo(depth=self._records)
+            f = _LayoutFifo(layout=_RECORD_LAYOUT, depth=self._records)
             m.submodules[f"records{c}"] = f
             records.append(f)
         order_depth = self._records * C
-        m.submodules.order = order = _OrderFifo(depth=order_depth, channels=C)
+        m.submodules.order = order = _LayoutFifo(layout=_order_layout(C), depth=order_depth)
         failed = Signal()
         m.d.comb += self.err.eq(failed)
 
@@ -330,40 +330,27 @@ class LoadUnit(wiring.Component):
         return m
 
 
-class _RecordFifo(wiring.Component):
-    """A small FIFO of one channel's issued-but-not-received LD records."""
-
-    LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56})
-
-    def __init__(self, *, depth):
-        self._depth = depth
-        super().__init__({
-            "w_data": In(self.LAYOUT), "w_en": In(1), "w_rdy": Out(1),
-            "r_data": Out(self.LAYOUT), "r_en": In(1), "r_rdy": Out(1),
-            "level": Out(range(depth + 1)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.f = f = fifo.SyncFIFOBuffered(width=self.LAYOUT.size, depth=self._depth)
-        m.d.comb += [f.w_data.eq(self.w_data), f.w_en.eq(self.w_en), self.w_rdy.eq(f.w_rdy),
-                     self.r_data.eq(f.r_data), f.r_en.eq(self.r_en), self.r_rdy.eq(f.r_rdy),
-                     self.level.eq(f.level)]
-        return m
+#: One channel's issued-but-not-received LD record.
+_RECORD_LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56})
 
 
-class _OrderFifo(wiring.Component):
-    """The issued LD not yet released, in program order: channel and release mask.
+def _order_layout(channels: int) -> data.StructLayout:
+    """An issued LD not yet released, in program order: its channel and release mask."""
+    return data.StructLayout({"chan": range(max(channels, 2)), "release": 4})
+
+
+class _LayoutFifo(wiring.Component):
+    """A small FIFO of ``layout`` entries (LD records of a channel, or the program order).
 
     ``level`` counts an entry from the cycle after its write, before ``r_rdy`` shows it.
     """
 
-    def __init__(self, *, depth, channels):
+    def __init__(self, *, layout, depth):
         self._depth = depth
-        self.layout = data.StructLayout({"chan": range(max(channels, 2)), "release": 4})
+        self.layout = layout
         super().__init__({
-            "w_data": In(self.layout), "w_en": In(1), "w_rdy": Out(1),
-            "r_data": Out(self.layout), "r_en": In(1), "r_rdy": Out(1),
+            "w_data": In(layout), "w_en": In(1), "w_rdy": Out(1),
+            "r_data": Out(layout), "r_en": In(1), "r_rdy": Out(1),
             "level": Out(range(depth + 1)),
         })
 
