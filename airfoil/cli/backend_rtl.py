@@ -24,6 +24,7 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 from airfoil.folder import OUT_DTYPES, load_folder
+from airfoil.folder import channel_offsets as folder_channel_offsets
 from airfoil.isa import ErrorCode
 from sim.llm_host import LLMHost
 
@@ -86,20 +87,8 @@ def emit_core(config: AccelConfig, build_dir="build", *, force: bool = False) ->
 
 def channel_offsets(manifest: dict, config: AccelConfig) -> list[int]:
     """Where each memory channel's memory starts in a folder's image (byte offsets, one per
-    channel of ``config``): the manifest's ``channel_offsets``, or 0 for every channel."""
-    from airfoil import folder as folder_mod
-    check = getattr(folder_mod, "channel_offsets", None)
-    if check is not None:
-        return [int(o) for o in check(manifest, config.memory.channels)]
-    nch = config.memory.channels
-    offs = manifest.get("channel_offsets")
-    if offs is None:
-        return [0] * nch
-    if not isinstance(offs, (list, tuple)) or len(offs) != nch or any(
-            isinstance(o, bool) or not isinstance(o, int) or o < 0 for o in offs):
-        raise AirfoilError(f"manifest: channel_offsets must list {nch} byte offsets >= 0 "
-                           f"(one per memory channel of config {config.name!r}), not {offs!r}")
-    return [int(o) for o in offs]
+    channel of ``config``): :func:`airfoil.folder.channel_offsets`."""
+    return folder_channel_offsets(manifest, config.memory.channels)
 
 
 def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: bool = True,
