@@ -61,8 +61,8 @@ def test_xy_route_walks_x_then_y():
 def test_plan_for_configs():
     u = plan_for_config(load_config("u280"))
     assert (u.rows, u.cols) == (5, 7) and u.nodes == 35 and u.used_nodes == 33
-    assert u.payload_bits == 256 and u.routers == 35
-    assert u.channel_chains[0] == (0, 1) and u.channel_chains[31] == (62, 63)
+    assert u.payload_bits == 512 and u.routers == 35
+    assert u.channel_chains[0] == (0, 1, 2, 3) and u.channel_chains[31] == (124, 125, 126, 127)
     assert all(u.chain_node[k] == u.channel_node[c]
                for c, ks in enumerate(u.channel_chains) for k in ks)
     assert u.sfu_node not in u.channel_node and u.sfu_node == 2 * 7 + 3
@@ -77,7 +77,7 @@ def test_plan_for_configs():
 
 def test_u280_plan_elaborates():
     net = noc_for_plan(plan_for_config(load_config("u280")))
-    assert isinstance(net, Mesh) and net.nodes == 35 and net.layout.size == 256 + 35 + 6 + 2
+    assert isinstance(net, Mesh) and net.nodes == 35 and net.layout.size == 512 + 35 + 6 + 2
     frag = net.elaborate(None)
     routers = [v[0] for k, v in frag._named_submodules.items() if k.startswith("r")]
     assert len(routers) == 35 and all(r.ports == 5 for r in routers)
@@ -195,7 +195,7 @@ def test_cli_noc(capsys):
     from airfoil.cli import main
     assert main(["noc", "--config", "u280"]) == 0
     out = capsys.readouterr().out
-    assert "mesh 5x7 payload=256 depth=4, 35 router(s), 33 of 35 nodes used" in out
-    assert "channel 31 at node 32 feeds chains 62, 63" in out
+    assert "mesh 5x7 payload=512 depth=4, 35 router(s), 33 of 35 nodes used" in out
+    assert "channel 31 at node 32 feeds chains 124, 125, 126, 127" in out
     assert main(["noc", "--config", "nope"]) == 2
     assert "config file 'nope' not found" in capsys.readouterr().err
