@@ -202,7 +202,6 @@ class Engine(wiring.Component):
             # One stream per channel (slice) of the streamed engine, gated by the MATRIX
             # unit's stall like its other handshakes (below).
             mws = matrix.wstream
-            mws = list(mws) if isinstance(mws, (list, tuple)) else [mws]
             if len(mws) != nch:
                 raise ValueError(f"the streamed engine takes {len(mws)} weight streams, but "
                                  f"the core has {nch} memory channels (one stream each)")
