@@ -132,6 +132,7 @@ def _layer_cycles(slices, *, fmt="int8", rows=48, k=1024):
 
 
 @pytest.mark.rtl
+@pytest.mark.slow
 def test_rtl_three_slices_take_a_third_of_the_cycles():
     """INT8 (16 weights per 128-bit word) keeps every slice memory-bound: three ports
     finish the layer in about a third of the cycles of one."""
