@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 from .errors import ConfigError
+from .isa import INSTR_BITS
 from .yamlfile import read_yaml
 
 __all__ = [
@@ -140,6 +141,12 @@ class MemoryConfig:
     def word_bytes(self) -> int:
         """Bytes in one data beat of a port."""
         return self.word_bits // 8
+
+    @property
+    def instr_bits(self) -> int:
+        """Data width of the instruction port: a data port's width, at most one
+        instruction (:data:`airfoil.isa.INSTR_BITS`), as a beat never spans two."""
+        return min(self.word_bits, INSTR_BITS)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
             "read_back": {k: {"addr": data_base + a, "nbytes": n}
                           for k, (a, n) in case.read_back.items()},
         })
-    job = {"memory": {"word_bytes": mc.word_bytes, "read_latency": mc.read_latency,
+    job = {"memory": {"word_bytes": mc.word_bytes, "instr_bytes": mc.instr_bits // 8,
+                      "read_latency": mc.read_latency,
                       "channel_latency": [mc.latency_of(c) for c in range(nch)],
                       "outstanding": mc.outstanding, "write_latency": mc.write_latency},
            "runs": runs}

@@ -22,7 +22,7 @@ def test_builtin_configs_load():
     t = load_config("test")
     u = load_config("u280")
     assert t.peak_macs_per_cycle == t.chains * t.lanes
-    assert u.memory.channels == 32 and u.memory.word_bits == 512 and u.dsp_budget == 9024
+    assert u.memory.channels == 32 and u.memory.word_bits == 512 and u.dsp_ceiling == 9024
     # One slice per HBM pseudo-channel, fed at the channel's bandwidth.
     assert (u.slices, u.slice_chains, u.decode_unit) == (32, 4, True)
     assert u.channel_bytes_per_cycle == pytest.approx(14.375e9 / 225e6)

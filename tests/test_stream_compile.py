@@ -215,8 +215,8 @@ def test_default_tile_path_unchanged(tmp_path):
     ({"wformat": "int4", "stream": False, "sparsity": "2:4"}, "needs streamed weights"),
     ({"wformat": "int4", "stream": True, "group": 48}, "group size 48"),
     ({"wformat": "int4", "stream": True, "bias": "bad"}, "bias must be a tensor of shape (8,)"),
-    ({"wformat": "int4", "sparsity": "2:4", "group": 32, "config": "u280_slice"},
-     "kept entries per row ((2, 4)) 16 of group 32 is not a multiple of lanes (32)"),
+    ({"wformat": "int4", "sparsity": "1:4", "group": 64, "config": "u280_slice"},
+     "kept entries per row ((1, 4)) 16 of group 64 is not a multiple of lanes (32)"),
     ({"wformat": "int4", "stream": True, "config": "test"}, "has no decode unit"),
     ({"wformat": "int4", "sparsity": "2:4", "config": "sim_llm"}, "has no decode unit"),
     # block skip

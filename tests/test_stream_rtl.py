@@ -138,13 +138,13 @@ def test_parameters_are_validated():
         StepAdapter(geometry=3)
 
 
-def test_u280_slice_config_is_sized_for_int2_at_one_word_per_cycle():
+def test_u280_slice_config_is_sized_for_int4_at_one_word_per_cycle():
     cfg = load_config("u280_slice")
     geom = StreamMatrix.geometry_of(cfg)
     assert (cfg.memory.word_bits, cfg.memory.read_latency, cfg.memory.outstanding) == \
-        (256, 64, 16)
-    assert geom.rows * geom.lanes * 2 >= cfg.memory.word_bits       # INT2 word per cycle
-    assert geom.rows >= geom.beat_vectors
+        (512, 64, 16)
+    assert geom.rows * geom.lanes * 4 >= cfg.memory.word_bits       # INT4 word per cycle
+    assert geom.rows * 2 == geom.beat_vectors                        # INT2 at half a word
     assert 32 * cfg.chains * cfg.lanes <= 9024                       # 32 slices, 1 DSP/lane
 
 

@@ -2,7 +2,7 @@
 
 Measured in RTL (Verilator + cocotb) on the streamed-GEMV harness
 (:class:`hdl.core.stream_mv.StreamGemvHarness`) of ``fpga/boards/u280_slice.yaml``: one
-HBM pseudo-channel's 256-bit port at the U280's read latency (64 cycles) and outstanding
+HBM pseudo-channel's 512-bit port at the U280's read latency (64 cycles) and outstanding
 limit (16 bursts), no injected stalls, feeding one unpacker and 4 chains x 32 lanes. The
 shape is one channel's share of a 4096 x 4096 layer (128 rows x 4096, group 128). Every
 run's results are checked bit-exactly against the golden before a figure is reported.

@@ -67,9 +67,6 @@ class BufferGeometry:
         wbits = config.memory.word_bits
         step = config.chains * config.lanes * 4
         where = f"config {config.name!r}: the RTL core needs "
-        if wbits > 256:
-            raise ConfigError(f"{where}memory.word_bits <= 256 (an instruction spans whole "
-                              f"words), not {wbits}")
         if step & (step - 1):
             raise ConfigError(f"{where}chains x lanes x 4 bits to be a power of two, "
                               f"not {step}")

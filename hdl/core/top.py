@@ -127,7 +127,7 @@ class Engine(wiring.Component):
             "data_base": In(64).array(nch),
             "finished": Out(1), "error": Out(1), "err_code": Out(isa.ErrorCode),
             "err_pc": Out(32), "retired": Out(32),
-            "instr": Out(axi4_signature(data_width=wbits, read_only=True)),
+            "instr": Out(axi4_signature(data_width=config.memory.instr_bits, read_only=True)),
             **{f"data{c}": Out(axi4_signature(data_width=wbits)) for c in range(nch)},
             **{name: Out(32) for name in COUNTERS},
         })
@@ -143,9 +143,9 @@ class Engine(wiring.Component):
         wbits = geo.word_bits
 
         # -- fetch ----------------------------------------------------------------------
-        m.submodules.ireader = ird = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
+        m.submodules.ireader = ird = AxiReader(data_width=mc.instr_bits, max_burst=mc.max_burst,
                                                outstanding=mc.outstanding)
-        m.submodules.fetch = fetch = Fetch(word_bits=mc.word_bits)
+        m.submodules.fetch = fetch = Fetch(word_bits=mc.instr_bits)
         m.d.comb += [fetch.start.eq(self.start), fetch.prog_base.eq(self.prog_base),
                      fetch.count.eq(self.prog_count)]
         wiring.connect(m, producer=fetch.cmd, consumer=ird.cmd)
@@ -699,7 +699,7 @@ class Core(wiring.Component):
         wbits = config.memory.word_bits
         super().__init__({
             "csr": In(axi4lite_signature(addr_width=csrmap.CSR_ADDR_BITS)),
-            "instr": Out(axi4_signature(data_width=wbits, read_only=True)),
+            "instr": Out(axi4_signature(data_width=config.memory.instr_bits, read_only=True)),
             **{f"data{c}": Out(axi4_signature(data_width=wbits))
                for c in range(config.memory.channels)},
         })

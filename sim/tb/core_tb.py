@@ -34,7 +34,7 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
     rng = random.Random(run["seed"])
     stall = run["stall"]
     latencies = mem_cfg.get("channel_latency") or [mem_cfg["read_latency"]]
-    ports = [ReadPortModel(dut, "instr", mem, word_bytes=wb, latency=mem_cfg["read_latency"],
+    ports = [ReadPortModel(dut, "instr", mem, word_bytes=mem_cfg["instr_bytes"], latency=mem_cfg["read_latency"],
                            outstanding=mem_cfg["outstanding"], rng=rng, stall=stall)]
     readers, writers = [], []
     for c, lat in enumerate(latencies):
