@@ -42,8 +42,8 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError, CompileError, ProgramError
 from airfoil.folder import OUT_DTYPES, Folder, load_folder
-from airfoil.formats import (OUT_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed, group_psum,
-                             requantize, rescale, tile_layout, unpack_tile)
+from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed,
+                             group_psum, requantize, rescale, tile_layout, unpack_tile)
 from airfoil import fixedpoint as fx
 from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
                          Unit, WeightFormat, decode)
@@ -454,6 +454,11 @@ class IsaSim:
         if f["final"]:
             if f["tok_scale"]:
                 sc = self._read(i, name, Buffer.AUX, f["sbuf_addr"], 2 * m, "<i4").reshape(m, 2)
+                bad = (sc[:, 0] < 0) | (sc[:, 0] >= 1 << REQ_M_BITS)
+                if bad.any():
+                    raise fault(i, name, ErrorCode.SCALE_RANGE, f"token scale sm="
+                                f"{int(sc[bad, 0][0])} at AUX[{f['sbuf_addr']:#x}+] is "
+                                f"outside 0..{(1 << REQ_M_BITS) - 1}")
                 M, S = fx.linear_out_params(sc[:, 0], sc[:, 1], k0)
                 res = fx.requantize_rows(acc, M, S, out_bits)
             else:

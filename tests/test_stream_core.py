@@ -5,9 +5,9 @@ packed weight streams into ``weights.bin``; the core's LOAD unit sends them (``L
 WSTREAM``) to the MATRIX unit's decode unit, which runs ``MV STREAM`` on the sparse
 chains beside the WGT-tile engine. The RTL output, under random stalls on every AXI
 channel, equals the torch golden's and the ISA simulator's bit for bit, for every record
-format, N:M pattern and block skip. (A streamed layer
-with a bias starts its accumulators in a WGT-tile MV, which the streamed engine cannot
-continue: the core answers UNSUPPORTED, tested below.)
+format, N:M pattern and block skip. A streamed layer with a bias starts its accumulators
+in a WGT-tile MV (the bias tile) that the streamed MV continues, and a streamed MV may
+requantize with a per-token scale pair from AUX.
 """
 
 import numpy as np
@@ -112,13 +112,78 @@ def test_block_skip_takes_fewer_cycles_than_dense(tmp_path):
     assert cyc["block"] < cyc["dense"], cyc
 
 
-def test_streamed_layer_with_bias_is_unsupported_in_rtl(tmp_path):
-    from airfoil.errors import AirfoilError
+@pytest.mark.parametrize("seed,n,k,kw", [
+    (5, 8, 64, dict(wformat="int4", stream=True, group=32)),
+    # several batches of chains, odd rows, 2:4 records
+    (9, 3 * CFG.chains + 5, 128, dict(wformat="int4", sparsity="2:4", group=64)),
+])
+def test_streamed_layer_with_bias_bit_exact_in_rtl(tmp_path, seed, n, k, kw):
+    """A bias tile's MV (WGT-tile engine, ``final = 0``) starts each row block's
+    accumulators; the streamed MV continues them (``acc_init = 0``)."""
+    from airfoil.isa import Opcode, WeightFormat, decode
 
-    folder = _layer(tmp_path, 5, 8, 64, wformat="int4", stream=True, group=32, bias=True)
-    assert torch.equal(run_isa(folder, CFG)[0], run_golden(folder))
-    with pytest.raises(AirfoilError, match="UNSUPPORTED"):
-        run_rtl(folder.path, CFG, seed=0, stalls=False)
+    folder = _layer(tmp_path, seed, n, k, bias=True, **kw)
+    mvs = [decode(w) for w in folder.program.words]
+    mvs = [i for i in mvs if i.opcode == Opcode.MV]
+    assert any(i.wfmt == WeightFormat.STREAM and not i.acc_init for i in mvs)
+    want = run_golden(folder)
+    assert torch.equal(run_isa(folder, CFG)[0], want)
+    got, _ = run_rtl(folder.path, CFG, seed=seed, stalls=True)
+    assert torch.equal(got, want), (got, want)
+
+
+def test_streamed_layer_with_token_scale_matches_isa(tmp_path):
+    """``tok_scale = 1`` on a streamed MV: the RTL reads the scale pair from AUX and
+    requantizes with it as the ISA simulator does; a pair whose ``sm`` does not fit 16
+    bits stops the core with SCALE_RANGE at that MV."""
+    from airfoil.cli.backend_rtl import channel_offsets, emit_core
+    from airfoil.isa import Buffer, ErrorCode, Opcode, decode, encode
+    from airfoil.program import Program
+    from sim.isa_sim import IsaSim
+    from sim.rtl import RtlCase, run_core
+
+    folder = _layer(tmp_path, 13, 2 * CFG.chains + 3, 128, wformat="int4", stream=True,
+                    group=64)
+    words = list(folder.program.words)
+    ins = [decode(w, i) for i, w in enumerate(words)]
+    mv = next(i for i, d in enumerate(ins) if d.opcode == Opcode.MV)
+    out = folder.manifest["output"]
+    nbytes = folder.n * folder.out_bits // 8
+    base = bytes(folder.image_with_input())
+    pair_at = (len(base) + 63) // 64 * 64
+    cases, wants = [], []
+    for j, (sm, se) in enumerate([(40_000, 3), (123, -20), (1 << 16, 0)]):
+        # The pair in the second half of a word (sbuf_addr = 8 selects it).
+        pair = bytes(8) + np.array([sm, se], dtype="<i4").tobytes()
+        image = bytearray(base + bytes(pair_at - len(base)) + pair)
+        prog = list(words)
+        ld = encode(Opcode.LD, (), (), buf=Buffer.AUX, buf_addr=0, dram_addr=pair_at,
+                    nbytes=16, count=1, dram_stride=16, channel=0)
+        f = dict(ins[mv].fields, tok_scale=1, sbuf_addr=8)
+        prog[mv] = encode(Opcode.MV, ins[mv].wait, ins[mv].release, **f)
+        prog.insert(0, ld)
+        offsets = channel_offsets(folder.manifest, CFG)
+        sim = IsaSim(CFG, image, offsets)
+        try:
+            sim.run(prog)
+            wants.append(bytes(image[out["addr"]:out["addr"] + nbytes]))
+        except Exception as e:        # the ISA simulator's verdict: a ProgramError
+            wants.append(e)
+        cases.append(RtlCase(program=Program(prog, CFG.config_hash_bytes).to_bytes(),
+                             image=bytes(base + bytes(pair_at - len(base)) + pair),
+                             seed=j, stall=0.2, read_back={"out": (out["addr"], nbytes)},
+                             max_cycles=100_000, channel_offsets=offsets))
+    core = emit_core(CFG, "build")
+    res = run_core(verilog=core["sources"], meta=core["meta"], config=CFG, cases=cases,
+                   build_root="build/sim", work_dir=tmp_path / "run")
+    for (sm, se), want, r in zip([(40_000, 3), (123, -20), (1 << 16, 0)], wants, res):
+        if isinstance(want, Exception):
+            assert r["error"] and ErrorCode(r["err_code"]) == want.code == \
+                ErrorCode.SCALE_RANGE and r["err_pc"] == want.index == mv + 1, (sm, r)
+        else:
+            assert r["done"] and not r["error"], (sm, ErrorCode(r["err_code"]).name)
+            assert r["reads"]["out"] == want, (sm, se)
+    assert any(r["reads"]["out"] != bytes(nbytes) for r in res[:2])
 
 
 def test_stream_loads_falling_short_stop_the_core(tmp_path):

@@ -96,7 +96,8 @@ def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: b
     """Run a compiled folder on the RTL core; return ``(out, stats)``.
 
     ``out`` is the int64 output vector; ``stats`` holds ``cycles`` (the core's cycle
-    counter), ``instructions``, ``read_beats``, ``seed`` and ``stalls``. Random stalls on
+    counter), ``instructions``, ``read_beats`` (and per channel), the busy counters
+    (``busy_<unit>``, ``overlap_cycles``), ``seed`` and ``stalls``. Random stalls on
     every AXI channel are drawn from ``seed`` when ``stalls`` is set.
     """
     from sim.rtl import DEFAULT_STALL, RtlCase, run_core
@@ -121,6 +122,7 @@ def run_rtl(folder_path, config: AccelConfig, x_q=None, seed: int = 0, stalls: b
     stats = {"cycles": res["cycles"], "instructions": res["retired"],
              "read_beats": res["read_beats"],
              "read_beats_per_channel": res.get("read_beats_per_channel"),
+             **{k: v for k, v in res.items() if k.startswith("busy_") or k == "overlap_cycles"},
              "seed": int(seed), "stalls": bool(stalls)}
     return out, stats
 

@@ -4,16 +4,17 @@ Measured in RTL (Verilator + cocotb) on the whole core (:class:`hdl.core.top.Cor
 harness. Each configuration is ``c`` copies of the U280's slice (``u280_slice``: one HBM
 pseudo-channel's 512-bit port at the U280's latency and outstanding limit, its decode unit
 and 4 chains x 32 lanes): ``chains = 4 c``, ``memory.channels = c``, the OUT buffer large
-enough for the whole layer, so that the program is ``LD ACT``, one ``LD WSTREAM`` per
-channel, one ``MV`` and one ``ST``. The layer is ``4096 x 4096`` INT4 with group 128 and no
-bias, compiled by :func:`compiler.linear.compile_linear` (row batch ``b`` of 4 rows on
-channel ``b % c``); each run's result is checked bit-exactly against the golden and the
+enough for the whole layer. The program is the compiler's: ``LD ACT``, then for each row
+tile (the planner makes at least :data:`compiler.linear.MIN_TILES`) one ``LD WSTREAM``
+per channel and one ``MV``, and the ``ST`` of the results. The layer is ``4096 x 4096``
+INT4 with group 128 and no bias, compiled by :func:`compiler.linear.compile_linear` (row
+batch ``b`` of 4 rows on channel ``b % c``); each run's result is checked bit-exactly against the golden and the
 ISA simulator before a figure is reported; the memory model adds no random stalls.
 
 * ``mc_weight_bandwidth_utilization_<c>ch``: bytes of weight records (headers, FP16
-  scales, values; the manifest's ``stream_bits``, no word padding) / (the cycles from the
-  ``MV``'s start to its release, the core's ``BUSY_MATRIX`` counter, x the config's bytes
-  per cycle per channel, :attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`,
+  scales, values; the manifest's ``stream_bits``, no word padding) / (the cycles from each
+  ``MV``'s start to its release, summed by the core's ``BUSY_MATRIX`` counter, x the
+  config's bytes per cycle per channel, :attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`,
   x ``c``). Goal >= 0.95.
 * ``mc_gemv_speedup_<c>ch``: the core's cycle counter for the whole program on 1 channel /
   on ``c`` channels. Goal >= 0.95 ``c``.
@@ -62,6 +63,7 @@ def measure_mc(config: AccelConfig, *, shape=SHAPE, build_dir="build", seed: int
     from sim.golden import run_golden
     from sim.isa_sim import run_isa
 
+    from ..folder import load_folder
     from .backend_rtl import run_rtl
 
     n, k, wf, group = shape
@@ -70,11 +72,9 @@ def measure_mc(config: AccelConfig, *, shape=SHAPE, build_dir="build", seed: int
     m = compile_linear(w, None, config, folder, wformat=wf, group=group, stream=True,
                        seed=seed, out_format="int8")
     layer = m["layers"][0]
-    if len(layer["tiles"]) != 1:
-        raise AirfoilError(f"mc bench: the layer compiled to {len(layer['tiles'])} tiles on "
-                           f"{config.name}, not one MV")
-    gold = run_golden(folder)
-    isa_out, isa_stats = run_isa(folder, config)
+    loaded = load_folder(folder, config)
+    gold = run_golden(loaded)
+    isa_out, isa_stats = run_isa(loaded, config)
     if log:
         log(f"mc {config.memory.channels} channel(s): {n}x{k} {wf} g{group} on the RTL core")
     out, stats = run_rtl(folder, config, seed=seed, stalls=False, build_dir=build_dir)

@@ -23,22 +23,21 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import fifo, memory, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.fixedpoint import ACT_FRAC
-from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS, REQ_S_MAX
+from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
-from ..decode_unit.rescaler import Requantizer
+from ..decode_unit.rescaler import Requantizer, token_requant_params
 from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
 from .load import unit_ports
 from .ram import Ram
 
-__all__ = ["MatrixUnit", "acc_depth", "write_results"]
+__all__ = ["MatrixUnit", "acc_depth", "acc_read_signature", "write_results"]
 
 
 def write_results(m: Module, results, out_wr, *, lgw: int, wb: int, lg_ob) -> None:
@@ -54,6 +53,14 @@ def write_results(m: Module, results, out_wr, *, lgw: int, wb: int, lg_ob) -> No
     ]
     with m.If(results.valid):
         m.d.comb += out_wr.en.eq(((Const(1, 5) << (Const(1, 3) << lg_ob)) - 1) << lane)
+
+
+def acc_read_signature(depth: int, chains: int) -> wiring.Signature:
+    """Reads of a :class:`MatrixUnit`'s accumulator memory, from the memory's side: a
+    batch index ``addr`` and ``en`` (0 unless driven) in, the batch's ``chains``
+    accumulators on ``data`` a cycle after ``en``."""
+    return wiring.Signature({"addr": In(ceil_log2(depth)), "en": In(1),
+                             "data": Out(chains * ACC_BITS)})
 
 
 def acc_depth(geometry: BufferGeometry, chains: int, group_min: int) -> int:
@@ -143,6 +150,10 @@ class MatrixUnit(wiring.Component):
         OUT words: results.
     aux_rd : In(memory.ReadPort.Signature(...))
         AUX words: per-vector scale pairs (``tok_scale``).
+    acc_peek : Out(memory.ReadPort.Signature(...))
+        Reads of the accumulator memory by another engine (a batch of ``chains``
+        accumulators per word), served while this unit does not read it (it reads only
+        while running): how a streamed ``MV`` continues what a bias tile's ``MV`` left.
     """
 
     def __init__(self, *, geometry: BufferGeometry, chains: int, lanes: int,
@@ -178,6 +189,7 @@ class MatrixUnit(wiring.Component):
                                                     shape=geo.word_bits, granularity=8)),
             "aux_rd": In(memory.ReadPort.Signature(addr_width=ceil_log2(geo.aux_depth),
                                                    shape=geo.word_bits)),
+            "acc_peek": Out(acc_read_signature(self.acc_depth, chains)),
         })
 
     @property
@@ -460,7 +472,9 @@ class MatrixUnit(wiring.Component):
             bias_q.w_en.eq(push & s1_init), scale_q.w_en.eq(push & ~s1_init),
             sb_issue.eq(sb_active & (~s1 | push)),
             self.sb_rd.addr.eq(Mux(need_init, bptr, sptr) >> lgr),
-            self.sb_rd.en.eq(sb_issue), acc_rd.addr.eq(sb_batch), acc_rd.en.eq(sb_issue),
+            self.sb_rd.en.eq(sb_issue), acc_rd.addr.eq(Mux(sb_issue, sb_batch,
+                                                           self.acc_peek.addr)),
+            acc_rd.en.eq(sb_issue | self.acc_peek.en), self.acc_peek.data.eq(acc_rd.data),
         ]
         with m.If(~s1 | push):
             m.d.sync += [s1.eq(sb_issue), s1_init.eq(need_init),
@@ -526,22 +540,7 @@ class MatrixUnit(wiring.Component):
         m.d.comb += [self.aux_rd.addr.eq(ms_ptr >> lgw),
                      pair.eq(self.aux_rd.data.word_select(ms_ptr[3:lgw], 64)
                              if lgw > 3 else self.aux_rd.data[:64])]
-        sm = pair[:32].as_signed()
-        se = pair[32:].as_signed()
-        s_full = Signal(signed(36))
-        e_big = Signal(range(18))
-        tok_m = Signal(REQ_M_BITS)
-        tok_s = Signal(7)
-        m.d.comb += s_full.eq(se - f.k0 - ACT_FRAC)
-        with m.If(s_full < 0):
-            m.d.comb += [tok_m.eq((1 << REQ_M_BITS) - 1), tok_s.eq(0)]
-        with m.Elif(s_full > REQ_S_MAX):
-            # M rounded down by the excess, half up; beyond 17 bits a 16-bit M is 0.
-            m.d.comb += [e_big.eq(Mux(s_full - REQ_S_MAX > 17, 17, s_full - REQ_S_MAX)),
-                         tok_m.eq((sm[:REQ_M_BITS] + (Const(1, 18) << (e_big - 1)[:5])) >> e_big),
-                         tok_s.eq(REQ_S_MAX)]
-        with m.Else():
-            m.d.comb += [tok_m.eq(sm[:REQ_M_BITS]), tok_s.eq(s_full)]
+        tok_m, tok_s, tok_bad = token_requant_params(m, pair, f.k0)
         ms_push = Signal()
         with m.If(start):
             m.d.sync += [ms_active.eq(f.final), ms_vec.eq(0), ms_ptr.eq(f.sbuf_addr),
@@ -553,7 +552,7 @@ class MatrixUnit(wiring.Component):
                     m.d.sync += ms_ph.eq(ms_q.w_rdy)
                 with m.Else():
                     m.d.comb += [ms_push.eq(1), ms_q.w_data.eq(Cat(tok_m, tok_s)),
-                                 ms_bad.eq((sm < 0) | (sm >= (1 << REQ_M_BITS)))]
+                                 ms_bad.eq(tok_bad)]
                     m.d.sync += ms_ph.eq(0)
             with m.Else():
                 m.d.comb += [ms_push.eq(ms_q.w_rdy), ms_q.w_data.eq(Cat(f.req_m, f.req_s))]

@@ -6,7 +6,9 @@
           --wfmt == STREAM--> StreamMatrix (LD WSTREAM words)  --+    (one at a time)
                               ^-- wstream[c] (from the LOAD unit, memory channel c)
 
-Both engines share the ACT read port and the OUT write port. The front hands an
+Both engines share the ACT and AUX read ports and the OUT write port, and the streamed
+engine reads the tile engine's accumulator memory (a streamed ``MV`` with ``acc_init =
+0`` continues what a bias tile's ``MV`` left). The front hands an
 instruction to one engine only while the other is idle with no release pending, so the
 MATRIX queue keeps program order: results, releases and errors come out in the order the
 instructions were queued. ``wstream`` is an array of one word stream per slice of the
@@ -44,12 +46,20 @@ class MatrixFront(wiring.Component):
         if not isinstance(tiles, MatrixUnit) or not isinstance(streamed, StreamMatrix):
             raise TypeError(f"MatrixFront takes a MatrixUnit and a StreamMatrix, not "
                             f"{tiles!r} and {streamed!r}")
-        for name in ("act_rd", "out_wr"):
+        shared = ("act_rd", "out_wr") + tuple(n for n in ("aux_rd",)
+                                             if n in streamed.signature.members)
+        for name in shared:
             a, b = tiles.signature.members[name], streamed.signature.members[name]
             if a != b:
                 raise ValueError(f"MatrixFront: the engines' {name} ports differ ({a} and {b})")
+        if "acc_rd" in streamed.signature.members and \
+                streamed.signature.members["acc_rd"].signature.flip().members != \
+                tiles.signature.members["acc_peek"].signature.members:
+            raise ValueError("MatrixFront: the streamed engine's acc_rd does not fit the tile "
+                             "engine's accumulator memory")
+        self._shared = shared
         self._tiles, self._streamed = tiles, streamed
-        members = dict(tiles.signature.members)
+        members = {n: v for n, v in tiles.signature.members.items() if n != "acc_peek"}
         members["wstream"] = In(stream.Signature(unsigned(streamed.geometry.word_bits))
                                 ).array(streamed.slices)
         members["starved"] = Out(1)
@@ -82,15 +92,25 @@ class MatrixFront(wiring.Component):
         with m.If(took):
             m.d.sync += sel.eq(is_stream)
         m.d.comb += sel_now.eq(Mux(took, is_stream, sel))
-        m.d.comb += [self.act_rd.addr.eq(Mux(sel_now, s.act_rd.addr, t.act_rd.addr)),
-                     self.act_rd.en.eq(Mux(sel_now, s.act_rd.en, t.act_rd.en)),
-                     t.act_rd.data.eq(self.act_rd.data), s.act_rd.data.eq(self.act_rd.data)]
-        for name in ("addr", "data", "en"):
-            m.d.comb += getattr(self.out_wr, name).eq(
-                Mux(sel_now, getattr(s.out_wr, name), getattr(t.out_wr, name)))
+        for name in self._shared:
+            port, tp, sp = getattr(self, name), getattr(t, name), getattr(s, name)
+            if name == "out_wr":
+                for field in ("addr", "data", "en"):
+                    m.d.comb += getattr(port, field).eq(
+                        Mux(sel_now, getattr(sp, field), getattr(tp, field)))
+            else:
+                m.d.comb += [port.addr.eq(Mux(sel_now, sp.addr, tp.addr)),
+                             port.en.eq(Mux(sel_now, sp.en, tp.en)),
+                             tp.data.eq(port.data), sp.data.eq(port.data)]
         for name in ("wgt_rd", "sb_rd", "aux_rd"):
-            if name in t.signature.members:
+            if name not in self._shared:
                 wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(t, name))
+        # The streamed engine continues the tile engine's accumulators (acc_init = 0),
+        # reading them only while it owns the shared ports.
+        peek = t.acc_peek
+        if "acc_rd" in s.signature.members:
+            m.d.comb += [peek.addr.eq(s.acc_rd.addr), peek.en.eq(s.acc_rd.en & sel_now),
+                         s.acc_rd.data.eq(peek.data)]
         for c in range(self._streamed.slices):
             wiring.connect(m, wiring.flipped(self.wstream[c]), s.words[c])
 

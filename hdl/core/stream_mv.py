@@ -41,11 +41,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
+from airfoil.formats import ACC_BITS
 from airfoil.packing import (BLOCK_CODE, GROUP_CODES, NM_PATTERNS, SCALE_K_SHAPE,
                              SCALE_M_BITS, StreamGeometry, beat_layout)
 from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
 
-from ..decode_unit.rescaler import GroupRescaler, Requantizer
+from ..decode_unit.rescaler import GroupRescaler, Requantizer, token_requant_params
 from ..decode_unit.unpacker import Unpacker
 from ..dsp_chain.sparse import SparseChain
 from ..streams import scale_layout
@@ -53,7 +54,7 @@ from .axi import axi4_signature
 from .axi_read import AxiReader
 from .fetch import ENTRY_LAYOUT
 from .load import unit_ports
-from .matrix import write_results
+from .matrix import acc_read_signature, write_results
 
 __all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
            "NM_NAMES"]
@@ -238,10 +239,23 @@ class StreamMatrix(wiring.Component):
     header (any slice's unpacker error) and a record whose group differs from the
     instruction's (the group code its beats carry) are MALFORMED; ``MM``, a weight
     format other than ``STREAM``, a group size not built, a record whose sparsity is not
-    built, ``tok_scale = 1``, a K-split (``acc_init = 0`` or ``final = 0``) and unaligned
-    ``abuf_addr`` (to a word) or ``obuf_addr`` (to the output size) are UNSUPPORTED;
-    activations or results beyond their buffer are BUFFER_RANGE; a record scale outside the
-    rescaler window (or not a positive finite FP16 value) is SCALE_RANGE.
+    built, ``final = 0`` (the unit leaves no accumulators behind), ``tok_scale = 1``
+    without an AUX port or with ``sbuf_addr`` not 8-byte aligned, ``acc_init = 0``
+    without an accumulator port or over more than ``acc_depth`` batches of ``chains``
+    rows, and unaligned ``abuf_addr`` (to a word) or ``obuf_addr`` (to the output size)
+    are UNSUPPORTED; activations, results or the scale pair beyond their buffer are
+    BUFFER_RANGE; a record scale outside the rescaler window (or not a positive finite
+    FP16 value), or a token scale ``sm`` outside ``0 .. 2**16 - 1``, is SCALE_RANGE.
+
+    ``tok_scale = 1`` requantizes with ``(M, S) = linear_out_params(sm, se, k0)``
+    (:mod:`airfoil.fixedpoint`) of the scale pair at ``sbuf_addr`` in AUX (read on
+    ``aux_rd`` once, before the run; :func:`~hdl.decode_unit.rescaler.
+    token_requant_params`), as the tile engine does. ``acc_init = 0`` continues the
+    accumulators another engine left (a bias tile's ``MV`` with ``final = 0``): row ``r``
+    starts from lane ``r % chains`` of accumulator batch ``r // chains``, read on
+    ``acc_rd`` once per batch of ``chains`` rows as the serializer reaches it. As every
+    accumulation wraps at :data:`~airfoil.formats.ACC_BITS` bits, adding the start value
+    after the groups gives the same sum as starting from it.
 
     Parameters
     ----------
@@ -267,17 +281,28 @@ class StreamMatrix(wiring.Component):
     slices : int
         Slices (weight streams); must divide ``chains``. The stream geometry's ``rows``
         is ``chains / slices``.
+    aux_bytes : int, optional
+        Size of the AUX buffer: builds ``aux_rd`` and ``tok_scale``.
+    acc_depth : int, optional
+        Batches of the accumulator memory the unit may read (the tile engine's,
+        :attr:`~hdl.core.matrix.MatrixUnit.acc_depth`): builds ``acc_rd`` and
+        ``acc_init = 0``.
 
     Members
     -------
     words : In(stream.Signature(unsigned(word_bits))).array(slices)
     starved : Out(1)
     starved_pc : Out(32)
+    aux_rd : In(memory.ReadPort.Signature(...))
+        AUX words (with ``aux_bytes``).
+    acc_rd : In(acc_read_signature(...))
+        Batches of ``chains`` accumulators (with ``acc_depth``).
     """
 
     def __init__(self, *, chains: int, lanes: int, word_bits: int, act_bytes: int,
                  out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
-                 formats=None, scale_depth: int = 16, slices: int = 1):
+                 formats=None, scale_depth: int = 16, slices: int = 1,
+                 aux_bytes: int | None = None, acc_depth: int | None = None):
         self._MustUse__silence = True       # until validated: a refused unit is not unused
         _pos_int("Chain count", chains)
         _pos_int("Lane count", lanes, 2)
@@ -310,7 +335,7 @@ class StreamMatrix(wiring.Component):
         self._formats = None if formats is None else tuple(formats)
         self._scale_depth = _pos_int("Scale queue depth", scale_depth, 2)
         wb = word_bits // 8
-        super().__init__({
+        members = {
             **unit_ports(),
             "words": In(stream.Signature(unsigned(word_bits))).array(slices),
             "starved": Out(1), "starved_pc": Out(32),
@@ -318,7 +343,18 @@ class StreamMatrix(wiring.Component):
                                                    shape=word_bits)),
             "out_wr": In(memory.WritePort.Signature(addr_width=ceil_log2(out_bytes // wb),
                                                     shape=word_bits, granularity=8)),
-        })
+        }
+        if aux_bytes is not None:
+            if not isinstance(aux_bytes, int) or aux_bytes < 2 * wb or aux_bytes & (aux_bytes - 1):
+                raise ValueError(f"AUX buffer size must be a power of two of at least two "
+                                 f"words, not {aux_bytes!r}")
+            members["aux_rd"] = In(memory.ReadPort.Signature(
+                addr_width=ceil_log2(aux_bytes // wb), shape=word_bits))
+        if acc_depth is not None:
+            _pos_int("Accumulator depth", acc_depth, 2)
+            members["acc_rd"] = In(acc_read_signature(acc_depth, chains))
+        self._aux_bytes, self._acc_depth = aux_bytes, acc_depth
+        super().__init__(members)
         self._MustUse__silence = False
 
     @staticmethod
@@ -435,19 +471,25 @@ class StreamMatrix(wiring.Component):
                   (wfmt > isa.WeightFormat.STREAM.value) | f.bias | (rows == 0) |
                   (group == 0) | ~group_pow2 | k_bad):
             m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
+        has_aux, has_acc = self._aux_bytes is not None, self._acc_depth is not None
         with m.Elif((opcode != isa.Opcode.MV.value) |
-                    (wfmt != isa.WeightFormat.STREAM.value) | ~group_known | f.tok_scale |
-                    ~f.acc_init | ~f.final):
+                    (wfmt != isa.WeightFormat.STREAM.value) | ~group_known | ~f.final |
+                    (f.tok_scale if not has_aux else 0) | (~f.acc_init if not has_acc else 0)):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
         with m.Elif((f.abuf_addr + k > self._act_bytes) |
-                    (f.obuf_addr + (rows << lg_ob) > self._out_bytes)):
+                    (f.obuf_addr + (rows << lg_ob) > self._out_bytes) |
+                    ((f.tok_scale & (f.sbuf_addr + 8 > self._aux_bytes)) if has_aux else 0)):
             m.d.comb += code.eq(isa.ErrorCode.BUFFER_RANGE)
         with m.Elif((f.abuf_addr[:lgw] != 0) |
-                    ((f.obuf_addr & ((Const(1, 3) << lg_ob) - 1)) != 0)):
+                    ((f.obuf_addr & ((Const(1, 3) << lg_ob) - 1)) != 0) |
+                    ((f.tok_scale & (f.sbuf_addr[:3] != 0)) if has_aux else 0) |
+                    ((~f.acc_init & ((rows + (C - 1)) // C > self._acc_depth))
+                     if has_acc else 0)):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
 
         # -- control -----------------------------------------------------------------------
         start = Signal()
+        req_m, req_s = Signal.like(f.req_m), Signal.like(f.req_s)     # the token's (M, S)
         failed = Signal()
         w_done = Signal()
         fail_now = Signal()
@@ -462,6 +504,11 @@ class StreamMatrix(wiring.Component):
             with m.Elif(resc_error):
                 m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
                              self.err_pc.eq(index)]
+        if has_aux:
+            # The token's (M, S), from the scale pair read in CHECK (used in TOKEN).
+            pair = (self.aux_rd.data.word_select(f.sbuf_addr[3:lgw], 64) if lgw > 3
+                    else self.aux_rd.data[:64])
+            tok_m, tok_s, tok_bad = token_requant_params(m, pair, f.k0)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]
@@ -473,9 +520,23 @@ class StreamMatrix(wiring.Component):
                 with m.If(code != isa.ErrorCode.NONE):
                     m.d.comb += [fail_now.eq(1), fail_code.eq(code)]
                     m.next = "IDLE"
+                if has_aux:
+                    with m.Elif(f.tok_scale):
+                        m.d.comb += [self.aux_rd.en.eq(1),
+                                     self.aux_rd.addr.eq(f.sbuf_addr >> lgw)]
+                        m.next = "TOKEN"
                 with m.Else():
                     m.d.comb += start.eq(1)
                     m.next = "RUN"
+            if has_aux:
+                with m.State("TOKEN"):
+                    with m.If(tok_bad):
+                        m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.SCALE_RANGE)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [req_m.eq(tok_m), req_s.eq(tok_s)]
+                        m.d.comb += start.eq(1)
+                        m.next = "RUN"
             with m.State("RUN"):
                 with m.If(failed):
                     m.next = "IDLE"
@@ -486,7 +547,8 @@ class StreamMatrix(wiring.Component):
                 with m.If(self.rel.ready):
                     m.next = "IDLE"
 
-        m.d.comb += [req.mult.eq(f.req_m), req.shift.eq(f.req_s), req.out_fmt.eq(f.out_fmt)]
+        m.d.comb += [req.mult.eq(Mux(f.tok_scale, req_m, f.req_m)),
+                     req.shift.eq(Mux(f.tok_scale, req_s, f.req_s)), req.out_fmt.eq(f.out_fmt)]
         for sl in slc:
             resc = sl["resc"]
             m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq(0), resc.init.valid.eq(0)]
@@ -670,9 +732,22 @@ class StreamMatrix(wiring.Component):
         with m.If(take):
             m.d.sync += [held.eq(take_data), w_busy.eq(1), w_c.eq(0)]
         row = w_row + w_c
+        acc = held[w_c] if Cs > 1 else held[0]
+        if has_acc:
+            # acc_init = 0: the start value of each row, from the accumulator batch of its
+            # ``chains`` rows. The read is held on that batch, so its data is there from
+            # the cycle after the address moves on (before the batch's first row leaves).
+            w_batch = Signal(range(self._acc_depth + 1))
+            init = self.acc_rd.data.word_select(w_sl * Cs + w_c, ACC_BITS).as_signed()
+            m.d.comb += [self.acc_rd.addr.eq(w_batch), self.acc_rd.en.eq(~f.acc_init)]
+            with m.If(start):
+                m.d.sync += w_batch.eq(0)
+            with m.If(w_busy & (w_c == Cs - 1) & (w_sl == S - 1)):
+                m.d.sync += w_batch.eq(w_batch + 1)
+            acc = Mux(f.acc_init, acc, (acc + init)[:ACC_BITS].as_signed())
         m.d.comb += [
             req.inp.valid.eq(w_busy & (row < rows)),
-            req.inp.payload.acc.eq(held[w_c] if Cs > 1 else held[0]),
+            req.inp.payload.acc.eq(acc),
             req.inp.payload.tag.eq(f.obuf_addr + (row << lg_ob)),
         ]
         with m.If(w_busy):

@@ -163,7 +163,8 @@ class Engine(wiring.Component):
         if cfg.decode_unit:
             # Streamed weights (LD WSTREAM, MV STREAM) through the unpacker and the sparse
             # chains, beside the WGT-tile engine.
-            matrix = MatrixFront(tiles=matrix, streamed=StreamMatrix.from_config(cfg))
+            matrix = MatrixFront(tiles=matrix, streamed=StreamMatrix.from_config(
+                cfg, aux_bytes=geo.aux_bytes, acc_depth=matrix.acc_depth))
         mports = matrix.signature.members
         nch = mc.channels
         ports = [getattr(self, f"data{c}") for c in range(nch)]

@@ -8,17 +8,47 @@ accumulator per chain (starting from the bias), the requantizer computes
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from airfoil.formats import ACC_BITS, REQ_M_BITS, SCALE_SHIFT_MAX
+from airfoil.fixedpoint import ACT_FRAC
+from airfoil.formats import ACC_BITS, REQ_M_BITS, REQ_S_MAX, SCALE_SHIFT_MAX
 from airfoil.isa import OutFormat
 
 from ..streams import init_layout, psum_bits, psum_layout, scale_layout
 
 __all__ = ["GroupRescaler", "Requantizer", "acc_layout", "requant_in_layout",
-           "requant_out_layout"]
+           "requant_out_layout", "token_requant_params"]
+
+
+def token_requant_params(m: Module, pair, k0, *, name: str = "tok"):
+    """Per-token requantization ``(M, S)`` of a scale pair, in hardware: what
+    :func:`airfoil.fixedpoint.linear_out_params` computes.
+
+    ``pair`` is the 64-bit pair as it sits in AUX (``sm`` in bits 0..31, ``se`` in 32..63,
+    both signed), ``k0`` the instruction's accumulator exponent. Returns combinational
+    ``(M, S, bad)``: ``bad`` when ``sm`` is not in ``0 .. 2**REQ_M_BITS - 1`` (a
+    SCALE_RANGE error).
+    """
+    sm = pair[:32].as_signed()
+    se = pair[32:64].as_signed()
+    s_full = Signal(signed(36), name=f"{name}_s_full")
+    e_big = Signal(range(18), name=f"{name}_e_big")
+    tok_m = Signal(REQ_M_BITS, name=f"{name}_m")
+    tok_s = Signal(7, name=f"{name}_s")
+    bad = Signal(name=f"{name}_bad")
+    m.d.comb += [s_full.eq(se - k0 - ACT_FRAC), bad.eq((sm < 0) | (sm >= (1 << REQ_M_BITS)))]
+    with m.If(s_full < 0):
+        m.d.comb += [tok_m.eq((1 << REQ_M_BITS) - 1), tok_s.eq(0)]
+    with m.Elif(s_full > REQ_S_MAX):
+        # M rounded down by the excess, half up; beyond 17 bits a 16-bit M is 0.
+        m.d.comb += [e_big.eq(Mux(s_full - REQ_S_MAX > 17, 17, s_full - REQ_S_MAX)),
+                     tok_m.eq((sm[:REQ_M_BITS] + (Const(1, 18) << (e_big - 1)[:5])) >> e_big),
+                     tok_s.eq(REQ_S_MAX)]
+    with m.Else():
+        m.d.comb += [tok_m.eq(sm[:REQ_M_BITS]), tok_s.eq(s_full)]
+    return tok_m, tok_s, bad
 
 
 def acc_layout(chains: int) -> data.ArrayLayout:
