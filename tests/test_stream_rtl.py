@@ -274,6 +274,9 @@ def _cases(geom, seed, *, big=False):
     FP4/FP3 variants, with N:M patterns) drawn per record, and odd row counts."""
     rows = 2 * geom.rows + 1                       # rows % chains != 0
     k = 256 if big else 128
+    # The smallest group every pattern fits: a 512-bit word's group spans whole words and
+    # keeps a multiple of 32 lanes at 1:4.
+    small = 32 if geom.word_bits <= 256 else 128
     cases = []
     for fmt in ("int4", "int8"):
         for sp in NMS:
@@ -282,17 +285,17 @@ def _cases(geom, seed, *, big=False):
     for fmt in ("int2", "int3", "ovp"):
         cases.append(make_case(geom, name=f"{fmt}-dense", rows=rows, k=k, group=64, fmt=fmt,
                                seed=seed * 100 + len(cases)))
-    cases.append(make_case(geom, name="mixed", rows=3 * geom.rows - 1, k=2 * k, group=32,
+    cases.append(make_case(geom, name="mixed", rows=3 * geom.rows - 1, k=2 * k, group=small,
                            fmt=["int2", "int3", "int4", "int8", "ovp"], sparsity=NMS,
                            seed=seed * 100 + len(cases), out_fmt="INT16", abuf_addr=64,
                            obuf_addr=16))
-    cases.append(make_case(geom, name="bitmod", rows=3 * geom.rows + 1, k=k, group=32,
+    cases.append(make_case(geom, name="bitmod", rows=3 * geom.rows + 1, k=k, group=small,
                            fmt=BITMOD_NAMES, sparsity=NMS, seed=seed * 100 + len(cases),
                            out_fmt="INT16"))
     cases.append(make_case(geom, name="int4-rows1", rows=1, k=k, group=64, fmt="int4",
                            sparsity="2:4", seed=seed * 100 + len(cases), out_fmt="INT32"))
     # Two MVs consuming one stream: the first read carries both tensors' records.
-    a = make_case(geom, name="stream-a", rows=rows, k=k, group=32, fmt=["int2", "int8"],
+    a = make_case(geom, name="stream-a", rows=rows, k=k, group=small, fmt=["int2", "int8"],
                   sparsity=["dense", "2:4"], seed=seed * 100 + len(cases))
     b = make_case(geom, name="stream-b", rows=geom.rows, k=k // 2, group=64,
                   fmt=["int3", "ovp"], seed=seed * 100 + len(cases) + 1, out_fmt="INT16")
