@@ -137,6 +137,7 @@ def test_streamed_layer_with_token_scale_matches_isa(tmp_path):
     requantizes with it as the ISA simulator does; a pair whose ``sm`` does not fit 16
     bits stops the core with SCALE_RANGE at that MV."""
     from airfoil.cli.backend_rtl import channel_offsets, emit_core
+    from airfoil.errors import ProgramError
     from airfoil.isa import Buffer, ErrorCode, Opcode, decode, encode
     from airfoil.program import Program
     from sim.isa_sim import IsaSim
@@ -151,32 +152,33 @@ def test_streamed_layer_with_token_scale_matches_isa(tmp_path):
     nbytes = folder.n * folder.out_bits // 8
     base = bytes(folder.image_with_input())
     pair_at = (len(base) + 63) // 64 * 64
+    # The program: the pair's word loaded into AUX first, the MV requantizing with it.
+    prog = list(words)
+    f = dict(ins[mv].fields, tok_scale=1, sbuf_addr=8)
+    prog[mv] = encode(Opcode.MV, ins[mv].wait, ins[mv].release, **f)
+    prog.insert(0, encode(Opcode.LD, (), (), buf=Buffer.AUX, buf_addr=0, dram_addr=pair_at,
+                          nbytes=16, count=1, dram_stride=16, channel=0))
+    offsets = channel_offsets(folder.manifest, CFG)
+    pairs = [(40_000, 3), (123, -20), (1 << 16, 0)]
     cases, wants = [], []
-    for j, (sm, se) in enumerate([(40_000, 3), (123, -20), (1 << 16, 0)]):
+    for j, (sm, se) in enumerate(pairs):
         # The pair in the second half of a word (sbuf_addr = 8 selects it).
-        pair = bytes(8) + np.array([sm, se], dtype="<i4").tobytes()
-        image = bytearray(base + bytes(pair_at - len(base)) + pair)
-        prog = list(words)
-        ld = encode(Opcode.LD, (), (), buf=Buffer.AUX, buf_addr=0, dram_addr=pair_at,
-                    nbytes=16, count=1, dram_stride=16, channel=0)
-        f = dict(ins[mv].fields, tok_scale=1, sbuf_addr=8)
-        prog[mv] = encode(Opcode.MV, ins[mv].wait, ins[mv].release, **f)
-        prog.insert(0, ld)
-        offsets = channel_offsets(folder.manifest, CFG)
-        sim = IsaSim(CFG, image, offsets)
+        image = base + bytes(pair_at - len(base)) + bytes(8) + \
+            np.array([sm, se], dtype="<i4").tobytes()
+        mem = bytearray(image)
         try:
-            sim.run(prog)
-            wants.append(bytes(image[out["addr"]:out["addr"] + nbytes]))
-        except Exception as e:        # the ISA simulator's verdict: a ProgramError
+            IsaSim(CFG, mem, offsets).run(prog)
+            wants.append(bytes(mem[out["addr"]:out["addr"] + nbytes]))
+        except ProgramError as e:     # the ISA simulator's verdict
             wants.append(e)
         cases.append(RtlCase(program=Program(prog, CFG.config_hash_bytes).to_bytes(),
-                             image=bytes(base + bytes(pair_at - len(base)) + pair),
-                             seed=j, stall=0.2, read_back={"out": (out["addr"], nbytes)},
+                             image=image, seed=j, stall=0.2,
+                             read_back={"out": (out["addr"], nbytes)},
                              max_cycles=100_000, channel_offsets=offsets))
     core = emit_core(CFG, "build")
     res = run_core(verilog=core["sources"], meta=core["meta"], config=CFG, cases=cases,
                    build_root="build/sim", work_dir=tmp_path / "run")
-    for (sm, se), want, r in zip([(40_000, 3), (123, -20), (1 << 16, 0)], wants, res):
+    for (sm, se), want, r in zip(pairs, wants, res):
         if isinstance(want, Exception):
             assert r["error"] and ErrorCode(r["err_code"]) == want.code == \
                 ErrorCode.SCALE_RANGE and r["err_pc"] == want.index == mv + 1, (sm, r)

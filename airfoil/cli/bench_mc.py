@@ -8,14 +8,15 @@ enough for the whole layer. The program is the compiler's: ``LD ACT``, then for 
 tile (the planner makes at least :data:`compiler.linear.MIN_TILES`) one ``LD WSTREAM``
 per channel and one ``MV``, and the ``ST`` of the results. The layer is ``4096 x 4096``
 INT4 with group 128 and no bias, compiled by :func:`compiler.linear.compile_linear` (row
-batch ``b`` of 4 rows on channel ``b % c``); each run's result is checked bit-exactly against the golden and the
-ISA simulator before a figure is reported; the memory model adds no random stalls.
+batch ``b`` of 4 rows on channel ``b % c``); each run's result is checked bit-exactly
+against the golden and the ISA simulator before a figure is reported; the memory model
+adds no random stalls.
 
 * ``mc_weight_bandwidth_utilization_<c>ch``: bytes of weight records (headers, FP16
   scales, values; the manifest's ``stream_bits``, no word padding) / (the cycles from each
   ``MV``'s start to its release, summed by the core's ``BUSY_MATRIX`` counter, x the
-  config's bytes per cycle per channel, :attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`,
-  x ``c``). Goal >= 0.95.
+  config's bytes per cycle per channel,
+  :attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`, x ``c``). Goal >= 0.95.
 * ``mc_gemv_speedup_<c>ch``: the core's cycle counter for the whole program on 1 channel /
   on ``c`` channels. Goal >= 0.95 ``c``.
 * ``mc_isa_cycle_model_error``: the largest relative error, over those runs, of the ISA

@@ -150,7 +150,7 @@ class MatrixUnit(wiring.Component):
         OUT words: results.
     aux_rd : In(memory.ReadPort.Signature(...))
         AUX words: per-vector scale pairs (``tok_scale``).
-    acc_peek : Out(memory.ReadPort.Signature(...))
+    acc_peek : Out(acc_read_signature(acc_depth, chains))
         Reads of the accumulator memory by another engine (a batch of ``chains``
         accumulators per word), served while this unit does not read it (it reads only
         while running): how a streamed ``MV`` continues what a bias tile's ``MV`` left.
@@ -536,11 +536,8 @@ class MatrixUnit(wiring.Component):
         ms_vec = Signal(32)
         ms_ptr = Signal(25)
         ms_ph = Signal()
-        pair = Signal(64)
-        m.d.comb += [self.aux_rd.addr.eq(ms_ptr >> lgw),
-                     pair.eq(self.aux_rd.data.word_select(ms_ptr[3:lgw], 64)
-                             if lgw > 3 else self.aux_rd.data[:64])]
-        tok_m, tok_s, tok_bad = token_requant_params(m, pair, f.k0)
+        m.d.comb += self.aux_rd.addr.eq(ms_ptr >> lgw)
+        tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, ms_ptr, f.k0)
         ms_push = Signal()
         with m.If(start):
             m.d.sync += [ms_active.eq(f.final), ms_vec.eq(0), ms_ptr.eq(f.sbuf_addr),

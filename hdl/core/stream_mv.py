@@ -506,9 +506,8 @@ class StreamMatrix(wiring.Component):
                              self.err_pc.eq(index)]
         if has_aux:
             # The token's (M, S), from the scale pair read in CHECK (used in TOKEN).
-            pair = (self.aux_rd.data.word_select(f.sbuf_addr[3:lgw], 64) if lgw > 3
-                    else self.aux_rd.data[:64])
-            tok_m, tok_s, tok_bad = token_requant_params(m, pair, f.k0)
+            tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, f.sbuf_addr,
+                                                         f.k0)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]

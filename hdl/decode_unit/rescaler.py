@@ -22,15 +22,17 @@ __all__ = ["GroupRescaler", "Requantizer", "acc_layout", "requant_in_layout",
            "requant_out_layout", "token_requant_params"]
 
 
-def token_requant_params(m: Module, pair, k0, *, name: str = "tok"):
+def token_requant_params(m: Module, word, addr, k0, *, name: str = "tok"):
     """Per-token requantization ``(M, S)`` of a scale pair, in hardware: what
     :func:`airfoil.fixedpoint.linear_out_params` computes.
 
-    ``pair`` is the 64-bit pair as it sits in AUX (``sm`` in bits 0..31, ``se`` in 32..63,
-    both signed), ``k0`` the instruction's accumulator exponent. Returns combinational
-    ``(M, S, bad)``: ``bad`` when ``sm`` is not in ``0 .. 2**REQ_M_BITS - 1`` (a
-    SCALE_RANGE error).
+    ``word`` is the AUX word that holds the pair and ``addr`` the pair's byte address (its
+    low bits pick the pair in the word): ``sm`` then ``se``, 32 bits each, signed. ``k0``
+    is the instruction's accumulator exponent. Returns combinational ``(M, S, bad)``:
+    ``bad`` when ``sm`` is not in ``0 .. 2**REQ_M_BITS - 1`` (a SCALE_RANGE error).
     """
+    lgw = (len(word) // 8 - 1).bit_length()
+    pair = word.word_select(addr[3:lgw], 64) if lgw > 3 else word[:64]
     sm = pair[:32].as_signed()
     se = pair[32:64].as_signed()
     s_full = Signal(signed(36), name=f"{name}_s_full")
