@@ -5,8 +5,12 @@ core's instruction port and one data port per memory channel, each its own
 :class:`ReadPortModel` and :class:`WritePortModel`). Every port honours the
 configuration's memory timing: a read burst's first beat comes ``latency`` cycles (the
 read latency of the port's channel) after its address handshake, at most
-``outstanding`` read bursts are accepted and not yet answered, and a write's response
-comes ``write_latency`` cycles after its last data beat. With ``stall`` > 0 every
+``outstanding`` read bursts are accepted and not yet answered, a data port's read beats
+come at most at the channel's rate (``rate`` bytes per cycle on average: a beat of ``w``
+bytes is offered when the channel has earned ``w`` bytes; while no beat is offered at most
+one beat's worth stays earned, and no rate is earned while an offered beat waits for the
+design: bandwidth unused is lost, as a DRAM channel's is), and a
+write's response comes ``write_latency`` cycles after its last data beat. With ``stall`` > 0 every
 channel's ready/valid that the model drives is withheld at random (seeded, so a run is
 reproducible), like cocotbext-axi's pause generators; each port draws them from the
 generator it is given (the core's testbench gives every memory channel one of its own).
@@ -60,8 +64,12 @@ class ReadPortModel:
     """The AR and R channels of one port (signals ``<prefix>__ar*``, ``<prefix>__r*``)."""
 
     def __init__(self, dut, prefix: str, mem: AxiMemory, *, word_bytes: int,
-                 latency: int, outstanding: int, rng: random.Random, stall: float):
+                 latency: int, outstanding: int, rng: random.Random, stall: float,
+                 rate: float | None = None):
         s = lambda n: getattr(dut, f"{prefix}__{n}")
+        # Bytes the channel may still deliver (None: one beat every cycle).
+        self.rate = rate if rate is not None and rate < word_bytes else None
+        self.credit = float(word_bytes)
         self.arvalid, self.arready, self.araddr, self.arlen = (
             s("arvalid"), s("arready"), s("araddr"), s("arlen"))
         self.rvalid, self.rready, self.rdata, self.rlast, self.rresp = (
@@ -98,8 +106,13 @@ class ReadPortModel:
         self.ar_on = (len(self.bursts) < self.outstanding and
                       not (self.stall and self.rng.random() < self.stall))
         self.arready.value = int(self.ar_on)
+        if self.rate is not None and not self.r_on:
+            self.credit += self.rate
         if not self.r_on and self.bursts and self.bursts[0][2] <= cycle and \
+                (self.rate is None or self.credit >= self.wb) and \
                 not (self.stall and self.rng.random() < self.stall):
+            if self.rate is not None:
+                self.credit -= self.wb
             addr, n, _, i = self.bursts[0]
             a = addr + i * self.wb
             if a + self.wb <= len(self.mem.data):
@@ -110,6 +123,9 @@ class ReadPortModel:
             self.rlast.value = int(i == n - 1)
             self.rresp.value = resp
             self.r_on = True
+        if self.rate is not None and not self.r_on:
+            # Nothing offered this cycle: at most one beat's worth stays earned.
+            self.credit = min(self.credit, float(self.wb))
         self.rvalid.value = int(self.r_on)
 
 

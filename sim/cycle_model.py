@@ -323,6 +323,9 @@ class CycleModel:
 UNPACK_LATENCY = 4
 #: Fill latency of a streamed MV/MM: the unpacker plus the matrix pipeline.
 STREAM_LATENCY = UNPACK_LATENCY + MATRIX_LATENCY
+#: Cycles a streamed MV with per-token scales (``tok_scale``) adds before it starts: the
+#: read of its scale pair from AUX.
+TOKEN_SCALE_CYCLES = 1
 
 
 def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
@@ -344,7 +347,8 @@ def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
     return max(words, m * ksteps)
 
 
-def stream_matrix_cost(slices, m: int = 1, rate: float = 1.0) -> Cost:
+def stream_matrix_cost(slices, m: int = 1, rate: float = 1.0, *,
+                       token_scale: bool = False) -> Cost:
     """Cost of an MV/MM on streamed weights: the slowest slice's
     :func:`stream_matrix_work` plus :data:`STREAM_LATENCY` (busy and latency alike, as
     :meth:`CycleModel.matrix`).
@@ -354,7 +358,8 @@ def stream_matrix_cost(slices, m: int = 1, rate: float = 1.0) -> Cost:
     instruction lasts as long as its slowest slice. ``rate`` is the words per cycle a
     channel delivers (below 1 when its bandwidth is below the port's,
     :meth:`CycleModel.words_per_cycle`): a slice's words then take ``words / rate``
-    cycles.
+    cycles. ``token_scale`` adds :data:`TOKEN_SCALE_CYCLES`.
     """
     work = max(stream_matrix_work(math.ceil(w / rate), s, m) for w, s in slices)
+    work += TOKEN_SCALE_CYCLES if token_scale else 0
     return Cost(busy=work + STREAM_LATENCY, latency=work + STREAM_LATENCY)

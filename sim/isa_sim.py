@@ -736,7 +736,8 @@ class IsaSim:
                 else:
                     m = self._matrix(idx, ins)
                     if ins.wfmt == WeightFormat.STREAM:
-                        cost = stream_matrix_cost(self._stream_cost, m, self._stream_rate)
+                        cost = stream_matrix_cost(self._stream_cost, m, self._stream_rate,
+                                                  token_scale=bool(ins.tok_scale))
                     else:
                         cost = self.model.matrix(
                             ins.rows, ins.k, m, wfmt=ins.wfmt, final=bool(ins.final),

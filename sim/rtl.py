@@ -122,7 +122,8 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     job = {"memory": {"word_bytes": mc.word_bytes, "instr_bytes": mc.instr_bits // 8,
                       "read_latency": mc.read_latency,
                       "channel_latency": [mc.latency_of(c) for c in range(nch)],
-                      "outstanding": mc.outstanding, "write_latency": mc.write_latency},
+                      "outstanding": mc.outstanding, "write_latency": mc.write_latency,
+                      "channel_bytes_per_cycle": config.channel_bytes_per_cycle},
            "runs": runs}
     job_file = tmp / "job.json"
     job_file.write_text(json.dumps(job))

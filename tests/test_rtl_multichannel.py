@@ -394,3 +394,34 @@ def test_streamed_layer_on_two_channels(tmp_path):
     got, stats = run_rtl(tmp_path / "s", cfg, seed=4, stalls=True)
     assert torch.equal(got, want)
     assert all(b > 0 for b in stats["read_beats_per_channel"]), stats
+
+
+def test_channel_bandwidth_paces_the_reads(runs, tmp_path):
+    """With ``channel_gbps`` at half a port's rate the memory model offers each channel's
+    read beats at half the rate: the load-bound program on two channels takes about twice
+    the cycles of the full-rate run, and the ISA simulator's count follows it."""
+    from sim.isa_sim import IsaSim
+    from sim.rtl import RtlCase, run_core
+    cfg, core, res, _ = runs(2)
+    wb = cfg.memory.word_bytes
+    half = dataclasses.replace(cfg, memory=dataclasses.replace(
+        cfg.memory, channel_gbps=wb / 2 * cfg.clock_mhz / 1e3))
+    assert half.channel_bytes_per_cycle == wb / 2
+    prog = _load_bound(half, True)
+    image = bytes(cfg.buffers.act_bytes)
+    case = RtlCase(program=Program(prog, half.config_hash_bytes).to_bytes(), image=image,
+                   stall=0.0, max_cycles=400_000, poll=16)
+    r, = run_core(verilog=core["sources"], meta=core["meta"], config=half, cases=[case],
+                  build_root="build/sim", work_dir=tmp_path / "run")
+    full = res[("load_bound", True)]
+    assert r["done"] and not r["error"], ErrorCode(r["err_code"]).name
+    assert r["read_beats"] == full["read_beats"]
+    assert r["read_beats_per_channel"] == full["read_beats_per_channel"]
+    # Each channel's beats at most every other cycle: twice the full-rate time, less the
+    # program's fixed overhead.
+    per_channel = max(r["read_beats_per_channel"])
+    assert r["cycles"] >= 2 * per_channel
+    assert 1.7 * full["cycles"] < r["cycles"] < 2.2 * full["cycles"], (full["cycles"],
+                                                                      r["cycles"])
+    isa = IsaSim(half, bytearray(image)).run(prog)["cycles"]
+    assert abs(isa - r["cycles"]) <= 0.05 * r["cycles"], (isa, r["cycles"])
