@@ -85,6 +85,10 @@ class MemoryConfig:
     channel_latency : tuple of int
         Read latency of each channel, overriding ``read_latency`` (empty: every channel has
         ``read_latency``); the memory model of every backend honours it per channel.
+    channel_outstanding : tuple of int
+        Read bursts in flight on each channel's port, overriding ``outstanding`` (empty:
+        every port has ``outstanding``; the instruction port always has it); the core's
+        readers and the memory model of every backend honour it per channel.
 
     Addressing: every channel has a base address of its own (``DATA_BASE`` registers of
     :mod:`airfoil.csr`, one pair per channel); an ``LD``/``ST`` on channel ``c`` reaches
@@ -101,6 +105,7 @@ class MemoryConfig:
     channel_bytes: int = 1 << 28
     channel_gbps: float = 0.0
     channel_latency: tuple = ()
+    channel_outstanding: tuple = ()
 
     def validate(self, where: str) -> None:
         if not 1 <= self.channels <= 64:
@@ -132,10 +137,28 @@ class MemoryConfig:
             if isinstance(lat, bool) or not isinstance(lat, int) or not 1 <= lat <= 1024:
                 raise ConfigError(f"{where}memory.channel_latency entries must be 1..1024 "
                                   f"cycles, not {lat!r}")
+        if self.channel_outstanding and len(self.channel_outstanding) != self.channels:
+            raise ConfigError(f"{where}memory.channel_outstanding must list one count per "
+                              f"channel ({self.channels}), not {len(self.channel_outstanding)}")
+        for n in self.channel_outstanding:
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+                raise ConfigError(f"{where}memory.channel_outstanding entries must be 1..64, "
+                                  f"not {n!r}")
 
     def latency_of(self, channel: int) -> int:
         """Read latency of ``channel`` in cycles."""
         return self.channel_latency[channel] if self.channel_latency else self.read_latency
+
+    def outstanding_of(self, channel: int) -> int:
+        """Read bursts ``channel``'s port may have in flight."""
+        return (self.channel_outstanding[channel] if self.channel_outstanding
+                else self.outstanding)
+
+    def uniform(self, channels: int | None = None) -> "MemoryConfig":
+        """This memory with ``channels`` channels (default: as many), every one with
+        ``read_latency`` and ``outstanding``."""
+        return dataclasses.replace(self, channels=channels or self.channels,
+                                   channel_latency=(), channel_outstanding=())
 
     @property
     def word_bytes(self) -> int:

@@ -271,7 +271,7 @@ def channel_config(config, channels: int):
     chains = config.slice_chains * channels if config.decode_unit else config.chains
     return dataclasses.replace(
         config, chains=chains,
-        memory=dataclasses.replace(config.memory, channels=channels, channel_latency=()))
+        memory=config.memory.uniform(channels))
 
 
 def core_method(config) -> str:

@@ -192,23 +192,26 @@ class CycleModel:
     def config(self) -> AccelConfig:
         return self._config
 
-    def words_per_cycle(self, latency: int) -> float:
+    def words_per_cycle(self, latency: int, outstanding: int | None = None) -> float:
         """Sustained words per cycle of one channel whose requests see ``latency``: at most
         one, at most the channel's bandwidth (:attr:`~airfoil.config.AccelConfig.
-        channel_bytes_per_cycle`), and no more than ``outstanding`` bursts of ``max_burst``
-        beats cover in the latency."""
+        channel_bytes_per_cycle`), and no more than ``outstanding`` (default: the config's)
+        bursts of ``max_burst`` beats cover in the latency."""
         mem = self._config.memory
+        outstanding = outstanding or mem.outstanding
         return min(1.0, self._config.channel_bytes_per_cycle / mem.word_bytes,
-                   mem.outstanding * mem.max_burst / (latency + mem.max_burst))
+                   outstanding * mem.max_burst / (latency + mem.max_burst))
 
-    def _beat_cycles(self, nbytes: int, latency: int) -> int:
+    def _beat_cycles(self, nbytes: int, channel: int) -> int:
+        mem = self._config.memory
         beats = -(-nbytes // self._config.word_bytes)
-        return max(1, math.ceil(beats / self.words_per_cycle(latency)))
+        rate = self.words_per_cycle(mem.latency_of(channel), mem.outstanding_of(channel))
+        return max(1, math.ceil(beats / rate))
 
     def load(self, nbytes: int, channel: int = 0) -> Cost:
         """Cost of reading ``nbytes`` from memory on ``channel`` (``LD``)."""
         lat = self._config.memory.latency_of(channel)
-        beats = self._beat_cycles(nbytes, lat)
+        beats = self._beat_cycles(nbytes, channel)
         return Cost(busy=beats + LD_RECORD_GAP,
                     latency=LD_ISSUE_CYCLES + lat + beats + RELEASE_CYCLES + TOKEN_HANDOFF)
 

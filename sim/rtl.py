@@ -7,7 +7,9 @@ core's status, its cycle counter and the memory regions asked for.
 
 Memory channels: the core has one data port per channel of its config; the memory model
 holds one flat image and serves every port from it, each with its channel's read latency
-(:meth:`airfoil.config.MemoryConfig.latency_of`) and random stalls of its own. Channel
+and outstanding reads (:meth:`airfoil.config.MemoryConfig.latency_of`, ``outstanding_of``),
+its bandwidth (:attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`) and random
+stalls of its own. Channel
 ``c``'s data base is the image's address plus ``channel_offsets[c]`` of the case (where
 that channel's memory starts in the image, as a folder's manifest says; by default every
 channel sees the whole image).
@@ -122,6 +124,7 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     job = {"memory": {"word_bytes": mc.word_bytes, "instr_bytes": mc.instr_bits // 8,
                       "read_latency": mc.read_latency,
                       "channel_latency": [mc.latency_of(c) for c in range(nch)],
+                      "channel_outstanding": [mc.outstanding_of(c) for c in range(nch)],
                       "outstanding": mc.outstanding, "write_latency": mc.write_latency,
                       "channel_bytes_per_cycle": config.channel_bytes_per_cycle},
            "runs": runs}

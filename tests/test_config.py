@@ -30,16 +30,24 @@ def test_builtin_configs_load():
 
 
 def test_memory_parallel_fields(base, tmp_path):
-    """Per-channel latency and bandwidth, slices of the decode unit, refused values."""
+    """Per-channel latency, outstanding reads and bandwidth, slices of the decode unit,
+    refused values."""
     base["memory"]["channels"] = 2
     base["memory"]["channel_latency"] = [10, 30]
+    base["memory"]["channel_outstanding"] = [2, 8]
     base["memory"]["channel_gbps"] = 1.6
     c = load_config(_write(tmp_path, base))
     assert [c.memory.latency_of(i) for i in range(2)] == [10, 30]
+    assert [c.memory.outstanding_of(i) for i in range(2)] == [2, 8]
+    u = c.memory.uniform(3)
+    assert (u.channels, u.latency_of(2), u.outstanding_of(2)) == (
+        3, c.memory.read_latency, c.memory.outstanding)
     assert c.channel_bytes_per_cycle == pytest.approx(1.6e9 / (c.clock_mhz * 1e6))
     for key, value, msg in (
             ("channel_latency", [10], "one latency per channel"),
             ("channel_latency", [10, 0], "entries must be 1..1024"),
+            ("channel_outstanding", [4], "one count per channel"),
+            ("channel_outstanding", [4, 65], "entries must be 1..64"),
             ("channel_gbps", -1, "channel_gbps must be 0..1000")):
         bad = dict(base, memory=dict(base["memory"], **{key: value}))
         with pytest.raises(ConfigError, match=msg):

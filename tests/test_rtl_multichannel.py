@@ -33,6 +33,9 @@ pytestmark = pytest.mark.rtl(group="rtl_multichannel")
 
 #: Read latency of each channel, per channel count (the first channel is not the fastest).
 LATENCY = {2: (24, 48), 3: (40, 12, 64), 4: (30, 12, 64, 20)}
+#: Read bursts in flight per channel, where they differ (channel 0 of 3 and channel 1 of 4
+#: are limited by them).
+OUTSTANDING = {3: (2, 4, 3), 4: (4, 1, 2, 4)}
 #: The 1- and 2-channel cases share a worker (the overlap test compares them); 3 and 4
 #: channels (a Verilator build each) run in groups of their own.
 CHANNELS = [1, 2,
@@ -54,14 +57,16 @@ SRC, DST, IDX, PARAMS = 0x000, 0x1000, 0x0E00, 0x0F00
 
 
 def mc_config(channels: int, base: str = "test"):
-    """``base`` with ``channels`` memory channels of the latencies of :data:`LATENCY`."""
+    """``base`` with ``channels`` memory channels of the latencies of :data:`LATENCY` and
+    the outstanding reads of :data:`OUTSTANDING`."""
     cfg = load_config(base)
     if channels == cfg.memory.channels:
         return cfg
     return dataclasses.replace(
         cfg, name=f"{base}_ch{channels}",
         memory=dataclasses.replace(cfg.memory, channels=channels,
-                                   channel_latency=LATENCY[channels]))
+                                   channel_latency=LATENCY[channels],
+                                   channel_outstanding=OUTSTANDING.get(channels, ())))
 
 
 def _ld(buf, buf_addr, dram_addr, nbytes, channel, count=1, stride=0, wait=(), release=(),
@@ -394,6 +399,21 @@ def test_streamed_layer_on_two_channels(tmp_path):
     got, stats = run_rtl(tmp_path / "s", cfg, seed=4, stalls=True)
     assert torch.equal(got, want)
     assert all(b > 0 for b in stats["read_beats_per_channel"]), stats
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_load_bound_cycles_follow_the_isa_simulator(runs, channels):
+    """The load-bound programs take the cycles the ISA simulator counts (within 5%): each
+    channel's latency, outstanding reads and bandwidth bound its loads alike in both."""
+    from sim.isa_sim import IsaSim
+    cfg, _, res, _ = runs(channels)
+    for spread in ((False, True) if channels >= 2 else (False,)):
+        r = res[("load_bound", spread)]
+        assert r["done"] and not r["error"], ErrorCode(r["err_code"]).name
+        isa_cycles = IsaSim(cfg, bytearray(cfg.buffers.act_bytes)).run(
+            _load_bound(cfg, spread))["cycles"]
+        assert abs(isa_cycles - r["cycles"]) <= 0.05 * r["cycles"], (spread, isa_cycles,
+                                                                     r["cycles"])
 
 
 def test_channel_bandwidth_paces_the_reads(runs, tmp_path):

@@ -65,7 +65,7 @@ def mc_config(channels: int, base: AccelConfig | None = None, *, out_rows: int =
     return dataclasses.replace(
         base, name=f"{base.name}_x{channels}", chains=base.chains * channels,
         buffers=dataclasses.replace(base.buffers, out_bytes=max(base.buffers.out_bytes, out)),
-        memory=dataclasses.replace(base.memory, channels=channels, channel_latency=()))
+        memory=base.memory.uniform(channels))
 
 
 def measure_mc(config: AccelConfig, *, shape=SHAPE, build_dir="build", seed: int = 0,

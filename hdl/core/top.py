@@ -171,7 +171,7 @@ class Engine(wiring.Component):
         readers = []
         for c in range(nch):
             rd = AxiReader(data_width=mc.word_bits, max_burst=mc.max_burst,
-                           outstanding=mc.outstanding)
+                           outstanding=mc.outstanding_of(c))
             m.submodules[f"dreader{c}"] = rd
             readers.append(rd)
         drd = readers[0]            # channel 0's reader also serves LDREG

@@ -42,7 +42,7 @@ async def _run_one(dut, job: dict, run: dict) -> dict:
         # other channel stalls from a generator of its own.
         crng = rng if c == 0 else random.Random(run["seed"] * 1_000_003 + c)
         readers.append(ReadPortModel(dut, f"data{c}", mem, word_bytes=wb, latency=lat,
-                                     outstanding=mem_cfg["outstanding"], rng=crng,
+                                     outstanding=mem_cfg["channel_outstanding"][c], rng=crng,
                                      stall=stall, rate=mem_cfg["channel_bytes_per_cycle"]))
         writers.append(WritePortModel(dut, f"data{c}", mem, word_bytes=wb,
                                       latency=mem_cfg["write_latency"], rng=crng,
