@@ -26,6 +26,7 @@ import torch
 from .config import AccelConfig, load_config
 from .errors import AirfoilError, ConfigError
 from .program import Program
+from .textfile import read_bounded, read_text
 
 _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -230,6 +231,15 @@ def _check_manifest(m, where) -> None:
         raise _fail(where, "manifest.json is not a JSON object")
     if m.get("format") != FOLDER_FORMAT:
         raise _fail(where, f"manifest format {m.get('format')!r} is not {FOLDER_FORMAT!r}")
+    for key in ("image", "image_bytes"):
+        if key not in m:
+            raise _fail(where, f"manifest.json lacks key {key!r}")
+    image, nbytes = m["image"], m["image_bytes"]
+    if not (isinstance(image, str) and image and "/" not in image and "\\" not in image
+            and image not in (".", "..")):
+        raise _fail(where, f"manifest image {image!r} is not a file name in the folder")
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 < nbytes <= 1 << 40:
+        raise _fail(where, f"manifest image_bytes {nbytes!r} is not a size in 1 .. 2**40")
     if m.get("kind") == LLM_KIND:
         for key in _LLM_KEYS:
             if key not in m:
@@ -278,10 +288,9 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
         p = p.parent
     if not p.is_dir():
         raise AirfoilError(f"output folder {str(path)!r} not found")
-    try:
-        text = (p / MANIFEST).read_text()
-    except OSError:
-        raise _fail(p, f"{MANIFEST} is missing or unreadable (not a compiled folder?)") from None
+    if not (p / MANIFEST).is_file():
+        raise _fail(p, f"{MANIFEST} is missing (not a compiled folder?)")
+    text = read_text(p / MANIFEST, MANIFEST)
     try:
         manifest = json.loads(text)
     except ValueError as e:
@@ -291,10 +300,10 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
         raise _fail(p, f"compiled for config {manifest['config']!r} (hash "
                        f"{manifest['config_hash']}), but the given config {config.name!r} "
                        f"has hash {config.config_hash}; recompile for this config")
-    try:
-        image = bytearray((p / manifest["image"]).read_bytes())
-    except OSError:
-        raise _fail(p, f"image file {manifest['image']!r} is missing or unreadable") from None
+    if not (p / manifest["image"]).is_file():
+        raise _fail(p, f"image file {manifest['image']!r} is missing or unreadable")
+    image = bytearray(read_bounded(p / manifest["image"], "image file",
+                                   manifest["image_bytes"]))
     if len(image) != manifest["image_bytes"]:
         raise _fail(p, f"{manifest['image']} has {len(image)} bytes, the manifest says "
                        f"{manifest['image_bytes']} (truncated or stale)")

@@ -184,6 +184,51 @@ def test_program_for_another_config(folder, capsys):
     cli_fails(capsys, ["disasm", str(folder), "--config", "u280"], "compiled for config hash")
 
 
+def test_argument_errors_are_one_line(capsys):
+    cli_fails(capsys, [], "the following arguments are required: COMMAND")
+    cli_fails(capsys, ["frob"], "invalid choice: 'frob'")
+    cli_fails(capsys, ["compile"], "compile: the following arguments are required: -o")
+    cli_fails(capsys, ["run", "x", "--backend", "fpga"], "run: argument --backend")
+    assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"name: \xff\xfe\n", "is not UTF-8 text (byte 6)"),
+    (b"a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n", "aliases (*name) are not accepted"),
+    (b"name: [unclosed\n", "not valid YAML at line 2"),
+])
+def test_unreadable_config_and_recipe_files(tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(text)
+    cli_fails(capsys, ["compile", "--config", str(bad), "-o", str(tmp_path / "o")] + SMALL,
+              message)
+    cli_fails(capsys, ["compile", "--recipe", str(bad), "-o", str(tmp_path / "o")] + SMALL,
+              message)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("image"), "lacks key 'image'"),
+    (lambda m: m.update(image=None), "manifest image None is not a file name"),
+    (lambda m: m.update(image="/dev/zero"), "is not a file name in the folder"),
+    (lambda m: m.update(image_bytes="8"), "image_bytes '8' is not a size"),
+    (lambda m: m.update(image_bytes=m["image_bytes"] - 1), "is larger than"),
+    (lambda m: m.update(image_bytes=m["image_bytes"] + 1), "truncated or stale"),
+])
+def test_bad_manifest_image(folder, capsys, change, message):
+    import json
+    mf = folder / "manifest.json"
+    m = json.loads(mf.read_text())
+    change(m)
+    mf.write_text(json.dumps(m))
+    cli_fails(capsys, ["run", "--backend", "isa", str(folder)], message)
+
+
+def test_manifest_not_utf8(folder, capsys):
+    (folder / "manifest.json").write_bytes(b'{"format": "\xff"}')
+    cli_fails(capsys, ["run", "--backend", "isa", str(folder)], "is not UTF-8 text")
+
+
 def test_missing_folder(tmp_path, capsys):
     cli_fails(capsys, ["run", str(tmp_path / "nope")], "not found")
     cli_fails(capsys, ["disasm", str(tmp_path / "nope")], "not found")

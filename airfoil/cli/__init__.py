@@ -21,8 +21,19 @@ from ..errors import AirfoilError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line ``airfoil: error: COMMAND: ...`` with status 2 (the
+    usage stays in ``--help``). Subcommand parsers are of this class too."""
+
+    def error(self, message):
+        where = self.prog.removeprefix("airfoil").strip()
+        print(f"airfoil: error: {where + ': ' if where else ''}{message} (see "
+              f"{self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="airfoil",
         description="Generate, program and verify FPGA accelerators for quantized and "
                     "sparse LLM inference.")
@@ -38,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:         # --help (0) or an argument error, already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except AirfoilError as e:

@@ -109,6 +109,11 @@ def prompt_tokens(args, folder) -> tuple[list[int], object]:
         if tok is None:
             raise AirfoilError(f"{folder.path}: no tokenizer.json in the folder; give the "
                                f"prompt as --tokens ID,ID,...")
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AirfoilError("--prompt is not UTF-8 text (give the prompt as UTF-8 or as "
+                               "--tokens ID,ID,...)") from None
         ids = tok.encode(args.prompt)
     if not ids:
         raise AirfoilError("the prompt is empty (at least one token is needed)")
