@@ -341,7 +341,8 @@ def _eps_const(eps: float) -> int:
     return round(eps * 2.0 ** 60)
 
 
-def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
+            eps_q60: int | None = None) -> torch.Tensor:
     """RMSNorm of ACT rows (last axis, ``n`` elements) with Q16 gain ``gamma``; ACT out.
 
     1. Block normalisation: ``b = 15 - bitlen(max|x|)``; ``xs = x << b`` (``b >= 0``) or
@@ -354,17 +355,34 @@ def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
     4. ``(r, e) = rsqrt(v)``; ``t = (xs * r) >> (e - 16)`` rounded: the
        normalised row in Q16 (``|t| < sqrt(n) * 2**16``).
     5. ``y = sat32((t * gamma) >> 16)`` rounded.
+
+    ``eps_q60`` gives the constant ``round(eps * 2**60)`` exactly (the instruction's
+    64-bit immediate, any value below ``2**64``) instead of ``eps``. ``v`` may then pass
+    int64: it is computed exactly and pre-shifted by an even amount before :func:`rsqrt`,
+    which truncates the same bits.
     """
     x = x.to(I64)
     n = x.shape[-1]
+    c = _eps_const(eps) if eps_q60 is None else int(eps_q60)
+    if not 0 <= c < 1 << 64:
+        raise ValueError(f"the RMSNorm epsilon constant {c} is outside 0 .. 2**64 - 1")
     amax = torch.clamp(x.abs().amax(dim=-1, keepdim=True), min=1)
     b = 15 - bit_length(amax)
     xs = shift_round(x, -b)
     ss = (xs * xs).sum(dim=-1, keepdim=True)
     inv_m, inv_e = scale_to_mantissa(torch.tensor(1 << 40, dtype=I64) // n, 40)
     ms = shift_round(ss * inv_m, inv_e)
-    v = ms + shift_round(torch.full_like(b, _eps_const(eps)), 28 - 2 * b)
-    r, e = rsqrt(v)
+    lead = ms.shape
+    rs, es = [], []
+    for msi, bi in zip(ms.reshape(-1).tolist(), b.reshape(-1).tolist()):
+        s = 28 - 2 * bi
+        v = msi + ((c + (1 << (s - 1))) >> s if s > 0 else c << -s)
+        k = max(0, (v.bit_length() - 61) // 2 + 1) if v >= 1 << 61 else 0
+        r1, e1 = rsqrt(torch.tensor([v >> (2 * k)], dtype=I64))
+        rs.append(int(r1[0]))
+        es.append(int(e1[0]) + k)
+    r = torch.tensor(rs, dtype=I64).reshape(lead)
+    e = torch.tensor(es, dtype=I64).reshape(lead)
     # rsqrt(v_real) = r * 2**-e * 2**(16 + b) and xs = x_real * 2**(16 + b)
     t = shift_round(xs * r, e - ACT_FRAC)
     return sat(shift_round(t * gamma.to(I64), GAMMA_FRAC))
@@ -450,7 +468,13 @@ def attention_context(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
     Products are 40 bits, sums exact in int64.
     """
-    return sat(shift_round(w.to(I64) @ v.to(I64), W_FRAC - ACT_FRAC))
+    return context_out(w.to(I64) @ v.to(I64))
+
+
+def context_out(acc: torch.Tensor) -> torch.Tensor:
+    """The ACT output of :func:`attention_context` from its exact sum ``w @ v`` (which
+    may be accumulated over chunks of keys)."""
+    return sat(shift_round(acc, W_FRAC - ACT_FRAC))
 
 
 # -- linear layers with per-token activations ---------------------------------------------

@@ -193,7 +193,9 @@ class SfuFunc(enum.Enum, shape=6):
       ``(t, h)`` masks the keys after position ``regs[pos_reg] + t`` (causal); Q15 out.
     * ``ATT_PV``: :func:`attention_weights` then :func:`attention_context` of the
       ``(R, heads, L)`` probabilities at ``src_addr`` and the value records (stride
-      ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``.
+      ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head
+      dimension ``n`` over :data:`ATT_PV_MAX_HEAD_DIM` is UNSUPPORTED (the context
+      accumulator's size).
     """
     COPY = 0
     QUANT_TOKEN = 1
@@ -205,6 +207,10 @@ class SfuFunc(enum.Enum, shape=6):
     ATT_QK = 7
     SOFTMAX = 8
     ATT_PV = 9
+
+
+#: Largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator lanes).
+ATT_PV_MAX_HEAD_DIM = 256
 
 
 class ErrorCode(enum.Enum, shape=4):

@@ -45,8 +45,8 @@ from airfoil.folder import OUT_DTYPES, Folder, load_folder
 from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed,
                              group_psum, requantize, rescale, tile_layout, unpack_tile)
 from airfoil import fixedpoint as fx
-from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp,
-                         Unit, WeightFormat, decode)
+from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode,
+                         SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
@@ -541,10 +541,12 @@ class IsaSim:
                 return rows * n, 0
             if fn == SfuFunc.RMSNORM:
                 g = self._read(i, what, aux, xa, n, I32)
-                eps = ((f["imm1"] << 32) | f["imm0"]) / 2.0 ** 60
-                y = fx.rmsnorm(x, g, eps)
+                y = fx.rmsnorm(x, g, 0.0, eps_q60=(f["imm1"] << 32) | f["imm0"])
             elif fn == SfuFunc.ROPE:
                 hd = n // hs
+                if hd % 2:
+                    raise fault(i, what, ErrorCode.MALFORMED, f"the head dimension "
+                                f"n/heads = {hd} must be even (RoPE rotates pairs)")
                 stride = f["imm1"] or 2 * hd
                 tab = torch.stack([self._read(i, what, aux, xa + r * stride, hd, "<i2")
                                    for r in range(rows)])
@@ -575,24 +577,47 @@ class IsaSim:
                             f"{pos}..{pos + rows - 1} sees none of the {L} keys")
             self._write(i, what, dst, da, fx.softmax(s, mask), I32)
             return rows * H * L, 0
-        g = H // KV
-        kv_v, kv_sm, kv_se = self._records(i, what, aux, xa, L * KV, hd, f["imm1"])
-        kv_v = kv_v.reshape(L, KV, hd).permute(1, 0, 2).unsqueeze(1)        # (KV, 1, L, d)
-        kv_sm = kv_sm.reshape(L, KV).t().unsqueeze(1)
-        kv_se = kv_se.reshape(L, KV).t().unsqueeze(1)
+        if fn == SfuFunc.ATT_PV and hd > ATT_PV_MAX_HEAD_DIM:
+            raise fault(i, what, ErrorCode.UNSUPPORTED, f"head dimension n={hd} is over the "
+                        f"{ATT_PV_MAX_HEAD_DIM} the context accumulator holds")
+        # The (R, heads, L) scores or probabilities bound L by their buffer: check their
+        # span before the key/value records are read.
         if fn == SfuFunc.ATT_QK:
+            self._span(i, what, dst, da, 4 * rows * H * L)
+        elif fn == SfuFunc.ATT_PV:
+            self._span(i, what, src, sa, 4 * rows * H * L)
+        g = H // KV
+        # Keys are taken in chunks so that a long key range with a short record stride
+        # never holds more than about 2**22 record values at once.
+        chunk = max(1, (1 << 22) // max(1, KV * hd))
+
+        def keys(first, count):
+            v, sm, se = self._records(i, what, aux, xa + first * KV * f["imm1"], count * KV,
+                                      hd, f["imm1"])
+            return (v.reshape(count, KV, hd).permute(1, 0, 2).unsqueeze(1),   # (KV, 1, l, d)
+                    sm.reshape(count, KV).t().unsqueeze(1),
+                    se.reshape(count, KV).t().unsqueeze(1))
+
+        if fn == SfuFunc.ATT_QK:
+            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
             q, q_sm, q_se = self._records(i, what, src, sa, rows * H, hd, f["imm0"])
             q = q.reshape(rows, KV, g, hd).permute(1, 2, 0, 3)                # (KV, g, T, d)
             q_sm = q_sm.reshape(rows, KV, g).permute(1, 2, 0)
             q_se = q_se.reshape(rows, KV, g).permute(1, 2, 0)
-            sc = fx.attention_scores(q, q_sm, q_se, kv_v, kv_sm, kv_se)      # (KV, g, T, L)
+            sc = torch.cat([fx.attention_scores(q, q_sm, q_se, *keys(a, min(chunk, L - a)))
+                            for a in range(0, L, chunk)], dim=-1)           # (KV, g, T, L)
             self._write(i, what, dst, da, sc.permute(2, 0, 1, 3), I32)
             return rows * H * L, rows * H * L * hd
         if fn == SfuFunc.ATT_PV:
+            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
             p = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, KV, g, L)
             p = p.permute(1, 2, 0, 3)
-            w = fx.attention_weights(p, kv_sm, kv_se)
-            o = fx.attention_context(w, kv_v)                                   # (KV, g, T, d)
+            acc = 0
+            for a in range(0, L, chunk):
+                v, v_sm, v_se = keys(a, min(chunk, L - a))
+                w = fx.attention_weights(p[..., a:a + v.shape[-2]], v_sm, v_se)
+                acc = acc + w.to(torch.int64) @ v
+            o = fx.context_out(acc)                                              # (KV, g, T, d)
             self._write(i, what, dst, da, o.permute(2, 0, 1, 3), I32)
             return rows * H * L, rows * H * L * hd
         raise fault(i, what, ErrorCode.UNSUPPORTED, f"function {fn.name} is not built in")

@@ -9,8 +9,9 @@ import torch
 from airfoil.config import load_config
 from airfoil.errors import ProgramError
 from airfoil.folder import Folder, load_folder
-from airfoil.isa import (TOKEN_DEPTH, Buffer, ErrorCode, Opcode, SysOp, Unit, WeightFormat,
-                         decode, encode)
+from airfoil import fixedpoint as fx
+from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, TOKEN_DEPTH, Buffer, ErrorCode, Opcode, SfuFunc,
+                         SysOp, Unit, WeightFormat, decode, encode)
 from airfoil.program import Program
 from compiler.linear import compile_linear
 from sim.cycle_model import CycleModel
@@ -307,3 +308,67 @@ def test_cycle_model_rates():
                                    RELEASE_CYCLES + TOKEN_HANDOFF)
     m = cm.matrix(rows=9, k=100)
     assert m.busy == 3 * 13 + cm.matrix(rows=1, k=1).busy - 1
+
+
+# -- SFU arguments at the edges of their fields ------------------------------------------------
+
+def _sfu_fault(words):
+    """Run ``words`` on a zeroed image; the fault's code (None when the program halts)."""
+    try:
+        IsaSim(CFG, bytearray(1 << 16)).run(words)
+    except ProgramError as e:
+        return e.code
+    return None
+
+
+def _sfu(**kw):
+    return [encode(Opcode.SFU, **kw), encode(Opcode.SYS, op=SysOp.HALT)]
+
+
+def test_sfu_rope_odd_head_dimension_is_malformed():
+    words = _sfu(func=SfuFunc.ROPE, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.AUX, n=3,
+                 rows=1, heads=1)
+    assert _sfu_fault(words) == ErrorCode.MALFORMED
+
+
+def test_sfu_rmsnorm_takes_the_largest_epsilon_constant():
+    words = _sfu(func=SfuFunc.RMSNORM, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.AUX, n=8,
+                 rows=2, imm0=0xFFFFFFFF, imm1=0xFFFFFFFF)
+    assert _sfu_fault(words) is None
+
+
+@pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
+def test_sfu_attention_keys_beyond_the_buffers_stop_before_reading(func):
+    """2**32 - 1 keys: BUFFER_RANGE from the span of the scores, nothing allocated."""
+    words = [encode(Opcode.SYS, op=SysOp.SETREG, reg=2, value=2 ** 32 - 1),
+             *_sfu(func=func, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.KV, n=64, rows=1,
+                   heads=1, kv_heads=1, len_reg=2, imm0=72, imm1=0)]
+    assert _sfu_fault(words) == ErrorCode.BUFFER_RANGE
+
+
+def test_sfu_att_pv_head_dimension_over_the_accumulator_is_unsupported():
+    words = [encode(Opcode.SYS, op=SysOp.SETREG, reg=2, value=1),
+             *_sfu(func=SfuFunc.ATT_PV, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.KV,
+                   n=ATT_PV_MAX_HEAD_DIM + 4, rows=1, heads=1, kv_heads=1, len_reg=2)]
+    assert _sfu_fault(words) == ErrorCode.UNSUPPORTED
+
+
+def test_sfu_attention_long_keys_in_chunks_match_one_pass():
+    """Enough keys at stride 0 to take several chunks: the same scores as the function."""
+    L, hd = 300, 2 ** 14           # chunks of 256 keys; the u280 KV buffer holds a record
+    image = bytearray(1 << 16)
+    words = [encode(Opcode.SYS, op=SysOp.SETREG, reg=2, value=L),
+             *_sfu(func=SfuFunc.ATT_QK, src=Buffer.KV, dst=Buffer.ACT, aux=Buffer.KV, n=hd,
+                   rows=1, heads=1, kv_heads=1, len_reg=2, imm0=0, imm1=0)]
+    sim = IsaSim(load_config("u280"), image)
+    rng = random.Random(5)
+    rec = bytes(rng.randrange(256) for _ in range(hd)) + (3000).to_bytes(4, "little") + \
+        (20).to_bytes(4, "little")
+    sim.buffers[Buffer.KV][:len(rec)] = rec
+    sim.run(words)
+    q = torch.tensor(list(rec[:hd]), dtype=torch.uint8).view(torch.int8).to(torch.int64)
+    one = fx.attention_scores(q.reshape(1, hd), torch.tensor([3000]), torch.tensor([20]),
+                              q.reshape(1, hd), torch.tensor([3000]), torch.tensor([20]))
+    got = [int.from_bytes(sim.buffers[Buffer.ACT][4 * j:4 * j + 4], "little", signed=True)
+           for j in range(L)]
+    assert one[0, 0] != 0 and got == [int(one[0, 0])] * L

@@ -251,17 +251,19 @@ def test_quant_token_kernel(n, heads, rows, imm0, imm1, seed):
     (8, 2, 1e-5, 20, 1),      # typical activations
     (5, 3, 1e-6, 0, 2),       # full-range int32 (rows with amax = 2**31)
     (7, 1, 1e-5, None, 3),    # an all-zero row: eps alone
+    (6, 3, 2 ** 64 - 1, 20, 4),   # the largest constant the immediate holds
+    (6, 2, 2 ** 63 + 12345, None, 5),
 ])
 def test_rmsnorm_kernel(n, rows, eps, shift, seed):
     rng = np.random.default_rng(seed)
     x = _i32(rng, rows * n) >> shift if shift is not None else np.zeros(rows * n, np.int64)
     g = rng.integers(-2 ** 18, 2 ** 18, size=n, dtype=np.int64)
-    c = fx._eps_const(eps)
+    c = eps if isinstance(eps, int) else fx._eps_const(eps)   # an int is the constant
     args = kernel_args(func=SfuFunc.RMSNORM, n=n, rows=rows, imm0=c & 0xFFFFFFFF,
                        imm1=c >> 32)
     dst = bytearray(4 * rows * n)
     res = run_kernel(RmsNormKernel(), args, _b(x), _b(g), dst)
-    ref = fx.rmsnorm(torch.tensor(x).reshape(rows, n), torch.tensor(g), c / 2.0 ** 60)
+    ref = fx.rmsnorm(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0, eps_q60=c)
     assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
     assert res["cycles"] == rmsnorm.cycles(args) and not res["err"]
 

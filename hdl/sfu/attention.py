@@ -31,7 +31,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import ErrorCode, SfuFunc
+from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
 
 from .kernel import ADDR_BITS, kernel_signature
 
@@ -89,7 +89,7 @@ def softmax_cycles(args) -> int:
     return total
 
 
-def pv_cycles(args, max_head_dim: int = 256) -> int:
+def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
     """Cycles of :class:`AttentionContext` from ``start`` to ``done`` (fields ``n``,
     ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``."""
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
@@ -98,7 +98,7 @@ def pv_cycles(args, max_head_dim: int = 256) -> int:
     return _arg(args, "rows") * _arg(args, "heads") * (L * ((n + 3) // 4 + 4) + n) + 2
 
 
-def cycles(args, *, max_head_dim: int = 256) -> int:
+def cycles(args, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
     """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`)."""
     func = SfuFunc(_arg(args, "func"))
     if func == SfuFunc.ATT_QK:
@@ -602,7 +602,7 @@ class AttentionContext(_Kernel):
         ``n`` is refused with :attr:`~airfoil.isa.ErrorCode.UNSUPPORTED`.
     """
 
-    def __init__(self, *, max_head_dim: int = 256):
+    def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM):
         if (not isinstance(max_head_dim, int) or isinstance(max_head_dim, bool)
                 or max_head_dim < 4 or max_head_dim % 4):
             self._MustUse__silence = True       # refused, so never elaborated
