@@ -62,6 +62,16 @@ class LlamaShape:
                                f"{self.num_key_value_heads}")
         if self.head_dim % 2:
             raise CompileError(f"head_dim must be even for RoPE, not {self.head_dim}")
+        for f, lo, hi in (("rms_norm_eps", 0.0, 1.0), ("rope_theta", 0.0, 1e12)):
+            v = getattr(self, f)
+            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                    or not lo <= v <= hi or (f == "rope_theta" and v == 0)):
+                accepted = "0 .. 1" if f == "rms_norm_eps" else "a positive finite number"
+                raise CompileError(f"config field {f} must be {accepted}, not {v!r}")
+            object.__setattr__(self, f, float(v))
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise CompileError(f"config field tie_word_embeddings must be true or false, not "
+                               f"{self.tie_word_embeddings!r}")
 
     @property
     def groups(self) -> int:

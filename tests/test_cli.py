@@ -192,6 +192,26 @@ def test_argument_errors_are_one_line(capsys):
     assert main(["--help"]) == 0
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "-o", "o", "--n", "1000000000"], "--n: 1000000000 is outside 1 .. 65535"),
+    (["compile", "-o", "o", "--seed", "1" * 20], "--seed: 11111111111111111111 is outside"),
+    (["run", "x", "--seed", "-1"], "--seed: -1 is outside 0 .. "),
+    (["compile", "-o", "o", "--k", "2e3"], "--k: '2e3' is not an integer"),
+    (["compile", "-o", "o", "--n", "65535", "--k", "65535"],
+     "built-in layer of --n 65535 x --k 65535 weights is over the 134217728 accepted"),
+])
+def test_numbers_out_of_range_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    cli_fails(capsys, argv, message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_paths_the_system_refuses(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    cli_fails(capsys, ["compile", "-o", str(tmp_path / "file" / "sub")], str(tmp_path / "file"))
+    cli_fails(capsys, ["compile", "-o", str(tmp_path / ("x" * 300))], "File name too long")
+
+
 @pytest.mark.parametrize("text, message", [
     (b"name: \xff\xfe\n", "is not UTF-8 text (byte 6)"),
     (b"a: &a [1, 2]\nb: &b [*a, *a]\nc: [*b, *b]\n", "aliases (*name) are not accepted"),

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
@@ -83,6 +84,39 @@ def test_compile_errors(tmp_path, capsys):
     cli_fails(capsys, ["compile", str(model), "-o", out], "model.safetensors: corrupted")
     cli_fails(capsys, ["compile", str(tmp_path / "nope"), "-o", out], "model folder")
     assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rms_norm_eps", "abc", "rms_norm_eps must be 0 .. 1, not 'abc'"),
+    ("rms_norm_eps", float("nan"), "rms_norm_eps must be 0 .. 1, not nan"),
+    ("rms_norm_eps", 1e308, "rms_norm_eps must be 0 .. 1"),
+    ("rope_theta", 0, "rope_theta must be a positive finite number, not 0"),
+    ("rope_theta", -5.0, "rope_theta must be a positive finite number"),
+    ("architectures", 5, "architectures must be a list of names, not 5"),
+    ("head_dim", 0, "head_dim must be a positive integer, not 0"),
+    ("num_attention_heads", 0, "num_attention_heads must be a positive integer"),
+    ("tie_word_embeddings", "yes", "tie_word_embeddings must be true or false"),
+])
+def test_compile_refuses_bad_config_values(tmp_path, capsys, field, value, message):
+    model = _random_hf(tmp_path / "m")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg[field] = value
+    (model / "config.json").write_text(json.dumps(cfg))
+    out = str(tmp_path / "out")
+    cli_fails(capsys, ["compile", str(model), "-o", out], message)
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_compile_refuses_non_finite_weights(tmp_path, capsys, bad):
+    model = _random_hf(tmp_path / "m")
+    from safetensors.torch import load_file
+    tensors = load_file(str(model / "model.safetensors"))
+    name = next(n for n in sorted(tensors) if n.endswith("q_proj.weight"))
+    tensors[name][1, 2] = bad
+    save_file(tensors, str(model / "model.safetensors"))
+    cli_fails(capsys, ["compile", str(model), "-o", str(tmp_path / "out")],
+              f"tensor {name} holds NaN or infinite values")
 
 
 def test_tiny_model_prompt_text(tmp_path, capsys):

@@ -5,7 +5,7 @@ its subcommand and sets ``func`` on the parser's defaults; ``func(args)`` return
 exit status. This package is the only place that imports ``hdl``, ``compiler`` and
 ``sim`` together.
 
-Any :class:`airfoil.AirfoilError` (and a few user-caused OS errors) is printed as one
+Any :class:`airfoil.AirfoilError` (and an OS error about a path the user gave) is printed as one
 line ``airfoil: error: ...`` with exit status 2, never as a traceback.
 """
 
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     except AirfoilError as e:
         print(f"airfoil: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError) as e:
+    except OSError as e:
+        if e.filename is None:      # not about a path the user gave: a defect, shown whole
+            raise
         print(f"airfoil: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

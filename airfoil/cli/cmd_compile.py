@@ -27,6 +27,7 @@ import sys
 
 from ..config import load_config
 from ..errors import CompileError
+from .argtypes import MAX_LAYER_WEIGHTS, SEED, int_in
 
 
 #: Default board config of each kind of compile.
@@ -39,7 +40,7 @@ def register(sub):
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="HF-layout model folder (config.json + *.safetensors), e.g. "
                         "models/tiny-llama; omit to compile a linear layer (--layer)")
-    p.add_argument("--max-prompt", type=int, default=None, metavar="T",
+    p.add_argument("--max-prompt", type=int_in(1, 2 ** 16), default=None, metavar="T",
                    help="MODEL: longest prompt of the prefill program (default: 32 or what "
                         "fits)")
     p.add_argument("--layer", default="builtin", metavar="builtin|PATH.pt|PATH.npz",
@@ -51,12 +52,12 @@ def register(sub):
                    help="quantization recipe (default: compiler/recipes/llm_default.yaml for "
                         "MODEL, else compiler/recipes/linear_default.yaml)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    p.add_argument("--n", type=int, default=None, help="built-in layer: output rows N")
-    p.add_argument("--k", type=int, default=None, help="built-in layer: inputs K")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--n", type=int_in(1, 2 ** 16 - 1), default=None, help="built-in layer: output rows N")
+    p.add_argument("--k", type=int_in(1, 2 ** 20 - 1), default=None, help="built-in layer: inputs K")
+    p.add_argument("--seed", type=SEED, default=0,
                    help="seed of the built-in layer and of the calibration sample")
     p.add_argument("--wformat", default=None, help="weight format (overrides the recipe)")
-    p.add_argument("--group", type=int, default=None, help="group size (overrides the recipe)")
+    p.add_argument("--group", type=int_in(1, 2 ** 16), default=None, help="group size (overrides the recipe)")
     p.add_argument("--out-format", default=None, help="int8|int16|int32 (overrides the recipe)")
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream the weights through the decode unit (LD WSTREAM + MV STREAM) "
@@ -97,6 +98,9 @@ def compile_from_args(args, log=None) -> dict:
     if args.layer == "builtin":
         n = args.n if args.n is not None else BUILTIN_N
         k = args.k if args.k is not None else BUILTIN_K
+        if n * k > MAX_LAYER_WEIGHTS:
+            raise CompileError(f"the built-in layer of --n {n} x --k {k} weights is over the "
+                               f"{MAX_LAYER_WEIGHTS} accepted")
         weight, bias = builtin_linear(n, k, args.seed)
     else:
         if args.n is not None or args.k is not None:

@@ -16,6 +16,7 @@ import torch
 from ..config import load_config
 from ..errors import AirfoilError
 from ..folder import load_folder
+from .argtypes import SEED, int_in
 from .cmd_run import checksum, rtl_module, run_backend
 
 
@@ -26,7 +27,7 @@ def register(sub):
                                                     "(default: test)")
     p.add_argument("-o", "--output", default="build/demo", metavar="OUT",
                    help="output folder (default: build/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the layer and calibration")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the layer and calibration")
     p.add_argument("--no-rtl", action="store_true", help="skip the rtl backend")
     p.add_argument("--no-linear", action="store_true", help="skip the linear-layer part")
     p.add_argument("--no-llm", action="store_true", help="skip the LLM part")
@@ -35,7 +36,7 @@ def register(sub):
     p.add_argument("--llm-config", default="sim_llm",
                    help="board config of the LLM part (default: sim_llm)")
     p.add_argument("--prompt", default="The ", help="prompt of the LLM part")
-    p.add_argument("--max-new-tokens", type=int, default=8, metavar="N",
+    p.add_argument("--max-new-tokens", type=int_in(0, 2 ** 16), default=8, metavar="N",
                    help="tokens the LLM part generates (default: 8)")
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ from ..config import load_config
 from ..errors import AirfoilError
 from ..folder import load_folder
 from ..formats import quantize_act
+from .argtypes import SEED, int_in
 
 BACKENDS = ("torch", "isa", "rtl")
 
@@ -33,13 +34,13 @@ def register(sub):
     p.add_argument("--input", default=None, metavar="x.npy",
                    help="input vector of K values: integers are INT8 as they are, floats are "
                         "quantized with the manifest's input scale (default: the stored input)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the rtl backend's stalls")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for the rtl backend's stalls")
     p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
     p.add_argument("--tokens", default=None, metavar="ID,ID,...",
                    help="LLM folder: the prompt as comma-separated token ids")
-    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+    p.add_argument("--max-new-tokens", type=int_in(0, 2 ** 16), default=16, metavar="N",
                    help="LLM folder: tokens to generate greedily (default: 16)")
     p.set_defaults(func=run)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from airfoil.errors import CompileError
+from airfoil.textfile import read_text
 
 from ..ir import Graph, build_llama_graph, llama_param_shapes
 from ..reference import LlamaShape
@@ -28,11 +29,12 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 def load_hf_config(path) -> LlamaShape:
     """Read and check ``config.json`` of a LLaMA-family model folder."""
     p = Path(path) / "config.json"
+    if not p.exists():
+        raise CompileError(f"{p}: not found (a model folder needs config.json)")
+    text = read_text(p, "model config", CompileError)
     try:
-        cfg = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise CompileError(f"{p}: not found (a model folder needs config.json)") from None
-    except (OSError, ValueError) as e:
+        cfg = json.loads(text)
+    except (ValueError, RecursionError) as e:
         raise CompileError(f"{p}: not valid JSON ({e})") from None
     return parse_hf_config(cfg, p)
 
@@ -42,6 +44,8 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     if not isinstance(cfg, dict):
         raise CompileError(f"{p}: must hold a JSON object")
     archs = cfg.get("architectures") or []
+    if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CompileError(f"{p}: architectures must be a list of names, not {archs!r}")
     if not archs and cfg.get("model_type") == "llama":
         archs = list(_ARCHS)
     if not archs or archs[0] not in _ARCHS:
@@ -70,16 +74,21 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     try:
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]
-        head_dim = cfg.get("head_dim") or hidden // heads
+        head_dim = cfg.get("head_dim")
+        if head_dim is None:
+            if not (isinstance(heads, int) and isinstance(hidden, int) and heads > 0):
+                raise CompileError(f"num_attention_heads must be a positive integer, not "
+                                   f"{heads!r}")
+            head_dim = hidden // heads
         shape = LlamaShape(
             vocab_size=cfg["vocab_size"], hidden_size=hidden,
             intermediate_size=cfg["intermediate_size"],
             num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads,
             num_key_value_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta if theta is not None else 10000.0),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=theta if theta is not None else 10000.0,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False))
     except KeyError as e:
         raise CompileError(f"{p}: missing field {e.args[0]}") from None
     except TypeError as e:
@@ -124,6 +133,9 @@ def import_hf(path) -> Graph:
         if name in want and not t.is_floating_point():
             raise CompileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a "
                                f"float type")
+        if name in want and not bool(torch.isfinite(t).all()):
+            raise CompileError(f"{path}: tensor {name} holds NaN or infinite values "
+                               f"(accepted: finite weights)")
     try:
         return build_llama_graph(shape, tensors)
     except CompileError as e:
