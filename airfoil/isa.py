@@ -450,10 +450,16 @@ _BODY_OFFSET = {k: f for k, f in INSTR_LAYOUT}["body"].offset
 _HDR = {k: (f.offset, (1 << f.width) - 1) for k, f in HEADER_LAYOUT}
 _TABLES = {name: _field_table(BODY_LAYOUT.members[name], _BODY_OFFSET)
            for name in set(_BODY_OF.values())}
+#: Per body: the bits a field of the header or of that body covers; every other bit is
+#: reserved and must be zero.
+_USED = {name: sum(mask << off for k, (off, mask) in _HDR.items() if not k.startswith("_"))
+         | sum(mask << off for _, off, mask, *_ in table) for name, table in _TABLES.items()}
 
 
 def decode(bits: int, index: int | None = None) -> Instr:
-    """Decode one instruction; raise :class:`ProgramError` for an illegal encoding.
+    """Decode one instruction; raise :class:`ProgramError` for an illegal encoding (an
+    unknown opcode, an enum field out of its enum, or a reserved bit set: a bit that no
+    field of the header or of the opcode's body covers).
 
     Fields are sliced with offsets taken from the layouts (:func:`_field_table`); the
     result equals a ``data.Const(INSTR_LAYOUT, bits)`` view, field by field.
@@ -468,6 +474,10 @@ def decode(bits: int, index: int | None = None) -> Instr:
         raise ProgramError(f"{where}unknown opcode {raw_op} (accepted: " +
                            ", ".join(f"{o.name}={o.value}" for o in Opcode) + ")") from None
     name = _BODY_OF[opcode]
+    reserved = bits & ~_USED[name]
+    if reserved:
+        raise ProgramError(f"{where}{opcode.name}: reserved bit {reserved.bit_length() - 1} "
+                           f"is set (reserved bits must be zero)")
     fields = {}
     for key, off, mask, en, sgn, width in _TABLES[name]:
         v = (bits >> off) & mask

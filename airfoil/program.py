@@ -62,7 +62,7 @@ class Program:
         if len(raw) < HEADER_SIZE:
             raise ProgramError(f"{source}: too short for a program header "
                                f"({len(raw)} bytes, need {HEADER_SIZE})")
-        magic, version, hsize, count, crc, chash, _ = _HEADER.unpack_from(raw)
+        magic, version, hsize, count, crc, chash, reserved = _HEADER.unpack_from(raw)
         if magic != MAGIC:
             raise ProgramError(f"{source}: bad magic {magic!r} (expected {MAGIC!r}): "
                                f"not an Airfoil program")
@@ -71,6 +71,9 @@ class Program:
                                f"version {ISA_VERSION}; recompile the model")
         if hsize != HEADER_SIZE:
             raise ProgramError(f"{source}: header size {hsize}, expected {HEADER_SIZE}")
+        if reserved != bytes(len(reserved)):
+            raise ProgramError(f"{source}: reserved header bytes 24..31 are not zero "
+                               f"({reserved.hex()}); they must be zero")
         body = raw[HEADER_SIZE:]
         if len(body) != count * INSTR_BYTES:
             raise ProgramError(f"{source}: header says {count} instructions "

@@ -12,7 +12,7 @@ import yaml
 from airfoil.cli import main
 from clitools import cli_fails, cli_ok
 from airfoil.config import builtin_config_path
-from airfoil.isa import ISA_VERSION, Opcode
+from airfoil.isa import INSTR_BITS, ISA_VERSION, Opcode
 from airfoil.program import HEADER_SIZE, Program, read_program
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,11 +156,20 @@ def _bad_opcode(raw):
     raw[:] = Program(words, prog.config_hash).to_bytes()      # valid CRC, bad opcode
 
 
+def _reserved_bit(raw):
+    prog = Program.from_bytes(bytes(raw))
+    words = list(prog.words)
+    words[0] |= 1 << (INSTR_BITS - 1)                         # beyond every body's fields
+    raw[:] = Program(words, prog.config_hash).to_bytes()
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: r.__setitem__(slice(0, 4), b"ELF\x7f"), "bad magic"),
     (lambda r: r.__setitem__(HEADER_SIZE + 40, r[HEADER_SIZE + 40] ^ 0x10), "checksum"),
     (lambda r: r.__setitem__(4, ISA_VERSION + 1), f"ISA version {ISA_VERSION + 1}"),
     (_bad_opcode, "unknown opcode 15"),
+    (_reserved_bit, "reserved bit 255 is set"),
+    (lambda r: r.__setitem__(26, 1), "reserved header bytes 24..31 are not zero"),
 ])
 @pytest.mark.parametrize("command", ["run", "disasm"])
 def test_bad_program(folder, capsys, damage, message, command):
