@@ -245,14 +245,11 @@ def _check_manifest(m, where) -> None:
             if key not in m:
                 raise _fail(where, f"manifest.json lacks key {key!r}")
         try:
-            lay, lin = m["model"]["layout"], m["model"]["linears"]
-            int(m["model"]["max_positions"]), dict(m["model"]["shape"])
-            if not isinstance(lay, dict) or not isinstance(lin, dict) or not lin:
-                raise TypeError
             for phase in ("prefill", "decode"):
                 str(m["programs"][phase])
         except (KeyError, TypeError, ValueError):
-            raise _fail(where, "manifest.json model/programs entries are malformed") from None
+            raise _fail(where, "manifest.json programs entries are malformed") from None
+        _check_llm_model(m["model"], nbytes, where)
         return
     for key in _MANIFEST_KEYS:
         if key not in m:
@@ -266,6 +263,62 @@ def _check_manifest(m, where) -> None:
             raise _fail(where, "manifest.json has no layers")
     except (KeyError, TypeError, ValueError, IndexError):
         raise _fail(where, "manifest.json input/output entries are malformed") from None
+
+
+#: Shape fields of an LLM manifest's model (positive integers).
+_SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_llm_model(mm, image_bytes: int, where) -> None:
+    """Check an LLM manifest's ``model`` entry: the shape, the position counts and the
+    image layout, each region large enough for what the programs put there (the KV
+    caches hold ``max_positions`` rows, the prompt areas ``max_prompt``)."""
+    if not isinstance(mm, dict):
+        raise _fail(where, "manifest model entry is not an object")
+    for key in ("shape", "max_positions", "max_prompt", "layout", "linears"):
+        if key not in mm:
+            raise _fail(where, f"manifest.json lacks key 'model.{key}'")
+    shape, lay = mm["shape"], mm["layout"]
+    if not isinstance(shape, dict):
+        raise _fail(where, "manifest model.shape is not an object")
+    for key in _SHAPE_KEYS:
+        if not _positive(shape.get(key)):
+            raise _fail(where, f"manifest model.shape.{key} is {shape.get(key)!r}, not a "
+                               f"positive integer")
+    P, T = mm["max_positions"], mm["max_prompt"]
+    if not (_positive(P) and _positive(T) and T <= P):
+        raise _fail(where, f"manifest max_prompt {T!r} and max_positions {P!r} must be "
+                           f"positive integers, max_prompt <= max_positions")
+    if not isinstance(mm["linears"], dict) or not mm["linears"]:
+        raise _fail(where, "manifest model.linears is not a non-empty object")
+    if not isinstance(lay, dict):
+        raise _fail(where, "manifest model.layout is not an object")
+    layers = shape["num_hidden_layers"]
+    regions = {"params": 16, "ids": None, "logits": None, "embed": None, "rope": None,
+               "norm": None, "tiles": None}
+    for i in range(layers):
+        for part in ("attn_norm", "mlp_norm", "kcache", "vcache"):
+            regions[f"l{i}.{part}"] = None
+    for key in list(regions) + ["logits_row", "rope_row", "kv_row"]:
+        v = lay.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= image_bytes:
+            raise _fail(where, f"manifest model.layout.{key} is {v!r}, not an address in "
+                               f"0 .. {image_bytes}")
+    need = {"ids": 4 * T, "logits": lay["logits_row"] * T, "rope": lay["rope_row"] * P}
+    for i in range(layers):
+        need[f"l{i}.kcache"] = need[f"l{i}.vcache"] = lay["kv_row"] * P
+    starts = sorted({lay[k] for k in regions} | {image_bytes})
+    for key, size in need.items():
+        end = next(a for a in starts if a > lay[key]) if lay[key] < image_bytes else lay[key]
+        if lay[key] + size > end:
+            raise _fail(where, f"manifest model.layout.{key} holds {end - lay[key]} bytes, "
+                               f"less than the {size} that max_positions {P} and max_prompt "
+                               f"{T} need")
 
 
 def load_folder(path, config: AccelConfig | None = None) -> Folder:

@@ -128,3 +128,26 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
                            "--max-new-tokens", "4"])
         texts[b] = [line for line in out.splitlines() if line.startswith(("tokens:", "text:"))]
     assert texts["torch"] == texts["isa"] and texts["isa"][1].startswith("text: def ")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m["model"].pop("max_prompt"), "lacks key 'model.max_prompt'"),
+    (lambda m: m["model"]["shape"].pop("vocab_size"), "model.shape.vocab_size is None"),
+    (lambda m: m["model"]["layout"].pop("params"), "model.layout.params is None"),
+    (lambda m: m["model"].update(max_prompt=10 ** 6), "max_prompt 1000000 and max_positions"),
+    (lambda m: m["model"].update(max_positions=m["model"]["max_positions"] * 2),
+     "layout.rope holds"),
+    (lambda m: m["model"]["layout"].update(kv_row=m["model"]["layout"]["kv_row"] * 2),
+     "layout.l0.kcache holds"),
+    (lambda m: m["model"].update(linears=[]), "model.linears is not a non-empty object"),
+])
+def test_run_refuses_a_tampered_llm_manifest(tmp_path, capsys, mutate, message):
+    model = _random_hf(tmp_path / "m")
+    recipe = _recipe(tmp_path / "r.yaml", [{"match": "*", "format": "int8", "group": 32}])
+    out = tmp_path / "out"
+    cli_ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", "sim_llm",
+                    "-o", str(out), "--max-prompt", "6"])
+    man = json.loads((out / "manifest.json").read_text())
+    mutate(man)
+    (out / "manifest.json").write_text(json.dumps(man))
+    cli_fails(capsys, ["run", "--backend", "isa", str(out), "--tokens", "1,2"], message)
