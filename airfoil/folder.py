@@ -18,6 +18,7 @@ through its helpers, so they agree on addresses and encodings.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -254,15 +255,84 @@ def _check_manifest(m, where) -> None:
     for key in _MANIFEST_KEYS:
         if key not in m:
             raise _fail(where, f"manifest.json lacks key {key!r}")
-    try:
-        for side in ("input", "output"):
-            int(m[side]["addr"]), int(m[side]["shape"][0]), float(m[side]["scale"])
-        if int(m["output"]["bits"]) not in OUT_DTYPES:
-            raise _fail(where, f"output bits {m['output']['bits']!r} is not 8, 16 or 32")
-        if not isinstance(m["layers"], list) or not m["layers"]:
-            raise _fail(where, "manifest.json has no layers")
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise _fail(where, "manifest.json input/output entries are malformed") from None
+    _check_fields(m, _LINEAR_SCHEMA, "", nbytes, where)
+    if m["output"]["bits"] not in OUT_DTYPES:
+        raise _fail(where, f"output bits {m['output']['bits']!r} is not 8, 16 or 32")
+    for side in ("input", "output"):
+        if len(m[side]["shape"]) != 1:
+            raise _fail(where, f"manifest {side}.shape {m[side]['shape']!r} is not [length]")
+    for i, layer in enumerate(m["layers"]):
+        stream = layer.get("stream", False)
+        tile = _STREAM_TILE if stream is True else _WGT_TILE
+        for j, t in enumerate(layer["tiles"]):
+            _check_fields(t, tile, f"layers[{i}].tiles[{j}].", nbytes, where)
+            for c, st in enumerate(t.get("streams", ())):
+                _check_fields(st, _STREAM, f"layers[{i}].tiles[{j}].streams[{c}].", nbytes,
+                              where)
+
+
+# -- manifest field checks: each field's test and what it accepts ------------------------------
+
+def _int_in(lo, hi):
+    return (lambda v, top: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+            f"an integer in {lo} .. {hi}")
+
+
+_ADDR = (lambda v, top: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top,
+         "an address in the image")
+_SIZE = (lambda v, top: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= top,
+         "a size within the image")
+_COUNT = _int_in(1, 1 << 24)
+_SCALE = (lambda v, top: isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v) and v > 0, "a positive finite number")
+_TEXT = (lambda v, top: isinstance(v, str) and 0 < len(v) <= 256, "a name")
+_FLAG = (lambda v, top: isinstance(v, bool), "true or false")
+_SHAPE = (lambda v, top: isinstance(v, list) and all(_COUNT[0](x, top) for x in v),
+          "a list of lengths")
+_LIST = (lambda v, top: isinstance(v, list) and 0 < len(v) <= 1 << 20, "a non-empty list")
+_OBJ = (lambda v, top: isinstance(v, dict), "an object")
+
+
+def _optional(check):
+    return (lambda v, top, _c=check[0]: v is _ABSENT or _c(v, top), check[1])
+
+
+_ABSENT = object()
+#: Linear-layer manifest: key -> check, or a nested schema for an object.
+_LINEAR_SCHEMA = {
+    "config": _TEXT, "config_hash": _TEXT, "program": _TEXT, "isa_version": _int_in(0, 255),
+    "input": {"addr": _ADDR, "shape": _SHAPE, "scale": _SCALE},
+    "output": {"addr": _ADDR, "shape": _SHAPE, "scale": _SCALE, "bits": _int_in(8, 32)},
+    "layers": _LIST,
+}
+_LAYER = {"name": _TEXT, "n": _COUNT, "k": _COUNT, "wformat": _TEXT, "group": _COUNT,
+          "k0": _int_in(-(1 << 31), (1 << 31) - 1), "req_m": _int_in(0, (1 << 32) - 1),
+          "req_s": _int_in(0, 255), "out_bits": _int_in(8, 32), "bias": _FLAG,
+          "tiles": _LIST, "stream": _optional(_FLAG), "bias_wformat": _optional(_TEXT)}
+_WGT_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "addr": _ADDR, "nbytes": _SIZE,
+             "col0": _optional(_int_in(0, 1 << 24)), "cols": _optional(_COUNT)}
+_STREAM_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "streams": _LIST,
+                "bias_addr": _optional(_ADDR), "bias_nbytes": _optional(_SIZE)}
+_STREAM = {"channel": _int_in(0, 1023), "addr": _ADDR, "nbytes": _SIZE}
+
+
+def _check_fields(obj, schema: dict, prefix: str, top: int, where) -> None:
+    """Check ``obj`` against ``schema`` (nested objects recursively; ``layers`` entries
+    against the layer schema); the first field that fails names what it accepts."""
+    if not isinstance(obj, dict):
+        raise _fail(where, f"manifest {prefix.rstrip('.') or 'entry'} is not an object")
+    for key, check in schema.items():
+        v = obj.get(key, _ABSENT)
+        if isinstance(check, dict):
+            _check_fields(v, check, f"{prefix}{key}.", top, where)
+            continue
+        if v is _ABSENT and not check[0](v, top):
+            raise _fail(where, f"manifest.json lacks key {prefix + key!r}")
+        if not check[0](v, top):
+            raise _fail(where, f"manifest {prefix}{key} is {v!r}, not {check[1]}")
+    if schema is _LINEAR_SCHEMA:
+        for i, layer in enumerate(obj["layers"]):
+            _check_fields(layer, _LAYER, f"layers[{i}].", top, where)
 
 
 #: Shape fields of an LLM manifest's model (positive integers).
