@@ -53,8 +53,11 @@ times all of K, with no WGT buffer to fit::
                                                 its slot; release MATRIX)
     SYS HALT
 
-LOAD runs up to three tiles ahead; a load only ever waits for a matrix instruction that
-consumes an earlier part of the stream, so a full stream FIFO cannot deadlock it.
+LOAD runs up to three tiles ahead (a streamed layer fewer, so that the loads queued ahead
+of an MV never exceed ``instr_queue_depth - 1``: a load blocked on a full stream FIFO waits
+for that MV, which must still find room to be dispatched); a load only ever waits for a
+matrix instruction that consumes an earlier part of the stream, so a full stream FIFO
+cannot deadlock it.
 A STREAM instruction carries no bias, so a layer's bias rides in a *bias tile* per row
 block (the bracketed steps): a WGT tile of one group of zero weights (``int4``, or the
 config's first format) whose scales are the layer's smallest, holding the int32 bias; its
@@ -755,10 +758,22 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                 buf=Buffer.WGT, channel=j % config.memory.channels, buf_addr=base + off,
                 dram_addr=t["addr"] + off, nbytes=nb, count=1, dram_stride=nb))
 
+    # Tiles whose loads run ahead of the MVs. A streamed tile's loads block while their
+    # slices' stream FIFOs are full, until its MV drains them; the loads queued behind
+    # them must leave that MV room to be dispatched, so at most `instr_queue_depth - 1`
+    # loads may precede it (a WGT tile's loads never block on a consumer).
+    ahead = slots
+    if stream:
+        per_tile = config.memory.channels + (1 if any(t["bias"] for t in tiles) else 0)
+        if per_tile > config.instr_queue_depth:
+            raise CompileError(f"a streamed tile takes {per_tile} loads, more than the "
+                               f"{config.instr_queue_depth}-entry instruction queue holds "
+                               f"ahead of its MV (raise instr_queue_depth)")
+        ahead = max(1, min(slots, (config.instr_queue_depth - 1) // per_tile))
     words.append(encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr,
                         nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb),
                         release=[M] if stream and not tiles[0]["bias"] else []))
-    for i in range(min(slots, T)):
+    for i in range(min(ahead, T)):
         load_tile(i)
     for i, t in enumerate(tiles):
         g = group_of[i]
@@ -793,7 +808,7 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                 buf=Buffer.OUT, channel=0 if stream else g % config.memory.channels,
                 buf_addr=(g % 2) * half_o,
                 dram_addr=out_addr + g * gr * ob, nbytes=nb, count=1, dram_stride=nb))
-        if i + slots < T:
-            load_tile(i + slots)
+        if i + ahead < T:
+            load_tile(i + ahead)
     words.append(encode(Opcode.SYS, op=SysOp.HALT))
     return words

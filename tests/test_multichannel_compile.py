@@ -122,3 +122,44 @@ def test_bad_channel_offsets_refused(tmp_path):
         folder.manifest["channel_offsets"] = bad
         with pytest.raises(AirfoilError, match="channel_offsets"):
             folder.channel_offsets
+
+
+def _loads_ahead_of_each_mv(words):
+    """For each MV STREAM j, the loads placed before it that belong to tile j or later (a
+    tile's loads: its bias tile's LD WGT, then one LD WSTREAM per channel from 0)."""
+    tile_of_load, mv_pos, tile = [], [], -1
+    instrs = [decode(w) for w in words]
+    for pos, ins in enumerate(instrs):
+        if ins.opcode == Opcode.LD and ins.buf in (Buffer.WSTREAM, Buffer.WGT):
+            starts = ins.buf == Buffer.WGT or (ins.channel == 0 and not (
+                pos and instrs[pos - 1].opcode == Opcode.LD and
+                instrs[pos - 1].buf == Buffer.WGT))
+            tile += starts
+            tile_of_load.append((pos, tile))
+        elif ins.opcode == Opcode.MV and ins.wfmt.name == "STREAM":
+            mv_pos.append(pos)
+    return [sum(1 for p, t in tile_of_load if p < mp and t >= j) for j, mp in enumerate(mv_pos)]
+
+
+@pytest.mark.parametrize("depth", [8, 16, 32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_streamed_loads_leave_each_mv_room_in_the_queue(tmp_path, depth, bias):
+    """A load blocked on a full stream FIFO waits for its MV: the loads queued ahead of
+    that MV must fit the instruction queue with room for it, on any channel count."""
+    cfg = dataclasses.replace(mc_config(4), instr_queue_depth=depth)
+    w = _weights(3, 96, 64)
+    b = torch.randn(96) if bias else None
+    out = tmp_path / f"d{depth}{bias}"
+    compile_linear(w, b, cfg, out, seed=3, stream=True, wformat="int4", group=32)
+    folder = load_folder(out, cfg)
+    ahead = _loads_ahead_of_each_mv(folder.program.words)
+    assert len(ahead) >= 4 and max(ahead) <= depth - 1, ahead
+    out_isa, _ = run_isa(folder, cfg)
+    assert torch.equal(out_isa, run_golden(folder))
+
+
+def test_streamed_tile_with_more_loads_than_the_queue_is_refused(tmp_path):
+    cfg = dataclasses.replace(mc_config(4), instr_queue_depth=4)
+    with pytest.raises(CompileError, match="takes 5 loads, more than the 4-entry"):
+        compile_linear(_weights(3, 96, 64), torch.randn(96), cfg, tmp_path / "o", seed=3,
+                       stream=True, wformat="int4", group=32)
