@@ -68,7 +68,10 @@ Version 3 (streamed weights through the decode unit; additive)
   carry their own format, group size, N:M sparsity and FP16 scales). ``buf_addr`` must be
   0. The stream is a FIFO between the LOAD and MATRIX units: the load waits while it is
   full, so a program must not make such a load wait (through tokens) for a matrix
-  instruction that consumes a later part of the stream.
+  instruction that consumes a later part of the stream, nor place so many loads before
+  the matrix instruction that drains it that the instruction cannot be dispatched (at
+  most ``instr_queue_depth - 1`` loads of its stream or later ones ahead of it: the ISA
+  simulator's stream is unbounded and does not catch this; the core would wait forever).
 * :class:`WeightFormat` ``STREAM = 4`` (``MV``/``MM``): the weights come from that stream
   instead of a WGT tile: the instruction consumes, for each batch of ``chains`` rows
   (``rows`` padded up), the ``k / group`` records of its group columns in k order (PAD
