@@ -70,7 +70,7 @@ Version 3 (streamed weights through the decode unit; additive)
   full, so a program must not make such a load wait (through tokens) for a matrix
   instruction that consumes a later part of the stream, nor place so many loads before
   the matrix instruction that drains it that the instruction cannot be dispatched (at
-  most ``instr_queue_depth - 1`` loads of its stream or later ones ahead of it: the ISA
+  most ``instr_queue_depth - 1`` loads of later parts of the stream ahead of it: the ISA
   simulator's stream is unbounded and does not catch this; the core would wait forever).
 * :class:`WeightFormat` ``STREAM = 4`` (``MV``/``MM``): the weights come from that stream
   instead of a WGT tile: the instruction consumes, for each batch of ``chains`` rows

@@ -758,17 +758,15 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                 buf=Buffer.WGT, channel=j % config.memory.channels, buf_addr=base + off,
                 dram_addr=t["addr"] + off, nbytes=nb, count=1, dram_stride=nb))
 
-    # Tiles whose loads run ahead of the MVs. A streamed tile's loads block while their
-    # slices' stream FIFOs are full, until its MV drains them; the loads queued behind
-    # them must leave that MV room to be dispatched, so at most `instr_queue_depth - 1`
-    # loads may precede it (a WGT tile's loads never block on a consumer).
+    # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
+    # channel's previous stream is undrained (its slice's FIFO full until that tile's MV
+    # runs), and the loads behind it wait in the LOAD queue: the MV must still find room
+    # to be dispatched, so the later tiles' loads queued ahead of it stay within
+    # `instr_queue_depth - 1` (a WGT tile's loads never wait for a consumer). One tile
+    # ahead is always safe: each channel's reader takes its load of that tile at once.
     ahead = slots
     if stream:
         per_tile = config.memory.channels + (1 if any(t["bias"] for t in tiles) else 0)
-        if per_tile > config.instr_queue_depth:
-            raise CompileError(f"a streamed tile takes {per_tile} loads, more than the "
-                               f"{config.instr_queue_depth}-entry instruction queue holds "
-                               f"ahead of its MV (raise instr_queue_depth)")
         ahead = max(1, min(slots, (config.instr_queue_depth - 1) // per_tile))
     words.append(encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr,
                         nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb),

@@ -157,9 +157,3 @@ def test_streamed_loads_leave_each_mv_room_in_the_queue(tmp_path, depth, bias):
     out_isa, _ = run_isa(folder, cfg)
     assert torch.equal(out_isa, run_golden(folder))
 
-
-def test_streamed_tile_with_more_loads_than_the_queue_is_refused(tmp_path):
-    cfg = dataclasses.replace(mc_config(4), instr_queue_depth=4)
-    with pytest.raises(CompileError, match="takes 5 loads, more than the 4-entry"):
-        compile_linear(_weights(3, 96, 64), torch.randn(96), cfg, tmp_path / "o", seed=3,
-                       stream=True, wformat="int4", group=32)
