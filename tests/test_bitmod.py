@@ -7,7 +7,7 @@ from airfoil import bitmod
 from airfoil.bitmod import BitModFormat as F
 from airfoil.errors import CompileError
 
-# The value sets of DESIGN.md (hdl/pe), in units where E2M1 values are doubled.
+# The value sets of the BitMoD formats (airfoil/bitmod.py), in units where E2M1 values are doubled.
 FP4_BASE = {0, 1, 2, 3, 4, 6, 8, 12, -1, -2, -3, -4, -6, -8, -12}
 FP3_BASE = {0, 1, 2, 4, -1, -2, -4}
 EXTRA = {F.FP4_ER_P: 10, F.FP4_ER_N: -10, F.FP4_EA_P: 16, F.FP4_EA_N: -16,

@@ -1,8 +1,8 @@
-"""``airfoil bench``: measure the figures of DESIGN.md's "Measuring" into bench.json.
+"""``airfoil bench``: measure the project's figures into bench.json.
 
 Figure producers live in modules ``airfoil/cli/bench_<area>.py``; each defines
-``figures(args, log) -> dict`` returning a flat mapping of named figures together with
-their raw evidence (``<name>_cycles``, ``<name>_shape``, ``<name>_config_hash``).
+``figures(args, log) -> dict`` (the module's docstring defines its figures) returning a
+flat mapping of named figures together with their raw evidence (``<name>_cycles``, ``<name>_shape``, ``<name>_config_hash``).
 """
 
 from __future__ import annotations
