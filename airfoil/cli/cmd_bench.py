@@ -2,7 +2,8 @@
 
 Figure producers live in modules ``airfoil/cli/bench_<area>.py``; each defines
 ``figures(args, log) -> dict`` (the module's docstring defines its figures) returning a
-flat mapping of named figures together with their raw evidence (``<name>_cycles``, ``<name>_shape``, ``<name>_config_hash``).
+flat mapping of named figures together with their raw evidence (``<name>_cycles``,
+``<name>_shape``, ``<name>_config_hash``).
 """
 
 from __future__ import annotations
