@@ -372,17 +372,15 @@ def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
     ss = (xs * xs).sum(dim=-1, keepdim=True)
     inv_m, inv_e = scale_to_mantissa(torch.tensor(1 << 40, dtype=I64) // n, 40)
     ms = shift_round(ss * inv_m, inv_e)
-    lead = ms.shape
-    rs, es = [], []
+    vs, ks = [], []             # per row: v pre-shifted by 2k to fit int64, and k
     for msi, bi in zip(ms.reshape(-1).tolist(), b.reshape(-1).tolist()):
         s = 28 - 2 * bi
         v = msi + ((c + (1 << (s - 1))) >> s if s > 0 else c << -s)
         k = max(0, (v.bit_length() - 61) // 2 + 1) if v >= 1 << 61 else 0
-        r1, e1 = rsqrt(torch.tensor([v >> (2 * k)], dtype=I64))
-        rs.append(int(r1[0]))
-        es.append(int(e1[0]) + k)
-    r = torch.tensor(rs, dtype=I64).reshape(lead)
-    e = torch.tensor(es, dtype=I64).reshape(lead)
+        vs.append(v >> (2 * k))
+        ks.append(k)
+    r, e = rsqrt(torch.tensor(vs, dtype=I64).reshape(ms.shape))
+    e = e + torch.tensor(ks, dtype=I64).reshape(ms.shape)
     # rsqrt(v_real) = r * 2**-e * 2**(16 + b) and xs = x_real * 2**(16 + b)
     t = shift_round(xs * r, e - ACT_FRAC)
     return sat(shift_round(t * gamma.to(I64), GAMMA_FRAC))

@@ -262,6 +262,7 @@ def _check_manifest(m, where) -> None:
         if len(m[side]["shape"]) != 1:
             raise _fail(where, f"manifest {side}.shape {m[side]['shape']!r} is not [length]")
     for i, layer in enumerate(m["layers"]):
+        _check_fields(layer, _LAYER, f"layers[{i}].", nbytes, where)
         stream = layer.get("stream", False)
         tile = _STREAM_TILE if stream is True else _WGT_TILE
         for j, t in enumerate(layer["tiles"]):
@@ -290,7 +291,6 @@ _FLAG = (lambda v, top: isinstance(v, bool), "true or false")
 _SHAPE = (lambda v, top: isinstance(v, list) and all(_COUNT[0](x, top) for x in v),
           "a list of lengths")
 _LIST = (lambda v, top: isinstance(v, list) and 0 < len(v) <= 1 << 20, "a non-empty list")
-_OBJ = (lambda v, top: isinstance(v, dict), "an object")
 
 
 def _optional(check):
@@ -317,8 +317,8 @@ _STREAM = {"channel": _int_in(0, 1023), "addr": _ADDR, "nbytes": _SIZE}
 
 
 def _check_fields(obj, schema: dict, prefix: str, top: int, where) -> None:
-    """Check ``obj`` against ``schema`` (nested objects recursively; ``layers`` entries
-    against the layer schema); the first field that fails names what it accepts."""
+    """Check ``obj`` against ``schema`` (nested objects recursively); the first field that
+    fails names what it accepts."""
     if not isinstance(obj, dict):
         raise _fail(where, f"manifest {prefix.rstrip('.') or 'entry'} is not an object")
     for key, check in schema.items():
@@ -330,9 +330,6 @@ def _check_fields(obj, schema: dict, prefix: str, top: int, where) -> None:
             raise _fail(where, f"manifest.json lacks key {prefix + key!r}")
         if not check[0](v, top):
             raise _fail(where, f"manifest {prefix}{key} is {v!r}, not {check[1]}")
-    if schema is _LINEAR_SCHEMA:
-        for i, layer in enumerate(obj["layers"]):
-            _check_fields(layer, _LAYER, f"layers[{i}].", top, where)
 
 
 #: Shape fields of an LLM manifest's model (positive integers).
@@ -376,7 +373,7 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
             regions[f"l{i}.{part}"] = None
     for key in list(regions) + ["logits_row", "rope_row", "kv_row"]:
         v = lay.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= image_bytes:
+        if not _ADDR[0](v, image_bytes):
             raise _fail(where, f"manifest model.layout.{key} is {v!r}, not an address in "
                                f"0 .. {image_bytes}")
     need = {"ids": 4 * T, "logits": lay["logits_row"] * T, "rope": lay["rope_row"] * P}

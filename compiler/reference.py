@@ -23,6 +23,11 @@ from airfoil.errors import CompileError
 __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache"]
 
 
+def _finite(v) -> bool:
+    """A real number (int or float, not bool) that is neither NaN nor infinite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class LlamaShape:
     """The hyper-parameters of a LLaMA-family decoder (names as in HF ``config.json``).
@@ -62,13 +67,14 @@ class LlamaShape:
                                f"{self.num_key_value_heads}")
         if self.head_dim % 2:
             raise CompileError(f"head_dim must be even for RoPE, not {self.head_dim}")
-        for f, lo, hi in (("rms_norm_eps", 0.0, 1.0), ("rope_theta", 0.0, 1e12)):
-            v = getattr(self, f)
-            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                    or not lo <= v <= hi or (f == "rope_theta" and v == 0)):
-                accepted = "0 .. 1" if f == "rms_norm_eps" else "a positive finite number"
-                raise CompileError(f"config field {f} must be {accepted}, not {v!r}")
-            object.__setattr__(self, f, float(v))
+        eps, theta = self.rms_norm_eps, self.rope_theta
+        if not (_finite(eps) and 0 <= eps <= 1):
+            raise CompileError(f"config field rms_norm_eps must be 0 .. 1, not {eps!r}")
+        if not (_finite(theta) and 0 < theta <= 1e12):
+            raise CompileError(f"config field rope_theta must be a positive finite number, "
+                               f"not {theta!r}")
+        object.__setattr__(self, "rms_norm_eps", float(eps))
+        object.__setattr__(self, "rope_theta", float(theta))
         if not isinstance(self.tie_word_embeddings, bool):
             raise CompileError(f"config field tie_word_embeddings must be true or false, not "
                                f"{self.tie_word_embeddings!r}")

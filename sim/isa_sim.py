@@ -581,11 +581,11 @@ class IsaSim:
             raise fault(i, what, ErrorCode.UNSUPPORTED, f"head dimension n={hd} is over the "
                         f"{ATT_PV_MAX_HEAD_DIM} the context accumulator holds")
         # The (R, heads, L) scores or probabilities bound L by their buffer: check their
-        # span before the key/value records are read.
-        if fn == SfuFunc.ATT_QK:
-            self._span(i, what, dst, da, 4 * rows * H * L)
-        elif fn == SfuFunc.ATT_PV:
-            self._span(i, what, src, sa, 4 * rows * H * L)
+        # span, then the key/value records', before any record is read.
+        if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
+            scores = (dst, da) if fn == SfuFunc.ATT_QK else (src, sa)
+            self._span(i, what, *scores, 4 * rows * H * L)
+            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
         g = H // KV
         # Keys are taken in chunks so that a long key range with a short record stride
         # never holds more than about 2**22 record values at once.
@@ -599,7 +599,6 @@ class IsaSim:
                     se.reshape(count, KV).t().unsqueeze(1))
 
         if fn == SfuFunc.ATT_QK:
-            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
             q, q_sm, q_se = self._records(i, what, src, sa, rows * H, hd, f["imm0"])
             q = q.reshape(rows, KV, g, hd).permute(1, 2, 0, 3)                # (KV, g, T, d)
             q_sm = q_sm.reshape(rows, KV, g).permute(1, 2, 0)
@@ -609,7 +608,6 @@ class IsaSim:
             self._write(i, what, dst, da, sc.permute(2, 0, 1, 3), I32)
             return rows * H * L, rows * H * L * hd
         if fn == SfuFunc.ATT_PV:
-            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
             p = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, KV, g, L)
             p = p.permute(1, 2, 0, 3)
             acc = 0

@@ -108,10 +108,18 @@ def _one_line_or_ok(capsys, argv, out: Path | None = None) -> int:
     return rc
 
 
-def _dump(obj, kind: str) -> str:
-    if kind == "json":
-        return json.dumps(obj)
-    return yaml.safe_dump(obj, allow_unicode=True)
+def _yaml(obj) -> bytes:
+    return yaml.safe_dump(obj, allow_unicode=True).encode()
+
+
+def _compile_with(tmp_path, capsys, name: str, raw: bytes, option: str):
+    """Write ``raw`` as ``name`` and compile the built-in layer with it as ``option``."""
+    path = tmp_path / name
+    path.write_bytes(raw)
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    config = [] if option == "--config" else ["--config", "test"]
+    _one_line_or_ok(capsys, ["compile", *config, option, str(path), "-o", str(out)], out)
 
 
 # -- board configs and recipes ---------------------------------------------------------------
@@ -123,32 +131,19 @@ RECIPE = yaml.safe_load(DEFAULT_RECIPE.read_text())
 @FUZZ
 @given(board=_mutated(BOARD))
 def test_fuzz_board_yaml(tmp_path, capsys, board):
-    path = tmp_path / "board.yaml"
-    path.write_text(_dump(board, "yaml"))
-    out = tmp_path / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    _one_line_or_ok(capsys, ["compile", "--config", str(path), "-o", str(out)], out)
+    _compile_with(tmp_path, capsys, "board.yaml", _yaml(board), "--config")
 
 
 @FUZZ
 @given(recipe=_mutated(RECIPE))
 def test_fuzz_recipe_yaml(tmp_path, capsys, recipe):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(_dump(recipe, "yaml"))
-    out = tmp_path / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    _one_line_or_ok(capsys, ["compile", "--config", "test", "--recipe", str(path),
-                             "-o", str(out)], out)
+    _compile_with(tmp_path, capsys, "recipe.yaml", _yaml(recipe), "--recipe")
 
 
 @FUZZ
 @given(raw=_damaged(builtin_config_path("test").read_bytes()))
 def test_fuzz_board_yaml_bytes(tmp_path, capsys, raw):
-    path = tmp_path / "board.yaml"
-    path.write_bytes(raw)
-    out = tmp_path / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    _one_line_or_ok(capsys, ["compile", "--config", str(path), "-o", str(out)], out)
+    _compile_with(tmp_path, capsys, "board.yaml", raw, "--config")
 
 
 # -- compiled folders: manifests and programs ------------------------------------------------

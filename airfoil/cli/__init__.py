@@ -5,8 +5,8 @@ its subcommand and sets ``func`` on the parser's defaults; ``func(args)`` return
 exit status. This package is the only place that imports ``hdl``, ``compiler`` and
 ``sim`` together.
 
-Any :class:`airfoil.AirfoilError` (and an OS error about a path the user gave) is printed as one
-line ``airfoil: error: ...`` with exit status 2, never as a traceback.
+Any :class:`airfoil.AirfoilError` (and an OS error about a path the user gave) is printed
+as one line ``airfoil: error: ...`` with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations

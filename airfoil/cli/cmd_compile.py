@@ -52,12 +52,15 @@ def register(sub):
                    help="quantization recipe (default: compiler/recipes/llm_default.yaml for "
                         "MODEL, else compiler/recipes/linear_default.yaml)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    p.add_argument("--n", type=int_in(1, 2 ** 16 - 1), default=None, help="built-in layer: output rows N")
-    p.add_argument("--k", type=int_in(1, 2 ** 20 - 1), default=None, help="built-in layer: inputs K")
+    p.add_argument("--n", type=int_in(1, 2 ** 16 - 1), default=None,
+                   help="built-in layer: output rows N")
+    p.add_argument("--k", type=int_in(1, 2 ** 20 - 1), default=None,
+                   help="built-in layer: inputs K")
     p.add_argument("--seed", type=SEED, default=0,
                    help="seed of the built-in layer and of the calibration sample")
     p.add_argument("--wformat", default=None, help="weight format (overrides the recipe)")
-    p.add_argument("--group", type=int_in(1, 2 ** 16), default=None, help="group size (overrides the recipe)")
+    p.add_argument("--group", type=int_in(1, 2 ** 16), default=None,
+                   help="group size (overrides the recipe)")
     p.add_argument("--out-format", default=None, help="int8|int16|int32 (overrides the recipe)")
     p.add_argument("--stream", action="store_true", default=None,
                    help="stream the weights through the decode unit (LD WSTREAM + MV STREAM) "

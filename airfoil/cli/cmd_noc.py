@@ -11,7 +11,8 @@ def register(sub):
     p = sub.add_parser("noc", help="show the NoC a config maps to (and estimate its cost)")
     p.add_argument("--config", default="u280", help="built-in config name or YAML path")
     p.add_argument("--topology", default="mesh", choices=TOPOLOGIES)
-    p.add_argument("--depth", type=int_in(1, 1024), default=4, help="router input buffer depth (flits)")
+    p.add_argument("--depth", type=int_in(1, 1024), default=4,
+                   help="router input buffer depth (flits)")
     p.add_argument("--estimate", action="store_true",
                    help="synthesize one router with Yosys (xcup) and scale by router count")
     p.set_defaults(func=run)
