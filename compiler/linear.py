@@ -91,8 +91,8 @@ from .asm import listing
 from .output import write_folder
 from .recipe import OUT_FORMATS
 
-__all__ = ["compile_linear", "plan_linear", "plan_stream", "LinearPlan", "MIN_TILES",
-           "CALIB_ROWS", "STREAM_SLOTS"]
+__all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
+           "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
 #: so loading the first tile is a small part of the run.
@@ -271,8 +271,9 @@ def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
     return LinearPlan(rows_per_tile, [(0, k)], group_rows, tiles, STREAM_SLOTS, slot)
 
 
-def _check_stream_args(config, wformat, sparsity, mixed_formats, group):
-    """Check the options of streamed weights; return ``(formats, nm code, label)``."""
+def check_stream_args(config, wformat, sparsity, mixed_formats, group):
+    """Check the options of streamed weights (raise :class:`CompileError` naming what is
+    accepted); return ``(formats, nm code, label)``."""
     if not config.decode_unit:
         raise CompileError(f"config {config.name!r} has no decode unit for streamed weights "
                            f"(it is built when weight_formats lists int2, int3, int6 or a "
@@ -332,10 +333,11 @@ def _check_args(weight, bias, config, wformat, group, out_format):
         raise CompileError(f"weight shape {n} x {k} is empty")
     if not bool(torch.isfinite(weight).all()):
         raise CompileError("weight holds infinite or NaN values")
-    wf = weight_format(wformat)
-    if wf.name.lower() not in config.weight_formats:
-        raise CompileError(f"weight format {wformat!r} is not supported by config "
-                           f"{config.name!r} (accepted: {', '.join(config.weight_formats)})")
+    wf = None if wformat is None else weight_format(wformat)
+    if wf is not None and wf.name.lower() not in config.tile_formats:
+        raise CompileError(f"weight format {wformat!r} is not a WGT-tile format of config "
+                           f"{config.name!r} (accepted: {', '.join(config.tile_formats)}; "
+                           f"other formats are streamed)")
     if isinstance(group, bool) or not isinstance(group, int) or group not in config.group_sizes:
         raise CompileError(f"group size {group!r} is not supported by config {config.name!r} "
                            f"(accepted: {', '.join(map(str, config.group_sizes))})")
@@ -398,11 +400,6 @@ def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
     return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
 
 
-#: Weight formats only streamed weights have (they imply ``stream=True``).
-_STREAM_IMPLIED = ("ovp4",) + tuple(f for f in STREAM_FORMATS
-                                    if f not in ("int2", "int3", "int4", "int8"))
-
-
 def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
                    out_dir, *, wformat="int4", group=128, out_format="int8",
                    calib: torch.Tensor | None = None, seed: int = 0,
@@ -438,9 +435,9 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         smaller row blocks).
     stream : bool, optional
         Stream the weights through the decode unit (``LD WSTREAM`` + ``MV STREAM``)
-        instead of WGT tiles. Default: only when ``wformat`` is a stream-only format
-        (``ovp``, ``int6``, a BitMoD FP format, ``mixed``, ``bitmod4``, ``bitmod3``) or
-        ``sparsity`` is not ``dense``.
+        instead of WGT tiles. Default: when ``wformat`` is not one of the config's WGT-tile
+        formats (:attr:`~airfoil.config.AccelConfig.tile_formats`: INT4 and INT8, as the
+        PE kind computes them), ``sparsity`` is not ``dense`` or ``mixed_formats`` is given.
     sparsity : str
         Streamed weights: ``dense``, an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
         ``8:16``): magnitude pruning before quantization, or ``block``: block-skip records
@@ -463,8 +460,9 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         The manifest written to ``manifest.json``.
     """
     if stream is None:
-        stream = (str(wformat).lower() in _STREAM_IMPLIED or sparsity != "dense"
-                  or mixed_formats is not None)
+        name = str(wformat).lower()
+        stream = (name not in config.tile_formats and name in STREAM_FORMATS + ("ovp4",)
+                  or sparsity != "dense" or mixed_formats is not None)
     if stream:
         return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
                                out_format=out_format, calib=calib, seed=seed,
@@ -545,11 +543,11 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     """:func:`compile_linear` with streamed weights (see the module docstring)."""
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
-    formats, nm, label = _check_stream_args(config, wformat, sparsity, mixed_formats, group)
-    tile_formats = [f for f in ("int4",) + tuple(config.weight_formats)
-                    if f in config.weight_formats and f in ("int2", "int3", "int4", "int8")]
-    bias_wf = weight_format(tile_formats[0] if tile_formats else "int4")
-    _check_args(weight, bias, config, bias_wf, group, out_format)
+    formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
+    _check_args(weight, bias, config, None, group, out_format)
+    # The bias rides in a WGT tile of the first tile format (INT4 when built).
+    bias_wf = weight_format(next(iter(sorted(config.tile_formats, key=lambda f: f != "int4")),
+                                 "int4"))
     n, k = weight.shape
     out_bits = OUT_FORMATS[out_format]
     ob = out_bits // 8

@@ -203,9 +203,10 @@ def _check_model(model, config):
         (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"]) for r in _LINEARS]
     for name, ql in names:
         fmt = f"int{ql.bits}"
-        if fmt not in config.weight_formats:
-            raise CompileError(f"layer {name}: weight format {fmt} is not built into config "
-                               f"{config.name!r} (accepted: {', '.join(config.weight_formats)})")
+        if fmt not in config.tile_formats:
+            raise CompileError(f"layer {name}: weight format {fmt} is not a WGT-tile format "
+                               f"of config {config.name!r} (accepted: "
+                               f"{', '.join(config.tile_formats)})")
         if ql.group not in config.group_sizes:
             raise CompileError(f"layer {name}: group size {ql.group} is not built into config "
                                f"{config.name!r} (accepted: "

@@ -399,9 +399,9 @@ class IsaSim:
                         f"m={m}, rows={rows} and k={k} must be at least 1")
         fmt = f["wfmt"].name.lower()
         stream = f["wfmt"] == WeightFormat.STREAM
-        if not stream and fmt not in cfg.weight_formats:
-            raise fault(i, name, ErrorCode.UNSUPPORTED, f"weight format {fmt} is not built in "
-                        f"(config has {', '.join(cfg.weight_formats)})")
+        if not stream and fmt not in cfg.tile_formats:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"WGT tiles of {fmt} are not built in "
+                        f"(config's tile formats: {', '.join(cfg.tile_formats)})")
         if f["sparsity"] != Sparsity.DENSE and not stream:
             raise fault(i, name, ErrorCode.UNSUPPORTED,
                         f"sparsity {f['sparsity'].name} is not built in")

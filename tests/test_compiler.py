@@ -150,7 +150,8 @@ def test_plan_respects_buffers():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(group=32), "K=100 is not a multiple of the group size 32"),
     (dict(group=48), "group size 48 is not supported"),
-    (dict(wformat="int2"), "weight format 'int2' is not supported"),
+    (dict(wformat="int2"), "config 'test' has no decode unit for streamed weights"),
+    (dict(wformat="int2", stream=False), "'int2' is not a WGT-tile format of config 'test'"),
     (dict(wformat="fp4"), "unknown weight format"),
     (dict(out_format="int4"), "output format 'int4'"),
 ])

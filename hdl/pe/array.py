@@ -42,6 +42,7 @@ from amaranth.lib.wiring import In, Out
 
 from airfoil import bitmod
 from airfoil.bitmod import BitModFormat
+from airfoil.config import PE_KINDS, TILE_FORMATS_OF_PE
 from airfoil.formats import ACC_BITS, SCALE_SHIFT_MAX
 
 from ..decode_unit.rescaler import GroupRescaler, acc_layout
@@ -52,11 +53,9 @@ from .lut import LutChain, LutTableBuilder
 
 __all__ = ["PE_KINDS", "PeArray"]
 
-#: PE kinds a :class:`PeArray` builds (the values of ``AccelConfig.pe``).
-PE_KINDS = ("dsp", "bitserial", "lut")
-
-#: Weight formats of the core's tiles each kind computes exactly.
-_FORMATS = {"dsp": ("int4", "int8"), "bitserial": ("int4", "int8"), "lut": ("int4",)}
+#: PE kinds a :class:`PeArray` builds are the values of ``AccelConfig.pe``; each computes
+#: the tile formats of :data:`airfoil.config.TILE_FORMATS_OF_PE`.
+_FORMATS = TILE_FORMATS_OF_PE
 
 
 def _check_positive(what, value):
