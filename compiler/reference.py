@@ -20,7 +20,7 @@ from torch import nn
 
 from airfoil.errors import CompileError
 
-__all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache"]
+__all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama"]
 
 
 def _finite(v) -> bool:
@@ -246,3 +246,20 @@ class LlamaReference(nn.Module):
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters under their HF names (``lm_head.weight`` omitted when tied)."""
         return {k: v.detach() for k, v in self.state_dict().items()}
+
+
+def random_llama(*, heads, kv, hd, vocab, inter, layers, max_pos, tie=False, seed=0):
+    """A random :class:`LlamaReference` whose weights give well-scaled activations.
+
+    Matrices are N(0, 0.15^2), vectors (norm gains) 1 + N(0, 0.1^2).
+    """
+    shape = LlamaShape(vocab_size=vocab, hidden_size=heads * hd, intermediate_size=inter,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
+                       max_position_embeddings=max_pos, tie_word_embeddings=tie)
+    torch.manual_seed(seed)
+    m = LlamaReference(shape).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + (p.dim() == 1))
+    return m

@@ -24,18 +24,13 @@ import pytest
 import torch
 
 from airfoil import isa
-from airfoil.config import load_config
 from airfoil.folder import OUT_DTYPES, load_folder
 from airfoil.isa import Buffer, ErrorCode, Opcode, SysOp, Unit
 from airfoil.program import Program
+from sim.random_regression import channel_variant
 
 pytestmark = pytest.mark.rtl(group="rtl_multichannel")
 
-#: Read latency of each channel, per channel count (the first channel is not the fastest).
-LATENCY = {2: (24, 48), 3: (40, 12, 64), 4: (30, 12, 64, 20)}
-#: Read bursts in flight per channel, where they differ (channel 0 of 3 and channel 1 of 4
-#: are limited by them).
-OUTSTANDING = {3: (2, 4, 3), 4: (4, 1, 2, 4)}
 #: The 1- and 2-channel cases share a worker (the overlap test compares them); 3 and 4
 #: channels (a Verilator build each) run in groups of their own.
 CHANNELS = [1, 2,
@@ -57,16 +52,9 @@ SRC, DST, IDX, PARAMS = 0x000, 0x1000, 0x0E00, 0x0F00
 
 
 def mc_config(channels: int, base: str = "test"):
-    """``base`` with ``channels`` memory channels of the latencies of :data:`LATENCY` and
-    the outstanding reads of :data:`OUTSTANDING`."""
-    cfg = load_config(base)
-    if channels == cfg.memory.channels:
-        return cfg
-    return dataclasses.replace(
-        cfg, name=f"{base}_ch{channels}",
-        memory=dataclasses.replace(cfg.memory, channels=channels,
-                                   channel_latency=LATENCY[channels],
-                                   channel_outstanding=OUTSTANDING.get(channels, ())))
+    """``base`` with ``channels`` memory channels, each of its own read latency and
+    outstanding limit (:func:`sim.random_regression.channel_variant`)."""
+    return channel_variant(base, channels)
 
 
 def _ld(buf, buf_addr, dram_addr, nbytes, channel, count=1, stride=0, wait=(), release=(),

@@ -1,0 +1,110 @@
+"""Reliability figures: randomized RTL runs, their functional coverage, and CLI fuzzing.
+
+* ``reliability_random_rtl_cases``: linear layers of the randomized regression
+  (:mod:`sim.random_regression`) run on the RTL core (Verilator + cocotb) of the
+  ``test_decode`` config with 1, 2 and 4 memory channels (:data:`RANDOM_RTL`): weight
+  format x sparsity x group x output width x bias x shape x stall pattern of the memory
+  model (none, random, long bursts), every (format, sparsity) pair first.
+* ``reliability_random_rtl_mismatches``: those whose RTL output differs from the golden's
+  or the ISA simulator's, or whose core stopped with an error or did not finish (goal 0).
+  Draws the compiler refuses are counted apart (``reliability_random_rtl_refused``).
+* ``coverage_bins`` and ``coverage_bins_hit_fraction``: the bins of :mod:`sim.coverage`
+  and the fraction of them the runs of this bench hit (goal >= 0.95); the missing bins
+  are listed beside them, the cocotb-coverage report is written to ``build/coverage/``.
+* ``cli_fuzz_cases``: CLI runs on mutated inputs (:mod:`sim.cli_fuzz`), :data:`CLI_FUZZ`
+  per input kind; ``cli_fuzz_non_one_line`` those that ended other than with status 0 or
+  one ``airfoil: error:`` line with status 2 (or left a half-written output);
+  ``cli_fuzz_silently_accepted`` the known-bad inputs accepted (goal 0 each).
+
+Beside the figures: the commit they ran on (``reliability_commit``), the seeds, the
+config hash of each channel count, and the seconds taken.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["figures", "RANDOM_RTL", "CLI_FUZZ"]
+
+#: Channel count -> (first seed, cases) of the randomized RTL regression.
+RANDOM_RTL = {1: (300_000, 500), 2: (400_000, 300), 4: (500_000, 200)}
+#: CLI fuzz cases per input kind.
+CLI_FUZZ = 100
+
+
+def commit() -> str:
+    """The repository's commit (``unknown`` outside a git checkout), ``+dirty`` when the
+    tree has changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def _random_rtl(build: Path, log) -> dict:
+    from sim.random_regression import channel_variant, draw_cases, run_cases
+    cases = mismatches = refused = 0
+    out = {"reliability_random_rtl_failures": []}
+    for channels, (seed, count) in RANDOM_RTL.items():
+        cfg = channel_variant("test_decode", channels)
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory() as tmp:
+            records = run_cases(draw_cases(cfg, seed, count), cfg, Path(tmp),
+                                build_dir=str(build))
+        bad = [r for r in records if not r["ok"] and not r["refused"]]
+        ran = [r for r in records if not r["refused"]]
+        cases += len(ran)
+        mismatches += len(bad)
+        refused += len(records) - len(ran)
+        out["reliability_random_rtl_failures"] += [f"{r['case']!r}: {r['detail']}"
+                                                   for r in bad]
+        out[f"reliability_random_rtl_{channels}ch_config_hash"] = cfg.config_hash
+        out[f"reliability_random_rtl_{channels}ch_seeds"] = [seed, seed + count - 1]
+        out[f"reliability_random_rtl_{channels}ch_cycles"] = sum(r["cycles"] or 0
+                                                                 for r in ran)
+        out[f"reliability_random_rtl_{channels}ch_seconds"] = round(time.monotonic() - t0, 1)
+        log(f"random RTL, {channels} channel(s): {len(ran)} cases, {len(bad)} mismatches")
+    out.update(reliability_random_rtl_cases=cases, reliability_random_rtl_mismatches=mismatches,
+               reliability_random_rtl_refused=refused)
+    return out
+
+
+def _cli_fuzz(log) -> dict:
+    from sim.cli_fuzz import KINDS, fuzz
+    totals = {"cases": 0, "non_one_line": 0, "silently_accepted": 0}
+    out = {"cli_fuzz_failures": []}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in KINDS:
+            r = fuzz(kind, CLI_FUZZ, Path(tmp) / kind)
+            for k in totals:
+                totals[k] += r[k]
+            out[f"cli_fuzz_{kind}_cases"] = r["cases"]
+            out["cli_fuzz_failures"] += r["failures"][:5]
+            log(f"CLI fuzz {kind}: {r['cases']} cases, {r['non_one_line']} not one line, "
+                f"{r['silently_accepted']} silently accepted")
+    out.update({f"cli_fuzz_{k}": v for k, v in totals.items()})
+    out["cli_fuzz_seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def figures(args, log) -> dict:
+    from sim import coverage
+    build = Path(args.build_dir)
+    out = {"reliability_commit": commit()}
+    out.update(_random_rtl(build, log))
+    report = coverage.write_report(build / "coverage")
+    out.update(coverage_bins=report["bins"], coverage_bins_hit=report["hit"],
+               coverage_bins_hit_fraction=round(report["hit_fraction"], 4),
+               coverage_missing_bins={k: v["missing"] for k, v in report["points"].items()
+                                      if v["missing"]})
+    out.update(_cli_fuzz(log))
+    return out
