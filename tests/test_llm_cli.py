@@ -96,6 +96,9 @@ def test_compile_errors(tmp_path, capsys):
     ("head_dim", 0, "head_dim must be a positive integer, not 0"),
     ("num_attention_heads", 0, "num_attention_heads must be a positive integer"),
     ("tie_word_embeddings", "yes", "tie_word_embeddings must be true or false"),
+    # Found by the CLI fuzzer: sizing 18 M layers before reading the checkpoint ran out
+    # of memory.
+    ("num_hidden_layers", 17961751, "num_hidden_layers=17961751, the checkpoint holds"),
 ])
 def test_compile_refuses_bad_config_values(tmp_path, capsys, field, value, message):
     model = _random_hf(tmp_path / "m")

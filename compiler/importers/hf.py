@@ -9,6 +9,7 @@ file and the field or tensor.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -119,10 +120,19 @@ def load_hf_tensors(path) -> dict[str, torch.Tensor]:
     return out
 
 
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
+
+
 def import_hf(path) -> Graph:
     """Import a model folder in HF layout into a :class:`~compiler.ir.Graph`."""
     shape = load_hf_config(path)
     tensors = load_hf_tensors(path)
+    # The layer count is checked against the checkpoint before anything is sized by it.
+    held = {int(m.group(1)) for m in map(_LAYER_NAME.match, tensors) if m}
+    if shape.num_hidden_layers > len(held):
+        raise CompileError(f"{path}: config.json says num_hidden_layers="
+                           f"{shape.num_hidden_layers}, the checkpoint holds {len(held)} "
+                           f"layers")
     want = llama_param_shapes(shape)
     for name, t in tensors.items():
         if name not in want and not name.endswith(_IGNORED_SUFFIXES):
