@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fpga
+
 
 from .errors import ConfigError
 from .isa import INSTR_BITS
@@ -45,7 +47,7 @@ _BASE_STREAM_FORMATS = ("int2", "int3", "int4", "int8", "ovp")
 SPARSITY_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
 GROUP_SIZES = (32, 64, 128)
 
-_CONFIG_DIR = Path(__file__).resolve().parent.parent / "fpga" / "boards"
+_CONFIG_DIR = Path(fpga.__file__).resolve().parent / "boards"
 #: Configurations shipped with the project, by name (``fpga/boards/<name>.yaml``).
 BUILTIN_CONFIGS = {p.stem: p for p in sorted(_CONFIG_DIR.glob("*.yaml"))}
 

@@ -9,7 +9,7 @@ The checkpoint is written in Hugging Face layout (``config.json`` for
 ``LlamaForCausalLM``, ``model.safetensors`` in float16, ``tokenizer.json`` describing
 the byte tokenizer) and ``train_log.json`` with the losses. CPU only, a few minutes::
 
-    nice -n 10 .venv/bin/python scripts/train_tiny.py --out models/tiny-llama
+    nice -n 10 .venv/bin/python scripts/train_tiny.py --out airfoil/models/tiny-llama
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def evaluate(model: LlamaReference, data: torch.Tensor, seq: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="models/tiny-llama")
+    p.add_argument("--out", default="airfoil/models/tiny-llama")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)

@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 from clitools import cli_fails, cli_ok
 from llmtools import random_llama
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "models" / "tiny-llama"
+from airfoil.models import BUILTIN_MODELS
+
+TINY = BUILTIN_MODELS["tiny-llama"]
 
 
 

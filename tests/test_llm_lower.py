@@ -173,7 +173,8 @@ def test_multichannel_slices_bit_exact(tmp_path):
 def test_tiny_model_eight_decode_steps(tmp_path):
     from compiler.importers.hf import import_hf
     from compiler.tokenizer import load_tokenizer
-    root = Path(__file__).parent.parent / "models/tiny-llama"
+    from airfoil.models import BUILTIN_MODELS
+    root = BUILTIN_MODELS["tiny-llama"]
     qm = quantized_model(llm_pipeline().run(import_hf(root)))
     cfg = load_config("sim_llm")
     compile_llm(qm, cfg, tmp_path / "tiny", max_prompt=16)

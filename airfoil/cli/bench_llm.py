@@ -14,7 +14,6 @@ windows of :data:`WINDOW` tokens each predicting the next byte at every position
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -24,8 +23,10 @@ from compiler.passes import llm_pipeline, quantized_model
 from compiler.tokenizer import corpus_split
 from sim.golden_llm import GoldenLLM
 
-#: The committed tiny checkpoint.
-TINY_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-llama"
+from ..models import BUILTIN_MODELS
+
+#: The shipped tiny checkpoint.
+TINY_MODEL = BUILTIN_MODELS["tiny-llama"]
 #: Tokens per evaluation window (each window starts a fresh KV cache).
 WINDOW = 128
 #: Held-out positions the bench evaluates.

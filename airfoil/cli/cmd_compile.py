@@ -38,8 +38,8 @@ def register(sub):
     p = sub.add_parser("compile", help="compile a decoder LLM (HF folder) or a linear layer "
                                        "into programs, weights.bin and manifest.json")
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
-                   help="HF-layout model folder (config.json + *.safetensors), e.g. "
-                        "models/tiny-llama; omit to compile a linear layer (--layer)")
+                   help="HF-layout model folder (config.json + *.safetensors) or a "
+                        "shipped model (tiny-llama); omit to compile a linear layer (--layer)")
     p.add_argument("--max-prompt", type=int_in(1, 2 ** 16), default=None, metavar="T",
                    help="MODEL: longest prompt of the prefill program (default: 32 or what "
                         "fits)")
@@ -132,13 +132,15 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     from compiler.passes import llm_pipeline, quantized_model
 
     from ..folder import load_folder
+    from ..models import BUILTIN_MODELS, model_path
 
     console = console or Console()
     config = load_config(args.config or DEFAULT_CONFIG["llm"])
-    model_dir = Path(args.model)
+    model_dir = model_path(args.model)
     if not model_dir.is_dir():
         raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
-                           f"folder with config.json and *.safetensors)")
+                           f"folder with config.json and *.safetensors, or a shipped model: "
+                           f"{', '.join(BUILTIN_MODELS)})")
     pipe = llm_pipeline(args.recipe)
     steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
                                         "schedule prefill", "schedule decode",

@@ -1,8 +1,8 @@
 """``airfoil demo``: show every backend agreeing bit for bit.
 
 Two parts: the built-in linear layer on the torch, isa and rtl backends, then the
-committed tiny LLM (``models/tiny-llama``) compiled and generating text greedily on the
-torch golden, the isa simulator and the RTL core in Verilator (``--no-linear`` /
+shipped tiny LLM (``tiny-llama``, :mod:`airfoil.models`) compiled and generating text
+greedily on the torch golden, the isa simulator and the RTL core in Verilator (``--no-linear`` /
 ``--no-llm`` skip a part, ``--no-rtl`` the Verilator runs).
 """
 
@@ -32,7 +32,7 @@ def register(sub):
     p.add_argument("--no-linear", action="store_true", help="skip the linear-layer part")
     p.add_argument("--no-llm", action="store_true", help="skip the LLM part")
     p.add_argument("--model", default=None, metavar="MODEL",
-                   help="HF-layout model folder for the LLM part (default: models/tiny-llama)")
+                   help="HF-layout model folder for the LLM part (default: the shipped tiny-llama)")
     p.add_argument("--llm-config", default="sim_llm",
                    help="board config of the LLM part (default: sim_llm)")
     p.add_argument("--prompt", default="The ", help="prompt of the LLM part")
@@ -57,12 +57,12 @@ def run_llm(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..models import BUILTIN_MODELS
     from .cmd_compile import compile_llm_from_args, summary_table
     from .cmd_run import generate_backend
 
     console = Console()
-    root = Path(__file__).resolve().parent.parent.parent
-    model = Path(args.model) if args.model else root / "models" / "tiny-llama"
+    model = Path(args.model) if args.model else BUILTIN_MODELS["tiny-llama"]
     out_dir = f"{args.output}-llm"
     cargs = SimpleNamespace(model=str(model), config=args.llm_config, recipe=None,
                             output=out_dir, max_prompt=None)
