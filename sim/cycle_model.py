@@ -37,10 +37,10 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   next instruction when the tokens go out, so busy equals latency.
 * ``SFU`` (:meth:`CycleModel.sfu_call`): the SFU unit runs one kernel at a time, one
   32-bit element (four INT8 products) per cycle; each function's count is the kernel's
-  exact cycle formula (``hdl/sfu``), plus the unit's accept/check/start/release
-  (:data:`SFU_UNIT_CYCLES`), the divider that checks ``n % heads`` for row-wise and
-  attention-product functions (:data:`SFU_CHECK_CYCLES`) and :data:`TOKEN_HANDOFF`.
-  ``tests/test_cycle_model.py`` checks these formulas against the kernels' own.
+  exact cycle formula, plus the unit's accept/check/start/release and the divider that
+  checks ``n % heads`` for row-wise and attention-product functions: all of it is the
+  SFU's own count (:func:`hdl.sfu.unit.unit_cycles`, written once beside the hardware
+  and checked against it in RTL), plus :data:`TOKEN_HANDOFF`.
   (:meth:`CycleModel.sfu` and :meth:`CycleModel.sfu_func` are the older word-rate
   estimates, kept for callers without resolved arguments.)
 * ``SYS`` and the dispatch of any instruction: :data:`DISPATCH_CYCLES` per instruction.
@@ -63,8 +63,6 @@ from airfoil.formats import FORMAT_BITS, weight_format
 from airfoil.isa import INSTR_BITS, SfuFunc
 
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "SFU_LATENCY", "DISPATCH_CYCLES",
-           "SFU_UNIT_CYCLES", "SFU_CHECK_CYCLES", "SFU_DIV20_CYCLES", "SFU_DIV41_CYCLES",
-           "SOFTMAX_DRAIN_CYCLES",
            "ISSUE_CYCLES", "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES",
            "TOKEN_HANDOFF", "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES",
            "STEP_BITS", "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
@@ -135,15 +133,6 @@ MATRIX_LATENCY = (MV_START_CYCLES + CHAIN_LATENCY + RESCALER_LATENCY + ACC_HANDS
 
 #: Pipeline latency of one special-function instruction (not yet calibrated).
 SFU_LATENCY = 4
-#: SFU unit: take the instruction, check it, start the kernel, offer the release.
-SFU_UNIT_CYCLES = 4
-#: The unit's 20-bit divider checking ``n % heads`` (row-wise and attention products).
-SFU_CHECK_CYCLES = 21
-#: Kernel dividers: 20-bit (QUANT_TOKEN, ROPE: the segment length), 41-bit (RMSNORM).
-SFU_DIV20_CYCLES = 21
-SFU_DIV41_CYCLES = 42
-#: Softmax exp pipeline drained after the last row.
-SOFTMAX_DRAIN_CYCLES = 4
 
 # -- the run as a whole (hdl/core/top.py, hdl/core/fetch.py) ---------------------------------
 #: From the CTRL write to the first read command of the fetch: the CSR kick and the engine's
@@ -274,31 +263,12 @@ class CycleModel:
 
     def sfu_call(self, func, *, n: int, rows: int, heads: int = 1, kv_heads: int = 1,
                  pos: int = 0, length: int = 0) -> Cost:
-        """Cost of one SFU instruction with resolved arguments (registers read)."""
-        func = SfuFunc(func)
-        heads = heads or 1
-        R = rows
-        if func == SfuFunc.COPY:
-            work = n + 1
-        elif func in (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU):
-            work = R * n + (1 if func == SfuFunc.ADD else 2)
-        elif func == SfuFunc.QUANT_TOKEN:
-            work = SFU_DIV20_CYCLES + R * heads * (2 * (n // heads) + 7)
-        elif func == SfuFunc.RMSNORM:
-            work = SFU_DIV41_CYCLES + R * (3 * n + 7)
-        elif func == SfuFunc.ROPE:
-            work = SFU_DIV20_CYCLES + R * n + 2
-        elif func == SfuFunc.ATT_QK:
-            work = R * heads * length * (-(-n // 8) * 2 + 3) + 3
-        elif func == SfuFunc.SOFTMAX:
-            work = SOFTMAX_DRAIN_CYCLES + 1 + sum(
-                heads * (2 * min(length, pos + t + 1) + length + 6) for t in range(R))
-        elif func == SfuFunc.ATT_PV:
-            work = R * heads * (length * (-(-n // 4) + 4) + n) + 2
-        else:
-            raise ValueError(f"no SFU cost for {func!r}")
-        check = SFU_CHECK_CYCLES if func not in (SfuFunc.COPY, SfuFunc.SOFTMAX) else 0
-        total = SFU_UNIT_CYCLES + check + work + TOKEN_HANDOFF
+        """Cost of one SFU instruction with resolved arguments (registers read): the
+        SFU unit's own count (:func:`hdl.sfu.unit.unit_cycles`, the formulas of its
+        kernels beside their hardware) and :data:`TOKEN_HANDOFF`."""
+        from hdl.sfu.unit import unit_cycles
+        total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
+                                 kv_heads=kv_heads, pos=pos, length=length)) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

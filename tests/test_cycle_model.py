@@ -203,31 +203,3 @@ def test_bench_figure_is_the_relative_error(tmp_path):
     r = measure_model_error(f.path, config, build_dir="build")
     assert r["error"] == abs(r["isa_cycles"] - r["rtl_cycles"]) / r["rtl_cycles"]
     assert r["error"] <= TOLERANCE
-
-
-# -- the SFU's costs are the kernels' exact formulas ------------------------------------------
-
-def test_sfu_costs_equal_the_units_cycle_formulas():
-    """CycleModel.sfu_call is the SFU unit's handshake-to-release count (hdl.sfu.unit
-    .unit_cycles, itself asserted against simulation in tests/test_sfu*.py) plus the token
-    hand-off, for every function over random well-formed arguments."""
-    import random
-
-    from airfoil.isa import SfuFunc
-    from hdl.sfu.unit import unit_cycles
-    from sim.cycle_model import TOKEN_HANDOFF, CycleModel
-
-    rng = random.Random(5)
-    cm = CycleModel(CFG)
-    for func in SfuFunc:
-        for _ in range(20):
-            heads = rng.choice([1, 2, 4])
-            kv = rng.choice([k for k in (1, 2, 4) if heads % k == 0])
-            n = heads * 2 * rng.randrange(1, 32)          # attention head_dim <= 256
-            args = {"func": func, "n": n, "rows": rng.randrange(1, 6), "heads": heads,
-                    "kv_heads": kv, "pos": rng.randrange(0, 30), "length": rng.randrange(1, 40),
-                    "src_addr": 0, "dst_addr": 0, "aux_addr": 0, "imm0": 0, "imm1": 0}
-            want = unit_cycles(args) + TOKEN_HANDOFF
-            got = cm.sfu_call(func, **{k: args[k] for k in ("n", "rows", "heads", "kv_heads",
-                                                            "pos", "length")})
-            assert got.latency == got.busy == want, (func, args)
