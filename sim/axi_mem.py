@@ -1,5 +1,9 @@
 """A cycle-level AXI4 memory model for cocotb testbenches.
 
+The core's harness runs the same timing model in RTL (``sim/tb/axi_mem.sv``, reached
+through :class:`HarnessMemory`); the Python ports below serve testbenches of smaller
+designs.
+
 One :class:`AxiMemory` (a byte array) serves any number of AXI4 ports of the design (the
 core's instruction port and one data port per memory channel, each its own
 :class:`ReadPortModel` and :class:`WritePortModel`). Every port honours the
@@ -23,12 +27,13 @@ edge.
 
 from __future__ import annotations
 
+import ctypes
 import random
 from collections import deque
 
 from cocotb.triggers import FallingEdge, RisingEdge
 
-__all__ = ["AxiMemory", "ReadPortModel", "WritePortModel", "AxiLiteMaster"]
+__all__ = ["AxiMemory", "ReadPortModel", "WritePortModel", "AxiLiteMaster", "HarnessMemory"]
 
 RESP_OKAY = 0
 RESP_SLVERR = 2
@@ -58,6 +63,38 @@ class AxiMemory:
 
     def read(self, addr: int, n: int) -> bytes:
         return bytes(self.data[addr:addr + n])
+
+
+class HarnessMemory:
+    """The memory of the RTL ports (``sim/tb/axi_mem.sv``, bytes in ``axi_mem_dpi.cpp``),
+    filled and read in bulk through ctypes from inside the simulator process."""
+
+    def __init__(self):
+        lib = ctypes.CDLL(None)
+        u64, ptr = ctypes.c_uint64, ctypes.c_char_p
+        lib.airfoil_mem_reset.argtypes = [u64]
+        lib.airfoil_mem_load.argtypes = [u64, ptr, u64]
+        lib.airfoil_mem_dump.argtypes = [u64, ctypes.c_void_p, u64]
+        lib.airfoil_mem_error.restype = ctypes.c_char_p
+        lib.airfoil_mem_error.argtypes = [ctypes.c_int]
+        self.lib = lib
+
+    def reset(self, size: int) -> None:
+        self.lib.airfoil_mem_reset(size)
+
+    def write(self, addr: int, raw: bytes) -> None:
+        if not self.lib.airfoil_mem_load(addr, raw, len(raw)):
+            raise ValueError(f"write of {len(raw)} bytes at {addr:#x} outside the memory")
+
+    def read(self, addr: int, n: int) -> bytes:
+        buf = ctypes.create_string_buffer(n)
+        if not self.lib.airfoil_mem_dump(addr, buf, n):
+            raise ValueError(f"read of {n} bytes at {addr:#x} outside the memory")
+        return buf.raw
+
+    def protocol_errors(self) -> list[str]:
+        return [self.lib.airfoil_mem_error(i).decode()
+                for i in range(self.lib.airfoil_mem_error_count())]
 
 
 class ReadPortModel:

@@ -16,7 +16,6 @@ that file.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import time
@@ -28,41 +27,10 @@ from cocotb.triggers import ClockCycles, Timer, ValueChange
 from cocotb.utils import get_sim_time
 
 from airfoil import csr as csrmap
-from sim.axi_mem import AxiLiteMaster
+from sim.axi_mem import AxiLiteMaster, HarnessMemory
 
 #: Clock period of the simulation (ns).
 PERIOD_NS = 10
-
-
-class HarnessMemory:
-    """The harness's memory (``axi_mem_dpi.cpp``) through ctypes, in bulk."""
-
-    def __init__(self):
-        lib = ctypes.CDLL(None)
-        u64, ptr = ctypes.c_uint64, ctypes.c_char_p
-        lib.airfoil_mem_reset.argtypes = [u64]
-        lib.airfoil_mem_load.argtypes = [u64, ptr, u64]
-        lib.airfoil_mem_dump.argtypes = [u64, ctypes.c_void_p, u64]
-        lib.airfoil_mem_error.restype = ctypes.c_char_p
-        lib.airfoil_mem_error.argtypes = [ctypes.c_int]
-        self.lib = lib
-
-    def reset(self, size: int) -> None:
-        self.lib.airfoil_mem_reset(size)
-
-    def write(self, addr: int, raw: bytes) -> None:
-        if not self.lib.airfoil_mem_load(addr, raw, len(raw)):
-            raise ValueError(f"write of {len(raw)} bytes at {addr:#x} outside the memory")
-
-    def read(self, addr: int, n: int) -> bytes:
-        buf = ctypes.create_string_buffer(n)
-        if not self.lib.airfoil_mem_dump(addr, buf, n):
-            raise ValueError(f"read of {n} bytes at {addr:#x} outside the memory")
-        return buf.raw
-
-    def protocol_errors(self) -> list[str]:
-        return [self.lib.airfoil_mem_error(i).decode()
-                for i in range(self.lib.airfoil_mem_error_count())]
 
 
 def _signal(root, name: str):
@@ -71,8 +39,8 @@ def _signal(root, name: str):
     h = root
     for part in name.split("."):
         try:
-            h = h._id(part, extended=False)
-        except AttributeError:
+            h = h[part]
+        except (AttributeError, KeyError):
             raise AttributeError(f"no signal {name!r} under the core ({part!r} not found)")
     return h
 
