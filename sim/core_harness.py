@@ -25,7 +25,8 @@ from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
 __all__ = ["TOP", "CORE_INSTANCE", "STALL_PATTERNS", "MEMORY_SOURCES", "BUILD_ARGS",
-           "write_harness", "harness_verilog", "public_vlt", "stall_settings"]
+           "write_harness", "harness_verilog", "wrap_with_memory", "public_vlt",
+           "write_if_changed", "stall_settings"]
 
 #: Module name of the harness.
 TOP = "airfoil_core_tb"
@@ -98,43 +99,62 @@ def _writer(prefix: str, stream: int, nbytes: int, latency: int) -> str:
             + f"        .bready({prefix}__bready));\n")
 
 
-def harness_verilog(meta: dict, config: AccelConfig) -> str:
-    """The harness module's SystemVerilog for a core's metadata and its config."""
-    mc = config.memory
+def wrap_with_memory(meta: dict, top: str, *, readers, writers, title: str, what: str) -> str:
+    """SystemVerilog of module ``top``: the design of ``meta`` (instance
+    :data:`CORE_INSTANCE`) with AXI4 memory ports on the named ports of it.
+
+    ``readers`` lists ``(prefix, stream, latency, outstanding, rate)`` (rate 0: a beat
+    every cycle), ``writers`` ``(prefix, stream, write_latency)``; ``stream`` numbers the
+    port's stall generators (unique per port). Every other port of the design is a port
+    of ``top``, beside the stall inputs ``tb_*``. ``title`` and ``what`` make its first
+    line (a comment).
+    """
     clk, rst = meta["clock"], meta["reset"]
-    csr = [p for p in meta["ports"] if p["name"].startswith("csr__")]
-    inner = [p for p in meta["ports"] if not p["name"].startswith("csr__")]
+    served = tuple(f"{r[0]}__" for r in [*readers, *writers])
+    outer = [p for p in meta["ports"] if not p["name"].startswith(served)]
+    inner = [p for p in meta["ports"] if p["name"].startswith(served)]
     head = [f"    input  logic {clk}", f"    input  logic {rst}",
             "    input  logic [63:0] tb_seed", "    input  logic [1:0] tb_pattern",
             "    input  logic [31:0] tb_stall_q32", "    input  logic [31:0] tb_open_max"]
-    for p in csr:
+    for p in outer:
         d = "input " if p["dir"] == "in" else "output"
         head.append(f"    {d} logic [{p['width'] - 1}:0] {p['name']}")
     # The memory's C++ is a build argument, not a source: its digest here rebuilds the
     # harness when it changes.
     cpp = hashlib.sha256(Path(BUILD_ARGS[0]).read_bytes()).hexdigest()[:16]
-    lines = [f"// The core beside its AXI4 memory (written by sim/core_harness.py for config "
-             f"{config.name}; memory C++ {cpp}).", f"module {TOP} (", ",\n".join(head), ");"]
+    lines = [f"// {title} (written by sim/core_harness.py for {what}; memory C++ {cpp}).",
+             f"module {top} (", ",\n".join(head), ");"]
     for p in inner:
         lines.append(f"    logic [{p['width'] - 1}:0] {p['name']};")
     conns = ",\n".join(f"        .{p['name']}({p['name']})" for p in meta["ports"])
     lines.append(f"    {meta['top']} {CORE_INSTANCE} (\n        .{clk}({clk}),\n"
                  f"        .{rst}({rst}),\n{conns});")
-    ibytes = _port(meta, "instr__rdata")["width"] // 8
-    lines.append(_reader("instr", 0, ibytes, mc.read_latency, mc.outstanding, 0.0))
-    rate = config.channel_bytes_per_cycle
-    for c in range(mc.channels):
-        wb = _port(meta, f"data{c}__rdata")["width"] // 8
-        lines.append(_reader(f"data{c}", c + 1, wb, mc.latency_of(c), mc.outstanding_of(c),
-                             rate if rate < wb else 0.0))
-        lines.append(_writer(f"data{c}", c + 1, wb, mc.write_latency))
+    for prefix, stream, latency, outstanding, rate in readers:
+        nbytes = _port(meta, f"{prefix}__rdata")["width"] // 8
+        lines.append(_reader(prefix, stream, nbytes, latency, outstanding,
+                             rate if 0 < rate < nbytes else 0.0))
+    for prefix, stream, latency in writers:
+        nbytes = _port(meta, f"{prefix}__wdata")["width"] // 8
+        lines.append(_writer(prefix, stream, nbytes, latency))
     lines.append("endmodule\n")
     return "\n".join(lines)
 
 
-def public_vlt(internals: bool) -> str:
-    """Verilator control file of what cocotb sees: the harness's signals (read and write)
-    and, with ``internals``, every signal of the core (read only).
+def harness_verilog(meta: dict, config: AccelConfig) -> str:
+    """The harness module's SystemVerilog for a core's metadata and its config."""
+    mc = config.memory
+    rate = config.channel_bytes_per_cycle
+    chans = range(mc.channels)
+    return wrap_with_memory(
+        meta, TOP, title="The core beside its AXI4 memory", what=f"config {config.name}",
+        readers=[("instr", 0, mc.read_latency, mc.outstanding, 0.0)] +
+        [(f"data{c}", c + 1, mc.latency_of(c), mc.outstanding_of(c), rate) for c in chans],
+        writers=[(f"data{c}", c + 1, mc.write_latency) for c in chans])
+
+
+def public_vlt(internals: bool, top: str = TOP) -> str:
+    """Verilator control file of what cocotb sees: the signals of harness ``top`` (read and
+    write) and, with ``internals``, every signal of the design in it (read only).
 
     Nothing else is public, so Verilator optimises the core freely (cocotb's default,
     every signal public and writable, runs the core several times slower); making the
@@ -142,14 +162,15 @@ def public_vlt(internals: bool) -> str:
     watch signals have it.
     """
     lines = ["`verilator_config",
-             f'public_flat_rw -module "{TOP}" -var "*"',
+             f'public_flat_rw -module "{top}" -var "*"',
              'public_flat_rd -module "axi_mem_reader" -var "beats"']
     if internals:
         lines.append('public_flat_rd -module "*" -var "*"')
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> Path:
+def write_if_changed(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` unless it holds it already (keeps the file's time)."""
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
@@ -163,7 +184,7 @@ def write_harness(meta: dict, config: AccelConfig, out_dir, *,
     (:func:`public_vlt`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sv = _write(out / f"{TOP}_{config.config_hash}.sv", harness_verilog(meta, config))
-    vlt = _write(out / f"{TOP}_{'internals' if internals else 'ports'}.vlt",
+    sv = write_if_changed(out / f"{TOP}_{config.config_hash}.sv", harness_verilog(meta, config))
+    vlt = write_if_changed(out / f"{TOP}_{'internals' if internals else 'ports'}.vlt",
                  public_vlt(internals))
     return [vlt, *MEMORY_SOURCES, sv]
