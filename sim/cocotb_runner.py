@@ -87,11 +87,11 @@ def build(sources, top: str, *, build_root=None, waves: bool = False,
     """
     setup_environment()
     sources = [Path(s).resolve() for s in sources]
-    args = list(SIM_BUILD_ARGS) + list(extra_args) + (["--trace-fst"] if waves else []) + \
-        ([] if public_flat_rw else ["(no --public-flat-rw)"])
+    args = list(SIM_BUILD_ARGS) + list(extra_args) + (["--trace-fst"] if waves else [])
     root = Path(build_root or DEFAULT_BUILD_ROOT).resolve()
     suffix = "-fst" if waves else "-trace" if trace else ""
-    bdir = root / f"{top}-{_digest(sources, top, args)}{suffix}"
+    visible = [] if public_flat_rw else ["no --public-flat-rw"]
+    bdir = root / f"{top}-{_digest(sources, top, args + visible)}{suffix}"
     stamp = bdir / ".built"
     if stamp.exists():
         return bdir
@@ -100,7 +100,7 @@ def build(sources, top: str, *, build_root=None, waves: bool = False,
             return bdir
         runner = _runner(public_flat_rw)
         runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir,
-                     build_args=[a for a in args if not a.startswith("(")], waves=waves or trace, always=True,
+                     build_args=args, waves=waves or trace, always=True,
                      log_file=root / f"{bdir.name}.build.log")
         stamp.write_text("ok\n")
     return bdir

@@ -19,6 +19,7 @@ write-response latency (``write_latency``).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from airfoil.config import AccelConfig
@@ -170,9 +171,12 @@ def public_vlt(internals: bool, top: str = TOP) -> str:
 
 
 def write_if_changed(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` unless it holds it already (keeps the file's time)."""
+    """Write ``text`` to ``path`` unless it holds it already (keeps the file's time); the
+    file is replaced whole, so a concurrent reader never sees it half written."""
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return path
 
 

@@ -88,6 +88,8 @@ def test_memory_ports_keep_the_timing_model(tmp_path):
     # WLAST on the first of two beats: reported, and nothing before it.
     assert r["errors_before"] == []
     assert len(r["errors"]) == 2 and all("WLAST" in e for e in r["errors"])
+    # ARVALID lowered before its handshake: reported.
+    assert len(r["dropped"]) == 1 and "ARVALID dropped before ARREADY" in r["dropped"][0]
     # Stall patterns (ARREADY of an idle reader, after the first cycle of reset).
     tr = {k: [t[1:] for t in v] for k, v in r["traces"].items()}
     assert set(tr["none"][0]) == {"1"}

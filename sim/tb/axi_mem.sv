@@ -143,6 +143,11 @@ module axi_mem_reader #(parameter int BYTES = 16, parameter int LATENCY = 1,
         return i == QBITS'(OUTSTANDING - 1) ? '0 : i + 1'b1;
     endfunction
 
+    // Report a protocol error of the design on this port.
+    function automatic void protocol_error(input string what);
+        airfoil_mem_protocol_error($sformatf("%s: cycle %0d: %s", NAME, cycle, what));
+    endfunction
+
     // Checks: a raised ARVALID stays, with its payload, until ARREADY.
     logic        ar_was;
     logic [63:0] ar_addr_was;
@@ -167,11 +172,9 @@ module axi_mem_reader #(parameter int BYTES = 16, parameter int LATENCY = 1,
             h = head; n = count; bt = beat; on = rvalid; c = credit;
             pushed = arready && arvalid;
             if (ar_was && !arvalid)
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: ARVALID dropped before ARREADY",
-                                                     NAME, cycle));
+                protocol_error("ARVALID dropped before ARREADY");
             else if (ar_was && (araddr != ar_addr_was || arlen != ar_len_was))
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: AR payload changed while waiting",
-                                                     NAME, cycle));
+                protocol_error("AR payload changed while waiting");
             ar_was <= arvalid && !arready;
             ar_addr_was <= araddr;
             ar_len_was <= arlen;
@@ -272,6 +275,12 @@ module axi_mem_writer #(parameter int BYTES = 16, parameter int WRITE_LATENCY = 
         return i == QBITS'(DEPTH - 1) ? '0 : i + 1'b1;
     endfunction
 
+    // Report a protocol error of the design on this port.
+    function automatic void protocol_error(input string what);
+        airfoil_mem_protocol_error($sformatf("%s: cycle %0d: %s", NAME, cycle, what));
+    endfunction
+
+    // Checks: a raised AWVALID or WVALID stays, with its payload, until its ready.
     logic        aw_was, w_was;
     logic [63:0] aw_addr_was;
     logic [7:0]  aw_len_was;
@@ -296,17 +305,13 @@ module axi_mem_writer #(parameter int BYTES = 16, parameter int WRITE_LATENCY = 
             an = a_count; ah = a_head; rn = r_count; rh = r_head; bt = beat; e = err;
             on = bvalid; r_pushed = 1'b0; r_new_err = 1'b0;
             if (aw_was && !awvalid)
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: AWVALID dropped before AWREADY",
-                                                     NAME, cycle));
+                protocol_error("AWVALID dropped before AWREADY");
             else if (aw_was && (awaddr != aw_addr_was || awlen != aw_len_was))
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: AW payload changed while waiting",
-                                                     NAME, cycle));
+                protocol_error("AW payload changed while waiting");
             if (w_was && !wvalid)
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: WVALID dropped before WREADY",
-                                                     NAME, cycle));
+                protocol_error("WVALID dropped before WREADY");
             else if (w_was && (wdata != w_data_was || wstrb != w_strb_was || wlast != w_last_was))
-                airfoil_mem_protocol_error($sformatf("%s: cycle %0d: W payload changed while waiting",
-                                                     NAME, cycle));
+                protocol_error("W payload changed while waiting");
             aw_was <= awvalid && !awready;
             aw_addr_was <= awaddr; aw_len_was <= awlen;
             w_was <= wvalid && !wready;
@@ -327,9 +332,8 @@ module axi_mem_writer #(parameter int BYTES = 16, parameter int WRITE_LATENCY = 
                     e = 1'b1;
                 bt = bt + 1'b1;
                 if (wlast != (bt == a_beats[ah]))
-                    airfoil_mem_protocol_error($sformatf(
-                        "%s: cycle %0d: WLAST=%0d on beat %0d of a %0d-beat burst",
-                        NAME, cycle + 1, wlast, bt, a_beats[ah]));
+                    protocol_error($sformatf("WLAST=%0d on beat %0d of a %0d-beat burst",
+                                             wlast, bt, a_beats[ah]));
                 if (bt == a_beats[ah]) begin
                     r_due[r_tail] <= cycle + 1 + 64'(WRITE_LATENCY);
                     r_err[r_tail] <= e;

@@ -94,7 +94,7 @@ class Watch:
 
 
 async def _run_one(dut, job: dict, run: dict, mem: HarnessMemory) -> dict:
-    nch = len(job["memory"]["channel_latency"])
+    nch = job["channels"]
     mem.reset(run["mem_bytes"])
     for region in run["regions"]:
         mem.write(region["addr"], Path(region["file"]).read_bytes())

@@ -5,7 +5,7 @@ edge, a handshake completes at the next rising edge) and records what the timing
 promises: the first read beat ``LATENCY`` cycles after the address handshake, at most
 ``OUTSTANDING`` bursts accepted, paced beats of the rate-limited reader, the write
 response ``WRITE_LATENCY`` cycles after the last data beat, strobes, SLVERR beyond the
-memory, the WLAST check, and each stall pattern's withheld cycles. The test
+memory, the WLAST and ARVALID checks, and each stall pattern's withheld cycles. The test
 (tests/test_axi_mem_rtl.py) checks the record in ``$AIRFOIL_RESULT``.
 """
 
@@ -153,6 +153,10 @@ async def ports(dut):
     out["errors_before"] = mem.protocol_errors()
     out["bad_wlast"] = await _write(dut, 0x200, [1, 2], lasts=[True, False])
     out["errors"] = mem.protocol_errors()
+    # ARVALID dropped while ARREADY is low (two bursts outstanding, RREADY low).
+    await _outstanding(dut)
+    await ClockCycles(dut.clk, 2)
+    out["dropped"] = mem.protocol_errors()[len(out["errors"]):]
     out["traces"] = {}
     for pattern in ("none", "random", "bursts"):
         for seed in (5, 5, 6):
