@@ -1,10 +1,13 @@
-// AXI4 memory ports for Verilator testbenches: the timing model of sim/axi_mem.py in RTL.
+// AXI4 memory ports for Verilator testbenches: the one memory timing model of RTL runs.
 //
 // The bytes live in C++ (axi_mem_dpi.cpp, reached through DPI-C); every port of a design
-// reads and writes the same memory. The timing of each port, per clock cycle:
+// reads and writes the same memory. Each port decides at a rising clock edge, from the
+// design's signals just before it, and drives registered outputs after it. The timing of
+// each port, per clock cycle:
 //
 // * read (axi_mem_reader): a burst's first beat is offered LATENCY cycles after its
-//   address handshake; at most OUTSTANDING bursts are accepted and not yet answered
+//   address handshake (handshake at edge k: the first beat's handshake at edge k + LATENCY
+//   at the earliest); at most OUTSTANDING bursts are accepted and not yet answered
 //   (ARREADY is low while OUTSTANDING are); with RATE > 0 (a data port whose channel
 //   delivers fewer than BYTES bytes per cycle) a beat is offered when the channel has
 //   earned BYTES bytes, RATE bytes are earned each cycle no beat is offered, at most one
@@ -15,12 +18,14 @@
 //   burst's response comes WRITE_LATENCY cycles after its last data beat; a burst
 //   touching bytes beyond the memory answers SLVERR (the bytes inside are written).
 //   At most DEPTH write bursts are held (address taken, response not yet taken):
-//   AWREADY is low while DEPTH are (the Python model had no bound).
+//   AWREADY is low while DEPTH are.
 // * every ready/valid the model drives (ARREADY, RVALID, AWREADY, WREADY, BVALID) is
 //   withheld in a cycle when its axi_withhold generator says so: pattern 0 never,
 //   1 each cycle with probability stall_q32 / 2^32, 2 in runs of HOLD_MIN..HOLD_MAX
-//   cycles separated by open runs of 1..open_max cycles. Each generator has a stream
-//   number of its own and starts from the run's seed, so a run is reproducible.
+//   cycles separated by open runs of 1..open_max cycles (sim/core_harness.py derives the
+//   inputs from a run's pattern and stall fraction). Each signal has a generator of its
+//   own, numbered by port and signal, that starts from the run's seed: a run is
+//   reproducible, and the ports' stalls are independent.
 // * a valid once raised stays until its handshake, with its payload.
 //
 // Protocol checks on the design's side (each failure is reported through
