@@ -59,27 +59,46 @@ def _digest(sources, top, args) -> str:
     return h.hexdigest()[:12]
 
 
+def _runner(public_flat_rw: bool):
+    """cocotb's Verilator runner; without ``public_flat_rw`` its build drops
+    ``--public-flat-rw`` (then the sources' Verilator control files say what is public)."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    if not public_flat_rw:
+        commands = runner._build_command
+
+        def without_public():
+            cmds = commands()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+        runner._build_command = without_public
+    return runner
+
+
 def build(sources, top: str, *, build_root=None, waves: bool = False,
-          extra_args=(), trace: bool = False) -> Path:
+          extra_args=(), trace: bool = False, public_flat_rw: bool = True) -> Path:
     """Build (once) a Verilator model of ``top`` and return its build folder.
 
     ``waves`` builds with FST tracing; ``trace`` with whatever ``extra_args`` ask for.
+    ``public_flat_rw`` makes every signal visible and writable to cocotb (cocotb's
+    default; it keeps Verilator from optimising the design much); without it only what
+    the sources' control files (``.vlt``) mark public is.
     """
-    from cocotb_tools.runner import get_runner
-
     setup_environment()
     sources = [Path(s).resolve() for s in sources]
     args = list(SIM_BUILD_ARGS) + list(extra_args) + (["--trace-fst"] if waves else [])
     root = Path(build_root or DEFAULT_BUILD_ROOT).resolve()
     suffix = "-fst" if waves else "-trace" if trace else ""
-    bdir = root / f"{top}-{_digest(sources, top, args)}{suffix}"
+    visible = [] if public_flat_rw else ["no --public-flat-rw"]
+    bdir = root / f"{top}-{_digest(sources, top, args + visible)}{suffix}"
     stamp = bdir / ".built"
     if stamp.exists():
         return bdir
     with _locked(root / f".{bdir.name}.lock"):
         if stamp.exists():
             return bdir
-        runner = get_runner("verilator")
+        runner = _runner(public_flat_rw)
         runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir,
                      build_args=args, waves=waves or trace, always=True,
                      log_file=root / f"{bdir.name}.build.log")
@@ -89,17 +108,20 @@ def build(sources, top: str, *, build_root=None, waves: bool = False,
 
 def run_cocotb(*, sources, top: str, test_module: str, test_dir, seed: int,
                env: dict | None = None, case: dict | None = None, testcase=None,
-               build_root=None, extra_args=(), keep_waves_on_failure: bool = True) -> dict:
+               build_root=None, extra_args=(), keep_waves_on_failure: bool = True,
+               public_flat_rw: bool = True) -> dict:
     """Run cocotb test module ``test_module`` (found in ``test_dir``) on ``top``.
 
-    ``case``, if given, is written as JSON to the file named by ``$AIRFOIL_CASE``.
+    ``case``, if given, is written as JSON to the file named by ``$AIRFOIL_CASE``;
+    ``public_flat_rw`` as for :func:`build`.
 
     Return the JSON object the testbench wrote to ``$AIRFOIL_RESULT`` (empty if none).
     Raise :class:`RtlFailure` naming the seed (and the kept FST waveform) on failure.
     """
     from cocotb_tools.runner import get_results, get_runner
 
-    bdir = build(sources, top, build_root=build_root, extra_args=extra_args)
+    bdir = build(sources, top, build_root=build_root, extra_args=extra_args,
+                 public_flat_rw=public_flat_rw)
     res_dir = Path(tempfile.mkdtemp(prefix=f"{top}-", dir=bdir.parent))
     env = dict(env or {})
     if case is not None:
@@ -144,12 +166,12 @@ def run_cocotb(*, sources, top: str, test_module: str, test_dir, seed: int,
     if keep_waves_on_failure:
         try:
             wdir = build(sources, top, build_root=build_root, extra_args=extra_args,
-                         waves=True)
+                         waves=True, public_flat_rw=public_flat_rw)
         except RuntimeError:
             # FST needs lz4.h (Debian liblz4-dev); fall back to a VCD trace.
             wdir = build(sources, top, build_root=build_root,
                          extra_args=list(extra_args) + ["--trace-vcd"], waves=False,
-                         trace=True)
+                         trace=True, public_flat_rw=public_flat_rw)
         attempt(wdir, True)
         for name in ("dump.fst", "dump.vcd"):
             dump = Path(test_dir).resolve() / name

@@ -8,8 +8,9 @@ core's status, its cycle counter and the memory regions asked for.
 Memory channels: the core has one data port per channel of its config; the memory model
 holds one flat image and serves every port from it, each with its channel's read latency
 and outstanding reads (:meth:`airfoil.config.MemoryConfig.latency_of`, ``outstanding_of``),
-its bandwidth (:attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`) and random
-stalls of its own. Channel
+its bandwidth (:attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`) and stalls of
+its own (the case's ``stall_pattern``). The memory runs in RTL beside the core
+(:mod:`sim.core_harness`; ``sim/tb/axi_mem.sv`` documents its timing). Channel
 ``c``'s data base is the image's address plus ``channel_offsets[c]`` of the case (where
 that channel's memory starts in the image, as a folder's manifest says; by default every
 channel sees the whole image).
@@ -26,9 +27,12 @@ from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 from airfoil.program import HEADER_SIZE
 
-from .cocotb_runner import run_cocotb
+from .cocotb_runner import DEFAULT_BUILD_ROOT, run_cocotb
+from .core_harness import BUILD_ARGS, CORE_INSTANCE, STALL_PATTERNS, TOP, stall_settings, \
+    write_harness
 
-__all__ = ["RtlCase", "run_core", "overlap_fraction", "PROG_BASE", "DEFAULT_STALL"]
+__all__ = ["RtlCase", "run_core", "overlap_fraction", "PROG_BASE", "DEFAULT_STALL",
+           "STALL_PATTERNS"]
 
 #: Byte address of the program file in the memory model.
 PROG_BASE = 0x1000
@@ -45,6 +49,12 @@ class RtlCase:
     input vector); ``read_back`` maps a name to ``(image-relative address, nbytes)``;
     ``channel_offsets`` gives, per memory channel, where its memory starts in the image
     (``None``: every channel at offset 0).
+
+    ``stall_pattern`` says how the memory withholds the ready/valid signals it drives on
+    every channel of every port (:data:`sim.core_harness.STALL_PATTERNS`): ``"none"``
+    never, ``"random"`` in each cycle with probability ``stall``, ``"bursts"`` in seeded
+    runs of 20..200 cycles, about a ``stall`` fraction of the cycles in all. ``watch`` names
+    signals under the core whose high cycles the run reports (see :func:`run_core`).
     """
 
     program: bytes
@@ -56,6 +66,11 @@ class RtlCase:
     max_cycles: int = 2_000_000
     poll: int = 64
     channel_offsets: list | None = None
+    stall_pattern: str = "random"
+    watch: list = field(default_factory=list)
+
+    def __post_init__(self):
+        stall_settings(self.stall_pattern, self.stall)
 
 
 def _align(v: int, a: int) -> int:
@@ -63,23 +78,33 @@ def _align(v: int, a: int) -> int:
 
 
 def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
-             work_dir=None, log_level: str = "WARNING") -> list[dict]:
+             work_dir=None, log_level: str = "WARNING", watch=()) -> list[dict]:
     """Run ``cases`` (a list of :class:`RtlCase`) on the core; return one dict per case.
 
     ``verilog`` is the core's Verilog file or the list of its files (the file list);
-    ``log_level`` is the cocotb log level of the simulation.
+    ``log_level`` is the cocotb log level of the simulation; ``watch`` names signals
+    watched in every case (besides each case's own ``watch``).
 
     Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
     ``retired``, ``read_beats`` (data ports, all channels), ``read_beats_per_channel``,
     ``data_bases`` (the data base registers read back), ``reads`` (name -> bytes) and ``counters`` (the
     concurrency counters read after the run: ``busy_load``, ``busy_matrix``, ``busy_sfu``,
     ``busy_store`` and ``overlap``, in cycles; see :func:`overlap_fraction`), the
-    counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``).
+    counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``),
+    ``protocol_errors`` (the memory's AXI checks, empty on a clean run),
+    ``stall_pattern``, ``sim_seconds`` (wall-clock seconds of the simulation from START to
+    the poll that saw DONE) and ``watched``/``watched_rises``: for each watched signal,
+    the cycles it was high (nonzero) and how often it rose, from START to that poll.
+
+    A watched signal is named by its path under the core as cocotb sees it: instance
+    names and the signal's name joined by dots, as in the emitted Verilog (Verilator keeps
+    every signal, ``--public-flat-rw``), e.g. ``engine.queue_load.w_rdy`` or
+    ``engine.fetch.pending``; a leading ``!`` counts the cycles it was zero instead (a
+    queue is full while ``!engine.queue_load.w_rdy``).
     """
     meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
     names = {p["name"] for p in meta["ports"]}
-    mc = config.memory
-    nch = mc.channels
+    nch = config.memory.channels
     for need in ("csr__awaddr", "instr__araddr", "data0__araddr", "data0__awaddr"):
         if need not in names:
             raise AirfoilError(f"{meta['name']}: the metadata has no port {need!r}; not a "
@@ -113,7 +138,10 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
             f.write_bytes(raw)
             regions.append({"addr": addr, "file": str(f)})
         runs.append({
-            "seed": case.seed, "stall": case.stall, "prog_base": PROG_BASE,
+            "seed": case.seed, "stall": case.stall, "stall_pattern": case.stall_pattern,
+            "stall_inputs": stall_settings(case.stall_pattern, case.stall),
+            "core": CORE_INSTANCE, "watch": list(dict.fromkeys([*watch, *case.watch])),
+            "prog_base": PROG_BASE,
             "prog_count": count, "data_base": data_base,
             "data_bases": [data_base + o for o in offsets],
             "mem_bytes": _align(data_base + end, 1 << 12) + (1 << 12),
@@ -121,24 +149,22 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
             "read_back": {k: {"addr": data_base + a, "nbytes": n}
                           for k, (a, n) in case.read_back.items()},
         })
-    job = {"memory": {"word_bytes": mc.word_bytes, "instr_bytes": mc.instr_bits // 8,
-                      "read_latency": mc.read_latency,
-                      "channel_latency": [mc.latency_of(c) for c in range(nch)],
-                      "channel_outstanding": [mc.outstanding_of(c) for c in range(nch)],
-                      "outstanding": mc.outstanding, "write_latency": mc.write_latency,
-                      "channel_bytes_per_cycle": config.channel_bytes_per_cycle},
-           "runs": runs}
+    # The memory's timing is the harness's (sim.core_harness, from the config).
+    job = {"channels": nch, "runs": runs}
     job_file = tmp / "job.json"
     job_file.write_text(json.dumps(job))
     sources = [Path(v) for v in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
+    harness = write_harness(meta, config, Path(build_root or DEFAULT_BUILD_ROOT) / "harness",
+                            internals=any(r["watch"] for r in runs))
     seed = cases[0].seed if cases else 0
-    data = run_cocotb(sources=sources, top=meta["top"], test_module="core_tb",
+    data = run_cocotb(sources=[*harness, *sources], top=TOP, test_module="core_tb",
                       test_dir=_TB_DIR, seed=seed,
                       env={"AIRFOIL_JOB": job_file, "COCOTB_LOG_LEVEL": log_level,
                            "GPI_LOG_LEVEL": log_level},
-                      build_root=build_root)
+                      build_root=build_root, extra_args=BUILD_ARGS, public_flat_rw=False)
     out = data.get("runs", [])
-    for r in out:
+    for case, r in zip(cases, out):
+        r["stall_pattern"] = case.stall_pattern
         r["reads"] = {k: bytes.fromhex(v) for k, v in r["reads"].items()}
         counters = r.get("counters", {})
         for name, value in counters.items():

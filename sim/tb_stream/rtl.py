@@ -8,12 +8,15 @@ nothing here imports ``hdl``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from sim.cocotb_runner import RtlFailure, run_cocotb
+from sim.cocotb_runner import DEFAULT_BUILD_ROOT, RtlFailure, run_cocotb
+from sim.core_harness import BUILD_ARGS, MEMORY_SOURCES, public_vlt, stall_settings, \
+    wrap_with_memory, write_if_changed
 
 from .stimulus import encode_instr
 
@@ -21,6 +24,22 @@ __all__ = ["run_stream_rtl", "check_results", "TB_DIR"]
 
 TB_DIR = Path(__file__).resolve().parent
 _ALIGN = 4096
+#: Module name of the harness with its memory ports (``sim/tb/axi_mem.sv``).
+TOP = "stream_gemv_tb"
+
+
+def _with_memory(meta: dict, latencies, outstanding: int, build_root) -> list[Path]:
+    """Write the harness beside one RTL memory port per slice; return the sources."""
+    text = wrap_with_memory(
+        meta, TOP, title="The streamed-GEMV harness beside its AXI4 memory",
+        what=f"harness {meta['name']}", writers=[],
+        readers=[(f"axi__{c}", c, lat, outstanding, 0.0) for c, lat in enumerate(latencies)])
+    out = Path(build_root or DEFAULT_BUILD_ROOT) / "harness"
+    out.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    sv = write_if_changed(out / f"{TOP}_{digest}.sv", text)
+    vlt = write_if_changed(out / f"{TOP}.vlt", public_vlt(False, top=TOP))
+    return [vlt, *MEMORY_SOURCES, sv]
 
 
 def _words(raw: bytes, wb: int) -> list:
@@ -75,10 +94,13 @@ def run_stream_rtl(verilog, meta_json, cases, *, latency, outstanding: int,
         })
     run = {"cases": run_cases, "mem_bytes": max(addr, _ALIGN), "word_bytes": wb,
            "slices": slices, "latency": lat, "outstanding": outstanding, "stall": stall,
+           "stall_inputs": stall_settings("random", stall),
            "idle": idle, "seed": seed, "max_cycles": max_cycles}
-    data = run_cocotb(sources=[verilog], top=meta["top"], test_module="tb_stream_gemv",
+    harness = _with_memory(meta, lat, outstanding, build_root)
+    data = run_cocotb(sources=[*harness, verilog], top=TOP, test_module="tb_stream_gemv",
                       test_dir=TB_DIR, seed=seed, build_root=build_root, case=run,
-                      env={"AIRFOIL_META": str(Path(meta_json).resolve())})
+                      env={"AIRFOIL_META": str(Path(meta_json).resolve())},
+                      extra_args=BUILD_ARGS, public_flat_rw=False)
     results = data["results"]
     for c, rc, r in zip(cases, run_cases, results):
         raw = b"".join(bytes.fromhex(w)[::-1] for w in r["out_words"])

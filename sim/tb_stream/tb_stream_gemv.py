@@ -4,8 +4,9 @@ The run comes as JSON in ``$AIRFOIL_CASE`` (see :func:`sim.tb_stream.rtl.run_str
 memory timing (one latency per slice, outstanding, stall probability), idle probability,
 seed, and a list of cases, each with one read per slice (an image in hex at a byte
 address), the ACT words, the ``q`` entry of the ``MV`` and the OUT words to read back.
-Slice ``c``'s port ``axi__<c>`` is served by its own memory port model (its own latency
-and random stalls) over one shared memory. For each case the bench writes ACT, pulses
+Slice ``c``'s port ``axi__<c>`` is served by its own RTL memory port (``sim/tb/axi_mem.sv``
+in the harness :data:`sim.tb_stream.rtl.TOP`: its own latency and random stalls) over one
+shared memory, filled in bulk before the run. For each case the bench writes ACT, pulses
 ``start`` with each slice's address and word count, offers the entry (after random idle
 cycles), waits for ``busy`` to fall, and reads the counters and OUT. The results go to
 ``$AIRFOIL_RESULT``; the caller compares them with the golden.
@@ -20,9 +21,13 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 
-from sim.axi_mem import AxiMemory, ReadPortModel, serve
+from sim.axi_mem import HarnessMemory
+
+#: Clock period of the simulation (ns).
+PERIOD_NS = 10
 
 _PORTS = ("start", "q__valid", "q__ready", "q__payload", "act_w__addr",
           "act_w__data", "act_w__en", "out_r__addr", "out_r__en", "out_r__data", "busy",
@@ -61,12 +66,16 @@ async def _run_case(dut, case, rng, idle, max_cycles):
             break
     await RisingEdge(dut.clk)
     dut.q__valid.value = 0
-    waited = 0
-    while True:
+    # Wait for BUSY to fall (an edge trigger, not a poll every cycle), then sample at the
+    # falling clock edge after it.
+    t0 = get_sim_time("ns")
+    await FallingEdge(dut.clk)
+    if int(dut.busy.value):
+        await First(FallingEdge(dut.busy), Timer(max_cycles * PERIOD_NS, "ns"))
         await FallingEdge(dut.clk)
-        waited += 1
-        if not int(dut.busy.value) or waited > max_cycles:
-            break
+    waited = round((get_sim_time("ns") - t0) / PERIOD_NS)
+    if int(dut.busy.value):
+        waited = max_cycles + 1
     res = {"name": case["name"], "cycles": int(dut.cycles.value),
            "beats": int(dut.beats.value), "useful": int(dut.useful.value),
            "err": int(dut.err.value), "err_code": int(dut.err_code.value),
@@ -95,23 +104,22 @@ async def stream_gemv(dut):
     for name in wanted:
         assert name in names, f"port {name} missing from {os.environ['AIRFOIL_META']}"
     rng = random.Random(run["seed"])
-    mem = AxiMemory(run["mem_bytes"])
+    mem = HarnessMemory()
+    mem.reset(run["mem_bytes"])
     for case in run["cases"]:
         for rd in case["reads"]:
             if rd["image"]:
                 mem.write(rd["addr"], bytes.fromhex(rd["image"]))
-    ports = [ReadPortModel(dut, f"axi__{c}", mem, word_bytes=run["word_bytes"],
-                           latency=run["latency"][c], outstanding=run["outstanding"],
-                           rng=random.Random(run["seed"] + 1 + 1000 * c), stall=run["stall"])
-             for c in range(slices)]
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.tb_seed.value = run["seed"] + 1
+    for name, value in run["stall_inputs"].items():
+        getattr(dut, name).value = value
+    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns", impl="gpi").start())
     for sig in (dut.start, dut.q__valid, dut.act_w__en, dut.out_r__en):
         sig.value = 0
     dut.rst.value = 1
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    cocotb.start_soon(serve(dut.clk, ports))
     results = []
     for case in run["cases"]:
         case["word_bytes"] = run["word_bytes"]
@@ -120,6 +128,8 @@ async def stream_gemv(dut):
             break
     with open(os.environ["AIRFOIL_RESULT"], "w") as fh:
         json.dump({"results": results}, fh)
+    errors = mem.protocol_errors()
+    assert not errors, f"AXI protocol errors: {errors}"
     bad = [r for r in results if r["timeout"] or r["err"]]
     assert not bad, f"case {bad[0]['name']}: timeout={bad[0]['timeout']} " \
                     f"err_code={bad[0]['err_code']}"
