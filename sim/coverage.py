@@ -9,7 +9,7 @@ The bins (:func:`define` builds them for a config):
   sampled by each RTL run's status (the regression's layers and the program fuzzer's
   programs);
 * ``airfoil.memory.read_stalls`` and ``airfoil.memory.write_stalls``: every stall pattern
-  of :data:`sim.random_regression.STALL_PATTERNS`, sampled by each RTL run that read
+  of :data:`sim.core_harness.STALL_PATTERNS`, sampled by each RTL run that read
   (wrote) memory under it;
 * ``airfoil.core.full``: each queue of the core seen full in an RTL run (the
   instruction queue of every unit and the token FIFO between every pair of units,
@@ -37,7 +37,8 @@ _samplers: dict = {}
 
 def define(cfg, full_signals=()) -> None:
     """Build the bins for ``cfg`` (once per process; later calls are no-ops)."""
-    from sim.random_regression import STALL_PATTERNS, legal_pairs
+    from sim.core_harness import STALL_PATTERNS
+    from sim.random_regression import legal_pairs
     if _samplers:
         return
     pairs = legal_pairs(cfg)

@@ -4,7 +4,8 @@ Each case is a linear layer drawn from one integer seed: weight format (every re
 format the config decodes, ``mixed`` and the BitMoD presets, and the dense WGT-tile
 path), sparsity (every pattern the config builds, block skip with a random density),
 group size, output width, bias, shape (``n`` rows, ``k`` a multiple of the group; WGT
-tiles also split over ``k``) and the memory's stall pattern (:data:`STALL_PATTERNS`).
+tiles also split over ``k``) and the memory's stall pattern
+(:data:`sim.core_harness.STALL_PATTERNS`).
 The case is compiled with :func:`compiler.linear.compile_linear`, run on the ISA
 simulator, on the golden model and on the RTL core (all cases of one config in one
 simulation), and the three outputs must agree bit for bit.
@@ -31,14 +32,12 @@ from airfoil.config import AccelConfig, load_config
 from airfoil.errors import CompileError
 from airfoil.folder import OUT_DTYPES, load_folder
 from airfoil.packing import MIXED_PRESETS
+from sim.core_harness import STALL_PATTERNS
 
-__all__ = ["LayerCase", "STALL_PATTERNS", "channel_variant", "draw_case",
+__all__ = ["LayerCase", "channel_variant", "draw_case",
            "draw_cases", "legal_pairs", "run_cases", "stream_formats"]
 
-#: How the memory model withholds ready and valid: never, at random each cycle, or in
-#: long bursts.
-STALL_PATTERNS = ("none", "random", "bursts")
-#: Probability of a withheld cycle under the ``random`` pattern.
+#: Fraction of withheld cycles under the ``random`` and ``bursts`` stall patterns.
 RANDOM_STALL = 0.25
 OUT_FORMATS = ("int8", "int16", "int32")
 #: Read latency and outstanding bursts of each channel of a variant with that many
@@ -216,10 +215,12 @@ def _rtl_case(case: LayerCase, folder, cfg: AccelConfig):
 
 
 def run_cases(cases: list[LayerCase], cfg: AccelConfig, work: Path, *,
-              build_dir="build") -> list[dict]:
+              build_dir="build", watch=()) -> list[dict]:
     """Compile and run ``cases`` on ``cfg``; return one record per case.
 
-    A record holds ``case`` (the :class:`LayerCase`), ``refused`` (the compiler's message
+    ``watch`` names core signals the runs count (:func:`sim.rtl.run_core`; each seen
+    samples its bin of :mod:`sim.coverage`). A record holds ``case`` (the
+    :class:`LayerCase`), ``refused`` (the compiler's message
     when the draw is not a legal layer, else None), ``ok`` (RTL == ISA == golden and the
     core finished without error), ``cycles`` and ``detail`` (what differed).
     """
@@ -230,7 +231,7 @@ def run_cases(cases: list[LayerCase], cfg: AccelConfig, work: Path, *,
     from sim import coverage
 
     work = Path(work)
-    coverage.define(cfg)
+    coverage.define(cfg, watch)
     records, runs = [], []
     for case in cases:
         rec = {"case": case, "refused": None, "ok": False, "cycles": None, "detail": ""}
@@ -252,12 +253,14 @@ def run_cases(cases: list[LayerCase], cfg: AccelConfig, work: Path, *,
     core = emit_core(cfg, build_dir)
     results = run_core(verilog=core["sources"], meta=core["meta"], config=cfg,
                        cases=[_rtl_case(r[0]["case"], r[1], cfg) for r in runs],
-                       build_root=Path(build_dir) / "sim", work_dir=work / "rtl")
+                       build_root=Path(build_dir) / "sim", work_dir=work / "rtl",
+                       watch=watch)
     for (rec, folder, want, isa_out), res in zip(runs, results):
         case = rec["case"]
         rec["cycles"] = res["cycles"]
         coverage.sample_layer(case.format_bin, case.sparsity, case.stall_pattern)
         coverage.sample_error(res["err_code"] if res["error"] else 0)
+        coverage.sample_full(res.get("watched", {}))
         if not res["done"] or res["error"]:
             rec["detail"] = (f"core error code {res['err_code']} at instruction "
                              f"{res['err_pc']}" if res["error"] else "no DONE")

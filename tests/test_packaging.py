@@ -15,7 +15,8 @@ NEEDED = ["fpga/boards/u280.yaml", "fpga/boards/test.yaml", "compiler/recipes/ll
           "compiler/recipes/linear_default.yaml", "airfoil/models/tiny-llama/config.json",
           "airfoil/models/tiny-llama/model.safetensors",
           "airfoil/models/tiny-llama/tokenizer.json", "hdl/core/airfoil_core.vlt",
-          "sim/tb/core_tb.py"]
+          "sim/tb/core_tb.py", "sim/tb/axi_mem.sv", "sim/tb/axi_mem_dpi.cpp",
+          "sim/tb_axi_mem/axi_mem_ports_tb.sv"]
 
 
 def test_wheel_ships_and_finds_its_data(tmp_path):
