@@ -92,6 +92,7 @@ __all__ = [
     "WeightFormat", "Sparsity", "OutFormat", "SfuFunc", "ErrorCode", "HEADER_LAYOUT",
     "SYS_LAYOUT", "MEM_LAYOUT", "MATRIX_LAYOUT", "SFU_LAYOUT", "BODY_LAYOUT",
     "INSTR_LAYOUT", "encode", "decode", "body_name", "unit_of", "UNIT_OF_OPCODE",
+    "reserved_bits",
 ]
 
 #: Version of the encoding; a program of another version is refused.
@@ -457,6 +458,12 @@ _TABLES = {name: _field_table(BODY_LAYOUT.members[name], _BODY_OFFSET)
 #: reserved and must be zero.
 _USED = {name: sum(mask << off for k, (off, mask) in _HDR.items() if not k.startswith("_"))
          | sum(mask << off for _, off, mask, *_ in table) for name, table in _TABLES.items()}
+
+
+def reserved_bits(opcode: Opcode) -> int:
+    """Return the mask of an instruction word's reserved bits for ``opcode``: the bits no
+    field of the header or of its body covers (they must be zero)."""
+    return ((1 << INSTR_BITS) - 1) & ~_USED[_BODY_OF[Opcode(opcode)]]
 
 
 def decode(bits: int, index: int | None = None) -> Instr:
