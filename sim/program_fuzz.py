@@ -69,8 +69,12 @@ MAX_CYCLES = 60_000
 
 ILLEGAL_KINDS = ("bad_opcode", "bad_enum", "bad_size", "buffer_range", "reserved_bit",
                  "deadlock", "bad_register", "bad_tokens", "program_end", "axi_range",
-                 "scale_range")
+                 "scale_range", "misaligned", "starved_stream")
 KINDS = ("legal",) + ILLEGAL_KINDS
+#: Kinds that need the decode unit (``LD WSTREAM``, ``MV`` with ``wfmt = STREAM``).
+STREAM_KINDS = ("starved_stream",)
+#: Record formats of generated weight streams (each with its own integer range).
+_STREAM_FORMATS = ("int2", "int3", "int4", "int8")
 #: Buffers LD/ST move (WSTREAM is the weight stream, not a buffer).
 _DATA_BUFFERS = (Buffer.ACT, Buffer.WGT, Buffer.OUT, Buffer.KV, Buffer.AUX)
 #: Buffers the SFU reaches on the core (see :mod:`hdl.core.top`).
@@ -110,6 +114,8 @@ class FuzzProgram:
     fault: str = ""
     #: The error code the fault was planted to raise (``NONE``: the program completes).
     expect: ErrorCode = ErrorCode.NONE
+    #: The index of the instruction it was planted at (``None``: no fault).
+    where: int | None = None
 
 
 @dataclass
@@ -147,6 +153,7 @@ class _Builder:
         self.buf_ptr = {buf: 0 for buf in _DATA_BUFFERS}
         self.released = Counter()          # (from, to) -> releases since the last barrier
         self.free_regs = list(range(1, 32))
+        self.stream_mv = None              # index of the last MV STREAM
         rng.shuffle(self.free_regs)
 
     # -- resources ----------------------------------------------------------------------
@@ -225,6 +232,12 @@ class _Builder:
             return None
         fields = dict(buf=buf, buf_addr=addr, dram_addr=dram, nbytes=row, count=rows,
                       dram_stride=row + gap)
+        if self.free_regs and self.rng.random() < 0.15:
+            # dram_addr + regs[row_reg] * dram_stride is the data's address.
+            reg = self.free_regs.pop()
+            skip = self.rng.randint(0, dram // (row + gap))
+            self.emit(Opcode.SYS, op=SysOp.SETREG, reg=reg, value=skip)
+            fields.update(row_reg=reg, dram_addr=dram - skip * (row + gap))
         if self.free_regs and self.rng.random() < 0.2:
             reg = self.free_regs.pop()
             if self.rng.random() < 0.5:
@@ -264,7 +277,9 @@ class _Builder:
     def matrix_fields(self, m: int):
         """Random in-range fields of a matrix instruction and its tile(s)' bytes."""
         cfg, rng = self.config, self.rng
-        wfmt = WeightFormat[rng.choice(cfg.weight_formats).upper()]
+        tiles = [f.upper() for f in cfg.weight_formats
+                 if f.upper() in WeightFormat.__members__ and f != "stream"]
+        wfmt = WeightFormat[rng.choice(tiles)]
         group = rng.choice(cfg.group_sizes)
         k = group * rng.randint(1, max(1, 256 // group))
         out_fmt = rng.choice(list(OutFormat))
@@ -303,9 +318,23 @@ class _Builder:
             if wbuf is None:
                 return False
             tiles.append((wbuf, bias))
-        act = self.load(Buffer.ACT, self.random_bytes(m * f["k"] * parts),
+        if mm and rng.random() < 0.5:
+            # Vectors apart in ACT and OUT (strides in memory words).
+            f.update(astride=-(-f["k"] // self.wb) + rng.randint(0, 2),
+                     ostride=f["rows"] * ob // self.wb + rng.randint(0, 1))
+        astep = f["astride"] * self.wb if f.get("astride") else f["k"]
+        ostep = f["ostride"] * self.wb if f.get("ostride") else f["rows"] * ob
+        if rng.random() < 0.3:
+            # Per-vector requantization: (sm, se) pairs in AUX.
+            pairs = np.array([[rng.randrange(1 << 16), rng.randint(-40, 200)]
+                              for _ in range(m)], dtype="<i4").tobytes()
+            sbuf = self.load(Buffer.AUX, pairs)
+            if sbuf is None:
+                return False
+            f.update(tok_scale=1, sbuf_addr=sbuf)
+        act = self.load(Buffer.ACT, self.random_bytes((m - 1) * astep + f["k"] * parts),
                         release=[Unit.MATRIX], align=8)
-        out = self.alloc(Buffer.OUT, m * f["rows"] * ob)
+        out = self.alloc(Buffer.OUT, (m - 1) * ostep + f["rows"] * ob)
         if act is None or out is None:
             return False
         for p, (wbuf, bias) in enumerate(tiles):
@@ -314,14 +343,61 @@ class _Builder:
                       release=[Unit.STORE] if last else (), **f, wbuf_addr=wbuf,
                       abuf_addr=act + p * f["k"], obuf_addr=out, acc_init=int(p == 0),
                       final=int(last), bias=int(bias))
-        return self.store(Buffer.OUT, out, m * f["rows"] * ob, wait=[Unit.MATRIX])
+        # One ST per vector: the bytes between vectors are not written by this program.
+        return all(self.store(Buffer.OUT, out + j * ostep, f["rows"] * ob,
+                              wait=[Unit.MATRIX] if j == 0 else ()) for j in range(m))
+
+    def step_stream(self, starve: bool = False) -> bool:
+        """LD ACT, LD WSTREAM of packed records, MV STREAM, ST; ``starve``: the stream load
+        brings only part of the records (or none), so the MV waits for words no load
+        brings (the ISA: MALFORMED at the MV)."""
+        from airfoil.packing import core_stream_geometry, pack_tensor
+        self.room_for_tokens([(Unit.LOAD, Unit.MATRIX), (Unit.MATRIX, Unit.STORE)])
+        rng = self.rng
+        f, ob = self.matrix_fields(1)
+        fmt = rng.choice(_STREAM_FORMATS)
+        lim = qmax(FORMAT_BITS[WeightFormat[fmt.upper()]])
+        g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+        q = torch.randint(-lim, lim + 1, (f["rows"], f["k"]), generator=g)
+        scales = (torch.rand(f["rows"], f["k"] // f["group"], generator=g) *
+                  (2 ** -1 - 2 ** -8) + 2 ** -8).to(torch.float16)
+        raw = pack_tensor(core_stream_geometry(self.config), q, scales, group=f["group"],
+                          tags=fmt)
+        if starve:
+            raw = raw[:self.up(len(raw) // 2) - self.wb * rng.randint(0, 1)]
+        act = self.load(Buffer.ACT, self.random_bytes(f["k"]), align=8,
+                        release=[] if raw else [Unit.MATRIX])
+        out = self.alloc(Buffer.OUT, f["rows"] * ob)
+        dram = self.put(raw) if raw else 0
+        if act is None or out is None or dram is None:
+            return False
+        if raw:
+            self.emit(Opcode.LD, release=[Unit.MATRIX], buf=Buffer.WSTREAM, buf_addr=0,
+                      dram_addr=dram, nbytes=len(raw), count=1, dram_stride=0)
+        f.update(wfmt=WeightFormat.STREAM)
+        self.stream_mv = self.emit(Opcode.MV, wait=[Unit.LOAD], release=[Unit.STORE], **f,
+                                   abuf_addr=act, obuf_addr=out, acc_init=1, final=1)
+        return self.store(Buffer.OUT, out, f["rows"] * ob, wait=[Unit.MATRIX])
 
     def step_sfu(self) -> bool:
         self.room_for_tokens([(Unit.LOAD, Unit.SFU), (Unit.SFU, Unit.STORE)])
         rng = self.rng
         func = rng.choice([SfuFunc.COPY, SfuFunc.SILU, SfuFunc.ADD, SfuFunc.MUL,
-                           SfuFunc.RMSNORM, SfuFunc.QUANT_TOKEN])
+                           SfuFunc.RMSNORM, SfuFunc.QUANT_TOKEN, SfuFunc.ROPE])
         src, dst, aux = (rng.choice(_SFU_BUFFERS) for _ in range(3))
+        if func == SfuFunc.COPY and rng.random() < 0.3:
+            # Source and destination overlap (COPY moves like memmove).
+            n = self.wb * rng.randint(1, 4)
+            base = self.load(src, self.random_bytes(n + 2 * self.wb), release=[Unit.SFU])
+            if base is None:
+                return False
+            da = base + self.wb * rng.randint(0, 2)
+            self.emit(Opcode.SFU, wait=[Unit.LOAD], release=[Unit.STORE], func=func, src=src,
+                      dst=src, src_addr=base + rng.randrange(2 * self.wb + 1), dst_addr=da,
+                      n=n)
+            return self.store(src, da, n, wait=[Unit.SFU])
+        if func == SfuFunc.ROPE:
+            return self.rope(src, dst, aux)
         if func == SfuFunc.COPY:
             n = self.wb * rng.randint(1, 4)
             skew = rng.randrange(self.wb)
@@ -347,7 +423,10 @@ class _Builder:
             xa = self.load(aux, self.q16(n, 2.0))
         sa = self.load(src, self.q16(rows * n), release=[Unit.SFU])
         out_bytes = rows * n * (1 if quant else 4)
-        da = self.alloc(dst, out_bytes)
+        in_place = not quant and rng.random() < 0.3
+        if in_place:
+            dst = src
+        da = sa if in_place else self.alloc(dst, out_bytes)
         if quant:
             xa = self.alloc(aux, rows * 8)
         if None in (xa, sa, da):
@@ -369,15 +448,44 @@ class _Builder:
         del self.words[n:]
         return False
 
-    def build(self, steps: int, first=None) -> None:
+    def rope(self, src: Buffer, dst: Buffer, aux: Buffer) -> bool:
+        """LD rows and a cos/sin table, SFU ROPE, ST."""
+        rng = self.rng
+        rows, heads, hd = rng.randint(1, 3), rng.choice([1, 2]), 2 * rng.randint(1, 4)
+        n = heads * hd
+        rows += rows * n % 4 and 4 - rows % 4          # whole words of int32 results
+        stride = 2 * hd + 2 * rng.choice([0, 0, 1, 3])
+        table = b"".join(np.array([rng.randint(-(1 << 15), (1 << 15) - 1)
+                                   for _ in range(stride // 2)], dtype="<i2").tobytes()
+                         for _ in range(rows))
+        xa = self.load(aux, table)
+        sa = self.load(src, self.q16(rows * n), release=[Unit.SFU])
+        da = self.alloc(dst, rows * n * 4)
+        if None in (xa, sa, da):
+            return False
+        self.emit(Opcode.SFU, wait=[Unit.LOAD], release=[Unit.STORE], func=SfuFunc.ROPE,
+                  src=src, dst=dst, aux=aux, src_addr=sa, dst_addr=da, aux_addr=xa, n=n,
+                  rows=rows, heads=heads, imm1=0 if stride == 2 * hd else stride)
+        return self.store(dst, da, rows * n * 4, wait=[Unit.SFU])
+
+    def build(self, steps: int, first=None, last=None) -> None:
         """``first`` (a step method), then random steps up to ``steps`` in all (fewer if
-        the image fills up), then HALT."""
+        the image fills up), then ``last``, then HALT."""
         kinds = [self.step_copy, self.step_matrix, self.step_sfu]
-        for s in range(steps):
+        if self.config.decode_unit:
+            kinds.append(self.step_stream)
+        # The first step into empty buffers fits unless its random sizes overflow the
+        # input area: a few tries with new sizes.
+        if first is not None and not any(self.step(first) for _ in range(8)):
+            raise AssertionError(f"{first.__name__} never fits {self.config.name!r}")
+        for s in range(int(first is not None), steps):
             if s and self.rng.random() < 0.1:
                 self.barrier()
-            if not self.step(first if first and s == 0 else self.rng.choice(kinds)):
+            if not self.step(self.rng.choice(kinds)):
                 break
+        if last is not None:
+            self.stream_mv = None
+            self.step(last)
         self.emit(Opcode.SYS, op=SysOp.HALT)
 
 
@@ -387,8 +495,8 @@ def _decoded(words):
     return [isa.decode(w) for w in words]
 
 
-def _pick(rng, words, opcodes) -> int | None:
-    cands = [i for i, ins in enumerate(_decoded(words)) if ins.opcode in opcodes]
+def _pick(rng, words, opcodes, where=lambda ins: True) -> int | None:
+    cands = [i for i, ins in enumerate(_decoded(words)) if ins.opcode in opcodes and where(ins)]
     return rng.choice(cands) if cands else None
 
 
@@ -452,7 +560,9 @@ def _bad_size(rng, words, cfg):
 
 
 def _buffer_range(rng, words, cfg):
-    i = _pick(rng, words, (Opcode.LD, Opcode.ST, Opcode.MV, Opcode.MM, Opcode.SFU))
+    i = _pick(rng, words, (Opcode.LD, Opcode.ST, Opcode.MV, Opcode.MM, Opcode.SFU),
+              lambda ins: ins.fields.get("buf") != Buffer.WSTREAM and
+              ins.fields.get("wfmt") != WeightFormat.STREAM)
     ins = isa.decode(words[i])
     b = cfg.buffers
     size = {Buffer.ACT: b.act_bytes, Buffer.WGT: b.weight_bytes, Buffer.OUT: b.out_bytes,
@@ -559,6 +669,17 @@ def _scale_range(rng, words, cfg):
     return i, f"k0={k0}", ErrorCode.SCALE_RANGE
 
 
+def _misaligned(rng, words, cfg):
+    i = _pick(rng, words, (Opcode.SFU,), lambda ins: ins.func in isa.SFU_ALIGN)
+    if i is None:
+        return len(words) - 1, "no SFU to misalign", None
+    ins = isa.decode(words[i])
+    key, align = rng.choice(sorted(isa.SFU_ALIGN[ins.func].items()))
+    change = {key: ins.fields[key] + rng.randrange(1, align)}
+    words[i] = _reencode(words[i], **change)
+    return i, f"SFU {ins.func.name} {change}", ErrorCode.MALFORMED
+
+
 def _bad_opcode(rng, words, cfg):
     i = rng.randrange(len(words))
     assigned = {o.value for o in Opcode}
@@ -571,24 +692,39 @@ _FAULTS = {"bad_opcode": _bad_opcode, "bad_enum": _bad_enum, "bad_size": _bad_si
            "buffer_range": _buffer_range, "reserved_bit": _reserved_bit,
            "deadlock": _deadlock, "bad_register": _bad_register, "bad_tokens": _bad_tokens,
            "program_end": _program_end, "axi_range": _axi_range,
-           "scale_range": _scale_range}
+           "scale_range": _scale_range, "misaligned": _misaligned}
+
+
+def kinds_of(config: AccelConfig) -> tuple:
+    """The program kinds ``config`` can run (the stream kinds need its decode unit)."""
+    return tuple(k for k in KINDS if config.decode_unit or k not in STREAM_KINDS)
 
 
 def generate(seed: int, config: AccelConfig, kind: str | None = None) -> FuzzProgram:
     """The program of ``seed``: its kind (drawn from the seed unless given), words, image."""
     rng = random.Random(seed)
+    kinds = kinds_of(config)
     if kind is None:
-        kind = "legal" if rng.random() < 0.4 else rng.choice(ILLEGAL_KINDS)
-    if kind not in KINDS:
-        raise ValueError(f"unknown program kind {kind!r} (accepted: {', '.join(KINDS)})")
+        kind = "legal" if rng.random() < 0.4 else rng.choice(kinds[1:])
+    if kind not in kinds:
+        raise ValueError(f"unknown program kind {kind!r} for config {config.name!r} "
+                         f"(accepted: {', '.join(kinds)})")
     b = _Builder(rng, config)
-    first = {"scale_range": b.step_matrix, "legal": None}.get(kind, b.step_copy)
-    b.build(rng.randint(1, 8) if kind == "legal" else rng.randint(1, 4), first)
+    first = {"scale_range": b.step_matrix, "misaligned": b.step_sfu,
+             "legal": None}.get(kind, b.step_copy)
+    last = (lambda: b.step_stream(starve=True)) if kind == "starved_stream" else None
+    b.build(rng.randint(1, 8) if kind == "legal" else rng.randint(1, 4), first, last)
     words, fault, expect = b.words, "", ErrorCode.NONE
-    if kind != "legal":
+    where = None
+    if kind == "starved_stream" and b.stream_mv is not None:
+        where, what, expect = b.stream_mv, "the stream loads fall short", ErrorCode.MALFORMED
+    elif kind not in ("legal", "starved_stream"):
         where, what, expect = _FAULTS[kind](rng, words, config)
+    if expect in (None, ErrorCode.NONE):
+        expect, where = ErrorCode.NONE, None
+    else:
         fault = f"{kind} at instruction {where}: {what}"
-    return FuzzProgram(seed, kind, words, bytes(b.image), fault, expect or ErrorCode.NONE)
+    return FuzzProgram(seed, kind, words, bytes(b.image), fault, expect, where)
 
 
 # -- running and comparing --------------------------------------------------------------
@@ -669,6 +805,8 @@ class FuzzSummary:
     kinds: Counter = field(default_factory=Counter)
     codes: Counter = field(default_factory=Counter)
     mismatches: list = field(default_factory=list)
+    #: Wall-clock seconds of the RTL runs (simulator start-up included).
+    rtl_seconds: float = 0.0
 
 
 def fuzz(seeds, config: AccelConfig, core: dict, *, batch: int = 100,
@@ -676,20 +814,27 @@ def fuzz(seeds, config: AccelConfig, core: dict, *, batch: int = 100,
     """Generate the programs of ``seeds``, run both sides, compare; ``batch`` programs per
     simulator process. A batch the simulator does not finish (a hang) counts every program
     in it as a mismatch, each named by its seed."""
+    import time
+
     from .cocotb_runner import RtlFailure
     seeds = list(seeds)
     out = FuzzSummary()
     for b0 in range(0, len(seeds), batch):
         programs = [generate(s, config) for s in seeds[b0:b0 + batch]]
         isa_side = [run_isa_side(fp, config) for fp in programs]
+        t0 = time.monotonic()
         try:
             rtl_side = run_rtl_side(programs, config, core, build_root)
         except RtlFailure as e:
-            rtl_side = [Outcome(False)] * len(programs)
-            why = f"a run of this batch did not finish: {e}"
+            # run_core raises when a run does not finish: every program of the batch is
+            # suspect (rerun its seeds in smaller batches to find the one that hangs).
+            why = f"a run of the batch of seeds {programs[0].seed}..{programs[-1].seed} " \
+                  f"did not finish: {e}"
             out.mismatches += [report(fp, why) for fp in programs]
             out.cases += len(programs)
             continue
+        finally:
+            out.rtl_seconds += time.monotonic() - t0
         for fp, a, r in zip(programs, isa_side, rtl_side):
             out.cases += 1
             out.kinds[fp.kind] += 1
