@@ -4,17 +4,22 @@ the RTL core, compared.
 :func:`generate` builds one program from one integer seed (reproducible: the same seed
 and config give the same words and image). Its *kind* is drawn from the seed:
 
-* ``legal``: a chain of steps, each ``LD`` -> compute (``MV``, ``MM`` with an optional
-  K split, an ``SFU`` function, or nothing) -> ``ST``, ordered by dependency tokens that
-  balance (every release has its wait), with ``SYS SETREG``/``LDREG`` row counts and
-  ``BARRIER``\\ s, ending with ``HALT``. Steps use disjoint buffer regions until a barrier,
+* ``legal``: a chain of steps, each ``LD`` -> compute -> ``ST``, ordered by dependency
+  tokens that balance (every release has its wait), ending with ``HALT``. Compute is
+  ``MV`` (with an optional K split) or ``MM`` (vector strides, per-vector token scales)
+  on packed weight tiles, ``MV`` on a packed weight stream (configs with a decode unit),
+  an ``SFU`` function (``COPY`` with overlapping operands, ``SILU``/``ADD``/``MUL``/
+  ``RMSNORM`` in place or not, ``QUANT_TOKEN``, ``ROPE``) or nothing; loads take their
+  row count or row offset from registers (``SYS SETREG``/``LDREG``); ``BARRIER``\\ s
+  between steps. Steps use disjoint buffer regions until a barrier,
   loads read the image's input area, stores write its output area: no two units ever race
   for a byte, so the result does not depend on timing.
 * an illegal kind (:data:`ILLEGAL_KINDS`): a short legal program with one fault planted at
   one instruction -- an unassigned opcode, an enum field out of its enum, a size or count
   out of range, a buffer access past the end, a reserved bit set, a wait no unit will ever
   answer (deadlock), a register or token field misused, a missing ``HALT``, a memory
-  address beyond the memory (AXI SLVERR), a group scale outside the rescaler window.
+  address beyond the memory (AXI SLVERR), a group scale outside the rescaler window, a
+  misaligned SFU operand, an ``MV`` whose stream loads fall short (a starved stream).
 
 :func:`compare` checks that both sides agree: the same done/error status, error code
 (:class:`airfoil.isa.ErrorCode`) and error instruction index (``ERR_PC``), and, for a
@@ -23,6 +28,12 @@ within its cycle limit is a mismatch (the RTL reports a deadlock as DEADLOCK and
 
 What is compared, and what is not:
 
+* Reserved bits are refused by both sides as MALFORMED at their instruction: the ISA
+  simulator's decoder when it loads the program, the core's dispatcher when it reaches
+  the word (:func:`airfoil.isa.reserved_bits`).
+* An illegal program carries one fault: with two, the sides may stop at different ones
+  (the ISA simulator refuses an illegal encoding before it runs anything, the core runs
+  up to it).
 * After an error, memory is not compared: the ISA simulator refuses an illegal encoding
   (opcode, enum, reserved bit, token field) when it loads the program and so runs
   nothing, while the core runs the instructions before it; and the core's SFU stops a
@@ -66,6 +77,8 @@ INPUT_BYTES = 8192
 FAR_ADDR = 1 << 24
 #: Cycle limit of one RTL run: far above any generated program's run time.
 MAX_CYCLES = 60_000
+#: Probabilities of a memory stall per cycle in the RTL runs (one per seed, round robin).
+STALLS = (0.0, 0.25, 0.5)
 
 ILLEGAL_KINDS = ("bad_opcode", "bad_enum", "bad_size", "buffer_range", "reserved_bit",
                  "deadlock", "bad_register", "bad_tokens", "program_end", "axi_range",
@@ -741,10 +754,11 @@ def run_isa_side(fp: FuzzProgram, config: AccelConfig) -> Outcome:
 
 
 def rtl_case(fp: FuzzProgram, config: AccelConfig):
-    """The :class:`sim.rtl.RtlCase` of a program (random memory stalls from its seed)."""
+    """The :class:`sim.rtl.RtlCase` of a program: random memory stalls drawn from its
+    seed, with a probability of 0, 0.25 or 0.5 (by the seed)."""
     from .rtl import RtlCase
     return RtlCase(program=Program(fp.words, config.config_hash_bytes).to_bytes(),
-                   image=fp.image, seed=fp.seed, stall=0.2,
+                   image=fp.image, seed=fp.seed, stall=STALLS[fp.seed % len(STALLS)],
                    read_back={"out": (INPUT_BYTES, IMAGE_BYTES - INPUT_BYTES)},
                    max_cycles=MAX_CYCLES)
 

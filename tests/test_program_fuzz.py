@@ -10,7 +10,7 @@ import pytest
 
 from airfoil import isa
 from airfoil.config import load_config
-from airfoil.isa import Buffer, ErrorCode, Opcode, SysOp, Unit
+from airfoil.isa import Buffer, ErrorCode, Opcode, SfuFunc, SysOp, Unit
 from sim.program_fuzz import (FAR_ADDR, FuzzProgram, Outcome, compare, fuzz, generate,
                               kinds_of, report, run_isa_side, run_rtl_side)
 
@@ -97,6 +97,11 @@ REGRESSIONS = [
      ErrorCode.AXI_ERROR, 2),
     ("axi_ldreg", [_nop(), isa.encode(Opcode.SYS, op=SysOp.LDREG, reg=3, value=FAR_ADDR),
                    _nop(), _halt()], ErrorCode.AXI_ERROR, 1),
+    # An int32 SFU operand not at a multiple of 4 bytes is MALFORMED (the ISA simulator
+    # read it unaligned).
+    ("sfu_misaligned", [_nop(), isa.encode(Opcode.SFU, func=SfuFunc.SILU, src=Buffer.ACT,
+                                           dst=Buffer.ACT, src_addr=2, dst_addr=64, n=4,
+                                           rows=1), _halt()], ErrorCode.MALFORMED, 1),
 ]
 
 
