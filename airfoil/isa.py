@@ -30,6 +30,13 @@ strides and sizes are multiples of the configuration's memory word
 (:attr:`AccelConfig.word_bytes`) and ``count`` is at least 1; anything else is
 :attr:`ErrorCode.MALFORMED`.
 
+Reserved bits (:func:`reserved_bits`: those no field of the header or of the opcode's body
+covers) must be zero; an instruction with one set is MALFORMED.
+
+``ERR_PC`` names the instruction that raised the error; for DEADLOCK the oldest
+instruction waiting at the head of a queue, for PROGRAM_END the index one past the last
+instruction (the one that is not there).
+
 Version 2 (whole decoder LLMs; additive, every version-1 encoding keeps its meaning)
 -----------------------------------------------------------------------------------
 Run-time registers: 32 registers of 32 bits; a ``*_reg`` field of 0 means "not used"

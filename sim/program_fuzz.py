@@ -67,9 +67,10 @@ from airfoil.formats import FORMAT_BITS, OUT_BITS, pack_tile, qmax, tile_layout
 from airfoil.isa import Buffer, ErrorCode, Opcode, OutFormat, SfuFunc, SysOp, Unit, WeightFormat
 from airfoil.program import Program
 
-__all__ = ["KINDS", "ILLEGAL_KINDS", "FuzzProgram", "Outcome", "generate", "run_isa_side",
-           "rtl_case", "rtl_outcome", "compare", "disassemble", "run_rtl_side", "fuzz",
-           "IMAGE_BYTES", "INPUT_BYTES", "FAR_ADDR"]
+__all__ = ["KINDS", "ILLEGAL_KINDS", "STREAM_KINDS", "FuzzProgram", "Outcome", "FuzzSummary",
+           "kinds_of", "generate", "run_isa_side", "rtl_case", "rtl_outcome", "compare",
+           "disassemble", "report", "run_rtl_side", "fuzz", "IMAGE_BYTES", "INPUT_BYTES",
+           "FAR_ADDR", "MAX_CYCLES", "STALLS"]
 
 IMAGE_BYTES = 16384
 INPUT_BYTES = 8192

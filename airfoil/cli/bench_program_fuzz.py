@@ -3,9 +3,10 @@
 Random programs of :mod:`sim.program_fuzz`, legal and illegal, each generated from one
 integer seed, run on the ISA simulator (:class:`sim.isa_sim.IsaSim`) and on the RTL core
 (Verilator + cocotb, :func:`sim.rtl.run_core`, :data:`BATCH` programs per simulator
-process, random memory stalls of probability 0, 0.25 or 0.5 by seed) and compared: done/error status, error code, error
-instruction index and, for a program that completes, its output memory byte for byte; a
-run that does not finish within its cycle limit is a mismatch. Seeds :data:`SEEDS` on the
+process, random memory stalls of probability 0, 0.25 or 0.5 by seed) and compared:
+done/error status, error code, error instruction index and, for a program that
+completes, its output memory byte for byte; a run that does not finish within its cycle
+limit is a mismatch. Seeds :data:`SEEDS` on the
 ``test`` config and :data:`DECODE_SEEDS` on ``test_decode`` (streamed weights).
 
 * ``reliability_program_fuzz_cases``: programs run on both sides and compared.

@@ -34,7 +34,10 @@ for :data:`DEADLOCK_CYCLES` cycles no unit works while one waits for a token tha
 come (or the streamed MATRIX engine waits for stream words that no queued ``LD WSTREAM``
 brings), the core stops with DEADLOCK (MALFORMED at that ``MV`` for the starved stream).
 On an error (or after ``HALT``) the engine stops issuing, lets the AXI ports drain and
-reports ``finished``.
+reports ``finished``. The dispatcher refuses a word with a reserved bit set
+(:func:`airfoil.isa.reserved_bits`) as MALFORMED. ``err_pc`` names the faulting
+instruction: a unit's, the dispatcher's, the ``LD`` (or ``LDREG``) that received an error
+response, the oldest queue head for DEADLOCK, ``prog_count`` for PROGRAM_END.
 
 Buffer ports: every reader has a read port of its own (copies of a RAM, see
 :class:`~hdl.core.buffers.BufferRam`); units that may name any buffer (STORE, the SFU)
