@@ -30,7 +30,7 @@ from .isa import OutFormat, WeightFormat
 
 __all__ = [
     "ACC_BITS", "SCALE_SHIFT_MAX", "FP16_K_MIN", "FP16_K_MAX", "REQ_M_BITS", "REQ_S_MAX",
-    "FORMAT_BITS", "FORMAT_BY_NAME", "OUT_BITS", "weight_format", "qmax", "fp16_fixed",
+    "FORMAT_BITS", "FORMAT_BY_NAME", "OUT_BITS", "TILE_FORMATS", "weight_format", "qmax", "fp16_fixed",
     "quantize_weights", "act_scale", "quantize_act", "group_psum", "rescale", "wrap",
     "accumulate", "requant_params", "requantize", "pack_int", "unpack_int", "TileLayout",
     "tile_layout", "pack_tile", "unpack_tile", "linear_reference",
@@ -52,6 +52,10 @@ FORMAT_BITS = {WeightFormat.INT2: 2, WeightFormat.INT3: 3, WeightFormat.INT4: 4,
 FORMAT_BY_NAME = {"int2": WeightFormat.INT2, "int3": WeightFormat.INT3,
                   "int4": WeightFormat.INT4, "int8": WeightFormat.INT8}
 OUT_BITS = {OutFormat.INT8: 8, OutFormat.INT16: 16, OutFormat.INT32: 32}
+#: Weight formats of WGT tiles: the tile engine decodes 4- and 8-bit weights; narrower
+#: formats a config lists reach the chains through the weight stream (``wfmt = STREAM``),
+#: so a tile in another format is UNSUPPORTED.
+TILE_FORMATS = ("int4", "int8")
 
 
 def weight_format(name) -> WeightFormat:

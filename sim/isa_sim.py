@@ -42,8 +42,9 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError, CompileError, ProgramError
 from airfoil.folder import OUT_DTYPES, Folder, load_folder
-from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed,
-                             group_psum, requantize, rescale, tile_layout, unpack_tile)
+from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, TILE_FORMATS, accumulate,
+                             fp16_fixed, group_psum, requantize, rescale, tile_layout,
+                             unpack_tile)
 from airfoil import fixedpoint as fx
 from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
                          Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
@@ -399,9 +400,10 @@ class IsaSim:
                         f"m={m}, rows={rows} and k={k} must be at least 1")
         fmt = f["wfmt"].name.lower()
         stream = f["wfmt"] == WeightFormat.STREAM
-        if not stream and fmt not in cfg.weight_formats:
+        if not stream and (fmt not in cfg.weight_formats or fmt not in TILE_FORMATS):
             raise fault(i, name, ErrorCode.UNSUPPORTED, f"weight format {fmt} is not built in "
-                        f"(config has {', '.join(cfg.weight_formats)})")
+                        f"for WGT tiles (config has {', '.join(cfg.weight_formats)}; tiles "
+                        f"take {', '.join(TILE_FORMATS)})")
         if f["sparsity"] != Sparsity.DENSE and not stream:
             raise fault(i, name, ErrorCode.UNSUPPORTED,
                         f"sparsity {f['sparsity'].name} is not built in")

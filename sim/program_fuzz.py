@@ -43,7 +43,10 @@ What is compared, and what is not:
   ISA simulator refuses, the core waits), a register rewritten while a queued instruction
   names it, buffer regions two units use without a token between them, the MATRIX
   unit's alignment limits (UNSUPPORTED on this core, not modelled by the ISA simulator),
-  and SFU accesses to WGT (BUFFER_RANGE on the core).
+  SFU accesses to WGT (BUFFER_RANGE on the core), and an ``MV STREAM`` that waits for the
+  token of an ``LD WSTREAM`` it drains (the core's load finishes only once the stream FIFO
+  took its last word, so a load longer than the FIFO never releases: the core hangs, the
+  ISA simulator, whose stream is unbounded, completes).
 
 Memory: the image is :data:`IMAGE_BYTES` long; its first :data:`INPUT_BYTES` hold the
 data loads read, the rest is the output area stores write. The RTL memory model ends a
@@ -63,7 +66,7 @@ import torch
 from airfoil import isa
 from airfoil.config import AccelConfig
 from airfoil.errors import ProgramError
-from airfoil.formats import FORMAT_BITS, OUT_BITS, pack_tile, qmax, tile_layout
+from airfoil.formats import FORMAT_BITS, OUT_BITS, TILE_FORMATS, pack_tile, qmax, tile_layout
 from airfoil.isa import Buffer, ErrorCode, Opcode, OutFormat, SfuFunc, SysOp, Unit, WeightFormat
 from airfoil.program import Program
 
@@ -291,9 +294,8 @@ class _Builder:
     def matrix_fields(self, m: int):
         """Random in-range fields of a matrix instruction and its tile(s)' bytes."""
         cfg, rng = self.config, self.rng
-        tiles = [f.upper() for f in cfg.weight_formats
-                 if f.upper() in WeightFormat.__members__ and f != "stream"]
-        wfmt = WeightFormat[rng.choice(tiles)]
+        wfmt = WeightFormat[rng.choice([f for f in cfg.weight_formats
+                                        if f in TILE_FORMATS]).upper()]
         group = rng.choice(cfg.group_sizes)
         k = group * rng.randint(1, max(1, 256 // group))
         out_fmt = rng.choice(list(OutFormat))
@@ -379,15 +381,18 @@ class _Builder:
                           tags=fmt)
         if starve:
             raw = raw[:self.up(len(raw) // 2) - self.wb * rng.randint(0, 1)]
+        # As the compiler orders it: the MV waits for its activations' load only and takes
+        # the stream as it arrives (a token from the stream load would wait for the MV
+        # to drain the stream FIFO).
         act = self.load(Buffer.ACT, self.random_bytes(f["k"]), align=8,
-                        release=[] if raw else [Unit.MATRIX])
+                        release=[Unit.MATRIX])
         out = self.alloc(Buffer.OUT, f["rows"] * ob)
         dram = self.put(raw) if raw else 0
         if act is None or out is None or dram is None:
             return False
         if raw:
-            self.emit(Opcode.LD, release=[Unit.MATRIX], buf=Buffer.WSTREAM, buf_addr=0,
-                      dram_addr=dram, nbytes=len(raw), count=1, dram_stride=0)
+            self.emit(Opcode.LD, buf=Buffer.WSTREAM, buf_addr=0, dram_addr=dram,
+                      nbytes=len(raw), count=1, dram_stride=0)
         f.update(wfmt=WeightFormat.STREAM)
         self.stream_mv = self.emit(Opcode.MV, wait=[Unit.LOAD], release=[Unit.STORE], **f,
                                    abuf_addr=act, obuf_addr=out, acc_init=1, final=1)
@@ -555,7 +560,7 @@ def _bad_size(rng, words, cfg):
             choices.append(dict(gather=1))
         change, code = rng.choice(choices), ErrorCode.MALFORMED
     elif ins.opcode in (Opcode.MV, Opcode.MM):
-        unbuilt = [f for f in ("int2", "int3") if f not in cfg.weight_formats]
+        unbuilt = [f for f in ("int2", "int3") if f not in TILE_FORMATS]
         choices = [(dict(rows=0), ErrorCode.MALFORMED), (dict(k=0), ErrorCode.MALFORMED),
                    (dict(k=ins.k + cfg.lanes), ErrorCode.MALFORMED),
                    (dict(group=rng.choice([g for g in (8, 16, 256) if g not in

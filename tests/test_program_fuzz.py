@@ -9,6 +9,7 @@ it). The hand-written programs pin the core's error reports that the fuzzer foun
 import pytest
 
 from airfoil import isa
+from airfoil.errors import ProgramError
 from airfoil.config import load_config
 from airfoil.isa import Buffer, ErrorCode, Opcode, SfuFunc, SysOp, Unit
 from sim.program_fuzz import (FAR_ADDR, FuzzProgram, Outcome, compare, fuzz, generate,
@@ -46,6 +47,16 @@ def test_isa_raises_each_planted_fault_where_planted(name):
         assert (got.error or ErrorCode.NONE, got.index) == (fp.expect, fp.where), \
             report(fp, f"ISA simulator: {got.describe()}")
     assert seen == set(kinds_of(cfg)), f"kinds never drawn: {set(kinds_of(cfg)) - seen}"
+
+
+def test_isa_refuses_tiles_the_tile_engine_cannot_decode():
+    """``test_decode`` lists INT2 for its weight stream; a WGT tile in INT2 is UNSUPPORTED
+    (the ISA simulator ran it, the core's tile engine decodes INT4 and INT8 only)."""
+    from sim.isa_sim import IsaSim
+    mv = isa.encode(Opcode.MV, wfmt=isa.WeightFormat.INT2, group=32, rows=4, k=32, m=1)
+    with pytest.raises(ProgramError) as e:
+        IsaSim(DECODE_CFG, bytearray(64)).run([mv, _halt()])
+    assert (e.value.code, e.value.index) == (ErrorCode.UNSUPPORTED, 0)
 
 
 def test_compare_flags_each_difference():

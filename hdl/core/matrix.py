@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
+from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS, TILE_FORMATS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
 from ..decode_unit.rescaler import Requantizer, token_requant_params
@@ -170,7 +170,7 @@ class MatrixUnit(wiring.Component):
         self._chains, self._lanes = chains, lanes
         self._pe, self._lut_group = pe, lut_group
         self._formats = tuple(f for f in weight_formats
-                              if f in ("int4", "int8") and f in PeArray.formats_of(pe))
+                              if f in TILE_FORMATS and f in PeArray.formats_of(pe))
         # Groups this data path runs: whole operand steps, within the 9-bit field.
         self._groups = tuple(sorted(g for g in group_sizes if g % lanes == 0 and g < 512))
         if not self._groups:
