@@ -232,6 +232,11 @@ class _Builder:
 
     # -- loads and stores ---------------------------------------------------------------
 
+    def channel(self) -> int:
+        """A random memory channel (every channel sees the whole image)."""
+        n = self.config.memory.channels
+        return self.rng.randrange(n) if n > 1 else 0
+
     def load(self, buf: Buffer, raw: bytes, release=(), align: int = 0) -> int | None:
         """LD ``raw`` (one or more rows) into a fresh region of ``buf``; return its address."""
         nbytes = self.up(len(raw))
@@ -248,7 +253,7 @@ class _Builder:
         if dram is None:
             return None
         fields = dict(buf=buf, buf_addr=addr, dram_addr=dram, nbytes=row, count=rows,
-                      dram_stride=row + gap)
+                      dram_stride=row + gap, channel=self.channel())
         if self.free_regs and self.rng.random() < 0.15:
             # dram_addr + regs[row_reg] * dram_stride is the data's address.
             reg = self.free_regs.pop()
@@ -279,7 +284,7 @@ class _Builder:
         if dram is None:
             return False
         self.emit(Opcode.ST, wait=wait, buf=buf, buf_addr=addr, dram_addr=dram, nbytes=row,
-                  count=rows, dram_stride=stride)
+                  count=rows, dram_stride=stride, channel=self.channel())
         return True
 
     # -- steps ----------------------------------------------------------------------------

@@ -20,12 +20,15 @@ DECODE_CFG = load_config("test_decode")
 #: Seeds of the default set: a few hundred programs on ``test``, a hundred on
 #: ``test_decode`` (its streamed weights and starved streams).
 SEEDS = {"test": range(300), "test_decode": range(100)}
-#: Seeds of the slow set (>= 1,000 programs in all).
-SLOW_SEEDS = {"test": range(10_000, 11_200), "test_decode": range(20_000, 20_400)}
+#: Seeds of the slow set (>= 1,000 programs in all; ``test_x2``: two memory channels).
+SLOW_SEEDS = {"test": range(10_000, 11_200), "test_decode": range(20_000, 20_400),
+              "test_x2": range(30_000, 30_400)}
 
 
 def _configs():
-    return {"test": CFG, "test_decode": DECODE_CFG}
+    from airfoil.cli.bench_mc import mc_config
+    return {"test": CFG, "test_decode": DECODE_CFG,
+            "test_x2": mc_config(2, CFG, out_rows=1)}         # OUT as large as test's
 
 
 # -- the generator and the ISA side (no simulator) --------------------------------------
@@ -158,6 +161,6 @@ def test_fuzz_programs_agree_on_test_decode():
 
 @pytest.mark.rtl(group="rtl_core")
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["test", "test_decode"])
+@pytest.mark.parametrize("name", ["test", "test_decode", "test_x2"])
 def test_fuzz_many_programs_agree(name):
     _check(name, SLOW_SEEDS[name], batch=400)
