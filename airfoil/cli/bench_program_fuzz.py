@@ -6,8 +6,9 @@ integer seed, run on the ISA simulator (:class:`sim.isa_sim.IsaSim`) and on the 
 process, random memory stalls of probability 0, 0.25 or 0.5 by seed) and compared:
 done/error status, error code, error instruction index and, for a program that
 completes, its output memory byte for byte; a run that does not finish within its cycle
-limit is a mismatch. Seeds :data:`SEEDS` on the
-``test`` config and :data:`DECODE_SEEDS` on ``test_decode`` (streamed weights).
+limit is a mismatch. Seeds :data:`SEEDS` on the ``test`` config, :data:`DECODE_SEEDS` on
+``test_decode`` (streamed weights) and :data:`X2_SEEDS` on ``test_x2`` (``test`` with two
+memory channels, :func:`airfoil.cli.bench_mc.mc_config`).
 
 * ``reliability_program_fuzz_cases``: programs run on both sides and compared.
   Goal >= 1,000.
@@ -28,12 +29,14 @@ from collections import Counter
 
 from ..config import load_config
 
-__all__ = ["SEEDS", "DECODE_SEEDS", "BATCH", "figures"]
+__all__ = ["SEEDS", "DECODE_SEEDS", "X2_SEEDS", "BATCH", "figures"]
 
 #: Seeds run on the ``test`` config.
 SEEDS = range(0, 1000)
 #: Seeds run on the ``test_decode`` config.
 DECODE_SEEDS = range(0, 300)
+#: Seeds run on ``test_x2``.
+X2_SEEDS = range(0, 300)
 #: Programs per simulator process.
 BATCH = 250
 
@@ -42,13 +45,16 @@ def figures(args, log) -> dict:
     from sim.program_fuzz import fuzz
 
     from .backend_rtl import emit_core
+    from .bench_mc import mc_config
 
     build = getattr(args, "build_dir", "build")
     cases, mismatches, seconds = 0, [], 0.0
     kinds, codes = Counter(), Counter()
     seeds, hashes = {}, {}
-    for name, rng in (("test", SEEDS), ("test_decode", DECODE_SEEDS)):
-        cfg = load_config(name)
+    test = load_config("test")
+    for cfg, rng in ((test, SEEDS), (load_config("test_decode"), DECODE_SEEDS),
+                     (mc_config(2, test, out_rows=1), X2_SEEDS)):
+        name = cfg.name
         core = emit_core(cfg, build)
         log(f"program fuzz: {len(rng)} programs on {name}")
         s = fuzz(rng, cfg, core, batch=BATCH, build_root=f"{build}/sim")
