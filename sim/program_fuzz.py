@@ -170,6 +170,9 @@ class _Builder:
         self.buf_ptr = {buf: 0 for buf in _DATA_BUFFERS}
         self.released = Counter()          # (from, to) -> releases since the last barrier
         self.free_regs = list(range(1, 32))
+        #: Bytes of a WGT buffer row: the core's tile engine takes tiles at row starts.
+        from hdl.core.buffers import BufferGeometry
+        self.wgt_row = BufferGeometry.of(config).wgt_bits // 8
         self.stream_mv = None              # index of the last MV STREAM
         rng.shuffle(self.free_regs)
 
@@ -310,10 +313,20 @@ class _Builder:
                     req_m=rng.randrange(1 << 16), req_s=rng.randrange(1 << 7),
                     k0=-20), ob
 
+    def layout(self, f: dict, bias: bool):
+        cfg = self.config
+        return tile_layout(rows=f["rows"], k=f["k"], group=f["group"], wfmt=f["wfmt"],
+                           chains=cfg.chains, lanes=cfg.lanes, bias=bias, align=self.wb)
+
+    def bias_fits(self, f: dict) -> bool:
+        """Whether the core's tile engine takes a bias section where the tile layout puts
+        it: at a multiple of ``chains * 4`` bytes (UNSUPPORTED otherwise; a word is that
+        large on single-channel configs, not always on wider ones)."""
+        return self.layout(f, True).bias_offset % (4 * self.config.chains) == 0
+
     def tile(self, f: dict, bias: bool) -> bytes:
         cfg, g = self.config, torch.Generator().manual_seed(self.rng.randrange(1 << 30))
-        lay = tile_layout(rows=f["rows"], k=f["k"], group=f["group"], wfmt=f["wfmt"],
-                          chains=cfg.chains, lanes=cfg.lanes, bias=bias, align=self.wb)
+        lay = self.layout(f, bias)
         lim = qmax(FORMAT_BITS[f["wfmt"]])
         q = torch.randint(-lim, lim + 1, (f["rows"], f["k"]), generator=g)
         # Scales 2**-8 .. 2**-1: exponents -18 .. -11 with the 11-bit significand, shifts
@@ -333,9 +346,9 @@ class _Builder:
         parts = 2 if split else 1
         tiles = []
         for p in range(parts):
-            bias = p == 0 and rng.random() < 0.5
+            bias = p == 0 and rng.random() < 0.5 and self.bias_fits(f)
             raw = self.tile(f, bias)
-            wbuf = self.load(Buffer.WGT, raw)
+            wbuf = self.load(Buffer.WGT, raw, align=self.wgt_row)
             if wbuf is None:
                 return False
             tiles.append((wbuf, bias))
