@@ -30,7 +30,8 @@ from .isa import OutFormat, WeightFormat
 
 __all__ = [
     "ACC_BITS", "SCALE_SHIFT_MAX", "FP16_K_MIN", "FP16_K_MAX", "REQ_M_BITS", "REQ_S_MAX",
-    "FORMAT_BITS", "FORMAT_BY_NAME", "OUT_BITS", "TILE_FORMATS", "weight_format", "qmax", "fp16_fixed",
+    "FORMAT_BITS", "FORMAT_BY_NAME", "OUT_BITS", "TILE_FORMATS", "weight_format", "qmax",
+    "fp16_fixed",
     "quantize_weights", "act_scale", "quantize_act", "group_psum", "rescale", "wrap",
     "accumulate", "requant_params", "requantize", "pack_int", "unpack_int", "TileLayout",
     "tile_layout", "pack_tile", "unpack_tile", "linear_reference",
