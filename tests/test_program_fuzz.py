@@ -9,8 +9,8 @@ it). The hand-written programs pin the core's error reports that the fuzzer foun
 import pytest
 
 from airfoil import isa
-from airfoil.errors import ProgramError
 from airfoil.config import load_config
+from airfoil.errors import ProgramError
 from airfoil.isa import Buffer, ErrorCode, Opcode, SfuFunc, SysOp, Unit
 from sim.program_fuzz import (FAR_ADDR, FuzzProgram, Outcome, compare, fuzz, generate,
                               kinds_of, report, run_isa_side, run_rtl_side)
