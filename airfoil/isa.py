@@ -30,6 +30,13 @@ strides and sizes are multiples of the configuration's memory word
 (:attr:`AccelConfig.word_bytes`) and ``count`` is at least 1; anything else is
 :attr:`ErrorCode.MALFORMED`.
 
+Reserved bits (:func:`reserved_bits`: those no field of the header or of the opcode's body
+covers) must be zero; an instruction with one set is MALFORMED.
+
+``ERR_PC`` names the instruction that raised the error; for DEADLOCK the oldest
+instruction waiting at the head of a queue, for PROGRAM_END the index one past the last
+instruction (the one that is not there).
+
 Version 2 (whole decoder LLMs; additive, every version-1 encoding keeps its meaning)
 -----------------------------------------------------------------------------------
 Run-time registers: 32 registers of 32 bits; a ``*_reg`` field of 0 means "not used"
@@ -92,6 +99,7 @@ __all__ = [
     "WeightFormat", "Sparsity", "OutFormat", "SfuFunc", "ErrorCode", "HEADER_LAYOUT",
     "SYS_LAYOUT", "MEM_LAYOUT", "MATRIX_LAYOUT", "SFU_LAYOUT", "BODY_LAYOUT",
     "INSTR_LAYOUT", "encode", "decode", "body_name", "unit_of", "UNIT_OF_OPCODE",
+    "reserved_bits", "SFU_ALIGN",
 ]
 
 #: Version of the encoding; a program of another version is refused.
@@ -173,7 +181,9 @@ class SfuFunc(enum.Enum, shape=6):
     ``rows``; ACT rows are little-endian int32 (Q16), ``R`` rows of ``n`` elements
     contiguous at ``src_addr`` in ``src`` (results likewise at ``dst_addr`` in ``dst``); a
     row holds ``heads`` segments (0 counts as 1). A *record* is ``n`` INT8 values, then at
-    byte ``ceil(n / 8) * 8`` its scale pair (int32 ``sm``, int32 ``se``).
+    byte ``ceil(n / 8) * 8`` its scale pair (int32 ``sm``, int32 ``se``). The int32 operand
+    addresses (and strides) are multiples of 4 bytes, the int16 RoPE table's of 2
+    (:data:`SFU_ALIGN`); anything else is MALFORMED.
 
     * ``COPY``: ``n`` bytes from ``src`` to ``dst`` (version 1).
     * ``QUANT_TOKEN``: :func:`quant_per_token` of each segment ``s = r * heads + h``; its
@@ -211,6 +221,17 @@ class SfuFunc(enum.Enum, shape=6):
     SOFTMAX = 8
     ATT_PV = 9
 
+
+#: Per function, the SFU fields that address (or stride over) int32 operands (4) or
+#: int16 tables (2), and the multiple of bytes each must be.
+SFU_ALIGN = {
+    SfuFunc.SILU: {"src_addr": 4, "dst_addr": 4},
+    SfuFunc.MUL: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
+    SfuFunc.ADD: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
+    SfuFunc.RMSNORM: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
+    SfuFunc.QUANT_TOKEN: {"src_addr": 4, "aux_addr": 4, "imm1": 4},
+    SfuFunc.ROPE: {"src_addr": 4, "dst_addr": 4, "aux_addr": 2, "imm1": 2},
+}
 
 #: Largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator lanes).
 ATT_PV_MAX_HEAD_DIM = 256
@@ -457,6 +478,12 @@ _TABLES = {name: _field_table(BODY_LAYOUT.members[name], _BODY_OFFSET)
 #: reserved and must be zero.
 _USED = {name: sum(mask << off for k, (off, mask) in _HDR.items() if not k.startswith("_"))
          | sum(mask << off for _, off, mask, *_ in table) for name, table in _TABLES.items()}
+
+
+def reserved_bits(opcode: Opcode) -> int:
+    """Return the mask of an instruction word's reserved bits for ``opcode``: the bits no
+    field of the header or of its body covers (they must be zero)."""
+    return ((1 << INSTR_BITS) - 1) & ~_USED[_BODY_OF[Opcode(opcode)]]
 
 
 def decode(bits: int, index: int | None = None) -> Instr:

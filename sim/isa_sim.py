@@ -42,11 +42,12 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError, CompileError, ProgramError
 from airfoil.folder import OUT_DTYPES, Folder, load_folder
-from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate, fp16_fixed,
-                             group_psum, requantize, rescale, tile_layout, unpack_tile)
+from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate,
+                             fp16_fixed, group_psum, requantize, rescale, tile_layout,
+                             unpack_tile)
 from airfoil import fixedpoint as fx
-from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, TOKEN_DEPTH, Buffer, ErrorCode, Instr, Opcode,
-                         SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
+from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
+                         Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
@@ -519,6 +520,10 @@ class IsaSim:
         n = f["n"]
         rows = self.regs[f["rows_reg"]] if f["rows_reg"] else f["rows"]
         hs = f["heads"] or 1
+        for key, align in SFU_ALIGN.get(fn, {}).items():
+            if f[key] % align:
+                raise fault(i, what, ErrorCode.MALFORMED, f"{key}={f[key]} is not a multiple "
+                            f"of {align} bytes (the operand's element size)")
         rowwise = fn in (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU,
                          SfuFunc.MUL, SfuFunc.ADD)
         if n < 1 or rows < 1 or (rowwise and n % hs):

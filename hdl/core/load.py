@@ -127,6 +127,10 @@ class LoadUnit(wiring.Component):
         The weight stream of each channel (one memory word per transfer).
     aux_rd : In(memory.ReadPort.Signature(...))
         AUX read port for gather indices.
+    rx_index : Out(32).array(C)
+        Index of the ``LD`` whose beats channel ``c`` is receiving (the reader passes a
+        beat and its response through in the same cycle, so an error response belongs
+        to this ``LD``).
     """
 
     def __init__(self, *, geometry: BufferGeometry, channels: int, wstream: bool = False,
@@ -151,6 +155,7 @@ class LoadUnit(wiring.Component):
             "wstream": Out(stream.Signature(wbits)).array(channels),
             "aux_rd": In(memory.ReadPort.Signature(
                 addr_width=ceil_log2(geo.aux_depth), shape=geo.word_bits)),
+            "rx_index": Out(32).array(channels),
         })
 
     @property
@@ -206,7 +211,8 @@ class LoadUnit(wiring.Component):
                          records[c].w_en.eq(rec_push & (chan == c)),
                          records[c].w_data.buf.eq(mem.buf),
                          records[c].w_data.addr.eq(mem.buf_addr),
-                         records[c].w_data.beats.eq(total >> lgw)]
+                         records[c].w_data.beats.eq(total >> lgw),
+                         records[c].w_data.index.eq(index)]
         m.d.comb += [order.w_en.eq(rec_push), order.w_data.chan.eq(chan),
                      order.w_data.release.eq(instr.header.release)]
         # Gather state: the row, its index word address and its memory address.
@@ -311,7 +317,8 @@ class LoadUnit(wiring.Component):
                     m.d.sync += busy.eq(0)
             with m.If(rec.r_rdy & (~busy | last)):
                 m.d.sync += [busy.eq(1), addr.eq(rec.r_data.addr),
-                             left.eq(rec.r_data.beats), buf.eq(rec.r_data.buf)]
+                             left.eq(rec.r_data.beats), buf.eq(rec.r_data.buf),
+                             self.rx_index[c].eq(rec.r_data.index)]
             m.d.sync += done[c].eq(done[c] + done_inc[c] - done_dec[c])
 
         # -- releaser: tokens in program order ---------------------------------------------
@@ -331,7 +338,8 @@ class LoadUnit(wiring.Component):
 
 
 #: One channel's issued-but-not-received LD record.
-_RECORD_LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56})
+_RECORD_LAYOUT = data.StructLayout({"buf": isa.Buffer, "addr": 24, "beats": 56,
+                                    "index": 32})
 
 
 def _order_layout(channels: int) -> data.StructLayout:

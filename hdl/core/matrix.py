@@ -27,6 +27,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
+from airfoil.config import TILE_FORMATS_OF_PE
 from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
@@ -125,7 +126,8 @@ class MatrixUnit(wiring.Component):
     geometry : BufferGeometry
     chains, lanes : int
     weight_formats : tuple of str
-        Formats built (``int4`` and ``int8`` are; the others are ignored).
+        Formats listed; those the PE kind computes in WGT tiles are built
+        (:data:`airfoil.config.TILE_FORMATS_OF_PE`), the others are ignored.
     group_sizes : tuple of int
         Group sizes built (those that are multiples of ``lanes`` and below 512).
     acc_memory : str
@@ -169,8 +171,7 @@ class MatrixUnit(wiring.Component):
         self._geo = geo = geometry
         self._chains, self._lanes = chains, lanes
         self._pe, self._lut_group = pe, lut_group
-        self._formats = tuple(f for f in weight_formats
-                              if f in ("int4", "int8") and f in PeArray.formats_of(pe))
+        self._formats = tuple(f for f in weight_formats if f in TILE_FORMATS_OF_PE[pe])
         # Groups this data path runs: whole operand steps, within the 9-bit field.
         self._groups = tuple(sorted(g for g in group_sizes if g % lanes == 0 and g < 512))
         if not self._groups:

@@ -34,7 +34,10 @@ for :data:`DEADLOCK_CYCLES` cycles no unit works while one waits for a token tha
 come (or the streamed MATRIX engine waits for stream words that no queued ``LD WSTREAM``
 brings), the core stops with DEADLOCK (MALFORMED at that ``MV`` for the starved stream).
 On an error (or after ``HALT``) the engine stops issuing, lets the AXI ports drain and
-reports ``finished``.
+reports ``finished``. The dispatcher refuses a word with a reserved bit set
+(:func:`airfoil.isa.reserved_bits`) as MALFORMED. ``err_pc`` names the faulting
+instruction: a unit's, the dispatcher's, the ``LD`` (or ``LDREG``) that received an error
+response, the oldest queue head for DEADLOCK, ``prog_count`` for PROGRAM_END.
 
 Buffer ports: every reader has a read port of its own (copies of a RAM, see
 :class:`~hdl.core.buffers.BufferRam`); units that may name any buffer (STORE, the SFU)
@@ -340,6 +343,7 @@ class Engine(wiring.Component):
             for d in range(4):
                 m.d.sync += cnt[s][d].eq(cnt[s][d] + inc[s][d] - dec[s][d])
         queues = {}
+        heads = []                  # (queue not empty, index of its head)
         push = {}
         full = {}
         blocked = []
@@ -356,6 +360,7 @@ class Engine(wiring.Component):
             unit = units[u]
             head = Signal(ENTRY_LAYOUT, name=f"head_{u.name.lower()}")
             m.d.comb += head.eq(q.r_data)
+            heads.append((q.r_rdy, head.index))
             wait = head.instr.header.wait
             ok = Signal(name=f"tokens_ok_{u.name.lower()}")
             m.d.comb += ok.eq(1)
@@ -425,6 +430,14 @@ class Engine(wiring.Component):
             m.d.comb += qentry.rv[i].eq(regs[sel[i]])
         d_code = Signal(isa.ErrorCode)
         d_err = Signal()
+        d_pc = Signal(32)
+        m.d.comb += d_pc.eq(fetch.instr.payload.index)
+        # A reserved bit (one no field of the header or of the opcode's body covers) set:
+        # MALFORMED, as the ISA simulator's decoder refuses it.
+        rsvd = Signal()
+        for op in isa.Opcode:
+            with m.If(opcode == op.value):
+                m.d.comb += rsvd.eq((ins.as_value() & isa.reserved_bits(op)) != 0)
         stuck = Signal()
         abort = Signal()
         retired = self.retired
@@ -434,6 +447,7 @@ class Engine(wiring.Component):
 
         # LDREG: the register, the word's byte address and the words read.
         lr_reg = Signal(5)
+        lr_index = Signal(32)
         lr_addr = Signal(32)
         lr_lo = Signal(wbits)
         lr_second = Signal()
@@ -461,6 +475,8 @@ class Engine(wiring.Component):
             with m.State("RUN"):
                 with m.If(self.error):
                     pass
+                with m.Elif(fetch.instr.valid & rsvd):
+                    m.d.comb += [d_err.eq(1), d_code.eq(isa.ErrorCode.MALFORMED)]
                 with m.Elif(fetch.instr.valid):
                     with m.Switch(opcode):
                         with m.Case(isa.Opcode.SYS):
@@ -477,6 +493,7 @@ class Engine(wiring.Component):
                                                 ins.body.sys.value)
                                     with m.Case(isa.SysOp.LDREG):
                                         m.d.sync += [lr_reg.eq(ins.body.sys.reg),
+                                                     lr_index.eq(fetch.instr.payload.index),
                                                      lr_addr.eq(ins.body.sys.value)]
                                         m.next = "LDREG_WAIT"
                                     with m.Case(isa.SysOp.BARRIER):
@@ -504,7 +521,9 @@ class Engine(wiring.Component):
                             m.d.comb += [d_err.eq(1),
                                          d_code.eq(isa.ErrorCode.ILLEGAL_OPCODE)]
                 with m.Elif(fetch.exhausted):
-                    m.d.comb += [d_err.eq(1), d_code.eq(isa.ErrorCode.PROGRAM_END)]
+                    # The index of the instruction that is not there.
+                    m.d.comb += [d_err.eq(1), d_code.eq(isa.ErrorCode.PROGRAM_END),
+                                 d_pc.eq(self.prog_count)]
             with m.State("BARRIER"):
                 m.d.comb += stuck.eq(1)
                 with m.If(all_idle):
@@ -577,17 +596,25 @@ class Engine(wiring.Component):
         with m.Else():
             m.d.sync += dead.eq(0)
 
-        sources = [(d_err, d_code, fetch.instr.payload.index)]
+        sources = [(d_err, d_code, d_pc)]
         sources += [(units[u].err, units[u].err_code, units[u].err_pc) for u in unit_list]
-        for rd in readers:
-            sources.append((rd.error, isa.ErrorCode.AXI_ERROR, self.retired))
+        # An error response on a data port: the LD receiving it (or channel 0's LDREG).
+        for c, rd in enumerate(readers):
+            pc = load.rx_index[c]
+            sources.append((rd.error, isa.ErrorCode.AXI_ERROR,
+                            Mux(lr_data, lr_index, pc) if c == 0 else pc))
         sources.append((ird.error, isa.ErrorCode.AXI_ERROR, self.retired))
         # A deadlock with the streamed engine starved is a program whose stream loads fall
         # short of its STREAM instructions: MALFORMED at that instruction, as the ISA
         # simulator reports it ("weight stream ran out").
+        # A deadlock names the oldest instruction at the head of a queue (as the ISA
+        # simulator does): every queued instruction is younger than ``retired``.
+        oldest = self.retired
+        for ready, index in heads:
+            oldest = Mux(ready & (index < oldest), index, oldest)
         sources.append((dead == DEADLOCK_CYCLES,
                         Mux(starved, isa.ErrorCode.MALFORMED, isa.ErrorCode.DEADLOCK),
-                        Mux(starved, starved_pc, self.retired)))
+                        Mux(starved, starved_pc, oldest)))
         with m.If(~self.error):
             for flag, code, pc in reversed(sources):
                 with m.If(flag):
