@@ -6,14 +6,14 @@ The bins (:func:`define` builds them for a config):
   the config may take (:func:`sim.random_regression.legal_pairs`), sampled by each
   layer the randomized regression runs on the RTL core;
 * ``airfoil.core.error_code``: every :class:`airfoil.isa.ErrorCode` (``NONE`` included),
-  sampled by each RTL run's status (the regression's layers and the program fuzzer's
-  programs);
+  sampled by each RTL run's status: the regression's layers, and the program fuzzer's
+  programs (the ISA simulator's code, which the fuzzer compares with the core's);
 * ``airfoil.memory.read_stalls`` and ``airfoil.memory.write_stalls``: every stall pattern
   of :data:`sim.core_harness.STALL_PATTERNS`, sampled by each RTL run that read
   (wrote) memory under it;
-* ``airfoil.core.full``: each queue of the core seen full in an RTL run (the
-  instruction queue of every unit and the token FIFO between every pair of units,
-  :data:`FULL_SIGNALS`), sampled from the signals the testbench watched.
+* ``airfoil.core.full``: each queue of the core seen full in an RTL run
+  (:data:`FULL_SIGNALS`: the instruction queue of every unit), sampled from the signals
+  the testbench watched (:func:`sim.rtl.run_core`).
 
 :func:`write_report` writes the cocotb-coverage YAML and a JSON summary (bins, hits, the
 fraction hit and the missing bins) under ``build/coverage/``.
@@ -26,12 +26,14 @@ from pathlib import Path
 
 from cocotb_coverage.coverage import CoverPoint, coverage_db
 
-from airfoil.isa import ErrorCode
+from airfoil.isa import ErrorCode, Unit
 
 __all__ = ["define", "sample_layer", "sample_error", "sample_full", "summary",
-           "write_report", "ROOT"]
+           "write_report", "ROOT", "FULL_SIGNALS"]
 
 ROOT = "airfoil"
+#: Core signals low while a queue is full (``!``: the watch counts cycles low).
+FULL_SIGNALS = tuple(f"!engine.queue_{unit.name.lower()}.w_rdy" for unit in Unit)
 _samplers: dict = {}
 
 

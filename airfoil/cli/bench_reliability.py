@@ -9,8 +9,22 @@
   or the ISA simulator's, or whose core stopped with an error or did not finish (goal 0).
   Draws the compiler refuses are counted apart (``reliability_random_rtl_refused``).
 * ``coverage_bins`` and ``coverage_bins_hit_fraction``: the bins of :mod:`sim.coverage`
-  and the fraction of them the runs of this bench hit (goal >= 0.95); the missing bins
-  are listed beside them, the cocotb-coverage report is written to ``build/coverage/``.
+  and the fraction of them the randomized layers and the fuzzed programs of this bench
+  hit (goal >= 0.95); the missing bins are listed beside them, the cocotb-coverage
+  report is written to ``build/coverage/``.
+* ``reliability_program_fuzz_cases``: random programs of :mod:`sim.program_fuzz`, legal
+  and illegal, each generated from one integer seed, run on the ISA simulator and on the
+  RTL core (:data:`PROGRAM_BATCH` programs per simulator process, random memory stalls of
+  probability 0, 0.25 or 0.5 by seed) and compared: done/error status, error code, error
+  instruction index and, for a program that completes, its output memory byte for byte;
+  seeds :data:`PROGRAM_SEEDS` per config (``test``; ``test_decode``, streamed weights;
+  ``test_x2``, ``test`` with two memory channels). Goal >= 1,000.
+* ``reliability_program_fuzz_mismatches``: programs whose two outcomes differ, a run that
+  does not finish within its cycle limit included. Goal 0. Evidence: seeds and config
+  hash per config, programs per kind and per error code the ISA simulator reported,
+  ``reliability_program_fuzz_rtl_programs_per_second`` (programs over the wall-clock time
+  of the RTL runs, simulator start-up included, the build not) and the first mismatch's
+  report.
 * ``cli_fuzz_cases``: CLI runs on mutated inputs (:mod:`sim.cli_fuzz`), :data:`CLI_FUZZ`
   per input kind; ``cli_fuzz_non_one_line`` those that ended other than with status 0 or
   one ``airfoil: error:`` line with status 2 (or left a half-written output);
@@ -27,10 +41,14 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["figures", "RANDOM_RTL", "CLI_FUZZ"]
+__all__ = ["figures", "RANDOM_RTL", "PROGRAM_SEEDS", "PROGRAM_BATCH", "CLI_FUZZ"]
 
 #: Channel count -> (first seed, cases) of the randomized RTL regression.
 RANDOM_RTL = {1: (300_000, 500), 2: (400_000, 300), 4: (500_000, 200)}
+#: Config -> seeds of the program fuzzer.
+PROGRAM_SEEDS = {"test": range(0, 1000), "test_decode": range(0, 300), "test_x2": range(0, 300)}
+#: Fuzzed programs per simulator process.
+PROGRAM_BATCH = 250
 #: CLI fuzz cases per input kind.
 CLI_FUZZ = 100
 
@@ -50,6 +68,7 @@ def commit() -> str:
 
 
 def _random_rtl(build: Path, log) -> dict:
+    from sim import coverage
     from sim.random_regression import channel_variant, draw_cases, run_cases
     cases = mismatches = refused = 0
     out = {"reliability_random_rtl_failures": []}
@@ -57,8 +76,10 @@ def _random_rtl(build: Path, log) -> dict:
         cfg = channel_variant("test_decode", channels)
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
+            # One channel count watches the full signals (a build of its own).
             records = run_cases(draw_cases(cfg, seed, count), cfg, Path(tmp),
-                                build_dir=str(build))
+                                build_dir=str(build),
+                                watch=coverage.FULL_SIGNALS if channels == 1 else ())
         bad = [r for r in records if not r["ok"] and not r["refused"]]
         ran = [r for r in records if not r["refused"]]
         cases += len(ran)
@@ -75,6 +96,49 @@ def _random_rtl(build: Path, log) -> dict:
     out.update(reliability_random_rtl_cases=cases, reliability_random_rtl_mismatches=mismatches,
                reliability_random_rtl_refused=refused)
     return out
+
+
+def _program_fuzz(build: Path, log) -> dict:
+    from collections import Counter
+
+    from airfoil.config import load_config
+    from airfoil.isa import ErrorCode
+    from sim import coverage
+    from sim.program_fuzz import fuzz
+
+    from .backend_rtl import emit_core
+    from .bench_mc import mc_config
+    cases, mismatches, seconds = 0, [], 0.0
+    kinds, codes = Counter(), Counter()
+    seeds, hashes = {}, {}
+    test = load_config("test")
+    configs = {"test": test, "test_decode": load_config("test_decode"),
+               "test_x2": mc_config(2, test, out_rows=1)}
+    for key, cfg in configs.items():
+        rng = PROGRAM_SEEDS[key]
+        log(f"program fuzz: {len(rng)} programs on {cfg.name}")
+        s = fuzz(rng, cfg, emit_core(cfg, build), batch=PROGRAM_BATCH,
+                 build_root=f"{build}/sim")
+        cases += s.cases
+        mismatches += s.mismatches
+        seconds += s.rtl_seconds
+        kinds.update(s.kinds)
+        codes.update(s.codes)
+        seeds[cfg.name] = f"{rng.start}..{rng.stop - 1}"
+        hashes[cfg.name] = cfg.config_hash
+    for name, count in codes.items():
+        for _ in range(count):
+            coverage.sample_error(ErrorCode[name].value)
+    return {
+        "reliability_program_fuzz_cases": cases,
+        "reliability_program_fuzz_mismatches": len(mismatches),
+        "reliability_program_fuzz_seeds": seeds,
+        "reliability_program_fuzz_config_hash": hashes,
+        "reliability_program_fuzz_kinds": dict(sorted(kinds.items())),
+        "reliability_program_fuzz_codes": dict(sorted(codes.items())),
+        "reliability_program_fuzz_rtl_programs_per_second": round(cases / seconds, 2),
+        "reliability_program_fuzz_first_mismatch": mismatches[0] if mismatches else "",
+    }
 
 
 def _cli_fuzz(log) -> dict:
@@ -98,9 +162,12 @@ def _cli_fuzz(log) -> dict:
 
 def figures(args, log) -> dict:
     from sim import coverage
+    from sim.random_regression import channel_variant
     build = Path(args.build_dir)
+    coverage.define(channel_variant("test_decode", 1), coverage.FULL_SIGNALS)
     out = {"reliability_commit": commit()}
     out.update(_random_rtl(build, log))
+    out.update(_program_fuzz(build, log))
     report = coverage.write_report(build / "coverage")
     out.update(coverage_bins=report["bins"], coverage_bins_hit=report["hit"],
                coverage_bins_hit_fraction=round(report["hit_fraction"], 4),
