@@ -1,9 +1,11 @@
 """Harness of the AXI4 read engine (:class:`~hdl.core.axi_read.AxiReader`).
 
 The command stream, ``abort``, the data consumer's ``ready`` and the AR/R inputs are free,
-constrained only by the stream rule and by a slave that follows AXI: it keeps the accepted
-bursts' lengths in order, raises RVALID only while a burst is owed, holds RVALID and the
-beat until RREADY, and drives RLAST on the last beat of each burst. Asserted:
+constrained only by the stream rule, by commands of word-aligned ``addr`` and ``stride``
+(the LOAD unit refuses others; the engine trusts the program base) of a few beats and
+rows, and by a slave that follows AXI: it keeps the accepted bursts' lengths in order,
+raises RVALID only while a burst is owed, holds RVALID and the beat until RREADY, and
+drives RLAST on the last beat of each burst. Asserted:
 
 * ARVALID, once raised, stays raised with ARADDR/ARLEN/ARSIZE/ARBURST stable until ARREADY;
 * every burst is legal: ARLEN < ``max_burst``, ARSIZE the data width, INCR, the address
@@ -29,7 +31,7 @@ from hdl.core.axi_read import AxiReader, read_cmd_layout
 
 from .rules import hold_until_ready
 
-__all__ = ["AxiReaderHarness"]
+__all__ = ["AxiReaderHarness", "MUTATIONS"]
 
 #: Deliberate faults that the checks must catch (see ``mutation``).
 MUTATIONS = ("drop_arvalid",)
