@@ -20,8 +20,8 @@ class StoreUnit(wiring.Component):
     """Execute ``ST``: ``count`` rows of ``nbytes`` from an on-chip buffer to memory.
 
     One burst at a time (address, data beats, response); stores move results, which are
-    small next to the weight stream. ``abort`` is honoured between bursts, so a burst that
-    started always completes and the port is left idle.
+    small next to the weight stream. ``abort`` is honoured between bursts, so a burst whose
+    address was shown always completes and the port is left idle.
 
     Any of ACT, WGT, OUT, KV and AUX is read through ``rd`` (a buffer read port, see
     :func:`~hdl.core.buffers.buffer_read_signature`). ``count = rv[0]`` when ``count_reg``
@@ -84,6 +84,7 @@ class StoreUnit(wiring.Component):
         blen = Signal(range(self._max_burst + 1))
         left = Signal(range(self._max_burst + 1))
         have = Signal()
+        aw_shown = Signal()         # AWVALID is up, waiting for AWREADY
         failed = Signal()
 
         to_boundary = Signal(range(BOUNDARY_BYTES // wb + 1))
@@ -123,11 +124,14 @@ class StoreUnit(wiring.Component):
                                  rows_left.eq(count), bptr.eq(mem.buf_addr)]
                     m.next = "AW"
             with m.State("AW"):
-                with m.If(self.abort):
+                # Once raised, AWVALID stays until AWREADY (AXI), so abort is honoured
+                # only before the address is shown.
+                with m.If(self.abort & ~aw_shown):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += [self.awvalid.eq(1), self.awaddr.eq(addr),
                                  self.awlen.eq(blen - 1)]
+                    m.d.sync += aw_shown.eq(~self.awready)
                     with m.If(self.awready):
                         m.d.sync += [left.eq(blen), have.eq(0)]
                         m.next = "W"

@@ -78,6 +78,7 @@ from .matrix import MatrixUnit
 from .matrix_front import MatrixFront
 from .stream_mv import StreamMatrix
 from .store import StoreUnit
+from .tokens import TokenCounters
 
 __all__ = ["Engine", "Core", "DEADLOCK_CYCLES", "COUNTERS", "sfu_available"]
 
@@ -334,14 +335,8 @@ class Engine(wiring.Component):
         stall[isa.Unit.MATRIX] = stall_matrix
 
         # -- queues and token FIFOs ------------------------------------------------------
-        depth = isa.TOKEN_DEPTH
-        cnt = [[Signal(range(depth + 1), name=f"tok_{s.name}_{d.name}") for d in isa.Unit]
-               for s in isa.Unit]
-        inc = [[Signal(name=f"inc_{s.name}_{d.name}") for d in isa.Unit] for s in isa.Unit]
-        dec = [[Signal(name=f"dec_{s.name}_{d.name}") for d in isa.Unit] for s in isa.Unit]
-        for s in range(4):
-            for d in range(4):
-                m.d.sync += cnt[s][d].eq(cnt[s][d] + inc[s][d] - dec[s][d])
+        m.submodules.tokens = tokens = TokenCounters(units=len(isa.Unit),
+                                                      depth=isa.TOKEN_DEPTH)
         queues = {}
         heads = []                  # (queue not empty, index of its head)
         push = {}
@@ -363,26 +358,16 @@ class Engine(wiring.Component):
             heads.append((q.r_rdy, head.index))
             wait = head.instr.header.wait
             ok = Signal(name=f"tokens_ok_{u.name.lower()}")
-            m.d.comb += ok.eq(1)
-            for s in isa.Unit:
-                with m.If(wait[s.value] & (cnt[s.value][u.value] == 0)):
-                    m.d.comb += ok.eq(0)
+            m.d.comb += [tokens.wait[u.value].eq(wait), ok.eq(tokens.ok[u.value])]
             m.d.comb += [unit.q.payload.eq(head),
                          unit.q.valid.eq(q.r_rdy & ok & ~self.error & ~stall[u]),
-                         q.r_en.eq(unit.q.ready & unit.q.valid)]
-            with m.If(unit.q.valid & unit.q.ready):
-                for s in isa.Unit:
-                    m.d.comb += dec[s.value][u.value].eq(wait[s.value])
-            rel = unit.rel.payload
+                         q.r_en.eq(unit.q.ready & unit.q.valid),
+                         tokens.take[u.value].eq(unit.q.valid & unit.q.ready)]
             room = Signal(name=f"rel_room_{u.name.lower()}")
-            m.d.comb += room.eq(~stall[u])
-            for d in isa.Unit:
-                with m.If(rel[d.value] & (cnt[u.value][d.value] == depth)):
-                    m.d.comb += room.eq(0)
-            m.d.comb += unit.rel.ready.eq(room)
-            with m.If(unit.rel.valid & room):
-                for d in isa.Unit:
-                    m.d.comb += inc[u.value][d.value].eq(rel[d.value])
+            m.d.comb += [tokens.release[u.value].eq(unit.rel.payload),
+                         room.eq(tokens.room[u.value] & ~stall[u]),
+                         unit.rel.ready.eq(room),
+                         tokens.give[u.value].eq(unit.rel.valid & room)]
             push[u] = q.w_en
             full[u] = ~q.w_rdy
             m.d.comb += q.w_data.eq(qentry)
