@@ -12,7 +12,8 @@ The bins (:func:`define` builds them for a config):
   of :data:`sim.core_harness.STALL_PATTERNS`, sampled by each RTL run that read
   (wrote) memory under it;
 * ``airfoil.core.full``: each queue of the core seen full in an RTL run
-  (:data:`FULL_SIGNALS`: the instruction queue of every unit), sampled from the signals
+  (:data:`FULL_SIGNALS`: the instruction queue of every unit and the token FIFOs from
+  every unit), sampled from the signals
   the testbench watched (:func:`sim.rtl.run_core`).
 
 :func:`write_report` writes the cocotb-coverage YAML and a JSON summary (bins, hits, the
@@ -32,8 +33,11 @@ __all__ = ["define", "sample_layer", "sample_error", "sample_full", "summary",
            "write_report", "ROOT", "FULL_SIGNALS"]
 
 ROOT = "airfoil"
-#: Core signals low while a queue is full (``!``: the watch counts cycles low).
-FULL_SIGNALS = tuple(f"!engine.queue_{unit.name.lower()}.w_rdy" for unit in Unit)
+#: Core signals of a full queue: each unit's instruction queue (``!``: the watch counts
+#: the cycles its ``w_rdy`` is low) and the token FIFOs from each unit
+#: (:class:`hdl.core.tokens.TokenCounters`).
+FULL_SIGNALS = (tuple(f"!engine.queue_{unit.name.lower()}.w_rdy" for unit in Unit) +
+                tuple(f"engine.tokens.full_from_{unit.value}" for unit in Unit))
 _samplers: dict = {}
 
 

@@ -58,6 +58,9 @@ class TokenCounters(wiring.Component):
         m = Module()
         n = self._units
         for s in range(n):
+            # Named for coverage: some FIFO from unit ``s`` holds ``depth`` tokens.
+            full = Signal(name=f"full_from_{s}")
+            m.d.comb += full.eq(_any(self.count[s * n + d] == self._depth for d in range(n)))
             for d in range(n):
                 cnt = self.count[s * n + d]
                 inc = self.give[s] & self.release[s][d]
