@@ -766,6 +766,79 @@ def generate(seed: int, config: AccelConfig, kind: str | None = None) -> FuzzPro
 
 # -- running and comparing --------------------------------------------------------------
 
+def fill_programs(config: AccelConfig) -> list[FuzzProgram]:
+    """Directed legal programs that fill what random ones rarely do: the SFU's instruction
+    queue (a long ``COPY`` with ``instr_queue_depth + 2`` short ones behind it) and the
+    token FIFO from LOAD, from SFU and from STORE (:data:`airfoil.isa.TOKEN_DEPTH`
+    releases to a unit whose first instruction also waits for a long operation of a third
+    unit). The config needs the SFU and an ACT buffer of 4 KiB or more; seeds are
+    negative (-1, -2 ..)."""
+    wb, depth = config.word_bytes, isa.TOKEN_DEPTH
+
+    def copy(src, dst, n, **tok):
+        return isa.encode(Opcode.SFU, func=SfuFunc.COPY, src=Buffer.ACT, dst=Buffer.ACT,
+                          src_addr=src, dst_addr=dst, n=n, rows=1, **tok)
+
+    def ld(buf, buf_addr, nbytes, **tok):
+        return isa.encode(Opcode.LD, buf=buf, buf_addr=buf_addr, dram_addr=0, nbytes=nbytes,
+                          count=1, dram_stride=0, **tok)
+
+    def st(**tok):
+        return isa.encode(Opcode.ST, buf=Buffer.ACT, buf_addr=2048, dram_addr=0x3000,
+                          nbytes=wb, count=1, dram_stride=0, **tok)
+
+    halt = isa.encode(Opcode.SYS, op=SysOp.HALT)
+    long_copy = copy(0, 1024, 1024)                      # ACT [1024, 2048), ~1,000 cycles
+    long_ld = ld(Buffer.KV, 0, config.buffers.kv_bytes)  # the whole KV buffer
+    programs = {"fill_queue_sfu": [long_copy] + [copy(3072, 3584, wb)] *
+                (config.instr_queue_depth + 2) + [halt]}
+    # source unit: (its short instruction releasing the consumer, the consumer's
+    # instruction waiting for it, the third unit's long instruction)
+    fills = {
+        # (into AUX: the long COPY holds the ACT buffer's port)
+        Unit.LOAD: (ld(Buffer.AUX, 0, wb, release=[Unit.STORE]), st, long_copy),
+        Unit.SFU: (copy(3072, 3584, wb, release=[Unit.STORE]), st, long_ld),
+        Unit.STORE: (st(release=[Unit.LOAD]),
+                     lambda **tok: ld(Buffer.ACT, 3584, wb, **tok), long_copy),
+    }
+    for src, (short, consumer, slow) in fills.items():
+        third = isa.decode(slow).unit
+        slow = _reencode(slow, release=[isa.decode(consumer()).unit])
+        words = [slow] + [short] * depth
+        words.append(consumer(wait=[src, third]))
+        words += [consumer(wait=[src])] * (depth - 1) + [halt]
+        programs[f"fill_tokens_from_{src.name.lower()}"] = words
+    fps = [FuzzProgram(seed=-1 - i, kind=kind, words=words, image=bytes(IMAGE_BYTES))
+           for i, (kind, words) in enumerate(programs.items())]
+    return fps + [_fill_matrix_tokens(config, seed=-1 - len(fps))]
+
+
+def _fill_matrix_tokens(config: AccelConfig, seed: int) -> FuzzProgram:
+    """:func:`fill_programs`' token FIFO from MATRIX: one tile and vector, then two long
+    loads (the second releases STORE) while :data:`airfoil.isa.TOKEN_DEPTH` short MVs
+    release STORE, whose first ST waits for both."""
+    b = _Builder(random.Random(seed), config)
+    f, ob = b.matrix_fields(1)
+    f["k"] = f["group"]                                   # short MVs
+    wbuf = b.load(Buffer.WGT, b.tile(f, False), align=b.wgt_row)
+    act = b.load(Buffer.ACT, b.random_bytes(f["k"]), release=[Unit.MATRIX], align=8)
+    out = b.alloc(Buffer.OUT, f["rows"] * ob)
+    kv, aux = config.buffers.kv_bytes, config.buffers.aux_bytes
+    b.emit(Opcode.LD, buf=Buffer.KV, buf_addr=0, dram_addr=0, nbytes=kv, count=1,
+           dram_stride=0)
+    b.emit(Opcode.LD, release=[Unit.STORE], buf=Buffer.AUX, buf_addr=0, dram_addr=0,
+           nbytes=aux, count=1, dram_stride=0)
+    for i in range(isa.TOKEN_DEPTH):
+        b.emit(Opcode.MV, wait=[Unit.LOAD] if i == 0 else (), release=[Unit.STORE], **f,
+               wbuf_addr=wbuf, abuf_addr=act, obuf_addr=out, acc_init=1, final=1, bias=0)
+    for i in range(isa.TOKEN_DEPTH):
+        b.store(Buffer.OUT, out, f["rows"] * ob,
+                wait=[Unit.MATRIX, Unit.LOAD] if i == 0 else [Unit.MATRIX])
+    b.emit(Opcode.SYS, op=SysOp.HALT)
+    return FuzzProgram(seed=seed, kind="fill_tokens_from_matrix", words=b.words,
+                       image=bytes(b.image))
+
+
 def run_isa_side(fp: FuzzProgram, config: AccelConfig) -> Outcome:
     """Run on the ISA simulator (:class:`sim.isa_sim.IsaSim`)."""
     from .isa_sim import IsaSim
@@ -827,11 +900,19 @@ def report(fp: FuzzProgram, why: str) -> str:
             f"{why}\n{disassemble(fp.words)}")
 
 
-def run_rtl_side(programs, config: AccelConfig, core: dict, build_root="build/sim") -> list:
-    """Run programs on the core in one simulator process; return their outcomes."""
+def run_rtl_side(programs, config: AccelConfig, core: dict, build_root="build/sim", *,
+                 watch=(), watched: Counter | None = None) -> list:
+    """Run programs on the core in one simulator process; return their outcomes.
+
+    ``watch`` names core signals to count (:func:`sim.rtl.run_core`); the runs in which
+    each was seen are added to ``watched``."""
     from .rtl import run_core
     res = run_core(verilog=core["sources"], meta=core["meta"], config=config,
-                   cases=[rtl_case(fp, config) for fp in programs], build_root=build_root)
+                   cases=[rtl_case(fp, config) for fp in programs], build_root=build_root,
+                   watch=watch)
+    if watched is not None:
+        for r in res:
+            watched.update(name for name, n in r.get("watched", {}).items() if n)
     return [rtl_outcome(r) for r in res]
 
 
@@ -845,13 +926,16 @@ class FuzzSummary:
     mismatches: list = field(default_factory=list)
     #: Wall-clock seconds of the RTL runs (simulator start-up included).
     rtl_seconds: float = 0.0
+    #: Watched signal -> programs whose run saw it.
+    watched: Counter = field(default_factory=Counter)
 
 
 def fuzz(seeds, config: AccelConfig, core: dict, *, batch: int = 100,
-         build_root="build/sim") -> FuzzSummary:
+         build_root="build/sim", watch=()) -> FuzzSummary:
     """Generate the programs of ``seeds``, run both sides, compare; ``batch`` programs per
-    simulator process. A batch the simulator does not finish (a hang) counts every program
-    in it as a mismatch, each named by its seed."""
+    simulator process (``watch``: core signals counted, :attr:`FuzzSummary.watched`). A
+    batch the simulator does not finish (a hang) counts every program in it as a
+    mismatch, each named by its seed."""
     import time
 
     from .cocotb_runner import RtlFailure
@@ -862,7 +946,8 @@ def fuzz(seeds, config: AccelConfig, core: dict, *, batch: int = 100,
         isa_side = [run_isa_side(fp, config) for fp in programs]
         t0 = time.monotonic()
         try:
-            rtl_side = run_rtl_side(programs, config, core, build_root)
+            rtl_side = run_rtl_side(programs, config, core, build_root, watch=watch,
+                                    watched=out.watched)
         except RtlFailure as e:
             # run_core raises when a run does not finish: every program of the batch is
             # suspect (rerun its seeds in smaller batches to find the one that hangs).

@@ -164,3 +164,12 @@ def test_fuzz_programs_agree_on_test_decode():
 @pytest.mark.parametrize("name", ["test", "test_decode", "test_x2"])
 def test_fuzz_many_programs_agree(name):
     _check(name, SLOW_SEEDS[name], batch=400)
+
+
+@pytest.mark.rtl(group="rtl_core")
+def test_fill_programs_agree():
+    """The directed programs that fill the SFU queue and the token FIFOs run alike."""
+    from sim.program_fuzz import fill_programs
+    fps = fill_programs(CFG)
+    for fp, out in zip(fps, run_rtl_side(fps, CFG, _core(CFG))):
+        assert compare(run_isa_side(fp, CFG), out) is None, report(fp, out.describe())

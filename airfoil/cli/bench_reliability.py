@@ -18,7 +18,9 @@
   probability 0, 0.25 or 0.5 by seed) and compared: done/error status, error code, error
   instruction index and, for a program that completes, its output memory byte for byte;
   seeds :data:`PROGRAM_SEEDS` per config (``test``; ``test_decode``, streamed weights;
-  ``test_x2``, ``test`` with two memory channels). Goal >= 1,000.
+  ``test_x2``, ``test`` with two memory channels), and on ``test`` the directed programs
+  of :func:`sim.program_fuzz.fill_programs` (a full SFU queue, full token FIFOs).
+  Goal >= 1,000.
 * ``reliability_program_fuzz_mismatches``: programs whose two outcomes differ, a run that
   does not finish within its cycle limit included. Goal 0. Evidence: seeds and config
   hash per config, programs per kind and per error code the ISA simulator reported,
@@ -104,7 +106,8 @@ def _program_fuzz(build: Path, log) -> dict:
     from airfoil.config import load_config
     from airfoil.isa import ErrorCode
     from sim import coverage
-    from sim.program_fuzz import fuzz
+    from sim.program_fuzz import (compare, fill_programs, fuzz, report, run_isa_side,
+                                  run_rtl_side)
 
     from .backend_rtl import emit_core
     from .bench_mc import mc_config
@@ -117,8 +120,26 @@ def _program_fuzz(build: Path, log) -> dict:
     for key, cfg in configs.items():
         rng = PROGRAM_SEEDS[key]
         log(f"program fuzz: {len(rng)} programs on {cfg.name}")
+        # The programs on ``test`` watch the full signals (a build of their own).
         s = fuzz(rng, cfg, emit_core(cfg, build), batch=PROGRAM_BATCH,
-                 build_root=f"{build}/sim")
+                 build_root=f"{build}/sim",
+                 watch=coverage.FULL_SIGNALS if key == "test" else ())
+        coverage.sample_full(s.watched)
+        if key == "test":
+            # The directed programs that fill the SFU queue and the token FIFOs.
+            fills = fill_programs(cfg)
+            watched = Counter()
+            rtl = run_rtl_side(fills, cfg, emit_core(cfg, build), f"{build}/sim",
+                               watch=coverage.FULL_SIGNALS, watched=watched)
+            coverage.sample_full(watched)
+            for fp, r in zip(fills, rtl):
+                a = run_isa_side(fp, cfg)
+                cases += 1
+                kinds[fp.kind] += 1
+                codes[(a.error or ErrorCode.NONE).name] += 1
+                why = compare(a, r)
+                if why:
+                    mismatches.append(report(fp, why))
         cases += s.cases
         mismatches += s.mismatches
         seconds += s.rtl_seconds
