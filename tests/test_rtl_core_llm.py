@@ -22,10 +22,6 @@ from airfoil.program import Program
 rtl = pytest.mark.rtl(group="rtl_core")
 
 
-def sfu_available():
-    from hdl.core.top import sfu_available as available
-    return available()
-
 IMAGE_BYTES = 1 << 15
 #: Data-relative regions of the image: a source area the loads read, a destination
 #: area the stores write, the parameter block LDREG reads and an index table.
@@ -223,8 +219,7 @@ def runs(config, tmp_path_factory):
     progs["wstream"] = [_ld(Buffer.WSTREAM, 0, SRC, 64), HALT]
     tmp = tmp_path_factory.mktemp("rtl_llm")
     special = {}
-    if sfu_available():
-        special["four_units"] = progs["four_units"] = _four_units(config, tmp, 21)
+    special["four_units"] = progs["four_units"] = _four_units(config, tmp, 21)
     names, cases, images = [], [], {}
     for seed, (name, words) in enumerate(progs.items()):
         if name in special:

@@ -14,7 +14,6 @@ charged to one chain as ``builder / chains`` (both counts are in the evidence).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 from airfoil.bitmod import BitModFormat
@@ -68,9 +67,7 @@ def lut_cycles(cfg, bits, k, out, build_root, rows=ROWS, scale_r=1):
 
 
 def _dsp_pe(lanes, weight_bits):
-    """The ``dsp`` PE of hdl/pe/dsp.py (``None`` if that module is not there)."""
-    if importlib.util.find_spec("hdl.pe.dsp") is None:
-        return None
+    """The ``dsp`` PE of hdl/pe/dsp.py."""
     from hdl.pe.dsp import DspPE
     return DspPE(lanes=lanes, weight_bits=weight_bits)
 
@@ -133,8 +130,7 @@ def figures(args, log) -> dict:
 
     log("bench pe: LUT PE and DSP PE cycles in RTL (INT2 weights) ...")
     cl = lut_cycles(cfg, 2, k, out, build_root)
-    have_dsp = importlib.util.find_spec("hdl.pe.dsp") is not None
-    cd = dsp_cycles(cfg, k, out, build_root) if have_dsp else None
+    cd = dsp_cycles(cfg, k, out, build_root)
 
     log("bench pe: Yosys xcup LUT counts ...")
     bs = component_stats(BitSerialPE(lanes=L, sparse=True, max_group=G), "pe_bitserial",
@@ -161,21 +157,20 @@ def figures(args, log) -> dict:
     lut_mpc = per_mac("lut_pe_luts_per_mac", lut_luts, cl,
                       {"chain_luts": lc["lut"], "builder_luts": lb["lut"],
                        "builder_shared_by_chains": cfg.chains, "dsp": lc["dsp"] + lb["dsp"]})
-    if have_dsp:
-        ds = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", flatten=True)
-        dn = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", nodsp=True, flatten=True)
-        dsp_mpc = per_mac("dsp_pe_luts_per_mac", ds["lut"], cd,
-                          {"dsp": ds["dsp"], "source": "hdl/pe/dsp.py DspPE weight_bits=2",
-                           "nodsp_luts": dn["lut"]})
-        lut_per_k = lut_mpc / (lut_luts / 1000)
-        dsp_per_k = dsp_mpc / (ds["lut"] / 1000)
-        res["lut_vs_dsp_macs_per_kilolut"] = lut_per_k / dsp_per_k
-        res.update(_evidence("lut_vs_dsp_macs_per_kilolut", [cl, cd],
-                             {**shape, "weights": "int2"}, cfg))
-        res["lut_vs_dsp_macs_per_kilolut_lut_pe"] = lut_per_k
-        res["lut_vs_dsp_macs_per_kilolut_dsp_pe"] = dsp_per_k
-        # The same comparison with the DSP PE's multipliers mapped to fabric (-nodsp).
-        res["lut_vs_dsp_macs_per_kilolut_nodsp"] = lut_per_k / (dsp_mpc / (dn["lut"] / 1000))
+    ds = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", flatten=True)
+    dn = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", nodsp=True, flatten=True)
+    dsp_mpc = per_mac("dsp_pe_luts_per_mac", ds["lut"], cd,
+                      {"dsp": ds["dsp"], "source": "hdl/pe/dsp.py DspPE weight_bits=2",
+                       "nodsp_luts": dn["lut"]})
+    lut_per_k = lut_mpc / (lut_luts / 1000)
+    dsp_per_k = dsp_mpc / (ds["lut"] / 1000)
+    res["lut_vs_dsp_macs_per_kilolut"] = lut_per_k / dsp_per_k
+    res.update(_evidence("lut_vs_dsp_macs_per_kilolut", [cl, cd],
+                         {**shape, "weights": "int2"}, cfg))
+    res["lut_vs_dsp_macs_per_kilolut_lut_pe"] = lut_per_k
+    res["lut_vs_dsp_macs_per_kilolut_dsp_pe"] = dsp_per_k
+    # The same comparison with the DSP PE's multipliers mapped to fabric (-nodsp).
+    res["lut_vs_dsp_macs_per_kilolut_nodsp"] = lut_per_k / (dsp_mpc / (dn["lut"] / 1000))
 
     # Scaling evidence: the same per-MAC figures for a chain of SCALE_LANES lanes (the
     # rescaler and the control are shared by more lanes). Its INT2 groups of 128 last 8

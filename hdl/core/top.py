@@ -57,8 +57,6 @@ units are busy, from start to finish.
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 
 from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer,
                           EnableInserter, Module, Mux, ResetSignal, Signal)
@@ -80,7 +78,7 @@ from .stream_mv import StreamMatrix
 from .store import StoreUnit
 from .tokens import TokenCounters
 
-__all__ = ["Engine", "Core", "DEADLOCK_CYCLES", "COUNTERS", "sfu_available"]
+__all__ = ["Engine", "Core", "DEADLOCK_CYCLES", "COUNTERS"]
 
 #: Cycles the deadlock condition must hold before the engine reports it.
 DEADLOCK_CYCLES = 16
@@ -92,20 +90,15 @@ _BYTE_BUFFERS = (isa.Buffer.ACT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
 _BUFFERS = (isa.Buffer.ACT, isa.Buffer.WGT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
 
 
-def sfu_available() -> bool:
-    """Whether the special-function unit (``hdl/sfu/unit.py``) exists to be built in."""
-    return importlib.util.find_spec("hdl.sfu.unit") is not None
-
-
 class Engine(wiring.Component):
     """Everything of the core but the CSR block; reset by the CSR block at each start.
 
     Parameters
     ----------
     config : AccelConfig
-    sfu : bool, optional
-        Build the SFU queue and unit (default: when ``hdl/sfu/unit.py`` exists); without
-        it an ``SFU`` instruction is UNSUPPORTED.
+    sfu : bool
+        Build the SFU queue and unit (default); without it an ``SFU`` instruction is
+        UNSUPPORTED.
 
     Members
     -------
@@ -118,12 +111,12 @@ class Engine(wiring.Component):
         The counters (cycles).
     """
 
-    def __init__(self, config: AccelConfig, *, sfu: bool | None = None):
+    def __init__(self, config: AccelConfig, *, sfu: bool = True):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self._config = config
         self._geo = BufferGeometry.of(config)
-        self._sfu = sfu_available() if sfu is None else bool(sfu)
+        self._sfu = bool(sfu)
         wbits = config.memory.word_bits
         nch = config.memory.channels
         super().__init__({
@@ -158,7 +151,7 @@ class Engine(wiring.Component):
 
         # -- units ----------------------------------------------------------------------
         margs = {}
-        if self._sfu and "acc_memory" in inspect.signature(MatrixUnit).parameters:
+        if self._sfu:
             # Its accumulator memory must stand still with it (see the stall below).
             margs["acc_memory"] = "amaranth"
         matrix = MatrixUnit(geometry=geo, chains=cfg.chains, lanes=cfg.lanes,
@@ -686,7 +679,7 @@ class Core(wiring.Component):
     Parameters
     ----------
     config : AccelConfig
-    sfu : bool, optional
+    sfu : bool
         Build the SFU (see :class:`Engine`).
 
     Members
@@ -703,11 +696,11 @@ class Core(wiring.Component):
     built; the others read as 0).
     """
 
-    def __init__(self, config: AccelConfig, *, sfu: bool | None = None):
+    def __init__(self, config: AccelConfig, *, sfu: bool = True):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self._config = config
-        self._sfu = sfu
+        self._sfu = bool(sfu)
         BufferGeometry.of(config)
         wbits = config.memory.word_bits
         super().__init__({

@@ -9,7 +9,6 @@ checking every access against the size of the buffer it names.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
@@ -21,7 +20,7 @@ from airfoil import isa
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
-from . import elementwise, quant, rmsnorm, rope
+from . import attention, elementwise, quant, rmsnorm, rope
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT
 
@@ -38,31 +37,20 @@ _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, Sf
 _CHECK_BITS = 20
 
 
-def _attention():
-    """The attention kernels' module, if it exists in this tree."""
-    if importlib.util.find_spec(f"{__package__}.attention") is None:
-        return None
-    return importlib.import_module(f"{__package__}.attention")
-
-
 def default_kernels() -> dict:
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`."""
     kernels = {}
-    for mod in (elementwise, quant, rmsnorm, rope, _attention()):
-        if mod is not None:
-            kernels.update(mod.KERNELS)
+    for mod in (elementwise, quant, rmsnorm, rope, attention):
+        kernels.update(mod.KERNELS)
     return kernels
 
 
 def kernel_cycles(args) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)."""
     func = SfuFunc(args["func"])
-    for mod in (elementwise, quant, rmsnorm, rope):
+    for mod in (elementwise, quant, rmsnorm, rope, attention):
         if func in mod.KERNELS:
             return mod.cycles(args)
-    att = _attention()
-    if att is not None and func in att.KERNELS:
-        return att.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
 
 
