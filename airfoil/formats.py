@@ -273,7 +273,8 @@ class TileLayout:
       for each chain: ``lanes`` weights of that row, packed by :func:`pack_int` -- the
       order in which the chains consume them, one step per cycle;
     * scales: for each batch, for each group, for each chain: FP16 little-endian;
-    * bias (optional): int32 little-endian per padded row.
+    * bias (optional): int32 little-endian per padded row, starting at a multiple of
+      ``4 * chains`` bytes as well (the MATRIX unit reads one int32 per chain at once).
     """
 
     def __init__(self, *, rows, k, group, wfmt, chains, lanes, bias, align):
@@ -291,7 +292,8 @@ class TileLayout:
         self.weight_bytes = (self.padded_rows * k * self.bits + 7) // 8
         self.scale_offset = up(self.weight_bytes)
         self.scale_bytes = self.padded_rows * self.groups * 2
-        self.bias_offset = up(self.scale_offset + self.scale_bytes)
+        bias_align = max(align, 4 * chains)
+        self.bias_offset = -(-(self.scale_offset + self.scale_bytes) // bias_align) * bias_align
         self.bias_bytes = self.padded_rows * 4 if bias else 0
         self.nbytes = up(self.bias_offset + self.bias_bytes)
 

@@ -317,12 +317,6 @@ class _Builder:
         return tile_layout(rows=f["rows"], k=f["k"], group=f["group"], wfmt=f["wfmt"],
                            chains=cfg.chains, lanes=cfg.lanes, bias=bias, align=self.wb)
 
-    def bias_fits(self, f: dict) -> bool:
-        """Whether the core's tile engine takes a bias section where the tile layout puts
-        it: at a multiple of ``chains * 4`` bytes (UNSUPPORTED otherwise; a word is that
-        large on single-channel configs, not always on wider ones)."""
-        return self.layout(f, True).bias_offset % (4 * self.config.chains) == 0
-
     def tile(self, f: dict, bias: bool) -> bytes:
         cfg, g = self.config, torch.Generator().manual_seed(self.rng.randrange(1 << 30))
         lay = self.layout(f, bias)
@@ -345,7 +339,7 @@ class _Builder:
         parts = 2 if split else 1
         tiles = []
         for p in range(parts):
-            bias = p == 0 and rng.random() < 0.5 and self.bias_fits(f)
+            bias = p == 0 and rng.random() < 0.5
             raw = self.tile(f, bias)
             wbuf = self.load(Buffer.WGT, raw, align=self.wgt_row)
             if wbuf is None:

@@ -112,3 +112,21 @@ def test_linear_reference_against_python_integers():
             ps = sum(int(q[r, i]) * int(x[i]) for i in range(32 * g, 32 * g + 32))
             acc += ps * int(m[r, g]) << (int(k[r, g]) - k0)
         assert int(out[r]) == _ref_requant(acc, M, S, 8)
+
+
+def test_tile_bias_starts_where_the_matrix_unit_reads_it():
+    """The bias section of a tile starts at a multiple of the memory word and of
+    ``4 * chains`` bytes (one int32 per chain per read); configs whose word is narrower
+    than that (8 chains, 16-byte words) had it at a word only, which the core refused."""
+    from airfoil.formats import tile_layout
+    rng = random.Random(3)
+    for _ in range(200):
+        chains, lanes = rng.choice([4, 8, 16, 128]), rng.choice([8, 32])
+        group = lanes * rng.choice([1, 2, 4])
+        align = rng.choice([16, 64])
+        lay = tile_layout(rows=rng.randint(1, 3 * chains), k=group * rng.randint(1, 4),
+                          group=group, wfmt=rng.choice([WeightFormat.INT4, WeightFormat.INT8]),
+                          chains=chains, lanes=lanes, bias=True, align=align)
+        assert lay.bias_offset % align == 0 and lay.bias_offset % (4 * chains) == 0
+        assert lay.bias_offset >= lay.scale_offset + lay.scale_bytes
+        assert lay.nbytes % align == 0 and lay.nbytes >= lay.bias_offset + lay.bias_bytes

@@ -268,8 +268,8 @@ class MatrixUnit(wiring.Component):
         groups = Signal(20)
         m.d.comb += groups.eq(k >> lgg)
 
-        def up(v):
-            return (v + (wb - 1)) & ~Const(wb - 1, 64)
+        def up(v, a=wb):
+            return (v + (a - 1)) & ~Const(a - 1, 64)
 
         wbytes = Signal(48)
         m.d.comb += wbytes.eq(Mux(is8, padded * k, (padded * k) >> 1))
@@ -278,7 +278,8 @@ class MatrixUnit(wiring.Component):
         nbytes = Signal(48)
         m.d.comb += [
             scale_off.eq(up(wbytes)),
-            bias_off.eq(up(scale_off + padded * groups * 2)),
+            # As airfoil.formats.TileLayout: the bias at a multiple of 4 * chains too.
+            bias_off.eq(up(scale_off + padded * groups * 2, max(wb, 4 * C))),
             nbytes.eq(up(bias_off + Mux(f.bias, padded * 4, 0))),
         ]
         lg_ob = Signal(2)
