@@ -190,21 +190,15 @@ class SfuUnit(wiring.Component):
         bad_buf = ((src_b > Buffer.AUX.value) | (dst_b > Buffer.AUX.value) |
                    (uses_aux & (aux_b > Buffer.AUX.value)) | (aux_b > Buffer.WSTREAM.value))
 
-        def a4(v):
-            return v[:2] != 0                       # not a multiple of 4
-
+        # Operand alignment, field by field, as isa.SFU_ALIGN states it.
         misaligned = Signal()
         with m.Switch(func):
-            with m.Case(SfuFunc.SILU):
-                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr))
-            with m.Case(SfuFunc.MUL, SfuFunc.ADD, SfuFunc.RMSNORM):
-                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr) |
-                                          a4(sfu.aux_addr))
-            with m.Case(SfuFunc.QUANT_TOKEN):
-                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.aux_addr) | a4(sfu.imm1))
-            with m.Case(SfuFunc.ROPE):
-                m.d.comb += misaligned.eq(a4(sfu.src_addr) | a4(sfu.dst_addr) |
-                                          sfu.aux_addr[0] | sfu.imm1[0])
+            for f, fields in isa.SFU_ALIGN.items():
+                with m.Case(f):
+                    bad = 0
+                    for name, align in fields.items():
+                        bad = bad | (getattr(sfu, name)[:exact_log2(align)] != 0)
+                    m.d.comb += misaligned.eq(bad)
         malformed = Signal()
         m.d.comb += malformed.eq(
             (func > max(f.value for f in SfuFunc)) | bad_buf | misaligned | (sfu.n == 0) |
