@@ -99,7 +99,7 @@ __all__ = [
     "WeightFormat", "Sparsity", "OutFormat", "SfuFunc", "ErrorCode", "HEADER_LAYOUT",
     "SYS_LAYOUT", "MEM_LAYOUT", "MATRIX_LAYOUT", "SFU_LAYOUT", "BODY_LAYOUT",
     "INSTR_LAYOUT", "encode", "decode", "body_name", "unit_of", "UNIT_OF_OPCODE",
-    "reserved_bits", "SFU_ALIGN",
+    "reserved_bits", "SFU_ALIGN", "SFU_BUFFERS",
 ]
 
 #: Version of the encoding; a program of another version is refused.
@@ -232,6 +232,10 @@ SFU_ALIGN = {
     SfuFunc.QUANT_TOKEN: {"src_addr": 4, "aux_addr": 4, "imm1": 4},
     SfuFunc.ROPE: {"src_addr": 4, "dst_addr": 4, "aux_addr": 2, "imm1": 2},
 }
+
+#: Buffers an SFU operand may be in; one in another buffer (WGT) is BUFFER_RANGE, as if
+#: that buffer had no bytes (WSTREAM is MALFORMED).
+SFU_BUFFERS = (Buffer.ACT, Buffer.OUT, Buffer.KV, Buffer.AUX)
 
 #: Largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator lanes).
 ATT_PV_MAX_HEAD_DIM = 256

@@ -46,8 +46,9 @@ from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate,
                              fp16_fixed, group_psum, requantize, rescale, tile_layout,
                              unpack_tile)
 from airfoil import fixedpoint as fx
-from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
-                         Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
+from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer,
+                         ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp, Unit,
+                         WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
@@ -351,7 +352,12 @@ class IsaSim:
 
     # -- buffer access helpers --------------------------------------------------------
 
-    def _span(self, i, what, buf, start, nbytes):
+    def _span(self, i, what, buf, start, nbytes, *, sfu: bool = False):
+        """``buf`` if ``nbytes`` at ``start`` lie in it (else BUFFER_RANGE); for an SFU
+        operand (``sfu``) a buffer outside :data:`~airfoil.isa.SFU_BUFFERS` has no bytes."""
+        if sfu and buf not in SFU_BUFFERS:
+            raise fault(i, what, ErrorCode.BUFFER_RANGE, f"the SFU does not reach {buf.name} "
+                        f"(it reaches {', '.join(b.name for b in SFU_BUFFERS)})")
         b = self.buffers[buf]
         if start < 0 or start + nbytes > len(b):
             raise fault(i, what, ErrorCode.BUFFER_RANGE, f"{buf.name}[{start:#x}:"
@@ -361,18 +367,18 @@ class IsaSim:
     def _read(self, i, what, buf, start, count, dt) -> torch.Tensor:
         """Read ``count`` little-endian elements of numpy dtype ``dt`` as int64."""
         dt = np.dtype(dt)
-        b = self._span(i, what, buf, start, count * dt.itemsize)
+        b = self._span(i, what, buf, start, count * dt.itemsize, sfu=True)
         a = np.frombuffer(b, dtype=dt, count=count, offset=start)
         return torch.from_numpy(a.astype(np.int64))
 
     def _write(self, i, what, buf, start, values: torch.Tensor, dt) -> None:
         raw = values.reshape(-1).numpy().astype(dt).tobytes()
-        b = self._span(i, what, buf, start, len(raw))
+        b = self._span(i, what, buf, start, len(raw), sfu=True)
         b[start:start + len(raw)] = raw
 
     def _records(self, i, what, buf, start, count, n, stride):
         """Read ``count`` INT8 records of ``n`` values with their scale pairs."""
-        b = self._span(i, what, buf, start, (count - 1) * stride + _up8(n) + 8)
+        b = self._span(i, what, buf, start, (count - 1) * stride + _up8(n) + 8, sfu=True)
         raw = np.frombuffer(b, dtype=np.uint8, count=(count - 1) * stride + _up8(n) + 8,
                             offset=start)
         idx = np.arange(count)[:, None] * stride
@@ -496,19 +502,15 @@ class IsaSim:
         for key in ("src", "dst", "aux"):
             if f[key] == Buffer.WSTREAM:
                 raise fault(i, "SFU", ErrorCode.MALFORMED, f"{key}=WSTREAM (the weight stream "
-                            f"is for LD only; accepted: ACT, WGT, OUT, KV, AUX)")
+                            f"is for LD only; accepted: "
+                            f"{', '.join(b.name for b in SFU_BUFFERS)})")
         if f["func"] != SfuFunc.COPY:
             return self._sfu_func(i, ins)
-        src, dst = self.buffers[f["src"]], self.buffers[f["dst"]]
         n = f["n"]
         if n < 1:
             raise fault(i, "SFU", ErrorCode.MALFORMED, "n must be at least 1")
-        for bname, start, buf in ((f["src"].name, f["src_addr"], src),
-                                  (f["dst"].name, f["dst_addr"], dst)):
-            if start + n > len(buf):
-                raise fault(i, "SFU", ErrorCode.BUFFER_RANGE, f"{bname}[{start:#x}:"
-                            f"{start + n:#x}] is beyond the {len(buf)}-byte buffer")
-        # Only COPY exists so far (decoding refuses any other function code).
+        src = self._span(i, "SFU", f["src"], f["src_addr"], n, sfu=True)
+        dst = self._span(i, "SFU", f["dst"], f["dst_addr"], n, sfu=True)
         data = bytes(src[f["src_addr"]:f["src_addr"] + n])
         dst[f["dst_addr"]:f["dst_addr"] + n] = data
         return n, 0
@@ -589,8 +591,9 @@ class IsaSim:
         # span, then the key/value records', before any record is read.
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
             scores = (dst, da) if fn == SfuFunc.ATT_QK else (src, sa)
-            self._span(i, what, *scores, 4 * rows * H * L)
-            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8)
+            self._span(i, what, *scores, 4 * rows * H * L, sfu=True)
+            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8,
+                       sfu=True)
         g = H // KV
         # Keys are taken in chunks so that a long key range with a short record stride
         # never holds more than about 2**22 record values at once.

@@ -43,10 +43,10 @@ What is compared, and what is not:
   ISA simulator refuses, the core waits), a register rewritten while a queued instruction
   names it, buffer regions two units use without a token between them, the MATRIX
   unit's alignment limits (UNSUPPORTED on this core, not modelled by the ISA simulator),
-  SFU accesses to WGT (BUFFER_RANGE on the core), and an ``MV STREAM`` that waits for the
-  token of an ``LD WSTREAM`` it drains (the core's load finishes only once the stream FIFO
-  took its last word, so a load longer than the FIFO never releases: the core hangs, the
-  ISA simulator, whose stream is unbounded, completes).
+  and an ``MV STREAM`` that waits for the token of an ``LD WSTREAM`` it drains (the core's
+  load finishes only once the stream FIFO took its last word, so a load longer than the
+  FIFO never releases: the core hangs, the ISA simulator, whose stream is unbounded,
+  completes).
 
 Memory: the image is :data:`IMAGE_BYTES` long; its first :data:`INPUT_BYTES` hold the
 data loads read, the rest is the output area stores write. The RTL memory model ends a
@@ -608,6 +608,9 @@ def _buffer_range(rng, words, cfg):
             spans.append(("obuf_addr", size[Buffer.OUT]))
         key, addr = rng.choice(spans)
         change = {key: addr}
+    elif rng.random() < 0.3:
+        # An operand in a buffer the SFU does not reach (isa.SFU_BUFFERS).
+        change = {rng.choice(["src", "dst"]): Buffer.WGT}
     else:
         key = rng.choice(["src_addr", "dst_addr"])
         buf = ins.src if key == "src_addr" else ins.dst

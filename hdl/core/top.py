@@ -48,8 +48,8 @@ buffer take turns, round robin). While a result is held the MATRIX unit
 stands still: a clock enable over all its state (its accumulator memory is then an
 Amaranth memory, which the enable reaches), its handshakes and its buffer reads gated.
 
-The SFU reaches ACT, OUT, KV and AUX (byte-granular writes); its accesses to WGT are
-refused by the unit as BUFFER_RANGE (the ISA simulator allows them; no program uses them).
+The SFU reaches ACT, OUT, KV and AUX (byte-granular writes, :data:`airfoil.isa.SFU_BUFFERS`);
+its accesses to WGT are refused by the unit as BUFFER_RANGE, as by the ISA simulator.
 
 Counters: per unit the cycles it is busy (not idle), and the cycles in which two or more
 units are busy, from start to finish.
