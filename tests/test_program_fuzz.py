@@ -116,6 +116,10 @@ REGRESSIONS = [
     ("sfu_misaligned", [_nop(), isa.encode(Opcode.SFU, func=SfuFunc.SILU, src=Buffer.ACT,
                                            dst=Buffer.ACT, src_addr=2, dst_addr=64, n=4,
                                            rows=1), _halt()], ErrorCode.MALFORMED, 1),
+    # An SFU operand in WGT is BUFFER_RANGE (the ISA simulator copied from WGT).
+    ("sfu_wgt", [_nop(), isa.encode(Opcode.SFU, func=SfuFunc.COPY, src=Buffer.WGT,
+                                    dst=Buffer.ACT, src_addr=0, dst_addr=0, n=16, rows=1),
+                 _halt()], ErrorCode.BUFFER_RANGE, 1),
 ]
 
 
