@@ -11,6 +11,7 @@ channel, in channel order), the names a Vitis connectivity file maps to ``HBM[i]
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -65,7 +66,8 @@ def write_verilog(component: wiring.Component, name: str, out_dir, *,
     text = verilog.convert(component, name=name, emit_src=False)
     vpath, jpath = out / f"{name}.v", out / f"{name}.json"
     for path, content in ((vpath, text), (jpath, json.dumps(meta, indent=1) + "\n")):
-        tmp = path.with_name(path.name + ".tmp")
+        # A name of this process's own: two test workers may write the same design.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(content)
         tmp.replace(path)
     return vpath, jpath

@@ -60,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,7 +180,7 @@ def synth_stats(verilog_path, top: str, family: str = "xcup", *, nodsp: bool = F
     result["seconds"] = round(time.monotonic() - t0, 1)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmpf = cache.with_name(cache.name + ".tmp")
+        tmpf = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         tmpf.write_text(json.dumps(result) + "\n")
         tmpf.replace(cache)
     return result
