@@ -545,9 +545,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
     formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
     _check_args(weight, bias, config, None, group, out_format)
-    # The bias rides in a WGT tile of the first tile format (INT4 when built).
-    bias_wf = weight_format(next(iter(sorted(config.tile_formats, key=lambda f: f != "int4")),
-                                 "int4"))
+    # The bias rides in a WGT tile: INT4 when built, else the config's first tile format.
+    tiles = config.tile_formats
+    bias_wf = weight_format("int4" if "int4" in tiles or not tiles else tiles[0])
     n, k = weight.shape
     out_bits = OUT_FORMATS[out_format]
     ob = out_bits // 8

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import shutil
@@ -178,20 +179,28 @@ def _model_folder(work: Path) -> tuple[Path, Path]:
     return path, recipe
 
 
-def _case(kind: str, run: _Run, work: Path, data) -> None:
+@functools.cache
+def _base_yaml(which: str) -> tuple[bytes, dict]:
+    """The valid file a kind mutates (``board``: the ``test`` config; ``recipe``: the
+    default recipe), read once: its bytes and its parsed form."""
     from airfoil.config import builtin_config_path
     from compiler.recipe import DEFAULT_RECIPE
+    raw = (builtin_config_path("test") if which == "board" else DEFAULT_RECIPE).read_bytes()
+    return raw, yaml.safe_load(raw)
+
+
+def _case(kind: str, run: _Run, work: Path, data) -> None:
     case = work / "case"
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
     if kind == "board_yaml":
-        board = yaml.safe_load(builtin_config_path("test").read_text())
+        board = _base_yaml("board")[1]
         _compile_with(run, case, "board.yaml", _yaml(data.draw(mutated(board))), "--config")
     elif kind == "recipe_yaml":
-        recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
+        recipe = _base_yaml("recipe")[1]
         _compile_with(run, case, "recipe.yaml", _yaml(data.draw(mutated(recipe))), "--recipe")
     elif kind == "board_yaml_bytes":
-        raw = data.draw(damaged(builtin_config_path("test").read_bytes()))
+        raw = data.draw(damaged(_base_yaml("board")[0]))
         _compile_with(run, case, "board.yaml", raw, "--config")
     elif kind in ("manifest", "program_bytes"):
         base = _linear_folder(work)

@@ -928,38 +928,45 @@ class FuzzSummary:
 
 
 def fuzz(seeds, config: AccelConfig, core: dict, *, batch: int = 100,
-         build_root="build/sim", watch=()) -> FuzzSummary:
+         build_root="build/sim", watch=(), extra=()) -> FuzzSummary:
     """Generate the programs of ``seeds``, run both sides, compare; ``batch`` programs per
-    simulator process (``watch``: core signals counted, :attr:`FuzzSummary.watched`). A
-    batch the simulator does not finish (a hang) counts every program in it as a
-    mismatch, each named by its seed."""
+    simulator process (``watch``: core signals counted, :attr:`FuzzSummary.watched`;
+    ``extra``: programs run as one more batch, e.g. :func:`fill_programs`). A batch the
+    simulator does not finish (a hang) counts every program in it as a mismatch, each
+    named by its seed."""
+    seeds = list(seeds)
+    out = FuzzSummary()
+    batches = [[generate(s, config) for s in seeds[b0:b0 + batch]]
+               for b0 in range(0, len(seeds), batch)]
+    for programs in batches + ([list(extra)] if extra else []):
+        _check_batch(programs, config, core, out, build_root, watch)
+    return out
+
+
+def _check_batch(programs, config, core, out: FuzzSummary, build_root, watch) -> None:
+    """Run ``programs`` on both sides (one simulator process) and tally them into ``out``."""
     import time
 
     from .cocotb_runner import RtlFailure
-    seeds = list(seeds)
-    out = FuzzSummary()
-    for b0 in range(0, len(seeds), batch):
-        programs = [generate(s, config) for s in seeds[b0:b0 + batch]]
-        isa_side = [run_isa_side(fp, config) for fp in programs]
-        t0 = time.monotonic()
-        try:
-            rtl_side = run_rtl_side(programs, config, core, build_root, watch=watch,
-                                    watched=out.watched)
-        except RtlFailure as e:
-            # run_core raises when a run does not finish: every program of the batch is
-            # suspect (rerun its seeds in smaller batches to find the one that hangs).
-            why = f"a run of the batch of seeds {programs[0].seed}..{programs[-1].seed} " \
-                  f"did not finish: {e}"
-            out.mismatches += [report(fp, why) for fp in programs]
-            out.cases += len(programs)
-            continue
-        finally:
-            out.rtl_seconds += time.monotonic() - t0
-        for fp, a, r in zip(programs, isa_side, rtl_side):
-            out.cases += 1
-            out.kinds[fp.kind] += 1
-            out.codes[(a.error or ErrorCode.NONE).name] += 1
-            why = compare(a, r)
-            if why:
-                out.mismatches.append(report(fp, why))
-    return out
+    isa_side = [run_isa_side(fp, config) for fp in programs]
+    t0 = time.monotonic()
+    try:
+        rtl_side = run_rtl_side(programs, config, core, build_root, watch=watch,
+                                watched=out.watched)
+    except RtlFailure as e:
+        # run_core raises when a run does not finish: every program of the batch is
+        # suspect (rerun its seeds in smaller batches to find the one that hangs).
+        why = f"a run of the batch of seeds {programs[0].seed}..{programs[-1].seed} " \
+              f"did not finish: {e}"
+        out.mismatches += [report(fp, why) for fp in programs]
+        out.cases += len(programs)
+        return
+    finally:
+        out.rtl_seconds += time.monotonic() - t0
+    for fp, a, r in zip(programs, isa_side, rtl_side):
+        out.cases += 1
+        out.kinds[fp.kind] += 1
+        out.codes[(a.error or ErrorCode.NONE).name] += 1
+        why = compare(a, r)
+        if why:
+            out.mismatches.append(report(fp, why))

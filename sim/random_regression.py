@@ -208,8 +208,7 @@ def _rtl_case(case: LayerCase, folder, cfg: AccelConfig):
     from sim.rtl import RtlCase
     nbytes = folder.n * folder.out_bits // 8
     return RtlCase(program=folder.program.to_bytes(), image=bytes(folder.image_with_input()),
-                   seed=case.seed, stall=0.0 if case.stall_pattern == "none" else RANDOM_STALL,
-                   stall_pattern=case.stall_pattern,
+                   seed=case.seed, stall=RANDOM_STALL, stall_pattern=case.stall_pattern,
                    read_back={"out": (folder.manifest["output"]["addr"], nbytes)},
                    max_cycles=1_000_000, channel_offsets=channel_offsets(folder.manifest, cfg))
 

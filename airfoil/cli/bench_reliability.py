@@ -106,8 +106,7 @@ def _program_fuzz(build: Path, log) -> dict:
     from airfoil.config import load_config
     from airfoil.isa import ErrorCode
     from sim import coverage
-    from sim.program_fuzz import (compare, fill_programs, fuzz, report, run_isa_side,
-                                  run_rtl_side)
+    from sim.program_fuzz import fill_programs, fuzz
 
     from .backend_rtl import emit_core
     from .bench_mc import mc_config
@@ -120,26 +119,13 @@ def _program_fuzz(build: Path, log) -> dict:
     for key, cfg in configs.items():
         rng = PROGRAM_SEEDS[key]
         log(f"program fuzz: {len(rng)} programs on {cfg.name}")
-        # The programs on ``test`` watch the full signals (a build of their own).
+        # The programs on ``test`` watch the full signals (a build of their own), with the
+        # directed programs that fill the SFU queue and the token FIFOs.
+        on_test = key == "test"
         s = fuzz(rng, cfg, emit_core(cfg, build), batch=PROGRAM_BATCH,
-                 build_root=f"{build}/sim",
-                 watch=coverage.FULL_SIGNALS if key == "test" else ())
+                 build_root=f"{build}/sim", watch=coverage.FULL_SIGNALS if on_test else (),
+                 extra=fill_programs(cfg) if on_test else ())
         coverage.sample_full(s.watched)
-        if key == "test":
-            # The directed programs that fill the SFU queue and the token FIFOs.
-            fills = fill_programs(cfg)
-            watched = Counter()
-            rtl = run_rtl_side(fills, cfg, emit_core(cfg, build), f"{build}/sim",
-                               watch=coverage.FULL_SIGNALS, watched=watched)
-            coverage.sample_full(watched)
-            for fp, r in zip(fills, rtl):
-                a = run_isa_side(fp, cfg)
-                cases += 1
-                kinds[fp.kind] += 1
-                codes[(a.error or ErrorCode.NONE).name] += 1
-                why = compare(a, r)
-                if why:
-                    mismatches.append(report(fp, why))
         cases += s.cases
         mismatches += s.mismatches
         seconds += s.rtl_seconds
