@@ -17,6 +17,8 @@ from pathlib import Path
 import fpga
 
 
+from hdl.pe import kinds as _pe_kinds
+
 from .errors import ConfigError
 from .isa import INSTR_BITS
 from .yamlfile import read_yaml
@@ -28,10 +30,11 @@ __all__ = [
     "builtin_config_path",
 ]
 
-PE_KINDS = ("dsp", "bitserial", "lut")
+#: PE kinds (:mod:`hdl.pe.kinds`, the one registry of their formats and cycles).
+PE_KINDS = _pe_kinds.PE_KINDS
 #: Weight formats of the MATRIX unit's WGT tiles each PE kind computes exactly (every
 #: other format is streamed through the decode unit).
-TILE_FORMATS_OF_PE = {"dsp": ("int4", "int8"), "bitserial": ("int4", "int8"), "lut": ("int4",)}
+TILE_FORMATS_OF_PE = {k.name: k.tile_formats for k in _pe_kinds.KINDS.values()}
 #: Weight formats a configuration may enable (later work adds more; the ISA's
 #: :class:`airfoil.isa.WeightFormat` is the authority on encodings).
 WEIGHT_FORMATS = ("int2", "int3", "int4", "int6", "int8",
@@ -319,9 +322,13 @@ class AccelConfig:
             if wf not in WEIGHT_FORMATS:
                 raise ConfigError(f"{where}weight_formats: unknown format {wf!r} "
                                   f"(accepted: {', '.join(WEIGHT_FORMATS)})")
-        if self.pe == "lut" and "int8" in self.weight_formats:
-            raise ConfigError(f"{where}weight_formats: the lut PE computes INT1..INT4 weights "
-                              f"(table lookup on bit planes), so int8 cannot be built with it")
+        kind = _pe_kinds.pe_kind(self.pe)
+        wide = [f for f in self.weight_formats
+                if _pe_kinds.tag_value_bits(f) > kind.stream_value_bits]
+        if wide:
+            raise ConfigError(f"{where}weight_formats: the {self.pe} PE computes weights of at "
+                              f"most {kind.stream_value_bits} bits, so {', '.join(wide)} "
+                              f"cannot be built with it")
         if not self.group_sizes:
             raise ConfigError(f"{where}group_sizes must name at least one group size")
         for g in self.group_sizes:
@@ -337,6 +344,10 @@ class AccelConfig:
                                   f"(accepted: {', '.join(SPARSITY_PATTERNS)})")
         if "dense" not in self.sparsity:
             raise ConfigError(f"{where}sparsity must include 'dense'")
+        nm = [sp for sp in self.sparsity if sp not in ("dense", "block")]
+        if nm and not kind.nm_sparsity:
+            raise ConfigError(f"{where}sparsity: the {self.pe} PE runs dense and block-skip "
+                              f"weights only, not {', '.join(nm)}")
         if self.lut_group not in (2, 3, 4, 5, 6):
             raise ConfigError(f"{where}lut_group must be 2..6, not {self.lut_group}")
         if not 1.0 <= self.clock_mhz <= 1000.0:
@@ -437,9 +448,10 @@ class AccelConfig:
         :attr:`weight_formats`; empty without a decode unit."""
         if not self.decode_unit:
             return ()
-        return _BASE_STREAM_FORMATS + tuple(
+        widest = _pe_kinds.pe_kind(self.pe).stream_value_bits
+        return tuple(f for f in _BASE_STREAM_FORMATS + tuple(
             f for f in WEIGHT_FORMATS if f in self.weight_formats
-            and f not in _BASE_STREAM_FORMATS)
+            and f not in _BASE_STREAM_FORMATS) if _pe_kinds.tag_value_bits(f) <= widest)
 
     @property
     def config_hash(self) -> str:

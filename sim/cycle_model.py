@@ -23,9 +23,9 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   handshake (:data:`AW_CYCLES`), one beat every :data:`ST_BEAT_CYCLES` cycles (buffer read,
   then the W handshake), ``write_latency`` and the B handshake (:data:`B_CYCLES`); one burst
   at a time. It uses the write channels only, so it holds the (read) channel for one cycle.
-* ``MV``/``MM`` (:meth:`CycleModel.matrix`): a step feeds ``chains x lanes`` weights; an
-  INT4 step is one WGT buffer row and takes one cycle, a ``b``-bit step ``ceil(b / 4)``
-  cycles (:data:`STEP_BITS`). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
+* ``MV``/``MM`` (:meth:`CycleModel.matrix`): a step feeds ``chains x lanes`` weights and
+  takes the PE kind's :meth:`~hdl.pe.kinds.PeKind.tile_step_cycles` (``dsp``: an INT4 step
+  is one WGT buffer row and one cycle, a ``b``-bit step ``ceil(b / 4)``). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
   (but no less than the requantize serializer's ``chains + 1`` cycles when the results
   are final, :data:`SERIALIZE_EXTRA`). Around that work: the CHECK state and the operand
   read register (:data:`MV_START_CYCLES`), the chain and rescaler pipelines
@@ -61,11 +61,12 @@ from dataclasses import dataclass
 from airfoil.config import AccelConfig
 from airfoil.formats import FORMAT_BITS, weight_format
 from airfoil.isa import INSTR_BITS, SfuFunc
+from hdl.pe.kinds import pe_kind
 
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "SFU_LATENCY", "DISPATCH_CYCLES",
            "ISSUE_CYCLES", "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES",
            "TOKEN_HANDOFF", "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES",
-           "STEP_BITS", "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
+           "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
            "ACC_HANDSHAKE", "REQUANT_LATENCY", "ACC_WRITE_CYCLES", "UNIT_RELEASE_CYCLES",
            "SERIALIZE_EXTRA", "SCALE_READ_CYCLES", "FETCH_START_CYCLES", "QUEUE_CYCLES",
            "END_CYCLES"]
@@ -101,9 +102,6 @@ ST_BEAT_CYCLES = 2
 B_CYCLES = 1
 
 # -- MATRIX unit (hdl/core/matrix.py) ---------------------------------------------------------
-#: Weight bits of one step that one WGT buffer row (one cycle) holds per weight: an INT4
-#: step is one row, an INT8 step two.
-STEP_BITS = 4
 #: The CHECK state, then the WGT/ACT read register in front of the chains.
 MV_START_CYCLES = 2
 #: ``DenseChains.latency``: a group's last step to its partial sums.
@@ -214,11 +212,10 @@ class CycleModel:
         return Cost(busy=1, latency=total)
 
     def step_cycles(self, wfmt=None) -> int:
-        """Cycles of one ``chains x lanes`` step of weight format ``wfmt`` (INT4 if None)."""
-        if wfmt is None:
-            return 1
-        bits = FORMAT_BITS[weight_format(wfmt)]
-        return max(1, -(-bits // STEP_BITS))
+        """Cycles of one ``chains x lanes`` step of weight format ``wfmt`` (INT4 if None)
+        in the MATRIX unit, by the config's PE kind (:mod:`hdl.pe.kinds`)."""
+        bits = 4 if wfmt is None else FORMAT_BITS[weight_format(wfmt)]
+        return pe_kind(self._config.pe).tile_step_cycles(bits)
 
     def matrix(self, rows: int, k: int, m: int = 1, *, wfmt=None, final: bool = True,
                group: int | None = None, use_init: bool = False) -> Cost:

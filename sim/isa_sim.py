@@ -50,6 +50,7 @@ from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPT
                          ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp, Unit,
                          WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
+from hdl.pe.kinds import pe_kind, tag_value_bits
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
 from .memory import Memory, MemoryRangeError
@@ -131,6 +132,7 @@ class IsaSim:
             raise TypeError(f"config must be an AccelConfig, not {config!r}")
         self.config = config
         self.model = CycleModel(config)
+        self._kind = pe_kind(config.pe)
         self.mem = Memory(image, config, self.model, channel_offsets)
         b = config.buffers
         self.buffers = {Buffer.ACT: bytearray(b.act_bytes), Buffer.WGT: bytearray(b.weight_bytes),
@@ -328,7 +330,7 @@ class IsaSim:
         ``j * chains + sl * slice_chains ..``); return the k-steps its chains take."""
         chains, cs = self.config.chains, self.config.slice_chains
         built = {record_tag(f) for f in self.config.stream_formats}
-        ksteps = 0
+        ksteps = 0                     # chain cycles: k-steps times the PE's cycles per step
         for n, rc in enumerate(recs):
             if rc.group != group:
                 raise fault(i, name, ErrorCode.MALFORMED, f"stream record {n} has group "
@@ -347,7 +349,8 @@ class IsaSim:
             r0 = b * chains + sl * cs
             q[r0:r0 + cs, c * group:(c + 1) * group] = rc.q
             sbits[r0:r0 + cs, c] = rc.scale_bits
-            ksteps += rc.step_mask(self.config.lanes).bit_count()
+            ksteps += rc.step_mask(self.config.lanes).bit_count() * self._kind.step_cycles(
+                tag_value_bits(rc.tag))
         return ksteps
 
     # -- buffer access helpers --------------------------------------------------------

@@ -43,12 +43,13 @@ from amaranth.utils import ceil_log2, exact_log2
 from airfoil import isa
 from airfoil.formats import ACC_BITS
 from airfoil.packing import (BLOCK_CODE, GROUP_CODES, NM_PATTERNS, SCALE_K_SHAPE,
-                             SCALE_M_BITS, StreamGeometry, beat_layout)
+                             SCALE_M_BITS, TAG_BITS, StreamGeometry, beat_layout, record_tag)
 from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
 
 from ..decode_unit.rescaler import GroupRescaler, Requantizer, token_requant_params
 from ..decode_unit.unpacker import Unpacker
-from ..dsp_chain.sparse import SparseChain
+from ..dsp_chain.stream_chain import StreamChain
+from ..pe.kinds import pe_kind, tag_value_bits
 from ..streams import scale_layout
 from .axi import axi4_signature
 from .axi_read import AxiReader
@@ -302,8 +303,10 @@ class StreamMatrix(wiring.Component):
     def __init__(self, *, chains: int, lanes: int, word_bits: int, act_bytes: int,
                  out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
                  formats=None, scale_depth: int = 16, slices: int = 1,
-                 aux_bytes: int | None = None, acc_depth: int | None = None):
+                 aux_bytes: int | None = None, acc_depth: int | None = None,
+                 pe: str = "dsp"):
         self._MustUse__silence = True       # until validated: a refused unit is not unused
+        self._kind = pe_kind(pe)
         _pos_int("Chain count", chains)
         _pos_int("Lane count", lanes, 2)
         _pos_int("Slice count", slices)
@@ -332,7 +335,17 @@ class StreamMatrix(wiring.Component):
         self._slices = slices
         self._act_bytes, self._out_bytes = act_bytes, out_bytes
         self._groups, self._patterns = groups, patterns
-        self._formats = None if formats is None else tuple(formats)
+        tags = TAG_BITS if formats is None else [record_tag(f) for f in formats]
+        #: Record tag -> value width of its decoded weights (the chains' cycles per step).
+        self._value_bits = {record_tag(t): tag_value_bits(t) for t in tags}
+        wide = [t.name for t, b in self._value_bits.items()
+                if b > self._kind.stream_value_bits]
+        if wide and formats is not None:
+            raise ValueError(f"The {self._kind.name} PE takes weights of at most "
+                             f"{self._kind.stream_value_bits} bits, not {', '.join(wide)}")
+        for t in wide:
+            del self._value_bits[record_tag(t)]
+        self._formats = tuple(self._value_bits)
         self._scale_depth = _pos_int("Scale queue depth", scale_depth, 2)
         wb = word_bits // 8
         members = {
@@ -364,7 +377,7 @@ class StreamMatrix(wiring.Component):
         return dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
                     act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
                     group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
-                    formats=cfg.stream_formats, slices=cfg.slices)
+                    formats=cfg.stream_formats, slices=cfg.slices, pe=cfg.pe)
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "StreamMatrix":
@@ -425,7 +438,7 @@ class StreamMatrix(wiring.Component):
             wiring.connect(m, wiring.flipped(self.words[s]), sl["unp"].words)
             sl["chains"] = []
             for c in range(Cs):
-                ch = SparseChain(lanes=L, weight_bits=8, patterns=self._patterns, groups=1)
+                ch = StreamChain(kind=self._kind.name, lanes=L, patterns=self._patterns)
                 m.submodules[f"chain{c}" if S == 1 else f"chain{s}_{c}"] = ch
                 sl["chains"].append(ch)
             m.submodules[sub("rescaler", s)] = sl["resc"] = GroupRescaler(chains=Cs,
@@ -663,10 +676,15 @@ class StreamMatrix(wiring.Component):
             m.d.comb += window.eq(padded.bit_select((st.step << lg_ratio) * (L * 8),
                                                     win_bits))
             ib = chains[0].index_bits
+            vbits = Signal(4, name=sub("vbits", s))          # value width of the record
+            with m.Switch(st.tag):
+                for tag, bits in self._value_bits.items():
+                    with m.Case(tag.value):
+                        m.d.comb += vbits.eq(bits)
             for c, ch in enumerate(chains):
                 p = ch.i.payload
                 m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(st.nm),
-                             p.split.eq(0), p.group_end.eq(st.last), p.last.eq(st.last),
+                             p.vbits.eq(vbits), p.group_end.eq(st.last), p.last.eq(st.last),
                              p.w.eq(st.w[c]), p.act.eq(window),
                              p.idx.eq(Cat(*[st.idx[c][j][:ib] for j in range(L)]))]
 
@@ -677,7 +695,7 @@ class StreamMatrix(wiring.Component):
                          rp.payload.batch_last.eq(o_grp == groups - 1)]
             for c, ch in enumerate(chains):
                 m.d.comb += [ch.o.ready.eq(rp.ready),
-                             rp.payload.psum[c].eq(ch.o.payload.psum[0])]
+                             rp.payload.psum[c].eq(ch.o.payload.psum)]
             with m.If(start):
                 m.d.sync += o_grp.eq(0)
             with m.Elif(rp.valid & rp.ready):

@@ -37,7 +37,8 @@ from airfoil.sparsity import NM_PATTERNS, SparsityMode, mode_of
 
 from ..pe.dsp import _lane_template
 
-__all__ = ["SparseChain", "operand_layout", "psum_layout", "chain_window", "estimate_units"]
+__all__ = ["SparseChain", "operand_layout", "psum_layout", "chain_window", "index_bits",
+           "select_activation", "estimate_units"]
 
 
 def chain_window(lanes: int, patterns) -> int:
@@ -47,7 +48,8 @@ def chain_window(lanes: int, patterns) -> int:
     return lanes * ratio
 
 
-def _index_bits(patterns) -> int:
+def index_bits(patterns) -> int:
+    """Width of a lane's N:M index for the patterns built in."""
     return max([1] + [NM_PATTERNS[p][1].bit_length() - 1 for p in patterns
                       if p in NM_PATTERNS])
 
@@ -152,7 +154,7 @@ class SparseChain(wiring.Component):
         self._lanes, self._wb, self._ab, self._acc = lanes, weight_bits, act_bits, acc_bits
         self._groups, self._patterns = groups, patterns
         self._window = chain_window(lanes, patterns)
-        self._ib = _index_bits(patterns)
+        self._ib = index_bits(patterns)
         self._sb = max(1, (groups.bit_length() - 1).bit_length())   # split 0..log2(groups)
         super().__init__({
             "i": In(stream.Signature(self.operand_layout)),
@@ -231,19 +233,7 @@ class SparseChain(wiring.Component):
 
     def _mux(self, m, op, j):
         """Activation of lane ``j`` for the beat ``op`` (combinational)."""
-        sel = Signal(signed(self._ab), name=f"sel{j}")
-        dense = op.act[j]
-        m.d.comb += sel.eq(dense)
-        with m.Switch(op.mode):
-            for p in self._patterns:
-                if p not in NM_PATTERNS:
-                    continue
-                n, mm = NM_PATTERNS[p]
-                base = (j // n) * mm
-                cands = Array(op.act[base + t] for t in range(mm))
-                with m.Case(mode_of(p)):
-                    m.d.comb += sel.eq(cands[op.idx[j][:mm.bit_length() - 1]])
-        return sel
+        return select_activation(m, op, j, self._patterns, self._ab)
 
     def elaborate(self, platform):
         m = Module()
@@ -318,6 +308,24 @@ class SparseChain(wiring.Component):
                     m.d.sync += [acc[t].eq(acc[t] + seg[t]) for t in range(G)]
         return m
 
+
+
+def select_activation(m, op, j: int, patterns, act_bits: int = 8):
+    """The sparse mux of lane ``j``: its activation in beat ``op`` (a view with ``mode``,
+    ``idx`` and ``act``), ``act[j]`` for dense and block beats, else the activation its
+    N:M index picks in its window (combinational)."""
+    sel = Signal(signed(act_bits), name=f"sel{j}")
+    m.d.comb += sel.eq(op.act[j])
+    with m.Switch(op.mode):
+        for p in patterns:
+            if p not in NM_PATTERNS:
+                continue
+            n, mm = NM_PATTERNS[p]
+            base = (j // n) * mm
+            cands = Array(op.act[base + t] for t in range(mm))
+            with m.Case(mode_of(p)):
+                m.d.comb += sel.eq(cands[op.idx[j][:mm.bit_length() - 1]])
+    return sel
 
 def estimate_units(config) -> dict:
     """Units for ``airfoil estimate``: the config's chain at INT4 and at INT8 weights."""

@@ -28,15 +28,15 @@ its state) and states its latency as :attr:`delay`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import pe_signature
 
 __all__ = ["DSP_A_BITS", "DSP_B_BITS", "dot2_shift", "shared2_shift", "dot2_model",
-           "shared2_model", "DspDot2", "DspShared2", "DspMul1", "DspLaneArray", "DspPE",
-           "estimate_units"]
+           "shared2_model", "DspDot2", "DspShared2", "DspMul1", "DspDual", "DspLaneArray",
+           "DspPE", "estimate_units"]
 
 #: Operand widths of a DSP48E2 multiplier (signed).
 DSP_A_BITS = 27
@@ -246,6 +246,64 @@ class DspMul1(wiring.Component):
         with m.If(self.en):
             m.d.sync += [a_op.eq(self.a), b_op.eq(self.w), prod.eq(a_op * b_op),
                          self.y.eq(prod)]
+        return m
+
+
+class DspDual(wiring.Component):
+    """One 27 x 18 multiplier for a lane pair whose weight width is chosen per cycle.
+
+    With ``pair`` set the two lanes' weights are narrow (INT1..INT4 values, held in the low
+    bits of the 8-bit ``w``) and the multiplier sums both products as :class:`DspDot2`:
+    ``y = w0*a0 + w1*a1``. With ``pair`` clear the weights are up to INT8 and it computes
+    one product, lane ``sel``'s: ``y = w[sel] * a[sel]`` (a step of wide weights takes
+    two cycles on the pair). The operand muxes sit in front of the operand registers, so
+    the multiplier itself stays one DSP48E2.
+
+    Members
+    -------
+    en : In(1)
+    pair, sel : In(1)
+    w, a : In(ArrayLayout(signed(8), 2))
+    y : Out(signed(dot2_shift(4, 8) + 4))
+        :attr:`delay` enabled cycles after the operands.
+    """
+
+    #: Narrow weight width of the pair mode and the activation width.
+    NARROW_BITS, ACT_BITS = 4, 8
+    #: Enabled cycles from operands to ``y``: operand, product and read-out registers.
+    DELAY = 3
+
+    def __init__(self):
+        super().__init__({
+            "en": In(1), "pair": In(1), "sel": In(1),
+            "w": In(data.ArrayLayout(signed(8), 2)),
+            "a": In(data.ArrayLayout(signed(self.ACT_BITS), 2)),
+            "y": Out(signed(dot2_shift(self.NARROW_BITS, self.ACT_BITS) + 4)),
+        })
+
+    @property
+    def delay(self) -> int:
+        return self.DELAY
+
+    def elaborate(self, platform):
+        m = Module()
+        wb, ab = self.NARROW_BITS, self.ACT_BITS
+        k = dot2_shift(wb, ab)
+        a_op = Signal(signed(ab + k + 1))
+        b_op = Signal(signed(wb + k + 1))
+        prod = Signal(signed(len(a_op) + len(b_op)))
+        pair1, pair2 = Signal(), Signal()
+        w0, w1 = self.w[0][:wb].as_signed(), self.w[1][:wb].as_signed()
+        with m.If(self.en):
+            with m.If(self.pair):
+                m.d.sync += [a_op.eq((self.a[0] << k) + self.a[1]), b_op.eq((w1 << k) + w0)]
+            with m.Else():
+                m.d.sync += [a_op.eq(Mux(self.sel, self.a[1], self.a[0])),
+                             b_op.eq(Mux(self.sel, self.w[1], self.w[0]))]
+            m.d.sync += [pair1.eq(self.pair), prod.eq(a_op * b_op), pair2.eq(pair1),
+                         # Pair: the middle field plus the low field's borrow (DspDot2).
+                         self.y.eq(Mux(pair2, (prod[k:2 * k] + prod[k - 1])[:k].as_signed(),
+                                       prod[:2 * ab].as_signed()))]
         return m
 
 

@@ -1,0 +1,121 @@
+"""PE kinds: one registry that the config, the MATRIX unit, the streamed engine and the
+cycle model all read.
+
+A kind (``AccelConfig.pe``) names
+
+* the WGT-tile formats the MATRIX unit computes with it (:class:`hdl.pe.array.PeArray`)
+  and the cycles one step of such a tile takes there (:meth:`PeKind.tile_step_cycles`);
+* the lane engine of the streamed engine's chains (:mod:`hdl.pe.stream_lanes`): the
+  cycles of one streamed step of a record, by the width of the record's decoded values
+  (:meth:`PeKind.step_cycles`, :func:`tag_value_bits`), the widest value it takes and
+  whether it runs N:M records compressed.
+
+Adding a kind is one entry here plus its lane engine (and, for WGT tiles, its
+:class:`~hdl.pe.array.PeArray` back end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from airfoil import packing
+
+from .stream_lanes import BitSerialLanes, DspLanes, LaneEngine, LutLanes
+
+__all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "tag_value_bits", "value_bits"]
+
+
+@dataclass(frozen=True)
+class PeKind:
+    """One PE kind.
+
+    Attributes
+    ----------
+    name : str
+        The ``pe`` value of a configuration.
+    summary : str
+        One line for users.
+    tile_formats : tuple of str
+        Formats of WGT tiles the MATRIX unit computes on this kind exactly.
+    tile_cycles : callable
+        ``bits -> cycles`` of one MATRIX-unit step of a ``bits``-bit tile format.
+    lanes : type
+        The :class:`~hdl.pe.stream_lanes.LaneEngine` of the streamed chains.
+    """
+
+    name: str
+    summary: str
+    tile_formats: tuple
+    tile_cycles: Callable[[int], int]
+    lanes: type
+
+    def __post_init__(self):
+        if not issubclass(self.lanes, LaneEngine):
+            raise TypeError(f"PE kind {self.name}: lanes must be a LaneEngine subclass")
+
+    def tile_step_cycles(self, bits: int) -> int:
+        """Cycles of one MATRIX-unit step of a ``bits``-bit WGT tile."""
+        return self.tile_cycles(bits)
+
+    def step_cycles(self, value_bits: int) -> int:
+        """Cycles of one streamed step whose weights are ``value_bits``-bit values."""
+        return self.lanes.cycles(value_bits)
+
+    @property
+    def stream_value_bits(self) -> int:
+        """Widest decoded weight value the streamed chain takes."""
+        return self.lanes.max_value_bits
+
+    @property
+    def nm_sparsity(self) -> bool:
+        """Whether the streamed chain runs N:M records (compressed)."""
+        return self.lanes.sparse
+
+
+#: A WGT buffer row holds one step of 4-bit weights: wider tiles take a row per 4 bits.
+_ROW_BITS = 4
+
+KINDS = {k.name: k for k in (
+    PeKind("dsp", "packed DSP48E2 multipliers: two narrow (<= 4-bit) weights per DSP",
+           ("int4", "int8"), lambda bits: -(-bits // _ROW_BITS), DspLanes),
+    PeKind("bitserial", "BitMoD-style bit-serial lanes: shifts and adds, one weight digit "
+           "per cycle", ("int4", "int8"), lambda bits: 4, BitSerialLanes),
+    PeKind("lut", "T-MAC table lookup on weight bit-planes (weights up to 4 bits, dense)",
+           ("int4",), lambda bits: 4, LutLanes),
+)}
+#: Names of the kinds, in registry order.
+PE_KINDS = tuple(KINDS)
+
+
+def pe_kind(name) -> PeKind:
+    """The :class:`PeKind` of a name (or a kind)."""
+    if isinstance(name, PeKind):
+        return name
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"PE kind must be one of {', '.join(PE_KINDS)}, not {name!r}") \
+            from None
+
+
+def value_bits(values) -> int:
+    """Smallest signed width that holds every value of ``values``."""
+    v = np.asarray(values, dtype=np.int64)
+    lo, hi = int(v.min(initial=0)), int(v.max(initial=0))
+    b = 1
+    while not -(1 << (b - 1)) <= lo or not hi <= (1 << (b - 1)) - 1:
+        b += 1
+    return b
+
+
+def tag_value_bits(tag) -> int:
+    """Signed width of the decoded weight values of a record format (tag or name)."""
+    tag = packing.record_tag(tag)
+    if tag is packing.RecordTag.OVP4:
+        return value_bits(packing.ovp_values())
+    if tag in packing.BITMOD_TAGS:
+        return value_bits(packing.bitmod_values(tag))
+    return packing.TAG_BITS[tag]
