@@ -292,7 +292,9 @@ def check_stream_args(config, wformat, sparsity, mixed_formats, group):
     nm = nm_code(sparsity)
     built = config.stream_formats
     if name == "mixed":
-        cands = DEFAULT_MIXED if mixed_formats is None else mixed_formats
+        cands = mixed_formats
+        if cands is None:       # the default pair, or every format the config decodes
+            cands = DEFAULT_MIXED if all(c in built for c in DEFAULT_MIXED) else built
         if isinstance(cands, str):
             cands = [c.strip() for c in cands.split(",") if c.strip()]
         cands = list(cands)
@@ -447,8 +449,8 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         ``sparsity="block"``: fraction of each record's k-steps kept, those of largest L2
         norm (``0 < d <= 1``; the default 1 skips only the k-steps already zero).
     mixed_formats : str or sequence of str, optional
-        Candidates of ``wformat="mixed"`` (default
-        :data:`airfoil.packing.DEFAULT_MIXED`), e.g. ``"int2,int4,int8"`` or
+        Candidates of ``wformat="mixed"`` (default :data:`airfoil.packing.DEFAULT_MIXED`,
+        or every record format the config decodes if it lacks one of those), e.g. ``"int2,int4,int8"`` or
         ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x one group) takes the one
         of least squared error. ``wformat`` ``bitmod4`` / ``bitmod3`` are the presets of
         :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4 / FP3 variants). Streamed
