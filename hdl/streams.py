@@ -50,6 +50,7 @@ def operand_layout(chains: int, lanes: int) -> data.StructLayout:
         "x": data.ArrayLayout(signed(ACT_BITS), lanes),
         "group_last": 1,
         "batch_last": 1,
+        "wide": 1,          # the weights are INT8 (wider than a packed pair's 4 bits)
     })
 
 

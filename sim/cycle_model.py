@@ -24,8 +24,9 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   then the W handshake), ``write_latency`` and the B handshake (:data:`B_CYCLES`); one burst
   at a time. It uses the write channels only, so it holds the (read) channel for one cycle.
 * ``MV``/``MM`` (:meth:`CycleModel.matrix`): a step feeds ``chains x lanes`` weights and
-  takes the PE kind's :meth:`~hdl.pe.kinds.PeKind.tile_step_cycles` (``dsp``: an INT4 step
-  is one WGT buffer row and one cycle, a ``b``-bit step ``ceil(b / 4)``). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
+  takes ``ceil(b / 4)`` cycles to read from the WGT buffer (:data:`WGT_ROW_BITS`), or the PE
+  kind's :meth:`~hdl.pe.kinds.PeKind.tile_step_cycles` when that is longer (``dsp``: 1 for
+  INT4, 2 for INT8; the serial kinds 4). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
   (but no less than the requantize serializer's ``chains + 1`` cycles when the results
   are final, :data:`SERIALIZE_EXTRA`). Around that work: the CHECK state and the operand
   read register (:data:`MV_START_CYCLES`), the chain and rescaler pipelines
@@ -61,12 +62,13 @@ from dataclasses import dataclass
 from airfoil.config import AccelConfig
 from airfoil.formats import FORMAT_BITS, weight_format
 from airfoil.isa import INSTR_BITS, SfuFunc
+from hdl.dsp_chain.dense import DenseChains
 from hdl.pe.kinds import pe_kind
 
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "SFU_LATENCY", "DISPATCH_CYCLES",
            "ISSUE_CYCLES", "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES",
            "TOKEN_HANDOFF", "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES",
-           "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
+           "WGT_ROW_BITS", "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
            "ACC_HANDSHAKE", "REQUANT_LATENCY", "ACC_WRITE_CYCLES", "UNIT_RELEASE_CYCLES",
            "SERIALIZE_EXTRA", "SCALE_READ_CYCLES", "FETCH_START_CYCLES", "QUEUE_CYCLES",
            "END_CYCLES"]
@@ -104,8 +106,11 @@ B_CYCLES = 1
 # -- MATRIX unit (hdl/core/matrix.py) ---------------------------------------------------------
 #: The CHECK state, then the WGT/ACT read register in front of the chains.
 MV_START_CYCLES = 2
-#: ``DenseChains.latency``: a group's last step to its partial sums.
-CHAIN_LATENCY = 3
+#: Bits per weight of one WGT buffer row: the MATRIX unit reads an INT4 step in one cycle,
+#: an INT8 step in two.
+WGT_ROW_BITS = 4
+#: ``DenseChains.LATENCY``: a group's last step to its partial sums.
+CHAIN_LATENCY = DenseChains.LATENCY
 #: ``GroupRescaler.latency`` (products and shifts, accumulate), counted from the psum
 #: handshake.
 RESCALER_LATENCY = 2
@@ -215,7 +220,14 @@ class CycleModel:
         """Cycles of one ``chains x lanes`` step of weight format ``wfmt`` (INT4 if None)
         in the MATRIX unit, by the config's PE kind (:mod:`hdl.pe.kinds`)."""
         bits = 4 if wfmt is None else FORMAT_BITS[weight_format(wfmt)]
-        return pe_kind(self._config.pe).tile_step_cycles(bits)
+        rows = -(-bits // WGT_ROW_BITS)
+        return max(rows, pe_kind(self._config.pe).tile_step_cycles(bits))
+
+    def last_step_extra(self, wfmt=None) -> int:
+        """Cycles the PE array holds the last step of a batch beyond the cycle it arrives
+        in (its operands arrive one WGT row a cycle)."""
+        bits = 4 if wfmt is None else FORMAT_BITS[weight_format(wfmt)]
+        return pe_kind(self._config.pe).tile_step_cycles(bits) - 1
 
     def matrix(self, rows: int, k: int, m: int = 1, *, wfmt=None, final: bool = True,
                group: int | None = None, use_init: bool = False) -> Cost:
@@ -244,6 +256,8 @@ class CycleModel:
         else:
             work = batches * per_batch
             tail = (MATRIX_LATENCY - REQUANT_LATENCY + ACC_WRITE_CYCLES)
+        # The chains hold the last step for its cycles: one more for a packed INT8 step.
+        tail += self.last_step_extra(wfmt)
         return Cost(busy=work + tail, latency=work + tail)
 
     def sfu(self, nbytes: int) -> Cost:

@@ -129,7 +129,7 @@ def test_dense_chains_group_sums():
     rng = random.Random(3)
     C, L, G = 2, 4, 8
     dut = DenseChains(chains=C, lanes=L, group_max=G)
-    assert dut.latency == 3
+    assert dut.latency == DenseChains.LATENCY
     steps = 3 * G // L
     w = torch.tensor([[rng.randrange(-8, 8) for _ in range(steps * L)] for _ in range(C)])
     x = torch.tensor([rng.randrange(-128, 128) for _ in range(steps * L)])

@@ -26,6 +26,7 @@ from airfoil.formats import fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import ErrorCode, OutFormat, WeightFormat
 from hdl.core.buffers import BufferGeometry
 from hdl.core.matrix import MatrixUnit, acc_depth
+from hdl.dsp_chain.dense import DenseChains
 from sim.isa_sim import IsaSim
 
 CONFIG = load_config("test")
@@ -235,12 +236,14 @@ def mfields(*, rows, k, group, wfmt, m=1, **kw):
 
 
 def matrix_cycles(*, rows, k, group, m, wfmt, final=True, use_init=False, cfg=CONFIG):
-    """The docstring's ``11 + final * (chains + 3) + m * batches * P``, recomputed here and
-    compared with :meth:`MatrixUnit.cycles`."""
+    """The docstring's ``8 + DenseChains.LATENCY + INT8 + final * (chains + 3) + m *
+    batches * P``,
+    recomputed here and compared with :meth:`MatrixUnit.cycles`."""
     batches = -(-rows // cfg.chains)
     steps = (k // cfg.lanes) * (2 if wfmt == WeightFormat.INT8 else 1)
     p = max(steps, cfg.chains if final else 0, k // group + int(use_init))
-    want = 11 + (cfg.chains + 3 if final else 0) + m * batches * p
+    want = (8 + DenseChains.LATENCY + (wfmt == WeightFormat.INT8) +
+            (cfg.chains + 3 if final else 0) + m * batches * p)
     assert MatrixUnit.cycles(chains=cfg.chains, lanes=cfg.lanes, rows=rows, k=k, group=group,
                              wfmt=wfmt, m=m, final=final, use_init=use_init) == want
     return want
@@ -311,6 +314,11 @@ def test_mm_ksplit_tok_scale(wfmt):
         matrix_cycles(rows=rows, k=k, group=group, m=m, wfmt=wfmt, use_init=True)]
 
 
+#: When the scale reader or the serializer sets the pace, the chains' fill overlaps the wait:
+#: the formula is an upper bound by up to the chains' latency less one cycle.
+BOUND_SLACK = DenseChains.LATENCY - 1
+
+
 @pytest.mark.parametrize("wfmt,rows,k,group,bias,m,final", [
     (WeightFormat.INT4, 13, 64, 32, True, 1, 1),     # serializer-bound
     (WeightFormat.INT4, 13, 128, 32, False, 3, 1),   # (with tok_scale)
@@ -318,8 +326,8 @@ def test_mm_ksplit_tok_scale(wfmt):
     (WeightFormat.INT8, 8, 256, 64, True, 2, 1),     # operand-bound
 ])
 def test_wide_lanes_cycles(wide_config, wfmt, rows, k, group, bias, m, final):
-    """32 lanes, 32-byte words: bit-exact, and the cycle formula exact or at most 2 cycles
-    above the count."""
+    """32 lanes, 32-byte words: bit-exact, and the cycle formula exact or at most
+    ``BOUND_SLACK`` cycles above the count."""
     c = Case(3, wide_config)
     k0 = c.tile(0, rows=rows, k=k, group=group, wfmt=wfmt, bias=bias)
     tok = final and not bias
@@ -335,7 +343,7 @@ def test_wide_lanes_cycles(wide_config, wfmt, rows, k, group, bias, m, final):
         assert got["err"] is None
     want = matrix_cycles(rows=rows, k=k, group=group, m=m, wfmt=wfmt, final=bool(final),
                          use_init=bias, cfg=wide_config)
-    assert want - 2 <= got["cycles"][0] <= want, (got["cycles"], want)
+    assert want - BOUND_SLACK <= got["cycles"][0] <= want, (got["cycles"], want)
 
 
 # -- PE kinds ------------------------------------------------------------------------------

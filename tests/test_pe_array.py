@@ -54,7 +54,7 @@ def make_case(*, chains, lanes, group, groups, batches, fmt, use_init, seed,
             steps.append({"w": [[int(w[c, s * L + i]) for i in range(L)] for c in range(C)],
                           "x": [int(v) for v in x[s * L:(s + 1) * L]],
                           "group_last": int((s + 1) * L % group == 0),
-                          "batch_last": int(s == K // L - 1)})
+                          "batch_last": int(s == K // L - 1), "wide": int(fmt == "int8")})
         for gi in range(groups):
             scales.append({"m": [int(mant[c, gi]) for c in range(C)],
                            "k": [K0 + int(sh[c, gi]) for c in range(C)], "bad": 0})
@@ -245,7 +245,7 @@ def test_formats_and_errors():
                        ("lut", ("int4",))):
         assert _props(kind).weight_formats == PeArray.formats_of(kind) == fmts
     assert _props("bitserial").cycles_per_step("int8") == 4
-    assert _props("dsp").cycles_per_step(WeightFormat.INT8) == 1
+    assert _props("dsp").cycles_per_step(WeightFormat.INT8) == 2
     with pytest.raises(ValueError, match=r"int8.*not supported by the lut.*supported: int4"):
         _props("lut").cycles_per_step("int8")
     with pytest.raises(ValueError, match=r"PE kind must be one of dsp, bitserial, lut"):

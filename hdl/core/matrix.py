@@ -32,6 +32,7 @@ from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
 from ..decode_unit.rescaler import Requantizer, token_requant_params
+from ..dsp_chain.dense import DenseChains
 from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
@@ -108,18 +109,20 @@ class MatrixUnit(wiring.Component):
     computes it; the serial kinds take ``PeArray.cycles_per_step`` cycles per step and a
     group-rescale tail that depends on the last group's shift)::
 
-        cycles = 11 + final * (chains + 3) + m * batches * P
+        cycles = 8 + DenseChains.LATENCY + INT8 + final * (chains + 3) + m * batches * P
         P      = max(steps * (2 if INT8 else 1), final * chains, groups + use_init)
 
     with ``batches = ceil(rows / chains)``, ``steps = k / lanes`` (operand steps per
     batch), ``groups = k / group`` and ``use_init = 1`` if the batch starts from a bias or
-    from an earlier K-chunk (``bias & acc_init | ~acc_init``). The 11 cycles are the
-    entry, the range check (2), the operand register (1), the chains (3), the rescaler
-    (2) and the release (2); a ``final`` instruction adds the requantization of its last
+    from an earlier K-chunk (``bias & acc_init | ~acc_init``). The fixed cycles are the
+    entry, the range check (2), the operand register (1), the chains
+    (:attr:`~hdl.dsp_chain.dense.DenseChains.LATENCY`, one more for INT8, whose last step
+    the packed multipliers take in two cycles), the rescaler (2) and the release (2); a ``final`` instruction adds the requantization of its last
     batch (``chains`` results, one per cycle) and the requantizer (3). The count is exact
     when the operand side sets ``P`` (``steps * (1 + INT8) >= max(final * chains,
     groups + use_init)``, always so for the test config); when the scale reader or the
-    serializer does, it is an upper bound by at most 2 cycles in the measured cases.
+    serializer does, it is an upper bound by less than the chains' latency (their fill
+    overlaps the wait).
 
     Parameters
     ----------
@@ -206,9 +209,11 @@ class MatrixUnit(wiring.Component):
         docstring's formula)."""
         C, L = chains, lanes
         batches = -(-rows // C)
-        steps = (k // L) * (2 if isa.WeightFormat(wfmt) == isa.WeightFormat.INT8 else 1)
+        int8 = isa.WeightFormat(wfmt) == isa.WeightFormat.INT8
+        steps = (k // L) * (2 if int8 else 1)
         per_batch = max(steps, C if final else 0, k // group + int(use_init))
-        return 11 + (C + 3 if final else 0) + m * batches * per_batch
+        return (8 + DenseChains.LATENCY + int8 + (C + 3 if final else 0) +
+                m * batches * per_batch)
 
     def elaborate(self, platform):
         m = Module()
@@ -445,7 +450,8 @@ class MatrixUnit(wiring.Component):
             m.d.comb += ops.payload.x.eq(act.word_select(s1_sel, 8 * L))
         else:
             m.d.comb += ops.payload.x.eq(act[:8 * L])
-        m.d.comb += [ops.payload.group_last.eq(s1_gl), ops.payload.batch_last.eq(s1_bl)]
+        m.d.comb += [ops.payload.group_last.eq(s1_gl), ops.payload.batch_last.eq(s1_bl),
+                     ops.payload.wide.eq(is8)]
 
         # -- scale / init side ----------------------------------------------------------
         # Per batch (of every vector): its starting accumulators (the bias from the tile,

@@ -43,12 +43,14 @@ from amaranth.lib.wiring import In, Out
 from airfoil import bitmod
 from airfoil.bitmod import BitModFormat
 from airfoil.config import PE_KINDS, TILE_FORMATS_OF_PE
+from airfoil.formats import FORMAT_BITS, weight_format
 from airfoil.formats import ACC_BITS, SCALE_SHIFT_MAX
 
 from ..decode_unit.rescaler import GroupRescaler, acc_layout
 from ..dsp_chain.dense import DenseChains
 from ..streams import init_layout, operand_layout, scale_layout
 from .bitserial import SCALE_M_BITS, SCALE_SHIFT_BITS, BitSerialPE
+from .kinds import pe_kind
 from .lut import LutChain, LutTableBuilder
 
 __all__ = ["PE_KINDS", "PeArray"]
@@ -151,12 +153,7 @@ class PeArray(wiring.Component):
 
     @staticmethod
     def _cps(kind, fmt) -> int:
-        if kind == "dsp":
-            return 1
-        if kind == "bitserial":
-            # Sign-extended 8-bit operands: radix-4 Booth, as many cycles as INT4's planes.
-            return bitmod.cycles(BitModFormat.INT8)
-        return LutChain.cycles_per_beat(4)
+        return pe_kind(kind).tile_step_cycles(FORMAT_BITS[weight_format(fmt)])
 
     def cycles_per_step(self, fmt) -> int:
         """Return the cycles a chain spends on one operand step of weight format ``fmt``.
@@ -188,14 +185,14 @@ class PeArray(wiring.Component):
         """:attr:`latency` when the batch's last group has shift ``k - k0 = shift`` in
         every chain (the serial kinds rescale bit by bit: ``dsp`` is 5 at any shift).
 
-        ``dsp``: chains (3) + rescaler (2). ``bitserial``: the last step's digits, the
+        ``dsp``: chains (:attr:`DenseChains.LATENCY`) + rescaler (2). ``bitserial``: the last step's digits, the
         PE's two stages, its rescale, the output register. ``lut``: as ``bitserial`` plus
         the table stage, which holds the next step while the chains finish theirs.
         """
         if not isinstance(shift, int) or not 0 <= shift <= SCALE_SHIFT_MAX:
             raise ValueError(f"shift must be an integer in 0..{SCALE_SHIFT_MAX}, not {shift!r}")
         if self._kind == "dsp":
-            return 3 + 2     # DenseChains.latency + GroupRescaler.latency
+            return DenseChains.LATENCY + 2     # and GroupRescaler.latency
         extra = 4 if self._kind == "bitserial" else 8
         return self._cps(self._kind, "int4") + extra + self.rescale_cycles(shift)
 

@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from airfoil import packing
+from airfoil import bitmod, packing
+from airfoil.bitmod import BitModFormat
 
+from .lut import LutChain
 from .stream_lanes import BitSerialLanes, DspLanes, LaneEngine, LutLanes
 
 __all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "tag_value_bits", "value_bits"]
@@ -41,7 +43,8 @@ class PeKind:
     tile_formats : tuple of str
         Formats of WGT tiles the MATRIX unit computes on this kind exactly.
     tile_cycles : callable
-        ``bits -> cycles`` of one MATRIX-unit step of a ``bits``-bit tile format.
+        ``bits -> cycles`` the MATRIX unit's PE array spends on one operand step of a
+        ``bits``-bit tile format.
     lanes : type
         The :class:`~hdl.pe.stream_lanes.LaneEngine` of the streamed chains.
     """
@@ -57,7 +60,7 @@ class PeKind:
             raise TypeError(f"PE kind {self.name}: lanes must be a LaneEngine subclass")
 
     def tile_step_cycles(self, bits: int) -> int:
-        """Cycles of one MATRIX-unit step of a ``bits``-bit WGT tile."""
+        """Cycles the MATRIX unit's PE array spends on one step of a ``bits``-bit tile."""
         return self.tile_cycles(bits)
 
     def step_cycles(self, value_bits: int) -> int:
@@ -75,16 +78,17 @@ class PeKind:
         return self.lanes.sparse
 
 
-#: A WGT buffer row holds one step of 4-bit weights: wider tiles take a row per 4 bits.
-_ROW_BITS = 4
-
 KINDS = {k.name: k for k in (
+    # The MATRIX unit's dense chains pack lane pairs like the streamed ones (DenseChains).
     PeKind("dsp", "packed DSP48E2 multipliers: two narrow (<= 4-bit) weights per DSP",
-           ("int4", "int8"), lambda bits: -(-bits // _ROW_BITS), DspLanes),
+           ("int4", "int8"), DspLanes.cycles, DspLanes),
+    # BitSerialPE on sign-extended 8-bit operands: radix-4 Booth, INT8's digits.
     PeKind("bitserial", "BitMoD-style bit-serial lanes: shifts and adds, one weight digit "
-           "per cycle", ("int4", "int8"), lambda bits: 4, BitSerialLanes),
+           "per cycle", ("int4", "int8"), lambda bits: bitmod.cycles(BitModFormat.INT8),
+           BitSerialLanes),
+    # LutChain on the low 4 bits: INT4's planes.
     PeKind("lut", "T-MAC table lookup on weight bit-planes (weights up to 4 bits, dense)",
-           ("int4",), lambda bits: 4, LutLanes),
+           ("int4",), lambda bits: LutChain.cycles_per_beat(4), LutLanes),
 )}
 #: Names of the kinds, in registry order.
 PE_KINDS = tuple(KINDS)

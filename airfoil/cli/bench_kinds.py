@@ -1,0 +1,103 @@
+"""Figures of the PE kinds in the core: one streamed GEMV on the ``dsp``, ``bitserial`` and
+``lut`` kinds, in INT4 and INT2.
+
+Measured in RTL (Verilator + cocotb) on the whole core (:class:`hdl.core.top.Core`). The
+configuration is the U280's slice (``u280_slice``: one HBM pseudo-channel's 512-bit port at
+the U280's latency and outstanding limit, its decode unit, 4 chains x 32 lanes) with the
+decode unit's base formats (INT2/3/4/8 and OVP4; the ``lut`` kind leaves out INT8 and
+OVP4, whose values are wider than its 4 bit-planes), dense, group 128, and ``pe`` set to
+each kind. The layer is :data:`SHAPE` (``1024 x 4096``, no bias), compiled by
+:func:`compiler.linear.compile_linear` to streamed records; INT2 reaches the core only
+streamed. Every run is checked bit-exactly against the golden and the ISA simulator
+before a figure is reported; the memory model adds no random stalls.
+
+* ``core_<kind>_gemv_cycles_<fmt>`` (kind dsp, bitserial, lut; fmt int4, int2): the core's
+  cycle counter for the whole program (``LD ACT``, the ``LD WSTREAM``/``MV`` pairs, ``ST``).
+  Beside it ``_busy_matrix`` (cycles the MATRIX unit was busy), ``_isa_cycles`` (the ISA
+  simulator's count: its cycle model reads the kind's cycles per step), ``_shape`` and
+  ``_config_hash``.
+* ``core_dsp_int4_macs_per_dsp_cycle``: the INT4 GEMV's MACs (``rows x k``) / (the MATRIX
+  unit's busy cycles x the DSP48E2 slices Yosys maps in the core's chains: one streamed
+  chain of the config synthesized with ``synth_xilinx -family xcup``, times ``chains``).
+  Goal >= 1.9 (two INT4 MACs per DSP per cycle, less the records' headers and scales,
+  which take stream cycles too, and the fill).
+* ``core_<kind>_dsp_per_mac``, ``core_<kind>_lut_per_mac``: DSP slices and LUTs of one
+  streamed chain of that config (32 lanes, dense) as Yosys maps it, per INT4 MAC per
+  cycle of the chain (``lanes / cycles per INT4 step``). Beside them ``_dsp``, ``_lut``,
+  ``_macs_per_cycle``.
+
+Each figure has its raw evidence beside it; the chain synthesis is cached under
+``<build-dir>/estimate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import AccelConfig
+from .bench_mc import bench_slice, measure_mc
+
+__all__ = ["KIND_NAMES", "FORMATS", "SHAPE", "kind_config", "chain_stats", "figures"]
+
+KIND_NAMES = ("dsp", "bitserial", "lut")
+FORMATS = ("int4", "int2")
+#: (rows, k, group) of the layer.
+SHAPE = (1024, 4096, 128)
+
+
+def kind_config(kind: str) -> AccelConfig:
+    """The bench slice with PE kind ``kind`` (and the formats that kind takes)."""
+    base = bench_slice((SHAPE[0], SHAPE[1], "int4", SHAPE[2]))
+    formats = ("int2", "int3", "int4") if kind == "lut" else base.weight_formats
+    return dataclasses.replace(base, name=f"{base.name}_{kind}", pe=kind,
+                               weight_formats=formats)
+
+
+def chain_stats(config: AccelConfig, build_dir="build") -> dict:
+    """Yosys counts of one streamed chain of ``config`` (dense)."""
+    from hdl.dsp_chain.stream_chain import StreamChain
+    from hdl.estimate import component_stats
+
+    chain = StreamChain(kind=config.pe, lanes=config.lanes, patterns=("dense",))
+    return component_stats(chain, f"stream_chain_{config.pe}_{config.lanes}", flatten=True,
+                           cache_dir=Path(build_dir) / "estimate")
+
+
+def figures(args, log) -> dict:
+    """The PE-kind figures for ``airfoil bench``."""
+    from hdl.pe.kinds import pe_kind
+
+    build_dir = getattr(args, "build_dir", "build")
+    n, k, group = SHAPE
+    out: dict = {}
+    for kind in KIND_NAMES:
+        cfg = kind_config(kind)
+        for fmt in FORMATS:
+            r = measure_mc(cfg, shape=(n, k, fmt, group), build_dir=build_dir, log=log)
+            name = f"core_{kind}_gemv_cycles_{fmt}"
+            log(f"{name}: {r['cycles']} (MATRIX busy {r['busy_matrix']}, ISA "
+                f"{r['isa_cycles']})")
+            out.update({name: r["cycles"], f"{name}_busy_matrix": r["busy_matrix"],
+                        f"{name}_isa_cycles": r["isa_cycles"],
+                        f"{name}_shape": f"{n}x{k} {fmt} g{group} streamed, "
+                                         f"{cfg.chains} chains x {cfg.lanes} lanes",
+                        f"{name}_config_hash": cfg.config_hash})
+        st = chain_stats(cfg, build_dir)
+        macs = cfg.lanes / pe_kind(kind).step_cycles(4)
+        for res in ("dsp", "lut"):
+            name = f"core_{kind}_{res}_per_mac"
+            out.update({name: st[res] / macs, f"{name}_dsp": st["dsp"],
+                        f"{name}_lut": st["lut"], f"{name}_macs_per_cycle": macs,
+                        f"{name}_shape": f"one streamed chain, {cfg.lanes} lanes, dense",
+                        f"{name}_config_hash": cfg.config_hash})
+        log(f"{kind} chain: {st['dsp']} DSP, {st['lut']} LUT for {macs:g} INT4 MACs/cycle")
+        if kind == "dsp":
+            busy = out["core_dsp_gemv_cycles_int4_busy_matrix"]
+            dsps = st["dsp"] * cfg.chains
+            name = "core_dsp_int4_macs_per_dsp_cycle"
+            out.update({name: n * k / (busy * dsps), f"{name}_cycles": busy,
+                        f"{name}_dsp": dsps, f"{name}_macs": n * k,
+                        f"{name}_shape": f"{n}x{k} int4 g{group} streamed",
+                        f"{name}_config_hash": cfg.config_hash})
+    return out
