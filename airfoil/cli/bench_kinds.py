@@ -17,13 +17,14 @@ before a figure is reported; the memory model adds no random stalls.
   simulator's count: its cycle model reads the kind's cycles per step), ``_shape`` and
   ``_config_hash``.
 * ``core_dsp_int4_macs_per_dsp_cycle``: the INT4 GEMV's MACs (``rows x k``) / (the MATRIX
-  unit's busy cycles x the DSP48E2 slices Yosys maps in the core's chains: one streamed
-  chain of the config synthesized with ``synth_xilinx -family xcup``, times ``chains``).
+  unit's busy cycles x the DSP48E2 slices Yosys maps in the core's streamed chains: one
+  slice's chains synthesized with ``synth_xilinx -family xcup``, times the slices).
   Goal >= 1.9 (two INT4 MACs per DSP per cycle, less the records' headers and scales,
   which take stream cycles too, and the fill).
 * ``core_<kind>_dsp_per_mac``, ``core_<kind>_lut_per_mac``: DSP slices and LUTs of one
-  streamed chain of that config (32 lanes, dense) as Yosys maps it, per INT4 MAC per
-  cycle of the chain (``lanes / cycles per INT4 step``). Beside them ``_dsp``, ``_lut``,
+  slice's streamed chains (4 x 32 lanes, dense, the step input shared as in the core, so
+  the ``lut`` kind's tables are built once) as Yosys maps them, per INT4 MAC per cycle
+  (``chains x lanes / cycles per INT4 step``). Beside them ``_dsp``, ``_lut``,
   ``_macs_per_cycle``.
 
 Each figure has its raw evidence beside it; the chain synthesis is cached under
@@ -38,7 +39,8 @@ from pathlib import Path
 from ..config import AccelConfig
 from .bench_mc import bench_slice, measure_mc
 
-__all__ = ["KIND_NAMES", "FORMATS", "SHAPE", "kind_config", "chain_stats", "figures"]
+__all__ = ["KIND_NAMES", "FORMATS", "SHAPE", "kind_config", "slice_chains", "chain_stats",
+           "figures"]
 
 KIND_NAMES = ("dsp", "bitserial", "lut")
 FORMATS = ("int4", "int2")
@@ -54,14 +56,48 @@ def kind_config(kind: str) -> AccelConfig:
                                weight_formats=formats)
 
 
+def slice_chains(config: AccelConfig):
+    """The streamed chains of one slice of ``config`` (dense), as the core builds them: one
+    step input shared but the weights, each chain's own result out. A ``lut`` slice's
+    chains build identical tables from the shared activations, which synthesis merges."""
+    from amaranth.hdl import Module
+    from amaranth.lib import stream, wiring
+    from amaranth.lib.wiring import In, Out
+
+    from hdl.dsp_chain.stream_chain import (StreamChain, stream_operand_layout,
+                                            stream_psum_layout)
+
+    n, L = config.slice_chains, config.lanes
+    probe = StreamChain(kind=config.pe, lanes=L, patterns=("dense",))
+    probe._MustUse__silence = True          # asked for its layouts only
+    op = stream_operand_layout(lanes=L, act_bits=8, window=probe.window,
+                               index_bits=probe.index_bits)
+
+    class SliceChains(wiring.Component):
+        def __init__(self):
+            super().__init__({"i": In(stream.Signature(op)).array(n),
+                              "o": Out(stream.Signature(stream_psum_layout(32))).array(n)})
+
+        def elaborate(self, platform):
+            m = Module()
+            for c in range(n):
+                ch = m.submodules[f"chain{c}"] = StreamChain(kind=config.pe, lanes=L)
+                wiring.connect(m, wiring.flipped(self.o[c]), ch.o)
+                p = self.i[c].payload
+                m.d.comb += [ch.i.valid.eq(self.i[c].valid), self.i[c].ready.eq(ch.i.ready),
+                             ch.i.payload.eq(p), ch.i.payload.act.eq(self.i[0].payload.act),
+                             ch.i.payload.vbits.eq(self.i[0].payload.vbits)]
+            return m
+
+    return SliceChains()
+
+
 def chain_stats(config: AccelConfig, build_dir="build") -> dict:
-    """Yosys counts of one streamed chain of ``config`` (dense)."""
-    from hdl.dsp_chain.stream_chain import StreamChain
+    """Yosys counts of one slice's streamed chains of ``config`` (dense)."""
     from hdl.estimate import component_stats
 
-    chain = StreamChain(kind=config.pe, lanes=config.lanes, patterns=("dense",))
-    return component_stats(chain, f"stream_chain_{config.pe}_{config.lanes}", flatten=True,
-                           cache_dir=Path(build_dir) / "estimate")
+    return component_stats(slice_chains(config), f"slice_chains_{config.pe}_{config.lanes}",
+                           flatten=True, cache_dir=Path(build_dir) / "estimate")
 
 
 def figures(args, log) -> dict:
@@ -84,17 +120,19 @@ def figures(args, log) -> dict:
                                          f"{cfg.chains} chains x {cfg.lanes} lanes",
                         f"{name}_config_hash": cfg.config_hash})
         st = chain_stats(cfg, build_dir)
-        macs = cfg.lanes / pe_kind(kind).step_cycles(4)
+        macs = cfg.slice_chains * cfg.lanes / pe_kind(kind).step_cycles(4)
         for res in ("dsp", "lut"):
             name = f"core_{kind}_{res}_per_mac"
             out.update({name: st[res] / macs, f"{name}_dsp": st["dsp"],
                         f"{name}_lut": st["lut"], f"{name}_macs_per_cycle": macs,
-                        f"{name}_shape": f"one streamed chain, {cfg.lanes} lanes, dense",
+                        f"{name}_shape": f"one slice's streamed chains, {cfg.slice_chains} "
+                                         f"x {cfg.lanes} lanes, dense",
                         f"{name}_config_hash": cfg.config_hash})
-        log(f"{kind} chain: {st['dsp']} DSP, {st['lut']} LUT for {macs:g} INT4 MACs/cycle")
+        log(f"{kind} slice chains: {st['dsp']} DSP, {st['lut']} LUT for {macs:g} INT4 "
+            f"MACs/cycle")
         if kind == "dsp":
             busy = out["core_dsp_gemv_cycles_int4_busy_matrix"]
-            dsps = st["dsp"] * cfg.chains
+            dsps = st["dsp"] * cfg.slices
             name = "core_dsp_int4_macs_per_dsp_cycle"
             out.update({name: n * k / (busy * dsps), f"{name}_cycles": busy,
                         f"{name}_dsp": dsps, f"{name}_macs": n * k,
