@@ -59,7 +59,7 @@ from .llm_host import LLMHost
 #: N:M sparsity code of a stream record -> pattern name of the config.
 NM_NAMES = {code: name for name, code in NM_BY_NAME.items()}
 
-__all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa"]
+__all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa", "decode_step_cycles"]
 
 
 #: Unpacked weight tiles by (layout, raw bytes): a pure function of the bytes, so a tile
@@ -870,6 +870,24 @@ class IsaLLM(LLMHost):
     def execute(self, phase: str, T: int) -> dict:
         words, instrs = self._decoded[phase]
         return IsaSim(self.config, self.image, self.folder.channel_offsets).run(words, instrs)
+
+
+def decode_step_cycles(folder, config: AccelConfig, position: int | None = None) -> dict:
+    """What the cycle model says one decode step costs at ``position`` (default: the
+    position after a full prompt, ``max_prompt``): ``{"position", "cycles",
+    "instructions", "bytes_read"}``. The KV cache's content does not change the timing,
+    so no prefill runs first."""
+    mm = folder.manifest["model"]
+    pos = min(mm["max_prompt"], mm["max_positions"] - 1) if position is None else position
+    if not 0 <= pos < mm["max_positions"]:
+        raise AirfoilError(f"decode position {pos} is outside 0..{mm['max_positions'] - 1}, "
+                           f"the positions the folder's KV cache holds")
+    llm = IsaLLM(folder, config)
+    llm.position = pos
+    llm.decode(0)
+    st = llm.runs[-1]
+    return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
+            "bytes_read": st["bytes_read"]}
 
 
 def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int

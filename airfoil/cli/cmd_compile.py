@@ -130,6 +130,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     from compiler.importers.hf import import_hf
     from compiler.lower_llm import compile_llm
     from compiler.passes import llm_pipeline, quantized_model
+    from sim.isa_sim import decode_step_cycles
 
     from ..folder import load_folder
     from ..models import BUILTIN_MODELS, model_path
@@ -165,22 +166,9 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         if tok.is_file():
             shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
         folder = load_folder(args.output, config)
-        cycles = predict_decode_cycles(folder, config)
+        cycles = decode_step_cycles(folder, config)
         tick("predict decode cycles")
     return manifest, {"decode_cycles": cycles, "config": config}
-
-
-def predict_decode_cycles(folder, config) -> dict:
-    """Cycles of one decode step at the position after a full prompt (cycle model)."""
-    from sim.isa_sim import IsaLLM
-    llm = IsaLLM(folder, config)
-    pos = min(folder.manifest["model"]["max_prompt"], folder.manifest["model"]["max_positions"]
-              - 1)
-    llm.position = pos              # the KV cache content does not change the timing
-    llm.decode(0)
-    st = llm.runs[-1]
-    return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
-            "bytes_read": st["bytes_read"]}
 
 
 def summary_table(manifest, summary):
