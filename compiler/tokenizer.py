@@ -1,7 +1,10 @@
-"""The byte-level tokenizer of the tiny model and the ``pydoc_data.topics`` corpus.
+"""Tokenizers of model folders, and the ``pydoc_data.topics`` corpus of the tiny model.
 
-Token ``i`` is the byte of value ``i``; text is UTF-8. A checkpoint names it in its
-``tokenizer.json`` as ``{"airfoil_tokenizer": "bytes", "vocab_size": 256}``.
+A folder's ``tokenizer.json`` is either a Hugging Face tokenizer (the file the
+``tokenizers`` package writes and every hub checkpoint ships: BPE, WordPiece, Unigram,
+with its normalizer, pre-tokenizer and decoder), read by that package, or the tiny
+model's byte-level tokenizer: token ``i`` is the byte of value ``i``, text is UTF-8,
+named as ``{"airfoil_tokenizer": "bytes", "vocab_size": 256}``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from airfoil.errors import CompileError
 
-__all__ = ["ByteTokenizer", "load_tokenizer", "corpus_text", "corpus_split"]
+__all__ = ["ByteTokenizer", "HfTokenizer", "load_tokenizer", "corpus_text", "corpus_split"]
 
 
 class ByteTokenizer:
@@ -28,8 +31,25 @@ class ByteTokenizer:
         return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
 
 
-def load_tokenizer(model_dir) -> ByteTokenizer:
-    """Load the tokenizer named by ``model_dir/tokenizer.json``."""
+class HfTokenizer:
+    """A Hugging Face ``tokenizer.json``, through the ``tokenizers`` package. Encoding adds
+    no special tokens (a prompt is the text as given); decoding skips them."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Return the token ids of ``text``."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, tokens) -> str:
+        """Return the text of ``tokens``."""
+        return self._tok.decode([int(t) for t in tokens], skip_special_tokens=True)
+
+
+def load_tokenizer(model_dir) -> ByteTokenizer | HfTokenizer:
+    """Load the tokenizer of ``model_dir/tokenizer.json`` (see the module docstring)."""
     path = Path(model_dir) / "tokenizer.json"
     try:
         d = json.loads(path.read_text())
@@ -37,10 +57,23 @@ def load_tokenizer(model_dir) -> ByteTokenizer:
         raise CompileError(f"{path}: no tokenizer file") from None
     except (OSError, ValueError) as e:
         raise CompileError(f"{path}: unreadable tokenizer ({e})") from None
-    kind = d.get("airfoil_tokenizer") if isinstance(d, dict) else None
-    if kind != "bytes":
-        raise CompileError(f"{path}: unsupported tokenizer {kind!r} (accepted: 'bytes')")
-    return ByteTokenizer()
+    if not isinstance(d, dict):
+        raise CompileError(f"{path}: not a tokenizer (a JSON object is expected)")
+    if "airfoil_tokenizer" in d:
+        if d["airfoil_tokenizer"] != "bytes":
+            raise CompileError(f"{path}: unsupported tokenizer {d['airfoil_tokenizer']!r} "
+                               f"(accepted: 'bytes', or a Hugging Face tokenizer.json)")
+        return ByteTokenizer()
+    if "model" not in d:
+        raise CompileError(f"{path}: neither a Hugging Face tokenizer.json (no 'model' "
+                           f"section) nor the byte tokenizer ('airfoil_tokenizer': 'bytes')")
+    from tokenizers import Tokenizer
+    try:
+        return HfTokenizer(Tokenizer.from_file(str(path)))
+    except Exception as e:          # the package raises a bare Exception on bad files
+        raise CompileError(f"{path}: the tokenizers package cannot read it "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                           ) from None
 
 
 def corpus_text() -> str:

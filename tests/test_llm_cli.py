@@ -130,8 +130,11 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
     for b in ("torch", "isa"):
         out = cli_ok(capsys, ["run", "--backend", b, out_dir, "--prompt", "def ",
                            "--max-new-tokens", "4"])
-        texts[b] = [line for line in out.splitlines() if line.startswith(("tokens:", "text:"))]
-    assert texts["torch"] == texts["isa"] and texts["isa"][1].startswith("text: def ")
+        texts[b] = [line for line in out.splitlines()
+                    if line.startswith(("tokens:", "prompt:", "text:"))]
+    assert texts["torch"] == texts["isa"] and texts["isa"][1] == "prompt: def "
+    new = [int(t) for t in texts["isa"][0].split()[1:]]
+    assert texts["isa"][2] == "text: " + bytes(new).decode("utf-8", errors="replace")
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -155,3 +158,44 @@ def test_run_refuses_a_tampered_llm_manifest(tmp_path, capsys, mutate, message):
     mutate(man)
     (out / "manifest.json").write_text(json.dumps(man))
     cli_fails(capsys, ["run", "--backend", "isa", str(out), "--tokens", "1,2"], message)
+
+
+def _word_tokenizer(path, words):
+    """A Hugging Face tokenizer.json (word level, whitespace split) of ``words``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    tok.save(str(path / "tokenizer.json"))
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
+def test_hugging_face_tokenizer(tmp_path, capsys):
+    """A folder with a standard tokenizer.json compiles and runs from text; the printed
+    text is the decoded continuation, the same on torch and isa."""
+    model = _random_hf(tmp_path / "m")
+    words = ["[UNK]"] + [f"w{i}" for i in range(1, 40)]
+    tok = _word_tokenizer(model, words)
+    recipe = _recipe(tmp_path / "r.yaml", [{"match": "*", "format": "int8", "group": 32}])
+    out_dir = str(tmp_path / "out")
+    cli_ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", "sim_llm",
+                    "-o", out_dir, "--max-prompt", "6"])
+    lines = {}
+    for b in ("torch", "isa"):
+        out = cli_ok(capsys, ["run", "--backend", b, out_dir, "--prompt", "w3 w1  w4",
+                              "--max-new-tokens", "5"])
+        lines[b] = {line.split(":")[0]: line for line in out.splitlines()
+                    if line.startswith(("tokens:", "prompt:", "text:"))}
+    assert lines["torch"] == lines["isa"]
+    new = [int(t) for t in lines["isa"]["tokens"].split()[1:]]
+    assert len(new) == 5
+    assert lines["isa"]["prompt"] == "prompt: w3 w1 w4"
+    assert lines["isa"]["text"] == "text: " + tok.decode(new)
+    # The same prompt as ids gives the same tokens.
+    ids = ",".join(map(str, tok.encode("w3 w1 w4").ids))
+    out = cli_ok(capsys, ["run", "--backend", "isa", out_dir, "--tokens", ids,
+                          "--max-new-tokens", "5"])
+    assert lines["isa"]["tokens"] in out
+    (Path(out_dir) / "tokenizer.json").write_text('{"model": {"type": "Nonsense"}}')
+    cli_fails(capsys, ["run", out_dir, "--prompt", "w1"], "the tokenizers package cannot read")

@@ -147,19 +147,17 @@ def generate_backend(backend, folder, config, prompt, max_new_tokens, *, seed=0)
     raise AirfoilError(f"unknown backend {backend!r} (accepted: torch, isa, rtl)")
 
 
-def _show_text(tok, ids) -> str:
-    if tok is not None:
-        return tok.decode(ids)
-    return " ".join(map(str, ids))
-
-
 def run_llm(args, folder, config) -> int:
     prompt, tok = prompt_tokens(args, folder)
     out, runs = generate_backend(args.backend, folder, config, prompt, args.max_new_tokens,
                                  seed=args.seed)
     print(f"backend {args.backend}: {len(prompt)} prompt tokens, {len(out)} new tokens")
     print(f"tokens: {' '.join(map(str, out))}")
-    print(f"text: {_show_text(tok, prompt)}{_show_text(tok, out)!s}")
+    if tok is not None:
+        print(f"prompt: {tok.decode(prompt)}")
+        print(f"text: {tok.decode(out)}")
+    else:
+        print("text: (no tokenizer.json in the folder: the new tokens are shown as ids)")
     dec = [r for r in runs if r["phase"] == "decode"]
     if runs:
         pre = runs[0]
