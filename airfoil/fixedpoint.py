@@ -388,13 +388,38 @@ def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
 
 # -- RoPE ------------------------------------------------------------------------------
 
-def rope_table(head_dim: int, theta: float, positions: int) -> tuple[torch.Tensor,
-                                                                      torch.Tensor]:
-    """Compile time: cos/sin of every position and frequency, signed Q14 (16 bits).
+#: Keys of a ``rope_scaling`` of type ``llama3`` (HF ``config.json``), besides the type.
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings")
 
-    Shape (positions, head_dim // 2); frequencies as HF (``theta**(-2i/head_dim)``).
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The RoPE frequencies (float64, ``head_dim // 2``), as HF computes them.
+
+    Default: ``theta ** (-2 i / head_dim)``. With ``scaling`` of ``rope_type`` ``llama3``
+    (LLaMA 3.1 and later), frequencies of wavelength above
+    ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``,
+    those below ``... / high_freq_factor`` kept, and those between blended smoothly.
     """
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if not scaling:
+        return inv
+    factor, low, high, old = (float(scaling[k]) for k in LLAMA3_ROPE_KEYS)
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / low, inv / factor, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old / high) & (wavelen <= old / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_table(head_dim: int, theta: float, positions: int, scaling: dict | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compile time: cos/sin of every position and frequency, signed Q14 (16 bits).
+
+    Shape (positions, head_dim // 2); frequencies :func:`rope_inv_freq`.
+    """
+    inv = rope_inv_freq(head_dim, theta, scaling)
     ang = torch.arange(positions, dtype=torch.float64).unsqueeze(1) * inv.unsqueeze(0)
     return to_fixed(torch.cos(ang), ROPE_FRAC, 16), to_fixed(torch.sin(ang), ROPE_FRAC, 16)
 

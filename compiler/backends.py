@@ -76,7 +76,8 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
     if op == "rope":
         H, hd = n.attrs["heads"], n.attrs["head_dim"]
         cos, sin = rope_tables(hd, n.attrs["theta"],
-                               torch.arange(state.position, state.position + T))
+                               torch.arange(state.position, state.position + T),
+                               n.attrs.get("scaling"))
         return apply_rope(x[0].view(T, H, hd).transpose(0, 1), cos, sin
                           ).transpose(0, 1).reshape(T, H * hd)
     if op == "attention":
@@ -119,10 +120,11 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
     if op == "rope":
         H, hd = n.attrs["heads"], n.attrs["head_dim"]
         end = state.position + T
-        key = f"rope:{hd}:{n.attrs['theta']}"
+        key = f"rope:{hd}:{n.attrs['theta']}:{n.attrs.get('scaling')}"
         tab = state.memo.get(key)
         if tab is None or tab[0].shape[0] < end:
-            tab = fx.rope_table(hd, n.attrs["theta"], max(end, g.shape.max_position_embeddings))
+            tab = fx.rope_table(hd, n.attrs["theta"], max(end, g.shape.max_position_embeddings),
+                                n.attrs.get("scaling"))
             state.memo[key] = tab
         cos, sin = tab[0][state.position:end], tab[1][state.position:end]
         return fx.rope(x[0].view(T, H, hd).transpose(0, 1), cos, sin

@@ -15,7 +15,7 @@ embedding      tokens                     weight
 rmsnorm        x                          weight, eps
 act_quant      x                          format ("int8_per_token")
 linear         x                          weight (param name), layer (recipe name)
-rope           x                          heads, head_dim, theta
+rope           x                          heads, head_dim, theta, scaling
 attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int)
 softmax        x                          (last axis)
 silu           x
@@ -231,9 +231,11 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
             proj[r] = add(L + r + "_proj", "linear", [x], weight=p + f"self_attn.{r}_proj.weight",
                           layer=p + f"self_attn.{r}_proj")
         rq = add(L + "q_rope", "rope", [proj["q"]], heads=s.num_attention_heads,
-                 head_dim=s.head_dim, theta=s.rope_theta)
+                 head_dim=s.head_dim, theta=s.rope_theta,
+                 scaling=s.rope_scaling)
         rk = add(L + "k_rope", "rope", [proj["k"]], heads=s.num_key_value_heads,
-                 head_dim=s.head_dim, theta=s.rope_theta)
+                 head_dim=s.head_dim, theta=s.rope_theta,
+                 scaling=s.rope_scaling)
         a = add(L + "attn", "attention", [rq, rk, proj["v"]], heads=s.num_attention_heads,
                 kv_heads=s.num_key_value_heads, head_dim=s.head_dim,
                 scale=s.head_dim ** -0.5, layer=i)

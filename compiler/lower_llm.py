@@ -587,7 +587,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     image = bytearray(addr)
     image[lay["embed"]:lay["embed"] + 4 * vocab * d] = \
         model["embed"].numpy().astype("<i4").tobytes()
-    cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos)
+    cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
+                             model["shape"].get("rope_scaling"))
     rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
     rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"), sin.numpy().astype("<i2")],
                                       axis=1).view(np.uint8)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from airfoil import fixedpoint as fx
 from airfoil.errors import CompileError
 
 __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama"]
@@ -26,6 +27,27 @@ __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_lla
 def _finite(v) -> bool:
     """A real number (int or float, not bool) that is neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rope_scaling(rs) -> dict | None:
+    """A checked ``rope_scaling``: None (default RoPE) or a ``llama3`` one, numbers as float
+    (the original length as int)."""
+    if rs is None:
+        return None
+    keys = ("rope_type",) + fx.LLAMA3_ROPE_KEYS
+    if not isinstance(rs, dict) or rs.get("rope_type") != "llama3" or set(rs) != set(keys):
+        raise CompileError(f"rope_scaling must be null or {{rope_type: llama3, "
+                           f"{', '.join(fx.LLAMA3_ROPE_KEYS)}}}, not {rs!r}")
+    out = {"rope_type": "llama3"}
+    for k in fx.LLAMA3_ROPE_KEYS:
+        if not (_finite(rs[k]) and rs[k] > 0):
+            raise CompileError(f"rope_scaling.{k} must be a positive number, not {rs[k]!r}")
+        out[k] = float(rs[k])
+    if out["high_freq_factor"] <= out["low_freq_factor"] or out["factor"] < 1:
+        raise CompileError(f"rope_scaling needs high_freq_factor > low_freq_factor and "
+                           f"factor >= 1, not {rs!r}")
+    out["original_max_position_embeddings"] = int(out["original_max_position_embeddings"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,10 @@ class LlamaShape:
     num_attention_heads, num_key_value_heads, head_dim : int
         ``num_attention_heads`` must be a multiple of ``num_key_value_heads``.
     rms_norm_eps, rope_theta : float
+    rope_scaling : dict or None
+        ``{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+        "original_max_position_embeddings"}`` (:func:`airfoil.fixedpoint.rope_inv_freq`),
+        or None for the default RoPE.
     max_position_embeddings : int
     tie_word_embeddings : bool
     """
@@ -53,6 +79,7 @@ class LlamaShape:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
+    rope_scaling: dict | None = None
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -75,6 +102,7 @@ class LlamaShape:
                                f"not {theta!r}")
         object.__setattr__(self, "rms_norm_eps", float(eps))
         object.__setattr__(self, "rope_theta", float(theta))
+        object.__setattr__(self, "rope_scaling", _rope_scaling(self.rope_scaling))
         if not isinstance(self.tie_word_embeddings, bool):
             raise CompileError(f"config field tie_word_embeddings must be true or false, not "
                                f"{self.tie_word_embeddings!r}")
@@ -89,18 +117,19 @@ class LlamaShape:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(architectures=["LlamaForCausalLM"], model_type="llama",
                  hidden_act="silu", attention_bias=False, mlp_bias=False,
-                 rope_scaling=None, bos_token_id=None, eos_token_id=None)
+                 bos_token_id=None, eos_token_id=None)
         return d
 
 
-def rope_tables(head_dim: int, theta: float, positions: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(head_dim: int, theta: float, positions: torch.Tensor,
+                scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return float64 ``(cos, sin)`` of shape (len(positions), head_dim // 2).
 
-    HF convention: frequency ``i`` is ``theta ** (-2 i / head_dim)`` and pairs element
-    ``i`` with ``i + head_dim / 2`` (``rotate_half``).
+    HF convention: frequency ``i`` is :func:`airfoil.fixedpoint.rope_inv_freq` (``theta **
+    (-2 i / head_dim)``, or as ``scaling`` of type ``llama3`` says) and pairs element ``i``
+    with ``i + head_dim / 2`` (``rotate_half``).
     """
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    inv = fx.rope_inv_freq(head_dim, theta, scaling)
     ang = positions.to(torch.float64).unsqueeze(1) * inv.unsqueeze(0)
     return torch.cos(ang), torch.sin(ang)
 
@@ -216,7 +245,8 @@ class LlamaReference(nn.Module):
         if start + T > s.max_position_embeddings:
             raise CompileError(f"sequence of {start + T} positions exceeds "
                                f"max_position_embeddings={s.max_position_embeddings}")
-        cos, sin = rope_tables(s.head_dim, s.rope_theta, torch.arange(start, start + T))
+        cos, sin = rope_tables(s.head_dim, s.rope_theta, torch.arange(start, start + T),
+                               s.rope_scaling)
         h = self.model.embed_tokens(tokens)
         H, KV, hd = s.num_attention_heads, s.num_key_value_heads, s.head_dim
         for li, layer in enumerate(self.model.layers):

@@ -46,7 +46,8 @@ class GoldenLLM:
         if "rope" in model:         # the folder's table
             self.cos, self.sin = model["rope"]
         else:
-            self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos)
+            self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos,
+                                               s.get("rope_scaling"))
         self.reset()
 
     def reset(self):

@@ -149,6 +149,50 @@ def test_hf_import_roundtrip(tmp_path, tie):
         assert float((execute(g, tok) - m(tok[None])[0]).abs().max()) < 1e-5
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize("key", ["rope_scaling", "rope_parameters"])
+def test_hf_import_llama3_rope(tmp_path, key):
+    """A config with LLaMA 3.1's RoPE scaling (either HF spelling) imports; the float graph
+    follows the reference with that scaling, and the golden and the ISA simulator run the
+    compiled folder bit-exactly with the scaled table (which differs from the plain one)."""
+    import dataclasses
+
+    from airfoil.config import load_config
+    from airfoil.folder import load_folder
+    from compiler.lower_llm import compile_llm
+    from compiler.reference import LlamaReference
+    from sim.isa_sim import IsaLLM
+
+    m = _model(hd=16, layers=1)
+    path = _save_hf(m, tmp_path / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    rope = dict(LLAMA3_ROPE, **({"rope_theta": cfg.pop("rope_theta")}
+                                if key == "rope_parameters" else {}))
+    (path / "config.json").write_text(json.dumps(dict(cfg, **{key: rope})))
+    g = import_hf(path)
+    assert g.shape.rope_scaling == LLAMA3_ROPE
+    scaled = LlamaReference(dataclasses.replace(m.shape, rope_scaling=LLAMA3_ROPE)).eval()
+    scaled.load_state_dict(m.state_dict())
+    tok = _tokens(40)
+    with torch.no_grad():
+        want = scaled(tok[None])[0]
+        assert float((execute(g, tok) - want).abs().max()) < 1e-5
+        assert float((m(tok[None])[0] - want).abs().max()) > 1e-3     # the scaling matters
+    qm = quantized_model(llm_pipeline(parse_llm_recipe(
+        {"weights": [{"match": "*", "format": "int8", "group": 32}]})).run(g))
+    config = load_config("sim_llm")
+    compile_llm(qm, config, tmp_path / "out", max_prompt=8)
+    folder = load_folder(tmp_path / "out", config)
+    golden, isa = GoldenLLM(qm), IsaLLM(folder, config)
+    prompt = tok[:8].tolist()
+    assert torch.equal(golden.prefill(prompt), isa.prefill(prompt))
+    for t in tok[8:12].tolist():
+        assert torch.equal(golden.decode(t), isa.decode(t))
+
+
 def test_hf_import_errors(tmp_path):
     m = _model()
     p = _save_hf(m, tmp_path / "missing", drop="model.layers.1.mlp.up_proj.weight")
@@ -170,8 +214,12 @@ def test_hf_import_errors(tmp_path):
     (p / "config.json").write_text(json.dumps(dict(cfg, hidden_act="gelu")))
     with pytest.raises(CompileError, match="unsupported hidden_act 'gelu'"):
         import_hf(p)
-    (p / "config.json").write_text(json.dumps(dict(cfg, rope_scaling={"rope_type": "llama3"})))
+    (p / "config.json").write_text(json.dumps(dict(cfg, rope_scaling={"rope_type": "yarn",
+                                                                      "factor": 4.0})))
     with pytest.raises(CompileError, match="unsupported rope_scaling"):
+        import_hf(p)
+    (p / "config.json").write_text(json.dumps(dict(cfg, rope_scaling={"rope_type": "llama3"})))
+    with pytest.raises(CompileError, match="rope_scaling must be null or"):
         import_hf(p)
     with pytest.raises(CompileError, match="config.json: not found"):
         import_hf(tmp_path / "nothing")

@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from airfoil.errors import CompileError  # noqa: E402
 from compiler.reference import KVCache, LlamaReference, LlamaShape  # noqa: E402
 
 TOL = 1e-4
@@ -25,11 +26,17 @@ CASES = {
 }
 
 
-def _pair(case, tie, seed):
+#: LLaMA 3.1's RoPE scaling, on a short original context so that all three frequency
+#: bands (kept, blended, divided) occur at head_dim 8..16 and theta 500.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def _pair(case, tie, seed, rope_scaling=None):
     kw = CASES[case]
     shape = LlamaShape(vocab_size=61, intermediate_size=72, num_hidden_layers=2,
                        rms_norm_eps=1e-5, rope_theta=500.0, max_position_embeddings=64,
-                       tie_word_embeddings=tie, **kw)
+                       tie_word_embeddings=tie, rope_scaling=rope_scaling, **kw)
     cfg = transformers.LlamaConfig(**shape.to_hf())
     torch.manual_seed(seed)
     hf = transformers.LlamaForCausalLM(cfg).eval()
@@ -44,11 +51,13 @@ def _pair(case, tie, seed):
     return hf, ref
 
 
-@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("tie,rope_scaling", [(False, None), (True, None),
+                                               (False, LLAMA3_ROPE)],
+                         ids=["untied", "tied", "llama3-rope"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("seed", [0])
-def test_prefill_and_decode_logits_match_transformers(case, tie, seed):
-    hf, ref = _pair(case, tie, seed)
+def test_prefill_and_decode_logits_match_transformers(case, tie, rope_scaling, seed):
+    hf, ref = _pair(case, tie, seed, rope_scaling)
     gen = torch.Generator().manual_seed(seed + 1)
     tok = torch.randint(0, 61, (1, 11), generator=gen)
     with torch.no_grad():
@@ -87,3 +96,28 @@ def test_wrong_rope_pairing_would_be_caught():
     finally:
         r.apply_rope = orig
     assert bad > 100 * TOL
+
+
+def test_llama3_rope_frequencies_as_transformers():
+    """All three bands of the llama3 scaling occur and match transformers' frequencies."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from airfoil.fixedpoint import rope_inv_freq
+
+    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=500.0,
+                                   rope_scaling=dict(LLAMA3_ROPE),
+                                   max_position_embeddings=64)
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    plain = rope_inv_freq(16, 500.0)
+    got = rope_inv_freq(16, 500.0, LLAMA3_ROPE)
+    assert torch.allclose(got, want.to(torch.float64), rtol=1e-6)     # HF works in float32
+    ratio = got / plain
+    assert (ratio == 1).any() and (ratio == 1 / 8).any()
+    assert ((ratio > 1 / 8) & (ratio < 1)).any()
+
+
+def test_bad_rope_scaling_refused():
+    with pytest.raises(CompileError, match="rope_scaling must be null or"):
+        LlamaShape(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                   num_attention_heads=1, num_key_value_heads=1, head_dim=8,
+                   rope_scaling={"rope_type": "yarn", "factor": 4.0})

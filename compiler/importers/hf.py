@@ -1,7 +1,7 @@
 """Import a Hugging Face LLaMA-family checkpoint (``config.json`` + ``*.safetensors``).
 
 Supported: ``LlamaForCausalLM`` (``model_type: llama``) with SiLU MLPs, no attention or
-MLP biases, default RoPE (no ``rope_scaling``), grouped-query attention and tied or
+MLP biases, default or ``llama3`` RoPE scaling, grouped-query attention and tied or
 untied embeddings. Anything else raises a one-line :class:`CompileError` naming the
 file and the field or tensor.
 """
@@ -61,17 +61,22 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             raise CompileError(f"{p}: unsupported {key}=true (accepted: false)")
-    rs = cfg.get("rope_scaling")
-    if rs not in (None, {}) and not (isinstance(rs, dict) and
-                                     rs.get("rope_type", rs.get("type")) == "default"):
-        raise CompileError(f"{p}: unsupported rope_scaling {rs!r} (accepted: null)")
-    rp = cfg.get("rope_parameters")
     theta = cfg.get("rope_theta")
-    if isinstance(rp, dict):
-        if rp.get("rope_type", "default") != "default":
-            raise CompileError(f"{p}: unsupported rope_parameters.rope_type "
-                               f"{rp.get('rope_type')!r} (accepted: 'default')")
-        theta = rp.get("rope_theta", theta)
+    scaling = None
+    for key in ("rope_scaling", "rope_parameters"):     # older and newer HF spellings
+        rs = cfg.get(key)
+        if rs in (None, {}):
+            continue
+        if not isinstance(rs, dict):
+            raise CompileError(f"{p}: {key} must be an object, not {rs!r}")
+        rs = dict(rs)
+        kind = rs.pop("rope_type", rs.pop("type", "default"))
+        theta = rs.pop("rope_theta", theta)
+        if kind == "llama3":
+            scaling = {"rope_type": "llama3", **rs}
+        elif kind != "default" or rs:
+            raise CompileError(f"{p}: unsupported {key} {cfg[key]!r} (accepted: rope_type "
+                               f"default or llama3)")
     try:
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]
@@ -89,6 +94,7 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=theta if theta is not None else 10000.0,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            rope_scaling=scaling,
             tie_word_embeddings=cfg.get("tie_word_embeddings", False))
     except KeyError as e:
         raise CompileError(f"{p}: missing field {e.args[0]}") from None

@@ -161,7 +161,8 @@ class _Matcher:
             return None
         heads, hd = self.heads_of(halves[0].args[0])
         return self.emit("rope", [self.v(x)], heads=heads, head_dim=hd,
-                         theta=self.shape.rope_theta)
+                         theta=self.shape.rope_theta,
+                         scaling=self.shape.rope_scaling)
 
     def is_rotate_half(self, n):
         """``cat([-x2, x1], -1)`` of the halves x1, x2 of one x."""
@@ -192,7 +193,8 @@ class _Matcher:
             return None
         heads, hd = self.heads_of(sl.args[0])
         return self.emit("rope", [self.v(x)], heads=heads, head_dim=hd,
-                         theta=self.shape.rope_theta)
+                         theta=self.shape.rope_theta,
+                         scaling=self.shape.rope_scaling)
 
     def kv_source(self, n):
         """The value under an optional GQA ``repeat_interleave`` (and transposes)."""
