@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.config import TILE_FORMATS_OF_PE
+from airfoil.config import TILE_FORMATS_OF_PE, k_split_batches
 from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
@@ -66,9 +66,9 @@ def acc_read_signature(depth: int, chains: int) -> wiring.Signature:
 
 
 def acc_depth(geometry: BufferGeometry, chains: int, group_min: int) -> int:
-    """Batches of K-split accumulators a :class:`MatrixUnit` keeps (see its ``acc_depth``)."""
-    per_batch = chains * group_min * 4 // 8
-    return max(2, 1 << ceil_log2(geometry.wgt_bytes // per_batch))
+    """Batches of K-split accumulators a :class:`MatrixUnit` keeps (see its ``acc_depth``):
+    :func:`airfoil.config.k_split_batches`, the limit the ISA simulator checks too."""
+    return k_split_batches(geometry.wgt_bytes, chains, group_min)
 
 
 class MatrixUnit(wiring.Component):

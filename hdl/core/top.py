@@ -179,8 +179,10 @@ class Engine(wiring.Component):
         sfu = None
         if self._sfu:
             from ..sfu.unit import SfuUnit
+            from ..sfu.unit import default_kernels
             sfu = SfuUnit(word_bits=wbits,
-                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS})
+                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS},
+                          kernels=default_kernels(cfg.limits))
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):
