@@ -46,9 +46,8 @@ from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate,
                              fp16_fixed, group_psum, requantize, rescale, tile_layout,
                              unpack_tile)
 from airfoil import fixedpoint as fx
-from airfoil.isa import (SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer,
-                         ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp, Unit,
-                         WeightFormat, decode)
+from airfoil.isa import (SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
+                         Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 from hdl.pe.kinds import pe_kind, tag_value_bits
 

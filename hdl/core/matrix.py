@@ -191,8 +191,7 @@ class MatrixUnit(wiring.Component):
     def cycles(*, chains: int, lanes: int, rows: int, k: int, group: int, wfmt, m: int = 1,
                final: bool = True, use_init: bool = False, pe: str = "dsp") -> int:
         """Return the cycle cost of one ``MV``/``MM`` on ``chains x lanes`` of PE kind
-        ``pe``: :func:`hdl.core.matrix_timing.matrix_cycles` (the class docstring's
-        formula)."""
+        ``pe``: :func:`hdl.core.matrix_timing.matrix_cycles`."""
         return matrix_cycles(chains=chains, lanes=lanes, rows=rows, k=k, m=m, wfmt=wfmt,
                              pe=pe, final=final, group=group, use_init=use_init)
 

@@ -178,8 +178,7 @@ class Engine(wiring.Component):
                                                max_burst=mc.max_burst)
         sfu = None
         if self._sfu:
-            from ..sfu.unit import SfuUnit
-            from ..sfu.unit import default_kernels
+            from ..sfu.unit import SfuUnit, default_kernels
             sfu = SfuUnit(word_bits=wbits,
                           buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS},
                           kernels=default_kernels(cfg.limits))
