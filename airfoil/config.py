@@ -20,14 +20,14 @@ import fpga
 from hdl.pe import kinds as _pe_kinds
 
 from .errors import ConfigError
-from .isa import INSTR_BITS
+from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS
 from .yamlfile import read_yaml
 
 __all__ = [
-    "MemoryConfig", "BufferConfig", "DeviceConfig", "AccelConfig", "load_config", "PE_KINDS",
+    "MemoryConfig", "BufferConfig", "DeviceConfig", "LimitsConfig", "AccelConfig", "load_config", "PE_KINDS",
     "TILE_FORMATS_OF_PE",
     "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
-    "builtin_config_path",
+    "builtin_config_path", "k_split_batches",
 ]
 
 #: PE kinds (:mod:`hdl.pe.kinds`, the one registry of their formats and cycles).
@@ -247,6 +247,41 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Hardware limits of the units that are sizes of their own (not of a buffer).
+
+    The RTL is generated with these sizes and refuses an instruction beyond them with
+    :attr:`~airfoil.isa.ErrorCode.UNSUPPORTED`; the ISA simulator reads the same numbers
+    and refuses the same instructions, and the compiler emits none.
+
+    Parameters
+    ----------
+    att_pv_max_head_dim : int
+        Largest head dimension ``n`` of ``ATT_PV``: the lanes of the SFU's context
+        accumulator (a multiple of 4 in 4..4096; default
+        :data:`~airfoil.isa.ATT_PV_MAX_HEAD_DIM`).
+    """
+
+    att_pv_max_head_dim: int = ATT_PV_MAX_HEAD_DIM
+
+    def validate(self, where: str) -> None:
+        v = self.att_pv_max_head_dim
+        if isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 4096 or v % 4:
+            raise ConfigError(f"{where}limits.att_pv_max_head_dim must be a multiple of 4 in "
+                              f"4..4096, not {v!r}")
+
+
+def k_split_batches(weight_bytes: int, chains: int, group_min: int) -> int:
+    """Batches of ``chains`` accumulators the MATRIX unit keeps between the K-chunks of a
+    layer (its accumulator memory's depth): as many as the WGT buffer holds batches of
+    ``chains`` rows of the smallest group in INT4, rounded up to a power of two, at
+    least 2. A K-split instruction (``acc_init = 0`` or ``final = 0``) over more batches
+    (all its vectors') is UNSUPPORTED."""
+    per_batch = chains * group_min * 4 // 8
+    return max(2, 1 << max(0, (weight_bytes // per_batch) - 1).bit_length())
+
+
+@dataclass(frozen=True)
 class AccelConfig:
     """One accelerator instance: engine shape, PE kind, formats, buffers and memory.
 
@@ -282,6 +317,9 @@ class AccelConfig:
     device : DeviceConfig or None
         The FPGA part's capacity, for the resource estimate's ``fits`` verdict; None for
         a configuration that is a slice of a card or a test engine.
+    limits : LimitsConfig
+        Sizes of unit-internal storage that bound an instruction's fields (defaults
+        when the section is left out).
     """
 
     name: str
@@ -299,6 +337,7 @@ class AccelConfig:
     instr_queue_depth: int = 16
     description: str = ""
     device: DeviceConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self):
         self.validate()
@@ -368,6 +407,9 @@ class AccelConfig:
                               f"not {self.instr_queue_depth}")
         self.memory.validate(where)
         self.buffers.validate(where)
+        if not isinstance(self.limits, LimitsConfig):
+            raise ConfigError(f"{where}limits must be a LimitsConfig, not {self.limits!r}")
+        self.limits.validate(where)
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
@@ -406,6 +448,12 @@ class AccelConfig:
     def slice_chains(self) -> int:
         """Chains each slice feeds: the rows of one streamed record."""
         return self.chains // self.slices
+
+    @property
+    def k_split_batches(self) -> int:
+        """Batches of ``chains`` accumulators a K-split matrix instruction may span
+        (:func:`k_split_batches` of this config's WGT buffer, chains and smallest group)."""
+        return k_split_batches(self.buffers.weight_bytes, self.chains, min(self.group_sizes))
 
     @property
     def channel_bytes_per_cycle(self) -> float:

@@ -207,8 +207,8 @@ class SfuFunc(enum.Enum, shape=6):
     * ``ATT_PV``: :func:`attention_weights` then :func:`attention_context` of the
       ``(R, heads, L)`` probabilities at ``src_addr`` and the value records (stride
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head
-      dimension ``n`` over :data:`ATT_PV_MAX_HEAD_DIM` is UNSUPPORTED (the context
-      accumulator's size).
+      dimension ``n`` over the config's ``limits.att_pv_max_head_dim`` (default
+      :data:`ATT_PV_MAX_HEAD_DIM`) is UNSUPPORTED (the context accumulator's size).
     """
     COPY = 0
     QUANT_TOKEN = 1
@@ -237,7 +237,8 @@ SFU_ALIGN = {
 #: that buffer had no bytes (WSTREAM is MALFORMED).
 SFU_BUFFERS = (Buffer.ACT, Buffer.OUT, Buffer.KV, Buffer.AUX)
 
-#: Largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator lanes).
+#: Default largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator
+#: lanes; a config sets its own in ``limits.att_pv_max_head_dim``).
 ATT_PV_MAX_HEAD_DIM = 256
 
 

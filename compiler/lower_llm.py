@@ -170,6 +170,17 @@ def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
             for r0 in range(0, n, rows) for c0 in range(0, k, kc)]
 
 
+def _k_split_tokens(config, plans) -> int | None:
+    """The most tokens an ``MM`` may take on every K-split tile of ``plans`` (layer name ->
+    :func:`_plan_tiles`): its ``tokens x ceil(rows / chains)`` accumulator batches stay
+    within the MATRIX unit's :attr:`~airfoil.config.AccelConfig.k_split_batches`; None
+    when no layer is split along K."""
+    caps = [config.k_split_batches // -(-rows // config.chains)
+            for tiles in plans.values() if any(c0 for _, _, c0, _ in tiles)
+            for _, rows, _, _ in tiles]
+    return min(caps) if caps else None
+
+
 # -- memory planning ----------------------------------------------------------------------
 
 class _Bump:
@@ -199,6 +210,10 @@ def _check_model(model, config):
     if hd % 8:
         raise CompileError(f"head_dim={hd} is not a multiple of 8 (RoPE table rows must be "
                            f"whole memory words)")
+    if hd > config.limits.att_pv_max_head_dim:
+        raise CompileError(f"head_dim={hd} is over the {config.limits.att_pv_max_head_dim} "
+                           f"the SFU's context accumulator holds (config {config.name!r}, "
+                           f"limits.att_pv_max_head_dim)")
     names = [("lm_head", model["lm_head"])] + [
         (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"]) for r in _LINEARS]
     for name, ql in names:
@@ -545,15 +560,29 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
     if max_pos == 0:
         raise _fit_error(model, config, "decode", 1, 1)
+    flat = {"lm_head": model["lm_head"]}
+    for i, L in enumerate(model["layers"]):
+        for r in _LINEARS:
+            flat[f"l{i}.{r}"] = L[r]
+    slots, slot_bytes = _wgt_slots(config, flat.values())
+    plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()}
+    # Tokens an MM may take: a K-split tile keeps tokens x batches accumulators.
+    k_tokens = _k_split_tokens(config, plans)
+    if k_tokens == 0:
+        raise CompileError(f"a K-split weight tile needs more accumulator batches than the "
+                           f"{config.k_split_batches} the MATRIX unit of config "
+                           f"{config.name!r} keeps (k_split_batches)")
+    most = max_pos if k_tokens is None else min(max_pos, k_tokens)
     if max_prompt is None:
         max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos),
-                              min(DEFAULT_MAX_PROMPT, max_pos))
+                              min(DEFAULT_MAX_PROMPT, most))
         if max_prompt == 0:
             raise _fit_error(model, config, "prefill", 1, max_pos)
     if isinstance(max_prompt, bool) or not isinstance(max_prompt, int) or \
-            not 1 <= max_prompt <= max_pos:
-        raise CompileError(f"max_prompt must be an integer in 1..{max_pos} (positions that fit "
-                           f"config {config.name!r}), not {max_prompt!r}")
+            not 1 <= max_prompt <= most:
+        raise CompileError(f"max_prompt must be an integer in 1..{most} (positions that fit "
+                           f"config {config.name!r}, tokens whose K-split accumulators the "
+                           f"MATRIX unit keeps), not {max_prompt!r}")
     err = _fit_error(model, config, "prefill", max_prompt, max_pos)
     if err is not None:
         raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
@@ -561,16 +590,11 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     # Tiles of every linear layer, placed after the fixed regions.
     linears, blobs = {}, []
     addr = top
-    flat = {"lm_head": model["lm_head"]}
-    for i, L in enumerate(model["layers"]):
-        for r in _LINEARS:
-            flat[f"l{i}.{r}"] = L[r]
-    slots, slot_bytes = _wgt_slots(config, flat.values())
     for name, ql in flat.items():
         n, k = ql.shape
         _, kexp = fp16_fixed(ql.scales)
         tiles = []
-        for r0, rows, c0, cols in _plan_tiles(config, ql, slot_bytes):
+        for r0, rows, c0, cols in plans[name]:
             lay_t = tile_layout(rows=rows, k=cols, group=ql.group,
                                 wfmt=FORMAT_BY_NAME[f"int{ql.bits}"], chains=config.chains,
                                 lanes=config.lanes, bias=False, align=wb)

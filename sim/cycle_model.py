@@ -1,9 +1,13 @@
 """Cycle cost model: what each instruction costs on a configuration.
 
-Every per-instruction cost the ISA simulator charges is computed here and nowhere else.
-The constants are calibrated against the RTL core (``hdl/core``): each one names the
-mechanism of the RTL it stands for, so a change of the hardware maps to a change of one
-constant, and a new instruction class adds its own method built from the same parts.
+Every per-instruction cost the ISA simulator charges comes from here. A unit whose RTL
+states its own count (the MATRIX unit: :mod:`hdl.core.matrix_timing`; the SFU:
+:func:`hdl.sfu.unit.unit_cycles` and its kernels' formulas) is charged that count, which
+its RTL tests measure; the LOAD and STORE units, the dispatcher and the run's start and
+end are counted here. The constants are calibrated against the RTL core (``hdl/core``):
+each one names the mechanism of the RTL it stands for, so a change of the hardware maps
+to a change of one constant, and a new instruction class adds its own method built from
+the same parts.
 
 Costs (in core clock cycles; *start* is the cycle the unit takes the instruction from
 its queue, *finish* the first cycle a unit waiting for its token can take its own)
@@ -23,27 +27,18 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   handshake (:data:`AW_CYCLES`), one beat every :data:`ST_BEAT_CYCLES` cycles (buffer read,
   then the W handshake), ``write_latency`` and the B handshake (:data:`B_CYCLES`); one burst
   at a time. It uses the write channels only, so it holds the (read) channel for one cycle.
-* ``MV``/``MM`` (:meth:`CycleModel.matrix`): a step feeds ``chains x lanes`` weights and
-  takes ``ceil(b / 4)`` cycles to read from the WGT buffer (:data:`WGT_ROW_BITS`), or the PE
-  kind's :meth:`~hdl.pe.kinds.PeKind.tile_step_cycles` when that is longer (``dsp``: 1 for
-  INT4, 2 for INT8; the serial kinds 4). A batch of ``chains`` rows takes ``ceil(k / lanes)`` steps
-  (but no less than the requantize serializer's ``chains + 1`` cycles when the results
-  are final, :data:`SERIALIZE_EXTRA`). Around that work: the CHECK state and the operand
-  read register (:data:`MV_START_CYCLES`), the chain and rescaler pipelines
-  (:data:`CHAIN_LATENCY`, :data:`RESCALER_LATENCY`, :data:`ACC_HANDSHAKE`), then for a
-  final tile the serializer of the last batch (``chains`` results, one per cycle) and the
-  requantizer (:data:`REQUANT_LATENCY` plus its drain flag), for a K-chunk that is not
-  final only the accumulator write (:data:`ACC_WRITE_CYCLES`); then the done flag and the
-  REL state (:data:`UNIT_RELEASE_CYCLES`) and :data:`TOKEN_HANDOFF`. The unit takes its
-  next instruction when the tokens go out, so busy equals latency.
+* ``MV``/``MM`` (:meth:`CycleModel.matrix`): the MATRIX unit's own count,
+  :func:`hdl.core.matrix_timing.matrix_cycles` (written once beside the hardware and
+  checked against it in RTL: steps of the PE kind's cycles, the scale reader, the
+  serializer, the chain, rescaler and requantizer pipelines, the release), plus
+  :data:`TOKEN_HANDOFF`. The unit takes its next instruction when the tokens go out, so
+  busy equals latency.
 * ``SFU`` (:meth:`CycleModel.sfu_call`): the SFU unit runs one kernel at a time, one
   32-bit element (four INT8 products) per cycle; each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
   checks ``n % heads`` for row-wise and attention-product functions: all of it is the
   SFU's own count (:func:`hdl.sfu.unit.unit_cycles`, written once beside the hardware
   and checked against it in RTL), plus :data:`TOKEN_HANDOFF`.
-  (:meth:`CycleModel.sfu` and :meth:`CycleModel.sfu_func` are the older word-rate
-  estimates, kept for callers without resolved arguments.)
 * ``SYS`` and the dispatch of any instruction: :data:`DISPATCH_CYCLES` per instruction.
 * The run as a whole (:meth:`CycleModel.program_overhead`): the start (CSR kick, the
   first instruction fetched over the instruction port and passed through the fetch and
@@ -60,18 +55,13 @@ import math
 from dataclasses import dataclass
 
 from airfoil.config import AccelConfig
-from airfoil.formats import FORMAT_BITS, weight_format
 from airfoil.isa import INSTR_BITS, SfuFunc
-from hdl.dsp_chain.dense import DenseChains
-from hdl.pe.kinds import pe_kind
+from hdl.core.matrix_timing import FINAL_LATENCY, matrix_cycles
 
-__all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "SFU_LATENCY", "DISPATCH_CYCLES",
-           "ISSUE_CYCLES", "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES",
-           "TOKEN_HANDOFF", "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES",
-           "WGT_ROW_BITS", "MV_START_CYCLES", "CHAIN_LATENCY", "RESCALER_LATENCY",
-           "ACC_HANDSHAKE", "REQUANT_LATENCY", "ACC_WRITE_CYCLES", "UNIT_RELEASE_CYCLES",
-           "SERIALIZE_EXTRA", "SCALE_READ_CYCLES", "FETCH_START_CYCLES", "QUEUE_CYCLES",
-           "END_CYCLES"]
+__all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "DISPATCH_CYCLES", "ISSUE_CYCLES",
+           "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES", "TOKEN_HANDOFF",
+           "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES", "FETCH_START_CYCLES",
+           "QUEUE_CYCLES", "END_CYCLES"]
 
 # -- handshakes shared by the units (hdl/core/top.py) ----------------------------------------
 #: Cycles from a unit's release handshake to the waiting unit's queue handshake: the token
@@ -103,39 +93,10 @@ ST_BEAT_CYCLES = 2
 #: The B handshake after ``write_latency`` (the unit waits for every burst's response).
 B_CYCLES = 1
 
-# -- MATRIX unit (hdl/core/matrix.py) ---------------------------------------------------------
-#: The CHECK state, then the WGT/ACT read register in front of the chains.
-MV_START_CYCLES = 2
-#: Bits per weight of one WGT buffer row: the MATRIX unit reads an INT4 step in one cycle,
-#: an INT8 step in two.
-WGT_ROW_BITS = 4
-#: ``DenseChains.LATENCY``: a group's last step to its partial sums.
-CHAIN_LATENCY = DenseChains.LATENCY
-#: ``GroupRescaler.latency`` (products and shifts, accumulate), counted from the psum
-#: handshake.
-RESCALER_LATENCY = 2
-#: The psum and accumulator handshakes between chains, rescaler and serializer.
-ACC_HANDSHAKE = 1
-#: ``Requantizer.latency`` plus the drain counter's last cycle before the done flag.
-REQUANT_LATENCY = 4
-#: A K-chunk that is not final writes its accumulators to the accumulator memory: the
-#: drain counter's one cycle.
-ACC_WRITE_CYCLES = 1
-#: The done flag (``w_done``) and the REL state's handshake.
-UNIT_RELEASE_CYCLES = 2
-#: Cycles per read of the scale/bias reader (address, then data on the port): one read per
-#: group scale row and one for a batch's starting accumulators.
-SCALE_READ_CYCLES = 2
-#: Cycles of the serializer per batch beyond its ``chains`` results (the handshake that
-#: takes the next batch's accumulators).
-SERIALIZE_EXTRA = 1
-#: Fill and drain of one matrix instruction on a final tile, without the serializer's
-#: ``chains`` cycles (kept as the name the streamed MV costs build on).
-MATRIX_LATENCY = (MV_START_CYCLES + CHAIN_LATENCY + RESCALER_LATENCY + ACC_HANDSHAKE +
-                  REQUANT_LATENCY + UNIT_RELEASE_CYCLES + TOKEN_HANDOFF)
-
-#: Pipeline latency of one special-function instruction (not yet calibrated).
-SFU_LATENCY = 4
+# -- MATRIX unit (hdl/core/matrix.py, its count in hdl/core/matrix_timing.py) --------------
+#: Fill and drain of one matrix instruction on a final tile up to the waiting unit's
+#: token, without the serializer's ``chains`` cycles (the streamed MV costs build on it).
+MATRIX_LATENCY = FINAL_LATENCY + TOKEN_HANDOFF
 
 # -- the run as a whole (hdl/core/top.py, hdl/core/fetch.py) ---------------------------------
 #: From the CTRL write to the first read command of the fetch: the CSR kick and the engine's
@@ -216,61 +177,23 @@ class CycleModel:
                  beats * ST_BEAT_CYCLES + RELEASE_CYCLES + TOKEN_HANDOFF)
         return Cost(busy=1, latency=total)
 
-    def step_cycles(self, wfmt=None) -> int:
-        """Cycles of one ``chains x lanes`` step of weight format ``wfmt`` (INT4 if None)
-        in the MATRIX unit, by the config's PE kind (:mod:`hdl.pe.kinds`)."""
-        bits = 4 if wfmt is None else FORMAT_BITS[weight_format(wfmt)]
-        rows = -(-bits // WGT_ROW_BITS)
-        return max(rows, pe_kind(self._config.pe).tile_step_cycles(bits))
-
-    def last_step_extra(self, wfmt=None) -> int:
-        """Cycles the PE array holds the last step of a batch beyond the cycle it arrives
-        in (its operands arrive one WGT row a cycle)."""
-        bits = 4 if wfmt is None else FORMAT_BITS[weight_format(wfmt)]
-        return pe_kind(self._config.pe).tile_step_cycles(bits) - 1
-
     def matrix(self, rows: int, k: int, m: int = 1, *, wfmt=None, final: bool = True,
                group: int | None = None, use_init: bool = False) -> Cost:
-        """Cost of one ``MV`` (``m == 1``) or ``MM`` over a ``rows x k`` weight tile.
+        """Cost of one ``MV`` (``m == 1``) or ``MM`` over a ``rows x k`` weight tile:
+        :func:`hdl.core.matrix_timing.matrix_cycles` on this config's engine and PE kind,
+        plus :data:`TOKEN_HANDOFF`.
 
         ``wfmt`` (a :class:`airfoil.isa.WeightFormat` or its name; default INT4) sets the
         cycles per step; ``final`` whether the tile's results are requantized (the last
         K-chunk) or left in the accumulators; ``group`` (when given) and ``use_init``
         (a batch starts from the bias or an earlier chunk) bound a batch from below by the
-        scale reader's ``SCALE_READ_CYCLES * (k / group + use_init)`` cycles.
+        scale reader.
         """
         c = self._config
-        for name, v in (("rows", rows), ("k", k), ("m", m)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, not {v!r}")
-        batches = m * -(-rows // c.chains)
-        per_batch = -(-k // c.lanes) * self.step_cycles(wfmt)
-        if group is not None:
-            if not isinstance(group, int) or group < 1:
-                raise ValueError(f"group must be a positive integer or None, not {group!r}")
-            per_batch = max(per_batch, SCALE_READ_CYCLES * (-(-k // group) + int(use_init)))
-        if final:
-            per_batch_max = max(per_batch, c.chains + SERIALIZE_EXTRA)
-            work = (batches - 1) * per_batch_max + per_batch
-            tail = c.chains + MATRIX_LATENCY
-        else:
-            work = batches * per_batch
-            tail = (MATRIX_LATENCY - REQUANT_LATENCY + ACC_WRITE_CYCLES)
-        # The chains hold the last step for its cycles: one more for a packed INT8 step.
-        tail += self.last_step_extra(wfmt)
-        return Cost(busy=work + tail, latency=work + tail)
-
-    def sfu(self, nbytes: int) -> Cost:
-        """Cost of one special-function instruction over ``nbytes`` bytes."""
-        work = max(1, -(-nbytes // self._config.word_bytes))
-        return Cost(busy=work + SFU_LATENCY, latency=work + SFU_LATENCY)
-
-    def sfu_func(self, elements: int, macs: int = 0) -> Cost:
-        """Cost of a version-2 SFU function over ``elements`` values with ``macs`` products."""
-        c = self._config
-        work = max(1, -(-elements // max(1, c.word_bytes // 4)))
-        work += -(-macs // (c.chains * c.lanes))
-        return Cost(busy=work + SFU_LATENCY, latency=work + SFU_LATENCY)
+        total = matrix_cycles(chains=c.chains, lanes=c.lanes, rows=rows, k=k, m=m,
+                              wfmt=wfmt, pe=c.pe, final=final, group=group,
+                              use_init=use_init) + TOKEN_HANDOFF
+        return Cost(busy=total, latency=total)
 
     def sfu_call(self, func, *, n: int, rows: int, heads: int = 1, kv_heads: int = 1,
                  pos: int = 0, length: int = 0) -> Cost:

@@ -46,9 +46,8 @@ from airfoil.formats import (OUT_BITS, REQ_M_BITS, SCALE_SHIFT_MAX, accumulate,
                              fp16_fixed, group_psum, requantize, rescale, tile_layout,
                              unpack_tile)
 from airfoil import fixedpoint as fx
-from airfoil.isa import (ATT_PV_MAX_HEAD_DIM, SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer,
-                         ErrorCode, Instr, Opcode, SfuFunc, Sparsity, SysOp, Unit,
-                         WeightFormat, decode)
+from airfoil.isa import (SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
+                         Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
 from hdl.pe.kinds import pe_kind, tag_value_bits
 
@@ -438,6 +437,12 @@ class IsaSim:
             if start + size > len(buf):
                 raise fault(i, name, ErrorCode.BUFFER_RANGE, f"{bname}[{start:#x}:"
                             f"{start + size:#x}] is beyond the {len(buf)}-byte buffer")
+        batches = m * -(-rows // cfg.chains)
+        if (not f["acc_init"] or not f["final"]) and batches > cfg.k_split_batches:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"a K-split instruction (acc_init="
+                        f"{f['acc_init']}, final={f['final']}) over {batches} batches of "
+                        f"{cfg.chains} accumulators: the MATRIX unit keeps "
+                        f"{cfg.k_split_batches} (config k_split_batches)")
         k0 = f["k0"]
         if stream:
             q, mant, kexp = self._stream_weights(i, name, f, rows, k)
@@ -587,9 +592,11 @@ class IsaSim:
                             f"{pos}..{pos + rows - 1} sees none of the {L} keys")
             self._write(i, what, dst, da, fx.softmax(s, mask), I32)
             return rows * H * L, 0
-        if fn == SfuFunc.ATT_PV and hd > ATT_PV_MAX_HEAD_DIM:
+        max_hd = self.config.limits.att_pv_max_head_dim
+        if fn == SfuFunc.ATT_PV and hd > max_hd:
             raise fault(i, what, ErrorCode.UNSUPPORTED, f"head dimension n={hd} is over the "
-                        f"{ATT_PV_MAX_HEAD_DIM} the context accumulator holds")
+                        f"{max_hd} the context accumulator holds (config "
+                        f"limits.att_pv_max_head_dim)")
         # The (R, heads, L) scores or probabilities bound L by their buffer: check their
         # span, then the key/value records', before any record is read.
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):

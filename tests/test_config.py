@@ -61,6 +61,29 @@ def test_memory_parallel_fields(base, tmp_path):
         dataclasses.replace(mc, memory=dataclasses.replace(mc.memory, word_bits=512))
 
 
+def test_limits_section(base, tmp_path):
+    """Left out: the defaults; given: read, part of the hash; a bad value refused by name.
+    The derived K-split limit is the MATRIX unit's accumulator depth."""
+    from airfoil.isa import ATT_PV_MAX_HEAD_DIM
+    from hdl.core.buffers import BufferGeometry
+    from hdl.core.matrix import acc_depth
+    t = load_config("test")
+    assert t.limits.att_pv_max_head_dim == ATT_PV_MAX_HEAD_DIM
+    c = load_config(_write(tmp_path, dict(base, limits={"att_pv_max_head_dim": 64})))
+    assert c.limits.att_pv_max_head_dim == 64 and c.config_hash != t.config_hash
+    for value in (6, 0, 8192, "64"):
+        with pytest.raises(ConfigError, match="att_pv_max_head_dim"):
+            load_config(_write(tmp_path, dict(base, limits={"att_pv_max_head_dim": value})))
+    with pytest.raises(ConfigError, match="unknown field 'limits.k_split'"):
+        load_config(_write(tmp_path, dict(base, limits={"k_split": 4})))
+    for name in ("test", "sim_llm", "u280_slice"):
+        cfg = load_config(name)
+        geo = BufferGeometry.of(cfg)
+        assert cfg.k_split_batches == acc_depth(geo, cfg.chains, min(cfg.group_sizes))
+    # 16 KiB of WGT buffer, batches of 4 chains x 32 INT4 weights (64 bytes): 256.
+    assert t.k_split_batches == 16384 // 64 == 256
+
+
 def test_round_trip_and_hash_ignores_name(tmp_path, base):
     base["name"] = "renamed"
     c = load_config(_write(tmp_path, base))

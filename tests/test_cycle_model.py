@@ -49,7 +49,8 @@ def test_matrix_step_rate_and_tail():
     """INT8 steps take two WGT rows (and the packed chains one more cycle on the last); a
     K-chunk that is not final skips the serializer and the requantizer; rows pad to whole
     batches of ``chains``."""
-    from sim.cycle_model import ACC_WRITE_CYCLES, REQUANT_LATENCY, CycleModel
+    from hdl.core.matrix_timing import ACC_WRITE_CYCLES, REQUANT_LATENCY
+    from sim.cycle_model import CycleModel
     cm = CycleModel(CFG)
     c, lanes = CFG.chains, CFG.lanes
     i4 = cm.matrix(64, 256)
@@ -64,17 +65,34 @@ def test_matrix_step_rate_and_tail():
 
 
 def test_matrix_batch_lower_bounds():
-    """A batch takes at least the serializer's ``chains + 1`` cycles when final, and the
-    scale reader's two cycles per group scale (plus one read for its start values)."""
-    from sim.cycle_model import SCALE_READ_CYCLES, SERIALIZE_EXTRA, CycleModel
+    """A batch takes at least the serializer's ``chains`` cycles when final, and the
+    scale reader's cycles per group scale (plus one read for its start values)."""
+    from hdl.core.matrix_timing import SCALE_READ_CYCLES
+    from sim.cycle_model import CycleModel
     cm = CycleModel(CFG)
     short = cm.matrix(8, CFG.lanes)             # two batches of one step each
     one = cm.matrix(4, CFG.lanes)
-    assert short.busy - one.busy == CFG.chains + SERIALIZE_EXTRA
+    assert short.busy - one.busy == CFG.chains
     wide = CycleModel(dataclasses.replace(CFG, lanes=32))
-    free = wide.matrix(4, 64)
-    bound = wide.matrix(4, 64, group=32, use_init=True)
+    free = wide.matrix(4, 64, final=False)
+    bound = wide.matrix(4, 64, final=False, group=32, use_init=True)
     assert bound.busy - free.busy == SCALE_READ_CYCLES * 3 - 64 // 32
+
+
+def test_matrix_cost_is_the_units_count():
+    """The model charges the MATRIX unit's own count (the one the RTL tests measure) and
+    the token hand-off, on every PE kind."""
+    from hdl.core.matrix import MatrixUnit
+    from sim.cycle_model import TOKEN_HANDOFF, CycleModel
+    for pe, wfmt in (("dsp", "int8"), ("bitserial", "int4"), ("lut", "int4")):
+        cfg = dataclasses.replace(CFG, pe=pe, weight_formats=(wfmt,))
+        for final, use_init in ((True, False), (False, True)):
+            unit = MatrixUnit.cycles(chains=cfg.chains, lanes=cfg.lanes, rows=13, k=128,
+                                     group=32, wfmt=wfmt, m=3, final=final,
+                                     use_init=use_init, pe=pe)
+            cost = CycleModel(cfg).matrix(13, 128, 3, wfmt=wfmt, final=final, group=32,
+                                          use_init=use_init)
+            assert cost.busy == cost.latency == unit + TOKEN_HANDOFF
 
 
 def test_store_is_serial_per_burst():

@@ -139,6 +139,31 @@ def is_ld_wgt(i):
     return i.opcode == Opcode.LD and i.buf == Buffer.WGT
 
 
+def _as_k_split_mm(folder, m, rows):
+    """The folder with its first MV turned into an MM of ``m`` vectors (overlapping, one
+    word apart) over ``rows`` rows that leaves its accumulators for a next K-chunk
+    (``final = 0``)."""
+    words = list(folder.program.words)
+    i = next(j for j, w in enumerate(words) if is_mv(decode(w)))
+    ins = decode(words[i])
+    words[i] = encode(Opcode.MM, ins.wait, ins.release,
+                      **dict(ins.fields, m=m, rows=rows, astride=1, final=0))
+    return _with_words(folder, words), i
+
+
+def test_k_split_beyond_the_accumulators_is_unsupported(tmp_path):
+    """m vectors x ceil(rows / chains) batches over config.k_split_batches: UNSUPPORTED, as
+    the MATRIX unit refuses it (its accumulator memory is that deep); at the limit it runs."""
+    f = _small(tmp_path)
+    rows = 2 * CFG.chains
+    most = CFG.k_split_batches // 2
+    # At the limit the check passes: the next one fails on the tile's 8 rows, of which the
+    # program loaded 4 (the other 4 read as scales outside the rescaler window).
+    _expect(_as_k_split_mm(f, most, rows)[0], ErrorCode.SCALE_RANGE)
+    bad, i = _as_k_split_mm(f, most + 1, rows)
+    _expect(bad, ErrorCode.UNSUPPORTED, index=i, match="k_split_batches")
+
+
 def test_unpatched_small_program_runs(tmp_path):
     f = _small(tmp_path)
     out, _ = run_isa(_with_words(f, f.program.words), CFG)
@@ -306,8 +331,11 @@ def test_cycle_model_rates():
     from sim.cycle_model import LD_ISSUE_CYCLES, LD_RECORD_GAP, RELEASE_CYCLES, TOKEN_HANDOFF
     assert (c.busy, c.latency) == (256 + LD_RECORD_GAP, LD_ISSUE_CYCLES + 48 + 256 +
                                    RELEASE_CYCLES + TOKEN_HANDOFF)
+    # 9 rows are 3 batches of ceil(100 / 8) = 13 steps; a batch of fewer steps than
+    # chains waits for the serializer's chains cycles.
     m = cm.matrix(rows=9, k=100)
-    assert m.busy == 3 * 13 + cm.matrix(rows=1, k=1).busy - 1
+    assert m.busy == 2 * 13 + cm.matrix(rows=1, k=100).busy
+    assert cm.matrix(rows=1, k=1).busy == cm.matrix(rows=1, k=CFG.chains * CFG.lanes).busy
 
 
 # -- SFU arguments at the edges of their fields ------------------------------------------------
@@ -346,11 +374,25 @@ def test_sfu_attention_keys_beyond_the_buffers_stop_before_reading(func):
     assert _sfu_fault(words) == ErrorCode.BUFFER_RANGE
 
 
-def test_sfu_att_pv_head_dimension_over_the_accumulator_is_unsupported():
-    words = [encode(Opcode.SYS, op=SysOp.SETREG, reg=2, value=1),
-             *_sfu(func=SfuFunc.ATT_PV, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.KV,
-                   n=ATT_PV_MAX_HEAD_DIM + 4, rows=1, heads=1, kv_heads=1, len_reg=2)]
-    assert _sfu_fault(words) == ErrorCode.UNSUPPORTED
+@pytest.mark.parametrize("limit", [ATT_PV_MAX_HEAD_DIM, 16])
+def test_sfu_att_pv_head_dimension_over_the_accumulator_is_unsupported(limit):
+    """The config's limits.att_pv_max_head_dim (default ATT_PV_MAX_HEAD_DIM) bounds n."""
+    cfg = dataclasses.replace(CFG, limits=dataclasses.replace(CFG.limits,
+                                                              att_pv_max_head_dim=limit))
+
+    def fault_of(n):
+        words = [encode(Opcode.SYS, op=SysOp.SETREG, reg=2, value=1),
+                 *_sfu(func=SfuFunc.ATT_PV, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.KV,
+                       n=n, rows=1, heads=1, kv_heads=1, len_reg=2)]
+        try:
+            IsaSim(cfg, bytearray(1 << 16)).run(words)
+        except ProgramError as e:
+            return e
+        return None
+
+    assert fault_of(limit) is None
+    e = fault_of(limit + 4)
+    assert e.code == ErrorCode.UNSUPPORTED and "att_pv_max_head_dim" in str(e)
 
 
 def test_sfu_attention_long_keys_in_chunks_match_one_pass():

@@ -155,6 +155,39 @@ def test_k_split_tiles_bit_exact(tmp_path):
     _check_exact(load_folder(tmp_path / "out", cfg), cfg, _tokens(3), steps=3)
 
 
+def test_k_split_tokens_bounded_by_the_accumulators(tmp_path):
+    """A K-split tile keeps tokens x batches accumulators: the compiler takes no more tokens
+    per prefill than the MATRIX unit keeps (config k_split_batches), and refuses more."""
+    import dataclasses
+    base = load_config("sim_llm")
+    # 512 bytes of WGT buffer: tiles of 4 rows (one batch) x 32 INT8 weights, 8 batches.
+    cfg = dataclasses.replace(base, name="small_wgt", buffers=dataclasses.replace(
+        base.buffers, weight_bytes=512))
+    assert cfg.k_split_batches == 8
+    qm = _quantized(4, 2, 16, layers=1)
+    m = compile_llm(qm, cfg, tmp_path / "out")
+    tiles = [t for v in m["model"]["linears"].values() for t in v["tiles"]]
+    assert any(t["col0"] > 0 for t in tiles)
+    most = cfg.k_split_batches // max(-(-t["rows"] // cfg.chains) for t in tiles)
+    assert m["model"]["max_prompt"] == most
+    with pytest.raises(CompileError, match="K-split accumulators"):
+        compile_llm(qm, cfg, tmp_path / "o2", max_prompt=most + 1)
+
+
+def test_head_dim_over_the_context_accumulator_refused(tmp_path):
+    """ATT_PV's head dimension is bounded by the config's limits.att_pv_max_head_dim."""
+    import dataclasses
+    base = load_config("sim_llm")
+    qm = _quantized(4, 2, 32, layers=1)
+    small = dataclasses.replace(base, limits=dataclasses.replace(base.limits,
+                                                                 att_pv_max_head_dim=16))
+    with pytest.raises(CompileError, match="head_dim=32 is over the 16"):
+        compile_llm(qm, small, tmp_path / "out", max_prompt=2)
+    at = dataclasses.replace(base, limits=dataclasses.replace(base.limits,
+                                                              att_pv_max_head_dim=32))
+    compile_llm(qm, at, tmp_path / "ok", max_prompt=2)
+
+
 def test_multichannel_slices_bit_exact(tmp_path):
     """Weight tiles load as slices on 4 channels; tokens still order every hazard."""
     text = (Path(__file__).parent.parent / "fpga/boards/sim_llm.yaml").read_text()

@@ -236,17 +236,26 @@ def mfields(*, rows, k, group, wfmt, m=1, **kw):
 
 
 def matrix_cycles(*, rows, k, group, m, wfmt, final=True, use_init=False, cfg=CONFIG):
-    """The docstring's ``8 + DenseChains.LATENCY + INT8 + final * (chains + 3) + m *
-    batches * P``,
-    recomputed here and compared with :meth:`MatrixUnit.cycles`."""
-    batches = -(-rows // cfg.chains)
-    steps = (k // cfg.lanes) * (2 if wfmt == WeightFormat.INT8 else 1)
-    p = max(steps, cfg.chains if final else 0, k // group + int(use_init))
-    want = (8 + DenseChains.LATENCY + (wfmt == WeightFormat.INT8) +
-            (cfg.chains + 3 if final else 0) + m * batches * p)
-    assert MatrixUnit.cycles(chains=cfg.chains, lanes=cfg.lanes, rows=rows, k=k, group=group,
-                             wfmt=wfmt, m=m, final=final, use_init=use_init) == want
-    return want
+    """The unit's count (:meth:`MatrixUnit.cycles`, :mod:`hdl.core.matrix_timing`) that
+    the measured cycles are compared with."""
+    return MatrixUnit.cycles(chains=cfg.chains, lanes=cfg.lanes, rows=rows, k=k, group=group,
+                             wfmt=wfmt, m=m, final=final, use_init=use_init, pe=cfg.pe)
+
+
+def test_matrix_cycles_by_hand():
+    """The count on the test config (4 chains x 8 lanes, DenseChains.LATENCY 6): 13 rows
+    are 4 batches of 64 / 8 = 8 INT4 steps (16 INT8 cycles, one more to hold the last);
+    fixed: the serializer's 4 results, then 2 + 6 + 2 + 1 + 4 + 2 cycles of pipelines
+    and release, or 2 + 6 + 2 + 1 + 1 + 2 for a K-chunk left in the accumulators."""
+    assert DenseChains.LATENCY == 6
+    i4 = WeightFormat.INT4
+    assert matrix_cycles(rows=13, k=64, group=32, m=1, wfmt=i4) == 4 + 17 + 4 * 8
+    assert matrix_cycles(rows=13, k=64, group=32, m=1, wfmt=WeightFormat.INT8) == \
+        4 + 17 + 1 + 4 * 16
+    assert matrix_cycles(rows=13, k=64, group=32, m=3, wfmt=i4, final=False) == \
+        14 + 3 * 4 * 8
+    # 1 step per batch: the serializer's 4 cycles set the pace.
+    assert matrix_cycles(rows=8, k=8, group=32, m=1, wfmt=i4) == 4 + 17 + 2 * 4
 
 
 # -- bit-exact cases ------------------------------------------------------------------------
@@ -425,12 +434,13 @@ def test_errors_as_isa_sim(name, opcode, rv0, kw, code):
 
 
 def test_ksplit_beyond_accumulators_unsupported():
-    """K-split state of m x batches beyond acc_depth: the ISA sim runs it, the RTL refuses
-    it (a documented limit of this data path)."""
+    """K-split state of m x batches beyond acc_depth (the config's k_split_batches): the
+    RTL and the ISA simulator refuse it alike."""
     m = 130                             # 130 vectors x 2 batches > 256 accumulator rows
-    assert m * 2 > acc_depth(BufferGeometry.of(CONFIG), CONFIG.chains, min(CONFIG.group_sizes))
+    depth = acc_depth(BufferGeometry.of(CONFIG), CONFIG.chains, min(CONFIG.group_sizes))
+    assert m * 2 > depth == CONFIG.k_split_batches
     c = _err_case(6, isa.Opcode.MM, rv0=m, m_reg=2, astride=1, final=0)
-    assert run_isa(CONFIG, c.buffers, c.entries, c.regs)[1] is None
+    assert run_isa(CONFIG, c.buffers, c.entries, c.regs)[1] == (ErrorCode.UNSUPPORTED, 0)
     got = run_rtl(CONFIG, c.buffers, c.entries)
     assert got["err"] == (ErrorCode.UNSUPPORTED, 0)
 

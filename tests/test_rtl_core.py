@@ -79,6 +79,18 @@ def _index_of(folder, opcode):
                 if isa.decode(w).opcode == opcode)
 
 
+def _k_split_beyond_limit(folder, config):
+    """The folder's first MV as an MM that leaves its accumulators for a next K-chunk
+    (``final = 0``) over one batch more than the MATRIX unit keeps
+    (``config.k_split_batches``): ``m`` vectors one word apart of ``2 * chains`` rows."""
+    mv = _index_of(folder, isa.Opcode.MV)
+    ins = isa.decode(folder.program.words[mv])
+    fields = dict(ins.fields, m=config.k_split_batches // 2 + 1, rows=2 * config.chains,
+                  astride=1, final=0)
+    return _words_with(folder, mv, isa.encode(isa.Opcode.MM, ins.wait, ins.release,
+                                              **fields))
+
+
 @pytest.fixture(scope="module")
 def results(core, config, tmp_path_factory):
     """Run every case of this module in one simulation; return results by key."""
@@ -118,6 +130,8 @@ def results(core, config, tmp_path_factory):
     keys.append("unsupported")
     cases.append(_case(base, 11, _words_with(
         base, mv, _reencode(base.program.words[mv], wfmt=isa.WeightFormat.INT2))))
+    keys.append("k_split_limit")
+    cases.append(_case(base, 13, _k_split_beyond_limit(base, config)))
     keys.append("program_end")
     nop = isa.encode(isa.Opcode.SYS, op=isa.SysOp.NOP)
     cases.append(_case(base, 12, Program([nop, nop], base.program.config_hash)))
@@ -187,6 +201,19 @@ def test_missing_halt_is_program_end(results):
 def test_unbuilt_weight_format_unsupported(results):
     r, _, _ = results["unsupported"]
     assert r["error"] and isa.ErrorCode(r["err_code"]) == isa.ErrorCode.UNSUPPORTED
+
+
+def test_k_split_beyond_the_accumulators_unsupported(results, config):
+    """The limit the config derives (k_split_batches) is the RTL's and the ISA simulator's."""
+    from airfoil.errors import ProgramError
+    from sim.isa_sim import IsaSim
+    r, base, _ = results["k_split_limit"]
+    assert r["error"] and isa.ErrorCode(r["err_code"]) == isa.ErrorCode.UNSUPPORTED
+    assert r["err_pc"] == results["_base_mv"]
+    with pytest.raises(ProgramError, match="k_split_batches") as e:
+        IsaSim(config, bytearray(base.image)).run(
+            _k_split_beyond_limit(base, config).words)
+    assert (e.value.code, e.value.index) == (isa.ErrorCode.UNSUPPORTED, results["_base_mv"])
 
 
 def test_csr_id(results):

@@ -3,6 +3,7 @@ the ISA simulator, cycle formulas, and the unit's error reports (amaranth.sim)."
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import warnings
 
@@ -337,9 +338,10 @@ def _sfu(func, *, src=Buffer.ACT, dst=Buffer.OUT, aux=Buffer.AUX, release=(), **
     return isa.encode(Opcode.SFU, release=release, func=func, src=src, dst=dst, aux=aux, **f)
 
 
-def _reference(instrs, bufs, regs):
-    """Run SFU instructions on the ISA simulator's ``_sfu``; return (buffers, error)."""
-    sim = IsaSim(load_config("test"), bytearray(64))
+def _reference(instrs, bufs, regs, config=None):
+    """Run SFU instructions on the ISA simulator's ``_sfu`` (of ``config``, default
+    ``test``); return (buffers, error)."""
+    sim = IsaSim(config or load_config("test"), bytearray(64))
     sim.buffers = {b: bytearray(v) for b, v in bufs.items()}
     sim.regs[:len(regs)] = regs
     try:
@@ -350,9 +352,9 @@ def _reference(instrs, bufs, regs):
     return sim.buffers, None
 
 
-def _run_both(instrs, bufs, regs, *, kernels=None, word_bits=128):
+def _run_both(instrs, bufs, regs, *, kernels=None, word_bits=128, config=None):
     """Run ``instrs`` on the unit and on the ISA simulator from the same buffers."""
-    ref_bufs, ref_err = _reference(instrs, bufs, regs)
+    ref_bufs, ref_err = _reference(instrs, bufs, regs, config)
     rtl_bufs = {b: bytearray(v) for b, v in bufs.items()}
     rvs = []
     for bits in instrs:
@@ -504,6 +506,35 @@ def test_unit_unsupported():
                               _sfu(SfuFunc.ROPE, n=8, rows=1, heads=2)], kernels=kernels)
     assert ref_err is None
     assert res["err"] and (res["err_code"], res["err_pc"]) == (ErrorCode.UNSUPPORTED, 1)
+
+
+def test_unit_att_pv_head_dimension_limit_from_the_config():
+    """A config's limits.att_pv_max_head_dim sizes the unit's ATT_PV kernel (as the core
+    builds it, default_kernels(config.limits)) and bounds the ISA simulator alike: n at
+    the limit runs the same on both, n beyond it is UNSUPPORTED on both."""
+    base = load_config("test")
+    cfg = dataclasses.replace(base, limits=dataclasses.replace(base.limits,
+                                                               att_pv_max_head_dim=8))
+    kernels = default_kernels(cfg.limits)
+    rng = np.random.default_rng(11)
+    bufs = _random_bufs(rng)
+    for r in range(2):                     # value records of 8 values + their scale pair
+        bufs[Buffer.KV][16 * r:16 * r + 8] = _b(rng.integers(-128, 128, 8), "<i1")
+        bufs[Buffer.KV][16 * r + 8:16 * r + 16] = _b(np.array([3000, 20]))
+    bufs[Buffer.OUT][:8] = _b(np.array([1 << 14, 1 << 14]))    # probabilities of 2 keys
+    regs = [0, 0, 0, 2]
+
+    def att_pv(n):
+        return _sfu(SfuFunc.ATT_PV, src=Buffer.OUT, dst=Buffer.ACT, aux=Buffer.KV, n=n,
+                    rows=1, heads=1, kv_heads=1, len_reg=3, dst_addr=384, imm1=16)
+
+    res, rtl, ref, ref_err = _run_both([att_pv(8)], bufs, regs, kernels=kernels, config=cfg)
+    assert ref_err is None and not res["err"]
+    assert rtl[Buffer.ACT] == ref[Buffer.ACT] and _ints(ref[Buffer.ACT][384:416]).any()
+    res, rtl, ref, ref_err = _run_both([att_pv(8), att_pv(12)], bufs, regs,
+                                       kernels=kernels, config=cfg)
+    assert ref_err == (ErrorCode.UNSUPPORTED, 1)
+    assert res["err"] and (res["err_code"], res["err_pc"]) == ref_err
 
 
 @pytest.mark.parametrize("make,error,match", [

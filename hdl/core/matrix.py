@@ -27,16 +27,16 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.config import TILE_FORMATS_OF_PE
+from airfoil.config import TILE_FORMATS_OF_PE, k_split_batches
 from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
 from ..decode_unit.rescaler import Requantizer, token_requant_params
-from ..dsp_chain.dense import DenseChains
 from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
 from .load import unit_ports
+from .matrix_timing import matrix_cycles
 from .ram import Ram
 
 __all__ = ["MatrixUnit", "acc_depth", "acc_read_signature", "write_results"]
@@ -66,9 +66,9 @@ def acc_read_signature(depth: int, chains: int) -> wiring.Signature:
 
 
 def acc_depth(geometry: BufferGeometry, chains: int, group_min: int) -> int:
-    """Batches of K-split accumulators a :class:`MatrixUnit` keeps (see its ``acc_depth``)."""
-    per_batch = chains * group_min * 4 // 8
-    return max(2, 1 << ceil_log2(geometry.wgt_bytes // per_batch))
+    """Batches of K-split accumulators a :class:`MatrixUnit` keeps (see its ``acc_depth``):
+    :func:`airfoil.config.k_split_batches`, the limit the ISA simulator checks too."""
+    return k_split_batches(geometry.wgt_bytes, chains, group_min)
 
 
 class MatrixUnit(wiring.Component):
@@ -104,25 +104,10 @@ class MatrixUnit(wiring.Component):
     outside ``0 .. 2**16 - 1`` (``linear_out_params`` assumes a 16-bit ``M``; the ISA
     simulator does not check it), are SCALE_RANGE.
 
-    Cycle cost with the ``dsp`` PE kind, from the cycle the queue entry is taken to the
-    cycle its release is offered (measured in ``tests/test_matrix_mm.py``; :meth:`cycles`
-    computes it; the serial kinds take ``PeArray.cycles_per_step`` cycles per step and a
-    group-rescale tail that depends on the last group's shift)::
-
-        cycles = 8 + DenseChains.LATENCY + INT8 + final * (chains + 3) + m * batches * P
-        P      = max(steps * (2 if INT8 else 1), final * chains, groups + use_init)
-
-    with ``batches = ceil(rows / chains)``, ``steps = k / lanes`` (operand steps per
-    batch), ``groups = k / group`` and ``use_init = 1`` if the batch starts from a bias or
-    from an earlier K-chunk (``bias & acc_init | ~acc_init``). The fixed cycles are the
-    entry, the range check (2), the operand register (1), the chains
-    (:attr:`~hdl.dsp_chain.dense.DenseChains.LATENCY`, one more for INT8, whose last step
-    the packed multipliers take in two cycles), the rescaler (2) and the release (2); a ``final`` instruction adds the requantization of its last
-    batch (``chains`` results, one per cycle) and the requantizer (3). The count is exact
-    when the operand side sets ``P`` (``steps * (1 + INT8) >= max(final * chains,
-    groups + use_init)``, always so for the test config); when the scale reader or the
-    serializer does, it is an upper bound by less than the chains' latency (their fill
-    overlaps the wait).
+    Cycle cost, from the cycle the queue entry is taken to the cycle its release is
+    offered: :func:`hdl.core.matrix_timing.matrix_cycles` (:meth:`cycles`; measured in
+    ``tests/test_matrix_mm.py``, exact when the operands set the pace, an upper bound by
+    less than the chains' latency when the scale reader or the serializer does).
 
     Parameters
     ----------
@@ -204,16 +189,11 @@ class MatrixUnit(wiring.Component):
 
     @staticmethod
     def cycles(*, chains: int, lanes: int, rows: int, k: int, group: int, wfmt, m: int = 1,
-               final: bool = True, use_init: bool = False) -> int:
-        """Return the cycle cost of one ``MV``/``MM`` on ``chains x lanes`` (the class
-        docstring's formula)."""
-        C, L = chains, lanes
-        batches = -(-rows // C)
-        int8 = isa.WeightFormat(wfmt) == isa.WeightFormat.INT8
-        steps = (k // L) * (2 if int8 else 1)
-        per_batch = max(steps, C if final else 0, k // group + int(use_init))
-        return (8 + DenseChains.LATENCY + int8 + (C + 3 if final else 0) +
-                m * batches * per_batch)
+               final: bool = True, use_init: bool = False, pe: str = "dsp") -> int:
+        """Return the cycle cost of one ``MV``/``MM`` on ``chains x lanes`` of PE kind
+        ``pe``: :func:`hdl.core.matrix_timing.matrix_cycles`."""
+        return matrix_cycles(chains=chains, lanes=lanes, rows=rows, k=k, m=m, wfmt=wfmt,
+                             pe=pe, final=final, group=group, use_init=use_init)
 
     def elaborate(self, platform):
         m = Module()

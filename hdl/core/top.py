@@ -178,9 +178,10 @@ class Engine(wiring.Component):
                                                max_burst=mc.max_burst)
         sfu = None
         if self._sfu:
-            from ..sfu.unit import SfuUnit
+            from ..sfu.unit import SfuUnit, default_kernels
             sfu = SfuUnit(word_bits=wbits,
-                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS})
+                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS},
+                          kernels=default_kernels(cfg.limits))
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):

@@ -9,6 +9,7 @@ checking every access against the size of the buffer it names.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
@@ -17,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from airfoil import isa
+from airfoil.config import LimitsConfig
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
@@ -37,11 +39,15 @@ _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, Sf
 _CHECK_BITS = 20
 
 
-def default_kernels() -> dict:
-    """Kernel factories of every function with a kernel in :mod:`hdl.sfu`."""
+def default_kernels(limits: LimitsConfig | None = None) -> dict:
+    """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
+    config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults)."""
+    limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention):
         kernels.update(mod.KERNELS)
+    kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
+                                                max_head_dim=limits.att_pv_max_head_dim)
     return kernels
 
 
