@@ -206,8 +206,11 @@ class FormatSpec:
             return self.encoder(v)
         if self.kind == "int":
             lo, hi = -(1 << (n - 1)), (1 << (n - 1)) - 1
-            if v.size and (int(v.min()) < lo or int(v.max()) > hi):
-                raise CompileError(f"weight outside the {self.enum_name} range {lo}..{hi}")
+            bad = (v < lo) | (v > hi)
+            if bool(bad.any()):
+                raise CompileError(f"weight {int(v[bad].reshape(-1)[0])} is not a "
+                                   f"{self.enum_name} value: outside the {self.enum_name} "
+                                   f"range {lo}..{hi}")
             return v
         lut = np.full(256, -1, dtype=np.int64)                 # value + 128 -> code
         for c in reversed(range(len(self.codebook))):
