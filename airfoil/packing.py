@@ -174,7 +174,7 @@ __all__ = [
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
     "deinterleave",
     "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
-    "STREAM_FORMATS", "DEFAULT_MIXED",
+    "STREAM_FORMATS", "DEFAULT_MIXED", "record_formats", "stream_formats",
     "core_stream_geometry", "quantize_stream", "pack_channels", "unpack_channels",
 ]
 
@@ -959,8 +959,20 @@ def bits_per_weight(image: bytes, weights: int) -> float:
 
 # -- streamed weights of a core, quantization with a per-record format choice --------------
 
-#: Record formats by name (``ovp4`` is also accepted for ``ovp``).
-RECORD_FORMATS = tuple(f.name for f in _registry.streamed_formats())
+def record_formats() -> tuple:
+    """Names of the record formats registered now (:mod:`airfoil.format_registry`)."""
+    return tuple(f.name for f in _registry.streamed_formats())
+
+
+def stream_formats() -> tuple:
+    """Weight formats a streamed layer may name now: :func:`record_formats`, ``mixed`` and
+    the presets of :data:`MIXED_PRESETS`."""
+    return record_formats() + ("mixed",) + tuple(MIXED_PRESETS)
+
+
+#: Record formats by name (``ovp4`` is also accepted for ``ovp``): the built-in ones
+#: (:func:`record_formats` includes formats registered at run time).
+RECORD_FORMATS = record_formats()
 #: Named candidate lists of a per-record choice: BitMoD's 4-bit mixture (its four FP4
 #: variants) and its 3-bit one (the four FP3 variants).
 MIXED_PRESETS = {
@@ -969,7 +981,7 @@ MIXED_PRESETS = {
 }
 #: Weight formats a streamed layer may name: one record format, ``mixed`` (a choice per
 #: record among candidates, :func:`quantize_stream`) or a preset of :data:`MIXED_PRESETS`.
-STREAM_FORMATS = RECORD_FORMATS + ("mixed",) + tuple(MIXED_PRESETS)
+STREAM_FORMATS = stream_formats()
 #: Candidate formats of ``mixed`` when none are given: two 4-bit formats, as BitMoD mixes
 #: variants of one width (least squared error always prefers the widest of mixed widths).
 DEFAULT_MIXED = ("int4", "ovp")
@@ -1129,7 +1141,7 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     nm = nm_code(sparsity)
     if nm and any(format_spec(t).kind == "ovp" for t in cands):
         raise CompileError(f"OVP4 records are dense; sparsity {sparsity!r} needs the other "
-                           f"formats ({', '.join(f for f in RECORD_FORMATS if f != 'ovp')})")
+                           f"formats ({', '.join(f for f in record_formats() if f != 'ovp')})")
     if group not in GROUP_CODES:
         raise CompileError(f"group size {group} cannot be packed (accepted: "
                            f"{', '.join(map(str, GROUP_CODES))})")
