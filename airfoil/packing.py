@@ -807,7 +807,10 @@ def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
 
 def beat_value(geom: StreamGeometry, beat: dict) -> int:
     """The payload bits of one beat as an integer (for bit-exact comparison)."""
-    return int(beat_layout(geom).const(beat).as_bits())
+    layout = beat_layout(geom)
+    tag = int(getattr(beat["tag"], "value", beat["tag"]))    # a run-time format's too
+    bits = int(layout.const({**beat, "tag": RecordTag.PAD}).as_bits())
+    return bits | tag << layout["tag"].offset
 
 
 # -- tensors ------------------------------------------------------------------------------
