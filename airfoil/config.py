@@ -27,7 +27,8 @@ from .yamlfile import read_yaml
 __all__ = [
     "MemoryConfig", "BufferConfig", "DeviceConfig", "AccelConfig", "load_config", "PE_KINDS",
     "TILE_FORMATS_OF_PE",
-    "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "weight_formats", "stream_only_formats", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
+    "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "weight_formats", "stream_only_formats",
+    "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
     "builtin_config_path",
 ]
 

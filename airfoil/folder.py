@@ -1,8 +1,8 @@
 """The compiler's output folder, read the same way by every backend.
 
-A folder holds ``manifest.json`` (format ``airfoil-folder/1``), ``program.afp`` and
-``weights.bin`` (the data memory image, exactly as the hardware reads it). Each memory
-channel reads and writes its own memory from a base address of its own (the
+A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/2``),
+``program.afp`` and ``weights.bin`` (the data memory image, exactly as the hardware reads
+it). Each memory channel reads and writes its own memory from a base address of its own (the
 ``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
 byte offset per channel, all 0 when absent: every channel sees the whole image) says where
 each channel's memory starts in the image, so an ``LD``/``ST`` on channel ``c`` at

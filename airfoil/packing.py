@@ -247,8 +247,9 @@ def record_tag(fmt):
             raise CompileError(f"record tag {int(fmt)} names no weight format") from None
     spec = _registry.find_by_name(fmt)
     if spec is None or not spec.streamed:
+        names = [n for f in _registry.streamed_formats() for n in f.names]
         raise CompileError(f"unknown packed weight format {fmt!r} (accepted: "
-                           f"{', '.join(n for f in _registry.streamed_formats() for n in f.names)})")
+                           f"{', '.join(names)})")
     return spec.record_tag()
 
 

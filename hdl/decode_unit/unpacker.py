@@ -71,8 +71,8 @@ class Unpacker(wiring.Component):
         Decoded beats (:func:`airfoil.packing.beat_layout`), exactly
         :func:`airfoil.packing.expected_beats` of the words.
     error : Out(1)
-        Sticky: a malformed header (reserved tag or a format not among ``tags``, group,
-        reserved bits or sparsity code, an N:M pattern or block skip that does not fit the
+        Sticky: a malformed header (reserved tag or a format not among ``tags``, group
+        code or sparsity code, an N:M pattern or block skip that does not fit the
         lanes or the format, an empty step mask) was skipped, or a scale was negative,
         infinite or NaN (that record's beats carry ``bad``).
     """
