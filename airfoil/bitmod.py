@@ -6,7 +6,8 @@ and the tests.
 
 Values
 ------
-FP values are in units where E2M1 values are doubled, so every value is an integer:
+The formats, their numbering and value tables are entries of :mod:`airfoil.format_registry`
+(:class:`BitModFormat` numbers those with a BitMoD code). FP values are in units where E2M1 values are doubled, so every value is an integer:
 
 * ``int2`` .. ``int8``: two's complement codes of ``bits`` bits. The quantizer is
   symmetric (``-qmax..qmax``); the hardware also accepts the code ``-2**(bits-1)``.

@@ -22,7 +22,7 @@ from airfoil.packing import (TAG_BITS, TAG_BY_NAME, RecordTag, StreamGeometry,
 from compiler.linear import compile_linear
 from compiler.recipe import check_recipe
 from hdl.decode_unit.unpacker import Unpacker
-from hdl.pe.kinds import KINDS, tag_value_bits
+from hdl.pe.kinds import KINDS, kinds_running, tag_value_bits
 from sim.golden import run_golden
 from sim.isa_sim import run_isa
 from sim.tb_decode.amsim import run_amaranth
@@ -65,6 +65,8 @@ def test_enums_and_tables_derive_from_the_registry():
                                           if kind.name in s.tile_pe_kinds)
     assert tag_value_bits("fp4_ea_p") == fr.by_name("fp4_ea_p").value_bits == 6
     assert tag_value_bits("ovp") == 8
+    assert kinds_running("int8") == ("dsp", "bitserial")      # 8-bit values: not lut
+    assert kinds_running("fp3_er_p") == ("dsp", "bitserial", "lut")
 
 
 def test_numbering_is_unchanged():
@@ -114,7 +116,7 @@ def test_spec_encode_decode_quantize(toy):
     # nearest value of w / scale; ties go to the lower value
     w = np.array([[0.0, 0.4, 0.5, 1.5, 4.5, 100.0, -2.5, -4.0, -100.0]])
     assert toy.quantize(w, np.array([1.0])).tolist() == [[0, 0, 0, 1, 2, 7, -3, -5, -5]]
-    assert toy.value_bits == 4
+    assert toy.value_bits == 4 and kinds_running(toy) == ("dsp", "bitserial", "lut")
     int3 = fr.by_name("int3")
     assert int3.quantize(np.array([[3.6, -3.6, 0.5]]), np.array([1.0])).tolist() == \
         [[3, -3, 0]]

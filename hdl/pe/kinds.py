@@ -27,7 +27,8 @@ from airfoil.bitmod import BitModFormat
 from .lut import LutChain
 from .stream_lanes import BitSerialLanes, DspLanes, LaneEngine, LutLanes
 
-__all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "tag_value_bits", "value_bits"]
+__all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "kinds_running", "tag_value_bits",
+           "value_bits"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,15 @@ def pe_kind(name) -> PeKind:
     except KeyError:
         raise ValueError(f"PE kind must be one of {', '.join(PE_KINDS)}, not {name!r}") \
             from None
+
+
+def kinds_running(fmt) -> tuple:
+    """Names of the kinds that compute a format (a name or registry spec): those whose
+    MATRIX unit takes its WGT tiles, and for a streamed format those whose chains take
+    its decoded values (:attr:`PeKind.stream_value_bits`)."""
+    spec = fmt if isinstance(fmt, format_registry.FormatSpec) else format_registry.by_name(fmt)
+    return tuple(k.name for k in KINDS.values() if k.name in spec.tile_pe_kinds or
+                 (spec.streamed and spec.value_bits <= k.stream_value_bits))
 
 
 def value_bits(values) -> int:
