@@ -202,3 +202,22 @@ def test_unknown_format_in_a_config_is_refused():
     base = load_config("test_decode")
     with pytest.raises(ConfigError, match="unknown format 'toy3'"):
         dataclasses.replace(base, weight_formats=base.weight_formats + ("toy3",))
+
+
+def test_folder_of_the_old_stream_layout_is_refused(tmp_path):
+    """Folders written before the 6-bit record tag (format version 1) are refused in one
+    line that says to compile again."""
+    import json
+
+    from airfoil.errors import AirfoilError
+
+    cfg = load_config("test")
+    compile_linear(torch.randn(8, 128), None, cfg, tmp_path / "f", wformat="int4", group=128)
+    path = tmp_path / "f" / "manifest.json"
+    m = json.loads(path.read_text())
+    assert m["format"] == FOLDER_FORMAT == "airfoil-folder/2"
+    m["format"] = "airfoil-folder/1"
+    path.write_text(json.dumps(m))
+    with pytest.raises(AirfoilError, match=r"manifest format 'airfoil-folder/1' is not "
+                                           r"'airfoil-folder/2' \(.*compile it again\)"):
+        load_folder(tmp_path / "f", cfg)
