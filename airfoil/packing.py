@@ -153,7 +153,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import data, enum
+from amaranth.lib import data
 
 from . import bitmod
 from . import format_registry as _registry
