@@ -6,7 +6,8 @@ and the tests.
 
 Values
 ------
-FP values are in units where E2M1 values are doubled, so every value is an integer:
+The formats, their numbering and value tables are entries of :mod:`airfoil.format_registry`
+(:class:`BitModFormat` numbers those with a BitMoD code). FP values are in units where E2M1 values are doubled, so every value is an integer:
 
 * ``int2`` .. ``int8``: two's complement codes of ``bits`` bits. The quantizer is
   symmetric (``-qmax..qmax``); the hardware also accepts the code ``-2**(bits-1)``.
@@ -40,8 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from amaranth.lib import enum
-
+from . import format_registry as _registry
 from .errors import CompileError
 
 __all__ = [
@@ -52,39 +52,22 @@ __all__ = [
 ]
 
 
-class BitModFormat(enum.Enum, shape=4):
-    """Weight formats of the bit-serial PE (a run-time field of its input stream)."""
-    INT2 = 0
-    INT3 = 1
-    INT4 = 2
-    INT6 = 3
-    INT8 = 4
-    FP4_ER_P = 5   #: FP4 + extra value +10
-    FP4_ER_N = 6   #: FP4 + extra value -10
-    FP4_EA_P = 7   #: FP4 + extra value +16
-    FP4_EA_N = 8   #: FP4 + extra value -16
-    FP3_ER_P = 9   #: FP3 + extra value +3
-    FP3_ER_N = 10  #: FP3 + extra value -3
-    FP3_EA_P = 11  #: FP3 + extra value +6
-    FP3_EA_N = 12  #: FP3 + extra value -6
-
+BitModFormat = _registry.make_enum(
+    "BitModFormat", {s.enum_name: s.bitmod_code for s in _registry.bitmod_formats()},
+    _registry.BITMOD_CODE_BITS,
+    """Weight formats of the bit-serial PE (a run-time field of its input stream): the
+    formats of :mod:`airfoil.format_registry` with a BitMoD code.""")
+BitModFormat.__module__ = __name__
 
 FORMAT_NAMES = {f: f.name.lower() for f in BitModFormat}
-INT_FORMATS = (BitModFormat.INT2, BitModFormat.INT3, BitModFormat.INT4, BitModFormat.INT6,
-               BitModFormat.INT8)
-FP4_FORMATS = (BitModFormat.FP4_ER_P, BitModFormat.FP4_ER_N, BitModFormat.FP4_EA_P,
-               BitModFormat.FP4_EA_N)
-FP3_FORMATS = (BitModFormat.FP3_ER_P, BitModFormat.FP3_ER_N, BitModFormat.FP3_EA_P,
-               BitModFormat.FP3_EA_N)
+_SPEC = {f: _registry.by_bitmod_code(f.value) for f in BitModFormat}
+INT_FORMATS = tuple(f for f in BitModFormat if _SPEC[f].kind == "int")
+FP4_FORMATS = tuple(f for f in BitModFormat if _SPEC[f].kind == "codebook"
+                    and _SPEC[f].code_bits == 4)
+FP3_FORMATS = tuple(f for f in BitModFormat if _SPEC[f].kind == "codebook"
+                    and _SPEC[f].code_bits == 3)
 
-_INT_BITS = {BitModFormat.INT2: 2, BitModFormat.INT3: 3, BitModFormat.INT4: 4,
-             BitModFormat.INT6: 6, BitModFormat.INT8: 8}
-_EXTRA = {BitModFormat.FP4_ER_P: 10, BitModFormat.FP4_ER_N: -10,
-          BitModFormat.FP4_EA_P: 16, BitModFormat.FP4_EA_N: -16,
-          BitModFormat.FP3_ER_P: 3, BitModFormat.FP3_ER_N: -3,
-          BitModFormat.FP3_EA_P: 6, BitModFormat.FP3_EA_N: -6}
-_FP4_MAG = (0, 1, 2, 3, 4, 6, 8, 12)
-_FP3_MAG = (0, 1, 2, 4)
+_INT_BITS = {f: _SPEC[f].code_bits for f in INT_FORMATS}
 
 
 def bitmod_format(name) -> BitModFormat:
@@ -105,10 +88,7 @@ def is_int(fmt) -> bool:
 
 def code_bits(fmt) -> int:
     """Width of one weight code in memory."""
-    fmt = bitmod_format(fmt)
-    if fmt in _INT_BITS:
-        return _INT_BITS[fmt]
-    return 4 if fmt in FP4_FORMATS else 3
+    return _SPEC[bitmod_format(fmt)].code_bits
 
 
 def decode(fmt, code: int) -> int:
@@ -117,14 +97,7 @@ def decode(fmt, code: int) -> int:
     n = code_bits(fmt)
     if not 0 <= int(code) < 1 << n:
         raise CompileError(f"code {code} is outside 0..{(1 << n) - 1} for {FORMAT_NAMES[fmt]}")
-    code = int(code)
-    if fmt in _INT_BITS:
-        return code - (1 << n) if code >> (n - 1) else code
-    mags = _FP4_MAG if n == 4 else _FP3_MAG
-    sign, mag = code >> (n - 1), code & ((1 << (n - 1)) - 1)
-    if sign and mag == 0:
-        return _EXTRA[fmt]
-    return -mags[mag] if sign else mags[mag]
+    return _SPEC[fmt].values()[int(code)]
 
 
 def values(fmt) -> tuple[int, ...]:
@@ -231,12 +204,8 @@ def quantize_group(w: torch.Tensor, fmt, floor: float | None = None
     FP16-rounded); each weight takes the nearest value. Return ``(values, scales)``:
     int64 values of ``fmt`` and float16 scales.
     """
-    fmt = bitmod_format(fmt)
-    vals = sorted(set(values(fmt)))
-    if fmt in _INT_BITS:
-        q = (1 << (_INT_BITS[fmt] - 1)) - 1
-        vals = [v for v in vals if -q <= v <= q]
-    grid = torch.tensor(vals, dtype=torch.float64)
+    spec = fmt if isinstance(fmt, _registry.FormatSpec) else _SPEC[bitmod_format(fmt)]
+    grid = torch.tensor(spec.quant_values(), dtype=torch.float64)
     wf = w.detach().to(torch.float64)
     vmax, vmin = float(grid.max()), float(grid.min())
     hi = wf.amax(dim=1).clamp(min=0) / vmax

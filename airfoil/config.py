@@ -19,14 +19,17 @@ import fpga
 
 from hdl.pe import kinds as _pe_kinds
 
+from . import format_registry as _registry
 from .errors import ConfigError
 from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS
 from .yamlfile import read_yaml
 
 __all__ = [
-    "MemoryConfig", "BufferConfig", "DeviceConfig", "LimitsConfig", "AccelConfig", "load_config", "PE_KINDS",
+    "MemoryConfig", "BufferConfig", "DeviceConfig", "LimitsConfig", "AccelConfig",
+    "load_config", "PE_KINDS",
     "TILE_FORMATS_OF_PE",
-    "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
+    "WEIGHT_FORMATS", "STREAM_ONLY_FORMATS", "weight_formats", "stream_only_formats",
+    "SPARSITY_PATTERNS", "GROUP_SIZES", "BUILTIN_CONFIGS",
     "builtin_config_path", "k_split_batches",
 ]
 
@@ -35,18 +38,29 @@ PE_KINDS = _pe_kinds.PE_KINDS
 #: Weight formats of the MATRIX unit's WGT tiles each PE kind computes exactly (every
 #: other format is streamed through the decode unit).
 TILE_FORMATS_OF_PE = {k.name: k.tile_formats for k in _pe_kinds.KINDS.values()}
-#: Weight formats a configuration may enable (later work adds more; the ISA's
-#: :class:`airfoil.isa.WeightFormat` is the authority on encodings).
-WEIGHT_FORMATS = ("int2", "int3", "int4", "int6", "int8",
-                  "fp4_er_p", "fp4_er_n", "fp4_ea_p", "fp4_ea_n",
-                  "fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n")
-#: Formats only the decode unit reads (streamed weights): listing one builds it. The
-#: BitMoD formats (``int6`` and the FP4/FP3 variants of :mod:`airfoil.bitmod`) are
-#: decoded only when listed; INT2/INT3/INT4/INT8 and OVP4 records always are.
-STREAM_ONLY_FORMATS = ("int2", "int3", "int6", "fp4_er_p", "fp4_er_n", "fp4_ea_p",
-                       "fp4_ea_n", "fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n")
-#: Record formats of streamed weights every decode unit reads.
-_BASE_STREAM_FORMATS = ("int2", "int3", "int4", "int8", "ovp")
+def weight_formats() -> tuple:
+    """Weight formats a configuration may enable: the configurable formats of
+    :mod:`airfoil.format_registry` (registered now)."""
+    return tuple(f.name for f in _registry.all_formats() if f.configurable)
+
+
+def stream_only_formats() -> tuple:
+    """Formats only the decode unit reads (streamed weights, no PE kind computes their
+    WGT tiles): listing one builds it. Those not :attr:`~airfoil.format_registry.
+    FormatSpec.always_decoded` (the BitMoD formats ``int6`` and FP4/FP3) are decoded only
+    when listed; INT2/INT3/INT4/INT8 and OVP4 records always are."""
+    return tuple(f.name for f in _registry.all_formats()
+                 if f.configurable and f.streamed and not f.tile_pe_kinds)
+
+
+def _base_stream_formats() -> tuple:
+    """Record formats of streamed weights every decode unit reads."""
+    return tuple(f.name for f in _registry.all_formats() if f.always_decoded and f.streamed)
+
+
+#: :func:`weight_formats` and :func:`stream_only_formats` of the built-in formats.
+WEIGHT_FORMATS = weight_formats()
+STREAM_ONLY_FORMATS = stream_only_formats()
 SPARSITY_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
 GROUP_SIZES = (32, 64, 128)
 
@@ -358,9 +372,9 @@ class AccelConfig:
         if not self.weight_formats:
             raise ConfigError(f"{where}weight_formats must name at least one format")
         for wf in self.weight_formats:
-            if wf not in WEIGHT_FORMATS:
+            if wf not in weight_formats():
                 raise ConfigError(f"{where}weight_formats: unknown format {wf!r} "
-                                  f"(accepted: {', '.join(WEIGHT_FORMATS)})")
+                                  f"(accepted: {', '.join(weight_formats())})")
         kind = _pe_kinds.pe_kind(self.pe)
         wide = [f for f in self.weight_formats
                 if _pe_kinds.tag_value_bits(f) > kind.stream_value_bits]
@@ -479,7 +493,7 @@ class AccelConfig:
         """Whether the core has the decode unit (streamed weights, ``LD WSTREAM`` and
         ``MV STREAM``): built when the config lists a format or a pattern only it reads
         (one of :data:`STREAM_ONLY_FORMATS`, an N:M pattern, ``block``: block-skip records)."""
-        return (any(f in STREAM_ONLY_FORMATS for f in self.weight_formats) or
+        return (any(f in stream_only_formats() for f in self.weight_formats) or
                 any(p != "dense" for p in self.sparsity))
 
     @property
@@ -497,9 +511,10 @@ class AccelConfig:
         if not self.decode_unit:
             return ()
         widest = _pe_kinds.pe_kind(self.pe).stream_value_bits
-        return tuple(f for f in _BASE_STREAM_FORMATS + tuple(
-            f for f in WEIGHT_FORMATS if f in self.weight_formats
-            and f not in _BASE_STREAM_FORMATS) if _pe_kinds.tag_value_bits(f) <= widest)
+        base = _base_stream_formats()
+        return tuple(f for f in base + tuple(
+            f for f in weight_formats() if f in self.weight_formats
+            and f not in base) if _pe_kinds.tag_value_bits(f) <= widest)
 
     @property
     def config_hash(self) -> str:

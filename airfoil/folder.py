@@ -1,8 +1,8 @@
 """The compiler's output folder, read the same way by every backend.
 
-A folder holds ``manifest.json`` (format ``airfoil-folder/1``), ``program.afp`` and
-``weights.bin`` (the data memory image, exactly as the hardware reads it). Each memory
-channel reads and writes its own memory from a base address of its own (the
+A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/2``),
+``program.afp`` and ``weights.bin`` (the data memory image, exactly as the hardware reads
+it). Each memory channel reads and writes its own memory from a base address of its own (the
 ``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
 byte offset per channel, all 0 when absent: every channel sees the whole image) says where
 each channel's memory starts in the image, so an ``LD``/``ST`` on channel ``c`` at
@@ -34,7 +34,9 @@ _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 __all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
            "read_llm_model", "channel_offsets"]
 
-FOLDER_FORMAT = "airfoil-folder/1"
+#: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
+#: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
+FOLDER_FORMAT = "airfoil-folder/2"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
 LLM_KIND = "llm"
 _LLM_KEYS = ("format", "kind", "isa_version", "config", "config_hash", "programs", "image",
@@ -231,7 +233,8 @@ def _check_manifest(m, where) -> None:
     if not isinstance(m, dict):
         raise _fail(where, "manifest.json is not a JSON object")
     if m.get("format") != FOLDER_FORMAT:
-        raise _fail(where, f"manifest format {m.get('format')!r} is not {FOLDER_FORMAT!r}")
+        raise _fail(where, f"manifest format {m.get('format')!r} is not {FOLDER_FORMAT!r} "
+                           f"(a folder of another version: compile it again)")
     for key in ("image", "image_bytes"):
         if key not in m:
             raise _fail(where, f"manifest.json lacks key {key!r}")

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from . import format_registry as _registry
 from .errors import CompileError
 from .isa import OutFormat, WeightFormat
 
@@ -47,10 +48,10 @@ FP16_K_MAX = 5
 REQ_M_BITS = 16
 REQ_S_MAX = 127
 
-FORMAT_BITS = {WeightFormat.INT2: 2, WeightFormat.INT3: 3, WeightFormat.INT4: 4,
-               WeightFormat.INT8: 8}
-FORMAT_BY_NAME = {"int2": WeightFormat.INT2, "int3": WeightFormat.INT3,
-                  "int4": WeightFormat.INT4, "int8": WeightFormat.INT8}
+#: Bits per weight of each WGT-tile format, and the formats by name
+#: (:mod:`airfoil.format_registry`).
+FORMAT_BITS = {WeightFormat[s.enum_name]: s.code_bits for s in _registry.tile_formats()}
+FORMAT_BY_NAME = {s.name: WeightFormat[s.enum_name] for s in _registry.tile_formats()}
 OUT_BITS = {OutFormat.INT8: 8, OutFormat.INT16: 16, OutFormat.INT32: 32}
 
 

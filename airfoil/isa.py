@@ -92,6 +92,7 @@ from __future__ import annotations
 from amaranth.hdl import Shape, signed
 from amaranth.lib import data, enum
 
+from . import format_registry as _formats
 from .errors import ProgramError
 
 __all__ = [
@@ -153,13 +154,13 @@ class Buffer(enum.Enum, shape=3):
     WSTREAM = 5  #: v3, LD only: packed weight stream to the MATRIX unit's decode unit
 
 
-class WeightFormat(enum.Enum, shape=4):
-    """Weight encodings a matrix instruction can name."""
-    INT4 = 0
-    INT8 = 1
-    INT2 = 2
-    INT3 = 3
-    STREAM = 4  #: v3: records of the packed weight stream (LD ``WSTREAM``), mixed formats
+WeightFormat = _formats.make_enum("WeightFormat", {
+    **{s.enum_name: s.isa_code for s in sorted(_formats.tile_formats(), key=lambda s: s.isa_code)},
+    "STREAM": _formats.ISA_STREAM_CODE}, _formats.ISA_CODE_BITS,
+    """Weight encodings a matrix instruction can name: the WGT-tile formats of
+    :mod:`airfoil.format_registry` by their ISA code, and ``STREAM`` (v3: records of the
+    packed weight stream, LD ``WSTREAM``, mixed formats).""")
+WeightFormat.__module__ = __name__
 
 
 class Sparsity(enum.Enum, shape=4):

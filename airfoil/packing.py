@@ -20,10 +20,10 @@ quantization group (``group`` consecutive weights along k) of ``rows`` consecuti
 output rows, where ``rows`` is :attr:`StreamGeometry.rows` (the chains one unpacker
 feeds). Its layout::
 
-    bits 0..3     tag        RecordTag: the weight format of the record (0 = PAD,
-                             15 reserved)
-    bits 4..5     group      0: 32, 1: 64, 2: 128 weights per row
-    bits 6..7     reserved   0
+    bits 0..5     tag        RecordTag: the weight format of the record (0 = PAD; the
+                             tags of :mod:`airfoil.format_registry`, the others
+                             reserved)
+    bits 6..7     group      0: 32, 1: 64, 2: 128 weights per row
     bits 8..11    sparsity   0: dense; N:M code of :data:`NM_PATTERNS` (1: 1:4, 2: 2:4,
                              3: 2:8, 4: 4:16, 5: 8:16); 6: block skip (:data:`BLOCK_CODE`)
     16 * rows     scales     FP16 bit patterns of the rows' group scales, row 0 first
@@ -153,15 +153,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import data, enum
+from amaranth.lib import data
 
 from . import bitmod
+from . import format_registry as _registry
 from .errors import CompileError
 from .formats import fp16_fixed, pack_int, unpack_int
 from .isa import WeightFormat
 
 __all__ = [
-    "RecordTag", "TAG_BITS", "TAG_BY_NAME", "GROUP_CODES", "HEADER_FIXED_BITS",
+    "RecordTag", "TAG_BITS", "TAG_BY_NAME", "GROUP_CODES", "GROUP_SHIFT", "NM_SHIFT",
+    "HEADER_FIXED_BITS", "format_spec",
     "NM_PATTERNS", "NM_BY_NAME", "BLOCK_CODE", "nm_code", "nm_index_bits", "nm_compress",
     "nm_expand",
     "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_K_SHAPE", "StreamGeometry", "Record",
@@ -172,47 +174,42 @@ __all__ = [
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
     "deinterleave",
     "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
-    "STREAM_FORMATS", "DEFAULT_MIXED",
+    "STREAM_FORMATS", "DEFAULT_MIXED", "record_formats", "stream_formats",
     "core_stream_geometry", "quantize_stream", "pack_channels", "unpack_channels",
 ]
 
 
-class RecordTag(enum.Enum, shape=4):
-    """Format of a record in the packed weight stream (bits 0..3 of its header)."""
-    PAD = 0    #: skip to the next word boundary
-    INT2 = 1
-    INT3 = 2
-    INT4 = 3
-    INT8 = 4
-    OVP4 = 5   #: OliVe outlier-victim pairs over 4-bit codes
-    INT6 = 6
-    FP4_ER_P = 7   #: BitMoD FP4 + extra value +10
-    FP4_ER_N = 8   #: BitMoD FP4 + extra value -10
-    FP4_EA_P = 9   #: BitMoD FP4 + extra value +16
-    FP4_EA_N = 10  #: BitMoD FP4 + extra value -16
-    FP3_ER_P = 11  #: BitMoD FP3 + extra value +3
-    FP3_ER_N = 12  #: BitMoD FP3 + extra value -3
-    FP3_EA_P = 13  #: BitMoD FP3 + extra value +6
-    FP3_EA_N = 14  #: BitMoD FP3 + extra value -6
+RecordTag = _registry.make_enum(
+    "RecordTag", {"PAD": _registry.PAD_TAG,
+                  **{f.enum_name: f.tag for f in sorted(_registry.streamed_formats(),
+                                                        key=lambda f: f.tag)}},
+    _registry.TAG_FIELD_BITS,
+    """Format of a record in the packed weight stream (bits 0..5 of its header): ``PAD``
+    and the streamed formats of :mod:`airfoil.format_registry` by their tags.""")
+RecordTag.__module__ = __name__
 
 
-#: Record formats whose codes are BitMoD codes (:mod:`airfoil.bitmod`), by the BitMoD
-#: format of the same name: their code -> value maps are :func:`airfoil.bitmod.values`.
-BITMOD_TAGS = {t: bitmod.bitmod_format(t.name.lower())
-               for t in (RecordTag.INT6, RecordTag.FP4_ER_P, RecordTag.FP4_ER_N,
-                         RecordTag.FP4_EA_P, RecordTag.FP4_EA_N, RecordTag.FP3_ER_P,
-                         RecordTag.FP3_ER_N, RecordTag.FP3_EA_P, RecordTag.FP3_EA_N)}
+def format_spec(tag) -> _registry.FormatSpec:
+    """The :class:`~airfoil.format_registry.FormatSpec` of a record tag (a member, a
+    :class:`~airfoil.format_registry.FormatTag` or an int)."""
+    return _registry.by_tag(tag)
+
+
+#: Record formats whose codes are BitMoD codes (:mod:`airfoil.bitmod`) and that a decode
+#: unit reads only when a configuration lists them, by the BitMoD format of the same name:
+#: their code -> value maps are :func:`airfoil.bitmod.values`.
+BITMOD_TAGS = {RecordTag(f.tag): bitmod.BitModFormat(f.bitmod_code)
+               for f in _registry.streamed_formats()
+               if f.bitmod_code is not None and not f.always_decoded}
 #: Bits per weight of each record format.
-TAG_BITS = {RecordTag.INT2: 2, RecordTag.INT3: 3, RecordTag.INT4: 4, RecordTag.INT8: 8,
-            RecordTag.OVP4: 4, **{t: bitmod.code_bits(f) for t, f in BITMOD_TAGS.items()}}
-TAG_BY_NAME = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
-               "int8": RecordTag.INT8, "ovp": RecordTag.OVP4, "ovp4": RecordTag.OVP4,
-               **{bitmod.FORMAT_NAMES[f]: t for t, f in BITMOD_TAGS.items()}}
-_TAG_OF_WFMT = {WeightFormat.INT2: RecordTag.INT2, WeightFormat.INT3: RecordTag.INT3,
-                WeightFormat.INT4: RecordTag.INT4, WeightFormat.INT8: RecordTag.INT8}
+TAG_BITS = {t: format_spec(t).code_bits for t in RecordTag if t is not RecordTag.PAD}
+TAG_BY_NAME = {n: RecordTag(f.tag) for f in _registry.streamed_formats() for n in f.names}
 #: Group size -> 2-bit code in the record header.
 GROUP_CODES = {32: 0, 64: 1, 128: 2}
-#: Header bits before the scales: tag, group code, reserved, sparsity code.
+#: First bit of the group code and of the sparsity code in a record header.
+GROUP_SHIFT = _registry.TAG_FIELD_BITS
+NM_SHIFT = GROUP_SHIFT + 2
+#: Header bits before the scales: tag, group code, sparsity code.
 HEADER_FIXED_BITS = 12
 #: N:M sparsity code in a record header -> (N, M); code 0 is dense. The numbering is
 #: that of the chain's sparsity modes (``airfoil.sparsity.SparsityMode``).
@@ -233,19 +230,27 @@ SCALE_M_BITS = 11
 SCALE_K_SHAPE = signed(6)
 
 
-def record_tag(fmt) -> RecordTag:
-    """Return the :class:`RecordTag` for a name (``"int4"``, ``"ovp"``), a WeightFormat or a tag."""
-    if isinstance(fmt, RecordTag):
-        if fmt is RecordTag.PAD:
+def record_tag(fmt):
+    """Return the :class:`RecordTag` for a name (``"int4"``, ``"ovp"``), a WeightFormat, a
+    tag or a tag value (a :class:`~airfoil.format_registry.FormatTag` for a format
+    registered at run time)."""
+    if isinstance(fmt, RecordTag) or isinstance(fmt, _registry.FormatTag):
+        if fmt.value == _registry.PAD_TAG:
             raise CompileError("PAD is not a weight format")
         return fmt
     if isinstance(fmt, WeightFormat):
-        return _TAG_OF_WFMT[fmt]
-    try:
-        return TAG_BY_NAME[str(fmt).lower()]
-    except KeyError:
+        return _registry.by_isa_code(fmt).record_tag()
+    if isinstance(fmt, (int, np.integer)):
+        try:
+            return format_spec(int(fmt)).record_tag()
+        except KeyError:
+            raise CompileError(f"record tag {int(fmt)} names no weight format") from None
+    spec = _registry.find_by_name(fmt)
+    if spec is None or not spec.streamed:
+        names = [n for f in _registry.streamed_formats() for n in f.names]
         raise CompileError(f"unknown packed weight format {fmt!r} (accepted: "
-                           f"{', '.join(TAG_BY_NAME)})") from None
+                           f"{', '.join(names)})")
+    return spec.record_tag()
 
 
 def nm_code(sparsity) -> int:
@@ -362,7 +367,7 @@ class StreamGeometry:
         """Lane-vectors in a full beat of ``tag`` (N:M code ``nm``): :attr:`beat_vectors`
         halved while the beat would hold more than two words of stream bits (so a full
         beat holds one to two words, or one lane-vector when that is longer)."""
-        per_vec = self.lanes * (TAG_BITS[RecordTag(tag)] + nm_index_bits(nm))
+        per_vec = self.lanes * (format_spec(tag).code_bits + nm_index_bits(nm))
         v = self.beat_vectors
         while v > 1 and v * per_vec > 2 * self.word_bits:
             v //= 2
@@ -400,7 +405,7 @@ class StreamGeometry:
     def record_bits(self, tag, group: int, nm: int = 0, mask: int | None = None) -> int:
         """Bits of a whole record (header and step mask included); a block-skip record
         without ``mask`` counts all its steps (the most it may take)."""
-        bits = TAG_BITS[tag] if tag in TAG_BITS else TAG_BITS[RecordTag(tag)]
+        bits = format_spec(tag).code_bits
         return (self.header_bits + self.mask_bits(group, nm) +
                 self.record_vectors(group, nm, mask) * self.lanes *
                 (bits + nm_index_bits(nm)))
@@ -503,50 +508,19 @@ def ovp_decode(codes) -> np.ndarray:
 
 
 def bitmod_values(tag) -> np.ndarray:
-    """Values of a BitMoD record format indexed by its unsigned code
-    (:func:`airfoil.bitmod.values`)."""
-    return np.array(bitmod.values(BITMOD_TAGS[RecordTag(tag)]), dtype=np.int64)
-
-
-def _bitmod_encode(tag: RecordTag, v: np.ndarray) -> np.ndarray:
-    vals = bitmod_values(tag)
-    b = TAG_BITS[tag]
-    lut = np.full(256, -1, dtype=np.int64)                 # value + 128 -> unsigned code
-    for c in reversed(range(len(vals))):                    # a value's lowest code wins
-        lut[vals[c] + 128] = c
-    inside = (v >= -128) & (v <= 127)
-    codes = np.where(inside, lut[np.clip(v, -128, 127) + 128], -1)
-    if bool((codes < 0).any()):
-        x = int(v[codes < 0].reshape(-1)[0])
-        raise CompileError(f"weight {x} is not a {tag.name} value (accepted: "
-                           f"{', '.join(map(str, sorted(set(vals.tolist()))))})")
-    return np.where(codes >= 1 << (b - 1), codes - (1 << b), codes)
+    """Values of a codebook record format indexed by its unsigned code
+    (:attr:`airfoil.format_registry.FormatSpec.codebook`, :func:`airfoil.bitmod.values`)."""
+    return np.array(format_spec(tag).values(), dtype=np.int64)
 
 
 def encode_weights(tag, q) -> np.ndarray:
     """Return the signed codes (one per weight) that ``tag`` stores for weights ``q``."""
-    tag = RecordTag(tag)
-    v = np.asarray(q, dtype=np.int64)
-    if tag is RecordTag.OVP4:
-        return ovp_encode(v)
-    if tag in BITMOD_TAGS:
-        return _bitmod_encode(tag, v)
-    bits = TAG_BITS[tag]
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if v.size and (int(v.min()) < lo or int(v.max()) > hi):
-        raise CompileError(f"weight outside the {tag.name} range {lo}..{hi}")
-    return v
+    return format_spec(tag).encode(q)
 
 
 def decode_weights(tag, codes) -> np.ndarray:
     """Inverse of :func:`encode_weights`."""
-    tag = RecordTag(tag)
-    if tag is RecordTag.OVP4:
-        return ovp_decode(codes)
-    if tag in BITMOD_TAGS:
-        mask = (1 << TAG_BITS[tag]) - 1
-        return bitmod_values(tag)[np.asarray(codes, dtype=np.int64) & mask]
-    return np.asarray(codes, dtype=np.int64)
+    return format_spec(tag).decode(codes)
 
 
 # -- records ------------------------------------------------------------------------------
@@ -637,7 +611,8 @@ def _record_bits(geom: StreamGeometry, recs: list, mask: int | None = None) -> n
     array (len(recs), record_bits)."""
     tag, group, nm = recs[0].tag, recs[0].group, recs[0].nm
     n, r, L, F = len(recs), geom.rows, geom.lanes, HEADER_FIXED_BITS
-    head = np.array([tag.value | GROUP_CODES[group] << 4 | nm << 8] * n, dtype=np.int64)
+    head = np.array([tag.value | GROUP_CODES[group] << GROUP_SHIFT | nm << NM_SHIFT] * n,
+                    dtype=np.int64)
     hbits = _field_bits(_u_as_s(head, F), F).reshape(n, F)
     sc = np.stack([rc.scale_bits.astype(np.int64) for rc in recs])
     sbits = _field_bits(_u_as_s(sc, 16), 16).reshape(n, 16 * r)
@@ -649,7 +624,7 @@ def _record_bits(geom: StreamGeometry, recs: list, mask: int | None = None) -> n
     orders = [rc.lane_order(L) for rc in recs]
     w = encode_weights(tag, np.stack([o[0] for o in orders]))
     nvec = geom.record_vectors(group, nm, mask)
-    wbits = _field_bits(w, TAG_BITS[tag]).reshape(n, nvec, -1)
+    wbits = _field_bits(w, format_spec(tag).code_bits).reshape(n, nvec, -1)
     ib = nm_index_bits(nm)
     if ib:
         idx = np.stack([o[1] for o in orders])
@@ -659,12 +634,14 @@ def _record_bits(geom: StreamGeometry, recs: list, mask: int | None = None) -> n
 
 
 def _check_record(geom: StreamGeometry, rc: Record) -> None:
-    if rc.tag not in TAG_BITS:
-        raise CompileError(f"record tag {rc.tag!r} is not a weight format")
+    try:
+        spec = format_spec(rc.tag)
+    except KeyError:
+        raise CompileError(f"record tag {rc.tag!r} is not a weight format") from None
     if rc.nm != 0 and rc.nm not in NM_PATTERNS and rc.nm != BLOCK_CODE:
         raise CompileError(f"record sparsity code {rc.nm!r} is unknown (accepted: 0, "
                            f"{', '.join(map(str, NM_PATTERNS))} and {BLOCK_CODE} (block))")
-    if rc.nm and rc.tag is RecordTag.OVP4:
+    if rc.nm and spec.kind == "ovp":
         raise CompileError("OVP4 records are dense (N:M and block sparsity are for the INT "
                            "and FP formats)")
     geom.check_group(rc.group, rc.nm)
@@ -687,7 +664,7 @@ def _check_record(geom: StreamGeometry, rc: Record) -> None:
                            f"sparsity code {rc.nm}")
     if rc.scale_bits.shape != (geom.rows,):
         raise CompileError(f"record has {rc.scale_bits.size} scales, expected {geom.rows}")
-    if rc.tag is RecordTag.OVP4 and geom.lanes % 2:
+    if spec.kind == "ovp" and geom.lanes % 2:
         raise CompileError("OVP4 needs an even lane count")
 
 
@@ -752,19 +729,21 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
     pos, records = start, []
     while pos < bits.size and (count is None or len(records) < count):
         ph = pos % W
-        tagv = _uint(bits[pos:pos + 4]) if ph <= W - HEADER_FIXED_BITS else 0
-        if tagv == RecordTag.PAD.value:
+        tagv = _uint(bits[pos:pos + GROUP_SHIFT]) if ph <= W - HEADER_FIXED_BITS else 0
+        if tagv == _registry.PAD_TAG:
             pos += W - ph
             continue
-        if tagv not in {t.value for t in TAG_BITS}:
-            raise CompileError(f"bad record tag {tagv} at stream bit {pos}")
-        gcode, rsvd = _uint(bits[pos + 4:pos + 6]), _uint(bits[pos + 6:pos + 8])
-        nm = _uint(bits[pos + 8:pos + 12])
-        if gcode not in codes or rsvd or (nm and nm not in (*NM_PATTERNS, BLOCK_CODE)):
-            raise CompileError(f"bad group/reserved/sparsity code ({gcode}, {rsvd}, {nm}) "
+        try:
+            spec = format_spec(tagv)
+        except KeyError:
+            raise CompileError(f"bad record tag {tagv} at stream bit {pos}") from None
+        gcode = _uint(bits[pos + GROUP_SHIFT:pos + NM_SHIFT])
+        nm = _uint(bits[pos + NM_SHIFT:pos + HEADER_FIXED_BITS])
+        if gcode not in codes or (nm and nm not in (*NM_PATTERNS, BLOCK_CODE)):
+            raise CompileError(f"bad group/sparsity code ({gcode}, {nm}) "
                                f"at stream bit {pos}")
-        tag, group = RecordTag(tagv), codes[gcode]
-        if nm and (tag is RecordTag.OVP4 or nm_kept(group, nm) % geom.lanes):
+        tag, group = spec.record_tag(), codes[gcode]
+        if nm and (spec.kind == "ovp" or nm_kept(group, nm) % geom.lanes):
             raise CompileError(f"sparsity code {nm} is not allowed for {tag.name} group "
                                f"{group} at stream bit {pos}")
         S = geom.mask_bits(group, nm)
@@ -781,7 +760,7 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
                       dtype=np.uint16)
         p += 16 * geom.rows + S
         L, R = geom.lanes, geom.rows
-        b, ib = TAG_BITS[tag], nm_index_bits(nm)
+        b, ib = spec.code_bits, nm_index_bits(nm)
         nvec = geom.record_vectors(group, nm, mask)
         vbits = bits[p:p + nvec * L * (b + ib)].reshape(nvec, L * (b + ib))
         unpack = lambda bb, w: unpack_int(np.packbits(bb.reshape(-1), bitorder="little")
@@ -829,16 +808,18 @@ def expected_beats(geom: StreamGeometry, raw: bytes) -> list:
 
 def beat_value(geom: StreamGeometry, beat: dict) -> int:
     """The payload bits of one beat as an integer (for bit-exact comparison)."""
-    return int(beat_layout(geom).const(beat).as_bits())
+    layout = beat_layout(geom)
+    tag = int(getattr(beat["tag"], "value", beat["tag"]))    # a run-time format's too
+    bits = int(layout.const({**beat, "tag": RecordTag.PAD}).as_bits())
+    return bits | tag << layout["tag"].offset
 
 
 # -- tensors ------------------------------------------------------------------------------
 
 def _tag_grid(tags, batches: int, groups: int) -> np.ndarray:
-    if isinstance(tags, (str, RecordTag, WeightFormat)):
+    if isinstance(tags, (str, RecordTag, WeightFormat, _registry.FormatTag)):
         return np.full((batches, groups), record_tag(tags).value, dtype=np.int64)
-    grid = np.asarray([[record_tag(t).value if not isinstance(t, (int, np.integer))
-                        else record_tag(RecordTag(int(t))).value for t in row]
+    grid = np.asarray([[record_tag(t).value for t in row]
                        for row in np.asarray(tags, dtype=object).reshape(-1, groups)])
     if grid.shape != (batches, groups):
         raise CompileError(f"format grid has shape {grid.shape}, expected "
@@ -874,11 +855,10 @@ def tensor_records(geom: StreamGeometry, q, scales, *, group: int, tags,
     sb = np.full((B * r, G), 0x3C00, dtype=np.uint16)          # padding rows: scale 1.0
     sb[:R] = s.to(torch.float16).contiguous().view(torch.int16).numpy().astype(np.uint16)
     grid = _tag_grid(tags, B, G)
-    tag_of = {t.value: t for t in RecordTag}
     out = []
     for b in range(B):
         rows = qp[b * r:(b + 1) * r]
-        out.append([Record(tag_of[int(grid[b, j])], group,
+        out.append([Record(record_tag(int(grid[b, j])), group,
                            rows[:, j * group:(j + 1) * group], sb[b * r:(b + 1) * r, j], nm)
                     for j in range(G)])
     return out
@@ -983,9 +963,20 @@ def bits_per_weight(image: bytes, weights: int) -> float:
 
 # -- streamed weights of a core, quantization with a per-record format choice --------------
 
-#: Record formats by name (``ovp4`` is also accepted for ``ovp``).
-RECORD_FORMATS = ("int2", "int3", "int4", "int6", "int8", "ovp",
-                  *(bitmod.FORMAT_NAMES[f] for f in bitmod.FP4_FORMATS + bitmod.FP3_FORMATS))
+def record_formats() -> tuple:
+    """Names of the record formats registered now (:mod:`airfoil.format_registry`)."""
+    return tuple(f.name for f in _registry.streamed_formats())
+
+
+def stream_formats() -> tuple:
+    """Weight formats a streamed layer may name now: :func:`record_formats`, ``mixed`` and
+    the presets of :data:`MIXED_PRESETS`."""
+    return record_formats() + ("mixed",) + tuple(MIXED_PRESETS)
+
+
+#: Record formats by name (``ovp4`` is also accepted for ``ovp``): the built-in ones
+#: (:func:`record_formats` includes formats registered at run time).
+RECORD_FORMATS = record_formats()
 #: Named candidate lists of a per-record choice: BitMoD's 4-bit mixture (its four FP4
 #: variants) and its 3-bit one (the four FP3 variants).
 MIXED_PRESETS = {
@@ -994,7 +985,7 @@ MIXED_PRESETS = {
 }
 #: Weight formats a streamed layer may name: one record format, ``mixed`` (a choice per
 #: record among candidates, :func:`quantize_stream`) or a preset of :data:`MIXED_PRESETS`.
-STREAM_FORMATS = RECORD_FORMATS + ("mixed",) + tuple(MIXED_PRESETS)
+STREAM_FORMATS = stream_formats()
 #: Candidate formats of ``mixed`` when none are given: two 4-bit formats, as BitMoD mixes
 #: variants of one width (least squared error always prefers the widest of mixed widths).
 DEFAULT_MIXED = ("int4", "ovp")
@@ -1067,15 +1058,17 @@ def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
     (:func:`airfoil.bitmod.quantize_group`: the group's extremes onto the format's, no
     clipping, nearest value).
     """
-    if tag in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[tag]):
+    spec = format_spec(tag)
+    if spec.kind == "codebook":
         flat = w.reshape(-1, w.shape[-1])
-        q, s16 = bitmod.quantize_group(flat, BITMOD_TAGS[tag], floor)
+        q, s16 = bitmod.quantize_group(flat, spec, floor)
         err = ((flat - bitmod.dequantize(q, s16)) ** 2).sum(dim=-1)
         return q.reshape(w.shape), s16.reshape(w.shape[:-1]), err.reshape(w.shape[:-1])
     amax = w.abs().amax(dim=-1)
-    qm = float((1 << (TAG_BITS[tag] - 1)) - 1)
-    divisors = _OVP_SCALE_DIVISORS if tag is RecordTag.OVP4 else \
-        tuple(qm * c for c in _INT_CLIP) if TAG_BITS[tag] <= 4 else (qm,)
+    ovp = spec.kind == "ovp"
+    qm = float((1 << (spec.code_bits - 1)) - 1)
+    divisors = _OVP_SCALE_DIVISORS if ovp else \
+        tuple(qm * c for c in _INT_CLIP) if spec.code_bits <= 4 else (qm,)
     best = None
     for d in divisors:
         s = amax / d
@@ -1083,8 +1076,7 @@ def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
             s = torch.clamp(s, min=floor)
         s16 = _fp16(s)
         sf = s16.to(torch.float64)
-        q = _quantize_ovp(w, sf) if tag is RecordTag.OVP4 else \
-            _quantize_int(w, sf, TAG_BITS[tag])
+        q = _quantize_ovp(w, sf) if ovp else _quantize_int(w, sf, spec.code_bits)
         err = ((w - q * sf.unsqueeze(-1)) ** 2).sum(dim=-1)
         if best is None:
             best = [q, s16, err]
@@ -1145,14 +1137,15 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
 
     if isinstance(formats, str) and formats.lower() in MIXED_PRESETS:
         formats = MIXED_PRESETS[formats.lower()]
-    cands = [record_tag(f) for f in ([formats] if isinstance(formats, (str, RecordTag))
+    cands = [record_tag(f) for f in ([formats] if isinstance(formats, (
+        str, RecordTag, _registry.FormatTag))
                                      else list(formats))]
     if not cands:
         raise CompileError("quantize_stream needs at least one weight format")
     nm = nm_code(sparsity)
-    if nm and RecordTag.OVP4 in cands:
+    if nm and any(format_spec(t).kind == "ovp" for t in cands):
         raise CompileError(f"OVP4 records are dense; sparsity {sparsity!r} needs the other "
-                           f"formats ({', '.join(f for f in RECORD_FORMATS if f != 'ovp')})")
+                           f"formats ({', '.join(f for f in record_formats() if f != 'ovp')})")
     if group not in GROUP_CODES:
         raise CompileError(f"group size {group} cannot be packed (accepted: "
                            f"{', '.join(map(str, GROUP_CODES))})")

@@ -81,7 +81,7 @@ from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
                          WeightFormat, encode)
 from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
-                             NM_BY_NAME, RECORD_FORMATS, STREAM_FORMATS, TAG_BITS, RecordTag,
+                             NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code, nm_index_bits,
                              pack_channels, quantize_stream, record_tag, step_mask)
 from airfoil.sparsity import prune_blocks, prune_nm
@@ -283,9 +283,9 @@ def check_stream_args(config, wformat, sparsity, mixed_formats, group):
         raise CompileError(f"sparsity {sparsity!r} is not built in config {config.name!r} "
                            f"(accepted: {', '.join(config.sparsity)})")
     name = str(wformat).lower()
-    if name not in STREAM_FORMATS and name != "ovp4":
+    if name not in stream_formats() and name != "ovp4":
         raise CompileError(f"streamed weight format {wformat!r} is not accepted (accepted: "
-                           f"{', '.join(STREAM_FORMATS)})")
+                           f"{', '.join(stream_formats())})")
     if not isinstance(sparsity, str) or sparsity not in NM_BY_NAME:
         raise CompileError(f"sparsity {sparsity!r} is not accepted (accepted: "
                            f"{', '.join(NM_BY_NAME)})")
@@ -302,9 +302,9 @@ def check_stream_args(config, wformat, sparsity, mixed_formats, group):
             raise CompileError(f"mixed formats: the candidate list is empty (accepted: "
                                f"{', '.join(built)})")
         for c in cands:
-            if str(c).lower() not in RECORD_FORMATS and str(c).lower() != "ovp4":
+            if str(c).lower() not in record_formats() and str(c).lower() != "ovp4":
                 raise CompileError(f"mixed formats: {c!r} is not a record format (accepted: "
-                                   f"{', '.join(RECORD_FORMATS)})")
+                                   f"{', '.join(record_formats())})")
         names = [str(c).lower() for c in cands]
     else:
         if mixed_formats is not None:
@@ -315,7 +315,7 @@ def check_stream_args(config, wformat, sparsity, mixed_formats, group):
             raise CompileError(f"streamed weight format {c!r} is not built in config "
                                f"{config.name!r} (accepted: {', '.join(built)})")
     formats = [record_tag(c) for c in names]
-    if nm and RecordTag.OVP4 in formats:
+    if nm and any(format_spec(t).kind == "ovp" for t in formats):
         raise CompileError(f"ovp weights are dense; sparsity {sparsity!r} needs the other "
                            f"formats (a list without ovp)")
     geom = core_stream_geometry(config)
@@ -463,7 +463,7 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     """
     if stream is None:
         name = str(wformat).lower()
-        stream = (name not in config.tile_formats and name in STREAM_FORMATS + ("ovp4",)
+        stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
                   or sparsity != "dense" or mixed_formats is not None)
     if stream:
         return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
@@ -635,7 +635,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
                       req_m=req_m, req_s=req_s, out_bits=out_bits, in_addr=in_addr,
                       out_addr=out_addr, stream=True)
     program = Program(words, config.config_hash_bytes)
-    counts = {RecordTag(int(v)).name.lower(): int(c)
+    counts = {format_spec(int(v)).enum_name.lower(): int(c)
               for v, c in zip(*np.unique(tags, return_counts=True))}
     stream_bytes_total = sum(st["nbytes"] for t in tiles for st in t["streams"])
     manifest = {
@@ -705,7 +705,7 @@ def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
     for b, row in enumerate(tags):
         for v, mask in zip(row, masks[b]):
             kept = geom.record_vectors(group, nm, mask) * geom.lanes
-            out["values"] += kept * TAG_BITS[RecordTag(int(v))]
+            out["values"] += kept * format_spec(int(v)).code_bits
             out["indices"] += kept * nm_index_bits(nm)
             out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
     return out

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from airfoil import format_registry
 from airfoil.errors import CompileError
 from airfoil.yamlfile import read_yaml
 
@@ -29,7 +30,8 @@ __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "llm_default.yaml"
 
-_WFORMATS = {"int4": 4, "int8": 8}
+#: Weight formats of LLM layers (WGT tiles a PE kind computes), with their width in bits.
+_WFORMATS = {f.name: f.code_bits for f in format_registry.tile_formats() if f.tile_pe_kinds}
 _SECTIONS = ("weights", "activations", "kv_cache")
 _RULE_KEYS = ("match", "format", "group")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}

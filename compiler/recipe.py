@@ -1,7 +1,7 @@
 """Quantization recipes: a small YAML file mapped onto the compiler's keyword arguments.
 
-Keys: ``wformat`` (int2, int3, int4, int8; streamed also ovp, int6, the BitMoD FP
-formats, mixed, bitmod4 and bitmod3), ``group``,
+Keys: ``wformat`` (a format of :mod:`airfoil.format_registry`: int2, int3, int4, int8;
+streamed also ovp, int6, the BitMoD FP formats; or mixed, bitmod4 and bitmod3), ``group``,
 ``out_format``, and for streamed weights (ISA version 3) ``stream`` (true: LD WSTREAM +
 MV STREAM instead of WGT tiles), ``sparsity`` (dense, 1:4, 2:4, 2:8, 4:16, 8:16, block),
 ``block_density`` (with ``sparsity: block``, the fraction of each record's k-steps kept)

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from airfoil import isa
+from airfoil import format_registry, isa
 from airfoil.config import AccelConfig
 from airfoil.errors import ProgramError
 from airfoil.formats import FORMAT_BITS, OUT_BITS, pack_tile, qmax, tile_layout
@@ -90,8 +90,10 @@ ILLEGAL_KINDS = ("bad_opcode", "bad_enum", "bad_size", "buffer_range", "reserved
 KINDS = ("legal",) + ILLEGAL_KINDS
 #: Kinds that need the decode unit (``LD WSTREAM``, ``MV`` with ``wfmt = STREAM``).
 STREAM_KINDS = ("starved_stream",)
-#: Record formats of generated weight streams (each with its own integer range).
-_STREAM_FORMATS = ("int2", "int3", "int4", "int8")
+#: Record formats of generated weight streams (each with its own integer range): the
+#: WGT-tile formats, which every decode unit reads.
+_STREAM_FORMATS = tuple(f.name for f in format_registry.tile_formats()
+                        if f.streamed and f.always_decoded)
 #: Buffers LD/ST move (WSTREAM is the weight stream, not a buffer).
 _DATA_BUFFERS = (Buffer.ACT, Buffer.WGT, Buffer.OUT, Buffer.KV, Buffer.AUX)
 #: Buffers the SFU reaches on the core (see :mod:`hdl.core.top`).

@@ -42,9 +42,8 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
     for rc in records:
         if pos % W > W - 12:
             pos += W - pos % W
-        put(rc.tag.value, 4)
+        put(rc.tag.value, 6)
         put({32: 0, 64: 1, 128: 2}[rc.group], 2)
-        put(0, 2)
         put(rc.nm, 4)
         for s in rc.scale_bits:
             put(int(s), 16)

@@ -167,13 +167,14 @@ def test_latency_from_completing_word_to_first_beat():
 # -- error handling ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("header, tags", [
-    (0xF, None), (0x3 | 3 << 4, None), (0x3 | 1 << 6, None), (0x3 | 7 << 8, None),
+    (0xF, None), (0x3 | 3 << 6, None), (0x3F, None), (0x3 | 7 << 8, None),
     (0x5 | 2 << 8, None), (0x5 | BLOCK_CODE << 8, None), (0x3 | BLOCK_CODE << 8, None),
     (0x7, ["int4", "int6", "fp4_er_n"]), (0x6 | 2 << 8, ["int4"])])
 def test_malformed_header_is_skipped_and_flagged(header, tags):
-    """A reserved tag, group code, reserved bit or sparsity code, OVP4 with N:M or block
-    skip, a block record with an empty step mask (the zero bits after the header), or a
-    format the unpacker was not built to decode: its word is dropped and error is set."""
+    """A reserved tag (15; 63, the top of the 6-bit field), group code or sparsity code,
+    OVP4 with N:M or block skip, a block record with an empty step mask (the zero bits
+    after the header), or a format the unpacker was not built to decode: its word is
+    dropped and error is set."""
     g = GEOMS["test"]
     rng = np.random.default_rng(5)
     recs = random_records(g, rng, 4, tags=tags)

@@ -16,8 +16,9 @@ right after the bits it holds) and may remove one *action* from its head:
   beat carries the mask (other records carry all their steps as the mask). The codes of a
   lane-vector are cut out of the buffer once per code width (and index width); INT codes
   are their own values, OVP4 pairs go through the outlier-victim decode and BitMoD FP
-  codes through a constant table per code width built from :func:`airfoil.bitmod.values`
-  (the entries all variants share, and the extra value's code chosen by the tag);
+  codes (any codebook format of :mod:`airfoil.format_registry`) through a constant table
+  per code width built from the registry's codebooks (the entries all formats of a width
+  share, and the others chosen by the tag);
 * a *skip*: a PAD tag, a header position in the last 11 bits of a word, or a malformed
   header (which also sets ``error``) drops the rest of the current word.
 
@@ -39,10 +40,10 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from airfoil import bitmod
-from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, GROUP_CODES, HEADER_FIXED_BITS,
-                             NM_PATTERNS, OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE, SCALE_M_BITS,
-                             TAG_BITS, RecordTag, StreamGeometry, beat_layout, bitmod_values,
+from airfoil import format_registry
+from airfoil.packing import (BLOCK_CODE, GROUP_CODES, GROUP_SHIFT, HEADER_FIXED_BITS,
+                             NM_PATTERNS, NM_SHIFT, OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE,
+                             SCALE_M_BITS, StreamGeometry, beat_layout, format_spec,
                              nm_index_bits, nm_kept, record_tag)
 
 from .fp16 import fp16_fixed_hw
@@ -58,9 +59,9 @@ class Unpacker(wiring.Component):
     geometry : StreamGeometry
         Word width, lanes and rows per record (:class:`airfoil.packing.StreamGeometry`).
     tags : sequence, optional
-        Record formats to decode (:class:`~airfoil.packing.RecordTag` members or names);
-        default: all of :data:`~airfoil.packing.TAG_BITS`. A record of another format is
-        malformed (skipped, ``error``).
+        Record formats to decode (:class:`~airfoil.packing.RecordTag` members, tags or
+        names); default: every streamed format of :mod:`airfoil.format_registry`. A
+        record of another format is malformed (skipped, ``error``).
 
     Members
     -------
@@ -70,8 +71,8 @@ class Unpacker(wiring.Component):
         Decoded beats (:func:`airfoil.packing.beat_layout`), exactly
         :func:`airfoil.packing.expected_beats` of the words.
     error : Out(1)
-        Sticky: a malformed header (reserved tag or a format not among ``tags``, group,
-        reserved bits or sparsity code, an N:M pattern or block skip that does not fit the
+        Sticky: a malformed header (reserved tag or a format not among ``tags``, group
+        code or sparsity code, an N:M pattern or block skip that does not fit the
         lanes or the format, an empty step mask) was skipped, or a scale was negative,
         infinite or NaN (that record's beats carry ``bad``).
     """
@@ -81,11 +82,13 @@ class Unpacker(wiring.Component):
             self._MustUse__silence = True
             raise TypeError(f"geometry must be a StreamGeometry, not {geometry!r}")
         self._geom = geometry
-        chosen = set(TAG_BITS) if tags is None else {record_tag(t) for t in tags}
+        if tags is None:
+            tags = [f.tag for f in format_registry.streamed_formats()]
+        chosen = {record_tag(t).value: record_tag(t) for t in tags}
         if not chosen:
             self._MustUse__silence = True
             raise ValueError("tags must name at least one record format")
-        self._tags = tuple(t for t in TAG_BITS if t in chosen)
+        self._tags = tuple(chosen[v] for v in sorted(chosen))
         super().__init__({
             "words": In(stream.Signature(unsigned(geometry.word_bits))),
             "beats": Out(stream.Signature(beat_layout(geometry))),
@@ -118,7 +121,7 @@ class Unpacker(wiring.Component):
         """Lane-vector layouts ``(tag, index bits)`` the unpacker decodes (OVP4 is dense)."""
         ibs = sorted({0} | {nm_index_bits(c) for c in NM_PATTERNS})
         return [(t, ib) for t in self._tags for ib in ibs
-                if ib == 0 or t is not RecordTag.OVP4]
+                if ib == 0 or format_spec(t).kind != "ovp"]
 
     def _vpb(self, tag, ib) -> int:
         nm = next(c for c in [0] + list(NM_PATTERNS) if nm_index_bits(c) == ib)
@@ -128,7 +131,8 @@ class Unpacker(wiring.Component):
     def beat_bits_max(self) -> int:
         """Most stream bits one full beat of weights holds (header excluded)."""
         L = self._geom.lanes
-        return max(self._vpb(t, ib) * L * (TAG_BITS[t] + ib) for t, ib in self.kinds)
+        return max(self._vpb(t, ib) * L * (format_spec(t).code_bits + ib)
+                   for t, ib in self.kinds)
 
     @property
     def mask_bits_max(self) -> int:
@@ -167,7 +171,7 @@ class Unpacker(wiring.Component):
         in_rec = Signal()
         rem = Signal(range(NV + 1))
         pos = Signal(range(NV))
-        cur_tag = Signal(4)
+        cur_tag = Signal(format_registry.TAG_FIELD_BITS)
         cur_nm = Signal(3)
         cur_m = Signal(data.ArrayLayout(unsigned(SCALE_M_BITS), R))
         cur_k = Signal(data.ArrayLayout(SCALE_K_SHAPE, R))
@@ -176,10 +180,9 @@ class Unpacker(wiring.Component):
         cur_gcode = Signal(2)
 
         # -- header fields at the head of the buffer -----------------------------------
-        hdr_tag = buf[0:4]
-        hdr_gcode = buf[4:6]
-        hdr_rsvd = buf[6:8]
-        hdr_nm = buf[8:12]
+        hdr_tag = buf[0:GROUP_SHIFT]
+        hdr_gcode = buf[GROUP_SHIFT:NM_SHIFT]
+        hdr_nm = buf[NM_SHIFT:HEADER_FIXED_BITS]
         hdr_m = Signal.like(cur_m)
         hdr_k = Signal.like(cur_k)
         hdr_bad = Signal()
@@ -219,18 +222,24 @@ class Unpacker(wiring.Component):
         late = phase > W - HEADER_FIXED_BITS
         # The fixed header bits lie in one word (present once fill != 0); the step mask may
         # lie in the next, so an empty mask is judged once its bits are in.
-        malformed = ~late & (hdr_tag != RecordTag.PAD.value) & (
-            ~tag_ok | ~shape_ok | (hdr_rsvd != 0) | (mask_empty & (fill >= H + hdr_mbits)) |
-            ((hdr_tag == RecordTag.OVP4.value) & (hdr_nm != 0)))
+        ovp_values = [t.value for t in tags if format_spec(t).kind == "ovp"]
+        hdr_ovp = Signal()
+        if ovp_values:
+            with m.Switch(hdr_tag):
+                with m.Case(*ovp_values):
+                    m.d.comb += hdr_ovp.eq(1)
+        malformed = ~late & (hdr_tag != format_registry.PAD_TAG) & (
+            ~tag_ok | ~shape_ok | (mask_empty & (fill >= H + hdr_mbits)) |
+            (hdr_ovp & (hdr_nm != 0)))
         skip = Signal()
         start = Signal()
         m.d.comb += [
-            skip.eq(at_header & (late | (hdr_tag == RecordTag.PAD.value) | malformed)),
+            skip.eq(at_header & (late | (hdr_tag == format_registry.PAD_TAG) | malformed)),
             start.eq(at_header & ~skip),
         ]
 
         # -- the beat at the head --------------------------------------------------------
-        tag = Signal(4)
+        tag = Signal(format_registry.TAG_FIELD_BITS)
         nm = Signal(3)
         m.d.comb += [tag.eq(Mux(in_rec, cur_tag, hdr_tag)),
                      nm.eq(Mux(in_rec, cur_nm, hdr_nm))]
@@ -255,7 +264,7 @@ class Unpacker(wiring.Component):
         with m.Switch(kind):
             for ki, (t, kib) in enumerate(kinds):
                 with m.Case(ki):
-                    m.d.comb += beat_bits.eq(n * (L * (TAG_BITS[t] + kib)))
+                    m.d.comb += beat_bits.eq(n * (L * (format_spec(t).code_bits + kib)))
         need = Signal(range(H + MB + BMAX + 1))
         m.d.comb += need.eq(Mux(in_rec, 0, H + hdr_mbits) + beat_bits)
 
@@ -285,19 +294,20 @@ class Unpacker(wiring.Component):
             mag = mags[c[0:3]]
             return Mux(c[3], -mag, mag)
 
-        # Constant value tables of the BitMoD FP formats (code -> value), by code width:
-        # the codes on which every variant of a width agrees share one table entry, the
-        # others (the extra value's code) are chosen by the tag.
-        fp_tables = {t: [int(v) for v in bitmod_values(t)] for t in tags
-                     if t in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[t])}
+        # Constant value tables of the codebook formats (code -> value, the registry's
+        # codebooks), by code width: the codes on which every format of a width agrees
+        # share one table entry, the others (as the BitMoD variants' extra value's code)
+        # are chosen by the tag.
+        fp_tables = {t: [int(v) for v in format_spec(t).codebook] for t in tags
+                     if format_spec(t).kind == "codebook"}
         fp_widths = {}
         for t in fp_tables:
-            fp_widths.setdefault(TAG_BITS[t], []).append(t)
+            fp_widths.setdefault(format_spec(t).code_bits, []).append(t)
 
         def value(j, t, kib):
-            b = TAG_BITS[t]
+            b = format_spec(t).code_bits
             base = (j // L) * L * (b + kib)
-            if t is RecordTag.OVP4:
+            if format_spec(t).kind == "ovp":
                 p0 = base + (j % L - j % 2) * 4
                 c0, c1 = win[p0:p0 + 4], win[p0 + 4:p0 + 8]
                 if j % 2 == 0:
@@ -309,11 +319,12 @@ class Unpacker(wiring.Component):
         # code extraction; OVP4 is its own layout.
         layouts = {}
         for ki, (t, kib) in enumerate(kinds):
-            key = ("ovp", kib) if t is RecordTag.OVP4 else (TAG_BITS[t], kib)
+            key = ("ovp", kib) if format_spec(t).kind == "ovp" else \
+                (format_spec(t).code_bits, kib)
             layouts.setdefault(key, (t, []))[1].append(ki)
 
         def index(j, t, kib):
-            b = TAG_BITS[t]
+            b = format_spec(t).code_bits
             base = (j // L) * L * (b + kib) + L * b
             return win[base + (j % L) * kib:][:kib]
 

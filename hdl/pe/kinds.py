@@ -21,13 +21,14 @@ from typing import Callable
 
 import numpy as np
 
-from airfoil import bitmod, packing
+from airfoil import bitmod, format_registry, packing
 from airfoil.bitmod import BitModFormat
 
 from .lut import LutChain
 from .stream_lanes import BitSerialLanes, DspLanes, LaneEngine, LutLanes
 
-__all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "tag_value_bits", "value_bits"]
+__all__ = ["PeKind", "KINDS", "PE_KINDS", "pe_kind", "kinds_running", "tag_value_bits",
+           "value_bits"]
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,22 @@ class PeKind:
         return self.lanes.sparse
 
 
+def _tile_formats(kind: str) -> tuple:
+    """WGT-tile formats of a kind: those of :mod:`airfoil.format_registry` naming it."""
+    return tuple(f.name for f in format_registry.tile_formats() if kind in f.tile_pe_kinds)
+
+
 KINDS = {k.name: k for k in (
     # The MATRIX unit's dense chains pack lane pairs like the streamed ones (DenseChains).
     PeKind("dsp", "packed DSP48E2 multipliers: two narrow (<= 4-bit) weights per DSP",
-           ("int4", "int8"), DspLanes.cycles, DspLanes),
+           _tile_formats("dsp"), DspLanes.cycles, DspLanes),
     # BitSerialPE on sign-extended 8-bit operands: radix-4 Booth, INT8's digits.
     PeKind("bitserial", "BitMoD-style bit-serial lanes: shifts and adds, one weight digit "
-           "per cycle", ("int4", "int8"), lambda bits: bitmod.cycles(BitModFormat.INT8),
+           "per cycle", _tile_formats("bitserial"), lambda bits: bitmod.cycles(BitModFormat.INT8),
            BitSerialLanes),
     # LutChain on the low 4 bits: INT4's planes.
     PeKind("lut", "T-MAC table lookup on weight bit-planes (weights up to 4 bits, dense)",
-           ("int4",), lambda bits: LutChain.cycles_per_beat(4), LutLanes),
+           _tile_formats("lut"), lambda bits: LutChain.cycles_per_beat(4), LutLanes),
 )}
 #: Names of the kinds, in registry order.
 PE_KINDS = tuple(KINDS)
@@ -105,6 +111,15 @@ def pe_kind(name) -> PeKind:
             from None
 
 
+def kinds_running(fmt) -> tuple:
+    """Names of the kinds that compute a format (a name or registry spec): those whose
+    MATRIX unit takes its WGT tiles, and for a streamed format those whose chains take
+    its decoded values (:attr:`PeKind.stream_value_bits`)."""
+    spec = fmt if isinstance(fmt, format_registry.FormatSpec) else format_registry.by_name(fmt)
+    return tuple(k.name for k in KINDS.values() if k.name in spec.tile_pe_kinds or
+                 (spec.streamed and spec.value_bits <= k.stream_value_bits))
+
+
 def value_bits(values) -> int:
     """Smallest signed width that holds every value of ``values``."""
     v = np.asarray(values, dtype=np.int64)
@@ -117,9 +132,4 @@ def value_bits(values) -> int:
 
 def tag_value_bits(tag) -> int:
     """Signed width of the decoded weight values of a record format (tag or name)."""
-    tag = packing.record_tag(tag)
-    if tag is packing.RecordTag.OVP4:
-        return value_bits(packing.ovp_values())
-    if tag in packing.BITMOD_TAGS:
-        return value_bits(packing.bitmod_values(tag))
-    return packing.TAG_BITS[tag]
+    return packing.format_spec(packing.record_tag(tag)).value_bits

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from airfoil import bitmod
 from airfoil.packing import (BITMOD_TAGS, BLOCK_CODE, NM_PATTERNS, OVP_MAGNITUDES, TAG_BITS,
-                             Record, RecordTag, StreamGeometry, beat_value, bitmod_values,
-                             expected_beats, nm_kept, pack_records, record_tag)
+                             Record, StreamGeometry, beat_value, bitmod_values,
+                             expected_beats, format_spec, nm_kept, pack_records, record_tag)
 
 __all__ = ["random_weights", "random_nm", "random_blocks", "random_scales", "random_records",
            "stream_words", "make_case", "bitmod_layer"]
 
 
-def random_weights(rng: np.random.Generator, tag: RecordTag, shape) -> np.ndarray:
+def random_weights(rng: np.random.Generator, tag, shape) -> np.ndarray:
     """Random legal weights of ``tag``: the full range, for OVP4 outlier pairs too, for
-    a BitMoD format any of its values (the extra value included)."""
-    tag = RecordTag(tag)
-    if tag in BITMOD_TAGS:
+    a BitMoD or other codebook format any of its values (the extra value included)."""
+    tag = record_tag(tag)
+    spec = format_spec(tag)
+    if tag in BITMOD_TAGS or spec.kind == "codebook":
         return rng.choice(bitmod_values(tag), size=shape)
-    if tag is RecordTag.OVP4:
+    if spec.kind == "ovp":
         q = rng.integers(-7, 8, shape)
         pairs = q.reshape(-1, 2)
         hit = rng.random(pairs.shape[0]) < 0.2
@@ -33,7 +33,7 @@ def random_weights(rng: np.random.Generator, tag: RecordTag, shape) -> np.ndarra
         pairs[hit] = 0
         pairs[hit, side[hit]] = vals[hit]
         return pairs.reshape(shape)
-    b = TAG_BITS[tag]
+    b = spec.code_bits
     return rng.integers(-(1 << (b - 1)), 1 << (b - 1), shape)
 
 
@@ -84,7 +84,7 @@ def random_records(geom: StreamGeometry, rng: np.random.Generator, count: int, *
         tag = tags[int(rng.integers(len(tags)))]
         grp = int(groups[int(rng.integers(len(groups)))])
         nm = int(sparsity[int(rng.integers(len(sparsity)))])
-        if nm and (tag is RecordTag.OVP4 or nm_kept(grp, nm) % geom.lanes):
+        if nm and (format_spec(tag).kind == "ovp" or nm_kept(grp, nm) % geom.lanes):
             nm = 0
         q = random_weights(rng, tag, (geom.rows, grp))
         q = random_blocks(rng, q, geom.lanes) if nm == BLOCK_CODE else random_nm(rng, q, nm)
@@ -134,11 +134,12 @@ def bitmod_layer(rng: np.random.Generator, n: int, k: int, *, group: int, rows: 
             name = formats[int(rng.integers(len(formats)))]
             names[b, j] = name
             tag = record_tag(name)
-            if tag in BITMOD_TAGS and not bitmod.is_int(BITMOD_TAGS[tag]):
+            spec = format_spec(tag)
+            if spec.kind == "codebook":
                 vals = bitmod_values(tag)
                 blk = rng.choice(vals, size=(rows, group)).astype(np.float64)
                 blk[:, 0] = vals.max()
-                blk[:, 1] = vals[1 << (TAG_BITS[tag] - 1)]           # the extra value
+                blk[:, 1] = vals[1 << (spec.code_bits - 1)]         # the extra value
             else:
                 blk = rng.standard_normal((rows, group))
             blk *= np.exp2(rng.integers(-6, -2, (rows, 1)))
