@@ -2,7 +2,7 @@
 
 import pytest
 
-from airfoil.cli import bench_noc
+from sim.measure import noc as bench_noc
 
 pytestmark = pytest.mark.rtl(group="noc")
 

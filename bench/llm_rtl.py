@@ -26,9 +26,9 @@ from types import SimpleNamespace
 
 import torch
 
-from ..config import load_config
-from ..errors import AirfoilError
-from ..folder import load_folder
+from airfoil.config import load_config
+from airfoil.errors import AirfoilError
+from airfoil.folder import load_folder
 
 #: Tokens of the prefill and context of the decode step.
 CONTEXT = 64
@@ -38,8 +38,8 @@ CONFIG = "sim_llm"
 def _compile(out_dir: Path):
     from rich.console import Console
 
-    from .bench_llm import TINY_MODEL
-    from .cmd_compile import compile_llm_from_args
+    from airfoil.cli.cmd_compile import compile_llm_from_args
+    from sim.measure.llm_accuracy import TINY_MODEL
 
     cargs = SimpleNamespace(model=str(TINY_MODEL), config=CONFIG, recipe=None,
                             output=str(out_dir), max_prompt=CONTEXT)
@@ -51,7 +51,7 @@ def measure(out_dir="build/bench_llm_rtl", log=None) -> dict:
     from compiler.tokenizer import corpus_split
     from sim.isa_sim import IsaLLM
 
-    from .backend_rtl import RtlLLM
+    from airfoil.cli.backend_rtl import RtlLLM
 
     out_dir = Path(out_dir)
     config = load_config(CONFIG)

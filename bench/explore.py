@@ -24,13 +24,13 @@ import dataclasses
 import tempfile
 import time
 
-__all__ = ["figures"]
+__all__ = ["FIGURES", "figures"]
 
 
 def _timed_sweep(space, cache_dir):
     from explore.sweep import sweep
 
-    from ..models import model_path
+    from airfoil.models import model_path
 
     t0 = time.monotonic()
     rows = sweep(space, str(model_path(space.model)), cache_dir, workers=2)

@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["figures", "RANDOM_RTL", "PROGRAM_SEEDS", "PROGRAM_BATCH", "CLI_FUZZ"]
+__all__ = ["FIGURES", "figures"]
 
 #: Channel count -> (first seed, cases) of the randomized RTL regression.
 RANDOM_RTL = {1: (300_000, 500), 2: (400_000, 300), 4: (500_000, 200)}
@@ -108,8 +108,8 @@ def _program_fuzz(build: Path, log) -> dict:
     from sim import coverage
     from sim.program_fuzz import fill_programs, fuzz
 
-    from .backend_rtl import emit_core
-    from .bench_mc import mc_config
+    from airfoil.cli.backend_rtl import emit_core
+    from sim.measure.mc import mc_config
     cases, mismatches, seconds = 0, [], 0.0
     kinds, codes = Counter(), Counter()
     seeds, hashes = {}, {}

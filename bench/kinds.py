@@ -36,11 +36,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import AccelConfig
-from .bench_mc import bench_slice, measure_mc
+from airfoil.config import AccelConfig
+from sim.measure.mc import bench_slice, measure_mc
 
-__all__ = ["KIND_NAMES", "FORMATS", "SHAPE", "kind_config", "slice_chains", "chain_stats",
-           "figures"]
+__all__ = ["FIGURES", "figures"]
 
 KIND_NAMES = ("dsp", "bitserial", "lut")
 FORMATS = ("int4", "int2")

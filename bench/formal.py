@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tempfile
 
-__all__ = ["figures"]
+__all__ = ["FIGURES", "figures"]
 
 
 def figures(args, log) -> dict:
