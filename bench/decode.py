@@ -1,25 +1,20 @@
 """Figures of the decode unit's unpacker (``airfoil bench --only decode``).
 
-* ``bits_per_weight_<fmt>``: bytes of the image the real packer emits for a 4096 x 4096
-  tensor (group 128, the U280 board's geometry and 32 channels; scales, headers and
-  padding included) x 8 / 4096**2.
-* ``decode_unpacker_words_per_cycle_<fmt>``: words accepted per cycle by the standalone
-  unpacker in RTL (Verilator), one channel of the U280 board (256-bit words, 32 lanes,
-  2 rows per record) streaming a 64 x 4096 tensor (group 128) with no backpressure: words
-  / cycles from the first accepted word to the last. Raw evidence beside it: ``_cycles``,
-  ``_shape``, ``_config_hash``.
-
-The end-to-end ``decode_weight_port_utilization_<fmt>``, with the memory model's latency
-and the chains consuming the beats, is measured by :mod:`bench.stream`.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``decode``.
 """
 
 from __future__ import annotations
-
 
 from airfoil.config import load_config
 from sim.measure.decode import FORMATS, image_bits_per_weight, unpacker_words_per_cycle
 
 __all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "bits_per_weight_<fmt>": "bits/weight",
+    "decode_unpacker_words_per_cycle_<fmt>": "words/cycle",
+}
 
 
 def figures(args, log) -> dict:

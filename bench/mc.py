@@ -1,32 +1,6 @@
 """Figures of the memory-parallel core: one streamed GEMV over 1, 2, 4 and 8 channels.
 
-Measured in RTL (Verilator + cocotb) on the whole core (:class:`hdl.core.top.Core`), not a
-harness. Each configuration is ``c`` copies of the U280's slice (``u280_slice``: one HBM
-pseudo-channel's 512-bit port at the U280's latency and outstanding limit, its decode unit
-and 4 chains x 32 lanes): ``chains = 4 c``, ``memory.channels = c``, the OUT buffer large
-enough for the whole layer. The slice's decode unit is built with its base formats only
-(INT2/3/4/8 and OVP4: no BitMoD FP formats, dense only, the layer's group): the formats a
-slice decodes change its size, not its timing (the unpacker's latency is the same for every
-format set), and the full 13-format slice at 8 channels takes Verilator longer to build
-than the bench's budget. The program is the compiler's: ``LD ACT``, then for each row
-tile (the planner makes at least :data:`compiler.linear.MIN_TILES`) one ``LD WSTREAM``
-per channel and one ``MV``, and the ``ST`` of the results. The layer is ``4096 x 4096``
-INT4 with group 128 and no bias, compiled by :func:`compiler.linear.compile_linear` (row
-batch ``b`` of 4 rows on channel ``b % c``); each run's result is checked bit-exactly
-against the golden and the ISA simulator before a figure is reported; the memory model
-adds no random stalls.
-
-* ``mc_weight_bandwidth_utilization_<c>ch``: bytes of weight records (headers, FP16
-  scales, values; the manifest's ``stream_bits``, no word padding) / (the cycles from each
-  ``MV``'s start to its release, summed by the core's ``BUSY_MATRIX`` counter, x the
-  config's bytes per cycle per channel,
-  :attr:`airfoil.config.AccelConfig.channel_bytes_per_cycle`, x ``c``). Goal >= 0.95.
-* ``mc_gemv_speedup_<c>ch``: the core's cycle counter for the whole program on 1 channel /
-  on ``c`` channels. Goal >= 0.95 ``c``.
-* ``mc_isa_cycle_model_error``: the largest relative error, over those runs, of the ISA
-  simulator's cycle count against the core's. Goal <= 0.05.
-
-Beside each figure: ``<name>_cycles``, ``<name>_shape`` and ``<name>_config_hash``.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``mc``.
 """
 
 from __future__ import annotations
@@ -34,6 +8,13 @@ from sim.measure.mc import CHANNELS, SHAPE, mc_config, measure_mc
 
 
 __all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "mc_weight_bandwidth_utilization_<c>ch": "fraction",
+    "mc_gemv_speedup_<c>ch": "ratio",
+    "mc_isa_cycle_model_error": "relative error",
+}
 
 
 def figures(args, log) -> dict:

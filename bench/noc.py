@@ -1,24 +1,9 @@
 """NoC figures for ``airfoil bench``, measured in RTL simulation (Verilator via cocotb).
 
-Figures (each with ``_cycles``, ``_shape`` and ``_config_hash`` evidence):
-
-* ``noc_mesh4x4_uniform_saturation``: accepted flits per node per cycle, uniform random
-  unicast traffic, every source always offering (saturation), sinks always ready,
-  4x4 XY mesh; counted over a window after a warm-up.
-* ``noc_xbar16_uniform_saturation``: the same on a 16-port crossbar.
-* ``noc_mesh4x4_zero_load_latency_cycles``: mean cycles from the inject handshake to the
-  eject handshake of single-flit packets sent one at a time between random pairs.
-* ``noc_broadcast_cycles_per_vector``: cycles from the first inject handshake to the last
-  eject handshake while node 0 of the 4x4 mesh broadcasts a 4096-element INT8 vector to
-  all 16 nodes (one chain tile each) as one-flit multicast packets; the ideal is one flit
-  per cycle, ``noc_broadcast_ideal_cycles``.
-
-Flit payload: 256 bits, the U280 configuration's memory word (one HBM port's beat per flit,
-so a channel fills one link at full rate, and 32 INT8 activations per flit).
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``noc``.
 """
 
 from __future__ import annotations
-
 
 import hashlib
 from sim.measure.noc import (PAYLOAD_BITS, broadcast_vector, network_estimate, param_string,
@@ -26,6 +11,22 @@ from sim.measure.noc import (PAYLOAD_BITS, broadcast_vector, network_estimate, p
 
 
 __all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "noc_mesh4x4_uniform_saturation": "flits/(node x cycle)",
+    "noc_xbar16_uniform_saturation": "flits/(node x cycle)",
+    "noc_mesh4x4_zero_load_latency_cycles": "cycles",
+    "noc_broadcast_cycles_per_vector": "cycles",
+    "noc_broadcast_ideal_cycles": "cycles",
+    "noc_<net>_router_lut": "LUTs",
+    "noc_<net>_router_ff": "flip-flops",
+    "noc_<net>_router_lutram": "LUTRAM cells",
+    "noc_<net>_lut": "LUTs",
+    "noc_<net>_ff": "flip-flops",
+    "noc_<net>_lutram": "LUTRAM cells",
+    "noc_<net>_routers": "routers",
+}
 
 
 def _hash(s: str) -> str:

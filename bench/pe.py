@@ -1,18 +1,9 @@
 """``airfoil bench`` figures of the processing elements (bit-serial, LUT, DSP).
 
-Cycles are measured in RTL (Verilator + cocotb, :mod:`sim.tb_pe`): one chain of the
-``test`` configuration's lanes computes ``rows`` dot products of length ``k`` (groups of
-the configuration's largest group size) with no idle input cycle and no backpressure,
-counted from the first beat offered to the last row result taken. LUT counts come from
-Yosys ``synth_xilinx -family xcup`` (:func:`hdl.estimate.component_stats`), with
-``-nodsp`` for the bit-serial and LUT PEs. MACs are dense positions (rows x k).
-
-The LUT PE's table builder is shared by every chain of an engine, so its LUTs are
-charged to one chain as ``builder / chains`` (both counts are in the evidence).
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``pe``.
 """
 
 from __future__ import annotations
-
 
 import dataclasses
 from pathlib import Path
@@ -20,6 +11,21 @@ from pathlib import Path
 from airfoil.bitmod import BitModFormat
 from airfoil.config import load_config
 from sim.measure.pe import ROWS, bitserial_cycles, dsp_cycles, dsp_pe, lut_cycles
+
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "bitserial_int2_over_int4_cycles": "ratio",
+    "bitserial_int8_over_int4_cycles": "ratio",
+    "bitserial_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "lut_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "dsp_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "lut_vs_dsp_macs_per_kilolut": "ratio",
+    "lut_vs_dsp_macs_per_kilolut_nodsp": "ratio",
+    "bitserial_pe_luts_per_mac_lanes32": "LUTs/(MAC/cycle)",
+    "lut_pe_luts_per_mac_lanes32": "LUTs/(MAC/cycle)",
+}
 
 #: Lanes of the wider chain measured as scaling evidence.
 SCALE_LANES = 32

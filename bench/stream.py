@@ -1,34 +1,23 @@
 """Figures of the streamed MV path: decode unit -> sparse chains (``airfoil bench``).
 
-Measured in RTL (Verilator + cocotb) on the streamed-GEMV harness
-(:class:`hdl.core.stream_mv.StreamGemvHarness`) of ``fpga/boards/u280_slice.yaml``: one
-HBM pseudo-channel's 512-bit port at the U280's read latency (64 cycles) and outstanding
-limit (16 bursts), no injected stalls, feeding one unpacker and 4 chains x 32 lanes. The
-shape is one channel's share of a 4096 x 4096 layer (128 rows x 4096, group 128). Every
-run's results are checked bit-exactly against the golden before a figure is reported.
-
-* ``decode_weight_port_utilization_<fmt>`` (int2, int3, int4, int8; dense): cycles in
-  which the weight port delivered a useful (not all-zero padding) word / all cycles of
-  the MV, from the instruction's start to its release (memory latency, pipeline fill and
-  the last batch's requantization included).
-* ``sparse_2of4_streamed_cycle_ratio``: cycles of the INT4 2:4 GEMV / cycles of the dense
-  INT4 GEMV of the same shape; beside it ``sparse_2of4_streamed_bytes_ratio``, the byte
-  size of the 2:4 image (values, N:M indices, scales, headers) / that of the dense image.
-* ``block_skip_streamed_cycle_ratio``: cycles of an INT4 block-skip GEMV keeping half the
-  k-steps of every record (:data:`BLOCK_KEEP`) / cycles of the dense INT4 GEMV of the
-  same shape; beside it ``block_skip_streamed_bytes_ratio`` (step masks included).
-
-Each RTL figure has its raw evidence: ``<name>_cycles``, ``<name>_shape``,
-``<name>_config_hash``.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``stream``.
 """
 
 from __future__ import annotations
-
 
 from airfoil.config import load_config
 from sim.measure.stream import FORMATS, stream_runs
 
 __all__ = ["FIGURES", "figures", "stream_figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "decode_weight_port_utilization_<fmt>": "fraction",
+    "sparse_2of4_streamed_cycle_ratio": "ratio",
+    "sparse_2of4_streamed_bytes_ratio": "ratio",
+    "block_skip_streamed_cycle_ratio": "ratio",
+    "block_skip_streamed_bytes_ratio": "ratio",
+}
 
 
 def stream_figures(cfg, runs: dict) -> dict:
