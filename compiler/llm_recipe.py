@@ -21,13 +21,14 @@ from pathlib import Path
 
 
 from airfoil.errors import CompileError
+from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe"]
 
 #: The recipe shipped with the project.
-LLM_DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "llm_default.yaml"
+LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
 
 _WFORMATS = {"int4": 4, "int8": 8}
 _SECTIONS = ("weights", "activations", "kv_cache")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+
 from airfoil.noc_map import field_slices
+from airfoil.resources import package_path
 
 __all__ = ['PAYLOAD_BITS', 'param_string', 'network_verilog', 'run_rtl', 'saturation', 'zero_load_latency', 'broadcast_vector', 'network_estimate']
 
@@ -14,7 +16,7 @@ __all__ = ['PAYLOAD_BITS', 'param_string', 'network_verilog', 'run_rtl', 'satura
 PAYLOAD_BITS = 256
 
 
-_TB_DIR = Path(__file__).resolve().parents[2] / "sim" / "tb_noc"
+_TB_DIR = package_path("sim.tb_noc")
 
 
 def _network(topology: str, rows: int, cols: int, payload_bits: int, depth: int):

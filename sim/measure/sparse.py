@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from airfoil.resources import package_path
+
 __all__ = ['ALL_PATTERNS', 'BENCH_SHAPE', 'measure']
 
 
@@ -39,7 +41,7 @@ def measure(config, *, rows: int, k: int, group: int, build_dir, seed: int = 1,
     out = Path(build_dir).resolve() / "bench_sparse"
     name = f"sparse_chain_l{cfg.lanes}_int4"      # the regression's build of the same chain
     v, meta = write_verilog(chain, name, out, params=chain.params())
-    tb_dir = Path(__file__).resolve().parents[2] / "sim" / "tb_chain"
+    tb_dir = package_path("sim.tb_chain")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(-128, 128, (k,), generator=gen)
     jobs = []
