@@ -14,7 +14,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fpga
 
 
 from hdl.pe import kinds as _pe_kinds
@@ -22,6 +21,7 @@ from hdl.pe import kinds as _pe_kinds
 from . import format_registry as _registry
 from .errors import ConfigError
 from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS
+from .resources import package_path
 from .yamlfile import read_yaml
 
 __all__ = [
@@ -64,7 +64,7 @@ STREAM_ONLY_FORMATS = stream_only_formats()
 SPARSITY_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
 GROUP_SIZES = (32, 64, 128)
 
-_CONFIG_DIR = Path(fpga.__file__).resolve().parent / "boards"
+_CONFIG_DIR = package_path("fpga", "boards")
 #: Configurations shipped with the project, by name (``fpga/boards/<name>.yaml``).
 BUILTIN_CONFIGS = {p.stem: p for p in sorted(_CONFIG_DIR.glob("*.yaml"))}
 

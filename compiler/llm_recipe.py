@@ -22,13 +22,14 @@ from pathlib import Path
 
 from airfoil import format_registry
 from airfoil.errors import CompileError
+from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe"]
 
 #: The recipe shipped with the project.
-LLM_DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "llm_default.yaml"
+LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
 
 #: Weight formats of LLM layers (WGT tiles a PE kind computes), with their width in bits.
 _WFORMATS = {f.name: f.code_bits for f in format_registry.tile_formats() if f.tile_pe_kinds}

@@ -14,11 +14,12 @@ from pathlib import Path
 
 
 from airfoil.errors import CompileError
+from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
 __all__ = ["RECIPE_KEYS", "DEFAULT_RECIPE", "OUT_FORMATS", "load_recipe", "check_recipe"]
 
-_DIR = Path(__file__).resolve().parent / "recipes"
+_DIR = package_path("compiler", "recipes")
 #: The recipe shipped with the project (``compiler/recipes/linear_default.yaml``).
 DEFAULT_RECIPE = _DIR / "linear_default.yaml"
 #: Output formats a recipe may name, with their width in bits.

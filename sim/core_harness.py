@@ -24,6 +24,7 @@ from pathlib import Path
 
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
+from airfoil.resources import package_path
 
 __all__ = ["TOP", "CORE_INSTANCE", "STALL_PATTERNS", "MEMORY_SOURCES", "BUILD_ARGS",
            "write_harness", "harness_verilog", "wrap_with_memory", "public_vlt",
@@ -39,7 +40,7 @@ STALL_PATTERNS = ("none", "random", "bursts")
 #: Shortest and longest withheld run of the ``bursts`` pattern (cycles); the generator
 #: of ``sim/tb/axi_mem.sv`` has them as its defaults.
 HOLD_CYCLES = (20, 200)
-_TB = Path(__file__).resolve().parent / "tb"
+_TB = package_path("sim.tb")
 #: The harness's memory: the ports in RTL and the bytes in C++.
 MEMORY_SOURCES = (_TB / "axi_mem.sv",)
 #: Verilator arguments of the harness build: the memory's C++ and the export of its

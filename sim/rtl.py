@@ -26,6 +26,7 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 from airfoil.program import HEADER_SIZE
+from airfoil.resources import package_path
 
 from .cocotb_runner import DEFAULT_BUILD_ROOT, run_cocotb
 from .core_harness import BUILD_ARGS, CORE_INSTANCE, STALL_PATTERNS, TOP, stall_settings, \
@@ -38,7 +39,7 @@ __all__ = ["RtlCase", "run_core", "overlap_fraction", "PROG_BASE", "DEFAULT_STAL
 PROG_BASE = 0x1000
 #: Probability that the memory model withholds a ready or valid in a cycle.
 DEFAULT_STALL = 0.25
-_TB_DIR = Path(__file__).resolve().parent / "tb"
+_TB_DIR = package_path("sim.tb")
 
 
 @dataclass

@@ -169,7 +169,7 @@ def test_rtl_sweep(rtl8, fset, sparse, beats, seed):
 @pytest.mark.rtl(group="pe_bitserial_l8")
 def test_bench_cycles_are_the_simulated_cycles():
     """The bench's RTL cycle count equals amaranth.sim's on the same case (INT2, INT4)."""
-    from airfoil.cli.bench_pe import bitserial_cycles
+    from sim.measure.pe import bitserial_cycles
     from airfoil.config import load_config
 
     cfg = load_config("test")

@@ -216,7 +216,7 @@ def test_isa_cycles_match_rtl_large(slow_runs, request, n, k, wf, group):
 @RTL
 def test_bench_figure_is_the_relative_error(tmp_path):
     """The bench code at a small shape: the figure is |isa - rtl| / rtl of that run."""
-    from airfoil.cli.bench_model import measure_model_error
+    from sim.measure.model_error import measure_model_error
     config = load_config("test")
     f = _compile(tmp_path, config, 32, 256, "int4", 64)
     r = measure_model_error(f.path, config, build_dir="build")

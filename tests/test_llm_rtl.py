@@ -58,7 +58,7 @@ def test_gqa_layer_prefill_and_decode_bit_exact_under_stalls(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_eight_tokens_equal_on_three_backends():
-    from airfoil.cli.bench_llm import TINY_MODEL
+    from sim.measure.llm_accuracy import TINY_MODEL
     from compiler.importers.hf import import_hf
     from compiler.tokenizer import load_tokenizer
 

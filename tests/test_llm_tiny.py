@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from airfoil.cli.bench_llm import TINY_MODEL, tiny_accuracy
+from sim.measure.llm_accuracy import TINY_MODEL, tiny_accuracy
 from compiler.importers.hf import import_hf, load_hf_config
 from compiler.passes import llm_pipeline, quantized_model, weight_bytes
 from compiler.tokenizer import load_tokenizer

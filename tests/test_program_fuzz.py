@@ -26,7 +26,7 @@ SLOW_SEEDS = {"test": range(10_000, 11_200), "test_decode": range(20_000, 20_400
 
 
 def _configs():
-    from airfoil.cli.bench_mc import mc_config
+    from sim.measure.mc import mc_config
     return {"test": CFG, "test_decode": DECODE_CFG,
             "test_x2": mc_config(2, CFG, out_rows=1)}         # OUT as large as test's
 

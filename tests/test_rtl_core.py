@@ -224,7 +224,7 @@ def test_csr_id(results):
 
 def test_bench_path_small_shape(config):
     """The bench code at a small shape: figure == work / cycles of that run."""
-    from airfoil.cli.bench_gemv import bandwidth_ceiling, measure_gemv
+    from sim.measure.gemv import bandwidth_ceiling, measure_gemv
     r = measure_gemv(24, 256, "int4", 128, config, build_dir="build")
     assert r["macs"] == 24 * 256
     assert r["macs_per_cycle"] == r["macs"] / r["cycles"]
@@ -252,7 +252,7 @@ def test_larger_layer_under_stalls(core, config, tmp_path, wf, group):
 @pytest.mark.slow
 def test_bench_gemv_meets_target(config):
     """The full bench layer streams at >= 90 % of min(peak, AXI bandwidth ceiling)."""
-    from airfoil.cli.bench_gemv import BENCH_SHAPE, bandwidth_ceiling, measure_gemv
+    from sim.measure.gemv import BENCH_SHAPE, bandwidth_ceiling, measure_gemv
     n, k, wf, g = BENCH_SHAPE
     r = measure_gemv(n, k, wf, g, config, build_dir="build")
     bound = min(config.peak_macs_per_cycle, bandwidth_ceiling(config, wf, g))

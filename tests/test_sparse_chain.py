@@ -320,7 +320,7 @@ def test_chain_rtl_sweep(bits, mode, seed):
 @pytest.mark.rtl(group="sparse_chain_bench")
 def test_bench_figures_match_their_cycles():
     """The bench code at a small shape: each figure is the work over the cycles it ran."""
-    from airfoil.cli.bench_sparse import measure
+    from sim.measure.sparse import measure
     from airfoil.config import load_config
 
     fig = measure(load_config("test"), rows=3, k=256, group=128, build_dir=ROOT / "build",

@@ -19,12 +19,12 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from airfoil import isa
-from airfoil.cli.bench_stream import harness_verilog, stream_figures, stream_runs
 from airfoil.config import load_config
 from airfoil.packing import BITMOD_TAGS, BLOCK_CODE, StreamGeometry, expected_beats, pack_records
 from hdl.build import write_verilog
 from hdl.core.fetch import ENTRY_LAYOUT
 from hdl.core.stream_mv import StepAdapter, StreamGemvHarness, StreamMatrix
+from sim.measure.stream import harness_verilog, stream_runs
 from sim.tb_decode.stimulus import random_records, stream_words
 from sim.tb_stream.rtl import check_results, run_stream_rtl
 from sim.tb_stream.stimulus import StreamCase, make_case
@@ -351,6 +351,8 @@ def test_rtl_config_geometries_bit_exact(config):
 @pytest.mark.slow
 def test_bench_figures_are_work_over_rtl_cycles():
     """The bench code at a small shape: each figure is the run's counts over its cycles."""
+    from bench.stream import stream_figures
+
     cfg = _config("test")
     runs = stream_runs(cfg, rows=2 * cfg.chains, k=512, formats=("int2", "int4"))
     figs = stream_figures(cfg, runs)

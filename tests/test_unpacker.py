@@ -370,7 +370,7 @@ def test_rtl_sweep_wide_geometries(name, tmp_path_factory):
 def test_bench_figures_are_work_over_cycles(rtl_test, tmp_path):
     """The bench code at a small shape: words per cycle is the stream's words over the
     cycles of that run, and bits per weight the packed image's bits over the weights."""
-    from airfoil.cli.bench_decode import image_bits_per_weight, unpacker_words_per_cycle
+    from sim.measure.decode import image_bits_per_weight, unpacker_words_per_cycle
     from airfoil.packing import pack_tensor, tensor_records
     from sim.tb_decode.stimulus import stream_words
 

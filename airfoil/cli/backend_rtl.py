@@ -26,6 +26,7 @@ from airfoil.errors import AirfoilError
 from airfoil.folder import OUT_DTYPES, load_folder
 from airfoil.folder import channel_offsets as folder_channel_offsets
 from airfoil.isa import ErrorCode
+from airfoil.resources import package_path
 from sim.llm_host import LLMHost
 
 __all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS", "RtlLLM", "generate_rtl",
@@ -35,7 +36,7 @@ __all__ = ["TOP", "RAM_MODULE", "emit_core", "run_rtl", "WAIVERS", "RtlLLM", "ge
 TOP = "airfoil_core"
 #: The buffer RAM module (hdl/core/ram.py), written beside the core.
 RAM_MODULE = "airfoil_ram"
-_HDL = Path(__file__).resolve().parents[2] / "hdl"
+_HDL = package_path("hdl")
 #: Verilator lint waivers, copied next to the emitted Verilog.
 WAIVERS = _HDL / "core" / "airfoil_core.vlt"
 
@@ -45,7 +46,7 @@ def _source_digest(config: AccelConfig) -> str:
     for p in sorted(_HDL.rglob("*.py")) + [WAIVERS]:
         h.update(str(p.relative_to(_HDL)).encode() + p.read_bytes())
     for name in ("isa.py", "formats.py", "csr.py", "config.py", "program.py"):
-        h.update((_HDL.parent / "airfoil" / name).read_bytes())
+        h.update(package_path("airfoil", name).read_bytes())
     return h.hexdigest()[:16]
 
 

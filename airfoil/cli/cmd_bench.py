@@ -1,29 +1,13 @@
 """``airfoil bench``: measure the project's figures into bench.json.
 
-Figure producers live in modules ``airfoil/cli/bench_<area>.py``; each defines
-``figures(args, log) -> dict`` (the module's docstring defines its figures) returning a
-flat mapping of named figures together with their raw evidence (``<name>_cycles``,
-``<name>_shape``, ``<name>_config_hash``).
+The producers and the driver are the top-level :mod:`bench` package (one module per
+area); the figures are defined in docs/figures.md. This command parses the arguments,
+runs :func:`bench.run` and prints the figures as a table.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import pkgutil
-import sys
-import time
-from pathlib import Path
-
 from ..errors import AirfoilError
-
-
-def _producers():
-    pkg = sys.modules[__package__]
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith("bench_"):
-            yield info.name[len("bench_"):], importlib.import_module(
-                f"{__package__}.{info.name}")
 
 
 def register(sub):
@@ -39,28 +23,14 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    import bench
+
     console = Console(stderr=True)
-    producers = dict(_producers())
-    unknown = [a for a in args.only if a not in producers]
-    if unknown:
-        raise AirfoilError(f"unknown bench area {unknown[0]!r} (accepted: "
-                           f"{', '.join(producers)})")
-    out = Path(args.output)
-    results: dict = {}
-    if out.is_file() and args.only:
-        results = json.loads(out.read_text())
-    for name, mod in producers.items():
-        if args.only and name not in args.only:
-            continue
-        t0 = time.monotonic()
-        console.log(f"bench {name} ...")
-        results.update(mod.figures(args, console.log))
-        console.log(f"bench {name} done in {time.monotonic() - t0:.0f} s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out)
-    table = Table(title=f"figures ({out})")
+    try:
+        results = bench.run(args, console.log)
+    except bench.UnknownArea as e:
+        raise AirfoilError(str(e)) from None
+    table = Table(title=f"figures ({args.output})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for k, v in sorted(results.items()):

@@ -28,7 +28,7 @@ def run(args) -> int:
         print(f"  channel {c:2d} at node {plan.channel_node[c]:2d} feeds chains "
               f"{', '.join(map(str, chains))}")
     if args.estimate:
-        from .bench_noc import network_estimate
+        from sim.measure.noc import network_estimate
         est = network_estimate(plan)
         r = est["router"]
         print(f"one router ({est['router_kind']}): {r['lut']} LUT, {r['lutram']} LUTRAM "

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from airfoil.resources import package_path
+
 __all__ = ["BUILTIN_MODELS", "model_path"]
 
-_DIR = Path(__file__).resolve().parent
+_DIR = package_path("airfoil.models")
 #: Shipped models by name (folders with a ``config.json``).
 BUILTIN_MODELS = {p.name: p for p in sorted(_DIR.iterdir()) if (p / "config.json").is_file()}
 

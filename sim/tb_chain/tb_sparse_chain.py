@@ -1,4 +1,5 @@
-"""cocotb testbench of the sparse DSP chain (driver, monitor, scoreboard in one cycle loop).
+"""cocotb testbench of the sparse DSP chain (the stream source, sink and scoreboard of
+:mod:`sim.stream_tb`).
 
 The job file named by ``$CHAIN_JOB`` (written by the test or the bench with
 :func:`sim.tb_chain.model.build_job`) holds the path of the chain's metadata JSON (port
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
+from sim.stream_tb import Cycles, Scoreboard, StreamSink, StreamSource, random_pauses
 from sim.tb_chain.ports import pack_beat, unpack_psum
 
 
@@ -39,75 +41,57 @@ async def run_job(dut):
     ofields = meta["params"]["operand_fields"]
     pfields = meta["params"]["psum_fields"]
     rng = random.Random(cocotb.RANDOM_SEED)
-    p_idle, p_stall = job["p_idle"], job["p_stall"]
     clk, rst = dut.clk, dut.rst
-    i_valid, i_ready, i_payload = (_port(dut, meta, ["i", n]) for n in
-                                   ("valid", "ready", "payload"))
-    o_valid, o_ready, o_payload = (_port(dut, meta, ["o", n]) for n in
-                                   ("valid", "ready", "payload"))
+    i_port = [_port(dut, meta, ["i", n]) for n in ("valid", "ready", "payload")]
+    o_port = [_port(dut, meta, ["o", n]) for n in ("valid", "ready", "payload")]
 
     cocotb.start_soon(Clock(clk, 10, unit="ns").start())
-    i_valid.value = 0
-    o_ready.value = 0
+    i_port[0].value = 0
+    o_port[1].value = 0
     rst.value = 1
     for _ in range(3):
         await RisingEdge(clk)
     rst.value = 0
+    cycles = Cycles(clk).start()
+    # One draw stream for both patterns, as the chain's regression seeds expect.
+    source = StreamSource(cycles, *i_port, pauses=random_pauses(rng, job["p_idle"]))
+    sink = StreamSink(cycles, *o_port, backpressure=random_pauses(rng, job["p_stall"]))
 
     results = []
     for one in job["jobs"]:
-        results.append(await _run_one(one, ofields, pfields, rng, p_idle, p_stall, clk,
-                                      (i_valid, i_ready, i_payload),
-                                      (o_valid, o_ready, o_payload)))
+        results.append(await _run_one(one, ofields, pfields, source, sink))
     errors = [f"job {r['name']}: {r['error']}" for r in results if r["error"]]
     Path(os.environ["AIRFOIL_RESULT"]).write_text(json.dumps(
         {"jobs": results, "error": errors[0] if errors else None}))
     assert not errors, errors[0]
 
 
-async def _run_one(one, ofields, pfields, rng, p_idle, p_stall, clk, i_port, o_port):
-    i_valid, i_ready, i_payload = i_port
-    o_valid, o_ready, o_payload = o_port
+async def _run_one(one, ofields, pfields, source, sink):
+    """Run one job's beats through the chain; check its psum beats in order."""
     beats = [pack_beat(ofields, b) for b in one["beats"]]
     expected = [(list(p), last) for p, last in one["expected"]]
-    sent, received, mismatches, first_error = 0, 0, 0, None
-    pending = False
-    cycle, first_in, last_in, last_out = 0, None, None, None
+    width = len(expected[0][0]) if expected else 0
+    board = Scoreboard(expected)
+    out_cycles = []
+
+    def on_psum(value, cycle):
+        got = unpack_psum(pfields, value)
+        board.receive((got["psum"][:width], got["last"]))
+        out_cycles.append(cycle)
+
     limit = 50 * (len(beats) + len(expected)) + 1000
-    while received < len(expected) and cycle < limit:
-        await RisingEdge(clk)
-        cycle += 1
-        if not pending and sent < len(beats) and rng.random() >= p_idle:
-            i_payload.value = beats[sent]
-            pending = True
-        i_valid.value = int(pending)
-        ready = rng.random() >= p_stall
-        o_ready.value = int(ready)
-        await ReadOnly()
-        if pending and int(i_ready.value):
-            if first_in is None:
-                first_in = cycle
-            last_in = cycle
-            sent += 1
-            pending = False
-        if ready and int(o_valid.value):
-            got = unpack_psum(pfields, o_payload.value.to_unsigned())
-            exp_p, exp_last = expected[received] if received < len(expected) else ([], -1)
-            g = (got["psum"][:len(exp_p)], got["last"])
-            if g != (exp_p, exp_last):
-                mismatches += 1
-                if first_error is None:
-                    first_error = f"psum beat {received}: got {g}, expected {(exp_p, exp_last)}"
-            received += 1
-            last_out = cycle
-    await RisingEdge(clk)
-    i_valid.value = 0
-    o_ready.value = 0
-    if first_error is None and received != len(expected):
-        first_error = f"timeout after {cycle} cycles: {received} of {len(expected)} psum beats"
+    source.taken = []
+    sending = cocotb.start_soon(source.send(beats, limit=limit))
+    received = await sink.take(len(expected), on_psum, limit=limit)
+    sent = await sending
+    report = board.report()
+    first_error = report["errors"][0] if report["errors"] else None
     if first_error is None and sent != len(beats):
         first_error = f"only {sent} of {len(beats)} operand beats taken"
-    return {"name": one.get("name", ""), "received": received, "mismatches": mismatches,
+    first_in, last_in = (source.taken[0], source.taken[-1]) if source.taken else (None, None)
+    last_out = out_cycles[-1] if out_cycles else None
+    return {"name": one.get("name", ""), "received": received,
+            "mismatches": report["mismatches"], "lost": report["lost"],
             "sent": sent, "beats": len(beats),
             "cycles": (last_out - first_in + 1) if last_out and first_in else None,
             "in_cycles": (last_in - first_in + 1) if last_in and first_in else None,

@@ -9,12 +9,16 @@ valid and ready are both high, so the engine sees every transfer without reading
 The driver offers the input items in order, holding an offered item until it is taken
 (AXI-style), and leaves a cycle idle with probability ``idle`` when nothing is pending.
 The monitor stalls the output with probability ``stall`` and checks every output item,
-bit for bit, against the expected list: nothing lost, duplicated, reordered or changed.
+bit for bit, against the expected list (a :class:`sim.stream_tb.Scoreboard`): nothing
+lost, duplicated, reordered or changed. The idle and stall draws are the pause patterns
+of :mod:`sim.stream_tb`.
 """
 
 from __future__ import annotations
 
 import random
+
+from sim.stream_tb import Scoreboard, random_pauses
 
 __all__ = ["StreamEngine"]
 
@@ -43,27 +47,30 @@ class StreamEngine:
     def __init__(self, items, expected, *, seed: int = 0, idle: float = 0.0,
                  stall: float = 0.0, max_cycles: int = 1_000_000, out_mask=None,
                  drain: int = 8):
-        for name, p in (("idle", idle), ("stall", stall)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} probability must be in 0..1, not {p!r}")
         self.items = [int(x) for x in items]
         self.expected = [int(x) for x in expected]
-        self.rng = random.Random(seed)
-        self.idle, self.stall = idle, stall
+        rng = random.Random(seed)
+        # One draw stream: the idle draws and the stall draws interleave as the cycles go.
+        self.pauses, self.stalls = random_pauses(rng, idle), random_pauses(rng, stall)
         self.max_cycles = max_cycles
-        self.mask = out_mask
+        same = None if out_mask is None else (lambda g, w: (g ^ w) & out_mask == 0)
+        self.board = Scoreboard(self.expected, same=same, show=hex)
         self.cycle = 0
         self.sent = 0
-        self.received = 0
         self.offer = False
         self.drain, self.drained = drain, 0
         self.accept_cycles: list[int] = []
         self.out_cycles: list[int] = []
         self.errors: list[str] = []
 
+    @property
+    def received(self) -> int:
+        """Output items taken so far."""
+        return self.board.received
+
     def _done(self) -> bool:
         return (self.sent == len(self.items) and self.received >= len(self.expected)) or \
-            bool(self.errors) or self.cycle >= self.max_cycles
+            bool(self.errors or self.board.errors) or self.cycle >= self.max_cycles
 
     def step(self, in_ready: int, out_valid: int, out_data: int):
         """Run one cycle; return ``(in_valid, in_data, out_ready)`` or ``None`` at the end.
@@ -74,11 +81,11 @@ class StreamEngine:
         ready for ``drain`` more cycles and fails on any further output.
         """
         if self._done():
-            if self.cycle >= self.max_cycles and not self.errors:
+            if self.cycle >= self.max_cycles and not (self.errors or self.board.errors):
                 self.errors.append(f"timeout after {self.cycle} cycles: {self.sent}/"
                                    f"{len(self.items)} items in, {self.received}/"
                                    f"{len(self.expected)} out")
-            if self.errors or self.drained >= self.drain:
+            if self.errors or self.board.errors or self.drained >= self.drain:
                 return None
             self.drained += 1
             if out_valid:
@@ -86,8 +93,8 @@ class StreamEngine:
             self.cycle += 1
             return 0, 0, 1
         if not self.offer and self.sent < len(self.items):
-            self.offer = not (self.idle and self.rng.random() < self.idle)
-        out_ready = 0 if (self.stall and self.rng.random() < self.stall) else 1
+            self.offer = not next(self.pauses)
+        out_ready = 0 if next(self.stalls) else 1
         valid = int(self.offer)
         data = self.items[self.sent] if self.offer else 0
         if self.offer and in_ready:
@@ -100,20 +107,8 @@ class StreamEngine:
         return valid, data, out_ready
 
     def _check(self, data: int) -> None:
-        j = self.received
-        self.received += 1
         self.out_cycles.append(self.cycle)
-        if j >= len(self.expected):
-            self.errors.append(f"extra output #{j}: {data:#x}")
-            return
-        want = self.expected[j]
-        if self.mask is not None:
-            data, want = data & self.mask, want & self.mask
-        if data != want:
-            diff = data ^ want
-            self.errors.append(f"output #{j} differs (first differing bit "
-                               f"{(diff & -diff).bit_length() - 1}): got {data:#x}, "
-                               f"expected {want:#x}")
+        self.board.receive(data)
 
     def result(self) -> dict:
         """Counters of the run: transfers, the cycles they happened in, errors."""
@@ -128,5 +123,7 @@ class StreamEngine:
             "accept_span": span,
             "first_out": self.out_cycles[0] if self.out_cycles else None,
             "in_per_cycle": self.sent / span if span else 0.0,
-            "errors": self.errors,
+            "errors": self.board.errors + self.errors,
+            **{k: v for k, v in self.board.report().items()
+               if k in ("lost", "corrupt", "duplicate", "reordered", "extra")},
         }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from airfoil.resources import package_path
 from sim.cocotb_runner import run_cocotb
 
 __all__ = ["run_unpacker_rtl", "TB_DIR"]
 
-TB_DIR = Path(__file__).resolve().parent
+TB_DIR = package_path("sim.tb_decode")
 
 
 def run_unpacker_rtl(verilog, meta_json, words: list, expected: list, *, seed: int,

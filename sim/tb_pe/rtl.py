@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from airfoil.resources import package_path
 from sim.cocotb_runner import run_cocotb
 
 from .stimulus import pack
 
 __all__ = ["run_stream_case"]
 
-TB_DIR = Path(__file__).resolve().parent
+TB_DIR = package_path("sim.tb_pe")
 
 
 def run_stream_case(verilog, meta_json, beats: list, expected: list, *, seed: int,

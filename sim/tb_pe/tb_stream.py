@@ -1,4 +1,5 @@
-"""cocotb testbench for a PE with one input and one output stream (driver, monitor, scoreboard).
+"""cocotb testbench for a PE with one input and one output stream (the stream source, sink
+and scoreboard of :mod:`sim.stream_tb`).
 
 The case comes from the JSON file named by ``$AIRFOIL_CASE``: ``words`` (packed input
 beats), ``expected`` (row results), ``out_width`` (bits of the result payload), ``idle``
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
+
+from sim.stream_tb import Cycles, Scoreboard, StreamSink, StreamSource, random_pauses
 
 
 def _ports(meta: dict) -> dict:
@@ -35,13 +38,11 @@ async def stream_case(dut):
     """Drive the case's beats with idle cycles, take results under backpressure, compare."""
     case = json.loads(Path(os.environ["AIRFOIL_CASE"]).read_text())
     meta = json.loads(Path(os.environ["AIRFOIL_META"]).read_text())
-    p = _ports(meta)
-    sig = {k: getattr(dut, v) for k, v in p.items()}
+    sig = {k: getattr(dut, v) for k, v in _ports(meta).items()}
     clk, rst = getattr(dut, meta["clock"]), getattr(dut, meta["reset"])
     rng = random.Random(case["seed"])
     words, expected = [int(w) for w in case["words"]], [int(e) for e in case["expected"]]
     width = int(case["out_width"])
-    idle, stall = float(case["idle"]), float(case["stall"])
     Clock(clk, 10, unit="ns").start()
     sig["i__valid"].value = 0
     sig["o__ready"].value = 0
@@ -51,43 +52,27 @@ async def stream_case(dut):
     rst.value = 0
     await RisingEdge(clk)
 
+    cycles = Cycles(clk).start()
+    source = StreamSource(cycles, sig["i__valid"], sig["i__ready"], sig["i__payload"],
+                          pauses=random_pauses(rng, float(case["idle"])))
+    sink = StreamSink(cycles, sig["o__valid"], sig["o__ready"], sig["o__payload"],
+                      backpressure=random_pauses(rng, float(case["stall"])))
+    board = Scoreboard(expected)
     outputs: list[int] = []
-    cycle = {"n": 0, "start": None}
+    last = []
+
+    def on_result(value, cycle):
+        v = value & ((1 << width) - 1)
+        outputs.append(v - (1 << width) if v >> (width - 1) else v)
+        board.receive(outputs[-1])
+        last.append(cycle)
+
     limit = 50 * len(words) + 64 * len(expected) + 1000
-
-    async def driver():
-        for w in words:
-            while rng.random() < idle:
-                await RisingEdge(clk)
-            sig["i__payload"].value = w
-            sig["i__valid"].value = 1
-            if cycle["start"] is None:
-                cycle["start"] = cycle["n"]
-            while True:
-                await ReadOnly()
-                taken = bool(sig["i__ready"].value)
-                await RisingEdge(clk)
-                if taken:
-                    break
-            sig["i__valid"].value = 0
-
-    cocotb.start_soon(driver())
-    result = {"outputs": outputs, "cycles": None, "error": None}
-    while len(outputs) < len(expected) and cycle["n"] < limit:
-        ready = rng.random() >= stall
-        sig["o__ready"].value = int(ready)
-        await ReadOnly()
-        if ready and bool(sig["o__valid"].value):
-            v = int(sig["o__payload"].value) & ((1 << width) - 1)
-            outputs.append(v - (1 << width) if v >> (width - 1) else v)
-        await RisingEdge(clk)
-        cycle["n"] += 1
-    result["cycles"] = cycle["n"] - (cycle["start"] or 0)
-    if outputs != expected:
-        bad = next((i for i, (a, b) in enumerate(zip(outputs, expected)) if a != b),
-                   len(outputs))
-        result["error"] = (f"result {bad}: got {outputs[bad] if bad < len(outputs) else None}"
-                           f", expected {expected[bad]} ({len(outputs)} of "
-                           f"{len(expected)} results)")
+    cocotb.start_soon(source.send(words, limit=limit))
+    await sink.take(len(expected), on_result, limit=limit)
+    report = board.report()
+    result = {"outputs": outputs, "error": report["errors"][0] if report["errors"] else None,
+              # first beat offered to last result taken, both cycles counted
+              "cycles": last[-1] - source.first_offered + 1 if last else None}
     Path(os.environ["AIRFOIL_RESULT"]).write_text(json.dumps(result))
     assert result["error"] is None, result["error"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from airfoil.resources import package_path
 from sim.cocotb_runner import DEFAULT_BUILD_ROOT, RtlFailure, run_cocotb
 from sim.core_harness import BUILD_ARGS, MEMORY_SOURCES, public_vlt, stall_settings, \
     wrap_with_memory, write_if_changed
@@ -22,7 +23,7 @@ from .stimulus import encode_instr
 
 __all__ = ["run_stream_rtl", "check_results", "TB_DIR"]
 
-TB_DIR = Path(__file__).resolve().parent
+TB_DIR = package_path("sim.tb_stream")
 _ALIGN = 4096
 #: Module name of the harness with its memory ports (``sim/tb/axi_mem.sv``).
 TOP = "stream_gemv_tb"

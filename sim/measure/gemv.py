@@ -1,27 +1,20 @@
-"""Bench figures of the RTL core: a streamed INT4 GEMV on the ``test`` configuration.
-
-``gemv_macs_per_cycle`` is measured in RTL: a ``1024 x 1024`` INT4 g128 layer compiled by
-:func:`compiler.linear.compile_linear` runs on the Verilator model with the weights
-streamed over AXI from the memory model (config read latency and outstanding reads, no
-random stalls), and the figure is ``N * K`` divided by the core's cycle counter. Beside it:
-the peak ``chains x lanes`` and the bandwidth ceiling, the MACs per cycle one AXI port can
-feed (``word_bits`` over the bits moved per MAC, group scales included).
-"""
+"""Measurements behind the ``gemv`` bench figures (see docs/figures.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
 import torch
-
-from airfoil.config import AccelConfig, load_config
+from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 from airfoil.formats import FORMAT_BITS, weight_format
 
-__all__ = ["figures", "measure_gemv", "bandwidth_ceiling", "BENCH_SHAPE"]
+__all__ = ['BENCH_SHAPE', 'bandwidth_ceiling', 'measure_gemv']
+
 
 #: (N, K, weight format, group) of the bench layer.
 BENCH_SHAPE = (1024, 1024, "int4", 128)
+
+
 _SCALE_BITS = 16
 
 
@@ -41,7 +34,7 @@ def measure_gemv(n: int, k: int, wformat: str, group: int, config: AccelConfig, 
     from compiler.linear import compile_linear
     from sim.golden import run_golden
 
-    from .backend_rtl import run_rtl
+    from airfoil.cli.backend_rtl import run_rtl
 
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen)
@@ -60,19 +53,3 @@ def measure_gemv(n: int, k: int, wformat: str, group: int, config: AccelConfig, 
     macs = n * k
     return {"macs": macs, "cycles": stats["cycles"],
             "macs_per_cycle": macs / stats["cycles"], "stats": stats}
-
-
-def figures(args, log) -> dict:
-    """The GEMV figures for ``airfoil bench``."""
-    config = load_config("test")
-    n, k, wf, g = BENCH_SHAPE
-    build_dir = getattr(args, "build_dir", "build")
-    r = measure_gemv(n, k, wf, g, config, build_dir=build_dir, log=log)
-    return {
-        "gemv_macs_per_cycle": r["macs_per_cycle"],
-        "gemv_macs_per_cycle_cycles": r["cycles"],
-        "gemv_macs_per_cycle_shape": [n, k],
-        "gemv_macs_per_cycle_config_hash": config.config_hash,
-        "gemv_peak_macs_per_cycle": config.peak_macs_per_cycle,
-        "gemv_bandwidth_ceiling_macs_per_cycle": bandwidth_ceiling(config, wf, g),
-    }

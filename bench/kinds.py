@@ -1,34 +1,7 @@
 """Figures of the PE kinds in the core: one streamed GEMV on the ``dsp``, ``bitserial`` and
 ``lut`` kinds, in INT4 and INT2.
 
-Measured in RTL (Verilator + cocotb) on the whole core (:class:`hdl.core.top.Core`). The
-configuration is the U280's slice (``u280_slice``: one HBM pseudo-channel's 512-bit port at
-the U280's latency and outstanding limit, its decode unit, 4 chains x 32 lanes) with the
-decode unit's base formats (INT2/3/4/8 and OVP4; the ``lut`` kind leaves out INT8 and
-OVP4, whose values are wider than its 4 bit-planes), dense, group 128, and ``pe`` set to
-each kind. The layer is :data:`SHAPE` (``1024 x 4096``, no bias), compiled by
-:func:`compiler.linear.compile_linear` to streamed records; INT2 reaches the core only
-streamed. Every run is checked bit-exactly against the golden and the ISA simulator
-before a figure is reported; the memory model adds no random stalls.
-
-* ``core_<kind>_gemv_cycles_<fmt>`` (kind dsp, bitserial, lut; fmt int4, int2): the core's
-  cycle counter for the whole program (``LD ACT``, the ``LD WSTREAM``/``MV`` pairs, ``ST``).
-  Beside it ``_busy_matrix`` (cycles the MATRIX unit was busy), ``_isa_cycles`` (the ISA
-  simulator's count: its cycle model reads the kind's cycles per step), ``_shape`` and
-  ``_config_hash``.
-* ``core_dsp_int4_macs_per_dsp_cycle``: the INT4 GEMV's MACs (``rows x k``) / (the MATRIX
-  unit's busy cycles x the DSP48E2 slices Yosys maps in the core's streamed chains: one
-  slice's chains synthesized with ``synth_xilinx -family xcup``, times the slices).
-  Goal >= 1.9 (two INT4 MACs per DSP per cycle, less the records' headers and scales,
-  which take stream cycles too, and the fill).
-* ``core_<kind>_dsp_per_mac``, ``core_<kind>_lut_per_mac``: DSP slices and LUTs of one
-  slice's streamed chains (4 x 32 lanes, dense, the step input shared as in the core, so
-  the ``lut`` kind's tables are built once) as Yosys maps them, per INT4 MAC per cycle
-  (``chains x lanes / cycles per INT4 step``). Beside them ``_dsp``, ``_lut``,
-  ``_macs_per_cycle``.
-
-Each figure has its raw evidence beside it; the chain synthesis is cached under
-``<build-dir>/estimate``.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``kinds``.
 """
 
 from __future__ import annotations
@@ -36,11 +9,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import AccelConfig
-from .bench_mc import bench_slice, measure_mc
+from airfoil.config import AccelConfig
+from sim.measure.mc import bench_slice, measure_mc
 
-__all__ = ["KIND_NAMES", "FORMATS", "SHAPE", "kind_config", "slice_chains", "chain_stats",
-           "figures"]
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "core_<kind>_gemv_cycles_<fmt>": "cycles",
+    "core_dsp_int4_macs_per_dsp_cycle": "MACs/(DSP x cycle)",
+    "core_<kind>_dsp_per_mac": "DSP/(MAC/cycle)",
+    "core_<kind>_lut_per_mac": "LUTs/(MAC/cycle)",
+}
 
 KIND_NAMES = ("dsp", "bitserial", "lut")
 FORMATS = ("int4", "int2")

@@ -1,34 +1,27 @@
-"""Bench figures of the decoder-LLM compiler: accuracy of the quantized tiny model.
-
-On the held-out split of ``pydoc_data.topics`` (see ``scripts/train_tiny.py``), in
-windows of :data:`WINDOW` tokens each predicting the next byte at every position:
-
-* ``tiny_w4_next_token_agreement``: fraction of positions where the integer golden with
-  the default recipe (W4 g128, INT8 per-token activations, INT8 KV cache) and the float
-  model pick the same next token (greedy argmax);
-* ``tiny_w4_ppl_ratio``: the golden's held-out perplexity over the float model's;
-* ``tiny_float_ppl_over_unigram``: the float model's held-out perplexity over that of a
-  unigram (byte frequency, add-one smoothed) model of the training split.
-"""
+"""Measurements behind the ``llm`` bench figures (see docs/figures.md)."""
 
 from __future__ import annotations
 
 import math
-
 import torch
-
 from compiler.backends import execute, logits_float
 from compiler.importers.hf import import_hf
 from compiler.passes import llm_pipeline, quantized_model
 from compiler.tokenizer import corpus_split
 from sim.golden_llm import GoldenLLM
+from airfoil.models import BUILTIN_MODELS
 
-from ..models import BUILTIN_MODELS
+__all__ = ['TINY_MODEL', 'WINDOW', 'POSITIONS', 'tiny_accuracy']
+
 
 #: The shipped tiny checkpoint.
 TINY_MODEL = BUILTIN_MODELS["tiny-llama"]
+
+
 #: Tokens per evaluation window (each window starts a fresh KV cache).
 WINDOW = 128
+
+
 #: Held-out positions the bench evaluates.
 POSITIONS = 2048
 
@@ -69,8 +62,3 @@ def tiny_accuracy(model_dir=TINY_MODEL, positions: int = POSITIONS, window: int 
             "tiny_float_ppl_over_unigram": ppl_f / ppl_u,
             "tiny_positions": n, "tiny_float_ppl": ppl_f, "tiny_w4_ppl": ppl_g,
             "tiny_unigram_ppl": ppl_u}
-
-
-def figures(args, log) -> dict:
-    """``airfoil bench`` entry: the accuracy figures on :data:`POSITIONS` positions."""
-    return tiny_accuracy(log=log)

@@ -1,39 +1,6 @@
 """Reliability figures: randomized RTL runs, their functional coverage, and CLI fuzzing.
 
-* ``reliability_random_rtl_cases``: linear layers of the randomized regression
-  (:mod:`sim.random_regression`) run on the RTL core (Verilator + cocotb) of the
-  ``test_decode`` config with 1, 2 and 4 memory channels (:data:`RANDOM_RTL`): weight
-  format x sparsity x group x output width x bias x shape x stall pattern of the memory
-  model (none, random, long bursts), every (format, sparsity) pair first.
-* ``reliability_random_rtl_mismatches``: those whose RTL output differs from the golden's
-  or the ISA simulator's, or whose core stopped with an error or did not finish (goal 0).
-  Draws the compiler refuses are counted apart (``reliability_random_rtl_refused``).
-* ``coverage_bins`` and ``coverage_bins_hit_fraction``: the bins of :mod:`sim.coverage`
-  and the fraction of them the randomized layers and the fuzzed programs of this bench
-  hit (goal >= 0.95); the missing bins are listed beside them, the cocotb-coverage
-  report is written to ``build/coverage/``.
-* ``reliability_program_fuzz_cases``: random programs of :mod:`sim.program_fuzz`, legal
-  and illegal, each generated from one integer seed, run on the ISA simulator and on the
-  RTL core (:data:`PROGRAM_BATCH` programs per simulator process, random memory stalls of
-  probability 0, 0.25 or 0.5 by seed) and compared: done/error status, error code, error
-  instruction index and, for a program that completes, its output memory byte for byte;
-  seeds :data:`PROGRAM_SEEDS` per config (``test``; ``test_decode``, streamed weights;
-  ``test_x2``, ``test`` with two memory channels), and on ``test`` the directed programs
-  of :func:`sim.program_fuzz.fill_programs` (a full SFU queue, full token FIFOs).
-  Goal >= 1,000.
-* ``reliability_program_fuzz_mismatches``: programs whose two outcomes differ, a run that
-  does not finish within its cycle limit included. Goal 0. Evidence: seeds and config
-  hash per config, programs per kind and per error code the ISA simulator reported,
-  ``reliability_program_fuzz_rtl_programs_per_second`` (programs over the wall-clock time
-  of the RTL runs, simulator start-up included, the build not) and the first mismatch's
-  report.
-* ``cli_fuzz_cases``: CLI runs on mutated inputs (:mod:`sim.cli_fuzz`), :data:`CLI_FUZZ`
-  per input kind; ``cli_fuzz_non_one_line`` those that ended other than with status 0 or
-  one ``airfoil: error:`` line with status 2 (or left a half-written output);
-  ``cli_fuzz_silently_accepted`` the known-bad inputs accepted (goal 0 each).
-
-Beside the figures: the commit they ran on (``reliability_commit``), the seeds, the
-config hash of each channel count, and the seconds taken.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``reliability``.
 """
 
 from __future__ import annotations
@@ -43,7 +10,23 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["figures", "RANDOM_RTL", "PROGRAM_SEEDS", "PROGRAM_BATCH", "CLI_FUZZ"]
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "reliability_random_rtl_cases": "layers",
+    "reliability_random_rtl_mismatches": "layers",
+    "reliability_random_rtl_refused": "layers",
+    "coverage_bins": "bins",
+    "coverage_bins_hit": "bins",
+    "coverage_bins_hit_fraction": "fraction",
+    "reliability_program_fuzz_cases": "programs",
+    "reliability_program_fuzz_mismatches": "programs",
+    "reliability_program_fuzz_rtl_programs_per_second": "programs/s",
+    "cli_fuzz_cases": "CLI runs",
+    "cli_fuzz_non_one_line": "CLI runs",
+    "cli_fuzz_silently_accepted": "CLI runs",
+}
 
 #: Channel count -> (first seed, cases) of the randomized RTL regression.
 RANDOM_RTL = {1: (300_000, 500), 2: (400_000, 300), 4: (500_000, 200)}
@@ -108,8 +91,8 @@ def _program_fuzz(build: Path, log) -> dict:
     from sim import coverage
     from sim.program_fuzz import fill_programs, fuzz
 
-    from .backend_rtl import emit_core
-    from .bench_mc import mc_config
+    from airfoil.cli.backend_rtl import emit_core
+    from sim.measure.mc import mc_config
     cases, mismatches, seconds = 0, [], 0.0
     kinds, codes = Counter(), Counter()
     seeds, hashes = {}, {}

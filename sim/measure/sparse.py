@@ -1,23 +1,4 @@
-"""Bench figures of the sparse DSP chain, measured in RTL (cocotb + Verilator) and Yosys.
-
-Compute-bound GEMVs (operands fed at full rate, the psum stream always ready) of one
-shape run on one chain build in dense, 2:4 and 1:4 mode:
-
-* ``sparse_2of4_cycle_ratio``, ``sparse_1of4_cycle_ratio``: cycles of the sparse GEMV /
-  cycles of the dense GEMV of the same shape (targets <= 0.52 and <= 0.27);
-* ``sparse_dense_utilisation``: dense MACs / (cycles x lanes) (target >= 0.9);
-* ``dsp_int4_macs_per_dsp_cycle``: dense MACs per cycle / DSP48E2 count of the same chain
-  from Yosys ``synth_xilinx -family xcup`` (target >= 2.0). The cycles are those in which
-  the chain accepts the GEMV's operands (first to last operand handshake): the rate the
-  chain sustains on back-to-back work, 2.0 at full rate since a DSP48E2 computes two INT4
-  products. ``dsp_int4_macs_per_dsp_cycle_with_fill`` counts the single GEMV's cycles up
-  to its last result instead (the pipeline fill of :attr:`SparseChain.delay` cycles
-  included), as the cycle ratios do.
-
-Cycle ratios run from the first operand handshake to the last psum handshake, inclusive, so
-they include the pipeline fill. The memory-bound
-``sparse_2of4_streamed_cycle_ratio`` is measured by :mod:`airfoil.cli.bench_stream`.
-"""
+"""Measurements behind the ``sparse`` bench figures (see docs/figures.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from airfoil.resources import package_path
+
+__all__ = ['ALL_PATTERNS', 'BENCH_SHAPE', 'measure']
+
+
 ALL_PATTERNS = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
+
+
 #: Shape of the bench GEMV: rows x k, INT4 weights, groups of 128.
 BENCH_SHAPE = (32, 1024, 128)
 
@@ -53,7 +41,7 @@ def measure(config, *, rows: int, k: int, group: int, build_dir, seed: int = 1,
     out = Path(build_dir).resolve() / "bench_sparse"
     name = f"sparse_chain_l{cfg.lanes}_int4"      # the regression's build of the same chain
     v, meta = write_verilog(chain, name, out, params=chain.params())
-    tb_dir = Path(__file__).resolve().parents[2] / "sim" / "tb_chain"
+    tb_dir = package_path("sim.tb_chain")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(-128, 128, (k,), generator=gen)
     jobs = []
@@ -114,11 +102,3 @@ def measure(config, *, rows: int, k: int, group: int, build_dir, seed: int = 1,
         "dsp_int4_2of4_dense_equiv_macs_per_dsp_cycle_config_hash": h,
     }
     return fig
-
-
-def figures(args, log) -> dict:
-    from ..config import load_config
-
-    rows, k, group = BENCH_SHAPE
-    return measure(load_config("test"), rows=rows, k=k, group=group,
-                   build_dir=getattr(args, "build_dir", "build"), log=log)

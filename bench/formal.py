@@ -1,29 +1,23 @@
 """Formal-proof figures for ``airfoil bench``: SymbiYosys (yowasp-sby, smtbmc + yices) on
 the checks of :data:`hdl.formal.proofs.PROOFS`, each followed by its cover run.
 
-Figures:
-
-* ``formal_properties_proved``: properties (the named assertion groups of a check,
-  :attr:`hdl.formal.proofs.Proof.properties`) of every check that PASSed in its mode
-  (``prove``: k-induction, true in every reachable state; ``bmc``: no counterexample up
-  to the stated depth) and whose cover run reached every ``Cover`` (not vacuous).
-* ``formal_properties_failed``: properties of every check that ended in a counterexample
-  (FAIL), or whose cover run left a ``Cover`` unreached.
-* ``formal_properties_unfinished``: properties of checks that neither passed nor failed
-  (time-out, solver error, an inconclusive induction).
-* ``formal_mutants_caught`` of ``formal_mutants``: harnesses with a deliberate fault
-  (:data:`hdl.formal.proofs.MUTANTS`) whose check FAILed, as it must.
-
-Evidence per check ``<name>``: ``formal_<name>_mode``, ``_depth``, ``_status``,
-``_seconds`` (wall clock of the check), ``_cover_status``, ``_cover_depth``,
-``_cover_seconds`` and ``_properties`` (their names). Checks marked slow are included.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``formal``.
 """
 
 from __future__ import annotations
 
 import tempfile
 
-__all__ = ["figures"]
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "formal_properties_proved": "properties",
+    "formal_properties_failed": "properties",
+    "formal_properties_unfinished": "properties",
+    "formal_mutants_caught": "mutants",
+    "formal_mutants": "mutants",
+}
 
 
 def figures(args, log) -> dict:

@@ -1,22 +1,6 @@
 """Bench figures of the whole tiny model on the RTL core (Verilator), config ``sim_llm``.
 
-The tiny model is compiled with a 64-token prefill program; a 64-token prompt from the
-held-out text runs as one prefill, then one decode step at context 64, once on the RTL
-core (no memory stalls: the cycle counts are the core's exact nominal figures) and once
-on the ISA simulator. The logits of both must be equal bit for bit (else the bench
-fails: a cycle count of a wrong computation is no figure).
-
-* ``tiny_rtl_prefill_cycles``: core cycles of the 64-token prefill;
-* ``tiny_rtl_cycles_per_token``: core cycles of the decode step at context 64;
-* ``rtl_unit_overlap_fraction``: cycles with two or more units busy / cycles, over the
-  decode step (the core's concurrency counters);
-* ``isa_cycle_model_error``: ``|ISA cycles - RTL cycles| / RTL cycles`` of that decode
-  step (target <= 0.10);
-* ``rtl_core_sim_cycles_per_second``: simulation speed of the RTL core on that decode step,
-  core cycles (the core's cycle counter) / wall-clock seconds of the simulation from the
-  write of START to the status poll that saw DONE (every 256 cycles; the Verilator build,
-  the memory fill and the read-back are outside), with ``_cycles`` and ``_seconds`` as
-  evidence (target >= 40,000).
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``llm_rtl``.
 """
 
 from __future__ import annotations
@@ -26,9 +10,20 @@ from types import SimpleNamespace
 
 import torch
 
-from ..config import load_config
-from ..errors import AirfoilError
-from ..folder import load_folder
+from airfoil.config import load_config
+from airfoil.errors import AirfoilError
+from airfoil.folder import load_folder
+
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "tiny_rtl_prefill_cycles": "cycles",
+    "tiny_rtl_cycles_per_token": "cycles",
+    "rtl_unit_overlap_fraction": "fraction",
+    "isa_cycle_model_error": "relative error",
+    "rtl_core_sim_cycles_per_second": "cycles/s",
+}
 
 #: Tokens of the prefill and context of the decode step.
 CONTEXT = 64
@@ -38,8 +33,8 @@ CONFIG = "sim_llm"
 def _compile(out_dir: Path):
     from rich.console import Console
 
-    from .bench_llm import TINY_MODEL
-    from .cmd_compile import compile_llm_from_args
+    from airfoil.cli.cmd_compile import compile_llm_from_args
+    from sim.measure.llm_accuracy import TINY_MODEL
 
     cargs = SimpleNamespace(model=str(TINY_MODEL), config=CONFIG, recipe=None,
                             output=str(out_dir), max_prompt=CONTEXT)
@@ -51,7 +46,7 @@ def measure(out_dir="build/bench_llm_rtl", log=None) -> dict:
     from compiler.tokenizer import corpus_split
     from sim.isa_sim import IsaLLM
 
-    from .backend_rtl import RtlLLM
+    from airfoil.cli.backend_rtl import RtlLLM
 
     out_dir = Path(out_dir)
     config = load_config(CONFIG)

@@ -1,37 +1,22 @@
-"""NoC figures for ``airfoil bench``, measured in RTL simulation (Verilator via cocotb).
-
-Figures (each with ``_cycles``, ``_shape`` and ``_config_hash`` evidence):
-
-* ``noc_mesh4x4_uniform_saturation``: accepted flits per node per cycle, uniform random
-  unicast traffic, every source always offering (saturation), sinks always ready,
-  4x4 XY mesh; counted over a window after a warm-up.
-* ``noc_xbar16_uniform_saturation``: the same on a 16-port crossbar.
-* ``noc_mesh4x4_zero_load_latency_cycles``: mean cycles from the inject handshake to the
-  eject handshake of single-flit packets sent one at a time between random pairs.
-* ``noc_broadcast_cycles_per_vector``: cycles from the first inject handshake to the last
-  eject handshake while node 0 of the 4x4 mesh broadcasts a 4096-element INT8 vector to
-  all 16 nodes (one chain tile each) as one-flit multicast packets; the ideal is one flit
-  per cycle, ``noc_broadcast_ideal_cycles``.
-
-Flit payload: 256 bits, the U280 configuration's memory word (one HBM port's beat per flit,
-so a channel fills one link at full rate, and 32 INT8 activations per flit).
-"""
+"""Measurements behind the ``noc`` bench figures (see docs/figures.md)."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from pathlib import Path
 
 from airfoil.noc_map import field_slices
+from airfoil.resources import package_path
 
-__all__ = ["figures", "network_verilog", "run_rtl", "saturation", "zero_load_latency",
-           "broadcast_vector", "network_estimate", "PAYLOAD_BITS"]
+__all__ = ['PAYLOAD_BITS', 'param_string', 'network_verilog', 'run_rtl', 'saturation', 'zero_load_latency', 'broadcast_vector', 'network_estimate']
+
 
 #: Flit payload of the benches: the U280 memory word (fpga/boards/u280.yaml word_bits).
 PAYLOAD_BITS = 256
-_TB_DIR = Path(__file__).resolve().parents[2] / "sim" / "tb_noc"
+
+
+_TB_DIR = package_path("sim.tb_noc")
 
 
 def _network(topology: str, rows: int, cols: int, payload_bits: int, depth: int):
@@ -140,54 +125,3 @@ def network_estimate(plan, family: str = "xcup") -> dict:
     stats["lutram"] = sum(n for c, n in cells.items() if c.startswith("RAM"))
     return {"router": stats, "router_kind": kind, "routers": plan.routers,
             **{k: plan.routers * stats[k] for k in ("lut", "lutram", "ff", "bram", "dsp")}}
-
-
-def _hash(s: str) -> str:
-    return hashlib.sha256(s.encode()).hexdigest()[:16]
-
-
-def figures(args, log) -> dict:
-    """Measure the NoC figures in Verilator (about a minute of builds and runs)."""
-    out = {}
-    for key, topo, r, c in (("noc_mesh4x4_uniform_saturation", "mesh", 4, 4),
-                            ("noc_xbar16_uniform_saturation", "crossbar", 4, 4)):
-        s = saturation(topo, r, c, cycles=2500, warmup=500)
-        ps = param_string(topo, r, c, PAYLOAD_BITS, 4)
-        log(f"{key}: {s['value']:.3f} ({s['accepted']} flits / {s['nodes']} nodes / "
-            f"{s['window']} cycles)")
-        out.update({key: s["value"], f"{key}_cycles": s["window"],
-                    f"{key}_accepted_flits": s["accepted"],
-                    f"{key}_shape": f"{s['nodes']} nodes, 1-flit packets, uniform, window "
-                                    f"{s['window']} cycles after 500 warm-up",
-                    f"{key}_config_hash": _hash(ps), f"{key}_params": ps})
-    z = zero_load_latency(4, 4, packets=40)
-    ps = param_string("mesh", 4, 4, PAYLOAD_BITS, 4)
-    key = "noc_mesh4x4_zero_load_latency_cycles"
-    log(f"{key}: {z['value']:.3f}")
-    out.update({key: z["value"], f"{key}_cycles": z["cycles"],
-                f"{key}_shape": f"{z['result']['ejected']} lone 1-flit packets, "
-                                f"uniform random pairs",
-                f"{key}_config_hash": _hash(ps), f"{key}_params": ps})
-    b = broadcast_vector("mesh", 4, 4)
-    key = "noc_broadcast_cycles_per_vector"
-    log(f"{key}: {b['value']} (ideal {b['flits']})")
-    out.update({key: b["value"], f"{key}_cycles": b["cycles"],
-                "noc_broadcast_ideal_cycles": b["flits"],
-                f"{key}_shape": f"4096 x INT8 -> 16 nodes of a 4x4 mesh, {b['flits']} one-flit "
-                                f"multicast packets, {b['copies']} copies delivered",
-                f"{key}_config_hash": _hash(ps), f"{key}_params": ps})
-    from airfoil.config import load_config
-    from airfoil.noc_map import NocPlan, plan_for_config
-    for key, plan in (
-            ("noc_router_mesh4x4", NocPlan("mesh", 4, 4, PAYLOAD_BITS, 4, (), (), (), 5)),
-            ("noc_router_xbar16", NocPlan("crossbar", 1, 16, PAYLOAD_BITS, 4, (), (), (), 0)),
-            ("noc_u280", plan_for_config(load_config("u280")))):
-        est = network_estimate(plan)
-        log(f"{key}: router {est['router']}, x{est['routers']}")
-        out.update({f"{key}_router_lut": est["router"]["lut"],
-                    f"{key}_router_ff": est["router"]["ff"],
-                    f"{key}_router_lutram": est["router"]["lutram"],
-                    f"{key}_lutram": est["lutram"],
-                    f"{key}_routers": est["routers"], f"{key}_lut": est["lut"],
-                    f"{key}_ff": est["ff"], f"{key}_params": plan.params()})
-    return out

@@ -1,14 +1,6 @@
 """``airfoil bench`` figures of the processing elements (bit-serial, LUT, DSP).
 
-Cycles are measured in RTL (Verilator + cocotb, :mod:`sim.tb_pe`): one chain of the
-``test`` configuration's lanes computes ``rows`` dot products of length ``k`` (groups of
-the configuration's largest group size) with no idle input cycle and no backpressure,
-counted from the first beat offered to the last row result taken. LUT counts come from
-Yosys ``synth_xilinx -family xcup`` (:func:`hdl.estimate.component_stats`), with
-``-nodsp`` for the bit-serial and LUT PEs. MACs are dense positions (rows x k).
-
-The LUT PE's table builder is shared by every chain of an engine, so its LUTs are
-charged to one chain as ``builder / chains`` (both counts are in the evidence).
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``pe``.
 """
 
 from __future__ import annotations
@@ -18,8 +10,23 @@ from pathlib import Path
 
 from airfoil.bitmod import BitModFormat
 from airfoil.config import load_config
+from sim.measure.pe import ROWS, bitserial_cycles, dsp_cycles, dsp_pe, lut_cycles
 
-ROWS = 4
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "bitserial_int2_over_int4_cycles": "ratio",
+    "bitserial_int8_over_int4_cycles": "ratio",
+    "bitserial_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "lut_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "dsp_pe_luts_per_mac": "LUTs/(MAC/cycle)",
+    "lut_vs_dsp_macs_per_kilolut": "ratio",
+    "lut_vs_dsp_macs_per_kilolut_nodsp": "ratio",
+    "bitserial_pe_luts_per_mac_lanes32": "LUTs/(MAC/cycle)",
+    "lut_pe_luts_per_mac_lanes32": "LUTs/(MAC/cycle)",
+}
+
 #: Lanes of the wider chain measured as scaling evidence.
 SCALE_LANES = 32
 #: Scale bits per cycle of that chain's rescaler.
@@ -29,79 +36,6 @@ SCALE_R = 4
 def _evidence(name, cycles, shape, cfg) -> dict:
     return {f"{name}_cycles": cycles, f"{name}_shape": shape,
             f"{name}_config_hash": cfg.config_hash}
-
-
-def bitserial_cycles(cfg, fmt, k, out, build_root, rows=ROWS, scale_r=1):
-    """RTL cycles of ``rows`` dot products of length ``k`` in format ``fmt``."""
-    from hdl.build import write_verilog
-    from hdl.pe.bitserial import BitSerialPE, bitserial_in_layout
-    from sim.tb_pe.rtl import run_stream_case
-    from sim.tb_pe.stimulus import bitserial_case, layout_fields
-
-    L, G = cfg.lanes, max(cfg.group_sizes)
-    v, j = write_verilog(BitSerialPE(lanes=L, sparse=True, max_group=G,
-                                     scale_bits_per_cycle=scale_r),
-                         f"pe_bitserial_l{L}" + (f"_r{scale_r}" if scale_r > 1 else ""), out,
-                         params={"in_fields": layout_fields(bitserial_in_layout(L, True))})
-    case, expected = bitserial_case(lanes=L, fmts=[fmt], rows=rows, groups=k // G,
-                                    beats=G // L, seed=1)
-    res = run_stream_case(v, j, case, expected, seed=1, build_root=build_root)
-    return res["cycles"]
-
-
-def lut_cycles(cfg, bits, k, out, build_root, rows=ROWS, scale_r=1):
-    """RTL cycles of the LUT PE on ``rows`` dot products of ``bits``-bit weights."""
-    from hdl.build import write_verilog
-    from hdl.pe.lut import LutPE, lut_in_layout
-    from sim.tb_pe.rtl import run_stream_case
-    from sim.tb_pe.stimulus import layout_fields, lut_case
-
-    L, G, g = cfg.lanes, max(cfg.group_sizes), cfg.lut_group
-    v, j = write_verilog(LutPE(lanes=L, g=g, max_group=G, scale_bits_per_cycle=scale_r),
-                         f"pe_lut_l{L}_g{g}" + (f"_r{scale_r}" if scale_r > 1 else ""), out,
-                         params={"in_fields": layout_fields(lut_in_layout(L))})
-    case, expected = lut_case(lanes=L, bits_choices=[bits], rows=rows, groups=k // G,
-                              beats=G // L, seed=1)
-    res = run_stream_case(v, j, case, expected, seed=1, build_root=build_root)
-    return res["cycles"]
-
-
-def _dsp_pe(lanes, weight_bits):
-    """The ``dsp`` PE of hdl/pe/dsp.py."""
-    from hdl.pe.dsp import DspPE
-    return DspPE(lanes=lanes, weight_bits=weight_bits)
-
-
-def dsp_cycles(cfg, k, out, build_root, rows=ROWS):
-    """RTL cycles of the DSP PE on ``rows`` dot products of INT2 weights."""
-    import random
-
-    from hdl.build import write_verilog
-    from hdl.pe import pe_operand_layout, pe_result_layout
-    from sim.tb_pe.rtl import run_stream_case
-    from sim.tb_pe.stimulus import layout_fields, pack, unpack_signed
-
-    L = cfg.lanes
-    pe = _dsp_pe(L, 2)
-    v, j = write_verilog(pe, f"pe_dsp_l{L}_w2", out, params={
-        "in_fields": layout_fields(pe_operand_layout(lanes=L, weight_bits=2))})
-    rng = random.Random(1)
-    beats, expected = [], []
-    out_fields = layout_fields(pe_result_layout(acc_bits=32))
-    width = sum(w for _, w in out_fields.values())
-    for _r in range(rows):
-        acc = 0
-        for b in range(k // L):
-            w = [rng.randint(-2, 1) for _ in range(L)]
-            a = [rng.randint(-128, 127) for _ in range(L)]
-            acc += sum(p * q for p, q in zip(w, a))
-            beat = {f"w.{i}": w[i] for i in range(L)}
-            beat.update({f"a.{i}": a[i] for i in range(L)})
-            beat["last"] = int(b == k // L - 1)
-            beats.append(beat)
-        expected.append(unpack_signed(pack(out_fields, {"acc": acc, "last": 1}), width))
-    res = run_stream_case(v, j, beats, expected, seed=1, build_root=build_root)
-    return res["cycles"]
 
 
 def figures(args, log) -> dict:
@@ -157,8 +91,8 @@ def figures(args, log) -> dict:
     lut_mpc = per_mac("lut_pe_luts_per_mac", lut_luts, cl,
                       {"chain_luts": lc["lut"], "builder_luts": lb["lut"],
                        "builder_shared_by_chains": cfg.chains, "dsp": lc["dsp"] + lb["dsp"]})
-    ds = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", flatten=True)
-    dn = component_stats(_dsp_pe(L, 2), "pe_dsp", "xcup", nodsp=True, flatten=True)
+    ds = component_stats(dsp_pe(L, 2), "pe_dsp", "xcup", flatten=True)
+    dn = component_stats(dsp_pe(L, 2), "pe_dsp", "xcup", nodsp=True, flatten=True)
     dsp_mpc = per_mac("dsp_pe_luts_per_mac", ds["lut"], cd,
                       {"dsp": ds["dsp"], "source": "hdl/pe/dsp.py DspPE weight_bits=2",
                        "nodsp_luts": dn["lut"]})
