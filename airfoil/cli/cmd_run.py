@@ -1,4 +1,5 @@
-"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL).
+"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL,
+the Alveo kernel through XRT).
 
 The folder's manifest decides what runs: an LLM folder generates text greedily from
 ``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
@@ -20,14 +21,15 @@ from ..folder import load_folder
 from ..formats import quantize_act
 from .argtypes import SEED, int_in
 
-BACKENDS = ("torch", "isa", "rtl")
+BACKENDS = ("torch", "isa", "rtl", "xrt")
 
 
 def register(sub):
     p = sub.add_parser("run", help="run a compiled folder on a backend")
     p.add_argument("folder", metavar="OUT", help="output folder of `airfoil compile`")
     p.add_argument("--backend", choices=BACKENDS, default="isa",
-                   help="torch (golden model), isa (instruction simulator) or rtl")
+                   help="torch (golden model), isa (instruction simulator), rtl or xrt (the "
+                        "Alveo kernel, linear-layer folders)")
     p.add_argument("--config", default=None,
                    help="board config name or YAML path (default: the built-in config the "
                         "folder was compiled for)")
@@ -35,6 +37,10 @@ def register(sub):
                    help="input vector of K values: integers are INT8 as they are, floats are "
                         "quantized with the manifest's input scale (default: the stored input)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for the rtl backend's stalls")
+    p.add_argument("--xclbin", default=None, metavar="FILE",
+                   help="xrt backend: the kernel's .xclbin (v++ build of `airfoil package`)")
+    p.add_argument("--device", type=int_in(0, 255), default=0, metavar="N",
+                   help="xrt backend: XRT device index (default: 0)")
     p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
@@ -78,8 +84,9 @@ def rtl_module():
                            "(airfoil/cli/backend_rtl.py is missing)") from None
 
 
-def run_backend(backend, folder, config, x_q=None, seed=0):
-    """Run one backend; return ``(outputs, stats)`` (stats empty for torch)."""
+def run_backend(backend, folder, config, x_q=None, seed=0, *, xclbin=None, device=0):
+    """Run one backend; return ``(outputs, stats)`` (stats empty for torch); ``xclbin``
+    and ``device`` are the xrt backend's."""
     if backend == "torch":
         from sim.golden import run_golden
         return run_golden(folder, x_q), {}
@@ -88,6 +95,9 @@ def run_backend(backend, folder, config, x_q=None, seed=0):
         return run_isa(folder, config, x_q)
     if backend == "rtl":
         return rtl_module().run_rtl(folder.path, config, x_q, seed=seed)
+    if backend == "xrt":
+        from .backend_xrt import run_xrt
+        return run_xrt(folder.path, config, x_q, xclbin=xclbin, device=device)
     raise AirfoilError(f"unknown backend {backend!r} (accepted: {', '.join(BACKENDS)})")
 
 
@@ -186,7 +196,8 @@ def run(args) -> int:
         raise AirfoilError(f"{args.folder} holds a linear layer; --prompt and --tokens apply "
                            f"to LLM folders")
     x_q = load_input(args.input, folder) if args.input else None
-    out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed)
+    out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed,
+                             xclbin=args.xclbin, device=args.device)
     m = folder.manifest
     head = " ".join(str(v) for v in out[:8].tolist())
     print(f"backend {args.backend}: {out.numel()} outputs int{m['output']['bits']} "

@@ -1,4 +1,5 @@
-"""``airfoil verilog``: write the core's Verilog, file list, metadata and lint waivers."""
+"""``airfoil verilog``: write the core's Verilog, file list, metadata, lint waivers and
+FuseSoC core file."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ def register(sub):
 
 
 def run(args) -> int:
+    from fpga.fusesoc import write_core_file
+
     from .backend_rtl import emit_core
 
     config = load_config(args.config)
     paths = emit_core(config, args.build_dir, force=args.force)
     for key in ("verilog", "ram", "filelist", "meta", "waivers"):
         print(paths[key])
+    print(write_core_file(config, paths))
     return 0
