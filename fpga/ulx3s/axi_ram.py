@@ -78,7 +78,9 @@ class AxiRam(wiring.Component):
         m.d.comb += [ram.rd0.addr.eq(addr[wshift:]), ram.wr.addr.eq(addr[wshift:])]
 
         def past_end(a, length, nbeat):
-            return (a + (length + 1) * nbeat) > self._nbytes
+            # From the beat that holds the first byte to the end of the last one.
+            start = a & ~(nbeat - 1)
+            return (start + (length + 1) * nbeat) > self._nbytes
 
         with m.FSM():
             with m.State("IDLE"):
