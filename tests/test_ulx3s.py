@@ -149,3 +149,16 @@ def test_dsp_pair_on_ecp5_is_plain_and_computes_the_same():
         outputs[name] = got
     assert outputs["plain"] == outputs["packed"]
     assert len(set(outputs["plain"])) > 100
+
+
+def test_board_backend_errors_are_one_line(config, tmp_path, capsys):
+    from clitools import cli_fails
+    folder = tmp_path / "layer"
+    compile_small_layer(config, folder)
+    cli_fails(capsys, ["run", "--backend", "board", str(folder)], "needs --port")
+    cli_fails(capsys, ["run", "--backend", "board", str(folder), "--port",
+                       str(tmp_path / "no-such-tty")], "cannot open serial port")
+    other = tmp_path / "other"
+    compile_small_layer(load_config("test"), other)
+    cli_fails(capsys, ["run", "--backend", "board", str(other), "--port", "x"],
+              "not a board build")
