@@ -162,3 +162,37 @@ def test_board_backend_errors_are_one_line(config, tmp_path, capsys):
     compile_small_layer(load_config("test"), other)
     cli_fails(capsys, ["run", "--backend", "board", str(other), "--port", "x"],
               "not a board build")
+
+
+NEXTPNR_LOG = """\
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:     3/  365     0%
+Info: \t              DP16KD:   100/  208    48%
+Info: \t          MULT18X18D:    40/  156    25%
+Info: \t          TRELLIS_FF: 14000/83640    16%
+Info: \t        TRELLIS_COMB: 30000/83640    35%
+Info: Max frequency for clock '$glbnet$clk': 90.00 MHz (FAIL at 100.00 MHz)
+Info: Max frequency for clock '$glbnet$clk25$TRELLIS_IO_IN': 400.00 MHz (PASS at 25.00 MHz)
+Info: Max frequency for clock '$glbnet$clk': 101.50 MHz (PASS at 100.00 MHz)
+"""
+
+
+def test_nextpnr_log_parse_takes_the_last_figures():
+    from fpga.ulx3s.flow import parse_nextpnr_log
+    r = parse_nextpnr_log(NEXTPNR_LOG)
+    assert r["cells"]["MULT18X18D"] == [40, 156] and r["cells"]["TRELLIS_COMB"][0] == 30000
+    assert r["fmax_mhz"]["$glbnet$clk"] == 101.5
+    assert r["target_mhz"]["$glbnet$clk"] == 100.0
+    with pytest.raises(AirfoilError, match="no utilisation"):
+        parse_nextpnr_log("Info: Program finished normally.\n")
+
+
+@pytest.mark.slow
+def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
+    """The whole open flow (minutes): a bitstream, and a report within the device."""
+    from fpga.ulx3s.flow import build_bitstream
+    r = build_bitstream(config, tmp_path / "ulx3s")
+    assert (tmp_path / "ulx3s" / "top.bit").stat().st_size > 100_000
+    assert 0 < r["mult18x18d"] <= 156 and 0 < r["dp16kd"] <= 208
+    assert 0 < r["lut4"] <= 83640 and r["fmax_mhz"] > 0
+    assert r["target_mhz"] == config.clock_mhz

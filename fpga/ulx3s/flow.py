@@ -34,8 +34,6 @@ _DESIGN = "top"
 _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at "
                    r"([\d.]+) MHz\)")
-_CRIT = re.compile(r"Critical path report for clock '([^']+)'.*?\n((?:Info:.*\n)+?)Info: *\n",
-                   re.S)
 
 
 def parse_nextpnr_log(text: str) -> dict:
@@ -57,10 +55,10 @@ def parse_nextpnr_log(text: str) -> dict:
     return {"cells": cells, "fmax_mhz": fmax, "target_mhz": target}
 
 
-def _core_clock(fmax: dict) -> str:
-    """The core clock's name among nextpnr's clocks (the PLL output, not the oscillator)."""
-    named = [c for c in fmax if "sync" in c or "CLKOP" in c]
-    return named[0] if named else min(fmax, key=fmax.get)
+def _core_clock(target: dict, clock_mhz: float) -> str:
+    """The core clock among nextpnr's clocks: the one constrained to ``clock_mhz`` (the
+    PLL output; the oscillator's is 25 MHz)."""
+    return min(target, key=lambda c: abs(target[c] - clock_mhz))
 
 
 def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print) -> dict:
@@ -87,7 +85,7 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print
     seconds = time.monotonic() - t0
     parsed = parse_nextpnr_log((out / f"{_DESIGN}.tim").read_text())
     cells, fmax = parsed["cells"], parsed["fmax_mhz"]
-    clock = _core_clock(fmax)
+    clock = _core_clock(parsed["target_mhz"], config.clock_mhz)
 
     def used(name):
         return cells.get(name, [0, 0])[0]
