@@ -20,7 +20,8 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["NEXTPNR_SEED", "TOOLS", "build_bitstream", "parse_nextpnr_log", "REPORT_NAME"]
+__all__ = ["NEXTPNR_SEED", "TOOLS", "build_bitstream", "write_report", "parse_nextpnr_log",
+           "REPORT_NAME"]
 
 #: Placement seed of every build (the figures are reproducible).
 NEXTPNR_SEED = 1
@@ -82,7 +83,12 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print
         f"--seed {NEXTPNR_SEED}, ecppack) ...")
     platform.build(Ulx3sTop(config, sfu=sfu), name=_DESIGN, build_dir=str(out),
                    do_program=False, nextpnr_opts=f"--seed {NEXTPNR_SEED}")
-    seconds = time.monotonic() - t0
+    return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0)
+
+
+def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> dict:
+    """Read the build's nextpnr log in ``out_dir``; write and return ``report.json``."""
+    out = Path(out_dir)
     parsed = parse_nextpnr_log((out / f"{_DESIGN}.tim").read_text())
     cells, fmax = parsed["cells"], parsed["fmax_mhz"]
     clock = _core_clock(parsed["target_mhz"], config.clock_mhz)
