@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
@@ -70,7 +71,7 @@ class UartHost:
 
 @cocotb.test()
 async def link_runs_a_program(dut):
-    case = json.loads(open(os.environ["AIRFOIL_CASE"]).read())
+    case = json.loads(Path(os.environ["AIRFOIL_CASE"]).read_text())
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     dut.rst.value = 1
     uart = UartHost(dut, case["divisor"])
@@ -101,5 +102,4 @@ async def link_runs_a_program(dut):
     run = await uart.drive(seq)
     run["reads"] = {k: v.hex() for k, v in run["reads"].items()}
     record["run"] = run
-    with open(os.environ["AIRFOIL_RESULT"], "w") as fh:
-        json.dump(record, fh)
+    Path(os.environ["AIRFOIL_RESULT"]).write_text(json.dumps(record))
