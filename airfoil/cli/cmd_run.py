@@ -1,5 +1,5 @@
 """``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL,
-the Alveo kernel through XRT).
+the Alveo kernel through XRT, a ULX3S board over its USB UART).
 
 The folder's manifest decides what runs: an LLM folder generates text greedily from
 ``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
@@ -21,15 +21,15 @@ from ..folder import load_folder
 from ..formats import quantize_act
 from .argtypes import SEED, int_in
 
-BACKENDS = ("torch", "isa", "rtl", "xrt")
+BACKENDS = ("torch", "isa", "rtl", "xrt", "board")
 
 
 def register(sub):
     p = sub.add_parser("run", help="run a compiled folder on a backend")
     p.add_argument("folder", metavar="OUT", help="output folder of `airfoil compile`")
     p.add_argument("--backend", choices=BACKENDS, default="isa",
-                   help="torch (golden model), isa (instruction simulator), rtl or xrt (the "
-                        "Alveo kernel, linear-layer folders)")
+                   help="torch (golden model), isa (instruction simulator), rtl, xrt (the "
+                        "Alveo kernel, linear-layer folders) or board (a ULX3S at --port)")
     p.add_argument("--config", default=None,
                    help="board config name or YAML path (default: the built-in config the "
                         "folder was compiled for)")
@@ -41,6 +41,8 @@ def register(sub):
                    help="xrt backend: the kernel's .xclbin (v++ build of `airfoil package`)")
     p.add_argument("--device", type=int_in(0, 255), default=0, metavar="N",
                    help="xrt backend: XRT device index (default: 0)")
+    p.add_argument("--port", default=None, metavar="DEV",
+                   help="board backend: the board's serial port (e.g. /dev/ttyUSB0)")
     p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
@@ -84,9 +86,10 @@ def rtl_module():
                            "(airfoil/cli/backend_rtl.py is missing)") from None
 
 
-def run_backend(backend, folder, config, x_q=None, seed=0, *, xclbin=None, device=0):
+def run_backend(backend, folder, config, x_q=None, seed=0, *, xclbin=None, device=0,
+                port=None):
     """Run one backend; return ``(outputs, stats)`` (stats empty for torch); ``xclbin``
-    and ``device`` are the xrt backend's."""
+    and ``device`` are the xrt backend's, ``port`` the board backend's."""
     if backend == "torch":
         from sim.golden import run_golden
         return run_golden(folder, x_q), {}
@@ -98,6 +101,9 @@ def run_backend(backend, folder, config, x_q=None, seed=0, *, xclbin=None, devic
     if backend == "xrt":
         from .backend_xrt import run_xrt
         return run_xrt(folder.path, config, x_q, xclbin=xclbin, device=device)
+    if backend == "board":
+        from .backend_board import run_board
+        return run_board(folder, config, x_q, port=port)
     raise AirfoilError(f"unknown backend {backend!r} (accepted: {', '.join(BACKENDS)})")
 
 
@@ -197,7 +203,7 @@ def run(args) -> int:
                            f"to LLM folders")
     x_q = load_input(args.input, folder) if args.input else None
     out, stats = run_backend(args.backend, folder, config, x_q, seed=args.seed,
-                             xclbin=args.xclbin, device=args.device)
+                             xclbin=args.xclbin, device=args.device, port=args.port)
     m = folder.manifest
     head = " ".join(str(v) for v in out[:8].tolist())
     print(f"backend {args.backend}: {out.numel()} outputs int{m['output']['bits']} "

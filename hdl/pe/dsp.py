@@ -34,13 +34,24 @@ from amaranth.lib.wiring import In, Out
 
 from . import pe_signature
 
-__all__ = ["DSP_A_BITS", "DSP_B_BITS", "dot2_shift", "shared2_shift", "dot2_model",
+__all__ = ["DSP_A_BITS", "DSP_B_BITS", "FAMILY_MULTIPLIER_BITS", "multiplier_bits", "dot2_shift", "shared2_shift", "dot2_model",
            "shared2_model", "DspDot2", "DspShared2", "DspMul1", "DspDual", "DspLaneArray",
            "DspPE", "estimate_units"]
 
 #: Operand widths of a DSP48E2 multiplier (signed).
 DSP_A_BITS = 27
 DSP_B_BITS = 18
+#: Signed operand widths of the hard multipliers of FPGA families whose multipliers are
+#: not DSP48E2-sized, by the ``family`` of their Amaranth platform.
+FAMILY_MULTIPLIER_BITS = {"ecp5": (18, 18)}
+
+
+def multiplier_bits(platform) -> tuple[int, int]:
+    """Signed operand widths of one hard multiplier of ``platform`` (a DSP48E2's 27 x 18
+    without a platform, in simulation, or for a family not in
+    :data:`FAMILY_MULTIPLIER_BITS`)."""
+    family = getattr(platform, "family", None)
+    return FAMILY_MULTIPLIER_BITS.get(family, (DSP_A_BITS, DSP_B_BITS))
 
 
 def _check_bits(name: str, value, lo: int, hi: int) -> int:
@@ -259,6 +270,18 @@ class DspDual(wiring.Component):
     two cycles on the pair). The operand muxes sit in front of the operand registers, so
     the multiplier itself stays one DSP48E2.
 
+    The packing needs a 22 x 18 multiplier. On a device whose multipliers are narrower
+    (the ECP5's MULT18X18D is 18 x 18, :func:`multiplier_bits`) Yosys would build the
+    packed product from two of them plus adders, so there the pair computes two plain
+    products and adds them: the same two multipliers, none of the packing's logic, the
+    same results and :attr:`DELAY`.
+
+    Parameters
+    ----------
+    multiplier : (int, int) or None
+        Signed operand widths of the device's multiplier; ``None``: those of the platform
+        the design is elaborated for (:func:`multiplier_bits`).
+
     Members
     -------
     en : In(1)
@@ -273,7 +296,8 @@ class DspDual(wiring.Component):
     #: Enabled cycles from operands to ``y``: operand, product and read-out registers.
     DELAY = 3
 
-    def __init__(self):
+    def __init__(self, *, multiplier=None):
+        self._multiplier = multiplier
         super().__init__({
             "en": In(1), "pair": In(1), "sel": In(1),
             "w": In(data.ArrayLayout(signed(8), 2)),
@@ -285,7 +309,15 @@ class DspDual(wiring.Component):
     def delay(self) -> int:
         return self.DELAY
 
+    def packed_on(self, platform) -> bool:
+        """Whether the pair's two narrow products share one multiplier on ``platform``."""
+        a_bits, b_bits = self._multiplier or multiplier_bits(platform)
+        k = dot2_shift(self.NARROW_BITS, self.ACT_BITS)
+        return self.ACT_BITS + k + 1 <= a_bits and self.NARROW_BITS + k + 1 <= b_bits
+
     def elaborate(self, platform):
+        if not self.packed_on(platform):
+            return self._plain()
         m = Module()
         wb, ab = self.NARROW_BITS, self.ACT_BITS
         k = dot2_shift(wb, ab)
@@ -304,6 +336,25 @@ class DspDual(wiring.Component):
                          # Pair: the middle field plus the low field's borrow (DspDot2).
                          self.y.eq(Mux(pair2, (prod[k:2 * k] + prod[k - 1])[:k].as_signed(),
                                        prod[:2 * ab].as_signed()))]
+        return m
+
+    def _plain(self):
+        """Two products a cycle, summed: operand, product and sum registers."""
+        m = Module()
+        wb = self.NARROW_BITS
+        a_op = [Signal(signed(self.ACT_BITS)) for _ in range(2)]
+        w_op = [Signal(signed(8)) for _ in range(2)]
+        prod = [Signal(signed(self.ACT_BITS + 8)) for _ in range(2)]
+        with m.If(self.en):
+            with m.If(self.pair):
+                m.d.sync += [a_op[i].eq(self.a[i]) for i in range(2)]
+                m.d.sync += [w_op[i].eq(self.w[i][:wb].as_signed()) for i in range(2)]
+            with m.Else():
+                m.d.sync += [a_op[0].eq(Mux(self.sel, self.a[1], self.a[0])),
+                             w_op[0].eq(Mux(self.sel, self.w[1], self.w[0])),
+                             a_op[1].eq(0), w_op[1].eq(0)]
+            m.d.sync += [prod[i].eq(a_op[i] * w_op[i]) for i in range(2)]
+            m.d.sync += self.y.eq(prod[0] + prod[1])
         return m
 
 

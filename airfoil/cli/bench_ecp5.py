@@ -1,0 +1,95 @@
+"""Figures of the ULX3S 85F (ECP5) open-flow build: utilisation, Fmax and a GEMV's cycles.
+
+* ``ecp5_ulx3s_fmax_mhz``, ``ecp5_ulx3s_luts``, ``ecp5_ulx3s_ffs``, ``ecp5_ulx3s_mult18``,
+  ``ecp5_ulx3s_bram``: nextpnr-ecp5's Fmax of the core clock after routing (seed 1) and
+  the LUT4 (``TRELLIS_COMB``), flip-flops, MULT18X18D and DP16KD of the whole design
+  (core with its SFU, block-RAM memory, UART host link, PLL) of config ``ulx3s``, from
+  ``<build-dir>/ulx3s/report.json`` (:mod:`fpga.ulx3s.flow`), built here unless a report
+  of the same config is there. Beside them the clock target and the build's seconds.
+* ``ecp5_ulx3s_gemv_cycles``: the core's cycle counter for one :data:`SHAPE` layer run in
+  RTL on that design, loaded, started and read back through the UART host link as the
+  board would be (:func:`sim.ulx3s_rtl.run_system`), checked bit-exactly against the
+  golden first; ``_us`` is it at the config's clock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["SHAPE", "figures", "gemv_on_system"]
+
+#: (rows, k, format, group) of the layer.
+SHAPE = (64, 256, "int4", 32)
+
+
+def gemv_on_system(config, build_dir, *, shape=SHAPE, seed: int = 1) -> dict:
+    """Compile a layer, run it on the ULX3S design in RTL through the UART; check it
+    against the golden and return the run (``cycles``, ``retired``, ...)."""
+    from compiler.linear import compile_linear
+    from sim.golden import run_golden
+    from sim.ulx3s_rtl import run_system
+
+    from ..errors import AirfoilError
+    from ..folder import OUT_DTYPES, load_folder
+
+    n, k, fmt, group = shape
+    gen = torch.Generator().manual_seed(seed)
+    out_dir = Path(build_dir) / "bench_ecp5" / f"{n}x{k}_{fmt}_g{group}"
+    compile_linear(torch.randn(n, k, generator=gen), torch.randn(n, generator=gen), config,
+                   out_dir, wformat=fmt, group=group, out_format="int16", seed=seed)
+    folder = load_folder(out_dir, config)
+    dt = np.dtype(OUT_DTYPES[folder.out_bits])
+    r = run_system(config, program=folder.program.to_bytes(), image=bytes(folder.image),
+                   read_back={"out": (folder.manifest["output"]["addr"],
+                                      folder.n * dt.itemsize)},
+                   build_dir=build_dir, seed=seed)["run"]
+    got = torch.from_numpy(np.frombuffer(bytes.fromhex(r["reads"]["out"]),
+                                         dtype=dt).astype(np.int64))
+    if r["error"] or not torch.equal(got, run_golden(folder)):
+        raise AirfoilError(f"ecp5 bench: the {n}x{k} layer on the ULX3S design differs from "
+                           f"the golden (error {r['error']}, code {r['err_code']})")
+    return r
+
+
+def _report(config, build_dir, log) -> dict:
+    from fpga.ulx3s.flow import REPORT_NAME, build_bitstream
+    path = Path(build_dir) / "ulx3s" / REPORT_NAME
+    if path.exists():
+        r = json.loads(path.read_text())
+        if r.get("config_hash") == config.config_hash and r.get("sfu"):
+            log(f"ecp5: the report of {path} (config {config.config_hash})")
+            return r
+    return build_bitstream(config, path.parent, log=log)
+
+
+def figures(args, log) -> dict:
+    """The ECP5 figures for ``airfoil bench``."""
+    from ..config import load_config
+
+    build_dir = getattr(args, "build_dir", "build")
+    config = load_config("ulx3s")
+    rep = _report(config, build_dir, log)
+    out = {
+        "ecp5_ulx3s_fmax_mhz": rep["fmax_mhz"],
+        "ecp5_ulx3s_fmax_mhz_target": rep["target_mhz"],
+        "ecp5_ulx3s_luts": rep["lut4"],
+        "ecp5_ulx3s_ffs": rep["ff"],
+        "ecp5_ulx3s_mult18": rep["mult18x18d"],
+        "ecp5_ulx3s_bram": rep["dp16kd"],
+        "ecp5_ulx3s_build_seconds": rep["build_seconds"],
+        "ecp5_ulx3s_config_hash": config.config_hash,
+    }
+    log(f"ecp5 ulx3s: Fmax {rep['fmax_mhz']:.1f} MHz, LUT4 {rep['lut4']}, MULT18X18D "
+        f"{rep['mult18x18d']}, DP16KD {rep['dp16kd']}")
+    r = gemv_on_system(config, build_dir)
+    n, k, fmt, group = SHAPE
+    out.update({"ecp5_ulx3s_gemv_cycles": r["cycles"],
+                "ecp5_ulx3s_gemv_cycles_us": r["cycles"] / config.clock_mhz,
+                "ecp5_ulx3s_gemv_cycles_shape": f"{n}x{k} {fmt} g{group}, "
+                                                f"{config.chains} chains x {config.lanes} lanes"})
+    log(f"ecp5 ulx3s: {n}x{k} {fmt} GEMV in {r['cycles']} cycles")
+    return out

