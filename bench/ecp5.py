@@ -1,15 +1,6 @@
 """Figures of the ULX3S 85F (ECP5) open-flow build: utilisation, Fmax and a GEMV's cycles.
 
-* ``ecp5_ulx3s_fmax_mhz``, ``ecp5_ulx3s_luts``, ``ecp5_ulx3s_ffs``, ``ecp5_ulx3s_mult18``,
-  ``ecp5_ulx3s_bram``: nextpnr-ecp5's Fmax of the core clock after routing (seed 1) and
-  the LUT4 (``TRELLIS_COMB``), flip-flops, MULT18X18D and DP16KD of the whole design
-  (core with its SFU, block-RAM memory, UART host link, PLL) of config ``ulx3s``, from
-  ``<build-dir>/ulx3s/report.json`` (:mod:`fpga.ulx3s.flow`), built here unless a report
-  of the same config is there. Beside them the clock target and the build's seconds.
-* ``ecp5_ulx3s_gemv_cycles``: the core's cycle counter for one :data:`SHAPE` layer run in
-  RTL on that design, loaded, started and read back through the UART host link as the
-  board would be (:func:`sim.ulx3s_rtl.run_system`), checked bit-exactly against the
-  golden first; ``_us`` is it at the config's clock.
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``ecp5``.
 """
 
 from __future__ import annotations
@@ -20,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["SHAPE", "figures", "gemv_on_system"]
+__all__ = ["FIGURES", "SHAPE", "figures", "gemv_on_system"]
+
+#: Figure name -> unit; defined in docs/figures.md.
+FIGURES = {
+    "ecp5_ulx3s_fmax_mhz": "MHz",
+    "ecp5_ulx3s_luts": "LUT4",
+    "ecp5_ulx3s_ffs": "flip-flops",
+    "ecp5_ulx3s_mult18": "MULT18X18D",
+    "ecp5_ulx3s_bram": "DP16KD",
+    "ecp5_ulx3s_gemv_cycles": "cycles",
+}
 
 #: (rows, k, format, group) of the layer.
 SHAPE = (64, 256, "int4", 32)
@@ -33,8 +34,8 @@ def gemv_on_system(config, build_dir, *, shape=SHAPE, seed: int = 1) -> dict:
     from sim.golden import run_golden
     from sim.ulx3s_rtl import run_system
 
-    from ..errors import AirfoilError
-    from ..folder import OUT_DTYPES, load_folder
+    from airfoil.errors import AirfoilError
+    from airfoil.folder import OUT_DTYPES, load_folder
 
     n, k, fmt, group = shape
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +69,7 @@ def _report(config, build_dir, log) -> dict:
 
 def figures(args, log) -> dict:
     """The ECP5 figures for ``airfoil bench``."""
-    from ..config import load_config
+    from airfoil.config import load_config
 
     build_dir = getattr(args, "build_dir", "build")
     config = load_config("ulx3s")
