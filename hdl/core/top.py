@@ -67,13 +67,15 @@ from airfoil import csr as csrmap
 from airfoil import isa
 from airfoil.config import AccelConfig
 
+from ..sfu.unit import SfuUnit, default_kernels
 from .axi import axi4_signature, axi4lite_signature
 from .axi_read import AxiReader
-from .buffers import BufferGeometry, BufferRam
+from .fabric import build_rams, connect_read_port, connect_writes
 from .fetch import ENTRY_LAYOUT, Fetch
 from .load import LoadUnit
 from .matrix import MatrixUnit
 from .matrix_front import MatrixFront
+from .plan import BUFFERS, BYTE_BUFFERS, CorePlan
 from .stream_mv import StreamMatrix
 from .store import StoreUnit
 from .tokens import TokenCounters
@@ -85,10 +87,6 @@ DEADLOCK_CYCLES = 16
 
 #: Engine counter outputs, in CSR order (see :data:`airfoil.csr.REGISTERS`).
 COUNTERS = ("busy_load", "busy_matrix", "busy_sfu", "busy_store", "overlap")
-
-_BYTE_BUFFERS = (isa.Buffer.ACT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
-_BUFFERS = (isa.Buffer.ACT, isa.Buffer.WGT, isa.Buffer.OUT, isa.Buffer.KV, isa.Buffer.AUX)
-
 
 class Engine(wiring.Component):
     """Everything of the core but the CSR block; reset by the CSR block at each start.
@@ -112,13 +110,9 @@ class Engine(wiring.Component):
     """
 
     def __init__(self, config: AccelConfig, *, sfu: bool = True):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {config!r}")
-        self._config = config
-        self._geo = BufferGeometry.of(config)
-        self._sfu = bool(sfu)
-        wbits = config.memory.word_bits
-        nch = config.memory.channels
+        self._plan = plan = CorePlan.of(config, sfu=sfu)
+        wbits = plan.word_bits
+        nch = plan.channels
         super().__init__({
             "start": In(1), "prog_base": In(64), "prog_count": In(32),
             "data_base": In(64).array(nch),
@@ -130,12 +124,18 @@ class Engine(wiring.Component):
         })
 
     @property
+    def plan(self) -> CorePlan:
+        """What this engine builds (:class:`~hdl.core.plan.CorePlan`)."""
+        return self._plan
+
+    @property
     def has_sfu(self) -> bool:
-        return self._sfu
+        return self._plan.has_sfu
 
     def elaborate(self, platform):
         m = Module()
-        cfg, geo = self._config, self._geo
+        plan = self._plan
+        cfg, geo = plan.config, plan.geometry
         mc = cfg.memory
         wbits = geo.word_bits
 
@@ -147,23 +147,19 @@ class Engine(wiring.Component):
                      fetch.count.eq(self.prog_count)]
         wiring.connect(m, producer=fetch.cmd, consumer=ird.cmd)
         wiring.connect(m, producer=ird.data, consumer=fetch.beats)
-        _connect_read(m, ird, self.instr)
+        connect_read_port(m, ird, self.instr)
 
         # -- units ----------------------------------------------------------------------
-        margs = {}
-        if self._sfu:
-            # Its accumulator memory must stand still with it (see the stall below).
-            margs["acc_memory"] = "amaranth"
+        # With the SFU its accumulator memory must stand still with it (see the stall below).
         matrix = MatrixUnit(geometry=geo, chains=cfg.chains, lanes=cfg.lanes,
                             weight_formats=cfg.weight_formats, group_sizes=cfg.group_sizes,
-                            pe=cfg.pe, lut_group=cfg.lut_group, **margs)
-        if cfg.decode_unit:
+                            pe=plan.pe, lut_group=cfg.lut_group, acc_memory=plan.acc_memory)
+        if plan.streamed:
             # Streamed weights (LD WSTREAM, MV STREAM) through the unpacker and the sparse
             # chains, beside the WGT-tile engine.
             matrix = MatrixFront(tiles=matrix, streamed=StreamMatrix.from_config(
-                cfg, aux_bytes=geo.aux_bytes, acc_depth=matrix.acc_depth))
-        mports = matrix.signature.members
-        nch = mc.channels
+                cfg, aux_bytes=geo.aux_bytes, acc_depth=plan.acc_depth))
+        nch = plan.channels
         ports = [getattr(self, f"data{c}") for c in range(nch)]
         readers = []
         for c in range(nch):
@@ -173,21 +169,20 @@ class Engine(wiring.Component):
             readers.append(rd)
         drd = readers[0]            # channel 0's reader also serves LDREG
         m.submodules.load = load = LoadUnit(geometry=geo, channels=nch,
-                                            wstream="wstream" in mports)
+                                            wstream=plan.streamed)
         m.submodules.store = store = StoreUnit(geometry=geo, channels=mc.channels,
                                                max_burst=mc.max_burst)
         sfu = None
-        if self._sfu:
-            from ..sfu.unit import SfuUnit, default_kernels
+        if plan.has_sfu:
             sfu = SfuUnit(word_bits=wbits,
-                          buffer_bytes={b: geo.nbytes(b) for b in _BYTE_BUFFERS},
+                          buffer_bytes={b: geo.nbytes(b) for b in BYTE_BUFFERS},
                           kernels=default_kernels(cfg.limits))
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):
             m.d.comb += [load.data_base[c].eq(self.data_base[c]),
                          store.data_base[c].eq(self.data_base[c])]
-            _connect_read(m, readers[c], ports[c])
+            connect_read_port(m, readers[c], ports[c])
             # The STORE unit's write channels reach the port of its ST's channel only.
             on = store.port == c
             for name in ("awaddr", "awlen", "awsize", "awburst", "wdata", "wstrb", "wlast"):
@@ -197,14 +192,11 @@ class Engine(wiring.Component):
             with m.If(on):
                 for name in ("awready", "wready", "bresp", "bvalid"):
                     m.d.comb += getattr(store, name).eq(getattr(ports[c], name))
-        if "wstream" in mports:
+        if plan.streamed:
             # One stream per channel (slice) of the streamed engine, gated by the MATRIX
             # unit's stall like its other handshakes (below).
             mws = matrix.wstream
-            if len(mws) != nch:
-                raise ValueError(f"the streamed engine takes {len(mws)} weight streams, but "
-                                 f"the core has {nch} memory channels (one stream each)")
-            for c in range(nch):
+            for c in range(plan.weight_streams):
                 lws = load.wstream[c]
                 m.d.comb += [mws[c].payload.eq(lws.payload),
                              mws[c].valid.eq(lws.valid & ~stall_matrix),
@@ -213,107 +205,25 @@ class Engine(wiring.Component):
         # -- buffers: read ports ----------------------------------------------------------
         # Readers of each buffer: "direct" ports connect to a RAM read port of their own;
         # "routed" ones (a buffer read port naming any of ``buffers``) go through
-        # _route_read, with a RAM read port of their own in each buffer they may name.
-        routed = [("store", store.rd, _BUFFERS)]
+        # the router of :func:`~hdl.core.fabric.route_read`, with a RAM read port of their
+        # own in each buffer they may name.
+        routed = [("store", store.rd, BUFFERS)]
         if sfu is not None:
-            routed += [("sfu_src", sfu.src_rd, _BYTE_BUFFERS),
-                       ("sfu_aux", sfu.aux_rd, _BYTE_BUFFERS)]
-        direct = {b: [] for b in _BUFFERS}
+            routed += [("sfu_src", sfu.src_rd, BYTE_BUFFERS),
+                       ("sfu_aux", sfu.aux_rd, BYTE_BUFFERS)]
+        direct = {b: [] for b in BUFFERS}
         direct[isa.Buffer.ACT].append(matrix.act_rd)
         direct[isa.Buffer.WGT] += [matrix.wgt_rd, matrix.sb_rd]
-        direct[isa.Buffer.AUX].append(load.aux_rd)
-        if "aux_rd" in mports:
-            direct[isa.Buffer.AUX].append(matrix.aux_rd)
-        matrix_ports = [matrix.act_rd, matrix.wgt_rd, matrix.sb_rd] + (
-            [matrix.aux_rd] if "aux_rd" in mports else [])
-        rams = {}
-        for b in _BUFFERS:
-            nread = len(direct[b]) + sum(b in bufs for _, _, bufs in routed)
-            if b == isa.Buffer.WGT:
-                ram = BufferRam(width=geo.wgt_bits, depth=geo.wgt_depth,
-                                granularity=wbits, read_ports=nread)
-            else:
-                ram = BufferRam(width=wbits, depth=geo.nbytes(b) // geo.word_bytes,
-                                granularity=8, read_ports=nread)
-            m.submodules[b.name.lower()] = rams[b] = ram
-            for i, port in enumerate(direct[b]):
-                rp = getattr(ram, f"rd{i}")
-                if port in matrix_ports:
-                    # A stalled MATRIX unit must find the data it asked for before the
-                    # stall still on the port: no read while it stands still.
-                    m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en & ~stall_matrix),
-                                 port.data.eq(rp.data)]
-                else:
-                    wiring.connect(m, port, rp)
-        lg_wpr = (geo.wgt_words_per_row - 1).bit_length()
-        used = {b: len(direct[b]) for b in _BUFFERS}
-        for name, port, bufs in routed:
-            targets = {}
-            for b in bufs:
-                targets[b] = (getattr(rams[b], f"rd{used[b]}"),
-                              lg_wpr if b == isa.Buffer.WGT else 0)
-                used[b] += 1
-            _route_read(m, name, port, targets, wbits)
+        direct[isa.Buffer.AUX] += [load.aux_rd, matrix.aux_rd]
+        matrix_ports = [matrix.act_rd, matrix.wgt_rd, matrix.sb_rd, matrix.aux_rd]
+        rams = build_rams(m, geo, direct=direct, routed=routed, gated=matrix_ports,
+                          stall=stall_matrix)
 
         # -- buffers: write ports ---------------------------------------------------------
-        sfu_hit = {b: Const(0) for b in _BUFFERS}
-        if sfu is not None:
-            dw = sfu.dst_wr
-            for b in _BYTE_BUFFERS:
-                sfu_hit[b] = Signal(name=f"sfu_wr_{b.name.lower()}")
-                m.d.comb += sfu_hit[b].eq(dw.en.any() & (dw.buf == b))
-        # A MATRIX result that met an SFU write to OUT waits in ``held``.
-        mw = matrix.out_wr
-        m_we = Signal()
-        m.d.comb += m_we.eq(mw.en.any())
-        held_v = Signal()
-        held_addr = Signal.like(mw.addr, name="held_addr")
-        held_data = Signal.like(mw.data, name="held_data")
-        held_en = Signal.like(mw.en, name="held_en")
-        # The LOAD unit's writes: per buffer, the channels that write it take turns.
-        lws = [load.wr[c] for c in range(nch)]
-        taken = [Signal(name=f"load_wr_taken{c}") for c in range(nch)]
-        for b in _BUFFERS:
-            wr = rams[b].wr
-            bname = b.name.lower()
-            load_hit, lsel, llast = _round_robin(
-                m, [lw.valid & (lw.payload.buf == b) for lw in lws], f"load_wr_{bname}")
-            l_addr = Array(lw.payload.addr for lw in lws)[lsel]
-            l_data = Array(lw.payload.data for lw in lws)[lsel]
-            load_won = Signal(name=f"load_wr_{bname}_won")
-            m.d.comb += load_won.eq(0)
-            if b == isa.Buffer.WGT:
-                m.d.comb += [wr.addr.eq(l_addr >> lg_wpr),
-                             wr.data.eq(l_data.replicate(geo.wgt_words_per_row))]
-                with m.If(load_hit):
-                    m.d.comb += [load_won.eq(1),
-                                 wr.en.eq(1 << l_addr[:lg_wpr] if lg_wpr else 1)]
-                _grant(m, load_won, lsel, llast, taken)
-                continue
-            # Writers in priority order: (condition, addr, data, en, taken by LOAD).
-            writers = []
-            if sfu is not None:
-                dw = sfu.dst_wr
-                writers.append((sfu_hit[b], dw.addr, dw.data, dw.en, False))
-            if b == isa.Buffer.OUT:
-                writers += [(held_v, held_addr, held_data, held_en, False),
-                            (m_we, mw.addr, mw.data, mw.en, False)]
-            writers.append((load_hit, l_addr, l_data, Const(-1, len(wr.en)), True))
-            for i, (cond, addr, wdata, en, is_load) in enumerate(writers):
-                with (m.If if i == 0 else m.Elif)(cond):
-                    m.d.comb += [wr.addr.eq(addr), wr.data.eq(wdata), wr.en.eq(en)]
-                    if is_load:
-                        m.d.comb += load_won.eq(1)
-            _grant(m, load_won, lsel, llast, taken)
-            if b == isa.Buffer.OUT:
-                with m.If(held_v & ~sfu_hit[b]):
-                    m.d.sync += held_v.eq(0)
-                with m.If(sfu_hit[b] & m_we & ~held_v):
-                    m.d.sync += [held_v.eq(1), held_addr.eq(mw.addr), held_data.eq(mw.data),
-                                 held_en.eq(mw.en)]
-        for c in range(nch):
-            m.d.comb += lws[c].ready.eq(taken[c])
-        m.d.comb += stall_matrix.eq(held_v)
+        # While a MATRIX result is held back by an SFU write to OUT, the unit stands still.
+        m.d.comb += stall_matrix.eq(connect_writes(
+            m, geo, rams, load_writes=[load.wr[c] for c in range(nch)],
+            matrix_write=matrix.out_wr, sfu_write=None if sfu is None else sfu.dst_wr))
         if sfu is not None:
             # While a result is held, the MATRIX unit stands still (its handshakes are
             # gated below), so the result it presents is taken when it moves again.
@@ -324,7 +234,7 @@ class Engine(wiring.Component):
         units = {isa.Unit.LOAD: load, isa.Unit.MATRIX: matrix, isa.Unit.STORE: store}
         if sfu is not None:
             units[isa.Unit.SFU] = sfu
-        unit_list = tuple(u for u in isa.Unit if u in units)
+        unit_list = plan.units
         stall = {u: Const(0) for u in unit_list}
         stall[isa.Unit.MATRIX] = stall_matrix
 
@@ -339,7 +249,7 @@ class Engine(wiring.Component):
         working = []
         # The streamed MATRIX engine (when built) reports a starved stream and its MV.
         mx = units[isa.Unit.MATRIX]
-        streamed = "starved" in mx.signature.members
+        streamed = plan.streamed
         starved = Signal()
         starved_pc = mx.starved_pc if streamed else self.retired
         qentry = Signal(ENTRY_LAYOUT)
@@ -610,66 +520,6 @@ class Engine(wiring.Component):
         return m
 
 
-def _route_read(m, name, port, targets, word_bits):
-    """Serve a buffer read port (``buf``, word ``addr``, ``en`` -> ``data``) from one RAM
-    read port per buffer; ``targets`` maps a buffer to ``(read port, lg words per row)``.
-    A buffer not in ``targets`` reads as 0 (its user checks ranges and refuses it)."""
-    sel = Signal(isa.Buffer, name=f"{name}_rd_buf")
-    lane_bits = max(lg for _, lg in targets.values())
-    lane = Signal(max(lane_bits, 1), name=f"{name}_rd_lane")
-    with m.If(port.en):
-        m.d.sync += sel.eq(port.buf)
-        if lane_bits:
-            m.d.sync += lane.eq(port.addr[:lane_bits])
-    for b, (rp, lg) in targets.items():
-        m.d.comb += [rp.addr.eq(port.addr >> lg), rp.en.eq(port.en & (port.buf == b))]
-    with m.Switch(sel):
-        for b, (rp, lg) in targets.items():
-            with m.Case(b):
-                if lg:
-                    m.d.comb += port.data.eq(rp.data.word_select(lane[:lg], word_bits))
-                else:
-                    m.d.comb += port.data.eq(rp.data)
-
-
-def _round_robin(m, reqs, name):
-    """Pick one of the requests ``reqs`` (1-bit values): the first after the last one
-    granted (see :func:`_grant`), wrapping around. Return ``(any, index, last)``."""
-    n = len(reqs)
-    sel = Signal(range(max(n, 2)), name=f"{name}_sel")
-    if n == 1:
-        return reqs[0], sel, None
-    last = Signal(range(n), name=f"{name}_last")
-    req = Signal(n, name=f"{name}_req")
-    m.d.comb += req.eq(Cat(*reqs))
-    # Later assignments win: the lowest request, then the lowest one above ``last``.
-    for c in reversed(range(n)):
-        with m.If(req[c]):
-            m.d.comb += sel.eq(c)
-    for c in reversed(range(1, n)):
-        with m.If(req[c] & (last < c)):
-            m.d.comb += sel.eq(c)
-    return req.any(), sel, last
-
-
-def _grant(m, won, sel, last, taken):
-    """The request ``sel`` of :func:`_round_robin` is served when ``won``: set its
-    ``taken`` flag and make it the last one granted."""
-    for c, t in enumerate(taken):
-        with m.If(won & (sel == c)):
-            m.d.comb += t.eq(1)
-    if last is not None:
-        with m.If(won):
-            m.d.sync += last.eq(sel)
-
-
-def _connect_read(m, reader, port):
-    for name in ("araddr", "arlen", "arsize", "arburst", "arvalid", "rready"):
-        m.d.comb += getattr(port, name).eq(getattr(reader, name))
-    for name in ("arready", "rdata", "rresp", "rlast", "rvalid"):
-        m.d.comb += getattr(reader, name).eq(getattr(port, name))
-
-
 class Core(wiring.Component):
     """The accelerator: an AXI4-Lite register block and the :class:`Engine`.
 
@@ -698,11 +548,9 @@ class Core(wiring.Component):
     """
 
     def __init__(self, config: AccelConfig, *, sfu: bool = True):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {config!r}")
+        self._plan = CorePlan.of(config, sfu=sfu)    # refuses a config it cannot build
         self._config = config
         self._sfu = bool(sfu)
-        BufferGeometry.of(config)
         wbits = config.memory.word_bits
         super().__init__({
             "csr": In(axi4lite_signature(addr_width=csrmap.CSR_ADDR_BITS)),
@@ -714,6 +562,11 @@ class Core(wiring.Component):
     @property
     def config(self) -> AccelConfig:
         return self._config
+
+    @property
+    def plan(self) -> CorePlan:
+        """What this core builds (:class:`~hdl.core.plan.CorePlan`)."""
+        return self._plan
 
     def elaborate(self, platform):
         m = Module()
