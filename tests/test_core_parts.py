@@ -1,5 +1,5 @@
-"""Parts of the core: the plan of each board config (what is built) and the buffer fabric's
-round robin between the LOAD unit's channels (amaranth.sim)."""
+"""Parts of the core: the plan of each board config (what is built), the buffer fabric's
+round robin between the LOAD unit's channels and the unit shell (amaranth.sim)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from hdl.core.matrix import MatrixUnit
 from hdl.core.matrix_front import MatrixFront
 from hdl.core.plan import CorePlan
 from hdl.core.top import Core, Engine
+from hdl.core.unit_shell import UnitShell
 
 BOARDS = sorted(p.stem for p in (Path(__file__).parent.parent / "fpga" / "boards").glob("*.yaml"))
 
@@ -132,3 +133,122 @@ def test_round_robin_takes_turns(n):
     # After reset channel 0 counts as the last one served: channel 1 goes first.
     assert everyone == [1 << ((i + 1) % n) for i in range(2 * n)]
     assert [t for _, t in seen[-2:]] == [0b1, 1 << (n - 1)]
+
+
+@pytest.mark.parametrize("idle_after_error", [False, True])
+def test_unit_shell_runs_and_releases(idle_after_error):
+    """An instruction is taken, checked (held while ``go`` is low), run until ``done`` and
+    released with its release tokens, then the next one is taken."""
+    shell = UnitShell(idle_after_error=idle_after_error, leave_run_on_fault=False)
+    word = isa.encode(isa.Opcode.ST, release=(isa.Unit.LOAD, isa.Unit.SFU))
+    go = isa.ErrorCode.NONE
+    steps = [
+        {"q_valid": 0},
+        {"q_valid": 1},
+        {"q_valid": 0, "go": 0, "code": go},     # CHECK, held
+        {"go": 1},                                # CHECK -> RUN
+        {"go": 0, "done": 0},                     # RUN
+        {"done": 1},                              # RUN -> REL
+        {"done": 0, "rel_ready": 0},              # REL, waiting
+        {"rel_ready": 1},                         # REL -> IDLE
+        {"rel_ready": 0},
+    ]
+    seen = _run_steps(shell, word, 7, steps)
+    assert [s["state"] for s in seen] == ["idle", "idle", "check", "check", "run", "run",
+                                          "rel", "rel", "idle"]
+    assert [s["take"] for s in seen] == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert [s["start"] for s in seen] == [0, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert [s["idle"] for s in seen] == [1, 1, 0, 0, 0, 0, 0, 0, 1]
+    release = (1 << isa.Unit.LOAD.value) | (1 << isa.Unit.SFU.value)
+    assert seen[6]["rel"] == seen[7]["rel"] == release
+    assert not any(s["err"] for s in seen)
+
+
+@pytest.mark.parametrize("idle_after_error", [False, True])
+def test_unit_shell_error_latch_is_sticky(idle_after_error):
+    """A refused check latches its code and the instruction's index and returns to IDLE;
+    a later fault changes nothing, and no instruction is taken any more."""
+    shell = UnitShell(idle_after_error=idle_after_error, leave_run_on_fault=False)
+    word = isa.encode(isa.Opcode.ST)
+    steps = [
+        {"q_valid": 1},
+        {"q_valid": 1, "code": isa.ErrorCode.BUFFER_RANGE},    # CHECK: refused
+        {"code": isa.ErrorCode.NONE, "fault": 1, "fault_code": isa.ErrorCode.AXI_ERROR},
+        {"fault": 0},
+        {},
+    ]
+    seen = _run_steps(shell, word, 41, steps)
+    assert [s["state"] for s in seen] == ["idle", "check", "idle", "idle", "idle"]
+    assert [s["err"] for s in seen] == [0, 0, 1, 1, 1]
+    assert all(s["err_code"] == isa.ErrorCode.BUFFER_RANGE for s in seen[2:])
+    assert all(s["err_pc"] == 41 for s in seen[2:])
+    assert [s["q_ready"] for s in seen] == [1, 0, 0, 0, 0]
+    assert [s["take"] for s in seen] == [1, 0, 0, 0, 0]
+    assert [s["idle"] for s in seen[2:]] == [int(idle_after_error)] * 3
+
+
+@pytest.mark.parametrize("leave", [False, True])
+def test_unit_shell_fault_while_running(leave):
+    """A fault in RUN is latched (SCALE_RANGE here); with ``leave_run_on_fault`` the run
+    ends the next cycle without a release, else it goes on to its release."""
+    shell = UnitShell(idle_after_error=False, leave_run_on_fault=leave)
+    word = isa.encode(isa.Opcode.MV, release=(isa.Unit.STORE,))
+    steps = [
+        {"q_valid": 1, "go": 1},
+        {"q_valid": 0},                                          # CHECK -> RUN
+        {"fault": 1, "fault_code": isa.ErrorCode.SCALE_RANGE},   # RUN: fault
+        {"fault": 0},
+        {"done": 1},
+        {"done": 0, "rel_ready": 1},
+    ]
+    seen = _run_steps(shell, word, 5, steps)
+    assert [s["err"] for s in seen] == [0, 0, 0, 1, 1, 1]
+    assert seen[-1]["err_code"] == isa.ErrorCode.SCALE_RANGE and seen[-1]["err_pc"] == 5
+    if leave:
+        assert [s["state"] for s in seen] == ["idle", "check", "run", "run", "idle", "idle"]
+    else:
+        assert [s["state"] for s in seen] == ["idle", "check", "run", "run", "run", "rel"]
+
+
+@pytest.mark.parametrize("where", ["check", "run"])
+def test_unit_shell_cancel(where):
+    """``cancel`` in RUN returns to IDLE without a release or an error; in CHECK it does
+    nothing."""
+    shell = UnitShell(idle_after_error=True, leave_run_on_fault=False)
+    word = isa.encode(isa.Opcode.ST, release=(isa.Unit.LOAD,))
+    steps = [{"q_valid": 1}, {"q_valid": 0, "cancel": int(where == "check")},
+             {"go": 1, "cancel": 0}, {"go": 0, "cancel": 1}, {"cancel": 0}]
+    seen = _run_steps(shell, word, 3, steps)
+    assert [s["state"] for s in seen] == ["idle", "check", "check", "run", "idle"]
+    assert not any(s["err"] for s in seen) and all(s["rel"] is None for s in seen)
+
+
+def _run_steps(shell, word, index, steps):
+    """Offer ``word`` (at ``index``) on the shell's queue and run ``steps``
+    (one cycle each: a step sets the inputs it names, the others keep their values, and
+    the outputs are recorded before the clock edge); ``rel_ready`` drives ``rel.ready``."""
+    seen = []
+
+    async def testbench(ctx):
+        ctx.set(shell.q.payload.instr, word)
+        ctx.set(shell.q.payload.index, index)
+        for inputs in steps:
+            for name, value in inputs.items():
+                target = {"q_valid": shell.q.valid, "rel_ready": shell.rel.ready}.get(name)
+                ctx.set(target if target is not None else getattr(shell, name), value)
+            seen.append({
+                "state": ("check" if ctx.get(shell.checking) else
+                          "run" if ctx.get(shell.running) else
+                          "rel" if ctx.get(shell.rel.valid) else "idle"),
+                "take": ctx.get(shell.take), "start": ctx.get(shell.start),
+                "q_ready": ctx.get(shell.q.ready), "idle": ctx.get(shell.idle),
+                "rel": ctx.get(shell.rel.payload) if ctx.get(shell.rel.valid) else None,
+                "err": ctx.get(shell.err), "err_code": ctx.get(shell.err_code),
+                "err_pc": ctx.get(shell.err_pc)})
+            await ctx.tick()
+
+    sim = Simulator(shell)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return seen

@@ -38,6 +38,7 @@ from .buffers import BufferGeometry
 from .load import unit_ports
 from .matrix_timing import matrix_cycles
 from .ram import Ram
+from .unit_shell import UnitShell
 
 __all__ = ["MatrixUnit", "acc_depth", "acc_read_signature", "write_results"]
 
@@ -226,9 +227,12 @@ class MatrixUnit(wiring.Component):
                                                          init=[])
             acc_rd, acc_wr = accmem.read_port(transparent_for=()), accmem.write_port()
 
-        instr = Signal(isa.INSTR_LAYOUT)
-        index = Signal(32)
-        rv0 = Signal(32)
+        # Idle, check, run, release and the error latch (stopped for good by an error).
+        m.submodules.shell = shell = UnitShell(idle_after_error=False,
+                                               leave_run_on_fault=False)
+        shell.serve(m, self)
+        instr = shell.entry.instr
+        rv0 = shell.entry.rv[0]
         f = instr.body.matrix
 
         # -- decode and check -----------------------------------------------------------
@@ -315,46 +319,25 @@ class MatrixUnit(wiring.Component):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
 
         # -- control ----------------------------------------------------------------------
-        start = Signal()
-        failed = Signal()
+        start = shell.start
         p_active = Signal()
         sb_active = Signal()
         w_done = Signal()
         ms_bad = Signal()
-        m.d.comb += self.err.eq(failed)
-        with m.If((resc.error | ms_bad) & ~failed):
-            m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
-                         self.err_pc.eq(index)]
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]
-                with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index),
-                                 rv0.eq(self.q.payload.rv[0])]
-                    m.next = "PREP"
-            with m.State("PREP"):
-                m.d.sync += [
-                    act_end.eq(f.abuf_addr + last_vec * astr + k),
-                    out_end.eq(f.obuf_addr + last_vec * ostr + (rows << lg_ob)),
-                    aux_end.eq(f.sbuf_addr + (mcount << 3)),
-                    vec_batches.eq(mcount * batches),
-                ]
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(code != isa.ErrorCode.NONE):
-                    m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += start.eq(1)
-                    m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(w_done):
-                    m.next = "REL"
-            with m.State("REL"):
-                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
-                with m.If(self.rel.ready):
-                    m.next = "IDLE"
+        m.d.comb += [shell.fault.eq(resc.error | ms_bad),
+                     shell.fault_code.eq(isa.ErrorCode.SCALE_RANGE)]
+        # The first cycle of CHECK prepares what the check and the run need.
+        prep = Signal()
+        m.d.sync += prep.eq(shell.take)
+        with m.If(prep):
+            m.d.sync += [
+                act_end.eq(f.abuf_addr + last_vec * astr + k),
+                out_end.eq(f.obuf_addr + last_vec * ostr + (rows << lg_ob)),
+                aux_end.eq(f.sbuf_addr + (mcount << 3)),
+                vec_batches.eq(mcount * batches),
+            ]
+        m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep),
+                     shell.done.eq(w_done)]
 
         m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq((f.bias & f.acc_init) | ~f.acc_init),
                      req.out_fmt.eq(f.out_fmt)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth.hdl import Array, Module, Mux, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -12,6 +12,7 @@ from airfoil import isa
 from .axi import BOUNDARY_BYTES, BURST_INCR
 from .buffers import BufferGeometry, buffer_read_signature
 from .load import mem_checks, unit_ports
+from .unit_shell import UnitShell
 
 __all__ = ["StoreUnit"]
 
@@ -64,9 +65,12 @@ class StoreUnit(wiring.Component):
         wb = geo.word_bytes
         lgw = geo.lg_word_bytes
 
-        instr = Signal(isa.INSTR_LAYOUT)
-        index = Signal(32)
-        rv = Signal(data.ArrayLayout(32, 3))
+        # Idle, check, run, release and the error latch.
+        m.submodules.shell = shell = UnitShell(idle_after_error=True,
+                                               leave_run_on_fault=False)
+        shell.serve(m, self)
+        instr = shell.entry.instr
+        rv = shell.entry.rv
         mem = instr.body.mem
         count = Signal(32)
         total = Signal(56)
@@ -85,7 +89,6 @@ class StoreUnit(wiring.Component):
         left = Signal(range(self._max_burst + 1))
         have = Signal()
         aw_shown = Signal()         # AWVALID is up, waiting for AWREADY
-        failed = Signal()
 
         to_boundary = Signal(range(BOUNDARY_BYTES // wb + 1))
         m.d.comb += to_boundary.eq((BOUNDARY_BYTES - addr[:exact_log2(BOUNDARY_BYTES)])
@@ -99,42 +102,38 @@ class StoreUnit(wiring.Component):
             self.rd.addr.eq(bptr >> lgw),
             self.rd.en.eq(~have),
             self.wdata.eq(self.rd.data),
-            self.err.eq(failed),
         ]
 
+        with m.If(shell.take):
+            m.d.sync += self.port.eq(self.q.payload.instr.body.mem.channel)
+        # The first cycle of CHECK adds the row register's offset to the address.
+        prep = Signal()
+        m.d.sync += prep.eq(shell.take)
+        with m.If(prep):
+            row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
+            m.d.sync += base.eq(mem.dram_addr + row_off)
+        m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep)]
+        with m.If(shell.start):
+            a = Array(self.data_base)[self.port] + base
+            m.d.sync += [addr.eq(a), row_addr.eq(a), row_left.eq(mem.nbytes >> lgw),
+                         rows_left.eq(count), bptr.eq(mem.buf_addr)]
+
+        # The run: bursts of address, data beats and response, from AW (also where it
+        # waits for the next run).
         with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(1)]
-                with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv),
-                                 self.port.eq(self.q.payload.instr.body.mem.channel)]
-                    m.next = "PREP"
-            with m.State("PREP"):
-                row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-                m.d.sync += base.eq(mem.dram_addr + row_off)
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(code != isa.ErrorCode.NONE):
-                    m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
-                    m.next = "IDLE"
-                with m.Else():
-                    a = Array(self.data_base)[self.port] + base
-                    m.d.sync += [addr.eq(a), row_addr.eq(a), row_left.eq(mem.nbytes >> lgw),
-                                 rows_left.eq(count), bptr.eq(mem.buf_addr)]
-                    m.next = "AW"
             with m.State("AW"):
                 # Once raised, AWVALID stays until AWREADY (AXI), so abort is honoured
                 # only before the address is shown.
-                with m.If(self.abort & ~aw_shown):
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += [self.awvalid.eq(1), self.awaddr.eq(addr),
-                                 self.awlen.eq(blen - 1)]
-                    m.d.sync += aw_shown.eq(~self.awready)
-                    with m.If(self.awready):
-                        m.d.sync += [left.eq(blen), have.eq(0)]
-                        m.next = "W"
+                with m.If(shell.running):
+                    with m.If(self.abort & ~aw_shown):
+                        m.d.comb += shell.cancel.eq(1)
+                    with m.Else():
+                        m.d.comb += [self.awvalid.eq(1), self.awaddr.eq(addr),
+                                     self.awlen.eq(blen - 1)]
+                        m.d.sync += aw_shown.eq(~self.awready)
+                        with m.If(self.awready):
+                            m.d.sync += [left.eq(blen), have.eq(0)]
+                            m.next = "W"
             with m.State("W"):
                 m.d.sync += have.eq(1)
                 m.d.comb += [self.wvalid.eq(have), self.wlast.eq(left == 1)]
@@ -146,24 +145,20 @@ class StoreUnit(wiring.Component):
                 m.d.comb += self.bready.eq(1)
                 with m.If(self.bvalid):
                     with m.If(self.bresp != 0):
-                        m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.AXI_ERROR),
-                                     self.err_pc.eq(index)]
-                        m.next = "IDLE"
+                        m.d.comb += [shell.fault.eq(1),
+                                     shell.fault_code.eq(isa.ErrorCode.AXI_ERROR),
+                                     shell.cancel.eq(1)]
+                        m.next = "AW"
                     with m.Elif(blen == row_left):
                         m.d.sync += [row_addr.eq(row_addr + mem.dram_stride),
                                      addr.eq(row_addr + mem.dram_stride),
                                      row_left.eq(mem.nbytes >> lgw),
                                      rows_left.eq(rows_left - 1)]
                         with m.If(rows_left == 1):
-                            m.next = "REL"
-                        with m.Else():
-                            m.next = "AW"
+                            m.d.comb += shell.done.eq(1)
+                        m.next = "AW"
                     with m.Else():
                         m.d.sync += [addr.eq(addr + (blen << lgw)),
                                      row_left.eq(row_left - blen)]
                         m.next = "AW"
-            with m.State("REL"):
-                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
-                with m.If(self.rel.ready):
-                    m.next = "IDLE"
         return m

@@ -56,6 +56,7 @@ from .axi_read import AxiReader
 from .fetch import ENTRY_LAYOUT
 from .load import unit_ports
 from .matrix import acc_read_signature, write_results
+from .unit_shell import UnitShell
 
 __all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
            "NM_NAMES"]
@@ -450,8 +451,13 @@ class StreamMatrix(wiring.Component):
             slc.append(sl)
         m.submodules.requant = req = Requantizer(tag_bits=24)
 
-        instr = Signal(isa.INSTR_LAYOUT)
-        index = Signal(32)
+        # Idle, check, run, release and the error latch (an error ends the run and stops
+        # the unit for good).
+        m.submodules.shell = shell = UnitShell(idle_after_error=False,
+                                               leave_run_on_fault=True)
+        shell.serve(m, self)
+        instr = shell.entry.instr
+        index = shell.entry.index
         f = instr.body.matrix
 
         # -- decode and check ---------------------------------------------------------------
@@ -501,63 +507,36 @@ class StreamMatrix(wiring.Component):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
 
         # -- control -----------------------------------------------------------------------
-        start = Signal()
+        start = shell.start
         req_m, req_s = Signal.like(f.req_m), Signal.like(f.req_s)     # the token's (M, S)
-        failed = Signal()
+        failed = shell.err
         w_done = Signal()
-        fail_now = Signal()
-        fail_code = Signal(isa.ErrorCode)
+        run_fail = Signal()                 # a slice's error while it runs
+        run_code = Signal(isa.ErrorCode)
         resc_error = Signal()
-        m.d.comb += [self.err.eq(failed),
-                     resc_error.eq(Cat(*[sl["resc"].error for sl in slc]).any())]
-        with m.If(~failed):
-            with m.If(fail_now):
-                m.d.sync += [failed.eq(1), self.err_code.eq(fail_code),
-                             self.err_pc.eq(index)]
-            with m.Elif(resc_error):
-                m.d.sync += [failed.eq(1), self.err_code.eq(isa.ErrorCode.SCALE_RANGE),
-                             self.err_pc.eq(index)]
+        m.d.comb += [resc_error.eq(Cat(*[sl["resc"].error for sl in slc]).any()),
+                     shell.fault.eq(run_fail | resc_error),
+                     shell.fault_code.eq(Mux(run_fail, run_code, isa.ErrorCode.SCALE_RANGE)),
+                     shell.done.eq(w_done)]
         if has_aux:
-            # The token's (M, S), from the scale pair read in CHECK (used in TOKEN).
+            # With a token scale, CHECK takes a second cycle: the scale pair read in the
+            # first gives the token's (M, S), refused as SCALE_RANGE if out of range.
             tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, f.sbuf_addr,
                                                          f.k0)
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(~failed)]
-                with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(code != isa.ErrorCode.NONE):
-                    m.d.comb += [fail_now.eq(1), fail_code.eq(code)]
-                    m.next = "IDLE"
-                if has_aux:
-                    with m.Elif(f.tok_scale):
-                        m.d.comb += [self.aux_rd.en.eq(1),
-                                     self.aux_rd.addr.eq(f.sbuf_addr >> lgw)]
-                        m.next = "TOKEN"
-                with m.Else():
-                    m.d.comb += start.eq(1)
-                    m.next = "RUN"
-            if has_aux:
-                with m.State("TOKEN"):
-                    with m.If(tok_bad):
-                        m.d.comb += [fail_now.eq(1), fail_code.eq(isa.ErrorCode.SCALE_RANGE)]
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += [req_m.eq(tok_m), req_s.eq(tok_s)]
-                        m.d.comb += start.eq(1)
-                        m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(failed):
-                    m.next = "IDLE"
-                with m.Elif(w_done):
-                    m.next = "REL"
-            with m.State("REL"):
-                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
-                with m.If(self.rel.ready):
-                    m.next = "IDLE"
+            token = Signal()                # the second cycle of CHECK
+            read_token = Signal()
+            m.d.comb += read_token.eq(shell.checking & ~token &
+                                      (code == isa.ErrorCode.NONE) & f.tok_scale)
+            m.d.sync += token.eq(read_token)
+            with m.If(read_token):
+                m.d.comb += [self.aux_rd.en.eq(1), self.aux_rd.addr.eq(f.sbuf_addr >> lgw)]
+            with m.If(shell.checking & token & ~tok_bad):
+                m.d.sync += [req_m.eq(tok_m), req_s.eq(tok_s)]
+            m.d.comb += [shell.code.eq(Mux(token, Mux(tok_bad, isa.ErrorCode.SCALE_RANGE,
+                                                      isa.ErrorCode.NONE), code)),
+                         shell.go.eq(token | ~f.tok_scale)]
+        else:
+            m.d.comb += [shell.code.eq(code), shell.go.eq(1)]
 
         m.d.comb += [req.mult.eq(Mux(f.tok_scale, req_m, f.req_m)),
                      req.shift.eq(Mux(f.tok_scale, req_s, f.req_s)), req.out_fmt.eq(f.out_fmt)]
@@ -718,7 +697,7 @@ class StreamMatrix(wiring.Component):
         # The first error of the lowest slice wins.
         for cond, ecode in reversed(errs):
             with m.If(cond):
-                m.d.comb += [fail_now.eq(1), fail_code.eq(ecode)]
+                m.d.comb += [run_fail.eq(1), run_code.eq(ecode)]
         m.d.comb += [self.starved.eq(~failed & Cat(*starving).any()),
                      self.starved_pc.eq(index)]
         with m.If(failed):

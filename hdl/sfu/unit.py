@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Mapping
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -22,6 +22,7 @@ from airfoil.config import LimitsConfig
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
+from ..core.unit_shell import UnitShell
 from . import attention, elementwise, quant, rmsnorm, rope
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT
@@ -169,9 +170,12 @@ class SfuUnit(wiring.Component):
         lg = exact_log2(self._word_bits // 8)
         lanes = self._word_bits // 32
 
-        instr = Signal(isa.INSTR_LAYOUT)
-        index = Signal(32)
-        rv = Signal(data.ArrayLayout(32, 3))
+        # Idle, check, run, release and the error latch.
+        m.submodules.shell = shell = UnitShell(idle_after_error=True,
+                                               leave_run_on_fault=False)
+        shell.serve(m, self)
+        instr = shell.entry.instr
+        rv = shell.entry.rv
         sfu = instr.body.sfu
         func = sfu.func.as_value()
         args = Signal(ARGS_LAYOUT)
@@ -230,8 +234,8 @@ class SfuUnit(wiring.Component):
         src_lane = Signal(range(lanes))
         aux_lane = Signal(range(lanes))
         m.d.sync += [src_lane.eq(k_src_addr[2:lg]), aux_lane.eq(k_aux_addr[2:lg])]
-        start = Signal()
-        running = Signal()
+        start = shell.start
+        running = shell.running
         for f, k in self.kernels.items():
             m.submodules[f"k_{f.name.lower()}"] = ResetInserter(kreset)(k)
             m.d.comb += [
@@ -271,52 +275,46 @@ class SfuUnit(wiring.Component):
         ]
 
         # -- control ---------------------------------------------------------------------
-        failed = Signal()
-        m.d.comb += self.err.eq(failed)
+        # CHECK: the static checks, then (rowwise and attention functions) the divisions
+        # whose remainders must be 0, then a cycle that starts the kernel.
+        def refuse(code):
+            m.d.comb += shell.code.eq(code)
+            m.next = "FIRST"
 
-        def fail(code):
-            m.d.sync += [failed.eq(1), self.err_code.eq(code), self.err_pc.eq(index)]
-            m.next = "IDLE"
-
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [self.q.ready.eq(~failed), self.idle.eq(1)]
-                with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr), index.eq(self.q.payload.index),
-                                 rv.eq(self.q.payload.rv)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(malformed):
-                    fail(ErrorCode.MALFORMED)
-                with m.Elif(rowwise | att_kv):
-                    m.d.comb += div.start.eq(1)
-                    m.next = "DIVIDE"
-                with m.Elif(~built):
-                    fail(ErrorCode.UNSUPPORTED)
-                with m.Else():
-                    m.next = "START"
+        with m.FSM(name="check"):
+            with m.State("FIRST"):
+                with m.If(shell.checking):
+                    with m.If(malformed):
+                        refuse(ErrorCode.MALFORMED)
+                    with m.Elif(rowwise | att_kv):
+                        m.d.comb += div.start.eq(1)
+                        m.next = "DIVIDE"
+                    with m.Elif(~built):
+                        refuse(ErrorCode.UNSUPPORTED)
+                    with m.Else():
+                        m.next = "START"
             with m.State("DIVIDE"):
                 with m.If(div.done):
                     with m.If(div.remainder != 0):
-                        fail(ErrorCode.MALFORMED)
+                        refuse(ErrorCode.MALFORMED)
                     with m.Elif(~built):
-                        fail(ErrorCode.UNSUPPORTED)
+                        refuse(ErrorCode.UNSUPPORTED)
                     with m.Else():
                         m.next = "START"
             with m.State("START"):
-                m.d.comb += start.eq(1)
-                m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(viol):
-                    m.d.comb += kreset.eq(1)
-                    fail(ErrorCode.BUFFER_RANGE)
-                with m.Elif(k_done & k_err):
-                    fail(k_code)
-                with m.Elif(k_done):
-                    m.next = "REL"
-            with m.State("REL"):
-                m.d.comb += [self.rel.valid.eq(1), self.rel.payload.eq(instr.header.release)]
-                with m.If(self.rel.ready):
-                    m.next = "IDLE"
+                m.d.comb += shell.go.eq(1)
+                m.next = "FIRST"
+
+        # RUN: until the kernel is done; a range violation or a kernel's error ends it.
+        def fail(code):
+            m.d.comb += [shell.fault.eq(1), shell.fault_code.eq(code), shell.cancel.eq(1)]
+
+        with m.If(running):
+            with m.If(viol):
+                m.d.comb += kreset.eq(1)
+                fail(ErrorCode.BUFFER_RANGE)
+            with m.Elif(k_done & k_err):
+                fail(k_code)
+            with m.Elif(k_done):
+                m.d.comb += shell.done.eq(1)
         return m
