@@ -230,7 +230,7 @@ def _run_steps(shell, word, index, steps):
     seen = []
 
     async def testbench(ctx):
-        ctx.set(shell.q.payload.instr, word)
+        ctx.set(shell.q.payload.instr.as_value(), word)
         ctx.set(shell.q.payload.index, index)
         for inputs in steps:
             for name, value in inputs.items():
