@@ -11,10 +11,11 @@ programs a design's registers.
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 from cocotb.triggers import FallingEdge, RisingEdge
 
-__all__ = ["HarnessMemory", "AxiLiteMaster"]
+__all__ = ["HarnessMemory", "AxiLiteMaster", "load_run"]
 
 
 def _get(sig) -> int:
@@ -106,3 +107,14 @@ class AxiLiteMaster:
         await RisingEdge(self.clk)
         s("rready").value = 0
         return value
+
+
+def load_run(dut, run: dict, mem: HarnessMemory) -> None:
+    """Set up one run of a job file (``sim.rtl.write_job``): the memory image's regions,
+    the memory model's stall seed and its stall inputs."""
+    mem.reset(run["mem_bytes"])
+    for region in run["regions"]:
+        mem.write(region["addr"], Path(region["file"]).read_bytes())
+    dut.tb_seed.value = run["seed"] & ((1 << 64) - 1)
+    for name, value in run["stall_inputs"].items():
+        getattr(dut, name).value = value

@@ -27,7 +27,7 @@ from cocotb.triggers import ClockCycles, Timer, ValueChange
 from cocotb.utils import get_sim_time
 
 from airfoil import csr as csrmap
-from sim.axi_mem import AxiLiteMaster, HarnessMemory
+from sim.axi_mem import AxiLiteMaster, HarnessMemory, load_run
 
 #: Clock period of the simulation (ns).
 PERIOD_NS = 10
@@ -95,12 +95,7 @@ class Watch:
 
 async def _run_one(dut, job: dict, run: dict, mem: HarnessMemory) -> dict:
     nch = job["channels"]
-    mem.reset(run["mem_bytes"])
-    for region in run["regions"]:
-        mem.write(region["addr"], Path(region["file"]).read_bytes())
-    dut.tb_seed.value = run["seed"] & ((1 << 64) - 1)
-    for name, value in run["stall_inputs"].items():
-        getattr(dut, name).value = value
+    load_run(dut, run, mem)
     csr = AxiLiteMaster(dut, "csr", dut.clk)
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)

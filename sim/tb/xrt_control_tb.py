@@ -21,7 +21,7 @@ from cocotb.triggers import ClockCycles, Timer
 
 from airfoil import csr as csrmap
 from airfoil import kernel as kmap
-from sim.axi_mem import AxiLiteMaster, HarnessMemory
+from sim.axi_mem import AxiLiteMaster, HarnessMemory, load_run
 
 PERIOD_NS = 10
 
@@ -40,12 +40,7 @@ async def _read_reg(ctl, reg) -> int:
 
 async def _run_one(dut, job: dict, run: dict, mem: HarnessMemory) -> dict:
     nch = job["channels"]
-    mem.reset(run["mem_bytes"])
-    for region in run["regions"]:
-        mem.write(region["addr"], Path(region["file"]).read_bytes())
-    dut.tb_seed.value = run["seed"] & ((1 << 64) - 1)
-    for name, value in run["stall_inputs"].items():
-        getattr(dut, name).value = value
+    load_run(dut, run, mem)
     ctl = AxiLiteMaster(dut, "s_axi_control", dut.clk)
     dut.rst.value = 1
     await ClockCycles(dut.clk, 4)
