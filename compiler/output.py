@@ -12,21 +12,21 @@ from airfoil.folder import MANIFEST
 __all__ = ["write_folder"]
 
 
-def write_folder(out_dir, files: dict) -> Path:
+def write_folder(out_dir, files: dict, marker: str = MANIFEST) -> Path:
     """Write ``files`` (name -> bytes) as the folder ``out_dir``, all or nothing.
 
     The files go into a temporary sibling folder which is then renamed into place, so a
     failure leaves either the previous folder or none, never a half-written one. An
-    existing ``out_dir`` is replaced only if it is an output folder (holds a manifest) or
-    empty.
+    existing ``out_dir`` is replaced only if it is empty or a folder of the same kind:
+    one that holds ``marker`` (an output folder's manifest by default).
     """
     out = Path(out_dir)
     if out.exists():
         if not out.is_dir():
             raise CompileError(f"output path {str(out)!r} exists and is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise CompileError(f"refusing to replace {str(out)!r}: it is not empty and not "
-                               f"an Airfoil output folder (no {MANIFEST})")
+        if any(out.iterdir()) and not (out / marker).is_file():
+            raise CompileError(f"refusing to replace {str(out)!r}: it is not empty and has "
+                               f"no {marker} (not an Airfoil output folder)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

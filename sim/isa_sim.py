@@ -35,6 +35,7 @@ index and the :class:`airfoil.isa.ErrorCode`; the exception carries ``code`` and
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +59,27 @@ from .llm_host import LLMHost
 #: N:M sparsity code of a stream record -> pattern name of the config.
 NM_NAMES = {code: name for name, code in NM_BY_NAME.items()}
 
-__all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa", "decode_step_cycles"]
+__all__ = ["run_isa", "IsaSim", "fault", "IsaLLM", "generate_isa", "decode_step_cycles",
+           "TraceEvent"]
+
+
+class TraceEvent(NamedTuple):
+    """One executed unit instruction on the simulator's clock (core cycles).
+
+    ``start`` is when the unit (for ``LD``/``ST``: the memory channel) began it, ``end``
+    when the unit could begin its next one (``start`` + busy), ``finish`` when the
+    instruction's result is there for a waiting unit; ``nbytes`` the bytes an ``LD`` or
+    ``ST`` moved (0 for the others); ``macs`` the multiply-accumulates of an ``MV``/``MM``
+    or an attention product (0 for the others).
+    """
+
+    index: int
+    unit: Unit
+    start: int
+    end: int
+    finish: int
+    nbytes: int
+    macs: int
 
 
 #: Unpacked weight tiles by (layout, raw bytes): a pure function of the bytes, so a tile
@@ -150,6 +171,9 @@ class IsaSim:
         #: Per slice (words, k-steps) of the last STREAM instruction.
         self._stream_cost = None
         self.stream_time = 0            # when the last LD WSTREAM's first word arrived
+        #: When a list, :meth:`run` appends one :class:`TraceEvent` per unit instruction
+        #: it executes (for timelines: ``airfoil report``).
+        self.trace: list | None = None
         #: Words per cycle a channel streams: its bandwidth (the stream FIFO hides latency).
         self._stream_rate = min(1.0, config.channel_bytes_per_cycle / config.word_bytes)
 
@@ -762,6 +786,7 @@ class IsaSim:
                 fifos[(w, u)].popleft()
                 token_log[(w, u)].append((t, 0, idx))
             op = ins.opcode
+            nbytes, begin, macs = 0, t, 0
             if op in (Opcode.LD, Opcode.ST):
                 nbytes = self._mem_op(idx, ins, write=op == Opcode.ST)
                 begin, cost = self.mem.transfer(ins.channel, t, nbytes, write=op == Opcode.ST)
@@ -772,10 +797,12 @@ class IsaSim:
                                            self.config.memory.latency_of(ins.channel))
             else:
                 if op == Opcode.SFU:
-                    self._sfu(idx, ins)
+                    macs = self._sfu(idx, ins)[1]
                     cost = self.model.sfu_call(ins.func, **self._sfu_args(ins))
                 else:
+                    macs = self.macs
                     m = self._matrix(idx, ins)
+                    macs = self.macs - macs
                     if ins.wfmt == WeightFormat.STREAM:
                         cost = stream_matrix_cost(self._stream_cost, m, self._stream_rate,
                                                   token_scale=bool(ins.tok_scale))
@@ -789,6 +816,9 @@ class IsaSim:
             finish = max(finish, st.last_finish)
             st.last_finish = finish
             st.busy += cost.busy
+            if self.trace is not None:
+                self.trace.append(TraceEvent(idx, u, int(begin), int(begin + cost.busy),
+                                             int(finish), nbytes, int(macs)))
             st.count += 1
             executed += 1
             for r in _units(ins.release):
@@ -869,14 +899,22 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
 class IsaLLM(LLMHost):
     """One sequence of an LLM folder on the ISA simulator (parameters: :class:`LLMHost`)."""
 
-    def __init__(self, folder, config: AccelConfig):
+    def __init__(self, folder, config: AccelConfig, *, trace: bool = False):
         super().__init__(folder, config)
         self._decoded = {phase: (prog.words, IsaSim.prepare(prog.words))
                          for phase, prog in self.programs.items()}
+        #: Keep each run's :class:`TraceEvent` list as its stats' ``trace``.
+        self.keep_trace = trace
 
     def execute(self, phase: str, T: int) -> dict:
         words, instrs = self._decoded[phase]
-        return IsaSim(self.config, self.image, self.folder.channel_offsets).run(words, instrs)
+        sim = IsaSim(self.config, self.image, self.folder.channel_offsets)
+        if self.keep_trace:
+            sim.trace = []
+        stats = sim.run(words, instrs)
+        if sim.trace is not None:
+            stats["trace"] = sim.trace
+        return stats
 
 
 def decode_step_cycles(folder, config: AccelConfig, position: int | None = None) -> dict:
