@@ -71,6 +71,9 @@ class Graph:
         The value holding the logits.
     qweights : dict
         Linear node name -> :class:`airfoil.fixedpoint.QLinear` (set by ``quantize``).
+    prequantized : dict
+        Recipe layer name -> :class:`airfoil.fixedpoint.QLinear` a quantized checkpoint
+        gave exactly (set by its importer): ``quantize`` takes these as given.
     meta : dict
         Facts passes record (``recipe``, ``attention_scale_folded``, ...).
     """
@@ -81,6 +84,7 @@ class Graph:
     output: str
     qweights: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    prequantized: dict = field(default_factory=dict)
 
     INPUT = "tokens"
 
@@ -89,7 +93,8 @@ class Graph:
         return Graph(nodes=[Node(n.name, n.op, tuple(n.inputs), dict(n.attrs))
                             for n in self.nodes],
                      params=dict(self.params), shape=self.shape, output=self.output,
-                     qweights=dict(self.qweights), meta=copy.deepcopy(self.meta))
+                     qweights=dict(self.qweights), meta=copy.deepcopy(self.meta),
+                     prequantized=dict(self.prequantized))
 
     def node(self, name: str) -> Node:
         """The node named ``name``."""

@@ -21,7 +21,8 @@ from airfoil.fixedpoint import QLinear
 from airfoil.formats import quantize_weights
 
 from .ir import Graph, Node, Pass, Pipeline
-from .llm_recipe import LlmRecipe, load_llm_recipe
+from .importers.prequant import scaled_scales
+from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
            "quantized_model"]
@@ -55,6 +56,9 @@ class FoldAttentionScale(Pass):
                 raise CompileError(f"attention {att.name}: query is not a linear layer's "
                                    f"output, cannot fold the scale")
             w = lin.attrs["weight"]
+            if lin.attrs["layer"] in g.prequantized:
+                layer = lin.attrs["layer"]
+                g.prequantized[layer] = scaled_scales(g.prequantized[layer], scale)
             new = w + ":scaled"
             g.params[new] = g.params[w] * scale
             lin.attrs["weight"] = new
@@ -83,6 +87,10 @@ class Quantize(Pass):
             raise CompileError("graph is already quantized")
         plan = self.recipe.resolve(g.linear_layers())
         for layer, node in g.linear_layers().items():
+            if layer in g.prequantized:                 # a quantized checkpoint's, as given
+                g.qweights[node.name] = pre = g.prequantized[layer]
+                plan[layer] = LayerQuant(f"int{pre.bits}", pre.group)
+                continue
             lq = plan[layer]
             w = g.params[node.attrs["weight"]]
             k = w.shape[1]

@@ -20,7 +20,8 @@ from airfoil.textfile import read_text
 from ..ir import Graph, build_llama_graph, llama_param_shapes
 from ..reference import LlamaShape
 
-__all__ = ["load_hf_config", "parse_hf_config", "load_hf_tensors", "import_hf"]
+__all__ = ["load_hf_config", "read_hf_config", "parse_hf_config", "load_hf_tensors",
+           "import_hf"]
 
 _ARCHS = ("LlamaForCausalLM",)
 #: Tensors some checkpoints carry that the model does not need.
@@ -29,15 +30,19 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def load_hf_config(path) -> LlamaShape:
     """Read and check ``config.json`` of a LLaMA-family model folder."""
+    return parse_hf_config(read_hf_config(path), Path(path) / "config.json")
+
+
+def read_hf_config(path):
+    """The JSON value of ``config.json`` of a model folder (not yet checked)."""
     p = Path(path) / "config.json"
     if not p.exists():
         raise CompileError(f"{p}: not found (a model folder needs config.json)")
     text = read_text(p, "model config", CompileError)
     try:
-        cfg = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError) as e:
         raise CompileError(f"{p}: not valid JSON ({e})") from None
-    return parse_hf_config(cfg, p)
 
 
 def parse_hf_config(cfg, p="config.json") -> LlamaShape:
@@ -130,8 +135,12 @@ _LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def import_hf(path) -> Graph:
-    """Import a model folder in HF layout into a :class:`~compiler.ir.Graph`."""
-    shape = load_hf_config(path)
+    """Import a model folder in HF layout into a :class:`~compiler.ir.Graph`.
+
+    A ``quantization_config`` in ``config.json`` is honoured (GPTQ, AWQ:
+    :mod:`.quantized_hf`) or refused, never ignored."""
+    cfg = read_hf_config(path)
+    shape = parse_hf_config(cfg, Path(path) / "config.json")
     tensors = load_hf_tensors(path)
     # The layer count is checked against the checkpoint before anything is sized by it.
     held = {int(m.group(1)) for m in map(_LAYER_NAME.match, tensors) if m}
@@ -139,6 +148,9 @@ def import_hf(path) -> Graph:
         raise CompileError(f"{path}: config.json says num_hidden_layers="
                            f"{shape.num_hidden_layers}, the checkpoint holds {len(held)} "
                            f"layers")
+    if isinstance(cfg, dict) and "quantization_config" in cfg:
+        from .quantized_hf import import_quantized_hf
+        return import_quantized_hf(path, shape, cfg["quantization_config"], tensors)
     want = llama_param_shapes(shape)
     for name, t in tensors.items():
         if name not in want and not name.endswith(_IGNORED_SUFFIXES):

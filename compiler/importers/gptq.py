@@ -1,0 +1,117 @@
+"""GPTQ checkpoints (AutoGPTQ / GPTQModel / optimum layout) in an HF folder.
+
+``config.json`` carries ``quantization_config`` with ``quant_method: gptq``. Each
+quantized linear layer ``P`` (a ``torch.nn.Linear`` of ``k`` inputs, ``n`` outputs) holds
+
+* ``P.qweight`` int32 ``(k * bits / 32, n)``: ``32 / bits`` codes per word packed along
+  ``k``, input ``8 j + i`` of word ``j`` in bits ``4 i .. 4 i + 3`` (4-bit);
+* ``P.qzeros`` int32 ``(k / group, n * bits / 32)``: zero points packed along ``n`` the
+  same way;
+* ``P.scales`` FP16 ``(k / group, n)``; ``P.g_idx`` int32 ``(k,)``: the group of each input
+  (``i // group`` unless act-order reordered them).
+
+The weight is ``W[out, in] = scales[g_idx[in], out] * (q[in, out] - zero[g_idx[in], out])``
+where ``zero`` is the stored field plus one in the original layout
+(``checkpoint_format: gptq``: the packer stored ``zero - 1``) and the stored field itself
+in ``gptq_v2``. Symmetric 4-bit GPTQ (zero 8) gives codes ``-8..7``: INT4 exactly; a zero
+point per group and output (asymmetric) gives codes ``-15..16``: INT8 exactly.
+Act-order checkpoints whose ``g_idx`` mixes groups within a run of ``group`` inputs are
+requantized from their dequantization (the hardware's groups are runs of inputs), with
+the error reported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from airfoil.errors import CompileError
+
+from .packed import fp16_exactly, tensor_of, unpack_words
+from .prequant import exact_layer
+
+__all__ = ["GptqLayout", "parse_gptq_config"]
+
+#: quantization_config keys that do not change what the tensors hold (calibration and
+#: kernel choices).
+_RUNTIME_KEYS = {"quant_method", "damp_percent", "damp_auto_increment", "true_sequential",
+                 "static_groups", "model_name_or_path", "model_file_base_name", "use_exllama",
+                 "exllama_config", "use_cuda_fp16", "cache_block_outputs", "batch_size",
+                 "dataset", "tokenizer", "pad_token_id", "max_input_length",
+                 "module_name_preceding_first_block", "block_name_to_quantize", "meta",
+                 "mse", "backend", "is_marlin_format", "pack_dtype", "lm_head",
+                 "quantizer", "format", "v2", "act_group_aware", "hyb_act", "rotation",
+                 "modules_in_block_to_quantize", "modules_to_not_convert", "bits",
+                 "group_size", "desc_act", "sym", "checkpoint_format"}
+_CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
+#: Suffixes of one quantized layer's tensors.
+SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
+
+
+class GptqLayout:
+    """The stored layout a GPTQ ``quantization_config`` names (:func:`parse_gptq_config`)."""
+
+    method = "gptq"
+    suffixes = SUFFIXES
+
+    def __init__(self, bits: int, group: int, v2: bool):
+        self.bits, self.group, self.v2 = bits, group, v2
+
+    def layer(self, prefix: str, tensors: dict, n: int, k: int, where):
+        """``(float weight, QLinear or None, why converted or None)`` of layer ``prefix``."""
+        b, per = self.bits, 32 // self.bits
+        group = self.group if self.group > 0 else k
+        if k % per or n % per or k % group:
+            raise CompileError(f"{where}: layer {prefix} of {n} x {k} does not split into "
+                               f"{per}-code words and groups of {group}")
+        groups = k // group
+        qw = tensor_of(tensors, prefix + ".qweight", where, torch.int32, (k // per, n))
+        qz = tensor_of(tensors, prefix + ".qzeros", where, torch.int32, (groups, n // per))
+        sc = tensor_of(tensors, prefix + ".scales", where, None, (groups, n))
+        if prefix + ".g_idx" in tensors:
+            gi = tensor_of(tensors, prefix + ".g_idx", where, None, (k,)).to(torch.int64)
+            if int(gi.min()) < 0 or int(gi.max()) >= groups:
+                raise CompileError(f"{where}: tensor {prefix}.g_idx names groups outside "
+                                   f"0..{groups - 1}")
+        else:
+            gi = torch.arange(k) // group
+        q = unpack_words(qw, b, 0)                                     # (k, n)
+        z = unpack_words(qz, b, 1)                                     # (groups, n)
+        if not self.v2:
+            if bool((z == (1 << b) - 1).any()):
+                raise CompileError(f"{where}: tensor {prefix}.qzeros stores {(1 << b) - 1} "
+                                   f"(zero point {1 << b} or 0 in the 'zero - 1' layout of "
+                                   f"checkpoint_format gptq: ambiguous)")
+            z = z + 1
+        codes = (q - z[gi]).T.contiguous()                               # (n, k)
+        w = (sc.to(torch.float64)[gi].T * codes).to(torch.float32)
+        runs = gi.reshape(groups, group)
+        if not bool((runs == runs[:, :1]).all()):
+            return w, None, (f"act-order: g_idx mixes groups within runs of {group} "
+                             f"inputs")
+        s16 = fp16_exactly(sc)
+        if s16 is None:
+            return w, None, f"scales of dtype {sc.dtype} are not FP16 values"
+        return w, exact_layer(codes, s16[runs[:, 0]].T.contiguous(), group, prefix), None
+
+
+def parse_gptq_config(qc: dict, p) -> GptqLayout:
+    """Check a GPTQ ``quantization_config``; every key is honoured or refused."""
+    extra = sorted(set(qc) - _RUNTIME_KEYS)
+    if extra:
+        raise CompileError(f"{p}: quantization_config key {extra[0]!r} is not understood "
+                           f"for quant_method gptq")
+    bits = qc.get("bits", 4)
+    if bits not in (2, 4, 8):
+        raise CompileError(f"{p}: quantization_config bits={bits!r} (accepted: 2, 4, 8)")
+    group = qc.get("group_size", 128)
+    if not isinstance(group, int) or not (group == -1 or group > 0):
+        raise CompileError(f"{p}: quantization_config group_size={group!r} (accepted: a "
+                           f"positive integer or -1)")
+    fmt = qc.get("checkpoint_format", qc.get("format", "gptq"))
+    if fmt not in _CHECKPOINT_FORMATS:
+        raise CompileError(f"{p}: quantization_config checkpoint_format={fmt!r} (accepted: "
+                           f"{', '.join(_CHECKPOINT_FORMATS)})")
+    if qc.get("is_marlin_format"):
+        raise CompileError(f"{p}: quantization_config is_marlin_format=true (accepted: "
+                           f"the GPTQ packing)")
+    return GptqLayout(bits, group, fmt == "gptq_v2")

@@ -1,0 +1,159 @@
+"""Linear layers a quantized checkpoint gives exactly, in the form the datapath computes.
+
+The importers of quantized checkpoints (:mod:`.gptq`, :mod:`.awq`, :mod:`.gguf`) read each
+linear layer's integer codes, zero points and group scales and either
+
+* give the layer **exactly**: the signed codes ``q - z`` (zero point subtracted at compile
+  time) with the file's own FP16 group scales become a
+  :class:`~airfoil.fixedpoint.QLinear` (:func:`exact_layer`) in the narrowest WGT-tile
+  integer format that holds every code: INT4 (``-8..7``, e.g. symmetric GPTQ with zero 8,
+  GGUF Q4_0 with a positive scale) or INT8 (``-128..127``: any 4-bit code minus a 4-bit
+  zero point, a negated Q4_0 block, Q8_0). The compiler's ``quantize`` pass takes these
+  layers as given (:attr:`compiler.ir.Graph.prequantized`); or
+* **convert** it: the file's own dequantization becomes the float weight that the recipe
+  quantizes like any other, and :func:`conversion_errors` measures what that costs.
+
+Either way the graph's float parameter of the layer is the file's dequantization (the
+``float`` backend runs it). What the importer decided per layer is the plain dict
+``graph.meta["import"]`` (:class:`ImportReport`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from airfoil.errors import CompileError
+from airfoil.fixedpoint import QLinear
+from airfoil.formats import SCALE_SHIFT_MAX, fp16_fixed
+
+from ..ir import Graph, build_llama_graph
+
+__all__ = ["HARDWARE_GROUPS", "ImportReport", "exact_layer", "code_bits", "hardware_group",
+           "scaled_scales", "finish_import", "conversion_errors", "rms_error"]
+
+#: Group sizes a layer's scales are split to (largest first): every board config builds
+#: 64 and 128, most 32 (``group_sizes`` in ``fpga/boards/*.yaml``).
+HARDWARE_GROUPS = (128, 64, 32)
+#: Integer WGT-tile formats by width, with their code range.
+_INT_RANGES = {4: (-8, 7), 8: (-128, 127)}
+
+
+@dataclass
+class ImportReport:
+    """What a quantized checkpoint's importer did with each linear layer.
+
+    Attributes
+    ----------
+    format : str
+        The checkpoint format (``"gptq"``, ``"awq"``, ``"gguf"``).
+    exact : dict
+        Layer name -> WGT-tile format (``"int4"``, ``"int8"``) of the layers taken exactly.
+    converted : dict
+        Layer name -> why it is requantized from the file's dequantization (the
+        quantization type, act-order, a zero point that is not an integer).
+    """
+
+    format: str
+    exact: dict = field(default_factory=dict)
+    converted: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def code_bits(codes: torch.Tensor, layer: str) -> int:
+    """The narrowest integer WGT-tile format (4 or 8 bits) holding every code."""
+    lo, hi = int(codes.min()), int(codes.max())
+    for bits, (a, b) in _INT_RANGES.items():
+        if a <= lo and hi <= b:
+            return bits
+    raise CompileError(f"layer {layer}: codes {lo}..{hi} do not fit INT8 (-128..127), the "
+                       f"widest integer weight format")
+
+
+def hardware_group(group: int, k: int, layer: str) -> int:
+    """The largest of :data:`HARDWARE_GROUPS` dividing ``group`` (a whole row when the
+    checkpoint has one scale per row): the file's scales are repeated to it, exactly."""
+    for g in HARDWARE_GROUPS:
+        if group % g == 0 and k % g == 0:
+            return g
+    raise CompileError(f"layer {layer}: group size {group} is not a multiple of any group "
+                       f"size the hardware builds ({', '.join(map(str, HARDWARE_GROUPS))})")
+
+
+def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: str) -> QLinear:
+    """The :class:`QLinear` whose weights are exactly ``codes * scales`` (per group).
+
+    ``codes``: (rows, k) integers, zero point already subtracted; ``scales``: (rows,
+    k / group) FP16, any sign. A group with a negative scale has its codes and scale
+    negated (same weights); a group whose weights are all zero takes the layer's largest
+    scale (any scale is exact for zero codes, and that one keeps the exponent spread
+    small). The group is split to :func:`hardware_group`. Raise a one-line
+    :class:`CompileError` when the scales are not finite or span more than the
+    ``2**SCALE_SHIFT_MAX`` the rescaler shifts across one layer.
+    """
+    if scales.dtype != torch.float16:
+        raise TypeError(f"scales must be float16, not {scales.dtype}")
+    rows, k = codes.shape
+    if not bool(torch.isfinite(scales).all()):
+        raise CompileError(f"layer {layer}: a group scale is infinite or NaN")
+    q = codes.to(torch.int64).reshape(rows, k // group, group)
+    s = scales.clone()
+    neg = s < 0
+    q = torch.where(neg.unsqueeze(2), -q, q)
+    s = torch.where(neg, -s, s)
+    zero = (s == 0) | (q == 0).all(dim=2)
+    q = torch.where(zero.unsqueeze(2), torch.zeros_like(q), q)
+    top = s.max() if bool((s > 0).any()) else torch.tensor(1.0, dtype=torch.float16)
+    s = torch.where(zero, top, s)
+    g = hardware_group(group, k, layer)
+    s = s.repeat_interleave(group // g, dim=1)
+    _, kexp = fp16_fixed(s)
+    if int(kexp.max() - kexp.min()) > SCALE_SHIFT_MAX:
+        lo, hi = float(s.min()), float(s.max())
+        raise CompileError(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
+                           f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
+    q = q.reshape(rows, k)
+    return QLinear(q, s, g, code_bits(q, layer))
+
+
+def scaled_scales(ql: QLinear, factor: float) -> QLinear:
+    """``ql`` with every group scale times ``factor`` (rounded to FP16: exact for a power
+    of two that keeps the scales normal, as the attention scale ``1/sqrt(head_dim)`` is for
+    ``head_dim`` 16, 64, 256)."""
+    s = (ql.scales.to(torch.float64) * factor).to(torch.float16)
+    return QLinear(ql.q, s, ql.group, ql.bits)
+
+
+def finish_import(shape, params: dict, exact: dict, report: ImportReport, where) -> Graph:
+    """The graph of a quantized checkpoint: float ``params`` (HF names; the file's
+    dequantization), the ``exact`` layers (HF layer name -> :class:`QLinear`) and the
+    report in ``meta["import"]``."""
+    try:
+        g = build_llama_graph(shape, params)
+    except CompileError as e:
+        raise CompileError(f"{where}: {e}") from None
+    g.prequantized = dict(exact)
+    g.meta["import"] = report.as_dict()
+    return g
+
+
+def rms_error(approx: torch.Tensor, ref: torch.Tensor) -> float:
+    """RMS of ``approx - ref`` over the RMS of ``ref`` (0 when both are 0)."""
+    d = (approx.to(torch.float64) - ref.to(torch.float64)).pow(2).mean().sqrt()
+    r = ref.to(torch.float64).pow(2).mean().sqrt()
+    return float(d / r) if float(r) > 0 else float(d)
+
+
+def conversion_errors(graph: Graph) -> dict[str, float]:
+    """Relative RMS error (:func:`rms_error`) of each converted layer of a quantized graph:
+    its quantized weights against the file's dequantization."""
+    converted = graph.meta.get("import", {}).get("converted", {})
+    out = {}
+    for layer, node in graph.linear_layers().items():
+        if layer in converted and node.name in graph.qweights:
+            out[layer] = rms_error(graph.qweights[node.name].dequantize(),
+                                   graph.params[node.attrs["weight"]])
+    return out
