@@ -38,8 +38,9 @@ def register(sub):
     p = sub.add_parser("compile", help="compile a decoder LLM (HF folder) or a linear layer "
                                        "into programs, weights.bin and manifest.json")
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
-                   help="HF-layout model folder (config.json + *.safetensors) or a "
-                        "shipped model (tiny-llama); omit to compile a linear layer (--layer)")
+                   help="HF-layout model folder (config.json + *.safetensors; float, GPTQ "
+                        "or AWQ), a llama .gguf file or a shipped model (tiny-llama); omit "
+                        "to compile a linear layer (--layer)")
     p.add_argument("--max-prompt", type=int_in(1, 2 ** 16), default=None, metavar="T",
                    help="MODEL: longest prompt of the prefill program (default: 32 or what "
                         "fits)")
@@ -127,7 +128,8 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compiler.importers.hf import import_hf
+    from compiler.importers import import_model, model_folder
+    from compiler.importers.prequant import conversion_errors
     from compiler.lower_llm import compile_llm
     from compiler.passes import llm_pipeline, quantized_model
     from sim.isa_sim import decode_step_cycles
@@ -138,10 +140,10 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     console = console or Console()
     config = load_config(args.config or DEFAULT_CONFIG["llm"])
     model_dir = model_path(args.model)
-    if not model_dir.is_dir():
+    if not (model_dir.is_dir() or model_dir.suffix.lower() == ".gguf"):
         raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
-                           f"folder with config.json and *.safetensors, or a shipped model: "
-                           f"{', '.join(BUILTIN_MODELS)})")
+                           f"folder with config.json and *.safetensors, a .gguf file, or a "
+                           f"shipped model: {', '.join(BUILTIN_MODELS)})")
     pipe = llm_pipeline(args.recipe)
     steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
                                         "schedule prefill", "schedule decode",
@@ -156,19 +158,20 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
             bar.update(task, completed=i + 1,
                        description=steps[i + 1] if i + 1 < len(steps) else "done")
 
-        graph = import_hf(model_dir)
+        graph = import_model(model_dir)
         tick("import")
         q = pipe.run(graph, after_step=lambda name, g: tick(name))
         manifest = compile_llm(quantized_model(q), config, args.output,
                                max_prompt=args.max_prompt, source=str(model_dir),
                                recipe=q.meta.get("recipe"), progress=tick)
-        tok = model_dir / "tokenizer.json"
+        tok = model_folder(model_dir) / "tokenizer.json"
         if tok.is_file():
             shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
         folder = load_folder(args.output, config)
         cycles = decode_step_cycles(folder, config)
         tick("predict decode cycles")
-    return manifest, {"decode_cycles": cycles, "config": config}
+    return manifest, {"decode_cycles": cycles, "config": config,
+                      "import": q.meta.get("import"), "conversion": conversion_errors(q)}
 
 
 def summary_table(manifest, summary):
@@ -187,6 +190,12 @@ def summary_table(manifest, summary):
                  f"one token at any position < {manifest['model']['max_positions']}")
         t.add_row(f"{phase} program", f"{ph['instructions']} instr / {ph['bytes']} B",
                   f"{what}; {ops}")
+    imp = summary.get("import")
+    if imp:
+        conv = summary.get("conversion") or {}
+        worst = f"; worst relative RMS error {max(conv.values()):.3g}" if conv else ""
+        t.add_row(f"import {imp['format']}", f"{len(imp['exact'])} exact",
+                  f"{len(imp['converted'])} layers requantized{worst}")
     for fmt, nb in sorted(manifest["weight_bytes"].items()):
         t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales")
     t.add_row("memory image", f"{manifest['image_bytes']} B",
