@@ -1,0 +1,244 @@
+"""Quantized checkpoints (GPTQ, AWQ, GGUF) imported exactly where the WGT formats allow.
+
+The published layouts are pinned by literal words (fields written out by hand); the tiny
+checkpoints of :mod:`sim.measure.quantckpt` are compiled, and the weights the compiled
+folder holds (``read_llm_model``, what every backend runs) are compared with the file's own
+dequantization: no weight may differ for GPTQ, AWQ, GGUF Q8_0 and Q4_0.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from airfoil.config import load_config
+from airfoil.errors import CompileError
+from compiler.importers import import_model
+from compiler.importers.awq import AWQ_ORDER
+from compiler.importers.gguf import rope_rows
+from compiler.importers.packed import unpack_words
+from compiler.importers.prequant import exact_layer
+from sim.golden_llm import GoldenLLM, golden_from_folder
+from sim.isa_sim import IsaLLM
+from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
+                                   folder_mismatches, pack_fields, tiny_model, write_awq,
+                                   write_gguf, write_gptq)
+
+CFG = load_config("sim_llm")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+# -- the published layouts, by literal words --------------------------------------------
+
+def test_gptq_word_holds_eight_inputs_low_nibble_first():
+    # 0x76543210: input 8j+i of the word is i; 0xFEDCBA98 as int32 is -0x01234568.
+    words = torch.tensor([[0x76543210], [-0x01234568]], dtype=torch.int32)   # (k/8, n=1)
+    assert unpack_words(words, 4, 0)[:, 0].tolist() == list(range(16))
+    assert pack_fields(list(range(8))) == 0x76543210
+    assert pack_fields(list(range(8, 16))) == -0x01234568
+
+
+def test_awq_word_holds_columns_in_gemm_order():
+    # Nibble i holds column ORDER[i]: nibbles 0..7 = 0..7 put column c at ORDER.index(c).
+    assert AWQ_ORDER == AWQ_NIBBLE_COLUMNS == (0, 2, 4, 6, 1, 3, 5, 7)
+    cols = unpack_words(torch.tensor([[0x76543210]], dtype=torch.int32), 4, 1, AWQ_ORDER)
+    assert cols[0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert pack_fields([0, 4, 1, 5, 2, 6, 3, 7], AWQ_NIBBLE_COLUMNS) == 0x76543210
+
+
+def test_llama_cpp_rope_row_order():
+    # One head of 8 rows: HF halves (0..3 | 4..7) interleaved into pairs.
+    assert rope_rows(8, 1).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+# -- exact imports: the folder's weights are the file's --------------------------------
+
+@pytest.mark.parametrize("kind,kw,bits", [
+    ("gptq", {}, 4),                              # symmetric, stored zero 7 (+1 = 8)
+    ("gptq", {"sym": False}, 8),                  # asymmetric: q - z in -14..14
+    ("gptq", {"sym": False, "v2": True}, 8),      # gptq_v2: zero stored as is
+    ("awq", {}, 8),
+])
+def test_gptq_awq_folder_equals_published_dequantization(tmp_path, model, kind, kw, bits):
+    write = write_gptq if kind == "gptq" else write_awq
+    ref = write(tmp_path / "m", model, **kw)
+    g = import_model(tmp_path / "m")
+    assert not g.meta["import"]["converted"] and len(g.meta["import"]["exact"]) == 7
+    r = folder_mismatches(g, ref, tmp_path / "out", CFG)
+    assert r["weights"] == 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64       # q o, k v, mlp
+    assert r["mismatches"] == 0
+    assert set(r["formats"].values()) == {f"int{bits}"}
+
+
+@pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8)])
+def test_gguf_exact_types_folder_equals_gguf_dequantize(tmp_path, model, qtype, bits):
+    ref = write_gguf(tmp_path / "m.gguf", model, qtype)
+    g = import_model(tmp_path / "m.gguf")
+    assert g.shape.tie_word_embeddings and g.shape.num_key_value_heads == 2
+    r = folder_mismatches(g, ref, tmp_path / "out", CFG)
+    assert r["mismatches"] == 0 and set(r["formats"].values()) == {f"int{bits}"}
+
+
+def test_a_wrong_layout_reading_would_mismatch(tmp_path, model):
+    """The comparison can fail: the same file read with the AWQ order as plain order."""
+    ref = write_awq(tmp_path / "m", model)
+    g = import_model(tmp_path / "m")
+    layer = "model.layers.0.mlp.up_proj"
+    ql = g.prequantized[layer]
+    swapped = ql.q.reshape(ql.q.shape[0] // 8, 8, -1)[:, list(AWQ_ORDER)].reshape(ql.q.shape)
+    g.prequantized[layer] = type(ql)(swapped, ql.scales, ql.group, ql.bits)
+    assert folder_mismatches(g, ref, tmp_path / "out", CFG)["mismatches"] > 0
+
+
+def test_q4_0_positive_scales_stay_int4():
+    codes = torch.arange(-8, 8).repeat(2).reshape(1, 32)
+    ql = exact_layer(codes, torch.tensor([[0.5]], dtype=torch.float16), 32, "l")
+    assert ql.bits == 4
+    neg = exact_layer(codes, torch.tensor([[-0.5]], dtype=torch.float16), 32, "l")
+    assert neg.bits == 8 and torch.equal(neg.dequantize(), ql.dequantize() * -1)
+
+
+def test_zero_groups_take_the_largest_scale_and_wide_spreads_are_refused():
+    codes = torch.ones((1, 64), dtype=torch.int64)
+    codes[0, 32:] = 0
+    s = torch.tensor([[2.0, 0.0]], dtype=torch.float16)
+    ql = exact_layer(codes, s, 32, "l")
+    assert ql.scales.tolist() == [[2.0, 2.0]]
+    with pytest.raises(CompileError, match=r"^layer l: group scales .* span more than the "
+                                           r"2\*\*15"):
+        exact_layer(torch.ones((1, 64), dtype=torch.int64),
+                    torch.tensor([[32.0, 2.0 ** -24]], dtype=torch.float16), 32, "l")
+
+
+# -- converted imports: reported, with their error --------------------------------------
+
+def test_gptq_act_order_is_requantized_and_reported(tmp_path, model):
+    write_gptq(tmp_path / "m", model, act_order=True)
+    g = import_model(tmp_path / "m")
+    assert not g.meta["import"]["exact"]
+    assert all(w.startswith("act-order") for w in g.meta["import"]["converted"].values())
+    assert 0 < conversion_error(g) < 0.02
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K", "Q5_K", "Q6_K"])
+def test_gguf_other_types_are_requantized_with_the_error_reported(tmp_path, qtype):
+    m = tiny_model(**KQUANT) if qtype.endswith("_K") else tiny_model()
+    write_gguf(tmp_path / "m.gguf", m, qtype)
+    g = import_model(tmp_path / "m.gguf")
+    conv = g.meta["import"]["converted"]
+    assert len(conv) == 7 and all(w.startswith(qtype) for w in conv.values())
+    assert 0 < conversion_error(g) < 0.02
+
+
+# -- bit-exact backends on an imported model ---------------------------------------------
+
+def _check_golden_equals_isa(folder, prompt, steps=3):
+    gold = GoldenLLM(golden_from_folder(folder))
+    isa = IsaLLM(folder, CFG)
+    want = gold.prefill(prompt)
+    assert torch.equal(isa.prefill(prompt), want)
+    tok = int(torch.argmax(want[-1]))
+    for _ in range(steps):
+        want = gold.decode(tok)
+        assert torch.equal(isa.decode(tok), want)
+        tok = int(torch.argmax(want))
+
+
+def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
+    ref = write_gptq(tmp_path / "g", model)
+    r = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "g_out", CFG)
+    _check_golden_equals_isa(r["folder"], [3, 17, 40, 8])
+    ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
+    r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "q_out", CFG)
+    _check_golden_equals_isa(r["folder"], [1, 2, 52])
+
+
+@pytest.mark.rtl
+def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model):
+    from airfoil.cli.backend_rtl import RtlLLM
+    ref = write_gptq(tmp_path / "g", model, sym=False)
+    folder = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "out",
+                               CFG)["folder"]
+    gold = GoldenLLM(golden_from_folder(folder))
+    rtl = RtlLLM(folder, CFG, seed=1, build_dir="build")
+    prompt = [5, 17, 2]
+    want = gold.prefill(prompt)
+    assert torch.equal(rtl.prefill(prompt), want)
+    tok = int(torch.argmax(want[-1]))
+    assert torch.equal(rtl.decode(tok), gold.decode(tok))
+
+
+# -- refusals: one line each ---------------------------------------------------------------
+
+def _edit_config(folder, **qc):
+    p = folder / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg["quantization_config"].update(qc)
+    p.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"quant_method": "bitsandbytes"}, r"quant_method 'bitsandbytes' is not imported "
+                                       r"\(accepted: gptq, awq\)"),
+    ({"bits": 3}, r"bits=3 \(accepted: 2, 4, 8\)"),
+    ({"checkpoint_format": "marlin"}, r"checkpoint_format='marlin'"),
+    ({"surprise": 1}, r"quantization_config key 'surprise' is not understood"),
+])
+def test_quantization_config_honoured_or_refused(tmp_path, model, edit, match):
+    write_gptq(tmp_path / "m", model)
+    _edit_config(tmp_path / "m", **edit)
+    with pytest.raises(CompileError, match=match) as e:
+        import_model(tmp_path / "m")
+    assert "\n" not in str(e.value)
+
+
+def test_gptq_config_on_float_weights_is_refused(tmp_path, model):
+    from safetensors.torch import save_file
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({k: v.clone().contiguous() for k, v in model.hf_state_dict().items()},
+              str(d / "model.safetensors"))
+    cfg = model.shape.to_hf()
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CompileError, match=r"names gptq but no layer is stored quantized"):
+        import_model(d)
+
+
+def test_gptq_v1_stored_zero_fifteen_is_refused(tmp_path, model):
+    from safetensors.torch import load_file, save_file
+    write_gptq(tmp_path / "m", model)
+    f = tmp_path / "m" / "model.safetensors"
+    t = load_file(str(f))
+    t["model.layers.0.mlp.up_proj.qzeros"][0, 0] = 0x7777777F
+    save_file(t, str(f))
+    with pytest.raises(CompileError, match=r"qzeros stores 15 .* ambiguous"):
+        import_model(tmp_path / "m")
+
+
+def test_gguf_refusals(tmp_path, model):
+    with pytest.raises(CompileError, match=r"nothing.gguf: not found"):
+        import_model(tmp_path / "nothing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(20))
+    with pytest.raises(CompileError, match=r"bad.gguf: corrupted or unreadable GGUF"):
+        import_model(bad)
+
+
+def test_cli_compiles_a_gguf_and_refuses_a_bad_config(tmp_path, model, capsys):
+    from clitools import cli_fails, cli_ok
+    write_gguf(tmp_path / "m.gguf", model, "Q8_0")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weights:\n  - {match: '*', format: int8, group: 32}\n")
+    out = cli_ok(capsys, ["compile", str(tmp_path / "m.gguf"), "--recipe", str(recipe),
+                          "--max-prompt", "4", "-o", str(tmp_path / "out")])
+    assert "import gguf" in out and "7 exact" in out
+    write_gptq(tmp_path / "g", model)
+    _edit_config(tmp_path / "g", quant_method="hqq")
+    cli_fails(capsys, ["compile", str(tmp_path / "g"), "-o", str(tmp_path / "out2")],
+              "quant_method 'hqq' is not imported")
