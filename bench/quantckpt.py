@@ -1,0 +1,72 @@
+"""Bench figures of quantized-checkpoint import: what the compiled folder keeps of a GPTQ,
+AWQ or GGUF file.
+
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``quantckpt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airfoil.config import load_config
+from sim.measure.quantckpt import (KQUANT, TINY, conversion_error, folder_mismatches,
+                                   tiny_model, write_awq, write_gguf, write_gptq)
+
+__all__ = ["FIGURES", "figures"]
+
+#: Figure name -> unit; defined in docs/figures.md.
+FIGURES = {
+    "import_gptq_dequant_mismatches": "weights",
+    "import_awq_dequant_mismatches": "weights",
+    "import_gguf_q4_0_dequant_mismatches": "weights",
+    "import_gguf_q4_1_dequant_mismatches": "weights",
+    "import_gguf_q8_0_dequant_mismatches": "weights",
+    "import_gguf_q4_k_rms_error": "relative RMS error",
+    "import_gguf_q5_k_rms_error": "relative RMS error",
+    "import_gguf_q6_k_rms_error": "relative RMS error",
+}
+#: The files each mismatch figure sums over: (writer, keywords, file name).
+_FILES = {
+    "gptq": [(write_gptq, {}, "gptq_sym"), (write_gptq, {"sym": False}, "gptq_asym"),
+             (write_gptq, {"sym": False, "v2": True}, "gptq_v2")],
+    "awq": [(write_awq, {}, "awq")],
+    "gguf_q4_0": [(write_gguf, {"qtype": "Q4_0"}, "q4_0.gguf")],
+    "gguf_q4_1": [(write_gguf, {"qtype": "Q4_1"}, "q4_1.gguf")],
+    "gguf_q8_0": [(write_gguf, {"qtype": "Q8_0"}, "q8_0.gguf")],
+}
+
+
+def figures(args, log) -> dict:
+    """Write the tiny checkpoints, import and compile them, compare with their files."""
+    from compiler.importers import import_model
+    config = load_config("sim_llm")
+    work = Path(getattr(args, "build_dir", "build")) / "bench_quantckpt"
+    work.mkdir(parents=True, exist_ok=True)
+    model = tiny_model()
+    out = {}
+    for area, files in _FILES.items():
+        name = f"import_{area}_dequant_mismatches"
+        bad = total = 0
+        formats, converted = set(), 0
+        for write, kw, fname in files:
+            ref = write(work / fname, model, **kw)
+            g = import_model(work / fname)
+            converted += len(g.meta["import"]["converted"])
+            r = folder_mismatches(g, ref, work / (fname + ".out"), config)
+            bad, total = bad + r["mismatches"], total + r["weights"]
+            formats |= set(r["formats"].values())
+        log(f"{name}: {bad} of {total} weights ({', '.join(sorted(formats))}, "
+            f"{converted} layers requantized)")
+        out.update({name: bad, f"{name}_weights": total, f"{name}_formats": sorted(formats),
+                    f"{name}_requantized_layers": converted, f"{name}_shape": dict(TINY),
+                    f"{name}_config_hash": config.config_hash})
+    kmodel = tiny_model(**KQUANT)
+    for qtype in ("Q4_K", "Q5_K", "Q6_K"):
+        name = f"import_gguf_{qtype.lower()}_rms_error"
+        path = work / f"{qtype.lower()}.gguf"
+        write_gguf(path, kmodel, qtype)
+        out[name] = conversion_error(import_model(path))
+        out[f"{name}_shape"] = dict(KQUANT)
+        out[f"{name}_recipe"] = "int8 group 32"
+        log(f"{name}: {out[name]:.4g}")
+    return out
