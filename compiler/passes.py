@@ -21,7 +21,7 @@ from airfoil.fixedpoint import QLinear
 from airfoil.formats import quantize_weights
 
 from .ir import Graph, Node, Pass, Pipeline
-from .importers.prequant import scaled_scales
+from .importers.prequant import fold_scale
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
@@ -56,9 +56,8 @@ class FoldAttentionScale(Pass):
                 raise CompileError(f"attention {att.name}: query is not a linear layer's "
                                    f"output, cannot fold the scale")
             w = lin.attrs["weight"]
-            if lin.attrs["layer"] in g.prequantized:
-                layer = lin.attrs["layer"]
-                g.prequantized[layer] = scaled_scales(g.prequantized[layer], scale)
+            if lin.attrs["layer"] in g.prequantized:     # a quantized checkpoint's scales
+                fold_scale(g, lin.attrs["layer"], scale)
             new = w + ":scaled"
             g.params[new] = g.params[w] * scale
             lin.attrs["weight"] = new

@@ -18,7 +18,7 @@ from compiler.importers import import_model
 from compiler.importers.awq import AWQ_ORDER
 from compiler.importers.gguf import rope_rows
 from compiler.importers.packed import unpack_words
-from compiler.importers.prequant import exact_layer
+from compiler.importers.prequant import exact_layer, exact_or_why
 from sim.golden_llm import GoldenLLM, golden_from_folder
 from sim.isa_sim import IsaLLM
 from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
@@ -113,6 +113,25 @@ def test_zero_groups_take_the_largest_scale_and_wide_spreads_are_refused():
                                            r"2\*\*15"):
         exact_layer(torch.ones((1, 64), dtype=torch.int64),
                     torch.tensor([[32.0, 2.0 ** -24]], dtype=torch.float16), 32, "l")
+
+
+def test_scales_beyond_the_rescaler_make_the_layer_requantized(tmp_path, model):
+    ql, why = exact_or_why(torch.ones((1, 64), dtype=torch.int64),
+                           torch.tensor([[32.0, 2.0 ** -24]], dtype=torch.float16), 32, "l")
+    assert ql is None and "span more than the 2**15" in why
+    ql, why = exact_or_why(torch.full((1, 32), 200), torch.ones((1, 1), dtype=torch.float16),
+                           32, "l")
+    assert ql is None and why.startswith("codes 200..200 do not fit INT8")
+
+
+def test_attention_scale_of_head_dim_32_rounds_the_query_scales(tmp_path):
+    from compiler.passes import llm_pipeline
+    from sim.measure.quantckpt import exact_recipe
+    write_gptq(tmp_path / "m", tiny_model(hd=32, heads=2, kv=1))
+    g = llm_pipeline(exact_recipe()).run(import_model(tmp_path / "m"))
+    rounded = g.meta["import"]["rounded"]
+    assert list(rounded) == ["model.layers.0.self_attn.q_proj"]
+    assert 0 < rounded["model.layers.0.self_attn.q_proj"] <= 2.0 ** -11
 
 
 # -- converted imports: reported, with their error --------------------------------------

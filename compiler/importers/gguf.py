@@ -35,7 +35,7 @@ from airfoil.errors import CompileError
 
 from ..ir import Graph, llama_param_shapes
 from ..reference import LlamaShape
-from .prequant import ImportReport, exact_layer, finish_import
+from .prequant import ImportReport, exact_or_why, finish_import
 
 __all__ = ["import_gguf", "gguf_shape", "rope_rows", "HF_NAMES", "EXACT_TYPES"]
 
@@ -202,9 +202,13 @@ def import_gguf(path) -> Graph:
             q, d = _EXACT_READERS[qtype](t.data, *shp)
             if order is not None:
                 q, d = q[order], d[order]
-            exact[layer] = exact_layer(torch.from_numpy(q), torch.from_numpy(d.copy()),
-                                       _QK, layer)
-            report.exact[layer] = f"int{exact[layer].bits}"
+            ql, why = exact_or_why(torch.from_numpy(q), torch.from_numpy(d.copy()), _QK,
+                                   layer)
+            if ql is not None:
+                exact[layer] = ql
+                report.exact[layer] = f"int{ql.bits}"
+            else:
+                report.converted[layer] = f"{qtype}: {why}"
         else:
             report.converted[layer] = f"{qtype}: requantized from its dequantization"
     return finish_import(shape, params, exact, report, path)

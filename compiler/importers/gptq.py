@@ -27,7 +27,7 @@ import torch
 from airfoil.errors import CompileError
 
 from .packed import fp16_exactly, tensor_of, unpack_words
-from .prequant import exact_layer
+from .prequant import exact_or_why
 
 __all__ = ["GptqLayout", "parse_gptq_config"]
 
@@ -91,7 +91,7 @@ class GptqLayout:
         s16 = fp16_exactly(sc)
         if s16 is None:
             return w, None, f"scales of dtype {sc.dtype} are not FP16 values"
-        return w, exact_layer(codes, s16[runs[:, 0]].T.contiguous(), group, prefix), None
+        return (w, *exact_or_why(codes, s16[runs[:, 0]].T.contiguous(), group, prefix))
 
 
 def parse_gptq_config(qc: dict, p) -> GptqLayout:

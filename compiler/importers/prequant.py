@@ -30,8 +30,8 @@ from airfoil.formats import SCALE_SHIFT_MAX, fp16_fixed
 
 from ..ir import Graph, build_llama_graph
 
-__all__ = ["HARDWARE_GROUPS", "ImportReport", "exact_layer", "code_bits", "hardware_group",
-           "scaled_scales", "finish_import", "conversion_errors", "rms_error"]
+__all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why", "code_bits", "hardware_group",
+           "fold_scale", "finish_import", "conversion_errors", "rms_error"]
 
 #: Group sizes a layer's scales are split to (largest first): every board config builds
 #: 64 and 128, most 32 (``group_sizes`` in ``fpga/boards/*.yaml``).
@@ -53,14 +53,22 @@ class ImportReport:
     converted : dict
         Layer name -> why it is requantized from the file's dequantization (the
         quantization type, act-order, a zero point that is not an integer).
+    rounded : dict
+        Layer name -> largest relative change of a group scale, for exact layers whose
+        scales took the attention scale rounded (:func:`fold_scale`).
     """
 
     format: str
     exact: dict = field(default_factory=dict)
     converted: dict = field(default_factory=dict)
+    rounded: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class NotExact(CompileError):
+    """A layer the WGT formats cannot hold exactly (the message says why)."""
 
 
 def code_bits(codes: torch.Tensor, layer: str) -> int:
@@ -69,7 +77,7 @@ def code_bits(codes: torch.Tensor, layer: str) -> int:
     for bits, (a, b) in _INT_RANGES.items():
         if a <= lo and hi <= b:
             return bits
-    raise CompileError(f"layer {layer}: codes {lo}..{hi} do not fit INT8 (-128..127), the "
+    raise NotExact(f"layer {layer}: codes {lo}..{hi} do not fit INT8 (-128..127), the "
                        f"widest integer weight format")
 
 
@@ -90,9 +98,10 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
     k / group) FP16, any sign. A group with a negative scale has its codes and scale
     negated (same weights); a group whose weights are all zero takes the layer's largest
     scale (any scale is exact for zero codes, and that one keeps the exponent spread
-    small). The group is split to :func:`hardware_group`. Raise a one-line
-    :class:`CompileError` when the scales are not finite or span more than the
-    ``2**SCALE_SHIFT_MAX`` the rescaler shifts across one layer.
+    small). The group is split to :func:`hardware_group`. Raise :class:`NotExact` when a
+    code does not fit INT8 or the scales span more than the ``2**SCALE_SHIFT_MAX`` the
+    rescaler shifts across one layer (the hardware's SCALE_RANGE), a one-line
+    :class:`CompileError` when a scale is not finite.
     """
     if scales.dtype != torch.float16:
         raise TypeError(f"scales must be float16, not {scales.dtype}")
@@ -113,18 +122,39 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
     _, kexp = fp16_fixed(s)
     if int(kexp.max() - kexp.min()) > SCALE_SHIFT_MAX:
         lo, hi = float(s.min()), float(s.max())
-        raise CompileError(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
+        raise NotExact(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
                            f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
     return QLinear(q, s, g, code_bits(q, layer))
 
 
-def scaled_scales(ql: QLinear, factor: float) -> QLinear:
-    """``ql`` with every group scale times ``factor`` (rounded to FP16: exact for a power
-    of two that keeps the scales normal, as the attention scale ``1/sqrt(head_dim)`` is for
-    ``head_dim`` 16, 64, 256)."""
-    s = (ql.scales.to(torch.float64) * factor).to(torch.float16)
-    return QLinear(ql.q, s, ql.group, ql.bits)
+def exact_or_why(codes, scales, group, layer) -> tuple[QLinear | None, str | None]:
+    """``(exact_layer(...), None)``, or ``(None, why)`` when the layer is not exact
+    (:class:`NotExact`): the importer then requantizes it from its dequantization."""
+    try:
+        return exact_layer(codes, scales, group, layer), None
+    except NotExact as e:
+        return None, str(e).removeprefix(f"layer {layer}: ")
+
+
+def fold_scale(graph: Graph, layer: str, factor: float) -> None:
+    """Multiply the group scales of pre-quantized ``layer`` by ``factor`` (the attention
+    scale ``1/sqrt(head_dim)`` folded into the query projection), in place.
+
+    The products are rounded to FP16: exact for a power of two that keeps the scales
+    normal (``head_dim`` 16, 64, 256); otherwise (``head_dim`` 128) the layer is recorded
+    in ``meta["import"]["rounded"]`` with the largest relative change of a scale.
+    """
+    ql = graph.prequantized[layer]
+    want = ql.scales.to(torch.float64) * factor
+    s = want.to(torch.float16)
+    if not bool(torch.isfinite(s).all()) or bool(((s == 0) & (want != 0)).any()):
+        raise CompileError(f"layer {layer}: the attention scale {factor:.6g} folded into its "
+                           f"group scales leaves the FP16 range")
+    graph.prequantized[layer] = QLinear(ql.q, s, ql.group, ql.bits)
+    change = float(((s.to(torch.float64) - want).abs() / want.abs().clamp(min=1e-30)).max())
+    if change > 0 and "import" in graph.meta:
+        graph.meta["import"]["rounded"][layer] = change
 
 
 def finish_import(shape, params: dict, exact: dict, report: ImportReport, where) -> Graph:
