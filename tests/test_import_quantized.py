@@ -257,7 +257,26 @@ def test_cli_compiles_a_gguf_and_refuses_a_bad_config(tmp_path, model, capsys):
     out = cli_ok(capsys, ["compile", str(tmp_path / "m.gguf"), "--recipe", str(recipe),
                           "--max-prompt", "4", "-o", str(tmp_path / "out")])
     assert "import gguf" in out and "7 exact" in out
+    # No tokenizer.json beside the file: text prompts are refused, token ids run.
+    cli_fails(capsys, ["run", str(tmp_path / "out"), "--prompt", "hi"],
+              "no tokenizer.json in the folder; give the prompt as --tokens")
+    cli_ok(capsys, ["run", str(tmp_path / "out"), "--tokens", "1,2", "--max-new-tokens", "1"])
     write_gptq(tmp_path / "g", model)
     _edit_config(tmp_path / "g", quant_method="hqq")
     cli_fails(capsys, ["compile", str(tmp_path / "g"), "-o", str(tmp_path / "out2")],
               "quant_method 'hqq' is not imported")
+
+
+def test_tokenizer_json_beside_a_gguf_goes_into_the_folder(tmp_path, model, capsys):
+    import shutil
+
+    from airfoil.models import BUILTIN_MODELS
+    from clitools import cli_ok
+    write_gguf(tmp_path / "m.gguf", model, "Q8_0")
+    shutil.copyfile(BUILTIN_MODELS["tiny-llama"] / "tokenizer.json", tmp_path / "tokenizer.json")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weights:\n  - {match: '*', format: int8, group: 32}\n")
+    cli_ok(capsys, ["compile", str(tmp_path / "m.gguf"), "--recipe", str(recipe),
+                    "--max-prompt", "4", "-o", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == \
+        (tmp_path / "tokenizer.json").read_bytes()
