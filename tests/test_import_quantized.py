@@ -43,6 +43,13 @@ def test_gptq_word_holds_eight_inputs_low_nibble_first():
     assert pack_fields(list(range(8, 16))) == -0x01234568
 
 
+def test_gptq_8_and_2_bit_words():
+    words = torch.tensor([[0x03020100]], dtype=torch.int32)
+    assert unpack_words(words, 8, 0)[:, 0].tolist() == [0, 1, 2, 3]
+    assert unpack_words(torch.tensor([[0x0000E4E4]], dtype=torch.int32), 2, 0)[:8, 0] \
+        .tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
 def test_awq_word_holds_columns_in_gemm_order():
     # Nibble i holds column ORDER[i]: nibbles 0..7 = 0..7 put column c at ORDER.index(c).
     assert AWQ_ORDER == AWQ_NIBBLE_COLUMNS == (0, 2, 4, 6, 1, 3, 5, 7)
@@ -73,6 +80,21 @@ def test_gptq_awq_folder_equals_published_dequantization(tmp_path, model, kind, 
     assert r["weights"] == 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64       # q o, k v, mlp
     assert r["mismatches"] == 0
     assert set(r["formats"].values()) == {f"int{bits}"}
+
+
+def test_gptq_one_scale_per_row_splits_into_hardware_groups(tmp_path, model):
+    ref = write_gptq(tmp_path / "m", model, group=-1)
+    g = import_model(tmp_path / "m")
+    assert g.prequantized["model.layers.0.mlp.down_proj"].group == 128
+    assert g.prequantized["model.layers.0.mlp.up_proj"].group == 64
+    assert folder_mismatches(g, ref, tmp_path / "out", CFG)["mismatches"] == 0
+
+
+def test_gguf_float_layers_are_left_to_the_recipe(tmp_path, model):
+    write_gguf(tmp_path / "m.gguf", model, "F16")
+    g = import_model(tmp_path / "m.gguf")
+    assert not g.prequantized and g.meta["import"] == {"format": "gguf", "exact": {},
+                                                       "converted": {}, "rounded": {}}
 
 
 @pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8)])

@@ -109,16 +109,17 @@ def write_gptq(folder, model, *, group=32, sym=True, v2=False, act_order=False,
                seed=0) -> dict:
     """An HF folder of ``model`` in GPTQ layout; returns the published dequantization
     ``scales[g_idx[i], o] * (q[i, o] - zero[g_idx[i], o])`` per layer (``zero`` the stored
-    field plus one unless ``v2``). ``act_order`` permutes the inputs' groups (``g_idx`` not
-    sorted)."""
+    field plus one unless ``v2``). ``group`` -1 is one group per row; ``act_order``
+    permutes the inputs' groups (``g_idx`` not sorted)."""
     gen = torch.Generator().manual_seed(seed)
     tensors, ref = {}, {}
     for layer, w in _linears(model).items():
         n, k = w.shape
+        g = k if group == -1 else group                  # -1: one scale per output
         perm = torch.randperm(k, generator=gen) if act_order else torch.arange(k)
         g_idx = torch.empty(k, dtype=torch.int64)
-        g_idx[perm] = torch.arange(k) // group           # input perm[j] is j-th in order
-        q_sorted, z, s = _group_params(w[:, perm], group, sym)
+        g_idx[perm] = torch.arange(k) // g               # input perm[j] is j-th in order
+        q_sorted, z, s = _group_params(w[:, perm], g, sym)
         q = torch.empty_like(q_sorted)
         q[perm] = q_sorted                                                # (k, n)
         stored_z = z if v2 else z - 1
