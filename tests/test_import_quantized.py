@@ -200,9 +200,10 @@ def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
 
 
 @pytest.mark.rtl
-def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model):
+@pytest.mark.parametrize("sym", [True, False])          # INT4 with code -8; INT8
+def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym):
     from airfoil.cli.backend_rtl import RtlLLM
-    ref = write_gptq(tmp_path / "g", model, sym=False)
+    ref = write_gptq(tmp_path / "g", model, sym=sym)
     folder = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "out",
                                CFG)["folder"]
     gold = GoldenLLM(golden_from_folder(folder))
@@ -228,6 +229,7 @@ def _edit_config(folder, **qc):
                                        r"\(accepted: gptq, awq\)"),
     ({"bits": 3}, r"bits=3 \(accepted: 2, 4, 8\)"),
     ({"checkpoint_format": "marlin"}, r"checkpoint_format='marlin'"),
+    ({"pack_dtype": "int16"}, r"pack_dtype='int16' \(accepted: int32\)"),
     ({"surprise": 1}, r"quantization_config key 'surprise' is not understood"),
 ])
 def test_quantization_config_honoured_or_refused(tmp_path, model, edit, match):

@@ -26,8 +26,10 @@ __all__ = ["AWQ_ORDER", "AwqLayout", "parse_awq_config"]
 
 #: Output within a word stored in nibble 0, 1, ..., 7 (AutoAWQ's GEMM packing).
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+#: quantization_config keys read here, and kernel choices that do not change the tensors.
 _KEYS = {"quant_method", "bits", "w_bit", "group_size", "q_group_size", "zero_point",
-         "version", "modules_to_not_convert", "backend"}
+         "version", "modules_to_not_convert", "backend", "do_fuse", "fuse_max_seq_len",
+         "modules_to_fuse", "exllama_config"}
 
 
 class AwqLayout:

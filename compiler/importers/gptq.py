@@ -31,17 +31,18 @@ from .prequant import exact_or_why
 
 __all__ = ["GptqLayout", "parse_gptq_config"]
 
-#: quantization_config keys that do not change what the tensors hold (calibration and
-#: kernel choices).
-_RUNTIME_KEYS = {"quant_method", "damp_percent", "damp_auto_increment", "true_sequential",
-                 "static_groups", "model_name_or_path", "model_file_base_name", "use_exllama",
-                 "exllama_config", "use_cuda_fp16", "cache_block_outputs", "batch_size",
-                 "dataset", "tokenizer", "pad_token_id", "max_input_length",
-                 "module_name_preceding_first_block", "block_name_to_quantize", "meta",
-                 "mse", "backend", "is_marlin_format", "pack_dtype", "lm_head",
-                 "quantizer", "format", "v2", "act_group_aware", "hyb_act", "rotation",
-                 "modules_in_block_to_quantize", "modules_to_not_convert", "bits",
-                 "group_size", "desc_act", "sym", "checkpoint_format"}
+#: quantization_config keys read here.
+_HONOURED = {"quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format",
+             "format", "is_marlin_format", "pack_dtype", "lm_head",
+             "modules_in_block_to_quantize", "modules_to_not_convert"}
+#: Keys of the calibration run and of kernel choices, which do not change what the
+#: tensors hold (a layer is quantized when its ``qweight`` is there).
+_NO_EFFECT = {"damp_percent", "damp_auto_increment", "true_sequential", "static_groups",
+              "model_name_or_path", "model_file_base_name", "use_exllama", "exllama_config",
+              "use_cuda_fp16", "cache_block_outputs", "batch_size", "dataset", "tokenizer",
+              "pad_token_id", "max_input_length", "model_seqlen",
+              "module_name_preceding_first_block", "block_name_to_quantize", "meta", "mse",
+              "backend"}
 _CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 #: Suffixes of one quantized layer's tensors.
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
@@ -96,7 +97,7 @@ class GptqLayout:
 
 def parse_gptq_config(qc: dict, p) -> GptqLayout:
     """Check a GPTQ ``quantization_config``; every key is honoured or refused."""
-    extra = sorted(set(qc) - _RUNTIME_KEYS)
+    extra = sorted(set(qc) - _HONOURED - _NO_EFFECT)
     if extra:
         raise CompileError(f"{p}: quantization_config key {extra[0]!r} is not understood "
                            f"for quant_method gptq")
@@ -111,6 +112,9 @@ def parse_gptq_config(qc: dict, p) -> GptqLayout:
     if fmt not in _CHECKPOINT_FORMATS:
         raise CompileError(f"{p}: quantization_config checkpoint_format={fmt!r} (accepted: "
                            f"{', '.join(_CHECKPOINT_FORMATS)})")
+    if str(qc.get("pack_dtype", "int32")).removeprefix("torch.") != "int32":
+        raise CompileError(f"{p}: quantization_config pack_dtype={qc['pack_dtype']!r} "
+                           f"(accepted: int32)")
     if qc.get("is_marlin_format"):
         raise CompileError(f"{p}: quantization_config is_marlin_format=true (accepted: "
                            f"the GPTQ packing)")

@@ -56,8 +56,8 @@ def import_quantized_hf(path, shape, qc, tensors: dict) -> Graph:
     params, exact, used = {}, {}, set()
     for name, shp in llama_param_shapes(shape).items():
         prefix = name.removesuffix(".weight")
-        if len(shp) == 2 and prefix + ".qweight" in tensors and name != \
-                "model.embed_tokens.weight":
+        stored_quantized = prefix + ".qweight" in tensors
+        if stored_quantized and name != "model.embed_tokens.weight":
             n, k = shp
             w, ql, why = layout.layer(prefix, tensors, n, k, path)
             used.update(prefix + s for s in layout.suffixes)
