@@ -8,7 +8,6 @@ dequantization: no weight may differ for GPTQ, AWQ, GGUF Q8_0 and Q4_0.
 
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -78,7 +78,7 @@ def code_bits(codes: torch.Tensor, layer: str) -> int:
         if a <= lo and hi <= b:
             return bits
     raise NotExact(f"layer {layer}: codes {lo}..{hi} do not fit INT8 (-128..127), the "
-                       f"widest integer weight format")
+                   f"widest integer weight format")
 
 
 def hardware_group(group: int, k: int, layer: str) -> int:
@@ -123,7 +123,7 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
     if int(kexp.max() - kexp.min()) > SCALE_SHIFT_MAX:
         lo, hi = float(s.min()), float(s.max())
         raise NotExact(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
-                           f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
+                       f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
     return QLinear(q, s, g, code_bits(q, layer))
 
