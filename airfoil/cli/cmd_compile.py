@@ -194,8 +194,10 @@ def summary_table(manifest, summary):
     if imp:
         conv = summary.get("conversion") or {}
         worst = f"; worst relative RMS error {max(conv.values()):.3g}" if conv else ""
+        rounded = (f"; attention scale rounded into {len(imp['rounded'])} layers' scales "
+                   f"(at most {max(imp['rounded'].values()):.2g})" if imp["rounded"] else "")
         t.add_row(f"import {imp['format']}", f"{len(imp['exact'])} exact",
-                  f"{len(imp['converted'])} layers requantized{worst}")
+                  f"{len(imp['converted'])} layers requantized{worst}{rounded}")
     for fmt, nb in sorted(manifest["weight_bytes"].items()):
         t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales")
     t.add_row("memory image", f"{manifest['image_bytes']} B",
