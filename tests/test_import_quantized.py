@@ -92,8 +92,9 @@ def test_gptq_one_scale_per_row_splits_into_hardware_groups(tmp_path, model):
 def test_gguf_float_layers_are_left_to_the_recipe(tmp_path, model):
     write_gguf(tmp_path / "m.gguf", model, "F16")
     g = import_model(tmp_path / "m.gguf")
-    assert not g.prequantized and g.meta["import"] == {"format": "gguf", "exact": {},
-                                                       "converted": {}, "rounded": {}}
+    imp = g.meta["import"]
+    assert not g.prequantized and imp["format"] == "gguf"
+    assert not (imp["exact"] or imp["converted"] or imp["rounded"] or imp["reordered"])
 
 
 @pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8)])
@@ -157,12 +158,32 @@ def test_attention_scale_of_head_dim_32_rounds_the_query_scales(tmp_path):
 
 # -- converted imports: reported, with their error --------------------------------------
 
-def test_gptq_act_order_is_requantized_and_reported(tmp_path, model):
-    write_gptq(tmp_path / "m", model, act_order=True)
+def test_gptq_act_order_down_projection_folded_exactly(tmp_path, model):
+    """Act-order: the down projection's inputs go in g_idx order (exact), the gate and up
+    rows follow; the projections of the residual stream and the context are requantized."""
+    from safetensors.torch import load_file
+
+    from compiler.backends import execute
+    from compiler.ir import build_llama_graph
+    ref = write_gptq(tmp_path / "m", model, act_order=True)
     g = import_model(tmp_path / "m")
-    assert not g.meta["import"]["exact"]
-    assert all(w.startswith("act-order") for w in g.meta["import"]["converted"].values())
+    down, gate = "model.layers.0.mlp.down_proj", "model.layers.0.mlp.gate_proj"
+    imp = g.meta["import"]
+    assert imp["exact"] == {down: "int4"} and len(imp["converted"]) == 6
+    assert all(w.startswith("act-order") for w in imp["converted"].values())
+    assert sorted(imp["reordered"]) == [down, gate, "model.layers.0.mlp.up_proj"]
     assert 0 < conversion_error(g) < 0.02
+    g_idx = load_file(str(tmp_path / "m" / "model.safetensors"))[down + ".g_idx"]
+    order = torch.sort(g_idx.to(torch.int64), stable=True).indices
+    assert not torch.equal(order, torch.arange(order.numel()))
+    r = folder_mismatches(g, {down: ref[down][:, order]}, tmp_path / "out", CFG)
+    assert r["mismatches"] == 0 and r["weights"] == 64 * 128
+    # The same function as the file's own dequantization in the file's order.
+    sd = {k: v for k, v in model.hf_state_dict().items()}
+    sd.update({layer + ".weight": w.to(torch.float32) for layer, w in ref.items()})
+    plain = build_llama_graph(model.shape, sd)
+    tokens = [3, 9, 27, 50]
+    assert torch.allclose(execute(g, tokens), execute(plain, tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K", "Q5_K", "Q6_K"])

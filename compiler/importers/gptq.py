@@ -15,9 +15,13 @@ where ``zero`` is the stored field plus one in the original layout
 (``checkpoint_format: gptq``: the packer stored ``zero - 1``) and the stored field itself
 in ``gptq_v2``. Symmetric 4-bit GPTQ (zero 8) gives codes ``-8..7``: INT4 exactly; a zero
 point per group and output (asymmetric) gives codes ``-15..16``: INT8 exactly.
-Act-order checkpoints whose ``g_idx`` mixes groups within a run of ``group`` inputs are
-requantized from their dequantization (the hardware's groups are runs of inputs), with
-the error reported.
+Act-order checkpoints (``desc_act``) have a ``g_idx`` that mixes groups within a run of
+``group`` inputs, while the hardware's groups are runs of inputs. The down projection's
+inputs can be put in ``g_idx`` order exactly: its input is ``silu(gate) * up``, so the
+same permutation of the gate and up projections' rows (outputs) absorbs it
+(:func:`~.quantized_hf.import_quantized_hf`). The other projections read the residual
+stream or the attention context, whose order no layer controls: they are requantized from
+their dequantization, with the error reported.
 """
 
 from __future__ import annotations
@@ -57,8 +61,30 @@ class GptqLayout:
     def __init__(self, bits: int, group: int, v2: bool):
         self.bits, self.group, self.v2 = bits, group, v2
 
-    def layer(self, prefix: str, tensors: dict, n: int, k: int, where):
-        """``(float weight, QLinear or None, why converted or None)`` of layer ``prefix``."""
+    def _group_of_inputs(self, prefix, tensors, k, where) -> torch.Tensor:
+        """``g_idx`` of a layer (each input's group), checked; ``i // group`` without it."""
+        group = self.group if self.group > 0 else k
+        if prefix + ".g_idx" not in tensors:
+            return torch.arange(k) // group
+        gi = tensor_of(tensors, prefix + ".g_idx", where, None, (k,)).to(torch.int64)
+        if int(gi.min()) < 0 or int(gi.max()) >= k // group:
+            raise CompileError(f"{where}: tensor {prefix}.g_idx names groups outside "
+                               f"0..{k // group - 1}")
+        return gi
+
+    def grouping_order(self, prefix, tensors, k, where) -> torch.Tensor | None:
+        """The input order that makes every group a run of inputs (``g_idx`` sorted,
+        stably), or None when the layer is not stored quantized or already is grouped."""
+        if prefix + ".qweight" not in tensors:
+            return None
+        gi = self._group_of_inputs(prefix, tensors, k, where)
+        if bool((gi[1:] >= gi[:-1]).all()):
+            return None
+        return torch.sort(gi, stable=True).indices
+
+    def layer(self, prefix: str, tensors: dict, n: int, k: int, where, inputs=None):
+        """``(float weight, QLinear or None, why converted or None)`` of layer ``prefix``;
+        ``inputs`` reorders its inputs (column ``j`` is the file's ``inputs[j]``)."""
         b, per = self.bits, 32 // self.bits
         group = self.group if self.group > 0 else k
         if k % per or n % per or k % group:
@@ -68,13 +94,7 @@ class GptqLayout:
         qw = tensor_of(tensors, prefix + ".qweight", where, torch.int32, (k // per, n))
         qz = tensor_of(tensors, prefix + ".qzeros", where, torch.int32, (groups, n // per))
         sc = tensor_of(tensors, prefix + ".scales", where, None, (groups, n))
-        if prefix + ".g_idx" in tensors:
-            gi = tensor_of(tensors, prefix + ".g_idx", where, None, (k,)).to(torch.int64)
-            if int(gi.min()) < 0 or int(gi.max()) >= groups:
-                raise CompileError(f"{where}: tensor {prefix}.g_idx names groups outside "
-                                   f"0..{groups - 1}")
-        else:
-            gi = torch.arange(k) // group
+        gi = self._group_of_inputs(prefix, tensors, k, where)
         q = unpack_words(qw, b, 0)                                     # (k, n)
         z = unpack_words(qz, b, 1)                                     # (groups, n)
         if not self.v2:
@@ -83,6 +103,8 @@ class GptqLayout:
                                    f"(zero point {1 << b} or 0 in the 'zero - 1' layout of "
                                    f"checkpoint_format gptq: ambiguous)")
             z = z + 1
+        if inputs is not None:
+            q, gi = q[inputs], gi[inputs]
         codes = (q - z[gi]).T.contiguous()                               # (n, k)
         w = (sc.to(torch.float64)[gi].T * codes).to(torch.float32)
         runs = gi.reshape(groups, group)

@@ -30,8 +30,9 @@ from airfoil.formats import SCALE_SHIFT_MAX, fp16_fixed
 
 from ..ir import Graph, build_llama_graph
 
-__all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why", "code_bits", "hardware_group",
-           "fold_scale", "finish_import", "conversion_errors", "rms_error"]
+__all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why",
+           "permute_rows", "code_bits", "hardware_group", "fold_scale", "finish_import",
+           "conversion_errors", "rms_error"]
 
 #: Group sizes a layer's scales are split to (largest first): every board config builds
 #: 64 and 128, most 32 (``group_sizes`` in ``fpga/boards/*.yaml``).
@@ -56,12 +57,16 @@ class ImportReport:
     rounded : dict
         Layer name -> largest relative change of a group scale, for exact layers whose
         scales took the attention scale rounded (:func:`fold_scale`).
+    reordered : dict
+        Layer name -> how its inputs or outputs were permuted (the model computes the
+        same function).
     """
 
     format: str
     exact: dict = field(default_factory=dict)
     converted: dict = field(default_factory=dict)
     rounded: dict = field(default_factory=dict)
+    reordered: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +131,12 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
                        f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
     return QLinear(q, s, g, code_bits(q, layer))
+
+
+def permute_rows(ql: QLinear, rows: torch.Tensor) -> QLinear:
+    """``ql`` with its rows (outputs) in the order ``rows`` (row ``j`` is ``ql``'s
+    ``rows[j]``)."""
+    return QLinear(ql.q[rows], ql.scales[rows], ql.group, ql.bits)
 
 
 def exact_or_why(codes, scales, group, layer) -> tuple[QLinear | None, str | None]:

@@ -3,7 +3,8 @@
 Every linear layer stored quantized (its ``qweight`` and companions) is read by the
 format's layout (:mod:`.gptq`, :mod:`.awq`) and given exactly or converted
 (:mod:`.prequant`); a layer the checkpoint keeps in float (often ``lm_head``) is quantized
-by the recipe. A ``quantization_config`` whose method is not imported is refused, and so
+by the recipe. An act-order down projection has its inputs put in group order, the gate and
+up projections' rows following (:func:`_mlp_input_orders`). A ``quantization_config`` whose method is not imported is refused, and so
 is one that names a method while no layer is stored quantized.
 """
 
@@ -14,7 +15,7 @@ import torch
 from airfoil.errors import CompileError
 
 from ..ir import Graph, llama_param_shapes
-from .prequant import ImportReport, finish_import
+from .prequant import ImportReport, finish_import, permute_rows
 
 __all__ = ["QUANT_METHODS", "quant_layout", "import_quantized_hf"]
 
@@ -49,27 +50,54 @@ def _float_tensor(tensors, name, where) -> torch.Tensor:
     return t
 
 
+def _mlp_input_orders(layout, shape, tensors, path) -> dict:
+    """Per layer prefix, the ``(inputs, rows)`` reorderings that put each act-order down
+    projection's inputs in group order: its columns, and the rows of the gate and up
+    projections that produce them (``silu(gate) * up`` is elementwise)."""
+    out = {}
+    if not hasattr(layout, "grouping_order"):
+        return out
+    for i in range(shape.num_hidden_layers):
+        p = f"model.layers.{i}.mlp."
+        order = layout.grouping_order(p + "down_proj", tensors, shape.intermediate_size, path)
+        if order is not None:
+            out[p + "down_proj"] = (order, None)
+            out[p + "gate_proj"] = out[p + "up_proj"] = (None, order)
+    return out
+
+
 def import_quantized_hf(path, shape, qc, tensors: dict) -> Graph:
     """The graph of an HF folder of LLaMA ``shape`` with ``quantization_config`` ``qc``."""
     layout = quant_layout(qc, f"{path}/config.json")
     report = ImportReport(layout.method)
     params, exact, used = {}, {}, set()
+    reorder = _mlp_input_orders(layout, shape, tensors, path)
     for name, shp in llama_param_shapes(shape).items():
         prefix = name.removesuffix(".weight")
+        inputs, rows = reorder.get(prefix, (None, None))
         stored_quantized = prefix + ".qweight" in tensors
         if stored_quantized and name != "model.embed_tokens.weight":
             n, k = shp
-            w, ql, why = layout.layer(prefix, tensors, n, k, path)
+            kw = {} if inputs is None else {"inputs": inputs}
+            w, ql, why = layout.layer(prefix, tensors, n, k, path, **kw)
             used.update(prefix + s for s in layout.suffixes)
-            params[name] = w
             if ql is not None:
-                exact[prefix] = ql
+                exact[prefix] = ql if rows is None else permute_rows(ql, rows)
                 report.exact[prefix] = f"int{ql.bits}"
             else:
                 report.converted[prefix] = why
         elif name in tensors:
-            params[name] = _float_tensor(tensors, name, path)
+            w = _float_tensor(tensors, name, path)
             used.add(name)
+            if inputs is not None:
+                w = w[:, inputs]
+        else:
+            continue
+        params[name] = w if rows is None else w[rows]
+        if inputs is not None:
+            report.reordered[prefix] = "inputs in g_idx order (act-order)"
+        elif rows is not None:
+            report.reordered[prefix] = "outputs in the down projection's g_idx order"
     if not exact and not report.converted:
         raise CompileError(f"{path}: config.json quantization_config names "
                            f"{layout.method} but no layer is stored quantized (no "
