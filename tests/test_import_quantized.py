@@ -219,6 +219,31 @@ def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
     _check_golden_equals_isa(r["folder"], [1, 2, 52])
 
 
+def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_path):
+    """The shipped tiny-llama's trained weights through GGUF Q4_0 (28 layers exact, the
+    tied head by the default recipe): greedy tokens equal on the golden and the ISA."""
+    import shutil
+
+    from airfoil.folder import load_folder
+    from airfoil.models import BUILTIN_MODELS
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import llm_pipeline, quantized_model
+    from compiler.tokenizer import load_tokenizer
+    from sim.golden_llm import generate_folder
+    from sim.isa_sim import generate_isa
+    from sim.measure.quantckpt import FolderModel
+    root = BUILTIN_MODELS["tiny-llama"]
+    write_gguf(tmp_path / "tiny.gguf", FolderModel(root), "Q4_0")
+    shutil.copyfile(root / "tokenizer.json", tmp_path / "tokenizer.json")
+    g = import_model(tmp_path / "tiny.gguf")
+    assert len(g.meta["import"]["exact"]) == 28 and g.shape.tie_word_embeddings
+    compile_llm(quantized_model(llm_pipeline().run(g)), CFG, tmp_path / "out", max_prompt=8)
+    folder = load_folder(tmp_path / "out", CFG)
+    prompt = load_tokenizer(tmp_path).encode("The ")
+    want = generate_folder(folder, prompt, 6)[0]
+    assert generate_isa(folder, CFG, prompt, 6)[0] == want
+
+
 @pytest.mark.rtl
 @pytest.mark.parametrize("sym", [True, False])          # INT4 with code -8; INT8
 def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym):

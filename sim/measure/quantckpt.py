@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["AWQ_NIBBLE_COLUMNS", "TINY", "KQUANT", "tiny_model", "write_gptq", "write_awq",
+__all__ = ["AWQ_NIBBLE_COLUMNS", "TINY", "KQUANT", "tiny_model", "FolderModel", "write_gptq", "write_awq",
            "write_gguf", "pack_fields", "folder_mismatches", "conversion_error",
            "exact_recipe"]
 
@@ -43,6 +43,19 @@ def tiny_model(seed: int = 0, **shape):
     """A random LLaMA reference of :data:`TINY` (or ``shape``)."""
     from compiler.reference import random_llama
     return random_llama(**{**TINY, **shape}, seed=seed)
+
+
+class FolderModel:
+    """A float HF model folder as the writers take a model: ``shape`` and
+    ``hf_state_dict()``."""
+
+    def __init__(self, folder):
+        from compiler.importers.hf import load_hf_config, load_hf_tensors
+        self.shape = load_hf_config(folder)
+        self._tensors = {k: v.to(torch.float32) for k, v in load_hf_tensors(folder).items()}
+
+    def hf_state_dict(self) -> dict:
+        return dict(self._tensors)
 
 
 def exact_recipe():
