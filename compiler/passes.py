@@ -7,7 +7,8 @@ The default pipeline (:func:`llm_pipeline`):
    is linear, so the product commutes) and set the attention scale to 1: the integer
    attention then needs no extra multiply;
 3. ``quantize`` -- quantize every linear layer's weights per the recipe with
-   :func:`airfoil.formats.quantize_weights`, and insert ``act_quant`` (INT8 per token)
+   :func:`airfoil.formats.quantize_weights` (a layer a quantized checkpoint gave exactly,
+   ``graph.prequantized``, is taken as given), and insert ``act_quant`` (INT8 per token)
    in front of the linear layers, one per distinct input.
 
 After ``quantize`` the ``float`` backend runs the fake-quantized model (dequantized
