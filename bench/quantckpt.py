@@ -21,6 +21,7 @@ FIGURES = {
     "import_gguf_q4_0_dequant_mismatches": "weights",
     "import_gguf_q4_1_dequant_mismatches": "weights",
     "import_gguf_q8_0_dequant_mismatches": "weights",
+    "import_gguf_q5_0_dequant_mismatches": "weights",
     "import_gguf_q4_k_rms_error": "relative RMS error",
     "import_gguf_q5_k_rms_error": "relative RMS error",
     "import_gguf_q6_k_rms_error": "relative RMS error",
@@ -33,6 +34,7 @@ _FILES = {
     "gguf_q4_0": [(write_gguf, {"qtype": "Q4_0"}, "q4_0.gguf")],
     "gguf_q4_1": [(write_gguf, {"qtype": "Q4_1"}, "q4_1.gguf")],
     "gguf_q8_0": [(write_gguf, {"qtype": "Q8_0"}, "q8_0.gguf")],
+    "gguf_q5_0": [(write_gguf, {"qtype": "Q5_0"}, "q5_0.gguf")],
 }
 
 

@@ -97,7 +97,7 @@ def test_gguf_float_layers_are_left_to_the_recipe(tmp_path, model):
     assert not (imp["exact"] or imp["converted"] or imp["rounded"] or imp["reordered"])
 
 
-@pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8)])
+@pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8), ("Q5_0", 8)])
 def test_gguf_exact_types_folder_equals_gguf_dequantize(tmp_path, model, qtype, bits):
     ref = write_gguf(tmp_path / "m.gguf", model, qtype)
     g = import_model(tmp_path / "m.gguf")

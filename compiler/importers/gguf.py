@@ -14,6 +14,8 @@ Each linear layer's quantization type decides how it is imported (:mod:`.prequan
   whenever a block's largest-magnitude weight is positive; the rescaler takes positive
   scales, so such a block is stored negated (``-d``, codes ``8 - nibble`` in ``-7..8``):
   the layer is INT8 then, INT4 when no block needs it;
+* ``Q5_0`` (FP16 ``d``, a fifth bit per weight; ``w = d (q - 16)``, codes ``-16..15``):
+  INT8, exact, negative ``d`` negated as for Q4_0;
 * every other type (``Q4_1``'s ``w = d q + m`` needs the ``m`` term per group, K-quants,
   ``Q5_*``, ...) is dequantized with ``gguf.quants.dequantize`` and requantized by the
   recipe, the error reported (:func:`~.prequant.conversion_errors`);
@@ -55,7 +57,7 @@ HF_NAMES = {
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
 #: Quantization types imported exactly.
-EXACT_TYPES = ("Q8_0", "Q4_0")
+EXACT_TYPES = ("Q8_0", "Q4_0", "Q5_0")
 _FLOAT_TYPES = ("F32", "F16", "BF16")
 _QK = 32                                  # elements per Q8_0 / Q4_0 block
 
@@ -147,7 +149,20 @@ def _q4_0(data, n, k):
     return q.reshape(n, k), d
 
 
-_EXACT_READERS = {"Q8_0": _q8_0, "Q4_0": _q4_0}
+def _q5_0(data, n, k):
+    """Codes (n, k) and FP16 scales (n, k / 32) of Q5_0 rows: ``d``, 4 bytes ``qh`` (a
+    little-endian word whose bit ``j`` is element ``j``'s fifth bit), 16 bytes of nibbles
+    as in Q4_0; ``w = d (q - 16)``."""
+    b = _blocks(data, n, k, 2 + 4 + _QK // 2)
+    d = b[..., :2].copy().view(np.float16)[..., 0]
+    qh = b[..., 2:6].astype(np.int64)
+    high = (qh[..., np.arange(_QK) // 8] >> (np.arange(_QK) % 8)) & 1
+    qs = b[..., 6:].astype(np.int64)
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=-1) | (high << 4)
+    return (q - 16).reshape(n, k), d
+
+
+_EXACT_READERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q5_0": _q5_0}
 
 
 def import_gguf(path) -> Graph:
