@@ -503,29 +503,58 @@ def context_out(acc: torch.Tensor) -> torch.Tensor:
 # -- linear layers with per-token activations ---------------------------------------------
 
 class QLinear:
-    """A quantized weight matrix as the datapath holds it.
+    """A quantized weight matrix as the datapath holds it: the record every backend reads.
+
+    The quantizer (``compiler.passes.Quantize``) writes it, the golden model computes
+    with ``q`` and ``scales`` alone, the compiler packs it into WGT tiles or the weight
+    stream, and :func:`airfoil.folder.read_llm_model` reads the same values back.
 
     Parameters
     ----------
     q : torch.Tensor
-        (rows, k) int64 in ``-qmax(bits)..qmax(bits)``.
+        (rows, k) int64 weight values: the integer codes of INT formats, the value of the
+        code for the BitMoD FP formats and OVP4 (:meth:`airfoil.format_registry.
+        FormatSpec.values`); 0 where pruned. ``k`` is a multiple of ``group`` (the input
+        is zero-padded up to it, see ``in_features``).
     scales : torch.Tensor
         (rows, k / group) float16 group scales.
     group, bits : int
+        Weights per scale; the widest code in bits.
+    formats : torch.Tensor, optional
+        (rows, k / group) int64 record tag (:mod:`airfoil.format_registry`) of each
+        group's format. None: every group ``int{bits}`` on WGT tiles (dense INT4/INT8);
+        given, the layer is streamed through the decode unit.
+    mask : torch.Tensor, optional
+        (rows, k) bool: the weights pruning kept (None: all). ``q`` is 0 elsewhere.
+    sparsity : str
+        The pattern ``mask`` obeys and the stream records: ``dense``, an N:M pattern
+        (``2:4``, ...) or ``block``.
+    in_features : int, optional
+        The layer's input width before padding to a whole group (default: ``k``).
     """
 
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, group: int, bits: int):
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, group: int, bits: int, *,
+                 formats: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 sparsity: str = "dense", in_features: int | None = None):
         self.q, self.scales, self.group, self.bits = q, scales, int(group), int(bits)
+        self.formats, self.mask, self.sparsity = formats, mask, str(sparsity)
+        self.in_features = int(q.shape[1] if in_features is None else in_features)
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(rows, k)."""
+        """(rows, k), k padded to a whole group."""
         return tuple(self.q.shape)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the layer runs from the weight stream (a format per group, or sparse)."""
+        return self.formats is not None
+
     def dequantize(self) -> torch.Tensor:
-        """The float32 matrix ``q * scale`` (the fake-quantized weights)."""
+        """The float32 matrix ``q * scale`` (the fake-quantized weights), ``in_features``
+        columns."""
         s = self.scales.to(torch.float32).repeat_interleave(self.group, dim=1)
-        return self.q.to(torch.float32) * s
+        return (self.q.to(torch.float32) * s)[:, :self.in_features]
 
 
 def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
@@ -540,6 +569,8 @@ def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
     ``0..REQ_S_MAX`` and the accumulator does not wrap.
     """
     from .formats import accumulate, fp16_fixed, group_psum, rescale
+    if x.shape[-1] < w.shape[1]:            # the zero columns padding k to a whole group
+        x = torch.nn.functional.pad(x, (0, w.shape[1] - x.shape[-1]))
     m, k = fp16_fixed(w.scales)
     k0 = int(k.min())
     acc = accumulate(rescale(group_psum(w.q, x, w.group), m, k, k0))

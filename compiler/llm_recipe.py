@@ -4,13 +4,29 @@ A recipe has three sections (``compiler/recipes/llm_default.yaml`` is the defaul
 
     weights:                      # ordered rules, later matches override earlier ones
       - match: "*"                # fnmatch glob over linear layer names
-        format: int4              # int4 | int8
-        group: 128                # weights per FP16 scale; must divide the layer's k
+        format: int4              # a weight format (below)
+        group: 128                # weights per FP16 scale (k is padded to a multiple)
+      - match: "*.mlp.*"
+        mixed: [int2, int4, int8] # a format per group: the candidate of least error
+        sparsity: "2:4"           # dense | 1:4 | 2:4 | 2:8 | 4:16 | 8:16 | block
+      - match: lm_head
+        format: int8
+        sparsity: block
+        density: 0.75             # block: the fraction of each record's k-steps kept
     activations: {format: int8, granularity: per_token}
     kv_cache: {format: int8, granularity: per_token_head}
 
 Layer names are HF module names: ``model.layers.N.self_attn.{q,k,v,o}_proj``,
 ``model.layers.N.mlp.{gate,up,down}_proj`` and ``lm_head``.
+
+Formats are those of :mod:`airfoil.format_registry`: the WGT-tile formats ``int4`` and
+``int8`` (dense layers in them run from WGT tiles on the MATRIX unit), and the streamed
+ones (``int2``, ``int3``, ``int6``, ``ovp``, the BitMoD FP4/FP3 variants, run through the
+decode unit as are sparse layers and every per-group choice). ``format: bitmod4`` /
+``bitmod3`` (or ``mixed: bitmod4``) name BitMoD's per-group choice among its four FP4 /
+FP3 variants. A rule setting ``format`` replaces an earlier ``mixed`` and the other way
+round; ``density`` applies to ``sparsity: block`` only. Quote N:M patterns (YAML reads
+``2:4`` unquoted as the sexagesimal integer 124).
 """
 
 from __future__ import annotations
@@ -31,25 +47,73 @@ __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
 
-#: Weight formats of LLM layers (WGT tiles a PE kind computes), with their width in bits.
-_WFORMATS = {f.name: f.code_bits for f in format_registry.tile_formats() if f.tile_pe_kinds}
+#: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
+TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
+                if f.tile_pe_kinds}
+#: Sparsity patterns a layer may name (N:M magnitude pruning, block skip).
+SPARSITY = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
 _SECTIONS = ("weights", "activations", "kv_cache")
-_RULE_KEYS = ("match", "format", "group")
+_RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
 _KV = {"format": ("int8",), "granularity": ("per_token_head",)}
 
 
+def streamed_formats() -> tuple:
+    """Names of the formats the decode unit reads from a weight stream (registered now)."""
+    return tuple(f.name for f in format_registry.streamed_formats())
+
+
+def mixed_presets() -> dict:
+    """Named candidate sets of a per-group choice: ``bitmod4`` and ``bitmod3`` (BitMoD's
+    FP4 and FP3 variants)."""
+    from airfoil.packing import MIXED_PRESETS
+    return dict(MIXED_PRESETS)
+
+
+def _format_names() -> tuple:
+    return tuple(dict.fromkeys(tuple(TILE_FORMATS) + streamed_formats()
+                               + tuple(mixed_presets())))
+
+
 @dataclass(frozen=True)
 class LayerQuant:
-    """The weight quantization of one linear layer."""
+    """The weight quantization of one linear layer.
 
-    format: str
+    ``formats`` is one format name, or the candidates of a per-group choice (each group
+    of ``record rows x group`` weights takes the one of least squared error). ``sparsity``
+    is a pattern of :data:`SPARSITY`; ``density`` the fraction of k-steps kept by
+    ``block``. The layer runs from WGT tiles when it is one dense tile format, else from
+    the weight stream (:attr:`streamed`).
+    """
+
+    formats: tuple
     group: int
+    sparsity: str = "dense"
+    density: float = 1.0
+
+    @property
+    def format(self) -> str:
+        """The format name, ``mixed`` for a per-group choice."""
+        return self.formats[0] if len(self.formats) == 1 else "mixed"
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the layer needs the decode unit (not one dense WGT-tile format)."""
+        return (len(self.formats) > 1 or self.formats[0] not in TILE_FORMATS
+                or self.sparsity != "dense")
 
     @property
     def bits(self) -> int:
-        """Weight width in bits."""
-        return _WFORMATS[self.format]
+        """Widest weight code in bits."""
+        return max(format_registry.by_name(f).code_bits for f in self.formats)
+
+    @property
+    def label(self) -> str:
+        """A short name: ``int4``, ``mixed(int2,int4)``, with ``/2:4`` when sparse."""
+        f = self.format if self.format != "mixed" else f"mixed({','.join(self.formats)})"
+        if self.sparsity == "block":
+            return f"{f}/block{self.density:g}"
+        return f if self.sparsity == "dense" else f"{f}/{self.sparsity}"
 
 
 @dataclass(frozen=True)
@@ -76,14 +140,33 @@ class LlmRecipe:
                 raise CompileError(f"{self.source}: weights[{i}] match {rule['match']!r} "
                                    f"names no layer of the model (layers are like {ex})")
             for n in hits:
+                for key in ("format", "mixed"):
+                    if key in rule:
+                        got[n].pop("mixed" if key == "format" else "format", None)
                 got[n].update({k: v for k, v in rule.items() if k != "match"})
         out = {}
         for n, d in got.items():
-            if "format" not in d or "group" not in d:
-                raise CompileError(f"{self.source}: no rule sets format and group of "
-                                   f"layer {n}")
-            out[n] = LayerQuant(d["format"], d["group"])
+            if ("format" not in d and "mixed" not in d) or "group" not in d:
+                raise CompileError(f"{self.source}: no rule sets format (or mixed) and group "
+                                   f"of layer {n}")
+            sparsity = d.get("sparsity", "dense")
+            if "density" in d and sparsity != "block":
+                raise CompileError(f"{self.source}: layer {n}: density applies to sparsity "
+                                   f"block, not {sparsity!r}")
+            formats = _candidates(d["mixed"] if "mixed" in d else d["format"])
+            if sparsity != "dense" and "ovp" in formats:
+                raise CompileError(f"{self.source}: layer {n}: ovp weights are dense, "
+                                   f"sparsity {sparsity!r} needs other formats")
+            out[n] = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)))
         return out
+
+
+def _candidates(value) -> tuple:
+    """The format names of a rule's ``format`` or ``mixed`` value (a preset expanded)."""
+    presets = mixed_presets()
+    if isinstance(value, str):
+        return tuple(presets.get(value, (value,)))
+    return tuple(dict.fromkeys(f for v in value for f in presets.get(v, (v,))))
 
 
 def _check_section(data, name, allowed, source):
@@ -98,6 +181,35 @@ def _check_section(data, name, allowed, source):
         if v not in allowed[k]:
             raise CompileError(f"{source}: {name}.{k} = {v!r} is not supported (accepted: "
                                f"{', '.join(allowed[k])})")
+
+
+def _check_rule(r: dict, where: str) -> None:
+    """Check a rule's format, mixed, sparsity and density values (one-line errors)."""
+    names = _format_names()
+    if "format" in r and "mixed" in r:
+        raise CompileError(f"{where} sets both format and mixed (accepted: one of them)")
+    if "format" in r and r["format"] not in names:
+        raise CompileError(f"{where}.format = {r['format']!r} is not supported (accepted: "
+                           f"{', '.join(names)})")
+    if "mixed" in r:
+        m = r["mixed"]
+        cands = [m] if isinstance(m, str) else m
+        ok = streamed_formats() + tuple(mixed_presets())
+        if not isinstance(cands, list) or not cands or \
+                any(not isinstance(c, str) or c not in ok for c in cands):
+            raise CompileError(f"{where}.mixed = {m!r} is not supported (accepted: a list "
+                               f"of {', '.join(streamed_formats())}, or "
+                               f"{' or '.join(mixed_presets())})")
+    if "sparsity" in r and r["sparsity"] not in SPARSITY:
+        hint = " (quote N:M patterns: YAML reads 2:4 as 124)" if \
+            isinstance(r["sparsity"], int) else ""
+        raise CompileError(f"{where}.sparsity = {r['sparsity']!r} is not supported "
+                           f"(accepted: {', '.join(SPARSITY)}){hint}")
+    if "density" in r:
+        d = r["density"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
+            raise CompileError(f"{where}.density = {d!r} is not supported (accepted: a "
+                               f"number in (0, 1], with sparsity block)")
 
 
 def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
@@ -121,9 +233,7 @@ def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
             if k not in _RULE_KEYS:
                 raise CompileError(f"{source}: weights[{i}].{k} is not a known key "
                                    f"(accepted: {', '.join(_RULE_KEYS)})")
-        if "format" in r and r["format"] not in _WFORMATS:
-            raise CompileError(f"{source}: weights[{i}].format = {r['format']!r} is not "
-                               f"supported (accepted: {', '.join(_WFORMATS)})")
+        _check_rule(r, f"{source}: weights[{i}]")
         g = r.get("group")
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g <= 0):
             raise CompileError(f"{source}: weights[{i}].group must be a positive integer, "

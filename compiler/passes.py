@@ -6,10 +6,11 @@ The default pipeline (:func:`llm_pipeline`):
 2. ``fold_attention_scale`` -- multiply the query projection by ``1/sqrt(head_dim)`` (RoPE
    is linear, so the product commutes) and set the attention scale to 1: the integer
    attention then needs no extra multiply;
-3. ``quantize`` -- quantize every linear layer's weights per the recipe with
-   :func:`airfoil.formats.quantize_weights` (a layer a quantized checkpoint gave exactly,
-   ``graph.prequantized``, is taken as given), and insert ``act_quant`` (INT8 per token)
-   in front of the linear layers, one per distinct input.
+3. ``quantize`` -- quantize every linear layer's weights per the recipe
+   (:func:`quantize_linear`: prune per the layer's sparsity, quantize through the format
+   registry's quantizers, a format per group for a per-group choice; a layer a quantized
+   checkpoint gave exactly, ``graph.prequantized``, is taken as given), and insert
+   ``act_quant`` (INT8 per token) in front of the linear layers, one per distinct input.
 
 After ``quantize`` the ``float`` backend runs the fake-quantized model (dequantized
 weights, per-token activation rounding) and the ``golden`` backend the integer one.
@@ -17,16 +18,25 @@ weights, per-token activation rounding) and the ``golden`` backend the integer o
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from airfoil.errors import CompileError
 from airfoil.fixedpoint import QLinear
 from airfoil.formats import quantize_weights
+from airfoil.packing import NM_BY_NAME, NM_PATTERNS, quantize_stream
+from airfoil.sparsity import prune_blocks, prune_nm
 
 from .ir import Graph, Node, Pass, Pipeline
 from .importers.prequant import fold_scale
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
-           "quantized_model"]
+           "quantized_model", "quantize_linear", "StreamShape", "QUANTIZERS"]
+
+#: Rows of a stream record and weights of a k-step when no config is given: those of
+#: the 4-chain, 8-lane engines with one memory channel (``sim_llm_decode``).
+DEFAULT_RECORD_ROWS, DEFAULT_LANES = 4, 8
 
 
 class Validate(Pass):
@@ -67,6 +77,77 @@ class FoldAttentionScale(Pass):
         return g.validate()
 
 
+class StreamShape:
+    """What a per-group choice and block pruning depend on in the target: ``rows`` of a
+    stream record (one format and one step mask per ``rows x group`` weights, the chains
+    of a decode-unit slice) and ``lanes`` (weights of a k-step)."""
+
+    def __init__(self, rows: int = DEFAULT_RECORD_ROWS, lanes: int = DEFAULT_LANES):
+        self.rows, self.lanes = int(rows), int(lanes)
+
+    @classmethod
+    def of(cls, config) -> "StreamShape":
+        """The shape of ``config``'s streams (the defaults for None)."""
+        return cls() if config is None else cls(config.slice_chains, config.lanes)
+
+
+def _prune(w: torch.Tensor, lq: LayerQuant, shape: StreamShape) -> torch.Tensor:
+    """Magnitude pruning of float64 weights to the layer's sparsity."""
+    if lq.sparsity == "block":
+        return prune_blocks(w, rows=shape.rows, lanes=shape.lanes, group=lq.group,
+                            density=lq.density)
+    if lq.sparsity != "dense":
+        return prune_nm(w, *NM_PATTERNS[NM_BY_NAME[lq.sparsity]])
+    return w
+
+
+def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape) -> QLinear:
+    """Round-to-nearest quantization of one layer (the default method).
+
+    ``weight`` (rows, k) float, k already padded to a whole group. A dense tile format
+    uses :func:`airfoil.formats.quantize_weights`; anything else is pruned (magnitude,
+    :func:`_prune`) and quantized by :func:`airfoil.packing.quantize_stream`, which picks
+    each record's format (least squared error) and each row's FP16 scale through the
+    registry's formats.
+    """
+    if not lq.streamed:
+        q, s = quantize_weights(weight, lq.bits, lq.group)
+        return QLinear(q, s, lq.group, lq.bits)
+    w = weight.detach().to(torch.float64)
+    kept = _prune(w, lq, shape) != 0 if lq.sparsity != "dense" else None
+    q, s16, tags = quantize_stream(w, group=lq.group, rows=shape.rows, formats=lq.formats,
+                                   sparsity=lq.sparsity, lanes=shape.lanes,
+                                   block_density=lq.density)
+    per_row = torch.from_numpy(np.repeat(np.asarray(tags, dtype=np.int64), shape.rows,
+                                         axis=0)[:w.shape[0]].copy())
+    return QLinear(q, s16, lq.group, lq.bits, formats=per_row, mask=kept,
+                   sparsity=lq.sparsity)
+
+
+#: Quantization methods by name: ``method(weight, layer_quant, stream_shape) -> QLinear``.
+QUANTIZERS = {"rtn": quantize_rtn}
+
+
+def quantize_linear(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape | None = None,
+                    method: str = "rtn") -> QLinear:
+    """Quantize one linear layer's float weights per its :class:`LayerQuant`.
+
+    The one place float weights become a :class:`~airfoil.fixedpoint.QLinear`: ``k`` is
+    padded with zero columns to a whole group (``in_features`` keeps the width), then
+    ``QUANTIZERS[method]`` quantizes.
+    """
+    if method not in QUANTIZERS:
+        raise CompileError(f"quantization method {method!r} is not known (accepted: "
+                           f"{', '.join(QUANTIZERS)})")
+    shape = shape or StreamShape()
+    rows, k = weight.shape
+    kp = -(-k // lq.group) * lq.group
+    w = torch.nn.functional.pad(weight, (0, kp - k)) if kp != k else weight
+    ql = QUANTIZERS[method](w, lq, shape)
+    ql.in_features = k
+    return ql
+
+
 class Quantize(Pass):
     """Quantize linear weights per an :class:`LlmRecipe`; insert activation quantizers.
 
@@ -74,12 +155,19 @@ class Quantize(Pass):
     ----------
     recipe : LlmRecipe or path or None
         None loads the default recipe.
+    config : AccelConfig, optional
+        The target: its stream records' rows and lanes (:class:`StreamShape`) decide the
+        per-group choice and block pruning (default: 4 rows, 8 lanes).
+    method : str
+        A key of :data:`QUANTIZERS` (``rtn``).
     """
 
     name = "quantize"
 
-    def __init__(self, recipe=None):
+    def __init__(self, recipe=None, config=None, method: str = "rtn"):
         self.recipe = recipe if isinstance(recipe, LlmRecipe) else load_llm_recipe(recipe)
+        self.shape = StreamShape.of(config)
+        self.method = method
 
     def apply(self, graph: Graph) -> Graph:
         g = graph.copy()
@@ -89,16 +177,10 @@ class Quantize(Pass):
         for layer, node in g.linear_layers().items():
             if layer in g.prequantized:                 # a quantized checkpoint's, as given
                 g.qweights[node.name] = pre = g.prequantized[layer]
-                plan[layer] = LayerQuant(f"int{pre.bits}", pre.group)
+                plan[layer] = LayerQuant((f"int{pre.bits}",), pre.group)
                 continue
-            lq = plan[layer]
-            w = g.params[node.attrs["weight"]]
-            k = w.shape[1]
-            if k % lq.group:
-                raise CompileError(f"{self.recipe.source}: group {lq.group} does not divide "
-                                   f"k={k} of layer {layer}")
-            q, s = quantize_weights(w, lq.bits, lq.group)
-            g.qweights[node.name] = QLinear(q, s, lq.group, lq.bits)
+            g.qweights[node.name] = quantize_linear(g.params[node.attrs["weight"]],
+                                                    plan[layer], self.shape, self.method)
         # One act_quant per distinct linear input, placed right after its producer.
         quant_of: dict[str, str] = {}
         nodes: list[Node] = []
@@ -112,20 +194,21 @@ class Quantize(Pass):
                 quant_of[n.name] = qn.name
                 nodes.append(qn)
         g.nodes = nodes
-        g.meta["recipe"] = {layer: (lq.format, lq.group) for layer, lq in plan.items()}
+        g.meta["recipe"] = {layer: (lq.label, lq.group) for layer, lq in plan.items()}
         g.meta["kv_cache"] = self.recipe.kv_cache
         return g.validate()
 
 
-def llm_pipeline(recipe=None) -> Pipeline:
-    """The default pipeline: validate, fold_attention_scale, quantize(recipe)."""
+def llm_pipeline(recipe=None, config=None) -> Pipeline:
+    """The default pipeline: validate, fold_attention_scale, quantize(recipe, config)."""
     return Pipeline([("validate", Validate()),
                      ("fold_attention_scale", FoldAttentionScale()),
-                     ("quantize", Quantize(recipe))])
+                     ("quantize", Quantize(recipe, config))])
 
 
 def weight_bytes(graph: Graph) -> dict[str, int]:
-    """Bytes of quantized weights (packed values plus FP16 scales) per format name."""
+    """Bytes of dense quantized weights (values at their widest code plus FP16 scales)
+    per width; the compiled image's exact figures are the manifest's ``weight_bytes``."""
     out: dict[str, int] = {}
     for ql in graph.qweights.values():
         rows, k = ql.shape

@@ -233,10 +233,16 @@ def test_recipe_errors(tmp_path):
     with pytest.raises(CompileError, match=r"weights\[1\] match 'model.layers.7.\*' names no "
                                            r"layer"):
         Quantize(bad).apply(g)
-    with pytest.raises(CompileError, match="group 128 does not divide k=64 of layer"):
-        Quantize(load_llm_recipe()).apply(g)        # the default g128 on a 64-wide model
     for data, msg in [({"weights": [{"match": "*", "format": "fp4", "group": 16}]},
-                       r"format = 'fp4' is not supported \(accepted: int4, int8\)"),
+                       r"format = 'fp4' is not supported \(accepted: int4, int8, int2, "),
+                      ({"weights": [{"match": "*", "mixed": ["int4", "fp5"], "group": 32}]},
+                       r"mixed = \['int4', 'fp5'\] is not supported \(accepted: a list of "),
+                      ({"weights": [{"match": "*", "format": "int4", "mixed": ["int2"]}]},
+                       "sets both format and mixed"),
+                      ({"weights": [{"match": "*", "format": "int4", "sparsity": 124}]},
+                       r"sparsity = 124 is not supported \(accepted: dense, 1:4, .*quote"),
+                      ({"weights": [{"match": "*", "format": "int4", "sparsity": "block",
+                                     "density": 0}]}, r"density = 0 is not supported"),
                       ({"weights": [{"match": "*", "group": 0}]}, "positive integer"),
                       ({"weights": [{"match": "*", "bits": 4}]}, "bits is not a known key"),
                       ({"weights": []}, "non-empty list"),
@@ -245,10 +251,39 @@ def test_recipe_errors(tmp_path):
                       ({"weights": [{"match": "*"}], "extra": 1}, "unknown section")]:
         with pytest.raises(CompileError, match=msg):
             parse_llm_recipe(data)
+    for data, msg in [([{"match": "*", "format": "int4", "group": 16, "density": 0.5}],
+                       "density applies to sparsity block, not 'dense'"),
+                      ([{"match": "*", "format": "ovp", "group": 32, "sparsity": "2:4"}],
+                       "ovp weights are dense")]:
+        with pytest.raises(CompileError, match=msg):
+            Quantize(parse_llm_recipe({"weights": data})).apply(g)
     (tmp_path / "r.yaml").write_text("weights: [\n")
     with pytest.raises(CompileError, match="not valid YAML"):
         load_llm_recipe(tmp_path / "r.yaml")
     assert load_llm_recipe().rules[0] == {"match": "*", "format": "int4", "group": 128}
+
+
+def test_group_not_dividing_k_pads_with_zero_columns():
+    m = _model()
+    g = build_llama_graph(m.shape, m.hf_state_dict())
+    q = llm_pipeline(load_llm_recipe()).run(g)      # the default g128 on a 64-wide model
+    ql = next(iter(q.qweights.values()))
+    assert ql.shape[1] == 128 and ql.in_features == 64
+    assert not ql.q[:, 64:].any()
+    assert ql.dequantize().shape[1] == 64
+    tok = _tokens(5)
+    assert execute(q, tok, backend="golden").shape == execute(q, tok, backend="float").shape
+
+
+def test_later_rules_override_format_and_mixed():
+    r = parse_llm_recipe({"weights": [{"match": "*", "mixed": "bitmod4", "group": 32},
+                                      {"match": "lm_head", "format": "int8"},
+                                      {"match": "*.mlp.*", "sparsity": "2:4"}]})
+    plan = r.resolve(["lm_head", "model.layers.0.mlp.up_proj"])
+    assert plan["lm_head"].formats == ("int8",) and not plan["lm_head"].streamed
+    up = plan["model.layers.0.mlp.up_proj"]
+    assert up.formats == ("fp4_er_p", "fp4_er_n", "fp4_ea_p", "fp4_ea_n")
+    assert up.sparsity == "2:4" and up.streamed and up.format == "mixed"
 
 
 def test_torch_module_import():
