@@ -90,6 +90,8 @@ from airfoil.program import Program
 from .asm import listing
 from .output import write_folder
 from .recipe import OUT_FORMATS
+from .streams import (CHANNEL_ALIGN, MAX_STREAM_BYTES, channel_layout, least_scale,
+                      pack_stream_tile, slices, stream_bits)
 
 __all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
            "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
@@ -105,10 +107,6 @@ MAX_WGT_SLOTS = 4
 
 #: Tiles the LOAD unit streams ahead of MATRIX (streamed weights).
 STREAM_SLOTS = 4
-#: Largest stream one LD moves (its 24-bit ``nbytes`` field).
-MAX_STREAM_BYTES = (1 << 24) - 1
-#: Alignment of each channel's memory in a folder's image (a page).
-CHANNEL_ALIGN = 4096
 
 _OUT_FMT = {8: OutFormat.INT8, 16: OutFormat.INT16, 32: OutFormat.INT32}
 
@@ -394,14 +392,6 @@ def _bias_units(bias, k0: int, x_scale: float):
     return bias_q.to(torch.int64)
 
 
-def _slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
-    """Split a transfer into word-aligned slices, one per memory channel (up to all)."""
-    wb, mem = config.word_bytes, config.memory
-    count = max(1, min(mem.channels, -(-nbytes // (wb * mem.max_burst))))
-    size = _up(-(-nbytes // count), wb)
-    return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
-
-
 def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
                    out_dir, *, wformat="int4", group=128, out_format="int8",
                    calib: torch.Tensor | None = None, seed: int = 0,
@@ -569,7 +559,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     weight_mse = float(((deq - weight.detach().to(torch.float64)) ** 2).mean())
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
-    smin = s16.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
+    smin = least_scale(s16)
     if nm == BLOCK_CODE:
         pruned = prune_blocks(weight.detach().to(torch.float64), rows=rr,
                               lanes=config.lanes, group=group, density=block_density)
@@ -600,13 +590,8 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     blobs, tiles = [], []                                   # (channel, addr, bytes)
     for t in plan.tiles:
         r0, rows = t["row0"], t["rows"]
-        rp = _up(rows, chains)
-        tq = torch.zeros((rp, k), dtype=torch.int64)
-        tq[:rows] = q[r0:r0 + rows]
-        ts = smin.repeat(rp, k // group)        # padding rows: the exponent k0 (shift 0)
-        ts[:rows] = s16[r0:r0 + rows]
-        streams = pack_channels(geom, tq, ts, group=group, sparsity=sparsity, channels=S,
-                                tags=tags[r0 // rr:(r0 + rp) // rr])
+        streams = pack_stream_tile(geom, config, q, s16, tags, row0=r0, rows=rows,
+                                   group=group, sparsity=sparsity, smin=smin)
         entry = {"row0": r0, "rows": rows, "col0": 0, "cols": k, "streams": []}
         for c, blob in enumerate(streams):
             if len(blob) > MAX_STREAM_BYTES:
@@ -665,50 +650,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     return manifest
 
 
-def channel_layout(used, config: AccelConfig) -> list:
-    """Offsets of the channels' memories in one image, from the bytes each one uses
-    (``used[c]``): one after the other, each from a multiple of :data:`CHANNEL_ALIGN`;
-    :class:`CompileError` when a channel's memory exceeds the config's ``channel_bytes``."""
-    cap = config.memory.channel_bytes
-    for c, nb in enumerate(used):
-        if nb > cap:
-            raise CompileError(f"channel {c}'s memory would hold {nb} bytes, more than one "
-                               f"channel's capacity in config {config.name!r} "
-                               f"(memory.channel_bytes = {cap})")
-    offsets = [0]
-    for nb in used[:-1]:
-        offsets.append(offsets[-1] + _up(max(nb, 1), CHANNEL_ALIGN))
-    return offsets
-
-
 def _nm_pair(sparsity: str) -> tuple[int, int]:
     n, m = sparsity.split(":")
     return int(n), int(m)
-
-
-def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
-    """Bits of a layer's records by kind: weight ``values``, N:M ``indices`` and ``headers``
-    (tag, group, sparsity, the FP16 ``scales`` and block-skip step masks); word padding is
-    not counted. Block skip needs the quantized weights ``q`` (rows x k) for the present
-    k-steps of each record."""
-    out = {"values": 0, "indices": 0, "headers": 0}
-    tags = np.asarray(tags).reshape(-1, groups)
-    if nm == BLOCK_CODE:                     # present k-steps of each record
-        R = geom.rows
-        qn = np.asarray(q, dtype=np.int64)
-        qp = np.zeros((tags.shape[0] * R, qn.shape[1]), dtype=np.int64)
-        qp[:qn.shape[0]] = qn
-        masks = [[step_mask(qp[b * R:(b + 1) * R, c * group:(c + 1) * group], geom.lanes)
-                  for c in range(groups)] for b in range(tags.shape[0])]
-    else:
-        masks = [[None] * groups] * tags.shape[0]
-    for b, row in enumerate(tags):
-        for v, mask in zip(row, masks[b]):
-            kept = geom.record_vectors(group, nm, mask) * geom.lanes
-            out["values"] += kept * format_spec(int(v)).code_bits
-            out["indices"] += kept * nm_index_bits(nm)
-            out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
-    return out
 
 
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,
@@ -750,7 +694,7 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                     dram_stride=st["nbytes"]))
             return
         base = (i % slots) * slot_w
-        sl = _slices(t["layout"].nbytes, config)
+        sl = slices(t["layout"].nbytes, config)
         for j, (off, nb) in enumerate(sl):
             words.append(encode(
                 Opcode.LD, wait=[M] if i >= slots and j == 0 else [],

@@ -1,0 +1,115 @@
+"""Weight layout pieces shared by the single-layer and the whole-LLM compilers.
+
+* :func:`slices` -- a transfer cut into word-aligned slices, one per memory channel;
+* :func:`channel_layout` -- where each memory channel's region starts in an image;
+* :func:`pack_stream_tile` -- one row block of a streamed layer packed into one record
+  stream per memory channel (the core's decode-unit slices), padding rows included;
+* :func:`stream_bits` -- the bits of a layer's records by kind (values, indices,
+  headers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from airfoil.config import AccelConfig
+from airfoil.errors import CompileError
+from airfoil.formats import fp16_fixed
+from airfoil.packing import (BLOCK_CODE, format_spec, nm_index_bits, pack_channels,
+                             step_mask)
+
+__all__ = ["MAX_STREAM_BYTES", "CHANNEL_ALIGN", "slices", "channel_layout",
+           "pack_stream_tile", "least_scale", "stream_bits"]
+
+#: Largest stream one LD moves (its 24-bit ``nbytes`` field).
+MAX_STREAM_BYTES = (1 << 24) - 1
+#: Alignment of each channel's memory in a folder's image (a page).
+CHANNEL_ALIGN = 4096
+
+
+def _up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
+    """Split a transfer into word-aligned slices, one per memory channel (up to all)."""
+    wb, mem = config.word_bytes, config.memory
+    count = max(1, min(mem.channels, -(-nbytes // (wb * mem.max_burst))))
+    size = _up(-(-nbytes // count), wb)
+    return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
+
+
+def channel_layout(used, config: AccelConfig) -> list:
+    """Offsets of the channels' memories in one image, from the bytes each one uses
+    (``used[c]``): one after the other, each from a multiple of :data:`CHANNEL_ALIGN`;
+    :class:`CompileError` when a channel's memory exceeds the config's ``channel_bytes``."""
+    cap = config.memory.channel_bytes
+    for c, nb in enumerate(used):
+        if nb > cap:
+            raise CompileError(f"channel {c}'s memory would hold {nb} bytes, more than one "
+                               f"channel's capacity in config {config.name!r} "
+                               f"(memory.channel_bytes = {cap})")
+    offsets = [0]
+    for nb in used[:-1]:
+        offsets.append(offsets[-1] + _up(max(nb, 1), CHANNEL_ALIGN))
+    return offsets
+
+
+def least_scale(scales: torch.Tensor) -> torch.Tensor:
+    """The FP16 scale of least exponent of a layer: the scale of its padding rows (their
+    rescale shift is 0 against the layer's ``k0``)."""
+    _, kexp = fp16_fixed(scales)
+    return scales.reshape(-1)[int(torch.argmin(kexp.reshape(-1)))]
+
+
+def pack_stream_tile(geom, config: AccelConfig, q: torch.Tensor, scales: torch.Tensor,
+                     tags, *, row0: int, rows: int, group: int, sparsity: str,
+                     smin: torch.Tensor) -> list[bytes]:
+    """Rows ``row0 .. row0 + rows`` of a streamed layer as one stream per memory channel.
+
+    ``q`` (n, k) values, ``scales`` (n, k / group) FP16, ``tags`` the record tag of each
+    (record-row batch, group column) of the whole layer (:attr:`geom.rows` rows a batch;
+    ``row0`` a multiple of ``config.chains``). The block is padded with zero rows, of
+    scale ``smin`` and the first record's tag, to a whole batch of the core's chains: row
+    batch ``b`` goes to channel ``b % channels`` (one decode-unit slice each).
+    """
+    chains, rr = config.chains, geom.rows
+    k = q.shape[1]
+    rp = _up(rows, chains)
+    tq = torch.zeros((rp, k), dtype=torch.int64)
+    tq[:rows] = q[row0:row0 + rows]
+    ts = smin.repeat(rp, k // group)
+    ts[:rows] = scales[row0:row0 + rows]
+    tags = np.asarray(tags)
+    tt = tags[row0 // rr:(row0 + rp) // rr]
+    if tt.shape[0] < rp // rr:
+        tt = np.concatenate([tt, np.full((rp // rr - tt.shape[0], tags.shape[1]),
+                                         tags[0, 0])])
+    return pack_channels(geom, tq, ts, group=group, sparsity=sparsity,
+                         channels=config.memory.channels, tags=tt)
+
+
+def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
+    """Bits of a layer's records by kind: weight ``values``, N:M ``indices`` and ``headers``
+    (tag, group, sparsity, the FP16 ``scales`` and block-skip step masks); word padding is
+    not counted. Block skip needs the quantized weights ``q`` (rows x k) for the present
+    k-steps of each record."""
+    out = {"values": 0, "indices": 0, "headers": 0}
+    tags = np.asarray(tags).reshape(-1, groups)
+    if nm == BLOCK_CODE:                     # present k-steps of each record
+        R = geom.rows
+        qn = np.asarray(q, dtype=np.int64)
+        qp = np.zeros((tags.shape[0] * R, qn.shape[1]), dtype=np.int64)
+        qp[:qn.shape[0]] = qn
+        masks = [[step_mask(qp[b * R:(b + 1) * R, c * group:(c + 1) * group], geom.lanes)
+                  for c in range(groups)] for b in range(tags.shape[0])]
+    else:
+        masks = [[None] * groups] * tags.shape[0]
+    for b, row in enumerate(tags):
+        for v, mask in zip(row, masks[b]):
+            kept = geom.record_vectors(group, nm, mask) * geom.lanes
+            out["values"] += kept * format_spec(int(v)).code_bits
+            out["indices"] += kept * nm_index_bits(nm)
+            out["headers"] += geom.header_bits + geom.mask_bits(group, nm)
+    return out
