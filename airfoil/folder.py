@@ -1,6 +1,6 @@
 """The compiler's output folder, read the same way by every backend.
 
-A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/2``),
+A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/3``),
 ``program.afp`` and ``weights.bin`` (the data memory image, exactly as the hardware reads
 it). Each memory channel reads and writes its own memory from a base address of its own (the
 ``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
@@ -36,7 +36,7 @@ __all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "
 
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
-FOLDER_FORMAT = "airfoil-folder/2"
+FOLDER_FORMAT = "airfoil-folder/3"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
 LLM_KIND = "llm"
 _LLM_KEYS = ("format", "kind", "isa_version", "config", "config_hash", "programs", "image",
@@ -440,6 +440,28 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
     return folder
 
 
+def _read_streamed(v: dict, image, config: AccelConfig):
+    """A streamed layer's :class:`~airfoil.fixedpoint.QLinear` from its record streams:
+    values, scales and the format of each group as the decode unit reads them; the keep
+    mask of a sparse layer is where the stored values are nonzero."""
+    from . import fixedpoint as fx
+    from .packing import core_stream_geometry, unpack_channels
+    geom = core_stream_geometry(config)
+    n, k, group = v["n"], v["k"], v["group"]
+    q = torch.zeros((n, k), dtype=torch.int64)
+    sc = torch.zeros((n, k // group), dtype=torch.float16)
+    tags = torch.zeros((n, k // group), dtype=torch.int64)
+    for t in v["tiles"]:
+        r0, rows = t["row0"], t["rows"]
+        streams = [bytes(image[st["addr"]:st["addr"] + st["nbytes"]]) for st in t["streams"]]
+        tq, ts, tt = unpack_channels(geom, streams, rows=rows, k=k)
+        q[r0:r0 + rows], sc[r0:r0 + rows] = tq, ts
+        tags[r0:r0 + rows] = torch.from_numpy(np.repeat(tt, geom.rows, axis=0)[:rows])
+    sparse = v["sparsity"] != "dense"
+    return fx.QLinear(q, sc, group, v["bits"], formats=tags, mask=q != 0 if sparse else None,
+                      sparsity=v["sparsity"], in_features=v.get("k_in"))
+
+
 def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
     """Read the quantized model back from an LLM folder's image (every backend's input).
 
@@ -461,6 +483,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
 
     def lin(name):
         v = mm["linears"][name]
+        if v.get("streamed"):
+            return _read_streamed(v, image, config)
         q = torch.zeros((v["n"], v["k"]), dtype=torch.int64)
         sc = torch.zeros((v["n"], v["k"] // v["group"]), dtype=torch.float16)
         wf = FORMAT_BY_NAME[f"int{v['bits']}"]
@@ -473,7 +497,7 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
             q[r0:r0 + t["rows"], c0:c0 + t["cols"]] = tq
             g0 = c0 // v["group"]
             sc[r0:r0 + t["rows"], g0:g0 + t["cols"] // v["group"]] = ts
-        return fx.QLinear(q, sc, v["group"], v["bits"])
+        return fx.QLinear(q, sc, v["group"], v["bits"], in_features=v.get("k_in"))
 
     layers = []
     for i in range(shape["num_hidden_layers"]):

@@ -32,6 +32,19 @@ The KV cache in memory is laid out ``[layer][K|V][position][kv_head]`` of record
 (``head_dim`` INT8 padded to 8 bytes, then the scale pair int32 ``sm``, ``se``, padded
 to the memory word), so the ``T`` new positions of all heads are one contiguous store.
 
+Streamed layers
+---------------
+A layer in a format other than dense INT4/INT8 (a streamed format, a format per group or
+a sparse pattern, :attr:`airfoil.fixedpoint.QLinear.streamed`) runs through the decode
+unit: its row blocks (all of K each) are packed into record streams, one per memory
+channel, as :mod:`compiler.linear` packs a streamed layer (:func:`compiler.streams.
+pack_stream_tile`), and each block is ``LD WSTREAM`` (one per channel, right before its
+matrix instruction) then ``MV`` with ``wfmt = STREAM`` and ``tok_scale = 1``. The stream
+is a FIFO, so these loads carry no tokens. The streamed engine has no ``MM``: a model with
+a streamed layer is compiled with ``max_prompt = 1``, so the prefill program takes one
+token (``MV`` everywhere it streams) and the host runs a longer prompt as that prefill
+followed by decode steps (bit-identical, as for any prompt longer than ``max_prompt``).
+
 Scheduling: instructions are emitted in program order into the four unit queues; every
 instruction names the buffer and memory ranges it reads and writes, and a dependency on
 an earlier instruction of another unit (read after write, write after read or write)
@@ -55,12 +68,13 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, SfuFunc, Sparsity, SysOp,
-                         Unit, encode, unit_of)
+                         Unit, WeightFormat, encode, unit_of)
+from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 
 from .asm import listing
-from .linear import _slices
 from .output import write_folder
+from .streams import MAX_STREAM_BYTES, least_scale, pack_stream_tile, slices
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
@@ -144,7 +158,8 @@ def _tile_bytes(config, rows, k, bits, group):
 def _wgt_slots(config, qls) -> tuple[int, int]:
     """``(slots, slot_bytes)``: the most slots in which every layer's minimal tile fits."""
     wb = config.word_bytes
-    need = max(_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group) for ql in qls)
+    need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
+                for ql in qls if not ql.streamed], default=0)
     for slots in WGT_SLOTS:
         slot = config.buffers.weight_bytes // slots // wb * wb
         if need <= slot:
@@ -217,20 +232,57 @@ def _check_model(model, config):
     names = [("lm_head", model["lm_head"])] + [
         (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"]) for r in _LINEARS]
     for name, ql in names:
+        _check_linear(name, ql, config)
+    return names
+
+
+def _check_linear(name, ql, config):
+    """A linear layer's format, group, sparsity and widths against the config."""
+    n, k = ql.shape
+    if ql.in_features % config.word_bytes:
+        raise CompileError(f"layer {name}: k={ql.in_features} is not a multiple of the "
+                           f"{config.word_bytes}-byte memory word")
+    if ql.group not in config.group_sizes:
+        raise CompileError(f"layer {name}: group size {ql.group} is not built into config "
+                           f"{config.name!r} (accepted: "
+                           f"{', '.join(map(str, config.group_sizes))})")
+    if not ql.streamed:
         fmt = f"int{ql.bits}"
         if fmt not in config.tile_formats:
             raise CompileError(f"layer {name}: weight format {fmt} is not a WGT-tile format "
                                f"of config {config.name!r} (accepted: "
                                f"{', '.join(config.tile_formats)})")
-        if ql.group not in config.group_sizes:
-            raise CompileError(f"layer {name}: group size {ql.group} is not built into config "
+        return
+    if not config.decode_unit:
+        raise CompileError(f"layer {name}: streamed weights ({_stream_label(ql)}) need the "
+                           f"decode unit, which config {config.name!r} lacks (e.g. config "
+                           f"sim_llm_decode)")
+    for tag in sorted(set(ql.formats.reshape(-1).tolist())):
+        f = format_spec(tag).name
+        if f not in config.stream_formats:
+            raise CompileError(f"layer {name}: streamed format {f} is not decoded by config "
                                f"{config.name!r} (accepted: "
-                               f"{', '.join(map(str, config.group_sizes))})")
-        n, k = ql.shape
-        if k % config.word_bytes:
-            raise CompileError(f"layer {name}: k={k} is not a multiple of the "
-                               f"{config.word_bytes}-byte memory word")
-    return names
+                               f"{', '.join(config.stream_formats)})")
+    if ql.sparsity != "dense" and ql.sparsity not in config.sparsity:
+        raise CompileError(f"layer {name}: sparsity {ql.sparsity} is not built in config "
+                           f"{config.name!r} (accepted: {', '.join(config.sparsity)})")
+    geom = core_stream_geometry(config)
+    geom.check_group(ql.group, nm_code(ql.sparsity))
+    rr = geom.rows
+    for r0 in range(0, n, rr):
+        block = ql.formats[r0:r0 + rr]
+        if not bool((block == block[0]).all()):
+            raise CompileError(f"layer {name}: rows {r0}..{min(n, r0 + rr) - 1} (one "
+                               f"{rr}-row stream record of config {config.name!r}) hold "
+                               f"more than one format in a group; quantize for this "
+                               f"config's records")
+
+
+def _stream_label(ql) -> str:
+    """``int2``, ``fp3_er_p+fp3_ea_n``, with ``/2:4`` when sparse: a streamed layer's name
+    in the manifest's ``weight_bytes``."""
+    names = "+".join(format_spec(t).name for t in sorted(set(ql.formats.reshape(-1).tolist())))
+    return names if ql.sparsity == "dense" else f"{names}/{ql.sparsity}"
 
 
 def _plan_image(model, config, max_prompt, max_pos):
@@ -379,12 +431,14 @@ class _Phase:
         cfg, T = self.config, self.tmax
         n, k = ql.shape
         info = self.lin[name]
+        if info["streamed"]:
+            return self.streamed_linear(info, out_addr)
         op = Opcode.MM if self.phase == "prefill" else Opcode.MV
         mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
         for t in info["tiles"]:
             slot = (self.slot_i % self.slots) * self.slot_bytes
             self.slot_i += 1
-            for off, nb in _slices(t["nbytes"], cfg):       # one LD per channel slice
+            for off, nb in slices(t["nbytes"], cfg):       # one LD per channel slice
                 self.ld(Buffer.WGT, slot + off, t["addr"] + off, nb)
             last = t["col0"] + t["cols"] == k
             reads = [self.r(Buffer.WGT, slot, t["nbytes"]),
@@ -396,8 +450,33 @@ class _Phase:
                 wbuf_addr=slot, abuf_addr=self.XQ + t["col0"],
                 obuf_addr=out_addr + t["row0"] * 4, k0=info["k0"], req_m=0, req_s=0,
                 out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
-                bias=0, tok_scale=1, sbuf_addr=self.SC, astride=k // self.wb,
+                bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
+
+    def streamed_linear(self, info, out_addr):
+        """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,
+        per-token requantization). The loads carry no tokens: the stream is a FIFO that
+        the MV drains, and each load comes right before its MV in program order."""
+        if self.tmax != 1:
+            raise CompileError(f"a streamed layer takes one token per matrix instruction; "
+                               f"the {self.phase} program plans {self.tmax}")
+        n, k, wb = info["n"], info["k"], self.wb
+        orow = _up(n * 4, wb)
+        for t in info["tiles"]:
+            for st in t["streams"]:
+                self.sched.add(Opcode.LD, reads=[self.mem(st["addr"], st["nbytes"])],
+                               buf=Buffer.WSTREAM, channel=st["channel"], buf_addr=0,
+                               dram_addr=st["addr"], nbytes=st["nbytes"], count=1,
+                               dram_stride=st["nbytes"])
+            self.sched.add(
+                Opcode.MV, reads=[self.r(Buffer.ACT, self.XQ, k),
+                                  self.r(Buffer.AUX, self.SC, 8)],
+                writes=[self.r(Buffer.OUT, out_addr, orow)], wfmt=WeightFormat.STREAM,
+                sparsity=Sparsity.DENSE, group=info["group"], rows=t["rows"], k=k, m=1,
+                wbuf_addr=0, abuf_addr=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
+                k0=info["k0"], req_m=0, req_s=0, out_fmt=OutFormat.INT32, acc_init=1,
+                final=1, bias=0, tok_scale=1, sbuf_addr=self.SC,
+                astride=info["k_in"] // wb, ostride=orow // wb)
 
     def emit(self):
         s, lay, T = self.sched, self.lay, self.tmax
@@ -493,6 +572,50 @@ class _Phase:
                  aux=Buffer.OUT, aux_addr=self.O)
 
 
+def _stream_rows(n: int, k: int, group: int, config, geom, bits: int) -> int:
+    """Rows of a streamed layer's blocks: all of them, or as many whole batches of the
+    core's chains as keep a channel's stream within one load (:data:`MAX_STREAM_BYTES`;
+    bound from the widest record, headers and N:M indices counted at 8 bits a weight)."""
+    C = config.chains
+    batch_bytes = -(-C // config.memory.channels) * k * (2 * bits + 8) // 8 + \
+        C * (k // group) * 4
+    rows = max(1, MAX_STREAM_BYTES // max(batch_bytes, 1)) * C
+    return min(_up(n, C), rows)
+
+
+def _pack_streamed(name, ql, config, geom, addr):
+    """Pack a streamed layer's row blocks from ``addr`` on (each channel's stream of a
+    block contiguous, word aligned); return its manifest entry and ``(addr, bytes)``."""
+    n, k = ql.shape
+    rr, wb = geom.rows, config.word_bytes
+    _, kexp = fp16_fixed(ql.scales)
+    tags = ql.formats[::rr].numpy()              # one tag per record (checked uniform)
+    smin = least_scale(ql.scales)
+    block = _stream_rows(n, k, ql.group, config, geom, ql.bits)
+    tiles, blobs = [], []
+    for r0 in range(0, n, block):
+        rows = min(block, n - r0)
+        streams = pack_stream_tile(geom, config, ql.q, ql.scales, tags, row0=r0, rows=rows,
+                                   group=ql.group, sparsity=ql.sparsity, smin=smin)
+        entry = {"row0": r0, "rows": rows, "col0": 0, "cols": k, "streams": []}
+        for c, blob in enumerate(streams):
+            if len(blob) > MAX_STREAM_BYTES:
+                raise CompileError(f"layer {name}: the stream of rows {r0}..{r0 + rows - 1} "
+                                   f"on channel {c} is {len(blob)} bytes, more than one "
+                                   f"load ({MAX_STREAM_BYTES})")
+            entry["streams"].append({"channel": c, "addr": addr, "nbytes": len(blob)})
+            blobs.append((addr, blob))
+            addr = _up(addr + len(blob), wb)
+        tiles.append(entry)
+    counts = {}
+    for t in tags.reshape(-1).tolist():
+        f = format_spec(t).name
+        counts[f] = counts.get(f, 0) + 1
+    return ({"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits, "group": ql.group,
+             "k0": int(kexp.min()), "streamed": True, "sparsity": ql.sparsity,
+             "label": _stream_label(ql), "records": counts, "tiles": tiles}, blobs)
+
+
 def _fit_error(model, config, phase, tmax, max_pos) -> CompileError | None:
     """The buffer-planning error of a phase for ``tmax`` tokens and ``max_pos`` positions."""
     d, heads, kv, hd, inter, vocab = _shape(model)
@@ -565,7 +688,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         for r in _LINEARS:
             flat[f"l{i}.{r}"] = L[r]
     slots, slot_bytes = _wgt_slots(config, flat.values())
-    plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()}
+    plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()
+             if not ql.streamed}
     # Tokens an MM may take: a K-split tile keeps tokens x batches accumulators.
     k_tokens = _k_split_tokens(config, plans)
     if k_tokens == 0:
@@ -573,6 +697,14 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
                            f"{config.k_split_batches} the MATRIX unit of config "
                            f"{config.name!r} keeps (k_split_batches)")
     most = max_pos if k_tokens is None else min(max_pos, k_tokens)
+    streamed = [name for name, ql in flat.items() if ql.streamed]
+    if streamed:                # the streamed engine has no MM: one token per prefill run
+        if max_prompt not in (None, 1):
+            raise CompileError(f"max_prompt={max_prompt!r}: layer {streamed[0]} is streamed "
+                               f"and the streamed engine takes one token per matrix "
+                               f"instruction (accepted: 1; longer prompts run as decode "
+                               f"steps)")
+        max_prompt = 1
     if max_prompt is None:
         max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos),
                               min(DEFAULT_MAX_PROMPT, most))
@@ -590,7 +722,13 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     # Tiles of every linear layer, placed after the fixed regions.
     linears, blobs = {}, []
     addr = top
+    geom = core_stream_geometry(config) if streamed else None
     for name, ql in flat.items():
+        if ql.streamed:
+            linears[name], layer_blobs = _pack_streamed(name, ql, config, geom, addr)
+            blobs += layer_blobs
+            addr = max([addr] + [a + len(b) for a, b in layer_blobs])
+            continue
         n, k = ql.shape
         _, kexp = fp16_fixed(ql.scales)
         tiles = []
@@ -605,8 +743,9 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
                           "addr": addr, "nbytes": len(blob)})
             blobs.append((addr, blob))
             addr += len(blob)
-        linears[name] = {"n": n, "k": k, "bits": ql.bits, "group": ql.group,
-                         "k0": int(kexp.min()), "tiles": tiles}
+        linears[name] = {"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits,
+                         "group": ql.group, "k0": int(kexp.min()), "streamed": False,
+                         "label": f"int{ql.bits}", "tiles": tiles}
     tick("tile and pack weights")
     image = bytearray(addr)
     image[lay["embed"]:lay["embed"] + 4 * vocab * d] = \
@@ -645,8 +784,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         tick(f"schedule {phase}")
     wbytes = {}
     for name, v in linears.items():
-        key = f"int{v['bits']}"
-        wbytes[key] = wbytes.get(key, 0) + sum(t["nbytes"] for t in v["tiles"])
+        nb = sum(st["nbytes"] for t in v["tiles"] for st in t.get("streams", [t]))
+        wbytes[v["label"]] = wbytes.get(v["label"], 0) + nb
     shape = dict(model["shape"])
     manifest = {
         "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
@@ -659,6 +798,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
                   "recipe": {k: list(v) for k, v in (recipe or {}).items()}},
         "registers": {"pos": REG_POS, "tokens": REG_T, "length": REG_LEN},
         "phases": phases, "weight_bytes": wbytes,
+        "linear_weights": sum(v["n"] * v["k_in"] for v in linears.values()),
     }
     files["weights.bin"] = bytes(image)
     files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()

@@ -144,7 +144,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
                            f"folder with config.json and *.safetensors, a .gguf file, or a "
                            f"shipped model: {', '.join(BUILTIN_MODELS)})")
-    pipe = llm_pipeline(args.recipe)
+    pipe = llm_pipeline(args.recipe, config)
     steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
                                         "schedule prefill", "schedule decode",
                                         "write the folder", "predict decode cycles"]
