@@ -74,8 +74,18 @@ def test_compile_and_run_random_model(tmp_path, capsys):
 def test_compile_errors(tmp_path, capsys):
     model = _random_hf(tmp_path / "m")
     out = str(tmp_path / "out")
-    # The default recipe's g128 does not divide k=96: the recipe file and the layer named.
-    cli_fails(capsys, ["compile", str(model), "-o", out], "group 128 does not divide k=96")
+    # Bad recipe values: one line naming what is accepted.
+    for rule, message in [({"format": "fp5"}, "format = 'fp5' is not supported (accepted: "),
+                          ({"sparsity": 124}, "sparsity = 124 is not supported (accepted: "
+                                              "dense, 1:4, 2:4, 2:8, 4:16, 8:16, block)"),
+                          ({"mixed": ["int2", "int9"]}, "mixed = ['int2', 'int9'] is not "
+                                                        "supported (accepted: a list of "),
+                          ({"sparsity": "2:4"}, "streamed weights (int8/2:4) need the "
+                                                "decode unit")]:
+        bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "format": "int8", "group": 32,
+                                               **rule}])
+        cli_fails(capsys, ["compile", str(model), "--recipe", bad, "--config", "sim_llm",
+                           "-o", out], message)
     bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "format": "int8", "group": 32},
                                           {"match": "model.layers.3.*", "format": "int4"}])
     cli_fails(capsys, ["compile", str(model), "--recipe", bad, "-o", out],

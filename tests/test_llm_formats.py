@@ -1,0 +1,175 @@
+"""Whole decoder LLMs in every weight format and sparsity the decode unit reads.
+
+The shipped tiny model (``models/tiny-llama``) is compiled for ``sim_llm_decode`` with
+recipes of streamed formats (INT2, INT3, INT6, OVP4, BitMoD FP3), a per-group choice
+(INT2/4/8), N:M sparse INT4 (2:4, 2:8) and block skip; the golden model of the folder
+equals the golden of the quantized graph and the ISA simulator, bit for bit (tokens and
+logits). In RTL, a few recipes give the same tokens as torch and the ISA simulator.
+"""
+
+import pytest
+import torch
+
+from airfoil.config import load_config
+from airfoil.errors import CompileError
+from airfoil.folder import load_folder
+from airfoil.packing import format_spec
+from compiler.importers.hf import import_hf
+from compiler.ir import Pipeline, build_llama_graph
+from compiler.llm_recipe import parse_llm_recipe
+from compiler.lower_llm import compile_llm
+from compiler.passes import (FoldAttentionScale, Quantize, StreamShape, Validate,
+                             llm_pipeline, quantized_model)
+from llmtools import random_llama
+from sim.golden_llm import GoldenLLM, generate_folder, golden_from_folder
+from sim.isa_sim import IsaLLM, generate_isa
+from sim.measure.llm_accuracy import TINY_MODEL
+
+CONFIG = "sim_llm_decode"
+#: One rule for every layer, groups of 128.
+RECIPES = {
+    "int2": {"format": "int2"},
+    "int3": {"format": "int3"},
+    "int6": {"format": "int6"},
+    "ovp": {"format": "ovp"},
+    "bitmod3": {"format": "bitmod3"},
+    "mixed_int2_4_8": {"mixed": ["int2", "int4", "int8"]},
+    "w4_2of4": {"format": "int4", "sparsity": "2:4"},
+    "w4_2of8": {"format": "int4", "sparsity": "2:8"},
+    "w4_block": {"format": "int4", "sparsity": "block", "density": 0.75},
+}
+#: The recipes run in the default (fast) selection; the others are slow.
+FAST = ("int3", "w4_2of4")
+PROMPT = [84, 104, 101, 32]             # "The "
+
+
+def _recipe(name):
+    return parse_llm_recipe({"weights": [{"match": "*", "group": 128, **RECIPES[name]}]})
+
+
+@pytest.fixture(scope="module")
+def tiny_graph():
+    return import_hf(TINY_MODEL)
+
+
+def _compile(graph, recipe, out, cfg):
+    q = llm_pipeline(recipe, cfg).run(graph)
+    model = quantized_model(q)
+    manifest = compile_llm(model, cfg, out)
+    return model, manifest, load_folder(out, cfg)
+
+
+def _golden_equals_isa(model, folder, cfg, prompt, steps):
+    """The folder's golden equals the graph's golden and the ISA simulator: logits of the
+    prompt and of ``steps`` greedy decode steps, bit for bit."""
+    graph_gold, gold = GoldenLLM(model), GoldenLLM(golden_from_folder(folder))
+    isa = IsaLLM(folder, cfg)
+    want = gold.prefill(prompt)
+    assert torch.equal(graph_gold.prefill(prompt), want)
+    assert torch.equal(isa.prefill(prompt), want)
+    for _ in range(steps):
+        tok = int(torch.argmax(want[-1] if want.dim() == 2 else want))
+        want = gold.decode(tok)
+        assert torch.equal(graph_gold.decode(tok), want)
+        assert torch.equal(isa.decode(tok), want)
+    return isa
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in RECIPES])
+def test_tiny_model_recipe_golden_equals_isa(tmp_path, tiny_graph, name):
+    cfg = load_config(CONFIG)
+    model, man, folder = _compile(tiny_graph, _recipe(name), tmp_path / "out", cfg)
+    lin = man["model"]["linears"]
+    assert all(v["streamed"] for v in lin.values())
+    # The prefill takes one token: longer prompts run as decode steps.
+    assert man["model"]["max_prompt"] == 1
+    assert man["phases"]["prefill"]["opcodes"].get("MM", 0) == 0
+    # Every weight byte is in the image once, scales and sparsity metadata included.
+    bits = sum(man["weight_bytes"].values()) * 8 / man["linear_weights"]
+    assert 1 < bits < 10
+    _golden_equals_isa(model, folder, cfg, PROMPT, 2)
+
+
+def test_every_format_in_one_model_golden_equals_isa(tmp_path, tiny_graph):
+    """A recipe giving each projection another format, sparsity or per-group choice
+    (and INT4/INT8 WGT tiles beside them): one compile covers every path."""
+    rules = [{"match": "*", "format": "int4", "group": 128},
+             {"match": "*.q_proj", "format": "int2"},
+             {"match": "*.k_proj", "format": "int6", "group": 64},
+             {"match": "*.v_proj", "format": "ovp", "group": 32},
+             {"match": "*.o_proj", "mixed": "bitmod3"},
+             {"match": "*.gate_proj", "mixed": ["int2", "int3", "int4"], "sparsity": "2:4"},
+             {"match": "*.up_proj", "format": "int8", "sparsity": "block", "density": 0.5},
+             {"match": "*.down_proj", "format": "int3", "sparsity": "2:8"},
+             {"match": "model.layers.3.mlp.down_proj", "format": "int8",
+              "sparsity": "dense"}]
+    cfg = load_config(CONFIG)
+    model, man, folder = _compile(tiny_graph, parse_llm_recipe({"weights": rules}),
+                                  tmp_path / "out", cfg)
+    lin = man["model"]["linears"]
+    assert not lin["lm_head"]["streamed"] and not lin["l3.down"]["streamed"]
+    assert lin["l0.up"]["sparsity"] == "block" and lin["l0.gate"]["sparsity"] == "2:4"
+    assert set(lin["l0.o"]["records"]) <= {"fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n"}
+    assert lin["l0.k"]["group"] == 64 and lin["l0.v"]["label"] == "ovp"
+    assert man["model"]["max_prompt"] == 1
+    # The QLinear record: a format per group, the keep mask of the pruned layers.
+    gate = model["layers"][0]["gate"]
+    assert gate.streamed and gate.sparsity == "2:4"
+    assert gate.mask.reshape(-1, 4).sum(dim=1).max() <= 2
+    assert not gate.q[~gate.mask].any()
+    assert {format_spec(t).name for t in gate.formats.unique().tolist()} <= \
+        {"int2", "int3", "int4"}
+    # The folder reads the same values back.
+    back = golden_from_folder(folder)["layers"][0]["gate"]
+    assert torch.equal(back.q, gate.q) and torch.equal(back.formats, gate.formats)
+    assert torch.equal(back.scales, gate.scales)
+    _golden_equals_isa(model, folder, cfg, PROMPT[:2], 2)
+
+
+def _small_graph():
+    m = random_llama(heads=4, kv=2, hd=16, vocab=37, inter=96, layers=1, max_pos=32, seed=0)
+    return build_llama_graph(m.shape, m.hf_state_dict())
+
+
+def test_streamed_layers_need_the_decode_unit_and_one_token_prefill(tmp_path):
+    g = llm_pipeline(parse_llm_recipe({"weights": [
+        {"match": "*", "format": "int4", "group": 32},
+        {"match": "*.mlp.*", "sparsity": "2:4"}]})).run(_small_graph())
+    model = quantized_model(g)
+    with pytest.raises(CompileError, match=r"layer layers.0.gate: streamed weights "
+                                           r"\(int4/2:4\) need the decode unit, which config "
+                                           r"'sim_llm' lacks"):
+        compile_llm(model, load_config("sim_llm"), tmp_path / "a")
+    with pytest.raises(CompileError, match=r"max_prompt=4: layer l0.gate is streamed"):
+        compile_llm(model, load_config(CONFIG), tmp_path / "b", max_prompt=4)
+
+
+def test_mixed_choice_is_per_record_of_the_config(tmp_path):
+    """A per-group choice made for 1-row records does not fit the 4-row records of
+    sim_llm_decode: the compiler refuses it instead of packing other formats."""
+    quant = Quantize(parse_llm_recipe({"weights": [
+        {"match": "*", "mixed": "bitmod3", "group": 32}]}))
+    quant.shape = StreamShape(rows=1, lanes=8)
+    pipe = Pipeline([("validate", Validate()), ("fold_attention_scale", FoldAttentionScale()),
+                     ("quantize", quant)])
+    model = quantized_model(pipe.run(_small_graph()))
+    assert len(model["layers"][0]["up"].formats[:4, 0].unique()) > 1
+    with pytest.raises(CompileError, match=r"hold more than one format in a group; "
+                                           r"quantize for this config's records"):
+        compile_llm(model, load_config(CONFIG), tmp_path / "a")
+
+
+RTL_RECIPES = ("w4_2of4", "mixed_int2_4_8", "bitmod3")
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RTL_RECIPES)
+def test_tiny_model_rtl_tokens_equal_torch_and_isa(tmp_path, tiny_graph, name):
+    from airfoil.cli.backend_rtl import generate_rtl
+    cfg = load_config(CONFIG)
+    _, _, folder = _compile(tiny_graph, _recipe(name), tmp_path / "out", cfg)
+    want = generate_folder(folder, PROMPT[:2], 2)[0]
+    assert generate_isa(folder, cfg, PROMPT[:2], 2)[0] == want
+    assert generate_rtl(folder, cfg, PROMPT[:2], 2, seed=1)[0] == want
