@@ -89,7 +89,7 @@ from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
-from .recipe import OUT_FORMATS
+from .llm_recipe import OUT_FORMATS
 from .streams import (CHANNEL_ALIGN, MAX_STREAM_BYTES, channel_layout, least_scale,
                       pack_stream_tile, slices, stream_bits)
 

@@ -1,6 +1,6 @@
-"""Quantization recipes for whole decoder LLMs (YAML).
+"""Quantization recipes (YAML): of whole decoder LLMs and of single linear layers.
 
-A recipe has three sections (``compiler/recipes/llm_default.yaml`` is the default)::
+The one module that reads recipes. An LLM recipe has three sections (``compiler/recipes/llm_default.yaml`` is the default)::
 
     weights:                      # ordered rules, later matches override earlier ones
       - match: "*"                # fnmatch glob over linear layer names
@@ -27,6 +27,13 @@ decode unit as are sparse layers and every per-group choice). ``format: bitmod4`
 FP3 variants. A rule setting ``format`` replaces an earlier ``mixed`` and the other way
 round; ``density`` applies to ``sparsity: block`` only. Quote N:M patterns (YAML reads
 ``2:4`` unquoted as the sexagesimal integer 124).
+
+A single-layer recipe (``airfoil compile --recipe`` of one layer,
+``compiler/recipes/linear_default.yaml``) is a flat mapping of the keyword arguments of
+:func:`compiler.linear.compile_linear` (:data:`LINEAR_RECIPE_KEYS`): ``wformat`` (a
+format above, or ``mixed``), ``group``, ``out_format``, ``stream``, ``sparsity``
+(:data:`SPARSITY`), ``block_density`` and ``mixed_formats`` (the candidates of ``wformat:
+mixed``, e.g. ``"int4,ovp"``).
 """
 
 from __future__ import annotations
@@ -42,10 +49,18 @@ from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
-           "parse_llm_recipe"]
+           "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "LINEAR_RECIPE_KEYS", "OUT_FORMATS",
+           "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS"]
 
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
+#: The single-layer recipe shipped with the project.
+LINEAR_DEFAULT_RECIPE = package_path("compiler", "recipes", "linear_default.yaml")
+#: Output formats a single-layer recipe may name, with their width in bits.
+OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
+#: Keys a single-layer recipe may set, with their Python type.
+LINEAR_RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
+                      "sparsity": str, "mixed_formats": str, "block_density": float}
 
 #: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
 TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
@@ -248,3 +263,38 @@ def load_llm_recipe(path=None) -> LlmRecipe:
     """Read a recipe YAML file (default: :data:`LLM_DEFAULT_RECIPE`)."""
     p = Path(path) if path is not None else LLM_DEFAULT_RECIPE
     return parse_llm_recipe(read_yaml(p, "recipe", CompileError), source=p.name)
+
+
+# -- single linear layers -------------------------------------------------------------------
+
+def check_linear_recipe(data, source: str = "recipe") -> dict:
+    """Validate a single-layer recipe; return it as keyword arguments for
+    :func:`compiler.linear.compile_linear` (which checks the values against the config)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CompileError(f"{source}: a recipe must be a mapping of "
+                           f"{', '.join(LINEAR_RECIPE_KEYS)}, not {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        if key not in LINEAR_RECIPE_KEYS:
+            raise CompileError(f"{source}: unknown key {key!r} (accepted: "
+                               f"{', '.join(LINEAR_RECIPE_KEYS)})")
+        tp = LINEAR_RECIPE_KEYS[key]
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)                     # YAML's 1 for 1.0
+        if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
+            raise CompileError(f"{source}: key {key!r} must be {tp.__name__}, not "
+                               f"{type(value).__name__} {value!r}")
+        out[key] = value
+    if "out_format" in out and out["out_format"] not in OUT_FORMATS:
+        raise CompileError(f"{source}: out_format {out['out_format']!r} is not accepted "
+                           f"(accepted: {', '.join(OUT_FORMATS)})")
+    return out
+
+
+def load_linear_recipe(path=None) -> dict:
+    """Read a single-layer recipe YAML (default: :data:`LINEAR_DEFAULT_RECIPE`) into
+    keyword arguments."""
+    p = Path(path) if path is not None else LINEAR_DEFAULT_RECIPE
+    return check_linear_recipe(read_yaml(p, "recipe", CompileError), source=p.name)

@@ -184,8 +184,8 @@ def _base_yaml(which: str) -> tuple[bytes, dict]:
     """The valid file a kind mutates (``board``: the ``test`` config; ``recipe``: the
     default recipe), read once: its bytes and its parsed form."""
     from airfoil.config import builtin_config_path
-    from compiler.recipe import DEFAULT_RECIPE
-    raw = (builtin_config_path("test") if which == "board" else DEFAULT_RECIPE).read_bytes()
+    from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE
+    raw = (builtin_config_path("test") if which == "board" else LINEAR_DEFAULT_RECIPE).read_bytes()
     return raw, yaml.safe_load(raw)
 
 

@@ -15,7 +15,9 @@ from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, linear_referenc
 from airfoil.isa import Buffer, Opcode, decode
 from compiler import linear as linear_mod
 from compiler.linear import compile_linear
-from compiler.recipe import DEFAULT_RECIPE, check_recipe, load_recipe
+from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
+from compiler.llm_recipe import check_linear_recipe as check_recipe
+from compiler.llm_recipe import load_linear_recipe as load_recipe
 from sim.golden import layer_tensors, run_golden
 
 CFG = load_config("test")

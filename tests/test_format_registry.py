@@ -20,7 +20,7 @@ from airfoil.packing import (TAG_BITS, TAG_BY_NAME, RecordTag, StreamGeometry,
                              core_stream_geometry, decode_weights, encode_weights,
                              pack_records, parse_stream, read_records, record_tag)
 from compiler.linear import compile_linear
-from compiler.recipe import check_recipe
+from compiler.llm_recipe import check_linear_recipe as check_recipe
 from hdl.decode_unit.unpacker import Unpacker
 from hdl.pe.kinds import KINDS, kinds_running, tag_value_bits
 from sim.golden import run_golden

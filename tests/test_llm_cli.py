@@ -76,14 +76,14 @@ def test_compile_errors(tmp_path, capsys):
     out = str(tmp_path / "out")
     # Bad recipe values: one line naming what is accepted.
     for rule, message in [({"format": "fp5"}, "format = 'fp5' is not supported (accepted: "),
-                          ({"sparsity": 124}, "sparsity = 124 is not supported (accepted: "
-                                              "dense, 1:4, 2:4, 2:8, 4:16, 8:16, block)"),
-                          ({"mixed": ["int2", "int9"]}, "mixed = ['int2', 'int9'] is not "
-                                                        "supported (accepted: a list of "),
-                          ({"sparsity": "2:4"}, "streamed weights (int8/2:4) need the "
-                                                "decode unit")]:
-        bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "format": "int8", "group": 32,
-                                               **rule}])
+                          ({"format": "int8", "sparsity": 124},
+                           "sparsity = 124 is not supported (accepted: dense, 1:4, 2:4, 2:8, "
+                           "4:16, 8:16, block)"),
+                          ({"mixed": ["int2", "int9"]},
+                           "mixed = ['int2', 'int9'] is not supported (accepted: a list of "),
+                          ({"format": "int8", "sparsity": "2:4"},
+                           "streamed weights (int8/2:4) need the decode unit")]:
+        bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "group": 32, **rule}])
         cli_fails(capsys, ["compile", str(model), "--recipe", bad, "--config", "sim_llm",
                            "-o", out], message)
     bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "format": "int8", "group": 32},

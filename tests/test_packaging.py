@@ -27,7 +27,8 @@ from pathlib import Path
 root = Path(sys.argv[1]).resolve()
 from airfoil.config import BUILTIN_CONFIGS, load_config
 from airfoil.models import BUILTIN_MODELS
-from compiler.recipe import DEFAULT_RECIPE, load_recipe
+from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
+from compiler.llm_recipe import load_linear_recipe as load_recipe
 from compiler.llm_recipe import LLM_DEFAULT_RECIPE
 from explore.space import load_space
 import airfoil, bench, sim.rtl, sim.core_harness, sim.tb_decode.rtl, sim.measure.noc

@@ -26,7 +26,7 @@ from airfoil.packing import (BITMOD_TAGS, MIXED_PRESETS, NM_PATTERNS, RecordTag,
 from airfoil.sparsity import is_nm
 from clitools import cli_fails, cli_ok
 from compiler.linear import compile_linear
-from compiler.recipe import check_recipe
+from compiler.llm_recipe import check_linear_recipe as check_recipe
 from sim.cycle_model import STREAM_LATENCY, stream_matrix_work
 from sim.golden import layer_tensors, run_golden
 from sim.isa_sim import IsaSim, run_isa

@@ -87,10 +87,10 @@ def compile_from_args(args, log=None) -> dict:
     """Compile the layer the arguments describe; return the manifest."""
     from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear, load_linear
     from compiler.linear import compile_linear
-    from compiler.recipe import load_recipe
+    from compiler.llm_recipe import load_linear_recipe
 
     config = load_config(args.config or DEFAULT_CONFIG["linear"])
-    kw = load_recipe(args.recipe)
+    kw = load_linear_recipe(args.recipe)
     for key, value in (("wformat", args.wformat), ("group", args.group),
                        ("out_format", getattr(args, "out_format", None)),
                        ("stream", getattr(args, "stream", None)),

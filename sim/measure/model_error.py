@@ -13,9 +13,9 @@ def compile_demo_linear(config: AccelConfig, out_dir, *, seed: int = 0) -> str:
     """Compile the demo's built-in linear layer into ``out_dir``; return its shape text."""
     from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear
     from compiler.linear import compile_linear
-    from compiler.recipe import load_recipe
+    from compiler.llm_recipe import load_linear_recipe
 
-    kw = load_recipe(None)
+    kw = load_linear_recipe(None)
     weight, bias = builtin_linear(BUILTIN_N, BUILTIN_K, seed)
     compile_linear(weight, bias, config, out_dir, seed=seed, **kw)
     return f"linear {BUILTIN_N}x{BUILTIN_K} {kw['wformat']} g{kw['group']}"
