@@ -160,6 +160,29 @@ def test_mixed_choice_is_per_record_of_the_config(tmp_path):
         compile_llm(model, load_config(CONFIG), tmp_path / "a")
 
 
+def test_two_channels_stream_one_slice_each(tmp_path):
+    """With two memory channels each streamed row block is two streams (row batches of
+    2-chain records to each decode-unit slice), loaded on channels 0 and 1."""
+    from pathlib import Path
+
+    from airfoil.isa import Buffer, Opcode, decode
+    text = (Path(__file__).parent.parent / f"fpga/boards/{CONFIG}.yaml").read_text()
+    text = text.replace(f"name: {CONFIG}", "name: two_ch").replace("channels: 1",
+                                                                   "channels: 2")
+    (tmp_path / "two.yaml").write_text(text)
+    cfg = load_config(tmp_path / "two.yaml")
+    rules = [{"match": "*", "mixed": ["int3", "int4"], "group": 32, "sparsity": "2:4"},
+             {"match": "lm_head", "format": "ovp", "sparsity": "dense"}]
+    model, man, folder = _compile(_small_graph(), parse_llm_recipe({"weights": rules}),
+                                  tmp_path / "out", cfg)
+    assert {st["channel"] for t in man["model"]["linears"]["l0.q"]["tiles"]
+            for st in t["streams"]} == {0, 1}
+    lds = [decode(w) for w in folder.phase_program("decode").words
+           if w & 0xF == Opcode.LD.value]
+    assert {i.channel for i in lds if i.buf == Buffer.WSTREAM} == {0, 1}
+    _golden_equals_isa(model, folder, cfg, [3, 1, 4], 3)
+
+
 RTL_RECIPES = ("w4_2of4", "mixed_int2_4_8", "bitmod3")
 
 
