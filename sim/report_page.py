@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from airfoil.config import AccelConfig  # noqa: E402
 from airfoil.isa import Unit  # noqa: E402
+from compiler.lower_llm import weight_bits_per_weight  # noqa: E402
 
 from .profile import (StepProfile, bandwidth_timeline, context_sweep,  # noqa: E402
                       peak_bytes_per_cycle, profile_decode)
@@ -56,14 +57,6 @@ class FolderReport:
         return config.clock_mhz * 1e6 * peak_bytes_per_cycle(config) / self.step.bytes_read
 
 
-def _bits_per_weight(manifest: dict) -> float:
-    """Bytes of the linear layers' packed weights (scales included) x 8 / their count."""
-    linears = manifest["model"]["linears"]
-    count = sum(v["n"] * v["k"] for v in linears.values())
-    nbytes = sum(t["nbytes"] for v in linears.values() for t in v["tiles"])
-    return 8 * nbytes / count if count else 0.0
-
-
 def measure_folder(folder, config: AccelConfig, position: int | None = None,
                    points: int = 8) -> FolderReport:
     """Profile a decode step at ``position`` (default: the last position the folder
@@ -71,7 +64,7 @@ def measure_folder(folder, config: AccelConfig, position: int | None = None,
     mm = folder.manifest["model"]
     pos = mm["max_positions"] - 1 if position is None else position
     return FolderReport(Path(folder.path).name, profile_decode(folder, config, pos),
-                        context_sweep(folder, config, points), _bits_per_weight(folder.manifest))
+                        context_sweep(folder, config, points), weight_bits_per_weight(folder.manifest))
 
 
 def _roofline(reports, config) -> bytes:

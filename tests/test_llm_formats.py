@@ -17,7 +17,7 @@ from airfoil.packing import format_spec
 from compiler.importers.hf import import_hf
 from compiler.ir import Pipeline, build_llama_graph
 from compiler.llm_recipe import parse_llm_recipe
-from compiler.lower_llm import compile_llm
+from compiler.lower_llm import compile_llm, weight_bits_per_weight
 from compiler.passes import (FoldAttentionScale, Quantize, StreamShape, Validate,
                              llm_pipeline, quantized_model)
 from llmtools import random_llama
@@ -86,8 +86,7 @@ def test_tiny_model_recipe_golden_equals_isa(tmp_path, tiny_graph, name):
     assert man["model"]["max_prompt"] == 1
     assert man["phases"]["prefill"]["opcodes"].get("MM", 0) == 0
     # Every weight byte is in the image once, scales and sparsity metadata included.
-    bits = sum(man["weight_bytes"].values()) * 8 / man["linear_weights"]
-    assert 1 < bits < 10
+    assert 1 < weight_bits_per_weight(man) < 10
     _golden_equals_isa(model, folder, cfg, PROMPT, 2)
 
 
