@@ -279,9 +279,10 @@ def _check_linear(name, ql, config):
 
 
 def _stream_label(ql) -> str:
-    """``int2``, ``fp3_er_p+fp3_ea_n``, with ``/2:4`` when sparse: a streamed layer's name
-    in the manifest's ``weight_bytes``."""
-    names = "+".join(format_spec(t).name for t in sorted(set(ql.formats.reshape(-1).tolist())))
+    """``int2``, ``mixed`` (groups of several formats), with ``/2:4`` when sparse: a
+    streamed layer's name in the manifest's ``weight_bytes``."""
+    tags = set(ql.formats.reshape(-1).tolist())
+    names = format_spec(tags.pop()).name if len(tags) == 1 else "mixed"
     return names if ql.sparsity == "dense" else f"{names}/{ql.sparsity}"
 
 

@@ -198,8 +198,13 @@ def summary_table(manifest, summary):
                    f"(at most {max(imp['rounded'].values()):.2g})" if imp["rounded"] else "")
         t.add_row(f"import {imp['format']}", f"{len(imp['exact'])} exact",
                   f"{len(imp['converted'])} layers requantized{worst}{rounded}")
+    from compiler.lower_llm import weight_bits_per_weight
+    tiles = {v["label"] for v in manifest["model"]["linears"].values() if not v["streamed"]}
     for fmt, nb in sorted(manifest["weight_bytes"].items()):
-        t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales")
+        t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales"
+                  if fmt in tiles else "record streams: values, FP16 scales, sparsity")
+    t.add_row("bits/weight", f"{weight_bits_per_weight(manifest):.3f}",
+              "linear layers' bytes in the image x 8 / weights")
     t.add_row("memory image", f"{manifest['image_bytes']} B",
               f"{manifest['model']['max_positions']} KV positions")
     dc = summary["decode_cycles"]
