@@ -1,6 +1,7 @@
 """Compile one quantized linear layer (GEMV) into an output folder.
 
-Steps: quantize the weights in groups (:func:`airfoil.formats.quantize_weights`),
+Steps: quantize the weights in groups (:func:`compiler.passes.quantize_linear`, as the
+LLM compiler does),
 calibrate static activation and output scales, plan tiles and the memory image for the
 configuration, schedule the instruction stream with dependency tokens, and write
 ``program.afp``, ``weights.bin``, ``manifest.json`` and ``program.s``.
@@ -76,21 +77,21 @@ from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax,
-                             quantize_act, quantize_weights, requant_params, tile_layout,
+                             quantize_act, requant_params, tile_layout,
                              weight_format)
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
                          WeightFormat, encode)
-from airfoil.packing import (BLOCK_CODE, DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
+from airfoil.packing import (DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
-                             core_stream_geometry, nm_code, nm_index_bits,
-                             pack_channels, quantize_stream, record_tag, step_mask)
-from airfoil.sparsity import prune_blocks, prune_nm
+                             core_stream_geometry, nm_code,
+                             record_tag)
 from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
-from .llm_recipe import OUT_FORMATS
-from .streams import (CHANNEL_ALIGN, MAX_STREAM_BYTES, channel_layout, least_scale,
+from .llm_recipe import OUT_FORMATS, LayerQuant
+from .passes import StreamShape, quantize_linear
+from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale,
                       pack_stream_tile, slices, stream_bits)
 
 __all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
@@ -473,7 +474,9 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     ob = out_bits // 8
     wb = config.word_bytes
 
-    q, s16 = quantize_weights(weight, bits, group)
+    ql = quantize_linear(weight, LayerQuant((wf.name.lower(),), group),
+                         StreamShape.of(config), streamed=False)
+    q, s16 = ql.q, ql.scales
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
     x_scale, y_scale, req_m, req_s, x_q = _calibrate(weight, bias, calib, seed, k, out_bits, k0)
@@ -548,9 +551,10 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     geom = core_stream_geometry(config)
     rr = geom.rows                  # rows of a record: the chains of one slice
 
-    q, s16, tags = quantize_stream(weight, group=group, rows=rr, formats=formats,
-                                   sparsity=sparsity, lanes=config.lanes,
-                                   block_density=block_density)
+    ql = quantize_linear(weight, LayerQuant(tuple(format_spec(t).name for t in formats), group,
+                                            sparsity, block_density),
+                         StreamShape(rr, config.lanes), streamed=True)
+    q, s16, tags = ql.q, ql.scales, ql.formats[::rr].numpy()
     # Records of the padding rows up to a whole batch of the core: the first format.
     pad = _up(n, chains) // rr - tags.shape[0]
     tags = np.concatenate([tags, np.full((pad, tags.shape[1]), tags[0, 0])]) if pad else tags
@@ -560,12 +564,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     _, kexp = fp16_fixed(s16)
     k0 = int(kexp.min())
     smin = least_scale(s16)
-    if nm == BLOCK_CODE:
-        pruned = prune_blocks(weight.detach().to(torch.float64), rows=rr,
-                              lanes=config.lanes, group=group, density=block_density)
-    else:
-        pruned = weight if not nm else prune_nm(weight.detach().to(torch.float64),
-                                                *_nm_pair(sparsity))
+    # The weights the stream holds before rounding: the float ones where pruning kept.
+    pruned = weight if ql.mask is None else \
+        torch.where(ql.mask, weight.detach().to(torch.float64), 0.0)
     x_scale, y_scale, req_m, req_s, x_q = _calibrate(pruned, bias, calib, seed, k, out_bits,
                                                       k0)
     bias_q = _bias_units(bias, k0, x_scale)
@@ -648,11 +649,6 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
         "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
     })
     return manifest
-
-
-def _nm_pair(sparsity: str) -> tuple[int, int]:
-    n, m = sparsity.split(":")
-    return int(n), int(m)
 
 
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,

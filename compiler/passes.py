@@ -101,16 +101,17 @@ def _prune(w: torch.Tensor, lq: LayerQuant, shape: StreamShape) -> torch.Tensor:
     return w
 
 
-def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape) -> QLinear:
+def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape,
+                 streamed: bool) -> QLinear:
     """Round-to-nearest quantization of one layer (the default method).
 
-    ``weight`` (rows, k) float, k already padded to a whole group. A dense tile format
-    uses :func:`airfoil.formats.quantize_weights`; anything else is pruned (magnitude,
-    :func:`_prune`) and quantized by :func:`airfoil.packing.quantize_stream`, which picks
-    each record's format (least squared error) and each row's FP16 scale through the
-    registry's formats.
+    ``weight`` (rows, k) float, k already padded to a whole group. WGT tiles
+    (``streamed`` false) use :func:`airfoil.formats.quantize_weights`; streamed weights
+    are pruned (magnitude, :func:`_prune`) and quantized by :func:`airfoil.packing.
+    quantize_stream`, which picks each record's format (least squared error) and each
+    row's FP16 scale through the registry's formats.
     """
-    if not lq.streamed:
+    if not streamed:
         q, s = quantize_weights(weight, lq.bits, lq.group)
         return QLinear(q, s, lq.group, lq.bits)
     w = weight.detach().to(torch.float64)
@@ -124,17 +125,20 @@ def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape) -> QL
                    sparsity=lq.sparsity)
 
 
-#: Quantization methods by name: ``method(weight, layer_quant, stream_shape) -> QLinear``.
+#: Quantization methods by name:
+#: ``method(weight, layer_quant, stream_shape, streamed) -> QLinear``.
 QUANTIZERS = {"rtn": quantize_rtn}
 
 
 def quantize_linear(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape | None = None,
-                    method: str = "rtn") -> QLinear:
+                    method: str = "rtn", streamed: bool | None = None) -> QLinear:
     """Quantize one linear layer's float weights per its :class:`LayerQuant`.
 
-    The one place float weights become a :class:`~airfoil.fixedpoint.QLinear`: ``k`` is
-    padded with zero columns to a whole group (``in_features`` keeps the width), then
-    ``QUANTIZERS[method]`` quantizes.
+    The one place float weights become a :class:`~airfoil.fixedpoint.QLinear` (for the
+    LLM compiler and :func:`compiler.linear.compile_linear` alike): ``k`` is padded with
+    zero columns to a whole group (``in_features`` keeps the width), then
+    ``QUANTIZERS[method]`` quantizes. ``streamed`` (default :attr:`LayerQuant.streamed`)
+    asks for stream records even of a dense tile format.
     """
     if method not in QUANTIZERS:
         raise CompileError(f"quantization method {method!r} is not known (accepted: "
@@ -143,7 +147,7 @@ def quantize_linear(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape | N
     rows, k = weight.shape
     kp = -(-k // lq.group) * lq.group
     w = torch.nn.functional.pad(weight, (0, kp - k)) if kp != k else weight
-    ql = QUANTIZERS[method](w, lq, shape)
+    ql = QUANTIZERS[method](w, lq, shape, lq.streamed if streamed is None else streamed)
     ql.in_features = k
     return ql
 

@@ -131,6 +131,23 @@ def _small_graph():
     return build_llama_graph(m.shape, m.hf_state_dict())
 
 
+def test_padded_groups_golden_equals_isa(tmp_path):
+    """Groups of 128 on a model of k = 64 and 96: every layer is padded with zero columns,
+    on WGT tiles (INT4) and streams (INT3, 2:4) alike."""
+    rules = [{"match": "*", "format": "int4", "group": 128},
+             {"match": "*.mlp.*", "format": "int3", "sparsity": "2:4"}]
+    cfg = load_config(CONFIG)
+    model, man, folder = _compile(_small_graph(), parse_llm_recipe({"weights": rules}),
+                                  tmp_path / "out", cfg)
+    down = man["model"]["linears"]["l0.down"]
+    assert (down["k"], down["k_in"], down["streamed"]) == (128, 96, True)
+    assert (man["model"]["linears"]["l0.q"]["k"], man["model"]["linears"]["l0.q"]["k_in"]) \
+        == (128, 64)
+    assert man["linear_weights"] == sum(v["n"] * v["k_in"]
+                                        for v in man["model"]["linears"].values())
+    _golden_equals_isa(model, folder, cfg, [3, 1, 4], 2)
+
+
 def test_streamed_layers_need_the_decode_unit_and_one_token_prefill(tmp_path):
     g = llm_pipeline(parse_llm_recipe({"weights": [
         {"match": "*", "format": "int4", "group": 32},

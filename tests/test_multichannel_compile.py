@@ -17,7 +17,8 @@ from airfoil.config import load_config
 from airfoil.errors import AirfoilError, CompileError
 from airfoil.folder import load_folder
 from airfoil.isa import Buffer, Opcode, decode
-from compiler.linear import CHANNEL_ALIGN, compile_linear
+from compiler.linear import compile_linear
+from compiler.streams import CHANNEL_ALIGN
 from sim.golden import run_golden
 from sim.isa_sim import run_isa
 
