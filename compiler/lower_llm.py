@@ -61,14 +61,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from amaranth.hdl import Shape
 
 from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
-from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, SfuFunc, Sparsity, SysOp,
-                         Unit, WeightFormat, encode, unit_of)
+from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
+                         Sparsity, SysOp, Unit, WeightFormat, encode, unit_of)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 
@@ -573,15 +574,17 @@ class _Phase:
                  aux=Buffer.OUT, aux_addr=self.O)
 
 
-def _stream_rows(n: int, k: int, group: int, config, geom, bits: int) -> int:
+def _stream_rows(n: int, k: int, group: int, config, bits: int) -> int:
     """Rows of a streamed layer's blocks: all of them, or as many whole batches of the
     core's chains as keep a channel's stream within one load (:data:`MAX_STREAM_BYTES`;
-    bound from the widest record, headers and N:M indices counted at 8 bits a weight)."""
+    bound from the widest record, headers and N:M indices counted at 8 bits a weight) and
+    the matrix instruction's ``rows`` field."""
     C = config.chains
     batch_bytes = -(-C // config.memory.channels) * k * (2 * bits + 8) // 8 + \
         C * (k // group) * 4
     rows = max(1, MAX_STREAM_BYTES // max(batch_bytes, 1)) * C
-    return min(_up(n, C), rows)
+    most = ((1 << Shape.cast(MATRIX_LAYOUT.members["rows"]).width) - 1) // C * C  # its field
+    return min(_up(n, C), rows, most)
 
 
 def _pack_streamed(name, ql, config, geom, addr):
@@ -592,7 +595,7 @@ def _pack_streamed(name, ql, config, geom, addr):
     _, kexp = fp16_fixed(ql.scales)
     tags = ql.formats[::rr].numpy()              # one tag per record (checked uniform)
     smin = least_scale(ql.scales)
-    block = _stream_rows(n, k, ql.group, config, geom, ql.bits)
+    block = _stream_rows(n, k, ql.group, config, ql.bits)
     tiles, blobs = [], []
     for r0 in range(0, n, block):
         rows = min(block, n - r0)
