@@ -1,6 +1,7 @@
 """Quantization recipes (YAML): of whole decoder LLMs and of single linear layers.
 
-The one module that reads recipes. An LLM recipe has three sections (``compiler/recipes/llm_default.yaml`` is the default)::
+The one module that reads recipes. An LLM recipe has three sections
+(``compiler/recipes/llm_default.yaml`` is the default)::
 
     weights:                      # ordered rules, later matches override earlier ones
       - match: "*"                # fnmatch glob over linear layer names
@@ -42,9 +43,9 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from airfoil import format_registry
 from airfoil.errors import CompileError
+from airfoil.packing import MIXED_PRESETS, NM_BY_NAME
 from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
@@ -65,8 +66,9 @@ LINEAR_RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream":
 #: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
 TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
                 if f.tile_pe_kinds}
-#: Sparsity patterns a layer may name (N:M magnitude pruning, block skip).
-SPARSITY = ("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block")
+#: Sparsity patterns a layer may name (N:M magnitude pruning, block skip): the stream
+#: records' (:data:`airfoil.packing.NM_BY_NAME`).
+SPARSITY = tuple(NM_BY_NAME)
 _SECTIONS = ("weights", "activations", "kv_cache")
 _RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
@@ -81,7 +83,6 @@ def streamed_formats() -> tuple:
 def mixed_presets() -> dict:
     """Named candidate sets of a per-group choice: ``bitmod4`` and ``bitmod3`` (BitMoD's
     FP4 and FP3 variants)."""
-    from airfoil.packing import MIXED_PRESETS
     return dict(MIXED_PRESETS)
 
 

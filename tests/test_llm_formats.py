@@ -41,6 +41,17 @@ RECIPES = {
 #: The recipes run in the default (fast) selection; the others are slow.
 FAST = ("int3", "w4_2of4")
 PROMPT = [84, 104, 101, 32]             # "The "
+#: Each projection in another format, sparsity or per-group choice, WGT tiles beside.
+EVERY_FORMAT = [
+    {"match": "*", "format": "int4", "group": 128},
+    {"match": "*.q_proj", "format": "int2"},
+    {"match": "*.k_proj", "format": "int6", "group": 64},
+    {"match": "*.v_proj", "format": "ovp", "group": 32},
+    {"match": "*.o_proj", "mixed": "bitmod3"},
+    {"match": "*.gate_proj", "mixed": ["int2", "int3", "int4"], "sparsity": "2:4"},
+    {"match": "*.up_proj", "format": "int8", "sparsity": "block", "density": 0.5},
+    {"match": "*.down_proj", "format": "int3", "sparsity": "2:8"},
+    {"match": "model.layers.3.mlp.down_proj", "format": "int8", "sparsity": "dense"}]
 
 
 def _recipe(name):
@@ -93,16 +104,7 @@ def test_tiny_model_recipe_golden_equals_isa(tmp_path, tiny_graph, name):
 def test_every_format_in_one_model_golden_equals_isa(tmp_path, tiny_graph):
     """A recipe giving each projection another format, sparsity or per-group choice
     (and INT4/INT8 WGT tiles beside them): one compile covers every path."""
-    rules = [{"match": "*", "format": "int4", "group": 128},
-             {"match": "*.q_proj", "format": "int2"},
-             {"match": "*.k_proj", "format": "int6", "group": 64},
-             {"match": "*.v_proj", "format": "ovp", "group": 32},
-             {"match": "*.o_proj", "mixed": "bitmod3"},
-             {"match": "*.gate_proj", "mixed": ["int2", "int3", "int4"], "sparsity": "2:4"},
-             {"match": "*.up_proj", "format": "int8", "sparsity": "block", "density": 0.5},
-             {"match": "*.down_proj", "format": "int3", "sparsity": "2:8"},
-             {"match": "model.layers.3.mlp.down_proj", "format": "int8",
-              "sparsity": "dense"}]
+    rules = EVERY_FORMAT
     cfg = load_config(CONFIG)
     model, man, folder = _compile(tiny_graph, parse_llm_recipe({"weights": rules}),
                                   tmp_path / "out", cfg)
@@ -227,3 +229,15 @@ def test_tiny_model_rtl_tokens_equal_torch_and_isa(tmp_path, tiny_graph, name):
     want = generate_folder(folder, PROMPT[:2], 2)[0]
     assert generate_isa(folder, cfg, PROMPT[:2], 2)[0] == want
     assert generate_rtl(folder, cfg, PROMPT[:2], 2, seed=1)[0] == want
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_every_format_in_one_model_rtl_tokens(tmp_path, tiny_graph):
+    """Tiles and streams of every format interleaved in one program on the RTL core."""
+    from airfoil.cli.backend_rtl import generate_rtl
+    cfg = load_config(CONFIG)
+    _, _, folder = _compile(tiny_graph, parse_llm_recipe({"weights": EVERY_FORMAT}),
+                            tmp_path / "out", cfg)
+    want = generate_folder(folder, PROMPT[:2], 2)[0]
+    assert generate_rtl(folder, cfg, PROMPT[:2], 2, seed=2)[0] == want
