@@ -64,7 +64,8 @@ def measure_folder(folder, config: AccelConfig, position: int | None = None,
     mm = folder.manifest["model"]
     pos = mm["max_positions"] - 1 if position is None else position
     return FolderReport(Path(folder.path).name, profile_decode(folder, config, pos),
-                        context_sweep(folder, config, points), weight_bits_per_weight(folder.manifest))
+                        context_sweep(folder, config, points),
+                        weight_bits_per_weight(folder.manifest))
 
 
 def _roofline(reports, config) -> bytes:
