@@ -419,6 +419,9 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
     except ValueError as e:
         raise _fail(p, f"{MANIFEST} is not valid JSON ({e.msg} at line {e.lineno})") from None
     _check_manifest(manifest, p)
+    if manifest.get("size_only"):
+        raise _fail(p, f"compiled with --size-only: it holds the programs and the memory map "
+                       f"but no {manifest['image']}; compile it without --size-only to run it")
     if config is not None and manifest["config_hash"] != config.config_hash:
         raise _fail(p, f"compiled for config {manifest['config']!r} (hash "
                        f"{manifest['config_hash']}), but the given config {config.name!r} "

@@ -246,6 +246,15 @@ def pack_int(values, bits: int) -> bytes:
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if v.size and (v.min() < lo or v.max() > hi):
         raise CompileError(f"value outside the {bits}-bit range {lo}..{hi}")
+    if 8 % bits == 0 and v.size % (8 // bits) == 0:
+        # Whole values per byte (INT2, INT4, INT8): shift and OR, the same bytes as below
+        # without a bit array (the packer of a multi-GB image).
+        per = 8 // bits
+        u8 = (v & ((1 << bits) - 1)).astype(np.uint8).reshape(-1, per)
+        out = u8[:, 0].copy()
+        for j in range(1, per):
+            out |= u8[:, j] << np.uint8(j * bits)
+        return out.tobytes()
     u = (v & ((1 << bits) - 1)).astype(np.uint64)
     bitarr = ((u[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
     return np.packbits(bitarr.reshape(-1), bitorder="little").tobytes()

@@ -318,6 +318,131 @@ def _plan_image(model, config, max_prompt, max_pos):
     return lay, top
 
 
+def _place_linears(flat, plans, config, top, streamed):
+    """Place every linear layer from ``top`` on: WGT tiles (``plans``, layer name ->
+    :func:`_plan_tiles`) by their layout's size, reading each layer's scales (for the
+    ``k0`` of its instructions) and not its values; streamed layers packed (a stream's
+    size depends on its values). Returns ``(linears, streams, image size)``, ``streams``
+    the packed ``(addr, bytes)`` of the streamed layers."""
+    wb = config.word_bytes
+    linears, streams, addr = {}, [], top
+    geom = core_stream_geometry(config) if streamed else None
+    for name, ql in flat.items():
+        if ql.streamed:
+            linears[name], layer_blobs = _pack_streamed(name, ql, config, geom, addr)
+            streams += layer_blobs
+            addr = max([addr] + [a + len(b) for a, b in layer_blobs])
+            continue
+        n, k = ql.shape
+        # The least exponent is the least scale's (the exponent grows with a positive
+        # value); the largest is checked with it (negative, infinite or NaN scales).
+        sc = ql.scales
+        _, kexp = fp16_fixed(torch.stack([sc.min(), sc.max()]))
+        tiles = []
+        for r0, rows, c0, cols in plans[name]:
+            nbytes = _tile_bytes(config, rows, cols, ql.bits, ql.group)
+            tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
+                          "addr": addr, "nbytes": nbytes})
+            addr += nbytes
+        linears[name] = {"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits,
+                         "group": ql.group, "k0": int(kexp.min()), "streamed": False,
+                         "label": f"int{ql.bits}", "tiles": tiles}
+    return linears, streams, addr
+
+
+def _check_capacity(size: int, config) -> None:
+    """Refuse an image larger than the board's memory (channels x channel_bytes)."""
+    mem = config.memory
+    cap = mem.channels * mem.channel_bytes
+    if size > cap:
+        raise CompileError(f"the memory image needs {size} bytes ({size / 2 ** 30:.2f} GiB), "
+                           f"more than the {cap} bytes ({cap / 2 ** 30:.2f} GiB: "
+                           f"{mem.channels} channels x {mem.channel_bytes} bytes) of config "
+                           f"{config.name!r}")
+
+
+#: The memory map a compile writes beside the manifest (a text listing of the image).
+MEMORY_MAP = "memory_map.txt"
+
+
+def memory_map(manifest: dict, config) -> str:
+    """The image's regions, one line each: start address, bytes, name (from the manifest's
+    layout and tiles), and the board memory they take."""
+    mm = manifest["model"]
+    lay = mm["layout"]
+    starts = sorted((a, name) for name, a in lay.items()
+                    if not name.endswith("_row") and name != "tiles")
+    regions = []
+    for (a, name), nxt in zip(starts, starts[1:] + [(lay["tiles"], None)]):
+        regions.append((a, nxt[0] - a, name))
+    for name, v in mm["linears"].items():
+        t = [st for tile in v["tiles"] for st in tile.get("streams", [tile])]
+        start = min(x["addr"] for x in t)
+        end = max(x["addr"] + x["nbytes"] for x in t)
+        kind = "streams" if v.get("streamed") else "tiles"
+        regions.append((start, end - start,
+                        f"{name} weights: {len(t)} {kind} of {v['label']} g{v['group']}, "
+                        f"{v['n']} x {v['k']}"))
+    mem = config.memory
+    cap = mem.channels * mem.channel_bytes
+    size = manifest["image_bytes"]
+    head = [f"# memory image of {manifest['source'] or 'model'} for config {config.name} "
+            f"({config.config_hash})",
+            f"# {size} bytes of the {cap} the board holds ({mem.channels} channels x "
+            f"{mem.channel_bytes} bytes): {100 * size / cap:.1f} %",
+            f"# {mm['max_positions']} KV positions; prefill up to {mm['max_prompt']} tokens",
+            "#    address         bytes  region"]
+    return "\n".join(head + [f"{a:#14x} {n:13d}  {what}" for a, n, what in regions]) + "\n"
+
+
+#: Embedding rows converted and written at a time (bounds the memory of a large table).
+_EMBED_ROWS = 4096
+
+
+def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos) -> None:
+    """Write the memory image to ``path`` region by region (never all of it in memory):
+    the embedding table, the RoPE table, the RMSNorm gains, every weight tile (packed a
+    layer at a time) and the packed ``streams``; the rest (parameter block, token ids,
+    logits, KV cache, padding) is zero."""
+    d, heads, kv, hd, inter, vocab = _shape(model)
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+        def put(addr, data: bytes):
+            f.seek(addr)
+            f.write(data)
+
+        for r0 in range(0, vocab, _EMBED_ROWS):
+            rows = model["embed"][r0:min(vocab, r0 + _EMBED_ROWS)]
+            put(lay["embed"] + 4 * d * r0, rows.numpy().astype("<i4").tobytes())
+        cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
+                                 model["shape"].get("rope_scaling"))
+        rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
+        rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"),
+                                           sin.numpy().astype("<i2")], axis=1).view(np.uint8)
+        put(lay["rope"], rope.tobytes())
+        gains = {"norm": model["norm"]}
+        for i, L in enumerate(model["layers"]):
+            gains[f"l{i}.attn_norm"], gains[f"l{i}.mlp_norm"] = L["attn_norm"], L["mlp_norm"]
+        for name, g in gains.items():
+            put(lay[name], g.numpy().astype("<i4").tobytes())
+        for addr, blob in streams:
+            put(addr, blob)
+        for name, ql in flat.items():
+            if ql.streamed:
+                continue
+            q, scales = ql.q, ql.scales         # read once per layer, packed tile by tile
+            for t in linears[name]["tiles"]:
+                r0, rows, c0, cols = t["row0"], t["rows"], t["col0"], t["cols"]
+                lay_t = tile_layout(rows=rows, k=cols, group=ql.group,
+                                    wfmt=FORMAT_BY_NAME[f"int{ql.bits}"],
+                                    chains=config.chains, lanes=config.lanes, bias=False,
+                                    align=config.word_bytes)
+                put(t["addr"], pack_tile(lay_t, q[r0:r0 + rows, c0:c0 + cols],
+                                         scales[r0:r0 + rows,
+                                                c0 // ql.group:(c0 + cols) // ql.group], None))
+
+
 # -- emission of one phase ----------------------------------------------------------------
 
 class _Phase:
@@ -654,7 +779,8 @@ def _largest(error_of, hi: int) -> int:
 # -- top level ----------------------------------------------------------------------------
 
 def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | None = None,
-                source: str = "", recipe: dict | None = None, progress=None) -> dict:
+                source: str = "", recipe: dict | None = None, progress=None,
+                max_positions: int | None = None, size_only: bool = False) -> dict:
     """Lower a quantized model (``compiler.passes.quantized_model``) into ``out_dir``.
 
     Parameters
@@ -675,6 +801,17 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         Layer name -> (format, group), recorded in the manifest.
     progress : callable, optional
         ``progress(step_name)`` after each step (for a progress bar).
+    max_positions : int, optional
+        At most this many KV positions (default: the model's, capped by what the KV
+        buffer and the decode scores hold).
+    size_only : bool
+        Write the programs, listings, memory map and manifest but not ``weights.bin`` (the
+        manifest says ``size_only``; no backend runs such a folder). The weights' values
+        are never read, only their scales.
+
+    The image is written region by region and a layer's tiles are packed one layer at a
+    time, so a model whose layers are made on demand (:mod:`compiler.synthetic`) compiles
+    in the memory of one layer. An image over the board's memory is refused.
 
     Returns
     -------
@@ -691,6 +828,12 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     # Positions: the model's, capped by what the KV buffer and the decode scores hold.
     b = config.buffers
     model_pos = int(model["shape"]["max_position_embeddings"])
+    if max_positions is not None:
+        if isinstance(max_positions, bool) or not isinstance(max_positions, int) or \
+                max_positions < 1:
+            raise CompileError(f"max_positions must be a positive integer, not "
+                               f"{max_positions!r}")
+        model_pos = min(model_pos, max_positions)
     max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
     if max_pos == 0:
         raise _fit_error(model, config, "decode", 1, 1)
@@ -730,50 +873,9 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     if err is not None:
         raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
     lay, top = _plan_image(model, config, max_prompt, max_pos)
-    # Tiles of every linear layer, placed after the fixed regions.
-    linears, blobs = {}, []
-    addr = top
-    geom = core_stream_geometry(config) if streamed else None
-    for name, ql in flat.items():
-        if ql.streamed:
-            linears[name], layer_blobs = _pack_streamed(name, ql, config, geom, addr)
-            blobs += layer_blobs
-            addr = max([addr] + [a + len(b) for a, b in layer_blobs])
-            continue
-        n, k = ql.shape
-        _, kexp = fp16_fixed(ql.scales)
-        tiles = []
-        for r0, rows, c0, cols in plans[name]:
-            lay_t = tile_layout(rows=rows, k=cols, group=ql.group,
-                                wfmt=FORMAT_BY_NAME[f"int{ql.bits}"], chains=config.chains,
-                                lanes=config.lanes, bias=False, align=wb)
-            blob = pack_tile(lay_t, ql.q[r0:r0 + rows, c0:c0 + cols],
-                             ql.scales[r0:r0 + rows, c0 // ql.group:(c0 + cols) // ql.group],
-                             None)
-            tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
-                          "addr": addr, "nbytes": len(blob)})
-            blobs.append((addr, blob))
-            addr += len(blob)
-        linears[name] = {"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits,
-                         "group": ql.group, "k0": int(kexp.min()), "streamed": False,
-                         "label": f"int{ql.bits}", "tiles": tiles}
+    linears, streams, size = _place_linears(flat, plans, config, top, streamed)
+    _check_capacity(size, config)
     tick("tile and pack weights")
-    image = bytearray(addr)
-    image[lay["embed"]:lay["embed"] + 4 * vocab * d] = \
-        model["embed"].numpy().astype("<i4").tobytes()
-    cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
-                             model["shape"].get("rope_scaling"))
-    rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
-    rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"), sin.numpy().astype("<i2")],
-                                      axis=1).view(np.uint8)
-    image[lay["rope"]:lay["rope"] + rope.size] = rope.tobytes()
-    gains = {"norm": model["norm"]}
-    for i, L in enumerate(model["layers"]):
-        gains[f"l{i}.attn_norm"], gains[f"l{i}.mlp_norm"] = L["attn_norm"], L["mlp_norm"]
-    for name, g in gains.items():
-        image[lay[name]:lay[name] + 4 * d] = g.numpy().astype("<i4").tobytes()
-    for a, blob in blobs:
-        image[a:a + len(blob)] = blob
     tick("plan the memory image")
     programs, files, phases = {}, {}, {}
     for phase in PHASES:
@@ -801,8 +903,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     manifest = {
         "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
         "config": config.name, "config_hash": config.config_hash, "programs": programs,
-        "program": programs["decode"], "image": "weights.bin", "image_bytes": len(image),
-        "source": str(source),
+        "program": programs["decode"], "image": "weights.bin", "image_bytes": size,
+        "size_only": bool(size_only), "source": str(source),
         "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
                   "record_bytes": rec, "layout": lay, "linears": linears,
                   "wgt_slots": slots, "wgt_slot_bytes": slot_bytes,
@@ -811,7 +913,10 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         "phases": phases, "weight_bytes": wbytes,
         "linear_weights": sum(v["n"] * v["k_in"] for v in linears.values()),
     }
-    files["weights.bin"] = bytes(image)
+    files[MEMORY_MAP] = memory_map(manifest, config).encode()
+    if not size_only:
+        files["weights.bin"] = lambda path: _write_image(path, model, config, flat, linears,
+                                                         streams, lay, size, max_pos)
     files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
     write_folder(out_dir, files)
     tick("write the folder")

@@ -13,7 +13,9 @@ __all__ = ["write_folder"]
 
 
 def write_folder(out_dir, files: dict, marker: str = MANIFEST) -> Path:
-    """Write ``files`` (name -> bytes) as the folder ``out_dir``, all or nothing.
+    """Write ``files`` (name -> bytes, or a callable that writes the file at the path it
+    is given: a multi-GB image written piece by piece) as the folder ``out_dir``, all or
+    nothing.
 
     The files go into a temporary sibling folder which is then renamed into place, so a
     failure leaves either the previous folder or none, never a half-written one. An
@@ -31,7 +33,10 @@ def write_folder(out_dir, files: dict, marker: str = MANIFEST) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            if callable(data):
+                data(tmp / name)
+            else:
+                (tmp / name).write_bytes(data)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             old.rmdir()

@@ -41,6 +41,16 @@ def register(sub):
                    help="HF-layout model folder (config.json + *.safetensors; float, GPTQ "
                         "or AWQ), a llama .gguf file or a shipped model (tiny-llama); omit "
                         "to compile a linear layer (--layer)")
+    p.add_argument("--synthetic", default=None, metavar="SHAPE|SHAPE.yaml",
+                   help="compile a synthetic model with seeded INT4 g128 weights made layer "
+                        "by layer instead of MODEL: llama2-7b, llama3-8b, llama2-13b, or a "
+                        "YAML file of LlamaShape fields (HF config.json names)")
+    p.add_argument("--size-only", action="store_true",
+                   help="MODEL or --synthetic: write the programs, listings, memory map and "
+                        "manifest but not weights.bin (such a folder cannot be run)")
+    p.add_argument("--max-positions", type=int_in(1, 2 ** 20), default=None, metavar="P",
+                   help="MODEL or --synthetic: at most P KV positions (default: the model's, "
+                        "capped by what the buffers hold)")
     p.add_argument("--max-prompt", type=int_in(1, 2 ** 16), default=None, metavar="T",
                    help="MODEL: longest prompt of the prefill program (default: 32 or what "
                         "fits)")
@@ -163,15 +173,72 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         q = pipe.run(graph, after_step=lambda name, g: tick(name))
         manifest = compile_llm(quantized_model(q), config, args.output,
                                max_prompt=args.max_prompt, source=str(model_dir),
-                               recipe=q.meta.get("recipe"), progress=tick)
+                               recipe=q.meta.get("recipe"), progress=tick,
+                               max_positions=args.max_positions, size_only=args.size_only)
         tok = model_folder(model_dir) / "tokenizer.json"
         if tok.is_file():
             shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
-        folder = load_folder(args.output, config)
-        cycles = decode_step_cycles(folder, config)
+        if args.size_only:
+            cycles = folder_decode_cycles(args.output, manifest, config)
+        else:
+            cycles = decode_step_cycles(load_folder(args.output, config), config)
         tick("predict decode cycles")
     return manifest, {"decode_cycles": cycles, "config": config,
                       "import": q.meta.get("import"), "conversion": conversion_errors(q)}
+
+
+def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
+    """Compile the synthetic model ``--synthetic`` names (:mod:`compiler.synthetic`), with
+    a progress bar; the decode cycles come from the data-free cycle model
+    (:mod:`sim.timing`), as the folder may have no image. Returns ``(manifest, summary)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compiler.lower_llm import compile_llm
+    from compiler.synthetic import load_shape, synthetic_model
+
+    console = console or Console()
+    config = load_config(args.config or DEFAULT_CONFIG["llm"])
+    shape = load_shape(args.synthetic)
+    steps = ["make the model", "tile and pack weights", "plan the memory image",
+             "schedule prefill", "schedule decode", "write the folder",
+             "predict decode cycles"]
+    with Progress(TextColumn("[bold]{task.description:<24}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console, transient=not console.is_terminal) as bar:
+        task = bar.add_task(steps[0], total=len(steps))
+
+        def tick(name):
+            i = steps.index(name)
+            bar.update(task, completed=i + 1,
+                       description=steps[i + 1] if i + 1 < len(steps) else "done")
+
+        model = synthetic_model(shape, seed=args.seed, recipe=args.recipe)
+        tick("make the model")
+        manifest = compile_llm(model, config, args.output, max_prompt=args.max_prompt,
+                               source=f"synthetic {args.synthetic} (seed {args.seed})",
+                               recipe=model["recipe"], progress=tick,
+                               max_positions=args.max_positions, size_only=args.size_only)
+        cycles = folder_decode_cycles(args.output, manifest, config)
+        tick("predict decode cycles")
+    return manifest, {"decode_cycles": cycles, "config": config}
+
+
+def folder_decode_cycles(out_dir, manifest, config, position=None) -> dict:
+    """The data-free cycle model's decode step of a compiled folder at ``position``
+    (default: after a full prompt, as :func:`sim.isa_sim.decode_step_cycles`)."""
+    from pathlib import Path
+
+    from sim.timing import llm_step_cycles
+
+    from ..program import read_program
+    mm = manifest["model"]
+    pos = min(mm["max_prompt"], mm["max_positions"] - 1) if position is None else position
+    prog = read_program(Path(out_dir) / manifest["programs"]["decode"],
+                        config.config_hash_bytes)
+    st = llm_step_cycles(manifest, prog.words, config, position=pos)
+    return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
+            "bytes_read": st["bytes_read"]}
 
 
 def summary_table(manifest, summary):
@@ -219,6 +286,20 @@ def summary_table(manifest, summary):
 
 
 def run(args) -> int:
+    if args.synthetic is not None:
+        from rich.console import Console
+        if args.model is not None:
+            raise CompileError(f"give MODEL {args.model!r} or --synthetic "
+                               f"{args.synthetic!r}, not both")
+        console = Console()
+        manifest, summary = compile_synthetic_from_args(args, console)
+        console.print(summary_table(manifest, summary))
+        console.print(f"wrote {args.output}" + (" (size only: no weights.bin)"
+                                                if manifest["size_only"] else ""))
+        return 0
+    if args.model is None and (args.size_only or args.max_positions is not None):
+        raise CompileError("--size-only and --max-positions apply to MODEL or --synthetic, "
+                           "not to a linear layer")
     if args.model is not None:
         from rich.console import Console
         if args.layer != "builtin" or args.n is not None or args.k is not None:
