@@ -484,8 +484,15 @@ class _Phase:
         self.O = out.take(T * d * 4, "projection outputs")
         self.LOG = out.take(T * lay["logits_row"], "logits")
         kvb = _Bump("KV", b.kv_bytes, self.wb)
-        self.KB = kvb.take(max_pos * kv * self.rec, f"K cache of {max_pos} positions")
-        self.VB = kvb.take(max_pos * kv * self.rec, f"V cache of {max_pos} positions")
+        self.kv_pass, slots = _kv_passes(kv, self.lmax, self.rec, b.kv_bytes,
+                                         whole=phase == "prefill")
+        self.KB, self.VB = [], []
+        for _ in range(slots):
+            what = (f"of {self.kv_pass} of {kv} KV heads" if self.kv_pass < kv else "")
+            self.KB.append(kvb.take(self.lmax * self.kv_pass * self.rec,
+                                    f"K cache {what} at {self.lmax} positions"))
+            self.VB.append(kvb.take(self.lmax * self.kv_pass * self.rec,
+                                    f"V cache {what} at {self.lmax} positions"))
         aux = _Bump("AUX", b.aux_bytes, self.wb)
         self.IDS = aux.take(4 * T, "token ids")
         self.SC = aux.take(8 * T, "per-token scales")
@@ -645,23 +652,7 @@ class _Phase:
                       buf=Buffer.OUT, channel=self.channel(), buf_addr=src, dram_addr=base,
                       nbytes=kvrow,
                       count=T, dram_stride=kvrow, row_reg=REG_POS, **self.tregs)
-            for cache, kb in ((p + "kcache", self.KB), (p + "vcache", self.VB)):
-                base = lay[cache]
-                self.ld(Buffer.KV, kb, base, kvrow, count=self.lmax,
-                        reads=[self.mem(base, kvrow * self.max_pos)], count_reg=REG_LEN)
-            att = {"heads": heads, "kv_heads": kv, "len_reg": REG_LEN}
-            S_rng = self.r(Buffer.OUT, self.S, T * heads * self.lmax * 4)
-            kv_rng = self.r(Buffer.KV, self.KB, self.lmax * kvrow)
-            self.sfu(SfuFunc.ATT_QK, Buffer.ACT, self.QR, Buffer.OUT, self.S, hd,
-                     reads=[self.r(Buffer.ACT, self.QR, T * heads * rec), kv_rng],
-                     writes=[S_rng], aux=Buffer.KV, aux_addr=self.KB, imm0=rec, imm1=rec,
-                     **att)
-            self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, self.S, Buffer.OUT, self.S, hd,
-                     reads=[S_rng], writes=[S_rng], pos_reg=REG_POS, **att)
-            self.sfu(SfuFunc.ATT_PV, Buffer.OUT, self.S, Buffer.ACT, self.C, hd,
-                     reads=[S_rng, self.r(Buffer.KV, self.VB, self.lmax * kvrow)],
-                     writes=[self.rows_act(Buffer.ACT, self.C, heads * hd)], aux=Buffer.KV,
-                     aux_addr=self.VB, imm1=rec, **att)
+            self.attention(p)
             self.quant(Buffer.ACT, self.C, heads * hd)
             self.linear(p + "o", L["o"], self.O)
             self.residual()
@@ -690,6 +681,40 @@ class _Phase:
               dram_stride=row, **self.tregs)
         s.add(Opcode.SYS, op=SysOp.HALT)
         return s.words()
+
+    def attention(self, p):
+        """Attention of one layer over the KV cache rows ``0 .. REG_LEN-1``, in passes of
+        :attr:`kv_pass` KV heads (all of them when the layer's K and V fit the KV buffer;
+        a decode step at a long context takes a few heads at a time, and the passes
+        alternate between two buffer slots so the next pass's loads overlap this one's
+        products): per pass, LD its heads' K and V rows, ATT_QK, SOFTMAX, ATT_PV into its
+        heads' context. A pass's scores have a region of their own, so no offset depends
+        on the run-time length."""
+        lay, T, rec, hd = self.lay, self.tmax, self.rec, self.hd
+        kvrow, g, kvh = lay["kv_row"], self.heads // self.kv, self.kv_pass
+        slots = len(self.KB)
+        for j, h0 in enumerate(range(0, self.kv, kvh)):
+            kb, vb = self.KB[j % slots], self.VB[j % slots]
+            for cache, buf_addr in ((p + "kcache", kb), (p + "vcache", vb)):
+                base = lay[cache]
+                self.ld(Buffer.KV, buf_addr, base + h0 * rec, kvh * rec, count=self.lmax,
+                        stride=kvrow, reads=[self.mem(base, kvrow * self.max_pos)],
+                        count_reg=REG_LEN)
+            hq = kvh * g
+            att = {"heads": hq, "kv_heads": kvh, "len_reg": REG_LEN}
+            S0, Q0, C0 = (self.S + h0 * g * self.lmax * 4, self.QR + h0 * g * rec,
+                          self.C + h0 * g * hd * 4)
+            S_rng = self.r(Buffer.OUT, S0, T * hq * self.lmax * 4)
+            self.sfu(SfuFunc.ATT_QK, Buffer.ACT, Q0, Buffer.OUT, S0, hd,
+                     reads=[self.r(Buffer.ACT, Q0, T * hq * rec),
+                            self.r(Buffer.KV, kb, self.lmax * kvh * rec)],
+                     writes=[S_rng], aux=Buffer.KV, aux_addr=kb, imm0=rec, imm1=rec, **att)
+            self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, S0, Buffer.OUT, S0, hd,
+                     reads=[S_rng], writes=[S_rng], pos_reg=REG_POS, **att)
+            self.sfu(SfuFunc.ATT_PV, Buffer.OUT, S0, Buffer.ACT, C0, hd,
+                     reads=[S_rng, self.r(Buffer.KV, vb, self.lmax * kvh * rec)],
+                     writes=[self.r(Buffer.ACT, C0, T * hq * hd * 4)], aux=Buffer.KV,
+                     aux_addr=vb, imm1=rec, **att)
 
     def residual(self):
         d = self.d
@@ -750,6 +775,23 @@ def weight_bits_per_weight(manifest: dict) -> float:
     streams in the image (scales and sparsity metadata included) x 8 / their weights."""
     count = manifest["linear_weights"]
     return 8 * sum(manifest["weight_bytes"].values()) / count if count else 0.0
+
+
+def _kv_passes(kv: int, rows: int, rec: int, kv_bytes: int, whole: bool
+               ) -> tuple[int, int]:
+    """``(kv heads per attention pass, buffer slots)``: all heads in one slot when a
+    layer's K and V cache of ``rows`` positions fit ``kv_bytes`` (or ``whole``: a prefill,
+    whose scores interleave the heads of every token); else the most heads (a divisor of
+    ``kv``) whose K and V fit twice (two slots), or once."""
+    need = lambda h: 2 * rows * h * rec            # noqa: E731
+    if whole or need(kv) <= kv_bytes:
+        return kv, 1
+    fewer = [h for h in range(kv - 1, 0, -1) if kv % h == 0]
+    for slots in (2, 1):
+        for h in fewer:
+            if slots * need(h) <= kv_bytes:
+                return h, slots
+    return 1, 1
 
 
 def _fit_error(model, config, phase, tmax, max_pos) -> CompileError | None:

@@ -1,0 +1,168 @@
+"""Synthetic full-size models (compiler/synthetic.py): reduced-size shapes compiled with
+weights and in size-only mode, attention in passes of KV heads, the board's memory
+capacity, the data-free cycle model. The full-size compiles are the slow tests at the end
+(and `make bench`, area llama7b)."""
+
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from airfoil.config import load_config
+from airfoil.errors import AirfoilError, CompileError
+from airfoil.folder import load_folder
+from airfoil.isa import Buffer, Opcode, decode
+from compiler.lower_llm import compile_llm
+from compiler.reference import LlamaShape
+from compiler.synthetic import SHAPES, load_shape, synthetic_model
+from sim.golden_llm import GoldenLLM, golden_from_folder
+from sim.isa_sim import IsaLLM, decode_step_cycles
+from sim.timing import llm_step_cycles
+from tests.clitools import cli_fails, cli_ok
+
+#: A reduced LLaMA shape: GQA, odd vocabulary, two layers.
+SMALL = dict(vocab_size=301, hidden_size=256, intermediate_size=640, num_hidden_layers=2,
+             num_attention_heads=8, num_key_value_heads=4, head_dim=32,
+             max_position_embeddings=96)
+
+
+def _shape(**kw):
+    return LlamaShape(**{**SMALL, **kw})
+
+
+def _write_shape(tmp_path, **kw):
+    p = tmp_path / "shape.yaml"
+    p.write_text(yaml.safe_dump({**SMALL, **kw}))
+    return str(p)
+
+
+def test_synthetic_model_is_seeded_per_tensor():
+    a = synthetic_model(_shape(), seed=3)
+    b = synthetic_model(_shape(), seed=3)
+    c = synthetic_model(_shape(), seed=4)
+    down_a = a["layers"][1]["down"].q.clone()
+    up_a = a["layers"][0]["up"].q.clone()      # read in another order: the same tensors
+    assert torch.equal(b["layers"][0]["up"].q, up_a)
+    assert torch.equal(b["layers"][1]["down"].q, down_a)
+    assert not torch.equal(c["layers"][1]["down"].q, down_a)
+    ql = a["layers"][0]["q"]
+    assert ql.shape == (8 * 32, 256) and (ql.bits, ql.group) == (4, 128)
+    assert int(ql.q.abs().max()) <= 7 and ql.scales.dtype == torch.float16
+    assert bool((ql.scales > 0).all())
+    emb = a["embed"]
+    assert torch.equal(emb[290:301], torch.cat([emb[0:301]])[290:301])
+    assert emb[0:301].shape == (301, 256)
+
+
+def test_load_shape(tmp_path):
+    assert load_shape("llama3-8b").num_key_value_heads == 8
+    assert load_shape("llama3-8b").vocab_size == 128256
+    assert load_shape(_write_shape(tmp_path)).hidden_size == 256
+    with pytest.raises(CompileError, match="neither a known shape"):
+        load_shape("llama9-1t")
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**SMALL, "hidden": 3}))
+    with pytest.raises(CompileError, match="unknown field 'hidden'"):
+        load_shape(str(p))
+
+
+def test_size_only_and_full_compile_agree(tmp_path, capsys):
+    """Both modes write the same programs, memory map and layout; size-only no image, and
+    a run refuses its folder with one line."""
+    spec = _write_shape(tmp_path)
+    full, size = str(tmp_path / "full"), str(tmp_path / "size")
+    common = ["compile", "--synthetic", spec, "--config", "sim_llm", "--seed", "5"]
+    out = cli_ok(capsys, common + ["-o", full])
+    assert "decode cycles/token" in out
+    cli_ok(capsys, common + ["-o", size, "--size-only"])
+    for name in ("prefill.afp", "decode.afp", "decode.s", "memory_map.txt"):
+        assert (Path(full) / name).read_bytes() == (Path(size) / name).read_bytes(), name
+    assert not (Path(size) / "weights.bin").exists()
+    mf = json.loads((Path(full) / "manifest.json").read_text())
+    ms = json.loads((Path(size) / "manifest.json").read_text())
+    assert (mf["size_only"], ms["size_only"]) == (False, True)
+    assert mf["model"] == ms["model"] and mf["image_bytes"] == ms["image_bytes"]
+    assert (Path(full) / "weights.bin").stat().st_size == mf["image_bytes"]
+    assert "l1.down weights" in (Path(size) / "memory_map.txt").read_text()
+    cli_fails(capsys, ["run", size, "--tokens", "1,2"], "compiled with --size-only")
+    cli_fails(capsys, ["compile", "--synthetic", "llama9-1t", "-o", str(tmp_path / "x")],
+              "neither a known shape")
+    cli_fails(capsys, ["compile", "--size-only", "-o", str(tmp_path / "x")],
+              "apply to MODEL or --synthetic")
+
+
+@pytest.mark.parametrize("kv_bytes,passes,slots", [(1 << 17, 1, 1),    # whole layer
+                                                    (1 << 15, 4, 2),    # a head, two slots
+                                                    (1 << 14, 4, 1)])   # a head, one slot
+def test_synthetic_model_bit_exact_in_kv_passes(tmp_path, kv_bytes, passes, slots):
+    """The ISA simulator's logits equal the golden's for a prefill and decode steps, with the
+    decode step's attention in passes of KV heads when the KV buffer holds fewer; the
+    data-free cycle model gives the ISA simulator's cycles."""
+    base = load_config("sim_llm")
+    cfg = dataclasses.replace(base, buffers=dataclasses.replace(base.buffers,
+                                                                kv_bytes=kv_bytes))
+    shape = _shape(max_position_embeddings=96)
+    m = synthetic_model(shape, seed=1)
+    man = compile_llm(m, cfg, tmp_path / "out", max_prompt=6)
+    rec, kv = man["model"]["record_bytes"], shape.num_key_value_heads
+    words = load_folder(tmp_path / "out", cfg).phase_program("decode").words
+    kv_loads = [i for i in map(decode, words) if i.opcode == Opcode.LD and i.buf == Buffer.KV]
+    assert len(kv_loads) == 2 * passes * shape.num_hidden_layers
+    assert {i.nbytes for i in kv_loads} == {kv // passes * rec}
+    assert len({i.buf_addr for i in kv_loads}) == 2 * slots
+    folder = load_folder(tmp_path / "out", cfg)
+    gold, isa = GoldenLLM(golden_from_folder(folder)), IsaLLM(folder, cfg)
+    prompt = [5, 300, 17, 2]
+    assert torch.equal(isa.prefill(prompt), gold.prefill(prompt))
+    tok = 9
+    for _ in range(4):
+        assert torch.equal(isa.decode(tok), gold.decode(tok))
+    for pos in (0, 30, 95):
+        want = decode_step_cycles(folder, cfg, pos)
+        got = llm_step_cycles(man, words, cfg, position=pos)
+        assert (got["cycles"], got["bytes_read"]) == (want["cycles"], want["bytes_read"])
+
+
+def test_image_over_the_board_memory_is_refused(tmp_path, capsys):
+    base = load_config("sim_llm")
+    small = dataclasses.replace(base, memory=dataclasses.replace(base.memory,
+                                                                 channel_bytes=1 << 20))
+    with pytest.raises(CompileError, match=r"needs \d+ bytes .* more than the 1048576 bytes"):
+        compile_llm(synthetic_model(_shape()), small, tmp_path / "out", size_only=True)
+    assert not (tmp_path / "out").exists()
+    cfg = tmp_path / "small.yaml"
+    data = base.to_dict()
+    data["memory"]["channel_bytes"] = 1 << 20
+    cfg.write_text(yaml.safe_dump(data))
+    cli_fails(capsys, ["compile", "--synthetic", _write_shape(tmp_path), "--config", str(cfg),
+                       "-o", str(tmp_path / "out"), "--size-only"],
+              "more than the 1048576 bytes (0.00 GiB: 1 channels x 1048576 bytes)")
+
+
+def test_kv_buffer_too_small_for_one_head_is_refused(tmp_path):
+    base = load_config("sim_llm")
+    cfg = dataclasses.replace(base, buffers=dataclasses.replace(base.buffers, kv_bytes=256))
+    with pytest.raises(CompileError, match="does not fit the KV buffer"):
+        compile_llm(synthetic_model(_shape()), cfg, tmp_path / "out", size_only=True)
+
+
+# -- full size ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,config", [("llama2-7b", "u280"), ("llama3-8b", "u280"),
+                                         ("llama2-13b", "vhk158")])
+def test_full_size_compile(tmp_path, name, config):
+    """A published shape compiles size-only for its board within the time the bench
+    measures, with KV positions for a 512-token context or more."""
+    cfg = load_config(config)
+    t0 = time.monotonic()
+    man = compile_llm(synthetic_model(SHAPES[name]), cfg, tmp_path / "out", size_only=True)
+    assert time.monotonic() - t0 < 600
+    assert man["model"]["max_positions"] >= 512
+    assert man["image_bytes"] <= cfg.memory.channels * cfg.memory.channel_bytes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 << 20     # KiB
