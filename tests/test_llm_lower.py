@@ -125,13 +125,14 @@ def test_buffers_bound_positions_and_prompt(tmp_path):
     """Without max_prompt the compiler takes the most tokens and positions that fit."""
     text = (Path(__file__).parent.parent / "fpga/boards/sim_llm.yaml").read_text()
     text = text.replace("name: sim_llm", "name: small_act").replace(
-        "act_bytes: 262144", "act_bytes: 8192").replace("kv_bytes: 131072", "kv_bytes: 4096")
+        "act_bytes: 262144", "act_bytes: 8192").replace("kv_bytes: 131072", "kv_bytes: 2048")
     (tmp_path / "small.yaml").write_text(text)
     cfg = load_config(tmp_path / "small.yaml")
     qm = _quantized(4, 2, 16, layers=1)
     m = compile_llm(qm, cfg, tmp_path / "out")
-    # KV: 2 (K, V) x 2 kv heads x 32-byte records per position -> 32 positions in 4 KiB.
-    assert m["model"]["max_positions"] == 4096 // (2 * 2 * 32)
+    # KV: a decode step's attention in passes of one of the 2 kv heads, K and V 32-byte
+    # records per position -> 32 positions in 2 KiB (16 with both heads at once).
+    assert m["model"]["max_positions"] == 2048 // (2 * 1 * 32)
     T = m["model"]["max_prompt"]
     assert 1 <= T < 32
     with pytest.raises(CompileError, match="does not fit the ACT buffer"):
