@@ -105,16 +105,29 @@ class _Scheduler:
 
     def __init__(self):
         self.items = []                     # [opcode, fields, unit, wait, release]
-        self.acc = {u: [] for u in Unit}    # per unit: (index, reads, writes)
+        #: per unit, per space (buffer name or MEM): [(index, lo, hi, is_write)] in order
+        self.acc = {u: {} for u in Unit}
         self.covered = {}                   # (producer unit, consumer unit) -> index
 
-    @staticmethod
-    def _hit(a, b) -> bool:
-        for sa, lo, hi in a:
-            for sb, lo2, hi2 in b:
-                if sa == sb and lo < hi2 and lo2 < hi:
-                    return True
-        return False
+    def _last_conflict(self, w, reads, writes, floor) -> int:
+        """The latest instruction of unit ``w`` after ``floor`` that writes what ``reads``
+        or ``writes`` touch, or reads what ``writes`` touch; -1 if none. Only the spaces
+        the new instruction touches are searched (a weight-tile LD is never compared with
+        an SFU's activations)."""
+        best = -1
+        spaces = {}
+        for sp, lo, hi in reads:
+            spaces.setdefault(sp, []).append((lo, hi, False))
+        for sp, lo, hi in writes:
+            spaces.setdefault(sp, []).append((lo, hi, True))
+        for sp, mine in spaces.items():
+            for j, lo2, hi2, wrote in reversed(self.acc[w].get(sp, ())):
+                if j <= max(floor, best):
+                    break
+                if any(lo < hi2 and lo2 < hi and (wrote or write) for lo, hi, write in mine):
+                    best = j
+                    break
+        return best
 
     def add(self, opcode, reads=(), writes=(), **fields) -> int:
         idx = len(self.items)
@@ -125,15 +138,14 @@ class _Scheduler:
                 if w == unit:
                     continue
                 floor = self.covered.get((w, unit), -1)
-                for j, r2, w2 in reversed(self.acc[w]):
-                    if j <= floor:
-                        break
-                    if self._hit(w2, reads) or self._hit(w2, writes) or self._hit(r2, writes):
-                        self.items[j][4].add(unit)
-                        item[3].add(w)
-                        self.covered[(w, unit)] = j
-                        break
-            self.acc[unit].append((idx, tuple(reads), tuple(writes)))
+                j = self._last_conflict(w, reads, writes, floor)
+                if j >= 0:
+                    self.items[j][4].add(unit)
+                    item[3].add(w)
+                    self.covered[(w, unit)] = j
+            mine = self.acc[unit]
+            for rng, wrote in [(r, False) for r in reads] + [(r, True) for r in writes]:
+                mine.setdefault(rng[0], []).append((idx, rng[1], rng[2], wrote))
         self.items.append(item)
         return idx
 
