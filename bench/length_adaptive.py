@@ -75,7 +75,7 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
         words = read_program(folder / man["programs"][phase]).words
         size = len(raw)
         step = BUCKETS[phase]
-        bounds = list(range(step, max_length + 1, step))
+        bounds = [min(b, max_length) for b in range(step, max_length + step, step)]
         if sample == "all":
             lengths = range(1, max_length + 1)
         else:

@@ -166,3 +166,49 @@ def test_full_size_compile(tmp_path, name, config):
     assert man["model"]["max_positions"] >= 512
     assert man["image_bytes"] <= cfg.memory.channels * cfg.memory.channel_bytes
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 << 20     # KiB
+
+
+# -- length-adaptive programs against fixed-length ones -------------------------------------
+
+def test_fixed_length_programs_compute_what_the_adaptive_ones_do(tmp_path):
+    """A program with its lengths fixed (compiler.fixed_length) gives the adaptive program's
+    logits at its lengths, and other logits at other lengths (it reads no register load)."""
+    from compiler.fixed_length import fixed_length_words
+    from sim.isa_sim import IsaSim
+    cfg = load_config("sim_llm")
+    compile_llm(synthetic_model(_shape(), seed=2), cfg, tmp_path / "out", max_prompt=6)
+    folder = load_folder(tmp_path / "out", cfg)
+    adaptive, fixed, wrong = (IsaLLM(folder, cfg) for _ in range(3))
+    for llm, pos in ((fixed, 4), (wrong, 3)):
+        for phase, p, t in (("prefill", 0, 4), ("decode", pos, 1)):
+            w = fixed_length_words(llm.programs[phase].words, pos=p, tokens=t)
+            llm._decoded[phase] = (w, IsaSim.prepare(w))
+    prompt = [7, 1, 250, 33]
+    want = adaptive.prefill(prompt)
+    assert torch.equal(fixed.prefill(prompt), want) and torch.equal(wrong.prefill(prompt), want)
+    want = adaptive.decode(12)
+    assert torch.equal(fixed.decode(12), want)
+    assert not torch.equal(wrong.decode(12), want)
+    with pytest.raises(CompileError, match="not a length-adaptive LLM program"):
+        fixed_length_words(fixed_length_words(folder.phase_program("decode").words, pos=0,
+                                              tokens=1), pos=0, tokens=1)
+
+
+def test_scheme_bytes_on_a_small_shape(tmp_path):
+    """Adaptive, bucket and per-length program bytes for lengths 1..64, every fixed-length
+    program built and measured."""
+    from bench.length_adaptive import scheme_bytes
+    from compiler.fixed_length import program_bytes
+    cfg = load_config("sim_llm")
+    man = compile_llm(synthetic_model(_shape()), cfg, tmp_path / "out", size_only=True,
+                      max_positions=64)
+    s = scheme_bytes(tmp_path / "out", max_length=64, sample="all")
+    pre = (tmp_path / "out" / "prefill.afp").stat().st_size
+    dec = (tmp_path / "out" / "decode.afp").stat().st_size
+    assert pre == program_bytes(man["phases"]["prefill"]["instructions"])
+    assert s["adaptive"] == pre + dec
+    assert s["buckets"] == 1 * pre + 4 * dec          # one prefill bucket of 128, 4 of 16
+    assert s["per_length"] == 64 * (pre + dec)
+    assert s["programs"]["decode"]["checked_lengths"] == 64
+    with pytest.raises(ValueError, match="holds 64 positions"):
+        scheme_bytes(tmp_path / "out", max_length=65)
