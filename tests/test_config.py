@@ -29,6 +29,31 @@ def test_builtin_configs_load():
     assert t.config_hash != u.config_hash and len(t.config_hash) == 16
 
 
+def test_vhk158_config():
+    """The Versal HBM board: 32 pseudo-channels of 1 GiB and 25.6 GB/s (819.2 GB/s), the
+    U280's slices at the clock where a 512-bit port carries a channel's rate; the core can
+    be built of it."""
+    from hdl.core.buffers import BufferGeometry
+    v, u = load_config("vhk158"), load_config("u280")
+    mem = v.memory
+    assert (mem.channels, mem.channel_bytes) == (32, 1 << 30)
+    assert mem.channels * mem.channel_bytes == 32 << 30
+    assert mem.channels * mem.channel_gbps == pytest.approx(819.2)
+    assert v.channel_bytes_per_cycle == pytest.approx(mem.word_bytes)
+    assert (v.slices, v.slice_chains, v.peak_macs_per_cycle) == (32, 4, 4096)
+    assert v.dsp_ceiling == 7392 and v.device is None
+    assert v.buffers == u.buffers and v.config_hash != u.config_hash
+    BufferGeometry.of(v)
+
+
+def test_u280_buffers_hold_a_7b_layer():
+    """The U280's buffers fit the card's URAM (960 blocks of 288 Kb) with room to spare."""
+    u = load_config("u280")
+    b = u.buffers
+    total = b.act_bytes + b.weight_bytes + b.out_bytes + b.kv_bytes + b.aux_bytes
+    assert total / (288 * 1024 // 8) < 0.5 * u.device.uram
+
+
 def test_memory_parallel_fields(base, tmp_path):
     """Per-channel latency, outstanding reads and bandwidth, slices of the decode unit,
     refused values."""
