@@ -384,19 +384,17 @@ def encode(opcode: Opcode, wait=(), release=(), **fields) -> int:
     """
     opcode = Opcode(opcode)
     name = _BODY_OF[opcode]
-    layout = BODY_LAYOUT.members[name]
     body = dict(fields)
-    for key in body:
-        if key not in layout.members:
-            raise ProgramError(f"{opcode.name}: unknown field {key!r} (fields: "
-                               f"{', '.join(k for k in layout.members if not k.startswith('_'))})")
+    table = _FIELDS[name]
     for key, value in body.items():
-        member = layout.members[key]
-        if isinstance(value, int) and not isinstance(value, enum.Enum) and \
-                not isinstance(member, enum.EnumMeta):
-            shape = Shape.cast(member)
-            lo, hi = ((-(1 << shape.width - 1), 1 << shape.width - 1) if shape.signed
-                      else (0, 1 << shape.width))
+        if key not in table:
+            if key in _PADDING[name]:
+                continue
+            raise ProgramError(f"{opcode.name}: unknown field {key!r} (fields: "
+                               f"{', '.join(table)})")
+        _, _, en, signed_, width = table[key]
+        if isinstance(value, int) and not isinstance(value, enum.Enum) and en is None:
+            lo, hi = ((-(1 << width - 1), 1 << width - 1) if signed_ else (0, 1 << width))
             if not lo <= value < hi:
                 raise ProgramError(f"{opcode.name}: field {key}={value} is outside "
                                    f"{lo}..{hi - 1}")
@@ -412,7 +410,7 @@ def encode(opcode: Opcode, wait=(), release=(), **fields) -> int:
         value = body[key]
         if en is not None:
             try:
-                value = en(value).value
+                value = value.value if isinstance(value, en) else en(value).value
             except ValueError:
                 raise ProgramError(f"{opcode.name}: field {key}={value!r} is not a "
                                    f"{en.__name__} (accepted: "
@@ -480,6 +478,12 @@ _BODY_OFFSET = {k: f for k, f in INSTR_LAYOUT}["body"].offset
 _HDR = {k: (f.offset, (1 << f.width) - 1) for k, f in HEADER_LAYOUT}
 _TABLES = {name: _field_table(BODY_LAYOUT.members[name], _BODY_OFFSET)
            for name in set(_BODY_OF.values())}
+#: Per body: field name -> (offset, mask, enum or None, signed, width), as in _TABLES (the
+#: encoder's lookups; amaranth rebuilds a layout's member dict on every access).
+_FIELDS = {name: {key: rest for key, *rest in table} for name, table in _TABLES.items()}
+#: Per body: the padding members (names starting with "_"), accepted and not encoded.
+_PADDING = {name: {k for k in BODY_LAYOUT.members[name].members if k.startswith("_")}
+            for name in _TABLES}
 #: Per body: the bits a field of the header or of that body covers; every other bit is
 #: reserved and must be zero.
 _USED = {name: sum(mask << off for k, (off, mask) in _HDR.items() if not k.startswith("_"))
