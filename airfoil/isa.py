@@ -382,7 +382,7 @@ def encode(opcode: Opcode, wait=(), release=(), **fields) -> int:
     ``wait``/``release`` are masks or iterables of :class:`Unit`; ``fields`` are the
     body fields of the opcode's layout.
     """
-    opcode = Opcode(opcode)
+    opcode = opcode if isinstance(opcode, Opcode) else Opcode(opcode)
     name = _BODY_OF[opcode]
     body = dict(fields)
     table = _FIELDS[name]

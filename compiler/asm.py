@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from amaranth.lib import enum
 
 from airfoil.isa import Instr, Opcode, Unit, decode
@@ -14,6 +16,7 @@ _HEX = {"buf_addr", "dram_addr", "dram_stride", "wbuf_addr", "abuf_addr", "obuf_
         "src_addr", "dst_addr", "aux_addr"}
 
 
+@functools.lru_cache(maxsize=None)
 def format_tokens(mask: int) -> str:
     """Name the units of a token mask (``-`` for none)."""
     names = [u.name for u in Unit if mask >> u.value & 1]

@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from amaranth.hdl import Shape
 
 from airfoil import fixedpoint as fx
@@ -109,43 +110,44 @@ class _Scheduler:
         self.acc = {u: {} for u in Unit}
         self.covered = {}                   # (producer unit, consumer unit) -> index
 
-    def _last_conflict(self, w, reads, writes, floor) -> int:
-        """The latest instruction of unit ``w`` after ``floor`` that writes what ``reads``
-        or ``writes`` touch, or reads what ``writes`` touch; -1 if none. Only the spaces
-        the new instruction touches are searched (a weight-tile LD is never compared with
-        an SFU's activations)."""
-        best = -1
-        spaces = {}
-        for sp, lo, hi in reads:
-            spaces.setdefault(sp, []).append((lo, hi, False))
-        for sp, lo, hi in writes:
-            spaces.setdefault(sp, []).append((lo, hi, True))
+    def _last_conflict(self, w, spaces, floor) -> int:
+        """The latest instruction of unit ``w`` after ``floor`` that writes what the new
+        instruction touches, or reads what it writes (``spaces``: space -> its ``(lo, hi,
+        write)`` ranges); -1 if none. Only the spaces the new instruction touches are
+        searched (a weight-tile LD is never compared with an SFU's activations)."""
+        best = floor
+        acc = self.acc[w]
         for sp, mine in spaces.items():
-            for j, lo2, hi2, wrote in reversed(self.acc[w].get(sp, ())):
-                if j <= max(floor, best):
+            for j, lo2, hi2, wrote in reversed(acc.get(sp, ())):
+                if j <= best:
                     break
                 if any(lo < hi2 and lo2 < hi and (wrote or write) for lo, hi, write in mine):
                     best = j
                     break
-        return best
+        return best if best > floor else -1
 
     def add(self, opcode, reads=(), writes=(), **fields) -> int:
         idx = len(self.items)
         unit = unit_of(opcode)
         item = [opcode, fields, unit, set(), set()]
         if unit is not None:
+            spaces = {}
+            for rngs, write in ((reads, False), (writes, True)):
+                for sp, lo, hi in rngs:
+                    spaces.setdefault(sp, []).append((lo, hi, write))
             for w in Unit:
                 if w == unit:
                     continue
                 floor = self.covered.get((w, unit), -1)
-                j = self._last_conflict(w, reads, writes, floor)
+                j = self._last_conflict(w, spaces, floor)
                 if j >= 0:
                     self.items[j][4].add(unit)
                     item[3].add(w)
                     self.covered[(w, unit)] = j
             mine = self.acc[unit]
-            for rng, wrote in [(r, False) for r in reads] + [(r, True) for r in writes]:
-                mine.setdefault(rng[0], []).append((idx, rng[1], rng[2], wrote))
+            for sp, rngs in spaces.items():
+                lst = mine.setdefault(sp, [])
+                lst.extend((idx, lo, hi, write) for lo, hi, write in rngs)
         self.items.append(item)
         return idx
 
