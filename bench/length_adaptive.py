@@ -51,9 +51,10 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
 
     A fixed-length program has the adaptive program's instructions (the lengths are
     fields and registers, :mod:`compiler.fixed_length`): the function builds the fixed
-    programs of the lengths in ``sample`` (default: every bucket bound and a few lengths
-    between; every length when ``sample="all"``), checks that each has the bytes of its
-    adaptive program, and counts the programs of each scheme. Prefill programs are fixed
+    programs of the lengths in ``sample`` (default: 1, 2, the first bucket's bound and the
+    length after it, ``max_length - 1`` and ``max_length``; every length when
+    ``sample="all"``), checks that each has the bytes of its adaptive program, and counts
+    the programs of each scheme. Prefill programs are fixed
     to at most the folder's ``max_prompt`` tokens (a longer prompt runs as a prefill of
     ``max_prompt`` tokens and decode steps; the buffers hold no more).
     """
@@ -79,7 +80,8 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
         if sample == "all":
             lengths = range(1, max_length + 1)
         else:
-            lengths = sorted(set(bounds) | set(sample or (1, 2, step + 1, max_length - 1)))
+            lengths = sorted(set(sample or (1, 2, step, step + 1, max_length - 1,
+                                            max_length)))
         fixed = _fixed_bytes(words, phase, [min(n, cap[phase]) for n in lengths])
         wrong = {n: b for n, b in fixed.items() if b != size}
         if wrong:
