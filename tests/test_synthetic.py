@@ -16,6 +16,7 @@ from airfoil.config import load_config
 from airfoil.errors import AirfoilError, CompileError
 from airfoil.folder import load_folder
 from airfoil.isa import Buffer, Opcode, decode
+from airfoil.program import read_program
 from compiler.lower_llm import compile_llm
 from compiler.reference import LlamaShape
 from compiler.synthetic import SHAPES, load_shape, synthetic_model
@@ -148,6 +149,23 @@ def test_kv_buffer_too_small_for_one_head_is_refused(tmp_path):
     cfg = dataclasses.replace(base, buffers=dataclasses.replace(base.buffers, kv_bytes=256))
     with pytest.raises(CompileError, match="does not fit the KV buffer"):
         compile_llm(synthetic_model(_shape()), cfg, tmp_path / "out", size_only=True)
+
+
+def test_one_7b_layer_on_u280(tmp_path):
+    """One layer of LLaMA-2-7B's widths on the u280 config: 4096 KV positions, the decode
+    step's attention in 32 passes of one KV head in two slots, a prefill of tokens that
+    fit ACT and OUT, the layer's 7B tensors in the memory map."""
+    cfg = load_config("u280")
+    shape = dataclasses.replace(SHAPES["llama2-7b"], num_hidden_layers=1, vocab_size=512)
+    man = compile_llm(synthetic_model(shape), cfg, tmp_path / "out", size_only=True)
+    mm = man["model"]
+    assert mm["max_positions"] == 4096 and mm["max_prompt"] >= 16
+    words = read_program(tmp_path / "out" / "decode.afp").words
+    kv_loads = [i for i in map(decode, words) if i.opcode == Opcode.LD and i.buf == Buffer.KV]
+    assert len(kv_loads) == 2 * 32 and {i.nbytes for i in kv_loads} == {mm["record_bytes"]}
+    assert len({i.buf_addr for i in kv_loads}) == 4
+    assert mm["linears"]["l0.down"]["k"] == 11008
+    assert "l0.gate weights" in (tmp_path / "out" / "memory_map.txt").read_text()
 
 
 # -- full size ------------------------------------------------------------------------------
