@@ -19,7 +19,7 @@ import struct
 
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
-from airfoil.isa import Buffer, Opcode
+from airfoil.isa import Buffer, Opcode, SfuFunc
 
 from .isa_sim import IsaSim
 
@@ -58,7 +58,12 @@ class TimingSim(IsaSim):
         return m
 
     def _sfu(self, i, ins):
-        return None
+        """No data; ``(elements, macs)`` as :meth:`IsaSim._sfu` counts them (the products of
+        ATT_QK and ATT_PV), elements left 0."""
+        if ins.func in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
+            a = self._sfu_args(ins)
+            return 0, a["rows"] * a["heads"] * a["length"] * a["n"]
+        return 0, 0
 
 
 def llm_step_cycles(manifest: dict, words, config: AccelConfig, *, position: int,
