@@ -39,15 +39,17 @@ def bytes_per_token(manifest: dict, ctx: int) -> int:
     return weights + kv + 4 * s["hidden_size"]
 
 
-def decode_figures(prefix: str, folder, manifest: dict, config, log) -> dict:
-    """The per-context figures of one compiled folder (see docs/figures.md)."""
+def decode_figures(prefix: str, folder, manifest: dict, config, log,
+                   contexts=CONTEXTS) -> dict:
+    """The per-context figures of one compiled folder at ``contexts`` (see
+    docs/figures.md)."""
     from airfoil.program import read_program
     from sim.timing import llm_step_cycles
 
     words = read_program(Path(folder) / manifest["programs"]["decode"]).words
-    bandwidth = config.memory.channels * config.memory.channel_gbps * 1e9
+    bandwidth = config.memory.channels * config.channel_bytes_per_cycle * config.clock_mhz * 1e6
     out = {}
-    for ctx in CONTEXTS:
+    for ctx in contexts:
         st = llm_step_cycles(manifest, words, config, position=ctx - 1)
         nbytes = bytes_per_token(manifest, ctx)
         tag = f"{prefix}_%s_ctx{ctx}"

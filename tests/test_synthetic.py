@@ -231,3 +231,25 @@ def test_scheme_bytes_on_a_small_shape(tmp_path):
     assert s["programs"]["decode"]["checked_lengths"] == 64
     with pytest.raises(ValueError, match="holds 64 positions"):
         scheme_bytes(tmp_path / "out", max_length=65)
+
+
+def test_decode_figures_on_a_small_shape(tmp_path):
+    """bench.llama7b's per-context figures: the bytes a step must read grow by the K and V
+    rows of the extra keys, exactly as the cycle model's bytes read do; tokens/s are the
+    clock over the cycles, the roofline the bandwidth over the bytes."""
+    from bench.llama7b import bytes_per_token, decode_figures
+    cfg = load_config("sim_llm")
+    man = compile_llm(synthetic_model(_shape()), cfg, tmp_path / "out", size_only=True)
+    f = decode_figures("m", tmp_path / "out", man, cfg, lambda msg: None, contexts=(8, 40))
+    extra = {c: f[f"m_decode_cycles_model_ctx{c}_bytes_read"] - f[f"m_bytes_per_token_ctx{c}"]
+             for c in (8, 40)}
+    assert extra[8] == extra[40] > 0          # gains, RoPE rows, parameters: not per key
+    assert f["m_bytes_per_token_ctx40"] - f["m_bytes_per_token_ctx8"] == \
+        2 * 2 * 32 * man["model"]["layout"]["kv_row"]
+    assert f["m_bytes_per_token_ctx8"] == bytes_per_token(man, 8)
+    for c in (8, 40):
+        cyc = f[f"m_decode_cycles_model_ctx{c}"]
+        assert f[f"m_decode_tok_s_model_ctx{c}"] == cfg.clock_mhz * 1e6 / cyc
+        assert f[f"m_roofline_tok_s_ctx{c}"] == pytest.approx(
+            cfg.channel_bytes_per_cycle * cfg.clock_mhz * 1e6 / f[f"m_bytes_per_token_ctx{c}"])
+    assert f["m_decode_cycles_model_ctx40"] > f["m_decode_cycles_model_ctx8"]
