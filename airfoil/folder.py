@@ -56,8 +56,9 @@ class Folder:
     ----------
     manifest : dict
         The parsed ``manifest.json``.
-    image : bytearray
-        The contents of ``weights.bin``.
+    image : bytearray or None
+        The contents of ``weights.bin`` (``None`` for a ``--size-only`` folder loaded
+        with ``size_only_ok``).
     program : Program or None
         The program; ``None`` reads ``program.afp`` from ``path`` on first use.
     config : AccelConfig or None
@@ -391,7 +392,8 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
                                f"{T} need")
 
 
-def load_folder(path, config: AccelConfig | None = None) -> Folder:
+def load_folder(path, config: AccelConfig | None = None, *,
+                size_only_ok: bool = False) -> Folder:
     """Load and check an output folder.
 
     Parameters
@@ -400,6 +402,10 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
         The folder (``program.afp`` inside it may also be given).
     config : AccelConfig, optional
         If given, the manifest and the program must have been compiled for it.
+    size_only_ok : bool
+        Accept a folder compiled with ``--size-only`` (its programs and memory map, no
+        image): the folder's ``image`` is then ``None``, for tools that time its programs
+        without running them.
 
     Raises
     ------
@@ -419,18 +425,22 @@ def load_folder(path, config: AccelConfig | None = None) -> Folder:
     except ValueError as e:
         raise _fail(p, f"{MANIFEST} is not valid JSON ({e.msg} at line {e.lineno})") from None
     _check_manifest(manifest, p)
-    if manifest.get("size_only"):
+    size_only = bool(manifest.get("size_only"))
+    if size_only and not size_only_ok:
         raise _fail(p, f"compiled with --size-only: it holds the programs and the memory map "
                        f"but no {manifest['image']}; compile it without --size-only to run it")
     if config is not None and manifest["config_hash"] != config.config_hash:
         raise _fail(p, f"compiled for config {manifest['config']!r} (hash "
                        f"{manifest['config_hash']}), but the given config {config.name!r} "
                        f"has hash {config.config_hash}; recompile for this config")
-    if not (p / manifest["image"]).is_file():
+    if size_only:
+        image = None
+    elif not (p / manifest["image"]).is_file():
         raise _fail(p, f"image file {manifest['image']!r} is missing or unreadable")
-    image = bytearray(read_bounded(p / manifest["image"], "image file",
-                                   manifest["image_bytes"]))
-    if len(image) != manifest["image_bytes"]:
+    else:
+        image = bytearray(read_bounded(p / manifest["image"], "image file",
+                                       manifest["image_bytes"]))
+    if image is not None and len(image) != manifest["image_bytes"]:
         raise _fail(p, f"{manifest['image']} has {len(image)} bytes, the manifest says "
                        f"{manifest['image_bytes']} (truncated or stale)")
     folder = Folder(manifest, image, None, config=config, path=p)

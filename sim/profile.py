@@ -12,7 +12,9 @@ From a profile: the busy cycles of each unit per section, each section's operati
 (multiply-accumulates, bytes read, cycles from its first instruction's start to its last
 one's finish), and the memory channels' utilization over the run. :func:`context_sweep`
 gives the decode step's cycles over positions. Everything is the cycle model's count
-(:mod:`sim.cycle_model`), the one the RTL tests check the core against.
+(:mod:`sim.cycle_model`), the one the RTL tests check the core against; a ``--size-only``
+folder (loaded with ``size_only_ok``) is timed by :mod:`sim.timing`, which charges the
+same costs without the data.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from airfoil.errors import AirfoilError
 from airfoil.isa import Opcode, Unit
 
 from .isa_sim import IsaLLM, IsaSim, TraceEvent
+from .timing import llm_step_cycles
 
 __all__ = ["StepProfile", "SectionCost", "profile_decode", "profile_prefill",
            "context_sweep", "sections_of", "bandwidth_timeline", "peak_bytes_per_cycle"]
@@ -36,12 +39,13 @@ def peak_bytes_per_cycle(config: AccelConfig) -> float:
     return config.memory.channels * config.channel_bytes_per_cycle
 
 
-def sections_of(words, layout: dict, layers: int) -> list[str]:
-    """The section of every instruction of a phase program (see the module docstring)."""
+def sections_of(instrs, layout: dict, layers: int) -> list[str]:
+    """The section of every instruction of a decoded phase program (see the module
+    docstring)."""
     starts = {layout[f"l{i}.attn_norm"]: f"layer {i}" for i in range(layers)}
     starts[layout["norm"]] = "head"
     out, current = [], "embed"
-    for ins in IsaSim.decode_all(words):
+    for ins in instrs:
         if ins.opcode == Opcode.LD and ins.dram_addr in starts:
             current = starts[ins.dram_addr]
         out.append(current)
@@ -99,22 +103,38 @@ class StepProfile:
         return sum(ev.macs for ev in self.trace)
 
 
-def _profile(llm: IsaLLM, phase: str, run) -> StepProfile:
-    run()
-    st = llm.runs[-1]
-    words = llm.programs[phase].words
-    mm = llm.folder.manifest["model"]
-    sections = sections_of(words, mm["layout"], int(mm["shape"]["num_hidden_layers"]))
-    reads = {i for i, ins in enumerate(IsaSim.decode_all(words)) if ins.opcode == Opcode.LD}
-    return StepProfile(phase, st["position"], st["tokens"], st["cycles"], st["bytes_read"],
-                       st["trace"], sections, reads)
-
-
-def _llm(folder, config: AccelConfig) -> IsaLLM:
+def _run(folder, config: AccelConfig, phase: str, position: int, tokens: int,
+         trace: bool) -> dict:
+    """The statistics of one run of ``phase`` for ``tokens`` tokens at ``position``: on
+    the ISA simulator, or for a ``--size-only`` folder (no image) on its data-free
+    scheduler (:mod:`sim.timing`), which charges the same costs."""
     if folder.kind != "llm":
         raise AirfoilError(f"{folder.path}: a profile needs an LLM folder, not kind "
                            f"{folder.kind!r}")
-    return IsaLLM(folder, config, trace=True)
+    if folder.image is None:
+        st = llm_step_cycles(folder.manifest, folder.phase_program(phase).words, config,
+                             position=position, tokens=tokens, trace=trace)
+        st["position"], st["tokens"] = position, tokens
+        return st
+    llm = IsaLLM(folder, config, trace=trace)
+    if phase == "prefill":
+        llm.prefill([0] * tokens)
+    else:
+        llm.position = position
+        llm.decode(0)
+    return llm.runs[-1]
+
+
+def _profile(folder, config: AccelConfig, phase: str, position: int, tokens: int
+             ) -> StepProfile:
+    st = _run(folder, config, phase, position, tokens, trace=True)
+    words = folder.phase_program(phase).words
+    mm = folder.manifest["model"]
+    instrs = IsaSim.decode_all(words)
+    sections = sections_of(instrs, mm["layout"], int(mm["shape"]["num_hidden_layers"]))
+    reads = {i for i, ins in enumerate(instrs) if ins.opcode == Opcode.LD}
+    return StepProfile(phase, st["position"], st["tokens"], st["cycles"], st["bytes_read"],
+                       st["trace"], sections, reads)
 
 
 def _check_position(folder, position: int) -> None:
@@ -128,9 +148,7 @@ def profile_decode(folder, config: AccelConfig, position: int) -> StepProfile:
     """A traced decode step at ``position`` (the KV cache's content does not change the
     timing, so no prefill runs first)."""
     _check_position(folder, position)
-    llm = _llm(folder, config)
-    llm.position = position
-    return _profile(llm, "decode", lambda: llm.decode(0))
+    return _profile(folder, config, "decode", position, 1)
 
 
 def profile_prefill(folder, config: AccelConfig, tokens: int) -> StepProfile:
@@ -139,8 +157,7 @@ def profile_prefill(folder, config: AccelConfig, tokens: int) -> StepProfile:
     if not 1 <= tokens <= top:
         raise AirfoilError(f"a prefill of {tokens} tokens: the folder's prefill program "
                            f"takes 1..{top}")
-    llm = _llm(folder, config)
-    return _profile(llm, "prefill", lambda: llm.prefill([0] * tokens))
+    return _profile(folder, config, "prefill", 0, tokens)
 
 
 def context_sweep(folder, config: AccelConfig, points: int = 8) -> list[tuple[int, int]]:
@@ -148,13 +165,7 @@ def context_sweep(folder, config: AccelConfig, points: int = 8) -> list[tuple[in
     over the positions the folder holds."""
     top = folder.manifest["model"]["max_positions"] - 1
     pos = sorted({int(round(p)) for p in np.geomspace(1, max(top, 1), points)} | {0, top})
-    llm = IsaLLM(folder, config)
-    out = []
-    for p in pos:
-        llm.position = p
-        llm.decode(0)
-        out.append((p, llm.runs[-1]["cycles"]))
-    return out
+    return [(p, _run(folder, config, "decode", p, 1, trace=False)["cycles"]) for p in pos]
 
 
 def bandwidth_timeline(profile: StepProfile, config: AccelConfig, bins: int = 100

@@ -67,10 +67,11 @@ class TimingSim(IsaSim):
 
 
 def llm_step_cycles(manifest: dict, words, config: AccelConfig, *, position: int,
-                    tokens: int = 1) -> dict:
+                    tokens: int = 1, trace: bool = False) -> dict:
     """Cycle-model timing of one run of an LLM folder's program ``words`` (a phase's
     instruction words) for ``tokens`` tokens at ``position``: the statistics of
-    :meth:`~sim.isa_sim.IsaSim.run` (``cycles``, ``instructions``, ``bytes_read``, ...).
+    :meth:`~sim.isa_sim.IsaSim.run` (``cycles``, ``instructions``, ``bytes_read``, ...),
+    with ``trace`` also its :class:`~sim.isa_sim.TraceEvent` list as ``trace``.
     """
     mm = manifest["model"]
     if not 0 <= position or position + tokens > mm["max_positions"]:
@@ -80,4 +81,9 @@ def llm_step_cycles(manifest: dict, words, config: AccelConfig, *, position: int
     params = struct.pack("<3i", position, tokens, position + tokens)
     at = mm["layout"]["params"]
     sim = TimingSim(config, bytes(at) + params)
-    return sim.run(list(words))
+    if trace:
+        sim.trace = []
+    stats = sim.run(list(words))
+    if trace:
+        stats["trace"] = sim.trace
+    return stats

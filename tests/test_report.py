@@ -85,3 +85,24 @@ def test_report_errors(folders, tmp_path, capsys):
     cli_fails(capsys, ["report", folders["int4"], "--position", "999",
                        "-o", str(tmp_path / "b")], "outside 0..")
     assert not (tmp_path / "b").exists()
+
+
+def test_size_only_folder_reports_as_its_full_twin(tmp_path, capsys):
+    """A --size-only folder is timed without its image: the same sections, cycles and
+    bytes as the folder compiled with weights."""
+    from test_synthetic import _write_shape
+    spec = _write_shape(tmp_path)
+    common = ["compile", "--synthetic", spec, "--config", "sim_llm", "--seed", "5"]
+    cli_ok(capsys, common + ["-o", str(tmp_path / "full")])
+    cli_ok(capsys, common + ["-o", str(tmp_path / "size"), "--size-only"])
+    full = load_folder(tmp_path / "full", CONFIG)
+    size = load_folder(tmp_path / "size", CONFIG, size_only_ok=True)
+    assert size.image is None
+    a, b = profile_decode(full, CONFIG, 40), profile_decode(size, CONFIG, 40)
+    assert (a.cycles, a.bytes_read, a.sections) == (b.cycles, b.bytes_read, b.sections)
+    assert [(c.name, c.busy, c.bytes_read) for c in a.section_costs()] == \
+        [(c.name, c.busy, c.bytes_read) for c in b.section_costs()]
+    cli_ok(capsys, ["report", str(tmp_path / "size"), "--points", "2",
+                    "-o", str(tmp_path / "rep")])
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["folders"][0]["cycles"] > 0

@@ -39,10 +39,10 @@ def run(args) -> int:
     if args.points < 2:
         raise AirfoilError(f"--points must be at least 2, not {args.points}")
     config = load_config(args.config) if args.config else \
-        load_folder(args.folders[0]).resolve_config()
+        load_folder(args.folders[0], size_only_ok=True).resolve_config()
     reports = []
     for path in args.folders:
-        folder = load_folder(path, config)
+        folder = load_folder(path, config, size_only_ok=True)
         if folder.kind != "llm":
             raise AirfoilError(f"{path}: a report needs a compiled LLM folder, not kind "
                                f"{folder.kind!r}")
