@@ -189,9 +189,8 @@ class LoadUnit(wiring.Component):
         m.d.comb += self.err.eq(failed)
 
         count = Signal(32)
-        total = Signal(56)
-        m.d.comb += [count.eq(Mux(mem.count_reg != 0, rv[0], mem.count)),
-                     total.eq(count * mem.nbytes)]
+        total = Signal(56)                  # count * nbytes, registered in PREP
+        m.d.comb += count.eq(Mux(mem.count_reg != 0, rv[0], mem.count))
         base = Signal(64)                   # dram_addr with the row register's offset
         code = mem_checks(m, geo=geo, channels=C, mem=mem, count=count,
                           total=total, load=True, stream_ok=self._stream)
@@ -236,7 +235,7 @@ class LoadUnit(wiring.Component):
                     m.next = "PREP"
             with m.State("PREP"):
                 row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-                m.d.sync += base.eq(mem.dram_addr + row_off)
+                m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(count * mem.nbytes)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(code != isa.ErrorCode.NONE):

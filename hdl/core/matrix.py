@@ -260,17 +260,21 @@ class MatrixUnit(wiring.Component):
         def up(v, a=wb):
             return (v + (a - 1)) & ~Const(a - 1, 64)
 
-        wbytes = Signal(48)
-        m.d.comb += wbytes.eq(Mux(is8, padded * k, (padded * k) >> 1))
+        # The tile's layout, as airfoil.formats.TileLayout (the bias at a multiple of
+        # 4 * chains too): computed from the entry, registered in PREP (below) so that
+        # its products and sums are not on the path of the check or of the run's start.
+        layout_scale = Signal(48)
+        layout_bias = Signal(48)
+        layout_end = Signal(48)
+        wbytes = Mux(is8, padded * k, (padded * k) >> 1)
+        m.d.comb += [
+            layout_scale.eq(up(wbytes)),
+            layout_bias.eq(up(layout_scale + padded * groups * 2, max(wb, 4 * C))),
+            layout_end.eq(up(layout_bias + Mux(f.bias, padded * 4, 0))),
+        ]
         scale_off = Signal(48)
         bias_off = Signal(48)
         nbytes = Signal(48)
-        m.d.comb += [
-            scale_off.eq(up(wbytes)),
-            # As airfoil.formats.TileLayout: the bias at a multiple of 4 * chains too.
-            bias_off.eq(up(scale_off + padded * groups * 2, max(wb, 4 * C))),
-            nbytes.eq(up(bias_off + Mux(f.bias, padded * 4, 0))),
-        ]
         lg_ob = Signal(2)
         with m.Switch(f.out_fmt.as_value()):
             with m.Case(isa.OutFormat.INT16.value):
@@ -335,6 +339,7 @@ class MatrixUnit(wiring.Component):
                 out_end.eq(f.obuf_addr + last_vec * ostr + (rows << lg_ob)),
                 aux_end.eq(f.sbuf_addr + (mcount << 3)),
                 vec_batches.eq(mcount * batches),
+                scale_off.eq(layout_scale), bias_off.eq(layout_bias), nbytes.eq(layout_end),
             ]
         m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep),
                      shell.done.eq(w_done)]

@@ -73,9 +73,8 @@ class StoreUnit(wiring.Component):
         rv = shell.entry.rv
         mem = instr.body.mem
         count = Signal(32)
-        total = Signal(56)
-        m.d.comb += [count.eq(Mux(mem.count_reg != 0, rv[0], mem.count)),
-                     total.eq(count * mem.nbytes)]
+        total = Signal(56)          # count * nbytes, registered in the first CHECK cycle
+        m.d.comb += count.eq(Mux(mem.count_reg != 0, rv[0], mem.count))
         code = mem_checks(m, geo=geo, channels=self._channels, mem=mem, count=count,
                           total=total, load=False)
         base = Signal(64)
@@ -106,12 +105,13 @@ class StoreUnit(wiring.Component):
 
         with m.If(shell.take):
             m.d.sync += self.port.eq(self.q.payload.instr.body.mem.channel)
-        # The first cycle of CHECK adds the row register's offset to the address.
+        # The first cycle of CHECK adds the row register's offset to the address and
+        # registers the size, so that no product is on the check's path.
         prep = Signal()
         m.d.sync += prep.eq(shell.take)
         with m.If(prep):
             row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-            m.d.sync += base.eq(mem.dram_addr + row_off)
+            m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(count * mem.nbytes)]
         m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep)]
         with m.If(shell.start):
             a = Array(self.data_base)[self.port] + base
