@@ -56,8 +56,8 @@ def gemv_on_system(config, build_dir, *, shape=SHAPE, seed: int = 1) -> dict:
     return r
 
 
-#: The build measured: the core without its SFU, the ULX3S design that routes (with the
-#: SFU it needs more MULT18X18D than the LFE5U-85F has; README "Open flow: ULX3S").
+#: The build measured: the core without its SFU (with the SFU the first ULX3S config
+#: needed more MULT18X18D than the LFE5U-85F has; README "Open flow: ULX3S").
 SFU = False
 
 
