@@ -34,7 +34,8 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   :data:`TOKEN_HANDOFF`. The unit takes its next instruction when the tokens go out, so
   busy equals latency.
 * ``SFU`` (:meth:`CycleModel.sfu_call`): the SFU unit runs one kernel at a time, one
-  32-bit element (four INT8 products) per cycle; each function's count is the kernel's
+  32-bit element per cycle (``ATT_QK`` and ``ATT_PV``: a buffer word, ``word_bytes`` INT8
+  products, per cycle); each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
   checks ``n % heads`` for row-wise and attention-product functions: all of it is the
   SFU's own count (:func:`hdl.sfu.unit.unit_cycles`, written once beside the hardware
@@ -202,7 +203,8 @@ class CycleModel:
         kernels beside their hardware) and :data:`TOKEN_HANDOFF`."""
         from hdl.sfu.unit import unit_cycles
         total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
-                                 kv_heads=kv_heads, pos=pos, length=length)) + TOKEN_HANDOFF
+                                 kv_heads=kv_heads, pos=pos, length=length),
+                            word_bits=8 * self._config.word_bytes) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

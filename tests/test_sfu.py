@@ -409,14 +409,17 @@ def test_unit_program_matches_isa(word_bits):
         rows = regs[f["rows_reg"]] if f["rows_reg"] else f["rows"]
         args = kernel_args(func=f["func"], n=f["n"], rows=rows, heads=f["heads"] or 1,
                            imm0=f["imm0"], imm1=f["imm1"])
-        assert res["released"][i][0] - res["accepted"][i] + 1 == unit_cycles(args)
+        assert (res["released"][i][0] - res["accepted"][i] + 1
+                == unit_cycles(args, word_bits=word_bits))
 
 
 @pytest.mark.skipif(SfuFunc.ATT_PV not in default_kernels(),
                     reason="the attention kernels (hdl/sfu/attention.py) are not in this tree")
-def test_unit_attention_chain_matches_isa():
+@pytest.mark.parametrize("word_bits", [128, 64])
+def test_unit_attention_chain_matches_isa(word_bits):
     """Decode attention through the unit: quantize q/k/v into records, ATT_QK, SOFTMAX (causal,
-    position from a register), ATT_PV with two query heads on one kv head."""
+    position from a register), ATT_PV with two query heads on one kv head; ATT_QK and ATT_PV
+    take a buffer word per cycle, in the cycles of the formula."""
     rng = np.random.default_rng(7)
     bufs = _random_bufs(rng)
     rec = dict(imm0=16, imm1=16)           # records of 8 values + scale pair: 16 bytes
@@ -436,11 +439,18 @@ def test_unit_attention_chain_matches_isa():
         _sfu(SfuFunc.ATT_PV, src=Buffer.OUT, dst=Buffer.ACT, aux=Buffer.KV, src_addr=0,
              dst_addr=384, aux_addr=128, **rec, **att),
     ]
-    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs)
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits)
     assert ref_err is None and not res["err"], res
     for b in SIZES:
         assert rtl[b] == ref[b], f"buffer {b.name} differs"
     assert _ints(ref[Buffer.ACT][384:448]).any()
+    for i, bits in enumerate(instrs):
+        f = isa.decode(bits).fields
+        args = kernel_args(func=f["func"], n=f["n"], rows=f["rows"], heads=f["heads"] or 1,
+                           kv_heads=f["kv_heads"], pos=regs[f["pos_reg"]] if f["pos_reg"] else 0,
+                           length=regs[f["len_reg"]] if f["len_reg"] else 0)
+        assert (res["released"][i][0] - res["accepted"][i] + 1
+                == unit_cycles(args, word_bits=word_bits)), SfuFunc(f["func"]).name
 
 
 def _err_case(instrs, bufs=None, regs=(0,), kernels=None):
@@ -501,7 +511,7 @@ def test_unit_misaligned_is_malformed():
 
 
 def test_unit_unsupported():
-    kernels = {f: k for f, k in default_kernels().items() if f != SfuFunc.ROPE}
+    kernels = {f: k for f, k in default_kernels(word_bits=128).items() if f != SfuFunc.ROPE}
     res, ref_err = _err_case([_sfu(SfuFunc.ADD, n=4, rows=1),
                               _sfu(SfuFunc.ROPE, n=8, rows=1, heads=2)], kernels=kernels)
     assert ref_err is None
@@ -510,12 +520,12 @@ def test_unit_unsupported():
 
 def test_unit_att_pv_head_dimension_limit_from_the_config():
     """A config's limits.att_pv_max_head_dim sizes the unit's ATT_PV kernel (as the core
-    builds it, default_kernels(config.limits)) and bounds the ISA simulator alike: n at
-    the limit runs the same on both, n beyond it is UNSUPPORTED on both."""
+    builds it, default_kernels(config.limits, word_bits=...)) and bounds the ISA simulator
+    alike: n at the limit runs the same on both, n beyond it is UNSUPPORTED on both."""
     base = load_config("test")
     cfg = dataclasses.replace(base, limits=dataclasses.replace(base.limits,
                                                                att_pv_max_head_dim=8))
-    kernels = default_kernels(cfg.limits)
+    kernels = default_kernels(cfg.limits, word_bits=128)
     rng = np.random.default_rng(11)
     bufs = _random_bufs(rng)
     for r in range(2):                     # value records of 8 values + their scale pair

@@ -39,12 +39,14 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
                max_cycles: int = 200_000) -> dict:
     """Run one kernel invocation; return cycles, error flag/code and the write count.
 
-    The read ports answer with the little-endian word at the address of the previous
-    cycle; when ``en`` was low they hold their word or show random bits (either at random;
-    the kernel must ignore both). Writes go to ``dst`` under their byte enables.
+    The read ports answer with the little-endian word (of the ports' width) at the
+    address of the previous cycle, which must be a multiple of the word; when ``en`` was
+    low they hold their word or show random bits (either at random; the kernel must ignore
+    both). Writes go to ``dst`` under their byte enables.
     """
     rng = random.Random(seed)
     out = {}
+    wb = len(dut.src.data) // 8
 
     async def testbench(ctx):
         ctx.set(dut.args, ARGS_LAYOUT.const(args))
@@ -59,15 +61,15 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
                 port = getattr(dut, name)
                 a = pending[name]
                 if a is not None:
-                    held[name] = int.from_bytes(mem[a:a + 4], "little")
+                    held[name] = int.from_bytes(mem[a:a + wb], "little")
                 elif rng.getrandbits(1):
-                    held[name] = rng.getrandbits(32)
+                    held[name] = rng.getrandbits(8 * wb)
                 ctx.set(port.data, held[name])
             for name, mem in (("src", src), ("aux", aux)):
                 port = getattr(dut, name)
                 if ctx.get(port.en):
                     a = ctx.get(port.addr)
-                    assert a % 4 == 0 and a + 4 <= len(mem), f"{name} read at {a:#x}"
+                    assert a % wb == 0 and a + wb <= len(mem), f"{name} read at {a:#x}"
                     pending[name] = a
                 else:
                     pending[name] = None
@@ -180,9 +182,14 @@ QK_CASES = [
 ]
 
 
+#: Read port widths of the record kernels: 32 bits, and the buffer words of sim_llm and u280.
+WORD_BITS = [32, 128, 512]
+
+
 @pytest.mark.parametrize("seed", [11])
+@pytest.mark.parametrize("word_bits", WORD_BITS)
 @pytest.mark.parametrize("rows,heads,kv,length,n,qpad,kpad,offs", QK_CASES)
-def test_att_qk(rows, heads, kv, length, n, qpad, kpad, offs, seed):
+def test_att_qk(rows, heads, kv, length, n, qpad, kpad, offs, word_bits, seed):
     rng, src, aux = random_buffers(seed)
     qstride, kstride = _up8(n) + 8 + qpad, _up8(n) + 8 + kpad
     args = make_args(SfuFunc.ATT_QK, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
@@ -190,12 +197,13 @@ def test_att_qk(rows, heads, kv, length, n, qpad, kpad, offs, seed):
                      imm0=qstride, imm1=kstride)
     put_records(src, rng, args["src_addr"], rows * heads, n, qstride, (8, 24))
     put_records(aux, rng, args["aux_addr"], length * kv, n, kstride, (8, 24))
-    got = check(AttentionScores(), args, src, aux, seed)
+    got = check(AttentionScores(word_bits=word_bits), args, src, aux, seed)
     assert got["writes"] == rows * heads * length
 
 
 @pytest.mark.parametrize("seed", [5])
-def test_att_qk_extreme_scales(seed):
+@pytest.mark.parametrize("word_bits", [32, 128])
+def test_att_qk_extreme_scales(word_bits, seed):
     """Scales whose shift is far left (saturating at +-2**31) or beyond 62 to the right."""
     rng, src, aux = random_buffers(seed)
     n, heads, kv, length = 8, 2, 1, 6
@@ -209,7 +217,7 @@ def test_att_qk_extreme_scales(seed):
     src[0:n] = bytes([0x7F] * n)                     # query 0 all +127
     for buf, at, se in ((src, 0, -20), (aux, 0, -20), (aux, 16, -20), (aux, 32, 120)):
         buf[at + _up8(n) + 4:at + _up8(n) + 8] = np.array([se], "<i4").tobytes()
-    got = check(AttentionScores(), args, src, aux, seed)
+    got = check(AttentionScores(word_bits=word_bits), args, src, aux, seed)
     scores = np.frombuffer(got["dst"], "<i4", heads * length)
     assert {(1 << 31) - 1, -(1 << 31), 0} <= set(scores.tolist()), "extremes not reached"
 
@@ -267,8 +275,9 @@ PV_CASES = [
 
 
 @pytest.mark.parametrize("seed", [7])
+@pytest.mark.parametrize("word_bits", WORD_BITS)
 @pytest.mark.parametrize("rows,heads,kv,length,n,vpad,offs,se_range", PV_CASES)
-def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, seed):
+def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, word_bits, seed):
     rng, src, aux = random_buffers(seed)
     vstride = _up8(n) + 8 + vpad
     args = make_args(SfuFunc.ATT_PV, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
@@ -279,20 +288,24 @@ def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, seed):
     probs[: min(count, 3)] = [1 << 15, 0, 1 << 15][: min(count, 3)]
     src[args["src_addr"]:args["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
     put_records(aux, rng, args["aux_addr"], length * kv, n, vstride, se_range)
-    got = check(AttentionContext(max_head_dim=16), args, src, aux, seed)
+    got = check(AttentionContext(max_head_dim=16, word_bits=word_bits), args, src, aux, seed)
     assert got["writes"] == rows * heads * n
     out = np.frombuffer(got["dst"], "<i4", rows * heads * n, args["dst_addr"])
     if se_range[0] < 0:
         assert ((out == (1 << 31) - 1) | (out == -(1 << 31))).any(), "no saturated output"
 
 
+@pytest.mark.parametrize("word_bits", WORD_BITS)
+@pytest.mark.parametrize("skew", [0, 3])
 @pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
-def test_records_at_buffer_end(func):
-    """Aligned records ending at the last byte of their buffers: no read beyond it."""
+def test_records_at_buffer_end(func, skew, word_bits):
+    """The last record ending at the last byte of its buffer, the records before it
+    aligned, or ``skew`` bytes apart (so at odd offsets): no read beyond the buffer."""
     rng, src, aux = random_buffers(9)
     n, heads, kv, length = 8, 2, 1, 3
-    stride = _up8(n) + 8
-    q_at, k_at = BUF_BYTES - heads * stride, BUF_BYTES - length * kv * stride
+    stride = _up8(n) + 8 + skew
+    q_at = BUF_BYTES - heads * stride + skew
+    k_at = BUF_BYTES - length * kv * stride + skew
     args = make_args(func, n=n, rows=1, heads=heads, kv_heads=kv, length=length,
                      src_addr=q_at if func == SfuFunc.ATT_QK else BUF_BYTES - 4 * heads * length,
                      aux_addr=k_at, imm0=stride, imm1=stride)
@@ -302,7 +315,7 @@ def test_records_at_buffer_end(func):
         probs = rng.integers(0, (1 << 15) + 1, heads * length).astype("<i4")
         src[BUF_BYTES - 4 * heads * length:] = probs.tobytes()
     put_records(aux, rng, k_at, length * kv, n, stride, (8, 24))
-    check(KERNELS[func](), args, src, aux, 9)
+    check(KERNELS[func](word_bits=word_bits), args, src, aux, 9)
 
 
 # -- refused arguments ------------------------------------------------------------------
@@ -338,11 +351,20 @@ def test_parameters_and_formulas():
     with pytest.raises(TypeError, match="multiple of 4, not 6"):
         AttentionContext(max_head_dim=6)
     assert set(KERNELS) == {SfuFunc.ATT_QK, SfuFunc.SOFTMAX, SfuFunc.ATT_PV}
+    with pytest.raises(TypeError, match="power of two of at least 4 bytes, not 12"):
+        AttentionScores(word_bits=96)
     args = make_args(SfuFunc.ATT_QK, n=64, rows=1, heads=8, kv_heads=2, length=64)
-    # One decode step of a 64-key, 8-head attention with head_dim 64 (formula only).
-    assert attention.cycles(args) == 8 * 64 * (64 // 4 + 3) + 3
+    # One decode step of a 64-key, 8-head attention with head_dim 64 (formula only): a
+    # record of 72 bytes is 18 words of 4 bytes, 5 of 16, 2 of 64, plus the funnel's word.
+    assert attention.cycles(args, word_bytes=4) == 8 * 64 * (64 // 4 + 3) + 3
+    assert attention.cycles(args, word_bytes=16) == 8 * 64 * 6 + 3
+    assert attention.cycles(args, word_bytes=64) == 8 * 64 * 3 + 3
+    pv = dict(args, func=SfuFunc.ATT_PV)
+    # Per key: the scale pair (3 words of 4 bytes, 2 of more), the values and a funnel word.
+    assert attention.cycles(pv, word_bytes=4) == 8 * (64 * (3 + 16 + 1) + 64) + 2
+    assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 64) + 2
     with pytest.raises(ValueError, match="not COPY"):
-        attention.cycles(dict(args, func=SfuFunc.COPY))
+        attention.cycles(dict(args, func=SfuFunc.COPY), word_bytes=4)
 
 
 # -- the three kernels chained, as the compiler schedules one attention ------------------
@@ -365,14 +387,17 @@ def _attention_chain(rows, heads, kv, length, n, pos, seed, run_step):
                                    probs, vbuf)
 
 
-@pytest.mark.parametrize("rows,heads,kv,length,n,pos,seed", [
-    pytest.param(2, 4, 2, 5, 8, 3, 21, id="gqa-prefill"),
-    pytest.param(8, 4, 2, 17, 64, 9, 22, id="gqa-prefill-hd64", marks=pytest.mark.slow),
+@pytest.mark.parametrize("rows,heads,kv,length,n,pos,seed,word_bits", [
+    pytest.param(2, 4, 2, 5, 8, 3, 21, 32, id="gqa-prefill"),
+    pytest.param(2, 4, 2, 5, 13, 3, 23, 128, id="gqa-prefill-odd-hd-128"),
+    pytest.param(8, 4, 2, 17, 64, 9, 22, 32, id="gqa-prefill-hd64", marks=pytest.mark.slow),
+    pytest.param(8, 4, 2, 17, 64, 9, 22, 512, id="gqa-prefill-hd64-512",
+                 marks=pytest.mark.slow),
 ])
-def test_attention_chain(rows, heads, kv, length, n, pos, seed):
+def test_attention_chain(rows, heads, kv, length, n, pos, seed, word_bits):
     """Scores, probabilities and context of one attention equal the ISA simulator's."""
-    kernels = {f: (AttentionContext(max_head_dim=64) if f == SfuFunc.ATT_PV else k())
-               for f, k in KERNELS.items()}
+    kernels = {SfuFunc.ATT_QK: AttentionScores(word_bits=word_bits), SfuFunc.SOFTMAX: Softmax(),
+               SfuFunc.ATT_PV: AttentionContext(max_head_dim=64, word_bits=word_bits)}
     zero = bytearray(BUF_BYTES)
 
     def hardware(args, src, aux):
@@ -399,8 +424,9 @@ def test_attention_chain(rows, heads, kv, length, n, pos, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 112))
 def test_random_shapes(seed):
-    """Random shapes, strides, offsets and scales for each kernel (fuzz, slow)."""
+    """Random shapes, strides, offsets, scales and port widths for each kernel (fuzz, slow)."""
     r = random.Random(seed)
+    word_bits = r.choice(WORD_BITS)
     kv = r.choice([1, 2])
     heads, rows, length, n = kv * r.choice([1, 2, 3]), r.randint(1, 3), r.randint(1, 9), \
         r.randint(1, 20)
@@ -413,7 +439,7 @@ def test_random_shapes(seed):
     lo = r.randint(-40, 30)
     put_records(src, rng, base["src_addr"], rows * heads, n, stride, (lo, lo + 40))
     put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo, lo + 40))
-    check(AttentionScores(), dict(base, func=SfuFunc.ATT_QK), src, aux, seed)
+    check(AttentionScores(word_bits=word_bits), dict(base, func=SfuFunc.ATT_QK), src, aux, seed)
     rng, src, aux = random_buffers(seed + 1)
     base["src_addr"] &= ~3
     count = rows * heads * length
@@ -424,4 +450,5 @@ def test_random_shapes(seed):
     probs = rng.integers(0, (1 << 15) + 1, count)
     src[base["src_addr"]:base["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
     put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo + 20, lo + 50))
-    check(AttentionContext(max_head_dim=20), dict(base, func=SfuFunc.ATT_PV), src, aux, seed)
+    check(AttentionContext(max_head_dim=20, word_bits=word_bits), dict(base, func=SfuFunc.ATT_PV),
+          src, aux, seed)

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
+from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
 from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
@@ -36,7 +37,7 @@ from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
 from .kernel import ADDR_BITS, kernel_signature
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
-           "qk_cycles", "softmax_cycles", "pv_cycles"]
+           "qk_cycles", "softmax_cycles", "pv_cycles", "qk_chunks", "pv_scale_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -61,18 +62,40 @@ def _qk_pv_refused(args) -> bool:
     return n < 1 or rows < 1 or KV < 1 or KV > H or L < 1
 
 
-def qk_cycles(args) -> int:
+def _check_word_bytes(word_bytes) -> int:
+    if (not isinstance(word_bytes, int) or isinstance(word_bytes, bool) or word_bytes < 4
+            or word_bytes & (word_bytes - 1)):
+        raise TypeError(f"Word width must be a power of two of at least 4 bytes, "
+                        f"not {word_bytes!r}")
+    return word_bytes
+
+
+def qk_chunks(n: int, word_bytes: int) -> int:
+    """Words of ``word_bytes`` one ``ATT_QK`` record of ``n`` values and its scale pair
+    fills when aligned (``ceil((up8(n) + 8) / word_bytes)``); one more word is read per
+    record for the funnel."""
+    return -(-(_up8(n) + 8) // word_bytes)
+
+
+def pv_scale_words(word_bytes: int) -> int:
+    """Words ``ATT_PV`` reads per key for the 8-byte scale pair: the words it spans when
+    aligned, plus one for the funnel."""
+    return max(8 // word_bytes, 1) + 1
+
+
+def qk_cycles(args, *, word_bytes: int) -> int:
     """Cycles of :class:`AttentionScores` from ``start`` to ``done`` for ``args``.
 
     ``args`` is a mapping (or an object with attributes) holding the
     :data:`~hdl.sfu.kernel.ARGS_LAYOUT` fields ``n``, ``rows``, ``heads``, ``kv_heads``
-    and ``length``.
+    and ``length``; ``word_bytes`` is the width of the kernel's read ports. Each score
+    takes :func:`qk_chunks` ``+ 1`` cycles, and the last one 3 more to rescale and write.
     """
+    _check_word_bytes(word_bytes)
     if _qk_pv_refused(args):
         return 1
-    n = _arg(args, "n")
     pairs = _arg(args, "rows") * _arg(args, "heads") * _arg(args, "length")
-    return pairs * (_up8(n) // 4 + 3) + 3
+    return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + 1) + 3
 
 
 def softmax_cycles(args) -> int:
@@ -89,32 +112,48 @@ def softmax_cycles(args) -> int:
     return total
 
 
-def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
+def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int) -> int:
     """Cycles of :class:`AttentionContext` from ``start`` to ``done`` (fields ``n``,
-    ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``."""
+    ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``.
+
+    Per ``(row, head)``: per key the :func:`pv_scale_words`, ``ceil(n / word_bytes)``
+    value words and the funnel's word; then ``n`` cycles of output.
+    """
+    _check_word_bytes(word_bytes)
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
         return 1
     n, L = _arg(args, "n"), _arg(args, "length")
-    return _arg(args, "rows") * _arg(args, "heads") * (L * ((n + 3) // 4 + 4) + n) + 2
+    per_key = pv_scale_words(word_bytes) + -(-n // word_bytes) + 1
+    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + n) + 2
 
 
-def cycles(args, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
-    """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`)."""
+def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
+    """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`) with
+    read ports of ``word_bytes``."""
     func = SfuFunc(_arg(args, "func"))
     if func == SfuFunc.ATT_QK:
-        return qk_cycles(args)
+        return qk_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.SOFTMAX:
         return softmax_cycles(args)
     if func == SfuFunc.ATT_PV:
-        return pv_cycles(args, max_head_dim)
+        return pv_cycles(args, max_head_dim, word_bytes=word_bytes)
     raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
 
 
 # -- shared datapath pieces -------------------------------------------------------------
 
 def _funnel(prev, data, offset):
-    """The 32-bit word at byte ``offset`` (0..3) of ``prev`` followed by ``data``."""
-    return (Cat(prev, data) >> Cat(Const(0, 3), offset))[:32]
+    """The word (of ``data``'s width) at byte ``offset`` of ``prev`` followed by ``data``."""
+    return (Cat(prev, data) >> Cat(Const(0, 3), offset))[:len(data)]
+
+
+def _tree_sum(terms):
+    """The sum of ``terms`` as a balanced tree of adders (depth ``log2(len(terms))``)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + terms[len(terms) - len(terms) % 2:]
+    return terms[0]
 
 
 def _shift_round(m: Module, x, s, width: int, name: str):
@@ -187,10 +226,21 @@ class _Kernel(wiring.Component):
     with error ``code``; ``launch`` is asserted by this class in the ``start`` cycle of an
     accepted run (the datapath initialises its counters then); the datapath drives
     ``finish`` in the cycle of its last write, so ``done`` follows one cycle later.
+
+    ``word_bits`` is the width of the read ports (32 for the :class:`Softmax`; the
+    buffers' word for the record streams of ``ATT_QK`` and ``ATT_PV``).
     """
 
-    def __init__(self):
-        super().__init__(kernel_signature())
+    def __init__(self, *, word_bits: int = 32):
+        if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
+            raise TypeError(f"Word width must be a whole number of bytes, not {word_bits!r}")
+        self._word_bytes = _check_word_bytes(word_bits // 8)
+        super().__init__(kernel_signature(word_bits))
+
+    @property
+    def word_bits(self) -> int:
+        """Width of the read ports."""
+        return 8 * self._word_bytes
 
     def _datapath(self, m: Module, launch):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -295,24 +345,43 @@ class AttentionScores(_Kernel):
     """``ATT_QK``: :func:`airfoil.fixedpoint.attention_scores` over GQA heads.
 
     Writes the int32 scores ``(rows, heads, length)`` contiguously at ``dst_addr``. For
-    each score the query record (``src``) and the key record (``aux``) stream in whole,
-    ``2 * ceil(n / 8) + 2`` aligned words each plus one for the funnel: the values into
-    4 INT8 MACs per cycle, then ``sm`` and ``se``; two stages rescale and write. Scores
-    are issued back to back, so a run takes :func:`qk_cycles` cycles.
+    each score the query record (``src``) and the key record (``aux``) stream in whole, a
+    word of ``word_bytes`` per cycle on each port: :func:`qk_chunks` aligned words each
+    plus one for the funnel. The values of a word go into ``word_bytes`` INT8 products
+    and an adder tree, the scale pair is picked from its word(s); two stages rescale and
+    write. Scores are issued back to back, so a run takes :func:`qk_cycles` cycles.
+
+    Parameters
+    ----------
+    word_bits : int
+        Width of the read ports (a power of two, at least 32): the buffers' word.
     """
 
-    @staticmethod
-    def cycles(args) -> int:
+    def cycles(self, args) -> int:
         """See :func:`qk_cycles`."""
-        return qk_cycles(args)
+        return qk_cycles(args, word_bytes=self._word_bytes)
 
     def _datapath(self, m: Module, launch):
         a = self.args
+        wb = self._word_bytes
+        lg = exact_log2(wb)
         walk = _HeadWalk(m, a, launch)
-        words = Signal(20)               # C = up8(n) / 4 + 2 chunks; C + 1 words per record
-        nchunks = Signal(19)             # ceil(n / 4) value chunks
+        # Per run: the chunks C of a record (C + 1 words are read), the bytes an aligned
+        # record leaves free in its last word (an offset up to them needs no funnel word
+        # past the record), and where sm and se lie in the record's aligned chunks.
+        chunks = Signal(20)
+        slack = Signal(lg)
+        sm_chunk = Signal(20)
+        sm_lane = Signal(range(wb // 4))
+        se_lane = Signal(range(wb // 4))
+        up8 = Signal(21)
+        m.d.comb += up8.eq(((a.n + 7) >> 3) << 3)
         with m.If(launch):
-            m.d.sync += [words.eq(((a.n + 7) >> 3) * 2 + 2), nchunks.eq((a.n + 3) >> 2)]
+            rec = up8 + 8
+            m.d.sync += [chunks.eq((rec + wb - 1) >> lg), slack.eq((0 - rec)[:lg]),
+                         sm_chunk.eq(up8 >> lg)]
+            if wb > 4:
+                m.d.sync += [sm_lane.eq(up8[2:lg]), se_lane.eq((up8 + 4)[2:lg])]
 
         # Issue: word w of the current pair's two records.
         run = Signal()
@@ -320,23 +389,23 @@ class AttentionScores(_Kernel):
         out_addr = Signal(ADDR_BITS)
         with m.If(launch):
             m.d.sync += [run.eq(1), w.eq(0), out_addr.eq(a.dst_addr)]
-        qbase = Cat(Const(0, 2), walk.qrec[2:])
-        kbase = Cat(Const(0, 2), walk.krec[2:])
-        # An aligned record needs no funnel word past its end: leave it unread, so a record
-        # that ends at the end of its buffer is never read beyond.
-        tail = w == words
+        qbase = Cat(Const(0, lg), walk.qrec[lg:])
+        kbase = Cat(Const(0, lg), walk.krec[lg:])
+        # The funnel's word past the record is read only when the record reaches into it,
+        # so a record that ends at the end of its buffer is never read beyond.
+        tail = w == chunks
         m.d.comb += [
-            self.src.en.eq(run & ~(tail & (walk.qrec[:2] == 0))),
-            self.aux.en.eq(run & ~(tail & (walk.krec[:2] == 0))),
-            self.src.addr.eq(qbase + (w << 2)), self.aux.addr.eq(kbase + (w << 2)),
+            self.src.en.eq(run & ~(tail & (walk.qrec[:lg] <= slack))),
+            self.aux.en.eq(run & ~(tail & (walk.krec[:lg] <= slack))),
+            self.src.addr.eq(qbase + (w << lg)), self.aux.addr.eq(kbase + (w << lg)),
         ]
         # Arrival tags (one cycle after issue).
         v1, w1, last1 = Signal(), Signal(20), Signal()
-        qoff1, koff1 = Signal(2), Signal(2)
+        qoff1, koff1 = Signal(lg), Signal(lg)
         m.d.sync += [v1.eq(run), w1.eq(w), last1.eq(walk.last),
-                     qoff1.eq(walk.qrec[:2]), koff1.eq(walk.krec[:2])]
+                     qoff1.eq(walk.qrec[:lg]), koff1.eq(walk.krec[:lg])]
         with m.If(run):
-            with m.If(w == words):
+            with m.If(w == chunks):
                 m.d.sync += w.eq(0)
                 walk.advance(m)
                 with m.If(walk.last):
@@ -344,8 +413,9 @@ class AttentionScores(_Kernel):
             with m.Else():
                 m.d.sync += w.eq(w + 1)
 
-        # Arrival: funnel both ports into aligned chunks.
-        qprev, kprev = Signal(32), Signal(32)
+        # Arrival: funnel both ports into aligned chunks; chunk j holds record bytes
+        # j * wb .. j * wb + wb - 1.
+        qprev, kprev = Signal(8 * wb), Signal(8 * wb)
         with m.If(v1):
             m.d.sync += [qprev.eq(self.src.data), kprev.eq(self.aux.data)]
         qchunk = _funnel(qprev, self.src.data, qoff1)
@@ -353,31 +423,36 @@ class AttentionScores(_Kernel):
         j = Signal(20)
         m.d.comb += j.eq(w1 - 1)
         prods = []
-        for b in range(4):
+        for b in range(wb):
             p = Signal(signed(16), name=f"prod{b}")
-            live = Cat(Const(b, 2), j) < a.n
+            live = Cat(Const(b, lg), j) < a.n
             m.d.comb += p.eq(Mux(live, qchunk[8 * b:8 * b + 8].as_signed()
                                  * kchunk[8 * b:8 * b + 8].as_signed(), 0))
             prods.append(p)
         dot = Signal(signed(40))
+        dot_next = Signal(signed(40))
+        m.d.comb += dot_next.eq(Mux(j == 0, 0, dot) + _tree_sum(prods))
+        q_sm_here = qchunk.word_select(sm_lane, 32).as_signed()
+        k_sm_here = kchunk.word_select(sm_lane, 32).as_signed()
         qsm, ksm = Signal(signed(32)), Signal(signed(32))
-        # Stage A (registered at the arrival of se): dot, M, S of the pair.
+        # Stage A (registered at the arrival of the last chunk, which holds se): dot, M, S.
         va, lasta = Signal(), Signal()
         dot_a = Signal(signed(40))
         mant_a = Signal(signed(49))
         shift_a = Signal(signed(34))
         m.d.sync += va.eq(0)
         with m.If(v1 & (w1 != 0)):
-            with m.If(j < nchunks):
-                m.d.sync += dot.eq(Mux(j == 0, 0, dot) + sum(prods))
-            with m.If(j == words - 2):
-                m.d.sync += [qsm.eq(qchunk.as_signed()), ksm.eq(kchunk.as_signed())]
-            with m.If(j == words - 1):
+            m.d.sync += dot.eq(dot_next)
+            with m.If(j == sm_chunk):
+                m.d.sync += [qsm.eq(q_sm_here), ksm.eq(k_sm_here)]
+            with m.If(j == chunks - 1):
                 msum = Signal(signed(64))
-                m.d.comb += msum.eq(qsm * ksm)
+                m.d.comb += msum.eq(Mux(j == sm_chunk, q_sm_here, qsm)
+                                    * Mux(j == sm_chunk, k_sm_here, ksm))
                 mant = _shift_round(m, msum, Const(16, 5), 49, "qk_mant")
-                m.d.sync += [va.eq(1), lasta.eq(last1), dot_a.eq(dot), mant_a.eq(mant),
-                             shift_a.eq(qchunk.as_signed() + kchunk.as_signed()
+                m.d.sync += [va.eq(1), lasta.eq(last1), dot_a.eq(dot_next), mant_a.eq(mant),
+                             shift_a.eq(qchunk.word_select(se_lane, 32).as_signed()
+                                        + kchunk.word_select(se_lane, 32).as_signed()
                                         - 16 - fx.ACT_FRAC)]
         # Stage B: rescale, saturate, write.
         prod_b = Signal(signed(89))
@@ -589,10 +664,11 @@ class AttentionContext(_Kernel):
     :func:`~airfoil.fixedpoint.attention_context` over GQA heads.
 
     For each ``(row, head)`` and key ``l``: read the probability (``src``) and the value
-    record's scale pair (3 ``aux`` words), form the Q20 weight, then stream the record's
-    ``ceil(n / 4) + 1`` value words into 4 multiply-accumulate lanes over an on-chip
-    accumulator (``max_head_dim / 4`` words of 4 x 64 bits, read-modify-write); after the
-    last key an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). A run takes
+    record's scale pair (:func:`pv_scale_words` ``aux`` words), form the Q20 weight, then
+    stream the record's ``ceil(n / word_bytes) + 1`` value words into ``word_bytes``
+    multiply-accumulate lanes over an on-chip accumulator (a memory of ``ceil(max_head_dim /
+    word_bytes)`` x 64 bits per lane, read-modify-write); after the last key
+    an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). A run takes
     :func:`pv_cycles` cycles.
 
     Parameters
@@ -600,16 +676,18 @@ class AttentionContext(_Kernel):
     max_head_dim : int
         Largest head dimension ``n`` this instance accumulates (a multiple of 4); a larger
         ``n`` is refused with :attr:`~airfoil.isa.ErrorCode.UNSUPPORTED`.
+    word_bits : int
+        Width of the read ports (a power of two, at least 32): the buffers' word.
     """
 
-    def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM):
+    def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, word_bits: int = 32):
         if (not isinstance(max_head_dim, int) or isinstance(max_head_dim, bool)
                 or max_head_dim < 4 or max_head_dim % 4):
             self._MustUse__silence = True       # refused, so never elaborated
             raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
                             f"not {max_head_dim!r}")
         self._max_head_dim = max_head_dim
-        super().__init__()
+        super().__init__(word_bits=word_bits)
 
     @property
     def max_head_dim(self) -> int:
@@ -618,41 +696,70 @@ class AttentionContext(_Kernel):
 
     def cycles(self, args) -> int:
         """See :func:`pv_cycles`."""
-        return pv_cycles(args, self._max_head_dim)
+        return pv_cycles(args, self._max_head_dim, word_bytes=self._word_bytes)
 
     def _datapath(self, m: Module, launch):
         a = self.args
+        wb = self._word_bytes
+        lg = exact_log2(wb)
+        nscale = pv_scale_words(wb)
+        # The scale pair's last word is the funnel's: needed only when the pair reaches
+        # into it (its offset in the word is above the room an aligned pair leaves).
+        scale_slack = (nscale - 1) * wb - 8
         walk = _HeadWalk(m, a, launch)
-        depth = self._max_head_dim // 4
-        m.submodules.acc = acc = memory.Memory(shape=unsigned(256), depth=depth, init=[])
-        acc_w = acc.write_port()
-        acc_r = acc.read_port(transparent_for=(acc_w,))
+        # The accumulator: one 64-bit memory per lane, word i of lane b holding element
+        # i * wb + b; all lanes share the address.
+        depth = -(-self._max_head_dim // wb)
+        acc_addr_r = Signal(range(depth))
+        acc_addr_w = Signal(range(depth))
+        acc_we = Signal()
+        acc_old = []
+        acc_new = []
+        for b in range(wb):
+            m.submodules[f"acc{b}"] = acc = memory.Memory(shape=signed(64), depth=depth,
+                                                          init=[])
+            wr = acc.write_port()
+            rd = acc.read_port(transparent_for=(wr,))
+            new = Signal(signed(64), name=f"acc_new{b}")
+            m.d.comb += [rd.addr.eq(acc_addr_r), wr.addr.eq(acc_addr_w), wr.en.eq(acc_we),
+                         wr.data.eq(new)]
+            acc_old.append(rd.data)
+            acc_new.append(new)
 
-        nchunks = Signal(19)
+        nchunks = Signal(20)             # ceil(n / wb) value chunks
+        value_slack = Signal(lg)         # bytes the values leave free in their last chunk
         up8 = Signal(ADDR_BITS)
         with m.If(launch):
-            m.d.sync += [nchunks.eq((a.n + 3) >> 2), up8.eq(((a.n + 7) >> 3) << 3)]
-        w = Signal(20)                   # 0..2: scale words; 3..nchunks+3: value words
+            m.d.sync += [nchunks.eq((a.n + wb - 1) >> lg), value_slack.eq((0 - a.n)[:lg]),
+                         up8.eq(((a.n + 7) >> 3) << 3)]
+        w = Signal(20)                   # 0..nscale-1: scale words; then the value words
         i_out = Signal(20)
         p_addr = Signal(ADDR_BITS)
         out_addr = Signal(ADDR_BITS)
         issue, out_issue, out_last = Signal(), Signal(), Signal()
         rec = walk.krec
-        sbase = Cat(Const(0, 2), (rec + up8)[2:])
-        vbase = Cat(Const(0, 2), rec[2:])
+        spair = Signal(ADDR_BITS)
+        m.d.comb += spair.eq(rec + up8)
+        soff, voff = spair[:lg], rec[:lg]
+        sbase = Cat(Const(0, lg), spair[lg:])
+        vbase = Cat(Const(0, lg), rec[lg:])
+        last_w = nchunks + nscale
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
                     m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
                     m.next = "KEYS"
             with m.State("KEYS"):
-                # The third scale word is the funnel's; an aligned record needs none.
-                m.d.comb += [issue.eq(1), self.aux.en.eq((w != 2) | (rec[:2] != 0)),
-                             self.aux.addr.eq(Mux(w < 3, sbase + (w << 2),
-                                                  vbase + ((w - 3) << 2))),
-                             self.src.addr.eq(p_addr), self.src.en.eq(w == 0),
-                             acc_r.addr.eq(w - 4)]
-                with m.If(w == nchunks + 3):
+                # A funnel word past the pair or the values is read only when needed.
+                skip = (((w == nscale - 1) & (soff <= scale_slack))
+                        | ((w == last_w) & (voff <= value_slack)))
+                m.d.comb += [issue.eq(1), self.aux.en.eq(~skip),
+                             self.aux.addr.eq(Mux(w < nscale, sbase + (w << lg),
+                                                  vbase + ((w - nscale) << lg))),
+                             self.src.addr.eq(Cat(Const(0, lg), p_addr[lg:])),
+                             self.src.en.eq(w == 0),
+                             acc_addr_r.eq(w - nscale - 1)]
+                with m.If(w == last_w):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
                     with m.If(walk.last_key):
                         m.d.sync += i_out.eq(0)
@@ -662,7 +769,7 @@ class AttentionContext(_Kernel):
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
             with m.State("OUT"):
-                m.d.comb += [out_issue.eq(1), acc_r.addr.eq(i_out >> 2)]
+                m.d.comb += [out_issue.eq(1), acc_addr_r.eq(i_out >> lg)]
                 with m.If(i_out == a.n - 1):
                     walk.advance(m)
                     with m.If(walk.last):
@@ -674,39 +781,50 @@ class AttentionContext(_Kernel):
                     m.d.sync += i_out.eq(i_out + 1)
 
         # Arrival of the key stream.
-        v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(2)
-        m.d.sync += [v1.eq(issue), w1.eq(w), first1.eq(walk.key == 0), off1.eq(rec[:2])]
-        prev = Signal(32)
+        v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(lg)
+        p_lane1 = Signal(range(wb // 4))
+        m.d.sync += [v1.eq(issue), w1.eq(w), first1.eq(walk.key == 0),
+                     off1.eq(Mux(w < nscale, soff, voff))]
+        if wb > 4:
+            m.d.sync += p_lane1.eq(p_addr[2:lg])
+        prev = Signal(8 * wb)
         with m.If(v1):
             m.d.sync += prev.eq(self.aux.data)
         chunk = _funnel(prev, self.aux.data, off1)
         prob = Signal(signed(32))
         prod = Signal(signed(64))
         weight = Signal(signed(32))
+        se = Signal(signed(32))
         with m.If(v1 & (w1 == 0)):
-            m.d.sync += prob.eq(self.src.data.as_signed())
+            m.d.sync += prob.eq(self.src.data.word_select(p_lane1, 32).as_signed())
         with m.If(v1 & (w1 == 1)):
-            m.d.sync += prod.eq(prob * chunk.as_signed())
+            m.d.sync += prod.eq(prob * chunk[:32].as_signed())
+        # se: the second scale chunk (4-byte words), or the upper half of the first.
+        if nscale == 3:
+            m.d.comb += se.eq(chunk[:32].as_signed())
+        else:
+            se_held = Signal(signed(32))
+            with m.If(v1 & (w1 == 1)):
+                m.d.sync += se_held.eq(chunk[32:64].as_signed())
+            m.d.comb += se.eq(se_held)
         wshift = Signal(signed(34))
-        m.d.comb += wshift.eq(chunk.as_signed() + fx.P_FRAC - fx.W_FRAC)
+        m.d.comb += wshift.eq(se + fx.P_FRAC - fx.W_FRAC)
         wnew = _shift_round_sat(m, prod, wshift, "pv_weight")
         with m.If(v1 & (w1 == 2)):
             m.d.sync += weight.eq(wnew)
-        lanes = []
-        for b in range(4):
-            old = Signal(signed(64), name=f"acc_old{b}")
-            new = Signal(signed(64), name=f"acc_new{b}")
-            m.d.comb += [old.eq(Mux(first1, 0, acc_r.data[64 * b:64 * b + 64].as_signed())),
-                         new.eq(old + weight * chunk[8 * b:8 * b + 8].as_signed())]
-            lanes.append(new)
-        with m.If(v1 & (w1 >= 4)):
-            m.d.comb += [acc_w.addr.eq(w1 - 4), acc_w.data.eq(Cat(*lanes)), acc_w.en.eq(1)]
+        for b, (old, new) in enumerate(zip(acc_old, acc_new)):
+            m.d.comb += new.eq(Mux(first1, 0, old) + weight * chunk[8 * b:8 * b + 8].as_signed())
+        with m.If(v1 & (w1 > nscale)):
+            m.d.comb += [acc_addr_w.eq(w1 - nscale - 1), acc_we.eq(1)]
 
         # Output pass: one accumulator lane per cycle.
-        vo, lane_o, last_o = Signal(), Signal(2), Signal()
-        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:2]), last_o.eq(out_last)]
+        vo, lane_o, last_o = Signal(), Signal(lg), Signal()
+        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:lg]), last_o.eq(out_last)]
         lane = Signal(signed(64))
-        m.d.comb += lane.eq(acc_r.data.word_select(lane_o, 64).as_signed())
+        with m.Switch(lane_o):
+            for b, old in enumerate(acc_old):
+                with m.Case(b):
+                    m.d.comb += lane.eq(old)
         rounded = _shift_round(m, lane, Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64, "pv_round")
         result = _sat32(m, rounded, "pv_out")
         with m.If(vo):

@@ -18,7 +18,9 @@ A kernel is a :class:`wiring.Component` with the members of :func:`kernel_signat
 * Two read ports ``src`` and ``aux`` (:func:`read_port_signature`): the kernel drives a
   byte address (a multiple of 4) and ``en``; the 32-bit little-endian word at that
   address is on ``data`` in the next cycle (latency 1, like a synchronous RAM). ``src``
-  reads the instruction's ``src`` buffer, ``aux`` its ``aux`` buffer.
+  reads the instruction's ``src`` buffer, ``aux`` its ``aux`` buffer. A kernel built for
+  the buffers' word width (``ATT_QK``, ``ATT_PV``) has read ports of a whole word instead:
+  word-aligned addresses, a word of data.
 * One write port ``dst`` (:func:`write_port_signature`): byte address (multiple of 4),
   32-bit data, 4 byte enables; into the instruction's ``dst`` buffer (its ``aux`` buffer
   while the port's ``aux`` bit is 1).
@@ -58,9 +60,10 @@ ARGS_LAYOUT = data.StructLayout({
 })
 
 
-def read_port_signature() -> wiring.Signature:
-    """Kernel-side read port: ``addr``/``en`` out, ``data`` in one cycle later."""
-    return wiring.Signature({"addr": Out(ADDR_BITS), "en": Out(1), "data": In(32)})
+def read_port_signature(data_bits: int = 32) -> wiring.Signature:
+    """Kernel-side read port: ``addr``/``en`` out, ``data`` (``data_bits`` wide, the
+    little-endian bytes from ``addr``, a multiple of ``data_bits / 8``) in one cycle later."""
+    return wiring.Signature({"addr": Out(ADDR_BITS), "en": Out(1), "data": In(data_bits)})
 
 
 def write_port_signature() -> wiring.Signature:
@@ -73,12 +76,13 @@ def write_port_signature() -> wiring.Signature:
                              "aux": Out(1)})
 
 
-def kernel_signature() -> dict:
-    """Members of every SFU kernel component (see the module docstring)."""
+def kernel_signature(read_bits: int = 32) -> dict:
+    """Members of every SFU kernel component (see the module docstring); ``read_bits`` is
+    the width of its read ports (32, or a buffer word for a kernel that takes whole words)."""
     return {
         "start": In(1), "args": In(ARGS_LAYOUT),
         "busy": Out(1), "done": Out(1), "err": Out(1), "err_code": Out(isa.ErrorCode),
-        "src": Out(read_port_signature()), "aux": Out(read_port_signature()),
+        "src": Out(read_port_signature(read_bits)), "aux": Out(read_port_signature(read_bits)),
         "dst": Out(write_port_signature()),
     }
 

@@ -2,9 +2,10 @@
 
 The unit takes the head of the SFU queue, resolves the instruction's run-time registers
 into the kernel arguments (:data:`hdl.sfu.kernel.ARGS_LAYOUT`), checks them as the ISA
-simulator does, starts the kernel of the function and serves the kernel's 32-bit ports
-from the on-chip buffers' word ports (lane select on reads, byte-enable shift on writes),
-checking every access against the size of the buffer it names.
+simulator does, starts the kernel of the function and serves the kernels' ports from
+the on-chip buffers' word ports (lane select on 32-bit reads, byte-enable shift on writes),
+checking every access against the size of the buffer it names. The record streams of
+``ATT_QK`` and ``ATT_PV`` take a whole word per cycle.
 """
 
 from __future__ import annotations
@@ -40,29 +41,38 @@ _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, Sf
 _CHECK_BITS = 20
 
 
-def default_kernels(limits: LimitsConfig | None = None) -> dict:
+def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32) -> dict:
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
-    config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults)."""
+    config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults);
+    the record streams of ``ATT_QK`` and ``ATT_PV`` take a buffer word of ``word_bits``
+    per cycle."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention):
         kernels.update(mod.KERNELS)
+    kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
+                                                word_bits=word_bits)
     kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
-                                                max_head_dim=limits.att_pv_max_head_dim)
+                                                max_head_dim=limits.att_pv_max_head_dim,
+                                                word_bits=word_bits)
     return kernels
 
 
-def kernel_cycles(args) -> int:
-    """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)."""
+def kernel_cycles(args, *, word_bits: int) -> int:
+    """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
+    in a unit of :func:`default_kernels` on buffer words of ``word_bits``."""
     func = SfuFunc(args["func"])
-    for mod in (elementwise, quant, rmsnorm, rope, attention):
+    if func in attention.KERNELS:
+        return attention.cycles(args, word_bytes=word_bits // 8)
+    for mod in (elementwise, quant, rmsnorm, rope):
         if func in mod.KERNELS:
             return mod.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
 
 
-def unit_cycles(args) -> int:
-    """Cycles the unit spends on a well-formed instruction, queue handshake to release.
+def unit_cycles(args, *, word_bits: int) -> int:
+    """Cycles the unit spends on a well-formed instruction, queue handshake to release,
+    on buffer words of ``word_bits``.
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
     ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the
@@ -70,7 +80,7 @@ def unit_cycles(args) -> int:
     """
     func = SfuFunc(args["func"])
     div = divider_latency(_CHECK_BITS) if func in ROWWISE + _ATT_KV else 0
-    return 4 + div + kernel_cycles(args)
+    return 4 + div + kernel_cycles(args, word_bits=word_bits)
 
 
 def buffer_read_signature(word_bits: int) -> wiring.Signature:
@@ -137,7 +147,7 @@ class SfuUnit(wiring.Component):
                 raise ValueError(f"Size of buffer {buf.name} must be a multiple of {wb} "
                                  f"bytes below 2**{ADDR_BITS}, not {size!r}")
             sizes[buf] = size
-        kernels = default_kernels() if kernels is None else dict(kernels)
+        kernels = default_kernels(word_bits=word_bits) if kernels is None else dict(kernels)
         for func, factory in kernels.items():
             if not isinstance(func, SfuFunc) or not callable(factory):
                 raise TypeError(f"Kernels map SfuFunc to a kernel factory, not "
@@ -154,6 +164,11 @@ class SfuUnit(wiring.Component):
         #: The kernel instances, by function (read only after construction).
         self.kernels = {func: factory() for func, factory in sorted(
             kernels.items(), key=lambda kv: kv[0].value)}
+        for func, k in self.kernels.items():
+            for port in (k.src, k.aux):
+                if len(port.data) not in (32, word_bits):
+                    raise ValueError(f"Kernel of {func.name} reads {len(port.data)} bits; "
+                                     f"the unit serves 32 or a word of {word_bits}")
 
     @property
     def word_bits(self) -> int:
@@ -241,9 +256,14 @@ class SfuUnit(wiring.Component):
             m.d.comb += [
                 k.args.eq(args),
                 k.start.eq(start & (func == f.value)),
-                k.src.data.eq(self.src_rd.data.word_select(src_lane, 32)),
-                k.aux.data.eq(self.aux_rd.data.word_select(aux_lane, 32)),
             ]
+            # A kernel of 32-bit ports gets the lane of its address; a wide one the word.
+            for port, rd, lane in ((k.src, self.src_rd, src_lane),
+                                   (k.aux, self.aux_rd, aux_lane)):
+                if len(port.data) == self._word_bits:
+                    m.d.comb += port.data.eq(rd.data)
+                else:
+                    m.d.comb += port.data.eq(rd.data.word_select(lane, 32))
         with m.If(running):
             with m.Switch(func):
                 for f, k in self.kernels.items():
