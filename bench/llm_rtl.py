@@ -6,13 +6,13 @@ The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``llm_rtl`
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from airfoil.config import load_config
 from airfoil.errors import AirfoilError
 from airfoil.folder import load_folder
+from sim.measure.sfu_busy import compile_tiny
 
 __all__ = ["FIGURES", "figures"]
 
@@ -30,17 +30,6 @@ CONTEXT = 64
 CONFIG = "sim_llm"
 
 
-def _compile(out_dir: Path):
-    from rich.console import Console
-
-    from airfoil.cli.cmd_compile import compile_llm_from_args
-    from sim.measure.llm_accuracy import TINY_MODEL
-
-    cargs = SimpleNamespace(model=str(TINY_MODEL), config=CONFIG, recipe=None,
-                            output=str(out_dir), max_prompt=CONTEXT)
-    compile_llm_from_args(cargs, Console(quiet=True))
-
-
 def measure(out_dir="build/bench_llm_rtl", log=None) -> dict:
     """Compile, run prefill + one decode step on RTL and ISA; return the figures."""
     from compiler.tokenizer import corpus_split
@@ -50,8 +39,7 @@ def measure(out_dir="build/bench_llm_rtl", log=None) -> dict:
 
     out_dir = Path(out_dir)
     config = load_config(CONFIG)
-    _compile(out_dir)
-    folder = load_folder(out_dir, config)
+    folder = load_folder(compile_tiny(config, out_dir, context=CONTEXT), config)
     _, held = corpus_split()
     prompt = list(held[:CONTEXT])
     nxt = int(held[CONTEXT])

@@ -920,8 +920,8 @@ class IsaLLM(LLMHost):
 def decode_step_cycles(folder, config: AccelConfig, position: int | None = None) -> dict:
     """What the cycle model says one decode step costs at ``position`` (default: the
     position after a full prompt, ``max_prompt``): ``{"position", "cycles",
-    "instructions", "bytes_read"}``. The KV cache's content does not change the timing,
-    so no prefill runs first."""
+    "instructions", "bytes_read"}`` and each unit's ``busy_<unit>`` cycles. The KV cache's
+    content does not change the timing, so no prefill runs first."""
     mm = folder.manifest["model"]
     pos = min(mm["max_prompt"], mm["max_positions"] - 1) if position is None else position
     if not 0 <= pos < mm["max_positions"]:
@@ -932,7 +932,8 @@ def decode_step_cycles(folder, config: AccelConfig, position: int | None = None)
     llm.decode(0)
     st = llm.runs[-1]
     return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
-            "bytes_read": st["bytes_read"]}
+            "bytes_read": st["bytes_read"],
+            **{k: v for k, v in st.items() if k.startswith("busy_")}}
 
 
 def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int

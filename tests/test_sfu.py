@@ -40,15 +40,17 @@ def kernel_args(**kw) -> dict:
     return args
 
 
-def _word(buf: bytearray, addr: int) -> int:
-    return int.from_bytes(buf[addr:addr + 4].ljust(4, b"\0"), "little")
+def _word(buf: bytearray, addr: int, nbytes: int = 4) -> int:
+    return int.from_bytes(buf[addr:addr + nbytes].ljust(nbytes, b"\0"), "little")
 
 
 def run_kernel(kernel, args: dict, src: bytearray, aux: bytearray, dst: bytearray,
                *, max_cycles: int = 200_000) -> dict:
     """Run ``kernel`` once on byte arrays standing for its three buffers.
 
-    Every port access is checked to lie inside its array (an assertion). Returns
+    Every port access is checked to lie inside its array (an assertion; a read of a
+    kernel with word-wide read ports must start inside it, at a multiple of the word, and
+    reads zeros past its end). Returns
     ``{"cycles": start-to-done, "err": bool, "err_code": ErrorCode}``; ``dst`` and
     ``aux`` (scale pairs of QUANT_TOKEN) are modified in place.
     """
@@ -66,8 +68,10 @@ def run_kernel(kernel, args: dict, src: bytearray, aux: bytearray, dst: bytearra
             for port, buf in ((kernel.src, src), (kernel.aux, aux)):
                 if ctx.get(port.en):
                     addr = ctx.get(port.addr)
-                    assert addr % 4 == 0 and addr + 4 <= len(buf), f"read at {addr:#x}"
-                    reads.append((port, _word(buf, addr)))
+                    nbytes = len(port.data) // 8
+                    inside = addr + 4 <= len(buf) if nbytes == 4 else addr < len(buf)
+                    assert addr % nbytes == 0 and inside, f"read at {addr:#x}"
+                    reads.append((port, _word(buf, addr, nbytes)))
             en = ctx.get(kernel.dst.en)
             if en:
                 addr = ctx.get(kernel.dst.addr)
@@ -224,28 +228,36 @@ def test_copy_kernel(sa, da, n, overlap):
     assert res["cycles"] == elementwise.cycles(args) == n + 1
 
 
-@pytest.mark.parametrize("n,heads,rows,imm0,imm1,seed", [
-    (12, 2, 2, 0, 0, 1),      # contiguous values, packed scale pairs
-    (10, 1, 3, 16, 12, 2),    # strided values and scale pairs
-    (8, 4, 1, 0, 0, 3),       # all-zero segment (amax clamps to 1)
+@pytest.mark.parametrize("word_bits", [32, 128, 512])
+@pytest.mark.parametrize("n,heads,rows,imm0,imm1,xa,seed", [
+    (12, 2, 2, 0, 0, 0, 1),       # contiguous values, packed scale pairs
+    (10, 1, 3, 16, 12, 8, 2),     # strided values and scale pairs, segments at odd lanes
+    (8, 4, 1, 0, 0, 4, 3),        # all-zero segment (amax clamps to 1)
+    (40, 2, 1, 0, 0, 12, 4),      # segments of 20 over several words
 ])
-def test_quant_token_kernel(n, heads, rows, imm0, imm1, seed):
+def test_quant_token_kernel(n, heads, rows, imm0, imm1, xa, seed, word_bits):
+    """Bit-exact to fixedpoint, with the amax pass a read-port word (``word_bits``) per
+    cycle over segments at any 4-byte offset in the word."""
     rng = np.random.default_rng(seed)
     x = _i32(rng, rows * n)
     if seed == 3:
         x[:] = 0
         x[5] = -1
+    if seed == 4:
+        x[-1] = I32_MIN              # the largest magnitude in the last lane of the last word
     seg, nseg = n // heads, rows * heads
     ds, ss = imm0 or seg, imm1 or 8
     dst, aux = bytearray(nseg * ds + 8), bytearray(nseg * ss + 8)
     args = kernel_args(func=SfuFunc.QUANT_TOKEN, n=n, rows=rows, heads=heads, dst_addr=3,
-                       aux_addr=4, imm0=imm0, imm1=imm1)
-    res = run_kernel(QuantTokenKernel(), args, _b(x), aux, dst)
+                       aux_addr=4, imm0=imm0, imm1=imm1, src_addr=xa)
+    kernel = QuantTokenKernel(word_bits=word_bits)
+    res = run_kernel(kernel, args, bytearray(xa) + _b(x), aux, dst)
     q, sm, se = fx.quant_per_token(torch.tensor(x).reshape(nseg, seg))
     for s in range(nseg):
         assert _ints(dst[3 + s * ds:3 + s * ds + seg], np.int8).tolist() == q[s].tolist()
         assert _ints(aux[4 + s * ss:12 + s * ss]).tolist() == [int(sm[s]), int(se[s])]
-    assert res["cycles"] == quant.cycles(args) and not res["err"]
+    assert res["cycles"] == kernel.cycles(args) and not res["err"]
+    assert quant.cycles(args, word_bytes=4) == quant.DIV_LATENCY + nseg * (2 * seg + 7)
 
 
 @pytest.mark.parametrize("n,rows,eps,shift,seed", [
@@ -302,7 +314,8 @@ def test_rope_kernel(n, heads, rows, imm1, xa, seed):
 def test_kernel_refuses(kernel, args):
     res = run_kernel(kernel(), args, bytearray(64), bytearray(64), bytearray(64))
     assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
-    assert res["cycles"] == {RopeKernel: rope, QuantTokenKernel: quant}[kernel].cycles(args)
+    want = rope.cycles(args) if kernel is RopeKernel else quant.cycles(args, word_bytes=4)
+    assert res["cycles"] == want
 
 
 def test_divider():

@@ -1,8 +1,9 @@
 """``QUANT_TOKEN``: :func:`airfoil.fixedpoint.quant_per_token` of every row segment.
 
-Per segment two passes over its int32 elements: the first finds ``amax``, then one
-two cycles form the reciprocal (normalise and 256-entry table, then one Newton step) and
-the scale pair, and the second pass writes the INT8 values one byte per cycle; the scale pair
+Per segment two passes over its int32 elements: the first finds ``amax`` a whole read-port
+word (``word_bytes / 4`` elements, each lane masked to the segment) per cycle, then two
+cycles form the reciprocal (normalise and 256-entry table, then one Newton step) and the
+scale pair, and the second pass writes the INT8 values one byte per cycle; the scale pair
 (int32 ``sm``, int32 ``se``) follows in two writes to the ``aux`` buffer.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
+from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
@@ -18,20 +20,29 @@ from .arith import (Divider, align4, bit_length, clamp, divider_latency, normali
                     sat_addr, shift_round)
 from .kernel import finish_states, kernel_signature
 
-__all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
-           "DIV_LATENCY", "KERNELS"]
+__all__ = ["QuantTokenKernel", "cycles", "amax_words", "recip_table", "recip_newton",
+           "mantissa_expr", "DIV_LATENCY", "KERNELS"]
 
 #: Cycles of the ``n / heads`` division at the start of an instruction.
 DIV_LATENCY = divider_latency(20)
 
 
-def cycles(args) -> int:
-    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
+def amax_words(seg: int, word_bytes: int) -> int:
+    """Words the ``amax`` pass reads for a segment of ``seg`` int32 at any 4-byte offset
+    in the word: the most a segment spans, ``ceil((seg + e - 1) / e)`` for ``e =
+    word_bytes / 4`` elements per word (``seg`` for 4-byte words)."""
+    e = word_bytes // 4
+    return (seg + 2 * e - 2) // e
+
+
+def cycles(args, *, word_bytes: int) -> int:
+    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict) on read
+    ports of ``word_bytes``."""
     heads = args["heads"] or 1
     seg, rem = divmod(args["n"], heads)
     if rem or seg == 0 or args["rows"] == 0:
         return DIV_LATENCY + 1
-    return DIV_LATENCY + args["rows"] * heads * (2 * seg + 7)
+    return DIV_LATENCY + args["rows"] * heads * (amax_words(seg, word_bytes) + seg + 7)
 
 
 def recip_table(m: Module, a, name: str = "recip"):
@@ -75,14 +86,36 @@ class QuantTokenKernel(wiring.Component):
     Values of segment ``s`` go to ``dst_addr + s * imm0`` (``imm0 = 0``: the segment
     length), its scale pair to ``aux_addr + s * imm1`` in ``aux`` (``imm1 = 0``: 8). ``n``
     not a multiple of ``heads`` is MALFORMED. Takes :func:`cycles` cycles.
+
+    Parameters
+    ----------
+    word_bits : int
+        Width of the read ports (a power of two, at least 32): the buffers' word.
     """
 
-    def __init__(self):
-        super().__init__(kernel_signature())
+    def __init__(self, *, word_bits: int = 32):
+        if (not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits < 32
+                or word_bits & (word_bits - 1)):
+            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
+                            f"not {word_bits!r}")
+        self._word_bytes = word_bits // 8
+        super().__init__(kernel_signature(word_bits))
+
+    @property
+    def word_bits(self) -> int:
+        """Width of the read ports."""
+        return 8 * self._word_bytes
+
+    def cycles(self, args) -> int:
+        """See :func:`cycles`."""
+        return cycles(args, word_bytes=self._word_bytes)
 
     def elaborate(self, platform):
         m = Module()
         a = self.args
+        wb = self._word_bytes
+        lg = exact_log2(wb)
+        per_word = wb // 4
         m.submodules.div = div = Divider(width=20, divisor_width=10)
         heads = Mux(a.heads == 0, 1, a.heads)
         m.d.comb += [div.dividend.eq(a.n), div.divisor.eq(heads)]
@@ -98,15 +131,30 @@ class QuantTokenKernel(wiring.Component):
         dstride = Mux(a.imm0 == 0, seg, a.imm0)
         sstride = Mux(a.imm1 == 0, 8, a.imm1)
 
-        # Pass 1: amax.
+        # Pass 1: amax over word k of the segment, whose lane l holds element
+        # k * per_word + l - first (first: the segment's lane in its first word).
         amax = Signal(32)
         pend_a = Signal()
         pend_q = Signal()
         m.d.sync += [pend_a.eq(0), pend_q.eq(0)]
-        x = self.src.data.as_signed()
-        ax = Mux(x < 0, -x, x)[:32]
+        kwords = Signal(20)
+        first = Signal(range(per_word))
+        if per_word > 1:
+            m.d.comb += first.eq(vbase[2:lg])
+        wbase = Cat(Const(0, lg), vbase[lg:])
+        k1 = Signal(20)
+        word_max = amax
+        for lane in range(per_word):
+            x_l = self.src.data[32 * lane:32 * lane + 32].as_signed()
+            at = Cat(Const(lane, lg - 2), k1)
+            live = (at >= first) & (at < first + seg)
+            ax_l = Signal(32, name=f"abs{lane}")
+            m.d.comb += ax_l.eq(Mux(live, Mux(x_l < 0, -x_l, x_l)[:32], 0))
+            word_max = Mux(ax_l > word_max, ax_l, word_max)
         with m.If(pend_a):
-            m.d.sync += amax.eq(Mux(ax > amax, ax, amax))
+            m.d.sync += amax.eq(word_max)
+        lane_q = Signal(range(per_word))
+        x = self.src.data.word_select(lane_q, 32).as_signed()
 
         # Scale: reciprocal (table in SCALE0, Newton step in SCALE1) and mantissa of amax.
         amx = Signal(32)
@@ -129,7 +177,10 @@ class QuantTokenKernel(wiring.Component):
         m.d.sync += [prod.eq(x * k127), wj2.eq(wj), pend_q2.eq(pend_q)]
         q8 = sat(shift_round(prod, re_r), 8)
         daddr = dbase + wj2
-        m.d.comb += self.src.addr.eq(sat_addr(vbase + (j << 2)))
+        qaddr = Signal(len(self.src.addr))
+        m.d.comb += qaddr.eq(sat_addr(vbase + (j << 2)))
+        if per_word > 1:
+            m.d.sync += lane_q.eq(qaddr[2:lg])
         with m.If(pend_q2):
             m.d.comb += [self.dst.addr.eq(align4(sat_addr(daddr))),
                          self.dst.data.eq(Cat(q8[:8], q8[:8], q8[:8], q8[:8])),
@@ -144,6 +195,7 @@ class QuantTokenKernel(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(div.done):
                     m.d.sync += [seg.eq(div.quotient), nseg.eq(a.rows * heads), s.eq(0),
+                                 kwords.eq((div.quotient + 2 * per_word - 2) >> (lg - 2)),
                                  j.eq(0), amax.eq(0), vbase.eq(a.src_addr),
                                  dbase.eq(a.dst_addr), abase.eq(a.aux_addr)]
                     with m.If((div.remainder != 0) | (div.quotient == 0)):
@@ -153,9 +205,12 @@ class QuantTokenKernel(wiring.Component):
                     with m.Else():
                         m.next = "A"
             with m.State("A"):
-                m.d.comb += [self.busy.eq(1), self.src.en.eq(1)]
-                m.d.sync += [pend_a.eq(1), j.eq(j + 1)]
-                with m.If(j == seg - 1):
+                # Words past the segment's last (at some offsets there is none) are not read.
+                m.d.comb += [self.busy.eq(1),
+                             self.src.addr.eq(sat_addr(wbase + (j << lg))),
+                             self.src.en.eq((j << (lg - 2)) < first + seg)]
+                m.d.sync += [pend_a.eq(1), k1.eq(j), j.eq(j + 1)]
+                with m.If(j == kwords - 1):
                     m.d.sync += j.eq(0)
                     m.next = "A_DRAIN"
             with m.State("A_DRAIN"):
@@ -170,7 +225,8 @@ class QuantTokenKernel(wiring.Component):
                 m.d.sync += [k127.eq(rm * 127), re_r.eq(re)]
                 m.next = "Q"
             with m.State("Q"):
-                m.d.comb += [self.busy.eq(1), self.src.en.eq(1)]
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1),
+                             self.src.addr.eq(Cat(Const(0, lg), qaddr[lg:]))]
                 m.d.sync += [pend_q.eq(1), wj.eq(j), j.eq(j + 1)]
                 with m.If(j == seg - 1):
                     m.d.sync += j.eq(0)
