@@ -260,14 +260,18 @@ def test_quant_token_kernel(n, heads, rows, imm0, imm1, xa, seed, word_bits):
     assert quant.cycles(args, word_bytes=4) == quant.DIV_LATENCY + nseg * (2 * seg + 7)
 
 
+@pytest.mark.parametrize("word_bits", [32, 128, 512])
 @pytest.mark.parametrize("n,rows,eps,shift,seed", [
     (8, 2, 1e-5, 20, 1),      # typical activations
-    (5, 3, 1e-6, 0, 2),       # full-range int32 (rows with amax = 2**31)
+    (5, 3, 1e-6, 0, 2),       # full-range int32 (rows with amax = 2**31), rows at odd lanes
     (7, 1, 1e-5, None, 3),    # an all-zero row: eps alone
     (6, 3, 2 ** 64 - 1, 20, 4),   # the largest constant the immediate holds
     (6, 2, 2 ** 63 + 12345, None, 5),
+    (37, 2, 1e-5, 8, 6),      # rows over several words
 ])
-def test_rmsnorm_kernel(n, rows, eps, shift, seed):
+def test_rmsnorm_kernel(n, rows, eps, shift, seed, word_bits):
+    """Bit-exact to fixedpoint, with the amax and sum-of-squares passes a read-port word
+    (``word_bits``) per cycle."""
     rng = np.random.default_rng(seed)
     x = _i32(rng, rows * n) >> shift if shift is not None else np.zeros(rows * n, np.int64)
     g = rng.integers(-2 ** 18, 2 ** 18, size=n, dtype=np.int64)
@@ -275,10 +279,12 @@ def test_rmsnorm_kernel(n, rows, eps, shift, seed):
     args = kernel_args(func=SfuFunc.RMSNORM, n=n, rows=rows, imm0=c & 0xFFFFFFFF,
                        imm1=c >> 32)
     dst = bytearray(4 * rows * n)
-    res = run_kernel(RmsNormKernel(), args, _b(x), _b(g), dst)
+    kernel = RmsNormKernel(word_bits=word_bits)
+    res = run_kernel(kernel, args, _b(x), _b(g), dst)
     ref = fx.rmsnorm(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0, eps_q60=c)
     assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
-    assert res["cycles"] == rmsnorm.cycles(args) and not res["err"]
+    assert res["cycles"] == kernel.cycles(args) and not res["err"]
+    assert rmsnorm.cycles(args, word_bytes=4) == rmsnorm.DIV_LATENCY + rows * (3 * n + 7)
 
 
 @pytest.mark.parametrize("n,heads,rows,imm1,xa,seed", [

@@ -235,24 +235,27 @@ SOFTMAX_CASES = [
 
 
 @pytest.mark.parametrize("seed", [3])
+@pytest.mark.parametrize("word_bits", WORD_BITS)
 @pytest.mark.parametrize("rows,heads,length,pos,mag", SOFTMAX_CASES)
-def test_softmax(rows, heads, length, pos, mag, seed):
+def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
+    """Rows of scores from an address in the second lane of a word (any lane in later rows)."""
     rng, src, aux = random_buffers(seed)
     args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
-                     src_addr=128, dst_addr=256)
+                     src_addr=132, dst_addr=512)
     count = rows * heads * length
     scores = rng.integers(-mag, mag, count, dtype=np.int64).clip(-(1 << 31), (1 << 31) - 1)
     if mag == 1 << 31:       # max - s of 2**31 and more saturates d (to a zero exp)
         scores[0:4] = [(1 << 31) - 1, -(1 << 31), -1, -3]
-    src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
-    dut = Softmax()
+    src[132:132 + 4 * count] = scores.astype("<i4").tobytes()
+    dut = Softmax(word_bits=word_bits)
     assert dut.latency == 4
     got = check(dut, args, src, aux, seed)
     assert got["writes"] == count
 
 
 @pytest.mark.parametrize("seed", [4])
-def test_softmax_in_place(seed):
+@pytest.mark.parametrize("word_bits", [32, 128])
+def test_softmax_in_place(seed, word_bits):
     """Probabilities over their own scores (src = dst), as the compiler schedules it."""
     rng, src, aux = random_buffers(seed)
     rows, heads, length = 3, 2, 6
@@ -260,7 +263,7 @@ def test_softmax_in_place(seed):
                      src_addr=64, dst_addr=64)
     count = rows * heads * length
     src[64:64 + 4 * count] = rng.integers(-1 << 18, 1 << 18, count).astype("<i4").tobytes()
-    check(Softmax(), args, src, aux, seed, in_place=True)
+    check(Softmax(word_bits=word_bits), args, src, aux, seed, in_place=True)
 
 
 # -- ATT_PV -----------------------------------------------------------------------------
@@ -396,7 +399,7 @@ def _attention_chain(rows, heads, kv, length, n, pos, seed, run_step):
 ])
 def test_attention_chain(rows, heads, kv, length, n, pos, seed, word_bits):
     """Scores, probabilities and context of one attention equal the ISA simulator's."""
-    kernels = {SfuFunc.ATT_QK: AttentionScores(word_bits=word_bits), SfuFunc.SOFTMAX: Softmax(),
+    kernels = {SfuFunc.ATT_QK: AttentionScores(word_bits=word_bits), SfuFunc.SOFTMAX: Softmax(word_bits=word_bits),
                SfuFunc.ATT_PV: AttentionContext(max_head_dim=64, word_bits=word_bits)}
     zero = bytearray(BUF_BYTES)
 
@@ -446,7 +449,7 @@ def test_random_shapes(seed):
     mag = 1 << r.randint(8, 31)
     scores = rng.integers(-mag, mag, count, dtype=np.int64).clip(-(1 << 31), (1 << 31) - 1)
     src[base["src_addr"]:base["src_addr"] + 4 * count] = scores.astype("<i4").tobytes()
-    check(Softmax(), dict(base, func=SfuFunc.SOFTMAX), src, aux, seed)
+    check(Softmax(word_bits=word_bits), dict(base, func=SfuFunc.SOFTMAX), src, aux, seed)
     probs = rng.integers(0, (1 << 15) + 1, count)
     src[base["src_addr"]:base["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
     put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo + 20, lo + 50))

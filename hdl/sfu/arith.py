@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from .kernel import ADDR_BITS
 
 __all__ = ["bit_length", "shift_round", "shift_round_signed", "sat", "clamp", "normalize",
-           "rom", "sat_addr", "align4", "Divider", "divider_latency"]
+           "rom", "sat_addr", "align4", "span_words", "word_lanes", "tree", "Divider",
+           "divider_latency"]
 
 
 def bit_length(m: Module, x, name: str = "bitlen") -> Signal:
@@ -78,6 +79,40 @@ def sat_addr(a):
 def align4(a):
     """``a`` rounded down to a multiple of 4."""
     return Cat(Const(0, 2), a[2:])
+
+
+def span_words(count: int, word_bytes: int) -> int:
+    """Words a row pass reads for ``count`` int32 starting at any 4-byte offset of a word
+    of ``word_bytes``: the most the row spans, ``ceil((count + e - 1) / e)`` for ``e =
+    word_bytes / 4`` (``count`` for 4-byte words), so the pass takes the same cycles at
+    every offset. ``count`` may be an int or a hardware value."""
+    e = word_bytes // 4
+    return (count + 2 * e - 2) >> (e.bit_length() - 1)     # an int, or a Value of count
+
+
+def word_lanes(data, word, first, count):
+    """The int32 lanes of read-port word ``word`` of a row pass: ``[(live, x)]``.
+
+    The row's element ``i`` is lane ``(first + i) % e`` of word ``(first + i) // e``
+    (``e = len(data) / 32``; ``first``: the row's lane in its first word); ``live`` marks
+    the lanes that hold one of its ``count`` elements.
+    """
+    per_word = len(data) // 32
+    lanes = []
+    for lane in range(per_word):
+        at = Cat(Const(lane, (per_word - 1).bit_length()), word)
+        live = (at >= first) & (at < first + count)
+        lanes.append((live, data[32 * lane:32 * lane + 32].as_signed()))
+    return lanes
+
+
+def tree(op, terms):
+    """``terms`` combined by the binary ``op`` as a balanced tree (depth ``log2``)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [op(terms[i], terms[i + 1]) for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + terms[len(terms) - len(terms) % 2:]
+    return terms[0]
 
 
 def divider_latency(width: int) -> int:

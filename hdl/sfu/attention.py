@@ -8,9 +8,10 @@ ISA simulator's ``_sfu_func``):
 * :class:`AttentionScores` (``ATT_QK``): one score per ``(row, head, key)``; both records
   of a pair stream in at 4 bytes per cycle on ``src`` and ``aux`` (4 INT8 MACs per cycle),
   then the pair's scales give the rescale; ``2 * ceil(n / 8) + 3`` cycles per score.
-* :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys, exp and
-  sum, normalise and write), one score per cycle through a 4-stage exp pipeline, with a
-  table-plus-Newton reciprocal between the second and third pass.
+* :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys a word
+  of scores per cycle, exp and sum, normalise and write one score per cycle through a
+  4-stage exp pipeline), with a table-plus-Newton reciprocal between the second and third
+  pass.
 * :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
   and the value record's scale pair give the Q20 weight, then the record's values stream
   in 4 per cycle into an on-chip accumulator of ``max_head_dim`` lanes; a final pass writes
@@ -25,6 +26,7 @@ ROM built from :mod:`airfoil.fixedpoint`'s own tables. Each kernel's cycle count
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -34,6 +36,7 @@ from amaranth.utils import exact_log2
 from airfoil import fixedpoint as fx
 from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
 
+from .arith import span_words, tree, word_lanes
 from .kernel import ADDR_BITS, kernel_signature
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
@@ -98,9 +101,12 @@ def qk_cycles(args, *, word_bytes: int) -> int:
     return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + 1) + 3
 
 
-def softmax_cycles(args) -> int:
+def softmax_cycles(args, *, word_bytes: int) -> int:
     """Cycles of :class:`Softmax` from ``start`` to ``done`` (fields ``n``, ``rows``,
-    ``heads``, ``pos``, ``length``)."""
+    ``heads``, ``pos``, ``length``) with read ports of ``word_bytes``: per row the max
+    pass over the words the visible scores span (:func:`~hdl.sfu.arith.span_words`),
+    the exp pass over the visible scores, the output pass over all ``length``."""
+    _check_word_bytes(word_bytes)
     n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
     if n < 1 or rows < 1 or L < 1:
         return 1
@@ -108,7 +114,7 @@ def softmax_cycles(args) -> int:
     total = _SOFTMAX_LATENCY + 1           # drain of the last row, then done
     for t in range(rows):
         visible = min(L, pos + t + 1)
-        total += H * (2 * visible + L + 6)
+        total += H * (span_words(visible, word_bytes) + visible + L + 6)
     return total
 
 
@@ -134,7 +140,7 @@ def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) ->
     if func == SfuFunc.ATT_QK:
         return qk_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.SOFTMAX:
-        return softmax_cycles(args)
+        return softmax_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.ATT_PV:
         return pv_cycles(args, max_head_dim, word_bytes=word_bytes)
     raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
@@ -145,15 +151,6 @@ def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) ->
 def _funnel(prev, data, offset):
     """The word (of ``data``'s width) at byte ``offset`` of ``prev`` followed by ``data``."""
     return (Cat(prev, data) >> Cat(Const(0, 3), offset))[:len(data)]
-
-
-def _tree_sum(terms):
-    """The sum of ``terms`` as a balanced tree of adders (depth ``log2(len(terms))``)."""
-    terms = list(terms)
-    while len(terms) > 1:
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + terms[len(terms) - len(terms) % 2:]
-    return terms[0]
 
 
 def _shift_round(m: Module, x, s, width: int, name: str):
@@ -431,7 +428,7 @@ class AttentionScores(_Kernel):
             prods.append(p)
         dot = Signal(signed(40))
         dot_next = Signal(signed(40))
-        m.d.comb += dot_next.eq(Mux(j == 0, 0, dot) + _tree_sum(prods))
+        m.d.comb += dot_next.eq(Mux(j == 0, 0, dot) + tree(operator.add, prods))
         q_sm_here = qchunk.word_select(sm_lane, 32).as_signed()
         k_sm_here = kchunk.word_select(sm_lane, 32).as_signed()
         qsm, ksm = Signal(signed(32)), Signal(signed(32))
@@ -477,8 +474,9 @@ class Softmax(_Kernel):
     ``length`` int32 scores with the causal mask: row ``(t, h)`` sees keys
     ``0 .. pos + t``.
 
-    Per row: a max pass and an exp-and-sum pass over the ``v = min(length, pos + t + 1)``
-    visible scores (one per cycle, back to back), 4 cycles to drain the exp pipeline, 2
+    Per row: a max pass over the words that hold the ``v = min(length, pos + t + 1)``
+    visible scores (a read-port word per cycle, ``word_bits``), an exp-and-sum pass over
+    them (one per cycle, back to back), 4 cycles to drain the exp pipeline, 2
     cycles of reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an
     output pass of ``length`` cycles that re-reads the visible scores, recomputes their
     exponentials and writes the Q15 probabilities (0 for masked keys). Rows follow back
@@ -491,10 +489,9 @@ class Softmax(_Kernel):
         """Cycles from a score's read to its probability's write in the output pass."""
         return _SOFTMAX_LATENCY
 
-    @staticmethod
-    def cycles(args) -> int:
+    def cycles(self, args) -> int:
         """See :func:`softmax_cycles`."""
-        return softmax_cycles(args)
+        return softmax_cycles(args, word_bytes=self._word_bytes)
 
     def _datapath(self, m: Module, launch):
         a = self.args
@@ -527,16 +524,33 @@ class Softmax(_Kernel):
         recip_m = Signal(16)
         out_shift = Signal(6)
         issue = Signal()
-        m.d.comb += [self.src.addr.eq(src_row + (key << 2)), self.src.en.eq(rd)]
+        # The max pass reads word ``key`` of the row (its scores from lane ``first`` of
+        # the first word on), the exp and output passes score ``key`` (lane ``lane1``).
+        wb = self._word_bytes
+        lg = exact_log2(wb)
+        first = Signal(range(wb // 4))
+        if wb > 4:
+            m.d.comb += first.eq(src_row[2:lg])
+        score_addr = Signal(ADDR_BITS)
+        m.d.comb += score_addr.eq(src_row + (key << 2))
+        lane1 = Signal(range(wb // 4))
+        if wb > 4:
+            m.d.sync += lane1.eq(score_addr[2:lg])
+        max_pass = Signal()
+        m.d.comb += [self.src.addr.eq(Mux(max_pass,
+                                          Cat(Const(0, lg), src_row[lg:]) + (key << lg),
+                                          Cat(Const(0, lg), score_addr[lg:]))),
+                     self.src.en.eq(rd)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
                     m.d.sync += [t.eq(0), h.eq(0), key.eq(0), src_row.eq(a.src_addr)]
                     m.next = "MAX"
             with m.State("MAX"):
-                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_MAX),
-                             tag_first.eq(key == 0)]
-                with m.If(key == visible - 1):
+                # A word past the row's visible scores (at some offsets) is not read.
+                m.d.comb += [max_pass.eq(1), rd.eq((key << (lg - 2)) < first + visible),
+                             issue.eq(1), tag_pass.eq(_PASS_MAX), tag_first.eq(key == 0)]
+                with m.If(key == span_words(visible, wb) - 1):
                     m.d.sync += key.eq(0)
                     m.next = "EXP"
                 with m.Else():
@@ -595,17 +609,22 @@ class Softmax(_Kernel):
 
         # Stage 1: the score arrives; update the max or form d = sat(max - s).
         v1, pass1, first1, mask1, last1 = Signal(), Signal(2), Signal(), Signal(), Signal()
+        k1 = Signal(32)
         m.d.sync += [v1.eq(issue), pass1.eq(tag_pass), first1.eq(tag_first),
-                     mask1.eq(tag_mask), last1.eq(tag_last)]
-        score = self.src.data.as_signed()
+                     mask1.eq(tag_mask), last1.eq(tag_last), k1.eq(key)]
+        score = self.src.data.word_select(lane1, 32).as_signed()
+        # The largest visible score of the word (a max tree; other lanes count as -2**31).
+        word_max = tree(lambda p, q: Mux(p > q, p, q),
+                        [Mux(live, x, _INT32_MIN) for live, x in
+                         word_lanes(self.src.data, k1, first, visible)])
         row_max = Signal(signed(32))
         v2, pass2, mask2, last2 = Signal(), Signal(2), Signal(), Signal()
         diff = Signal(31)
         m.d.sync += [v2.eq(v1 & (pass1 != _PASS_MAX)), pass2.eq(pass1), mask2.eq(mask1),
                      last2.eq(last1)]
         with m.If(v1 & (pass1 == _PASS_MAX)):
-            with m.If(first1 | (score > row_max)):
-                m.d.sync += row_max.eq(score)
+            with m.If(first1 | (word_max > row_max)):
+                m.d.sync += row_max.eq(word_max)
         full = Signal(signed(34))
         m.d.comb += full.eq(row_max - score)
         m.d.sync += diff.eq(Mux(full > _INT32_MAX, _INT32_MAX, full))

@@ -17,22 +17,14 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
 
 from .arith import (Divider, align4, bit_length, clamp, divider_latency, normalize, rom, sat,
-                    sat_addr, shift_round)
+                    sat_addr, shift_round, span_words, tree, word_lanes)
 from .kernel import finish_states, kernel_signature
 
-__all__ = ["QuantTokenKernel", "cycles", "amax_words", "recip_table", "recip_newton",
-           "mantissa_expr", "DIV_LATENCY", "KERNELS"]
+__all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
+           "word_amax", "DIV_LATENCY", "KERNELS"]
 
 #: Cycles of the ``n / heads`` division at the start of an instruction.
 DIV_LATENCY = divider_latency(20)
-
-
-def amax_words(seg: int, word_bytes: int) -> int:
-    """Words the ``amax`` pass reads for a segment of ``seg`` int32 at any 4-byte offset
-    in the word: the most a segment spans, ``ceil((seg + e - 1) / e)`` for ``e =
-    word_bytes / 4`` elements per word (``seg`` for 4-byte words)."""
-    e = word_bytes // 4
-    return (seg + 2 * e - 2) // e
 
 
 def cycles(args, *, word_bytes: int) -> int:
@@ -42,7 +34,7 @@ def cycles(args, *, word_bytes: int) -> int:
     seg, rem = divmod(args["n"], heads)
     if rem or seg == 0 or args["rows"] == 0:
         return DIV_LATENCY + 1
-    return DIV_LATENCY + args["rows"] * heads * (amax_words(seg, word_bytes) + seg + 7)
+    return DIV_LATENCY + args["rows"] * heads * (span_words(seg, word_bytes) + seg + 7)
 
 
 def recip_table(m: Module, a, name: str = "recip"):
@@ -78,6 +70,16 @@ def mantissa_expr(m: Module, p, e: int, name: str):
     m.d.comb += sm0.eq(shift_round(p, sh))
     over = sm0[16]
     return (sm0 >> over)[:16], (e - sh - over)
+
+
+def word_amax(m: Module, lanes, amax):
+    """``max(amax, |x|)`` over the live lanes ``[(live, x)]`` of a word (a max tree)."""
+    mags = []
+    for i, (live, x) in enumerate(lanes):
+        mag = Signal(32, name=f"abs{i}")
+        m.d.comb += mag.eq(Mux(live, Mux(x < 0, -x, x)[:32], 0))
+        mags.append(mag)
+    return tree(lambda p, q: Mux(p > q, p, q), mags + [amax])
 
 
 class QuantTokenKernel(wiring.Component):
@@ -143,16 +145,8 @@ class QuantTokenKernel(wiring.Component):
             m.d.comb += first.eq(vbase[2:lg])
         wbase = Cat(Const(0, lg), vbase[lg:])
         k1 = Signal(20)
-        word_max = amax
-        for lane in range(per_word):
-            x_l = self.src.data[32 * lane:32 * lane + 32].as_signed()
-            at = Cat(Const(lane, lg - 2), k1)
-            live = (at >= first) & (at < first + seg)
-            ax_l = Signal(32, name=f"abs{lane}")
-            m.d.comb += ax_l.eq(Mux(live, Mux(x_l < 0, -x_l, x_l)[:32], 0))
-            word_max = Mux(ax_l > word_max, ax_l, word_max)
         with m.If(pend_a):
-            m.d.sync += amax.eq(word_max)
+            m.d.sync += amax.eq(word_amax(m, word_lanes(self.src.data, k1, first, seg), amax))
         lane_q = Signal(range(per_word))
         x = self.src.data.word_select(lane_q, 32).as_signed()
 
@@ -195,7 +189,7 @@ class QuantTokenKernel(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(div.done):
                     m.d.sync += [seg.eq(div.quotient), nseg.eq(a.rows * heads), s.eq(0),
-                                 kwords.eq((div.quotient + 2 * per_word - 2) >> (lg - 2)),
+                                 kwords.eq(span_words(div.quotient, wb)),
                                  j.eq(0), amax.eq(0), vbase.eq(a.src_addr),
                                  dbase.eq(a.dst_addr), abase.eq(a.aux_addr)]
                     with m.If((div.remainder != 0) | (div.quotient == 0)):

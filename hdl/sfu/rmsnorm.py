@@ -1,24 +1,26 @@
 """``RMSNORM``: :func:`airfoil.fixedpoint.rmsnorm` of every row.
 
 Once per instruction a divider forms ``2**40 // n`` and its 16-bit mantissa (``1 / n``).
-Per row three passes over its int32 elements: ``amax`` (block exponent ``b``), the sum
-of squares of the block-normalised ``xs``, then, after three cycles for the reciprocal
-square root (``ms + eps``; normalise and 192-entry table; one Newton step), the output
-with the gain.
+Per row three passes over its int32 elements: ``amax`` (block exponent ``b``) and the sum
+of squares of the block-normalised ``xs``, each a read-port word (``word_bytes / 4``
+elements) per cycle, then, after three cycles for the reciprocal square root (``ms +
+eps``; normalise and 192-entry table; one Newton step), the output with the gain, one
+element per cycle.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
+from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
-                    shift_round, shift_round_signed)
+                    shift_round, shift_round_signed, span_words, tree, word_lanes)
 from .kernel import finish_states, kernel_signature
-from .quant import mantissa_expr
+from .quant import mantissa_expr, word_amax
 
 __all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
 
@@ -26,12 +28,13 @@ __all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENC
 DIV_LATENCY = divider_latency(41)
 
 
-def cycles(args) -> int:
-    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
+def cycles(args, *, word_bytes: int) -> int:
+    """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict) on read
+    ports of ``word_bytes``."""
     n, rows = args["n"], args["rows"]
     if n == 0 or rows == 0:
         return DIV_LATENCY + 1
-    return DIV_LATENCY + rows * (3 * n + 7)
+    return DIV_LATENCY + rows * (2 * span_words(n, word_bytes) + n + 7)
 
 
 def rsqrt_table(m: Module, v, name: str = "rsqrt"):
@@ -64,14 +67,35 @@ class RmsNormKernel(wiring.Component):
 
     ``eps`` is the 64-bit constant ``imm1 * 2**32 + imm0`` (``eps * 2**60``). Takes
     :func:`cycles` cycles.
+
+    Parameters
+    ----------
+    word_bits : int
+        Width of the read ports (a power of two, at least 32): the buffers' word.
     """
 
-    def __init__(self):
-        super().__init__(kernel_signature())
+    def __init__(self, *, word_bits: int = 32):
+        if (not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits < 32
+                or word_bits & (word_bits - 1)):
+            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
+                            f"not {word_bits!r}")
+        self._word_bytes = word_bits // 8
+        super().__init__(kernel_signature(word_bits))
+
+    @property
+    def word_bits(self) -> int:
+        """Width of the read ports."""
+        return 8 * self._word_bytes
+
+    def cycles(self, args) -> int:
+        """See :func:`cycles`."""
+        return cycles(args, word_bytes=self._word_bytes)
 
     def elaborate(self, platform):
         m = Module()
         a = self.args
+        wb = self._word_bytes
+        lg = exact_log2(wb)
         m.submodules.div = div = Divider(width=41, divisor_width=20)
         m.d.comb += [div.dividend.eq(1 << 40), div.divisor.eq(a.n)]
         inv_m_c, inv_e_c = mantissa_expr(m, div.quotient, 40, "inv")
@@ -88,20 +112,33 @@ class RmsNormKernel(wiring.Component):
         pend_y = Signal()
         m.d.sync += [pend_a.eq(0), pend_s.eq(0), pend_y.eq(0)]
 
-        x = self.src.data.as_signed()
+        # Passes 1 and 2 read word k of the row (tag k1), pass 3 one element, lane ``lane3``.
+        k1 = Signal(20)
+        first = Signal(range(wb // 4))
+        if wb > 4:
+            m.d.comb += first.eq(base[2:lg])
+        lanes = word_lanes(self.src.data, k1, first, a.n)
+        lane3 = Signal(range(wb // 4))
+        x = self.src.data.word_select(lane3, 32).as_signed()
         # Pass 1: amax; b = 15 - bitlen(max(amax, 1)).
         amax = Signal(32)
-        ax = Mux(x < 0, -x, x)[:32]
         with m.If(pend_a):
-            m.d.sync += amax.eq(Mux(ax > amax, ax, amax))
+            m.d.sync += amax.eq(word_amax(m, lanes, amax))
         b = Signal(signed(7))
         m.d.comb += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
         xs = Signal(signed(18))
         m.d.comb += xs.eq(shift_round_signed(x, -b, bits=5))
         # Pass 2: sum of squares.
         ss = Signal(56)
+        squares = []
+        for i, (live, x_l) in enumerate(lanes):
+            xs_l = Signal(signed(18), name=f"xs{i}")
+            sq = Signal(36, name=f"sq{i}")
+            m.d.comb += [xs_l.eq(shift_round_signed(x_l, -b, bits=5)),
+                         sq.eq(Mux(live, xs_l * xs_l, 0))]
+            squares.append(sq)
         with m.If(pend_s):
-            m.d.sync += ss.eq(ss + xs * xs)
+            m.d.sync += ss.eq(ss + tree(lambda p, q: p + q, squares))
         # Reciprocal square root of ms + eps.
         ms = Signal(74)
         m.d.comb += ms.eq(shift_round(ss * inv_m, inv_e))
@@ -119,19 +156,38 @@ class RmsNormKernel(wiring.Component):
         g = Signal(signed(32))
         wj2 = Signal.like(wj)
         pend_y2 = Signal()
+        glane = Signal(range(wb // 4))
         m.d.sync += [t.eq(shift_round(xs * rr, (ee - fx.ACT_FRAC)[:6])),
-                     g.eq(self.aux.data.as_signed()), wj2.eq(wj), pend_y2.eq(pend_y)]
+                     g.eq(self.aux.data.word_select(glane, 32).as_signed()), wj2.eq(wj),
+                     pend_y2.eq(pend_y)]
         y = sat(shift_round(t * g, fx.GAMMA_FRAC), 32)
 
-        m.d.comb += [self.src.addr.eq(sat_addr(base + (j << 2))),
-                     self.aux.addr.eq(sat_addr(a.aux_addr + (j << 2)))]
+        kwords = Signal(20)
+        xaddr, gaddr = Signal(len(self.src.addr)), Signal(len(self.aux.addr))
+        m.d.comb += [xaddr.eq(sat_addr(base + (j << 2))),
+                     gaddr.eq(sat_addr(a.aux_addr + (j << 2))),
+                     self.aux.addr.eq(Cat(Const(0, lg), gaddr[lg:]))]
+        if wb > 4:
+            m.d.sync += [lane3.eq(xaddr[2:lg]), glane.eq(gaddr[2:lg])]
+        wbase = Cat(Const(0, lg), base[lg:])
         with m.If(pend_y2):
             m.d.comb += [self.dst.addr.eq(sat_addr(obase + (wj2 << 2))), self.dst.data.eq(y),
                          self.dst.en.eq(0xF)]
 
+        def word_pass(state, nxt, pend):
+            # Words past the row's last (at some offsets there is none) are not read.
+            with m.State(state):
+                m.d.comb += [self.busy.eq(1), self.src.addr.eq(sat_addr(wbase + (j << lg))),
+                             self.src.en.eq((j << (lg - 2)) < first + a.n)]
+                m.d.sync += [pend.eq(1), k1.eq(j), j.eq(j + 1)]
+                with m.If(j == kwords - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = nxt
+
         def row_pass(state, nxt, pend, aux=False):
             with m.State(state):
-                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(aux)]
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(aux),
+                             self.src.addr.eq(Cat(Const(0, lg), xaddr[lg:]))]
                 m.d.sync += [pend.eq(1), wj.eq(j), j.eq(j + 1)]
                 with m.If(j == a.n - 1):
                     m.d.sync += j.eq(0)
@@ -147,18 +203,18 @@ class RmsNormKernel(wiring.Component):
                 with m.If(div.done):
                     m.d.sync += [inv_m.eq(inv_m_c), inv_e.eq(inv_e_c), r.eq(0), j.eq(0),
                                  amax.eq(0), ss.eq(0), base.eq(a.src_addr),
-                                 obase.eq(a.dst_addr)]
+                                 obase.eq(a.dst_addr), kwords.eq(span_words(a.n, wb))]
                     with m.If(a.n == 0):
                         m.next = "ERR"
                     with m.Elif(a.rows == 0):
                         m.next = "END"
                     with m.Else():
                         m.next = "A"
-            row_pass("A", "A_DRAIN", pend_a)
+            word_pass("A", "A_DRAIN", pend_a)
             with m.State("A_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.next = "S"
-            row_pass("S", "S_DRAIN", pend_s)
+            word_pass("S", "S_DRAIN", pend_s)
             with m.State("S_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.next = "V0"

@@ -5,8 +5,8 @@ into the kernel arguments (:data:`hdl.sfu.kernel.ARGS_LAYOUT`), checks them as t
 simulator does, starts the kernel of the function and serves the kernels' ports from
 the on-chip buffers' word ports (lane select on 32-bit reads, byte-enable shift on writes),
 checking every access against the size of the buffer it names. The record streams of
-``ATT_QK`` and ``ATT_PV`` and the ``amax`` pass of ``QUANT_TOKEN`` take a whole word per
-cycle.
+``ATT_QK`` and ``ATT_PV`` and the first passes of ``QUANT_TOKEN`` and ``RMSNORM`` take a
+whole word per cycle.
 """
 
 from __future__ import annotations
@@ -45,16 +45,19 @@ _CHECK_BITS = 20
 def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32) -> dict:
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
     config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults);
-    the record streams of ``ATT_QK`` and ``ATT_PV`` and the ``amax`` pass of
-    ``QUANT_TOKEN`` take a buffer word of ``word_bits`` per cycle."""
+    the record streams of ``ATT_QK`` and ``ATT_PV``, the ``amax`` pass of ``QUANT_TOKEN``
+    and the ``amax`` and sum-of-squares passes of ``RMSNORM`` take a buffer word of
+    ``word_bits`` per cycle."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention):
         kernels.update(mod.KERNELS)
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
+    kernels[SfuFunc.RMSNORM] = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits)
     kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
                                                 word_bits=word_bits)
+    kernels[SfuFunc.SOFTMAX] = functools.partial(attention.Softmax, word_bits=word_bits)
     kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
                                                 max_head_dim=limits.att_pv_max_head_dim,
                                                 word_bits=word_bits)
@@ -65,10 +68,10 @@ def kernel_cycles(args, *, word_bits: int) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
     in a unit of :func:`default_kernels` on buffer words of ``word_bits``."""
     func = SfuFunc(args["func"])
-    for mod in (attention, quant):
+    for mod in (attention, quant, rmsnorm):
         if func in mod.KERNELS:
             return mod.cycles(args, word_bytes=word_bits // 8)
-    for mod in (elementwise, rmsnorm, rope):
+    for mod in (elementwise, rope):
         if func in mod.KERNELS:
             return mod.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
