@@ -76,10 +76,12 @@ def run_kernel(kernel, args: dict, src: bytearray, aux: bytearray, dst: bytearra
             if en:
                 addr = ctx.get(kernel.dst.addr)
                 buf = aux if ctx.get(kernel.dst.aux) else dst
-                assert addr % 4 == 0 and addr + 4 <= len(buf), f"write at {addr:#x}"
+                nbytes = len(kernel.dst.en)
+                assert addr % nbytes == 0, f"write at {addr:#x}"
                 data = ctx.get(kernel.dst.data)
-                for i in range(4):
+                for i in range(nbytes):
                     if en >> i & 1:
+                        assert addr + i < len(buf), f"write at {addr + i:#x}"
                         buf[addr + i] = data >> (8 * i) & 0xFF
             assert ctx.get(kernel.busy), f"busy low in cycle {cyc} before done"
             if ctx.get(kernel.done):
@@ -236,8 +238,9 @@ def test_copy_kernel(sa, da, n, overlap):
     (40, 2, 1, 0, 0, 12, 4),      # segments of 20 over several words
 ])
 def test_quant_token_kernel(n, heads, rows, imm0, imm1, xa, seed, word_bits):
-    """Bit-exact to fixedpoint, with the amax pass a read-port word (``word_bits``) per
-    cycle over segments at any 4-byte offset in the word."""
+    """Bit-exact to fixedpoint, with both passes a read-port word (``word_bits``) per
+    cycle over segments at any 4-byte offset in the word, the INT8 values written into
+    output words at any byte offset."""
     rng = np.random.default_rng(seed)
     x = _i32(rng, rows * n)
     if seed == 3:
@@ -258,6 +261,11 @@ def test_quant_token_kernel(n, heads, rows, imm0, imm1, xa, seed, word_bits):
         assert _ints(aux[4 + s * ss:12 + s * ss]).tolist() == [int(sm[s]), int(se[s])]
     assert res["cycles"] == kernel.cycles(args) and not res["err"]
     assert quant.cycles(args, word_bytes=4) == quant.DIV_LATENCY + nseg * (2 * seg + 7)
+    # A word of e = word_bytes / 4 lanes per cycle in both passes, and a flush.
+    e = word_bits // 32
+    if e > 1:
+        words = (seg + 2 * e - 2) // e
+        assert kernel.cycles(args) == quant.DIV_LATENCY + nseg * (2 * words + 8)
 
 
 @pytest.mark.parametrize("word_bits", [32, 128, 512])

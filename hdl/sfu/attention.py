@@ -6,20 +6,24 @@ bit-exactly, with the memory layout of :class:`airfoil.isa.SfuFunc` (the referen
 ISA simulator's ``_sfu_func``):
 
 * :class:`AttentionScores` (``ATT_QK``): one score per ``(row, head, key)``; both records
-  of a pair stream in at 4 bytes per cycle on ``src`` and ``aux`` (4 INT8 MACs per cycle),
-  then the pair's scales give the rescale; ``2 * ceil(n / 8) + 3`` cycles per score.
+  of a pair stream in a buffer word per cycle on ``src`` and ``aux`` (``word_bytes`` INT8
+  MACs per cycle into an adder tree), then the pair's scales give the rescale;
+  :func:`qk_chunks` ``+ 1`` cycles per score.
 * :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys a word
   of scores per cycle, exp and sum, normalise and write one score per cycle through a
   4-stage exp pipeline), with a table-plus-Newton reciprocal between the second and third
   pass.
 * :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
   and the value record's scale pair give the Q20 weight, then the record's values stream
-  in 4 per cycle into an on-chip accumulator of ``max_head_dim`` lanes; a final pass writes
-  the ``n`` outputs.
+  in a word (``word_bytes``) per cycle into an on-chip accumulator of ``max_head_dim``
+  lanes; a final pass writes the ``n`` outputs.
 
-Records may start at any byte address: each read port feeds a *funnel* that joins the
-previous and the current word, so one extra word per stream aligns them (an aligned record
-leaves that cycle's read disabled, so nothing past a record's end is read). Every table is a
+The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512). Records may
+start at any byte address: each read port feeds a *funnel* that joins the previous and the
+current word, so one extra word per stream aligns them (that word is read only when the
+record reaches into it, so nothing past a record's end is read). The compiler places
+records at word-aligned strides (``compiler.lower_llm.record_bytes``), where the funnel
+costs its one word per record and nothing else. Every table is a
 ROM built from :mod:`airfoil.fixedpoint`'s own tables. Each kernel's cycle count, start to
 ``done``, is :func:`cycles` of its arguments (1 for refused arguments).
 """

@@ -20,7 +20,9 @@ A kernel is a :class:`wiring.Component` with the members of :func:`kernel_signat
   address is on ``data`` in the next cycle (latency 1, like a synchronous RAM). ``src``
   reads the instruction's ``src`` buffer, ``aux`` its ``aux`` buffer. A kernel built for
   the buffers' word width (``ATT_QK``, ``ATT_PV``) has read ports of a whole word instead:
-  word-aligned addresses, a word of data.
+  word-aligned addresses, a word of data; one that writes whole words (``QUANT_TOKEN``) has
+  a write port of a word with its byte enables (:func:`put_int32` writes one int32
+  through it).
 * One write port ``dst`` (:func:`write_port_signature`): byte address (multiple of 4),
   32-bit data, 4 byte enables; into the instruction's ``dst`` buffer (its ``aux`` buffer
   while the port's ``aux`` bit is 1).
@@ -32,13 +34,14 @@ tables (reciprocal, rsqrt, exp, sigmoid) as ROMs generated from :mod:`airfoil.fi
 
 from __future__ import annotations
 
+from amaranth.hdl import Cat, Const, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from airfoil import isa
 
 __all__ = ["ADDR_BITS", "ARGS_LAYOUT", "read_port_signature", "write_port_signature",
-           "kernel_signature", "finish_states"]
+           "put_int32", "kernel_signature", "finish_states"]
 
 #: Byte address width of kernel ports (every on-chip buffer is below 16 MiB).
 ADDR_BITS = 24
@@ -66,24 +69,41 @@ def read_port_signature(data_bits: int = 32) -> wiring.Signature:
     return wiring.Signature({"addr": Out(ADDR_BITS), "en": Out(1), "data": In(data_bits)})
 
 
-def write_port_signature() -> wiring.Signature:
-    """Kernel-side write port: ``addr``, ``data`` and byte enables ``en`` out.
+def write_port_signature(data_bits: int = 32) -> wiring.Signature:
+    """Kernel-side write port: ``addr`` (a multiple of ``data_bits / 8``), ``data`` and
+    byte enables ``en`` out.
 
     ``aux`` (added for ``QUANT_TOKEN``'s scale pairs) sends the write to the instruction's
     ``aux`` buffer instead of its ``dst`` buffer; kernels that leave it 0 write ``dst``.
     """
-    return wiring.Signature({"addr": Out(ADDR_BITS), "data": Out(32), "en": Out(4),
-                             "aux": Out(1)})
+    return wiring.Signature({"addr": Out(ADDR_BITS), "data": Out(data_bits),
+                             "en": Out(data_bits // 8), "aux": Out(1)})
 
 
-def kernel_signature(read_bits: int = 32) -> dict:
-    """Members of every SFU kernel component (see the module docstring); ``read_bits`` is
-    the width of its read ports (32, or a buffer word for a kernel that takes whole words)."""
+def put_int32(port, addr, data, en=0b1111) -> list:
+    """Statements that write the 32-bit ``data`` (byte enables ``en``) at byte address
+    ``addr`` (a multiple of 4) through a write ``port`` of any width: the word holding
+    ``addr``, ``data`` in each of its lanes, the enables in the lane of ``addr``."""
+    lg = (len(port.en) - 1).bit_length()
+    if lg == 2:
+        return [port.addr.eq(addr), port.data.eq(data), port.en.eq(en)]
+    value = Value.cast(data)
+    pad = value[-1] if value.shape().signed else Const(0, 1)
+    value = Cat(value, pad.replicate(32 - len(value)))[:32]      # extended as its shape says
+    return [port.addr.eq(Cat(Const(0, lg), addr[lg:])),
+            port.data.eq(Cat(*[value] * (len(port.en) // 4))),
+            port.en.eq(Const(en, 4) << (addr[2:lg] * 4))]
+
+
+def kernel_signature(read_bits: int = 32, write_bits: int = 32) -> dict:
+    """Members of every SFU kernel component (see the module docstring); ``read_bits`` and
+    ``write_bits`` are the widths of its read and write ports (32, or a buffer word for a
+    kernel that takes or gives whole words)."""
     return {
         "start": In(1), "args": In(ARGS_LAYOUT),
         "busy": Out(1), "done": Out(1), "err": Out(1), "err_code": Out(isa.ErrorCode),
         "src": Out(read_port_signature(read_bits)), "aux": Out(read_port_signature(read_bits)),
-        "dst": Out(write_port_signature()),
+        "dst": Out(write_port_signature(write_bits)),
     }
 
 

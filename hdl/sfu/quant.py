@@ -1,10 +1,12 @@
 """``QUANT_TOKEN``: :func:`airfoil.fixedpoint.quant_per_token` of every row segment.
 
-Per segment two passes over its int32 elements: the first finds ``amax`` a whole read-port
-word (``word_bytes / 4`` elements, each lane masked to the segment) per cycle, then two
-cycles form the reciprocal (normalise and 256-entry table, then one Newton step) and the
-scale pair, and the second pass writes the INT8 values one byte per cycle; the scale pair
-(int32 ``sm``, int32 ``se``) follows in two writes to the ``aux`` buffer.
+Per segment two passes over its int32 elements, each a whole read-port word
+(``word_bytes / 4`` elements, each lane masked to the segment) per cycle: the first finds
+``amax``, then two cycles form the reciprocal (normalise and 256-entry table, then one
+Newton step) and the scale pair, and the second writes the word's INT8 values into the
+output words they fall in (the bytes spilled past one are written with the next, the last
+ones by a flush); the scale pair (int32 ``sm``, int32 ``se``) follows in two writes to the
+``aux`` buffer.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from amaranth.utils import exact_log2
 from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
 
-from .arith import (Divider, align4, bit_length, clamp, divider_latency, normalize, rom, sat,
+from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat,
                     sat_addr, shift_round, span_words, tree, word_lanes)
-from .kernel import finish_states, kernel_signature
+from .kernel import finish_states, kernel_signature, put_int32
 
 __all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
            "word_amax", "DIV_LATENCY", "KERNELS"]
@@ -34,7 +36,8 @@ def cycles(args, *, word_bytes: int) -> int:
     seg, rem = divmod(args["n"], heads)
     if rem or seg == 0 or args["rows"] == 0:
         return DIV_LATENCY + 1
-    return DIV_LATENCY + args["rows"] * heads * (span_words(seg, word_bytes) + seg + 7)
+    flush = 1 if word_bytes > 4 else 0         # the output bytes spilled past the last word
+    return DIV_LATENCY + args["rows"] * heads * (2 * span_words(seg, word_bytes) + 7 + flush)
 
 
 def recip_table(m: Module, a, name: str = "recip"):
@@ -101,7 +104,7 @@ class QuantTokenKernel(wiring.Component):
             raise TypeError(f"Word width must be a power of two of at least 32 bits, "
                             f"not {word_bits!r}")
         self._word_bytes = word_bits // 8
-        super().__init__(kernel_signature(word_bits))
+        super().__init__(kernel_signature(word_bits, word_bits))
 
     @property
     def word_bits(self) -> int:
@@ -126,7 +129,6 @@ class QuantTokenKernel(wiring.Component):
         nseg = Signal(42)
         s = Signal(42)
         j = Signal(20)
-        wj = Signal(20)
         vbase = Signal(48)
         dbase = Signal(48)
         abase = Signal(48)
@@ -147,8 +149,6 @@ class QuantTokenKernel(wiring.Component):
         k1 = Signal(20)
         with m.If(pend_a):
             m.d.sync += amax.eq(word_amax(m, word_lanes(self.src.data, k1, first, seg), amax))
-        lane_q = Signal(range(per_word))
-        x = self.src.data.word_select(lane_q, 32).as_signed()
 
         # Scale: reciprocal (table in SCALE0, Newton step in SCALE1) and mantissa of amax.
         amx = Signal(32)
@@ -164,21 +164,38 @@ class QuantTokenKernel(wiring.Component):
         sm_r = Signal(16)
         se_r = Signal(signed(32))
 
-        # Pass 2: INT8 values (the product is registered before rounding).
-        prod = Signal(signed(56))
-        wj2 = Signal.like(wj)
+        # Pass 2: the words again; each lane's INT8 value (the product is registered
+        # before rounding). Lane l of word k is byte v + l, v = dbase - first + k * e, of
+        # the output: the bytes of a word land in the output word of v and may spill into
+        # the next, which the next word's write (or a final flush) carries.
+        prods, live2 = [], []
+        for i, (live, x) in enumerate(word_lanes(self.src.data, k1, first, seg)):
+            prod = Signal(signed(56), name=f"prod{i}")
+            lv = Signal(name=f"live{i}")
+            m.d.sync += [prod.eq(x * k127), lv.eq(live)]
+            prods.append(prod)
+            live2.append(lv)
         pend_q2 = Signal()
-        m.d.sync += [prod.eq(x * k127), wj2.eq(wj), pend_q2.eq(pend_q)]
-        q8 = sat(shift_round(prod, re_r), 8)
-        daddr = dbase + wj2
-        qaddr = Signal(len(self.src.addr))
-        m.d.comb += qaddr.eq(sat_addr(vbase + (j << 2)))
-        if per_word > 1:
-            m.d.sync += lane_q.eq(qaddr[2:lg])
+        k2 = Signal(20)
+        m.d.sync += [pend_q2.eq(pend_q), k2.eq(k1)]
+        q8s = Cat(*[sat(shift_round(p, re_r), 8)[:8] for p in prods])
+        vpos = Signal(49)                  # v + wb, so never negative
+        m.d.comb += vpos.eq(dbase + wb - first + (k2 << (lg - 2)))
+        off = vpos[:lg]
+        placed = Signal(16 * wb)
+        placed_en = Signal(2 * wb)
+        m.d.comb += [placed.eq(q8s << Cat(Const(0, 3), off)),
+                     placed_en.eq(Cat(*live2) << off)]
+        carry = Signal(8 * wb)
+        carry_en = Signal(wb)
+        carry_addr = Signal(49)
+        low = Cat(*[Mux(carry_en[b], carry[8 * b:8 * b + 8], placed[8 * b:8 * b + 8])
+                    for b in range(wb)])
         with m.If(pend_q2):
-            m.d.comb += [self.dst.addr.eq(align4(sat_addr(daddr))),
-                         self.dst.data.eq(Cat(q8[:8], q8[:8], q8[:8], q8[:8])),
-                         self.dst.en.eq(1 << daddr[:2])]
+            m.d.comb += [self.dst.addr.eq(sat_addr(Cat(Const(0, lg), vpos[lg:]) - wb)),
+                         self.dst.data.eq(low), self.dst.en.eq(placed_en[:wb] | carry_en)]
+            m.d.sync += [carry.eq(placed[8 * wb:]), carry_en.eq(placed_en[wb:]),
+                         carry_addr.eq(Cat(Const(0, lg), vpos[lg:]))]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -219,10 +236,11 @@ class QuantTokenKernel(wiring.Component):
                 m.d.sync += [k127.eq(rm * 127), re_r.eq(re)]
                 m.next = "Q"
             with m.State("Q"):
-                m.d.comb += [self.busy.eq(1), self.src.en.eq(1),
-                             self.src.addr.eq(Cat(Const(0, lg), qaddr[lg:]))]
-                m.d.sync += [pend_q.eq(1), wj.eq(j), j.eq(j + 1)]
-                with m.If(j == seg - 1):
+                m.d.comb += [self.busy.eq(1),
+                             self.src.addr.eq(sat_addr(wbase + (j << lg))),
+                             self.src.en.eq((j << (lg - 2)) < first + seg)]
+                m.d.sync += [pend_q.eq(1), k1.eq(j), j.eq(j + 1)]
+                with m.If(j == kwords - 1):
                     m.d.sync += j.eq(0)
                     m.next = "Q_DRAIN0"
             with m.State("Q_DRAIN0"):
@@ -230,14 +248,20 @@ class QuantTokenKernel(wiring.Component):
                 m.next = "Q_DRAIN"
             with m.State("Q_DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                m.next = "SM"
+                m.next = "FLUSH" if wb > 4 else "SM"
+            if wb > 4:
+                with m.State("FLUSH"):
+                    m.d.comb += [self.busy.eq(1), self.dst.addr.eq(sat_addr(carry_addr)),
+                                 self.dst.data.eq(carry), self.dst.en.eq(carry_en)]
+                    m.d.sync += carry_en.eq(0)
+                    m.next = "SM"
             with m.State("SM"):
-                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1), self.dst.en.eq(0xF),
-                             self.dst.addr.eq(sat_addr(abase)), self.dst.data.eq(sm_r)]
+                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1),
+                             *put_int32(self.dst, sat_addr(abase), sm_r)]
                 m.next = "SE"
             with m.State("SE"):
-                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1), self.dst.en.eq(0xF),
-                             self.dst.addr.eq(sat_addr(abase + 4)), self.dst.data.eq(se_r)]
+                m.d.comb += [self.busy.eq(1), self.dst.aux.eq(1),
+                             *put_int32(self.dst, sat_addr(abase + 4), se_r)]
                 m.d.sync += [s.eq(s + 1), amax.eq(0), vbase.eq(vbase + (seg << 2)),
                              dbase.eq(dbase + dstride), abase.eq(abase + sstride)]
                 with m.If(s == nseg - 1):

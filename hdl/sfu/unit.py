@@ -172,10 +172,10 @@ class SfuUnit(wiring.Component):
         self.kernels = {func: factory() for func, factory in sorted(
             kernels.items(), key=lambda kv: kv[0].value)}
         for func, k in self.kernels.items():
-            for port in (k.src, k.aux):
+            for port in (k.src, k.aux, k.dst):
                 if len(port.data) not in (32, word_bits):
-                    raise ValueError(f"Kernel of {func.name} reads {len(port.data)} bits; "
-                                     f"the unit serves 32 or a word of {word_bits}")
+                    raise ValueError(f"Kernel of {func.name} has a port of {len(port.data)} "
+                                     f"bits; the unit serves 32 or a word of {word_bits}")
 
     @property
     def word_bits(self) -> int:
@@ -250,8 +250,8 @@ class SfuUnit(wiring.Component):
         k_src_en, k_aux_en, k_dst_aux, k_done, k_err = (Signal(name=f"k_{p}") for p in
                                                         ("src_en", "aux_en", "dst_aux",
                                                          "done", "err"))
-        k_dst_en = Signal(4)
-        k_dst_data = Signal(32)
+        k_dst_en = Signal(self._word_bits // 8)      # byte enables in the word
+        k_dst_data = Signal(self._word_bits)
         k_code = Signal(ErrorCode)
         src_lane = Signal(range(lanes))
         aux_lane = Signal(range(lanes))
@@ -278,10 +278,15 @@ class SfuUnit(wiring.Component):
                         m.d.comb += [
                             k_src_addr.eq(k.src.addr), k_src_en.eq(k.src.en),
                             k_aux_addr.eq(k.aux.addr), k_aux_en.eq(k.aux.en),
-                            k_dst_addr.eq(k.dst.addr), k_dst_en.eq(k.dst.en),
-                            k_dst_data.eq(k.dst.data), k_dst_aux.eq(k.dst.aux),
+                            k_dst_addr.eq(k.dst.addr), k_dst_aux.eq(k.dst.aux),
                             k_done.eq(k.done), k_err.eq(k.err), k_code.eq(k.err_code),
                         ]
+                        # A 32-bit write goes to every lane, enabled in its own.
+                        if len(k.dst.data) == self._word_bits:
+                            m.d.comb += [k_dst_data.eq(k.dst.data), k_dst_en.eq(k.dst.en)]
+                        else:
+                            m.d.comb += [k_dst_data.eq(Cat(*[k.dst.data] * lanes)),
+                                         k_dst_en.eq(k.dst.en << (k.dst.addr[2:lg] * 4))]
 
         # -- buffer ports and range checks -------------------------------------------------
         size = Array(Const(self._sizes.get(b, 0), ADDR_BITS + 1) for b in
@@ -297,8 +302,8 @@ class SfuUnit(wiring.Component):
             self.aux_rd.buf.eq(sfu.aux), self.aux_rd.addr.eq(k_aux_addr[lg:]),
             self.aux_rd.en.eq(k_aux_en & ~viol),
             self.dst_wr.buf.as_value().eq(wbuf), self.dst_wr.addr.eq(k_dst_addr[lg:]),
-            self.dst_wr.data.eq(Cat(*[k_dst_data] * lanes)),
-            self.dst_wr.en.eq(Mux(viol, 0, k_dst_en << (k_dst_addr[2:lg] * 4))),
+            self.dst_wr.data.eq(k_dst_data),
+            self.dst_wr.en.eq(Mux(viol, 0, k_dst_en)),
         ]
 
         # -- control ---------------------------------------------------------------------
