@@ -399,7 +399,8 @@ def _attention_chain(rows, heads, kv, length, n, pos, seed, run_step):
 ])
 def test_attention_chain(rows, heads, kv, length, n, pos, seed, word_bits):
     """Scores, probabilities and context of one attention equal the ISA simulator's."""
-    kernels = {SfuFunc.ATT_QK: AttentionScores(word_bits=word_bits), SfuFunc.SOFTMAX: Softmax(word_bits=word_bits),
+    kernels = {SfuFunc.ATT_QK: AttentionScores(word_bits=word_bits),
+               SfuFunc.SOFTMAX: Softmax(word_bits=word_bits),
                SfuFunc.ATT_PV: AttentionContext(max_head_dim=64, word_bits=word_bits)}
     zero = bytearray(BUF_BYTES)
 
