@@ -6,6 +6,8 @@ output with the golden bit-exactly. The place and route (`make bitstream BOARD=u
 is ``slow``.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +229,15 @@ def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
     assert 0 < r["lut4"] <= 83640 and r["fmax_mhz"] > 0
     assert r["target_mhz"] == config.clock_mhz
     assert r["critical_path"]["delay_ns"] > 0 and r["critical_path"]["nets"]
+
+
+def test_board_tools_resolved_beside_python_or_refused(monkeypatch):
+    """The wheels' commands are found without an activated environment; a missing one is
+    one error naming it."""
+    from fpga.ulx3s import flow
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    paths = flow._tool_paths()
+    assert all(Path(p).is_file() for var, p in paths.items() if var != "OPENFPGALOADER")
+    monkeypatch.setitem(flow.TOOLS, "NEXTPNR_ECP5", "yowasp-nextpnr-nowhere")
+    with pytest.raises(AirfoilError, match="yowasp-nextpnr-nowhere not found"):
+        flow._tool_paths()

