@@ -15,7 +15,12 @@ A format is one of three kinds:
 * ``"codebook"``: a ``code_bits``-bit unsigned code indexes :attr:`FormatSpec.codebook`,
   the value of each code (BitMoD's FP4/FP3 variants); the RTL unpacker builds its decode
   tables from these;
-* ``"ovp"``: OliVe outlier-victim pairs (:mod:`airfoil.packing` defines the pair code).
+* ``"ovp"``: OliVe outlier-victim pairs (:mod:`airfoil.packing` defines the pair code);
+* ``"zero_point"``: ``code_bits``-bit unsigned codes ``u`` and a ``code_bits``-bit
+  unsigned zero point ``z`` per row of a record (beside its scale): the value is
+  ``u - z`` (an asymmetric checkpoint's 4-bit codes and zero points as they are), so a
+  row's values span at most ``2 ** code_bits - 1`` and lie in ``-(2 ** code_bits - 1) ..
+  2 ** code_bits - 1``.
 
 Values are integers; a weight is ``value * scale`` with the group's FP16 scale.
 
@@ -81,7 +86,7 @@ class FormatSpec:
     code_bits : int
         Bits of one weight code in memory.
     kind : str
-        ``"int"``, ``"codebook"`` or ``"ovp"`` (module docstring).
+        ``"int"``, ``"codebook"``, ``"ovp"`` or ``"zero_point"`` (module docstring).
     codebook : tuple of int
         ``"codebook"``: the value of each unsigned code (``2 ** code_bits`` entries).
     tag : int or None
@@ -116,8 +121,9 @@ class FormatSpec:
     decoder: Callable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.kind not in ("int", "codebook", "ovp"):
-            raise ValueError(f"format {self.name}: kind must be int, codebook or ovp")
+        if self.kind not in ("int", "codebook", "ovp", "zero_point"):
+            raise ValueError(f"format {self.name}: kind must be int, codebook, ovp or "
+                             f"zero_point")
         if not 1 <= self.code_bits <= 8:
             raise ValueError(f"format {self.name}: code_bits must be 1..8")
         if self.kind == "codebook":
@@ -149,6 +155,19 @@ class FormatSpec:
         return self.tag is not None
 
     @property
+    def zero_point_bits(self) -> int:
+        """Bits of a row's zero point in a record (``"zero_point"``: ``code_bits``; 0
+        for the other kinds, which have none)."""
+        return self.code_bits if self.kind == "zero_point" else 0
+
+    def zero_points(self, rows) -> np.ndarray:
+        """The zero point of each row of values ``rows`` (..., n): the one that makes the
+        row's smallest value code 0 (0 when no value is negative), clipped to the field.
+        :meth:`encode` refuses a row whose values span more than the codes."""
+        v = np.asarray(rows, dtype=np.int64)
+        return np.clip(-v.min(axis=-1), 0, (1 << self.zero_point_bits) - 1)
+
+    @property
     def tile(self) -> bool:
         """Whether the MATRIX unit reads it from WGT tiles (it has an ISA code)."""
         return self.isa_code is not None
@@ -160,6 +179,9 @@ class FormatSpec:
         value a weight may take, sorted)."""
         if self.kind == "codebook":
             return tuple(self.codebook)
+        if self.kind == "zero_point":
+            top = (1 << self.code_bits) - 1
+            return tuple(range(-top, top + 1))
         if self.kind == "int":
             n = self.code_bits
             return tuple(c - (1 << n) if c >> (n - 1) else c for c in range(1 << n))
@@ -178,32 +200,45 @@ class FormatSpec:
     def quant_values(self) -> tuple:
         """Sorted values the quantizer picks from (``"int"``: symmetric, ``-qmax..qmax``)."""
         vals = sorted(set(self.values()))
-        if self.kind == "int":
+        if self.kind in ("int", "zero_point"):
             q = (1 << (self.code_bits - 1)) - 1
             vals = [v for v in vals if -q <= v <= q]
         return tuple(vals)
 
-    def decode(self, codes) -> np.ndarray:
-        """Values of codes (signed or unsigned ``code_bits``-bit integers)."""
+    def decode(self, codes, zero=0) -> np.ndarray:
+        """Values of codes (signed or unsigned ``code_bits``-bit integers); ``zero``: the
+        zero points (``"zero_point"``, broadcast against the codes)."""
         c = np.asarray(codes, dtype=np.int64)
         if self.kind == "ovp":
             return self.decoder(c)
         n = self.code_bits
         u = c & ((1 << n) - 1)
+        if self.kind == "zero_point":
+            return u - np.asarray(zero, dtype=np.int64)
         if self.kind == "int":
             return np.where(u >> (n - 1) != 0, u - (1 << n), u)
         return np.asarray(self.codebook, dtype=np.int64)[u]
 
-    def encode(self, values) -> np.ndarray:
+    def encode(self, values, zero=0) -> np.ndarray:
         """Signed codes (as :func:`airfoil.formats.pack_int` stores them) of values;
         raise :class:`~airfoil.errors.CompileError` for a value the format lacks. A value
-        of several codes takes the lowest."""
+        of several codes takes the lowest. ``zero``: the zero points (``"zero_point"``,
+        broadcast against the values; :meth:`zero_points`)."""
         from .errors import CompileError
 
         v = np.asarray(values, dtype=np.int64)
         n = self.code_bits
         if self.kind == "ovp":
             return self.encoder(v)
+        if self.kind == "zero_point":
+            u = v + np.asarray(zero, dtype=np.int64)
+            bad = (u < 0) | (u >= 1 << n)
+            if bool(bad.any()):
+                raise CompileError(f"weight {int(v[bad].reshape(-1)[0])} is not a "
+                                   f"{self.enum_name} value of its row: a row's values "
+                                   f"span at most {(1 << n) - 1} (codes 0..{(1 << n) - 1} "
+                                   f"minus the row's zero point)")
+            return np.where(u >= 1 << (n - 1), u - (1 << n), u)
         if self.kind == "int":
             lo, hi = -(1 << (n - 1)), (1 << (n - 1)) - 1
             bad = (v < lo) | (v > hi)
@@ -228,7 +263,7 @@ class FormatSpec:
         nearest of :meth:`quant_values` to ``w / scale`` (ties to the lower; ``"int"``
         rounds half to even and clamps to ``-qmax..qmax``). Not for ``"ovp"`` (pairs)."""
         a = np.asarray(w, dtype=np.float64) / np.asarray(scale, dtype=np.float64)[..., None]
-        if self.kind == "int":
+        if self.kind in ("int", "zero_point"):
             q = (1 << (self.code_bits - 1)) - 1
             return np.clip(np.round(a), -q, q).astype(np.int64)
         if self.kind == "ovp":
@@ -312,6 +347,7 @@ BUILTIN_FORMATS = (
     _fp("fp3_er_n", FP3_MAGNITUDES, -3, 12, 10),
     _fp("fp3_ea_p", FP3_MAGNITUDES, 6, 13, 11),
     _fp("fp3_ea_n", FP3_MAGNITUDES, -6, 14, 12),
+    FormatSpec("uint4z", 4, "zero_point", tag=15, always_decoded=True),
 )
 
 _FORMATS: list = []

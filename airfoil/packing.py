@@ -27,6 +27,8 @@ feeds). Its layout::
     bits 8..11    sparsity   0: dense; N:M code of :data:`NM_PATTERNS` (1: 1:4, 2: 2:4,
                              3: 2:8, 4: 4:16, 5: 8:16); 6: block skip (:data:`BLOCK_CODE`)
     16 * rows     scales     FP16 bit patterns of the rows' group scales, row 0 first
+    b * rows      zeros      zero-point formats only (``UINT4Z``): the rows' ``b``-bit
+                             unsigned zero points, row 0 first
     group / lanes step mask  block skip only: bit ``s`` set = k-step ``s`` is present
     lane-vectors             the weights (and N:M indices)
 
@@ -68,6 +70,9 @@ A value of ``bits`` bits is:
   values`, the one definition the packer, the reference reader and the unpacker's
   tables are built from. FP records may be N:M sparse (their values are just weights
   with indices).
+* ``UINT4Z``: unsigned 4-bit codes ``u``; the weight is ``u - z`` with its row's zero
+  point ``z`` from the header (``-15..15``; a row's weights span at most 15). The packer
+  takes ``z`` as the negated smallest weight of the row (0 when none is negative).
 * ``OVP4``: OliVe-style outlier-victim pairs over 4-bit codes. Lanes ``2p, 2p + 1`` form a
   pair (``lanes`` is even). A normal code is an INT4 value in ``-7..7``; code ``0b1000``
   (``-8``) is the *identifier*, never a value. A pair ``(c0, c1)`` decodes as:
@@ -91,8 +96,8 @@ leaves those bits zero and the reader skips them as padding. Every stream the pa
 writes ends on a word boundary (the rest of its last word is zero, a PAD), so streams
 concatenate: a layer in INT4 followed by a layer in INT2 is just two streams back to
 back. An all-zero word is a whole-word PAD; memory channels are padded with such words
-to equal length. No format here has zero points (all are symmetric); an asymmetric
-format would add them to the header after the scales.
+to equal length. Only the zero-point formats (:meth:`airfoil.format_registry.FormatSpec.
+zero_point_bits`) carry zero points, after the scales.
 
 Precision per layer and per group
 ---------------------------------
@@ -398,6 +403,11 @@ class StreamGeometry:
         """k-steps of the longest record (bits of a beat's ``mask``)."""
         return max(1, max(GROUP_CODES) // self.lanes)
 
+    def zero_bits(self, tag) -> int:
+        """Bits of a record's zero points: ``rows`` zero points of a zero-point format,
+        else 0."""
+        return self.rows * format_spec(tag).zero_point_bits
+
     def mask_bits(self, group: int, nm: int = 0) -> int:
         """Bits of a record's step mask: ``group / lanes`` for block skip, else 0."""
         return group // self.lanes if nm == BLOCK_CODE else 0
@@ -406,7 +416,7 @@ class StreamGeometry:
         """Bits of a whole record (header and step mask included); a block-skip record
         without ``mask`` counts all its steps (the most it may take)."""
         bits = format_spec(tag).code_bits
-        return (self.header_bits + self.mask_bits(group, nm) +
+        return (self.header_bits + self.zero_bits(tag) + self.mask_bits(group, nm) +
                 self.record_vectors(group, nm, mask) * self.lanes *
                 (bits + nm_index_bits(nm)))
 
@@ -616,14 +626,22 @@ def _record_bits(geom: StreamGeometry, recs: list, mask: int | None = None) -> n
     hbits = _field_bits(_u_as_s(head, F), F).reshape(n, F)
     sc = np.stack([rc.scale_bits.astype(np.int64) for rc in recs])
     sbits = _field_bits(_u_as_s(sc, 16), 16).reshape(n, 16 * r)
+    spec = format_spec(tag)
+    zero = np.zeros((n, r), dtype=np.int64)
+    if spec.zero_point_bits:
+        zero = np.stack([spec.zero_points(rc.q) for rc in recs])
+        zb = spec.zero_point_bits
+        sbits = np.concatenate([sbits, _field_bits(_u_as_s(zero, zb), zb).reshape(n, zb * r)],
+                               axis=1)
     S = geom.mask_bits(group, nm)
     if S:
         mbits = np.array([(mask >> i) & 1 for i in range(S)] * n,
                          dtype=np.uint8).reshape(n, S)
         sbits = np.concatenate([sbits, mbits], axis=1)
     orders = [rc.lane_order(L) for rc in recs]
-    w = encode_weights(tag, np.stack([o[0] for o in orders]))
     nvec = geom.record_vectors(group, nm, mask)
+    row_zero = np.repeat(zero[:, np.arange(nvec) % r], L, axis=1)     # per lane-vector
+    w = spec.encode(np.stack([o[0] for o in orders]), row_zero)
     wbits = _field_bits(w, format_spec(tag).code_bits).reshape(n, nvec, -1)
     ib = nm_index_bits(nm)
     if ib:
@@ -747,9 +765,10 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
             raise CompileError(f"sparsity code {nm} is not allowed for {tag.name} group "
                                f"{group} at stream bit {pos}")
         S = geom.mask_bits(group, nm)
-        if pos + geom.header_bits + S > bits.size:
+        m0 = pos + geom.header_bits + geom.zero_bits(tag)     # the step mask's first bit
+        if m0 + S > bits.size:
             break                                   # cut off by the end of the data
-        mask = _uint(bits[pos + geom.header_bits:pos + geom.header_bits + S]) if S else None
+        mask = _uint(bits[m0:m0 + S]) if S else None
         if S and mask == 0:
             raise CompileError(f"block record with an empty step mask at stream bit {pos} "
                                f"(accepted: at least one k-step)")
@@ -758,14 +777,19 @@ def read_records(geom: StreamGeometry, raw: bytes, start: int = 0,
         p = pos + HEADER_FIXED_BITS
         sc = np.array([_uint(bits[p + 16 * i:p + 16 * i + 16]) for i in range(geom.rows)],
                       dtype=np.uint16)
-        p += 16 * geom.rows + S
+        p += 16 * geom.rows
         L, R = geom.lanes, geom.rows
         b, ib = spec.code_bits, nm_index_bits(nm)
         nvec = geom.record_vectors(group, nm, mask)
+        zb = spec.zero_point_bits
+        zero = np.array([_uint(bits[p + zb * i:p + zb * i + zb]) for i in range(R)],
+                        dtype=np.int64) if zb else np.zeros(R, dtype=np.int64)
+        p += zb * R + S
         vbits = bits[p:p + nvec * L * (b + ib)].reshape(nvec, L * (b + ib))
         unpack = lambda bb, w: unpack_int(np.packbits(bb.reshape(-1), bitorder="little")
                                           .tobytes(), w, nvec * L)
-        vals = decode_weights(tag, unpack(vbits[:, :L * b], b)).reshape(nvec, L)
+        vals = spec.decode(unpack(vbits[:, :L * b], b).reshape(nvec, L),
+                           zero[np.arange(nvec) % R, None])
         idx = (unpack(vbits[:, L * b:], ib) & ((1 << ib) - 1)).reshape(nvec, L) if ib else \
             np.zeros_like(vals)
         kept = nvec * L // R

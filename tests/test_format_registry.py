@@ -65,6 +65,8 @@ def test_enums_and_tables_derive_from_the_registry():
                                           if kind.name in s.tile_pe_kinds)
     assert tag_value_bits("fp4_ea_p") == fr.by_name("fp4_ea_p").value_bits == 6
     assert tag_value_bits("ovp") == 8
+    assert tag_value_bits("uint4z") == 5                      # codes 0..15 minus 0..15
+    assert kinds_running("uint4z") == ("dsp", "bitserial")
     assert kinds_running("int8") == ("dsp", "bitserial")      # 8-bit values: not lut
     assert kinds_running("fp3_er_p") == ("dsp", "bitserial", "lut")
 
@@ -75,8 +77,8 @@ def test_numbering_is_unchanged():
         "INT4": 0, "INT8": 1, "INT2": 2, "INT3": 3, "STREAM": 4}
     assert [t.name for t in RecordTag] == [
         "PAD", "INT2", "INT3", "INT4", "INT8", "OVP4", "INT6", "FP4_ER_P", "FP4_ER_N",
-        "FP4_EA_P", "FP4_EA_N", "FP3_ER_P", "FP3_ER_N", "FP3_EA_P", "FP3_EA_N"]
-    assert [t.value for t in RecordTag] == list(range(15))
+        "FP4_EA_P", "FP4_EA_N", "FP3_ER_P", "FP3_ER_N", "FP3_EA_P", "FP3_EA_N", "UINT4Z"]
+    assert [t.value for t in RecordTag] == list(range(16))
     assert [f.value for f in bitmod.BitModFormat] == list(range(13))
     assert bitmod.values("fp4_er_n")[8] == -10 and bitmod.values("fp3_ea_p")[4] == 6
 
@@ -221,3 +223,18 @@ def test_folder_of_the_old_stream_layout_is_refused(tmp_path):
     with pytest.raises(AirfoilError, match=r"manifest format 'airfoil-folder/1' is not "
                                            r"'airfoil-folder/3' \(.*compile it again\)"):
         load_folder(tmp_path / "f", cfg)
+
+
+def test_zero_point_format_values_codes_and_rows():
+    """UINT4Z: unsigned codes minus a zero point per row; a row spans at most 15."""
+    spec = fr.by_name("uint4z")
+    assert spec.kind == "zero_point" and spec.zero_point_bits == 4 and spec.streamed
+    assert spec.values() == tuple(range(-15, 16))
+    rows = np.array([[-15, 0, -3], [0, 15, 7], [-4, 11, 0]])
+    zero = spec.zero_points(rows)
+    assert zero.tolist() == [15, 0, 4]
+    codes = spec.encode(rows, zero[:, None])
+    assert ((codes & 15) == rows + zero[:, None]).all()
+    assert (spec.decode(codes, zero[:, None]) == rows).all()
+    with pytest.raises(CompileError, match="a row's values span at most 15"):
+        spec.encode(np.array([[-1, 15]]), np.array([[1]]))

@@ -48,6 +48,11 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
         for s in rc.scale_bits:
             put(int(s), 16)
         b = TAG_BITS[rc.tag]
+        zero = [0] * geom.rows          # UINT4Z: code = weight + its row's zero point
+        if rc.tag is RecordTag.UINT4Z:  # the zero points: the negated smallest weights
+            zero = [min(15, max(0, -int(min(row)))) for row in rc.q]
+            for z in zero:
+                put(z, 4)
         codes = (ovp_encode(rc.q) if rc.tag is RecordTag.OVP4 else
                  np.vectorize(lambda v: bitmod.encode(rc.tag.name.lower(), v))(rc.q)
                  if rc.tag in BITMOD_TAGS else rc.q)
@@ -83,7 +88,7 @@ def _independent_pack(geom: StreamGeometry, records) -> bytes:
         for step in steps:
             for row in range(geom.rows):
                 for lane in range(L):
-                    put(int(kv[row][step * L + lane]), b)
+                    put(int(kv[row][step * L + lane]) + zero[row], b)
                 for lane in range(L):
                     if ib:
                         put(int(ki[row][step * L + lane]), ib)
@@ -268,8 +273,8 @@ def test_bad_input_is_refused_with_one_line_messages():
                                            r"is not a multiple of lanes \(32\)"):
         pack_records(g32, [Record(RecordTag.INT4, 32, np.zeros((2, 32), np.int64),
                                   np.zeros(2, np.uint16), 1)])
-    with pytest.raises(CompileError, match="bad record tag 15 at stream bit 0"):
-        parse_stream(g, bytes([15]) + bytes(15))
+    with pytest.raises(CompileError, match="bad record tag 16 at stream bit 0"):
+        parse_stream(g, bytes([16]) + bytes(15))
     with pytest.raises(CompileError, match="not whole 128-bit words"):
         parse_stream(g, bytes(10))
 

@@ -33,11 +33,11 @@ GEOMS = {
     "w512": StreamGeometry(word_bits=512, lanes=8, rows=4),
     "w64": StreamGeometry(word_bits=64, lanes=2, rows=1),
 }
-FORMATS = ["int2", "int3", "int4", "int8", "ovp"]
+FORMATS = ["int2", "int3", "int4", "int8", "ovp", "uint4z"]
 #: Sparsity codes drawn per record in mixes (dense twice as often, block skip included).
 MIX_NM = (0, 0, 1, 2, 3, 4, 5, BLOCK_CODE)
 _TAG = {"int2": RecordTag.INT2, "int3": RecordTag.INT3, "int4": RecordTag.INT4,
-        "int8": RecordTag.INT8, "ovp": RecordTag.OVP4}
+        "int8": RecordTag.INT8, "ovp": RecordTag.OVP4, "uint4z": RecordTag.UINT4Z}
 
 
 def _streams(geom, mix, rng, count):
@@ -46,7 +46,7 @@ def _streams(geom, mix, rng, count):
     the FP4/FP3 variants, dense, N:M and block skip, drawn per group) or ``"mixed"``
     (formats, group sizes and sparsity drawn per group, three layers)."""
     if mix == "block":
-        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
+        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS if f != "ovp"],
                                sparsity=(BLOCK_CODE,))]
     if mix == "mixed":
         return [random_records(geom, rng, count // 3 + 1, sparsity=MIX_NM) for _ in range(3)]
@@ -55,7 +55,7 @@ def _streams(geom, mix, rng, count):
                                                                   sparsity=MIX_NM)] +
                 random_records(geom, rng, count, tags=list(BITMOD_TAGS), sparsity=MIX_NM)]
     if mix == "nm":
-        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS[:4]],
+        return [random_records(geom, rng, count, tags=[_TAG[f] for f in FORMATS if f != "ovp"],
                                sparsity=(1, 2, 3, 4, 5))]
     return [random_records(geom, rng, count, tags=[_TAG[mix]])]
 
@@ -124,7 +124,7 @@ def _rate_records(g, rng, mix, count):
     (``"block"``), of the BitMoD formats (``"bitmod"``) or mixed."""
     if mix == "block":
         return [random_records(g, rng, count, groups=[128], sparsity=(BLOCK_CODE,),
-                               tags=[_TAG[f] for f in FORMATS[:4]])]
+                               tags=[_TAG[f] for f in FORMATS if f != "ovp"])]
     if mix == "mixed":
         return [random_records(g, rng, count, groups=[128], sparsity=MIX_NM)]
     if mix == "bitmod":
@@ -132,7 +132,7 @@ def _rate_records(g, rng, mix, count):
                                tags=list(BITMOD_TAGS))]
     if mix == "nm":
         return [random_records(g, rng, count, groups=[128], sparsity=(2,),
-                               tags=[_TAG[f] for f in FORMATS[:4]])]
+                               tags=[_TAG[f] for f in FORMATS if f != "ovp"])]
     return [random_records(g, rng, count, tags=[_TAG[mix]], groups=[128])]
 
 

@@ -15,7 +15,8 @@ right after the bits it holds) and may remove one *action* from its head:
   the scales): the record then holds ``popcount(mask) * rows`` lane-vectors, and every
   beat carries the mask (other records carry all their steps as the mask). The codes of a
   lane-vector are cut out of the buffer once per code width (and index width); INT codes
-  are their own values, OVP4 pairs go through the outlier-victim decode and BitMoD FP
+  are their own values, the unsigned codes of a zero-point format (``UINT4Z``) minus their
+  row's zero point (the header's zero points, after the scales), OVP4 pairs go through the outlier-victim decode and BitMoD FP
   codes (any codebook format of :mod:`airfoil.format_registry`) through a constant table
   per code width built from the registry's codebooks (the entries all formats of a width
   share, and the others chosen by the tag);
@@ -142,12 +143,17 @@ class Unpacker(wiring.Component):
                           if grp % g.lanes == 0])
 
     @property
+    def zero_widths(self) -> list:
+        """Bits of a record's zero points, by the decoded formats (0: none), sorted."""
+        return sorted({0} | {self._geom.zero_bits(t) for t in self._tags})
+
+    @property
     def buffer_bits(self) -> int:
-        """Capacity of the bit buffer: a header (step mask included) and a full beat, plus
-        two words of slack (one in flight behind the fill-level check, one to keep taking
-        words while a beat waits for its last bits)."""
-        return (self._geom.header_bits + self.mask_bits_max + self.beat_bits_max +
-                2 * self._geom.word_bits)
+        """Capacity of the bit buffer: a header (zero points and step mask included) and
+        a full beat, plus two words of slack (one in flight behind the fill-level check,
+        one to keep taking words while a beat waits for its last bits)."""
+        return (self._geom.header_bits + max(self.zero_widths) + self.mask_bits_max +
+                self.beat_bits_max + 2 * self._geom.word_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -178,6 +184,10 @@ class Unpacker(wiring.Component):
         cur_bad = Signal()
         cur_mask = Signal(SM)
         cur_gcode = Signal(2)
+        ZW = self.zero_widths
+        ZP = max(f.zero_point_bits for f in map(format_spec, tags))   # 0: no zero points
+        cur_z = Signal(data.ArrayLayout(unsigned(max(ZP, 1)), R))
+        cur_row = Signal(range(R))              # row of the next lane-vector of the record
 
         # -- header fields at the head of the buffer -----------------------------------
         hdr_tag = buf[0:GROUP_SHIFT]
@@ -192,6 +202,14 @@ class Unpacker(wiring.Component):
             m.d.comb += [hdr_m[i].eq(mm), hdr_k[i].eq(kk)]
             bads.append(bb)
         m.d.comb += hdr_bad.eq(_any(bads))
+        hdr_zbits = Signal(range(max(ZW) + 1))  # bits of the zero points after the scales
+        for t in tags:
+            if g.zero_bits(t):
+                with m.If(hdr_tag == t.value):
+                    m.d.comb += hdr_zbits.eq(g.zero_bits(t))
+        hdr_z = Signal.like(cur_z)
+        if ZP:
+            m.d.comb += [hdr_z[i].eq(buf[H + ZP * i:][:ZP]) for i in range(R)]
 
         tag_ok = Signal()
         with m.Switch(hdr_tag):
@@ -202,6 +220,14 @@ class Unpacker(wiring.Component):
         hdr_mask = Signal(SM)                   # present steps (all, unless block skip)
         hdr_mbits = Signal(range(MB + 1))       # bits of the step mask after the scales
         mask_empty = Signal()                   # a block-skip mask of no step (malformed)
+        step_masks = {}                         # block skip: the mask after the zero points
+        for grp in block_groups:
+            S = g.mask_bits(grp, BLOCK_CODE)
+            step_masks[grp] = Signal(S, name=f"mbits{grp}")
+            with m.Switch(hdr_zbits):
+                for Z in ZW:
+                    with m.Case(Z):
+                        m.d.comb += step_masks[grp].eq(buf[H + Z:H + Z + S])
         with m.Switch(Cat(hdr_gcode, hdr_nm)):
             for grp, code in GROUP_CODES.items():
                 for nm in [0] + list(NM_PATTERNS):
@@ -212,7 +238,7 @@ class Unpacker(wiring.Component):
                                          hdr_mask.eq((1 << steps) - 1), shape_ok.eq(1)]
                 if grp in block_groups:
                     S = g.mask_bits(grp, BLOCK_CODE)
-                    mbits = buf[H:H + S]
+                    mbits = step_masks[grp]
                     with m.Case(code | BLOCK_CODE << 2):
                         m.d.comb += [hdr_mask.eq(mbits), hdr_mbits.eq(S),
                                      hdr_total.eq(_popcount(mbits) * R),
@@ -229,7 +255,7 @@ class Unpacker(wiring.Component):
                 with m.Case(*ovp_values):
                     m.d.comb += hdr_ovp.eq(1)
         malformed = ~late & (hdr_tag != format_registry.PAD_TAG) & (
-            ~tag_ok | ~shape_ok | (mask_empty & (fill >= H + hdr_mbits)) |
+            ~tag_ok | ~shape_ok | (mask_empty & (fill >= H + hdr_zbits + hdr_mbits)) |
             (hdr_ovp & (hdr_nm != 0)))
         skip = Signal()
         start = Signal()
@@ -265,8 +291,8 @@ class Unpacker(wiring.Component):
             for ki, (t, kib) in enumerate(kinds):
                 with m.Case(ki):
                     m.d.comb += beat_bits.eq(n * (L * (format_spec(t).code_bits + kib)))
-        need = Signal(range(H + MB + BMAX + 1))
-        m.d.comb += need.eq(Mux(in_rec, 0, H + hdr_mbits) + beat_bits)
+        need = Signal(range(H + max(ZW) + MB + BMAX + 1))
+        m.d.comb += need.eq(Mux(in_rec, 0, H + hdr_zbits + hdr_mbits) + beat_bits)
 
         beats = self.beats
         out_free = ~beats.valid | beats.ready
@@ -284,10 +310,11 @@ class Unpacker(wiring.Component):
         with m.If(in_rec):
             m.d.comb += win.eq(buf[:BMAX])
         with m.Else():
-            with m.Switch(hdr_mbits):
-                for S in mask_widths:
-                    with m.Case(S):
-                        m.d.comb += win.eq(buf[H + S:H + S + BMAX])
+            with m.Switch(Cat(hdr_mbits, hdr_zbits)):
+                for Z in ZW:
+                    for S in mask_widths:
+                        with m.Case(S | Z << len(hdr_mbits)):
+                            m.d.comb += win.eq(buf[H + Z + S:H + Z + S + BMAX])
         mags = Array(Const(x, 8) for x in OVP_MAGNITUDES)
 
         def outlier(c):
@@ -319,14 +346,27 @@ class Unpacker(wiring.Component):
         # code extraction; OVP4 is its own layout.
         layouts = {}
         for ki, (t, kib) in enumerate(kinds):
-            key = ("ovp", kib) if format_spec(t).kind == "ovp" else \
-                (format_spec(t).code_bits, kib)
+            kd = format_spec(t).kind
+            key = (kd, kib) if kd in ("ovp", "zero_point") else (format_spec(t).code_bits, kib)
             layouts.setdefault(key, (t, []))[1].append(ki)
 
         def index(j, t, kib):
             b = format_spec(t).code_bits
             base = (j // L) * L * (b + kib) + L * b
             return win[base + (j % L) * kib:][:kib]
+
+        # The zero point of each lane-vector slot of the beat: the record's lane-vector
+        # ``i`` holds row ``i % rows``, so slot ``s`` holds row ``(row0 + s) % rows``.
+        row0 = Mux(in_rec, cur_row, 0)
+        slot_zero = []
+        for sl in range(V if ZP else 0):
+            zs = Signal(ZP, name=f"z{sl}")
+            with m.Switch(row0):
+                for r0 in range(R):
+                    with m.Case(r0):
+                        i = (r0 + sl) % R
+                        m.d.comb += zs.eq(Mux(in_rec, cur_z[i], hdr_z[i]))
+            slot_zero.append(zs)
 
         weights, indices = [], []
         for j in range(g.ops):
@@ -339,7 +379,10 @@ class Unpacker(wiring.Component):
                         continue
                     with m.Case(*kis):
                         v = value(j, t, kib)
-                        m.d.comb += w.eq(v if lay == "ovp" else v.as_signed())
+                        if lay == "zero_point":
+                            v = Cat(v, Const(0, 1)).as_signed() - \
+                                Cat(slot_zero[j // L], Const(0, 1)).as_signed()
+                        m.d.comb += w.eq(v if lay in ("ovp", "zero_point") else v.as_signed())
                         if lay in fp_widths:
                             m.d.comb += code.eq(v)
                         if kib:
@@ -386,11 +429,19 @@ class Unpacker(wiring.Component):
                 m.d.sync += [in_rec.eq(hdr_total != n), rem.eq(hdr_total - n), pos.eq(n),
                              cur_tag.eq(hdr_tag), cur_nm.eq(hdr_nm), cur_m.eq(hdr_m),
                              cur_k.eq(hdr_k), cur_bad.eq(hdr_bad), cur_mask.eq(hdr_mask),
-                             cur_gcode.eq(hdr_gcode)]
+                             cur_gcode.eq(hdr_gcode), cur_z.eq(hdr_z)]
                 with m.If(hdr_bad):
                     m.d.sync += self.error.eq(1)
             with m.Else():
                 m.d.sync += [in_rec.eq(rem != n), rem.eq(rem - n), pos.eq(pos + n)]
+        if ZP:                                 # the row after the beat's last lane-vector
+            row_next = Signal(range(R + V + 1))
+            m.d.comb += row_next.eq(row0 + n)
+            with m.If(emit):
+                with m.Switch(row_next):
+                    for x in range(R + V + 1):
+                        with m.Case(x):
+                            m.d.sync += cur_row.eq(x % R)
         with m.If(skip & malformed):
             m.d.sync += self.error.eq(1)
 

@@ -18,7 +18,8 @@ __all__ = ["random_weights", "random_nm", "random_blocks", "random_scales", "ran
 
 def random_weights(rng: np.random.Generator, tag, shape) -> np.ndarray:
     """Random legal weights of ``tag``: the full range, for OVP4 outlier pairs too, for
-    a BitMoD or other codebook format any of its values (the extra value included)."""
+    a BitMoD or other codebook format any of its values (the extra value included), for
+    a zero-point format any code minus a random zero point per row."""
     tag = record_tag(tag)
     spec = format_spec(tag)
     if tag in BITMOD_TAGS or spec.kind == "codebook":
@@ -34,6 +35,9 @@ def random_weights(rng: np.random.Generator, tag, shape) -> np.ndarray:
         pairs[hit, side[hit]] = vals[hit]
         return pairs.reshape(shape)
     b = spec.code_bits
+    if spec.kind == "zero_point":               # codes 0..2**b-1 minus a zero point per row
+        zero = rng.integers(0, 1 << b, shape[:-1] + (1,))
+        return rng.integers(0, 1 << b, shape) - zero
     return rng.integers(-(1 << (b - 1)), 1 << (b - 1), shape)
 
 
