@@ -28,7 +28,7 @@ from airfoil.packing import NM_BY_NAME, NM_PATTERNS, quantize_stream
 from airfoil.sparsity import prune_blocks, prune_nm
 
 from .ir import Graph, Node, Pass, Pipeline
-from .importers.prequant import fold_scale
+from .importers.prequant import ZERO_POINT_FORMAT, fold_scale, zero_point_stream
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
@@ -171,6 +171,7 @@ class Quantize(Pass):
     def __init__(self, recipe=None, config=None, method: str = "rtn"):
         self.recipe = recipe if isinstance(recipe, LlmRecipe) else load_llm_recipe(recipe)
         self.shape = StreamShape.of(config)
+        self.config = config
         self.method = method
 
     def apply(self, graph: Graph) -> Graph:
@@ -180,8 +181,14 @@ class Quantize(Pass):
         plan = self.recipe.resolve(g.linear_layers())
         for layer, node in g.linear_layers().items():
             if layer in g.prequantized:                 # a quantized checkpoint's, as given
-                g.qweights[node.name] = pre = g.prequantized[layer]
-                plan[layer] = LayerQuant((f"int{pre.bits}",), pre.group)
+                pre = g.prequantized[layer]
+                streamed = zero_point_stream(pre, self.config)
+                if streamed is not None:                # 4-bit codes and zero points
+                    pre = streamed
+                    g.meta["import"]["exact"][layer] = ZERO_POINT_FORMAT
+                g.qweights[node.name] = pre
+                plan[layer] = LayerQuant((ZERO_POINT_FORMAT if pre.streamed else
+                                          f"int{pre.bits}",), pre.group)
                 continue
             g.qweights[node.name] = quantize_linear(g.params[node.attrs["weight"]],
                                                     plan[layer], self.shape, self.method)

@@ -10,6 +10,12 @@ linear layer's integer codes, zero points and group scales and either
   GGUF Q4_0 with a positive scale) or INT8 (``-128..127``: any 4-bit code minus a 4-bit
   zero point, a negated Q4_0 block, Q8_0). The compiler's ``quantize`` pass takes these
   layers as given (:attr:`compiler.ir.Graph.prequantized`); or
+  On a configuration whose decode unit reads the zero-point record format ``uint4z``, a
+  layer the WGT tiles would hold as INT8 only because its codes span ``-15..15`` (any
+  4-bit code minus a 4-bit zero point, a negated Q4_0 block), each row of each group
+  spanning at most 15, is streamed instead as ``uint4z`` records
+  (:func:`zero_point_stream`): the same values and scales in 4-bit codes plus a 4-bit
+  zero point per row and group, so the layer keeps the checkpoint's 4 bits; or
 * **convert** it: the file's own dequantization becomes the float weight that the recipe
   quantizes like any other, and :func:`conversion_errors` measures what that costs.
 
@@ -31,6 +37,7 @@ from airfoil.formats import SCALE_SHIFT_MAX, fp16_fixed
 from ..ir import Graph, build_llama_graph
 
 __all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why",
+           "ZERO_POINT_FORMAT", "zero_point_stream",
            "permute_rows", "code_bits", "hardware_group", "fold_scale", "finish_import",
            "conversion_errors", "rms_error"]
 
@@ -131,6 +138,34 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
                        f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
     return QLinear(q, s, g, code_bits(q, layer))
+
+
+#: The record format an INT8 layer of 4-bit codes minus zero points streams in.
+ZERO_POINT_FORMAT = "uint4z"
+
+
+def zero_point_stream(ql: QLinear, config) -> QLinear | None:
+    """``ql`` (an exact layer, :func:`exact_layer`) as a streamed layer of
+    :data:`ZERO_POINT_FORMAT` records with the same values and scales, or ``None`` when it
+    stays on WGT tiles: ``config`` is None or lacks a decode unit reading the format, the
+    layer already fits INT4 tiles, or a row of a group spans more than the format's codes
+    (or its values pass them: codes ``0..15`` minus a zero point ``0..15``)."""
+    from airfoil.format_registry import by_name
+
+    spec = by_name(ZERO_POINT_FORMAT)
+    if config is None or ZERO_POINT_FORMAT not in config.stream_formats or ql.streamed:
+        return None
+    if ql.bits <= 4 or ql.group not in config.group_sizes or ql.group % config.lanes:
+        return None
+    rows, k = ql.q.shape
+    g = ql.q.reshape(rows, k // ql.group, ql.group)
+    top = (1 << spec.code_bits) - 1
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    if bool(((hi - lo) > top).any() or (lo < -top).any() or (hi > top).any()):
+        return None
+    formats = torch.full((rows, k // ql.group), spec.tag, dtype=torch.int64)
+    return QLinear(ql.q, ql.scales, ql.group, ql.bits, formats=formats,
+                   in_features=ql.in_features)
 
 
 def permute_rows(ql: QLinear, rows: torch.Tensor) -> QLinear:

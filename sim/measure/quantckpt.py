@@ -235,15 +235,26 @@ def write_gguf(path, model, qtype: str, seed=0) -> dict:
     return ref
 
 
+def _format_name(ql) -> str:
+    """A layer's format: ``int4``/``int8`` on WGT tiles, its record format(s) streamed."""
+    if not ql.streamed:
+        return f"int{ql.bits}"
+    from airfoil.packing import format_spec
+    return "+".join(sorted({format_spec(int(t)).name for t in ql.formats.unique()}))
+
+
 def folder_mismatches(graph, ref: dict, out_dir, config, recipe=None) -> dict:
     """Compile an imported ``graph`` into ``out_dir`` and compare: ``mismatches`` (weights
     of the layers in ``ref`` whose folder value differs from ``ref``'s), ``weights``
-    (compared), ``formats`` (layer -> WGT format in the folder) and the folder."""
+    (compared), ``formats`` (layer -> its format in the folder: the WGT-tile format, or
+    the record format of a streamed layer) and the folder."""
     from airfoil.folder import load_folder, read_llm_model
     from compiler.lower_llm import compile_llm
     from compiler.passes import llm_pipeline, quantized_model
-    q = llm_pipeline(recipe or exact_recipe()).run(graph)
-    compile_llm(quantized_model(q), config, out_dir, max_prompt=8)
+    q = llm_pipeline(recipe or exact_recipe(), config).run(graph)
+    streamed = any(ql.streamed for ql in q.qweights.values())
+    # The streamed engine takes one token per matrix instruction (prompts as decode steps).
+    compile_llm(quantized_model(q), config, out_dir, max_prompt=1 if streamed else 8)
     folder = load_folder(out_dir, config)
     back = read_llm_model(folder.manifest, folder.image, config)
     att = graph.shape.head_dim ** -0.5
@@ -258,7 +269,7 @@ def folder_mismatches(graph, ref: dict, out_dir, config, recipe=None) -> dict:
             want = want * att
         bad += int((got != want).sum())
         total += want.numel()
-        formats[layer] = f"int{ql.bits}"
+        formats[layer] = _format_name(ql)
     return {"mismatches": bad, "weights": total, "formats": formats, "folder": folder}
 
 
