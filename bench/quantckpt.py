@@ -25,6 +25,16 @@ FIGURES = {
     "import_gguf_q4_k_rms_error": "relative RMS error",
     "import_gguf_q5_k_rms_error": "relative RMS error",
     "import_gguf_q6_k_rms_error": "relative RMS error",
+    "import_gptq_bits_per_weight": "bits/weight",
+    "import_awq_bits_per_weight": "bits/weight",
+    "import_gguf_q4_0_bits_per_weight": "bits/weight",
+}
+#: The file of each bits-per-weight figure (4-bit codes minus zero points, compiled for a
+#: config with the decode unit): (writer, keywords, file name).
+_ZERO_POINT_FILES = {
+    "gptq": (write_gptq, {"sym": False}, "gptq_asym"),
+    "awq": (write_awq, {}, "awq"),
+    "gguf_q4_0": (write_gguf, {"qtype": "Q4_0"}, "q4_0.gguf"),
 }
 #: The files each mismatch figure sums over: (writer, keywords, file name).
 _FILES = {
@@ -62,6 +72,18 @@ def figures(args, log) -> dict:
         out.update({name: bad, f"{name}_weights": total, f"{name}_formats": sorted(formats),
                     f"{name}_requantized_layers": converted, f"{name}_shape": dict(TINY),
                     f"{name}_config_hash": config.config_hash})
+    decode = load_config("sim_llm_decode")
+    for area, (write, kw, fname) in _ZERO_POINT_FILES.items():
+        name = f"import_{area}_bits_per_weight"
+        ref = write(work / fname, model, **kw)
+        r = folder_mismatches(import_model(work / fname), ref, work / (fname + ".decode"),
+                              decode)
+        formats = sorted(set(r["formats"].values()))
+        log(f"{name}: {r['bits_per_weight']:.4g} ({', '.join(formats)}, "
+            f"{r['mismatches']} mismatches)")
+        out.update({name: r["bits_per_weight"], f"{name}_formats": formats,
+                    f"{name}_mismatches": r["mismatches"],
+                    f"{name}_config_hash": decode.config_hash})
     kmodel = tiny_model(**KQUANT)
     for qtype in ("Q4_K", "Q5_K", "Q6_K"):
         name = f"import_gguf_{qtype.lower()}_rms_error"

@@ -17,7 +17,7 @@ from compiler.importers import import_model
 from compiler.importers.awq import AWQ_ORDER
 from compiler.importers.gguf import rope_rows
 from compiler.importers.packed import unpack_words
-from compiler.importers.prequant import exact_layer, exact_or_why
+from compiler.importers.prequant import exact_layer, exact_or_why, zero_point_stream
 from sim.golden_llm import GoldenLLM, golden_from_folder
 from sim.isa_sim import IsaLLM
 from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
@@ -25,6 +25,8 @@ from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
                                    write_gguf, write_gptq)
 
 CFG = load_config("sim_llm")
+#: The same engine with the decode unit: 4-bit codes minus zero points stream as uint4z.
+DECODE = load_config("sim_llm_decode")
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +200,9 @@ def test_gguf_other_types_are_requantized_with_the_error_reported(tmp_path, qtyp
 
 # -- bit-exact backends on an imported model ---------------------------------------------
 
-def _check_golden_equals_isa(folder, prompt, steps=3):
+def _check_golden_equals_isa(folder, prompt, steps=3, cfg=CFG):
     gold = GoldenLLM(golden_from_folder(folder))
-    isa = IsaLLM(folder, CFG)
+    isa = IsaLLM(folder, cfg)
     want = gold.prefill(prompt)
     assert torch.equal(isa.prefill(prompt), want)
     tok = int(torch.argmax(want[-1]))
@@ -217,6 +219,54 @@ def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
     ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
     r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "q_out", CFG)
     _check_golden_equals_isa(r["folder"], [1, 2, 52])
+
+
+# -- 4-bit codes minus zero points streamed as uint4z records ------------------------------
+
+@pytest.mark.parametrize("name, write, kw", [
+    ("gptq_asym", write_gptq, {"sym": False}), ("awq", write_awq, {}),
+    ("q4_0.gguf", write_gguf, {"qtype": "Q4_0"})])
+def test_zero_point_layers_stream_as_uint4z_exactly(tmp_path, model, name, write, kw):
+    """With a decode unit the layers that INT8 tiles would hold stay 4-bit (uint4z), and
+    the folder's weights still equal the file's dequantization; without one, INT8."""
+    ref = write(tmp_path / name, model, **kw)
+    g = import_model(tmp_path / name)
+    assert set(g.meta["import"]["exact"].values()) == {"int8"}
+    r = folder_mismatches(g, ref, tmp_path / "out", DECODE)
+    assert r["mismatches"] == 0 and r["weights"] == 36864
+    assert set(r["formats"].values()) == {"uint4z"}
+    wb = r["folder"].manifest["weight_bytes"]
+    tiles = folder_mismatches(g, ref, tmp_path / "out8", CFG)
+    assert set(tiles["formats"].values()) == {"int8"}
+    # the lm_head (a float layer, INT8 by the recipe) is in both
+    assert wb["uint4z"] * 1.75 < tiles["folder"].manifest["weight_bytes"]["int8"] - wb["int8"]
+
+
+def test_zero_point_stream_only_where_it_holds_the_layer():
+    codes = torch.arange(32).reshape(1, 32) % 16 - 9          # -9..6: INT8 tiles
+    ql = exact_layer(codes.repeat(4, 4), torch.full((4, 4), 0.5, dtype=torch.float16), 32,
+                     "l")
+    assert ql.bits == 8
+    st = zero_point_stream(ql, DECODE)
+    assert st.streamed and torch.equal(st.q, ql.q) and torch.equal(st.scales, ql.scales)
+    assert zero_point_stream(ql, CFG) is None and zero_point_stream(ql, None) is None
+    wide = ql.q.clone()
+    wide[0, 0] = 7                                           # row 0 spans -9..7 = 16
+    assert zero_point_stream(type(ql)(wide, ql.scales, 32, 8), DECODE) is None
+    four = exact_layer(codes.clamp(-8, 7), torch.tensor([[0.5]], dtype=torch.float16), 32,
+                       "l")
+    assert four.bits == 4 and zero_point_stream(four, DECODE) is None
+
+
+def test_golden_equals_isa_on_uint4z_gptq_and_q4_0(tmp_path, model):
+    ref = write_gptq(tmp_path / "g", model, sym=False)
+    r = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "g_out", DECODE)
+    assert set(r["formats"].values()) == {"uint4z"}
+    _check_golden_equals_isa(r["folder"], [3, 17, 40, 8], cfg=DECODE)
+    ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
+    r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "q_out", DECODE)
+    assert set(r["formats"].values()) == {"uint4z"}
+    _check_golden_equals_isa(r["folder"], [1, 2, 52], cfg=DECODE)
 
 
 def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_path):
@@ -245,14 +295,16 @@ def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_pat
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("sym", [True, False])          # INT4 with code -8; INT8
-def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym):
+@pytest.mark.parametrize("sym, cfg", [
+    (True, CFG), (False, CFG),                          # INT4 with code -8; INT8
+    pytest.param(False, DECODE, marks=pytest.mark.slow)])   # uint4z streamed
+def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym, cfg):
     from airfoil.cli.backend_rtl import RtlLLM
     ref = write_gptq(tmp_path / "g", model, sym=sym)
     folder = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "out",
-                               CFG)["folder"]
+                               cfg)["folder"]
     gold = GoldenLLM(golden_from_folder(folder))
-    rtl = RtlLLM(folder, CFG, seed=1, build_dir="build")
+    rtl = RtlLLM(folder, cfg, seed=1, build_dir="build")
     prompt = [5, 17, 2]
     want = gold.prefill(prompt)
     assert torch.equal(rtl.prefill(prompt), want)

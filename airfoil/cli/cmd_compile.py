@@ -263,8 +263,13 @@ def summary_table(manifest, summary):
         worst = f"; worst relative RMS error {max(conv.values()):.3g}" if conv else ""
         rounded = (f"; attention scale rounded into {len(imp['rounded'])} layers' scales "
                    f"(at most {max(imp['rounded'].values()):.2g})" if imp["rounded"] else "")
+        kept = {}
+        for fmt in imp["exact"].values():
+            kept[fmt] = kept.get(fmt, 0) + 1
+        how = ", ".join(f"{n} {fmt}{' streamed' if fmt not in ('int4', 'int8') else ''}"
+                        for fmt, n in sorted(kept.items()))
         t.add_row(f"import {imp['format']}", f"{len(imp['exact'])} exact",
-                  f"{len(imp['converted'])} layers requantized{worst}{rounded}")
+                  f"{how}; {len(imp['converted'])} layers requantized{worst}{rounded}")
     from compiler.lower_llm import weight_bits_per_weight
     tiles = {v["label"] for v in manifest["model"]["linears"].values() if not v["streamed"]}
     for fmt, nb in sorted(manifest["weight_bytes"].items()):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["AWQ_NIBBLE_COLUMNS", "TINY", "KQUANT", "tiny_model", "FolderModel", "write_gptq", "write_awq",
+           "block_bits_per_weight",
            "write_gguf", "pack_fields", "folder_mismatches", "conversion_error",
            "exact_recipe"]
 
@@ -270,7 +271,24 @@ def folder_mismatches(graph, ref: dict, out_dir, config, recipe=None) -> dict:
         bad += int((got != want).sum())
         total += want.numel()
         formats[layer] = _format_name(ql)
-    return {"mismatches": bad, "weights": total, "formats": formats, "folder": folder}
+    return {"mismatches": bad, "weights": total, "formats": formats, "folder": folder,
+            "bits_per_weight": block_bits_per_weight(folder.manifest)}
+
+
+def block_bits_per_weight(manifest: dict) -> float:
+    """Bits per weight of a compiled LLM folder's decoder-block linear layers (the
+    ``lm_head``, a float layer of the checkpoints quantized by the recipe, left out): the
+    bytes of their tiles or streams in the image (scales and zero points included) x 8
+    over their weights."""
+    nbytes = weights = 0
+    for name, lin in manifest["model"]["linears"].items():
+        if name == "lm_head":
+            continue
+        for t in lin["tiles"]:                  # a WGT tile, or a row block's streams
+            nbytes += t["nbytes"] if "nbytes" in t else sum(st["nbytes"]
+                                                            for st in t["streams"])
+        weights += lin["n"] * lin["k_in"]
+    return 8 * nbytes / weights if weights else 0.0
 
 
 def conversion_error(graph, recipe=None) -> float:
