@@ -361,7 +361,7 @@ def test_bitmod_format_not_in_config_is_refused(tmp_path):
             compile_linear(_weights(0, 8, 128), None, cfg, tmp_path / "x", group=32, **kw)
         msg = str(e.value)
         assert f"streamed weight format {bad!r} is not built in config 'no_fp'" in msg, msg
-        assert "(accepted: int2, int3, int4, int8, ovp)" in msg and "\n" not in msg
+        assert "(accepted: int2, int3, int4, int8, ovp, uint4z)" in msg and "\n" not in msg
     with pytest.raises(CompileError, match="ovp weights are dense"):
         compile_linear(_weights(0, 8, 128), None, CFG, tmp_path / "x", group=32,
                        wformat="mixed", mixed_formats="fp4_er_p,ovp", sparsity="2:4")
