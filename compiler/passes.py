@@ -185,7 +185,8 @@ class Quantize(Pass):
                 streamed = zero_point_stream(pre, self.config)
                 if streamed is not None:                # 4-bit codes and zero points
                     pre = streamed
-                    g.meta["import"]["exact"][layer] = ZERO_POINT_FORMAT
+                    if "import" in g.meta:
+                        g.meta["import"]["exact"][layer] = ZERO_POINT_FORMAT
                 g.qweights[node.name] = pre
                 plan[layer] = LayerQuant((ZERO_POINT_FORMAT if pre.streamed else
                                           f"int{pre.bits}",), pre.group)

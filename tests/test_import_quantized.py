@@ -297,7 +297,8 @@ def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_pat
 @pytest.mark.rtl
 @pytest.mark.parametrize("sym, cfg", [
     (True, CFG), (False, CFG),                          # INT4 with code -8; INT8
-    pytest.param(False, DECODE, marks=pytest.mark.slow)])   # uint4z streamed
+    pytest.param(False, DECODE, marks=pytest.mark.slow)],   # uint4z streamed
+    ids=["int4", "int8", "uint4z"])
 def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym, cfg):
     from airfoil.cli.backend_rtl import RtlLLM
     ref = write_gptq(tmp_path / "g", model, sym=sym)

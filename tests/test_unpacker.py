@@ -66,6 +66,22 @@ def _run(geom, words, beats, *, seed=0, idle=0.0, stall=0.0):
                                      max_cycles=20 * len(words) + 1000))
 
 
+def test_zero_points_follow_the_rows_across_beats():
+    """UINT4Z with 3 rows a record and 8 lane-vectors a beat: a beat's slots start at
+    every row in turn, and each weight is its code minus its own row's zero point (block
+    skip too: the step mask follows the zero points)."""
+    g = StreamGeometry(word_bits=128, lanes=8, rows=3)
+    assert g.vectors_per_beat(RecordTag.UINT4Z) % g.rows
+    rng = np.random.default_rng(5)
+    recs = random_records(g, rng, 10, tags=[RecordTag.UINT4Z], sparsity=(0, BLOCK_CODE))
+    assert any(rc.nm == BLOCK_CODE for rc in recs)
+    assert {int(q.min()) for rc in recs for q in rc.q} & {-15, -14, -13}   # zero points > 12
+    words, beats = make_case(g, [recs])
+    res = _run(g, words, beats, idle=0.2, stall=0.3)
+    assert res["errors"] == [] and res["items_out"] == len(beats)
+    assert res["error_flag"] == 0
+
+
 # -- parameters and structure ------------------------------------------------------------
 
 def test_geometry_and_parameters_are_validated():

@@ -15,11 +15,12 @@ right after the bits it holds) and may remove one *action* from its head:
   the scales): the record then holds ``popcount(mask) * rows`` lane-vectors, and every
   beat carries the mask (other records carry all their steps as the mask). The codes of a
   lane-vector are cut out of the buffer once per code width (and index width); INT codes
-  are their own values, the unsigned codes of a zero-point format (``UINT4Z``) minus their
-  row's zero point (the header's zero points, after the scales), OVP4 pairs go through the outlier-victim decode and BitMoD FP
-  codes (any codebook format of :mod:`airfoil.format_registry`) through a constant table
-  per code width built from the registry's codebooks (the entries all formats of a width
-  share, and the others chosen by the tag);
+  are their own values, the unsigned codes of a zero-point format (``UINT4Z``) are minus
+  their row's zero point (the header's zero points, after the scales), OVP4 pairs go
+  through the outlier-victim decode and BitMoD FP codes (any codebook format of
+  :mod:`airfoil.format_registry`) through a constant table per code width built from the
+  registry's codebooks (the entries all formats of a width share, and the others chosen
+  by the tag);
 * a *skip*: a PAD tag, a header position in the last 11 bits of a word, or a malformed
   header (which also sets ``error``) drops the rest of the current word.
 
@@ -185,7 +186,10 @@ class Unpacker(wiring.Component):
         cur_mask = Signal(SM)
         cur_gcode = Signal(2)
         ZW = self.zero_widths
-        ZP = max(f.zero_point_bits for f in map(format_spec, tags))   # 0: no zero points
+        # Zero-point bits of the decoded formats (0: none); they share one code width.
+        ZP = max(f.zero_point_bits for f in map(format_spec, tags))
+        if len({f.zero_point_bits for f in map(format_spec, tags)} - {0}) > 1:
+            raise ValueError("the zero-point formats decoded must share one code width")
         cur_z = Signal(data.ArrayLayout(unsigned(max(ZP, 1)), R))
         cur_row = Signal(range(R))              # row of the next lane-vector of the record
 
