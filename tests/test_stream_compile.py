@@ -476,7 +476,7 @@ def test_malformed_stream_programs():
     _refused(blob, [_ld_stream(nb), encode(Opcode.MV, wait=[Unit.LOAD], **_mv(k=128))], 2,
              "ran out", "needs 4 records", "2 were loaded")
     _refused(blob, [encode(Opcode.MV, **_mv())], 1, "ran out")
-    _refused(bytes([0x0F]) + bytes(WB - 1), [_ld_stream(WB), mv], 2, "bad record tag 15")
+    _refused(bytes([0x10]) + bytes(WB - 1), [_ld_stream(WB), mv], 2, "bad record tag 16")
     _refused(blob, [encode(Opcode.SFU, func=SfuFunc.COPY, src=Buffer.WSTREAM, dst=Buffer.ACT,
                            n=16)], 1, "src=WSTREAM")
     # A sparsity code other than DENSE (raw bits: the enum has no other member yet).
@@ -518,11 +518,11 @@ def test_golden_refuses_a_damaged_stream(tmp_path):
                        stream=True)
     t0 = m["layers"][0]["tiles"][0]
     raw = bytearray((out / "weights.bin").read_bytes())
-    raw[t0["streams"][0]["addr"]] = 0x0F                                  # record tag 15
+    raw[t0["streams"][0]["addr"]] = 0x10                                  # record tag 16
     (out / "weights.bin").write_bytes(bytes(raw))
-    with pytest.raises(CompileError, match="bad record tag 15 at stream bit 0"):
+    with pytest.raises(CompileError, match="bad record tag 16 at stream bit 0"):
         run_golden(out)
-    with pytest.raises(ProgramError, match="MALFORMED: weight stream: bad record tag 15"):
+    with pytest.raises(ProgramError, match="MALFORMED: weight stream: bad record tag 16"):
         run_isa(out, CFG)
 
 

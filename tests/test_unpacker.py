@@ -183,11 +183,11 @@ def test_latency_from_completing_word_to_first_beat():
 # -- error handling ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("header, tags", [
-    (0xF, None), (0x3 | 3 << 6, None), (0x3F, None), (0x3 | 7 << 8, None),
+    (0x10, None), (0x3 | 3 << 6, None), (0x3F, None), (0x3 | 7 << 8, None),
     (0x5 | 2 << 8, None), (0x5 | BLOCK_CODE << 8, None), (0x3 | BLOCK_CODE << 8, None),
     (0x7, ["int4", "int6", "fp4_er_n"]), (0x6 | 2 << 8, ["int4"])])
 def test_malformed_header_is_skipped_and_flagged(header, tags):
-    """A reserved tag (15; 63, the top of the 6-bit field), group code or sparsity code,
+    """A reserved tag (16; 63, the top of the 6-bit field), group code or sparsity code,
     OVP4 with N:M or block skip, a block record with an empty step mask (the zero bits
     after the header), or a format the unpacker was not built to decode: its word is
     dropped and error is set."""
@@ -203,15 +203,15 @@ def test_malformed_header_is_skipped_and_flagged(header, tags):
 
 
 def test_decoded_formats_follow_the_config():
-    """The BitMoD formats are decoded when the config lists them; INT2/3/4/8 and OVP4
-    always; fewer formats, fewer lane-vector kinds."""
+    """The BitMoD formats are decoded when the config lists them; INT2/3/4/8, OVP4 and
+    UINT4Z always; fewer formats, fewer lane-vector kinds."""
     full = Unpacker.from_config(load_config("test_decode"))
     assert set(full.tags) == set(TAG_BITS)
     cfg = load_config("test_decode")
     some = dataclasses.replace(cfg, weight_formats=("int2", "int4", "fp3_ea_n"))
     dut = Unpacker.from_config(some)
     assert dut.tags == (RecordTag.INT2, RecordTag.INT3, RecordTag.INT4, RecordTag.INT8,
-                        RecordTag.OVP4, RecordTag.FP3_EA_N)
+                        RecordTag.OVP4, RecordTag.FP3_EA_N, RecordTag.UINT4Z)
     assert len(dut.kinds) < len(full.kinds)
     Fragment.get(full, None)
     Fragment.get(dut, None)
