@@ -578,6 +578,16 @@ def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
     return requantize_rows(acc, M, S, ACT_BITS)
 
 
+def linear_bias(b: torch.Tensor) -> torch.Tensor:
+    """Compile time: a linear layer's bias as ACT (signed 32-bit Q16).
+
+    The bias is added to the layer's ACT output with :func:`add`, not in the accumulator:
+    the accumulator's unit holds the token's activation scale, so a bias there would
+    differ per token.
+    """
+    return to_fixed(b, ACT_FRAC)
+
+
 def embedding_table(w: torch.Tensor) -> torch.Tensor:
     """Compile time: an embedding table as ACT (signed 32-bit Q16) rows."""
     return to_fixed(w, ACT_FRAC)

@@ -518,6 +518,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
              "mlp_norm": i32(lay[f"l{i}.mlp_norm"], d)}
         for r in _LINEARS:
             L[r] = lin(f"l{i}.{r}")
+        for r in shape.get("linear_biases", ()):
+            L[r + "_bias"] = i32(lay[f"l{i}.{r}_bias"], mm["linears"][f"l{i}.{r}"]["n"])
         layers.append(L)
     P = mm["max_positions"]
     raw = np.frombuffer(bytes(image[lay["rope"]:lay["rope"] + lay["rope_row"] * P]),

@@ -72,7 +72,8 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
     if op == "linear":
         ql = g.qweights.get(n.name)
         w = ql.dequantize() if ql is not None else g.params[n.attrs["weight"]]
-        return x[0] @ w.t()
+        y = x[0] @ w.t()
+        return y + g.params[n.attrs["bias"]] if "bias" in n.attrs else y
     if op == "rope":
         H, hd = n.attrs["heads"], n.attrs["head_dim"]
         cos, sin = rope_tables(hd, n.attrs["theta"],
@@ -116,7 +117,11 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
         if ql is None or not isinstance(x[0], tuple):
             raise CompileError(f"golden backend: linear {n.name} is not quantized "
                                f"(run the quantize step first)")
-        return fx.linear(ql, *x[0])
+        y = fx.linear(ql, *x[0])
+        if "bias" in n.attrs:
+            b = n.attrs["bias"]
+            y = fx.add(y, _memo(state, "bias:" + b, lambda: fx.linear_bias(g.params[b])))
+        return y
     if op == "rope":
         H, hd = n.attrs["heads"], n.attrs["head_dim"]
         end = state.position + T

@@ -14,7 +14,8 @@ op             inputs                     attrs
 embedding      tokens                     weight
 rmsnorm        x                          weight, eps
 act_quant      x                          format ("int8_per_token")
-linear         x                          weight (param name), layer (recipe name)
+linear         x                          weight (param name), layer (recipe name), bias
+                                          (param name, absent without a bias)
 rope           x                          heads, head_dim, theta, scaling
 attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int)
 softmax        x                          (last axis)
@@ -36,10 +37,10 @@ import torch
 
 from airfoil.errors import CompileError
 
-from .reference import LlamaShape
+from .reference import LINEAR_ROLES, LlamaShape
 
 __all__ = ["OPS", "Node", "Graph", "Pass", "Pipeline", "build_llama_graph",
-           "llama_param_shapes"]
+           "llama_param_shapes", "linear_name", "linear_dims"]
 
 #: Op name -> number of inputs.
 OPS = {"embedding": 1, "rmsnorm": 1, "act_quant": 1, "linear": 1, "rope": 1,
@@ -124,9 +125,10 @@ class Graph:
             for i in n.inputs:
                 if i not in seen:
                     raise CompileError(f"node {n.name}: input {i!r} is not defined before")
-            w = n.attrs.get("weight")
-            if w is not None and w not in self.params:
-                raise CompileError(f"node {n.name}: missing parameter {w!r}")
+            for key in ("weight", "bias"):
+                w = n.attrs.get(key)
+                if w is not None and w not in self.params:
+                    raise CompileError(f"node {n.name}: missing parameter {w!r}")
             if n.name in seen:
                 raise CompileError(f"node name {n.name!r} is defined twice")
             seen.add(n.name)
@@ -183,23 +185,32 @@ class Pipeline:
         return graph
 
 
-def llama_param_shapes(s: LlamaShape) -> dict[str, tuple[int, ...]]:
-    """The HF tensor names and shapes of a ``LlamaForCausalLM`` checkpoint."""
+def linear_name(role: str) -> str:
+    """The HF module name of a linear layer's role within a decoder layer."""
+    return f"self_attn.{role}_proj" if role in LINEAR_ROLES[:4] else f"mlp.{role}_proj"
+
+
+def linear_dims(s: LlamaShape) -> dict[str, tuple[int, int]]:
+    """Role (:data:`~compiler.reference.LINEAR_ROLES`) -> (rows, k) of a decoder layer."""
     d, hd, f = s.hidden_size, s.head_dim, s.intermediate_size
+    q, kv = s.num_attention_heads * hd, s.num_key_value_heads * hd
+    return {"q": (q, d), "k": (kv, d), "v": (kv, d), "o": (d, q),
+            "gate": (f, d), "up": (f, d), "down": (d, f)}
+
+
+def llama_param_shapes(s: LlamaShape) -> dict[str, tuple[int, ...]]:
+    """The HF tensor names and shapes of a ``LlamaForCausalLM`` checkpoint (with the
+    ``.bias`` vectors of the roles in ``s.linear_biases``)."""
+    d = s.hidden_size
     out = {"model.embed_tokens.weight": (s.vocab_size, d), "model.norm.weight": (d,)}
     for i in range(s.num_hidden_layers):
         p = f"model.layers.{i}."
-        out.update({
-            p + "input_layernorm.weight": (d,),
-            p + "post_attention_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (s.num_attention_heads * hd, d),
-            p + "self_attn.k_proj.weight": (s.num_key_value_heads * hd, d),
-            p + "self_attn.v_proj.weight": (s.num_key_value_heads * hd, d),
-            p + "self_attn.o_proj.weight": (d, s.num_attention_heads * hd),
-            p + "mlp.gate_proj.weight": (f, d),
-            p + "mlp.up_proj.weight": (f, d),
-            p + "mlp.down_proj.weight": (d, f),
-        })
+        out.update({p + "input_layernorm.weight": (d,),
+                    p + "post_attention_layernorm.weight": (d,)})
+        for role, (n, k) in linear_dims(s).items():
+            out[p + linear_name(role) + ".weight"] = (n, k)
+            if role in s.linear_biases:
+                out[p + linear_name(role) + ".bias"] = (n,)
     if not s.tie_word_embeddings:
         out["lm_head.weight"] = (s.vocab_size, d)
     return out
@@ -226,15 +237,19 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
         return name
 
     s = shape
+
+    def linear(L, p, role, x):
+        layer = p + linear_name(role)
+        bias = {"bias": layer + ".bias"} if role in s.linear_biases else {}
+        return add(L + role + "_proj", "linear", [x], weight=layer + ".weight", layer=layer,
+                   **bias)
+
     h = add("embed", "embedding", [Graph.INPUT], weight="model.embed_tokens.weight")
     for i in range(s.num_hidden_layers):
         p, L = f"model.layers.{i}.", f"l{i}."
         x = add(L + "attn_norm", "rmsnorm", [h], weight=p + "input_layernorm.weight",
                 eps=s.rms_norm_eps)
-        proj = {}
-        for r in ("q", "k", "v"):
-            proj[r] = add(L + r + "_proj", "linear", [x], weight=p + f"self_attn.{r}_proj.weight",
-                          layer=p + f"self_attn.{r}_proj")
+        proj = {r: linear(L, p, r, x) for r in ("q", "k", "v")}
         rq = add(L + "q_rope", "rope", [proj["q"]], heads=s.num_attention_heads,
                  head_dim=s.head_dim, theta=s.rope_theta,
                  scaling=s.rope_scaling)
@@ -244,19 +259,15 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
         a = add(L + "attn", "attention", [rq, rk, proj["v"]], heads=s.num_attention_heads,
                 kv_heads=s.num_key_value_heads, head_dim=s.head_dim,
                 scale=s.head_dim ** -0.5, layer=i)
-        o = add(L + "o_proj", "linear", [a], weight=p + "self_attn.o_proj.weight",
-                layer=p + "self_attn.o_proj")
+        o = linear(L, p, "o", a)
         h = add(L + "attn_res", "add", [h, o])
         x = add(L + "mlp_norm", "rmsnorm", [h], weight=p + "post_attention_layernorm.weight",
                 eps=s.rms_norm_eps)
-        g = add(L + "gate_proj", "linear", [x], weight=p + "mlp.gate_proj.weight",
-                layer=p + "mlp.gate_proj")
-        u = add(L + "up_proj", "linear", [x], weight=p + "mlp.up_proj.weight",
-                layer=p + "mlp.up_proj")
+        g = linear(L, p, "gate", x)
+        u = linear(L, p, "up", x)
         sg = add(L + "silu", "silu", [g])
         m = add(L + "mlp_mul", "mul", [sg, u])
-        d = add(L + "down_proj", "linear", [m], weight=p + "mlp.down_proj.weight",
-                layer=p + "mlp.down_proj")
+        d = linear(L, p, "down", m)
         h = add(L + "mlp_res", "add", [h, d])
     x = add("final_norm", "rmsnorm", [h], weight="model.norm.weight", eps=s.rms_norm_eps)
     head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"

@@ -28,6 +28,12 @@ Per phase, per layer (buffers: ACT, OUT, WGT, KV, AUX; memory: the image)::
     RMSNORM, QUANT_TOKEN, MV|MM gate and up, SFU SILU, MUL, QUANT_TOKEN, MV|MM down, ADD
     final RMSNORM, QUANT_TOKEN, MV|MM lm_head; ST logits (REG_T rows) to memory
 
+A linear layer with a bias (Qwen2's q, k, v) is followed by ``LD`` of its ACT bias row
+broadcast to ``REG_T`` rows (``dram_stride = 0``) into AUX and ``SFU ADD`` of those rows
+onto the layer's output: the golden's ``add(linear(x), bias)``. (The MATRIX unit's bias
+tiles hold the bias in accumulator units, which with per-token activation scales would
+differ per token.)
+
 The KV cache in memory is laid out ``[layer][K|V][position][kv_head]`` of records
 (``head_dim`` INT8 padded to 8 bytes, then the scale pair int32 ``sm``, ``se``, padded
 to the memory word), so the ``T`` new positions of all heads are one contiguous store.
@@ -301,6 +307,13 @@ def _stream_label(ql) -> str:
     return names if ql.sparsity == "dense" else f"{names}/{ql.sparsity}"
 
 
+def _biases(model) -> dict:
+    """``l{i}.{role}_bias`` -> ACT bias of every linear layer that has one."""
+    roles = model["shape"].get("linear_biases", ())
+    return {f"l{i}.{r}_bias": L[r + "_bias"] for i, L in enumerate(model["layers"])
+            for r in roles}
+
+
 def _plan_image(model, config, max_prompt, max_pos):
     """Addresses of everything in the memory image; returns (layout dict, size)."""
     d, heads, kv, hd, inter, vocab = _shape(model)
@@ -324,6 +337,8 @@ def _plan_image(model, config, max_prompt, max_pos):
     for i in range(len(model["layers"])):
         put(f"l{i}.attn_norm", 4 * d)
         put(f"l{i}.mlp_norm", 4 * d)
+    for name, b in _biases(model).items():
+        put(name, 4 * b.numel())
     lay["kv_row"] = kv * rec
     for i in range(len(model["layers"])):
         put(f"l{i}.kcache", kv * rec * max_pos)
@@ -440,6 +455,8 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
             gains[f"l{i}.attn_norm"], gains[f"l{i}.mlp_norm"] = L["attn_norm"], L["mlp_norm"]
         for name, g in gains.items():
             put(lay[name], g.numpy().astype("<i4").tobytes())
+        for name, b in _biases(model).items():
+            put(lay[name], b.numpy().astype("<i4").tobytes())
         for addr, blob in streams:
             put(addr, blob)
         for name, ql in flat.items():
@@ -512,6 +529,9 @@ class _Phase:
         self.SC = aux.take(8 * T, "per-token scales")
         self.GAIN = aux.take(4 * d, "RMSNorm gain")
         self.ROPE = aux.take(lay["rope_row"] * T, "RoPE table rows")
+        widest = max((b.numel() for b in _biases(model).values()), default=0)
+        if widest:
+            self.BIAS = aux.take(4 * widest * T, "linear bias rows")
 
     # ranges
     def r(self, buf, addr, nbytes):
@@ -600,6 +620,14 @@ class _Phase:
                 out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
                 bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
+        bias = name + "_bias"
+        if bias in self.lay:
+            self.ld(Buffer.AUX, self.BIAS, self.lay[bias], 4 * n, count=T, stride=0,
+                    reads=[self.mem(self.lay[bias], 4 * n)], **self.tregs)
+            rows = self.rows_act(Buffer.OUT, out_addr, n)
+            self.sfu(SfuFunc.ADD, Buffer.OUT, out_addr, Buffer.OUT, out_addr, n,
+                     reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n * T)], writes=[rows],
+                     aux=Buffer.AUX, aux_addr=self.BIAS)
 
     def streamed_linear(self, info, out_addr):
         """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,

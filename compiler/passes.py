@@ -27,7 +27,7 @@ from airfoil.formats import quantize_weights
 from airfoil.packing import NM_BY_NAME, NM_PATTERNS, quantize_stream
 from airfoil.sparsity import prune_blocks, prune_nm
 
-from .ir import Graph, Node, Pass, Pipeline
+from .ir import Graph, Node, Pass, Pipeline, linear_name
 from .importers.prequant import ZERO_POINT_FORMAT, fold_scale, zero_point_stream
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
@@ -66,12 +66,13 @@ class FoldAttentionScale(Pass):
             if lin.op != "linear":
                 raise CompileError(f"attention {att.name}: query is not a linear layer's "
                                    f"output, cannot fold the scale")
-            w = lin.attrs["weight"]
             if lin.attrs["layer"] in g.prequantized:     # a quantized checkpoint's scales
                 fold_scale(g, lin.attrs["layer"], scale)
-            new = w + ":scaled"
-            g.params[new] = g.params[w] * scale
-            lin.attrs["weight"] = new
+            for key in ("weight", "bias"):
+                if key in lin.attrs:
+                    w = lin.attrs[key]
+                    g.params[w + ":scaled"] = g.params[w] * scale
+                    lin.attrs[key] = w + ":scaled"
             att.attrs["scale"] = 1.0
         g.meta["attention_scale_folded"] = True
         return g.validate()
@@ -237,17 +238,20 @@ def quantized_model(graph: Graph) -> dict:
     will carry): ``shape`` (HF config fields), ``embed`` (ACT table), ``norm`` (Q16
     gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
     per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains), ``eps`` and QLinear ``q``,
-    ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``.
+    ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``, and for the roles of
+    ``shape.linear_biases`` their ACT biases ``q_bias`` ... (:func:`linear_bias`).
     """
     from dataclasses import asdict
 
-    from airfoil.fixedpoint import embedding_table, rmsnorm_weight
+    from airfoil.fixedpoint import embedding_table, linear_bias, rmsnorm_weight
     if not graph.qweights:
         raise CompileError("export needs a quantized graph (run the quantize step)")
     if not graph.meta.get("attention_scale_folded"):
         raise CompileError("export needs fold_attention_scale to have run")
     s = graph.shape
     by_layer = {n.attrs["layer"]: graph.qweights[n.name] for n in graph.by_op("linear")}
+    bias_of = {n.attrs["layer"]: graph.params[n.attrs["bias"]] for n in graph.by_op("linear")
+               if "bias" in n.attrs}
     norms = {n.attrs["weight"]: n.attrs["weight"] for n in graph.by_op("rmsnorm")}
     embeds = graph.by_op("embedding")
 
@@ -270,6 +274,11 @@ def quantized_model(graph: Graph) -> dict:
             d[r] = lin(p + f"self_attn.{r}_proj")
         for r in ("gate", "up", "down"):
             d[r] = lin(p + f"mlp.{r}_proj")
+        for r in s.linear_biases:
+            name = p + linear_name(r)
+            if name not in bias_of:
+                raise CompileError(f"export: linear layer {name} has no bias")
+            d[r + "_bias"] = linear_bias(bias_of[name])
         layers.append(d)
     if len(embeds) != 1:
         raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")

@@ -21,7 +21,11 @@ from torch import nn
 from airfoil import fixedpoint as fx
 from airfoil.errors import CompileError
 
-__all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama"]
+__all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama",
+           "LINEAR_ROLES"]
+
+#: The linear layers of a decoder layer, by role, in execution order.
+LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def _finite(v) -> bool:
@@ -66,6 +70,13 @@ class LlamaShape:
         or None for the default RoPE.
     max_position_embeddings : int
     tie_word_embeddings : bool
+    linear_biases : tuple of str
+        The roles (:data:`LINEAR_ROLES`) whose linear layers carry a bias: Qwen2's
+        ``q, k, v``, LLaMA's ``attention_bias`` (``q, k, v, o``) and ``mlp_bias``.
+    sliding_window : int or None
+        The attention window of a Mistral-style model. Only positions up to the window are
+        modelled (``max_position_embeddings <= sliding_window``), where the sliding mask
+        equals the causal one.
     """
 
     vocab_size: int
@@ -80,6 +91,8 @@ class LlamaShape:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     rope_scaling: dict | None = None
+    linear_biases: tuple = ()
+    sliding_window: int | None = None
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -106,6 +119,18 @@ class LlamaShape:
         if not isinstance(self.tie_word_embeddings, bool):
             raise CompileError(f"config field tie_word_embeddings must be true or false, not "
                                f"{self.tie_word_embeddings!r}")
+        biases = self.linear_biases
+        if not (isinstance(biases, (tuple, list)) and set(biases) <= set(LINEAR_ROLES)):
+            raise CompileError(f"linear_biases must be a list of {', '.join(LINEAR_ROLES)}, "
+                               f"not {biases!r}")
+        object.__setattr__(self, "linear_biases",
+                           tuple(r for r in LINEAR_ROLES if r in biases))
+        w = self.sliding_window
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or
+                              w < self.max_position_embeddings):
+            raise CompileError(f"sliding_window must be null or an integer of at least "
+                               f"max_position_embeddings={self.max_position_embeddings} "
+                               f"(positions past the window are not modelled), not {w!r}")
 
     @property
     def groups(self) -> int:
@@ -115,8 +140,15 @@ class LlamaShape:
     def to_hf(self) -> dict:
         """Return the fields as an HF ``config.json`` dict for ``LlamaForCausalLM``."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        biases = set(d.pop("linear_biases"))
+        attn, mlp = set(LINEAR_ROLES[:4]), set(LINEAR_ROLES[4:])
+        if biases not in (set(), attn, mlp, attn | mlp):
+            raise CompileError(f"LlamaForCausalLM has no config for biases on "
+                               f"{sorted(biases)} alone")
+        if d.pop("sliding_window") is not None:
+            raise CompileError("LlamaForCausalLM has no sliding_window")
         d.update(architectures=["LlamaForCausalLM"], model_type="llama",
-                 hidden_act="silu", attention_bias=False, mlp_bias=False,
+                 hidden_act="silu", attention_bias=attn <= biases, mlp_bias=mlp <= biases,
                  bos_token_id=None, eos_token_id=None)
         return d
 
@@ -168,18 +200,20 @@ class _Attention(nn.Module):
     def __init__(self, s: LlamaShape):
         super().__init__()
         d, hd = s.hidden_size, s.head_dim
-        self.q_proj = nn.Linear(d, s.num_attention_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, s.num_key_value_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, s.num_key_value_heads * hd, bias=False)
-        self.o_proj = nn.Linear(s.num_attention_heads * hd, d, bias=False)
+        b = s.linear_biases
+        self.q_proj = nn.Linear(d, s.num_attention_heads * hd, bias="q" in b)
+        self.k_proj = nn.Linear(d, s.num_key_value_heads * hd, bias="k" in b)
+        self.v_proj = nn.Linear(d, s.num_key_value_heads * hd, bias="v" in b)
+        self.o_proj = nn.Linear(s.num_attention_heads * hd, d, bias="o" in b)
 
 
 class _MLP(nn.Module):
     def __init__(self, s: LlamaShape):
         super().__init__()
-        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+        b = s.linear_biases
+        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias="gate" in b)
+        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias="up" in b)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias="down" in b)
 
 
 class _RMSNorm(nn.Module):
@@ -278,18 +312,22 @@ class LlamaReference(nn.Module):
         return {k: v.detach() for k, v in self.state_dict().items()}
 
 
-def random_llama(*, heads, kv, hd, vocab, inter, layers, max_pos, tie=False, seed=0):
+def random_llama(*, heads, kv, hd, vocab, inter, layers, max_pos, tie=False, seed=0,
+                 biases=()):
     """A random :class:`LlamaReference` whose weights give well-scaled activations.
 
-    Matrices are N(0, 0.15^2), vectors (norm gains) 1 + N(0, 0.1^2).
+    Matrices are N(0, 0.15^2), norm gains 1 + N(0, 0.1^2), the biases of the roles in
+    ``biases`` N(0, 0.1^2).
     """
     shape = LlamaShape(vocab_size=vocab, hidden_size=heads * hd, intermediate_size=inter,
                        num_hidden_layers=layers, num_attention_heads=heads,
                        num_key_value_heads=kv, head_dim=hd, rms_norm_eps=1e-5,
-                       max_position_embeddings=max_pos, tie_word_embeddings=tie)
+                       max_position_embeddings=max_pos, tie_word_embeddings=tie,
+                       linear_biases=tuple(biases))
     torch.manual_seed(seed)
     m = LlamaReference(shape).eval()
     with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + (p.dim() == 1))
+        for name, p in m.named_parameters():
+            gain = p.dim() == 1 and not name.endswith(".bias")
+            p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + gain)
     return m

@@ -16,6 +16,9 @@ Per layer, on ACT values (signed 32-bit Q16)::
     x = rmsnorm(h); xq = quant_per_token(x)
     h = add(h, linear_down(quant_per_token(mul(silu(linear_gate(xq)), linear_up(xq)))))
     logits = linear_head(quant_per_token(rmsnorm(h)))
+
+where a layer whose role has a bias (``q_bias`` ...) adds it to its ACT output with
+``add``.
 """
 
 from __future__ import annotations
@@ -80,15 +83,15 @@ class GoldenLLM:
         h = m["embed"][tok]
         for L, cache in zip(m["layers"], self.caches):
             xq = fx.quant_per_token(fx.rmsnorm(h, L["attn_norm"], self.eps))
-            q = self._rope(fx.linear(L["q"], *xq), self.heads, start, T)
-            k = self._rope(fx.linear(L["k"], *xq), self.kv_heads, start, T)
-            v = fx.linear(L["v"], *xq)
+            q = self._rope(_linear(L, "q", xq), self.heads, start, T)
+            k = self._rope(_linear(L, "k", xq), self.kv_heads, start, T)
+            v = _linear(L, "v", xq)
             a = fx.attention(q, k, v, cache, self.heads, self.kv_heads, self.head_dim)
-            h = fx.add(h, fx.linear(L["o"], *fx.quant_per_token(a)))
+            h = fx.add(h, _linear(L, "o", fx.quant_per_token(a)))
             xq = fx.quant_per_token(fx.rmsnorm(h, L["mlp_norm"], self.eps))
-            g = fx.silu(fx.linear(L["gate"], *xq))
-            u = fx.linear(L["up"], *xq)
-            h = fx.add(h, fx.linear(L["down"], *fx.quant_per_token(fx.mul(g, u))))
+            g = fx.silu(_linear(L, "gate", xq))
+            u = _linear(L, "up", xq)
+            h = fx.add(h, _linear(L, "down", fx.quant_per_token(fx.mul(g, u))))
         x = fx.quant_per_token(fx.rmsnorm(h, m["norm"], self.eps))
         return fx.linear(m["lm_head"], *x)
 
@@ -100,6 +103,13 @@ class GoldenLLM:
     def decode(self, token: int) -> torch.Tensor:
         """Run one token after the cache; return its ACT logits (vocab,)."""
         return self.forward([token])[0]
+
+
+def _linear(layer: dict, role: str, xq) -> torch.Tensor:
+    """The linear layer of ``role`` on per-token INT8 ``xq``, plus its bias if it has one."""
+    y = fx.linear(layer[role], *xq)
+    bias = layer.get(role + "_bias")
+    return y if bias is None else fx.add(y, bias)
 
 
 def _argmax_first(logits: torch.Tensor) -> int:
