@@ -229,6 +229,36 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return sat(shift_round(x.to(I64) * sigmoid(x), 15))
 
 
+#: GELU's gate ``GELU(x) / x`` in the tanh form of GPT-2 (``gelu_new``),
+#: ``sigmoid(2 sqrt(2 / pi) (x + 0.044715 x**3))``, on [-16, 16] in steps of 1/16:
+#: 513 entries, unsigned Q15 (the layout of the sigmoid table).
+_GELU_T = torch.tensor([round(2 ** 15 / (1 + math.exp(-2 * math.sqrt(2 / math.pi) * (
+    (i - 256) / 16 + 0.044715 * ((i - 256) / 16) ** 3)))) for i in range(513)], dtype=I64)
+
+
+def gelu_gate(x: torch.Tensor) -> torch.Tensor:
+    """GELU's gate of Q16 ``x`` as unsigned Q15: :data:`_GELU_T` read as :func:`sigmoid`
+    reads its table (clamp to ``[-16, 16)``, 12-bit linear interpolation)."""
+    xc = torch.clamp(x.to(I64), -(16 << 16), (16 << 16) - 1) + (16 << 16)
+    return _interp(_GELU_T, xc >> 12, xc & 0xFFF, 12)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh form) of Q16 ``x``: ``sat32((x * gelu_gate(x)) >> 15)`` rounded, Q16.
+
+    The datapath of :func:`silu` with the gate table of :data:`_GELU_T`. Beyond the
+    table the gate is 0 (``x < -16``) or 1 (``x >= 16``), as GELU's is to within 1e-50.
+    Absolute error against ``gelu_new`` below 2e-4 (measured on a 2e-4 grid of [-20, 20]:
+    the gate's interpolation error times ``x``).
+    """
+    return sat(shift_round(x.to(I64) * gelu_gate(x), 15))
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU of ACT ``x`` (exact)."""
+    return torch.clamp(x.to(I64), min=0)
+
+
 # -- element-wise ---------------------------------------------------------------------
 
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -370,7 +400,7 @@ def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
     b = 15 - bit_length(amax)
     xs = shift_round(x, -b)
     ss = (xs * xs).sum(dim=-1, keepdim=True)
-    inv_m, inv_e = scale_to_mantissa(torch.tensor(1 << 40, dtype=I64) // n, 40)
+    inv_m, inv_e = _inv_n(n)
     ms = shift_round(ss * inv_m, inv_e)
     vs, ks = [], []             # per row: v pre-shifted by 2k to fit int64, and k
     for msi, bi in zip(ms.reshape(-1).tolist(), b.reshape(-1).tolist()):
@@ -384,6 +414,43 @@ def rmsnorm(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
     # rsqrt(v_real) = r * 2**-e * 2**(16 + b) and xs = x_real * 2**(16 + b)
     t = shift_round(xs * r, e - ACT_FRAC)
     return sat(shift_round(t * gamma.to(I64), GAMMA_FRAC))
+
+
+def _inv_n(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 / n`` as a 16-bit mantissa and exponent (:func:`scale_to_mantissa` of
+    ``2**40 // n``), the constant both norms scale their row sums by."""
+    return scale_to_mantissa(torch.tensor(1 << 40, dtype=I64) // n, 40)
+
+
+def row_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ACT rows (last axis): ``(sum(x) * inv_n_m) >> inv_n_s`` rounded, ACT.
+
+    ``sum(x)`` is exact (below ``n * 2**31``); ``inv_n`` is :func:`_inv_n` (relative error
+    below 2**-15). Exact in int64 for rows of up to 2**15 elements.
+    """
+    x = x.to(I64)
+    inv_m, inv_e = _inv_n(x.shape[-1])
+    return shift_round(x.sum(dim=-1, keepdim=True) * inv_m, inv_e)
+
+
+def layernorm_centred(x: torch.Tensor, gamma: torch.Tensor, eps: float, *,
+                      eps_q60: int | None = None) -> torch.Tensor:
+    """LayerNorm of ACT rows without its bias: :func:`rmsnorm` of the centred rows
+    ``sat32(x - row_mean(x))`` with Q16 gain ``gamma`` (:func:`rmsnorm_weight`); ACT out
+    (the SFU's ``LAYERNORM``).
+
+    The centred rows' mean is (to rounding) zero, so their mean square is the variance
+    LayerNorm divides by.
+    """
+    c = sat(x.to(I64) - row_mean(x))
+    return rmsnorm(c, gamma, eps, eps_q60=eps_q60)
+
+
+def layernorm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+              ) -> torch.Tensor:
+    """LayerNorm of ACT rows: :func:`add` of :func:`layernorm_centred` and the ACT bias
+    ``beta`` (:func:`linear_bias`); the core runs ``LAYERNORM`` then ``ADD``."""
+    return add(layernorm_centred(x, gamma, eps), beta)
 
 
 # -- RoPE ------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ Version 3 (streamed weights through the decode unit; additive)
   records and padding between them are skipped). ``group`` must equal every record's
   group; ``sparsity`` must be ``DENSE`` (the records name theirs); ``bias`` must be 0;
   ``wbuf_addr`` is ignored. A record whose group differs is MALFORMED.
+* :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes
+  no earlier program uses, so every earlier encoding keeps its meaning).
 """
 
 from __future__ import annotations
@@ -199,6 +201,9 @@ class SfuFunc(enum.Enum, shape=6):
       rows was offset by the position register).
     * ``SILU``: :func:`silu`. ``MUL``/``ADD``: :func:`mul`/:func:`add` of the rows at
       ``src_addr`` and the rows at ``aux_addr`` in ``aux``.
+    * ``GELU``: :func:`gelu` (GPT-2's tanh form). ``RELU``: :func:`relu`.
+    * ``LAYERNORM``: :func:`layernorm_centred` of each row (LayerNorm without its bias,
+      which an ``ADD`` of the bias rows supplies), gain and ``eps`` as for ``RMSNORM``.
     * ``ATT_QK``: :func:`attention_scores` of ``R x heads`` query records (``n`` =
       head_dim, stride ``imm0``) at ``src_addr`` against ``L = regs[len_reg]`` positions x
       ``kv_heads`` key records (stride ``imm1``) at ``aux_addr`` in ``aux``; query head
@@ -221,12 +226,18 @@ class SfuFunc(enum.Enum, shape=6):
     ATT_QK = 7
     SOFTMAX = 8
     ATT_PV = 9
+    GELU = 10
+    RELU = 11
+    LAYERNORM = 12
 
 
 #: Per function, the SFU fields that address (or stride over) int32 operands (4) or
 #: int16 tables (2), and the multiple of bytes each must be.
 SFU_ALIGN = {
     SfuFunc.SILU: {"src_addr": 4, "dst_addr": 4},
+    SfuFunc.GELU: {"src_addr": 4, "dst_addr": 4},
+    SfuFunc.RELU: {"src_addr": 4, "dst_addr": 4},
+    SfuFunc.LAYERNORM: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
     SfuFunc.MUL: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
     SfuFunc.ADD: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
     SfuFunc.RMSNORM: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},

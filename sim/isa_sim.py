@@ -559,7 +559,8 @@ class IsaSim:
                 raise fault(i, what, ErrorCode.MALFORMED, f"{key}={f[key]} is not a multiple "
                             f"of {align} bytes (the operand's element size)")
         rowwise = fn in (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU,
-                         SfuFunc.MUL, SfuFunc.ADD)
+                         SfuFunc.MUL, SfuFunc.ADD, SfuFunc.GELU, SfuFunc.RELU,
+                         SfuFunc.LAYERNORM)
         if n < 1 or rows < 1 or (rowwise and n % hs):
             raise fault(i, what, ErrorCode.MALFORMED, f"n={n} and rows={rows} must be at least "
                         f"1 and n a multiple of heads={hs}")
@@ -578,9 +579,10 @@ class IsaSim:
                     self._write(i, what, aux, xa + r * sstride,
                                 torch.stack([sm[r], se[r]]), I32)
                 return rows * n, 0
-            if fn == SfuFunc.RMSNORM:
+            if fn in (SfuFunc.RMSNORM, SfuFunc.LAYERNORM):
                 g = self._read(i, what, aux, xa, n, I32)
-                y = fx.rmsnorm(x, g, 0.0, eps_q60=(f["imm1"] << 32) | f["imm0"])
+                norm = fx.rmsnorm if fn == SfuFunc.RMSNORM else fx.layernorm_centred
+                y = norm(x, g, 0.0, eps_q60=(f["imm1"] << 32) | f["imm0"])
             elif fn == SfuFunc.ROPE:
                 hd = n // hs
                 if hd % 2:
@@ -594,6 +596,10 @@ class IsaSim:
                 y = y.transpose(0, 1).reshape(rows, n)
             elif fn == SfuFunc.SILU:
                 y = fx.silu(x)
+            elif fn == SfuFunc.GELU:
+                y = fx.gelu(x)
+            elif fn == SfuFunc.RELU:
+                y = fx.relu(x)
             else:
                 b = self._read(i, what, aux, xa, rows * n, I32).reshape(rows, n)
                 y = fx.mul(x, b) if fn == SfuFunc.MUL else fx.add(x, b)

@@ -198,20 +198,22 @@ def _ints(b, dt="<i4"):
 # -- kernels against airfoil.fixedpoint --------------------------------------------------
 
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("func", [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU])
+@pytest.mark.parametrize("func", [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU,
+                                  SfuFunc.RELU])
 def test_elementwise_kernel(func, seed):
     rng = np.random.default_rng(seed)
     rows, n = 3, 5
     x = _i32(rng, rows * n)
     b = _i32(rng, rows * n)
-    if func == SfuFunc.SILU:
+    if func in (SfuFunc.SILU, SfuFunc.GELU, SfuFunc.RELU):
         x[2:] = rng.integers(-20 << 16, 20 << 16, size=rows * n - 2)
     args = kernel_args(func=func, n=n, rows=rows, src_addr=8, aux_addr=4, dst_addr=12)
     src, aux, dst = _b([0, 0] + list(x)), _b([0] + list(b)), bytearray(12 + 4 * rows * n)
     res = run_kernel(ElementwiseKernel(func=func), args, src, aux, dst)
     X, B = torch.tensor(x), torch.tensor(b)
     ref = {SfuFunc.ADD: lambda: fx.add(X, B), SfuFunc.MUL: lambda: fx.mul(X, B),
-           SfuFunc.SILU: lambda: fx.silu(X)}[func]()
+           SfuFunc.SILU: lambda: fx.silu(X), SfuFunc.GELU: lambda: fx.gelu(X),
+           SfuFunc.RELU: lambda: fx.relu(X)}[func]()
     assert _ints(dst[12:]).tolist() == ref.tolist(), f"seed {seed}"
     assert res["cycles"] == elementwise.cycles(args) and not res["err"]
 
@@ -293,6 +295,46 @@ def test_rmsnorm_kernel(n, rows, eps, shift, seed, word_bits):
     assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
     assert res["cycles"] == kernel.cycles(args) and not res["err"]
     assert rmsnorm.cycles(args, word_bytes=4) == rmsnorm.DIV_LATENCY + rows * (3 * n + 7)
+
+
+@pytest.mark.parametrize("n,rows,eps,shift,offset,seed", [
+    (8, 2, 1e-5, 20, 0, 1),           # typical activations
+    (6, 3, 1e-5, 16, 2 ** 29, 2),     # rows far from zero: the mean dominates
+    (5, 3, 1e-6, 0, 0, 3),            # full-range int32: x - mean saturates
+    (7, 1, 1e-5, None, 0, 4),         # an all-zero row: eps alone
+    (9, 2, 1e-5, 31, 12345, 5),       # a constant row: centred to zero
+])
+def test_layernorm_kernel(n, rows, eps, shift, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = _i32(rng, rows * n) >> shift if shift is not None else np.zeros(rows * n, np.int64)
+    x = x + offset
+    g = rng.integers(-2 ** 18, 2 ** 18, size=n, dtype=np.int64)
+    c = fx._eps_const(eps)
+    args = kernel_args(func=SfuFunc.LAYERNORM, n=n, rows=rows, imm0=c & 0xFFFFFFFF,
+                       imm1=c >> 32)
+    dst = bytearray(4 * rows * n)
+    res = run_kernel(RmsNormKernel(centre=True), args, _b(x), _b(g), dst)
+    ref = fx.layernorm_centred(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0,
+                               eps_q60=c)
+    assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
+    assert res["cycles"] == rmsnorm.cycles(args) and not res["err"]
+
+
+def test_layernorm_and_gelu_specs_against_torch():
+    """The fixed-point LayerNorm (with its bias added) and GELU are torch's to stated
+    tolerances: LayerNorm 1e-3 (Q16 rounding of the input and the 16-bit 1/n, rsqrt
+    mantissas), GELU 2e-4 (the gate table's interpolation)."""
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(4, 96, generator=gen, dtype=torch.float64) * 3 + 1.5
+    gam = torch.rand(96, generator=gen, dtype=torch.float64) + 0.5
+    bet = torch.randn(96, generator=gen, dtype=torch.float64) * 0.2
+    y = fx.layernorm(fx.to_fixed(xs), fx.rmsnorm_weight(gam), fx.linear_bias(bet), 1e-5)
+    want = torch.nn.functional.layer_norm(xs, (96,), gam, bet, 1e-5)
+    assert float((fx.from_fixed(y) - want).abs().max()) < 1e-3
+    x = torch.linspace(-20, 20, 20001, dtype=torch.float64)
+    got = fx.from_fixed(fx.gelu(fx.to_fixed(x)))
+    want = torch.nn.functional.gelu(fx.from_fixed(fx.to_fixed(x)), approximate="tanh")
+    assert float((got - want).abs().max()) < 2e-4
 
 
 @pytest.mark.parametrize("n,heads,rows,imm1,xa,seed", [
@@ -515,7 +557,7 @@ def test_unit_malformed(case, regs):
         "heads": _sfu(SfuFunc.SILU, n=9, heads=2, rows=1),
         "n_zero": _sfu(SfuFunc.COPY, n=0),
         "rows_reg_zero": _sfu(SfuFunc.ADD, n=4, rows=3, rows_reg=1),
-        "undefined": _with_func(_sfu(SfuFunc.COPY, n=4), 12),
+        "undefined": _with_func(_sfu(SfuFunc.COPY, n=4), max(f.value for f in SfuFunc) + 1),
     }[case]
     if case == "undefined":
         with pytest.raises(ProgramError):
@@ -601,7 +643,7 @@ def _random_program(rng, count):
     c = fx._eps_const(float(rng.choice([1e-5, 1e-6, 0.0])))
     instrs = []
     for _ in range(count):
-        func = SfuFunc(int(rng.choice([0, 1, 2, 3, 4, 5, 6])))
+        func = SfuFunc(int(rng.choice([0, 1, 2, 3, 4, 5, 6, 10, 11, 12])))
         heads = int(rng.choice([1, 2, 4]))
         hd = 2 * int(rng.integers(1, 5))
         n, rows = heads * hd, int(rng.integers(1, 4))
@@ -622,7 +664,7 @@ def _random_program(rng, count):
             f.update(dst=Buffer.KV, aux=Buffer.KV, imm0=8 * ((seg + 7) // 8) + 8, imm1=0)
             f.update(dst_addr=0, aux_addr=8 * ((seg + 7) // 8))
             f["imm1"] = f["imm0"]
-        elif func == SfuFunc.RMSNORM:
+        elif func in (SfuFunc.RMSNORM, SfuFunc.LAYERNORM):
             f.update(aux_addr=4 * int(rng.integers(0, 16)), imm0=c & 0xFFFFFFFF, imm1=c >> 32)
         elif func == SfuFunc.ROPE:
             f.update(aux_addr=2 * int(rng.integers(0, 32)), imm1=2 * int(rng.integers(0, 3)) * hd)

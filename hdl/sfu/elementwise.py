@@ -1,9 +1,10 @@
-"""Element-wise SFU kernels: ``COPY``, ``SILU``, ``MUL`` and ``ADD``.
+"""Element-wise SFU kernels: ``COPY``, ``SILU``, ``GELU``, ``RELU``, ``MUL`` and ``ADD``.
 
 One element per cycle: the read of element ``k`` is issued in one cycle and its result
-written in the next (``COPY``, ``ADD``) or, with the product's inputs registered, the one
-after (``MUL``, ``SILU``): :attr:`ElementwiseKernel.latency`. ``COPY`` moves one byte per
-element, the others one int32.
+written in the next (``COPY``, ``ADD``, ``RELU``) or, with the product's inputs
+registered, the one after (``MUL``, ``SILU``, ``GELU``): :attr:`ElementwiseKernel.latency`.
+``COPY`` moves one byte per element, the others one int32. ``SILU`` and ``GELU`` are one
+datapath, ``x`` times a gate read from a table, with their own tables.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from .kernel import kernel_signature
 __all__ = ["ElementwiseKernel", "cycles", "FUNCS", "KERNELS"]
 
 #: The functions an :class:`ElementwiseKernel` can be built for.
-FUNCS = (SfuFunc.COPY, SfuFunc.SILU, SfuFunc.MUL, SfuFunc.ADD)
+FUNCS = (SfuFunc.COPY, SfuFunc.SILU, SfuFunc.MUL, SfuFunc.ADD, SfuFunc.GELU, SfuFunc.RELU)
+#: Functions whose product's inputs are registered (latency 2).
+_PRODUCTS = (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU)
+#: Gate tables of the ``x * gate(x)`` functions.
+_GATES = {SfuFunc.SILU: fx._SIG_T, SfuFunc.GELU: fx._GELU_T}
 
 
 def _count(args) -> int:
@@ -32,25 +37,26 @@ def _count(args) -> int:
 def cycles(args) -> int:
     """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict)."""
     n = _count(args)
-    return n + (2 if SfuFunc(args["func"]) in (SfuFunc.MUL, SfuFunc.SILU) else 1) if n else 1
+    return n + (2 if SfuFunc(args["func"]) in _PRODUCTS else 1) if n else 1
 
 
-def silu_table() -> list[int]:
-    """ROM words ``T[i] | T[i + 1] << 16`` of the sigmoid table, i = 0..511."""
-    t = [int(v) for v in fx._SIG_T]
+def gate_table(table) -> list[int]:
+    """ROM words ``T[i] | T[i + 1] << 16`` of a 513-entry gate table, i = 0..511."""
+    t = [int(v) for v in table]
     return [t[i] | t[i + 1] << 16 for i in range(len(t) - 1)]
 
 
-def sigmoid_expr(m: Module, x):
-    """Hardware :func:`airfoil.fixedpoint.sigmoid` of the signed 32-bit ``x`` (unsigned Q15,
-    as a signed 18-bit signal): table pair from a ROM, linear interpolation."""
-    sig_rom = rom(m, "sig_rom", silu_table())
-    xc = Signal(22)
+def gate_expr(m: Module, x, table=fx._SIG_T, name: str = "sig"):
+    """Hardware :func:`airfoil.fixedpoint.sigmoid` (or, with ``fx._GELU_T``,
+    :func:`~airfoil.fixedpoint.gelu_gate`) of the signed 32-bit ``x`` (unsigned Q15, as a
+    signed 18-bit signal): table pair from a ROM, linear interpolation."""
+    sig_rom = rom(m, f"{name}_rom", gate_table(table))
+    xc = Signal(22, name=f"{name}_xc")
     m.d.comb += xc.eq(clamp(x, -(16 << 16), (16 << 16) - 1) + (16 << 16))
     m.d.comb += sig_rom.addr.eq(xc[12:])
     lo = Cat(sig_rom.data[:16], 0).as_signed()
     hi = Cat(sig_rom.data[16:32], 0).as_signed()
-    sig = Signal(signed(18))
+    sig = Signal(signed(18), name=f"{name}_gate")
     m.d.comb += sig.eq(lo + shift_round((hi - lo) * xc[:12], 12))
     return sig
 
@@ -58,8 +64,8 @@ def sigmoid_expr(m: Module, x):
 class ElementwiseKernel(wiring.Component):
     """Compute one element-wise function (see :data:`FUNCS`) over ``rows x n`` elements.
 
-    ``COPY`` moves ``n`` bytes (any alignment, overlapping like ``memmove``); ``SILU``,
-    ``MUL`` and ``ADD`` read int32 rows at ``src_addr`` (and ``aux_addr``) and write int32
+    ``COPY`` moves ``n`` bytes (any alignment, overlapping like ``memmove``); the others
+    read int32 rows at ``src_addr`` (and ``aux_addr``) and write int32
     rows at ``dst_addr``.
     Takes :func:`cycles` cycles.
 
@@ -84,7 +90,7 @@ class ElementwiseKernel(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an element's read to its write (2 where a product is registered)."""
-        return 2 if self._func in (SfuFunc.MUL, SfuFunc.SILU) else 1
+        return 2 if self._func in _PRODUCTS else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -133,10 +139,14 @@ class ElementwiseKernel(wiring.Component):
                 prod = Signal(signed(64))
                 m.d.sync += prod.eq(x * b)
                 y = sat(shift_round(prod, fx.ACT_FRAC), 32)
+            elif func == SfuFunc.RELU:
+                y = Mux(x < 0, 0, x)
             else:
                 x_r = Signal(signed(32))
                 sig_r = Signal(signed(18))
-                m.d.sync += [x_r.eq(x), sig_r.eq(sigmoid_expr(m, x))]
+                m.d.sync += [x_r.eq(x),
+                             sig_r.eq(gate_expr(m, x, _GATES[func],
+                                                   "sig" if func == SfuFunc.SILU else "gelu"))]
                 y = sat(shift_round(x_r * sig_r, 15), 32)
             m.d.comb += self.dst.data.eq(y)
             wen = 0xF

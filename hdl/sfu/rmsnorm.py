@@ -1,11 +1,14 @@
-"""``RMSNORM``: :func:`airfoil.fixedpoint.rmsnorm` of every row.
+"""``RMSNORM``: :func:`airfoil.fixedpoint.rmsnorm` of every row; ``LAYERNORM``:
+:func:`airfoil.fixedpoint.layernorm_centred`, the same kernel on the centred row.
 
 Once per instruction a divider forms ``2**40 // n`` and its 16-bit mantissa (``1 / n``).
 Per row three passes over its int32 elements: ``amax`` (block exponent ``b``) and the sum
 of squares of the block-normalised ``xs``, each a read-port word (``word_bytes / 4``
 elements) per cycle, then, after three cycles for the reciprocal square root (``ms +
 eps``; normalise and 192-entry table; one Newton step), the output with the gain, one
-element per cycle.
+element per cycle. ``LAYERNORM`` first sums the row (one more word pass) and forms its
+mean with the same ``1 / n`` and the same multiplier as the mean square; the other passes
+then read ``sat32(x - mean)``. One kernel serves both functions (``args.func`` selects).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def cycles(args, *, word_bytes: int) -> int:
     n, rows = args["n"], args["rows"]
     if n == 0 or rows == 0:
         return DIV_LATENCY + 1
-    return DIV_LATENCY + rows * (2 * span_words(n, word_bytes) + n + 7)
+    centre = SfuFunc(args["func"]) == SfuFunc.LAYERNORM
+    words = span_words(n, word_bytes)
+    return DIV_LATENCY + rows * (2 * words + n + 7 + (words + 2 if centre else 0))
 
 
 def rsqrt_table(m: Module, v, name: str = "rsqrt"):
@@ -63,7 +68,8 @@ def rsqrt_newton(nrm, she, y0):
 
 
 class RmsNormKernel(wiring.Component):
-    """Normalise ``rows`` rows of ``n`` int32 with the int32 Q16 gain at ``aux_addr``.
+    """Normalise ``rows`` rows of ``n`` int32 with the int32 Q16 gain at ``aux_addr``;
+    ``LAYERNORM`` first subtracts each row's mean.
 
     ``eps`` is the 64-bit constant ``imm1 * 2**32 + imm0`` (``eps * 2**60``). Takes
     :func:`cycles` cycles.
@@ -117,9 +123,27 @@ class RmsNormKernel(wiring.Component):
         first = Signal(range(wb // 4))
         if wb > 4:
             m.d.comb += first.eq(base[2:lg])
-        lanes = word_lanes(self.src.data, k1, first, a.n)
+        raw = word_lanes(self.src.data, k1, first, a.n)
         lane3 = Signal(range(wb // 4))
-        x = self.src.data.word_select(lane3, 32).as_signed()
+        x_in = self.src.data.word_select(lane3, 32).as_signed()
+        # LAYERNORM's pass 0: the row sum, then its mean; the other passes read x - mean.
+        centre = Signal()
+        m.d.comb += centre.eq(a.func == SfuFunc.LAYERNORM)
+        sm = Signal(signed(54))
+        pend_m = Signal()
+        m.d.sync += pend_m.eq(0)
+        with m.If(pend_m):
+            m.d.sync += sm.eq(sm + tree(lambda p, q: p + q,
+                                        [Mux(live, x_l, 0) for live, x_l in raw]))
+        mu = Signal(signed(36))
+
+        def centred(v, name):
+            c = Signal(signed(32), name=name)
+            m.d.comb += c.eq(Mux(centre, sat(v - mu, 32), v))
+            return c
+
+        lanes = [(live, centred(x_l, f"c{i}")) for i, (live, x_l) in enumerate(raw)]
+        x = centred(x_in, "c_out")
         # Pass 1: amax; b = 15 - bitlen(max(amax, 1)).
         amax = Signal(32)
         with m.If(pend_a):
@@ -139,9 +163,12 @@ class RmsNormKernel(wiring.Component):
             squares.append(sq)
         with m.If(pend_s):
             m.d.sync += ss.eq(ss + tree(lambda p, q: p + q, squares))
-        # Reciprocal square root of ms + eps.
+        # Reciprocal square root of ms + eps; the mean (state MU) through the same product.
+        in_mu = Signal()
+        scaled = Signal(signed(74))
+        m.d.comb += scaled.eq(shift_round(Mux(in_mu, sm, ss) * inv_m, inv_e))
         ms = Signal(74)
-        m.d.comb += ms.eq(shift_round(ss * inv_m, inv_e))
+        m.d.comb += ms.eq(scaled)
         eps = Signal(64)
         m.d.comb += eps.eq(shift_round(Cat(a.imm0, a.imm1), (28 - 2 * b)[:6]))
         v = Signal(75)
@@ -202,14 +229,24 @@ class RmsNormKernel(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(div.done):
                     m.d.sync += [inv_m.eq(inv_m_c), inv_e.eq(inv_e_c), r.eq(0), j.eq(0),
-                                 amax.eq(0), ss.eq(0), base.eq(a.src_addr),
+                                 amax.eq(0), ss.eq(0), sm.eq(0), base.eq(a.src_addr),
                                  obase.eq(a.dst_addr), kwords.eq(span_words(a.n, wb))]
                     with m.If(a.n == 0):
                         m.next = "ERR"
                     with m.Elif(a.rows == 0):
                         m.next = "END"
+                    with m.Elif(centre):
+                        m.next = "M"
                     with m.Else():
                         m.next = "A"
+            word_pass("M", "M_DRAIN", pend_m)
+            with m.State("M_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "MU"
+            with m.State("MU"):
+                m.d.comb += [self.busy.eq(1), in_mu.eq(1)]
+                m.d.sync += mu.eq(scaled)
+                m.next = "A"
             word_pass("A", "A_DRAIN", pend_a)
             with m.State("A_DRAIN"):
                 m.d.comb += self.busy.eq(1)
@@ -236,11 +273,13 @@ class RmsNormKernel(wiring.Component):
                 m.next = "Y_DRAIN"
             with m.State("Y_DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [r.eq(r + 1), amax.eq(0), ss.eq(0), base.eq(base + (a.n << 2)),
-                             obase.eq(obase + (a.n << 2))]
+                m.d.sync += [r.eq(r + 1), amax.eq(0), ss.eq(0), sm.eq(0),
+                             base.eq(base + (a.n << 2)), obase.eq(obase + (a.n << 2))]
                 with m.If(r == a.rows - 1):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
+                with m.Elif(centre):
+                    m.next = "M"
                 with m.Else():
                     m.next = "A"
             finish_states(m, self)
@@ -248,4 +287,5 @@ class RmsNormKernel(wiring.Component):
 
 
 #: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
-KERNELS = {SfuFunc.RMSNORM: RmsNormKernel}
+#: Both norms share one factory, so the unit builds one kernel for them.
+KERNELS = {SfuFunc.RMSNORM: RmsNormKernel, SfuFunc.LAYERNORM: RmsNormKernel}

@@ -34,10 +34,10 @@ __all__ = ["SfuUnit", "default_kernels", "kernel_cycles", "unit_cycles", "ROWWIS
 
 #: Functions on rows of ``n`` int32 split in ``heads`` segments (``n % heads == 0``).
 ROWWISE = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU, SfuFunc.MUL,
-           SfuFunc.ADD)
+           SfuFunc.ADD, SfuFunc.GELU, SfuFunc.RELU, SfuFunc.LAYERNORM)
 _ATT_KV = (SfuFunc.ATT_QK, SfuFunc.ATT_PV)
 _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, SfuFunc.ADD,
-             SfuFunc.ATT_QK, SfuFunc.ATT_PV)
+             SfuFunc.ATT_QK, SfuFunc.ATT_PV, SfuFunc.LAYERNORM)
 #: Width of the unit's ``n / heads`` (``heads / kv_heads``) check division.
 _CHECK_BITS = 20
 
