@@ -370,7 +370,8 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
     if not isinstance(lay, dict):
         raise _fail(where, "manifest model.layout is not an object")
     layers = shape["num_hidden_layers"]
-    regions = {"params": 16, "ids": None, "logits": None, "embed": None, "rope": None,
+    table = "rope" if shape.get("positions", "rope") == "rope" else "positions"
+    regions = {"params": 16, "ids": None, "logits": None, "embed": None, table: None,
                "norm": None, "tiles": None}
     for i in range(layers):
         for part in ("attn_norm", "mlp_norm", "kcache", "vcache"):
@@ -380,7 +381,8 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
         if not _ADDR[0](v, image_bytes):
             raise _fail(where, f"manifest model.layout.{key} is {v!r}, not an address in "
                                f"0 .. {image_bytes}")
-    need = {"ids": 4 * T, "logits": lay["logits_row"] * T, "rope": lay["rope_row"] * P}
+    need = {"ids": 4 * T, "logits": lay["logits_row"] * T,
+            table: lay["rope_row"] * P if table == "rope" else 4 * shape["hidden_size"] * P}
     for i in range(layers):
         need[f"l{i}.kcache"] = need[f"l{i}.vcache"] = lay["kv_row"] * P
     starts = sorted({lay[k] for k in regions} | {image_bytes})
@@ -517,14 +519,24 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
         L = {"attn_norm": i32(lay[f"l{i}.attn_norm"], d),
              "mlp_norm": i32(lay[f"l{i}.mlp_norm"], d)}
         for r in _LINEARS:
-            L[r] = lin(f"l{i}.{r}")
+            if r != "gate" or shape.get("mlp", "silu_gated") == "silu_gated":
+                L[r] = lin(f"l{i}.{r}")
         for r in shape.get("linear_biases", ()):
             L[r + "_bias"] = i32(lay[f"l{i}.{r}_bias"], mm["linears"][f"l{i}.{r}"]["n"])
         layers.append(L)
     P = mm["max_positions"]
-    raw = np.frombuffer(bytes(image[lay["rope"]:lay["rope"] + lay["rope_row"] * P]),
-                        dtype=np.uint8).reshape(P, lay["rope_row"])[:, :2 * hd]
-    tab = torch.from_numpy(raw.copy().view("<i2").astype(np.int64))
-    return {"shape": shape, "embed": i32(lay["embed"], vocab * d).reshape(vocab, d),
-            "norm": i32(lay["norm"], d), "lm_head": lin("lm_head"), "layers": layers,
-            "rope": (tab[:, :hd // 2].contiguous(), tab[:, hd // 2:].contiguous())}
+    out = {"shape": shape, "embed": i32(lay["embed"], vocab * d).reshape(vocab, d),
+           "norm": i32(lay["norm"], d), "lm_head": lin("lm_head"), "layers": layers}
+    if shape.get("norm", "rms") == "layer":         # LayerNorm biases beside the gains
+        out["norm_bias"] = i32(lay["norm_bias"], d)
+        for i, L in enumerate(layers):
+            for g in ("attn_norm", "mlp_norm"):
+                L[g + "_bias"] = i32(lay[f"l{i}.{g}_bias"], d)
+    if shape.get("positions", "rope") == "rope":
+        raw = np.frombuffer(bytes(image[lay["rope"]:lay["rope"] + lay["rope_row"] * P]),
+                            dtype=np.uint8).reshape(P, lay["rope_row"])[:, :2 * hd]
+        tab = torch.from_numpy(raw.copy().view("<i2").astype(np.int64))
+        out["rope"] = (tab[:, :hd // 2].contiguous(), tab[:, hd // 2:].contiguous())
+    else:
+        out["positions"] = i32(lay["positions"], P * d).reshape(P, d)
+    return out

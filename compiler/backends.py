@@ -67,6 +67,12 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
         return g.params[n.attrs["weight"]][x[0]]
     if op == "rmsnorm":
         return rms_norm(x[0], g.params[n.attrs["weight"]], n.attrs["eps"])
+    if op == "layernorm":
+        return torch.nn.functional.layer_norm(x[0], x[0].shape[-1:],
+                                              g.params[n.attrs["weight"]],
+                                              g.params[n.attrs["bias"]], n.attrs["eps"])
+    if op == "positions":
+        return x[0] + g.params[n.attrs["weight"]][state.position:state.position + T]
     if op == "act_quant":
         return _fake_quant(x[0])
     if op == "linear":
@@ -87,6 +93,10 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
         return x[0].softmax(dim=-1)
     if op == "silu":
         return torch.nn.functional.silu(x[0])
+    if op == "gelu":
+        return torch.nn.functional.gelu(x[0], approximate="tanh")
+    if op == "relu":
+        return torch.relu(x[0])
     if op == "mul":
         return x[0] * x[1]
     if op == "add":
@@ -110,6 +120,15 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
         w = n.attrs["weight"]
         gam = _memo(state, "gamma:" + w, lambda: fx.rmsnorm_weight(g.params[w]))
         return fx.rmsnorm(x[0], gam, n.attrs["eps"])
+    if op == "layernorm":
+        w, b = n.attrs["weight"], n.attrs["bias"]
+        gam = _memo(state, "gamma:" + w, lambda: fx.rmsnorm_weight(g.params[w]))
+        beta = _memo(state, "bias:" + b, lambda: fx.linear_bias(g.params[b]))
+        return fx.layernorm(x[0], gam, beta, n.attrs["eps"])
+    if op == "positions":
+        w = n.attrs["weight"]
+        tab = _memo(state, "emb:" + w, lambda: fx.embedding_table(g.params[w]))
+        return fx.add(x[0], tab[state.position:state.position + T])
     if op == "act_quant":
         return fx.quant_per_token(x[0])
     if op == "linear":
@@ -147,6 +166,10 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
         return fx.softmax(x[0])
     if op == "silu":
         return fx.silu(x[0])
+    if op == "gelu":
+        return fx.gelu(x[0])
+    if op == "relu":
+        return fx.relu(x[0])
     if op == "mul":
         return fx.mul(x[0], x[1])
     if op == "add":

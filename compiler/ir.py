@@ -13,6 +13,8 @@ op             inputs                     attrs
 =============  =========================  ===============================================
 embedding      tokens                     weight
 rmsnorm        x                          weight, eps
+layernorm      x                          weight, bias, eps
+positions      x                          weight (a learned table: x + table[position])
 act_quant      x                          format ("int8_per_token")
 linear         x                          weight (param name), layer (recipe name), bias
                                           (param name, absent without a bias)
@@ -20,6 +22,8 @@ rope           x                          heads, head_dim, theta, scaling
 attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int)
 softmax        x                          (last axis)
 silu           x
+gelu           x                          (GPT-2's tanh form)
+relu           x
 mul            a, b
 add            a, b                       (the residual)
 =============  =========================  ===============================================
@@ -43,8 +47,9 @@ __all__ = ["OPS", "Node", "Graph", "Pass", "Pipeline", "build_llama_graph",
            "llama_param_shapes", "linear_name", "linear_dims"]
 
 #: Op name -> number of inputs.
-OPS = {"embedding": 1, "rmsnorm": 1, "act_quant": 1, "linear": 1, "rope": 1,
-       "attention": 3, "softmax": 1, "silu": 1, "mul": 2, "add": 2}
+OPS = {"embedding": 1, "rmsnorm": 1, "layernorm": 1, "positions": 1, "act_quant": 1,
+       "linear": 1, "rope": 1, "attention": 3, "softmax": 1, "silu": 1, "gelu": 1, "relu": 1,
+       "mul": 2, "add": 2}
 
 
 @dataclass
@@ -200,14 +205,26 @@ def linear_dims(s: LlamaShape) -> dict[str, tuple[int, int]]:
 
 def llama_param_shapes(s: LlamaShape) -> dict[str, tuple[int, ...]]:
     """The HF tensor names and shapes of a ``LlamaForCausalLM`` checkpoint (with the
-    ``.bias`` vectors of the roles in ``s.linear_biases``)."""
+    ``.bias`` vectors of the roles in ``s.linear_biases``); the other families are
+    imported into these names (LayerNorm biases as the norms' ``.bias``, a learned
+    position table as ``model.embed_positions.weight``)."""
     d = s.hidden_size
-    out = {"model.embed_tokens.weight": (s.vocab_size, d), "model.norm.weight": (d,)}
+    out = {"model.embed_tokens.weight": (s.vocab_size, d)}
+    if s.positions == "learned":
+        out["model.embed_positions.weight"] = (s.max_position_embeddings, d)
+
+    def norm(module):
+        out[module + ".weight"] = (d,)
+        if s.norm == "layer":
+            out[module + ".bias"] = (d,)
+
+    norm("model.norm")
     for i in range(s.num_hidden_layers):
         p = f"model.layers.{i}."
-        out.update({p + "input_layernorm.weight": (d,),
-                    p + "post_attention_layernorm.weight": (d,)})
-        for role, (n, k) in linear_dims(s).items():
+        norm(p + "input_layernorm")
+        norm(p + "post_attention_layernorm")
+        for role in s.roles:
+            n, k = linear_dims(s)[role]
             out[p + linear_name(role) + ".weight"] = (n, k)
             if role in s.linear_biases:
                 out[p + linear_name(role) + ".bias"] = (n,)
@@ -244,32 +261,40 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
         return add(L + role + "_proj", "linear", [x], weight=layer + ".weight", layer=layer,
                    **bias)
 
+    def norm(name, module, x):
+        if s.norm == "rms":
+            return add(name, "rmsnorm", [x], weight=module + ".weight", eps=s.rms_norm_eps)
+        return add(name, "layernorm", [x], weight=module + ".weight", bias=module + ".bias",
+                   eps=s.rms_norm_eps)
+
     h = add("embed", "embedding", [Graph.INPUT], weight="model.embed_tokens.weight")
+    if s.positions == "learned":
+        h = add("embed_pos", "positions", [h], weight="model.embed_positions.weight")
     for i in range(s.num_hidden_layers):
         p, L = f"model.layers.{i}.", f"l{i}."
-        x = add(L + "attn_norm", "rmsnorm", [h], weight=p + "input_layernorm.weight",
-                eps=s.rms_norm_eps)
+        x = norm(L + "attn_norm", p + "input_layernorm", h)
         proj = {r: linear(L, p, r, x) for r in ("q", "k", "v")}
-        rq = add(L + "q_rope", "rope", [proj["q"]], heads=s.num_attention_heads,
-                 head_dim=s.head_dim, theta=s.rope_theta,
-                 scaling=s.rope_scaling)
-        rk = add(L + "k_rope", "rope", [proj["k"]], heads=s.num_key_value_heads,
-                 head_dim=s.head_dim, theta=s.rope_theta,
-                 scaling=s.rope_scaling)
+        rq, rk = proj["q"], proj["k"]
+        if s.positions == "rope":
+            rq = add(L + "q_rope", "rope", [rq], heads=s.num_attention_heads,
+                     head_dim=s.head_dim, theta=s.rope_theta, scaling=s.rope_scaling)
+            rk = add(L + "k_rope", "rope", [rk], heads=s.num_key_value_heads,
+                     head_dim=s.head_dim, theta=s.rope_theta, scaling=s.rope_scaling)
         a = add(L + "attn", "attention", [rq, rk, proj["v"]], heads=s.num_attention_heads,
                 kv_heads=s.num_key_value_heads, head_dim=s.head_dim,
                 scale=s.head_dim ** -0.5, layer=i)
         o = linear(L, p, "o", a)
         h = add(L + "attn_res", "add", [h, o])
-        x = add(L + "mlp_norm", "rmsnorm", [h], weight=p + "post_attention_layernorm.weight",
-                eps=s.rms_norm_eps)
-        g = linear(L, p, "gate", x)
+        x = norm(L + "mlp_norm", p + "post_attention_layernorm", h)
         u = linear(L, p, "up", x)
-        sg = add(L + "silu", "silu", [g])
-        m = add(L + "mlp_mul", "mul", [sg, u])
+        if s.mlp == "silu_gated":
+            sg = add(L + "silu", "silu", [linear(L, p, "gate", x)])
+            m = add(L + "mlp_mul", "mul", [sg, u])
+        else:
+            m = add(L + "act", s.mlp, [u])
         d = linear(L, p, "down", m)
         h = add(L + "mlp_res", "add", [h, d])
-    x = add("final_norm", "rmsnorm", [h], weight="model.norm.weight", eps=s.rms_norm_eps)
+    x = norm("final_norm", "model.norm", h)
     head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
     add("lm_head", "linear", [x], weight=head, layer="lm_head")
     return Graph(nodes=nodes, params=ps, shape=shape, output="lm_head").validate()

@@ -28,6 +28,11 @@ Per phase, per layer (buffers: ACT, OUT, WGT, KV, AUX; memory: the image)::
     RMSNORM, QUANT_TOKEN, MV|MM gate and up, SFU SILU, MUL, QUANT_TOKEN, MV|MM down, ADD
     final RMSNORM, QUANT_TOKEN, MV|MM lm_head; ST logits (REG_T rows) to memory
 
+GPT-2 / OPT forms (the shape's ``norm``, ``mlp``, ``positions``): ``LAYERNORM`` then the
+LayerNorm bias added as a linear bias is; ``GELU`` or ``RELU`` of the up projection
+instead of SILU and MUL; learned positions as ``LD`` of the table rows at ``REG_POS``
+and ``ADD`` onto the embeddings, and no RoPE.
+
 A linear layer with a bias (Qwen2's q, k, v) is followed by ``LD`` of its ACT bias row
 broadcast to ``REG_T`` rows (``dram_stride = 0``) into AUX and ``SFU ADD`` of those rows
 onto the layer's output: the golden's ``add(linear(x), bias)``. (The MATRIX unit's bias
@@ -94,6 +99,29 @@ REG_POS, REG_T, REG_LEN = 1, 2, 3
 #: Prompt tokens the prefill program is planned for by default.
 DEFAULT_MAX_PROMPT = 32
 _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+#: The SFU function of an ungated MLP's activation, by the shape's ``mlp``.
+_MLP_ACT = {"gelu": SfuFunc.GELU, "relu": SfuFunc.RELU}
+
+
+def _roles(model) -> tuple[str, ...]:
+    """The linear roles of the model's layers (no ``gate`` in an ungated MLP)."""
+    gated = model["shape"].get("mlp", "silu_gated") == "silu_gated"
+    return tuple(r for r in _LINEARS if r != "gate" or gated)
+
+
+def _rotary(model) -> bool:
+    return model["shape"].get("positions", "rope") == "rope"
+
+
+def _norm_biases(model) -> dict:
+    """``{gain}_bias`` -> ACT bias of every LayerNorm (empty for RMSNorm)."""
+    if model["shape"].get("norm", "rms") != "layer":
+        return {}
+    out = {"norm_bias": model["norm_bias"]}
+    for i, L in enumerate(model["layers"]):
+        for g in ("attn_norm", "mlp_norm"):
+            out[f"l{i}.{g}_bias"] = L[g + "_bias"]
+    return out
 
 
 def _up(n: int, a: int) -> int:
@@ -251,7 +279,8 @@ def _check_model(model, config):
                            f"the SFU's context accumulator holds (config {config.name!r}, "
                            f"limits.att_pv_max_head_dim)")
     names = [("lm_head", model["lm_head"])] + [
-        (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"]) for r in _LINEARS]
+        (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"])
+        for r in _roles(model)]
     for name, ql in names:
         _check_linear(name, ql, config)
     return names
@@ -332,12 +361,15 @@ def _plan_image(model, config, max_prompt, max_pos):
     put("logits", lay["logits_row"] * max_prompt)
     put("embed", 4 * vocab * d)
     lay["rope_row"] = _up(2 * hd, wb)
-    put("rope", lay["rope_row"] * max_pos)
+    if _rotary(model):
+        put("rope", lay["rope_row"] * max_pos)
+    else:
+        put("positions", 4 * d * max_pos)
     put("norm", 4 * d)
     for i in range(len(model["layers"])):
         put(f"l{i}.attn_norm", 4 * d)
         put(f"l{i}.mlp_norm", 4 * d)
-    for name, b in _biases(model).items():
+    for name, b in {**_biases(model), **_norm_biases(model)}.items():
         put(name, 4 * b.numel())
     lay["kv_row"] = kv * rec
     for i in range(len(model["layers"])):
@@ -430,7 +462,8 @@ _EMBED_ROWS = 4096
 
 def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos) -> None:
     """Write the memory image to ``path`` region by region (never all of it in memory):
-    the embedding table, the RoPE table, the RMSNorm gains, every weight tile (packed a
+    the embedding table, the RoPE (or learned position) table, the norm gains and the
+    biases, every weight tile (packed a
     layer at a time) and the packed ``streams``; the rest (parameter block, token ids,
     logits, KV cache, padding) is zero."""
     d, heads, kv, hd, inter, vocab = _shape(model)
@@ -444,18 +477,22 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
         for r0 in range(0, vocab, _EMBED_ROWS):
             rows = model["embed"][r0:min(vocab, r0 + _EMBED_ROWS)]
             put(lay["embed"] + 4 * d * r0, rows.numpy().astype("<i4").tobytes())
-        cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
-                                 model["shape"].get("rope_scaling"))
-        rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
-        rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"),
-                                           sin.numpy().astype("<i2")], axis=1).view(np.uint8)
-        put(lay["rope"], rope.tobytes())
+        if _rotary(model):
+            cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
+                                     model["shape"].get("rope_scaling"))
+            rope = np.zeros((max_pos, lay["rope_row"]), dtype=np.uint8)
+            rope[:, :2 * hd] = np.concatenate([cos.numpy().astype("<i2"),
+                                               sin.numpy().astype("<i2")],
+                                              axis=1).view(np.uint8)
+            put(lay["rope"], rope.tobytes())
+        else:                                       # learned positions: their ACT table
+            put(lay["positions"], model["positions"][:max_pos].numpy().astype("<i4").tobytes())
         gains = {"norm": model["norm"]}
         for i, L in enumerate(model["layers"]):
             gains[f"l{i}.attn_norm"], gains[f"l{i}.mlp_norm"] = L["attn_norm"], L["mlp_norm"]
         for name, g in gains.items():
             put(lay[name], g.numpy().astype("<i4").tobytes())
-        for name, b in _biases(model).items():
+        for name, b in {**_biases(model), **_norm_biases(model)}.items():
             put(lay[name], b.numpy().astype("<i4").tobytes())
         for addr, blob in streams:
             put(addr, blob)
@@ -528,8 +565,10 @@ class _Phase:
         self.IDS = aux.take(4 * T, "token ids")
         self.SC = aux.take(8 * T, "per-token scales")
         self.GAIN = aux.take(4 * d, "RMSNorm gain")
-        self.ROPE = aux.take(lay["rope_row"] * T, "RoPE table rows")
-        widest = max((b.numel() for b in _biases(model).values()), default=0)
+        if _rotary(model):
+            self.ROPE = aux.take(lay["rope_row"] * T, "RoPE table rows")
+        biases = {**_biases(model), **_norm_biases(model)}
+        widest = max((b.numel() for b in biases.values()), default=0)
         if widest:
             self.BIAS = aux.take(4 * widest * T, "linear bias rows")
 
@@ -569,14 +608,33 @@ class _Phase:
 
     # operators
     def rmsnorm(self, gain_name):
+        """The norm of H into X: RMSNORM, or LAYERNORM and the ADD of its bias."""
         d, T = self.d, self.tmax
         self.ld(Buffer.AUX, self.GAIN, self.lay[gain_name], 4 * d)
         eps = round(self.model["shape"]["rms_norm_eps"] * 2.0 ** 60)
-        self.sfu(SfuFunc.RMSNORM, Buffer.ACT, self.H, Buffer.ACT, self.X, d,
+        layer = self.model["shape"].get("norm", "rms") == "layer"
+        x = self.rows_act(Buffer.ACT, self.X, d)
+        self.sfu(SfuFunc.LAYERNORM if layer else SfuFunc.RMSNORM, Buffer.ACT, self.H,
+                 Buffer.ACT, self.X, d,
                  reads=[self.rows_act(Buffer.ACT, self.H, d), self.r(Buffer.AUX, self.GAIN,
                                                                        4 * d)],
-                 writes=[self.rows_act(Buffer.ACT, self.X, d)], aux=Buffer.AUX,
+                 writes=[x], aux=Buffer.AUX,
                  aux_addr=self.GAIN, imm0=eps & 0xFFFFFFFF, imm1=eps >> 32)
+        if layer:
+            self.add_bias(gain_name + "_bias", Buffer.ACT, self.X, d)
+
+    def add_bias(self, name, buf, addr, n):
+        """LD the ACT bias ``name`` broadcast to T rows into AUX; ADD it onto the rows of
+        ``n`` at ``addr`` in ``buf``."""
+        T = self.tmax
+        if name not in self.lay:        # buffer planning only
+            return
+        self.ld(Buffer.AUX, self.BIAS, self.lay[name], 4 * n, count=T, stride=0,
+                reads=[self.mem(self.lay[name], 4 * n)], **self.tregs)
+        rows = self.rows_act(buf, addr, n)
+        self.sfu(SfuFunc.ADD, buf, addr, buf, addr, n,
+                 reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n * T)], writes=[rows],
+                 aux=Buffer.AUX, aux_addr=self.BIAS)
 
     def quant(self, src, src_addr, n):
         """QUANT_TOKEN rows of ``n`` into XQ (k-contiguous) and scale pairs in AUX."""
@@ -620,14 +678,7 @@ class _Phase:
                 out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
                 bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
-        bias = name + "_bias"
-        if bias in self.lay:
-            self.ld(Buffer.AUX, self.BIAS, self.lay[bias], 4 * n, count=T, stride=0,
-                    reads=[self.mem(self.lay[bias], 4 * n)], **self.tregs)
-            rows = self.rows_act(Buffer.OUT, out_addr, n)
-            self.sfu(SfuFunc.ADD, Buffer.OUT, out_addr, Buffer.OUT, out_addr, n,
-                     reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n * T)], writes=[rows],
-                     aux=Buffer.AUX, aux_addr=self.BIAS)
+        self.add_bias(name + "_bias", Buffer.OUT, out_addr, n)
 
     def streamed_linear(self, info, out_addr):
         """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,
@@ -666,6 +717,11 @@ class _Phase:
                 reads=[self.mem(lay["embed"], 4 * d * vocab),
                        self.r(Buffer.AUX, self.IDS, 4 * T)],
                 gather=1, idx_addr=self.IDS, **self.tregs)
+        if not _rotary(m):          # learned positions: table rows REG_POS.. onto H
+            self.ld(Buffer.OUT, self.O, lay["positions"], 4 * d, count=T, stride=4 * d,
+                    reads=[self.mem(lay["positions"], 4 * d * self.max_pos)],
+                    row_reg=REG_POS, **self.tregs)
+            self.residual()
         kvrow = lay["kv_row"]
         for i, L in enumerate(m["layers"]):
             p = f"l{i}."
@@ -674,10 +730,12 @@ class _Phase:
             self.linear(p + "q", L["q"], self.Q)
             self.linear(p + "k", L["k"], self.K)
             self.linear(p + "v", L["v"], self.V)
-            self.ld(Buffer.AUX, self.ROPE, lay["rope"], lay["rope_row"], count=T,
-                    reads=[self.mem(lay["rope"], lay["rope_row"] * self.max_pos)],
-                    row_reg=REG_POS, **self.tregs)
-            for buf_addr, hh in ((self.Q, heads), (self.K, kv)):
+            rotations = ((self.Q, heads), (self.K, kv)) if _rotary(m) else ()
+            if rotations:
+                self.ld(Buffer.AUX, self.ROPE, lay["rope"], lay["rope_row"], count=T,
+                        reads=[self.mem(lay["rope"], lay["rope_row"] * self.max_pos)],
+                        row_reg=REG_POS, **self.tregs)
+            for buf_addr, hh in rotations:
                 self.sfu(SfuFunc.ROPE, Buffer.OUT, buf_addr, Buffer.OUT, buf_addr, hh * hd,
                          reads=[self.rows_act(Buffer.OUT, buf_addr, hh * hd),
                                 self.r(Buffer.AUX, self.ROPE, lay["rope_row"] * T)],
@@ -700,15 +758,21 @@ class _Phase:
             self.residual()
             self.rmsnorm(p + "mlp_norm")
             self.quant(Buffer.ACT, self.X, d)
-            self.linear(p + "gate", L["gate"], self.G)
-            self.linear(p + "up", L["up"], self.U)
-            g_rng = self.rows_act(Buffer.OUT, self.G, inter)
-            self.sfu(SfuFunc.SILU, Buffer.OUT, self.G, Buffer.OUT, self.G, inter,
-                     reads=[g_rng], writes=[g_rng])
-            self.sfu(SfuFunc.MUL, Buffer.OUT, self.G, Buffer.ACT, self.X, inter,
-                     reads=[g_rng, self.rows_act(Buffer.OUT, self.U, inter)],
-                     writes=[self.rows_act(Buffer.ACT, self.X, inter)], aux=Buffer.OUT,
-                     aux_addr=self.U)
+            x_rng = self.rows_act(Buffer.ACT, self.X, inter)
+            u_rng = self.rows_act(Buffer.OUT, self.U, inter)
+            if "gate" in L:
+                self.linear(p + "gate", L["gate"], self.G)
+                self.linear(p + "up", L["up"], self.U)
+                g_rng = self.rows_act(Buffer.OUT, self.G, inter)
+                self.sfu(SfuFunc.SILU, Buffer.OUT, self.G, Buffer.OUT, self.G, inter,
+                         reads=[g_rng], writes=[g_rng])
+                self.sfu(SfuFunc.MUL, Buffer.OUT, self.G, Buffer.ACT, self.X, inter,
+                         reads=[g_rng, u_rng], writes=[x_rng], aux=Buffer.OUT,
+                         aux_addr=self.U)
+            else:
+                self.linear(p + "up", L["up"], self.U)
+                self.sfu(_MLP_ACT[m["shape"]["mlp"]], Buffer.OUT, self.U, Buffer.ACT, self.X,
+                         inter, reads=[u_rng], writes=[x_rng])
             self.quant(Buffer.ACT, self.X, inter)
             self.linear(p + "down", L["down"], self.O)
             self.residual()
@@ -923,7 +987,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         raise _fit_error(model, config, "decode", 1, 1)
     flat = {"lm_head": model["lm_head"]}
     for i, L in enumerate(model["layers"]):
-        for r in _LINEARS:
+        for r in _roles(model):
             flat[f"l{i}.{r}"] = L[r]
     slots, slot_bytes = _wgt_slots(config, flat.values())
     plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()

@@ -232,14 +232,16 @@ def weight_bytes(graph: Graph) -> dict[str, int]:
 
 
 def quantized_model(graph: Graph) -> dict:
-    """Export a quantized LLaMA graph as the plain data ``sim.golden_llm`` runs.
+    """Export a quantized decoder graph as the plain data ``sim.golden_llm`` runs.
 
     The result holds only ``airfoil`` types and tensors (the contents the output folder
     will carry): ``shape`` (HF config fields), ``embed`` (ACT table), ``norm`` (Q16
     gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
-    per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains), ``eps`` and QLinear ``q``,
-    ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``, and for the roles of
-    ``shape.linear_biases`` their ACT biases ``q_bias`` ... (:func:`linear_bias`).
+    per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains) and QLinear ``q``, ``k``,
+    ``v``, ``o``, ``gate`` (gated MLPs only), ``up``, ``down``; for the roles of
+    ``shape.linear_biases`` their ACT biases ``q_bias`` ... (:func:`linear_bias`); with
+    LayerNorm each norm's ACT bias beside it (``norm_bias``, ``attn_norm_bias``,
+    ``mlp_norm_bias``); with learned positions their ACT table ``positions``.
     """
     from dataclasses import asdict
 
@@ -252,13 +254,17 @@ def quantized_model(graph: Graph) -> dict:
     by_layer = {n.attrs["layer"]: graph.qweights[n.name] for n in graph.by_op("linear")}
     bias_of = {n.attrs["layer"]: graph.params[n.attrs["bias"]] for n in graph.by_op("linear")
                if "bias" in n.attrs}
-    norms = {n.attrs["weight"]: n.attrs["weight"] for n in graph.by_op("rmsnorm")}
+    op = "rmsnorm" if s.norm == "rms" else "layernorm"
+    norms = {n.attrs["weight"]: n for n in graph.by_op(op)}
     embeds = graph.by_op("embedding")
 
-    def norm(name):
+    def norm(out, key, module):
+        name = module + ".weight"
         if name not in norms:
-            raise CompileError(f"export: graph has no RMSNorm with weight {name}")
-        return rmsnorm_weight(graph.params[name])
+            raise CompileError(f"export: graph has no {op} with weight {name}")
+        out[key] = rmsnorm_weight(graph.params[name])
+        if s.norm == "layer":
+            out[key + "_bias"] = linear_bias(graph.params[norms[name].attrs["bias"]])
 
     def lin(name):
         if name not in by_layer:
@@ -268,12 +274,11 @@ def quantized_model(graph: Graph) -> dict:
     layers = []
     for i in range(s.num_hidden_layers):
         p = f"model.layers.{i}."
-        d = {"attn_norm": norm(p + "input_layernorm.weight"),
-             "mlp_norm": norm(p + "post_attention_layernorm.weight")}
-        for r in ("q", "k", "v", "o"):
-            d[r] = lin(p + f"self_attn.{r}_proj")
-        for r in ("gate", "up", "down"):
-            d[r] = lin(p + f"mlp.{r}_proj")
+        d = {}
+        norm(d, "attn_norm", p + "input_layernorm")
+        norm(d, "mlp_norm", p + "post_attention_layernorm")
+        for r in s.roles:
+            d[r] = lin(p + linear_name(r))
         for r in s.linear_biases:
             name = p + linear_name(r)
             if name not in bias_of:
@@ -283,6 +288,10 @@ def quantized_model(graph: Graph) -> dict:
     if len(embeds) != 1:
         raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")
     emb = embeds[0].attrs["weight"]
-    return {"shape": asdict(s), "embed": embedding_table(graph.params[emb]),
-            "norm": norm("model.norm.weight"), "lm_head": lin("lm_head"),
-            "layers": layers}
+    out = {"shape": asdict(s), "embed": embedding_table(graph.params[emb]),
+           "lm_head": lin("lm_head"), "layers": layers}
+    norm(out, "norm", "model.norm")
+    if s.positions == "learned":
+        (pos,) = graph.by_op("positions")
+        out["positions"] = embedding_table(graph.params[pos.attrs["weight"]])
+    return out

@@ -22,10 +22,16 @@ from airfoil import fixedpoint as fx
 from airfoil.errors import CompileError
 
 __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama",
-           "LINEAR_ROLES"]
+           "LINEAR_ROLES", "NORMS", "MLPS", "POSITIONS"]
 
 #: The linear layers of a decoder layer, by role, in execution order.
 LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+#: Normalisations: RMSNorm (a gain) or LayerNorm (a gain and a bias).
+NORMS = ("rms", "layer")
+#: MLPs: LLaMA's ``down(silu(gate(x)) * up(x))``, or ``down(act(up(x)))`` (GPT-2, OPT).
+MLPS = ("silu_gated", "gelu", "relu")
+#: Positions: rotary (applied to q and k) or a learned table added to the embeddings.
+POSITIONS = ("rope", "learned")
 
 
 def _finite(v) -> bool:
@@ -77,6 +83,10 @@ class LlamaShape:
         The attention window of a Mistral-style model. Only positions up to the window are
         modelled (``max_position_embeddings <= sliding_window``), where the sliding mask
         equals the causal one.
+    norm, mlp, positions : str
+        One of :data:`NORMS`, :data:`MLPS`, :data:`POSITIONS` (LLaMA: ``rms``,
+        ``silu_gated``, ``rope``; GPT-2: ``layer``, ``gelu``, ``learned``). The norms' eps
+        is ``rms_norm_eps`` whichever the norm.
     """
 
     vocab_size: int
@@ -93,6 +103,9 @@ class LlamaShape:
     rope_scaling: dict | None = None
     linear_biases: tuple = ()
     sliding_window: int | None = None
+    norm: str = "rms"
+    mlp: str = "silu_gated"
+    positions: str = "rope"
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -125,12 +138,21 @@ class LlamaShape:
                                f"not {biases!r}")
         object.__setattr__(self, "linear_biases",
                            tuple(r for r in LINEAR_ROLES if r in biases))
+        for name, accepted in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
+            if getattr(self, name) not in accepted:
+                raise CompileError(f"{name} must be one of {', '.join(accepted)}, not "
+                                   f"{getattr(self, name)!r}")
         w = self.sliding_window
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or
                               w < self.max_position_embeddings):
             raise CompileError(f"sliding_window must be null or an integer of at least "
                                f"max_position_embeddings={self.max_position_embeddings} "
                                f"(positions past the window are not modelled), not {w!r}")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The linear roles a layer holds (no ``gate`` in an ungated MLP)."""
+        return tuple(r for r in LINEAR_ROLES if r != "gate" or self.mlp == "silu_gated")
 
     @property
     def groups(self) -> int:
@@ -147,6 +169,8 @@ class LlamaShape:
                                f"{sorted(biases)} alone")
         if d.pop("sliding_window") is not None:
             raise CompileError("LlamaForCausalLM has no sliding_window")
+        if (d.pop("norm"), d.pop("mlp"), d.pop("positions")) != ("rms", "silu_gated", "rope"):
+            raise CompileError("LlamaForCausalLM has RMSNorm, a gated SiLU MLP and RoPE")
         d.update(architectures=["LlamaForCausalLM"], model_type="llama",
                  hidden_act="silu", attention_bias=attn <= biases, mlp_bias=mlp <= biases,
                  bos_token_id=None, eos_token_id=None)
@@ -256,6 +280,9 @@ class LlamaReference(nn.Module):
 
     def __init__(self, shape: LlamaShape):
         super().__init__()
+        if (shape.norm, shape.mlp, shape.positions) != ("rms", "silu_gated", "rope"):
+            raise CompileError("LlamaReference models RMSNorm, gated SiLU MLPs and RoPE (the "
+                               "graph's float backend runs the other forms)")
         self.shape = shape
         self.model = _Model(shape)
         if not shape.tie_word_embeddings:

@@ -18,7 +18,10 @@ Per layer, on ACT values (signed 32-bit Q16)::
     logits = linear_head(quant_per_token(rmsnorm(h)))
 
 where a layer whose role has a bias (``q_bias`` ...) adds it to its ACT output with
-``add``.
+``add``. The shape's ``norm``, ``mlp`` and ``positions`` select the other families'
+forms: ``layernorm`` (with its bias) for ``rmsnorm``; ``down(act(up(x)))`` with ``gelu``
+or ``relu`` for the gated MLP; learned positions (``h = add(embed[tok], positions[pos])``)
+for RoPE.
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ class GoldenLLM:
         self.heads, self.kv_heads = s["num_attention_heads"], s["num_key_value_heads"]
         self.head_dim, self.eps = s["head_dim"], s["rms_norm_eps"]
         self.vocab, self.max_pos = s["vocab_size"], s["max_position_embeddings"]
-        if "rope" in model:         # the folder's table
+        self.norm_kind = s.get("norm", "rms")
+        self.mlp_kind = s.get("mlp", "silu_gated")
+        self.rotary = s.get("positions", "rope") == "rope"
+        if not self.rotary:
+            self.cos = self.sin = None
+        elif "rope" in model:         # the folder's table
             self.cos, self.sin = model["rope"]
         else:
             self.cos, self.sin = fx.rope_table(self.head_dim, s["rope_theta"], self.max_pos,
@@ -63,7 +71,15 @@ class GoldenLLM:
         """Positions held in the KV cache."""
         return self.caches[0].length if self.caches else 0
 
+    def _norm(self, h, owner: dict, key: str):
+        """The norm ``key`` of ``owner`` (a layer or the model) on ACT rows ``h``."""
+        if self.norm_kind == "rms":
+            return fx.rmsnorm(h, owner[key], self.eps)
+        return fx.layernorm(h, owner[key], owner[key + "_bias"], self.eps)
+
     def _rope(self, x, heads, start, T):
+        if not self.rotary:
+            return x
         c, s = self.cos[start:start + T], self.sin[start:start + T]
         y = fx.rope(x.view(T, heads, self.head_dim).transpose(0, 1), c, s)
         return y.transpose(0, 1).reshape(T, heads * self.head_dim)
@@ -81,18 +97,23 @@ class GoldenLLM:
                                f"{self.max_pos}")
         m = self.model
         h = m["embed"][tok]
+        if not self.rotary:
+            h = fx.add(h, m["positions"][start:start + T])
         for L, cache in zip(m["layers"], self.caches):
-            xq = fx.quant_per_token(fx.rmsnorm(h, L["attn_norm"], self.eps))
+            xq = fx.quant_per_token(self._norm(h, L, "attn_norm"))
             q = self._rope(_linear(L, "q", xq), self.heads, start, T)
             k = self._rope(_linear(L, "k", xq), self.kv_heads, start, T)
             v = _linear(L, "v", xq)
             a = fx.attention(q, k, v, cache, self.heads, self.kv_heads, self.head_dim)
             h = fx.add(h, _linear(L, "o", fx.quant_per_token(a)))
-            xq = fx.quant_per_token(fx.rmsnorm(h, L["mlp_norm"], self.eps))
-            g = fx.silu(_linear(L, "gate", xq))
+            xq = fx.quant_per_token(self._norm(h, L, "mlp_norm"))
             u = _linear(L, "up", xq)
-            h = fx.add(h, _linear(L, "down", fx.quant_per_token(fx.mul(g, u))))
-        x = fx.quant_per_token(fx.rmsnorm(h, m["norm"], self.eps))
+            if self.mlp_kind == "silu_gated":
+                a = fx.mul(fx.silu(_linear(L, "gate", xq)), u)
+            else:
+                a = fx.gelu(u) if self.mlp_kind == "gelu" else fx.relu(u)
+            h = fx.add(h, _linear(L, "down", fx.quant_per_token(a)))
+        x = fx.quant_per_token(self._norm(h, m, "norm"))
         return fx.linear(m["lm_head"], *x)
 
     def prefill(self, tokens) -> torch.Tensor:

@@ -208,8 +208,8 @@ def test_hf_import_errors(tmp_path):
         import_hf(p)
     p = _save_hf(m, tmp_path / "arch")
     cfg = json.loads((p / "config.json").read_text())
-    (p / "config.json").write_text(json.dumps(dict(cfg, architectures=["GPT2LMHeadModel"])))
-    with pytest.raises(CompileError, match="unsupported architecture 'GPT2LMHeadModel'"):
+    (p / "config.json").write_text(json.dumps(dict(cfg, architectures=["FalconForCausalLM"])))
+    with pytest.raises(CompileError, match="unsupported architecture 'FalconForCausalLM'"):
         import_hf(p)
     (p / "config.json").write_text(json.dumps(dict(cfg, hidden_act="gelu")))
     with pytest.raises(CompileError, match="unsupported hidden_act 'gelu'"):

@@ -1,8 +1,8 @@
 """Import a Hugging Face decoder checkpoint (``config.json`` + ``*.safetensors``).
 
-Supported families, all one graph (:func:`compiler.ir.build_llama_graph`) with SiLU MLPs,
-RMSNorm, RoPE (default or ``llama3`` scaling), grouped-query attention and tied or untied
-embeddings:
+Supported families, all one graph (:func:`compiler.ir.build_llama_graph`); with gated
+SiLU MLPs, RMSNorm, RoPE (default or ``llama3`` scaling), grouped-query attention and
+tied or untied embeddings:
 
 * ``LlamaForCausalLM`` (``llama``), with ``attention_bias`` / ``mlp_bias``;
 * ``MistralForCausalLM`` (``mistral``): a ``sliding_window`` shorter than
@@ -13,6 +13,13 @@ embeddings:
 * ``Phi3ForCausalLM`` (``phi3``): the fused ``qkv_proj`` and ``gate_up_proj`` are split
   into q, k, v and gate, up at import; ``longrope`` scaling and a
   ``partial_rotary_factor`` other than 1 are refused.
+
+and, with LayerNorm, an ungated MLP (``down(act(up(x)))``), learned positions and biases
+on every linear layer, imported into the same tensor names:
+
+* ``GPT2LMHeadModel`` (``gpt2``): GELU in the tanh form (``gelu_new``); the ``Conv1D``
+  weights are transposed and ``c_attn`` split into q, k, v at import;
+* ``OPTForCausalLM`` (``opt``): ReLU; the position table's two offset rows are dropped.
 
 Anything else raises a one-line :class:`CompileError` naming the file and the field or
 tensor: a config field that changes the arithmetic and is not implemented is refused,
@@ -68,7 +75,11 @@ FAMILIES = {f.arch: f for f in (
     Family("Qwen2ForCausalLM", "qwen2", biases=("q", "k", "v")),
     Family("Phi3ForCausalLM", "phi3", fused=(("self_attn.qkv_proj", ("q", "k", "v")),
                                              ("mlp.gate_up_proj", ("gate", "up")))),
+    Family("GPT2LMHeadModel", "gpt2"),
+    Family("OPTForCausalLM", "opt"),
 )}
+#: Families with LayerNorm, an ungated MLP and learned positions, converted by name.
+_LEARNED = ("gpt2", "opt")
 _ARCHS = tuple(FAMILIES)
 #: Tensors some checkpoints carry that the model does not need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -181,6 +192,8 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     positions (:attr:`LlamaShape.sliding_window`).
     """
     fam = hf_family(cfg, p)
+    if fam.model_type in _LEARNED:
+        return _learned_shape(cfg, fam, p)
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise CompileError(f"{p}: unsupported hidden_act {act!r} (accepted: 'silu')")
@@ -240,7 +253,149 @@ def load_hf_tensors(path) -> dict[str, torch.Tensor]:
     return out
 
 
-_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")
+_LAYER_NAME = re.compile(r"(model\.layers|model\.decoder\.layers|transformer\.h|h)\.(\d+)\.")
+
+
+def _flag(cfg, key, want, p):
+    """Refuse a boolean config field that is present and differs from ``want``."""
+    v = cfg.get(key, want)
+    if v is not want:
+        raise CompileError(f"{p}: unsupported {key}={json.dumps(v)} (accepted: "
+                           f"{json.dumps(want)})")
+
+
+def _learned_shape(cfg, fam: Family, p) -> LlamaShape:
+    """The shape of a GPT-2 or OPT config: LayerNorm, an ungated MLP, learned positions."""
+    if fam.model_type == "gpt2":
+        for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx",
+                                                         False),
+                          ("add_cross_attention", False)):
+            _flag(cfg, key, want, p)
+        act, acts = cfg.get("activation_function", "gelu_new"), {
+            "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+        names = dict(hidden="n_embd", layers="n_layer", heads="n_head", positions="n_positions")
+        eps = cfg.get("layer_norm_epsilon", 1e-5)
+        biases = LINEAR_ROLES[:4] + ("up", "down")
+    else:
+        for key, want in (("do_layer_norm_before", True), ("_remove_final_layer_norm", False),
+                          ("layer_norm_elementwise_affine", True)):
+            _flag(cfg, key, want, p)
+        if cfg.get("word_embed_proj_dim") not in (None, cfg.get("hidden_size")):
+            raise CompileError(f"{p}: unsupported word_embed_proj_dim="
+                               f"{cfg['word_embed_proj_dim']} (accepted: hidden_size, no "
+                               f"embedding projection)")
+        act, acts = cfg.get("activation_function", "relu"), {"relu": "relu"}
+        names = dict(hidden="hidden_size", layers="num_hidden_layers",
+                     heads="num_attention_heads", positions="max_position_embeddings")
+        eps = 1e-5                                   # nn.LayerNorm's default, fixed in OPT
+        biases = (LINEAR_ROLES[:4] + ("up", "down")) if cfg.get("enable_bias", True) else ()
+    if act not in acts:
+        raise CompileError(f"{p}: unsupported activation_function {act!r} (accepted: "
+                           f"{', '.join(map(repr, acts))})")
+    try:
+        hidden, heads = cfg[names["hidden"]], cfg[names["heads"]]
+        if not (isinstance(heads, int) and isinstance(hidden, int) and heads > 0
+                and hidden % heads == 0):
+            raise CompileError(f"{names['heads']}={heads!r} must be a positive integer that "
+                               f"divides {names['hidden']}={hidden!r}")
+        inter = cfg.get("n_inner") if fam.model_type == "gpt2" else cfg["ffn_dim"]
+        shape = LlamaShape(
+            vocab_size=cfg["vocab_size"], hidden_size=hidden,
+            intermediate_size=inter if inter is not None else 4 * hidden,
+            num_hidden_layers=cfg[names["layers"]], num_attention_heads=heads,
+            num_key_value_heads=heads, head_dim=hidden // heads, rms_norm_eps=eps,
+            max_position_embeddings=cfg.get(names["positions"], 1024),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", True),
+            linear_biases=biases, norm="layer", mlp=acts[act], positions="learned")
+    except KeyError as e:
+        raise CompileError(f"{p}: missing field {e.args[0]}") from None
+    except TypeError as e:
+        raise CompileError(f"{p}: bad field type ({e})") from None
+    except CompileError as e:
+        raise CompileError(f"{p}: {e}") from None
+    return shape
+
+
+def _renames(shape: LlamaShape, fam: Family) -> dict:
+    """Checkpoint name -> (its shape, ``[(new name, convert)]``) of a GPT-2 or OPT layout;
+    ``convert(t)`` gives the tensor under the LLaMA name (GPT-2's ``Conv1D`` weights are
+    stored transposed, its ``c_attn`` holds q, k, v; OPT's position table starts at row 2).
+    """
+    d, f, P = shape.hidden_size, shape.intermediate_size, shape.max_position_embeddings
+    T = lambda t: t.t()                                     # noqa: E731
+    same = lambda t: t                                      # noqa: E731
+    out = {}
+
+    def norm(src, dst):
+        for part in ("weight", "bias"):
+            out[f"{src}.{part}"] = ((d,), [(f"{dst}.{part}", same)])
+
+    if fam.model_type == "gpt2":
+        out["wte.weight"] = ((shape.vocab_size, d), [("model.embed_tokens.weight", same)])
+        out["wpe.weight"] = ((P, d), [("model.embed_positions.weight", same)])
+        norm("ln_f", "model.norm")
+        for i in range(shape.num_hidden_layers):
+            h, L = f"h.{i}.", f"model.layers.{i}."
+            norm(h + "ln_1", L + "input_layernorm")
+            norm(h + "ln_2", L + "post_attention_layernorm")
+            qkv = [(L + f"self_attn.{r}_proj", j) for j, r in enumerate("qkv")]
+            out[h + "attn.c_attn.weight"] = ((d, 3 * d), [
+                (n + ".weight", lambda t, j=j: t[:, j * d:(j + 1) * d].t()) for n, j in qkv])
+            out[h + "attn.c_attn.bias"] = ((3 * d,), [
+                (n + ".bias", lambda t, j=j: t[j * d:(j + 1) * d]) for n, j in qkv])
+            for src, dst, shp in (("attn.c_proj", "self_attn.o_proj", (d, d)),
+                                  ("mlp.c_fc", "mlp.up_proj", (d, f)),
+                                  ("mlp.c_proj", "mlp.down_proj", (f, d))):
+                out[h + src + ".weight"] = (shp, [(L + dst + ".weight", T)])
+                out[h + src + ".bias"] = ((shp[1],), [(L + dst + ".bias", same)])
+        return {**out, **{"transformer." + k: v for k, v in out.items()}}
+    out["model.decoder.embed_tokens.weight"] = ((shape.vocab_size, d),
+                                                [("model.embed_tokens.weight", same)])
+    out["model.decoder.embed_positions.weight"] = ((P + 2, d), [
+        ("model.embed_positions.weight", lambda t: t[2:])])
+    norm("model.decoder.final_layer_norm", "model.norm")
+    for i in range(shape.num_hidden_layers):
+        h, L = f"model.decoder.layers.{i}.", f"model.layers.{i}."
+        norm(h + "self_attn_layer_norm", L + "input_layernorm")
+        norm(h + "final_layer_norm", L + "post_attention_layernorm")
+        for src, dst, shp in (("self_attn.q_proj", "self_attn.q_proj", (d, d)),
+                              ("self_attn.k_proj", "self_attn.k_proj", (d, d)),
+                              ("self_attn.v_proj", "self_attn.v_proj", (d, d)),
+                              ("self_attn.out_proj", "self_attn.o_proj", (d, d)),
+                              ("fc1", "mlp.up_proj", (f, d)), ("fc2", "mlp.down_proj", (d, f))):
+            out[h + src + ".weight"] = (shp, [(L + dst + ".weight", same)])
+            if shape.linear_biases:
+                out[h + src + ".bias"] = ((shp[0],), [(L + dst + ".bias", same)])
+    return out
+
+
+#: GPT-2's causal-mask buffers, which older checkpoints carry.
+_GPT2_BUFFERS = re.compile(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias$")
+
+
+def _rename(tensors: dict, shape: LlamaShape, fam: Family) -> dict:
+    """A GPT-2 or OPT checkpoint under the LLaMA names (:func:`_renames`); a tensor of
+    another shape is refused by its own name; names not in the layout are kept (so the
+    import names them as unexpected)."""
+    plan = _renames(shape, fam)
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        if fam.model_type == "gpt2" and _GPT2_BUFFERS.match(name):
+            continue
+        if name not in plan:
+            out[name] = t
+            continue
+        want, targets = plan[name]
+        if tuple(t.shape) != want:
+            raise CompileError(f"tensor {name} has shape {list(t.shape)}, expected "
+                               f"{list(want)}")
+        for new, convert in targets:
+            out[new] = convert(t).contiguous()
+        seen.add(name.removeprefix("transformer."))
+    for name, (want, _) in plan.items():
+        if not name.startswith("transformer.") and name not in seen:
+            raise CompileError(f"missing tensor {name} (expected shape {list(want)})")
+    return out
 
 
 def _split_fused(tensors: dict, shape: LlamaShape, fam: Family) -> dict:
@@ -280,7 +435,7 @@ def import_hf(path) -> Graph:
     fam = hf_family(cfg, p)
     tensors = load_hf_tensors(path)
     # The layer count is checked against the checkpoint before anything is sized by it.
-    held = {int(m.group(1)) for m in map(_LAYER_NAME.match, tensors) if m}
+    held = {int(m.group(2)) for m in map(_LAYER_NAME.match, tensors) if m}
     if shape.num_hidden_layers > len(held):
         raise CompileError(f"{path}: config.json says num_hidden_layers="
                            f"{shape.num_hidden_layers}, the checkpoint holds {len(held)} "
@@ -292,6 +447,8 @@ def import_hf(path) -> Graph:
         from .quantized_hf import import_quantized_hf
         return import_quantized_hf(path, shape, cfg["quantization_config"], tensors)
     try:
+        if fam.model_type in _LEARNED:
+            tensors = _rename(tensors, shape, fam)
         tensors = _split_fused(tensors, shape, fam)
     except CompileError as e:
         raise CompileError(f"{path}: {e}") from None
