@@ -29,10 +29,19 @@ from .errors import AirfoilError, ConfigError
 from .program import Program
 from .textfile import read_bounded, read_text
 
-_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+#: The linear layers of a decoder layer, by role, in execution order.
+LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 __all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
-           "read_llm_model", "channel_offsets"]
+           "read_llm_model", "channel_offsets", "linear_roles", "LINEAR_ROLES"]
+
+
+def linear_roles(shape: dict) -> tuple[str, ...]:
+    """The linear roles of a decoder layer of model ``shape`` (HF config fields): all of
+    q, k, v, o, gate, up, down, without ``gate`` in an ungated MLP (``mlp`` other than
+    ``silu_gated``: GPT-2, OPT)."""
+    gated = shape.get("mlp", "silu_gated") == "silu_gated"
+    return tuple(r for r in LINEAR_ROLES if r != "gate" or gated)
 
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
@@ -518,9 +527,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
     for i in range(shape["num_hidden_layers"]):
         L = {"attn_norm": i32(lay[f"l{i}.attn_norm"], d),
              "mlp_norm": i32(lay[f"l{i}.mlp_norm"], d)}
-        for r in _LINEARS:
-            if r != "gate" or shape.get("mlp", "silu_gated") == "silu_gated":
-                L[r] = lin(f"l{i}.{r}")
+        for r in linear_roles(shape):
+            L[r] = lin(f"l{i}.{r}")
         for r in shape.get("linear_biases", ()):
             L[r + "_bias"] = i32(lay[f"l{i}.{r}_bias"], mm["linears"][f"l{i}.{r}"]["n"])
         layers.append(L)

@@ -78,7 +78,7 @@ from amaranth.hdl import Shape
 from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
-from airfoil.folder import FOLDER_FORMAT
+from airfoil.folder import FOLDER_FORMAT, linear_roles
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
                          Sparsity, SysOp, Unit, WeightFormat, encode, unit_of)
@@ -98,15 +98,13 @@ PHASES = ("prefill", "decode")
 REG_POS, REG_T, REG_LEN = 1, 2, 3
 #: Prompt tokens the prefill program is planned for by default.
 DEFAULT_MAX_PROMPT = 32
-_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 #: The SFU function of an ungated MLP's activation, by the shape's ``mlp``.
 _MLP_ACT = {"gelu": SfuFunc.GELU, "relu": SfuFunc.RELU}
 
 
 def _roles(model) -> tuple[str, ...]:
-    """The linear roles of the model's layers (no ``gate`` in an ungated MLP)."""
-    gated = model["shape"].get("mlp", "silu_gated") == "silu_gated"
-    return tuple(r for r in _LINEARS if r != "gate" or gated)
+    """The linear roles of the model's layers (:func:`airfoil.folder.linear_roles`)."""
+    return linear_roles(model["shape"])
 
 
 def _rotary(model) -> bool:

@@ -20,12 +20,11 @@ from torch import nn
 
 from airfoil import fixedpoint as fx
 from airfoil.errors import CompileError
+from airfoil.folder import LINEAR_ROLES, linear_roles
 
 __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_llama",
            "LINEAR_ROLES", "NORMS", "MLPS", "POSITIONS"]
 
-#: The linear layers of a decoder layer, by role, in execution order.
-LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 #: Normalisations: RMSNorm (a gain) or LayerNorm (a gain and a bias).
 NORMS = ("rms", "layer")
 #: MLPs: LLaMA's ``down(silu(gate(x)) * up(x))``, or ``down(act(up(x)))`` (GPT-2, OPT).
@@ -152,7 +151,7 @@ class LlamaShape:
     @property
     def roles(self) -> tuple[str, ...]:
         """The linear roles a layer holds (no ``gate`` in an ungated MLP)."""
-        return tuple(r for r in LINEAR_ROLES if r != "gate" or self.mlp == "silu_gated")
+        return linear_roles({"mlp": self.mlp})
 
     @property
     def groups(self) -> int:

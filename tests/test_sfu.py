@@ -313,7 +313,7 @@ def test_layernorm_kernel(n, rows, eps, shift, offset, seed):
     args = kernel_args(func=SfuFunc.LAYERNORM, n=n, rows=rows, imm0=c & 0xFFFFFFFF,
                        imm1=c >> 32)
     dst = bytearray(4 * rows * n)
-    res = run_kernel(RmsNormKernel(centre=True), args, _b(x), _b(g), dst)
+    res = run_kernel(RmsNormKernel(), args, _b(x), _b(g), dst)
     ref = fx.layernorm_centred(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0,
                                eps_q60=c)
     assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
@@ -466,12 +466,20 @@ def test_unit_program_matches_isa(word_bits):
              dst_addr=256, aux_addr=64, release=(Unit.STORE,)),
         _sfu(SfuFunc.COPY, src=Buffer.ACT, dst=Buffer.OUT, n=13, src_addr=257,
              dst_addr=301),
+        # The GPT-2 / OPT functions, on the kernels they share with RMSNORM, SILU and ADD.
+        _sfu(SfuFunc.LAYERNORM, src=Buffer.ACT, dst=Buffer.OUT, n=8, rows_reg=1,
+             src_addr=32, dst_addr=352, aux_addr=0, imm0=c & 0xFFFFFFFF, imm1=c >> 32),
+        _sfu(SfuFunc.GELU, src=Buffer.ACT, dst=Buffer.OUT, n=5, rows=2, src_addr=64,
+             dst_addr=416),
+        _sfu(SfuFunc.RELU, src=Buffer.ACT, dst=Buffer.OUT, n=6, rows=2, src_addr=96,
+             dst_addr=456, aux_addr=SIZES[Buffer.AUX]),    # no aux read: out of range
     ]
     res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits)
     assert ref_err is None and not res["err"]
     for b in SIZES:
         assert rtl[b] == ref[b], f"buffer {b.name} differs"
-    assert [mask for _, mask in res["released"]] == [0] * 5 + [1 << Unit.STORE.value, 0]
+    assert [mask for _, mask in res["released"]] == [0] * 5 + [1 << Unit.STORE.value] + \
+        [0] * 4
     # Cycle formula: accept to release, per instruction.
     for i, bits in enumerate(instrs):
         f = isa.decode(bits).fields

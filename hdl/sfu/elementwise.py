@@ -3,8 +3,12 @@
 One element per cycle: the read of element ``k`` is issued in one cycle and its result
 written in the next (``COPY``, ``ADD``, ``RELU``) or, with the product's inputs
 registered, the one after (``MUL``, ``SILU``, ``GELU``): :attr:`ElementwiseKernel.latency`.
-``COPY`` moves one byte per element, the others one int32. ``SILU`` and ``GELU`` are one
-datapath, ``x`` times a gate read from a table, with their own tables.
+``COPY`` moves one byte per element, the others one int32.
+
+Functions that differ only in a table or a final select share one kernel
+(:data:`DATAPATHS`), which reads the instruction's ``func``: ``SILU`` and ``GELU`` are
+``x`` times a gate from one ROM holding both tables, ``RELU`` is the ``ADD`` kernel's
+output select; so the GPT-2 / OPT functions add no multiplier to the SFU.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ __all__ = ["ElementwiseKernel", "cycles", "FUNCS", "KERNELS"]
 FUNCS = (SfuFunc.COPY, SfuFunc.SILU, SfuFunc.MUL, SfuFunc.ADD, SfuFunc.GELU, SfuFunc.RELU)
 #: Functions whose product's inputs are registered (latency 2).
 _PRODUCTS = (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU)
-#: Gate tables of the ``x * gate(x)`` functions.
-_GATES = {SfuFunc.SILU: fx._SIG_T, SfuFunc.GELU: fx._GELU_T}
+#: The functions of each kernel: one datapath, the instruction's ``func`` selects.
+DATAPATHS = ((SfuFunc.COPY,), (SfuFunc.MUL,), (SfuFunc.ADD, SfuFunc.RELU),
+             (SfuFunc.SILU, SfuFunc.GELU))
 
 
 def _count(args) -> int:
@@ -40,29 +45,35 @@ def cycles(args) -> int:
     return n + (2 if SfuFunc(args["func"]) in _PRODUCTS else 1) if n else 1
 
 
-def gate_table(table) -> list[int]:
-    """ROM words ``T[i] | T[i + 1] << 16`` of a 513-entry gate table, i = 0..511."""
-    t = [int(v) for v in table]
-    return [t[i] | t[i + 1] << 16 for i in range(len(t) - 1)]
+def gate_table() -> list[int]:
+    """ROM words ``T[i] | T[i + 1] << 16`` of the 513-entry gate tables, i = 0..511: the
+    sigmoid's (:func:`airfoil.fixedpoint.sigmoid`) then GELU's
+    (:func:`~airfoil.fixedpoint.gelu_gate`)."""
+    words = []
+    for table in (fx._SIG_T, fx._GELU_T):
+        t = [int(v) for v in table]
+        words += [t[i] | t[i + 1] << 16 for i in range(len(t) - 1)]
+    return words
 
 
-def gate_expr(m: Module, x, table=fx._SIG_T, name: str = "sig"):
-    """Hardware :func:`airfoil.fixedpoint.sigmoid` (or, with ``fx._GELU_T``,
+def gate_expr(m: Module, x, gelu=0):
+    """Hardware :func:`airfoil.fixedpoint.sigmoid` (or, where ``gelu`` is 1,
     :func:`~airfoil.fixedpoint.gelu_gate`) of the signed 32-bit ``x`` (unsigned Q15, as a
     signed 18-bit signal): table pair from a ROM, linear interpolation."""
-    sig_rom = rom(m, f"{name}_rom", gate_table(table))
-    xc = Signal(22, name=f"{name}_xc")
+    sig_rom = rom(m, "sig_rom", gate_table())
+    xc = Signal(22)
     m.d.comb += xc.eq(clamp(x, -(16 << 16), (16 << 16) - 1) + (16 << 16))
-    m.d.comb += sig_rom.addr.eq(xc[12:])
+    m.d.comb += sig_rom.addr.eq(Cat(xc[12:21], gelu))
     lo = Cat(sig_rom.data[:16], 0).as_signed()
     hi = Cat(sig_rom.data[16:32], 0).as_signed()
-    sig = Signal(signed(18), name=f"{name}_gate")
+    sig = Signal(signed(18))
     m.d.comb += sig.eq(lo + shift_round((hi - lo) * xc[:12], 12))
     return sig
 
 
 class ElementwiseKernel(wiring.Component):
-    """Compute one element-wise function (see :data:`FUNCS`) over ``rows x n`` elements.
+    """Compute the element-wise functions of one datapath (:data:`DATAPATHS`) over
+    ``rows x n`` elements; ``args.func`` picks among them.
 
     ``COPY`` moves ``n`` bytes (any alignment, overlapping like ``memmove``); the others
     read int32 rows at ``src_addr`` (and ``aux_addr``) and write int32
@@ -72,7 +83,7 @@ class ElementwiseKernel(wiring.Component):
     Parameters
     ----------
     func : SfuFunc
-        One of :data:`FUNCS`.
+        One of :data:`FUNCS`; the kernel computes every function of its datapath.
     """
 
     def __init__(self, *, func: SfuFunc):
@@ -80,12 +91,18 @@ class ElementwiseKernel(wiring.Component):
             raise ValueError(f"Element-wise kernel function must be one of "
                              f"{', '.join(f.name for f in FUNCS)}, not {func!r}")
         self._func = func
+        self._funcs = next(d for d in DATAPATHS if func in d)
         super().__init__(kernel_signature())
 
     @property
     def func(self) -> SfuFunc:
-        """The function this kernel computes."""
+        """The function this kernel was built for (the first of :attr:`funcs`' datapath)."""
         return self._func
+
+    @property
+    def funcs(self) -> tuple:
+        """Every function this kernel computes (its :data:`DATAPATHS` entry)."""
+        return self._funcs
 
     @property
     def latency(self) -> int:
@@ -133,20 +150,17 @@ class ElementwiseKernel(wiring.Component):
             ]
             x = self.src.data.as_signed()
             b = self.aux.data.as_signed()
-            if func == SfuFunc.ADD:
-                y = sat(x + b, 32)
-            elif func == SfuFunc.MUL:
+            funcs = self._funcs
+            if SfuFunc.ADD in funcs:
+                y = Mux(a.func == SfuFunc.RELU, Mux(x < 0, 0, x), sat(x + b, 32))
+            elif SfuFunc.MUL in funcs:
                 prod = Signal(signed(64))
                 m.d.sync += prod.eq(x * b)
                 y = sat(shift_round(prod, fx.ACT_FRAC), 32)
-            elif func == SfuFunc.RELU:
-                y = Mux(x < 0, 0, x)
             else:
                 x_r = Signal(signed(32))
                 sig_r = Signal(signed(18))
-                m.d.sync += [x_r.eq(x),
-                             sig_r.eq(gate_expr(m, x, _GATES[func],
-                                                   "sig" if func == SfuFunc.SILU else "gelu"))]
+                m.d.sync += [x_r.eq(x), sig_r.eq(gate_expr(m, x, a.func == SfuFunc.GELU))]
                 y = sat(shift_round(x_r * sig_r, 15), 32)
             m.d.comb += self.dst.data.eq(y)
             wen = 0xF
@@ -162,7 +176,7 @@ class ElementwiseKernel(wiring.Component):
                         m.d.sync += drain.eq(0)
                         m.next = "DRAIN"
             with m.State("RUN"):
-                uses_aux = func in (SfuFunc.MUL, SfuFunc.ADD)
+                uses_aux = (a.func == SfuFunc.MUL) | (a.func == SfuFunc.ADD)
                 m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(uses_aux),
                              pend[0].eq(1)]
                 m.d.sync += k.eq(k + 1)
@@ -177,5 +191,7 @@ class ElementwiseKernel(wiring.Component):
         return m
 
 
-#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`.
-KERNELS = {f: partial(ElementwiseKernel, func=f) for f in FUNCS}
+#: Kernel factories by function, for :class:`hdl.sfu.unit.SfuUnit`: the functions of one
+#: datapath share one factory object, so the unit builds one kernel for them.
+KERNELS = {f: factory for d in DATAPATHS
+           for factory in [partial(ElementwiseKernel, func=d[0])] for f in d}

@@ -54,7 +54,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32) 
         kernels.update(mod.KERNELS)
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
-    kernels[SfuFunc.RMSNORM] = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits)
+    norms = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits)   # one kernel
+    kernels[SfuFunc.RMSNORM] = kernels[SfuFunc.LAYERNORM] = norms
     kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
                                                 word_bits=word_bits)
     kernels[SfuFunc.SOFTMAX] = functools.partial(attention.Softmax, word_bits=word_bits)
@@ -128,7 +129,8 @@ class SfuUnit(wiring.Component):
         Size of each buffer in bytes (a multiple of the word); a buffer not named has
         size 0.
     kernels : Mapping[SfuFunc, Callable] or None
-        Kernel factory of each function built in (default: :func:`default_kernels`).
+        Kernel factory of each function built in (default: :func:`default_kernels`);
+        functions mapped to one factory object share one kernel.
 
     Members
     -------
@@ -168,9 +170,15 @@ class SfuUnit(wiring.Component):
             "aux_rd": Out(buffer_read_signature(word_bits)),
             "dst_wr": Out(buffer_write_signature(word_bits)),
         })
-        #: The kernel instances, by function (read only after construction).
-        self.kernels = {func: factory() for func, factory in sorted(
-            kernels.items(), key=lambda kv: kv[0].value)}
+        #: The kernel instances, by function (read only after construction); functions
+        #: given one factory object share one instance (one datapath, ``args.func``
+        #: selects).
+        built = {}
+        self.kernels = {}
+        for func, factory in sorted(kernels.items(), key=lambda kv: kv[0].value):
+            if id(factory) not in built:
+                built[id(factory)] = factory()
+            self.kernels[func] = built[id(factory)]
         for func, k in self.kernels.items():
             for port in (k.src, k.aux, k.dst):
                 if len(port.data) not in (32, word_bits):
@@ -258,11 +266,14 @@ class SfuUnit(wiring.Component):
         m.d.sync += [src_lane.eq(k_src_addr[2:lg]), aux_lane.eq(k_aux_addr[2:lg])]
         start = shell.start
         running = shell.running
+        shared = {}
         for f, k in self.kernels.items():
-            m.submodules[f"k_{f.name.lower()}"] = ResetInserter(kreset)(k)
+            shared.setdefault(id(k), (k, []))[1].append(f)
+        for k, fs in shared.values():
+            m.submodules[f"k_{fs[0].name.lower()}"] = ResetInserter(kreset)(k)
             m.d.comb += [
                 k.args.eq(args),
-                k.start.eq(start & (func == f.value)),
+                k.start.eq(start & is_any(fs)),
             ]
             # A kernel of 32-bit ports gets the lane of its address; a wide one the word.
             for port, rd, lane in ((k.src, self.src_rd, src_lane),
