@@ -35,7 +35,8 @@ __all__ = [
     "token_scale_value", "requantize_rows", "linear_out_params", "rmsnorm",
     "rmsnorm_weight", "rope_table", "rope", "softmax", "attention_scores", "QLinear",
     "linear", "embedding_table", "KVCacheInt", "attention",
-    "attention_weights", "attention_context", "scale_to_mantissa",
+    "attention_weights", "attention_context", "scale_to_mantissa", "attention_mask",
+    "gelu_gate", "gelu", "relu", "row_mean", "layernorm_centred", "layernorm", "linear_bias",
 ]
 
 #: Fractional bits of the activations passed between operators (signed 32-bit).
@@ -693,9 +694,23 @@ class KVCacheInt:
         self.v, self.v_sm, self.v_se = cat(self.v, vq), cat(self.v_sm, vsm), cat(self.v_se, vse)
 
 
+def attention_mask(start: int, T: int, S: int, window: int = 0) -> torch.Tensor:
+    """(T, S) bool, True = excluded: query ``t`` (position ``start + t``) sees the keys at
+    most its position and, with a ``window`` (0: none), later than ``position - window``."""
+    qpos = torch.arange(start, start + T).unsqueeze(1)
+    key = torch.arange(S).unsqueeze(0)
+    mask = key > qpos
+    if window:
+        mask = mask | (key <= qpos - window)
+    return mask
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheInt,
-              heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+              heads: int, kv_heads: int, head_dim: int, window: int = 0) -> torch.Tensor:
     """Causal grouped-query attention of T new positions after ``cache.length`` cached ones.
+
+    ``window`` (0: none) limits each query at position ``p`` to the keys ``p - window + 1
+    .. p`` (Mistral's sliding window: :func:`attention_mask`).
 
     ``q``: (T, heads * head_dim) ACT after RoPE (1/sqrt(head_dim) folded in); ``k``,
     ``v``: (T, kv_heads * head_dim) ACT (``k`` after RoPE). Keys and values are
@@ -715,9 +730,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheI
     S = cache.length
     sc = attention_scores(qq, q_sm, q_se, cache.k.unsqueeze(1), cache.k_sm.unsqueeze(1),
                           cache.k_se.unsqueeze(1))                      # (kv, g, T, S)
-    qpos = torch.arange(start, start + T).unsqueeze(1)
-    mask = torch.arange(S).unsqueeze(0) > qpos
-    p = softmax(sc, mask)
+    p = softmax(sc, attention_mask(start, T, S, window))
     w = attention_weights(p, cache.v_sm.unsqueeze(1), cache.v_se.unsqueeze(1))
     o = attention_context(w, cache.v.unsqueeze(1))                     # (kv, g, T, d)
     return o.permute(2, 0, 1, 3).reshape(T, heads * head_dim)

@@ -86,7 +86,8 @@ Version 3 (streamed weights through the decode unit; additive)
   group; ``sparsity`` must be ``DENSE`` (the records name theirs); ``bias`` must be 0;
   ``wbuf_addr`` is ignored. A record whose group differs is MALFORMED.
 * :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes
-  no earlier program uses, so every earlier encoding keeps its meaning).
+  no earlier program uses, so every earlier encoding keeps its meaning), and ``SOFTMAX``'s
+  ``imm0``: a sliding attention window (0, what earlier programs hold: none).
 """
 
 from __future__ import annotations
@@ -209,7 +210,9 @@ class SfuFunc(enum.Enum, shape=6):
       ``kv_heads`` key records (stride ``imm1``) at ``aux_addr`` in ``aux``; query head
       ``h`` reads kv head ``h // (heads / kv_heads)``. Writes int32 ``(R, heads, L)``.
     * ``SOFTMAX``: :func:`softmax` of the ``R x heads`` rows of ``L`` scores; row
-      ``(t, h)`` masks the keys after position ``regs[pos_reg] + t`` (causal); Q15 out.
+      ``(t, h)`` masks the keys after position ``regs[pos_reg] + t`` (causal) and, with
+      ``imm0`` nonzero (a sliding window), those at or before that position minus
+      ``imm0`` (:func:`attention_mask`); Q15 out. A row that sees no key is MALFORMED.
     * ``ATT_PV``: :func:`attention_weights` then :func:`attention_context` of the
       ``(R, heads, L)`` probabilities at ``src_addr`` and the value records (stride
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head

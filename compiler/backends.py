@@ -55,7 +55,7 @@ def _float_attention(n, q, k, v, state: ExecState, T: int, quant: bool) -> torch
     k = k.repeat_interleave(H // KV, dim=0)
     v = v.repeat_interleave(H // KV, dim=0)
     att = (q @ k.transpose(-1, -2)) * float(n.attrs["scale"])
-    mask = torch.arange(S).unsqueeze(0) > torch.arange(S - T, S).unsqueeze(1)
+    mask = fx.attention_mask(S - T, T, S, n.attrs.get("window", 0))
     att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
     return (att @ v).transpose(0, 1).reshape(T, H * hd)
 
@@ -161,7 +161,7 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
         cache = state.caches.setdefault(li, fx.KVCacheInt(n.attrs["kv_heads"],
                                                           n.attrs["head_dim"]))
         return fx.attention(*x, cache, n.attrs["heads"], n.attrs["kv_heads"],
-                            n.attrs["head_dim"])
+                            n.attrs["head_dim"], n.attrs.get("window", 0))
     if op == "softmax":
         return fx.softmax(x[0])
     if op == "silu":

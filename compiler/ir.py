@@ -19,7 +19,8 @@ act_quant      x                          format ("int8_per_token")
 linear         x                          weight (param name), layer (recipe name), bias
                                           (param name, absent without a bias)
 rope           x                          heads, head_dim, theta, scaling
-attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int)
+attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int),
+                                          window (0: causal; else a sliding window)
 softmax        x                          (last axis)
 silu           x
 gelu           x                          (GPT-2's tanh form)
@@ -282,7 +283,7 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
                      head_dim=s.head_dim, theta=s.rope_theta, scaling=s.rope_scaling)
         a = add(L + "attn", "attention", [rq, rk, proj["v"]], heads=s.num_attention_heads,
                 kv_heads=s.num_key_value_heads, head_dim=s.head_dim,
-                scale=s.head_dim ** -0.5, layer=i)
+                scale=s.head_dim ** -0.5, layer=i, window=s.sliding_window or 0)
         o = linear(L, p, "o", a)
         h = add(L + "attn_res", "add", [h, o])
         x = norm(L + "mlp_norm", p + "post_attention_layernorm", h)

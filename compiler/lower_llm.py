@@ -23,7 +23,7 @@ Per phase, per layer (buffers: ACT, OUT, WGT, KV, AUX; memory: the image)::
     SFU QUANT_TOKEN q -> query records (ACT), k, v -> KV records (OUT)
     ST k, v records -> KV cache in memory at row REG_POS (count REG_T)
     LD the layer's K and V cache rows 0 .. REG_LEN-1 -> KV buffer
-    SFU ATT_QK, SOFTMAX (causal from REG_POS), ATT_PV -> context (ACT)
+    SFU ATT_QK, SOFTMAX (causal from REG_POS, sliding window if any), ATT_PV -> context
     SFU QUANT_TOKEN; MV|MM o; SFU ADD into H
     RMSNORM, QUANT_TOKEN, MV|MM gate and up, SFU SILU, MUL, QUANT_TOKEN, MV|MM down, ADD
     final RMSNORM, QUANT_TOKEN, MV|MM lm_head; ST logits (REG_T rows) to memory
@@ -814,7 +814,8 @@ class _Phase:
                             self.r(Buffer.KV, kb, self.lmax * kvh * rec)],
                      writes=[S_rng], aux=Buffer.KV, aux_addr=kb, imm0=rec, imm1=rec, **att)
             self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, S0, Buffer.OUT, S0, hd,
-                     reads=[S_rng], writes=[S_rng], pos_reg=REG_POS, **att)
+                     reads=[S_rng], writes=[S_rng], pos_reg=REG_POS,
+                     imm0=self.model["shape"].get("sliding_window") or 0, **att)
             self.sfu(SfuFunc.ATT_PV, Buffer.OUT, S0, Buffer.ACT, C0, hd,
                      reads=[S_rng, self.r(Buffer.KV, vb, self.lmax * kvh * rec)],
                      writes=[self.r(Buffer.ACT, C0, T * hq * hd * 4)], aux=Buffer.KV,

@@ -79,9 +79,9 @@ class LlamaShape:
         The roles (:data:`LINEAR_ROLES`) whose linear layers carry a bias: Qwen2's
         ``q, k, v``, LLaMA's ``attention_bias`` (``q, k, v, o``) and ``mlp_bias``.
     sliding_window : int or None
-        The attention window of a Mistral-style model. Only positions up to the window are
-        modelled (``max_position_embeddings <= sliding_window``), where the sliding mask
-        equals the causal one.
+        The attention window of every layer (Mistral, Phi-3): a query at position ``p``
+        sees the keys ``p - sliding_window + 1 .. p``
+        (:func:`airfoil.fixedpoint.attention_mask`); None: all earlier keys.
     norm, mlp, positions : str
         One of :data:`NORMS`, :data:`MLPS`, :data:`POSITIONS` (LLaMA: ``rms``,
         ``silu_gated``, ``rope``; GPT-2: ``layer``, ``gelu``, ``learned``). The norms' eps
@@ -142,11 +142,9 @@ class LlamaShape:
                 raise CompileError(f"{name} must be one of {', '.join(accepted)}, not "
                                    f"{getattr(self, name)!r}")
         w = self.sliding_window
-        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or
-                              w < self.max_position_embeddings):
-            raise CompileError(f"sliding_window must be null or an integer of at least "
-                               f"max_position_embeddings={self.max_position_embeddings} "
-                               f"(positions past the window are not modelled), not {w!r}")
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+            raise CompileError(f"sliding_window must be null or a positive integer, not "
+                               f"{w!r}")
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -322,8 +320,7 @@ class LlamaReference(nn.Module):
             k = k.repeat_interleave(s.groups, dim=1)
             v = v.repeat_interleave(s.groups, dim=1)
             att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-            qpos = torch.arange(S - T, S).unsqueeze(1)
-            mask = torch.arange(S).unsqueeze(0) > qpos
+            mask = fx.attention_mask(S - T, T, S, s.sliding_window or 0)
             att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
             o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
             h = h + a.o_proj(o)

@@ -12,6 +12,7 @@ Per layer, on ACT values (signed 32-bit Q16)::
     x = rmsnorm(h); xq = quant_per_token(x)
     q, k, v = linear(xq); q, k = rope(q), rope(k)        # 1/sqrt(d) folded into W_q
     a = attention(q, k, v, kv_cache)                      # INT8 KV cache per (pos, head)
+                                                          # (sliding window if any)
     h = add(h, linear_o(quant_per_token(a)))
     x = rmsnorm(h); xq = quant_per_token(x)
     h = add(h, linear_down(quant_per_token(mul(silu(linear_gate(xq)), linear_up(xq)))))
@@ -52,6 +53,7 @@ class GoldenLLM:
         self.norm_kind = s.get("norm", "rms")
         self.mlp_kind = s.get("mlp", "silu_gated")
         self.rotary = s.get("positions", "rope") == "rope"
+        self.window = s.get("sliding_window") or 0
         if not self.rotary:
             self.cos = self.sin = None
         elif "rope" in model:         # the folder's table
@@ -104,7 +106,8 @@ class GoldenLLM:
             q = self._rope(_linear(L, "q", xq), self.heads, start, T)
             k = self._rope(_linear(L, "k", xq), self.kv_heads, start, T)
             v = _linear(L, "v", xq)
-            a = fx.attention(q, k, v, cache, self.heads, self.kv_heads, self.head_dim)
+            a = fx.attention(q, k, v, cache, self.heads, self.kv_heads, self.head_dim,
+                             self.window)
             h = fx.add(h, _linear(L, "o", fx.quant_per_token(a)))
             xq = fx.quant_per_token(self._norm(h, L, "mlp_norm"))
             u = _linear(L, "up", xq)

@@ -253,6 +253,25 @@ def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
     assert got["writes"] == count
 
 
+@pytest.mark.parametrize("rows,heads,length,pos,window", [
+    pytest.param(1, 2, 9, 8, 3, id="decode-window3"),
+    pytest.param(4, 1, 8, 2, 3, id="prefill-window3"),
+    pytest.param(3, 2, 6, 0, 1, id="window1"),
+    pytest.param(2, 1, 17, 20, 40, id="window-beyond-keys"),
+])
+def test_softmax_sliding_window(rows, heads, length, pos, window):
+    """A window (``imm0``) masks the keys before it, in the max, exp and output passes."""
+    rng, src, aux = random_buffers(5)
+    args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
+                     src_addr=128, dst_addr=256, imm0=window)
+    count = rows * heads * length
+    scores = rng.integers(-1 << 20, 1 << 20, count, dtype=np.int64)
+    scores[0] = 1 << 24                 # the row maximum lies before the window
+    src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
+    got = check(Softmax(), args, src, aux, 5)
+    assert got["writes"] == count and got["cycles"] == attention.softmax_cycles(args)
+
+
 @pytest.mark.parametrize("seed", [4])
 @pytest.mark.parametrize("word_bits", [32, 128])
 def test_softmax_in_place(seed, word_bits):
@@ -328,6 +347,8 @@ MALFORMED = [
     pytest.param(SfuFunc.ATT_QK, dict(heads=2, kv_heads=0, length=4), id="qk-no-kv-heads"),
     pytest.param(SfuFunc.ATT_PV, dict(heads=2, kv_heads=1, length=0), id="pv-no-keys"),
     pytest.param(SfuFunc.SOFTMAX, dict(heads=2, kv_heads=1, length=0), id="softmax-no-keys"),
+    pytest.param(SfuFunc.SOFTMAX, dict(heads=1, length=5, pos=6, imm0=2),
+                 id="softmax-window-past-the-keys"),
 ]
 
 

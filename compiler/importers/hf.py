@@ -5,14 +5,14 @@ SiLU MLPs, RMSNorm, RoPE (default or ``llama3`` scaling), grouped-query attentio
 tied or untied embeddings:
 
 * ``LlamaForCausalLM`` (``llama``), with ``attention_bias`` / ``mlp_bias``;
-* ``MistralForCausalLM`` (``mistral``): a ``sliding_window`` shorter than
-  ``max_position_embeddings`` caps the modelled positions at the window (within it the
-  sliding mask is the causal mask);
-* ``Qwen2ForCausalLM`` (``qwen2``): biases on the q, k, v projections; its sliding window
-  (``use_sliding_window``) is handled as Mistral's;
+* ``MistralForCausalLM`` (``mistral``): the ``sliding_window`` masks the keys more than
+  the window before each query (the SFU's ``SOFTMAX`` window);
+* ``Qwen2ForCausalLM`` (``qwen2``): biases on the q, k, v projections; a sliding window
+  of every layer as Mistral's, one of only some layers (``max_window_layers``) caps the
+  modelled positions at the window (within it the sliding mask is the causal one);
 * ``Phi3ForCausalLM`` (``phi3``): the fused ``qkv_proj`` and ``gate_up_proj`` are split
-  into q, k, v and gate, up at import; ``longrope`` scaling and a
-  ``partial_rotary_factor`` other than 1 are refused.
+  into q, k, v and gate, up at import; its sliding window as Mistral's; ``longrope``
+  scaling and a ``partial_rotary_factor`` other than 1 are refused.
 
 and, with LayerNorm, an ungated MLP (``down(act(up(x)))``), learned positions and biases
 on every linear layer, imported into the same tensor names:
@@ -135,11 +135,13 @@ def _biases(cfg, fam: Family, p) -> tuple[str, ...]:
     return tuple(r for r in LINEAR_ROLES if r in roles)
 
 
-def _sliding_window(cfg, fam: Family, p) -> int | None:
-    """The attention window the model applies, or None (full causal attention)."""
+def _sliding_window(cfg, fam: Family, p) -> tuple[int | None, bool]:
+    """``(window, every_layer)``: the attention window the model applies (None: full
+    causal attention) and whether all its layers apply it (Qwen2 may window only some)."""
     w = cfg.get("sliding_window")
     if fam.model_type == "llama":
-        return None                                 # LLaMA has no window
+        return None, True                           # LLaMA has no window
+    every = True
     if fam.model_type == "qwen2":
         types = cfg.get("layer_types")
         if types is not None:
@@ -147,16 +149,18 @@ def _sliding_window(cfg, fam: Family, p) -> int | None:
             if not (isinstance(types, list) and set(types) <= set(kinds)):
                 raise CompileError(f"{p}: unsupported layer_types {types!r} (accepted: "
                                    f"{' or '.join(kinds)} per layer)")
-            used = "sliding_attention" in types
+            used, every = "sliding_attention" in types, "full_attention" not in types
         else:
             layers = cfg.get("num_hidden_layers", 0)
+            first = cfg.get("max_window_layers", 0)
             used = bool(cfg.get("use_sliding_window")) and \
-                isinstance(layers, int) and layers > cfg.get("max_window_layers", 0)
+                isinstance(layers, int) and layers > first
+            every = first == 0
         if not used:
-            return None
+            return None, True
     if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
         raise CompileError(f"{p}: sliding_window must be null or a positive integer, not {w!r}")
-    return w
+    return w, every
 
 
 def _rope(cfg, p) -> tuple[float | None, dict | None]:
@@ -188,8 +192,9 @@ def _rope(cfg, p) -> tuple[float | None, dict | None]:
 def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     """Check an HF config dict of a supported family; ``p`` names it in errors.
 
-    A sliding window shorter than ``max_position_embeddings`` becomes the modelled
-    positions (:attr:`LlamaShape.sliding_window`).
+    A sliding window of every layer is :attr:`LlamaShape.sliding_window`; one of only some
+    layers (Qwen2's ``max_window_layers``) caps the modelled positions at the window,
+    within which the sliding mask is the causal one.
     """
     fam = hf_family(cfg, p)
     if fam.model_type in _LEARNED:
@@ -198,7 +203,7 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     if act != "silu":
         raise CompileError(f"{p}: unsupported hidden_act {act!r} (accepted: 'silu')")
     biases = _biases(cfg, fam, p)
-    window = _sliding_window(cfg, fam, p)
+    window, every_layer = _sliding_window(cfg, fam, p)
     theta, scaling = _rope(cfg, p)
     try:
         heads = cfg["num_attention_heads"]
@@ -210,8 +215,10 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
                                    f"{heads!r}")
             head_dim = hidden // heads
         max_pos = cfg.get("max_position_embeddings", 2048)
-        if window is not None and isinstance(max_pos, int) and window < max_pos:
-            max_pos = window
+        if window is not None and not every_layer:
+            if isinstance(max_pos, int) and window < max_pos:
+                max_pos = window
+            window = None
         shape = LlamaShape(
             vocab_size=cfg["vocab_size"], hidden_size=hidden,
             intermediate_size=cfg["intermediate_size"],

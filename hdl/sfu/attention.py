@@ -107,14 +107,15 @@ def qk_cycles(args, *, word_bytes: int) -> int:
 
 def softmax_cycles(args, *, word_bytes: int) -> int:
     """Cycles of :class:`Softmax` from ``start`` to ``done`` (fields ``n``, ``rows``,
-    ``heads``, ``pos``, ``length``) with read ports of ``word_bytes``: per row the max
+    ``heads``, ``pos``, ``length``, ``imm0``: the window; 1 when refused) with read ports
+    of ``word_bytes``: per row the max
     pass over the words the visible scores span (:func:`~hdl.sfu.arith.span_words`),
     the exp pass over the visible scores, the output pass over all ``length``."""
     _check_word_bytes(word_bytes)
     n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
-    if n < 1 or rows < 1 or L < 1:
+    H, pos, window = _arg(args, "heads"), _arg(args, "pos"), _arg(args, "imm0")
+    if n < 1 or rows < 1 or L < 1 or (window and pos + rows >= L + window):
         return 1
-    H, pos = _arg(args, "heads"), _arg(args, "pos")
     total = _SOFTMAX_LATENCY + 1           # drain of the last row, then done
     for t in range(rows):
         visible = min(L, pos + t + 1)
@@ -476,16 +477,20 @@ _PASS_MAX, _PASS_EXP, _PASS_OUT = 0, 1, 2
 class Softmax(_Kernel):
     """``SOFTMAX``: :func:`airfoil.fixedpoint.softmax` of ``rows x heads`` rows of
     ``length`` int32 scores with the causal mask: row ``(t, h)`` sees keys
-    ``0 .. pos + t``.
+    ``0 .. pos + t``, or with a sliding window ``imm0`` (nonzero) the keys
+    ``pos + t - imm0 + 1 .. pos + t``.
 
     Per row: a max pass over the words that hold the ``v = min(length, pos + t + 1)``
     visible scores (a read-port word per cycle, ``word_bits``), an exp-and-sum pass over
     them (one per cycle, back to back), 4 cycles to drain the exp pipeline, 2
     cycles of reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an
     output pass of ``length`` cycles that re-reads the visible scores, recomputes their
-    exponentials and writes the Q15 probabilities (0 for masked keys). Rows follow back
-    to back; a run takes :func:`softmax_cycles` cycles. With an unsigned ``pos`` every
-    row sees key 0; ``length = 0`` is refused as MALFORMED.
+    exponentials and writes the Q15 probabilities (0 for masked keys); the keys before a
+    window are read in the max and exp passes but masked, so the cycles do not depend on
+    the window. Rows follow back to back; a run takes :func:`softmax_cycles` cycles.
+    Without a window every row sees key 0 (``pos`` is unsigned); ``length = 0``, or a
+    window that leaves the last row no key (``pos + rows - imm0 >= length``), is refused
+    as MALFORMED.
     """
 
     @property
@@ -513,6 +518,10 @@ class Softmax(_Kernel):
         limit = Signal(34)
         m.d.comb += limit.eq(a.pos + t + 1)
         m.d.comb += visible.eq(Mux(limit < a.length, limit, a.length))
+        # The first key of the row's window (0 without one).
+        lower = Signal(34)
+        windowed = (a.imm0 != 0) & (limit > a.imm0)
+        m.d.comb += lower.eq(Mux(windowed, limit - a.imm0, 0))
         last_row = (t == a.rows - 1) & (h == a.heads - 1)
 
         # Issue side.
@@ -560,7 +569,8 @@ class Softmax(_Kernel):
                 with m.Else():
                     m.d.sync += key.eq(key + 1)
             with m.State("EXP"):
-                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_EXP)]
+                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_EXP),
+                             tag_mask.eq(key < lower)]
                 with m.If(key == visible - 1):
                     m.d.sync += [key.eq(0), wait.eq(0)]
                     m.next = "WAIT"
@@ -596,7 +606,7 @@ class Softmax(_Kernel):
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [rd.eq(key < visible), issue.eq(1), tag_pass.eq(_PASS_OUT),
-                             tag_mask.eq(key >= visible)]
+                             tag_mask.eq((key >= visible) | (key < lower))]
                 with m.If(key == a.length - 1):
                     m.d.sync += [key.eq(0), src_row.eq(src_row + (a.length << 2))]
                     with m.If(last_row):
@@ -617,10 +627,11 @@ class Softmax(_Kernel):
         m.d.sync += [v1.eq(issue), pass1.eq(tag_pass), first1.eq(tag_first),
                      mask1.eq(tag_mask), last1.eq(tag_last), k1.eq(key)]
         score = self.src.data.word_select(lane1, 32).as_signed()
-        # The largest visible score of the word (a max tree; other lanes count as -2**31).
+        # The largest visible score of the word (a max tree; other lanes, those before a
+        # window included, count as -2**31).
         word_max = tree(lambda p, q: Mux(p > q, p, q),
                         [Mux(live, x, _INT32_MIN) for live, x in
-                         word_lanes(self.src.data, k1, first, visible)])
+                         word_lanes(self.src.data, k1, first + lower, visible - lower)])
         row_max = Signal(signed(32))
         v2, pass2, mask2, last2 = Signal(), Signal(2), Signal(), Signal()
         diff = Signal(31)
@@ -676,7 +687,8 @@ class Softmax(_Kernel):
         finish = Signal()
         m.d.comb += finish.eq(v4 & last4)
         refuse = Signal()
-        m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0))
+        m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0) |
+                              ((a.imm0 != 0) & (a.pos + a.rows >= a.length + a.imm0)))
         return refuse, ErrorCode.MALFORMED, finish
 
 
