@@ -233,12 +233,11 @@ def test_learned_family_refusals(tmp_path, capsys):
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("family", [
-    pytest.param("qwen2", id="qwen2"),          # linear biases
-    pytest.param("gpt2", id="gpt2"),            # LAYERNORM, GELU, learned positions
-    pytest.param("mistral", id="mistral"),      # the SOFTMAX window (decode at position 3)
-    *(pytest.param(f, id=f, marks=pytest.mark.slow) for f in ("llama", "phi3", "opt"))])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_one_layer_on_the_rtl_core_bit_exact(family, tmp_path):
+    """One layer per family (a few seconds each after the shared core build): Qwen2's
+    biases, GPT-2's LAYERNORM, GELU and learned positions, OPT's RELU, Mistral's SOFTMAX
+    window (the decode at position 3 masks key 0)."""
     from airfoil.cli.backend_rtl import RtlLLM
     tiny_hf_model(family, tmp_path / "hf", num_hidden_layers=1)
     config = load_config("sim_llm")

@@ -5,8 +5,8 @@ SiLU MLPs, RMSNorm, RoPE (default or ``llama3`` scaling), grouped-query attentio
 tied or untied embeddings:
 
 * ``LlamaForCausalLM`` (``llama``), with ``attention_bias`` / ``mlp_bias``;
-* ``MistralForCausalLM`` (``mistral``): the ``sliding_window`` masks the keys more than
-  the window before each query (the SFU's ``SOFTMAX`` window);
+* ``MistralForCausalLM`` (``mistral``): a query at position ``p`` sees the keys
+  ``p - sliding_window + 1 .. p`` (the SFU's ``SOFTMAX`` window);
 * ``Qwen2ForCausalLM`` (``qwen2``): biases on the q, k, v projections; a sliding window
   of every layer as Mistral's, one of only some layers (``max_window_layers``) caps the
   modelled positions at the window (within it the sliding mask is the causal one);
