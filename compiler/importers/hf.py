@@ -448,9 +448,10 @@ def import_hf(path) -> Graph:
                            f"{shape.num_hidden_layers}, the checkpoint holds {len(held)} "
                            f"layers")
     if isinstance(cfg, dict) and "quantization_config" in cfg:
-        if fam.fused:
+        if fam.fused or fam.model_type in _LEARNED:
             raise CompileError(f"{p}: a quantized {fam.arch} checkpoint is not supported "
-                               f"(accepted: the families without fused tensors)")
+                               f"(accepted: the families in LLaMA's tensor layout: "
+                               f"LLaMA, Mistral, Qwen2)")
         from .quantized_hf import import_quantized_hf
         return import_quantized_hf(path, shape, cfg["quantization_config"], tensors)
     try:
