@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from airfoil.config import load_config
-from airfoil.errors import CompileError
 from airfoil.folder import load_folder
 from clitools import cli_fails, cli_ok
 from compiler.backends import ExecState, execute
