@@ -625,8 +625,6 @@ class _Phase:
         """LD the ACT bias ``name`` broadcast to T rows into AUX; ADD it onto the rows of
         ``n`` at ``addr`` in ``buf``."""
         T = self.tmax
-        if name not in self.lay:        # buffer planning only
-            return
         self.ld(Buffer.AUX, self.BIAS, self.lay[name], 4 * n, count=T, stride=0,
                 reads=[self.mem(self.lay[name], 4 * n)], **self.tregs)
         rows = self.rows_act(buf, addr, n)
@@ -676,7 +674,8 @@ class _Phase:
                 out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
                 bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
-        self.add_bias(name + "_bias", Buffer.OUT, out_addr, n)
+        if name + "_bias" in self.lay:
+            self.add_bias(name + "_bias", Buffer.OUT, out_addr, n)
 
     def streamed_linear(self, info, out_addr):
         """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,
