@@ -649,12 +649,19 @@ class _Phase:
                  aux_addr=dst_addr + _up(hd, 8), imm0=rec, imm1=rec, heads=heads)
 
     def linear(self, name, ql, out_addr):
+        """One linear layer, tiled or streamed, then its bias (if it has one)."""
+        info = self.lin[name]
+        if info["streamed"]:
+            self.streamed_linear(info, out_addr)
+        else:
+            self.tiled_linear(info, ql, out_addr)
+        if name + "_bias" in self.lay:
+            self.add_bias(name + "_bias", Buffer.OUT, out_addr, ql.shape[0])
+
+    def tiled_linear(self, info, ql, out_addr):
         """Tiles of one linear layer: LD tile -> WGT slot; MV/MM with per-token requant."""
         cfg, T = self.config, self.tmax
         n, k = ql.shape
-        info = self.lin[name]
-        if info["streamed"]:
-            return self.streamed_linear(info, out_addr)
         op = Opcode.MM if self.phase == "prefill" else Opcode.MV
         mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
         for t in info["tiles"]:
@@ -674,8 +681,6 @@ class _Phase:
                 out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
                 bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
-        if name + "_bias" in self.lay:
-            self.add_bias(name + "_bias", Buffer.OUT, out_addr, n)
 
     def streamed_linear(self, info, out_addr):
         """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,

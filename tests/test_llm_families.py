@@ -79,6 +79,24 @@ def test_golden_equals_isa_bit_exactly(family, tmp_path):
         assert torch.equal(isa.decode(t), gold.decode(t))
 
 
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_streamed_layers_keep_their_biases(family, tmp_path):
+    """INT3 layers streamed through the decode unit (sim_llm_decode) add their biases
+    (and GPT-2's LayerNorm biases) as the tiled ones do: golden == ISA."""
+    tiny_hf_model(family, tmp_path / "hf", num_hidden_layers=1)
+    cfg = load_config("sim_llm_decode")
+    recipe = parse_llm_recipe({"weights": [{"match": "*", "format": "int3", "group": 32}]})
+    qm = quantized_model(llm_pipeline(recipe, cfg).run(import_hf(tmp_path / "hf")))
+    man = compile_llm(qm, cfg, tmp_path / "out")
+    assert all(v["streamed"] for v in man["model"]["linears"].values())
+    folder = load_folder(tmp_path / "out", cfg)
+    gold, isa = GoldenLLM(qm), IsaLLM(folder, cfg)
+    tok = _tokens(4).tolist()
+    assert torch.equal(isa.prefill(tok[:1]), gold.prefill(tok[:1]))
+    for t in tok[1:]:
+        assert torch.equal(isa.decode(t), gold.decode(t))
+
+
 def test_qwen2_biases_reach_every_backend(tmp_path):
     """The q, k, v biases are in the graph, the folder and the programs; without them the
     golden logits differ (so the bit-exact comparison above would see one dropped)."""
