@@ -297,14 +297,17 @@ def test_rmsnorm_kernel(n, rows, eps, shift, seed, word_bits):
     assert rmsnorm.cycles(args, word_bytes=4) == rmsnorm.DIV_LATENCY + rows * (3 * n + 7)
 
 
+@pytest.mark.parametrize("word_bits", [32, 128])
 @pytest.mark.parametrize("n,rows,eps,shift,offset,seed", [
     (8, 2, 1e-5, 20, 0, 1),           # typical activations
     (6, 3, 1e-5, 16, 2 ** 29, 2),     # rows far from zero: the mean dominates
     (5, 3, 1e-6, 0, 0, 3),            # full-range int32: x - mean saturates
     (7, 1, 1e-5, None, 0, 4),         # an all-zero row: eps alone
     (9, 2, 1e-5, 31, 12345, 5),       # a constant row: centred to zero
+    (37, 2, 1e-5, 8, -(2 ** 20), 6),  # rows over several words
 ])
-def test_layernorm_kernel(n, rows, eps, shift, offset, seed):
+def test_layernorm_kernel(n, rows, eps, shift, offset, seed, word_bits):
+    """LAYERNORM on the RMSNORM kernel: its sum pass a read-port word per cycle too."""
     rng = np.random.default_rng(seed)
     x = _i32(rng, rows * n) >> shift if shift is not None else np.zeros(rows * n, np.int64)
     x = x + offset
@@ -313,11 +316,12 @@ def test_layernorm_kernel(n, rows, eps, shift, offset, seed):
     args = kernel_args(func=SfuFunc.LAYERNORM, n=n, rows=rows, imm0=c & 0xFFFFFFFF,
                        imm1=c >> 32)
     dst = bytearray(4 * rows * n)
-    res = run_kernel(RmsNormKernel(), args, _b(x), _b(g), dst)
+    kernel = RmsNormKernel(word_bits=word_bits)
+    res = run_kernel(kernel, args, _b(x), _b(g), dst)
     ref = fx.layernorm_centred(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0,
                                eps_q60=c)
     assert _ints(dst).tolist() == ref.reshape(-1).tolist(), f"seed {seed}"
-    assert res["cycles"] == rmsnorm.cycles(args) and not res["err"]
+    assert res["cycles"] == kernel.cycles(args) and not res["err"]
 
 
 def test_layernorm_and_gelu_specs_against_torch():
