@@ -178,11 +178,12 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
 
 
 def execute(graph: Graph, tokens, *, backend: str = "float",
-            state: ExecState | None = None) -> torch.Tensor:
+            state: ExecState | None = None, observe=None) -> torch.Tensor:
     """Run ``tokens`` (1-D) after the positions in ``state``; return the logits (T, vocab).
 
     ``float`` returns float32 logits; ``golden`` returns ACT integers (Q16, int64).
-    ``state`` (an :class:`ExecState`) is advanced by T positions.
+    ``state`` (an :class:`ExecState`) is advanced by T positions. ``observe(name, value)``,
+    when given, sees every node's output as it is computed (calibration statistics).
     """
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend {backend!r} (accepted: {', '.join(BACKENDS)})")
@@ -202,6 +203,8 @@ def execute(graph: Graph, tokens, *, backend: str = "float",
     with torch.no_grad():
         for n in graph.nodes:
             vals[n.name] = run(graph, n, vals, state, T)
+            if observe is not None:
+                observe(n.name, vals[n.name])
     state.position += T
     return vals[graph.output]
 

@@ -14,6 +14,12 @@ The one module that reads recipes. An LLM recipe has three sections
         format: int8
         sparsity: block
         density: 0.75             # block: the fraction of each record's k-steps kept
+        method: gptq              # rtn (default) | gptq | awq | sparsegpt
+    budget:                       # optional: per-layer choice under a bits budget
+      bits: 3.0                   # average bits per weight of the decoder's linear layers
+      candidates:                 # the (format, sparsity) pairs a layer may take
+        - {format: int4}
+        - {format: int4, sparsity: "2:4"}
     activations: {format: int8, granularity: per_token}
     kv_cache: {format: int8, granularity: per_token_head}
 
@@ -28,6 +34,12 @@ decode unit as are sparse layers and every per-group choice). ``format: bitmod4`
 FP3 variants. A rule setting ``format`` replaces an earlier ``mixed`` and the other way
 round; ``density`` applies to ``sparsity: block`` only. Quote N:M patterns (YAML reads
 ``2:4`` unquoted as the sexagesimal integer 124).
+
+``method`` names the algorithm of :mod:`compiler.quant_algorithms`; every method but
+``rtn`` needs calibration text (:mod:`compiler.calibrate`) and one format (not a per-group
+choice) dense or N:M. ``budget`` (or ``airfoil compile --bits-budget B``) lets
+:mod:`compiler.bits_budget` choose each decoder layer's format and sparsity among
+``candidates``, its group and method from the rules.
 
 A single-layer recipe (``airfoil compile --recipe`` of one layer,
 ``compiler/recipes/linear_default.yaml``) is a flat mapping of the keyword arguments of
@@ -49,12 +61,17 @@ from airfoil.packing import MIXED_PRESETS, NM_BY_NAME
 from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
+from .quant_algorithms import METHODS
+
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "LINEAR_RECIPE_KEYS", "OUT_FORMATS",
-           "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS"]
+           "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS", "nm_of",
+           "RECIPE_DIR"]
 
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
+#: The shipped recipes.
+RECIPE_DIR = package_path("compiler", "recipes")
 #: The single-layer recipe shipped with the project.
 LINEAR_DEFAULT_RECIPE = package_path("compiler", "recipes", "linear_default.yaml")
 #: Output formats a single-layer recipe may name, with their width in bits.
@@ -69,8 +86,9 @@ TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
 #: Sparsity patterns a layer may name (N:M magnitude pruning, block skip): the stream
 #: records' (:data:`airfoil.packing.NM_BY_NAME`).
 SPARSITY = tuple(NM_BY_NAME)
-_SECTIONS = ("weights", "activations", "kv_cache")
-_RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group")
+_SECTIONS = ("weights", "activations", "kv_cache", "budget")
+_RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group", "method")
+_BUDGET_KEYS = ("bits", "candidates")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
 _KV = {"format": ("int8",), "granularity": ("per_token_head",)}
 
@@ -106,6 +124,12 @@ class LayerQuant:
     group: int
     sparsity: str = "dense"
     density: float = 1.0
+    method: str = "rtn"
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(n, m)`` of an N:M pattern, None when dense or block."""
+        return nm_of(self.sparsity)
 
     @property
     def format(self) -> str:
@@ -140,6 +164,13 @@ class LlmRecipe:
     activations: str = "int8_per_token"
     kv_cache: str = "int8_per_token_head"
     source: str = "recipe"
+    budget: dict | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a rule names a calibrated method or the recipe has a budget."""
+        return self.budget is not None or any(
+            r.get("method", "rtn") != "rtn" for r in self.rules)
 
     def resolve(self, layers) -> dict[str, LayerQuant]:
         """Map every layer name to its :class:`LayerQuant`.
@@ -173,7 +204,13 @@ class LlmRecipe:
             if sparsity != "dense" and "ovp" in formats:
                 raise CompileError(f"{self.source}: layer {n}: ovp weights are dense, "
                                    f"sparsity {sparsity!r} needs other formats")
-            out[n] = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)))
+            method = d.get("method", "rtn")
+            if method != "rtn" and (len(formats) > 1 or sparsity == "block"
+                                    or formats[0] == "ovp"):
+                raise CompileError(f"{self.source}: layer {n}: method {method} takes one "
+                                   f"format (not ovp), dense or N:M")
+            out[n] = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)),
+                                method)
         return out
 
 
@@ -221,6 +258,9 @@ def _check_rule(r: dict, where: str) -> None:
             isinstance(r["sparsity"], int) else ""
         raise CompileError(f"{where}.sparsity = {r['sparsity']!r} is not supported "
                            f"(accepted: {', '.join(SPARSITY)}){hint}")
+    if "method" in r and r["method"] not in METHODS:
+        raise CompileError(f"{where}.method = {r['method']!r} is not supported (accepted: "
+                           f"{', '.join(METHODS)})")
     if "density" in r:
         d = r["density"]
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
@@ -257,7 +297,46 @@ def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
         out.append(dict(r))
     _check_section(data.get("activations"), "activations", _ACT, source)
     _check_section(data.get("kv_cache"), "kv_cache", _KV, source)
-    return LlmRecipe(rules=tuple(out), source=source)
+    budget = _parse_budget(data.get("budget"), source) if "budget" in data else None
+    return LlmRecipe(rules=tuple(out), source=source, budget=budget)
+
+
+def nm_of(sparsity: str) -> tuple[int, int] | None:
+    """``(n, m)`` of an N:M sparsity name (``"2:4"``), None for ``dense`` and ``block``."""
+    from airfoil.packing import NM_PATTERNS
+    code = NM_BY_NAME.get(sparsity)
+    return NM_PATTERNS.get(code) if code else None
+
+
+def _parse_budget(b, source) -> dict:
+    """``{"bits": float or None, "candidates": ((format, sparsity), ...)}``."""
+    if not isinstance(b, dict):
+        raise CompileError(f"{source}: budget must be a mapping with keys "
+                           f"{', '.join(_BUDGET_KEYS)}")
+    for k in b:
+        if k not in _BUDGET_KEYS:
+            raise CompileError(f"{source}: budget.{k} is not a known key (accepted: "
+                               f"{', '.join(_BUDGET_KEYS)})")
+    bits = b.get("bits")
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, (int, float))
+                             or not 0 < bits <= 16):
+        raise CompileError(f"{source}: budget.bits must be a number in (0, 16], not {bits!r}")
+    cands = b.get("candidates")
+    if not isinstance(cands, list) or not cands:
+        raise CompileError(f"{source}: budget.candidates must be a non-empty list of "
+                           f"{{format, sparsity}} mappings")
+    out = []
+    for i, c in enumerate(cands):
+        where = f"{source}: budget.candidates[{i}]"
+        if not isinstance(c, dict) or set(c) - {"format", "sparsity"} or "format" not in c:
+            raise CompileError(f"{where} must be a mapping with a format and an optional "
+                               f"sparsity")
+        _check_rule(c, where)
+        if c.get("sparsity") == "block":
+            raise CompileError(f"{where}.sparsity = 'block' is not a budget candidate "
+                               f"(accepted: dense or N:M)")
+        out.append((c["format"], c.get("sparsity", "dense")))
+    return {"bits": None if bits is None else float(bits), "candidates": tuple(out)}
 
 
 def load_llm_recipe(path=None) -> LlmRecipe:

@@ -9,8 +9,13 @@ The default pipeline (:func:`llm_pipeline`):
 3. ``quantize`` -- quantize every linear layer's weights per the recipe
    (:func:`quantize_linear`: prune per the layer's sparsity, quantize through the format
    registry's quantizers, a format per group for a per-group choice; a layer a quantized
-   checkpoint gave exactly, ``graph.prequantized``, is taken as given), and insert
-   ``act_quant`` (INT8 per token) in front of the linear layers, one per distinct input.
+   checkpoint gave exactly, ``graph.prequantized``, is taken as given; a calibrated
+   method of the recipe through :func:`quantize_node`), and insert ``act_quant`` (INT8
+   per token) in front of the linear layers, one per distinct input.
+
+A recipe with a calibrated method or a bits budget runs ``calibrate``
+(:mod:`compiler.calibrate`), ``awq`` when a rule names it, and ``bits_budget``
+(:mod:`compiler.bits_budget`, which sets ``meta["plan"]``) before ``quantize``.
 
 After ``quantize`` the ``float`` backend runs the fake-quantized model (dequantized
 weights, per-token activation rounding) and the ``golden`` backend the integer one.
@@ -32,7 +37,7 @@ from .importers.prequant import ZERO_POINT_FORMAT, fold_scale, zero_point_stream
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
-           "quantized_model", "quantize_linear", "StreamShape", "QUANTIZERS"]
+           "quantized_model", "quantize_linear", "quantize_node", "StreamShape", "QUANTIZERS"]
 
 #: Rows of a stream record and weights of a k-step when no config is given: those of
 #: the 4-chain, 8-lane engines with one memory channel (``sim_llm_decode``).
@@ -179,7 +184,7 @@ class Quantize(Pass):
         g = graph.copy()
         if g.qweights:
             raise CompileError("graph is already quantized")
-        plan = self.recipe.resolve(g.linear_layers())
+        plan = dict(g.meta.get("plan") or self.recipe.resolve(g.linear_layers()))
         for layer, node in g.linear_layers().items():
             if layer in g.prequantized:                 # a quantized checkpoint's, as given
                 pre = g.prequantized[layer]
@@ -192,8 +197,8 @@ class Quantize(Pass):
                 plan[layer] = LayerQuant((ZERO_POINT_FORMAT if pre.streamed else
                                           f"int{pre.bits}",), pre.group)
                 continue
-            g.qweights[node.name] = quantize_linear(g.params[node.attrs["weight"]],
-                                                    plan[layer], self.shape, self.method)
+            g.qweights[node.name] = quantize_node(g, node, plan[layer], self.shape,
+                                                  self.method)
         # One act_quant per distinct linear input, placed right after its producer.
         quant_of: dict[str, str] = {}
         nodes: list[Node] = []
@@ -208,15 +213,64 @@ class Quantize(Pass):
                 nodes.append(qn)
         g.nodes = nodes
         g.meta["recipe"] = {layer: (lq.label, lq.group) for layer, lq in plan.items()}
+        g.meta["plan"] = dict(plan)
+        g.meta.pop("calibration", None)
         g.meta["kv_cache"] = self.recipe.kv_cache
         return g.validate()
 
 
-def llm_pipeline(recipe=None, config=None) -> Pipeline:
-    """The default pipeline: validate, fold_attention_scale, quantize(recipe, config)."""
-    return Pipeline([("validate", Validate()),
-                     ("fold_attention_scale", FoldAttentionScale()),
-                     ("quantize", Quantize(recipe, config))])
+def quantize_node(graph: Graph, node: Node, lq: LayerQuant, shape: StreamShape | None = None,
+                  method: str = "rtn") -> QLinear:
+    """The quantized weights of a linear node: by the layer's recipe method when it is a
+    calibrated one (:func:`compiler.quant_algorithms.quantize_layer` on the calibration
+    statistics of the node's input, ``meta["calibration"]``), else by
+    :func:`quantize_linear` with ``method``."""
+    from .quant_algorithms import format_spec, quantize_layer
+    w = graph.params[node.attrs["weight"]]
+    if lq.method == "rtn":
+        return quantize_linear(w, lq, shape, method)
+    stats = graph.meta.get("calibration")
+    H = stats.of(node.inputs[0]).to(torch.float64) if stats is not None else None
+    rows, k = w.shape
+    kp = -(-k // lq.group) * lq.group
+    if kp != k:                      # zero columns padding k to a whole group
+        w = torch.nn.functional.pad(w, (0, kp - k))
+        H = None if H is None else torch.nn.functional.pad(H, (0, kp - k, 0, kp - k))
+    spec = format_spec(lq.format)
+    r = quantize_layer(lq.method, w, H, spec, lq.group, lq.nm)
+    formats = None
+    if lq.streamed:
+        formats = torch.full((rows, kp // lq.group), spec.tag, dtype=torch.int64)
+    return QLinear(r.values, r.scales, lq.group, lq.bits, formats=formats,
+                   mask=r.keep if lq.sparsity != "dense" else None, sparsity=lq.sparsity,
+                   in_features=k)
+
+
+def llm_pipeline(recipe=None, config=None, calibration=None, bits_budget=None,
+                 log=None) -> Pipeline:
+    """The default pipeline: validate, fold_attention_scale, quantize(recipe, config).
+
+    A recipe with a calibrated method or a budget (or ``bits_budget``, which overrides the
+    recipe's) needs ``calibration``, token windows (:func:`compiler.calibrate.
+    calibration_tokens`): the steps ``calibrate``, ``awq`` (when a rule names it) and
+    ``bits_budget`` (the per-layer choice, reported through ``log``) run before
+    ``quantize``.
+    """
+    recipe = recipe if isinstance(recipe, LlmRecipe) else load_llm_recipe(recipe)
+    steps = [("validate", Validate()), ("fold_attention_scale", FoldAttentionScale())]
+    if bits_budget is not None or recipe.needs_calibration:
+        from .bits_budget import ChooseFormats
+        from .calibrate import ActivationAwareScale, Calibrate
+        if calibration is None:
+            raise CompileError(f"{recipe.source}: a calibrated method or a bits budget "
+                               f"needs calibration text")
+        steps.append(("calibrate", Calibrate(calibration)))
+        if any(r.get("method") == "awq" for r in recipe.rules):
+            steps.append(("awq", ActivationAwareScale(recipe)))
+        if bits_budget is not None or recipe.budget is not None:
+            steps.append(("bits_budget", ChooseFormats(recipe, bits_budget, config=config,
+                                                       log=log)))
+    return Pipeline(steps + [("quantize", Quantize(recipe, config))])
 
 
 def weight_bytes(graph: Graph) -> dict[str, int]:

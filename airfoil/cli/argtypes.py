@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["int_in", "SEED", "SEED_MAX", "MAX_LAYER_WEIGHTS"]
+__all__ = ["int_in", "bits_in", "SEED", "SEED_MAX", "MAX_LAYER_WEIGHTS"]
 
 #: Seeds: what every generator seeded from one (torch, numpy, random) accepts.
 SEED_MAX = 2 ** 63 - 1
@@ -27,6 +27,23 @@ def int_in(lo: int, hi: int):
         return v
 
     parse.__name__ = "integer"
+    return parse
+
+
+def bits_in(lo: float, hi: float):
+    """An ``argparse`` type: a finite decimal number in ``lo .. hi``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number "
+                                             f"(accepted: {lo:g} .. {hi:g})") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo:g} .. {hi:g}")
+        return v
+
+    parse.__name__ = "number"
     return parse
 
 

@@ -9,6 +9,11 @@ bytes per phase, weight bytes per format, and the decode cycles per token the cy
 model predicts (the decode program run once on the ISA simulator at the end of a full
 prompt). Without MODEL it compiles one linear layer (``--layer``).
 
+A recipe rule's ``method`` (``gptq``, ``awq``, ``sparsegpt``) and ``--bits-budget B``
+calibrate on text: ``--calibration FILE`` (UTF-8, tokenized by the model's tokenizer;
+default for the shipped tiny model: its training split), its first
+``--calibration-tokens N`` tokens. The budget's choice is printed one line per layer.
+
 A linear layer's weights may be streamed through the decode unit (ISA version 3):
 ``--stream`` with ``--wformat int2|int3|int4|int6|int8|ovp|fp4_er_p|...|mixed|bitmod4|
 bitmod3`` (``--mixed-formats int4,ovp`` or ``fp4_er_p,fp4_ea_n``: the candidates of the
@@ -27,7 +32,7 @@ import sys
 
 from ..config import load_config
 from ..errors import CompileError
-from .argtypes import MAX_LAYER_WEIGHTS, SEED, int_in
+from .argtypes import MAX_LAYER_WEIGHTS, SEED, bits_in, int_in
 
 
 #: Default board config of each kind of compile.
@@ -51,6 +56,18 @@ def register(sub):
     p.add_argument("--max-positions", type=int_in(1, 2 ** 20), default=None, metavar="P",
                    help="MODEL or --synthetic: at most P KV positions (default: the model's, "
                         "capped by what the buffers hold)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="MODEL: UTF-8 text the calibrated methods (recipe method gptq, awq, "
+                        "sparsegpt) and --bits-budget measure the layers on (default for "
+                        "tiny-llama: its training split)")
+    p.add_argument("--calibration-tokens", type=int_in(2, 2 ** 24), default=None,
+                   metavar="N", help="MODEL: calibration tokens used, from the start of the "
+                                    "text (default: compiler.calibrate.DEFAULT_TOKENS)")
+    p.add_argument("--bits-budget", type=bits_in(0.5, 16.0), default=None, metavar="B",
+                   help="MODEL: choose each decoder layer's format (and sparsity) among the "
+                        "recipe's budget candidates (default int4, int8) for an average of B "
+                        "bits per weight, scales and metadata included, with the least loss "
+                        "on the calibration text; prints the choice per layer")
     p.add_argument("--max-prompt", type=int_in(1, 2 ** 16), default=None, metavar="T",
                    help="MODEL: longest prompt of the prefill program (default: 32 or what "
                         "fits)")
@@ -154,7 +171,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
                            f"folder with config.json and *.safetensors, a .gguf file, or a "
                            f"shipped model: {', '.join(BUILTIN_MODELS)})")
-    pipe = llm_pipeline(args.recipe, config)
+    pipe = llm_pipeline(args.recipe, config, **calibration_args(args, model_dir, console))
     steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
                                         "schedule prefill", "schedule decode",
                                         "write the folder", "predict decode cycles"]
@@ -239,6 +256,27 @@ def folder_decode_cycles(out_dir, manifest, config, position=None) -> dict:
     st = llm_step_cycles(manifest, prog.words, config, position=pos)
     return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
             "bytes_read": st["bytes_read"]}
+
+
+def calibration_args(args, model_dir, console) -> dict:
+    """The pipeline's calibration windows and bits budget from the arguments: windows only
+    when the recipe or ``--bits-budget`` needs them (a file named but not needed is still
+    read and checked, so a bad one is an error either way)."""
+    from compiler.calibrate import DEFAULT_TOKENS, calibration_tokens, default_calibration
+    from compiler.importers import model_folder
+    from compiler.llm_recipe import load_llm_recipe
+    from compiler.tokenizer import load_tokenizer
+
+    recipe = load_llm_recipe(args.recipe)
+    budget = getattr(args, "bits_budget", None)
+    path = getattr(args, "calibration", None)
+    count = getattr(args, "calibration_tokens", None) or DEFAULT_TOKENS
+    if not (recipe.needs_calibration or budget is not None or path is not None):
+        return {}
+    windows = calibration_tokens(load_tokenizer(model_folder(model_dir)), path=path,
+                                 default=default_calibration(model_dir), count=count)
+    return {"calibration": windows, "bits_budget": budget,
+            "log": lambda line: console.print(line, highlight=False, soft_wrap=True)}
 
 
 def summary_table(manifest, summary):
