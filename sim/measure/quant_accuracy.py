@@ -116,7 +116,7 @@ class TinyEval:
         config = load_config(CONFIG)
         manifest = None
         try:
-            manifest = compile_llm(quantized_model(q), config, folder, max_prompt=8,
+            manifest = compile_llm(quantized_model(q), config, folder,
                                    source=f"tiny-llama ({name})")
         except CompileError as e:
             if log is not None:
