@@ -1,11 +1,13 @@
 """Per-layer weight formats under a bits budget (``airfoil compile --bits-budget B``).
 
 The budget is an average of ``B`` bits per weight over the decoder's linear layers (every
-``model.layers.N.*`` projection; the LM head and the embedding are not counted, their
-format stays the recipe's, nor are layers a quantized checkpoint gave): :func:`layer_weight_bits` of every layer summed, over the
-layers' weight count. A layer's bits are what its weights take in the image: the packed
-values (``code_bits`` each, of the kept weights only under N:M), the N:M index metadata
-(``log2(m)`` bits per kept weight) and one FP16 scale per group of each row.
+``model.layers.N.*`` projection; the LM head and the embedding are not counted and keep
+the recipe's format, nor are layers a quantized checkpoint gave): :func:`layer_weight_bits`
+of every layer summed, over the layers' weight count. A layer's bits are what its weights
+take in the image: the packed values (``code_bits`` each, of the kept weights only under
+N:M), the N:M index metadata (``log2(m)`` bits per kept weight), one FP16 scale per group
+of each row and, for a streamed layer, each record's fixed header (word padding is not
+counted).
 
 Each layer's sensitivity to each candidate ``(format, sparsity)`` is measured, not
 modelled: the layer alone is quantized by its recipe method and the float graph runs
@@ -26,10 +28,10 @@ import torch
 from airfoil.errors import CompileError
 
 from .ir import Graph, Pass
-from airfoil.packing import MIXED_PRESETS
+from airfoil.packing import HEADER_FIXED_BITS, MIXED_PRESETS
 
 from .llm_recipe import LayerQuant, nm_of
-from .passes import quantize_node
+from .passes import DEFAULT_RECORD_ROWS, quantize_node
 
 __all__ = ["SENSITIVITY_WINDOWS", "DEFAULT_CANDIDATES", "layer_weight_bits", "candidate",
            "decoder_layers", "budget_bits", "choose", "ChooseFormats"]
@@ -40,15 +42,18 @@ SENSITIVITY_WINDOWS = 2
 DEFAULT_CANDIDATES = (("int4", "dense"), ("int8", "dense"))
 
 
-def layer_weight_bits(lq: LayerQuant, n: int, k: int) -> int:
+def layer_weight_bits(lq: LayerQuant, n: int, k: int, rows: int = DEFAULT_RECORD_ROWS
+                      ) -> int:
     """Bits an ``n x k`` layer's weights take: values (at the widest code of its formats),
-    N:M indices, FP16 scales."""
+    N:M indices, FP16 scales and, for a streamed layer, the fixed header of each record of
+    ``rows`` rows x one group (:data:`airfoil.packing.HEADER_FIXED_BITS`)."""
     bits, group = lq.bits, lq.group
     nm = nm_of(lq.sparsity)
+    headers = -(-n // rows) * -(-k // group) * HEADER_FIXED_BITS if lq.streamed else 0
     kept = n * k if nm is None else n * k // nm[1] * nm[0]
     index = 0 if nm is None else kept * int(math.log2(nm[1]))
     values = -(-kept * bits // 8) * 8
-    return values + -(-index // 8) * 8 + n * -(-k // group) * 16
+    return values + -(-index // 8) * 8 + n * -(-k // group) * 16 + headers
 
 
 def candidate(lq: LayerQuant, fmt: str, sparsity: str) -> LayerQuant:
@@ -66,12 +71,13 @@ def decoder_layers(graph: Graph) -> dict:
             if name != "lm_head" and name not in graph.prequantized}
 
 
-def budget_bits(graph: Graph, plan: dict) -> float:
-    """Average bits per weight of the decoder layers under ``plan`` (name -> LayerQuant)."""
+def budget_bits(graph: Graph, plan: dict, rows: int = DEFAULT_RECORD_ROWS) -> float:
+    """Average bits per weight of the decoder layers under ``plan`` (name -> LayerQuant),
+    streamed layers in records of ``rows`` rows."""
     total = weights = 0
     for name, node in decoder_layers(graph).items():
         n, k = graph.params[node.attrs["weight"]].shape
-        total += layer_weight_bits(plan[name], n, k)
+        total += layer_weight_bits(plan[name], n, k, rows)
         weights += n * k
     return total / weights
 
@@ -170,7 +176,7 @@ class ChooseFormats(Pass):
                 if nm and k % nm[1]:
                     continue
                 ql = quantize_node(g, node, lq, self.shape)
-                costs[name][(fmt, sp)] = layer_weight_bits(lq, n, k)
+                costs[name][(fmt, sp)] = layer_weight_bits(lq, n, k, self.shape.rows)
                 losses[name][(fmt, sp)] = _sensitivity(g, node, ql, windows, refs)
             if not costs[name]:
                 raise CompileError(f"no budget candidate fits layer {name} (k={k})")
@@ -181,7 +187,7 @@ class ChooseFormats(Pass):
             new[name] = candidate(plan[name], fmt, sp)
             rows.append({"layer": name, "format": fmt, "sparsity": sp,
                          "bits": costs[name][(fmt, sp)], "kl": losses[name][(fmt, sp)]})
-        reached = budget_bits(g, new)
+        reached = budget_bits(g, new, self.shape.rows)
         g.meta["plan"] = new
         g.meta["budget"] = {"bits": self.bits, "reached": reached, "layers": rows}
         if self.log is not None:

@@ -9,8 +9,9 @@ cache), and bits per decoder weight.
 A recipe the compiler lowers for :data:`CONFIG` (WGT tiles, or streamed formats and
 sparsity through the decode unit) is *compiled*: the folder is written, the integer golden
 reads the quantized tensors back from it, and the bits are the image's tile and stream
-bytes of the decoder's layers x 8 / their weights. Any other recipe is measured on the ``float`` backend after ``quantize`` (fake quantization: dequantized
-weights, INT8 per-token activations and KV cache) and its bits are
+bytes of the decoder's layers x 8 / their weights. Any other recipe is measured on the
+``float`` backend after ``quantize`` (fake quantization: dequantized weights, INT8
+per-token activations and KV cache) and its bits are
 :func:`compiler.bits_budget.layer_weight_bits`; its figures carry ``_fakequant``.
 """
 
