@@ -17,7 +17,7 @@ from compiler.backends import execute
 from compiler.bits_budget import budget_bits, choose, layer_weight_bits
 from compiler.calibrate import WINDOW, calibration_tokens
 from compiler.ir import build_llama_graph
-from compiler.llm_recipe import parse_llm_recipe
+from compiler.llm_recipe import LayerQuant, parse_llm_recipe
 from compiler.lower_llm import compile_llm
 from compiler.passes import FoldAttentionScale, llm_pipeline, quantized_model
 from compiler.quant_algorithms import (awq_scales, format_spec, gptq, output_error, rtn,
@@ -153,7 +153,10 @@ def test_greedy_choice_spends_on_the_most_loss_per_bit():
     losses = {"a": {"lo": 1.0, "hi": 0.0}, "b": {"lo": 3.0, "hi": 0.5}}
     assert choose(costs, losses, 12) == {"a": "lo", "b": "hi"}
     assert choose(costs, losses, 16) == {"a": "hi", "b": "hi"}
-    assert layer_weight_bits("int4", "2:4", 128, 2, 256) == 256 * 4 + 256 * 2 + 2 * 2 * 16
+    # kept values, 2-bit indices, FP16 scales, a 12-bit header per record (2 groups)
+    assert layer_weight_bits(LayerQuant(("int4",), 128, "2:4"), 2, 256) == \
+        256 * 4 + 256 * 2 + 2 * 2 * 16 + 2 * 12
+    assert layer_weight_bits(LayerQuant(("int4",), 128), 2, 256) == 512 * 4 + 2 * 2 * 16
 
 
 def test_calibration_tokens_and_recipe_errors(tmp_path):
