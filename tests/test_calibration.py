@@ -80,9 +80,9 @@ def _windows(n=256, seed=3):
     return [toks[i:i + 32] for i in range(0, n, 32)]
 
 
-def _recipe(method, fmt="int4", group=32, **extra):
+def _recipe(method, fmt="int4", group=32, sparsity="dense", **extra):
     return parse_llm_recipe({"weights": [{"match": "*", "format": fmt, "group": group,
-                                          "method": method}], **extra})
+                                          "method": method, "sparsity": sparsity}], **extra})
 
 
 def test_awq_fold_keeps_the_float_model():
@@ -101,17 +101,22 @@ def test_awq_fold_keeps_the_float_model():
                            g.params["model.layers.0.input_layernorm.weight"])
 
 
-@pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_calibrated_model_compiles_bit_exact(tmp_path, method):
-    q = llm_pipeline(_recipe(method), calibration=_windows()).run(_model())
-    base = llm_pipeline(_recipe("rtn")).run(_model())
+@pytest.mark.parametrize("method,fmt,sparsity,config", [
+    ("gptq", "int4", "dense", "sim_llm"), ("awq", "int4", "dense", "sim_llm"),
+    ("sparsegpt", "int4", "2:4", "sim_llm_decode"),          # streamed through the decode unit
+    ("gptq", "int3", "dense", "sim_llm_decode")])
+def test_calibrated_model_compiles_bit_exact(tmp_path, method, fmt, sparsity, config):
+    recipe = parse_llm_recipe({"weights": [{"match": "*", "format": fmt, "group": 32,
+                                            "method": method, "sparsity": sparsity}]})
+    q = llm_pipeline(recipe, calibration=_windows()).run(_model())
+    base = llm_pipeline(_recipe("rtn", fmt, sparsity=sparsity)).run(_model())
     qm = quantized_model(q)
     assert not torch.equal(qm["layers"][0]["q"].q, quantized_model(base)["layers"][0]["q"].q)
-    cfg = load_config("sim_llm")
-    compile_llm(qm, cfg, tmp_path / "m", max_prompt=8)
+    cfg = load_config(config)
+    compile_llm(qm, cfg, tmp_path / "m")
     folder = load_folder(tmp_path / "m", cfg)
     gold, isa = GoldenLLM(golden_from_folder(folder)), IsaLLM(folder, cfg)
-    prompt = _windows()[1][:6].tolist()
+    prompt = _windows()[1][:folder.manifest["model"]["max_prompt"]].tolist()
     want, got = gold.prefill(prompt), isa.prefill(prompt)
     assert torch.equal(got, want)
     tok = int(torch.argmax(want[-1]))
