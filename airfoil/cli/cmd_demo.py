@@ -9,8 +9,6 @@ greedily on the torch golden, the isa simulator and the RTL core in Verilator (`
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
-
 import torch
 
 from ..config import load_config
@@ -18,6 +16,13 @@ from ..errors import AirfoilError
 from ..folder import load_folder
 from .argtypes import SEED, int_in
 from .cmd_run import checksum, rtl_module, run_backend
+
+
+def _compile_args(argv: list[str]):
+    """``airfoil compile ARGV``'s parsed arguments, every other option at its default
+    (the demo compiles as the command would)."""
+    from . import build_parser
+    return build_parser().parse_args(["compile", *argv])
 
 
 def register(sub):
@@ -64,8 +69,7 @@ def run_llm(args) -> int:
     console = Console()
     model = Path(args.model) if args.model else BUILTIN_MODELS["tiny-llama"]
     out_dir = f"{args.output}-llm"
-    cargs = SimpleNamespace(model=str(model), config=args.llm_config, recipe=None,
-                            output=out_dir, max_prompt=None)
+    cargs = _compile_args([str(model), "--config", args.llm_config, "-o", out_dir])
     t0 = time.monotonic()
     manifest, summary = compile_llm_from_args(cargs, console)
     console.print(summary_table(manifest, summary))
@@ -109,9 +113,8 @@ def run_linear(args) -> int:
     from .cmd_compile import compile_from_args
 
     console = Console()
-    cargs = SimpleNamespace(config=args.config, recipe=None, output=args.output,
-                            layer="builtin", n=None, k=None, seed=args.seed, wformat=None,
-                            group=None, out_format=None)
+    cargs = _compile_args(["--config", args.config, "-o", args.output, "--layer", "builtin",
+                           "--seed", str(args.seed)])
     t0 = time.monotonic()
     m = compile_from_args(cargs)
     layer = m["layers"][0]
