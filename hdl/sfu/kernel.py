@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 
 from airfoil import isa
 
-__all__ = ["ADDR_BITS", "ARGS_LAYOUT", "read_port_signature", "write_port_signature",
+__all__ = ["ADDR_BITS", "ARGS_LAYOUT", "word_bytes_of", "read_port_signature", "write_port_signature",
            "put_int32", "kernel_signature", "finish_states"]
 
 #: Byte address width of kernel ports (every on-chip buffer is below 16 MiB).
@@ -61,6 +61,16 @@ ARGS_LAYOUT = data.StructLayout({
     "imm0": 32,
     "imm1": 32,
 })
+
+
+def word_bytes_of(word_bits) -> int:
+    """Bytes of a buffer word ``word_bits`` wide; raise TypeError unless it is a power of
+    two of at least 32 bits (what the SFU's kernels and unit are built for)."""
+    if (not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits < 32
+            or word_bits & (word_bits - 1)):
+        raise TypeError(f"Word width must be a power of two of at least 32 bits, "
+                        f"not {word_bits!r}")
+    return word_bits // 8
 
 
 def read_port_signature(data_bits: int = 32) -> wiring.Signature:

@@ -20,7 +20,7 @@ from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat,
                     sat_addr, shift_round, span_words, tree, word_lanes)
-from .kernel import finish_states, kernel_signature, put_int32
+from .kernel import finish_states, kernel_signature, put_int32, word_bytes_of
 
 __all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
            "word_amax", "DIV_LATENCY", "KERNELS"]
@@ -99,11 +99,7 @@ class QuantTokenKernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32):
-        if (not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits < 32
-                or word_bits & (word_bits - 1)):
-            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
-                            f"not {word_bits!r}")
-        self._word_bytes = word_bits // 8
+        self._word_bytes = word_bytes_of(word_bits)
         super().__init__(kernel_signature(word_bits, word_bits))
 
     @property

@@ -22,7 +22,7 @@ from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
                     shift_round, shift_round_signed, span_words, tree, word_lanes)
-from .kernel import finish_states, kernel_signature
+from .kernel import finish_states, kernel_signature, word_bytes_of
 from .quant import mantissa_expr, word_amax
 
 __all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
@@ -81,11 +81,7 @@ class RmsNormKernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32):
-        if (not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits < 32
-                or word_bits & (word_bits - 1)):
-            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
-                            f"not {word_bits!r}")
-        self._word_bytes = word_bits // 8
+        self._word_bytes = word_bytes_of(word_bits)
         super().__init__(kernel_signature(word_bits))
 
     @property

@@ -27,7 +27,7 @@ from ..core.load import unit_ports
 from ..core.unit_shell import UnitShell
 from . import attention, elementwise, quant, rmsnorm, rope
 from .arith import Divider, divider_latency
-from .kernel import ADDR_BITS, ARGS_LAYOUT
+from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
 __all__ = ["SfuUnit", "default_kernels", "kernel_cycles", "unit_cycles", "ROWWISE",
            "buffer_read_signature", "buffer_write_signature"]
@@ -144,10 +144,7 @@ class SfuUnit(wiring.Component):
 
     def __init__(self, *, word_bits: int, buffer_bytes: Mapping,
                  kernels: Mapping[SfuFunc, Callable] | None = None):
-        if not isinstance(word_bits, int) or word_bits < 32 or word_bits & (word_bits - 1):
-            raise TypeError(f"Word width must be a power of two of at least 32 bits, "
-                            f"not {word_bits!r}")
-        wb = word_bits // 8
+        wb = word_bytes_of(word_bits)
         sizes = {}
         for buf, size in dict(buffer_bytes).items():
             if not isinstance(buf, Buffer):
