@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,20 @@ def _rope(cfg, p) -> tuple[float | None, dict | None]:
     return theta, scaling
 
 
+@contextmanager
+def _config_fields(p):
+    """Turn a missing field, a field of the wrong type or a refused value met while a
+    config's fields are read into one CompileError naming the config ``p``."""
+    try:
+        yield
+    except KeyError as e:
+        raise CompileError(f"{p}: missing field {e.args[0]}") from None
+    except TypeError as e:
+        raise CompileError(f"{p}: bad field type ({e})") from None
+    except CompileError as e:
+        raise CompileError(f"{p}: {e}") from None
+
+
 def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     """Check an HF config dict of a supported family; ``p`` names it in errors.
 
@@ -205,7 +220,7 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     biases = _biases(cfg, fam, p)
     window, every_layer = _sliding_window(cfg, fam, p)
     theta, scaling = _rope(cfg, p)
-    try:
+    with _config_fields(p):
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]
         head_dim = cfg.get("head_dim")
@@ -230,12 +245,6 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
             rope_scaling=scaling,
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             linear_biases=biases, sliding_window=window)
-    except KeyError as e:
-        raise CompileError(f"{p}: missing field {e.args[0]}") from None
-    except TypeError as e:
-        raise CompileError(f"{p}: bad field type ({e})") from None
-    except CompileError as e:
-        raise CompileError(f"{p}: {e}") from None
     return shape
 
 
@@ -299,7 +308,7 @@ def _learned_shape(cfg, fam: Family, p) -> LlamaShape:
     if act not in acts:
         raise CompileError(f"{p}: unsupported activation_function {act!r} (accepted: "
                            f"{', '.join(map(repr, acts))})")
-    try:
+    with _config_fields(p):
         hidden, heads = cfg[names["hidden"]], cfg[names["heads"]]
         if not (isinstance(heads, int) and isinstance(hidden, int) and heads > 0
                 and hidden % heads == 0):
@@ -314,12 +323,6 @@ def _learned_shape(cfg, fam: Family, p) -> LlamaShape:
             max_position_embeddings=cfg.get(names["positions"], 1024),
             tie_word_embeddings=cfg.get("tie_word_embeddings", True),
             linear_biases=biases, norm="layer", mlp=acts[act], positions="learned")
-    except KeyError as e:
-        raise CompileError(f"{p}: missing field {e.args[0]}") from None
-    except TypeError as e:
-        raise CompileError(f"{p}: bad field type ({e})") from None
-    except CompileError as e:
-        raise CompileError(f"{p}: {e}") from None
     return shape
 
 
