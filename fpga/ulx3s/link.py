@@ -120,6 +120,15 @@ class HostLink(wiring.Component):
             with m.If(self.tx_ready):
                 then()
 
+        def write_taken(port):
+            """Offer ``port``'s write address and data until each is taken (in either
+            order); the condition of both taken."""
+            m.d.comb += [port.awvalid.eq(~aw_done), port.wvalid.eq(~w_done)]
+            aw = aw_done | port.awready
+            w = w_done | port.wready
+            m.d.sync += [aw_done.eq(aw), w_done.eq(w)]
+            return aw & w
+
         def next_byte(again: str):
             m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
             with m.If(left == 1):
@@ -167,11 +176,7 @@ class HostLink(wiring.Component):
                                  mem.wstrb.eq(1 << lane), aw_done.eq(0), w_done.eq(0)]
                     m.next = "W_ACCESS"
             with m.State("W_ACCESS"):
-                m.d.comb += [mem.awvalid.eq(~aw_done), mem.wvalid.eq(~w_done)]
-                aw = aw_done | mem.awready
-                w = w_done | mem.wready
-                m.d.sync += [aw_done.eq(aw), w_done.eq(w)]
-                with m.If(aw & w):
+                with m.If(write_taken(mem)):
                     m.next = "W_RESP"
             with m.State("W_RESP"):
                 m.d.comb += mem.bready.eq(1)
@@ -197,11 +202,7 @@ class HostLink(wiring.Component):
 
             # -- WRITE_CSR / READ_CSR: one AXI4-Lite access ----------------------------
             with m.State("C_WRITE"):
-                m.d.comb += [csr.awvalid.eq(~aw_done), csr.wvalid.eq(~w_done)]
-                aw = aw_done | csr.awready
-                w = w_done | csr.wready
-                m.d.sync += [aw_done.eq(aw), w_done.eq(w)]
-                with m.If(aw & w):
+                with m.If(write_taken(csr)):
                     m.next = "C_RESP"
             with m.State("C_RESP"):
                 m.d.comb += csr.bready.eq(1)
