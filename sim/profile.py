@@ -103,31 +103,35 @@ class StepProfile:
         return sum(ev.macs for ev in self.trace)
 
 
-def _run(folder, config: AccelConfig, phase: str, position: int, tokens: int,
-         trace: bool) -> dict:
-    """The statistics of one run of ``phase`` for ``tokens`` tokens at ``position``: on
-    the ISA simulator, or for a ``--size-only`` folder (no image) on its data-free
-    scheduler (:mod:`sim.timing`), which charges the same costs."""
+def _runner(folder, config: AccelConfig, trace: bool):
+    """``run(phase, position, tokens) -> stats`` of one run each: on the ISA simulator
+    (one :class:`IsaLLM`, its programs decoded once), or for a ``--size-only`` folder (no
+    image) on its data-free scheduler (:mod:`sim.timing`), which charges the same costs."""
     if folder.kind != "llm":
         raise AirfoilError(f"{folder.path}: a profile needs an LLM folder, not kind "
                            f"{folder.kind!r}")
     if folder.image is None:
-        st = llm_step_cycles(folder.manifest, folder.phase_program(phase).words, config,
-                             position=position, tokens=tokens, trace=trace)
-        st["position"], st["tokens"] = position, tokens
-        return st
+        def timed(phase, position, tokens):
+            st = llm_step_cycles(folder.manifest, folder.phase_program(phase).words, config,
+                                 position=position, tokens=tokens, trace=trace)
+            st["position"], st["tokens"] = position, tokens
+            return st
+        return timed
     llm = IsaLLM(folder, config, trace=trace)
-    if phase == "prefill":
-        llm.prefill([0] * tokens)
-    else:
-        llm.position = position
-        llm.decode(0)
-    return llm.runs[-1]
+
+    def simulated(phase, position, tokens):
+        if phase == "prefill":
+            llm.prefill([0] * tokens)
+        else:
+            llm.position = position
+            llm.decode(0)
+        return llm.runs[-1]
+    return simulated
 
 
 def _profile(folder, config: AccelConfig, phase: str, position: int, tokens: int
              ) -> StepProfile:
-    st = _run(folder, config, phase, position, tokens, trace=True)
+    st = _runner(folder, config, trace=True)(phase, position, tokens)
     words = folder.phase_program(phase).words
     mm = folder.manifest["model"]
     instrs = IsaSim.decode_all(words)
@@ -165,7 +169,8 @@ def context_sweep(folder, config: AccelConfig, points: int = 8) -> list[tuple[in
     over the positions the folder holds."""
     top = folder.manifest["model"]["max_positions"] - 1
     pos = sorted({int(round(p)) for p in np.geomspace(1, max(top, 1), points)} | {0, top})
-    return [(p, _run(folder, config, "decode", p, 1, trace=False)["cycles"]) for p in pos]
+    run = _runner(folder, config, trace=False)
+    return [(p, run("decode", p, 1)["cycles"]) for p in pos]
 
 
 def bandwidth_timeline(profile: StepProfile, config: AccelConfig, bins: int = 100
