@@ -33,7 +33,8 @@ from .textfile import read_bounded, read_text
 LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 __all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
-           "read_llm_model", "channel_offsets", "linear_roles", "LINEAR_ROLES"]
+           "read_llm_model", "channel_offsets", "linear_roles", "LINEAR_ROLES",
+           "weight_bits_per_weight"]
 
 
 def linear_roles(shape: dict) -> tuple[str, ...]:
@@ -56,6 +57,13 @@ OUT_DTYPES = {8: "<i1", 16: "<i2", 32: "<i4"}
 
 _MANIFEST_KEYS = ("format", "isa_version", "config", "config_hash", "program", "image",
                   "image_bytes", "input", "output", "layers")
+
+
+def weight_bits_per_weight(manifest: dict) -> float:
+    """Bits per weight of an LLM folder's linear layers: the bytes of their tiles and
+    streams in the image (scales and sparsity metadata included) x 8 / their weights."""
+    count = manifest["linear_weights"]
+    return 8 * sum(manifest["weight_bytes"].values()) / count if count else 0.0
 
 
 class Folder:

@@ -89,7 +89,7 @@ from .asm import listing
 from .output import write_folder
 from .streams import MAX_STREAM_BYTES, least_scale, pack_stream_tile, slices
 
-__all__ = ["compile_llm", "weight_bits_per_weight", "REG_POS", "REG_T", "REG_LEN", "PHASES",
+__all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
 
 LLM_KIND = "llm"
@@ -877,13 +877,6 @@ def _pack_streamed(name, ql, config, geom, addr):
     return ({"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits, "group": ql.group,
              "k0": int(kexp.min()), "streamed": True, "sparsity": ql.sparsity,
              "label": _stream_label(ql), "records": counts, "tiles": tiles}, blobs)
-
-
-def weight_bits_per_weight(manifest: dict) -> float:
-    """Bits per weight of an LLM folder's linear layers: the bytes of their tiles and
-    streams in the image (scales and sparsity metadata included) x 8 / their weights."""
-    count = manifest["linear_weights"]
-    return 8 * sum(manifest["weight_bytes"].values()) / count if count else 0.0
 
 
 def _kv_passes(kv: int, rows: int, rec: int, kv_bytes: int, whole: bool

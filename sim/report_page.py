@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from airfoil.config import AccelConfig  # noqa: E402
+from airfoil.folder import weight_bits_per_weight  # noqa: E402
 from airfoil.isa import Unit  # noqa: E402
-from compiler.lower_llm import weight_bits_per_weight  # noqa: E402
 
 from .profile import (StepProfile, bandwidth_timeline, context_sweep,  # noqa: E402
                       peak_bytes_per_cycle, profile_decode)

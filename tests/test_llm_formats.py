@@ -17,7 +17,8 @@ from airfoil.packing import format_spec
 from compiler.importers.hf import import_hf
 from compiler.ir import Pipeline, build_llama_graph
 from compiler.llm_recipe import parse_llm_recipe
-from compiler.lower_llm import compile_llm, weight_bits_per_weight
+from airfoil.folder import weight_bits_per_weight
+from compiler.lower_llm import compile_llm
 from compiler.passes import (FoldAttentionScale, Quantize, StreamShape, Validate,
                              llm_pipeline, quantized_model)
 from llmtools import random_llama

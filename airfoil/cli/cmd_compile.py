@@ -308,7 +308,7 @@ def summary_table(manifest, summary):
                         for fmt, n in sorted(kept.items()))
         t.add_row(f"import {imp['format']}", f"{len(imp['exact'])} exact",
                   f"{how}; {len(imp['converted'])} layers requantized{worst}{rounded}")
-    from compiler.lower_llm import weight_bits_per_weight
+    from airfoil.folder import weight_bits_per_weight
     tiles = {v["label"] for v in manifest["model"]["linears"].values() if not v["streamed"]}
     for fmt, nb in sorted(manifest["weight_bytes"].items()):
         t.add_row(f"weights {fmt}", f"{nb} B", "packed tiles with FP16 group scales"
