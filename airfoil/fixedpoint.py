@@ -694,9 +694,14 @@ class KVCacheInt:
         self.v, self.v_sm, self.v_se = cat(self.v, vq), cat(self.v_sm, vsm), cat(self.v_se, vse)
 
 
-def attention_mask(start: int, T: int, S: int, window: int = 0) -> torch.Tensor:
+def attention_mask(start: int, T: int, S: int, window: int = 0, causal: bool = True
+                   ) -> torch.Tensor:
     """(T, S) bool, True = excluded: query ``t`` (position ``start + t``) sees the keys at
-    most its position and, with a ``window`` (0: none), later than ``position - window``."""
+    most its position and, with a ``window`` (0: none), later than ``position - window``.
+    Not ``causal`` (an encoder's bidirectional attention): every query sees all ``S`` keys
+    (a window is then ignored)."""
+    if not causal:
+        return torch.zeros((T, S), dtype=torch.bool)
     qpos = torch.arange(start, start + T).unsqueeze(1)
     key = torch.arange(S).unsqueeze(0)
     mask = key > qpos
@@ -706,11 +711,13 @@ def attention_mask(start: int, T: int, S: int, window: int = 0) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheInt,
-              heads: int, kv_heads: int, head_dim: int, window: int = 0) -> torch.Tensor:
+              heads: int, kv_heads: int, head_dim: int, window: int = 0,
+              causal: bool = True) -> torch.Tensor:
     """Causal grouped-query attention of T new positions after ``cache.length`` cached ones.
 
     ``window`` (0: none) limits each query at position ``p`` to the keys ``p - window + 1
-    .. p`` (Mistral's sliding window: :func:`attention_mask`).
+    .. p`` (Mistral's sliding window: :func:`attention_mask`); not ``causal`` (an
+    encoder), every query sees every key in the cache.
 
     ``q``: (T, heads * head_dim) ACT after RoPE (1/sqrt(head_dim) folded in); ``k``,
     ``v``: (T, kv_heads * head_dim) ACT (``k`` after RoPE). Keys and values are
@@ -730,7 +737,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheI
     S = cache.length
     sc = attention_scores(qq, q_sm, q_se, cache.k.unsqueeze(1), cache.k_sm.unsqueeze(1),
                           cache.k_se.unsqueeze(1))                      # (kv, g, T, S)
-    p = softmax(sc, attention_mask(start, T, S, window))
+    p = softmax(sc, attention_mask(start, T, S, window, causal))
     w = attention_weights(p, cache.v_sm.unsqueeze(1), cache.v_se.unsqueeze(1))
     o = attention_context(w, cache.v.unsqueeze(1))                     # (kv, g, T, d)
     return o.permute(2, 0, 1, 3).reshape(T, heads * head_dim)

@@ -88,6 +88,8 @@ Version 3 (streamed weights through the decode unit; additive)
 * :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes
   no earlier program uses, so every earlier encoding keeps its meaning), and ``SOFTMAX``'s
   ``imm0``: a sliding attention window (0, what earlier programs hold: none).
+* ``SOFTMAX``'s ``imm1``: nonzero, bidirectional attention (an encoder's: every row sees
+  all ``L`` keys, ``imm0`` ignored); 0, what earlier programs hold: the causal mask.
 """
 
 from __future__ import annotations
@@ -212,7 +214,9 @@ class SfuFunc(enum.Enum, shape=6):
     * ``SOFTMAX``: :func:`softmax` of the ``R x heads`` rows of ``L`` scores; row
       ``(t, h)`` masks the keys after position ``regs[pos_reg] + t`` (causal) and, with
       ``imm0`` nonzero (a sliding window), those at or before that position minus
-      ``imm0`` (:func:`attention_mask`); Q15 out. A row that sees no key is MALFORMED.
+      ``imm0`` (:func:`attention_mask`); with ``imm1`` nonzero (bidirectional, an
+      encoder's) every row sees all ``L`` keys and ``imm0`` is ignored. Q15 out. A row
+      that sees no key is MALFORMED.
     * ``ATT_PV``: :func:`attention_weights` then :func:`attention_context` of the
       ``(R, heads, L)`` probabilities at ``src_addr`` and the value records (stride
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head

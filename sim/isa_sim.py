@@ -615,7 +615,8 @@ class IsaSim:
                 raise fault(i, what, ErrorCode.MALFORMED, f"keys={L} must be at least 1")
             s = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, H, L)
             pos = self.regs[f["pos_reg"]] if f["pos_reg"] else 0
-            mask = fx.attention_mask(pos, rows, L, f["imm0"]).unsqueeze(1).expand(rows, H, L)
+            mask = fx.attention_mask(pos, rows, L, f["imm0"], causal=not f["imm1"]
+                                     ).unsqueeze(1).expand(rows, H, L)
             if bool(mask.all(dim=-1).any()):
                 raise fault(i, what, ErrorCode.MALFORMED, f"a query row at positions "
                             f"{pos}..{pos + rows - 1} sees none of the {L} keys")

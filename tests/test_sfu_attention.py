@@ -274,6 +274,28 @@ def test_softmax_sliding_window(rows, heads, length, pos, window, word_bits):
     assert got["writes"] == count
 
 
+@pytest.mark.parametrize("word_bits", [32, 128])
+@pytest.mark.parametrize("rows,heads,length,pos,window", [
+    pytest.param(4, 2, 4, 0, 0, id="sentence-of-4"),
+    pytest.param(3, 1, 9, 0, 2, id="window-ignored"),
+    pytest.param(2, 1, 17, 0, 0, id="over-words"),
+])
+def test_softmax_bidirectional(rows, heads, length, pos, window, word_bits):
+    """``imm1`` nonzero (an encoder's attention): every row sees all ``length`` keys, the
+    last one included, whatever ``pos`` and ``imm0`` say."""
+    rng, src, aux = random_buffers(6)
+    args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
+                     src_addr=128, dst_addr=512, imm0=window, imm1=1)
+    count = rows * heads * length
+    scores = rng.integers(-1 << 20, 1 << 20, count, dtype=np.int64)
+    scores[length - 1] = 1 << 24        # row 0's maximum is its last key
+    src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
+    got = check(Softmax(word_bits=word_bits), args, src, aux, 6)     # cycles checked too
+    assert got["writes"] == count
+    first = np.frombuffer(bytes(got["dst"][512:512 + 4 * length]), dtype="<i4")
+    assert first[-1] > 1 << 14          # the causal mask would have made it 0
+
+
 @pytest.mark.parametrize("seed", [4])
 @pytest.mark.parametrize("word_bits", [32, 128])
 def test_softmax_in_place(seed, word_bits):

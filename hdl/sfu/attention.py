@@ -107,18 +107,20 @@ def qk_cycles(args, *, word_bytes: int) -> int:
 
 def softmax_cycles(args, *, word_bytes: int) -> int:
     """Cycles of :class:`Softmax` from ``start`` to ``done`` (fields ``n``, ``rows``,
-    ``heads``, ``pos``, ``length``, ``imm0``: the window; 1 when refused) with read ports
+    ``heads``, ``pos``, ``length``, ``imm0``: the window, ``imm1``: bidirectional; 1 when
+    refused) with read ports
     of ``word_bytes``: per row the max
     pass over the words the visible scores span (:func:`~hdl.sfu.arith.span_words`),
     the exp pass over the visible scores, the output pass over all ``length``."""
     _check_word_bytes(word_bytes)
     n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
     H, pos, window = _arg(args, "heads"), _arg(args, "pos"), _arg(args, "imm0")
-    if n < 1 or rows < 1 or L < 1 or (window and pos + rows >= L + window):
+    both_ways = _arg(args, "imm1") != 0
+    if n < 1 or rows < 1 or L < 1 or (window and not both_ways and pos + rows >= L + window):
         return 1
     total = _SOFTMAX_LATENCY + 1           # drain of the last row, then done
     for t in range(rows):
-        visible = min(L, pos + t + 1)
+        visible = L if both_ways else min(L, pos + t + 1)
         total += H * (span_words(visible, word_bytes) + visible + L + 6)
     return total
 
@@ -478,7 +480,8 @@ class Softmax(_Kernel):
     """``SOFTMAX``: :func:`airfoil.fixedpoint.softmax` of ``rows x heads`` rows of
     ``length`` int32 scores with the causal mask: row ``(t, h)`` sees keys
     ``0 .. pos + t``, or with a sliding window ``imm0`` (nonzero) the keys
-    ``pos + t - imm0 + 1 .. pos + t``.
+    ``pos + t - imm0 + 1 .. pos + t``; with ``imm1`` nonzero (bidirectional attention, an
+    encoder's) every row sees all ``length`` keys and ``imm0`` is ignored.
 
     Per row: a max pass over the words that hold the ``v = min(length, pos + t + 1)``
     visible scores (a read-port word per cycle, ``word_bits``), an exp-and-sum pass over
@@ -516,11 +519,12 @@ class Softmax(_Kernel):
         src_row = Signal(ADDR_BITS)
         visible = Signal(33)
         limit = Signal(34)
-        m.d.comb += limit.eq(a.pos + t + 1)
+        both_ways = a.imm1 != 0
+        m.d.comb += limit.eq(Mux(both_ways, a.length, a.pos + t + 1))
         m.d.comb += visible.eq(Mux(limit < a.length, limit, a.length))
         # The first key of the row's window (0 without one).
         lower = Signal(34)
-        windowed = (a.imm0 != 0) & (limit > a.imm0)
+        windowed = (a.imm0 != 0) & (limit > a.imm0) & ~both_ways
         m.d.comb += lower.eq(Mux(windowed, limit - a.imm0, 0))
         last_row = (t == a.rows - 1) & (h == a.heads - 1)
 
@@ -688,7 +692,8 @@ class Softmax(_Kernel):
         m.d.comb += finish.eq(v4 & last4)
         refuse = Signal()
         m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0) |
-                              ((a.imm0 != 0) & (a.pos + a.rows >= a.length + a.imm0)))
+                              ((a.imm0 != 0) & (a.imm1 == 0) &
+                               (a.pos + a.rows >= a.length + a.imm0)))
         return refuse, ErrorCode.MALFORMED, finish
 
 
