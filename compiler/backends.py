@@ -55,7 +55,7 @@ def _float_attention(n, q, k, v, state: ExecState, T: int, quant: bool) -> torch
     k = k.repeat_interleave(H // KV, dim=0)
     v = v.repeat_interleave(H // KV, dim=0)
     att = (q @ k.transpose(-1, -2)) * float(n.attrs["scale"])
-    mask = fx.attention_mask(S - T, T, S, n.attrs.get("window", 0))
+    mask = fx.attention_mask(S - T, T, S, n.attrs.get("window", 0), n.attrs.get("causal", True))
     att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
     return (att @ v).transpose(0, 1).reshape(T, H * hd)
 
@@ -94,7 +94,7 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
     if op == "silu":
         return torch.nn.functional.silu(x[0])
     if op == "gelu":
-        return torch.nn.functional.gelu(x[0], approximate="tanh")
+        return torch.nn.functional.gelu(x[0], approximate=n.attrs.get("approximate", "tanh"))
     if op == "relu":
         return torch.relu(x[0])
     if op == "mul":
@@ -161,12 +161,13 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
         cache = state.caches.setdefault(li, fx.KVCacheInt(n.attrs["kv_heads"],
                                                           n.attrs["head_dim"]))
         return fx.attention(*x, cache, n.attrs["heads"], n.attrs["kv_heads"],
-                            n.attrs["head_dim"], n.attrs.get("window", 0))
+                            n.attrs["head_dim"], n.attrs.get("window", 0),
+                            n.attrs.get("causal", True))
     if op == "softmax":
         return fx.softmax(x[0])
     if op == "silu":
         return fx.silu(x[0])
-    if op == "gelu":
+    if op == "gelu":            # the tanh form, what the device runs, for either form
         return fx.gelu(x[0])
     if op == "relu":
         return fx.relu(x[0])
@@ -179,7 +180,8 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
 
 def execute(graph: Graph, tokens, *, backend: str = "float",
             state: ExecState | None = None, observe=None) -> torch.Tensor:
-    """Run ``tokens`` (1-D) after the positions in ``state``; return the logits (T, vocab).
+    """Run ``tokens`` (1-D) after the positions in ``state``; return the logits (T, vocab)
+    (an encoder's graph: its hidden states (T, hidden)).
 
     ``float`` returns float32 logits; ``golden`` returns ACT integers (Q16, int64).
     ``state`` (an :class:`ExecState`) is advanced by T positions. ``observe(name, value)``,

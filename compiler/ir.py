@@ -20,10 +20,13 @@ linear         x                          weight (param name), layer (recipe nam
                                           (param name, absent without a bias)
 rope           x                          heads, head_dim, theta, scaling
 attention      q, k, v                    heads, kv_heads, head_dim, scale, layer (int),
-                                          window (0: causal; else a sliding window)
+                                          window (0: causal; else a sliding window),
+                                          causal (absent: true; false: an encoder's
+                                          bidirectional attention)
 softmax        x                          (last axis)
 silu           x
-gelu           x                          (GPT-2's tanh form)
+gelu           x                          approximate ("tanh", GPT-2's form, when absent;
+                                          "none": BERT's erf form)
 relu           x
 mul            a, b
 add            a, b                       (the residual)
@@ -229,13 +232,14 @@ def llama_param_shapes(s: LlamaShape) -> dict[str, tuple[int, ...]]:
             out[p + linear_name(role) + ".weight"] = (n, k)
             if role in s.linear_biases:
                 out[p + linear_name(role) + ".bias"] = (n,)
-    if not s.tie_word_embeddings:
+    if not (s.tie_word_embeddings or s.encoder):
         out["lm_head.weight"] = (s.vocab_size, d)
     return out
 
 
 def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Graph:
-    """Build the graph of a LLaMA-family decoder from HF-named float parameters.
+    """Build the graph of a LLaMA-family decoder (or of an encoder, ``shape.encoder``:
+    :func:`_encoder_layers`) from HF-named float parameters.
 
     Every tensor of :func:`llama_param_shapes` must be present with its shape (a
     :class:`CompileError` names the first that is missing or misshapen).
@@ -271,6 +275,9 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
     h = add("embed", "embedding", [Graph.INPUT], weight="model.embed_tokens.weight")
     if s.positions == "learned":
         h = add("embed_pos", "positions", [h], weight="model.embed_positions.weight")
+    if s.encoder:
+        out = _encoder_layers(s, h, add, linear, norm)
+        return Graph(nodes=nodes, params=ps, shape=shape, output=out).validate()
     for i in range(s.num_hidden_layers):
         p, L = f"model.layers.{i}.", f"l{i}."
         x = norm(L + "attn_norm", p + "input_layernorm", h)
@@ -299,3 +306,26 @@ def build_llama_graph(shape: LlamaShape, params: dict[str, torch.Tensor]) -> Gra
     head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
     add("lm_head", "linear", [x], weight=head, layer="lm_head")
     return Graph(nodes=nodes, params=ps, shape=shape, output="lm_head").validate()
+
+
+def _encoder_layers(s: LlamaShape, h: str, add, linear, norm) -> str:
+    """The nodes of a BERT-style encoder after its embeddings ``h``; returns the output,
+    the last layer's hidden states. Post-norm: ``x = norm(embeddings)``, then per layer
+    ``x = norm1(x + o(attention(x)))`` and ``x = norm2(x + down(gelu(up(x))))``, the
+    attention bidirectional (every position sees every key of the sentence)."""
+    x = norm("embed_norm", "model.norm", h)
+    gelu = {"approximate": "none"} if s.mlp == "gelu_erf" else {}
+    for i in range(s.num_hidden_layers):
+        p, L = f"model.layers.{i}.", f"l{i}."
+        proj = {r: linear(L, p, r, x) for r in ("q", "k", "v")}
+        a = add(L + "attn", "attention", [proj["q"], proj["k"], proj["v"]],
+                heads=s.num_attention_heads, kv_heads=s.num_key_value_heads,
+                head_dim=s.head_dim, scale=s.head_dim ** -0.5, layer=i, window=0,
+                causal=False)
+        h = add(L + "attn_res", "add", [x, linear(L, p, "o", a)])
+        x = norm(L + "attn_norm", p + "input_layernorm", h)
+        u = add(L + "act", "gelu" if s.mlp.startswith("gelu") else s.mlp,
+                [linear(L, p, "up", x)], **gelu)
+        h = add(L + "mlp_res", "add", [x, linear(L, p, "down", u)])
+        x = norm(L + "mlp_norm", p + "post_attention_layernorm", h)
+    return x

@@ -27,8 +27,10 @@ __all__ = ["LlamaShape", "LlamaReference", "rope_tables", "KVCache", "random_lla
 
 #: Normalisations: RMSNorm (a gain) or LayerNorm (a gain and a bias).
 NORMS = ("rms", "layer")
-#: MLPs: LLaMA's ``down(silu(gate(x)) * up(x))``, or ``down(act(up(x)))`` (GPT-2, OPT).
-MLPS = ("silu_gated", "gelu", "relu")
+#: MLPs: LLaMA's ``down(silu(gate(x)) * up(x))``, or ``down(act(up(x)))`` (GPT-2, OPT);
+#: ``gelu`` is GPT-2's tanh form, ``gelu_erf`` BERT's exact one (which the device runs in
+#: the tanh form: the difference counts as quantization error).
+MLPS = ("silu_gated", "gelu", "relu", "gelu_erf")
 #: Positions: rotary (applied to q and k) or a learned table added to the embeddings.
 POSITIONS = ("rope", "learned")
 
@@ -86,6 +88,12 @@ class LlamaShape:
         One of :data:`NORMS`, :data:`MLPS`, :data:`POSITIONS` (LLaMA: ``rms``,
         ``silu_gated``, ``rope``; GPT-2: ``layer``, ``gelu``, ``learned``). The norms' eps
         is ``rms_norm_eps`` whichever the norm.
+    encoder : bool
+        A BERT-style encoder (:func:`compiler.ir.build_llama_graph`): bidirectional
+        attention, a LayerNorm after the embeddings (``model.norm``) and after each
+        residual add (post-norm: ``input_layernorm`` after the attention's,
+        ``post_attention_layernorm`` after the MLP's), no LM head: its output is the last
+        layer's hidden states. Needs LayerNorm and learned positions.
     """
 
     vocab_size: int
@@ -105,6 +113,7 @@ class LlamaShape:
     norm: str = "rms"
     mlp: str = "silu_gated"
     positions: str = "rope"
+    encoder: bool = False
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -145,6 +154,11 @@ class LlamaShape:
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
             raise CompileError(f"sliding_window must be null or a positive integer, not "
                                f"{w!r}")
+        if not isinstance(self.encoder, bool):
+            raise CompileError(f"encoder must be true or false, not {self.encoder!r}")
+        if self.encoder and (self.norm, self.positions, w) != ("layer", "learned", None):
+            raise CompileError("an encoder has LayerNorm, learned positions and no "
+                               "sliding window")
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -22,8 +22,8 @@ class ByteTokenizer:
 
     vocab_size = 256
 
-    def encode(self, text: str) -> list[int]:
-        """Return the token ids of ``text``."""
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Return the token ids of ``text`` (there are no special tokens)."""
         return list(text.encode("utf-8"))
 
     def decode(self, tokens) -> str:
@@ -33,15 +33,17 @@ class ByteTokenizer:
 
 class HfTokenizer:
     """A Hugging Face ``tokenizer.json``, through the ``tokenizers`` package. Encoding adds
-    no special tokens (a prompt is the text as given); decoding skips them."""
+    no special tokens unless asked (a prompt is the text as given; an encoder's sentence
+    gets its ``[CLS]`` .. ``[SEP]``); decoding skips them."""
 
     def __init__(self, tokenizer):
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        """Return the token ids of ``text``."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Return the token ids of ``text``, with the tokenizer's special tokens (its
+        post-processor's template) when ``special``."""
+        return self._tok.encode(text, add_special_tokens=special).ids
 
     def decode(self, tokens) -> str:
         """Return the text of ``tokens``."""

@@ -21,6 +21,8 @@ on every linear layer, imported into the same tensor names:
   weights are transposed and ``c_attn`` split into q, k, v at import;
 * ``OPTForCausalLM`` (``opt``): ReLU; the position table's two offset rows are dropped.
 
+and the encoder ``BertModel`` (``bert``, sentence-transformers' layout): :mod:`.bert`.
+
 Anything else raises a one-line :class:`CompileError` naming the file and the field or
 tensor: a config field that changes the arithmetic and is not implemented is refused,
 never ignored.
@@ -78,6 +80,7 @@ FAMILIES = {f.arch: f for f in (
                                              ("mlp.gate_up_proj", ("gate", "up")))),
     Family("GPT2LMHeadModel", "gpt2"),
     Family("OPTForCausalLM", "opt"),
+    Family("BertModel", "bert"),
 )}
 #: Families with LayerNorm, an ungated MLP and learned positions, converted by name.
 _LEARNED = ("gpt2", "opt")
@@ -214,6 +217,9 @@ def parse_hf_config(cfg, p="config.json") -> LlamaShape:
     fam = hf_family(cfg, p)
     if fam.model_type in _LEARNED:
         return _learned_shape(cfg, fam, p)
+    if fam.model_type == "bert":
+        from .bert import bert_shape
+        return bert_shape(cfg, p)
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise CompileError(f"{p}: unsupported hidden_act {act!r} (accepted: 'silu')")
@@ -444,6 +450,12 @@ def import_hf(path) -> Graph:
     shape = parse_hf_config(cfg, p)
     fam = hf_family(cfg, p)
     tensors = load_hf_tensors(path)
+    if fam.model_type == "bert":
+        if "quantization_config" in cfg:
+            raise CompileError(f"{p}: a quantized BertModel checkpoint is not supported "
+                               f"(accepted: float weights)")
+        from .bert import import_bert
+        return import_bert(path, cfg, tensors)
     # The layer count is checked against the checkpoint before anything is sized by it.
     held = {int(m.group(2)) for m in map(_LAYER_NAME.match, tensors) if m}
     if shape.num_hidden_layers > len(held):
