@@ -13,10 +13,13 @@ import torch
 
 from .errors import AirfoilError
 
-__all__ = ["POOLINGS", "check_sentence_spec", "sentence_embedding"]
+__all__ = ["POOLINGS", "DEFAULT_SENTENCE", "check_sentence_spec", "sentence_embedding",
+           "folder_embedding"]
 
 #: Pooling modes: the mean over the tokens, or the first token's hidden state.
 POOLINGS = ("mean", "cls")
+#: What sentence-transformers does with a plain encoder (no ``modules.json``).
+DEFAULT_SENTENCE = {"pooling": "mean", "normalize": False}
 
 
 def check_sentence_spec(spec, where="sentence embedding") -> dict:
@@ -35,3 +38,12 @@ def sentence_embedding(hidden: torch.Tensor, spec: dict) -> torch.Tensor:
     if spec["normalize"]:
         v = v / v.norm().clamp(min=1e-12)
     return v.to(torch.float32)
+
+
+def folder_embedding(hidden: torch.Tensor, folder_model: dict) -> torch.Tensor:
+    """The embedding of the ACT (Q16) hidden states (T, hidden) an encoder folder's
+    program wrote, pooled as its manifest's ``model.sentence_embedding`` says."""
+    from .fixedpoint import from_fixed
+    spec = check_sentence_spec(folder_model.get("sentence_embedding"),
+                               "manifest model.sentence_embedding")
+    return sentence_embedding(from_fixed(hidden), spec)

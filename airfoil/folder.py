@@ -44,6 +44,18 @@ def linear_roles(shape: dict) -> tuple[str, ...]:
     gated = shape.get("mlp", "silu_gated") == "silu_gated"
     return tuple(r for r in LINEAR_ROLES if r != "gate" or gated)
 
+def encoder(shape: dict) -> bool:
+    """Whether model ``shape`` (HF config fields) is an encoder (BERT: its output is the
+    last layer's hidden states, no logits)."""
+    return bool(shape.get("encoder", False))
+
+
+def output_width(shape: dict) -> int:
+    """Values per token the device writes to the output rows (``layout.logits``): the
+    logits of a decoder (``vocab_size``), the hidden states of an encoder
+    (``hidden_size``)."""
+    return shape["hidden_size"] if encoder(shape) else shape["vocab_size"]
+
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
 FOLDER_FORMAT = "airfoil-folder/3"
@@ -386,6 +398,13 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
         raise _fail(where, "manifest model.linears is not a non-empty object")
     if not isinstance(lay, dict):
         raise _fail(where, "manifest model.layout is not an object")
+    if encoder(shape):
+        from .embedding import check_sentence_spec
+        try:
+            check_sentence_spec(mm.get("sentence_embedding"),
+                                "manifest model.sentence_embedding")
+        except AirfoilError as e:
+            raise _fail(where, str(e)) from None
     layers = shape["num_hidden_layers"]
     table = "rope" if shape.get("positions", "rope") == "rope" else "positions"
     regions = {"params": 16, "ids": None, "logits": None, "embed": None, table: None,
@@ -542,7 +561,9 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
         layers.append(L)
     P = mm["max_positions"]
     out = {"shape": shape, "embed": i32(lay["embed"], vocab * d).reshape(vocab, d),
-           "norm": i32(lay["norm"], d), "lm_head": lin("lm_head"), "layers": layers}
+           "norm": i32(lay["norm"], d), "layers": layers}
+    if not encoder(shape):
+        out["lm_head"] = lin("lm_head")
     if shape.get("norm", "rms") == "layer":         # LayerNorm biases beside the gains
         out["norm_bias"] = i32(lay["norm_bias"], d)
         for i, L in enumerate(layers):

@@ -33,6 +33,13 @@ LayerNorm bias added as a linear bias is; ``GELU`` or ``RELU`` of the up project
 instead of SILU and MUL; learned positions as ``LD`` of the table rows at ``REG_POS``
 and ``ADD`` onto the embeddings, and no RoPE.
 
+An encoder (the shape's ``encoder``, BERT) is post-norm: the embeddings' LayerNorm
+(``norm``) writes X, the normalised stream; each sub-layer reads X and its ``ADD`` writes
+``X + sub-layer`` into H, which the next LayerNorm brings back into X; the MLP's ``GELU``
+runs in place on its up projection (X still holds the stream). ``SOFTMAX`` is
+bidirectional (``imm1 = 1``: every token sees the whole sentence); there is no LM head:
+``ST`` of the last X rows (the hidden states) to the output rows.
+
 A linear layer with a bias (Qwen2's q, k, v) is followed by ``LD`` of its ACT bias row
 broadcast to ``REG_T`` rows (``dram_stride = 0``) into AUX and ``SFU ADD`` of those rows
 onto the layer's output: the golden's ``add(linear(x), bias)``. (The MATRIX unit's bias
@@ -78,7 +85,7 @@ from amaranth.hdl import Shape
 from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
-from airfoil.folder import FOLDER_FORMAT, linear_roles
+from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
                          Sparsity, SysOp, Unit, WeightFormat, encode, unit_of)
@@ -98,8 +105,9 @@ PHASES = ("prefill", "decode")
 REG_POS, REG_T, REG_LEN = 1, 2, 3
 #: Prompt tokens the prefill program is planned for by default.
 DEFAULT_MAX_PROMPT = 32
-#: The SFU function of an ungated MLP's activation, by the shape's ``mlp``.
-_MLP_ACT = {"gelu": SfuFunc.GELU, "relu": SfuFunc.RELU}
+#: The SFU function of an ungated MLP's activation, by the shape's ``mlp`` (BERT's erf
+#: GELU runs in the tanh form, see :data:`compiler.reference.MLPS`).
+_MLP_ACT = {"gelu": SfuFunc.GELU, "gelu_erf": SfuFunc.GELU, "relu": SfuFunc.RELU}
 
 
 def _roles(model) -> tuple[str, ...]:
@@ -276,9 +284,12 @@ def _check_model(model, config):
         raise CompileError(f"head_dim={hd} is over the {config.limits.att_pv_max_head_dim} "
                            f"the SFU's context accumulator holds (config {config.name!r}, "
                            f"limits.att_pv_max_head_dim)")
-    names = [("lm_head", model["lm_head"])] + [
-        (f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"])
-        for r in _roles(model)]
+    if encoder(model["shape"]) and (4 * d) % config.word_bytes:
+        raise CompileError(f"hidden_size={d}: an encoder's hidden-state rows ({4 * d} "
+                           f"bytes) must be whole {config.word_bytes}-byte memory words")
+    names = [] if encoder(model["shape"]) else [("lm_head", model["lm_head"])]
+    names += [(f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"])
+              for r in _roles(model)]
     for name, ql in names:
         _check_linear(name, ql, config)
     return names
@@ -355,7 +366,7 @@ def _plan_image(model, config, max_prompt, max_pos):
 
     put("params", 16)
     put("ids", 4 * max_prompt)
-    lay["logits_row"] = _up(4 * vocab, wb)
+    lay["logits_row"] = _up(4 * output_width(model["shape"]), wb)
     put("logits", lay["logits_row"] * max_prompt)
     put("embed", 4 * vocab * d)
     lay["rope_row"] = _up(2 * hd, wb)
@@ -724,7 +735,8 @@ class _Phase:
                     reads=[self.mem(lay["positions"], 4 * d * self.max_pos)],
                     row_reg=REG_POS, **self.tregs)
             self.residual()
-        kvrow = lay["kv_row"]
+        if encoder(m["shape"]):
+            return self.encoder_layers()
         for i, L in enumerate(m["layers"]):
             p = f"l{i}."
             self.rmsnorm(p + "attn_norm")
@@ -746,14 +758,7 @@ class _Phase:
             self.records(Buffer.OUT, self.Q, heads, Buffer.ACT, self.QR)
             self.records(Buffer.OUT, self.K, kv, Buffer.OUT, self.KR)
             self.records(Buffer.OUT, self.V, kv, Buffer.OUT, self.VR)
-            for src, cache, kb in ((self.KR, p + "kcache", self.KB),
-                                   (self.VR, p + "vcache", self.VB)):
-                base = lay[cache]
-                full = self.mem(base, kvrow * self.max_pos)
-                s.add(Opcode.ST, reads=[self.r(Buffer.OUT, src, T * kvrow)], writes=[full],
-                      buf=Buffer.OUT, channel=self.channel(), buf_addr=src, dram_addr=base,
-                      nbytes=kvrow,
-                      count=T, dram_stride=kvrow, row_reg=REG_POS, **self.tregs)
+            self.store_kv(p)
             self.attention(p)
             self.quant(Buffer.ACT, self.C, heads * hd)
             self.linear(p + "o", L["o"], self.O)
@@ -781,14 +786,64 @@ class _Phase:
         self.rmsnorm("norm")
         self.quant(Buffer.ACT, self.X, d)
         self.linear("lm_head", m["lm_head"], self.LOG)
+        return self.store_output(Buffer.OUT, self.LOG)
+
+    def store_output(self, buf, addr):
+        """ST the T output rows (logits, or an encoder's hidden states) at ``addr`` in
+        ``buf`` to the output area; HALT; the program's words."""
+        s, lay, T = self.sched, self.lay, self.tmax
         row = lay["logits_row"]
-        s.add(Opcode.ST, reads=[self.r(Buffer.OUT, self.LOG, T * row)],
-              writes=[self.mem(lay["logits"], row * T)], buf=Buffer.OUT,
+        s.add(Opcode.ST, reads=[self.r(buf, addr, T * row)],
+              writes=[self.mem(lay["logits"], row * T)], buf=buf,
               channel=self.channel(),
-              buf_addr=self.LOG, dram_addr=lay["logits"], nbytes=row, count=T,
+              buf_addr=addr, dram_addr=lay["logits"], nbytes=row, count=T,
               dram_stride=row, **self.tregs)
         s.add(Opcode.SYS, op=SysOp.HALT)
         return s.words()
+
+    def store_kv(self, p):
+        """ST the T new K and V records of layer ``p`` to its caches at row REG_POS."""
+        lay, T, kvrow = self.lay, self.tmax, self.lay["kv_row"]
+        for src, cache in ((self.KR, p + "kcache"), (self.VR, p + "vcache")):
+            base = lay[cache]
+            full = self.mem(base, kvrow * self.max_pos)
+            self.sched.add(Opcode.ST, reads=[self.r(Buffer.OUT, src, T * kvrow)],
+                           writes=[full], buf=Buffer.OUT, channel=self.channel(),
+                           buf_addr=src, dram_addr=base, nbytes=kvrow, count=T,
+                           dram_stride=kvrow, row_reg=REG_POS, **self.tregs)
+
+    def encoder_layers(self):
+        """An encoder after its embeddings (in H): the embeddings' LayerNorm into X, then
+        per layer (post-norm, X the normalised stream) q, k, v of X, K and V stored and
+        loaded back as a decoder's (the bidirectional SOFTMAX sees every key of the
+        sentence), ``H = X + o(context)``, LayerNorm H -> X, GELU of up(X) in place,
+        ``H = X + down``, LayerNorm H -> X; the last X rows are the output."""
+        d, heads, kv, inter = self.d, self.heads, self.kv, self.inter
+        self.rmsnorm("norm")
+        for i, L in enumerate(self.model["layers"]):
+            p = f"l{i}."
+            self.quant(Buffer.ACT, self.X, d)
+            for role, addr in (("q", self.Q), ("k", self.K), ("v", self.V)):
+                self.linear(p + role, L[role], addr)
+            self.records(Buffer.OUT, self.Q, heads, Buffer.ACT, self.QR)
+            self.records(Buffer.OUT, self.K, kv, Buffer.OUT, self.KR)
+            self.records(Buffer.OUT, self.V, kv, Buffer.OUT, self.VR)
+            self.store_kv(p)
+            self.attention(p)
+            self.quant(Buffer.ACT, self.C, heads * self.hd)
+            self.linear(p + "o", L["o"], self.O)
+            self.residual(src=self.X)
+            self.rmsnorm(p + "attn_norm")
+            self.quant(Buffer.ACT, self.X, d)
+            self.linear(p + "up", L["up"], self.U)
+            u_rng = self.rows_act(Buffer.OUT, self.U, inter)
+            self.sfu(_MLP_ACT[self.model["shape"]["mlp"]], Buffer.OUT, self.U, Buffer.OUT,
+                     self.U, inter, reads=[u_rng], writes=[u_rng])
+            self.quant(Buffer.OUT, self.U, inter)
+            self.linear(p + "down", L["down"], self.O)
+            self.residual(src=self.X)
+            self.rmsnorm(p + "mlp_norm")
+        return self.store_output(Buffer.ACT, self.X)
 
     def attention(self, p):
         """Attention of one layer over the KV cache rows ``0 .. REG_LEN-1``, in passes of
@@ -819,17 +874,20 @@ class _Phase:
                      writes=[S_rng], aux=Buffer.KV, aux_addr=kb, imm0=rec, imm1=rec, **att)
             self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, S0, Buffer.OUT, S0, hd,
                      reads=[S_rng], writes=[S_rng], pos_reg=REG_POS,
-                     imm0=self.model["shape"].get("sliding_window") or 0, **att)
+                     imm0=self.model["shape"].get("sliding_window") or 0,
+                     imm1=int(encoder(self.model["shape"])), **att)
             self.sfu(SfuFunc.ATT_PV, Buffer.OUT, S0, Buffer.ACT, C0, hd,
                      reads=[S_rng, self.r(Buffer.KV, vb, self.lmax * kvh * rec)],
                      writes=[self.r(Buffer.ACT, C0, T * hq * hd * 4)], aux=Buffer.KV,
                      aux_addr=vb, imm1=rec, **att)
 
-    def residual(self):
-        d = self.d
+    def residual(self, src=None):
+        """``H = src + O`` (``src`` H itself by default: a decoder's residual stream)."""
+        d, src = self.d, self.H if src is None else src
         h = self.rows_act(Buffer.ACT, self.H, d)
-        self.sfu(SfuFunc.ADD, Buffer.ACT, self.H, Buffer.ACT, self.H, d,
-                 reads=[h, self.rows_act(Buffer.OUT, self.O, d)], writes=[h],
+        self.sfu(SfuFunc.ADD, Buffer.ACT, src, Buffer.ACT, self.H, d,
+                 reads=[self.rows_act(Buffer.ACT, src, d),
+                        self.rows_act(Buffer.OUT, self.O, d)], writes=[h],
                  aux=Buffer.OUT, aux_addr=self.O)
 
 
@@ -900,7 +958,8 @@ def _fit_error(model, config, phase, tmax, max_pos) -> CompileError | None:
     """The buffer-planning error of a phase for ``tmax`` tokens and ``max_pos`` positions."""
     d, heads, kv, hd, inter, vocab = _shape(model)
     wb = config.word_bytes
-    rows = {"rope_row": _up(2 * hd, wb), "logits_row": _up(4 * vocab, wb)}
+    rows = {"rope_row": _up(2 * hd, wb),
+            "logits_row": _up(4 * output_width(model["shape"]), wb)}
     try:
         _Phase(model, config, rows, {}, phase, tmax, max_pos, 1, 0)
     except CompileError as e:
@@ -981,7 +1040,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
     if max_pos == 0:
         raise _fit_error(model, config, "decode", 1, 1)
-    flat = {"lm_head": model["lm_head"]}
+    flat = {} if encoder(model["shape"]) else {"lm_head": model["lm_head"]}
     for i, L in enumerate(model["layers"]):
         for r in _roles(model):
             flat[f"l{i}.{r}"] = L[r]
@@ -1057,6 +1116,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         "phases": phases, "weight_bytes": wbytes,
         "linear_weights": sum(v["n"] * v["k_in"] for v in linears.values()),
     }
+    if encoder(shape):
+        manifest["model"]["sentence_embedding"] = dict(model["sentence_embedding"])
     files[MEMORY_MAP] = memory_map(manifest, config).encode()
     if not size_only:
         files["weights.bin"] = lambda path: _write_image(path, model, config, flat, linears,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from airfoil.embedding import DEFAULT_SENTENCE
 from airfoil.errors import CompileError
 from airfoil.fixedpoint import QLinear
 from airfoil.formats import quantize_weights
@@ -295,7 +296,10 @@ def quantized_model(graph: Graph) -> dict:
     ``v``, ``o``, ``gate`` (gated MLPs only), ``up``, ``down``; for the roles of
     ``shape.linear_biases`` their ACT biases ``q_bias`` ... (:func:`linear_bias`); with
     LayerNorm each norm's ACT bias beside it (``norm_bias``, ``attn_norm_bias``,
-    ``mlp_norm_bias``); with learned positions their ACT table ``positions``.
+    ``mlp_norm_bias``); with learned positions their ACT table ``positions``. An encoder
+    (``shape.encoder``) has no ``lm_head``: ``norm`` is its embeddings' LayerNorm, and
+    ``sentence_embedding`` says how the host pools its hidden states
+    (:mod:`airfoil.embedding`, from ``graph.meta``, mean pooling when absent).
     """
     from dataclasses import asdict
 
@@ -342,8 +346,12 @@ def quantized_model(graph: Graph) -> dict:
     if len(embeds) != 1:
         raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")
     emb = embeds[0].attrs["weight"]
-    out = {"shape": asdict(s), "embed": embedding_table(graph.params[emb]),
-           "lm_head": lin("lm_head"), "layers": layers}
+    out = {"shape": asdict(s), "embed": embedding_table(graph.params[emb]), "layers": layers}
+    if s.encoder:
+        out["sentence_embedding"] = dict(graph.meta.get("sentence_embedding",
+                                                        DEFAULT_SENTENCE))
+    else:
+        out["lm_head"] = lin("lm_head")
     norm(out, "norm", "model.norm")
     if s.positions == "learned":
         (pos,) = graph.by_op("positions")

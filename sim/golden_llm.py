@@ -22,7 +22,12 @@ where a layer whose role has a bias (``q_bias`` ...) adds it to its ACT output w
 ``add``. The shape's ``norm``, ``mlp`` and ``positions`` select the other families'
 forms: ``layernorm`` (with its bias) for ``rmsnorm``; ``down(act(up(x)))`` with ``gelu``
 or ``relu`` for the gated MLP; learned positions (``h = add(embed[tok], positions[pos])``)
-for RoPE.
+for RoPE. An encoder (``shape.encoder``, BERT) is post-norm with bidirectional
+attention and returns its last hidden states::
+
+    x = layernorm(add(embed[tok], positions[pos]))        # the model's ``norm``
+    x = layernorm(add(x, linear_o(quant_per_token(attention(q, k, v)))))   # attn_norm
+    x = layernorm(add(x, linear_down(quant_per_token(gelu(linear_up(xq))))))  # mlp_norm
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class GoldenLLM:
         self.mlp_kind = s.get("mlp", "silu_gated")
         self.rotary = s.get("positions", "rope") == "rope"
         self.window = s.get("sliding_window") or 0
+        self.encoder = bool(s.get("encoder", False))
         if not self.rotary:
             self.cos = self.sin = None
         elif "rope" in model:         # the folder's table
@@ -101,6 +107,8 @@ class GoldenLLM:
         h = m["embed"][tok]
         if not self.rotary:
             h = fx.add(h, m["positions"][start:start + T])
+        if self.encoder:
+            return self._encoder(h, start, T)
         for L, cache in zip(m["layers"], self.caches):
             xq = fx.quant_per_token(self._norm(h, L, "attn_norm"))
             q = self._rope(_linear(L, "q", xq), self.heads, start, T)
@@ -114,10 +122,23 @@ class GoldenLLM:
             if self.mlp_kind == "silu_gated":
                 a = fx.mul(fx.silu(_linear(L, "gate", xq)), u)
             else:
-                a = fx.gelu(u) if self.mlp_kind == "gelu" else fx.relu(u)
+                a = fx.relu(u) if self.mlp_kind == "relu" else fx.gelu(u)
             h = fx.add(h, _linear(L, "down", fx.quant_per_token(a)))
         x = fx.quant_per_token(self._norm(h, m, "norm"))
         return fx.linear(m["lm_head"], *x)
+
+    def _encoder(self, h, start, T):
+        """The post-norm layers of an encoder on its embeddings ``h``: ACT hidden states."""
+        x = self._norm(h, self.model, "norm")
+        for L, cache in zip(self.model["layers"], self.caches):
+            xq = fx.quant_per_token(x)
+            a = fx.attention(_linear(L, "q", xq), _linear(L, "k", xq), _linear(L, "v", xq),
+                             cache, self.heads, self.kv_heads, self.head_dim, causal=False)
+            x = self._norm(fx.add(x, _linear(L, "o", fx.quant_per_token(a))), L, "attn_norm")
+            u = fx.gelu(_linear(L, "up", fx.quant_per_token(x)))
+            x = self._norm(fx.add(x, _linear(L, "down", fx.quant_per_token(u))), L,
+                           "mlp_norm")
+        return x
 
     def prefill(self, tokens) -> torch.Tensor:
         """Start a new sequence with ``tokens``; return its ACT logits (T, vocab)."""

@@ -4,7 +4,9 @@ Before each run the host writes the parameter block (int32 ``pos``, ``T``,
 ``len = pos + T``) and the ``T`` token ids into the memory image, runs the phase's
 program (``prefill`` for the prompt, ``decode`` for each new token), and reads the ``T``
 logit rows back; the KV cache lives in the image, so it persists between runs. Greedy
-generation takes the first index of the largest logit.
+generation takes the first index of the largest logit. An encoder folder runs a sentence
+as one prefill (every token sees every other) and reads back its hidden states; its
+embedding is pooled on the host in float (:mod:`airfoil.embedding`).
 
 :class:`LLMHost` does all of that; a backend subclass only says how a program runs on
 an image (:meth:`LLMHost.execute`): the ISA simulator in place, the RTL core through
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 
 from airfoil.config import AccelConfig
+from airfoil.embedding import folder_embedding
 from airfoil.errors import AirfoilError, ProgramError
+from airfoil.folder import encoder, output_width
 
 __all__ = ["LLMHost", "greedy"]
 
@@ -50,6 +54,7 @@ class LLMHost:
         mm = folder.manifest["model"]
         self.layout = mm["layout"]
         self.vocab = mm["shape"]["vocab_size"]
+        self.width, self.encoder = output_width(mm["shape"]), encoder(mm["shape"])
         self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
         self.programs = {}
         for phase in ("prefill", "decode"):
@@ -102,7 +107,7 @@ class LLMHost:
         self.position = pos + T
         row = lay["logits_row"] // 4
         raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
-        return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.vocab]
+        return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.width]
 
     def prefill(self, tokens) -> torch.Tensor:
         """Start a sequence with ``tokens``; return their ACT logits (T, vocab).
@@ -113,6 +118,10 @@ class LLMHost:
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise AirfoilError("the prompt is empty (at least one token is needed)")
+        if self.encoder and len(tokens) > self.max_prompt:
+            raise AirfoilError(f"a sentence of {len(tokens)} tokens is longer than the "
+                               f"{self.max_prompt} the encoder folder takes in its one "
+                               f"prefill (max_prompt)")
         self.position = 0
         head = self._run("prefill", tokens[:self.max_prompt])
         rest = [self._run("decode", [t]) for t in tokens[self.max_prompt:]]
@@ -120,7 +129,17 @@ class LLMHost:
 
     def decode(self, token: int) -> torch.Tensor:
         """Run one token after the cached positions; return its ACT logits (vocab,)."""
+        if self.encoder:
+            raise AirfoilError("an encoder folder has no decode step (a sentence runs as "
+                               "one prefill)")
         return self._run("decode", [token])[0]
+
+    def embed(self, tokens) -> torch.Tensor:
+        """An encoder folder's float32 sentence embedding of ``tokens`` (one sentence)."""
+        if not self.encoder:
+            raise AirfoilError("a sentence embedding needs an encoder folder (this one "
+                               "holds a decoder)")
+        return folder_embedding(self.prefill(tokens), self.folder.manifest["model"])
 
     def generate(self, prompt, max_new_tokens: int) -> list[int]:
         """Greedy generation: the ``max_new_tokens`` tokens after ``prompt``."""

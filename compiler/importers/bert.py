@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from airfoil.embedding import POOLINGS
+from airfoil.embedding import DEFAULT_SENTENCE, POOLINGS
 from airfoil.errors import CompileError
 from airfoil.textfile import read_text
 
@@ -181,7 +181,7 @@ def read_sentence_modules(path) -> dict:
     normalisation when the folder has no ``modules.json``."""
     p = Path(path) / "modules.json"
     if not p.exists():
-        return {"pooling": "mean", "normalize": False}
+        return dict(DEFAULT_SENTENCE)
     mods = _read_json(p, "sentence-transformers modules")
     if not (isinstance(mods, list) and all(isinstance(m, dict) and isinstance(
             m.get("type"), str) for m in mods)):
