@@ -56,6 +56,11 @@ def output_width(shape: dict) -> int:
     (``hidden_size``)."""
     return shape["hidden_size"] if encoder(shape) else shape["vocab_size"]
 
+def llm_phases(shape: dict) -> tuple[str, ...]:
+    """The programs of an LLM folder: ``prefill`` and ``decode``; an encoder's sentence
+    runs as one prefill, so it has no ``decode``."""
+    return ("prefill",) if encoder(shape) else ("prefill", "decode")
+
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
 FOLDER_FORMAT = "airfoil-folder/3"
@@ -278,12 +283,12 @@ def _check_manifest(m, where) -> None:
         for key in _LLM_KEYS:
             if key not in m:
                 raise _fail(where, f"manifest.json lacks key {key!r}")
+        _check_llm_model(m["model"], nbytes, where)
         try:
-            for phase in ("prefill", "decode"):
+            for phase in llm_phases(m["model"]["shape"]):
                 str(m["programs"][phase])
         except (KeyError, TypeError, ValueError):
             raise _fail(where, "manifest.json programs entries are malformed") from None
-        _check_llm_model(m["model"], nbytes, where)
         return
     for key in _MANIFEST_KEYS:
         if key not in m:

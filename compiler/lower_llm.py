@@ -85,7 +85,7 @@ from amaranth.hdl import Shape
 from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
-from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, output_width
+from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
                          Sparsity, SysOp, Unit, WeightFormat, encode, unit_of)
@@ -1081,7 +1081,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     tick("tile and pack weights")
     tick("plan the memory image")
     programs, files, phases = {}, {}, {}
-    for phase in PHASES:
+    for phase in llm_phases(model["shape"]):
         tmax = max_prompt if phase == "prefill" else 1
         words = _Phase(model, config, lay, linears, phase, tmax, max_pos, slots,
                        slot_bytes).emit()
@@ -1106,7 +1106,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     manifest = {
         "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
         "config": config.name, "config_hash": config.config_hash, "programs": programs,
-        "program": programs["decode"], "image": "weights.bin", "image_bytes": size,
+        "program": programs[llm_phases(model["shape"])[-1]], "image": "weights.bin",
+        "image_bytes": size,
         "size_only": bool(size_only), "source": str(source),
         "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
                   "record_bytes": rec, "layout": lay, "linears": linears,

@@ -21,7 +21,7 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.embedding import folder_embedding
 from airfoil.errors import AirfoilError, ProgramError
-from airfoil.folder import encoder, output_width
+from airfoil.folder import encoder, llm_phases, output_width
 
 __all__ = ["LLMHost", "greedy"]
 
@@ -57,7 +57,7 @@ class LLMHost:
         self.width, self.encoder = output_width(mm["shape"]), encoder(mm["shape"])
         self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
         self.programs = {}
-        for phase in ("prefill", "decode"):
+        for phase in llm_phases(mm["shape"]):
             prog = folder.phase_program(phase)
             if prog.config_hash != config.config_hash_bytes:
                 raise ProgramError(f"{phase} program compiled for config hash "

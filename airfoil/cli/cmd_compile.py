@@ -161,7 +161,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     from compiler.passes import llm_pipeline, quantized_model
     from sim.isa_sim import decode_step_cycles
 
-    from ..folder import load_folder
+    from ..folder import encoder, load_folder
     from ..models import BUILTIN_MODELS, model_path
 
     console = console or Console()
@@ -195,7 +195,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         tok = model_folder(model_dir) / "tokenizer.json"
         if tok.is_file():
             shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
-        if args.size_only:
+        if args.size_only or encoder(manifest["model"]["shape"]):
             cycles = folder_decode_cycles(args.output, manifest, config)
         else:
             cycles = decode_step_cycles(load_folder(args.output, config), config)
@@ -243,19 +243,25 @@ def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
 
 def folder_decode_cycles(out_dir, manifest, config, position=None) -> dict:
     """The data-free cycle model's decode step of a compiled folder at ``position``
-    (default: after a full prompt, as :func:`sim.isa_sim.decode_step_cycles`)."""
+    (default: after a full prompt, as :func:`sim.isa_sim.decode_step_cycles`); of an
+    encoder folder, its prefill of a sentence of ``max_prompt`` tokens (``tokens``)."""
     from pathlib import Path
 
     from sim.timing import llm_step_cycles
 
+    from ..folder import encoder
     from ..program import read_program
     mm = manifest["model"]
-    pos = min(mm["max_prompt"], mm["max_positions"] - 1) if position is None else position
-    prog = read_program(Path(out_dir) / manifest["programs"]["decode"],
+    if encoder(mm["shape"]):
+        pos, phase, tokens = 0, "prefill", mm["max_prompt"]
+    else:
+        pos = min(mm["max_prompt"], mm["max_positions"] - 1) if position is None else position
+        phase, tokens = "decode", 1
+    prog = read_program(Path(out_dir) / manifest["programs"][phase],
                         config.config_hash_bytes)
-    st = llm_step_cycles(manifest, prog.words, config, position=pos)
+    st = llm_step_cycles(manifest, prog.words, config, position=pos, tokens=tokens)
     return {"position": pos, "cycles": st["cycles"], "instructions": st["instructions"],
-            "bytes_read": st["bytes_read"]}
+            "bytes_read": st["bytes_read"], "tokens": tokens}
 
 
 def calibration_args(args, model_dir, console) -> dict:
@@ -282,6 +288,8 @@ def calibration_args(args, model_dir, console) -> dict:
 def summary_table(manifest, summary):
     """The rich table printed after an LLM compile."""
     from rich.table import Table
+
+    from ..folder import encoder
     config = summary["config"]
     shape = manifest["model"]["shape"]
     t = Table(title=f"{manifest['source']} -> config {manifest['config']} "
@@ -321,10 +329,16 @@ def summary_table(manifest, summary):
         t.add_row("attention window", f"{shape['sliding_window']} positions",
                   "sliding: each query sees the keys of the last window positions")
     dc = summary["decode_cycles"]
-    tps = config.clock_mhz * 1e6 / dc["cycles"]
-    t.add_row("decode cycles/token", str(dc["cycles"]),
-              f"cycle model at position {dc['position']}; {tps:.0f} tokens/s at "
-              f"{config.clock_mhz} MHz; {dc['bytes_read']} B read")
+    if encoder(shape):
+        sps = config.clock_mhz * 1e6 / dc["cycles"]
+        t.add_row("sentence cycles", str(dc["cycles"]),
+                  f"cycle model, one prefill of {dc['tokens']} tokens; {sps:.0f} sentences/s "
+                  f"at {config.clock_mhz} MHz; {dc['bytes_read']} B read")
+    else:
+        tps = config.clock_mhz * 1e6 / dc["cycles"]
+        t.add_row("decode cycles/token", str(dc["cycles"]),
+                  f"cycle model at position {dc['position']}; {tps:.0f} tokens/s at "
+                  f"{config.clock_mhz} MHz; {dc['bytes_read']} B read")
     t.add_row("model", f"{shape['num_hidden_layers']} layers",
               f"d={shape['hidden_size']}, heads={shape['num_attention_heads']}/"
               f"{shape['num_key_value_heads']}, vocab={shape['vocab_size']}")

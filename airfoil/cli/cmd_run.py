@@ -3,12 +3,16 @@ the Alveo kernel through XRT, a ULX3S board over its USB UART).
 
 The folder's manifest decides what runs: an LLM folder generates text greedily from
 ``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
-the ``isa`` simulator; a linear-layer folder runs one input vector on any backend.
+the ``isa`` simulator; an encoder folder (BERT) runs the sentence of ``--prompt`` (with
+its ``[CLS]`` .. ``[SEP]``) as one prefill and ``--save`` writes its sentence embedding
+(float32, pooled and normalised on the host in float from the hidden states the device
+wrote); a linear-layer folder runs one input vector on any backend.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import zlib
 from pathlib import Path
 
@@ -16,8 +20,9 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from ..embedding import folder_embedding
 from ..errors import AirfoilError
-from ..folder import load_folder
+from ..folder import encoder, load_folder
 from ..formats import quantize_act
 from .argtypes import SEED, int_in
 
@@ -43,7 +48,9 @@ def register(sub):
                    help="xrt backend: XRT device index (default: 0)")
     p.add_argument("--port", default=None, metavar="DEV",
                    help="board backend: the board's serial port (e.g. /dev/ttyUSB0)")
-    p.add_argument("--save", default=None, metavar="y.npy", help="write the outputs (int64)")
+    p.add_argument("--save", default=None, metavar="y.npy",
+                   help="write the outputs (int64), or an encoder folder's sentence "
+                        "embedding (float32)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="LLM folder: the prompt, encoded with the folder's tokenizer.json")
     p.add_argument("--tokens", default=None, metavar="ID,ID,...",
@@ -131,7 +138,7 @@ def prompt_tokens(args, folder) -> tuple[list[int], object]:
         except UnicodeEncodeError:
             raise AirfoilError("--prompt is not UTF-8 text (give the prompt as UTF-8 or as "
                                "--tokens ID,ID,...)") from None
-        ids = tok.encode(args.prompt)
+        ids = tok.encode(args.prompt, special=encoder(folder.manifest["model"]["shape"]))
     if not ids:
         raise AirfoilError("the prompt is empty (at least one token is needed)")
     vocab = folder.manifest["model"]["shape"]["vocab_size"]
@@ -182,8 +189,61 @@ def run_llm(args, folder, config) -> int:
             line += (f", decode {sum(r['cycles'] for r in dec) // len(dec)} per token "
                      f"(mean of {len(dec)})")
         print(line)
+    return 0
+
+
+def save_npy(path, array: np.ndarray) -> None:
+    """Write ``array`` to the .npy file ``path`` (exactly that name) whole or not at all:
+    into a temporary file beside it, then renamed over it."""
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        raise AirfoilError(f"--save {str(p)!r}: not a file in an existing directory")
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AirfoilError(f"--save {str(p)!r}: cannot write ({e.strerror})") from None
+
+
+def encoder_embedding(backend, folder, config, ids, *, seed=0):
+    """The sentence embedding of ``ids`` on ``torch`` (golden), ``isa`` or ``rtl``;
+    return ``(embedding, runs)``."""
+    if backend == "torch":
+        from sim.golden_llm import GoldenLLM, golden_from_folder
+        mm = folder.manifest["model"]
+        if len(ids) > mm["max_prompt"]:
+            raise AirfoilError(f"a sentence of {len(ids)} tokens is longer than the "
+                               f"{mm['max_prompt']} the encoder folder takes in its one "
+                               f"prefill (max_prompt)")
+        hidden = GoldenLLM(golden_from_folder(folder)).prefill(ids)
+        return folder_embedding(hidden, mm), []
+    if backend == "isa":
+        from sim.isa_sim import IsaLLM
+        host = IsaLLM(folder, config)
+    elif backend == "rtl":
+        host = rtl_module().RtlLLM(folder, config, seed=seed)
+    else:
+        raise AirfoilError(f"backend {backend!r} does not run encoder folders (accepted: "
+                           f"torch, isa, rtl)")
+    return host.embed(ids), host.runs
+
+
+def run_encoder(args, folder, config) -> int:
+    ids, _ = prompt_tokens(args, folder)
+    vec, runs = encoder_embedding(args.backend, folder, config, ids, seed=args.seed)
+    spec = folder.manifest["model"]["sentence_embedding"]
+    norm = ", normalised" if spec["normalize"] else ""
+    print(f"backend {args.backend}: {len(ids)} tokens, embedding of {vec.numel()} values "
+          f"({spec['pooling']} pooling{norm}, on the host in float)")
+    print(f"first values: {' '.join(f'{v:.6g}' for v in vec[:8].tolist())}"
+          f"{' ...' if vec.numel() > 8 else ''}")
+    if runs:
+        print(f"cycles: {runs[0]['cycles']} ({len(ids)} tokens)")
     if args.save:
-        np.save(args.save, np.array(out, dtype=np.int64))
+        save_npy(args.save, vec.numpy().astype(np.float32))
     return 0
 
 
@@ -197,6 +257,11 @@ def run(args) -> int:
         if args.input is not None:
             raise AirfoilError("--input applies to linear-layer folders; an LLM folder takes "
                                "--prompt or --tokens")
+        if encoder(folder.manifest["model"]["shape"]):
+            return run_encoder(args, folder, config)
+        if args.save:
+            raise AirfoilError(f"--save applies to encoder and linear-layer folders; "
+                               f"{args.folder} holds a decoder (its new tokens are printed)")
         return run_llm(args, folder, config)
     if args.prompt is not None or args.tokens is not None:
         raise AirfoilError(f"{args.folder} holds a linear layer; --prompt and --tokens apply "
