@@ -176,12 +176,15 @@ class LlmRecipe:
         """Map every layer name to its :class:`LayerQuant`.
 
         Raise :class:`CompileError` for a rule that matches no layer or a layer that no
-        rule gives a format and group.
+        rule gives a format and group; a rule for ``lm_head`` applies to no layer of a
+        model without an LM head (an encoder) and is skipped.
         """
         layers = list(layers)
         got = {name: {} for name in layers}
         for i, rule in enumerate(self.rules):
             hits = [n for n in layers if fnmatch.fnmatchcase(n, rule["match"])]
+            if not hits and rule["match"] == "lm_head":
+                continue                    # a model without a head (an encoder)
             if not hits:
                 ex = ", ".join(layers[:2] + layers[-1:])
                 raise CompileError(f"{self.source}: weights[{i}] match {rule['match']!r} "

@@ -49,8 +49,10 @@ def tiny_bert(path, *, prefix: bool = False, pooling: str = "mean", normalize: b
             p.copy_(torch.randn_like(p) * (0.15 if p.dim() == 2 else 0.1) + gain)
     cfg.architectures = ["BertModel"]
     cfg.save_pretrained(str(path))
-    state = {("bert." if prefix else "") + k: v.contiguous()
-             for k, v in model.state_dict().items()}
+    state = dict(model.state_dict())
+    # The int64 position buffer older checkpoints carry (the importer ignores it).
+    state["embeddings.position_ids"] = torch.arange(cfg.max_position_embeddings)[None]
+    state = {("bert." if prefix else "") + k: v.contiguous() for k, v in state.items()}
     save_file(state, str(path / "model.safetensors"))
     mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
              "Transformer"},
@@ -119,20 +121,21 @@ def import_max_hidden_error(folder, *, seed: int = 0, tokens: int = 12) -> dict:
                       "hidden": graph.shape.hidden_size, "tokens": tokens}}
 
 
-def embedding_cosine(folder, recipe, *, seed: int = 0) -> dict:
-    """Save the tiny encoder into ``folder``, compile it with ``recipe`` (a recipe dict or
-    name) for ``sim_llm`` and run :data:`SENTENCES` on the ISA simulator; the mean and
-    least cosine between each compiled embedding and the float model's."""
+def embedding_cosine(folder, recipe=None, *, seed: int = 0) -> dict:
+    """Save the tiny encoder into ``folder``, compile it with ``recipe`` (the name of a
+    recipe of ``compiler/recipes``, or None: the default recipe) for ``sim_llm`` and run
+    :data:`SENTENCES` on the ISA simulator; the mean and least cosine between each
+    compiled embedding and the float model's."""
     from airfoil.config import load_config
     from airfoil.folder import load_folder
     from compiler.importers.hf import import_hf
-    from compiler.llm_recipe import load_llm_recipe, parse_llm_recipe
+    from compiler.llm_recipe import RECIPE_DIR, load_llm_recipe
     from compiler.lower_llm import compile_llm
     from compiler.passes import llm_pipeline, quantized_model
     from sim.isa_sim import IsaLLM
     model = tiny_bert(Path(folder) / "hf", seed=seed)
     config = load_config("sim_llm")
-    rec = parse_llm_recipe(recipe) if isinstance(recipe, dict) else load_llm_recipe(recipe)
+    rec = load_llm_recipe(None if recipe is None else RECIPE_DIR / f"{recipe}.yaml")
     qm = quantized_model(llm_pipeline(rec, config).run(import_hf(Path(folder) / "hf")))
     out = Path(folder) / "out"
     compile_llm(qm, config, out)
