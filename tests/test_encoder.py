@@ -160,6 +160,16 @@ def test_refusals_are_one_line(tmp_path, capsys):
     cli_fails(capsys, ["compile", str(p), "-o", o], "unsupported modules")
 
 
+@pytest.mark.parametrize("recipe,goal", [("w8", 0.99), (None, 0.97)])
+def test_embedding_cosine_goals(recipe, goal, tmp_path):
+    """The bench's ``encoder_<recipe>_embedding_cosine`` at its goal: INT8 weights keep the
+    embedding's direction within 1e-2, the default INT4 recipe within 3e-2."""
+    from sim.measure.encoder import embedding_cosine
+    r = embedding_cosine(tmp_path, recipe)
+    assert r["sentences"] == 5 and r["least"] <= r["mean"] < 1.0
+    assert r["mean"] >= goal, r
+
+
 @pytest.mark.rtl
 def test_encoder_on_the_rtl_core_bit_exact(tmp_path):
     """One layer on the RTL core: the bidirectional SOFTMAX, LAYERNORM after each residual
