@@ -88,6 +88,8 @@ Version 3 (streamed weights through the decode unit; additive)
 * :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes
   no earlier program uses, so every earlier encoding keeps its meaning), and ``SOFTMAX``'s
   ``imm0``: a sliding attention window (0, what earlier programs hold: none).
+* ``ADD``'s ``imm0``: nonzero, the ``aux`` operand is one row of ``n`` added to every row
+  (a bias); 0, what earlier programs hold: ``rows`` rows.
 * ``SOFTMAX``'s ``imm1``: nonzero, bidirectional attention (an encoder's: every row sees
   all ``L`` keys, ``imm0`` ignored); 0, what earlier programs hold: the causal mask.
 """
@@ -203,7 +205,8 @@ class SfuFunc(enum.Enum, shape=6):
       bytes): ``n / heads / 2`` int16 cos then as many int16 sin (the LD that fetched the
       rows was offset by the position register).
     * ``SILU``: :func:`silu`. ``MUL``/``ADD``: :func:`mul`/:func:`add` of the rows at
-      ``src_addr`` and the rows at ``aux_addr`` in ``aux``.
+      ``src_addr`` and the rows at ``aux_addr`` in ``aux``; ``ADD`` with ``imm0``
+      nonzero adds the one row at ``aux_addr`` to every row (a bias).
     * ``GELU``: :func:`gelu` (GPT-2's tanh form). ``RELU``: :func:`relu`.
     * ``LAYERNORM``: :func:`layernorm_centred` of each row (LayerNorm without its bias,
       which an ``ADD`` of the bias rows supplies), gain and ``eps`` as for ``RMSNORM``.

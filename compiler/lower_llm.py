@@ -41,8 +41,8 @@ bidirectional (``imm1 = 1``: every token sees the whole sentence); there is no L
 ``ST`` of the last X rows (the hidden states) to the output rows.
 
 A linear layer with a bias (Qwen2's q, k, v) is followed by ``LD`` of its ACT bias row
-broadcast to ``REG_T`` rows (``dram_stride = 0``) into AUX and ``SFU ADD`` of those rows
-onto the layer's output: the golden's ``add(linear(x), bias)``. (The MATRIX unit's bias
+into AUX and ``SFU ADD`` of that row onto every row of the layer's output (``imm0 = 1``):
+the golden's ``add(linear(x), bias)``. (The MATRIX unit's bias
 tiles hold the bias in accumulator units, which with per-token activation scales would
 differ per token.)
 
@@ -579,7 +579,7 @@ class _Phase:
         biases = {**_biases(model), **_norm_biases(model)}
         widest = max((b.numel() for b in biases.values()), default=0)
         if widest:
-            self.BIAS = aux.take(4 * widest * T, "linear bias rows")
+            self.BIAS = aux.take(_up(4 * widest, self.wb), "linear bias row")
 
     # ranges
     def r(self, buf, addr, nbytes):
@@ -633,15 +633,13 @@ class _Phase:
             self.add_bias(gain_name + "_bias", Buffer.ACT, self.X, d)
 
     def add_bias(self, name, buf, addr, n):
-        """LD the ACT bias ``name`` broadcast to T rows into AUX; ADD it onto the rows of
-        ``n`` at ``addr`` in ``buf``."""
-        T = self.tmax
-        self.ld(Buffer.AUX, self.BIAS, self.lay[name], 4 * n, count=T, stride=0,
-                reads=[self.mem(self.lay[name], 4 * n)], **self.tregs)
+        """LD the ACT bias ``name`` (one row) into AUX; ADD it onto every row of ``n`` at
+        ``addr`` in ``buf`` (``imm0 = 1``: one aux row for all)."""
+        self.ld(Buffer.AUX, self.BIAS, self.lay[name], 4 * n)
         rows = self.rows_act(buf, addr, n)
         self.sfu(SfuFunc.ADD, buf, addr, buf, addr, n,
-                 reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n * T)], writes=[rows],
-                 aux=Buffer.AUX, aux_addr=self.BIAS)
+                 reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n)], writes=[rows],
+                 aux=Buffer.AUX, aux_addr=self.BIAS, imm0=1)
 
     def quant(self, src, src_addr, n):
         """QUANT_TOKEN rows of ``n`` into XQ (k-contiguous) and scale pairs in AUX."""

@@ -600,6 +600,8 @@ class IsaSim:
                 y = fx.gelu(x)
             elif fn == SfuFunc.RELU:
                 y = fx.relu(x)
+            elif fn == SfuFunc.ADD and f["imm0"]:       # one row onto every row
+                y = fx.add(x, self._read(i, what, aux, xa, n, I32).reshape(1, n))
             else:
                 b = self._read(i, what, aux, xa, rows * n, I32).reshape(rows, n)
                 y = fx.mul(x, b) if fn == SfuFunc.MUL else fx.add(x, b)

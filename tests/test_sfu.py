@@ -218,6 +218,22 @@ def test_elementwise_kernel(func, seed):
     assert res["cycles"] == elementwise.cycles(args) and not res["err"]
 
 
+@pytest.mark.parametrize("rows,n", [(3, 5), (1, 4), (4, 1)])
+def test_add_kernel_one_row_onto_every_row(rows, n):
+    """``ADD`` with ``imm0`` nonzero: the one aux row (a bias) onto every row; RELU on the
+    same kernel ignores it."""
+    rng = np.random.default_rng(rows * n)
+    x, b = _i32(rng, rows * n), _i32(rng, n)
+    args = kernel_args(func=SfuFunc.ADD, n=n, rows=rows, src_addr=8, aux_addr=4,
+                       dst_addr=12, imm0=1)
+    aux = _b([0] + list(b) + list(_i32(rng, rows * n)))      # rows past the first differ
+    src, dst = _b([0, 0] + list(x)), bytearray(12 + 4 * rows * n)
+    res = run_kernel(ElementwiseKernel(func=SfuFunc.ADD), args, src, aux, dst)
+    want = fx.add(torch.tensor(x).reshape(rows, n), torch.tensor(b).reshape(1, n))
+    assert _ints(dst[12:]).tolist() == want.reshape(-1).tolist()
+    assert res["cycles"] == elementwise.cycles(args) and not res["err"]
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("sa,da,n", [(0, 0, 9), (3, 6, 11), (5, 2, 1), (7, 1, 13)])
 def test_copy_kernel(sa, da, n, overlap):
@@ -477,13 +493,16 @@ def test_unit_program_matches_isa(word_bits):
              dst_addr=416),
         _sfu(SfuFunc.RELU, src=Buffer.ACT, dst=Buffer.OUT, n=6, rows=2, src_addr=96,
              dst_addr=456, aux_addr=SIZES[Buffer.AUX]),    # no aux read: out of range
+        # A bias row onto every row, its end at the end of AUX (no second row read).
+        _sfu(SfuFunc.ADD, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.AUX, n=6, rows_reg=1,
+             src_addr=96, dst_addr=96, aux_addr=SIZES[Buffer.AUX] - 24, imm0=1),
     ]
     res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits)
     assert ref_err is None and not res["err"]
     for b in SIZES:
         assert rtl[b] == ref[b], f"buffer {b.name} differs"
     assert [mask for _, mask in res["released"]] == [0] * 5 + [1 << Unit.STORE.value] + \
-        [0] * 4
+        [0] * 5
     # Cycle formula: accept to release, per instruction.
     for i, bits in enumerate(instrs):
         f = isa.decode(bits).fields
@@ -682,6 +701,8 @@ def _random_program(rng, count):
             f.update(aux_addr=2 * int(rng.integers(0, 32)), imm1=2 * int(rng.integers(0, 3)) * hd)
         elif func in (SfuFunc.MUL, SfuFunc.ADD):
             f.update(aux_addr=4 * int(rng.integers(0, (256 - span) // 4 + 1)))
+            if func == SfuFunc.ADD:
+                f["imm0"] = int(rng.integers(2))    # one row onto every row, or rows
         instrs.append(_sfu(func, **f))
     return instrs
 

@@ -118,6 +118,7 @@ class ElementwiseKernel(wiring.Component):
         total = Signal(52)
         m.d.comb += total.eq(a.n if copy else a.rows * a.n)
         k = Signal(52)          # element whose read is issued
+        col = Signal(len(a.n))  # its column (ADD's broadcast row)
         drain = Signal(range(lat + 1))
         # Element index and valid flag of the read, one cycle later, and at the write.
         wk = [Signal(52, name=f"wk{i}") for i in range(lat + 1)]
@@ -143,9 +144,14 @@ class ElementwiseKernel(wiring.Component):
             ]
             wen = 1 << daddr[:2]
         else:
+            # ADD with imm0 nonzero adds one aux row to every row: its element is the
+            # column of k (counted beside k, wrapping at n).
+            aux_k = k
+            if SfuFunc.ADD in self._funcs:
+                aux_k = Mux((a.func == SfuFunc.ADD) & (a.imm0 != 0), col, k)
             m.d.comb += [
                 self.src.addr.eq(sat_addr(a.src_addr + (k << 2))),
-                self.aux.addr.eq(sat_addr(a.aux_addr + (k << 2))),
+                self.aux.addr.eq(sat_addr(a.aux_addr + (aux_k << 2))),
                 self.dst.addr.eq(sat_addr(a.dst_addr + (wk[lat] << 2))),
             ]
             x = self.src.data.as_signed()
@@ -170,7 +176,7 @@ class ElementwiseKernel(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [k.eq(0), drain.eq(lat - 1)]
+                    m.d.sync += [k.eq(0), col.eq(0), drain.eq(lat - 1)]
                     m.next = "RUN"
                     with m.If(total == 0):
                         m.d.sync += drain.eq(0)
@@ -179,7 +185,7 @@ class ElementwiseKernel(wiring.Component):
                 uses_aux = (a.func == SfuFunc.MUL) | (a.func == SfuFunc.ADD)
                 m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(uses_aux),
                              pend[0].eq(1)]
-                m.d.sync += k.eq(k + 1)
+                m.d.sync += [k.eq(k + 1), col.eq(Mux(col == a.n - 1, 0, col + 1))]
                 with m.If(k == total - 1):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
