@@ -192,12 +192,19 @@ def run_llm(args, folder, config) -> int:
     return 0
 
 
-def save_npy(path, array: np.ndarray) -> None:
-    """Write ``array`` to the .npy file ``path`` (exactly that name) whole or not at all:
-    into a temporary file beside it, then renamed over it."""
+def save_target(path) -> Path:
+    """The ``--save`` path, checked before anything runs: a file in an existing
+    directory."""
     p = Path(path)
     if p.is_dir() or not p.parent.is_dir():
         raise AirfoilError(f"--save {str(p)!r}: not a file in an existing directory")
+    return p
+
+
+def save_npy(path, array: np.ndarray) -> None:
+    """Write ``array`` to the .npy file ``path`` (exactly that name) whole or not at all:
+    into a temporary file beside it, then renamed over it."""
+    p = save_target(path)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -233,6 +240,8 @@ def encoder_embedding(backend, folder, config, ids, *, seed=0):
 
 def run_encoder(args, folder, config) -> int:
     ids, _ = prompt_tokens(args, folder)
+    if args.save:
+        save_target(args.save)
     vec, runs = encoder_embedding(args.backend, folder, config, ids, seed=args.seed)
     spec = folder.manifest["model"]["sentence_embedding"]
     norm = ", normalised" if spec["normalize"] else ""
