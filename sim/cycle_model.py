@@ -199,13 +199,15 @@ class CycleModel:
         return Cost(busy=total, latency=total)
 
     def sfu_call(self, func, *, n: int, rows: int, heads: int = 1, kv_heads: int = 1,
-                 pos: int = 0, length: int = 0) -> Cost:
+                 pos: int = 0, length: int = 0, imm0: int = 0, imm1: int = 0) -> Cost:
         """Cost of one SFU instruction with resolved arguments (registers read): the
         SFU unit's own count (:func:`hdl.sfu.unit.unit_cycles`, the formulas of its
-        kernels beside their hardware) and :data:`TOKEN_HANDOFF`."""
+        kernels beside their hardware; ``SOFTMAX``'s window ``imm0`` and bidirectional
+        ``imm1`` among them) and :data:`TOKEN_HANDOFF`."""
         from hdl.sfu.unit import unit_cycles
         total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
-                                 kv_heads=kv_heads, pos=pos, length=length),
+                                 kv_heads=kv_heads, pos=pos, length=length, imm0=imm0,
+                                 imm1=imm1),
                             word_bits=8 * self._config.word_bytes) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
