@@ -115,6 +115,8 @@ def test_cli_embeds_a_sentence(tmp_path, capsys):
     assert not bad.parent.exists()
     cli_fails(capsys, ["run", str(out), "--prompt", " ".join(["w1"] * 40)],
               "a sentence of 42 tokens is longer than the 32")
+    cli_fails(capsys, ["report", str(out), "-o", str(tmp_path / "rep")],
+              "holds an encoder, which has no decode step")
 
 
 def test_save_on_a_decoder_is_refused(tmp_path, capsys):

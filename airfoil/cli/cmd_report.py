@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..config import load_config
 from ..errors import AirfoilError
-from ..folder import load_folder
+from ..folder import encoder, load_folder
 
 
 def register(sub):
@@ -46,6 +46,9 @@ def run(args) -> int:
         if folder.kind != "llm":
             raise AirfoilError(f"{path}: a report needs a compiled LLM folder, not kind "
                                f"{folder.kind!r}")
+        if encoder(folder.manifest["model"]["shape"]):
+            raise AirfoilError(f"{path}: holds an encoder, which has no decode step to "
+                               f"profile (airfoil compile prints its sentence cycles)")
         reports.append(measure_folder(folder, config, args.position, args.points))
         r = reports[-1]
         print(f"{r.name}: decode at position {r.step.position}: {r.step.cycles:,} cycles, "
