@@ -22,6 +22,7 @@ FIGURES = {
     "<model>_decode_cycles_model_ctx<ctx>": "cycles",
     "<model>_decode_tok_s_model_ctx<ctx>": "tokens/s",
     "<model>_roofline_tok_s_ctx<ctx>": "tokens/s",
+    "<model>_attention_stall_fraction_ctx<ctx>": "fraction",
 }
 
 #: Contexts (keys a decode step attends to) of the per-token figures.
@@ -44,13 +45,15 @@ def decode_figures(prefix: str, folder, manifest: dict, config, log,
     """The per-context figures of one compiled folder at ``contexts`` (see
     docs/figures.md)."""
     from airfoil.program import read_program
+    from sim.profile import sfu_stall_cycles
     from sim.timing import llm_step_cycles
 
     words = read_program(Path(folder) / manifest["programs"]["decode"]).words
     bandwidth = config.memory.channels * config.channel_bytes_per_cycle * config.clock_mhz * 1e6
     out = {}
     for ctx in contexts:
-        st = llm_step_cycles(manifest, words, config, position=ctx - 1)
+        st = llm_step_cycles(manifest, words, config, position=ctx - 1, trace=True)
+        stall = sfu_stall_cycles(st.pop("trace"), config.memory.channels)
         nbytes = bytes_per_token(manifest, ctx)
         tag = f"{prefix}_%s_ctx{ctx}"
         out[tag % "bytes_per_token"] = nbytes
@@ -59,9 +62,12 @@ def decode_figures(prefix: str, folder, manifest: dict, config, log,
         out[tag % "roofline_tok_s"] = bandwidth / nbytes
         out[tag % "decode_cycles_model" + "_bytes_read"] = st["bytes_read"]
         out[tag % "decode_cycles_model" + "_instructions"] = st["instructions"]
+        out[tag % "attention_stall_fraction"] = stall / st["cycles"]
+        out[tag % "attention_stall_fraction" + "_cycles"] = round(stall)
         log(f"{prefix} ctx {ctx}: {st['cycles']} cycles ({out[tag % 'decode_tok_s_model']:.1f}"
             f" tokens/s at {config.clock_mhz} MHz), roofline "
-            f"{out[tag % 'roofline_tok_s']:.1f} tokens/s of {nbytes} bytes")
+            f"{out[tag % 'roofline_tok_s']:.1f} tokens/s of {nbytes} bytes, SFU stalls "
+            f"{out[tag % 'attention_stall_fraction']:.3f} of the step")
     return out
 
 

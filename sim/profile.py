@@ -31,7 +31,8 @@ from .isa_sim import IsaLLM, IsaSim, TraceEvent
 from .timing import llm_step_cycles
 
 __all__ = ["StepProfile", "SectionCost", "profile_decode", "profile_prefill",
-           "context_sweep", "sections_of", "bandwidth_timeline", "peak_bytes_per_cycle"]
+           "context_sweep", "sections_of", "bandwidth_timeline", "peak_bytes_per_cycle",
+           "sfu_stall_cycles"]
 
 
 def peak_bytes_per_cycle(config: AccelConfig) -> float:
@@ -190,3 +191,33 @@ def bandwidth_timeline(profile: StepProfile, config: AccelConfig, bins: int = 10
         got += (hi - lo) * rate
     span = np.diff(edges) * peak_bytes_per_cycle(config)
     return edges[:-1], got / span
+
+
+def sfu_stall_cycles(trace, channels: int) -> float:
+    """Cycles of a run in which the SFU computes while the memory channels stand idle,
+    each cycle weighted by the share of the ``channels`` that read nothing in it.
+
+    From a :class:`~sim.isa_sim.TraceEvent` list: the SFU computes from an event's
+    ``start`` to its ``end``; a LOAD event holds one channel over the same span. A cycle
+    with the SFU busy and ``b`` channels reading counts ``1 - b / channels``: the weight
+    stream (or the KV cache) the step must read anyway does not advance in it, so these
+    are the cycles attention and the other SFU functions add to a bandwidth-bound step.
+    """
+    if channels < 1:
+        raise ValueError(f"channels must be a positive integer, not {channels!r}")
+    times, sfu, reads = [], [], []
+    for ev in trace:
+        if ev.end <= ev.start or ev.unit not in (Unit.SFU, Unit.LOAD):
+            continue
+        busy = ev.unit == Unit.SFU
+        times += [ev.start, ev.end]
+        sfu += [1, -1] if busy else [0, 0]
+        reads += [0, 0] if busy else [1, -1]
+    if not times:
+        return 0.0
+    order = np.argsort(times, kind="stable")
+    t = np.asarray(times)[order]
+    sfu_on = np.cumsum(np.asarray(sfu)[order]) > 0
+    reading = np.minimum(np.cumsum(np.asarray(reads)[order]), channels)
+    span = np.diff(t)
+    return float(np.sum(span * sfu_on[:-1] * (1 - reading[:-1] / channels)))

@@ -11,8 +11,10 @@ from test_llm_cli import _random_hf, _recipe
 
 from airfoil.config import load_config
 from airfoil.folder import load_folder
-from sim.isa_sim import IsaLLM
-from sim.profile import bandwidth_timeline, peak_bytes_per_cycle, profile_decode
+from airfoil.isa import Unit
+from sim.isa_sim import IsaLLM, TraceEvent
+from sim.profile import (bandwidth_timeline, peak_bytes_per_cycle, profile_decode,
+                         sfu_stall_cycles)
 
 CONFIG = load_config("sim_llm")
 
@@ -106,3 +108,20 @@ def test_size_only_folder_reports_as_its_full_twin(tmp_path, capsys):
                     "-o", str(tmp_path / "rep")])
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["folders"][0]["cycles"] > 0
+
+
+def _ev(unit, start, end):
+    return TraceEvent(0, unit, start, end, end, 0, 0)
+
+
+def test_sfu_stall_cycles_weighs_the_idle_channels():
+    """SFU busy 0..100; one of two channels reads 50..150, the other 90..95: cycles 0..50
+    count 1, 50..90 and 95..100 a half, 90..95 nothing; MATRIX and the LOADs alone count
+    nothing."""
+    trace = [_ev(Unit.SFU, 0, 100), _ev(Unit.LOAD, 50, 150), _ev(Unit.LOAD, 90, 95),
+             _ev(Unit.MATRIX, 100, 400), _ev(Unit.LOAD, 200, 300)]
+    assert sfu_stall_cycles(trace, 2) == 50 + 0.5 * 45
+    assert sfu_stall_cycles(trace, 1) == 50
+    assert sfu_stall_cycles(trace[2:], 2) == 0
+    with pytest.raises(ValueError, match="channels must be"):
+        sfu_stall_cycles(trace, 0)

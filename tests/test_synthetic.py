@@ -253,3 +253,11 @@ def test_decode_figures_on_a_small_shape(tmp_path):
         assert f[f"m_roofline_tok_s_ctx{c}"] == pytest.approx(
             cfg.channel_bytes_per_cycle * cfg.clock_mhz * 1e6 / f[f"m_bytes_per_token_ctx{c}"])
     assert f["m_decode_cycles_model_ctx40"] > f["m_decode_cycles_model_ctx8"]
+    # The SFU's stalls: a share of the step that grows with the keys attention reads.
+    for c in (8, 40):
+        frac, stall = (f[f"m_attention_stall_fraction_ctx{c}"],
+                       f[f"m_attention_stall_fraction_ctx{c}_cycles"])
+        assert 0 < frac < 1
+        assert stall == round(frac * f[f"m_decode_cycles_model_ctx{c}"])
+    assert f["m_attention_stall_fraction_ctx40_cycles"] > \
+        f["m_attention_stall_fraction_ctx8_cycles"]
