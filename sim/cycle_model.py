@@ -35,7 +35,8 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   busy equals latency.
 * ``SFU`` (:meth:`CycleModel.sfu_call`): the SFU unit runs one kernel at a time; its
   kernels take a buffer word per cycle where they stream (the records of ``ATT_QK`` and
-  ``ATT_PV``, ``word_bytes`` INT8 products per cycle; the max and sum passes of
+  ``ATT_PV``, ``word_bytes`` INT8 products per cycle, ``ATT_QK`` without the funnel's
+  word when its records are word-aligned; the max and sum passes of
   ``SOFTMAX``, ``RMSNORM`` and ``QUANT_TOKEN``) and one 32-bit element per cycle
   elsewhere; each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
@@ -199,14 +200,18 @@ class CycleModel:
         return Cost(busy=total, latency=total)
 
     def sfu_call(self, func, *, n: int, rows: int, heads: int = 1, kv_heads: int = 1,
-                 pos: int = 0, length: int = 0, imm0: int = 0, imm1: int = 0) -> Cost:
+                 pos: int = 0, length: int = 0, src_addr: int = 0, aux_addr: int = 0,
+                 imm0: int = 0, imm1: int = 0) -> Cost:
         """Cost of one SFU instruction with resolved arguments (registers read): the
         SFU unit's own count (:func:`hdl.sfu.unit.unit_cycles`, the formulas of its
         kernels beside their hardware; ``SOFTMAX``'s window ``imm0`` and bidirectional
-        ``imm1`` among them) and :data:`TOKEN_HANDOFF`."""
+        ``imm1`` among them) and :data:`TOKEN_HANDOFF`. The record addresses and strides
+        (``src_addr``, ``aux_addr``, ``imm0``, ``imm1``) of ``ATT_QK`` and ``ATT_PV``:
+        word-aligned records spare them the funnel's word."""
         from hdl.sfu.unit import unit_cycles
         total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
-                                 kv_heads=kv_heads, pos=pos, length=length, imm0=imm0,
+                                 kv_heads=kv_heads, pos=pos, length=length,
+                                 src_addr=src_addr, aux_addr=aux_addr, imm0=imm0,
                                  imm1=imm1),
                             word_bits=8 * self._config.word_bytes) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)

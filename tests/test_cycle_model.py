@@ -133,19 +133,22 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("config,word_bytes", [("test", 16), ("u280", 64)])
 def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     """The SFU's attention products cost a record's words of the config's buffer word: one
-    more key of head_dim 128 (a 136-byte record) costs each head ceil(136 / word) + 1
-    cycles of ATT_QK (the funnel's word) and 2 + ceil(128 / word) + 1 of ATT_PV."""
+    more key of head_dim 128 (a 136-byte record) costs each head ceil(136 / word) cycles
+    of ATT_QK on word-aligned records (one more, the funnel's word, on records 136 bytes
+    apart) and 2 + ceil(128 / word) + 1 of ATT_PV."""
     from airfoil.isa import SfuFunc
     from sim.cycle_model import CycleModel
     cm = CycleModel(load_config(config))
     shape = dict(n=128, rows=1, heads=32, kv_heads=8)
 
-    def per_key(func):
-        return (cm.sfu_call(func, length=513, **shape).busy
-                - cm.sfu_call(func, length=512, **shape).busy) // 32
+    def per_key(func, stride):
+        return (cm.sfu_call(func, length=513, imm0=stride, imm1=stride, **shape).busy
+                - cm.sfu_call(func, length=512, imm0=stride, imm1=stride, **shape).busy) // 32
 
-    assert per_key(SfuFunc.ATT_QK) == -(-136 // word_bytes) + 1
-    assert per_key(SfuFunc.ATT_PV) == 2 + 128 // word_bytes + 1
+    aligned = -(-136 // word_bytes) * word_bytes
+    assert per_key(SfuFunc.ATT_QK, aligned) == -(-136 // word_bytes)
+    assert per_key(SfuFunc.ATT_QK, 136) == -(-136 // word_bytes) + 1
+    assert per_key(SfuFunc.ATT_PV, aligned) == 2 + 128 // word_bytes + 1
 
 
 def test_program_overhead_follows_the_memory_latency():

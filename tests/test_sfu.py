@@ -548,7 +548,9 @@ def test_unit_attention_chain_matches_isa(word_bits):
         f = isa.decode(bits).fields
         args = kernel_args(func=f["func"], n=f["n"], rows=f["rows"], heads=f["heads"] or 1,
                            kv_heads=f["kv_heads"], pos=regs[f["pos_reg"]] if f["pos_reg"] else 0,
-                           length=regs[f["len_reg"]] if f["len_reg"] else 0)
+                           length=regs[f["len_reg"]] if f["len_reg"] else 0,
+                           src_addr=f["src_addr"], aux_addr=f["aux_addr"], imm0=f["imm0"],
+                           imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
                 == unit_cycles(args, word_bits=word_bits)), SfuFunc(f["func"]).name
 

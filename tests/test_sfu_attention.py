@@ -179,6 +179,9 @@ QK_CASES = [
     pytest.param(2, 2, 2, 1, 5, 3, 1, (1, 2, 4), id="mha-prefill-L1-unaligned"),
     pytest.param(1, 4, 2, 17, 3, 1, 5, (3, 1, 8), id="gqa-decode-L17-unaligned"),
     pytest.param(3, 2, 1, 5, 12, 0, 4, (2, 3, 0), id="mqa-prefill-L5"),
+    # Records on 64-byte words (the compiler's layout on u280): no funnel word.
+    pytest.param(2, 4, 2, 9, 40, 8, 8, (0, 32, 0), id="gqa-prefill-L9-word-aligned"),
+    pytest.param(1, 2, 1, 6, 120, 0, 0, (0, 32, 1), id="mqa-decode-L6-two-words-aligned"),
 ]
 
 
@@ -401,12 +404,19 @@ def test_parameters_and_formulas():
     assert set(KERNELS) == {SfuFunc.ATT_QK, SfuFunc.SOFTMAX, SfuFunc.ATT_PV}
     with pytest.raises(TypeError, match="power of two of at least 4 bytes, not 12"):
         AttentionScores(word_bits=96)
-    args = make_args(SfuFunc.ATT_QK, n=64, rows=1, heads=8, kv_heads=2, length=64)
+    args = make_args(SfuFunc.ATT_QK, n=64, rows=1, heads=8, kv_heads=2, length=64,
+                     imm0=72, imm1=72)
     # One decode step of a 64-key, 8-head attention with head_dim 64 (formula only): a
-    # record of 72 bytes is 18 words of 4 bytes, 5 of 16, 2 of 64, plus the funnel's word.
-    assert attention.cycles(args, word_bytes=4) == 8 * 64 * (64 // 4 + 3) + 3
+    # record of 72 bytes is 18 words of 4 bytes, 5 of 16, 2 of 64, plus the funnel's word
+    # where a stride of 72 leaves records off the word.
+    assert attention.cycles(args, word_bytes=4) == 8 * 64 * (64 // 4 + 2) + 3
     assert attention.cycles(args, word_bytes=16) == 8 * 64 * 6 + 3
     assert attention.cycles(args, word_bytes=64) == 8 * 64 * 3 + 3
+    # Records on word strides (the compiler's record_bytes) need no funnel word.
+    assert attention.cycles(dict(args, imm0=80, imm1=80), word_bytes=16) == 8 * 64 * 5 + 3
+    assert attention.cycles(dict(args, imm0=128, imm1=128), word_bytes=64) == 8 * 64 * 2 + 3
+    assert attention.cycles(dict(args, imm0=128, imm1=128, aux_addr=8), word_bytes=64) == \
+        8 * 64 * 3 + 3
     pv = dict(args, func=SfuFunc.ATT_PV)
     # Per key: the scale pair (3 words of 4 bytes, 2 of more), the values and a funnel word.
     assert attention.cycles(pv, word_bytes=4) == 8 * (64 * (3 + 16 + 1) + 64) + 2

@@ -8,7 +8,8 @@ ISA simulator's ``_sfu_func``):
 * :class:`AttentionScores` (``ATT_QK``): one score per ``(row, head, key)``; both records
   of a pair stream in a buffer word per cycle on ``src`` and ``aux`` (``word_bytes`` INT8
   MACs per cycle into an adder tree), then the pair's scales give the rescale;
-  :func:`qk_chunks` ``+ 1`` cycles per score.
+  :func:`qk_chunks` cycles per score when both record streams are word-aligned
+  (:func:`qk_aligned`), one more (the funnel's word) when not.
 * :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys a word
   of scores per cycle, exp and sum, normalise and write one score per cycle through a
   4-stage exp pipeline), with a table-plus-Newton reciprocal between the second and third
@@ -22,8 +23,9 @@ The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512). Recor
 start at any byte address: each read port feeds a *funnel* that joins the previous and the
 current word, so one extra word per stream aligns them (that word is read only when the
 record reaches into it, so nothing past a record's end is read). The compiler places
-records at word-aligned strides (``compiler.lower_llm.record_bytes``), where the funnel
-costs its one word per record and nothing else. Every table is a
+records at word-aligned addresses and strides (``compiler.lower_llm.record_bytes``):
+``ATT_QK`` then takes each chunk straight from its word and spends no cycle on the
+funnel; ``ATT_PV`` still spends its funnel cycles. Every table is a
 ROM built from :mod:`airfoil.fixedpoint`'s own tables. Each kernel's cycle count, start to
 ``done``, is :func:`cycles` of its arguments (1 for refused arguments).
 """
@@ -44,7 +46,8 @@ from .arith import span_words, tree, word_lanes
 from .kernel import ADDR_BITS, kernel_signature
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
-           "qk_cycles", "softmax_cycles", "pv_cycles", "qk_chunks", "pv_scale_words"]
+           "qk_cycles", "softmax_cycles", "pv_cycles", "qk_chunks", "qk_aligned",
+           "pv_scale_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -84,6 +87,14 @@ def qk_chunks(n: int, word_bytes: int) -> int:
     return -(-(_up8(n) + 8) // word_bytes)
 
 
+def qk_aligned(args, word_bytes: int) -> bool:
+    """Whether every query and key record of an ``ATT_QK`` starts on a word of
+    ``word_bytes``: ``src_addr``, the query stride ``imm0``, ``aux_addr`` and the key
+    stride ``imm1`` all multiples of it (then no record needs the funnel's word)."""
+    return not any(_arg(args, name) % word_bytes
+                   for name in ("src_addr", "imm0", "aux_addr", "imm1"))
+
+
 def pv_scale_words(word_bytes: int) -> int:
     """Words ``ATT_PV`` reads per key for the 8-byte scale pair: the words it spans when
     aligned, plus one for the funnel."""
@@ -95,14 +106,17 @@ def qk_cycles(args, *, word_bytes: int) -> int:
 
     ``args`` is a mapping (or an object with attributes) holding the
     :data:`~hdl.sfu.kernel.ARGS_LAYOUT` fields ``n``, ``rows``, ``heads``, ``kv_heads``
-    and ``length``; ``word_bytes`` is the width of the kernel's read ports. Each score
-    takes :func:`qk_chunks` ``+ 1`` cycles, and the last one 3 more to rescale and write.
+    and ``length``, and the record addresses and strides ``src_addr``, ``imm0``,
+    ``aux_addr``, ``imm1`` (absent: 0); ``word_bytes`` is the width of the kernel's read
+    ports. Each score takes :func:`qk_chunks` cycles (one more, the funnel's word, unless
+    :func:`qk_aligned`), and the last one 3 more to rescale and write.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args):
         return 1
     pairs = _arg(args, "rows") * _arg(args, "heads") * _arg(args, "length")
-    return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + 1) + 3
+    funnel = 0 if qk_aligned(args, word_bytes) else 1
+    return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + funnel) + 3
 
 
 def softmax_cycles(args, *, word_bytes: int) -> int:
@@ -351,9 +365,10 @@ class AttentionScores(_Kernel):
     Writes the int32 scores ``(rows, heads, length)`` contiguously at ``dst_addr``. For
     each score the query record (``src``) and the key record (``aux``) stream in whole, a
     word of ``word_bytes`` per cycle on each port: :func:`qk_chunks` aligned words each
-    plus one for the funnel. The values of a word go into ``word_bytes`` INT8 products
-    and an adder tree, the scale pair is picked from its word(s); two stages rescale and
-    write. Scores are issued back to back, so a run takes :func:`qk_cycles` cycles.
+    plus one for the funnel, or without it when every record starts on a word
+    (:func:`qk_aligned`: each chunk is then the word itself). The values of a word go
+    into ``word_bytes`` INT8 products and an adder tree, the scale pair is picked from
+    its word(s); two stages rescale and write. Scores are issued back to back, so a run takes :func:`qk_cycles` cycles.
 
     Parameters
     ----------
@@ -380,10 +395,13 @@ class AttentionScores(_Kernel):
         se_lane = Signal(range(wb // 4))
         up8 = Signal(21)
         m.d.comb += up8.eq(((a.n + 7) >> 3) << 3)
+        # Every record on a word: no funnel word, each chunk is the word that arrives.
+        aligned = Signal()
         with m.If(launch):
             rec = up8 + 8
             m.d.sync += [chunks.eq((rec + wb - 1) >> lg), slack.eq((0 - rec)[:lg]),
-                         sm_chunk.eq(up8 >> lg)]
+                         sm_chunk.eq(up8 >> lg),
+                         aligned.eq((a.src_addr | a.imm0 | a.aux_addr | a.imm1)[:lg] == 0)]
             if wb > 4:
                 m.d.sync += [sm_lane.eq(up8[2:lg]), se_lane.eq((up8 + 4)[2:lg])]
 
@@ -408,8 +426,10 @@ class AttentionScores(_Kernel):
         qoff1, koff1 = Signal(lg), Signal(lg)
         m.d.sync += [v1.eq(run), w1.eq(w), last1.eq(walk.last),
                      qoff1.eq(walk.qrec[:lg]), koff1.eq(walk.krec[:lg])]
+        last_w = Signal(20)
+        m.d.comb += last_w.eq(Mux(aligned, chunks - 1, chunks))
         with m.If(run):
-            with m.If(w == chunks):
+            with m.If(w == last_w):
                 m.d.sync += w.eq(0)
                 walk.advance(m)
                 with m.If(walk.last):
@@ -422,10 +442,10 @@ class AttentionScores(_Kernel):
         qprev, kprev = Signal(8 * wb), Signal(8 * wb)
         with m.If(v1):
             m.d.sync += [qprev.eq(self.src.data), kprev.eq(self.aux.data)]
-        qchunk = _funnel(qprev, self.src.data, qoff1)
-        kchunk = _funnel(kprev, self.aux.data, koff1)
+        qchunk = Mux(aligned, self.src.data, _funnel(qprev, self.src.data, qoff1))
+        kchunk = Mux(aligned, self.aux.data, _funnel(kprev, self.aux.data, koff1))
         j = Signal(20)
-        m.d.comb += j.eq(w1 - 1)
+        m.d.comb += j.eq(Mux(aligned, w1, w1 - 1))
         prods = []
         for b in range(wb):
             p = Signal(signed(16), name=f"prod{b}")
@@ -445,7 +465,7 @@ class AttentionScores(_Kernel):
         mant_a = Signal(signed(49))
         shift_a = Signal(signed(34))
         m.d.sync += va.eq(0)
-        with m.If(v1 & (w1 != 0)):
+        with m.If(v1 & (aligned | (w1 != 0))):
             m.d.sync += dot.eq(dot_next)
             with m.If(j == sm_chunk):
                 m.d.sync += [qsm.eq(q_sm_here), ksm.eq(k_sm_here)]
