@@ -68,8 +68,9 @@ instruction names the buffer and memory ranges it reads and writes, and a depend
 an earlier instruction of another unit (read after write, write after read or write)
 becomes a release bit on the producer and a wait bit on the consumer. Tokens between two
 units are released only when a consumer needs them, in program order, so the k-th wait
-takes exactly the k-th release. Weight tiles rotate through the WGT slots, so the LOAD
-unit fetches ahead of MATRIX by as many tiles as the slots allow; a tile larger than a
+takes exactly the k-th release. Weight tiles rotate through the WGT slots (as many as
+give the fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit
+fetches ahead of MATRIX by as many tiles as the slots allow; a tile larger than a
 burst is loaded as word-aligned slices on several memory channels (as
 :mod:`compiler.linear` does), and the other transfers take the channels round robin.
 """
@@ -77,6 +78,7 @@ burst is loaded as word-aligned slices on several memory channels (as
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import torch
@@ -199,9 +201,9 @@ class _Scheduler:
 
 # -- tiling -------------------------------------------------------------------------------
 
-#: Weight-tile slots the WGT buffer is split into (LOAD runs up to ``slots - 1`` tiles
-#: ahead of MATRIX); fewer when a minimal tile does not fit a quarter of the buffer.
-WGT_SLOTS = (4, 2)
+#: Weight-tile slots the WGT buffer may be split into (LOAD runs up to ``slots - 1`` tiles
+#: ahead of MATRIX).
+WGT_SLOTS = (4, 3, 2)
 
 
 def _tile_bytes(config, rows, k, bits, group):
@@ -211,17 +213,36 @@ def _tile_bytes(config, rows, k, bits, group):
 
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
-    """``(slots, slot_bytes)``: the most slots in which every layer's minimal tile fits."""
+    """``(slots, slot_bytes)``: of the slot counts in :data:`WGT_SLOTS` in which every
+    layer's minimal tile fits, the one that cuts the tiled layers into the fewest tiles;
+    on a tie the most slots (the LOAD unit runs further ahead).
+
+    Each tile is one matrix instruction, and each pays the MATRIX unit's fill and drain
+    (the serializer's ``chains`` cycles after its last batch, the pipelines' latency) once:
+    a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
+    that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
+    unit nearly twice the cycles its weights take to arrive."""
     wb = config.word_bytes
+    tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
-                for ql in qls if not ql.streamed], default=0)
+                for ql in tiled], default=0)
+    # Layers of one shape, group and width are tiled alike: plan one of each.
+    kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in tiled)
+    example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
+    best = None
     for slots in WGT_SLOTS:
         slot = config.buffers.weight_bytes // slots // wb * wb
-        if need <= slot:
-            return slots, slot
-    raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} bytes) "
-                       f"does not fit half the WGT buffer ({config.buffers.weight_bytes} bytes "
-                       f"in config {config.name!r})")
+        if need > slot:
+            continue
+        tiles = sum(count * len(_plan_tiles(config, example[kind], slot))
+                    for kind, count in kinds.items())
+        if best is None or tiles < best[0]:
+            best = (tiles, slots, slot)
+    if best is None:
+        raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
+                           f"bytes) does not fit half the WGT buffer "
+                           f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
+    return best[1], best[2]
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
