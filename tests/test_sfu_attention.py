@@ -21,7 +21,7 @@ from airfoil.config import load_config
 from airfoil.errors import ProgramError
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 from hdl.sfu import attention
-from hdl.sfu.attention import KERNELS, AttentionContext, AttentionScores, Softmax
+from hdl.sfu.attention import KERNELS, AttentionContext, AttentionScores, Softmax, pv_aligned
 from hdl.sfu.kernel import ARGS_LAYOUT
 from sim.isa_sim import IsaSim
 
@@ -344,6 +344,25 @@ def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, word_bits, see
         assert ((out == (1 << 31) - 1) | (out == -(1 << 31))).any(), "no saturated output"
 
 
+@pytest.mark.parametrize("word_bits", [128, 512])
+@pytest.mark.parametrize("n", [16, 64, 128])
+def test_att_pv_word_aligned(n, word_bits):
+    """Value records on word strides with their scale pairs on a word (the compiler's
+    layout, :func:`pv_aligned` where ``up8(n)`` is a whole number of words): no funnel
+    word after the values, the results of the funnel's path."""
+    rng, src, aux = random_buffers(n + word_bits)
+    wb = word_bits // 8
+    vstride = -(-(_up8(n) + 8) // 64) * 64
+    args = make_args(SfuFunc.ATT_PV, n=n, rows=1, heads=4, kv_heads=2, length=7,
+                     src_addr=64, aux_addr=64, dst_addr=0, imm1=vstride)
+    assert pv_aligned(args, wb) == (n % wb == 0)
+    count = 4 * 7
+    src[64:64 + 4 * count] = rng.integers(0, (1 << 15) + 1, count).astype("<i4").tobytes()
+    put_records(aux, rng, 64, 7 * 2, n, vstride, (14, 24))
+    got = check(AttentionContext(max_head_dim=128, word_bits=word_bits), args, src, aux, 3)
+    assert got["writes"] == 4 * n
+
+
 @pytest.mark.parametrize("word_bits", WORD_BITS)
 @pytest.mark.parametrize("skew", [0, 3])
 @pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
@@ -421,6 +440,10 @@ def test_parameters_and_formulas():
     # Per key: the scale pair (3 words of 4 bytes, 2 of more), the values and a funnel word.
     assert attention.cycles(pv, word_bytes=4) == 8 * (64 * (3 + 16 + 1) + 64) + 2
     assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 64) + 2
+    # Value records and scale pairs on words: no funnel word after the values.
+    assert attention.cycles(dict(pv, imm1=128), word_bytes=64) == 8 * (64 * (2 + 1) + 64) + 2
+    assert attention.cycles(dict(pv, imm1=128, aux_addr=8), word_bytes=64) == \
+        8 * (64 * (2 + 1 + 1) + 64) + 2
     with pytest.raises(ValueError, match="not COPY"):
         attention.cycles(dict(args, func=SfuFunc.COPY), word_bytes=4)
 

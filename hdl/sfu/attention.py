@@ -25,7 +25,7 @@ current word, so one extra word per stream aligns them (that word is read only w
 record reaches into it, so nothing past a record's end is read). The compiler places
 records at word-aligned addresses and strides (``compiler.lower_llm.record_bytes``):
 ``ATT_QK`` then takes each chunk straight from its word and spends no cycle on the
-funnel; ``ATT_PV`` still spends its funnel cycles. Every table is a
+funnel, ``ATT_PV`` none past a key's values (:func:`qk_aligned`, :func:`pv_aligned`). Every table is a
 ROM built from :mod:`airfoil.fixedpoint`'s own tables. Each kernel's cycle count, start to
 ``done``, is :func:`cycles` of its arguments (1 for refused arguments).
 """
@@ -47,7 +47,7 @@ from .kernel import ADDR_BITS, kernel_signature
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
            "qk_cycles", "softmax_cycles", "pv_cycles", "qk_chunks", "qk_aligned",
-           "pv_scale_words"]
+           "pv_aligned", "pv_scale_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -93,6 +93,14 @@ def qk_aligned(args, word_bytes: int) -> bool:
     stride ``imm1`` all multiples of it (then no record needs the funnel's word)."""
     return not any(_arg(args, name) % word_bytes
                    for name in ("src_addr", "imm0", "aux_addr", "imm1"))
+
+
+def pv_aligned(args, word_bytes: int) -> bool:
+    """Whether every value record of an ``ATT_PV`` starts on a word of ``word_bytes`` (at
+    least 8) and its scale pair too: ``aux_addr``, the key stride ``imm1`` and
+    ``up8(n)`` all multiples of it. Then a key needs no funnel word past its values."""
+    return word_bytes >= 8 and not any(v % word_bytes for v in (
+        _arg(args, "aux_addr"), _arg(args, "imm1"), _up8(_arg(args, "n"))))
 
 
 def pv_scale_words(word_bytes: int) -> int:
@@ -144,13 +152,15 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``.
 
     Per ``(row, head)``: per key the :func:`pv_scale_words`, ``ceil(n / word_bytes)``
-    value words and the funnel's word; then ``n`` cycles of output.
+    value words and the funnel's word (none when :func:`pv_aligned`, for which ``args``
+    also gives ``aux_addr`` and ``imm1``; absent: 0); then ``n`` cycles of output.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
         return 1
     n, L = _arg(args, "n"), _arg(args, "length")
-    per_key = pv_scale_words(word_bytes) + -(-n // word_bytes) + 1
+    funnel = 0 if pv_aligned(args, word_bytes) else 1
+    per_key = pv_scale_words(word_bytes) + -(-n // word_bytes) + funnel
     return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + n) + 2
 
 
@@ -725,7 +735,9 @@ class AttentionContext(_Kernel):
 
     For each ``(row, head)`` and key ``l``: read the probability (``src``) and the value
     record's scale pair (:func:`pv_scale_words` ``aux`` words), form the Q20 weight, then
-    stream the record's ``ceil(n / word_bytes) + 1`` value words into ``word_bytes``
+    stream the record's ``ceil(n / word_bytes) + 1`` value words (without the funnel's
+    last one when :func:`pv_aligned`: the scale pair's word then gives the product of
+    probability and ``sm`` as it arrives, a cycle earlier) into ``word_bytes``
     multiply-accumulate lanes over an on-chip accumulator (a memory of ``ceil(max_head_dim /
     word_bytes)`` x 64 bits per lane, read-modify-write); after the last key
     an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). A run takes
@@ -789,9 +801,15 @@ class AttentionContext(_Kernel):
         nchunks = Signal(20)             # ceil(n / wb) value chunks
         value_slack = Signal(lg)         # bytes the values leave free in their last chunk
         up8 = Signal(ADDR_BITS)
+        # Every record and scale pair on a word (pv_aligned): each chunk is the word that
+        # arrives, so no funnel word follows the values.
+        aligned = Signal()
         with m.If(launch):
+            up8_next = ((a.n + 7) >> 3) << 3
             m.d.sync += [nchunks.eq((a.n + wb - 1) >> lg), value_slack.eq((0 - a.n)[:lg]),
-                         up8.eq(((a.n + 7) >> 3) << 3)]
+                         up8.eq(up8_next)]
+            if wb >= 8:
+                m.d.sync += aligned.eq((a.aux_addr | a.imm1 | up8_next)[:lg] == 0)
         w = Signal(20)                   # 0..nscale-1: scale words; then the value words
         i_out = Signal(20)
         p_addr = Signal(ADDR_BITS)
@@ -803,7 +821,8 @@ class AttentionContext(_Kernel):
         soff, voff = spair[:lg], rec[:lg]
         sbase = Cat(Const(0, lg), spair[lg:])
         vbase = Cat(Const(0, lg), rec[lg:])
-        last_w = nchunks + nscale
+        last_w = Signal(20)
+        m.d.comb += last_w.eq(Mux(aligned, nchunks + nscale - 1, nchunks + nscale))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
@@ -812,13 +831,13 @@ class AttentionContext(_Kernel):
             with m.State("KEYS"):
                 # A funnel word past the pair or the values is read only when needed.
                 skip = (((w == nscale - 1) & (soff <= scale_slack))
-                        | ((w == last_w) & (voff <= value_slack)))
+                        | (~aligned & (w == last_w) & (voff <= value_slack)))
                 m.d.comb += [issue.eq(1), self.aux.en.eq(~skip),
                              self.aux.addr.eq(Mux(w < nscale, sbase + (w << lg),
                                                   vbase + ((w - nscale) << lg))),
                              self.src.addr.eq(Cat(Const(0, lg), p_addr[lg:])),
                              self.src.en.eq(w == 0),
-                             acc_addr_r.eq(w - nscale - 1)]
+                             acc_addr_r.eq(Mux(aligned, w - nscale, w - nscale - 1))]
                 with m.If(w == last_w):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
                     with m.If(walk.last_key):
@@ -850,32 +869,39 @@ class AttentionContext(_Kernel):
         prev = Signal(8 * wb)
         with m.If(v1):
             m.d.sync += prev.eq(self.aux.data)
-        chunk = _funnel(prev, self.aux.data, off1)
+        chunk = Mux(aligned, self.aux.data, _funnel(prev, self.aux.data, off1))
         prob = Signal(signed(32))
+        prob_now = self.src.data.word_select(p_lane1, 32).as_signed()
         prod = Signal(signed(64))
         weight = Signal(signed(32))
         se = Signal(signed(32))
+        # The scale pair's chunk arrives with the funnel's word (w1 = 1), or aligned with
+        # its own word and the probability (w1 = 0); the weight follows a cycle later.
+        pair_at = Mux(aligned, 0, 1)
         with m.If(v1 & (w1 == 0)):
-            m.d.sync += prob.eq(self.src.data.word_select(p_lane1, 32).as_signed())
-        with m.If(v1 & (w1 == 1)):
-            m.d.sync += prod.eq(prob * chunk[:32].as_signed())
+            m.d.sync += prob.eq(prob_now)
+        with m.If(v1 & (w1 == pair_at)):
+            m.d.sync += prod.eq(Mux(aligned, prob_now, prob) * chunk[:32].as_signed())
         # se: the second scale chunk (4-byte words), or the upper half of the first.
         if nscale == 3:
             m.d.comb += se.eq(chunk[:32].as_signed())
         else:
             se_held = Signal(signed(32))
-            with m.If(v1 & (w1 == 1)):
+            with m.If(v1 & (w1 == pair_at)):
                 m.d.sync += se_held.eq(chunk[32:64].as_signed())
             m.d.comb += se.eq(se_held)
         wshift = Signal(signed(34))
         m.d.comb += wshift.eq(se + fx.P_FRAC - fx.W_FRAC)
         wnew = _shift_round_sat(m, prod, wshift, "pv_weight")
-        with m.If(v1 & (w1 == 2)):
+        with m.If(v1 & (w1 == pair_at + 1)):
             m.d.sync += weight.eq(wnew)
         for b, (old, new) in enumerate(zip(acc_old, acc_new)):
             m.d.comb += new.eq(Mux(first1, 0, old) + weight * chunk[8 * b:8 * b + 8].as_signed())
-        with m.If(v1 & (w1 > nscale)):
-            m.d.comb += [acc_addr_w.eq(w1 - nscale - 1), acc_we.eq(1)]
+        # Value chunk i arrives at w1 = nscale + i (aligned) or nscale + 1 + i.
+        value_i = Signal(20)
+        m.d.comb += value_i.eq(Mux(aligned, w1 - nscale, w1 - nscale - 1))
+        with m.If(v1 & (w1 >= Mux(aligned, nscale, nscale + 1))):
+            m.d.comb += [acc_addr_w.eq(value_i), acc_we.eq(1)]
 
         # Output pass: one accumulator lane per cycle.
         vo, lane_o, last_o = Signal(), Signal(lg), Signal()
