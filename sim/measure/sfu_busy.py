@@ -9,7 +9,6 @@ cycle model's (the SFU's: :func:`hdl.sfu.unit.unit_cycles` per instruction).
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 from airfoil.config import AccelConfig
 from airfoil.folder import load_folder
@@ -22,12 +21,14 @@ def compile_tiny(config: AccelConfig, out_dir, *, context: int) -> Path:
     ``out_dir``; return the folder."""
     from rich.console import Console
 
+    from airfoil.cli import build_parser
     from airfoil.cli.cmd_compile import compile_llm_from_args
     from sim.measure.llm_accuracy import TINY_MODEL
 
     out_dir = Path(out_dir)
-    cargs = SimpleNamespace(model=str(TINY_MODEL), config=config.name, recipe=None,
-                            output=str(out_dir), max_prompt=context)
+    # The compile command's own parser: every other option at its default.
+    cargs = build_parser().parse_args(["compile", str(TINY_MODEL), "--config", config.name,
+                                       "-o", str(out_dir), "--max-prompt", str(context)])
     compile_llm_from_args(cargs, Console(quiet=True))
     return out_dir
 
