@@ -74,22 +74,23 @@ def qmax(bits: int) -> int:
 # -- FP16 scales as exact fixed point ---------------------------------------------------
 
 def fp16_fixed(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split positive finite FP16 values exactly into ``(m, k)`` with value ``m * 2**k``.
+    """Split finite FP16 values exactly into ``(m, k)`` with value ``m * 2**k``.
 
-    ``m`` is the 11-bit significand (hidden bit included for normal numbers) and ``k``
-    lies in ``FP16_K_MIN..FP16_K_MAX``; subnormals have ``k = -24``. Raise
-    :class:`CompileError` for a negative, infinite or NaN value.
+    ``m`` is the signed significand: the 11-bit magnitude (hidden bit included for normal
+    numbers) with the FP16 sign applied, ``-2047..2047`` (a negative scale is a
+    checkpoint's own, e.g. a GGUF Q4_0 block's ``d``, kept so its codes keep their 4
+    bits); ``k`` lies in ``FP16_K_MIN..FP16_K_MAX``, subnormals have ``k = -24``. Raise
+    :class:`CompileError` for an infinite or NaN value.
     """
     if scales.dtype != torch.float16:
         raise TypeError(f"scales must be float16, not {scales.dtype}")
     bits = scales.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
-    if bool(((bits >> 15) != 0).any()):
-        raise CompileError("group scale is negative (scales must be positive FP16)")
     e = (bits >> 10) & 0x1F
     f = bits & 0x3FF
     if bool((e == 0x1F).any()):
         raise CompileError("group scale is infinite or NaN")
     m = torch.where(e == 0, f, f | 0x400)
+    m = torch.where((bits >> 15) != 0, -m, m)
     k = torch.where(e == 0, torch.full_like(e, FP16_K_MIN), e - 25)
     return m, k
 

@@ -171,7 +171,7 @@ __all__ = [
     "HEADER_FIXED_BITS", "format_spec",
     "NM_PATTERNS", "NM_BY_NAME", "BLOCK_CODE", "nm_code", "nm_index_bits", "nm_compress",
     "nm_expand",
-    "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_K_SHAPE", "StreamGeometry", "Record",
+    "OVP_ID", "OVP_MAGNITUDES", "SCALE_M_BITS", "SCALE_M_SHAPE", "SCALE_K_SHAPE", "StreamGeometry", "Record",
     "record_tag", "step_mask",
     "ovp_encode", "ovp_decode", "ovp_values", "bitmod_values", "encode_weights",
     "decode_weights",
@@ -230,8 +230,10 @@ OVP_ID = 0b1000
 OVP_MAGNITUDES = (0, 12, 16, 24, 32, 48, 64, 96)
 
 #: A group scale as exact fixed point ``m * 2**k`` (:func:`airfoil.formats.fp16_fixed`):
-#: ``m`` with its hidden bit, ``k`` in ``FP16_K_MIN..FP16_K_MAX``.
+#: ``m`` the significand with its hidden bit (``SCALE_M_BITS``) and the FP16 sign applied
+#: (``SCALE_M_SHAPE``), ``k`` in ``FP16_K_MIN..FP16_K_MAX``.
 SCALE_M_BITS = 11
+SCALE_M_SHAPE = signed(SCALE_M_BITS + 1)
 SCALE_K_SHAPE = signed(6)
 
 
@@ -441,7 +443,7 @@ def beat_layout(geom: StreamGeometry) -> data.StructLayout:
         "tag": RecordTag,
         "nm": unsigned(3),
         "idx": data.ArrayLayout(unsigned(4), geom.ops),
-        "m": data.ArrayLayout(unsigned(SCALE_M_BITS), geom.rows),
+        "m": data.ArrayLayout(SCALE_M_SHAPE, geom.rows),
         "k": data.ArrayLayout(SCALE_K_SHAPE, geom.rows),
         "bad": unsigned(1),
         "mask": unsigned(geom.max_record_steps),
@@ -566,7 +568,7 @@ class Record:
         """Build a record from weights (rows x group) and FP16 scales (a tensor or array)."""
         s = torch.as_tensor(np.asarray(scales, dtype=np.float16)) if not isinstance(
             scales, torch.Tensor) else scales.to(torch.float16)
-        fp16_fixed(s.reshape(-1))           # refuse negative, infinite, NaN scales
+        fp16_fixed(s.reshape(-1))           # refuse infinite and NaN scales
         bits = s.reshape(-1).contiguous().view(torch.int16).numpy().astype(np.uint16)
         q = np.asarray(q, dtype=np.int64)
         return cls(record_tag(tag), q.shape[1], q, bits, nm_code(sparsity), mask)

@@ -425,9 +425,9 @@ def _place_linears(flat, plans, config, top, streamed):
             addr = max([addr] + [a + len(b) for a, b in layer_blobs])
             continue
         n, k = ql.shape
-        # The least exponent is the least scale's (the exponent grows with a positive
-        # value); the largest is checked with it (negative, infinite or NaN scales).
-        sc = ql.scales
+        # The least exponent is the least magnitude's (the exponent grows with it); the
+        # largest is checked with it (infinite or NaN scales).
+        sc = ql.scales.abs()
         _, kexp = fp16_fixed(torch.stack([sc.min(), sc.max()]))
         tiles = []
         for r0, rows, c0, cols in plans[name]:

@@ -8,8 +8,8 @@ payloads, so that a later decode unit, sparse chain or NoC can replace one side:
   the flags ``group_last`` (this step ends a quantization group) and ``batch_last``
   (it ends the batch of ``chains`` rows);
 * scale stream (memory side -> rescaler): one group's scales per chain as exact fixed
-  point ``m * 2**k`` (:func:`airfoil.formats.fp16_fixed`), plus ``bad`` when an FP16 value
-  was negative, infinite or NaN;
+  point ``m * 2**k`` (:func:`airfoil.formats.fp16_fixed`: ``m`` signed, a negative FP16
+  scale negates it), plus ``bad`` when an FP16 value was infinite or NaN;
 * psum stream (chains -> rescaler): one group's exact partial sums per chain and
   ``batch_last``;
 * init stream (memory side -> rescaler): a batch's starting accumulators.
@@ -22,7 +22,7 @@ from amaranth.lib import data
 
 from airfoil.formats import ACC_BITS, FP16_K_MIN, FP16_K_MAX
 
-__all__ = ["WEIGHT_BITS", "ACT_BITS", "SCALE_M_BITS", "SCALE_K_SHAPE", "psum_bits",
+__all__ = ["WEIGHT_BITS", "ACT_BITS", "SCALE_M_BITS", "SCALE_M_SHAPE", "SCALE_K_SHAPE", "psum_bits",
            "operand_layout", "scale_layout", "psum_layout", "init_layout"]
 
 #: Width of an unpacked weight on the operand stream (INT2..INT8 sign-extended).
@@ -31,6 +31,8 @@ WEIGHT_BITS = 8
 ACT_BITS = 8
 #: Significand of an FP16 scale with its hidden bit.
 SCALE_M_BITS = 11
+#: Shape of the signed significand ``m`` of a scale (the FP16 sign applied).
+SCALE_M_SHAPE = signed(SCALE_M_BITS + 1)
 #: Shape of the exponent ``k`` of a scale (``FP16_K_MIN..FP16_K_MAX``).
 SCALE_K_SHAPE = signed(max(FP16_K_MIN.bit_length(), FP16_K_MAX.bit_length()) + 1)
 
@@ -55,9 +57,10 @@ def operand_layout(chains: int, lanes: int) -> data.StructLayout:
 
 
 def scale_layout(chains: int) -> data.StructLayout:
-    """Payload of the scale stream: per chain ``m`` (11 bits) and ``k``, and ``bad``."""
+    """Payload of the scale stream: per chain ``m`` (signed, 12 bits) and ``k``, and
+    ``bad``."""
     return data.StructLayout({
-        "m": data.ArrayLayout(unsigned(SCALE_M_BITS), chains),
+        "m": data.ArrayLayout(SCALE_M_SHAPE, chains),
         "k": data.ArrayLayout(SCALE_K_SHAPE, chains),
         "bad": 1,
     })

@@ -20,11 +20,17 @@ def test_fp16_fixed_is_exact_for_every_positive_finite_value():
     assert int(m.max()) < 1 << 11 and int(k.min()) == -24 and int(k.max()) == 5
 
 
-def test_fp16_fixed_rejects_negative_and_inf():
-    with pytest.raises(CompileError, match="negative"):
-        fp16_fixed(torch.tensor([-1.0], dtype=torch.float16))
-    with pytest.raises(CompileError, match="infinite"):
-        fp16_fixed(torch.tensor([float("inf")], dtype=torch.float16))
+def test_fp16_fixed_is_exact_for_every_negative_finite_value():
+    h = torch.arange(0x8000, 0xFC00, dtype=torch.int64).to(torch.int16).view(torch.float16)
+    m, k = fp16_fixed(h)
+    assert torch.equal(m.double() * torch.pow(2.0, k.double()), h.double())
+    assert int(m.min()) == -2047 and int(m.max()) == 0
+
+
+def test_fp16_fixed_rejects_inf_and_nan():
+    for v in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(CompileError, match="infinite"):
+            fp16_fixed(torch.tensor([v], dtype=torch.float16))
 
 
 def _ref_requant(acc, M, S, bits):

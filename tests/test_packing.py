@@ -259,8 +259,8 @@ def test_bad_input_is_refused_with_one_line_messages():
                                 np.zeros(4, np.uint16))])
     with pytest.raises(CompileError, match=r"shape \(3, 32\), expected \(4, 32\)"):
         pack_records(g, [Record(RecordTag.INT4, 32, ok[:3], np.zeros(4, np.uint16))])
-    with pytest.raises(CompileError, match="negative"):
-        Record.make("int4", ok, np.array([1, -1, 1, 1], dtype=np.float16))
+    with pytest.raises(CompileError, match="infinite"):
+        Record.make("int4", ok, np.array([1, -np.inf, 1, 1], dtype=np.float16))
     with pytest.raises(CompileError, match=r"format grid has shape \(1, 2\), expected"):
         pack_tensor(g, np.zeros((8, 64)), torch.ones(8, 2, dtype=torch.float16), group=32,
                     tags=[["int4", "int8"]])

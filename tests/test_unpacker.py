@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment, Module, Signal
+from amaranth.hdl import Fragment, Module, Signal, signed
 from amaranth.sim import Simulator
 
 from airfoil.config import load_config
@@ -228,7 +228,7 @@ def test_bad_scale_sets_bad_and_error():
     rec.scale_bits[1] = 0xFC00                      # -inf
     raw = pack_records(g, [rec])
     for b in want:
-        b["m"][1], b["k"][1], b["bad"] = 0x400, 6, 1       # what the magnitude bits give
+        b["m"][1], b["k"][1], b["bad"] = -0x400, 6, 1      # what the other bits give
     res = _run(g, stream_words(g, raw), [beat_value(g, b) for b in want], stall=0.3)
     assert res["errors"] == []
     assert res["error_flag"] == 1
@@ -236,7 +236,7 @@ def test_bad_scale_sets_bad_and_error():
 
 def test_fp16_conversion_is_exact():
     """Every subnormal, every exponent's extremes and a stride through the rest, both signs,
-    inf and NaN: m * 2**k equals the value; bad exactly for sign, inf and NaN (every
+    inf and NaN: m * 2**k equals the value (m signed); bad exactly for inf and NaN (every
     positive finite pattern goes through the RTL in test_rtl_every_fp16_scale)."""
     width = 256
     m = Module()
@@ -244,7 +244,7 @@ def test_fp16_conversion_is_exact():
     outs = []
     for i, r in enumerate(raw):
         mm, kk, bb = fp16_fixed_hw(r)
-        sm, sk, sb = Signal(11, name=f"m{i}"), Signal(6, name=f"k{i}"), Signal(
+        sm, sk, sb = Signal(signed(12), name=f"m{i}"), Signal(6, name=f"k{i}"), Signal(
             name=f"b{i}")
         m.d.comb += [sm.eq(mm), sk.eq(kk), sb.eq(bb)]
         outs.append((sm, sk, sb))
@@ -272,9 +272,10 @@ def test_fp16_conversion_is_exact():
     for i, p in enumerate(pats.tolist()):
         mm, kk, bb = got[i]
         sign, exp = p >> 15, (p >> 10) & 0x1F
-        assert bb == int(sign == 1 or exp == 0x1F), hex(p)
+        assert bb == int(exp == 0x1F), hex(p)
         if not bb:
-            assert mm < 1 << 11 and mm * 2.0 ** kk == vals[i], hex(p)
+            assert abs(mm) < 1 << 11 and (mm < 0) == (sign and vals[i] != 0), hex(p)
+            assert mm * 2.0 ** kk == vals[i], hex(p)
 
 
 # -- RTL (cocotb + Verilator) ------------------------------------------------------------
@@ -337,7 +338,7 @@ def test_rtl_full_rate_every_format(rtl_test):
                                    pytest.param(True, marks=pytest.mark.slow)])
 def test_rtl_every_fp16_scale(rtl_test, every):
     """FP16 scales through the RTL: every subnormal, each exponent's extremes and a stride
-    through the rest; with ``every``, all 31744 positive finite values."""
+    through the rest, each with both signs; with ``every``, all 63488 finite values."""
     g = GEOMS["test"]
     rng = np.random.default_rng(31)
     if every:
@@ -346,6 +347,7 @@ def test_rtl_every_fp16_scale(rtl_test, every):
         edges = (np.arange(31)[:, None] << 10 | np.array([0, 1, 0x3FF])).reshape(-1)
         pats = np.unique(np.concatenate([np.arange(0x400), edges,
                                          np.arange(0, 0x7C00, 97)])).astype(np.uint16)
+    pats = np.concatenate([pats, pats | 0x8000])
     pats = np.concatenate([pats, np.full(-pats.size % g.rows, 0x3C00, dtype=np.uint16)])
     recs = []
     for i in range(0, pats.size, g.rows):

@@ -487,7 +487,7 @@ class MatrixUnit(wiring.Component):
         mants, kexps, bads = [], [], []
         for c in range(C):
             mant, kexp, c_bad = fp16_fixed_hw(sraw[16 * c:16 * c + 16])
-            mants.append(mant[:11])
+            mants.append(mant)
             kexps.append(kexp[:6])
             bads.append(c_bad)
         m.d.comb += [sv.m.eq(Cat(*mants)), sv.k.eq(Cat(*kexps)), bad.eq(Cat(*bads).any())]

@@ -43,7 +43,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from airfoil import isa
 from airfoil.formats import ACC_BITS
 from airfoil.packing import (BLOCK_CODE, GROUP_CODES, NM_PATTERNS, SCALE_K_SHAPE,
-                             SCALE_M_BITS, TAG_BITS, StreamGeometry, beat_layout, record_tag)
+                             SCALE_M_SHAPE, TAG_BITS, StreamGeometry, beat_layout, record_tag)
 from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
 
 from ..decode_unit.rescaler import GroupRescaler, Requantizer, token_requant_params
@@ -92,7 +92,7 @@ def step_layout(geometry: StreamGeometry) -> data.StructLayout:
         "last": unsigned(1),
         "tag": unsigned(4),
         "nm": unsigned(3),
-        "m": data.ArrayLayout(unsigned(SCALE_M_BITS), g.rows),
+        "m": data.ArrayLayout(SCALE_M_SHAPE, g.rows),
         "k": data.ArrayLayout(SCALE_K_SHAPE, g.rows),
         "bad": unsigned(1),
         "group": unsigned(2),

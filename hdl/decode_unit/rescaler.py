@@ -66,8 +66,9 @@ class GroupRescaler(wiring.Component):
     ``init``: its bias, or what an earlier K-chunk left; else a batch starts from zero).
     The group that
     carries ``batch_last`` completes the batch: its accumulators leave on ``accs``. A
-    scale whose shift ``k - k0`` lies outside ``0..SCALE_SHIFT_MAX``, or that was not a
-    positive finite FP16 value, sets ``error`` (sticky).
+    scale's signed significand ``m`` multiplies the partial sum (a negative FP16 scale
+    negates it); a scale whose shift ``k - k0`` lies outside ``0..SCALE_SHIFT_MAX``, or
+    that was not a finite FP16 value, sets ``error`` (sticky).
 
     Parameters
     ----------

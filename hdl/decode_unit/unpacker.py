@@ -45,7 +45,7 @@ from amaranth.lib.wiring import In, Out
 from airfoil import format_registry
 from airfoil.packing import (BLOCK_CODE, GROUP_CODES, GROUP_SHIFT, HEADER_FIXED_BITS,
                              NM_PATTERNS, NM_SHIFT, OVP_ID, OVP_MAGNITUDES, SCALE_K_SHAPE,
-                             SCALE_M_BITS, StreamGeometry, beat_layout, format_spec,
+                             SCALE_M_SHAPE, StreamGeometry, beat_layout, format_spec,
                              nm_index_bits, nm_kept, record_tag)
 
 from .fp16 import fp16_fixed_hw
@@ -180,7 +180,7 @@ class Unpacker(wiring.Component):
         pos = Signal(range(NV))
         cur_tag = Signal(format_registry.TAG_FIELD_BITS)
         cur_nm = Signal(3)
-        cur_m = Signal(data.ArrayLayout(unsigned(SCALE_M_BITS), R))
+        cur_m = Signal(data.ArrayLayout(SCALE_M_SHAPE, R))
         cur_k = Signal(data.ArrayLayout(SCALE_K_SHAPE, R))
         cur_bad = Signal()
         cur_mask = Signal(SM)

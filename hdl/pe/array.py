@@ -222,13 +222,14 @@ class PeArray(wiring.Component):
         return m
 
     def _scale_check(self, m, take):
-        """Set ``error`` when the scales taken this cycle are bad."""
+        """Set ``error`` when the scales taken this cycle are bad (for the serial
+        rescalers, which multiply by a scale's magnitude, also when one is negative)."""
         sc = self.scales.payload
         bad = [sc.bad]
         for c in range(self._chains):
             sh = Signal(signed(8), name=f"sh{c}")
             m.d.comb += sh.eq(sc.k[c] - self.k0)
-            bad.append((sh < 0) | (sh > SCALE_SHIFT_MAX))
+            bad.append((sh < 0) | (sh > SCALE_SHIFT_MAX) | (sc.m[c] < 0))
         with m.If(take & Cat(*bad).any()):
             m.d.sync += self.error.eq(1)
 
