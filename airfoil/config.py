@@ -504,6 +504,12 @@ class AccelConfig:
         return tuple(f for f in self.weight_formats if f in TILE_FORMATS_OF_PE[self.pe])
 
     @property
+    def signed_tile_scales(self) -> bool:
+        """Whether a WGT tile's group scale may be negative on this PE kind
+        (:attr:`hdl.pe.kinds.PeKind.signed_tile_scales`)."""
+        return _pe_kinds.pe_kind(self.pe).signed_tile_scales
+
+    @property
     def stream_formats(self) -> tuple:
         """Record formats the decode unit reads (names of :data:`airfoil.packing.
         TAG_BY_NAME`): INT2, INT3, INT4, INT8 and OVP4, and the BitMoD formats listed in

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from airfoil.config import load_config
+from compiler.importers.prequant import positive_scales
 from sim.measure.quantckpt import (KQUANT, TINY, conversion_error, folder_mismatches,
                                    tiny_model, write_awq, write_gguf, write_gptq)
 
@@ -28,6 +29,7 @@ FIGURES = {
     "import_gptq_bits_per_weight": "bits/weight",
     "import_awq_bits_per_weight": "bits/weight",
     "import_gguf_q4_0_bits_per_weight": "bits/weight",
+    "import_gguf_q4_0_magnitude_scales_bits_per_weight": "bits/weight",
 }
 #: The file of each bits-per-weight figure (4-bit codes minus zero points, compiled for a
 #: config with the decode unit): (writer, keywords, file name).
@@ -84,6 +86,17 @@ def figures(args, log) -> dict:
         out.update({name: r["bits_per_weight"], f"{name}_formats": formats,
                     f"{name}_mismatches": r["mismatches"],
                     f"{name}_config_hash": decode.config_hash})
+    name = "import_gguf_q4_0_magnitude_scales_bits_per_weight"
+    ref = write_gguf(work / "q4_0.gguf", model, "Q4_0")
+    g = import_model(work / "q4_0.gguf")
+    g.prequantized = {layer: positive_scales(ql, layer) for layer, ql in g.prequantized.items()}
+    r = folder_mismatches(g, ref, work / "q4_0.gguf.magnitudes", decode)
+    formats = sorted(set(r["formats"].values()))
+    log(f"{name}: {r['bits_per_weight']:.4g} ({', '.join(formats)}, "
+        f"{r['mismatches']} mismatches)")
+    out.update({name: r["bits_per_weight"], f"{name}_formats": formats,
+                f"{name}_mismatches": r["mismatches"],
+                f"{name}_config_hash": decode.config_hash})
     kmodel = tiny_model(**KQUANT)
     for qtype in ("Q4_K", "Q5_K", "Q6_K"):
         name = f"import_gguf_{qtype.lower()}_rms_error"

@@ -34,7 +34,8 @@ from airfoil.packing import NM_BY_NAME, NM_PATTERNS, quantize_stream
 from airfoil.sparsity import prune_blocks, prune_nm
 
 from .ir import Graph, Node, Pass, Pipeline, linear_name
-from .importers.prequant import ZERO_POINT_FORMAT, fold_scale, zero_point_stream
+from .importers.prequant import (ZERO_POINT_FORMAT, fold_scale, positive_scales,
+                                 zero_point_stream)
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
@@ -189,6 +190,10 @@ class Quantize(Pass):
         for layer, node in g.linear_layers().items():
             if layer in g.prequantized:                 # a quantized checkpoint's, as given
                 pre = g.prequantized[layer]
+                if self.config is not None and not self.config.signed_tile_scales:
+                    pre = positive_scales(pre, layer)   # a rescaler of magnitudes
+                    if "import" in g.meta:
+                        g.meta["import"]["exact"][layer] = f"int{pre.bits}"
                 streamed = zero_point_stream(pre, self.config)
                 if streamed is not None:                # 4-bit codes and zero points
                     pre = streamed

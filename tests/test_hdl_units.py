@@ -11,6 +11,7 @@ from airfoil.isa import OutFormat
 from hdl.core.axi_read import AxiReader
 from hdl.decode_unit.rescaler import GroupRescaler, Requantizer
 from hdl.dsp_chain.dense import DenseChains
+from hdl.streams import psum_bits
 
 OUT_BITS = {OutFormat.INT8: 8, OutFormat.INT16: 16, OutFormat.INT32: 32}
 
@@ -62,7 +63,11 @@ def test_rescaler_accumulates_exactly(use_bias):
     k0 = -20
     groups = 4
     psums = [[rng.randrange(-(1 << 20), 1 << 20) for _ in range(C)] for _ in range(groups)]
-    ms = [[rng.randrange(1024, 2048) for _ in range(C)] for _ in range(groups)]
+    # Signed significands (a negative FP16 scale), the extremes among them.
+    ms = [[rng.choice((-1, 1)) * rng.randrange(0, 2048) for _ in range(C)]
+          for _ in range(groups)]
+    psums[0][0], ms[0][0] = -(1 << (psum_bits(G) - 1)), -2047
+    psums[1][1], ms[1][1] = (1 << (psum_bits(G) - 1)) - 1, -2047
     ks = [[k0 + rng.randrange(0, SCALE_SHIFT_MAX + 1) for _ in range(C)] for _ in range(groups)]
     bias = [rng.randrange(-(1 << 31), 1 << 31) for _ in range(C)]
     want = []

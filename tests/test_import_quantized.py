@@ -17,7 +17,8 @@ from compiler.importers import import_model
 from compiler.importers.awq import AWQ_ORDER
 from compiler.importers.gguf import rope_rows
 from compiler.importers.packed import unpack_words
-from compiler.importers.prequant import exact_layer, exact_or_why, zero_point_stream
+from compiler.importers.prequant import (exact_layer, exact_or_why, positive_scales,
+                                         zero_point_stream)
 from sim.golden_llm import GoldenLLM, golden_from_folder
 from sim.isa_sim import IsaLLM
 from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
@@ -99,7 +100,7 @@ def test_gguf_float_layers_are_left_to_the_recipe(tmp_path, model):
     assert not (imp["exact"] or imp["converted"] or imp["rounded"] or imp["reordered"])
 
 
-@pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 8), ("Q5_0", 8)])
+@pytest.mark.parametrize("qtype,bits", [("Q8_0", 8), ("Q4_0", 4), ("Q5_0", 8)])
 def test_gguf_exact_types_folder_equals_gguf_dequantize(tmp_path, model, qtype, bits):
     ref = write_gguf(tmp_path / "m.gguf", model, qtype)
     g = import_model(tmp_path / "m.gguf")
@@ -119,12 +120,30 @@ def test_a_wrong_layout_reading_would_mismatch(tmp_path, model):
     assert folder_mismatches(g, ref, tmp_path / "out", CFG)["mismatches"] > 0
 
 
-def test_q4_0_positive_scales_stay_int4():
+def test_q4_0_scales_of_either_sign_stay_int4():
     codes = torch.arange(-8, 8).repeat(2).reshape(1, 32)
     ql = exact_layer(codes, torch.tensor([[0.5]], dtype=torch.float16), 32, "l")
     assert ql.bits == 4
     neg = exact_layer(codes, torch.tensor([[-0.5]], dtype=torch.float16), 32, "l")
-    assert neg.bits == 8 and torch.equal(neg.dequantize(), ql.dequantize() * -1)
+    assert neg.bits == 4 and torch.equal(neg.dequantize(), ql.dequantize() * -1)
+    # For a rescaler of magnitudes the block is negated: code -8 becomes 8, INT8.
+    mag = positive_scales(neg, "l")
+    assert mag.bits == 8 and float(mag.scales.min()) == 0.5
+    assert torch.equal(mag.dequantize(), neg.dequantize())
+    assert positive_scales(ql, "l") is ql
+
+
+def test_q4_0_file_has_negative_scales_kept_as_int4(tmp_path, model):
+    """The tiny Q4_0 file has blocks of negative ``d``: the folder keeps them negative in
+    INT4 tiles (with or without the decode unit) and equals the file's dequantization."""
+    ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
+    g = import_model(tmp_path / "q.gguf")
+    assert set(g.meta["import"]["exact"].values()) == {"int4"}
+    assert all(bool((ql.scales < 0).any()) for ql in g.prequantized.values())
+    for cfg in (CFG, DECODE):
+        r = folder_mismatches(g, ref, tmp_path / cfg.name, cfg)
+        assert r["mismatches"] == 0 and set(r["formats"].values()) == {"int4"}
+        assert r["folder"].manifest["model"]["linears"]["l0.down"]["bits"] == 4
 
 
 def test_zero_groups_take_the_largest_scale_and_wide_spreads_are_refused():
@@ -212,7 +231,7 @@ def _check_golden_equals_isa(folder, prompt, steps=3, cfg=CFG):
         tok = int(torch.argmax(want))
 
 
-def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
+def test_golden_equals_isa_on_gptq_int4_and_gguf_q4_0_signed_scales(tmp_path, model):
     ref = write_gptq(tmp_path / "g", model)
     r = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "g_out", CFG)
     _check_golden_equals_isa(r["folder"], [3, 17, 40, 8])
@@ -224,8 +243,7 @@ def test_golden_equals_isa_on_gptq_int4_and_gguf_int8(tmp_path, model):
 # -- 4-bit codes minus zero points streamed as uint4z records ------------------------------
 
 @pytest.mark.parametrize("name, write, kw", [
-    ("gptq_asym", write_gptq, {"sym": False}), ("awq", write_awq, {}),
-    ("q4_0.gguf", write_gguf, {"qtype": "Q4_0"})])
+    ("gptq_asym", write_gptq, {"sym": False}), ("awq", write_awq, {})])
 def test_zero_point_layers_stream_as_uint4z_exactly(tmp_path, model, name, write, kw):
     """With a decode unit the layers that INT8 tiles would hold stay 4-bit (uint4z), and
     the folder's weights still equal the file's dequantization; without one, INT8."""
@@ -258,14 +276,17 @@ def test_zero_point_stream_only_where_it_holds_the_layer():
     assert four.bits == 4 and zero_point_stream(four, DECODE) is None
 
 
-def test_golden_equals_isa_on_uint4z_gptq_and_q4_0(tmp_path, model):
+def test_golden_equals_isa_on_uint4z_gptq_and_negated_q4_0(tmp_path, model):
     ref = write_gptq(tmp_path / "g", model, sym=False)
     r = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "g_out", DECODE)
     assert set(r["formats"].values()) == {"uint4z"}
     _check_golden_equals_isa(r["folder"], [3, 17, 40, 8], cfg=DECODE)
+    # Q4_0 with its negative blocks negated (a rescaler of magnitudes): 8 - nibble, uint4z.
     ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
-    r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "q_out", DECODE)
-    assert set(r["formats"].values()) == {"uint4z"}
+    g = import_model(tmp_path / "q.gguf")
+    g.prequantized = {n: positive_scales(ql, n) for n, ql in g.prequantized.items()}
+    r = folder_mismatches(g, ref, tmp_path / "q_out", DECODE)
+    assert r["mismatches"] == 0 and set(r["formats"].values()) == {"uint4z"}
     _check_golden_equals_isa(r["folder"], [1, 2, 52], cfg=DECODE)
 
 

@@ -10,12 +10,13 @@ Each linear layer's quantization type decides how it is imported (:mod:`.prequan
 
 * ``Q8_0`` (blocks of 32: FP16 ``d``, 32 int8 ``q``; ``w = d q``): INT8, group 32, exact;
 * ``Q4_0`` (FP16 ``d``, 16 bytes: element ``j`` the low nibble of byte ``j``, element
-  ``16 + j`` its high nibble; ``w = d (nibble - 8)``): exact. Its ``d`` is negative
-  whenever a block's largest-magnitude weight is positive; the rescaler takes positive
-  scales, so such a block is stored negated (``-d``, codes ``8 - nibble`` in ``-7..8``):
-  the layer is INT8 then, INT4 when no block needs it;
+  ``16 + j`` its high nibble; ``w = d (nibble - 8)``): INT4, exact. Its ``d`` is negative
+  whenever a block's largest-magnitude weight is positive; the rescaler multiplies by
+  the signed scale, so the codes stay ``nibble - 8`` (on a PE whose rescaler takes
+  magnitudes such a block is negated, codes ``8 - nibble``, and the layer is INT8:
+  :func:`~.prequant.positive_scales`);
 * ``Q5_0`` (FP16 ``d``, a fifth bit per weight; ``w = d (q - 16)``, codes ``-16..15``):
-  INT8, exact, negative ``d`` negated as for Q4_0;
+  INT8, exact, any sign of ``d``;
 * every other type (``Q4_1``'s ``w = d q + m`` needs the ``m`` term per group, K-quants,
   ``Q5_*``, ...) is dequantized with ``gguf.quants.dequantize`` and requantized by the
   recipe, the error reported (:func:`~.prequant.conversion_errors`);

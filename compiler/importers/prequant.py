@@ -7,13 +7,13 @@ linear layer's integer codes, zero points and group scales and either
   time) with the file's own FP16 group scales become a
   :class:`~airfoil.fixedpoint.QLinear` (:func:`exact_layer`) in the narrowest WGT-tile
   integer format that holds every code: INT4 (``-8..7``, e.g. symmetric GPTQ with zero 8,
-  GGUF Q4_0 with a positive scale) or INT8 (``-128..127``: any 4-bit code minus a 4-bit
-  zero point, a negated Q4_0 block, Q8_0). The compiler's ``quantize`` pass takes these
+  GGUF Q4_0 with either sign of ``d``: the scales are signed) or INT8 (``-128..127``: any
+  4-bit code minus a 4-bit zero point, Q5_0, Q8_0). The compiler's ``quantize`` pass takes these
   layers as given (:attr:`compiler.ir.Graph.prequantized`); or
   On a configuration whose decode unit reads the zero-point record format ``uint4z``, a
   layer the WGT tiles would hold as INT8 only because its codes span ``-15..15`` (any
-  4-bit code minus a 4-bit zero point, a negated Q4_0 block), each row of each group
-  spanning at most 15, is streamed instead as ``uint4z`` records
+  4-bit code minus a 4-bit zero point, a Q4_0 block negated by :func:`positive_scales`),
+  each row of each group spanning at most 15, is streamed instead as ``uint4z`` records
   (:func:`zero_point_stream`): the same values and scales in 4-bit codes plus a 4-bit
   zero point per row and group, so the layer keeps the checkpoint's 4 bits; or
 * **convert** it: the file's own dequantization becomes the float weight that the recipe
@@ -38,7 +38,7 @@ from ..ir import Graph, build_llama_graph
 
 __all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why",
            "ZERO_POINT_FORMAT", "zero_point_stream",
-           "permute_rows", "code_bits", "hardware_group", "fold_scale", "finish_import",
+           "permute_rows", "positive_scales", "code_bits", "hardware_group", "fold_scale", "finish_import",
            "conversion_errors", "rms_error"]
 
 #: Group sizes a layer's scales are split to (largest first): every board config builds
@@ -107,9 +107,11 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
     """The :class:`QLinear` whose weights are exactly ``codes * scales`` (per group).
 
     ``codes``: (rows, k) integers, zero point already subtracted; ``scales``: (rows,
-    k / group) FP16, any sign. A group with a negative scale has its codes and scale
-    negated (same weights); a group whose weights are all zero takes the layer's largest
-    scale (any scale is exact for zero codes, and that one keeps the exponent spread
+    k / group) FP16, any sign: a negative scale is kept (the rescaler multiplies by the
+    signed significand), so a GGUF Q4_0 block with a negative ``d`` keeps its 4-bit codes
+    (:func:`positive_scales` negates such groups for a PE whose rescaler takes
+    magnitudes). A group whose weights are all zero takes the layer's largest scale
+    magnitude (any scale is exact for zero codes, and that one keeps the exponent spread
     small). The group is split to :func:`hardware_group`. Raise :class:`NotExact` when a
     code does not fit INT8 or the scales span more than the ``2**SCALE_SHIFT_MAX`` the
     rescaler shifts across one layer (the hardware's SCALE_RANGE), a one-line
@@ -122,18 +124,15 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
         raise CompileError(f"layer {layer}: a group scale is infinite or NaN")
     q = codes.to(torch.int64).reshape(rows, k // group, group)
     s = scales.clone()
-    neg = s < 0
-    q = torch.where(neg.unsqueeze(2), -q, q)
-    s = torch.where(neg, -s, s)
     zero = (s == 0) | (q == 0).all(dim=2)
     q = torch.where(zero.unsqueeze(2), torch.zeros_like(q), q)
-    top = s.max() if bool((s > 0).any()) else torch.tensor(1.0, dtype=torch.float16)
+    top = s.abs().max() if bool((s != 0).any()) else torch.tensor(1.0, dtype=torch.float16)
     s = torch.where(zero, top, s)
     g = hardware_group(group, k, layer)
     s = s.repeat_interleave(group // g, dim=1)
     _, kexp = fp16_fixed(s)
     if int(kexp.max() - kexp.min()) > SCALE_SHIFT_MAX:
-        lo, hi = float(s.min()), float(s.max())
+        lo, hi = float(s.abs().min()), float(s.abs().max())
         raise NotExact(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
                        f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
@@ -165,6 +164,19 @@ def zero_point_stream(ql: QLinear, config) -> QLinear | None:
         return None
     formats = torch.full((rows, k // ql.group), spec.tag, dtype=torch.int64)
     return QLinear(ql.q, ql.scales, ql.group, ql.bits, formats=formats,
+                   in_features=ql.in_features)
+
+
+def positive_scales(ql: QLinear, layer: str) -> QLinear:
+    """``ql`` with every negative group scale and its codes negated (the same weights), for
+    a PE whose MATRIX rescaler takes scale magnitudes
+    (:attr:`hdl.pe.kinds.PeKind.signed_tile_scales`): the codes may need INT8 then (a
+    Q4_0 block's ``-8`` becomes ``8``)."""
+    neg = (ql.scales < 0).repeat_interleave(ql.group, dim=1)
+    if not bool(neg.any()):
+        return ql
+    q = torch.where(neg, -ql.q, ql.q)
+    return QLinear(q, ql.scales.abs(), ql.group, code_bits(q, layer),
                    in_features=ql.in_features)
 
 

@@ -48,6 +48,11 @@ class PeKind:
         ``bits``-bit tile format.
     lanes : type
         The :class:`~hdl.pe.stream_lanes.LaneEngine` of the streamed chains.
+    signed_tile_scales : bool
+        Whether the MATRIX unit's rescaler takes a negative group scale of a WGT tile (the
+        :class:`~hdl.decode_unit.rescaler.GroupRescaler` multiplies by the signed
+        significand; the serial rescalers of the bit-serial and LUT PEs take magnitudes
+        and flag a negative scale). Streamed records always may.
     """
 
     name: str
@@ -55,6 +60,7 @@ class PeKind:
     tile_formats: tuple
     tile_cycles: Callable[[int], int]
     lanes: type
+    signed_tile_scales: bool = True
 
     def __post_init__(self):
         if not issubclass(self.lanes, LaneEngine):
@@ -91,10 +97,11 @@ KINDS = {k.name: k for k in (
     # BitSerialPE on sign-extended 8-bit operands: radix-4 Booth, INT8's digits.
     PeKind("bitserial", "BitMoD-style bit-serial lanes: shifts and adds, one weight digit "
            "per cycle", _tile_formats("bitserial"), lambda bits: bitmod.cycles(BitModFormat.INT8),
-           BitSerialLanes),
+           BitSerialLanes, signed_tile_scales=False),
     # LutChain on the low 4 bits: INT4's planes.
     PeKind("lut", "T-MAC table lookup on weight bit-planes (weights up to 4 bits, dense)",
-           _tile_formats("lut"), lambda bits: LutChain.cycles_per_beat(4), LutLanes),
+           _tile_formats("lut"), lambda bits: LutChain.cycles_per_beat(4), LutLanes,
+           signed_tile_scales=False),
 )}
 #: Names of the kinds, in registry order.
 PE_KINDS = tuple(KINDS)
