@@ -316,14 +316,17 @@ def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_pat
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("sym, cfg", [
-    (True, CFG), (False, CFG),                          # INT4 with code -8; INT8
-    pytest.param(False, DECODE, marks=pytest.mark.slow)],   # uint4z streamed
-    ids=["int4", "int8", "uint4z"])
-def test_rtl_equals_golden_on_an_imported_gptq_model(tmp_path, model, sym, cfg):
+@pytest.mark.parametrize("name, write, kw, cfg", [
+    ("g", write_gptq, {"sym": True}, CFG),              # INT4 with code -8
+    ("g", write_gptq, {"sym": False}, CFG),             # INT8
+    ("q.gguf", write_gguf, {"qtype": "Q4_0"}, CFG),     # INT4, negative scales
+    pytest.param("g", write_gptq, {"sym": False}, DECODE,
+                 marks=pytest.mark.slow)],              # uint4z streamed
+    ids=["gptq-int4", "gptq-int8", "q4_0-signed-scales", "gptq-uint4z"])
+def test_rtl_equals_golden_on_an_imported_model(tmp_path, model, name, write, kw, cfg):
     from airfoil.cli.backend_rtl import RtlLLM
-    ref = write_gptq(tmp_path / "g", model, sym=sym)
-    folder = folder_mismatches(import_model(tmp_path / "g"), ref, tmp_path / "out",
+    ref = write(tmp_path / name, model, **kw)
+    folder = folder_mismatches(import_model(tmp_path / name), ref, tmp_path / "out",
                                cfg)["folder"]
     gold = GoldenLLM(golden_from_folder(folder))
     rtl = RtlLLM(folder, cfg, seed=1, build_dir="build")
