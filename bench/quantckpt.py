@@ -26,6 +26,7 @@ FIGURES = {
     "import_gguf_q4_k_rms_error": "relative RMS error",
     "import_gguf_q5_k_rms_error": "relative RMS error",
     "import_gguf_q6_k_rms_error": "relative RMS error",
+    "import_gptq_act_order_rms_error": "relative RMS error",
     "import_gptq_bits_per_weight": "bits/weight",
     "import_awq_bits_per_weight": "bits/weight",
     "import_gguf_q4_0_bits_per_weight": "bits/weight",
@@ -97,6 +98,14 @@ def figures(args, log) -> dict:
     out.update({name: r["bits_per_weight"], f"{name}_formats": formats,
                 f"{name}_mismatches": r["mismatches"],
                 f"{name}_config_hash": decode.config_hash})
+    name = "import_gptq_act_order_rms_error"
+    write_gptq(work / "gptq_act_order", model, act_order=True)
+    g = import_model(work / "gptq_act_order")
+    out[name] = conversion_error(g)
+    out.update({f"{name}_exact_layers": sorted(g.meta["import"]["exact"]),
+                f"{name}_requantized_layers": len(g.meta["import"]["converted"]),
+                f"{name}_shape": dict(TINY), f"{name}_recipe": "int8 group 32"})
+    log(f"{name}: {out[name]:.4g} ({len(g.meta['import']['converted'])} layers requantized)")
     kmodel = tiny_model(**KQUANT)
     for qtype in ("Q4_K", "Q5_K", "Q6_K"):
         name = f"import_gguf_{qtype.lower()}_rms_error"
