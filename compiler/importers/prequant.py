@@ -38,7 +38,8 @@ from ..ir import Graph, build_llama_graph
 
 __all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why",
            "ZERO_POINT_FORMAT", "zero_point_stream",
-           "permute_rows", "positive_scales", "code_bits", "hardware_group", "fold_scale", "finish_import",
+           "permute_rows", "positive_scales", "code_bits", "hardware_group", "fold_scale",
+           "finish_import",
            "conversion_errors", "rms_error"]
 
 #: Group sizes a layer's scales are split to (largest first): every board config builds

@@ -246,8 +246,8 @@ class StreamMatrix(wiring.Component):
     without an accumulator port or over more than ``acc_depth`` batches of ``chains``
     rows, and unaligned ``abuf_addr`` (to a word) or ``obuf_addr`` (to the output size)
     are UNSUPPORTED; activations, results or the scale pair beyond their buffer are
-    BUFFER_RANGE; a record scale outside the rescaler window (or not a positive finite
-    FP16 value), or a token scale ``sm`` outside ``0 .. 2**16 - 1``, is SCALE_RANGE.
+    BUFFER_RANGE; a record scale outside the rescaler window (or not a finite FP16
+    value), or a token scale ``sm`` outside ``0 .. 2**16 - 1``, is SCALE_RANGE.
 
     ``tok_scale = 1`` requantizes with ``(M, S) = linear_out_params(sm, se, k0)``
     (:mod:`airfoil.fixedpoint`) of the scale pair at ``sbuf_addr`` in AUX (read on

@@ -33,9 +33,10 @@ K0 = -16
 
 
 def random_fp16_scales(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` random positive FP16 scales in [2**-6, 2**2) as uint16 bit patterns."""
+    """``n`` random FP16 scales of either sign (a checkpoint's negative block scales),
+    magnitudes in [2**-6, 2**2), as uint16 bit patterns."""
     vals = np.exp2(rng.uniform(-6.0, 2.0, n)).astype(np.float16)
-    return vals.view(np.uint16)
+    return (vals.view(np.uint16) | (rng.integers(0, 2, n) << 15)).astype(np.uint16)
 
 
 class StreamCase(dict):
