@@ -146,6 +146,27 @@ def test_q4_0_file_has_negative_scales_kept_as_int4(tmp_path, model):
         assert r["folder"].manifest["model"]["linears"]["l0.down"]["bits"] == 4
 
 
+def test_q4_0_negative_blocks_negated_for_a_pe_of_magnitude_rescalers(tmp_path, model):
+    """On the bit-serial PE (its rescaler takes scale magnitudes) the quantize pass negates
+    the negative blocks: INT8 tiles of positive scales, still the file's weights."""
+    import dataclasses
+
+    from compiler.passes import llm_pipeline
+    from sim.measure.quantckpt import exact_recipe
+    serial = dataclasses.replace(CFG, pe="bitserial")
+    assert CFG.signed_tile_scales and not serial.signed_tile_scales
+    write_gguf(tmp_path / "q.gguf", model, "Q4_0")
+    g = llm_pipeline(exact_recipe(), serial).run(import_model(tmp_path / "q.gguf"))
+    qs = [g.qweights[n.name] for layer, n in g.linear_layers().items() if layer in
+          g.prequantized]
+    assert len(qs) == 7 and all(q.bits == 8 and bool((q.scales > 0).all()) for q in qs)
+    assert set(g.meta["import"]["exact"].values()) == {"int8"}
+    for layer, n in g.linear_layers().items():
+        if layer in g.prequantized:
+            assert torch.equal(g.qweights[n.name].dequantize(),
+                               g.prequantized[layer].dequantize())
+
+
 def test_zero_groups_take_the_largest_scale_and_wide_spreads_are_refused():
     codes = torch.ones((1, 64), dtype=torch.int64)
     codes[0, 32:] = 0
