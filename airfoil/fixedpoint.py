@@ -34,7 +34,7 @@ __all__ = [
     "exp2_neg", "exp_neg", "sigmoid", "silu", "add", "mul", "quant_per_token",
     "token_scale_value", "requantize_rows", "linear_out_params", "rmsnorm",
     "rmsnorm_weight", "rope_table", "rope", "softmax", "attention_scores", "QLinear",
-    "linear", "embedding_table", "KVCacheInt", "attention",
+    "linear", "embedding_table", "dequant_row", "QEmbedding", "KVCacheInt", "attention",
     "attention_weights", "attention_context", "scale_to_mantissa", "attention_mask",
     "gelu_gate", "gelu", "relu", "row_mean", "layernorm_centred", "layernorm", "linear_bias",
 ]
@@ -659,6 +659,67 @@ def linear_bias(b: torch.Tensor) -> torch.Tensor:
 def embedding_table(w: torch.Tensor) -> torch.Tensor:
     """Compile time: an embedding table as ACT (signed 32-bit Q16) rows."""
     return to_fixed(w, ACT_FRAC)
+
+
+def dequant_row(q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+    """INT8 rows (last axis) with a scale ``sm * 2**-se`` per row back to ACT:
+    ``sat32((q * sm) >> (se - 16))`` rounded (a left shift where ``se < 16``).
+
+    The inverse of :func:`quant_per_token` up to its rounding; ``|q * sm| < 2**24``.
+    """
+    prod = q.to(I64) * sm.to(I64).unsqueeze(-1)
+    return shift_round_sat(prod, se.to(I64).unsqueeze(-1) - ACT_FRAC)
+
+
+#: Embedding rows quantized at a time (bounds the int64 temporaries of a large table).
+_EMBED_BLOCK = 4096
+
+
+class QEmbedding:
+    """An embedding table stored as INT8 rows with a scale per row (the memory image's
+    records, the SFU's ``DEQUANT_ROW`` operands).
+
+    Row ``r`` is :func:`quant_per_token` of the ACT row :func:`embedding_table` gives
+    (``q[r]``, ``sm[r]``, ``se[r]``); a token's activation is :func:`dequant_row` of its
+    row, so the golden model, the compiler's image and every backend read one set of
+    values.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        (vocab, d) int8 values.
+    sm, se : torch.Tensor
+        (vocab,) int64 scale mantissas and exponents.
+    """
+
+    def __init__(self, q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor):
+        self.q, self.sm, self.se = q.to(torch.int8), sm.to(I64), se.to(I64)
+
+    @classmethod
+    def from_table(cls, act: torch.Tensor) -> "QEmbedding":
+        """Quantize an ACT table (vocab, d) row by row."""
+        parts = [quant_per_token(act[r:r + _EMBED_BLOCK])
+                 for r in range(0, act.shape[0], _EMBED_BLOCK)]
+        return cls(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(vocab, d)."""
+        return tuple(self.q.shape)
+
+    def records(self, start: int, stop: int):
+        """``(q, sm, se)`` of rows ``start .. stop - 1`` (``q`` int64)."""
+        return self.q[start:stop].to(I64), self.sm[start:stop], self.se[start:stop]
+
+    def lookup(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ACT rows of the token ids ``tokens`` (:func:`dequant_row`)."""
+        return dequant_row(self.q[tokens].to(I64), self.sm[tokens], self.se[tokens])
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, QEmbedding) and torch.equal(self.q, other.q)
+                and torch.equal(self.sm, other.sm) and torch.equal(self.se, other.se))
+
+    __hash__ = None
 
 
 # -- attention with an INT8 KV cache ------------------------------------------------------

@@ -92,6 +92,8 @@ Version 3 (streamed weights through the decode unit; additive)
   (a bias); 0, what earlier programs hold: ``rows`` rows.
 * ``SOFTMAX``'s ``imm1``: nonzero, bidirectional attention (an encoder's: every row sees
   all ``L`` keys, ``imm0`` ignored); 0, what earlier programs hold: the causal mask.
+* :class:`SfuFunc` ``DEQUANT_ROW`` (INT8 rows with a scale per row to ACT: the embedding
+  table stored at INT8; a code no earlier program uses).
 """
 
 from __future__ import annotations
@@ -225,6 +227,10 @@ class SfuFunc(enum.Enum, shape=6):
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head
       dimension ``n`` over the config's ``limits.att_pv_max_head_dim`` (default
       :data:`ATT_PV_MAX_HEAD_DIM`) is UNSUPPORTED (the context accumulator's size).
+    * ``DEQUANT_ROW``: :func:`dequant_row` of ``R`` records of ``n`` INT8 values (row
+      ``r`` at ``src_addr + r * imm0``; ``imm0 = 0``: ``ceil(n / 8) * 8 + 8``, records
+      back to back) into ``R`` ACT rows at ``dst_addr``: the embedding rows a gathering
+      ``LD`` fetched, at the precision the memory image stores them.
     """
     COPY = 0
     QUANT_TOKEN = 1
@@ -239,6 +245,7 @@ class SfuFunc(enum.Enum, shape=6):
     GELU = 10
     RELU = 11
     LAYERNORM = 12
+    DEQUANT_ROW = 13
 
 
 #: Per function, the SFU fields that address (or stride over) int32 operands (4) or
@@ -253,6 +260,7 @@ SFU_ALIGN = {
     SfuFunc.RMSNORM: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4},
     SfuFunc.QUANT_TOKEN: {"src_addr": 4, "aux_addr": 4, "imm1": 4},
     SfuFunc.ROPE: {"src_addr": 4, "dst_addr": 4, "aux_addr": 2, "imm1": 2},
+    SfuFunc.DEQUANT_ROW: {"src_addr": 4, "dst_addr": 4, "imm0": 4},
 }
 
 #: Buffers an SFU operand may be in; one in another buffer (WGT) is BUFFER_RANGE, as if

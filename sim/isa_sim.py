@@ -608,6 +608,12 @@ class IsaSim:
                 y = fx.mul(x, b) if fn == SfuFunc.MUL else fx.add(x, b)
             self._write(i, what, dst, da, y, I32)
             return rows * n, 0
+        if fn == SfuFunc.DEQUANT_ROW:
+            stride = f["imm0"] or _up8(n) + 8
+            q, sm, se = self._records(i, what, src, sa, rows, n, stride)
+            self._span(i, what, dst, da, 4 * rows * n, sfu=True)
+            self._write(i, what, dst, da, fx.dequant_row(q, sm, se), I32)
+            return rows * n, 0
         H, KV, hd = hs, f["kv_heads"], n
         L = self.regs[f["len_reg"]] if f["len_reg"] else 0
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV) and (KV < 1 or H % KV or L < 1):

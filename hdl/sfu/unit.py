@@ -25,7 +25,7 @@ from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
 from ..core.unit_shell import UnitShell
-from . import attention, elementwise, quant, rmsnorm, rope
+from . import attention, dequant, elementwise, quant, rmsnorm, rope
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
@@ -50,7 +50,7 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32) 
     ``word_bits`` per cycle."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
-    for mod in (elementwise, quant, rmsnorm, rope, attention):
+    for mod in (elementwise, quant, rmsnorm, rope, attention, dequant):
         kernels.update(mod.KERNELS)
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
@@ -72,7 +72,7 @@ def kernel_cycles(args, *, word_bits: int) -> int:
     for mod in (attention, quant, rmsnorm):
         if func in mod.KERNELS:
             return mod.cycles(args, word_bytes=word_bits // 8)
-    for mod in (elementwise, rope):
+    for mod in (elementwise, rope, dequant):
         if func in mod.KERNELS:
             return mod.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
