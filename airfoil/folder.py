@@ -1,6 +1,6 @@
 """The compiler's output folder, read the same way by every backend.
 
-A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/3``),
+A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/4``),
 ``program.afp`` and ``weights.bin`` (the data memory image, exactly as the hardware reads
 it). Each memory channel reads and writes its own memory from a base address of its own (the
 ``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
@@ -62,8 +62,10 @@ def llm_phases(shape: dict) -> tuple[str, ...]:
     return ("prefill",) if encoder(shape) else ("prefill", "decode")
 
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
-#: stream of :mod:`airfoil.packing`), so folders of version 1 are refused.
-FOLDER_FORMAT = "airfoil-folder/3"
+#: stream of :mod:`airfoil.packing`), so folders of version 1 are refused; 4: an LLM's
+#: embedding table is INT8 records with a scale per row (``embed_row`` bytes a row, the
+#: SFU's ``DEQUANT_ROW`` operands), not int32 rows.
+FOLDER_FORMAT = "airfoil-folder/4"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
 LLM_KIND = "llm"
 _LLM_KEYS = ("format", "kind", "isa_version", "config", "config_hash", "programs", "image",
@@ -417,12 +419,17 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
     for i in range(layers):
         for part in ("attn_norm", "mlp_norm", "kcache", "vcache"):
             regions[f"l{i}.{part}"] = None
-    for key in list(regions) + ["logits_row", "rope_row", "kv_row"]:
+    for key in list(regions) + ["logits_row", "rope_row", "kv_row", "embed_row"]:
         v = lay.get(key)
         if not _ADDR[0](v, image_bytes):
             raise _fail(where, f"manifest model.layout.{key} is {v!r}, not an address in "
                                f"0 .. {image_bytes}")
+    record = -(-shape["hidden_size"] // 8) * 8 + 8
+    if lay["embed_row"] < record:
+        raise _fail(where, f"manifest model.layout.embed_row is {lay['embed_row']}, less "
+                           f"than the {record} bytes of an INT8 embedding record")
     need = {"ids": 4 * T, "logits": lay["logits_row"] * T,
+            "embed": lay["embed_row"] * shape["vocab_size"],
             table: lay["rope_row"] * P if table == "rope" else 4 * shape["hidden_size"] * P}
     for i in range(layers):
         need[f"l{i}.kcache"] = need[f"l{i}.vcache"] = lay["kv_row"] * P
@@ -565,8 +572,14 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
             L[r + "_bias"] = i32(lay[f"l{i}.{r}_bias"], mm["linears"][f"l{i}.{r}"]["n"])
         layers.append(L)
     P = mm["max_positions"]
-    out = {"shape": shape, "embed": i32(lay["embed"], vocab * d).reshape(vocab, d),
-           "norm": i32(lay["norm"], d), "layers": layers}
+    erow = lay["embed_row"]
+    raw = np.frombuffer(bytes(image[lay["embed"]:lay["embed"] + erow * vocab]),
+                        dtype=np.uint8).reshape(vocab, erow)
+    scale = raw[:, -(-d // 8) * 8:-(-d // 8) * 8 + 8].copy().view("<i4").astype(np.int64)
+    embed = fx.QEmbedding(torch.from_numpy(raw[:, :d].copy().view(np.int8)),
+                          torch.from_numpy(scale[:, 0].copy()),
+                          torch.from_numpy(scale[:, 1].copy()))
+    out = {"shape": shape, "embed": embed, "norm": i32(lay["norm"], d), "layers": layers}
     if not encoder(shape):
         out["lm_head"] = lin("lm_head")
     if shape.get("norm", "rms") == "layer":         # LayerNorm biases beside the gains

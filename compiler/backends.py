@@ -115,7 +115,9 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
     op = n.op
     if op == "embedding":
         w = n.attrs["weight"]
-        return _memo(state, "emb:" + w, lambda: fx.embedding_table(g.params[w]))[x[0]]
+        table = _memo(state, "qemb:" + w,
+                      lambda: fx.QEmbedding.from_table(fx.embedding_table(g.params[w])))
+        return table.lookup(x[0])
     if op == "rmsnorm":
         w = n.attrs["weight"]
         gam = _memo(state, "gamma:" + w, lambda: fx.rmsnorm_weight(g.params[w]))

@@ -15,7 +15,10 @@ keys, the causal mask, the RoPE table rows) comes from those registers. So one d
 program serves every position and one prefill program every prompt length up to
 ``max_prompt`` (the bucket the buffers are planned for).
 
-Per phase, per layer (buffers: ACT, OUT, WGT, KV, AUX; memory: the image)::
+Per phase (buffers: ACT, OUT, WGT, KV, AUX; memory: the image) the token ids' embedding
+rows, INT8 records with a scale per row (:class:`airfoil.fixedpoint.QEmbedding`), are
+gathered by ``LD`` and turned into the residual stream by ``SFU DEQUANT_ROW``; then, per
+layer::
 
     LD gain -> AUX; SFU RMSNORM H -> X; SFU QUANT_TOKEN X -> XQ (+ scale pairs in AUX)
     LD weight tiles -> WGT slots; MV|MM q, k, v (per-token requant) -> OUT
@@ -389,7 +392,8 @@ def _plan_image(model, config, max_prompt, max_pos):
     put("ids", 4 * max_prompt)
     lay["logits_row"] = _up(4 * output_width(model["shape"]), wb)
     put("logits", lay["logits_row"] * max_prompt)
-    put("embed", 4 * vocab * d)
+    lay["embed_row"] = record_bytes(d, wb)
+    put("embed", lay["embed_row"] * vocab)
     lay["rope_row"] = _up(2 * hd, wb)
     if _rotary(model):
         put("rope", lay["rope_row"] * max_pos)
@@ -504,9 +508,14 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
             f.seek(addr)
             f.write(data)
 
+        erow = lay["embed_row"]
         for r0 in range(0, vocab, _EMBED_ROWS):
-            rows = model["embed"][r0:min(vocab, r0 + _EMBED_ROWS)]
-            put(lay["embed"] + 4 * d * r0, rows.numpy().astype("<i4").tobytes())
+            q, sm, se = model["embed"].records(r0, min(vocab, r0 + _EMBED_ROWS))
+            recs = np.zeros((q.shape[0], erow), dtype=np.uint8)
+            recs[:, :d] = q.numpy().astype(np.int8).view(np.uint8)
+            recs[:, _up(d, 8):_up(d, 8) + 8] = np.stack(
+                [sm.numpy(), se.numpy()], axis=1).astype("<i4").view(np.uint8)
+            put(lay["embed"] + erow * r0, recs.tobytes())
         if _rotary(model):
             cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
                                      model["shape"].get("rope_scaling"))
@@ -561,7 +570,7 @@ class _Phase:
         self.lmax = tmax if phase == "prefill" else max_pos   # keys attention sees
         T, b = tmax, config.buffers
         act = _Bump("ACT", b.act_bytes, self.wb)
-        wide = max(d, inter, heads * hd)
+        self.wide = wide = max(d, inter, heads * hd)
         self.H = act.take(T * d * 4, "residual stream")
         self.X = act.take(T * wide * 4, "normalised / product activations")
         self.XQ = act.take(T * wide, "INT8 activations")
@@ -745,10 +754,7 @@ class _Phase:
         for reg, off in ((REG_POS, 0), (REG_T, 4), (REG_LEN, 8)):
             s.add(Opcode.SYS, op=SysOp.LDREG, reg=reg, value=lay["params"] + off)
         self.ld(Buffer.AUX, self.IDS, lay["ids"], _up(4 * T, self.wb))
-        self.ld(Buffer.ACT, self.H, lay["embed"], 4 * d, count=T, stride=4 * d,
-                reads=[self.mem(lay["embed"], 4 * d * vocab),
-                       self.r(Buffer.AUX, self.IDS, 4 * T)],
-                gather=1, idx_addr=self.IDS, **self.tregs)
+        self.embed()
         if not _rotary(m):          # learned positions: table rows REG_POS.. onto H
             self.ld(Buffer.OUT, self.O, lay["positions"], 4 * d, count=T, stride=4 * d,
                     reads=[self.mem(lay["positions"], 4 * d * self.max_pos)],
@@ -863,6 +869,22 @@ class _Phase:
             self.residual(src=self.X)
             self.rmsnorm(p + "mlp_norm")
         return self.store_output(Buffer.ACT, self.X)
+
+    def embed(self):
+        """The token ids' INT8 embedding records gathered into X (by id, one row of
+        ``embed_row`` bytes each), then ``DEQUANT_ROW`` of them into the residual H."""
+        lay, d, T = self.lay, self.d, self.tmax
+        erow = lay["embed_row"]
+        if erow > 4 * self.wide:
+            raise CompileError(f"an embedding record of {erow} bytes is wider than a row of "
+                               f"the activations it is gathered into")
+        recs = self.r(Buffer.ACT, self.X, T * erow)
+        self.ld(Buffer.ACT, self.X, lay["embed"], erow, count=T, stride=erow,
+                reads=[self.mem(lay["embed"], erow * self.vocab),
+                       self.r(Buffer.AUX, self.IDS, 4 * T)],
+                gather=1, idx_addr=self.IDS, **self.tregs)
+        self.sfu(SfuFunc.DEQUANT_ROW, Buffer.ACT, self.X, Buffer.ACT, self.H, d,
+                 reads=[recs], writes=[self.rows_act(Buffer.ACT, self.H, d)], imm0=erow)
 
     def attention(self, p):
         """Attention of one layer over the KV cache rows ``0 .. REG_LEN-1``, in passes of

@@ -295,8 +295,9 @@ def quantized_model(graph: Graph) -> dict:
     """Export a quantized decoder graph as the plain data ``sim.golden_llm`` runs.
 
     The result holds only ``airfoil`` types and tensors (the contents the output folder
-    will carry): ``shape`` (HF config fields), ``embed`` (ACT table), ``norm`` (Q16
-    gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
+    will carry): ``shape`` (HF config fields), ``embed``
+    (:class:`~airfoil.fixedpoint.QEmbedding`: INT8 rows with a scale per row), ``norm``
+    (Q16 gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
     per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains) and QLinear ``q``, ``k``,
     ``v``, ``o``, ``gate`` (gated MLPs only), ``up``, ``down``; for the roles of
     ``shape.linear_biases`` their ACT biases ``q_bias`` ... (:func:`linear_bias`); with
@@ -308,7 +309,7 @@ def quantized_model(graph: Graph) -> dict:
     """
     from dataclasses import asdict
 
-    from airfoil.fixedpoint import embedding_table, linear_bias, rmsnorm_weight
+    from airfoil.fixedpoint import QEmbedding, embedding_table, linear_bias, rmsnorm_weight
     if not graph.qweights:
         raise CompileError("export needs a quantized graph (run the quantize step)")
     if not graph.meta.get("attention_scale_folded"):
@@ -351,7 +352,8 @@ def quantized_model(graph: Graph) -> dict:
     if len(embeds) != 1:
         raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")
     emb = embeds[0].attrs["weight"]
-    out = {"shape": asdict(s), "embed": embedding_table(graph.params[emb]), "layers": layers}
+    embed = QEmbedding.from_table(embedding_table(graph.params[emb]))
+    out = {"shape": asdict(s), "embed": embed, "layers": layers}
     if s.encoder:
         out["sentence_embedding"] = dict(graph.meta.get("sentence_embedding",
                                                         DEFAULT_SENTENCE))

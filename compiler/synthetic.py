@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from airfoil.errors import CompileError
-from airfoil.fixedpoint import embedding_table, rmsnorm_weight
+from airfoil.fixedpoint import embedding_table, quant_per_token, rmsnorm_weight
 from airfoil.formats import qmax
 from airfoil.yamlfile import read_yaml
 
@@ -154,7 +154,8 @@ class SyntheticLinear:
 
 
 class SyntheticEmbedding:
-    """The embedding table as ACT (Q16) rows, drawn block by block when sliced.
+    """The embedding table as ACT (Q16) rows, drawn block by block when sliced; its INT8
+    records (:meth:`records`) are the rows the memory image stores.
 
     Parameters
     ----------
@@ -183,6 +184,11 @@ class SyntheticEmbedding:
         t = torch.cat([self._block(i) for i in blocks])
         off = blocks[0] * EMBED_BLOCK
         return t[a - off:b - off]
+
+    def records(self, start: int, stop: int):
+        """The INT8 records ``(q, sm, se)`` of rows ``start .. stop - 1``, as
+        :meth:`airfoil.fixedpoint.QEmbedding.records` gives them for a table in memory."""
+        return quant_per_token(self[start:stop])
 
 
 def layer_names(shape: LlamaShape) -> list[str]:

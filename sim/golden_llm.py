@@ -7,7 +7,9 @@ never quantizes on its own. Every step is
 the arithmetic of :mod:`airfoil.formats` (linear layers) and :mod:`airfoil.fixedpoint`
 (everything else), which the ISA simulator and the RTL implement bit for bit.
 
-Per layer, on ACT values (signed 32-bit Q16)::
+The token's activation is its INT8 embedding row dequantized
+(:meth:`airfoil.fixedpoint.QEmbedding.lookup`). Per layer, on ACT values (signed 32-bit
+Q16)::
 
     x = rmsnorm(h); xq = quant_per_token(x)
     q, k, v = linear(xq); q, k = rope(q), rope(k)        # 1/sqrt(d) folded into W_q
@@ -21,11 +23,11 @@ Per layer, on ACT values (signed 32-bit Q16)::
 where a layer whose role has a bias (``q_bias`` ...) adds it to its ACT output with
 ``add``. The shape's ``norm``, ``mlp`` and ``positions`` select the other families'
 forms: ``layernorm`` (with its bias) for ``rmsnorm``; ``down(act(up(x)))`` with ``gelu``
-or ``relu`` for the gated MLP; learned positions (``h = add(embed[tok], positions[pos])``)
-for RoPE. An encoder (``shape.encoder``, BERT) is post-norm with bidirectional
-attention and returns its last hidden states::
+or ``relu`` for the gated MLP; learned positions (``h = add(embed.lookup(tok),
+positions[pos])``) for RoPE. An encoder (``shape.encoder``, BERT) is post-norm with
+bidirectional attention and returns its last hidden states::
 
-    x = layernorm(add(embed[tok], positions[pos]))        # the model's ``norm``
+    x = layernorm(add(embed.lookup(tok), positions[pos]))     # the model's ``norm``
     x = layernorm(add(x, linear_o(quant_per_token(attention(q, k, v)))))   # attn_norm
     x = layernorm(add(x, linear_down(quant_per_token(gelu(linear_up(xq))))))  # mlp_norm
 """
@@ -104,7 +106,7 @@ class GoldenLLM:
             raise CompileError(f"{start + T} positions exceed max_position_embeddings="
                                f"{self.max_pos}")
         m = self.model
-        h = m["embed"][tok]
+        h = m["embed"].lookup(tok)
         if not self.rotary:
             h = fx.add(h, m["positions"][start:start + T])
         if self.encoder:

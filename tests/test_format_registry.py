@@ -217,7 +217,7 @@ def test_folder_of_the_old_stream_layout_is_refused(tmp_path):
     compile_linear(torch.randn(8, 128), None, cfg, tmp_path / "f", wformat="int4", group=128)
     path = tmp_path / "f" / "manifest.json"
     m = json.loads(path.read_text())
-    assert m["format"] == FOLDER_FORMAT == "airfoil-folder/3"
+    assert m["format"] == FOLDER_FORMAT == "airfoil-folder/4"
     m["format"] = "airfoil-folder/1"
     path.write_text(json.dumps(m))
     with pytest.raises(AirfoilError, match=r"manifest format 'airfoil-folder/1' is not "
