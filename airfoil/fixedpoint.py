@@ -37,6 +37,8 @@ __all__ = [
     "linear", "embedding_table", "dequant_row", "QEmbedding", "KVCacheInt", "attention",
     "attention_weights", "attention_context", "scale_to_mantissa", "attention_mask",
     "gelu_gate", "gelu", "relu", "row_mean", "layernorm_centred", "layernorm", "linear_bias",
+    "TOPK_MAX", "INV_TEMP_FRAC", "INV_TEMP_BITS", "inv_temperature", "sample_uniform",
+    "topk_sample",
 ]
 
 #: Fractional bits of the activations passed between operators (signed 32-bit).
@@ -802,3 +804,69 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheI
     w = attention_weights(p, cache.v_sm.unsqueeze(1), cache.v_se.unsqueeze(1))
     o = attention_context(w, cache.v.unsqueeze(1))                     # (kv, g, T, d)
     return o.permute(2, 0, 1, 3).reshape(T, heads * head_dim)
+
+
+# -- choosing the next token --------------------------------------------------------------
+
+#: Largest ``k`` of :func:`topk_sample` (the SFU's sorted candidate registers).
+TOPK_MAX = 64
+#: Fractional bits and width of the inverse temperature ``1 / T`` of :func:`topk_sample`.
+INV_TEMP_FRAC = 16
+INV_TEMP_BITS = 24
+#: Odd constant (2**32 / golden ratio) spreading positions over the PRNG's seeds.
+_SEED_MIX = 0x9E3779B9
+#: The xorshift32 state taken for a mixed seed of 0 (a state xorshift never leaves).
+_SEED_ZERO = 0x6D2B79F5
+_M32 = 0xFFFFFFFF
+
+
+def inv_temperature(t: float) -> int:
+    """Compile or run time: ``1 / t`` as an unsigned Q16 of :data:`INV_TEMP_BITS` bits
+    (rounded; at least 1); ValueError for a temperature it cannot hold."""
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive number, not {t!r}")
+    v = round(2 ** INV_TEMP_FRAC / t)
+    if not 1 <= v < 1 << INV_TEMP_BITS:
+        lo = 2 ** INV_TEMP_FRAC / ((1 << INV_TEMP_BITS) - 1)
+        raise ValueError(f"temperature {t} is outside {lo:.6f} .. {2 ** (INV_TEMP_FRAC + 1)}")
+    return v
+
+
+def sample_uniform(seed: int, position: int) -> int:
+    """The 16-bit uniform draw of the token at ``position`` of a run seeded ``seed``.
+
+    ``x = seed ^ (position * 0x9E3779B9)`` (mod ``2**32``; 0 becomes ``0x6D2B79F5``), then
+    three xorshift32 steps (``x ^= x << 13; x ^= x >> 17; x ^= x << 5``); the top 16
+    bits. A draw depends only on the seed and the position, so every backend (and a
+    prompt split into several runs) draws the same.
+    """
+    x = (int(seed) ^ (int(position) * _SEED_MIX)) & _M32
+    x = x or _SEED_ZERO
+    for _ in range(3):
+        x ^= (x << 13) & _M32
+        x ^= x >> 17
+        x ^= (x << 5) & _M32
+    return x >> 16
+
+
+def topk_sample(logits: torch.Tensor, k: int, inv_t: int, u) -> torch.Tensor:
+    """Token ids drawn from the ``k`` largest ACT logits of each row (last axis).
+
+    The candidates are the ``min(k, n)`` largest logits, in descending order, equal
+    logits by ascending index; with ``m`` the largest, candidate ``j`` weighs ``w_j =
+    exp_neg(sat32(((m - l_j) * inv_t) >> 16))`` rounded (``inv_t`` = ``1 / T`` in Q16, so
+    ``w_0 = 2**15``); with ``W = sum w_j`` and the row's 16-bit draw ``u``, the pick is
+    the first candidate whose running sum of weights exceeds ``(u * W) >> 16``. ``k = 1``
+    is the argmax, the lowest index among equal maxima. ``u`` is an int or (rows,) tensor.
+    """
+    l = logits.to(I64)
+    rows = l.reshape(-1, l.shape[-1])
+    kk = min(int(k), rows.shape[-1])
+    order = torch.sort(-rows, dim=-1, stable=True).indices[:, :kk]
+    top = torch.gather(rows, 1, order)
+    d = sat(shift_round((top[:, :1] - top) * int(inv_t), INV_TEMP_FRAC))
+    cum = torch.cumsum(exp_neg(d), dim=-1)
+    u = torch.as_tensor(u, dtype=I64).reshape(-1).expand(rows.shape[0])
+    thr = (u * cum[:, -1]) >> 16
+    pick = (cum <= thr.unsqueeze(-1)).sum(dim=-1)
+    return order.gather(1, pick.unsqueeze(-1)).reshape(l.shape[:-1])

@@ -93,7 +93,8 @@ Version 3 (streamed weights through the decode unit; additive)
 * ``SOFTMAX``'s ``imm1``: nonzero, bidirectional attention (an encoder's: every row sees
   all ``L`` keys, ``imm0`` ignored); 0, what earlier programs hold: the causal mask.
 * :class:`SfuFunc` ``DEQUANT_ROW`` (INT8 rows with a scale per row to ACT: the embedding
-  table stored at INT8; a code no earlier program uses).
+  table stored at INT8) and ``TOPK_SAMPLE`` (the next token chosen on chip: argmax, or
+  seeded top-k sampling); codes no earlier program uses.
 """
 
 from __future__ import annotations
@@ -231,6 +232,13 @@ class SfuFunc(enum.Enum, shape=6):
       ``r`` at ``src_addr + r * imm0``; ``imm0 = 0``: ``ceil(n / 8) * 8 + 8``, records
       back to back) into ``R`` ACT rows at ``dst_addr``: the embedding rows a gathering
       ``LD`` fetched, at the precision the memory image stores them.
+    * ``TOPK_SAMPLE``: the next token of each of ``R`` rows of ``n`` ACT logits (row ``r``
+      at ``src_addr + r * imm0``; ``imm0 = 0``: ``4 n``), :func:`topk_sample` with the
+      draw :func:`sample_uniform` of position ``regs[pos_reg] + r``; the sampling block
+      at ``aux_addr`` in ``aux`` holds int32 ``k``, the inverse temperature (unsigned
+      Q16) and the seed; the int32 token id of row ``r`` goes to ``dst_addr + 4 r``.
+      ``k = 1`` is the argmax (the lowest index among equal maxima). ``k`` outside ``1 ..
+      TOPK_MAX`` or an inverse temperature outside ``1 .. 2**24 - 1`` is MALFORMED.
     """
     COPY = 0
     QUANT_TOKEN = 1
@@ -246,6 +254,7 @@ class SfuFunc(enum.Enum, shape=6):
     RELU = 11
     LAYERNORM = 12
     DEQUANT_ROW = 13
+    TOPK_SAMPLE = 14
 
 
 #: Per function, the SFU fields that address (or stride over) int32 operands (4) or
@@ -261,6 +270,7 @@ SFU_ALIGN = {
     SfuFunc.QUANT_TOKEN: {"src_addr": 4, "aux_addr": 4, "imm1": 4},
     SfuFunc.ROPE: {"src_addr": 4, "dst_addr": 4, "aux_addr": 2, "imm1": 2},
     SfuFunc.DEQUANT_ROW: {"src_addr": 4, "dst_addr": 4, "imm0": 4},
+    SfuFunc.TOPK_SAMPLE: {"src_addr": 4, "dst_addr": 4, "aux_addr": 4, "imm0": 4},
 }
 
 #: Buffers an SFU operand may be in; one in another buffer (WGT) is BUFFER_RANGE, as if

@@ -614,6 +614,20 @@ class IsaSim:
             self._span(i, what, dst, da, 4 * rows * n, sfu=True)
             self._write(i, what, dst, da, fx.dequant_row(q, sm, se), I32)
             return rows * n, 0
+        if fn == SfuFunc.TOPK_SAMPLE:
+            k, inv_t, seed = self._read(i, what, aux, xa, 3, "<u4").tolist()
+            if not 1 <= k <= fx.TOPK_MAX or not 1 <= inv_t < 1 << fx.INV_TEMP_BITS:
+                raise fault(i, what, ErrorCode.MALFORMED, f"k={k} must be 1..{fx.TOPK_MAX} "
+                            f"and the inverse temperature {inv_t} 1..2**{fx.INV_TEMP_BITS}-1")
+            stride = f["imm0"] or 4 * n
+            self._span(i, what, src, sa, (rows - 1) * stride + 4 * n, sfu=True)
+            logits = torch.stack([self._read(i, what, src, sa + r * stride, n, I32)
+                                  for r in range(rows)])
+            pos = self.regs[f["pos_reg"]] if f["pos_reg"] else 0
+            u = [fx.sample_uniform(seed, pos + r) for r in range(rows)]
+            self._span(i, what, dst, da, 4 * rows, sfu=True)
+            self._write(i, what, dst, da, fx.topk_sample(logits, k, inv_t, u), I32)
+            return rows * n, 0
         H, KV, hd = hs, f["kv_heads"], n
         L = self.regs[f["len_reg"]] if f["len_reg"] else 0
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV) and (KV < 1 or H % KV or L < 1):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import Buffer, SfuFunc
+from airfoil.isa import Buffer, ErrorCode, SfuFunc
 from hdl.sfu import dequant
 from hdl.sfu.dequant import DequantRowKernel
 from test_sfu import SIZES, _b, _i32, _ints, _run_both, _sfu, kernel_args, run_kernel
@@ -81,3 +81,84 @@ def test_unit_dequant_row_matches_isa(word_bits):
     assert rtl == ref
     assert _ints(rtl[Buffer.OUT][4:4 + 4 * rows * n]).tolist() == \
         fx.dequant_row(q, sm, se).reshape(-1).tolist()
+
+
+# -- TOPK_SAMPLE -------------------------------------------------------------------------
+
+def _sampling_block(k, inv_t, seed) -> bytearray:
+    return _b([k, inv_t, seed], "<u4")
+
+
+def test_topk_sample_spec():
+    """k = 1 is the argmax with the lowest index among equal maxima; a draw near 0 takes
+    the first candidate, near 1 the last; a low temperature keeps to the maxima."""
+    l = torch.tensor([[5, 9, 9, 1, 9, -3], [2, 2, 2, 2, 2, 2]]) << 16
+    assert fx.topk_sample(l, 1, 1 << 16, 65535).tolist() == [1, 0]
+    assert fx.topk_sample(l, 3, 1 << 16, 0).tolist() == [1, 0]
+    assert fx.topk_sample(l, 3, 1 << 16, 65535).tolist() == [4, 2]
+    # The last candidate weighing more than 0 (exp(-12) rounds to 0 in Q15).
+    assert fx.topk_sample(l, 6, 1 << 16, 65535).tolist() == [3, 5]
+    # 1/T = 64: the 9s alone weigh anything; the fourth candidate (5) weighs 0.
+    assert fx.topk_sample(l, 4, 64 << 16, 65535)[0] == 4
+    # The draws: the same for a seed and position, spread over positions.
+    u = [fx.sample_uniform(7, p) for p in range(64)]
+    assert u == [fx.sample_uniform(7, p) for p in range(64)]
+    assert len(set(u)) > 60 and 0 <= min(u) and max(u) < 1 << 16
+
+
+@pytest.mark.parametrize("n,rows,k,temp,seed,pos,imm0", [
+    (11, 2, 1, 1.0, 0, 0, 0),       # argmax
+    (9, 3, 4, 0.5, 5, 7, 48),       # strided rows
+    (5, 2, 8, 2.0, 3, 1, 0),        # k over n: every logit a candidate
+    (40, 1, 64, 1.0, 11, 30, 0),    # every candidate register
+])
+def test_topk_sample_kernel(n, rows, k, temp, seed, pos, imm0):
+    """Bit-exact to topk_sample with ties (logits drawn from a few values)."""
+    from hdl.sfu import sample
+    from hdl.sfu.sample import TopkSampleKernel
+    rng = np.random.default_rng(seed + n)
+    stride = imm0 or 4 * n
+    logits = rng.integers(-3, 4, size=(rows, n)) << rng.integers(10, 18)
+    logits[0, 0] = (1 << 31) - 1 if k > 1 else logits[0, 0]
+    src = bytearray(stride * rows)
+    for r in range(rows):
+        src[r * stride:r * stride + 4 * n] = _b(logits[r])
+    inv_t = fx.inv_temperature(temp)
+    aux = bytearray(4) + _sampling_block(k, inv_t, seed)
+    dst = bytearray(4 * rows + 4)
+    args = kernel_args(func=SfuFunc.TOPK_SAMPLE, n=n, rows=rows, src_addr=0, aux_addr=4,
+                       dst_addr=4, imm0=imm0, pos=pos)
+    res = run_kernel(TopkSampleKernel(), args, src, aux, dst)
+    u = [fx.sample_uniform(seed, pos + r) for r in range(rows)]
+    want = fx.topk_sample(torch.tensor(logits), k, inv_t, u)
+    assert _ints(dst[4:]).tolist() == want.tolist()
+    assert res["cycles"] == sample.cycles(args) and not res["err"]
+
+
+@pytest.mark.parametrize("k,inv_t", [(0, 1 << 16), (fx.TOPK_MAX + 1, 1 << 16), (3, 0),
+                                     (3, 1 << fx.INV_TEMP_BITS)])
+def test_topk_sample_refuses_its_block(k, inv_t):
+    from hdl.sfu.sample import TopkSampleKernel
+    args = kernel_args(func=SfuFunc.TOPK_SAMPLE, n=4, rows=1)
+    block = _sampling_block(k, inv_t, 1)
+    res = run_kernel(TopkSampleKernel(), args, _b([1, 2, 3, 4]), block, bytearray(4))
+    assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_unit_topk_sample_matches_isa(k):
+    """Logit rows in OUT (rows and position from registers), the block in AUX, the token
+    ids to AUX: unit and ISA simulator, with the unit's cycle formula."""
+    from hdl.sfu.unit import unit_cycles
+    rng = np.random.default_rng(k)
+    bufs = {b: bytearray(s) for b, s in SIZES.items()}
+    n, rows = 13, 2
+    bufs[Buffer.OUT][:4 * n * rows] = _b(rng.integers(-4, 4, size=n * rows) << 14)
+    bufs[Buffer.AUX][16:28] = _sampling_block(k, fx.inv_temperature(0.7), 1234)
+    instrs = [_sfu(SfuFunc.TOPK_SAMPLE, src=Buffer.OUT, dst=Buffer.AUX, aux=Buffer.AUX, n=n,
+                   rows_reg=1, pos_reg=2, src_addr=0, dst_addr=64, aux_addr=16)]
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, [0, rows, 9])
+    assert ref_err is None and not res["err"]
+    assert rtl == ref
+    args = kernel_args(func=SfuFunc.TOPK_SAMPLE, n=n, rows=rows)
+    assert res["released"][0][0] - res["accepted"][0] + 1 == unit_cycles(args, word_bits=128)

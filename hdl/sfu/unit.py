@@ -25,7 +25,7 @@ from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
 from ..core.unit_shell import UnitShell
-from . import attention, dequant, elementwise, quant, rmsnorm, rope
+from . import attention, dequant, elementwise, quant, rmsnorm, rope, sample
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
@@ -37,7 +37,7 @@ ROWWISE = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU, Sfu
            SfuFunc.ADD, SfuFunc.GELU, SfuFunc.RELU, SfuFunc.LAYERNORM)
 _ATT_KV = (SfuFunc.ATT_QK, SfuFunc.ATT_PV)
 _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, SfuFunc.ADD,
-             SfuFunc.ATT_QK, SfuFunc.ATT_PV, SfuFunc.LAYERNORM)
+             SfuFunc.ATT_QK, SfuFunc.ATT_PV, SfuFunc.LAYERNORM, SfuFunc.TOPK_SAMPLE)
 #: Width of the unit's ``n / heads`` (``heads / kv_heads``) check division.
 _CHECK_BITS = 20
 
@@ -50,7 +50,7 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32) 
     ``word_bits`` per cycle."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
-    for mod in (elementwise, quant, rmsnorm, rope, attention, dequant):
+    for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
         kernels.update(mod.KERNELS)
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
@@ -72,7 +72,7 @@ def kernel_cycles(args, *, word_bits: int) -> int:
     for mod in (attention, quant, rmsnorm):
         if func in mod.KERNELS:
             return mod.cycles(args, word_bytes=word_bits // 8)
-    for mod in (elementwise, rope, dequant):
+    for mod in (elementwise, rope, dequant, sample):
         if func in mod.KERNELS:
             return mod.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
