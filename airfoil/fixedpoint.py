@@ -22,6 +22,8 @@ Rounding is always "round half up" on the integer: ``(x + 2**(s-1)) >> s``
 from __future__ import annotations
 
 import math
+import struct
+from dataclasses import dataclass
 
 import torch
 
@@ -38,7 +40,7 @@ __all__ = [
     "attention_weights", "attention_context", "scale_to_mantissa", "attention_mask",
     "gelu_gate", "gelu", "relu", "row_mean", "layernorm_centred", "layernorm", "linear_bias",
     "TOPK_MAX", "INV_TEMP_FRAC", "INV_TEMP_BITS", "inv_temperature", "sample_uniform",
-    "topk_sample",
+    "topk_sample", "Sampling", "SAMPLING_BLOCK_BYTES",
 ]
 
 #: Fractional bits of the activations passed between operators (signed 32-bit).
@@ -870,3 +872,43 @@ def topk_sample(logits: torch.Tensor, k: int, inv_t: int, u) -> torch.Tensor:
     thr = (u * cum[:, -1]) >> 16
     pick = (cum <= thr.unsqueeze(-1)).sum(dim=-1)
     return order.gather(1, pick.unsqueeze(-1)).reshape(l.shape[:-1])
+
+
+#: Bytes of the sampling block ``TOPK_SAMPLE`` reads (:meth:`Sampling.block`).
+SAMPLING_BLOCK_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a run chooses its next tokens: :func:`topk_sample` of the ``k`` largest logits
+    at ``temperature``, drawn with :func:`sample_uniform` from the low 32 bits of
+    ``seed``; the default ``k = 1`` is greedy (the argmax). ValueError for a ``k`` outside
+    ``1 .. TOPK_MAX`` or a temperature :func:`inv_temperature` cannot hold."""
+
+    k: int = 1
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if (not isinstance(self.k, int) or isinstance(self.k, bool)
+                or not 1 <= self.k <= TOPK_MAX):
+            raise ValueError(f"top-k must be an integer in 1..{TOPK_MAX}, not {self.k!r}")
+        inv_temperature(self.temperature)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, not {self.seed!r}")
+
+    @property
+    def inv_t(self) -> int:
+        """The inverse temperature, unsigned Q16."""
+        return inv_temperature(self.temperature)
+
+    def block(self) -> bytes:
+        """The :data:`SAMPLING_BLOCK_BYTES` the host writes for ``TOPK_SAMPLE``: ``k``,
+        the inverse temperature and the seed as little-endian 32-bit words, then 0."""
+        return struct.pack("<4I", self.k, self.inv_t, self.seed & _M32, 0)
+
+    def choose(self, logits: torch.Tensor, position: int) -> int:
+        """The token drawn from a 1-D row of ACT logits, those of the token at
+        ``position``."""
+        u = sample_uniform(self.seed, position)
+        return int(topk_sample(logits.reshape(1, -1), self.k, self.inv_t, u)[0])

@@ -64,7 +64,8 @@ def llm_phases(shape: dict) -> tuple[str, ...]:
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused; 4: an LLM's
 #: embedding table is INT8 records with a scale per row (``embed_row`` bytes a row, the
-#: SFU's ``DEQUANT_ROW`` operands), not int32 rows.
+#: SFU's ``DEQUANT_ROW`` operands), not int32 rows, and the programs choose the next token
+#: (``TOPK_SAMPLE``) from the sampling block the host writes at ``sampling`` into ``next``.
 FOLDER_FORMAT = "airfoil-folder/4"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
 LLM_KIND = "llm"
@@ -414,7 +415,8 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
             raise _fail(where, str(e)) from None
     layers = shape["num_hidden_layers"]
     table = "rope" if shape.get("positions", "rope") == "rope" else "positions"
-    regions = {"params": 16, "ids": None, "logits": None, "embed": None, table: None,
+    regions = {"params": 16, "ids": None, "sampling": None, "next": None, "logits": None,
+               "embed": None, table: None,
                "norm": None, "tiles": None}
     for i in range(layers):
         for part in ("attn_norm", "mlp_norm", "kcache", "vcache"):
@@ -428,7 +430,7 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
     if lay["embed_row"] < record:
         raise _fail(where, f"manifest model.layout.embed_row is {lay['embed_row']}, less "
                            f"than the {record} bytes of an INT8 embedding record")
-    need = {"ids": 4 * T, "logits": lay["logits_row"] * T,
+    need = {"ids": 4 * T, "next": 4 * T, "sampling": 16, "logits": lay["logits_row"] * T,
             "embed": lay["embed_row"] * shape["vocab_size"],
             table: lay["rope_row"] * P if table == "rope" else 4 * shape["hidden_size"] * P}
     for i in range(layers):

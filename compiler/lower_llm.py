@@ -30,6 +30,7 @@ layer::
     SFU QUANT_TOKEN; MV|MM o; SFU ADD into H
     RMSNORM, QUANT_TOKEN, MV|MM gate and up, SFU SILU, MUL, QUANT_TOKEN, MV|MM down, ADD
     final RMSNORM, QUANT_TOKEN, MV|MM lm_head; ST logits (REG_T rows) to memory
+    LD the sampling block; SFU TOPK_SAMPLE logits -> next token ids; ST them to memory
 
 GPT-2 / OPT forms (the shape's ``norm``, ``mlp``, ``positions``): ``LAYERNORM`` then the
 LayerNorm bias added as a linear bias is; ``GELU`` or ``RELU`` of the up projection
@@ -390,6 +391,8 @@ def _plan_image(model, config, max_prompt, max_pos):
 
     put("params", 16)
     put("ids", 4 * max_prompt)
+    put("sampling", fx.SAMPLING_BLOCK_BYTES)
+    put("next", 4 * max_prompt)
     lay["logits_row"] = _up(4 * output_width(model["shape"]), wb)
     put("logits", lay["logits_row"] * max_prompt)
     lay["embed_row"] = record_bytes(d, wb)
@@ -602,6 +605,8 @@ class _Phase:
                                     f"V cache {what} at {self.lmax} positions"))
         aux = _Bump("AUX", b.aux_bytes, self.wb)
         self.IDS = aux.take(4 * T, "token ids")
+        self.SAMP = aux.take(fx.SAMPLING_BLOCK_BYTES, "sampling block")
+        self.NEXT = aux.take(4 * T, "next token ids")
         self.SC = aux.take(8 * T, "per-token scales")
         self.GAIN = aux.take(4 * d, "RMSNorm gain")
         if _rotary(model):
@@ -815,7 +820,8 @@ class _Phase:
 
     def store_output(self, buf, addr):
         """ST the T output rows (logits, or an encoder's hidden states) at ``addr`` in
-        ``buf`` to the output area; HALT; the program's words."""
+        ``buf`` to the output area; a decoder's next tokens (:meth:`next_tokens`); HALT;
+        the program's words."""
         s, lay, T = self.sched, self.lay, self.tmax
         row = lay["logits_row"]
         s.add(Opcode.ST, reads=[self.r(buf, addr, T * row)],
@@ -823,6 +829,8 @@ class _Phase:
               channel=self.channel(),
               buf_addr=addr, dram_addr=lay["logits"], nbytes=row, count=T,
               dram_stride=row, **self.tregs)
+        if not encoder(self.model["shape"]):
+            self.next_tokens()
         s.add(Opcode.SYS, op=SysOp.HALT)
         return s.words()
 
@@ -869,6 +877,25 @@ class _Phase:
             self.residual(src=self.X)
             self.rmsnorm(p + "mlp_norm")
         return self.store_output(Buffer.ACT, self.X)
+
+    def next_tokens(self):
+        """The next token of every row of logits chosen on chip: LD the sampling block the
+        host wrote, SFU TOPK_SAMPLE (row ``t`` draws for position ``REG_POS + t``) into
+        AUX, ST the token ids to the image's ``next``."""
+        lay, T, wb = self.lay, self.tmax, self.wb
+        blk = _up(fx.SAMPLING_BLOCK_BYTES, wb)
+        self.ld(Buffer.AUX, self.SAMP, lay["sampling"], blk)
+        row = lay["logits_row"]
+        ids = self.r(Buffer.AUX, self.NEXT, 4 * T)
+        self.sfu(SfuFunc.TOPK_SAMPLE, Buffer.OUT, self.LOG, Buffer.AUX, self.NEXT,
+                 self.vocab, reads=[self.r(Buffer.OUT, self.LOG, T * row),
+                                    self.r(Buffer.AUX, self.SAMP, blk)],
+                 writes=[ids], aux=Buffer.AUX, aux_addr=self.SAMP, imm0=row,
+                 pos_reg=REG_POS)
+        nbytes = _up(4 * T, wb)
+        self.sched.add(Opcode.ST, reads=[ids], writes=[self.mem(lay["next"], nbytes)],
+                       buf=Buffer.AUX, channel=self.channel(), buf_addr=self.NEXT,
+                       dram_addr=lay["next"], nbytes=nbytes, count=1, dram_stride=nbytes)
 
     def embed(self):
         """The token ids' INT8 embedding records gathered into X (by id, one row of

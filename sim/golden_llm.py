@@ -159,14 +159,11 @@ def _linear(layer: dict, role: str, xq) -> torch.Tensor:
     return y if bias is None else fx.add(y, bias)
 
 
-def _argmax_first(logits: torch.Tensor) -> int:
-    """Greedy choice: the largest logit, the lowest token id among equals."""
-    return int(torch.nonzero(logits == logits.max())[0, 0])
-
-
-def generate(model: dict, prompt, max_new_tokens: int, decode_text=None
-             ) -> tuple[list[int], str]:
-    """Prefill ``prompt`` (token ids), then greedily decode ``max_new_tokens`` tokens.
+def generate(model: dict, prompt, max_new_tokens: int, decode_text=None, *,
+             sampling: fx.Sampling | None = None) -> tuple[list[int], str]:
+    """Prefill ``prompt`` (token ids), then decode ``max_new_tokens`` tokens, each chosen
+    by ``sampling`` (default: greedy) from the logits of the token before it, as the
+    chip's ``TOPK_SAMPLE`` chooses (the draw of that token's position).
 
     Return ``(new_tokens, text)``; ``text`` is ``decode_text(new_tokens)`` when given,
     else the tokens as UTF-8 bytes for a 256-token (byte) vocabulary.
@@ -178,11 +175,12 @@ def generate(model: dict, prompt, max_new_tokens: int, decode_text=None
     prompt = list(prompt)
     if not prompt:
         raise CompileError("the prompt is empty (at least one token is needed)")
+    sampling = fx.Sampling() if sampling is None else sampling
     out: list[int] = []
     if max_new_tokens:
         logits = g.prefill(prompt)[-1]
         while True:
-            out.append(_argmax_first(logits))
+            out.append(sampling.choose(logits, g.position - 1))
             if len(out) == max_new_tokens:
                 break
             logits = g.decode(out[-1])
@@ -201,10 +199,11 @@ def golden_from_folder(folder) -> dict:
     return read_llm_model(folder.manifest, folder.image, folder.resolve_config())
 
 
-def generate_folder(folder, prompt, max_new_tokens: int, decode_text=None):
+def generate_folder(folder, prompt, max_new_tokens: int, decode_text=None, *, sampling=None):
     """:func:`generate` on the model read from an LLM output folder."""
     m = folder.manifest["model"]
     if len(list(prompt)) + max(max_new_tokens - 1, 0) > m["max_positions"]:
         raise CompileError(f"prompt plus new tokens exceed the {m['max_positions']} positions "
                            f"the folder holds")
-    return generate(golden_from_folder(folder), prompt, max_new_tokens, decode_text)
+    return generate(golden_from_folder(folder), prompt, max_new_tokens, decode_text,
+                    sampling=sampling)

@@ -928,8 +928,8 @@ def run_isa(folder, config: AccelConfig, x_q=None) -> tuple[torch.Tensor, dict]:
 class IsaLLM(LLMHost):
     """One sequence of an LLM folder on the ISA simulator (parameters: :class:`LLMHost`)."""
 
-    def __init__(self, folder, config: AccelConfig, *, trace: bool = False):
-        super().__init__(folder, config)
+    def __init__(self, folder, config: AccelConfig, *, trace: bool = False, sampling=None):
+        super().__init__(folder, config, sampling)
         self._decoded = {phase: (prog.words, IsaSim.prepare(prog.words))
                          for phase, prog in self.programs.items()}
         #: Keep each run's :class:`TraceEvent` list as its stats' ``trace``.
@@ -965,8 +965,10 @@ def decode_step_cycles(folder, config: AccelConfig, position: int | None = None)
             **{k: v for k, v in st.items() if k.startswith("busy_")}}
 
 
-def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int
+def generate_isa(folder, config: AccelConfig, prompt, max_new_tokens: int, *, sampling=None
                  ) -> tuple[list[int], list[dict]]:
-    """Greedy generation on the ISA simulator; return the new tokens and per-run stats."""
-    llm = IsaLLM(folder, config)
+    """Generation on the ISA simulator (greedy unless ``sampling``, an
+    :class:`airfoil.fixedpoint.Sampling`, says otherwise); return the new tokens and
+    per-run stats."""
+    llm = IsaLLM(folder, config, sampling=sampling)
     return llm.generate(prompt, max_new_tokens), llm.runs

@@ -1,12 +1,14 @@
 """The host side of an LLM folder's length-adaptive programs, for every executing backend.
 
 Before each run the host writes the parameter block (int32 ``pos``, ``T``,
-``len = pos + T``) and the ``T`` token ids into the memory image, runs the phase's
-program (``prefill`` for the prompt, ``decode`` for each new token), and reads the ``T``
-logit rows back; the KV cache lives in the image, so it persists between runs. Greedy
-generation takes the first index of the largest logit. An encoder folder runs a sentence
-as one prefill (every token sees every other) and reads back its hidden states; its
-embedding is pooled on the host in float (:mod:`airfoil.embedding`).
+``len = pos + T``), the sampling block (:meth:`airfoil.fixedpoint.Sampling.block`) and
+the ``T`` token ids into the memory image, runs the phase's program (``prefill`` for the
+prompt, ``decode`` for each new token), and reads the ``T`` logit rows and the ``T``
+next-token ids the chip chose (``TOPK_SAMPLE``) back; the KV cache lives in the image,
+so it persists between runs. Generation feeds the chip's last choice back as the next
+token (greedy by default: the first index of the largest logit). An encoder folder runs
+a sentence as one prefill (every token sees every other) and reads back its hidden
+states; its embedding is pooled on the host in float (:mod:`airfoil.embedding`).
 
 :class:`LLMHost` does all of that; a backend subclass only says how a program runs on
 an image (:meth:`LLMHost.execute`): the ISA simulator in place, the RTL core through
@@ -21,14 +23,10 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.embedding import folder_embedding
 from airfoil.errors import AirfoilError, ProgramError
+from airfoil.fixedpoint import Sampling
 from airfoil.folder import encoder, llm_phases, output_width
 
-__all__ = ["LLMHost", "greedy"]
-
-
-def greedy(logits: torch.Tensor) -> int:
-    """Index of the first largest value of a 1-D logit vector."""
-    return int(torch.nonzero(logits == logits.max())[0, 0])
+__all__ = ["LLMHost"]
 
 
 class LLMHost:
@@ -40,9 +38,11 @@ class LLMHost:
         A compiled folder of kind ``llm``.
     config : AccelConfig
         The configuration it was compiled for.
+    sampling : Sampling, optional
+        How the chip chooses the next tokens (default: greedy).
     """
 
-    def __init__(self, folder, config: AccelConfig):
+    def __init__(self, folder, config: AccelConfig, sampling: Sampling | None = None):
         if folder.kind != "llm":
             raise AirfoilError(f"{folder.path}: not an LLM folder (kind {folder.kind!r})")
         if folder.manifest["config_hash"] != config.config_hash:
@@ -65,6 +65,9 @@ class LLMHost:
             self.programs[phase] = prog
         self.position = 0
         self.runs: list[dict] = []
+        self.sampling = Sampling() if sampling is None else sampling
+        #: The token ids the chip chose after each of the last run's tokens.
+        self.next_tokens: list[int] = []
 
     # -- what a backend provides ----------------------------------------------------------
 
@@ -90,6 +93,10 @@ class LLMHost:
         """Byte range of the ``T`` logit rows."""
         return self.layout["logits"], self.layout["logits"] + T * self.layout["logits_row"]
 
+    def next_span(self, T: int) -> tuple[int, int]:
+        """Byte range of the ``T`` next-token ids the chip chose."""
+        return self.layout["next"], self.layout["next"] + 4 * T
+
     def _run(self, phase: str, tokens) -> torch.Tensor:
         tok = [int(t) for t in tokens]
         T, pos = len(tok), self.position
@@ -101,10 +108,14 @@ class LLMHost:
         self.image[lay["params"]:lay["params"] + 12] = np.array(
             [pos, T, pos + T], dtype="<i4").tobytes()
         self.image[lay["ids"]:lay["ids"] + 4 * T] = np.array(tok, dtype="<i4").tobytes()
+        block = self.sampling.block()
+        self.image[lay["sampling"]:lay["sampling"] + len(block)] = block
         stats = self.execute(phase, T)
         stats["phase"], stats["tokens"], stats["position"] = phase, T, pos
         self.runs.append(stats)
         self.position = pos + T
+        lo, hi = self.next_span(T)
+        self.next_tokens = np.frombuffer(self.image[lo:hi], dtype="<i4").tolist()
         row = lay["logits_row"] // 4
         raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
         return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.width]
@@ -142,13 +153,14 @@ class LLMHost:
         return folder_embedding(self.prefill(tokens), self.folder.manifest["model"])
 
     def generate(self, prompt, max_new_tokens: int) -> list[int]:
-        """Greedy generation: the ``max_new_tokens`` tokens after ``prompt``."""
+        """The ``max_new_tokens`` tokens after ``prompt``, each the one the chip chose
+        after the last run (:attr:`sampling`)."""
         out: list[int] = []
         if max_new_tokens:
-            logits = self.prefill(prompt)[-1]
+            self.prefill(prompt)
             while True:
-                out.append(greedy(logits))
+                out.append(self.next_tokens[-1])
                 if len(out) == max_new_tokens:
                     break
-                logits = self.decode(out[-1])
+                self.decode(out[-1])
         return out

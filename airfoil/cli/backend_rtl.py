@@ -137,8 +137,8 @@ class RtlLLM(LLMHost):
     """
 
     def __init__(self, folder, config: AccelConfig, *, seed: int = 0, stalls: bool = True,
-                 build_dir="build"):
-        super().__init__(folder, config)
+                 build_dir="build", sampling=None):
+        super().__init__(folder, config, sampling)
         self.seed, self.stalls = int(seed), bool(stalls)
         self.paths = emit_core(config, build_dir)
         self.build_root = Path(build_dir) / "sim"
@@ -148,10 +148,12 @@ class RtlLLM(LLMHost):
 
         lo, hi = self.logits_span(T)
         klo, khi = self.kv_span()
+        nlo, nhi = self.next_span(T)
         case = RtlCase(program=self.programs[phase].to_bytes(), image=bytes(self.image),
                        seed=self.seed + len(self.runs),
                        stall=DEFAULT_STALL if self.stalls else 0.0,
-                       read_back={"logits": (lo, hi - lo), "kv": (klo, khi - klo)},
+                       read_back={"logits": (lo, hi - lo), "kv": (klo, khi - klo),
+                                  "next": (nlo, nhi - nlo)},
                        max_cycles=50_000_000, poll=256,
                        channel_offsets=channel_offsets(self.folder.manifest, self.config))
         res = run_core(verilog=self.paths["sources"], meta=self.paths["meta"],
@@ -162,13 +164,18 @@ class RtlLLM(LLMHost):
             raise AirfoilError(f"rtl: {phase} stopped with {what} (seed {case.seed})")
         self.image[lo:hi] = res["reads"]["logits"]
         self.image[klo:khi] = res["reads"]["kv"]
+        self.image[nlo:nhi] = res["reads"]["next"]
         stats = {k: v for k, v in res.items() if k not in ("reads",)}
         stats["seed"] = case.seed
         return stats
 
 
 def generate_rtl(folder, config: AccelConfig, prompt, max_new_tokens: int, *, seed: int = 0,
-                 stalls: bool = True, build_dir="build") -> tuple[list[int], list[dict]]:
-    """Greedy generation on the RTL core; return the new tokens and per-run stats."""
-    llm = RtlLLM(folder, config, seed=seed, stalls=stalls, build_dir=build_dir)
+                 stalls: bool = True, build_dir="build", sampling=None
+                 ) -> tuple[list[int], list[dict]]:
+    """Generation on the RTL core (greedy unless ``sampling``, an
+    :class:`airfoil.fixedpoint.Sampling`, says otherwise); return the new tokens and
+    per-run stats."""
+    llm = RtlLLM(folder, config, seed=seed, stalls=stalls, build_dir=build_dir,
+                 sampling=sampling)
     return llm.generate(prompt, max_new_tokens), llm.runs

@@ -1,9 +1,11 @@
 """``airfoil run``: run a compiled folder on a backend (torch golden, ISA simulator, RTL,
 the Alveo kernel through XRT, a ULX3S board over its USB UART).
 
-The folder's manifest decides what runs: an LLM folder generates text greedily from
-``--prompt`` (or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden or
-the ``isa`` simulator; an encoder folder (BERT) runs the sentence of ``--prompt`` (with
+The folder's manifest decides what runs: an LLM folder generates text from ``--prompt``
+(or ``--tokens``) for ``--max-new-tokens`` tokens on the ``torch`` golden, the ``isa``
+simulator or the ``rtl`` core, each token chosen on chip (``TOPK_SAMPLE``): greedily, or
+with ``--top-k K --temperature T --seed S`` drawn from the ``K`` largest logits, the same
+tokens on every backend; an encoder folder (BERT) runs the sentence of ``--prompt`` (with
 its ``[CLS]`` .. ``[SEP]``) as one prefill and ``--save`` writes its sentence embedding
 (float32, pooled and normalised on the host in float from the hidden states the device
 wrote); a linear-layer folder runs one input vector on any backend.
@@ -11,6 +13,7 @@ wrote); a linear-layer folder runs one input vector on any backend.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import zlib
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import fixedpoint as fx
 from ..config import load_config
 from ..embedding import folder_embedding
 from ..errors import AirfoilError
@@ -27,6 +31,22 @@ from ..formats import quantize_act
 from .argtypes import SEED, int_in
 
 BACKENDS = ("torch", "isa", "rtl", "xrt", "board")
+
+
+def temperature(text: str) -> float:
+    """An ``argparse`` type: a sampling temperature the chip's inverse temperature holds."""
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        fx.inv_temperature(t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return t
+
+
+temperature.__name__ = "temperature"
 
 
 def register(sub):
@@ -41,7 +61,9 @@ def register(sub):
     p.add_argument("--input", default=None, metavar="x.npy",
                    help="input vector of K values: integers are INT8 as they are, floats are "
                         "quantized with the manifest's input scale (default: the stored input)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed for the rtl backend's stalls")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="seed of top-k sampling (its low 32 bits) and of the rtl backend's "
+                        "stalls (default: 0)")
     p.add_argument("--xclbin", default=None, metavar="FILE",
                    help="xrt backend: the kernel's .xclbin (v++ build of `airfoil package`)")
     p.add_argument("--device", type=int_in(0, 255), default=0, metavar="N",
@@ -56,7 +78,12 @@ def register(sub):
     p.add_argument("--tokens", default=None, metavar="ID,ID,...",
                    help="LLM folder: the prompt as comma-separated token ids")
     p.add_argument("--max-new-tokens", type=int_in(0, 2 ** 16), default=16, metavar="N",
-                   help="LLM folder: tokens to generate greedily (default: 16)")
+                   help="LLM folder: tokens to generate (default: 16)")
+    p.add_argument("--top-k", type=int_in(1, fx.TOPK_MAX), default=1, metavar="K",
+                   help="LLM folder: draw each token from the K largest logits (default: 1, "
+                        "greedy; ties go to the lowest token id)")
+    p.add_argument("--temperature", type=temperature, default=1.0, metavar="T",
+                   help="LLM folder: temperature of top-k sampling (default: 1.0)")
     p.set_defaults(func=run)
 
 
@@ -148,9 +175,10 @@ def prompt_tokens(args, folder) -> tuple[list[int], object]:
     return ids, tok
 
 
-def generate_backend(backend, folder, config, prompt, max_new_tokens, *, seed=0):
-    """Greedy generation on ``torch`` (golden), ``isa`` or ``rtl``; return
-    ``(tokens, runs)``."""
+def generate_backend(backend, folder, config, prompt, max_new_tokens, *, seed=0,
+                     sampling=None):
+    """Generation on ``torch`` (golden), ``isa`` or ``rtl``, greedy unless ``sampling``
+    (:class:`airfoil.fixedpoint.Sampling`) says otherwise; return ``(tokens, runs)``."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise AirfoilError(f"--max-new-tokens must be a non-negative integer, not "
                            f"{max_new_tokens!r}")
@@ -160,20 +188,22 @@ def generate_backend(backend, folder, config, prompt, max_new_tokens, *, seed=0)
                            f"{mm['max_positions']} positions {folder.path} holds")
     if backend == "torch":
         from sim.golden_llm import generate_folder
-        return generate_folder(folder, prompt, max_new_tokens)[0], []
+        return generate_folder(folder, prompt, max_new_tokens, sampling=sampling)[0], []
     if backend == "isa":
         from sim.isa_sim import generate_isa
-        return generate_isa(folder, config, prompt, max_new_tokens)
+        return generate_isa(folder, config, prompt, max_new_tokens, sampling=sampling)
     if backend == "rtl":
         from .backend_rtl import generate_rtl
-        return generate_rtl(folder, config, prompt, max_new_tokens, seed=seed)
+        return generate_rtl(folder, config, prompt, max_new_tokens, seed=seed,
+                            sampling=sampling)
     raise AirfoilError(f"unknown backend {backend!r} (accepted: torch, isa, rtl)")
 
 
 def run_llm(args, folder, config) -> int:
     prompt, tok = prompt_tokens(args, folder)
+    sampling = fx.Sampling(args.top_k, args.temperature, args.seed)
     out, runs = generate_backend(args.backend, folder, config, prompt, args.max_new_tokens,
-                                 seed=args.seed)
+                                 seed=args.seed, sampling=sampling)
     print(f"backend {args.backend}: {len(prompt)} prompt tokens, {len(out)} new tokens")
     print(f"tokens: {' '.join(map(str, out))}")
     if tok is not None:
