@@ -71,6 +71,31 @@ def test_compile_and_run_random_model(tmp_path, capsys):
            "exceed the 32 positions")
 
 
+def test_run_samples_top_k_on_chip(tmp_path, capsys):
+    """--top-k K --temperature T --seed S: the same tokens on the golden and the ISA
+    simulator (the chip's TOPK_SAMPLE), other tokens than greedy, other tokens for
+    another seed; out-of-range sampling arguments refused in one line."""
+    model = _random_hf(tmp_path / "m")
+    recipe = _recipe(tmp_path / "r.yaml", [{"match": "*", "format": "int8", "group": 32}])
+    out_dir = str(tmp_path / "out")
+    cli_ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", "sim_llm",
+                    "-o", out_dir, "--max-prompt", "6"])
+    base = ["run", out_dir, "--tokens", "3,1,4,1,5,9,2,6", "--max-new-tokens", "10"]
+    lines = {}
+    for b in ("torch", "isa"):
+        for seed in ("7", "8"):
+            lines[b, seed] = _tokens_line(cli_ok(capsys, base + [
+                "--backend", b, "--top-k", "20", "--temperature", "2.5", "--seed", seed]))
+    greedy = _tokens_line(cli_ok(capsys, base + ["--backend", "isa"]))
+    assert lines["torch", "7"] == lines["isa", "7"] and lines["torch", "8"] == lines["isa", "8"]
+    assert lines["isa", "7"] != greedy and lines["isa", "7"] != lines["isa", "8"]
+    cli_fails(capsys, base + ["--top-k", "0"], "0 is outside 1 .. 64")
+    cli_fails(capsys, base + ["--top-k", "65"], "65 is outside 1 .. 64")
+    cli_fails(capsys, base + ["--temperature", "0"], "temperature must be a positive number")
+    cli_fails(capsys, base + ["--temperature", "1e-9"], "temperature 1e-09 is outside")
+    cli_fails(capsys, base + ["--temperature", "hot"], "'hot' is not a number")
+
+
 def test_compile_errors(tmp_path, capsys):
     model = _random_hf(tmp_path / "m")
     out = str(tmp_path / "out")
@@ -157,6 +182,10 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
     (lambda m: m["model"]["layout"].update(kv_row=m["model"]["layout"]["kv_row"] * 2),
      "layout.l0.kcache holds"),
     (lambda m: m["model"].update(linears=[]), "model.linears is not a non-empty object"),
+    # A folder of the int32 embedding table (format 3) is refused, naming the format.
+    (lambda m: m.update(format="airfoil-folder/3"),
+     "manifest format 'airfoil-folder/3' is not 'airfoil-folder/4'"),
+    (lambda m: m["model"]["layout"].update(embed_row=8), "layout.embed_row is 8, less than"),
 ])
 def test_run_refuses_a_tampered_llm_manifest(tmp_path, capsys, mutate, message):
     model = _random_hf(tmp_path / "m")
