@@ -32,12 +32,12 @@ CONTEXTS = (512, 4096)
 def bytes_per_token(manifest: dict, ctx: int) -> int:
     """Bytes a decode step at context ``ctx`` must read: every weight tile (lm_head
     included), the K and V cache rows of ``ctx`` positions in every layer, and one
-    embedding row."""
+    embedding row (an INT8 record, ``embed_row`` bytes)."""
     mm = manifest["model"]
     s = mm["shape"]
     weights = sum(t["nbytes"] for v in mm["linears"].values() for t in v["tiles"])
     kv = 2 * s["num_hidden_layers"] * ctx * mm["layout"]["kv_row"]
-    return weights + kv + 4 * s["hidden_size"]
+    return weights + kv + mm["layout"]["embed_row"]
 
 
 def decode_figures(prefix: str, folder, manifest: dict, config, log,

@@ -3,9 +3,9 @@
 A :class:`StepProfile` is one run of a phase program (a decode step at a position, or a
 prefill of ``T`` tokens) on the ISA simulator with its instruction trace
 (:class:`sim.isa_sim.TraceEvent`), cut into *sections* in program order: ``embed`` (the
-token ids and the embedding gather), ``layer 0`` .. ``layer N-1`` (each from the load of
-its attention RMSNorm gain) and ``head`` (from the final norm's gain: norm, ``lm_head``,
-the logits' store). The compiler emits every layer's instructions after that gain's load
+token ids, the embedding gather and its ``DEQUANT_ROW``), ``layer 0`` .. ``layer N-1``
+(each from the load of its attention RMSNorm gain) and ``head`` (from the final norm's
+gain: norm, ``lm_head``, the logits' store, the next token's ``TOPK_SAMPLE``). The compiler emits every layer's instructions after that gain's load
 and before the next one's, so the cut needs nothing but the folder's memory layout.
 
 From a profile: the busy cycles of each unit per section, each section's operating point

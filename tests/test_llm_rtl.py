@@ -56,6 +56,22 @@ def test_gqa_layer_prefill_and_decode_bit_exact_under_stalls(tmp_path):
     assert 0 < dec["overlap_cycles"] < dec["cycles"]
 
 
+def test_tokens_chosen_on_chip_equal_on_three_backends(tmp_path):
+    """The chip's TOPK_SAMPLE after the INT8 embedding's DEQUANT_ROW: greedy and top-k
+    sampled tokens at a fixed seed, the same on the golden, the ISA simulator and the
+    RTL core (a prompt longer than the prefill, so decode steps finish it)."""
+    from airfoil.fixedpoint import Sampling
+    cfg = load_config("sim_llm")
+    folder = _layer_folder(tmp_path, cfg, seed=1)
+    prompt = [5, 17, 2, 30, 11, 8, 1]
+    for sampling in (Sampling(), Sampling(k=12, temperature=3.0, seed=5)):
+        want = generate_folder(folder, prompt, 4, sampling=sampling)[0]
+        assert generate_isa(folder, cfg, prompt, 4, sampling=sampling)[0] == want
+        assert generate_rtl(folder, cfg, prompt, 4, seed=2, sampling=sampling,
+                            build_dir="build")[0] == want
+    assert generate_folder(folder, prompt, 4)[0] != want      # sampling changed the tokens
+
+
 @pytest.mark.slow
 def test_tiny_model_eight_tokens_equal_on_three_backends():
     from sim.measure.llm_accuracy import TINY_MODEL

@@ -12,6 +12,7 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 from hdl.sfu import dequant
 from hdl.sfu.dequant import DequantRowKernel
+from hdl.sfu.unit import unit_cycles
 from test_sfu import SIZES, _b, _i32, _ints, _run_both, _sfu, kernel_args, run_kernel
 
 
@@ -79,6 +80,9 @@ def test_unit_dequant_row_matches_isa(word_bits):
     res, rtl, ref, ref_err = _run_both(instrs, bufs, [0, rows], word_bits=word_bits)
     assert ref_err is None and not res["err"]
     assert rtl == ref
+    args = kernel_args(func=SfuFunc.DEQUANT_ROW, n=n, rows=rows)
+    assert res["released"][0][0] - res["accepted"][0] + 1 == unit_cycles(args,
+                                                                          word_bits=word_bits)
     assert _ints(rtl[Buffer.OUT][4:4 + 4 * rows * n]).tolist() == \
         fx.dequant_row(q, sm, se).reshape(-1).tolist()
 
@@ -149,7 +153,6 @@ def test_topk_sample_refuses_its_block(k, inv_t):
 def test_unit_topk_sample_matches_isa(k):
     """Logit rows in OUT (rows and position from registers), the block in AUX, the token
     ids to AUX: unit and ISA simulator, with the unit's cycle formula."""
-    from hdl.sfu.unit import unit_cycles
     rng = np.random.default_rng(k)
     bufs = {b: bytearray(s) for b, s in SIZES.items()}
     n, rows = 13, 2

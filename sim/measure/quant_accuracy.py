@@ -31,7 +31,7 @@ from compiler.bits_budget import budget_bits, layer_weight_bits
 from compiler.calibrate import calibration_tokens, default_calibration
 from compiler.importers.hf import import_hf
 from compiler.llm_recipe import RECIPE_DIR, load_llm_recipe
-from compiler.lower_llm import compile_llm
+from compiler.lower_llm import compile_llm, record_bytes
 from compiler.passes import llm_pipeline, quantized_model
 from compiler.tokenizer import corpus_split, load_tokenizer
 from sim.golden_llm import GoldenLLM, golden_from_folder
@@ -111,10 +111,10 @@ class TinyEval:
         q = llm_pipeline(recipe, calibration=self.windows, log=log).run(self.graph)
         plan = q.meta["plan"]
         d, vocab = self.graph.shape.hidden_size, self.graph.shape.vocab_size
-        out = {"embed_bytes": 4 * vocab * d,
+        config = load_config(CONFIG)
+        out = {"embed_bytes": vocab * record_bytes(d, config.word_bytes),
                "formats": _format_counts(q), "config_hash": None}
         folder = Path(build_dir) / "bench_quant" / name
-        config = load_config(CONFIG)
         manifest = None
         try:
             manifest = compile_llm(quantized_model(q), config, folder,
