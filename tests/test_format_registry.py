@@ -221,7 +221,7 @@ def test_folder_of_the_old_stream_layout_is_refused(tmp_path):
     m["format"] = "airfoil-folder/1"
     path.write_text(json.dumps(m))
     with pytest.raises(AirfoilError, match=r"manifest format 'airfoil-folder/1' is not "
-                                           r"'airfoil-folder/3' \(.*compile it again\)"):
+                                           r"'airfoil-folder/4' \(.*compile it again\)"):
         load_folder(tmp_path / "f", cfg)
 
 
