@@ -131,17 +131,17 @@ def test_synthetic_model_bit_exact_in_kv_passes(tmp_path, kv_bytes, passes, slot
 def test_image_over_the_board_memory_is_refused(tmp_path, capsys):
     base = load_config("sim_llm")
     small = dataclasses.replace(base, memory=dataclasses.replace(base.memory,
-                                                                 channel_bytes=1 << 20))
-    with pytest.raises(CompileError, match=r"needs \d+ bytes .* more than the 1048576 bytes"):
+                                                                 channel_bytes=1 << 19))
+    with pytest.raises(CompileError, match=r"needs \d+ bytes .* more than the 524288 bytes"):
         compile_llm(synthetic_model(_shape()), small, tmp_path / "out", size_only=True)
     assert not (tmp_path / "out").exists()
     cfg = tmp_path / "small.yaml"
     data = base.to_dict()
-    data["memory"]["channel_bytes"] = 1 << 20
+    data["memory"]["channel_bytes"] = 1 << 19
     cfg.write_text(yaml.safe_dump(data))
     cli_fails(capsys, ["compile", "--synthetic", _write_shape(tmp_path), "--config", str(cfg),
                        "-o", str(tmp_path / "out"), "--size-only"],
-              "more than the 1048576 bytes (0.00 GiB: 1 channels x 1048576 bytes)")
+              "more than the 524288 bytes (0.00 GiB: 1 channels x 524288 bytes)")
 
 
 def test_kv_buffer_too_small_for_one_head_is_refused(tmp_path):
