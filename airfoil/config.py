@@ -274,11 +274,22 @@ class LimitsConfig:
         Largest head dimension ``n`` of ``ATT_PV``: the lanes of the SFU's context
         accumulator (a multiple of 4 in 4..4096; default
         :data:`~airfoil.isa.ATT_PV_MAX_HEAD_DIM`).
+    stream_tokens : int
+        Largest ``m`` of an ``MM`` on streamed weights (``wfmt = STREAM``): the activation
+        vectors the streamed engine applies each weight record to before it takes the next
+        (each chain's accumulator sets in the rescaler, and the per-token requantization
+        table), so a prefill reads its weights once per this many tokens (1..256; default
+        16).
     """
 
     att_pv_max_head_dim: int = ATT_PV_MAX_HEAD_DIM
+    stream_tokens: int = 16
 
     def validate(self, where: str) -> None:
+        t = self.stream_tokens
+        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 256:
+            raise ConfigError(f"{where}limits.stream_tokens must be an integer in 1..256, "
+                              f"not {t!r}")
         v = self.att_pv_max_head_dim
         if isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 4096 or v % 4:
             raise ConfigError(f"{where}limits.att_pv_max_head_dim must be a multiple of 4 in "

@@ -61,11 +61,13 @@ a sparse pattern, :attr:`airfoil.fixedpoint.QLinear.streamed`) runs through the 
 unit: its row blocks (all of K each) are packed into record streams, one per memory
 channel, as :mod:`compiler.linear` packs a streamed layer (:func:`compiler.streams.
 pack_stream_tile`), and each block is ``LD WSTREAM`` (one per channel, right before its
-matrix instruction) then ``MV`` with ``wfmt = STREAM`` and ``tok_scale = 1``. The stream
-is a FIFO, so these loads carry no tokens. The streamed engine has no ``MM``: a model with
-a streamed layer is compiled with ``max_prompt = 1``, so the prefill program takes one
-token (``MV`` everywhere it streams) and the host runs a longer prompt as that prefill
-followed by decode steps (bit-identical, as for any prompt longer than ``max_prompt``).
+matrix instruction) then ``MV`` (decode) or ``MM`` of ``REG_T`` vectors (prefill) with
+``wfmt = STREAM`` and ``tok_scale = 1``. The stream is a FIFO, so these loads carry no
+tokens. The streamed engine applies each record to at most ``limits.stream_tokens``
+vectors, so a model with a streamed layer plans its prefill for at most that many tokens
+(``max_prompt``): the prefill reads each weight once for all its tokens, and the host runs
+a longer prompt as that prefill followed by decode steps (bit-identical, as for any prompt
+longer than ``max_prompt``).
 
 Scheduling: instructions are emitted in program order into the four unit queues; every
 instruction names the buffer and memory ranges it reads and writes, and a dependency on
@@ -727,12 +729,18 @@ class _Phase:
                 ostride=_up(n * 4, self.wb) // self.wb, **mfields)
 
     def streamed_linear(self, info, out_addr):
-        """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (m = 1,
-        per-token requantization). The loads carry no tokens: the stream is a FIFO that
-        the MV drains, and each load comes right before its MV in program order."""
-        if self.tmax != 1:
-            raise CompileError(f"a streamed layer takes one token per matrix instruction; "
-                               f"the {self.phase} program plans {self.tmax}")
+        """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (decode)
+        or MM STREAM of ``REG_T`` vectors (prefill), with per-token requantization. The
+        loads carry no tokens: the stream is a FIFO that the matrix instruction drains, and
+        each load comes right before it in program order."""
+        T = self.tmax
+        if T > self.config.limits.stream_tokens:
+            raise CompileError(f"a streamed layer takes at most "
+                               f"{self.config.limits.stream_tokens} tokens per matrix "
+                               f"instruction (config limits.stream_tokens); the {self.phase} "
+                               f"program plans {T}")
+        op = Opcode.MM if self.phase == "prefill" else Opcode.MV
+        mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
         n, k, wb = info["n"], info["k"], self.wb
         orow = _up(n * 4, wb)
         for t in info["tiles"]:
@@ -742,14 +750,14 @@ class _Phase:
                                dram_addr=st["addr"], nbytes=st["nbytes"], count=1,
                                dram_stride=st["nbytes"])
             self.sched.add(
-                Opcode.MV, reads=[self.r(Buffer.ACT, self.XQ, k),
-                                  self.r(Buffer.AUX, self.SC, 8)],
-                writes=[self.r(Buffer.OUT, out_addr, orow)], wfmt=WeightFormat.STREAM,
-                sparsity=Sparsity.DENSE, group=info["group"], rows=t["rows"], k=k, m=1,
+                op, reads=[self.r(Buffer.ACT, self.XQ, T * k),
+                           self.r(Buffer.AUX, self.SC, 8 * T)],
+                writes=[self.r(Buffer.OUT, out_addr, T * orow)], wfmt=WeightFormat.STREAM,
+                sparsity=Sparsity.DENSE, group=info["group"], rows=t["rows"], k=k,
                 wbuf_addr=0, abuf_addr=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
                 k0=info["k0"], req_m=0, req_s=0, out_fmt=OutFormat.INT32, acc_init=1,
                 final=1, bias=0, tok_scale=1, sbuf_addr=self.SC,
-                astride=info["k_in"] // wb, ostride=orow // wb)
+                astride=info["k_in"] // wb, ostride=orow // wb, **mfields)
 
     def emit(self):
         s, lay, T = self.sched, self.lay, self.tmax
@@ -1123,13 +1131,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
                            f"{config.name!r} keeps (k_split_batches)")
     most = max_pos if k_tokens is None else min(max_pos, k_tokens)
     streamed = [name for name, ql in flat.items() if ql.streamed]
-    if streamed:                # the streamed engine has no MM: one token per prefill run
-        if max_prompt not in (None, 1):
-            raise CompileError(f"max_prompt={max_prompt!r}: layer {streamed[0]} is streamed "
-                               f"and the streamed engine takes one token per matrix "
-                               f"instruction (accepted: 1; longer prompts run as decode "
-                               f"steps)")
-        max_prompt = 1
+    if streamed:                # the streamed engine's MM takes limits.stream_tokens vectors
+        most = min(most, config.limits.stream_tokens)
     if max_prompt is None:
         max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos),
                               min(DEFAULT_MAX_PROMPT, most))
@@ -1139,7 +1142,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
             not 1 <= max_prompt <= most:
         raise CompileError(f"max_prompt must be an integer in 1..{most} (positions that fit "
                            f"config {config.name!r}, tokens whose K-split accumulators the "
-                           f"MATRIX unit keeps), not {max_prompt!r}")
+                           f"MATRIX unit keeps, tokens the streamed engine applies a record "
+                           f"to), not {max_prompt!r}")
     err = _fit_error(model, config, "prefill", max_prompt, max_pos)
     if err is not None:
         raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")

@@ -241,8 +241,8 @@ class CycleModel:
 UNPACK_LATENCY = 4
 #: Fill latency of a streamed MV/MM: the unpacker plus the matrix pipeline.
 STREAM_LATENCY = UNPACK_LATENCY + MATRIX_LATENCY
-#: Cycles a streamed MV with per-token scales (``tok_scale``) adds before it starts: the
-#: read of its scale pair from AUX.
+#: Cycles a streamed MV/MM with per-token scales (``tok_scale``) adds before it starts, per
+#: vector: the read of its scale pair from AUX.
 TOKEN_SCALE_CYCLES = 1
 
 
@@ -251,7 +251,8 @@ def stream_matrix_work(words: int, ksteps: int, m: int = 1) -> int:
 
     The decode unit takes at most one memory word of the stream per cycle, and the chains
     take one k-step (``lanes`` kept weights on each of the ``chains`` rows of a record)
-    per cycle per activation vector, so the slower of the two sets the pace:
+    per cycle per activation vector (an ``MM`` applies each record to its ``m`` vectors,
+    one after the other, before the next record), so the slower of the two sets the pace:
     ``max(words, m * ksteps)``. ``words`` counts the stream words the instruction is the
     first to read from (PAD words before its records included), ``ksteps`` the sum over
     its records of
@@ -276,8 +277,8 @@ def stream_matrix_cost(slices, m: int = 1, rate: float = 1.0, *,
     instruction lasts as long as its slowest slice. ``rate`` is the words per cycle a
     channel delivers (below 1 when its bandwidth is below the port's,
     :meth:`CycleModel.words_per_cycle`): a slice's words then take ``words / rate``
-    cycles. ``token_scale`` adds :data:`TOKEN_SCALE_CYCLES`.
+    cycles. ``token_scale`` adds :data:`TOKEN_SCALE_CYCLES` per vector.
     """
     work = max(stream_matrix_work(math.ceil(w / rate), s, m) for w, s in slices)
-    work += TOKEN_SCALE_CYCLES if token_scale else 0
+    work += TOKEN_SCALE_CYCLES * m if token_scale else 0
     return Cost(busy=work + STREAM_LATENCY, latency=work + STREAM_LATENCY)

@@ -441,6 +441,13 @@ class IsaSim:
         if group not in cfg.group_sizes:
             raise fault(i, name, ErrorCode.UNSUPPORTED, f"group size {group} is not built in "
                         f"(config has {', '.join(map(str, cfg.group_sizes))})")
+        if stream and m > cfg.limits.stream_tokens:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"m={m} vectors on streamed weights: "
+                        f"the streamed engine applies a record to at most "
+                        f"{cfg.limits.stream_tokens} (config limits.stream_tokens)")
+        if stream and m > 1 and not f["acc_init"]:
+            raise fault(i, name, ErrorCode.UNSUPPORTED, f"acc_init=0 with m={m} vectors on "
+                        f"streamed weights (the streamed engine continues one vector)")
         if k % group:
             raise fault(i, name, ErrorCode.MALFORMED,
                         f"k={k} is not a multiple of the group size {group}")

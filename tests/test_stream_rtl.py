@@ -30,10 +30,11 @@ from sim.tb_stream.rtl import check_results, run_stream_rtl
 from sim.tb_stream.stimulus import StreamCase, make_case
 
 #: The small geometry of the fast RTL set: 64-bit words, 8 lanes, 2 chains (a beat holds
-#: up to 4 lane-vectors, so the adapter spreads beats over several steps).
+#: up to 4 lane-vectors, so the adapter spreads beats over several steps), ``MM`` of up to
+#: 4 tokens.
 TINY = dict(chains=2, lanes=8, word_bits=64, act_bytes=1024, out_bytes=256,
             group_sizes=(32, 64, 128),
-            patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"))
+            patterns=("dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"), tokens=4)
 TINY_MEM = dict(latency=12, outstanding=2, max_burst=4)
 NMS = ["dense", "1:4", "2:4", "2:8", "4:16", "8:16", "block"]
 #: INT6 and the FP4/FP3 variants, drawn per record in the ``bitmod`` case.
@@ -204,15 +205,17 @@ def _tiny_case(**kw):
     ({"wfmt": "INT4"}, isa.ErrorCode.UNSUPPORTED),
     ({"abuf_addr": 1024 - 32}, isa.ErrorCode.BUFFER_RANGE),
     ({"abuf_addr": 4}, isa.ErrorCode.UNSUPPORTED),     # not word aligned
-    ("MM", isa.ErrorCode.UNSUPPORTED),
+    ("MM", isa.ErrorCode.UNSUPPORTED),                 # m = 2 > the unit's 1 token
+    ("MM0", isa.ErrorCode.MALFORMED),                  # m = 0
 ], ids=["group-mismatch", "bias", "m", "k", "k-split", "wgt-format", "act-range",
-        "act-align", "mm"])
+        "act-align", "mm-tokens", "mm-m0"])
 def test_errors_are_reported(change, code):
     c, words = _tiny_case()
     fields = dict(c["instr"])
     opcode = isa.Opcode.MV
-    if change == "MM":
+    if change in ("MM", "MM0"):
         opcode = isa.Opcode.MM
+        fields["m"] = 2 if change == "MM" else 0
     else:
         fields.update(change)
     out = _run_unit(ERR_UNIT, fields, words, opcode=opcode)
@@ -397,3 +400,59 @@ def test_rtl_block_skip_bit_exact_and_fewer_cycles_than_dense(tiny_harness):
         check_results([dense, block], res)
         assert block["image_words"] < dense["image_words"]
         assert res[1]["cycles"] < res[0]["cycles"], (stall, res)
+
+
+def _mm_cases(geom, seed, tokens):
+    """MMs of ``tokens`` vectors: dense and sparse INT4, a mixed tensor of every format and
+    pattern, odd row counts and results at an offset."""
+    rows = 2 * geom.rows + 1
+    return [make_case(geom, name=f"mm{tokens}-int4-{sp}", rows=rows, k=256, group=128,
+                      fmt="int4", sparsity=sp, seed=seed * 10 + i, tokens=tokens)
+            for i, sp in enumerate(("dense", "2:4", "block"))] + [
+        make_case(geom, name=f"mm{tokens}-mixed", rows=3 * geom.rows - 1, k=128, group=32,
+                  fmt=["int2", "int3", "int4", "int8", "ovp"], sparsity=NMS,
+                  seed=seed * 10 + 7, out_fmt="INT16", obuf_addr=16, tokens=tokens)]
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rtl_mm_applies_each_record_to_every_token_bit_exact(tiny_harness, seed):
+    """MM on streamed weights: 2, 3 and 4 (the unit's most) tokens per weight pass, each
+    result bit-exact with the golden under random stalls, and each record read once: the
+    stream words equal one MV's."""
+    geom = StreamGeometry(word_bits=TINY["word_bits"], lanes=TINY["lanes"],
+                          rows=TINY["chains"])
+    cases = [c for t in (2, 3, TINY["tokens"]) for c in _mm_cases(geom, seed, t)]
+    v, j = tiny_harness
+    res = run_stream_rtl(v, j, cases, latency=TINY_MEM["latency"],
+                         outstanding=TINY_MEM["outstanding"], seed=seed, stall=0.25,
+                         idle=0.3)
+    check_results(cases, res)
+    for c, r in zip(cases, res):
+        assert r["beats"] == c["image_words"], (c["name"], r)
+
+
+@pytest.mark.rtl
+def test_rtl_mm_reads_weights_once_for_all_tokens(tiny_harness):
+    """One MM of 4 tokens against 4 MVs of the same weights (no stalls): the same results,
+    a quarter of the stream words, and fewer cycles; the chains' work bounds the MM from
+    below (4 tokens x k-steps)."""
+    geom = StreamGeometry(word_bits=TINY["word_bits"], lanes=TINY["lanes"],
+                          rows=TINY["chains"])
+    T = TINY["tokens"]
+    mm = make_case(geom, name="mm", rows=2 * geom.rows, k=256, group=128, fmt="int4",
+                   seed=77, tokens=T)
+    mvs = []
+    for t in range(T):
+        mv = StreamCase(mm, act=mm["act"][t], expected=mm["expected"][t * mm["rows"]:
+                                                                     (t + 1) * mm["rows"]],
+                        instr={**mm["instr"], "m": 1}, tokens=1, name=f"mv{t}")
+        mvs.append(mv)
+    v, j = tiny_harness
+    res = run_stream_rtl(v, j, [mm] + mvs, latency=TINY_MEM["latency"],
+                         outstanding=TINY_MEM["outstanding"], seed=5)
+    check_results([mm] + mvs, res)
+    one, each = res[0], res[1:]
+    assert one["beats"] == mm["image_words"] == each[0]["beats"]
+    ksteps = mm["rows"] // geom.rows * mm["k"] // geom.lanes
+    assert T * ksteps <= one["cycles"] < sum(r["cycles"] for r in each), (one, each)

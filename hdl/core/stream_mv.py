@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from airfoil import isa
-from airfoil.formats import ACC_BITS
+from airfoil.formats import ACC_BITS, REQ_M_BITS
 from airfoil.packing import (BLOCK_CODE, GROUP_CODES, NM_PATTERNS, SCALE_K_SHAPE,
                              SCALE_M_SHAPE, TAG_BITS, StreamGeometry, beat_layout, record_tag)
 from airfoil.sparsity import NM_PATTERNS as SPARSE_BY_NAME
@@ -58,8 +58,8 @@ from .load import unit_ports
 from .matrix import acc_read_signature, write_results
 from .unit_shell import UnitShell
 
-__all__ = ["StepAdapter", "step_layout", "StreamMatrix", "StreamGemvHarness",
-           "NM_NAMES"]
+__all__ = ["StepAdapter", "step_layout", "replay_layout", "StreamMatrix",
+           "StreamGemvHarness", "NM_NAMES"]
 
 #: Header sparsity code of :mod:`airfoil.packing` -> pattern name (``"2:4"``); the
 #: codes equal :class:`airfoil.sparsity.SparsityMode` values, the chain's run-time mode.
@@ -97,6 +97,14 @@ def step_layout(geometry: StreamGeometry) -> data.StructLayout:
         "bad": unsigned(1),
         "group": unsigned(2),
     })
+
+
+def replay_layout(geometry: StreamGeometry) -> data.StructLayout:
+    """What the chains take of a step (of :func:`step_layout`): a record's steps are kept
+    in this layout while its first token runs, and replayed for its other tokens."""
+    full = step_layout(geometry).members
+    return data.StructLayout({name: full[name] for name in ("w", "idx", "step", "last",
+                                                             "nm", "tag")})
 
 
 class StepAdapter(wiring.Component):
@@ -305,7 +313,7 @@ class StreamMatrix(wiring.Component):
                  out_bytes: int, group_sizes=(32, 64, 128), patterns=("dense",),
                  formats=None, scale_depth: int = 16, slices: int = 1,
                  aux_bytes: int | None = None, acc_depth: int | None = None,
-                 pe: str = "dsp"):
+                 pe: str = "dsp", tokens: int = 1):
         self._MustUse__silence = True       # until validated: a refused unit is not unused
         self._kind = pe_kind(pe)
         _pos_int("Chain count", chains)
@@ -348,6 +356,7 @@ class StreamMatrix(wiring.Component):
             del self._value_bits[record_tag(t)]
         self._formats = tuple(self._value_bits)
         self._scale_depth = _pos_int("Scale queue depth", scale_depth, 2)
+        self._tokens = _pos_int("Token count", tokens)
         wb = word_bits // 8
         members = {
             **unit_ports(),
@@ -378,7 +387,8 @@ class StreamMatrix(wiring.Component):
         return dict(chains=cfg.chains, lanes=cfg.lanes, word_bits=cfg.memory.word_bits,
                     act_bytes=cfg.buffers.act_bytes, out_bytes=cfg.buffers.out_bytes,
                     group_sizes=cfg.group_sizes, patterns=cfg.sparsity,
-                    formats=cfg.stream_formats, slices=cfg.slices, pe=cfg.pe)
+                    formats=cfg.stream_formats, slices=cfg.slices, pe=cfg.pe,
+                    tokens=cfg.limits.stream_tokens)
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "StreamMatrix":
@@ -411,13 +421,19 @@ class StreamMatrix(wiring.Component):
         return self._patterns
 
     @property
+    def tokens(self) -> int:
+        """Activation vectors (tokens) one instruction may apply each record to: the
+        largest ``m`` of an ``MM`` (the rescaler's accumulator sets per chain)."""
+        return self._tokens
+
+    @property
     def group_sizes(self) -> tuple:
         return self._groups
 
     def elaborate(self, platform):
         m = Module()
         g = self._geom
-        C, L, W, S = self._chains, self._lanes, self._wbits, self._slices
+        C, L, W, S, T = self._chains, self._lanes, self._wbits, self._slices, self._tokens
         Cs = g.rows
         wb = W // 8
         lgw = exact_log2(wb)
@@ -443,13 +459,19 @@ class StreamMatrix(wiring.Component):
                 m.submodules[f"chain{c}" if S == 1 else f"chain{s}_{c}"] = ch
                 sl["chains"].append(ch)
             m.submodules[sub("rescaler", s)] = sl["resc"] = GroupRescaler(chains=Cs,
-                                                                          group_max=gmax)
+                                                                          group_max=gmax,
+                                                                          tokens=T)
+            if T > 1:
+                # A record's steps, kept while its first token runs for the other tokens.
+                m.submodules[sub("replay", s)] = sl["replay"] = memory.Memory(
+                    shape=replay_layout(g), depth=g.max_record_steps,
+                    init=[])
             m.submodules[sub("scale_q", s)] = sl["scale_q"] = fifo.SyncFIFOBuffered(
                 width=scale_layout(Cs).size, depth=self._scale_depth)
             m.submodules[sub("act_q", s)] = sl["act_q"] = fifo.SyncFIFOBuffered(
                 width=gmax * 8, depth=4)
             slc.append(sl)
-        m.submodules.requant = req = Requantizer(tag_bits=24)
+        m.submodules.requant = req = Requantizer(tag_bits=24, per_item=True)
 
         # Idle, check, run, release and the error latch (an error ends the run and stops
         # the unit for good).
@@ -470,6 +492,9 @@ class StreamMatrix(wiring.Component):
                 m.d.comb += [lgg.eq(exact_log2(gs)), group_known.eq(1),
                              gcode.eq(GROUP_CODES[gs])]
         k, rows = f.k, f.rows
+        is_mv = instr.header.opcode.as_value() == isa.Opcode.MV.value
+        mcount = Signal(32)                 # activation vectors (tokens)
+        m.d.comb += mcount.eq(Mux(f.m_reg != 0, shell.entry.rv[0], f.m))
         batches = Signal(17)                # super-batches: every slice computes as many
         m.d.comb += batches.eq((rows + (C - 1)) // C)
         groups = Signal(20)
@@ -480,24 +505,33 @@ class StreamMatrix(wiring.Component):
                 m.d.comb += lg_ob.eq(1)
             with m.Case(isa.OutFormat.INT32.value):
                 m.d.comb += lg_ob.eq(2)
-        opcode = instr.header.opcode.as_value()
         wfmt = f.wfmt.as_value()
         code = Signal(isa.ErrorCode)
         group_pow2 = (group & (group - 1)) == 0
         k_bad = (k == 0) | ((k & (group - 1)) != 0)
-        with m.If((f.m != 1) | (f.sparsity.as_value() != isa.Sparsity.DENSE.value) |
+        # Bytes between consecutive activation / result vectors, and the extents of all
+        # vectors.
+        astr = Signal(24)
+        ostr = Signal(24)
+        m.d.comb += [astr.eq(Mux(f.astride != 0, f.astride << lgw, k)),
+                     ostr.eq(Mux(f.ostride != 0, f.ostride << lgw, rows << lg_ob))]
+        act_end, out_end, aux_end = Signal(64), Signal(64), Signal(64)
+        m.d.comb += [act_end.eq(f.abuf_addr + (mcount - 1) * astr + k),
+                     out_end.eq(f.obuf_addr + (mcount - 1) * ostr + (rows << lg_ob)),
+                     aux_end.eq(f.sbuf_addr + (mcount << 3))]
+        with m.If((is_mv & ((f.m_reg != 0) | (f.m != 1))) | (mcount == 0) |
+                  (f.sparsity.as_value() != isa.Sparsity.DENSE.value) |
                   (f.out_fmt.as_value() > isa.OutFormat.INT32.value) |
                   (wfmt > isa.WeightFormat.STREAM.value) | f.bias | (rows == 0) |
                   (group == 0) | ~group_pow2 | k_bad):
             m.d.comb += code.eq(isa.ErrorCode.MALFORMED)
         has_aux, has_acc = self._aux_bytes is not None, self._acc_depth is not None
-        with m.Elif((opcode != isa.Opcode.MV.value) |
-                    (wfmt != isa.WeightFormat.STREAM.value) | ~group_known | ~f.final |
+        with m.Elif((wfmt != isa.WeightFormat.STREAM.value) | ~group_known | ~f.final |
+                    (mcount > T) | (~f.acc_init & (mcount != 1)) |
                     (f.tok_scale if not has_aux else 0) | (~f.acc_init if not has_acc else 0)):
             m.d.comb += code.eq(isa.ErrorCode.UNSUPPORTED)
-        with m.Elif((f.abuf_addr + k > self._act_bytes) |
-                    (f.obuf_addr + (rows << lg_ob) > self._out_bytes) |
-                    ((f.tok_scale & (f.sbuf_addr + 8 > self._aux_bytes)) if has_aux else 0)):
+        with m.Elif((act_end > self._act_bytes) | (out_end > self._out_bytes) |
+                    ((f.tok_scale & (aux_end > self._aux_bytes)) if has_aux else 0)):
             m.d.comb += code.eq(isa.ErrorCode.BUFFER_RANGE)
         with m.Elif((f.abuf_addr[:lgw] != 0) |
                     ((f.obuf_addr & ((Const(1, 3) << lg_ob) - 1)) != 0) |
@@ -508,7 +542,6 @@ class StreamMatrix(wiring.Component):
 
         # -- control -----------------------------------------------------------------------
         start = shell.start
-        req_m, req_s = Signal.like(f.req_m), Signal.like(f.req_s)     # the token's (M, S)
         failed = shell.err
         w_done = Signal()
         run_fail = Signal()                 # a slice's error while it runs
@@ -518,28 +551,37 @@ class StreamMatrix(wiring.Component):
                      shell.fault.eq(run_fail | resc_error),
                      shell.fault_code.eq(Mux(run_fail, run_code, isa.ErrorCode.SCALE_RANGE)),
                      shell.done.eq(w_done)]
+        # The per-token requantization (M, S) of each vector, read in CHECK.
+        tok_table = Array(Signal(REQ_M_BITS + 7, name=f"tok_ms{t}") for t in range(T))
         if has_aux:
-            # With a token scale, CHECK takes a second cycle: the scale pair read in the
-            # first gives the token's (M, S), refused as SCALE_RANGE if out of range.
-            tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, f.sbuf_addr,
+            # With a token scale, CHECK reads the vectors' scale pairs from AUX one per
+            # cycle (from its first cycle on, once the instruction checks out; the run
+            # starts as the last pair arrives); each gives its token's (M, S), refused as
+            # SCALE_RANGE if out of range.
+            tk = Signal(range(T + 2))               # pairs read
+            pend = Signal()                         # a pair arrives this cycle
+            pend_i = Signal(range(T))
+            pend_addr = Signal(24)
+            pair_addr = Signal(24)
+            m.d.comb += pair_addr.eq(f.sbuf_addr + (tk << 3))
+            tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, pend_addr,
                                                          f.k0)
-            token = Signal()                # the second cycle of CHECK
             read_token = Signal()
-            m.d.comb += read_token.eq(shell.checking & ~token &
-                                      (code == isa.ErrorCode.NONE) & f.tok_scale)
-            m.d.sync += token.eq(read_token)
-            with m.If(read_token):
-                m.d.comb += [self.aux_rd.en.eq(1), self.aux_rd.addr.eq(f.sbuf_addr >> lgw)]
-            with m.If(shell.checking & token & ~tok_bad):
-                m.d.sync += [req_m.eq(tok_m), req_s.eq(tok_s)]
-            m.d.comb += [shell.code.eq(Mux(token, Mux(tok_bad, isa.ErrorCode.SCALE_RANGE,
-                                                      isa.ErrorCode.NONE), code)),
-                         shell.go.eq(token | ~f.tok_scale)]
+            m.d.comb += read_token.eq(shell.checking & (code == isa.ErrorCode.NONE) &
+                                      f.tok_scale & (tk != mcount) & ~(pend & tok_bad))
+            m.d.sync += [pend.eq(read_token), pend_i.eq(tk), pend_addr.eq(pair_addr)]
+            with m.If(shell.take):
+                m.d.sync += tk.eq(0)
+            with m.Elif(read_token):
+                m.d.sync += tk.eq(tk + 1)
+                m.d.comb += [self.aux_rd.en.eq(1), self.aux_rd.addr.eq(pair_addr >> lgw)]
+            with m.If(pend & ~tok_bad):
+                m.d.sync += tok_table[pend_i].eq(Cat(tok_m, tok_s))
+            m.d.comb += [shell.code.eq(Mux(pend & tok_bad, isa.ErrorCode.SCALE_RANGE, code)),
+                         shell.go.eq(~f.tok_scale | ((tk == mcount) & pend))]
         else:
             m.d.comb += [shell.code.eq(code), shell.go.eq(1)]
-
-        m.d.comb += [req.mult.eq(Mux(f.tok_scale, req_m, f.req_m)),
-                     req.shift.eq(Mux(f.tok_scale, req_s, f.req_s)), req.out_fmt.eq(f.out_fmt)]
+        m.d.comb += req.out_fmt.eq(f.out_fmt)
         for sl in slc:
             resc = sl["resc"]
             m.d.comb += [resc.k0.eq(f.k0), resc.use_init.eq(0), resc.init.valid.eq(0)]
@@ -550,7 +592,13 @@ class StreamMatrix(wiring.Component):
         a_word = Signal(range(gmax // wb + 1))
         a_grp = Signal(20)
         a_batch = Signal(17)
-        a_addr = Signal(range(self._act_bytes // wb + 1))
+        a_tok = Signal(range(T + 1))
+        aw = range(self._act_bytes // wb + 1)
+        a_addr = Signal(aw)
+        a_gbase = Signal(aw)                # the group's first word in vector 0
+        a_tbase = Signal(aw)                # ... in vector a_tok
+        a_astr = Signal(24)                 # words between vectors
+        m.d.comb += a_astr.eq(astr >> lgw)
         wpg = Signal(range(gmax // wb + 1))
         m.d.comb += wpg.eq(group >> lgw)
         a_issue = Signal()
@@ -562,18 +610,29 @@ class StreamMatrix(wiring.Component):
         m.d.comb += [a_issue.eq(a_active & ~failed & ((a_word != wpg - 1) | room)),
                      self.act_rd.en.eq(a_issue), self.act_rd.addr.eq(a_addr)]
         m.d.sync += [r_valid.eq(a_issue), r_word.eq(a_word), r_last.eq(a_word == wpg - 1)]
+        # Order: per super-batch, per group column, per vector (token) the group's words.
         with m.If(start):
             m.d.sync += [a_active.eq(1), a_word.eq(0), a_grp.eq(0), a_batch.eq(0),
-                         a_addr.eq(f.abuf_addr >> lgw)]
+                         a_tok.eq(0), a_addr.eq(f.abuf_addr >> lgw),
+                         a_gbase.eq(f.abuf_addr >> lgw), a_tbase.eq(f.abuf_addr >> lgw)]
         with m.Elif(a_issue):
             m.d.sync += [a_word.eq(a_word + 1), a_addr.eq(a_addr + 1)]
             with m.If(a_word == wpg - 1):
-                m.d.sync += [a_word.eq(0), a_grp.eq(a_grp + 1)]
-                with m.If(a_grp == groups - 1):
-                    m.d.sync += [a_grp.eq(0), a_batch.eq(a_batch + 1),
-                                 a_addr.eq(f.abuf_addr >> lgw)]
-                    with m.If(a_batch + 1 == batches):
-                        m.d.sync += a_active.eq(0)
+                m.d.sync += a_word.eq(0)
+                with m.If(a_tok != mcount - 1):
+                    m.d.sync += [a_tok.eq(a_tok + 1), a_tbase.eq(a_tbase + a_astr),
+                                 a_addr.eq(a_tbase + a_astr)]
+                with m.Else():
+                    m.d.sync += [a_tok.eq(0), a_grp.eq(a_grp + 1),
+                                 a_gbase.eq(a_gbase + wpg), a_tbase.eq(a_gbase + wpg),
+                                 a_addr.eq(a_gbase + wpg)]
+                    with m.If(a_grp == groups - 1):
+                        m.d.sync += [a_grp.eq(0), a_batch.eq(a_batch + 1),
+                                     a_gbase.eq(f.abuf_addr >> lgw),
+                                     a_tbase.eq(f.abuf_addr >> lgw),
+                                     a_addr.eq(f.abuf_addr >> lgw)]
+                        with m.If(a_batch + 1 == batches):
+                            m.d.sync += a_active.eq(0)
         gact = Signal(gmax * 8)
         words_of = [Mux(r_word == i, self.act_rd.data, gact.word_select(i, W))
                     for i in range(gmax // wb)]
@@ -594,12 +653,31 @@ class StreamMatrix(wiring.Component):
             unp, adp, chains = sl["unp"], sl["adp"], sl["chains"]
             act_q, scale_q, resc = sl["act_q"], sl["scale_q"], sl["resc"]
             st = adp.steps.payload
+            # The step the chains take: the adapter's for a record's first token, the
+            # replayed one (kept while the first token ran) for the record's other tokens.
+            i_tok = Signal(range(T), name=sub("i_tok", s))        # token of the record
+            i_step = Signal(range(g.max_record_steps), name=sub("i_step", s))
+            tok0 = Signal(name=sub("tok0", s))
+            last_tok = Signal(name=sub("last_tok", s))
+            m.d.comb += [tok0.eq(i_tok == 0), last_tok.eq(i_tok == mcount - 1)]
+            fresh = Signal(replay_layout(g), name=sub("fresh", s))
+            m.d.comb += [fresh.w.eq(st.w), fresh.idx.eq(st.idx), fresh.step.eq(st.step),
+                         fresh.last.eq(st.last), fresh.nm.eq(st.nm), fresh.tag.eq(st.tag)]
+            cur = Signal(replay_layout(g), name=sub("cur", s))
+            if T > 1:
+                replay = sl["replay"]
+                rp_w, rp_r = replay.write_port(), replay.read_port(domain="comb")
+                m.d.comb += [rp_w.addr.eq(i_step), rp_w.data.eq(fresh), rp_r.addr.eq(i_step),
+                             cur.eq(Mux(tok0, fresh.as_value(), rp_r.data.as_value()))]
+                m.d.comb += resc.m.eq(mcount)
+            else:
+                m.d.comb += cur.eq(fresh)
             active = Signal(name=sub("active", s))
             i_recs = Signal(32, name=sub("i_recs", s))         # records issued
             lg_ratio = Signal(2, name=sub("lg_ratio", s))      # log2(M / N) of the record
             exp_steps = Signal(range(gmax // L + 1), name=sub("exp_steps", s))
             nm_ok = Signal(name=sub("nm_ok", s))
-            with m.Switch(st.nm):
+            with m.Switch(cur.nm):
                 for code_ in nm_built:
                     n_, mm_ = NM_PATTERNS.get(code_, (1, 1))
                     lr = exact_log2(mm_ // n_)
@@ -615,29 +693,38 @@ class StreamMatrix(wiring.Component):
             ready_all = Signal(name=sub("ready_all", s))
             m.d.comb += ready_all.eq(Cat(*[ch.i.ready for ch in chains]).all())
             want = Signal(name=sub("want", s))
-            m.d.comb += want.eq(active & ~failed & adp.steps.valid & (i_recs != total_recs))
+            m.d.comb += want.eq(active & ~failed & (~tok0 | adp.steps.valid) &
+                                (i_recs != total_recs))
+            fresh_ok = Signal(name=sub("fresh_ok", s))       # the adapter's step may go
+            m.d.comb += fresh_ok.eq(~unp.error & nm_ok & ~shape_bad &
+                                    (~st.first | scale_q.w_rdy))
             # Waiting for stream words that only a later LD WSTREAM can bring: records are
             # still owed, no step is ready and no word is offered. The core counts this as
             # a blocked unit, so a program whose loads fall short stops with an error.
-            starving.append(active & (i_recs != total_recs) & ~adp.steps.valid &
+            starving.append(active & (i_recs != total_recs) & tok0 & ~adp.steps.valid &
                             ~self.words[s].valid)
-            errs += [(want & unp.error, isa.ErrorCode.MALFORMED),
-                     (want & ~nm_ok, isa.ErrorCode.UNSUPPORTED),
-                     (want & shape_bad, isa.ErrorCode.MALFORMED)]
+            errs += [(want & tok0 & unp.error, isa.ErrorCode.MALFORMED),
+                     (want & tok0 & ~nm_ok, isa.ErrorCode.UNSUPPORTED),
+                     (want & tok0 & shape_bad, isa.ErrorCode.MALFORMED)]
             issue = Signal(name=sub("issue", s))
-            m.d.comb += issue.eq(want & ~unp.error & nm_ok & ~shape_bad & act_q.r_rdy &
-                                 ready_all & (~st.first | scale_q.w_rdy))
-            m.d.comb += [adp.steps.ready.eq(issue), act_q.r_en.eq(issue & st.last),
-                         scale_q.w_en.eq(issue & st.first)]
+            m.d.comb += issue.eq(want & (~tok0 | fresh_ok) & act_q.r_rdy & ready_all)
+            m.d.comb += [adp.steps.ready.eq(issue & tok0), act_q.r_en.eq(issue & cur.last),
+                         scale_q.w_en.eq(issue & tok0 & st.first)]
+            if T > 1:
+                m.d.comb += rp_w.en.eq(issue & tok0)
             with m.If(start):
                 m.d.sync += [active.eq(1), i_recs.eq(0), i_batch_row.eq(s * Cs),
-                             i_grp.eq(0)]
-            with m.Elif(issue & st.last):
-                m.d.sync += [i_recs.eq(i_recs + 1), i_grp.eq(i_grp + 1)]
-                with m.If(i_grp == groups - 1):
-                    m.d.sync += [i_grp.eq(0), i_batch_row.eq(i_batch_row + C)]
-                with m.If(i_recs + 1 == total_recs):
-                    m.d.sync += active.eq(0)
+                             i_grp.eq(0), i_tok.eq(0), i_step.eq(0)]
+            with m.Elif(issue):
+                m.d.sync += i_step.eq(Mux(cur.last, 0, i_step + 1))
+                with m.If(cur.last & ~last_tok):
+                    m.d.sync += i_tok.eq(i_tok + 1)
+                with m.If(cur.last & last_tok):
+                    m.d.sync += [i_tok.eq(0), i_recs.eq(i_recs + 1), i_grp.eq(i_grp + 1)]
+                    with m.If(i_grp == groups - 1):
+                        m.d.sync += [i_grp.eq(0), i_batch_row.eq(i_batch_row + C)]
+                    with m.If(i_recs + 1 == total_recs):
+                        m.d.sync += active.eq(0)
             with m.If(failed):
                 m.d.sync += active.eq(0)
             # Scales of the record (padding rows: m = 0, k = k0).
@@ -652,23 +739,24 @@ class StreamMatrix(wiring.Component):
             padded = Signal(gmax * 8 + win_bits, name=sub("padded", s))
             m.d.comb += padded.eq(act_q.r_data)
             window = Signal(win_bits, name=sub("window", s))
-            m.d.comb += window.eq(padded.bit_select((st.step << lg_ratio) * (L * 8),
+            m.d.comb += window.eq(padded.bit_select((cur.step << lg_ratio) * (L * 8),
                                                     win_bits))
             ib = chains[0].index_bits
             vbits = Signal(4, name=sub("vbits", s))          # value width of the record
-            with m.Switch(st.tag):
+            with m.Switch(cur.tag):
                 for tag, bits in self._value_bits.items():
                     with m.Case(tag.value):
                         m.d.comb += vbits.eq(bits)
             for c, ch in enumerate(chains):
                 p = ch.i.payload
-                m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(st.nm),
-                             p.vbits.eq(vbits), p.group_end.eq(st.last), p.last.eq(st.last),
-                             p.w.eq(st.w[c]), p.act.eq(window),
-                             p.idx.eq(Cat(*[st.idx[c][j][:ib] for j in range(L)]))]
+                m.d.comb += [ch.i.valid.eq(issue), p.mode.as_value().eq(cur.nm),
+                             p.vbits.eq(vbits), p.group_end.eq(cur.last),
+                             p.last.eq(cur.last), p.w.eq(cur.w[c]), p.act.eq(window),
+                             p.idx.eq(Cat(*[cur.idx[c][j][:ib] for j in range(L)]))]
 
-            # psums -> rescaler
+            # psums -> rescaler: ``mcount`` per record, in token order
             o_grp = Signal(20, name=sub("o_grp", s))
+            o_tok = Signal(range(T), name=sub("o_tok", s))
             rp = resc.psums
             m.d.comb += [rp.valid.eq(chains[0].o.valid),
                          rp.payload.batch_last.eq(o_grp == groups - 1)]
@@ -676,9 +764,13 @@ class StreamMatrix(wiring.Component):
                 m.d.comb += [ch.o.ready.eq(rp.ready),
                              rp.payload.psum[c].eq(ch.o.payload.psum)]
             with m.If(start):
-                m.d.sync += o_grp.eq(0)
+                m.d.sync += [o_grp.eq(0), o_tok.eq(0)]
             with m.Elif(rp.valid & rp.ready):
-                m.d.sync += o_grp.eq(Mux(o_grp == groups - 1, 0, o_grp + 1))
+                with m.If(o_tok == mcount - 1):
+                    m.d.sync += [o_tok.eq(0),
+                                 o_grp.eq(Mux(o_grp == groups - 1, 0, o_grp + 1))]
+                with m.Else():
+                    m.d.sync += o_tok.eq(o_tok + 1)
             m.d.comb += [resc.scales.payload.eq(scale_q.r_data),
                          resc.scales.valid.eq(scale_q.r_rdy),
                          scale_q.r_en.eq(resc.scales.ready)]
@@ -703,13 +795,16 @@ class StreamMatrix(wiring.Component):
         with m.If(failed):
             m.d.sync += a_active.eq(0)
 
-        # -- serializer, requantizer, OUT writes: slices' batches in row order -------------
+        # -- serializer, requantizer, OUT writes: per super-batch, per slice its vectors
+        #    (tokens) of ``Cs`` rows, in token order ----------------------------------------
         acc_shape = slc[0]["resc"].accs.payload.shape()
         held = Signal(acc_shape)
         w_busy = Signal()
         w_c = Signal(range(Cs))
         w_row = Signal(17)                  # first row of the vector being written
         w_sl = Signal(range(S))             # the slice whose vector comes next
+        w_tok = Signal(range(T))            # the token of that vector
+        w_obase = Signal(24)                # obuf_addr + w_tok * (bytes between vectors)
         drain = Signal(range(req.latency + 2))
         if S == 1:
             accs = slc[0]["accs"]
@@ -724,15 +819,17 @@ class StreamMatrix(wiring.Component):
                 m.d.comb += sl["accs"].r_en.eq(take & (w_sl == s))
             take_data = Array(sl["accs"].r_data for sl in slc)[w_sl]
         with m.If(start):
-            m.d.sync += [w_row.eq(0), w_done.eq(0), w_sl.eq(0)]
+            m.d.sync += [w_row.eq(0), w_done.eq(0), w_sl.eq(0), w_tok.eq(0),
+                         w_obase.eq(f.obuf_addr)]
         with m.If(take):
             m.d.sync += [held.eq(take_data), w_busy.eq(1), w_c.eq(0)]
         row = w_row + w_c
         acc = held[w_c] if Cs > 1 else held[0]
         if has_acc:
-            # acc_init = 0: the start value of each row, from the accumulator batch of its
-            # ``chains`` rows. The read is held on that batch, so its data is there from
-            # the cycle after the address moves on (before the batch's first row leaves).
+            # acc_init = 0 (one vector): the start value of each row, from the accumulator
+            # batch of its ``chains`` rows. The read is held on that batch, so its data is
+            # there from the cycle after the address moves on (before the batch's first
+            # row leaves).
             w_batch = Signal(range(self._acc_depth + 1))
             init = self.acc_rd.data.word_select(w_sl * Cs + w_c, ACC_BITS).as_signed()
             m.d.comb += [self.acc_rd.addr.eq(w_batch), self.acc_rd.en.eq(~f.acc_init)]
@@ -741,18 +838,26 @@ class StreamMatrix(wiring.Component):
             with m.If(w_busy & (w_c == Cs - 1) & (w_sl == S - 1)):
                 m.d.sync += w_batch.eq(w_batch + 1)
             acc = Mux(f.acc_init, acc, (acc + init)[:ACC_BITS].as_signed())
+        ms = Mux(f.tok_scale, tok_table[w_tok], Cat(f.req_m, f.req_s))
         m.d.comb += [
             req.inp.valid.eq(w_busy & (row < rows)),
             req.inp.payload.acc.eq(acc),
-            req.inp.payload.tag.eq(f.obuf_addr + (row << lg_ob)),
+            req.inp.payload.tag.eq(w_obase + (row << lg_ob)),
+            req.inp.payload.mult.eq(ms[:REQ_M_BITS]),
+            req.inp.payload.shift.eq(ms[REQ_M_BITS:]),
         ]
+        w_last_tok = w_tok == mcount - 1
         with m.If(w_busy):
             m.d.sync += w_c.eq(w_c + 1)
             with m.If(w_c == Cs - 1):
-                m.d.sync += [w_busy.eq(0), w_row.eq(w_row + Cs),
-                             w_sl.eq(Mux(w_sl == S - 1, 0, w_sl + 1))]
-                with m.If((w_sl == S - 1) & (w_row + Cs >= rows)):
-                    m.d.sync += drain.eq(req.latency + 1)
+                m.d.sync += w_busy.eq(0)
+                with m.If(w_last_tok):
+                    m.d.sync += [w_tok.eq(0), w_obase.eq(f.obuf_addr), w_row.eq(w_row + Cs),
+                                 w_sl.eq(Mux(w_sl == S - 1, 0, w_sl + 1))]
+                    with m.If((w_sl == S - 1) & (w_row + Cs >= rows)):
+                        m.d.sync += drain.eq(req.latency + 1)
+                with m.Else():
+                    m.d.sync += [w_tok.eq(w_tok + 1), w_obase.eq(w_obase + ostr)]
         with m.If(drain != 0):
             m.d.sync += drain.eq(drain - 1)
             with m.If(drain == 1):

@@ -8,7 +8,7 @@ accumulator per chain (starting from the bias), the requantizer computes
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,11 +70,18 @@ class GroupRescaler(wiring.Component):
     negates it); a scale whose shift ``k - k0`` lies outside ``0..SCALE_SHIFT_MAX``, or
     that was not a finite FP16 value, sets ``error`` (sticky).
 
+    With ``tokens > 1`` the rescaler keeps a set of accumulators per activation vector
+    (token): each group brings ``m`` partial sums (one per token, in token order) that
+    share the group's scales (and starting accumulators), which are taken with the last
+    token's; the batch's last group sends ``m`` accumulator sets, in token order.
+
     Parameters
     ----------
     chains : int
     group_max : int
         Largest group size (width of the partial sums).
+    tokens : int
+        Accumulator sets (largest ``m``); 1 builds no ``m`` port.
 
     Members
     -------
@@ -82,21 +89,33 @@ class GroupRescaler(wiring.Component):
     accs : Out(stream.Signature(acc_layout(chains)))
     k0 : In(signed(7))
     use_init : In(1)
+    m : In(range(tokens + 1))
+        Partial sums per group (``1 .. tokens``; with ``tokens > 1``).
     error : Out(1)
     """
 
-    def __init__(self, *, chains: int, group_max: int):
+    def __init__(self, *, chains: int, group_max: int, tokens: int = 1):
         if not isinstance(chains, int) or chains < 1:
             raise TypeError(f"Chain count must be a positive integer, not {chains!r}")
-        self._chains, self._group_max = chains, group_max
-        super().__init__({
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+            raise TypeError(f"Token count must be a positive integer, not {tokens!r}")
+        self._chains, self._group_max, self._tokens = chains, group_max, tokens
+        members = {
             "psums": In(stream.Signature(psum_layout(chains, group_max))),
             "scales": In(stream.Signature(scale_layout(chains))),
             "init": In(stream.Signature(init_layout(chains))),
             "accs": Out(stream.Signature(acc_layout(chains))),
             "k0": In(signed(7)), "use_init": In(1),
             "error": Out(1),
-        })
+        }
+        if tokens > 1:
+            members["m"] = In(range(tokens + 1))
+        super().__init__(members)
+
+    @property
+    def tokens(self) -> int:
+        """Accumulator sets: the most partial sums a group may bring."""
+        return self._tokens
 
     @property
     def latency(self) -> int:
@@ -105,20 +124,28 @@ class GroupRescaler(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        C = self._chains
+        C, T = self._chains, self._tokens
         adv = Signal()
         first = Signal(init=1)
         m.d.comb += adv.eq(~self.accs.valid | self.accs.ready)
         need_init = first & self.use_init
         take = Signal()
+        # The token of the next partial sum; the group's scales go with its last token.
+        tok = Signal(range(T))
+        last_tok = Signal()
+        m.d.comb += last_tok.eq(tok == self.m - 1 if T > 1 else 1)
         m.d.comb += [
             take.eq(adv & self.psums.valid & self.scales.valid &
                     (~need_init | self.init.valid)),
-            self.psums.ready.eq(take), self.scales.ready.eq(take),
-            self.init.ready.eq(take & need_init),
+            self.psums.ready.eq(take), self.scales.ready.eq(take & last_tok),
+            self.init.ready.eq(take & need_init & last_tok),
         ]
+        if T > 1:
+            with m.If(take):
+                m.d.sync += tok.eq(Mux(last_tok, 0, tok + 1))
         # Stage A: products and shifts.
         va, firsta, lasta = Signal(), Signal(), Signal()
+        toka = Signal(range(T))
         pw = psum_bits(self._group_max) + 12
         prod = [Signal(signed(pw), name=f"prod{c}") for c in range(C)]
         shift = [Signal(range(SCALE_SHIFT_MAX + 1), name=f"shift{c}") for c in range(C)]
@@ -135,7 +162,7 @@ class GroupRescaler(wiring.Component):
         with m.If(bad):
             m.d.sync += self.error.eq(1)
         with m.If(adv):
-            m.d.sync += [va.eq(take), firsta.eq(first),
+            m.d.sync += [va.eq(take), firsta.eq(first), toka.eq(tok),
                          lasta.eq(self.psums.payload.batch_last)]
             for c in range(C):
                 m.d.sync += [
@@ -143,10 +170,12 @@ class GroupRescaler(wiring.Component):
                     shift[c].eq((sc.k[c] - self.k0)[:4]),
                     inita[c].eq(Mux(self.use_init, self.init.payload.init[c], 0)),
                 ]
-        with m.If(take):
+        with m.If(take & last_tok):
             m.d.sync += first.eq(self.psums.payload.batch_last)
-        # Stage B: accumulate.
-        acc = [Signal(signed(ACC_BITS), name=f"acc{c}") for c in range(C)]
+        # Stage B: accumulate (into the token's set).
+        sets = Array([Signal(signed(ACC_BITS), name=f"acc{c}" if T == 1 else f"acc{t}_{c}")
+                      for c in range(C)] for t in range(T))
+        acc = sets[toka] if T > 1 else sets[0]
         with m.If(adv):
             m.d.sync += self.accs.valid.eq(va & lasta)
             with m.If(va):

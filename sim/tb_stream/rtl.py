@@ -81,7 +81,7 @@ def run_stream_rtl(verilog, meta_json, cases, *, latency, outstanding: int,
         act = bytes(np.asarray(c["act"], dtype=np.int8).tobytes())
         act += bytes(-len(act) % wb)
         ob = c["instr"]["obuf_addr"]
-        end = ob + c["rows"] * c["out_bytes"]
+        end = ob + c.get("tokens", 1) * c["rows"] * c["out_bytes"]
         # A slice without a stream continues the stream the previous case's read started
         # (two MVs consuming one LD WSTREAM): no new read is issued.
         reads = []
@@ -106,7 +106,7 @@ def run_stream_rtl(verilog, meta_json, cases, *, latency, outstanding: int,
     for c, rc, r in zip(cases, run_cases, results):
         raw = b"".join(bytes.fromhex(w)[::-1] for w in r["out_words"])
         ob = c["instr"]["obuf_addr"] - rc["out_first"] * wb
-        vals = np.frombuffer(raw[ob:ob + c["rows"] * c["out_bytes"]],
+        vals = np.frombuffer(raw[ob:ob + c.get("tokens", 1) * c["rows"] * c["out_bytes"]],
                              dtype={1: np.int8, 2: np.int16, 4: np.int32}[c["out_bytes"]])
         r["out"] = vals.astype(np.int64)
     return results

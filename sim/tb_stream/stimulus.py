@@ -1,6 +1,7 @@
 """Cases for the streamed GEMV harness: packed images, activations and golden results.
 
-A case is one ``MV`` with ``wfmt = STREAM``: a weight tensor packed by
+A case is one ``MV`` with ``wfmt = STREAM`` (or, with ``tokens > 1``, one ``MM`` of that
+many activation vectors, each record applied to all of them): a weight tensor packed by
 :mod:`airfoil.packing` (records of any format, N:M pattern or block skip, chosen per
 record), INT8 activations and the instruction's fields. For a unit of ``slices`` slices
 the tensor is padded to whole super-batches of ``slices * rows`` rows (zero weights,
@@ -44,17 +45,18 @@ class StreamCase(dict):
 
     Keys: ``name``, ``streams`` (bytes of each slice's stream), ``image`` (the streams
     interleaved word by word, as a compiled image holds them; the stream itself for one
-    slice), ``act`` (int8 array of ``k``), ``instr`` (the MV fields for
-    :func:`airfoil.isa.encode`), ``expected`` (int64 results per row), ``out_bytes`` (bytes
-    per result), ``rows``, ``k``, ``weights`` (weight count), ``image_words`` (words of all
-    streams), ``slices``.
+    slice), ``act`` (int8 array of ``k``, or ``tokens x k``), ``instr`` (the MV or MM
+    fields for :func:`airfoil.isa.encode`), ``expected`` (int64 results per row, token
+    after token), ``out_bytes`` (bytes per result), ``rows``, ``k``, ``weights`` (weight
+    count), ``image_words`` (words of all streams), ``slices``, ``tokens``.
     """
 
 
 def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int, fmt,
               sparsity="dense", seed: int = 0, out_fmt: str = "INT8",
               abuf_addr: int = 0, obuf_addr: int = 0,
-              block_keep: float | None = None, slices: int = 1) -> StreamCase:
+              block_keep: float | None = None, slices: int = 1,
+              tokens: int = 1) -> StreamCase:
     """Build a random case.
 
     ``fmt`` is a format name (``"int4"``, ``"ovp"``) or a list of names drawn per record;
@@ -62,7 +64,8 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
     record's format or the lanes falls back to dense). Block-skip records drop random
     k-steps (:func:`~sim.tb_decode.stimulus.random_blocks`), or with ``block_keep`` keep
     exactly ``round(block_keep * steps)`` of them (at least one). ``geom.rows`` is a
-    slice's chains; ``slices`` the unit's slices (one stream each).
+    slice's chains; ``slices`` the unit's slices (one stream each); ``tokens`` the
+    activation vectors (``MM`` with ``m = tokens``, vectors and results contiguous).
     """
     rng = np.random.default_rng(seed)
     fmts = [fmt] if isinstance(fmt, str) else list(fmt)
@@ -105,7 +108,8 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
     q_ref, s_ref, _ = unpack_channels(geom, streams, rows=batches * R, k=k)
     q_ref, s_ref = q_ref[:rows], s_ref[:rows]
     assert np.array_equal(q_ref.numpy(), q[:rows]), "packer round trip"
-    act = torch.from_numpy(rng.integers(-128, 128, k)).to(torch.int64)
+    shape = (k,) if tokens == 1 else (tokens, k)
+    act = torch.from_numpy(rng.integers(-128, 128, shape)).to(torch.int64)
     m, kk = fp16_fixed(s_ref)
     acc = accumulate(rescale(group_psum(q_ref, act, group), m, kk, K0))
     ofmt = isa.OutFormat[out_fmt]
@@ -113,19 +117,21 @@ def make_case(geom: StreamGeometry, *, name: str, rows: int, k: int, group: int,
     peak = max(1, int(acc.abs().max()))
     mult, shift = requant_params((1 << (out_bits - 1)) * 1.25 / peak)   # some saturate
     expected = linear_reference(q_ref, s_ref, act, group, K0, mult, shift, out_bits)
-    instr = dict(wfmt="STREAM", group=group, rows=rows, k=k, m=1, abuf_addr=abuf_addr,
+    instr = dict(wfmt="STREAM", group=group, rows=rows, k=k, m=tokens, abuf_addr=abuf_addr,
                  obuf_addr=obuf_addr, k0=K0, req_m=mult, req_s=shift, out_fmt=out_fmt,
                  acc_init=1, final=1)
     return StreamCase(name=name, streams=streams, image=image,
                       act=act.numpy().astype(np.int8), instr=instr,
-                      expected=expected.numpy().astype(np.int64), out_bytes=out_bits // 8,
-                      rows=rows, k=k, weights=rows * k, slices=slices,
+                      expected=expected.numpy().astype(np.int64).reshape(-1),
+                      out_bytes=out_bits // 8, rows=rows, k=k, weights=rows * k,
+                      slices=slices, tokens=tokens,
                       image_words=sum(len(s) for s in streams) * 8 // geom.word_bits)
 
 
 def encode_instr(fields: dict, *, release: int = 0) -> int:
-    """The 256-bit MV encoding of a case's fields."""
+    """The 256-bit encoding of a case's fields: ``MV``, or ``MM`` for ``m > 1``."""
     f = dict(fields)
     f["wfmt"] = isa.WeightFormat[f["wfmt"]]
     f["out_fmt"] = isa.OutFormat[f["out_fmt"]]
-    return isa.encode(isa.Opcode.MV, release=release, **f)
+    op = isa.Opcode.MM if f["m"] > 1 else isa.Opcode.MV
+    return isa.encode(op, release=release, **f)
