@@ -82,7 +82,9 @@ Version 3 (streamed weights through the decode unit; additive)
 * :class:`WeightFormat` ``STREAM = 4`` (``MV``/``MM``): the weights come from that stream
   instead of a WGT tile: the instruction consumes, for each batch of ``chains`` rows
   (``rows`` padded up), the ``k / group`` records of its group columns in k order (PAD
-  records and padding between them are skipped). ``group`` must equal every record's
+  records and padding between them are skipped). An ``MM`` reads them once for all its
+  ``m`` vectors; ``m`` over the config's ``limits.stream_tokens``, or ``acc_init = 0``
+  with ``m > 1``, is UNSUPPORTED. ``group`` must equal every record's
   group; ``sparsity`` must be ``DENSE`` (the records name theirs); ``bias`` must be 0;
   ``wbuf_addr`` is ignored. A record whose group differs is MALFORMED.
 * :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes

@@ -1,4 +1,5 @@
-"""The streamed MATRIX unit: ``MV`` on weights streamed through the decode unit (ISA v3).
+"""The streamed MATRIX unit: ``MV`` and ``MM`` on weights streamed through the decode unit
+(ISA v3).
 
 Data path of one ``MV`` with ``wfmt = STREAM`` (records of :mod:`airfoil.packing`, one
 record per batch of ``Cs`` rows and group column, the format, N:M sparsity and FP16
@@ -27,6 +28,15 @@ Each chain emits one exact group partial sum per record; the rescaler scales it 
 the record's exact scale (padding rows get scale 0) into 56-bit accumulators; the
 batches' accumulators of the slices are requantized one per cycle in row order and
 written to OUT.
+
+An ``MM`` of ``m`` activation vectors (tokens, at most :attr:`StreamMatrix.tokens`) reads
+each record once and applies it to all ``m`` vectors before the next record: the steps of
+the record's first vector come from the adapter and are kept in a small *replay* memory
+(one record's steps), from which the record runs again for vectors ``1 .. m - 1``; the
+prefetcher pushes the group's activations of each vector in turn, the rescaler keeps an
+accumulator set per vector, and each batch's ``m`` result vectors go to OUT ``ostride``
+apart. The weight stream is thus read once per ``m`` tokens, and the chains take
+``m`` times a record's k-steps for it.
 
 :class:`StreamGemvHarness` is a simulation top around the unit: one AXI4 read port
 (:class:`~hdl.core.axi_read.AxiReader`) per slice feeding ``words``, ACT and OUT memories
@@ -227,6 +237,11 @@ class StreamMatrix(wiring.Component):
     (serializer, requantizer, OUT writes), which takes the slices' accumulator vectors
     in row order.
 
+    An ``MM`` (``m``, or ``regs[m_reg]`` from the queue entry) applies each record to its
+    ``m`` vectors in turn, vector ``j`` at ``abuf_addr + j * astride`` and its results at
+    ``obuf_addr + j * ostride`` (strides in memory words; 0: ``k`` bytes and ``rows``
+    results), with vector ``j``'s token scale pair at ``sbuf_addr + 8 j``.
+
     Rows of an ``MV`` of ``rows = R``: ``B = ceil(R / chains)`` super-batches; in
     super-batch ``j`` slice ``c`` computes rows ``j * chains + c * Cs + i`` (``i < Cs``,
     ``Cs = chains / slices``), the ``j``-th batch of its stream (a batch is ``k / group``
@@ -244,10 +259,12 @@ class StreamMatrix(wiring.Component):
     ``starved_pc`` is its index (the core turns a starvation that nothing else can end into
     a MALFORMED error there).
 
-    Errors: an undefined enum value, ``m != 1``, ``sparsity != DENSE``, ``bias = 1``, zero
+    Errors: an undefined enum value, an ``MV`` with ``m != 1`` or ``m_reg``, ``m = 0``,
+    ``sparsity != DENSE``, ``bias = 1``, zero
     ``rows``/``k``/``group``, a group that does not divide ``k``, a malformed record
     header (any slice's unpacker error) and a record whose group differs from the
-    instruction's (the group code its beats carry) are MALFORMED; ``MM``, a weight
+    instruction's (the group code its beats carry) are MALFORMED; ``m`` over ``tokens``,
+    ``acc_init = 0`` with ``m > 1``, a weight
     format other than ``STREAM``, a group size not built, a record whose sparsity is not
     built, ``final = 0`` (the unit leaves no accumulators behind), ``tok_scale = 1``
     without an AUX port or with ``sbuf_addr`` not 8-byte aligned, ``acc_init = 0``
@@ -257,9 +274,9 @@ class StreamMatrix(wiring.Component):
     BUFFER_RANGE; a record scale outside the rescaler window (or not a finite FP16
     value), or a token scale ``sm`` outside ``0 .. 2**16 - 1``, is SCALE_RANGE.
 
-    ``tok_scale = 1`` requantizes with ``(M, S) = linear_out_params(sm, se, k0)``
-    (:mod:`airfoil.fixedpoint`) of the scale pair at ``sbuf_addr`` in AUX (read on
-    ``aux_rd`` once, before the run; :func:`~hdl.decode_unit.rescaler.
+    ``tok_scale = 1`` requantizes vector ``j`` with ``(M, S) = linear_out_params(sm, se,
+    k0)`` (:mod:`airfoil.fixedpoint`) of the scale pair at ``sbuf_addr + 8 j`` in AUX
+    (read on ``aux_rd`` in CHECK, one pair a cycle; :func:`~hdl.decode_unit.rescaler.
     token_requant_params`), as the tile engine does. ``acc_init = 0`` continues the
     accumulators another engine left (a bias tile's ``MV`` with ``final = 0``): row ``r``
     starts from lane ``r % chains`` of accumulator batch ``r // chains``, read on
@@ -288,6 +305,9 @@ class StreamMatrix(wiring.Component):
         unpacker.Unpacker`); a record of another format is MALFORMED.
     scale_depth : int
         Records whose scales may wait for their partial sums (covers the chain latency).
+    tokens : int
+        Most activation vectors of an ``MM`` (``limits.stream_tokens`` of a config): the
+        rescaler's accumulator sets and the per-token requantization table.
     slices : int
         Slices (weight streams); must divide ``chains``. The stream geometry's ``rows``
         is ``chains / slices``.

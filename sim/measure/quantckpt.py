@@ -253,9 +253,7 @@ def folder_mismatches(graph, ref: dict, out_dir, config, recipe=None) -> dict:
     from compiler.lower_llm import compile_llm
     from compiler.passes import llm_pipeline, quantized_model
     q = llm_pipeline(recipe or exact_recipe(), config).run(graph)
-    streamed = any(ql.streamed for ql in q.qweights.values())
-    # The streamed engine takes one token per matrix instruction (prompts as decode steps).
-    compile_llm(quantized_model(q), config, out_dir, max_prompt=1 if streamed else 8)
+    compile_llm(quantized_model(q), config, out_dir, max_prompt=8)
     folder = load_folder(out_dir, config)
     back = read_llm_model(folder.manifest, folder.image, config)
     att = graph.shape.head_dim ** -0.5
