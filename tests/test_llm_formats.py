@@ -94,9 +94,9 @@ def test_tiny_model_recipe_golden_equals_isa(tmp_path, tiny_graph, name):
     model, man, folder = _compile(tiny_graph, _recipe(name), tmp_path / "out", cfg)
     lin = man["model"]["linears"]
     assert all(v["streamed"] for v in lin.values())
-    # The prefill takes one token: longer prompts run as decode steps.
-    assert man["model"]["max_prompt"] == 1
-    assert man["phases"]["prefill"]["opcodes"].get("MM", 0) == 0
+    # The prefill's MMs apply each streamed record to up to stream_tokens tokens.
+    assert man["model"]["max_prompt"] == cfg.limits.stream_tokens
+    assert man["phases"]["prefill"]["opcodes"].get("MV", 0) == 0
     # Every weight byte is in the image once, scales and sparsity metadata included.
     assert 1 < weight_bits_per_weight(man) < 10
     _golden_equals_isa(model, folder, cfg, PROMPT, 2)
@@ -114,7 +114,7 @@ def test_every_format_in_one_model_golden_equals_isa(tmp_path, tiny_graph):
     assert lin["l0.up"]["sparsity"] == "block" and lin["l0.gate"]["sparsity"] == "2:4"
     assert set(lin["l0.o"]["records"]) <= {"fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n"}
     assert lin["l0.k"]["group"] == 64 and lin["l0.v"]["label"] == "ovp"
-    assert man["model"]["max_prompt"] == 1
+    assert man["model"]["max_prompt"] == cfg.limits.stream_tokens
     # The QLinear record: a format per group, the keep mask of the pruned layers.
     gate = model["layers"][0]["gate"]
     assert gate.streamed and gate.sparsity == "2:4"
@@ -166,7 +166,7 @@ def test_row_blocks_of_a_streamed_layer(tmp_path, monkeypatch):
     _golden_equals_isa(model, folder, cfg, [3, 1, 4], 2)
 
 
-def test_streamed_layers_need_the_decode_unit_and_one_token_prefill(tmp_path):
+def test_streamed_layers_need_the_decode_unit_and_a_prefill_of_stream_tokens(tmp_path):
     g = llm_pipeline(parse_llm_recipe({"weights": [
         {"match": "*", "format": "int4", "group": 32},
         {"match": "*.mlp.*", "sparsity": "2:4"}]})).run(_small_graph())
@@ -175,8 +175,10 @@ def test_streamed_layers_need_the_decode_unit_and_one_token_prefill(tmp_path):
                                            r"\(int4/2:4\) need the decode unit, which config "
                                            r"'sim_llm' lacks"):
         compile_llm(model, load_config("sim_llm"), tmp_path / "a")
-    with pytest.raises(CompileError, match=r"max_prompt=4: layer l0.gate is streamed"):
-        compile_llm(model, load_config(CONFIG), tmp_path / "b", max_prompt=4)
+    cfg = load_config(CONFIG)
+    t = cfg.limits.stream_tokens
+    with pytest.raises(CompileError, match=rf"max_prompt must be an integer in 1\.\.{t} "):
+        compile_llm(model, cfg, tmp_path / "b", max_prompt=t + 1)
 
 
 def test_mixed_choice_is_per_record_of_the_config(tmp_path):

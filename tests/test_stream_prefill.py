@@ -76,7 +76,6 @@ def test_prefill_golden_equals_isa_and_costs_fewer_cycles(folders):
         assert torch.equal(llm.decode(nxt), GoldenLLM(golden_from_folder(folder)).prefill(
             PROMPT + [nxt])[-1]), name
         got[name] = cycles
-    assert len(IsaLLM(mm, cfg).runs) == 0
     assert got["mm"] < got["one"], got
 
 

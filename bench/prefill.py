@@ -1,0 +1,144 @@
+"""Figures of the prefill: the tiny model's prompt on the streamed engine's MM in RTL
+against the same prompt token by token, and the cycle model's prefill time of a full-size
+synthetic LLaMA-2-7B.
+
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``prefill``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from airfoil.config import load_config
+from airfoil.errors import AirfoilError
+
+__all__ = ["FIGURES", "SCHEMES", "PROMPT_LENGTHS", "tiny_prefill", "tiny_figures",
+           "prefill_cycles_model", "figures"]
+
+#: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "tiny_w4_2of4_prefill_cycles_per_token_rtl_<scheme>": "cycles/token",
+    "tiny_w4_2of4_prefill_mm_speedup_rtl": "ratio",
+    "llama2_7b_u280_prefill_ms_model_<n>": "ms",
+}
+
+#: How the tiny model's prompt runs: ``token`` (a prefill of one token and decode steps,
+#: every token a weight pass: the streamed engine before its MM) or ``mm`` (one prefill
+#: whose MMs read each weight once for all the prompt's tokens).
+SCHEMES = {"token": 1, "mm": None}
+#: Prompt tokens of the tiny model's prefill (at most the config's ``stream_tokens``).
+TINY_PROMPT = 16
+TINY_CONFIG = "sim_llm_decode"
+TINY_RECIPE = {"weights": [{"match": "*", "group": 128, "format": "int4",
+                            "sparsity": "2:4"}]}
+#: Prompt lengths of the 7B prefill figures.
+PROMPT_LENGTHS = (128, 1024)
+
+
+def tiny_prefill(out_dir, *, tokens: int = TINY_PROMPT, backend: str = "rtl",
+                 log=None) -> dict:
+    """Compile the tiny model in 2:4 W4 for ``sim_llm_decode`` once per scheme of
+    :data:`SCHEMES` and prefill a ``tokens``-token prompt of held-out text on ``backend``
+    (``rtl``: the core in Verilator without memory stalls; ``isa``). Return per scheme
+    ``{"cycles", "runs", "logits"}``; raise :class:`AirfoilError` unless every scheme's
+    logits equal the golden model's, bit for bit."""
+    from airfoil.cli.backend_rtl import RtlLLM
+    from airfoil.folder import load_folder
+    from compiler.importers.hf import import_hf
+    from compiler.llm_recipe import parse_llm_recipe
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import llm_pipeline, quantized_model
+    from compiler.tokenizer import corpus_split
+    from sim.golden_llm import GoldenLLM, golden_from_folder
+    from sim.isa_sim import IsaLLM
+    from sim.measure.llm_accuracy import TINY_MODEL
+
+    config = load_config(TINY_CONFIG)
+    model = quantized_model(llm_pipeline(parse_llm_recipe(TINY_RECIPE), config).run(
+        import_hf(TINY_MODEL)))
+    _, held = corpus_split()
+    prompt = [int(t) for t in held[:tokens]]
+    out = {}
+    want = None
+    for scheme, max_prompt in SCHEMES.items():
+        folder_dir = Path(out_dir) / scheme
+        compile_llm(model, config, folder_dir, max_prompt=max_prompt)
+        folder = load_folder(folder_dir, config)
+        if want is None:
+            want = GoldenLLM(golden_from_folder(folder)).prefill(prompt)
+        llm = (RtlLLM(folder, config, stalls=False) if backend == "rtl"
+               else IsaLLM(folder, config))
+        if log:
+            log(f"prefill {backend}: {tokens} tokens, {scheme} scheme")
+        logits = llm.prefill(prompt)
+        if not torch.equal(logits, want):
+            raise AirfoilError(f"prefill bench: {backend} logits of the {scheme} scheme "
+                               f"differ from the golden model's")
+        out[scheme] = {"cycles": sum(r["cycles"] for r in llm.runs), "runs": len(llm.runs),
+                       "logits": logits}
+    return out
+
+
+def tiny_figures(runs: dict, tokens: int, config_hash: str, backend: str = "rtl") -> dict:
+    """The tiny model's figures of :func:`tiny_prefill`'s ``runs``."""
+    fig = {}
+    for scheme, r in runs.items():
+        name = f"tiny_w4_2of4_prefill_cycles_per_token_{backend}_{scheme}"
+        fig[name] = r["cycles"] / tokens
+        fig[name + "_cycles"] = r["cycles"]
+        fig[name + "_runs"] = r["runs"]
+        fig[name + "_shape"] = f"{tokens}-token prompt, tiny-llama 2:4 W4 g128"
+        fig[name + "_config_hash"] = config_hash
+    fig[f"tiny_w4_2of4_prefill_mm_speedup_{backend}"] = \
+        runs["token"]["cycles"] / runs["mm"]["cycles"]
+    return fig
+
+
+def prefill_cycles_model(manifest: dict, prefill_words, decode_words, config,
+                         tokens: int) -> dict:
+    """Cycle-model cycles of prefilling ``tokens`` tokens as the host runs them: one run
+    of the prefill program over the first ``max_prompt`` tokens, then one decode step per
+    token after them (:func:`sim.timing.llm_step_cycles` of each run)."""
+    from sim.timing import llm_step_cycles
+
+    first = min(tokens, manifest["model"]["max_prompt"])
+    pre = llm_step_cycles(manifest, prefill_words, config, position=0, tokens=first)
+    total, runs = pre["cycles"], 1
+    for pos in range(first, tokens):
+        total += llm_step_cycles(manifest, decode_words, config, position=pos)["cycles"]
+        runs += 1
+    return {"cycles": total, "runs": runs, "prefill_tokens": first,
+            "prefill_run_cycles": pre["cycles"]}
+
+
+def figures(args, log) -> dict:
+    """``airfoil bench`` entry: the tiny model's prefill in RTL, then the size-only 7B's
+    prefill times in the cycle model."""
+    from airfoil.program import read_program
+
+    from ._fullsize import compile_measured
+
+    root = Path(args.build_dir) / "prefill"
+    config = load_config(TINY_CONFIG)
+    out = tiny_figures(tiny_prefill(root / "tiny", log=log), TINY_PROMPT,
+                       config.config_hash)
+    u280 = load_config("u280")
+    folder = root / "llama2_7b_u280"
+    man = compile_measured("llama2-7b", "u280", folder, size_only=True, log=log)["manifest"]
+    words = {p: read_program(folder / man["programs"][p]).words
+             for p in ("prefill", "decode")}
+    for n in PROMPT_LENGTHS:
+        st = prefill_cycles_model(man, words["prefill"], words["decode"], u280, n)
+        name = f"llama2_7b_u280_prefill_ms_model_{n}"
+        out[name] = st["cycles"] / (u280.clock_mhz * 1e3)
+        out[name + "_cycles"] = st["cycles"]
+        out[name + "_runs"] = st["runs"]
+        out[name + "_shape"] = (f"{n}-token prompt: a prefill of {st['prefill_tokens']} "
+                                f"tokens, then decode steps")
+        out[name + "_config_hash"] = u280.config_hash
+        log(f"llama2-7b u280: prefill of {n} tokens {out[name]:.1f} ms (cycle model)")
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
