@@ -16,7 +16,7 @@ from airfoil.config import load_config
 from airfoil.errors import AirfoilError
 
 __all__ = ["FIGURES", "SCHEMES", "PROMPT_LENGTHS", "tiny_prefill", "tiny_figures",
-           "prefill_cycles_model", "figures"]
+           "decode_positions", "prefill_cycles_model", "figures"]
 
 #: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
 FIGURES = {
@@ -36,6 +36,8 @@ TINY_RECIPE = {"weights": [{"match": "*", "group": 128, "format": "int4",
                             "sparsity": "2:4"}]}
 #: Prompt lengths of the 7B prefill figures.
 PROMPT_LENGTHS = (128, 1024)
+#: Positions between two decode steps the cycle model times for the 7B figures.
+DECODE_STRIDE = 128
 
 
 def tiny_prefill(out_dir, *, tokens: int = TINY_PROMPT, backend: str = "rtl",
@@ -97,21 +99,44 @@ def tiny_figures(runs: dict, tokens: int, config_hash: str, backend: str = "rtl"
     return fig
 
 
+def decode_positions(first: int, tokens: int, stride: int = DECODE_STRIDE) -> list[int]:
+    """Positions whose decode step :func:`prefill_cycles_model` times for a prompt of
+    ``tokens`` after a prefill of ``first``: ``first``, every multiple of ``stride`` after
+    it and the last, ``tokens - 1`` (none when the prefill takes the whole prompt)."""
+    if first >= tokens:
+        return []
+    return sorted({first, tokens - 1, *range(-(-first // stride) * stride, tokens, stride)})
+
+
 def prefill_cycles_model(manifest: dict, prefill_words, decode_words, config,
-                         tokens: int) -> dict:
+                         tokens: int, *, stride: int = DECODE_STRIDE, timed=None) -> dict:
     """Cycle-model cycles of prefilling ``tokens`` tokens as the host runs them: one run
-    of the prefill program over the first ``max_prompt`` tokens, then one decode step per
-    token after them (:func:`sim.timing.llm_step_cycles` of each run)."""
+    of the prefill program over the first ``max_prompt`` tokens (:func:`sim.timing.
+    llm_step_cycles`), then one decode step per later token. The decode steps are timed
+    at :func:`decode_positions` (a full-size step takes about a minute in the cycle model)
+    and the steps between two timed positions taken on the line between them (a step's
+    cycles grow with the keys it attends to). ``timed`` (position -> cycles) keeps the
+    timings across calls."""
     from sim.timing import llm_step_cycles
 
+    timed = {} if timed is None else timed
     first = min(tokens, manifest["model"]["max_prompt"])
     pre = llm_step_cycles(manifest, prefill_words, config, position=0, tokens=first)
-    total, runs = pre["cycles"], 1
-    for pos in range(first, tokens):
-        total += llm_step_cycles(manifest, decode_words, config, position=pos)["cycles"]
-        runs += 1
-    return {"cycles": total, "runs": runs, "prefill_tokens": first,
-            "prefill_run_cycles": pre["cycles"]}
+    points = decode_positions(first, tokens, stride)
+    for pos in points:
+        if pos not in timed:
+            timed[pos] = llm_step_cycles(manifest, decode_words, config,
+                                         position=pos)["cycles"]
+    steps = 0.0
+    if points:
+        steps = timed[points[0]]
+        for a, b in zip(points, points[1:]):
+            # Positions a+1 .. b on the line from a to b.
+            n = b - a
+            steps += sum(timed[a] + (timed[b] - timed[a]) * i / n for i in range(1, n + 1))
+    return {"cycles": pre["cycles"] + steps, "prefill_tokens": first,
+            "prefill_run_cycles": pre["cycles"],
+            "decode_timed": {p: timed[p] for p in points}}
 
 
 def figures(args, log) -> dict:
@@ -130,12 +155,15 @@ def figures(args, log) -> dict:
     man = compile_measured("llama2-7b", "u280", folder, size_only=True, log=log)["manifest"]
     words = {p: read_program(folder / man["programs"][p]).words
              for p in ("prefill", "decode")}
+    timed = {}
     for n in PROMPT_LENGTHS:
-        st = prefill_cycles_model(man, words["prefill"], words["decode"], u280, n)
+        st = prefill_cycles_model(man, words["prefill"], words["decode"], u280, n,
+                                  timed=timed)
         name = f"llama2_7b_u280_prefill_ms_model_{n}"
         out[name] = st["cycles"] / (u280.clock_mhz * 1e3)
-        out[name + "_cycles"] = st["cycles"]
-        out[name + "_runs"] = st["runs"]
+        out[name + "_cycles"] = round(st["cycles"])
+        out[name + "_prefill_run_cycles"] = st["prefill_run_cycles"]
+        out[name + "_decode_timed"] = {str(p): c for p, c in st["decode_timed"].items()}
         out[name + "_shape"] = (f"{n}-token prompt: a prefill of {st['prefill_tokens']} "
                                 f"tokens, then decode steps")
         out[name + "_config_hash"] = u280.config_hash

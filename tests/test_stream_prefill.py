@@ -101,3 +101,30 @@ def test_rtl_prefill_equals_torch_and_isa_and_costs_fewer_cycles(folders):
         logits, cycles[name] = _prefill_cycles(RtlLLM(folder, cfg, seed=3), PROMPT)
         assert torch.equal(logits, want), name
     assert cycles["mm"] < cycles["one"], cycles
+
+
+@pytest.mark.slow
+def test_bench_figures_are_cycles_over_tokens(tmp_path):
+    """The prefill bench's code on the ISA simulator at a six-token prompt: each figure is
+    its runs' cycles over the tokens, the MM scheme one run and fewer cycles."""
+    from bench.prefill import tiny_figures, tiny_prefill
+
+    cfg = load_config(CONFIG)
+    runs = tiny_prefill(tmp_path, tokens=6, backend="isa")
+    figs = tiny_figures(runs, 6, cfg.config_hash, backend="isa")
+    for scheme, r in runs.items():
+        name = f"tiny_w4_2of4_prefill_cycles_per_token_isa_{scheme}"
+        assert figs[name] == r["cycles"] / 6 and figs[name + "_cycles"] == r["cycles"]
+        assert figs[name + "_config_hash"] == cfg.config_hash
+    assert runs["mm"]["runs"] == 1 and runs["token"]["runs"] == 6
+    assert figs["tiny_w4_2of4_prefill_mm_speedup_isa"] == \
+        runs["token"]["cycles"] / runs["mm"]["cycles"] > 1
+
+
+def test_decode_positions_cover_the_prompt_after_the_prefill():
+    from bench.prefill import decode_positions
+
+    assert decode_positions(22, 22) == []
+    assert decode_positions(22, 128) == [22, 127]
+    assert decode_positions(22, 1024) == [22, 128, 256, 384, 512, 640, 768, 896, 1023]
+    assert decode_positions(0, 3, stride=1) == [0, 1, 2]
