@@ -164,3 +164,18 @@ def test_from_dict_validates_group_vs_lanes(base):
     base["lanes"] = 64
     with pytest.raises(ConfigError, match="not a multiple of lanes"):
         AccelConfig.from_dict(base)
+
+
+def test_stream_tokens_limit(base, tmp_path):
+    """limits.stream_tokens: 16 when left out, part of the hash, 1..256 accepted; the
+    streamed engine of a config is built for that many tokens."""
+    from hdl.core.stream_mv import StreamMatrix
+    t = load_config("test")
+    assert t.limits.stream_tokens == 16
+    c = load_config(_write(tmp_path, dict(base, limits={"stream_tokens": 4})))
+    assert c.limits.stream_tokens == 4 and c.config_hash != t.config_hash
+    for value in (0, 257, "8", True):
+        with pytest.raises(ConfigError, match=r"limits\.stream_tokens"):
+            load_config(_write(tmp_path, dict(base, limits={"stream_tokens": value})))
+    cfg = load_config("u280_slice")
+    assert StreamMatrix.config_kw(cfg)["tokens"] == cfg.limits.stream_tokens == 16
