@@ -280,3 +280,20 @@ def test_512_bit_words_32_lanes_bit_exact():
                   slices=2, abuf_addr=128),
     ]
     _check_sim(cases, _sim_unit(kw, cases))
+
+
+@pytest.mark.rtl
+def test_rtl_three_slices_mm_bit_exact():
+    """MM on three slices: each slice applies its records to every token, the serializer
+    writes each super-batch's vectors slice by slice, token by token; random stalls."""
+    cfg, v, j = _harness(3)
+    geom, S, C = StreamMatrix.geometry_of(cfg), cfg.slices, cfg.chains
+    cases = [make_case(geom, name=f"mm{t}-{sp}", rows=2 * C + 5, k=128, group=64,
+                       fmt=["int4", "int2"], sparsity=sp, seed=40 + t, slices=S, tokens=t,
+                       out_fmt="INT16", obuf_addr=32)
+             for t, sp in ((2, "dense"), (5, "2:4"), (cfg.limits.stream_tokens, "block"))]
+    res = run_stream_rtl(v, j, cases, latency=LATENCIES[:S],
+                         outstanding=cfg.memory.outstanding, seed=4, stall=0.25, idle=0.3)
+    check_results(cases, res)
+    for c, r in zip(cases, res):
+        assert r["beats"] == c["image_words"], (c["name"], r)

@@ -795,13 +795,16 @@ class StreamMatrix(wiring.Component):
                          resc.scales.valid.eq(scale_q.r_rdy),
                          scale_q.r_en.eq(resc.scales.ready)]
             # With several slices, a batch's accumulators wait for the serializer in a
-            # short queue, so a slice goes on with its next batch meanwhile.
+            # short queue, so a slice goes on with its next batch meanwhile. It holds two
+            # batches of results of every token: a slice that waits for the serializer has
+            # then finished the batch the serializer takes next, so it never holds back
+            # the activations (pushed to every slice at once) another slice needs for it.
             if S == 1:
                 sl["accs"] = resc.accs
             else:
                 acc_w = resc.accs.payload.shape().size
                 m.submodules[f"acc_q{s}"] = acc_q = fifo.SyncFIFOBuffered(width=acc_w,
-                                                                         depth=2)
+                                                                         depth=2 * T)
                 m.d.comb += [acc_q.w_data.eq(resc.accs.payload),
                              acc_q.w_en.eq(resc.accs.valid),
                              resc.accs.ready.eq(acc_q.w_rdy)]
