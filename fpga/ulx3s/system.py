@@ -8,11 +8,12 @@ cocotb test drives exactly what the board's USB UART does.
 
 :class:`Ulx3sTop` adds the board: an ECP5 PLL (EHXPLLL) makes the core clock of
 ``clock_mhz`` from the 25 MHz oscillator, the design is held in reset until the PLL
-locks, and the serial lines go to the ``uart`` resource (the FT231X USB UART).
+locks (the reset on a global network, like the clock), and the serial lines go to the
+``uart`` resource (the FT231X USB UART).
 """
 
 
-from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import fifo, io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -25,7 +26,8 @@ from .axi_ram import AxiRam
 from .link import LINK_BAUD, HostLink
 from .uart import UartRx, UartTx, divisor_of
 
-__all__ = ["AirfoilSystem", "Ulx3sTop", "pll_params", "OSC_MHZ", "RX_FIFO_DEPTH"]
+__all__ = ["AirfoilSystem", "Ulx3sTop", "global_buffer", "pll_params", "OSC_MHZ",
+           "RX_FIFO_DEPTH"]
 
 #: The ULX3S's oscillator.
 OSC_MHZ = 25
@@ -43,6 +45,9 @@ class AirfoilSystem(wiring.Component):
         Clock cycles per serial bit.
     sfu : bool
         Build the core's SFU.
+    reset_buffer : callable or None
+        The core's engine reset buffer (:class:`~hdl.core.top.Core`); the board passes
+        :func:`global_buffer`, the simulation ``None``.
 
     Members
     -------
@@ -53,20 +58,22 @@ class AirfoilSystem(wiring.Component):
     uart_rx: In(1, init=1)
     uart_tx: Out(1, init=1)
 
-    def __init__(self, config: AccelConfig, *, divisor: int, sfu: bool = True):
+    def __init__(self, config: AccelConfig, *, divisor: int, sfu: bool = True,
+                 reset_buffer=None):
         if config.memory.channels != 1:
             raise ConfigError(f"config {config.name}: the board memory serves one channel, "
                               f"not {config.memory.channels}")
         self._config = config
         self._divisor = divisor
         self._sfu = sfu
+        self._reset_buffer = reset_buffer
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
         wbits = cfg.memory.word_bits
-        m.submodules.core = core = Core(cfg, sfu=self._sfu)
+        m.submodules.core = core = Core(cfg, sfu=self._sfu, reset_buffer=self._reset_buffer)
         m.submodules.link = link = HostLink(word_bits=wbits)
         m.submodules.memory = mem = AxiRam(
             nbytes=cfg.memory.channel_bytes,
@@ -87,6 +94,15 @@ class AirfoilSystem(wiring.Component):
                      tx.data.eq(link.tx_data), tx.valid.eq(link.tx_valid),
                      link.tx_ready.eq(tx.ready)]
         return m
+
+
+def global_buffer(m: Module, signal, name: str) -> Signal:
+    """``signal`` through a DCCA, onto one of the ECP5's global (clock) networks, which
+    reach every slice's clock, reset and enable inputs without the fabric's routing:
+    for the nets that drive thousands of flip-flops. Built in ``m`` as ``<name>_dcca``."""
+    out = Signal(name=f"{name}_global")
+    m.submodules[f"{name}_dcca"] = Instance("DCCA", i_CLKI=signal, i_CE=1, o_CLKO=out)
+    return out
 
 
 def pll_params(clock_mhz: float) -> dict:
@@ -140,10 +156,19 @@ class Ulx3sTop(wiring.Component):
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
             i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=sync.clk, o_LOCK=locked)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # The resets reach every flip-flop (the core's engine reset, this one or a start's
+        # pulse, some 6,000 LSR pins; this one the other 560): as fabric nets they crowd
+        # the routing of the whole die, so each leaves through a DCCA onto a global
+        # network, as the clock does (this one from its synchronizer, in a domain of its
+        # own on the same clock).
+        m.domains.reset_source = ClockDomain("reset_source", local=True)
+        m.d.comb += [ClockSignal("reset_source").eq(sync.clk),
+                     sync.rst.eq(global_buffer(m, ResetSignal("reset_source"), "reset"))]
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset_source")
         uart = platform.request("uart", dir={"rx": "-", "tx": "-"})
-        m.submodules.system = system = AirfoilSystem(cfg, divisor=self._divisor,
-                                                     sfu=self._sfu)
+        m.submodules.system = system = AirfoilSystem(
+            cfg, divisor=self._divisor, sfu=self._sfu,
+            reset_buffer=lambda mod, rst: global_buffer(mod, rst, "engine_reset"))
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [system.uart_rx.eq(rx_buf.i), tx_buf.o.eq(system.uart_tx)]

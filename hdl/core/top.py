@@ -532,6 +532,11 @@ class Core(wiring.Component):
     config : AccelConfig
     sfu : bool
         Build the SFU (see :class:`Engine`).
+    reset_buffer : callable or None
+        ``reset_buffer(m, rst)`` returns the engine's reset (the core's reset or a start's
+        pulse, which reaches nearly every flip-flop) through a buffer of the FPGA's clock
+        network, built in module ``m``: a board whose router would otherwise carry that
+        net in the fabric passes one (the ULX3S passes a DCCA). ``None``: the net as is.
 
     Members
     -------
@@ -547,10 +552,11 @@ class Core(wiring.Component):
     built; the others read as 0).
     """
 
-    def __init__(self, config: AccelConfig, *, sfu: bool = True):
+    def __init__(self, config: AccelConfig, *, sfu: bool = True, reset_buffer=None):
         self._plan = CorePlan.of(config, sfu=sfu)    # refuses a config it cannot build
         self._config = config
         self._sfu = bool(sfu)
+        self._reset_buffer = reset_buffer
         wbits = config.memory.word_bits
         super().__init__({
             "csr": In(axi4lite_signature(addr_width=csrmap.CSR_ADDR_BITS)),
@@ -575,8 +581,11 @@ class Core(wiring.Component):
         # The engine runs on the same clock in a domain whose reset also pulses at every
         # start (cheaper to elaborate than ResetInserter over the whole engine).
         m.domains.engine = ClockDomain("engine", local=True)
+        engine_rst = ResetSignal() | soft_rst
+        if self._reset_buffer is not None:
+            engine_rst = self._reset_buffer(m, engine_rst)
         m.d.comb += [ClockSignal("engine").eq(ClockSignal()),
-                     ResetSignal("engine").eq(ResetSignal() | soft_rst)]
+                     ResetSignal("engine").eq(engine_rst)]
         m.submodules.engine = DomainRenamer("engine")(engine)
         wiring.connect(m, wiring.flipped(self.instr), engine.instr)
         nch = self._config.memory.channels
