@@ -107,6 +107,21 @@ def test_uart_link_runs_a_layer_bit_exact(config, tmp_path):
     assert torch.equal(got, run_golden(folder))
 
 
+def test_resets_leave_through_global_buffers(config):
+    """On the board both resets (the system's, and the core's engine reset with the
+    start's pulse, nearly every flip-flop) reach their flip-flops through a DCCA, the
+    ECP5's global buffer, not through the fabric's routing."""
+    pytest.importorskip("amaranth_boards")
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    from fpga.ulx3s.system import Ulx3sTop
+    il = ULX3S_85F_Platform().prepare(Ulx3sTop(config, sfu=False), name="top").files["top.il"]
+    outputs = {}
+    for cell in il.split("cell \\DCCA ")[1:]:
+        body = cell.split("end")[0].split()
+        outputs[body[0]] = body[body.index("\\CLKO") + 1]
+    assert outputs == {"\\reset_dcca": "\\rst", "\\engine_reset_dcca": "\\engine_rst"}
+
+
 def test_dsp_pair_on_ecp5_is_plain_and_computes_the_same():
     """On the ECP5's 18 x 18 multipliers the lane pair takes two plain products; cycle by
     cycle it gives what the packed 27 x 18 pair gives, in both weight widths."""
