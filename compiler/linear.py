@@ -91,6 +91,7 @@ from .asm import listing
 from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, quantize_linear
+from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale,
                       pack_stream_tile, slices, stream_bits)
 
@@ -102,9 +103,6 @@ __all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", 
 MIN_TILES = 8
 #: Rows of the random calibration sample drawn when no calibration data is given.
 CALIB_ROWS = 8
-#: Most weight tiles in flight: the WGT buffer is split into this many slots when the
-#: tiles are small enough (at least two: double buffering).
-MAX_WGT_SLOTS = 4
 
 #: Tiles the LOAD unit streams ahead of MATRIX (streamed weights).
 STREAM_SLOTS = 4
@@ -128,7 +126,7 @@ class LinearPlan:
     group_rows : int
         Output rows per OUT half (a multiple of ``rows_per_tile`` and word-aligned).
     slots : int
-        Weight tiles the WGT buffer holds at once (2 .. :data:`MAX_WGT_SLOTS`); the LOAD
+        Weight tiles the WGT buffer holds at once (:data:`compiler.tiling.WGT_SLOTS`); the LOAD
         unit runs ``slots - 1`` tiles ahead of MATRIX.
     slot_bytes : int
         Size of one WGT slot (a multiple of the memory word).
@@ -180,61 +178,46 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     if _up(k, wb) > config.buffers.act_bytes:
         raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
                            f"bytes in config {config.name!r})")
-    # K chunk: whole K if a tile of `chains` rows fits half the WGT buffer.
-    if nbytes(chains, k) <= half_w:
-        kc = k
-    else:
-        kc = 0
-        for cand in range(group, k, group):
-            if nbytes(chains, cand) > half_w:
-                break
-            kc = cand
-        if kc == 0:
-            raise CompileError(f"a tile of {chains} rows x {group} weights "
-                               f"({nbytes(chains, group)} bytes) does not fit half the WGT "
-                               f"buffer ({half_w} bytes)")
-    chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
-    # Rows per tile: a multiple of chains; an OUT half holds a word-aligned whole number
-    # of tiles.
-    rows_per_tile, group_rows = _rows_per_tile(n, config, out_bits,
-                                               lambda r: nbytes(r, kc) <= half_w)
+    # Tiles of at most half the WGT buffer; an OUT half holds a word-aligned whole number
+    # of them.
+    limit, accept, group_rows_of = _out_halves(n, config, out_bits)
+    boxes, rows_per_tile, kc = plan_wgt_tiles(n, k, chains, group, nbytes, half_w,
+                                              limit=limit, accept=accept)
+    assert rows_per_tile, "chains rows always fit (checked above)"
     tiles = []
-    for row0 in range(0, n, rows_per_tile):
-        rows = min(rows_per_tile, n - row0)
-        for c0, cols in chunks:
-            has_bias = bias and c0 == 0
-            lay = tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
-                              lanes=config.lanes, bias=has_bias, align=wb)
-            tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
-                          "bias": has_bias, "layout": lay})
-    biggest = max(t["layout"].nbytes for t in tiles)
-    wgt = config.buffers.weight_bytes
-    slots = 2
-    while slots < MAX_WGT_SLOTS and (wgt // (2 * slots)) // wb * wb >= biggest:
-        slots *= 2
-    slot_bytes = (wgt // slots) // wb * wb
-    return LinearPlan(rows_per_tile, chunks, group_rows, tiles, slots, slot_bytes)
+    for row0, rows, c0, cols in boxes:
+        has_bias = bias and c0 == 0
+        lay = tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
+                          lanes=config.lanes, bias=has_bias, align=wb)
+        tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
+                      "bias": has_bias, "layout": lay})
+    slots, slot_bytes = wgt_slots(config, max(t["layout"].nbytes for t in tiles))
+    chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
+    return LinearPlan(rows_per_tile, chunks, group_rows_of(rows_per_tile), tiles, slots,
+                      slot_bytes)
 
 
-def _rows_per_tile(n: int, config: AccelConfig, out_bits: int, fits) -> tuple[int, int]:
-    """Rows per tile (a multiple of chains, ``fits(rows)`` true) and rows per OUT half."""
+def _out_halves(n: int, config: AccelConfig, out_bits: int):
+    """The single layer's OUT halves as constraints of the tile planner
+    (:func:`compiler.tiling.row_block`): ``(limit, accept, group_rows)`` -- at most the
+    rows of :data:`MIN_TILES` tiles, rows of which an OUT half holds a word-aligned whole
+    number, and ``group_rows(rows)`` the rows of one OUT half. Raises
+    :class:`CompileError` when not even ``chains`` rows are accepted."""
     chains, wb = config.chains, config.word_bytes
     ob = out_bits // 8
     half_rows = (config.buffers.out_bytes // 2) // ob
     wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
-    limit = min(_up(n, chains), max(chains, _up(-(-n // MIN_TILES), chains)))
-    rows_per_tile = 0
-    for r in range(chains, limit + 1, chains):
-        if not fits(r):
-            break
-        if math.lcm(r, wq) <= half_rows:
-            rows_per_tile = r
-    if rows_per_tile == 0:
+    if math.lcm(chains, wq) > half_rows:
         raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
                            f"({half_rows} outputs of {out_bits} bits) cannot hold "
                            f"{math.lcm(chains, wq)} rows")
-    step = math.lcm(rows_per_tile, wq)
-    return rows_per_tile, (half_rows // step) * step
+
+    def group_rows(rows):
+        step = math.lcm(rows, wq)
+        return (half_rows // step) * step
+
+    limit = max(chains, _up(-(-n // MIN_TILES), chains))
+    return limit, lambda r: math.lcm(r, wq) <= half_rows, group_rows
 
 
 def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
@@ -261,13 +244,16 @@ def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
     if bsize(config.chains) > slot:
         raise CompileError(f"the bias tile of {config.chains} rows ({bsize(config.chains)} "
                            f"bytes) does not fit a quarter of the WGT buffer ({slot} bytes)")
-    rows_per_tile, group_rows = _rows_per_tile(
-        n, config, out_bits, lambda r: size(r) <= cap and bsize(r) <= slot)
-    tiles = [{"row0": r0, "rows": min(rows_per_tile, n - r0), "col0": 0, "cols": k,
+    limit, accept, group_rows = _out_halves(n, config, out_bits)
+    rows_per_tile = row_block(n, config.chains, lambda r: size(r) <= cap and bsize(r) <= slot,
+                              limit=limit, accept=accept)
+    assert rows_per_tile, "chains rows always fit (checked above)"
+    tiles = [{"row0": r0, "rows": rows, "col0": 0, "cols": k,
               "bias": bias_layout is not None,
-              "layout": bias_layout(min(rows_per_tile, n - r0)) if bias_layout else None}
-             for r0 in range(0, n, rows_per_tile)]
-    return LinearPlan(rows_per_tile, [(0, k)], group_rows, tiles, STREAM_SLOTS, slot)
+              "layout": bias_layout(rows) if bias_layout else None}
+             for r0, rows, _, _ in tile_boxes(n, k, rows_per_tile, k)]
+    return LinearPlan(rows_per_tile, [(0, k)], group_rows(rows_per_tile), tiles,
+                      STREAM_SLOTS, slot)
 
 
 def check_stream_args(config, wformat, sparsity, mixed_formats, group):

@@ -103,6 +103,7 @@ from airfoil.program import Program
 from .asm import listing
 from .output import write_folder
 from .streams import MAX_STREAM_BYTES, least_scale, pack_stream_tile, slices
+from .tiling import plan_wgt_tiles, slot_bytes
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
@@ -228,7 +229,6 @@ def _wgt_slots(config, qls) -> tuple[int, int]:
     a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
     that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
     unit nearly twice the cycles its weights take to arrive."""
-    wb = config.word_bytes
     tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
                 for ql in tiled], default=0)
@@ -237,7 +237,7 @@ def _wgt_slots(config, qls) -> tuple[int, int]:
     example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
     best = None
     for slots in WGT_SLOTS:
-        slot = config.buffers.weight_bytes // slots // wb * wb
+        slot = slot_bytes(config, slots)
         if need > slot:
             continue
         tiles = sum(count * len(_plan_tiles(config, example[kind], slot))
@@ -252,19 +252,12 @@ def _wgt_slots(config, qls) -> tuple[int, int]:
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
-    """Tiles ``(row0, rows, col0, cols)`` of one layer, each at most ``slot`` bytes: K whole
-    when ``chains`` rows of it fit, else chunks of whole groups; then as many rows (a
-    multiple of ``chains``) as fit."""
+    """Tiles ``(row0, rows, col0, cols)`` of one layer, each at most ``slot`` bytes
+    (:func:`compiler.tiling.plan_wgt_tiles`)."""
     n, k = ql.shape
-    C, g, bits = config.chains, ql.group, ql.bits
-    kc = k
-    while _tile_bytes(config, C, kc, bits, g) > slot:
-        kc = (kc // g - 1) * g if kc % g == 0 else kc // g * g
-    rows = C
-    while rows + C <= _up(n, C) and _tile_bytes(config, rows + C, kc, bits, g) <= slot:
-        rows += C
-    return [(r0, min(rows, n - r0), c0, min(kc, k - c0))
-            for r0 in range(0, n, rows) for c0 in range(0, k, kc)]
+    return plan_wgt_tiles(n, k, config.chains, ql.group,
+                          lambda rows, cols: _tile_bytes(config, rows, cols, ql.bits, ql.group),
+                          slot)[0]
 
 
 def _k_split_tokens(config, plans) -> int | None:

@@ -1,0 +1,107 @@
+"""The one planner of a linear layer's weight tiles, for the single-layer and the LLM
+compilers alike.
+
+A WGT tile is a block of output rows (a multiple of the core's ``chains``) times a chunk
+of K (all of K when ``chains`` rows of it fit a slot of the WGT buffer, else whole groups
+accumulated over several tiles); a streamed layer's tile is a block of rows times all of
+K. The planner takes a tile's size as a function, so each compiler states only what its
+own programs add (the single layer its bias section and its OUT halves, the LLM
+compiler nothing):
+
+* :func:`slot_bytes`, :func:`wgt_slots` -- the slots the WGT buffer is split into;
+* :func:`k_chunk` -- the K chunk of a layer's tiles;
+* :func:`row_block` -- the rows of a layer's tiles;
+* :func:`tile_boxes` -- the ``(row0, rows, col0, cols)`` of every tile, in execution
+  order;
+* :func:`plan_wgt_tiles` -- the three above for a layer of WGT tiles.
+"""
+
+from __future__ import annotations
+
+from airfoil.errors import CompileError
+
+__all__ = ["WGT_SLOTS", "slot_bytes", "wgt_slots", "k_chunk", "row_block", "tile_boxes",
+           "plan_wgt_tiles"]
+
+#: Weight-tile slots a single layer's WGT buffer is split into, most first: LOAD runs up
+#: to ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
+WGT_SLOTS = (4, 2)
+
+
+def _up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def slot_bytes(config, slots: int) -> int:
+    """Bytes of one of ``slots`` equal slots of the WGT buffer (whole memory words)."""
+    wb = config.word_bytes
+    return config.buffers.weight_bytes // slots // wb * wb
+
+
+def wgt_slots(config, need: int, candidates=WGT_SLOTS) -> tuple[int, int]:
+    """``(slots, slot_bytes)``: the first of ``candidates`` whose slot holds ``need``
+    bytes; :class:`CompileError` when none does."""
+    for slots in candidates:
+        slot = slot_bytes(config, slots)
+        if need <= slot:
+            return slots, slot
+    raise CompileError(f"a weight tile of {config.chains} rows ({need} bytes) does not fit "
+                       f"half the WGT buffer ({config.buffers.weight_bytes} bytes in config "
+                       f"{config.name!r})")
+
+
+def k_chunk(k: int, group: int, fits) -> int:
+    """The K chunk of a layer's tiles: ``k`` when ``fits(k)``, else the largest multiple of
+    ``group`` below ``k`` that fits (``fits(cols)`` grows false with ``cols``); 0 when not
+    even one group fits."""
+    if fits(k):
+        return k
+    best = 0
+    for cols in range(group, k, group):
+        if not fits(cols):
+            break
+        best = cols
+    return best
+
+
+def row_block(n: int, chains: int, fits, *, limit: int | None = None,
+              accept=None) -> int:
+    """Rows of a layer's tiles: the largest multiple of ``chains``, at most ``n`` rounded up
+    to ``chains`` and ``limit``, below the first count for which ``fits(rows)`` is false,
+    for which ``accept(rows)`` holds (default: any); 0 when none."""
+    top = _up(n, chains) if limit is None else min(_up(n, chains), limit)
+    best = 0
+    for rows in range(chains, top + 1, chains):
+        if not fits(rows):
+            break
+        if accept is None or accept(rows):
+            best = rows
+    return best
+
+
+def tile_boxes(n: int, k: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """``(row0, rows, col0, cols)`` of the tiles of an ``n x k`` layer in execution order:
+    row blocks of ``rows``, each as chunks of ``cols`` of K (the last ones may be
+    smaller)."""
+    return [(r0, min(rows, n - r0), c0, min(cols, k - c0))
+            for r0 in range(0, n, rows) for c0 in range(0, k, cols)]
+
+
+def plan_wgt_tiles(n: int, k: int, chains: int, group: int, tile_bytes, slot: int, *,
+                   limit: int | None = None, accept=None,
+                   ) -> tuple[list[tuple[int, int, int, int]], int, int]:
+    """The WGT tiles of an ``n x k`` layer, each at most ``slot`` bytes
+    (``tile_bytes(rows, cols)``): K whole when ``chains`` rows of it fit, else chunks of
+    whole groups; then as many rows as fit (:func:`row_block` with ``limit`` and
+    ``accept``). Returns ``(boxes, rows, cols)``; :class:`CompileError` when no tile
+    fits."""
+    cols = k_chunk(k, group, lambda c: tile_bytes(chains, c) <= slot)
+    if cols == 0:
+        raise CompileError(f"a tile of {chains} rows x {group} weights "
+                           f"({tile_bytes(chains, group)} bytes) does not fit a WGT slot "
+                           f"({slot} bytes)")
+    rows = row_block(n, chains, lambda r: tile_bytes(r, cols) <= slot, limit=limit,
+                     accept=accept)
+    if rows == 0:
+        return [], 0, cols
+    return tile_boxes(n, k, rows, cols), rows, cols
