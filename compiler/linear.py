@@ -81,7 +81,7 @@ from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax
                              weight_format)
 from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
                          WeightFormat, encode)
-from airfoil.packing import (DEFAULT_MIXED, HEADER_FIXED_BITS, MIXED_PRESETS,
+from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
                              record_tag)
@@ -92,8 +92,8 @@ from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, quantize_linear
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
-from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale,
-                      pack_stream_tile, slices, stream_bits)
+from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
+                      slices, stream_bits, stream_block_bytes)
 
 __all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
            "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
@@ -557,10 +557,7 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
                                                       k0)
     bias_q = _bias_units(bias, k0, x_scale)
 
-    def stream_bytes(rows):         # bytes of the largest channel stream of ``rows`` rows
-        b = -(-rows // chains)      # batches of each slice
-        worst = max(geom.record_bits(t, group, nm) for t in formats)
-        return _up(-(-b * (k // group) * (worst + HEADER_FIXED_BITS) // 8) + wb, wb)
+    stream_bytes = stream_block_bytes(geom, config, k, group, formats, nm)
 
     def bias_layout(rows):
         return tile_layout(rows=rows, k=group, group=group, wfmt=bias_wf, chains=chains,
@@ -574,28 +571,26 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
     in_addr = 0
     out_addr = _up(k, wb)
     addr = [out_addr + _up(n * ob, wb)] + [0] * (S - 1)    # next free byte per channel
-    blobs, tiles = [], []                                   # (channel, addr, bytes)
+
+    def place(c, nbytes):
+        at = addr[c]
+        addr[c] += nbytes
+        return at
+
+    tiles, blobs = [], []                       # blobs: (channel, addr, bytes)
     for t in plan.tiles:
         r0, rows = t["row0"], t["rows"]
-        streams = pack_stream_tile(geom, config, q, s16, tags, row0=r0, rows=rows,
-                                   group=group, sparsity=sparsity, smin=smin)
-        entry = {"row0": r0, "rows": rows, "col0": 0, "cols": k, "streams": []}
-        for c, blob in enumerate(streams):
-            if len(blob) > MAX_STREAM_BYTES:
-                raise CompileError(f"stream of rows {r0}..{r0 + rows - 1} on channel {c} is "
-                                   f"{len(blob)} bytes, more than one load "
-                                   f"({MAX_STREAM_BYTES})")
-            entry["streams"].append({"channel": c, "addr": addr[c], "nbytes": len(blob)})
-            blobs.append((c, addr[c], blob))
-            addr[c] += len(blob)
+        entry, packed = place_stream_block(geom, config, q, s16, tags, row0=r0, rows=rows,
+                                           group=group, sparsity=sparsity, smin=smin,
+                                           place=place)
+        blobs += packed
         t["streams"] = entry["streams"]
-        if t["bias"]:
+        if t["bias"]:                           # the block's bias tile after its streams
             bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
                               smin.repeat(rows, 1), bias_q[r0:r0 + rows])
-            t["bias_addr"] = entry["bias_addr"] = addr[0]
+            t["bias_addr"] = entry["bias_addr"] = place(0, len(bblob))
             entry["bias_nbytes"] = len(bblob)
-            blobs.append((0, addr[0], bblob))
-            addr[0] += len(bblob)
+            blobs.append((0, t["bias_addr"], bblob))
         tiles.append(entry)
     offsets = channel_layout(addr, config)
     image = bytearray(offsets[-1] + addr[-1])

@@ -102,8 +102,9 @@ from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
-from .streams import MAX_STREAM_BYTES, least_scale, pack_stream_tile, slices
-from .tiling import plan_wgt_tiles, slot_bytes
+from .streams import (MAX_STREAM_BYTES, least_scale, place_stream_block, slices,
+                      stream_block_bytes)
+from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
@@ -960,17 +961,21 @@ class _Phase:
                  aux=Buffer.OUT, aux_addr=self.O)
 
 
-def _stream_rows(n: int, k: int, group: int, config, bits: int) -> int:
+def _stream_rows(name, ql, config, geom) -> int:
     """Rows of a streamed layer's blocks: all of them, or as many whole batches of the
-    core's chains as keep a channel's stream within one load (:data:`MAX_STREAM_BYTES`;
-    bound from the widest record, headers and N:M indices counted at 8 bits a weight) and
-    the matrix instruction's ``rows`` field."""
+    core's chains as keep a channel's stream within one load (:data:`MAX_STREAM_BYTES`,
+    :func:`compiler.streams.stream_block_bytes`) and the matrix instruction's ``rows``
+    field (:func:`compiler.tiling.row_block`)."""
+    n, k = ql.shape
     C = config.chains
-    batch_bytes = -(-C // config.memory.channels) * k * (2 * bits + 8) // 8 + \
-        C * (k // group) * 4
-    rows = max(1, MAX_STREAM_BYTES // max(batch_bytes, 1)) * C
+    formats = sorted(set(ql.formats.reshape(-1).tolist()))
+    size = stream_block_bytes(geom, config, k, ql.group, formats, nm_code(ql.sparsity))
     most = ((1 << Shape.cast(MATRIX_LAYOUT.members["rows"]).width) - 1) // C * C  # its field
-    return min(_up(n, C), rows, most)
+    rows = row_block(n, C, lambda r: size(r) <= MAX_STREAM_BYTES, limit=most)
+    if rows == 0:
+        raise CompileError(f"layer {name}: the stream of {C} rows x {k} weights "
+                           f"({size(C)} bytes) exceeds one load ({MAX_STREAM_BYTES} bytes)")
+    return rows
 
 
 def _pack_streamed(name, ql, config, geom, addr):
@@ -981,22 +986,20 @@ def _pack_streamed(name, ql, config, geom, addr):
     _, kexp = fp16_fixed(ql.scales)
     tags = ql.formats[::rr].numpy()              # one tag per record (checked uniform)
     smin = least_scale(ql.scales)
-    block = _stream_rows(n, k, ql.group, config, ql.bits)
+    top = addr
+
+    def place(channel, nbytes):
+        nonlocal top
+        at, top = top, _up(top + nbytes, wb)
+        return at
+
     tiles, blobs = [], []
-    for r0 in range(0, n, block):
-        rows = min(block, n - r0)
-        streams = pack_stream_tile(geom, config, ql.q, ql.scales, tags, row0=r0, rows=rows,
-                                   group=ql.group, sparsity=ql.sparsity, smin=smin)
-        entry = {"row0": r0, "rows": rows, "col0": 0, "cols": k, "streams": []}
-        for c, blob in enumerate(streams):
-            if len(blob) > MAX_STREAM_BYTES:
-                raise CompileError(f"layer {name}: the stream of rows {r0}..{r0 + rows - 1} "
-                                   f"on channel {c} is {len(blob)} bytes, more than one "
-                                   f"load ({MAX_STREAM_BYTES})")
-            entry["streams"].append({"channel": c, "addr": addr, "nbytes": len(blob)})
-            blobs.append((addr, blob))
-            addr = _up(addr + len(blob), wb)
+    for r0, rows, _, _ in tile_boxes(n, k, _stream_rows(name, ql, config, geom), k):
+        entry, packed = place_stream_block(geom, config, ql.q, ql.scales, tags, row0=r0,
+                                           rows=rows, group=ql.group, sparsity=ql.sparsity,
+                                           smin=smin, place=place, what=f"layer {name}: ")
         tiles.append(entry)
+        blobs += [(a, blob) for _, a, blob in packed]
     counts = {}
     for t in tags.reshape(-1).tolist():
         f = format_spec(t).name

@@ -4,6 +4,9 @@
 * :func:`channel_layout` -- where each memory channel's region starts in an image;
 * :func:`pack_stream_tile` -- one row block of a streamed layer packed into one record
   stream per memory channel (the core's decode-unit slices), padding rows included;
+* :func:`stream_block_bytes` -- a bound on a row block's stream on one channel, which the
+  tile planner (:mod:`compiler.tiling`) keeps within one load;
+* :func:`place_stream_block` -- a row block packed and its streams placed in memory;
 * :func:`stream_bits` -- the bits of a layer's records by kind (values, indices,
   headers).
 """
@@ -16,11 +19,12 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.formats import fp16_fixed
-from airfoil.packing import (BLOCK_CODE, format_spec, nm_index_bits, pack_channels,
-                             step_mask)
+from airfoil.packing import (BLOCK_CODE, HEADER_FIXED_BITS, format_spec, nm_index_bits,
+                             pack_channels, step_mask)
 
 __all__ = ["MAX_STREAM_BYTES", "CHANNEL_ALIGN", "slices", "channel_layout",
-           "pack_stream_tile", "least_scale", "stream_bits"]
+           "pack_stream_tile", "stream_block_bytes", "place_stream_block", "least_scale",
+           "stream_bits"]
 
 #: Largest stream one LD moves (its 24-bit ``nbytes`` field).
 MAX_STREAM_BYTES = (1 << 24) - 1
@@ -88,6 +92,45 @@ def pack_stream_tile(geom, config: AccelConfig, q: torch.Tensor, scales: torch.T
                                          tags[0, 0])])
     return pack_channels(geom, tq, ts, group=group, sparsity=sparsity,
                          channels=config.memory.channels, tags=tt)
+
+
+def stream_block_bytes(geom, config: AccelConfig, k: int, group: int, formats, nm: int):
+    """``bytes(rows)``: at most the bytes of the stream a block of ``rows`` rows (all of
+    ``k``) puts on one channel, every record in the widest of ``formats`` (record tags)
+    with N:M code ``nm``, plus a header's fixed bits a record and a word."""
+    wb = config.word_bytes
+    worst = max(geom.record_bits(t, group, nm) for t in formats)
+
+    def nbytes(rows: int) -> int:
+        batches = -(-rows // config.chains)         # record rows of each slice
+        return _up(-(-batches * (k // group) * (worst + HEADER_FIXED_BITS) // 8) + wb, wb)
+
+    return nbytes
+
+
+def place_stream_block(geom, config: AccelConfig, q: torch.Tensor, scales: torch.Tensor,
+                       tags, *, row0: int, rows: int, group: int, sparsity: str,
+                       smin: torch.Tensor, place, what: str = "",
+                       ) -> tuple[dict, list[tuple[int, int, bytes]]]:
+    """Pack one row block of a streamed layer (all of K) with :func:`pack_stream_tile`,
+    each channel's stream placed at ``place(channel, nbytes)``.
+
+    Returns its manifest entry (``row0``, ``rows``, ``col0``, ``cols``, ``streams``:
+    ``channel``, ``addr``, ``nbytes`` each) and the packed ``(channel, addr, bytes)``. A
+    stream longer than one load is a :class:`CompileError` (``what`` names the layer)."""
+    streams = pack_stream_tile(geom, config, q, scales, tags, row0=row0, rows=rows,
+                               group=group, sparsity=sparsity, smin=smin)
+    entry = {"row0": row0, "rows": rows, "col0": 0, "cols": q.shape[1], "streams": []}
+    blobs = []
+    for c, blob in enumerate(streams):
+        if len(blob) > MAX_STREAM_BYTES:
+            raise CompileError(f"{what}the stream of rows {row0}..{row0 + rows - 1} on "
+                               f"channel {c} is {len(blob)} bytes, more than one load "
+                               f"({MAX_STREAM_BYTES})")
+        addr = place(c, len(blob))
+        entry["streams"].append({"channel": c, "addr": addr, "nbytes": len(blob)})
+        blobs.append((c, addr, blob))
+    return entry, blobs
 
 
 def stream_bits(geom, tags, group: int, nm: int, groups: int, q=None) -> dict:
