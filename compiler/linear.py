@@ -6,7 +6,8 @@ calibrate static activation and output scales, plan tiles and the memory image f
 configuration, schedule the instruction stream with dependency tokens, and write
 ``program.afp``, ``weights.bin``, ``manifest.json`` and ``program.s``.
 
-Schedule (VTA style)::
+Schedule (VTA style; the tokens follow from the buffer and memory ranges each instruction
+reads and writes, :class:`compiler.schedule.Scheduler`)::
 
     LD ACT x                                   the whole input vector, once
     LD WGT tiles 0 .. S-1                      S = 2 (double buffering) or 4 WGT slots
@@ -46,12 +47,14 @@ times all of K, with no WGT buffer to fit::
     LD ACT x
     [LD WGT bias tile t] LD WSTREAM tile t      t = 0 .. 3; one LD WSTREAM per channel
     for each tile t:
-        [MV bias tile t]    acc_init=1, final=0, bias=1 (the wait moves here)
-        MV STREAM t     wait LOAD (+ STORE before reusing an OUT half), release LOAD
-                        (for the load of tile t+4) and STORE (at the end of an OUT half)
+        [MV bias tile t]    acc_init=1, final=0, bias=1: wait LOAD, release LOAD (for
+                            the bias tile t+4: it has read its slot)
+        MV STREAM t     wait LOAD (the activations, tile 0 without a bias tile) and
+                        STORE (before reusing an OUT half); release STORE (at the end of
+                        an OUT half)
         ST OUT half     wait MATRIX, release MATRIX       (when an OUT half is full)
-        [LD WGT bias tile t+4] LD WSTREAM t+4   (the bias tile: wait MATRIX, MV t freed
-                                                its slot; release MATRIX)
+        [LD WGT bias tile t+4] LD WSTREAM t+4   (the bias tile: wait MATRIX, release
+                                                MATRIX; the streams carry no tokens)
     SYS HALT
 
 LOAD runs up to three tiles ahead (a streamed layer fewer, so that the loads queued ahead
@@ -79,8 +82,7 @@ from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax,
                              quantize_act, requant_params, tile_layout,
                              weight_format)
-from airfoil.isa import (ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, Unit,
-                         WeightFormat, encode)
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, WeightFormat
 from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
@@ -91,9 +93,10 @@ from .asm import listing
 from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, quantize_linear
+from .schedule import Scheduler, load_wgt_tile, mem, span, wgt_tile_fields
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
-                      slices, stream_bits, stream_block_bytes)
+                      stream_bits, stream_block_bytes)
 
 __all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
            "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
@@ -634,7 +637,9 @@ def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format
 
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,
               out_bits, in_addr, out_addr, stream: bool = False) -> list[int]:
-    """Emit the instruction words of the tiled GEMV (see the module docstring)."""
+    """Emit the instruction words of the tiled GEMV (see the module docstring) in program
+    order through :class:`compiler.schedule.Scheduler`, whose tokens follow from what each
+    instruction reads and writes."""
     wb = config.word_bytes
     ob = out_bits // 8
     slots, slot_w = plan.slots, plan.slot_bytes
@@ -642,42 +647,28 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
     tiles = plan.tiles
     T = len(tiles)
     gr = plan.group_rows
-    n_groups = -(-n // gr)
     group_of = [t["row0"] // gr for t in tiles]
-    first_of_group = {}
-    last_of_group = {}
-    for i, g in enumerate(group_of):
-        first_of_group.setdefault(g, i)
-        last_of_group[g] = i
-    words = []
-    M, L, S = Unit.MATRIX, Unit.LOAD, Unit.STORE
+    last_of_group = {g: i for i, g in enumerate(group_of)}
+    sched = Scheduler()
+    requant = {"group": group, "m": 1, "k0": k0, "req_m": req_m, "req_s": req_s,
+               "out_fmt": _OUT_FMT[out_bits]}
 
     def load_tile(i):
         t = tiles[i]
-        if stream:
-            # The stream is a FIFO to the decode unit: its loads neither wait for nor
-            # release tokens (the MV takes the words as they come); only a bias tile in a
-            # WGT slot does, as any WGT tile.
-            if t["bias"]:
-                nb = t["layout"].nbytes
-                words.append(encode(
-                    Opcode.LD, wait=[M] if i >= slots else [], release=[M], buf=Buffer.WGT,
-                    channel=0, buf_addr=(i % slots) * slot_w,
-                    dram_addr=t["bias_addr"], nbytes=nb, count=1, dram_stride=nb))
-            for st in t["streams"]:         # each slice's share from its channel
-                words.append(encode(
-                    Opcode.LD, buf=Buffer.WSTREAM, channel=st["channel"], buf_addr=0,
-                    dram_addr=st["addr"], nbytes=st["nbytes"], count=1,
-                    dram_stride=st["nbytes"]))
+        slot = (i % slots) * slot_w
+        if not stream:
+            load_wgt_tile(sched, config, slot, t["addr"], t["layout"].nbytes,
+                          lambda j: j % config.memory.channels)
             return
-        base = (i % slots) * slot_w
-        sl = slices(t["layout"].nbytes, config)
-        for j, (off, nb) in enumerate(sl):
-            words.append(encode(
-                Opcode.LD, wait=[M] if i >= slots and j == 0 else [],
-                release=[M] if j == len(sl) - 1 else [],
-                buf=Buffer.WGT, channel=j % config.memory.channels, buf_addr=base + off,
-                dram_addr=t["addr"] + off, nbytes=nb, count=1, dram_stride=nb))
+        # The stream is a FIFO to the decode unit: its loads touch no buffer range (the MV
+        # takes the words as they come); only a bias tile in a WGT slot does.
+        if t["bias"]:
+            load_wgt_tile(sched, config, slot, t["bias_addr"], t["layout"].nbytes,
+                          lambda j: 0)
+        for st in t["streams"]:             # each slice's share from its channel
+            sched.add(Opcode.LD, reads=[mem(st["addr"], st["nbytes"])], buf=Buffer.WSTREAM,
+                      channel=st["channel"], buf_addr=0, dram_addr=st["addr"],
+                      nbytes=st["nbytes"], count=1, dram_stride=st["nbytes"])
 
     # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
     # channel's previous stream is undrained (its slice's FIFO full until that tile's MV
@@ -689,45 +680,43 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
     if stream:
         per_tile = config.memory.channels + (1 if any(t["bias"] for t in tiles) else 0)
         ahead = max(1, min(slots, (config.instr_queue_depth - 1) // per_tile))
-    words.append(encode(Opcode.LD, buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr,
-                        nbytes=_up(k, wb), count=1, dram_stride=_up(k, wb),
-                        release=[M] if stream and not tiles[0]["bias"] else []))
+    act = _up(k, wb)
+    sched.add(Opcode.LD, reads=[mem(in_addr, act)], writes=[span(Buffer.ACT, 0, act)],
+              buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr, nbytes=act, count=1,
+              dram_stride=act)
     for i in range(min(ahead, T)):
         load_tile(i)
     for i, t in enumerate(tiles):
         g = group_of[i]
-        # A streamed tile waits for LOAD only for the activations (first tile) or its bias
-        # tile; a WGT tile for its load.
-        wl = [L] if not stream or t["bias"] or i == 0 else []
-        wait = wl + ([S] if i == first_of_group[g] and g >= 2 else [])
-        frees = i + slots < T and (not stream or tiles[i + slots]["bias"])
-        release = ([L] if frees else []) + ([S] if i == last_of_group[g] else [])
-        last_chunk = t["col0"] + t["cols"] == k
         obuf = (g % 2) * half_o + (t["row0"] - g * gr) * ob
-        if stream and t["bias"]:
-            words.append(encode(
-                Opcode.MV, wait=wait, wfmt=t["layout"].wfmt, sparsity=Sparsity.DENSE,
-                group=group, rows=t["rows"], k=group, m=1, wbuf_addr=(i % slots) * slot_w,
-                abuf_addr=0, obuf_addr=obuf, k0=k0, req_m=req_m, req_s=req_s,
-                out_fmt=_OUT_FMT[out_bits], acc_init=1, final=0, bias=1))
-            wait = []
-        words.append(encode(
-            Opcode.MV, wait=wait, release=release, wfmt=wf, sparsity=Sparsity.DENSE,
-            group=group, rows=t["rows"], k=t["cols"], m=1,
-            wbuf_addr=0 if stream else (i % slots) * slot_w,
-            abuf_addr=t["col0"], obuf_addr=obuf,
-            k0=k0, req_m=req_m, req_s=req_s, out_fmt=_OUT_FMT[out_bits],
-            acc_init=int(t["col0"] == 0 and not (stream and t["bias"])), final=int(last_chunk),
-            bias=int(t["bias"] and not stream)))
+        out = [span(Buffer.OUT, obuf, t["rows"] * ob)]
+        slot = (i % slots) * slot_w
+        if stream:
+            if t["bias"]:       # the accumulators start from the bias tile's bias
+                box = {**t, "cols": group, "nbytes": t["layout"].nbytes}
+                mv = wgt_tile_fields(box, k, slot=slot, act=0, obuf_addr=obuf, writes=out,
+                                     wfmt=t["layout"].wfmt, bias=1, **requant)
+                mv["reads"].append(span(Buffer.ACT, 0, group))
+                sched.add(Opcode.MV, **mv)
+            sched.add(Opcode.MV, reads=[span(Buffer.ACT, 0, k)], writes=out,
+                      wfmt=WeightFormat.STREAM, sparsity=Sparsity.DENSE, rows=t["rows"], k=k,
+                      wbuf_addr=0, abuf_addr=0, obuf_addr=obuf, acc_init=int(not t["bias"]),
+                      final=1, bias=0, **requant)
+        else:
+            mv = wgt_tile_fields({**t, "nbytes": t["layout"].nbytes}, k, slot=slot, act=0,
+                                 obuf_addr=obuf, writes=out, wfmt=wf, bias=int(t["bias"]),
+                                 **requant)
+            mv["reads"].append(span(Buffer.ACT, t["col0"], t["cols"]))
+            sched.add(Opcode.MV, **mv)
         if i == last_of_group[g]:
             rows = min(gr, n - g * gr)
             nb = _up(rows * ob, wb)
-            words.append(encode(
-                Opcode.ST, wait=[M], release=[M] if g + 2 < n_groups else [],
-                buf=Buffer.OUT, channel=0 if stream else g % config.memory.channels,
-                buf_addr=(g % 2) * half_o,
-                dram_addr=out_addr + g * gr * ob, nbytes=nb, count=1, dram_stride=nb))
+            sched.add(Opcode.ST, reads=[span(Buffer.OUT, (g % 2) * half_o, nb)],
+                      writes=[mem(out_addr + g * gr * ob, nb)], buf=Buffer.OUT,
+                      channel=0 if stream else g % config.memory.channels,
+                      buf_addr=(g % 2) * half_o, dram_addr=out_addr + g * gr * ob, nbytes=nb,
+                      count=1, dram_stride=nb)
         if i + ahead < T:
             load_tile(i + ahead)
-    words.append(encode(Opcode.SYS, op=SysOp.HALT))
-    return words
+    sched.add(Opcode.SYS, op=SysOp.HALT)
+    return sched.words()

@@ -60,7 +60,7 @@ A layer in a format other than dense INT4/INT8 (a streamed format, a format per 
 a sparse pattern, :attr:`airfoil.fixedpoint.QLinear.streamed`) runs through the decode
 unit: its row blocks (all of K each) are packed into record streams, one per memory
 channel, as :mod:`compiler.linear` packs a streamed layer (:func:`compiler.streams.
-pack_stream_tile`), and each block is ``LD WSTREAM`` (one per channel, right before its
+place_stream_block`), and each block is ``LD WSTREAM`` (one per channel, right before its
 matrix instruction) then ``MV`` (decode) or ``MM`` of ``REG_T`` vectors (prefill) with
 ``wfmt = STREAM`` and ``tok_scale = 1``. The stream is a FIFO, so these loads carry no
 tokens. The streamed engine applies each record to at most ``limits.stream_tokens``
@@ -69,16 +69,15 @@ vectors, so a model with a streamed layer plans its prefill for at most that man
 a longer prompt as that prefill followed by decode steps (bit-identical, as for any prompt
 longer than ``max_prompt``).
 
-Scheduling: instructions are emitted in program order into the four unit queues; every
-instruction names the buffer and memory ranges it reads and writes, and a dependency on
-an earlier instruction of another unit (read after write, write after read or write)
-becomes a release bit on the producer and a wait bit on the consumer. Tokens between two
-units are released only when a consumer needs them, in program order, so the k-th wait
-takes exactly the k-th release. Weight tiles rotate through the WGT slots (as many as
-give the fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit
-fetches ahead of MATRIX by as many tiles as the slots allow; a tile larger than a
-burst is loaded as word-aligned slices on several memory channels (as
-:mod:`compiler.linear` does), and the other transfers take the channels round robin.
+Scheduling: instructions are emitted in program order through
+:class:`compiler.schedule.Scheduler`, which derives the dependency tokens from the buffer
+and memory ranges each instruction reads and writes. Weight tiles
+(:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as give the
+fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit fetches ahead
+of MATRIX by as many tiles as the slots allow; a tile is loaded and computed as the
+single-layer compiler's are (:func:`compiler.schedule.load_wgt_tile`,
+:func:`compiler.schedule.wgt_tile_fields`), its slices on the channels round robin as
+every other transfer.
 """
 
 from __future__ import annotations
@@ -96,14 +95,14 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
-                         Sparsity, SysOp, Unit, WeightFormat, encode, unit_of)
+                         Sparsity, SysOp, WeightFormat)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
-from .streams import (MAX_STREAM_BYTES, least_scale, place_stream_block, slices,
-                      stream_block_bytes)
+from .streams import MAX_STREAM_BYTES, least_scale, place_stream_block, stream_block_bytes
+from .schedule import Scheduler, load_wgt_tile, wgt_tile_fields
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
@@ -147,64 +146,6 @@ def _up(n: int, a: int) -> int:
 def record_bytes(n: int, word: int) -> int:
     """Bytes of one INT8 record of ``n`` values with its scale pair (word aligned)."""
     return _up(_up(n, 8) + 8, word)
-
-
-# -- scheduling ---------------------------------------------------------------------------
-
-class _Scheduler:
-    """Emit instructions in program order with dependency tokens from access ranges."""
-
-    def __init__(self):
-        self.items = []                     # [opcode, fields, unit, wait, release]
-        #: per unit, per space (buffer name or MEM): [(index, lo, hi, is_write)] in order
-        self.acc = {u: {} for u in Unit}
-        self.covered = {}                   # (producer unit, consumer unit) -> index
-
-    def _last_conflict(self, w, spaces, floor) -> int:
-        """The latest instruction of unit ``w`` after ``floor`` that writes what the new
-        instruction touches, or reads what it writes (``spaces``: space -> its ``(lo, hi,
-        write)`` ranges); -1 if none. Only the spaces the new instruction touches are
-        searched (a weight-tile LD is never compared with an SFU's activations)."""
-        best = floor
-        acc = self.acc[w]
-        for sp, mine in spaces.items():
-            for j, lo2, hi2, wrote in reversed(acc.get(sp, ())):
-                if j <= best:
-                    break
-                if any(lo < hi2 and lo2 < hi and (wrote or write) for lo, hi, write in mine):
-                    best = j
-                    break
-        return best if best > floor else -1
-
-    def add(self, opcode, reads=(), writes=(), **fields) -> int:
-        idx = len(self.items)
-        unit = unit_of(opcode)
-        item = [opcode, fields, unit, set(), set()]
-        if unit is not None:
-            spaces = {}
-            for rngs, write in ((reads, False), (writes, True)):
-                for sp, lo, hi in rngs:
-                    spaces.setdefault(sp, []).append((lo, hi, write))
-            for w in Unit:
-                if w == unit:
-                    continue
-                floor = self.covered.get((w, unit), -1)
-                j = self._last_conflict(w, spaces, floor)
-                if j >= 0:
-                    self.items[j][4].add(unit)
-                    item[3].add(w)
-                    self.covered[(w, unit)] = j
-            mine = self.acc[unit]
-            for sp, rngs in spaces.items():
-                lst = mine.setdefault(sp, [])
-                lst.extend((idx, lo, hi, write) for lo, hi, write in rngs)
-        self.items.append(item)
-        return idx
-
-    def words(self) -> list[int]:
-        return [encode(op, wait=sorted(wt, key=lambda u: u.value),
-                       release=sorted(rl, key=lambda u: u.value), **f)
-                for op, f, _, wt, rl in self.items]
 
 
 # -- tiling -------------------------------------------------------------------------------
@@ -557,7 +498,7 @@ class _Phase:
     def __init__(self, model, config, lay, linears, phase, tmax, max_pos, slots, slot_bytes):
         self.model, self.config, self.lay, self.lin = model, config, lay, linears
         self.phase, self.tmax, self.max_pos = phase, tmax, max_pos
-        self.sched = _Scheduler()
+        self.sched = Scheduler()
         self.slot_i = 0
         self.slots, self.slot_bytes = slots, slot_bytes
         self.chan = -1
@@ -704,23 +645,22 @@ class _Phase:
         n, k = ql.shape
         op = Opcode.MM if self.phase == "prefill" else Opcode.MV
         mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
+        orow = _up(n * 4, self.wb)
         for t in info["tiles"]:
             slot = (self.slot_i % self.slots) * self.slot_bytes
             self.slot_i += 1
-            for off, nb in slices(t["nbytes"], cfg):       # one LD per channel slice
-                self.ld(Buffer.WGT, slot + off, t["addr"] + off, nb)
-            last = t["col0"] + t["cols"] == k
-            reads = [self.r(Buffer.WGT, slot, t["nbytes"]),
-                     self.r(Buffer.ACT, self.XQ, T * k), self.r(Buffer.AUX, self.SC, 8 * T)]
-            writes = [self.r(Buffer.OUT, out_addr, T * _up(n * 4, self.wb))] if last else []
-            self.sched.add(
-                op, reads=reads, writes=writes, wfmt=FORMAT_BY_NAME[f"int{ql.bits}"],
-                sparsity=Sparsity.DENSE, group=ql.group, rows=t["rows"], k=t["cols"],
-                wbuf_addr=slot, abuf_addr=self.XQ + t["col0"],
-                obuf_addr=out_addr + t["row0"] * 4, k0=info["k0"], req_m=0, req_s=0,
-                out_fmt=OutFormat.INT32, acc_init=int(t["col0"] == 0), final=int(last),
-                bias=0, tok_scale=1, sbuf_addr=self.SC, astride=info["k_in"] // self.wb,
-                ostride=_up(n * 4, self.wb) // self.wb, **mfields)
+            load_wgt_tile(self.sched, cfg, slot, t["addr"], t["nbytes"],
+                          lambda j: self.channel())
+            mv = wgt_tile_fields(t, k, slot=slot, act=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
+                                 writes=[self.r(Buffer.OUT, out_addr, T * orow)],
+                                 wfmt=FORMAT_BY_NAME[f"int{ql.bits}"], group=ql.group,
+                                 k0=info["k0"], req_m=0, req_s=0, out_fmt=OutFormat.INT32,
+                                 bias=0, tok_scale=1, sbuf_addr=self.SC,
+                                 astride=info["k_in"] // self.wb, ostride=orow // self.wb,
+                                 **mfields)
+            mv["reads"] += [self.r(Buffer.ACT, self.XQ, T * k),
+                            self.r(Buffer.AUX, self.SC, 8 * T)]
+            self.sched.add(op, **mv)
 
     def streamed_linear(self, info, out_addr):
         """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (decode)

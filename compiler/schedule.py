@@ -1,0 +1,117 @@
+"""The one scheduler of the compilers' instruction streams, and the instructions of a WGT
+weight tile, for the single layer and the LLM lowering alike.
+
+Instructions are emitted in program order into the four unit queues; every instruction
+names the buffer and memory ranges it reads and writes, and a dependency on an earlier
+instruction of another unit (read after write, write after read or write) becomes a
+release bit on the producer and a wait bit on the consumer (:class:`Scheduler`). Tokens
+between two units are released only when a consumer needs them, in program order, so
+the k-th wait takes exactly the k-th release.
+
+A WGT tile (:func:`compiler.tiling.plan_wgt_tiles`) is loaded into its slot of the WGT
+buffer as word-aligned slices, one per memory channel (:func:`load_wgt_tile`), and
+computed by one matrix instruction (:func:`wgt_tile_fields`) that writes its outputs
+only with the last chunk of K (the others accumulate).
+"""
+
+from __future__ import annotations
+
+from airfoil.isa import Buffer, Opcode, Sparsity, Unit, encode, unit_of
+
+from .streams import slices
+
+__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields"]
+
+
+def mem(addr: int, nbytes: int) -> tuple:
+    """The memory range ``addr .. addr + nbytes`` (an access of :meth:`Scheduler.add`)."""
+    return ("MEM", addr, addr + nbytes)
+
+
+def span(buf: Buffer, addr: int, nbytes: int) -> tuple:
+    """The range ``addr .. addr + nbytes`` of buffer ``buf``."""
+    return (buf.name, addr, addr + nbytes)
+
+
+class Scheduler:
+    """Emit instructions in program order with dependency tokens from access ranges."""
+
+    def __init__(self):
+        self.items = []                     # [opcode, fields, unit, wait, release]
+        #: per unit, per space (buffer name or MEM): [(index, lo, hi, is_write)] in order
+        self.acc = {u: {} for u in Unit}
+        self.covered = {}                   # (producer unit, consumer unit) -> index
+
+    def _last_conflict(self, w, spaces, floor) -> int:
+        """The latest instruction of unit ``w`` after ``floor`` that writes what the new
+        instruction touches, or reads what it writes (``spaces``: space -> its ``(lo, hi,
+        write)`` ranges); -1 if none. Only the spaces the new instruction touches are
+        searched (a weight-tile LD is never compared with an SFU's activations)."""
+        best = floor
+        acc = self.acc[w]
+        for sp, mine in spaces.items():
+            for j, lo2, hi2, wrote in reversed(acc.get(sp, ())):
+                if j <= best:
+                    break
+                if any(lo < hi2 and lo2 < hi and (wrote or write) for lo, hi, write in mine):
+                    best = j
+                    break
+        return best if best > floor else -1
+
+    def add(self, opcode, reads=(), writes=(), **fields) -> int:
+        idx = len(self.items)
+        unit = unit_of(opcode)
+        item = [opcode, fields, unit, set(), set()]
+        if unit is not None:
+            spaces = {}
+            for rngs, write in ((reads, False), (writes, True)):
+                for sp, lo, hi in rngs:
+                    spaces.setdefault(sp, []).append((lo, hi, write))
+            for w in Unit:
+                if w == unit:
+                    continue
+                floor = self.covered.get((w, unit), -1)
+                j = self._last_conflict(w, spaces, floor)
+                if j >= 0:
+                    self.items[j][4].add(unit)
+                    item[3].add(w)
+                    self.covered[(w, unit)] = j
+            mine = self.acc[unit]
+            for sp, rngs in spaces.items():
+                lst = mine.setdefault(sp, [])
+                lst.extend((idx, lo, hi, write) for lo, hi, write in rngs)
+        self.items.append(item)
+        return idx
+
+    def words(self) -> list[int]:
+        return [encode(op, wait=sorted(wt, key=lambda u: u.value),
+                       release=sorted(rl, key=lambda u: u.value), **f)
+                for op, f, _, wt, rl in self.items]
+
+
+def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: int,
+                  channel, **fields) -> None:
+    """LD a WGT tile of ``nbytes`` at ``dram_addr`` into the slot at ``slot``: one LD per
+    word-aligned slice (:func:`compiler.streams.slices`), slice ``j`` on memory channel
+    ``channel(j)``."""
+    for j, (off, nb) in enumerate(slices(nbytes, config)):
+        sched.add(Opcode.LD, reads=[mem(dram_addr + off, nb)],
+                  writes=[span(Buffer.WGT, slot + off, nb)], buf=Buffer.WGT,
+                  channel=channel(j), buf_addr=slot + off, dram_addr=dram_addr + off,
+                  nbytes=nb, count=1, dram_stride=nb, **fields)
+
+
+def wgt_tile_fields(tile: dict, k: int, *, slot: int, act: int, obuf_addr: int, writes,
+                    **fields) -> dict:
+    """The matrix instruction of one WGT tile (``row0``, ``rows``, ``col0``, ``cols``,
+    ``nbytes``) of a layer of reduction ``k``: the weights in its slot at ``slot`` times
+    its chunk of K of the activations from ``act`` (at ``act + col0``), into
+    ``obuf_addr``; the accumulators start at the first chunk of K and are written (the
+    ranges ``writes``) at the last. Returns the keywords of :meth:`Scheduler.add` but
+    the opcode; ``fields`` add the caller's (``wfmt``, ``group``, ``m``, scales, ...)."""
+    last = tile["col0"] + tile["cols"] == k
+    return {"reads": [span(Buffer.WGT, slot, tile["nbytes"])],
+            "writes": list(writes) if last else [], "sparsity": Sparsity.DENSE,
+            "rows": tile["rows"], "k": tile["cols"], "wbuf_addr": slot,
+            "abuf_addr": act + tile["col0"], "obuf_addr": obuf_addr,
+            "acc_init": int(tile["col0"] == 0), "final": int(last), **fields}

@@ -1,0 +1,122 @@
+"""The single-layer compiler and the LLM lowering plan, pack and schedule a linear layer
+with one implementation (:mod:`compiler.tiling`, :mod:`compiler.streams`,
+:mod:`compiler.schedule`): the same layer compiled both ways gets the same tiles, the
+same bytes in the image and the same tile instructions."""
+
+import pytest
+import torch
+
+from airfoil.config import load_config
+from airfoil.folder import load_folder
+from airfoil.isa import Buffer, Opcode
+from compiler import linear, lower_llm, schedule, streams, tiling
+from compiler.ir import build_llama_graph
+from compiler.linear import compile_linear
+from compiler.llm_recipe import parse_llm_recipe
+from compiler.lower_llm import compile_llm
+from compiler.passes import llm_pipeline, quantized_model
+from llmtools import random_llama
+
+#: Four vocabulary rows: the head is one row block of the 4-chain engines in both paths.
+VOCAB = 4
+
+
+def _both(tmp_path, config_name, fmt):
+    """The LLM folder of a tiny model whose head is ``fmt`` g32, and the single-layer
+    folder of the same head weights (no bias, INT32 results, tiles as large as the LLM
+    folder's WGT slots)."""
+    cfg = load_config(config_name)
+    m = random_llama(heads=2, kv=1, hd=32, vocab=VOCAB, inter=96, layers=1, max_pos=16)
+    recipe = {"weights": [{"match": "*", "format": "int4", "group": 32},
+                          {"match": "lm_head", "format": fmt}]}
+    graph = llm_pipeline(parse_llm_recipe(recipe), cfg).run(
+        build_llama_graph(m.shape, m.hf_state_dict()))
+    compile_llm(quantized_model(graph), cfg, tmp_path / "llm")
+    llm = load_folder(tmp_path / "llm", cfg)
+    head = graph.params["lm_head.weight"]
+    compile_linear(head, None, cfg, tmp_path / "one", wformat=fmt, group=32,
+                   out_format="int32", max_tile_bytes=llm.manifest["model"]["wgt_slot_bytes"])
+    return cfg, llm, load_folder(tmp_path / "one", cfg)
+
+
+def _boxes(tiles):
+    return [(t["row0"], t["rows"], t["col0"], t["cols"]) for t in tiles]
+
+
+def _tile_mvs(program, streamed):
+    """The shape fields of a program's matrix instructions of weight tiles (streamed or
+    WGT tiles; not bias tiles)."""
+    return [{key: i.fields[key] for key in ("wfmt", "sparsity", "group", "rows", "k",
+                                            "acc_init", "final")}
+            for i in program.instructions()
+            if i.opcode in (Opcode.MV, Opcode.MM) and (i.wfmt.name == "STREAM") == streamed
+            and not i.bias]
+
+
+def test_one_implementation():
+    """Both compilers import the planner, the stream packer and the scheduler from one
+    place (no copy kept equal)."""
+    assert linear.plan_wgt_tiles is lower_llm.plan_wgt_tiles is tiling.plan_wgt_tiles
+    assert linear.row_block is lower_llm.row_block is tiling.row_block
+    assert linear.wgt_slots is lower_llm.wgt_slots is tiling.wgt_slots
+    assert linear.place_stream_block is lower_llm.place_stream_block is \
+        streams.place_stream_block
+    assert linear.stream_block_bytes is lower_llm.stream_block_bytes is \
+        streams.stream_block_bytes
+    assert linear.Scheduler is lower_llm.Scheduler is schedule.Scheduler
+    assert linear.load_wgt_tile is lower_llm.load_wgt_tile is schedule.load_wgt_tile
+    assert linear.wgt_tile_fields is lower_llm.wgt_tile_fields is schedule.wgt_tile_fields
+    for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
+        assert not hasattr(linear, name)
+    for name in ("_Scheduler", "WGT_SLOTS"):
+        assert not hasattr(lower_llm, name)
+
+
+def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
+    cfg, llm, one = _both(tmp_path, "sim_llm", "int8")
+    head = llm.manifest["model"]["linears"]["lm_head"]
+    layer = one.manifest["layers"][0]
+    assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
+    for a, b in zip(layer["tiles"], head["tiles"]):
+        assert a["nbytes"] == b["nbytes"]
+        assert one.image[a["addr"]:a["addr"] + a["nbytes"]] == \
+            llm.image[b["addr"]:b["addr"] + b["nbytes"]]
+    # The tile's loads and matrix instruction: the same slices and the same shape.
+    single = _tile_mvs(one.program, False)
+    assert single and single == _tile_mvs(llm.phase_program("decode"), False)[-len(single):]
+    loads = [i.nbytes for i in one.program.instructions()
+             if i.opcode == Opcode.LD and i.buf == Buffer.WGT]
+    assert sum(loads) == sum(t["nbytes"] for t in head["tiles"])
+
+
+def test_same_records_of_a_streamed_layer(tmp_path):
+    cfg, llm, one = _both(tmp_path, "sim_llm_decode", "int3")
+    head = llm.manifest["model"]["linears"]["lm_head"]
+    layer = one.manifest["layers"][0]
+    assert head["streamed"] and layer["stream"]
+    assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
+    offsets = one.manifest["channel_offsets"]
+    for a, b in zip(layer["tiles"], head["tiles"]):
+        for sa, sb in zip(a["streams"], b["streams"], strict=True):
+            assert sa["nbytes"] == sb["nbytes"]
+            at = offsets[sa["channel"]] + sa["addr"]
+            assert one.image[at:at + sa["nbytes"]] == \
+                llm.image[sb["addr"]:sb["addr"] + sb["nbytes"]]
+    single = _tile_mvs(one.program, True)
+    assert single and single == _tile_mvs(llm.phase_program("decode"), True)[-len(single):]
+
+
+@pytest.mark.parametrize("n, k, slot", [(40, 1024, 1024), (13, 256, 4096), (300, 64, 512)])
+def test_planner_keeps_tiles_within_the_slot(n, k, slot):
+    """Every tile fits the slot; the tiles cover the layer once, in row blocks of whole
+    chains and K chunks of whole groups."""
+    def size(rows, cols):
+        return rows * cols // 2 + rows * cols // 32 * 2
+    boxes, rows, cols = tiling.plan_wgt_tiles(n, k, 4, 32, size, slot)
+    assert rows % 4 == 0 and (cols == k or cols % 32 == 0)
+    assert all(size(r, c) <= slot for _, r, _, c in boxes)
+    assert size(rows + 4, cols) > slot or rows >= n
+    cover = torch.zeros(n, k, dtype=torch.int64)
+    for r0, r, c0, c in boxes:
+        cover[r0:r0 + r, c0:c0 + c] += 1
+    assert bool((cover == 1).all())
