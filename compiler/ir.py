@@ -47,7 +47,7 @@ from airfoil.errors import CompileError
 
 from .reference import LINEAR_ROLES, LlamaShape
 
-__all__ = ["OPS", "Node", "Graph", "Pass", "Pipeline", "build_llama_graph",
+__all__ = ["OPS", "Node", "Graph", "Pass", "Pipeline", "build_llama_graph", "build_linear_graph",
            "llama_param_shapes", "linear_name", "linear_dims"]
 
 #: Op name -> number of inputs.
@@ -329,3 +329,15 @@ def _encoder_layers(s: LlamaShape, h: str, add, linear, norm) -> str:
         h = add(L + "mlp_res", "add", [x, linear(L, p, "down", u)])
         x = norm(L + "mlp_norm", p + "post_attention_layernorm", h)
     return x
+
+
+def build_linear_graph(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Graph:
+    """The one-node graph of a single linear layer ``y = W x + b``: the graph's input (the
+    activations) -> ``linear`` (parameters ``weight``, ``bias`` when given) -> output; the
+    single-layer compiler's passes (:func:`compiler.linear.linear_pipeline`) run on it."""
+    attrs = {"weight": "weight", "layer": "linear"}
+    params = {"weight": weight}
+    if bias is not None:
+        attrs["bias"], params["bias"] = "bias", bias
+    return Graph(nodes=[Node("linear", "linear", (Graph.INPUT,), attrs)], params=params,
+                 shape=None, output="linear")

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -79,9 +80,8 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
-from airfoil.formats import (FORMAT_BITS, act_scale, fp16_fixed, pack_tile, qmax,
-                             quantize_act, requant_params, tile_layout,
-                             weight_format)
+from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
+                             requant_params, tile_layout, weight_format)
 from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, WeightFormat
 from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
@@ -90,15 +90,17 @@ from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
 from airfoil.program import Program
 
 from .asm import listing
+from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
-from .passes import StreamShape, quantize_linear
+from .passes import StreamShape, Validate, quantize_linear
 from .schedule import Scheduler, load_wgt_tile, mem, span, wgt_tile_fields
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
                       stream_bits, stream_block_bytes)
 
-__all__ = ["compile_linear", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
+__all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
+           "LINEAR_STEPS", "step_summary", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
            "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
@@ -382,13 +384,391 @@ def _bias_units(bias, k0: int, x_scale: float):
     return bias_q.to(torch.int64)
 
 
+#: The steps of a single layer's compile, in order (:func:`linear_pipeline`): each a
+#: :class:`compiler.ir.Pass` on the one-node graph (:func:`compiler.ir.build_linear_graph`)
+#: whose result the later steps read from the graph (``qweights``, ``meta``); ``airfoil
+#: compile --stop-after STEP`` stops after one and prints what it made.
+LINEAR_STEPS = ("validate", "quantize", "calibrate", "plan", "pack", "schedule", "emit")
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """The options of one layer's compile, checked against its config
+    (:func:`linear_options`).
+
+    Members
+    -------
+    config : AccelConfig
+    stream : bool
+        Streamed weights (``LD WSTREAM`` + ``MV STREAM``) rather than WGT tiles.
+    wformat : str
+        The WGT tiles' format, or the streamed layer's label (``int2``, ``mixed``, ...).
+    formats : tuple of int
+        A streamed layer's record tags (the candidates of a per-record choice); empty for
+        WGT tiles.
+    nm : int
+        A streamed layer's N:M code (:func:`airfoil.packing.nm_code`).
+    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes
+        As :func:`compile_linear` takes them (``out_bits`` from ``out_format``).
+    """
+
+    config: AccelConfig
+    stream: bool
+    wformat: str
+    formats: tuple
+    nm: int
+    group: int
+    out_bits: int
+    sparsity: str
+    block_density: float
+    calib: object
+    seed: int
+    max_tile_bytes: int | None
+
+    @property
+    def bias_wformat(self) -> WeightFormat:
+        """A streamed layer's bias tiles' format: INT4 when built, else the config's first
+        tile format."""
+        tiles = self.config.tile_formats
+        return weight_format("int4" if "int4" in tiles or not tiles else tiles[0])
+
+
+def linear_options(weight, bias, config, *, wformat="int4", group=128, out_format="int8",
+                   calib=None, seed=0, max_tile_bytes=None, stream=None, sparsity="dense",
+                   mixed_formats=None, block_density=1.0) -> LinearOptions:
+    """Check :func:`compile_linear`'s arguments (one-line :class:`CompileError` naming what
+    is accepted) and resolve them: ``stream`` (default: implied by the format, the
+    sparsity or ``mixed_formats``), a streamed layer's record formats."""
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    if stream is None:
+        name = str(wformat).lower()
+        stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
+                  or sparsity != "dense" or mixed_formats is not None)
+    formats, nm = (), 0
+    if stream:
+        formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
+        _check_args(weight, bias, config, None, group, out_format)
+        formats = tuple(formats)
+    else:
+        if block_density != 1.0:
+            raise CompileError(f"block density {block_density!r} applies to sparsity 'block' "
+                               f"(streamed weights), not {sparsity!r}")
+        if sparsity != "dense":
+            raise CompileError(f"sparsity {sparsity!r} needs streamed weights (stream=True); "
+                               f"WGT tiles are dense")
+        label = _check_args(weight, bias, config, wformat, group, out_format).name.lower()
+    return LinearOptions(config, bool(stream), label, formats, nm, group,
+                         OUT_FORMATS[out_format], sparsity, block_density, calib, seed,
+                         max_tile_bytes)
+
+
+class _LayerStep(Pass):
+    """A step of :func:`linear_pipeline`: reads the options and the one-node graph's
+    linear node."""
+
+    def __init__(self, opts: LinearOptions):
+        self.opts = opts
+
+    @staticmethod
+    def layer(graph: Graph):
+        """``(node, float weight, float bias or None)`` of the graph's linear node."""
+        (node,) = graph.by_op("linear")
+        bias = graph.params[node.attrs["bias"]] if "bias" in node.attrs else None
+        return node, graph.params[node.attrs["weight"]], bias
+
+
+class QuantizeLayer(_LayerStep):
+    """Quantize the layer's weights (:func:`compiler.passes.quantize_linear`, the LLM
+    compiler's quantizer): ``qweights[node]``."""
+
+    name = "quantize"
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        node, weight, _ = self.layer(g)
+        if o.stream:
+            lq = LayerQuant(tuple(format_spec(t).name for t in o.formats), o.group,
+                            o.sparsity, o.block_density)
+            shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes)
+        else:
+            lq, shape = LayerQuant((o.wformat,), o.group), StreamShape.of(o.config)
+        g.qweights[node.name] = quantize_linear(weight, lq, shape, streamed=o.stream)
+        return g
+
+
+class CalibrateScales(_LayerStep):
+    """Static scales from the calibration sample: ``meta["scales"]`` (``k0``, ``x_scale``,
+    ``y_scale``, ``req_m``, ``req_s``), the folder's default ``meta["input"]`` (the
+    sample's first row, quantized) and ``meta["bias_units"]`` (int32 accumulator units)."""
+
+    name = "calibrate"
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        node, weight, bias = self.layer(g)
+        ql = g.qweights[node.name]
+        _, kexp = fp16_fixed(ql.scales)
+        k0 = int(kexp.min())
+        # The weights stored before rounding: the float ones where pruning kept.
+        kept = weight if ql.mask is None else \
+            torch.where(ql.mask, weight.detach().to(torch.float64), 0.0)
+        x_scale, y_scale, req_m, req_s, x_q = _calibrate(kept, bias, o.calib, o.seed,
+                                                          weight.shape[1], o.out_bits, k0)
+        g.meta["scales"] = {"k0": k0, "x_scale": x_scale, "y_scale": y_scale,
+                            "req_m": req_m, "req_s": req_s}
+        g.meta["input"] = x_q
+        g.meta["bias_units"] = _bias_units(bias, k0, x_scale)
+        return g
+
+
+class PlanTiles(_LayerStep):
+    """Tile the layer for the config (:func:`plan_linear` or :func:`plan_stream`, both on
+    :mod:`compiler.tiling`): ``meta["plan"]``, a :class:`LinearPlan`."""
+
+    name = "plan"
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        _, weight, bias = self.layer(g)
+        n, k = weight.shape
+        cfg = o.config
+        if not o.stream:
+            g.meta["plan"] = plan_linear(n, k, cfg, wformat=o.wformat, group=o.group,
+                                         out_bits=o.out_bits, bias=bias is not None,
+                                         max_tile_bytes=o.max_tile_bytes)
+            return g
+        geom = core_stream_geometry(cfg)
+
+        def bias_layout(rows):
+            return tile_layout(rows=rows, k=o.group, group=o.group, wfmt=o.bias_wformat,
+                               chains=cfg.chains, lanes=cfg.lanes, bias=True,
+                               align=cfg.word_bytes)
+
+        g.meta["plan"] = plan_stream(
+            n, k, cfg, out_bits=o.out_bits, max_tile_bytes=o.max_tile_bytes,
+            tile_bytes=stream_block_bytes(geom, cfg, k, o.group, o.formats, o.nm),
+            bias_layout=bias_layout if bias is not None else None)
+        return g
+
+
+class PackImage(_LayerStep):
+    """The memory image: the input at 0, the output after it, then the tiles (WGT tiles
+    packed, or each row block's streams, one per channel, and its bias tile):
+    ``meta["image"]``, ``meta["layout"]`` (``in_addr``, ``out_addr``, ``channel_offsets``,
+    ``tiles``: the manifest's entries); the plan's tiles get their addresses."""
+
+    name = "pack"
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        node, weight, _ = self.layer(g)
+        ql, plan, bias_q = g.qweights[node.name], g.meta["plan"], g.meta["bias_units"]
+        n, k = weight.shape
+        wb = o.config.word_bytes
+        in_addr, out_addr = 0, _up(k, wb)
+        top = out_addr + _up(n * o.out_bits // 8, wb)
+        pack = self._streams if o.stream else self._tiles
+        tiles, blobs, offsets, size = pack(ql, plan, bias_q, top)
+        image = bytearray(size)
+        x_q = g.meta["input"]
+        image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
+        for c, a, blob in blobs:
+            image[offsets[c] + a:offsets[c] + a + len(blob)] = blob
+        g.meta["image"] = bytes(image)
+        g.meta["layout"] = {"in_addr": in_addr, "out_addr": out_addr,
+                            "channel_offsets": offsets, "tiles": tiles}
+        return g
+
+    def _tiles(self, ql, plan, bias_q, addr):
+        """WGT tiles one after the other in one image every channel sees whole."""
+        o, group = self.opts, self.opts.group
+        tiles, blobs = [], []
+        for t in plan.tiles:
+            r0, r1, c0, c1 = t["row0"], t["row0"] + t["rows"], t["col0"], t["col0"] + t["cols"]
+            blob = pack_tile(t["layout"], ql.q[r0:r1, c0:c1],
+                             ql.scales[r0:r1, c0 // group:c1 // group],
+                             bias_q[r0:r1] if t["bias"] else None)
+            assert len(blob) == t["layout"].nbytes and len(blob) % o.config.word_bytes == 0
+            t["addr"] = addr
+            tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": len(blob),
+                          "col0": c0, "cols": t["cols"]})
+            blobs.append((0, addr, blob))
+            addr += len(blob)
+        channel_layout([addr], o.config)
+        return tiles, blobs, [0] * o.config.memory.channels, addr
+
+    def _streams(self, ql, plan, bias_q, top):
+        """Channel ``c``'s memory holds slice ``c``'s stream of every row block; channel
+        0's also the input, the output and the bias tiles."""
+        o, group = self.opts, self.opts.group
+        geom = core_stream_geometry(o.config)
+        tags = _record_tags(ql, geom, o.config)
+        smin = least_scale(ql.scales)
+        addr = [top] + [0] * (o.config.slices - 1)     # next free byte per channel
+
+        def place(c, nbytes):
+            at = addr[c]
+            addr[c] += nbytes
+            return at
+
+        tiles, blobs = [], []
+        for t in plan.tiles:
+            r0, rows = t["row0"], t["rows"]
+            entry, packed = place_stream_block(geom, o.config, ql.q, ql.scales, tags,
+                                               row0=r0, rows=rows, group=group,
+                                               sparsity=o.sparsity, smin=smin, place=place)
+            blobs += packed
+            t["streams"] = entry["streams"]
+            if t["bias"]:                       # the block's bias tile after its streams
+                bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
+                                  smin.repeat(rows, 1), bias_q[r0:r0 + rows])
+                t["bias_addr"] = entry["bias_addr"] = place(0, len(bblob))
+                entry["bias_nbytes"] = len(bblob)
+                blobs.append((0, t["bias_addr"], bblob))
+            tiles.append(entry)
+        offsets = channel_layout(addr, o.config)
+        return tiles, blobs, offsets, offsets[-1] + addr[-1]
+
+
+def _record_tags(ql, geom, config) -> np.ndarray:
+    """A streamed layer's record tags, one per (record rows, group), with the records of
+    the padding rows up to a whole batch of the core (the first format)."""
+    tags = ql.formats[::geom.rows].numpy()
+    pad = _up(ql.shape[0], config.chains) // geom.rows - tags.shape[0]
+    return np.concatenate([tags, np.full((pad, tags.shape[1]), tags[0, 0])]) if pad else tags
+
+
+class ScheduleProgram(_LayerStep):
+    """The instruction stream (:func:`_schedule`, on :class:`compiler.schedule.
+    Scheduler`): ``meta["words"]``."""
+
+    name = "schedule"
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        _, weight, _ = self.layer(g)
+        n, k = weight.shape
+        sc, lay = g.meta["scales"], g.meta["layout"]
+        g.meta["words"] = _schedule(
+            g.meta["plan"], o.config,
+            wf=WeightFormat.STREAM if o.stream else weight_format(o.wformat),
+            group=o.group, k=k, n=n, k0=sc["k0"], req_m=sc["req_m"], req_s=sc["req_s"],
+            out_bits=o.out_bits, in_addr=lay["in_addr"], out_addr=lay["out_addr"],
+            stream=o.stream)
+        return g
+
+
+class EmitFolder(_LayerStep):
+    """Write ``program.afp``, ``program.s``, ``weights.bin`` and ``manifest.json`` into
+    ``out_dir`` (atomically): ``meta["manifest"]``."""
+
+    name = "emit"
+
+    def __init__(self, opts: LinearOptions, out_dir):
+        super().__init__(opts)
+        self.out_dir = out_dir
+
+    def apply(self, graph: Graph) -> Graph:
+        g, o = graph.copy(), self.opts
+        node, weight, bias = self.layer(g)
+        n, k = weight.shape
+        cfg, sc, lay, words = o.config, g.meta["scales"], g.meta["layout"], g.meta["words"]
+        layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "group": o.group,
+                 "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
+                 "out_bits": o.out_bits, "bias": bias is not None, "tiles": lay["tiles"]}
+        kind = f"{o.wformat} g{o.group}"
+        if o.stream:
+            layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "stream": True,
+                     **self._stream_facts(g.qweights[node.name], weight, lay["tiles"]),
+                     **{key: v for key, v in layer.items() if key not in ("name", "n", "k",
+                                                                           "wformat")},
+                     "bias_wformat": o.bias_wformat.name.lower()}
+            layer["tiles"] = layer.pop("tiles")
+            kind = f"stream {o.wformat} {o.sparsity} g{o.group}"
+        image = g.meta["image"]
+        manifest = {
+            "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": cfg.name,
+            "config_hash": cfg.config_hash, "program": "program.afp", "image": "weights.bin",
+            "image_bytes": len(image), "channel_offsets": lay["channel_offsets"],
+            "input": {"addr": lay["in_addr"], "shape": [k], "scale": sc["x_scale"]},
+            "output": {"addr": lay["out_addr"], "shape": [n], "bits": o.out_bits,
+                       "scale": sc["y_scale"]},
+            "layers": [layer],
+        }
+        title = (f"linear {n} x {k} {kind} -> int{o.out_bits}, config {cfg.name} "
+                 f"({cfg.config_hash}), {len(words)} instructions")
+        write_folder(self.out_dir, {
+            "weights.bin": image,
+            "program.afp": Program(words, cfg.config_hash_bytes).to_bytes(),
+            "program.s": listing(words, title).encode(),
+            "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
+        })
+        g.meta["manifest"] = manifest
+        return g
+
+    def _stream_facts(self, ql, weight, tiles) -> dict:
+        """A streamed layer's manifest facts: records per format, candidates, the stored
+        weights' mean squared error (pruning included), its stream bits and bytes."""
+        o = self.opts
+        geom = core_stream_geometry(o.config)
+        tags = _record_tags(ql, geom, o.config)
+        deq = ql.q.to(torch.float64) * \
+            ql.scales.to(torch.float64).repeat_interleave(o.group, dim=1)
+        k = weight.shape[1]
+        return {"sparsity": o.sparsity,
+                "formats": {format_spec(int(v)).enum_name.lower(): int(c)
+                            for v, c in zip(*np.unique(tags, return_counts=True))},
+                "candidates": [t.name.lower() for t in o.formats],
+                "weight_mse": float(((deq - weight.detach().to(torch.float64)) ** 2).mean()),
+                "stream_bits": stream_bits(geom, tags, o.group, o.nm, k // o.group, ql.q),
+                "stream_bytes": sum(st["nbytes"] for t in tiles for st in t["streams"])}
+
+
+def linear_pipeline(opts: LinearOptions, out_dir=None) -> Pipeline:
+    """The steps of :data:`LINEAR_STEPS` (``emit`` writes ``out_dir``)."""
+    return Pipeline([("validate", Validate()), ("quantize", QuantizeLayer(opts)),
+                     ("calibrate", CalibrateScales(opts)), ("plan", PlanTiles(opts)),
+                     ("pack", PackImage(opts)), ("schedule", ScheduleProgram(opts)),
+                     ("emit", EmitFolder(opts, out_dir))])
+
+
+def step_summary(graph: Graph, step: str) -> str:
+    """What step ``step`` of :data:`LINEAR_STEPS` made, as text: the layer, its quantized
+    weights, its static scales, its tiles, its image, or the program's listing."""
+    (node,) = graph.by_op("linear")
+    n, k = graph.params[node.attrs["weight"]].shape
+    bias = "with a bias" if "bias" in node.attrs else "without a bias"
+    if step == "validate":
+        return f"validate: one linear node, {n} x {k}, {bias}"
+    if step == "quantize":
+        ql = graph.qweights[node.name]
+        kind = "stream records" if ql.streamed else f"int{ql.bits}"
+        return (f"quantize: {n} x {k} weights as {kind}, {ql.scales.numel()} FP16 scales "
+                f"(groups of {ql.group})")
+    if step == "calibrate":
+        return "calibrate: " + ", ".join(f"{key}={v}" for key, v in
+                                         graph.meta["scales"].items())
+    if step == "plan":
+        plan = graph.meta["plan"]
+        return (f"plan: {len(plan.tiles)} tiles of up to {plan.rows_per_tile} rows x "
+                f"{', '.join(str(c) for _, c in plan.chunks)} of K, {plan.slots} WGT slots "
+                f"of {plan.slot_bytes} bytes, OUT halves of {plan.group_rows} rows")
+    if step == "pack":
+        lay = graph.meta["layout"]
+        return (f"pack: an image of {len(graph.meta['image'])} bytes, input at "
+                f"{lay['in_addr']:#x}, output at {lay['out_addr']:#x}, channel offsets "
+                f"{lay['channel_offsets']}")
+    if step == "schedule":
+        words = graph.meta["words"]
+        return listing(words, f"schedule: {len(words)} instructions").rstrip("\n")
+    return f"emit: {graph.meta['manifest']['image_bytes']} image bytes written"
+
+
 def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: AccelConfig,
-                   out_dir, *, wformat="int4", group=128, out_format="int8",
-                   calib: torch.Tensor | None = None, seed: int = 0,
-                   max_tile_bytes: int | None = None, stream: bool | None = None,
-                   sparsity: str = "dense", mixed_formats=None,
-                   block_density: float = 1.0) -> dict:
-    """Quantize and compile one linear layer ``y = W x + b`` into ``out_dir``.
+                   out_dir, *, stop_after: str | None = None, **options):
+    """Quantize and compile one linear layer ``y = W x + b`` into ``out_dir``: the one-node
+    graph (:func:`compiler.ir.build_linear_graph`) through :func:`linear_pipeline`.
 
     Parameters
     ----------
@@ -400,12 +780,16 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         The accelerator to compile for.
     out_dir : str or Path
         Output folder; written atomically (all files or none).
+    stop_after : str, optional
+        A step of :data:`LINEAR_STEPS`: stop after it and return the graph (nothing is
+        written before ``emit``).
     wformat : str
-        Weight format (one of the config's ``weight_formats``).
+        Weight format (one of the config's ``weight_formats``; default ``int4``).
     group : int
-        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K).
+        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K;
+        default 128).
     out_format : str
-        ``int8``, ``int16`` or ``int32`` result.
+        ``int8`` (default), ``int16`` or ``int32`` result.
     calib : torch.Tensor, optional
         ``M x K`` float activations for static calibration; default: ``CALIB_ROWS``
         standard-normal rows drawn with ``seed``. Its first row, quantized, is the
@@ -430,209 +814,23 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         norm (``0 < d <= 1``; the default 1 skips only the k-steps already zero).
     mixed_formats : str or sequence of str, optional
         Candidates of ``wformat="mixed"`` (default :data:`airfoil.packing.DEFAULT_MIXED`,
-        or every record format the config decodes if it lacks one of those), e.g. ``"int2,int4,int8"`` or
-        ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x one group) takes the one
-        of least squared error. ``wformat`` ``bitmod4`` / ``bitmod3`` are the presets of
-        :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4 / FP3 variants). Streamed
-        formats other than INT2/3/4/8 and OVP must be in the config's ``weight_formats``.
+        or every record format the config decodes if it lacks one of those), e.g.
+        ``"int2,int4,int8"`` or ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x
+        one group) takes the one of least squared error. ``wformat`` ``bitmod4`` /
+        ``bitmod3`` are the presets of :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4
+        / FP3 variants). Streamed formats other than INT2/3/4/8 and OVP must be in the
+        config's ``weight_formats``.
 
     Returns
     -------
-    dict
-        The manifest written to ``manifest.json``.
+    dict or Graph
+        The manifest written to ``manifest.json``; the graph after ``stop_after`` when
+        given.
     """
-    if stream is None:
-        name = str(wformat).lower()
-        stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
-                  or sparsity != "dense" or mixed_formats is not None)
-    if stream:
-        return _compile_stream(weight, bias, config, out_dir, wformat=wformat, group=group,
-                               out_format=out_format, calib=calib, seed=seed,
-                               max_tile_bytes=max_tile_bytes, sparsity=sparsity,
-                               mixed_formats=mixed_formats, block_density=block_density)
-    if block_density != 1.0:
-        raise CompileError(f"block density {block_density!r} applies to sparsity 'block' "
-                           f"(streamed weights), not {sparsity!r}")
-    if sparsity != "dense":
-        raise CompileError(f"sparsity {sparsity!r} needs streamed weights (stream=True); WGT "
-                           f"tiles are dense")
-    wf = _check_args(weight, bias, config, wformat, group, out_format)
-    n, k = weight.shape
-    bits = FORMAT_BITS[wf]
-    out_bits = OUT_FORMATS[out_format]
-    ob = out_bits // 8
-    wb = config.word_bytes
-
-    ql = quantize_linear(weight, LayerQuant((wf.name.lower(),), group),
-                         StreamShape.of(config), streamed=False)
-    q, s16 = ql.q, ql.scales
-    _, kexp = fp16_fixed(s16)
-    k0 = int(kexp.min())
-    x_scale, y_scale, req_m, req_s, x_q = _calibrate(weight, bias, calib, seed, k, out_bits, k0)
-    bias_q = _bias_units(bias, k0, x_scale)
-
-    plan = plan_linear(n, k, config, wformat=wf, group=group, out_bits=out_bits,
-                       bias=bias is not None, max_tile_bytes=max_tile_bytes)
-
-    # -- memory image: input, output, tiles ------------------------------------------
-    in_addr = 0
-    out_addr = _up(k, wb)
-    addr = out_addr + _up(n * ob, wb)
-    blobs = []
-    tiles = []
-    for t in plan.tiles:
-        r0, r1, c0, c1 = t["row0"], t["row0"] + t["rows"], t["col0"], t["col0"] + t["cols"]
-        blob = pack_tile(t["layout"], q[r0:r1, c0:c1], s16[r0:r1, c0 // group:c1 // group],
-                         bias_q[r0:r1] if t["bias"] else None)
-        assert len(blob) == t["layout"].nbytes and len(blob) % wb == 0
-        t["addr"] = addr
-        tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": len(blob),
-                      "col0": c0, "cols": t["cols"]})
-        blobs.append(blob)
-        addr += len(blob)
-    channel_layout([addr], config)          # one image every channel sees whole
-    offsets = [0] * config.memory.channels
-    image = bytearray(addr)
-    image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
-    for t, blob in zip(plan.tiles, blobs):
-        image[t["addr"]:t["addr"] + len(blob)] = blob
-
-    words = _schedule(plan, config, wf=wf, group=group, k=k, n=n, k0=k0, req_m=req_m,
-                      req_s=req_s, out_bits=out_bits, in_addr=in_addr, out_addr=out_addr)
-    program = Program(words, config.config_hash_bytes)
-
-    manifest = {
-        "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
-        "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
-        "image_bytes": len(image), "channel_offsets": offsets,
-        "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
-        "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
-        "layers": [{"name": "linear", "n": n, "k": k, "wformat": wf.name.lower(),
-                    "group": group, "k0": k0, "req_m": req_m, "req_s": req_s,
-                    "out_bits": out_bits, "bias": bias is not None, "tiles": tiles}],
-    }
-    title = (f"linear {n} x {k} {wf.name.lower()} g{group} -> int{out_bits}, config "
-             f"{config.name} ({config.config_hash}), {len(words)} instructions")
-    write_folder(out_dir, {
-        "weights.bin": bytes(image),
-        "program.afp": program.to_bytes(),
-        "program.s": listing(words, title).encode(),
-        "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
-    })
-    return manifest
-
-
-def _compile_stream(weight, bias, config, out_dir, *, wformat, group, out_format, calib, seed,
-                    max_tile_bytes, sparsity, mixed_formats, block_density=1.0) -> dict:
-    """:func:`compile_linear` with streamed weights (see the module docstring)."""
-    if not isinstance(config, AccelConfig):
-        raise TypeError(f"config must be an AccelConfig, not {config!r}")
-    formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
-    _check_args(weight, bias, config, None, group, out_format)
-    # The bias rides in a WGT tile: INT4 when built, else the config's first tile format.
-    tiles = config.tile_formats
-    bias_wf = weight_format("int4" if "int4" in tiles or not tiles else tiles[0])
-    n, k = weight.shape
-    out_bits = OUT_FORMATS[out_format]
-    ob = out_bits // 8
-    wb = config.word_bytes
-    chains, S = config.chains, config.slices
-    geom = core_stream_geometry(config)
-    rr = geom.rows                  # rows of a record: the chains of one slice
-
-    ql = quantize_linear(weight, LayerQuant(tuple(format_spec(t).name for t in formats), group,
-                                            sparsity, block_density),
-                         StreamShape(rr, config.lanes), streamed=True)
-    q, s16, tags = ql.q, ql.scales, ql.formats[::rr].numpy()
-    # Records of the padding rows up to a whole batch of the core: the first format.
-    pad = _up(n, chains) // rr - tags.shape[0]
-    tags = np.concatenate([tags, np.full((pad, tags.shape[1]), tags[0, 0])]) if pad else tags
-    # Mean squared error of the stored weights against the float ones (pruning included).
-    deq = q.to(torch.float64) * s16.to(torch.float64).repeat_interleave(group, dim=1)
-    weight_mse = float(((deq - weight.detach().to(torch.float64)) ** 2).mean())
-    _, kexp = fp16_fixed(s16)
-    k0 = int(kexp.min())
-    smin = least_scale(s16)
-    # The weights the stream holds before rounding: the float ones where pruning kept.
-    pruned = weight if ql.mask is None else \
-        torch.where(ql.mask, weight.detach().to(torch.float64), 0.0)
-    x_scale, y_scale, req_m, req_s, x_q = _calibrate(pruned, bias, calib, seed, k, out_bits,
-                                                      k0)
-    bias_q = _bias_units(bias, k0, x_scale)
-
-    stream_bytes = stream_block_bytes(geom, config, k, group, formats, nm)
-
-    def bias_layout(rows):
-        return tile_layout(rows=rows, k=group, group=group, wfmt=bias_wf, chains=chains,
-                           lanes=config.lanes, bias=True, align=wb)
-
-    plan = plan_stream(n, k, config, out_bits=out_bits, max_tile_bytes=max_tile_bytes,
-                       tile_bytes=stream_bytes,
-                       bias_layout=bias_layout if bias is not None else None)
-    # Channel c's memory holds slice c's stream of every tile; channel 0's also the input,
-    # the output and the bias tiles.
-    in_addr = 0
-    out_addr = _up(k, wb)
-    addr = [out_addr + _up(n * ob, wb)] + [0] * (S - 1)    # next free byte per channel
-
-    def place(c, nbytes):
-        at = addr[c]
-        addr[c] += nbytes
-        return at
-
-    tiles, blobs = [], []                       # blobs: (channel, addr, bytes)
-    for t in plan.tiles:
-        r0, rows = t["row0"], t["rows"]
-        entry, packed = place_stream_block(geom, config, q, s16, tags, row0=r0, rows=rows,
-                                           group=group, sparsity=sparsity, smin=smin,
-                                           place=place)
-        blobs += packed
-        t["streams"] = entry["streams"]
-        if t["bias"]:                           # the block's bias tile after its streams
-            bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
-                              smin.repeat(rows, 1), bias_q[r0:r0 + rows])
-            t["bias_addr"] = entry["bias_addr"] = place(0, len(bblob))
-            entry["bias_nbytes"] = len(bblob)
-            blobs.append((0, t["bias_addr"], bblob))
-        tiles.append(entry)
-    offsets = channel_layout(addr, config)
-    image = bytearray(offsets[-1] + addr[-1])
-    image[in_addr:in_addr + k] = x_q.numpy().astype(np.int8).tobytes()
-    for c, a, blob in blobs:
-        image[offsets[c] + a:offsets[c] + a + len(blob)] = blob
-
-    words = _schedule(plan, config, wf=WeightFormat.STREAM, group=group, k=k, n=n, k0=k0,
-                      req_m=req_m, req_s=req_s, out_bits=out_bits, in_addr=in_addr,
-                      out_addr=out_addr, stream=True)
-    program = Program(words, config.config_hash_bytes)
-    counts = {format_spec(int(v)).enum_name.lower(): int(c)
-              for v, c in zip(*np.unique(tags, return_counts=True))}
-    stream_bytes_total = sum(st["nbytes"] for t in tiles for st in t["streams"])
-    manifest = {
-        "format": FOLDER_FORMAT, "isa_version": ISA_VERSION, "config": config.name,
-        "config_hash": config.config_hash, "program": "program.afp", "image": "weights.bin",
-        "image_bytes": len(image), "channel_offsets": offsets,
-        "input": {"addr": in_addr, "shape": [k], "scale": x_scale},
-        "output": {"addr": out_addr, "shape": [n], "bits": out_bits, "scale": y_scale},
-        "layers": [{"name": "linear", "n": n, "k": k, "wformat": label, "stream": True,
-                    "sparsity": sparsity, "formats": counts,
-                    "candidates": [t.name.lower() for t in formats],
-                    "weight_mse": weight_mse,
-                    "stream_bits": stream_bits(geom, tags, group, nm, k // group, q),
-                    "stream_bytes": stream_bytes_total, "group": group, "k0": k0,
-                    "req_m": req_m, "req_s": req_s, "out_bits": out_bits,
-                    "bias": bias is not None, "bias_wformat": bias_wf.name.lower(),
-                    "tiles": tiles}],
-    }
-    title = (f"linear {n} x {k} stream {label} {sparsity} g{group} -> int{out_bits}, config "
-             f"{config.name} ({config.config_hash}), {len(words)} instructions")
-    write_folder(out_dir, {
-        "weights.bin": bytes(image),
-        "program.afp": program.to_bytes(),
-        "program.s": listing(words, title).encode(),
-        "manifest.json": (json.dumps(manifest, indent=1) + "\n").encode(),
-    })
-    return manifest
+    opts = linear_options(weight, bias, config, **options)
+    graph = linear_pipeline(opts, out_dir).run(build_linear_graph(weight, bias),
+                                               until=stop_after)
+    return graph if stop_after is not None else graph.meta["manifest"]
 
 
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,

@@ -120,3 +120,47 @@ def test_planner_keeps_tiles_within_the_slot(n, k, slot):
     for r0, r, c0, c in boxes:
         cover[r0:r0 + r, c0:c0 + c] += 1
     assert bool((cover == 1).all())
+
+
+@pytest.mark.parametrize("config_name, kw", [
+    ("test", dict(wformat="int4", group=32)),
+    ("test_decode", dict(wformat="int2", group=32)),
+])
+def test_each_step_is_what_the_folder_holds(tmp_path, config_name, kw):
+    """The one-node graph after each step holds what the folder is made of: the quantized
+    weights, the scales, the tiles, the image and the program; no step before ``emit``
+    writes anything."""
+    cfg = load_config(config_name)
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(24, 128, generator=g) * 0.05, torch.randn(24, generator=g)
+    out = tmp_path / "out"
+    steps = {s: compile_linear(w, b, cfg, out, stop_after=s, **kw)
+             for s in linear.LINEAR_STEPS[:-1]}
+    assert not out.exists()
+    manifest = compile_linear(w, b, cfg, out, **kw)
+    folder = load_folder(out, cfg)
+    assert [n.op for n in steps["validate"].nodes] == ["linear"]
+    layer = manifest["layers"][0]
+    ql = steps["quantize"].qweights["linear"]
+    assert ql.shape == (24, 128) and ql.group == 32
+    scales = steps["calibrate"].meta["scales"]
+    assert {key: layer[key] for key in ("k0", "req_m", "req_s")} == \
+        {key: scales[key] for key in ("k0", "req_m", "req_s")}
+    assert manifest["input"]["scale"] == scales["x_scale"]
+    assert _boxes(steps["plan"].meta["plan"].tiles) == _boxes(layer["tiles"])
+    assert steps["pack"].meta["image"] == bytes(folder.image)
+    assert steps["schedule"].meta["words"] == folder.program.words
+
+
+def test_cli_stop_after(tmp_path, capsys):
+    from clitools import cli_fails, cli_ok
+    out = tmp_path / "out"
+    text = cli_ok(capsys, ["compile", "--n", "16", "--k", "64", "--group", "32",
+                           "--stop-after", "plan", "-o", str(out)])
+    assert text.startswith("plan: 4 tiles of up to 4 rows x 64 of K")
+    text = cli_ok(capsys, ["compile", "--n", "16", "--k", "64", "--group", "32",
+                           "--stop-after", "schedule", "-o", str(out)])
+    assert "SYS" in text.splitlines()[-1] and not out.exists()
+    cli_fails(capsys, ["compile", "--stop-after", "lower", "-o", str(out)],
+              "--stop-after 'lower' is not a step of a linear layer's compile (accepted: "
+              "validate, quantize")

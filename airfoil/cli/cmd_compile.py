@@ -24,6 +24,11 @@ first keeps the fraction ``D`` of each record's k-steps of largest L2 norm); for
 than int2/int3/int4/int8, N:M and block imply ``--stream``. INT6 and the BitMoD FP formats
 need the config to list them (``weight_formats``, e.g. config test_decode).
 A bias rides in one small WGT "bias tile" per row block; ``--no-bias`` drops the layer's.
+
+A linear layer compiles as a one-node graph through named steps (validate, quantize,
+calibrate, plan, pack, schedule, emit; :data:`compiler.linear.LINEAR_STEPS`);
+``--stop-after STEP`` runs them up to STEP and prints what it made (``schedule``: the
+program's listing) without writing the folder.
 """
 
 from __future__ import annotations
@@ -107,13 +112,27 @@ def register(sub):
                         "error choice (default: int4,ovp)")
     p.add_argument("--no-bias", action="store_true",
                    help="drop the layer's bias (a streamed layer then needs no WGT tiles)")
+    p.add_argument("--stop-after", default=None, metavar="STEP",
+                   help="linear layer: run its compile's steps up to STEP (validate, "
+                        "quantize, calibrate, plan, pack, schedule, emit), print what STEP "
+                        "made (schedule: the program's listing) and write nothing before "
+                        "emit")
     p.set_defaults(func=run)
 
 
 def compile_from_args(args, log=None) -> dict:
     """Compile the layer the arguments describe; return the manifest."""
-    from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear, load_linear
     from compiler.linear import compile_linear
+
+    weight, bias, config, kw = linear_from_args(args)
+    return compile_linear(weight, bias, config, args.output, seed=args.seed, **kw)
+
+
+def linear_from_args(args) -> tuple:
+    """``(weight, bias, config, options)`` of the layer the arguments describe (options:
+    the recipe's, overridden by the arguments, as :func:`compiler.linear.compile_linear`
+    takes them)."""
+    from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear, load_linear
     from compiler.llm_recipe import load_linear_recipe
 
     config = load_config(args.config or DEFAULT_CONFIG["linear"])
@@ -140,8 +159,20 @@ def compile_from_args(args, log=None) -> dict:
         weight, bias = load_linear(args.layer)
     if getattr(args, "no_bias", False):
         bias = None
-    manifest = compile_linear(weight, bias, config, args.output, seed=args.seed, **kw)
-    return manifest
+    return weight, bias, config, kw
+
+
+def stop_after_from_args(args) -> str:
+    """Run the layer's compile up to ``--stop-after``; return what that step made."""
+    from compiler.linear import LINEAR_STEPS, compile_linear, step_summary
+
+    if args.stop_after not in LINEAR_STEPS:
+        raise CompileError(f"--stop-after {args.stop_after!r} is not a step of a linear "
+                           f"layer's compile (accepted: {', '.join(LINEAR_STEPS)})")
+    weight, bias, config, kw = linear_from_args(args)
+    graph = compile_linear(weight, bias, config, args.output, seed=args.seed,
+                           stop_after=args.stop_after, **kw)
+    return step_summary(graph, args.stop_after)
 
 
 def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
@@ -346,6 +377,9 @@ def summary_table(manifest, summary):
 
 
 def run(args) -> int:
+    if args.stop_after is not None and (args.model, args.synthetic) != (None, None):
+        raise CompileError("--stop-after applies to a linear layer (--layer), not to MODEL "
+                           "or --synthetic")
     if args.synthetic is not None:
         from rich.console import Console
         if args.model is not None:
@@ -369,6 +403,9 @@ def run(args) -> int:
         manifest, summary = compile_llm_from_args(args, console)
         console.print(summary_table(manifest, summary))
         console.print(f"wrote {args.output}")
+        return 0
+    if args.stop_after is not None:
+        print(stop_after_from_args(args), file=sys.stdout)
         return 0
     m = compile_from_args(args)
     layer = m["layers"][0]
