@@ -1,10 +1,15 @@
 """Compile one quantized linear layer (GEMV) into an output folder.
 
-Steps: quantize the weights in groups (:func:`compiler.passes.quantize_linear`, as the
-LLM compiler does),
-calibrate static activation and output scales, plan tiles and the memory image for the
-configuration, schedule the instruction stream with dependency tokens, and write
-``program.afp``, ``weights.bin``, ``manifest.json`` and ``program.s``.
+The layer is a one-node graph (:func:`compiler.ir.build_linear_graph`) run through named
+passes (:data:`LINEAR_STEPS`, :func:`linear_pipeline`; ``airfoil compile --stop-after
+STEP``): ``validate`` (the LLM compiler's), ``quantize`` the weights in groups
+(:func:`compiler.passes.quantize_linear`, the LLM compiler's quantizer), ``calibrate``
+static activation and output scales, ``plan`` the tiles (:mod:`compiler.tiling`, the LLM
+lowering's planner), ``pack`` the memory image (streamed row blocks by
+:func:`compiler.streams.place_stream_block`, as the LLM lowering packs them),
+``schedule`` the instruction stream (:class:`compiler.schedule.Scheduler`, with the LLM
+lowering's tile loads and matrix instructions), and ``emit`` ``program.afp``,
+``weights.bin``, ``manifest.json`` and ``program.s``.
 
 Schedule (VTA style; the tokens follow from the buffer and memory ranges each instruction
 reads and writes, :class:`compiler.schedule.Scheduler`)::
