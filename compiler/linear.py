@@ -105,8 +105,8 @@ from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_strea
                       stream_bits, stream_block_bytes)
 
 __all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
-           "LINEAR_STEPS", "step_summary", "check_stream_args", "plan_linear", "plan_stream", "LinearPlan",
-           "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
+           "LINEAR_STEPS", "step_summary", "check_stream_args", "plan_linear", "plan_stream",
+           "LinearPlan", "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
 #: so loading the first tile is a small part of the run.

@@ -152,16 +152,16 @@ def test_padded_groups_golden_equals_isa(tmp_path):
 
 
 def test_row_blocks_of_a_streamed_layer(tmp_path, monkeypatch):
-    """With loads of at most 1 KiB each streamed layer is several row blocks (one LD
+    """With loads of at most 512 bytes each streamed layer is several row blocks (one LD
     WSTREAM and one MV each, writing their rows of the output)."""
     import compiler.lower_llm as lower
-    monkeypatch.setattr(lower, "MAX_STREAM_BYTES", 1024)
+    monkeypatch.setattr(lower, "MAX_STREAM_BYTES", 512)
     rules = [{"match": "*", "format": "int4", "group": 32, "sparsity": "2:8"}]
     cfg = load_config(CONFIG)
     model, man, folder = _compile(_small_graph(), parse_llm_recipe({"weights": rules}),
                                   tmp_path / "out", cfg)
     tiles = man["model"]["linears"]["l0.up"]["tiles"]
-    assert len(tiles) > 2 and all(st["nbytes"] <= 1024 for t in tiles for st in t["streams"])
+    assert len(tiles) > 2 and all(st["nbytes"] <= 512 for t in tiles for st in t["streams"])
     assert [t["row0"] for t in tiles] == sorted({t["row0"] for t in tiles})
     _golden_equals_isa(model, folder, cfg, [3, 1, 4], 2)
 
