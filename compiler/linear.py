@@ -87,7 +87,7 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
                              requant_params, tile_layout, weight_format)
-from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, Sparsity, SysOp, WeightFormat
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, SysOp, WeightFormat
 from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
@@ -99,7 +99,8 @@ from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, Validate, quantize_linear
-from .schedule import Scheduler, load_wgt_tile, mem, span, wgt_tile_fields
+from .schedule import (Scheduler, load_stream_block, load_wgt_tile, mem, span,
+                       stream_block_fields, wgt_tile_fields)
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
                       stream_bits, stream_block_bytes)
@@ -863,15 +864,10 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
             load_wgt_tile(sched, config, slot, t["addr"], t["layout"].nbytes,
                           lambda j: j % config.memory.channels)
             return
-        # The stream is a FIFO to the decode unit: its loads touch no buffer range (the MV
-        # takes the words as they come); only a bias tile in a WGT slot does.
-        if t["bias"]:
+        if t["bias"]:                       # a bias tile in a WGT slot, then the streams
             load_wgt_tile(sched, config, slot, t["bias_addr"], t["layout"].nbytes,
                           lambda j: 0)
-        for st in t["streams"]:             # each slice's share from its channel
-            sched.add(Opcode.LD, reads=[mem(st["addr"], st["nbytes"])], buf=Buffer.WSTREAM,
-                      channel=st["channel"], buf_addr=0, dram_addr=st["addr"],
-                      nbytes=st["nbytes"], count=1, dram_stride=st["nbytes"])
+        load_stream_block(sched, t)
 
     # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
     # channel's previous stream is undrained (its slice's FIFO full until that tile's MV
@@ -901,10 +897,9 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                                      wfmt=t["layout"].wfmt, bias=1, **requant)
                 mv["reads"].append(span(Buffer.ACT, 0, group))
                 sched.add(Opcode.MV, **mv)
-            sched.add(Opcode.MV, reads=[span(Buffer.ACT, 0, k)], writes=out,
-                      wfmt=WeightFormat.STREAM, sparsity=Sparsity.DENSE, rows=t["rows"], k=k,
-                      wbuf_addr=0, abuf_addr=0, obuf_addr=obuf, acc_init=int(not t["bias"]),
-                      final=1, bias=0, **requant)
+            sched.add(Opcode.MV, **stream_block_fields(t, act=0, obuf_addr=obuf, writes=out,
+                                                       acc_init=int(not t["bias"]),
+                                                       **requant))
         else:
             mv = wgt_tile_fields({**t, "nbytes": t["layout"].nbytes}, k, slot=slot, act=0,
                                  obuf_addr=obuf, writes=out, wfmt=wf, bias=int(t["bias"]),

@@ -95,14 +95,15 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
-                         Sparsity, SysOp, WeightFormat)
+                         SysOp)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
 from .streams import MAX_STREAM_BYTES, least_scale, place_stream_block, stream_block_bytes
-from .schedule import Scheduler, load_wgt_tile, wgt_tile_fields
+from .schedule import (Scheduler, load_stream_block, load_wgt_tile, stream_block_fields,
+                       wgt_tile_fields)
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
@@ -678,20 +679,16 @@ class _Phase:
         n, k, wb = info["n"], info["k"], self.wb
         orow = _up(n * 4, wb)
         for t in info["tiles"]:
-            for st in t["streams"]:
-                self.sched.add(Opcode.LD, reads=[self.mem(st["addr"], st["nbytes"])],
-                               buf=Buffer.WSTREAM, channel=st["channel"], buf_addr=0,
-                               dram_addr=st["addr"], nbytes=st["nbytes"], count=1,
-                               dram_stride=st["nbytes"])
-            self.sched.add(
-                op, reads=[self.r(Buffer.ACT, self.XQ, T * k),
-                           self.r(Buffer.AUX, self.SC, 8 * T)],
-                writes=[self.r(Buffer.OUT, out_addr, T * orow)], wfmt=WeightFormat.STREAM,
-                sparsity=Sparsity.DENSE, group=info["group"], rows=t["rows"], k=k,
-                wbuf_addr=0, abuf_addr=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
-                k0=info["k0"], req_m=0, req_s=0, out_fmt=OutFormat.INT32, acc_init=1,
-                final=1, bias=0, tok_scale=1, sbuf_addr=self.SC,
-                astride=info["k_in"] // wb, ostride=orow // wb, **mfields)
+            load_stream_block(self.sched, t)
+            mv = stream_block_fields(t, act=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
+                                     writes=[self.r(Buffer.OUT, out_addr, T * orow)],
+                                     group=info["group"], k0=info["k0"], req_m=0, req_s=0,
+                                     out_fmt=OutFormat.INT32, tok_scale=1, sbuf_addr=self.SC,
+                                     astride=info["k_in"] // wb, ostride=orow // wb,
+                                     **mfields)
+            mv["reads"] += [self.r(Buffer.ACT, self.XQ, T * k),
+                            self.r(Buffer.AUX, self.SC, 8 * T)]
+            self.sched.add(op, **mv)
 
     def emit(self):
         s, lay, T = self.sched, self.lay, self.tmax

@@ -11,16 +11,19 @@ the k-th wait takes exactly the k-th release.
 A WGT tile (:func:`compiler.tiling.plan_wgt_tiles`) is loaded into its slot of the WGT
 buffer as word-aligned slices, one per memory channel (:func:`load_wgt_tile`), and
 computed by one matrix instruction (:func:`wgt_tile_fields`) that writes its outputs
-only with the last chunk of K (the others accumulate).
+only with the last chunk of K (the others accumulate). A streamed row block
+(:func:`compiler.streams.place_stream_block`) is one ``LD WSTREAM`` per channel
+(:func:`load_stream_block`) and one ``MV STREAM`` (:func:`stream_block_fields`).
 """
 
 from __future__ import annotations
 
-from airfoil.isa import Buffer, Opcode, Sparsity, Unit, encode, unit_of
+from airfoil.isa import Buffer, Opcode, Sparsity, Unit, WeightFormat, encode, unit_of
 
 from .streams import slices
 
-__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields"]
+__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields",
+           "load_stream_block", "stream_block_fields"]
 
 
 def mem(addr: int, nbytes: int) -> tuple:
@@ -115,3 +118,25 @@ def wgt_tile_fields(tile: dict, k: int, *, slot: int, act: int, obuf_addr: int, 
             "rows": tile["rows"], "k": tile["cols"], "wbuf_addr": slot,
             "abuf_addr": act + tile["col0"], "obuf_addr": obuf_addr,
             "acc_init": int(tile["col0"] == 0), "final": int(last), **fields}
+
+
+def load_stream_block(sched: Scheduler, tile: dict) -> None:
+    """LD WSTREAM each channel's stream of a row block (``tile["streams"]``). The stream
+    is a FIFO to the decode unit: its loads touch no buffer range, so they neither wait
+    for nor release tokens (the MV takes the words as they come)."""
+    for st in tile["streams"]:
+        sched.add(Opcode.LD, reads=[mem(st["addr"], st["nbytes"])], buf=Buffer.WSTREAM,
+                  channel=st["channel"], buf_addr=0, dram_addr=st["addr"],
+                  nbytes=st["nbytes"], count=1, dram_stride=st["nbytes"])
+
+
+def stream_block_fields(tile: dict, *, act: int, obuf_addr: int, writes,
+                        **fields) -> dict:
+    """The ``MV STREAM`` of a row block (``rows``, ``cols``: all of K): the activations
+    from ``act`` into ``obuf_addr`` (the ranges ``writes``). Returns the keywords of
+    :meth:`Scheduler.add` but the opcode; ``fields`` add the caller's (``group``, scales,
+    ``acc_init``, ...; ``acc_init`` defaults to 1)."""
+    return {"reads": [span(Buffer.ACT, act, tile["cols"])], "writes": list(writes),
+            "wfmt": WeightFormat.STREAM, "sparsity": Sparsity.DENSE, "rows": tile["rows"],
+            "k": tile["cols"], "m": 1, "wbuf_addr": 0, "abuf_addr": act,
+            "obuf_addr": obuf_addr, "final": 1, "bias": 0, **{"acc_init": 1, **fields}}
