@@ -66,6 +66,10 @@ def test_one_implementation():
     assert linear.Scheduler is lower_llm.Scheduler is schedule.Scheduler
     assert linear.load_wgt_tile is lower_llm.load_wgt_tile is schedule.load_wgt_tile
     assert linear.wgt_tile_fields is lower_llm.wgt_tile_fields is schedule.wgt_tile_fields
+    assert linear.load_stream_block is lower_llm.load_stream_block is \
+        schedule.load_stream_block
+    assert linear.stream_block_fields is lower_llm.stream_block_fields is \
+        schedule.stream_block_fields
     for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
         assert not hasattr(linear, name)
     for name in ("_Scheduler", "WGT_SLOTS"):
