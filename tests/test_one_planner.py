@@ -56,20 +56,14 @@ def _tile_mvs(program, streamed):
 def test_one_implementation():
     """Both compilers import the planner, the stream packer and the scheduler from one
     place (no copy kept equal)."""
-    assert linear.plan_wgt_tiles is lower_llm.plan_wgt_tiles is tiling.plan_wgt_tiles
-    assert linear.row_block is lower_llm.row_block is tiling.row_block
-    assert linear.wgt_slots is lower_llm.wgt_slots is tiling.wgt_slots
-    assert linear.place_stream_block is lower_llm.place_stream_block is \
-        streams.place_stream_block
-    assert linear.stream_block_bytes is lower_llm.stream_block_bytes is \
-        streams.stream_block_bytes
-    assert linear.Scheduler is lower_llm.Scheduler is schedule.Scheduler
-    assert linear.load_wgt_tile is lower_llm.load_wgt_tile is schedule.load_wgt_tile
-    assert linear.wgt_tile_fields is lower_llm.wgt_tile_fields is schedule.wgt_tile_fields
-    assert linear.load_stream_block is lower_llm.load_stream_block is \
-        schedule.load_stream_block
-    assert linear.stream_block_fields is lower_llm.stream_block_fields is \
-        schedule.stream_block_fields
+    shared = {tiling: ("plan_wgt_tiles", "row_block", "wgt_slots"),
+              streams: ("place_stream_block", "stream_block_bytes"),
+              schedule: ("Scheduler", "load_wgt_tile", "wgt_tile_fields",
+                         "load_stream_block", "stream_block_fields")}
+    for module, names in shared.items():
+        for name in names:
+            assert getattr(linear, name) is getattr(lower_llm, name) is \
+                getattr(module, name), name
     for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
         assert not hasattr(linear, name)
     for name in ("_Scheduler", "WGT_SLOTS"):
