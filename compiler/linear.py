@@ -864,10 +864,10 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
             load_wgt_tile(sched, config, slot, t["addr"], t["layout"].nbytes,
                           lambda j: j % config.memory.channels)
             return
-        if t["bias"]:                       # a bias tile in a WGT slot, then the streams
+        if t["bias"]:                       # a bias tile in a WGT slot (one LD from
             load_wgt_tile(sched, config, slot, t["bias_addr"], t["layout"].nbytes,
-                          lambda j: 0)
-        load_stream_block(sched, t)
+                          lambda j: 0, sliced=False)     # channel 0), then the streams
+        load_stream_block(sched, t, channel_memories=True)
 
     # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
     # channel's previous stream is undrained (its slice's FIFO full until that tile's MV

@@ -26,9 +26,11 @@ __all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields",
            "load_stream_block", "stream_block_fields"]
 
 
-def mem(addr: int, nbytes: int) -> tuple:
-    """The memory range ``addr .. addr + nbytes`` (an access of :meth:`Scheduler.add`)."""
-    return ("MEM", addr, addr + nbytes)
+def mem(addr: int, nbytes: int, memory: int = 0) -> tuple:
+    """The memory range ``addr .. addr + nbytes`` (an access of :meth:`Scheduler.add`) of
+    one image every channel sees whole, or of channel ``memory``'s own memory (an image
+    of one region per channel; channel 0's is the whole image's space)."""
+    return ("MEM" if memory == 0 else f"MEM{memory}", addr, addr + nbytes)
 
 
 def span(buf: Buffer, addr: int, nbytes: int) -> tuple:
@@ -93,11 +95,12 @@ class Scheduler:
 
 
 def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: int,
-                  channel, **fields) -> None:
+                  channel, *, sliced: bool = True, **fields) -> None:
     """LD a WGT tile of ``nbytes`` at ``dram_addr`` into the slot at ``slot``: one LD per
-    word-aligned slice (:func:`compiler.streams.slices`), slice ``j`` on memory channel
-    ``channel(j)``."""
-    for j, (off, nb) in enumerate(slices(nbytes, config)):
+    word-aligned slice (:func:`compiler.streams.slices`; one LD when not ``sliced``),
+    slice ``j`` on memory channel ``channel(j)``."""
+    pieces = slices(nbytes, config) if sliced else [(0, nbytes)]
+    for j, (off, nb) in enumerate(pieces):
         sched.add(Opcode.LD, reads=[mem(dram_addr + off, nb)],
                   writes=[span(Buffer.WGT, slot + off, nb)], buf=Buffer.WGT,
                   channel=channel(j), buf_addr=slot + off, dram_addr=dram_addr + off,
@@ -120,12 +123,15 @@ def wgt_tile_fields(tile: dict, k: int, *, slot: int, act: int, obuf_addr: int, 
             "acc_init": int(tile["col0"] == 0), "final": int(last), **fields}
 
 
-def load_stream_block(sched: Scheduler, tile: dict) -> None:
-    """LD WSTREAM each channel's stream of a row block (``tile["streams"]``). The stream
+def load_stream_block(sched: Scheduler, tile: dict, *, channel_memories: bool = False
+                      ) -> None:
+    """LD WSTREAM each channel's stream of a row block (``tile["streams"]``; addresses in
+    the channel's own memory when ``channel_memories``, else in the one image). The stream
     is a FIFO to the decode unit: its loads touch no buffer range, so they neither wait
     for nor release tokens (the MV takes the words as they come)."""
     for st in tile["streams"]:
-        sched.add(Opcode.LD, reads=[mem(st["addr"], st["nbytes"])], buf=Buffer.WSTREAM,
+        at = mem(st["addr"], st["nbytes"], st["channel"] if channel_memories else 0)
+        sched.add(Opcode.LD, reads=[at], buf=Buffer.WSTREAM,
                   channel=st["channel"], buf_addr=0, dram_addr=st["addr"],
                   nbytes=st["nbytes"], count=1, dram_stride=st["nbytes"])
 
