@@ -52,11 +52,10 @@ times all of K, with no WGT buffer to fit::
     LD ACT x
     [LD WGT bias tile t] LD WSTREAM tile t      t = 0 .. 3; one LD WSTREAM per channel
     for each tile t:
-        [MV bias tile t]    acc_init=1, final=0, bias=1: wait LOAD, release LOAD (for
-                            the bias tile t+4: it has read its slot)
+        [MV bias tile t]    acc_init=1, final=0, bias=1: wait LOAD
         MV STREAM t     wait LOAD (the activations, tile 0 without a bias tile) and
-                        STORE (before reusing an OUT half); release STORE (at the end of
-                        an OUT half)
+                        STORE (before reusing an OUT half); release LOAD (for the bias
+                        tile t+4) and STORE (at the end of an OUT half)
         ST OUT half     wait MATRIX, release MATRIX       (when an OUT half is full)
         [LD WGT bias tile t+4] LD WSTREAM t+4   (the bias tile: wait MATRIX, release
                                                 MATRIX; the streams carry no tokens)
@@ -891,15 +890,19 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
         out = [span(Buffer.OUT, obuf, t["rows"] * ob)]
         slot = (i % slots) * slot_w
         if stream:
+            block = stream_block_fields(t, act=0, obuf_addr=obuf, writes=out,
+                                        acc_init=int(not t["bias"]), **requant)
             if t["bias"]:       # the accumulators start from the bias tile's bias
                 box = {**t, "cols": group, "nbytes": t["layout"].nbytes}
-                mv = wgt_tile_fields(box, k, slot=slot, act=0, obuf_addr=obuf, writes=out,
-                                     wfmt=t["layout"].wfmt, bias=1, **requant)
+                mv = wgt_tile_fields(box, k, slot=slot, act=0, obuf_addr=obuf, writes=(),
+                                     wfmt=t["layout"].wfmt, bias=1, final=0, **requant)
                 mv["reads"].append(span(Buffer.ACT, 0, group))
                 sched.add(Opcode.MV, **mv)
-            sched.add(Opcode.MV, **stream_block_fields(t, act=0, obuf_addr=obuf, writes=out,
-                                                       acc_init=int(not t["bias"]),
-                                                       **requant))
+                # The slot is refilled after the block's MV STREAM, which continues those
+                # accumulators: a bias load on channel 0 then never races the streams
+                # ahead of it (fewer cycles on several channels).
+                block["reads"].append(span(Buffer.WGT, slot, t["layout"].nbytes))
+            sched.add(Opcode.MV, **block)
         else:
             mv = wgt_tile_fields({**t, "nbytes": t["layout"].nbytes}, k, slot=slot, act=0,
                                  obuf_addr=obuf, writes=out, wfmt=wf, bias=int(t["bias"]),
