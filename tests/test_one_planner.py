@@ -56,7 +56,7 @@ def _tile_mvs(program, streamed):
 def test_one_implementation():
     """Both compilers import the planner, the stream packer and the scheduler from one
     place (no copy kept equal)."""
-    shared = {tiling: ("plan_wgt_tiles", "row_block", "wgt_slots"),
+    shared = {tiling: ("plan_wgt_tiles", "row_block", "tile_boxes"),
               streams: ("place_stream_block", "stream_block_bytes"),
               schedule: ("Scheduler", "load_wgt_tile", "wgt_tile_fields",
                          "load_stream_block", "stream_block_fields")}
@@ -66,8 +66,9 @@ def test_one_implementation():
                 getattr(module, name), name
     for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
         assert not hasattr(linear, name)
-    for name in ("_Scheduler", "WGT_SLOTS"):
-        assert not hasattr(lower_llm, name)
+    assert not hasattr(lower_llm, "_Scheduler")
+    # The WGT slots: one slot size, each compiler its choice of slot counts.
+    assert linear.wgt_slots is tiling.wgt_slots and lower_llm.slot_bytes is tiling.slot_bytes
 
 
 def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
