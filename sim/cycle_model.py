@@ -201,18 +201,20 @@ class CycleModel:
 
     def sfu_call(self, func, *, n: int, rows: int, heads: int = 1, kv_heads: int = 1,
                  pos: int = 0, length: int = 0, src_addr: int = 0, aux_addr: int = 0,
-                 imm0: int = 0, imm1: int = 0) -> Cost:
+                 dst_addr: int = 0, imm0: int = 0, imm1: int = 0) -> Cost:
         """Cost of one SFU instruction with resolved arguments (registers read): the
         SFU unit's own count (:func:`hdl.sfu.unit.unit_cycles`, the formulas of its
         kernels beside their hardware; ``SOFTMAX``'s window ``imm0`` and bidirectional
         ``imm1`` among them) and :data:`TOKEN_HANDOFF`. The record addresses and strides
         (``src_addr``, ``aux_addr``, ``imm0``, ``imm1``) of ``ATT_QK`` and ``ATT_PV``:
-        word-aligned records spare them the funnel's word."""
+        word-aligned records spare them the funnel's word; the element-wise functions
+        take a chunk per cycle where ``src_addr``, ``dst_addr`` and ``aux_addr`` are on
+        words."""
         from hdl.sfu.unit import unit_cycles
         total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
                                  kv_heads=kv_heads, pos=pos, length=length,
-                                 src_addr=src_addr, aux_addr=aux_addr, imm0=imm0,
-                                 imm1=imm1),
+                                 src_addr=src_addr, aux_addr=aux_addr,
+                                 dst_addr=dst_addr, imm0=imm0, imm1=imm1),
                             word_bits=8 * self._config.word_bytes) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 

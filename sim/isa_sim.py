@@ -534,7 +534,8 @@ class IsaSim:
         return {"n": f["n"], "rows": reg("rows_reg") if f["rows_reg"] else f["rows"],
                 "heads": f["heads"] or 1, "kv_heads": f["kv_heads"], "pos": reg("pos_reg"),
                 "length": reg("len_reg"), "src_addr": f["src_addr"],
-                "aux_addr": f["aux_addr"], "imm0": f["imm0"], "imm1": f["imm1"]}
+                "aux_addr": f["aux_addr"], "dst_addr": f["dst_addr"], "imm0": f["imm0"],
+                "imm1": f["imm1"]}
 
     def _sfu(self, i: int, ins: Instr):
         """Perform one SFU instruction; return ``(elements, macs)`` for the cost model."""

@@ -201,6 +201,7 @@ def _ints(b, dt="<i4"):
 @pytest.mark.parametrize("func", [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU,
                                   SfuFunc.RELU])
 def test_elementwise_kernel(func, seed):
+    """An element per cycle on operands off the word (any int32 lane)."""
     rng = np.random.default_rng(seed)
     rows, n = 3, 5
     x = _i32(rng, rows * n)
@@ -210,42 +211,91 @@ def test_elementwise_kernel(func, seed):
     args = kernel_args(func=func, n=n, rows=rows, src_addr=8, aux_addr=4, dst_addr=12)
     src, aux, dst = _b([0, 0] + list(x)), _b([0] + list(b)), bytearray(12 + 4 * rows * n)
     res = run_kernel(ElementwiseKernel(func=func), args, src, aux, dst)
+    assert _ints(dst[12:]).tolist() == _elementwise_ref(func, x, b).tolist(), f"seed {seed}"
+    assert res["cycles"] == elementwise.cycles(args) == rows * n + (
+        2 if func in (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU) else 1) and not res["err"]
+
+
+def _elementwise_ref(func, x, b):
     X, B = torch.tensor(x), torch.tensor(b)
-    ref = {SfuFunc.ADD: lambda: fx.add(X, B), SfuFunc.MUL: lambda: fx.mul(X, B),
-           SfuFunc.SILU: lambda: fx.silu(X), SfuFunc.GELU: lambda: fx.gelu(X),
-           SfuFunc.RELU: lambda: fx.relu(X)}[func]()
-    assert _ints(dst[12:]).tolist() == ref.tolist(), f"seed {seed}"
-    assert res["cycles"] == elementwise.cycles(args) and not res["err"]
+    return {SfuFunc.ADD: lambda: fx.add(X, B), SfuFunc.MUL: lambda: fx.mul(X, B),
+            SfuFunc.SILU: lambda: fx.silu(X), SfuFunc.GELU: lambda: fx.gelu(X),
+            SfuFunc.RELU: lambda: fx.relu(X)}[func]()
 
 
-@pytest.mark.parametrize("rows,n", [(3, 5), (1, 4), (4, 1)])
-def test_add_kernel_one_row_onto_every_row(rows, n):
-    """``ADD`` with ``imm0`` nonzero: the one aux row (a bias) onto every row; RELU on the
-    same kernel ignores it."""
+@pytest.mark.parametrize("func", [SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU,
+                                  SfuFunc.RELU])
+@pytest.mark.parametrize("word_bits,lanes,rows,n,aligned", [
+    (128, None, 3, 5, True), (128, None, 2, 8, True), (512, None, 3, 7, True),
+    (512, 4, 2, 9, True), (128, 2, 1, 3, True), (128, None, 3, 5, False),
+    (64, None, 1, 1, True)])
+def test_elementwise_kernel_on_words(func, word_bits, lanes, rows, n, aligned):
+    """A chunk of ``lanes`` int32 per cycle on word-aligned operands, the last chunk of an
+    odd count written in its valid lanes only; off the word, an element per cycle."""
+    rng = np.random.default_rng(word_bits + rows * n)
+    wb = word_bits // 8
+    x, b = _i32(rng, rows * n), _i32(rng, rows * n)
+    if func in (SfuFunc.SILU, SfuFunc.GELU, SfuFunc.RELU):
+        x[2:] = rng.integers(-20 << 16, 20 << 16, size=x[2:].size)
+    sa, aa, da = (wb, 2 * wb, 3 * wb) if aligned else (wb + 4, 2 * wb, 3 * wb)
+    size = 4 * wb + 4 * rows * n + wb
+    src, aux = bytearray(size), bytearray(size)
+    src[sa:sa + 4 * rows * n], aux[aa:aa + 4 * rows * n] = _b(x), _b(b)
+    dst = bytearray(b"\xa5" * size)
+    want = bytearray(dst)
+    want[da:da + 4 * rows * n] = _b(_elementwise_ref(func, x, b))
+    args = kernel_args(func=func, n=n, rows=rows, src_addr=sa, aux_addr=aa, dst_addr=da)
+    kernel = ElementwiseKernel(func=func, word_bits=word_bits, lanes=lanes)
+    res = run_kernel(kernel, args, src, aux, dst)
+    assert dst == want
+    per = kernel.lanes if aligned else 1
+    assert res["cycles"] == kernel.cycles(args) == -(-rows * n // per) + kernel.latency
+    assert not res["err"]
+
+
+@pytest.mark.parametrize("word_bits,rows,n", [(32, 3, 5), (32, 4, 1), (128, 3, 4),
+                                              (128, 2, 6), (512, 3, 16), (512, 2, 24)])
+def test_add_kernel_one_row_onto_every_row(word_bits, rows, n):
+    """``ADD`` with ``imm0`` nonzero: the one aux row (a bias) onto every row, a word per
+    cycle where the row is whole words, else an element per cycle; RELU on the same
+    kernel ignores it."""
     rng = np.random.default_rng(rows * n)
+    wb = word_bits // 8
     x, b = _i32(rng, rows * n), _i32(rng, n)
-    args = kernel_args(func=SfuFunc.ADD, n=n, rows=rows, src_addr=8, aux_addr=4,
-                       dst_addr=12, imm0=1)
-    aux = _b([0] + list(b) + list(_i32(rng, rows * n)))      # rows past the first differ
-    src, dst = _b([0, 0] + list(x)), bytearray(12 + 4 * rows * n)
-    res = run_kernel(ElementwiseKernel(func=SfuFunc.ADD), args, src, aux, dst)
+    args = kernel_args(func=SfuFunc.ADD, n=n, rows=rows, src_addr=wb, aux_addr=0,
+                       dst_addr=2 * wb, imm0=1)
+    aux = _b(list(b) + list(_i32(rng, rows * n)))      # rows past the first differ
+    src = _b([0] * (wb // 4) + list(x))
+    dst = bytearray(2 * wb + 4 * rows * n + wb)
+    kernel = ElementwiseKernel(func=SfuFunc.ADD, word_bits=word_bits)
+    res = run_kernel(kernel, args, src, aux, dst)
     want = fx.add(torch.tensor(x).reshape(rows, n), torch.tensor(b).reshape(1, n))
-    assert _ints(dst[12:]).tolist() == want.reshape(-1).tolist()
-    assert res["cycles"] == elementwise.cycles(args) and not res["err"]
+    assert _ints(dst[2 * wb:2 * wb + 4 * rows * n]).tolist() == want.reshape(-1).tolist()
+    per = kernel.lanes if n % kernel.lanes == 0 else 1
+    assert res["cycles"] == kernel.cycles(args) == rows * n // per + 1 and not res["err"]
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("sa,da,n", [(0, 0, 9), (3, 6, 11), (5, 2, 1), (7, 1, 13)])
-def test_copy_kernel(sa, da, n, overlap):
+@pytest.mark.parametrize("word_bits,sa,da,n", [
+    (32, 3, 6, 11), (32, 5, 2, 1), (32, 7, 1, 13), (32, 0, 0, 9), (32, 4, 12, 13),
+    (32, 12, 4, 13), (128, 16, 48, 37), (128, 48, 16, 37), (128, 16, 32, 16),
+    (128, 3, 40, 21), (512, 0, 64, 70)])
+def test_copy_kernel(word_bits, sa, da, n, overlap):
+    """``COPY`` of bytes, overlapping like ``memmove``: a word per cycle with both
+    addresses on words, the last word's valid bytes only; otherwise a byte per cycle."""
     rng = np.random.default_rng(n)
-    src = bytearray(rng.integers(0, 256, size=24, dtype=np.uint8).tobytes())
-    dst = src if overlap else bytearray(b"\xa5" * 24)
+    size = max(sa, da) + n + word_bits // 8
+    src = bytearray(rng.integers(0, 256, size=size, dtype=np.uint8).tobytes())
+    dst = src if overlap else bytearray(b"\xa5" * size)
     want = bytearray(dst)
     want[da:da + n] = bytes(src[sa:sa + n])
     args = kernel_args(func=SfuFunc.COPY, n=n, src_addr=sa, dst_addr=da)
-    res = run_kernel(ElementwiseKernel(func=SfuFunc.COPY), args, src, bytearray(4), dst)
+    kernel = ElementwiseKernel(func=SfuFunc.COPY, word_bits=word_bits)
+    res = run_kernel(kernel, args, src, bytearray(4), dst)
     assert dst == want
-    assert res["cycles"] == elementwise.cycles(args) == n + 1
+    wb = word_bits // 8
+    per = wb if (sa | da) % wb == 0 else 1
+    assert res["cycles"] == kernel.cycles(args) == -(-n // per) + 1
 
 
 @pytest.mark.parametrize("word_bits", [32, 128, 512])
@@ -508,7 +558,8 @@ def test_unit_program_matches_isa(word_bits):
         f = isa.decode(bits).fields
         rows = regs[f["rows_reg"]] if f["rows_reg"] else f["rows"]
         args = kernel_args(func=f["func"], n=f["n"], rows=rows, heads=f["heads"] or 1,
-                           imm0=f["imm0"], imm1=f["imm1"])
+                           src_addr=f["src_addr"], aux_addr=f["aux_addr"],
+                           dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
                 == unit_cycles(args, word_bits=word_bits))
 
@@ -549,8 +600,8 @@ def test_unit_attention_chain_matches_isa(word_bits):
         args = kernel_args(func=f["func"], n=f["n"], rows=f["rows"], heads=f["heads"] or 1,
                            kv_heads=f["kv_heads"], pos=regs[f["pos_reg"]] if f["pos_reg"] else 0,
                            length=regs[f["len_reg"]] if f["len_reg"] else 0,
-                           src_addr=f["src_addr"], aux_addr=f["aux_addr"], imm0=f["imm0"],
-                           imm1=f["imm1"])
+                           src_addr=f["src_addr"], aux_addr=f["aux_addr"],
+                           dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
                 == unit_cycles(args, word_bits=word_bits)), SfuFunc(f["func"]).name
 
