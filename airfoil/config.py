@@ -345,6 +345,12 @@ class AccelConfig:
     limits : LimitsConfig
         Sizes of unit-internal storage that bound an instruction's fields (defaults
         when the section is left out).
+    sfu_lanes : int or None
+        int32 elements the SFU's ``SILU`` and ``GELU`` take per cycle on word-aligned
+        rows, each lane with its own gate table: a power of two dividing the buffer
+        word's int32 count (None: that count, :attr:`sfu_lane_count`). Fewer lanes save
+        area and cost cycles, never a program's instructions, so the field is left out
+        of :attr:`config_hash`.
     """
 
     name: str
@@ -363,6 +369,7 @@ class AccelConfig:
     description: str = ""
     device: DeviceConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    sfu_lanes: int | None = None
 
     def __post_init__(self):
         self.validate()
@@ -435,6 +442,12 @@ class AccelConfig:
         if not isinstance(self.limits, LimitsConfig):
             raise ConfigError(f"{where}limits must be a LimitsConfig, not {self.limits!r}")
         self.limits.validate(where)
+        word_lanes = self.memory.word_bits // 32
+        v = self.sfu_lanes
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1
+                              or v & (v - 1) or word_lanes % v):
+            raise ConfigError(f"{where}sfu_lanes must be a power of two dividing "
+                              f"{word_lanes} (the int32 of a buffer word), not {v!r}")
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
@@ -456,6 +469,12 @@ class AccelConfig:
     @property
     def word_bytes(self) -> int:
         return self.memory.word_bytes
+
+    @property
+    def sfu_lane_count(self) -> int:
+        """int32 elements of ``SILU`` and ``GELU`` per SFU cycle: :attr:`sfu_lanes`, or
+        the buffer word's int32 count."""
+        return self.memory.word_bits // 32 if self.sfu_lanes is None else self.sfu_lanes
 
     @property
     def dsp_ceiling(self) -> int:
@@ -535,12 +554,13 @@ class AccelConfig:
 
     @property
     def config_hash(self) -> str:
-        """16 hex digits naming everything a program depends on (the name, description
-        and device capacity excluded)."""
+        """16 hex digits naming everything a program depends on (the name, description,
+        device capacity and :attr:`sfu_lanes` excluded)."""
         d = self.to_dict()
         d.pop("name")
         d.pop("description")
         d.pop("device", None)
+        d.pop("sfu_lanes", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -215,7 +215,8 @@ class CycleModel:
                                  kv_heads=kv_heads, pos=pos, length=length,
                                  src_addr=src_addr, aux_addr=aux_addr,
                                  dst_addr=dst_addr, imm0=imm0, imm1=imm1),
-                            word_bits=8 * self._config.word_bytes) + TOKEN_HANDOFF
+                            word_bits=8 * self._config.word_bytes,
+                            sfu_lanes=self._config.sfu_lane_count) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

@@ -86,6 +86,19 @@ def test_memory_parallel_fields(base, tmp_path):
         dataclasses.replace(mc, memory=dataclasses.replace(mc.memory, word_bits=512))
 
 
+def test_sfu_lanes(base, tmp_path):
+    """Left out: the buffer word's int32 count; given: read, outside the hash (it changes
+    cycles, not programs); a bad value refused by name."""
+    t = load_config("test")
+    assert t.sfu_lanes is None and t.sfu_lane_count == t.memory.word_bits // 32 == 4
+    assert load_config("u280").sfu_lane_count == 16
+    c = load_config(_write(tmp_path, dict(base, sfu_lanes=2)))
+    assert c.sfu_lane_count == 2 and c.config_hash == t.config_hash
+    for value in (3, 0, 8, "2", True):
+        with pytest.raises(ConfigError, match="sfu_lanes"):
+            load_config(_write(tmp_path, dict(base, sfu_lanes=value)))
+
+
 def test_limits_section(base, tmp_path):
     """Left out: the defaults; given: read, part of the hash; a bad value refused by name.
     The derived K-split limit is the MATRIX unit's accumulator depth."""

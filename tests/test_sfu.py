@@ -512,9 +512,10 @@ def _random_bufs(rng):
     return bufs
 
 
-@pytest.mark.parametrize("word_bits", [128, 64])
-def test_unit_program_matches_isa(word_bits):
-    """One instruction of each function, rows from a register, through the unit."""
+@pytest.mark.parametrize("word_bits,sfu_lanes", [(128, None), (64, None), (128, 2)])
+def test_unit_program_matches_isa(word_bits, sfu_lanes):
+    """One instruction of each function, rows from a register, through the unit (SILU
+    and GELU on ``sfu_lanes``), each in the cycles of the formula."""
     rng = np.random.default_rng(word_bits)
     bufs = _random_bufs(rng)
     # RoPE table rows (int16 Q14) at AUX 192: 2 rows of 4 cos/sin pairs... as 8 int16.
@@ -547,7 +548,9 @@ def test_unit_program_matches_isa(word_bits):
         _sfu(SfuFunc.ADD, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.AUX, n=6, rows_reg=1,
              src_addr=96, dst_addr=96, aux_addr=SIZES[Buffer.AUX] - 24, imm0=1),
     ]
-    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits)
+    kernels = default_kernels(word_bits=word_bits, sfu_lanes=sfu_lanes)
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits,
+                                       kernels=kernels)
     assert ref_err is None and not res["err"]
     for b in SIZES:
         assert rtl[b] == ref[b], f"buffer {b.name} differs"
@@ -561,7 +564,7 @@ def test_unit_program_matches_isa(word_bits):
                            src_addr=f["src_addr"], aux_addr=f["aux_addr"],
                            dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
-                == unit_cycles(args, word_bits=word_bits))
+                == unit_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes))
 
 
 @pytest.mark.skipif(SfuFunc.ATT_PV not in default_kernels(),

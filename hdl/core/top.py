@@ -176,7 +176,8 @@ class Engine(wiring.Component):
         if plan.has_sfu:
             sfu = SfuUnit(word_bits=wbits,
                           buffer_bytes={b: geo.nbytes(b) for b in BYTE_BUFFERS},
-                          kernels=default_kernels(cfg.limits, word_bits=wbits))
+                          kernels=default_kernels(cfg.limits, word_bits=wbits,
+                                                  sfu_lanes=cfg.sfu_lane_count))
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):
