@@ -347,7 +347,8 @@ class AccelConfig:
         when the section is left out).
     sfu_lanes : int or None
         int32 elements the SFU's ``SILU`` and ``GELU`` take per cycle on word-aligned
-        rows, each lane with its own gate table: a power of two dividing the buffer
+        rows, each lane with its own gate table, and pairs ``ROPE`` rotates per two
+        cycles, each lane with its four products: a power of two dividing the buffer
         word's int32 count (None: that count, :attr:`sfu_lane_count`). Fewer lanes save
         area and cost cycles, never a program's instructions, so the field is left out
         of :attr:`config_hash`.
@@ -472,8 +473,8 @@ class AccelConfig:
 
     @property
     def sfu_lane_count(self) -> int:
-        """int32 elements of ``SILU`` and ``GELU`` per SFU cycle: :attr:`sfu_lanes`, or
-        the buffer word's int32 count."""
+        """int32 elements of ``SILU`` and ``GELU`` per SFU cycle (pairs of ``ROPE`` per
+        two): :attr:`sfu_lanes`, or the buffer word's int32 count."""
         return self.memory.word_bits // 32 if self.sfu_lanes is None else self.sfu_lanes
 
     @property

@@ -407,12 +407,21 @@ def test_layernorm_and_gelu_specs_against_torch():
     assert float((got - want).abs().max()) < 2e-4
 
 
-@pytest.mark.parametrize("n,heads,rows,imm1,xa,seed", [
-    (8, 2, 3, 0, 0, 1),       # two heads, packed table rows
-    (12, 3, 2, 20, 2, 2),     # table rows strided, halfword-aligned table
+@pytest.mark.parametrize("word_bits,lanes,n,heads,rows,imm1,xa,sa,wide", [
+    (32, None, 8, 2, 3, 0, 0, 0, False),      # two heads, packed table rows
+    (32, None, 12, 3, 2, 20, 2, 0, False),    # table rows strided, halfword-aligned table
+    (128, None, 16, 2, 2, 0, 0, 0, True),     # 4 pairs a chunk
+    (128, None, 8, 2, 3, 0, 0, 0, False),     # half head of 2: not whole chunks
+    (128, 2, 8, 2, 3, 0, 4, 0, True),         # 2 pairs a chunk, two chunks a word
+    (128, None, 16, 2, 2, 0, 0, 4, False),    # rows off the word
+    (128, None, 16, 2, 2, 0, 2, 0, False),    # table off the chunk
+    (512, None, 64, 2, 2, 96, 32, 0, True),   # 16 pairs a chunk, strided table
+    (512, 4, 16, 1, 2, 40, 8, 0, True),       # 4 pairs a chunk, four chunks a word
 ])
-def test_rope_kernel(n, heads, rows, imm1, xa, seed):
-    rng = np.random.default_rng(seed)
+def test_rope_kernel(word_bits, lanes, n, heads, rows, imm1, xa, sa, wide):
+    """A chunk of ``lanes`` pairs per two cycles on rows and a table on words (and whole
+    chunks in a half head), else a pair per two cycles in any lane."""
+    rng = np.random.default_rng(n + rows)
     hd = n // heads
     x = _i32(rng, rows * n)
     stride = imm1 or 2 * hd
@@ -421,15 +430,20 @@ def test_rope_kernel(n, heads, rows, imm1, xa, seed):
     aux = bytearray(xa + rows * stride + 8)
     for r in range(rows):
         aux[xa + r * stride:xa + r * stride + 2 * hd] = _b(tab[r], "<i2")
-    dst = bytearray(4 * rows * n)
+    src = bytearray(sa) + _b(x)
+    dst = bytearray(b"\xa5" * (sa + 4 * rows * n + word_bits // 8))
     args = kernel_args(func=SfuFunc.ROPE, n=n, rows=rows, heads=heads, aux_addr=xa,
-                       imm1=imm1)
-    res = run_kernel(RopeKernel(), args, _b(x), aux, dst)
+                       imm1=imm1, src_addr=sa, dst_addr=sa)
+    kernel = RopeKernel(word_bits=word_bits, lanes=lanes)
+    res = run_kernel(kernel, args, src, aux, dst)
     t = torch.tensor(tab)
     ref = fx.rope(torch.tensor(x).reshape(rows, heads, hd).transpose(0, 1),
                   t[:, :hd // 2], t[:, hd // 2:]).transpose(0, 1).reshape(-1)
-    assert _ints(dst).tolist() == ref.tolist(), f"seed {seed}"
-    assert res["cycles"] == rope.cycles(args) and not res["err"]
+    assert _ints(dst[sa:sa + 4 * rows * n]).tolist() == ref.tolist()
+    assert dst[sa + 4 * rows * n:] == b"\xa5" * (word_bits // 8)
+    per = kernel.lanes if wide else 1
+    assert res["cycles"] == kernel.cycles(args) == rope.DIV_LATENCY + rows * n // per + 2
+    assert not res["err"]
 
 
 @pytest.mark.parametrize("kernel,args", [

@@ -49,7 +49,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     the record streams of ``ATT_QK`` and ``ATT_PV``, the ``amax`` pass of ``QUANT_TOKEN``
     and the ``amax`` and sum-of-squares passes of ``RMSNORM`` take a buffer word of
     ``word_bits`` per cycle, as do ``COPY``, ``ADD``, ``MUL`` and ``RELU`` on word-aligned
-    operands; ``SILU`` and ``GELU`` take ``sfu_lanes`` int32 (default: a word's)."""
+    operands; ``SILU`` and ``GELU`` take ``sfu_lanes`` int32 (default: a word's), ``ROPE``
+    ``sfu_lanes`` pairs per two cycles."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
@@ -59,6 +60,9 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
                                  word_bits=word_bits,
                                  lanes=_lanes_of(funcs[0], word_bits, sfu_lanes))
         kernels.update({f: wide for f in funcs})
+    kernels[SfuFunc.ROPE] = functools.partial(rope.RopeKernel, word_bits=word_bits,
+                                              lanes=_lanes_of(SfuFunc.ROPE, word_bits,
+                                                              sfu_lanes))
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
     norms = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits)   # one kernel
@@ -74,16 +78,16 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
 
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
     """int32 lanes of the element-wise kernel of ``func``: ``sfu_lanes`` (default: a
-    word's) for the gate functions, a word's for the others."""
-    if func in (SfuFunc.SILU, SfuFunc.GELU) and sfu_lanes is not None:
+    word's) for the gate functions and ``ROPE``, a word's for the others."""
+    if func in (SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE) and sfu_lanes is not None:
         return sfu_lanes
     return word_bits // 32
 
 
 def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
-    in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (``SILU`` and
-    ``GELU`` on ``sfu_lanes``)."""
+    in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (``SILU``,
+    ``GELU`` and ``ROPE`` on ``sfu_lanes``)."""
     func = SfuFunc(args["func"])
     for mod in (attention, quant, rmsnorm):
         if func in mod.KERNELS:
@@ -91,7 +95,10 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     if func in elementwise.KERNELS:
         return elementwise.cycles(args, word_bytes=word_bits // 8,
                                   lanes=_lanes_of(func, word_bits, sfu_lanes))
-    for mod in (rope, dequant, sample):
+    if func in rope.KERNELS:
+        return rope.cycles(args, word_bytes=word_bits // 8,
+                           lanes=_lanes_of(func, word_bits, sfu_lanes))
+    for mod in (dequant, sample):
         if func in mod.KERNELS:
             return mod.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
@@ -99,7 +106,7 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
 
 def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     """Cycles the unit spends on a well-formed instruction, queue handshake to release,
-    on buffer words of ``word_bits`` (``SILU`` and ``GELU`` on ``sfu_lanes``).
+    on buffer words of ``word_bits`` (``SILU``, ``GELU`` and ``ROPE`` on ``sfu_lanes``).
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
     ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the
