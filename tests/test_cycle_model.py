@@ -153,6 +153,34 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     assert per_key(SfuFunc.ATT_PV, 136) == 2 + 128 // word_bytes + 1
 
 
+@pytest.mark.parametrize("config,lanes", [("test", 4), ("u280", 16)])
+def test_sfu_elementwise_takes_a_chunk_of_the_config_per_cycle(config, lanes):
+    """Element-wise SFU functions on rows that start on words take a word of int32 (SILU
+    and ROPE: ``sfu_lanes``) per cycle, rows off the word an element: one more row of
+    4096 int32 costs 4096 / lanes cycles of ADD, MUL, SILU and ROPE, and 4096 when its
+    destination is 4 bytes off the word."""
+    import dataclasses
+
+    from airfoil.isa import SfuFunc
+    from sim.cycle_model import CycleModel
+    cfg = load_config(config)
+
+    def per_row(cm, func, dst_addr, **kw):
+        return (cm.sfu_call(func, n=4096, rows=3, dst_addr=dst_addr, **kw).busy
+                - cm.sfu_call(func, n=4096, rows=2, dst_addr=dst_addr, **kw).busy)
+
+    cm = CycleModel(cfg)
+    for func in (SfuFunc.ADD, SfuFunc.MUL, SfuFunc.SILU):
+        assert per_row(cm, func, 0) == 4096 // lanes
+        assert per_row(cm, func, 4) == 4096
+    assert per_row(cm, SfuFunc.ROPE, 0, heads=32) == 4096 // lanes
+    assert per_row(cm, SfuFunc.ROPE, 4, heads=32) == 4096
+    narrow = CycleModel(dataclasses.replace(cfg, sfu_lanes=2))
+    assert per_row(narrow, SfuFunc.SILU, 0) == per_row(narrow, SfuFunc.ROPE, 0, heads=32) \
+        == 2048
+    assert per_row(narrow, SfuFunc.MUL, 0) == 4096 // lanes
+
+
 def test_program_overhead_follows_the_memory_latency():
     from sim.cycle_model import CycleModel
     cm = CycleModel(CFG)
