@@ -202,7 +202,7 @@ class ElementwiseKernel(wiring.Component):
         broadcast = Signal()
         if SfuFunc.ADD in self._funcs:
             m.d.comb += broadcast.eq((a.func == SfuFunc.ADD) & (a.imm0 != 0))
-        wide = Signal()         # this instruction's operands go a chunk per cycle
+        wide = Signal()         # the operands go a chunk per cycle (args are stable)
         uses_aux = 0 if copy else (a.func == SfuFunc.MUL) | (a.func == SfuFunc.ADD)
         m.d.comb += wide.eq(on_words(a, word_bytes=wb, lanes=P))
         chunks = Signal(52)
@@ -244,8 +244,6 @@ class ElementwiseKernel(wiring.Component):
         if lg:
             m.d.sync += [s_off.eq(saddr[:lg]), a_off.eq(aaddr[:lg])]
         d_off = daddr[:lg] if lg else Const(0, 1)
-        wide_lat = Signal()     # `wide` at the write (it is stable for the instruction)
-        m.d.comb += wide_lat.eq(wide)
         last = wk[lat] == chunks - 1
         valid = Signal(1 << items_lg)      # the items of a partial last chunk: rem of them
         m.d.comb += valid.eq((Const(1, (1 << items_lg) + 1) << rem) - 1)
@@ -280,9 +278,9 @@ class ElementwiseKernel(wiring.Component):
             wide_data = Cat(*ys * (wb // (4 * P)))
             wide_en = (chunk_en << (d_off[chunk_lg:lg] * 4 * P) if groups_lg > 0
                        else chunk_en)
-        m.d.comb += self.dst.data.eq(Mux(wide_lat, wide_data, narrow_data))
+        m.d.comb += self.dst.data.eq(Mux(wide, wide_data, narrow_data))
         with m.If(pend[lat]):
-            m.d.comb += self.dst.en.eq(Mux(wide_lat, wide_en, narrow_en))
+            m.d.comb += self.dst.en.eq(Mux(wide, wide_en, narrow_en))
 
         with m.FSM():
             with m.State("IDLE"):
