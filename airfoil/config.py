@@ -346,9 +346,10 @@ class AccelConfig:
         Sizes of unit-internal storage that bound an instruction's fields (defaults
         when the section is left out).
     sfu_lanes : int or None
-        int32 elements the SFU's ``SILU`` and ``GELU`` take per cycle on word-aligned
-        rows, each lane with its own gate table, and pairs ``ROPE`` rotates per two
-        cycles, each lane with its four products: a power of two dividing the buffer
+        int32 elements the SFU's ``MUL``, ``SILU`` and ``GELU`` take per cycle on
+        word-aligned rows, each lane with its own product (and gate table), and pairs
+        ``ROPE`` rotates per two cycles, each lane with its four products (multipliers
+        a small FPGA may lack): a power of two dividing the buffer
         word's int32 count (None: that count, :attr:`sfu_lane_count`). Fewer lanes save
         area and cost cycles, never a program's instructions, so the field is left out
         of :attr:`config_hash`.

@@ -155,8 +155,8 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
 
 @pytest.mark.parametrize("config,lanes", [("test", 4), ("u280", 16)])
 def test_sfu_elementwise_takes_a_chunk_of_the_config_per_cycle(config, lanes):
-    """Element-wise SFU functions on rows that start on words take a word of int32 (SILU
-    and ROPE: ``sfu_lanes``) per cycle, rows off the word an element: one more row of
+    """Element-wise SFU functions on rows that start on words take a word of int32 (MUL,
+    SILU and ROPE: ``sfu_lanes``) per cycle, rows off the word an element: one more row of
     4096 int32 costs 4096 / lanes cycles of ADD, MUL, SILU and ROPE, and 4096 when its
     destination is 4 bytes off the word."""
     import dataclasses
@@ -178,7 +178,8 @@ def test_sfu_elementwise_takes_a_chunk_of_the_config_per_cycle(config, lanes):
     narrow = CycleModel(dataclasses.replace(cfg, sfu_lanes=2))
     assert per_row(narrow, SfuFunc.SILU, 0) == per_row(narrow, SfuFunc.ROPE, 0, heads=32) \
         == 2048
-    assert per_row(narrow, SfuFunc.MUL, 0) == 4096 // lanes
+    assert per_row(narrow, SfuFunc.MUL, 0) == 2048
+    assert per_row(narrow, SfuFunc.ADD, 0) == 4096 // lanes
 
 
 def test_program_overhead_follows_the_memory_latency():

@@ -78,8 +78,10 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
 
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
     """int32 lanes of the element-wise kernel of ``func``: ``sfu_lanes`` (default: a
-    word's) for the gate functions and ``ROPE``, a word's for the others."""
-    if func in (SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE) and sfu_lanes is not None:
+    word's) for the functions with products (``MUL``, ``SILU``, ``GELU``, ``ROPE``), a
+    word's for the others."""
+    if (func in (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE)
+            and sfu_lanes is not None):
         return sfu_lanes
     return word_bits // 32
 
