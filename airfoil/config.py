@@ -632,12 +632,47 @@ def _build(cls, data, source: str, prefix: str):
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_config(path_or_name) -> AccelConfig:
-    """Load a configuration from a YAML path or a built-in name (``test``, ``u280``)."""
+def _overlay(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s fields: a mapping in both is overlaid field by field, any
+    other value (a number, a list) replaced whole."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _overlay(out[key], value)
+        out[key] = value
+    return out
+
+
+def _config_data(path_or_name, chain=()) -> tuple[dict, Path]:
+    """The fields of a config file, with those of its ``base`` (a built-in name or a path
+    beside it) beneath its own: a derived config states only what differs."""
     p = Path(path_or_name)
     if not p.suffix and str(path_or_name) in BUILTIN_CONFIGS:
         p = builtin_config_path(str(path_or_name))
     if not p.is_file():
         raise ConfigError(f"config file {str(path_or_name)!r} not found (give a .yaml path or "
                           f"one of: {', '.join(sorted(BUILTIN_CONFIGS))})")
-    return AccelConfig.from_dict(read_yaml(p, "config", ConfigError), source=p.name)
+    data = read_yaml(p, "config", ConfigError)
+    if not isinstance(data, dict) or "base" not in data:
+        return data, p
+    base = data["base"]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p.name}: field 'base' must name a config, not {base!r}")
+    if p.resolve() in chain:
+        raise ConfigError(f"{p.name}: its 'base' configs form a loop")
+    if not Path(base).suffix or Path(base).is_absolute():
+        where = base
+    else:
+        where = p.parent / base
+    under, _ = _config_data(where, (*chain, p.resolve()))
+    return _overlay(under, {k: v for k, v in data.items() if k != "base"}), p
+
+
+def load_config(path_or_name) -> AccelConfig:
+    """Load a configuration from a YAML path or a built-in name (``test``, ``u280``).
+
+    A file with a ``base`` field (a built-in name or a path relative to the file) is that
+    config with the file's fields laid over it (:func:`_overlay`: mappings such as
+    ``memory`` field by field, everything else replaced)."""
+    data, p = _config_data(path_or_name)
+    return AccelConfig.from_dict(data, source=p.name)
