@@ -21,13 +21,15 @@ MODELS = {"llama2_7b_u280": ("llama2-7b", "u280"),
           "llama2_13b_vhk158": ("llama2-13b", "vhk158")}
 
 
-def compile_measured(shape: str, config: str, out_dir, *, size_only: bool, log) -> dict:
-    """Compile ``shape`` for ``config`` into ``out_dir`` in a child process; return
+def compile_measured(shape: str, config: str, out_dir, *, size_only: bool, log,
+                     extra=()) -> dict:
+    """Compile ``shape`` for ``config`` into ``out_dir`` in a child process (``extra``:
+    further ``airfoil compile`` arguments, e.g. ``--recipe R.yaml``); return
     ``{"seconds", "cpu_seconds", "peak_rss_bytes", "manifest"}`` (wall time, user and
     system CPU time, maximum resident set size). Raise ``RuntimeError`` with the
     child's last output line when the compile fails."""
     cmd = [sys.executable, "-m", "airfoil", "compile", "--synthetic", shape, "--config",
-           config, "-o", str(out_dir)] + (["--size-only"] if size_only else [])
+           config, "-o", str(out_dir)] + (["--size-only"] if size_only else []) + list(extra)
     log(f"compiling {shape} for {config}{' (size only)' if size_only else ''} ...")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,0 +1,254 @@
+"""One LLaMA-2-7B decoder layer at full width on the RTL core, and the whole model's
+decode speed projected from it.
+
+The layer (compiler/shapes/llama2_7b_layer.yaml: one layer, a 512-entry vocabulary) is
+compiled with seeded dense INT4 g128 weights for ``u280_8ch`` (8 of the U280's 32 HBM
+channels with their slices) and one decode step at context 512 runs on the RTL core in
+Verilator, bit-exact with the ISA simulator and the golden model
+(:func:`sim.measure.layer_rtl.run_layer_step`). The run's result is kept in
+``build/layer7b/layer_rtl.json`` with the key of what it ran (the decode program's
+digest, the config hash, the context and the seed): the figures are recomputed from it
+without the RTL while the key matches. ``python -m bench.layer7b`` runs the layer alone
+(``--force`` runs the RTL again).
+
+The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``layer7b``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["FIGURES", "CONFIG", "CONTEXT", "SHAPE", "NARROW_SHAPE", "layer_rtl",
+           "model_split", "projections", "figures"]
+
+#: Figure name (``<recipe>`` a key of :data:`RECIPES`, ``<ctx>`` one of
+#: :data:`PROJECTED_CONTEXTS`) -> unit; defined in docs/figures.md.
+FIGURES = {
+    "llama2_7b_u280_layer_rtl_cycles": "cycles",
+    "llama2_7b_u280_layer_model_error": "relative error",
+    "llama2_7b_u280_decode_tok_s_projected_<recipe>_ctx<ctx>": "tokens/s",
+    "llama2_7b_u280_roofline_fraction_projected_<recipe>_ctx512": "fraction",
+    "llama2_7b_vhk158_decode_tok_s_projected_<recipe>_ctx512": "tokens/s",
+}
+
+_ROOT = Path(__file__).resolve().parents[1]
+#: The full-width layer and the narrow one of the regression (tests/test_layer_rtl.py).
+SHAPE = _ROOT / "compiler" / "shapes" / "llama2_7b_layer.yaml"
+NARROW_SHAPE = _ROOT / "compiler" / "shapes" / "llama_narrow_layer.yaml"
+#: The config the layer runs on in RTL, and the context of its decode step.
+CONFIG = "u280_8ch"
+CONTEXT = 512
+#: The published model the projections are of (compiler.synthetic.SHAPES).
+MODEL = "llama2-7b"
+#: Recipe name -> recipe file (compiler/recipes/); ``w4`` is the one run in RTL.
+RECIPES = {"w4": _ROOT / "compiler" / "recipes" / "w4_rtn.yaml"}
+#: Boards of the projections and the contexts of each.
+PROJECTED = {"u280": (512, 4096), "vhk158": (512,)}
+#: Seed of the weights and of the KV cache.
+SEED = 0
+
+
+def _compile(shape, config: str, out: Path, recipe: Path, *, size_only: bool,
+             max_positions: int, log) -> dict:
+    from ._fullsize import compile_measured
+    return compile_measured(str(shape), config, out, size_only=size_only, log=log,
+                            extra=["--recipe", str(recipe), "--max-positions",
+                                   str(max_positions), "--seed", str(SEED)])
+
+
+def model_split(manifest: dict, words, config, position: int) -> dict:
+    """The cycle model's decode step of a one-layer folder at ``position``, split at the
+    layer's boundaries (:func:`sim.profile.sections_of`): ``total``, ``layer`` (from the
+    layer's first instruction's start to its last one's finish) and ``rest`` (``total -
+    layer``: the start, embedding gather, final norm, head, logits store and end)."""
+    from airfoil.isa import Opcode
+    from sim.isa_sim import IsaSim
+    from sim.profile import SectionCost, sections_of
+    from sim.timing import llm_step_cycles
+
+    st = llm_step_cycles(manifest, words, config, position=position, trace=True)
+    instrs = IsaSim.decode_all(list(words))
+    names = sections_of(instrs, manifest["model"]["layout"],
+                        int(manifest["model"]["shape"]["num_hidden_layers"]))
+    layer = SectionCost("layer 0")
+    for ev in st["trace"]:
+        if names[ev.index] == "layer 0":
+            layer.add(ev, instrs[ev.index].opcode == Opcode.LD)
+    busy = {u.lower(): v for u, v in layer.busy.items()}
+    return {"total": st["cycles"], "layer": layer.cycles, "rest": st["cycles"] - layer.cycles,
+            "layer_busy": busy, "layer_bytes_read": layer.bytes_read}
+
+
+def _key(folder: Path, config, ctx: int) -> str:
+    h = hashlib.sha256((folder / "decode.afp").read_bytes())
+    h.update(f"{config.config_hash}/{ctx}/{SEED}".encode())
+    return h.hexdigest()[:16]
+
+
+def layer_rtl(build_dir="build", log=print, *, shape=SHAPE, config_name: str = CONFIG,
+              ctx: int = CONTEXT, force: bool = False) -> dict:
+    """The layer's decode step at ``ctx`` on the RTL core (or the kept result of the same
+    program, config and context unless ``force``; the layer is compiled anew each time,
+    so a changed compiler gives a new program), with the cycle model's split of the
+    same program: ``rtl_cycles`` (the core's cycle counter, START to DONE),
+    ``layer_rtl_cycles`` (that minus the cycle model's ``rest``), ``layer_model_cycles``,
+    ``layer_model_error`` and the run's evidence."""
+    from airfoil.config import load_config
+    from airfoil.folder import load_folder
+    from airfoil.program import read_program
+    from sim.measure.layer_rtl import run_layer_step
+
+    config = load_config(config_name)
+    name = Path(shape).stem
+    folder = Path(build_dir) / "layer7b" / f"{name}_{config_name}_w4"
+    run = _compile(shape, config_name, folder, RECIPES["w4"], size_only=False,
+                   max_positions=ctx, log=log)
+    compile_info = {k: run[k] for k in ("seconds", "cpu_seconds", "peak_rss_bytes")}
+    kept = Path(build_dir) / "layer7b" / f"{name}_{config_name}_ctx{ctx}_rtl.json"
+    key = _key(folder, config, ctx)
+    res = None
+    if kept.is_file() and not force:
+        old = json.loads(kept.read_text())
+        if old.get("key") == key:
+            res = old
+            log(f"layer7b: the RTL run of {name} on {config_name} at context {ctx} is kept "
+                f"in {kept} (same program, config and context)")
+    if res is None:
+        t0 = time.monotonic()
+        loaded = load_folder(folder, config)
+        res = run_layer_step(loaded, config, ctx, seed=SEED, build_dir=build_dir, log=log)
+        res.update(key=key, wall_seconds=round(time.monotonic() - t0, 1),
+                   config=config_name, config_hash=config.config_hash,
+                   shape=Path(shape).name, compile=compile_info)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    man = json.loads((folder / "manifest.json").read_text())
+    words = read_program(folder / man["programs"]["decode"]).words
+    split = model_split(man, words, config, ctx - 1)
+    if split["total"] != res["model_cycles"]:
+        raise RuntimeError(f"layer7b: the data-free cycle model gives {split['total']} "
+                           f"cycles, the ISA simulator {res['model_cycles']}")
+    layer_rtl_cycles = res["rtl_cycles"] - split["rest"]
+    return {**res, "layer_rtl_cycles": layer_rtl_cycles, "layer_model_cycles": split["layer"],
+            "layer_model_error": abs(split["layer"] - layer_rtl_cycles) / layer_rtl_cycles,
+            "model_rest_cycles": split["rest"], "model_layer_busy": split["layer_busy"]}
+
+
+def _layer_weight_bytes(manifest: dict) -> tuple[int, int]:
+    """(bytes of the decoder layer's weight tiles, of the head's)."""
+    lin = manifest["model"]["linears"]
+    nbytes = lambda v: sum(t["nbytes"] for t in v["tiles"])
+    return (sum(nbytes(v) for k, v in lin.items() if k != "lm_head"), nbytes(lin["lm_head"]))
+
+
+def projections(measured: dict, build_dir="build", log=print) -> dict:
+    """The whole model's decode figures projected from the measured layer (see
+    docs/figures.md, ``layer7b``)."""
+    from airfoil.config import load_config
+    from airfoil.program import read_program
+    from compiler.synthetic import SHAPES, load_shape
+    import dataclasses
+    import yaml
+
+    full = SHAPES[MODEL]
+    layers = full.num_hidden_layers
+    one = dataclasses.replace(load_shape(SHAPE), vocab_size=full.vocab_size)
+    work = Path(build_dir) / "layer7b"
+    work.mkdir(parents=True, exist_ok=True)
+    shape_file = work / "llama2_7b_one_layer_full_vocab.yaml"
+    shape_file.write_text(yaml.safe_dump(dataclasses.asdict(one)))
+    out = {}
+    for board, contexts in PROJECTED.items():
+        config = load_config(board)
+        bandwidth = config.memory.channels * config.channel_bytes_per_cycle * \
+            config.clock_mhz * 1e6
+        for recipe, recipe_file in RECIPES.items():
+            folder = work / f"project_{board}_{recipe}"
+            run = _compile(shape_file, board, folder, recipe_file, size_only=True,
+                           max_positions=max(contexts), log=log)
+            man = run["manifest"]
+            words = read_program(folder / man["programs"]["decode"]).words
+            layer_bytes, head_bytes = _layer_weight_bytes(man)
+            kv_row = man["model"]["layout"]["kv_row"]
+            for ctx in contexts:
+                split = model_split(man, words, config, ctx - 1)
+                # The measured layer, moved to this board and context by what the cycle
+                # model says changes (the weight stream per channel, the MATRIX width,
+                # the KV cache's length).
+                layer = measured["layer_rtl_cycles"] + split["layer"] - \
+                    measured["layer_model_cycles"]
+                cycles = split["rest"] + layers * layer
+                tok_s = config.clock_mhz * 1e6 / cycles
+                tag = f"{MODEL.replace('-', '_')}_{board}"
+                name = f"{tag}_decode_tok_s_projected_{recipe}_ctx{ctx}"
+                nbytes = layers * (layer_bytes + 2 * ctx * kv_row) + head_bytes + \
+                    4 * one.hidden_size
+                out[name] = tok_s
+                out[name + "_cycles"] = cycles
+                out[name + "_layer_cycles"] = layer
+                out[name + "_model_layer_cycles"] = split["layer"]
+                out[name + "_model_rest_cycles"] = split["rest"]
+                out[name + "_bytes_per_token"] = nbytes
+                out[name + "_config_hash"] = config.config_hash
+                out[name + "_shape"] = f"{MODEL} ({layers} layers) at context {ctx}"
+                if board == "u280" and ctx == CONTEXT:
+                    fname = f"{tag}_roofline_fraction_projected_{recipe}_ctx{ctx}"
+                    out[fname] = tok_s * nbytes / bandwidth
+                    out[fname + "_bandwidth_bytes_per_s"] = bandwidth
+                    out[fname + "_bytes_per_token"] = nbytes
+                log(f"layer7b: {name} = {tok_s:.2f} ({cycles} cycles, {nbytes} bytes a "
+                    f"token)")
+    return out
+
+
+def figures(args, log) -> dict:
+    """``airfoil bench`` entry (area ``layer7b``): the layer in RTL (or its kept result),
+    then the projections."""
+    m = layer_rtl(args.build_dir, log)
+    prefix = "llama2_7b_u280_layer"
+    out = {
+        f"{prefix}_rtl_cycles": m["layer_rtl_cycles"],
+        f"{prefix}_rtl_cycles_cycles": m["rtl_cycles"],
+        f"{prefix}_rtl_cycles_model_rest_cycles": m["model_rest_cycles"],
+        f"{prefix}_rtl_cycles_shape": f"{m['shape']} at context {m['ctx']}",
+        f"{prefix}_rtl_cycles_config": m["config"],
+        f"{prefix}_rtl_cycles_config_hash": m["config_hash"],
+        f"{prefix}_rtl_cycles_ctx": m["ctx"],
+        f"{prefix}_rtl_cycles_wall_seconds": m["wall_seconds"],
+        f"{prefix}_rtl_cycles_sim_seconds": m["rtl_sim_seconds"],
+        f"{prefix}_rtl_cycles_peak_rss_bytes": m["peak_rss_bytes"],
+        f"{prefix}_model_error": m["layer_model_error"],
+        f"{prefix}_model_error_model_cycles": m["layer_model_cycles"],
+        f"{prefix}_model_error_rtl_cycles": m["layer_rtl_cycles"],
+        f"{prefix}_model_error_step_model_cycles": m["model_cycles"],
+        f"{prefix}_model_error_step_rtl_cycles": m["rtl_cycles"],
+    }
+    for u in ("load", "matrix", "sfu", "store"):
+        out[f"{prefix}_model_error_rtl_busy_{u}"] = m[f"rtl_busy_{u}"]
+        out[f"{prefix}_model_error_model_busy_{u}"] = m[f"model_busy_{u}"]
+    out.update(projections(m, args.build_dir, log))
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m bench.layer7b [--force] [--build-dir D]``: the layer's RTL run and its
+    figures, printed as JSON."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m bench.layer7b", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--build-dir", default="build")
+    p.add_argument("--force", action="store_true", help="run the RTL again")
+    args = p.parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    if args.force:
+        layer_rtl(args.build_dir, log, force=True)
+    print(json.dumps(figures(args, log), indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
