@@ -192,3 +192,25 @@ def test_stream_tokens_limit(base, tmp_path):
             load_config(_write(tmp_path, dict(base, limits={"stream_tokens": value})))
     cfg = load_config("u280_slice")
     assert StreamMatrix.config_kw(cfg)["tokens"] == cfg.limits.stream_tokens == 16
+
+
+def test_base_config_overlaid_field_by_field(tmp_path):
+    """A file with ``base`` states what differs: mappings overlay field by field."""
+    p = _write(tmp_path, {"name": "t2", "base": "test", "chains": 2,
+                          "memory": {"read_latency": 40}})
+    t, d = load_config("test"), load_config(p)
+    assert (d.name, d.chains, d.memory.read_latency) == ("t2", 2, 40)
+    assert d.memory.word_bits == t.memory.word_bits and d.buffers == t.buffers
+    # A base given as a path beside the file, two levels deep.
+    q = tmp_path / "c3.yaml"
+    q.write_text(yaml.safe_dump({"base": "c.yaml", "name": "t3", "lanes": 4}))
+    e = load_config(q)
+    assert (e.name, e.chains, e.lanes, e.memory.read_latency) == ("t3", 2, 4, 40)
+
+
+@pytest.mark.parametrize("base, match", [("nope", "not found"), (3, "must name a config"),
+                                         ("c.yaml", "loop")])
+def test_base_config_errors(tmp_path, base, match):
+    p = _write(tmp_path, {"name": "x", "base": base})
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)

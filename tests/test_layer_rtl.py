@@ -1,0 +1,81 @@
+"""A synthetic decoder layer's decode step on the RTL core of ``u280_8ch`` (8 of the U280's
+channels), after a KV cache the host wrote: bit-exact with the ISA simulator and the golden
+model, and the cycle model within 3 % of the core's cycle counter.
+
+The narrow layer (hidden 256, MLP 640, 4 heads of 64, context 64) runs in the regression;
+the full-width LLaMA-2-7B layer at context 512 (bench area ``layer7b``) is the slow case.
+Both share one Verilator build of the core.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from airfoil import fixedpoint as fx
+from airfoil.config import load_config
+from bench import layer7b
+from sim.measure.layer_rtl import seeded_kv_cache, write_kv_cache
+
+#: The cycle model's largest relative error on a layer's decode step.
+MODEL_ERROR_GOAL = 0.03
+
+
+def _check(m: dict):
+    assert m["golden_checked"]
+    assert m["rtl_cycles"] > m["layer_rtl_cycles"] > 0
+    assert m["layer_model_error"] <= MODEL_ERROR_GOAL, (
+        f"cycle model {m['layer_model_cycles']} vs RTL {m['layer_rtl_cycles']} layer cycles; "
+        f"busy RTL " + str({u: m[f"rtl_busy_{u}"] for u in ("load", "matrix", "sfu", "store")})
+        + " model " + str({u: m[f"model_busy_{u}"] for u in ("load", "matrix", "sfu",
+                                                               "store")}))
+
+
+def test_kv_cache_records_hold_the_quantized_rows():
+    """The host's KV rows are the golden quantizer's: values, then the scale pair."""
+    shape = {"num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 1}
+    c = seeded_kv_cache(shape, 3, seed=5)[0]
+    rec, kv_row = 32, 64
+    lay = {"l0.kcache": 0, "l0.vcache": 3 * kv_row, "kv_row": kv_row}
+    img = bytearray(6 * kv_row)
+    write_kv_cache(img, {"model": {"layout": lay, "record_bytes": rec}}, [c])
+    for pos in range(3):
+        for h in range(2):
+            at = pos * kv_row + h * rec
+            vals = np.frombuffer(img, np.int8, 16, at)
+            assert vals.tolist() == c.k[h, pos].tolist()
+            sm, se = np.frombuffer(img, "<i4", 2, at + 16)
+            assert (sm, se) == (int(c.k_sm[h, pos]), int(c.k_se[h, pos]))
+    # Seeded: the same seed gives the same cache, another seed another.
+    assert torch.equal(seeded_kv_cache(shape, 3, seed=5)[0].v, c.v)
+    assert not torch.equal(seeded_kv_cache(shape, 3, seed=6)[0].v, c.v)
+    assert int(c.k.abs().max()) == 127 and fx.ACT_FRAC == 16
+
+
+def test_config_derives_from_u280():
+    """u280_8ch is u280 with 8 channels and their 32 chains; every other field the same."""
+    a, b = load_config("u280"), load_config(layer7b.CONFIG)
+    assert (b.memory.channels, b.chains) == (8, 32)
+    assert b.chains // b.memory.channels == a.chains // a.memory.channels
+    assert (b.buffers, b.clock_mhz, b.lanes, b.weight_formats) == \
+        (a.buffers, a.clock_mhz, a.lanes, a.weight_formats)
+    assert b.memory.read_latency == a.memory.read_latency
+    assert b.config_hash != a.config_hash
+
+
+@pytest.mark.rtl
+def test_narrow_layer_bit_exact_and_cycle_model_within_goal():
+    m = layer7b.layer_rtl("build", print, shape=layer7b.NARROW_SHAPE, ctx=64, force=True)
+    _check(m)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_full_width_7b_layer_bit_exact_and_cycle_model_within_goal():
+    m = layer7b.layer_rtl("build", print, force=True)
+    _check(m)
+    assert m["ctx"] == layer7b.CONTEXT >= 512
+    kept = Path("build") / "layer7b" / f"llama2_7b_layer_{layer7b.CONFIG}_ctx512_rtl.json"
+    assert json.loads(kept.read_text())["rtl_cycles"] == m["rtl_cycles"]
