@@ -60,27 +60,53 @@ def _compile(shape, config: str, out: Path, recipe: Path, *, size_only: bool,
                                    str(max_positions), "--seed", str(SEED)])
 
 
-def model_split(manifest: dict, words, config, position: int) -> dict:
-    """The cycle model's decode step of a one-layer folder at ``position``, split at the
-    layer's boundaries (:func:`sim.profile.sections_of`): ``total``, ``layer`` (from the
-    layer's first instruction's start to its last one's finish) and ``rest`` (``total -
-    layer``: the start, embedding gather, final norm, head, logits store and end)."""
+def _split(manifest: dict, words, stats: dict) -> dict:
+    """A one-layer folder's run (``stats`` with its ``trace``) split at the layer's
+    boundaries (:func:`sim.profile.sections_of`): ``total``, ``layer`` (from the layer's
+    first instruction's start to its last one's finish), ``rest`` (``total - layer``: the
+    start, embedding gather, final norm, head, logits store and end) and the layer's busy
+    cycles per unit."""
     from airfoil.isa import Opcode
     from sim.isa_sim import IsaSim
     from sim.profile import SectionCost, sections_of
-    from sim.timing import llm_step_cycles
 
-    st = llm_step_cycles(manifest, words, config, position=position, trace=True)
     instrs = IsaSim.decode_all(list(words))
     names = sections_of(instrs, manifest["model"]["layout"],
                         int(manifest["model"]["shape"]["num_hidden_layers"]))
     layer = SectionCost("layer 0")
-    for ev in st["trace"]:
+    for ev in stats["trace"]:
         if names[ev.index] == "layer 0":
             layer.add(ev, instrs[ev.index].opcode == Opcode.LD)
     busy = {u.lower(): v for u, v in layer.busy.items()}
-    return {"total": st["cycles"], "layer": layer.cycles, "rest": st["cycles"] - layer.cycles,
-            "layer_busy": busy, "layer_bytes_read": layer.bytes_read}
+    return {"total": stats["cycles"], "layer": layer.cycles,
+            "rest": stats["cycles"] - layer.cycles, "layer_busy": busy}
+
+
+def model_split(manifest: dict, words, config, position: int) -> dict:
+    """:func:`_split` of the cycle model's decode step at ``position`` without the data
+    (:mod:`sim.timing`; WGT-tile layers)."""
+    from sim.timing import llm_step_cycles
+    return _split(manifest, words,
+                  llm_step_cycles(manifest, words, config, position=position, trace=True))
+
+
+def isa_split(folder: Path, config, positions) -> dict:
+    """``{position: split}``: :func:`_split` of the ISA simulator's decode step (the cycle
+    model with the data: streamed layers are timed from their records) at each of
+    ``positions``."""
+    from airfoil.folder import load_folder
+    from sim.isa_sim import IsaLLM
+
+    loaded = load_folder(folder, config)
+    llm = IsaLLM(loaded, config, trace=True)
+    words = loaded.phase_program("decode").words
+    out = {}
+    for pos in positions:
+        llm.position = pos
+        llm.decode(0)
+        out[pos] = _split(loaded.manifest, words, llm.runs[-1])
+        llm.runs[-1].pop("trace")
+    return out
 
 
 def _key(folder: Path, config, ctx: int) -> str:

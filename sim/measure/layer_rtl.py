@@ -29,7 +29,8 @@ from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["seeded_kv_cache", "write_kv_cache", "run_layer_step", "UNITS"]
+__all__ = ["seeded_kv_cache", "write_kv_cache", "run_layer_step", "compile_float_layer",
+           "UNITS"]
 
 #: The units whose busy cycles the RTL core counts and the ISA simulator reports.
 UNITS = ("load", "matrix", "sfu", "store")
@@ -163,3 +164,35 @@ def run_layer_step(folder, config: AccelConfig, ctx: int, *, seed: int = 0, toke
     say(f"layer step at context {ctx}: RTL {r['cycles']} cycles, cycle model "
         f"{m['cycles']} ({100 * out['model_error']:.2f} % off)")
     return out
+
+
+def compile_float_layer(shape, config: AccelConfig, recipe, out_dir, *, max_positions: int,
+                        seed: int = 0) -> dict:
+    """Compile a model of ``shape`` (a :class:`~compiler.reference.LlamaShape`) with seeded
+    float weights (standard deviation :data:`compiler.synthetic.WEIGHT_STD`, the
+    embedding standard normal, RMSNorm gains about 1) quantized by ``recipe`` (a recipe
+    file) through the compiler's pipeline into ``out_dir``; return the manifest.
+
+    What :func:`compiler.synthetic.synthetic_model` cannot make: a model in the streamed
+    formats (N:M sparse, BitMoD, INT2/INT3), whose record layout the quantizer decides
+    from the values. Its weights are held in memory as float32, about 0.8 GB for a 7B
+    layer."""
+    from compiler.ir import build_llama_graph, llama_param_shapes
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import llm_pipeline, quantized_model
+    from compiler.synthetic import WEIGHT_STD
+
+    gen = torch.Generator().manual_seed(int(seed))
+    params = {}
+    for name, dims in llama_param_shapes(shape).items():
+        t = torch.randn(dims, generator=gen)
+        if len(dims) == 1:
+            t = 1.0 + 0.1 * t
+        elif "embed" not in name:
+            t = t * WEIGHT_STD
+        params[name] = t
+    q = llm_pipeline(recipe, config).run(build_llama_graph(shape, params))
+    del params
+    return compile_llm(quantized_model(q), config, out_dir, max_prompt=1,
+                       source=f"seeded float weights (seed {seed})",
+                       recipe=q.meta.get("recipe"), max_positions=max_positions)
