@@ -44,8 +44,11 @@ CONFIG = "u280_8ch"
 CONTEXT = 512
 #: The published model the projections are of (compiler.synthetic.SHAPES).
 MODEL = "llama2-7b"
-#: Recipe name -> recipe file (compiler/recipes/); ``w4`` is the one run in RTL.
-RECIPES = {"w4": _ROOT / "compiler" / "recipes" / "w4_rtn.yaml"}
+#: Recipe name -> recipe file (compiler/recipes/); ``w4`` is the one run in RTL, the
+#: others are projected by the cycle model's ratio to it on the same layer.
+RECIPES = {name: _ROOT / "compiler" / "recipes" / f"{file}.yaml" for name, file in (
+    ("w4", "w4_rtn"), ("2of4_w4", "2of4_w4_magnitude"), ("mix3", "mix3"),
+    ("bitmod3", "bitmod3"))}
 #: Boards of the projections and the contexts of each.
 PROJECTED = {"u280": (512, 4096), "vhk158": (512,)}
 #: Seed of the weights and of the KV cache.
@@ -164,11 +167,41 @@ def layer_rtl(build_dir="build", log=print, *, shape=SHAPE, config_name: str = C
             "model_rest_cycles": split["rest"], "model_layer_busy": split["layer_busy"]}
 
 
-def _layer_weight_bytes(manifest: dict) -> tuple[int, int]:
-    """(bytes of the decoder layer's weight tiles, of the head's)."""
+def _tile_bytes(tile: dict) -> int:
+    """Bytes of one tile in the image: a WGT tile's, or a streamed tile's records on
+    every channel."""
+    if "nbytes" in tile:
+        return tile["nbytes"]
+    return sum(s["nbytes"] for s in tile["streams"])
+
+
+def _weight_bytes(manifest: dict) -> tuple[int, int]:
+    """(bytes of the decoder layer's weights, of the head's) in a one-layer folder."""
     lin = manifest["model"]["linears"]
-    nbytes = lambda v: sum(t["nbytes"] for t in v["tiles"])
+    nbytes = lambda v: sum(_tile_bytes(t) for t in v["tiles"])
     return (sum(nbytes(v) for k, v in lin.items() if k != "lm_head"), nbytes(lin["lm_head"]))
+
+
+def _recipe_layers(board: str, config, contexts, work: Path, log) -> dict:
+    """``{recipe: (layer weight bytes, {ctx: layer cycles})}`` of the streamed recipes
+    (every one but ``w4``): the one-layer model of :data:`SHAPE` with seeded float
+    weights quantized by the recipe (:func:`sim.measure.layer_rtl.compile_float_layer`),
+    its decode step's layer span on the ISA simulator (the cycle model with the data)."""
+    from compiler.synthetic import load_shape
+    from sim.measure.layer_rtl import compile_float_layer
+
+    out = {}
+    for recipe, recipe_file in RECIPES.items():
+        if recipe == "w4":
+            continue
+        folder = work / f"float_{board}_{recipe}"
+        log(f"layer7b: {recipe} layer compiled for {board} (seeded float weights)")
+        man = compile_float_layer(load_shape(SHAPE), config, recipe_file, folder,
+                                  max_positions=max(contexts), seed=SEED)
+        splits = isa_split(folder, config, [c - 1 for c in contexts])
+        out[recipe] = (_weight_bytes(man)[0], {c: splits[c - 1]["layer"] for c in contexts})
+        (folder / "weights.bin").unlink()
+    return out
 
 
 def projections(measured: dict, build_dir="build", log=print) -> dict:
@@ -192,35 +225,39 @@ def projections(measured: dict, build_dir="build", log=print) -> dict:
         config = load_config(board)
         bandwidth = config.memory.channels * config.channel_bytes_per_cycle * \
             config.clock_mhz * 1e6
-        for recipe, recipe_file in RECIPES.items():
-            folder = work / f"project_{board}_{recipe}"
-            run = _compile(shape_file, board, folder, recipe_file, size_only=True,
-                           max_positions=max(contexts), log=log)
-            man = run["manifest"]
-            words = read_program(folder / man["programs"]["decode"]).words
-            layer_bytes, head_bytes = _layer_weight_bytes(man)
-            kv_row = man["model"]["layout"]["kv_row"]
-            for ctx in contexts:
-                split = model_split(man, words, config, ctx - 1)
-                # The measured layer, moved to this board and context by what the cycle
-                # model says changes (the weight stream per channel, the MATRIX width,
-                # the KV cache's length).
-                layer = measured["layer_rtl_cycles"] + split["layer"] - \
-                    measured["layer_model_cycles"]
+        folder = work / f"project_{board}_w4"
+        man = _compile(shape_file, board, folder, RECIPES["w4"], size_only=True,
+                       max_positions=max(contexts), log=log)["manifest"]
+        words = read_program(folder / man["programs"]["decode"]).words
+        w4_bytes, head_bytes = _weight_bytes(man)
+        kv_row = man["model"]["layout"]["kv_row"]
+        streamed = _recipe_layers(board, config, contexts, work, log)
+        tag = f"{MODEL.replace('-', '_')}_{board}"
+        for ctx in contexts:
+            split = model_split(man, words, config, ctx - 1)
+            # The measured layer moved to this board and context by what the cycle model
+            # says changes (the weight stream per channel, the MATRIX width, the KV
+            # cache's length).
+            w4_layer = measured["layer_rtl_cycles"] + split["layer"] - \
+                measured["layer_model_cycles"]
+            for recipe in RECIPES:
+                layer_bytes, ratio = w4_bytes, 1.0
+                if recipe in streamed:
+                    layer_bytes = streamed[recipe][0]
+                    ratio = streamed[recipe][1][ctx] / split["layer"]
+                layer = round(w4_layer * ratio)
                 cycles = split["rest"] + layers * layer
                 tok_s = config.clock_mhz * 1e6 / cycles
-                tag = f"{MODEL.replace('-', '_')}_{board}"
                 name = f"{tag}_decode_tok_s_projected_{recipe}_ctx{ctx}"
                 nbytes = layers * (layer_bytes + 2 * ctx * kv_row) + head_bytes + \
                     4 * one.hidden_size
                 out[name] = tok_s
-                out[name + "_cycles"] = cycles
-                out[name + "_layer_cycles"] = layer
-                out[name + "_model_layer_cycles"] = split["layer"]
-                out[name + "_model_rest_cycles"] = split["rest"]
-                out[name + "_bytes_per_token"] = nbytes
-                out[name + "_config_hash"] = config.config_hash
-                out[name + "_shape"] = f"{MODEL} ({layers} layers) at context {ctx}"
+                out.update({name + "_cycles": cycles, name + "_layer_cycles": layer,
+                            name + "_model_layer_cycles": split["layer"],
+                            name + "_model_rest_cycles": split["rest"],
+                            name + "_recipe_ratio": ratio, name + "_bytes_per_token": nbytes,
+                            name + "_config_hash": config.config_hash,
+                            name + "_shape": f"{MODEL} ({layers} layers) at context {ctx}"})
                 if board == "u280" and ctx == CONTEXT:
                     fname = f"{tag}_roofline_fraction_projected_{recipe}_ctx{ctx}"
                     out[fname] = tok_s * nbytes / bandwidth
