@@ -79,3 +79,26 @@ def test_full_width_7b_layer_bit_exact_and_cycle_model_within_goal():
     assert m["ctx"] == layer7b.CONTEXT >= 512
     kept = Path("build") / "layer7b" / f"llama2_7b_layer_{layer7b.CONFIG}_ctx512_rtl.json"
     assert json.loads(kept.read_text())["rtl_cycles"] == m["rtl_cycles"]
+
+
+def test_layer_split_data_free_equals_isa_simulator(tmp_path):
+    """The narrow layer's split of the decode step (layer span and the rest) is the same
+    from the data-free cycle model as from the ISA simulator's run; a streamed recipe's
+    layer (seeded float weights) is timed by the ISA simulator and reads fewer bytes."""
+    from airfoil.program import read_program
+    from compiler.synthetic import load_shape
+    from sim.measure.layer_rtl import compile_float_layer
+    config = load_config(layer7b.CONFIG)
+    out = tmp_path / "w4"
+    man = layer7b._compile(layer7b.NARROW_SHAPE, layer7b.CONFIG, out, layer7b.RECIPES["w4"],
+                           size_only=False, max_positions=64, log=print)["manifest"]
+    words = read_program(out / man["programs"]["decode"]).words
+    data_free = layer7b.model_split(man, words, config, 63)
+    isa = layer7b.isa_split(out, config, [63])[63]
+    assert (data_free["total"], data_free["layer"]) == (isa["total"], isa["layer"])
+    assert 0 < data_free["rest"] < data_free["layer"]
+    sparse = tmp_path / "2of4"
+    sman = compile_float_layer(load_shape(layer7b.NARROW_SHAPE), config,
+                               layer7b.RECIPES["2of4_w4"], sparse, max_positions=64)
+    assert layer7b._weight_bytes(sman)[0] < layer7b._weight_bytes(man)[0]
+    assert layer7b.isa_split(sparse, config, [63])[63]["layer"] > 0
