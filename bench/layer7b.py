@@ -2,8 +2,9 @@
 decode speed projected from it.
 
 The layer (compiler/shapes/llama2_7b_layer.yaml: one layer, a 512-entry vocabulary) is
-compiled with seeded dense INT4 g128 weights for ``u280_8ch`` (8 of the U280's 32 HBM
-channels with their slices) and one decode step at context 512 runs on the RTL core in
+compiled with seeded dense INT4 g128 weights for ``u280_8ch_tiles`` (8 of the U280's 32
+HBM channels and 32 chains x 32 lanes; the WGT-tile engine alone, whose dense INT4
+program is ``u280_8ch``'s) and one decode step at context 512 runs on the RTL core in
 Verilator, bit-exact with the ISA simulator and the golden model
 (:func:`sim.measure.layer_rtl.run_layer_step`). The run's result is kept in
 ``build/layer7b/layer_rtl.json`` with the key of what it ran (the decode program's
@@ -39,8 +40,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 #: The full-width layer and the narrow one of the regression (tests/test_layer_rtl.py).
 SHAPE = _ROOT / "compiler" / "shapes" / "llama2_7b_layer.yaml"
 NARROW_SHAPE = _ROOT / "compiler" / "shapes" / "llama_narrow_layer.yaml"
-#: The config the layer runs on in RTL, and the context of its decode step.
-CONFIG = "u280_8ch"
+#: The config the layer runs on in RTL (8 U280 channels, the WGT-tile engine alone: the
+#: dense INT4 layer's program is the one u280_8ch runs), and the context of its decode step.
+CONFIG = "u280_8ch_tiles"
 CONTEXT = 512
 #: The published model the projections are of (compiler.synthetic.SHAPES).
 MODEL = "llama2-7b"

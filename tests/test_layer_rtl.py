@@ -54,15 +54,34 @@ def test_kv_cache_records_hold_the_quantized_rows():
     assert int(c.k.abs().max()) == 127 and fx.ACT_FRAC == 16
 
 
-def test_config_derives_from_u280():
-    """u280_8ch is u280 with 8 channels and their 32 chains; every other field the same."""
-    a, b = load_config("u280"), load_config(layer7b.CONFIG)
+def test_configs_derive_from_u280():
+    """u280_8ch is u280 with 8 channels and their 32 chains; u280_8ch_tiles is that without
+    the decode unit (WGT-tile formats only); every other field the same."""
+    a, b, c = (load_config(n) for n in ("u280", "u280_8ch", "u280_8ch_tiles"))
     assert (b.memory.channels, b.chains) == (8, 32)
     assert b.chains // b.memory.channels == a.chains // a.memory.channels
-    assert (b.buffers, b.clock_mhz, b.lanes, b.weight_formats) == \
-        (a.buffers, a.clock_mhz, a.lanes, a.weight_formats)
-    assert b.memory.read_latency == a.memory.read_latency
-    assert b.config_hash != a.config_hash
+    assert (b.buffers, b.clock_mhz, b.lanes, b.weight_formats, b.memory.read_latency) == \
+        (a.buffers, a.clock_mhz, a.lanes, a.weight_formats, a.memory.read_latency)
+    assert b.decode_unit and not c.decode_unit
+    assert (c.memory, c.chains, c.lanes, c.buffers) == (b.memory, b.chains, b.lanes, b.buffers)
+    assert c.weight_formats == c.tile_formats == ("int4", "int8")
+    assert len({a.config_hash, b.config_hash, c.config_hash}) == 3
+    assert layer7b.CONFIG == c.name
+
+
+def test_dense_int4_layer_compiles_alike_with_and_without_the_decode_unit(tmp_path):
+    """The narrow layer's decode program on u280_8ch_tiles is u280_8ch's, instruction
+    for instruction, and the cycle model times both alike: the RTL run on the smaller
+    core stands for u280_8ch."""
+    from airfoil.program import read_program
+    runs = {}
+    for name in ("u280_8ch", "u280_8ch_tiles"):
+        out = tmp_path / name
+        man = layer7b._compile(layer7b.NARROW_SHAPE, name, out, layer7b.RECIPES["w4"],
+                               size_only=True, max_positions=64, log=print)["manifest"]
+        words = read_program(out / man["programs"]["decode"]).words
+        runs[name] = (words, layer7b.model_split(man, words, load_config(name), 63))
+    assert runs["u280_8ch"] == runs["u280_8ch_tiles"]
 
 
 @pytest.mark.rtl
