@@ -1,6 +1,7 @@
-"""A synthetic decoder layer's decode step on the RTL core of ``u280_8ch`` (8 of the U280's
-channels), after a KV cache the host wrote: bit-exact with the ISA simulator and the golden
-model, and the cycle model within 3 % of the core's cycle counter.
+"""A synthetic decoder layer's decode step on the RTL core of ``u280_8ch_tiles`` (8 of the
+U280's channels, the WGT-tile engine), after a KV cache the host wrote: bit-exact with the
+ISA simulator and the golden model, and the cycle model within 3 % of the core's cycle
+counter.
 
 The narrow layer (hidden 256, MLP 640, 4 heads of 64, context 64) runs in the regression;
 the full-width LLaMA-2-7B layer at context 512 (bench area ``layer7b``) is the slow case.
