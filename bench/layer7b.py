@@ -184,7 +184,7 @@ def _weight_bytes(manifest: dict) -> tuple[int, int]:
     return (sum(nbytes(v) for k, v in lin.items() if k != "lm_head"), nbytes(lin["lm_head"]))
 
 
-def _recipe_layers(board: str, config, contexts, work: Path, log) -> dict:
+def _recipe_layers(board: str, config, contexts, work: Path, log, recipes) -> dict:
     """``{recipe: (layer weight bytes, {ctx: layer cycles})}`` of the streamed recipes
     (every one but ``w4``): the one-layer model of :data:`SHAPE` with seeded float
     weights quantized by the recipe (:func:`sim.measure.layer_rtl.compile_float_layer`),
@@ -193,7 +193,8 @@ def _recipe_layers(board: str, config, contexts, work: Path, log) -> dict:
     from sim.measure.layer_rtl import compile_float_layer
 
     out = {}
-    for recipe, recipe_file in RECIPES.items():
+    for recipe in recipes:
+        recipe_file = RECIPES[recipe]
         if recipe == "w4":
             continue
         folder = work / f"float_{board}_{recipe}"
@@ -206,9 +207,10 @@ def _recipe_layers(board: str, config, contexts, work: Path, log) -> dict:
     return out
 
 
-def projections(measured: dict, build_dir="build", log=print) -> dict:
-    """The whole model's decode figures projected from the measured layer (see
-    docs/figures.md, ``layer7b``)."""
+def projections(measured: dict, build_dir="build", log=print, recipes=tuple(RECIPES)
+                ) -> dict:
+    """The whole model's decode figures projected from the measured layer for
+    ``recipes`` (keys of :data:`RECIPES`; see docs/figures.md, ``layer7b``)."""
     from airfoil.config import load_config
     from airfoil.program import read_program
     from compiler.synthetic import SHAPES, load_shape
@@ -233,7 +235,7 @@ def projections(measured: dict, build_dir="build", log=print) -> dict:
         words = read_program(folder / man["programs"]["decode"]).words
         w4_bytes, head_bytes = _weight_bytes(man)
         kv_row = man["model"]["layout"]["kv_row"]
-        streamed = _recipe_layers(board, config, contexts, work, log)
+        streamed = _recipe_layers(board, config, contexts, work, log, recipes)
         tag = f"{MODEL.replace('-', '_')}_{board}"
         for ctx in contexts:
             split = model_split(man, words, config, ctx - 1)
@@ -242,7 +244,7 @@ def projections(measured: dict, build_dir="build", log=print) -> dict:
             # cache's length).
             w4_layer = measured["layer_rtl_cycles"] + split["layer"] - \
                 measured["layer_model_cycles"]
-            for recipe in RECIPES:
+            for recipe in recipes:
                 layer_bytes, ratio = w4_bytes, 1.0
                 if recipe in streamed:
                     layer_bytes = streamed[recipe][0]
@@ -270,9 +272,9 @@ def projections(measured: dict, build_dir="build", log=print) -> dict:
     return out
 
 
-def figures(args, log) -> dict:
+def figures(args, log, recipes=tuple(RECIPES)) -> dict:
     """``airfoil bench`` entry (area ``layer7b``): the layer in RTL (or its kept result),
-    then the projections."""
+    then the projections of ``recipes``."""
     m = layer_rtl(args.build_dir, log)
     prefix = "llama2_7b_u280_layer"
     out = {
@@ -295,23 +297,29 @@ def figures(args, log) -> dict:
     for u in ("load", "matrix", "sfu", "store"):
         out[f"{prefix}_model_error_rtl_busy_{u}"] = m[f"rtl_busy_{u}"]
         out[f"{prefix}_model_error_model_busy_{u}"] = m[f"model_busy_{u}"]
-    out.update(projections(m, args.build_dir, log))
+    out.update(projections(m, args.build_dir, log, recipes))
     return out
 
 
 def main(argv=None) -> int:
-    """``python -m bench.layer7b [--force] [--build-dir D]``: the layer's RTL run and its
-    figures, printed as JSON."""
+    """``python -m bench.layer7b [--force] [--build-dir D] [--recipes R ...]``: the
+    layer's RTL run and its figures, printed as JSON (and kept in
+    ``<build-dir>/layer7b/figures.json``)."""
     import argparse
     p = argparse.ArgumentParser(prog="python -m bench.layer7b", description=__doc__.split(
         "\n\n")[0])
     p.add_argument("--build-dir", default="build")
     p.add_argument("--force", action="store_true", help="run the RTL again")
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                   help="the recipes projected (default: all; w4 alone needs no float "
+                        "compile)")
     args = p.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.force:
         layer_rtl(args.build_dir, log, force=True)
-    print(json.dumps(figures(args, log), indent=2, sort_keys=True))
+    text = json.dumps(figures(args, log, tuple(args.recipes)), indent=2, sort_keys=True)
+    (Path(args.build_dir) / "layer7b" / "figures.json").write_text(text + "\n")
+    print(text)
     return 0
 
 
