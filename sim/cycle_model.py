@@ -21,7 +21,10 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   the last beat (:data:`RELEASE_CYCLES`) and the waiting unit sees the token counter a
   cycle after that (:data:`TOKEN_HANDOFF`). The channel is busy for the beats plus the
   receiver's hand-over to the next record (:data:`LD_RECORD_GAP`), so back-to-back LDs
-  stream their data one after the other and pay the latency once.
+  stream their data one after the other and pay the latency once. LDs into one buffer
+  on different channels share the buffer's write port (:data:`BUFFER_WRITE_WORDS`,
+  :meth:`CycleModel.load_write`): an LD whose beats find the port taken is held back
+  (and its channel with it) until the port has taken the earlier ones.
 * ``ST`` (:meth:`CycleModel.store`): the STORE unit prepares and checks the instruction
   (:data:`ST_PREP_CYCLES`), then per burst of at most ``max_burst`` beats: the address
   handshake (:data:`AW_CYCLES`), one beat every :data:`ST_BEAT_CYCLES` cycles (buffer read,
@@ -63,7 +66,7 @@ from airfoil.isa import INSTR_BITS, SfuFunc
 from hdl.core.matrix_timing import FINAL_LATENCY, matrix_cycles
 
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "DISPATCH_CYCLES", "ISSUE_CYCLES",
-           "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "RELEASE_CYCLES", "TOKEN_HANDOFF",
+           "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "BUFFER_WRITE_WORDS", "RELEASE_CYCLES", "TOKEN_HANDOFF",
            "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES", "FETCH_START_CYCLES",
            "QUEUE_CYCLES", "END_CYCLES"]
 
@@ -86,6 +89,12 @@ RELEASE_CYCLES = 1
 #: Beats lost between two LDs in the receiver: the release cycle and the pop of the next
 #: record before ``beats.ready`` rises again.
 LD_RECORD_GAP = 2
+#: Words per cycle one on-chip buffer takes from the LOAD unit: a buffer has one write
+#: port, which the receivers of all channels share round robin (``connect_writes`` in
+#: hdl/core/fabric.py), so LDs into one buffer on several channels at once stream their
+#: data through it together at this rate (a weight tile loaded over 8 channels takes as
+#: long as over one); loads into different buffers do not meet.
+BUFFER_WRITE_WORDS = 1
 
 # -- STORE unit (hdl/core/store.py) -----------------------------------------------------------
 #: PREP (row offset) and CHECK states before the first address.
@@ -171,6 +180,15 @@ class CycleModel:
         beats = self._beat_cycles(nbytes, channel)
         return Cost(busy=beats + LD_RECORD_GAP,
                     latency=LD_ISSUE_CYCLES + lat + beats + RELEASE_CYCLES + TOKEN_HANDOFF)
+
+    def load_write(self, nbytes: int, channel: int = 0) -> tuple[int, int, int]:
+        """The buffer side of an ``LD`` of ``nbytes`` on ``channel`` into a buffer:
+        ``(first, port, paced)``, the cycles from its start to its first beat at the
+        buffer, the cycles its beats hold the buffer's write port
+        (:data:`BUFFER_WRITE_WORDS`), and the cycles the channel delivers them in."""
+        beats = -(-nbytes // self._config.word_bytes)
+        return (LD_ISSUE_CYCLES + self._config.memory.latency_of(channel),
+                -(-beats // BUFFER_WRITE_WORDS), self._beat_cycles(nbytes, channel))
 
     def store(self, nbytes: int) -> Cost:
         """Cost of writing ``nbytes`` to memory on one channel (``ST``)."""

@@ -829,6 +829,8 @@ class IsaSim:
                 begin, cost = self.mem.transfer(ins.channel, t, nbytes, write=op == Opcode.ST)
                 st.issue_free = begin + ISSUE_CYCLES
                 finish = begin + cost.latency
+                if op == Opcode.LD and ins.buf != Buffer.WSTREAM:
+                    finish += self.mem.buffer_write(ins.buf, ins.channel, begin, nbytes)
                 if op == Opcode.LD and ins.buf == Buffer.WSTREAM:
                     self.stream_time = max(self.stream_time, begin +
                                            self.config.memory.latency_of(ins.channel))
