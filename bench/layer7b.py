@@ -265,7 +265,7 @@ def projections(measured: dict, build_dir="build", log=print, recipes=tuple(RECI
                 tok_s = config.clock_mhz * 1e6 / cycles
                 name = f"{tag}_decode_tok_s_projected_{recipe}_ctx{ctx}"
                 nbytes = layers * (layer_bytes + 2 * ctx * kv_row) + head_bytes + \
-                    4 * one.hidden_size
+                    man["model"]["layout"]["embed_row"]
                 out[name] = tok_s
                 out.update({name + "_cycles": cycles, name + "_layer_cycles": layer,
                             name + "_model_layer_cycles": split["layer"],
