@@ -64,6 +64,9 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
     x = [vals[i] for i in n.inputs]
     op = n.op
     if op == "embedding":
+        if g.qweights:      # a quantized graph: the INT8 rows the device reads, as floats
+            table = g.params[n.attrs["weight"]]
+            return fx.from_fixed(_quantized_embedding(g, n, state).lookup(x[0])).to(table.dtype)
         return g.params[n.attrs["weight"]][x[0]]
     if op == "rmsnorm":
         return rms_norm(x[0], g.params[n.attrs["weight"]], n.attrs["eps"])
@@ -104,6 +107,13 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
     raise CompileError(f"float backend: unsupported op {op!r} at node {n.name}")
 
 
+def _quantized_embedding(g: Graph, n, state: ExecState) -> fx.QEmbedding:
+    """The embedding node's table as the device stores it (INT8 rows, a scale each)."""
+    w = n.attrs["weight"]
+    return _memo(state, "qemb:" + w,
+                 lambda: fx.QEmbedding.from_table(fx.embedding_table(g.params[w])))
+
+
 def _memo(state: ExecState, key: str, make):
     if key not in state.memo:
         state.memo[key] = make()
@@ -114,10 +124,7 @@ def _run_golden(g: Graph, n, vals, state: ExecState, T: int):
     x = [vals[i] for i in n.inputs]
     op = n.op
     if op == "embedding":
-        w = n.attrs["weight"]
-        table = _memo(state, "qemb:" + w,
-                      lambda: fx.QEmbedding.from_table(fx.embedding_table(g.params[w])))
-        return table.lookup(x[0])
+        return _quantized_embedding(g, n, state).lookup(x[0])
     if op == "rmsnorm":
         w = n.attrs["weight"]
         gam = _memo(state, "gamma:" + w, lambda: fx.rmsnorm_weight(g.params[w]))
