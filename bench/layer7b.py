@@ -7,8 +7,9 @@ HBM channels and 32 chains x 32 lanes; the WGT-tile engine alone, whose dense IN
 program is ``u280_8ch``'s) and one decode step at context 512 runs on the RTL core in
 Verilator, bit-exact with the ISA simulator and the golden model
 (:func:`sim.measure.layer_rtl.run_layer_step`). The run's result is kept in
-``build/layer7b/layer_rtl.json`` with the key of what it ran (the decode program's
-digest, the config hash, the context and the seed): the figures are recomputed from it
+``build/layer7b/<shape>_<config>_ctx<ctx>_rtl.json`` with the key of what it ran (the
+decode program's digest, the config hash, the context, the seed and the core's source
+digest): the figures are recomputed from it
 without the RTL while the key matches. ``python -m bench.layer7b`` runs the layer alone
 (``--force`` runs the RTL again).
 
@@ -116,8 +117,11 @@ def isa_split(folder: Path, config, positions) -> dict:
 
 
 def _key(folder: Path, config, ctx: int) -> str:
+    """What a kept RTL run stands for: the decode program, the config hash, the context,
+    the seed and the core's sources (the digest its Verilog is emitted under)."""
+    from airfoil.cli.backend_rtl import _source_digest
     h = hashlib.sha256((folder / "decode.afp").read_bytes())
-    h.update(f"{config.config_hash}/{ctx}/{SEED}".encode())
+    h.update(f"{config.config_hash}/{ctx}/{SEED}/{_source_digest(config)}".encode())
     return h.hexdigest()[:16]
 
 
