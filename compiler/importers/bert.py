@@ -38,6 +38,7 @@ from airfoil.textfile import read_text
 
 from ..ir import Graph, build_llama_graph
 from ..reference import LINEAR_ROLES, LlamaShape
+from .hf import _config_fields
 
 __all__ = ["bert_shape", "import_bert", "read_sentence_modules"]
 
@@ -68,7 +69,7 @@ def bert_shape(cfg: dict, p) -> LlamaShape:
         if cfg.get(key, False) is not False:
             raise CompileError(f"{p}: unsupported {key}={json.dumps(cfg[key])} (accepted: "
                                f"false)")
-    try:
+    with _config_fields(p):
         hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
         if not (isinstance(heads, int) and isinstance(hidden, int) and heads > 0
                 and hidden % heads == 0):
@@ -83,12 +84,6 @@ def bert_shape(cfg: dict, p) -> LlamaShape:
             max_position_embeddings=cfg.get("max_position_embeddings", 512),
             linear_biases=tuple(r for r in LINEAR_ROLES if r != "gate"), norm="layer",
             mlp=_ACTS[act], positions="learned", encoder=True)
-    except KeyError as e:
-        raise CompileError(f"{p}: missing field {e.args[0]}") from None
-    except TypeError as e:
-        raise CompileError(f"{p}: bad field type ({e})") from None
-    except CompileError as e:
-        raise CompileError(f"{p}: {e}") from None
 
 
 def _plan(shape: LlamaShape, types: int) -> dict:
