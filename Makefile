@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(VENV)/bin/airfoil demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" --durations=25 tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m slow tests
