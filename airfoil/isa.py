@@ -82,11 +82,18 @@ Version 3 (streamed weights through the decode unit; additive)
 * :class:`WeightFormat` ``STREAM = 4`` (``MV``/``MM``): the weights come from that stream
   instead of a WGT tile: the instruction consumes, for each batch of ``chains`` rows
   (``rows`` padded up), the ``k / group`` records of its group columns in k order (PAD
-  records and padding between them are skipped). An ``MM`` reads them once for all its
-  ``m`` vectors; ``m`` over the config's ``limits.stream_tokens``, or ``acc_init = 0``
-  with ``m > 1``, is UNSUPPORTED. ``group`` must equal every record's
+  records and padding between them are skipped). ``group`` must equal every record's
   group; ``sparsity`` must be ``DENSE`` (the records name theirs); ``bias`` must be 0;
   ``wbuf_addr`` is ignored. A record whose group differs is MALFORMED.
+
+Version 4 (other model families, on-chip embedding and token choice, streamed prefill; additive)
+-----------------------------------------------------------------------------------------------
+Every version-3 encoding keeps its meaning; a version-3 core lacks what follows, so a
+version-4 program is refused there (and the reverse, by the version check).
+
+* An ``MM`` on streamed weights (``WeightFormat.STREAM``) reads each record once for all
+  its ``m`` vectors; ``m`` over the config's ``limits.stream_tokens``, or ``acc_init = 0``
+  with ``m > 1``, is UNSUPPORTED.
 * :class:`SfuFunc` ``GELU``, ``RELU`` and ``LAYERNORM`` (GPT-2 / OPT-style layers; codes
   no earlier program uses, so every earlier encoding keeps its meaning), and ``SOFTMAX``'s
   ``imm0``: a sliding attention window (0, what earlier programs hold: none).
@@ -116,7 +123,7 @@ __all__ = [
 ]
 
 #: Version of the encoding; a program of another version is refused.
-ISA_VERSION = 3
+ISA_VERSION = 4
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 HEADER_BITS = 16

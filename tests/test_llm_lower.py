@@ -111,7 +111,7 @@ def test_prompt_lengths_share_one_program(tmp_path):
     assert {SfuFunc.ATT_QK, SfuFunc.SOFTMAX, SfuFunc.ATT_PV, SfuFunc.ROPE,
             SfuFunc.RMSNORM, SfuFunc.QUANT_TOKEN, SfuFunc.SILU, SfuFunc.MUL,
             SfuFunc.ADD} <= funcs
-    assert m["isa_version"] == ISA_VERSION == 3
+    assert m["isa_version"] == ISA_VERSION == 4
     assert m["phases"]["decode"]["instructions"] == len(dec)
 
 
