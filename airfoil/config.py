@@ -558,11 +558,19 @@ class AccelConfig:
     def config_hash(self) -> str:
         """16 hex digits naming everything a program depends on (the name, description,
         device capacity and :attr:`sfu_lanes` excluded)."""
+        return self._digest(exclude=("sfu_lanes",))
+
+    @property
+    def hardware_hash(self) -> str:
+        """16 hex digits naming everything the elaborated core depends on: the
+        :attr:`config_hash` fields and :attr:`sfu_lanes` (which changes the SFU, never a
+        program). Caches of built cores and place-and-route reports are keyed by it."""
+        return self._digest(exclude=())
+
+    def _digest(self, exclude: tuple[str, ...]) -> str:
         d = self.to_dict()
-        d.pop("name")
-        d.pop("description")
-        d.pop("device", None)
-        d.pop("sfu_lanes", None)
+        for key in ("name", "description", "device") + exclude:
+            d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

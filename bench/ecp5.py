@@ -66,7 +66,7 @@ def _report(config, build_dir, log) -> dict:
     path = Path(build_dir) / "ulx3s" / REPORT_NAME
     if path.exists():
         r = json.loads(path.read_text())
-        if r.get("config_hash") == config.config_hash and r.get("sfu") == SFU:
+        if r.get("hardware_hash") == config.hardware_hash and r.get("sfu") == SFU:
             log(f"ecp5: the report of {path} (config {config.config_hash})")
             return r
     return build_bitstream(config, path.parent, sfu=SFU, log=log)

@@ -87,13 +87,17 @@ def test_memory_parallel_fields(base, tmp_path):
 
 
 def test_sfu_lanes(base, tmp_path):
-    """Left out: the buffer word's int32 count; given: read, outside the hash (it changes
-    cycles, not programs); a bad value refused by name."""
+    """Left out: the buffer word's int32 count; given: read, outside the program hash (it
+    changes cycles, not programs) and inside the hardware hash (it changes the core, so a
+    built core or a place-and-route report of another lane count is not reused); a bad
+    value refused by name."""
     t = load_config("test")
     assert t.sfu_lanes is None and t.sfu_lane_count == t.memory.word_bits // 32 == 4
     assert load_config("u280").sfu_lane_count == 16
     c = load_config(_write(tmp_path, dict(base, sfu_lanes=2)))
     assert c.sfu_lane_count == 2 and c.config_hash == t.config_hash
+    assert c.hardware_hash != t.hardware_hash
+    assert load_config(_write(tmp_path, dict(base))).hardware_hash == t.hardware_hash
     for value in (3, 0, 8, "2", True):
         with pytest.raises(ConfigError, match="sfu_lanes"):
             load_config(_write(tmp_path, dict(base, sfu_lanes=value)))

@@ -42,7 +42,7 @@ WAIVERS = _HDL / "core" / "airfoil_core.vlt"
 
 
 def _source_digest(config: AccelConfig) -> str:
-    h = hashlib.sha256(config.config_hash.encode())
+    h = hashlib.sha256(config.hardware_hash.encode())
     for p in sorted(_HDL.rglob("*.py")) + [WAIVERS]:
         h.update(str(p.relative_to(_HDL)).encode() + p.read_bytes())
     for name in ("isa.py", "formats.py", "csr.py", "config.py", "program.py"):

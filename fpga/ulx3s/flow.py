@@ -152,6 +152,7 @@ def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> 
 
     report = {
         "config": config.name, "config_hash": config.config_hash,
+        "hardware_hash": config.hardware_hash,
         "device": "LFE5U-85F", "sfu": sfu, "seed": NEXTPNR_SEED,
         "bitstream": str(out / f"{_DESIGN}.bit"),
         "lut4": used("TRELLIS_COMB"), "ff": used("TRELLIS_FF"),
