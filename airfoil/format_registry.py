@@ -424,31 +424,29 @@ def _code(x) -> int:
     return int(getattr(x, "value", x))
 
 
+def _find(field: str, code, missing: str) -> FormatSpec:
+    """The format whose ``field`` is ``code``; else ``KeyError(missing.format(code))``."""
+    c = _code(code)
+    for s in _FORMATS:
+        if getattr(s, field) == c:
+            return s
+    raise KeyError(missing.format(c))
+
+
 def by_tag(tag) -> FormatSpec:
     """The format of a record tag (an int, a ``RecordTag`` or a :class:`FormatTag`);
     raise ``KeyError`` for PAD or a free tag."""
-    t = _code(tag)
-    for s in _FORMATS:
-        if s.tag == t:
-            return s
-    raise KeyError(f"record tag {t} names no weight format")
+    return _find("tag", tag, "record tag {} names no weight format")
 
 
 def by_isa_code(code) -> FormatSpec:
     """The WGT-tile format of a ``wfmt`` code (``KeyError`` for STREAM or a free code)."""
-    c = _code(code)
-    for s in _FORMATS:
-        if s.isa_code == c:
-            return s
-    raise KeyError(f"wfmt code {c} names no WGT-tile format")
+    return _find("isa_code", code, "wfmt code {} names no WGT-tile format")
 
 
 def by_bitmod_code(code) -> FormatSpec:
-    c = _code(code)
-    for s in _FORMATS:
-        if s.bitmod_code == c:
-            return s
-    raise KeyError(f"BitMoD code {c} names no format")
+    """The BitMoD variant of a per-group variant code (``KeyError`` for a free code)."""
+    return _find("bitmod_code", code, "BitMoD code {} names no format")
 
 
 def streamed_formats() -> tuple:
