@@ -38,7 +38,7 @@ from airfoil.textfile import read_text
 
 from ..ir import Graph, build_llama_graph
 from ..reference import LINEAR_ROLES, LlamaShape
-from .hf import _config_fields
+from .hf import _config_fields, float_weight
 
 __all__ = ["bert_shape", "import_bert", "read_sentence_modules"]
 
@@ -141,13 +141,7 @@ def import_bert(path, cfg: dict, tensors: dict) -> Graph:
         if tuple(t.shape) != want:
             raise CompileError(f"{path}: tensor {name} has shape {list(t.shape)}, expected "
                                f"{list(want)}")
-        if not t.is_floating_point():
-            raise CompileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a "
-                               f"float type")
-        if not bool(torch.isfinite(t).all()):
-            raise CompileError(f"{path}: tensor {name} holds NaN or infinite values "
-                               f"(accepted: finite weights)")
-        params[new or "token_types"] = t.to(torch.float32)
+        params[new or "token_types"] = float_weight(t, name, path).to(torch.float32)
     missing = [n for n, (_, new) in plan.items() if (new or "token_types") not in params]
     if missing:
         raise CompileError(f"{path}: missing tensor {missing[0]} (expected shape "

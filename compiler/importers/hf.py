@@ -193,6 +193,18 @@ def _rope(cfg, p) -> tuple[float | None, dict | None]:
     return theta, scaling
 
 
+def float_weight(t: torch.Tensor, name: str, where) -> torch.Tensor:
+    """``t``, a checkpoint's float tensor ``name``; refused (naming it and ``where``) when
+    it is not a float type or holds NaN or infinite values."""
+    if not t.is_floating_point():
+        raise CompileError(f"{where}: tensor {name} has dtype {t.dtype}, expected a float "
+                           f"type")
+    if not bool(torch.isfinite(t).all()):
+        raise CompileError(f"{where}: tensor {name} holds NaN or infinite values (accepted: "
+                           f"finite weights)")
+    return t
+
+
 @contextmanager
 def _config_fields(p):
     """Turn a missing field, a field of the wrong type or a refused value met while a
@@ -482,12 +494,8 @@ def import_hf(path) -> Graph:
                 continue
             raise CompileError(f"{path}: unexpected tensor {name} (shape {list(t.shape)}) "
                                f"for {shape.num_hidden_layers}-layer {fam.arch}")
-        if name in want and not t.is_floating_point():
-            raise CompileError(f"{path}: tensor {name} has dtype {t.dtype}, expected a "
-                               f"float type")
-        if name in want and not bool(torch.isfinite(t).all()):
-            raise CompileError(f"{path}: tensor {name} holds NaN or infinite values "
-                               f"(accepted: finite weights)")
+        if name in want:
+            float_weight(t, name, path)
     try:
         return build_llama_graph(shape, tensors)
     except CompileError as e:

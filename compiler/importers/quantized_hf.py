@@ -15,6 +15,7 @@ import torch
 from airfoil.errors import CompileError
 
 from ..ir import Graph, llama_param_shapes
+from .hf import float_weight
 from .prequant import ImportReport, finish_import, permute_rows
 
 __all__ = ["QUANT_METHODS", "quant_layout", "import_quantized_hf"]
@@ -37,17 +38,6 @@ def quant_layout(qc, p):
         return parse_awq_config(qc, p)
     raise CompileError(f"{p}: quantization_config quant_method {method!r} is not imported "
                        f"(accepted: {', '.join(QUANT_METHODS)})")
-
-
-def _float_tensor(tensors, name, where) -> torch.Tensor:
-    t = tensors[name]
-    if not t.is_floating_point():
-        raise CompileError(f"{where}: tensor {name} has dtype {t.dtype}, expected a float "
-                           f"type")
-    if not bool(torch.isfinite(t).all()):
-        raise CompileError(f"{where}: tensor {name} holds NaN or infinite values (accepted: "
-                           f"finite weights)")
-    return t
 
 
 def _mlp_input_orders(layout, shape, tensors, path) -> dict:
@@ -87,7 +77,7 @@ def import_quantized_hf(path, shape, qc, tensors: dict) -> Graph:
             else:
                 report.converted[prefix] = why
         elif name in tensors:
-            w = _float_tensor(tensors, name, path)
+            w = float_weight(tensors[name], name, path)
             used.add(name)
             if inputs is not None:
                 w = w[:, inputs]
