@@ -1,4 +1,5 @@
-"""Figures of the ULX3S 85F (ECP5) open-flow build: utilisation, Fmax and a GEMV's cycles.
+"""Figures of the ULX3S 85F (ECP5) open-flow build: utilisation, Fmax, a GEMV's cycles and
+the decode step of an LLM that fits the board.
 
 The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``ecp5``.
 """
@@ -21,6 +22,8 @@ FIGURES = {
     "ecp5_ulx3s_mult18": "MULT18X18D",
     "ecp5_ulx3s_bram": "DP16KD",
     "ecp5_ulx3s_gemv_cycles": "cycles",
+    "ecp5_ulx3s_llm_decode_cycles": "cycles",
+    "ecp5_ulx3s_llm_tok_s_projected": "tokens/s",
 }
 
 #: (rows, k, format, group) of the layer.
@@ -98,4 +101,23 @@ def figures(args, log) -> dict:
                 "ecp5_ulx3s_gemv_cycles_shape": f"{n}x{k} {fmt} g{group}, "
                                                 f"{config.chains} chains x {config.lanes} lanes"})
     log(f"ecp5 ulx3s: {n}x{k} {fmt} GEMV in {r['cycles']} cycles")
+    out.update(_llm_figures(config, build_dir, rep["fmax_mhz"], log))
     return out
+
+
+def _llm_figures(config, build_dir, fmax_mhz: float, log) -> dict:
+    """The board LLM's decode step in RTL (``sim.measure.board_llm``) and its tokens per
+    second at the routed Fmax."""
+    from sim.measure.board_llm import SHAPE as LLM
+    from sim.measure.board_llm import board_llm_decode
+
+    r = board_llm_decode(config, Path(build_dir) / "ecp5_llm", build_dir=build_dir)
+    cycles = r["decode_cycles"]
+    log(f"ecp5 ulx3s: LLM decode step {cycles} cycles at position {r['decode_position']}, "
+        f"{fmax_mhz * 1e6 / cycles:.0f} tokens/s at {fmax_mhz:.1f} MHz")
+    return {"ecp5_ulx3s_llm_decode_cycles": cycles,
+            "ecp5_ulx3s_llm_decode_cycles_shape":
+                f"hidden {LLM['heads'] * LLM['hd']}, {LLM['heads']} heads, MLP {LLM['inter']}, "
+                f"{LLM['layers']} layers, vocab {LLM['vocab']}, INT4 g32; position "
+                f"{r['decode_position']}; image {r['image_bytes']} of {r['memory_bytes']} B",
+            "ecp5_ulx3s_llm_tok_s_projected": fmax_mhz * 1e6 / cycles}
