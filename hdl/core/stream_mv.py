@@ -6,7 +6,7 @@ record per batch of ``Cs`` rows and group column, the format, N:M sparsity and F
 scales named by each record), in each of the unit's ``slices`` slices (one per memory
 channel, ``Cs = chains / slices`` chains each)::
 
-    words[c] --> Unpacker --beats--> StepAdapter --steps--+--> SparseChain x Cs --psums--+
+    words[c] --> Unpacker --beats--> StepAdapter --steps--+--> StreamChain x Cs --psums--+
                                                           |                              |
     ACT --> group prefetch --group activations (every slice)                             |
                                   record scales --> FIFO --> GroupRescaler <-------------+
