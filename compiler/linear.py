@@ -86,7 +86,7 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
                              requant_params, tile_layout, weight_format)
-from airfoil.isa import ISA_VERSION, Buffer, Opcode, OutFormat, SysOp, WeightFormat
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, SysOp, WeightFormat
 from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
@@ -98,8 +98,8 @@ from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
 from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, Validate, quantize_linear
-from .schedule import (Scheduler, load_stream_block, load_wgt_tile, mem, span,
-                       stream_block_fields, wgt_tile_fields)
+from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
+from .schedule import Scheduler, mem, span
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
                       stream_bits, stream_block_bytes)
@@ -116,9 +116,6 @@ CALIB_ROWS = 8
 
 #: Tiles the LOAD unit streams ahead of MATRIX (streamed weights).
 STREAM_SLOTS = 4
-
-_OUT_FMT = {8: OutFormat.INT8, 16: OutFormat.INT16, 32: OutFormat.INT32}
-
 
 def _up(n: int, a: int) -> int:
     return -(-n // a) * a
@@ -652,7 +649,7 @@ class ScheduleProgram(_LayerStep):
 
     def apply(self, graph: Graph) -> Graph:
         g, o = graph.copy(), self.opts
-        _, weight, _ = self.layer(g)
+        node, weight, _ = self.layer(g)
         n, k = weight.shape
         sc, lay = g.meta["scales"], g.meta["layout"]
         g.meta["words"] = _schedule(
@@ -660,7 +657,7 @@ class ScheduleProgram(_LayerStep):
             wf=WeightFormat.STREAM if o.stream else weight_format(o.wformat),
             group=o.group, k=k, n=n, k0=sc["k0"], req_m=sc["req_m"], req_s=sc["req_s"],
             out_bits=o.out_bits, in_addr=lay["in_addr"], out_addr=lay["out_addr"],
-            stream=o.stream)
+            bias="bias" in node.attrs, stream=o.stream)
         return g
 
 
@@ -839,85 +836,42 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
 
 
 def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req_m, req_s,
-              out_bits, in_addr, out_addr, stream: bool = False) -> list[int]:
-    """Emit the instruction words of the tiled GEMV (see the module docstring) in program
-    order through :class:`compiler.schedule.Scheduler`, whose tokens follow from what each
-    instruction reads and writes."""
+              out_bits, in_addr, out_addr, bias: bool, stream: bool = False) -> list[int]:
+    """The instruction words of the tiled GEMV (see the module docstring): ``LD ACT`` of
+    the input, the layer's one lowering (:func:`compiler.lower_linear.lower_linear`: static
+    activation scales, ``out_bits`` results in OUT halves, the bias in the tiles), ``SYS
+    HALT``."""
     wb = config.word_bytes
-    ob = out_bits // 8
-    slots, slot_w = plan.slots, plan.slot_bytes
-    half_o = config.buffers.out_bytes // 2
     tiles = plan.tiles
-    T = len(tiles)
-    gr = plan.group_rows
-    group_of = [t["row0"] // gr for t in tiles]
-    last_of_group = {g: i for i, g in enumerate(group_of)}
-    sched = Scheduler()
-    requant = {"group": group, "m": 1, "k0": k0, "req_m": req_m, "req_s": req_s,
-               "out_fmt": _OUT_FMT[out_bits]}
-
-    def load_tile(i):
-        t = tiles[i]
-        slot = (i % slots) * slot_w
-        if not stream:
-            load_wgt_tile(sched, config, slot, t["addr"], t["layout"].nbytes,
-                          lambda j: j % config.memory.channels)
-            return
-        if t["bias"]:                       # a bias tile in a WGT slot (one LD from
-            load_wgt_tile(sched, config, slot, t["bias_addr"], t["layout"].nbytes,
-                          lambda j: 0, sliced=False)     # channel 0), then the streams
-        load_stream_block(sched, t, channel_memories=True)
-
+    if stream:
+        tiles = [{**t, "bias_nbytes": t["layout"].nbytes, "bias_wfmt": t["layout"].wfmt}
+                 if t["bias"] else t for t in tiles]
+    else:
+        tiles = [{**t, "nbytes": t["layout"].nbytes} for t in tiles]
     # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
     # channel's previous stream is undrained (its slice's FIFO full until that tile's MV
     # runs), and the loads behind it wait in the LOAD queue: the MV must still find room
     # to be dispatched, so the later tiles' loads queued ahead of it stay within
     # `instr_queue_depth - 1` (a WGT tile's loads never wait for a consumer). One tile
     # ahead is always safe: each channel's reader takes its load of that tile at once.
-    ahead = slots
+    ahead = plan.slots
     if stream:
-        per_tile = config.memory.channels + (1 if any(t["bias"] for t in tiles) else 0)
-        ahead = max(1, min(slots, (config.instr_queue_depth - 1) // per_tile))
+        per_tile = config.memory.channels + (1 if bias else 0)
+        ahead = max(1, min(plan.slots, (config.instr_queue_depth - 1) // per_tile))
+    sched = Scheduler()
     act = _up(k, wb)
     sched.add(Opcode.LD, reads=[mem(in_addr, act)], writes=[span(Buffer.ACT, 0, act)],
               buf=Buffer.ACT, channel=0, buf_addr=0, dram_addr=in_addr, nbytes=act, count=1,
               dram_stride=act)
-    for i in range(min(ahead, T)):
-        load_tile(i)
-    for i, t in enumerate(tiles):
-        g = group_of[i]
-        obuf = (g % 2) * half_o + (t["row0"] - g * gr) * ob
-        out = [span(Buffer.OUT, obuf, t["rows"] * ob)]
-        slot = (i % slots) * slot_w
-        if stream:
-            block = stream_block_fields(t, act=0, obuf_addr=obuf, writes=out,
-                                        acc_init=int(not t["bias"]), **requant)
-            if t["bias"]:       # the accumulators start from the bias tile's bias
-                box = {**t, "cols": group, "nbytes": t["layout"].nbytes}
-                mv = wgt_tile_fields(box, k, slot=slot, act=0, obuf_addr=obuf, writes=(),
-                                     wfmt=t["layout"].wfmt, bias=1, final=0, **requant)
-                mv["reads"].append(span(Buffer.ACT, 0, group))
-                sched.add(Opcode.MV, **mv)
-                # The slot is refilled after the block's MV STREAM, which continues those
-                # accumulators: a bias load on channel 0 then never races the streams
-                # ahead of it (fewer cycles on several channels).
-                block["reads"].append(span(Buffer.WGT, slot, t["layout"].nbytes))
-            sched.add(Opcode.MV, **block)
-        else:
-            mv = wgt_tile_fields({**t, "nbytes": t["layout"].nbytes}, k, slot=slot, act=0,
-                                 obuf_addr=obuf, writes=out, wfmt=wf, bias=int(t["bias"]),
-                                 **requant)
-            mv["reads"].append(span(Buffer.ACT, t["col0"], t["cols"]))
-            sched.add(Opcode.MV, **mv)
-        if i == last_of_group[g]:
-            rows = min(gr, n - g * gr)
-            nb = _up(rows * ob, wb)
-            sched.add(Opcode.ST, reads=[span(Buffer.OUT, (g % 2) * half_o, nb)],
-                      writes=[mem(out_addr + g * gr * ob, nb)], buf=Buffer.OUT,
-                      channel=0 if stream else g % config.memory.channels,
-                      buf_addr=(g % 2) * half_o, dram_addr=out_addr + g * gr * ob, nbytes=nb,
-                      count=1, dram_stride=nb)
-        if i + ahead < T:
-            load_tile(i + ahead)
+    lower_linear(
+        sched, config, tiles, k=k, streamed=stream, wfmt=wf, act=0,
+        arith=Arithmetic(group, k0, out_bits, req_m=req_m, req_s=req_s,
+                         bias="tiles" if bias else "none"),
+        vectors=Vectors(),
+        out=OutHalves(config, tiles, group_rows=plan.group_rows, n=n,
+                      out_bytes=out_bits // 8, out_addr=out_addr, channel0=stream),
+        loading=Loading(plan.slots, plan.slot_bytes,
+                        lambda j: j % config.memory.channels, ahead=ahead,
+                        channel_memories=True))
     sched.add(Opcode.SYS, op=SysOp.HALT)
     return sched.words()

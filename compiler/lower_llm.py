@@ -74,10 +74,10 @@ Scheduling: instructions are emitted in program order through
 and memory ranges each instruction reads and writes. Weight tiles
 (:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as give the
 fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit fetches ahead
-of MATRIX by as many tiles as the slots allow; a tile is loaded and computed as the
-single-layer compiler's are (:func:`compiler.schedule.load_wgt_tile`,
-:func:`compiler.schedule.wgt_tile_fields`), its slices on the channels round robin as
-every other transfer.
+of MATRIX by as many tiles as the slots allow; a layer, tiled or streamed, is lowered by
+the single-layer compiler's code (:func:`compiler.lower_linear.lower_linear`, with
+per-token activation scales, INT32 rows and the bias in the SFU), its slices on the
+channels round robin as every other transfer.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
-from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, OutFormat, SfuFunc,
+from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, SfuFunc,
                          SysOp)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
@@ -102,8 +102,8 @@ from airfoil.program import Program
 from .asm import listing
 from .output import write_folder
 from .streams import MAX_STREAM_BYTES, least_scale, place_stream_block, stream_block_bytes
-from .schedule import (Scheduler, load_stream_block, load_wgt_tile, stream_block_fields,
-                       wgt_tile_fields)
+from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
+from .schedule import Scheduler
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
 __all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
@@ -631,64 +631,30 @@ class _Phase:
                  aux_addr=dst_addr + _up(hd, 8), imm0=rec, imm1=rec, heads=heads)
 
     def linear(self, name, ql, out_addr):
-        """One linear layer, tiled or streamed, then its bias (if it has one)."""
-        info = self.lin[name]
-        if info["streamed"]:
-            self.streamed_linear(info, out_addr)
-        else:
-            self.tiled_linear(info, ql, out_addr)
-        if name + "_bias" in self.lay:
-            self.add_bias(name + "_bias", Buffer.OUT, out_addr, ql.shape[0])
-
-    def tiled_linear(self, info, ql, out_addr):
-        """Tiles of one linear layer: LD tile -> WGT slot; MV/MM with per-token requant."""
-        cfg, T = self.config, self.tmax
-        n, k = ql.shape
-        op = Opcode.MM if self.phase == "prefill" else Opcode.MV
-        mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
-        orow = _up(n * 4, self.wb)
-        for t in info["tiles"]:
-            slot = (self.slot_i % self.slots) * self.slot_bytes
-            self.slot_i += 1
-            load_wgt_tile(self.sched, cfg, slot, t["addr"], t["nbytes"],
-                          lambda j: self.channel())
-            mv = wgt_tile_fields(t, k, slot=slot, act=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
-                                 writes=[self.r(Buffer.OUT, out_addr, T * orow)],
-                                 wfmt=FORMAT_BY_NAME[f"int{ql.bits}"], group=ql.group,
-                                 k0=info["k0"], req_m=0, req_s=0, out_fmt=OutFormat.INT32,
-                                 bias=0, tok_scale=1, sbuf_addr=self.SC,
-                                 astride=info["k_in"] // self.wb, ostride=orow // self.wb,
-                                 **mfields)
-            mv["reads"] += [self.r(Buffer.ACT, self.XQ, T * k),
-                            self.r(Buffer.AUX, self.SC, 8 * T)]
-            self.sched.add(op, **mv)
-
-    def streamed_linear(self, info, out_addr):
-        """Row blocks of a streamed layer: LD WSTREAM per channel, then MV STREAM (decode)
-        or MM STREAM of ``REG_T`` vectors (prefill), with per-token requantization. The
-        loads carry no tokens: the stream is a FIFO that the matrix instruction drains, and
-        each load comes right before it in program order."""
-        T = self.tmax
-        if T > self.config.limits.stream_tokens:
-            raise CompileError(f"a streamed layer takes at most "
-                               f"{self.config.limits.stream_tokens} tokens per matrix "
-                               f"instruction (config limits.stream_tokens); the {self.phase} "
-                               f"program plans {T}")
-        op = Opcode.MM if self.phase == "prefill" else Opcode.MV
-        mfields = {"m": T, "m_reg": REG_T} if op == Opcode.MM else {"m": 1}
-        n, k, wb = info["n"], info["k"], self.wb
+        """One linear layer, tiled or streamed, by the one lowering of a linear node
+        (:func:`compiler.lower_linear.lower_linear`): per-token activation scales (the
+        pairs :meth:`quant` wrote), INT32 rows at ``out_addr``, the bias (if it has one)
+        added by the SFU; each tile loaded right before its matrix instruction, the WGT
+        slots in turn across layers, the slices on the channels round robin."""
+        info, T, wb = self.lin[name], self.tmax, self.wb
+        n, k = info["n"], info["k"]
         orow = _up(n * 4, wb)
-        for t in info["tiles"]:
-            load_stream_block(self.sched, t)
-            mv = stream_block_fields(t, act=self.XQ, obuf_addr=out_addr + t["row0"] * 4,
-                                     writes=[self.r(Buffer.OUT, out_addr, T * orow)],
-                                     group=info["group"], k0=info["k0"], req_m=0, req_s=0,
-                                     out_fmt=OutFormat.INT32, tok_scale=1, sbuf_addr=self.SC,
-                                     astride=info["k_in"] // wb, ostride=orow // wb,
-                                     **mfields)
-            mv["reads"] += [self.r(Buffer.ACT, self.XQ, T * k),
-                            self.r(Buffer.AUX, self.SC, 8 * T)]
-            self.sched.add(op, **mv)
+        has_bias = name + "_bias" in self.lay
+        prefill = self.phase == "prefill"
+        lower_linear(
+            self.sched, self.config, info["tiles"], k=k, streamed=info["streamed"],
+            wfmt=None if info["streamed"] else FORMAT_BY_NAME[f"int{info['bits']}"],
+            arith=Arithmetic(info["group"], info["k0"], per_token=True, scales=self.SC,
+                             bias="sfu" if has_bias else "none"),
+            vectors=Vectors(T, REG_T if prefill else None, astride=info["k_in"] // wb,
+                            ostride=orow // wb),
+            out=OutRows(out_addr, orow, T),
+            loading=Loading(self.slots, self.slot_bytes, lambda j: self.channel(),
+                            first_slot=self.slot_i),
+            act=self.XQ,
+            sfu_bias=lambda: self.add_bias(name + "_bias", Buffer.OUT, out_addr, n))
+        if not info["streamed"]:
+            self.slot_i += len(info["tiles"])
 
     def emit(self):
         s, lay, T = self.sched, self.lay, self.tmax

@@ -1,6 +1,6 @@
 """The single-layer compiler and the LLM lowering plan, pack and schedule a linear layer
 with one implementation (:mod:`compiler.tiling`, :mod:`compiler.streams`,
-:mod:`compiler.schedule`): the same layer compiled both ways gets the same tiles, the
+:mod:`compiler.schedule`, :mod:`compiler.lower_linear`): the same layer compiled both ways gets the same tiles, the
 same bytes in the image and the same tile instructions."""
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 from airfoil.config import load_config
 from airfoil.folder import load_folder
 from airfoil.isa import Buffer, Opcode
-from compiler import linear, lower_llm, schedule, streams, tiling
+from compiler import linear, lower_linear, lower_llm, schedule, streams, tiling
 from compiler.ir import build_llama_graph
 from compiler.linear import compile_linear
 from compiler.llm_recipe import parse_llm_recipe
@@ -58,8 +58,8 @@ def test_one_implementation():
     place (no copy kept equal)."""
     shared = {tiling: ("plan_wgt_tiles", "row_block", "tile_boxes"),
               streams: ("place_stream_block", "stream_block_bytes"),
-              schedule: ("Scheduler", "load_wgt_tile", "wgt_tile_fields",
-                         "load_stream_block", "stream_block_fields")}
+              schedule: ("Scheduler",),
+              lower_linear: ("lower_linear", "Arithmetic", "Vectors", "Loading")}
     for module, names in shared.items():
         for name in names:
             assert getattr(linear, name) is getattr(lower_llm, name) is \
@@ -67,6 +67,11 @@ def test_one_implementation():
     for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
         assert not hasattr(linear, name)
     assert not hasattr(lower_llm, "_Scheduler")
+    # One lowering of a linear node: neither compiler emits a tile's instructions itself.
+    for module in (linear, lower_llm):
+        for name in ("load_wgt_tile", "wgt_tile_fields", "load_stream_block",
+                     "stream_block_fields"):
+            assert not hasattr(module, name), (module.__name__, name)
     # The WGT slots: one slot size, each compiler its choice of slot counts.
     assert linear.wgt_slots is tiling.wgt_slots and lower_llm.slot_bytes is tiling.slot_bytes
 
