@@ -106,10 +106,15 @@ from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
-__all__ = ["compile_llm", "REG_POS", "REG_T", "REG_LEN", "PHASES",
+__all__ = ["compile_llm", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
 
 LLM_KIND = "llm"
+#: The steps of the lowering (:func:`compile_llm`'s ``stop_after``), named as the single
+#: layer's (:data:`compiler.linear.LINEAR_STEPS`): ``plan`` the tiles, the WGT slots and
+#: the prompt and position bounds; ``pack`` the memory image's layout and the weights'
+#: places; ``schedule`` each phase's instruction stream; ``emit`` the folder.
+LOWER_STEPS = ("plan", "pack", "schedule", "emit")
 PHASES = ("prefill", "decode")
 #: Run-time registers loaded from the parameter block at address 0.
 REG_POS, REG_T, REG_LEN = 1, 2, 3
@@ -958,7 +963,8 @@ def _largest(error_of, hi: int) -> int:
 
 def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | None = None,
                 source: str = "", recipe: dict | None = None, progress=None,
-                max_positions: int | None = None, size_only: bool = False) -> dict:
+                max_positions: int | None = None, size_only: bool = False,
+                stop_after: str | None = None) -> dict:
     """Lower a quantized model (``compiler.passes.quantized_model``) into ``out_dir``.
 
     Parameters
@@ -986,6 +992,12 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         Write the programs, listings, memory map and manifest but not ``weights.bin`` (the
         manifest says ``size_only``; no backend runs such a folder). The weights' values
         are never read, only their scales.
+    stop_after : str, optional
+        A step of :data:`LOWER_STEPS`: stop after it (nothing is written before ``emit``)
+        and return what the steps made, a dict: ``step``; the plan's ``max_positions``,
+        ``max_prompt``, ``wgt_slots``, ``wgt_slot_bytes``, ``tiles`` (layer -> WGT tile
+        boxes), ``streamed`` (the streamed layers); the pack's ``layout``, ``linears``
+        (the manifest's entries) and ``image_bytes``; the schedule's ``words`` per phase.
 
     The image is written region by region and a layer's tiles are packed one layer at a
     time, so a model whose layers are made on demand (:mod:`compiler.synthetic`) compiles
@@ -994,10 +1006,13 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     Returns
     -------
     dict
-        The manifest.
+        The manifest; with ``stop_after``, what the steps made.
     """
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
+    if stop_after is not None and stop_after not in LOWER_STEPS:
+        raise CompileError(f"the lowering has no step {stop_after!r} (steps: "
+                           f"{', '.join(LOWER_STEPS)})")
     tick = progress or (lambda name: None)
     names = _check_model(model, config)
     d, heads, kv, hd, inter, vocab = _shape(model)
@@ -1046,16 +1061,25 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     err = _fit_error(model, config, "prefill", max_prompt, max_pos)
     if err is not None:
         raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
+    made = {"step": "plan", "max_positions": max_pos, "max_prompt": max_prompt,
+            "wgt_slots": slots, "wgt_slot_bytes": slot_bytes, "tiles": plans,
+            "streamed": streamed}
+    if stop_after == "plan":
+        return made
     lay, top = _plan_image(model, config, max_prompt, max_pos)
     linears, streams, size = _place_linears(flat, plans, config, top, streamed)
     _check_capacity(size, config)
+    made.update(step="pack", layout=lay, linears=linears, image_bytes=size)
+    if stop_after == "pack":
+        return made
     tick("tile and pack weights")
     tick("plan the memory image")
-    programs, files, phases = {}, {}, {}
+    programs, files, phases, made["words"] = {}, {}, {}, {}
     for phase in llm_phases(model["shape"]):
         tmax = max_prompt if phase == "prefill" else 1
         words = _Phase(model, config, lay, linears, phase, tmax, max_pos, slots,
                        slot_bytes).emit()
+        made["words"][phase] = words
         prog = Program(words, config.config_hash_bytes)
         title = (f"{phase} of {source or 'model'}: {len(words)} instructions, config "
                  f"{config.name} ({config.config_hash})")
@@ -1069,6 +1093,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         phases[phase] = {"instructions": len(words), "bytes": len(prog.to_bytes()),
                          "opcodes": counts, "max_tokens": tmax}
         tick(f"schedule {phase}")
+    if stop_after == "schedule":
+        return {**made, "step": "schedule"}
     wbytes = {}
     for name, v in linears.items():
         nb = sum(st["nbytes"] for t in v["tiles"] for st in t.get("streams", [t]))

@@ -26,9 +26,11 @@ need the config to list them (``weight_formats``, e.g. config test_decode).
 A bias rides in one small WGT "bias tile" per row block; ``--no-bias`` drops the layer's.
 
 A linear layer compiles as a one-node graph through named steps (validate, quantize,
-calibrate, plan, pack, schedule, emit; :data:`compiler.linear.LINEAR_STEPS`);
-``--stop-after STEP`` runs them up to STEP and prints what it made (``schedule``: the
-program's listing) without writing the folder.
+calibrate, plan, pack, schedule, emit; :data:`compiler.linear.LINEAR_STEPS`), a model
+through the graph pipeline's steps and the lowering's, named alike (validate,
+fold_attention_scale, quantize, plan, pack, schedule, emit;
+:func:`compiler.llm_steps.llm_steps`); ``--stop-after STEP`` runs them up to STEP and
+prints what it made (``schedule``: the programs' listings) without writing the folder.
 """
 
 from __future__ import annotations
@@ -113,10 +115,11 @@ def register(sub):
     p.add_argument("--no-bias", action="store_true",
                    help="drop the layer's bias (a streamed layer then needs no WGT tiles)")
     p.add_argument("--stop-after", default=None, metavar="STEP",
-                   help="linear layer: run its compile's steps up to STEP (validate, "
-                        "quantize, calibrate, plan, pack, schedule, emit), print what STEP "
-                        "made (schedule: the program's listing) and write nothing before "
-                        "emit")
+                   help="run the compile's steps up to STEP, print what STEP made "
+                        "(schedule: the programs' listings) and write nothing before emit; "
+                        "a linear layer's: validate, quantize, calibrate, plan, pack, "
+                        "schedule, emit; MODEL's: validate, fold_attention_scale, "
+                        "[calibrate, awq, bits_budget,] quantize, plan, pack, schedule, emit")
     p.set_defaults(func=run)
 
 
@@ -189,20 +192,13 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
     from compiler.importers import import_model, model_folder
     from compiler.importers.prequant import conversion_errors
     from compiler.lower_llm import compile_llm
-    from compiler.passes import llm_pipeline, quantized_model
+    from compiler.passes import quantized_model
     from sim.isa_sim import decode_step_cycles
 
     from ..folder import encoder, load_folder
-    from ..models import BUILTIN_MODELS, model_path
 
     console = console or Console()
-    config = load_config(args.config or DEFAULT_CONFIG["llm"])
-    model_dir = model_path(args.model)
-    if not (model_dir.is_dir() or model_dir.suffix.lower() == ".gguf"):
-        raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
-                           f"folder with config.json and *.safetensors, a .gguf file, or a "
-                           f"shipped model: {', '.join(BUILTIN_MODELS)})")
-    pipe = llm_pipeline(args.recipe, config, **calibration_args(args, model_dir, console))
+    config, model_dir, pipe = llm_source(args, console)
     steps = ["import"] + pipe.names + ["tile and pack weights", "plan the memory image",
                                         "schedule prefill", "schedule decode",
                                         "write the folder", "predict decode cycles"]
@@ -233,6 +229,54 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
         tick("predict decode cycles")
     return manifest, {"decode_cycles": cycles, "config": config,
                       "import": q.meta.get("import"), "conversion": conversion_errors(q)}
+
+
+def llm_source(args, console) -> tuple:
+    """``(config, model folder, graph pipeline)`` of the model the arguments name."""
+    from compiler.passes import llm_pipeline
+
+    from ..models import BUILTIN_MODELS, model_path
+
+    config = load_config(args.config or DEFAULT_CONFIG["llm"])
+    model_dir = model_path(args.model)
+    if not (model_dir.is_dir() or model_dir.suffix.lower() == ".gguf"):
+        raise CompileError(f"model folder {str(model_dir)!r} not found (MODEL is an HF-layout "
+                           f"folder with config.json and *.safetensors, a .gguf file, or a "
+                           f"shipped model: {', '.join(BUILTIN_MODELS)})")
+    pipe = llm_pipeline(args.recipe, config, **calibration_args(args, model_dir, console))
+    return config, model_dir, pipe
+
+
+def llm_stop_after_from_args(args, console=None) -> str:
+    """Run the model's compile up to ``--stop-after`` (a step of
+    :func:`compiler.llm_steps.llm_steps`); return what that step made."""
+    import shutil
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from compiler.importers import import_model, model_folder
+    from compiler.llm_steps import graph_step_summary, llm_steps, lowering_summary
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import quantized_model
+
+    config, model_dir, pipe = llm_source(args, console or Console())
+    step = args.stop_after
+    if step not in llm_steps(pipe):
+        raise CompileError(f"--stop-after {step!r} is not a step of this model's compile "
+                           f"(accepted: {', '.join(llm_steps(pipe))})")
+    graph = import_model(model_dir)
+    if step in pipe.names:
+        return graph_step_summary(pipe.run(graph, until=step), step)
+    q = pipe.run(graph)
+    made = compile_llm(quantized_model(q), config, args.output, max_prompt=args.max_prompt,
+                       source=str(model_dir), recipe=q.meta.get("recipe"),
+                       max_positions=args.max_positions, size_only=args.size_only,
+                       stop_after=step)
+    tok = model_folder(model_dir) / "tokenizer.json"
+    if step == "emit" and tok.is_file():
+        shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
+    return lowering_summary(made, step)
 
 
 def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
@@ -377,9 +421,9 @@ def summary_table(manifest, summary):
 
 
 def run(args) -> int:
-    if args.stop_after is not None and (args.model, args.synthetic) != (None, None):
-        raise CompileError("--stop-after applies to a linear layer (--layer), not to MODEL "
-                           "or --synthetic")
+    if args.stop_after is not None and args.synthetic is not None:
+        raise CompileError("--stop-after applies to a linear layer (--layer) or MODEL, not "
+                           "to --synthetic")
     if args.synthetic is not None:
         from rich.console import Console
         if args.model is not None:
@@ -400,6 +444,9 @@ def run(args) -> int:
             raise CompileError("--layer, --n and --k apply to linear layers, not to MODEL "
                                f"{args.model!r}")
         console = Console()
+        if args.stop_after is not None:
+            print(llm_stop_after_from_args(args, console), file=sys.stdout)
+            return 0
         manifest, summary = compile_llm_from_args(args, console)
         console.print(summary_table(manifest, summary))
         console.print(f"wrote {args.output}")
