@@ -207,24 +207,11 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
 def _out_halves(n: int, config: AccelConfig, out_bits: int):
     """The single layer's OUT halves as constraints of the tile planner
     (:func:`compiler.tiling.row_block`): ``(limit, accept, group_rows)`` -- at most the
-    rows of :data:`MIN_TILES` tiles, rows of which an OUT half holds a word-aligned whole
-    number, and ``group_rows(rows)`` the rows of one OUT half. Raises
-    :class:`CompileError` when not even ``chains`` rows are accepted."""
-    chains, wb = config.chains, config.word_bytes
-    ob = out_bits // 8
-    half_rows = (config.buffers.out_bytes // 2) // ob
-    wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
-    if math.lcm(chains, wq) > half_rows:
-        raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
-                           f"({half_rows} outputs of {out_bits} bits) cannot hold "
-                           f"{math.lcm(chains, wq)} rows")
-
-    def group_rows(rows):
-        step = math.lcm(rows, wq)
-        return (half_rows // step) * step
-
-    limit = max(chains, _up(-(-n // MIN_TILES), chains))
-    return limit, lambda r: math.lcm(r, wq) <= half_rows, group_rows
+    rows of :data:`MIN_TILES` tiles, and :meth:`compiler.lower_linear.OutHalves.fit`'s
+    rows an OUT half holds a word-aligned whole number of and rows of one OUT half."""
+    accept, group_rows = OutHalves.fit(config, out_bits)
+    chains = config.chains
+    return max(chains, _up(-(-n // MIN_TILES), chains)), accept, group_rows
 
 
 def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
@@ -848,16 +835,7 @@ def _schedule(plan: LinearPlan, config: AccelConfig, *, wf, group, k, n, k0, req
                  if t["bias"] else t for t in tiles]
     else:
         tiles = [{**t, "nbytes": t["layout"].nbytes} for t in tiles]
-    # Tiles whose loads run ahead of the MVs. A streamed load on a channel waits while the
-    # channel's previous stream is undrained (its slice's FIFO full until that tile's MV
-    # runs), and the loads behind it wait in the LOAD queue: the MV must still find room
-    # to be dispatched, so the later tiles' loads queued ahead of it stay within
-    # `instr_queue_depth - 1` (a WGT tile's loads never wait for a consumer). One tile
-    # ahead is always safe: each channel's reader takes its load of that tile at once.
-    ahead = plan.slots
-    if stream:
-        per_tile = config.memory.channels + (1 if bias else 0)
-        ahead = max(1, min(plan.slots, (config.instr_queue_depth - 1) // per_tile))
+    ahead = Loading.streams_ahead(config, plan.slots, bias) if stream else plan.slots
     sched = Scheduler()
     act = _up(k, wb)
     sched.add(Opcode.LD, reads=[mem(in_addr, act)], writes=[span(Buffer.ACT, 0, act)],

@@ -32,6 +32,7 @@ Instructions are emitted in program order through :class:`compiler.schedule.Sche
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from airfoil.errors import CompileError
@@ -158,6 +159,27 @@ class OutHalves:
         self.group_of = [t["row0"] // group_rows for t in tiles]
         self.last_of_group = {g: i for i, g in enumerate(self.group_of)}
 
+    @staticmethod
+    def fit(config, out_bits: int) -> tuple:
+        """``(accept, group_rows)``: whether an OUT half holds a word-aligned whole number
+        of tiles of ``rows`` rows (``accept(rows)``, for :func:`compiler.tiling.
+        row_block`), and the rows of one OUT half for such tiles (``group_rows(rows)``).
+        Raises :class:`CompileError` when not even ``chains`` rows are accepted."""
+        chains, wb = config.chains, config.word_bytes
+        ob = out_bits // 8
+        half_rows = (config.buffers.out_bytes // 2) // ob
+        wq = wb // math.gcd(wb, ob)         # rows whose outputs fill whole memory words
+        if math.lcm(chains, wq) > half_rows:
+            raise CompileError(f"no tile of {chains} rows fits: the OUT buffer half "
+                               f"({half_rows} outputs of {out_bits} bits) cannot hold "
+                               f"{math.lcm(chains, wq)} rows")
+
+        def group_rows(rows):
+            step = math.lcm(rows, wq)
+            return (half_rows // step) * step
+
+        return (lambda rows: math.lcm(rows, wq) <= half_rows), group_rows
+
     def place(self, i: int, tile: dict) -> tuple[int, list]:
         """``(obuf_addr, writes)`` of tile ``i``."""
         g = self.group_of[i]
@@ -209,6 +231,18 @@ class Loading:
 
     def slot(self, i: int) -> int:
         return ((self.first_slot + i) % self.slots) * self.slot_bytes
+
+    @staticmethod
+    def streams_ahead(config, slots: int, bias_tiles: bool) -> int:
+        """Streamed blocks whose loads may run ahead of the matrix instructions. A
+        streamed load on a channel waits while the channel's previous stream is undrained
+        (its slice's FIFO full until that block's MV runs), and the loads behind it wait
+        in the LOAD queue: the MV must still find room to be dispatched, so the later
+        blocks' loads queued ahead of it stay within ``instr_queue_depth - 1`` (a WGT
+        tile's loads never wait for a consumer). One block ahead is always safe: each
+        channel's reader takes its load of that block at once."""
+        per_block = config.memory.channels + (1 if bias_tiles else 0)
+        return max(1, min(slots, (config.instr_queue_depth - 1) // per_block))
 
 
 def lower_linear(sched: Scheduler, config, tiles: list, *, k: int, streamed: bool, wfmt,
