@@ -85,7 +85,7 @@ from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
-                             requant_params, tile_layout, weight_format)
+                             requant_params, weight_format)
 from airfoil.isa import ISA_VERSION, Buffer, Opcode, SysOp, WeightFormat
 from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
@@ -101,8 +101,8 @@ from .passes import StreamShape, Validate, quantize_linear
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
 from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
-from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, place_stream_block,
-                      stream_bits, stream_block_bytes)
+from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_tile,
+                      place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
 
 __all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
            "LINEAR_STEPS", "step_summary", "check_stream_args", "plan_linear", "plan_stream",
@@ -179,8 +179,7 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         half_w = min(half_w, int(max_tile_bytes))
 
     def nbytes(rows, cols):
-        return tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
-                           lanes=config.lanes, bias=bias, align=wb).nbytes
+        return wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=bias).nbytes
 
     if _up(k, wb) > config.buffers.act_bytes:
         raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
@@ -194,8 +193,7 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     tiles = []
     for row0, rows, c0, cols in boxes:
         has_bias = bias and c0 == 0
-        lay = tile_layout(rows=rows, k=cols, group=group, wfmt=wf, chains=chains,
-                          lanes=config.lanes, bias=has_bias, align=wb)
+        lay = wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=has_bias)
         tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
                       "bias": has_bias, "layout": lay})
     slots, slot_bytes = wgt_slots(config, max(t["layout"].nbytes for t in tiles))
@@ -530,9 +528,8 @@ class PlanTiles(_LayerStep):
         geom = core_stream_geometry(cfg)
 
         def bias_layout(rows):
-            return tile_layout(rows=rows, k=o.group, group=o.group, wfmt=o.bias_wformat,
-                               chains=cfg.chains, lanes=cfg.lanes, bias=True,
-                               align=cfg.word_bytes)
+            return wgt_tile_layout(cfg, rows, o.group, group=o.group, wfmt=o.bias_wformat,
+                                   bias=True)
 
         g.meta["plan"] = plan_stream(
             n, k, cfg, out_bits=o.out_bits, max_tile_bytes=o.max_tile_bytes,
@@ -574,10 +571,9 @@ class PackImage(_LayerStep):
         o, group = self.opts, self.opts.group
         tiles, blobs = [], []
         for t in plan.tiles:
-            r0, r1, c0, c1 = t["row0"], t["row0"] + t["rows"], t["col0"], t["col0"] + t["cols"]
-            blob = pack_tile(t["layout"], ql.q[r0:r1, c0:c1],
-                             ql.scales[r0:r1, c0 // group:c1 // group],
-                             bias_q[r0:r1] if t["bias"] else None)
+            r0, c0 = t["row0"], t["col0"]
+            blob = pack_wgt_tile(t["layout"], ql.q, ql.scales, (r0, t["rows"], c0, t["cols"]),
+                                 group, bias_q if t["bias"] else None)
             assert len(blob) == t["layout"].nbytes and len(blob) % o.config.word_bytes == 0
             t["addr"] = addr
             tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": len(blob),

@@ -93,7 +93,7 @@ from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
-from airfoil.formats import FORMAT_BY_NAME, fp16_fixed, pack_tile, tile_layout
+from airfoil.formats import FORMAT_BY_NAME, fp16_fixed
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, SfuFunc,
                          SysOp)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
@@ -101,7 +101,8 @@ from airfoil.program import Program
 
 from .asm import listing
 from .output import write_folder
-from .streams import MAX_STREAM_BYTES, least_scale, place_stream_block, stream_block_bytes
+from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream_block,
+                      stream_block_bytes, wgt_tile_layout)
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
@@ -162,9 +163,8 @@ WGT_SLOTS = (4, 3, 2)
 
 
 def _tile_bytes(config, rows, k, bits, group):
-    return tile_layout(rows=rows, k=k, group=group, wfmt=FORMAT_BY_NAME[f"int{bits}"],
-                       chains=config.chains, lanes=config.lanes, bias=False,
-                       align=config.word_bytes).nbytes
+    return wgt_tile_layout(config, rows, k, group=group,
+                           wfmt=FORMAT_BY_NAME[f"int{bits}"]).nbytes
 
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
@@ -486,14 +486,10 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
                 continue
             q, scales = ql.q, ql.scales         # read once per layer, packed tile by tile
             for t in linears[name]["tiles"]:
-                r0, rows, c0, cols = t["row0"], t["rows"], t["col0"], t["cols"]
-                lay_t = tile_layout(rows=rows, k=cols, group=ql.group,
-                                    wfmt=FORMAT_BY_NAME[f"int{ql.bits}"],
-                                    chains=config.chains, lanes=config.lanes, bias=False,
-                                    align=config.word_bytes)
-                put(t["addr"], pack_tile(lay_t, q[r0:r0 + rows, c0:c0 + cols],
-                                         scales[r0:r0 + rows,
-                                                c0 // ql.group:(c0 + cols) // ql.group], None))
+                box = t["row0"], t["rows"], t["col0"], t["cols"]
+                lay_t = wgt_tile_layout(config, t["rows"], t["cols"], group=ql.group,
+                                        wfmt=FORMAT_BY_NAME[f"int{ql.bits}"])
+                put(t["addr"], pack_wgt_tile(lay_t, q, scales, box, ql.group))
 
 
 # -- emission of one phase ----------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Weight layout pieces shared by the single-layer and the whole-LLM compilers.
 
 * :func:`slices` -- a transfer cut into word-aligned slices, one per memory channel;
+* :func:`wgt_tile_layout`, :func:`pack_wgt_tile` -- the layout of a WGT tile on a config,
+  and a layer's tile packed in it;
 * :func:`channel_layout` -- where each memory channel's region starts in an image;
 * :func:`pack_stream_tile` -- one row block of a streamed layer packed into one record
   stream per memory channel (the core's decode-unit slices), padding rows included;
@@ -18,11 +20,12 @@ import torch
 
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
-from airfoil.formats import fp16_fixed
+from airfoil.formats import TileLayout, fp16_fixed, pack_tile, tile_layout
 from airfoil.packing import (BLOCK_CODE, HEADER_FIXED_BITS, format_spec, nm_index_bits,
                              pack_channels, step_mask)
 
-__all__ = ["MAX_STREAM_BYTES", "CHANNEL_ALIGN", "slices", "channel_layout",
+__all__ = ["MAX_STREAM_BYTES", "CHANNEL_ALIGN", "slices", "wgt_tile_layout",
+           "pack_wgt_tile", "channel_layout",
            "pack_stream_tile", "stream_block_bytes", "place_stream_block", "least_scale",
            "stream_bits"]
 
@@ -42,6 +45,26 @@ def slices(nbytes: int, config: AccelConfig) -> list[tuple[int, int]]:
     count = max(1, min(mem.channels, -(-nbytes // (wb * mem.max_burst))))
     size = _up(-(-nbytes // count), wb)
     return [(off, min(size, nbytes - off)) for off in range(0, nbytes, size)]
+
+
+def wgt_tile_layout(config: AccelConfig, rows: int, cols: int, *, group: int, wfmt,
+                    bias: bool = False) -> TileLayout:
+    """The layout of a WGT tile of ``rows`` x ``cols`` weights of format ``wfmt`` on
+    ``config`` (its chains and lanes, whole memory words), with an int32 bias section
+    when ``bias``."""
+    return tile_layout(rows=rows, k=cols, group=group, wfmt=wfmt, chains=config.chains,
+                       lanes=config.lanes, bias=bias, align=config.word_bytes)
+
+
+def pack_wgt_tile(layout: TileLayout, q: torch.Tensor, scales: torch.Tensor, box,
+                  group: int, bias: torch.Tensor | None = None) -> bytes:
+    """The bytes of the tile ``box`` (``row0, rows, col0, cols``) of a layer's weight
+    values ``q`` and FP16 group ``scales`` in ``layout``, with the rows' int32 ``bias``
+    (of the whole layer) when given."""
+    r0, rows, c0, cols = box
+    return pack_tile(layout, q[r0:r0 + rows, c0:c0 + cols],
+                     scales[r0:r0 + rows, c0 // group:(c0 + cols) // group],
+                     None if bias is None else bias[r0:r0 + rows])
 
 
 def channel_layout(used, config: AccelConfig) -> list:

@@ -1,7 +1,7 @@
 """The single-layer compiler and the LLM lowering plan, pack and schedule a linear layer
 with one implementation (:mod:`compiler.tiling`, :mod:`compiler.streams`,
-:mod:`compiler.schedule`, :mod:`compiler.lower_linear`): the same layer compiled both ways gets the same tiles, the
-same bytes in the image and the same tile instructions."""
+:mod:`compiler.schedule`, :mod:`compiler.lower_linear`): the same layer compiled both
+ways gets the same tiles, the same bytes in the image and the same tile instructions."""
 
 import pytest
 import torch
@@ -57,7 +57,8 @@ def test_one_implementation():
     """Both compilers import the planner, the stream packer and the scheduler from one
     place (no copy kept equal)."""
     shared = {tiling: ("plan_wgt_tiles", "row_block", "tile_boxes"),
-              streams: ("place_stream_block", "stream_block_bytes"),
+              streams: ("place_stream_block", "stream_block_bytes", "wgt_tile_layout",
+                        "pack_wgt_tile"),
               schedule: ("Scheduler",),
               lower_linear: ("lower_linear", "Arithmetic", "Vectors", "Loading")}
     for module, names in shared.items():
