@@ -169,3 +169,22 @@ def test_cli_stop_after(tmp_path, capsys):
     cli_fails(capsys, ["compile", "--stop-after", "lower", "-o", str(out)],
               "--stop-after 'lower' is not a step of a linear layer's compile (accepted: "
               "validate, quantize")
+
+
+def test_arithmetic_options():
+    """The one lowering's arithmetic: static scales carry the layer's requantization and
+    output width; per-token ones the scale pairs' address, INT32 results and no tile
+    bias (a tile's bias in accumulator units would differ per token)."""
+    from airfoil.errors import CompileError
+    from airfoil.isa import OutFormat
+    from compiler.lower_linear import Arithmetic
+    static = Arithmetic(32, -9, 16, req_m=1234, req_s=20, bias="tiles").fields()
+    assert static == {"group": 32, "k0": -9, "out_fmt": OutFormat.INT16, "req_m": 1234,
+                      "req_s": 20}
+    per_token = Arithmetic(32, -9, per_token=True, scales=0x40, bias="sfu").fields()
+    assert per_token["tok_scale"] == 1 and per_token["sbuf_addr"] == 0x40
+    assert per_token["out_fmt"] == OutFormat.INT32 and per_token["req_m"] == 0
+    for bad in (dict(per_token=True, bias="tiles"), dict(per_token=True, out_bits=8),
+                dict(out_bits=4), dict(bias="rows")):
+        with pytest.raises(CompileError):
+            Arithmetic(32, 0, **bad)
