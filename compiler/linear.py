@@ -7,8 +7,9 @@ STEP``): ``validate`` (the LLM compiler's), ``quantize`` the weights in groups
 static activation and output scales, ``plan`` the tiles (:mod:`compiler.tiling`, the LLM
 lowering's planner), ``pack`` the memory image (streamed row blocks by
 :func:`compiler.streams.place_stream_block`, as the LLM lowering packs them),
-``schedule`` the instruction stream (:class:`compiler.schedule.Scheduler`, with the LLM
-lowering's tile loads and matrix instructions), and ``emit`` ``program.afp``,
+``schedule`` the instruction stream (:func:`compiler.lower_linear.lower_linear`, the LLM
+lowering's lowering of a linear node, with static activation scales, OUT halves and the
+bias in the tiles), and ``emit`` ``program.afp``,
 ``weights.bin``, ``manifest.json`` and ``program.s``.
 
 Schedule (VTA style; the tokens follow from the buffer and memory ranges each instruction
