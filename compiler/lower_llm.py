@@ -638,7 +638,7 @@ class _Phase:
         added by the SFU; each tile loaded right before its matrix instruction, the WGT
         slots in turn across layers, the slices on the channels round robin."""
         info, T, wb = self.lin[name], self.tmax, self.wb
-        n, k = info["n"], info["k"]
+        n, k = ql.shape
         orow = _up(n * 4, wb)
         has_bias = name + "_bias" in self.lay
         prefill = self.phase == "prefill"
