@@ -253,10 +253,13 @@ def lower_linear(sched: Scheduler, config, tiles: list, *, k: int, streamed: boo
 
     ``tiles``: WGT tiles (``row0``, ``rows``, ``col0``, ``cols``, ``addr``, ``nbytes``) of
     weight format ``wfmt``, or streamed row blocks (``streams``; with ``bias_addr``,
-    ``bias_nbytes``, ``bias_wfmt`` when their bias is in a bias tile). ``out``: an
-    :class:`OutHalves` or :class:`OutRows`. ``act``: ACT address of the activations.
-    ``sfu_bias()``: emits the bias's addition when ``arith.bias`` is ``sfu``.
+    ``bias_nbytes``, ``bias_wfmt``, their bias tile's, when ``arith.bias`` is ``tiles``).
+    With the bias in the tiles, a WGT tile of the first chunk of K holds its rows' bias.
+    ``out``: an :class:`OutHalves` or :class:`OutRows`. ``act``: ACT address of the
+    activations. ``sfu_bias()``: emits the bias's addition when ``arith.bias`` is ``sfu``.
     """
+    assert arith.bias != "sfu" or sfu_bias is not None, "the SFU bias needs sfu_bias"
+    in_tiles = arith.bias == "tiles"
     if streamed and vectors.m > config.limits.stream_tokens:
         raise CompileError(f"a streamed layer takes at most {config.limits.stream_tokens} "
                            f"tokens per matrix instruction (config limits.stream_tokens); "
@@ -270,7 +273,7 @@ def lower_linear(sched: Scheduler, config, tiles: list, *, k: int, streamed: boo
             load_wgt_tile(sched, config, loading.slot(i), t["addr"], t["nbytes"],
                           loading.channel)
             return
-        if "bias_addr" in t:                # a bias tile in a WGT slot (one LD from
+        if in_tiles:                        # a bias tile in a WGT slot (one LD from
             load_wgt_tile(sched, config, loading.slot(i), t["bias_addr"],   # channel 0)
                           t["bias_nbytes"], lambda j: 0, sliced=False)
         load_stream_block(sched, t, channel_memories=loading.channel_memories)
@@ -281,10 +284,9 @@ def lower_linear(sched: Scheduler, config, tiles: list, *, k: int, streamed: boo
         obuf, writes = out.place(i, t)
         slot = loading.slot(i)
         if streamed:
-            has_bias_tile = "bias_addr" in t
             mv = stream_block_fields(t, act=act, obuf_addr=obuf, writes=writes,
-                                     acc_init=int(not has_bias_tile), **requant)
-            if has_bias_tile:   # the accumulators start from the bias tile's bias
+                                     acc_init=int(not in_tiles), **requant)
+            if in_tiles:        # the accumulators start from the bias tile's bias
                 box = {**t, "col0": 0, "cols": arith.group, "nbytes": t["bias_nbytes"]}
                 bias_mv = wgt_tile_fields(box, k, slot=slot, act=act, obuf_addr=obuf,
                                           writes=(), wfmt=t["bias_wfmt"], bias=1, final=0,
@@ -297,7 +299,7 @@ def lower_linear(sched: Scheduler, config, tiles: list, *, k: int, streamed: boo
                 mv["reads"].append(span(Buffer.WGT, slot, t["bias_nbytes"]))
         else:
             mv = wgt_tile_fields(t, k, slot=slot, act=act, obuf_addr=obuf, writes=writes,
-                                 wfmt=wfmt, bias=int(bool(t.get("bias"))), **requant)
+                                 wfmt=wfmt, bias=int(in_tiles and t["col0"] == 0), **requant)
         mv["reads"] += arith.act_reads(act, t, k, vectors)
         sched.add(op, **mv)
         out.done(sched, i)
