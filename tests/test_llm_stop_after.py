@@ -79,12 +79,24 @@ def test_calibrated_steps(tmp_path, capsys, hf_model, step, printed):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_step_and_synthetic_refused(tmp_path, capsys, hf_model):
+def test_unknown_steps_refused(tmp_path, capsys, hf_model):
     cli_fails(capsys, _args(tmp_path, hf_model) + ["--stop-after", "lower"],
               "--stop-after 'lower' is not a step of this model's compile (accepted: "
               "validate, fold_attention_scale, quantize, plan, pack, schedule, emit)")
-    cli_fails(capsys, ["compile", "--synthetic", "llama2-7b", "--stop-after", "plan", "-o",
-                       str(tmp_path / "out")], "--stop-after applies to a linear layer")
+    cli_fails(capsys, ["compile", "--synthetic", "llama2-7b", "--stop-after", "quantize",
+                       "-o", str(tmp_path / "out")],
+              "--stop-after 'quantize' is not a step of a synthetic model's lowering "
+              "(accepted: plan, pack, schedule, emit)")
+
+
+def test_synthetic_model_lowering_steps(tmp_path, capsys):
+    """A synthetic model (made, not imported) stops after a lowering step: the 7B shape's
+    plan without its weights' values, nothing written."""
+    out = tmp_path / "out"
+    text = cli_ok(capsys, ["compile", "--synthetic", "llama2-7b", "--config", "u280",
+                           "--size-only", "--stop-after", "plan", "-o", str(out)])
+    assert text.startswith("plan: ") and "of 225 layers" in text, text
+    assert not out.exists()
 
 
 def test_lowering_steps_are_what_the_folder_holds(tmp_path):

@@ -29,8 +29,9 @@ A linear layer compiles as a one-node graph through named steps (validate, quant
 calibrate, plan, pack, schedule, emit; :data:`compiler.linear.LINEAR_STEPS`), a model
 through the graph pipeline's steps and the lowering's, named alike (validate,
 fold_attention_scale, quantize, plan, pack, schedule, emit;
-:func:`compiler.llm_steps.llm_steps`); ``--stop-after STEP`` runs them up to STEP and
-prints what it made (``schedule``: the programs' listings) without writing the folder.
+:func:`compiler.llm_steps.llm_steps`; a synthetic model the lowering's alone);
+``--stop-after STEP`` runs them up to STEP and prints what it made (``schedule``: the
+programs' listings) without writing the folder.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def register(sub):
                         "(schedule: the programs' listings) and write nothing before emit; "
                         "a linear layer's: validate, quantize, calibrate, plan, pack, "
                         "schedule, emit; MODEL's: validate, fold_attention_scale, "
-                        "[calibrate, awq, bits_budget,] quantize, plan, pack, schedule, emit")
+                        "[calibrate, awq, bits_budget,] quantize, plan, pack, schedule, emit; "
+                        "--synthetic's: plan, pack, schedule, emit")
     p.set_defaults(func=run)
 
 
@@ -279,6 +281,26 @@ def llm_stop_after_from_args(args, console=None) -> str:
     return lowering_summary(made, step)
 
 
+def synthetic_stop_after_from_args(args) -> str:
+    """Lower the synthetic model ``--synthetic`` names up to ``--stop-after`` (a step of
+    :data:`compiler.lower_llm.LOWER_STEPS`: the model is made, not imported, so it has no
+    graph steps); return what that step made."""
+    from compiler.llm_steps import lowering_summary
+    from compiler.lower_llm import LOWER_STEPS, compile_llm
+    from compiler.synthetic import load_shape, synthetic_model
+
+    if args.stop_after not in LOWER_STEPS:
+        raise CompileError(f"--stop-after {args.stop_after!r} is not a step of a synthetic "
+                           f"model's lowering (accepted: {', '.join(LOWER_STEPS)})")
+    config = load_config(args.config or DEFAULT_CONFIG["llm"])
+    model = synthetic_model(load_shape(args.synthetic), seed=args.seed, recipe=args.recipe)
+    made = compile_llm(model, config, args.output, max_prompt=args.max_prompt,
+                       source=f"synthetic {args.synthetic} (seed {args.seed})",
+                       recipe=model["recipe"], max_positions=args.max_positions,
+                       size_only=args.size_only, stop_after=args.stop_after)
+    return lowering_summary(made, args.stop_after)
+
+
 def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
     """Compile the synthetic model ``--synthetic`` names (:mod:`compiler.synthetic`), with
     a progress bar; the decode cycles come from the data-free cycle model
@@ -421,14 +443,14 @@ def summary_table(manifest, summary):
 
 
 def run(args) -> int:
-    if args.stop_after is not None and args.synthetic is not None:
-        raise CompileError("--stop-after applies to a linear layer (--layer) or MODEL, not "
-                           "to --synthetic")
     if args.synthetic is not None:
         from rich.console import Console
         if args.model is not None:
             raise CompileError(f"give MODEL {args.model!r} or --synthetic "
                                f"{args.synthetic!r}, not both")
+        if args.stop_after is not None:
+            print(synthetic_stop_after_from_args(args), file=sys.stdout)
+            return 0
         console = Console()
         manifest, summary = compile_synthetic_from_args(args, console)
         console.print(summary_table(manifest, summary))
