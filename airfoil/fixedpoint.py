@@ -602,15 +602,30 @@ class QLinear:
         The pattern ``mask`` obeys and the stream records: ``dense``, an N:M pattern
         (``2:4``, ...) or ``block``.
     in_features : int, optional
-        The layer's input width before padding to a whole group (default: ``k``).
+        The layer's input width before padding to a whole group (default: ``k /
+        input_copies``).
+    input_copies : int
+        How many copies of the input, side by side, the layer reads: ``q``'s columns are
+        that many blocks of ``k / input_copies``, block ``c`` applied to copy ``c``, and
+        the weight is the sum of the blocks. A GGUF ``Q4_1`` layer (``w = d q + m`` per
+        block of 32) is two: codes ``q`` with scales ``d``, then codes 1 with scales ``m``
+        (the offset times the block's sum of inputs). Copies are not padded: ``k /
+        input_copies`` is ``in_features``.
     """
 
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, group: int, bits: int, *,
                  formats: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 sparsity: str = "dense", in_features: int | None = None):
+                 sparsity: str = "dense", in_features: int | None = None,
+                 input_copies: int = 1):
         self.q, self.scales, self.group, self.bits = q, scales, int(group), int(bits)
         self.formats, self.mask, self.sparsity = formats, mask, str(sparsity)
-        self.in_features = int(q.shape[1] if in_features is None else in_features)
+        self.input_copies = int(input_copies)
+        width = q.shape[1] // self.input_copies
+        self.in_features = int(width if in_features is None else in_features)
+        if self.input_copies > 1 and (q.shape[1] % self.input_copies
+                                      or self.in_features != width):
+            raise ValueError(f"{self.input_copies} input copies of {self.in_features} "
+                             f"inputs do not make {q.shape[1]} columns")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -622,11 +637,14 @@ class QLinear:
         """Whether the layer runs from the weight stream (a format per group, or sparse)."""
         return self.formats is not None
 
-    def dequantize(self) -> torch.Tensor:
-        """The float32 matrix ``q * scale`` (the fake-quantized weights), ``in_features``
-        columns."""
-        s = self.scales.to(torch.float32).repeat_interleave(self.group, dim=1)
-        return (self.q.to(torch.float32) * s)[:, :self.in_features]
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """The matrix ``q * scale`` (the fake-quantized weights; the blocks of the input
+        copies summed), ``in_features`` columns, in ``dtype`` (float64: exact)."""
+        s = self.scales.to(dtype).repeat_interleave(self.group, dim=1)
+        w = self.q.to(dtype) * s
+        rows, k = w.shape
+        w = w.reshape(rows, self.input_copies, k // self.input_copies).sum(dim=1)
+        return w[:, :self.in_features]
 
 
 def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
@@ -641,6 +659,8 @@ def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
     ``0..REQ_S_MAX`` and the accumulator does not wrap.
     """
     from .formats import accumulate, fp16_fixed, group_psum, rescale
+    if w.input_copies > 1:                  # the input side by side, once per block of q
+        x = torch.cat([x] * w.input_copies, dim=-1)
     if x.shape[-1] < w.shape[1]:            # the zero columns padding k to a whole group
         x = torch.nn.functional.pad(x, (0, w.shape[1] - x.shape[-1]))
     m, k = fp16_fixed(w.scales)

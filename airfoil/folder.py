@@ -524,7 +524,8 @@ def _read_streamed(v: dict, image, config: AccelConfig):
         tags[r0:r0 + rows] = torch.from_numpy(np.repeat(tt, geom.rows, axis=0)[:rows])
     sparse = v["sparsity"] != "dense"
     return fx.QLinear(q, sc, group, v["bits"], formats=tags, mask=q != 0 if sparse else None,
-                      sparsity=v["sparsity"], in_features=v.get("k_in"))
+                      sparsity=v["sparsity"], in_features=v.get("k_in"),
+                      input_copies=v.get("copies", 1))
 
 
 def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
@@ -562,7 +563,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
             q[r0:r0 + t["rows"], c0:c0 + t["cols"]] = tq
             g0 = c0 // v["group"]
             sc[r0:r0 + t["rows"], g0:g0 + t["cols"] // v["group"]] = ts
-        return fx.QLinear(q, sc, v["group"], v["bits"], in_features=v.get("k_in"))
+        return fx.QLinear(q, sc, v["group"], v["bits"], in_features=v.get("k_in"),
+                          input_copies=v.get("copies", 1))
 
     layers = []
     for i in range(shape["num_hidden_layers"]):

@@ -255,12 +255,17 @@ def _check_model(model, config):
     if encoder(model["shape"]) and (4 * d) % config.word_bytes:
         raise CompileError(f"hidden_size={d}: an encoder's hidden-state rows ({4 * d} "
                            f"bytes) must be whole {config.word_bytes}-byte memory words")
-    names = [] if encoder(model["shape"]) else [("lm_head", model["lm_head"])]
-    names += [(f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"])
-              for r in _roles(model)]
+    names = _named_linears(model)
     for name, ql in names:
         _check_linear(name, ql, config)
     return names
+
+
+def _named_linears(model) -> list:
+    """``(name, QLinear)`` of every linear layer of a quantized model."""
+    names = [] if encoder(model["shape"]) else [("lm_head", model["lm_head"])]
+    return names + [(f"layers.{i}.{r}", L[r]) for i, L in enumerate(model["layers"])
+                    for r in _roles(model)]
 
 
 def _check_linear(name, ql, config):
@@ -385,7 +390,8 @@ def _place_linears(flat, plans, config, top, streamed):
             tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
                           "addr": addr, "nbytes": nbytes})
             addr += nbytes
-        linears[name] = {"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits,
+        linears[name] = {"n": n, "k": k, "k_in": ql.in_features,
+                         "copies": ql.input_copies, "bits": ql.bits,
                          "group": ql.group, "k0": int(kexp.min()), "streamed": False,
                          "label": f"int{ql.bits}", "tiles": tiles}
     return linears, streams, addr
@@ -515,7 +521,9 @@ class _Phase:
         self.wide = wide = max(d, inter, heads * hd)
         self.H = act.take(T * d * 4, "residual stream")
         self.X = act.take(T * wide * 4, "normalised / product activations")
-        self.XQ = act.take(T * wide, "INT8 activations")
+        copies = max(ql.input_copies for _, ql in _named_linears(model))
+        self.XQ = act.take(T * wide * copies, "INT8 activations")
+        self.xq_row = wide          # bytes from one token's INT8 row in XQ to the next
         self.QR = act.take(T * heads * self.rec, "query records")
         self.C = act.take(T * heads * hd * 4, "attention context")
         out = _Bump("OUT", b.out_bytes, self.wb)
@@ -615,13 +623,20 @@ class _Phase:
                  reads=[rows, self.r(Buffer.AUX, self.BIAS, 4 * n)], writes=[rows],
                  aux=Buffer.AUX, aux_addr=self.BIAS, imm0=1)
 
-    def quant(self, src, src_addr, n):
-        """QUANT_TOKEN rows of ``n`` into XQ (k-contiguous) and scale pairs in AUX."""
+    def quant(self, src, src_addr, n, *readers):
+        """QUANT_TOKEN rows of ``n`` into XQ (k-contiguous) and scale pairs in AUX, once
+        per input copy the linear layers ``readers`` take (:attr:`~airfoil.fixedpoint.
+        QLinear.input_copies`): copy ``c`` of a token's row at ``c n`` in a row of ``copies
+        n`` bytes (the same values and scale pair each time; one more SFU pass a copy)."""
         T = self.tmax
-        self.sfu(SfuFunc.QUANT_TOKEN, src, src_addr, Buffer.ACT, self.XQ, n,
-                 reads=[self.rows_act(src, src_addr, n)],
-                 writes=[self.r(Buffer.ACT, self.XQ, T * n), self.r(Buffer.AUX, self.SC, 8 * T)],
-                 aux=Buffer.AUX, aux_addr=self.SC, imm0=n, imm1=8)
+        copies = max((ql.input_copies for ql in readers), default=1)
+        self.xq_row = copies * n
+        for c in range(copies):
+            self.sfu(SfuFunc.QUANT_TOKEN, src, src_addr, Buffer.ACT, self.XQ + c * n, n,
+                     reads=[self.rows_act(src, src_addr, n)],
+                     writes=[self.r(Buffer.ACT, self.XQ, T * copies * n),
+                             self.r(Buffer.AUX, self.SC, 8 * T)],
+                     aux=Buffer.AUX, aux_addr=self.SC, imm0=copies * n, imm1=8)
 
     def records(self, src, src_addr, heads, dst, dst_addr):
         """QUANT_TOKEN per head into records (INT8 + scale pair)."""
@@ -647,7 +662,7 @@ class _Phase:
             wfmt=None if info["streamed"] else FORMAT_BY_NAME[f"int{info['bits']}"],
             arith=Arithmetic(info["group"], info["k0"], per_token=True, scales=self.SC,
                              bias="sfu" if has_bias else "none"),
-            vectors=Vectors(T, REG_T if prefill else None, astride=info["k_in"] // wb,
+            vectors=Vectors(T, REG_T if prefill else None, astride=self.xq_row // wb,
                             ostride=orow // wb),
             out=OutRows(out_addr, orow, T),
             loading=Loading(self.slots, self.slot_bytes, lambda j: self.channel(),
@@ -676,7 +691,7 @@ class _Phase:
         for i, L in enumerate(m["layers"]):
             p = f"l{i}."
             self.rmsnorm(p + "attn_norm")
-            self.quant(Buffer.ACT, self.X, d)
+            self.quant(Buffer.ACT, self.X, d, L["q"], L["k"], L["v"])
             self.linear(p + "q", L["q"], self.Q)
             self.linear(p + "k", L["k"], self.K)
             self.linear(p + "v", L["v"], self.V)
@@ -696,11 +711,11 @@ class _Phase:
             self.records(Buffer.OUT, self.V, kv, Buffer.OUT, self.VR)
             self.store_kv(p)
             self.attention(p)
-            self.quant(Buffer.ACT, self.C, heads * hd)
+            self.quant(Buffer.ACT, self.C, heads * hd, L["o"])
             self.linear(p + "o", L["o"], self.O)
             self.residual()
             self.rmsnorm(p + "mlp_norm")
-            self.quant(Buffer.ACT, self.X, d)
+            self.quant(Buffer.ACT, self.X, d, *(L[r] for r in ("gate", "up") if r in L))
             x_rng = self.rows_act(Buffer.ACT, self.X, inter)
             u_rng = self.rows_act(Buffer.OUT, self.U, inter)
             if "gate" in L:
@@ -716,11 +731,11 @@ class _Phase:
                 self.linear(p + "up", L["up"], self.U)
                 self.sfu(_MLP_ACT[m["shape"]["mlp"]], Buffer.OUT, self.U, Buffer.ACT, self.X,
                          inter, reads=[u_rng], writes=[x_rng])
-            self.quant(Buffer.ACT, self.X, inter)
+            self.quant(Buffer.ACT, self.X, inter, L["down"])
             self.linear(p + "down", L["down"], self.O)
             self.residual()
         self.rmsnorm("norm")
-        self.quant(Buffer.ACT, self.X, d)
+        self.quant(Buffer.ACT, self.X, d, m["lm_head"])
         self.linear("lm_head", m["lm_head"], self.LOG)
         return self.store_output(Buffer.OUT, self.LOG)
 
@@ -761,7 +776,7 @@ class _Phase:
         self.rmsnorm("norm")
         for i, L in enumerate(self.model["layers"]):
             p = f"l{i}."
-            self.quant(Buffer.ACT, self.X, d)
+            self.quant(Buffer.ACT, self.X, d, L["q"], L["k"], L["v"])
             for role, addr in (("q", self.Q), ("k", self.K), ("v", self.V)):
                 self.linear(p + role, L[role], addr)
             self.records(Buffer.OUT, self.Q, heads, Buffer.ACT, self.QR)
@@ -769,16 +784,16 @@ class _Phase:
             self.records(Buffer.OUT, self.V, kv, Buffer.OUT, self.VR)
             self.store_kv(p)
             self.attention(p)
-            self.quant(Buffer.ACT, self.C, heads * self.hd)
+            self.quant(Buffer.ACT, self.C, heads * self.hd, L["o"])
             self.linear(p + "o", L["o"], self.O)
             self.residual(src=self.X)
             self.rmsnorm(p + "attn_norm")
-            self.quant(Buffer.ACT, self.X, d)
+            self.quant(Buffer.ACT, self.X, d, L["up"])
             self.linear(p + "up", L["up"], self.U)
             u_rng = self.rows_act(Buffer.OUT, self.U, inter)
             self.sfu(_MLP_ACT[self.model["shape"]["mlp"]], Buffer.OUT, self.U, Buffer.OUT,
                      self.U, inter, reads=[u_rng], writes=[u_rng])
-            self.quant(Buffer.OUT, self.U, inter)
+            self.quant(Buffer.OUT, self.U, inter, L["down"])
             self.linear(p + "down", L["down"], self.O)
             self.residual(src=self.X)
             self.rmsnorm(p + "mlp_norm")
@@ -908,7 +923,8 @@ def _pack_streamed(name, ql, config, geom, addr):
     for t in tags.reshape(-1).tolist():
         f = format_spec(t).name
         counts[f] = counts.get(f, 0) + 1
-    return ({"n": n, "k": k, "k_in": ql.in_features, "bits": ql.bits, "group": ql.group,
+    return ({"n": n, "k": k, "k_in": ql.in_features, "copies": ql.input_copies,
+             "bits": ql.bits, "group": ql.group,
              "k0": int(kexp.min()), "streamed": True, "sparsity": ql.sparsity,
              "label": _stream_label(ql), "records": counts, "tiles": tiles}, blobs)
 

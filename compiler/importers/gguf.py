@@ -17,9 +17,12 @@ Each linear layer's quantization type decides how it is imported (:mod:`.prequan
   :func:`~.prequant.positive_scales`);
 * ``Q5_0`` (FP16 ``d``, a fifth bit per weight; ``w = d (q - 16)``, codes ``-16..15``):
   INT8, exact, any sign of ``d``;
-* every other type (``Q4_1``'s ``w = d q + m`` needs the ``m`` term per group, K-quants,
-  ``Q5_*``, ...) is dequantized with ``gguf.quants.dequantize`` and requantized by the
-  recipe, the error reported (:func:`~.prequant.conversion_errors`);
+* ``Q4_1`` (FP16 ``d`` and ``m``, 16 bytes of nibbles as in Q4_0; ``w = d q + m``, codes
+  ``0..15``): exact, the input read twice (:func:`~.prequant.offset_layer`: codes ``[q |
+  1]``, scales ``[d | m]``), twice the columns;
+* every other type (K-quants, ``Q5_1``, ...) is dequantized with
+  ``gguf.quants.dequantize`` and requantized by the recipe, the error reported
+  (:func:`~.prequant.conversion_errors`);
 * ``F32``, ``F16``, ``BF16`` weights are float weights.
 
 The tokenizer in the GGUF metadata is not read: a ``tokenizer.json`` beside the file is
@@ -58,7 +61,7 @@ HF_NAMES = {
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
 #: Quantization types imported exactly.
-EXACT_TYPES = ("Q8_0", "Q4_0", "Q5_0")
+EXACT_TYPES = ("Q8_0", "Q4_0", "Q5_0", "Q4_1")
 _FLOAT_TYPES = ("F32", "F16", "BF16")
 _QK = 32                                  # elements per Q8_0 / Q4_0 block
 
@@ -163,7 +166,19 @@ def _q5_0(data, n, k):
     return (q - 16).reshape(n, k), d
 
 
-_EXACT_READERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q5_0": _q5_0}
+def _q4_1(data, n, k):
+    """Codes (n, k) (the nibbles, ``0..15``), FP16 scales and FP16 offsets (n, k / 32)
+    of Q4_1 rows: ``d``, ``m``, 16 bytes of nibbles as in Q4_0; ``w = d q + m``."""
+    b = _blocks(data, n, k, 4 + _QK // 2)
+    d = b[..., :2].copy().view(np.float16)[..., 0]
+    m = b[..., 2:4].copy().view(np.float16)[..., 0]
+    qs = b[..., 4:].astype(np.int64)
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=-1)
+    return q.reshape(n, k), d, m
+
+
+#: Quantization type -> reader of (codes, scales) or (codes, scales, offsets).
+_EXACT_READERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q5_0": _q5_0, "Q4_1": _q4_1}
 
 
 def import_gguf(path) -> Graph:
@@ -215,11 +230,11 @@ def import_gguf(path) -> Graph:
         if len(shp) != 2 or hf == "model.embed_tokens.weight" or qtype in _FLOAT_TYPES:
             continue
         if qtype in _EXACT_READERS:
-            q, d = _EXACT_READERS[qtype](t.data, *shp)
+            fields = _EXACT_READERS[qtype](t.data, *shp)
             if order is not None:
-                q, d = q[order], d[order]
-            ql, why = exact_or_why(torch.from_numpy(q), torch.from_numpy(d.copy()), _QK,
-                                   layer)
+                fields = tuple(f[order] for f in fields)
+            q, d, *m = (torch.from_numpy(np.ascontiguousarray(f)) for f in fields)
+            ql, why = exact_or_why(q, d, _QK, layer, offsets=m[0] if m else None)
             if ql is not None:
                 exact[layer] = ql
                 report.exact[layer] = f"int{ql.bits}"

@@ -36,7 +36,8 @@ from airfoil.formats import SCALE_SHIFT_MAX, fp16_fixed
 
 from ..ir import Graph, build_llama_graph
 
-__all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "exact_or_why",
+__all__ = ["HARDWARE_GROUPS", "ImportReport", "NotExact", "exact_layer", "offset_layer",
+           "exact_or_why",
            "ZERO_POINT_FORMAT", "zero_point_stream",
            "permute_rows", "positive_scales", "code_bits", "hardware_group", "fold_scale",
            "finish_import",
@@ -104,7 +105,8 @@ def hardware_group(group: int, k: int, layer: str) -> int:
                        f"size the hardware builds ({', '.join(map(str, HARDWARE_GROUPS))})")
 
 
-def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: str) -> QLinear:
+def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: str, *,
+                input_copies: int = 1) -> QLinear:
     """The :class:`QLinear` whose weights are exactly ``codes * scales`` (per group).
 
     ``codes``: (rows, k) integers, zero point already subtracted; ``scales``: (rows,
@@ -116,7 +118,8 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
     small). The group is split to :func:`hardware_group`. Raise :class:`NotExact` when a
     code does not fit INT8 or the scales span more than the ``2**SCALE_SHIFT_MAX`` the
     rescaler shifts across one layer (the hardware's SCALE_RANGE), a one-line
-    :class:`CompileError` when a scale is not finite.
+    :class:`CompileError` when a scale is not finite. ``input_copies``: the codes are
+    that many blocks of columns, one per copy of the input (:func:`offset_layer`).
     """
     if scales.dtype != torch.float16:
         raise TypeError(f"scales must be float16, not {scales.dtype}")
@@ -137,7 +140,19 @@ def exact_layer(codes: torch.Tensor, scales: torch.Tensor, group: int, layer: st
         raise NotExact(f"layer {layer}: group scales {lo:.3g}..{hi:.3g} span more than "
                        f"the 2**{SCALE_SHIFT_MAX} the rescaler shifts within a layer")
     q = q.reshape(rows, k)
-    return QLinear(q, s, g, code_bits(q, layer))
+    return QLinear(q, s, g, code_bits(q, layer), input_copies=input_copies)
+
+
+def offset_layer(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
+                 group: int, layer: str) -> QLinear:
+    """The exact layer of weights ``scales * codes + offsets`` per group (GGUF ``Q4_1``'s
+    ``w = d q + m``): the input read twice (``input_copies`` 2), codes ``[codes | 1]``
+    and scales ``[scales | offsets]``, so the offset term is ``m`` times the group's sum
+    of inputs, accumulated beside ``d (q . x)`` with no hardware of its own. It costs
+    twice the columns: the MACs and the bytes of two layers."""
+    ones = torch.ones_like(codes)
+    return exact_layer(torch.cat([codes, ones], dim=1), torch.cat([scales, offsets], dim=1),
+                       group, layer, input_copies=2)
 
 
 #: The record format an INT8 layer of 4-bit codes minus zero points streams in.
@@ -165,7 +180,7 @@ def zero_point_stream(ql: QLinear, config) -> QLinear | None:
         return None
     formats = torch.full((rows, k // ql.group), spec.tag, dtype=torch.int64)
     return QLinear(ql.q, ql.scales, ql.group, ql.bits, formats=formats,
-                   in_features=ql.in_features)
+                   in_features=ql.in_features, input_copies=ql.input_copies)
 
 
 def positive_scales(ql: QLinear, layer: str) -> QLinear:
@@ -178,19 +193,24 @@ def positive_scales(ql: QLinear, layer: str) -> QLinear:
         return ql
     q = torch.where(neg, -ql.q, ql.q)
     return QLinear(q, ql.scales.abs(), ql.group, code_bits(q, layer),
-                   in_features=ql.in_features)
+                   in_features=ql.in_features, input_copies=ql.input_copies)
 
 
 def permute_rows(ql: QLinear, rows: torch.Tensor) -> QLinear:
     """``ql`` with its rows (outputs) in the order ``rows`` (row ``j`` is ``ql``'s
     ``rows[j]``)."""
-    return QLinear(ql.q[rows], ql.scales[rows], ql.group, ql.bits)
+    return QLinear(ql.q[rows], ql.scales[rows], ql.group, ql.bits,
+                   input_copies=ql.input_copies)
 
 
-def exact_or_why(codes, scales, group, layer) -> tuple[QLinear | None, str | None]:
-    """``(exact_layer(...), None)``, or ``(None, why)`` when the layer is not exact
-    (:class:`NotExact`): the importer then requantizes it from its dequantization."""
+def exact_or_why(codes, scales, group, layer, offsets=None
+                 ) -> tuple[QLinear | None, str | None]:
+    """``(exact_layer(...), None)`` (:func:`offset_layer` with ``offsets``), or ``(None,
+    why)`` when the layer is not exact (:class:`NotExact`): the importer then requantizes
+    it from its dequantization."""
     try:
+        if offsets is not None:
+            return offset_layer(codes, scales, offsets, group, layer), None
         return exact_layer(codes, scales, group, layer), None
     except NotExact as e:
         return None, str(e).removeprefix(f"layer {layer}: ")
@@ -210,7 +230,8 @@ def fold_scale(graph: Graph, layer: str, factor: float) -> None:
     if not bool(torch.isfinite(s).all()) or bool(((s == 0) & (want != 0)).any()):
         raise CompileError(f"layer {layer}: the attention scale {factor:.6g} folded into its "
                            f"group scales leaves the FP16 range")
-    graph.prequantized[layer] = QLinear(ql.q, s, ql.group, ql.bits)
+    graph.prequantized[layer] = QLinear(ql.q, s, ql.group, ql.bits,
+                                        input_copies=ql.input_copies)
     change = float(((s.to(torch.float64) - want).abs() / want.abs().clamp(min=1e-30)).max())
     if change > 0 and "import" in graph.meta:
         graph.meta["import"]["rounded"][layer] = change

@@ -262,8 +262,7 @@ def folder_mismatches(graph, ref: dict, out_dir, config, recipe=None) -> dict:
     for layer, want in ref.items():
         i, role = int(layer.split(".")[2]), layer.split(".")[-1].removesuffix("_proj")
         ql = back["layers"][i][role]
-        got = ql.q.to(torch.float64) * ql.scales.to(torch.float64).repeat_interleave(
-            ql.group, dim=1)
+        got = ql.dequantize(torch.float64)
         if role == "q":
             want = want * att
         bad += int((got != want).sum())
