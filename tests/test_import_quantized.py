@@ -3,7 +3,7 @@
 The published layouts are pinned by literal words (fields written out by hand); the tiny
 checkpoints of :mod:`sim.measure.quantckpt` are compiled, and the weights the compiled
 folder holds (``read_llm_model``, what every backend runs) are compared with the file's own
-dequantization: no weight may differ for GPTQ, AWQ, GGUF Q8_0 and Q4_0.
+dequantization: no weight may differ for GPTQ, AWQ, GGUF Q8_0, Q4_0, Q5_0 and Q4_1.
 """
 
 import json
@@ -17,8 +17,8 @@ from compiler.importers import import_model
 from compiler.importers.awq import AWQ_ORDER
 from compiler.importers.gguf import rope_rows
 from compiler.importers.packed import unpack_words
-from compiler.importers.prequant import (exact_layer, exact_or_why, positive_scales,
-                                         zero_point_stream)
+from compiler.importers.prequant import (exact_layer, exact_or_why, offset_layer,
+                                         positive_scales, zero_point_stream)
 from sim.golden_llm import GoldenLLM, golden_from_folder
 from sim.isa_sim import IsaLLM
 from sim.measure.quantckpt import (AWQ_NIBBLE_COLUMNS, KQUANT, conversion_error,
@@ -107,6 +107,47 @@ def test_gguf_exact_types_folder_equals_gguf_dequantize(tmp_path, model, qtype, 
     assert g.shape.tie_word_embeddings and g.shape.num_key_value_heads == 2
     r = folder_mismatches(g, ref, tmp_path / "out", CFG)
     assert r["mismatches"] == 0 and set(r["formats"].values()) == {f"int{bits}"}
+
+
+def test_offset_layer_reads_its_input_twice():
+    """``d q + m`` as codes ``[q | 1]`` and scales ``[d | m]`` on ``[x | x]``: the golden's
+    linear equals a plain layer of twice the columns on the doubled input, and its
+    weights are ``d q + m``."""
+    from airfoil import fixedpoint as fx
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 16, (8, 64), generator=gen)
+    d = (torch.rand(8, 2, generator=gen) * 0.1 + 0.01).to(torch.float16)
+    m = (-torch.rand(8, 2, generator=gen) * 0.8).to(torch.float16)
+    ql = offset_layer(q, d, m, 32, "l")
+    assert ql.input_copies == 2 and ql.in_features == 64 and ql.shape == (8, 128)
+    want = (d.double().repeat_interleave(32, dim=1) * q + m.double().repeat_interleave(32, dim=1))
+    assert torch.equal(ql.dequantize(torch.float64), want)
+    x = torch.randint(-127, 128, (3, 64), generator=gen)
+    sm, se = torch.full((3,), 40000), torch.full((3,), 30)
+    plain = type(ql)(ql.q, ql.scales, ql.group, ql.bits)
+    y = fx.linear(ql, x, sm, se)
+    assert torch.equal(y, fx.linear(plain, torch.cat([x, x], dim=1), sm, se))
+    assert not torch.equal(y, fx.linear(plain, x, sm, se))      # the copy is read
+    with pytest.raises(ValueError, match="input copies"):
+        type(ql)(ql.q[:, :127], ql.scales, 32, 8, input_copies=2)
+
+
+def test_gguf_q4_1_folder_equals_gguf_dequantize(tmp_path, model):
+    """Q4_1 (``w = d q + m``) exact: INT8 tiles (codes 0..15) without the decode unit,
+    uint4z records with it; every layer reads two copies of its input."""
+    ref = write_gguf(tmp_path / "m.gguf", model, "Q4_1")
+    g = import_model(tmp_path / "m.gguf")
+    assert not g.meta["import"]["converted"] and len(g.meta["import"]["exact"]) == 7
+    assert {ql.input_copies for ql in g.prequantized.values()} == {2}
+    for cfg, fmt in ((CFG, "int8"), (DECODE, "uint4z")):
+        r = folder_mismatches(g, ref, tmp_path / cfg.name, cfg)
+        assert r["mismatches"] == 0 and r["weights"] == 36864
+        assert set(r["formats"].values()) == {fmt}
+        assert r["folder"].manifest["model"]["linears"]["l0.q"]["copies"] == 2
+    # Without the offsets' copy the folder would not hold the file's weights.
+    g.prequantized = {n: type(ql)(ql.q[:, :ql.in_features], ql.scales[:, :ql.in_features // 32],
+                                  ql.group, ql.bits) for n, ql in g.prequantized.items()}
+    assert folder_mismatches(g, ref, tmp_path / "no_offsets", CFG)["mismatches"] > 30000
 
 
 def test_a_wrong_layout_reading_would_mismatch(tmp_path, model):
@@ -228,7 +269,7 @@ def test_gptq_act_order_down_projection_folded_exactly(tmp_path, model):
     assert torch.allclose(execute(g, tokens), execute(plain, tokens), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])
 def test_gguf_other_types_are_requantized_with_the_error_reported(tmp_path, qtype):
     m = tiny_model(**KQUANT) if qtype.endswith("_K") else tiny_model()
     write_gguf(tmp_path / "m.gguf", m, qtype)
@@ -259,6 +300,14 @@ def test_golden_equals_isa_on_gptq_int4_and_gguf_q4_0_signed_scales(tmp_path, mo
     ref = write_gguf(tmp_path / "q.gguf", model, "Q4_0")
     r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "q_out", CFG)
     _check_golden_equals_isa(r["folder"], [1, 2, 52])
+
+
+@pytest.mark.parametrize("cfg", [CFG, DECODE], ids=["int8", "uint4z"])
+def test_golden_equals_isa_on_gguf_q4_1_offsets(tmp_path, model, cfg):
+    ref = write_gguf(tmp_path / "q.gguf", model, "Q4_1")
+    r = folder_mismatches(import_model(tmp_path / "q.gguf"), ref, tmp_path / "out", cfg)
+    assert r["mismatches"] == 0
+    _check_golden_equals_isa(r["folder"], [3, 17, 40, 8], cfg=cfg)
 
 
 # -- 4-bit codes minus zero points streamed as uint4z records ------------------------------
@@ -341,9 +390,10 @@ def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_pat
     ("g", write_gptq, {"sym": True}, CFG),              # INT4 with code -8
     ("g", write_gptq, {"sym": False}, CFG),             # INT8
     ("q.gguf", write_gguf, {"qtype": "Q4_0"}, CFG),     # INT4, negative scales
+    ("q.gguf", write_gguf, {"qtype": "Q4_1"}, CFG),     # INT8, the input read twice
     pytest.param("g", write_gptq, {"sym": False}, DECODE,
                  marks=pytest.mark.slow)],              # uint4z streamed
-    ids=["gptq-int4", "gptq-int8", "q4_0-signed-scales", "gptq-uint4z"])
+    ids=["gptq-int4", "gptq-int8", "q4_0-signed-scales", "q4_1-offsets", "gptq-uint4z"])
 def test_rtl_equals_golden_on_an_imported_model(tmp_path, model, name, write, kw, cfg):
     from airfoil.cli.backend_rtl import RtlLLM
     ref = write(tmp_path / name, model, **kw)
