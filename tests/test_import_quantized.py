@@ -241,32 +241,56 @@ def test_attention_scale_of_head_dim_32_rounds_the_query_scales(tmp_path):
 
 # -- converted imports: reported, with their error --------------------------------------
 
-def test_gptq_act_order_down_projection_folded_exactly(tmp_path, model):
+def test_gptq_act_order_exact_on_every_projection(tmp_path, model):
     """Act-order: the down projection's inputs go in g_idx order (exact), the gate and up
-    rows follow; the projections of the residual stream and the context are requantized."""
+    rows follow; the projections of the residual stream and the context (q, k, v share an
+    input, each its own g_idx) are regrouped: exact, their input read twice (two groups
+    of 32 mixed in every run of the tiny model's 64 inputs)."""
     from safetensors.torch import load_file
 
     from compiler.backends import execute
     from compiler.ir import build_llama_graph
     ref = write_gptq(tmp_path / "m", model, act_order=True)
     g = import_model(tmp_path / "m")
-    down, gate = "model.layers.0.mlp.down_proj", "model.layers.0.mlp.gate_proj"
+    p = "model.layers.0."
+    down, gate, up = p + "mlp.down_proj", p + "mlp.gate_proj", p + "mlp.up_proj"
     imp = g.meta["import"]
-    assert imp["exact"] == {down: "int4"} and len(imp["converted"]) == 6
-    assert all(w.startswith("act-order") for w in imp["converted"].values())
-    assert sorted(imp["reordered"]) == [down, gate, "model.layers.0.mlp.up_proj"]
-    assert 0 < conversion_error(g) < 0.02
-    g_idx = load_file(str(tmp_path / "m" / "model.safetensors"))[down + ".g_idx"]
-    order = torch.sort(g_idx.to(torch.int64), stable=True).indices
+    assert imp["exact"] == {layer: "int4" for layer in ref} and not imp["converted"]
+    assert {n: ql.input_copies for n, ql in g.prequantized.items()} == {
+        layer: 1 if layer == down else 2 for layer in ref}
+    assert all("regrouped, read 2 times" in imp["reordered"][layer]
+               for layer in ref if layer != down)
+    assert conversion_error(g) == 0
+    g_idx = load_file(str(tmp_path / "m" / "model.safetensors"))
+    order = torch.sort(g_idx[down + ".g_idx"].to(torch.int64), stable=True).indices
     assert not torch.equal(order, torch.arange(order.numel()))
-    r = folder_mismatches(g, {down: ref[down][:, order]}, tmp_path / "out", CFG)
-    assert r["mismatches"] == 0 and r["weights"] == 64 * 128
+    assert not torch.equal(g_idx[p + "self_attn.q_proj.g_idx"],
+                           g_idx[p + "self_attn.k_proj.g_idx"])
+    want = dict(ref)
+    want[down] = ref[down][:, order]
+    want[gate], want[up] = ref[gate][order], ref[up][order]
+    r = folder_mismatches(g, want, tmp_path / "out", CFG)
+    assert r["mismatches"] == 0 and r["weights"] == 36864
+    _check_golden_equals_isa(r["folder"], [3, 17, 40, 8], steps=2)
     # The same function as the file's own dequantization in the file's order.
     sd = {k: v for k, v in model.hf_state_dict().items()}
     sd.update({layer + ".weight": w.to(torch.float32) for layer, w in ref.items()})
     plain = build_llama_graph(model.shape, sd)
     tokens = [3, 9, 27, 50]
     assert torch.allclose(execute(g, tokens), execute(plain, tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_regroup_puts_one_group_in_each_block_of_a_run():
+    from compiler.importers.gptq import regroup
+    g_idx = torch.tensor([0, 1, 1, 0, 2, 2, 2, 2])
+    codes = torch.arange(1, 17).reshape(2, 8)
+    scales = torch.tensor([[1.0, 2.0, 4.0], [0.5, 0.25, 8.0]], dtype=torch.float16)
+    q, s, copies = regroup(codes, scales, g_idx, 4)
+    assert copies == 2
+    assert q[0].tolist() == [1, 0, 0, 4, 5, 6, 7, 8, 0, 2, 3, 0, 0, 0, 0, 0]
+    assert s[0].tolist() == [1.0, 4.0, 2.0, 0.0]
+    w = (q.double() * s.double().repeat_interleave(4, dim=1)).reshape(2, 2, 8).sum(dim=1)
+    assert torch.equal(w, codes.double() * scales.double()[:, g_idx])
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])

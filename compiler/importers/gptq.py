@@ -20,8 +20,9 @@ Act-order checkpoints (``desc_act``) have a ``g_idx`` that mixes groups within a
 inputs can be put in ``g_idx`` order exactly: its input is ``silu(gate) * up``, so the
 same permutation of the gate and up projections' rows (outputs) absorbs it
 (:func:`~.quantized_hf.import_quantized_hf`). The other projections read the residual
-stream or the attention context, whose order no layer controls: they are requantized from
-their dequantization, with the error reported.
+stream or the attention context, whose order no layer controls (q, k and v share their
+input, each with its own ``g_idx``): they are regrouped (:func:`regroup`), exact, the
+input read once per group that a run of inputs mixes.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import torch
 from airfoil.errors import CompileError
 
 from .packed import fp16_exactly, tensor_of, unpack_words
-from .prequant import exact_or_why
+from .prequant import NotExact, exact_layer, exact_or_why
 
-__all__ = ["GptqLayout", "parse_gptq_config"]
+__all__ = ["GptqLayout", "parse_gptq_config", "regroup"]
 
 #: quantization_config keys read here.
 _HONOURED = {"quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format",
@@ -50,6 +51,31 @@ _NO_EFFECT = {"damp_percent", "damp_auto_increment", "true_sequential", "static_
 _CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 #: Suffixes of one quantized layer's tensors.
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
+
+
+def regroup(codes: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, group: int
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """An act-order layer's codes ``(n, k)`` (inputs in their own order, input ``i`` of
+    group ``g_idx[i]`` with scales ``scales[:, g_idx[i]]``) as ``copies`` blocks of ``k``
+    columns whose every run of ``group`` inputs has one scale: block ``c`` of run ``r``
+    holds the codes of the ``c``-th group present in run ``r`` (zeros elsewhere) and that
+    group's scale. The layer reads ``copies`` copies of its input
+    (:attr:`~airfoil.fixedpoint.QLinear.input_copies`), ``copies`` the most groups a run
+    mixes: exact, at ``copies`` times the bytes and MACs. Returns ``(codes (n, copies *
+    k), scales (n, copies * k / group), copies)``; scale 0 where a block holds no group."""
+    n, k = codes.shape
+    runs = g_idx.reshape(k // group, group)
+    present = [torch.unique(r) for r in runs]
+    copies = max(len(p) for p in present)
+    q = torch.zeros((n, copies, k), dtype=codes.dtype)
+    s = torch.zeros((n, copies, k // group), dtype=scales.dtype)
+    for r, groups in enumerate(present):
+        cols = torch.arange(r * group, (r + 1) * group)
+        for c, g in enumerate(groups.tolist()):
+            mine = cols[runs[r] == g]
+            q[:, c, mine] = codes[:, mine]
+            s[:, c, r] = scales[:, g]
+    return q.reshape(n, copies * k), s.reshape(n, copies * (k // group)), copies
 
 
 class GptqLayout:
@@ -108,12 +134,15 @@ class GptqLayout:
         codes = (q - z[gi]).T.contiguous()                               # (n, k)
         w = (sc.to(torch.float64)[gi].T * codes).to(torch.float32)
         runs = gi.reshape(groups, group)
-        if not bool((runs == runs[:, :1]).all()):
-            return w, None, (f"act-order: g_idx mixes groups within runs of {group} "
-                             f"inputs")
         s16 = fp16_exactly(sc)
         if s16 is None:
             return w, None, f"scales of dtype {sc.dtype} are not FP16 values"
+        if not bool((runs == runs[:, :1]).all()):          # act-order: groups mixed
+            q2, s2, copies = regroup(codes, s16.T.contiguous(), gi, group)
+            try:
+                return w, exact_layer(q2, s2, group, prefix, input_copies=copies), None
+            except NotExact as e:
+                return w, None, f"act-order: {str(e).removeprefix(f'layer {prefix}: ')}"
         return (w, *exact_or_why(codes, s16[runs[:, 0]].T.contiguous(), group, prefix))
 
 

@@ -4,7 +4,8 @@ Every linear layer stored quantized (its ``qweight`` and companions) is read by 
 format's layout (:mod:`.gptq`, :mod:`.awq`) and given exactly or converted
 (:mod:`.prequant`); a layer the checkpoint keeps in float (often ``lm_head``) is quantized
 by the recipe. An act-order down projection has its inputs put in group order, the gate and
-up projections' rows following (:func:`_mlp_input_orders`). A ``quantization_config`` whose method is not imported is refused, and so
+up projections' rows following (:func:`_mlp_input_orders`); the other act-order layers are
+regrouped (:func:`~.gptq.regroup`). A ``quantization_config`` whose method is not imported is refused, and so
 is one that names a method while no layer is stored quantized.
 """
 
@@ -84,10 +85,16 @@ def import_quantized_hf(path, shape, qc, tensors: dict) -> Graph:
         else:
             continue
         params[name] = w if rows is None else w[rows]
+        how = []
         if inputs is not None:
-            report.reordered[prefix] = "inputs in g_idx order (act-order)"
-        elif rows is not None:
-            report.reordered[prefix] = "outputs in the down projection's g_idx order"
+            how.append("inputs in g_idx order (act-order)")
+        if rows is not None:
+            how.append("outputs in the down projection's g_idx order")
+        if prefix in exact and exact[prefix].input_copies > 1:
+            how.append(f"inputs regrouped, read {exact[prefix].input_copies} times "
+                       f"(act-order)")
+        if how:
+            report.reordered[prefix] = "; ".join(how)
     if not exact and not report.converted:
         raise CompileError(f"{path}: config.json quantization_config names "
                            f"{layout.method} but no layer is stored quantized (no "
