@@ -27,7 +27,7 @@ import torch
 __all__ = ["AWQ_NIBBLE_COLUMNS", "TINY", "KQUANT", "tiny_model", "FolderModel", "write_gptq", "write_awq",
            "block_bits_per_weight",
            "write_gguf", "pack_fields", "folder_mismatches", "conversion_error",
-           "exact_recipe"]
+           "exact_recipe", "act_order_reference"]
 
 #: The tiny model's shape (``random_llama`` keywords): head_dim 16 makes the attention
 #: scale 1/4 (folded into the query scales exactly).
@@ -234,6 +234,23 @@ def write_gguf(path, model, qtype: str, seed=0) -> dict:
     w.write_tensors_to_file()
     w.close()
     return ref
+
+
+def act_order_reference(ref: dict, folder) -> dict:
+    """The act-order GPTQ file's dequantization (``ref`` of :func:`write_gptq`) in the order
+    the importer gives each layer: the down projection's inputs in its ``g_idx`` order
+    (stable sort), the gate and up projections' rows alike; the others as they are."""
+    from safetensors.torch import load_file
+    tensors = load_file(str(Path(folder) / "model.safetensors"))
+    out = dict(ref)
+    for layer in ref:
+        if layer.endswith("mlp.down_proj"):
+            order = torch.sort(tensors[layer + ".g_idx"].to(torch.int64), stable=True).indices
+            p = layer.removesuffix("down_proj")
+            out[layer] = ref[layer][:, order]
+            out[p + "gate_proj"], out[p + "up_proj"] = (ref[p + "gate_proj"][order],
+                                                        ref[p + "up_proj"][order])
+    return out
 
 
 def _format_name(ql) -> str:
