@@ -67,8 +67,8 @@ class ImportReport:
         Layer name -> largest relative change of a group scale, for exact layers whose
         scales took the attention scale rounded (:func:`fold_scale`).
     reordered : dict
-        Layer name -> how its inputs or outputs were permuted (the model computes the
-        same function).
+        Layer name -> how its inputs or outputs were permuted or its inputs regrouped
+        (the model computes the same function).
     """
 
     format: str
