@@ -656,7 +656,8 @@ def linear(w: QLinear, x: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
     ``k - k0``, 56-bit wrap) with ``k0`` the least exponent of the matrix; then
     :func:`requantize_rows` with :func:`linear_out_params`. The result does not depend
     on ``k0`` (a smaller ``k0`` scales ``acc`` and ``S`` alike) while ``S`` stays within
-    ``0..REQ_S_MAX`` and the accumulator does not wrap.
+    ``0..REQ_S_MAX`` and the accumulator does not wrap. A layer of ``input_copies`` copies
+    reads ``x`` that many times side by side (the program's XQ rows hold the copies).
     """
     from .formats import accumulate, fp16_fixed, group_psum, rescale
     if w.input_copies > 1:                  # the input side by side, once per block of q

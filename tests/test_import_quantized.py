@@ -416,9 +416,11 @@ def test_shipped_model_as_gguf_q4_0_generates_the_same_on_golden_and_isa(tmp_pat
     ("q.gguf", write_gguf, {"qtype": "Q4_1"}, CFG),     # INT8, the input read twice
     ("g", write_gptq, {"act_order": True}, CFG),        # INT4, six layers regrouped
     pytest.param("g", write_gptq, {"sym": False}, DECODE,
-                 marks=pytest.mark.slow)],              # uint4z streamed
+                 marks=pytest.mark.slow),               # uint4z streamed
+    pytest.param("q.gguf", write_gguf, {"qtype": "Q4_1"}, DECODE,
+                 marks=pytest.mark.slow)],              # uint4z, the input read twice
     ids=["gptq-int4", "gptq-int8", "q4_0-signed-scales", "q4_1-offsets",
-         "gptq-act-order-regrouped", "gptq-uint4z"])
+         "gptq-act-order-regrouped", "gptq-uint4z", "q4_1-uint4z"])
 def test_rtl_equals_golden_on_an_imported_model(tmp_path, model, name, write, kw, cfg):
     from airfoil.cli.backend_rtl import RtlLLM
     ref = write(tmp_path / name, model, **kw)
