@@ -110,8 +110,9 @@ class SyntheticLinear:
     """
 
     _kept: dict = {}
-    #: A dense WGT-tile layer: no format per group, no sparsity (QLinear's fields).
-    formats, mask, sparsity, streamed = None, None, "dense", False
+    #: A dense WGT-tile layer: no format per group, no sparsity, one copy of its input
+    #: (QLinear's fields).
+    formats, mask, sparsity, streamed, input_copies = None, None, "dense", False, 1
 
     def __init__(self, name: str, rows: int, k: int, bits: int, group: int, seed: int):
         if k % group:
