@@ -9,7 +9,11 @@ linear layer's integer codes, zero points and group scales and either
   integer format that holds every code: INT4 (``-8..7``, e.g. symmetric GPTQ with zero 8,
   GGUF Q4_0 with either sign of ``d``: the scales are signed) or INT8 (``-128..127``: any
   4-bit code minus a 4-bit zero point, Q5_0, Q8_0). The compiler's ``quantize`` pass takes these
-  layers as given (:attr:`compiler.ir.Graph.prequantized`); or
+  layers as given (:attr:`compiler.ir.Graph.prequantized`). A layer whose weights are
+  not one code times one scale per run of inputs reads its input more than once
+  (:attr:`~airfoil.fixedpoint.QLinear.input_copies`): GGUF Q4_1's ``d q + m``
+  (:func:`offset_layer`), act-order GPTQ's groups mixed within runs
+  (:func:`~.gptq.regroup`).
   On a configuration whose decode unit reads the zero-point record format ``uint4z``, a
   layer the WGT tiles would hold as INT8 only because its codes span ``-15..15`` (any
   4-bit code minus a 4-bit zero point, a Q4_0 block negated by :func:`positive_scales`),
