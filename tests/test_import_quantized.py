@@ -279,6 +279,25 @@ def test_gptq_act_order_exact_on_every_projection(tmp_path, model):
     assert torch.allclose(execute(g, tokens), execute(plain, tokens), rtol=1e-5, atol=1e-5)
 
 
+def test_gptq_act_order_mixing_more_groups_than_allowed_is_requantized(tmp_path, model,
+                                                                        monkeypatch):
+    """A layer whose runs mix more groups than MAX_REGROUP_COPIES (as act-order on real
+    data does: every group in every run) is requantized by the recipe, the reason and the
+    error reported, not regrouped into that many input copies (here the limit lowered to
+    1 under the tiny model's two groups a run)."""
+    from compiler.importers import gptq
+    monkeypatch.setattr(gptq, "MAX_REGROUP_COPIES", 1)
+    ref = write_gptq(tmp_path / "m", model, act_order=True)
+    g = import_model(tmp_path / "m")
+    conv = g.meta["import"]["converted"]
+    down = "model.layers.0.mlp.down_proj"
+    assert set(conv) == set(ref) - {down}                # down keeps its exact g_idx order
+    assert all("mixes 2 groups" in why and "at most 1 are imported exactly" in why
+               for why in conv.values())
+    assert all(ql.input_copies == 1 for ql in g.prequantized.values())
+    assert conversion_error(g) > 0
+
+
 def test_regroup_puts_one_group_in_each_block_of_a_run():
     from compiler.importers.gptq import regroup
     g_idx = torch.tensor([0, 1, 1, 0, 2, 2, 2, 2])

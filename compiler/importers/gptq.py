@@ -53,6 +53,14 @@ _CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
 
 
+#: The most input copies an act-order layer is regrouped into (:func:`regroup`: exact at
+#: that many times the bytes and MACs); a layer whose runs mix more groups is requantized
+#: from its dequantized weights by the recipe, the error reported. Checkpoints quantized
+#: with act-order on real data mix nearly every group in every run (a 4096-wide g128
+#: layer would read its input 32 times), so they take the requantization.
+MAX_REGROUP_COPIES = 2
+
+
 def regroup(codes: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, group: int
             ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """An act-order layer's codes ``(n, k)`` (inputs in their own order, input ``i`` of
@@ -138,6 +146,11 @@ class GptqLayout:
         if s16 is None:
             return w, None, f"scales of dtype {sc.dtype} are not FP16 values"
         if not bool((runs == runs[:, :1]).all()):          # act-order: groups mixed
+            mixed = max(len(torch.unique(r)) for r in runs)
+            if mixed > MAX_REGROUP_COPIES:
+                return w, None, (f"act-order: a run of {group} inputs mixes {mixed} groups "
+                                 f"(exact, it would read its input {mixed} times; at most "
+                                 f"{MAX_REGROUP_COPIES} are imported exactly)")
             q2, s2, copies = regroup(codes, s16.T.contiguous(), gi, group)
             try:
                 return w, exact_layer(q2, s2, group, prefix, input_copies=copies), None
