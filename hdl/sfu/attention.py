@@ -103,10 +103,10 @@ def pv_aligned(args, word_bytes: int) -> bool:
         _arg(args, "aux_addr"), _arg(args, "imm1"), _up8(_arg(args, "n"))))
 
 
-def pv_scale_words(word_bytes: int) -> int:
-    """Words ``ATT_PV`` reads per key for the 8-byte scale pair: the words it spans when
-    aligned, plus one for the funnel."""
-    return max(8 // word_bytes, 1) + 1
+def pv_scale_words(word_bytes: int, aligned: bool = False) -> int:
+    """Words ``ATT_PV`` reads per key for the 8-byte scale pair: the words it spans, plus
+    one for the funnel unless the pair starts on a word (``aligned``, :func:`pv_aligned`)."""
+    return max(8 // word_bytes, 1) + (0 if aligned else 1)
 
 
 def qk_cycles(args, *, word_bytes: int) -> int:
@@ -152,16 +152,18 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     ``rows``, ``heads``, ``kv_heads``, ``length``); 1 when ``n > max_head_dim``.
 
     Per ``(row, head)``: per key the :func:`pv_scale_words`, ``ceil(n / word_bytes)``
-    value words and the funnel's word (none when :func:`pv_aligned`, for which ``args``
-    also gives ``aux_addr`` and ``imm1``; absent: 0); then ``n`` cycles of output.
+    value words and the funnel's word (neither funnel word when :func:`pv_aligned`, for
+    which ``args`` also gives ``aux_addr`` and ``imm1``; absent: 0: a key is then the
+    words of its record, as in ``ATT_QK``); then a cycle for the last value word's
+    accumulation and ``n`` cycles of output.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
         return 1
     n, L = _arg(args, "n"), _arg(args, "length")
-    funnel = 0 if pv_aligned(args, word_bytes) else 1
-    per_key = pv_scale_words(word_bytes) + -(-n // word_bytes) + funnel
-    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + n) + 2
+    aligned = pv_aligned(args, word_bytes)
+    per_key = pv_scale_words(word_bytes, aligned) + -(-n // word_bytes) + (0 if aligned else 1)
+    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + 1 + n) + 2
 
 
 def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
@@ -735,13 +737,17 @@ class AttentionContext(_Kernel):
 
     For each ``(row, head)`` and key ``l``: read the probability (``src``) and the value
     record's scale pair (:func:`pv_scale_words` ``aux`` words), form the Q20 weight, then
-    stream the record's ``ceil(n / word_bytes) + 1`` value words (without the funnel's
-    last one when :func:`pv_aligned`: the scale pair's word then gives the product of
-    probability and ``sm`` as it arrives, a cycle earlier) into ``word_bytes``
+    stream the record's ``ceil(n / word_bytes) + 1`` value words into ``word_bytes``
     multiply-accumulate lanes over an on-chip accumulator (a memory of ``ceil(max_head_dim /
     word_bytes)`` x 64 bits per lane, read-modify-write); after the last key
-    an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). A run takes
-    :func:`pv_cycles` cycles.
+    an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). When
+    :func:`pv_aligned` (the compiler's layout) neither funnel word is read: a key is the
+    scale pair's word and its value words, the pair's product with the probability formed
+    as it arrives. A value word is accumulated in the cycle after it arrives (the
+    accumulator's read is issued as it arrives), so the weight formed a cycle after the
+    pair is in time for the first value word, and the next key's pair is read while the
+    last value word of a key is accumulated; one cycle after the last key lets it finish
+    before the output pass reads the accumulator. A run takes :func:`pv_cycles` cycles.
 
     Parameters
     ----------
@@ -801,8 +807,8 @@ class AttentionContext(_Kernel):
         nchunks = Signal(20)             # ceil(n / wb) value chunks
         value_slack = Signal(lg)         # bytes the values leave free in their last chunk
         up8 = Signal(ADDR_BITS)
-        # Every record and scale pair on a word (pv_aligned): each chunk is the word that
-        # arrives, so no funnel word follows the values.
+        # Every record and scale pair on a word (pv_aligned): the pair is one word, each
+        # value chunk is the word that arrives, so no funnel word is read.
         aligned = Signal()
         with m.If(launch):
             up8_next = ((a.n + 7) >> 3) << 3
@@ -810,7 +816,9 @@ class AttentionContext(_Kernel):
                          up8.eq(up8_next)]
             if wb >= 8:
                 m.d.sync += aligned.eq((a.aux_addr | a.imm1 | up8_next)[:lg] == 0)
-        w = Signal(20)                   # 0..nscale-1: scale words; then the value words
+        w = Signal(20)                   # 0..vfirst-1: scale words; then the value words
+        vfirst = Signal(range(nscale + 1))
+        m.d.comb += vfirst.eq(Mux(aligned, 1, nscale))
         i_out = Signal(20)
         p_addr = Signal(ADDR_BITS)
         out_addr = Signal(ADDR_BITS)
@@ -822,7 +830,7 @@ class AttentionContext(_Kernel):
         sbase = Cat(Const(0, lg), spair[lg:])
         vbase = Cat(Const(0, lg), rec[lg:])
         last_w = Signal(20)
-        m.d.comb += last_w.eq(Mux(aligned, nchunks + nscale - 1, nchunks + nscale))
+        m.d.comb += last_w.eq(Mux(aligned, nchunks, nchunks + nscale))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
@@ -830,25 +838,28 @@ class AttentionContext(_Kernel):
                     m.next = "KEYS"
             with m.State("KEYS"):
                 # A funnel word past the pair or the values is read only when needed.
-                skip = (((w == nscale - 1) & (soff <= scale_slack))
-                        | (~aligned & (w == last_w) & (voff <= value_slack)))
+                skip = ~aligned & (((w == nscale - 1) & (soff <= scale_slack))
+                                   | ((w == last_w) & (voff <= value_slack)))
                 m.d.comb += [issue.eq(1), self.aux.en.eq(~skip),
-                             self.aux.addr.eq(Mux(w < nscale, sbase + (w << lg),
-                                                  vbase + ((w - nscale) << lg))),
+                             self.aux.addr.eq(Mux(w < vfirst, sbase + (w << lg),
+                                                  vbase + ((w - vfirst) << lg))),
                              self.src.addr.eq(Cat(Const(0, lg), p_addr[lg:])),
-                             self.src.en.eq(w == 0),
-                             acc_addr_r.eq(Mux(aligned, w - nscale, w - nscale - 1))]
+                             self.src.en.eq(w == 0)]
                 with m.If(w == last_w):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
                     with m.If(walk.last_key):
                         m.d.sync += i_out.eq(0)
-                        m.next = "OUT"
+                        m.next = "DRAIN"
                     with m.Else():
                         walk.advance(m)
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
+            with m.State("DRAIN"):
+                # The last value word arrives; it is accumulated in the next cycle, where
+                # the output pass's first read sees it through the transparent port.
+                m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [out_issue.eq(1), acc_addr_r.eq(i_out >> lg)]
+                m.d.comb += out_issue.eq(1)
                 with m.If(i_out == a.n - 1):
                     walk.advance(m)
                     with m.If(walk.last):
@@ -859,11 +870,11 @@ class AttentionContext(_Kernel):
                 with m.Else():
                     m.d.sync += i_out.eq(i_out + 1)
 
-        # Arrival of the key stream.
+        # Stage 1: arrival of the key stream.
         v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(lg)
         p_lane1 = Signal(range(wb // 4))
         m.d.sync += [v1.eq(issue), w1.eq(w), first1.eq(walk.key == 0),
-                     off1.eq(Mux(w < nscale, soff, voff))]
+                     off1.eq(Mux(w < vfirst, soff, voff))]
         if wb > 4:
             m.d.sync += p_lane1.eq(p_addr[2:lg])
         prev = Signal(8 * wb)
@@ -895,13 +906,22 @@ class AttentionContext(_Kernel):
         wnew = _shift_round_sat(m, prod, wshift, "pv_weight")
         with m.If(v1 & (w1 == pair_at + 1)):
             m.d.sync += weight.eq(wnew)
-        for b, (old, new) in enumerate(zip(acc_old, acc_new)):
-            m.d.comb += new.eq(Mux(first1, 0, old) + weight * chunk[8 * b:8 * b + 8].as_signed())
-        # Value chunk i arrives at w1 = nscale + i (aligned) or nscale + 1 + i.
+        # Value chunk i arrives at w1 = 1 + i (aligned) or nscale + 1 + i; its accumulator
+        # word is read now and written in stage 2.
+        value1 = Signal()
         value_i = Signal(20)
-        m.d.comb += value_i.eq(Mux(aligned, w1 - nscale, w1 - nscale - 1))
-        with m.If(v1 & (w1 >= Mux(aligned, nscale, nscale + 1))):
-            m.d.comb += [acc_addr_w.eq(value_i), acc_we.eq(1)]
+        m.d.comb += [value_i.eq(Mux(aligned, w1 - 1, w1 - nscale - 1)),
+                     value1.eq(v1 & (w1 >= Mux(aligned, 1, nscale + 1))),
+                     acc_addr_r.eq(Mux(value1, value_i, i_out >> lg))]
+
+        # Stage 2: the weight times the chunk's values into the accumulator.
+        v2, first2 = Signal(), Signal()
+        i2 = Signal(20)
+        chunk2 = Signal(8 * wb)
+        m.d.sync += [v2.eq(value1), first2.eq(first1), i2.eq(value_i), chunk2.eq(chunk)]
+        for b, (old, new) in enumerate(zip(acc_old, acc_new)):
+            m.d.comb += new.eq(Mux(first2, 0, old) + weight * chunk2[8 * b:8 * b + 8].as_signed())
+        m.d.comb += [acc_addr_w.eq(i2), acc_we.eq(v2)]
 
         # Output pass: one accumulator lane per cycle.
         vo, lane_o, last_o = Signal(), Signal(lg), Signal()
