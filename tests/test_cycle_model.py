@@ -135,8 +135,8 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     """The SFU's attention products cost a record's words of the config's buffer word: one
     more key of head_dim 128 (a 136-byte record) costs each head ceil(136 / word) cycles
     of ATT_QK on word-aligned records (one more, the funnel's word, on records 136 bytes
-    apart) and 2 + ceil(128 / word) of ATT_PV (one more, the funnel's word, on records
-    136 bytes apart)."""
+    apart) and as many of ATT_PV, the scale pair's word and the value words (on records
+    136 bytes apart 2 + ceil(128 / word) + 1: the pair's and the values' funnel words)."""
     from airfoil.isa import SfuFunc
     from sim.cycle_model import CycleModel
     cm = CycleModel(load_config(config))
@@ -149,7 +149,7 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     aligned = -(-136 // word_bytes) * word_bytes
     assert per_key(SfuFunc.ATT_QK, aligned) == -(-136 // word_bytes)
     assert per_key(SfuFunc.ATT_QK, 136) == -(-136 // word_bytes) + 1
-    assert per_key(SfuFunc.ATT_PV, aligned) == 2 + 128 // word_bytes
+    assert per_key(SfuFunc.ATT_PV, aligned) == 1 + 128 // word_bytes == -(-136 // word_bytes)
     assert per_key(SfuFunc.ATT_PV, 136) == 2 + 128 // word_bytes + 1
 
 
