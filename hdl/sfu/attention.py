@@ -154,8 +154,8 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     Per ``(row, head)``: per key the :func:`pv_scale_words`, ``ceil(n / word_bytes)``
     value words and the funnel's word (neither funnel word when :func:`pv_aligned`, for
     which ``args`` also gives ``aux_addr`` and ``imm1``; absent: 0: a key is then the
-    words of its record, as in ``ATT_QK``); then a cycle for the last value word's
-    accumulation and ``n`` cycles of output.
+    words of its record, as in ``ATT_QK``, and one cycle more finishes the last value
+    word's accumulation); then ``n`` cycles of output.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
@@ -163,7 +163,8 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     n, L = _arg(args, "n"), _arg(args, "length")
     aligned = pv_aligned(args, word_bytes)
     per_key = pv_scale_words(word_bytes, aligned) + -(-n // word_bytes) + (0 if aligned else 1)
-    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + 1 + n) + 2
+    drain = 1 if aligned else 0
+    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + drain + n) + 2
 
 
 def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
@@ -743,11 +744,13 @@ class AttentionContext(_Kernel):
     an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). When
     :func:`pv_aligned` (the compiler's layout) neither funnel word is read: a key is the
     scale pair's word and its value words, the pair's product with the probability formed
-    as it arrives. A value word is accumulated in the cycle after it arrives (the
+    as it arrives. A value word is then accumulated in the cycle after it arrives (the
     accumulator's read is issued as it arrives), so the weight formed a cycle after the
     pair is in time for the first value word, and the next key's pair is read while the
     last value word of a key is accumulated; one cycle after the last key lets it finish
-    before the output pass reads the accumulator. A run takes :func:`pv_cycles` cycles.
+    before the output pass reads the accumulator. Off the word, the funnel's words give
+    the weight its time and a value word is accumulated as it arrives. A run takes
+    :func:`pv_cycles` cycles.
 
     Parameters
     ----------
@@ -831,12 +834,14 @@ class AttentionContext(_Kernel):
         vbase = Cat(Const(0, lg), rec[lg:])
         last_w = Signal(20)
         m.d.comb += last_w.eq(Mux(aligned, nchunks, nchunks + nscale))
+        keys = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
                     m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
                     m.next = "KEYS"
             with m.State("KEYS"):
+                m.d.comb += keys.eq(1)
                 # A funnel word past the pair or the values is read only when needed.
                 skip = ~aligned & (((w == nscale - 1) & (soff <= scale_slack))
                                    | ((w == last_w) & (voff <= value_slack)))
@@ -849,14 +854,18 @@ class AttentionContext(_Kernel):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
                     with m.If(walk.last_key):
                         m.d.sync += i_out.eq(0)
-                        m.next = "DRAIN"
+                        with m.If(aligned):
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.next = "OUT"
                     with m.Else():
                         walk.advance(m)
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
             with m.State("DRAIN"):
-                # The last value word arrives; it is accumulated in the next cycle, where
-                # the output pass's first read sees it through the transparent port.
+                # Aligned: the last value word arrives; it is accumulated in the next
+                # cycle, where the output pass's first read sees it through the
+                # transparent port.
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += out_issue.eq(1)
@@ -906,22 +915,28 @@ class AttentionContext(_Kernel):
         wnew = _shift_round_sat(m, prod, wshift, "pv_weight")
         with m.If(v1 & (w1 == pair_at + 1)):
             m.d.sync += weight.eq(wnew)
-        # Value chunk i arrives at w1 = 1 + i (aligned) or nscale + 1 + i; its accumulator
-        # word is read now and written in stage 2.
+        # Value chunk i arrives at w1 = 1 + i (aligned) or nscale + 1 + i. Off the word
+        # it is accumulated as it arrives (its accumulator word read at the issue, the
+        # weight formed two cycles before); aligned, its accumulator word is read as it
+        # arrives and written a cycle later (stage 2), when the weight is there.
         value1 = Signal()
         value_i = Signal(20)
         m.d.comb += [value_i.eq(Mux(aligned, w1 - 1, w1 - nscale - 1)),
-                     value1.eq(v1 & (w1 >= Mux(aligned, 1, nscale + 1))),
-                     acc_addr_r.eq(Mux(value1, value_i, i_out >> lg))]
-
-        # Stage 2: the weight times the chunk's values into the accumulator.
-        v2, first2 = Signal(), Signal()
-        i2 = Signal(20)
-        chunk2 = Signal(8 * wb)
-        m.d.sync += [v2.eq(value1), first2.eq(first1), i2.eq(value_i), chunk2.eq(chunk)]
+                     value1.eq(v1 & (w1 >= Mux(aligned, 1, nscale + 1)))]
+        acc_v, acc_first, acc_i, acc_chunk = value1, first1, value_i, chunk
+        read_at = Mux(keys, w - nscale - 1, i_out >> lg)
+        if wb >= 8:                      # only such words can be aligned (pv_aligned)
+            v2, first2 = Signal(), Signal()
+            i2 = Signal(20)
+            chunk2 = Signal(8 * wb)
+            m.d.sync += [v2.eq(value1), first2.eq(first1), i2.eq(value_i), chunk2.eq(chunk)]
+            acc_v, acc_first = Mux(aligned, v2, value1), Mux(aligned, first2, first1)
+            acc_i, acc_chunk = Mux(aligned, i2, value_i), Mux(aligned, chunk2, chunk)
+            read_at = Mux(aligned, Mux(value1, value_i, i_out >> lg), read_at)
+        m.d.comb += [acc_addr_r.eq(read_at), acc_addr_w.eq(acc_i), acc_we.eq(acc_v)]
         for b, (old, new) in enumerate(zip(acc_old, acc_new)):
-            m.d.comb += new.eq(Mux(first2, 0, old) + weight * chunk2[8 * b:8 * b + 8].as_signed())
-        m.d.comb += [acc_addr_w.eq(i2), acc_we.eq(v2)]
+            m.d.comb += new.eq(Mux(acc_first, 0, old)
+                               + weight * acc_chunk[8 * b:8 * b + 8].as_signed())
 
         # Output pass: one accumulator lane per cycle.
         vo, lane_o, last_o = Signal(), Signal(lg), Signal()
