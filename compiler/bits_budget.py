@@ -31,7 +31,7 @@ from .ir import Graph, Pass
 from airfoil.packing import HEADER_FIXED_BITS, MIXED_PRESETS
 
 from .llm_recipe import LayerQuant, nm_of
-from .passes import DEFAULT_RECORD_ROWS, quantize_node
+from .passes import DEFAULT_RECORD_ROWS, quantize_node, release_done
 
 __all__ = ["SENSITIVITY_WINDOWS", "DEFAULT_CANDIDATES", "layer_weight_bits", "candidate",
            "decoder_layers", "budget_bits", "choose", "ChooseFormats"]
@@ -178,6 +178,7 @@ class ChooseFormats(Pass):
                 ql = quantize_node(g, node, lq, self.shape)
                 costs[name][(fmt, sp)] = layer_weight_bits(lq, n, k, self.shape.rows)
                 losses[name][(fmt, sp)] = _sensitivity(g, node, ql, windows, refs)
+            release_done(g, node)
             if not costs[name]:
                 raise CompileError(f"no budget candidate fits layer {name} (k={k})")
         pick = choose(costs, losses, self.bits * weights)

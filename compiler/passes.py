@@ -39,7 +39,8 @@ from .importers.prequant import (ZERO_POINT_FORMAT, fold_scale, positive_scales,
 from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
-           "quantized_model", "quantize_linear", "quantize_node", "StreamShape", "QUANTIZERS"]
+           "quantized_model", "quantize_linear", "quantize_node", "release_done", "StreamShape",
+           "QUANTIZERS"]
 
 #: Rows of a stream record and weights of a k-step when no config is given: those of
 #: the 4-chain, 8-lane engines with one memory channel (``sim_llm_decode``).
@@ -205,6 +206,7 @@ class Quantize(Pass):
                 continue
             g.qweights[node.name] = quantize_node(g, node, plan[layer], self.shape,
                                                   self.method)
+            release_done(g, node)
         # One act_quant per distinct linear input, placed right after its producer.
         quant_of: dict[str, str] = {}
         nodes: list[Node] = []
@@ -250,6 +252,16 @@ def quantize_node(graph: Graph, node: Node, lq: LayerQuant, shape: StreamShape |
     return QLinear(r.values, r.scales, lq.group, lq.bits, formats=formats,
                    mask=r.keep if lq.sparsity != "dense" else None, sparsity=lq.sparsity,
                    in_features=k)
+
+
+def release_done(graph: Graph, node: Node) -> None:
+    """Free the calibration statistics of ``node``'s input when it is the input's last
+    linear reader (:func:`compiler.calibrate.last_readers`): statistics are held a
+    decoder layer at a time."""
+    from .calibrate import last_readers
+    stats = graph.meta.get("calibration")
+    if stats is not None and node.name in last_readers(graph):
+        stats.release(node.inputs[0])
 
 
 def llm_pipeline(recipe=None, config=None, calibration=None, bits_budget=None,

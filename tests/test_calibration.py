@@ -228,3 +228,35 @@ def test_quant_bench_small(tmp_path):
     assert 3.125 <= r["2of4_w4_calibrated"]["bits_per_weight"] < 3.2
     png = plot_ppl_vs_bits(r, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_in_bounded_memory_equals_all_at_once():
+    """GPTQ on the tiny model with the statistics computed and freed a decoder layer at a
+    time gives the weights of the statistics all held at once (every linear input's Gram
+    accumulated in one run of the windows), holding at most one decoder layer's."""
+    from compiler.calibrate import (CalibrationStats, Calibrate, _GramStore, collect_grams,
+                                    input_layers)
+    from compiler.passes import Quantize
+    from sim.measure.quant_accuracy import TinyEval, recipe_path
+    ev = TinyEval(positions=128, calibration_count=1024)
+    recipe = recipe_path("w4_calibrated")
+    g = FoldAttentionScale().apply(ev.graph)
+    lazy = Calibrate(ev.windows).apply(g)
+    got = Quantize(recipe).apply(lazy)
+    stats = lazy.meta["calibration"]
+
+    whole = Calibrate(ev.windows).apply(g)
+    store = _GramStore(g.copy(), stats.windows)
+    store.held = collect_grams(g, list(input_layers(g)), stats.windows)
+    whole.meta["calibration"] = CalibrationStats(store)
+    total = sum(H.numel() * 8 for H in store.held.values())
+    want = Quantize(recipe).apply(whole)
+
+    assert got.qweights.keys() == want.qweights.keys()
+    for name, ql in want.qweights.items():
+        assert torch.equal(got.qweights[name].q, ql.q), name
+        assert torch.equal(got.qweights[name].scales, ql.scales), name
+    d, inter = g.shape.hidden_size, g.shape.intermediate_size
+    layer_bytes = (3 * d * d + inter * inter) * 8          # q/k/v, o, gate/up, down inputs
+    assert stats.peak_bytes == layer_bytes < total
+    assert stats.runs == g.shape.num_hidden_layers + 1     # a pass per layer, and the head
