@@ -524,3 +524,33 @@ def test_quantize_stream_fp3_and_int6():
     assert ((q.reshape(5, 16, 4) != 0).sum(dim=-1) <= 2).all()
     with pytest.raises(CompileError, match="OVP4 records are dense"):
         quantize_stream(w, group=32, rows=4, formats=["fp4_er_p", "ovp"], sparsity="2:4")
+
+
+def test_mixed_widths_take_the_narrowest_within_the_error_bound():
+    """Across widths a record takes the narrowest format whose squared error is within
+    MIXED_MAX_REL_ERROR of its squared weights: a smooth record (evenly spread values)
+    INT4, a record with an outlier INT8, a record exactly on INT2's grid INT2; among
+    formats of one width the least error still wins (the list's order does not matter)."""
+    from airfoil.packing import MIXED_MAX_REL_ERROR, mixed_choice
+    g = torch.Generator().manual_seed(5)
+    smooth = torch.linspace(-1, 1, 4 * 32, dtype=torch.float64)[torch.randperm(128,
+                                                                             generator=g)]
+    spiky = smooth * 0.2
+    spiky[7] = 1.0
+    grid2 = torch.tensor([-1.0, 0.0, 1.0, 0.0] * 32, dtype=torch.float64)
+    w = torch.cat([x.reshape(4, 32) for x in (smooth, spiky, grid2)], dim=1)
+    want = [RecordTag.INT4, RecordTag.INT8, RecordTag.INT2]
+    for cands in (["int2", "int4", "int8"], ["int8", "int4", "int2"]):
+        q, s, tags = quantize_stream(w, group=32, rows=4, formats=cands)
+        assert tags.tolist() == [[t.value for t in want]], cands
+    for (k, t) in enumerate(want):          # the rule, from each format alone
+        rec = w[:, 32 * k:32 * (k + 1)]
+        rel = {}
+        for f in ("int2", "int4", "int8"):
+            qf, sf, _ = quantize_stream(rec, group=32, rows=4, formats=[f])
+            rel[f] = float(((qf.double() * sf.double() - rec) ** 2).sum() / (rec ** 2).sum())
+        fits = [f for f in ("int2", "int4", "int8") if rel[f] <= MIXED_MAX_REL_ERROR]
+        assert (fits[0] if fits else "int8") == t.name.lower(), rel
+    # one width: the least error; ties the earlier candidate
+    errs = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 5.0])]
+    assert mixed_choice(errs, [4, 4], torch.zeros(3)).tolist() == [1, 0, 0]
