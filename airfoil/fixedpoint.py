@@ -36,7 +36,9 @@ __all__ = [
     "exp2_neg", "exp_neg", "sigmoid", "silu", "add", "mul", "quant_per_token",
     "token_scale_value", "requantize_rows", "linear_out_params", "rmsnorm",
     "rmsnorm_weight", "rope_table", "rope", "softmax", "attention_scores", "QLinear",
-    "linear", "embedding_table", "dequant_row", "QEmbedding", "KVCacheInt", "attention",
+    "linear", "embedding_table", "dequant_row", "dequant_groups", "dequant_record_layout",
+    "dequant_record_bytes", "record_value_bits", "encode_records", "decode_records",
+    "EMBED_GROUPS", "QEmbedding", "KVCacheInt", "attention",
     "attention_weights", "attention_context", "scale_to_mantissa", "attention_mask",
     "gelu_gate", "gelu", "relu", "row_mean", "layernorm_centred", "layernorm", "linear_bias",
     "TOPK_MAX", "INV_TEMP_FRAC", "INV_TEMP_BITS", "inv_temperature", "sample_uniform",
@@ -305,11 +307,18 @@ def quant_per_token(v: torch.Tensor, frac: int = ACT_FRAC
     as ``sm * 2**-se``: ``sm, se = scale_to_mantissa(amax * round(2**22/127), 22 +
     frac)``. Return ``(x, sm, se)``; ``sm`` and ``se`` have the row shape.
     """
+    return _quant_rows(v, 8, frac)
+
+
+def _quant_rows(v: torch.Tensor, bits: int, frac: int):
+    """:func:`quant_per_token` onto symmetric ``bits``-bit integers (``qmax = 2**(bits-1)
+    - 1`` in place of 127)."""
+    qm = (1 << (bits - 1)) - 1
     v = v.to(I64)
     amax = torch.clamp(v.abs().amax(dim=-1), min=1)
     rm, re = recip(amax)
-    x = sat(shift_round(v * (127 * rm).unsqueeze(-1), re.unsqueeze(-1)), 8)
-    sm, se = scale_to_mantissa(amax * _INV127, 22 + frac)
+    x = sat(shift_round(v * (qm * rm).unsqueeze(-1), re.unsqueeze(-1)), bits)
+    sm, se = scale_to_mantissa(amax * round(2 ** 22 / qm), 22 + frac)
     return x, sm, se
 
 
@@ -696,55 +705,175 @@ def dequant_row(q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor) -> torch.Te
     return shift_round_sat(prod, se.to(I64).unsqueeze(-1) - ACT_FRAC)
 
 
+def dequant_groups(q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor,
+                   group: int = 0) -> torch.Tensor:
+    """Rows of ``n`` values (last axis) back to ACT with a scale pair per ``group`` values
+    (``sm``, ``se``: ``(..., ceil(n / group))``; the last group may be shorter):
+    :func:`dequant_row` of each group. ``group = 0``: one pair per row (``sm``, ``se``:
+    the row shape), :func:`dequant_row` itself."""
+    if not group:
+        return dequant_row(q, sm, se)
+    n = q.shape[-1]
+    pairs = sm.shape[-1]
+    qp = torch.nn.functional.pad(q.to(I64), (0, pairs * group - n))
+    y = dequant_row(qp.reshape(*q.shape[:-1], pairs, group), sm, se)
+    return y.reshape(*q.shape[:-1], pairs * group)[..., :n]
+
+
+def record_value_bits(group: int) -> int:
+    """Bits of a record's value for a ``DEQUANT_ROW`` group field (0: INT8 per row)."""
+    return 4 if group else 8
+
+
+def dequant_record_layout(n: int, group: int = 0) -> tuple[int, int]:
+    """``(scale_offset, pairs)`` of a ``DEQUANT_ROW`` record of ``n`` values: the values
+    (INT8, or with ``group`` INT4 two a byte, the even element in the low nibble) padded
+    to 8 bytes, then ``pairs`` scale pairs of int32 ``sm, se`` (one, or one per
+    ``group`` values)."""
+    value_bytes = -(-n * record_value_bits(group) // 8)
+    return -(-value_bytes // 8) * 8, (-(-n // group) if group else 1)
+
+
+def dequant_record_bytes(n: int, group: int = 0) -> int:
+    """Bytes of a ``DEQUANT_ROW`` record, its scale pairs included (the stride of records
+    back to back)."""
+    off, pairs = dequant_record_layout(n, group)
+    return off + 8 * pairs
+
+
+def encode_records(q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor, group: int = 0,
+                   stride: int | None = None):
+    """The records (rows, ``stride``) uint8 numpy array of rows ``q`` (rows, n) and their
+    scale pairs (``(rows,)`` or ``(rows, pairs)``), laid out as
+    :func:`dequant_record_layout`; ``stride`` (default: the record's bytes) pads."""
+    import numpy as np
+    rows, n = q.shape
+    off, pairs = dequant_record_layout(n, group)
+    out = np.zeros((rows, stride or off + 8 * pairs), dtype=np.uint8)
+    v = q.to(I64).numpy()
+    if group:
+        v = np.pad(v & 0xF, ((0, 0), (0, n % 2)))
+        out[:, :(n + 1) // 2] = (v[:, 0::2] | (v[:, 1::2] << 4)).astype(np.uint8)
+    else:
+        out[:, :n] = v.astype(np.int8).view(np.uint8)
+    pair = np.stack([sm.reshape(rows, pairs).numpy(), se.reshape(rows, pairs).numpy()],
+                    axis=-1).astype("<i4")
+    out[:, off:off + 8 * pairs] = pair.reshape(rows, 2 * pairs).view(np.uint8)
+    return out
+
+
+def decode_records(raw, n: int, group: int = 0):
+    """``(q, sm, se)`` int64 tensors of records ``raw`` ((rows, >= record bytes) uint8,
+    :func:`encode_records`' layout); ``sm``, ``se`` are ``(rows,)`` when ``group`` is 0,
+    else ``(rows, pairs)``."""
+    import numpy as np
+    raw = np.ascontiguousarray(raw)
+    rows = raw.shape[0]
+    off, pairs = dequant_record_layout(n, group)
+    if group:
+        b = raw[:, :(n + 1) // 2].astype(np.int64)
+        v = np.stack([b & 0xF, b >> 4], axis=-1).reshape(rows, -1)[:, :n]
+        v = np.where(v >= 8, v - 16, v)
+    else:
+        v = raw[:, :n].copy().view(np.int8).astype(np.int64)
+    sc = raw[:, off:off + 8 * pairs].copy().view("<i4").astype(np.int64).reshape(rows, pairs, 2)
+    sm, se = sc[..., 0], sc[..., 1]
+    if not group:
+        sm, se = sm[:, 0], se[:, 0]
+    return (torch.from_numpy(v), torch.from_numpy(np.ascontiguousarray(sm)),
+            torch.from_numpy(np.ascontiguousarray(se)))
+
+
 #: Embedding rows quantized at a time (bounds the int64 temporaries of a large table).
 _EMBED_BLOCK = 4096
+#: An embedding's precisions: INT8 with a scale per row (``group`` 0), or INT4 with a
+#: scale per group of 128 or 32 values.
+EMBED_GROUPS = (0, 128, 32)
 
 
 class QEmbedding:
-    """An embedding table stored as INT8 rows with a scale per row (the memory image's
-    records, the SFU's ``DEQUANT_ROW`` operands).
+    """An embedding table stored as integer rows with scales (the memory image's
+    records, the SFU's ``DEQUANT_ROW`` operands): INT8 with a scale per row, or INT4 with
+    a scale per ``group`` values.
 
     Row ``r`` is :func:`quant_per_token` of the ACT row :func:`embedding_table` gives
-    (``q[r]``, ``sm[r]``, ``se[r]``); a token's activation is :func:`dequant_row` of its
-    row, so the golden model, the compiler's image and every backend read one set of
-    values.
+    (``q[r]``, ``sm[r]``, ``se[r]``), or with a ``group`` the same onto INT4 per group of
+    the row; a token's activation is :func:`dequant_groups` of its row, so the golden
+    model, the compiler's image and every backend read one set of values.
 
     Parameters
     ----------
     q : torch.Tensor
-        (vocab, d) int8 values.
+        (vocab, d) values (INT8, or INT4 with a ``group``).
     sm, se : torch.Tensor
-        (vocab,) int64 scale mantissas and exponents.
+        (vocab,) int64 scale mantissas and exponents, (vocab, ceil(d / group)) with a
+        ``group``.
+    group : int
+        0 (INT8, a scale per row) or the values per scale of INT4 rows.
     """
 
-    def __init__(self, q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor):
-        self.q, self.sm, self.se = q.to(torch.int8), sm.to(I64), se.to(I64)
+    def __init__(self, q: torch.Tensor, sm: torch.Tensor, se: torch.Tensor, group: int = 0):
+        self.group = int(group)
+        self.q = q.to(torch.int8)
+        self.sm, self.se = sm.to(I64), se.to(I64)
 
     @classmethod
-    def from_table(cls, act: torch.Tensor) -> "QEmbedding":
-        """Quantize an ACT table (vocab, d) row by row."""
-        parts = [quant_per_token(act[r:r + _EMBED_BLOCK])
+    def from_table(cls, act: torch.Tensor, group: int = 0) -> "QEmbedding":
+        """Quantize an ACT table (vocab, d) row by row (INT8), or group by group (INT4)."""
+        parts = [_quant_embed(act[r:r + _EMBED_BLOCK], group)
                  for r in range(0, act.shape[0], _EMBED_BLOCK)]
-        return cls(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+        return cls(*(torch.cat([p[i] for p in parts]) for i in range(3)), group=group)
 
     @property
     def shape(self) -> tuple[int, int]:
         """(vocab, d)."""
         return tuple(self.q.shape)
 
+    @property
+    def bits(self) -> int:
+        """Bits of a value: 8, or 4 with groups."""
+        return record_value_bits(self.group)
+
+    @property
+    def record_bytes(self) -> int:
+        """Bytes of one row's record (:func:`dequant_record_bytes`)."""
+        return dequant_record_bytes(self.shape[1], self.group)
+
     def records(self, start: int, stop: int):
         """``(q, sm, se)`` of rows ``start .. stop - 1`` (``q`` int64)."""
         return self.q[start:stop].to(I64), self.sm[start:stop], self.se[start:stop]
 
+    def record_array(self, start: int, stop: int, stride: int | None = None):
+        """Rows ``start .. stop - 1`` as memory records (:func:`encode_records`)."""
+        return encode_records(*self.records(start, stop), self.group, stride)
+
+    @classmethod
+    def from_records(cls, raw, d: int, group: int = 0) -> "QEmbedding":
+        """The table of memory records ``raw`` (vocab, >= record bytes) uint8."""
+        return cls(*decode_records(raw, d, group), group=group)
+
     def lookup(self, tokens: torch.Tensor) -> torch.Tensor:
-        """ACT rows of the token ids ``tokens`` (:func:`dequant_row`)."""
-        return dequant_row(self.q[tokens].to(I64), self.sm[tokens], self.se[tokens])
+        """ACT rows of the token ids ``tokens`` (:func:`dequant_groups`)."""
+        return dequant_groups(self.q[tokens].to(I64), self.sm[tokens], self.se[tokens],
+                              self.group)
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, QEmbedding) and torch.equal(self.q, other.q)
+        return (isinstance(other, QEmbedding) and self.group == other.group
+                and torch.equal(self.q, other.q)
                 and torch.equal(self.sm, other.sm) and torch.equal(self.se, other.se))
 
     __hash__ = None
+
+
+def _quant_embed(act: torch.Tensor, group: int):
+    """``(q, sm, se)`` of ACT rows: :func:`quant_per_token` (group 0), or INT4 per group."""
+    if not group:
+        return quant_per_token(act)
+    n = act.shape[-1]
+    pairs = -(-n // group)
+    a = torch.nn.functional.pad(act.to(I64), (0, pairs * group - n))
+    q, sm, se = _quant_rows(a.reshape(*act.shape[:-1], pairs, group), 4, ACT_FRAC)
+    return q.reshape(*act.shape[:-1], pairs * group)[..., :n], sm, se
 
 
 # -- attention with an INT8 KV cache ------------------------------------------------------

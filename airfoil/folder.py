@@ -64,7 +64,8 @@ def llm_phases(shape: dict) -> tuple[str, ...]:
 #: Version of the folder layout; 2: record headers carry a 6-bit tag (the packed weight
 #: stream of :mod:`airfoil.packing`), so folders of version 1 are refused; 4: an LLM's
 #: embedding table is INT8 records with a scale per row (``embed_row`` bytes a row, the
-#: SFU's ``DEQUANT_ROW`` operands), not int32 rows, and the programs choose the next token
+#: SFU's ``DEQUANT_ROW`` operands; ``model.embed_group`` nonzero: INT4 records with a
+#: scale per that many values), not int32 rows, and the programs choose the next token
 #: (``TOPK_SAMPLE``) from the sampling block the host writes at ``sampling`` into ``next``.
 FOLDER_FORMAT = "airfoil-folder/4"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
@@ -386,6 +387,7 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
     """Check an LLM manifest's ``model`` entry: the shape, the position counts and the
     image layout, each region large enough for what the programs put there (the KV
     caches hold ``max_positions`` rows, the prompt areas ``max_prompt``)."""
+    from . import fixedpoint as fx
     if not isinstance(mm, dict):
         raise _fail(where, "manifest model entry is not an object")
     for key in ("shape", "max_positions", "max_prompt", "layout", "linears"):
@@ -426,10 +428,15 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
         if not _ADDR[0](v, image_bytes):
             raise _fail(where, f"manifest model.layout.{key} is {v!r}, not an address in "
                                f"0 .. {image_bytes}")
-    record = -(-shape["hidden_size"] // 8) * 8 + 8
+    group = mm.get("embed_group", 0)
+    if group not in fx.EMBED_GROUPS:
+        raise _fail(where, f"manifest model.embed_group is {group!r}, not one of "
+                           f"{', '.join(map(str, fx.EMBED_GROUPS))}")
+    record = fx.dequant_record_bytes(shape["hidden_size"], group)
     if lay["embed_row"] < record:
         raise _fail(where, f"manifest model.layout.embed_row is {lay['embed_row']}, less "
-                           f"than the {record} bytes of an INT8 embedding record")
+                           f"than the {record} bytes of an INT{fx.record_value_bits(group)} "
+                           f"embedding record")
     need = {"ids": 4 * T, "next": 4 * T, "sampling": 16, "logits": lay["logits_row"] * T,
             "embed": lay["embed_row"] * shape["vocab_size"],
             table: lay["rope_row"] * P if table == "rope" else 4 * shape["hidden_size"] * P}
@@ -579,10 +586,7 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
     erow = lay["embed_row"]
     raw = np.frombuffer(bytes(image[lay["embed"]:lay["embed"] + erow * vocab]),
                         dtype=np.uint8).reshape(vocab, erow)
-    scale = raw[:, -(-d // 8) * 8:-(-d // 8) * 8 + 8].copy().view("<i4").astype(np.int64)
-    embed = fx.QEmbedding(torch.from_numpy(raw[:, :d].copy().view(np.int8)),
-                          torch.from_numpy(scale[:, 0].copy()),
-                          torch.from_numpy(scale[:, 1].copy()))
+    embed = fx.QEmbedding.from_records(raw, d, mm.get("embed_group", 0))
     out = {"shape": shape, "embed": embed, "norm": i32(lay["norm"], d), "layers": layers}
     if not encoder(shape):
         out["lm_head"] = lin("lm_head")

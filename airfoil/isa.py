@@ -102,7 +102,8 @@ version-4 program is refused there (and the reverse, by the version check).
 * ``SOFTMAX``'s ``imm1``: nonzero, bidirectional attention (an encoder's: every row sees
   all ``L`` keys, ``imm0`` ignored); 0, what earlier programs hold: the causal mask.
 * :class:`SfuFunc` ``DEQUANT_ROW`` (INT8 rows with a scale per row to ACT: the embedding
-  table stored at INT8) and ``TOPK_SAMPLE`` (the next token chosen on chip: argmax, or
+  table stored at INT8; with ``imm1``, INT4 rows with a scale per ``imm1`` values, which
+  earlier programs leave 0) and ``TOPK_SAMPLE`` (the next token chosen on chip: argmax, or
   seeded top-k sampling); codes no earlier program uses.
 """
 
@@ -237,10 +238,13 @@ class SfuFunc(enum.Enum, shape=6):
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head
       dimension ``n`` over the config's ``limits.att_pv_max_head_dim`` (default
       :data:`ATT_PV_MAX_HEAD_DIM`) is UNSUPPORTED (the context accumulator's size).
-    * ``DEQUANT_ROW``: :func:`dequant_row` of ``R`` records of ``n`` INT8 values (row
-      ``r`` at ``src_addr + r * imm0``; ``imm0 = 0``: ``ceil(n / 8) * 8 + 8``, records
-      back to back) into ``R`` ACT rows at ``dst_addr``: the embedding rows a gathering
-      ``LD`` fetched, at the precision the memory image stores them.
+    * ``DEQUANT_ROW``: :func:`dequant_groups` of ``R`` records of ``n`` values (row
+      ``r`` at ``src_addr + r * imm0``; ``imm0 = 0``: :func:`dequant_record_bytes`,
+      records back to back) into ``R`` ACT rows at ``dst_addr``: the embedding rows a
+      gathering ``LD`` fetched, at the precision the memory image stores them. ``imm1 =
+      0``: INT8 values, padded to 8 bytes, then one scale pair (int32 ``sm``, ``se``);
+      ``imm1 = g``: INT4 values two a byte (the even element in the low nibble), padded
+      to 8 bytes, then a scale pair per ``g`` values (:func:`dequant_record_layout`).
     * ``TOPK_SAMPLE``: the next token of each of ``R`` rows of ``n`` ACT logits (row ``r``
       at ``src_addr + r * imm0``; ``imm0 = 0``: ``4 n``), :func:`topk_sample` with the
       draw :func:`sample_uniform` of position ``regs[pos_reg] + r``; the sampling block

@@ -108,10 +108,11 @@ def _run_float(g: Graph, n, vals, state: ExecState, T: int):
 
 
 def _quantized_embedding(g: Graph, n, state: ExecState) -> fx.QEmbedding:
-    """The embedding node's table as the device stores it (INT8 rows, a scale each)."""
-    w = n.attrs["weight"]
-    return _memo(state, "qemb:" + w,
-                 lambda: fx.QEmbedding.from_table(fx.embedding_table(g.params[w])))
+    """The embedding node's table as the device stores it (INT8 rows with a scale each,
+    or the recipe's INT4 groups, ``meta["embedding_group"]``)."""
+    w, group = n.attrs["weight"], g.meta.get("embedding_group", 0)
+    return _memo(state, f"qemb:{group}:{w}",
+                 lambda: fx.QEmbedding.from_table(fx.embedding_table(g.params[w]), group))
 
 
 def _memo(state: ExecState, key: str, make):

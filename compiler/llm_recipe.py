@@ -22,6 +22,8 @@ The one module that reads recipes. An LLM recipe has three sections
         - {format: int4, sparsity: "2:4"}
     activations: {format: int8, granularity: per_token}
     kv_cache: {format: int8, granularity: per_token_head}
+    embedding: {format: int4, group: 32}   # optional: int8 (a scale per row, the default)
+                                           # or int4 with a scale per 128 or 32 values
 
 Layer names are HF module names: ``model.layers.N.self_attn.{q,k,v,o}_proj``,
 ``model.layers.N.mlp.{gate,up,down}_proj`` and ``lm_head``.
@@ -86,7 +88,7 @@ TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
 #: Sparsity patterns a layer may name (N:M magnitude pruning, block skip): the stream
 #: records' (:data:`airfoil.packing.NM_BY_NAME`).
 SPARSITY = tuple(NM_BY_NAME)
-_SECTIONS = ("weights", "activations", "kv_cache", "budget")
+_SECTIONS = ("weights", "activations", "kv_cache", "budget", "embedding")
 _RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group", "method")
 _BUDGET_KEYS = ("bits", "candidates")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
@@ -165,6 +167,9 @@ class LlmRecipe:
     kv_cache: str = "int8_per_token_head"
     source: str = "recipe"
     budget: dict | None = None
+    #: Values per scale of the INT4 embedding table; 0: INT8 with a scale per row
+    #: (:class:`airfoil.fixedpoint.QEmbedding`).
+    embedding_group: int = 0
 
     @property
     def needs_calibration(self) -> bool:
@@ -301,7 +306,25 @@ def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
     _check_section(data.get("activations"), "activations", _ACT, source)
     _check_section(data.get("kv_cache"), "kv_cache", _KV, source)
     budget = _parse_budget(data.get("budget"), source) if "budget" in data else None
-    return LlmRecipe(rules=tuple(out), source=source, budget=budget)
+    return LlmRecipe(rules=tuple(out), source=source, budget=budget,
+                     embedding_group=_parse_embedding(data.get("embedding"), source))
+
+
+def _parse_embedding(e, source) -> int:
+    """The embedding section's group: 0 for ``{format: int8}`` (or no section), ``g`` for
+    ``{format: int4, group: g}`` with ``g`` a group of :data:`airfoil.fixedpoint.
+    EMBED_GROUPS`."""
+    from airfoil.fixedpoint import EMBED_GROUPS
+    groups = [g for g in EMBED_GROUPS if g]
+    accepted = (f"{{format: int8}} or {{format: int4, group: "
+                f"{' or '.join(map(str, groups))}}}")
+    if e is None or e == {"format": "int8"}:
+        return 0
+    if (isinstance(e, dict) and set(e) == {"format", "group"} and e["format"] == "int4"
+            and not isinstance(e["group"], bool) and e["group"] in groups):
+        return e["group"]
+    raise CompileError(f"{source}: embedding = {e!r} is not supported (accepted: "
+                       f"{accepted})")
 
 
 def nm_of(sparsity: str) -> tuple[int, int] | None:

@@ -16,7 +16,8 @@ program serves every position and one prefill program every prompt length up to
 ``max_prompt`` (the bucket the buffers are planned for).
 
 Per phase (buffers: ACT, OUT, WGT, KV, AUX; memory: the image) the token ids' embedding
-rows, INT8 records with a scale per row (:class:`airfoil.fixedpoint.QEmbedding`), are
+rows, INT8 records with a scale per row or the recipe's INT4 records with a scale per
+group (:class:`airfoil.fixedpoint.QEmbedding`), are
 gathered by ``LD`` and turned into the residual stream by ``SFU DEQUANT_ROW``; then, per
 layer::
 
@@ -108,7 +109,7 @@ from .schedule import Scheduler
 from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
 
 __all__ = ["compile_llm", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
-           "LLM_KIND", "record_bytes", "DEFAULT_MAX_PROMPT"]
+           "LLM_KIND", "record_bytes", "embed_group", "DEFAULT_MAX_PROMPT"]
 
 LLM_KIND = "llm"
 #: The steps of the lowering (:func:`compile_llm`'s ``stop_after``), named as the single
@@ -150,9 +151,16 @@ def _up(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
-def record_bytes(n: int, word: int) -> int:
-    """Bytes of one INT8 record of ``n`` values with its scale pair (word aligned)."""
-    return _up(_up(n, 8) + 8, word)
+def record_bytes(n: int, word: int, group: int = 0) -> int:
+    """Bytes of one record of ``n`` values with its scale pairs, word aligned: INT8 with a
+    pair (``group`` 0), or INT4 with a pair per ``group`` values
+    (:func:`airfoil.fixedpoint.dequant_record_bytes`)."""
+    return _up(fx.dequant_record_bytes(n, group), word)
+
+
+def embed_group(model) -> int:
+    """The embedding's values per scale pair (0: INT8 rows, a scale pair each)."""
+    return getattr(model["embed"], "group", 0)
 
 
 # -- tiling -------------------------------------------------------------------------------
@@ -343,7 +351,7 @@ def _plan_image(model, config, max_prompt, max_pos):
     put("next", 4 * max_prompt)
     lay["logits_row"] = _up(4 * output_width(model["shape"]), wb)
     put("logits", lay["logits_row"] * max_prompt)
-    lay["embed_row"] = record_bytes(d, wb)
+    lay["embed_row"] = record_bytes(d, wb, embed_group(model))
     put("embed", lay["embed_row"] * vocab)
     lay["rope_row"] = _up(2 * hd, wb)
     if _rotary(model):
@@ -463,10 +471,7 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
         erow = lay["embed_row"]
         for r0 in range(0, vocab, _EMBED_ROWS):
             q, sm, se = model["embed"].records(r0, min(vocab, r0 + _EMBED_ROWS))
-            recs = np.zeros((q.shape[0], erow), dtype=np.uint8)
-            recs[:, :d] = q.numpy().astype(np.int8).view(np.uint8)
-            recs[:, _up(d, 8):_up(d, 8) + 8] = np.stack(
-                [sm.numpy(), se.numpy()], axis=1).astype("<i4").view(np.uint8)
+            recs = fx.encode_records(q, sm, se, embed_group(model), erow)
             put(lay["embed"] + erow * r0, recs.tobytes())
         if _rotary(model):
             cos, sin = fx.rope_table(hd, model["shape"]["rope_theta"], max_pos,
@@ -832,7 +837,8 @@ class _Phase:
                        self.r(Buffer.AUX, self.IDS, 4 * T)],
                 gather=1, idx_addr=self.IDS, **self.tregs)
         self.sfu(SfuFunc.DEQUANT_ROW, Buffer.ACT, self.X, Buffer.ACT, self.H, d,
-                 reads=[recs], writes=[self.rows_act(Buffer.ACT, self.H, d)], imm0=erow)
+                 reads=[recs], writes=[self.rows_act(Buffer.ACT, self.H, d)], imm0=erow,
+                 imm1=embed_group(self.model))
 
     def attention(self, p):
         """Attention of one layer over the KV cache rows ``0 .. REG_LEN-1``, in passes of
@@ -1119,7 +1125,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         "image_bytes": size,
         "size_only": bool(size_only), "source": str(source),
         "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
-                  "record_bytes": rec, "layout": lay, "linears": linears,
+                  "record_bytes": rec, "embed_group": embed_group(model),
+                  "layout": lay, "linears": linears,
                   "wgt_slots": slots, "wgt_slot_bytes": slot_bytes,
                   "recipe": {k: list(v) for k, v in (recipe or {}).items()}},
         "registers": {"pos": REG_POS, "tokens": REG_T, "length": REG_LEN},

@@ -224,6 +224,7 @@ class Quantize(Pass):
         g.meta["plan"] = dict(plan)
         g.meta.pop("calibration", None)
         g.meta["kv_cache"] = self.recipe.kv_cache
+        g.meta["embedding_group"] = self.recipe.embedding_group
         return g.validate()
 
 
@@ -308,7 +309,8 @@ def quantized_model(graph: Graph) -> dict:
 
     The result holds only ``airfoil`` types and tensors (the contents the output folder
     will carry): ``shape`` (HF config fields), ``embed``
-    (:class:`~airfoil.fixedpoint.QEmbedding`: INT8 rows with a scale per row), ``norm``
+    (:class:`~airfoil.fixedpoint.QEmbedding`: INT8 rows with a scale per row, or the
+    recipe's INT4 rows with a scale per group), ``norm``
     (Q16 gain), ``lm_head`` (:class:`~airfoil.fixedpoint.QLinear`) and ``layers``, one dict
     per layer with ``attn_norm``, ``mlp_norm`` (Q16 gains) and QLinear ``q``, ``k``,
     ``v``, ``o``, ``gate`` (gated MLPs only), ``up``, ``down``; for the roles of
@@ -364,7 +366,8 @@ def quantized_model(graph: Graph) -> dict:
     if len(embeds) != 1:
         raise CompileError(f"export: graph has {len(embeds)} embeddings, expected 1")
     emb = embeds[0].attrs["weight"]
-    embed = QEmbedding.from_table(embedding_table(graph.params[emb]))
+    embed = QEmbedding.from_table(embedding_table(graph.params[emb]),
+                                  graph.meta.get("embedding_group", 0))
     out = {"shape": asdict(s), "embed": embed, "layers": layers}
     if s.encoder:
         out["sentence_embedding"] = dict(graph.meta.get("sentence_embedding",

@@ -402,16 +402,16 @@ class IsaSim:
         b = self._span(i, what, buf, start, len(raw), sfu=True)
         b[start:start + len(raw)] = raw
 
-    def _records(self, i, what, buf, start, count, n, stride):
-        """Read ``count`` INT8 records of ``n`` values with their scale pairs."""
-        b = self._span(i, what, buf, start, (count - 1) * stride + _up8(n) + 8, sfu=True)
-        raw = np.frombuffer(b, dtype=np.uint8, count=(count - 1) * stride + _up8(n) + 8,
+    def _records(self, i, what, buf, start, count, n, stride, group=0):
+        """Read ``count`` records of ``n`` values with their scale pairs (INT8 with one
+        pair, or INT4 with a pair per ``group`` values: :func:`airfoil.fixedpoint.
+        dequant_record_layout`)."""
+        size = fx.dequant_record_bytes(n, group)
+        b = self._span(i, what, buf, start, (count - 1) * stride + size, sfu=True)
+        raw = np.frombuffer(b, dtype=np.uint8, count=(count - 1) * stride + size,
                             offset=start)
         idx = np.arange(count)[:, None] * stride
-        vals = raw[idx + np.arange(n)[None, :]].view(np.int8).astype(np.int64)
-        sc = raw[idx + _up8(n) + np.arange(8)[None, :]].copy().view("<i4").astype(np.int64)
-        return (torch.from_numpy(vals), torch.from_numpy(sc[:, 0].copy()),
-                torch.from_numpy(sc[:, 1].copy()))
+        return fx.decode_records(raw[idx + np.arange(size)[None, :]], n, group)
 
     def _matrix(self, i: int, ins: Instr) -> None:
         """Check and perform MV/MM (see :data:`airfoil.isa.MATRIX_LAYOUT`)."""
@@ -617,10 +617,11 @@ class IsaSim:
             self._write(i, what, dst, da, y, I32)
             return rows * n, 0
         if fn == SfuFunc.DEQUANT_ROW:
-            stride = f["imm0"] or _up8(n) + 8
-            q, sm, se = self._records(i, what, src, sa, rows, n, stride)
+            group = f["imm1"]
+            stride = f["imm0"] or fx.dequant_record_bytes(n, group)
+            q, sm, se = self._records(i, what, src, sa, rows, n, stride, group)
             self._span(i, what, dst, da, 4 * rows * n, sfu=True)
-            self._write(i, what, dst, da, fx.dequant_row(q, sm, se), I32)
+            self._write(i, what, dst, da, fx.dequant_groups(q, sm, se, group), I32)
             return rows * n, 0
         if fn == SfuFunc.TOPK_SAMPLE:
             k, inv_t, seed = self._read(i, what, aux, xa, 3, "<u4").tolist()

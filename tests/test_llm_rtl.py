@@ -87,3 +87,24 @@ def test_tiny_model_eight_tokens_equal_on_three_backends():
     want = generate_folder(folder, prompt, 8)[0]
     assert generate_isa(folder, cfg, prompt, 8)[0] == want
     assert generate_rtl(folder, cfg, prompt, 8, seed=1)[0] == want
+
+
+@pytest.mark.slow
+def test_tiny_model_int4_embedding_tokens_equal_on_three_backends():
+    """The tiny model with its embedding table INT4 (a scale per 32 values, DEQUANT_ROW's
+    imm1): the golden model's, the ISA simulator's and the RTL core's greedy tokens."""
+    from sim.measure.llm_accuracy import TINY_MODEL
+    from sim.measure.quant_accuracy import recipe_path
+    from compiler.importers.hf import import_hf
+    from compiler.tokenizer import load_tokenizer
+
+    cfg = load_config("sim_llm")
+    out = "build/test_llm_rtl/tiny_embed4"
+    g = llm_pipeline(recipe_path("w4_rtn_embed4")).run(import_hf(TINY_MODEL))
+    compile_llm(quantized_model(g), cfg, out, max_prompt=8)
+    folder = load_folder(out, cfg)
+    assert folder.manifest["model"]["embed_group"] == 32
+    prompt = load_tokenizer(TINY_MODEL).encode("The ")
+    want = generate_folder(folder, prompt, 4)[0]
+    assert generate_isa(folder, cfg, prompt, 4)[0] == want
+    assert generate_rtl(folder, cfg, prompt, 4, seed=1)[0] == want

@@ -16,15 +16,10 @@ from hdl.sfu.unit import unit_cycles
 from test_sfu import SIZES, _b, _i32, _ints, _run_both, _sfu, kernel_args, run_kernel
 
 
-def _records(q, sm, se, stride) -> bytearray:
+def _records(q, sm, se, stride, group=0) -> bytearray:
     """Records of the rows of ``q`` with their scale pairs, ``stride`` bytes apart."""
-    rows, n = q.shape
-    out = bytearray(stride * rows)
-    for r in range(rows):
-        out[r * stride:r * stride + n] = _b(q[r], "<i1")
-        at = r * stride + dequant.record_stride(n) - 8
-        out[at:at + 8] = _b([sm[r], se[r]])
-    return out
+    return bytearray(fx.encode_records(torch.as_tensor(q), torch.as_tensor(sm),
+                                       torch.as_tensor(se), group, stride).tobytes())
 
 
 def test_dequant_row_spec_inverts_quant_per_token():
@@ -42,28 +37,50 @@ def test_dequant_row_spec_inverts_quant_per_token():
     assert fx.dequant_row(qe, sme, see).tolist() == exact.tolist()
 
 
-@pytest.mark.parametrize("n,rows,imm0,sa,seed", [
-    (8, 2, 0, 0, 1),        # records back to back
-    (13, 3, 0, 4, 2),       # odd length: padded values, the last word read in part
-    (1, 2, 24, 8, 3),       # one value a record, strided
-    (37, 1, 0, 0, 4),
+@pytest.mark.parametrize("n,rows,imm0,group,sa,seed", [
+    (8, 2, 0, 0, 0, 1),        # records back to back
+    (13, 3, 0, 0, 4, 2),       # odd length: padded values, the last word read in part
+    (1, 2, 24, 0, 8, 3),       # one value a record, strided
+    (37, 1, 0, 0, 0, 4),
+    (13, 3, 0, 4, 4, 5),       # INT4, a scale pair per 4 values, the last group short
+    (64, 2, 0, 32, 0, 6),      # INT4 g32, back to back
+    (9, 2, 40, 16, 8, 7),      # INT4, one group a row, strided
 ])
-def test_dequant_row_kernel(n, rows, imm0, sa, seed):
+def test_dequant_row_kernel(n, rows, imm0, group, sa, seed):
     rng = np.random.default_rng(seed)
-    q = rng.integers(-128, 128, size=(rows, n))
-    q[0, 0], q[-1, -1] = -128, 127
-    sm = rng.integers(1 << 15, 1 << 16, size=rows)
+    pairs = fx.dequant_record_layout(n, group)[1]
+    lim = 8 if group else 128
+    q = rng.integers(-lim, lim, size=(rows, n))
+    q[0, 0], q[-1, -1] = -lim, lim - 1
+    sm = rng.integers(1 << 15, 1 << 16, size=(rows, pairs))
     # Exponents from a saturating left shift (se < 16) to a right shift past every bit.
-    se = np.array([-40, 3, 16, 30, 47][:rows] if rows > 1 else [22])
-    stride = imm0 or dequant.record_stride(n)
-    src = bytearray(sa) + _records(q, sm, se, stride)
+    se = rng.choice([-40, 3, 16, 22, 30, 47], size=(rows, pairs))
+    if not group:
+        sm, se = sm[:, 0], se[:, 0]
+    stride = imm0 or dequant.record_stride(n, group)
+    src = bytearray(sa) + _records(q, sm, se, stride, group)
     dst = bytearray(4 * rows * n + 8)
     args = kernel_args(func=SfuFunc.DEQUANT_ROW, n=n, rows=rows, src_addr=sa, dst_addr=8,
-                       imm0=imm0)
+                       imm0=imm0, imm1=group)
     res = run_kernel(DequantRowKernel(), args, src, bytearray(4), dst)
-    ref = fx.dequant_row(torch.tensor(q), torch.tensor(sm), torch.tensor(se))
+    ref = fx.dequant_groups(torch.tensor(q), torch.tensor(sm), torch.tensor(se), group)
     assert _ints(dst[8:]).tolist() == ref.reshape(-1).tolist()
     assert res["cycles"] == dequant.cycles(args) and not res["err"]
+    assert dequant.cycles(args) == rows * (n + 2 * pairs) + 1
+
+
+def test_int4_embedding_records_round_trip():
+    """An INT4 table (g32) quantizes each group onto -7..7, its records decode to it,
+    and it comes back within half a step of each group's scale."""
+    rng = np.random.default_rng(9)
+    act = torch.tensor(_i32(rng, 5 * 70, shift_max=20)).reshape(5, 70)
+    e = fx.QEmbedding.from_table(act, 32)
+    assert e.sm.shape == (5, 3) and int(e.q.abs().max()) == 7
+    assert fx.QEmbedding.from_records(e.record_array(0, 5), 70, 32) == e
+    assert e.record_bytes == 40 + 3 * 8               # 35 value bytes padded to 40, 3 pairs
+    step = (fx.token_scale_value(e.sm, e.se) * 2.0 ** fx.ACT_FRAC).repeat_interleave(32, 1)
+    err = (e.lookup(torch.arange(5)) - act).abs().to(torch.float64)
+    assert bool((err <= step[:, :70] * 0.51 + 1).all())
 
 
 @pytest.mark.parametrize("word_bits", [128, 32])

@@ -41,8 +41,8 @@ __all__ = ["RECIPES", "WINDOW", "POSITIONS", "CONFIG", "recipe_path", "TinyEval"
 
 #: The recipes measured, by file name under compiler/recipes/.
 RECIPES = ("w8", "w4_rtn", "w4_calibrated", "budget_6p0", "w3_calibrated",
-           "2of4_w4_magnitude", "2of4_w4_calibrated", "bitmod3", "ovp4", "budget_3p0",
-           "budget_2p5")
+           "2of4_w4_magnitude", "2of4_w4_calibrated", "bitmod3", "ovp4", "mixed",
+           "budget_3p0", "budget_2p5", "w4_rtn_embed4")
 #: Tokens per evaluation window; held-out positions measured.
 WINDOW = 128
 POSITIONS = 2048
@@ -112,7 +112,8 @@ class TinyEval:
         plan = q.meta["plan"]
         d, vocab = self.graph.shape.hidden_size, self.graph.shape.vocab_size
         config = load_config(CONFIG)
-        out = {"embed_bytes": vocab * record_bytes(d, config.word_bytes),
+        out = {"embed_bytes": vocab * record_bytes(d, config.word_bytes,
+                                                   recipe.embedding_group),
                "formats": _format_counts(q), "config_hash": None}
         folder = Path(build_dir) / "bench_quant" / name
         manifest = None
