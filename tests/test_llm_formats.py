@@ -151,6 +151,46 @@ def test_padded_groups_golden_equals_isa(tmp_path):
     _golden_equals_isa(model, folder, cfg, [3, 1, 4], 2)
 
 
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_embedding_golden_equals_isa(tmp_path, group):
+    """The embedding table INT4 with a scale per ``group`` values (128 > hidden 64: one
+    short group a row): the folder's records read back to the graph's table, the float
+    backend's quantized graph looks its tokens up in the same table, and the golden
+    equals the ISA simulator; the records are smaller than the INT8 ones."""
+    from compiler.backends import execute
+    rules = [{"match": "*", "format": "int4", "group": 32}]
+    cfg = load_config("sim_llm")
+    graph = _small_graph()
+    model, man, folder = _compile(graph, parse_llm_recipe(
+        {"weights": rules, "embedding": {"format": "int4", "group": group}}),
+        tmp_path / "out", cfg)
+    emb = model["embed"]
+    assert emb.group == group and man["model"]["embed_group"] == group
+    assert golden_from_folder(folder)["embed"] == emb
+    assert int(emb.q.abs().max()) == 7
+    _, int8_man, _ = _compile(graph, parse_llm_recipe({"weights": rules}), tmp_path / "b", cfg)
+    assert man["model"]["layout"]["embed_row"] < int8_man["model"]["layout"]["embed_row"]
+    q = llm_pipeline(parse_llm_recipe({"weights": rules, "embedding": {
+        "format": "int4", "group": group}}), cfg).run(graph)
+    assert q.meta["embedding_group"] == group
+    seen, toks = {}, torch.tensor([3, 1, 4])
+    execute(q, toks, observe=lambda name, v: seen.setdefault(name, v))
+    from airfoil.fixedpoint import from_fixed
+    looked = seen[q.by_op("embedding")[0].name]
+    assert torch.equal(looked, from_fixed(emb.lookup(toks)).to(looked.dtype))
+    _golden_equals_isa(model, folder, cfg, [3, 1, 4], 2)
+
+
+@pytest.mark.parametrize("bad", [{"format": "int4"}, {"format": "int4", "group": 64},
+                                 {"format": "int2", "group": 32}, "int4"])
+def test_embedding_section_errors(bad):
+    with pytest.raises(CompileError, match=r"embedding = .* is not supported \(accepted: "
+                                           r"\{format: int8\} or \{format: int4, group: "
+                                           r"128 or 32\}\)"):
+        parse_llm_recipe({"weights": [{"match": "*", "format": "int4", "group": 32}],
+                          "embedding": bad})
+
+
 def test_row_blocks_of_a_streamed_layer(tmp_path, monkeypatch):
     """With loads of at most 512 bytes each streamed layer is several row blocks (one LD
     WSTREAM and one MV each, writing their rows of the output)."""
