@@ -802,7 +802,8 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         Candidates of ``wformat="mixed"`` (default :data:`airfoil.packing.DEFAULT_MIXED`,
         or every record format the config decodes if it lacks one of those), e.g.
         ``"int2,int4,int8"`` or ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x
-        one group) takes the one of least squared error. ``wformat`` ``bitmod4`` /
+        one group) takes the one :func:`airfoil.packing.mixed_choice` picks (of one
+        width, the least squared error). ``wformat`` ``bitmod4`` /
         ``bitmod3`` are the presets of :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4
         / FP3 variants). Streamed formats other than INT2/3/4/8 and OVP must be in the
         config's ``weight_formats``.

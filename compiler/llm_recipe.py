@@ -8,7 +8,7 @@ The one module that reads recipes. An LLM recipe has three sections
         format: int4              # a weight format (below)
         group: 128                # weights per FP16 scale (k is padded to a multiple)
       - match: "*.mlp.*"
-        mixed: [int2, int4, int8] # a format per group: the candidate of least error
+        mixed: [int2, int4, int8] # a format per group: the narrowest within an error bound
         sparsity: "2:4"           # dense | 1:4 | 2:4 | 2:8 | 4:16 | 8:16 | block
       - match: lm_head
         format: int8
@@ -116,7 +116,8 @@ class LayerQuant:
     """The weight quantization of one linear layer.
 
     ``formats`` is one format name, or the candidates of a per-group choice (each group
-    of ``record rows x group`` weights takes the one of least squared error). ``sparsity``
+    of ``record rows x group`` weights takes the one :func:`airfoil.packing.mixed_choice`
+    picks: the narrowest width within its error bound, of one width the least error). ``sparsity``
     is a pattern of :data:`SPARSITY`; ``density`` the fraction of k-steps kept by
     ``block``. The layer runs from WGT tiles when it is one dense tile format, else from
     the weight stream (:attr:`streamed`).
