@@ -117,8 +117,8 @@ def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape,
     ``weight`` (rows, k) float, k already padded to a whole group. WGT tiles
     (``streamed`` false) use :func:`airfoil.formats.quantize_weights`; streamed weights
     are pruned (magnitude, :func:`_prune`) and quantized by :func:`airfoil.packing.
-    quantize_stream`, which picks each record's format (:func:`~airfoil.packing.mixed_choice`) and each
-    row's FP16 scale through the registry's formats.
+    quantize_stream`, which picks each record's format (:func:`~airfoil.packing.
+    mixed_choice`) and each row's FP16 scale through the registry's formats.
     """
     if not streamed:
         q, s = quantize_weights(weight, lq.bits, lq.group)
