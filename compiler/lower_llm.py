@@ -824,8 +824,9 @@ class _Phase:
                        dram_addr=lay["next"], nbytes=nbytes, count=1, dram_stride=nbytes)
 
     def embed(self):
-        """The token ids' INT8 embedding records gathered into X (by id, one row of
-        ``embed_row`` bytes each), then ``DEQUANT_ROW`` of them into the residual H."""
+        """The token ids' embedding records gathered into X (by id, one row of
+        ``embed_row`` bytes each), then ``DEQUANT_ROW`` of them into the residual H (its
+        ``imm1`` the INT4 table's group, 0 for INT8 rows)."""
         lay, d, T = self.lay, self.d, self.tmax
         erow = lay["embed_row"]
         if erow > 4 * self.wide:
