@@ -176,7 +176,8 @@ __all__ = [
     "record_tag", "step_mask",
     "ovp_encode", "ovp_decode", "ovp_values", "bitmod_values", "encode_weights",
     "decode_weights",
-    "pack_records", "parse_stream", "expected_beats", "beat_layout", "beat_value",
+    "pack_records", "record_starts", "parse_stream", "expected_beats", "beat_layout",
+    "beat_value",
     "tensor_records", "pack_tensor", "nm_kept", "unpack_tensor", "interleave",
     "deinterleave",
     "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
@@ -690,20 +691,29 @@ def _check_record(geom: StreamGeometry, rc: Record) -> None:
         raise CompileError("OVP4 needs an even lane count")
 
 
-def pack_records(geom: StreamGeometry, records) -> bytes:
-    """Pack records into one stream of whole words (ending in PAD) and return its bytes."""
-    records = list(records)
+def record_starts(geom: StreamGeometry, keys) -> tuple[list, int]:
+    """Where each record of a stream starts (bits) and the stream's bits in whole words,
+    from the records' ``(tag, group, nm, step mask)`` alone: a record's size depends on
+    them, not on its values, so a stream is sized without packing it."""
     W = geom.word_bits
-    starts, keys, pos = [], [], 0
-    for rc in records:
-        _check_record(geom, rc)
+    starts, pos = [], 0
+    for tag, group, nm, mask in keys:
         if pos % W > W - HEADER_FIXED_BITS:
             pos += W - pos % W           # no header in the last 11 bits of a word
         starts.append(pos)
+        pos += geom.record_bits(tag, group, nm, mask)
+    return starts, -(-pos // W) * W
+
+
+def pack_records(geom: StreamGeometry, records) -> bytes:
+    """Pack records into one stream of whole words (ending in PAD) and return its bytes."""
+    records = list(records)
+    keys = []
+    for rc in records:
+        _check_record(geom, rc)
         mask = rc.step_mask(geom.lanes) if rc.nm == BLOCK_CODE else None
         keys.append((rc.tag, rc.group, rc.nm, mask))
-        pos += geom.record_bits(rc.tag, rc.group, rc.nm, mask)
-    total = -(-pos // W) * W
+    starts, total = record_starts(geom, keys)
     out = np.zeros(total, dtype=np.uint8)
     i = 0
     while i < len(records):                 # runs of records sharing tag, group and mask

@@ -372,20 +372,24 @@ def _plan_image(model, config, max_prompt, max_pos):
     return lay, top
 
 
-def _place_linears(flat, plans, config, top, streamed):
+def _place_linears(flat, plans, config, top, streamed, size_only=False):
     """Place every linear layer from ``top`` on: WGT tiles (``plans``, layer name ->
     :func:`_plan_tiles`) by their layout's size, reading each layer's scales (for the
-    ``k0`` of its instructions) and not its values; streamed layers packed (a stream's
-    size depends on its values). Returns ``(linears, streams, image size)``, ``streams``
-    the packed ``(addr, bytes)`` of the streamed layers."""
+    ``k0`` of its instructions) and not its values; streamed layers packed, or with
+    ``size_only`` sized from their record tags without reading their values (but a
+    block-skip layer's, whose records' sizes follow its weights). Returns ``(linears,
+    streams, image size)``, ``streams`` the packed ``(addr, bytes)`` of the streamed
+    layers (none sized only)."""
     wb = config.word_bytes
     linears, streams, addr = {}, [], top
     geom = core_stream_geometry(config) if streamed else None
     for name, ql in flat.items():
         if ql.streamed:
-            linears[name], layer_blobs = _pack_streamed(name, ql, config, geom, addr)
+            pack = not size_only or ql.sparsity == "block"
+            linears[name], layer_blobs, end = _pack_streamed(name, ql, config, geom, addr,
+                                                             pack)
             streams += layer_blobs
-            addr = max([addr] + [a + len(b) for a, b in layer_blobs])
+            addr = max(addr, end)
             continue
         n, k = ql.shape
         # The least exponent is the least magnitude's (the exponent grows with it); the
@@ -904,15 +908,17 @@ def _stream_rows(name, ql, config, geom) -> int:
     return rows
 
 
-def _pack_streamed(name, ql, config, geom, addr):
+def _pack_streamed(name, ql, config, geom, addr, pack=True):
     """Pack a streamed layer's row blocks from ``addr`` on (each channel's stream of a
-    block contiguous, word aligned); return its manifest entry and ``(addr, bytes)``."""
+    block contiguous, word aligned), or with ``pack`` false only place them (their sizes
+    from the records' tags); return its manifest entry, the packed ``(addr, bytes)`` and
+    the end of its last stream."""
     n, k = ql.shape
     rr, wb = geom.rows, config.word_bytes
     _, kexp = fp16_fixed(ql.scales)
     tags = ql.formats[::rr].numpy()              # one tag per record (checked uniform)
     smin = least_scale(ql.scales)
-    top = addr
+    top = end = addr
 
     def place(channel, nbytes):
         nonlocal top
@@ -921,9 +927,11 @@ def _pack_streamed(name, ql, config, geom, addr):
 
     tiles, blobs = [], []
     for r0, rows, _, _ in tile_boxes(n, k, _stream_rows(name, ql, config, geom), k):
-        entry, packed = place_stream_block(geom, config, ql.q, ql.scales, tags, row0=r0,
-                                           rows=rows, group=ql.group, sparsity=ql.sparsity,
-                                           smin=smin, place=place, what=f"layer {name}: ")
+        entry, packed = place_stream_block(geom, config, ql.q if pack else None, ql.scales,
+                                           tags, row0=r0, rows=rows, group=ql.group,
+                                           sparsity=ql.sparsity, smin=smin, place=place,
+                                           what=f"layer {name}: ", pack=pack)
+        end = max([end] + [st["addr"] + st["nbytes"] for st in entry["streams"]])
         tiles.append(entry)
         blobs += [(a, blob) for _, a, blob in packed]
     counts = {}
@@ -933,7 +941,7 @@ def _pack_streamed(name, ql, config, geom, addr):
     return ({"n": n, "k": k, "k_in": ql.in_features, "copies": ql.input_copies,
              "bits": ql.bits, "group": ql.group,
              "k0": int(kexp.min()), "streamed": True, "sparsity": ql.sparsity,
-             "label": _stream_label(ql), "records": counts, "tiles": tiles}, blobs)
+             "label": _stream_label(ql), "records": counts, "tiles": tiles}, blobs, end)
 
 
 def _kv_passes(kv: int, rows: int, rec: int, kv_bytes: int, whole: bool
@@ -1086,7 +1094,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     if stop_after == "plan":
         return made
     lay, top = _plan_image(model, config, max_prompt, max_pos)
-    linears, streams, size = _place_linears(flat, plans, config, top, streamed)
+    linears, streams, size = _place_linears(flat, plans, config, top, streamed, size_only)
     _check_capacity(size, config)
     made.update(step="pack", layout=lay, linears=linears, image_bytes=size)
     if stop_after == "pack":

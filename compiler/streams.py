@@ -6,6 +6,7 @@
 * :func:`channel_layout` -- where each memory channel's region starts in an image;
 * :func:`pack_stream_tile` -- one row block of a streamed layer packed into one record
   stream per memory channel (the core's decode-unit slices), padding rows included;
+* :func:`stream_tile_bytes` -- the bytes of those streams from the records' tags alone;
 * :func:`stream_block_bytes` -- a bound on a row block's stream on one channel, which the
   tile planner (:mod:`compiler.tiling`) keeps within one load;
 * :func:`place_stream_block` -- a row block packed and its streams placed in memory;
@@ -21,12 +22,14 @@ import torch
 from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.formats import TileLayout, fp16_fixed, pack_tile, tile_layout
-from airfoil.packing import (BLOCK_CODE, HEADER_FIXED_BITS, format_spec, nm_index_bits,
-                             pack_channels, step_mask)
+from airfoil.packing import (BLOCK_CODE, HEADER_FIXED_BITS, format_spec, nm_code,
+                             nm_index_bits, pack_channels, record_starts, record_tag,
+                             step_mask)
 
 __all__ = ["MAX_STREAM_BYTES", "CHANNEL_ALIGN", "slices", "wgt_tile_layout",
            "pack_wgt_tile", "channel_layout",
-           "pack_stream_tile", "stream_block_bytes", "place_stream_block", "least_scale",
+           "pack_stream_tile", "stream_tile_bytes", "stream_block_bytes", "place_stream_block",
+           "least_scale",
            "stream_bits"]
 
 #: Largest stream one LD moves (its 24-bit ``nbytes`` field).
@@ -108,13 +111,41 @@ def pack_stream_tile(geom, config: AccelConfig, q: torch.Tensor, scales: torch.T
     tq[:rows] = q[row0:row0 + rows]
     ts = smin.repeat(rp, k // group)
     ts[:rows] = scales[row0:row0 + rows]
+    tt = _block_tags(geom, config, tags, row0, rows)
+    return pack_channels(geom, tq, ts, group=group, sparsity=sparsity,
+                         channels=config.memory.channels, tags=tt)
+
+
+def _block_tags(geom, config: AccelConfig, tags, row0: int, rows: int) -> np.ndarray:
+    """The record tags (record-row batch x group column) of rows ``row0 .. row0 + rows``
+    padded to a whole batch of the core's chains: padding batches take the layer's first
+    record's tag."""
+    rr, rp = geom.rows, _up(rows, config.chains)
     tags = np.asarray(tags)
     tt = tags[row0 // rr:(row0 + rp) // rr]
     if tt.shape[0] < rp // rr:
         tt = np.concatenate([tt, np.full((rp // rr - tt.shape[0], tags.shape[1]),
                                          tags[0, 0])])
-    return pack_channels(geom, tq, ts, group=group, sparsity=sparsity,
-                         channels=config.memory.channels, tags=tt)
+    return tt
+
+
+def stream_tile_bytes(geom, config: AccelConfig, tags, *, row0: int, rows: int,
+                      group: int, sparsity: str) -> list[int]:
+    """The bytes of each channel's stream :func:`pack_stream_tile` makes of the same row
+    block, from its record tags alone (no weights): a record's size is fixed by its tag,
+    group and N:M pattern. Block skip is refused (a record's size follows its weights)."""
+    nm = nm_code(sparsity)
+    if nm == BLOCK_CODE:
+        raise CompileError("a block-skip stream's size depends on its weights' zero k-steps; "
+                           "it cannot be sized without them")
+    tt = _block_tags(geom, config, tags, row0, rows)
+    channels = config.memory.channels
+    out = []
+    for c in range(channels):
+        keys = [(record_tag(int(t)), group, nm, None)
+                for b in range(c, tt.shape[0], channels) for t in tt[b]]
+        out.append(record_starts(geom, keys)[1] // 8)
+    return out
 
 
 def stream_block_bytes(geom, config: AccelConfig, k: int, group: int, formats, nm: int):
@@ -131,28 +162,39 @@ def stream_block_bytes(geom, config: AccelConfig, k: int, group: int, formats, n
     return nbytes
 
 
-def place_stream_block(geom, config: AccelConfig, q: torch.Tensor, scales: torch.Tensor,
-                       tags, *, row0: int, rows: int, group: int, sparsity: str,
-                       smin: torch.Tensor, place, what: str = "",
-                       ) -> tuple[dict, list[tuple[int, int, bytes]]]:
+def place_stream_block(geom, config: AccelConfig, q: torch.Tensor | None,
+                       scales: torch.Tensor, tags, *, row0: int, rows: int, group: int,
+                       sparsity: str, smin: torch.Tensor, place, what: str = "",
+                       pack: bool = True) -> tuple[dict, list[tuple[int, int, bytes]]]:
     """Pack one row block of a streamed layer (all of K) with :func:`pack_stream_tile`,
-    each channel's stream placed at ``place(channel, nbytes)``.
+    each channel's stream placed at ``place(channel, nbytes)``; with ``pack`` false, only
+    size and place its streams (:func:`stream_tile_bytes`: the same sizes, the values
+    ``q`` not read).
 
     Returns its manifest entry (``row0``, ``rows``, ``col0``, ``cols``, ``streams``:
-    ``channel``, ``addr``, ``nbytes`` each) and the packed ``(channel, addr, bytes)``. A
-    stream longer than one load is a :class:`CompileError` (``what`` names the layer)."""
-    streams = pack_stream_tile(geom, config, q, scales, tags, row0=row0, rows=rows,
-                               group=group, sparsity=sparsity, smin=smin)
-    entry = {"row0": row0, "rows": rows, "col0": 0, "cols": q.shape[1], "streams": []}
+    ``channel``, ``addr``, ``nbytes`` each) and the packed ``(channel, addr, bytes)``
+    (none when not packed). A stream longer than one load is a :class:`CompileError`
+    (``what`` names the layer)."""
+    if pack:
+        streams = pack_stream_tile(geom, config, q, scales, tags, row0=row0, rows=rows,
+                                   group=group, sparsity=sparsity, smin=smin)
+        sizes = [len(blob) for blob in streams]
+    else:
+        streams = None
+        sizes = stream_tile_bytes(geom, config, tags, row0=row0, rows=rows, group=group,
+                                  sparsity=sparsity)
+    entry = {"row0": row0, "rows": rows, "col0": 0, "cols": scales.shape[1] * group,
+             "streams": []}
     blobs = []
-    for c, blob in enumerate(streams):
-        if len(blob) > MAX_STREAM_BYTES:
+    for c, nbytes in enumerate(sizes):
+        if nbytes > MAX_STREAM_BYTES:
             raise CompileError(f"{what}the stream of rows {row0}..{row0 + rows - 1} on "
-                               f"channel {c} is {len(blob)} bytes, more than one load "
+                               f"channel {c} is {nbytes} bytes, more than one load "
                                f"({MAX_STREAM_BYTES})")
-        addr = place(c, len(blob))
-        entry["streams"].append({"channel": c, "addr": addr, "nbytes": len(blob)})
-        blobs.append((c, addr, blob))
+        addr = place(c, nbytes)
+        entry["streams"].append({"channel": c, "addr": addr, "nbytes": nbytes})
+        if streams is not None:
+            blobs.append((c, addr, streams[c]))
     return entry, blobs
 
 

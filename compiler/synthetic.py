@@ -10,7 +10,11 @@ with every tensor made on demand from a seed:
 - each linear layer is a :class:`SyntheticLinear`: its values and FP16 group scales are
   drawn directly in the form the recipe's round-to-nearest quantizer gives (signed
   ``bits``-bit integers in ``-qmax..qmax``, positive scales, group ``group``), when the
-  compiler first reads them, and only the last layer read is kept in memory;
+  compiler first reads them, and only the last layer read is kept in memory; a streamed
+  layer (a recipe's other formats, N:M sparsity) draws its records' formats and values
+  of those formats, so its streams' sizes, fixed by the formats, are known without its
+  values (``compile --size-only``); a recipe whose record sizes follow the weights
+  (block skip, a choice among formats of different widths) is refused;
 - the embedding table is a :class:`SyntheticEmbedding` whose row blocks are drawn when
   sliced;
 - the RMSNorm gains (a few vectors per layer) are drawn at once.
@@ -33,14 +37,16 @@ import torch
 
 from airfoil.errors import CompileError
 from airfoil.fixedpoint import embedding_table, quant_per_token, rmsnorm_weight
+from airfoil import format_registry
 from airfoil.formats import qmax
+from airfoil.packing import NM_PATTERNS, nm_code
 from airfoil.yamlfile import read_yaml
 
 from .llm_recipe import load_llm_recipe
 from .reference import LlamaShape
 
 __all__ = ["SHAPES", "SyntheticLinear", "SyntheticEmbedding", "load_shape",
-           "synthetic_model", "layer_names"]
+           "synthetic_model", "layer_names", "record_size_fixed", "FIXED_SIZE_RECIPES"]
 
 #: Shapes of published models (their HF ``config.json``), by the name ``--synthetic`` takes.
 SHAPES = {
@@ -61,6 +67,8 @@ SHAPES = {
 #: Standard deviation of the float weights the scales stand for (a trained LLaMA's
 #: projections are of this order): a group's scale is about ``2.5 * WEIGHT_STD / qmax``.
 WEIGHT_STD = 0.02
+#: Largest normal OVP4 value (larger ones are outliers, which need a pruned partner).
+OVP_NORMAL = 7
 #: Embedding rows drawn per generator (a slice draws the blocks it touches).
 EMBED_BLOCK = 1024
 
@@ -97,45 +105,73 @@ class SyntheticLinear:
     """A quantized linear layer (:class:`airfoil.fixedpoint.QLinear`'s interface) whose
     values and scales are drawn when read.
 
-    ``q`` (int8, ``-qmax..qmax`` uniform) and ``scales`` (float16) come from two generators
-    of their own, so reading the scales alone (what planning needs) is cheap; the last
-    layer's tensors are kept (one slot per kind), so reading ``q`` tile by tile draws it
-    once.
+    ``q`` (int8) and ``scales`` (float16) come from generators of their own, so reading
+    the scales alone (what planning needs) is cheap; the last layer's tensors are kept
+    (one slot per kind), so reading ``q`` tile by tile draws it once.
+
+    A dense INT4/INT8 layer runs from WGT tiles (``q`` uniform in ``-qmax..qmax``). A
+    streamed layer (``candidates`` given) holds one record format per record of
+    ``record_rows`` rows x ``group`` columns (``formats``: the one candidate, or one drawn
+    per record among candidates of one record size) and values of that format (OVP4: its
+    normal values; N:M ``sparsity``: N kept weights drawn in each window of M, ``mask``).
 
     Parameters
     ----------
     name : str
         The layer's name (seeds its generators).
     rows, k, bits, group, seed : int
+    candidates : tuple of str, optional
+        Record format names of a streamed layer (None: a WGT-tile layer).
+    sparsity : str
+        ``dense`` or an N:M pattern.
+    record_rows : int
+        Rows of a stream record (the config's decode-unit slice chains).
     """
 
     _kept: dict = {}
-    #: A dense WGT-tile layer: no format per group, no sparsity, one copy of its input
-    #: (QLinear's fields).
-    formats, mask, sparsity, streamed, input_copies = None, None, "dense", False, 1
+    #: One copy of its input (QLinear's field).
+    input_copies = 1
 
-    def __init__(self, name: str, rows: int, k: int, bits: int, group: int, seed: int):
+    def __init__(self, name: str, rows: int, k: int, bits: int, group: int, seed: int, *,
+                 candidates: tuple | None = None, sparsity: str = "dense",
+                 record_rows: int = 1):
         if k % group:
             raise CompileError(f"synthetic layer {name}: group {group} does not divide k={k}")
         self.name, self.rows, self.k = name, int(rows), int(k)
         self.bits, self.group, self.seed = int(bits), int(group), int(seed)
         self.in_features = self.k
+        self.candidates = None if candidates is None else tuple(candidates)
+        self.sparsity, self.record_rows = str(sparsity), int(record_rows)
 
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, k)."""
         return self.rows, self.k
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the layer runs from the weight stream."""
+        return self.candidates is not None
+
     def _draw(self, kind: str):
-        key = (self.seed, self.name, self.rows, self.k, self.bits, self.group)
+        key = (self.seed, self.name, self.rows, self.k, self.bits, self.group,
+               self.candidates, self.sparsity, self.record_rows)
         slot = SyntheticLinear._kept.get(kind)
         if slot is not None and slot[0] == key:
             return slot[1]
         rng = _rng(self.seed, f"{self.name}.{kind}")
-        if kind == "q":
+        if kind == "q" and not self.streamed:
             m = qmax(self.bits)
             t = torch.from_numpy(rng.integers(-m, m + 1, size=(self.rows, self.k),
                                               dtype=np.int8))
+        elif kind == "q":
+            t = self._stream_values(rng)
+        elif kind == "formats":
+            t = self._record_formats(rng)
+        elif kind == "mask":
+            n, m = NM_PATTERNS[nm_code(self.sparsity)]
+            order = rng.random((self.rows, self.k // m, m)).argsort(axis=-1)
+            t = torch.from_numpy((order < n).reshape(self.rows, self.k))
         else:
             amax = np.abs(rng.normal(0.0, 2.5 * WEIGHT_STD,
                                      size=(self.rows, self.k // self.group))) + WEIGHT_STD
@@ -143,15 +179,46 @@ class SyntheticLinear:
         SyntheticLinear._kept[kind] = (key, t)
         return t
 
+    def _record_formats(self, rng) -> torch.Tensor:
+        """(rows, k / group) record tags, the same in each record's rows."""
+        tags = np.array([format_registry.by_name(f).tag for f in self.candidates])
+        batches = -(-self.rows // self.record_rows)
+        pick = rng.integers(0, len(tags), size=(batches, self.k // self.group))
+        per_row = np.repeat(tags[pick], self.record_rows, axis=0)[:self.rows]
+        return torch.from_numpy(per_row.astype(np.int64))
+
+    def _stream_values(self, rng) -> torch.Tensor:
+        """(rows, k) values, each group's of its record's format, 0 where pruned."""
+        tags = np.repeat(self.formats.numpy(), self.group, axis=1)
+        q = np.zeros((self.rows, self.k), dtype=np.int64)
+        for f in self.candidates:
+            spec = format_registry.by_name(f)
+            vals = np.array([v for v in spec.quant_values()
+                             if spec.kind != "ovp" or abs(v) <= OVP_NORMAL])
+            drawn = vals[rng.integers(0, len(vals), size=(self.rows, self.k))]
+            q = np.where(tags == spec.tag, drawn, q)
+        t = torch.from_numpy(q)
+        return t if self.mask is None else torch.where(self.mask, t, 0)
+
     @property
     def q(self) -> torch.Tensor:
-        """(rows, k) int8 values."""
+        """(rows, k) int8 values (a streamed layer's: int64, as the quantizer's)."""
         return self._draw("q")
 
     @property
     def scales(self) -> torch.Tensor:
         """(rows, k / group) float16 positive group scales."""
         return self._draw("scales")
+
+    @property
+    def formats(self) -> torch.Tensor | None:
+        """(rows, k / group) record tags of a streamed layer; None on WGT tiles."""
+        return self._draw("formats") if self.streamed else None
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """(rows, k) bool: the weights an N:M pattern keeps (None when dense)."""
+        return self._draw("mask") if self.sparsity != "dense" else None
 
 
 class SyntheticEmbedding:
@@ -203,11 +270,38 @@ def layer_names(shape: LlamaShape) -> list[str]:
     return out + ["lm_head"]
 
 
-def synthetic_model(shape: LlamaShape, *, seed: int = 0, recipe=None) -> dict:
+def record_size_fixed(lq) -> str | None:
+    """Why the records of a layer quantized as ``lq`` change size with its weights, or
+    None when they do not (one format, or candidates of one code and zero-point width,
+    dense or N:M): only then can a model be compiled from its shape alone."""
+    if lq.sparsity == "block":
+        return "block skip keeps the k-steps the weights fill"
+    widths = {(s.code_bits, s.zero_point_bits)
+              for s in map(format_registry.by_name, lq.formats)}
+    if len(widths) > 1:
+        return (f"a per-group choice among formats of different widths "
+                f"({', '.join(lq.formats)}) follows the weights")
+    return None
+
+
+#: What a synthetic model's streamed layers accept (error messages).
+FIXED_SIZE_RECIPES = ("one format per layer (int2/3/4/6/8, ovp, uint4z), bitmod3/bitmod4 "
+                      "or a choice among formats of one width, dense or N:M sparse")
+
+
+def synthetic_model(shape: LlamaShape, *, seed: int = 0, recipe=None,
+                    record_rows: int | None = None) -> dict:
     """The quantized model (:func:`compiler.passes.quantized_model`'s form) of ``shape``
     with seeded weights in the formats ``recipe`` (default: the default LLM recipe) gives.
+
+    A streamed layer's records hold ``record_rows`` rows (the config's decode-unit slice
+    chains, :class:`compiler.passes.StreamShape`; default its default); a recipe whose
+    records' sizes depend on the weights (:func:`record_size_fixed`) is refused.
     """
     from dataclasses import asdict
+
+    from .passes import StreamShape
+    rr = StreamShape().rows if record_rows is None else int(record_rows)
     plan = load_llm_recipe(recipe).resolve(layer_names(shape))
     s = shape
     d, hd, f = s.hidden_size, s.head_dim, s.intermediate_size
@@ -217,11 +311,14 @@ def synthetic_model(shape: LlamaShape, *, seed: int = 0, recipe=None) -> dict:
 
     def lin(name, rows, k):
         lq = plan[name]
-        if getattr(lq, "streamed", False):
-            raise CompileError(f"synthetic layer {name}: format {lq.format} "
-                               f"({lq.sparsity}) is streamed; a synthetic model takes dense "
-                               f"WGT-tile formats (int4, int8)")
-        return SyntheticLinear(name, rows, k, lq.bits, lq.group, seed)
+        if not lq.streamed:
+            return SyntheticLinear(name, rows, k, lq.bits, lq.group, seed)
+        why = record_size_fixed(lq)
+        if why is not None:
+            raise CompileError(f"synthetic layer {name}: {lq.label} cannot be made from "
+                               f"the shape alone: {why} (accepted: {FIXED_SIZE_RECIPES})")
+        return SyntheticLinear(name, rows, k, lq.bits, lq.group, seed,
+                               candidates=lq.formats, sparsity=lq.sparsity, record_rows=rr)
 
     def gain(name):
         return rmsnorm_weight(torch.from_numpy(

@@ -55,9 +55,11 @@ def register(sub):
                         "or AWQ), a llama .gguf file or a shipped model (tiny-llama); omit "
                         "to compile a linear layer (--layer)")
     p.add_argument("--synthetic", default=None, metavar="SHAPE|SHAPE.yaml",
-                   help="compile a synthetic model with seeded INT4 g128 weights made layer "
-                        "by layer instead of MODEL: llama2-7b, llama3-8b, llama2-13b, or a "
-                        "YAML file of LlamaShape fields (HF config.json names)")
+                   help="compile a synthetic model with seeded weights made layer by layer "
+                        "(INT4 g128, or --recipe's formats whose record sizes do not "
+                        "depend on the weights) instead of MODEL: llama2-7b, llama3-8b, "
+                        "llama2-13b, or a YAML file of LlamaShape fields (HF config.json "
+                        "names)")
     p.add_argument("--size-only", action="store_true",
                    help="MODEL or --synthetic: write the programs, listings, memory map and "
                         "manifest but not weights.bin (such a folder cannot be run)")
@@ -287,13 +289,15 @@ def synthetic_stop_after_from_args(args) -> str:
     graph steps); return what that step made."""
     from compiler.llm_steps import lowering_summary
     from compiler.lower_llm import LOWER_STEPS, compile_llm
+    from compiler.passes import StreamShape
     from compiler.synthetic import load_shape, synthetic_model
 
     if args.stop_after not in LOWER_STEPS:
         raise CompileError(f"--stop-after {args.stop_after!r} is not a step of a synthetic "
                            f"model's lowering (accepted: {', '.join(LOWER_STEPS)})")
     config = load_config(args.config or DEFAULT_CONFIG["llm"])
-    model = synthetic_model(load_shape(args.synthetic), seed=args.seed, recipe=args.recipe)
+    model = synthetic_model(load_shape(args.synthetic), seed=args.seed, recipe=args.recipe,
+                            record_rows=StreamShape.of(config).rows)
     made = compile_llm(model, config, args.output, max_prompt=args.max_prompt,
                        source=f"synthetic {args.synthetic} (seed {args.seed})",
                        recipe=model["recipe"], max_positions=args.max_positions,
@@ -309,6 +313,7 @@ def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from compiler.lower_llm import compile_llm
+    from compiler.passes import StreamShape
     from compiler.synthetic import load_shape, synthetic_model
 
     console = console or Console()
@@ -327,7 +332,8 @@ def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
             bar.update(task, completed=i + 1,
                        description=steps[i + 1] if i + 1 < len(steps) else "done")
 
-        model = synthetic_model(shape, seed=args.seed, recipe=args.recipe)
+        model = synthetic_model(shape, seed=args.seed, recipe=args.recipe,
+                                record_rows=StreamShape.of(config).rows)
         tick("make the model")
         manifest = compile_llm(model, config, args.output, max_prompt=args.max_prompt,
                                source=f"synthetic {args.synthetic} (seed {args.seed})",
