@@ -261,3 +261,65 @@ def test_decode_figures_on_a_small_shape(tmp_path):
         assert stall == round(frac * f[f"m_decode_cycles_model_ctx{c}"])
     assert f["m_attention_stall_fraction_ctx40_cycles"] > \
         f["m_attention_stall_fraction_ctx8_cycles"]
+
+
+@pytest.mark.parametrize("recipe", ["2of4_w4_magnitude", "bitmod3", "mix3"])
+def test_size_only_streamed_recipe_matches_the_seeded_compile(tmp_path, capsys, recipe):
+    """A streamed recipe's size-only folder (streams sized from their record tags, no
+    weight packed) has the programs, memory map and layout of the compile that packs the
+    same seeded weights; those weights run bit-exactly with the golden model."""
+    spec = _write_shape(tmp_path)
+    full, size = tmp_path / "full", tmp_path / "size"
+    common = ["compile", "--synthetic", spec, "--config", "sim_llm_decode", "--seed", "5",
+              "--recipe", f"compiler/recipes/{recipe}.yaml", "--max-prompt", "4"]
+    cli_ok(capsys, common + ["-o", str(full)])
+    cli_ok(capsys, common + ["-o", str(size), "--size-only"])
+    for name in ("prefill.afp", "decode.afp", "decode.s", "memory_map.txt"):
+        assert (full / name).read_bytes() == (size / name).read_bytes(), name
+    mf = json.loads((full / "manifest.json").read_text())
+    ms = json.loads((size / "manifest.json").read_text())
+    assert mf["model"] == ms["model"] and mf["weight_bytes"] == ms["weight_bytes"]
+    assert any(v["streamed"] for v in ms["model"]["linears"].values())
+    cfg = load_config("sim_llm_decode")
+    folder = load_folder(full, cfg)
+    gold, isa = GoldenLLM(golden_from_folder(folder)), IsaLLM(folder, cfg)
+    assert torch.equal(isa.prefill([5, 300, 17]), gold.prefill([5, 300, 17]))
+    assert torch.equal(isa.decode(9), gold.decode(9))
+
+
+def test_synthetic_streamed_layers_hold_their_recipe():
+    """bitmod3: one FP3 variant per record (slice rows x group), values of that variant;
+    2:4: two kept weights in each window of four."""
+    from airfoil import format_registry
+    m = synthetic_model(_shape(), recipe="compiler/recipes/bitmod3.yaml", record_rows=4)
+    ql = m["layers"][0]["up"]
+    tags = ql.formats
+    assert ql.streamed and tags.shape == (640, 2)
+    assert torch.equal(tags, tags[::4].repeat_interleave(4, dim=0))
+    assert len(set(tags.reshape(-1).tolist())) == 4
+    for t in set(tags.reshape(-1).tolist()):
+        vals = set(format_registry.by_tag(t).values())
+        cols = torch.repeat_interleave(tags == t, 128, dim=1)
+        assert set(ql.q[cols].tolist()) <= vals
+    s = synthetic_model(_shape(), recipe="compiler/recipes/2of4_w4_magnitude.yaml")
+    ql = s["layers"][1]["down"]
+    assert ql.sparsity == "2:4" and ql.mask.reshape(256, -1, 4).sum(-1).eq(2).all()
+    assert not ql.q[~ql.mask].any() and int(ql.q.abs().max()) <= 7
+
+
+@pytest.mark.parametrize("weights,what", [
+    ({"format": "int4", "sparsity": "block", "density": 0.5}, "block skip keeps"),
+    ({"mixed": ["int2", "int4"]}, "formats of different widths")])
+def test_synthetic_recipe_of_weight_dependent_sizes_is_refused(tmp_path, capsys, weights,
+                                                               what):
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump({"weights": [{"match": "*", "format": "int4",
+                                                "group": 128},
+                                               {"match": "*.up_proj", **weights}]}))
+    """Block skip and a choice among formats of different widths size their records by
+    the weights: one error line naming what a synthetic model accepts."""
+    cli_fails(capsys, ["compile", "--synthetic", _write_shape(tmp_path), "--config",
+                       "sim_llm_decode", "--recipe", str(rec), "--size-only", "-o",
+                       str(tmp_path / "x")], what)
+    with pytest.raises(CompileError, match="accepted: one format per layer"):
+        synthetic_model(_shape(), recipe=str(rec))
