@@ -267,7 +267,8 @@ def test_decode_figures_on_a_small_shape(tmp_path):
 def test_size_only_streamed_recipe_matches_the_seeded_compile(tmp_path, capsys, recipe):
     """A streamed recipe's size-only folder (streams sized from their record tags, no
     weight packed) has the programs, memory map and layout of the compile that packs the
-    same seeded weights; those weights run bit-exactly with the golden model."""
+    same seeded weights; those weights run bit-exactly with the golden model, and the
+    data-free cycle model times the size-only folder as the ISA simulator the full one."""
     spec = _write_shape(tmp_path)
     full, size = tmp_path / "full", tmp_path / "size"
     common = ["compile", "--synthetic", spec, "--config", "sim_llm_decode", "--seed", "5",
@@ -285,6 +286,13 @@ def test_size_only_streamed_recipe_matches_the_seeded_compile(tmp_path, capsys, 
     gold, isa = GoldenLLM(golden_from_folder(folder)), IsaLLM(folder, cfg)
     assert torch.equal(isa.prefill([5, 300, 17]), gold.prefill([5, 300, 17]))
     assert torch.equal(isa.decode(9), gold.decode(9))
+    # The data-free cycle model times the streams from the size-only manifest as the ISA
+    # simulator does from the records.
+    words = read_program(size / "decode.afp", cfg.config_hash_bytes).words
+    for pos in (0, 40):
+        want = decode_step_cycles(folder, cfg, pos)
+        got = llm_step_cycles(ms, words, cfg, position=pos)
+        assert (got["cycles"], got["bytes_read"]) == (want["cycles"], want["bytes_read"])
 
 
 def test_synthetic_streamed_layers_hold_their_recipe():

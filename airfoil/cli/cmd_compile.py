@@ -339,22 +339,10 @@ def compile_synthetic_from_args(args, console=None) -> tuple[dict, dict]:
                                source=f"synthetic {args.synthetic} (seed {args.seed})",
                                recipe=model["recipe"], progress=tick,
                                max_positions=args.max_positions, size_only=args.size_only)
-        cycles = synthetic_decode_cycles(args.output, manifest, config)
+        cycles = folder_decode_cycles(args.output, manifest, config)
         tick("predict decode cycles")
     return manifest, {"decode_cycles": cycles, "config": config}
 
-
-def synthetic_decode_cycles(out_dir, manifest, config) -> dict | None:
-    """A synthetic folder's decode step: the data-free cycle model's; with streamed layers
-    (timed from their records) the ISA simulator's on the folder's image, and None for a
-    size-only folder, which has none."""
-    from ..folder import load_folder
-    if not any(v["streamed"] for v in manifest["model"]["linears"].values()):
-        return folder_decode_cycles(out_dir, manifest, config)
-    if manifest["size_only"]:
-        return None
-    from sim.isa_sim import decode_step_cycles
-    return decode_step_cycles(load_folder(out_dir, config), config)
 
 
 def folder_decode_cycles(out_dir, manifest, config, position=None) -> dict:
@@ -450,9 +438,6 @@ def summary_table(manifest, summary):
         t.add_row("sentence cycles", str(dc["cycles"]),
                   f"cycle model, one prefill of {dc['tokens']} tokens; {sps:.0f} sentences/s "
                   f"at {config.clock_mhz} MHz; {dc['bytes_read']} B read")
-    elif dc is None:
-        t.add_row("decode cycles/token", "-", "streamed layers are timed from their "
-                  "records: compile without --size-only")
     else:
         tps = config.clock_mhz * 1e6 / dc["cycles"]
         t.add_row("decode cycles/token", str(dc["cycles"]),
