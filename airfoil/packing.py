@@ -696,12 +696,16 @@ def record_starts(geom: StreamGeometry, keys) -> tuple[list, int]:
     from the records' ``(tag, group, nm, step mask)`` alone: a record's size depends on
     them, not on its values, so a stream is sized without packing it."""
     W = geom.word_bits
+    sizes: dict = {}
     starts, pos = [], 0
-    for tag, group, nm, mask in keys:
+    for key in keys:
+        size = sizes.get(key)
+        if size is None:
+            size = sizes[key] = geom.record_bits(*key)
         if pos % W > W - HEADER_FIXED_BITS:
             pos += W - pos % W           # no header in the last 11 bits of a word
         starts.append(pos)
-        pos += geom.record_bits(tag, group, nm, mask)
+        pos += size
     return starts, -(-pos // W) * W
 
 

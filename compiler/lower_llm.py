@@ -915,9 +915,10 @@ def _pack_streamed(name, ql, config, geom, addr, pack=True):
     the end of its last stream."""
     n, k = ql.shape
     rr, wb = geom.rows, config.word_bytes
-    _, kexp = fp16_fixed(ql.scales)
+    sc = ql.scales.abs()            # the least exponent is the least magnitude's
+    _, kexp = fp16_fixed(torch.stack([sc.min(), sc.max()]))
     tags = ql.formats[::rr].numpy()              # one tag per record (checked uniform)
-    smin = least_scale(ql.scales)
+    smin = least_scale(ql.scales) if pack else None
     top = end = addr
 
     def place(channel, nbytes):
@@ -935,9 +936,9 @@ def _pack_streamed(name, ql, config, geom, addr, pack=True):
         tiles.append(entry)
         blobs += [(a, blob) for _, a, blob in packed]
     counts = {}
-    for t in tags.reshape(-1).tolist():
+    for t, c in zip(*(a.tolist() for a in np.unique(tags, return_counts=True))):
         f = format_spec(t).name
-        counts[f] = counts.get(f, 0) + 1
+        counts[f] = counts.get(f, 0) + c
     return ({"n": n, "k": k, "k_in": ql.in_features, "copies": ql.input_copies,
              "bits": ql.bits, "group": ql.group,
              "k0": int(kexp.min()), "streamed": True, "sparsity": ql.sparsity,

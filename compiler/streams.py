@@ -140,10 +140,10 @@ def stream_tile_bytes(geom, config: AccelConfig, tags, *, row0: int, rows: int,
                            "it cannot be sized without them")
     tt = _block_tags(geom, config, tags, row0, rows)
     channels = config.memory.channels
+    key = {int(t): (record_tag(int(t)), group, nm, None) for t in np.unique(tt)}
     out = []
     for c in range(channels):
-        keys = [(record_tag(int(t)), group, nm, None)
-                for b in range(c, tt.shape[0], channels) for t in tt[b]]
+        keys = [key[t] for t in tt[c::channels].reshape(-1).tolist()]
         out.append(record_starts(geom, keys)[1] // 8)
     return out
 
