@@ -11,7 +11,9 @@ Verilator, bit-exact with the ISA simulator and the golden model
 decode program's digest, the config hash, the context, the seed and the core's source
 digest): the figures are recomputed from it
 without the RTL while the key matches. ``python -m bench.layer7b`` runs the layer alone
-(``--force`` runs the RTL again).
+(``--force`` runs the RTL again; ``--model-only`` projects from the cycle model alone).
+The streamed recipes are projected by the cycle model's ratio of their layer to the dense
+INT4 one, each a size-only compile of the one-layer model (no weight packed).
 
 The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``layer7b``.
 """
@@ -56,6 +58,9 @@ RECIPES = {name: _ROOT / "compiler" / "recipes" / f"{file}.yaml" for name, file 
 PROJECTED = {"u280": (512, 4096), "vhk158": (512,)}
 #: Seed of the weights and of the KV cache.
 SEED = 0
+#: :func:`projections`' ``measured`` layer without an RTL run: no correction of the
+#: cycle model's layer (the projections are the cycle model's alone).
+MODEL_ONLY = {"layer_rtl_cycles": 0, "layer_model_cycles": 0}
 
 
 def _compile(shape, config: str, out: Path, recipe: Path, *, size_only: bool,
@@ -199,26 +204,26 @@ def _weight_bytes(manifest: dict) -> tuple[int, int]:
     return (sum(nbytes(v) for k, v in lin.items() if k != "lm_head"), nbytes(lin["lm_head"]))
 
 
-def _recipe_layers(board: str, config, contexts, work: Path, log, recipes) -> dict:
+def _recipe_layers(board: str, config, contexts, shape_file: Path, work: Path, log,
+                   recipes) -> dict:
     """``{recipe: (layer weight bytes, {ctx: layer cycles})}`` of the streamed recipes
-    (every one but ``w4``): the one-layer model of :data:`SHAPE` with seeded float
-    weights quantized by the recipe (:func:`sim.measure.layer_rtl.compile_float_layer`),
-    its decode step's layer span on the ISA simulator (the cycle model with the data)."""
-    from compiler.synthetic import load_shape
-    from sim.measure.layer_rtl import compile_float_layer
+    (every one but ``w4``): the one-layer model ``shape_file`` compiled ``--size-only``
+    with the recipe's seeded synthetic weights (:mod:`compiler.synthetic`: its streams
+    sized from their record formats, no weight packed), its decode step's layer span on
+    the data-free cycle model (:mod:`sim.timing`), which times streams as the ISA
+    simulator does."""
+    from airfoil.program import read_program
 
     out = {}
     for recipe in recipes:
-        recipe_file = RECIPES[recipe]
         if recipe == "w4":
             continue
-        folder = work / f"float_{board}_{recipe}"
-        log(f"layer7b: {recipe} layer compiled for {board} (seeded float weights)")
-        man = compile_float_layer(load_shape(SHAPE), config, recipe_file, folder,
-                                  max_positions=max(contexts), seed=SEED)
-        splits = isa_split(folder, config, [c - 1 for c in contexts])
-        out[recipe] = (_weight_bytes(man)[0], {c: splits[c - 1]["layer"] for c in contexts})
-        (folder / "weights.bin").unlink()
+        folder = work / f"project_{board}_{recipe}"
+        man = _compile(shape_file, board, folder, RECIPES[recipe], size_only=True,
+                       max_positions=max(contexts), log=log)["manifest"]
+        words = read_program(folder / man["programs"]["decode"]).words
+        out[recipe] = (_weight_bytes(man)[0],
+                       {c: model_split(man, words, config, c - 1)["layer"] for c in contexts})
     return out
 
 
@@ -250,7 +255,7 @@ def projections(measured: dict, build_dir="build", log=print, recipes=tuple(RECI
         words = read_program(folder / man["programs"]["decode"]).words
         w4_bytes, head_bytes = _weight_bytes(man)
         kv_row = man["model"]["layout"]["kv_row"]
-        streamed = _recipe_layers(board, config, contexts, work, log, recipes)
+        streamed = _recipe_layers(board, config, contexts, shape_file, work, log, recipes)
         tag = f"{MODEL.replace('-', '_')}_{board}"
         for ctx in contexts:
             split = model_split(man, words, config, ctx - 1)
@@ -326,13 +331,19 @@ def main(argv=None) -> int:
     p.add_argument("--build-dir", default="build")
     p.add_argument("--force", action="store_true", help="run the RTL again")
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
-                   help="the recipes projected (default: all; w4 alone needs no float "
-                        "compile)")
+                   help="the recipes projected (default: all)")
+    p.add_argument("--model-only", action="store_true",
+                   help="project from the cycle model's layer alone (no RTL run, kept or "
+                        "new)")
     args = p.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.force:
         layer_rtl(args.build_dir, log, force=True)
-    text = json.dumps(figures(args, log, tuple(args.recipes)), indent=2, sort_keys=True)
+    if args.model_only:
+        made = projections(MODEL_ONLY, args.build_dir, log, tuple(args.recipes))
+    else:
+        made = figures(args, log, tuple(args.recipes))
+    text = json.dumps(made, indent=2, sort_keys=True)
     (Path(args.build_dir) / "layer7b" / "figures.json").write_text(text + "\n")
     print(text)
     return 0
