@@ -121,10 +121,10 @@ def test_full_width_7b_layer_bit_exact_and_cycle_model_within_goal():
 def test_layer_split_data_free_equals_isa_simulator(tmp_path):
     """The narrow layer's split of the decode step (layer span and the rest) is the same
     from the data-free cycle model as from the ISA simulator's run; a streamed recipe's
-    layer (seeded float weights) is timed by the ISA simulator and reads fewer bytes."""
+    layer's size-only compile (as bench.layer7b projects it) is timed by the data-free model
+    as the ISA simulator times the compile of the same seeded weights, and reads fewer
+    bytes."""
     from airfoil.program import read_program
-    from compiler.synthetic import load_shape
-    from sim.measure.layer_rtl import compile_float_layer
     config = load_config(layer7b.CONFIG)
     out = tmp_path / "w4"
     man = layer7b._compile(layer7b.NARROW_SHAPE, layer7b.CONFIG, out, layer7b.RECIPES["w4"],
@@ -134,9 +134,16 @@ def test_layer_split_data_free_equals_isa_simulator(tmp_path):
     isa = layer7b.isa_split(out, config, [63])[63]
     assert (data_free["total"], data_free["layer"]) == (isa["total"], isa["layer"])
     assert 0 < data_free["rest"] < data_free["layer"]
-    sparse = tmp_path / "2of4"
     streamed = load_config("u280_8ch")             # with the decode unit
-    sman = compile_float_layer(load_shape(layer7b.NARROW_SHAPE), streamed,
-                               layer7b.RECIPES["2of4_w4"], sparse, max_positions=64)
-    assert layer7b._weight_bytes(sman)[0] < layer7b._weight_bytes(man)[0]
-    assert layer7b.isa_split(sparse, streamed, [63])[63]["layer"] > 0
+    sparse = {}
+    for mode in ("full", "size"):
+        sparse[mode] = layer7b._compile(
+            layer7b.NARROW_SHAPE, "u280_8ch", tmp_path / f"2of4_{mode}",
+            layer7b.RECIPES["2of4_w4"], size_only=mode == "size", max_positions=64,
+            log=print)["manifest"]
+    assert layer7b._weight_bytes(sparse["size"])[0] < layer7b._weight_bytes(man)[0]
+    words = read_program(tmp_path / "2of4_size" / "decode.afp").words
+    sized = layer7b.model_split(sparse["size"], words, streamed, 63)
+    isa = layer7b.isa_split(tmp_path / "2of4_full", streamed, [63])[63]
+    assert (sized["total"], sized["layer"]) == (isa["total"], isa["layer"])
+    assert sized["layer"] > 0
