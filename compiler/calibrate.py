@@ -152,6 +152,11 @@ class CalibrationStats:
         return self._store.peak_bytes
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The linear input values whose statistics it gives (computed when asked for)."""
+        return tuple(self._store.layer_of)
+
+    @property
     def runs(self) -> int:
         """Passes over the calibration windows made so far."""
         return self._store.runs

@@ -42,8 +42,9 @@ def graph_step_summary(graph: Graph, step: str) -> str:
                 f"projections")
     if step == "calibrate":
         stats = graph.meta["calibration"]
-        return (f"calibrate: statistics of {len(stats.gram)} linear inputs over "
-                f"{stats.tokens} tokens")
+        return (f"calibrate: statistics of {len(stats.inputs)} linear inputs over "
+                f"{stats.tokens} tokens (computed a decoder layer at a time when asked "
+                f"for)")
     if step == "awq":
         return (f"awq: activation-aware scales of "
                 f"{len(graph.meta.get('awq_scaled', ()))} linear inputs")
