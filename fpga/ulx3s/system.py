@@ -26,8 +26,8 @@ from .axi_ram import AxiRam
 from .link import LINK_BAUD, HostLink
 from .uart import UartRx, UartTx, divisor_of
 
-__all__ = ["AirfoilSystem", "Ulx3sTop", "global_buffer", "pll_params", "OSC_MHZ",
-           "RX_FIFO_DEPTH"]
+__all__ = ["AirfoilSystem", "Ulx3sTop", "global_buffer", "pll_params", "pll_clock_at_most",
+           "OSC_MHZ", "RX_FIFO_DEPTH"]
 
 #: The ULX3S's oscillator.
 OSC_MHZ = 25
@@ -123,14 +123,43 @@ def pll_params(clock_mhz: float) -> dict:
     raise ConfigError(f"the ECP5 PLL cannot make {clock_mhz} MHz from {OSC_MHZ} MHz exactly")
 
 
-class Ulx3sTop(wiring.Component):
-    """The board's top: PLL, reset until lock, the system on the USB UART."""
+def pll_clock_at_most(mhz: float) -> float | None:
+    """The fastest core clock of at most ``mhz`` that the PLL makes exactly from the
+    oscillator (a phase detector of at least 3.125 MHz: ``CLKI_DIV`` up to 8; whole kHz)
+    and the host link's baud rate is made from within 2 %; ``None`` below every one.
+    What a build that misses its clock can be rebuilt at (``--clock-mhz``)."""
+    best = None
+    for clki in range(1, 9):
+        for fb in range(1, 81):
+            f = OSC_MHZ * fb / clki
+            if f > mhz or (best is not None and f <= best) or round(f, 3) != f:
+                continue
+            try:
+                pll_params(f)
+                divisor_of(f * 1e6, LINK_BAUD)
+            except (ConfigError, ValueError):
+                continue
+            best = f
+    return best
 
-    def __init__(self, config: AccelConfig, *, sfu: bool = True):
+
+class Ulx3sTop(wiring.Component):
+    """The board's top: PLL, reset until lock, the system on the USB UART.
+
+    The core clock is ``clock_mhz`` (default: the config's ``clock_mhz``), the PLL's
+    output; the UART's divisor follows it.
+    """
+
+    def __init__(self, config: AccelConfig, *, sfu: bool = True,
+                 clock_mhz: float | None = None):
         self._config = config
         self._sfu = sfu
-        self._pll = pll_params(config.clock_mhz)
-        self._divisor = divisor_of(config.clock_mhz * 1e6, LINK_BAUD)
+        self._clock_mhz = config.clock_mhz if clock_mhz is None else clock_mhz
+        self._pll = pll_params(self._clock_mhz)
+        try:
+            self._divisor = divisor_of(self._clock_mhz * 1e6, LINK_BAUD)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         super().__init__({})
 
     def elaborate(self, platform):
@@ -144,7 +173,7 @@ class Ulx3sTop(wiring.Component):
         p = self._pll
         m.submodules.pll = Instance(
             "EHXPLLL",
-            a_FREQUENCY_PIN_CLKI=str(OSC_MHZ), a_FREQUENCY_PIN_CLKOP=f"{cfg.clock_mhz:g}",
+            a_FREQUENCY_PIN_CLKI=str(OSC_MHZ), a_FREQUENCY_PIN_CLKOP=f"{self._clock_mhz:g}",
             a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
             a_MFG_GMCREF_SEL="2",
             p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",

@@ -31,7 +31,7 @@ from airfoil.config import TILE_FORMATS_OF_PE, k_split_batches
 from airfoil.formats import ACC_BITS, FORMAT_BY_NAME, REQ_M_BITS
 
 from ..decode_unit.fp16 import fp16_fixed_hw
-from ..decode_unit.rescaler import Requantizer, token_requant_params
+from ..decode_unit.rescaler import TOKEN_REQUANT_STAGES, Requantizer, token_requant_params
 from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
@@ -40,7 +40,12 @@ from .matrix_timing import matrix_cycles
 from .ram import Ram
 from .unit_shell import UnitShell
 
-__all__ = ["MatrixUnit", "acc_depth", "acc_read_signature", "write_results"]
+__all__ = ["MatrixUnit", "acc_depth", "acc_read_signature", "write_results", "MS_QUEUE_DEPTH"]
+
+#: Entries of the queue of the vectors' requantization ``(M, S)``: two ahead of the
+#: serializer and every pair in token_requant_params' pipeline, so that the pairs are
+#: read one a cycle.
+MS_QUEUE_DEPTH = 2 + TOKEN_REQUANT_STAGES + 1
 
 
 def write_results(m: Module, results, out_wr, *, lgw: int, wb: int, lg_ob) -> None:
@@ -215,7 +220,8 @@ class MatrixUnit(wiring.Component):
         m.submodules.bias_q = bias_q = fifo.SyncFIFOBuffered(
             width=init_layout(C).size, depth=4)
         # Requantization (M, S) of each vector, in vector order (REQ_M_BITS + 7 bits).
-        m.submodules.ms_q = ms_q = fifo.SyncFIFOBuffered(width=REQ_M_BITS + 7, depth=2)
+        m.submodules.ms_q = ms_q = fifo.SyncFIFOBuffered(width=REQ_M_BITS + 7,
+                                                         depth=MS_QUEUE_DEPTH)
         # Accumulators a K-chunk leaves for the next one (acc_init = 0 / final = 0), at
         # index ``j * batches + b`` for vector ``j`` and batch ``b``.
         acc_depth = self.acc_depth
@@ -507,31 +513,36 @@ class MatrixUnit(wiring.Component):
 
         # -- per-vector requantization parameters (final instructions only) --------------
         # tok_scale: (M, S) = linear_out_params(sm_j, se_j, k0) from the scale pair at
-        # sbuf_addr + 8 j in AUX (one read per vector); else (req_m, req_s) per vector.
+        # sbuf_addr + 8 j in AUX (one read per vector, up to one a cycle, as long as ms_q
+        # has room for every pair in flight), through token_requant_params' pipeline;
+        # else (req_m, req_s) per vector.
         ms_active = Signal()
         ms_vec = Signal(32)
         ms_ptr = Signal(25)
-        ms_ph = Signal()
+        rd_ptr = Signal(25)             # the byte address of the pair being read
+        flight = [Signal(name=f"ms_flight{i}") for i in range(TOKEN_REQUANT_STAGES + 1)]
+        in_flight = Signal(range(TOKEN_REQUANT_STAGES + 2))
         m.d.comb += self.aux_rd.addr.eq(ms_ptr >> lgw)
-        tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, ms_ptr, f.k0)
-        ms_push = Signal()
+        tok_m, tok_s, tok_bad = token_requant_params(m, self.aux_rd.data, rd_ptr, f.k0,
+                                                     pipelined=True)
+        ms_issue = Signal()             # a pair's AUX read (tok_scale) or (req_m, req_s)
+        tok_push = flight[-1]
+        m.d.sync += [flight[0].eq(ms_issue & f.tok_scale)] + [
+            flight[i].eq(flight[i - 1]) for i in range(1, len(flight))]
+        m.d.sync += in_flight.eq(in_flight + (ms_issue & f.tok_scale) - tok_push)
         with m.If(start):
-            m.d.sync += [ms_active.eq(f.final), ms_vec.eq(0), ms_ptr.eq(f.sbuf_addr),
-                         ms_ph.eq(0)]
+            m.d.sync += [ms_active.eq(f.final), ms_vec.eq(0), ms_ptr.eq(f.sbuf_addr)]
         with m.Elif(ms_active):
             with m.If(f.tok_scale):
-                with m.If(~ms_ph):
-                    m.d.comb += self.aux_rd.en.eq(ms_q.w_rdy)
-                    m.d.sync += ms_ph.eq(ms_q.w_rdy)
-                with m.Else():
-                    m.d.comb += [ms_push.eq(1), ms_q.w_data.eq(Cat(tok_m, tok_s)),
-                                 ms_bad.eq(tok_bad)]
-                    m.d.sync += ms_ph.eq(0)
+                m.d.comb += [ms_issue.eq(ms_q.level + in_flight < MS_QUEUE_DEPTH),
+                             self.aux_rd.en.eq(ms_issue)]
             with m.Else():
-                m.d.comb += [ms_push.eq(ms_q.w_rdy), ms_q.w_data.eq(Cat(f.req_m, f.req_s))]
-        m.d.comb += ms_q.w_en.eq(ms_push)
-        with m.If(ms_push):
-            m.d.sync += [ms_vec.eq(ms_vec + 1), ms_ptr.eq(ms_ptr + 8)]
+                m.d.comb += [ms_issue.eq(ms_q.w_rdy), ms_q.w_data.eq(Cat(f.req_m, f.req_s))]
+        with m.If(tok_push):
+            m.d.comb += [ms_q.w_data.eq(Cat(tok_m, tok_s)), ms_bad.eq(tok_bad)]
+        m.d.comb += ms_q.w_en.eq(tok_push | (ms_issue & ~f.tok_scale))
+        with m.If(ms_issue):
+            m.d.sync += [ms_vec.eq(ms_vec + 1), ms_ptr.eq(ms_ptr + 8), rd_ptr.eq(ms_ptr)]
             with m.If(ms_vec == last_vec):
                 m.d.sync += ms_active.eq(0)
 

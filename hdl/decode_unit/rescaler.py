@@ -8,7 +8,7 @@ accumulator per chain (starting from the bias), the requantizer computes
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -19,37 +19,73 @@ from airfoil.isa import OutFormat
 from ..streams import init_layout, psum_bits, psum_layout, scale_layout
 
 __all__ = ["GroupRescaler", "Requantizer", "acc_layout", "requant_in_layout",
-           "requant_out_layout", "token_requant_params"]
+           "requant_out_layout", "token_requant_params", "TOKEN_REQUANT_STAGES"]
 
 
-def token_requant_params(m: Module, word, addr, k0, *, name: str = "tok"):
+#: Register stages of :func:`token_requant_params` with ``pipelined=True``: the scale
+#: pair, the exponent difference, the rounding shift's operands, the rounded sum.
+TOKEN_REQUANT_STAGES = 4
+
+
+def token_requant_params(m: Module, word, addr, k0, *, name: str = "tok",
+                         pipelined: bool = False):
     """Per-token requantization ``(M, S)`` of a scale pair, in hardware: what
     :func:`airfoil.fixedpoint.linear_out_params` computes.
 
     ``word`` is the AUX word that holds the pair and ``addr`` the pair's byte address (its
     low bits pick the pair in the word): ``sm`` then ``se``, 32 bits each, signed. ``k0``
-    is the instruction's accumulator exponent. Returns combinational ``(M, S, bad)``:
-    ``bad`` when ``sm`` is not in ``0 .. 2**REQ_M_BITS - 1`` (a SCALE_RANGE error).
+    is the instruction's accumulator exponent. Returns ``(M, S, bad)``: ``bad`` when
+    ``sm`` is not in ``0 .. 2**REQ_M_BITS - 1`` (a SCALE_RANGE error).
+
+    Combinational by default. With ``pipelined`` the work is split over
+    :data:`TOKEN_REQUANT_STAGES` register stages (the pair; the exponent difference
+    ``se - k0 - ACT_FRAC``; the case and the excess shift; the half-up sum), so that no
+    cycle holds more than one of its adders or its barrel shift: the results belong to
+    the ``word`` and ``addr`` of :data:`TOKEN_REQUANT_STAGES` cycles earlier (``k0`` held
+    meanwhile).
     """
+    def stage(value, label):
+        """``value`` as it is, or registered when pipelined."""
+        if not pipelined:
+            return value
+        reg = Signal(Value.cast(value).shape(), name=f"{name}_{label}")
+        m.d.sync += reg.eq(value)
+        return reg
+
     lgw = (len(word) // 8 - 1).bit_length()
     pair = word.word_select(addr[3:lgw], 64) if lgw > 3 else word[:64]
+    pair = stage(pair, "pair")
     sm = pair[:32].as_signed()
     se = pair[32:64].as_signed()
     s_full = Signal(signed(36), name=f"{name}_s_full")
+    bad = Signal(name=f"{name}_bad_now")
+    m.d.comb += [s_full.eq(se - k0 - ACT_FRAC), bad.eq((sm < 0) | (sm >= (1 << REQ_M_BITS)))]
+    s_full, sm_low, bad = (stage(s_full, "s_full"), stage(sm[:REQ_M_BITS], "sm"),
+                           stage(bad, "bad1"))
+    # The case of the exponent difference, and the excess over REQ_S_MAX M is rounded by.
+    neg, big = Signal(name=f"{name}_neg"), Signal(name=f"{name}_big")
     e_big = Signal(range(18), name=f"{name}_e_big")
+    m.d.comb += [neg.eq(s_full < 0), big.eq(s_full > REQ_S_MAX),
+                 e_big.eq(Mux(s_full - REQ_S_MAX > 17, 17, s_full - REQ_S_MAX))]
+    neg, big, e_big, s_low, sm_low, bad = (
+        stage(neg, "neg"), stage(big, "big2"), stage(e_big, "e_big2"),
+        stage(s_full[:7], "s_low"), stage(sm_low, "sm2"), stage(bad, "bad2"))
+    # M rounded down by the excess, half up (the sum is below 2**17); beyond 17 bits a
+    # 16-bit M is 0.
+    half_up = Signal(REQ_M_BITS + 1, name=f"{name}_half_up")
+    m.d.comb += half_up.eq(sm_low + (Const(1, REQ_M_BITS + 1) << (e_big - 1)[:5]))
+    neg, big, e_big, s_low, sm_low, half_up, bad = (
+        stage(neg, "neg3"), stage(big, "big3"), stage(e_big, "e_big3"),
+        stage(s_low, "s_low3"), stage(sm_low, "sm3"), stage(half_up, "half_up3"),
+        stage(bad, "bad3"))
     tok_m = Signal(REQ_M_BITS, name=f"{name}_m")
     tok_s = Signal(7, name=f"{name}_s")
-    bad = Signal(name=f"{name}_bad")
-    m.d.comb += [s_full.eq(se - k0 - ACT_FRAC), bad.eq((sm < 0) | (sm >= (1 << REQ_M_BITS)))]
-    with m.If(s_full < 0):
+    with m.If(neg):
         m.d.comb += [tok_m.eq((1 << REQ_M_BITS) - 1), tok_s.eq(0)]
-    with m.Elif(s_full > REQ_S_MAX):
-        # M rounded down by the excess, half up; beyond 17 bits a 16-bit M is 0.
-        m.d.comb += [e_big.eq(Mux(s_full - REQ_S_MAX > 17, 17, s_full - REQ_S_MAX)),
-                     tok_m.eq((sm[:REQ_M_BITS] + (Const(1, 18) << (e_big - 1)[:5])) >> e_big),
-                     tok_s.eq(REQ_S_MAX)]
+    with m.Elif(big):
+        m.d.comb += [tok_m.eq(half_up >> e_big), tok_s.eq(REQ_S_MAX)]
     with m.Else():
-        m.d.comb += [tok_m.eq(sm[:REQ_M_BITS]), tok_s.eq(s_full)]
+        m.d.comb += [tok_m.eq(sm_low), tok_s.eq(s_low)]
     return tok_m, tok_s, bad
 
 
