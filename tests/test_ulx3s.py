@@ -204,6 +204,36 @@ def test_nextpnr_log_parse_takes_the_last_figures():
         parse_nextpnr_log("Info: Program finished normally.\n")
 
 
+def test_runnable_clock_is_the_fastest_the_pll_and_uart_make_within_fmax():
+    from fpga.ulx3s.system import pll_clock_at_most, pll_params
+    from fpga.ulx3s.uart import divisor_of
+    assert pll_clock_at_most(100) == 100.0
+    assert pll_clock_at_most(40.2) == 40.0
+    assert pll_clock_at_most(34.5) == 34.375            # 25 x 11 / 8
+    assert pll_clock_at_most(3) is None
+    for fmax in (34.5, 47.3, 61.0, 99.9):
+        f = pll_clock_at_most(fmax)
+        assert f <= fmax and pll_params(f) and divisor_of(f * 1e6, 1_000_000)
+
+
+@pytest.mark.parametrize("clock, meets, runnable", [(100, False, 90.625), (90, True, 90.625)])
+def test_report_says_whether_the_design_meets_its_clock(config, tmp_path, clock, meets,
+                                                       runnable):
+    """The report's core clock is the one the PLL was built for; below its Fmax the
+    bitstream runs at it, else the report names the fastest clock it would run at."""
+    from fpga.ulx3s.flow import write_report
+    log = NEXTPNR_LOG.replace("101.50 MHz (PASS at 100.00", "90.70 MHz (FAIL at 100.00")
+    if clock == 90:
+        log = log.replace("at 100.00 MHz", "at 90.00 MHz").replace("FAIL", "PASS")
+    (tmp_path / "top.tim").write_text(log)
+    r = write_report(config, tmp_path, sfu=False, seconds=1.0, clock_mhz=clock)
+    assert (r["target_mhz"], r["fmax_mhz"]) == (clock, 90.7)
+    assert (r["meets_clock"], r["runnable_mhz"], r["routed"]) == (meets, runnable, True)
+    placed = write_report(config, tmp_path, sfu=False, seconds=1.0, clock_mhz=clock,
+                          routed=False)
+    assert placed["bitstream"] is None and not placed["routed"]
+
+
 def _segment(kind, frm, to, delay, net=None, sources=()):
     seg = {"type": kind, "from": {"cell": frm, "port": "Q", "loc": [1, 1]},
            "to": {"cell": to, "port": "A", "loc": [2, 2]}, "delay": delay}
@@ -244,6 +274,7 @@ def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
     assert 0 < r["lut4"] <= 83640 and r["fmax_mhz"] > 0
     assert r["target_mhz"] == config.clock_mhz
     assert r["critical_path"]["delay_ns"] > 0 and r["critical_path"]["nets"]
+    assert r["meets_clock"] == (r["fmax_mhz"] >= r["target_mhz"])
 
 
 def test_board_tools_resolved_beside_python_or_refused(monkeypatch):
