@@ -69,7 +69,8 @@ def _report(config, build_dir, log) -> dict:
     path = Path(build_dir) / "ulx3s" / REPORT_NAME
     if path.exists():
         r = json.loads(path.read_text())
-        if r.get("hardware_hash") == config.hardware_hash and r.get("sfu") == SFU:
+        if (r.get("hardware_hash") == config.hardware_hash and r.get("sfu") == SFU
+                and r.get("routed", True)):
             log(f"ecp5: the report of {path} (config {config.config_hash})")
             return r
     return build_bitstream(config, path.parent, sfu=SFU, log=log)
@@ -85,6 +86,7 @@ def figures(args, log) -> dict:
     out = {
         "ecp5_ulx3s_fmax_mhz": rep["fmax_mhz"],
         "ecp5_ulx3s_fmax_mhz_target": rep["target_mhz"],
+        "ecp5_ulx3s_meets_clock": rep.get("meets_clock"),
         "ecp5_ulx3s_luts": rep["lut4"],
         "ecp5_ulx3s_ffs": rep["ff"],
         "ecp5_ulx3s_mult18": rep["mult18x18d"],
@@ -97,7 +99,7 @@ def figures(args, log) -> dict:
     r = gemv_on_system(config, build_dir)
     n, k, fmt, group = SHAPE
     out.update({"ecp5_ulx3s_gemv_cycles": r["cycles"],
-                "ecp5_ulx3s_gemv_cycles_us": r["cycles"] / config.clock_mhz,
+                "ecp5_ulx3s_gemv_cycles_us": r["cycles"] / rep["target_mhz"],
                 "ecp5_ulx3s_gemv_cycles_shape": f"{n}x{k} {fmt} g{group}, "
                                                 f"{config.chains} chains x {config.lanes} lanes"})
     log(f"ecp5 ulx3s: {n}x{k} {fmt} GEMV in {r['cycles']} cycles")

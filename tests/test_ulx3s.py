@@ -216,6 +216,15 @@ def test_runnable_clock_is_the_fastest_the_pll_and_uart_make_within_fmax():
         assert f <= fmax and pll_params(f) and divisor_of(f * 1e6, 1_000_000)
 
 
+def test_bitstream_refuses_a_clock_the_board_cannot_make(capsys, tmp_path):
+    from clitools import cli_fails
+    cli_fails(capsys, ["bitstream", "--board", "ulx3s", "--clock-mhz", "101.3",
+                       "--build-dir", str(tmp_path)], "cannot make 101.3 MHz")
+    cli_fails(capsys, ["bitstream", "--board", "ulx3s", "--clock-mhz", "3.125",
+                       "--build-dir", str(tmp_path)], "baud cannot be made")
+    assert not (tmp_path / "ulx3s").exists()
+
+
 @pytest.mark.parametrize("clock, meets, runnable", [(100, False, 90.625), (90, True, 90.625)])
 def test_report_says_whether_the_design_meets_its_clock(config, tmp_path, clock, meets,
                                                        runnable):
