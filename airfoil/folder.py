@@ -386,11 +386,13 @@ def _positive(v) -> bool:
 def _check_llm_model(mm, image_bytes: int, where) -> None:
     """Check an LLM manifest's ``model`` entry: the shape, the position counts and the
     image layout, each region large enough for what the programs put there (the KV
-    caches hold ``max_positions`` rows, the prompt areas ``max_prompt``)."""
+    caches hold ``max_positions`` rows, the prompt areas ``max_prompt``, a prefill chunk
+    reaches at most ``prefill_positions``)."""
     from . import fixedpoint as fx
     if not isinstance(mm, dict):
         raise _fail(where, "manifest model entry is not an object")
-    for key in ("shape", "max_positions", "max_prompt", "layout", "linears"):
+    for key in ("shape", "max_positions", "max_prompt", "prefill_positions", "layout",
+                "linears"):
         if key not in mm:
             raise _fail(where, f"manifest.json lacks key 'model.{key}'")
     shape, lay = mm["shape"], mm["layout"]
@@ -404,6 +406,10 @@ def _check_llm_model(mm, image_bytes: int, where) -> None:
     if not (_positive(P) and _positive(T) and T <= P):
         raise _fail(where, f"manifest max_prompt {T!r} and max_positions {P!r} must be "
                            f"positive integers, max_prompt <= max_positions")
+    R = mm["prefill_positions"]
+    if not (_positive(R) and T <= R <= P):
+        raise _fail(where, f"manifest prefill_positions {R!r} must be an integer in "
+                           f"max_prompt..max_positions ({T}..{P})")
     if not isinstance(mm["linears"], dict) or not mm["linears"]:
         raise _fail(where, "manifest model.linears is not a non-empty object")
     if not isinstance(lay, dict):

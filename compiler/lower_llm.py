@@ -512,7 +512,8 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
 class _Phase:
     """Emit the program of one phase (``prefill`` or ``decode``)."""
 
-    def __init__(self, model, config, lay, linears, phase, tmax, max_pos, slots, slot_bytes):
+    def __init__(self, model, config, lay, linears, phase, tmax, max_pos, slots, slot_bytes,
+                 keys):
         self.model, self.config, self.lay, self.lin = model, config, lay, linears
         self.phase, self.tmax, self.max_pos = phase, tmax, max_pos
         self.sched = Scheduler()
@@ -524,7 +525,7 @@ class _Phase:
         self.d, self.heads, self.kv, self.hd, self.inter, self.vocab = \
             d, heads, kv, hd, inter, vocab
         self.rec = record_bytes(hd, self.wb)
-        self.lmax = tmax if phase == "prefill" else max_pos   # keys attention sees
+        self.lmax = keys          # positions attention sees (the KV rows one run loads)
         T, b = tmax, config.buffers
         act = _Bump("ACT", b.act_bytes, self.wb)
         self.wide = wide = max(d, inter, heads * hd)
@@ -962,17 +963,31 @@ def _kv_passes(kv: int, rows: int, rec: int, kv_bytes: int, whole: bool
     return 1, 1
 
 
-def _fit_error(model, config, phase, tmax, max_pos) -> CompileError | None:
-    """The buffer-planning error of a phase for ``tmax`` tokens and ``max_pos`` positions."""
+def _fit_error(model, config, phase, tmax, max_pos, keys=None) -> CompileError | None:
+    """The buffer-planning error of a phase for ``tmax`` tokens, ``max_pos`` positions and
+    attention over ``keys`` positions (default: ``max_pos``)."""
     d, heads, kv, hd, inter, vocab = _shape(model)
     wb = config.word_bytes
     rows = {"rope_row": _up(2 * hd, wb),
             "logits_row": _up(4 * output_width(model["shape"]), wb)}
     try:
-        _Phase(model, config, rows, {}, phase, tmax, max_pos, 1, 0)
+        _Phase(model, config, rows, {}, phase, tmax, max_pos, 1, 0,
+               max_pos if keys is None else keys)
     except CompileError as e:
         return e
     return None
+
+
+def _prefill_positions(model, config, tmax, max_pos) -> int:
+    """Positions a prefill chunk of up to ``tmax`` tokens may reach: the most (up to
+    ``max_pos``) whose K and V rows of every head and ``tmax`` rows of scores over them fit
+    the buffers beside the chunk's activations. A decoder's prompt runs as chunks of the
+    prefill program up to these positions and as decode steps after them; an encoder's
+    sentence is one prefill from position 0 (``tmax``)."""
+    if encoder(model["shape"]):
+        return tmax
+    return _largest(lambda p: _fit_error(model, config, "prefill", tmax, max_pos, p),
+                    max_pos)
 
 
 def _largest(error_of, hi: int) -> int:
@@ -1076,22 +1091,23 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     if streamed:                # the streamed engine's MM takes limits.stream_tokens vectors
         most = min(most, config.limits.stream_tokens)
     if max_prompt is None:
-        max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos),
+        max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos, t),
                               min(DEFAULT_MAX_PROMPT, most))
         if max_prompt == 0:
-            raise _fit_error(model, config, "prefill", 1, max_pos)
+            raise _fit_error(model, config, "prefill", 1, max_pos, 1)
     if isinstance(max_prompt, bool) or not isinstance(max_prompt, int) or \
             not 1 <= max_prompt <= most:
         raise CompileError(f"max_prompt must be an integer in 1..{most} (positions that fit "
                            f"config {config.name!r}, tokens whose K-split accumulators the "
                            f"MATRIX unit keeps, tokens the streamed engine applies a record "
                            f"to), not {max_prompt!r}")
-    err = _fit_error(model, config, "prefill", max_prompt, max_pos)
+    err = _fit_error(model, config, "prefill", max_prompt, max_pos, max_prompt)
     if err is not None:
         raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
+    prefill_keys = _prefill_positions(model, config, max_prompt, max_pos)
     made = {"step": "plan", "max_positions": max_pos, "max_prompt": max_prompt,
-            "wgt_slots": slots, "wgt_slot_bytes": slot_bytes, "tiles": plans,
-            "streamed": streamed}
+            "prefill_positions": prefill_keys, "wgt_slots": slots,
+            "wgt_slot_bytes": slot_bytes, "tiles": plans, "streamed": streamed}
     if stop_after == "plan":
         return made
     lay, top = _plan_image(model, config, max_prompt, max_pos)
@@ -1104,9 +1120,9 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     tick("plan the memory image")
     programs, files, phases, made["words"] = {}, {}, {}, {}
     for phase in llm_phases(model["shape"]):
-        tmax = max_prompt if phase == "prefill" else 1
+        tmax, keys = (max_prompt, prefill_keys) if phase == "prefill" else (1, max_pos)
         words = _Phase(model, config, lay, linears, phase, tmax, max_pos, slots,
-                       slot_bytes).emit()
+                       slot_bytes, keys).emit()
         made["words"][phase] = words
         prog = Program(words, config.config_hash_bytes)
         title = (f"{phase} of {source or 'model'}: {len(words)} instructions, config "
@@ -1135,6 +1151,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         "image_bytes": size,
         "size_only": bool(size_only), "source": str(source),
         "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
+                  "prefill_positions": prefill_keys,
                   "record_bytes": rec, "embed_group": embed_group(model),
                   "layout": lay, "linears": linears,
                   "wgt_slots": slots, "wgt_slot_bytes": slot_bytes,

@@ -2,8 +2,8 @@
 
 Before each run the host writes the parameter block (int32 ``pos``, ``T``,
 ``len = pos + T``), the sampling block (:meth:`airfoil.fixedpoint.Sampling.block`) and
-the ``T`` token ids into the memory image, runs the phase's program (``prefill`` for the
-prompt, ``decode`` for each new token), and reads the ``T`` logit rows and the ``T``
+the ``T`` token ids into the memory image, runs the phase's program (``prefill`` for each
+chunk of the prompt at its start position, ``decode`` for each new token), and reads the ``T`` logit rows and the ``T``
 next-token ids the chip chose (``TOPK_SAMPLE``) back; the KV cache lives in the image,
 so it persists between runs. Generation feeds the chip's last choice back as the next
 token (greedy by default: the first index of the largest logit). An encoder folder runs
@@ -56,6 +56,7 @@ class LLMHost:
         self.vocab = mm["shape"]["vocab_size"]
         self.width, self.encoder = output_width(mm["shape"]), encoder(mm["shape"])
         self.max_pos, self.max_prompt = mm["max_positions"], mm["max_prompt"]
+        self.prefill_positions = mm["prefill_positions"]
         self.programs = {}
         for phase in llm_phases(mm["shape"]):
             prog = folder.phase_program(phase)
@@ -120,11 +121,16 @@ class LLMHost:
         raw = np.frombuffer(self.image, dtype="<i4", count=T * row, offset=lay["logits"])
         return torch.from_numpy(raw.astype(np.int64)).reshape(T, row)[:, :self.width]
 
-    def prefill(self, tokens) -> torch.Tensor:
+    def prefill(self, tokens, *, by_token: bool = False) -> torch.Tensor:
         """Start a sequence with ``tokens``; return their ACT logits (T, vocab).
 
-        Up to ``max_prompt`` tokens run as one prefill; the rest follow as decode steps
-        (the same arithmetic, so the logits are identical).
+        A decoder's prompt runs as chunks of at most ``max_prompt`` tokens, each a run of
+        the one prefill program at the chunk's start position (:meth:`chunks`): a chunk's
+        tokens attend to the cached positions before it and causally to each other. The
+        tokens past the positions a chunk may reach (``prefill_positions``) follow as
+        decode steps. Every run is the same arithmetic, so the logits equal a token-by-token
+        run's (``by_token``: every token a decode step, a weight pass each). An encoder's
+        sentence is one prefill (every token sees every other).
         """
         tokens = [int(t) for t in tokens]
         if not tokens:
@@ -134,9 +140,16 @@ class LLMHost:
                                f"{self.max_prompt} the encoder folder takes in its one "
                                f"prefill (max_prompt)")
         self.position = 0
-        head = self._run("prefill", tokens[:self.max_prompt])
-        rest = [self._run("decode", [t]) for t in tokens[self.max_prompt:]]
-        return torch.cat([head] + rest)
+        chunks = [(0, 0)] if by_token and not self.encoder else self.chunks(len(tokens))
+        head = [self._run("prefill", tokens[a:b]) for a, b in chunks if b > a]
+        rest = [self._run("decode", [t]) for t in tokens[chunks[-1][1]:]]
+        return torch.cat(head + rest)
+
+    def chunks(self, n: int) -> list[tuple[int, int]]:
+        """The prefill runs of an ``n``-token prompt, ``(start, end)`` positions: chunks of
+        ``max_prompt`` tokens up to ``prefill_positions``, the last one shorter."""
+        end = min(n, self.prefill_positions)
+        return [(a, min(a + self.max_prompt, end)) for a in range(0, end, self.max_prompt)]
 
     def decode(self, token: int) -> torch.Tensor:
         """Run one token after the cached positions; return its ACT logits (vocab,)."""

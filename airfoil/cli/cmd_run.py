@@ -212,9 +212,10 @@ def run_llm(args, folder, config) -> int:
     else:
         print("text: (no tokenizer.json in the folder: the new tokens are shown as ids)")
     dec = [r for r in runs if r["phase"] == "decode"]
-    if runs:
-        pre = runs[0]
-        line = f"cycles: prefill {pre['cycles']} ({pre['tokens']} tokens)"
+    pre = [r for r in runs if r["phase"] == "prefill"]
+    if pre:
+        line = (f"cycles: prefill {sum(r['cycles'] for r in pre)} "
+                f"({sum(r['tokens'] for r in pre)} tokens in {len(pre)} chunks)")
         if dec:
             line += (f", decode {sum(r['cycles'] for r in dec) // len(dec)} per token "
                      f"(mean of {len(dec)})")
