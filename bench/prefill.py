@@ -1,6 +1,6 @@
-"""Figures of the prefill: the tiny model's prompt on the streamed engine's MM in RTL
-against the same prompt token by token, and the cycle model's prefill time of a full-size
-synthetic LLaMA-2-7B.
+"""Figures of the prefill: the tiny model's prompt as chunks of the prefill program (the
+streamed engine's MM) in RTL against the same prompt token by token, and the cycle model's
+prefill time of a full-size synthetic LLaMA-2-7B.
 
 The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``prefill``.
 """
@@ -25,12 +25,13 @@ FIGURES = {
     "llama2_7b_u280_prefill_ms_model_<n>": "ms",
 }
 
-#: How the tiny model's prompt runs: ``token`` (a prefill of one token and decode steps,
-#: every token a weight pass: the streamed engine before its MM) or ``mm`` (one prefill
-#: whose MMs read each weight once for all the prompt's tokens).
-SCHEMES = {"token": 1, "mm": None}
-#: Prompt tokens of the tiny model's prefill (at most the config's ``stream_tokens``).
-TINY_PROMPT = 16
+#: How the tiny model's prompt runs (``by_token`` of :meth:`sim.llm_host.LLMHost.prefill`):
+#: ``token`` (every token a decode step, a weight pass each) or ``mm`` (chunks of the
+#: prefill program, whose MMs read each weight once for all of a chunk's tokens).
+SCHEMES = {"token": True, "mm": False}
+#: Prompt tokens of the tiny model's prefill: two and a half chunks of the
+#: ``stream_tokens`` (16) the streamed engine's MM takes.
+TINY_PROMPT = 40
 TINY_CONFIG = "sim_llm_decode"
 TINY_RECIPE = {"weights": [{"match": "*", "group": 128, "format": "int4",
                             "sparsity": "2:4"}]}
@@ -42,9 +43,9 @@ DECODE_STRIDE = 128
 
 def tiny_prefill(out_dir, *, tokens: int = TINY_PROMPT, backend: str = "rtl",
                  log=None) -> dict:
-    """Compile the tiny model in 2:4 W4 for ``sim_llm_decode`` once per scheme of
-    :data:`SCHEMES` and prefill a ``tokens``-token prompt of held-out text on ``backend``
-    (``rtl``: the core in Verilator without memory stalls; ``isa``). Return per scheme
+    """Compile the tiny model in 2:4 W4 for ``sim_llm_decode`` and prefill a
+    ``tokens``-token prompt of held-out text on ``backend`` (``rtl``: the core in Verilator
+    without memory stalls; ``isa``) in each scheme of :data:`SCHEMES`. Return per scheme
     ``{"cycles", "runs", "logits"}``; raise :class:`AirfoilError` unless every scheme's
     logits equal the golden model's, bit for bit."""
     from airfoil.cli.backend_rtl import RtlLLM
@@ -64,18 +65,16 @@ def tiny_prefill(out_dir, *, tokens: int = TINY_PROMPT, backend: str = "rtl",
     _, held = corpus_split()
     prompt = [int(t) for t in held[:tokens]]
     out = {}
-    want = None
-    for scheme, max_prompt in SCHEMES.items():
-        folder_dir = Path(out_dir) / scheme
-        compile_llm(model, config, folder_dir, max_prompt=max_prompt)
-        folder = load_folder(folder_dir, config)
-        if want is None:
-            want = GoldenLLM(golden_from_folder(folder)).prefill(prompt)
+    folder_dir = Path(out_dir) / "tiny"
+    compile_llm(model, config, folder_dir)
+    folder = load_folder(folder_dir, config)
+    want = GoldenLLM(golden_from_folder(folder)).prefill(prompt)
+    for scheme, by_token in SCHEMES.items():
         llm = (RtlLLM(folder, config, stalls=False) if backend == "rtl"
                else IsaLLM(folder, config))
         if log:
             log(f"prefill {backend}: {tokens} tokens, {scheme} scheme")
-        logits = llm.prefill(prompt)
+        logits = llm.prefill(prompt, by_token=by_token)
         if not torch.equal(logits, want):
             raise AirfoilError(f"prefill bench: {backend} logits of the {scheme} scheme "
                                f"differ from the golden model's")
@@ -101,8 +100,8 @@ def tiny_figures(runs: dict, tokens: int, config_hash: str, backend: str = "rtl"
 
 def decode_positions(first: int, tokens: int, stride: int = DECODE_STRIDE) -> list[int]:
     """Positions whose decode step :func:`prefill_cycles_model` times for a prompt of
-    ``tokens`` after a prefill of ``first``: ``first``, every multiple of ``stride`` after
-    it and the last, ``tokens - 1`` (none when the prefill takes the whole prompt)."""
+    ``tokens`` after prefill chunks up to ``first``: ``first``, every multiple of ``stride``
+    after it and the last, ``tokens - 1`` (none when the chunks take the whole prompt)."""
     if first >= tokens:
         return []
     return sorted({first, tokens - 1, *range(-(-first // stride) * stride, tokens, stride)})
@@ -110,33 +109,45 @@ def decode_positions(first: int, tokens: int, stride: int = DECODE_STRIDE) -> li
 
 def prefill_cycles_model(manifest: dict, prefill_words, decode_words, config,
                          tokens: int, *, stride: int = DECODE_STRIDE, timed=None) -> dict:
-    """Cycle-model cycles of prefilling ``tokens`` tokens as the host runs them: one run
-    of the prefill program over the first ``max_prompt`` tokens (:func:`sim.timing.
-    llm_step_cycles`), then one decode step per later token. The decode steps are timed
-    at :func:`decode_positions` (a full-size step takes about a minute in the cycle model)
-    and the steps between two timed positions taken on the line between them (a step's
-    cycles grow with the keys it attends to). ``timed`` (position -> cycles) keeps the
-    timings across calls."""
+    """Cycle-model cycles of prefilling ``tokens`` tokens as the host runs them
+    (:func:`sim.llm_host.prefill_chunks`): one run of the prefill program per chunk at its
+    start position, each timed (:func:`sim.timing.llm_step_cycles`), then one decode step
+    per token past ``prefill_positions``. The decode steps are timed at
+    :func:`decode_positions` (a full-size step takes about a minute in the cycle model) and
+    the steps between two timed positions taken on the line between them (a step's cycles
+    grow with the keys it attends to). ``timed`` (``("prefill", start, tokens)`` or
+    ``("decode", position)`` -> run statistics) keeps the timings across calls."""
+    from sim.llm_host import prefill_chunks
     from sim.timing import llm_step_cycles
 
     timed = {} if timed is None else timed
-    first = min(tokens, manifest["model"]["max_prompt"])
-    pre = llm_step_cycles(manifest, prefill_words, config, position=0, tokens=first)
+    mm = manifest["model"]
+    chunks = prefill_chunks(tokens, mm["max_prompt"], mm["prefill_positions"])
+    for a, b in chunks:
+        if ("prefill", a, b - a) not in timed:
+            timed["prefill", a, b - a] = llm_step_cycles(manifest, prefill_words, config,
+                                                         position=a, tokens=b - a)
+    first = chunks[-1][1]
     points = decode_positions(first, tokens, stride)
     for pos in points:
-        if pos not in timed:
-            timed[pos] = llm_step_cycles(manifest, decode_words, config,
-                                         position=pos)["cycles"]
+        if ("decode", pos) not in timed:
+            timed["decode", pos] = llm_step_cycles(manifest, decode_words, config,
+                                                   position=pos)
+    step = {p: timed["decode", p]["cycles"] for p in points}
     steps = 0.0
     if points:
-        steps = timed[points[0]]
+        steps = step[points[0]]
         for a, b in zip(points, points[1:]):
             # Positions a+1 .. b on the line from a to b.
             n = b - a
-            steps += sum(timed[a] + (timed[b] - timed[a]) * i / n for i in range(1, n + 1))
-    return {"cycles": pre["cycles"] + steps, "prefill_tokens": first,
-            "prefill_run_cycles": pre["cycles"],
-            "decode_timed": {p: timed[p] for p in points}}
+            steps += sum(step[a] + (step[b] - step[a]) * i / n for i in range(1, n + 1))
+    runs = [timed["prefill", a, b - a] for a, b in chunks]
+    chunk_cycles = sum(r["cycles"] for r in runs)
+    return {"cycles": chunk_cycles + steps, "prefill_tokens": first,
+            "chunks": len(chunks), "chunk_cycles": chunk_cycles,
+            "chunk_busy": {u: sum(r[f"busy_{u}"] for r in runs)
+                           for u in ("load", "matrix", "sfu", "store")},
+            "decode_timed": step}
 
 
 def figures(args, log) -> dict:
@@ -162,10 +173,13 @@ def figures(args, log) -> dict:
         name = f"llama2_7b_u280_prefill_ms_model_{n}"
         out[name] = st["cycles"] / (u280.clock_mhz * 1e3)
         out[name + "_cycles"] = round(st["cycles"])
-        out[name + "_prefill_run_cycles"] = st["prefill_run_cycles"]
+        out[name + "_chunk_cycles"] = st["chunk_cycles"]
+        out[name + "_chunk_busy"] = st["chunk_busy"]
         out[name + "_decode_timed"] = {str(p): c for p, c in st["decode_timed"].items()}
-        out[name + "_shape"] = (f"{n}-token prompt: a prefill of {st['prefill_tokens']} "
-                                f"tokens, then decode steps")
+        out[name + "_shape"] = (f"{n}-token prompt: {st['chunks']} prefill chunks of up to "
+                                f"{man['model']['max_prompt']} tokens over its first "
+                                f"{st['prefill_tokens']}, then "
+                                f"{n - st['prefill_tokens']} decode steps")
         out[name + "_config_hash"] = u280.config_hash
         log(f"llama2-7b u280: prefill of {n} tokens {out[name]:.1f} ms (cycle model)")
     shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,15 @@ from airfoil.errors import AirfoilError, ProgramError
 from airfoil.fixedpoint import Sampling
 from airfoil.folder import encoder, llm_phases, output_width
 
-__all__ = ["LLMHost"]
+__all__ = ["LLMHost", "prefill_chunks"]
+
+
+def prefill_chunks(n: int, max_prompt: int, prefill_positions: int) -> list[tuple[int, int]]:
+    """The prefill runs of an ``n``-token prompt, ``(start, end)`` positions: chunks of
+    ``max_prompt`` tokens up to ``prefill_positions`` (the positions a chunk may reach),
+    the last one shorter; the host runs the tokens after the last chunk as decode steps."""
+    end = min(n, prefill_positions)
+    return [(a, min(a + max_prompt, end)) for a in range(0, end, max_prompt)]
 
 
 class LLMHost:
@@ -146,10 +154,8 @@ class LLMHost:
         return torch.cat(head + rest)
 
     def chunks(self, n: int) -> list[tuple[int, int]]:
-        """The prefill runs of an ``n``-token prompt, ``(start, end)`` positions: chunks of
-        ``max_prompt`` tokens up to ``prefill_positions``, the last one shorter."""
-        end = min(n, self.prefill_positions)
-        return [(a, min(a + self.max_prompt, end)) for a in range(0, end, self.max_prompt)]
+        """The prefill runs of an ``n``-token prompt (:func:`prefill_chunks`)."""
+        return prefill_chunks(n, self.max_prompt, self.prefill_positions)
 
     def decode(self, token: int) -> torch.Tensor:
         """Run one token after the cached positions; return its ACT logits (vocab,)."""
