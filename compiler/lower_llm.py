@@ -12,8 +12,13 @@ The host writes a parameter block at address 0 of the image (int32 ``pos``, ``T`
 ``SYS LDREG`` of registers :data:`REG_POS`, :data:`REG_T`, :data:`REG_LEN`, and every
 run-time length (matrix vectors ``m``, SFU rows, KV rows loaded and stored, attention
 keys, the causal mask, the RoPE table rows) comes from those registers. So one decode
-program serves every position and one prefill program every prompt length up to
-``max_prompt`` (the bucket the buffers are planned for).
+program serves every position and one prefill program every chunk of up to ``max_prompt``
+tokens (the bucket the buffers are planned for) at any start position up to
+``prefill_positions``: the chunk's attention loads the KV rows ``0 .. REG_LEN-1`` (the
+chunks before it and its own) and masks causally from ``REG_POS``. The host runs a prompt
+of any length as chunks of that program, and any tokens past ``prefill_positions`` (the
+positions whose K and V of every head and a chunk's scores fit the buffers) as decode
+steps.
 
 Per phase (buffers: ACT, OUT, WGT, KV, AUX; memory: the image) the token ids' embedding
 rows, INT8 records with a scale per row or the recipe's INT4 records with a scale per
@@ -66,9 +71,7 @@ matrix instruction) then ``MV`` (decode) or ``MM`` of ``REG_T`` vectors (prefill
 ``wfmt = STREAM`` and ``tok_scale = 1``. The stream is a FIFO, so these loads carry no
 tokens. The streamed engine applies each record to at most ``limits.stream_tokens``
 vectors, so a model with a streamed layer plans its prefill for at most that many tokens
-(``max_prompt``): the prefill reads each weight once for all its tokens, and the host runs
-a longer prompt as that prefill followed by decode steps (bit-identical, as for any prompt
-longer than ``max_prompt``).
+(``max_prompt``): each prefill chunk reads each weight once for all its tokens.
 
 Scheduling: instructions are emitted in program order through
 :class:`compiler.schedule.Scheduler`, which derives the dependency tokens from the buffer
@@ -1020,8 +1023,8 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
         Output folder (written atomically).
     max_prompt : int, optional
         Longest prompt the prefill program takes (default: :data:`DEFAULT_MAX_PROMPT` or
-        the most tokens whose activations fit the buffers). Longer prompts are run as a
-        prefill of ``max_prompt`` tokens followed by decode steps (bit-identical).
+        the most tokens whose activations fit the buffers). Longer prompts run as chunks of
+        ``max_prompt`` tokens (bit-identical).
     source : str
         Where the model came from (for the manifest).
     recipe : dict, optional

@@ -177,6 +177,8 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
     (lambda m: m["model"]["shape"].pop("vocab_size"), "model.shape.vocab_size is None"),
     (lambda m: m["model"]["layout"].pop("params"), "model.layout.params is None"),
     (lambda m: m["model"].update(max_prompt=10 ** 6), "max_prompt 1000000 and max_positions"),
+    (lambda m: m["model"].update(prefill_positions=m["model"]["max_positions"] + 1),
+     "prefill_positions"),
     (lambda m: m["model"].update(max_positions=m["model"]["max_positions"] * 2),
      "layout.rope holds"),
     (lambda m: m["model"]["layout"].update(kv_row=m["model"]["layout"]["kv_row"] * 2),

@@ -135,12 +135,16 @@ def test_buffers_bound_positions_and_prompt(tmp_path):
     assert m["model"]["max_positions"] == 2048 // (2 * 1 * 32)
     T = m["model"]["max_prompt"]
     assert 1 <= T < 32
+    # A prefill chunk's attention takes both heads at once: 16 positions.
+    assert m["model"]["prefill_positions"] == 2048 // (2 * 2 * 32)
     with pytest.raises(CompileError, match="does not fit the ACT buffer"):
         compile_llm(qm, cfg, tmp_path / "o2", max_prompt=T + 1)
     folder = load_folder(tmp_path / "out", cfg)
-    prompt = _tokens(T + 2, seed=3)
+    prompt = _tokens(20, seed=3)        # chunks up to position 16, then decode steps
     want, _ = generate(qm, prompt, 4)
-    assert generate_isa(folder, cfg, prompt, 4)[0] == want
+    got, runs = generate_isa(folder, cfg, prompt, 4)
+    assert got == want
+    assert [r["phase"] for r in runs[:-3]] == ["prefill"] * -(-16 // T) + ["decode"] * 4
 
 
 def test_k_split_tiles_bit_exact(tmp_path):

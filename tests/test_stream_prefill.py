@@ -5,7 +5,7 @@ The shipped tiny model (``models/tiny-llama``) in 2:4 sparse W4 (every layer str
 through the decode unit) is compiled for ``sim_llm_decode`` twice: with the prefill the
 compiler plans (``MM`` of up to ``limits.stream_tokens`` tokens on streamed weights) and,
 as before the streamed ``MM``, with ``max_prompt = 1`` (the prompt runs as one-token
-prefill and decode steps, a full weight pass per token). A multi-token prompt gives the
+prefill chunks, a full weight pass per token). A multi-token prompt gives the
 same logits on torch, the ISA simulator and the RTL core, bit for bit, and the prefill
 takes fewer cycles than the token-by-token one.
 """
