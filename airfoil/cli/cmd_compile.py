@@ -403,8 +403,10 @@ def summary_table(manifest, summary):
     t.add_column("note")
     for phase, ph in manifest["phases"].items():
         ops = ", ".join(f"{k} {v}" for k, v in sorted(ph["opcodes"].items()))
-        what = (f"prompts of 1..{ph['max_tokens']} tokens" if phase == "prefill" else
-                 f"one token at any position < {manifest['model']['max_positions']}")
+        what = (f"a sentence of 1..{ph['max_tokens']} tokens" if encoder(shape) else
+                f"chunks of 1..{ph['max_tokens']} tokens up to position "
+                f"{manifest['model']['prefill_positions']}" if phase == "prefill" else
+                f"one token at any position < {manifest['model']['max_positions']}")
         t.add_row(f"{phase} program", f"{ph['instructions']} instr / {ph['bytes']} B",
                   f"{what}; {ops}")
     imp = summary.get("import")
