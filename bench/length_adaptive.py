@@ -55,8 +55,8 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
     length after it, ``max_length - 1`` and ``max_length``; every length when
     ``sample="all"``), checks that each has the bytes of its adaptive program, and counts
     the programs of each scheme. Prefill programs are fixed
-    to at most the folder's ``max_prompt`` tokens (a longer prompt runs as a prefill of
-    ``max_prompt`` tokens and decode steps; the buffers hold no more).
+    to at most the folder's ``max_prompt`` tokens (a longer prompt runs as chunks of
+    ``max_prompt`` tokens; the buffers hold no more).
     """
     import json
 
