@@ -92,10 +92,11 @@ def test_prompt_lengths_share_one_program(tmp_path):
     for T in (1, 2, 6):
         prompt = _tokens(T, seed=T)
         assert torch.equal(IsaLLM(folder, cfg).prefill(prompt), gold.prefill(prompt))
-    # A longer prompt: a prefill of 6 tokens, then decode steps; the same logits.
+    # A longer prompt: chunks of 6 and 3 tokens of the same program; the same logits.
     prompt = _tokens(9, seed=9)
     assert torch.equal(IsaLLM(folder, cfg).prefill(prompt), gold.prefill(prompt))
-    assert [r["phase"] for r in _runs(folder, cfg, prompt)] == ["prefill"] + ["decode"] * 3
+    assert [(r["phase"], r["position"], r["tokens"]) for r in _runs(folder, cfg, prompt)] \
+        == [("prefill", 0, 6), ("prefill", 6, 3)]
     with pytest.raises(AirfoilError, match="prompt is empty"):
         IsaLLM(folder, cfg).prefill([])
     # The programs read their lengths from registers loaded from the parameter block.
