@@ -98,6 +98,36 @@ def test_isa_chunks_equal_golden_and_token_by_token(case):
     assert chunk_cycles < sum(r["cycles"] for r in by_token.runs[:PROMPT_TOKENS])
 
 
+def test_cycle_model_times_each_chunk_at_its_position(case):
+    """The prefill figure's cycle model (bench.prefill) times the chunks the host runs,
+    and decode steps only past ``prefill_positions``."""
+    from bench.prefill import prefill_cycles_model
+    from sim.timing import llm_step_cycles
+
+    cfg, folder, _ = case
+    if CASES[cfg.name] is not None:
+        pytest.skip("streamed layers are timed from their records (the ISA simulator), "
+                    "not by the data-free cycle model")
+    man, words = folder.manifest, {p: folder.phase_program(p).words
+                                   for p in ("prefill", "decode")}
+
+    def run(phase, position, tokens=1):
+        return llm_step_cycles(man, words[phase], cfg, position=position,
+                               tokens=tokens)["cycles"]
+
+    chunks = [run("prefill", 0, 8), run("prefill", 8, 8), run("prefill", 16, 4)]
+    st = prefill_cycles_model(man, words["prefill"], words["decode"], cfg, PROMPT_TOKENS)
+    assert (st["chunks"], st["prefill_tokens"], st["decode_timed"]) == (3, 20, {})
+    assert st["cycles"] == st["chunk_cycles"] == sum(chunks)
+    assert chunks[1] > chunks[2]
+    short = {**man, "model": {**man["model"], "prefill_positions": 16}}
+    st = prefill_cycles_model(short, words["prefill"], words["decode"], cfg,
+                              PROMPT_TOKENS, stride=1)
+    steps = [run("decode", p) for p in range(16, 20)]
+    assert st["decode_timed"] == dict(zip(range(16, 20), steps))
+    assert st["cycles"] == sum(chunks[:2]) + sum(steps)
+
+
 @pytest.mark.rtl
 @pytest.mark.slow
 def test_rtl_chunks_equal_golden_and_isa(case):
