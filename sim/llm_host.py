@@ -3,12 +3,13 @@
 Before each run the host writes the parameter block (int32 ``pos``, ``T``,
 ``len = pos + T``), the sampling block (:meth:`airfoil.fixedpoint.Sampling.block`) and
 the ``T`` token ids into the memory image, runs the phase's program (``prefill`` for each
-chunk of the prompt at its start position, ``decode`` for each new token), and reads the ``T`` logit rows and the ``T``
-next-token ids the chip chose (``TOPK_SAMPLE``) back; the KV cache lives in the image,
-so it persists between runs. Generation feeds the chip's last choice back as the next
-token (greedy by default: the first index of the largest logit). An encoder folder runs
-a sentence as one prefill (every token sees every other) and reads back its hidden
-states; its embedding is pooled on the host in float (:mod:`airfoil.embedding`).
+chunk of the prompt at its start position, ``decode`` for each new token), and reads the
+``T`` logit rows and the ``T`` next-token ids the chip chose (``TOPK_SAMPLE``) back; the
+KV cache lives in the image, so it persists between runs. Generation feeds the chip's
+last choice back as the next token (greedy by default: the first index of the largest
+logit). An encoder folder runs a sentence as one prefill (every token sees every other)
+and reads back its hidden states; its embedding is pooled on the host in float
+(:mod:`airfoil.embedding`).
 
 :class:`LLMHost` does all of that; a backend subclass only says how a program runs on
 an image (:meth:`LLMHost.execute`): the ISA simulator in place, the RTL core through
