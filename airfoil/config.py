@@ -197,16 +197,31 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class BufferConfig:
-    """Sizes of the on-chip buffers in bytes (each a power of two)."""
+    """Sizes of the on-chip buffers in bytes (each a power of two), and the WGT buffer's
+    banks.
+
+    ``wgt_banks``: the WGT buffer is built of this many banks, each with a write port of
+    its own (a power of two dividing the memory words of a WGT row; 1: one write port the
+    LOAD unit's channels share). Bank ``b`` holds words ``b * L .. b * L + L - 1`` of
+    every row (``L`` the row's words over the banks) and is one contiguous range of the
+    addresses LD and ST name (:mod:`airfoil.wgt_banks`), so the LDs of a weight tile on
+    different channels, each into its own bank, write in the same cycle.
+    """
 
     act_bytes: int
     weight_bytes: int
     out_bytes: int
     kv_bytes: int = 1 << 12
     aux_bytes: int = 1 << 12
+    wgt_banks: int = 1
 
     def validate(self, where: str) -> None:
+        v = self.wgt_banks
+        if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v):
+            raise ConfigError(f"{where}buffers.wgt_banks must be a power of two, not {v!r}")
         for f in dataclasses.fields(self):
+            if f.name == "wgt_banks":
+                continue
             v = getattr(self, f.name)
             if not (_is_pow2(v) and 256 <= v <= 1 << 24):
                 raise ConfigError(f"{where}buffers.{f.name} must be a power of two in "
@@ -453,6 +468,13 @@ class AccelConfig:
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
+        row_bits = self.chains * self.lanes * 4
+        if self.buffers.wgt_banks > 1 and (row_bits % self.memory.word_bits or
+                                           (row_bits // self.memory.word_bits)
+                                           % self.buffers.wgt_banks):
+            raise ConfigError(f"{where}buffers.wgt_banks ({self.buffers.wgt_banks}) must "
+                              f"divide the memory words of a WGT row (chains x lanes x 4 "
+                              f"bits = {row_bits} over {self.memory.word_bits}-bit words)")
         if self.decode_unit and self.chains % self.memory.channels:
             raise ConfigError(f"{where}chains ({self.chains}) must divide into one equal slice "
                               f"per memory channel ({self.memory.channels}) for the decode unit")
@@ -557,7 +579,8 @@ class AccelConfig:
     @property
     def config_hash(self) -> str:
         """16 hex digits naming everything a program depends on (the name, description,
-        device capacity and :attr:`sfu_lanes` excluded)."""
+        device capacity and :attr:`sfu_lanes` excluded; ``buffers.wgt_banks`` only when
+        not the one bank of the default, so a program for one bank keeps its hash)."""
         return self._digest(exclude=("sfu_lanes",))
 
     @property
@@ -569,6 +592,8 @@ class AccelConfig:
 
     def _digest(self, exclude: tuple[str, ...]) -> str:
         d = self.to_dict()
+        if d["buffers"]["wgt_banks"] == 1:
+            del d["buffers"]["wgt_banks"]
         for key in ("name", "description", "device") + exclude:
             d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()

@@ -93,6 +93,7 @@ from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
                              core_stream_geometry, nm_code,
                              record_tag)
 from airfoil.program import Program
+from airfoil.wgt_banks import WgtBanks
 
 from .asm import listing
 from .ir import Graph, Pass, Pipeline, build_linear_graph
@@ -575,9 +576,11 @@ class PackImage(_LayerStep):
             r0, c0 = t["row0"], t["col0"]
             blob = pack_wgt_tile(t["layout"], ql.q, ql.scales, (r0, t["rows"], c0, t["cols"]),
                                  group, bias_q if t["bias"] else None)
-            assert len(blob) == t["layout"].nbytes and len(blob) % o.config.word_bytes == 0
+            nbytes = len(blob)
+            assert nbytes == t["layout"].nbytes and nbytes % o.config.word_bytes == 0
+            blob = WgtBanks.of(o.config).tile_image(blob, o.config.word_bytes)
             t["addr"] = addr
-            tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": len(blob),
+            tiles.append({"row0": r0, "rows": t["rows"], "addr": addr, "nbytes": nbytes,
                           "col0": c0, "cols": t["cols"]})
             blobs.append((0, addr, blob))
             addr += len(blob)
@@ -609,9 +612,10 @@ class PackImage(_LayerStep):
             if t["bias"]:                       # the block's bias tile after its streams
                 bblob = pack_tile(t["layout"], torch.zeros((rows, group), dtype=torch.int64),
                                   smin.repeat(rows, 1), bias_q[r0:r0 + rows])
-                t["bias_addr"] = entry["bias_addr"] = place(0, len(bblob))
+                image = WgtBanks.of(o.config).tile_image(bblob, o.config.word_bytes)
+                t["bias_addr"] = entry["bias_addr"] = place(0, len(image))
                 entry["bias_nbytes"] = len(bblob)
-                blobs.append((0, t["bias_addr"], bblob))
+                blobs.append((0, t["bias_addr"], image))
             tiles.append(entry)
         offsets = channel_layout(addr, o.config)
         return tiles, blobs, offsets, offsets[-1] + addr[-1]

@@ -102,6 +102,7 @@ from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, SfuFunc,
                          SysOp)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
+from airfoil.wgt_banks import WgtBanks
 
 from .asm import listing
 from .output import write_folder
@@ -404,7 +405,7 @@ def _place_linears(flat, plans, config, top, streamed, size_only=False):
             nbytes = _tile_bytes(config, rows, cols, ql.bits, ql.group)
             tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
                           "addr": addr, "nbytes": nbytes})
-            addr += nbytes
+            addr += WgtBanks.of(config).tile_bytes(nbytes, config.word_bytes)
         linears[name] = {"n": n, "k": k, "k_in": ql.in_features,
                          "copies": ql.input_copies, "bits": ql.bits,
                          "group": ql.group, "k0": int(kexp.min()), "streamed": False,
@@ -503,11 +504,13 @@ def _write_image(path, model, config, flat, linears, streams, lay, size, max_pos
             if ql.streamed:
                 continue
             q, scales = ql.q, ql.scales         # read once per layer, packed tile by tile
+            banks = WgtBanks.of(config)
             for t in linears[name]["tiles"]:
                 box = t["row0"], t["rows"], t["col0"], t["cols"]
                 lay_t = wgt_tile_layout(config, t["rows"], t["cols"], group=ql.group,
                                         wfmt=FORMAT_BY_NAME[f"int{ql.bits}"])
-                put(t["addr"], pack_wgt_tile(lay_t, q, scales, box, ql.group))
+                put(t["addr"], banks.tile_image(pack_wgt_tile(lay_t, q, scales, box, ql.group),
+                                                config.word_bytes))
 
 
 # -- emission of one phase ----------------------------------------------------------------

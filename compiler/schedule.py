@@ -9,7 +9,8 @@ between two units are released only when a consumer needs them, in program order
 the k-th wait takes exactly the k-th release.
 
 A WGT tile (:func:`compiler.tiling.plan_wgt_tiles`) is loaded into its slot of the WGT
-buffer as word-aligned slices, one per memory channel (:func:`load_wgt_tile`), and
+buffer as word-aligned slices, one per memory channel, or one per bank of a banked WGT
+buffer (:func:`load_wgt_tile`), and
 computed by one matrix instruction (:func:`wgt_tile_fields`) that writes its outputs
 only with the last chunk of K (the others accumulate). A streamed row block
 (:func:`compiler.streams.place_stream_block`) is one ``LD WSTREAM`` per channel
@@ -18,7 +19,9 @@ only with the last chunk of K (the others accumulate). A streamed row block
 
 from __future__ import annotations
 
+from airfoil.errors import CompileError
 from airfoil.isa import Buffer, Opcode, Sparsity, Unit, WeightFormat, encode, unit_of
+from airfoil.wgt_banks import WgtBanks
 
 from .streams import slices
 
@@ -98,13 +101,44 @@ def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: i
                   channel, *, sliced: bool = True, **fields) -> None:
     """LD a WGT tile of ``nbytes`` at ``dram_addr`` into the slot at ``slot``: one LD per
     word-aligned slice (:func:`compiler.streams.slices`; one LD when not ``sliced``),
-    slice ``j`` on memory channel ``channel(j)``."""
+    slice ``j`` on memory channel ``channel(j)``.
+
+    On a banked WGT buffer (``buffers.wgt_banks``) the tile's image is bank-major
+    (:meth:`~airfoil.wgt_banks.WgtBanks.tile_image`) and each bank's part is one LD into
+    that bank, bank ``b`` on channel ``b % channels`` (``channel(0)`` for all when not
+    ``sliced``): the banks take their words in the same cycle, and a bank's LDs stay on
+    one channel, which streams them one after the other. The slot is then a whole number
+    of WGT rows."""
+    banks = WgtBanks.of(config)
+    if banks.banks > 1:
+        _load_banked_tile(sched, config, banks, slot, dram_addr, nbytes,
+                          channel if not sliced else None, **fields)
+        return
     pieces = slices(nbytes, config) if sliced else [(0, nbytes)]
     for j, (off, nb) in enumerate(pieces):
         sched.add(Opcode.LD, reads=[mem(dram_addr + off, nb)],
                   writes=[span(Buffer.WGT, slot + off, nb)], buf=Buffer.WGT,
                   channel=channel(j), buf_addr=slot + off, dram_addr=dram_addr + off,
                   nbytes=nb, count=1, dram_stride=nb, **fields)
+
+
+def _load_banked_tile(sched, config, banks, slot, dram_addr, nbytes, channel, **fields):
+    """The LDs of :func:`load_wgt_tile` on a banked WGT buffer, one per bank (all on
+    ``channel(0)`` when ``channel`` is given, else bank ``b`` on ``b % channels``)."""
+    wb = config.word_bytes
+    row = banks.row_words * wb
+    if slot % row:
+        raise CompileError(f"a WGT slot at byte {slot} is not on a WGT row ({row} bytes) of "
+                           f"the banked WGT buffer of config {config.name!r}")
+    size = banks.tile_bytes(nbytes, wb)
+    part = size // banks.banks
+    for b in range(banks.banks):
+        at = dram_addr + b * part
+        sched.add(Opcode.LD, reads=[mem(at, part)], writes=[span(Buffer.WGT, slot, size)],
+                  buf=Buffer.WGT,
+                  channel=channel(0) if channel else b % config.memory.channels,
+                  buf_addr=banks.word(b, slot // row) * wb, dram_addr=at, nbytes=part,
+                  count=1, dram_stride=part, **fields)
 
 
 def wgt_tile_fields(tile: dict, k: int, *, slot: int, act: int, obuf_addr: int, writes,

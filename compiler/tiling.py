@@ -19,6 +19,7 @@ compiler nothing):
 from __future__ import annotations
 
 from airfoil.errors import CompileError
+from airfoil.wgt_banks import WgtBanks
 
 __all__ = ["WGT_SLOTS", "slot_bytes", "wgt_slots", "k_chunk", "row_block", "tile_boxes",
            "plan_wgt_tiles"]
@@ -33,9 +34,11 @@ def _up(n: int, a: int) -> int:
 
 
 def slot_bytes(config, slots: int) -> int:
-    """Bytes of one of ``slots`` equal slots of the WGT buffer (whole memory words)."""
-    wb = config.word_bytes
-    return config.buffers.weight_bytes // slots // wb * wb
+    """Bytes of one of ``slots`` equal slots of the WGT buffer (whole memory words; whole
+    WGT rows on a banked WGT buffer, whose tiles load a bank's part of each row)."""
+    banks = WgtBanks.of(config)
+    unit = config.word_bytes * (banks.row_words if banks.banks > 1 else 1)
+    return config.buffers.weight_bytes // slots // unit * unit
 
 
 def wgt_slots(config, need: int, candidates=WGT_SLOTS) -> tuple[int, int]:

@@ -22,7 +22,7 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   cycle after that (:data:`TOKEN_HANDOFF`). The channel is busy for the beats plus the
   receiver's hand-over to the next record (:data:`LD_RECORD_GAP`), so back-to-back LDs
   stream their data one after the other and pay the latency once. LDs into one buffer
-  on different channels share the buffer's write port (:data:`BUFFER_WRITE_WORDS`,
+  (one WGT bank) on different channels share its write port (:data:`BUFFER_WRITE_WORDS`,
   :meth:`CycleModel.load_write`): an LD whose beats find the port taken is held back
   (and its channel with it) until the port has taken the earlier ones.
 * ``ST`` (:meth:`CycleModel.store`): the STORE unit prepares and checks the instruction
@@ -89,11 +89,12 @@ RELEASE_CYCLES = 1
 #: Beats lost between two LDs in the receiver: the release cycle and the pop of the next
 #: record before ``beats.ready`` rises again.
 LD_RECORD_GAP = 2
-#: Words per cycle one on-chip buffer takes from the LOAD unit: a buffer has one write
-#: port, which the receivers of all channels share round robin (``connect_writes`` in
-#: hdl/core/fabric.py), so LDs into one buffer on several channels at once stream their
-#: data through it together at this rate (a weight tile loaded over 8 channels takes as
-#: long as over one); loads into different buffers do not meet.
+#: Words per cycle one buffer write port takes from the LOAD unit: a buffer has one write
+#: port, the WGT buffer one per bank (``buffers.wgt_banks``), which the receivers of all
+#: channels share round robin (``connect_writes``, ``connect_wgt_writes`` in
+#: hdl/core/fabric.py), so LDs through one port on several channels at once stream their
+#: data through it together at this rate; loads through different ports (other buffers,
+#: other WGT banks: a weight tile's LDs, one bank each) do not meet.
 BUFFER_WRITE_WORDS = 1
 
 # -- STORE unit (hdl/core/store.py) -----------------------------------------------------------

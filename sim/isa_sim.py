@@ -50,6 +50,7 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import (SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
                          Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
+from airfoil.wgt_banks import WgtBanks
 from hdl.pe.kinds import pe_kind, tag_value_bits
 
 from .cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel, stream_matrix_cost
@@ -158,6 +159,8 @@ class IsaSim:
         self.buffers = {Buffer.ACT: bytearray(b.act_bytes), Buffer.WGT: bytearray(b.weight_bytes),
                         Buffer.OUT: bytearray(b.out_bytes), Buffer.KV: bytearray(b.kv_bytes),
                         Buffer.AUX: bytearray(b.aux_bytes)}
+        #: The WGT buffer's banks: where an LD/ST's words are in the rows the MATRIX reads.
+        self.wgt_banks = WgtBanks.of(config)
         self.acc = torch.zeros((1, 1), dtype=torch.int64)
         self.regs = [0] * 32
         self.macs = 0
@@ -231,16 +234,39 @@ class IsaSim:
             rows = [base + int(v) * ins.dram_stride for v in idx.tolist()]
         else:
             rows = [base + r * ins.dram_stride for r in range(count)]
+        banked = ins.buf == Buffer.WGT and self.wgt_banks.banks > 1
         try:
             for r, d0 in enumerate(rows):
                 b0 = ins.buf_addr + r * ins.nbytes
-                if write:
+                if banked:
+                    self._banked_row(buf, b0, ins.nbytes, d0, ins.channel, write)
+                elif write:
                     self.mem.write(d0, bytes(buf[b0:b0 + ins.nbytes]), ins.channel)
                 else:
                     buf[b0:b0 + ins.nbytes] = self.mem.read(d0, ins.nbytes, ins.channel)
         except MemoryRangeError as e:
             raise fault(i, name, ErrorCode.AXI_ERROR, str(e)) from None
         return count * ins.nbytes
+
+    def _write_port(self, ins: Instr):
+        """The buffer write port an LD's words take: the buffer's one, or the WGT bank its
+        ``buf_addr`` names."""
+        if ins.buf != Buffer.WGT:
+            return ins.buf
+        return (ins.buf, self.wgt_banks.bank(ins.buf_addr // self.config.word_bytes))
+
+    def _banked_row(self, buf, b0: int, nbytes: int, d0: int, channel: int, write: bool):
+        """Move the ``nbytes`` at LD/ST address ``b0`` of a banked WGT buffer from or to
+        memory at ``d0``: its words are where :meth:`~airfoil.wgt_banks.WgtBanks.
+        row_major` puts them in the rows the MATRIX unit reads."""
+        wb = self.config.word_bytes
+        words = self.wgt_banks.row_major(np.arange(b0 // wb, (b0 + nbytes) // wb))
+        rows = np.frombuffer(buf, dtype=np.uint8).reshape(-1, wb)
+        if write:
+            self.mem.write(d0, rows[words].tobytes(), channel)
+        else:
+            data = np.frombuffer(self.mem.read(d0, nbytes, channel), dtype=np.uint8)
+            rows[words] = data.reshape(-1, wb)
 
     def _load_stream(self, i: int, ins: Instr, count: int, write: bool) -> int:
         """LD into WSTREAM: append ``count`` rows of ``nbytes`` to the weight stream of the
@@ -831,7 +857,8 @@ class IsaSim:
                 st.issue_free = begin + ISSUE_CYCLES
                 finish = begin + cost.latency
                 if op == Opcode.LD and ins.buf != Buffer.WSTREAM:
-                    finish += self.mem.buffer_write(ins.buf, ins.channel, begin, nbytes)
+                    finish += self.mem.buffer_write(self._write_port(ins), ins.channel,
+                                                    begin, nbytes)
                 if op == Opcode.LD and ins.buf == Buffer.WSTREAM:
                     self.stream_time = max(self.stream_time, begin +
                                            self.config.memory.latency_of(ins.channel))

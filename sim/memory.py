@@ -48,7 +48,8 @@ class Memory:
         self.model = model or CycleModel(config)
         #: Cycle at which each channel can start streaming its next transfer.
         self.channel_free = [0] * config.memory.channels
-        #: Per buffer, the cycle its write port has taken the beats of the LDs so far.
+        #: Per buffer write port (a buffer, or a WGT bank), the cycle it has taken the
+        #: beats of the LDs so far.
         self.port_free = {}
         self.bytes_read = 0
         self.bytes_written = 0
@@ -86,15 +87,16 @@ class Memory:
         self.channel_free[channel] = begin + cost.busy
         return begin, cost
 
-    def buffer_write(self, buf, channel: int, begin: int, nbytes: int) -> int:
-        """Cycles an ``LD`` of ``nbytes`` into buffer ``buf``, begun at ``begin`` on
-        ``channel``, is held back by the buffer's write port, which the LDs of every
-        channel share (:meth:`~sim.cycle_model.CycleModel.load_write`); the channel stays
-        busy as much longer. Zero while one channel alone writes the buffer."""
-        first, port, paced = self.model.load_write(nbytes, channel)
+    def buffer_write(self, port, channel: int, begin: int, nbytes: int) -> int:
+        """Cycles an ``LD`` of ``nbytes`` through the buffer write port ``port`` (a buffer,
+        or a WGT bank: ``(buffer, bank)``), begun at ``begin`` on ``channel``, is held back
+        by that port, which the LDs of every channel into it share
+        (:meth:`~sim.cycle_model.CycleModel.load_write`); the channel stays busy as much
+        longer. Zero while one channel alone writes through the port."""
+        first, held, paced = self.model.load_write(nbytes, channel)
         arrive = begin + first
-        start = max(arrive, self.port_free.get(buf, 0))
-        self.port_free[buf] = start + port
-        delay = max(0, start + port - (arrive + paced))
+        start = max(arrive, self.port_free.get(port, 0))
+        self.port_free[port] = start + held
+        delay = max(0, start + held - (arrive + paced))
         self.channel_free[channel] += delay
         return delay

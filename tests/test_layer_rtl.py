@@ -8,6 +8,7 @@ the full-width LLaMA-2-7B layer at context 512 (bench area ``layer7b``) is the s
 Both share one Verilator build of the core.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,12 +57,14 @@ def test_kv_cache_records_hold_the_quantized_rows():
 
 
 def test_configs_derive_from_u280():
-    """u280_8ch is u280 with 8 channels and their 32 chains; u280_8ch_tiles is that without
-    the decode unit (WGT-tile formats only); every other field the same."""
+    """u280_8ch is u280 with 8 channels and their 32 chains, its WGT buffer in a bank per
+    channel as u280's; u280_8ch_tiles is that without the decode unit (WGT-tile formats
+    only); every other field the same."""
     a, b, c = (load_config(n) for n in ("u280", "u280_8ch", "u280_8ch_tiles"))
     assert (b.memory.channels, b.chains) == (8, 32)
     assert b.chains // b.memory.channels == a.chains // a.memory.channels
-    assert (b.buffers, b.clock_mhz, b.lanes, b.weight_formats, b.memory.read_latency) == \
+    assert (a.buffers.wgt_banks, b.buffers.wgt_banks) == (32, 8)
+    assert (dataclasses.replace(b.buffers, wgt_banks=32), b.clock_mhz, b.lanes, b.weight_formats, b.memory.read_latency) == \
         (a.buffers, a.clock_mhz, a.lanes, a.weight_formats, a.memory.read_latency)
     assert b.decode_unit and not c.decode_unit
     assert (c.memory, c.chains, c.lanes, c.buffers) == (b.memory, b.chains, b.lanes, b.buffers)

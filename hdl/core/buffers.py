@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -27,6 +27,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from airfoil import isa
 from airfoil.config import AccelConfig
 from airfoil.errors import ConfigError
+from airfoil.wgt_banks import WgtBanks
 
 from .ram import Ram
 
@@ -60,6 +61,7 @@ class BufferGeometry:
     wgt_bits: int
     kv_bytes: int = 0
     aux_bytes: int = 0
+    wgt_banks: int = 1
 
     @classmethod
     def of(cls, config: AccelConfig) -> "BufferGeometry":
@@ -90,7 +92,7 @@ class BufferGeometry:
         return cls(word_bits=wbits, act_bytes=config.buffers.act_bytes,
                    wgt_bytes=config.buffers.weight_bytes, out_bytes=config.buffers.out_bytes,
                    wgt_bits=step, kv_bytes=config.buffers.kv_bytes,
-                   aux_bytes=config.buffers.aux_bytes)
+                   aux_bytes=config.buffers.aux_bytes, wgt_banks=config.buffers.wgt_banks)
 
     @property
     def word_bytes(self) -> int:
@@ -125,6 +127,12 @@ class BufferGeometry:
         return self.wgt_bits // self.word_bits
 
     @property
+    def wgt_map(self) -> WgtBanks:
+        """The WGT buffer's banks and the address map of its words (:mod:`airfoil.wgt_banks`)."""
+        return WgtBanks(banks=self.wgt_banks, depth=self.wgt_depth,
+                        row_words=self.wgt_words_per_row)
+
+    @property
     def lg_word_bytes(self) -> int:
         return exact_log2(self.word_bytes)
 
@@ -140,11 +148,14 @@ class BufferGeometry:
 
 
 class BufferRam(wiring.Component):
-    """A buffer RAM with ``read_ports`` synchronous read ports and one write port.
+    """A buffer RAM with ``read_ports`` synchronous read ports and a write port per bank.
 
     Built from ``ceil(read_ports / 2)`` :class:`~hdl.core.ram.Ram` copies that all take
     every write, so every read port sees the same contents (read latency 1, read before
-    write).
+    write). With ``banks`` above 1 each copy is that many RAMs side by side, bank ``b``
+    holding the ``b``-th of ``banks`` equal parts of every row (its low bits first) with
+    a write port of its own (``wr0`` ... ``wr<banks-1>``: address, part of the row and
+    its enables), and a read port reads the row from all of them at once.
 
     Parameters
     ----------
@@ -156,15 +167,19 @@ class BufferRam(wiring.Component):
         Bits per write enable (default: the whole row).
     read_ports : int
         Number of read ports (at least 1).
+    banks : int
+        Write ports, each for its own part of the row (a power of two dividing the
+        row's write enables; default 1).
 
     Members
     -------
     wr : Out(memory.WritePort.Signature(...))
+        The write port of the one bank (``banks == 1``); else ``wr0`` ... (:meth:`write_port`).
     rd0 ... rd<n-1> : Out(memory.ReadPort.Signature(...))
     """
 
     def __init__(self, *, width: int, depth: int, granularity: int | None = None,
-                 read_ports: int = 1):
+                 read_ports: int = 1, banks: int = 1):
         if not isinstance(read_ports, int) or read_ports < 1:
             raise ValueError(f"Buffer read ports must be a positive integer, not "
                              f"{read_ports!r}")
@@ -176,8 +191,17 @@ class BufferRam(wiring.Component):
         if granularity is not None and (granularity < 1 or width % granularity):
             raise ValueError(f"Buffer RAM write granularity must divide the width {width}, "
                              f"not {granularity!r}")
-        members = {"wr": Out(memory.WritePort.Signature(
-            addr_width=ceil_log2(depth), shape=width, granularity=granularity))}
+        if banks < 1 or banks & (banks - 1) or width % banks or (
+                granularity is not None and (width // banks) % granularity):
+            raise ValueError(f"Buffer RAM banks must be a power of two dividing the row "
+                             f"into whole write enables, not {banks!r}")
+        self._banks = banks
+        part = width // banks
+        members = {}
+        for b in range(banks):
+            members["wr" if banks == 1 else f"wr{b}"] = Out(memory.WritePort.Signature(
+                addr_width=ceil_log2(depth), shape=part,
+                granularity=granularity if granularity != part else None))
         for i in range(read_ports):
             members[f"rd{i}"] = Out(memory.ReadPort.Signature(addr_width=ceil_log2(depth),
                                                               shape=width))
@@ -188,19 +212,46 @@ class BufferRam(wiring.Component):
         return self._nread
 
     @property
+    def banks(self) -> int:
+        return self._banks
+
+    def write_port(self, bank: int = 0):
+        """The write port of bank ``bank``."""
+        return getattr(self, "wr" if self._banks == 1 else f"wr{bank}")
+
+    @property
     def latency(self) -> int:
         """Cycles from a read address (with its enable) to its data."""
         return 1
 
     def elaborate(self, platform):
         m = Module()
+        if self._banks == 1:
+            for c in range((self._nread + 1) // 2):
+                n = min(2, self._nread - 2 * c)
+                ram = Ram(**self._args, read_ports=n)
+                m.submodules[f"copy{c}"] = ram
+                m.d.comb += [ram.wr.addr.eq(self.wr.addr), ram.wr.data.eq(self.wr.data),
+                             ram.wr.en.eq(self.wr.en)]
+                for j in range(n):
+                    wiring.connect(m, getattr(ram, f"rd{j}"),
+                                   wiring.flipped(getattr(self, f"rd{2 * c + j}")))
+            return m
+        args = dict(self._args, width=self._args["width"] // self._banks)
         for c in range((self._nread + 1) // 2):
             n = min(2, self._nread - 2 * c)
-            ram = Ram(**self._args, read_ports=n)
-            m.submodules[f"copy{c}"] = ram
-            m.d.comb += [ram.wr.addr.eq(self.wr.addr), ram.wr.data.eq(self.wr.data),
-                         ram.wr.en.eq(self.wr.en)]
+            parts = []
+            for b in range(self._banks):
+                ram = Ram(**args, read_ports=n)
+                m.submodules[f"copy{c}_bank{b}"] = ram
+                wr = self.write_port(b)
+                m.d.comb += [ram.wr.addr.eq(wr.addr), ram.wr.data.eq(wr.data),
+                             ram.wr.en.eq(wr.en)]
+                parts.append(ram)
             for j in range(n):
-                wiring.connect(m, getattr(ram, f"rd{j}"),
-                               wiring.flipped(getattr(self, f"rd{2 * c + j}")))
+                rd = getattr(self, f"rd{2 * c + j}")
+                for ram in parts:
+                    rp = getattr(ram, f"rd{j}")
+                    m.d.comb += [rp.addr.eq(rd.addr), rp.en.eq(rd.en)]
+                m.d.comb += rd.data.eq(Cat(*(getattr(ram, f"rd{j}").data for ram in parts)))
         return m

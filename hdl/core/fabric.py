@@ -6,10 +6,11 @@ Read ports: every reader has a read port of its own (copies of a RAM, see
 RAM read port in each buffer it may name and a router that returns the data of the one it
 named (:func:`route_read`).
 
-Write ports: each buffer has one. The SFU's writes take it first, then a MATRIX result
-held back by an SFU write, then the MATRIX unit's OUT writes, then the LOAD unit's (a
-stream per channel, so it waits; the channels that write the same buffer take turns,
-round robin: :func:`round_robin`, :func:`grant`). While a result is held the MATRIX unit
+Write ports: each buffer has one, the WGT buffer one per bank (``buffers.wgt_banks``,
+:func:`connect_wgt_writes`: an LD's words land in the bank its address names). The SFU's
+writes take it first, then a MATRIX result held back by an SFU write, then the MATRIX
+unit's OUT writes, then the LOAD unit's (a stream per channel, so it waits; the channels
+that write the same port take turns, round robin: :func:`round_robin`, :func:`grant`). While a result is held the MATRIX unit
 stands still (the core gates it with the ``stall`` of :func:`connect_writes`).
 """
 
@@ -42,7 +43,7 @@ def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: lis
         nread = len(direct[b]) + sum(b in bufs for _, _, bufs in routed)
         if b == isa.Buffer.WGT:
             ram = BufferRam(width=geo.wgt_bits, depth=geo.wgt_depth,
-                            granularity=wbits, read_ports=nread)
+                            granularity=wbits, read_ports=nread, banks=geo.wgt_banks)
         else:
             ram = BufferRam(width=wbits, depth=geo.nbytes(b) // geo.word_bytes,
                             granularity=8, read_ports=nread)
@@ -62,7 +63,7 @@ def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: lis
             targets[b] = (getattr(rams[b], f"rd{used[b]}"),
                           lg_wpr if b == isa.Buffer.WGT else 0)
             used[b] += 1
-        route_read(m, name, port, targets, wbits)
+        route_read(m, name, port, targets, wbits, geo.wgt_map)
     return rams
 
 
@@ -76,7 +77,6 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
     OUT is free. Return the held flag: the MATRIX unit must stand still while it is set.
     """
     nch = len(load_writes)
-    lg_wpr = (geo.wgt_words_per_row - 1).bit_length()
     sfu_hit = {b: Const(0) for b in BUFFERS}
     if sfu_write is not None:
         dw = sfu_write
@@ -95,22 +95,17 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
     lws = load_writes
     taken = [Signal(name=f"load_wr_taken{c}") for c in range(nch)]
     for b in BUFFERS:
-        wr = rams[b].wr
         bname = b.name.lower()
+        if b == isa.Buffer.WGT:
+            connect_wgt_writes(m, geo, rams[b], lws, taken)
+            continue
+        wr = rams[b].wr
         load_hit, lsel, llast = round_robin(
             m, [lw.valid & (lw.payload.buf == b) for lw in lws], f"load_wr_{bname}")
         l_addr = Array(lw.payload.addr for lw in lws)[lsel]
         l_data = Array(lw.payload.data for lw in lws)[lsel]
         load_won = Signal(name=f"load_wr_{bname}_won")
         m.d.comb += load_won.eq(0)
-        if b == isa.Buffer.WGT:
-            m.d.comb += [wr.addr.eq(l_addr >> lg_wpr),
-                         wr.data.eq(l_data.replicate(geo.wgt_words_per_row))]
-            with m.If(load_hit):
-                m.d.comb += [load_won.eq(1),
-                             wr.en.eq(1 << l_addr[:lg_wpr] if lg_wpr else 1)]
-            grant(m, load_won, lsel, llast, taken)
-            continue
         # Writers in priority order: (condition, addr, data, en, taken by LOAD).
         writers = []
         if sfu_write is not None:
@@ -137,19 +132,48 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
     return held_v
 
 
-def route_read(m, name, port, targets, word_bits):
+def connect_wgt_writes(m, geo: BufferGeometry, ram, lws, taken):
+    """Drive the WGT buffer's write ports from the LOAD unit's streams ``lws``: the word
+    of an LD lands in the bank its address names (:class:`~airfoil.wgt_banks.WgtBanks`),
+    and per bank the channels that write it take turns (round robin); the banks take
+    their writes in the same cycle. Set ``taken[c]`` for each channel served."""
+    banks = geo.wgt_map
+    for k in range(banks.banks):
+        wr = ram.write_port(k)
+        hit, sel, last = round_robin(
+            m, [lw.valid & (lw.payload.buf == isa.Buffer.WGT) &
+                (banks.bank(lw.payload.addr) == k if banks.banks > 1 else 1) for lw in lws],
+            "load_wr_wgt" if banks.banks == 1 else f"load_wr_wgt{k}")
+        addr = Array(lw.payload.addr for lw in lws)[sel]
+        data = Array(lw.payload.data for lw in lws)[sel]
+        won = Signal(name=f"load_wr_wgt{k}_won")
+        m.d.comb += [won.eq(0), wr.addr.eq(banks.bank_row(addr)),
+                     wr.data.eq(data.replicate(banks.bank_words))]
+        with m.If(hit):
+            m.d.comb += [won.eq(1),
+                         wr.en.eq(1 << banks.bank_lane(addr) if banks.bank_words > 1 else 1)]
+        grant(m, won, sel, last, taken)
+
+
+def route_read(m, name, port, targets, word_bits, wgt_map=None):
     """Serve a buffer read port (``buf``, word ``addr``, ``en`` -> ``data``) from one RAM
-    read port per buffer; ``targets`` maps a buffer to ``(read port, lg words per row)``.
-    A buffer not in ``targets`` reads as 0 (its user checks ranges and refuses it)."""
+    read port per buffer; ``targets`` maps a buffer to ``(read port, lg words per row)``
+    (WGT's words in the order ``wgt_map`` gives them, :mod:`airfoil.wgt_banks`). A buffer
+    not in ``targets`` reads as 0 (its user checks ranges and refuses it)."""
     sel = Signal(isa.Buffer, name=f"{name}_rd_buf")
     lane_bits = max(lg for _, lg in targets.values())
     lane = Signal(max(lane_bits, 1), name=f"{name}_rd_lane")
+    waddr = Signal.like(port.addr, name=f"{name}_rd_wgt_addr")
+    m.d.comb += waddr.eq(port.addr if wgt_map is None else wgt_map.row_major(port.addr))
+
+    def addr_of(b):
+        return waddr if b == isa.Buffer.WGT else port.addr
     with m.If(port.en):
         m.d.sync += sel.eq(port.buf)
-        if lane_bits:
-            m.d.sync += lane.eq(port.addr[:lane_bits])
+        if lane_bits:                       # only WGT has several words a row
+            m.d.sync += lane.eq(waddr[:lane_bits])
     for b, (rp, lg) in targets.items():
-        m.d.comb += [rp.addr.eq(port.addr >> lg), rp.en.eq(port.en & (port.buf == b))]
+        m.d.comb += [rp.addr.eq(addr_of(b) >> lg), rp.en.eq(port.en & (port.buf == b))]
     with m.Switch(sel):
         for b, (rp, lg) in targets.items():
             with m.Case(b):
