@@ -50,7 +50,7 @@ class WgtBanks:
 
     def bank(self, word):
         """The bank that LD/ST word index ``word`` falls in."""
-        return word >> _lg(self.bank_words * self.depth) if self.banks > 1 else 0
+        return word >> _lg(self.bank_words * self.depth)
 
     def bank_row(self, word):
         """The row within its bank of LD/ST word index ``word``."""

@@ -81,20 +81,29 @@ def test_out_halves_rotate_and_many_stores(tmp_path):
 
 @pytest.mark.parametrize("wformat", ["int4", "int8"])
 def test_u280_slices_and_slots(tmp_path, wformat):
-    """On U280 tiles are sliced over the 32 channels and LOAD runs three tiles ahead; the
-    slices share the WGT buffer's write port (a word a cycle), as on the RTL core."""
+    """On U280 a tile's LDs go one per WGT bank over the 32 channels and LOAD runs three
+    tiles ahead; the banks take their words in the same cycle (a word a cycle each), where
+    the same config with one WGT write port takes them one after the other, as on the RTL
+    core."""
     u280 = load_config("u280")
+    one_port = dataclasses.replace(u280, buffers=dataclasses.replace(u280.buffers,
+                                                                     wgt_banks=1))
     w, b = _layer(5, 1100, 768)
-    compile_linear(w, b, u280, tmp_path / "u", wformat=wformat, group=64)
-    folder = load_folder(tmp_path / "u", u280)
-    ins = [decode(x) for x in folder.program.words]
-    assert len({i.channel for i in ins if i.opcode == Opcode.LD}) == u280.memory.channels
-    assert len({i.wbuf_addr for i in ins if i.opcode == Opcode.MV}) == 4
-    out, stats = run_isa(folder, u280)
-    assert torch.equal(out, run_golden(folder))
-    wgt_words = sum(i.count * i.nbytes for i in ins if i.opcode == Opcode.LD
-                    and i.buf == Buffer.WGT) // u280.word_bytes
-    assert stats["cycles"] >= wgt_words > u280.memory.channels
+    cycles = {}
+    for cfg in (u280, one_port):
+        out_dir = tmp_path / str(cfg.buffers.wgt_banks)
+        compile_linear(w, b, cfg, out_dir, wformat=wformat, group=64)
+        folder = load_folder(out_dir, cfg)
+        ins = [decode(x) for x in folder.program.words]
+        assert len({i.channel for i in ins if i.opcode == Opcode.LD}) == u280.memory.channels
+        assert len({i.wbuf_addr for i in ins if i.opcode == Opcode.MV}) == 4
+        out, stats = run_isa(folder, cfg)
+        assert torch.equal(out, run_golden(folder))
+        wgt_words = sum(i.count * i.nbytes for i in ins if i.opcode == Opcode.LD
+                        and i.buf == Buffer.WGT) // u280.word_bytes
+        cycles[cfg.buffers.wgt_banks] = stats["cycles"]
+    assert cycles[1] >= wgt_words > u280.memory.channels
+    assert cycles[32] < cycles[1] // 2
 
 
 # -- helpers to mutate programs -------------------------------------------------------------
