@@ -268,10 +268,14 @@ def _ram_wrapper(width: int, depth: int, gran: int, read_ports: int) -> str:
 
 def channel_config(config, channels: int):
     """``config`` with ``channels`` memory channels and, with the decode unit, as many
-    slices of ``slice_chains`` chains (the same channel latency everywhere)."""
+    slices of ``slice_chains`` chains (the same channel latency everywhere); a banked WGT
+    buffer keeps its banks per channel."""
     chains = config.slice_chains * channels if config.decode_unit else config.chains
+    banks = config.buffers.wgt_banks
+    if banks > 1:
+        banks = max(1, banks * channels // config.memory.channels)
     return dataclasses.replace(
-        config, chains=chains,
+        config, chains=chains, buffers=dataclasses.replace(config.buffers, wgt_banks=banks),
         memory=config.memory.uniform(channels))
 
 
