@@ -550,6 +550,7 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
     """
     from . import fixedpoint as fx
     from .formats import FORMAT_BY_NAME, tile_layout, unpack_tile
+    from .wgt_banks import WgtBanks
     mm = manifest["model"]
     lay = mm["layout"]
     shape = dict(mm["shape"])
@@ -559,6 +560,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
     def i32(addr, count):
         return torch.from_numpy(np.frombuffer(bytes(image[addr:addr + 4 * count]),
                                               dtype="<i4").astype(np.int64))
+
+    banks = WgtBanks.of(config)
 
     def lin(name):
         v = mm["linears"][name]
@@ -571,7 +574,8 @@ def read_llm_model(manifest: dict, image, config: AccelConfig) -> dict:
             tl = tile_layout(rows=t["rows"], k=t["cols"], group=v["group"], wfmt=wf,
                              chains=config.chains, lanes=config.lanes, bias=False,
                              align=config.word_bytes)
-            tq, ts, _ = unpack_tile(tl, bytes(image[t["addr"]:t["addr"] + t["nbytes"]]))
+            tq, ts, _ = unpack_tile(tl, banks.read_tile(image, t["addr"], t["nbytes"],
+                                                        config.word_bytes))
             r0, c0 = t["row0"], t["col0"]
             q[r0:r0 + t["rows"], c0:c0 + t["cols"]] = tq
             g0 = c0 // v["group"]

@@ -103,3 +103,9 @@ class WgtBanks:
         parts = np.frombuffer(bytes(image[:size]), dtype=np.uint8).reshape(
             self.banks, -1, self.bank_words * word_bytes)
         return parts.transpose(1, 0, 2).tobytes()[:nbytes]
+
+    def read_tile(self, image, addr: int, nbytes: int, word_bytes: int) -> bytes:
+        """The ``nbytes`` of the rows of the WGT tile whose image (:meth:`tile_image`) is at
+        ``addr`` of ``image``."""
+        size = self.tile_bytes(nbytes, word_bytes)
+        return self.tile_rows(image[addr:addr + size], nbytes, word_bytes)

@@ -27,14 +27,6 @@ from airfoil.wgt_banks import WgtBanks
 __all__ = ["run_golden", "layer_tensors"]
 
 
-def _tile_rows(folder, cfg, addr: int, nbytes: int) -> bytes:
-    """The ``nbytes`` of a WGT tile's rows from its image at ``addr`` (bank-major on a
-    banked WGT buffer, :meth:`airfoil.wgt_banks.WgtBanks.tile_image`)."""
-    banks = WgtBanks.of(cfg)
-    size = banks.tile_bytes(nbytes, cfg.word_bytes)
-    return banks.tile_rows(folder.image[addr:addr + size], nbytes, cfg.word_bytes)
-
-
 def _as_folder(folder) -> Folder:
     return folder if isinstance(folder, Folder) else load_folder(folder)
 
@@ -66,7 +58,8 @@ def layer_tensors(folder, index: int = 0) -> dict:
         if lay.nbytes != t["nbytes"] or t["addr"] + lay.nbytes > len(folder.image):
             raise AirfoilError(f"tile at row {r0}, column {c0}: manifest says {t['nbytes']} "
                                f"bytes at {t['addr']:#x}, layout needs {lay.nbytes}")
-        tq, ts, tb = unpack_tile(lay, _tile_rows(folder, cfg, t["addr"], lay.nbytes))
+        raw = WgtBanks.of(cfg).read_tile(folder.image, t["addr"], lay.nbytes, cfg.word_bytes)
+        tq, ts, tb = unpack_tile(lay, raw)
         q[r0:r0 + rows, c0:c0 + cols] = tq
         scales[r0:r0 + rows, c0 // group:(c0 + cols) // group] = ts
         covered[r0:r0 + rows, c0:c0 + cols] = True
@@ -114,7 +107,8 @@ def _stream_tensors(folder: Folder, cfg, layer: dict) -> dict:
                 raise AirfoilError(f"bias tile of rows {r0}..{r0 + rows - 1}: manifest says "
                                    f"{t['bias_nbytes']} bytes at {b0:#x}, layout needs "
                                    f"{lay.nbytes}")
-            bq, _, bb = unpack_tile(lay, _tile_rows(folder, cfg, b0, lay.nbytes))
+            raw = WgtBanks.of(cfg).read_tile(folder.image, b0, lay.nbytes, cfg.word_bytes)
+            bq, _, bb = unpack_tile(lay, raw)
             if bool(bq.any()):
                 raise AirfoilError(f"bias tile of rows {r0}..{r0 + rows - 1} has nonzero "
                                    f"weights")
