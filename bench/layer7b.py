@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["FIGURES", "CONFIG", "CONTEXT", "SHAPE", "NARROW_SHAPE", "layer_rtl",
+__all__ = ["FIGURES", "CONFIG", "NARROW_CONFIG", "CONTEXT", "SHAPE", "NARROW_SHAPE", "layer_rtl",
            "model_split", "projections", "figures"]
 
 #: Figure name (``<recipe>`` a key of :data:`RECIPES`, ``<ctx>`` one of
@@ -46,6 +46,9 @@ NARROW_SHAPE = _ROOT / "compiler" / "shapes" / "llama_narrow_layer.yaml"
 #: The config the layer runs on in RTL (8 U280 channels, the WGT-tile engine alone: the
 #: dense INT4 layer's program is the one u280_8ch runs), and the context of its decode step.
 CONFIG = "u280_8ch_tiles"
+#: The config of the narrow layer's run in the regression (a quarter of :data:`CONFIG`:
+#: the same path on a core that builds in minutes).
+NARROW_CONFIG = "u280_2ch_tiles"
 CONTEXT = 512
 #: The published model the projections are of (compiler.synthetic.SHAPES).
 MODEL = "llama2-7b"

@@ -1,14 +1,15 @@
-"""A synthetic decoder layer's decode step on the RTL core of ``u280_8ch_tiles`` (8 of the
-U280's channels, the WGT-tile engine), after a KV cache the host wrote: bit-exact with the
-ISA simulator and the golden model, and the cycle model within 3 % of the core's cycle
-counter.
+"""A synthetic decoder layer's decode step on the RTL core of a WGT-tile engine of the
+U280, after a KV cache the host wrote: bit-exact with the ISA simulator and the golden
+model, and the cycle model within 3 % of the core's cycle counter.
 
-The narrow layer (hidden 256, MLP 640, 4 heads of 64, context 64) runs in the regression;
-the full-width LLaMA-2-7B layer at context 512 (bench area ``layer7b``) is the slow case.
-Both share one Verilator build of the core.
+The narrow layer (hidden 256, MLP 640, 4 heads of 64, context 64) runs in the regression on
+``u280_2ch_tiles`` (2 channels, 8 chains); the full-width LLaMA-2-7B layer at context 512
+on ``u280_8ch_tiles`` (8 channels, 32 chains; bench area ``layer7b``) is the slow case.
+Each run is made once for the tests that read it.
 """
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def test_configs_derive_from_u280():
     assert c.weight_formats == c.tile_formats == ("int4", "int8")
     assert len({a.config_hash, b.config_hash, c.config_hash}) == 3
     assert layer7b.CONFIG == c.name
+    d = load_config(layer7b.NARROW_CONFIG)                  # a quarter of u280_8ch_tiles
+    assert (d.memory.channels, d.chains, d.buffers.wgt_banks) == (2, 8, 2)
+    assert (d.lanes, d.weight_formats, d.decode_unit, d.clock_mhz) == \
+        (c.lanes, c.weight_formats, c.decode_unit, c.clock_mhz)
+    assert dataclasses.replace(d.buffers, wgt_banks=8) == c.buffers
 
 
 def test_dense_int4_layer_compiles_alike_with_and_without_the_decode_unit(tmp_path):
@@ -88,10 +94,17 @@ def test_dense_int4_layer_compiles_alike_with_and_without_the_decode_unit(tmp_pa
     assert runs["u280_8ch"] == runs["u280_8ch_tiles"]
 
 
-@pytest.fixture(scope="module")
+@functools.cache
+def _narrow_run() -> dict:
+    return layer7b.layer_rtl("build", print, shape=layer7b.NARROW_SHAPE,
+                             config_name=layer7b.NARROW_CONFIG, ctx=64, force=True)
+
+
+@pytest.fixture
 def narrow_run():
-    """The narrow layer's decode step at context 64, run on the RTL core each time."""
-    return layer7b.layer_rtl("build", print, shape=layer7b.NARROW_SHAPE, ctx=64, force=True)
+    """The narrow layer's decode step at context 64, run on the RTL core once a session
+    (kept across the module's fixture teardowns that test ordering may cause)."""
+    return _narrow_run()
 
 
 @pytest.mark.rtl(group="layer7b")
@@ -111,10 +124,16 @@ def test_narrow_layer_cycle_model_within_goal(narrow_run):
     _check(narrow_run)
 
 
-@pytest.fixture(scope="module")
-def full_width_run():
-    """The full-width LLaMA-2-7B layer's decode step at context 512, run on the RTL core."""
+@functools.cache
+def _full_width_run() -> dict:
     return layer7b.layer_rtl("build", print, force=True)
+
+
+@pytest.fixture
+def full_width_run():
+    """The full-width LLaMA-2-7B layer's decode step at context 512, run on the RTL core
+    once a session."""
+    return _full_width_run()
 
 
 @pytest.mark.rtl(group="layer7b")
