@@ -117,6 +117,26 @@ def kernel_signature(read_bits: int = 32, write_bits: int = 32) -> dict:
     }
 
 
+class WordKernel(wiring.Component):
+    """A kernel whose read ports are a buffer word wide (``word_bits``: a power of two of
+    at least 32), and its write port too when ``word_writes``; its cycle count is its
+    module's ``cycles(args, word_bytes=...)`` (``formula``)."""
+
+    def __init__(self, formula, *, word_bits: int = 32, word_writes: bool = False):
+        self._word_bytes = word_bytes_of(word_bits)
+        self._formula = formula
+        super().__init__(kernel_signature(word_bits, word_bits if word_writes else 32))
+
+    @property
+    def word_bits(self) -> int:
+        """Width of the read ports."""
+        return 8 * self._word_bytes
+
+    def cycles(self, args) -> int:
+        """The kernel's cycles on ``args`` (its module's formula)."""
+        return self._formula(args, word_bytes=self._word_bytes)
+
+
 def finish_states(m, kernel) -> None:
     """Add a kernel FSM's last states (inside its ``with m.FSM()``): ``ERR`` reports
     MALFORMED with ``done``, ``END`` reports ``done``; both return to ``IDLE``."""

@@ -12,7 +12,6 @@ ones by a flush); the scale pair (int32 ``sm``, int32 ``se``) follows in two wri
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
 from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
@@ -20,7 +19,7 @@ from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat,
                     sat_addr, shift_round, span_words, tree, word_lanes)
-from .kernel import finish_states, kernel_signature, put_int32, word_bytes_of
+from .kernel import WordKernel, finish_states, put_int32
 
 __all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
            "word_amax", "DIV_LATENCY", "KERNELS"]
@@ -85,7 +84,7 @@ def word_amax(m: Module, lanes, amax):
     return tree(lambda p, q: Mux(p > q, p, q), mags + [amax])
 
 
-class QuantTokenKernel(wiring.Component):
+class QuantTokenKernel(WordKernel):
     """Quantize each of the ``rows x heads`` segments of ``n / heads`` int32 to INT8.
 
     Values of segment ``s`` go to ``dst_addr + s * imm0`` (``imm0 = 0``: the segment
@@ -99,17 +98,7 @@ class QuantTokenKernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32):
-        self._word_bytes = word_bytes_of(word_bits)
-        super().__init__(kernel_signature(word_bits, word_bits))
-
-    @property
-    def word_bits(self) -> int:
-        """Width of the read ports."""
-        return 8 * self._word_bytes
-
-    def cycles(self, args) -> int:
-        """See :func:`cycles`."""
-        return cycles(args, word_bytes=self._word_bytes)
+        super().__init__(cycles, word_bits=word_bits, word_writes=True)
 
     def elaborate(self, platform):
         m = Module()

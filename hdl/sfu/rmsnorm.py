@@ -14,7 +14,6 @@ then read ``sat32(x - mean)``. One kernel serves both functions (``args.func`` s
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
 from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
@@ -22,7 +21,7 @@ from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
                     shift_round, shift_round_signed, span_words, tree, word_lanes)
-from .kernel import finish_states, kernel_signature, word_bytes_of
+from .kernel import WordKernel, finish_states
 from .quant import mantissa_expr, word_amax
 
 __all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
@@ -67,7 +66,7 @@ def rsqrt_newton(nrm, she, y0):
     return clamp(y1, 1 << 15, (1 << 16) - 1)[:16], 23 + (she >> 1)
 
 
-class RmsNormKernel(wiring.Component):
+class RmsNormKernel(WordKernel):
     """Normalise ``rows`` rows of ``n`` int32 with the int32 Q16 gain at ``aux_addr``;
     ``LAYERNORM`` first subtracts each row's mean.
 
@@ -81,17 +80,7 @@ class RmsNormKernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32):
-        self._word_bytes = word_bytes_of(word_bits)
-        super().__init__(kernel_signature(word_bits))
-
-    @property
-    def word_bits(self) -> int:
-        """Width of the read ports."""
-        return 8 * self._word_bytes
-
-    def cycles(self, args) -> int:
-        """See :func:`cycles`."""
-        return cycles(args, word_bytes=self._word_bytes)
+        super().__init__(cycles, word_bits=word_bits)
 
     def elaborate(self, platform):
         m = Module()
