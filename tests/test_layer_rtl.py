@@ -108,21 +108,20 @@ def narrow_run():
 
 
 @pytest.mark.rtl(group="layer7b")
-def test_narrow_layer_bit_exact(narrow_run):
-    """RTL, ISA simulator and golden model agree (run_layer_step raises otherwise)."""
+def test_narrow_layer_bit_exact_and_cycle_model(narrow_run):
+    """RTL, ISA simulator and golden model agree (run_layer_step raises otherwise); the
+    cycle model within the goal, else an expected failure: on the narrow layer, whose
+    units are not hidden behind the weight loads, it is about 8 % short of the core on
+    u280_2ch_tiles (7,909 RTL layer cycles, 7,300 modelled), where is not located yet.
+    One test, so the RTL run is made once whichever worker takes it."""
     m = narrow_run
     assert m["golden_checked"] and m["ctx"] == 64
     assert m["rtl_cycles"] > m["layer_rtl_cycles"] > m["model_rest_cycles"] > 0
     assert all(m[f"rtl_busy_{u}"] > 0 for u in ("load", "matrix", "sfu", "store"))
-
-
-@pytest.mark.rtl(group="layer7b")
-@pytest.mark.xfail(strict=True, reason="on the narrow layer, whose units are not hidden "
-                   "behind the weight loads, the cycle model is about 8 % short of the core "
-                   "on u280_2ch_tiles (7,909 RTL layer cycles, 7,300 modelled); where is "
-                   "not located yet")
-def test_narrow_layer_cycle_model_within_goal(narrow_run):
-    _check(narrow_run)
+    if m["layer_model_error"] > MODEL_ERROR_GOAL:
+        pytest.xfail(f"cycle model {m['layer_model_cycles']} vs RTL "
+                     f"{m['layer_rtl_cycles']} layer cycles "
+                     f"({100 * m['layer_model_error']:.1f} % off)")
 
 
 @functools.cache

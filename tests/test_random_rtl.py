@@ -47,7 +47,7 @@ def test_every_pair_bit_exact_on_the_other_pe_kinds(tmp_path, base):
 
 
 def test_random_layers_bit_exact_on_two_channels(tmp_path):
-    _run(tmp_path, 2, 20_000, 40)
+    _run(tmp_path, 2, 20_000, 20)
 
 
 @pytest.mark.slow
