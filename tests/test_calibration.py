@@ -1,12 +1,10 @@
 """Calibrated quantization: the methods against round to nearest, the AWQ fold, the bits
 budget, the compiled calibrated model against the ISA simulator, and bad input."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from airfoil.config import load_config
 from airfoil.errors import CompileError
@@ -23,7 +21,7 @@ from compiler.passes import FoldAttentionScale, llm_pipeline, quantized_model
 from compiler.quant_algorithms import (awq_scales, format_spec, gptq, output_error, rtn,
                                        sparsegpt)
 from compiler.tokenizer import ByteTokenizer
-from llmtools import random_llama
+from llmtools import random_llama, write_hf_folder
 from sim.golden_llm import GoldenLLM, golden_from_folder
 from sim.isa_sim import IsaLLM
 
@@ -180,14 +178,9 @@ def test_calibration_tokens_and_recipe_errors(tmp_path):
 
 
 def _hf(path):
-    m = random_llama(heads=2, kv=1, hd=32, vocab=256, inter=64, layers=1, max_pos=32)
     path.mkdir()
-    save_file({k: v.clone().contiguous() for k, v in m.hf_state_dict().items()},
-              str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(m.shape.to_hf()))
-    (path / "tokenizer.json").write_text(json.dumps({"airfoil_tokenizer": "bytes",
-                                                     "vocab_size": 256}))
-    return path
+    return write_hf_folder(path, random_llama(heads=2, kv=1, hd=32, vocab=256, inter=64,
+                                              layers=1, max_pos=32))
 
 
 def test_cli_calibration_file(tmp_path, capsys):

@@ -2,10 +2,8 @@
 pipeline's, then the lowering's, named as a single layer's) prints what it made and
 writes nothing before ``emit``; what the lowering's steps made is what the folder holds."""
 
-import json
 
 import pytest
-from safetensors.torch import save_file
 
 from airfoil.config import load_config
 from airfoil.folder import load_folder
@@ -15,7 +13,7 @@ from compiler.llm_recipe import parse_llm_recipe
 from compiler.llm_steps import llm_steps
 from compiler.lower_llm import LOWER_STEPS, compile_llm
 from compiler.passes import llm_pipeline, quantized_model
-from llmtools import random_llama
+from llmtools import random_llama, write_hf_folder
 
 #: The default pipeline's steps and the lowering's, with the start of what each prints.
 STEPS = {"validate": "validate: 19 nodes (",
@@ -37,14 +35,7 @@ def _model():
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     """A one-layer random LLaMA in HF layout with a byte tokenizer."""
-    path = tmp_path_factory.mktemp("model")
-    m = _model()
-    save_file({k: v.clone().contiguous() for k, v in m.hf_state_dict().items()},
-              str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(m.shape.to_hf()))
-    (path / "tokenizer.json").write_text(json.dumps({"airfoil_tokenizer": "bytes",
-                                                     "vocab_size": 256}))
-    return path
+    return write_hf_folder(tmp_path_factory.mktemp("model"), _model())
 
 
 def _args(tmp_path, model, method=""):
