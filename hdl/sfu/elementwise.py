@@ -26,7 +26,7 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
 
 from .arith import clamp, rom, sat, sat_addr, shift_round
-from .kernel import ADDR_BITS, kernel_signature, word_bytes_of
+from .kernel import ADDR_BITS, kernel_signature, lane_count
 
 __all__ = ["ElementwiseKernel", "cycles", "on_words", "FUNCS", "KERNELS"]
 
@@ -130,12 +130,7 @@ class ElementwiseKernel(wiring.Component):
         if func not in FUNCS:
             raise ValueError(f"Element-wise kernel function must be one of "
                              f"{', '.join(f.name for f in FUNCS)}, not {func!r}")
-        wb = word_bytes_of(word_bits)
-        lanes = wb // 4 if lanes is None or func == SfuFunc.COPY else lanes
-        if (not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1
-                or (wb // 4) % lanes or lanes & (lanes - 1)):
-            raise ValueError(f"Element-wise lanes must be a power of two dividing "
-                             f"{wb // 4}, not {lanes!r}")
+        lanes = lane_count(None if func == SfuFunc.COPY else lanes, word_bits, "Element-wise")
         self._func = func
         self._funcs = next(d for d in DATAPATHS if func in d)
         self._word_bits = word_bits

@@ -73,6 +73,19 @@ def word_bytes_of(word_bits) -> int:
     return word_bits // 8
 
 
+def lane_count(lanes, word_bits: int, what: str) -> int:
+    """The int32 lanes of a kernel on ``word_bits``-wide words: ``lanes``, or the word's
+    int32 count when None; raise ValueError (naming ``what``) unless a power of two
+    dividing that count."""
+    per_word = word_bytes_of(word_bits) // 4
+    lanes = per_word if lanes is None else lanes
+    if (not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1
+            or per_word % lanes or lanes & (lanes - 1)):
+        raise ValueError(f"{what} lanes must be a power of two dividing {per_word}, "
+                         f"not {lanes!r}")
+    return lanes
+
+
 def read_port_signature(data_bits: int = 32) -> wiring.Signature:
     """Kernel-side read port: ``addr``/``en`` out, ``data`` (``data_bits`` wide, the
     little-endian bytes from ``addr``, a multiple of ``data_bits / 8``) in one cycle later."""

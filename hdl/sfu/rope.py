@@ -17,7 +17,7 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import SfuFunc
 
 from .arith import Divider, divider_latency, sat, sat_addr, shift_round
-from .kernel import ADDR_BITS, finish_states, kernel_signature, word_bytes_of
+from .kernel import ADDR_BITS, finish_states, kernel_signature, lane_count
 
 __all__ = ["RopeKernel", "cycles", "on_words", "DIV_LATENCY", "KERNELS"]
 
@@ -71,12 +71,7 @@ class RopeKernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32, lanes: int | None = None):
-        wb = word_bytes_of(word_bits)
-        lanes = wb // 4 if lanes is None else lanes
-        if (not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1
-                or (wb // 4) % lanes or lanes & (lanes - 1)):
-            raise ValueError(f"RoPE lanes must be a power of two dividing {wb // 4}, "
-                             f"not {lanes!r}")
+        lanes = lane_count(lanes, word_bits, "RoPE")
         self._word_bits = word_bits
         self._lanes = lanes
         super().__init__(kernel_signature(word_bits, word_bits))
