@@ -161,18 +161,26 @@ def _linear_case(folder, cfg, seed, program=None, stall=0.25):
                    max_cycles=400_000, channel_offsets=channel_offsets(folder.manifest, cfg))
 
 
+def _layer_cases(tmp, cfg, first_seed: int, names=tuple(LAYERS)):
+    """The layers ``names`` of :data:`LAYERS` compiled for ``cfg`` (layer ``i`` with seed
+    ``i``) and their RTL cases: ``(keys, cases, extra)`` with ``extra[name]`` the folder;
+    case ``i``'s stall seed ``first_seed + i``."""
+    keys, cases, extra = [], [], {}
+    for seed, name in enumerate(names):
+        f = _compile(tmp, cfg, name, seed)
+        extra[name] = f
+        keys.append(name)
+        cases.append(_linear_case(f, cfg, first_seed + seed))
+    return keys, cases, extra
+
+
 def _run_config(tmp, channels):
     """Every case of the variant with ``channels`` channels in one simulation."""
     from airfoil.cli.backend_rtl import emit_core
     from sim.rtl import RtlCase, run_core
     cfg = mc_config(channels)
     core = emit_core(cfg, "build")
-    keys, cases, extra = [], [], {}
-    for seed, name in enumerate(LAYERS):
-        f = _compile(tmp, cfg, name, seed)
-        extra[name] = f
-        keys.append(name)
-        cases.append(_linear_case(f, cfg, 10 * channels + seed))
+    keys, cases, extra = _layer_cases(tmp, cfg, 10 * channels)
     base = extra["slices"]
     words = list(base.program.words)
     ld = next(i for i, w in enumerate(words) if isa.decode(w).opcode == Opcode.LD)

@@ -23,7 +23,7 @@ from airfoil.program import Program
 from airfoil.wgt_banks import WgtBanks
 from sim.random_regression import channel_variant
 
-from tests.test_rtl_multichannel import HALT, _compile, _ld, _linear_case, _out, _st
+from tests.test_rtl_multichannel import HALT, _layer_cases, _ld, _out, _st
 
 pytestmark = pytest.mark.rtl(group="rtl_wgt_banks")
 
@@ -77,12 +77,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wgt_banks")
     cfg = banked_config()
     core = emit_core(cfg, "build")
-    keys, cases, extra = [], [], {}
-    for seed, name in enumerate(LAYERS):
-        f = _compile(tmp, cfg, name, seed)
-        extra[name] = f
-        keys.append(name)
-        cases.append(_linear_case(f, cfg, 20 + seed))
+    keys, cases, extra = _layer_cases(tmp, cfg, 20, LAYERS)
     img = bytearray(np.random.default_rng(5).integers(0, 256, REGION, dtype=np.uint8))
     img[0x1000:] = bytes(REGION - 0x1000)
     extra["round_trip"] = img
