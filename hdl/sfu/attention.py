@@ -262,11 +262,11 @@ class _Kernel(wiring.Component):
     buffers' word for the record streams of ``ATT_QK`` and ``ATT_PV``).
     """
 
-    def __init__(self, *, word_bits: int = 32):
+    def __init__(self, *, word_bits: int = 32, write_bits: int = 32, aux_bits=None):
         if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
             raise TypeError(f"Word width must be a whole number of bytes, not {word_bits!r}")
         self._word_bytes = _check_word_bytes(word_bits // 8)
-        super().__init__(kernel_signature(word_bits))
+        super().__init__(kernel_signature(word_bits, write_bits, aux_bits))
 
     @property
     def word_bits(self) -> int:
@@ -319,8 +319,10 @@ class _HeadWalk:
     per head, so no divider is needed.
     """
 
-    def __init__(self, m: Module, args, launch):
+    def __init__(self, m: Module, args, launch, keys=None):
         self.args = args
+        #: Key steps of a ``(row, head)``: ``length``, or the key groups of a banked buffer.
+        self.keys = args.length if keys is None else keys
         self.stride_l = Signal(ADDR_BITS)
         self.row = Signal(32)
         self.head = Signal(10)
@@ -341,7 +343,7 @@ class _HeadWalk:
 
     @property
     def last_key(self):
-        return self.key == self.args.length - 1
+        return self.key == self.keys - 1
 
     @property
     def last(self):
