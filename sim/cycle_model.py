@@ -235,7 +235,8 @@ class CycleModel:
                                  src_addr=src_addr, aux_addr=aux_addr,
                                  dst_addr=dst_addr, imm0=imm0, imm1=imm1),
                             word_bits=8 * self._config.word_bytes,
-                            sfu_lanes=self._config.sfu_lane_count) + TOKEN_HANDOFF
+                            sfu_lanes=self._config.sfu_lane_count,
+                            kv_banks=self._config.buffers.kv_banks) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

@@ -697,8 +697,11 @@ class IsaSim:
         # The (R, heads, L) scores or probabilities bound L by their buffer: check their
         # span, then the key/value records', before any record is read.
         # On a banked KV buffer (airfoil.kv_banks) the records lie in the banks by key.
-        banks = self.kv_banks if aux == Buffer.KV and self.kv_banks.banks > 1 else None
+        banks = self.kv_banks if self.kv_banks.banks > 1 else None
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
+            if banks is not None and aux != Buffer.KV:
+                raise fault(i, what, ErrorCode.MALFORMED, f"records must be in the KV "
+                            f"buffer of {banks.banks} banks, not in {aux.name}")
             if banks is not None and (banks.misaligned(xa, f["imm1"]) or (
                     fn == SfuFunc.ATT_QK and banks.misaligned(sa, f["imm0"]))):
                 raise fault(i, what, ErrorCode.MALFORMED, f"records on the {banks.banks} "

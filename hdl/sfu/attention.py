@@ -167,15 +167,23 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + drain + n) + 2
 
 
-def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
+def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM,
+           kv_banks: int = 1) -> int:
     """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`) with
-    read ports of ``word_bytes``."""
+    read ports of ``word_bytes``; ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks``
+    banks take the formulas of :mod:`hdl.sfu.banked_attention` when there are several."""
+    from . import banked_attention
     func = SfuFunc(_arg(args, "func"))
     if func == SfuFunc.ATT_QK:
+        if kv_banks > 1:
+            return banked_attention.qk_cycles(args, word_bytes=word_bytes, banks=kv_banks)
         return qk_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.SOFTMAX:
         return softmax_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.ATT_PV:
+        if kv_banks > 1:
+            return banked_attention.pv_cycles(args, max_head_dim, word_bytes=word_bytes,
+                                              banks=kv_banks)
         return pv_cycles(args, max_head_dim, word_bytes=word_bytes)
     raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
 
