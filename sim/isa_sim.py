@@ -252,11 +252,14 @@ class IsaSim:
         return count * ins.nbytes
 
     def _write_port(self, ins: Instr):
-        """The buffer write port an LD's words take: the buffer's one, or the WGT bank its
-        ``buf_addr`` names."""
-        if ins.buf != Buffer.WGT:
-            return ins.buf
-        return (ins.buf, self.wgt_banks.bank(ins.buf_addr // self.config.word_bytes))
+        """The buffer write port an LD's words take: the buffer's one, or the WGT or KV
+        bank its ``buf_addr`` names."""
+        word = ins.buf_addr // self.config.word_bytes
+        if ins.buf == Buffer.WGT:
+            return (ins.buf, self.wgt_banks.bank(word))
+        if ins.buf == Buffer.KV and self.kv_banks.banks > 1:
+            return (ins.buf, self.kv_banks.word_map.bank(word))
+        return ins.buf
 
     def _banked_row(self, buf, b0: int, nbytes: int, d0: int, channel: int, write: bool):
         """Move the ``nbytes`` at LD/ST address ``b0`` of a banked WGT buffer from or to
