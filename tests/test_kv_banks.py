@@ -49,3 +49,27 @@ def test_parameter_block():
     assert parameter_block(5, 3) == np.array([5, 3, 8, 8], "<i4").tobytes()
     assert parameter_block(5, 3, 4)[12:] == np.array([2], "<i4").tobytes()
     assert parameter_block(6, 3, 4)[12:] == np.array([3], "<i4").tobytes()
+
+
+def test_tiny_model_on_banked_kv_equals_golden(tmp_path):
+    """The compiled tiny model on ``sim_llm_kv_banks`` (4 KV banks: per-bank loads of key
+    groups, banked ATT_QK/ATT_PV records) chooses the golden's tokens in the ISA simulator
+    (the RTL core too: tests/test_llm_rtl.py, slow)."""
+    from compiler.ir import build_llama_graph
+    from compiler.llm_recipe import parse_llm_recipe
+    from compiler.lower_llm import compile_llm
+    from compiler.passes import llm_pipeline, quantized_model
+    from llmtools import random_llama
+    from sim.golden_llm import generate_folder
+    from sim.isa_sim import generate_isa
+
+    from airfoil.folder import load_folder
+    cfg = load_config("sim_llm_kv_banks")
+    m = random_llama(heads=4, kv=2, hd=16, vocab=37, inter=96, layers=1, max_pos=32, seed=1)
+    recipe = {"weights": [{"match": "*", "format": "int8", "group": 32}]}
+    g = llm_pipeline(parse_llm_recipe(recipe)).run(build_llama_graph(m.shape,
+                                                                     m.hf_state_dict()))
+    compile_llm(quantized_model(g), cfg, tmp_path / "out", max_prompt=5)
+    folder = load_folder(tmp_path / "out", cfg)
+    prompt = [5, 17, 2, 30, 11, 8, 1]
+    assert generate_isa(folder, cfg, prompt, 6)[0] == generate_folder(folder, prompt, 6)[0]

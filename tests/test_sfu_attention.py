@@ -636,3 +636,24 @@ def test_banked_misaligned_refused(func, kernel):
     got = check(kernel(word_bits=64, banks=2), args, src, aux, 3,
                 config=banked_config(2, 64))
     assert got["code"] == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
+def test_banked_reference_refusals(func):
+    """On a banked KV buffer the ISA simulator refuses records outside KV (MALFORMED) and
+    records that reach past their bank (BUFFER_RANGE), as the SFU unit does."""
+    rng, src, aux = random_buffers(4)
+    config = banked_config(2, 64)
+    bank = BUF_BYTES // 2
+    args = make_args(func, n=8, rows=1, heads=2, kv_heads=1, length=5, src_addr=0,
+                     aux_addr=bank - 16, imm0=16, imm1=16)
+    assert run_reference(args, src, aux, bytes(BUF_BYTES), config)[1] == \
+        ErrorCode.BUFFER_RANGE                     # 3 groups of 16 bytes from bank - 16
+    isa = IsaSim(config, bytearray(64))
+    isa.regs[LEN_REG] = 5
+    fields = dict(func=func, n=8, rows=1, rows_reg=0, heads=2, kv_heads=1, pos_reg=0,
+                  len_reg=LEN_REG, src=Buffer.ACT, aux=Buffer.OUT, dst=Buffer.OUT,
+                  src_addr=0, aux_addr=0, dst_addr=0, imm0=16, imm1=16)
+    with pytest.raises(ProgramError) as e:
+        isa._sfu_func(0, SimpleNamespace(fields=fields))
+    assert e.value.code == ErrorCode.MALFORMED
