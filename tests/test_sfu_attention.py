@@ -37,16 +37,19 @@ def _up8(n: int) -> int:
 
 def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed: int,
                max_cycles: int = 200_000) -> dict:
-    """Run one kernel invocation; return cycles, error flag/code and the write count.
+    """Run one kernel invocation; return cycles, error flag/code, the write count and the
+    bytes written (``written``: enabled bytes, a byte written twice counts twice).
 
     The read ports answer with the little-endian word (of the ports' width) at the
     address of the previous cycle, which must be a multiple of the word; when ``en`` was
     low they hold their word or show random bits (either at random; the kernel must ignore
-    both). Writes go to ``dst`` under their byte enables.
+    both). Writes (of the write port's width, at a multiple of it) go to ``dst`` under
+    their byte enables.
     """
     rng = random.Random(seed)
     out = {}
     wb = len(dut.src.data) // 8
+    wr = len(dut.dst.data) // 8
 
     async def testbench(ctx):
         ctx.set(dut.args, ARGS_LAYOUT.const(args))
@@ -55,7 +58,7 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
         ctx.set(dut.start, 0)
         pending = {"src": None, "aux": None}
         held = {"src": 0, "aux": 0}
-        writes = 0
+        writes = written = 0
         for cycle in range(1, max_cycles):
             for name, mem in (("src", src), ("aux", aux)):
                 port = getattr(dut, name)
@@ -76,15 +79,17 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
             en = ctx.get(dut.dst.en)
             if en:
                 a, d = ctx.get(dut.dst.addr), ctx.get(dut.dst.data)
-                assert a % 4 == 0 and a + 4 <= len(dst), f"dst write at {a:#x}"
-                for b in range(4):
+                assert a % wr == 0 and a + wr <= len(dst), f"dst write at {a:#x}"
+                for b in range(wr):
                     if en >> b & 1:
                         dst[a + b] = d >> (8 * b) & 0xFF
                 writes += 1
+                written += bin(en).count("1")
             assert ctx.get(dut.busy), f"busy low in cycle {cycle} before done"
             if ctx.get(dut.done):
                 out.update(cycles=cycle, err=ctx.get(dut.err),
-                           code=ErrorCode(ctx.get(dut.err_code)), writes=writes)
+                           code=ErrorCode(ctx.get(dut.err_code)), writes=writes,
+                           written=written)
                 await ctx.tick()
                 assert not ctx.get(dut.busy) and not ctx.get(dut.done)
                 return
@@ -253,7 +258,7 @@ def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
     dut = Softmax(word_bits=word_bits)
     assert dut.latency == 4
     got = check(dut, args, src, aux, seed)
-    assert got["writes"] == count
+    assert got["written"] == 4 * count         # every probability written once
 
 
 @pytest.mark.parametrize("word_bits", [32, 128])
@@ -274,7 +279,7 @@ def test_softmax_sliding_window(rows, heads, length, pos, window, word_bits):
     scores[0] = 1 << 24                 # the row maximum lies before the window
     src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
     got = check(Softmax(word_bits=word_bits), args, src, aux, 5)     # cycles checked too
-    assert got["writes"] == count
+    assert got["written"] == 4 * count         # every probability written once
 
 
 @pytest.mark.parametrize("word_bits", [32, 128])
@@ -294,7 +299,7 @@ def test_softmax_bidirectional(rows, heads, length, pos, window, word_bits):
     scores[length - 1] = 1 << 24        # row 0's maximum is its last key
     src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
     got = check(Softmax(word_bits=word_bits), args, src, aux, 6)     # cycles checked too
-    assert got["writes"] == count
+    assert got["written"] == 4 * count         # every probability written once
     first = np.frombuffer(bytes(got["dst"][512:512 + 4 * length]), dtype="<i4")
     assert first[-1] > 1 << 14          # the causal mask would have made it 0
 
@@ -413,7 +418,7 @@ def test_pv_head_dim_beyond_instance():
     dst = bytearray(BUF_BYTES)
     got = run_kernel(AttentionContext(max_head_dim=16), args, bytes(src), bytes(aux), dst,
                      seed=2)
-    assert got == dict(cycles=1, err=1, code=ErrorCode.UNSUPPORTED, writes=0)
+    assert got == dict(cycles=1, err=1, code=ErrorCode.UNSUPPORTED, writes=0, written=0)
     assert not any(dst)
 
 
