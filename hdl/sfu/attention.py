@@ -11,15 +11,16 @@ ISA simulator's ``_sfu_func``):
   :func:`qk_chunks` cycles per score when both record streams are word-aligned
   (:func:`qk_aligned`), one more (the funnel's word) when not.
 * :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys a word
-  of scores per cycle, exp and sum, normalise and write one score per cycle through a
-  4-stage exp pipeline), with a table-plus-Newton reciprocal between the second and third
-  pass.
+  of scores per cycle, then exp and sum, and normalise and write, a chunk of ``lanes``
+  scores per cycle through ``lanes`` copies of a 4-stage exp pipeline), with a
+  table-plus-Newton reciprocal between the second and third pass.
 * :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
   and the value record's scale pair give the Q20 weight, then the record's values stream
   in a word (``word_bytes``) per cycle into an on-chip accumulator of ``max_head_dim``
   lanes; a final pass writes the ``n`` outputs.
 
-The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512). Records may
+The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512), and the
+:class:`Softmax`'s write port too (the others write an int32 at a time). Records may
 start at any byte address: each read port feeds a *funnel* that joins the previous and the
 current word, so one extra word per stream aligns them (that word is read only when the
 record reaches into it, so nothing past a record's end is read). The compiler places
@@ -137,8 +138,8 @@ def softmax_cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     ``length`` span and one more when :func:`softmax_shifted` (``src_addr``, ``dst_addr``;
     absent: 0); then the last row's drain and ``done``."""
     lanes = lane_count(lanes, 8 * _check_word_bytes(word_bytes), "Softmax")
-    out_chunks = span_words(_arg(args, "length"), 4 * lanes) + softmax_shifted(args, lanes)
     n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
+    out_chunks = span_words(L, 4 * lanes) + softmax_shifted(args, lanes)
     H, pos, window = _arg(args, "heads"), _arg(args, "pos"), _arg(args, "imm0")
     both_ways = _arg(args, "imm1") != 0
     if n < 1 or rows < 1 or L < 1 or (window and not both_ways and pos + rows >= L + window):
