@@ -16,7 +16,7 @@ Schedule (VTA style; the tokens follow from the buffer and memory ranges each in
 reads and writes, :class:`compiler.schedule.Scheduler`)::
 
     LD ACT x                                   the whole input vector, once
-    LD WGT tiles 0 .. S-1                      S = 2 (double buffering) or 4 WGT slots
+    LD WGT tiles 0 .. S-1                      S = 4, 3 or 2 (double buffering) WGT slots
     for each tile t:
         MV t            wait LOAD (+ STORE before reusing an OUT half), release LOAD
                         (for the load of tile t+S) and STORE (at the end of an OUT half)
@@ -24,13 +24,14 @@ reads and writes, :class:`compiler.schedule.Scheduler`)::
         LD WGT tile t+S wait MATRIX (MV t freed the slot), release MATRIX
     SYS HALT
 
-Every tile is at most half the WGT buffer; when tiles fit a quarter, four slots let LOAD
-run three tiles ahead, hiding the memory latency of one tile behind the others. A tile
+Every tile fits a WGT slot; the slots are the LLM lowering's choice
+(:func:`compiler.tiling.plan_wgt_slots`: the fewest tiles, then the most slots, which let
+LOAD run further ahead, hiding the memory latency of one tile behind the others). A tile
 larger than ``max_burst`` words is loaded as one LD per memory channel (word-aligned
 slices; only the last releases the MATRIX token, completions being in order).
 
 A tile is a block of output rows (a multiple of ``chains``) times a chunk of K (all of K
-when it fits half the WGT buffer, else several chunks accumulated with ``acc_init`` and
+when ``chains`` rows of it fit a slot, else several chunks accumulated with ``acc_init`` and
 ``final``). Each OUT half collects the results of consecutive tiles whose first row is
 word-aligned in memory, so every ST is a whole number of memory words.
 
@@ -102,7 +103,7 @@ from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, Validate, quantize_linear
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
-from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_tile,
                       place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
 
@@ -135,8 +136,8 @@ class LinearPlan:
     group_rows : int
         Output rows per OUT half (a multiple of ``rows_per_tile`` and word-aligned).
     slots : int
-        Weight tiles the WGT buffer holds at once (:data:`compiler.tiling.WGT_SLOTS`); the LOAD
-        unit runs ``slots - 1`` tiles ahead of MATRIX.
+        Weight tiles the WGT buffer holds at once (:func:`compiler.tiling.plan_wgt_slots`);
+        the LOAD unit runs ``slots - 1`` tiles ahead of MATRIX.
     slot_bytes : int
         Size of one WGT slot (a multiple of the memory word).
     tiles : list of dict
@@ -171,26 +172,32 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     bias : bool
         Whether the first K chunk of every row block carries an int32 bias section.
     max_tile_bytes : int, optional
-        Upper bound on a tile's bytes below half the WGT buffer (used to force K-splits).
+        Upper bound on a tile's bytes below a WGT slot (used to force K-splits).
+
+    The WGT slots are the LLM lowering's (:func:`compiler.tiling.plan_wgt_slots`: of the
+    slot counts whose slot holds ``chains`` rows x one group, the one that cuts the layer
+    into the fewest tiles, then the most slots).
     """
     wf = weight_format(wformat)
-    wb = config.word_bytes
     chains = config.chains
-    half_w = config.buffers.weight_bytes // 2
-    if max_tile_bytes is not None:
-        half_w = min(half_w, int(max_tile_bytes))
 
     def nbytes(rows, cols):
         return wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=bias).nbytes
 
-    if _up(k, wb) > config.buffers.act_bytes:
+    if _up(k, config.word_bytes) > config.buffers.act_bytes:
         raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
                            f"bytes in config {config.name!r})")
-    # Tiles of at most half the WGT buffer; an OUT half holds a word-aligned whole number
-    # of them.
+    # Tiles of at most a slot (and max_tile_bytes); an OUT half holds a word-aligned whole
+    # number of them.
     limit, accept, group_rows_of = _out_halves(n, config, out_bits)
-    boxes, rows_per_tile, kc = plan_wgt_tiles(n, k, chains, group, nbytes, half_w,
-                                              limit=limit, accept=accept)
+
+    def plan(slot):
+        cap = slot if max_tile_bytes is None else min(slot, int(max_tile_bytes))
+        return plan_wgt_tiles(n, k, chains, group, nbytes, cap, limit=limit, accept=accept)
+
+    slots, slot_bytes = plan_wgt_slots(config, nbytes(chains, group),
+                                       lambda slot: len(plan(slot)[0]))
+    boxes, rows_per_tile, kc = plan(slot_bytes)
     assert rows_per_tile, "chains rows always fit (checked above)"
     tiles = []
     for row0, rows, c0, cols in boxes:
@@ -198,7 +205,6 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         lay = wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=has_bias)
         tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
                       "bias": has_bias, "layout": lay})
-    slots, slot_bytes = wgt_slots(config, max(t["layout"].nbytes for t in tiles))
     chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
     return LinearPlan(rows_per_tile, chunks, group_rows_of(rows_per_tile), tiles, slots,
                       slot_bytes)

@@ -110,7 +110,7 @@ from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream
                       stream_block_bytes, wgt_tile_layout)
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
-from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes
 
 __all__ = ["compile_llm", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "embed_group", "DEFAULT_MAX_PROMPT"]
@@ -169,46 +169,23 @@ def embed_group(model) -> int:
 
 # -- tiling -------------------------------------------------------------------------------
 
-#: Weight-tile slots the WGT buffer may be split into (LOAD runs up to ``slots - 1`` tiles
-#: ahead of MATRIX).
-WGT_SLOTS = (4, 3, 2)
-
-
 def _tile_bytes(config, rows, k, bits, group):
     return wgt_tile_layout(config, rows, k, group=group,
                            wfmt=FORMAT_BY_NAME[f"int{bits}"]).nbytes
 
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
-    """``(slots, slot_bytes)``: of the slot counts in :data:`WGT_SLOTS` in which every
-    layer's minimal tile fits, the one that cuts the tiled layers into the fewest tiles;
-    on a tie the most slots (the LOAD unit runs further ahead).
-
-    Each tile is one matrix instruction, and each pays the MATRIX unit's fill and drain
-    (the serializer's ``chains`` cycles after its last batch, the pipelines' latency) once:
-    a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
-    that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
-    unit nearly twice the cycles its weights take to arrive."""
+    """``(slots, slot_bytes)`` of a model's tiled layers
+    (:func:`compiler.tiling.plan_wgt_slots`: the fewest tiles, then the most slots)."""
     tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
                 for ql in tiled], default=0)
     # Layers of one shape, group and width are tiled alike: plan one of each.
     kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in tiled)
     example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
-    best = None
-    for slots in WGT_SLOTS:
-        slot = slot_bytes(config, slots)
-        if need > slot:
-            continue
-        tiles = sum(count * len(_plan_tiles(config, example[kind], slot))
-                    for kind, count in kinds.items())
-        if best is None or tiles < best[0]:
-            best = (tiles, slots, slot)
-    if best is None:
-        raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
-                           f"bytes) does not fit half the WGT buffer "
-                           f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
-    return best[1], best[2]
+    return plan_wgt_slots(config, need, lambda slot: sum(
+        count * len(_plan_tiles(config, example[kind], slot))
+        for kind, count in kinds.items()))
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:

@@ -8,7 +8,8 @@ K. The planner takes a tile's size as a function, so each compiler states only w
 own programs add (the single layer its bias section and its OUT halves, the LLM
 compiler nothing):
 
-* :func:`slot_bytes`, :func:`wgt_slots` -- the slots the WGT buffer is split into;
+* :func:`slot_bytes`, :func:`plan_wgt_slots` -- the slots the WGT buffer is split into
+  (one policy: the fewest tiles, then the most slots);
 * :func:`k_chunk` -- the K chunk of a layer's tiles;
 * :func:`row_block` -- the rows of a layer's tiles;
 * :func:`tile_boxes` -- the ``(row0, rows, col0, cols)`` of every tile, in execution
@@ -21,12 +22,12 @@ from __future__ import annotations
 from airfoil.errors import CompileError
 from airfoil.wgt_banks import WgtBanks
 
-__all__ = ["WGT_SLOTS", "slot_bytes", "wgt_slots", "k_chunk", "row_block", "tile_boxes",
+__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "k_chunk", "row_block", "tile_boxes",
            "plan_wgt_tiles"]
 
-#: Weight-tile slots a single layer's WGT buffer is split into, most first: LOAD runs up
-#: to ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
-WGT_SLOTS = (4, 2)
+#: Weight-tile slots the WGT buffer may be split into, most first: LOAD runs up to
+#: ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
+WGT_SLOTS = (4, 3, 2)
 
 
 def _up(n: int, a: int) -> int:
@@ -41,16 +42,31 @@ def slot_bytes(config, slots: int) -> int:
     return config.buffers.weight_bytes // slots // unit * unit
 
 
-def wgt_slots(config, need: int, candidates=WGT_SLOTS) -> tuple[int, int]:
-    """``(slots, slot_bytes)``: the first of ``candidates`` whose slot holds ``need``
-    bytes; :class:`CompileError` when none does."""
+def plan_wgt_slots(config, need: int, count_tiles, candidates=WGT_SLOTS) -> tuple[int, int]:
+    """``(slots, slot_bytes)``: of the slot counts of ``candidates`` whose slot holds
+    ``need`` bytes (the smallest tile of every layer: ``chains`` rows x one group), the one
+    whose slot cuts the layers into the fewest tiles (``count_tiles(slot_bytes)``); on a
+    tie the most slots (the LOAD unit runs further ahead). :class:`CompileError` when no
+    slot holds ``need`` bytes.
+
+    Each tile is one matrix instruction, and each pays the MATRIX unit's fill and drain
+    (the serializer's ``chains`` cycles after its last batch, the pipelines' latency) once:
+    a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
+    that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
+    unit nearly twice the cycles its weights take to arrive."""
+    best = None
     for slots in candidates:
         slot = slot_bytes(config, slots)
-        if need <= slot:
-            return slots, slot
-    raise CompileError(f"a weight tile of {config.chains} rows ({need} bytes) does not fit "
-                       f"half the WGT buffer ({config.buffers.weight_bytes} bytes in config "
-                       f"{config.name!r})")
+        if need > slot:
+            continue
+        tiles = count_tiles(slot)
+        if best is None or tiles < best[0]:
+            best = (tiles, slots, slot)
+    if best is None:
+        raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
+                           f"bytes) does not fit half the WGT buffer "
+                           f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
+    return best[1], best[2]
 
 
 def k_chunk(k: int, group: int, fits) -> int:

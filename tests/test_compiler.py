@@ -19,6 +19,7 @@ from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
 from compiler.llm_recipe import check_linear_recipe as check_recipe
 from compiler.llm_recipe import load_linear_recipe as load_recipe
 from sim.golden import layer_tensors, run_golden
+from compiler.tiling import WGT_SLOTS
 
 CFG = load_config("test")
 U280 = load_config("u280")
@@ -138,7 +139,7 @@ def test_plan_respects_buffers():
             assert plan.group_rows % plan.rows_per_tile == 0
             assert (plan.group_rows * ob // 8) % cfg.word_bytes == 0
             assert plan.group_rows * ob // 8 <= cfg.buffers.out_bytes // 2
-            assert plan.slots in (2, 4) and plan.slot_bytes % cfg.word_bytes == 0
+            assert plan.slots in WGT_SLOTS and plan.slot_bytes % cfg.word_bytes == 0
             assert plan.slots * plan.slot_bytes <= cfg.buffers.weight_bytes
             for t in plan.tiles:
                 assert t["layout"].nbytes <= min(plan.slot_bytes,

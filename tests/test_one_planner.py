@@ -73,8 +73,10 @@ def test_one_implementation():
         for name in ("load_wgt_tile", "wgt_tile_fields", "load_stream_block",
                      "stream_block_fields"):
             assert not hasattr(module, name), (module.__name__, name)
-    # The WGT slots: one slot size, each compiler its choice of slot counts.
-    assert linear.wgt_slots is tiling.wgt_slots and lower_llm.slot_bytes is tiling.slot_bytes
+    # The WGT slots: one choice of slot count and size for both.
+    assert linear.plan_wgt_slots is lower_llm.plan_wgt_slots is tiling.plan_wgt_slots
+    for module in (linear, lower_llm):
+        assert not hasattr(module, "WGT_SLOTS") and not hasattr(module, "wgt_slots")
 
 
 def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
