@@ -670,15 +670,15 @@ class EmitFolder(_LayerStep):
         node, weight, bias = self.layer(g)
         n, k = weight.shape
         cfg, sc, lay, words = o.config, g.meta["scales"], g.meta["layout"], g.meta["words"]
-        layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "group": o.group,
-                 "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
+        layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": o.stream,
+                 "group": o.group, "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
                  "out_bits": o.out_bits, "bias": bias is not None, "tiles": lay["tiles"]}
         kind = f"{o.wformat} g{o.group}"
         if o.stream:
-            layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "stream": True,
+            layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": True,
                      **self._stream_facts(g.qweights[node.name], weight, lay["tiles"]),
-                     **{key: v for key, v in layer.items() if key not in ("name", "n", "k",
-                                                                           "wformat")},
+                     **{key: v for key, v in layer.items() if key not in ("n", "k", "wformat",
+                                                                           "streamed")},
                      "bias_wformat": o.bias_wformat.name.lower()}
             layer["tiles"] = layer.pop("tiles")
             kind = f"stream {o.wformat} {o.sparsity} g{o.group}"
@@ -690,7 +690,7 @@ class EmitFolder(_LayerStep):
             "input": {"addr": lay["in_addr"], "shape": [k], "scale": sc["x_scale"]},
             "output": {"addr": lay["out_addr"], "shape": [n], "bits": o.out_bits,
                        "scale": sc["y_scale"]},
-            "layers": [layer],
+            "model": {"linears": {node.name: layer}},
         }
         title = (f"linear {n} x {k} {kind} -> int{o.out_bits}, config {cfg.name} "
                  f"({cfg.config_hash}), {len(words)} instructions")

@@ -61,7 +61,7 @@ def test_isa_matches_golden(tmp_path, wformat, group, seed):
 def test_k_split_with_bias(tmp_path, out_format, seed):
     folder = _compile(tmp_path, seed, 29, 480, group=32, out_format=out_format,
                       max_tile_bytes=512)
-    tiles = folder.manifest["layers"][0]["tiles"]
+    tiles = folder.manifest["model"]["linears"]["linear"]["tiles"]
     assert len({t["col0"] for t in tiles}) > 1, "the layer must be split along K"
     words = [decode(w) for w in folder.program.words]
     mvs = [i for i in words if i.opcode == Opcode.MV]
@@ -243,7 +243,7 @@ def test_memory_range(tmp_path):
 
 def test_scale_shift_outside_window(tmp_path):
     f = _small(tmp_path)
-    k0 = f.manifest["layers"][0]["k0"]
+    k0 = f.manifest["model"]["linears"]["linear"]["k0"]
     bad, i = _patch(f, is_mv, k0=10)             # above every FP16 exponent
     _expect(bad, ErrorCode.SCALE_RANGE, index=i, match="k0")
     bad, i = _patch(f, is_mv, k0=k0 - 16)

@@ -186,7 +186,7 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
     (lambda m: m["model"].update(linears=[]), "model.linears is not a non-empty object"),
     # A folder of the int32 embedding table (format 3) is refused, naming the format.
     (lambda m: m.update(format="airfoil-folder/3"),
-     "manifest format 'airfoil-folder/3' is not 'airfoil-folder/4'"),
+     "manifest format 'airfoil-folder/3' is not 'airfoil-folder/5'"),
     (lambda m: m["model"]["layout"].update(embed_row=8), "layout.embed_row is 8, less than"),
 ])
 def test_run_refuses_a_tampered_llm_manifest(tmp_path, capsys, mutate, message):

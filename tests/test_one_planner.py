@@ -82,7 +82,7 @@ def test_one_implementation():
 def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
     cfg, llm, one = _both(tmp_path, "sim_llm", "int8")
     head = llm.manifest["model"]["linears"]["lm_head"]
-    layer = one.manifest["layers"][0]
+    layer = one.manifest["model"]["linears"]["linear"]
     assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
     for a, b in zip(layer["tiles"], head["tiles"]):
         assert a["nbytes"] == b["nbytes"]
@@ -99,8 +99,8 @@ def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
 def test_same_records_of_a_streamed_layer(tmp_path):
     cfg, llm, one = _both(tmp_path, "sim_llm_decode", "int3")
     head = llm.manifest["model"]["linears"]["lm_head"]
-    layer = one.manifest["layers"][0]
-    assert head["streamed"] and layer["stream"]
+    layer = one.manifest["model"]["linears"]["linear"]
+    assert head["streamed"] and layer["streamed"]
     assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
     offsets = one.manifest["channel_offsets"]
     for a, b in zip(layer["tiles"], head["tiles"]):
@@ -147,7 +147,7 @@ def test_each_step_is_what_the_folder_holds(tmp_path, config_name, kw):
     manifest = compile_linear(w, b, cfg, out, **kw)
     folder = load_folder(out, cfg)
     assert [n.op for n in steps["validate"].nodes] == ["linear"]
-    layer = manifest["layers"][0]
+    layer = manifest["model"]["linears"]["linear"]
     ql = steps["quantize"].qweights["linear"]
     assert ql.shape == (24, 128) and ql.group == 32
     scales = steps["calibrate"].meta["scales"]

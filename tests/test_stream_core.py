@@ -77,7 +77,7 @@ def test_bitmod_formats_per_record_bit_exact_in_rtl(tmp_path, monkeypatch, spars
     out = tmp_path / "b"
     m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
                        mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
-    assert set(m["layers"][0]["formats"]) == set(names.reshape(-1)) == set(BITMOD_ALL)
+    assert set(m["model"]["linears"]["linear"]["formats"]) == set(names.reshape(-1)) == set(BITMOD_ALL)
     folder = load_folder(out, CFG)
     want = run_golden(folder)
     assert torch.equal(run_isa(folder, CFG)[0], want)

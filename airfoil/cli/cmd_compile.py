@@ -486,8 +486,8 @@ def run(args) -> int:
         print(stop_after_from_args(args), file=sys.stdout)
         return 0
     m = compile_from_args(args)
-    layer = m["layers"][0]
-    if layer.get("stream"):
+    layer = m["model"]["linears"]["linear"]
+    if layer["streamed"]:
         fmts = ", ".join(f"{f} {c}" for f, c in sorted(layer["formats"].items()))
         print(f"compiled linear {layer['n']} x {layer['k']} streamed {layer['wformat']} "
               f"{layer['sparsity']} g{layer['group']} -> int{layer['out_bits']} for config "
