@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from airfoil.config import load_config
+from airfoil.errors import CompileError
 from airfoil.folder import load_folder
 from airfoil.isa import Buffer, Opcode
 from compiler import linear, lower_linear, lower_llm, schedule, streams, tiling
@@ -177,7 +178,6 @@ def test_arithmetic_options():
     """The one lowering's arithmetic: static scales carry the layer's requantization and
     output width; per-token ones the scale pairs' address, INT32 results and no tile
     bias (a tile's bias in accumulator units would differ per token)."""
-    from airfoil.errors import CompileError
     from airfoil.isa import OutFormat
     from compiler.lower_linear import Arithmetic
     static = Arithmetic(32, -9, 16, req_m=1234, req_s=20, bias="tiles").fields()
@@ -190,3 +190,19 @@ def test_arithmetic_options():
                 dict(out_bits=4), dict(bias="rows")):
         with pytest.raises(CompileError):
             Arithmetic(32, 0, **bad)
+
+
+def test_one_slot_policy():
+    """Both compilers split the WGT buffer by one rule: the slot count whose slot gives the
+    fewest tiles, then the most slots. A 64 x 1024 INT8 layer on config test is 32 tiles
+    in 4 slots and 16 in 3 or 2: it takes 3 (LOAD runs two tiles ahead)."""
+    cfg = load_config("test")
+    plan = linear.plan_linear(64, 1024, cfg, wformat="int8", group=32, out_bits=8, bias=True)
+    assert (plan.slots, len(plan.tiles)) == (3, 16)
+    assert plan.slot_bytes == tiling.slot_bytes(cfg, 3)
+    for counts, slots in (((32, 16, 16), 3), ((16, 16, 16), 4), ((32, 24, 16), 2)):
+        tiles = {tiling.slot_bytes(cfg, s): n for s, n in zip(tiling.WGT_SLOTS, counts)}
+        assert tiling.plan_wgt_slots(cfg, 1, tiles.__getitem__) == \
+            (slots, tiling.slot_bytes(cfg, slots))
+    with pytest.raises(CompileError, match="does not fit half the WGT buffer"):
+        tiling.plan_wgt_slots(cfg, tiling.slot_bytes(cfg, 2) + 1, tiles.__getitem__)
