@@ -110,6 +110,7 @@ from airfoil.wgt_banks import WgtBanks
 from .asm import listing
 from .ir import Graph, Pass, Pipeline
 from .output import write_folder
+from .passes import quantized_model
 from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream_block,
                       stream_block_bytes, wgt_tile_layout)
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
@@ -1030,7 +1031,6 @@ def lowered_model(graph: Graph) -> dict:
     """The quantized model the lowering reads: ``graph.meta["model"]`` (a model given as
     data, :func:`compile_llm`) or the quantized graph's export
     (:func:`compiler.passes.quantized_model`)."""
-    from .passes import quantized_model
     return graph.meta["model"] if "model" in graph.meta else quantized_model(graph)
 
 
