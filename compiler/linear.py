@@ -25,8 +25,10 @@ reads and writes, :class:`compiler.schedule.Scheduler`)::
     SYS HALT
 
 Every tile fits a WGT slot; the slots are the LLM lowering's choice
-(:func:`compiler.tiling.plan_wgt_slots`: the fewest tiles, then the most slots, which let
-LOAD run further ahead, hiding the memory latency of one tile behind the others). A tile
+(:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles the cycle model estimates for
+the tiles' loads and matrix instructions -- more slots let LOAD run further ahead, hiding
+the memory latency of one tile behind the others; fewer, bigger slots cut the tiles, each
+paying the MATRIX unit's drain -- then the fewest tiles, then the most slots). A tile
 larger than ``max_burst`` words is loaded as one LD per memory channel (word-aligned
 slices; only the last releases the MATRIX token, completions being in order).
 
@@ -103,7 +105,7 @@ from .llm_recipe import OUT_FORMATS, LayerQuant
 from .passes import StreamShape, Validate, quantize_linear
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
-from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_tile,
                       place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
 
@@ -175,8 +177,8 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         Upper bound on a tile's bytes below a WGT slot (used to force K-splits).
 
     The WGT slots are the LLM lowering's (:func:`compiler.tiling.plan_wgt_slots`: of the
-    slot counts whose slot holds ``chains`` rows x one group, the one that cuts the layer
-    into the fewest tiles, then the most slots).
+    slot counts whose slot holds ``chains`` rows x one group, the one whose tiles take the
+    fewest cycles in the cycle model, then the fewest tiles, then the most slots).
     """
     wf = weight_format(wformat)
     chains = config.chains
@@ -195,8 +197,12 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         cap = slot if max_tile_bytes is None else min(slot, int(max_tile_bytes))
         return plan_wgt_tiles(n, k, chains, group, nbytes, cap, limit=limit, accept=accept)
 
-    slots, slot_bytes = plan_wgt_slots(config, nbytes(chains, group),
-                                       lambda slot: len(plan(slot)[0]))
+    def estimate(slots, slot):
+        boxes = plan(slot)[0]
+        return wgt_tiles_cycles(config, boxes, nbytes, slots, k=k, wfmt=wf, group=group,
+                                bias=bias), len(boxes)
+
+    slots, slot_bytes = plan_wgt_slots(config, nbytes(chains, group), estimate)
     boxes, rows_per_tile, kc = plan(slot_bytes)
     assert rows_per_tile, "chains rows always fit (checked above)"
     tiles = []

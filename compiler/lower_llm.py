@@ -115,7 +115,7 @@ from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream
                       stream_block_bytes, wgt_tile_layout)
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
-from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
 
 __all__ = ["compile_llm", "lower_pipeline", "compile_pipeline", "LowerOptions",
            "lowered_model", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
@@ -177,16 +177,27 @@ def _tile_bytes(config, rows, k, bits, group):
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
     """``(slots, slot_bytes)`` of a model's tiled layers
-    (:func:`compiler.tiling.plan_wgt_slots`: the fewest tiles, then the most slots)."""
+    (:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles of the tiles of a decode
+    step's layers, each estimated on its own by :func:`compiler.tiling.wgt_tiles_cycles`,
+    then the fewest tiles, then the most slots)."""
     tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
                 for ql in tiled], default=0)
     # Layers of one shape, group and width are tiled alike: plan one of each.
     kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in tiled)
     example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
-    return plan_wgt_slots(config, need, lambda slot: sum(
-        count * len(_plan_tiles(config, example[kind], slot))
-        for kind, count in kinds.items()))
+
+    def estimate(slots, slot):
+        cycles = tiles = 0
+        for (shape, group, bits), count in kinds.items():
+            boxes = _plan_tiles(config, example[shape, group, bits], slot)
+            cycles += count * wgt_tiles_cycles(
+                config, boxes, lambda rows, cols: _tile_bytes(config, rows, cols, bits, group),
+                slots, k=shape[1], wfmt=FORMAT_BY_NAME[f"int{bits}"], group=group)
+            tiles += count * len(boxes)
+        return cycles, tiles
+
+    return plan_wgt_slots(config, need, estimate)
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:

@@ -25,7 +25,7 @@ from airfoil.wgt_banks import WgtBanks
 
 from .streams import slices
 
-__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields",
+__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_loads", "wgt_tile_fields",
            "load_stream_block", "stream_block_fields"]
 
 
@@ -120,6 +120,19 @@ def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: i
                   writes=[span(Buffer.WGT, slot + off, nb)], buf=Buffer.WGT,
                   channel=channel(j), buf_addr=slot + off, dram_addr=dram_addr + off,
                   nbytes=nb, count=1, dram_stride=nb, **fields)
+
+
+def wgt_tile_loads(config, nbytes: int) -> list[tuple[int, int, int]]:
+    """``(channel, bank, nbytes)`` of the LDs :func:`load_wgt_tile` makes of a tile of
+    ``nbytes`` whose slice ``j`` goes on channel ``j % channels``: a word-aligned slice per
+    channel into the WGT buffer's one write port (bank 0), or on a banked WGT buffer a
+    bank's part each, bank ``b`` on channel ``b % channels``."""
+    channels = config.memory.channels
+    banks = WgtBanks.of(config)
+    if banks.banks > 1:
+        part = banks.tile_bytes(nbytes, config.word_bytes) // banks.banks
+        return [(b % channels, b, part) for b in range(banks.banks)]
+    return [(j % channels, 0, nb) for j, (_, nb) in enumerate(slices(nbytes, config))]
 
 
 def _load_banked_tile(sched, config, banks, slot, dram_addr, nbytes, channel, **fields):

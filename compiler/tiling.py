@@ -9,7 +9,8 @@ own programs add (the single layer its bias section and its OUT halves, the LLM
 compiler nothing):
 
 * :func:`slot_bytes`, :func:`plan_wgt_slots` -- the slots the WGT buffer is split into
-  (one policy: the fewest tiles, then the most slots);
+  (one policy: the fewest estimated cycles, :func:`wgt_tiles_cycles`; then the fewest
+  tiles, then the most slots);
 * :func:`k_chunk` -- the K chunk of a layer's tiles;
 * :func:`row_block` -- the rows of a layer's tiles;
 * :func:`tile_boxes` -- the ``(row0, rows, col0, cols)`` of every tile, in execution
@@ -19,10 +20,17 @@ compiler nothing):
 
 from __future__ import annotations
 
+from functools import cache
+
 from airfoil.errors import CompileError
 from airfoil.wgt_banks import WgtBanks
+from airfoil.isa import Buffer
+from sim.cycle_model import ISSUE_CYCLES, CycleModel
+from sim.memory import Memory
 
-__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "k_chunk", "row_block", "tile_boxes",
+from .schedule import wgt_tile_loads
+
+__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk", "row_block", "tile_boxes",
            "plan_wgt_tiles"]
 
 #: Weight-tile slots the WGT buffer may be split into, most first: LOAD runs up to
@@ -42,31 +50,69 @@ def slot_bytes(config, slots: int) -> int:
     return config.buffers.weight_bytes // slots // unit * unit
 
 
-def plan_wgt_slots(config, need: int, count_tiles, candidates=WGT_SLOTS) -> tuple[int, int]:
+def plan_wgt_slots(config, need: int, estimate, candidates=WGT_SLOTS) -> tuple[int, int]:
     """``(slots, slot_bytes)``: of the slot counts of ``candidates`` whose slot holds
     ``need`` bytes (the smallest tile of every layer: ``chains`` rows x one group), the one
-    whose slot cuts the layers into the fewest tiles (``count_tiles(slot_bytes)``); on a
-    tie the most slots (the LOAD unit runs further ahead). :class:`CompileError` when no
-    slot holds ``need`` bytes.
+    whose ``estimate(slots, slot_bytes)`` -- ``(cycles, tiles)``, the layers' estimated
+    cycles (:func:`wgt_tiles_cycles`) and tiles in that many slots of that size -- is the
+    least: the fewest cycles, then the fewest tiles; on a tie the most slots (the LOAD
+    unit runs further ahead). :class:`CompileError` when no slot holds ``need`` bytes.
 
-    Each tile is one matrix instruction, and each pays the MATRIX unit's fill and drain
-    (the serializer's ``chains`` cycles after its last batch, the pipelines' latency) once:
-    a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
-    that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
-    unit nearly twice the cycles its weights take to arrive."""
+    Neither more slots nor fewer tiles win alone: each tile is one matrix instruction and
+    pays the MATRIX unit's fill and drain (the serializer's ``chains`` cycles after its
+    last batch, the pipelines' latency) once, so bigger slots cut that cost, while more
+    slots let the next tiles load while the current one computes."""
     best = None
     for slots in candidates:
         slot = slot_bytes(config, slots)
         if need > slot:
             continue
-        tiles = count_tiles(slot)
-        if best is None or tiles < best[0]:
-            best = (tiles, slots, slot)
+        key = (*estimate(slots, slot), -slots)
+        if best is None or key < best[0]:
+            best = (key, slots, slot)
     if best is None:
         raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
                            f"bytes) does not fit half the WGT buffer "
                            f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
     return best[1], best[2]
+
+
+def wgt_tiles_cycles(config, boxes, tile_bytes, slots: int, *, k: int, wfmt, group: int,
+                     bias: bool = False, m: int = 1) -> int:
+    """Estimated cycles from the first load of a layer's WGT tiles ``boxes``
+    (``(row0, rows, col0, cols)`` in execution order, of a layer of reduction ``k``, each
+    of ``tile_bytes(rows, cols)`` bytes) in ``slots`` WGT slots to the end of their last
+    matrix instruction (``m`` vectors of weight format ``wfmt``, ``group`` values per
+    scale; the accumulators start from the bias in a first chunk of K when ``bias``).
+
+    The costs are the ISA simulator's (:class:`sim.cycle_model.CycleModel`; the memory
+    channels and the WGT write ports of :class:`sim.memory.Memory`), the dependencies
+    those of the schedule: the LOAD unit starts a tile's LDs
+    (:func:`compiler.schedule.wgt_tile_loads`) in order, each once the matrix instruction
+    of the tile ``slots`` earlier (the slot's last reader) has finished; a matrix
+    instruction starts when its tile has arrived and the previous one has finished."""
+    model = CycleModel(config)
+    memory = Memory(bytearray(), config, model)
+
+    @cache
+    def tile(rows, cols, first, last):
+        return (wgt_tile_loads(config, tile_bytes(rows, cols)),
+                model.matrix(rows, cols, m, wfmt=wfmt, final=last, group=group,
+                             use_init=bias or not first).latency)
+
+    issue = loaded = end = 0
+    ends = []
+    for _, rows, c0, cols in boxes:
+        loads, matrix = tile(rows, cols, c0 == 0, c0 + cols == k)
+        free = ends[-slots] if len(ends) >= slots else 0
+        for channel, bank, nbytes in loads:
+            begin, cost = memory.transfer(channel, max(issue, free), nbytes, write=False)
+            issue = begin + ISSUE_CYCLES
+            held = memory.buffer_write((Buffer.WGT, bank), channel, begin, nbytes)
+            loaded = max(loaded, begin + cost.latency + held)    # completions in order
+        end = max(end, loaded) + matrix
+        ends.append(end)
+    return end
 
 
 def k_chunk(k: int, group: int, fits) -> int:
