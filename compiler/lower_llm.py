@@ -78,8 +78,9 @@ vectors, so a model with a streamed layer plans its prefill for at most that man
 Scheduling: instructions are emitted in program order through
 :class:`compiler.schedule.Scheduler`, which derives the dependency tokens from the buffer
 and memory ranges each instruction reads and writes. Weight tiles
-(:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as give the
-fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit fetches ahead
+(:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as take the
+fewest cycles in the cycle model's estimate: each tile pays the MATRIX unit's drain once,
+and each slot more lets a load start earlier), so the LOAD unit fetches ahead
 of MATRIX by as many tiles as the slots allow; a layer, tiled or streamed, is lowered by
 the single-layer compiler's code (:func:`compiler.lower_linear.lower_linear`, with
 per-token activation scales, INT32 rows and the bias in the SFU), its slices on the
@@ -178,8 +179,9 @@ def _tile_bytes(config, rows, k, bits, group):
 def _wgt_slots(config, qls) -> tuple[int, int]:
     """``(slots, slot_bytes)`` of a model's tiled layers
     (:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles of the tiles of a decode
-    step's layers, each estimated on its own by :func:`compiler.tiling.wgt_tiles_cycles`,
-    then the fewest tiles, then the most slots)."""
+    step's layers, each layer estimated on its own by
+    :func:`compiler.tiling.wgt_tiles_cycles`, each tile loaded right before its matrix
+    instruction in program order; then the fewest tiles, then the most slots)."""
     tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
                 for ql in tiled], default=0)
@@ -193,7 +195,7 @@ def _wgt_slots(config, qls) -> tuple[int, int]:
             boxes = _plan_tiles(config, example[shape, group, bits], slot)
             cycles += count * wgt_tiles_cycles(
                 config, boxes, lambda rows, cols: _tile_bytes(config, rows, cols, bits, group),
-                slots, k=shape[1], wfmt=FORMAT_BY_NAME[f"int{bits}"], group=group)
+                slots, k=shape[1], wfmt=FORMAT_BY_NAME[f"int{bits}"], group=group, ahead=1)
             tiles += count * len(boxes)
         return cycles, tiles
 

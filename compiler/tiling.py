@@ -25,7 +25,7 @@ from functools import cache
 from airfoil.errors import CompileError
 from airfoil.wgt_banks import WgtBanks
 from airfoil.isa import Buffer
-from sim.cycle_model import ISSUE_CYCLES, CycleModel
+from sim.cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
 from sim.memory import Memory
 
 from .schedule import wgt_tile_loads
@@ -78,21 +78,27 @@ def plan_wgt_slots(config, need: int, estimate, candidates=WGT_SLOTS) -> tuple[i
 
 
 def wgt_tiles_cycles(config, boxes, tile_bytes, slots: int, *, k: int, wfmt, group: int,
-                     bias: bool = False, m: int = 1) -> int:
-    """Estimated cycles from the first load of a layer's WGT tiles ``boxes``
-    (``(row0, rows, col0, cols)`` in execution order, of a layer of reduction ``k``, each
-    of ``tile_bytes(rows, cols)`` bytes) in ``slots`` WGT slots to the end of their last
-    matrix instruction (``m`` vectors of weight format ``wfmt``, ``group`` values per
-    scale; the accumulators start from the bias in a first chunk of K when ``bias``).
+                     bias: bool = False, m: int = 1, ahead: int | None = None) -> int:
+    """Estimated cycles from the dispatch of a layer's first WGT tile load to the end of
+    its last matrix instruction: the tiles ``boxes`` (``(row0, rows, col0, cols)`` in
+    execution order, of a layer of reduction ``k``, each of ``tile_bytes(rows, cols)``
+    bytes) in ``slots`` WGT slots, the loads of ``ahead`` tiles (default ``slots``) ahead
+    of the matrix instructions in program order (``m`` vectors of weight format ``wfmt``,
+    ``group`` values per scale; the accumulators start from the bias in a first chunk of
+    K when ``bias``).
 
     The costs are the ISA simulator's (:class:`sim.cycle_model.CycleModel`; the memory
     channels and the WGT write ports of :class:`sim.memory.Memory`), the dependencies
-    those of the schedule: the LOAD unit starts a tile's LDs
+    those of the schedule, in program order: the dispatcher hands one instruction per
+    :data:`~sim.cycle_model.DISPATCH_CYCLES` to a unit queue of ``instr_queue_depth``
+    (the tiles' loads run ahead only as far as the LOAD queue lets the next matrix
+    instruction through); the LOAD unit starts a tile's LDs
     (:func:`compiler.schedule.wgt_tile_loads`) in order, each once the matrix instruction
     of the tile ``slots`` earlier (the slot's last reader) has finished; a matrix
     instruction starts when its tile has arrived and the previous one has finished."""
     model = CycleModel(config)
     memory = Memory(bytearray(), config, model)
+    depth, ahead = config.instr_queue_depth, slots if ahead is None else ahead
 
     @cache
     def tile(rows, cols, first, last):
@@ -100,18 +106,40 @@ def wgt_tiles_cycles(config, boxes, tile_bytes, slots: int, *, k: int, wfmt, gro
                 model.matrix(rows, cols, m, wfmt=wfmt, final=last, group=group,
                              use_init=bias or not first).latency)
 
-    issue = loaded = end = 0
-    ends = []
-    for _, rows, c0, cols in boxes:
-        loads, matrix = tile(rows, cols, c0 == 0, c0 + cols == k)
-        free = ends[-slots] if len(ends) >= slots else 0
-        for channel, bank, nbytes in loads:
-            begin, cost = memory.transfer(channel, max(issue, free), nbytes, write=False)
-            issue = begin + ISSUE_CYCLES
+    tiles = [tile(rows, cols, c0 == 0, c0 + cols == k) for _, rows, c0, cols in boxes]
+    dispatch = issue = end = 0
+    loaded = []                             # when each tile's loads have all completed
+    load_starts, matrix_starts, ends = [], [], []
+
+    def dispatched(unit_starts):
+        """Dispatch the next instruction of a unit whose queue holds ``depth``."""
+        nonlocal dispatch
+        at = max(dispatch, unit_starts[-depth] if len(unit_starts) >= depth else 0)
+        dispatch = at + DISPATCH_CYCLES
+        return dispatch
+
+    def load(j):
+        nonlocal issue
+        free = ends[j - slots] if j >= slots else 0
+        done = loaded[-1] if loaded else 0     # completions in order
+        for channel, bank, nbytes in tiles[j][0]:
+            ready = max(dispatched(load_starts), issue, free)
+            begin, cost = memory.transfer(channel, ready, nbytes, write=False)
             held = memory.buffer_write((Buffer.WGT, bank), channel, begin, nbytes)
-            loaded = max(loaded, begin + cost.latency + held)    # completions in order
-        end = max(end, loaded) + matrix
+            load_starts.append(begin)
+            issue = begin + ISSUE_CYCLES
+            done = max(done, begin + cost.latency + held)
+        loaded.append(done)
+
+    for j in range(min(ahead, len(tiles))):
+        load(j)
+    for i, (_, matrix) in enumerate(tiles):
+        start = max(dispatched(matrix_starts), end, loaded[i])
+        matrix_starts.append(start)
+        end = start + matrix
         ends.append(end)
+        if i + ahead < len(tiles):
+            load(i + ahead)
     return end
 
 
