@@ -9,6 +9,7 @@ import torch
 from airfoil.config import load_config
 from airfoil.errors import CompileError
 from airfoil.folder import load_folder
+from airfoil.formats import weight_format
 from airfoil.isa import Buffer, Opcode
 from compiler import linear, lower_linear, lower_llm, schedule, streams, tiling
 from compiler.ir import build_llama_graph
@@ -16,6 +17,7 @@ from compiler.linear import compile_linear
 from compiler.llm_recipe import parse_llm_recipe
 from compiler.lower_llm import compile_llm
 from compiler.passes import llm_pipeline, quantized_model
+from sim.isa_sim import run_isa
 from llmtools import random_llama
 
 #: Four vocabulary rows: the head is one row block of the 4-chain engines in both paths.
@@ -193,16 +195,49 @@ def test_arithmetic_options():
 
 
 def test_one_slot_policy():
-    """Both compilers split the WGT buffer by one rule: the slot count whose slot gives the
-    fewest tiles, then the most slots. A 64 x 1024 INT8 layer on config test is 32 tiles
-    in 4 slots and 16 in 3 or 2: it takes 3 (LOAD runs two tiles ahead)."""
+    """Both compilers split the WGT buffer by one rule: the slot count whose tiles take the
+    fewest cycles in the cycle model's estimate, then the fewest tiles, then the most
+    slots. A 77 x 4096 INT8 layer on config test is 100 tiles in 4 slots, 80 in 3 and 60
+    in 2: the 2 slots' big tiles cannot load while the other computes, the 4 slots' pay
+    the MATRIX unit's drain 20 times more than the 3 slots', which it takes."""
     cfg = load_config("test")
-    plan = linear.plan_linear(64, 1024, cfg, wformat="int8", group=32, out_bits=8, bias=True)
-    assert (plan.slots, len(plan.tiles)) == (3, 16)
+    plan = linear.plan_linear(77, 4096, cfg, wformat="int8", group=32, out_bits=8, bias=True)
+    assert (plan.slots, len(plan.tiles)) == (3, 80)
     assert plan.slot_bytes == tiling.slot_bytes(cfg, 3)
-    for counts, slots in (((32, 16, 16), 3), ((16, 16, 16), 4), ((32, 24, 16), 2)):
-        tiles = {tiling.slot_bytes(cfg, s): n for s, n in zip(tiling.WGT_SLOTS, counts)}
-        assert tiling.plan_wgt_slots(cfg, 1, tiles.__getitem__) == \
-            (slots, tiling.slot_bytes(cfg, slots))
+    for estimates, slots in ((((100, 32), (90, 16), (90, 16)), 3),     # fewest cycles
+                             (((90, 32), (90, 16), (90, 16)), 3),      # then fewest tiles
+                             (((90, 16), (90, 16), (90, 16)), 4),      # then most slots
+                             (((80, 32), (90, 24), (100, 16)), 4),     # cycles over tiles
+                             (((100, 32), (100, 24), (100, 16)), 2)):
+        by_size = {tiling.slot_bytes(cfg, s): e for s, e in zip(tiling.WGT_SLOTS, estimates)}
+        estimate = lambda s, size: by_size[size]     # noqa: E731
+        assert tiling.plan_wgt_slots(cfg, 1, estimate) == (slots, tiling.slot_bytes(cfg, slots))
     with pytest.raises(CompileError, match="does not fit half the WGT buffer"):
-        tiling.plan_wgt_slots(cfg, tiling.slot_bytes(cfg, 2) + 1, tiles.__getitem__)
+        tiling.plan_wgt_slots(cfg, tiling.slot_bytes(cfg, 2) + 1, estimate)
+
+
+def test_slot_estimate_ranks_as_the_isa_simulator(tmp_path):
+    """The estimate of :func:`compiler.tiling.wgt_tiles_cycles` orders the slot counts of a
+    layer as the ISA simulator's runs of the programs compiled with each do."""
+    cfg, int8 = load_config("test"), weight_format("int8")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(77, 4096), torch.randn(77)
+    kw = dict(wformat="int8", group=32, out_bits=8, bias=True)
+    estimated, simulated = {}, {}
+    for slots in tiling.WGT_SLOTS:
+        size = tiling.slot_bytes(cfg, slots)
+        forced = lambda config, need, estimate, s=slots, size=size: (s, size)  # noqa: E731
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(linear, "plan_wgt_slots", forced)
+            plan = linear.plan_linear(77, 4096, cfg, **kw)
+            compile_linear(weight, bias, cfg, tmp_path / str(slots), wformat="int8",
+                                  group=32)
+        boxes = [(t["row0"], t["rows"], t["col0"], t["cols"]) for t in plan.tiles]
+        estimated[slots] = tiling.wgt_tiles_cycles(
+            cfg, boxes, lambda rows, cols: streams.wgt_tile_layout(
+                cfg, rows, cols, group=32, wfmt=int8, bias=True).nbytes,
+            slots, k=4096, wfmt=int8, group=32, bias=True)
+        _, stats = run_isa(load_folder(tmp_path / str(slots), cfg), cfg)
+        simulated[slots] = stats["cycles"]
+    assert sorted(estimated, key=estimated.get) == sorted(simulated, key=simulated.get)
+    assert linear.plan_linear(77, 4096, cfg, **kw).slots == min(simulated, key=simulated.get)
