@@ -23,15 +23,15 @@ from __future__ import annotations
 from functools import cache
 
 from airfoil.errors import CompileError
-from airfoil.wgt_banks import WgtBanks
 from airfoil.isa import Buffer
+from airfoil.wgt_banks import WgtBanks
 from sim.cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
 from sim.memory import Memory
 
 from .schedule import wgt_tile_loads
 
-__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk", "row_block", "tile_boxes",
-           "plan_wgt_tiles"]
+__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk",
+           "row_block", "tile_boxes", "plan_wgt_tiles"]
 
 #: Weight-tile slots the WGT buffer may be split into, most first: LOAD runs up to
 #: ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
