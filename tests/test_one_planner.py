@@ -231,7 +231,7 @@ def test_slot_estimate_ranks_as_the_isa_simulator(tmp_path):
             mp.setattr(linear, "plan_wgt_slots", forced)
             plan = linear.plan_linear(77, 4096, cfg, **kw)
             compile_linear(weight, bias, cfg, tmp_path / str(slots), wformat="int8",
-                                  group=32)
+                           group=32, out_format="int8")
         boxes = [(t["row0"], t["rows"], t["col0"], t["cols"]) for t in plan.tiles]
         estimated[slots] = tiling.wgt_tiles_cycles(
             cfg, boxes, lambda rows, cols: streams.wgt_tile_layout(
