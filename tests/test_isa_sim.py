@@ -81,10 +81,11 @@ def test_out_halves_rotate_and_many_stores(tmp_path):
 
 @pytest.mark.parametrize("wformat", ["int4", "int8"])
 def test_u280_slices_and_slots(tmp_path, wformat):
-    """On U280 a tile's LDs go one per WGT bank over the 32 channels and LOAD runs three
-    tiles ahead; the banks take their words in the same cycle (a word a cycle each), where
-    the same config with one WGT write port takes them one after the other, as on the RTL
-    core."""
+    """On U280 a tile's LDs go one per WGT bank over the 32 channels and the tiles rotate
+    through the planner's WGT slots (INT8: 3, its 5 tiles estimated and simulated 38 cycles
+    faster than in 4; INT4: 4); the banks take their words in the same cycle (a word a
+    cycle each), where the same config with one WGT write port takes them one after the
+    other, as on the RTL core."""
     u280 = load_config("u280")
     one_port = dataclasses.replace(u280, buffers=dataclasses.replace(u280.buffers,
                                                                      wgt_banks=1))
@@ -96,7 +97,8 @@ def test_u280_slices_and_slots(tmp_path, wformat):
         folder = load_folder(out_dir, cfg)
         ins = [decode(x) for x in folder.program.words]
         assert len({i.channel for i in ins if i.opcode == Opcode.LD}) == u280.memory.channels
-        assert len({i.wbuf_addr for i in ins if i.opcode == Opcode.MV}) == 4
+        assert len({i.wbuf_addr for i in ins if i.opcode == Opcode.MV}) == \
+            (3 if wformat == "int8" and cfg is u280 else 4)
         out, stats = run_isa(folder, cfg)
         assert torch.equal(out, run_golden(folder))
         wgt_words = sum(i.count * i.nbytes for i in ins if i.opcode == Opcode.LD
