@@ -107,54 +107,10 @@ LD_RECORD_GAP = 2
 #: port, the WGT buffer one per bank (``buffers.wgt_banks``), which the receivers of all
 #: channels share round robin (``connect_writes``, ``connect_wgt_writes`` in
 #: hdl/core/fabric.py), so LDs through one port on several channels at once stream their
-#: data through it together at this rate; loads through different ports (other buffers,
-#: other WGT banks: a weight tile's LDs, one bank each) do not meet.
+#: data through it together at this rate, each an equal share (:func:`round_robin_ends`);
+#: loads through different ports (other buffers, other WGT banks: a weight tile's LDs,
+#: one bank each) do not meet.
 BUFFER_WRITE_WORDS = 1
-
-
-
-def round_robin_ends(flows, port_words: float = BUFFER_WRITE_WORDS) -> list[float]:
-    """When each of ``flows`` has written its last word through one buffer write port
-    that the channels holding words take round robin (``connect_writes``,
-    ``connect_wgt_writes`` in hdl/core/fabric.py).
-
-    ``flows`` lists ``(arrive, words, rate)``: the cycle the first word reaches the port,
-    the words, and the words per cycle its channel delivers. The port takes
-    ``port_words`` words per cycle, shared equally among the flows that have words
-    waiting; a flow whose channel delivers less than its share leaves the rest to the
-    others (max-min fair shares, the fluid limit of the round robin). Returns the end
-    cycle of each flow, in the order given (not rounded).
-    """
-    n = len(flows)
-    left = [float(w) for _, w, _ in flows]
-    ends = [0.0] * n
-    order = sorted(range(n), key=lambda i: flows[i][0])
-    now = flows[order[0]][0] if n else 0.0
-    arrived = 0
-    active = []
-    while arrived < n or active:
-        while arrived < n and flows[order[arrived]][0] <= now:
-            active.append(order[arrived])
-            arrived += 1
-        if not active:
-            now = flows[order[arrived]][0]
-            continue
-        # Max-min fair shares of the port.
-        share, room, rates = {}, float(port_words), sorted(active, key=lambda i: flows[i][2])
-        for k, i in enumerate(rates):
-            share[i] = min(flows[i][2], room / (len(rates) - k))
-            room -= share[i]
-        step = min(left[i] / share[i] for i in active)
-        if arrived < n:
-            step = min(step, flows[order[arrived]][0] - now)
-        now += step
-        for i in list(active):
-            left[i] -= share[i] * step
-            if left[i] <= 1e-9:
-                ends[i] = now
-                active.remove(i)
-    return ends
-
 
 # -- STORE unit (hdl/core/store.py) -----------------------------------------------------------
 #: PREP (row offset) and CHECK states before the first address.
@@ -323,6 +279,49 @@ class CycleModel:
         beats = max(1, INSTR_BITS // mem.word_bits)
         return (FETCH_START_CYCLES + mem.read_latency + beats + 2 * QUEUE_CYCLES +
                 END_CYCLES - DISPATCH_CYCLES)
+
+
+def round_robin_ends(flows, port_words: float = BUFFER_WRITE_WORDS) -> list[float]:
+    """When each of ``flows`` has written its last word through one buffer write port
+    that the channels holding words take round robin (``connect_writes``,
+    ``connect_wgt_writes`` in hdl/core/fabric.py).
+
+    ``flows`` lists ``(arrive, words, rate)``: the cycle the first word reaches the port,
+    the words, and the words per cycle its channel delivers. The port takes
+    ``port_words`` words per cycle, shared equally among the flows that have words
+    waiting; a flow whose channel delivers less than its share leaves the rest to the
+    others (max-min fair shares, the fluid limit of the round robin). Returns the end
+    cycle of each flow, in the order given (not rounded).
+    """
+    n = len(flows)
+    left = [float(w) for _, w, _ in flows]
+    ends = [0.0] * n
+    order = sorted(range(n), key=lambda i: flows[i][0])
+    now = flows[order[0]][0] if n else 0.0
+    arrived = 0
+    active = []
+    while arrived < n or active:
+        while arrived < n and flows[order[arrived]][0] <= now:
+            active.append(order[arrived])
+            arrived += 1
+        if not active:
+            now = flows[order[arrived]][0]
+            continue
+        # Max-min fair shares of the port.
+        share, room, rates = {}, float(port_words), sorted(active, key=lambda i: flows[i][2])
+        for k, i in enumerate(rates):
+            share[i] = min(flows[i][2], room / (len(rates) - k))
+            room -= share[i]
+        step = min(left[i] / share[i] for i in active)
+        if arrived < n:
+            step = min(step, flows[order[arrived]][0] - now)
+        now += step
+        for i in list(active):
+            left[i] -= share[i] * step
+            if left[i] <= 1e-9:
+                ends[i] = now
+                active.remove(i)
+    return ends
 
 
 # -- ISA version 3: matrix instructions on streamed weights (decode unit) ------------------
