@@ -74,10 +74,10 @@ from airfoil.config import AccelConfig
 from airfoil.isa import INSTR_BITS, SfuFunc
 from hdl.core.matrix_timing import FINAL_LATENCY, matrix_cycles
 
-__all__ = ["Cost", "CycleModel", "round_robin_ends", "MATRIX_LATENCY", "DISPATCH_CYCLES", "ISSUE_CYCLES",
+__all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "DISPATCH_CYCLES", "ISSUE_CYCLES",
            "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "BUFFER_WRITE_WORDS", "RELEASE_CYCLES", "TOKEN_HANDOFF",
            "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES", "FETCH_START_CYCLES",
-           "QUEUE_CYCLES", "END_CYCLES", "LDREG_ISSUE_CYCLES"]
+           "QUEUE_CYCLES", "END_CYCLES", "LDREG_ISSUE_CYCLES", "round_robin_ends"]
 
 # -- handshakes shared by the units (hdl/core/top.py) ----------------------------------------
 #: Cycles from a unit's release handshake to the waiting unit's queue handshake: the token
