@@ -24,7 +24,7 @@ from bench import layer7b
 from sim.measure.layer_rtl import seeded_kv_cache, write_kv_cache
 
 #: The cycle model's largest relative error on a layer's decode step: the figure's goal is
-#: 3 %; the model is 0.2 % off on the narrow layer.
+#: 3 %; the model is 0.2 % off on both layers.
 MODEL_ERROR_MAX = 0.01
 
 
