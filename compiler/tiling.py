@@ -121,15 +121,19 @@ def wgt_tiles_cycles(config, boxes, tile_bytes, slots: int, *, k: int, wfmt, gro
     def load(j):
         nonlocal issue
         free = ends[j - slots] if j >= slots else 0
-        done = loaded[-1] if loaded else 0     # completions in order
-        for channel, bank, nbytes in tiles[j][0]:
+        finish = {}                            # this tile's LDs: index -> completion
+        for i, (channel, bank, nbytes) in enumerate(tiles[j][0]):
             ready = max(dispatched(load_starts), issue, free)
             begin, cost = memory.transfer(channel, ready, nbytes, write=False)
-            held = memory.buffer_write((Buffer.WGT, bank), channel, begin, nbytes)
+            finish[i] = begin + cost.latency
+            # The port's round robin holds this LD back, and may hold earlier ones longer.
+            for ld, cycles in memory.buffer_write((Buffer.WGT, bank), channel, begin, nbytes,
+                                                  owner=(j, i)):
+                if ld.owner[0] == j:
+                    finish[ld.owner[1]] += cycles
             load_starts.append(begin)
             issue = begin + ISSUE_CYCLES
-            done = max(done, begin + cost.latency + held)
-        loaded.append(done)
+        loaded.append(max([loaded[-1] if loaded else 0, *finish.values()]))
 
     for j in range(min(ahead, len(tiles))):
         load(j)
