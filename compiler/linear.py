@@ -91,7 +91,7 @@ from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
                              requant_params, weight_format)
 from airfoil.isa import ISA_VERSION, Buffer, Opcode, SysOp, WeightFormat
-from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
+from airfoil.packing import (DEFAULT_MIXED, MIXED_MAX_REL_ERROR, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
                              record_tag)
@@ -101,7 +101,7 @@ from airfoil.wgt_banks import WgtBanks
 from .asm import listing
 from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
-from .llm_recipe import OUT_FORMATS, LayerQuant
+from .llm_recipe import OUT_FORMATS, LayerQuant, check_mixed_max_error
 from .passes import StreamShape, Validate, quantize_linear
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
@@ -409,7 +409,7 @@ class LinearOptions:
         WGT tiles.
     nm : int
         A streamed layer's N:M code (:func:`airfoil.packing.nm_code`).
-    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes
+    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes, mixed_max_error
         As :func:`compile_linear` takes them (``out_bits`` from ``out_format``).
     """
 
@@ -425,6 +425,7 @@ class LinearOptions:
     calib: object
     seed: int
     max_tile_bytes: int | None
+    mixed_max_error: float
 
     @property
     def bias_wformat(self) -> WeightFormat:
@@ -436,7 +437,8 @@ class LinearOptions:
 
 def linear_options(weight, bias, config, *, wformat="int4", group=128, out_format="int8",
                    calib=None, seed=0, max_tile_bytes=None, stream=None, sparsity="dense",
-                   mixed_formats=None, block_density=1.0) -> LinearOptions:
+                   mixed_formats=None, block_density=1.0,
+                   mixed_max_error=MIXED_MAX_REL_ERROR) -> LinearOptions:
     """Check :func:`compile_linear`'s arguments (one-line :class:`CompileError` naming what
     is accepted) and resolve them: ``stream`` (default: implied by the format, the
     sparsity or ``mixed_formats``), a streamed layer's record formats."""
@@ -446,6 +448,7 @@ def linear_options(weight, bias, config, *, wformat="int4", group=128, out_forma
         name = str(wformat).lower()
         stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
                   or sparsity != "dense" or mixed_formats is not None)
+    check_mixed_max_error(mixed_max_error, "mixed_max_error")
     formats, nm = (), 0
     if stream:
         formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
@@ -461,7 +464,7 @@ def linear_options(weight, bias, config, *, wformat="int4", group=128, out_forma
         label = _check_args(weight, bias, config, wformat, group, out_format).name.lower()
     return LinearOptions(config, bool(stream), label, formats, nm, group,
                          OUT_FORMATS[out_format], sparsity, block_density, calib, seed,
-                         max_tile_bytes)
+                         max_tile_bytes, float(mixed_max_error))
 
 
 class _LayerStep(Pass):
@@ -490,7 +493,8 @@ class QuantizeLayer(_LayerStep):
         node, weight, _ = self.layer(g)
         if o.stream:
             lq = LayerQuant(tuple(format_spec(t).name for t in o.formats), o.group,
-                            o.sparsity, o.block_density)
+                            o.sparsity, o.block_density,
+                            mixed_max_error=o.mixed_max_error)
             shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes)
         else:
             lq, shape = LayerQuant((o.wformat,), o.group), StreamShape.of(o.config)
@@ -823,6 +827,10 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         ``bitmod3`` are the presets of :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4
         / FP3 variants). Streamed formats other than INT2/3/4/8 and OVP must be in the
         config's ``weight_formats``.
+    mixed_max_error : float
+        Candidates of several widths: a record takes the narrowest whose squared error is
+        at most this fraction of its squared weights (0 to 1; default
+        :data:`airfoil.packing.MIXED_MAX_REL_ERROR`).
 
     Returns
     -------

@@ -53,8 +53,8 @@ A single-layer recipe (``airfoil compile --recipe`` of one layer,
 ``compiler/recipes/linear_default.yaml``) is a flat mapping of the keyword arguments of
 :func:`compiler.linear.compile_linear` (:data:`LINEAR_RECIPE_KEYS`): ``wformat`` (a
 format above, or ``mixed``), ``group``, ``out_format``, ``stream``, ``sparsity``
-(:data:`SPARSITY`), ``block_density`` and ``mixed_formats`` (the candidates of ``wformat:
-mixed``, e.g. ``"int4,ovp"``).
+(:data:`SPARSITY`), ``block_density``, ``mixed_formats`` (the candidates of ``wformat:
+mixed``, e.g. ``"int4,ovp"``) and ``mixed_max_error`` (their error bound, as above).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from .quant_algorithms import METHODS
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "LINEAR_RECIPE_KEYS", "OUT_FORMATS",
            "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS", "nm_of",
-           "RECIPE_DIR"]
+           "RECIPE_DIR", "check_mixed_max_error"]
 
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
@@ -87,7 +87,8 @@ LINEAR_DEFAULT_RECIPE = package_path("compiler", "recipes", "linear_default.yaml
 OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
 #: Keys a single-layer recipe may set, with their Python type.
 LINEAR_RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
-                      "sparsity": str, "mixed_formats": str, "block_density": float}
+                      "sparsity": str, "mixed_formats": str, "block_density": float,
+                      "mixed_max_error": float}
 
 #: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
 TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
@@ -302,11 +303,17 @@ def _check_rule(r: dict, where: str) -> None:
             raise CompileError(f"{where}.density = {d!r} is not supported (accepted: a "
                                f"number in (0, 1], with sparsity block)")
     if "mixed_max_error" in r:
-        e, (lo, hi) = r["mixed_max_error"], MIXED_MAX_ERROR_RANGE
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not lo <= e <= hi:
-            raise CompileError(f"{where}.mixed_max_error = {e!r} is not supported (accepted: "
-                               f"a number in [{lo:g}, {hi:g}], the largest squared error of "
-                               f"a record over its squared weights)")
+        check_mixed_max_error(r["mixed_max_error"], f"{where}.mixed_max_error")
+
+
+def check_mixed_max_error(value, where: str) -> None:
+    """Refuse a ``mixed_max_error`` (``where`` names it) outside
+    :data:`airfoil.packing.MIXED_MAX_ERROR_RANGE` in one line naming the range."""
+    lo, hi = MIXED_MAX_ERROR_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise CompileError(f"{where} = {value!r} is not supported (accepted: a number in "
+                           f"[{lo:g}, {hi:g}], the largest squared error of a record over "
+                           f"its squared weights)")
 
 
 def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from airfoil import packing
 from airfoil.config import load_config
 from airfoil.errors import CompileError, ProgramError
 from airfoil.folder import load_folder
@@ -321,18 +320,18 @@ def test_bitmod_presets_compile_and_agree(tmp_path, preset, sparsity, seed):
 
 
 @pytest.mark.parametrize("sparsity,seed", [("dense", 3), ("2:4", 4)])
-def test_every_bitmod_format_in_one_layer(tmp_path, monkeypatch, sparsity, seed):
+def test_every_bitmod_format_in_one_layer(tmp_path, sparsity, seed):
     """A layer whose records sit on the grids of INT6 and every FP4/FP3 variant: with no
-    error allowed across widths (``MIXED_MAX_REL_ERROR`` 0, so a record takes the
+    error allowed across widths (``mixed_max_error`` 0, so a record takes the
     narrowest format that holds it exactly) the per-record choice finds each, and torch
     golden == ISA (odd sizes)."""
-    monkeypatch.setattr(packing, "MIXED_MAX_REL_ERROR", 0.0)
     n, k, group = 4 * CFG.chains + 3, 9 * 32, 32
     w, names = bitmod_layer(np.random.default_rng(seed), n, k, group=group, rows=CFG.chains,
                             formats=BITMOD_ALL, sparsity=sparsity)
     out = tmp_path / "f"
     m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
-                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
+                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity,
+                       mixed_max_error=0.0)
     layer = m["model"]["linears"]["linear"]
     want = dict(zip(*np.unique(names.astype(str), return_counts=True)))
     assert layer["formats"] == {f: int(c) for f, c in want.items()}
