@@ -47,8 +47,9 @@ __all__ = ["SENSITIVITY_WINDOWS", "DEFAULT_CANDIDATES", "layer_weight_bits",
 
 #: Calibration windows the sensitivity of a layer is measured on.
 SENSITIVITY_WINDOWS = 2
-#: Candidates when the recipe lists none: the formats whole models compile to.
-DEFAULT_CANDIDATES = (("int4", "dense"), ("int8", "dense"))
+#: Candidates ``(format, sparsity, mixed_max_error)`` when the recipe lists none: the
+#: formats whole models compile to.
+DEFAULT_CANDIDATES = (("int4", "dense", None), ("int8", "dense", None))
 
 
 def layer_weight_bits(lq: LayerQuant, n: int, k: int, rows: int = DEFAULT_RECORD_ROWS,
@@ -85,13 +86,15 @@ def quantized_code_bits(ql: QLinear) -> torch.Tensor:
     return out
 
 
-def candidate(lq: LayerQuant, fmt, sparsity: str) -> LayerQuant:
+def candidate(lq: LayerQuant, fmt, sparsity: str, mixed_max_error=None) -> LayerQuant:
     """``lq`` in candidate format ``fmt`` (a BitMoD preset, or a tuple of formats of a
     ``mixed`` candidate: a per-group choice, by round to nearest) and ``sparsity``, its
-    group, method and ``mixed_max_error`` kept."""
+    group and method kept, and its ``mixed_max_error`` unless the candidate gives one."""
     formats = fmt if isinstance(fmt, tuple) else tuple(MIXED_PRESETS.get(fmt, (fmt,)))
     method = lq.method if len(formats) == 1 and fmt != "ovp" else "rtn"
-    return replace(lq, formats=formats, sparsity=sparsity, density=1.0, method=method)
+    bound = lq.mixed_max_error if mixed_max_error is None else mixed_max_error
+    return replace(lq, formats=formats, sparsity=sparsity, density=1.0, method=method,
+                   mixed_max_error=bound)
 
 
 def candidate_name(fmt) -> str:
@@ -217,27 +220,27 @@ class ChooseFormats(Pass):
             n, k = g.params[node.attrs["weight"]].shape
             weights += n * k
             costs[name], losses[name], calibrated[name] = {}, {}, {}
-            for fmt, sp in self.candidates:
-                lq = candidate(plan[name], fmt, sp)
+            for c in self.candidates:
+                lq = candidate(plan[name], *c)
                 nm = lq.nm
                 if nm and k % nm[1]:
                     continue
                 ql = quantize_node(g, node, lq, self.shape)
-                costs[name][(fmt, sp)] = layer_weight_bits(lq, n, k, self.shape.rows,
-                                                           quantized_code_bits(ql))
-                losses[name][(fmt, sp)] = _sensitivity(g, node, ql, windows, refs)
+                costs[name][c] = layer_weight_bits(lq, n, k, self.shape.rows,
+                                                   quantized_code_bits(ql))
+                losses[name][c] = _sensitivity(g, node, ql, windows, refs)
                 if lq.method != "rtn":
-                    calibrated[name][(fmt, sp)] = ql
+                    calibrated[name][c] = ql
             release_done(g, node)
             if not costs[name]:
                 raise CompileError(f"no budget candidate fits layer {name} (k={k})")
         pick = choose(costs, losses, self.bits * weights)
         new = dict(plan)
         rows = []
-        for name, (fmt, sp) in pick.items():
-            new[name] = candidate(plan[name], fmt, sp)
-            rows.append({"layer": name, "format": candidate_name(fmt), "sparsity": sp,
-                         "bits": costs[name][(fmt, sp)], "kl": losses[name][(fmt, sp)]})
+        for name, c in pick.items():
+            new[name] = candidate(plan[name], *c)
+            rows.append({"layer": name, "format": candidate_name(c[0]), "sparsity": c[1],
+                         "bits": costs[name][c], "kl": losses[name][c]})
         reached = sum(r["bits"] for r in rows) / weights
         g.meta["budget_quantized"] = ChosenWeights(
             (name, calibrated[name][c]) for name, c in pick.items() if c in calibrated[name])

@@ -21,7 +21,7 @@ The one module that reads recipes. An LLM recipe has three sections
       candidates:                 # the (format or mixed, sparsity) pairs a layer may take
         - {format: int4}
         - {format: int4, sparsity: "2:4"}
-        - {mixed: [int2, int4, int8]}
+        - {mixed: [int2, int4, int8], mixed_max_error: 0.02}  # bound default: the rules'
     activations: {format: int8, granularity: per_token}
     kv_cache: {format: int8, granularity: per_token_head}
     embedding: {format: int4, group: 32}   # optional: int8 (a scale per row, the default)
@@ -100,7 +100,7 @@ _SECTIONS = ("weights", "activations", "kv_cache", "budget", "embedding")
 _RULE_KEYS = ("match", "format", "mixed", "mixed_max_error", "sparsity", "density", "group",
               "method")
 #: Keys of a budget candidate.
-_CANDIDATE_KEYS = ("format", "mixed", "sparsity")
+_CANDIDATE_KEYS = ("format", "mixed", "mixed_max_error", "sparsity")
 _BUDGET_KEYS = ("bits", "candidates")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
 _KV = {"format": ("int8",), "granularity": ("per_token_head",)}
@@ -375,8 +375,9 @@ def nm_of(sparsity: str) -> tuple[int, int] | None:
 
 
 def _parse_budget(b, source) -> dict:
-    """``{"bits": float or None, "candidates": ((format, sparsity), ...)}``: ``format`` a
-    format name (or preset), or for a ``mixed`` candidate the tuple of its formats."""
+    """``{"bits": float or None, "candidates": ((format, sparsity, mixed_max_error),
+    ...)}``: ``format`` a format name (or preset), or for a ``mixed`` candidate the tuple of
+    its formats; ``mixed_max_error`` None when the candidate leaves it to the rules."""
     if not isinstance(b, dict):
         raise CompileError(f"{source}: budget must be a mapping with keys "
                            f"{', '.join(_BUDGET_KEYS)}")
@@ -398,13 +399,18 @@ def _parse_budget(b, source) -> dict:
         if not isinstance(c, dict) or set(c) - set(_CANDIDATE_KEYS) or not (
                 "format" in c or "mixed" in c):
             raise CompileError(f"{where} must be a mapping with a format (or mixed) and an "
-                               f"optional sparsity (keys: {', '.join(_CANDIDATE_KEYS)})")
+                               f"optional sparsity and mixed_max_error (keys: "
+                               f"{', '.join(_CANDIDATE_KEYS)})")
         _check_rule(c, where)
         if c.get("sparsity") == "block":
             raise CompileError(f"{where}.sparsity = 'block' is not a budget candidate "
                                f"(accepted: dense or N:M)")
         fmt = _candidates(c["mixed"]) if "mixed" in c else c["format"]
-        out.append((fmt, c.get("sparsity", "dense")))
+        bound = c.get("mixed_max_error")
+        if bound is not None and len(LayerQuant(fmt, 32).widths) < 2:
+            raise CompileError(f"{where}.mixed_max_error applies to a mixed candidate of "
+                               f"several widths, not {c['mixed']!r}")
+        out.append((fmt, c.get("sparsity", "dense"), None if bound is None else float(bound)))
     return {"bits": None if bits is None else float(bits), "candidates": tuple(out)}
 
 
