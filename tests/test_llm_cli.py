@@ -106,6 +106,9 @@ def test_compile_errors(tmp_path, capsys):
                            "4:16, 8:16, block)"),
                           ({"mixed": ["int2", "int9"]},
                            "mixed = ['int2', 'int9'] is not supported (accepted: a list of "),
+                          ({"mixed": ["int2", "int8"], "mixed_max_error": -0.01},
+                           "mixed_max_error = -0.01 is not supported (accepted: a number in "
+                           "[0, 1]"),
                           ({"format": "int8", "sparsity": "2:4"},
                            "streamed weights (int8/2:4) need the decode unit")]:
         bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "group": 32, **rule}])
