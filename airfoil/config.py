@@ -195,6 +195,10 @@ class MemoryConfig:
         return min(self.word_bits, INSTR_BITS)
 
 
+#: Bank counts of :class:`BufferConfig`, left out of the hashes when 1 (the default).
+_BANK_KEYS = ("wgt_banks", "kv_banks")
+
+
 @dataclass(frozen=True)
 class BufferConfig:
     """Sizes of the on-chip buffers in bytes (each a power of two), and the WGT buffer's
@@ -206,6 +210,13 @@ class BufferConfig:
     every row (``L`` the row's words over the banks) and is one contiguous range of the
     addresses LD and ST name (:mod:`airfoil.wgt_banks`), so the LDs of a weight tile on
     different channels, each into its own bank, write in the same cycle.
+
+    ``kv_banks``: the KV buffer is built of this many banks (a power of two; 1: one bank,
+    today's buffer), each ``kv_bytes / kv_banks`` bytes with a write port of its own and
+    one contiguous range of LD/ST addresses; bank ``b`` holds the key/value records of the
+    keys ``l`` with ``l % kv_banks == b`` (:mod:`airfoil.kv_banks`), so ``ATT_QK`` and
+    ``ATT_PV`` take ``kv_banks`` keys per record word, and the LDs of a pass, one per bank
+    on different channels, write in the same cycle.
     """
 
     act_bytes: int
@@ -214,13 +225,15 @@ class BufferConfig:
     kv_bytes: int = 1 << 12
     aux_bytes: int = 1 << 12
     wgt_banks: int = 1
+    kv_banks: int = 1
 
     def validate(self, where: str) -> None:
-        v = self.wgt_banks
-        if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v):
-            raise ConfigError(f"{where}buffers.wgt_banks must be a power of two, not {v!r}")
+        for name in _BANK_KEYS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v):
+                raise ConfigError(f"{where}buffers.{name} must be a power of two, not {v!r}")
         for f in dataclasses.fields(self):
-            if f.name == "wgt_banks":
+            if f.name in _BANK_KEYS:
                 continue
             v = getattr(self, f.name)
             if not (_is_pow2(v) and 256 <= v <= 1 << 24):
@@ -476,6 +489,11 @@ class AccelConfig:
             raise ConfigError(f"{where}buffers.wgt_banks ({self.buffers.wgt_banks}) must "
                               f"divide the memory words of a WGT row (chains x lanes x 4 "
                               f"bits = {row_bits} over {self.memory.word_bits}-bit words)")
+        kv_bank = self.buffers.kv_bytes // self.buffers.kv_banks
+        if kv_bank < 2 * self.memory.word_bytes:
+            raise ConfigError(f"{where}buffers.kv_banks ({self.buffers.kv_banks}) must leave "
+                              f"each KV bank at least two memory words "
+                              f"({2 * self.memory.word_bytes} bytes), not {kv_bank}")
         if self.decode_unit and self.chains % self.memory.channels:
             raise ConfigError(f"{where}chains ({self.chains}) must divide into one equal slice "
                               f"per memory channel ({self.memory.channels}) for the decode unit")
@@ -581,8 +599,9 @@ class AccelConfig:
     @property
     def config_hash(self) -> str:
         """16 hex digits naming everything a program depends on (the name, description,
-        device capacity and :attr:`sfu_lanes` excluded; ``buffers.wgt_banks`` only when
-        not the one bank of the default, so a program for one bank keeps its hash)."""
+        device capacity and :attr:`sfu_lanes` excluded; ``buffers.wgt_banks`` and
+        ``buffers.kv_banks`` only when not the one bank of the default, so a program for
+        one bank keeps its hash)."""
         return self._digest(exclude=("sfu_lanes",))
 
     @property
@@ -594,8 +613,9 @@ class AccelConfig:
 
     def _digest(self, exclude: tuple[str, ...]) -> str:
         d = self.to_dict()
-        if d["buffers"]["wgt_banks"] == 1:
-            del d["buffers"]["wgt_banks"]
+        for key in _BANK_KEYS:
+            if d["buffers"][key] == 1:
+                del d["buffers"][key]
         for key in ("name", "description", "device") + exclude:
             d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()

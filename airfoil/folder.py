@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,18 @@ from .textfile import read_bounded, read_text
 #: The linear layers of a decoder layer, by role, in execution order.
 LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
-__all__ = ["FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
+__all__ = ["parameter_block", "FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
            "read_llm_model", "channel_offsets", "linear_roles", "LINEAR_ROLES",
            "weight_bits_per_weight"]
 
+
+
+def parameter_block(pos: int, tokens: int, kv_banks: int = 1) -> bytes:
+    """The 16 bytes of an LLM folder's parameter block (layout ``params``) that a run's
+    ``SYS LDREG`` read: int32 ``pos``, ``tokens``, the length ``pos + tokens`` and its key
+    groups ``ceil(length / kv_banks)`` (read on a banked KV buffer, ``buffers.kv_banks``)."""
+    n = pos + tokens
+    return struct.pack("<4i", pos, tokens, n, -(-n // kv_banks))
 
 def linear_roles(shape: dict) -> tuple[str, ...]:
     """The linear roles of a decoder layer of model ``shape`` (HF config fields): all of

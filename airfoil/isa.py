@@ -238,6 +238,11 @@ class SfuFunc(enum.Enum, shape=6):
       ``imm1``) at ``aux_addr`` in ``aux``; writes ACT ``(R, heads * n)``. A head
       dimension ``n`` over the config's ``limits.att_pv_max_head_dim`` (default
       :data:`ATT_PV_MAX_HEAD_DIM`) is UNSUPPORTED (the context accumulator's size).
+    * ``ATT_QK`` and ``ATT_PV`` on a KV buffer in banks (config ``buffers.kv_banks`` above
+      1): ``aux`` must be KV, ``aux_addr`` is an offset in every bank and the record of
+      key ``l`` and kv head ``kv`` is at ``aux_addr + ((l // B) * kv_heads + kv) * imm1``
+      of bank ``l % B`` (:mod:`airfoil.kv_banks`); those records (and ``ATT_QK``'s
+      query records) must start on buffer words, else MALFORMED.
     * ``DEQUANT_ROW``: :func:`dequant_groups` of ``R`` records of ``n`` values (row
       ``r`` at ``src_addr + r * imm0``; ``imm0 = 0``: :func:`dequant_record_bytes`,
       records back to back) into ``R`` ACT rows at ``dst_addr``: the embedding rows a

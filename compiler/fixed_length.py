@@ -18,7 +18,7 @@ from airfoil.errors import CompileError
 from airfoil.isa import INSTR_BITS, Opcode, SysOp, decode, encode
 from airfoil.program import HEADER_SIZE
 
-from .lower_llm import REG_LEN, REG_POS, REG_T
+from .lower_llm import REG_GROUPS, REG_LEN, REG_POS, REG_T
 
 __all__ = ["fixed_length_words", "program_bytes", "BUCKETS"]
 
@@ -32,11 +32,14 @@ def program_bytes(instructions: int) -> int:
     return HEADER_SIZE + instructions * INSTR_BITS // 8
 
 
-def fixed_length_words(words, *, pos: int, tokens: int) -> list[int]:
+def fixed_length_words(words, *, pos: int, tokens: int, kv_banks: int = 1) -> list[int]:
     """The program ``words`` (an LLM phase program) with its run-time lengths fixed: the
-    ``SYS LDREG`` of the position, token count and length registers become ``SYS SETREG``
-    of ``pos``, ``tokens`` and ``pos + tokens``."""
+    ``SYS LDREG`` of the position, token count and length registers (and, on a KV buffer
+    of ``kv_banks`` banks, of the key groups) become ``SYS SETREG`` of ``pos``, ``tokens``,
+    ``pos + tokens`` (and ``ceil((pos + tokens) / kv_banks)``)."""
     value = {REG_POS: pos, REG_T: tokens, REG_LEN: pos + tokens}
+    if kv_banks > 1:
+        value[REG_GROUPS] = -(-(pos + tokens) // kv_banks)
     out, seen = [], set()
     for w in words:
         ins = decode(w) if (w & 0xF) == Opcode.SYS.value else None

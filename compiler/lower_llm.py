@@ -102,6 +102,7 @@ from airfoil.config import AccelConfig
 from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed
+from airfoil.kv_banks import KvBanks
 from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, SfuFunc,
                          SysOp)
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
@@ -119,13 +120,17 @@ from .schedule import Scheduler
 from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
 
 __all__ = ["compile_llm", "lower_pipeline", "compile_pipeline", "LowerOptions",
-           "lowered_model", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
+           "lowered_model", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "REG_GROUPS", "PHASES",
            "LLM_KIND", "record_bytes", "embed_group", "DEFAULT_MAX_PROMPT"]
 
 LLM_KIND = "llm"
 PHASES = ("prefill", "decode")
-#: Run-time registers loaded from the parameter block at address 0.
+#: Run-time registers loaded from the parameter block at address 0
+#: (:func:`airfoil.folder.parameter_block`).
 REG_POS, REG_T, REG_LEN = 1, 2, 3
+#: On a banked KV buffer (``buffers.kv_banks``): the key groups ``ceil(REG_LEN / kv_banks)``,
+#: the rows each bank's K and V loads take.
+REG_GROUPS = 4
 #: Prompt tokens the prefill program is planned for by default.
 DEFAULT_MAX_PROMPT = 32
 #: The SFU function of an ungated MLP's activation, by the shape's ``mlp`` (BERT's erf
@@ -360,9 +365,11 @@ def _plan_image(model, config, max_prompt, max_pos):
     for name, b in {**_biases(model), **_norm_biases(model)}.items():
         put(name, 4 * b.numel())
     lay["kv_row"] = kv * rec
+    # On a banked KV buffer the loads take whole key groups: rows up to a multiple of it.
+    rows = _up(max_pos, config.buffers.kv_banks)
     for i in range(len(model["layers"])):
-        put(f"l{i}.kcache", kv * rec * max_pos)
-        put(f"l{i}.vcache", kv * rec * max_pos)
+        put(f"l{i}.kcache", kv * rec * rows)
+        put(f"l{i}.vcache", kv * rec * rows)
     lay["tiles"] = top
     return lay, top
 
@@ -547,15 +554,19 @@ class _Phase:
         out.top = max(out.top, attn_top)
         self.O = out.take(T * d * 4, "projection outputs")
         self.LOG = out.take(T * lay["logits_row"], "logits")
-        kvb = _Bump("KV", b.kv_bytes, self.wb)
-        self.kv_pass, slots = _kv_passes(kv, self.lmax, self.rec, b.kv_bytes,
+        # KV slots: offsets in each bank of the key groups' records (airfoil.kv_banks).
+        self.kv_map = KvBanks.of(config)
+        self.kv_groups = self.kv_map.groups(self.lmax)
+        kvb = _Bump("KV" if self.kv_map.banks == 1 else "KV bank", self.kv_map.bank_bytes,
+                    self.wb)
+        self.kv_pass, slots = _kv_passes(kv, self.kv_groups, self.rec, kvb.size,
                                          whole=phase == "prefill")
         self.KB, self.VB = [], []
         for _ in range(slots):
             what = (f"of {self.kv_pass} of {kv} KV heads" if self.kv_pass < kv else "")
-            self.KB.append(kvb.take(self.lmax * self.kv_pass * self.rec,
+            self.KB.append(kvb.take(self.kv_groups * self.kv_pass * self.rec,
                                     f"K cache {what} at {self.lmax} positions"))
-            self.VB.append(kvb.take(self.lmax * self.kv_pass * self.rec,
+            self.VB.append(kvb.take(self.kv_groups * self.kv_pass * self.rec,
                                     f"V cache {what} at {self.lmax} positions"))
         aux = _Bump("AUX", b.aux_bytes, self.wb)
         self.IDS = aux.take(4 * T, "token ids")
@@ -684,7 +695,10 @@ class _Phase:
         d, heads, kv, hd, inter, vocab = \
             self.d, self.heads, self.kv, self.hd, self.inter, self.vocab
         rec, m = self.rec, self.model
-        for reg, off in ((REG_POS, 0), (REG_T, 4), (REG_LEN, 8)):
+        regs = ((REG_POS, 0), (REG_T, 4), (REG_LEN, 8))
+        if self.kv_map.banks > 1:
+            regs += ((REG_GROUPS, 12),)
+        for reg, off in regs:
             s.add(Opcode.SYS, op=SysOp.LDREG, reg=reg, value=lay["params"] + off)
         self.ld(Buffer.AUX, self.IDS, lay["ids"], _up(4 * T, self.wb))
         self.embed()
@@ -854,28 +868,37 @@ class _Phase:
         lay, T, rec, hd = self.lay, self.tmax, self.rec, self.hd
         kvrow, g, kvh = lay["kv_row"], self.heads // self.kv, self.kv_pass
         slots = len(self.KB)
+        banks, groups = self.kv_map.banks, self.kv_groups
+        rows = _up(self.max_pos, banks)
+
+        def kv_slot(addr):      # the slot's records in every bank
+            return [self.r(Buffer.KV, b * self.kv_map.bank_bytes + addr, groups * kvh * rec)
+                    for b in range(banks)]
         for j, h0 in enumerate(range(0, self.kv, kvh)):
             kb, vb = self.KB[j % slots], self.VB[j % slots]
             for cache, buf_addr in ((p + "kcache", kb), (p + "vcache", vb)):
                 base = lay[cache]
-                self.ld(Buffer.KV, buf_addr, base + h0 * rec, kvh * rec, count=self.lmax,
-                        stride=kvrow, reads=[self.mem(base, kvrow * self.max_pos)],
-                        count_reg=REG_LEN)
+                # One LD a bank (the positions l % banks == b, every banks-th row): on
+                # different channels they write at once.
+                for b in range(banks):
+                    self.ld(Buffer.KV, b * self.kv_map.bank_bytes + buf_addr,
+                            base + b * kvrow + h0 * rec, kvh * rec, count=groups,
+                            stride=banks * kvrow, reads=[self.mem(base, kvrow * rows)],
+                            count_reg=REG_LEN if banks == 1 else REG_GROUPS)
             hq = kvh * g
             att = {"heads": hq, "kv_heads": kvh, "len_reg": REG_LEN}
             S0, Q0, C0 = (self.S + h0 * g * self.lmax * 4, self.QR + h0 * g * rec,
                           self.C + h0 * g * hd * 4)
             S_rng = self.r(Buffer.OUT, S0, T * hq * self.lmax * 4)
             self.sfu(SfuFunc.ATT_QK, Buffer.ACT, Q0, Buffer.OUT, S0, hd,
-                     reads=[self.r(Buffer.ACT, Q0, T * hq * rec),
-                            self.r(Buffer.KV, kb, self.lmax * kvh * rec)],
+                     reads=[self.r(Buffer.ACT, Q0, T * hq * rec), *kv_slot(kb)],
                      writes=[S_rng], aux=Buffer.KV, aux_addr=kb, imm0=rec, imm1=rec, **att)
             self.sfu(SfuFunc.SOFTMAX, Buffer.OUT, S0, Buffer.OUT, S0, hd,
                      reads=[S_rng], writes=[S_rng], pos_reg=REG_POS,
                      imm0=self.model["shape"].get("sliding_window") or 0,
                      imm1=int(encoder(self.model["shape"])), **att)
             self.sfu(SfuFunc.ATT_PV, Buffer.OUT, S0, Buffer.ACT, C0, hd,
-                     reads=[S_rng, self.r(Buffer.KV, vb, self.lmax * kvh * rec)],
+                     reads=[S_rng, *kv_slot(vb)],
                      writes=[self.r(Buffer.ACT, C0, T * hq * hd * 4)], aux=Buffer.KV,
                      aux_addr=vb, imm1=rec, **att)
 

@@ -104,12 +104,12 @@ RELEASE_CYCLES = 1
 #: record before ``beats.ready`` rises again.
 LD_RECORD_GAP = 2
 #: Words per cycle one buffer write port takes from the LOAD unit: a buffer has one write
-#: port, the WGT buffer one per bank (``buffers.wgt_banks``), which the receivers of all
-#: channels share round robin (``connect_writes``, ``connect_wgt_writes`` in
-#: hdl/core/fabric.py), so LDs through one port on several channels at once stream their
-#: data through it together at this rate, each an equal share (:func:`round_robin_ends`);
-#: loads through different ports (other buffers, other WGT banks: a weight tile's LDs,
-#: one bank each) do not meet.
+#: port, the WGT and KV buffers one per bank (``buffers.wgt_banks``, ``buffers.kv_banks``),
+#: which the receivers of all channels share round robin (``connect_writes``,
+#: ``connect_wgt_writes``, ``connect_kv_writes`` in hdl/core/fabric.py), so LDs through one
+#: port on several channels at once stream their data through it together at this rate,
+#: each an equal share (:func:`round_robin_ends`); loads through different ports (other
+#: buffers, other banks: a weight tile's LDs, or a KV pass's, one bank each) do not meet.
 BUFFER_WRITE_WORDS = 1
 
 # -- STORE unit (hdl/core/store.py) -----------------------------------------------------------
@@ -250,7 +250,8 @@ class CycleModel:
                                  src_addr=src_addr, aux_addr=aux_addr,
                                  dst_addr=dst_addr, imm0=imm0, imm1=imm1),
                             word_bits=8 * self._config.word_bytes,
-                            sfu_lanes=self._config.sfu_lane_count) + TOKEN_HANDOFF
+                            sfu_lanes=self._config.sfu_lane_count,
+                            kv_banks=self._config.buffers.kv_banks) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

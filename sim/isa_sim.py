@@ -50,6 +50,7 @@ from airfoil import fixedpoint as fx
 from airfoil.isa import (SFU_ALIGN, SFU_BUFFERS, TOKEN_DEPTH, Buffer, ErrorCode, Instr,
                          Opcode, SfuFunc, Sparsity, SysOp, Unit, WeightFormat, decode)
 from airfoil.packing import NM_BY_NAME, core_stream_geometry, read_records, record_tag
+from airfoil.kv_banks import KvBanks
 from airfoil.wgt_banks import WgtBanks
 from hdl.pe.kinds import pe_kind, tag_value_bits
 
@@ -161,6 +162,8 @@ class IsaSim:
                         Buffer.AUX: bytearray(b.aux_bytes)}
         #: The WGT buffer's banks: where an LD/ST's words are in the rows the MATRIX reads.
         self.wgt_banks = WgtBanks.of(config)
+        #: The KV buffer's banks: where ATT_QK and ATT_PV find a key's records.
+        self.kv_banks = KvBanks.of(config)
         self.acc = torch.zeros((1, 1), dtype=torch.int64)
         self.regs = [0] * 32
         self.macs = 0
@@ -249,11 +252,14 @@ class IsaSim:
         return count * ins.nbytes
 
     def _write_port(self, ins: Instr):
-        """The buffer write port an LD's words take: the buffer's one, or the WGT bank its
-        ``buf_addr`` names."""
-        if ins.buf != Buffer.WGT:
-            return ins.buf
-        return (ins.buf, self.wgt_banks.bank(ins.buf_addr // self.config.word_bytes))
+        """The buffer write port an LD's words take: the buffer's one, or the WGT or KV
+        bank its ``buf_addr`` names."""
+        word = ins.buf_addr // self.config.word_bytes
+        if ins.buf == Buffer.WGT:
+            return (ins.buf, self.wgt_banks.bank(word))
+        if ins.buf == Buffer.KV and self.kv_banks.banks > 1:
+            return (ins.buf, self.kv_banks.word_map.bank(word))
+        return ins.buf
 
     def _banked_row(self, buf, b0: int, nbytes: int, d0: int, channel: int, write: bool):
         """Move the ``nbytes`` at LD/ST address ``b0`` of a banked WGT buffer from or to
@@ -438,6 +444,12 @@ class IsaSim:
                             offset=start)
         idx = np.arange(count)[:, None] * stride
         return fx.decode_records(raw[idx + np.arange(size)[None, :]], n, group)
+
+    def _records_at(self, buf, starts: np.ndarray, n: int):
+        """The INT8 records of ``n`` values with their scale pairs at byte addresses
+        ``starts`` of ``buf`` (already checked to lie in it)."""
+        raw = np.frombuffer(self.buffers[buf], dtype=np.uint8)
+        return fx.decode_records(raw[starts[:, None] + np.arange(_up8(n) + 8)[None, :]], n, 0)
 
     def _matrix(self, i: int, ins: Instr) -> None:
         """Check and perform MV/MM (see :data:`airfoil.isa.MATRIX_LAYOUT`)."""
@@ -687,19 +699,37 @@ class IsaSim:
                         f"limits.att_pv_max_head_dim)")
         # The (R, heads, L) scores or probabilities bound L by their buffer: check their
         # span, then the key/value records', before any record is read.
+        # On a banked KV buffer (airfoil.kv_banks) the records lie in the banks by key.
+        banks = self.kv_banks if self.kv_banks.banks > 1 else None
         if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
+            if banks is not None and aux != Buffer.KV:
+                raise fault(i, what, ErrorCode.MALFORMED, f"records must be in the KV "
+                            f"buffer of {banks.banks} banks, not in {aux.name}")
+            if banks is not None and (banks.misaligned(xa, f["imm1"]) or (
+                    fn == SfuFunc.ATT_QK and banks.misaligned(sa, f["imm0"]))):
+                raise fault(i, what, ErrorCode.MALFORMED, f"records on the {banks.banks} "
+                            f"KV banks must start on {banks.word_bytes}-byte words "
+                            f"(aux_addr, imm1{', src_addr, imm0' * (fn == SfuFunc.ATT_QK)})")
             scores = (dst, da) if fn == SfuFunc.ATT_QK else (src, sa)
             self._span(i, what, *scores, 4 * rows * H * L, sfu=True)
-            self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8,
-                       sfu=True)
+            if banks is None:
+                self._span(i, what, aux, xa, (L * KV - 1) * f["imm1"] + _up8(hd) + 8,
+                           sfu=True)
+            elif xa + banks.span(L, KV, f["imm1"], _up8(hd) + 8) > banks.bank_bytes:
+                raise fault(i, what, ErrorCode.BUFFER_RANGE, f"records of {L} keys at "
+                            f"{xa:#x} reach beyond a {banks.bank_bytes}-byte KV bank")
         g = H // KV
         # Keys are taken in chunks so that a long key range with a short record stride
         # never holds more than about 2**22 record values at once.
         chunk = max(1, (1 << 22) // max(1, KV * hd))
 
         def keys(first, count):
-            v, sm, se = self._records(i, what, aux, xa + first * KV * f["imm1"], count * KV,
-                                      hd, f["imm1"])
+            if banks is not None:
+                v, sm, se = self._records_at(aux, banks.records(xa, first, count, KV,
+                                                                f["imm1"]), hd)
+            else:
+                v, sm, se = self._records(i, what, aux, xa + first * KV * f["imm1"],
+                                          count * KV, hd, f["imm1"])
             return (v.reshape(count, KV, hd).permute(1, 0, 2).unsqueeze(1),   # (KV, 1, l, d)
                     sm.reshape(count, KV).t().unsqueeze(1),
                     se.reshape(count, KV).t().unsqueeze(1))

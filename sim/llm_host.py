@@ -25,7 +25,7 @@ from airfoil.config import AccelConfig
 from airfoil.embedding import folder_embedding
 from airfoil.errors import AirfoilError, ProgramError
 from airfoil.fixedpoint import Sampling
-from airfoil.folder import encoder, llm_phases, output_width
+from airfoil.folder import encoder, llm_phases, output_width, parameter_block
 
 __all__ = ["LLMHost", "prefill_chunks"]
 
@@ -115,8 +115,8 @@ class LLMHost:
         if pos + T > self.max_pos:
             raise AirfoilError(f"{pos + T} positions exceed the {self.max_pos} the folder holds")
         lay = self.layout
-        self.image[lay["params"]:lay["params"] + 12] = np.array(
-            [pos, T, pos + T], dtype="<i4").tobytes()
+        self.image[lay["params"]:lay["params"] + 16] = parameter_block(
+            pos, T, self.config.buffers.kv_banks)
         self.image[lay["ids"]:lay["ids"] + 4 * T] = np.array(tok, dtype="<i4").tobytes()
         block = self.sampling.block()
         self.image[lay["sampling"]:lay["sampling"] + len(block)] = block

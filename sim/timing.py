@@ -22,13 +22,13 @@ that is what the ISA simulator's runs of the same compiler on small shapes do.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
+from airfoil.folder import parameter_block
 from airfoil.isa import Buffer, Opcode, SfuFunc, WeightFormat
 from airfoil.packing import (BLOCK_CODE, core_stream_geometry, format_spec, nm_code,
                              nm_kept, record_starts, record_tag)
@@ -199,7 +199,7 @@ def llm_step_cycles(manifest: dict, words, config: AccelConfig, *, position: int
         raise AirfoilError(f"positions {position}..{position + tokens - 1} are outside "
                            f"0..{mm['max_positions'] - 1}, the positions the folder's KV cache "
                            f"holds")
-    params = struct.pack("<3i", position, tokens, position + tokens)
+    params = parameter_block(position, tokens, config.buffers.kv_banks)
     at = mm["layout"]["params"]
     sim = TimingSim(config, bytes(at) + params, stream_blocks(manifest, config))
     if trace:

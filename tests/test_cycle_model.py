@@ -166,9 +166,13 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     of ATT_QK on word-aligned records (one more, the funnel's word, on records 136 bytes
     apart) and as many of ATT_PV, the scale pair's word and the value words (on records
     136 bytes apart 2 + ceil(128 / word) + 1: the pair's and the values' funnel words)."""
+    import dataclasses
+
     from airfoil.isa import SfuFunc
     from sim.cycle_model import CycleModel
-    cm = CycleModel(load_config(config))
+    cfg = load_config(config)           # with one KV bank (u280 has one per channel)
+    cm = CycleModel(dataclasses.replace(cfg, buffers=dataclasses.replace(cfg.buffers,
+                                                                         kv_banks=1)))
     shape = dict(n=128, rows=1, heads=32, kv_heads=8)
 
     def per_key(func, stride):
@@ -180,6 +184,25 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
     assert per_key(SfuFunc.ATT_QK, 136) == -(-136 // word_bytes) + 1
     assert per_key(SfuFunc.ATT_PV, aligned) == 1 + 128 // word_bytes == -(-136 // word_bytes)
     assert per_key(SfuFunc.ATT_PV, 136) == 2 + 128 // word_bytes + 1
+
+
+def test_sfu_attention_on_kv_banks_takes_a_key_group_per_record_word():
+    """On u280's 32 KV banks a key group (32 keys) of head_dim 128 costs each head the 3
+    words of its records in ATT_QK (its 32 scores span at most 3 words too), and in
+    ATT_PV the 3 words its probabilities may span and the 2 value words; records off the
+    word are refused (1 cycle)."""
+    from airfoil.isa import SfuFunc
+    from sim.cycle_model import CycleModel
+    cm = CycleModel(load_config("u280"))
+    shape = dict(n=128, rows=1, heads=32, kv_heads=8, imm0=192, imm1=192)
+
+    def per_group(func, keys=512, **kw):
+        return (cm.sfu_call(func, length=keys + 32, **{**shape, **kw}).busy
+                - cm.sfu_call(func, length=keys, **{**shape, **kw}).busy) // 32
+
+    assert per_group(SfuFunc.ATT_QK) == per_group(SfuFunc.ATT_QK, keys=511) == 3
+    assert per_group(SfuFunc.ATT_PV) == 3 + 2
+    assert per_group(SfuFunc.ATT_QK, imm1=136) == per_group(SfuFunc.ATT_PV, imm1=136) == 0
 
 
 @pytest.mark.parametrize("config,lanes", [("test", 4), ("u280", 16)])

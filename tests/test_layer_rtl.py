@@ -60,14 +60,16 @@ def test_kv_cache_records_hold_the_quantized_rows():
 
 
 def test_configs_derive_from_u280():
-    """u280_8ch is u280 with 8 channels and their 32 chains, its WGT buffer in a bank per
-    channel as u280's; u280_8ch_tiles is that without the decode unit (WGT-tile formats
-    only); every other field the same."""
+    """u280_8ch is u280 with 8 channels and their 32 chains, its WGT and KV buffers in a
+    bank per channel as u280's; u280_8ch_tiles is that without the decode unit (WGT-tile
+    formats only); every other field the same."""
     a, b, c = (load_config(n) for n in ("u280", "u280_8ch", "u280_8ch_tiles"))
     assert (b.memory.channels, b.chains) == (8, 32)
     assert b.chains // b.memory.channels == a.chains // a.memory.channels
     assert (a.buffers.wgt_banks, b.buffers.wgt_banks) == (32, 8)
-    assert (dataclasses.replace(b.buffers, wgt_banks=32), b.clock_mhz, b.lanes, b.weight_formats, b.memory.read_latency) == \
+    assert (a.buffers.kv_banks, b.buffers.kv_banks) == (32, 8)
+    assert (dataclasses.replace(b.buffers, wgt_banks=32, kv_banks=32), b.clock_mhz, b.lanes,
+            b.weight_formats, b.memory.read_latency) == \
         (a.buffers, a.clock_mhz, a.lanes, a.weight_formats, a.memory.read_latency)
     assert b.decode_unit and not c.decode_unit
     assert (c.memory, c.chains, c.lanes, c.buffers) == (b.memory, b.chains, b.lanes, b.buffers)
@@ -75,10 +77,11 @@ def test_configs_derive_from_u280():
     assert len({a.config_hash, b.config_hash, c.config_hash}) == 3
     assert layer7b.CONFIG == c.name
     d = load_config(layer7b.NARROW_CONFIG)                  # a quarter of u280_8ch_tiles
-    assert (d.memory.channels, d.chains, d.buffers.wgt_banks) == (2, 8, 2)
+    assert (d.memory.channels, d.chains, d.buffers.wgt_banks, d.buffers.kv_banks) == \
+        (2, 8, 2, 2)
     assert (d.lanes, d.weight_formats, d.decode_unit, d.clock_mhz) == \
         (c.lanes, c.weight_formats, c.decode_unit, c.clock_mhz)
-    assert dataclasses.replace(d.buffers, wgt_banks=8) == c.buffers
+    assert dataclasses.replace(d.buffers, wgt_banks=8, kv_banks=8) == c.buffers
 
 
 def test_dense_int4_layer_compiles_alike_with_and_without_the_decode_unit(tmp_path):
@@ -150,6 +153,8 @@ def test_full_width_7b_layer_bit_exact(full_width_run):
 @pytest.mark.rtl(group="layer7b")
 @pytest.mark.slow
 def test_full_width_7b_layer_cycle_model_within_goal(full_width_run):
+    """With the KV buffer in 8 banks the cycle model is 0.5 % short of the core on this
+    layer (283,786 RTL cycles, 282,324 modelled); with one KV bank it was 8.2 %."""
     _check(full_width_run)
 
 

@@ -73,6 +73,21 @@ def test_tokens_chosen_on_chip_equal_on_three_backends(tmp_path):
 
 
 @pytest.mark.slow
+def test_kv_banks_tokens_equal_on_three_backends(tmp_path):
+    """A KV buffer of 4 banks (``sim_llm_kv_banks``): the banked ATT_QK and ATT_PV, the
+    per-bank K and V loads on two channels and the key-group register give the golden's
+    tokens on the ISA simulator and the RTL core (a prompt longer than the prefill, so
+    decode steps at lengths that leave the last key group part full finish it). Slow (a
+    core of its own to build); tests/test_kv_banks.py runs the ISA simulator's part."""
+    cfg = load_config("sim_llm_kv_banks")
+    folder = _layer_folder(tmp_path, cfg, seed=1)
+    prompt = [5, 17, 2, 30, 11, 8, 1]
+    want = generate_folder(folder, prompt, 6)[0]
+    assert generate_isa(folder, cfg, prompt, 6)[0] == want
+    assert generate_rtl(folder, cfg, prompt, 6, seed=2, build_dir="build")[0] == want
+
+
+@pytest.mark.slow
 def test_tiny_model_eight_tokens_equal_on_three_backends():
     from sim.measure.llm_accuracy import TINY_MODEL
     from compiler.importers.hf import import_hf

@@ -10,6 +10,7 @@ kernel module's formula.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from types import SimpleNamespace
 
@@ -20,7 +21,9 @@ from amaranth.sim import Simulator
 from airfoil.config import load_config
 from airfoil.errors import ProgramError
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
+from airfoil.kv_banks import KvBanks
 from hdl.sfu import attention
+from hdl.sfu.banked_attention import BankedAttentionContext, BankedAttentionScores
 from hdl.sfu.attention import KERNELS, AttentionContext, AttentionScores, Softmax, pv_aligned
 from hdl.sfu.kernel import ARGS_LAYOUT
 from sim.isa_sim import IsaSim
@@ -43,13 +46,21 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
     The read ports answer with the little-endian word (of the ports' width) at the
     address of the previous cycle, which must be a multiple of the word; when ``en`` was
     low they hold their word or show random bits (either at random; the kernel must ignore
-    both). Writes (of the write port's width, at a multiple of it) go to ``dst`` under
-    their byte enables.
+    both). An ``aux`` port of ``B`` words reads a banked buffer: ``aux`` in ``B`` equal
+    banks, the word at the address of each (:mod:`airfoil.kv_banks`). Writes (of the write
+    port's width, at a multiple of it) go to ``dst`` under their byte enables.
     """
     rng = random.Random(seed)
     out = {}
     wb = len(dut.src.data) // 8
-    wr = len(dut.dst.data) // 8
+    banks = len(dut.aux.data) // len(dut.src.data)
+    bank_bytes = len(aux) // banks
+
+    def word(name, mem, a):
+        if name == "src":
+            return int.from_bytes(mem[a:a + wb], "little")
+        return int.from_bytes(b"".join(mem[b * bank_bytes + a:b * bank_bytes + a + wb]
+                                       for b in range(banks)), "little")
 
     async def testbench(ctx):
         ctx.set(dut.args, ARGS_LAYOUT.const(args))
@@ -64,23 +75,25 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
                 port = getattr(dut, name)
                 a = pending[name]
                 if a is not None:
-                    held[name] = int.from_bytes(mem[a:a + wb], "little")
+                    held[name] = word(name, mem, a)
                 elif rng.getrandbits(1):
-                    held[name] = rng.getrandbits(8 * wb)
+                    held[name] = rng.getrandbits(len(port.data))
                 ctx.set(port.data, held[name])
             for name, mem in (("src", src), ("aux", aux)):
                 port = getattr(dut, name)
                 if ctx.get(port.en):
                     a = ctx.get(port.addr)
-                    assert a % wb == 0 and a + wb <= len(mem), f"{name} read at {a:#x}"
+                    limit = len(mem) if name == "src" else bank_bytes
+                    assert a % wb == 0 and a + wb <= limit, f"{name} read at {a:#x}"
                     pending[name] = a
                 else:
                     pending[name] = None
             en = ctx.get(dut.dst.en)
             if en:
                 a, d = ctx.get(dut.dst.addr), ctx.get(dut.dst.data)
-                assert a % wr == 0 and a + wr <= len(dst), f"dst write at {a:#x}"
-                for b in range(wr):
+                width = len(dut.dst.en)
+                assert a % width == 0 and a + width <= len(dst), f"dst write at {a:#x}"
+                for b in range(width):
                     if en >> b & 1:
                         dst[a + b] = d >> (8 * b) & 0xFF
                 writes += 1
@@ -103,12 +116,23 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
     return out
 
 
-def run_reference(args: dict, src: bytes, aux: bytes, dst: bytes | None):
+def banked_config(kv_banks: int, word_bits: int):
+    """The test config with a KV buffer of ``BUF_BYTES`` in ``kv_banks`` banks of words of
+    ``word_bits``."""
+    c = load_config("test")
+    return dataclasses.replace(
+        c, buffers=dataclasses.replace(c.buffers, kv_bytes=BUF_BYTES, kv_banks=kv_banks),
+        memory=dataclasses.replace(c.memory, word_bits=word_bits))
+
+
+def run_reference(args: dict, src: bytes, aux: bytes, dst: bytes | None, config=None):
     """The ISA simulator's ``SFU`` function on copies of the buffers: (dst, error code).
 
     ``dst = None`` writes into (a copy of) ``src``: the in-place form the compiler emits.
+    ``config``: the simulator's configuration (default ``test``; a banked KV buffer's
+    decides where the records are).
     """
-    isa = IsaSim(load_config("test"), bytearray(64))
+    isa = IsaSim(load_config("test") if config is None else config, bytearray(64))
     isa.buffers[Buffer.ACT] = bytearray(src)
     isa.buffers[Buffer.KV] = bytearray(aux)
     isa.buffers[Buffer.OUT] = bytearray(src if dst is None else dst)
@@ -147,21 +171,23 @@ def put_records(buf: bytearray, rng: np.random.Generator, start: int, count: int
 
 
 def check(dut, args: dict, src: bytearray, aux: bytearray, seed: int, *,
-          in_place: bool = False) -> dict:
+          in_place: bool = False, config=None) -> dict:
     """Run kernel and reference on the same buffers; assert equal bytes and cycles.
 
     ``in_place``: ``dst`` is the ``src`` buffer itself (the kernel's writes are visible
-    to its later reads), as the compiler emits ``SOFTMAX``.
+    to its later reads), as the compiler emits ``SOFTMAX``. ``config``: the reference's
+    (:func:`run_reference`).
     """
     if in_place:
-        want, code = run_reference(args, src, aux, None)
+        want, code = run_reference(args, src, aux, None, config)
         dst = src = bytearray(src)
     else:
         dst = bytearray(np.random.default_rng(seed + 1).integers(0, 256, BUF_BYTES,
                                                                  np.uint8))
-        want, code = run_reference(args, src, aux, dst)
+        want, code = run_reference(args, src, aux, dst, config)
         src = bytes(src)
-    got = run_kernel(dut, args, src, bytes(aux), dst, seed=seed)
+    got = run_kernel(dut, args, src, bytes(aux), dst, seed=seed,
+                     max_cycles=4 * dut.cycles(args) + 100)
     assert got["code"] == code and got["err"] == (code != ErrorCode.NONE), (seed, got, code)
     assert bytes(dst) == want, f"seed {seed}: dst differs from the ISA simulator"
     assert got["cycles"] == dut.cycles(args), (seed, got["cycles"], dut.cycles(args))
@@ -574,3 +600,95 @@ def test_random_shapes(seed):
     put_records(aux, rng, base["aux_addr"], length * kv, n, stride, (lo + 20, lo + 50))
     check(AttentionContext(max_head_dim=20, word_bits=word_bits), dict(base, func=SfuFunc.ATT_PV),
           src, aux, seed)
+
+
+# -- a banked KV buffer (hdl/sfu/banked_attention.py) --------------------------------------
+
+def put_banked_records(aux: bytearray, rng: np.random.Generator, kv_map: KvBanks,
+                       aux_addr: int, keys: int, kv: int, n: int, stride: int,
+                       se_range: tuple[int, int]) -> None:
+    """Random records of ``keys`` keys and ``kv`` KV heads where the bank map puts them."""
+    for a in kv_map.records(aux_addr, 0, keys, kv, stride).tolist():
+        put_records(aux, rng, a, 1, n, stride, se_range)
+
+
+BANKED_CASES = [
+    # banks, word bits, rows, heads, kv_heads, length, n, dst offset (int32)
+    pytest.param(2, 64, 1, 2, 1, 5, 8, 1, id="B2-w64-mqa-L5"),
+    pytest.param(4, 128, 1, 4, 2, 9, 16, 3, id="B4-w128-gqa-L9"),
+    pytest.param(4, 128, 2, 2, 2, 8, 20, 0, id="B4-w128-prefill-L8-n20"),
+    pytest.param(8, 64, 1, 2, 1, 13, 40, 5, id="B8-w64-L13"),
+    pytest.param(2, 512, 1, 2, 2, 3, 120, 7, id="B2-w512-L3"),
+]
+
+
+@pytest.mark.parametrize("banks,word_bits,rows,heads,kv,length,n,doff", BANKED_CASES)
+def test_banked_att_qk(banks, word_bits, rows, heads, kv, length, n, doff):
+    seed = 23
+    rng, src, aux = random_buffers(seed)
+    wb = word_bits // 8
+    config = banked_config(banks, word_bits)
+    kv_map = KvBanks.of(config)
+    stride = -(-(_up8(n) + 8) // wb) * wb
+    args = make_args(SfuFunc.ATT_QK, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
+                     src_addr=2 * wb, aux_addr=wb, dst_addr=doff * 4, imm0=stride,
+                     imm1=stride)
+    put_records(src, rng, args["src_addr"], rows * heads, n, stride, (8, 24))
+    put_banked_records(aux, rng, kv_map, args["aux_addr"], length, kv, n, stride, (8, 24))
+    dut = BankedAttentionScores(word_bits=word_bits, banks=banks)
+    check(dut, args, src, aux, seed, config=config)
+
+
+@pytest.mark.parametrize("se_range", [(8, 24), (-40, -20)], ids=["mid", "saturating"])
+@pytest.mark.parametrize("banks,word_bits,rows,heads,kv,length,n,poff", BANKED_CASES)
+def test_banked_att_pv(banks, word_bits, rows, heads, kv, length, n, poff, se_range):
+    seed = 29
+    rng, src, aux = random_buffers(seed)
+    wb = word_bits // 8
+    config = banked_config(banks, word_bits)
+    stride = -(-(_up8(n) + 8) // wb) * wb
+    args = make_args(SfuFunc.ATT_PV, n=n, rows=rows, heads=heads, kv_heads=kv, length=length,
+                     src_addr=poff * 4, aux_addr=wb, dst_addr=(poff + 1) * 4, imm1=stride)
+    count = rows * heads * length
+    probs = rng.integers(0, (1 << 15) + 1, count)
+    probs[: min(count, 3)] = [1 << 15, 0, 1 << 15][: min(count, 3)]
+    src[args["src_addr"]:args["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
+    put_banked_records(aux, rng, KvBanks.of(config), args["aux_addr"], length, kv, n, stride,
+                       se_range)
+    dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
+    got = check(dut, args, src, aux, seed, config=config)
+    assert got["writes"] == rows * heads * n
+
+
+@pytest.mark.parametrize("func,kernel", [(SfuFunc.ATT_QK, BankedAttentionScores),
+                                         (SfuFunc.ATT_PV, BankedAttentionContext)])
+def test_banked_misaligned_refused(func, kernel):
+    """Records off the buffer's words are MALFORMED on a banked KV buffer, in the kernel
+    and the ISA simulator alike."""
+    rng, src, aux = random_buffers(3)
+    args = make_args(func, n=8, rows=1, heads=2, kv_heads=1, length=3, src_addr=0,
+                     aux_addr=4, imm0=16, imm1=16)
+    got = check(kernel(word_bits=64, banks=2), args, src, aux, 3,
+                config=banked_config(2, 64))
+    assert got["code"] == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("func", [SfuFunc.ATT_QK, SfuFunc.ATT_PV])
+def test_banked_reference_refusals(func):
+    """On a banked KV buffer the ISA simulator refuses records outside KV (MALFORMED) and
+    records that reach past their bank (BUFFER_RANGE), as the SFU unit does."""
+    rng, src, aux = random_buffers(4)
+    config = banked_config(2, 64)
+    bank = BUF_BYTES // 2
+    args = make_args(func, n=8, rows=1, heads=2, kv_heads=1, length=5, src_addr=0,
+                     aux_addr=bank - 16, imm0=16, imm1=16)
+    assert run_reference(args, src, aux, bytes(BUF_BYTES), config)[1] == \
+        ErrorCode.BUFFER_RANGE                     # 3 groups of 16 bytes from bank - 16
+    isa = IsaSim(config, bytearray(64))
+    isa.regs[LEN_REG] = 5
+    fields = dict(func=func, n=8, rows=1, rows_reg=0, heads=2, kv_heads=1, pos_reg=0,
+                  len_reg=LEN_REG, src=Buffer.ACT, aux=Buffer.OUT, dst=Buffer.OUT,
+                  src_addr=0, aux_addr=0, dst_addr=0, imm0=16, imm1=16)
+    with pytest.raises(ProgramError) as e:
+        isa._sfu_func(0, SimpleNamespace(fields=fields))
+    assert e.value.code == ErrorCode.MALFORMED

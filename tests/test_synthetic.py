@@ -153,8 +153,10 @@ def test_kv_buffer_too_small_for_one_head_is_refused(tmp_path):
 
 def test_one_7b_layer_on_u280(tmp_path):
     """One layer of LLaMA-2-7B's widths on the u280 config: 4096 KV positions, the decode
-    step's attention in 32 passes of one KV head in two slots, a prefill of tokens that
-    fit ACT and OUT, the layer's 7B tensors in the memory map."""
+    step's attention in 32 passes of one KV head in two slots, each head's K and V loaded
+    as one LD per KV bank (32, every 32nd position from the bank's first, each on its own
+    channel), a prefill of tokens that fit ACT and OUT, the layer's 7B tensors in the
+    memory map."""
     cfg = load_config("u280")
     shape = dataclasses.replace(SHAPES["llama2-7b"], num_hidden_layers=1, vocab_size=512)
     man = compile_llm(synthetic_model(shape), cfg, tmp_path / "out", size_only=True)
@@ -162,8 +164,14 @@ def test_one_7b_layer_on_u280(tmp_path):
     assert mm["max_positions"] == 4096 and mm["max_prompt"] >= 16
     words = read_program(tmp_path / "out" / "decode.afp").words
     kv_loads = [i for i in map(decode, words) if i.opcode == Opcode.LD and i.buf == Buffer.KV]
-    assert len(kv_loads) == 2 * 32 and {i.nbytes for i in kv_loads} == {mm["record_bytes"]}
-    assert len({i.buf_addr for i in kv_loads}) == 4
+    banks = cfg.buffers.kv_banks
+    assert len(kv_loads) == 2 * 32 * banks
+    assert {i.nbytes for i in kv_loads} == {mm["record_bytes"]}
+    assert len({i.buf_addr for i in kv_loads}) == 4 * banks
+    assert {i.count for i in kv_loads} == {4096 // banks}
+    assert {i.dram_stride for i in kv_loads} == {banks * mm["layout"]["kv_row"]}
+    for j in range(0, len(kv_loads), banks):          # a K or V load of one head
+        assert len({i.channel for i in kv_loads[j:j + banks]}) == banks
     assert mm["linears"]["l0.down"]["k"] == 11008
     assert "l0.gate weights" in (tmp_path / "out" / "memory_map.txt").read_text()
 

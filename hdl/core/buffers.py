@@ -5,7 +5,9 @@
   word at a time (word granularity), read a whole step per cycle by the operand side and
   once more by the scale/bias reader.
 * OUT: one memory word per row with byte write enables (results of 1, 2 or 4 bytes).
-* KV, AUX: one memory word per row (key/value records; tables, gains, scale pairs).
+* KV, AUX: one memory word per row (key/value records; tables, gains, scale pairs); a
+  banked KV buffer (``buffers.kv_banks``) a word per bank, one write port a bank
+  (:mod:`airfoil.kv_banks`).
 
 ACT, OUT, KV and AUX take byte-granular writes (the SFU writes 32-bit words with byte
 enables). A buffer with more readers than a RAM has read ports is built by
@@ -27,6 +29,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from airfoil import isa
 from airfoil.config import AccelConfig
 from airfoil.errors import ConfigError
+from airfoil.kv_banks import KvBanks
 from airfoil.wgt_banks import WgtBanks
 
 from .ram import Ram
@@ -62,6 +65,7 @@ class BufferGeometry:
     kv_bytes: int = 0
     aux_bytes: int = 0
     wgt_banks: int = 1
+    kv_banks: int = 1
 
     @classmethod
     def of(cls, config: AccelConfig) -> "BufferGeometry":
@@ -92,7 +96,8 @@ class BufferGeometry:
         return cls(word_bits=wbits, act_bytes=config.buffers.act_bytes,
                    wgt_bytes=config.buffers.weight_bytes, out_bytes=config.buffers.out_bytes,
                    wgt_bits=step, kv_bytes=config.buffers.kv_bytes,
-                   aux_bytes=config.buffers.aux_bytes, wgt_banks=config.buffers.wgt_banks)
+                   aux_bytes=config.buffers.aux_bytes, wgt_banks=config.buffers.wgt_banks,
+                   kv_banks=config.buffers.kv_banks)
 
     @property
     def word_bytes(self) -> int:
@@ -131,6 +136,12 @@ class BufferGeometry:
         """The WGT buffer's banks and the address map of its words (:mod:`airfoil.wgt_banks`)."""
         return WgtBanks(banks=self.wgt_banks, depth=self.wgt_depth,
                         row_words=self.wgt_words_per_row)
+
+    @property
+    def kv_map(self) -> KvBanks:
+        """The KV buffer's banks and the address map of its records (:mod:`airfoil.kv_banks`)."""
+        return KvBanks(banks=self.kv_banks, bank_bytes=self.kv_bytes // self.kv_banks,
+                       word_bytes=self.word_bytes)
 
     @property
     def lg_word_bytes(self) -> int:

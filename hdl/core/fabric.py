@@ -7,7 +7,8 @@ RAM read port in each buffer it may name and a router that returns the data of t
 named (:func:`route_read`).
 
 Write ports: each buffer has one, the WGT buffer one per bank (``buffers.wgt_banks``,
-:func:`connect_wgt_writes`: an LD's words land in the bank its address names). The SFU's
+:func:`connect_wgt_writes`: an LD's words land in the bank its address names), and so
+has a banked KV buffer (``buffers.kv_banks``, :func:`connect_kv_writes`). The SFU's
 writes take it first, then a MATRIX result held back by an SFU write, then the MATRIX
 unit's OUT writes, then the LOAD unit's (a stream per channel, so it waits; the channels
 that write the same port take turns, round robin: :func:`round_robin`, :func:`grant`). While a result is held the MATRIX unit
@@ -24,8 +25,8 @@ from airfoil import isa
 from .buffers import BufferGeometry, BufferRam
 from .plan import BUFFERS, BYTE_BUFFERS
 
-__all__ = ["build_rams", "connect_writes", "route_read", "round_robin", "grant",
-           "connect_read_port"]
+__all__ = ["build_rams", "banked_maps", "connect_writes", "connect_kv_writes", "route_read",
+           "round_robin", "grant", "connect_read_port"]
 
 
 def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: list, stall):
@@ -44,6 +45,9 @@ def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: lis
         if b == isa.Buffer.WGT:
             ram = BufferRam(width=geo.wgt_bits, depth=geo.wgt_depth,
                             granularity=wbits, read_ports=nread, banks=geo.wgt_banks)
+        elif b == isa.Buffer.KV and geo.kv_banks > 1:
+            ram = BufferRam(width=geo.kv_banks * wbits, depth=geo.kv_map.bank_depth,
+                            granularity=8, read_ports=nread, banks=geo.kv_banks)
         else:
             ram = BufferRam(width=wbits, depth=geo.nbytes(b) // geo.word_bytes,
                             granularity=8, read_ports=nread)
@@ -55,16 +59,25 @@ def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: lis
                              port.data.eq(rp.data)]
             else:
                 wiring.connect(m, port, rp)
-    lg_wpr = (geo.wgt_words_per_row - 1).bit_length()
+    maps = banked_maps(geo)
     used = {b: len(direct[b]) for b in BUFFERS}
     for name, port, bufs in routed:
         targets = {}
         for b in bufs:
-            targets[b] = (getattr(rams[b], f"rd{used[b]}"),
-                          lg_wpr if b == isa.Buffer.WGT else 0)
+            targets[b] = getattr(rams[b], f"rd{used[b]}")
             used[b] += 1
-        route_read(m, name, port, targets, wbits, geo.wgt_map)
+        route_read(m, name, port, targets, wbits, maps)
     return rams
+
+
+def banked_maps(geo: BufferGeometry) -> dict:
+    """The buffers whose RAM rows hold several words: WGT (its rows), and KV when banked
+    (a word a bank), each with the map of its LD/ST word indices
+    (:class:`~airfoil.wgt_banks.WgtBanks`)."""
+    maps = {isa.Buffer.WGT: geo.wgt_map}
+    if geo.kv_banks > 1:
+        maps[isa.Buffer.KV] = geo.kv_map.word_map
+    return maps
 
 
 def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, matrix_write,
@@ -98,6 +111,9 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
         bname = b.name.lower()
         if b == isa.Buffer.WGT:
             connect_wgt_writes(m, geo, rams[b], lws, taken)
+            continue
+        if b == isa.Buffer.KV and geo.kv_banks > 1:
+            connect_kv_writes(m, geo, rams[b], lws, taken, sfu_write, sfu_hit[b])
             continue
         wr = rams[b].wr
         load_hit, lsel, llast = round_robin(
@@ -155,30 +171,63 @@ def connect_wgt_writes(m, geo: BufferGeometry, ram, lws, taken):
         grant(m, won, sel, last, taken)
 
 
-def route_read(m, name, port, targets, word_bits, wgt_map=None):
-    """Serve a buffer read port (``buf``, word ``addr``, ``en`` -> ``data``) from one RAM
-    read port per buffer; ``targets`` maps a buffer to ``(read port, lg words per row)``
-    (WGT's words in the order ``wgt_map`` gives them, :mod:`airfoil.wgt_banks`). A buffer
-    not in ``targets`` reads as 0 (its user checks ranges and refuses it)."""
-    sel = Signal(isa.Buffer, name=f"{name}_rd_buf")
-    lane_bits = max(lg for _, lg in targets.values())
-    lane = Signal(max(lane_bits, 1), name=f"{name}_rd_lane")
-    waddr = Signal.like(port.addr, name=f"{name}_rd_wgt_addr")
-    m.d.comb += waddr.eq(port.addr if wgt_map is None else wgt_map.row_major(port.addr))
+def connect_kv_writes(m, geo: BufferGeometry, ram, lws, taken, sfu_write, sfu_hit):
+    """Drive the write ports of a banked KV buffer: per bank, the SFU's write when its
+    word lies in the bank, else the LOAD unit's streams whose words do (round robin), the
+    banks taking their writes in the same cycle (:class:`~airfoil.kv_banks.KvBanks`).
+    Set ``taken[c]`` for each channel served."""
+    words = geo.kv_map.word_map
+    for k in range(words.banks):
+        wr = ram.write_port(k)
+        hit, sel, last = round_robin(
+            m, [lw.valid & (lw.payload.buf == isa.Buffer.KV) & (words.bank(lw.payload.addr)
+                                                                 == k) for lw in lws],
+            f"load_wr_kv{k}")
+        addr = Array(lw.payload.addr for lw in lws)[sel]
+        data = Array(lw.payload.data for lw in lws)[sel]
+        won = Signal(name=f"load_wr_kv{k}_won")
+        m.d.comb += won.eq(0)
+        sfu_here = Const(0)
+        if sfu_write is not None:
+            sfu_here = sfu_hit & (words.bank(sfu_write.addr) == k)
+        with m.If(sfu_here):
+            m.d.comb += [wr.addr.eq(words.bank_row(sfu_write.addr)),
+                         wr.data.eq(sfu_write.data), wr.en.eq(sfu_write.en)]
+        with m.Elif(hit):
+            m.d.comb += [won.eq(1), wr.addr.eq(words.bank_row(addr)), wr.data.eq(data),
+                         wr.en.eq(Const(-1, len(wr.en)))]
+        grant(m, won, sel, last, taken)
 
-    def addr_of(b):
-        return waddr if b == isa.Buffer.WGT else port.addr
+
+def route_read(m, name, port, targets, word_bits, maps=None):
+    """Serve a buffer read port (``buf``, word ``addr``, ``en`` -> ``data``) from one RAM
+    read port per buffer; ``targets`` maps a buffer to its read port. A buffer in ``maps``
+    has rows of several words, in the order its map gives them (:func:`banked_maps`,
+    :mod:`airfoil.wgt_banks`). A buffer not in ``targets`` reads as 0 (its user checks
+    ranges and refuses it)."""
+    maps = {} if maps is None else maps
+    sel = Signal(isa.Buffer, name=f"{name}_rd_buf")
+    row_addr, lanes = {}, {}
+    for b in targets:
+        if b in maps and maps[b].row_words > 1:
+            lg = (maps[b].row_words - 1).bit_length()
+            addr = Signal.like(port.addr, name=f"{name}_rd_{b.name.lower()}_addr")
+            m.d.comb += addr.eq(maps[b].row_major(port.addr))
+            lanes[b] = Signal(lg, name=f"{name}_rd_{b.name.lower()}_lane")
+            with m.If(port.en):
+                m.d.sync += lanes[b].eq(addr[:lg])
+            row_addr[b] = addr >> lg
+        else:
+            row_addr[b] = port.addr
     with m.If(port.en):
         m.d.sync += sel.eq(port.buf)
-        if lane_bits:                       # only WGT has several words a row
-            m.d.sync += lane.eq(waddr[:lane_bits])
-    for b, (rp, lg) in targets.items():
-        m.d.comb += [rp.addr.eq(addr_of(b) >> lg), rp.en.eq(port.en & (port.buf == b))]
+    for b, rp in targets.items():
+        m.d.comb += [rp.addr.eq(row_addr[b]), rp.en.eq(port.en & (port.buf == b))]
     with m.Switch(sel):
-        for b, (rp, lg) in targets.items():
+        for b, rp in targets.items():
             with m.Case(b):
-                if lg:
-                    m.d.comb += port.data.eq(rp.data.word_select(lane[:lg], word_bits))
+                if b in lanes:
+                    m.d.comb += port.data.eq(rp.data.word_select(lanes[b], word_bits))
                 else:
                     m.d.comb += port.data.eq(rp.data)
 

@@ -177,7 +177,9 @@ class Engine(wiring.Component):
             sfu = SfuUnit(word_bits=wbits,
                           buffer_bytes={b: geo.nbytes(b) for b in BYTE_BUFFERS},
                           kernels=default_kernels(cfg.limits, word_bits=wbits,
-                                                  sfu_lanes=cfg.sfu_lane_count))
+                                                  sfu_lanes=cfg.sfu_lane_count,
+                                                  kv_banks=geo.kv_banks),
+                          kv_banks=geo.kv_banks)
             m.submodules.sfu = sfu
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):
@@ -216,6 +218,8 @@ class Engine(wiring.Component):
         direct[isa.Buffer.ACT].append(matrix.act_rd)
         direct[isa.Buffer.WGT] += [matrix.wgt_rd, matrix.sb_rd]
         direct[isa.Buffer.AUX] += [load.aux_rd, matrix.aux_rd]
+        if sfu is not None and geo.kv_banks > 1:
+            direct[isa.Buffer.KV].append(sfu.kv_rd)      # bank rows of ATT_QK and ATT_PV
         matrix_ports = [matrix.act_rd, matrix.wgt_rd, matrix.sb_rd, matrix.aux_rd]
         rams = build_rams(m, geo, direct=direct, routed=routed, gated=matrix_ports,
                           stall=stall_matrix)

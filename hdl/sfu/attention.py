@@ -182,16 +182,23 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
 
 
 def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM,
-           lanes: int | None = None) -> int:
+           lanes: int | None = None, kv_banks: int = 1) -> int:
     """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`) with
     read ports of ``word_bytes`` (``SOFTMAX``: chunks of ``lanes`` scores, None: a
-    word's)."""
+    word's); ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks`` banks take the
+    formulas of :mod:`hdl.sfu.banked_attention` when there are several."""
+    from . import banked_attention
     func = SfuFunc(_arg(args, "func"))
     if func == SfuFunc.ATT_QK:
+        if kv_banks > 1:
+            return banked_attention.qk_cycles(args, word_bytes=word_bytes, banks=kv_banks)
         return qk_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.SOFTMAX:
         return softmax_cycles(args, word_bytes=word_bytes, lanes=lanes)
     if func == SfuFunc.ATT_PV:
+        if kv_banks > 1:
+            return banked_attention.pv_cycles(args, max_head_dim, word_bytes=word_bytes,
+                                              banks=kv_banks)
         return pv_cycles(args, max_head_dim, word_bytes=word_bytes)
     raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
 
@@ -279,11 +286,11 @@ class _Kernel(wiring.Component):
     of the write port (32, or the word for the :class:`Softmax`'s chunks).
     """
 
-    def __init__(self, *, word_bits: int = 32, write_bits: int = 32):
+    def __init__(self, *, word_bits: int = 32, write_bits: int = 32, aux_bits=None):
         if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
             raise TypeError(f"Word width must be a whole number of bytes, not {word_bits!r}")
         self._word_bytes = _check_word_bytes(word_bits // 8)
-        super().__init__(kernel_signature(word_bits, write_bits))
+        super().__init__(kernel_signature(word_bits, write_bits, aux_bits))
 
     @property
     def word_bits(self) -> int:
@@ -336,8 +343,10 @@ class _HeadWalk:
     per head, so no divider is needed.
     """
 
-    def __init__(self, m: Module, args, launch):
+    def __init__(self, m: Module, args, launch, keys=None):
         self.args = args
+        #: Key steps of a ``(row, head)``: ``length``, or the key groups of a banked buffer.
+        self.keys = args.length if keys is None else keys
         self.stride_l = Signal(ADDR_BITS)
         self.row = Signal(32)
         self.head = Signal(10)
@@ -358,7 +367,7 @@ class _HeadWalk:
 
     @property
     def last_key(self):
-        return self.key == self.args.length - 1
+        return self.key == self.keys - 1
 
     @property
     def last(self):

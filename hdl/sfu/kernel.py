@@ -118,14 +118,17 @@ def put_int32(port, addr, data, en=0b1111) -> list:
             port.en.eq(Const(en, 4) << (addr[2:lg] * 4))]
 
 
-def kernel_signature(read_bits: int = 32, write_bits: int = 32) -> dict:
+def kernel_signature(read_bits: int = 32, write_bits: int = 32,
+                     aux_bits: int | None = None) -> dict:
     """Members of every SFU kernel component (see the module docstring); ``read_bits`` and
     ``write_bits`` are the widths of its read and write ports (32, or a buffer word for a
-    kernel that takes or gives whole words)."""
+    kernel that takes or gives whole words), ``aux_bits`` that of its ``aux`` read port
+    when not ``read_bits`` (a row of a banked KV buffer, :mod:`airfoil.kv_banks`)."""
     return {
         "start": In(1), "args": In(ARGS_LAYOUT),
         "busy": Out(1), "done": Out(1), "err": Out(1), "err_code": Out(isa.ErrorCode),
-        "src": Out(read_port_signature(read_bits)), "aux": Out(read_port_signature(read_bits)),
+        "src": Out(read_port_signature(read_bits)),
+        "aux": Out(read_port_signature(read_bits if aux_bits is None else aux_bits)),
         "dst": Out(write_port_signature(write_bits)),
     }
 

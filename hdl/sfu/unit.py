@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable, Mapping
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal
-from amaranth.lib import wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -25,7 +25,7 @@ from airfoil.isa import Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
 from ..core.unit_shell import UnitShell
-from . import attention, dequant, elementwise, quant, rmsnorm, rope, sample
+from . import attention, banked_attention, dequant, elementwise, quant, rmsnorm, rope, sample
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
@@ -43,7 +43,7 @@ _CHECK_BITS = 20
 
 
 def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
-                    sfu_lanes: int | None = None) -> dict:
+                    sfu_lanes: int | None = None, kv_banks: int = 1) -> dict:
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
     config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults);
     the record streams of ``ATT_QK`` and ``ATT_PV``, the ``amax`` pass of ``QUANT_TOKEN``
@@ -51,7 +51,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     ``word_bits`` per cycle, as do ``COPY``, ``ADD``, ``MUL`` and ``RELU`` on word-aligned
     operands; ``SILU`` and ``GELU`` take ``sfu_lanes`` int32 (default: a word's), ``ROPE``
     ``sfu_lanes`` pairs per two cycles, ``SOFTMAX``'s exp and output passes ``sfu_lanes``
-    scores."""
+    scores; on a KV buffer of several ``kv_banks`` ``ATT_QK`` and ``ATT_PV`` take a key
+    group per record word (:mod:`hdl.sfu.banked_attention`)."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
@@ -76,6 +77,12 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
                                                 max_head_dim=limits.att_pv_max_head_dim,
                                                 word_bits=word_bits)
+    if kv_banks > 1:
+        kernels[SfuFunc.ATT_QK] = functools.partial(
+            banked_attention.BankedAttentionScores, word_bits=word_bits, banks=kv_banks)
+        kernels[SfuFunc.ATT_PV] = functools.partial(
+            banked_attention.BankedAttentionContext, word_bits=word_bits, banks=kv_banks,
+            max_head_dim=limits.att_pv_max_head_dim)
     return kernels
 
 
@@ -89,14 +96,16 @@ def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
     return word_bits // 32
 
 
-def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
+def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
+                  kv_banks: int = 1) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
     in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (``SILU``,
-    ``GELU``, ``ROPE`` and ``SOFTMAX`` on ``sfu_lanes``)."""
+    ``GELU``, ``ROPE`` and ``SOFTMAX`` on ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on
+    ``kv_banks``)."""
     func = SfuFunc(args["func"])
     if func in attention.KERNELS:
         return attention.cycles(args, word_bytes=word_bits // 8,
-                                lanes=_lanes_of(func, word_bits, sfu_lanes))
+                                lanes=_lanes_of(func, word_bits, sfu_lanes), kv_banks=kv_banks)
     for mod in (quant, rmsnorm):
         if func in mod.KERNELS:
             return mod.cycles(args, word_bytes=word_bits // 8)
@@ -112,10 +121,11 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     raise ValueError(f"No SFU kernel computes {func!r}")
 
 
-def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
+def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
+                kv_banks: int = 1) -> int:
     """Cycles the unit spends on a well-formed instruction, queue handshake to release,
     on buffer words of ``word_bits`` (``SILU``, ``GELU``, ``ROPE`` and ``SOFTMAX`` on
-    ``sfu_lanes``).
+    ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks`` banks).
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
     ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the
@@ -123,7 +133,8 @@ def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     """
     func = SfuFunc(args["func"])
     div = divider_latency(_CHECK_BITS) if func in ROWWISE + _ATT_KV else 0
-    return 4 + div + kernel_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes)
+    return 4 + div + kernel_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes,
+                                   kv_banks=kv_banks)
 
 
 def buffer_read_signature(word_bits: int) -> wiring.Signature:
@@ -146,7 +157,8 @@ class SfuUnit(wiring.Component):
     Errors (sticky, like the other units; ``err_pc`` is the instruction's index): an
     undefined function or buffer, ``n < 1``, ``rows < 1``, ``n`` not a multiple of
     ``heads`` (row-wise functions), ``kv_heads < 1``, ``heads`` not a multiple of
-    ``kv_heads`` or no keys (attention), an int32 operand address not a multiple of 4
+    ``kv_heads``, no keys, or on a banked KV buffer records outside it or off its words
+    (attention), an int32 operand address not a multiple of 4
     (int16 tables: of 2) is MALFORMED, as is what a kernel refuses; a function without a
     kernel in ``kernels`` is UNSUPPORTED; an access at or beyond the end of its buffer is
     BUFFER_RANGE: the unit stops the kernel in that cycle, so no write out of range
@@ -175,10 +187,14 @@ class SfuUnit(wiring.Component):
         Reads of the instruction's ``src`` and ``aux`` buffers (latency 1).
     dst_wr : :func:`buffer_write_signature`
         Writes into its ``dst`` buffer (``aux`` for QUANT_TOKEN's scale pairs).
+    kv_rd : In(memory.ReadPort.Signature(...)), when ``kv_banks > 1``
+        A bank row of the banked KV buffer (``kv_banks`` words; :mod:`airfoil.kv_banks`):
+        the records ``ATT_QK`` and ``ATT_PV`` read (``aux`` must name KV), the address an
+        offset in every bank.
     """
 
     def __init__(self, *, word_bits: int, buffer_bytes: Mapping,
-                 kernels: Mapping[SfuFunc, Callable] | None = None):
+                 kernels: Mapping[SfuFunc, Callable] | None = None, kv_banks: int = 1):
         wb = word_bytes_of(word_bits)
         sizes = {}
         for buf, size in dict(buffer_bytes).items():
@@ -196,12 +212,18 @@ class SfuUnit(wiring.Component):
         self._word_bits = word_bits
         self._sizes = sizes
         self._factories = kernels
-        super().__init__({
+        self._kv_banks = kv_banks
+        members = {
             **unit_ports(),
             "src_rd": Out(buffer_read_signature(word_bits)),
             "aux_rd": Out(buffer_read_signature(word_bits)),
             "dst_wr": Out(buffer_write_signature(word_bits)),
-        })
+        }
+        if kv_banks > 1:
+            depth = sizes.get(Buffer.KV, 0) // kv_banks // wb
+            members["kv_rd"] = In(memory.ReadPort.Signature(
+                addr_width=max(1, (depth - 1).bit_length()), shape=kv_banks * word_bits))
+        super().__init__(members)
         #: The kernel instances, by function (read only after construction); functions
         #: given one factory object share one instance (one datapath, ``args.func``
         #: selects).
@@ -213,9 +235,12 @@ class SfuUnit(wiring.Component):
             self.kernels[func] = built[id(factory)]
         for func, k in self.kernels.items():
             for port in (k.src, k.aux, k.dst):
-                if len(port.data) not in (32, word_bits):
+                banked = port is k.aux and func in _ATT_KV and kv_banks > 1
+                if len(port.data) not in ((kv_banks * word_bits,) if banked
+                                          else (32, word_bits)):
                     raise ValueError(f"Kernel of {func.name} has a port of {len(port.data)} "
-                                     f"bits; the unit serves 32 or a word of {word_bits}")
+                                     f"bits; the unit serves 32 or a word of {word_bits}"
+                                     f"{' (a KV bank row when banked)' * banked}")
 
     @property
     def word_bits(self) -> int:
@@ -276,6 +301,7 @@ class SfuUnit(wiring.Component):
             (func > max(f.value for f in SfuFunc)) | bad_buf | misaligned | (sfu.n == 0) |
             ((func != SfuFunc.COPY.value) & (args.rows == 0)) |
             (att_kv & (sfu.kv_heads == 0)) |
+            (att_kv & (aux_b != Buffer.KV.value) if self._kv_banks > 1 else Const(0)) |
             (is_any(_ATT_KV + (SfuFunc.SOFTMAX,)) & (args.length == 0)))
         built = is_any(self._factories)
 
@@ -307,10 +333,13 @@ class SfuUnit(wiring.Component):
                 k.args.eq(args),
                 k.start.eq(start & is_any(fs)),
             ]
-            # A kernel of 32-bit ports gets the lane of its address; a wide one the word.
+            # A kernel of 32-bit ports gets the lane of its address; a wide one the word;
+            # a banked ATT_QK/ATT_PV the KV bank row.
             for port, rd, lane in ((k.src, self.src_rd, src_lane),
                                    (k.aux, self.aux_rd, aux_lane)):
-                if len(port.data) == self._word_bits:
+                if self._kv_banks > 1 and port is k.aux and set(fs) <= set(_ATT_KV):
+                    m.d.comb += port.data.eq(self.kv_rd.data)
+                elif len(port.data) == self._word_bits:
                     m.d.comb += port.data.eq(rd.data)
                 else:
                     m.d.comb += port.data.eq(rd.data.word_select(lane, 32))
@@ -335,15 +364,21 @@ class SfuUnit(wiring.Component):
         size = Array(Const(self._sizes.get(b, 0), ADDR_BITS + 1) for b in
                      [next((x for x in Buffer if x.value == v), None) for v in range(8)])
         wbuf = Mux(k_dst_aux, aux_b, dst_b)
+        # On a banked KV buffer ATT_QK and ATT_PV read bank rows: an offset in a bank.
+        banked = att_kv if self._kv_banks > 1 else Const(0)
+        aux_size = Mux(banked, self._sizes.get(Buffer.KV, 0) // self._kv_banks, size[aux_b])
         viol = Signal()
         m.d.comb += viol.eq((k_src_en & (k_src_addr >= size[src_b])) |
-                            (k_aux_en & (k_aux_addr >= size[aux_b])) |
+                            (k_aux_en & (k_aux_addr >= aux_size)) |
                             ((k_dst_en != 0) & (k_dst_addr >= size[wbuf])))
+        if self._kv_banks > 1:
+            m.d.comb += [self.kv_rd.addr.eq(k_aux_addr[lg:]),
+                         self.kv_rd.en.eq(k_aux_en & banked & ~viol)]
         m.d.comb += [
             self.src_rd.buf.eq(sfu.src), self.src_rd.addr.eq(k_src_addr[lg:]),
             self.src_rd.en.eq(k_src_en & ~viol),
             self.aux_rd.buf.eq(sfu.aux), self.aux_rd.addr.eq(k_aux_addr[lg:]),
-            self.aux_rd.en.eq(k_aux_en & ~viol),
+            self.aux_rd.en.eq(k_aux_en & ~banked & ~viol),
             self.dst_wr.buf.as_value().eq(wbuf), self.dst_wr.addr.eq(k_dst_addr[lg:]),
             self.dst_wr.data.eq(k_dst_data),
             self.dst_wr.en.eq(Mux(viol, 0, k_dst_en)),
