@@ -47,11 +47,13 @@ def test_vhk158_config():
 
 
 def test_u280_buffers_hold_a_7b_layer():
-    """The U280's buffers fit the card's URAM (960 blocks of 288 Kb) with room to spare."""
+    """The U280's buffers fit the card's URAM (960 blocks of 288 Kb) with room to spare:
+    18.1 MiB, ~515 blocks, under 60 % of them (a 4 MiB WGT buffer, two 2 MiB tile slots,
+    took 11 % off the cycle model's 7B decode step against 2 MiB)."""
     u = load_config("u280")
     b = u.buffers
     total = b.act_bytes + b.weight_bytes + b.out_bytes + b.kv_bytes + b.aux_bytes
-    assert total / (288 * 1024 // 8) < 0.5 * u.device.uram
+    assert total / (288 * 1024 // 8) < 0.6 * u.device.uram
 
 
 def test_memory_parallel_fields(base, tmp_path):
