@@ -135,8 +135,8 @@ def test_dsp_pair_on_ecp5_is_plain_and_computes_the_same():
         family = "ecp5"
 
     assert multiplier_bits(Ecp5()) == (18, 18) and multiplier_bits(None) == (27, 18)
-    assert not DspDual().packed_on(Ecp5()) and DspDual().packed_on(None)
     packed, plain = DspDual(), DspDual(multiplier=(18, 18))
+    assert not packed.packed_on(Ecp5()) and packed.packed_on(None)
     rng = random.Random(5)
     steps = []
     for _ in range(300):

@@ -155,10 +155,11 @@ class Ulx3sTop(wiring.Component):
         self._config = config
         self._sfu = sfu
         self._clock_mhz = config.clock_mhz if clock_mhz is None else clock_mhz
-        self._pll = pll_params(self._clock_mhz)
         try:
+            self._pll = pll_params(self._clock_mhz)
             self._divisor = divisor_of(self._clock_mhz * 1e6, LINK_BAUD)
-        except ValueError as e:
+        except (ConfigError, ValueError) as e:
+            self._MustUse__silence = True      # refused, never to be elaborated
             raise ConfigError(str(e)) from None
         super().__init__({})
 
@@ -194,7 +195,7 @@ class Ulx3sTop(wiring.Component):
         m.d.comb += [ClockSignal("reset_source").eq(sync.clk),
                      sync.rst.eq(global_buffer(m, ResetSignal("reset_source"), "reset"))]
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset_source")
-        uart = platform.request("uart", dir={"rx": "-", "tx": "-"})
+        uart = platform.request("uart", dir={"rx": "-", "tx": "-", "rts": "-", "dtr": "-"})
         m.submodules.system = system = AirfoilSystem(
             cfg, divisor=self._divisor, sfu=self._sfu,
             reset_buffer=lambda mod, rst: global_buffer(mod, rst, "engine_reset"))
