@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -95,6 +95,12 @@ class LoadUnit(wiring.Component):
     gather (``gather = 1``) waits until every earlier transfer of the unit is written and
     released, then reads row ``r``'s int32 index from AUX at ``idx_addr + 4 r`` and issues
     that row alone from ``dram_addr + idx[r] * dram_stride``.
+
+    The row register's offset and a gather row's offset are products by ``dram_stride``
+    made on one multiplier, each from registered operands into a register: the row's
+    (``rv[1]``, unsigned) in PREP, a gathered row's (its index, signed like the stride)
+    once the index is read from AUX and registered, so no block-RAM read and no product
+    share a cycle (a gathered row takes four cycles until its command).
 
     Buffer writes leave on ``wr[c]`` (streams, so the buffers may hold a write back while
     a unit with priority or another channel writes); beats of an ``LD`` into WSTREAM on
@@ -214,9 +220,19 @@ class LoadUnit(wiring.Component):
                          records[c].w_data.index.eq(index)]
         m.d.comb += [order.w_en.eq(rec_push), order.w_data.chan.eq(chan),
                      order.w_data.release.eq(instr.header.release)]
-        # Gather state: the row, its index word address and its memory address.
+        # The one product by the stride: ``factor`` is the row register's value (unsigned)
+        # for the instruction's base, a gathered row's index for its row; the stride is
+        # signed for the latter, as the index is.
+        factor = Signal(signed(33))
+        stride_signed = Signal()
+        stride_product = Signal(64)
+        m.d.comb += stride_product.eq(
+            factor * Cat(mem.dram_stride, mem.dram_stride[-1] & stride_signed).as_signed())
+        # Gather state: the row, its index word address, the instruction's first byte in
+        # the channel's memory and the row's address.
         g_row = Signal(32)
         g_ia = Signal(24)
+        g_base = Signal(64)
         g_addr = Signal(64)
         idx = Signal(32)
         lg_words = max(lgw - 2, 0)
@@ -230,12 +246,14 @@ class LoadUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.q.ready.eq(~failed)
                 with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv)]
+                    entry = self.q.payload
+                    m.d.sync += [instr.eq(entry.instr), index.eq(entry.index), rv.eq(entry.rv),
+                                 factor.eq(Mux(entry.instr.body.mem.row_reg != 0,
+                                               entry.rv[1], 0))]
                     m.next = "PREP"
             with m.State("PREP"):
-                row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-                m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(count * mem.nbytes)]
+                m.d.sync += [base.eq(mem.dram_addr + stride_product),
+                             total.eq(count * mem.nbytes)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(code != isa.ErrorCode.NONE):
@@ -258,14 +276,18 @@ class LoadUnit(wiring.Component):
                 # in AUX (the queues are empty, so there is room for the record).
                 with m.If(order.level == 0):
                     m.d.comb += rec_push.eq(1)
-                    m.d.sync += [g_row.eq(0), g_ia.eq(mem.idx_addr)]
+                    m.d.sync += [g_row.eq(0), g_ia.eq(mem.idx_addr),
+                                 g_base.eq(chan_base + base)]
                     m.next = "G_IDX"
             with m.State("G_IDX"):
                 m.d.comb += self.aux_rd.en.eq(1)
-                m.next = "G_CALC"
-            with m.State("G_CALC"):
-                m.d.sync += g_addr.eq(chan_base + base +
-                                      idx.as_signed() * mem.dram_stride.as_signed())
+                m.next = "G_INDEX"
+            with m.State("G_INDEX"):
+                m.d.sync += factor.eq(idx.as_signed())
+                m.next = "G_ADDR"
+            with m.State("G_ADDR"):
+                m.d.comb += stride_signed.eq(1)
+                m.d.sync += g_addr.eq(g_base + stride_product)
                 m.next = "G_CMD"
             with m.State("G_CMD"):
                 m.d.comb += [
