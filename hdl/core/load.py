@@ -26,6 +26,23 @@ def unit_ports() -> dict:
     }
 
 
+def buffer_range_bits(geo: BufferGeometry) -> int:
+    """Bits of a byte count past the end of every buffer (``2**bits`` is beyond each)."""
+    return max(geo.nbytes(b) for b in isa.Buffer).bit_length()
+
+
+def capped_product(a, b, bits: int):
+    """``a * b`` as a comparison with a bound under ``2**bits`` sees it, on a ``bits`` by
+    ``bits`` multiplier (one MULT18X18D up to 17 bits) instead of one as wide as ``a`` and
+    ``b``: their product when both are under ``2**bits``; else ``2**bits`` if neither is
+    zero (the product is at least that), else 0. So ``x + capped_product(a, b, bits) >
+    bound`` is ``x + a * b > bound`` for every ``x >= 0`` and ``bound < 2**bits`` (the
+    range checks of a buffer, or of a memory's depth).
+    """
+    over = ((a >> bits) != 0) & (b != 0) | ((b >> bits) != 0) & (a != 0)
+    return Mux(over, 1 << bits, a[:bits] * b[:bits])
+
+
 def mem_checks(m, *, geo: BufferGeometry, channels: int, mem, count, total, load: bool,
                stream_ok: bool = False):
     """Return the :class:`~airfoil.isa.ErrorCode` of an LD/ST (``NONE`` if it may run).
@@ -40,7 +57,8 @@ def mem_checks(m, *, geo: BufferGeometry, channels: int, mem, count, total, load
     read as aligned int32).
 
     ``mem`` is the instruction's ``MEM_LAYOUT`` view, ``count`` the resolved row count and
-    ``total`` ``count * nbytes``.
+    ``total`` ``count * nbytes``, or that product capped (:func:`capped_product`) at
+    :func:`buffer_range_bits` bits.
     """
     lgw = geo.lg_word_bytes
     buf = mem.buf.as_value()
