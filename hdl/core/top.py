@@ -587,7 +587,7 @@ class Core(wiring.Component):
         # puts it on, starts at a register placed beside it rather than at the CSR
         # decode's logic; the engine is still reset in the cycle before its ``start``.
         m.domains.engine = ClockDomain("engine", local=True)
-        engine_rst = Signal(init=1)
+        engine_rst = Signal(init=1, name="engine_reset")
         m.d.sync += engine_rst.eq(soft_rst)
         if self._reset_buffer is not None:
             engine_rst = self._reset_buffer(m, engine_rst)
