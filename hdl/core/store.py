@@ -112,7 +112,8 @@ class StoreUnit(wiring.Component):
         m.d.sync += prep.eq(shell.take)
         with m.If(prep):
             row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-            m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(capped_product(count, mem.nbytes, buffer_range_bits(geo)))]
+            m.d.sync += [base.eq(mem.dram_addr + row_off),
+                         total.eq(capped_product(count, mem.nbytes, buffer_range_bits(geo)))]
         m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep)]
         with m.If(shell.start):
             a = Array(self.data_base)[self.port] + base
