@@ -362,12 +362,13 @@ class AccelConfig:
         when the section is left out).
     sfu_lanes : int or None
         int32 elements the SFU's ``MUL``, ``SILU`` and ``GELU`` take per cycle on
-        word-aligned rows, each lane with its own product (and gate table), and pairs
-        ``ROPE`` rotates per two cycles, each lane with its four products (multipliers
-        a small FPGA may lack): a power of two dividing the buffer
-        word's int32 count (None: that count, :attr:`sfu_lane_count`). Fewer lanes save
-        area and cost cycles, never a program's instructions, so the field is left out
-        of :attr:`config_hash`.
+        word-aligned rows, each lane with its own product (and gate table), pairs
+        ``ROPE`` rotates per two cycles, each lane with its four products, and scores
+        of ``SOFTMAX``'s exp and output passes per cycle, each lane with its exp
+        pipeline's three products (multipliers a small FPGA may lack): a power of two
+        dividing the buffer word's int32 count (None: that count,
+        :attr:`sfu_lane_count`). Fewer lanes save area and cost cycles, never a
+        program's instructions, so the field is left out of :attr:`config_hash`.
     """
 
     name: str
@@ -496,8 +497,9 @@ class AccelConfig:
 
     @property
     def sfu_lane_count(self) -> int:
-        """int32 elements of ``SILU`` and ``GELU`` per SFU cycle (pairs of ``ROPE`` per
-        two): :attr:`sfu_lanes`, or the buffer word's int32 count."""
+        """int32 elements of ``SILU`` and ``GELU`` (scores of ``SOFTMAX``'s exp and
+        output passes) per SFU cycle (pairs of ``ROPE`` per two): :attr:`sfu_lanes`, or
+        the buffer word's int32 count."""
         return self.memory.word_bits // 32 if self.sfu_lanes is None else self.sfu_lanes
 
     @property

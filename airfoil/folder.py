@@ -1,6 +1,6 @@
 """The compiler's output folder, read the same way by every backend.
 
-A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/4``),
+A folder holds ``manifest.json`` (format :data:`FOLDER_FORMAT`, ``airfoil-folder/5``),
 ``program.afp`` and ``weights.bin`` (the data memory image, exactly as the hardware reads
 it). Each memory channel reads and writes its own memory from a base address of its own (the
 ``DATA_BASE`` registers of :mod:`airfoil.csr`); ``channel_offsets`` in the manifest (one
@@ -66,8 +66,11 @@ def llm_phases(shape: dict) -> tuple[str, ...]:
 #: embedding table is INT8 records with a scale per row (``embed_row`` bytes a row, the
 #: SFU's ``DEQUANT_ROW`` operands; ``model.embed_group`` nonzero: INT4 records with a
 #: scale per that many values), not int32 rows, and the programs choose the next token
-#: (``TOPK_SAMPLE``) from the sampling block the host writes at ``sampling`` into ``next``.
-FOLDER_FORMAT = "airfoil-folder/4"
+#: (``TOPK_SAMPLE``) from the sampling block the host writes at ``sampling`` into ``next``;
+#: 5: a single layer's manifest lists its layer as an LLM's lists its linear layers,
+#: ``model.linears`` (name -> entry, the single layer's named ``linear``; ``streamed``
+#: true or false in every entry).
+FOLDER_FORMAT = "airfoil-folder/5"
 #: ``manifest["kind"]`` of a whole-LLM folder (absent: a single linear layer).
 LLM_KIND = "llm"
 _LLM_KEYS = ("format", "kind", "isa_version", "config", "config_hash", "programs", "image",
@@ -77,7 +80,7 @@ MANIFEST = "manifest.json"
 OUT_DTYPES = {8: "<i1", 16: "<i2", 32: "<i4"}
 
 _MANIFEST_KEYS = ("format", "isa_version", "config", "config_hash", "program", "image",
-                  "image_bytes", "input", "output", "layers")
+                  "image_bytes", "input", "output", "model")
 
 
 def weight_bits_per_weight(manifest: dict) -> float:
@@ -303,15 +306,14 @@ def _check_manifest(m, where) -> None:
     for side in ("input", "output"):
         if len(m[side]["shape"]) != 1:
             raise _fail(where, f"manifest {side}.shape {m[side]['shape']!r} is not [length]")
-    for i, layer in enumerate(m["layers"]):
-        _check_fields(layer, _LAYER, f"layers[{i}].", nbytes, where)
-        stream = layer.get("stream", False)
-        tile = _STREAM_TILE if stream is True else _WGT_TILE
+    for name, layer in m["model"]["linears"].items():
+        at = f"model.linears.{name}."
+        _check_fields(layer, _LAYER, at, nbytes, where)
+        tile = _STREAM_TILE if layer["streamed"] else _WGT_TILE
         for j, t in enumerate(layer["tiles"]):
-            _check_fields(t, tile, f"layers[{i}].tiles[{j}].", nbytes, where)
+            _check_fields(t, tile, f"{at}tiles[{j}].", nbytes, where)
             for c, st in enumerate(t.get("streams", ())):
-                _check_fields(st, _STREAM, f"layers[{i}].tiles[{j}].streams[{c}].", nbytes,
-                              where)
+                _check_fields(st, _STREAM, f"{at}tiles[{j}].streams[{c}].", nbytes, where)
 
 
 # -- manifest field checks: each field's test and what it accepts ------------------------------
@@ -333,6 +335,8 @@ _FLAG = (lambda v, top: isinstance(v, bool), "true or false")
 _SHAPE = (lambda v, top: isinstance(v, list) and all(_COUNT[0](x, top) for x in v),
           "a list of lengths")
 _LIST = (lambda v, top: isinstance(v, list) and 0 < len(v) <= 1 << 20, "a non-empty list")
+_NAMED = (lambda v, top: isinstance(v, dict) and 0 < len(v) <= 1 << 20,
+          "a non-empty object (name -> entry)")
 
 
 def _optional(check):
@@ -345,12 +349,12 @@ _LINEAR_SCHEMA = {
     "config": _TEXT, "config_hash": _TEXT, "program": _TEXT, "isa_version": _int_in(0, 255),
     "input": {"addr": _ADDR, "shape": _SHAPE, "scale": _SCALE},
     "output": {"addr": _ADDR, "shape": _SHAPE, "scale": _SCALE, "bits": _int_in(8, 32)},
-    "layers": _LIST,
+    "model": {"linears": _NAMED},
 }
-_LAYER = {"name": _TEXT, "n": _COUNT, "k": _COUNT, "wformat": _TEXT, "group": _COUNT,
+_LAYER = {"n": _COUNT, "k": _COUNT, "wformat": _TEXT, "streamed": _FLAG, "group": _COUNT,
           "k0": _int_in(-(1 << 31), (1 << 31) - 1), "req_m": _int_in(0, (1 << 32) - 1),
           "req_s": _int_in(0, 255), "out_bits": _int_in(8, 32), "bias": _FLAG,
-          "tiles": _LIST, "stream": _optional(_FLAG), "bias_wformat": _optional(_TEXT)}
+          "tiles": _LIST, "bias_wformat": _optional(_TEXT)}
 _WGT_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "addr": _ADDR, "nbytes": _SIZE,
              "col0": _optional(_int_in(0, 1 << 24)), "cols": _optional(_COUNT)}
 _STREAM_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "streams": _LIST,

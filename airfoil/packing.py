@@ -183,6 +183,7 @@ __all__ = [
     "bits_per_weight", "read_records", "RECORD_FORMATS", "BITMOD_TAGS", "MIXED_PRESETS",
     "STREAM_FORMATS", "DEFAULT_MIXED", "record_formats", "stream_formats",
     "core_stream_geometry", "quantize_stream", "mixed_choice", "MIXED_MAX_REL_ERROR",
+    "MIXED_MAX_ERROR_RANGE",
     "pack_channels", "unpack_channels",
 ]
 
@@ -1130,13 +1131,18 @@ def _quantize_tag(w: torch.Tensor, tag: RecordTag, floor: float | None = None):
     return best[0].to(torch.int64), best[1], best[2]
 
 
-#: The largest squared error of a record, as a fraction of its squared weights, for which a
-#: choice among candidates of several widths takes a narrower one (:func:`mixed_choice`):
-#: 1.25 %, a signal-to-quantization-noise ratio of 19 dB.
+#: The default of the largest squared error of a record, as a fraction of its squared
+#: weights, for which a choice among candidates of several widths takes a narrower one
+#: (:func:`mixed_choice`; a recipe rule's ``mixed_max_error``): 1.25 %, a
+#: signal-to-quantization-noise ratio of 19 dB.
 MIXED_MAX_REL_ERROR = 0.0125
+#: The bounds a ``mixed_max_error`` may take (inclusive): 0 (a narrower width only when
+#: exact) to 1 (an error as large as the record itself).
+MIXED_MAX_ERROR_RANGE = (0.0, 1.0)
 
 
-def mixed_choice(errors, bits, energy: torch.Tensor) -> torch.Tensor:
+def mixed_choice(errors, bits, energy: torch.Tensor,
+                 max_error: float = MIXED_MAX_REL_ERROR) -> torch.Tensor:
     """The index of the candidate each record takes, from its squared ``errors`` (one
     tensor per candidate), the candidates' ``bits`` per value and the records' squared
     weights ``energy``.
@@ -1144,7 +1150,8 @@ def mixed_choice(errors, bits, energy: torch.Tensor) -> torch.Tensor:
     Among candidates of one width the least error wins (ties: the earlier), as BitMoD
     picks among its variants. Across widths the error alone would always take the widest,
     so a record takes the narrowest width whose best candidate's error is at most
-    :data:`MIXED_MAX_REL_ERROR` of its energy, and the least error of all when none is.
+    ``max_error`` (a fraction, :data:`MIXED_MAX_ERROR_RANGE`) of its energy, and the least
+    error of all when none is.
     """
     err = torch.stack(list(errors))                                 # (C, ...)
     width = torch.tensor(list(bits), dtype=torch.int64)
@@ -1154,7 +1161,7 @@ def mixed_choice(errors, bits, energy: torch.Tensor) -> torch.Tensor:
     for b in sorted(set(width.tolist())):
         mask = (width == b).view(-1, *([1] * (err.dim() - 1)))
         e = torch.where(mask, err, torch.full_like(err, float("inf")))
-        fits = ~chosen & (e.amin(dim=0) <= MIXED_MAX_REL_ERROR * energy)
+        fits = ~chosen & (e.amin(dim=0) <= max_error * energy)
         pick = torch.where(fits, torch.argmin(e, dim=0), pick)
         chosen |= fits
     return pick
@@ -1162,8 +1169,9 @@ def mixed_choice(errors, bits, energy: torch.Tensor) -> torch.Tensor:
 
 def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
                     sparsity="dense", lanes: int | None = None,
-                    block_density: float = 1.0) -> tuple[torch.Tensor, torch.Tensor,
-                                                         np.ndarray]:
+                    block_density: float = 1.0,
+                    mixed_max_error: float = MIXED_MAX_REL_ERROR
+                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Quantize float weights for a packed stream, choosing a format per record.
 
     The weights are first pruned to ``sparsity`` (magnitude, :func:`airfoil.sparsity.
@@ -1173,7 +1181,7 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     batch padded with zero rows) takes, among ``formats``, the format
     :func:`mixed_choice` picks (among formats of one width the least squared error over
     its weights, as BitMoD's per-group choice; across widths the narrowest within
-    :data:`MIXED_MAX_REL_ERROR`). Each
+    ``mixed_max_error``). Each
     row of a record has its own FP16 scale: of a few candidates (its largest magnitude
     over the format's largest normal value, and for INT2..INT4 smaller ones that clip the
     largest weights, for OVP4 ones that make them outliers) the one of least squared
@@ -1200,6 +1208,10 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     block_density : float
         ``"block"``: fraction of each record's k-steps kept (``0 < d <= 1``; 1 prunes
         nothing).
+    mixed_max_error : float
+        Candidates of several widths: the largest squared error of a record, as a
+        fraction of its squared weights, with which it takes a narrower width
+        (:func:`mixed_choice`; default :data:`MIXED_MAX_REL_ERROR`).
 
     Returns
     -------
@@ -1251,7 +1263,7 @@ def quantize_stream(w: torch.Tensor, *, group: int, rows: int, formats,
     tried = [_quantize_tag(recs, t, floor) for t in cands]
     pick = mixed_choice([err.sum(dim=-1) for _, _, err in tried],
                         [format_spec(t).code_bits for t in cands],
-                        (recs ** 2).sum(dim=(-1, -2)))                # (B, G)
+                        (recs ** 2).sum(dim=(-1, -2)), mixed_max_error)  # (B, G)
     best = [torch.zeros_like(tried[0][0]), torch.zeros_like(tried[0][1]), None,
             torch.zeros((B, G), dtype=torch.int64)]
     for i, (t, (q, s16, _)) in enumerate(zip(cands, tried)):

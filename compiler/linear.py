@@ -16,7 +16,7 @@ Schedule (VTA style; the tokens follow from the buffer and memory ranges each in
 reads and writes, :class:`compiler.schedule.Scheduler`)::
 
     LD ACT x                                   the whole input vector, once
-    LD WGT tiles 0 .. S-1                      S = 2 (double buffering) or 4 WGT slots
+    LD WGT tiles 0 .. S-1                      S = 4, 3 or 2 (double buffering) WGT slots
     for each tile t:
         MV t            wait LOAD (+ STORE before reusing an OUT half), release LOAD
                         (for the load of tile t+S) and STORE (at the end of an OUT half)
@@ -24,13 +24,16 @@ reads and writes, :class:`compiler.schedule.Scheduler`)::
         LD WGT tile t+S wait MATRIX (MV t freed the slot), release MATRIX
     SYS HALT
 
-Every tile is at most half the WGT buffer; when tiles fit a quarter, four slots let LOAD
-run three tiles ahead, hiding the memory latency of one tile behind the others. A tile
+Every tile fits a WGT slot; the slots are the LLM lowering's choice
+(:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles the cycle model estimates for
+the tiles' loads and matrix instructions -- more slots let LOAD run further ahead, hiding
+the memory latency of one tile behind the others; fewer, bigger slots cut the tiles, each
+paying the MATRIX unit's drain -- then the fewest tiles, then the most slots). A tile
 larger than ``max_burst`` words is loaded as one LD per memory channel (word-aligned
 slices; only the last releases the MATRIX token, completions being in order).
 
 A tile is a block of output rows (a multiple of ``chains``) times a chunk of K (all of K
-when it fits half the WGT buffer, else several chunks accumulated with ``acc_init`` and
+when ``chains`` rows of it fit a slot, else several chunks accumulated with ``acc_init`` and
 ``final``). Each OUT half collects the results of consecutive tiles whose first row is
 word-aligned in memory, so every ST is a whole number of memory words.
 
@@ -88,7 +91,7 @@ from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
                              requant_params, weight_format)
 from airfoil.isa import ISA_VERSION, Buffer, Opcode, SysOp, WeightFormat
-from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS,
+from airfoil.packing import (DEFAULT_MIXED, MIXED_MAX_REL_ERROR, MIXED_PRESETS,
                              NM_BY_NAME, format_spec, record_formats, stream_formats,
                              core_stream_geometry, nm_code,
                              record_tag)
@@ -98,11 +101,11 @@ from airfoil.wgt_banks import WgtBanks
 from .asm import listing
 from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
-from .llm_recipe import OUT_FORMATS, LayerQuant
+from .llm_recipe import OUT_FORMATS, LayerQuant, check_mixed_max_error
 from .passes import StreamShape, Validate, quantize_linear
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
-from .tiling import plan_wgt_tiles, row_block, tile_boxes, wgt_slots
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_tile,
                       place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
 
@@ -135,8 +138,8 @@ class LinearPlan:
     group_rows : int
         Output rows per OUT half (a multiple of ``rows_per_tile`` and word-aligned).
     slots : int
-        Weight tiles the WGT buffer holds at once (:data:`compiler.tiling.WGT_SLOTS`); the LOAD
-        unit runs ``slots - 1`` tiles ahead of MATRIX.
+        Weight tiles the WGT buffer holds at once (:func:`compiler.tiling.plan_wgt_slots`);
+        the LOAD unit runs ``slots - 1`` tiles ahead of MATRIX.
     slot_bytes : int
         Size of one WGT slot (a multiple of the memory word).
     tiles : list of dict
@@ -171,26 +174,36 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     bias : bool
         Whether the first K chunk of every row block carries an int32 bias section.
     max_tile_bytes : int, optional
-        Upper bound on a tile's bytes below half the WGT buffer (used to force K-splits).
+        Upper bound on a tile's bytes below a WGT slot (used to force K-splits).
+
+    The WGT slots are the LLM lowering's (:func:`compiler.tiling.plan_wgt_slots`: of the
+    slot counts whose slot holds ``chains`` rows x one group, the one whose tiles take the
+    fewest cycles in the cycle model, then the fewest tiles, then the most slots).
     """
     wf = weight_format(wformat)
-    wb = config.word_bytes
     chains = config.chains
-    half_w = config.buffers.weight_bytes // 2
-    if max_tile_bytes is not None:
-        half_w = min(half_w, int(max_tile_bytes))
 
     def nbytes(rows, cols):
         return wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=bias).nbytes
 
-    if _up(k, wb) > config.buffers.act_bytes:
+    if _up(k, config.word_bytes) > config.buffers.act_bytes:
         raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
                            f"bytes in config {config.name!r})")
-    # Tiles of at most half the WGT buffer; an OUT half holds a word-aligned whole number
-    # of them.
+    # Tiles of at most a slot (and max_tile_bytes); an OUT half holds a word-aligned whole
+    # number of them.
     limit, accept, group_rows_of = _out_halves(n, config, out_bits)
-    boxes, rows_per_tile, kc = plan_wgt_tiles(n, k, chains, group, nbytes, half_w,
-                                              limit=limit, accept=accept)
+
+    def plan(slot):
+        cap = slot if max_tile_bytes is None else min(slot, int(max_tile_bytes))
+        return plan_wgt_tiles(n, k, chains, group, nbytes, cap, limit=limit, accept=accept)
+
+    def estimate(slots, slot):
+        boxes = plan(slot)[0]
+        return wgt_tiles_cycles(config, boxes, nbytes, slots, k=k, wfmt=wf, group=group,
+                                bias=bias), len(boxes)
+
+    slots, slot_bytes = plan_wgt_slots(config, nbytes(chains, group), estimate)
+    boxes, rows_per_tile, kc = plan(slot_bytes)
     assert rows_per_tile, "chains rows always fit (checked above)"
     tiles = []
     for row0, rows, c0, cols in boxes:
@@ -198,7 +211,6 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
         lay = wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=has_bias)
         tiles.append({"row0": row0, "rows": rows, "col0": c0, "cols": cols,
                       "bias": has_bias, "layout": lay})
-    slots, slot_bytes = wgt_slots(config, max(t["layout"].nbytes for t in tiles))
     chunks = [(c0, min(kc, k - c0)) for c0 in range(0, k, kc)]
     return LinearPlan(rows_per_tile, chunks, group_rows_of(rows_per_tile), tiles, slots,
                       slot_bytes)
@@ -397,7 +409,7 @@ class LinearOptions:
         WGT tiles.
     nm : int
         A streamed layer's N:M code (:func:`airfoil.packing.nm_code`).
-    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes
+    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes, mixed_max_error
         As :func:`compile_linear` takes them (``out_bits`` from ``out_format``).
     """
 
@@ -413,6 +425,7 @@ class LinearOptions:
     calib: object
     seed: int
     max_tile_bytes: int | None
+    mixed_max_error: float
 
     @property
     def bias_wformat(self) -> WeightFormat:
@@ -424,7 +437,8 @@ class LinearOptions:
 
 def linear_options(weight, bias, config, *, wformat="int4", group=128, out_format="int8",
                    calib=None, seed=0, max_tile_bytes=None, stream=None, sparsity="dense",
-                   mixed_formats=None, block_density=1.0) -> LinearOptions:
+                   mixed_formats=None, block_density=1.0,
+                   mixed_max_error=MIXED_MAX_REL_ERROR) -> LinearOptions:
     """Check :func:`compile_linear`'s arguments (one-line :class:`CompileError` naming what
     is accepted) and resolve them: ``stream`` (default: implied by the format, the
     sparsity or ``mixed_formats``), a streamed layer's record formats."""
@@ -434,6 +448,7 @@ def linear_options(weight, bias, config, *, wformat="int4", group=128, out_forma
         name = str(wformat).lower()
         stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
                   or sparsity != "dense" or mixed_formats is not None)
+    check_mixed_max_error(mixed_max_error, "mixed_max_error")
     formats, nm = (), 0
     if stream:
         formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
@@ -449,7 +464,7 @@ def linear_options(weight, bias, config, *, wformat="int4", group=128, out_forma
         label = _check_args(weight, bias, config, wformat, group, out_format).name.lower()
     return LinearOptions(config, bool(stream), label, formats, nm, group,
                          OUT_FORMATS[out_format], sparsity, block_density, calib, seed,
-                         max_tile_bytes)
+                         max_tile_bytes, float(mixed_max_error))
 
 
 class _LayerStep(Pass):
@@ -478,7 +493,8 @@ class QuantizeLayer(_LayerStep):
         node, weight, _ = self.layer(g)
         if o.stream:
             lq = LayerQuant(tuple(format_spec(t).name for t in o.formats), o.group,
-                            o.sparsity, o.block_density)
+                            o.sparsity, o.block_density,
+                            mixed_max_error=o.mixed_max_error)
             shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes)
         else:
             lq, shape = LayerQuant((o.wformat,), o.group), StreamShape.of(o.config)
@@ -664,15 +680,15 @@ class EmitFolder(_LayerStep):
         node, weight, bias = self.layer(g)
         n, k = weight.shape
         cfg, sc, lay, words = o.config, g.meta["scales"], g.meta["layout"], g.meta["words"]
-        layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "group": o.group,
-                 "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
+        layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": o.stream,
+                 "group": o.group, "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
                  "out_bits": o.out_bits, "bias": bias is not None, "tiles": lay["tiles"]}
         kind = f"{o.wformat} g{o.group}"
         if o.stream:
-            layer = {"name": "linear", "n": n, "k": k, "wformat": o.wformat, "stream": True,
+            layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": True,
                      **self._stream_facts(g.qweights[node.name], weight, lay["tiles"]),
-                     **{key: v for key, v in layer.items() if key not in ("name", "n", "k",
-                                                                           "wformat")},
+                     **{key: v for key, v in layer.items() if key not in ("n", "k", "wformat",
+                                                                           "streamed")},
                      "bias_wformat": o.bias_wformat.name.lower()}
             layer["tiles"] = layer.pop("tiles")
             kind = f"stream {o.wformat} {o.sparsity} g{o.group}"
@@ -684,7 +700,7 @@ class EmitFolder(_LayerStep):
             "input": {"addr": lay["in_addr"], "shape": [k], "scale": sc["x_scale"]},
             "output": {"addr": lay["out_addr"], "shape": [n], "bits": o.out_bits,
                        "scale": sc["y_scale"]},
-            "layers": [layer],
+            "model": {"linears": {node.name: layer}},
         }
         title = (f"linear {n} x {k} {kind} -> int{o.out_bits}, config {cfg.name} "
                  f"({cfg.config_hash}), {len(words)} instructions")
@@ -811,6 +827,10 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         ``bitmod3`` are the presets of :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4
         / FP3 variants). Streamed formats other than INT2/3/4/8 and OVP must be in the
         config's ``weight_formats``.
+    mixed_max_error : float
+        Candidates of several widths: a record takes the narrowest whose squared error is
+        at most this fraction of its squared weights (0 to 1; default
+        :data:`airfoil.packing.MIXED_MAX_REL_ERROR`).
 
     Returns
     -------

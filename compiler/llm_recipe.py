@@ -9,6 +9,7 @@ The one module that reads recipes. An LLM recipe has three sections
         group: 128                # weights per FP16 scale (k is padded to a multiple)
       - match: "*.mlp.*"
         mixed: [int2, int4, int8] # a format per group: the narrowest within an error bound
+        mixed_max_error: 0.02     # that bound (default 0.0125): squared error / squared weights
         sparsity: "2:4"           # dense | 1:4 | 2:4 | 2:8 | 4:16 | 8:16 | block
       - match: lm_head
         format: int8
@@ -17,9 +18,10 @@ The one module that reads recipes. An LLM recipe has three sections
         method: gptq              # rtn (default) | gptq | awq | sparsegpt
     budget:                       # optional: per-layer choice under a bits budget
       bits: 3.0                   # average bits per weight of the decoder's linear layers
-      candidates:                 # the (format, sparsity) pairs a layer may take
+      candidates:                 # the (format or mixed, sparsity) pairs a layer may take
         - {format: int4}
         - {format: int4, sparsity: "2:4"}
+        - {mixed: [int2, int4, int8], mixed_max_error: 0.02}  # bound default: the rules'
     activations: {format: int8, granularity: per_token}
     kv_cache: {format: int8, granularity: per_token_head}
     embedding: {format: int4, group: 32}   # optional: int8 (a scale per row, the default)
@@ -33,22 +35,26 @@ Formats are those of :mod:`airfoil.format_registry`: the WGT-tile formats ``int4
 ones (``int2``, ``int3``, ``int6``, ``ovp``, the BitMoD FP4/FP3 variants, run through the
 decode unit as are sparse layers and every per-group choice). ``format: bitmod4`` /
 ``bitmod3`` (or ``mixed: bitmod4``) name BitMoD's per-group choice among its four FP4 /
-FP3 variants. A rule setting ``format`` replaces an earlier ``mixed`` and the other way
-round; ``density`` applies to ``sparsity: block`` only. Quote N:M patterns (YAML reads
+FP3 variants. A rule setting ``format`` replaces an earlier ``mixed`` (and its
+``mixed_max_error``) and the other way round; ``density`` applies to ``sparsity: block``
+only. ``mixed_max_error`` applies to ``mixed`` layers: a record takes the narrowest width
+whose squared error is at most that fraction of its squared weights
+(:func:`airfoil.packing.mixed_choice`; 0 to 1, default
+:data:`airfoil.packing.MIXED_MAX_REL_ERROR`, 1.25 %). Quote N:M patterns (YAML reads
 ``2:4`` unquoted as the sexagesimal integer 124).
 
 ``method`` names the algorithm of :mod:`compiler.quant_algorithms`; every method but
 ``rtn`` needs calibration text (:mod:`compiler.calibrate`) and one format (not a per-group
 choice) dense or N:M. ``budget`` (or ``airfoil compile --bits-budget B``) lets
 :mod:`compiler.bits_budget` choose each decoder layer's format and sparsity among
-``candidates``, its group and method from the rules.
+``candidates``, its group, method and ``mixed_max_error`` from the rules.
 
 A single-layer recipe (``airfoil compile --recipe`` of one layer,
 ``compiler/recipes/linear_default.yaml``) is a flat mapping of the keyword arguments of
 :func:`compiler.linear.compile_linear` (:data:`LINEAR_RECIPE_KEYS`): ``wformat`` (a
 format above, or ``mixed``), ``group``, ``out_format``, ``stream``, ``sparsity``
-(:data:`SPARSITY`), ``block_density`` and ``mixed_formats`` (the candidates of ``wformat:
-mixed``, e.g. ``"int4,ovp"``).
+(:data:`SPARSITY`), ``block_density``, ``mixed_formats`` (the candidates of ``wformat:
+mixed``, e.g. ``"int4,ovp"``) and ``mixed_max_error`` (their error bound, as above).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ from pathlib import Path
 
 from airfoil import format_registry
 from airfoil.errors import CompileError
-from airfoil.packing import MIXED_PRESETS, NM_BY_NAME
+from airfoil.packing import (MIXED_MAX_ERROR_RANGE, MIXED_MAX_REL_ERROR, MIXED_PRESETS,
+                             NM_BY_NAME)
 from airfoil.resources import package_path
 from airfoil.yamlfile import read_yaml
 
@@ -68,7 +75,7 @@ from .quant_algorithms import METHODS
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
            "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "LINEAR_RECIPE_KEYS", "OUT_FORMATS",
            "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS", "nm_of",
-           "RECIPE_DIR"]
+           "RECIPE_DIR", "check_mixed_max_error"]
 
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
@@ -80,7 +87,8 @@ LINEAR_DEFAULT_RECIPE = package_path("compiler", "recipes", "linear_default.yaml
 OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
 #: Keys a single-layer recipe may set, with their Python type.
 LINEAR_RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
-                      "sparsity": str, "mixed_formats": str, "block_density": float}
+                      "sparsity": str, "mixed_formats": str, "block_density": float,
+                      "mixed_max_error": float}
 
 #: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
 TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
@@ -89,7 +97,10 @@ TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
 #: records' (:data:`airfoil.packing.NM_BY_NAME`).
 SPARSITY = tuple(NM_BY_NAME)
 _SECTIONS = ("weights", "activations", "kv_cache", "budget", "embedding")
-_RULE_KEYS = ("match", "format", "mixed", "sparsity", "density", "group", "method")
+_RULE_KEYS = ("match", "format", "mixed", "mixed_max_error", "sparsity", "density", "group",
+              "method")
+#: Keys of a budget candidate.
+_CANDIDATE_KEYS = ("format", "mixed", "mixed_max_error", "sparsity")
 _BUDGET_KEYS = ("bits", "candidates")
 _ACT = {"format": ("int8",), "granularity": ("per_token",)}
 _KV = {"format": ("int8",), "granularity": ("per_token_head",)}
@@ -117,7 +128,8 @@ class LayerQuant:
 
     ``formats`` is one format name, or the candidates of a per-group choice (each group
     of ``record rows x group`` weights takes the one :func:`airfoil.packing.mixed_choice`
-    picks: the narrowest width within its error bound, of one width the least error). ``sparsity``
+    picks: the narrowest width within ``mixed_max_error``, a fraction of the record's
+    squared weights, of one width the least error). ``sparsity``
     is a pattern of :data:`SPARSITY`; ``density`` the fraction of k-steps kept by
     ``block``. The layer runs from WGT tiles when it is one dense tile format, else from
     the weight stream (:attr:`streamed`).
@@ -128,6 +140,7 @@ class LayerQuant:
     sparsity: str = "dense"
     density: float = 1.0
     method: str = "rtn"
+    mixed_max_error: float = MIXED_MAX_REL_ERROR
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -149,6 +162,12 @@ class LayerQuant:
     def bits(self) -> int:
         """Widest weight code in bits."""
         return max(format_registry.by_name(f).code_bits for f in self.formats)
+
+    @property
+    def widths(self) -> tuple:
+        """The distinct code widths of its formats, narrowest first (several: the choice
+        across widths that ``mixed_max_error`` bounds)."""
+        return tuple(sorted({format_registry.by_name(f).code_bits for f in self.formats}))
 
     @property
     def label(self) -> str:
@@ -196,9 +215,11 @@ class LlmRecipe:
                 raise CompileError(f"{self.source}: weights[{i}] match {rule['match']!r} "
                                    f"names no layer of the model (layers are like {ex})")
             for n in hits:
-                for key in ("format", "mixed"):
-                    if key in rule:
-                        got[n].pop("mixed" if key == "format" else "format", None)
+                if "format" in rule:
+                    got[n].pop("mixed", None)
+                    got[n].pop("mixed_max_error", None)
+                if "mixed" in rule:
+                    got[n].pop("format", None)
                 got[n].update({k: v for k, v in rule.items() if k != "match"})
         out = {}
         for n, d in got.items():
@@ -218,8 +239,12 @@ class LlmRecipe:
                                     or formats[0] == "ovp"):
                 raise CompileError(f"{self.source}: layer {n}: method {method} takes one "
                                    f"format (not ovp), dense or N:M")
-            out[n] = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)),
-                                method)
+            lq = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)),
+                            method, float(d.get("mixed_max_error", MIXED_MAX_REL_ERROR)))
+            if "mixed_max_error" in d and len(lq.widths) < 2:
+                raise CompileError(f"{self.source}: layer {n}: mixed_max_error applies to "
+                                   f"a mixed layer of several widths, not {lq.label}")
+            out[n] = lq
         return out
 
 
@@ -250,6 +275,8 @@ def _check_rule(r: dict, where: str) -> None:
     names = _format_names()
     if "format" in r and "mixed" in r:
         raise CompileError(f"{where} sets both format and mixed (accepted: one of them)")
+    if "format" in r and "mixed_max_error" in r:
+        raise CompileError(f"{where} sets mixed_max_error with format (accepted: with mixed)")
     if "format" in r and r["format"] not in names:
         raise CompileError(f"{where}.format = {r['format']!r} is not supported (accepted: "
                            f"{', '.join(names)})")
@@ -275,6 +302,18 @@ def _check_rule(r: dict, where: str) -> None:
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
             raise CompileError(f"{where}.density = {d!r} is not supported (accepted: a "
                                f"number in (0, 1], with sparsity block)")
+    if "mixed_max_error" in r:
+        check_mixed_max_error(r["mixed_max_error"], f"{where}.mixed_max_error")
+
+
+def check_mixed_max_error(value, where: str) -> None:
+    """Refuse a ``mixed_max_error`` (``where`` names it) outside
+    :data:`airfoil.packing.MIXED_MAX_ERROR_RANGE` in one line naming the range."""
+    lo, hi = MIXED_MAX_ERROR_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise CompileError(f"{where} = {value!r} is not supported (accepted: a number in "
+                           f"[{lo:g}, {hi:g}], the largest squared error of a record over "
+                           f"its squared weights)")
 
 
 def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
@@ -336,7 +375,9 @@ def nm_of(sparsity: str) -> tuple[int, int] | None:
 
 
 def _parse_budget(b, source) -> dict:
-    """``{"bits": float or None, "candidates": ((format, sparsity), ...)}``."""
+    """``{"bits": float or None, "candidates": ((format, sparsity, mixed_max_error),
+    ...)}``: ``format`` a format name (or preset), or for a ``mixed`` candidate the tuple of
+    its formats; ``mixed_max_error`` None when the candidate leaves it to the rules."""
     if not isinstance(b, dict):
         raise CompileError(f"{source}: budget must be a mapping with keys "
                            f"{', '.join(_BUDGET_KEYS)}")
@@ -355,14 +396,21 @@ def _parse_budget(b, source) -> dict:
     out = []
     for i, c in enumerate(cands):
         where = f"{source}: budget.candidates[{i}]"
-        if not isinstance(c, dict) or set(c) - {"format", "sparsity"} or "format" not in c:
-            raise CompileError(f"{where} must be a mapping with a format and an optional "
-                               f"sparsity")
+        if not isinstance(c, dict) or set(c) - set(_CANDIDATE_KEYS) or not (
+                "format" in c or "mixed" in c):
+            raise CompileError(f"{where} must be a mapping with a format (or mixed) and an "
+                               f"optional sparsity and mixed_max_error (keys: "
+                               f"{', '.join(_CANDIDATE_KEYS)})")
         _check_rule(c, where)
         if c.get("sparsity") == "block":
             raise CompileError(f"{where}.sparsity = 'block' is not a budget candidate "
                                f"(accepted: dense or N:M)")
-        out.append((c["format"], c.get("sparsity", "dense")))
+        fmt = _candidates(c["mixed"]) if "mixed" in c else c["format"]
+        bound = c.get("mixed_max_error")
+        if bound is not None and len(LayerQuant(fmt, 32).widths) < 2:
+            raise CompileError(f"{where}.mixed_max_error applies to a mixed candidate of "
+                               f"several widths, not {c['mixed']!r}")
+        out.append((fmt, c.get("sparsity", "dense"), None if bound is None else float(bound)))
     return {"bits": None if bits is None else float(bits), "candidates": tuple(out)}
 
 

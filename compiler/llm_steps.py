@@ -4,7 +4,8 @@ MODEL --stop-after STEP``).
 The steps are the graph pipeline's (:func:`compiler.passes.llm_pipeline`: ``validate``,
 ``fold_attention_scale``, with calibrated recipes ``calibrate``, ``awq``,
 ``bits_budget``, then ``quantize``) followed by the lowering's
-(:data:`compiler.lower_llm.LOWER_STEPS`: ``plan``, ``pack``, ``schedule``, ``emit``),
+(:func:`compiler.lower_llm.lower_pipeline`'s passes: ``plan``, ``pack``, ``schedule``,
+``emit``), one pipeline over the graph (:func:`compiler.lower_llm.compile_pipeline`),
 named as a single layer's steps are (:data:`compiler.linear.LINEAR_STEPS`) where they do
 the same thing. Every step before ``emit`` writes nothing.
 """
@@ -14,15 +15,9 @@ from __future__ import annotations
 from collections import Counter
 
 from .asm import listing
-from .ir import Graph, Pipeline
-from .lower_llm import LOWER_STEPS
+from .ir import Graph
 
-__all__ = ["llm_steps", "graph_step_summary", "lowering_summary"]
-
-
-def llm_steps(pipeline: Pipeline) -> tuple[str, ...]:
-    """The steps of an LLM's compile through ``pipeline``, in order."""
-    return tuple(pipeline.names) + LOWER_STEPS
+__all__ = ["graph_step_summary", "lowering_summary"]
 
 
 def _counts(items) -> str:

@@ -1,6 +1,8 @@
 """Lower a quantized decoder LLM (LLaMA family) into ISA programs and a memory image.
 
-Input: the plain quantized model of :func:`compiler.passes.quantized_model`. Output: an
+Input: the plain quantized model of :func:`compiler.passes.quantized_model`, read by the
+lowering's passes over the quantized graph (:func:`lower_pipeline`, after the graph
+pipeline in one :func:`compile_pipeline`) or given as data (:func:`compile_llm`). Output: an
 output folder (``manifest.json`` of kind ``llm``, ``weights.bin``, ``prefill.afp``,
 ``decode.afp`` and their listings). Every backend reads the quantized tensors from that
 folder (:func:`airfoil.folder.read_llm_model`), so no backend quantizes on its own.
@@ -76,8 +78,9 @@ vectors, so a model with a streamed layer plans its prefill for at most that man
 Scheduling: instructions are emitted in program order through
 :class:`compiler.schedule.Scheduler`, which derives the dependency tokens from the buffer
 and memory ranges each instruction reads and writes. Weight tiles
-(:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as give the
-fewest tiles: each tile pays the MATRIX unit's drain once), so the LOAD unit fetches ahead
+(:func:`compiler.tiling.plan_wgt_tiles`) rotate through the WGT slots (as many as take the
+fewest cycles in the cycle model's estimate: each tile pays the MATRIX unit's drain once,
+and each slot more lets a load start earlier), so the LOAD unit fetches ahead
 of MATRIX by as many tiles as the slots allow; a layer, tiled or streamed, is lowered by
 the single-layer compiler's code (:func:`compiler.lower_linear.lower_linear`, with
 per-token activation scales, INT32 rows and the bias in the SFU), its slices on the
@@ -88,6 +91,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -105,22 +109,20 @@ from airfoil.program import Program
 from airfoil.wgt_banks import WgtBanks
 
 from .asm import listing
+from .ir import Graph, Pass, Pipeline
 from .output import write_folder
+from .passes import quantized_model
 from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream_block,
                       stream_block_bytes, wgt_tile_layout)
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
-from .tiling import plan_wgt_tiles, row_block, slot_bytes, tile_boxes
+from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
 
-__all__ = ["compile_llm", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
+__all__ = ["compile_llm", "lower_pipeline", "compile_pipeline", "LowerOptions",
+           "lowered_model", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "PHASES",
            "LLM_KIND", "record_bytes", "embed_group", "DEFAULT_MAX_PROMPT"]
 
 LLM_KIND = "llm"
-#: The steps of the lowering (:func:`compile_llm`'s ``stop_after``), named as the single
-#: layer's (:data:`compiler.linear.LINEAR_STEPS`): ``plan`` the tiles, the WGT slots and
-#: the prompt and position bounds; ``pack`` the memory image's layout and the weights'
-#: places; ``schedule`` each phase's instruction stream; ``emit`` the folder.
-LOWER_STEPS = ("plan", "pack", "schedule", "emit")
 PHASES = ("prefill", "decode")
 #: Run-time registers loaded from the parameter block at address 0.
 REG_POS, REG_T, REG_LEN = 1, 2, 3
@@ -169,46 +171,35 @@ def embed_group(model) -> int:
 
 # -- tiling -------------------------------------------------------------------------------
 
-#: Weight-tile slots the WGT buffer may be split into (LOAD runs up to ``slots - 1`` tiles
-#: ahead of MATRIX).
-WGT_SLOTS = (4, 3, 2)
-
-
 def _tile_bytes(config, rows, k, bits, group):
     return wgt_tile_layout(config, rows, k, group=group,
                            wfmt=FORMAT_BY_NAME[f"int{bits}"]).nbytes
 
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
-    """``(slots, slot_bytes)``: of the slot counts in :data:`WGT_SLOTS` in which every
-    layer's minimal tile fits, the one that cuts the tiled layers into the fewest tiles;
-    on a tie the most slots (the LOAD unit runs further ahead).
-
-    Each tile is one matrix instruction, and each pays the MATRIX unit's fill and drain
-    (the serializer's ``chains`` cycles after its last batch, the pipelines' latency) once:
-    a tile of ``chains`` rows of a 4096-wide INT4 layer streams in about as many cycles as
-    that drain, so a K cut in two, or a tile of one batch where two would fit, costs the
-    unit nearly twice the cycles its weights take to arrive."""
+    """``(slots, slot_bytes)`` of a model's tiled layers
+    (:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles of the tiles of a decode
+    step's layers, each layer estimated on its own by
+    :func:`compiler.tiling.wgt_tiles_cycles`, each tile loaded right before its matrix
+    instruction in program order; then the fewest tiles, then the most slots)."""
     tiled = [ql for ql in qls if not ql.streamed]
     need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
                 for ql in tiled], default=0)
     # Layers of one shape, group and width are tiled alike: plan one of each.
     kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in tiled)
     example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
-    best = None
-    for slots in WGT_SLOTS:
-        slot = slot_bytes(config, slots)
-        if need > slot:
-            continue
-        tiles = sum(count * len(_plan_tiles(config, example[kind], slot))
-                    for kind, count in kinds.items())
-        if best is None or tiles < best[0]:
-            best = (tiles, slots, slot)
-    if best is None:
-        raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
-                           f"bytes) does not fit half the WGT buffer "
-                           f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
-    return best[1], best[2]
+
+    def estimate(slots, slot):
+        cycles = tiles = 0
+        for (shape, group, bits), count in kinds.items():
+            boxes = _plan_tiles(config, example[shape, group, bits], slot)
+            cycles += count * wgt_tiles_cycles(
+                config, boxes, lambda rows, cols: _tile_bytes(config, rows, cols, bits, group),
+                slots, k=shape[1], wfmt=FORMAT_BY_NAME[f"int{bits}"], group=group, ahead=1)
+            tiles += count * len(boxes)
+        return cycles, tiles
+
+    return plan_wgt_slots(config, need, estimate)
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
@@ -1010,6 +1001,241 @@ def _largest(error_of, hi: int) -> int:
 
 # -- top level ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LowerOptions:
+    """What the lowering passes are told besides the graph (:func:`compile_llm`'s
+    parameters of the same names)."""
+
+    config: AccelConfig
+    out_dir: object = None
+    max_prompt: int | None = None
+    source: str = ""
+    recipe: dict | None = None          # default: the quantized graph's meta["recipe"]
+    progress: object = None
+    max_positions: int | None = None
+    size_only: bool = False
+
+    def tick(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress(name)
+
+
+class _LowerStep(Pass):
+    """A step of the lowering. It reads the quantized model (:func:`lowered_model`) and
+    what the steps before it made, and records what it made in ``graph.meta``:
+    ``lowered`` (what ``compile_llm(..., stop_after=step)`` returns) and ``lowering``
+    (its working state: the linear layers by name, their streams, the files)."""
+
+    def __init__(self, opts: LowerOptions):
+        self.opts = opts
+
+    @staticmethod
+    def made(graph: Graph) -> tuple[dict, dict]:
+        return dict(graph.meta["lowered"]), dict(graph.meta["lowering"])
+
+    @staticmethod
+    def record(graph: Graph, made: dict, work: dict) -> Graph:
+        """A graph sharing ``graph``'s nodes and tensors whose meta adds ``made`` and
+        ``work`` (no copy of the model: a made model's layers stay on demand)."""
+        return replace(graph, meta={**graph.meta, "lowered": made, "lowering": work})
+
+
+def lowered_model(graph: Graph) -> dict:
+    """The quantized model the lowering reads: ``graph.meta["model"]`` (a model given as
+    data, :func:`compile_llm`) or the quantized graph's export
+    (:func:`compiler.passes.quantized_model`)."""
+    return graph.meta["model"] if "model" in graph.meta else quantized_model(graph)
+
+
+class PlanLowering(_LowerStep):
+    """``plan``: the WGT slots and every tiled layer's tiles
+    (:func:`compiler.tiling.plan_wgt_slots`, the single layer's planner), the streamed
+    layers, the prompt and position bounds."""
+
+    name = "plan"
+
+    def apply(self, graph: Graph) -> Graph:
+        o, config = self.opts, self.opts.config
+        max_positions, max_prompt = o.max_positions, o.max_prompt
+        model = lowered_model(graph)
+        _check_model(model, config)
+        # Positions: the model's, capped by what the KV buffer and the decode scores hold.
+        model_pos = int(model["shape"]["max_position_embeddings"])
+        if max_positions is not None:
+            if isinstance(max_positions, bool) or not isinstance(max_positions, int) or \
+                    max_positions < 1:
+                raise CompileError(f"max_positions must be a positive integer, not "
+                                   f"{max_positions!r}")
+            model_pos = min(model_pos, max_positions)
+        max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
+        if max_pos == 0:
+            raise _fit_error(model, config, "decode", 1, 1)
+        flat = {} if encoder(model["shape"]) else {"lm_head": model["lm_head"]}
+        for i, L in enumerate(model["layers"]):
+            for r in _roles(model):
+                flat[f"l{i}.{r}"] = L[r]
+        slots, slot_bytes = _wgt_slots(config, flat.values())
+        plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()
+                 if not ql.streamed}
+        # Tokens an MM may take: a K-split tile keeps tokens x batches accumulators.
+        k_tokens = _k_split_tokens(config, plans)
+        if k_tokens == 0:
+            raise CompileError(f"a K-split weight tile needs more accumulator batches than "
+                               f"the {config.k_split_batches} the MATRIX unit of config "
+                               f"{config.name!r} keeps (k_split_batches)")
+        most = max_pos if k_tokens is None else min(max_pos, k_tokens)
+        streamed = [name for name, ql in flat.items() if ql.streamed]
+        if streamed:            # the streamed engine's MM takes limits.stream_tokens vectors
+            most = min(most, config.limits.stream_tokens)
+        if max_prompt is None:
+            max_prompt = _largest(
+                lambda t: _fit_error(model, config, "prefill", t, max_pos, t),
+                min(DEFAULT_MAX_PROMPT, most))
+            if max_prompt == 0:
+                raise _fit_error(model, config, "prefill", 1, max_pos, 1)
+        if isinstance(max_prompt, bool) or not isinstance(max_prompt, int) or \
+                not 1 <= max_prompt <= most:
+            raise CompileError(f"max_prompt must be an integer in 1..{most} (positions that "
+                               f"fit config {config.name!r}, tokens whose K-split "
+                               f"accumulators the MATRIX unit keeps, tokens the streamed "
+                               f"engine applies a record to), not {max_prompt!r}")
+        err = _fit_error(model, config, "prefill", max_prompt, max_pos, max_prompt)
+        if err is not None:
+            raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
+        prefill_keys = _prefill_positions(model, config, max_prompt, max_pos)
+        made = {"step": "plan", "max_positions": max_pos, "max_prompt": max_prompt,
+                "prefill_positions": prefill_keys, "wgt_slots": slots,
+                "wgt_slot_bytes": slot_bytes, "tiles": plans, "streamed": streamed}
+        return self.record(graph, made, {"model": model, "flat": flat})
+
+
+class PackLowering(_LowerStep):
+    """``pack``: the memory image's layout and every linear layer's place in it (the
+    manifest's ``model.linears``); an image over the board's memory is refused."""
+
+    name = "pack"
+
+    def apply(self, graph: Graph) -> Graph:
+        o, config = self.opts, self.opts.config
+        made, work = self.made(graph)
+        model, flat, plans = work["model"], work["flat"], made["tiles"]
+        lay, top = _plan_image(model, config, made["max_prompt"], made["max_positions"])
+        linears, streams, size = _place_linears(flat, plans, config, top, made["streamed"],
+                                                o.size_only)
+        _check_capacity(size, config)
+        made.update(step="pack", layout=lay, linears=linears, image_bytes=size)
+        work["streams"] = streams
+        o.tick("tile and pack weights")
+        o.tick("plan the memory image")
+        return self.record(graph, made, work)
+
+
+class ScheduleLowering(_LowerStep):
+    """``schedule``: each phase's instruction stream (:class:`_Phase`), its program file,
+    listing and opcode counts."""
+
+    name = "schedule"
+
+    def apply(self, graph: Graph) -> Graph:
+        o, config = self.opts, self.opts.config
+        made, work = self.made(graph)
+        model = work["model"]
+        programs, files, phases, words_of = {}, {}, {}, {}
+        for phase in llm_phases(model["shape"]):
+            tmax, keys = ((made["max_prompt"], made["prefill_positions"]) if phase == "prefill"
+                          else (1, made["max_positions"]))
+            words = _Phase(model, config, made["layout"], made["linears"], phase, tmax,
+                           made["max_positions"], made["wgt_slots"], made["wgt_slot_bytes"],
+                           keys).emit()
+            words_of[phase] = words
+            prog = Program(words, config.config_hash_bytes)
+            title = (f"{phase} of {o.source or 'model'}: {len(words)} instructions, config "
+                     f"{config.name} ({config.config_hash})")
+            files[f"{phase}.afp"] = prog.to_bytes()
+            files[f"{phase}.s"] = listing(words, title).encode()
+            programs[phase] = f"{phase}.afp"
+            counts = Counter(Opcode(w & 0xF).name for w in words)
+            phases[phase] = {"instructions": len(words), "bytes": len(prog.to_bytes()),
+                             "opcodes": dict(counts), "max_tokens": tmax}
+            o.tick(f"schedule {phase}")
+        made.update(step="schedule", words=words_of)
+        work.update(programs=programs, files=files, phases=phases)
+        return self.record(graph, made, work)
+
+
+class EmitLowering(_LowerStep):
+    """``emit``: write the folder (programs, listings, ``memory_map.txt``,
+    ``manifest.json`` and, unless ``size_only``, ``weights.bin``, region by region);
+    ``meta["lowered"]`` is the manifest."""
+
+    name = "emit"
+
+    def apply(self, graph: Graph) -> Graph:
+        o, config = self.opts, self.opts.config
+        made, work = self.made(graph)
+        model, flat, linears = work["model"], work["flat"], made["linears"]
+        lay, size, max_pos = made["layout"], made["image_bytes"], made["max_positions"]
+        files, programs = dict(work["files"]), work["programs"]
+        recipe = o.recipe if o.recipe is not None else graph.meta.get("recipe") or {}
+        wbytes = {}
+        for v in linears.values():
+            nb = sum(st["nbytes"] for t in v["tiles"] for st in t.get("streams", [t]))
+            wbytes[v["label"]] = wbytes.get(v["label"], 0) + nb
+        shape = dict(model["shape"])
+        manifest = {
+            "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
+            "config": config.name, "config_hash": config.config_hash, "programs": programs,
+            "program": programs[llm_phases(model["shape"])[-1]], "image": "weights.bin",
+            "image_bytes": size,
+            "size_only": bool(o.size_only), "source": str(o.source),
+            "model": {"shape": shape, "max_positions": max_pos,
+                      "max_prompt": made["max_prompt"],
+                      "prefill_positions": made["prefill_positions"],
+                      "record_bytes": record_bytes(_shape(model)[3], config.word_bytes),
+                      "embed_group": embed_group(model),
+                      "layout": lay, "linears": linears,
+                      "wgt_slots": made["wgt_slots"], "wgt_slot_bytes": made["wgt_slot_bytes"],
+                      "recipe": {k: list(v) for k, v in recipe.items()}},
+            "registers": {"pos": REG_POS, "tokens": REG_T, "length": REG_LEN},
+            "phases": work["phases"], "weight_bytes": wbytes,
+            "linear_weights": sum(v["n"] * v["k_in"] for v in linears.values()),
+        }
+        if encoder(shape):
+            manifest["model"]["sentence_embedding"] = dict(model["sentence_embedding"])
+        files[MEMORY_MAP] = memory_map(manifest, config).encode()
+        if not o.size_only:
+            streams = work["streams"]
+            files["weights.bin"] = lambda path: _write_image(path, model, config, flat,
+                                                             linears, streams, lay, size,
+                                                             max_pos)
+        files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
+        write_folder(o.out_dir, files)
+        o.tick("write the folder")
+        return self.record(graph, manifest, work)
+
+
+#: The lowering's passes in order, named as the single layer's steps
+#: (:data:`compiler.linear.LINEAR_STEPS`): ``plan`` the tiles, the WGT slots and the prompt
+#: and position bounds; ``pack`` the memory image's layout and the weights' places;
+#: ``schedule`` each phase's instruction stream; ``emit`` the folder.
+_LOWER_PASSES = (PlanLowering, PackLowering, ScheduleLowering, EmitLowering)
+#: The names of the lowering's steps (:func:`compile_llm`'s ``stop_after``).
+LOWER_STEPS = tuple(step.name for step in _LOWER_PASSES)
+
+
+def lower_pipeline(opts: LowerOptions) -> Pipeline:
+    """The lowering's passes, :data:`LOWER_STEPS` (``emit`` writes ``opts.out_dir``); after
+    a graph pipeline that quantizes (:func:`compiler.passes.llm_pipeline`) they make one
+    pipeline from import to emit (:func:`compile_pipeline`)."""
+    return Pipeline([(step.name, step(opts)) for step in _LOWER_PASSES])
+
+
+def compile_pipeline(graph_pipeline: Pipeline, opts: LowerOptions) -> Pipeline:
+    """One pipeline from an imported graph to the folder: ``graph_pipeline``'s steps, then
+    the lowering's (:func:`lower_pipeline`)."""
+    return Pipeline(graph_pipeline.steps + lower_pipeline(opts).steps)
+
+
 def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | None = None,
                 source: str = "", recipe: dict | None = None, progress=None,
                 max_positions: int | None = None, size_only: bool = False,
@@ -1052,6 +1278,9 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     time, so a model whose layers are made on demand (:mod:`compiler.synthetic`) compiles
     in the memory of one layer. An image over the board's memory is refused.
 
+    The model given as data is lowered as a graph of that data alone (``meta["model"]``)
+    through :func:`lower_pipeline`.
+
     Returns
     -------
     dict
@@ -1062,117 +1291,7 @@ def compile_llm(model: dict, config: AccelConfig, out_dir, *, max_prompt: int | 
     if stop_after is not None and stop_after not in LOWER_STEPS:
         raise CompileError(f"the lowering has no step {stop_after!r} (steps: "
                            f"{', '.join(LOWER_STEPS)})")
-    tick = progress or (lambda name: None)
-    names = _check_model(model, config)
-    d, heads, kv, hd, inter, vocab = _shape(model)
-    wb = config.word_bytes
-    rec = record_bytes(hd, wb)
-    # Positions: the model's, capped by what the KV buffer and the decode scores hold.
-    b = config.buffers
-    model_pos = int(model["shape"]["max_position_embeddings"])
-    if max_positions is not None:
-        if isinstance(max_positions, bool) or not isinstance(max_positions, int) or \
-                max_positions < 1:
-            raise CompileError(f"max_positions must be a positive integer, not "
-                               f"{max_positions!r}")
-        model_pos = min(model_pos, max_positions)
-    max_pos = _largest(lambda p: _fit_error(model, config, "decode", 1, p), model_pos)
-    if max_pos == 0:
-        raise _fit_error(model, config, "decode", 1, 1)
-    flat = {} if encoder(model["shape"]) else {"lm_head": model["lm_head"]}
-    for i, L in enumerate(model["layers"]):
-        for r in _roles(model):
-            flat[f"l{i}.{r}"] = L[r]
-    slots, slot_bytes = _wgt_slots(config, flat.values())
-    plans = {name: _plan_tiles(config, ql, slot_bytes) for name, ql in flat.items()
-             if not ql.streamed}
-    # Tokens an MM may take: a K-split tile keeps tokens x batches accumulators.
-    k_tokens = _k_split_tokens(config, plans)
-    if k_tokens == 0:
-        raise CompileError(f"a K-split weight tile needs more accumulator batches than the "
-                           f"{config.k_split_batches} the MATRIX unit of config "
-                           f"{config.name!r} keeps (k_split_batches)")
-    most = max_pos if k_tokens is None else min(max_pos, k_tokens)
-    streamed = [name for name, ql in flat.items() if ql.streamed]
-    if streamed:                # the streamed engine's MM takes limits.stream_tokens vectors
-        most = min(most, config.limits.stream_tokens)
-    if max_prompt is None:
-        max_prompt = _largest(lambda t: _fit_error(model, config, "prefill", t, max_pos, t),
-                              min(DEFAULT_MAX_PROMPT, most))
-        if max_prompt == 0:
-            raise _fit_error(model, config, "prefill", 1, max_pos, 1)
-    if isinstance(max_prompt, bool) or not isinstance(max_prompt, int) or \
-            not 1 <= max_prompt <= most:
-        raise CompileError(f"max_prompt must be an integer in 1..{most} (positions that fit "
-                           f"config {config.name!r}, tokens whose K-split accumulators the "
-                           f"MATRIX unit keeps, tokens the streamed engine applies a record "
-                           f"to), not {max_prompt!r}")
-    err = _fit_error(model, config, "prefill", max_prompt, max_pos, max_prompt)
-    if err is not None:
-        raise CompileError(f"a prefill of max_prompt={max_prompt} tokens: {err}")
-    prefill_keys = _prefill_positions(model, config, max_prompt, max_pos)
-    made = {"step": "plan", "max_positions": max_pos, "max_prompt": max_prompt,
-            "prefill_positions": prefill_keys, "wgt_slots": slots,
-            "wgt_slot_bytes": slot_bytes, "tiles": plans, "streamed": streamed}
-    if stop_after == "plan":
-        return made
-    lay, top = _plan_image(model, config, max_prompt, max_pos)
-    linears, streams, size = _place_linears(flat, plans, config, top, streamed, size_only)
-    _check_capacity(size, config)
-    made.update(step="pack", layout=lay, linears=linears, image_bytes=size)
-    if stop_after == "pack":
-        return made
-    tick("tile and pack weights")
-    tick("plan the memory image")
-    programs, files, phases, made["words"] = {}, {}, {}, {}
-    for phase in llm_phases(model["shape"]):
-        tmax, keys = (max_prompt, prefill_keys) if phase == "prefill" else (1, max_pos)
-        words = _Phase(model, config, lay, linears, phase, tmax, max_pos, slots,
-                       slot_bytes, keys).emit()
-        made["words"][phase] = words
-        prog = Program(words, config.config_hash_bytes)
-        title = (f"{phase} of {source or 'model'}: {len(words)} instructions, config "
-                 f"{config.name} ({config.config_hash})")
-        files[f"{phase}.afp"] = prog.to_bytes()
-        files[f"{phase}.s"] = listing(words, title).encode()
-        programs[phase] = f"{phase}.afp"
-        counts = {}
-        for w in words:
-            op = Opcode(w & 0xF).name
-            counts[op] = counts.get(op, 0) + 1
-        phases[phase] = {"instructions": len(words), "bytes": len(prog.to_bytes()),
-                         "opcodes": counts, "max_tokens": tmax}
-        tick(f"schedule {phase}")
-    if stop_after == "schedule":
-        return {**made, "step": "schedule"}
-    wbytes = {}
-    for name, v in linears.items():
-        nb = sum(st["nbytes"] for t in v["tiles"] for st in t.get("streams", [t]))
-        wbytes[v["label"]] = wbytes.get(v["label"], 0) + nb
-    shape = dict(model["shape"])
-    manifest = {
-        "format": FOLDER_FORMAT, "kind": LLM_KIND, "isa_version": ISA_VERSION,
-        "config": config.name, "config_hash": config.config_hash, "programs": programs,
-        "program": programs[llm_phases(model["shape"])[-1]], "image": "weights.bin",
-        "image_bytes": size,
-        "size_only": bool(size_only), "source": str(source),
-        "model": {"shape": shape, "max_positions": max_pos, "max_prompt": max_prompt,
-                  "prefill_positions": prefill_keys,
-                  "record_bytes": rec, "embed_group": embed_group(model),
-                  "layout": lay, "linears": linears,
-                  "wgt_slots": slots, "wgt_slot_bytes": slot_bytes,
-                  "recipe": {k: list(v) for k, v in (recipe or {}).items()}},
-        "registers": {"pos": REG_POS, "tokens": REG_T, "length": REG_LEN},
-        "phases": phases, "weight_bytes": wbytes,
-        "linear_weights": sum(v["n"] * v["k_in"] for v in linears.values()),
-    }
-    if encoder(shape):
-        manifest["model"]["sentence_embedding"] = dict(model["sentence_embedding"])
-    files[MEMORY_MAP] = memory_map(manifest, config).encode()
-    if not size_only:
-        files["weights.bin"] = lambda path: _write_image(path, model, config, flat, linears,
-                                                         streams, lay, size, max_pos)
-    files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
-    write_folder(out_dir, files)
-    tick("write the folder")
-    return manifest
+    opts = LowerOptions(config, out_dir, max_prompt, source, recipe, progress, max_positions,
+                        size_only)
+    graph = Graph(nodes=[], params={}, shape=None, output="", meta={"model": model})
+    return lower_pipeline(opts).run(graph, until=stop_after).meta["lowered"]

@@ -40,6 +40,7 @@ from .llm_recipe import LayerQuant, LlmRecipe, load_llm_recipe
 
 __all__ = ["Validate", "FoldAttentionScale", "Quantize", "llm_pipeline", "weight_bytes",
            "quantized_model", "quantize_linear", "quantize_node", "release_done", "StreamShape",
+           "recipe_entry",
            "QUANTIZERS"]
 
 #: Rows of a stream record and weights of a k-step when no config is given: those of
@@ -118,7 +119,8 @@ def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape,
     (``streamed`` false) use :func:`airfoil.formats.quantize_weights`; streamed weights
     are pruned (magnitude, :func:`_prune`) and quantized by :func:`airfoil.packing.
     quantize_stream`, which picks each record's format (:func:`~airfoil.packing.
-    mixed_choice`) and each row's FP16 scale through the registry's formats.
+    mixed_choice`, within the layer's ``mixed_max_error``) and each row's FP16 scale
+    through the registry's formats.
     """
     if not streamed:
         q, s = quantize_weights(weight, lq.bits, lq.group)
@@ -127,7 +129,8 @@ def quantize_rtn(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape,
     kept = _prune(w, lq, shape) != 0 if lq.sparsity != "dense" else None
     q, s16, tags = quantize_stream(w, group=lq.group, rows=shape.rows, formats=lq.formats,
                                    sparsity=lq.sparsity, lanes=shape.lanes,
-                                   block_density=lq.density)
+                                   block_density=lq.density,
+                                   mixed_max_error=lq.mixed_max_error)
     per_row = torch.from_numpy(np.repeat(np.asarray(tags, dtype=np.int64), shape.rows,
                                          axis=0)[:w.shape[0]].copy())
     return QLinear(q, s16, lq.group, lq.bits, formats=per_row, mask=kept,
@@ -161,8 +164,22 @@ def quantize_linear(weight: torch.Tensor, lq: LayerQuant, shape: StreamShape | N
     return ql
 
 
+def recipe_entry(lq: LayerQuant) -> tuple:
+    """A layer's entry in ``meta["recipe"]`` (and the manifest's ``model.recipe``):
+    ``(label, group)``, and for a choice across widths ``(label, group,
+    mixed_max_error)``."""
+    if len(lq.widths) > 1:
+        return lq.label, lq.group, lq.mixed_max_error
+    return lq.label, lq.group
+
+
 class Quantize(Pass):
     """Quantize linear weights per an :class:`LlmRecipe`; insert activation quantizers.
+
+    The plan is ``meta["plan"]`` when a step set it (``bits_budget``), else the recipe's;
+    a layer in ``meta["budget_quantized"]`` (the weights ``bits_budget`` made of a
+    calibrated layer's chosen candidate) takes them as they are, so the calibration
+    statistics are computed once.
 
     Parameters
     ----------
@@ -188,6 +205,7 @@ class Quantize(Pass):
         if g.qweights:
             raise CompileError("graph is already quantized")
         plan = dict(g.meta.get("plan") or self.recipe.resolve(g.linear_layers()))
+        chosen = g.meta.pop("budget_quantized", {})
         for layer, node in g.linear_layers().items():
             if layer in g.prequantized:                 # a quantized checkpoint's, as given
                 pre = g.prequantized[layer]
@@ -204,8 +222,8 @@ class Quantize(Pass):
                 plan[layer] = LayerQuant((ZERO_POINT_FORMAT if pre.streamed else
                                           f"int{pre.bits}",), pre.group)
                 continue
-            g.qweights[node.name] = quantize_node(g, node, plan[layer], self.shape,
-                                                  self.method)
+            g.qweights[node.name] = chosen[layer] if layer in chosen else quantize_node(
+                g, node, plan[layer], self.shape, self.method)
             release_done(g, node)
         # One act_quant per distinct linear input, placed right after its producer.
         quant_of: dict[str, str] = {}
@@ -220,7 +238,7 @@ class Quantize(Pass):
                 quant_of[n.name] = qn.name
                 nodes.append(qn)
         g.nodes = nodes
-        g.meta["recipe"] = {layer: (lq.label, lq.group) for layer, lq in plan.items()}
+        g.meta["recipe"] = {layer: recipe_entry(lq) for layer, lq in plan.items()}
         g.meta["plan"] = dict(plan)
         g.meta.pop("calibration", None)
         g.meta["kv_cache"] = self.recipe.kv_cache

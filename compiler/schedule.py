@@ -25,7 +25,8 @@ from airfoil.wgt_banks import WgtBanks
 
 from .streams import slices
 
-__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_fields",
+__all__ = ["Scheduler", "mem", "span", "load_wgt_tile", "wgt_tile_pieces", "wgt_tile_loads",
+           "wgt_tile_fields",
            "load_stream_block", "stream_block_fields"]
 
 
@@ -97,48 +98,59 @@ class Scheduler:
                 for op, f, _, wt, rl in self.items]
 
 
-def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: int,
-                  channel, *, sliced: bool = True, **fields) -> None:
-    """LD a WGT tile of ``nbytes`` at ``dram_addr`` into the slot at ``slot``: one LD per
-    word-aligned slice (:func:`compiler.streams.slices`; one LD when not ``sliced``),
-    slice ``j`` on memory channel ``channel(j)``.
-
-    On a banked WGT buffer (``buffers.wgt_banks``) the tile's image is bank-major
-    (:meth:`~airfoil.wgt_banks.WgtBanks.tile_image`) and each bank's part is one LD into
-    that bank, bank ``b`` on channel ``b % channels`` (``channel(0)`` for all when not
-    ``sliced``): the banks take their words in the same cycle, and a bank's LDs stay on
-    one channel, which streams them one after the other. The slot is then a whole number
-    of WGT rows."""
+def wgt_tile_pieces(config, nbytes: int, *, sliced: bool = True) -> list[tuple[int, int, int]]:
+    """``(offset, bank, nbytes)`` of each LD of a WGT tile of ``nbytes``: one per
+    word-aligned slice (:func:`compiler.streams.slices`; one when not ``sliced``) into the
+    WGT buffer's one write port (bank 0), or on a banked WGT buffer (``buffers.wgt_banks``)
+    one per bank of the tile's bank-major image
+    (:meth:`~airfoil.wgt_banks.WgtBanks.tile_image`). ``offset`` is into the tile's image."""
     banks = WgtBanks.of(config)
     if banks.banks > 1:
-        _load_banked_tile(sched, config, banks, slot, dram_addr, nbytes,
-                          channel if not sliced else None, **fields)
-        return
+        part = banks.tile_bytes(nbytes, config.word_bytes) // banks.banks
+        return [(b * part, b, part) for b in range(banks.banks)]
     pieces = slices(nbytes, config) if sliced else [(0, nbytes)]
-    for j, (off, nb) in enumerate(pieces):
+    return [(off, 0, nb) for off, nb in pieces]
+
+
+def wgt_tile_loads(config, nbytes: int) -> list[tuple[int, int, int]]:
+    """``(channel, bank, nbytes)`` of the LDs :func:`load_wgt_tile` makes of a tile of
+    ``nbytes`` whose LD ``j`` goes on channel ``j % channels``."""
+    channels = config.memory.channels
+    return [(j % channels, bank, nb)
+            for j, (_, bank, nb) in enumerate(wgt_tile_pieces(config, nbytes))]
+
+
+def load_wgt_tile(sched: Scheduler, config, slot: int, dram_addr: int, nbytes: int,
+                  channel, *, sliced: bool = True, **fields) -> None:
+    """LD a WGT tile of ``nbytes`` at ``dram_addr`` into the slot at ``slot``, one LD per
+    piece of :func:`wgt_tile_pieces`, LD ``j`` on memory channel ``channel(j)``.
+
+    On a banked WGT buffer each bank's part is one LD into that bank, bank ``b`` on
+    channel ``b % channels`` (``channel(0)`` for all when not ``sliced``): the banks take
+    their words in the same cycle, and a bank's LDs stay on one channel, which streams
+    them one after the other. The slot is then a whole number of WGT rows."""
+    banks = WgtBanks.of(config)
+    wb = config.word_bytes
+    pieces = wgt_tile_pieces(config, nbytes, sliced=sliced)
+    if banks.banks > 1:
+        row = banks.row_words * wb
+        if slot % row:
+            raise CompileError(f"a WGT slot at byte {slot} is not on a WGT row ({row} bytes) "
+                               f"of the banked WGT buffer of config {config.name!r}")
+        size = banks.tile_bytes(nbytes, wb)
+        for off, b, part in pieces:
+            at = dram_addr + off
+            sched.add(Opcode.LD, reads=[mem(at, part)], writes=[span(Buffer.WGT, slot, size)],
+                      buf=Buffer.WGT,
+                      channel=b % config.memory.channels if sliced else channel(0),
+                      buf_addr=banks.word(b, slot // row) * wb, dram_addr=at, nbytes=part,
+                      count=1, dram_stride=part, **fields)
+        return
+    for j, (off, _, nb) in enumerate(pieces):
         sched.add(Opcode.LD, reads=[mem(dram_addr + off, nb)],
                   writes=[span(Buffer.WGT, slot + off, nb)], buf=Buffer.WGT,
                   channel=channel(j), buf_addr=slot + off, dram_addr=dram_addr + off,
                   nbytes=nb, count=1, dram_stride=nb, **fields)
-
-
-def _load_banked_tile(sched, config, banks, slot, dram_addr, nbytes, channel, **fields):
-    """The LDs of :func:`load_wgt_tile` on a banked WGT buffer, one per bank (all on
-    ``channel(0)`` when ``channel`` is given, else bank ``b`` on ``b % channels``)."""
-    wb = config.word_bytes
-    row = banks.row_words * wb
-    if slot % row:
-        raise CompileError(f"a WGT slot at byte {slot} is not on a WGT row ({row} bytes) of "
-                           f"the banked WGT buffer of config {config.name!r}")
-    size = banks.tile_bytes(nbytes, wb)
-    part = size // banks.banks
-    for b in range(banks.banks):
-        at = dram_addr + b * part
-        sched.add(Opcode.LD, reads=[mem(at, part)], writes=[span(Buffer.WGT, slot, size)],
-                  buf=Buffer.WGT,
-                  channel=channel(0) if channel else b % config.memory.channels,
-                  buf_addr=banks.word(b, slot // row) * wb, dram_addr=at, nbytes=part,
-                  count=1, dram_stride=part, **fields)
 
 
 def wgt_tile_fields(tile: dict, k: int, *, slot: int, act: int, obuf_addr: int, writes,

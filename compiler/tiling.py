@@ -8,7 +8,9 @@ K. The planner takes a tile's size as a function, so each compiler states only w
 own programs add (the single layer its bias section and its OUT halves, the LLM
 compiler nothing):
 
-* :func:`slot_bytes`, :func:`wgt_slots` -- the slots the WGT buffer is split into;
+* :func:`slot_bytes`, :func:`plan_wgt_slots` -- the slots the WGT buffer is split into
+  (one policy: the fewest estimated cycles, :func:`wgt_tiles_cycles`; then the fewest
+  tiles, then the most slots);
 * :func:`k_chunk` -- the K chunk of a layer's tiles;
 * :func:`row_block` -- the rows of a layer's tiles;
 * :func:`tile_boxes` -- the ``(row0, rows, col0, cols)`` of every tile, in execution
@@ -18,15 +20,22 @@ compiler nothing):
 
 from __future__ import annotations
 
+from functools import cache
+
 from airfoil.errors import CompileError
+from airfoil.isa import Buffer
 from airfoil.wgt_banks import WgtBanks
+from sim.cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
+from sim.memory import Memory
 
-__all__ = ["WGT_SLOTS", "slot_bytes", "wgt_slots", "k_chunk", "row_block", "tile_boxes",
-           "plan_wgt_tiles"]
+from .schedule import wgt_tile_loads
 
-#: Weight-tile slots a single layer's WGT buffer is split into, most first: LOAD runs up
-#: to ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
-WGT_SLOTS = (4, 2)
+__all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk",
+           "row_block", "tile_boxes", "plan_wgt_tiles"]
+
+#: Weight-tile slots the WGT buffer may be split into, most first: LOAD runs up to
+#: ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
+WGT_SLOTS = (4, 3, 2)
 
 
 def _up(n: int, a: int) -> int:
@@ -41,16 +50,101 @@ def slot_bytes(config, slots: int) -> int:
     return config.buffers.weight_bytes // slots // unit * unit
 
 
-def wgt_slots(config, need: int, candidates=WGT_SLOTS) -> tuple[int, int]:
-    """``(slots, slot_bytes)``: the first of ``candidates`` whose slot holds ``need``
-    bytes; :class:`CompileError` when none does."""
+def plan_wgt_slots(config, need: int, estimate, candidates=WGT_SLOTS) -> tuple[int, int]:
+    """``(slots, slot_bytes)``: of the slot counts of ``candidates`` whose slot holds
+    ``need`` bytes (the smallest tile of every layer: ``chains`` rows x one group), the one
+    whose ``estimate(slots, slot_bytes)`` -- ``(cycles, tiles)``, the layers' estimated
+    cycles (:func:`wgt_tiles_cycles`) and tiles in that many slots of that size -- is the
+    least: the fewest cycles, then the fewest tiles; on a tie the most slots (the LOAD
+    unit runs further ahead). :class:`CompileError` when no slot holds ``need`` bytes.
+
+    Neither more slots nor fewer tiles win alone: each tile is one matrix instruction and
+    pays the MATRIX unit's fill and drain (the serializer's ``chains`` cycles after its
+    last batch, the pipelines' latency) once, so bigger slots cut that cost, while more
+    slots let the next tiles load while the current one computes."""
+    best = None
     for slots in candidates:
         slot = slot_bytes(config, slots)
-        if need <= slot:
-            return slots, slot
-    raise CompileError(f"a weight tile of {config.chains} rows ({need} bytes) does not fit "
-                       f"half the WGT buffer ({config.buffers.weight_bytes} bytes in config "
-                       f"{config.name!r})")
+        if need > slot:
+            continue
+        key = (*estimate(slots, slot), -slots)
+        if best is None or key < best[0]:
+            best = (key, slots, slot)
+    if best is None:
+        raise CompileError(f"a weight tile of {config.chains} rows x one group ({need} "
+                           f"bytes) does not fit half the WGT buffer "
+                           f"({config.buffers.weight_bytes} bytes in config {config.name!r})")
+    return best[1], best[2]
+
+
+def wgt_tiles_cycles(config, boxes, tile_bytes, slots: int, *, k: int, wfmt, group: int,
+                     bias: bool = False, m: int = 1, ahead: int | None = None) -> int:
+    """Estimated cycles from the dispatch of a layer's first WGT tile load to the end of
+    its last matrix instruction: the tiles ``boxes`` (``(row0, rows, col0, cols)`` in
+    execution order, of a layer of reduction ``k``, each of ``tile_bytes(rows, cols)``
+    bytes) in ``slots`` WGT slots, the loads of ``ahead`` tiles (default ``slots``) ahead
+    of the matrix instructions in program order (``m`` vectors of weight format ``wfmt``,
+    ``group`` values per scale; the accumulators start from the bias in a first chunk of
+    K when ``bias``).
+
+    The costs are the ISA simulator's (:class:`sim.cycle_model.CycleModel`; the memory
+    channels and the WGT write ports of :class:`sim.memory.Memory`), the dependencies
+    those of the schedule, in program order: the dispatcher hands one instruction per
+    :data:`~sim.cycle_model.DISPATCH_CYCLES` to a unit queue of ``instr_queue_depth``
+    (the tiles' loads run ahead only as far as the LOAD queue lets the next matrix
+    instruction through); the LOAD unit starts a tile's LDs
+    (:func:`compiler.schedule.wgt_tile_loads`) in order, each once the matrix instruction
+    of the tile ``slots`` earlier (the slot's last reader) has finished; a matrix
+    instruction starts when its tile has arrived and the previous one has finished."""
+    model = CycleModel(config)
+    memory = Memory(bytearray(), config, model)
+    depth, ahead = config.instr_queue_depth, slots if ahead is None else ahead
+
+    @cache
+    def tile(rows, cols, first, last):
+        return (wgt_tile_loads(config, tile_bytes(rows, cols)),
+                model.matrix(rows, cols, m, wfmt=wfmt, final=last, group=group,
+                             use_init=bias or not first).latency)
+
+    tiles = [tile(rows, cols, c0 == 0, c0 + cols == k) for _, rows, c0, cols in boxes]
+    dispatch = issue = end = 0
+    loaded = []                             # when each tile's loads have all completed
+    load_starts, matrix_starts, ends = [], [], []
+
+    def dispatched(unit_starts):
+        """Dispatch the next instruction of a unit whose queue holds ``depth``."""
+        nonlocal dispatch
+        at = max(dispatch, unit_starts[-depth] if len(unit_starts) >= depth else 0)
+        dispatch = at + DISPATCH_CYCLES
+        return dispatch
+
+    def load(j):
+        nonlocal issue
+        free = ends[j - slots] if j >= slots else 0
+        finish = {}                            # this tile's LDs: index -> completion
+        for i, (channel, bank, nbytes) in enumerate(tiles[j][0]):
+            ready = max(dispatched(load_starts), issue, free)
+            begin, cost = memory.transfer(channel, ready, nbytes, write=False)
+            finish[i] = begin + cost.latency
+            # The port's round robin holds this LD back, and may hold earlier ones longer.
+            for ld, cycles in memory.buffer_write((Buffer.WGT, bank), channel, begin, nbytes,
+                                                  owner=(j, i)):
+                if ld.owner[0] == j:
+                    finish[ld.owner[1]] += cycles
+            load_starts.append(begin)
+            issue = begin + ISSUE_CYCLES
+        loaded.append(max([loaded[-1] if loaded else 0, *finish.values()]))
+
+    for j in range(min(ahead, len(tiles))):
+        load(j)
+    for i, (_, matrix) in enumerate(tiles):
+        start = max(dispatched(matrix_starts), end, loaded[i])
+        matrix_starts.append(start)
+        end = start + matrix
+        ends.append(end)
+        if i + ahead < len(tiles):
+            load(i + ahead)
+    return end
 
 
 def k_chunk(k: int, group: int, fits) -> int:

@@ -23,8 +23,10 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   receiver's hand-over to the next record (:data:`LD_RECORD_GAP`), so back-to-back LDs
   stream their data one after the other and pay the latency once. LDs into one buffer
   (one WGT bank) on different channels share its write port (:data:`BUFFER_WRITE_WORDS`,
-  :meth:`CycleModel.load_write`): an LD whose beats find the port taken is held back
-  (and its channel with it) until the port has taken the earlier ones.
+  :meth:`CycleModel.load_write`) round robin: while several channels hold beats for it,
+  each takes an equal share of the port (:func:`round_robin_ends`), so every one of
+  them is slowed down (and its channel with it), the first one as much as the later
+  ones, until it has written its last beat.
 * ``ST`` (:meth:`CycleModel.store`): the STORE unit prepares and checks the instruction
   (:data:`ST_PREP_CYCLES`), then per burst of at most ``max_burst`` beats: the address
   handshake (:data:`AW_CYCLES`), one beat every :data:`ST_BEAT_CYCLES` cycles (buffer read,
@@ -39,14 +41,21 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
 * ``SFU`` (:meth:`CycleModel.sfu_call`): the SFU unit runs one kernel at a time; its
   kernels take a buffer word per cycle where they stream (the records of ``ATT_QK`` and
   ``ATT_PV``, ``word_bytes`` INT8 products per cycle, ``ATT_QK`` without the funnel's
-  word when its records are word-aligned; the max and sum passes of
-  ``SOFTMAX``, ``RMSNORM`` and ``QUANT_TOKEN``) and one 32-bit element per cycle
-  elsewhere; each function's count is the kernel's
+  word when its records are word-aligned; the max and sum passes of ``RMSNORM`` and
+  ``QUANT_TOKEN``, ``SOFTMAX``'s max pass), a chunk of ``sfu_lanes`` scores per cycle
+  in ``SOFTMAX``'s exp and output passes, and one 32-bit element per cycle elsewhere;
+  each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
   checks ``n % heads`` for row-wise and attention-product functions: all of it is the
   SFU's own count (:func:`hdl.sfu.unit.unit_cycles`, written once beside the hardware
   and checked against it in RTL), plus :data:`TOKEN_HANDOFF`.
 * ``SYS`` and the dispatch of any instruction: :data:`DISPATCH_CYCLES` per instruction.
+* ``SYS LDREG`` (:meth:`CycleModel.ldreg`): the dispatcher waits until every queue is
+  empty and every unit idle (as for ``BARRIER``), then reads the register's word through
+  channel 0's reader: the wait state, the command handshake and the registered ARVALID
+  (:data:`LDREG_ISSUE_CYCLES`), ``read_latency`` of channel 0 and one beat (two when the
+  32-bit word crosses a memory word), in whose cycle the register is written; the
+  dispatcher takes the next instruction in the cycle after it.
 * The run as a whole (:meth:`CycleModel.program_overhead`): the start (CSR kick, the
   first instruction fetched over the instruction port and passed through the fetch and
   unit queues) and the end (HALT, AXI drain, the done flag) that no instruction pays.
@@ -68,7 +77,7 @@ from hdl.core.matrix_timing import FINAL_LATENCY, matrix_cycles
 __all__ = ["Cost", "CycleModel", "MATRIX_LATENCY", "DISPATCH_CYCLES", "ISSUE_CYCLES",
            "LD_ISSUE_CYCLES", "LD_RECORD_GAP", "BUFFER_WRITE_WORDS", "RELEASE_CYCLES", "TOKEN_HANDOFF",
            "ST_PREP_CYCLES", "AW_CYCLES", "ST_BEAT_CYCLES", "B_CYCLES", "FETCH_START_CYCLES",
-           "QUEUE_CYCLES", "END_CYCLES"]
+           "QUEUE_CYCLES", "END_CYCLES", "LDREG_ISSUE_CYCLES", "round_robin_ends"]
 
 # -- handshakes shared by the units (hdl/core/top.py) ----------------------------------------
 #: Cycles from a unit's release handshake to the waiting unit's queue handshake: the token
@@ -79,6 +88,11 @@ TOKEN_HANDOFF = 1
 DISPATCH_CYCLES = 1
 #: Cycles between the starts of two transfers of the LOAD or STORE unit (address issue).
 ISSUE_CYCLES = 1
+
+# -- SYS LDREG in the dispatcher (hdl/core/top.py) -------------------------------------------
+#: The dispatch cycle to the AR handshake of an LDREG's read: the LDREG_WAIT state that sees
+#: every unit idle, the LDREG_CMD handshake with channel 0's reader, its registered ARVALID.
+LDREG_ISSUE_CYCLES = 3
 
 # -- LOAD unit (hdl/core/load.py, hdl/core/axi_read.py) --------------------------------------
 #: Queue handshake to AR handshake: the check cycle, the command handshake with the AXI
@@ -93,8 +107,9 @@ LD_RECORD_GAP = 2
 #: port, the WGT buffer one per bank (``buffers.wgt_banks``), which the receivers of all
 #: channels share round robin (``connect_writes``, ``connect_wgt_writes`` in
 #: hdl/core/fabric.py), so LDs through one port on several channels at once stream their
-#: data through it together at this rate; loads through different ports (other buffers,
-#: other WGT banks: a weight tile's LDs, one bank each) do not meet.
+#: data through it together at this rate, each an equal share (:func:`round_robin_ends`);
+#: loads through different ports (other buffers, other WGT banks: a weight tile's LDs,
+#: one bank each) do not meet.
 BUFFER_WRITE_WORDS = 1
 
 # -- STORE unit (hdl/core/store.py) -----------------------------------------------------------
@@ -242,6 +257,16 @@ class CycleModel:
         """Cost of a ``SYS`` NOP or SETREG in the dispatcher."""
         return Cost(busy=DISPATCH_CYCLES, latency=DISPATCH_CYCLES)
 
+    def ldreg(self, addr: int) -> Cost:
+        """Cost of a ``SYS LDREG`` of the 32-bit word at byte ``addr`` (of channel 0) in the
+        dispatcher, from the cycle it finds every unit idle: :data:`LDREG_ISSUE_CYCLES`,
+        channel 0's read latency and the word's beats (two when it crosses a memory word;
+        the last one's cycle writes the register)."""
+        mem = self._config.memory
+        beats = 2 if addr % mem.word_bytes > mem.word_bytes - 4 else 1
+        total = LDREG_ISSUE_CYCLES + mem.latency_of(0) + beats
+        return Cost(busy=total, latency=total)
+
     def program_overhead(self) -> int:
         """Cycles of a run that no instruction pays: start and end of the core.
 
@@ -254,6 +279,49 @@ class CycleModel:
         beats = max(1, INSTR_BITS // mem.word_bits)
         return (FETCH_START_CYCLES + mem.read_latency + beats + 2 * QUEUE_CYCLES +
                 END_CYCLES - DISPATCH_CYCLES)
+
+
+def round_robin_ends(flows, port_words: float = BUFFER_WRITE_WORDS) -> list[float]:
+    """When each of ``flows`` has written its last word through one buffer write port
+    that the channels holding words take round robin (``connect_writes``,
+    ``connect_wgt_writes`` in hdl/core/fabric.py).
+
+    ``flows`` lists ``(arrive, words, rate)``: the cycle the first word reaches the port,
+    the words, and the words per cycle its channel delivers. The port takes
+    ``port_words`` words per cycle, shared equally among the flows that have words
+    waiting; a flow whose channel delivers less than its share leaves the rest to the
+    others (max-min fair shares, the fluid limit of the round robin). Returns the end
+    cycle of each flow, in the order given (not rounded).
+    """
+    n = len(flows)
+    left = [float(w) for _, w, _ in flows]
+    ends = [0.0] * n
+    order = sorted(range(n), key=lambda i: flows[i][0])
+    now = flows[order[0]][0] if n else 0.0
+    arrived = 0
+    active = []
+    while arrived < n or active:
+        while arrived < n and flows[order[arrived]][0] <= now:
+            active.append(order[arrived])
+            arrived += 1
+        if not active:
+            now = flows[order[arrived]][0]
+            continue
+        # Max-min fair shares of the port.
+        share, room, rates = {}, float(port_words), sorted(active, key=lambda i: flows[i][2])
+        for k, i in enumerate(rates):
+            share[i] = min(flows[i][2], room / (len(rates) - k))
+            room -= share[i]
+        step = min(left[i] / share[i] for i in active)
+        if arrived < n:
+            step = min(step, flows[order[arrived]][0] - now)
+        now += step
+        for i in list(active):
+            left[i] -= share[i] * step
+            if left[i] <= 1e-9:
+                ends[i] = now
+                active.remove(i)
+    return ends
 
 
 # -- ISA version 3: matrix instructions on streamed weights (decode unit) ------------------

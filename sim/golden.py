@@ -31,8 +31,9 @@ def _as_folder(folder) -> Folder:
     return folder if isinstance(folder, Folder) else load_folder(folder)
 
 
-def layer_tensors(folder, index: int = 0) -> dict:
-    """Return one layer's quantized tensors as stored in the image.
+def layer_tensors(folder, name: str = "linear") -> dict:
+    """Return one layer's quantized tensors as stored in the image (``name``: its entry in
+    the manifest's ``model.linears``; a single-layer folder's one layer is ``linear``).
 
     Returns a dict with ``q`` (N x K int64), ``scales`` (N x K/group float16) and
     ``bias`` (N int64 accumulator units, or ``None``), plus the layer's manifest entry
@@ -40,8 +41,8 @@ def layer_tensors(folder, index: int = 0) -> dict:
     """
     folder = _as_folder(folder)
     cfg = folder.resolve_config()
-    layer = folder.manifest["layers"][index]
-    if layer.get("stream"):
+    layer = folder.manifest["model"]["linears"][name]
+    if layer["streamed"]:
         return _stream_tensors(folder, cfg, layer)
     n, k, group = layer["n"], layer["k"], layer["group"]
     wf = weight_format(layer["wformat"])
@@ -134,7 +135,7 @@ def run_golden(folder, x_q=None) -> torch.Tensor:
         int64 tensor of shape (N,): the requantized outputs.
     """
     folder = _as_folder(folder)
-    t = layer_tensors(folder, 0)
+    t = layer_tensors(folder)
     layer = t["layer"]
     x = folder.read_input(folder.image_with_input(x_q))
     return linear_reference(t["q"], t["scales"], x, layer["group"], layer["k0"],

@@ -760,6 +760,9 @@ class IsaSim:
         units = {u: _UnitState() for u in Unit}
         fifos = {(a, b): deque() for a in Unit for b in Unit}
         token_log = {(a, b): [] for a in Unit for b in Unit}
+        #: The LOAD unit's instructions in program order from ``loads_dropped`` on:
+        #: (token cell, own completion, trace position); see _held_back.
+        loads, loads_dropped = [], 0
         pc = 0
         disp_free = 0
         end_time = None
@@ -778,7 +781,7 @@ class IsaSim:
                     if not fifo:
                         blocked = True
                         break
-                    t = max(t, fifo[0])
+                    t = max(t, fifo[0][0])
                 if blocked:
                     continue
                 if ins.opcode in (Opcode.LD, Opcode.ST) and \
@@ -798,7 +801,8 @@ class IsaSim:
                 ins = instrs[pc]
                 t = disp_free
                 ready = True
-                if ins.opcode == Opcode.SYS and ins.op in (SysOp.HALT, SysOp.BARRIER):
+                if ins.opcode == Opcode.SYS and ins.op in (SysOp.HALT, SysOp.BARRIER,
+                                                           SysOp.LDREG):
                     if any(units[u].queue for u in Unit):
                         ready = False
                     else:
@@ -826,7 +830,8 @@ class IsaSim:
             if u is None:
                 ins = instrs[pc]
                 if ins.opcode == Opcode.SYS:
-                    disp_free = t + self.model.sys().busy
+                    disp_free = t + (self.model.ldreg(ins.value) if ins.op == SysOp.LDREG
+                                     else self.model.sys()).busy
                     if ins.op == SysOp.HALT:
                         end_time = t
                     elif ins.op == SysOp.SETREG:
@@ -851,14 +856,16 @@ class IsaSim:
                 token_log[(w, u)].append((t, 0, idx))
             op = ins.opcode
             nbytes, begin, macs = 0, t, 0
+            port_loads = ()
             if op in (Opcode.LD, Opcode.ST):
                 nbytes = self._mem_op(idx, ins, write=op == Opcode.ST)
                 begin, cost = self.mem.transfer(ins.channel, t, nbytes, write=op == Opcode.ST)
                 st.issue_free = begin + ISSUE_CYCLES
                 finish = begin + cost.latency
                 if op == Opcode.LD and ins.buf != Buffer.WSTREAM:
-                    finish += self.mem.buffer_write(self._write_port(ins), ins.channel,
-                                                    begin, nbytes)
+                    port_loads = self.mem.buffer_write(self._write_port(ins), ins.channel,
+                                                       begin, nbytes)
+                    finish += port_loads[0][1]
                 if op == Opcode.LD and ins.buf == Buffer.WSTREAM:
                     self.stream_time = max(self.stream_time, begin +
                                            self.config.memory.latency_of(ins.channel))
@@ -880,17 +887,27 @@ class IsaSim:
                             use_init=bool((ins.bias and ins.acc_init) or not ins.acc_init))
                 st.issue_free = t + cost.busy
                 finish = t + cost.latency
+            own_finish = finish
             finish = max(finish, st.last_finish)
             st.last_finish = finish
             st.busy += cost.busy
             if self.trace is not None:
                 self.trace.append(TraceEvent(idx, u, int(begin), int(begin + cost.busy),
                                              int(finish), nbytes, int(macs)))
+            # A token is a cell holding its time: a later LD that slows an earlier one at a
+            # shared buffer write port moves the earlier one's tokens (see _held_back).
+            cell = [finish]
+            if u == Unit.LOAD:
+                loads.append([cell, own_finish, len(self.trace) - 1 if self.trace else None])
+                if port_loads:
+                    port_loads[0][0].owner = len(loads) - 1 + loads_dropped
+                    loads_dropped = self._held_back(st, loads, loads_dropped,
+                                                    port_loads[1:], t)
             st.count += 1
             executed += 1
             for r in _units(ins.release):
-                fifos[(u, r)].append(finish)
-                token_log[(u, r)].append((finish, 1, idx))
+                fifos[(u, r)].append(cell)
+                token_log[(u, r)].append((cell, 1, idx))
         self._check_token_depth(token_log)
         # The core's start (CSR kick, first fetch) and HALT drain, paid by no instruction.
         stats = {"cycles": int(end_time) + self.model.program_overhead(),
@@ -901,6 +918,33 @@ class IsaSim:
             stats[f"busy_{u.name.lower()}"] = units[u].busy
             stats[f"count_{u.name.lower()}"] = units[u].count
         return stats
+
+    def _held_back(self, st: _UnitState, loads: list, dropped: int, grown, now: int) -> int:
+        """Move the completions of the LOAD unit's instructions that a shared buffer write
+        port (:meth:`~sim.memory.Memory.buffer_write`) now holds back longer: ``grown``
+        lists ``(PortLoad, cycles)``, each load's ``owner`` its index among the unit's
+        instructions. Its own completion moves by ``cycles``, and the completions of it and
+        of every later instruction of the unit stay in program order (their token cells,
+        trace events and the unit's ``last_finish`` with them). ``loads`` holds the
+        instructions from index ``dropped`` on; those complete before ``now`` are dropped
+        (no port can move them any more). Returns the new ``dropped``."""
+        if grown:
+            first = len(loads)
+            for ld, cycles in grown:
+                k = ld.owner - dropped
+                loads[k][1] += cycles
+                first = min(first, k)
+            done = loads[first - 1][0][0] if first else 0
+            for cell, own, at in loads[first:]:
+                cell[0] = done = max(own, done)
+                if at is not None:
+                    self.trace[at] = self.trace[at]._replace(finish=int(done))
+            st.last_finish = done
+        keep = 0
+        while keep < len(loads) - 1 and loads[keep][0][0] <= now:
+            keep += 1
+        del loads[:keep]
+        return dropped + keep
 
     @staticmethod
     def _deadlock(units, fifos):
@@ -919,7 +963,8 @@ class IsaSim:
     def _check_token_depth(token_log):
         for (a, b), events in token_log.items():
             level = 0
-            for time, kind, idx in sorted(events):
+            for time, kind, idx in sorted((t[0] if kind else t, kind, idx)
+                                          for t, kind, idx in events):
                 level += 1 if kind else -1
                 if level > TOKEN_DEPTH:
                     raise fault(idx, f"{a.name} release", ErrorCode.MALFORMED,

@@ -9,11 +9,14 @@ the :class:`sim.cycle_model.CycleModel` gives for that channel's read latency.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from airfoil.config import AccelConfig
 
-from .cycle_model import Cost, CycleModel
+from .cycle_model import Cost, CycleModel, round_robin_ends
 
-__all__ = ["Memory", "MemoryRangeError"]
+__all__ = ["Memory", "MemoryRangeError", "PortLoad"]
 
 
 class MemoryRangeError(Exception):
@@ -48,9 +51,9 @@ class Memory:
         self.model = model or CycleModel(config)
         #: Cycle at which each channel can start streaming its next transfer.
         self.channel_free = [0] * config.memory.channels
-        #: Per buffer write port (a buffer, or a WGT bank), the cycle it has taken the
-        #: beats of the LDs so far.
-        self.port_free = {}
+        #: Per buffer write port (a buffer, or a WGT bank), the LDs of its current busy
+        #: period (:class:`PortLoad`, see :meth:`buffer_write`).
+        self.port_loads = {}
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -87,16 +90,53 @@ class Memory:
         self.channel_free[channel] = begin + cost.busy
         return begin, cost
 
-    def buffer_write(self, port, channel: int, begin: int, nbytes: int) -> int:
-        """Cycles an ``LD`` of ``nbytes`` through the buffer write port ``port`` (a buffer,
-        or a WGT bank: ``(buffer, bank)``), begun at ``begin`` on ``channel``, is held back
-        by that port, which the LDs of every channel into it share
-        (:meth:`~sim.cycle_model.CycleModel.load_write`); the channel stays busy as much
-        longer. Zero while one channel alone writes through the port."""
-        first, held, paced = self.model.load_write(nbytes, channel)
-        arrive = begin + first
-        start = max(arrive, self.port_free.get(port, 0))
-        self.port_free[port] = start + held
-        delay = max(0, start + held - (arrive + paced))
-        self.channel_free[channel] += delay
-        return delay
+    def buffer_write(self, port, channel: int, begin: int, nbytes: int, owner=None) -> list:
+        """Add an ``LD`` of ``nbytes`` through the buffer write port ``port`` (a buffer, or
+        a WGT bank: ``(buffer, bank)``), begun at ``begin`` on ``channel``; the LDs of every
+        channel into the port share it round robin
+        (:func:`~sim.cycle_model.round_robin_ends`).
+
+        Returns the new :class:`PortLoad` (its ``owner`` the caller's) first, then every
+        earlier one whose delay the new one grew, with the growth: ``[(load, cycles)]``.
+        A load's ``delay`` is the cycles the port holds it back beyond its channel's own
+        pace (zero while one channel alone writes through the port); its channel stays
+        busy as much longer, and the caller moves its completion as much later.
+        """
+        first, words, paced = self.model.load_write(nbytes, channel)
+        new = PortLoad(begin + first, words, words / paced, paced, channel, owner)
+        loads = self.port_loads.get(port, [])
+        if not any(ld.end > new.arrive for ld in loads):
+            loads = []                              # the port was idle: a new busy period
+        loads.append(new)
+        self.port_loads[port] = loads
+        ends = round_robin_ends([(ld.arrive, ld.words, ld.rate) for ld in loads])
+        out = []
+        for ld, end in zip(loads, ends):
+            grow = max(0, math.ceil(end - 1e-9) - ld.end)
+            if grow:
+                ld.delay += grow
+                self.channel_free[ld.channel] += grow
+                if ld is not new:
+                    out.append((ld, grow))
+        return [(new, new.delay)] + out
+
+
+@dataclass(eq=False)
+class PortLoad:
+    """One ``LD`` through a buffer write port (:meth:`Memory.buffer_write`): the cycle
+    its first word reaches the port, its words, the words per cycle its channel
+    delivers and the cycles it takes them in, its channel, the caller's ``owner`` and the
+    cycles the port holds it back (``delay``)."""
+
+    arrive: int
+    words: int
+    rate: float
+    paced: int
+    channel: int
+    owner: object = None
+    delay: int = 0
+
+    @property
+    def end(self) -> int:
+        """The cycle the port has taken its last word."""
+        return self.arrive + self.paced + self.delay

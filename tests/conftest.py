@@ -9,9 +9,11 @@ from airfoil.toolenv import setup_environment
 setup_environment()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # Tests that build the same Verilator model share an xdist group, so the build
     # happens once per worker instead of racing (the build lock makes races safe anyway).
+    # First: pytest-xdist reads the xdist_group markers in its own hook of this name.
     for item in items:
         marker = item.get_closest_marker("rtl")
         if marker is not None and marker.kwargs.get("group"):

@@ -146,6 +146,46 @@ def test_bits_budget_meets_the_budget(tmp_path):
         llm_pipeline(_recipe("gptq"), calibration=_windows(), bits_budget=4.0).run(_model())
 
 
+def test_bits_budget_counts_the_widths_mixed_records_took_and_calibrates_once():
+    """A ``mixed`` budget candidate costs the widths its records chose (what the image
+    holds, word padding aside), not its widest; the chosen calibrated weights go to
+    ``quantize`` as made, so the calibration statistics are computed once: a pass per
+    decoder layer and the head, as without a budget."""
+    from compiler.bits_budget import quantized_code_bits
+    from compiler.passes import StreamShape, quantize_linear
+    from compiler.streams import stream_bits
+    from airfoil.packing import StreamGeometry
+    lq = LayerQuant(("int2", "int4", "int8"), 32, mixed_max_error=0.01)
+    w = torch.randn(8, 256, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ql = quantize_linear(w, lq, StreamShape(4, 8))
+    widths = quantized_code_bits(ql)
+    assert set(widths.unique().tolist()) == {4, 8}
+    geom = StreamGeometry(word_bits=128, lanes=8, rows=4)
+    records = stream_bits(geom, ql.formats[::4].numpy(), 32, 0, 8)
+    assert layer_weight_bits(lq, 8, 256, 4, widths) == sum(records.values())
+    assert layer_weight_bits(lq, 8, 256, 4, widths) < layer_weight_bits(lq, 8, 256, 4)
+
+    mixed = {"mixed": ["int2", "int4", "int8"], "mixed_max_error": 0.01}
+    recipe = _recipe("gptq", budget={"bits": 8.0, "candidates": [{"format": "int8"}, mixed]})
+    stats = {}
+    q = llm_pipeline(recipe, calibration=_windows()).run(
+        _model(), after_step=lambda step, g: stats.setdefault(step, g.meta.get("calibration")))
+    b = q.meta["budget"]
+    layers = {n.attrs["layer"]: n for n in q.by_op("linear")}
+    assert {r["format"] for r in b["layers"]} == {"int8", "mixed(int2,int4,int8)"}
+    for r in b["layers"]:
+        n, k = q.params[layers[r["layer"]].attrs["weight"]].shape
+        got = q.qweights[layers[r["layer"]].name]
+        assert r["bits"] == layer_weight_bits(q.meta["plan"][r["layer"]], n, k, 4,
+                                              quantized_code_bits(got))
+    assert b["reached"] == pytest.approx(budget_bits(q, q.meta["plan"])) and b["reached"] <= 8
+    assert stats["calibrate"].runs == q.shape.num_hidden_layers + 1
+    with pytest.raises(CompileError, match=r"budget.candidates\[0\].mixed_max_error applies "
+                                           r"to a mixed candidate of several widths"):
+        _recipe("rtn", budget={"bits": 4, "candidates": [{"mixed": "bitmod4",
+                                                          "mixed_max_error": 0.1}]})
+
+
 def _lq(fmt):
     from compiler.llm_recipe import LayerQuant
     return LayerQuant((fmt,), 32)

@@ -52,3 +52,13 @@ def test_failure_names_seed_and_keeps_a_waveform(counter_v, tmp_path):
     assert "seed 7" in msg and "waveform" in msg
     wave = Path(msg.rsplit("waveform ", 1)[1])
     assert wave.exists() and wave.suffix in (".fst", ".vcd") and wave.stat().st_size > 0
+
+
+@pytest.mark.rtl(group="grouping_check")
+def test_rtl_groups_reach_the_xdist_scheduler(request):
+    """Tests of one Verilator model share an xdist group (conftest.py), so under
+    ``--dist loadgroup`` (``make test``) they run on one worker, which builds the model
+    once: the scheduler sees the group as the node id's ``@group`` suffix."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("only under pytest-xdist's --dist loadgroup")
+    assert request.node.nodeid.endswith("@grouping_check")

@@ -19,13 +19,14 @@ from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
 from compiler.llm_recipe import check_linear_recipe as check_recipe
 from compiler.llm_recipe import load_linear_recipe as load_recipe
 from sim.golden import layer_tensors, run_golden
+from compiler.tiling import WGT_SLOTS
 
 CFG = load_config("test")
 U280 = load_config("u280")
 
 MANIFEST_KEYS = {"format", "isa_version", "config", "config_hash", "program", "image",
-                 "image_bytes", "channel_offsets", "input", "output", "layers"}
-LAYER_KEYS = {"name", "n", "k", "wformat", "group", "k0", "req_m", "req_s", "out_bits",
+                 "image_bytes", "channel_offsets", "input", "output", "model"}
+LAYER_KEYS = {"n", "k", "wformat", "streamed", "group", "k0", "req_m", "req_s", "out_bits",
               "bias", "tiles"}
 
 
@@ -42,8 +43,9 @@ def test_manifest_schema_and_alignment(tmp_path, cfg):
     assert json.loads((tmp_path / "o" / "manifest.json").read_text()) == m
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == \
         ["manifest.json", "program.afp", "program.s", "weights.bin"]
-    layer = m["layers"][0]
-    assert set(layer) == LAYER_KEYS and layer["name"] == "linear"
+    assert set(m["model"]) == {"linears"} and set(m["model"]["linears"]) == {"linear"}
+    layer = m["model"]["linears"]["linear"]
+    assert set(layer) == LAYER_KEYS and layer["streamed"] is False
     assert (layer["n"], layer["k"], layer["wformat"], layer["group"]) == (301, 640, "int4", 128)
     assert m["config_hash"] == cfg.config_hash and m["config"] == cfg.name
     assert m["image_bytes"] == (tmp_path / "o" / "weights.bin").stat().st_size
@@ -90,11 +92,11 @@ def test_golden_against_independent_arithmetic(tmp_path, wformat, group, out_for
     assert torch.equal(t["q"], q) and torch.equal(t["scales"].view(torch.int16),
                                                   s16.view(torch.int16))
     k0 = int(fp16_fixed(s16)[1].min())
-    assert m["layers"][0]["k0"] == k0
+    assert m["model"]["linears"]["linear"]["k0"] == k0
     unit = 2.0 ** k0 * x_scale
     bias_q = torch.round(b.double() / unit).long()
     assert torch.equal(t["bias"], bias_q)
-    lay = m["layers"][0]
+    lay = m["model"]["linears"]["linear"]
     out_bits = lay["out_bits"]
     expect = linear_reference(q, s16, x_q, group, k0, lay["req_m"], lay["req_s"], out_bits,
                               bias=bias_q)
@@ -117,10 +119,10 @@ def test_golden_against_independent_arithmetic(tmp_path, wformat, group, out_for
 def test_k_whole_when_it_fits_else_split(tmp_path):
     w, b = _layer(2, 40, 1024)
     m = compile_linear(w, b, CFG, tmp_path / "a", wformat="int4", group=128)
-    assert {(t["col0"], t["cols"]) for t in m["layers"][0]["tiles"]} == {(0, 1024)}
+    assert {(t["col0"], t["cols"]) for t in m["model"]["linears"]["linear"]["tiles"]} == {(0, 1024)}
     m = compile_linear(w, b, CFG, tmp_path / "b", wformat="int4", group=128,
                        max_tile_bytes=1024)
-    chunks = sorted({(t["col0"], t["cols"]) for t in m["layers"][0]["tiles"]})
+    chunks = sorted({(t["col0"], t["cols"]) for t in m["model"]["linears"]["linear"]["tiles"]})
     assert len(chunks) > 1 and chunks[0][0] == 0
     assert sum(c for _, c in chunks) == 1024 and all(c % 128 == 0 for _, c in chunks)
     assert torch.equal(run_golden(load_folder(tmp_path / "a", CFG)),
@@ -138,7 +140,7 @@ def test_plan_respects_buffers():
             assert plan.group_rows % plan.rows_per_tile == 0
             assert (plan.group_rows * ob // 8) % cfg.word_bytes == 0
             assert plan.group_rows * ob // 8 <= cfg.buffers.out_bytes // 2
-            assert plan.slots in (2, 4) and plan.slot_bytes % cfg.word_bytes == 0
+            assert plan.slots in WGT_SLOTS and plan.slot_bytes % cfg.word_bytes == 0
             assert plan.slots * plan.slot_bytes <= cfg.buffers.weight_bytes
             for t in plan.tiles:
                 assert t["layout"].nbytes <= min(plan.slot_bytes,

@@ -119,6 +119,35 @@ def test_back_to_back_loads_pay_the_latency_once():
     assert (a.busy + b.latency) - a.latency == 32 + LD_RECORD_GAP
 
 
+def test_a_shared_write_port_is_taken_round_robin():
+    """LDs of several channels into one buffer write port share it equally while each
+    holds words, so the first one is slowed as much as the later ones; a channel slower
+    than its share leaves the rest of the port to the others."""
+    from sim.cycle_model import round_robin_ends
+    assert round_robin_ends([(0, 100, 1.0)]) == [100]
+    assert round_robin_ends([(0, 100, 1.0), (0, 100, 1.0)]) == [200, 200]
+    # The second one arrives after 40 words of the first: 60 + 60 words at half rate.
+    assert round_robin_ends([(0, 100, 1.0), (40, 100, 1.0)]) == [160, 200]
+    # A channel delivering a quarter word a cycle leaves three quarters to the other.
+    fast, slow = round_robin_ends([(0, 300, 1.0), (0, 100, 0.25)])
+    assert (fast, slow) == (400, 400)
+    assert round_robin_ends([(0, 10, 1.0), (20, 10, 1.0)]) == [10, 30]
+
+
+def test_ldreg_reads_its_word_after_the_read_latency():
+    """SYS LDREG costs the dispatcher the wait, command and ARVALID cycles, channel 0's
+    read latency and its beats: two when the 32-bit word crosses a memory word."""
+    from sim.cycle_model import LDREG_ISSUE_CYCLES, CycleModel
+    cm = CycleModel(CFG)
+    wb = CFG.word_bytes
+    lat = CFG.memory.latency_of(0)
+    assert cm.ldreg(0).busy == cm.ldreg(wb - 4).busy == LDREG_ISSUE_CYCLES + lat + 1
+    assert cm.ldreg(wb - 2).busy == LDREG_ISSUE_CYCLES + lat + 2
+    slow = CycleModel(dataclasses.replace(CFG, memory=dataclasses.replace(
+        CFG.memory, read_latency=CFG.memory.read_latency + 10)))
+    assert slow.ldreg(0).busy - cm.ldreg(0).busy == 10
+
+
 def test_bad_arguments_are_named():
     from sim.cycle_model import CycleModel
     cm = CycleModel(CFG)

@@ -188,7 +188,7 @@ def test_toy_compiles_and_the_backends_agree(toy, tmp_path):
     geom = core_stream_geometry(cfg)
     image = (tmp_path / "f" / "weights.bin").read_bytes()
     seen = set()
-    layer = manifest["layers"][0]
+    layer = manifest["model"]["linears"]["linear"]
     assert layer["formats"] == {"toy3": layer["formats"]["toy3"]}
     for tile in layer["tiles"]:
         for st in tile["streams"]:
@@ -217,11 +217,11 @@ def test_folder_of_the_old_stream_layout_is_refused(tmp_path):
     compile_linear(torch.randn(8, 128), None, cfg, tmp_path / "f", wformat="int4", group=128)
     path = tmp_path / "f" / "manifest.json"
     m = json.loads(path.read_text())
-    assert m["format"] == FOLDER_FORMAT == "airfoil-folder/4"
+    assert m["format"] == FOLDER_FORMAT == "airfoil-folder/5"
     m["format"] = "airfoil-folder/1"
     path.write_text(json.dumps(m))
     with pytest.raises(AirfoilError, match=r"manifest format 'airfoil-folder/1' is not "
-                                           r"'airfoil-folder/4' \(.*compile it again\)"):
+                                           r"'airfoil-folder/5' \(.*compile it again\)"):
         load_folder(tmp_path / "f", cfg)
 
 

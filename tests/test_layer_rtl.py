@@ -1,6 +1,7 @@
 """A synthetic decoder layer's decode step on the RTL core of a WGT-tile engine of the
 U280, after a KV cache the host wrote: bit-exact with the ISA simulator and the golden
-model, and the cycle model within 3 % of the core's cycle counter.
+model, and the cycle model within 1 % of the core's cycle counter (the figure's goal is
+3 %).
 
 The narrow layer (hidden 256, MLP 640, 4 heads of 64, context 64) runs in the regression on
 ``u280_2ch_tiles`` (2 channels, 8 chains); the full-width LLaMA-2-7B layer at context 512
@@ -22,14 +23,15 @@ from airfoil.config import load_config
 from bench import layer7b
 from sim.measure.layer_rtl import seeded_kv_cache, write_kv_cache
 
-#: The cycle model's largest relative error on a layer's decode step.
-MODEL_ERROR_GOAL = 0.03
+#: The cycle model's largest relative error on a layer's decode step: the figure's goal is
+#: 3 %; the model is 0.2 % off on both layers.
+MODEL_ERROR_MAX = 0.01
 
 
 def _check(m: dict):
     assert m["golden_checked"]
     assert m["rtl_cycles"] > m["layer_rtl_cycles"] > 0
-    assert m["layer_model_error"] <= MODEL_ERROR_GOAL, (
+    assert m["layer_model_error"] <= MODEL_ERROR_MAX, (
         f"cycle model {m['layer_model_cycles']} vs RTL {m['layer_rtl_cycles']} layer cycles; "
         f"busy RTL " + str({u: m[f"rtl_busy_{u}"] for u in ("load", "matrix", "sfu", "store")})
         + " model " + str({u: m[f"model_busy_{u}"] for u in ("load", "matrix", "sfu",
@@ -110,18 +112,15 @@ def narrow_run():
 @pytest.mark.rtl(group="layer7b")
 def test_narrow_layer_bit_exact_and_cycle_model(narrow_run):
     """RTL, ISA simulator and golden model agree (run_layer_step raises otherwise); the
-    cycle model within the goal, else an expected failure: on the narrow layer, whose
-    units are not hidden behind the weight loads, it is about 8 % short of the core on
-    u280_2ch_tiles (7,909 RTL layer cycles, 7,300 modelled), where is not located yet.
-    One test, so the RTL run is made once whichever worker takes it."""
+    cycle model within :data:`MODEL_ERROR_MAX` of the core on the layer (its units are
+    not hidden behind the weight loads: the KV loads of two channels share the KV
+    buffer's write port before ATT_QK, and the step starts with three LDREGs). One test,
+    so the RTL run is made once whichever worker takes it."""
     m = narrow_run
     assert m["golden_checked"] and m["ctx"] == 64
     assert m["rtl_cycles"] > m["layer_rtl_cycles"] > m["model_rest_cycles"] > 0
     assert all(m[f"rtl_busy_{u}"] > 0 for u in ("load", "matrix", "sfu", "store"))
-    if m["layer_model_error"] > MODEL_ERROR_GOAL:
-        pytest.xfail(f"cycle model {m['layer_model_cycles']} vs RTL "
-                     f"{m['layer_rtl_cycles']} layer cycles "
-                     f"({100 * m['layer_model_error']:.1f} % off)")
+    _check(m)
 
 
 @functools.cache
@@ -150,9 +149,6 @@ def test_full_width_7b_layer_bit_exact(full_width_run):
 
 @pytest.mark.rtl(group="layer7b")
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="on the banked WGT buffer the cycle model is 8.2 % "
-                   "short of the core on this layer (428,716 RTL cycles, 393,432 modelled); "
-                   "where is not located yet")
 def test_full_width_7b_layer_cycle_model_within_goal(full_width_run):
     _check(full_width_run)
 

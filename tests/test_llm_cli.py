@@ -106,6 +106,9 @@ def test_compile_errors(tmp_path, capsys):
                            "4:16, 8:16, block)"),
                           ({"mixed": ["int2", "int9"]},
                            "mixed = ['int2', 'int9'] is not supported (accepted: a list of "),
+                          ({"mixed": ["int2", "int8"], "mixed_max_error": -0.01},
+                           "mixed_max_error = -0.01 is not supported (accepted: a number in "
+                           "[0, 1]"),
                           ({"format": "int8", "sparsity": "2:4"},
                            "streamed weights (int8/2:4) need the decode unit")]:
         bad = _recipe(tmp_path / "bad.yaml", [{"match": "*", "group": 32, **rule}])
@@ -186,7 +189,7 @@ def test_tiny_model_prompt_text(tmp_path, capsys):
     (lambda m: m["model"].update(linears=[]), "model.linears is not a non-empty object"),
     # A folder of the int32 embedding table (format 3) is refused, naming the format.
     (lambda m: m.update(format="airfoil-folder/3"),
-     "manifest format 'airfoil-folder/3' is not 'airfoil-folder/4'"),
+     "manifest format 'airfoil-folder/3' is not 'airfoil-folder/5'"),
     (lambda m: m["model"]["layout"].update(embed_row=8), "layout.embed_row is 8, less than"),
 ])
 def test_run_refuses_a_tampered_llm_manifest(tmp_path, capsys, mutate, message):

@@ -239,6 +239,16 @@ def test_recipe_errors(tmp_path):
                        r"mixed = \['int4', 'fp5'\] is not supported \(accepted: a list of "),
                       ({"weights": [{"match": "*", "format": "int4", "mixed": ["int2"]}]},
                        "sets both format and mixed"),
+                      ({"weights": [{"match": "*", "format": "int4",
+                                     "mixed_max_error": 0.1}]},
+                       r"sets mixed_max_error with format \(accepted: with mixed\)"),
+                      ({"weights": [{"match": "*", "mixed": ["int2", "int4"],
+                                     "mixed_max_error": 1.5}]},
+                       r"weights\[0\]\.mixed_max_error = 1\.5 is not supported \(accepted: a "
+                       r"number in \[0, 1\]"),
+                      ({"weights": [{"match": "*", "mixed": ["int2", "int4"],
+                                     "mixed_max_error": "1%"}]},
+                       r"mixed_max_error = '1%' is not supported"),
                       ({"weights": [{"match": "*", "format": "int4", "sparsity": 124}]},
                        r"sparsity = 124 is not supported \(accepted: dense, 1:4, .*quote"),
                       ({"weights": [{"match": "*", "format": "int4", "sparsity": "block",
@@ -254,7 +264,11 @@ def test_recipe_errors(tmp_path):
     for data, msg in [([{"match": "*", "format": "int4", "group": 16, "density": 0.5}],
                        "density applies to sparsity block, not 'dense'"),
                       ([{"match": "*", "format": "ovp", "group": 32, "sparsity": "2:4"}],
-                       "ovp weights are dense")]:
+                       "ovp weights are dense"),
+                      ([{"match": "*", "mixed": "bitmod4", "group": 32,
+                         "mixed_max_error": 0.1}],
+                       r"mixed_max_error applies to a mixed layer of several widths, not "
+                       r"mixed\(fp4_er_p")]:
         with pytest.raises(CompileError, match=msg):
             Quantize(parse_llm_recipe({"weights": data})).apply(g)
     (tmp_path / "r.yaml").write_text("weights: [\n")
@@ -284,6 +298,38 @@ def test_later_rules_override_format_and_mixed():
     up = plan["model.layers.0.mlp.up_proj"]
     assert up.formats == ("fp4_er_p", "fp4_er_n", "fp4_ea_p", "fp4_ea_n")
     assert up.sparsity == "2:4" and up.streamed and up.format == "mixed"
+
+
+def test_mixed_max_error_is_a_layer_key_recorded_with_the_recipe():
+    """``mixed_max_error`` bounds a layer's choice across widths (default 1.25 %); a later
+    ``format`` rule drops it with ``mixed``; the bound reaches the quantizer (0: only
+    exact records narrower, so every record of random weights INT8; 1: every record
+    INT2) and the recipe entry of ``meta["recipe"]`` (the manifest's) records it."""
+    from airfoil.packing import MIXED_MAX_REL_ERROR, RecordTag
+    rules = [{"match": "*", "mixed": ["int2", "int4", "int8"], "group": 32},
+             {"match": "*.mlp.*", "mixed_max_error": 0.0},
+             {"match": "*.self_attn.q_proj", "mixed_max_error": 1},
+             {"match": "lm_head", "format": "int8"}]
+    plan = parse_llm_recipe({"weights": rules}).resolve(
+        ["lm_head", "model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj",
+         "model.layers.0.self_attn.k_proj"])
+    assert plan["model.layers.0.self_attn.k_proj"].mixed_max_error == MIXED_MAX_REL_ERROR
+    assert plan["model.layers.0.mlp.up_proj"].mixed_max_error == 0.0
+    assert plan["model.layers.0.self_attn.q_proj"].mixed_max_error == 1.0
+    assert plan["lm_head"].formats == ("int8",)
+    m = _model()
+    q = llm_pipeline(parse_llm_recipe({"weights": rules})).run(
+        build_llama_graph(m.shape, m.hf_state_dict()))
+    by_layer = {n.attrs["layer"]: q.qweights[n.name] for n in q.by_op("linear")}
+    assert set(by_layer["model.layers.0.mlp.up_proj"].formats.unique().tolist()) == {
+        RecordTag.INT8.value}
+    assert set(by_layer["model.layers.0.self_attn.q_proj"].formats.unique().tolist()) == {
+        RecordTag.INT2.value}
+    assert q.meta["recipe"]["model.layers.0.mlp.up_proj"] == (
+        "mixed(int2,int4,int8)", 32, 0.0)
+    assert q.meta["recipe"]["model.layers.1.self_attn.k_proj"] == (
+        "mixed(int2,int4,int8)", 32, MIXED_MAX_REL_ERROR)
+    assert q.meta["recipe"]["lm_head"] == ("int8", 32)
 
 
 def test_torch_module_import():

@@ -10,8 +10,7 @@ from airfoil.folder import load_folder
 from clitools import cli_fails, cli_ok
 from compiler.ir import build_llama_graph
 from compiler.llm_recipe import parse_llm_recipe
-from compiler.llm_steps import llm_steps
-from compiler.lower_llm import LOWER_STEPS, compile_llm
+from compiler.lower_llm import LOWER_STEPS, LowerOptions, compile_llm, compile_pipeline
 from compiler.passes import llm_pipeline, quantized_model
 from llmtools import random_llama, write_hf_folder
 
@@ -91,19 +90,21 @@ def test_synthetic_model_lowering_steps(tmp_path, capsys):
 
 
 def test_lowering_steps_are_what_the_folder_holds(tmp_path):
-    """``compile_llm(stop_after=...)``: the plan's tiles, the pack's placement and the
-    schedule's programs are the folder's."""
+    """One pipeline from the imported graph to the folder (the graph steps, then the
+    lowering's passes): the plan's tiles, the pack's placement and the schedule's programs
+    are the folder's, and the folder is the one ``compile_llm`` writes from the quantized
+    model given as data."""
     cfg = load_config("sim_llm")
     recipe = parse_llm_recipe({"weights": [{"match": "*", "format": "int4", "group": 32}]})
     m = _model()
     pipe = llm_pipeline(recipe, cfg)
-    assert llm_steps(pipe) == tuple(pipe.names) + LOWER_STEPS == tuple(STEPS)
-    model = quantized_model(pipe.run(build_llama_graph(m.shape, m.hf_state_dict())))
     out = tmp_path / "out"
-    made = {s: compile_llm(model, cfg, out, max_prompt=4, stop_after=s)
-            for s in LOWER_STEPS[:-1]}
+    full = compile_pipeline(pipe, LowerOptions(cfg, out, max_prompt=4))
+    assert full.names == pipe.names + list(LOWER_STEPS) == list(STEPS)
+    graph = build_llama_graph(m.shape, m.hf_state_dict())
+    made = {s: full.run(graph, until=s).meta["lowered"] for s in LOWER_STEPS[:-1]}
     assert not out.exists()
-    manifest = compile_llm(model, cfg, out, max_prompt=4)
+    manifest = full.run(graph).meta["lowered"]
     folder = load_folder(out, cfg)
     linears = manifest["model"]["linears"]
     assert {name: [(t["row0"], t["rows"], t["col0"], t["cols"]) for t in v["tiles"]]
@@ -113,3 +114,8 @@ def test_lowering_steps_are_what_the_folder_holds(tmp_path):
     assert made["pack"]["image_bytes"] == manifest["image_bytes"] == len(folder.image)
     for phase, words in made["schedule"]["words"].items():
         assert words == folder.phase_program(phase).words
+    q = pipe.run(graph)
+    assert compile_llm(quantized_model(q), cfg, tmp_path / "data", max_prompt=4,
+                       recipe=q.meta["recipe"]) == manifest
+    for name in ("weights.bin", "prefill.afp", "decode.afp"):
+        assert (tmp_path / "data" / name).read_bytes() == (out / name).read_bytes()

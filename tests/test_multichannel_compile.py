@@ -70,7 +70,7 @@ def test_placement_per_channel(tmp_path):
     offs = manifest["channel_offsets"]
     assert len(offs) == 3 and offs[0] == 0
     assert all(o % CHANNEL_ALIGN == 0 for o in offs) and offs == sorted(offs)
-    tiles = manifest["layers"][0]["tiles"]
+    tiles = manifest["model"]["linears"]["linear"]["tiles"]
     assert len(tiles) > 1
     for c in range(3):
         end = None if c == 2 else offs[c + 1]

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from airfoil.config import load_config
+from airfoil.errors import CompileError
 from airfoil.folder import load_folder
+from airfoil.formats import weight_format
 from airfoil.isa import Buffer, Opcode
 from compiler import linear, lower_linear, lower_llm, schedule, streams, tiling
 from compiler.ir import build_llama_graph
@@ -15,6 +17,7 @@ from compiler.linear import compile_linear
 from compiler.llm_recipe import parse_llm_recipe
 from compiler.lower_llm import compile_llm
 from compiler.passes import llm_pipeline, quantized_model
+from sim.isa_sim import run_isa
 from llmtools import random_llama
 
 #: Four vocabulary rows: the head is one row block of the 4-chain engines in both paths.
@@ -73,14 +76,16 @@ def test_one_implementation():
         for name in ("load_wgt_tile", "wgt_tile_fields", "load_stream_block",
                      "stream_block_fields"):
             assert not hasattr(module, name), (module.__name__, name)
-    # The WGT slots: one slot size, each compiler its choice of slot counts.
-    assert linear.wgt_slots is tiling.wgt_slots and lower_llm.slot_bytes is tiling.slot_bytes
+    # The WGT slots: one choice of slot count and size for both.
+    assert linear.plan_wgt_slots is lower_llm.plan_wgt_slots is tiling.plan_wgt_slots
+    for module in (linear, lower_llm):
+        assert not hasattr(module, "WGT_SLOTS") and not hasattr(module, "wgt_slots")
 
 
 def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
     cfg, llm, one = _both(tmp_path, "sim_llm", "int8")
     head = llm.manifest["model"]["linears"]["lm_head"]
-    layer = one.manifest["layers"][0]
+    layer = one.manifest["model"]["linears"]["linear"]
     assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
     for a, b in zip(layer["tiles"], head["tiles"]):
         assert a["nbytes"] == b["nbytes"]
@@ -97,8 +102,8 @@ def test_same_tiles_bytes_and_instructions_of_a_wgt_layer(tmp_path):
 def test_same_records_of_a_streamed_layer(tmp_path):
     cfg, llm, one = _both(tmp_path, "sim_llm_decode", "int3")
     head = llm.manifest["model"]["linears"]["lm_head"]
-    layer = one.manifest["layers"][0]
-    assert head["streamed"] and layer["stream"]
+    layer = one.manifest["model"]["linears"]["linear"]
+    assert head["streamed"] and layer["streamed"]
     assert _boxes(layer["tiles"]) == _boxes(head["tiles"])
     offsets = one.manifest["channel_offsets"]
     for a, b in zip(layer["tiles"], head["tiles"]):
@@ -145,7 +150,7 @@ def test_each_step_is_what_the_folder_holds(tmp_path, config_name, kw):
     manifest = compile_linear(w, b, cfg, out, **kw)
     folder = load_folder(out, cfg)
     assert [n.op for n in steps["validate"].nodes] == ["linear"]
-    layer = manifest["layers"][0]
+    layer = manifest["model"]["linears"]["linear"]
     ql = steps["quantize"].qweights["linear"]
     assert ql.shape == (24, 128) and ql.group == 32
     scales = steps["calibrate"].meta["scales"]
@@ -175,7 +180,6 @@ def test_arithmetic_options():
     """The one lowering's arithmetic: static scales carry the layer's requantization and
     output width; per-token ones the scale pairs' address, INT32 results and no tile
     bias (a tile's bias in accumulator units would differ per token)."""
-    from airfoil.errors import CompileError
     from airfoil.isa import OutFormat
     from compiler.lower_linear import Arithmetic
     static = Arithmetic(32, -9, 16, req_m=1234, req_s=20, bias="tiles").fields()
@@ -188,3 +192,52 @@ def test_arithmetic_options():
                 dict(out_bits=4), dict(bias="rows")):
         with pytest.raises(CompileError):
             Arithmetic(32, 0, **bad)
+
+
+def test_one_slot_policy():
+    """Both compilers split the WGT buffer by one rule: the slot count whose tiles take the
+    fewest cycles in the cycle model's estimate, then the fewest tiles, then the most
+    slots. A 77 x 4096 INT8 layer on config test is 100 tiles in 4 slots, 80 in 3 and 60
+    in 2: the 2 slots' big tiles cannot load while the other computes, the 4 slots' pay
+    the MATRIX unit's drain 20 times more than the 3 slots', which it takes."""
+    cfg = load_config("test")
+    plan = linear.plan_linear(77, 4096, cfg, wformat="int8", group=32, out_bits=8, bias=True)
+    assert (plan.slots, len(plan.tiles)) == (3, 80)
+    assert plan.slot_bytes == tiling.slot_bytes(cfg, 3)
+    for estimates, slots in ((((100, 32), (90, 16), (90, 16)), 3),     # fewest cycles
+                             (((90, 32), (90, 16), (90, 16)), 3),      # then fewest tiles
+                             (((90, 16), (90, 16), (90, 16)), 4),      # then most slots
+                             (((80, 32), (90, 24), (100, 16)), 4),     # cycles over tiles
+                             (((100, 32), (100, 24), (100, 16)), 2)):
+        by_size = {tiling.slot_bytes(cfg, s): e for s, e in zip(tiling.WGT_SLOTS, estimates)}
+        estimate = lambda s, size: by_size[size]     # noqa: E731
+        assert tiling.plan_wgt_slots(cfg, 1, estimate) == (slots, tiling.slot_bytes(cfg, slots))
+    with pytest.raises(CompileError, match="does not fit half the WGT buffer"):
+        tiling.plan_wgt_slots(cfg, tiling.slot_bytes(cfg, 2) + 1, estimate)
+
+
+def test_slot_estimate_ranks_as_the_isa_simulator(tmp_path):
+    """The estimate of :func:`compiler.tiling.wgt_tiles_cycles` orders the slot counts of a
+    layer as the ISA simulator's runs of the programs compiled with each do."""
+    cfg, int8 = load_config("test"), weight_format("int8")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(77, 4096), torch.randn(77)
+    kw = dict(wformat="int8", group=32, out_bits=8, bias=True)
+    estimated, simulated = {}, {}
+    for slots in tiling.WGT_SLOTS:
+        size = tiling.slot_bytes(cfg, slots)
+        forced = lambda config, need, estimate, s=slots, size=size: (s, size)  # noqa: E731
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(linear, "plan_wgt_slots", forced)
+            plan = linear.plan_linear(77, 4096, cfg, **kw)
+            compile_linear(weight, bias, cfg, tmp_path / str(slots), wformat="int8",
+                           group=32, out_format="int8")
+        boxes = [(t["row0"], t["rows"], t["col0"], t["cols"]) for t in plan.tiles]
+        estimated[slots] = tiling.wgt_tiles_cycles(
+            cfg, boxes, lambda rows, cols: streams.wgt_tile_layout(
+                cfg, rows, cols, group=32, wfmt=int8, bias=True).nbytes,
+            slots, k=4096, wfmt=int8, group=32, bias=True)
+        _, stats = run_isa(load_folder(tmp_path / str(slots), cfg), cfg)
+        simulated[slots] = stats["cycles"]
+    assert sorted(estimated, key=estimated.get) == sorted(simulated, key=simulated.get)
+    assert linear.plan_linear(77, 4096, cfg, **kw).slots == min(simulated, key=simulated.get)

@@ -551,6 +551,17 @@ def test_mixed_widths_take_the_narrowest_within_the_error_bound():
             rel[f] = float(((qf.double() * sf.double() - rec) ** 2).sum() / (rec ** 2).sum())
         fits = [f for f in ("int2", "int4", "int8") if rel[f] <= MIXED_MAX_REL_ERROR]
         assert (fits[0] if fits else "int8") == t.name.lower(), rel
+        # the bound is the caller's: just above a format's error the record takes it
+        for f in ("int2", "int4"):
+            bound = rel[f] * 1.001
+            _, _, tags = quantize_stream(rec, group=32, rows=4, formats=["int2", "int4", "int8"],
+                                         mixed_max_error=bound)
+            narrowest = next(g for g in ("int2", "int4") if rel[g] <= bound)
+            assert RecordTag(int(tags[0, 0])).name.lower() == narrowest, (f, rel)
     # one width: the least error; ties the earlier candidate
     errs = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 5.0])]
     assert mixed_choice(errs, [4, 4], torch.zeros(3)).tolist() == [1, 0, 0]
+    # across widths: within max_error of the energy the narrower, else the least error
+    errs = [torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5])]
+    assert mixed_choice(errs, [2, 4], torch.tensor([100.0, 100.0]), 0.02).tolist() == [0, 1]
+    assert mixed_choice(errs, [2, 4], torch.tensor([100.0, 100.0]), 0.03).tolist() == [0, 0]

@@ -583,11 +583,12 @@ def test_unit_program_matches_isa(word_bits, sfu_lanes):
 
 @pytest.mark.skipif(SfuFunc.ATT_PV not in default_kernels(),
                     reason="the attention kernels (hdl/sfu/attention.py) are not in this tree")
-@pytest.mark.parametrize("word_bits", [128, 64])
-def test_unit_attention_chain_matches_isa(word_bits):
+@pytest.mark.parametrize("word_bits,sfu_lanes", [(128, None), (64, None), (128, 1)])
+def test_unit_attention_chain_matches_isa(word_bits, sfu_lanes):
     """Decode attention through the unit: quantize q/k/v into records, ATT_QK, SOFTMAX (causal,
     position from a register), ATT_PV with two query heads on one kv head; ATT_QK and ATT_PV
-    take a buffer word per cycle, in the cycles of the formula."""
+    take a buffer word per cycle, SOFTMAX ``sfu_lanes`` scores, in the cycles of the
+    formula."""
     rng = np.random.default_rng(7)
     bufs = _random_bufs(rng)
     rec = dict(imm0=16, imm1=16)           # records of 8 values + scale pair: 16 bytes
@@ -607,7 +608,9 @@ def test_unit_attention_chain_matches_isa(word_bits):
         _sfu(SfuFunc.ATT_PV, src=Buffer.OUT, dst=Buffer.ACT, aux=Buffer.KV, src_addr=0,
              dst_addr=384, aux_addr=128, **rec, **att),
     ]
-    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits)
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits,
+                                       kernels=default_kernels(word_bits=word_bits,
+                                                               sfu_lanes=sfu_lanes))
     assert ref_err is None and not res["err"], res
     for b in SIZES:
         assert rtl[b] == ref[b], f"buffer {b.name} differs"
@@ -620,7 +623,8 @@ def test_unit_attention_chain_matches_isa(word_bits):
                            src_addr=f["src_addr"], aux_addr=f["aux_addr"],
                            dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
-                == unit_cycles(args, word_bits=word_bits)), SfuFunc(f["func"]).name
+                == unit_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes)), \
+            SfuFunc(f["func"]).name
 
 
 def _err_case(instrs, bufs=None, regs=(0,), kernels=None):

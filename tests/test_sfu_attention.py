@@ -37,16 +37,19 @@ def _up8(n: int) -> int:
 
 def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed: int,
                max_cycles: int = 200_000) -> dict:
-    """Run one kernel invocation; return cycles, error flag/code and the write count.
+    """Run one kernel invocation; return cycles, error flag/code, the write count and the
+    bytes written (``written``: enabled bytes, a byte written twice counts twice).
 
     The read ports answer with the little-endian word (of the ports' width) at the
     address of the previous cycle, which must be a multiple of the word; when ``en`` was
     low they hold their word or show random bits (either at random; the kernel must ignore
-    both). Writes go to ``dst`` under their byte enables.
+    both). Writes (of the write port's width, at a multiple of it) go to ``dst`` under
+    their byte enables.
     """
     rng = random.Random(seed)
     out = {}
     wb = len(dut.src.data) // 8
+    wr = len(dut.dst.data) // 8
 
     async def testbench(ctx):
         ctx.set(dut.args, ARGS_LAYOUT.const(args))
@@ -55,7 +58,7 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
         ctx.set(dut.start, 0)
         pending = {"src": None, "aux": None}
         held = {"src": 0, "aux": 0}
-        writes = 0
+        writes = written = 0
         for cycle in range(1, max_cycles):
             for name, mem in (("src", src), ("aux", aux)):
                 port = getattr(dut, name)
@@ -76,15 +79,17 @@ def run_kernel(dut, args: dict, src: bytes, aux: bytes, dst: bytearray, *, seed:
             en = ctx.get(dut.dst.en)
             if en:
                 a, d = ctx.get(dut.dst.addr), ctx.get(dut.dst.data)
-                assert a % 4 == 0 and a + 4 <= len(dst), f"dst write at {a:#x}"
-                for b in range(4):
+                assert a % wr == 0 and a + wr <= len(dst), f"dst write at {a:#x}"
+                for b in range(wr):
                     if en >> b & 1:
                         dst[a + b] = d >> (8 * b) & 0xFF
                 writes += 1
+                written += bin(en).count("1")
             assert ctx.get(dut.busy), f"busy low in cycle {cycle} before done"
             if ctx.get(dut.done):
                 out.update(cycles=cycle, err=ctx.get(dut.err),
-                           code=ErrorCode(ctx.get(dut.err_code)), writes=writes)
+                           code=ErrorCode(ctx.get(dut.err_code)), writes=writes,
+                           written=written)
                 await ctx.tick()
                 assert not ctx.get(dut.busy) and not ctx.get(dut.done)
                 return
@@ -237,11 +242,17 @@ SOFTMAX_CASES = [
 ]
 
 
+#: Read and write port widths of the Softmax and its chunk's lanes (None: a word's): the
+#: ULX3S's single lane, sim_llm's and u280's words, and fewer lanes than a word's.
+SOFTMAX_PORTS = [(32, None), (128, None), (128, 1), (128, 2), (512, None), (512, 4)]
+
+
 @pytest.mark.parametrize("seed", [3])
-@pytest.mark.parametrize("word_bits", WORD_BITS)
+@pytest.mark.parametrize("word_bits,lanes", SOFTMAX_PORTS)
 @pytest.mark.parametrize("rows,heads,length,pos,mag", SOFTMAX_CASES)
-def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
-    """Rows of scores from an address in the second lane of a word (any lane in later rows)."""
+def test_softmax(rows, heads, length, pos, mag, word_bits, lanes, seed):
+    """Rows of scores from an address in the second lane of a word (any lane in later
+    rows), probabilities to the first lane of another: the output chunks' funnel."""
     rng, src, aux = random_buffers(seed)
     args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
                      src_addr=132, dst_addr=512)
@@ -250,13 +261,13 @@ def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
     if mag == 1 << 31:       # max - s of 2**31 and more saturates d (to a zero exp)
         scores[0:4] = [(1 << 31) - 1, -(1 << 31), -1, -3]
     src[132:132 + 4 * count] = scores.astype("<i4").tobytes()
-    dut = Softmax(word_bits=word_bits)
-    assert dut.latency == 4
+    dut = Softmax(word_bits=word_bits, lanes=lanes)
+    assert dut.latency == 4 and dut.lanes == (lanes or word_bits // 32)
     got = check(dut, args, src, aux, seed)
-    assert got["writes"] == count
+    assert got["written"] == 4 * count         # every probability written once
 
 
-@pytest.mark.parametrize("word_bits", [32, 128])
+@pytest.mark.parametrize("word_bits,lanes", [(32, None), (128, None), (128, 2)])
 @pytest.mark.parametrize("rows,heads,length,pos,window", [
     pytest.param(1, 2, 9, 8, 3, id="decode-window3"),
     pytest.param(4, 1, 8, 2, 3, id="prefill-window3"),
@@ -264,7 +275,7 @@ def test_softmax(rows, heads, length, pos, mag, word_bits, seed):
     pytest.param(2, 1, 17, 20, 40, id="window-beyond-keys"),
     pytest.param(1, 1, 21, 20, 6, id="window-over-words"),
 ])
-def test_softmax_sliding_window(rows, heads, length, pos, window, word_bits):
+def test_softmax_sliding_window(rows, heads, length, pos, window, word_bits, lanes):
     """A window (``imm0``) masks the keys before it, in the max, exp and output passes."""
     rng, src, aux = random_buffers(5)
     args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=pos,
@@ -273,17 +284,17 @@ def test_softmax_sliding_window(rows, heads, length, pos, window, word_bits):
     scores = rng.integers(-1 << 20, 1 << 20, count, dtype=np.int64)
     scores[0] = 1 << 24                 # the row maximum lies before the window
     src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
-    got = check(Softmax(word_bits=word_bits), args, src, aux, 5)     # cycles checked too
-    assert got["writes"] == count
+    got = check(Softmax(word_bits=word_bits, lanes=lanes), args, src, aux, 5)  # and cycles
+    assert got["written"] == 4 * count         # every probability written once
 
 
-@pytest.mark.parametrize("word_bits", [32, 128])
+@pytest.mark.parametrize("word_bits,lanes", [(32, None), (128, None), (128, 2)])
 @pytest.mark.parametrize("rows,heads,length,pos,window", [
     pytest.param(4, 2, 4, 0, 0, id="sentence-of-4"),
     pytest.param(3, 1, 9, 0, 2, id="window-ignored"),
     pytest.param(2, 1, 17, 0, 0, id="over-words"),
 ])
-def test_softmax_bidirectional(rows, heads, length, pos, window, word_bits):
+def test_softmax_bidirectional(rows, heads, length, pos, window, word_bits, lanes):
     """``imm1`` nonzero (an encoder's attention): every row sees all ``length`` keys, the
     last one included, whatever ``pos`` and ``imm0`` say."""
     rng, src, aux = random_buffers(6)
@@ -293,23 +304,49 @@ def test_softmax_bidirectional(rows, heads, length, pos, window, word_bits):
     scores = rng.integers(-1 << 20, 1 << 20, count, dtype=np.int64)
     scores[length - 1] = 1 << 24        # row 0's maximum is its last key
     src[128:128 + 4 * count] = scores.astype("<i4").tobytes()
-    got = check(Softmax(word_bits=word_bits), args, src, aux, 6)     # cycles checked too
-    assert got["writes"] == count
+    got = check(Softmax(word_bits=word_bits, lanes=lanes), args, src, aux, 6)  # and cycles
+    assert got["written"] == 4 * count         # every probability written once
     first = np.frombuffer(bytes(got["dst"][512:512 + 4 * length]), dtype="<i4")
     assert first[-1] > 1 << 14          # the causal mask would have made it 0
 
 
 @pytest.mark.parametrize("seed", [4])
-@pytest.mark.parametrize("word_bits", [32, 128])
-def test_softmax_in_place(seed, word_bits):
-    """Probabilities over their own scores (src = dst), as the compiler schedules it."""
+@pytest.mark.parametrize("word_bits,lanes", [(32, None), (128, None), (512, None), (512, 4)])
+def test_softmax_in_place(seed, word_bits, lanes):
+    """Probabilities over their own scores (src = dst), as the compiler schedules it: rows
+    of 6 scores from a word's start, so later rows start mid-chunk and share a chunk with
+    the row before, whose last probabilities are written while they are read."""
     rng, src, aux = random_buffers(seed)
     rows, heads, length = 3, 2, 6
     args = make_args(SfuFunc.SOFTMAX, n=8, rows=rows, heads=heads, length=length, pos=1,
                      src_addr=64, dst_addr=64)
     count = rows * heads * length
     src[64:64 + 4 * count] = rng.integers(-1 << 18, 1 << 18, count).astype("<i4").tobytes()
-    check(Softmax(word_bits=word_bits), args, src, aux, seed, in_place=True)
+    dut = Softmax(word_bits=word_bits, lanes=lanes)
+    assert not attention.softmax_shifted(args, dut.lanes)
+    check(dut, args, src, aux, seed, in_place=True)
+
+
+@pytest.mark.parametrize("word_bits,lanes", [(128, None), (512, None), (512, 4)])
+@pytest.mark.parametrize("src_addr,dst_addr", [(132, 524), (140, 516), (128, 1024)],
+                         ids=["dst-lanes-ahead", "dst-lanes-behind", "same-lanes"])
+def test_softmax_rows_across_chunks(src_addr, dst_addr, word_bits, lanes):
+    """Rows of 7 scores (each row at another lane of its chunk) from and to addresses at
+    other lanes of a chunk, either way round: the funnel's extra cycle and no more."""
+    rng, src, aux = random_buffers(8)
+    rows, heads, length = 3, 2, 7
+    args = make_args(SfuFunc.SOFTMAX, n=1, rows=rows, heads=heads, length=length, pos=3,
+                     src_addr=src_addr, dst_addr=dst_addr)
+    count = rows * heads * length
+    src[src_addr:src_addr + 4 * count] = rng.integers(-1 << 20, 1 << 20, count
+                                                      ).astype("<i4").tobytes()
+    dut = Softmax(word_bits=word_bits, lanes=lanes)
+    got = check(dut, args, src, aux, 8)                               # and cycles
+    assert got["written"] == 4 * count
+    shifted = attention.softmax_shifted(args, dut.lanes)
+    assert shifted == (src_addr != 128)
+    assert dut.cycles(args) - dut.cycles(dict(args, dst_addr=src_addr)) == (
+        rows * heads if shifted else 0)
 
 
 # -- ATT_PV -----------------------------------------------------------------------------
@@ -413,7 +450,7 @@ def test_pv_head_dim_beyond_instance():
     dst = bytearray(BUF_BYTES)
     got = run_kernel(AttentionContext(max_head_dim=16), args, bytes(src), bytes(aux), dst,
                      seed=2)
-    assert got == dict(cycles=1, err=1, code=ErrorCode.UNSUPPORTED, writes=0)
+    assert got == dict(cycles=1, err=1, code=ErrorCode.UNSUPPORTED, writes=0, written=0)
     assert not any(dst)
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from airfoil import packing
 from airfoil.config import load_config
 from airfoil.errors import CompileError, ProgramError
 from airfoil.folder import load_folder
@@ -90,9 +89,9 @@ def test_format_sparsity_grid(tmp_path, wformat, sparsity, seed):
     n, k = _shape(seed, group)
     manifest, folder, stats = _check_backends(tmp_path, seed, n, k, wformat=wformat,
                                               group=group, sparsity=sparsity, bias=seed == 1)
-    layer = manifest["layers"][0]
+    layer = manifest["model"]["linears"]["linear"]
     tag = "ovp4" if wformat == "ovp" else wformat
-    assert layer["stream"] and layer["formats"] == {tag: -(-n // CFG.chains) * (k // group)}
+    assert layer["streamed"] and layer["formats"] == {tag: -(-n // CFG.chains) * (k // group)}
     # The image holds exactly what the quantizer produced, pruned to N:M.
     w = _weights(seed, n, k)
     q, s16, _ = quantize_stream(w, group=group, rows=CFG.chains, formats=[wformat],
@@ -119,7 +118,7 @@ def test_bias_rides_in_bias_tiles(tmp_path, seed):
     n, k = 3 * CFG.chains + 2, 96
     m, folder, stats = _check_backends(tmp_path / "b", seed, n, k, bias=True, wformat="int4",
                                        group=32, sparsity="1:4")
-    layer = m["layers"][0]
+    layer = m["model"]["linears"]["linear"]
     bias = torch.randn(n, generator=torch.Generator().manual_seed(seed + 7)).double()
     want = torch.round(bias / (2.0 ** layer["k0"] * m["input"]["scale"])).to(torch.int64)
     assert torch.equal(layer_tensors(folder)["bias"], want)
@@ -146,7 +145,7 @@ def test_mixed_formats_per_record(tmp_path, seed):
     n, k = 4 * CFG.chains + 3, 256
     manifest, folder, _ = _check_backends(tmp_path, seed, n, k, wformat="mixed", group=32,
                                           outliers=True)
-    layer = manifest["layers"][0]
+    layer = manifest["model"]["linears"]["linear"]
     assert set(layer["formats"]) == {"int4", "ovp4"}, layer["formats"]
     # Per record, the stored format is the one of least squared error.
     w = _weights(seed, n, k, outliers=True)
@@ -162,7 +161,7 @@ def test_mixed_formats_per_record(tmp_path, seed):
     # Three candidates of different widths and a sparsity.
     m2, _, _ = _check_backends(tmp_path / "b", seed, n, k, wformat="mixed", group=64,
                                mixed_formats="int2,int3,int8", sparsity="2:4")
-    assert set(m2["layers"][0]["formats"]) <= {"int2", "int3", "int8"}
+    assert set(m2["model"]["linears"]["linear"]["formats"]) <= {"int2", "int3", "int8"}
 
 
 def test_streamed_mv_cycles_follow_the_cost_model(tmp_path):
@@ -172,7 +171,7 @@ def test_streamed_mv_cycles_follow_the_cost_model(tmp_path):
         m, _, stats = _check_backends(tmp_path / sp.replace(":", "_"), 3, n, k,
                                       wformat="int4", group=group, sparsity=sp,
                                       max_tile_bytes=1 << 20)
-        tiles = m["layers"][0]["tiles"]
+        tiles = m["model"]["linears"]["linear"]["tiles"]
         words = sum(t["streams"][0]["nbytes"] for t in tiles) // CFG.word_bytes
         ksteps = -(-n // CFG.chains) * (k // group) * nm_kept(group, nm_code(sp)) // CFG.lanes
         work = sum(stream_matrix_work(t["streams"][0]["nbytes"] // CFG.word_bytes,
@@ -189,7 +188,7 @@ def test_sparse_stream_moves_fewer_bytes_and_cycles(tmp_path):
     for sp in ("dense", "2:4"):
         m, _, stats = _check_backends(tmp_path / sp.replace(":", "_"), 5, n, k,
                                       wformat="int4", group=128, sparsity=sp)
-        res[sp] = (m["layers"][0]["stream_bytes"], stats["cycles"], m["layers"][0])
+        res[sp] = (m["model"]["linears"]["linear"]["stream_bytes"], stats["cycles"], m["model"]["linears"]["linear"])
     bits = res["2:4"][2]["stream_bits"]
     # 2:4 INT4: 2 bits of values and 1 bit of index per weight, scales as dense.
     assert bits["values"] == n * k * 2 and bits["indices"] == n * k
@@ -201,7 +200,7 @@ def test_default_tile_path_unchanged(tmp_path):
     """Without streaming options the WGT-tile program is emitted, bias included."""
     w = _weights(0, 13, 128)
     m = compile_linear(w, torch.randn(13), CFG, tmp_path / "t", wformat="int4", group=32)
-    assert "stream" not in m["layers"][0]
+    assert not m["model"]["linears"]["linear"]["streamed"]
     prog = load_folder(tmp_path / "t", CFG).program
     assert all(ins.fields.get("buf") != Buffer.WSTREAM for ins in IsaSim.prepare(prog.words))
 
@@ -305,7 +304,7 @@ def test_bitmod_presets_compile_and_agree(tmp_path, preset, sparsity, seed):
     n, k = _shape(seed + 5, group)
     m, folder, _ = _check_backends(tmp_path, seed, n, k, wformat=preset, group=group,
                                    sparsity=sparsity, bias=seed == 0)
-    layer = m["layers"][0]
+    layer = m["model"]["linears"]["linear"]
     assert layer["candidates"] == list(MIXED_PRESETS[preset]) and layer["wformat"] == preset
     w = _weights(seed, n, k)
     q, s16, tags = quantize_stream(w, group=group, rows=CFG.chains, formats=preset,
@@ -321,19 +320,19 @@ def test_bitmod_presets_compile_and_agree(tmp_path, preset, sparsity, seed):
 
 
 @pytest.mark.parametrize("sparsity,seed", [("dense", 3), ("2:4", 4)])
-def test_every_bitmod_format_in_one_layer(tmp_path, monkeypatch, sparsity, seed):
+def test_every_bitmod_format_in_one_layer(tmp_path, sparsity, seed):
     """A layer whose records sit on the grids of INT6 and every FP4/FP3 variant: with no
-    error allowed across widths (``MIXED_MAX_REL_ERROR`` 0, so a record takes the
+    error allowed across widths (``mixed_max_error`` 0, so a record takes the
     narrowest format that holds it exactly) the per-record choice finds each, and torch
     golden == ISA (odd sizes)."""
-    monkeypatch.setattr(packing, "MIXED_MAX_REL_ERROR", 0.0)
     n, k, group = 4 * CFG.chains + 3, 9 * 32, 32
     w, names = bitmod_layer(np.random.default_rng(seed), n, k, group=group, rows=CFG.chains,
                             formats=BITMOD_ALL, sparsity=sparsity)
     out = tmp_path / "f"
     m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
-                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
-    layer = m["layers"][0]
+                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity,
+                       mixed_max_error=0.0)
+    layer = m["model"]["linears"]["linear"]
     want = dict(zip(*np.unique(names.astype(str), return_counts=True)))
     assert layer["formats"] == {f: int(c) for f, c in want.items()}
     assert set(layer["formats"]) == set(BITMOD_ALL)
@@ -520,7 +519,7 @@ def test_golden_refuses_a_damaged_stream(tmp_path):
     out = tmp_path / "d"
     m = compile_linear(_weights(0, 9, 64), None, CFG, out, wformat="int4", group=32,
                        stream=True)
-    t0 = m["layers"][0]["tiles"][0]
+    t0 = m["model"]["linears"]["linear"]["tiles"][0]
     raw = bytearray((out / "weights.bin").read_bytes())
     raw[t0["streams"][0]["addr"]] = 0x10                                  # record tag 16
     (out / "weights.bin").write_bytes(bytes(raw))
@@ -552,7 +551,7 @@ def test_block_skip_layers(tmp_path, wformat, density, seed):
     n, k = _shape(seed + 10, group)
     m, folder, stats = _check_backends(tmp_path, seed, n, k, wformat=wformat, group=group,
                                        sparsity="block", block_density=density)
-    layer = m["layers"][0]
+    layer = m["model"]["linears"]["linear"]
     w = _weights(seed, n, k)
     q, s16, _ = quantize_stream(w, group=group, rows=CFG.chains, formats=[wformat],
                                 sparsity="block", lanes=CFG.lanes, block_density=density)
@@ -578,7 +577,7 @@ def test_block_skip_moves_fewer_bytes_and_cycles(tmp_path):
     for sp, kw in (("dense", {}), ("block", {"block_density": 0.5})):
         m, _, stats = _check_backends(tmp_path / sp, 5, n, k, wformat="int4", group=128,
                                       sparsity=sp, **kw)
-        res[sp] = (m["layers"][0]["stream_bytes"], stats["cycles"])
+        res[sp] = (m["model"]["linears"]["linear"]["stream_bytes"], stats["cycles"])
     assert res["block"][0] < 0.6 * res["dense"][0], res
     assert res["block"][1] < res["dense"][1], res
 

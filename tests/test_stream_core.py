@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from airfoil import packing
 from airfoil.cli.backend_rtl import run_rtl
 from airfoil.config import load_config
 from airfoil.folder import load_folder
@@ -66,18 +65,18 @@ BITMOD_ALL = ["fp3_er_p", "fp3_er_n", "fp3_ea_p", "fp3_ea_n", "fp4_er_p", "fp4_e
 
 
 @pytest.mark.parametrize("sparsity,seed", [("dense", 6), ("2:4", 8)])
-def test_bitmod_formats_per_record_bit_exact_in_rtl(tmp_path, monkeypatch, sparsity, seed):
+def test_bitmod_formats_per_record_bit_exact_in_rtl(tmp_path, sparsity, seed):
     """Records on the grids of INT6 and every FP4/FP3 variant in one layer (odd rows):
-    with no error allowed across widths (``MIXED_MAX_REL_ERROR`` 0) the compiler stores
+    with no error allowed across widths (``mixed_max_error`` 0) the compiler stores
     each in its format, and RTL == ISA == golden under stalls."""
-    monkeypatch.setattr(packing, "MIXED_MAX_REL_ERROR", 0.0)
     n, k, group = 3 * CFG.chains + 1, 9 * 32, 32
     w, names = bitmod_layer(np.random.default_rng(seed), n, k, group=group, rows=CFG.chains,
                             formats=BITMOD_ALL, sparsity=sparsity)
     out = tmp_path / "b"
     m = compile_linear(torch.from_numpy(w), None, CFG, out, seed=seed, wformat="mixed",
-                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity)
-    assert set(m["layers"][0]["formats"]) == set(names.reshape(-1)) == set(BITMOD_ALL)
+                       mixed_formats=",".join(BITMOD_ALL), group=group, sparsity=sparsity,
+                       mixed_max_error=0.0)
+    assert set(m["model"]["linears"]["linear"]["formats"]) == set(names.reshape(-1)) == set(BITMOD_ALL)
     folder = load_folder(out, CFG)
     want = run_golden(folder)
     assert torch.equal(run_isa(folder, CFG)[0], want)

@@ -29,7 +29,7 @@ A linear layer compiles as a one-node graph through named steps (validate, quant
 calibrate, plan, pack, schedule, emit; :data:`compiler.linear.LINEAR_STEPS`), a model
 through the graph pipeline's steps and the lowering's, named alike (validate,
 fold_attention_scale, quantize, plan, pack, schedule, emit;
-:func:`compiler.llm_steps.llm_steps`; a synthetic model the lowering's alone);
+:func:`compiler.lower_llm.compile_pipeline`'s; a synthetic model the lowering's alone);
 ``--stop-after STEP`` runs them up to STEP and prints what it made (``schedule``: the
 programs' listings) without writing the folder.
 """
@@ -195,8 +195,7 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
 
     from compiler.importers import import_model, model_folder
     from compiler.importers.prequant import conversion_errors
-    from compiler.lower_llm import compile_llm
-    from compiler.passes import quantized_model
+    from compiler.lower_llm import LowerOptions, compile_pipeline
     from sim.isa_sim import decode_step_cycles
 
     from ..folder import encoder, load_folder
@@ -218,11 +217,12 @@ def compile_llm_from_args(args, console=None) -> tuple[dict, dict]:
 
         graph = import_model(model_dir)
         tick("import")
-        q = pipe.run(graph, after_step=lambda name, g: tick(name))
-        manifest = compile_llm(quantized_model(q), config, args.output,
-                               max_prompt=args.max_prompt, source=str(model_dir),
-                               recipe=q.meta.get("recipe"), progress=tick,
-                               max_positions=args.max_positions, size_only=args.size_only)
+        opts = LowerOptions(config, args.output, max_prompt=args.max_prompt,
+                            source=str(model_dir), progress=tick,
+                            max_positions=args.max_positions, size_only=args.size_only)
+        q = compile_pipeline(pipe, opts).run(
+            graph, after_step=lambda name, g: tick(name) if name in pipe.names else None)
+        manifest = q.meta["lowered"]
         tok = model_folder(model_dir) / "tokenizer.json"
         if tok.is_file():
             shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
@@ -253,34 +253,31 @@ def llm_source(args, console) -> tuple:
 
 def llm_stop_after_from_args(args, console=None) -> str:
     """Run the model's compile up to ``--stop-after`` (a step of
-    :func:`compiler.llm_steps.llm_steps`); return what that step made."""
+    :func:`compiler.lower_llm.compile_pipeline`); return what that step made."""
     import shutil
     from pathlib import Path
 
     from rich.console import Console
 
     from compiler.importers import import_model, model_folder
-    from compiler.llm_steps import graph_step_summary, llm_steps, lowering_summary
-    from compiler.lower_llm import compile_llm
-    from compiler.passes import quantized_model
+    from compiler.llm_steps import graph_step_summary, lowering_summary
+    from compiler.lower_llm import LowerOptions, compile_pipeline
 
     config, model_dir, pipe = llm_source(args, console or Console())
+    full = compile_pipeline(pipe, LowerOptions(
+        config, args.output, max_prompt=args.max_prompt, source=str(model_dir),
+        max_positions=args.max_positions, size_only=args.size_only))
     step = args.stop_after
-    if step not in llm_steps(pipe):
+    if step not in full.names:
         raise CompileError(f"--stop-after {step!r} is not a step of this model's compile "
-                           f"(accepted: {', '.join(llm_steps(pipe))})")
-    graph = import_model(model_dir)
+                           f"(accepted: {', '.join(full.names)})")
+    g = full.run(import_model(model_dir), until=step)
     if step in pipe.names:
-        return graph_step_summary(pipe.run(graph, until=step), step)
-    q = pipe.run(graph)
-    made = compile_llm(quantized_model(q), config, args.output, max_prompt=args.max_prompt,
-                       source=str(model_dir), recipe=q.meta.get("recipe"),
-                       max_positions=args.max_positions, size_only=args.size_only,
-                       stop_after=step)
+        return graph_step_summary(g, step)
     tok = model_folder(model_dir) / "tokenizer.json"
     if step == "emit" and tok.is_file():
         shutil.copyfile(tok, Path(args.output) / "tokenizer.json")
-    return lowering_summary(made, step)
+    return lowering_summary(g.meta["lowered"], step)
 
 
 def synthetic_stop_after_from_args(args) -> str:
@@ -486,8 +483,8 @@ def run(args) -> int:
         print(stop_after_from_args(args), file=sys.stdout)
         return 0
     m = compile_from_args(args)
-    layer = m["layers"][0]
-    if layer.get("stream"):
+    layer = m["model"]["linears"]["linear"]
+    if layer["streamed"]:
         fmts = ", ".join(f"{f} {c}" for f, c in sorted(layer["formats"].items()))
         print(f"compiled linear {layer['n']} x {layer['k']} streamed {layer['wformat']} "
               f"{layer['sparsity']} g{layer['group']} -> int{layer['out_bits']} for config "

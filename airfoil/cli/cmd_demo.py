@@ -117,7 +117,7 @@ def run_linear(args) -> int:
                            "--seed", str(args.seed)])
     t0 = time.monotonic()
     m = compile_from_args(cargs)
-    layer = m["layers"][0]
+    layer = m["model"]["linears"]["linear"]
     console.print(f"compiled linear {layer['n']} x {layer['k']} {layer['wformat']} "
                   f"g{layer['group']} for config {m['config']} into {args.output} "
                   f"({len(layer['tiles'])} tiles, {time.monotonic() - t0:.1f} s)")

@@ -16,8 +16,8 @@ from amaranth.lib.wiring import In, Out
 from .kernel import ADDR_BITS
 
 __all__ = ["bit_length", "shift_round", "shift_round_signed", "sat", "clamp", "normalize",
-           "rom", "sat_addr", "align4", "span_words", "word_lanes", "tree", "Divider",
-           "divider_latency"]
+           "rom", "sat_addr", "align4", "span_words", "live_lanes", "word_lanes", "tree",
+           "Divider", "divider_latency"]
 
 
 def bit_length(m: Module, x, name: str = "bitlen") -> Signal:
@@ -90,20 +90,26 @@ def span_words(count: int, word_bytes: int) -> int:
     return (count + 2 * e - 2) >> (e.bit_length() - 1)     # an int, or a Value of count
 
 
-def word_lanes(data, word, first, count):
-    """The int32 lanes of read-port word ``word`` of a row pass: ``[(live, x)]``.
+def live_lanes(per_word: int, word, first, count) -> list:
+    """Which of the ``per_word`` int32 lanes of word ``word`` of a row pass hold one of
+    the row's ``count`` elements (a hardware bit per lane).
 
-    The row's element ``i`` is lane ``(first + i) % e`` of word ``(first + i) // e``
-    (``e = len(data) / 32``; ``first``: the row's lane in its first word); ``live`` marks
-    the lanes that hold one of its ``count`` elements.
+    The row's element ``i`` is lane ``(first + i) % per_word`` of word
+    ``(first + i) // per_word`` (``first``: the row's lane in its first word).
     """
-    per_word = len(data) // 32
-    lanes = []
+    live = []
     for lane in range(per_word):
         at = Cat(Const(lane, (per_word - 1).bit_length()), word)
-        live = (at >= first) & (at < first + count)
-        lanes.append((live, data[32 * lane:32 * lane + 32].as_signed()))
-    return lanes
+        live.append((at >= first) & (at < first + count))
+    return live
+
+
+def word_lanes(data, word, first, count):
+    """The int32 lanes of read-port word ``word`` of a row pass: ``[(live, x)]``, ``live``
+    as :func:`live_lanes` says (``len(data) / 32`` lanes a word)."""
+    per_word = len(data) // 32
+    return [(live, data[32 * lane:32 * lane + 32].as_signed())
+            for lane, live in enumerate(live_lanes(per_word, word, first, count))]
 
 
 def tree(op, terms):

@@ -11,15 +11,16 @@ ISA simulator's ``_sfu_func``):
   :func:`qk_chunks` cycles per score when both record streams are word-aligned
   (:func:`qk_aligned`), one more (the funnel's word) when not.
 * :class:`Softmax` (``SOFTMAX``): three passes per row (max over the visible keys a word
-  of scores per cycle, exp and sum, normalise and write one score per cycle through a
-  4-stage exp pipeline), with a table-plus-Newton reciprocal between the second and third
-  pass.
+  of scores per cycle, then exp and sum, and normalise and write, a chunk of ``lanes``
+  scores per cycle through ``lanes`` copies of a 4-stage exp pipeline), with a
+  table-plus-Newton reciprocal between the second and third pass.
 * :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
   and the value record's scale pair give the Q20 weight, then the record's values stream
   in a word (``word_bytes``) per cycle into an on-chip accumulator of ``max_head_dim``
   lanes; a final pass writes the ``n`` outputs.
 
-The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512). Records may
+The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512), and the
+:class:`Softmax`'s write port too (the others write an int32 at a time). Records may
 start at any byte address: each read port feeds a *funnel* that joins the previous and the
 current word, so one extra word per stream aligns them (that word is read only when the
 record reaches into it, so nothing past a record's end is read). The compiler places
@@ -42,12 +43,12 @@ from amaranth.utils import exact_log2
 from airfoil import fixedpoint as fx
 from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
 
-from .arith import span_words, tree, word_lanes
-from .kernel import ADDR_BITS, kernel_signature
+from .arith import live_lanes, span_words, tree, word_lanes
+from .kernel import ADDR_BITS, kernel_signature, lane_count
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
-           "qk_cycles", "softmax_cycles", "pv_cycles", "qk_chunks", "qk_aligned",
-           "pv_aligned", "pv_scale_words"]
+           "qk_cycles", "softmax_cycles", "softmax_shifted", "pv_cycles", "qk_chunks",
+           "qk_aligned", "pv_aligned", "pv_scale_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -127,15 +128,18 @@ def qk_cycles(args, *, word_bytes: int) -> int:
     return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + funnel) + 3
 
 
-def softmax_cycles(args, *, word_bytes: int) -> int:
+def softmax_cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     """Cycles of :class:`Softmax` from ``start`` to ``done`` (fields ``n``, ``rows``,
     ``heads``, ``pos``, ``length``, ``imm0``: the window, ``imm1``: bidirectional; 1 when
-    refused) with read ports
-    of ``word_bytes``: per row the max
-    pass over the words the visible scores span (:func:`~hdl.sfu.arith.span_words`),
-    the exp pass over the visible scores, the output pass over all ``length``."""
-    _check_word_bytes(word_bytes)
+    refused) with ports of ``word_bytes`` and chunks of ``lanes`` scores (None: a
+    word's): per row the max pass over the words the visible scores span
+    (:func:`~hdl.sfu.arith.span_words`), the exp pass over the chunks they span, 6
+    cycles (exp pipeline drain and reciprocal), the output pass over the chunks all
+    ``length`` span and one more when :func:`softmax_shifted` (``src_addr``, ``dst_addr``;
+    absent: 0); then the last row's drain and ``done``."""
+    lanes = lane_count(lanes, 8 * _check_word_bytes(word_bytes), "Softmax")
     n, rows, L = _arg(args, "n"), _arg(args, "rows"), _arg(args, "length")
+    out_chunks = span_words(L, 4 * lanes) + softmax_shifted(args, lanes)
     H, pos, window = _arg(args, "heads"), _arg(args, "pos"), _arg(args, "imm0")
     both_ways = _arg(args, "imm1") != 0
     if n < 1 or rows < 1 or L < 1 or (window and not both_ways and pos + rows >= L + window):
@@ -143,8 +147,18 @@ def softmax_cycles(args, *, word_bytes: int) -> int:
     total = _SOFTMAX_LATENCY + 1           # drain of the last row, then done
     for t in range(rows):
         visible = L if both_ways else min(L, pos + t + 1)
-        total += H * (span_words(visible, word_bytes) + visible + L + 6)
+        total += H * (span_words(visible, word_bytes) + span_words(visible, 4 * lanes)
+                      + out_chunks + 6)
     return total
+
+
+def softmax_shifted(args, lanes: int) -> bool:
+    """Whether :class:`Softmax`'s rows start at other lanes of their chunks of ``lanes``
+    scores in ``src`` and ``dst`` (``src_addr`` and ``dst_addr`` apart by other than a
+    multiple of ``4 * lanes`` bytes): then the output pass funnels its chunks from the
+    src row's lanes to the dst row's and takes one cycle more per row to write the last.
+    In place (the compiler's ``SOFTMAX``) they never are."""
+    return (_arg(args, "dst_addr") - _arg(args, "src_addr")) % (4 * lanes) != 0
 
 
 def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int) -> int:
@@ -167,14 +181,16 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + drain + n) + 2
 
 
-def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM) -> int:
+def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM,
+           lanes: int | None = None) -> int:
     """Cycles of the attention kernel named by ``args["func"]`` (a :class:`SfuFunc`) with
-    read ports of ``word_bytes``."""
+    read ports of ``word_bytes`` (``SOFTMAX``: chunks of ``lanes`` scores, None: a
+    word's)."""
     func = SfuFunc(_arg(args, "func"))
     if func == SfuFunc.ATT_QK:
         return qk_cycles(args, word_bytes=word_bytes)
     if func == SfuFunc.SOFTMAX:
-        return softmax_cycles(args, word_bytes=word_bytes)
+        return softmax_cycles(args, word_bytes=word_bytes, lanes=lanes)
     if func == SfuFunc.ATT_PV:
         return pv_cycles(args, max_head_dim, word_bytes=word_bytes)
     raise ValueError(f"Function must be ATT_QK, SOFTMAX or ATT_PV, not {func.name}")
@@ -258,15 +274,16 @@ class _Kernel(wiring.Component):
     accepted run (the datapath initialises its counters then); the datapath drives
     ``finish`` in the cycle of its last write, so ``done`` follows one cycle later.
 
-    ``word_bits`` is the width of the read ports (32 for the :class:`Softmax`; the
-    buffers' word for the record streams of ``ATT_QK`` and ``ATT_PV``).
+    ``word_bits`` is the width of the read ports (the buffers' word: of the record
+    streams of ``ATT_QK`` and ``ATT_PV``, of the :class:`Softmax`'s passes), ``write_bits``
+    of the write port (32, or the word for the :class:`Softmax`'s chunks).
     """
 
-    def __init__(self, *, word_bits: int = 32):
+    def __init__(self, *, word_bits: int = 32, write_bits: int = 32):
         if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
             raise TypeError(f"Word width must be a whole number of bytes, not {word_bits!r}")
         self._word_bytes = _check_word_bytes(word_bits // 8)
-        super().__init__(kernel_signature(word_bits))
+        super().__init__(kernel_signature(word_bits, write_bits))
 
     @property
     def word_bits(self) -> int:
@@ -516,40 +533,97 @@ class Softmax(_Kernel):
     ``pos + t - imm0 + 1 .. pos + t``; with ``imm1`` nonzero (bidirectional attention, an
     encoder's) every row sees all ``length`` keys and ``imm0`` is ignored.
 
-    Per row: a max pass over the words that hold the ``v = min(length, pos + t + 1)``
-    visible scores (a read-port word per cycle, ``word_bits``), an exp-and-sum pass over
-    them (one per cycle, back to back), 4 cycles to drain the exp pipeline, 2
-    cycles of reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an
-    output pass of ``length`` cycles that re-reads the visible scores, recomputes their
-    exponentials and writes the Q15 probabilities (0 for masked keys); the keys before a
-    window are read in the max and exp passes but masked, so the cycles do not depend on
-    the window. Rows follow back to back; a run takes :func:`softmax_cycles` cycles.
-    Without a window every row sees key 0 (``pos`` is unsigned); ``length = 0``, or a
-    window that leaves the last row no key (``pos + rows - imm0 >= length``), is refused
-    as MALFORMED.
+    The exp and output passes take a *chunk* per cycle: ``lanes`` scores on a
+    ``4 * lanes``-byte boundary of the ``src`` row (a row starting mid-chunk has its first
+    chunk partly outside it; lanes outside count as masked), each lane with its own copy
+    of the 4-stage exp pipeline and exp2 table ROM. Per row: a max pass over the words
+    that hold the ``v = min(length, pos + t + 1)`` visible scores (a read-port word per
+    cycle, ``word_bits``), an exp-and-sum pass over the chunks that hold them (the
+    chunk's exponentials summed by an adder tree into the row's energy; the sum is of
+    integers, so exact in any order), 4 cycles to drain the exp pipeline, 2 cycles of
+    reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an output
+    pass over the chunks of all ``length`` scores that re-reads the visible scores,
+    recomputes their exponentials and writes the Q15 probabilities (0 for masked keys).
+    The write port is a buffer word wide: a chunk of outputs is shifted from the
+    ``src`` row's chunk lanes to the ``dst`` row's by a funnel over the previous chunk
+    (rows of the same offset in a chunk, in place as the compiler runs ``SOFTMAX``, need
+    none) and written under the byte enables of the row's lanes, so the output pass
+    takes as many cycles at every offset. The keys before a window are read in the max
+    and exp passes but masked, so the cycles do not depend on the window. Rows follow
+    back to back; a run takes :func:`softmax_cycles` cycles. Without a window every row
+    sees key 0 (``pos`` is unsigned); ``length = 0``, or a window that leaves the last
+    row no key (``pos + rows - imm0 >= length``), is refused as MALFORMED.
+
+    Parameters
+    ----------
+    word_bits : int
+        Width of the read and write ports (a buffer word: a power of two, at least 32).
+    lanes : int or None
+        Scores of a chunk (:func:`~hdl.sfu.kernel.lane_count`: a power of two dividing
+        ``word_bits / 32``; None: a word's); the SFU's ``sfu_lanes``, since each lane
+        holds three multipliers (``d * log2 e``, the table interpolation, the
+        normalisation) as ``SILU``'s lanes hold their products.
     """
+
+    def __init__(self, *, word_bits: int = 32, lanes: int | None = None):
+        self._lanes = lane_count(lanes, word_bits, "Softmax")
+        super().__init__(word_bits=word_bits, write_bits=word_bits)
+
+    @property
+    def lanes(self) -> int:
+        """Scores of a chunk of the exp and output passes."""
+        return self._lanes
 
     @property
     def latency(self) -> int:
-        """Cycles from a score's read to its probability's write in the output pass."""
+        """Cycles from a chunk's read to its probabilities' write in the output pass."""
         return _SOFTMAX_LATENCY
 
     def cycles(self, args) -> int:
         """See :func:`softmax_cycles`."""
-        return softmax_cycles(args, word_bytes=self._word_bytes)
+        return softmax_cycles(args, word_bytes=self._word_bytes, lanes=self._lanes)
+
+    def _exp_lane(self, m: Module, i: int, row_max, score):
+        """Lane ``i``'s exp pipeline from a score arriving in stage 1: returns
+        ``exp_neg(sat(row_max - score))`` (Q15, 17 bits), valid in stage 4."""
+        exp_rom = _rom(fx._EXP2_T)
+        m.submodules[f"exp_rom{i}"] = exp_rom
+        exp_lo, exp_hi = exp_rom.read_port(), exp_rom.read_port()
+        # Stage 1: d = sat(max - s).
+        full = Signal(signed(34), name=f"sm_full{i}")
+        diff = Signal(31, name=f"sm_diff{i}")
+        m.d.comb += full.eq(row_max - score)
+        m.d.sync += diff.eq(Mux(full > _INT32_MAX, _INT32_MAX, full))
+        # Stage 2: d * log2(e), split into integer and fraction, address the exp2 table.
+        scaled = Signal(signed(49), name=f"sm_scaled{i}")
+        m.d.comb += scaled.eq(diff * fx._LOG2E_Q15)
+        t2 = _shift_round(m, scaled, Const(15, 4), 34, f"sm_t2_{i}")
+        ip3, frac3 = Signal(18, name=f"sm_ip3_{i}"), Signal(8, name=f"sm_frac3_{i}")
+        m.d.comb += [exp_lo.addr.eq(t2[8:16]), exp_hi.addr.eq(t2[8:16] + 1)]
+        m.d.sync += [ip3.eq(t2[16:34]), frac3.eq(t2[:8])]
+        # Stage 3: interpolate and shift: e = exp_neg(d) (Q15).
+        delta = Signal(signed(18), name=f"sm_delta{i}")
+        m.d.comb += delta.eq(exp_hi.data - exp_lo.data)
+        interp = Signal(signed(27), name=f"sm_interp{i}")
+        m.d.comb += interp.eq(delta * frac3)
+        y = Signal(signed(19), name=f"sm_y{i}")
+        m.d.comb += y.eq(exp_lo.data + _shift_round(m, interp, Const(8, 4), 27,
+                                                    f"sm_interp_r{i}"))
+        ishift = Signal(5, name=f"sm_ishift{i}")
+        m.d.comb += ishift.eq(Mux(ip3 > 31, 31, ip3))
+        return _shift_round(m, y, ishift, 19, f"sm_exp{i}")
 
     def _datapath(self, m: Module, launch):
         a = self.args
-        m.submodules.exp_rom = exp_rom = _rom(fx._EXP2_T)
+        P = self._lanes
         m.submodules.recip_rom = recip_rom = _rom(fx._RECIP_T)
-        exp_lo = exp_rom.read_port()
-        exp_hi = exp_rom.read_port()
         rcp = recip_rom.read_port()
 
         t = Signal(32)              # query row
         h = Signal(10)
-        key = Signal(32)
+        key = Signal(32)            # word (max pass) or chunk (exp and output passes)
         src_row = Signal(ADDR_BITS)
+        dst_row = Signal(ADDR_BITS)
         visible = Signal(33)
         limit = Signal(34)
         both_ways = a.imm1 != 0
@@ -565,7 +639,8 @@ class Softmax(_Kernel):
         rd = Signal()
         tag_pass = Signal(2)
         tag_first = Signal()
-        tag_mask = Signal()
+        tag_live = Signal(P)        # lanes of a visible key in the window
+        tag_row = Signal(P)         # lanes of the row (the output pass writes them)
         tag_last = Signal()
         wait = Signal(3)
         energy = Signal(48)
@@ -575,26 +650,46 @@ class Softmax(_Kernel):
         out_shift = Signal(6)
         issue = Signal()
         # The max pass reads word ``key`` of the row (its scores from lane ``first`` of
-        # the first word on), the exp and output passes score ``key`` (lane ``lane1``).
+        # the first word on), the exp and output passes chunk ``key`` (the row's scores
+        # from lane ``sfirst`` of its first chunk on; its outputs go to lane ``dfirst``
+        # of the first chunk of the ``dst`` row).
         wb = self._word_bytes
         lg = exact_log2(wb)
+        clg = exact_log2(4 * P)     # bytes of a chunk
         first = Signal(range(wb // 4))
+        sfirst, dfirst = Signal(range(P)), Signal(range(P))
         if wb > 4:
             m.d.comb += first.eq(src_row[2:lg])
-        score_addr = Signal(ADDR_BITS)
-        m.d.comb += score_addr.eq(src_row + (key << 2))
-        lane1 = Signal(range(wb // 4))
-        if wb > 4:
-            m.d.sync += lane1.eq(score_addr[2:lg])
+        if P > 1:
+            m.d.comb += [sfirst.eq(src_row[2:clg]), dfirst.eq(dst_row[2:clg])]
+        chunk_addr = Signal(ADDR_BITS)
+        m.d.comb += chunk_addr.eq(Cat(Const(0, clg), src_row[clg:]) + (key << clg))
+        chunk1 = Signal(range(wb // (4 * P)))      # the chunk's place in its word
+        if lg > clg:
+            m.d.sync += chunk1.eq(chunk_addr[clg:lg])
         max_pass = Signal()
         m.d.comb += [self.src.addr.eq(Mux(max_pass,
                                           Cat(Const(0, lg), src_row[lg:]) + (key << lg),
-                                          Cat(Const(0, lg), score_addr[lg:]))),
+                                          Cat(Const(0, lg), chunk_addr[lg:]))),
                      self.src.en.eq(rd)]
+        # Lanes from the src row's to the dst row's in a chunk (the same in every row);
+        # when not P (:func:`softmax_shifted`), an output chunk joins two chunks.
+        ahead = Signal(range(P + 1))
+        shifted = Signal()
+        if P > 1:
+            m.d.comb += ahead.eq(P - (a.dst_addr[2:clg] - a.src_addr[2:clg])[:clg - 2])
+        else:
+            m.d.comb += ahead.eq(P)
+        m.d.comb += shifted.eq(ahead != P)
+        live = Cat(*live_lanes(P, key, sfirst + lower, visible - lower))
+        # A chunk past the row's visible scores (at some offsets) is not read.
+        chunk_rd = (key << exact_log2(P)) < sfirst + visible
+        in_row = Cat(*live_lanes(P, key, sfirst, a.length))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
-                    m.d.sync += [t.eq(0), h.eq(0), key.eq(0), src_row.eq(a.src_addr)]
+                    m.d.sync += [t.eq(0), h.eq(0), key.eq(0), src_row.eq(a.src_addr),
+                                 dst_row.eq(a.dst_addr)]
                     m.next = "MAX"
             with m.State("MAX"):
                 # A word past the row's visible scores (at some offsets) is not read.
@@ -606,9 +701,9 @@ class Softmax(_Kernel):
                 with m.Else():
                     m.d.sync += key.eq(key + 1)
             with m.State("EXP"):
-                m.d.comb += [rd.eq(1), issue.eq(1), tag_pass.eq(_PASS_EXP),
-                             tag_mask.eq(key < lower)]
-                with m.If(key == visible - 1):
+                m.d.comb += [rd.eq(chunk_rd), issue.eq(1), tag_pass.eq(_PASS_EXP),
+                             tag_live.eq(live)]
+                with m.If(key == span_words(visible, 4 * P) - 1):
                     m.d.sync += [key.eq(0), wait.eq(0)]
                     m.next = "WAIT"
                 with m.Else():
@@ -642,10 +737,12 @@ class Softmax(_Kernel):
                 m.d.sync += [out_shift.eq(nshift + 31 - fx.P_FRAC), energy.eq(0)]
                 m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += [rd.eq(key < visible), issue.eq(1), tag_pass.eq(_PASS_OUT),
-                             tag_mask.eq((key >= visible) | (key < lower))]
-                with m.If(key == a.length - 1):
-                    m.d.sync += [key.eq(0), src_row.eq(src_row + (a.length << 2))]
+                m.d.comb += [rd.eq(chunk_rd), issue.eq(1),
+                             tag_pass.eq(_PASS_OUT), tag_first.eq(key == 0),
+                             tag_live.eq(live), tag_row.eq(in_row)]
+                with m.If(key == span_words(a.length, 4 * P) - 1 + shifted):
+                    m.d.sync += [key.eq(0), src_row.eq(src_row + (a.length << 2)),
+                                 dst_row.eq(dst_row + (a.length << 2))]
                     with m.If(last_row):
                         m.d.comb += tag_last.eq(1)
                         m.next = "IDLE"
@@ -658,71 +755,69 @@ class Softmax(_Kernel):
                 with m.Else():
                     m.d.sync += key.eq(key + 1)
 
-        # Stage 1: the score arrives; update the max or form d = sat(max - s).
-        v1, pass1, first1, mask1, last1 = Signal(), Signal(2), Signal(), Signal(), Signal()
-        k1 = Signal(32)
-        m.d.sync += [v1.eq(issue), pass1.eq(tag_pass), first1.eq(tag_first),
-                     mask1.eq(tag_mask), last1.eq(tag_last), k1.eq(key)]
-        score = self.src.data.word_select(lane1, 32).as_signed()
+        # The destination chunk of an output chunk: the funnel joins the previous chunk
+        # and this one, shifted from the src row's lanes to the dst row's, so it holds the
+        # dst chunk ``key`` (``key - 1`` when the dst row starts in an earlier lane).
+        dst_chunk = Signal(ADDR_BITS)
+        m.d.comb += dst_chunk.eq(Cat(Const(0, clg), dst_row[clg:]) + (key << clg)
+                                 - Mux(dfirst < sfirst, 4 * P, 0))
+
+        # The tags follow the chunk through the pipeline (stage s holds them in ``tags[s]``).
+        tags = [dict(v=issue, pass_=tag_pass, first=tag_first, live=tag_live, row=tag_row,
+                     last=tag_last, key=key, dst=dst_chunk)]
+        for stage in range(1, _SOFTMAX_LATENCY + 1):
+            prev = tags[-1]
+            regs = {name: Signal.like(sig, name=f"sm_{name}{stage}")
+                    for name, sig in prev.items()}
+            m.d.sync += [regs[name].eq(sig) for name, sig in prev.items()]
+            tags.append(regs)
+        s1, s4 = tags[1], tags[4]
+
+        # Stage 1: the word arrives; update the max (max pass) or start each lane's exp.
         # The largest visible score of the word (a max tree; other lanes, those before a
         # window included, count as -2**31).
         word_max = tree(lambda p, q: Mux(p > q, p, q),
-                        [Mux(live, x, _INT32_MIN) for live, x in
-                         word_lanes(self.src.data, k1, first + lower, visible - lower)])
+                        [Mux(lv, x, _INT32_MIN) for lv, x in
+                         word_lanes(self.src.data, s1["key"], first + lower,
+                                    visible - lower)])
         row_max = Signal(signed(32))
-        v2, pass2, mask2, last2 = Signal(), Signal(2), Signal(), Signal()
-        diff = Signal(31)
-        m.d.sync += [v2.eq(v1 & (pass1 != _PASS_MAX)), pass2.eq(pass1), mask2.eq(mask1),
-                     last2.eq(last1)]
-        with m.If(v1 & (pass1 == _PASS_MAX)):
-            with m.If(first1 | (word_max > row_max)):
+        with m.If(s1["v"] & (s1["pass_"] == _PASS_MAX)):
+            with m.If(s1["first"] | (word_max > row_max)):
                 m.d.sync += row_max.eq(word_max)
-        full = Signal(signed(34))
-        m.d.comb += full.eq(row_max - score)
-        m.d.sync += diff.eq(Mux(full > _INT32_MAX, _INT32_MAX, full))
-
-        # Stage 2: d * log2(e), split into integer and fraction, address the exp2 table.
-        scaled = Signal(48)
-        m.d.comb += scaled.eq(diff * fx._LOG2E_Q15)
-        scaled_s = Signal(signed(49))
-        m.d.comb += scaled_s.eq(scaled)
-        t2 = _shift_round(m, scaled_s, Const(15, 4), 34, "sm_t2")
-        ip3, frac3 = Signal(18), Signal(8)
-        v3, pass3, mask3, last3 = Signal(), Signal(2), Signal(), Signal()
-        m.d.comb += [exp_lo.addr.eq(t2[8:16]), exp_hi.addr.eq(t2[8:16] + 1)]
-        m.d.sync += [ip3.eq(t2[16:34]), frac3.eq(t2[:8]), v3.eq(v2), pass3.eq(pass2),
-                     mask3.eq(mask2), last3.eq(last2)]
-
-        # Stage 3: interpolate and shift: e = exp_neg(d) (Q15).
-        delta = Signal(signed(18))
-        m.d.comb += delta.eq(exp_hi.data - exp_lo.data)
-        interp = Signal(signed(27))
-        m.d.comb += interp.eq(delta * frac3)
-        y = Signal(signed(19))
-        m.d.comb += y.eq(exp_lo.data + _shift_round(m, interp, Const(8, 4), 27, "sm_interp"))
-        ishift = Signal(5)
-        m.d.comb += ishift.eq(Mux(ip3 > 31, 31, ip3))
-        expo = _shift_round(m, y, ishift, 19, "sm_exp")
-        e4 = Signal(17)
-        v4, pass4, last4 = Signal(), Signal(2), Signal()
-        m.d.sync += [e4.eq(Mux(mask3, 0, expo)), v4.eq(v3), pass4.eq(pass3),
-                     last4.eq(last3)]
+        chunk = self.src.data.word_select(chunk1, 32 * P) if lg > clg else self.src.data
+        e4 = []
+        for i in range(P):
+            expo = self._exp_lane(m, i, row_max, chunk[32 * i:32 * i + 32].as_signed())
+            e = Signal(17, name=f"sm_e4_{i}")
+            m.d.sync += e.eq(Mux(tags[3]["live"][i], expo, 0))
+            e4.append(e)
 
         # Stage 4: accumulate the sum, or normalise and write.
-        with m.If(v4 & (pass4 == _PASS_EXP)):
-            m.d.sync += energy.eq(energy + e4)
-        prob_x = Signal(signed(34))
-        m.d.comb += prob_x.eq(e4 * recip_m)
-        prob = _shift_round(m, prob_x, out_shift, 34, "sm_prob")
-        out_addr = Signal(ADDR_BITS)
+        with m.If(s4["v"] & (s4["pass_"] == _PASS_EXP)):
+            m.d.sync += energy.eq(energy + tree(operator.add, e4))
         with m.If(launch):
-            m.d.sync += [out_addr.eq(a.dst_addr), energy.eq(0)]
-        with m.If(v4 & (pass4 == _PASS_OUT)):
-            m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(prob),
-                         self.dst.en.eq(0b1111)]
-            m.d.sync += out_addr.eq(out_addr + 4)
+            m.d.sync += energy.eq(0)
+        probs = []
+        for i in range(P):
+            prob_x = Signal(signed(34), name=f"sm_prob_x{i}")
+            m.d.comb += prob_x.eq(e4[i] * recip_m)
+            probs.append(_shift_round(m, prob_x, out_shift, 34, f"sm_prob{i}")[:32])
+        out_vals, out_row = Cat(*probs), s4["row"]
+        prev_vals, prev_row = Signal(32 * P), Signal(P)
+        writing = s4["v"] & (s4["pass_"] == _PASS_OUT)
+        with m.If(writing):
+            m.d.sync += [prev_vals.eq(out_vals), prev_row.eq(out_row)]
+        # The src row's lanes are ``P - ahead`` behind the dst row's, in every row.
+        row_en = Mux(s4["first"], 0, prev_row)
+        shifted_vals = (Cat(prev_vals, out_vals) >> (ahead * 32))[:32 * P]
+        shifted_row = (Cat(row_en, out_row) >> ahead)[:P]
+        chunk_en = Mux(writing, Cat(*[b.replicate(4) for b in shifted_row]), 0)
+        dst_place = s4["dst"][clg:lg] if lg > clg else Const(0, 1)
+        m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), s4["dst"][lg:])),
+                     self.dst.data.eq(Cat(*[shifted_vals] * (wb // (4 * P)))),
+                     self.dst.en.eq(chunk_en << (dst_place * 4 * P))]
         finish = Signal()
-        m.d.comb += finish.eq(v4 & last4)
+        m.d.comb += finish.eq(s4["v"] & s4["last"])
         refuse = Signal()
         m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0) |
                               ((a.imm0 != 0) & (a.imm1 == 0) &

@@ -50,7 +50,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     and the ``amax`` and sum-of-squares passes of ``RMSNORM`` take a buffer word of
     ``word_bits`` per cycle, as do ``COPY``, ``ADD``, ``MUL`` and ``RELU`` on word-aligned
     operands; ``SILU`` and ``GELU`` take ``sfu_lanes`` int32 (default: a word's), ``ROPE``
-    ``sfu_lanes`` pairs per two cycles."""
+    ``sfu_lanes`` pairs per two cycles, ``SOFTMAX``'s exp and output passes ``sfu_lanes``
+    scores."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
@@ -69,7 +70,9 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     kernels[SfuFunc.RMSNORM] = kernels[SfuFunc.LAYERNORM] = norms
     kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
                                                 word_bits=word_bits)
-    kernels[SfuFunc.SOFTMAX] = functools.partial(attention.Softmax, word_bits=word_bits)
+    kernels[SfuFunc.SOFTMAX] = functools.partial(attention.Softmax, word_bits=word_bits,
+                                                 lanes=_lanes_of(SfuFunc.SOFTMAX, word_bits,
+                                                                 sfu_lanes))
     kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
                                                 max_head_dim=limits.att_pv_max_head_dim,
                                                 word_bits=word_bits)
@@ -77,10 +80,10 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
 
 
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
-    """int32 lanes of the element-wise kernel of ``func``: ``sfu_lanes`` (default: a
-    word's) for the functions with products (``MUL``, ``SILU``, ``GELU``, ``ROPE``), a
-    word's for the others."""
-    if (func in (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE)
+    """int32 lanes of the kernel of ``func``: ``sfu_lanes`` (default: a word's) for the
+    functions with products in each lane (``MUL``, ``SILU``, ``GELU``, ``ROPE``,
+    ``SOFTMAX``), a word's for the others."""
+    if (func in (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE, SfuFunc.SOFTMAX)
             and sfu_lanes is not None):
         return sfu_lanes
     return word_bits // 32
@@ -89,9 +92,12 @@ def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
 def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
     in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (``SILU``,
-    ``GELU`` and ``ROPE`` on ``sfu_lanes``)."""
+    ``GELU``, ``ROPE`` and ``SOFTMAX`` on ``sfu_lanes``)."""
     func = SfuFunc(args["func"])
-    for mod in (attention, quant, rmsnorm):
+    if func in attention.KERNELS:
+        return attention.cycles(args, word_bytes=word_bits // 8,
+                                lanes=_lanes_of(func, word_bits, sfu_lanes))
+    for mod in (quant, rmsnorm):
         if func in mod.KERNELS:
             return mod.cycles(args, word_bytes=word_bits // 8)
     if func in elementwise.KERNELS:
@@ -108,7 +114,8 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
 
 def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None) -> int:
     """Cycles the unit spends on a well-formed instruction, queue handshake to release,
-    on buffer words of ``word_bits`` (``SILU``, ``GELU`` and ``ROPE`` on ``sfu_lanes``).
+    on buffer words of ``word_bits`` (``SILU``, ``GELU``, ``ROPE`` and ``SOFTMAX`` on
+    ``sfu_lanes``).
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
     ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the

@@ -57,7 +57,7 @@ def measure_mc(config: AccelConfig, *, shape=SHAPE, build_dir="build", seed: int
     folder = Path(build_dir) / "bench_mc" / f"{config.name}_{n}x{k}_{wf}_g{group}"
     m = compile_linear(w, None, config, folder, wformat=wf, group=group, stream=True,
                        seed=seed, out_format="int8")
-    layer = m["layers"][0]
+    layer = m["model"]["linears"]["linear"]
     loaded = load_folder(folder, config)
     gold = run_golden(loaded)
     isa_out, isa_stats = run_isa(loaded, config)
