@@ -15,6 +15,7 @@ from airfoil.config import load_config
 from airfoil.errors import ConfigError
 from hdl.core.buffers import BufferGeometry
 from hdl.core.fabric import grant, round_robin
+from hdl.core.load import capped_product
 from hdl.core.matrix import MatrixUnit
 from hdl.core.matrix_front import MatrixFront
 from hdl.core.plan import CorePlan
@@ -133,6 +134,36 @@ def test_round_robin_takes_turns(n):
     # After reset channel 0 counts as the last one served: channel 1 goes first.
     assert everyone == [1 << ((i + 1) % n) for i in range(2 * n)]
     assert [t for _, t in seen[-2:]] == [0b1, 1 << (n - 1)]
+
+
+def test_capped_product_decides_range_checks_as_the_product():
+    """Below ``2**bits`` the capped product is the product; at or above it both are (so
+    any ``x + p > bound`` with ``bound < 2**bits`` decides alike), also with a zero
+    factor beside a wide one."""
+    bits = 4
+    a, b = Signal(12), Signal(9)
+    p = Signal(16)
+    m = Module()
+    m.d.comb += p.eq(capped_product(a, b, bits))
+    values = [0, 1, 2, 3, 5, 7, 15, 16, 17, 31, 300, 511]
+    got = {}
+
+    async def testbench(ctx):
+        for x in values:
+            for y in values:
+                ctx.set(a, x)
+                ctx.set(b, y)
+                got[x, y] = ctx.get(p)
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    for (x, y), v in got.items():
+        if x * y < 1 << bits:
+            assert v == x * y, (x, y, v)
+        else:
+            assert v >= 1 << bits, (x, y, v)
+    assert got[0, 511] == got[300, 0] == 0 and got[3, 5] == 15 and got[15, 15] == 225
 
 
 @pytest.mark.parametrize("idle_after_error", [False, True])

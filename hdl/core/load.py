@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -26,6 +26,23 @@ def unit_ports() -> dict:
     }
 
 
+def buffer_range_bits(geo: BufferGeometry) -> int:
+    """Bits of a byte count past the end of every buffer (``2**bits`` is beyond each)."""
+    return max(geo.nbytes(b) for b in isa.Buffer).bit_length()
+
+
+def capped_product(a, b, bits: int):
+    """``a * b`` as a comparison with a bound under ``2**bits`` sees it, on a ``bits`` by
+    ``bits`` multiplier (one MULT18X18D up to 17 bits) instead of one as wide as ``a`` and
+    ``b``: their product when both are under ``2**bits``; else ``2**bits`` if neither is
+    zero (the product is at least that), else 0. So ``x + capped_product(a, b, bits) >
+    bound`` is ``x + a * b > bound`` for every ``x >= 0`` and ``bound < 2**bits`` (the
+    range checks of a buffer, or of a memory's depth).
+    """
+    over = ((a >> bits) != 0) & (b != 0) | ((b >> bits) != 0) & (a != 0)
+    return Mux(over, 1 << bits, a[:bits] * b[:bits])
+
+
 def mem_checks(m, *, geo: BufferGeometry, channels: int, mem, count, total, load: bool,
                stream_ok: bool = False):
     """Return the :class:`~airfoil.isa.ErrorCode` of an LD/ST (``NONE`` if it may run).
@@ -40,7 +57,8 @@ def mem_checks(m, *, geo: BufferGeometry, channels: int, mem, count, total, load
     read as aligned int32).
 
     ``mem`` is the instruction's ``MEM_LAYOUT`` view, ``count`` the resolved row count and
-    ``total`` ``count * nbytes``.
+    ``total`` ``count * nbytes``, or that product capped (:func:`capped_product`) at
+    :func:`buffer_range_bits` bits.
     """
     lgw = geo.lg_word_bytes
     buf = mem.buf.as_value()
@@ -95,6 +113,12 @@ class LoadUnit(wiring.Component):
     gather (``gather = 1``) waits until every earlier transfer of the unit is written and
     released, then reads row ``r``'s int32 index from AUX at ``idx_addr + 4 r`` and issues
     that row alone from ``dram_addr + idx[r] * dram_stride``.
+
+    The row register's offset and a gather row's offset are products by ``dram_stride``
+    made on one multiplier, each from registered operands into a register: the row's
+    (``rv[1]``, unsigned) in PREP, a gathered row's (its index, signed like the stride)
+    once the index is read from AUX and registered, so no block-RAM read and no product
+    share a cycle (a gathered row takes four cycles until its command).
 
     Buffer writes leave on ``wr[c]`` (streams, so the buffers may hold a write back while
     a unit with priority or another channel writes); beats of an ``LD`` into WSTREAM on
@@ -214,9 +238,19 @@ class LoadUnit(wiring.Component):
                          records[c].w_data.index.eq(index)]
         m.d.comb += [order.w_en.eq(rec_push), order.w_data.chan.eq(chan),
                      order.w_data.release.eq(instr.header.release)]
-        # Gather state: the row, its index word address and its memory address.
+        # The one product by the stride: ``factor`` is the row register's value (unsigned)
+        # for the instruction's base, a gathered row's index for its row; the stride is
+        # signed for the latter, as the index is.
+        factor = Signal(signed(33))
+        stride_signed = Signal()
+        stride_product = Signal(64)
+        m.d.comb += stride_product.eq(
+            factor * Cat(mem.dram_stride, mem.dram_stride[-1] & stride_signed).as_signed())
+        # Gather state: the row, its index word address, the instruction's first byte in
+        # the channel's memory and the row's address.
         g_row = Signal(32)
         g_ia = Signal(24)
+        g_base = Signal(64)
         g_addr = Signal(64)
         idx = Signal(32)
         lg_words = max(lgw - 2, 0)
@@ -230,12 +264,14 @@ class LoadUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.q.ready.eq(~failed)
                 with m.If(self.q.valid & ~failed):
-                    m.d.sync += [instr.eq(self.q.payload.instr),
-                                 index.eq(self.q.payload.index), rv.eq(self.q.payload.rv)]
+                    entry = self.q.payload
+                    m.d.sync += [instr.eq(entry.instr), index.eq(entry.index), rv.eq(entry.rv),
+                                 factor.eq(Mux(entry.instr.body.mem.row_reg != 0,
+                                               entry.rv[1], 0))]
                     m.next = "PREP"
             with m.State("PREP"):
-                row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-                m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(count * mem.nbytes)]
+                m.d.sync += [base.eq(mem.dram_addr + stride_product),
+                             total.eq(count * mem.nbytes)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(code != isa.ErrorCode.NONE):
@@ -258,14 +294,18 @@ class LoadUnit(wiring.Component):
                 # in AUX (the queues are empty, so there is room for the record).
                 with m.If(order.level == 0):
                     m.d.comb += rec_push.eq(1)
-                    m.d.sync += [g_row.eq(0), g_ia.eq(mem.idx_addr)]
+                    m.d.sync += [g_row.eq(0), g_ia.eq(mem.idx_addr),
+                                 g_base.eq(chan_base + base)]
                     m.next = "G_IDX"
             with m.State("G_IDX"):
                 m.d.comb += self.aux_rd.en.eq(1)
-                m.next = "G_CALC"
-            with m.State("G_CALC"):
-                m.d.sync += g_addr.eq(chan_base + base +
-                                      idx.as_signed() * mem.dram_stride.as_signed())
+                m.next = "G_INDEX"
+            with m.State("G_INDEX"):
+                m.d.sync += factor.eq(idx.as_signed())
+                m.next = "G_ADDR"
+            with m.State("G_ADDR"):
+                m.d.comb += stride_signed.eq(1)
+                m.d.sync += g_addr.eq(g_base + stride_product)
                 m.next = "G_CMD"
             with m.State("G_CMD"):
                 m.d.comb += [

@@ -35,7 +35,7 @@ from ..decode_unit.rescaler import TOKEN_REQUANT_STAGES, Requantizer, token_requ
 from ..pe.array import PeArray
 from ..streams import init_layout, scale_layout
 from .buffers import BufferGeometry
-from .load import unit_ports
+from .load import capped_product, unit_ports
 from .matrix_timing import matrix_cycles
 from .ram import Ram
 from .unit_shell import UnitShell
@@ -292,7 +292,11 @@ class MatrixUnit(wiring.Component):
         ostr = Signal(24)
         m.d.comb += [astr.eq(Mux(f.astride != 0, f.astride << lgw, k)),
                      ostr.eq(Mux(f.ostride != 0, f.ostride << lgw, rows << lg_ob))]
-        # Extents over all vectors, registered in PREP (wide products).
+        # Extents over all vectors, registered in PREP; each is only compared with its
+        # buffer's size or the accumulators' depth, so its product is capped just past it.
+        act_bits = geo.act_bytes.bit_length()
+        out_bits = geo.out_bytes.bit_length()
+        acc_bits = acc_depth.bit_length()
         act_end = Signal(64)
         out_end = Signal(64)
         aux_end = Signal(64)
@@ -341,10 +345,11 @@ class MatrixUnit(wiring.Component):
         m.d.sync += prep.eq(shell.take)
         with m.If(prep):
             m.d.sync += [
-                act_end.eq(f.abuf_addr + last_vec * astr + k),
-                out_end.eq(f.obuf_addr + last_vec * ostr + (rows << lg_ob)),
+                act_end.eq(f.abuf_addr + capped_product(last_vec, astr, act_bits) + k),
+                out_end.eq(f.obuf_addr + capped_product(last_vec, ostr, out_bits) +
+                           (rows << lg_ob)),
                 aux_end.eq(f.sbuf_addr + (mcount << 3)),
-                vec_batches.eq(mcount * batches),
+                vec_batches.eq(capped_product(mcount, batches, acc_bits)),
                 scale_off.eq(layout_scale), bias_off.eq(layout_bias), nbytes.eq(layout_end),
             ]
         m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep),

@@ -11,7 +11,7 @@ from airfoil import isa
 
 from .axi import BOUNDARY_BYTES, BURST_INCR
 from .buffers import BufferGeometry, buffer_read_signature
-from .load import mem_checks, unit_ports
+from .load import buffer_range_bits, capped_product, mem_checks, unit_ports
 from .unit_shell import UnitShell
 
 __all__ = ["StoreUnit"]
@@ -73,7 +73,8 @@ class StoreUnit(wiring.Component):
         rv = shell.entry.rv
         mem = instr.body.mem
         count = Signal(32)
-        total = Signal(56)          # count * nbytes, registered in the first CHECK cycle
+        # count * nbytes as the range check sees it, registered in the first CHECK cycle.
+        total = Signal(56)
         m.d.comb += count.eq(Mux(mem.count_reg != 0, rv[0], mem.count))
         code = mem_checks(m, geo=geo, channels=self._channels, mem=mem, count=count,
                           total=total, load=False)
@@ -111,7 +112,8 @@ class StoreUnit(wiring.Component):
         m.d.sync += prep.eq(shell.take)
         with m.If(prep):
             row_off = Mux(mem.row_reg != 0, rv[1] * mem.dram_stride, 0)
-            m.d.sync += [base.eq(mem.dram_addr + row_off), total.eq(count * mem.nbytes)]
+            m.d.sync += [base.eq(mem.dram_addr + row_off),
+                         total.eq(capped_product(count, mem.nbytes, buffer_range_bits(geo)))]
         m.d.comb += [shell.code.eq(Mux(prep, isa.ErrorCode.NONE, code)), shell.go.eq(~prep)]
         with m.If(shell.start):
             a = Array(self.data_base)[self.port] + base

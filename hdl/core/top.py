@@ -539,9 +539,10 @@ class Core(wiring.Component):
         Build the SFU (see :class:`Engine`).
     reset_buffer : callable or None
         ``reset_buffer(m, rst)`` returns the engine's reset (the core's reset or a start's
-        pulse, which reaches nearly every flip-flop) through a buffer of the FPGA's clock
-        network, built in module ``m``: a board whose router would otherwise carry that
-        net in the fabric passes one (the ULX3S passes a DCCA). ``None``: the net as is.
+        pulse, registered, which reaches nearly every flip-flop) through a buffer of the
+        FPGA's clock network, built in module ``m``: a board whose router would otherwise
+        carry that net in the fabric passes one (the ULX3S passes a DCCA). ``None``: the
+        register's net as is.
 
     Members
     -------
@@ -584,9 +585,14 @@ class Core(wiring.Component):
         soft_rst = Signal()
         engine = Engine(self._config, sfu=self._sfu)
         # The engine runs on the same clock in a domain whose reset also pulses at every
-        # start (cheaper to elaborate than ResetInserter over the whole engine).
+        # start (cheaper to elaborate than ResetInserter over the whole engine). The reset
+        # leaves a flip-flop (high through the core's reset and the cycle after it, and in
+        # the cycle after a start's write), so that its net, or the global buffer a board
+        # puts it on, starts at a register placed beside it rather than at the CSR
+        # decode's logic; the engine is still reset in the cycle before its ``start``.
         m.domains.engine = ClockDomain("engine", local=True)
-        engine_rst = ResetSignal() | soft_rst
+        engine_rst = Signal(init=1, name="engine_reset")
+        m.d.sync += engine_rst.eq(soft_rst)
         if self._reset_buffer is not None:
             engine_rst = self._reset_buffer(m, engine_rst)
         m.d.comb += [ClockSignal("engine").eq(ClockSignal()),
