@@ -29,7 +29,8 @@ from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom,
 from .kernel import WordKernel, finish_states, lane_count, put_int32
 from .quant import mantissa_expr, word_amax
 
-__all__ = ["RmsNormKernel", "cycles", "on_chunks", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
+__all__ = ["RmsNormKernel", "cycles", "on_chunks", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY",
+           "KERNELS"]
 
 #: Cycles of the ``2**40 // n`` division at the start of an instruction.
 DIV_LATENCY = divider_latency(41)
