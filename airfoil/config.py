@@ -376,9 +376,11 @@ class AccelConfig:
     sfu_lanes : int or None
         int32 elements the SFU's ``MUL``, ``SILU`` and ``GELU`` take per cycle on
         word-aligned rows, each lane with its own product (and gate table), pairs
-        ``ROPE`` rotates per two cycles, each lane with its four products, and scores
+        ``ROPE`` rotates per two cycles, each lane with its four products, scores
         of ``SOFTMAX``'s exp and output passes per cycle, each lane with its exp
-        pipeline's three products (multipliers a small FPGA may lack): a power of two
+        pipeline's three products, and elements of the output pass of ``RMSNORM`` and
+        ``LAYERNORM`` per cycle on chunk-aligned rows, each lane with its two products
+        (multipliers a small FPGA may lack): a power of two
         dividing the buffer word's int32 count (None: that count,
         :attr:`sfu_lane_count`). Fewer lanes save area and cost cycles, never a
         program's instructions, so the field is left out of :attr:`config_hash`.
@@ -515,9 +517,9 @@ class AccelConfig:
 
     @property
     def sfu_lane_count(self) -> int:
-        """int32 elements of ``SILU`` and ``GELU`` (scores of ``SOFTMAX``'s exp and
-        output passes) per SFU cycle (pairs of ``ROPE`` per two): :attr:`sfu_lanes`, or
-        the buffer word's int32 count."""
+        """int32 elements of ``SILU``, ``GELU`` and the norms' output pass (scores of
+        ``SOFTMAX``'s exp and output passes) per SFU cycle (pairs of ``ROPE`` per two):
+        :attr:`sfu_lanes`, or the buffer word's int32 count."""
         return self.memory.word_bits // 32 if self.sfu_lanes is None else self.sfu_lanes
 
     @property

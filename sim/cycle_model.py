@@ -43,7 +43,9 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   ``ATT_PV``, ``word_bytes`` INT8 products per cycle, ``ATT_QK`` without the funnel's
   word when its records are word-aligned; the max and sum passes of ``RMSNORM`` and
   ``QUANT_TOKEN``, ``SOFTMAX``'s max pass), a chunk of ``sfu_lanes`` scores per cycle
-  in ``SOFTMAX``'s exp and output passes, and one 32-bit element per cycle elsewhere;
+  in ``SOFTMAX``'s exp and output passes, of ``sfu_lanes`` elements in the output pass
+  of ``RMSNORM`` and ``LAYERNORM`` on chunk-aligned rows, and one 32-bit element per
+  cycle elsewhere;
   each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
   checks ``n % heads`` for row-wise and attention-product functions: all of it is the
@@ -243,7 +245,7 @@ class CycleModel:
         (``src_addr``, ``aux_addr``, ``imm0``, ``imm1``) of ``ATT_QK`` and ``ATT_PV``:
         word-aligned records spare them the funnel's word; the element-wise functions
         take a chunk per cycle where ``src_addr``, ``dst_addr`` and ``aux_addr`` are on
-        words."""
+        words, the norms' output pass where they are on chunks."""
         from hdl.sfu.unit import unit_cycles
         total = unit_cycles(dict(func=SfuFunc(func), n=n, rows=rows, heads=heads or 1,
                                  kv_heads=kv_heads, pos=pos, length=length,

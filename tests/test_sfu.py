@@ -390,6 +390,43 @@ def test_layernorm_kernel(n, rows, eps, shift, offset, seed, word_bits):
     assert res["cycles"] == kernel.cycles(args) and not res["err"]
 
 
+@pytest.mark.parametrize("word_bits,lanes,func,n,rows,xa,da,ga,wide", [
+    (128, None, SfuFunc.RMSNORM, 16, 3, 0, 0, 0, True),      # 4 lanes, several rows
+    (128, 2, SfuFunc.LAYERNORM, 12, 2, 8, 24, 40, True),     # 2 lanes, chunks mid-word
+    (512, None, SfuFunc.RMSNORM, 48, 2, 0, 64, 128, True),   # 16 lanes
+    (512, 4, SfuFunc.LAYERNORM, 20, 3, 16, 48, 0, True),     # 4 lanes, 4 chunks a word
+    (128, 1, SfuFunc.RMSNORM, 13, 2, 4, 8, 12, True),        # one lane: a chunk is an int32
+    (128, None, SfuFunc.RMSNORM, 18, 2, 0, 0, 0, False),     # n not a multiple of lanes
+    (128, 2, SfuFunc.LAYERNORM, 8, 2, 4, 0, 0, False),       # rows off their chunks
+    (128, None, SfuFunc.RMSNORM, 8, 2, 0, 0, 4, False),      # gain off its chunk
+    (512, None, SfuFunc.LAYERNORM, 16, 2, 0, 36, 0, False),  # output off its chunk
+])
+def test_norm_output_lanes(word_bits, lanes, func, n, rows, xa, da, ga, wide):
+    """The output pass a chunk of ``lanes`` elements per cycle where the rows, the gain
+    and the output lie on chunks and ``n`` is a multiple of ``lanes`` (:func:`on_chunks`),
+    else an element per cycle in any lane; bit-exact either way, in the formula's
+    cycles."""
+    rng = np.random.default_rng(n + rows)
+    x = _i32(rng, rows * n) >> 12
+    g = rng.integers(-2 ** 18, 2 ** 18, size=n, dtype=np.int64)
+    c = fx._eps_const(1e-5)
+    args = kernel_args(func=func, n=n, rows=rows, src_addr=xa, dst_addr=da, aux_addr=ga,
+                       imm0=c & 0xFFFFFFFF, imm1=c >> 32)
+    dst = bytearray(da + 4 * rows * n + 64)
+    kernel = RmsNormKernel(word_bits=word_bits, lanes=lanes)
+    res = run_kernel(kernel, args, bytearray(xa) + _b(x) + bytearray(64),
+                     bytearray(ga) + _b(g) + bytearray(64), dst)
+    norm = fx.layernorm_centred if func == SfuFunc.LAYERNORM else fx.rmsnorm
+    ref = norm(torch.tensor(x).reshape(rows, n), torch.tensor(g), 0.0, eps_q60=c)
+    assert _ints(dst[da:da + 4 * rows * n]).tolist() == ref.reshape(-1).tolist()
+    assert not any(dst[:da]) and not any(dst[da + 4 * rows * n:])
+    assert rmsnorm.on_chunks(args, lanes=kernel.lanes) == wide
+    assert res["cycles"] == kernel.cycles(args) and not res["err"]
+    per_row = (rmsnorm.cycles(args, word_bytes=word_bits // 8, lanes=1)
+               - kernel.cycles(args)) // rows
+    assert per_row == (n - n // kernel.lanes if wide else 0)
+
+
 def test_layernorm_and_gelu_specs_against_torch():
     """The fixed-point LayerNorm (with its bias added) and GELU are torch's to stated
     tolerances: LayerNorm 1e-3 (Q16 rounding of the input and the 16-bit 1/n, rsqrt

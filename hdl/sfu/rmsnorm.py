@@ -5,13 +5,18 @@ Once per instruction a divider forms ``2**40 // n`` and its 16-bit mantissa (``1
 Per row three passes over its int32 elements: ``amax`` (block exponent ``b``) and the sum
 of squares of the block-normalised ``xs``, each a read-port word (``word_bytes / 4``
 elements) per cycle, then, after three cycles for the reciprocal square root (``ms +
-eps``; normalise and 192-entry table; one Newton step), the output with the gain, one
-element per cycle. ``LAYERNORM`` first sums the row (one more word pass) and forms its
+eps``; normalise and 192-entry table; one Newton step), the output with the gain: a chunk
+of ``lanes`` elements per cycle (the SFU's ``sfu_lanes``, each lane with its own two
+products) where the rows, the gain and the output lie on chunks and ``n`` is a multiple
+of ``lanes`` (:func:`on_chunks`, as the compiler places them), else one element per
+cycle in any lane. ``LAYERNORM`` first sums the row (one more word pass) and forms its
 mean with the same ``1 / n`` and the same multiplier as the mean square; the other passes
 then read ``sat32(x - mean)``. One kernel serves both functions (``args.func`` selects).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.utils import exact_log2
@@ -21,24 +26,41 @@ from airfoil.isa import SfuFunc
 
 from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom, sat, sat_addr,
                     shift_round, shift_round_signed, span_words, tree, word_lanes)
-from .kernel import WordKernel, finish_states
+from .kernel import WordKernel, finish_states, lane_count, put_int32
 from .quant import mantissa_expr, word_amax
 
-__all__ = ["RmsNormKernel", "cycles", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY", "KERNELS"]
+__all__ = ["RmsNormKernel", "cycles", "on_chunks", "rsqrt_table", "rsqrt_newton", "DIV_LATENCY",
+           "KERNELS"]
 
 #: Cycles of the ``2**40 // n`` division at the start of an instruction.
 DIV_LATENCY = divider_latency(41)
 
 
-def cycles(args, *, word_bytes: int) -> int:
+def on_chunks(args, *, lanes: int):
+    """Whether the output pass goes a chunk of ``lanes`` elements per cycle: ``src_addr``,
+    ``dst_addr`` and ``aux_addr`` on chunks (multiples of ``4 * lanes`` bytes) and ``n``
+    a multiple of ``lanes``, so every row's chunks line up with the gain's.
+
+    ``args`` is the kernel's ``args`` (a hardware expression is returned) or a dict of
+    resolved arguments (a bool): one rule for the kernel and its :func:`cycles`.
+    """
+    get = args.__getitem__ if isinstance(args, dict) else partial(getattr, args)
+    return ((((get("src_addr") | get("dst_addr") | get("aux_addr")) & (4 * lanes - 1)) == 0)
+            & ((get("n") & (lanes - 1)) == 0))
+
+
+def cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict) on read
-    ports of ``word_bytes``."""
+    ports of ``word_bytes``, with output chunks of ``lanes`` elements (default: a
+    word's int32)."""
     n, rows = args["n"], args["rows"]
     if n == 0 or rows == 0:
         return DIV_LATENCY + 1
+    lanes = word_bytes // 4 if lanes is None else lanes
     centre = SfuFunc(args["func"]) == SfuFunc.LAYERNORM
     words = span_words(n, word_bytes)
-    return DIV_LATENCY + rows * (2 * words + n + 7 + (words + 2 if centre else 0))
+    out = n // lanes if on_chunks(args, lanes=lanes) else n
+    return DIV_LATENCY + rows * (2 * words + out + 7 + (words + 2 if centre else 0))
 
 
 def rsqrt_table(m: Module, v, name: str = "rsqrt"):
@@ -76,11 +98,21 @@ class RmsNormKernel(WordKernel):
     Parameters
     ----------
     word_bits : int
-        Width of the read ports (a power of two, at least 32): the buffers' word.
+        Width of the ports (a power of two, at least 32): the buffers' word.
+    lanes : int or None
+        Elements of an output chunk, each lane with its own two products (a power of two
+        dividing ``word_bits / 32``); default: a word's int32.
     """
 
-    def __init__(self, *, word_bits: int = 32):
-        super().__init__(cycles, word_bits=word_bits)
+    def __init__(self, *, word_bits: int = 32, lanes: int | None = None):
+        self._lanes = lane_count(lanes, word_bits, "RMSNORM")
+        super().__init__(partial(cycles, lanes=self._lanes), word_bits=word_bits,
+                         word_writes=True)
+
+    @property
+    def lanes(self) -> int:
+        """Elements of an output chunk."""
+        return self._lanes
 
     def elaborate(self, platform):
         m = Module()
@@ -103,14 +135,12 @@ class RmsNormKernel(WordKernel):
         pend_y = Signal()
         m.d.sync += [pend_a.eq(0), pend_s.eq(0), pend_y.eq(0)]
 
-        # Passes 1 and 2 read word k of the row (tag k1), pass 3 one element, lane ``lane3``.
+        # Passes 1 and 2 read word k of the row (tag k1), pass 3 a chunk or an element.
         k1 = Signal(20)
         first = Signal(range(wb // 4))
         if wb > 4:
             m.d.comb += first.eq(base[2:lg])
         raw = word_lanes(self.src.data, k1, first, a.n)
-        lane3 = Signal(range(wb // 4))
-        x_in = self.src.data.word_select(lane3, 32).as_signed()
         # LAYERNORM's pass 0: the row sum, then its mean; the other passes read x - mean.
         centre = Signal()
         m.d.comb += centre.eq(a.func == SfuFunc.LAYERNORM)
@@ -128,24 +158,22 @@ class RmsNormKernel(WordKernel):
             return c
 
         lanes = [(live, centred(x_l, f"c{i}")) for i, (live, x_l) in enumerate(raw)]
-        x = centred(x_in, "c_out")
         # Pass 1: amax; b = 15 - bitlen(max(amax, 1)).
         amax = Signal(32)
         with m.If(pend_a):
             m.d.sync += amax.eq(word_amax(m, lanes, amax))
         b = Signal(signed(7))
         m.d.comb += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
-        xs = Signal(signed(18))
-        m.d.comb += xs.eq(shift_round_signed(x, -b, bits=5))
-        # Pass 2: sum of squares.
+        # Pass 2: sum of squares. Each word lane's block-normalised xs serves pass 3 too.
         ss = Signal(56)
-        squares = []
+        squares, xs_word = [], []
         for i, (live, x_l) in enumerate(lanes):
             xs_l = Signal(signed(18), name=f"xs{i}")
             sq = Signal(36, name=f"sq{i}")
             m.d.comb += [xs_l.eq(shift_round_signed(x_l, -b, bits=5)),
                          sq.eq(Mux(live, xs_l * xs_l, 0))]
             squares.append(sq)
+            xs_word.append(xs_l)
         with m.If(pend_s):
             m.d.sync += ss.eq(ss + tree(lambda p, q: p + q, squares))
         # Reciprocal square root of ms + eps; the mean (state MU) through the same product.
@@ -162,29 +190,66 @@ class RmsNormKernel(WordKernel):
         rs_m, rs_e = rsqrt_newton(nrm_r, she_r, y0_r)
         rr = Signal(16)
         ee = Signal(6)
-        # Pass 3: output.
-        # (the normalised value and the gain are registered before the second product)
-        t = Signal(signed(36))
-        g = Signal(signed(32))
+        # Pass 3: output, chunk (or, when not on_chunks, element) j of the row read in
+        # one cycle (tag wj); in the next each lane's xs times the rsqrt is registered
+        # with its gain, and their product written in the one after (tag wj2).
+        P = self._lanes
+        chunk_lg = exact_log2(4 * P)
+        wide = Signal()             # a chunk per cycle (args are stable)
+        if P > 1:
+            m.d.comb += wide.eq(on_chunks(a, lanes=P))
+
+        def per_wide(chunk, element):
+            return element if P == 1 else Mux(wide, chunk, element)
+
+        def chunk_lanes(word, off, width):
+            """The P lanes of ``width`` bits of the chunk (or element, lane 0) that the
+            read at byte offset ``off`` of its word returned."""
+            chunk = word.word_select(off[chunk_lg:lg], width * P) if 4 * P < wb else word
+            element = word.word_select(off[2:lg], width) if wb > 4 else word
+            return [per_wide(chunk[:width], element) if i == 0
+                    else chunk[width * i:width * (i + 1)] for i in range(P)]
+
+        xaddr, gaddr = Signal(len(self.src.addr)), Signal(len(self.aux.addr))
+        daddr = Signal(len(self.dst.addr))
+        x_off, g_off = Signal(lg), Signal(lg)
         wj2 = Signal.like(wj)
         pend_y2 = Signal()
-        glane = Signal(range(wb // 4))
-        m.d.sync += [t.eq(shift_round(xs * rr, (ee - fx.ACT_FRAC)[:6])),
-                     g.eq(self.aux.data.word_select(glane, 32).as_signed()), wj2.eq(wj),
+        m.d.comb += [xaddr.eq(sat_addr(base + per_wide(j << chunk_lg, j << 2))),
+                     gaddr.eq(sat_addr(a.aux_addr + per_wide(j << chunk_lg, j << 2))),
+                     daddr.eq(sat_addr(obase + per_wide(wj2 << chunk_lg, wj2 << 2)))]
+        m.d.sync += [x_off.eq(xaddr[:lg]), g_off.eq(gaddr[:lg]), wj2.eq(wj),
                      pend_y2.eq(pend_y)]
-        y = sat(shift_round(t * g, fx.GAMMA_FRAC), 32)
+        xs_lanes = chunk_lanes(Cat(*xs_word), x_off, 18)
+        g_lanes = chunk_lanes(self.aux.data, g_off, 32)
+        ys = []
+        for i in range(P):
+            t = Signal(signed(36), name=f"t{i}")
+            g = Signal(signed(32), name=f"g{i}")
+            y = Signal(signed(32), name=f"y{i}")
+            m.d.sync += [t.eq(shift_round(xs_lanes[i].as_signed() * rr,
+                                          (ee - fx.ACT_FRAC)[:6])),
+                         g.eq(g_lanes[i].as_signed())]
+            m.d.comb += y.eq(sat(shift_round(t * g, fx.GAMMA_FRAC), 32))
+            ys.append(y)
+        element_write = put_int32(self.dst, daddr, ys[0])
+        with m.If(pend_y2):
+            if P == 1:
+                m.d.comb += element_write
+            else:
+                with m.If(wide):        # the chunk's lanes of its word
+                    en = Const((1 << 4 * P) - 1, wb)
+                    m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), daddr[lg:])),
+                                 self.dst.data.eq(Cat(*ys * (wb // (4 * P)))),
+                                 self.dst.en.eq(en << (daddr[chunk_lg:lg] * 4 * P)
+                                                if 4 * P < wb else en)]
+                with m.Else():
+                    m.d.comb += element_write
 
         kwords = Signal(20)
-        xaddr, gaddr = Signal(len(self.src.addr)), Signal(len(self.aux.addr))
-        m.d.comb += [xaddr.eq(sat_addr(base + (j << 2))),
-                     gaddr.eq(sat_addr(a.aux_addr + (j << 2))),
-                     self.aux.addr.eq(Cat(Const(0, lg), gaddr[lg:]))]
-        if wb > 4:
-            m.d.sync += [lane3.eq(xaddr[2:lg]), glane.eq(gaddr[2:lg])]
+        m.d.comb += self.aux.addr.eq(Cat(Const(0, lg), gaddr[lg:]))
         wbase = Cat(Const(0, lg), base[lg:])
-        with m.If(pend_y2):
-            m.d.comb += [self.dst.addr.eq(sat_addr(obase + (wj2 << 2))), self.dst.data.eq(y),
-                         self.dst.en.eq(0xF)]
+        out_count = per_wide(a.n >> exact_log2(P), a.n)
 
         def word_pass(state, nxt, pend):
             # Words past the row's last (at some offsets there is none) are not read.
@@ -196,12 +261,12 @@ class RmsNormKernel(WordKernel):
                     m.d.sync += j.eq(0)
                     m.next = nxt
 
-        def row_pass(state, nxt, pend, aux=False):
+        def out_pass(state, nxt, pend):
             with m.State(state):
-                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(aux),
+                m.d.comb += [self.busy.eq(1), self.src.en.eq(1), self.aux.en.eq(1),
                              self.src.addr.eq(Cat(Const(0, lg), xaddr[lg:]))]
                 m.d.sync += [pend.eq(1), wj.eq(j), j.eq(j + 1)]
-                with m.If(j == a.n - 1):
+                with m.If(j == out_count - 1):
                     m.d.sync += j.eq(0)
                     m.next = nxt
 
@@ -252,7 +317,7 @@ class RmsNormKernel(WordKernel):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [rr.eq(rs_m), ee.eq(rs_e)]
                 m.next = "Y"
-            row_pass("Y", "Y_DRAIN0", pend_y, aux=True)
+            out_pass("Y", "Y_DRAIN0", pend_y)
             with m.State("Y_DRAIN0"):
                 m.d.comb += self.busy.eq(1)
                 m.next = "Y_DRAIN"

@@ -6,7 +6,9 @@ simulator does, starts the kernel of the function and serves the kernels' ports 
 the on-chip buffers' word ports (lane select on 32-bit reads, byte-enable shift on writes),
 checking every access against the size of the buffer it names. The record streams of
 ``ATT_QK`` and ``ATT_PV`` and the first passes of ``QUANT_TOKEN`` and ``RMSNORM`` take a
-whole word per cycle.
+whole word per cycle; the element passes of the functions with products in each lane
+(``MUL``, ``SILU``, ``GELU``, ``ROPE``, ``SOFTMAX``, ``RMSNORM``'s output) ``sfu_lanes``
+elements.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ ROWWISE = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU, Sfu
 _ATT_KV = (SfuFunc.ATT_QK, SfuFunc.ATT_PV)
 _USES_AUX = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.MUL, SfuFunc.ADD,
              SfuFunc.ATT_QK, SfuFunc.ATT_PV, SfuFunc.LAYERNORM, SfuFunc.TOPK_SAMPLE)
+#: Functions whose kernels have products in each of ``sfu_lanes`` lanes.
+_LANED = (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE, SfuFunc.SOFTMAX,
+          SfuFunc.RMSNORM, SfuFunc.LAYERNORM)
 #: Width of the unit's ``n / heads`` (``heads / kv_heads``) check division.
 _CHECK_BITS = 20
 
@@ -47,12 +52,13 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
     config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults);
     the record streams of ``ATT_QK`` and ``ATT_PV``, the ``amax`` pass of ``QUANT_TOKEN``
-    and the ``amax`` and sum-of-squares passes of ``RMSNORM`` take a buffer word of
-    ``word_bits`` per cycle, as do ``COPY``, ``ADD``, ``MUL`` and ``RELU`` on word-aligned
-    operands; ``SILU`` and ``GELU`` take ``sfu_lanes`` int32 (default: a word's), ``ROPE``
-    ``sfu_lanes`` pairs per two cycles, ``SOFTMAX``'s exp and output passes ``sfu_lanes``
-    scores; on a KV buffer of several ``kv_banks`` ``ATT_QK`` and ``ATT_PV`` take a key
-    group per record word (:mod:`hdl.sfu.banked_attention`)."""
+    and the ``amax`` and sum-of-squares passes of ``RMSNORM`` and ``LAYERNORM`` take a
+    buffer word of ``word_bits`` per cycle, as do ``COPY``, ``ADD`` and ``RELU`` on
+    word-aligned operands; ``MUL``, ``SILU`` and ``GELU`` take ``sfu_lanes`` int32
+    (default: a word's), ``ROPE`` ``sfu_lanes`` pairs per two cycles, ``SOFTMAX``'s exp and
+    output passes ``sfu_lanes`` scores, the output pass of ``RMSNORM`` and ``LAYERNORM``
+    ``sfu_lanes`` elements; on a KV buffer of several ``kv_banks`` ``ATT_QK`` and
+    ``ATT_PV`` take a key group per record word (:mod:`hdl.sfu.banked_attention`)."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
@@ -67,7 +73,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
                                                               sfu_lanes))
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
-    norms = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits)   # one kernel
+    norms = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits,   # one kernel
+                              lanes=_lanes_of(SfuFunc.RMSNORM, word_bits, sfu_lanes))
     kernels[SfuFunc.RMSNORM] = kernels[SfuFunc.LAYERNORM] = norms
     kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
                                                 word_bits=word_bits)
@@ -89,9 +96,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
     """int32 lanes of the kernel of ``func``: ``sfu_lanes`` (default: a word's) for the
     functions with products in each lane (``MUL``, ``SILU``, ``GELU``, ``ROPE``,
-    ``SOFTMAX``), a word's for the others."""
-    if (func in (SfuFunc.MUL, SfuFunc.SILU, SfuFunc.GELU, SfuFunc.ROPE, SfuFunc.SOFTMAX)
-            and sfu_lanes is not None):
+    ``SOFTMAX``, ``RMSNORM`` and ``LAYERNORM``), a word's for the others."""
+    if func in _LANED and sfu_lanes is not None:
         return sfu_lanes
     return word_bits // 32
 
@@ -99,16 +105,18 @@ def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
 def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
                   kv_banks: int = 1) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
-    in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (``SILU``,
-    ``GELU``, ``ROPE`` and ``SOFTMAX`` on ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on
+    in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (the functions
+    with products in each lane on ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on
     ``kv_banks``)."""
     func = SfuFunc(args["func"])
     if func in attention.KERNELS:
         return attention.cycles(args, word_bytes=word_bits // 8,
                                 lanes=_lanes_of(func, word_bits, sfu_lanes), kv_banks=kv_banks)
-    for mod in (quant, rmsnorm):
-        if func in mod.KERNELS:
-            return mod.cycles(args, word_bytes=word_bits // 8)
+    if func in quant.KERNELS:
+        return quant.cycles(args, word_bytes=word_bits // 8)
+    if func in rmsnorm.KERNELS:
+        return rmsnorm.cycles(args, word_bytes=word_bits // 8,
+                              lanes=_lanes_of(func, word_bits, sfu_lanes))
     if func in elementwise.KERNELS:
         return elementwise.cycles(args, word_bytes=word_bits // 8,
                                   lanes=_lanes_of(func, word_bits, sfu_lanes))
@@ -124,7 +132,7 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
 def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
                 kv_banks: int = 1) -> int:
     """Cycles the unit spends on a well-formed instruction, queue handshake to release,
-    on buffer words of ``word_bits`` (``SILU``, ``GELU``, ``ROPE`` and ``SOFTMAX`` on
+    on buffer words of ``word_bits`` (the functions with products in each lane on
     ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks`` banks).
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
