@@ -195,6 +195,14 @@ def check(dut, args: dict, src: bytearray, aux: bytearray, seed: int, *,
     return got
 
 
+def out_words(args: dict, word_bytes: int) -> int:
+    """Buffer words the ``ATT_PV`` outputs of the ``(row, head)`` pairs reach, each pair's
+    ``n`` int32 contiguous from ``dst_addr`` (writes of a word-wide output pass)."""
+    n = args["n"]
+    starts = (args["dst_addr"] + 4 * n * i for i in range(args["rows"] * args["heads"]))
+    return sum((a + 4 * n - 1) // word_bytes - a // word_bytes + 1 for a in starts)
+
+
 def random_buffers(seed: int):
     rng = np.random.default_rng(seed)
     src = bytearray(rng.integers(0, 256, BUF_BYTES, np.uint8))
@@ -657,7 +665,28 @@ def test_banked_att_pv(banks, word_bits, rows, heads, kv, length, n, poff, se_ra
                        se_range)
     dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
     got = check(dut, args, src, aux, seed, config=config)
-    assert got["writes"] == rows * heads * n
+    assert got["writes"] == out_words(args, wb)
+
+
+@pytest.mark.parametrize("dst_addr", [0, 12], ids=["on-words", "off-words"])
+def test_banked_att_pv_decode_shape(dst_addr):
+    """The u280 decode head shape (head_dim 128 on 512-bit words): the output pass writes
+    a word of 16 outputs a cycle, 8 words a head on words, 9 off them (the funnel's)."""
+    seed, banks, word_bits, n, length = 31, 4, 512, 128, 6
+    rng, src, aux = random_buffers(seed)
+    config = banked_config(banks, word_bits)
+    stride = -(-(_up8(n) + 8) // 64) * 64
+    args = make_args(SfuFunc.ATT_PV, n=n, rows=1, heads=2, kv_heads=1, length=length,
+                     src_addr=64, aux_addr=0, dst_addr=dst_addr, imm1=stride)
+    probs = rng.integers(0, (1 << 15) + 1, 2 * length)
+    src[64:64 + 8 * length] = probs.astype("<i4").tobytes()
+    put_banked_records(aux, rng, KvBanks.of(config), 0, length, 1, n, stride, (8, 24))
+    dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
+    got = check(dut, args, src, aux, seed, config=config)
+    assert got["writes"] == out_words(args, 64) == (16 if dst_addr == 0 else 18)
+    # Per head: 2 key groups of 2 probability words (16 bytes at any int32 offset) and 2
+    # value words, then the output pass.
+    assert got["cycles"] == 2 * (2 * (2 + 2) + (8 if dst_addr == 0 else 9)) + 2
 
 
 @pytest.mark.parametrize("func,kernel", [(SfuFunc.ATT_QK, BankedAttentionScores),

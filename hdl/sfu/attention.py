@@ -48,7 +48,7 @@ from .kernel import ADDR_BITS, kernel_signature, lane_count
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
            "qk_cycles", "softmax_cycles", "softmax_shifted", "pv_cycles", "qk_chunks",
-           "qk_aligned", "pv_aligned", "pv_scale_words"]
+           "qk_aligned", "pv_aligned", "pv_scale_words", "pv_out_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -178,7 +178,19 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     aligned = pv_aligned(args, word_bytes)
     per_key = pv_scale_words(word_bytes, aligned) + -(-n // word_bytes) + (0 if aligned else 1)
     drain = 1 if aligned else 0
-    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + drain + n) + 2
+    return (_arg(args, "rows") * _arg(args, "heads")
+            * (L * per_key + drain + pv_out_words(args, word_bytes)) + 2)
+
+
+def pv_out_words(args, word_bytes: int) -> int:
+    """Cycles of the ``ATT_PV`` output pass per ``(row, head)`` (fields ``n`` and
+    ``dst_addr``): a buffer word of ``word_bytes / 4`` outputs a cycle, the
+    ``ceil(4 n / word_bytes)`` words of ``n`` int32, and one more (the funnel's) unless
+    every head's outputs start on a word (``dst_addr`` and ``4 n`` multiples of
+    ``word_bytes``)."""
+    n = _arg(args, "n")
+    on_words = _arg(args, "dst_addr") % word_bytes == 0 and 4 * n % word_bytes == 0
+    return -(-4 * n // word_bytes) + (0 if on_words else 1)
 
 
 def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM,
@@ -270,6 +282,71 @@ def _rom(table) -> memory.Memory:
     values = [int(v) for v in table.tolist()]
     return memory.Memory(shape=unsigned(max(v.bit_length() for v in values)),
                          depth=len(values), init=values)
+
+
+class _ContextOutput:
+    """The output pass of ``ATT_PV`` (both of its kernels): per ``(row, head)``, the ``n``
+    outputs ``sat32(shift_round(acc, 4))`` (ACT) a buffer word of ``L = word_bytes / 4``
+    a cycle, in :func:`pv_out_words` cycles.
+
+    The accumulator is the kernels' (``word_bytes`` memories of 64-bit lanes, row ``r`` of
+    lane ``b`` holding element ``r * word_bytes + b``), so output chunk ``c`` (elements
+    ``c L .. c L + L - 1``) is a quarter of row ``c // 4``. Word ``k`` of a head's pass
+    reads chunk ``k`` (:attr:`row`); a cycle later its ``L`` lanes are rescaled and the
+    funnel of the previous chunk and this one, shifted to the lane of the head's first
+    output in its ``dst`` word, is written under the byte enables of the outputs it holds
+    (chunks past ``n``, and the chunk before the first, hold none). So word ``k`` of the
+    pass is the ``k``-th word of ``dst`` the head's outputs reach, the last (the funnel's)
+    empty when they end on a word.
+
+    The kernel's FSM drives :attr:`issue` with :attr:`word` (``0 .. words - 1``) and
+    :attr:`last` (the run's last word); :attr:`finish` marks the run's last write.
+    """
+
+    def __init__(self, m: Module, kernel, launch, acc_old):
+        a, wb = kernel.args, kernel._word_bytes
+        lg, lanes = exact_log2(wb), wb // 4
+        llg = lg - 2
+        #: Words of a head's pass (:func:`pv_out_words`), set at ``launch``.
+        self.words = Signal(20)
+        self.issue, self.word, self.last = Signal(), Signal(20), Signal()
+        chunks = Signal(20)
+        with m.If(launch):
+            on_words = (a.dst_addr[:lg] == 0) & ((a.n << 2)[:lg] == 0)
+            m.d.sync += [chunks.eq((a.n + lanes - 1) >> llg),
+                         self.words.eq(((a.n + lanes - 1) >> llg) + Mux(on_words, 0, 1))]
+        #: The accumulator row to read in an issue cycle (row 0 past the last chunk).
+        self.row = Mux(self.word < chunks, self.word >> 2, 0)
+
+        vo, k, last = Signal(), Signal(20), Signal()
+        m.d.sync += [vo.eq(self.issue), k.eq(self.word), last.eq(self.last)]
+        quarter = Cat(*acc_old).word_select(k[:2], 64 * lanes)
+        vals = Cat(*(_sat32(m, _shift_round(m, quarter[64 * j:64 * j + 64].as_signed(),
+                                            Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64,
+                                            f"pv_round{j}"), f"pv_out{j}")
+                     for j in range(lanes)))
+        live = Cat(*(Cat(Const(j, llg), k) < a.n for j in range(lanes)))
+        prev_vals, prev_live = Signal(32 * lanes), Signal(lanes)
+        out_addr = Signal(ADDR_BITS)         # the byte address of the head's first output
+        # Lanes from the previous chunk's first to the word's: the chunk's lanes, less the
+        # lane of the head's first output in its word.
+        shift = Signal(range(lanes + 1))
+        m.d.comb += shift.eq(lanes - (out_addr[2:lg] if llg else 0))
+        with m.If(vo):
+            m.d.sync += [prev_vals.eq(vals), prev_live.eq(live)]
+            with m.If(k == self.words - 1):
+                m.d.sync += out_addr.eq(out_addr + (a.n << 2))
+        with m.If(launch):
+            m.d.sync += out_addr.eq(a.dst_addr)
+        held = Mux(k == 0, 0, prev_live)
+        word_live = (Cat(held, live) >> shift)[:lanes]
+        with m.If(vo):
+            m.d.comb += [kernel.dst.addr.eq(Cat(Const(0, lg), out_addr[lg:] + k)),
+                         kernel.dst.data.eq((Cat(prev_vals, vals) >> (32 * shift))
+                                            [:32 * lanes]),
+                         kernel.dst.en.eq(Cat(*(x.replicate(4) for x in word_live)))]
+        #: The run's last write.
+        self.finish = vo & last
 
 
 class _Kernel(wiring.Component):

@@ -20,8 +20,9 @@ reference), with ``B`` copies of the per-key datapath:
   group's probabilities (:func:`group_words` words of ``src``) and its records' scale
   pairs (one bank row) give ``B`` Q20 weights, then the ``ceil(n / word_bytes)`` value
   words of the group accumulate ``B`` products per lane into the ``word_bytes`` lanes of
-  the context accumulator; after the last group an ``n``-cycle pass writes the outputs
-  (one int32 a cycle, as the one-bank kernel).
+  the context accumulator; after the last group the one-bank kernel's output pass writes
+  the outputs, a buffer word (``word_bytes / 4`` int32) a cycle
+  (:func:`~hdl.sfu.attention.pv_out_words` cycles).
 
 Keys past ``length`` in the last group are masked (their scores are not written, their
 values not accumulated). Records must start on buffer words (``aux_addr`` and ``imm1``,
@@ -87,8 +88,8 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int,
     """Cycles of :class:`BankedAttentionContext` from ``start`` to ``done`` (the fields of
     :func:`hdl.sfu.attention.pv_cycles`; 1 when refused): per ``(row, head)`` each key
     group takes :func:`group_words` cycles of probabilities (the scale pairs' bank row
-    read with the first) and ``ceil(n / word_bytes)`` of values, then ``n`` cycles of
-    output."""
+    read with the first) and ``ceil(n / word_bytes)`` of values, then the output pass's
+    :func:`~hdl.sfu.attention.pv_out_words` cycles (a buffer word of outputs a cycle)."""
     att._check_word_bytes(word_bytes)
     n = att._arg(args, "n")
     if (att._qk_pv_refused(args) or n > max_head_dim
@@ -96,7 +97,7 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int,
         return 1
     per_group = group_words(banks, word_bytes) + -(-n // word_bytes)
     return (att._arg(args, "rows") * att._arg(args, "heads")
-            * (_groups(args, banks) * per_group + n) + 2)
+            * (_groups(args, banks) * per_group + att.pv_out_words(args, word_bytes)) + 2)
 
 
 class _BankedKernel(att._Kernel):
@@ -288,8 +289,9 @@ class BankedAttentionContext(_BankedKernel):
     records' scale pairs (``aux``); the ``B`` weights are formed as the last probability
     word arrives, then the ``ceil(n / word_bytes)`` value rows stream in, each accumulated
     as it arrives (its accumulator word read at its issue, transparent to the write of
-    the previous group's). After the last group an ``n``-cycle pass writes
-    ``sat32(shift_round(acc, 4))`` one int32 a cycle (ACT).
+    the previous group's). After the last group the output pass writes
+    ``sat32(shift_round(acc, 4))`` (ACT) a buffer word of ``word_bytes / 4`` outputs a
+    cycle, as the one-bank kernel's (:class:`~hdl.sfu.attention._ContextOutput`).
 
     Parameters
     ----------
@@ -349,11 +351,11 @@ class BankedAttentionContext(_BankedKernel):
             if wb > 4:
                 m.d.sync += [sm_lane.eq(up8[2:lg]), se_lane.eq((up8 + 4)[2:lg])]
         live = self._group_keys(m, walk)
+        out = att._ContextOutput(m, self, launch, acc_old)
         # w: 0 .. nw-1 probability words (the pair's row with the first), then values.
         w = Signal(20)
-        i_out = Signal(20)
-        p_addr, out_addr = Signal(ADDR_BITS), Signal(ADDR_BITS)
-        issue, out_issue, out_last = Signal(), Signal(), Signal()
+        p_addr = Signal(ADDR_BITS)
+        issue = Signal()
         last_w = Signal(20)
         m.d.comb += last_w.eq(nw - 1 + nvalues)
         p_word = Cat(Const(0, lg), p_addr[lg:])
@@ -365,7 +367,7 @@ class BankedAttentionContext(_BankedKernel):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
-                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
+                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr)]
                     m.next = "KEYS"
             with m.State("KEYS"):
                 m.d.comb += [issue.eq(1),
@@ -377,23 +379,23 @@ class BankedAttentionContext(_BankedKernel):
                 with m.If(w == last_w):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + (live_count << 2))]
                     with m.If(walk.last_key):
-                        m.d.sync += i_out.eq(0)
+                        m.d.sync += out.word.eq(0)
                         m.next = "OUT"
                     with m.Else():
                         walk.advance(m)
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
             with m.State("OUT"):
-                m.d.comb += out_issue.eq(1)
-                with m.If(i_out == a.n - 1):
+                m.d.comb += out.issue.eq(1)
+                with m.If(out.word == out.words - 1):
                     walk.advance(m)
                     with m.If(walk.last):
-                        m.d.comb += out_last.eq(1)
+                        m.d.comb += out.last.eq(1)
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "KEYS"
                 with m.Else():
-                    m.d.sync += i_out.eq(i_out + 1)
+                    m.d.sync += out.word.eq(out.word + 1)
 
         # Arrival: the probability words gather into a window (from the group's first
         # probability's lane), the pairs' row is held; at the last probability word the
@@ -431,31 +433,15 @@ class BankedAttentionContext(_BankedKernel):
         # word read at the issue).
         value1 = Signal()
         m.d.comb += value1.eq(v1 & (w1 >= nw))
-        m.d.comb += [acc_addr_r.eq(Mux(issue, w - nw, i_out >> lg)),
+        m.d.comb += [acc_addr_r.eq(Mux(issue, w - nw, out.row)),
                      acc_addr_w.eq(w1 - nw), acc_we.eq(value1)]
         for i, (old, new) in enumerate(zip(acc_old, acc_new)):
             terms = [weights[b] * self.aux.data[8 * wb * b + 8 * i:8 * wb * b + 8 * i + 8]
                      .as_signed() for b in range(B)]
             m.d.comb += new.eq(Mux(first1, 0, old) + tree(operator.add, terms))
 
-        # Output pass: one accumulator lane per cycle.
-        vo, lane_o, last_o = Signal(), Signal(lg), Signal()
-        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:lg]), last_o.eq(out_last)]
-        lane = Signal(signed(64))
-        with m.Switch(lane_o):
-            for i, old in enumerate(acc_old):
-                with m.Case(i):
-                    m.d.comb += lane.eq(old)
-        rounded = att._shift_round(m, lane, Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64,
-                                   "pv_round")
-        result = att._sat32(m, rounded, "pv_out")
-        with m.If(vo):
-            m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), out_addr[lg:])),
-                         self.dst.data.eq(Cat(*[result] * (wb // 4))),
-                         self.dst.en.eq(Const(0b1111, wb) << (out_addr[2:lg] * 4))]
-            m.d.sync += out_addr.eq(out_addr + 4)
         finish = Signal()
-        m.d.comb += finish.eq(vo & last_o)
+        m.d.comb += finish.eq(out.finish)
         refuse, code = Signal(), Signal(ErrorCode)
         malformed = self._head_refusal(m)
         aligned = self._aligned(m, ("aux_addr", "imm1"))
