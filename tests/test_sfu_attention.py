@@ -409,7 +409,7 @@ def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, word_bits, see
     src[args["src_addr"]:args["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
     put_records(aux, rng, args["aux_addr"], length * kv, n, vstride, se_range)
     got = check(AttentionContext(max_head_dim=16, word_bits=word_bits), args, src, aux, seed)
-    assert got["writes"] == rows * heads * n
+    assert got["writes"] == out_words(args, word_bits // 8)
     out = np.frombuffer(got["dst"], "<i4", rows * heads * n, args["dst_addr"])
     if se_range[0] < 0:
         assert ((out == (1 << 31) - 1) | (out == -(1 << 31))).any(), "no saturated output"
@@ -431,7 +431,7 @@ def test_att_pv_word_aligned(n, word_bits):
     src[64:64 + 4 * count] = rng.integers(0, (1 << 15) + 1, count).astype("<i4").tobytes()
     put_records(aux, rng, 64, 7 * 2, n, vstride, (14, 24))
     got = check(AttentionContext(max_head_dim=128, word_bits=word_bits), args, src, aux, 3)
-    assert got["writes"] == 4 * n
+    assert got["writes"] == out_words(args, wb) == 4 * -(-4 * n // wb)
 
 
 @pytest.mark.parametrize("word_bits", WORD_BITS)
@@ -509,15 +509,18 @@ def test_parameters_and_formulas():
         8 * 64 * 3 + 3
     pv = dict(args, func=SfuFunc.ATT_PV)
     # Per key: the scale pair (3 words of 4 bytes, 2 of more), the values and a funnel
-    # word; per (row, head) the output pass.
+    # word; per (row, head) the output pass, a word of outputs a cycle (64 int32: 64
+    # words of 4 bytes, 4 of 64, one more, the funnel's, where they are off the word).
     assert attention.cycles(pv, word_bytes=4) == 8 * (64 * (3 + 16 + 1) + 64) + 2
-    assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 64) + 2
+    assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 4) + 2
+    assert attention.cycles(dict(pv, dst_addr=4), word_bytes=64) == \
+        8 * (64 * (2 + 1 + 1) + 5) + 2
     # Value records and scale pairs on words: the pair's word and the value words, as
     # many as an ATT_QK key record's, and a cycle to finish the last key's accumulation.
     assert attention.cycles(dict(pv, imm1=128), word_bytes=64) == \
-        8 * (64 * (1 + 1) + 1 + 64) + 2
+        8 * (64 * (1 + 1) + 1 + 4) + 2
     assert attention.cycles(dict(pv, imm1=128, aux_addr=8), word_bytes=64) == \
-        8 * (64 * (2 + 1 + 1) + 64) + 2
+        8 * (64 * (2 + 1 + 1) + 4) + 2
     with pytest.raises(ValueError, match="not COPY"):
         attention.cycles(dict(args, func=SfuFunc.COPY), word_bytes=4)
 
