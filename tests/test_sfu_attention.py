@@ -630,6 +630,8 @@ BANKED_CASES = [
     pytest.param(4, 128, 2, 2, 2, 8, 20, 0, id="B4-w128-prefill-L8-n20"),
     pytest.param(8, 64, 1, 2, 1, 13, 40, 5, id="B8-w64-L13"),
     pytest.param(2, 512, 1, 2, 2, 3, 120, 7, id="B2-w512-L3"),
+    # ATT_PV's group period set by its 3 probability words (1 value word).
+    pytest.param(8, 128, 1, 4, 1, 11, 16, 2, id="B8-w128-L11"),
 ]
 
 
@@ -687,9 +689,10 @@ def test_banked_att_pv_decode_shape(dst_addr):
     dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
     got = check(dut, args, src, aux, seed, config=config)
     assert got["writes"] == out_words(args, 64) == (16 if dst_addr == 0 else 18)
-    # Per head: 2 key groups of 2 probability words (16 bytes at any int32 offset) and 2
-    # value words, then the output pass.
-    assert got["cycles"] == 2 * (2 * (2 + 2) + (8 if dst_addr == 0 else 9)) + 2
+    # Per head: 2 key groups of 3 cycles (2 probability words, 16 bytes at any int32
+    # offset, under which the previous group's 2 value words and the group's scale pairs
+    # are read), the last group's 2 value words, then the output pass.
+    assert got["cycles"] == 2 * (2 * 3 + 2 + (8 if dst_addr == 0 else 9)) + 2
 
 
 @pytest.mark.parametrize("func,kernel", [(SfuFunc.ATT_QK, BankedAttentionScores),
