@@ -42,10 +42,10 @@ its queue, *finish* the first cycle a unit waiting for its token can take its ow
   kernels take a buffer word per cycle where they stream (the records of ``ATT_QK`` and
   ``ATT_PV``, ``word_bytes`` INT8 products per cycle, ``ATT_QK`` without the funnel's
   word when its records are word-aligned; the max and sum passes of ``RMSNORM`` and
-  ``QUANT_TOKEN``, ``SOFTMAX``'s max pass), a chunk of ``sfu_lanes`` scores per cycle
-  in ``SOFTMAX``'s exp and output passes, of ``sfu_lanes`` elements in the output pass
-  of ``RMSNORM`` and ``LAYERNORM`` on chunk-aligned rows, and one 32-bit element per
-  cycle elsewhere;
+  ``QUANT_TOKEN``, ``SOFTMAX``'s max pass, ``ATT_PV``'s output pass of ``word_bytes / 4``
+  int32), a chunk of ``sfu_lanes`` scores per cycle in ``SOFTMAX``'s exp and output
+  passes, of ``sfu_lanes`` elements in the output pass of ``RMSNORM`` and ``LAYERNORM``
+  on chunk-aligned rows, and one 32-bit element per cycle elsewhere;
   each function's count is the kernel's
   exact cycle formula, plus the unit's accept/check/start/release and the divider that
   checks ``n % heads`` for row-wise and attention-product functions: all of it is the

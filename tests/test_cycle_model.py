@@ -189,8 +189,9 @@ def test_sfu_attention_takes_a_word_of_the_config_per_cycle(config, word_bytes):
 def test_sfu_attention_on_kv_banks_takes_a_key_group_per_record_word():
     """On u280's 32 KV banks a key group (32 keys) of head_dim 128 costs each head the 3
     words of its records in ATT_QK (its 32 scores span at most 3 words too), and in
-    ATT_PV the 3 words its probabilities may span and the 2 value words; records off the
-    word are refused (1 cycle)."""
+    ATT_PV the 3 words its probabilities may span, under which its scale pairs' row and
+    the previous group's 2 value words are read; records off the word are refused (1
+    cycle)."""
     from airfoil.isa import SfuFunc
     from sim.cycle_model import CycleModel
     cm = CycleModel(load_config("u280"))
@@ -201,7 +202,7 @@ def test_sfu_attention_on_kv_banks_takes_a_key_group_per_record_word():
                 - cm.sfu_call(func, length=keys, **{**shape, **kw}).busy) // 32
 
     assert per_group(SfuFunc.ATT_QK) == per_group(SfuFunc.ATT_QK, keys=511) == 3
-    assert per_group(SfuFunc.ATT_PV) == 3 + 2
+    assert per_group(SfuFunc.ATT_PV) == per_group(SfuFunc.ATT_PV, keys=511) == 3
     assert per_group(SfuFunc.ATT_QK, imm1=136) == per_group(SfuFunc.ATT_PV, imm1=136) == 0
 
 

@@ -195,6 +195,14 @@ def check(dut, args: dict, src: bytearray, aux: bytearray, seed: int, *,
     return got
 
 
+def out_words(args: dict, word_bytes: int) -> int:
+    """Buffer words the ``ATT_PV`` outputs of the ``(row, head)`` pairs reach, each pair's
+    ``n`` int32 contiguous from ``dst_addr`` (writes of a word-wide output pass)."""
+    n = args["n"]
+    starts = (args["dst_addr"] + 4 * n * i for i in range(args["rows"] * args["heads"]))
+    return sum((a + 4 * n - 1) // word_bytes - a // word_bytes + 1 for a in starts)
+
+
 def random_buffers(seed: int):
     rng = np.random.default_rng(seed)
     src = bytearray(rng.integers(0, 256, BUF_BYTES, np.uint8))
@@ -401,7 +409,7 @@ def test_att_pv(rows, heads, kv, length, n, vpad, offs, se_range, word_bits, see
     src[args["src_addr"]:args["src_addr"] + 4 * count] = probs.astype("<i4").tobytes()
     put_records(aux, rng, args["aux_addr"], length * kv, n, vstride, se_range)
     got = check(AttentionContext(max_head_dim=16, word_bits=word_bits), args, src, aux, seed)
-    assert got["writes"] == rows * heads * n
+    assert got["writes"] == out_words(args, word_bits // 8)
     out = np.frombuffer(got["dst"], "<i4", rows * heads * n, args["dst_addr"])
     if se_range[0] < 0:
         assert ((out == (1 << 31) - 1) | (out == -(1 << 31))).any(), "no saturated output"
@@ -423,7 +431,7 @@ def test_att_pv_word_aligned(n, word_bits):
     src[64:64 + 4 * count] = rng.integers(0, (1 << 15) + 1, count).astype("<i4").tobytes()
     put_records(aux, rng, 64, 7 * 2, n, vstride, (14, 24))
     got = check(AttentionContext(max_head_dim=128, word_bits=word_bits), args, src, aux, 3)
-    assert got["writes"] == 4 * n
+    assert got["writes"] == out_words(args, wb) == 4 * -(-4 * n // wb)
 
 
 @pytest.mark.parametrize("word_bits", WORD_BITS)
@@ -501,15 +509,18 @@ def test_parameters_and_formulas():
         8 * 64 * 3 + 3
     pv = dict(args, func=SfuFunc.ATT_PV)
     # Per key: the scale pair (3 words of 4 bytes, 2 of more), the values and a funnel
-    # word; per (row, head) the output pass.
+    # word; per (row, head) the output pass, a word of outputs a cycle (64 int32: 64
+    # words of 4 bytes, 4 of 64, one more, the funnel's, where they are off the word).
     assert attention.cycles(pv, word_bytes=4) == 8 * (64 * (3 + 16 + 1) + 64) + 2
-    assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 64) + 2
+    assert attention.cycles(pv, word_bytes=64) == 8 * (64 * (2 + 1 + 1) + 4) + 2
+    assert attention.cycles(dict(pv, dst_addr=4), word_bytes=64) == \
+        8 * (64 * (2 + 1 + 1) + 5) + 2
     # Value records and scale pairs on words: the pair's word and the value words, as
     # many as an ATT_QK key record's, and a cycle to finish the last key's accumulation.
     assert attention.cycles(dict(pv, imm1=128), word_bytes=64) == \
-        8 * (64 * (1 + 1) + 1 + 64) + 2
+        8 * (64 * (1 + 1) + 1 + 4) + 2
     assert attention.cycles(dict(pv, imm1=128, aux_addr=8), word_bytes=64) == \
-        8 * (64 * (2 + 1 + 1) + 64) + 2
+        8 * (64 * (2 + 1 + 1) + 4) + 2
     with pytest.raises(ValueError, match="not COPY"):
         attention.cycles(dict(args, func=SfuFunc.COPY), word_bytes=4)
 
@@ -619,6 +630,8 @@ BANKED_CASES = [
     pytest.param(4, 128, 2, 2, 2, 8, 20, 0, id="B4-w128-prefill-L8-n20"),
     pytest.param(8, 64, 1, 2, 1, 13, 40, 5, id="B8-w64-L13"),
     pytest.param(2, 512, 1, 2, 2, 3, 120, 7, id="B2-w512-L3"),
+    # ATT_PV's group period set by its 3 probability words (1 value word).
+    pytest.param(8, 128, 1, 4, 1, 11, 16, 2, id="B8-w128-L11"),
 ]
 
 
@@ -657,7 +670,29 @@ def test_banked_att_pv(banks, word_bits, rows, heads, kv, length, n, poff, se_ra
                        se_range)
     dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
     got = check(dut, args, src, aux, seed, config=config)
-    assert got["writes"] == rows * heads * n
+    assert got["writes"] == out_words(args, wb)
+
+
+@pytest.mark.parametrize("dst_addr", [0, 12], ids=["on-words", "off-words"])
+def test_banked_att_pv_decode_shape(dst_addr):
+    """The u280 decode head shape (head_dim 128 on 512-bit words): the output pass writes
+    a word of 16 outputs a cycle, 8 words a head on words, 9 off them (the funnel's)."""
+    seed, banks, word_bits, n, length = 31, 4, 512, 128, 6
+    rng, src, aux = random_buffers(seed)
+    config = banked_config(banks, word_bits)
+    stride = -(-(_up8(n) + 8) // 64) * 64
+    args = make_args(SfuFunc.ATT_PV, n=n, rows=1, heads=2, kv_heads=1, length=length,
+                     src_addr=64, aux_addr=0, dst_addr=dst_addr, imm1=stride)
+    probs = rng.integers(0, (1 << 15) + 1, 2 * length)
+    src[64:64 + 8 * length] = probs.astype("<i4").tobytes()
+    put_banked_records(aux, rng, KvBanks.of(config), 0, length, 1, n, stride, (8, 24))
+    dut = BankedAttentionContext(max_head_dim=128, word_bits=word_bits, banks=banks)
+    got = check(dut, args, src, aux, seed, config=config)
+    assert got["writes"] == out_words(args, 64) == (16 if dst_addr == 0 else 18)
+    # Per head: 2 key groups of 3 cycles (2 probability words, 16 bytes at any int32
+    # offset, under which the previous group's 2 value words and the group's scale pairs
+    # are read), the last group's 2 value words, then the output pass.
+    assert got["cycles"] == 2 * (2 * 3 + 2 + (8 if dst_addr == 0 else 9)) + 2
 
 
 @pytest.mark.parametrize("func,kernel", [(SfuFunc.ATT_QK, BankedAttentionScores),

@@ -17,10 +17,12 @@ ISA simulator's ``_sfu_func``):
 * :class:`AttentionContext` (``ATT_PV``): per ``(row, head)`` and key, the probability
   and the value record's scale pair give the Q20 weight, then the record's values stream
   in a word (``word_bytes``) per cycle into an on-chip accumulator of ``max_head_dim``
-  lanes; a final pass writes the ``n`` outputs.
+  lanes; a final pass writes the ``n`` outputs a buffer word (``word_bytes / 4`` int32)
+  per cycle (:func:`pv_out_words`).
 
-The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512), and the
-:class:`Softmax`'s write port too (the others write an int32 at a time). Records may
+The kernels' read ports are a buffer word wide (``word_bits``, 32 to 512), and the write
+ports of :class:`Softmax` and :class:`AttentionContext` too (with byte enables;
+:class:`AttentionScores` writes an int32 at a time). Records may
 start at any byte address: each read port feeds a *funnel* that joins the previous and the
 current word, so one extra word per stream aligns them (that word is read only when the
 record reaches into it, so nothing past a record's end is read). The compiler places
@@ -48,7 +50,7 @@ from .kernel import ADDR_BITS, kernel_signature, lane_count
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
            "qk_cycles", "softmax_cycles", "softmax_shifted", "pv_cycles", "qk_chunks",
-           "qk_aligned", "pv_aligned", "pv_scale_words"]
+           "qk_aligned", "pv_aligned", "pv_scale_words", "pv_out_words"]
 
 #: Stages of the softmax exp pipeline (read, d, table, exp, write).
 _SOFTMAX_LATENCY = 4
@@ -169,7 +171,7 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     value words and the funnel's word (neither funnel word when :func:`pv_aligned`, for
     which ``args`` also gives ``aux_addr`` and ``imm1``; absent: 0: a key is then the
     words of its record, as in ``ATT_QK``, and one cycle more finishes the last value
-    word's accumulation); then ``n`` cycles of output.
+    word's accumulation); then the output pass's :func:`pv_out_words` cycles.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args) or _arg(args, "n") > max_head_dim:
@@ -178,7 +180,19 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int)
     aligned = pv_aligned(args, word_bytes)
     per_key = pv_scale_words(word_bytes, aligned) + -(-n // word_bytes) + (0 if aligned else 1)
     drain = 1 if aligned else 0
-    return _arg(args, "rows") * _arg(args, "heads") * (L * per_key + drain + n) + 2
+    return (_arg(args, "rows") * _arg(args, "heads")
+            * (L * per_key + drain + pv_out_words(args, word_bytes)) + 2)
+
+
+def pv_out_words(args, word_bytes: int) -> int:
+    """Cycles of the ``ATT_PV`` output pass per ``(row, head)`` (fields ``n`` and
+    ``dst_addr``): a buffer word of ``word_bytes / 4`` outputs a cycle, the
+    ``ceil(4 n / word_bytes)`` words of ``n`` int32, and one more (the funnel's) unless
+    every head's outputs start on a word (``dst_addr`` and ``4 n`` multiples of
+    ``word_bytes``)."""
+    n = _arg(args, "n")
+    on_words = _arg(args, "dst_addr") % word_bytes == 0 and 4 * n % word_bytes == 0
+    return -(-4 * n // word_bytes) + (0 if on_words else 1)
 
 
 def cycles(args, *, word_bytes: int, max_head_dim: int = ATT_PV_MAX_HEAD_DIM,
@@ -272,6 +286,71 @@ def _rom(table) -> memory.Memory:
                          depth=len(values), init=values)
 
 
+class _ContextOutput:
+    """The output pass of ``ATT_PV`` (both of its kernels): per ``(row, head)``, the ``n``
+    outputs ``sat32(shift_round(acc, 4))`` (ACT) a buffer word of ``L = word_bytes / 4``
+    a cycle, in :func:`pv_out_words` cycles.
+
+    The accumulator is the kernels' (``word_bytes`` memories of 64-bit lanes, row ``r`` of
+    lane ``b`` holding element ``r * word_bytes + b``), so output chunk ``c`` (elements
+    ``c L .. c L + L - 1``) is a quarter of row ``c // 4``. Word ``k`` of a head's pass
+    reads chunk ``k`` (:attr:`row`); a cycle later its ``L`` lanes are rescaled and the
+    funnel of the previous chunk and this one, shifted to the lane of the head's first
+    output in its ``dst`` word, is written under the byte enables of the outputs it holds
+    (chunks past ``n``, and the chunk before the first, hold none). So word ``k`` of the
+    pass is the ``k``-th word of ``dst`` the head's outputs reach, the last (the funnel's)
+    empty when they end on a word.
+
+    The kernel's FSM drives :attr:`issue` with :attr:`word` (``0 .. words - 1``) and
+    :attr:`last` (the run's last word); :attr:`finish` marks the run's last write.
+    """
+
+    def __init__(self, m: Module, kernel, launch, acc_old):
+        a, wb = kernel.args, kernel._word_bytes
+        lg, lanes = exact_log2(wb), wb // 4
+        llg = lg - 2
+        #: Words of a head's pass (:func:`pv_out_words`), set at ``launch``.
+        self.words = Signal(20)
+        self.issue, self.word, self.last = Signal(), Signal(20), Signal()
+        chunks = Signal(20)
+        with m.If(launch):
+            on_words = (a.dst_addr[:lg] == 0) & ((a.n << 2)[:lg] == 0)
+            m.d.sync += [chunks.eq((a.n + lanes - 1) >> llg),
+                         self.words.eq(((a.n + lanes - 1) >> llg) + Mux(on_words, 0, 1))]
+        #: The accumulator row to read in an issue cycle (row 0 past the last chunk).
+        self.row = Mux(self.word < chunks, self.word >> 2, 0)
+
+        vo, k, last = Signal(), Signal(20), Signal()
+        m.d.sync += [vo.eq(self.issue), k.eq(self.word), last.eq(self.last)]
+        quarter = Cat(*acc_old).word_select(k[:2], 64 * lanes)
+        vals = Cat(*(_sat32(m, _shift_round(m, quarter[64 * j:64 * j + 64].as_signed(),
+                                            Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64,
+                                            f"pv_round{j}"), f"pv_out{j}")
+                     for j in range(lanes)))
+        live = Cat(*(Cat(Const(j, llg), k) < a.n for j in range(lanes)))
+        prev_vals, prev_live = Signal(32 * lanes), Signal(lanes)
+        out_addr = Signal(ADDR_BITS)         # the byte address of the head's first output
+        # Lanes from the previous chunk's first to the word's: the chunk's lanes, less the
+        # lane of the head's first output in its word.
+        shift = Signal(range(lanes + 1))
+        m.d.comb += shift.eq(lanes - (out_addr[2:lg] if llg else 0))
+        with m.If(vo):
+            m.d.sync += [prev_vals.eq(vals), prev_live.eq(live)]
+            with m.If(k == self.words - 1):
+                m.d.sync += out_addr.eq(out_addr + (a.n << 2))
+        with m.If(launch):
+            m.d.sync += out_addr.eq(a.dst_addr)
+        held = Mux(k == 0, 0, prev_live)
+        word_live = (Cat(held, live) >> shift)[:lanes]
+        with m.If(vo):
+            m.d.comb += [kernel.dst.addr.eq(Cat(Const(0, lg), out_addr[lg:] + k)),
+                         kernel.dst.data.eq((Cat(prev_vals, vals) >> (32 * shift))
+                                            [:32 * lanes]),
+                         kernel.dst.en.eq(Cat(*(x.replicate(4) for x in word_live)))]
+        #: The run's last write.
+        self.finish = vo & last
+
+
 class _Kernel(wiring.Component):
     """Common control of the attention kernels: ``busy``, ``done`` and the error result.
 
@@ -283,7 +362,8 @@ class _Kernel(wiring.Component):
 
     ``word_bits`` is the width of the read ports (the buffers' word: of the record
     streams of ``ATT_QK`` and ``ATT_PV``, of the :class:`Softmax`'s passes), ``write_bits``
-    of the write port (32, or the word for the :class:`Softmax`'s chunks).
+    of the write port (32, or the word for the :class:`Softmax`'s chunks and the
+    :class:`AttentionContext`'s output words).
     """
 
     def __init__(self, *, word_bits: int = 32, write_bits: int = 32, aux_bits=None):
@@ -844,8 +924,9 @@ class AttentionContext(_Kernel):
     record's scale pair (:func:`pv_scale_words` ``aux`` words), form the Q20 weight, then
     stream the record's ``ceil(n / word_bytes) + 1`` value words into ``word_bytes``
     multiply-accumulate lanes over an on-chip accumulator (a memory of ``ceil(max_head_dim /
-    word_bytes)`` x 64 bits per lane, read-modify-write); after the last key
-    an ``n``-cycle pass writes ``sat32(shift_round(acc, 4))`` (ACT). When
+    word_bytes)`` x 64 bits per lane, read-modify-write); after the last key the output
+    pass (:class:`_ContextOutput`) writes ``sat32(shift_round(acc, 4))`` (ACT) a buffer
+    word of ``word_bytes / 4`` outputs a cycle, :func:`pv_out_words` cycles. When
     :func:`pv_aligned` (the compiler's layout) neither funnel word is read: a key is the
     scale pair's word and its value words, the pair's product with the probability formed
     as it arrives. A value word is then accumulated in the cycle after it arrives (the
@@ -862,7 +943,8 @@ class AttentionContext(_Kernel):
         Largest head dimension ``n`` this instance accumulates (a multiple of 4); a larger
         ``n`` is refused with :attr:`~airfoil.isa.ErrorCode.UNSUPPORTED`.
     word_bits : int
-        Width of the read ports (a power of two, at least 32): the buffers' word.
+        Width of the read and write ports (a power of two, at least 32): the buffers'
+        word.
     """
 
     def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, word_bits: int = 32):
@@ -872,7 +954,7 @@ class AttentionContext(_Kernel):
             raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
                             f"not {max_head_dim!r}")
         self._max_head_dim = max_head_dim
-        super().__init__(word_bits=word_bits)
+        super().__init__(word_bits=word_bits, write_bits=word_bits)
 
     @property
     def max_head_dim(self) -> int:
@@ -926,10 +1008,9 @@ class AttentionContext(_Kernel):
         w = Signal(20)                   # 0..vfirst-1: scale words; then the value words
         vfirst = Signal(range(nscale + 1))
         m.d.comb += vfirst.eq(Mux(aligned, 1, nscale))
-        i_out = Signal(20)
+        out = _ContextOutput(m, self, launch, acc_old)
         p_addr = Signal(ADDR_BITS)
-        out_addr = Signal(ADDR_BITS)
-        issue, out_issue, out_last = Signal(), Signal(), Signal()
+        issue = Signal()
         rec = walk.krec
         spair = Signal(ADDR_BITS)
         m.d.comb += spair.eq(rec + up8)
@@ -942,7 +1023,7 @@ class AttentionContext(_Kernel):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
-                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
+                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr)]
                     m.next = "KEYS"
             with m.State("KEYS"):
                 m.d.comb += keys.eq(1)
@@ -957,7 +1038,7 @@ class AttentionContext(_Kernel):
                 with m.If(w == last_w):
                     m.d.sync += [w.eq(0), p_addr.eq(p_addr + 4)]
                     with m.If(walk.last_key):
-                        m.d.sync += i_out.eq(0)
+                        m.d.sync += out.word.eq(0)
                         with m.If(aligned):
                             m.next = "DRAIN"
                         with m.Else():
@@ -972,16 +1053,16 @@ class AttentionContext(_Kernel):
                 # transparent port.
                 m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += out_issue.eq(1)
-                with m.If(i_out == a.n - 1):
+                m.d.comb += out.issue.eq(1)
+                with m.If(out.word == out.words - 1):
                     walk.advance(m)
                     with m.If(walk.last):
-                        m.d.comb += out_last.eq(1)
+                        m.d.comb += out.last.eq(1)
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "KEYS"
                 with m.Else():
-                    m.d.sync += i_out.eq(i_out + 1)
+                    m.d.sync += out.word.eq(out.word + 1)
 
         # Stage 1: arrival of the key stream.
         v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(lg)
@@ -1028,7 +1109,7 @@ class AttentionContext(_Kernel):
         m.d.comb += [value_i.eq(Mux(aligned, w1 - 1, w1 - nscale - 1)),
                      value1.eq(v1 & (w1 >= Mux(aligned, 1, nscale + 1)))]
         acc_v, acc_first, acc_i, acc_chunk = value1, first1, value_i, chunk
-        read_at = Mux(keys, w - nscale - 1, i_out >> lg)
+        read_at = Mux(keys, w - nscale - 1, out.row)
         if wb >= 8:                      # only such words can be aligned (pv_aligned)
             v2, first2 = Signal(), Signal()
             i2 = Signal(20)
@@ -1036,28 +1117,14 @@ class AttentionContext(_Kernel):
             m.d.sync += [v2.eq(value1), first2.eq(first1), i2.eq(value_i), chunk2.eq(chunk)]
             acc_v, acc_first = Mux(aligned, v2, value1), Mux(aligned, first2, first1)
             acc_i, acc_chunk = Mux(aligned, i2, value_i), Mux(aligned, chunk2, chunk)
-            read_at = Mux(aligned, Mux(value1, value_i, i_out >> lg), read_at)
+            read_at = Mux(aligned, Mux(value1, value_i, out.row), read_at)
         m.d.comb += [acc_addr_r.eq(read_at), acc_addr_w.eq(acc_i), acc_we.eq(acc_v)]
         for b, (old, new) in enumerate(zip(acc_old, acc_new)):
             m.d.comb += new.eq(Mux(acc_first, 0, old)
                                + weight * acc_chunk[8 * b:8 * b + 8].as_signed())
 
-        # Output pass: one accumulator lane per cycle.
-        vo, lane_o, last_o = Signal(), Signal(lg), Signal()
-        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:lg]), last_o.eq(out_last)]
-        lane = Signal(signed(64))
-        with m.Switch(lane_o):
-            for b, old in enumerate(acc_old):
-                with m.Case(b):
-                    m.d.comb += lane.eq(old)
-        rounded = _shift_round(m, lane, Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64, "pv_round")
-        result = _sat32(m, rounded, "pv_out")
-        with m.If(vo):
-            m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(result),
-                         self.dst.en.eq(0b1111)]
-            m.d.sync += out_addr.eq(out_addr + 4)
         finish = Signal()
-        m.d.comb += finish.eq(vo & last_o)
+        m.d.comb += finish.eq(out.finish)
         refuse = Signal()
         code = Signal(ErrorCode)
         malformed = self._head_refusal(m)

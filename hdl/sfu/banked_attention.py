@@ -20,8 +20,11 @@ reference), with ``B`` copies of the per-key datapath:
   group's probabilities (:func:`group_words` words of ``src``) and its records' scale
   pairs (one bank row) give ``B`` Q20 weights, then the ``ceil(n / word_bytes)`` value
   words of the group accumulate ``B`` products per lane into the ``word_bytes`` lanes of
-  the context accumulator; after the last group an ``n``-cycle pass writes the outputs
-  (one int32 a cycle, as the one-bank kernel).
+  the context accumulator, read on ``aux`` while ``src`` reads the next group's
+  probabilities: a group takes ``max(group_words, ceil(n / word_bytes) + 1)`` cycles.
+  After the last group the one-bank kernel's output pass writes the outputs, a buffer
+  word (``word_bytes / 4`` int32) a cycle (:func:`~hdl.sfu.attention.pv_out_words`
+  cycles).
 
 Keys past ``length`` in the last group are masked (their scores are not written, their
 values not accumulated). Records must start on buffer words (``aux_addr`` and ``imm1``,
@@ -86,17 +89,21 @@ def pv_cycles(args, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, *, word_bytes: int,
               banks: int) -> int:
     """Cycles of :class:`BankedAttentionContext` from ``start`` to ``done`` (the fields of
     :func:`hdl.sfu.attention.pv_cycles`; 1 when refused): per ``(row, head)`` each key
-    group takes :func:`group_words` cycles of probabilities (the scale pairs' bank row
-    read with the first) and ``ceil(n / word_bytes)`` of values, then ``n`` cycles of
-    output."""
+    group takes a period of ``max(group_words, values + 1)`` cycles (its probability
+    words on ``src``; the previous group's ``values = ceil(n / word_bytes)`` value words
+    and its scale pairs' bank row on ``aux``), the last group's value words ``values``
+    more, then the output pass's :func:`~hdl.sfu.attention.pv_out_words` cycles (a
+    buffer word of outputs a cycle)."""
     att._check_word_bytes(word_bytes)
     n = att._arg(args, "n")
     if (att._qk_pv_refused(args) or n > max_head_dim
             or _misaligned(args, word_bytes, ("aux_addr", "imm1"))):
         return 1
-    per_group = group_words(banks, word_bytes) + -(-n // word_bytes)
+    values = -(-n // word_bytes)
+    period = max(group_words(banks, word_bytes), values + 1)
     return (att._arg(args, "rows") * att._arg(args, "heads")
-            * (_groups(args, banks) * per_group + n) + 2)
+            * (_groups(args, banks) * period + values + att.pv_out_words(args, word_bytes))
+            + 2)
 
 
 class _BankedKernel(att._Kernel):
@@ -283,13 +290,17 @@ class BankedAttentionContext(_BankedKernel):
     """``ATT_PV`` on a KV buffer of ``banks`` banks (see the module docstring); a run takes
     :func:`pv_cycles` cycles.
 
-    Per ``(row, head)`` and key group: :func:`group_words` cycles read the group's
-    probabilities (``src``, only the words they reach), the first with the bank row of the
-    records' scale pairs (``aux``); the ``B`` weights are formed as the last probability
-    word arrives, then the ``ceil(n / word_bytes)`` value rows stream in, each accumulated
-    as it arrives (its accumulator word read at its issue, transparent to the write of
-    the previous group's). After the last group an ``n``-cycle pass writes
-    ``sat32(shift_round(acc, 4))`` one int32 a cycle (ACT).
+    Per ``(row, head)`` key group ``g`` takes a period of ``P = max(group_words,
+    values + 1)`` cycles (``values = ceil(n / word_bytes)``): its first
+    :func:`group_words` cycles read the group's probabilities (``src``, only the words
+    they reach); on ``aux`` the first ``values`` cycles read the value rows of group
+    ``g - 1`` and the last cycle the bank row of group ``g``'s scale pairs, so its ``B``
+    weights are formed as that row arrives, after group ``g - 1``'s value rows have
+    used theirs. Each value row is accumulated as it arrives (its accumulator word read
+    at its issue, transparent to the write of the previous group's); the last group's
+    value rows follow its period. After the last group the output pass writes
+    ``sat32(shift_round(acc, 4))`` (ACT) a buffer word of ``word_bytes / 4`` outputs a
+    cycle, as the one-bank kernel's (:class:`~hdl.sfu.attention._ContextOutput`).
 
     Parameters
     ----------
@@ -348,14 +359,17 @@ class BankedAttentionContext(_BankedKernel):
             m.d.sync += [nvalues.eq((a.n + wb - 1) >> lg), pair_word.eq(up8 >> lg)]
             if wb > 4:
                 m.d.sync += [sm_lane.eq(up8[2:lg]), se_lane.eq((up8 + 4)[2:lg])]
+        period = Signal(20)
+        m.d.comb += period.eq(Mux(nvalues + 1 > nw, nvalues + 1, nw))
         live = self._group_keys(m, walk)
-        # w: 0 .. nw-1 probability words (the pair's row with the first), then values.
+        out = att._ContextOutput(m, self, launch, acc_old)
+        # A period (slot w) of group g: its probability words (src, slots 0 .. nw-1), the
+        # value rows of group g - 1 (aux, slots 0 .. nvalues-1, from record vrec) and
+        # its scale pairs' bank row (aux, the last slot).
         w = Signal(20)
-        i_out = Signal(20)
-        p_addr, out_addr = Signal(ADDR_BITS), Signal(ADDR_BITS)
-        issue, out_issue, out_last = Signal(), Signal(), Signal()
-        last_w = Signal(20)
-        m.d.comb += last_w.eq(nw - 1 + nvalues)
+        p_addr, vrec = Signal(ADDR_BITS), Signal(ADDR_BITS)
+        vfirst = Signal()                 # the group of the value rows is the head's first
+        value_issue, prob_issue, pair_issue = Signal(), Signal(), Signal()
         p_word = Cat(Const(0, lg), p_addr[lg:])
         # Only the probability words the group's live keys reach are read.
         live_count = Signal(range(B + 1))
@@ -365,58 +379,68 @@ class BankedAttentionContext(_BankedKernel):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(launch):
-                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr), out_addr.eq(a.dst_addr)]
+                    m.d.sync += [w.eq(0), p_addr.eq(a.src_addr)]
                     m.next = "KEYS"
             with m.State("KEYS"):
-                m.d.comb += [issue.eq(1),
-                             self.src.en.eq((w < nw) & ((w << lg) < p_reach)),
+                m.d.comb += [prob_issue.eq(w < nw),
+                             value_issue.eq((w < nvalues) & (walk.key != 0)),
+                             pair_issue.eq(w == period - 1),
+                             self.src.en.eq(prob_issue & ((w << lg) < p_reach)),
                              self.src.addr.eq(p_word + (w << lg)),
-                             self.aux.en.eq((w == 0) | (w >= nw)),
-                             self.aux.addr.eq(walk.krec + (Mux(w == 0, pair_word, w - nw)
-                                                           << lg))]
-                with m.If(w == last_w):
-                    m.d.sync += [w.eq(0), p_addr.eq(p_addr + (live_count << 2))]
+                             self.aux.en.eq(value_issue | pair_issue),
+                             self.aux.addr.eq(Mux(pair_issue, walk.krec + (pair_word << lg),
+                                                  vrec + (w << lg)))]
+                with m.If(pair_issue):
+                    m.d.sync += [w.eq(0), p_addr.eq(p_addr + (live_count << 2)),
+                                 vrec.eq(walk.krec), vfirst.eq(walk.key == 0)]
                     with m.If(walk.last_key):
-                        m.d.sync += i_out.eq(0)
-                        m.next = "OUT"
+                        m.next = "TAIL"
                     with m.Else():
                         walk.advance(m)
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
+            with m.State("TAIL"):
+                # The value rows of the head's last group.
+                m.d.comb += [value_issue.eq(1), self.aux.en.eq(1),
+                             self.aux.addr.eq(vrec + (w << lg))]
+                with m.If(w == nvalues - 1):
+                    m.d.sync += [w.eq(0), out.word.eq(0)]
+                    m.next = "OUT"
+                with m.Else():
+                    m.d.sync += w.eq(w + 1)
             with m.State("OUT"):
-                m.d.comb += out_issue.eq(1)
-                with m.If(i_out == a.n - 1):
+                m.d.comb += out.issue.eq(1)
+                with m.If(out.word == out.words - 1):
                     walk.advance(m)
                     with m.If(walk.last):
-                        m.d.comb += out_last.eq(1)
+                        m.d.comb += out.last.eq(1)
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "KEYS"
                 with m.Else():
-                    m.d.sync += i_out.eq(i_out + 1)
+                    m.d.sync += out.word.eq(out.word + 1)
 
         # Arrival: the probability words gather into a window (from the group's first
-        # probability's lane), the pairs' row is held; at the last probability word the
-        # B weights are formed.
-        v1, w1, first1, lane1 = Signal(), Signal(20), Signal(), Signal(max(lg - 2, 1))
+        # probability's lane); with the pairs' row, the period's last word, the B weights
+        # are formed, after the value rows of the previous group (slots before the last)
+        # have used theirs.
+        w1, lane1 = Signal(20), Signal(max(lg - 2, 1))
+        prob1, pair1, value1, vfirst1 = Signal(), Signal(), Signal(), Signal()
         live1 = Signal(B)
-        m.d.sync += [v1.eq(issue), w1.eq(w), first1.eq(walk.key == 0), live1.eq(live)]
+        m.d.sync += [w1.eq(w), prob1.eq(prob_issue), pair1.eq(pair_issue),
+                     value1.eq(value_issue), vfirst1.eq(vfirst), live1.eq(live)]
         if wb > 4:
             m.d.sync += lane1.eq(p_addr[2:lg])
         probs = [Signal(8 * wb, name=f"probs{k}") for k in range(nw)]
-        pairs = Signal(8 * wb * B)
         for k in range(nw):
-            with m.If(v1 & (w1 == k)):
+            with m.If(prob1 & (w1 == k)):
                 m.d.sync += probs[k].eq(self.src.data)
-        with m.If(v1 & (w1 == 0)):
-            m.d.sync += pairs.eq(self.aux.data)
         weights = [Signal(signed(32), name=f"weight{b}") for b in range(B)]
         window = Signal(8 * wb * nw)
-        m.d.comb += window.eq(Cat(*(Mux(w1 == k, self.src.data, probs[k]) for k in range(nw)))
-                              >> (lane1 * 32))
+        m.d.comb += window.eq(Cat(*(Mux(prob1 & (w1 == k), self.src.data, probs[k])
+                                    for k in range(nw))) >> (lane1 * 32))
         for b in range(B):
-            pair = pairs[8 * wb * b:8 * wb * (b + 1)]
-            pair = Mux(w1 == 0, self.aux.data[8 * wb * b:8 * wb * (b + 1)], pair)
+            pair = self.aux.data[8 * wb * b:8 * wb * (b + 1)]
             prod = Signal(signed(64), name=f"pv_prod{b}")
             m.d.comb += prod.eq(window[32 * b:32 * b + 32].as_signed()
                                 * pair.word_select(sm_lane, 32).as_signed())
@@ -424,38 +448,20 @@ class BankedAttentionContext(_BankedKernel):
             m.d.comb += wshift.eq(pair.word_select(se_lane, 32).as_signed()
                                   + fx.P_FRAC - fx.W_FRAC)
             wnew = att._shift_round_sat(m, prod, wshift, f"pv_weight{b}")
-            with m.If(v1 & (w1 == nw - 1)):
+            with m.If(pair1):
                 m.d.sync += weights[b].eq(Mux(live1[b], wnew, 0))
 
-        # Value row i arrives at w1 = nw + i: accumulated as it arrives (its accumulator
-        # word read at the issue).
-        value1 = Signal()
-        m.d.comb += value1.eq(v1 & (w1 >= nw))
-        m.d.comb += [acc_addr_r.eq(Mux(issue, w - nw, i_out >> lg)),
-                     acc_addr_w.eq(w1 - nw), acc_we.eq(value1)]
+        # Value row i arrives at w1 = i: accumulated as it arrives (its accumulator word
+        # read at the issue).
+        m.d.comb += [acc_addr_r.eq(Mux(value_issue, w, out.row)),
+                     acc_addr_w.eq(w1), acc_we.eq(value1)]
         for i, (old, new) in enumerate(zip(acc_old, acc_new)):
             terms = [weights[b] * self.aux.data[8 * wb * b + 8 * i:8 * wb * b + 8 * i + 8]
                      .as_signed() for b in range(B)]
-            m.d.comb += new.eq(Mux(first1, 0, old) + tree(operator.add, terms))
+            m.d.comb += new.eq(Mux(vfirst1, 0, old) + tree(operator.add, terms))
 
-        # Output pass: one accumulator lane per cycle.
-        vo, lane_o, last_o = Signal(), Signal(lg), Signal()
-        m.d.sync += [vo.eq(out_issue), lane_o.eq(i_out[:lg]), last_o.eq(out_last)]
-        lane = Signal(signed(64))
-        with m.Switch(lane_o):
-            for i, old in enumerate(acc_old):
-                with m.Case(i):
-                    m.d.comb += lane.eq(old)
-        rounded = att._shift_round(m, lane, Const(fx.W_FRAC - fx.ACT_FRAC, 3), 64,
-                                   "pv_round")
-        result = att._sat32(m, rounded, "pv_out")
-        with m.If(vo):
-            m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), out_addr[lg:])),
-                         self.dst.data.eq(Cat(*[result] * (wb // 4))),
-                         self.dst.en.eq(Const(0b1111, wb) << (out_addr[2:lg] * 4))]
-            m.d.sync += out_addr.eq(out_addr + 4)
         finish = Signal()
-        m.d.comb += finish.eq(vo & last_o)
+        m.d.comb += finish.eq(out.finish)
         refuse, code = Signal(), Signal(ErrorCode)
         malformed = self._head_refusal(m)
         aligned = self._aligned(m, ("aux_addr", "imm1"))
