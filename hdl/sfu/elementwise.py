@@ -4,8 +4,8 @@ A chunk per cycle: the read of chunk ``k`` is issued in one cycle and its result
 in the next (``COPY``, ``ADD``, ``RELU``) or, with the product's inputs registered, the
 one after (``MUL``, ``SILU``, ``GELU``): :attr:`ElementwiseKernel.latency`. With every
 operand on a buffer word (:func:`on_words`, as the compiler places its records) a chunk
-is ``lanes`` int32 (a whole word for ``ADD``, ``MUL`` and ``RELU``, the SFU's
-``sfu_lanes`` for ``SILU`` and ``GELU``, each lane with its own gate table) or, for
+is ``lanes`` int32 (a whole word for ``ADD`` and ``RELU``, the SFU's ``sfu_lanes`` for
+``MUL``, ``SILU`` and ``GELU``, each lane of the gates with its own table) or, for
 ``COPY``, a word of bytes; otherwise it is one int32 (``COPY``: one byte), in any lane.
 
 Functions that differ only in a table or a final select share one kernel

@@ -57,8 +57,9 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     word-aligned operands; ``MUL``, ``SILU`` and ``GELU`` take ``sfu_lanes`` int32
     (default: a word's), ``ROPE`` ``sfu_lanes`` pairs per two cycles, ``SOFTMAX``'s exp and
     output passes ``sfu_lanes`` scores, the output pass of ``RMSNORM`` and ``LAYERNORM``
-    ``sfu_lanes`` elements; on a KV buffer of several ``kv_banks`` ``ATT_QK`` and
-    ``ATT_PV`` take a key group per record word (:mod:`hdl.sfu.banked_attention`)."""
+    ``sfu_lanes`` elements, ``ATT_PV``'s output pass a word of ``word_bits / 32`` int32;
+    on a KV buffer of several ``kv_banks`` ``ATT_QK`` and ``ATT_PV`` take a key group per
+    record word (:mod:`hdl.sfu.banked_attention`)."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
