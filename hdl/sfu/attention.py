@@ -367,9 +367,14 @@ class _Kernel(wiring.Component):
     """
 
     def __init__(self, *, word_bits: int = 32, write_bits: int = 32, aux_bits=None):
-        if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
-            raise TypeError(f"Word width must be a whole number of bytes, not {word_bits!r}")
-        self._word_bytes = _check_word_bytes(word_bits // 8)
+        try:
+            if not isinstance(word_bits, int) or isinstance(word_bits, bool) or word_bits % 8:
+                raise TypeError(f"Word width must be a whole number of bytes, not "
+                                f"{word_bits!r}")
+            self._word_bytes = _check_word_bytes(word_bits // 8)
+        except TypeError:
+            self._MustUse__silence = True       # refused, so never elaborated
+            raise
         super().__init__(kernel_signature(word_bits, write_bits, aux_bits))
 
     @property
