@@ -97,12 +97,13 @@ def _split(manifest: dict, words, stats: dict) -> dict:
             "busy": {u: stats[f"busy_{u}"] for u in ("load", "matrix", "sfu", "store")}}
 
 
-def model_split(manifest: dict, words, config, position: int) -> dict:
-    """:func:`_split` of the cycle model's decode step at ``position`` without the data
+def model_split(manifest: dict, words, config, position: int, tokens: int = 1) -> dict:
+    """:func:`_split` of the cycle model's run of ``words`` (the decode program, or the
+    prefill program for a chunk of ``tokens``) at ``position`` without the data
     (:mod:`sim.timing`; WGT-tile layers)."""
     from sim.timing import llm_step_cycles
-    return _split(manifest, words,
-                  llm_step_cycles(manifest, words, config, position=position, trace=True))
+    return _split(manifest, words, llm_step_cycles(manifest, words, config, position=position,
+                                                   tokens=tokens, trace=True))
 
 
 def isa_split(folder: Path, config, positions) -> dict:
@@ -124,18 +125,26 @@ def isa_split(folder: Path, config, positions) -> dict:
     return out
 
 
-def _key(folder: Path, config, ctx: int) -> str:
-    """What a kept RTL run stands for: the decode program, the config hash, the context,
-    the seed and the core's sources (the digest its Verilog is emitted under)."""
+def _phase(tokens: int) -> str:
+    return "decode" if tokens == 1 else "prefill"
+
+
+def _key(folder: Path, config, ctx: int, tokens: int = 1) -> str:
+    """What a kept RTL run stands for: the program it ran, the config hash, the context,
+    the chunk's tokens, the seed and the core's sources (the digest its Verilog is
+    emitted under)."""
     from airfoil.cli.backend_rtl import _source_digest
-    h = hashlib.sha256((folder / "decode.afp").read_bytes())
+    h = hashlib.sha256((folder / f"{_phase(tokens)}.afp").read_bytes())
     h.update(f"{config.config_hash}/{ctx}/{SEED}/{_source_digest(config)}".encode())
+    if tokens != 1:
+        h.update(f"/{tokens}".encode())
     return h.hexdigest()[:16]
 
 
 def layer_rtl(build_dir="build", log=print, *, shape=SHAPE, config_name: str = CONFIG,
-              ctx: int = CONTEXT, force: bool = False) -> dict:
-    """The layer's decode step at ``ctx`` on the RTL core (or the kept result of the same
+              ctx: int = CONTEXT, tokens: int = 1, force: bool = False) -> dict:
+    """The layer's decode step at ``ctx`` (or, ``tokens`` > 1, its prefill chunk of
+    positions ``ctx - tokens .. ctx - 1``) on the RTL core (or the kept result of the same
     program, config and context unless ``force``; the layer is compiled anew each time,
     so a changed compiler gives a new program), with the cycle model's split of the
     same program: ``rtl_cycles`` (the core's cycle counter, START to DONE),
@@ -152,8 +161,9 @@ def layer_rtl(build_dir="build", log=print, *, shape=SHAPE, config_name: str = C
     run = _compile(shape, config_name, folder, RECIPES["w4"], size_only=False,
                    max_positions=ctx, log=log)
     compile_info = {k: run[k] for k in ("seconds", "cpu_seconds", "peak_rss_bytes")}
-    kept = Path(build_dir) / "layer7b" / f"{name}_{config_name}_ctx{ctx}_rtl.json"
-    key = _key(folder, config, ctx)
+    chunk = "" if tokens == 1 else f"_chunk{tokens}"
+    kept = Path(build_dir) / "layer7b" / f"{name}_{config_name}_ctx{ctx}{chunk}_rtl.json"
+    key = _key(folder, config, ctx, tokens)
     res = None
     if kept.is_file() and not force:
         old = json.loads(kept.read_text())
@@ -165,18 +175,19 @@ def layer_rtl(build_dir="build", log=print, *, shape=SHAPE, config_name: str = C
     if fresh:
         t0 = time.monotonic()
         loaded = load_folder(folder, config)
-        res = run_layer_step(loaded, config, ctx, seed=SEED, build_dir=build_dir, log=log)
+        res = run_layer_step(loaded, config, ctx, tokens=tokens, seed=SEED,
+                             build_dir=build_dir, log=log)
         res.update(key=key, wall_seconds=round(time.monotonic() - t0, 1),
                    config=config_name, config_hash=config.config_hash,
                    shape=Path(shape).name, compile=compile_info)
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
     man = json.loads((folder / "manifest.json").read_text())
-    words = read_program(folder / man["programs"]["decode"]).words
+    words = read_program(folder / man["programs"][_phase(tokens)]).words
     # The cycle model's figures come from the model as it is now (a kept run keeps the
     # RTL's counts only); a fresh run checks the data-free model against the ISA
     # simulator's.
-    split = model_split(man, words, config, ctx - 1)
+    split = model_split(man, words, config, ctx - tokens, tokens)
     if fresh and split["total"] != res["model_cycles"]:
         raise RuntimeError(f"layer7b: the data-free cycle model gives {split['total']} "
                            f"cycles, the ISA simulator {res['model_cycles']}")

@@ -1,6 +1,7 @@
 """Figures of the prefill: the tiny model's prompt as chunks of the prefill program (the
 streamed engine's MM) in RTL against the same prompt token by token, and the cycle model's
-prefill time of a full-size synthetic LLaMA-2-7B.
+prefill time of a full-size synthetic LLaMA-2-7B, projected also from one prefill chunk
+and one decode step of its layer run in RTL (bench area ``layer7b``).
 
 The figures (:data:`FIGURES`) are defined in docs/figures.md, section ``prefill``.
 """
@@ -16,13 +17,14 @@ from airfoil.config import load_config
 from airfoil.errors import AirfoilError
 
 __all__ = ["FIGURES", "SCHEMES", "PROMPT_LENGTHS", "tiny_prefill", "tiny_figures",
-           "decode_positions", "prefill_cycles_model", "figures"]
+           "decode_positions", "prefill_cycles_model", "projected_figures", "figures"]
 
 #: Figure name (``<x>`` a placeholder of a family) -> unit; defined in docs/figures.md.
 FIGURES = {
     "tiny_w4_2of4_prefill_cycles_per_token_rtl_<scheme>": "cycles/token",
     "tiny_w4_2of4_prefill_mm_speedup_rtl": "ratio",
     "llama2_7b_u280_prefill_ms_model_<n>": "ms",
+    "llama2_7b_u280_prefill_ms_projected_<n>": "ms",
 }
 
 #: How the tiny model's prompt runs (``by_token`` of :meth:`sim.llm_host.LLMHost.prefill`):
@@ -39,6 +41,9 @@ TINY_RECIPE = {"weights": [{"match": "*", "group": 128, "format": "int4",
 PROMPT_LENGTHS = (128, 1024)
 #: Positions between two decode steps the cycle model times for the 7B figures.
 DECODE_STRIDE = 128
+#: The context whose last chunk of the 7B layer runs in RTL to calibrate the prefill
+#: projection (the last chunk of a 128-token prompt).
+RTL_CHUNK_CONTEXT = 128
 
 
 def tiny_prefill(out_dir, *, tokens: int = TINY_PROMPT, backend: str = "rtl",
@@ -183,4 +188,46 @@ def figures(args, log) -> dict:
         out[name + "_config_hash"] = u280.config_hash
         log(f"llama2-7b u280: prefill of {n} tokens {out[name]:.1f} ms (cycle model)")
     shutil.rmtree(folder, ignore_errors=True)
+    out.update(projected_figures(out, args.build_dir, log))
+    return out
+
+
+def projected_figures(model: dict, build_dir, log) -> dict:
+    """``llama2_7b_u280_prefill_ms_projected_<n>``: each ``model`` figure's chunk cycles
+    times the ratio of the RTL core's cycles to the cycle model's on one prefill chunk of
+    the 7B layer (:data:`RTL_CHUNK_CONTEXT`, the layer folder's ``max_prompt`` tokens, on
+    :data:`bench.layer7b.CONFIG`), and its decode steps' cycles times that ratio on the
+    layer's decode step at :data:`bench.layer7b.CONTEXT` (both :func:`bench.layer7b.
+    layer_rtl`, their kept results when the program, config and core are the same)."""
+    import json
+
+    from . import layer7b
+
+    u280 = load_config("u280")
+    decode = layer7b.layer_rtl(build_dir, log)
+    name = Path(layer7b.SHAPE).stem
+    folder = Path(build_dir) / "layer7b" / f"{name}_{layer7b.CONFIG}_w4"
+    tokens = json.loads((folder / "manifest.json").read_text())["model"]["max_prompt"]
+    chunk = layer7b.layer_rtl(build_dir, log, ctx=RTL_CHUNK_CONTEXT, tokens=tokens)
+    ratio = {run: m["layer_rtl_cycles"] / m["layer_model_cycles"]
+             for run, m in (("chunk", chunk), ("decode", decode))}
+    out = {}
+    for n in PROMPT_LENGTHS:
+        base = f"llama2_7b_u280_prefill_ms_model_{n}"
+        chunks = model[base + "_chunk_cycles"]
+        cycles = chunks * ratio["chunk"] + (model[base + "_cycles"] - chunks) * ratio["decode"]
+        fig = f"llama2_7b_u280_prefill_ms_projected_{n}"
+        out[fig] = cycles / (u280.clock_mhz * 1e3)
+        out[fig + "_cycles"] = round(cycles)
+        out[fig + "_shape"] = model[base + "_shape"]
+        out[fig + "_config_hash"] = u280.config_hash
+        out[fig + "_rtl_chunk"] = {
+            "config": layer7b.CONFIG, "config_hash": chunk["config_hash"],
+            "ctx": RTL_CHUNK_CONTEXT, "tokens": tokens, "rtl_cycles": chunk["rtl_cycles"],
+            "layer_rtl_cycles": chunk["layer_rtl_cycles"],
+            "layer_model_cycles": chunk["layer_model_cycles"], "ratio": ratio["chunk"]}
+        out[fig + "_decode_ratio"] = ratio["decode"]
+        log(f"llama2-7b u280: prefill of {n} tokens {out[fig]:.1f} ms projected from the "
+            f"RTL layer (chunk ratio {ratio['chunk']:.4f}, decode ratio "
+            f"{ratio['decode']:.4f})")
     return out

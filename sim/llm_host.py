@@ -154,6 +154,19 @@ class LLMHost:
         rest = [self._run("decode", [t]) for t in tokens[chunks[-1][1]:]]
         return torch.cat(head + rest)
 
+    def chunk(self, tokens) -> torch.Tensor:
+        """Run one prefill chunk of ``tokens`` after the cached positions (what
+        :meth:`prefill` runs for each of its chunks); return their ACT logits (T, vocab)."""
+        tokens = [int(t) for t in tokens]
+        if not 1 <= len(tokens) <= self.max_prompt:
+            raise AirfoilError(f"a chunk of {len(tokens)} tokens: the prefill program takes "
+                               f"1..{self.max_prompt}")
+        if self.position + len(tokens) > self.prefill_positions:
+            raise AirfoilError(f"a chunk ending at position {self.position + len(tokens) - 1}"
+                               f": the prefill reaches positions below "
+                               f"{self.prefill_positions}")
+        return self._run("prefill", tokens)
+
     def chunks(self, n: int) -> list[tuple[int, int]]:
         """The prefill runs of an ``n``-token prompt (:func:`prefill_chunks`)."""
         return prefill_chunks(n, self.max_prompt, self.prefill_positions)

@@ -1,8 +1,11 @@
-"""One decode step of a synthetic decoder layer on the RTL core, beside the ISA simulator,
-the golden integer model and the cycle model (bench area ``layer7b``).
+"""One decode step (or one prefill chunk) of a synthetic decoder layer on the RTL core,
+beside the ISA simulator, the golden integer model and the cycle model (bench area
+``layer7b``).
 
 The step runs at context ``ctx``: the KV cache holds positions ``0 .. ctx-2`` and the
-program decodes position ``ctx-1``. The host writes those cached positions before the
+program decodes position ``ctx-1`` (a chunk of ``T`` tokens: the cache holds ``0 ..
+ctx-T-1`` and the prefill program runs positions ``ctx-T .. ctx-1``). The host writes
+those cached positions before the
 run, as a board's host would restore a sequence, instead of prefilling ``ctx - 1``
 tokens: :func:`seeded_kv_cache` draws each position's keys and values (seeded ACT
 vectors) and quantizes them with the golden model's own per-token quantizer
@@ -91,12 +94,14 @@ def _row_bytes(image, manifest: dict, position: int) -> bytes:
                     for n in ("kcache", "vcache"))
 
 
-def run_layer_step(folder, config: AccelConfig, ctx: int, *, seed: int = 0, token: int = 1,
-                   build_dir="build", golden: bool = True, log=None) -> dict:
-    """Decode position ``ctx - 1`` of ``folder`` (an LLM folder compiled for ``config``)
-    after a seeded cache of ``ctx - 1`` positions on the RTL core and the ISA simulator
-    (and the golden model unless ``golden`` is false); raise :class:`AirfoilError` unless
-    their logits and written KV rows are equal.
+def run_layer_step(folder, config: AccelConfig, ctx: int, *, tokens: int = 1, seed: int = 0,
+                   token: int = 1, build_dir="build", golden: bool = True,
+                   log=None) -> dict:
+    """Run positions ``ctx - tokens .. ctx - 1`` of ``folder`` (an LLM folder compiled for
+    ``config``) after a seeded cache of ``ctx - tokens`` positions on the RTL core and the
+    ISA simulator (and the golden model unless ``golden`` is false): a decode step of
+    ``token`` (``tokens`` 1) or one prefill chunk of the ids ``token, token + 1, ...``;
+    raise :class:`AirfoilError` unless their logits and written KV rows are equal.
 
     Returns ``rtl_cycles`` (the core's cycle counter), ``model_cycles`` (the ISA
     simulator's cycle model on the same program), ``model_error`` (``|model - rtl| /
@@ -112,37 +117,44 @@ def run_layer_step(folder, config: AccelConfig, ctx: int, *, seed: int = 0, toke
 
     say = log or (lambda msg: None)
     mm = folder.manifest["model"]
-    if not 2 <= ctx <= mm["max_positions"]:
-        raise AirfoilError(f"context {ctx} is outside 2..{mm['max_positions']}, the "
-                           f"positions the folder holds")
-    caches = seeded_kv_cache(mm["shape"], ctx - 1, seed)
-    pos = ctx - 1
-    out = {"ctx": ctx, "position": pos}
+    if not 1 <= tokens <= mm["max_prompt"]:
+        raise AirfoilError(f"a chunk of {tokens} tokens: the folder's prefill takes "
+                           f"1..{mm['max_prompt']}")
+    reach = mm["max_positions"] if tokens == 1 else mm["prefill_positions"]
+    if not tokens + 1 <= ctx <= reach:
+        raise AirfoilError(f"context {ctx} is outside {tokens + 1}..{reach}, the positions "
+                           f"the folder's {'decode' if tokens == 1 else 'prefill'} reaches")
+    pos = ctx - tokens
+    caches = seeded_kv_cache(mm["shape"], pos, seed)
+    ids = [(token + i) % mm["shape"]["vocab_size"] for i in range(tokens)]
+    phase = "decode" if tokens == 1 else "prefill"
+    out = {"ctx": ctx, "position": pos, "tokens": tokens}
     hosts = {}
     for name, make in (("isa", lambda: IsaLLM(folder, config)),
                        ("rtl", lambda: RtlLLM(folder, config, seed=seed, stalls=False,
                                               build_dir=build_dir))):
-        say(f"layer step: {name} decode at position {pos} of {folder.path}")
+        say(f"layer step: {name} {phase} of {tokens} at position {pos} of {folder.path}")
         t0 = time.monotonic()
         host = make()
         write_kv_cache(host.image, folder.manifest, caches)
         host.position = pos
-        logits = host.decode(token)
+        logits = host.decode(token)[None] if tokens == 1 else host.chunk(ids)
         out[f"{name}_seconds"] = round(time.monotonic() - t0, 1)
         hosts[name] = (host, logits)
     (isa, want), (rtl, got) = hosts["isa"], hosts["rtl"]
     if not torch.equal(got, want):
         raise AirfoilError(f"layer step: RTL logits differ from the ISA simulator's in "
                            f"{int((got != want).sum())} of {want.numel()}")
-    if _row_bytes(rtl.image, folder.manifest, pos) != _row_bytes(isa.image, folder.manifest,
-                                                                  pos):
-        raise AirfoilError("layer step: the KV row the RTL wrote differs from the ISA "
+    rows = range(pos, ctx)
+    if any(_row_bytes(rtl.image, folder.manifest, p) != _row_bytes(isa.image, folder.manifest,
+                                                                    p) for p in rows):
+        raise AirfoilError("layer step: the KV rows the RTL wrote differ from the ISA "
                            "simulator's")
     if golden:
-        say("layer step: golden decode")
+        say(f"layer step: golden {phase}")
         g = GoldenLLM(golden_from_folder(folder))
-        g.caches = seeded_kv_cache(mm["shape"], ctx - 1, seed)
-        gold = g.decode(token)
+        g.caches = seeded_kv_cache(mm["shape"], pos, seed)
+        gold = g.forward(ids)
         if not torch.equal(gold, want):
             raise AirfoilError(f"layer step: ISA simulator logits differ from the golden "
                                f"model's in {int((gold != want).sum())} of {gold.numel()}")
