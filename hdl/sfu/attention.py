@@ -286,6 +286,30 @@ def _rom(table) -> memory.Memory:
                          depth=len(values), init=values)
 
 
+class _ContextAccumulator:
+    """The ``ATT_PV`` kernels' context accumulator: ``word_bytes`` memories of 64-bit
+    lanes, row ``r`` of lane ``b`` holding element ``r * word_bytes + b`` of the head's
+    context, all lanes at one read address (:attr:`addr_r`, transparent for the write)
+    and one write address (:attr:`addr_w`, :attr:`we`). The kernel drives :attr:`new`
+    (each lane's written value) from :attr:`old` (each lane's read value)."""
+
+    def __init__(self, m: Module, word_bytes: int, max_head_dim: int):
+        depth = -(-max_head_dim // word_bytes)
+        self.addr_r, self.addr_w = Signal(range(depth)), Signal(range(depth))
+        self.we = Signal()
+        self.old, self.new = [], []
+        for b in range(word_bytes):
+            m.submodules[f"acc{b}"] = acc = memory.Memory(shape=signed(64), depth=depth,
+                                                          init=[])
+            wr = acc.write_port()
+            rd = acc.read_port(transparent_for=(wr,))
+            new = Signal(signed(64), name=f"acc_new{b}")
+            m.d.comb += [rd.addr.eq(self.addr_r), wr.addr.eq(self.addr_w),
+                         wr.en.eq(self.we), wr.data.eq(new)]
+            self.old.append(rd.data)
+            self.new.append(new)
+
+
 class _ContextOutput:
     """The output pass of ``ATT_PV`` (both of its kernels): per ``(row, head)``, the ``n``
     outputs ``sat32(shift_round(acc, 4))`` (ACT) a buffer word of ``L = word_bytes / 4``
@@ -349,6 +373,20 @@ class _ContextOutput:
                          kernel.dst.en.eq(Cat(*(x.replicate(4) for x in word_live)))]
         #: The run's last write.
         self.finish = vo & last
+
+    def state(self, m: Module, walk):
+        """The body of the kernel FSM's output state: a head's words, then the next
+        ``(row, head)`` (state ``KEYS``) or, after the run's last, ``IDLE``."""
+        m.d.comb += self.issue.eq(1)
+        with m.If(self.word == self.words - 1):
+            walk.advance(m)
+            with m.If(walk.last):
+                m.d.comb += self.last.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "KEYS"
+        with m.Else():
+            m.d.sync += self.word.eq(self.word + 1)
 
 
 class _Kernel(wiring.Component):
@@ -979,24 +1017,7 @@ class AttentionContext(_Kernel):
         # into it (its offset in the word is above the room an aligned pair leaves).
         scale_slack = (nscale - 1) * wb - 8
         walk = _HeadWalk(m, a, launch)
-        # The accumulator: one 64-bit memory per lane, word i of lane b holding element
-        # i * wb + b; all lanes share the address.
-        depth = -(-self._max_head_dim // wb)
-        acc_addr_r = Signal(range(depth))
-        acc_addr_w = Signal(range(depth))
-        acc_we = Signal()
-        acc_old = []
-        acc_new = []
-        for b in range(wb):
-            m.submodules[f"acc{b}"] = acc = memory.Memory(shape=signed(64), depth=depth,
-                                                          init=[])
-            wr = acc.write_port()
-            rd = acc.read_port(transparent_for=(wr,))
-            new = Signal(signed(64), name=f"acc_new{b}")
-            m.d.comb += [rd.addr.eq(acc_addr_r), wr.addr.eq(acc_addr_w), wr.en.eq(acc_we),
-                         wr.data.eq(new)]
-            acc_old.append(rd.data)
-            acc_new.append(new)
+        acc = _ContextAccumulator(m, wb, self._max_head_dim)
 
         nchunks = Signal(20)             # ceil(n / wb) value chunks
         value_slack = Signal(lg)         # bytes the values leave free in their last chunk
@@ -1013,7 +1034,7 @@ class AttentionContext(_Kernel):
         w = Signal(20)                   # 0..vfirst-1: scale words; then the value words
         vfirst = Signal(range(nscale + 1))
         m.d.comb += vfirst.eq(Mux(aligned, 1, nscale))
-        out = _ContextOutput(m, self, launch, acc_old)
+        out = _ContextOutput(m, self, launch, acc.old)
         p_addr = Signal(ADDR_BITS)
         issue = Signal()
         rec = walk.krec
@@ -1058,16 +1079,7 @@ class AttentionContext(_Kernel):
                 # transparent port.
                 m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += out.issue.eq(1)
-                with m.If(out.word == out.words - 1):
-                    walk.advance(m)
-                    with m.If(walk.last):
-                        m.d.comb += out.last.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "KEYS"
-                with m.Else():
-                    m.d.sync += out.word.eq(out.word + 1)
+                out.state(m, walk)
 
         # Stage 1: arrival of the key stream.
         v1, w1, first1, off1 = Signal(), Signal(20), Signal(), Signal(lg)
@@ -1123,8 +1135,8 @@ class AttentionContext(_Kernel):
             acc_v, acc_first = Mux(aligned, v2, value1), Mux(aligned, first2, first1)
             acc_i, acc_chunk = Mux(aligned, i2, value_i), Mux(aligned, chunk2, chunk)
             read_at = Mux(aligned, Mux(value1, value_i, out.row), read_at)
-        m.d.comb += [acc_addr_r.eq(read_at), acc_addr_w.eq(acc_i), acc_we.eq(acc_v)]
-        for b, (old, new) in enumerate(zip(acc_old, acc_new)):
+        m.d.comb += [acc.addr_r.eq(read_at), acc.addr_w.eq(acc_i), acc.we.eq(acc_v)]
+        for b, (old, new) in enumerate(zip(acc.old, acc.new)):
             m.d.comb += new.eq(Mux(acc_first, 0, old)
                                + weight * acc_chunk[8 * b:8 * b + 8].as_signed())
 

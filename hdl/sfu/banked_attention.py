@@ -37,7 +37,6 @@ from __future__ import annotations
 import operator
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import memory
 from amaranth.utils import exact_log2
 
 from airfoil import fixedpoint as fx
@@ -336,20 +335,7 @@ class BankedAttentionContext(_BankedKernel):
         lg = exact_log2(wb)
         nw = group_words(B, wb)
         walk = self._walk(m, launch)
-        depth = -(-self._max_head_dim // wb)
-        acc_addr_r, acc_addr_w = Signal(range(depth)), Signal(range(depth))
-        acc_we = Signal()
-        acc_old, acc_new = [], []
-        for i in range(wb):
-            m.submodules[f"acc{i}"] = acc = memory.Memory(shape=signed(64), depth=depth,
-                                                          init=[])
-            wr = acc.write_port()
-            rd = acc.read_port(transparent_for=(wr,))
-            new = Signal(signed(64), name=f"acc_new{i}")
-            m.d.comb += [rd.addr.eq(acc_addr_r), wr.addr.eq(acc_addr_w), wr.en.eq(acc_we),
-                         wr.data.eq(new)]
-            acc_old.append(rd.data)
-            acc_new.append(new)
+        acc = att._ContextAccumulator(m, wb, self._max_head_dim)
 
         nvalues = Signal(20)              # ceil(n / wb) value rows
         pair_word = Signal(20)            # the record word of the scale pair
@@ -362,7 +348,7 @@ class BankedAttentionContext(_BankedKernel):
         period = Signal(20)
         m.d.comb += period.eq(Mux(nvalues + 1 > nw, nvalues + 1, nw))
         live = self._group_keys(m, walk)
-        out = att._ContextOutput(m, self, launch, acc_old)
+        out = att._ContextOutput(m, self, launch, acc.old)
         # A period (slot w) of group g: its probability words (src, slots 0 .. nw-1), the
         # value rows of group g - 1 (aux, slots 0 .. nvalues-1, from record vrec) and
         # its scale pairs' bank row (aux, the last slot).
@@ -409,16 +395,7 @@ class BankedAttentionContext(_BankedKernel):
                 with m.Else():
                     m.d.sync += w.eq(w + 1)
             with m.State("OUT"):
-                m.d.comb += out.issue.eq(1)
-                with m.If(out.word == out.words - 1):
-                    walk.advance(m)
-                    with m.If(walk.last):
-                        m.d.comb += out.last.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "KEYS"
-                with m.Else():
-                    m.d.sync += out.word.eq(out.word + 1)
+                out.state(m, walk)
 
         # Arrival: the probability words gather into a window (from the group's first
         # probability's lane); with the pairs' row, the period's last word, the B weights
@@ -453,9 +430,9 @@ class BankedAttentionContext(_BankedKernel):
 
         # Value row i arrives at w1 = i: accumulated as it arrives (its accumulator word
         # read at the issue).
-        m.d.comb += [acc_addr_r.eq(Mux(value_issue, w, out.row)),
-                     acc_addr_w.eq(w1), acc_we.eq(value1)]
-        for i, (old, new) in enumerate(zip(acc_old, acc_new)):
+        m.d.comb += [acc.addr_r.eq(Mux(value_issue, w, out.row)),
+                     acc.addr_w.eq(w1), acc.we.eq(value1)]
+        for i, (old, new) in enumerate(zip(acc.old, acc.new)):
             terms = [weights[b] * self.aux.data[8 * wb * b + 8 * i:8 * wb * b + 8 * i + 8]
                      .as_signed() for b in range(B)]
             m.d.comb += new.eq(Mux(vfirst1, 0, old) + tree(operator.add, terms))
