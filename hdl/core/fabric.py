@@ -26,7 +26,7 @@ from .buffers import BufferGeometry, BufferRam
 from .plan import BUFFERS, BYTE_BUFFERS
 
 __all__ = ["build_rams", "banked_maps", "connect_writes", "connect_kv_writes", "route_read",
-           "round_robin", "grant", "connect_read_port"]
+           "round_robin", "load_turns", "grant", "connect_read_port"]
 
 
 def build_rams(m, geo: BufferGeometry, *, direct: dict, routed: list, gated: list, stall):
@@ -116,12 +116,8 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
             connect_kv_writes(m, geo, rams[b], lws, taken, sfu_write, sfu_hit[b])
             continue
         wr = rams[b].wr
-        load_hit, lsel, llast = round_robin(
-            m, [lw.valid & (lw.payload.buf == b) for lw in lws], f"load_wr_{bname}")
-        l_addr = Array(lw.payload.addr for lw in lws)[lsel]
-        l_data = Array(lw.payload.data for lw in lws)[lsel]
-        load_won = Signal(name=f"load_wr_{bname}_won")
-        m.d.comb += load_won.eq(0)
+        load_hit, l_addr, l_data, load_won = load_turns(
+            m, lws, lambda p, b=b: p.buf == b, f"load_wr_{bname}", taken)
         # Writers in priority order: (condition, addr, data, en, taken by LOAD).
         writers = []
         if sfu_write is not None:
@@ -136,7 +132,6 @@ def connect_writes(m, geo: BufferGeometry, rams: dict, *, load_writes: list, mat
                 m.d.comb += [wr.addr.eq(addr), wr.data.eq(wdata), wr.en.eq(en)]
                 if is_load:
                     m.d.comb += load_won.eq(1)
-        grant(m, load_won, lsel, llast, taken)
         if b == isa.Buffer.OUT:
             with m.If(held_v & ~sfu_hit[b]):
                 m.d.sync += held_v.eq(0)
@@ -156,19 +151,15 @@ def connect_wgt_writes(m, geo: BufferGeometry, ram, lws, taken):
     banks = geo.wgt_map
     for k in range(banks.banks):
         wr = ram.write_port(k)
-        hit, sel, last = round_robin(
-            m, [lw.valid & (lw.payload.buf == isa.Buffer.WGT) &
-                (banks.bank(lw.payload.addr) == k if banks.banks > 1 else 1) for lw in lws],
-            "load_wr_wgt" if banks.banks == 1 else f"load_wr_wgt{k}")
-        addr = Array(lw.payload.addr for lw in lws)[sel]
-        data = Array(lw.payload.data for lw in lws)[sel]
-        won = Signal(name=f"load_wr_wgt{k}_won")
-        m.d.comb += [won.eq(0), wr.addr.eq(banks.bank_row(addr)),
+        hit, addr, data, won = load_turns(
+            m, lws, lambda p, k=k: (p.buf == isa.Buffer.WGT) &
+            (banks.bank(p.addr) == k if banks.banks > 1 else 1),
+            "load_wr_wgt" if banks.banks == 1 else f"load_wr_wgt{k}", taken)
+        m.d.comb += [wr.addr.eq(banks.bank_row(addr)),
                      wr.data.eq(data.replicate(banks.bank_words))]
         with m.If(hit):
             m.d.comb += [won.eq(1),
                          wr.en.eq(1 << banks.bank_lane(addr) if banks.bank_words > 1 else 1)]
-        grant(m, won, sel, last, taken)
 
 
 def connect_kv_writes(m, geo: BufferGeometry, ram, lws, taken, sfu_write, sfu_hit):
@@ -179,14 +170,9 @@ def connect_kv_writes(m, geo: BufferGeometry, ram, lws, taken, sfu_write, sfu_hi
     words = geo.kv_map.word_map
     for k in range(words.banks):
         wr = ram.write_port(k)
-        hit, sel, last = round_robin(
-            m, [lw.valid & (lw.payload.buf == isa.Buffer.KV) & (words.bank(lw.payload.addr)
-                                                                 == k) for lw in lws],
-            f"load_wr_kv{k}")
-        addr = Array(lw.payload.addr for lw in lws)[sel]
-        data = Array(lw.payload.data for lw in lws)[sel]
-        won = Signal(name=f"load_wr_kv{k}_won")
-        m.d.comb += won.eq(0)
+        hit, addr, data, won = load_turns(
+            m, lws, lambda p, k=k: (p.buf == isa.Buffer.KV) & (words.bank(p.addr) == k),
+            f"load_wr_kv{k}", taken)
         sfu_here = Const(0)
         if sfu_write is not None:
             sfu_here = sfu_hit & (words.bank(sfu_write.addr) == k)
@@ -196,7 +182,6 @@ def connect_kv_writes(m, geo: BufferGeometry, ram, lws, taken, sfu_write, sfu_hi
         with m.Elif(hit):
             m.d.comb += [won.eq(1), wr.addr.eq(words.bank_row(addr)), wr.data.eq(data),
                          wr.en.eq(Const(-1, len(wr.en)))]
-        grant(m, won, sel, last, taken)
 
 
 def route_read(m, name, port, targets, word_bits, maps=None):
@@ -250,6 +235,19 @@ def round_robin(m, reqs, name):
         with m.If(req[c] & (last < c)):
             m.d.comb += sel.eq(c)
     return req.any(), sel, last
+
+
+def load_turns(m, lws, match, name: str, taken):
+    """The LOAD unit's streams ``lws`` whose word ``match`` (a payload -> condition) names
+    one write port, taking turns (:func:`round_robin`): ``(hit, addr, data, won)``, the
+    chosen stream's word and ``won``, 0 unless the caller sets it in the cycle the port
+    takes that word, which then sets the stream's ``taken`` flag (:func:`grant`)."""
+    hit, sel, last = round_robin(m, [lw.valid & match(lw.payload) for lw in lws], name)
+    won = Signal(name=f"{name}_won")
+    m.d.comb += won.eq(0)
+    grant(m, won, sel, last, taken)
+    return (hit, Array(lw.payload.addr for lw in lws)[sel],
+            Array(lw.payload.data for lw in lws)[sel], won)
 
 
 def grant(m, won, sel, last, taken):
