@@ -439,17 +439,15 @@ class IsaSim:
         pair, or INT4 with a pair per ``group`` values: :func:`airfoil.fixedpoint.
         dequant_record_layout`)."""
         size = fx.dequant_record_bytes(n, group)
-        b = self._span(i, what, buf, start, (count - 1) * stride + size, sfu=True)
-        raw = np.frombuffer(b, dtype=np.uint8, count=(count - 1) * stride + size,
-                            offset=start)
-        idx = np.arange(count)[:, None] * stride
-        return fx.decode_records(raw[idx + np.arange(size)[None, :]], n, group)
+        self._span(i, what, buf, start, (count - 1) * stride + size, sfu=True)
+        return self._records_at(buf, start + np.arange(count) * stride, n, group)
 
-    def _records_at(self, buf, starts: np.ndarray, n: int):
-        """The INT8 records of ``n`` values with their scale pairs at byte addresses
-        ``starts`` of ``buf`` (already checked to lie in it)."""
+    def _records_at(self, buf, starts: np.ndarray, n: int, group: int = 0):
+        """The records (as :meth:`_records`) at byte addresses ``starts`` of ``buf``
+        (already checked to lie in it)."""
+        size = fx.dequant_record_bytes(n, group)
         raw = np.frombuffer(self.buffers[buf], dtype=np.uint8)
-        return fx.decode_records(raw[starts[:, None] + np.arange(_up8(n) + 8)[None, :]], n, 0)
+        return fx.decode_records(raw[starts[:, None] + np.arange(size)[None, :]], n, group)
 
     def _matrix(self, i: int, ins: Instr) -> None:
         """Check and perform MV/MM (see :data:`airfoil.isa.MATRIX_LAYOUT`)."""
