@@ -33,10 +33,9 @@ from .textfile import read_bounded, read_text
 #: The linear layers of a decoder layer, by role, in execution order.
 LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
-__all__ = ["parameter_block", "FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder", "OUT_DTYPES", "LLM_KIND",
-           "read_llm_model", "channel_offsets", "linear_roles", "LINEAR_ROLES",
-           "weight_bits_per_weight"]
-
+__all__ = ["parameter_block", "FOLDER_FORMAT", "MANIFEST", "Folder", "load_folder",
+           "OUT_DTYPES", "LLM_KIND", "read_llm_model", "channel_offsets", "linear_roles",
+           "LINEAR_ROLES", "weight_bits_per_weight"]
 
 
 def parameter_block(pos: int, tokens: int, kv_banks: int = 1) -> bytes:
@@ -45,6 +44,7 @@ def parameter_block(pos: int, tokens: int, kv_banks: int = 1) -> bytes:
     groups ``ceil(length / kv_banks)`` (read on a banked KV buffer, ``buffers.kv_banks``)."""
     n = pos + tokens
     return struct.pack("<4i", pos, tokens, n, -(-n // kv_banks))
+
 
 def linear_roles(shape: dict) -> tuple[str, ...]:
     """The linear roles of a decoder layer of model ``shape`` (HF config fields): all of
