@@ -26,17 +26,17 @@ MAX_LENGTH = 4096
 MODEL = "llama2_7b_u280"
 
 
-def _fixed_bytes(words, phase: str, lengths) -> dict[int, int]:
+def _fixed_bytes(words, phase: str, lengths, kv_banks: int) -> dict[int, int]:
     """Bytes of the ``phase`` program fixed to each length in ``lengths`` (prefill: a
     prompt of that many tokens, up to the prefill program's tokens; decode: one token
-    that sees that many keys)."""
+    that sees that many keys), on a KV buffer of ``kv_banks`` banks."""
     from airfoil.program import Program
     from compiler.fixed_length import fixed_length_words
     out = {}
     for n in lengths:
         pos, tokens = (0, n) if phase == "prefill" else (n - 1, 1)
-        out[n] = len(Program(fixed_length_words(words, pos=pos, tokens=tokens),
-                             bytes(8)).to_bytes())
+        out[n] = len(Program(fixed_length_words(words, pos=pos, tokens=tokens,
+                                                kv_banks=kv_banks), bytes(8)).to_bytes())
     return out
 
 
@@ -60,11 +60,13 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
     """
     import json
 
+    from airfoil.config import load_config
     from airfoil.program import read_program
     from compiler.fixed_length import BUCKETS
 
     folder = Path(folder)
     man = json.loads((folder / "manifest.json").read_text())
+    kv_banks = load_config(man["config"]).buffers.kv_banks
     mm = man["model"]
     cap = {"prefill": mm["max_prompt"], "decode": mm["max_positions"]}
     if max_length > mm["max_positions"]:
@@ -82,7 +84,8 @@ def scheme_bytes(folder, max_length: int = MAX_LENGTH, sample=None) -> dict:
         else:
             lengths = sorted(set(sample or (1, 2, step, step + 1, max_length - 1,
                                             max_length)))
-        fixed = _fixed_bytes(words, phase, [min(n, cap[phase]) for n in lengths])
+        fixed = _fixed_bytes(words, phase, [min(n, cap[phase]) for n in lengths],
+                             kv_banks)
         wrong = {n: b for n, b in fixed.items() if b != size}
         if wrong:
             raise AssertionError(f"{phase}: fixed-length programs of {len(wrong)} lengths "

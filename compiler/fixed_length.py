@@ -14,7 +14,10 @@ adaptive one: its bytes do not depend on the lengths it is fixed to.
 
 from __future__ import annotations
 
+import struct
+
 from airfoil.errors import CompileError
+from airfoil.folder import parameter_block
 from airfoil.isa import INSTR_BITS, Opcode, SysOp, decode, encode
 from airfoil.program import HEADER_SIZE
 
@@ -37,9 +40,10 @@ def fixed_length_words(words, *, pos: int, tokens: int, kv_banks: int = 1) -> li
     ``SYS LDREG`` of the position, token count and length registers (and, on a KV buffer
     of ``kv_banks`` banks, of the key groups) become ``SYS SETREG`` of ``pos``, ``tokens``,
     ``pos + tokens`` (and ``ceil((pos + tokens) / kv_banks)``)."""
-    value = {REG_POS: pos, REG_T: tokens, REG_LEN: pos + tokens}
-    if kv_banks > 1:
-        value[REG_GROUPS] = -(-(pos + tokens) // kv_banks)
+    # The values the run's parameter block would give the registers the program loads.
+    regs = (REG_POS, REG_T, REG_LEN, REG_GROUPS)[:4 if kv_banks > 1 else 3]
+    value = dict(zip(regs, struct.unpack("<4i", parameter_block(pos, tokens, kv_banks))))
+    params = (REG_POS, REG_T, REG_LEN, REG_GROUPS)
     out, seen = [], set()
     for w in words:
         ins = decode(w) if (w & 0xF) == Opcode.SYS.value else None
@@ -47,8 +51,11 @@ def fixed_length_words(words, *, pos: int, tokens: int, kv_banks: int = 1) -> li
             out.append(encode(Opcode.SYS, op=SysOp.SETREG, reg=ins.reg, value=value[ins.reg]))
             seen.add(ins.reg)
         else:
+            if ins is not None and ins.op == SysOp.LDREG and ins.reg in params:
+                seen.add(ins.reg)
             out.append(w)
     if seen != set(value):
         raise CompileError(f"the program loads registers {sorted(seen)}, not the length "
-                           f"registers {sorted(value)}: not a length-adaptive LLM program")
+                           f"registers {sorted(value)} of a KV buffer of {kv_banks} "
+                           f"bank(s): not a length-adaptive LLM program for it")
     return out

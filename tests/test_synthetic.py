@@ -221,6 +221,27 @@ def test_fixed_length_programs_compute_what_the_adaptive_ones_do(tmp_path):
                                               tokens=1), pos=0, tokens=1)
 
 
+def test_fixed_length_programs_on_kv_banks(tmp_path):
+    """On a banked KV buffer the fixed program sets the key-group register too and gives
+    the adaptive program's logits; fixed as for one bank (the register left to load) it
+    is refused."""
+    from compiler.fixed_length import fixed_length_words
+    from sim.isa_sim import IsaSim
+    cfg = load_config("sim_llm_kv_banks")
+    banks = cfg.buffers.kv_banks
+    compile_llm(synthetic_model(_shape(), seed=2), cfg, tmp_path / "out", max_prompt=6)
+    folder = load_folder(tmp_path / "out", cfg)
+    adaptive, fixed = IsaLLM(folder, cfg), IsaLLM(folder, cfg)
+    for phase, p, t in (("prefill", 0, 4), ("decode", 4, 1)):
+        w = fixed_length_words(fixed.programs[phase].words, pos=p, tokens=t, kv_banks=banks)
+        fixed._decoded[phase] = (w, IsaSim.prepare(w))
+    prompt = [7, 1, 250, 33]
+    assert torch.equal(fixed.prefill(prompt), adaptive.prefill(prompt))
+    assert torch.equal(fixed.decode(12), adaptive.decode(12))
+    with pytest.raises(CompileError, match="of a KV buffer of 1 bank"):
+        fixed_length_words(folder.phase_program("decode").words, pos=0, tokens=1)
+
+
 def test_scheme_bytes_on_a_small_shape(tmp_path):
     """Adaptive, bucket and per-length program bytes for lengths 1..64, every fixed-length
     program built and measured."""
