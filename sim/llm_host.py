@@ -150,7 +150,7 @@ class LLMHost:
                                f"prefill (max_prompt)")
         self.position = 0
         chunks = [(0, 0)] if by_token and not self.encoder else self.chunks(len(tokens))
-        head = [self._run("prefill", tokens[a:b]) for a, b in chunks if b > a]
+        head = [self.chunk(tokens[a:b]) for a, b in chunks if b > a]
         rest = [self._run("decode", [t]) for t in tokens[chunks[-1][1]:]]
         return torch.cat(head + rest)
 
