@@ -286,6 +286,16 @@ def _rom(table) -> memory.Memory:
                          depth=len(values), init=values)
 
 
+def _max_head_dim(kernel, value) -> int:
+    """``value`` as the largest head dimension an ``ATT_PV`` ``kernel`` accumulates (a
+    positive multiple of 4), else TypeError (the kernel, refused, is never elaborated)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 4 or value % 4:
+        kernel._MustUse__silence = True
+        raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
+                        f"not {value!r}")
+    return value
+
+
 class _ContextAccumulator:
     """The ``ATT_PV`` kernels' context accumulator: ``word_bytes`` memories of 64-bit
     lanes, row ``r`` of lane ``b`` holding element ``r * word_bytes + b`` of the head's
@@ -991,12 +1001,7 @@ class AttentionContext(_Kernel):
     """
 
     def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, word_bits: int = 32):
-        if (not isinstance(max_head_dim, int) or isinstance(max_head_dim, bool)
-                or max_head_dim < 4 or max_head_dim % 4):
-            self._MustUse__silence = True       # refused, so never elaborated
-            raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
-                            f"not {max_head_dim!r}")
-        self._max_head_dim = max_head_dim
+        self._max_head_dim = _max_head_dim(self, max_head_dim)
         super().__init__(word_bits=word_bits, write_bits=word_bits)
 
     @property

@@ -313,11 +313,7 @@ class BankedAttentionContext(_BankedKernel):
 
     def __init__(self, *, max_head_dim: int = ATT_PV_MAX_HEAD_DIM, word_bits: int,
                  banks: int):
-        if (not isinstance(max_head_dim, int) or isinstance(max_head_dim, bool)
-                or max_head_dim < 4 or max_head_dim % 4):
-            raise TypeError(f"Maximum head dimension must be a positive multiple of 4, "
-                            f"not {max_head_dim!r}")
-        self._max_head_dim = max_head_dim
+        self._max_head_dim = att._max_head_dim(self, max_head_dim)
         super().__init__(word_bits=word_bits, banks=banks)
 
     @property
