@@ -528,6 +528,18 @@ class _HeadWalk:
                 m.d.sync += [self.head.eq(self.head + 1), self.rem.eq(step),
                              self.krec.eq(self.kbase)]
 
+    def count(self, m: Module, run, w, last_w):
+        """While ``run``: count ``w`` through a key's (or key group's) cycles ``0 ..
+        last_w``, then go to the next key, and clear ``run`` after the last."""
+        with m.If(run):
+            with m.If(w == last_w):
+                m.d.sync += w.eq(0)
+                self.advance(m)
+                with m.If(self.last):
+                    m.d.sync += run.eq(0)
+            with m.Else():
+                m.d.sync += w.eq(w + 1)
+
 
 # -- ATT_QK -----------------------------------------------------------------------------
 
@@ -600,14 +612,7 @@ class AttentionScores(_Kernel):
                      qoff1.eq(walk.qrec[:lg]), koff1.eq(walk.krec[:lg])]
         last_w = Signal(20)
         m.d.comb += last_w.eq(Mux(aligned, chunks - 1, chunks))
-        with m.If(run):
-            with m.If(w == last_w):
-                m.d.sync += w.eq(0)
-                walk.advance(m)
-                with m.If(walk.last):
-                    m.d.sync += run.eq(0)
-            with m.Else():
-                m.d.sync += w.eq(w + 1)
+        walk.count(m, run, w, last_w)
 
         # Arrival: funnel both ports into aligned chunks; chunk j holds record bytes
         # j * wb .. j * wb + wb - 1.

@@ -191,14 +191,7 @@ class BankedAttentionScores(_BankedKernel):
         live1 = Signal(B)
         m.d.sync += [v1.eq(run & (w < chunks)), j.eq(w), last1.eq(walk.last),
                      live1.eq(live)]
-        with m.If(run):
-            with m.If(w == period - 1):
-                m.d.sync += w.eq(0)
-                walk.advance(m)
-                with m.If(walk.last):
-                    m.d.sync += run.eq(0)
-            with m.Else():
-                m.d.sync += w.eq(w + 1)
+        walk.count(m, run, w, period - 1)
 
         # Arrival: word j of the query and of each bank's record; at the last word the
         # pairs' scales (stage A), then the rescale of every bank's score (stage B).
