@@ -112,6 +112,24 @@ class _GramStore:
         self.released.add(value)
 
 
+class _GivenGrams:
+    """A :class:`_GramStore` of Gram matrices computed beforehand."""
+
+    def __init__(self, grams: dict):
+        self.grams, self.windows = grams, []
+        self.layer_of = dict.fromkeys(grams, "")
+        self.peak_bytes = sum(H.numel() * H.element_size() for H in grams.values())
+        self.runs = 0
+
+    def get(self, value: str) -> torch.Tensor:
+        if value not in self.grams:
+            raise CompileError(f"no calibration statistics of value {value!r}")
+        return self.grams[value]
+
+    def release(self, value: str) -> None:
+        pass
+
+
 class CalibrationStats:
     """Gram matrices of linear inputs over the calibration tokens, in bounded memory.
 
@@ -143,6 +161,13 @@ class CalibrationStats:
         if graph.qweights:
             raise CompileError("calibrate must run before quantize (on the float graph)")
         return cls(_GramStore(graph.copy(), fit_windows(windows, graph.shape)))
+
+    @classmethod
+    def of_rows(cls, rows: dict) -> "CalibrationStats":
+        """The statistics of given activations: value name -> ``M x K`` rows (one linear
+        layer's calibration sample, :func:`compiler.linear.compile_linear`)."""
+        return cls(_GivenGrams({v: x.to(torch.float64).T @ x.to(torch.float64)
+                                for v, x in rows.items()}))
 
     def __deepcopy__(self, memo):
         return self

@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -91,18 +91,18 @@ from airfoil.folder import FOLDER_FORMAT
 from airfoil.formats import (act_scale, fp16_fixed, pack_tile, qmax, quantize_act,
                              requant_params, weight_format)
 from airfoil.isa import ISA_VERSION, Buffer, Opcode, SysOp, WeightFormat
-from airfoil.packing import (DEFAULT_MIXED, MIXED_MAX_REL_ERROR, MIXED_PRESETS,
-                             NM_BY_NAME, format_spec, record_formats, stream_formats,
-                             core_stream_geometry, nm_code,
-                             record_tag)
+from airfoil.packing import (DEFAULT_MIXED, MIXED_PRESETS, core_stream_geometry,
+                             format_spec, nm_code, record_tag)
 from airfoil.program import Program
 from airfoil.wgt_banks import WgtBanks
 
 from .asm import listing
 from .ir import Graph, Pass, Pipeline, build_linear_graph
 from .output import write_folder
-from .llm_recipe import OUT_FORMATS, LayerQuant, check_mixed_max_error
-from .passes import StreamShape, Validate, quantize_linear
+from .calibrate import CalibrationStats
+from .llm_recipe import (LINEAR_DEFAULT_RECIPE, OUT_FORMATS, LayerQuant, LlmRecipe,
+                         check_layer_config, layer_rule, load_llm_recipe)
+from .passes import StreamShape, Validate, quantize_node
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
 from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
@@ -110,7 +110,7 @@ from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_ti
                       place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
 
 __all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
-           "LINEAR_STEPS", "step_summary", "check_stream_args", "plan_linear", "plan_stream",
+           "LINEAR_STEPS", "step_summary", "layer_quant", "LAYER", "plan_linear", "plan_stream",
            "LinearPlan", "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
@@ -262,61 +262,9 @@ def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
                       STREAM_SLOTS, slot)
 
 
-def check_stream_args(config, wformat, sparsity, mixed_formats, group):
-    """Check the options of streamed weights (raise :class:`CompileError` naming what is
-    accepted); return ``(formats, nm code, label)``."""
-    if not config.decode_unit:
-        raise CompileError(f"config {config.name!r} has no decode unit for streamed weights "
-                           f"(it is built when weight_formats lists int2, int3, int6 or a "
-                           f"BitMoD FP format or sparsity an N:M pattern or block; e.g. "
-                           f"config test_decode)")
-    if sparsity in NM_BY_NAME and sparsity != "dense" and sparsity not in config.sparsity:
-        raise CompileError(f"sparsity {sparsity!r} is not built in config {config.name!r} "
-                           f"(accepted: {', '.join(config.sparsity)})")
-    name = str(wformat).lower()
-    if name not in stream_formats() and name != "ovp4":
-        raise CompileError(f"streamed weight format {wformat!r} is not accepted (accepted: "
-                           f"{', '.join(stream_formats())})")
-    if not isinstance(sparsity, str) or sparsity not in NM_BY_NAME:
-        raise CompileError(f"sparsity {sparsity!r} is not accepted (accepted: "
-                           f"{', '.join(NM_BY_NAME)})")
-    nm = nm_code(sparsity)
-    built = config.stream_formats
-    if name == "mixed":
-        cands = mixed_formats
-        if cands is None:       # the default pair, or every format the config decodes
-            cands = DEFAULT_MIXED if all(c in built for c in DEFAULT_MIXED) else built
-        if isinstance(cands, str):
-            cands = [c.strip() for c in cands.split(",") if c.strip()]
-        cands = list(cands)
-        if not cands:
-            raise CompileError(f"mixed formats: the candidate list is empty (accepted: "
-                               f"{', '.join(built)})")
-        for c in cands:
-            if str(c).lower() not in record_formats() and str(c).lower() != "ovp4":
-                raise CompileError(f"mixed formats: {c!r} is not a record format (accepted: "
-                                   f"{', '.join(record_formats())})")
-        names = [str(c).lower() for c in cands]
-    else:
-        if mixed_formats is not None:
-            raise CompileError(f"mixed formats apply to wformat 'mixed', not {wformat!r}")
-        names = list(MIXED_PRESETS.get(name, [name]))
-    for c in names:
-        if ("ovp" if c == "ovp4" else c) not in built:
-            raise CompileError(f"streamed weight format {c!r} is not built in config "
-                               f"{config.name!r} (accepted: {', '.join(built)})")
-    formats = [record_tag(c) for c in names]
-    if nm and any(format_spec(t).kind == "ovp" for t in formats):
-        raise CompileError(f"ovp weights are dense; sparsity {sparsity!r} needs the other "
-                           f"formats (a list without ovp)")
-    geom = core_stream_geometry(config)
-    geom.check_group(group, nm)
-    return formats, nm, name
-
-
-def _check_args(weight, bias, config, wformat, group, out_format):
-    if not isinstance(config, AccelConfig):
-        raise TypeError(f"config must be an AccelConfig, not {config!r}")
+def _check_args(weight, bias, group):
+    """The layer's tensors (the recipe's check, :func:`compiler.llm_recipe.
+    check_layer_config`, does its quantization)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or \
             not weight.is_floating_point():
         raise CompileError(f"weight must be a 2-D float tensor (N x K), not "
@@ -326,17 +274,6 @@ def _check_args(weight, bias, config, wformat, group, out_format):
         raise CompileError(f"weight shape {n} x {k} is empty")
     if not bool(torch.isfinite(weight).all()):
         raise CompileError("weight holds infinite or NaN values")
-    wf = None if wformat is None else weight_format(wformat)
-    if wf is not None and wf.name.lower() not in config.tile_formats:
-        raise CompileError(f"weight format {wformat!r} is not a WGT-tile format of config "
-                           f"{config.name!r} (accepted: {', '.join(config.tile_formats)}; "
-                           f"other formats are streamed)")
-    if isinstance(group, bool) or not isinstance(group, int) or group not in config.group_sizes:
-        raise CompileError(f"group size {group!r} is not supported by config {config.name!r} "
-                           f"(accepted: {', '.join(map(str, config.group_sizes))})")
-    if out_format not in OUT_FORMATS:
-        raise CompileError(f"output format {out_format!r} is not accepted (accepted: "
-                           f"{', '.join(OUT_FORMATS)})")
     if k % group:
         raise CompileError(f"K={k} is not a multiple of the group size {group}")
     if bias is not None:
@@ -345,10 +282,11 @@ def _check_args(weight, bias, config, wformat, group, out_format):
                                f"{tuple(getattr(bias, 'shape', ()))}")
         if not bool(torch.isfinite(bias).all()):
             raise CompileError("bias holds infinite or NaN values")
-    return wf
 
 
-def _calibrate(weight, bias, calib, seed, k, out_bits, k0):
+def _calib_rows(calib, seed, k) -> torch.Tensor:
+    """The calibration sample as ``M x K`` float64 rows: ``calib``, or :data:`CALIB_ROWS`
+    standard-normal rows drawn with ``seed``."""
     if calib is None:
         gen = torch.Generator().manual_seed(int(seed))
         calib = torch.randn(CALIB_ROWS, k, generator=gen, dtype=torch.float64)
@@ -359,6 +297,11 @@ def _calibrate(weight, bias, calib, seed, k, out_bits, k0):
         raise CompileError(f"calibration data must be M x K={k}, not {tuple(calib.shape)}")
     if not bool(torch.isfinite(calib).all()):
         raise CompileError("calibration data holds infinite or NaN values")
+    return calib
+
+
+def _calibrate(weight, bias, calib, seed, k, out_bits, k0):
+    calib = _calib_rows(calib, seed, k)
     x_scale = act_scale(calib)
     y = calib @ weight.detach().to(torch.float64).T
     if bias is not None:
@@ -400,32 +343,49 @@ class LinearOptions:
     Members
     -------
     config : AccelConfig
-    stream : bool
-        Streamed weights (``LD WSTREAM`` + ``MV STREAM``) rather than WGT tiles.
+    quant : LayerQuant
+        The layer's quantization, resolved from the recipe's rules (:data:`LAYER` is the
+        layer's name) and checked against the config.
     wformat : str
-        The WGT tiles' format, or the streamed layer's label (``int2``, ``mixed``, ...).
-    formats : tuple of int
-        A streamed layer's record tags (the candidates of a per-record choice); empty for
-        WGT tiles.
-    nm : int
-        A streamed layer's N:M code (:func:`airfoil.packing.nm_code`).
-    group, out_bits, sparsity, block_density, calib, seed, max_tile_bytes, mixed_max_error
-        As :func:`compile_linear` takes them (``out_bits`` from ``out_format``).
+        The WGT tiles' format, or the streamed layer's label (``int2``, ``bitmod3``,
+        ``mixed``, ...).
+    out_bits : int
+        Result width (the recipe's ``output`` or ``out_format``; default 8).
+    calib, seed, max_tile_bytes
+        As :func:`compile_linear` takes them.
     """
 
     config: AccelConfig
-    stream: bool
+    quant: LayerQuant
     wformat: str
-    formats: tuple
-    nm: int
-    group: int
     out_bits: int
-    sparsity: str
-    block_density: float
     calib: object
     seed: int
     max_tile_bytes: int | None
-    mixed_max_error: float
+
+    @property
+    def stream(self) -> bool:
+        """Streamed weights (``LD WSTREAM`` + ``MV STREAM``) rather than WGT tiles."""
+        return self.quant.streamed
+
+    @property
+    def group(self) -> int:
+        return self.quant.group
+
+    @property
+    def sparsity(self) -> str:
+        return self.quant.sparsity
+
+    @property
+    def formats(self) -> tuple:
+        """A streamed layer's record tags (the candidates of a per-record choice); empty
+        for WGT tiles."""
+        return tuple(record_tag(f) for f in self.quant.formats) if self.stream else ()
+
+    @property
+    def nm(self) -> int:
+        """A streamed layer's N:M code (:func:`airfoil.packing.nm_code`)."""
+        return nm_code(self.quant.sparsity)
 
     @property
     def bias_wformat(self) -> WeightFormat:
@@ -435,36 +395,62 @@ class LinearOptions:
         return weight_format("int4" if "int4" in tiles or not tiles else tiles[0])
 
 
-def linear_options(weight, bias, config, *, wformat="int4", group=128, out_format="int8",
-                   calib=None, seed=0, max_tile_bytes=None, stream=None, sparsity="dense",
-                   mixed_formats=None, block_density=1.0,
-                   mixed_max_error=MIXED_MAX_REL_ERROR) -> LinearOptions:
+#: The name of the one-node graph's layer (:func:`compiler.ir.build_linear_graph`), which
+#: a recipe's rules match.
+LAYER = "linear"
+
+
+def layer_quant(config: AccelConfig, recipe=None, **options) -> LayerQuant:
+    """The quantization of one layer on ``config``: the recipe's rules (default
+    :data:`compiler.llm_recipe.LINEAR_DEFAULT_RECIPE`) and then a rule of ``options``
+    (:func:`compiler.llm_recipe.layer_rule`; ``wformat``, ``group``, ``sparsity``,
+    ``mixed_formats``, ``block_density``, ``mixed_max_error``, ``stream``, ``method``),
+    resolved for :data:`LAYER` as an LLM's layers are and checked against the config
+    (:func:`compiler.llm_recipe.check_layer_config`)."""
+    recipe = _recipe(recipe)
+    built = config.stream_formats
+    rule = layer_rule(default_mixed=DEFAULT_MIXED if all(c in built for c in DEFAULT_MIXED)
+                      else built, **options)
+    if "format" in rule and rule["format"] == "ovp4":
+        rule["format"] = "ovp"
+    if len(rule) > 1:
+        recipe = replace(recipe, rules=recipe.rules + (rule,),
+                         source=f"{recipe.source} and the options")
+    lq = recipe.resolve([LAYER])[LAYER]
+    check_layer_config("", config, formats=lq.formats, group=lq.group, sparsity=lq.sparsity,
+                       streamed=lq.streamed)
+    return lq
+
+
+def _recipe(recipe) -> LlmRecipe:
+    if isinstance(recipe, LlmRecipe):
+        return recipe
+    return load_llm_recipe(LINEAR_DEFAULT_RECIPE if recipe is None else recipe)
+
+
+def _label(lq: LayerQuant) -> str:
+    """The manifest's ``wformat``: the one format, the preset a choice is, or ``mixed``."""
+    if len(lq.formats) == 1:
+        return lq.formats[0]
+    return next((p for p, fs in MIXED_PRESETS.items() if tuple(fs) == lq.formats), "mixed")
+
+
+def linear_options(weight, bias, config, *, recipe=None, out_format=None, calib=None, seed=0,
+                   max_tile_bytes=None, **quant) -> LinearOptions:
     """Check :func:`compile_linear`'s arguments (one-line :class:`CompileError` naming what
-    is accepted) and resolve them: ``stream`` (default: implied by the format, the
-    sparsity or ``mixed_formats``), a streamed layer's record formats."""
+    is accepted) and resolve them: the layer's :class:`LayerQuant` (:func:`layer_quant`
+    of ``recipe`` and the options ``quant``), its result width."""
     if not isinstance(config, AccelConfig):
         raise TypeError(f"config must be an AccelConfig, not {config!r}")
-    if stream is None:
-        name = str(wformat).lower()
-        stream = (name not in config.tile_formats and name in stream_formats() + ("ovp4",)
-                  or sparsity != "dense" or mixed_formats is not None)
-    check_mixed_max_error(mixed_max_error, "mixed_max_error")
-    formats, nm = (), 0
-    if stream:
-        formats, nm, label = check_stream_args(config, wformat, sparsity, mixed_formats, group)
-        _check_args(weight, bias, config, None, group, out_format)
-        formats = tuple(formats)
-    else:
-        if block_density != 1.0:
-            raise CompileError(f"block density {block_density!r} applies to sparsity 'block' "
-                               f"(streamed weights), not {sparsity!r}")
-        if sparsity != "dense":
-            raise CompileError(f"sparsity {sparsity!r} needs streamed weights (stream=True); "
-                               f"WGT tiles are dense")
-        label = _check_args(weight, bias, config, wformat, group, out_format).name.lower()
-    return LinearOptions(config, bool(stream), label, formats, nm, group,
-                         OUT_FORMATS[out_format], sparsity, block_density, calib, seed,
-                         max_tile_bytes, float(mixed_max_error))
+    recipe = _recipe(recipe)
+    lq = layer_quant(config, recipe, **quant)
+    out = out_format if out_format is not None else recipe.output or "int8"
+    if out not in OUT_FORMATS:
+        raise CompileError(f"output format {out!r} is not accepted (accepted: "
+                           f"{', '.join(OUT_FORMATS)})")
+    _check_args(weight, bias, lq.group)
+    return LinearOptions(config, lq, _label(lq), OUT_FORMATS[out], calib, seed,
+                         max_tile_bytes)
 
 
 class _LayerStep(Pass):
@@ -483,22 +469,22 @@ class _LayerStep(Pass):
 
 
 class QuantizeLayer(_LayerStep):
-    """Quantize the layer's weights (:func:`compiler.passes.quantize_linear`, the LLM
-    compiler's quantizer): ``qweights[node]``."""
+    """Quantize the layer's weights by the LLM compiler's quantizer
+    (:func:`compiler.passes.quantize_node`: the recipe's method, a calibrated one on the
+    Gram matrix of the calibration sample): ``qweights[node]``."""
 
     name = "quantize"
 
     def apply(self, graph: Graph) -> Graph:
         g, o = graph.copy(), self.opts
         node, weight, _ = self.layer(g)
-        if o.stream:
-            lq = LayerQuant(tuple(format_spec(t).name for t in o.formats), o.group,
-                            o.sparsity, o.block_density,
-                            mixed_max_error=o.mixed_max_error)
-            shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes)
-        else:
-            lq, shape = LayerQuant((o.wformat,), o.group), StreamShape.of(o.config)
-        g.qweights[node.name] = quantize_linear(weight, lq, shape, streamed=o.stream)
+        shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes) \
+            if o.stream else StreamShape.of(o.config)
+        if o.quant.method != "rtn":
+            g.meta["calibration"] = CalibrationStats.of_rows(
+                {node.inputs[0]: _calib_rows(o.calib, o.seed, weight.shape[1])})
+        g.qweights[node.name] = quantize_node(g, node, o.quant, shape)
+        g.meta.pop("calibration", None)
         return g
 
 
@@ -789,32 +775,39 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
     stop_after : str, optional
         A step of :data:`LINEAR_STEPS`: stop after it and return the graph (nothing is
         written before ``emit``).
+    recipe : LlmRecipe or path, optional
+        The quantization recipe (default :data:`compiler.llm_recipe.LINEAR_DEFAULT_RECIPE`:
+        INT4, group 128, INT8 results): an LLM recipe whose rules match :data:`LAYER`,
+        and its ``output`` section. The options below override it, as one more rule
+        (:func:`layer_quant`).
     wformat : str
-        Weight format (one of the config's ``weight_formats``; default ``int4``).
+        Weight format: a WGT-tile format of the config (``int4``, ``int8``), a streamed
+        one (``int2``, ``int3``, ``int6``, ``ovp``, a BitMoD FP format), ``bitmod4`` /
+        ``bitmod3`` (BitMoD's per-record choice among its FP4 / FP3 variants) or ``mixed``
+        (a per-record choice among ``mixed_formats``). Formats other than the WGT-tile ones
+        are streamed through the decode unit (``LD WSTREAM`` + ``MV STREAM``); the BitMoD
+        and INT6 formats must be in the config's ``weight_formats``.
     group : int
-        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K;
-        default 128).
+        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K).
     out_format : str
-        ``int8`` (default), ``int16`` or ``int32`` result.
+        ``int8``, ``int16`` or ``int32`` result (default: the recipe's ``output``, else
+        ``int8``).
     calib : torch.Tensor, optional
-        ``M x K`` float activations for static calibration; default: ``CALIB_ROWS``
-        standard-normal rows drawn with ``seed``. Its first row, quantized, is the
-        folder's default input.
+        ``M x K`` float activations for static calibration (and the Gram matrix of a
+        calibrated ``method``); default: ``CALIB_ROWS`` standard-normal rows drawn with
+        ``seed``. Its first row, quantized, is the folder's default input.
     seed : int
         Seed of the random calibration sample.
     max_tile_bytes : int, optional
         Cap on a weight tile's bytes (forces K-splits in tests; with streamed weights,
         smaller row blocks).
     stream : bool, optional
-        Stream the weights through the decode unit (``LD WSTREAM`` + ``MV STREAM``)
-        instead of WGT tiles. Default: when ``wformat`` is not one of the config's WGT-tile
-        formats (:attr:`~airfoil.config.AccelConfig.tile_formats`: INT4 and INT8, as the
-        PE kind computes them), ``sparsity`` is not ``dense`` or ``mixed_formats`` is given.
+        True streams a WGT-tile format through the decode unit; False asks for WGT tiles
+        (refusing a layer that needs the decode unit).
     sparsity : str
-        Streamed weights: ``dense``, an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``,
-        ``8:16``): magnitude pruning before quantization, or ``block``: block-skip records
-        (k-steps of ``chains`` rows x ``lanes`` weights that are all zero are neither
-        streamed nor computed).
+        ``dense``, an N:M pattern (``1:4``, ``2:4``, ``2:8``, ``4:16``, ``8:16``) or
+        ``block`` (k-steps of ``chains`` rows x ``lanes`` weights that are all zero are
+        neither streamed nor computed); streamed.
     block_density : float
         ``sparsity="block"``: fraction of each record's k-steps kept, those of largest L2
         norm (``0 < d <= 1``; the default 1 skips only the k-steps already zero).
@@ -822,15 +815,16 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         Candidates of ``wformat="mixed"`` (default :data:`airfoil.packing.DEFAULT_MIXED`,
         or every record format the config decodes if it lacks one of those), e.g.
         ``"int2,int4,int8"`` or ``"fp4_er_p,fp4_ea_n"``: each record (``chains`` rows x
-        one group) takes the one :func:`airfoil.packing.mixed_choice` picks (of one
-        width, the least squared error). ``wformat`` ``bitmod4`` /
-        ``bitmod3`` are the presets of :data:`airfoil.packing.MIXED_PRESETS` (BitMoD's FP4
-        / FP3 variants). Streamed formats other than INT2/3/4/8 and OVP must be in the
-        config's ``weight_formats``.
+        one group) takes the one :func:`airfoil.packing.mixed_choice` picks.
     mixed_max_error : float
         Candidates of several widths: a record takes the narrowest whose squared error is
         at most this fraction of its squared weights (0 to 1; default
         :data:`airfoil.packing.MIXED_MAX_REL_ERROR`).
+    method : str
+        ``rtn`` (default), ``gptq``, ``sparsegpt`` or ``awq`` (here round to nearest: AWQ's
+        scaling folds into a model's producers), as a recipe's rules name them
+        (:mod:`compiler.quant_algorithms`); a calibrated method reads the calibration
+        sample's Gram matrix.
 
     Returns
     -------

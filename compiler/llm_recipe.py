@@ -49,12 +49,16 @@ choice) dense or N:M. ``budget`` (or ``airfoil compile --bits-budget B``) lets
 :mod:`compiler.bits_budget` choose each decoder layer's format and sparsity among
 ``candidates``, its group, method and ``mixed_max_error`` from the rules.
 
-A single-layer recipe (``airfoil compile --recipe`` of one layer,
-``compiler/recipes/linear_default.yaml``) is a flat mapping of the keyword arguments of
-:func:`compiler.linear.compile_linear` (:data:`LINEAR_RECIPE_KEYS`): ``wformat`` (a
-format above, or ``mixed``), ``group``, ``out_format``, ``stream``, ``sparsity``
-(:data:`SPARSITY`), ``block_density``, ``mixed_formats`` (the candidates of ``wformat:
-mixed``, e.g. ``"int4,ovp"``) and ``mixed_max_error`` (their error bound, as above).
+One linear layer (``airfoil compile --recipe`` without a model,
+:func:`compiler.linear.compile_linear`) reads the same recipes: the one-node graph's
+layer is named ``linear``, so ``match: "*"`` rules apply to it
+(``compiler/recipes/linear_default.yaml`` is its default), and its own section sets the
+result's width::
+
+    output: {format: int8}        # int8 (default) | int16 | int32; one linear layer only
+
+A rule's ``stream: true`` streams a dense WGT-tile format through the decode unit
+(``stream: false`` asks for WGT tiles and refuses a layer that needs the decode unit).
 """
 
 from __future__ import annotations
@@ -73,9 +77,9 @@ from airfoil.yamlfile import read_yaml
 from .quant_algorithms import METHODS
 
 __all__ = ["LLM_DEFAULT_RECIPE", "LayerQuant", "LlmRecipe", "load_llm_recipe",
-           "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "LINEAR_RECIPE_KEYS", "OUT_FORMATS",
-           "check_linear_recipe", "load_linear_recipe", "SPARSITY", "TILE_FORMATS", "nm_of",
-           "RECIPE_DIR", "check_mixed_max_error"]
+           "parse_llm_recipe", "LINEAR_DEFAULT_RECIPE", "OUT_FORMATS", "SPARSITY",
+           "TILE_FORMATS", "nm_of", "RECIPE_DIR", "check_mixed_max_error", "layer_rule",
+           "check_layer_config"]
 
 #: The recipe shipped with the project.
 LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
@@ -83,12 +87,8 @@ LLM_DEFAULT_RECIPE = package_path("compiler", "recipes", "llm_default.yaml")
 RECIPE_DIR = package_path("compiler", "recipes")
 #: The single-layer recipe shipped with the project.
 LINEAR_DEFAULT_RECIPE = package_path("compiler", "recipes", "linear_default.yaml")
-#: Output formats a single-layer recipe may name, with their width in bits.
+#: Result formats of one linear layer (the recipe's ``output`` section), with their width.
 OUT_FORMATS = {"int8": 8, "int16": 16, "int32": 32}
-#: Keys a single-layer recipe may set, with their Python type.
-LINEAR_RECIPE_KEYS = {"wformat": str, "group": int, "out_format": str, "stream": bool,
-                      "sparsity": str, "mixed_formats": str, "block_density": float,
-                      "mixed_max_error": float}
 
 #: Weight formats of LLM layers on WGT tiles (a PE kind computes them), with their width.
 TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
@@ -96,9 +96,9 @@ TILE_FORMATS = {f.name: f.code_bits for f in format_registry.tile_formats()
 #: Sparsity patterns a layer may name (N:M magnitude pruning, block skip): the stream
 #: records' (:data:`airfoil.packing.NM_BY_NAME`).
 SPARSITY = tuple(NM_BY_NAME)
-_SECTIONS = ("weights", "activations", "kv_cache", "budget", "embedding")
+_SECTIONS = ("weights", "activations", "kv_cache", "budget", "embedding", "output")
 _RULE_KEYS = ("match", "format", "mixed", "mixed_max_error", "sparsity", "density", "group",
-              "method")
+              "method", "stream")
 #: Keys of a budget candidate.
 _CANDIDATE_KEYS = ("format", "mixed", "mixed_max_error", "sparsity")
 _BUDGET_KEYS = ("bits", "candidates")
@@ -132,7 +132,7 @@ class LayerQuant:
     squared weights, of one width the least error). ``sparsity``
     is a pattern of :data:`SPARSITY`; ``density`` the fraction of k-steps kept by
     ``block``. The layer runs from WGT tiles when it is one dense tile format, else from
-    the weight stream (:attr:`streamed`).
+    the weight stream (:attr:`streamed`), or from the stream when ``stream`` is true.
     """
 
     formats: tuple
@@ -141,6 +141,7 @@ class LayerQuant:
     density: float = 1.0
     method: str = "rtn"
     mixed_max_error: float = MIXED_MAX_REL_ERROR
+    stream: bool = False
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -154,7 +155,13 @@ class LayerQuant:
 
     @property
     def streamed(self) -> bool:
-        """Whether the layer needs the decode unit (not one dense WGT-tile format)."""
+        """Whether the layer runs from the decode unit: asked to (:attr:`stream`), or not
+        one dense WGT-tile format."""
+        return self.stream or self.needs_stream
+
+    @property
+    def needs_stream(self) -> bool:
+        """Whether only the decode unit runs the layer (not one dense WGT-tile format)."""
         return (len(self.formats) > 1 or self.formats[0] not in TILE_FORMATS
                 or self.sparsity != "dense")
 
@@ -190,6 +197,9 @@ class LlmRecipe:
     #: Values per scale of the INT4 embedding table; 0: INT8 with a scale per row
     #: (:class:`airfoil.fixedpoint.QEmbedding`).
     embedding_group: int = 0
+    #: One linear layer's result format (a key of :data:`OUT_FORMATS`; the ``output``
+    #: section), None when the recipe does not set it.
+    output: str | None = None
 
     @property
     def needs_calibration(self) -> bool:
@@ -240,10 +250,15 @@ class LlmRecipe:
                 raise CompileError(f"{self.source}: layer {n}: method {method} takes one "
                                    f"format (not ovp), dense or N:M")
             lq = LayerQuant(formats, d["group"], sparsity, float(d.get("density", 1.0)),
-                            method, float(d.get("mixed_max_error", MIXED_MAX_REL_ERROR)))
+                            method, float(d.get("mixed_max_error", MIXED_MAX_REL_ERROR)),
+                            bool(d.get("stream", False)))
             if "mixed_max_error" in d and len(lq.widths) < 2:
                 raise CompileError(f"{self.source}: layer {n}: mixed_max_error applies to "
                                    f"a mixed layer of several widths, not {lq.label}")
+            if d.get("stream") is False and lq.needs_stream:
+                raise CompileError(f"{self.source}: layer {n}: {lq.label} needs the decode "
+                                   f"unit, not WGT tiles (stream: false; WGT tiles take "
+                                   f"dense {' or '.join(TILE_FORMATS)})")
             out[n] = lq
         return out
 
@@ -304,6 +319,9 @@ def _check_rule(r: dict, where: str) -> None:
                                f"number in (0, 1], with sparsity block)")
     if "mixed_max_error" in r:
         check_mixed_max_error(r["mixed_max_error"], f"{where}.mixed_max_error")
+    if "stream" in r and not isinstance(r["stream"], bool):
+        raise CompileError(f"{where}.stream = {r['stream']!r} is not supported (accepted: "
+                           f"true or false)")
 
 
 def check_mixed_max_error(value, where: str) -> None:
@@ -347,7 +365,18 @@ def parse_llm_recipe(data, source: str = "recipe") -> LlmRecipe:
     _check_section(data.get("kv_cache"), "kv_cache", _KV, source)
     budget = _parse_budget(data.get("budget"), source) if "budget" in data else None
     return LlmRecipe(rules=tuple(out), source=source, budget=budget,
-                     embedding_group=_parse_embedding(data.get("embedding"), source))
+                     embedding_group=_parse_embedding(data.get("embedding"), source),
+                     output=_parse_output(data.get("output"), source))
+
+
+def _parse_output(o, source) -> str | None:
+    """The ``output`` section's format (None without the section)."""
+    if o is None:
+        return None
+    if not isinstance(o, dict) or set(o) != {"format"} or o["format"] not in OUT_FORMATS:
+        raise CompileError(f"{source}: output = {o!r} is not supported (accepted: "
+                           f"{{format: {' | '.join(OUT_FORMATS)}}})")
+    return o["format"]
 
 
 def _parse_embedding(e, source) -> int:
@@ -420,36 +449,69 @@ def load_llm_recipe(path=None) -> LlmRecipe:
     return parse_llm_recipe(read_yaml(p, "recipe", CompileError), source=p.name)
 
 
-# -- single linear layers -------------------------------------------------------------------
+# -- one linear layer ----------------------------------------------------------------------
 
-def check_linear_recipe(data, source: str = "recipe") -> dict:
-    """Validate a single-layer recipe; return it as keyword arguments for
-    :func:`compiler.linear.compile_linear` (which checks the values against the config)."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CompileError(f"{source}: a recipe must be a mapping of "
-                           f"{', '.join(LINEAR_RECIPE_KEYS)}, not {type(data).__name__}")
-    out = {}
-    for key, value in data.items():
-        if key not in LINEAR_RECIPE_KEYS:
-            raise CompileError(f"{source}: unknown key {key!r} (accepted: "
-                               f"{', '.join(LINEAR_RECIPE_KEYS)})")
-        tp = LINEAR_RECIPE_KEYS[key]
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)                     # YAML's 1 for 1.0
-        if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
-            raise CompileError(f"{source}: key {key!r} must be {tp.__name__}, not "
-                               f"{type(value).__name__} {value!r}")
-        out[key] = value
-    if "out_format" in out and out["out_format"] not in OUT_FORMATS:
-        raise CompileError(f"{source}: out_format {out['out_format']!r} is not accepted "
-                           f"(accepted: {', '.join(OUT_FORMATS)})")
-    return out
+def layer_rule(*, wformat=None, group=None, sparsity=None, mixed_formats=None,
+               block_density=None, mixed_max_error=None, stream=None, method=None,
+               default_mixed=None, source: str = "options") -> dict:
+    """:func:`compiler.linear.compile_linear`'s (and ``airfoil compile``'s) layer options as
+    one recipe rule (``match: "*"``, only the keys given), checked as a recipe's rules are:
+    ``wformat`` a format, a preset or ``mixed`` (its candidates ``mixed_formats``, a list or
+    a comma-separated string, else ``default_mixed``), ``block_density`` the rule's
+    ``density``."""
+    rule = {"match": "*"}
+    if mixed_formats is not None and str(wformat).lower() != "mixed":
+        raise CompileError(f"{source}: mixed formats apply to wformat 'mixed', not "
+                           f"{wformat!r}")
+    if wformat is not None:
+        name = str(wformat).lower()
+        if name == "mixed":
+            cands = default_mixed if mixed_formats is None else mixed_formats
+            if isinstance(cands, str):
+                cands = [c.strip() for c in cands.split(",") if c.strip()]
+            rule["mixed"] = [str(c).lower() for c in cands or ()]
+        else:
+            rule["format"] = name
+    for key, value in (("group", group), ("sparsity", sparsity), ("density", block_density),
+                       ("mixed_max_error", mixed_max_error), ("stream", stream),
+                       ("method", method)):
+        if value is not None:
+            rule[key] = value
+    _check_rule(rule, source)
+    return rule
 
 
-def load_linear_recipe(path=None) -> dict:
-    """Read a single-layer recipe YAML (default: :data:`LINEAR_DEFAULT_RECIPE`) into
-    keyword arguments."""
-    p = Path(path) if path is not None else LINEAR_DEFAULT_RECIPE
-    return check_linear_recipe(read_yaml(p, "recipe", CompileError), source=p.name)
+def check_layer_config(where: str, config, *, formats, group: int, sparsity: str = "dense",
+                       streamed: bool) -> None:
+    """A layer's formats (names), group and sparsity against the config: what its WGT tiles
+    or its decode unit are built for (one-line :class:`CompileError` naming what is
+    accepted). The one check of a layer's quantization against a config, for one linear
+    layer (before quantizing) and an LLM's layers (after, on the formats they got)."""
+    from airfoil.packing import core_stream_geometry, nm_code
+    if group not in config.group_sizes:
+        raise CompileError(f"{where}group size {group!r} is not built into config "
+                           f"{config.name!r} (accepted: "
+                           f"{', '.join(map(str, config.group_sizes))})")
+    if not streamed:
+        fmt = formats[0]
+        if fmt not in config.tile_formats:
+            raise CompileError(f"{where}weight format {fmt} is not a WGT-tile format of "
+                               f"config {config.name!r} (accepted: "
+                               f"{', '.join(config.tile_formats)}; other formats are "
+                               f"streamed)")
+        return
+    if not config.decode_unit:
+        label = ", ".join(formats) + ("" if sparsity == "dense" else f"/{sparsity}")
+        raise CompileError(f"{where}streamed weights ({label}) need the decode "
+                           f"unit, which config {config.name!r} lacks (it is built when "
+                           f"weight_formats lists int2, int3, int6 or a BitMoD FP format or "
+                           f"sparsity an N:M pattern or block; e.g. config test_decode)")
+    for f in formats:
+        if f not in config.stream_formats:
+            raise CompileError(f"{where}streamed weight format {f!r} is not built in config "
+                               f"{config.name!r} (accepted: "
+                               f"{', '.join(config.stream_formats)})")
+    if sparsity != "dense" and sparsity not in config.sparsity:
+        raise CompileError(f"{where}sparsity {sparsity!r} is not built in config "
+                           f"{config.name!r} (accepted: {', '.join(config.sparsity)})")
+    core_stream_geometry(config).check_group(group, nm_code(sparsity))

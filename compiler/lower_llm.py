@@ -111,6 +111,7 @@ from airfoil.wgt_banks import WgtBanks
 
 from .asm import listing
 from .ir import Graph, Pass, Pipeline
+from .llm_recipe import check_layer_config
 from .output import write_folder
 from .passes import quantized_model
 from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream_block,
@@ -282,32 +283,13 @@ def _check_linear(name, ql, config):
     if ql.in_features % config.word_bytes:
         raise CompileError(f"layer {name}: k={ql.in_features} is not a multiple of the "
                            f"{config.word_bytes}-byte memory word")
-    if ql.group not in config.group_sizes:
-        raise CompileError(f"layer {name}: group size {ql.group} is not built into config "
-                           f"{config.name!r} (accepted: "
-                           f"{', '.join(map(str, config.group_sizes))})")
+    formats = (f"int{ql.bits}",) if not ql.streamed else tuple(
+        format_spec(tag).name for tag in sorted(set(ql.formats.reshape(-1).tolist())))
+    check_layer_config(f"layer {name}: ", config, formats=formats, group=ql.group,
+                       sparsity=ql.sparsity, streamed=ql.streamed)
     if not ql.streamed:
-        fmt = f"int{ql.bits}"
-        if fmt not in config.tile_formats:
-            raise CompileError(f"layer {name}: weight format {fmt} is not a WGT-tile format "
-                               f"of config {config.name!r} (accepted: "
-                               f"{', '.join(config.tile_formats)})")
         return
-    if not config.decode_unit:
-        raise CompileError(f"layer {name}: streamed weights ({_stream_label(ql)}) need the "
-                           f"decode unit, which config {config.name!r} lacks (e.g. config "
-                           f"sim_llm_decode)")
-    for tag in sorted(set(ql.formats.reshape(-1).tolist())):
-        f = format_spec(tag).name
-        if f not in config.stream_formats:
-            raise CompileError(f"layer {name}: streamed format {f} is not decoded by config "
-                               f"{config.name!r} (accepted: "
-                               f"{', '.join(config.stream_formats)})")
-    if ql.sparsity != "dense" and ql.sparsity not in config.sparsity:
-        raise CompileError(f"layer {name}: sparsity {ql.sparsity} is not built in config "
-                           f"{config.name!r} (accepted: {', '.join(config.sparsity)})")
     geom = core_stream_geometry(config)
-    geom.check_group(ql.group, nm_code(ql.sparsity))
     rr = geom.rows
     for r0 in range(0, n, rr):
         block = ql.formats[r0:r0 + rr]

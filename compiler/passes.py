@@ -196,6 +196,10 @@ class Quantize(Pass):
 
     def __init__(self, recipe=None, config=None, method: str = "rtn"):
         self.recipe = recipe if isinstance(recipe, LlmRecipe) else load_llm_recipe(recipe)
+        if self.recipe.output is not None:
+            raise CompileError(f"{self.recipe.source}: output sets one linear layer's result "
+                               f"format; a model's are its own (accepted for a model: "
+                               f"weights, activations, kv_cache, budget, embedding)")
         self.shape = StreamShape.of(config)
         self.config = config
         self.method = method

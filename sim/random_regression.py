@@ -124,9 +124,10 @@ _SPARSE_MIXED = ("int2", "int4", "int8")
 
 
 def _accepted(cfg, wformat, sparsity, mixed, group) -> bool:
-    from compiler.linear import check_stream_args
+    from compiler.linear import layer_quant
     try:
-        check_stream_args(cfg, wformat, sparsity, mixed, group)
+        layer_quant(cfg, wformat=wformat, sparsity=sparsity, mixed_formats=mixed, group=group,
+                    stream=True)
     except CompileError:
         return False
     return True

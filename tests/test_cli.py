@@ -133,12 +133,15 @@ def test_k_not_multiple_of_group(tmp_path, capsys):
 
 def test_bad_recipe(tmp_path, capsys):
     r = tmp_path / "r.yaml"
-    r.write_text("wformat: int4\ngroupsize: 32\n")
+    r.write_text("weights:\n  - {match: '*', format: int4, groupsize: 32}\n")
     cli_fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")] + SMALL,
-           "unknown key 'groupsize'")
-    r.write_text("group: big\n")
+           "weights[0].groupsize is not a known key")
+    r.write_text("weights:\n  - {match: '*', format: int4, group: big}\n")
     cli_fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")],
-           "key 'group' must be int")
+           "weights[0].group must be a positive integer, not 'big'")
+    r.write_text("wformat: int4\n")
+    cli_fails(capsys, ["compile", "--recipe", str(r), "-o", str(tmp_path / "o")],
+           "unknown section 'wformat'")
     assert not (tmp_path / "o").exists()
 
 

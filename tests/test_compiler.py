@@ -4,6 +4,8 @@ tiling rules, recipes and atomic writes."""
 import json
 
 import numpy as np
+import re
+
 import pytest
 import torch
 
@@ -16,8 +18,8 @@ from airfoil.isa import Buffer, Opcode, decode
 from compiler import linear as linear_mod
 from compiler.linear import compile_linear
 from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
-from compiler.llm_recipe import check_linear_recipe as check_recipe
-from compiler.llm_recipe import load_linear_recipe as load_recipe
+from compiler.llm_recipe import load_llm_recipe, parse_llm_recipe
+from compiler.passes import llm_pipeline
 from sim.golden import layer_tensors, run_golden
 from compiler.tiling import WGT_SLOTS
 
@@ -153,15 +155,16 @@ def test_plan_respects_buffers():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(group=32), "K=100 is not a multiple of the group size 32"),
-    (dict(group=48), "group size 48 is not supported"),
-    (dict(wformat="int2"), "config 'test' has no decode unit for streamed weights"),
-    (dict(wformat="int2", stream=False), "'int2' is not a WGT-tile format of config 'test'"),
-    (dict(wformat="fp4"), "unknown weight format"),
+    (dict(group=48), "group size 48 is not built into config 'test'"),
+    (dict(wformat="int2"), "streamed weights (int2) need the decode unit, which config "
+                           "'test' lacks"),
+    (dict(wformat="int2", stream=False), "int2 needs the decode unit, not WGT tiles"),
+    (dict(wformat="fp4"), "format = 'fp4' is not supported"),
     (dict(out_format="int4"), "output format 'int4'"),
 ])
 def test_compile_errors_are_one_line(tmp_path, kwargs, message):
     w, b = _layer(0, 10, 100)
-    with pytest.raises(CompileError, match=message) as ei:
+    with pytest.raises(CompileError, match=re.escape(message)) as ei:
         compile_linear(w, b, CFG, tmp_path / "o", **kwargs)
     assert "\n" not in str(ei.value)
     assert not (tmp_path / "o").exists()
@@ -173,17 +176,30 @@ def test_k_beyond_act_buffer(tmp_path):
         compile_linear(w, b, CFG, tmp_path / "o", group=128)
 
 
-def test_recipes():
-    assert load_recipe() == load_recipe(DEFAULT_RECIPE) == \
-        {"wformat": "int4", "group": 128, "out_format": "int8"}
-    with pytest.raises(CompileError, match=r"unknown key 'groups' \(accepted: wformat, group"):
-        check_recipe({"groups": 32}, "r.yaml")
-    with pytest.raises(CompileError, match="key 'group' must be int, not str"):
-        check_recipe({"group": "32"}, "r.yaml")
-    with pytest.raises(CompileError, match="out_format 'int12'"):
-        check_recipe({"out_format": "int12"}, "r.yaml")
+def test_recipes(tmp_path):
+    """One layer reads the recipes a model does: its default, a rule matching the layer,
+    the output section; the keyword options override the recipe as one more rule."""
+    lq = linear_mod.layer_quant(CFG)
+    assert (lq.formats, lq.group, lq.streamed) == (("int4",), 128, False)
+    assert load_llm_recipe(DEFAULT_RECIPE).output == "int8"
+    recipe = parse_llm_recipe({"weights": [{"match": "*", "format": "int8", "group": 32}],
+                               "output": {"format": "int16"}})
+    assert linear_mod.layer_quant(CFG, recipe).formats == ("int8",)
+    assert linear_mod.layer_quant(CFG, recipe, wformat="int4").group == 32
+    w, b = _layer(0, 8, 64)
+    m = compile_linear(w, b, CFG, tmp_path / "o", recipe=recipe)
+    assert m["output"]["bits"] == 16 and m["model"]["linears"]["linear"]["wformat"] == "int8"
+    with pytest.raises(CompileError, match=r"unknown section 'groups' \(accepted: weights"):
+        parse_llm_recipe({"weights": [{"match": "*"}], "groups": 32}, "r.yaml")
+    with pytest.raises(CompileError, match="group must be a positive integer, not '32'"):
+        parse_llm_recipe({"weights": [{"match": "*", "group": "32"}]}, "r.yaml")
+    with pytest.raises(CompileError, match=r"output = \{'format': 'int12'\} is not supported"):
+        parse_llm_recipe({"weights": [{"match": "*"}], "output": {"format": "int12"}})
     with pytest.raises(CompileError, match="must be a mapping"):
-        check_recipe([1, 2], "r.yaml")
+        parse_llm_recipe([1, 2], "r.yaml")
+    # A model's recipe has no output section.
+    with pytest.raises(CompileError, match="output sets one linear layer's result format"):
+        llm_pipeline(recipe)
 
 
 def test_failed_write_leaves_previous_folder(tmp_path, monkeypatch):

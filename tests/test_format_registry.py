@@ -20,7 +20,7 @@ from airfoil.packing import (TAG_BITS, TAG_BY_NAME, RecordTag, StreamGeometry,
                              core_stream_geometry, decode_weights, encode_weights,
                              pack_records, parse_stream, read_records, record_tag)
 from compiler.linear import compile_linear
-from compiler.llm_recipe import check_linear_recipe as check_recipe
+from compiler.llm_recipe import parse_llm_recipe
 from hdl.decode_unit.unpacker import Unpacker
 from hdl.pe.kinds import KINDS, kinds_running, tag_value_bits
 from sim.golden import run_golden
@@ -173,10 +173,10 @@ def test_toy_compiles_and_the_backends_agree(toy, tmp_path):
                        group=32, stream=True)
     cfg = dataclasses.replace(base, weight_formats=base.weight_formats + ("toy3",))
     assert "toy3" in cfg.stream_formats and cfg.decode_unit
-    kw = check_recipe({"wformat": "toy3", "group": 32, "stream": True})
+    recipe = parse_llm_recipe({"weights": [{"match": "*", "format": "toy3", "group": 32}]})
     n, k = 2 * cfg.chains + 3, 96
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(5))
-    manifest = compile_linear(w, None, cfg, tmp_path / "f", seed=5, **kw)
+    manifest = compile_linear(w, None, cfg, tmp_path / "f", seed=5, recipe=recipe)
     assert manifest["format"] == FOLDER_FORMAT
     folder = load_folder(tmp_path / "f", cfg)
     gold = run_golden(folder)

@@ -28,7 +28,7 @@ root = Path(sys.argv[1]).resolve()
 from airfoil.config import BUILTIN_CONFIGS, load_config
 from airfoil.models import BUILTIN_MODELS
 from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
-from compiler.llm_recipe import load_linear_recipe as load_recipe
+from compiler.llm_recipe import load_llm_recipe as load_recipe
 from compiler.llm_recipe import LLM_DEFAULT_RECIPE
 from explore.space import load_space
 import airfoil, bench, sim.rtl, sim.core_harness, sim.tb_decode.rtl, sim.measure.noc
@@ -38,7 +38,7 @@ paths = [*BUILTIN_CONFIGS.values(), *BUILTIN_MODELS.values(), DEFAULT_RECIPE,
 outside = [str(p) for p in paths if root not in Path(p).resolve().parents]
 assert not outside, outside
 assert "u280" in BUILTIN_CONFIGS and "tiny-llama" in BUILTIN_MODELS
-load_config("u280"); load_recipe(None); load_space("tiny_speed")
+load_config("u280"); load_recipe(DEFAULT_RECIPE); load_space("tiny_speed")
 assert (BUILTIN_MODELS["tiny-llama"] / "model.safetensors").is_file()
 assert sorted(bench.areas())
 print("ok")

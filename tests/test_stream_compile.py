@@ -25,8 +25,9 @@ from airfoil.packing import (BITMOD_TAGS, MIXED_PRESETS, NM_PATTERNS, RecordTag,
                              quantize_stream, read_records)
 from airfoil.sparsity import is_nm
 from clitools import cli_fails, cli_ok
+from compiler import linear
 from compiler.linear import compile_linear
-from compiler.llm_recipe import check_linear_recipe as check_recipe
+from compiler.llm_recipe import layer_rule
 from sim.cycle_model import STREAM_LATENCY, stream_matrix_work
 from sim.golden import layer_tensors, run_golden
 from sim.isa_sim import IsaSim, run_isa
@@ -206,32 +207,32 @@ def test_default_tile_path_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"wformat": "int5", "stream": True}, "streamed weight format 'int5' is not accepted"),
-    ({"wformat": "int4", "sparsity": "3:4"}, "sparsity '3:4' is not accepted"),
+    ({"wformat": "int5", "stream": True}, "format = 'int5' is not supported"),
+    ({"wformat": "int4", "sparsity": "3:4"}, "sparsity = '3:4' is not supported"),
     ({"wformat": "ovp", "sparsity": "2:4"}, "ovp weights are dense"),
-    ({"wformat": "mixed", "mixed_formats": "int4,fp4"}, "'fp4' is not a record format"),
-    ({"wformat": "mixed", "mixed_formats": ""}, "candidate list is empty"),
+    ({"wformat": "mixed", "mixed_formats": "int4,fp4"}, "mixed = ['int4', 'fp4'] is not supported"),
+    ({"wformat": "mixed", "mixed_formats": ""}, "mixed = [] is not supported"),
     ({"wformat": "int4", "stream": True, "mixed_formats": "int2"}, "apply to wformat 'mixed'"),
-    ({"wformat": "int4", "stream": False, "sparsity": "2:4"}, "needs streamed weights"),
+    ({"wformat": "int4", "stream": False, "sparsity": "2:4"}, "int4/2:4 needs the decode unit, not WGT tiles"),
     ({"wformat": "int4", "stream": True, "group": 48}, "group size 48"),
     ({"wformat": "int4", "stream": True, "bias": "bad"}, "bias must be a tensor of shape (8,)"),
     ({"wformat": "int4", "sparsity": "1:4", "group": 64, "config": "u280_slice"},
      "kept entries per row ((1, 4)) 16 of group 64 is not a multiple of lanes (32)"),
-    ({"wformat": "int4", "stream": True, "config": "test"}, "has no decode unit"),
-    ({"wformat": "int4", "sparsity": "2:4", "config": "sim_llm"}, "has no decode unit"),
+    ({"wformat": "int4", "stream": True, "config": "test"}, "need the decode unit, which config"),
+    ({"wformat": "int4", "sparsity": "2:4", "config": "sim_llm"}, "need the decode unit, which config"),
     # block skip
     ({"wformat": "int4", "sparsity": "block", "block_density": 0.0},
-     "block density 0.0 is not accepted"),
+     "density = 0.0 is not supported"),
     ({"wformat": "int4", "sparsity": "block", "block_density": 1.5},
-     "block density 1.5 is not accepted"),
+     "density = 1.5 is not supported"),
     ({"wformat": "int4", "sparsity": "2:4", "block_density": 0.5},
-     "applies to sparsity 'block', not '2:4'"),
+     "density applies to sparsity block, not '2:4'"),
     ({"wformat": "int4", "stream": False, "block_density": 0.5},
-     "applies to sparsity 'block'"),
+     "density applies to sparsity block, not 'dense'"),
     ({"wformat": "ovp", "sparsity": "block"}, "ovp weights are dense"),
     ({"wformat": "int4", "sparsity": "block", "config": "no_block"},
      "sparsity 'block' is not built in config"),
-    ({"wformat": "int4", "sparsity": "block", "config": "test"}, "has no decode unit"),
+    ({"wformat": "int4", "sparsity": "block", "config": "test"}, "need the decode unit, which config"),
 ])
 def test_bad_options_one_line_errors(tmp_path, kwargs, message):
     kw = dict(kwargs)
@@ -265,25 +266,27 @@ def test_cli_stream_options(tmp_path, capsys):
             for b in ("torch", "isa")]
     assert sums[0].split()[0] == sums[1].split()[0]
     cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
-                       "--sparsity", "2:3", "--no-bias"], "sparsity '2:3' is not accepted")
+                       "--sparsity", "2:3", "--no-bias"], "sparsity = '2:3' is not supported")
     cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
                        "--wformat", "ovp", "--no-bias", "--sparsity", "1:4"],
               "ovp weights are dense")
 
 
-def test_recipe_stream_keys():
-    kw = check_recipe({"wformat": "mixed", "stream": True, "sparsity": "2:4",
-                       "mixed_formats": "int2,int4"})
-    assert kw["stream"] is True and kw["sparsity"] == "2:4"
-    with pytest.raises(CompileError, match="key 'stream' must be bool"):
-        check_recipe({"stream": "yes"})
-    with pytest.raises(CompileError, match="key 'group' must be int"):
-        check_recipe({"group": True})
-    kw = check_recipe({"sparsity": "block", "block_density": 0.25})
-    assert kw == {"sparsity": "block", "block_density": 0.25}
-    assert check_recipe({"block_density": 1})["block_density"] == 1.0
-    with pytest.raises(CompileError, match="key 'block_density' must be float"):
-        check_recipe({"block_density": "half"})
+def test_layer_options_are_a_recipe_rule():
+    """compile_linear's options become one recipe rule, checked as a recipe's rules are."""
+    assert layer_rule(wformat="mixed", stream=True, sparsity="2:4",
+                      mixed_formats="int2,int4") == {
+        "match": "*", "mixed": ["int2", "int4"], "sparsity": "2:4", "stream": True}
+    assert layer_rule(sparsity="block", block_density=0.25) == {
+        "match": "*", "sparsity": "block", "density": 0.25}
+    with pytest.raises(CompileError, match="stream = 'yes' is not supported"):
+        layer_rule(stream="yes")
+    with pytest.raises(CompileError, match="density = 'half' is not supported"):
+        layer_rule(block_density="half")
+    lq = linear.layer_quant(CFG, wformat="int4", stream=True, group=32)
+    assert lq.streamed and lq.formats == ("int4",)
+    assert linear.layer_quant(CFG, wformat="bitmod3", group=32).formats == \
+        tuple(MIXED_PRESETS["bitmod3"])
 
 
 # -- BitMoD formats ------------------------------------------------------------------------
@@ -385,7 +388,7 @@ def test_cli_bitmod_formats(tmp_path, capsys):
                 .split()[0] for b in ("torch", "isa")]
         assert sums[0] == sums[1], name
     cli_fails(capsys, ["compile", "--config", "test", "-o", str(tmp_path / "e"), "--wformat",
-                       "bitmod4", "--no-bias"], "has no decode unit")
+                       "bitmod4", "--no-bias"], "need the decode unit, which config")
 
 
 # -- malformed STREAM programs -------------------------------------------------------------
@@ -604,10 +607,10 @@ def test_cli_block_options(tmp_path, capsys):
     assert sums[0] == sums[1]
     cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
                        "--sparsity", "block", "--block-density", "2", "--no-bias"],
-              "block density 2.0 is not accepted")
+              "density = 2.0 is not supported")
     cli_fails(capsys, ["compile", "--config", "test_decode", "-o", str(tmp_path / "e"),
                        "--sparsity", "2:4", "--block-density", "0.5", "--no-bias"],
-              "applies to sparsity 'block'")
+              "density applies to sparsity block, not '2:4'")
 
 
 def test_isa_refuses_a_record_format_the_config_does_not_decode():
@@ -627,3 +630,32 @@ def test_isa_refuses_a_record_format_the_config_does_not_decode():
     assert e.value.code == ErrorCode.MALFORMED and e.value.index == 2, e.value
     assert "FP4_EA_P" in str(e.value) and "int8" in str(e.value)
     IsaSim(CFG, image).run(prog)                       # the full config decodes it
+
+
+# -- calibrated methods on one layer --------------------------------------------------------
+
+@pytest.mark.parametrize("method, sparsity", [("gptq", "dense"), ("sparsegpt", "2:4")])
+def test_calibrated_method_on_one_layer(tmp_path, method, sparsity):
+    """A recipe's calibrated method runs on one layer (the LLM's quantizer, on the Gram
+    matrix of the calibration sample): on correlated inputs its output error is below
+    round to nearest's (magnitude pruning's), and the folder runs bit-exactly."""
+    gen = torch.Generator().manual_seed(3)
+    n, k = 16, 128
+    w = torch.randn(n, k, generator=gen)
+    mix = torch.randn(k, k, generator=gen) / k ** 0.5 + torch.eye(k)
+    calib = torch.randn(256, k, generator=gen) @ mix
+    err = {}
+    for m in ("rtn", method):
+        g = compile_linear(w, None, CFG, tmp_path / m, wformat="int4", group=32,
+                           sparsity=sparsity, stream=True, method=m, calib=calib,
+                           stop_after="quantize")
+        ql = g.qweights["linear"]
+        deq = ql.q.double() * ql.scales.double().repeat_interleave(32, dim=1)
+        err[m] = float(((calib.double() @ (deq - w.double()).T) ** 2).mean())
+    assert err[method] < 0.9 * err["rtn"], err
+    compile_linear(w, None, CFG, tmp_path / "f", wformat="int4", group=32, sparsity=sparsity,
+                   stream=True, method=method, calib=calib)
+    folder = load_folder(tmp_path / "f", CFG)
+    assert torch.equal(run_isa(folder, CFG)[0], run_golden(folder))
+    with pytest.raises(CompileError, match="method gptq takes one format"):
+        compile_linear(w, None, CFG, tmp_path / "x", wformat="mixed", group=32, method="gptq")

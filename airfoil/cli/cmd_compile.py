@@ -14,7 +14,10 @@ calibrate on text: ``--calibration FILE`` (UTF-8, tokenized by the model's token
 default for the shipped tiny model: its training split), its first
 ``--calibration-tokens N`` tokens. The budget's choice is printed one line per layer.
 
-A linear layer's weights may be streamed through the decode unit (ISA version 3):
+A linear layer reads the recipes a model does (its layer is named ``linear``, so
+``match: "*"`` rules apply; ``compiler/recipes/linear_default.yaml`` is its default) with
+an ``output: {format: int8|int16|int32}`` section of its own, and the options below
+override the recipe. A linear layer's weights may be streamed through the decode unit (ISA version 3):
 ``--stream`` with ``--wformat int2|int3|int4|int6|int8|ovp|fp4_er_p|...|mixed|bitmod4|
 bitmod3`` (``--mixed-formats int4,ovp`` or ``fp4_er_p,fp4_ea_n``: the candidates of the
 per-record choice; ``bitmod4``/``bitmod3``: BitMoD's four FP4/FP3 variants) and
@@ -136,14 +139,14 @@ def compile_from_args(args, log=None) -> dict:
 
 
 def linear_from_args(args) -> tuple:
-    """``(weight, bias, config, options)`` of the layer the arguments describe (options:
-    the recipe's, overridden by the arguments, as :func:`compiler.linear.compile_linear`
-    takes them)."""
+    """``(weight, bias, config, options)`` of the layer the arguments describe (options, as
+    :func:`compiler.linear.compile_linear` takes them: the recipe, read as a model's are,
+    and the arguments that override it)."""
     from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear, load_linear
-    from compiler.llm_recipe import load_linear_recipe
+    from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE, load_llm_recipe
 
     config = load_config(args.config or DEFAULT_CONFIG["linear"])
-    kw = load_linear_recipe(args.recipe)
+    kw = {"recipe": load_llm_recipe(args.recipe or LINEAR_DEFAULT_RECIPE)}
     for key, value in (("wformat", args.wformat), ("group", args.group),
                        ("out_format", getattr(args, "out_format", None)),
                        ("stream", getattr(args, "stream", None)),

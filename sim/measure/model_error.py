@@ -13,12 +13,11 @@ def compile_demo_linear(config: AccelConfig, out_dir, *, seed: int = 0) -> str:
     """Compile the demo's built-in linear layer into ``out_dir``; return its shape text."""
     from compiler.layers import BUILTIN_K, BUILTIN_N, builtin_linear
     from compiler.linear import compile_linear
-    from compiler.llm_recipe import load_linear_recipe
 
-    kw = load_linear_recipe(None)
     weight, bias = builtin_linear(BUILTIN_N, BUILTIN_K, seed)
-    compile_linear(weight, bias, config, out_dir, seed=seed, **kw)
-    return f"linear {BUILTIN_N}x{BUILTIN_K} {kw['wformat']} g{kw['group']}"
+    layer = compile_linear(weight, bias, config, out_dir, seed=seed)["model"]["linears"]
+    (lin,) = layer.values()
+    return f"linear {BUILTIN_N}x{BUILTIN_K} {lin['wformat']} g{lin['group']}"
 
 
 def measure_model_error(folder_path, config: AccelConfig, *, build_dir="build",
