@@ -79,7 +79,6 @@ MV starts the accumulators from the bias and the MV STREAM continues them (``acc
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -105,9 +104,9 @@ from .llm_recipe import (LINEAR_DEFAULT_RECIPE, OUT_FORMATS, LayerQuant, LlmReci
 from .passes import StreamShape, Validate, quantize_node
 from .lower_linear import Arithmetic, Loading, OutHalves, Vectors, lower_linear
 from .schedule import Scheduler, mem, span
-from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
+from .tiling import (TiledLayer, plan_layer_slots, slot_bytes, stream_rows, tile_boxes)
 from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_tile,
-                      place_stream_block, stream_bits, stream_block_bytes, wgt_tile_layout)
+                      place_stream_block, stream_bits, wgt_tile_layout)
 
 __all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
            "LINEAR_STEPS", "step_summary", "layer_quant", "LAYER", "plan_linear", "plan_stream",
@@ -176,34 +175,21 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
     max_tile_bytes : int, optional
         Upper bound on a tile's bytes below a WGT slot (used to force K-splits).
 
-    The WGT slots are the LLM lowering's (:func:`compiler.tiling.plan_wgt_slots`: of the
-    slot counts whose slot holds ``chains`` rows x one group, the one whose tiles take the
-    fewest cycles in the cycle model, then the fewest tiles, then the most slots).
+    The LLM lowering's planner (:func:`compiler.tiling.plan_layer_slots`: of the slot
+    counts whose slot holds ``chains`` rows x one group, the one whose tiles take the
+    fewest cycles in the cycle model, then the fewest tiles, then the most slots; the
+    tiles :meth:`compiler.tiling.TiledLayer.tiles`), with this program's constraints: the
+    bias section and the OUT halves.
     """
     wf = weight_format(wformat)
-    chains = config.chains
-
-    def nbytes(rows, cols):
-        return wgt_tile_layout(config, rows, cols, group=group, wfmt=wf, bias=bias).nbytes
-
-    if _up(k, config.word_bytes) > config.buffers.act_bytes:
-        raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
-                           f"bytes in config {config.name!r})")
+    _check_act(k, config)
     # Tiles of at most a slot (and max_tile_bytes); an OUT half holds a word-aligned whole
     # number of them.
     limit, accept, group_rows_of = _out_halves(n, config, out_bits)
-
-    def plan(slot):
-        cap = slot if max_tile_bytes is None else min(slot, int(max_tile_bytes))
-        return plan_wgt_tiles(n, k, chains, group, nbytes, cap, limit=limit, accept=accept)
-
-    def estimate(slots, slot):
-        boxes = plan(slot)[0]
-        return wgt_tiles_cycles(config, boxes, nbytes, slots, k=k, wfmt=wf, group=group,
-                                bias=bias), len(boxes)
-
-    slots, slot_bytes = plan_wgt_slots(config, nbytes(chains, group), estimate)
-    boxes, rows_per_tile, kc = plan(slot_bytes)
+    layer = TiledLayer(n, k, group, wf, bias=bias, limit=limit, accept=accept,
+                       cap=max_tile_bytes)
+    slots, slot_bytes = plan_layer_slots(config, [layer])
+    boxes, rows_per_tile, kc = layer.tiles(config, slot_bytes)
     assert rows_per_tile, "chains rows always fit (checked above)"
     tiles = []
     for row0, rows, c0, cols in boxes:
@@ -216,6 +202,13 @@ def plan_linear(n: int, k: int, config: AccelConfig, *, wformat, group: int, out
                       slot_bytes)
 
 
+def _check_act(k: int, config: AccelConfig) -> None:
+    """Refuse a K the ACT buffer does not hold (the input vector loads once)."""
+    if _up(k, config.word_bytes) > config.buffers.act_bytes:
+        raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
+                           f"bytes in config {config.name!r})")
+
+
 def _out_halves(n: int, config: AccelConfig, out_bits: int):
     """The single layer's OUT halves as constraints of the tile planner
     (:func:`compiler.tiling.row_block`): ``(limit, accept, group_rows)`` -- at most the
@@ -226,34 +219,26 @@ def _out_halves(n: int, config: AccelConfig, out_bits: int):
     return max(chains, _up(-(-n // MIN_TILES), chains)), accept, group_rows
 
 
-def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int,
-                max_tile_bytes: int | None = None, tile_bytes=None,
+def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int, group: int,
+                formats, nm: int, max_tile_bytes: int | None = None,
                 bias_layout=None) -> LinearPlan:
-    """Tiles of an ``n x k`` layer of streamed weights: row blocks times all of K.
+    """Tiles of an ``n x k`` layer of streamed weights: row blocks times all of K, as the
+    LLM lowering's (:func:`compiler.tiling.stream_rows`: a block's stream on one channel
+    within one LD and ``max_tile_bytes``), an OUT half holding a whole number of them.
 
-    ``tile_bytes(rows)`` bounds a tile's stream bytes (default: none); a tile's stream
-    must fit one LD (:data:`MAX_STREAM_BYTES`) and ``max_tile_bytes`` when given.
     ``bias_layout(rows)``: the :class:`airfoil.formats.TileLayout` of a bias tile (layers
     with a bias), which must fit one of :data:`STREAM_SLOTS` WGT slots.
     """
-    if _up(k, config.word_bytes) > config.buffers.act_bytes:
-        raise CompileError(f"K={k} does not fit the ACT buffer ({config.buffers.act_bytes} "
-                           f"bytes in config {config.name!r})")
-    cap = min(MAX_STREAM_BYTES, int(max_tile_bytes) if max_tile_bytes else MAX_STREAM_BYTES)
-    size = tile_bytes or (lambda r: 0)
-    if size(config.chains) > cap:
-        raise CompileError(f"the stream of {config.chains} rows x {k} weights "
-                           f"({size(config.chains)} bytes) exceeds one load ({cap} bytes)")
-    slot = (config.buffers.weight_bytes // STREAM_SLOTS) // config.word_bytes * \
-        config.word_bytes
+    _check_act(k, config)
+    slot = slot_bytes(config, STREAM_SLOTS)
     bsize = (lambda r: bias_layout(r).nbytes) if bias_layout else (lambda r: 0)
     if bsize(config.chains) > slot:
         raise CompileError(f"the bias tile of {config.chains} rows ({bsize(config.chains)} "
                            f"bytes) does not fit a quarter of the WGT buffer ({slot} bytes)")
     limit, accept, group_rows = _out_halves(n, config, out_bits)
-    rows_per_tile = row_block(n, config.chains, lambda r: size(r) <= cap and bsize(r) <= slot,
-                              limit=limit, accept=accept)
-    assert rows_per_tile, "chains rows always fit (checked above)"
+    rows_per_tile = stream_rows(config, n, k, group=group, formats=formats, nm=nm,
+                                cap=max_tile_bytes or MAX_STREAM_BYTES, limit=limit,
+                                accept=accept, fits=lambda r: bsize(r) <= slot)
     tiles = [{"row0": r0, "rows": rows, "col0": 0, "cols": k,
               "bias": bias_layout is not None,
               "layout": bias_layout(rows) if bias_layout else None}
@@ -529,15 +514,14 @@ class PlanTiles(_LayerStep):
                                          out_bits=o.out_bits, bias=bias is not None,
                                          max_tile_bytes=o.max_tile_bytes)
             return g
-        geom = core_stream_geometry(cfg)
 
         def bias_layout(rows):
             return wgt_tile_layout(cfg, rows, o.group, group=o.group, wfmt=o.bias_wformat,
                                    bias=True)
 
         g.meta["plan"] = plan_stream(
-            n, k, cfg, out_bits=o.out_bits, max_tile_bytes=o.max_tile_bytes,
-            tile_bytes=stream_block_bytes(geom, cfg, k, o.group, o.formats, o.nm),
+            n, k, cfg, out_bits=o.out_bits, group=o.group, formats=o.formats, nm=o.nm,
+            max_tile_bytes=o.max_tile_bytes,
             bias_layout=bias_layout if bias is not None else None)
         return g
 

@@ -95,7 +95,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from amaranth.hdl import Shape
 
 from airfoil import fixedpoint as fx
 from airfoil.config import AccelConfig
@@ -103,8 +102,7 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed
 from airfoil.kv_banks import KvBanks
-from airfoil.isa import (ISA_VERSION, MATRIX_LAYOUT, Buffer, Opcode, SfuFunc,
-                         SysOp)
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, SfuFunc, SysOp
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 from airfoil.wgt_banks import WgtBanks
@@ -114,11 +112,10 @@ from .ir import Graph, Pass, Pipeline
 from .llm_recipe import check_layer_config
 from .output import write_folder
 from .passes import quantized_model
-from .streams import (MAX_STREAM_BYTES, least_scale, pack_wgt_tile, place_stream_block,
-                      stream_block_bytes, wgt_tile_layout)
+from .streams import least_scale, pack_wgt_tile, place_stream_block, wgt_tile_layout
 from .lower_linear import Arithmetic, Loading, OutRows, Vectors, lower_linear
 from .schedule import Scheduler
-from .tiling import plan_wgt_slots, plan_wgt_tiles, row_block, tile_boxes, wgt_tiles_cycles
+from .tiling import TiledLayer, plan_layer_slots, stream_rows, tile_boxes
 
 __all__ = ["compile_llm", "lower_pipeline", "compile_pipeline", "LowerOptions",
            "lowered_model", "LOWER_STEPS", "REG_POS", "REG_T", "REG_LEN", "REG_GROUPS", "PHASES",
@@ -177,44 +174,28 @@ def embed_group(model) -> int:
 
 # -- tiling -------------------------------------------------------------------------------
 
-def _tile_bytes(config, rows, k, bits, group):
-    return wgt_tile_layout(config, rows, k, group=group,
-                           wfmt=FORMAT_BY_NAME[f"int{bits}"]).nbytes
+def _tiled(config, ql, count: int = 1) -> TiledLayer:
+    """A layer of WGT tiles as the planner sees it (:class:`compiler.tiling.TiledLayer`)."""
+    n, k = ql.shape
+    return TiledLayer(n, k, ql.group, FORMAT_BY_NAME[f"int{ql.bits}"], count=count)
 
 
 def _wgt_slots(config, qls) -> tuple[int, int]:
     """``(slots, slot_bytes)`` of a model's tiled layers
-    (:func:`compiler.tiling.plan_wgt_slots`: the fewest cycles of the tiles of a decode
-    step's layers, each layer estimated on its own by
-    :func:`compiler.tiling.wgt_tiles_cycles`, each tile loaded right before its matrix
-    instruction in program order; then the fewest tiles, then the most slots)."""
-    tiled = [ql for ql in qls if not ql.streamed]
-    need = max([_tile_bytes(config, config.chains, ql.group, ql.bits, ql.group)
-                for ql in tiled], default=0)
+    (:func:`compiler.tiling.plan_layer_slots`: the fewest cycles of the tiles of a decode
+    step's layers, each layer estimated on its own, each tile loaded right before its
+    matrix instruction in program order; then the fewest tiles, then the most slots)."""
     # Layers of one shape, group and width are tiled alike: plan one of each.
-    kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in tiled)
-    example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in tiled}
-
-    def estimate(slots, slot):
-        cycles = tiles = 0
-        for (shape, group, bits), count in kinds.items():
-            boxes = _plan_tiles(config, example[shape, group, bits], slot)
-            cycles += count * wgt_tiles_cycles(
-                config, boxes, lambda rows, cols: _tile_bytes(config, rows, cols, bits, group),
-                slots, k=shape[1], wfmt=FORMAT_BY_NAME[f"int{bits}"], group=group, ahead=1)
-            tiles += count * len(boxes)
-        return cycles, tiles
-
-    return plan_wgt_slots(config, need, estimate)
+    kinds = Counter((tuple(ql.shape), ql.group, ql.bits) for ql in qls if not ql.streamed)
+    example = {(tuple(ql.shape), ql.group, ql.bits): ql for ql in qls if not ql.streamed}
+    return plan_layer_slots(config, [_tiled(config, example[kind], count)
+                                     for kind, count in kinds.items()], ahead=1)
 
 
 def _plan_tiles(config, ql, slot) -> list[tuple[int, int, int, int]]:
     """Tiles ``(row0, rows, col0, cols)`` of one layer, each at most ``slot`` bytes
-    (:func:`compiler.tiling.plan_wgt_tiles`)."""
-    n, k = ql.shape
-    return plan_wgt_tiles(n, k, config.chains, ql.group,
-                          lambda rows, cols: _tile_bytes(config, rows, cols, ql.bits, ql.group),
-                          slot)[0]
+    (:meth:`compiler.tiling.TiledLayer.tiles`)."""
+    return _tiled(config, ql).tiles(config, slot)[0]
 
 
 def _k_split_tokens(config, plans) -> int | None:
@@ -382,7 +363,7 @@ def _place_linears(flat, plans, config, top, streamed, size_only=False):
         _, kexp = fp16_fixed(torch.stack([sc.min(), sc.max()]))
         tiles = []
         for r0, rows, c0, cols in plans[name]:
-            nbytes = _tile_bytes(config, rows, cols, ql.bits, ql.group)
+            nbytes = _tiled(config, ql).tile_bytes(config)(rows, cols)
             tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
                           "addr": addr, "nbytes": nbytes})
             addr += WgtBanks.of(config).tile_bytes(nbytes, config.word_bytes)
@@ -894,23 +875,6 @@ class _Phase:
                  aux=Buffer.OUT, aux_addr=self.O)
 
 
-def _stream_rows(name, ql, config, geom) -> int:
-    """Rows of a streamed layer's blocks: all of them, or as many whole batches of the
-    core's chains as keep a channel's stream within one load (:data:`MAX_STREAM_BYTES`,
-    :func:`compiler.streams.stream_block_bytes`) and the matrix instruction's ``rows``
-    field (:func:`compiler.tiling.row_block`)."""
-    n, k = ql.shape
-    C = config.chains
-    formats = sorted(set(ql.formats.reshape(-1).tolist()))
-    size = stream_block_bytes(geom, config, k, ql.group, formats, nm_code(ql.sparsity))
-    most = ((1 << Shape.cast(MATRIX_LAYOUT.members["rows"]).width) - 1) // C * C  # its field
-    rows = row_block(n, C, lambda r: size(r) <= MAX_STREAM_BYTES, limit=most)
-    if rows == 0:
-        raise CompileError(f"layer {name}: the stream of {C} rows x {k} weights "
-                           f"({size(C)} bytes) exceeds one load ({MAX_STREAM_BYTES} bytes)")
-    return rows
-
-
 def _pack_streamed(name, ql, config, geom, addr, pack=True):
     """Pack a streamed layer's row blocks from ``addr`` on (each channel's stream of a
     block contiguous, word aligned), or with ``pack`` false only place them (their sizes
@@ -930,7 +894,10 @@ def _pack_streamed(name, ql, config, geom, addr, pack=True):
         return at
 
     tiles, blobs = [], []
-    for r0, rows, _, _ in tile_boxes(n, k, _stream_rows(name, ql, config, geom), k):
+    rows_per_block = stream_rows(config, n, k, group=ql.group, nm=nm_code(ql.sparsity),
+                                 formats=sorted(set(ql.formats.reshape(-1).tolist())),
+                                 what=f"layer {name}: ")
+    for r0, rows, _, _ in tile_boxes(n, k, rows_per_block, k):
         entry, packed = place_stream_block(geom, config, ql.q if pack else None, ql.scales,
                                            tags, row0=r0, rows=rows, group=ql.group,
                                            sparsity=ql.sparsity, smin=smin, place=place,
@@ -1054,7 +1021,7 @@ def lowered_model(graph: Graph) -> dict:
 
 class PlanLowering(_LowerStep):
     """``plan``: the WGT slots and every tiled layer's tiles
-    (:func:`compiler.tiling.plan_wgt_slots`, the single layer's planner), the streamed
+    (:func:`compiler.tiling.plan_layer_slots`, the single layer's planner), the streamed
     layers, the prompt and position bounds."""
 
     name = "plan"

@@ -15,23 +15,34 @@ compiler nothing):
 * :func:`row_block` -- the rows of a layer's tiles;
 * :func:`tile_boxes` -- the ``(row0, rows, col0, cols)`` of every tile, in execution
   order;
-* :func:`plan_wgt_tiles` -- the three above for a layer of WGT tiles.
+* :func:`plan_wgt_tiles` -- the three above for a layer of WGT tiles;
+* :class:`TiledLayer`, :func:`plan_layer_slots` -- the slots of a program's layers of WGT
+  tiles, and each layer's tiles in them (the LLM lowering plans a model's layers, the
+  single-layer compiler one);
+* :func:`stream_rows` -- the rows of a streamed layer's blocks.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
+from typing import Callable
+
+from amaranth.hdl import Shape
 
 from airfoil.errors import CompileError
-from airfoil.isa import Buffer
+from airfoil.isa import MATRIX_LAYOUT, Buffer
 from airfoil.wgt_banks import WgtBanks
 from sim.cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
 from sim.memory import Memory
 
 from .schedule import wgt_tile_loads
+from .streams import MAX_STREAM_BYTES, stream_block_bytes, wgt_tile_layout
+from airfoil.packing import core_stream_geometry as core_geometry
 
 __all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk",
-           "row_block", "tile_boxes", "plan_wgt_tiles"]
+           "row_block", "tile_boxes", "plan_wgt_tiles", "TiledLayer", "plan_layer_slots",
+           "stream_rows", "MATRIX_MAX_ROWS"]
 
 #: Weight-tile slots the WGT buffer may be split into, most first: LOAD runs up to
 #: ``slots - 1`` tiles ahead of MATRIX (at least two: double buffering).
@@ -202,3 +213,96 @@ def plan_wgt_tiles(n: int, k: int, chains: int, group: int, tile_bytes, slot: in
     if rows == 0:
         return [], 0, cols
     return tile_boxes(n, k, rows, cols), rows, cols
+
+
+#: The most rows a matrix instruction's ``rows`` field holds.
+MATRIX_MAX_ROWS = (1 << Shape.cast(MATRIX_LAYOUT.members["rows"]).width) - 1
+
+
+@dataclass(frozen=True)
+class TiledLayer:
+    """A layer of WGT tiles as the planner sees it.
+
+    Members
+    -------
+    n, k : int
+        Output rows and reduction length.
+    group : int
+        Values per scale.
+    wfmt : WeightFormat
+        The tiles' format.
+    bias : bool
+        Whether a first chunk of K carries an int32 bias section (one layer's program).
+    count : int
+        Layers of this shape in the program (a model's layers of one shape, format and
+        group are tiled alike).
+    limit, accept
+        :func:`row_block`'s constraints on the rows of a tile (one layer's OUT halves).
+    cap : int, optional
+        The most bytes of a tile below a slot.
+    """
+
+    n: int
+    k: int
+    group: int
+    wfmt: object
+    bias: bool = False
+    count: int = 1
+    limit: int | None = None
+    accept: Callable | None = None
+    cap: int | None = None
+
+    def tile_bytes(self, config) -> Callable:
+        """``tile_bytes(rows, cols)``: the bytes of one of its tiles."""
+        return lambda rows, cols: wgt_tile_layout(config, rows, cols, group=self.group,
+                                                  wfmt=self.wfmt, bias=self.bias).nbytes
+
+    def tiles(self, config, slot: int) -> tuple[list, int, int]:
+        """:func:`plan_wgt_tiles` in slots of ``slot`` bytes: ``(boxes, rows, cols)``."""
+        cap = slot if self.cap is None else min(slot, int(self.cap))
+        return plan_wgt_tiles(self.n, self.k, config.chains, self.group,
+                              self.tile_bytes(config), cap, limit=self.limit,
+                              accept=self.accept)
+
+
+def plan_layer_slots(config, layers, *, ahead: int | None = None) -> tuple[int, int]:
+    """``(slots, slot_bytes)`` of a program's layers of WGT tiles (:class:`TiledLayer`):
+    :func:`plan_wgt_slots` with every layer estimated on its own by
+    :func:`wgt_tiles_cycles` (``ahead`` tiles loaded ahead of the matrix instructions;
+    default the slots) and its tiles counted ``count`` times."""
+    layers = list(layers)
+    need = max([layer.tile_bytes(config)(config.chains, layer.group) for layer in layers],
+               default=0)
+
+    def estimate(slots, slot):
+        cycles = tiles = 0
+        for layer in layers:
+            boxes = layer.tiles(config, slot)[0]
+            cycles += layer.count * wgt_tiles_cycles(
+                config, boxes, layer.tile_bytes(config), slots, k=layer.k, wfmt=layer.wfmt,
+                group=layer.group, bias=layer.bias, ahead=ahead)
+            tiles += layer.count * len(boxes)
+        return cycles, tiles
+
+    return plan_wgt_slots(config, need, estimate)
+
+
+def stream_rows(config, n: int, k: int, *, group: int, formats, nm: int, what: str = "",
+                cap: int = MAX_STREAM_BYTES, limit: int | None = None, accept=None,
+                fits=None) -> int:
+    """Rows of a streamed layer's blocks (:func:`row_block`): whole batches of the core's
+    chains whose stream on one channel (:func:`compiler.streams.stream_block_bytes` of the
+    record tags ``formats`` and N:M code ``nm``) stays within one load and ``cap``, at most
+    the matrix instruction's ``rows`` field (:data:`MATRIX_MAX_ROWS`) and ``limit``, for
+    which ``fits(rows)`` and ``accept(rows)`` hold (default: any). :class:`CompileError`
+    (``what`` names the layer) when not even ``chains`` rows fit."""
+    C = config.chains
+    size = stream_block_bytes(core_geometry(config), config, k, group, formats, nm)
+    cap = min(cap, MAX_STREAM_BYTES)
+    most = MATRIX_MAX_ROWS // C * C
+    rows = row_block(n, C, lambda r: size(r) <= cap and (fits is None or fits(r)),
+                     limit=most if limit is None else min(limit, most), accept=accept)
+    if rows == 0:
+        raise CompileError(f"{what}the stream of {C} rows x {k} weights ({size(C)} bytes) "
+                           f"exceeds one load ({cap} bytes)")
+    return rows

@@ -194,8 +194,8 @@ def test_embedding_section_errors(bad):
 def test_row_blocks_of_a_streamed_layer(tmp_path, monkeypatch):
     """With loads of at most 512 bytes each streamed layer is several row blocks (one LD
     WSTREAM and one MV each, writing their rows of the output)."""
-    import compiler.lower_llm as lower
-    monkeypatch.setattr(lower, "MAX_STREAM_BYTES", 512)
+    import compiler.tiling as tiling
+    monkeypatch.setattr(tiling, "MAX_STREAM_BYTES", 512)
     rules = [{"match": "*", "format": "int4", "group": 32, "sparsity": "2:8"}]
     cfg = load_config(CONFIG)
     model, man, folder = _compile(_small_graph(), parse_llm_recipe({"weights": rules}),

@@ -59,25 +59,27 @@ def _tile_mvs(program, streamed):
 def test_one_implementation():
     """Both compilers import the planner, the stream packer and the scheduler from one
     place (no copy kept equal)."""
-    shared = {tiling: ("plan_wgt_tiles", "row_block", "tile_boxes"),
-              streams: ("place_stream_block", "stream_block_bytes", "wgt_tile_layout",
-                        "pack_wgt_tile"),
+    shared = {tiling: ("TiledLayer", "plan_layer_slots", "stream_rows", "tile_boxes"),
+              streams: ("place_stream_block", "wgt_tile_layout", "pack_wgt_tile"),
               schedule: ("Scheduler",),
               lower_linear: ("lower_linear", "Arithmetic", "Vectors", "Loading")}
     for module, names in shared.items():
         for name in names:
             assert getattr(linear, name) is getattr(lower_llm, name) is \
                 getattr(module, name), name
-    for name in ("_rows_per_tile", "MAX_WGT_SLOTS"):
-        assert not hasattr(linear, name)
+    for name in ("_rows_per_tile", "MAX_WGT_SLOTS", "plan_wgt_slots", "plan_wgt_tiles",
+                 "row_block", "wgt_tiles_cycles", "check_stream_args"):
+        assert not hasattr(linear, name), name
+    for name in ("_stream_rows", "_tile_bytes", "plan_wgt_slots", "row_block"):
+        assert not hasattr(lower_llm, name), name
     assert not hasattr(lower_llm, "_Scheduler")
     # One lowering of a linear node: neither compiler emits a tile's instructions itself.
     for module in (linear, lower_llm):
         for name in ("load_wgt_tile", "wgt_tile_fields", "load_stream_block",
                      "stream_block_fields"):
             assert not hasattr(module, name), (module.__name__, name)
-    # The WGT slots: one choice of slot count and size for both.
-    assert linear.plan_wgt_slots is lower_llm.plan_wgt_slots is tiling.plan_wgt_slots
+    # The recipe: one reader and one check of a layer against the config for both.
+    assert linear.check_layer_config is lower_llm.check_layer_config
     for module in (linear, lower_llm):
         assert not hasattr(module, "WGT_SLOTS") and not hasattr(module, "wgt_slots")
 
@@ -228,7 +230,7 @@ def test_slot_estimate_ranks_as_the_isa_simulator(tmp_path):
         size = tiling.slot_bytes(cfg, slots)
         forced = lambda config, need, estimate, s=slots, size=size: (s, size)  # noqa: E731
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(linear, "plan_wgt_slots", forced)
+            mp.setattr(tiling, "plan_wgt_slots", forced)
             plan = linear.plan_linear(77, 4096, cfg, **kw)
             compile_linear(weight, bias, cfg, tmp_path / str(slots), wformat="int8",
                            group=32, out_format="int8")
