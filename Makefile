@@ -7,8 +7,7 @@
 #   make package  the Vitis RTL kernel of CONFIG under build/<CONFIG>_kernel (Alveo)
 #   make fusesoc-lint  the FuseSoC core of CONFIG linted through fusesoc (Verilator)
 #   make bitstream BOARD=ulx3s   the ULX3S (ECP5) bitstream with the open flow, build/ulx3s/
-#                  (CLOCK_MHZ=40: the core clock the PLL makes, default the config's;
-#                  TIMING_MHZ=45: the clock nextpnr times it against, default CLOCK_MHZ)
+#                  (CLOCK_MHZ=40: the core clock the PLL makes, default the config's)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -67,7 +66,7 @@ estimate: $(STAMP)
 	$(VENV)/bin/airfoil estimate --config $(CONFIG)
 
 bitstream: $(STAMP)
-	$(VENV)/bin/airfoil bitstream --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) $(if $(TIMING_MHZ),--timing-mhz $(TIMING_MHZ))
+	$(VENV)/bin/airfoil bitstream --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -119,14 +119,12 @@ def _core_clock(target: dict, clock_mhz: float) -> str:
 
 
 def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
-                    clock_mhz: float | None = None, timing_mhz: float | None = None,
-                    place_only: bool = False, log=print) -> dict:
+                    clock_mhz: float | None = None, place_only: bool = False,
+                    log=print) -> dict:
     """Build the bitstream of ``config`` into ``out_dir``; return (and write) the report.
 
-    ``clock_mhz`` is the core clock the PLL makes (default: the config's ``clock_mhz``),
-    ``timing_mhz`` the clock nextpnr times it against (default: ``clock_mhz``; a higher
-    one drives placement and routing harder, and the report still checks the routed
-    Fmax against the PLL's clock). ``place_only`` stops after placement (nextpnr
+    ``clock_mhz`` is the core clock the PLL makes and nextpnr times against (default: the
+    config's ``clock_mhz``). ``place_only`` stops after placement (nextpnr
     ``--no-route``): the report's Fmax and critical path are nextpnr's post-placement
     estimates and no bitstream is kept, the quick loop for finding slow paths.
     """
@@ -140,7 +138,7 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
     from .system import Ulx3sTop
 
     clock = config.clock_mhz if clock_mhz is None else clock_mhz
-    top = Ulx3sTop(config, sfu=sfu, clock_mhz=clock, timing_mhz=timing_mhz)
+    top = Ulx3sTop(config, sfu=sfu, clock_mhz=clock)
     os.environ.update(_tool_paths())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,8 +148,7 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
     opts = f"--seed {NEXTPNR_SEED} " + NEXTPNR_OPTS.format(report=NEXTPNR_REPORT)
     if place_only:
         opts += " " + NEXTPNR_PLACE_ONLY
-    timed = "" if timing_mhz is None else f" timed at {timing_mhz:g} MHz"
-    log(f"building the {config.name} bitstream at {clock:g} MHz{timed} in {out} (synth_ecp5, "
+    log(f"building the {config.name} bitstream at {clock:g} MHz in {out} (synth_ecp5, "
         f"nextpnr-ecp5 --seed {NEXTPNR_SEED}{', placement only' if place_only else ''}"
         f", ecppack) ...")
     platform.build(top, name=_DESIGN, build_dir=str(out), do_program=False,
@@ -159,18 +156,16 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
     if place_only:
         (out / f"{_DESIGN}.bit").unlink(missing_ok=True)
     return write_report(config, out, sfu=sfu, seconds=time.monotonic() - t0,
-                        clock_mhz=clock, timing_mhz=timing_mhz, routed=not place_only)
+                        clock_mhz=clock, routed=not place_only)
 
 
 def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float,
-                 clock_mhz: float | None = None, timing_mhz: float | None = None,
-                 routed: bool = True) -> dict:
+                 clock_mhz: float | None = None, routed: bool = True) -> dict:
     """Read the build's nextpnr log in ``out_dir``; write and return ``report.json``.
 
-    ``meets_clock`` says whether the core clock's Fmax reaches the clock the PLL makes,
-    ``clock_mhz`` (the bitstream runs at its clock); ``target_mhz`` is the clock nextpnr
-    timed against (``timing_mhz`` when given); ``runnable_mhz`` is the fastest clock the
-    PLL makes within that Fmax (``airfoil bitstream --clock-mhz``).
+    ``meets_clock`` says whether the core clock's Fmax reaches the clock the PLL makes
+    (the bitstream runs at its clock); ``runnable_mhz`` is the fastest clock the PLL
+    makes within that Fmax (``airfoil bitstream --clock-mhz``).
     """
     from .system import pll_clock_at_most
 
@@ -178,7 +173,7 @@ def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float,
     parsed = parse_nextpnr_log((out / f"{_DESIGN}.tim").read_text())
     cells, fmax = parsed["cells"], parsed["fmax_mhz"]
     want = config.clock_mhz if clock_mhz is None else clock_mhz
-    clock = _core_clock(parsed["target_mhz"], want if timing_mhz is None else timing_mhz)
+    clock = _core_clock(parsed["target_mhz"], want)
 
     def used(name):
         return cells.get(name, [0, 0])[0]
@@ -191,7 +186,7 @@ def write_report(config: AccelConfig, out_dir, *, sfu: bool, seconds: float,
         "lut4": used("TRELLIS_COMB"), "ff": used("TRELLIS_FF"),
         "mult18x18d": used("MULT18X18D"), "dp16kd": used("DP16KD"),
         "fmax_mhz": fmax[clock], "target_mhz": parsed["target_mhz"][clock],
-        "clock_mhz": want, "meets_clock": fmax[clock] >= want,
+        "meets_clock": fmax[clock] >= parsed["target_mhz"][clock],
         "runnable_mhz": pll_clock_at_most(fmax[clock]),
         "clock": clock, "fmax_by_clock": fmax, "cells": cells,
         "build_seconds": round(seconds, 1),

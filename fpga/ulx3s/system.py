@@ -147,22 +147,14 @@ class Ulx3sTop(wiring.Component):
     """The board's top: PLL, reset until lock, the system on the USB UART.
 
     The core clock is ``clock_mhz`` (default: the config's ``clock_mhz``), the PLL's
-    output; the UART's divisor follows it. nextpnr times it against ``timing_mhz``
-    (default: the clock itself), a tighter target than the clock the PLL makes when
-    given: the design is placed and routed for the faster clock and runs at the slower.
+    output; the UART's divisor follows it.
     """
 
     def __init__(self, config: AccelConfig, *, sfu: bool = True,
-                 clock_mhz: float | None = None, timing_mhz: float | None = None):
+                 clock_mhz: float | None = None):
         self._config = config
         self._sfu = sfu
         self._clock_mhz = config.clock_mhz if clock_mhz is None else clock_mhz
-        self._timing_mhz = timing_mhz
-        if timing_mhz is not None and not timing_mhz >= self._clock_mhz:
-            self._MustUse__silence = True      # refused, never to be elaborated
-            raise ConfigError(f"a timing target of {timing_mhz:g} MHz below the "
-                              f"{self._clock_mhz:g} MHz clock is not accepted (accepted: "
-                              f"at least the clock)")
         try:
             self._pll = pll_params(self._clock_mhz)
             self._divisor = divisor_of(self._clock_mhz * 1e6, LINK_BAUD)
@@ -194,8 +186,6 @@ class Ulx3sTop(wiring.Component):
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
             i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=sync.clk, o_LOCK=locked)
-        if self._timing_mhz is not None:    # the LPF's FREQUENCY NET, over the PLL's
-            platform.add_clock_constraint(sync.clk, self._timing_mhz * 1e6)
         # The resets reach every flip-flop (the core's engine reset, this one or a start's
         # pulse, some 6,000 LSR pins; this one the other 560): as fabric nets they crowd
         # the routing of the whole die, so each leaves through a DCCA onto a global
