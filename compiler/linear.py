@@ -247,7 +247,7 @@ def plan_stream(n: int, k: int, config: AccelConfig, *, out_bits: int, group: in
                       STREAM_SLOTS, slot)
 
 
-def _check_args(weight, bias, group):
+def _check_args(weight, bias):
     """The layer's tensors (the recipe's check, :func:`compiler.llm_recipe.
     check_layer_config`, does its quantization)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or \
@@ -259,8 +259,6 @@ def _check_args(weight, bias, group):
         raise CompileError(f"weight shape {n} x {k} is empty")
     if not bool(torch.isfinite(weight).all()):
         raise CompileError("weight holds infinite or NaN values")
-    if k % group:
-        raise CompileError(f"K={k} is not a multiple of the group size {group}")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,):
             raise CompileError(f"bias must be a tensor of shape ({n},), not "
@@ -433,7 +431,7 @@ def linear_options(weight, bias, config, *, recipe=None, out_format=None, calib=
     if out not in OUT_FORMATS:
         raise CompileError(f"output format {out!r} is not accepted (accepted: "
                            f"{', '.join(OUT_FORMATS)})")
-    _check_args(weight, bias, lq.group)
+    _check_args(weight, bias)
     return LinearOptions(config, lq, _label(lq), OUT_FORMATS[out], calib, seed,
                          max_tile_bytes)
 
@@ -444,6 +442,14 @@ class _LayerStep(Pass):
 
     def __init__(self, opts: LinearOptions):
         self.opts = opts
+
+    @staticmethod
+    def reduction(graph: Graph) -> int:
+        """The quantized layer's reduction length: K padded with zero columns to a whole
+        group (:func:`compiler.passes.quantize_linear`); the input's K values are followed
+        by zeros up to it."""
+        (node,) = graph.by_op("linear")
+        return int(graph.qweights[node.name].q.shape[1])
 
     @staticmethod
     def layer(graph: Graph):
@@ -507,7 +513,7 @@ class PlanTiles(_LayerStep):
     def apply(self, graph: Graph) -> Graph:
         g, o = graph.copy(), self.opts
         _, weight, bias = self.layer(g)
-        n, k = weight.shape
+        n, k = weight.shape[0], self.reduction(g)
         cfg = o.config
         if not o.stream:
             g.meta["plan"] = plan_linear(n, k, cfg, wformat=o.wformat, group=o.group,
@@ -540,7 +546,7 @@ class PackImage(_LayerStep):
         ql, plan, bias_q = g.qweights[node.name], g.meta["plan"], g.meta["bias_units"]
         n, k = weight.shape
         wb = o.config.word_bytes
-        in_addr, out_addr = 0, _up(k, wb)
+        in_addr, out_addr = 0, _up(self.reduction(g), wb)    # the padding columns' zeros
         top = out_addr + _up(n * o.out_bits // 8, wb)
         pack = self._streams if o.stream else self._tiles
         tiles, blobs, offsets, size = pack(ql, plan, bias_q, top)
@@ -624,7 +630,7 @@ class ScheduleProgram(_LayerStep):
     def apply(self, graph: Graph) -> Graph:
         g, o = graph.copy(), self.opts
         node, weight, _ = self.layer(g)
-        n, k = weight.shape
+        n, k = weight.shape[0], self.reduction(g)
         sc, lay = g.meta["scales"], g.meta["layout"]
         g.meta["words"] = _schedule(
             g.meta["plan"], o.config,
@@ -650,15 +656,16 @@ class EmitFolder(_LayerStep):
         node, weight, bias = self.layer(g)
         n, k = weight.shape
         cfg, sc, lay, words = o.config, g.meta["scales"], g.meta["layout"], g.meta["words"]
-        layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": o.stream,
+        kp = self.reduction(g)
+        layer = {"n": n, "k": kp, "k_in": k, "wformat": o.wformat, "streamed": o.stream,
                  "group": o.group, "k0": sc["k0"], "req_m": sc["req_m"], "req_s": sc["req_s"],
                  "out_bits": o.out_bits, "bias": bias is not None, "tiles": lay["tiles"]}
         kind = f"{o.wformat} g{o.group}"
         if o.stream:
-            layer = {"n": n, "k": k, "wformat": o.wformat, "streamed": True,
+            layer = {"n": n, "k": kp, "k_in": k, "wformat": o.wformat, "streamed": True,
                      **self._stream_facts(g.qweights[node.name], weight, lay["tiles"]),
-                     **{key: v for key, v in layer.items() if key not in ("n", "k", "wformat",
-                                                                           "streamed")},
+                     **{key: v for key, v in layer.items()
+                        if key not in ("n", "k", "k_in", "wformat", "streamed")},
                      "bias_wformat": o.bias_wformat.name.lower()}
             layer["tiles"] = layer.pop("tiles")
             kind = f"stream {o.wformat} {o.sparsity} g{o.group}"
@@ -689,9 +696,10 @@ class EmitFolder(_LayerStep):
         o = self.opts
         geom = core_stream_geometry(o.config)
         tags = _record_tags(ql, geom, o.config)
+        k = ql.q.shape[1]
         deq = ql.q.to(torch.float64) * \
             ql.scales.to(torch.float64).repeat_interleave(o.group, dim=1)
-        k = weight.shape[1]
+        deq = deq[:, :weight.shape[1]]                  # the padding columns left out
         return {"sparsity": o.sparsity,
                 "formats": {format_spec(int(v)).enum_name.lower(): int(c)
                             for v, c in zip(*np.unique(tags, return_counts=True))},
@@ -772,7 +780,10 @@ def compile_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: Acce
         are streamed through the decode unit (``LD WSTREAM`` + ``MV STREAM``); the BitMoD
         and INT6 formats must be in the config's ``weight_formats``.
     group : int
-        Weights per FP16 group scale (one of the config's ``group_sizes``; divides K).
+        Weights per FP16 group scale (one of the config's ``group_sizes``). A K it does
+        not divide is padded with zero columns to a whole group (the manifest's layer
+        ``k``; ``k_in`` and the input keep the layer's K, the input region's padding
+        bytes are zeros).
     out_format : str
         ``int8``, ``int16`` or ``int32`` result (default: the recipe's ``output``, else
         ``int8``).

@@ -124,11 +124,15 @@ def test_bad_config(tmp_path, capsys, mutate, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_k_not_multiple_of_group(tmp_path, capsys):
-    cli_fails(capsys, ["compile", "-o", str(tmp_path / "o"), "--n", "8", "--k", "100",
-                    "--group", "32"], "K=100 is not a multiple of the group size 32")
-    assert not (tmp_path / "o").exists()
-    assert list(tmp_path.iterdir()) == []
+def test_k_not_multiple_of_group_is_padded(tmp_path, capsys):
+    """K = 100 with groups of 32: the weights are padded with zero columns to 128, the
+    input with zeros; golden and ISA simulator agree on the layer of 100 inputs."""
+    out = cli_ok(capsys, ["compile", "-o", str(tmp_path / "o"), "--n", "8", "--k", "100",
+                          "--group", "32"])
+    assert "linear 8 x 100 (K padded to 128) int4 g32" in out
+    sums = [cli_ok(capsys, ["run", "--backend", b, str(tmp_path / "o")]).split("checksum ")[1]
+            .split()[0] for b in ("torch", "isa")]
+    assert sums[0] == sums[1]
 
 
 def test_bad_recipe(tmp_path, capsys):
@@ -268,9 +272,10 @@ def test_missing_folder(tmp_path, capsys):
 
 def test_subprocess_entry_point_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "airfoil", "compile", "-o", str(tmp_path / "o"),
-                        "--n", "8", "--k", "100", "--group", "32"],
+                        "--n", "8", "--k", "100", "--group", "48"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "airfoil: error: K=100 is not a multiple of the group size 32"]
+        "airfoil: error: group size 48 is not built into config 'test' (accepted: 32, 64, "
+        "128)"]
     assert not (tmp_path / "o").exists()

@@ -21,6 +21,7 @@ from compiler.llm_recipe import LINEAR_DEFAULT_RECIPE as DEFAULT_RECIPE
 from compiler.llm_recipe import load_llm_recipe, parse_llm_recipe
 from compiler.passes import llm_pipeline
 from sim.golden import layer_tensors, run_golden
+from sim.isa_sim import run_isa
 from compiler.tiling import WGT_SLOTS
 
 CFG = load_config("test")
@@ -154,7 +155,6 @@ def test_plan_respects_buffers():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(group=32), "K=100 is not a multiple of the group size 32"),
     (dict(group=48), "group size 48 is not built into config 'test'"),
     (dict(wformat="int2"), "streamed weights (int2) need the decode unit, which config "
                            "'test' lacks"),
@@ -268,3 +268,25 @@ def test_input_helpers(tmp_path):
         f.image_with_input(torch.full((64,), 200))
     with pytest.raises(AirfoilError, match="integers"):
         f.image_with_input(np.zeros(64))
+
+
+@pytest.mark.parametrize("kwargs", [dict(wformat="int4"), dict(wformat="int8", bias=False),
+                                    dict(wformat="int2", stream=True)])
+def test_k_not_a_multiple_of_the_group_is_padded(tmp_path, kwargs):
+    """A K of 100 with groups of 32 is padded to 128 with zero columns (the input with
+    zeros): the folder keeps the layer's 100 inputs, golden and ISA simulator agree
+    bit-exactly, and the result is the 100-input layer's."""
+    kw = dict(kwargs)
+    cfg = load_config("test_decode") if kw.get("stream") else CFG
+    w, b = _layer(0, 10, 100)
+    if not kw.pop("bias", True):
+        b = None
+    m = compile_linear(w, b, cfg, tmp_path / "o", group=32, **kw)
+    lin = m["model"]["linears"]["linear"]
+    assert (lin["k"], lin["k_in"], m["input"]["shape"]) == (128, 100, [100])
+    folder = load_folder(tmp_path / "o", cfg)
+    x = torch.randint(-128, 128, (100,), generator=torch.Generator().manual_seed(1))
+    for xi in (None, x):
+        assert torch.equal(run_isa(folder, cfg, xi)[0], run_golden(folder, xi))
+    t = layer_tensors(folder)
+    assert not t["q"][:, 100:].any()

@@ -487,15 +487,17 @@ def run(args) -> int:
         return 0
     m = compile_from_args(args)
     layer = m["model"]["linears"]["linear"]
+    shape = f"{layer['n']} x {layer['k_in']}" + (
+        f" (K padded to {layer['k']})" if layer["k"] != layer["k_in"] else "")
     if layer["streamed"]:
         fmts = ", ".join(f"{f} {c}" for f, c in sorted(layer["formats"].items()))
-        print(f"compiled linear {layer['n']} x {layer['k']} streamed {layer['wformat']} "
+        print(f"compiled linear {shape} streamed {layer['wformat']} "
               f"{layer['sparsity']} g{layer['group']} -> int{layer['out_bits']} for config "
               f"{m['config']} ({m['config_hash']}): {len(layer['tiles'])} streams, records "
               f"{fmts}, weight MSE {layer['weight_mse']:.3e}, {layer['stream_bytes']} stream "
               f"bytes, {m['image_bytes']} image bytes -> {args.output}", file=sys.stdout)
         return 0
-    print(f"compiled linear {layer['n']} x {layer['k']} {layer['wformat']} g{layer['group']} "
+    print(f"compiled linear {shape} {layer['wformat']} g{layer['group']} "
           f"-> int{layer['out_bits']} for config {m['config']} ({m['config_hash']}): "
           f"{len(layer['tiles'])} tiles, {m['image_bytes']} image bytes -> {args.output}",
           file=sys.stdout)
