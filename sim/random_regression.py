@@ -199,8 +199,9 @@ def _compile(case: LayerCase, cfg: AccelConfig, out: Path):
     b = torch.randn(case.n, generator=gen) if case.bias else None
     compile_linear(w, b, cfg, out, wformat=case.wformat, group=case.group,
                    out_format=case.out_format, seed=case.seed, stream=case.stream,
-                   sparsity=case.sparsity, block_density=case.block_density,
-                   max_tile_bytes=case.max_tile_bytes, mixed_formats=case.mixed_formats)
+                   sparsity=case.sparsity, max_tile_bytes=case.max_tile_bytes,
+                   mixed_formats=case.mixed_formats,
+                   block_density=case.block_density if case.sparsity == "block" else None)
     return load_folder(out, cfg)
 
 
