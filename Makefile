@@ -7,7 +7,8 @@
 #   make package  the Vitis RTL kernel of CONFIG under build/<CONFIG>_kernel (Alveo)
 #   make fusesoc-lint  the FuseSoC core of CONFIG linted through fusesoc (Verilator)
 #   make bitstream BOARD=ulx3s   the ULX3S (ECP5) bitstream with the open flow, build/ulx3s/
-#                  (CLOCK_MHZ=40: the core clock the PLL makes, default the config's)
+#                  (CLOCK_MHZ=40: the core clock the PLL makes, default the config's;
+#                  NO_SFU=1: the core without its SFU, the build that routes)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -66,7 +67,7 @@ estimate: $(STAMP)
 	$(VENV)/bin/airfoil estimate --config $(CONFIG)
 
 bitstream: $(STAMP)
-	$(VENV)/bin/airfoil bitstream --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
+	$(VENV)/bin/airfoil bitstream --board $(BOARD) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ)) $(if $(NO_SFU),--no-sfu)
 
 clean:
 	rm -rf build sim_build .pytest_cache
