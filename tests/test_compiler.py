@@ -29,8 +29,8 @@ U280 = load_config("u280")
 
 MANIFEST_KEYS = {"format", "isa_version", "config", "config_hash", "program", "image",
                  "image_bytes", "channel_offsets", "input", "output", "model"}
-LAYER_KEYS = {"n", "k", "wformat", "streamed", "group", "k0", "req_m", "req_s", "out_bits",
-              "bias", "tiles"}
+LAYER_KEYS = {"n", "k", "k_in", "wformat", "streamed", "group", "k0", "req_m", "req_s",
+              "out_bits", "bias", "tiles"}
 
 
 def _layer(seed, n, k):
