@@ -394,8 +394,6 @@ def layer_quant(config: AccelConfig, recipe=None, **options) -> LayerQuant:
     built = config.stream_formats
     rule = layer_rule(default_mixed=DEFAULT_MIXED if all(c in built for c in DEFAULT_MIXED)
                       else built, **options)
-    if "format" in rule and rule["format"] == "ovp4":
-        rule["format"] = "ovp"
     if len(rule) > 1:
         recipe = replace(recipe, rules=recipe.rules + (rule,),
                          source=f"{recipe.source} and the options")

@@ -457,8 +457,8 @@ def layer_rule(*, wformat=None, group=None, sparsity=None, mixed_formats=None,
     """:func:`compiler.linear.compile_linear`'s (and ``airfoil compile``'s) layer options as
     one recipe rule (``match: "*"``, only the keys given), checked as a recipe's rules are:
     ``wformat`` a format, a preset or ``mixed`` (its candidates ``mixed_formats``, a list or
-    a comma-separated string, else ``default_mixed``), ``block_density`` the rule's
-    ``density``."""
+    a comma-separated string, else ``default_mixed``), each format by its name for an
+    alias, ``block_density`` the rule's ``density``."""
     rule = {"match": "*"}
     if mixed_formats is not None and str(wformat).lower() != "mixed":
         raise CompileError(f"{source}: mixed formats apply to wformat 'mixed', not "
@@ -469,9 +469,9 @@ def layer_rule(*, wformat=None, group=None, sparsity=None, mixed_formats=None,
             cands = default_mixed if mixed_formats is None else mixed_formats
             if isinstance(cands, str):
                 cands = [c.strip() for c in cands.split(",") if c.strip()]
-            rule["mixed"] = [str(c).lower() for c in cands or ()]
+            rule["mixed"] = [_canonical(str(c).lower()) for c in cands or ()]
         else:
-            rule["format"] = name
+            rule["format"] = _canonical(name)
     for key, value in (("group", group), ("sparsity", sparsity), ("density", block_density),
                        ("mixed_max_error", mixed_max_error), ("stream", stream),
                        ("method", method)):
@@ -479,6 +479,12 @@ def layer_rule(*, wformat=None, group=None, sparsity=None, mixed_formats=None,
             rule[key] = value
     _check_rule(rule, source)
     return rule
+
+
+def _canonical(name: str) -> str:
+    """A format's name for one of its aliases (``ovp4``: ``ovp``); other names as given."""
+    spec = format_registry.find_by_name(name)
+    return spec.name if spec is not None else name
 
 
 def check_layer_config(where: str, config, *, formats, group: int, sparsity: str = "dense",

@@ -277,6 +277,8 @@ def test_layer_options_are_a_recipe_rule():
     assert layer_rule(wformat="mixed", stream=True, sparsity="2:4",
                       mixed_formats="int2,int4") == {
         "match": "*", "mixed": ["int2", "int4"], "sparsity": "2:4", "stream": True}
+    assert layer_rule(wformat="ovp4") == {"match": "*", "format": "ovp"}
+    assert layer_rule(wformat="mixed", mixed_formats="int4,ovp4")["mixed"] == ["int4", "ovp"]
     assert layer_rule(sparsity="block", block_density=0.25) == {
         "match": "*", "sparsity": "block", "density": 0.25}
     with pytest.raises(CompileError, match="stream = 'yes' is not supported"):
