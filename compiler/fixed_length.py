@@ -41,9 +41,9 @@ def fixed_length_words(words, *, pos: int, tokens: int, kv_banks: int = 1) -> li
     of ``kv_banks`` banks, of the key groups) become ``SYS SETREG`` of ``pos``, ``tokens``,
     ``pos + tokens`` (and ``ceil((pos + tokens) / kv_banks)``)."""
     # The values the run's parameter block would give the registers the program loads.
-    regs = (REG_POS, REG_T, REG_LEN, REG_GROUPS)[:4 if kv_banks > 1 else 3]
-    value = dict(zip(regs, struct.unpack("<4i", parameter_block(pos, tokens, kv_banks))))
     params = (REG_POS, REG_T, REG_LEN, REG_GROUPS)
+    regs = params[:4 if kv_banks > 1 else 3]
+    value = dict(zip(regs, struct.unpack("<4i", parameter_block(pos, tokens, kv_banks))))
     out, seen = [], set()
     for w in words:
         ins = decode(w) if (w & 0xF) == Opcode.SYS.value else None

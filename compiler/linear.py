@@ -109,8 +109,8 @@ from .streams import (MAX_STREAM_BYTES, channel_layout, least_scale, pack_wgt_ti
                       place_stream_block, stream_bits, wgt_tile_layout)
 
 __all__ = ["compile_linear", "linear_pipeline", "linear_options", "LinearOptions",
-           "LINEAR_STEPS", "step_summary", "layer_quant", "LAYER", "plan_linear", "plan_stream",
-           "LinearPlan", "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
+           "LINEAR_STEPS", "step_summary", "layer_quant", "LAYER", "plan_linear",
+           "plan_stream", "LinearPlan", "MIN_TILES", "CALIB_ROWS", "STREAM_SLOTS"]
 
 #: The planner makes tiles small enough for at least this many tiles (when N allows),
 #: so loading the first tile is a small part of the run.
@@ -467,12 +467,10 @@ class QuantizeLayer(_LayerStep):
     def apply(self, graph: Graph) -> Graph:
         g, o = graph.copy(), self.opts
         node, weight, _ = self.layer(g)
-        shape = StreamShape(core_stream_geometry(o.config).rows, o.config.lanes) \
-            if o.stream else StreamShape.of(o.config)
         if o.quant.method != "rtn":
             g.meta["calibration"] = CalibrationStats.of_rows(
                 {node.inputs[0]: _calib_rows(o.calib, o.seed, weight.shape[1])})
-        g.qweights[node.name] = quantize_node(g, node, o.quant, shape)
+        g.qweights[node.name] = quantize_node(g, node, o.quant, StreamShape.of(o.config))
         g.meta.pop("calibration", None)
         return g
 

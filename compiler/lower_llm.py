@@ -361,9 +361,9 @@ def _place_linears(flat, plans, config, top, streamed, size_only=False):
         # largest is checked with it (infinite or NaN scales).
         sc = ql.scales.abs()
         _, kexp = fp16_fixed(torch.stack([sc.min(), sc.max()]))
-        tiles = []
+        tiles, tile_bytes = [], _tiled(config, ql).tile_bytes(config)
         for r0, rows, c0, cols in plans[name]:
-            nbytes = _tiled(config, ql).tile_bytes(config)(rows, cols)
+            nbytes = tile_bytes(rows, cols)
             tiles.append({"row0": r0, "rows": rows, "col0": c0, "cols": cols,
                           "addr": addr, "nbytes": nbytes})
             addr += WgtBanks.of(config).tile_bytes(nbytes, config.word_bytes)

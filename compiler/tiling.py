@@ -32,13 +32,13 @@ from amaranth.hdl import Shape
 
 from airfoil.errors import CompileError
 from airfoil.isa import MATRIX_LAYOUT, Buffer
+from airfoil.packing import core_stream_geometry
 from airfoil.wgt_banks import WgtBanks
 from sim.cycle_model import DISPATCH_CYCLES, ISSUE_CYCLES, CycleModel
 from sim.memory import Memory
 
 from .schedule import wgt_tile_loads
 from .streams import MAX_STREAM_BYTES, stream_block_bytes, wgt_tile_layout
-from airfoil.packing import core_stream_geometry as core_geometry
 
 __all__ = ["WGT_SLOTS", "slot_bytes", "plan_wgt_slots", "wgt_tiles_cycles", "k_chunk",
            "row_block", "tile_boxes", "plan_wgt_tiles", "TiledLayer", "plan_layer_slots",
@@ -297,7 +297,7 @@ def stream_rows(config, n: int, k: int, *, group: int, formats, nm: int, what: s
     which ``fits(rows)`` and ``accept(rows)`` hold (default: any). :class:`CompileError`
     (``what`` names the layer) when not even ``chains`` rows fit."""
     C = config.chains
-    size = stream_block_bytes(core_geometry(config), config, k, group, formats, nm)
+    size = stream_block_bytes(core_stream_geometry(config), config, k, group, formats, nm)
     cap = min(cap, MAX_STREAM_BYTES)
     most = MATRIX_MAX_ROWS // C * C
     rows = row_block(n, C, lambda r: size(r) <= cap and (fits is None or fits(r)),

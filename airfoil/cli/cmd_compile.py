@@ -17,7 +17,8 @@ default for the shipped tiny model: its training split), its first
 A linear layer reads the recipes a model does (its layer is named ``linear``, so
 ``match: "*"`` rules apply; ``compiler/recipes/linear_default.yaml`` is its default) with
 an ``output: {format: int8|int16|int32}`` section of its own, and the options below
-override the recipe. A linear layer's weights may be streamed through the decode unit (ISA version 3):
+override the recipe. A linear layer's weights may be streamed through the decode unit
+(ISA version 3):
 ``--stream`` with ``--wformat int2|int3|int4|int6|int8|ovp|fp4_er_p|...|mixed|bitmod4|
 bitmod3`` (``--mixed-formats int4,ovp`` or ``fp4_er_p,fp4_ea_n``: the candidates of the
 per-record choice; ``bitmod4``/``bitmod3``: BitMoD's four FP4/FP3 variants) and
