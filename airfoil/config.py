@@ -20,7 +20,7 @@ from hdl.pe import kinds as _pe_kinds
 
 from . import format_registry as _registry
 from .errors import ConfigError
-from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS
+from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS, TOPK_MAX
 from .resources import package_path
 from .yamlfile import read_yaml
 
@@ -308,10 +308,16 @@ class LimitsConfig:
         (each chain's accumulator sets in the rescaler, and the per-token requantization
         table), so a prefill reads its weights once per this many tokens (1..256; default
         16).
+    topk_max : int
+        Largest ``k`` of ``TOPK_SAMPLE``: the SFU's sorted candidate registers (1..
+        :data:`~airfoil.isa.TOPK_MAX`; default that maximum). The sampler's area
+        grows with it (64 candidates are some 18,000 LUT4 of an ECP5); a sampling block
+        asking for more is MALFORMED, and the host refuses a ``--top-k`` beyond it.
     """
 
     att_pv_max_head_dim: int = ATT_PV_MAX_HEAD_DIM
     stream_tokens: int = 16
+    topk_max: int = TOPK_MAX
 
     def validate(self, where: str) -> None:
         t = self.stream_tokens
@@ -322,6 +328,10 @@ class LimitsConfig:
         if isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 4096 or v % 4:
             raise ConfigError(f"{where}limits.att_pv_max_head_dim must be a multiple of 4 in "
                               f"4..4096, not {v!r}")
+        k = self.topk_max
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= TOPK_MAX:
+            raise ConfigError(f"{where}limits.topk_max must be an integer in 1..{TOPK_MAX}, "
+                              f"not {k!r}")
 
 
 def k_split_batches(weight_bytes: int, chains: int, group_min: int) -> int:
@@ -618,6 +628,8 @@ class AccelConfig:
         for key in _BANK_KEYS:
             if d["buffers"][key] == 1:
                 del d["buffers"][key]
+        if d["limits"]["topk_max"] == TOPK_MAX:
+            del d["limits"]["topk_max"]
         for key in ("name", "description", "device") + exclude:
             d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .formats import ACC_BITS, REQ_M_BITS, REQ_S_MAX, wrap
+from .isa import TOPK_MAX
 
 __all__ = [
     "ACT_FRAC", "ACT_BITS", "P_FRAC", "ROPE_FRAC", "W_FRAC", "GAMMA_FRAC",
@@ -960,8 +961,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheI
 
 # -- choosing the next token --------------------------------------------------------------
 
-#: Largest ``k`` of :func:`topk_sample` (the SFU's sorted candidate registers).
-TOPK_MAX = 64
 #: Fractional bits and width of the inverse temperature ``1 / T`` of :func:`topk_sample`.
 INV_TEMP_FRAC = 16
 INV_TEMP_BITS = 24

@@ -256,7 +256,8 @@ class SfuFunc(enum.Enum, shape=6):
       at ``aux_addr`` in ``aux`` holds int32 ``k``, the inverse temperature (unsigned
       Q16) and the seed; the int32 token id of row ``r`` goes to ``dst_addr + 4 r``.
       ``k = 1`` is the argmax (the lowest index among equal maxima). ``k`` outside ``1 ..
-      TOPK_MAX`` or an inverse temperature outside ``1 .. 2**24 - 1`` is MALFORMED.
+      limits.topk_max`` (the config's; default :data:`TOPK_MAX`) or an inverse
+      temperature outside ``1 .. 2**24 - 1`` is MALFORMED.
     """
     COPY = 0
     QUANT_TOKEN = 1
@@ -298,6 +299,9 @@ SFU_BUFFERS = (Buffer.ACT, Buffer.OUT, Buffer.KV, Buffer.AUX)
 #: Default largest head dimension ``n`` of ``ATT_PV`` (the SFU's context accumulator
 #: lanes; a config sets its own in ``limits.att_pv_max_head_dim``).
 ATT_PV_MAX_HEAD_DIM = 256
+#: Largest ``k`` of ``TOPK_SAMPLE`` (the SFU's sorted candidate registers; a config sets
+#: a smaller one in ``limits.topk_max``).
+TOPK_MAX = 64
 
 
 class ErrorCode(enum.Enum, shape=4):

@@ -253,7 +253,8 @@ class CycleModel:
                                  dst_addr=dst_addr, imm0=imm0, imm1=imm1),
                             word_bits=8 * self._config.word_bytes,
                             sfu_lanes=self._config.sfu_lane_count,
-                            kv_banks=self._config.buffers.kv_banks) + TOKEN_HANDOFF
+                            kv_banks=self._config.buffers.kv_banks,
+                            topk_max=self._config.limits.topk_max) + TOKEN_HANDOFF
         return Cost(busy=total, latency=total)
 
     def sys(self) -> Cost:

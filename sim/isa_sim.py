@@ -661,8 +661,9 @@ class IsaSim:
             return rows * n, 0
         if fn == SfuFunc.TOPK_SAMPLE:
             k, inv_t, seed = self._read(i, what, aux, xa, 3, "<u4").tolist()
-            if not 1 <= k <= fx.TOPK_MAX or not 1 <= inv_t < 1 << fx.INV_TEMP_BITS:
-                raise fault(i, what, ErrorCode.MALFORMED, f"k={k} must be 1..{fx.TOPK_MAX} "
+            kmax = self.config.limits.topk_max
+            if not 1 <= k <= kmax or not 1 <= inv_t < 1 << fx.INV_TEMP_BITS:
+                raise fault(i, what, ErrorCode.MALFORMED, f"k={k} must be 1..{kmax} "
                             f"and the inverse temperature {inv_t} 1..2**{fx.INV_TEMP_BITS}-1")
             stride = f["imm0"] or 4 * n
             self._span(i, what, src, sa, (rows - 1) * stride + 4 * n, sfu=True)

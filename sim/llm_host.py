@@ -76,6 +76,10 @@ class LLMHost:
         self.position = 0
         self.runs: list[dict] = []
         self.sampling = Sampling() if sampling is None else sampling
+        if self.sampling.k > config.limits.topk_max:
+            raise AirfoilError(f"top-k {self.sampling.k} is beyond the sampler of config "
+                               f"'{config.name}' (accepted: 1..{config.limits.topk_max}, "
+                               f"its limits.topk_max)")
         #: The token ids the chip chose after each of the last run's tokens.
         self.next_tokens: list[int] = []
 

@@ -200,6 +200,23 @@ def test_stream_tokens_limit(base, tmp_path):
     assert StreamMatrix.config_kw(cfg)["tokens"] == cfg.limits.stream_tokens == 16
 
 
+def test_topk_max_limit(base, tmp_path):
+    """limits.topk_max: the ISA's 64 when left out and then out of the hash (configs of
+    before keep theirs), smaller ones in it, 1..64 accepted; the sampler is built with it."""
+    from airfoil.isa import TOPK_MAX, SfuFunc
+    from hdl.sfu.unit import default_kernels
+    t = load_config("test")
+    assert t.limits.topk_max == TOPK_MAX == 64
+    same = load_config(_write(tmp_path, dict(base, limits={"topk_max": 64})))
+    assert same.config_hash == t.config_hash
+    c = load_config(_write(tmp_path, dict(base, limits={"topk_max": 8})))
+    assert c.limits.topk_max == 8 and c.config_hash != t.config_hash
+    for value in (0, 65, "8", True):
+        with pytest.raises(ConfigError, match=r"limits\.topk_max"):
+            load_config(_write(tmp_path, dict(base, limits={"topk_max": value})))
+    assert default_kernels(c.limits)[SfuFunc.TOPK_SAMPLE].keywords == {"topk_max": 8}
+
+
 def test_base_config_overlaid_field_by_field(tmp_path):
     """A file with ``base`` states what differs: mappings overlay field by field."""
     p = _write(tmp_path, {"name": "t2", "base": "test", "chains": 2,

@@ -94,6 +94,17 @@ def test_run_samples_top_k_on_chip(tmp_path, capsys):
     cli_fails(capsys, base + ["--temperature", "0"], "temperature must be a positive number")
     cli_fails(capsys, base + ["--temperature", "1e-9"], "temperature 1e-09 is outside")
     cli_fails(capsys, base + ["--temperature", "hot"], "'hot' is not a number")
+    # A config with a smaller sampler (limits.topk_max) refuses a larger --top-k.
+    small = tmp_path / "sim_llm_k8.yaml"
+    small.write_text("base: sim_llm\nname: sim_llm_k8\nlimits: {topk_max: 8}\n")
+    out8 = str(tmp_path / "out8")
+    cli_ok(capsys, ["compile", str(model), "--recipe", recipe, "--config", str(small),
+                    "-o", out8, "--max-prompt", "6"])
+    run8 = ["run", out8, "--config", str(small), "--backend", "isa", "--tokens", "3,1",
+            "--max-new-tokens", "2"]
+    assert _tokens_line(cli_ok(capsys, run8 + ["--top-k", "8"]))
+    cli_fails(capsys, run8 + ["--top-k", "20"], "top-k 20 is beyond the sampler of config "
+              "'sim_llm_k8' (accepted: 1..8, its limits.topk_max)")
 
 
 def test_compile_errors(tmp_path, capsys):

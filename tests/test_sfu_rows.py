@@ -4,11 +4,14 @@ airfoil.fixedpoint, with its cycle formula (amaranth.sim)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from airfoil import fixedpoint as fx
+from airfoil.config import load_config
 from airfoil.isa import Buffer, ErrorCode, SfuFunc
 from hdl.sfu import dequant
 from hdl.sfu.dequant import DequantRowKernel
@@ -164,6 +167,35 @@ def test_topk_sample_refuses_its_block(k, inv_t):
     block = _sampling_block(k, inv_t, 1)
     res = run_kernel(TopkSampleKernel(), args, _b([1, 2, 3, 4]), block, bytearray(4))
     assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("k", [1, 8, 9])
+def test_unit_topk_sample_of_a_smaller_sampler(k):
+    """A config's ``limits.topk_max`` sizes the sampler: up to it the unit is bit-exact
+    with the ISA simulator of that config in the cycles of the formula (the count of its
+    candidates, not 64's); a ``k`` past it is MALFORMED on both."""
+    from hdl.sfu.unit import default_kernels
+    cfg = load_config("test")
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, topk_max=8))
+    rng = np.random.default_rng(k)
+    bufs = {b: bytearray(s) for b, s in SIZES.items()}
+    n, rows = 21, 2
+    bufs[Buffer.OUT][:4 * n * rows] = _b(rng.integers(-6, 6, size=n * rows) << 13)
+    bufs[Buffer.AUX][16:28] = _sampling_block(k, fx.inv_temperature(0.5), 77)
+    instrs = [_sfu(SfuFunc.TOPK_SAMPLE, src=Buffer.OUT, dst=Buffer.AUX, aux=Buffer.AUX, n=n,
+                   rows_reg=1, pos_reg=2, src_addr=0, dst_addr=64, aux_addr=16)]
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, [0, rows, 3], config=cfg,
+                                       kernels=default_kernels(cfg.limits, word_bits=128))
+    if k > 8:
+        assert ref_err == (ErrorCode.MALFORMED, 0)
+        assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
+        return
+    assert ref_err is None and not res["err"]
+    assert rtl == ref
+    args = kernel_args(func=SfuFunc.TOPK_SAMPLE, n=n, rows=rows)
+    took = res["released"][0][0] - res["accepted"][0] + 1
+    assert took == unit_cycles(args, word_bits=128, topk_max=8)
+    assert took == unit_cycles(args, word_bits=128) - rows * (fx.TOPK_MAX - 8)
 
 
 @pytest.mark.parametrize("k", [1, 5])

@@ -3,11 +3,11 @@
 Three reads fetch the sampling block (``k``, inverse temperature, seed). Per row: one
 cycle forms the row's draw (:func:`airfoil.fixedpoint.sample_uniform`, a multiplier and
 three xorshift steps), then one logit per cycle enters a sorted array of
-:data:`~airfoil.fixedpoint.TOPK_MAX` candidate registers (every register compares with
-the new logit at once; a strictly larger one goes before an equal one, so equal logits
-keep ascending indices), a cycle drains the last read, a two-stage pipeline forms every
-candidate's weight and the running sums (always ``TOPK_MAX`` steps, those past ``k``
-weighing 0, so the cycles do not depend on ``k``), and a last cycle compares every running
+ ``topk_max`` candidate registers (the config's ``limits.topk_max``; every register
+compares with the new logit at once; a strictly larger one goes before an equal one, so
+equal logits keep ascending indices), a cycle drains the last read, a two-stage pipeline
+forms every candidate's weight and the running sums (always ``topk_max`` steps, those
+past ``k`` weighing 0, so the cycles do not depend on ``k``), and a last cycle compares every running
 sum with the draw's threshold at once and writes the token id.
 """
 
@@ -17,24 +17,22 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 
 from airfoil import fixedpoint as fx
-from airfoil.isa import SfuFunc
+from airfoil.isa import TOPK_MAX, SfuFunc
 
 from .arith import clamp, rom, sat, sat_addr, shift_round
 from .kernel import finish_states, kernel_signature
 
 __all__ = ["TopkSampleKernel", "cycles", "KERNELS"]
 
-#: Bits of a running sum of weights (``TOPK_MAX`` weights of at most ``2**15``).
-_SUM_BITS = (fx.TOPK_MAX << 15).bit_length()
 
-
-def cycles(args) -> int:
+def cycles(args, *, topk_max: int = TOPK_MAX) -> int:
     """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict) of a
-    well-formed sampling block (the count does not depend on its values)."""
+    well-formed sampling block, on a kernel of ``topk_max`` candidates (the count does
+    not depend on the block's values)."""
     rows, n = args["rows"], args["n"]
     if rows == 0 or n == 0:
         return 1
-    return 5 + rows * (n + fx.TOPK_MAX + 4)
+    return 5 + rows * (n + topk_max + 4)
 
 
 def exp2_pairs() -> list[int]:
@@ -73,15 +71,22 @@ class TopkSampleKernel(wiring.Component):
     """Compute ``TOPK_SAMPLE`` over ``rows`` rows of ``n`` int32 logits (row ``r`` at
     ``src_addr + r * imm0``; ``imm0 = 0``: ``4 n``), the sampling block at ``aux_addr``,
     the token ids at ``dst_addr``. Takes :func:`cycles` cycles; a ``k`` or an inverse
-    temperature out of range is MALFORMED."""
+    temperature out of range is MALFORMED (``k`` above ``topk_max``, the candidate
+    registers)."""
 
-    def __init__(self):
+    def __init__(self, *, topk_max: int = TOPK_MAX):
+        if isinstance(topk_max, bool) or not isinstance(topk_max, int) or \
+                not 1 <= topk_max <= TOPK_MAX:
+            raise ValueError(f"topk_max must be an integer in 1..{TOPK_MAX}, not {topk_max!r}")
+        self._topk_max = topk_max
         super().__init__(kernel_signature())
 
     def elaborate(self, platform):
         m = Module()
         a = self.args
-        K = fx.TOPK_MAX
+        K = self._topk_max
+        sum_bits = (K << 15).bit_length()   # a running sum of K weights of at most 2**15
+        sel = max(1, (K - 1).bit_length())   # bits of a candidate's number
         stride = Signal(32)
         m.d.comb += stride.eq(Mux(a.imm0 != 0, a.imm0, a.n << 2))
 
@@ -123,17 +128,17 @@ class TopkSampleKernel(wiring.Component):
         m.d.sync += dlive.eq(0)
         with m.If(step & (c < K)):
             dist = Signal(33)
-            m.d.comb += dist.eq(val[0] - val[c[:6]])
+            m.d.comb += dist.eq(val[0] - val[c[:sel]])
             m.d.sync += [d.eq(sat(shift_round(dist * inv_t[:24], fx.INV_TEMP_FRAC), 32)),
                          dj.eq(c), dlive.eq(c < keff)]
         w = exp_neg_expr(m, d)
-        cum = Array(Signal(_SUM_BITS, name=f"cum{j}") for j in range(K))
-        total = Signal(_SUM_BITS)
+        cum = Array(Signal(sum_bits, name=f"cum{j}") for j in range(K))
+        total = Signal(sum_bits)
         with m.If(dlive):
             m.d.sync += [cum[dj].eq(total + w), total.eq(total + w)]
 
         # The pick: candidates whose running sum is at most the threshold come before it.
-        thr = Signal(_SUM_BITS + 16)
+        thr = Signal(sum_bits + 16)
         m.d.comb += thr.eq((u * total) >> 16)
         below = Cat(*[(j < keff) & (cum[j] <= thr) for j in range(K)])
         pick = Signal(range(K + 1))
@@ -187,7 +192,7 @@ class TopkSampleKernel(wiring.Component):
                     m.next = "PICK"
             with m.State("PICK"):
                 m.d.comb += [self.busy.eq(1), self.dst.addr.eq(sat_addr(out)),
-                             self.dst.data.eq(idx[pick[:6]]), self.dst.en.eq(0b1111)]
+                             self.dst.data.eq(idx[pick[:sel]]), self.dst.en.eq(0b1111)]
                 m.d.sync += [row.eq(row + stride), out.eq(out + 4), r.eq(r + 1)]
                 m.next = "ROW"
                 with m.If(r == a.rows - 1):

@@ -23,7 +23,7 @@ from amaranth.utils import exact_log2
 
 from airfoil import isa
 from airfoil.config import LimitsConfig
-from airfoil.isa import Buffer, ErrorCode, SfuFunc
+from airfoil.isa import TOPK_MAX, Buffer, ErrorCode, SfuFunc
 
 from ..core.load import unit_ports
 from ..core.unit_shell import UnitShell
@@ -59,7 +59,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     output passes ``sfu_lanes`` scores, the output pass of ``RMSNORM`` and ``LAYERNORM``
     ``sfu_lanes`` elements, ``ATT_PV``'s output pass a word of ``word_bits / 32`` int32;
     on a KV buffer of several ``kv_banks`` ``ATT_QK`` and ``ATT_PV`` take a key group per
-    record word (:mod:`hdl.sfu.banked_attention`)."""
+    record word (:mod:`hdl.sfu.banked_attention`); ``TOPK_SAMPLE`` holds
+    ``limits.topk_max`` candidates."""
     limits = LimitsConfig() if limits is None else limits
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
@@ -82,6 +83,8 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     kernels[SfuFunc.SOFTMAX] = functools.partial(attention.Softmax, word_bits=word_bits,
                                                  lanes=_lanes_of(SfuFunc.SOFTMAX, word_bits,
                                                                  sfu_lanes))
+    kernels[SfuFunc.TOPK_SAMPLE] = functools.partial(sample.TopkSampleKernel,
+                                                     topk_max=limits.topk_max)
     kernels[SfuFunc.ATT_PV] = functools.partial(attention.AttentionContext,
                                                 max_head_dim=limits.att_pv_max_head_dim,
                                                 word_bits=word_bits)
@@ -104,11 +107,11 @@ def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
 
 
 def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
-                  kv_banks: int = 1) -> int:
+                  kv_banks: int = 1, topk_max: int = TOPK_MAX) -> int:
     """Cycles of the kernel of ``args["func"]`` from ``start`` to ``done`` (a dict of args)
     in a unit of :func:`default_kernels` on buffer words of ``word_bits`` (the functions
     with products in each lane on ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on
-    ``kv_banks``)."""
+    ``kv_banks``; ``TOPK_SAMPLE`` with ``topk_max`` candidates)."""
     func = SfuFunc(args["func"])
     if func in attention.KERNELS:
         return attention.cycles(args, word_bytes=word_bits // 8,
@@ -124,17 +127,19 @@ def kernel_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
     if func in rope.KERNELS:
         return rope.cycles(args, word_bytes=word_bits // 8,
                            lanes=_lanes_of(func, word_bits, sfu_lanes))
-    for mod in (dequant, sample):
-        if func in mod.KERNELS:
-            return mod.cycles(args)
+    if func in sample.KERNELS:
+        return sample.cycles(args, topk_max=topk_max)
+    if func in dequant.KERNELS:
+        return dequant.cycles(args)
     raise ValueError(f"No SFU kernel computes {func!r}")
 
 
 def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
-                kv_banks: int = 1) -> int:
+                kv_banks: int = 1, topk_max: int = TOPK_MAX) -> int:
     """Cycles the unit spends on a well-formed instruction, queue handshake to release,
     on buffer words of ``word_bits`` (the functions with products in each lane on
-    ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks`` banks).
+    ``sfu_lanes``; ``ATT_QK`` and ``ATT_PV`` on a KV buffer of ``kv_banks`` banks;
+    ``TOPK_SAMPLE`` with ``topk_max`` candidates).
 
     Accept (1), check (1; plus the divider's latency for row-wise and ``ATT_QK``/
     ``ATT_PV`` functions), kernel start (1), the kernel's :func:`kernel_cycles` and the
@@ -143,7 +148,7 @@ def unit_cycles(args, *, word_bits: int, sfu_lanes: int | None = None,
     func = SfuFunc(args["func"])
     div = divider_latency(_CHECK_BITS) if func in ROWWISE + _ATT_KV else 0
     return 4 + div + kernel_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes,
-                                   kv_banks=kv_banks)
+                                   kv_banks=kv_banks, topk_max=topk_max)
 
 
 def buffer_read_signature(word_bits: int) -> wiring.Signature:
