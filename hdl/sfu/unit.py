@@ -200,7 +200,8 @@ class SfuUnit(wiring.Component):
     src_rd, aux_rd : :func:`buffer_read_signature`
         Reads of the instruction's ``src`` and ``aux`` buffers (latency 1).
     dst_wr : :func:`buffer_write_signature`
-        Writes into its ``dst`` buffer (``aux`` for QUANT_TOKEN's scale pairs).
+        Writes into its ``dst`` buffer (``aux`` for QUANT_TOKEN's scale pairs), from
+        registers: a cycle after the kernel's.
     kv_rd : In(memory.ReadPort.Signature(...)), when ``kv_banks > 1``
         A bank row of the banked KV buffer (``kv_banks`` words; :mod:`airfoil.kv_banks`):
         the records ``ATT_QK`` and ``ATT_PV`` read (``aux`` must name KV), the address an
@@ -291,6 +292,13 @@ class SfuUnit(wiring.Component):
             args.aux_addr.eq(sfu.aux_addr), args.imm0.eq(sfu.imm0), args.imm1.eq(sfu.imm1),
         ]
 
+        # The kernels' arguments: a register of ``args``, taken every cycle. The entry and
+        # its register values are fixed from CHECK on, and a kernel starts at least a
+        # cycle into CHECK, so it sees this instruction's; its paths start at flip-flops
+        # instead of the queue entry's field muxes.
+        k_args = Signal(ARGS_LAYOUT)
+        m.d.sync += k_args.eq(args)
+
         def is_any(funcs):
             return Cat(*[func == f.value for f in funcs]).any()
 
@@ -324,7 +332,12 @@ class SfuUnit(wiring.Component):
                      div.divisor.eq(Mux(att_kv, sfu.kv_heads, args.heads))]
 
         # -- kernels ---------------------------------------------------------------------
+        # A range violation resets the kernels from the next cycle (a register: its
+        # thousands of flip-flops are not loads of the violation's comparisons); in the
+        # violating cycle the port enables are masked, and from the next the unit has
+        # left RUN (the error is sticky), so no access of the kernel goes out.
         kreset = Signal()
+        m.d.sync += kreset.eq(0)
         k_src_addr, k_aux_addr, k_dst_addr = (Signal(ADDR_BITS, name=f"k_{p}_addr")
                                                for p in ("src", "aux", "dst"))
         k_src_en, k_aux_en, k_dst_aux, k_done, k_err = (Signal(name=f"k_{p}") for p in
@@ -344,7 +357,7 @@ class SfuUnit(wiring.Component):
         for k, fs in shared.values():
             m.submodules[f"k_{fs[0].name.lower()}"] = ResetInserter(kreset)(k)
             m.d.comb += [
-                k.args.eq(args),
+                k.args.eq(k_args),
                 k.start.eq(start & is_any(fs)),
             ]
             # A kernel of 32-bit ports gets the lane of its address; a wide one the word;
@@ -393,6 +406,12 @@ class SfuUnit(wiring.Component):
             self.src_rd.en.eq(k_src_en & ~viol),
             self.aux_rd.buf.eq(sfu.aux), self.aux_rd.addr.eq(k_aux_addr[lg:]),
             self.aux_rd.en.eq(k_aux_en & ~banked & ~viol),
+        ]
+        # A write leaves from registers, the cycle after the kernel's: the kernels' result
+        # paths end here, not across the buffer fabric at a block RAM. Nothing reads a
+        # word the cycle after it is written (a pass reads before it writes), and the
+        # next instruction's accesses are cycles away (release, accept, check, start).
+        m.d.sync += [
             self.dst_wr.buf.as_value().eq(wbuf), self.dst_wr.addr.eq(k_dst_addr[lg:]),
             self.dst_wr.data.eq(k_dst_data),
             self.dst_wr.en.eq(Mux(viol, 0, k_dst_en)),
@@ -435,7 +454,7 @@ class SfuUnit(wiring.Component):
 
         with m.If(running):
             with m.If(viol):
-                m.d.comb += kreset.eq(1)
+                m.d.sync += kreset.eq(1)
                 fail(ErrorCode.BUFFER_RANGE)
             with m.Elif(k_done & k_err):
                 fail(k_code)
