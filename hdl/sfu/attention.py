@@ -923,10 +923,15 @@ class Softmax(_Kernel):
         # Stage 1: the word arrives; update the max (max pass) or start each lane's exp.
         # The largest visible score of the word (a max tree; other lanes, those before a
         # window included, count as -2**31).
+        # The row's window in its words, a register taken every cycle: a word of the max
+        # pass reaches stage 1 the cycle after its issue, in the same row (the row changes
+        # only after the output pass), so the register holds the window of its row.
+        win_first = Signal((first + lower).shape())
+        win_count = Signal((visible - lower).shape())     # negative: no key of it is seen
+        m.d.sync += [win_first.eq(first + lower), win_count.eq(visible - lower)]
         word_max = tree(lambda p, q: Mux(p > q, p, q),
                         [Mux(lv, x, _INT32_MIN) for lv, x in
-                         word_lanes(self.src.data, s1["key"], first + lower,
-                                    visible - lower)])
+                         word_lanes(self.src.data, s1["key"], win_first, win_count)])
         row_max = Signal(signed(32))
         with m.If(s1["v"] & (s1["pass_"] == _PASS_MAX)):
             with m.If(s1["first"] | (word_max > row_max)):
