@@ -158,12 +158,14 @@ class RmsNormKernel(WordKernel):
             return c
 
         lanes = [(live, centred(x_l, f"c{i}")) for i, (live, x_l) in enumerate(raw)]
-        # Pass 1: amax; b = 15 - bitlen(max(amax, 1)).
+        # Pass 1: amax; b = 15 - bitlen(max(amax, 1)), a register taken every cycle: the
+        # sum-of-squares pass reads its first word two cycles after the last amax update
+        # (A_DRAIN, then its issue), so b holds the row's by then.
         amax = Signal(32)
         with m.If(pend_a):
             m.d.sync += amax.eq(word_amax(m, lanes, amax))
         b = Signal(signed(7))
-        m.d.comb += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
+        m.d.sync += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
         # Pass 2: sum of squares. Each word lane's block-normalised xs serves pass 3 too.
         ss = Signal(56)
         squares, xs_word = [], []
