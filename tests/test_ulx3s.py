@@ -291,6 +291,70 @@ def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
     assert r["meets_clock"] == (r["fmax_mhz"] >= r["target_mhz"])
 
 
+def test_shift_io_drives_a_part_and_shifts_its_outputs_out():
+    """The timing wrapper: bits shifted in at ``si`` reach the part's inputs (the first
+    bit ends in the last input's top), and ``ld`` captures its outputs, which leave at
+    ``so`` top bit first."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+    from amaranth.sim import Simulator
+
+    from fpga.ulx3s.unit_timing import ShiftIO
+
+    class Add(wiring.Component):
+        a: In(4)
+        b: In(4)
+        s: Out(5)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.s.eq(self.a + self.b)
+            return m
+
+    dut = ShiftIO(Add())
+    assert ShiftIO.bits(Add()) == (8, 5)
+    a, b = 11, 9
+    chain = [(b >> 3 - i) & 1 for i in range(4)] + [(a >> 3 - i) & 1 for i in range(4)]
+    seen = []
+
+    async def testbench(ctx):
+        for bit in chain:
+            ctx.set(dut.si, bit)
+            await ctx.tick()
+        ctx.set(dut.ld, 1)
+        await ctx.tick()
+        ctx.set(dut.ld, 0)
+        for _ in range(5):
+            seen.append(ctx.get(dut.so))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert int("".join(map(str, seen)), 2) == a + b
+
+
+def test_unit_timing_refuses_an_unknown_part(capsys):
+    from fpga.ulx3s.unit_timing import main
+    assert main(["softmux", "--build-dir", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("airfoil: error: no part 'softmux' (accepted: sfu, copy,")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_unit_timing_places_and_routes_a_kernel(config, tmp_path):
+    """The open flow on one SFU kernel in its shift wrapper (about half a minute): its
+    cells, an Fmax, and a critical path through its own source lines."""
+    from fpga.ulx3s.unit_timing import sfu_parts, time_part
+    r = time_part(sfu_parts(config)["mul"](), tmp_path)
+    assert 0 < r["mult18x18d"] <= 16 and r["lut4"] > 0 and r["fmax_mhz"] > 0
+    assert any("hdl/sfu/" in src for src in r["critical_path"]["sources"])
+    assert (tmp_path / "report.json").exists()
+
+
 def test_board_tools_resolved_beside_python_or_refused(monkeypatch):
     """The wheels' commands are found without an activated environment; a missing one is
     one error naming it."""
