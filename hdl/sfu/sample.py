@@ -13,13 +13,13 @@ sum with the draw's threshold at once and writes the token id.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 
 from airfoil import fixedpoint as fx
 from airfoil.isa import TOPK_MAX, SfuFunc
 
-from .arith import clamp, rom, sat, sat_addr, shift_round
+from .arith import rom, sat, sat_addr, shift_round
 from .kernel import finish_states, kernel_signature
 
 __all__ = ["TopkSampleKernel", "cycles", "KERNELS"]
