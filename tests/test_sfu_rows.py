@@ -169,6 +169,20 @@ def test_topk_sample_refuses_its_block(k, inv_t):
     assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
 
 
+def _topk_on_unit_and_isa(k: int, *, n: int, rows: int, scale: int, temp: float,
+                          seed: int, pos: int, config=None, kernels=None):
+    """TOPK_SAMPLE over ``rows`` random logit rows in OUT (rows and position from
+    registers), the block in AUX, the token ids to AUX: the unit and the ISA simulator."""
+    rng = np.random.default_rng(k)
+    bufs = {b: bytearray(s) for b, s in SIZES.items()}
+    bufs[Buffer.OUT][:4 * n * rows] = _b(rng.integers(-scale, scale, size=n * rows)
+                                         << (18 - scale))
+    bufs[Buffer.AUX][16:28] = _sampling_block(k, fx.inv_temperature(temp), seed)
+    instrs = [_sfu(SfuFunc.TOPK_SAMPLE, src=Buffer.OUT, dst=Buffer.AUX, aux=Buffer.AUX, n=n,
+                   rows_reg=1, pos_reg=2, src_addr=0, dst_addr=64, aux_addr=16)]
+    return _run_both(instrs, bufs, [0, rows, pos], config=config, kernels=kernels)
+
+
 @pytest.mark.parametrize("k", [1, 8, 9])
 def test_unit_topk_sample_of_a_smaller_sampler(k):
     """A config's ``limits.topk_max`` sizes the sampler: up to it the unit is bit-exact
@@ -177,15 +191,10 @@ def test_unit_topk_sample_of_a_smaller_sampler(k):
     from hdl.sfu.unit import default_kernels
     cfg = load_config("test")
     cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, topk_max=8))
-    rng = np.random.default_rng(k)
-    bufs = {b: bytearray(s) for b, s in SIZES.items()}
     n, rows = 21, 2
-    bufs[Buffer.OUT][:4 * n * rows] = _b(rng.integers(-6, 6, size=n * rows) << 13)
-    bufs[Buffer.AUX][16:28] = _sampling_block(k, fx.inv_temperature(0.5), 77)
-    instrs = [_sfu(SfuFunc.TOPK_SAMPLE, src=Buffer.OUT, dst=Buffer.AUX, aux=Buffer.AUX, n=n,
-                   rows_reg=1, pos_reg=2, src_addr=0, dst_addr=64, aux_addr=16)]
-    res, rtl, ref, ref_err = _run_both(instrs, bufs, [0, rows, 3], config=cfg,
-                                       kernels=default_kernels(cfg.limits, word_bits=128))
+    res, rtl, ref, ref_err = _topk_on_unit_and_isa(
+        k, n=n, rows=rows, scale=6, temp=0.5, seed=77, pos=3, config=cfg,
+        kernels=default_kernels(cfg.limits, word_bits=128))
     if k > 8:
         assert ref_err == (ErrorCode.MALFORMED, 0)
         assert res["err"] and res["err_code"] == ErrorCode.MALFORMED
@@ -200,16 +209,10 @@ def test_unit_topk_sample_of_a_smaller_sampler(k):
 
 @pytest.mark.parametrize("k", [1, 5])
 def test_unit_topk_sample_matches_isa(k):
-    """Logit rows in OUT (rows and position from registers), the block in AUX, the token
-    ids to AUX: unit and ISA simulator, with the unit's cycle formula."""
-    rng = np.random.default_rng(k)
-    bufs = {b: bytearray(s) for b, s in SIZES.items()}
+    """Unit and ISA simulator bit-exact, with the unit's cycle formula."""
     n, rows = 13, 2
-    bufs[Buffer.OUT][:4 * n * rows] = _b(rng.integers(-4, 4, size=n * rows) << 14)
-    bufs[Buffer.AUX][16:28] = _sampling_block(k, fx.inv_temperature(0.7), 1234)
-    instrs = [_sfu(SfuFunc.TOPK_SAMPLE, src=Buffer.OUT, dst=Buffer.AUX, aux=Buffer.AUX, n=n,
-                   rows_reg=1, pos_reg=2, src_addr=0, dst_addr=64, aux_addr=16)]
-    res, rtl, ref, ref_err = _run_both(instrs, bufs, [0, rows, 9])
+    res, rtl, ref, ref_err = _topk_on_unit_and_isa(k, n=n, rows=rows, scale=4, temp=0.7,
+                                                   seed=1234, pos=9)
     assert ref_err is None and not res["err"]
     assert rtl == ref
     args = kernel_args(func=SfuFunc.TOPK_SAMPLE, n=n, rows=rows)
