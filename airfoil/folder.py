@@ -361,9 +361,10 @@ _LINEAR_SCHEMA = {
     "model": {"linears": _NAMED},
 }
 _LAYER = {"n": _COUNT, "k": _COUNT, "k_in": _optional(_COUNT), "wformat": _TEXT,
-          "streamed": _FLAG, "group": _COUNT, "k0": _int_in(-(1 << 31), (1 << 31) - 1), "req_m": _int_in(0, (1 << 32) - 1),
-          "req_s": _int_in(0, 255), "out_bits": _int_in(8, 32), "bias": _FLAG,
-          "tiles": _LIST, "bias_wformat": _optional(_TEXT)}
+          "streamed": _FLAG, "group": _COUNT, "k0": _int_in(-(1 << 31), (1 << 31) - 1),
+          "req_m": _int_in(0, (1 << 32) - 1), "req_s": _int_in(0, 255),
+          "out_bits": _int_in(8, 32), "bias": _FLAG, "tiles": _LIST,
+          "bias_wformat": _optional(_TEXT)}
 _WGT_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "addr": _ADDR, "nbytes": _SIZE,
              "col0": _optional(_int_in(0, 1 << 24)), "cols": _optional(_COUNT)}
 _STREAM_TILE = {"row0": _int_in(0, 1 << 24), "rows": _COUNT, "streams": _LIST,

@@ -7,8 +7,8 @@ three xorshift steps), then one logit per cycle enters a sorted array of
 compares with the new logit at once; a strictly larger one goes before an equal one, so
 equal logits keep ascending indices), a cycle drains the last read, a two-stage pipeline
 forms every candidate's weight and the running sums (always ``topk_max`` steps, those
-past ``k`` weighing 0, so the cycles do not depend on ``k``), and a last cycle compares every running
-sum with the draw's threshold at once and writes the token id.
+past ``k`` weighing 0, so the cycles do not depend on ``k``), and a last cycle compares
+every running sum with the draw's threshold at once and writes the token id.
 """
 
 from __future__ import annotations
