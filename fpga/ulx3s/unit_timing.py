@@ -54,19 +54,23 @@ class ShiftIO(wiring.Component):
         super().__init__({"si": In(1), "ld": In(1), "so": Out(1)})
 
     @staticmethod
+    def ports(dut: wiring.Component) -> tuple[list, list]:
+        """The input and the output values of ``dut``'s signature."""
+        ins, outs = [], []
+        for _, member, value in dut.signature.flatten(dut):
+            (ins if member.flow == Flow.In else outs).append(Value.cast(value))
+        return ins, outs
+
+    @staticmethod
     def bits(dut: wiring.Component) -> tuple[int, int]:
         """Input and output bits of ``dut``'s signature."""
-        n = {Flow.In: 0, Flow.Out: 0}
-        for _, member, value in dut.signature.flatten(dut):
-            n[member.flow] += len(Value.cast(value))
-        return n[Flow.In], n[Flow.Out]
+        ins, outs = ShiftIO.ports(dut)
+        return sum(map(len, ins)), sum(map(len, outs))
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = dut = self._dut
-        ins, outs = [], []
-        for _, member, value in dut.signature.flatten(dut):
-            (ins if member.flow == Flow.In else outs).append(Value.cast(value))
+        ins, outs = self.ports(dut)
         prev = self.si
         for v in ins:
             r = Signal(len(v))
@@ -85,16 +89,13 @@ class ShiftIO(wiring.Component):
 def sfu_parts(config) -> dict:
     """Factories of the SFU unit of ``config`` (``"sfu"``) and of each of its kernels (by
     function name, lower case; functions sharing a kernel under the first's name)."""
-    from hdl.core.plan import BYTE_BUFFERS, CorePlan
-    from hdl.sfu.unit import SfuUnit, default_kernels
+    from hdl.core.plan import CorePlan
+    from hdl.sfu.unit import SfuUnit, config_kernels
 
     geo = CorePlan.of(config).geometry
-    wbits = config.memory.word_bits
-    kernels = default_kernels(config.limits, word_bits=wbits,
-                              sfu_lanes=config.sfu_lane_count, kv_banks=geo.kv_banks)
-    parts = {"sfu": lambda: SfuUnit(word_bits=wbits, kernels=kernels, kv_banks=geo.kv_banks,
-                                    buffer_bytes={b: geo.nbytes(b) for b in BYTE_BUFFERS})}
-    for func, factory in sorted(kernels.items(), key=lambda kv: kv[0].value):
+    parts = {"sfu": lambda: SfuUnit.of(config, geo)}
+    for func, factory in sorted(config_kernels(config, geo).items(),
+                                key=lambda kv: kv[0].value):
         if factory not in parts.values():
             parts[func.name.lower()] = factory
     return parts

@@ -67,7 +67,7 @@ from airfoil import csr as csrmap
 from airfoil import isa
 from airfoil.config import AccelConfig
 
-from ..sfu.unit import SfuUnit, default_kernels
+from ..sfu.unit import SfuUnit
 from .axi import axi4_signature, axi4lite_signature
 from .axi_read import AxiReader
 from .fabric import build_rams, connect_read_port, connect_writes
@@ -174,13 +174,7 @@ class Engine(wiring.Component):
                                                max_burst=mc.max_burst)
         sfu = None
         if plan.has_sfu:
-            sfu = SfuUnit(word_bits=wbits,
-                          buffer_bytes={b: geo.nbytes(b) for b in BYTE_BUFFERS},
-                          kernels=default_kernels(cfg.limits, word_bits=wbits,
-                                                  sfu_lanes=cfg.sfu_lane_count,
-                                                  kv_banks=geo.kv_banks),
-                          kv_banks=geo.kv_banks)
-            m.submodules.sfu = sfu
+            m.submodules.sfu = sfu = SfuUnit.of(cfg, geo)
         stall_matrix = Signal()     # a MATRIX result is held back (see the write ports)
         for c in range(nch):
             m.d.comb += [load.data_base[c].eq(self.data_base[c]),

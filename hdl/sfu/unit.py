@@ -31,7 +31,7 @@ from . import attention, banked_attention, dequant, elementwise, quant, rmsnorm,
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
-__all__ = ["SfuUnit", "default_kernels", "kernel_cycles", "unit_cycles", "ROWWISE",
+__all__ = ["SfuUnit", "default_kernels", "config_kernels", "kernel_cycles", "unit_cycles", "ROWWISE",
            "buffer_read_signature", "buffer_write_signature"]
 
 #: Functions on rows of ``n`` int32 split in ``heads`` segments (``n % heads == 0``).
@@ -95,6 +95,14 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
             banked_attention.BankedAttentionContext, word_bits=word_bits, banks=kv_banks,
             max_head_dim=limits.att_pv_max_head_dim)
     return kernels
+
+
+def config_kernels(config, geometry) -> dict:
+    """:func:`default_kernels` of the core of ``config`` on the buffers of ``geometry``
+    (:class:`hdl.core.buffers.BufferGeometry`): the config's limits and SFU lanes, the
+    buffers' word and KV banks."""
+    return default_kernels(config.limits, word_bits=geometry.word_bits,
+                           sfu_lanes=config.sfu_lane_count, kv_banks=geometry.kv_banks)
 
 
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
@@ -256,6 +264,14 @@ class SfuUnit(wiring.Component):
                     raise ValueError(f"Kernel of {func.name} has a port of {len(port.data)} "
                                      f"bits; the unit serves 32 or a word of {word_bits}"
                                      f"{' (a KV bank row when banked)' * banked}")
+
+    @classmethod
+    def of(cls, config, geometry) -> "SfuUnit":
+        """The SFU of the core of ``config`` on the buffers of ``geometry``
+        (:class:`hdl.core.buffers.BufferGeometry`), with :func:`config_kernels`."""
+        return cls(word_bits=geometry.word_bits, kv_banks=geometry.kv_banks,
+                   buffer_bytes={b: geometry.nbytes(b) for b in isa.SFU_BUFFERS},
+                   kernels=config_kernels(config, geometry))
 
     @property
     def word_bits(self) -> int:
