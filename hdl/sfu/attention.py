@@ -120,14 +120,14 @@ def qk_cycles(args, *, word_bytes: int) -> int:
     and ``length``, and the record addresses and strides ``src_addr``, ``imm0``,
     ``aux_addr``, ``imm1`` (absent: 0); ``word_bytes`` is the width of the kernel's read
     ports. Each score takes :func:`qk_chunks` cycles (one more, the funnel's word, unless
-    :func:`qk_aligned`), and the last one 3 more to rescale and write.
+    :func:`qk_aligned`), and the last one 4 more to rescale and write.
     """
     _check_word_bytes(word_bytes)
     if _qk_pv_refused(args):
         return 1
     pairs = _arg(args, "rows") * _arg(args, "heads") * _arg(args, "length")
     funnel = 0 if qk_aligned(args, word_bytes) else 1
-    return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + funnel) + 3
+    return pairs * (qk_chunks(_arg(args, "n"), word_bytes) + funnel) + 4
 
 
 def softmax_cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
@@ -135,7 +135,7 @@ def softmax_cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     ``heads``, ``pos``, ``length``, ``imm0``: the window, ``imm1``: bidirectional; 1 when
     refused) with ports of ``word_bytes`` and chunks of ``lanes`` scores (None: a
     word's): per row the max pass over the words the visible scores span
-    (:func:`~hdl.sfu.arith.span_words`), the exp pass over the chunks they span, 6
+    (:func:`~hdl.sfu.arith.span_words`), the exp pass over the chunks they span, 7
     cycles (exp pipeline drain and reciprocal), the output pass over the chunks all
     ``length`` span and one more when :func:`softmax_shifted` (``src_addr``, ``dst_addr``;
     absent: 0); then the last row's drain and ``done``."""
@@ -150,7 +150,7 @@ def softmax_cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     for t in range(rows):
         visible = L if both_ways else min(L, pos + t + 1)
         total += H * (span_words(visible, word_bytes) + span_words(visible, 4 * lanes)
-                      + out_chunks + 6)
+                      + out_chunks + 7)
     return total
 
 
@@ -552,7 +552,8 @@ class AttentionScores(_Kernel):
     plus one for the funnel, or without it when every record starts on a word
     (:func:`qk_aligned`: each chunk is then the word itself). The values of a word go
     into ``word_bytes`` INT8 products and an adder tree, the scale pair is picked from
-    its word(s); two stages rescale and write. Scores are issued back to back, so a run takes :func:`qk_cycles` cycles.
+    its word(s); three stages rescale (the product by the scale pair's mantissa), round and
+    saturate, and write. Scores are issued back to back, so a run takes :func:`qk_cycles` cycles.
 
     Parameters
     ----------
@@ -655,16 +656,19 @@ class AttentionScores(_Kernel):
                              shift_a.eq(qchunk.word_select(se_lane, 32).as_signed()
                                         + kchunk.word_select(se_lane, 32).as_signed()
                                         - 16 - fx.ACT_FRAC)]
-        # Stage B: rescale, saturate, write.
+        # Stage B: rescale. Stage C: round, saturate, write.
+        vb, lastb = Signal(), Signal()
         prod_b = Signal(signed(89))
-        m.d.comb += prod_b.eq(dot_a * mant_a)
-        score = _shift_round_sat(m, prod_b, shift_a, "qk_score")
-        with m.If(va):
+        shift_b = Signal(signed(34))
+        m.d.sync += [vb.eq(va), lastb.eq(lasta), prod_b.eq(dot_a * mant_a),
+                     shift_b.eq(shift_a)]
+        score = _shift_round_sat(m, prod_b, shift_b, "qk_score")
+        with m.If(vb):
             m.d.comb += [self.dst.addr.eq(out_addr), self.dst.data.eq(score),
                          self.dst.en.eq(0b1111)]
             m.d.sync += out_addr.eq(out_addr + 4)
         finish = Signal()
-        m.d.comb += finish.eq(va & lasta)
+        m.d.comb += finish.eq(vb & lastb)
         return self._head_refusal(m), ErrorCode.MALFORMED, finish
 
 
@@ -687,8 +691,8 @@ class Softmax(_Kernel):
     that hold the ``v = min(length, pos + t + 1)`` visible scores (a read-port word per
     cycle, ``word_bits``), an exp-and-sum pass over the chunks that hold them (the
     chunk's exponentials summed by an adder tree into the row's energy; the sum is of
-    integers, so exact in any order), 4 cycles to drain the exp pipeline, 2 cycles of
-    reciprocal (leading-one detector, 256-entry ROM, one Newton step), then an output
+    integers, so exact in any order), 4 cycles to drain the exp pipeline, 3 cycles of
+    reciprocal (leading-one detector and 256-entry ROM, then one Newton step in two), then an output
     pass over the chunks of all ``length`` scores that re-reads the visible scores,
     recomputes their exponentials and writes the Q15 probabilities (0 for masked keys).
     The write port is a buffer word wide: a chunk of outputs is shifted from the
@@ -794,6 +798,8 @@ class Softmax(_Kernel):
         norm = Signal(16)
         nshift = Signal(6)
         recip_m = Signal(16)
+        recip_y0 = Signal(16)                # the table's estimate and the Newton step's
+        recip_corr = Signal(signed(34))      # correction 2**32 - norm * y0 (RECIP1)
         out_shift = Signal(6)
         issue = Signal()
         # The max pass reads word ``key`` of the row (its scores from lane ``first`` of
@@ -870,11 +876,11 @@ class Softmax(_Kernel):
                 m.d.sync += [norm.eq(energy >> sh), nshift.eq(sh)]
                 m.next = "RECIP1"
             with m.State("RECIP1"):
-                y0 = rcp.data
-                corr = Signal(signed(34))
-                m.d.comb += corr.eq((1 << 32) - norm * y0)
+                m.d.sync += [recip_y0.eq(rcp.data), recip_corr.eq((1 << 32) - norm * rcp.data)]
+                m.next = "RECIP2"
+            with m.State("RECIP2"):
                 y1 = Signal(signed(52))
-                m.d.comb += y1.eq((y0 * corr) >> 31)
+                m.d.comb += y1.eq((recip_y0 * recip_corr) >> 31)
                 with m.If(y1 < (1 << 15)):
                     m.d.sync += recip_m.eq(1 << 15)
                 with m.Elif(y1 > (1 << 16) - 1):

@@ -4,8 +4,10 @@ A record holds INT8 values and one scale pair (``imm1 = 0``), or INT4 values two
 and a scale pair per ``imm1`` values (:func:`airfoil.fixedpoint.dequant_record_layout`).
 Per scale pair two reads fetch it (``sm``, then ``se``, whose shift is clamped to the
 range where it changes the result), then one element per cycle: the read of element
-``k`` (the 32-bit word holding its byte) is issued in one cycle and its ACT value written
-in the next, so the last write of a group overlaps the first scale read of the next.
+``k`` (the 32-bit word holding its byte) is issued in one cycle, its product by ``sm``
+registered in the next and its ACT value (the rounding shift and the saturation) written
+in the one after, so the last two cycles of a group overlap the scale reads of the next
+and a last cycle ends the instruction.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ _SHIFT_MIN, _SHIFT_MAX = -31, 24
 
 def cycles(args) -> int:
     """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict): per
-    row, two a scale pair and one a value."""
+    row, two a scale pair and one a value; one more for the last value's write."""
     rows, n = args["rows"], args["n"]
     if rows == 0 or n == 0:
         return 1
     _, pairs = fx.dequant_record_layout(n, args.get("imm1", 0))
-    return rows * (n + 2 * pairs) + 1
+    return rows * (n + 2 * pairs) + 2
 
 
 def record_stride(n, group=0):
@@ -79,11 +81,13 @@ class DequantRowKernel(wiring.Component):
         byte = self.src.data.word_select(lane, 8)
         half = Mux(nibble, byte[4:], byte[:4])
         q = Mux(int4, half.as_signed(), byte.as_signed())
+        # The product of the value read in the previous cycle, written in the next.
         prod = Signal(signed(_PROD_BITS))
-        m.d.comb += prod.eq(q * sm)
+        wpend = Signal()
+        m.d.sync += [prod.eq(q * sm), wpend.eq(pend)]
         wide = Mux(shift < 0, prod << (-shift)[:5], shift_round(prod, shift[:5]))
         m.d.comb += [self.dst.addr.eq(sat_addr(oa)), self.dst.data.eq(sat(wide, 32))]
-        with m.If(pend):
+        with m.If(wpend):
             m.d.comb += self.dst.en.eq(0b1111)
             m.d.sync += oa.eq(oa + 4)
 
@@ -117,11 +121,14 @@ class DequantRowKernel(wiring.Component):
                     nxt = Mux(a.imm0 != 0, rec + a.imm0, pair)
                     m.d.sync += [rec.eq(nxt), pair.eq(nxt + scale_off), r.eq(r + 1), k.eq(0)]
                     with m.If(r == a.rows - 1):
-                        m.next = "END"
+                        m.next = "LAST"
                     with m.Else():
                         m.next = "SM"
                 with m.Elif(int4 & (gk == a.imm1[:20] - 1)):
                     m.next = "SM"
+            with m.State("LAST"):            # the last value's product; its write in END
+                m.d.comb += self.busy.eq(1)
+                m.next = "END"
             with m.State("END"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"

@@ -2,8 +2,8 @@
 
 Per segment two passes over its int32 elements, each a whole read-port word
 (``word_bytes / 4`` elements, each lane masked to the segment) per cycle: the first finds
-``amax``, then two cycles form the reciprocal (normalise and 256-entry table, then one
-Newton step) and the scale pair, and the second writes the word's INT8 values into the
+``amax``, then three cycles form the reciprocal (normalise and 256-entry table, then one
+Newton step in two) and the scale pair, and the second writes the word's INT8 values into the
 output words they fall in (the bytes spilled past one are written with the next, the last
 ones by a flush); the scale pair (int32 ``sm``, int32 ``se``) follows in two writes to the
 ``aux`` buffer.
@@ -21,7 +21,8 @@ from .arith import (Divider, bit_length, clamp, divider_latency, normalize, rom,
                     sat_addr, shift_round, span_words, tree, word_lanes)
 from .kernel import WordKernel, finish_states, put_int32
 
-__all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_newton", "mantissa_expr",
+__all__ = ["QuantTokenKernel", "cycles", "recip_table", "recip_correction", "recip_newton",
+           "mantissa_expr",
            "word_amax", "DIV_LATENCY", "KERNELS"]
 
 #: Cycles of the ``n / heads`` division at the start of an instruction.
@@ -36,7 +37,7 @@ def cycles(args, *, word_bytes: int) -> int:
     if rem or seg == 0 or args["rows"] == 0:
         return DIV_LATENCY + 1
     flush = 1 if word_bytes > 4 else 0         # the output bytes spilled past the last word
-    return DIV_LATENCY + args["rows"] * heads * (2 * span_words(seg, word_bytes) + 7 + flush)
+    return DIV_LATENCY + args["rows"] * heads * (2 * span_words(seg, word_bytes) + 8 + flush)
 
 
 def recip_table(m: Module, a, name: str = "recip"):
@@ -53,10 +54,17 @@ def recip_table(m: Module, a, name: str = "recip"):
     return nrm, sh, table.data
 
 
-def recip_newton(nrm, sh, y0):
-    """Second stage of :func:`airfoil.fixedpoint.recip`: one Newton step on the table's
-    ``y0``; returns ``(mantissa, exponent)`` (16-bit, unsigned 7-bit exponent)."""
-    y1 = (y0 * (Const(1 << 32, signed(36)) - nrm * y0)) >> 31
+def recip_correction(nrm, y0):
+    """Second stage of :func:`airfoil.fixedpoint.recip`: the Newton step's correction
+    ``2**32 - n * y0`` of the table's ``y0`` (a signed 36-bit value)."""
+    return Const(1 << 32, signed(36)) - nrm * y0
+
+
+def recip_newton(y0, corr, sh):
+    """Third stage of :func:`airfoil.fixedpoint.recip`: the Newton step on the table's
+    ``y0`` with its :func:`recip_correction`; returns ``(mantissa, exponent)`` (16-bit,
+    unsigned 7-bit exponent)."""
+    y1 = (y0 * corr) >> 31
     return clamp(y1, 1 << 15, (1 << 16) - 1)[:16], (sh + 31)[:7]
 
 
@@ -135,12 +143,14 @@ class QuantTokenKernel(WordKernel):
         with m.If(pend_a):
             m.d.sync += amax.eq(word_amax(m, word_lanes(self.src.data, k1, first, seg), amax))
 
-        # Scale: reciprocal (table in SCALE0, Newton step in SCALE1) and mantissa of amax.
+        # Scale: reciprocal (table in SCALE0, Newton step in SCALE1 and SCALE2) and
+        # mantissa of amax.
         amx = Signal(32)
         m.d.comb += amx.eq(Mux(amax == 0, 1, amax))
         nrm, sh, y0 = recip_table(m, amx)
         nrm_r, sh_r, y0_r = Signal.like(nrm), Signal.like(sh), Signal.like(y0)
-        rm, re = recip_newton(nrm_r, sh_r, y0_r)
+        corr_r = Signal(signed(36))
+        rm, re = recip_newton(y0_r, corr_r, sh_r)
         p2 = Signal(48)
         m.d.comb += p2.eq(amx * fx._INV127)
         sm, se = mantissa_expr(m, p2, 22 + fx.ACT_FRAC, "scale")
@@ -217,6 +227,10 @@ class QuantTokenKernel(WordKernel):
                 m.d.sync += [nrm_r.eq(nrm), sh_r.eq(sh), y0_r.eq(y0), sm_r.eq(sm), se_r.eq(se)]
                 m.next = "SCALE1"
             with m.State("SCALE1"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += corr_r.eq(recip_correction(nrm_r, y0_r))
+                m.next = "SCALE2"
+            with m.State("SCALE2"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [k127.eq(rm * 127), re_r.eq(re)]
                 m.next = "Q"

@@ -12,6 +12,8 @@ of ``lanes`` (:func:`on_chunks`, as the compiler places them), else one element 
 cycle in any lane. ``LAYERNORM`` first sums the row (one more word pass) and forms its
 mean with the same ``1 / n`` and the same multiplier as the mean square; the other passes
 then read ``sat32(x - mean)``. One kernel serves both functions (``args.func`` selects).
+The three passes take a read word's (centred) lanes from a register, a cycle after it
+arrives.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def cycles(args, *, word_bytes: int, lanes: int | None = None) -> int:
     centre = SfuFunc(args["func"]) == SfuFunc.LAYERNORM
     words = span_words(n, word_bytes)
     out = n // lanes if on_chunks(args, lanes=lanes) else n
-    return DIV_LATENCY + rows * (2 * words + out + 7 + (words + 2 if centre else 0))
+    return DIV_LATENCY + rows * (2 * words + out + 9 + (words + 2 if centre else 0))
 
 
 def rsqrt_table(m: Module, v, name: str = "rsqrt"):
@@ -157,12 +159,19 @@ class RmsNormKernel(WordKernel):
             m.d.comb += c.eq(Mux(centre, sat(v - mu, 32), v))
             return c
 
-        lanes = [(live, centred(x_l, f"c{i}")) for i, (live, x_l) in enumerate(raw)]
+        # The word's lanes (centred for LAYERNORM) in a register, a cycle after arrival.
+        lanes = []
+        for i, (live, x_l) in enumerate(raw):
+            live_r, x_r = Signal(name=f"live_r{i}"), Signal(signed(32), name=f"x_r{i}")
+            m.d.sync += [live_r.eq(live), x_r.eq(centred(x_l, f"c{i}"))]
+            lanes.append((live_r, x_r))
+        pend_a1, pend_s1 = Signal(), Signal()
+        m.d.sync += [pend_a1.eq(pend_a), pend_s1.eq(pend_s)]
         # Pass 1: amax; b = 15 - bitlen(max(amax, 1)), a register taken every cycle: the
-        # sum-of-squares pass reads its first word two cycles after the last amax update
+        # sum-of-squares pass's first lanes come two cycles after the last amax update
         # (A_DRAIN, then its issue), so b holds the row's by then.
         amax = Signal(32)
-        with m.If(pend_a):
+        with m.If(pend_a1):
             m.d.sync += amax.eq(word_amax(m, lanes, amax))
         b = Signal(signed(7))
         m.d.sync += b.eq(15 - bit_length(m, Mux(amax == 0, 1, amax), "amax_bl"))
@@ -176,7 +185,7 @@ class RmsNormKernel(WordKernel):
                          sq.eq(Mux(live, xs_l * xs_l, 0))]
             squares.append(sq)
             xs_word.append(xs_l)
-        with m.If(pend_s):
+        with m.If(pend_s1):
             m.d.sync += ss.eq(ss + tree(lambda p, q: p + q, squares))
         # Reciprocal square root of ms + eps; the mean (state MU) through the same product.
         in_mu = Signal()
@@ -193,8 +202,9 @@ class RmsNormKernel(WordKernel):
         rr = Signal(16)
         ee = Signal(6)
         # Pass 3: output, chunk (or, when not on_chunks, element) j of the row read in
-        # one cycle (tag wj); in the next each lane's xs times the rsqrt is registered
-        # with its gain, and their product written in the one after (tag wj2).
+        # one cycle (tag wj, the gain's lanes registered at arrival); in the next but one
+        # each lane's xs times the rsqrt is registered with its gain, and their product
+        # written in the one after (tag wj3).
         P = self._lanes
         chunk_lg = exact_log2(4 * P)
         wide = Signal()             # a chunk per cycle (args are stable)
@@ -214,28 +224,29 @@ class RmsNormKernel(WordKernel):
 
         xaddr, gaddr = Signal(len(self.src.addr)), Signal(len(self.aux.addr))
         daddr = Signal(len(self.dst.addr))
-        x_off, g_off = Signal(lg), Signal(lg)
-        wj2 = Signal.like(wj)
-        pend_y2 = Signal()
+        x_off, x_off2, g_off = Signal(lg), Signal(lg), Signal(lg)
+        wj2, wj3 = Signal.like(wj), Signal.like(wj)
+        pend_y2, pend_y3 = Signal(), Signal()
         m.d.comb += [xaddr.eq(sat_addr(base + per_wide(j << chunk_lg, j << 2))),
                      gaddr.eq(sat_addr(a.aux_addr + per_wide(j << chunk_lg, j << 2))),
-                     daddr.eq(sat_addr(obase + per_wide(wj2 << chunk_lg, wj2 << 2)))]
-        m.d.sync += [x_off.eq(xaddr[:lg]), g_off.eq(gaddr[:lg]), wj2.eq(wj),
-                     pend_y2.eq(pend_y)]
-        xs_lanes = chunk_lanes(Cat(*xs_word), x_off, 18)
+                     daddr.eq(sat_addr(obase + per_wide(wj3 << chunk_lg, wj3 << 2)))]
+        m.d.sync += [x_off.eq(xaddr[:lg]), g_off.eq(gaddr[:lg]), x_off2.eq(x_off),
+                     wj2.eq(wj), wj3.eq(wj2), pend_y2.eq(pend_y), pend_y3.eq(pend_y2)]
+        xs_lanes = chunk_lanes(Cat(*xs_word), x_off2, 18)
         g_lanes = chunk_lanes(self.aux.data, g_off, 32)
         ys = []
         for i in range(P):
             t = Signal(signed(36), name=f"t{i}")
+            g1 = Signal(signed(32), name=f"g1_{i}")
             g = Signal(signed(32), name=f"g{i}")
             y = Signal(signed(32), name=f"y{i}")
             m.d.sync += [t.eq(shift_round(xs_lanes[i].as_signed() * rr,
                                           (ee - fx.ACT_FRAC)[:6])),
-                         g.eq(g_lanes[i].as_signed())]
+                         g1.eq(g_lanes[i].as_signed()), g.eq(g1)]
             m.d.comb += y.eq(sat(shift_round(t * g, fx.GAMMA_FRAC), 32))
             ys.append(y)
         element_write = put_int32(self.dst, daddr, ys[0])
-        with m.If(pend_y2):
+        with m.If(pend_y3):
             if P == 1:
                 m.d.comb += element_write
             else:
@@ -306,6 +317,9 @@ class RmsNormKernel(WordKernel):
             word_pass("S", "S_DRAIN", pend_s)
             with m.State("S_DRAIN"):
                 m.d.comb += self.busy.eq(1)
+                m.next = "S_DRAIN1"
+            with m.State("S_DRAIN1"):
+                m.d.comb += self.busy.eq(1)
                 m.next = "V0"
             with m.State("V0"):
                 m.d.comb += self.busy.eq(1)
@@ -321,6 +335,9 @@ class RmsNormKernel(WordKernel):
                 m.next = "Y"
             out_pass("Y", "Y_DRAIN0", pend_y)
             with m.State("Y_DRAIN0"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "Y_DRAIN1"
+            with m.State("Y_DRAIN1"):
                 m.d.comb += self.busy.eq(1)
                 m.next = "Y_DRAIN"
             with m.State("Y_DRAIN"):

@@ -5,10 +5,12 @@ cycle forms the row's draw (:func:`airfoil.fixedpoint.sample_uniform`, a multipl
 three xorshift steps), then one logit per cycle enters a sorted array of
  ``topk_max`` candidate registers (the config's ``limits.topk_max``; every register
 compares with the new logit at once; a strictly larger one goes before an equal one, so
-equal logits keep ascending indices), a cycle drains the last read, a two-stage pipeline
-forms every candidate's weight and the running sums (always ``topk_max`` steps, those
-past ``k`` weighing 0, so the cycles do not depend on ``k``), and a last cycle compares
-every running sum with the draw's threshold at once and writes the token id.
+equal logits keep ascending indices), a cycle drains the last read, a four-stage pipeline
+forms every candidate's weight and the running sums (the scaled distance, the exponent's
+product by log2(e), the table's interpolation, then the shift and the sum: always
+``topk_max`` steps, those past ``k`` weighing 0, so the cycles do not depend on ``k``),
+and a last cycle compares every running sum with the draw's threshold at once and writes
+the token id.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from .kernel import finish_states, kernel_signature
 
 __all__ = ["TopkSampleKernel", "cycles", "KERNELS"]
 
+#: Register stages from a candidate's step to its running sum (:class:`TopkSampleKernel`).
+_WEIGHT_STAGES = 4
+
 
 def cycles(args, *, topk_max: int = TOPK_MAX) -> int:
     """Cycles from ``start`` to ``done`` for resolved arguments ``args`` (a dict) of a
@@ -32,7 +37,7 @@ def cycles(args, *, topk_max: int = TOPK_MAX) -> int:
     rows, n = args["rows"], args["n"]
     if rows == 0 or n == 0:
         return 1
-    return 5 + rows * (n + topk_max + 4)
+    return 5 + rows * (n + topk_max + 6)
 
 
 def exp2_pairs() -> list[int]:
@@ -41,18 +46,19 @@ def exp2_pairs() -> list[int]:
     return [t[i] | t[i + 1] << 16 for i in range(len(t) - 1)]
 
 
-def exp_neg_expr(m: Module, d):
-    """Hardware :func:`airfoil.fixedpoint.exp_neg` of unsigned ``d < 2**31``: unsigned Q15
-    (combinational: product, table pair, interpolation, shift)."""
+def exp_neg_stages(m: Module, d):
+    """Hardware :func:`airfoil.fixedpoint.exp_neg` of unsigned ``d < 2**31``: unsigned Q15,
+    two cycles after ``d``, in two register stages (the product by log2(e); the table
+    pair and the interpolation) and the last shift combinational."""
     table = rom(m, "exp2_rom", exp2_pairs())
     t = Signal(34)
-    m.d.comb += t.eq(shift_round(d * fx._LOG2E_Q15, 15))
+    m.d.sync += t.eq(shift_round(d * fx._LOG2E_Q15, 15))
     m.d.comb += table.addr.eq(t[8:16])
     lo = Cat(table.data[:16], 0).as_signed()
     hi = Cat(table.data[16:32], 0).as_signed()
     y = Signal(17)
-    m.d.comb += y.eq(lo + shift_round((hi - lo) * t[:8], 8))
-    ip = t[16:]
+    ip = Signal(len(t) - 16)
+    m.d.sync += [y.eq(lo + shift_round((hi - lo) * t[:8], 8)), ip.eq(t[16:])]
     return shift_round(y, Mux(ip > 31, 31, ip[:5]))
 
 
@@ -119,23 +125,27 @@ class TopkSampleKernel(wiring.Component):
                     m.d.sync += [val[j].eq(val[j - 1]), idx[j].eq(idx[j - 1])]
             m.d.sync += cnt.eq(Mux(cnt < keff, cnt + 1, cnt))
 
-        # Weights: stage 1 the scaled distance of candidate c, stage 2 its exp and sum.
-        c = Signal(range(K + 2))
+        # Weights: stage 1 the scaled distance of candidate c, stages 2 and 3 its exp
+        # (exp_neg_stages), stage 4 the running sum; the candidate's number and whether it
+        # is one of the k go along.
+        c = Signal(range(K + _WEIGHT_STAGES))
         d = Signal(31)
-        dj = Signal(range(K))
-        dlive = Signal()
+        dj = [Signal(range(K), name=f"dj{s}") for s in range(_WEIGHT_STAGES - 1)]
+        dlive = [Signal(name=f"dlive{s}") for s in range(_WEIGHT_STAGES - 1)]
         step = Signal()
-        m.d.sync += dlive.eq(0)
+        m.d.sync += dlive[0].eq(0)
         with m.If(step & (c < K)):
             dist = Signal(33)
             m.d.comb += dist.eq(val[0] - val[c[:sel]])
             m.d.sync += [d.eq(sat(shift_round(dist * inv_t[:24], fx.INV_TEMP_FRAC), 32)),
-                         dj.eq(c), dlive.eq(c < keff)]
-        w = exp_neg_expr(m, d)
+                         dj[0].eq(c), dlive[0].eq(c < keff)]
+        for s in range(1, _WEIGHT_STAGES - 1):
+            m.d.sync += [dj[s].eq(dj[s - 1]), dlive[s].eq(dlive[s - 1])]
+        w = exp_neg_stages(m, d)
         cum = Array(Signal(sum_bits, name=f"cum{j}") for j in range(K))
         total = Signal(sum_bits)
-        with m.If(dlive):
-            m.d.sync += [cum[dj].eq(total + w), total.eq(total + w)]
+        with m.If(dlive[-1]):
+            m.d.sync += [cum[dj[-1]].eq(total + w), total.eq(total + w)]
 
         # The pick: candidates whose running sum is at most the threshold come before it.
         thr = Signal(sum_bits + 16)
@@ -188,7 +198,7 @@ class TopkSampleKernel(wiring.Component):
             with m.State("WEIGHT"):
                 m.d.comb += [self.busy.eq(1), step.eq(1)]
                 m.d.sync += c.eq(c + 1)
-                with m.If(c == K):
+                with m.If(c == K + _WEIGHT_STAGES - 2):    # the last sum in this cycle
                     m.next = "PICK"
             with m.State("PICK"):
                 m.d.comb += [self.busy.eq(1), self.dst.addr.eq(sat_addr(out)),
