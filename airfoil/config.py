@@ -394,6 +394,16 @@ class AccelConfig:
         dividing the buffer word's int32 count (None: that count,
         :attr:`sfu_lane_count`). Fewer lanes save area and cost cycles, never a
         program's instructions, so the field is left out of :attr:`config_hash`.
+    sfu_word_bits : int or None
+        Width of the SFU kernels' word passes (``ATT_QK``'s and ``ATT_PV``'s record
+        streams, the ``amax`` and sum-of-squares passes, ``COPY``, ``ADD``, ``RELU``,
+        ``SOFTMAX``'s max pass): a power of two from 32 to the buffer word (None: the
+        buffer word, :attr:`sfu_word_width`); the SFU unit serves a narrower kernel's port
+        from the lane of a buffer word its address names. Narrower kernels save area
+        (half the word, half the lanes: ``ATT_QK``'s INT8 products among them) and cost
+        cycles, never a program's instructions, so the field is left out of
+        :attr:`config_hash`. On a banked KV buffer (``buffers.kv_banks`` > 1) it is the
+        buffer word.
     """
 
     name: str
@@ -413,6 +423,7 @@ class AccelConfig:
     device: DeviceConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     sfu_lanes: int | None = None
+    sfu_word_bits: int | None = None
 
     def __post_init__(self):
         self.validate()
@@ -485,12 +496,21 @@ class AccelConfig:
         if not isinstance(self.limits, LimitsConfig):
             raise ConfigError(f"{where}limits must be a LimitsConfig, not {self.limits!r}")
         self.limits.validate(where)
-        word_lanes = self.memory.word_bits // 32
+        w = self.sfu_word_bits
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 32
+                              or w & (w - 1) or w > self.memory.word_bits):
+            raise ConfigError(f"{where}sfu_word_bits must be a power of two from 32 to "
+                              f"{self.memory.word_bits} (the buffer word), not {w!r}")
+        if w is not None and w != self.memory.word_bits and self.buffers.kv_banks > 1:
+            raise ConfigError(f"{where}sfu_word_bits must be the buffer word "
+                              f"({self.memory.word_bits}) on a banked KV buffer "
+                              f"(buffers.kv_banks {self.buffers.kv_banks}), not {w}")
+        word_lanes = self.sfu_word_width // 32
         v = self.sfu_lanes
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1
                               or v & (v - 1) or word_lanes % v):
             raise ConfigError(f"{where}sfu_lanes must be a power of two dividing "
-                              f"{word_lanes} (the int32 of a buffer word), not {v!r}")
+                              f"{word_lanes} (the int32 of the SFU's word), not {v!r}")
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
@@ -529,8 +549,14 @@ class AccelConfig:
     def sfu_lane_count(self) -> int:
         """int32 elements of ``SILU``, ``GELU`` and the norms' output pass (scores of
         ``SOFTMAX``'s exp and output passes) per SFU cycle (pairs of ``ROPE`` per two):
-        :attr:`sfu_lanes`, or the buffer word's int32 count."""
-        return self.memory.word_bits // 32 if self.sfu_lanes is None else self.sfu_lanes
+        :attr:`sfu_lanes`, or the int32 count of the SFU's word (:attr:`sfu_word_width`)."""
+        return self.sfu_word_width // 32 if self.sfu_lanes is None else self.sfu_lanes
+
+    @property
+    def sfu_word_width(self) -> int:
+        """Bits of the SFU kernels' word passes: :attr:`sfu_word_bits`, or the buffer
+        word's."""
+        return self.memory.word_bits if self.sfu_word_bits is None else self.sfu_word_bits
 
     @property
     def dsp_ceiling(self) -> int:
@@ -611,16 +637,16 @@ class AccelConfig:
     @property
     def config_hash(self) -> str:
         """16 hex digits naming everything a program depends on (the name, description,
-        device capacity and :attr:`sfu_lanes` excluded; ``buffers.wgt_banks`` and
-        ``buffers.kv_banks`` only when not the one bank of the default, so a program for
-        one bank keeps its hash)."""
-        return self._digest(exclude=("sfu_lanes",))
+        device capacity, :attr:`sfu_lanes` and :attr:`sfu_word_bits` excluded;
+        ``buffers.wgt_banks`` and ``buffers.kv_banks`` only when not the one bank of the
+        default, so a program for one bank keeps its hash)."""
+        return self._digest(exclude=("sfu_lanes", "sfu_word_bits"))
 
     @property
     def hardware_hash(self) -> str:
         """16 hex digits naming everything the elaborated core depends on: the
-        :attr:`config_hash` fields and :attr:`sfu_lanes` (which changes the SFU, never a
-        program). Caches of built cores and place-and-route reports are keyed by it."""
+        :attr:`config_hash` fields, :attr:`sfu_lanes` and :attr:`sfu_word_bits` (which
+        change the SFU, never a program; the latter only when given). Caches of built cores and place-and-route reports are keyed by it."""
         return self._digest(exclude=())
 
     def _digest(self, exclude: tuple[str, ...]) -> str:
@@ -630,6 +656,8 @@ class AccelConfig:
                 del d["buffers"][key]
         if d["limits"]["topk_max"] == TOPK_MAX:
             del d["limits"]["topk_max"]
+        if d["sfu_word_bits"] is None:
+            del d["sfu_word_bits"]
         for key in ("name", "description", "device") + exclude:
             d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()

@@ -251,7 +251,7 @@ class CycleModel:
                                  kv_heads=kv_heads, pos=pos, length=length,
                                  src_addr=src_addr, aux_addr=aux_addr,
                                  dst_addr=dst_addr, imm0=imm0, imm1=imm1),
-                            word_bits=8 * self._config.word_bytes,
+                            word_bits=self._config.sfu_word_width,
                             sfu_lanes=self._config.sfu_lane_count,
                             kv_banks=self._config.buffers.kv_banks,
                             topk_max=self._config.limits.topk_max) + TOKEN_HANDOFF

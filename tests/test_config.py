@@ -105,6 +105,32 @@ def test_sfu_lanes(base, tmp_path):
             load_config(_write(tmp_path, dict(base, sfu_lanes=value)))
 
 
+def test_sfu_word_bits(base, tmp_path):
+    """Left out: the buffer word; given: the SFU kernels' word and the default lane count,
+    outside the program hash and inside the hardware hash (left out, the hardware hash of
+    every config stays); a bad value, or a narrower word on a banked KV buffer, refused
+    by name."""
+    t = load_config("test")
+    assert t.sfu_word_bits is None and t.sfu_word_width == t.memory.word_bits == 128
+    c = load_config(_write(tmp_path, dict(base, sfu_word_bits=32)))
+    assert c.sfu_word_width == 32 and c.sfu_lane_count == 1
+    assert c.config_hash == t.config_hash and c.hardware_hash != t.hardware_hash
+    assert load_config(_write(tmp_path, dict(base))).hardware_hash == t.hardware_hash
+    assert load_config("ulx3s").sfu_word_width == 32
+    for value in (16, 48, 256):
+        with pytest.raises(ConfigError, match="sfu_word_bits must be a power of two from "
+                                              "32 to 128"):
+            load_config(_write(tmp_path, dict(base, sfu_word_bits=value)))
+    for value in ("32", True):
+        with pytest.raises(ConfigError, match="sfu_word_bits"):
+            load_config(_write(tmp_path, dict(base, sfu_word_bits=value)))
+    with pytest.raises(ConfigError, match="sfu_lanes must be a power of two dividing 2"):
+        load_config(_write(tmp_path, dict(base, sfu_word_bits=64, sfu_lanes=4)))
+    banked = dict(base, buffers=dict(base["buffers"], kv_banks=2))
+    with pytest.raises(ConfigError, match="sfu_word_bits must be the buffer word"):
+        load_config(_write(tmp_path, dict(banked, sfu_word_bits=64)))
+
+
 def test_limits_section(base, tmp_path):
     """Left out: the defaults; given: read, part of the hash; a bad value refused by name.
     The derived K-split limit is the MATRIX unit's accumulator depth."""

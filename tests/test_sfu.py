@@ -563,10 +563,12 @@ def _random_bufs(rng):
     return bufs
 
 
-@pytest.mark.parametrize("word_bits,sfu_lanes", [(128, None), (64, None), (128, 2)])
-def test_unit_program_matches_isa(word_bits, sfu_lanes):
+@pytest.mark.parametrize("word_bits,sfu_lanes,kernel_bits",
+                         [(128, None, 128), (64, None, 64), (128, 2, 128), (64, 1, 32)])
+def test_unit_program_matches_isa(word_bits, sfu_lanes, kernel_bits):
     """One instruction of each function, rows from a register, through the unit (SILU
-    and GELU on ``sfu_lanes``), each in the cycles of the formula."""
+    and GELU on ``sfu_lanes``), each in the cycles of the formula; kernels of
+    ``kernel_bits`` (a config's ``sfu_word_bits``) on buffer words of ``word_bits``."""
     rng = np.random.default_rng(word_bits)
     bufs = _random_bufs(rng)
     # RoPE table rows (int16 Q14) at AUX 192: 2 rows of 4 cos/sin pairs... as 8 int16.
@@ -599,7 +601,7 @@ def test_unit_program_matches_isa(word_bits, sfu_lanes):
         _sfu(SfuFunc.ADD, src=Buffer.ACT, dst=Buffer.ACT, aux=Buffer.AUX, n=6, rows_reg=1,
              src_addr=96, dst_addr=96, aux_addr=SIZES[Buffer.AUX] - 24, imm0=1),
     ]
-    kernels = default_kernels(word_bits=word_bits, sfu_lanes=sfu_lanes)
+    kernels = default_kernels(word_bits=kernel_bits, sfu_lanes=sfu_lanes)
     res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits,
                                        kernels=kernels)
     assert ref_err is None and not res["err"]
@@ -615,17 +617,18 @@ def test_unit_program_matches_isa(word_bits, sfu_lanes):
                            src_addr=f["src_addr"], aux_addr=f["aux_addr"],
                            dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
-                == unit_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes))
+                == unit_cycles(args, word_bits=kernel_bits, sfu_lanes=sfu_lanes))
 
 
 @pytest.mark.skipif(SfuFunc.ATT_PV not in default_kernels(),
                     reason="the attention kernels (hdl/sfu/attention.py) are not in this tree")
-@pytest.mark.parametrize("word_bits,sfu_lanes", [(128, None), (64, None), (128, 1)])
-def test_unit_attention_chain_matches_isa(word_bits, sfu_lanes):
+@pytest.mark.parametrize("word_bits,sfu_lanes,kernel_bits",
+                         [(128, None, 128), (64, None, 64), (128, 1, 128), (64, 1, 32)])
+def test_unit_attention_chain_matches_isa(word_bits, sfu_lanes, kernel_bits):
     """Decode attention through the unit: quantize q/k/v into records, ATT_QK, SOFTMAX (causal,
     position from a register), ATT_PV with two query heads on one kv head; ATT_QK and ATT_PV
-    take a buffer word per cycle, SOFTMAX ``sfu_lanes`` scores, in the cycles of the
-    formula."""
+    take a kernel word (``kernel_bits``, on buffer words of ``word_bits``) per cycle,
+    SOFTMAX ``sfu_lanes`` scores, in the cycles of the formula."""
     rng = np.random.default_rng(7)
     bufs = _random_bufs(rng)
     rec = dict(imm0=16, imm1=16)           # records of 8 values + scale pair: 16 bytes
@@ -646,7 +649,7 @@ def test_unit_attention_chain_matches_isa(word_bits, sfu_lanes):
              dst_addr=384, aux_addr=128, **rec, **att),
     ]
     res, rtl, ref, ref_err = _run_both(instrs, bufs, regs, word_bits=word_bits,
-                                       kernels=default_kernels(word_bits=word_bits,
+                                       kernels=default_kernels(word_bits=kernel_bits,
                                                                sfu_lanes=sfu_lanes))
     assert ref_err is None and not res["err"], res
     for b in SIZES:
@@ -660,7 +663,7 @@ def test_unit_attention_chain_matches_isa(word_bits, sfu_lanes):
                            src_addr=f["src_addr"], aux_addr=f["aux_addr"],
                            dst_addr=f["dst_addr"], imm0=f["imm0"], imm1=f["imm1"])
         assert (res["released"][i][0] - res["accepted"][i] + 1
-                == unit_cycles(args, word_bits=word_bits, sfu_lanes=sfu_lanes)), \
+                == unit_cycles(args, word_bits=kernel_bits, sfu_lanes=sfu_lanes)), \
             SfuFunc(f["func"]).name
 
 

@@ -99,9 +99,10 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
 
 def config_kernels(config, geometry) -> dict:
     """:func:`default_kernels` of the core of ``config`` on the buffers of ``geometry``
-    (:class:`hdl.core.buffers.BufferGeometry`): the config's limits and SFU lanes, the
-    buffers' word and KV banks."""
-    return default_kernels(config.limits, word_bits=geometry.word_bits,
+    (:class:`hdl.core.buffers.BufferGeometry`): the config's limits, SFU lanes and SFU
+    word (``sfu_word_width``, at most the buffers' word, which the unit serves), the
+    buffers' KV banks."""
+    return default_kernels(config.limits, word_bits=config.sfu_word_width,
                            sfu_lanes=config.sfu_lane_count, kv_banks=geometry.kv_banks)
 
 
