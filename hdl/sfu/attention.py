@@ -52,8 +52,9 @@ __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles"
            "qk_cycles", "softmax_cycles", "softmax_shifted", "pv_cycles", "qk_chunks",
            "qk_aligned", "pv_aligned", "pv_scale_words", "pv_out_words"]
 
-#: Stages of the softmax exp pipeline (read, d, table, exp, write).
-_SOFTMAX_LATENCY = 4
+#: Stages of the softmax pipeline (read, d, table, exp and sum, the output's product by
+#: the reciprocal, its rounding and write).
+_SOFTMAX_LATENCY = 5
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 
@@ -692,9 +693,10 @@ class Softmax(_Kernel):
     cycle, ``word_bits``), an exp-and-sum pass over the chunks that hold them (the
     chunk's exponentials summed by an adder tree into the row's energy; the sum is of
     integers, so exact in any order), 4 cycles to drain the exp pipeline, 3 cycles of
-    reciprocal (leading-one detector and 256-entry ROM, then one Newton step in two), then an output
-    pass over the chunks of all ``length`` scores that re-reads the visible scores,
-    recomputes their exponentials and writes the Q15 probabilities (0 for masked keys).
+    reciprocal (leading-one detector and 256-entry ROM, then one Newton step in two), then
+    an output pass over the chunks of all ``length`` scores that re-reads the visible
+    scores, recomputes their exponentials, registers their products by the reciprocal and
+    writes the Q15 probabilities a stage later (0 for masked keys).
     The write port is a buffer word wide: a chunk of outputs is shifted from the
     ``src`` row's chunk lanes to the ``dst`` row's by a funnel over the previous chunk
     (rows of the same offset in a chunk, in place as the compiler runs ``SOFTMAX``, need
@@ -924,7 +926,7 @@ class Softmax(_Kernel):
                     for name, sig in prev.items()}
             m.d.sync += [regs[name].eq(sig) for name, sig in prev.items()]
             tags.append(regs)
-        s1, s4 = tags[1], tags[4]
+        s1, s4, s5 = tags[1], tags[4], tags[5]
 
         # Stage 1: the word arrives; update the max (max pass) or start each lane's exp.
         # The largest visible score of the word (a max tree; other lanes, those before a
@@ -950,7 +952,7 @@ class Softmax(_Kernel):
             m.d.sync += e.eq(Mux(tags[3]["live"][i], expo, 0))
             e4.append(e)
 
-        # Stage 4: accumulate the sum, or normalise and write.
+        # Stage 4: accumulate the sum, or (output pass) the product by the reciprocal.
         with m.If(s4["v"] & (s4["pass_"] == _PASS_EXP)):
             m.d.sync += energy.eq(energy + tree(operator.add, e4))
         with m.If(launch):
@@ -958,24 +960,25 @@ class Softmax(_Kernel):
         probs = []
         for i in range(P):
             prob_x = Signal(signed(34), name=f"sm_prob_x{i}")
-            m.d.comb += prob_x.eq(e4[i] * recip_m)
+            m.d.sync += prob_x.eq(e4[i] * recip_m)
             probs.append(_shift_round(m, prob_x, out_shift, 34, f"sm_prob{i}")[:32])
-        out_vals, out_row = Cat(*probs), s4["row"]
+        # Stage 5: round and write.
+        out_vals, out_row = Cat(*probs), s5["row"]
         prev_vals, prev_row = Signal(32 * P), Signal(P)
-        writing = s4["v"] & (s4["pass_"] == _PASS_OUT)
+        writing = s5["v"] & (s5["pass_"] == _PASS_OUT)
         with m.If(writing):
             m.d.sync += [prev_vals.eq(out_vals), prev_row.eq(out_row)]
         # The src row's lanes are ``P - ahead`` behind the dst row's, in every row.
-        row_en = Mux(s4["first"], 0, prev_row)
+        row_en = Mux(s5["first"], 0, prev_row)
         shifted_vals = (Cat(prev_vals, out_vals) >> (ahead * 32))[:32 * P]
         shifted_row = (Cat(row_en, out_row) >> ahead)[:P]
         chunk_en = Mux(writing, Cat(*[b.replicate(4) for b in shifted_row]), 0)
-        dst_place = s4["dst"][clg:lg] if lg > clg else Const(0, 1)
-        m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), s4["dst"][lg:])),
+        dst_place = s5["dst"][clg:lg] if lg > clg else Const(0, 1)
+        m.d.comb += [self.dst.addr.eq(Cat(Const(0, lg), s5["dst"][lg:])),
                      self.dst.data.eq(Cat(*[shifted_vals] * (wb // (4 * P)))),
                      self.dst.en.eq(chunk_en << (dst_place * 4 * P))]
         finish = Signal()
-        m.d.comb += finish.eq(s4["v"] & s4["last"])
+        m.d.comb += finish.eq(s5["v"] & s5["last"])
         refuse = Signal()
         m.d.comb += refuse.eq((a.n == 0) | (a.rows == 0) | (a.length == 0) |
                               ((a.imm0 != 0) & (a.imm1 == 0) &
