@@ -9,8 +9,8 @@ equal logits keep ascending indices), a cycle drains the last read, a four-stage
 forms every candidate's weight and the running sums (the scaled distance, the exponent's
 product by log2(e), the table's interpolation, then the shift and the sum: always
 ``topk_max`` steps, those past ``k`` weighing 0, so the cycles do not depend on ``k``),
-and a last cycle compares every running sum with the draw's threshold at once and writes
-the token id.
+a cycle registers the draw's threshold, and a last one compares every running sum with
+it at once and writes the token id.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def cycles(args, *, topk_max: int = TOPK_MAX) -> int:
     rows, n = args["rows"], args["n"]
     if rows == 0 or n == 0:
         return 1
-    return 5 + rows * (n + topk_max + 6)
+    return 5 + rows * (n + topk_max + 7)
 
 
 def exp2_pairs() -> list[int]:
@@ -148,8 +148,7 @@ class TopkSampleKernel(wiring.Component):
             m.d.sync += [cum[dj[-1]].eq(total + w), total.eq(total + w)]
 
         # The pick: candidates whose running sum is at most the threshold come before it.
-        thr = Signal(sum_bits + 16)
-        m.d.comb += thr.eq((u * total) >> 16)
+        thr = Signal(sum_bits + 16)          # registered in THRESHOLD, after the last sum
         below = Cat(*[(j < keff) & (cum[j] <= thr) for j in range(K)])
         pick = Signal(range(K + 1))
         m.d.comb += pick.eq(sum(below[j] for j in range(K)))
@@ -199,7 +198,11 @@ class TopkSampleKernel(wiring.Component):
                 m.d.comb += [self.busy.eq(1), step.eq(1)]
                 m.d.sync += c.eq(c + 1)
                 with m.If(c == K + _WEIGHT_STAGES - 2):    # the last sum in this cycle
-                    m.next = "PICK"
+                    m.next = "THRESHOLD"
+            with m.State("THRESHOLD"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += thr.eq((u * total) >> 16)
+                m.next = "PICK"
             with m.State("PICK"):
                 m.d.comb += [self.busy.eq(1), self.dst.addr.eq(sat_addr(out)),
                              self.dst.data.eq(idx[pick[:sel]]), self.dst.en.eq(0b1111)]
