@@ -646,7 +646,8 @@ class AccelConfig:
     def hardware_hash(self) -> str:
         """16 hex digits naming everything the elaborated core depends on: the
         :attr:`config_hash` fields, :attr:`sfu_lanes` and :attr:`sfu_word_bits` (which
-        change the SFU, never a program; the latter only when given). Caches of built cores and place-and-route reports are keyed by it."""
+        change the SFU, never a program; the latter only when given). Caches of built
+        cores and place-and-route reports are keyed by it."""
         return self._digest(exclude=())
 
     def _digest(self, exclude: tuple[str, ...]) -> str:

@@ -23,7 +23,8 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_PLACE_ONLY", "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
+__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_SFU_OPTS", "NEXTPNR_PLACE_ONLY",
+           "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
            "write_report", "parse_nextpnr_log", "critical_path", "REPORT_NAME"]
 
 #: Placement seed of every build (the figures are reproducible).
@@ -37,6 +38,11 @@ NEXTPNR_SEED = 1
 #: JSON report (critical paths).
 NEXTPNR_OPTS = "--placer static --router router2 --timing-allow-fail --report {report}"
 NEXTPNR_REPORT = "top.nextpnr.json"
+#: What the build with the SFU adds: placement for wire length alone. Placed for timing
+#: (its SFU paths all miss the clock), router2 stalled at thousands of overused wires;
+#: placed for wire length it converges (docs/ulx3s.md). The GEMV build keeps the
+#: timing-driven placement it meets its clock with.
+NEXTPNR_SFU_OPTS = "--no-tmdriv"
 #: What a placement-only build adds: nextpnr stops before routing (its timing report is
 #: the post-placement estimate, minutes instead of the route's tens of minutes).
 NEXTPNR_PLACE_ONLY = "--no-route"
@@ -146,6 +152,8 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
     platform.add_file(f"{RAM_MODULE}.v", RAM_VERILOG)
     t0 = time.monotonic()
     opts = f"--seed {NEXTPNR_SEED} " + NEXTPNR_OPTS.format(report=NEXTPNR_REPORT)
+    if sfu:
+        opts += " " + NEXTPNR_SFU_OPTS
     if place_only:
         opts += " " + NEXTPNR_PLACE_ONLY
     log(f"building the {config.name} bitstream at {clock:g} MHz in {out} (synth_ecp5, "

@@ -31,8 +31,8 @@ from . import attention, banked_attention, dequant, elementwise, quant, rmsnorm,
 from .arith import Divider, divider_latency
 from .kernel import ADDR_BITS, ARGS_LAYOUT, word_bytes_of
 
-__all__ = ["SfuUnit", "default_kernels", "config_kernels", "kernel_cycles", "unit_cycles", "ROWWISE",
-           "buffer_read_signature", "buffer_write_signature"]
+__all__ = ["SfuUnit", "default_kernels", "config_kernels", "kernel_cycles", "unit_cycles",
+           "ROWWISE", "buffer_read_signature", "buffer_write_signature"]
 
 #: Functions on rows of ``n`` int32 split in ``heads`` segments (``n % heads == 0``).
 ROWWISE = (SfuFunc.QUANT_TOKEN, SfuFunc.RMSNORM, SfuFunc.ROPE, SfuFunc.SILU, SfuFunc.MUL,
