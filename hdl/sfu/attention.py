@@ -47,6 +47,7 @@ from airfoil.isa import ATT_PV_MAX_HEAD_DIM, ErrorCode, SfuFunc
 
 from .arith import live_lanes, span_words, tree, word_lanes
 from .kernel import ADDR_BITS, kernel_signature, lane_count
+from .quant import recip_correction, recip_newton
 
 __all__ = ["AttentionScores", "Softmax", "AttentionContext", "KERNELS", "cycles",
            "qk_cycles", "softmax_cycles", "softmax_shifted", "pv_cycles", "qk_chunks",
@@ -801,7 +802,7 @@ class Softmax(_Kernel):
         nshift = Signal(6)
         recip_m = Signal(16)
         recip_y0 = Signal(16)                # the table's estimate and the Newton step's
-        recip_corr = Signal(signed(34))      # correction 2**32 - norm * y0 (RECIP1)
+        recip_corr = Signal(signed(36))      # correction 2**32 - norm * y0 (RECIP1)
         out_shift = Signal(6)
         issue = Signal()
         # The max pass reads word ``key`` of the row (its scores from lane ``first`` of
@@ -878,18 +879,13 @@ class Softmax(_Kernel):
                 m.d.sync += [norm.eq(energy >> sh), nshift.eq(sh)]
                 m.next = "RECIP1"
             with m.State("RECIP1"):
-                m.d.sync += [recip_y0.eq(rcp.data), recip_corr.eq((1 << 32) - norm * rcp.data)]
+                m.d.sync += [recip_y0.eq(rcp.data),
+                             recip_corr.eq(recip_correction(norm, rcp.data))]
                 m.next = "RECIP2"
             with m.State("RECIP2"):
-                y1 = Signal(signed(52))
-                m.d.comb += y1.eq((recip_y0 * recip_corr) >> 31)
-                with m.If(y1 < (1 << 15)):
-                    m.d.sync += recip_m.eq(1 << 15)
-                with m.Elif(y1 > (1 << 16) - 1):
-                    m.d.sync += recip_m.eq((1 << 16) - 1)
-                with m.Else():
-                    m.d.sync += recip_m.eq(y1)
-                m.d.sync += [out_shift.eq(nshift + 31 - fx.P_FRAC), energy.eq(0)]
+                mantissa, _ = recip_newton(recip_y0, recip_corr, nshift)
+                m.d.sync += [recip_m.eq(mantissa), out_shift.eq(nshift + 31 - fx.P_FRAC),
+                             energy.eq(0)]
                 m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += [rd.eq(chunk_rd), issue.eq(1),
