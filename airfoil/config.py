@@ -497,8 +497,8 @@ class AccelConfig:
             raise ConfigError(f"{where}limits must be a LimitsConfig, not {self.limits!r}")
         self.limits.validate(where)
         w = self.sfu_word_bits
-        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 32
-                              or w & (w - 1) or w > self.memory.word_bits):
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int)
+                              or not _is_pow2(w) or not 32 <= w <= self.memory.word_bits):
             raise ConfigError(f"{where}sfu_word_bits must be a power of two from 32 to "
                               f"{self.memory.word_bits} (the buffer word), not {w!r}")
         if w is not None and w != self.memory.word_bits and self.buffers.kv_banks > 1:
@@ -507,8 +507,8 @@ class AccelConfig:
                               f"(buffers.kv_banks {self.buffers.kv_banks}), not {w}")
         word_lanes = self.sfu_word_width // 32
         v = self.sfu_lanes
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1
-                              or v & (v - 1) or word_lanes % v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not _is_pow2(v) or word_lanes % v):
             raise ConfigError(f"{where}sfu_lanes must be a power of two dividing "
                               f"{word_lanes} (the int32 of the SFU's word), not {v!r}")
         if self.buffers.act_bytes < max(self.group_sizes):
