@@ -20,7 +20,7 @@ from hdl.pe import kinds as _pe_kinds
 
 from . import format_registry as _registry
 from .errors import ConfigError
-from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS, TOPK_MAX
+from .isa import ATT_PV_MAX_HEAD_DIM, INSTR_BITS, TOPK_MAX, SfuFunc
 from .resources import package_path
 from .yamlfile import read_yaml
 
@@ -404,6 +404,14 @@ class AccelConfig:
         cycles, never a program's instructions, so the field is left out of
         :attr:`config_hash`. On a banked KV buffer (``buffers.kv_banks`` > 1) it is the
         buffer word.
+    sfu_funcs : tuple of str or None
+        The SFU functions the core builds (names of :class:`~airfoil.isa.SfuFunc`; None:
+        every one, :attr:`sfu_functions`). A function left out has no kernel: the SFU
+        unit and the ISA simulator flag it UNSUPPORTED, and the compiler refuses a model
+        that needs it. ``GELU`` shares ``SILU``'s kernel, ``RELU`` ``ADD``'s and
+        ``LAYERNORM`` ``RMSNORM``'s: leaving out one of a pair removes its part of the
+        shared kernel. In :attr:`config_hash` when given (a program may need a function
+        left out).
     """
 
     name: str
@@ -424,6 +432,7 @@ class AccelConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     sfu_lanes: int | None = None
     sfu_word_bits: int | None = None
+    sfu_funcs: tuple | None = None
 
     def __post_init__(self):
         self.validate()
@@ -511,6 +520,13 @@ class AccelConfig:
                               or not _is_pow2(v) or word_lanes % v):
             raise ConfigError(f"{where}sfu_lanes must be a power of two dividing "
                               f"{word_lanes} (the int32 of the SFU's word), not {v!r}")
+        if self.sfu_funcs is not None:
+            names = [f.name for f in SfuFunc]
+            bad = [f for f in self.sfu_funcs if f not in names]
+            if bad or not self.sfu_funcs or len(set(self.sfu_funcs)) < len(self.sfu_funcs):
+                raise ConfigError(f"{where}sfu_funcs must list SFU functions once each, at "
+                                  f"least one (accepted: {', '.join(names)}; leave the field "
+                                  f"out for all), not {list(self.sfu_funcs)!r}")
         if self.buffers.act_bytes < max(self.group_sizes):
             raise ConfigError(f"{where}buffers.act_bytes ({self.buffers.act_bytes}) is smaller "
                               f"than the largest group size")
@@ -551,6 +567,14 @@ class AccelConfig:
         ``SOFTMAX``'s exp and output passes) per SFU cycle (pairs of ``ROPE`` per two):
         :attr:`sfu_lanes`, or the int32 count of the SFU's word (:attr:`sfu_word_width`)."""
         return self.sfu_word_width // 32 if self.sfu_lanes is None else self.sfu_lanes
+
+    @property
+    def sfu_functions(self) -> frozenset:
+        """The :class:`~airfoil.isa.SfuFunc` the core builds: :attr:`sfu_funcs`, or every
+        function."""
+        if self.sfu_funcs is None:
+            return frozenset(SfuFunc)
+        return frozenset(SfuFunc[f] for f in self.sfu_funcs)
 
     @property
     def sfu_word_width(self) -> int:
@@ -639,7 +663,8 @@ class AccelConfig:
         """16 hex digits naming everything a program depends on (the name, description,
         device capacity, :attr:`sfu_lanes` and :attr:`sfu_word_bits` excluded;
         ``buffers.wgt_banks`` and ``buffers.kv_banks`` only when not the one bank of the
-        default, so a program for one bank keeps its hash)."""
+        default, so a program for one bank keeps its hash; :attr:`sfu_funcs` only when
+        given)."""
         return self._digest(exclude=("sfu_lanes", "sfu_word_bits"))
 
     @property
@@ -657,8 +682,11 @@ class AccelConfig:
                 del d["buffers"][key]
         if d["limits"]["topk_max"] == TOPK_MAX:
             del d["limits"]["topk_max"]
-        if d["sfu_word_bits"] is None:
-            del d["sfu_word_bits"]
+        for key in ("sfu_word_bits", "sfu_funcs"):
+            if d[key] is None:
+                del d[key]
+        if "sfu_funcs" in d:                            # the set, in the ISA's order
+            d["sfu_funcs"] = [f.name for f in SfuFunc if f.name in d["sfu_funcs"]]
         for key in ("name", "description", "device") + exclude:
             d.pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()

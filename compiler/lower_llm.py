@@ -102,7 +102,7 @@ from airfoil.errors import CompileError
 from airfoil.folder import FOLDER_FORMAT, encoder, linear_roles, llm_phases, output_width
 from airfoil.formats import FORMAT_BY_NAME, fp16_fixed
 from airfoil.kv_banks import KvBanks
-from airfoil.isa import ISA_VERSION, Buffer, Opcode, SfuFunc, SysOp
+from airfoil.isa import ISA_VERSION, Buffer, Opcode, SfuFunc, SysOp, decode
 from airfoil.packing import core_stream_geometry, format_spec, nm_code
 from airfoil.program import Program
 from airfoil.wgt_banks import WgtBanks
@@ -1102,6 +1102,18 @@ class PackLowering(_LowerStep):
         return self.record(graph, made, work)
 
 
+def _check_sfu_funcs(words, config: AccelConfig) -> None:
+    """Refuse a program with SFU functions ``config`` does not build (``sfu_funcs``)."""
+    used = {decode(w).func for w in words if w & 0xF == Opcode.SFU.value}
+    missing = sorted(used - config.sfu_functions, key=lambda f: f.value)
+    if missing:
+        raise CompileError(f"the model needs the SFU function(s) "
+                           f"{', '.join(f.name for f in missing)}, which config "
+                           f"{config.name!r} does not build (its sfu_funcs: "
+                           f"{', '.join(config.sfu_funcs)}; add them, or leave the field "
+                           f"out for every function)")
+
+
 class ScheduleLowering(_LowerStep):
     """``schedule``: each phase's instruction stream (:class:`_Phase`), its program file,
     listing and opcode counts."""
@@ -1119,6 +1131,7 @@ class ScheduleLowering(_LowerStep):
             words = _Phase(model, config, made["layout"], made["linears"], phase, tmax,
                            made["max_positions"], made["wgt_slots"], made["wgt_slot_bytes"],
                            keys).emit()
+            _check_sfu_funcs(words, config)
             words_of[phase] = words
             prog = Program(words, config.config_hash_bytes)
             title = (f"{phase} of {o.source or 'model'}: {len(words)} instructions, config "

@@ -586,11 +586,20 @@ class IsaSim:
         n = f["n"]
         if n < 1:
             raise fault(i, "SFU", ErrorCode.MALFORMED, "n must be at least 1")
+        self._check_built(i, "SFU COPY", SfuFunc.COPY)
         src = self._span(i, "SFU", f["src"], f["src_addr"], n, sfu=True)
         dst = self._span(i, "SFU", f["dst"], f["dst_addr"], n, sfu=True)
         data = bytes(src[f["src_addr"]:f["src_addr"] + n])
         dst[f["dst_addr"]:f["dst_addr"] + n] = data
         return n, 0
+
+    def _check_built(self, i: int, what: str, fn: SfuFunc) -> None:
+        """UNSUPPORTED unless the config builds ``fn`` (``sfu_funcs``), checked where the
+        unit checks it: after the MALFORMED checks, before any access."""
+        if fn not in self.config.sfu_functions:
+            raise fault(i, what, ErrorCode.UNSUPPORTED, f"config {self.config.name!r} does "
+                        f"not build the SFU function {fn.name} (sfu_funcs: "
+                        f"{', '.join(self.config.sfu_funcs)})")
 
     def _sfu_func(self, i: int, ins: Instr):
         f = ins.fields
@@ -612,6 +621,20 @@ class IsaSim:
         src, dst, aux = f["src"], f["dst"], f["aux"]
         sa, da, xa = f["src_addr"], f["dst_addr"], f["aux_addr"]
         I32 = "<i4"
+        H, KV, hd = hs, f["kv_heads"], n
+        L = self.regs[f["len_reg"]] if f["len_reg"] else 0
+        attention = fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV)
+        if attention and (KV < 1 or H % KV or L < 1):
+            raise fault(i, what, ErrorCode.MALFORMED, f"heads={H}, kv_heads={KV} and keys={L} "
+                        f"must be positive, heads a multiple of kv_heads")
+        if fn == SfuFunc.SOFTMAX and L < 1:
+            raise fault(i, what, ErrorCode.MALFORMED, f"keys={L} must be at least 1")
+        # On a banked KV buffer (airfoil.kv_banks) the records lie in the banks by key.
+        banks = self.kv_banks if self.kv_banks.banks > 1 else None
+        if attention and banks is not None and aux != Buffer.KV:
+            raise fault(i, what, ErrorCode.MALFORMED, f"records must be in the KV buffer of "
+                        f"{banks.banks} banks, not in {aux.name}")
+        self._check_built(i, what, fn)
         if rowwise:
             x = self._read(i, what, src, sa, rows * n, I32).reshape(rows, n)
             if fn == SfuFunc.QUANT_TOKEN:
@@ -674,14 +697,7 @@ class IsaSim:
             self._span(i, what, dst, da, 4 * rows, sfu=True)
             self._write(i, what, dst, da, fx.topk_sample(logits, k, inv_t, u), I32)
             return rows * n, 0
-        H, KV, hd = hs, f["kv_heads"], n
-        L = self.regs[f["len_reg"]] if f["len_reg"] else 0
-        if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV) and (KV < 1 or H % KV or L < 1):
-            raise fault(i, what, ErrorCode.MALFORMED, f"heads={H}, kv_heads={KV} and keys={L} "
-                        f"must be positive, heads a multiple of kv_heads")
         if fn == SfuFunc.SOFTMAX:
-            if L < 1:
-                raise fault(i, what, ErrorCode.MALFORMED, f"keys={L} must be at least 1")
             s = self._read(i, what, src, sa, rows * H * L, I32).reshape(rows, H, L)
             pos = self.regs[f["pos_reg"]] if f["pos_reg"] else 0
             mask = fx.attention_mask(pos, rows, L, f["imm0"], causal=not f["imm1"]
@@ -698,12 +714,7 @@ class IsaSim:
                         f"limits.att_pv_max_head_dim)")
         # The (R, heads, L) scores or probabilities bound L by their buffer: check their
         # span, then the key/value records', before any record is read.
-        # On a banked KV buffer (airfoil.kv_banks) the records lie in the banks by key.
-        banks = self.kv_banks if self.kv_banks.banks > 1 else None
-        if fn in (SfuFunc.ATT_QK, SfuFunc.ATT_PV):
-            if banks is not None and aux != Buffer.KV:
-                raise fault(i, what, ErrorCode.MALFORMED, f"records must be in the KV "
-                            f"buffer of {banks.banks} banks, not in {aux.name}")
+        if attention:
             if banks is not None and (banks.misaligned(xa, f["imm1"]) or (
                     fn == SfuFunc.ATT_QK and banks.misaligned(sa, f["imm0"]))):
                 raise fault(i, what, ErrorCode.MALFORMED, f"records on the {banks.banks} "

@@ -20,6 +20,22 @@ def test_board_llm_fits_and_isa_equals_golden(tmp_path):
     assert len(want) == 4
 
 
+def test_a_model_needing_an_sfu_function_left_out_is_refused(tmp_path):
+    """``ulx3s`` builds the SFU functions a LLaMA needs; without SILU its compile stops
+    before writing anything, naming the function and the config's list."""
+    import dataclasses
+
+    from airfoil.errors import CompileError
+
+    config = load_config("ulx3s")
+    funcs = tuple(f for f in config.sfu_funcs if f != "SILU")
+    no_silu = dataclasses.replace(config, name="no_silu", sfu_funcs=funcs)
+    with pytest.raises(CompileError, match=r"the model needs the SFU function\(s\) SILU, "
+                                           r"which config 'no_silu' does not build"):
+        board_llm.compile_board_llm(no_silu, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.rtl(group="ulx3s_core")
 @pytest.mark.slow
 def test_board_llm_decode_on_the_rtl_core(tmp_path):

@@ -131,6 +131,28 @@ def test_sfu_word_bits(base, tmp_path):
         load_config(_write(tmp_path, dict(banked, sfu_word_bits=64)))
 
 
+def test_sfu_funcs(base, tmp_path):
+    """Left out: every SFU function, both hashes of every config unchanged; given: the
+    functions built, in both hashes whatever their order; an unknown or repeated name, or
+    an empty list, refused by name with the accepted ones."""
+    from airfoil.isa import SfuFunc
+    t = load_config("test")
+    assert t.sfu_funcs is None and t.sfu_functions == frozenset(SfuFunc)
+    assert load_config(_write(tmp_path, dict(base))).config_hash == t.config_hash
+    c = load_config(_write(tmp_path, dict(base, sfu_funcs=["SILU", "RMSNORM"])))
+    assert c.sfu_functions == {SfuFunc.SILU, SfuFunc.RMSNORM}
+    assert c.config_hash != t.config_hash and c.hardware_hash != t.hardware_hash
+    d = load_config(_write(tmp_path, dict(base, sfu_funcs=["RMSNORM", "SILU"])))
+    assert (d.config_hash, d.hardware_hash) == (c.config_hash, c.hardware_hash)
+    assert SfuFunc.GELU not in load_config("ulx3s").sfu_functions
+    for value in (["SILU", "SWISH"], ["SILU", "SILU"], []):
+        with pytest.raises(ConfigError, match=r"sfu_funcs must list SFU functions once "
+                                              r"each, at least one \(accepted: COPY, "):
+            load_config(_write(tmp_path, dict(base, sfu_funcs=value)))
+    with pytest.raises(ConfigError, match="field 'sfu_funcs' must be a list"):
+        load_config(_write(tmp_path, dict(base, sfu_funcs="SILU")))
+
+
 def test_limits_section(base, tmp_path):
     """Left out: the defaults; given: read, part of the hash; a bad value refused by name.
     The derived K-split limit is the MATRIX unit's accumulator depth."""

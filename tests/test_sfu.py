@@ -779,8 +779,9 @@ def test_bad_parameters(make, error, match):
         gc.collect()
 
 
-def _random_program(rng, count):
-    """``count`` random well-formed SFU instructions within :data:`SIZES`.
+def _random_program(rng, count, funcs=None):
+    """``count`` random well-formed SFU instructions within :data:`SIZES` (of ``funcs``,
+    default: every row-wise function and ``COPY``).
 
     Source and destination rows are either the same (in place) or disjoint: the RTL
     streams rows, so partly overlapping ones (other than COPY's) are not supported.
@@ -788,7 +789,8 @@ def _random_program(rng, count):
     c = fx._eps_const(float(rng.choice([1e-5, 1e-6, 0.0])))
     instrs = []
     for _ in range(count):
-        func = SfuFunc(int(rng.choice([0, 1, 2, 3, 4, 5, 6, 10, 11, 12])))
+        func = SfuFunc(int(rng.choice([0, 1, 2, 3, 4, 5, 6, 10, 11, 12] if funcs is None
+                                      else [f.value for f in funcs])))
         heads = int(rng.choice([1, 2, 4]))
         hd = 2 * int(rng.integers(1, 5))
         n, rows = heads * hd, int(rng.integers(1, 4))
@@ -833,6 +835,38 @@ def test_unit_random_programs(seed, word_bits):
     assert ref_err is None and not res["err"], f"seed {seed}: {res}"
     for b in SIZES:
         assert rtl[b] == ref[b], f"seed {seed}: buffer {b.name} differs"
+
+
+@pytest.mark.parametrize("left_out", [
+    (SfuFunc.COPY, SfuFunc.GELU, SfuFunc.RELU, SfuFunc.LAYERNORM),     # as on ulx3s
+    (SfuFunc.SILU, SfuFunc.ADD, SfuFunc.RMSNORM),        # the other half of each pair
+])
+def test_unit_config_sfu_funcs(left_out):
+    """A config's ``sfu_funcs`` builds the unit's kernels (those shared by a pair with
+    their part only) and bounds the ISA simulator alike: a random program of the
+    functions built runs the same on both; a function left out is UNSUPPORTED on both,
+    after the MALFORMED checks."""
+    base = load_config("test")
+    rowwise = [SfuFunc(v) for v in (0, 1, 2, 3, 4, 5, 6, 10, 11, 12)]
+    cfg = dataclasses.replace(base, sfu_funcs=tuple(f.name for f in SfuFunc
+                                                    if f not in left_out))
+    kernels = default_kernels(cfg.limits, word_bits=128, funcs=cfg.sfu_functions)
+    assert set(kernels) == cfg.sfu_functions
+    rng = np.random.default_rng(len(left_out))
+    bufs = _random_bufs(rng)
+    instrs = _random_program(rng, 8, funcs=[f for f in rowwise if f not in left_out])
+    res, rtl, ref, ref_err = _run_both(instrs, bufs, [0], kernels=kernels, config=cfg)
+    assert ref_err is None and not res["err"]
+    for b in SIZES:
+        assert rtl[b] == ref[b], f"buffer {b.name} differs"
+    for func in left_out:
+        n = 4 if func == SfuFunc.COPY else 8
+        for bad, code in [(_sfu(func, n=n, rows=1, heads=2), ErrorCode.UNSUPPORTED),
+                          (_sfu(func, n=0, rows=1), ErrorCode.MALFORMED)]:
+            res, _, _, ref_err = _run_both([_sfu(SfuFunc.MUL, n=4, rows=1), bad], bufs, [0],
+                                           kernels=kernels, config=cfg)
+            assert ref_err == (code, 1), func
+            assert res["err"] and (res["err_code"], res["err_pc"]) == ref_err, func
 
 
 @pytest.mark.rtl

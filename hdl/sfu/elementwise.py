@@ -124,15 +124,25 @@ class ElementwiseKernel(wiring.Component):
     lanes : int or None
         int32 elements of a chunk, each with its own datapath (a power of two dividing
         ``word_bits / 32``); default: a whole word. ``COPY`` always moves a word.
+    funcs : tuple of SfuFunc or None
+        The functions of the datapath built (default: all of them): ``SILU`` or ``GELU``
+        alone leaves out the other's gate table, ``ADD`` or ``RELU`` alone the other's
+        path.
     """
 
-    def __init__(self, *, func: SfuFunc, word_bits: int = 32, lanes: int | None = None):
+    def __init__(self, *, func: SfuFunc, word_bits: int = 32, lanes: int | None = None,
+                 funcs: tuple | None = None):
         if func not in FUNCS:
             raise ValueError(f"Element-wise kernel function must be one of "
                              f"{', '.join(f.name for f in FUNCS)}, not {func!r}")
+        datapath = next(d for d in DATAPATHS if func in d)
+        funcs = datapath if funcs is None else tuple(f for f in datapath if f in funcs)
+        if not funcs:
+            raise ValueError(f"Element-wise kernel of {func.name} builds some of "
+                             f"{', '.join(f.name for f in datapath)}")
         lanes = lane_count(None if func == SfuFunc.COPY else lanes, word_bits, "Element-wise")
         self._func = func
-        self._funcs = next(d for d in DATAPATHS if func in d)
+        self._funcs = funcs
         self._word_bits = word_bits
         self._lanes = lanes
         super().__init__(kernel_signature(word_bits, word_bits))
@@ -144,7 +154,7 @@ class ElementwiseKernel(wiring.Component):
 
     @property
     def funcs(self) -> tuple:
-        """Every function this kernel computes (its :data:`DATAPATHS` entry)."""
+        """Every function this kernel computes (of its :data:`DATAPATHS` entry)."""
         return self._funcs
 
     @property
@@ -166,15 +176,19 @@ class ElementwiseKernel(wiring.Component):
         they arrive."""
         a = self.args
         funcs = self._funcs
-        if SfuFunc.ADD in funcs:
-            return Mux(a.func == SfuFunc.RELU, Mux(x < 0, 0, x), sat(x + b, 32))
+
+        def pick(one):                  # 1 where ``one`` alone is built, 0 where the other
+            return a.func == one if len(funcs) > 1 else Const(int(funcs == (one,)), 1)
+
+        if self._func == SfuFunc.ADD:
+            return Mux(pick(SfuFunc.RELU), Mux(x < 0, 0, x), sat(x + b, 32))
         if SfuFunc.MUL in funcs:
             prod = Signal(signed(64), name=f"prod{i}")
             m.d.sync += prod.eq(x * b)
             return sat(shift_round(prod, fx.ACT_FRAC), 32)
         x_r = Signal(signed(32), name=f"x_r{i}")
         sig_r = Signal(signed(18), name=f"sig_r{i}")
-        m.d.sync += [x_r.eq(x), sig_r.eq(gate_expr(m, x, a.func == SfuFunc.GELU,
+        m.d.sync += [x_r.eq(x), sig_r.eq(gate_expr(m, x, pick(SfuFunc.GELU),
                                                    name=f"sig_rom{i}"))]
         return sat(shift_round(x_r * sig_r, 15), 32)
 

@@ -104,10 +104,17 @@ class RmsNormKernel(WordKernel):
     lanes : int or None
         Elements of an output chunk, each lane with its own two products (a power of two
         dividing ``word_bits / 32``); default: a word's int32.
+    funcs : tuple of SfuFunc
+        The functions built (``RMSNORM``, ``LAYERNORM`` or both; default both): one alone
+        leaves out ``args.func``'s choice and, for ``RMSNORM``, the mean pass.
     """
 
-    def __init__(self, *, word_bits: int = 32, lanes: int | None = None):
+    def __init__(self, *, word_bits: int = 32, lanes: int | None = None,
+                 funcs: tuple = (SfuFunc.RMSNORM, SfuFunc.LAYERNORM)):
+        if not funcs or not set(funcs) <= set(KERNELS):
+            raise ValueError(f"The norm kernel computes RMSNORM and LAYERNORM, not {funcs!r}")
         self._lanes = lane_count(lanes, word_bits, "RMSNORM")
+        self._funcs = tuple(funcs)
         super().__init__(partial(cycles, lanes=self._lanes), word_bits=word_bits,
                          word_writes=True)
 
@@ -145,7 +152,10 @@ class RmsNormKernel(WordKernel):
         raw = word_lanes(self.src.data, k1, first, a.n)
         # LAYERNORM's pass 0: the row sum, then its mean; the other passes read x - mean.
         centre = Signal()
-        m.d.comb += centre.eq(a.func == SfuFunc.LAYERNORM)
+        if SfuFunc.RMSNORM not in self._funcs:
+            m.d.comb += centre.eq(1)
+        elif SfuFunc.LAYERNORM in self._funcs:
+            m.d.comb += centre.eq(a.func == SfuFunc.LAYERNORM)
         sm = Signal(signed(54))
         pend_m = Signal()
         m.d.sync += pend_m.eq(0)

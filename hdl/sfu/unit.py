@@ -48,7 +48,8 @@ _CHECK_BITS = 20
 
 
 def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
-                    sfu_lanes: int | None = None, kv_banks: int = 1) -> dict:
+                    sfu_lanes: int | None = None, kv_banks: int = 1,
+                    funcs=None) -> dict:
     """Kernel factories of every function with a kernel in :mod:`hdl.sfu`, sized by the
     config's ``limits`` (:class:`airfoil.config.LimitsConfig`; default: its defaults);
     the record streams of ``ATT_QK`` and ``ATT_PV``, the ``amax`` pass of ``QUANT_TOKEN``
@@ -60,23 +61,27 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
     ``sfu_lanes`` elements, ``ATT_PV``'s output pass a word of ``word_bits / 32`` int32;
     on a KV buffer of several ``kv_banks`` ``ATT_QK`` and ``ATT_PV`` take a key group per
     record word (:mod:`hdl.sfu.banked_attention`); ``TOPK_SAMPLE`` holds
-    ``limits.topk_max`` candidates."""
+    ``limits.topk_max`` candidates. ``funcs`` (default: every function) are the functions
+    built; the kernels shared by several build only their part."""
     limits = LimitsConfig() if limits is None else limits
+    funcs = frozenset(SfuFunc) if funcs is None else frozenset(funcs)
     kernels = {}
     for mod in (elementwise, quant, rmsnorm, rope, attention, dequant, sample):
         kernels.update(mod.KERNELS)
-    for funcs in elementwise.DATAPATHS:                 # one kernel per datapath
-        wide = functools.partial(elementwise.ElementwiseKernel, func=funcs[0],
+    for path in elementwise.DATAPATHS:                  # one kernel per datapath
+        wide = functools.partial(elementwise.ElementwiseKernel, func=path[0],
                                  word_bits=word_bits,
-                                 lanes=_lanes_of(funcs[0], word_bits, sfu_lanes))
-        kernels.update({f: wide for f in funcs})
+                                 lanes=_lanes_of(path[0], word_bits, sfu_lanes),
+                                 funcs=tuple(f for f in path if f in funcs))
+        kernels.update({f: wide for f in path})
     kernels[SfuFunc.ROPE] = functools.partial(rope.RopeKernel, word_bits=word_bits,
                                               lanes=_lanes_of(SfuFunc.ROPE, word_bits,
                                                               sfu_lanes))
     kernels[SfuFunc.QUANT_TOKEN] = functools.partial(quant.QuantTokenKernel,
                                                      word_bits=word_bits)
     norms = functools.partial(rmsnorm.RmsNormKernel, word_bits=word_bits,   # one kernel
-                              lanes=_lanes_of(SfuFunc.RMSNORM, word_bits, sfu_lanes))
+                              lanes=_lanes_of(SfuFunc.RMSNORM, word_bits, sfu_lanes),
+                              funcs=tuple(f for f in rmsnorm.KERNELS if f in funcs))
     kernels[SfuFunc.RMSNORM] = kernels[SfuFunc.LAYERNORM] = norms
     kernels[SfuFunc.ATT_QK] = functools.partial(attention.AttentionScores,
                                                 word_bits=word_bits)
@@ -94,16 +99,17 @@ def default_kernels(limits: LimitsConfig | None = None, *, word_bits: int = 32,
         kernels[SfuFunc.ATT_PV] = functools.partial(
             banked_attention.BankedAttentionContext, word_bits=word_bits, banks=kv_banks,
             max_head_dim=limits.att_pv_max_head_dim)
-    return kernels
+    return {f: k for f, k in kernels.items() if f in funcs}
 
 
 def config_kernels(config, geometry) -> dict:
     """:func:`default_kernels` of the core of ``config`` on the buffers of ``geometry``
-    (:class:`hdl.core.buffers.BufferGeometry`): the config's limits, SFU lanes and SFU
-    word (``sfu_word_width``, at most the buffers' word, which the unit serves), the
-    buffers' KV banks."""
+    (:class:`hdl.core.buffers.BufferGeometry`): the config's limits, SFU lanes, SFU word
+    (``sfu_word_width``, at most the buffers' word, which the unit serves) and SFU
+    functions (``sfu_functions``), the buffers' KV banks."""
     return default_kernels(config.limits, word_bits=config.sfu_word_width,
-                           sfu_lanes=config.sfu_lane_count, kv_banks=geometry.kv_banks)
+                           sfu_lanes=config.sfu_lane_count, kv_banks=geometry.kv_banks,
+                           funcs=config.sfu_functions)
 
 
 def _lanes_of(func: SfuFunc, word_bits: int, sfu_lanes: int | None) -> int:
