@@ -151,20 +151,25 @@ class RmsNormKernel(WordKernel):
             m.d.comb += first.eq(base[2:lg])
         raw = word_lanes(self.src.data, k1, first, a.n)
         # LAYERNORM's pass 0: the row sum, then its mean; the other passes read x - mean.
+        # Built without LAYERNORM, the kernel has no pass 0, no mean and no centring.
+        layer = SfuFunc.LAYERNORM in self._funcs
         centre = Signal()
         if SfuFunc.RMSNORM not in self._funcs:
             m.d.comb += centre.eq(1)
-        elif SfuFunc.LAYERNORM in self._funcs:
+        elif layer:
             m.d.comb += centre.eq(a.func == SfuFunc.LAYERNORM)
         sm = Signal(signed(54))
         pend_m = Signal()
-        m.d.sync += pend_m.eq(0)
-        with m.If(pend_m):
-            m.d.sync += sm.eq(sm + tree(lambda p, q: p + q,
-                                        [Mux(live, x_l, 0) for live, x_l in raw]))
         mu = Signal(signed(36))
+        if layer:
+            m.d.sync += pend_m.eq(0)
+            with m.If(pend_m):
+                m.d.sync += sm.eq(sm + tree(lambda p, q: p + q,
+                                            [Mux(live, x_l, 0) for live, x_l in raw]))
 
         def centred(v, name):
+            if not layer:
+                return v
             c = Signal(signed(32), name=name)
             m.d.comb += c.eq(Mux(centre, sat(v - mu, 32), v))
             return c
@@ -200,7 +205,8 @@ class RmsNormKernel(WordKernel):
         # Reciprocal square root of ms + eps; the mean (state MU) through the same product.
         in_mu = Signal()
         scaled = Signal(signed(74))
-        m.d.comb += scaled.eq(shift_round(Mux(in_mu, sm, ss) * inv_m, inv_e))
+        m.d.comb += scaled.eq(shift_round((Mux(in_mu, sm, ss) if layer else ss) * inv_m,
+                                          inv_e))
         ms = Signal(74)
         m.d.comb += ms.eq(scaled)
         eps = Signal(64)
@@ -309,17 +315,18 @@ class RmsNormKernel(WordKernel):
                     with m.Elif(a.rows == 0):
                         m.next = "END"
                     with m.Elif(centre):
-                        m.next = "M"
+                        m.next = "M" if layer else "A"
                     with m.Else():
                         m.next = "A"
-            word_pass("M", "M_DRAIN", pend_m)
-            with m.State("M_DRAIN"):
-                m.d.comb += self.busy.eq(1)
-                m.next = "MU"
-            with m.State("MU"):
-                m.d.comb += [self.busy.eq(1), in_mu.eq(1)]
-                m.d.sync += mu.eq(scaled)
-                m.next = "A"
+            if layer:
+                word_pass("M", "M_DRAIN", pend_m)
+                with m.State("M_DRAIN"):
+                    m.d.comb += self.busy.eq(1)
+                    m.next = "MU"
+                with m.State("MU"):
+                    m.d.comb += [self.busy.eq(1), in_mu.eq(1)]
+                    m.d.sync += mu.eq(scaled)
+                    m.next = "A"
             word_pass("A", "A_DRAIN", pend_a)
             with m.State("A_DRAIN"):
                 m.d.comb += self.busy.eq(1)
@@ -358,7 +365,7 @@ class RmsNormKernel(WordKernel):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Elif(centre):
-                    m.next = "M"
+                    m.next = "M" if layer else "A"
                 with m.Else():
                     m.next = "A"
             finish_states(m, self)
