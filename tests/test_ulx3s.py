@@ -340,7 +340,7 @@ def test_unit_timing_refuses_an_unknown_part(capsys):
     from fpga.ulx3s.unit_timing import main
     assert main(["softmux", "--build-dir", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("airfoil: error: no part 'softmux' (accepted: sfu, copy,")
+    assert err.startswith("airfoil: error: no part 'softmux' (accepted: sfu, quant_token,")
     assert len(err.splitlines()) == 1
 
 

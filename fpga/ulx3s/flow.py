@@ -23,27 +23,29 @@ from pathlib import Path
 from airfoil.config import AccelConfig
 from airfoil.errors import AirfoilError
 
-__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_SFU_OPTS", "NEXTPNR_PLACE_ONLY",
+__all__ = ["NEXTPNR_SEED", "NEXTPNR_OPTS", "NEXTPNR_GEMV_OPTS", "NEXTPNR_SFU_OPTS",
+           "NEXTPNR_PLACE_ONLY",
            "NEXTPNR_REPORT", "TOOLS", "build_bitstream",
            "write_report", "parse_nextpnr_log", "critical_path", "REPORT_NAME"]
 
 #: Placement seed of every build (the figures are reproducible).
 NEXTPNR_SEED = 1
-#: nextpnr-ecp5's options besides the seed: the electrostatic placer (HeAP packs the
-#: design beside its IO on the die's left edge, and router2 does not resolve the
-#: overuse there; the static placer's placement has a third less wire and starts router2
-#: from less overuse, README "Open flow: ULX3S"), router2 (the default router1 left
-#: about 51,000 arcs unrouted after 860 s on the first ULX3S config), a bitstream even
-#: when the core clock misses its target (the report says by how much), and nextpnr's
-#: JSON report (critical paths).
-NEXTPNR_OPTS = "--placer static --router router2 --timing-allow-fail --report {report}"
+#: nextpnr-ecp5's options besides the seed and the router: the electrostatic placer
+#: (HeAP packs the design beside its IO on the die's left edge, and router2 does not
+#: resolve the overuse there; the static placer's placement has a third less wire, README
+#: "Open flow: ULX3S"), a bitstream even when the core clock misses its target (the
+#: report says by how much), and nextpnr's JSON report (critical paths).
+NEXTPNR_OPTS = "--placer static --timing-allow-fail --report {report}"
 NEXTPNR_REPORT = "top.nextpnr.json"
-#: What the build with the SFU adds: placement for wire length alone. Placed for timing
-#: (its SFU paths all miss the clock), router2 was still at 9,105 overused wires after
-#: 12 passes; placed for wire length it fell to 1,218 to 2,432, though it has not
-#: converged yet (docs/ulx3s.md). The GEMV build keeps the timing-driven placement it
-#: meets its clock with.
-NEXTPNR_SFU_OPTS = "--no-tmdriv"
+#: What the GEMV build (``--no-sfu``) adds: router2 (router1 left about 51,000 arcs
+#: unrouted after 860 s on the first, wider ULX3S config; router2 routes this one in 79
+#: passes, timing-driven placement and all).
+NEXTPNR_GEMV_OPTS = "--router router2"
+#: What the build with the SFU adds: placement for wire length alone and router1. On
+#: this design (62 % of the LUT4, 89 % of the MULT18X18D) router2's overuse fell to some
+#: 850 to 2,400 wires after 20 to 30 passes and then rose again, with either placement
+#: objective; router1 routes it (205,512 arcs in 1,475 s here, docs/ulx3s.md).
+NEXTPNR_SFU_OPTS = "--no-tmdriv --router router1"
 #: What a placement-only build adds: nextpnr stops before routing (its timing report is
 #: the post-placement estimate, minutes instead of the route's tens of minutes).
 NEXTPNR_PLACE_ONLY = "--no-route"
@@ -153,8 +155,7 @@ def build_bitstream(config: AccelConfig, out_dir, *, sfu: bool = True,
     platform.add_file(f"{RAM_MODULE}.v", RAM_VERILOG)
     t0 = time.monotonic()
     opts = f"--seed {NEXTPNR_SEED} " + NEXTPNR_OPTS.format(report=NEXTPNR_REPORT)
-    if sfu:
-        opts += " " + NEXTPNR_SFU_OPTS
+    opts += " " + (NEXTPNR_SFU_OPTS if sfu else NEXTPNR_GEMV_OPTS)
     if place_only:
         opts += " " + NEXTPNR_PLACE_ONLY
     log(f"building the {config.name} bitstream at {clock:g} MHz in {out} (synth_ecp5, "

@@ -5,8 +5,8 @@ Each input of the component is a flip-flop of one long shift chain fed from a pi
 its outputs are captured into a second chain that shifts out to a pin (:class:`ShiftIO`).
 nextpnr then times the component's own paths between flip-flops, as if it sat behind
 registers, and the LFE5U-85F's 365 pins do not limit its ports. The place and route is
-the build's (:data:`~fpga.ulx3s.flow.NEXTPNR_OPTS`, :data:`~fpga.ulx3s.flow.NEXTPNR_SEED`),
-against ``mhz`` on a clock pin. A kernel takes a minute or two here, the SFU unit some
+the GEMV build's (:data:`~fpga.ulx3s.flow.NEXTPNR_OPTS` and ``NEXTPNR_GEMV_OPTS``, placed
+for timing, :data:`~fpga.ulx3s.flow.NEXTPNR_SEED`), against ``mhz`` on a clock pin. A kernel takes a minute or two here, the SFU unit some
 ten, where the whole build takes most of an hour: the loop for finding a part's slow
 paths::
 
@@ -33,8 +33,8 @@ from amaranth.lib.wiring import Flow, In, Out
 
 from airfoil.errors import AirfoilError
 
-from .flow import NEXTPNR_OPTS, NEXTPNR_REPORT, NEXTPNR_SEED, _tool_paths, critical_path, \
-    parse_nextpnr_log
+from .flow import NEXTPNR_GEMV_OPTS, NEXTPNR_OPTS, NEXTPNR_REPORT, NEXTPNR_SEED, _tool_paths, \
+    critical_path, parse_nextpnr_log
 
 __all__ = ["ShiftIO", "sfu_parts", "time_part", "main"]
 
@@ -118,7 +118,8 @@ def time_part(dut: wiring.Component, out_dir, *, mhz: float = 100.0, log=print) 
          "read_rtlil top.il; synth_ecp5 -top top -json top.json"],
         [tools["NEXTPNR_ECP5"], "--85k", "--package", "CABGA381", "--json", "top.json",
          "--lpf", "top.lpf", "--lpf-allow-unconstrained", "--seed", str(NEXTPNR_SEED),
-         "--log", "top.tim", *NEXTPNR_OPTS.format(report=NEXTPNR_REPORT).split()],
+         "--log", "top.tim", *NEXTPNR_OPTS.format(report=NEXTPNR_REPORT).split(),
+         *NEXTPNR_GEMV_OPTS.split()],
     ]
     for cmd in steps:
         done = subprocess.run(cmd, cwd=out, stdout=subprocess.DEVNULL,
