@@ -6,9 +6,9 @@ its outputs are captured into a second chain that shifts out to a pin (:class:`S
 nextpnr then times the component's own paths between flip-flops, as if it sat behind
 registers, and the LFE5U-85F's 365 pins do not limit its ports. The place and route is
 the GEMV build's (:data:`~fpga.ulx3s.flow.NEXTPNR_OPTS` and ``NEXTPNR_GEMV_OPTS``, placed
-for timing, :data:`~fpga.ulx3s.flow.NEXTPNR_SEED`), against ``mhz`` on a clock pin. A kernel takes a minute or two here, the SFU unit some
-ten, where the whole build takes most of an hour: the loop for finding a part's slow
-paths::
+for timing, :data:`~fpga.ulx3s.flow.NEXTPNR_SEED`), against ``mhz`` on a clock pin. A
+kernel takes a minute or two here, the SFU unit some ten, where the whole build takes
+most of an hour: the loop for finding a part's slow paths::
 
     python -m fpga.ulx3s.unit_timing softmax att_qk        # SFU kernels of ulx3s
     python -m fpga.ulx3s.unit_timing sfu --config ulx3s    # the whole SFU unit
