@@ -278,9 +278,9 @@ def test_critical_path_of_the_core_clock():
 
 @pytest.mark.slow
 def test_ulx3s_bitstream_builds_and_fits(config, tmp_path):
-    """The whole open flow without the SFU (the GEMV build; about 41 minutes here, see
-    README "Open flow: ULX3S"): a bitstream, and a report within the device with the core
-    clock's critical path."""
+    """The whole open flow without the SFU (the GEMV build, some 6 minutes here; the
+    whole design's takes some 45, README "Open flow: ULX3S"): a bitstream, and a report
+    within the device with the core clock's critical path."""
     from fpga.ulx3s.flow import build_bitstream
     r = build_bitstream(config, tmp_path / "ulx3s", sfu=False)
     assert (tmp_path / "ulx3s" / "top.bit").stat().st_size > 100_000
