@@ -409,9 +409,9 @@ class AccelConfig:
         every one, :attr:`sfu_functions`). A function left out has no kernel: the SFU
         unit and the ISA simulator flag it UNSUPPORTED, and the compiler refuses a model
         that needs it. ``GELU`` shares ``SILU``'s kernel, ``RELU`` ``ADD``'s and
-        ``LAYERNORM`` ``RMSNORM``'s: leaving out one of a pair removes its part of the
-        shared kernel. In :attr:`config_hash` when given (a program may need a function
-        left out).
+        ``LAYERNORM`` ``RMSNORM``'s: leaving out one of a pair removes its logic from the
+        shared kernel (``GELU``'s table stays in the gate ROM). In :attr:`config_hash`
+        when given (a program may need a function left out).
     """
 
     name: str

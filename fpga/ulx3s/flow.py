@@ -44,7 +44,7 @@ NEXTPNR_GEMV_OPTS = "--router router2"
 #: What the build with the SFU adds: placement for wire length alone and router1. On
 #: this design (62 % of the LUT4, 89 % of the MULT18X18D) router2's overuse fell to some
 #: 850 to 2,400 wires after 20 to 30 passes and then rose again, with either placement
-#: objective; router1 routes it (205,512 arcs in 1,475 s here, docs/ulx3s.md).
+#: objective; router1 routes it (205,169 arcs in 1,668 s here, docs/ulx3s.md).
 NEXTPNR_SFU_OPTS = "--no-tmdriv --router router1"
 #: What a placement-only build adds: nextpnr stops before routing (its timing report is
 #: the post-placement estimate, minutes instead of the route's tens of minutes).

@@ -126,8 +126,8 @@ class ElementwiseKernel(wiring.Component):
         ``word_bits / 32``); default: a whole word. ``COPY`` always moves a word.
     funcs : tuple of SfuFunc or None
         The functions of the datapath built (default: all of them): ``SILU`` or ``GELU``
-        alone leaves out the other's gate table, ``ADD`` or ``RELU`` alone the other's
-        path.
+        alone fixes the gate table's select (the ROM holds both tables), ``ADD`` or
+        ``RELU`` alone leaves out the other's path.
     """
 
     def __init__(self, *, func: SfuFunc, word_bits: int = 32, lanes: int | None = None,
