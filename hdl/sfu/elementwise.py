@@ -142,6 +142,7 @@ class ElementwiseKernel(wiring.Component):
                              f"{', '.join(f.name for f in datapath)}")
         lanes = lane_count(None if func == SfuFunc.COPY else lanes, word_bits, "Element-wise")
         self._func = func
+        self._datapath = datapath
         self._funcs = funcs
         self._word_bits = word_bits
         self._lanes = lanes
@@ -180,7 +181,7 @@ class ElementwiseKernel(wiring.Component):
         def pick(one):                  # 1 where ``one`` alone is built, 0 where the other
             return a.func == one if len(funcs) > 1 else Const(int(funcs == (one,)), 1)
 
-        if self._func == SfuFunc.ADD:
+        if SfuFunc.ADD in self._datapath:
             return Mux(pick(SfuFunc.RELU), Mux(x < 0, 0, x), sat(x + b, 32))
         if SfuFunc.MUL in funcs:
             prod = Signal(signed(64), name=f"prod{i}")
